@@ -1,0 +1,167 @@
+"""Activation and logits memory of one training step: the tensors autograd saves for backward.
+
+The terms follow what transformers (v5) + peft keep alive in a decoder block, tensor by tensor,
+and were checked against the fake-tensor tracer (`swiftplan verify`). Notation: T = tokens on
+the device (micro-batch × sequence), h = hidden size, q/kv = query/key-value projection widths,
+I = MLP width, r = LoRA rank; `cb` = bytes of the compute dtype. All functions return bytes.
+
+Rules used throughout (PyTorch autograd):
+- a Linear saves its input only when its weight is trainable (full fine-tuning);
+- a LoRA-wrapped Linear (peft) casts its input to the adapter dtype (fp32) and saves that copy
+  for lora_A (with dropout > 0 it saves the dropout mask and the dropped copy instead), and
+  lora_B saves lora_A's output (T × r, fp32);
+- RMSNorm (HF) upcasts to fp32 and saves that copy plus the fp32 rsqrt (one per token);
+  with a trainable weight it also saves the normalised bf16 tensor;
+- SDPA/flash attention saves q, k, v, the output and a logsumexp (fp32 per head and token);
+  eager attention also keeps the softmax probabilities (heads × s × s);
+- SwiGLU saves gate output (for SiLU), SiLU output and up output (for the product), and the
+  product itself when down_proj is trainable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from swiftplan.planner.adapters import is_targeted
+from swiftplan.planner.architecture import Linear, layer_linears
+from swiftplan.planner.dtypes import compute_dtype, dtype_bytes
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.setup import TrainSetup
+
+FP32 = 4
+BOOL = 1
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LayerActivations:
+    """Bytes one decoder block keeps for backward, split by where they come from."""
+
+    norms: int
+    """RMSNorm fp32 copies and rsqrt factors."""
+    linear_inputs: int
+    """Inputs saved by trainable Linears (full fine-tuning), shared per distinct input."""
+    lora: int
+    """peft's fp32 input copies, dropout masks and lora_A outputs."""
+    attention: int
+    """q, k, v, attention output (+ logsumexp, or the probabilities for eager)."""
+    mlp: int
+    """SwiGLU intermediates."""
+    moe: int
+    """Routing logits/weights and the per-expert token copies of MoE layers."""
+
+    @property
+    def total(self) -> int:
+        """All saved bytes of the block."""
+        return self.norms + self.linear_inputs + self.lora + self.attention + self.mlp + self.moe
+
+
+def _linear_saves(linear: Linear, setup: TrainSetup, tokens: int, cb: int) -> tuple[int, int]:
+    """(bytes saved as a trainable Linear input, bytes saved by a LoRA wrapper) for one module."""
+    if setup.trains_adapters:
+        assert setup.lora is not None
+        if not is_targeted(linear, setup.lora):
+            return 0, 0
+        width = linear.in_features
+        per_token = FP32 * width + (BOOL * width if setup.lora.dropout > 0 else 0) + FP32 * setup.lora.rank
+        return 0, tokens * per_token
+    return tokens * linear.in_features * cb, 0
+
+
+def layer_activation_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, seq_len: int) -> LayerActivations:
+    """Bytes decoder block `layer` saves for backward when `tokens` tokens pass through it."""
+    cb = dtype_bytes(compute_dtype(setup.precision))
+    full = setup.method == "full"
+    h = spec.hidden_size
+    norm_per_token = FP32 * h + FP32 + (cb * h if full else 0)
+    norms = spec.norms_per_layer * tokens * norm_per_token
+    if spec.qk_norm:
+        heads = spec.num_heads + spec.num_kv_heads
+        norms += tokens * heads * (FP32 * spec.head_dim + FP32 + (cb * spec.head_dim if full else 0))
+
+    linear_inputs = 0
+    lora = 0
+    seen_inputs: set[tuple[str, int]] = set()
+    for linear in layer_linears(spec, layer):
+        if linear.kind != "linear":
+            continue
+        saved, lora_saved = _linear_saves(linear, setup, tokens, cb)
+        # Linears reading the same tensor (q/k/v, gate/up) share one saved input.
+        key = (linear.block + ("_in" if linear.name not in ("o_proj", "down_proj") else linear.name), linear.in_features)
+        if saved and key not in seen_inputs:
+            seen_inputs.add(key)
+            linear_inputs += saved
+        lora += lora_saved
+
+    attention = _attention_bytes(spec, setup, tokens, seq_len, cb)
+    mlp, moe = _mlp_bytes(spec, setup, layer, tokens, cb)
+    return LayerActivations(norms=norms, linear_inputs=linear_inputs, lora=lora, attention=attention, mlp=mlp, moe=moe)
+
+
+def _attention_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, seq_len: int, cb: int) -> int:
+    q, kv = spec.q_dim, spec.kv_dim
+    if spec.mla is not None:
+        kv = spec.num_heads * (spec.mla.qk_nope_head_dim + spec.mla.qk_rope_head_dim)
+        v = spec.num_heads * spec.mla.v_head_dim
+        saved = tokens * cb * (q + kv + v + v)
+    else:
+        saved = tokens * cb * (q + 2 * kv + q)  # q, k, v (after RoPE) and the output
+    if setup.attention == "eager":
+        sequences = max(1, tokens // seq_len)
+        saved += sequences * spec.num_heads * seq_len * seq_len * (cb + cb)  # probabilities + dropout-free copy
+    else:
+        saved += tokens * spec.num_heads * FP32  # logsumexp
+    return saved
+
+
+def _mlp_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, cb: int) -> tuple[int, int]:
+    full = setup.method == "full"
+    if not spec.is_moe_layer(layer):
+        width = spec.intermediate_size
+        return tokens * cb * width * (4 if full else 3), 0
+    moe = spec.moe
+    assert moe is not None
+    routed = tokens * moe.experts_per_token
+    # Each routed token copy passes through a SwiGLU of the expert width; router logits and
+    # softmax are fp32 per expert.
+    experts = routed * cb * (moe.expert_intermediate_size * 4 + spec.hidden_size)
+    router = tokens * moe.num_experts * FP32 * 2
+    shared = tokens * cb * moe.shared_intermediate_size * (4 if full else 3)
+    return shared, experts + router
+
+
+def block_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
+    """What gradient checkpointing keeps per block: its input hidden states (T × h)."""
+    return tokens * spec.hidden_size * dtype_bytes(compute_dtype(setup.precision))
+
+
+def activations_bytes(spec: ModelSpec, setup: TrainSetup, *, layers: int | None = None, tp: int = 1) -> int:
+    """Saved activations of all blocks on one device at the end of the forward pass.
+
+    Without checkpointing every block keeps its saved tensors; with it, each block keeps its
+    input and one block at a time is recomputed during backward (the largest one counts).
+    Tensor parallelism splits the per-head and per-width tensors (not the norms) by `tp`.
+    """
+    tokens = setup.micro_batch * setup.seq_len
+    count = spec.num_layers if layers is None else layers
+    per_layer = [layer_activation_bytes(spec, setup, i, tokens, setup.seq_len) for i in range(count)]
+    if setup.grad_ckpt:
+        return count * block_input_bytes(spec, setup, tokens) + max(_split(a, tp) for a in per_layer)
+    return sum(_split(a, tp) for a in per_layer)
+
+
+def _split(acts: LayerActivations, tp: int) -> int:
+    return acts.norms + (acts.linear_inputs + acts.lora + acts.attention + acts.mlp + acts.moe) // tp
+
+
+def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
+    """Peak of the LM head output and the loss on one device.
+
+    transformers' ForCausalLMLoss upcasts the logits to fp32 and cross_entropy's log_softmax
+    keeps its fp32 output; in backward the fp32 gradient of that output and the fp32 gradient
+    of its input coexist with it before the cast back to the compute dtype. Peak = T × V ×
+    (cb logits + 3 × 4 fp32), plus one more fp32 copy when Gemma-2 soft-capping applies.
+    """
+    tokens = setup.micro_batch * setup.seq_len
+    cb = dtype_bytes(compute_dtype(setup.precision))
+    per_token = cb + 3 * FP32 + (FP32 if spec.final_logit_softcapping else 0)
+    return tokens * (spec.vocab_size // tp) * per_token

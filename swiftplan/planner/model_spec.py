@@ -1,0 +1,300 @@
+"""`ModelSpec`: the architecture facts of a causal LM that memory and speed depend on.
+
+A spec is built from a Hugging Face `config.json` dict (`spec_from_hf_config`), whichever
+family spelled the keys (Llama/Qwen/Mistral/Gemma/Phi-3 use `hidden_size`; ChatGLM uses
+`ffn_hidden_size`, `multi_query_group_num`, `padded_vocab_size`; DeepSeek adds MLA and
+routed experts). Shapes of the individual modules live in `architecture.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from swiftplan.errors import SwiftplanError
+
+# model_type values whose module layout architecture.py knows. Families that need
+# trust_remote_code (internlm2, chatglm) are laid out from their published modelling code.
+SUPPORTED_MODEL_TYPES = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma2",
+    "phi3",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "deepseek_v2",
+    "deepseek_v3",
+    "internlm2",
+    "chatglm",
+    "glm",
+    "qwen",
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MlaShape:
+    """Multi-head latent attention (DeepSeek-V2/V3) dimensions."""
+
+    q_lora_rank: int | None
+    """Rank of the query down-projection; None means a plain q_proj."""
+    kv_lora_rank: int
+    """Width of the compressed KV latent that is cached."""
+    qk_nope_head_dim: int
+    """Per-head query/key width without rotary embedding."""
+    qk_rope_head_dim: int
+    """Per-head (and shared-key) rotary width."""
+    v_head_dim: int
+    """Per-head value width."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MoeShape:
+    """Mixture-of-experts layout."""
+
+    num_experts: int
+    """Routed experts per MoE layer."""
+    experts_per_token: int
+    """Experts each token is routed to (top-k)."""
+    expert_intermediate_size: int
+    """MLP width of one routed expert."""
+    shared_intermediate_size: int = 0
+    """Total MLP width of the always-on shared expert(s); 0 when there are none."""
+    shared_expert_gate: bool = False
+    """Qwen2-MoE: a sigmoid gate (hidden → 1) scales the shared expert."""
+    first_dense_layers: int = 0
+    """Leading layers that use a dense MLP instead of experts (DeepSeek first_k_dense_replace)."""
+    dense_layers: tuple[int, ...] = ()
+    """Other layer indices with a dense MLP (Qwen mlp_only_layers)."""
+    router_bias: bool = False
+    """DeepSeek-V3 keeps an e_score_correction_bias of num_experts per MoE layer."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ModelSpec:
+    """Architecture of a decoder-only language model, as read from its config.json."""
+
+    name: str
+    """Hub id or path the spec came from (e.g. "Qwen/Qwen2.5-7B")."""
+    model_type: str
+    """Hugging Face model_type (e.g. "qwen2")."""
+    hidden_size: int
+    """Residual stream width."""
+    num_layers: int
+    """Decoder blocks."""
+    num_heads: int
+    """Query heads."""
+    num_kv_heads: int
+    """Key/value heads (GQA); equals num_heads for MHA."""
+    head_dim: int
+    """Per-head width of queries/keys/values."""
+    intermediate_size: int
+    """Dense MLP width of one SwiGLU branch."""
+    vocab_size: int
+    """Rows of the embedding and of the LM head."""
+    tie_word_embeddings: bool
+    """LM head shares the embedding matrix."""
+    max_position_embeddings: int = 4096
+    """Longest context the model was configured for (tokens)."""
+    sliding_window: int | None = None
+    """Attention window in tokens when the model uses sliding-window attention."""
+    sliding_window_layers: int = 0
+    """How many layers use the sliding window (Gemma 2: every other one)."""
+    qkv_bias: bool = False
+    """q/k/v projections carry a bias (Qwen2, ChatGLM)."""
+    o_bias: bool = False
+    """Output projection carries a bias (attention_bias=True in Llama-style configs)."""
+    mlp_bias: bool = False
+    """MLP projections carry biases."""
+    qk_norm: bool = False
+    """Per-head RMSNorm on queries and keys (Qwen3)."""
+    norms_per_layer: int = 2
+    """RMSNorm weight vectors of width hidden_size per block (Gemma 2 has 4)."""
+    fused_qkv: bool = False
+    """q/k/v are one Linear (Phi-3 qkv_proj, InternLM2 wqkv, ChatGLM query_key_value)."""
+    fused_gate_up: bool = False
+    """gate and up are one Linear (Phi-3 gate_up_proj, ChatGLM dense_h_to_4h)."""
+    final_logit_softcapping: float | None = None
+    """Gemma 2 applies tanh soft-capping to logits (one more vocab-sized temporary)."""
+    moe: MoeShape | None = None
+    """Expert layout, None for dense models."""
+    mla: MlaShape | None = None
+    """Latent attention layout, None for GQA/MHA."""
+    torch_dtype: str | None = None
+    """dtype the checkpoint is stored in, when the config says."""
+    source: str = ""
+    """Where the config came from (catalog citation, file path or hub id)."""
+    hf_config: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    """The raw config.json dict (read-only), for the tracer and executors."""
+
+    def __post_init__(self) -> None:
+        for attr in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "vocab_size"):
+            if getattr(self, attr) <= 0:
+                raise SwiftplanError(f"Model config for {self.name!r} has {attr}={getattr(self, attr)}; it must be positive.")
+        if self.num_heads % self.num_kv_heads:
+            raise SwiftplanError(
+                f"Model config for {self.name!r} has {self.num_heads} attention heads and "
+                f"{self.num_kv_heads} key/value heads; heads must be a multiple of key/value heads."
+            )
+
+    @property
+    def is_moe(self) -> bool:
+        """True when some layers route tokens to experts."""
+        return self.moe is not None
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether decoder block `layer` (0-based) uses experts rather than a dense MLP."""
+        if self.moe is None:
+            return False
+        return layer >= self.moe.first_dense_layers and layer not in self.moe.dense_layers
+
+    @property
+    def q_dim(self) -> int:
+        """Width of the query projection output (heads × head_dim)."""
+        if self.mla is not None:
+            return self.num_heads * (self.mla.qk_nope_head_dim + self.mla.qk_rope_head_dim)
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of one of the key or value projection outputs (kv_heads × head_dim)."""
+        return self.num_kv_heads * self.head_dim
+
+
+def _first(config: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if config.get(key) is not None:
+            return config[key]
+    return default
+
+
+def _require(config: Mapping[str, Any], name: str, *keys: str) -> int:
+    value = _first(config, *keys)
+    if value is None:
+        raise SwiftplanError(
+            f"The config for {name!r} has none of the keys {', '.join(keys)}; "
+            "swiftplan needs it to size the model.",
+            hint="Pass a complete config.json (the file next to the model weights).",
+        )
+    return int(value)
+
+
+def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Multimodal configs nest the language model under text_config; planning sizes the LM."""
+    text = config.get("text_config")
+    if isinstance(text, Mapping) and text.get("hidden_size"):
+        merged = dict(config)
+        merged.update(text)
+        return merged
+    return config
+
+
+def _moe_shape(config: Mapping[str, Any], model_type: str, num_layers: int) -> MoeShape | None:
+    num_experts = _first(config, "num_local_experts", "n_routed_experts", "num_experts")
+    if not num_experts:
+        return None
+    top_k = int(_first(config, "num_experts_per_tok", "moe_topk", default=2))
+    expert_width = int(_first(config, "moe_intermediate_size", "intermediate_size"))
+    shared = 0
+    if model_type == "qwen2_moe":
+        shared = int(_first(config, "shared_expert_intermediate_size", default=0))
+    elif config.get("n_shared_experts"):
+        shared = int(config["n_shared_experts"]) * expert_width
+    first_dense = int(_first(config, "first_k_dense_replace", default=0))
+    dense_layers = tuple(int(i) for i in (config.get("mlp_only_layers") or ()))
+    step = int(_first(config, "decoder_sparse_step", "moe_layer_freq", default=1))
+    if step > 1:
+        dense_layers += tuple(i for i in range(num_layers) if (i + 1) % step != 0)
+    return MoeShape(
+        num_experts=int(num_experts),
+        experts_per_token=top_k,
+        expert_intermediate_size=expert_width,
+        shared_intermediate_size=shared,
+        shared_expert_gate=model_type == "qwen2_moe" and shared > 0,
+        first_dense_layers=first_dense,
+        dense_layers=tuple(sorted(set(dense_layers))),
+        router_bias=model_type == "deepseek_v3" or config.get("topk_method") == "noaux_tc",
+    )
+
+
+def _mla_shape(config: Mapping[str, Any]) -> MlaShape | None:
+    if config.get("kv_lora_rank") is None:
+        return None
+    return MlaShape(
+        q_lora_rank=config.get("q_lora_rank"),
+        kv_lora_rank=int(config["kv_lora_rank"]),
+        qk_nope_head_dim=int(config["qk_nope_head_dim"]),
+        qk_rope_head_dim=int(config["qk_rope_head_dim"]),
+        v_head_dim=int(config["v_head_dim"]),
+    )
+
+
+def spec_from_hf_config(config: Mapping[str, Any], *, name: str, source: str = "") -> ModelSpec:
+    """Build a `ModelSpec` from a config.json dict; raises SwiftplanError for what it cannot size."""
+    config = _text_config(config)
+    model_type = str(config.get("model_type", "")).lower()
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise SwiftplanError(
+            f"Model {name!r} has model_type {model_type!r}, which swiftplan does not lay out yet.",
+            hint=f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}.",
+        )
+    hidden = _require(config, name, "hidden_size", "n_embd")
+    heads = _require(config, name, "num_attention_heads", "n_head")
+    layers = _require(config, name, "num_hidden_layers", "num_layers", "n_layer")
+    multi_query = config.get("multi_query_attention", True) if model_type == "chatglm" else True
+    kv_heads = int(
+        _first(config, "num_key_value_heads", "multi_query_group_num", default=heads) if multi_query else heads
+    )
+    head_dim = int(_first(config, "head_dim", "kv_channels", default=hidden // heads))
+    intermediate = int(_first(config, "intermediate_size", "ffn_hidden_size", default=4 * hidden))
+    if model_type == "qwen":  # Qwen v1 stores the combined width of both SwiGLU branches
+        intermediate //= 2
+    vocab = _require(config, name, "vocab_size", "padded_vocab_size")
+    if model_type == "chatglm":
+        vocab = int(_first(config, "padded_vocab_size", "vocab_size"))
+    tie_default = model_type in ("gemma2",)
+    tie = bool(config.get("tie_word_embeddings", tie_default))
+    if model_type == "chatglm":
+        tie = False  # ChatGLM keeps a separate output_layer
+    sliding = config.get("sliding_window")
+    uses_sliding = sliding is not None and config.get("use_sliding_window", True)
+    sliding_layers = 0
+    if uses_sliding:
+        sliding_layers = layers // 2 if model_type == "gemma2" else layers
+    attention_bias = bool(config.get("attention_bias", False))
+    return ModelSpec(
+        name=name,
+        model_type=model_type,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate_size=intermediate,
+        vocab_size=vocab,
+        tie_word_embeddings=tie,
+        max_position_embeddings=int(
+            _first(config, "max_position_embeddings", "seq_length", "max_sequence_length", default=4096)
+        ),
+        sliding_window=int(sliding) if uses_sliding else None,
+        sliding_window_layers=sliding_layers,
+        qkv_bias=model_type in ("qwen2", "qwen2_moe", "qwen")
+        or attention_bias
+        or bool(config.get("add_qkv_bias"))
+        or bool(config.get("bias") and model_type == "internlm2"),
+        o_bias=(attention_bias and model_type != "glm") or bool(config.get("bias") and model_type == "internlm2"),
+        mlp_bias=bool(config.get("mlp_bias", False)),
+        qk_norm=model_type in ("qwen3", "qwen3_moe"),
+        norms_per_layer=4 if model_type == "gemma2" else 2,
+        fused_qkv=model_type in ("phi3", "internlm2", "chatglm", "qwen"),
+        fused_gate_up=model_type in ("phi3", "chatglm", "glm"),
+        final_logit_softcapping=config.get("final_logit_softcapping"),
+        moe=_moe_shape(config, model_type, layers),
+        mla=_mla_shape(config),
+        torch_dtype=_first(config, "torch_dtype", "dtype"),
+        source=source,
+        hf_config=MappingProxyType(dict(config)),
+    )

@@ -1,0 +1,136 @@
+"""Serving memory: weights, the paged KV cache, the prefill workspace, and what fits.
+
+The budget follows vLLM: the engine may use `gpu_memory_utilization × device memory`; from
+that it subtracts weights, the activation peak of a profiling forward pass over
+`prefill_chunk` tokens, LoRA slots and non-torch memory, and gives the rest to KV blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from swiftplan.planner.adapters import lora_params_for
+from swiftplan.planner.architecture import layer_linears
+from swiftplan.planner.breakdown import MemoryBreakdown, Term
+from swiftplan.planner.calibration import constant, constant_source
+from swiftplan.planner.dtypes import dtype_bytes
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.setup import LoraSetup, ServeSetup
+from swiftplan.planner.weights import layer_weight_bytes, outer_weight_bytes
+
+VLLM_BLOCK_TOKENS = 16
+"""vLLM allocates the KV cache in blocks of 16 tokens by default (`--block-size`)."""
+
+
+def kv_cache_bytes_per_token(spec: ModelSpec, *, kv_dtype_bytes: int, tp: int = 1, context: int | None = None) -> float:
+    """KV-cache bytes one token of one sequence occupies on one device.
+
+    GQA/MHA: 2 (K and V) × layers × kv_heads × head_dim × bytes, kv heads split by tp (a head
+    is replicated when tp exceeds the kv heads). MLA caches one latent of kv_lora_rank +
+    qk_rope_head_dim per layer, not split by tp. Sliding-window layers hold at most `window`
+    tokens, so with `context` given their share is scaled by min(1, window / context).
+    """
+    if spec.mla is not None:
+        return spec.num_layers * (spec.mla.kv_lora_rank + spec.mla.qk_rope_head_dim) * kv_dtype_bytes
+    kv_heads = max(1, spec.num_kv_heads // tp)
+    per_layer = 2 * kv_heads * spec.head_dim * kv_dtype_bytes
+    full_layers = spec.num_layers - spec.sliding_window_layers
+    window_layers: float = spec.sliding_window_layers
+    if context and spec.sliding_window and spec.sliding_window < context:
+        window_layers *= spec.sliding_window / context
+    return per_layer * (full_layers + window_layers)
+
+
+def serve_weight_bytes(spec: ModelSpec, setup: ServeSetup) -> int:
+    """Weights on one tensor-parallel rank."""
+    wb = dtype_bytes(setup.dtype)
+    blocks = sum(
+        layer_weight_bytes(spec, i, dtype_bytes=wb, quant=setup.quant, double_quant=True, tp=setup.tp)
+        for i in range(spec.num_layers)
+    )
+    return blocks + outer_weight_bytes(spec, dtype_bytes=wb, tp=setup.tp)
+
+
+def prefill_workspace_bytes(spec: ModelSpec, setup: ServeSetup) -> int:
+    """Activation peak of one forward pass over `prefill_chunk` tokens (no autograd, so only one
+    block's temporaries live at a time): hidden states and residual, q/k/v and attention output,
+    and the SwiGLU gate/up/product, plus fp32 logits for the sequences being sampled."""
+    cb = dtype_bytes(setup.dtype)
+    width = spec.moe.expert_intermediate_size * spec.moe.experts_per_token if spec.moe else spec.intermediate_size
+    per_token = cb * (3 * spec.hidden_size + 2 * spec.q_dim + 2 * spec.kv_dim) // setup.tp + cb * 3 * width // setup.tp
+    logits = min(setup.concurrency, setup.prefill_chunk) * spec.vocab_size * 4
+    return setup.prefill_chunk * per_token + logits
+
+
+def lora_slot_bytes(spec: ModelSpec, setup: ServeSetup) -> int:
+    """vLLM pre-allocates A and B for every supported Linear at max_lora_rank per LoRA slot."""
+    if setup.max_loras <= 0:
+        return 0
+    lora = LoraSetup(rank=setup.max_lora_rank, targets=("all-linear",), dropout=0.0)
+    per_slot = sum(
+        lora_params_for(lin, lora) for i in range(spec.num_layers) for lin in layer_linears(spec, i) if lin.kind == "linear"
+    )
+    return setup.max_loras * per_slot * dtype_bytes(setup.dtype) // setup.tp
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServeMemory:
+    """What a serving configuration needs and what the device can hold."""
+
+    device: MemoryBreakdown
+    """Per-device breakdown for the requested concurrency × context."""
+    kv_bytes_per_token: float
+    """KV cache per token per sequence on one device."""
+    kv_budget_bytes: int
+    """Bytes left for the KV cache under gpu_memory_utilization."""
+    max_concurrency: int
+    """Sequences of the requested context that fit in the KV budget."""
+    max_context: int
+    """Longest single sequence (capped at the model's max_position_embeddings) the budget holds at the requested concurrency."""
+    fits: bool
+    """The requested concurrency × context fits in the KV budget."""
+
+
+def serve_memory(spec: ModelSpec, setup: ServeSetup, *, device_memory_bytes: int) -> ServeMemory:
+    """Memory on one device for serving `setup`, and the concurrency/context limits it implies."""
+    kv_bytes = 1 if setup.kv_dtype == "fp8" else dtype_bytes(setup.dtype)
+    per_token = kv_cache_bytes_per_token(spec, kv_dtype_bytes=kv_bytes, tp=setup.tp, context=setup.context)
+    weights = serve_weight_bytes(spec, setup)
+    workspace = prefill_workspace_bytes(spec, setup)
+    loras = lora_slot_bytes(spec, setup)
+    context_bytes = int(constant("runtime_overhead", "cuda_context_bytes"))
+    budget = int(device_memory_bytes * setup.gpu_memory_utilization) - weights - workspace - loras - context_bytes
+    budget = max(0, budget)
+    blocks_per_seq = -(-setup.context // VLLM_BLOCK_TOKENS)
+    seq_bytes = blocks_per_seq * VLLM_BLOCK_TOKENS * per_token
+    max_concurrency = int(budget // seq_bytes) if seq_bytes else 0
+    max_context = min(spec.max_position_embeddings, int(budget // (per_token * setup.concurrency)) // VLLM_BLOCK_TOKENS * VLLM_BLOCK_TOKENS)
+    kv = int(seq_bytes * setup.concurrency)
+    peak = weights + workspace + loras + kv
+    terms = (
+        Term(name="weights", value_bytes=weights, formula=f"{setup.quant if setup.quant != 'none' else setup.dtype} weights / tp{setup.tp}"),
+        Term(name="kv_cache", value_bytes=kv, formula=f"{setup.concurrency} seqs × {blocks_per_seq} blocks × {VLLM_BLOCK_TOKENS} tokens × {per_token:,.0f} B/token"),
+        Term(name="activations", value_bytes=workspace, formula=f"prefill workspace for {setup.prefill_chunk} tokens + fp32 sampling logits"),
+        Term(name="adapters", value_bytes=loras, formula=f"{setup.max_loras} LoRA slots at rank {setup.max_lora_rank}"),
+        Term(name="runtime_overhead", value_bytes=context_bytes, formula="CUDA context and non-torch memory",
+             source=constant_source("runtime_overhead", "cuda_context_bytes")),
+    )
+    device = MemoryBreakdown(
+        weights=weights,
+        adapters=loras,
+        activations=workspace,
+        kv_cache=kv,
+        runtime_overhead=context_bytes,
+        peak_allocated=peak,
+        device_total=peak + context_bytes,
+        peak_phase="prefill with a full KV cache",
+        terms=terms,
+    )
+    return ServeMemory(
+        device=device,
+        kv_bytes_per_token=per_token,
+        kv_budget_bytes=budget,
+        max_concurrency=max_concurrency,
+        max_context=max(0, max_context),
+        fits=max_concurrency >= setup.concurrency,
+    )

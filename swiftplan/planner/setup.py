@@ -1,0 +1,213 @@
+"""What the user wants to run: `TrainSetup` and `ServeSetup`, validated on construction.
+
+Every invalid combination raises `SwiftplanError` with one sentence naming the bad value and
+what would be valid, so the CLI never prints a traceback or a silently wrong plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from swiftplan.errors import SwiftplanError
+
+Method = Literal["full", "lora", "qlora"]
+Precision = Literal["bf16", "fp16", "fp32", "amp-bf16", "amp-fp16"]
+Quant = Literal["none", "nf4", "fp4", "int8", "gptq", "awq", "fp8"]
+Optimizer = Literal["adamw", "adamw-8bit", "paged-adamw-8bit", "sgd", "adafactor"]
+Offload = Literal["none", "optimizer", "optimizer+params"]
+KvDtype = Literal["auto", "fp8"]
+AttentionImpl = Literal["sdpa", "flash", "eager"]
+
+METHODS: tuple[str, ...] = get_args(Method)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+QUANTS: tuple[str, ...] = get_args(Quant)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+OFFLOADS: tuple[str, ...] = get_args(Offload)
+ALL_LINEAR = "all-linear"
+
+# Quantizations a QLoRA base can use (bitsandbytes 4-bit) and those LoRA can sit on.
+_QLORA_QUANTS = ("nf4", "fp4")
+_LORA_BASE_QUANTS = ("none", "int8", "gptq", "awq", "fp8")
+
+
+def _check_choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise SwiftplanError(f"Unknown {kind} {value!r}; valid values are: {', '.join(valid)}.")
+
+
+def _check_positive(kind: str, value: int) -> None:
+    if not isinstance(value, int) or value <= 0:
+        raise SwiftplanError(f"{kind} must be a positive integer, got {value!r}.")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoraSetup:
+    """Adapter shape: which modules get a rank-r update and in what form."""
+
+    rank: int = 16
+    """LoRA rank r."""
+    alpha: int | None = None
+    """Scaling numerator (alpha / r); defaults to 2 × rank. Does not change memory."""
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+    """Module names peft matches, or ("all-linear",)."""
+    dropout: float = 0.05
+    """Dropout on the adapter input; > 0 keeps a dropped copy of each targeted input."""
+    dora: bool = False
+    """DoRA adds a magnitude vector per target and a weight-norm computation."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or self.rank <= 0:
+            raise SwiftplanError(f"LoRA rank must be a positive integer, got {self.rank!r}; typical values are 8–128.")
+        if not self.targets:
+            raise SwiftplanError("LoRA targets are empty; name modules like q_proj,v_proj or use all-linear.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise SwiftplanError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}.")
+
+    @property
+    def all_linear(self) -> bool:
+        """True when every nn.Linear except the LM head is targeted."""
+        return ALL_LINEAR in self.targets
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Parallelism:
+    """How the work is split across devices."""
+
+    tp: int = 1
+    """Tensor-parallel degree (splits each matrix)."""
+    pp: int = 1
+    """Pipeline-parallel degree (splits the layers)."""
+    zero: Literal[0, 1, 2, 3] = 0
+    """ZeRO stage over the data-parallel group (3 ≈ FSDP full sharding)."""
+    offload: Offload = "none"
+    """What ZeRO-Offload moves to host RAM."""
+
+    def __post_init__(self) -> None:
+        _check_positive("Tensor-parallel degree (--tp)", self.tp)
+        _check_positive("Pipeline-parallel degree (--pp)", self.pp)
+        if self.zero not in (0, 1, 2, 3):
+            raise SwiftplanError(f"ZeRO stage must be 0, 1, 2 or 3, got {self.zero!r}.")
+        _check_choice("offload", self.offload, OFFLOADS)
+        if self.offload == "optimizer+params" and self.zero != 3:
+            raise SwiftplanError(
+                f"Offloading parameters needs ZeRO stage 3 (got --zero {self.zero}).",
+                hint="Use --zero 3 with --offload optimizer+params, or --offload optimizer with ZeRO 1–3.",
+            )
+        if self.offload == "optimizer" and self.zero == 0:
+            raise SwiftplanError(
+                "Optimizer offload needs a ZeRO stage of 1, 2 or 3 (got --zero 0).",
+                hint="Add --zero 2 (or 3), or drop --offload.",
+            )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainSetup:
+    """A fine-tuning configuration to size: method, numerics, batch shape and parallelism."""
+
+    method: Method = "lora"
+    """full fine-tuning, LoRA on a full-precision base, or QLoRA on a 4-bit base."""
+    precision: Precision = "bf16"
+    """bf16/fp16/fp32: model and states in that dtype. amp-*: fp32 model, autocast compute."""
+    quant: Quant = "none"
+    """Base-weight quantization (QLoRA defaults to nf4)."""
+    double_quant: bool = True
+    """bitsandbytes double quantization of the 4-bit absmax constants."""
+    lora: LoraSetup | None = None
+    """Adapter shape; required for lora/qlora, ignored for full."""
+    optimizer: Optimizer = "adamw"
+    """Optimizer whose state is kept per trainable parameter."""
+    micro_batch: int = 1
+    """Sequences per device per forward pass."""
+    seq_len: int = 2048
+    """Tokens per sequence (padded or packed length)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    grad_ckpt: bool = True
+    """Activation (gradient) checkpointing: keep only block inputs, recompute in backward."""
+    attention: AttentionImpl = "sdpa"
+    """Attention kernel: sdpa/flash keep no attention matrix; eager keeps b×heads×s×s."""
+    parallel: Parallelism = field(default_factory=Parallelism)
+    """Tensor/pipeline/ZeRO settings."""
+
+    def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("quantization", self.quant, QUANTS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_positive("Micro-batch (--batch)", self.micro_batch)
+        _check_positive("Sequence length (--seq)", self.seq_len)
+        _check_positive("Gradient accumulation", self.grad_accum)
+        if self.method in ("lora", "qlora") and self.lora is None:
+            object.__setattr__(self, "lora", LoraSetup())
+        if self.method == "qlora":
+            if self.quant == "none":
+                object.__setattr__(self, "quant", "nf4")
+            if self.quant not in _QLORA_QUANTS:
+                raise SwiftplanError(
+                    f"QLoRA uses a bitsandbytes 4-bit base (nf4 or fp4), not --quant {self.quant}.",
+                    hint="Use --method lora for LoRA on an int8/GPTQ/AWQ/fp8 base.",
+                )
+            if self.precision in ("fp32", "amp-bf16", "amp-fp16"):
+                raise SwiftplanError(
+                    f"QLoRA computes in bf16 or fp16 on a 4-bit base; --precision {self.precision} is not a QLoRA set-up.",
+                    hint="Use --precision bf16 (or fp16 on GPUs without bf16).",
+                )
+        elif self.method == "lora" and self.quant not in _LORA_BASE_QUANTS:
+            raise SwiftplanError(
+                f"--quant {self.quant} with --method lora is QLoRA.", hint="Use --method qlora for a 4-bit base."
+            )
+        elif self.method == "full" and self.quant != "none":
+            raise SwiftplanError(
+                f"Full fine-tuning cannot update quantized weights (--quant {self.quant}).",
+                hint="Use --method lora or qlora on a quantized base, or --quant none.",
+            )
+        if self.parallel.zero == 3 and self.quant != "none":
+            raise SwiftplanError(
+                f"ZeRO-3 sharding of a quantized base (--quant {self.quant}) is not modelled.",
+                hint="Use ZeRO 0–2 with QLoRA, or --quant none with ZeRO-3.",
+            )
+
+    @property
+    def trains_adapters(self) -> bool:
+        """LoRA or QLoRA: only adapter weights receive gradients."""
+        return self.method in ("lora", "qlora")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServeSetup:
+    """An inference-serving configuration to size (vLLM-style paged KV cache)."""
+
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """Compute/activation dtype; unquantized weights are stored in it."""
+    quant: Quant = "none"
+    """Weight quantization."""
+    kv_dtype: KvDtype = "auto"
+    """KV-cache dtype: auto = the compute dtype, fp8 = 1 byte per element."""
+    context: int = 4096
+    """Tokens per sequence (prompt + generated) the server must hold."""
+    concurrency: int = 1
+    """Sequences decoded at once."""
+    prefill_chunk: int = 2048
+    """Tokens processed per prefill step (vLLM max_num_batched_tokens)."""
+    tp: int = 1
+    """Tensor-parallel degree."""
+    gpu_memory_utilization: float = 0.9
+    """Fraction of device memory the engine may use (vLLM's knob)."""
+    max_loras: int = 0
+    """LoRA adapters resident at once (multi-LoRA serving)."""
+    max_lora_rank: int = 16
+    """Rank the LoRA slots are sized for."""
+
+    def __post_init__(self) -> None:
+        _check_choice("quantization", self.quant, QUANTS)
+        _check_positive("Context length (--context)", self.context)
+        _check_positive("Concurrency (--concurrency)", self.concurrency)
+        _check_positive("Prefill chunk", self.prefill_chunk)
+        _check_positive("Tensor-parallel degree (--tp)", self.tp)
+        if not 0.05 <= self.gpu_memory_utilization <= 1.0:
+            raise SwiftplanError(
+                f"--gpu-memory-utilization must be between 0.05 and 1.0, got {self.gpu_memory_utilization}."
+            )
+        if self.kv_dtype not in ("auto", "fp8"):
+            raise SwiftplanError(f"Unknown KV-cache dtype {self.kv_dtype!r}; valid values are: auto, fp8.")

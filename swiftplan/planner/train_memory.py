@@ -1,0 +1,156 @@
+"""Per-device training memory: composes weights, states, activations and logits under sharding.
+
+Sharding rules (per device, dp = world / (tp × pp)):
+- tensor parallelism divides matrices, per-head activations and the vocab by tp;
+- pipeline parallelism keeps ceil(layers / pp) blocks per stage; the first stage also holds
+  the embedding and, with micro-batches in flight (1F1B), pp sets of activations;
+- ZeRO-1 shards optimizer state (and master weights) over dp, ZeRO-2 also gradients,
+  ZeRO-3 also parameters (plus one gathered block in flight);
+- offload moves the optimizer state (and with ZeRO-3 the parameters) to host RAM.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from swiftplan.planner import activations as act
+from swiftplan.planner.adapters import adapter_params
+from swiftplan.planner.architecture import layer_linears, layer_params, total_params
+from swiftplan.planner.breakdown import MemoryBreakdown, Term
+from swiftplan.planner.calibration import constant, constant_source
+from swiftplan.planner.dtypes import dtype_bytes, param_dtype
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.states import gradient_bytes, master_weight_bytes, optimizer_state_bytes
+from swiftplan.planner.weights import layer_weight_bytes, outer_weight_bytes
+from swiftplan.units import format_gib
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainMemory:
+    """Device breakdown plus what lives on the host."""
+
+    device: MemoryBreakdown
+    """The most loaded device."""
+    host_bytes: int
+    """Host RAM taken by offloaded optimizer state and parameters (all ranks of one node)."""
+    params: int
+    """Parameters of the whole model, adapters included."""
+    trainable_params: int
+    """Parameters that receive gradients."""
+
+
+def _weights_on_device(spec: ModelSpec, setup: TrainSetup, layers: range) -> int:
+    # With DeepSpeed mixed precision (ZeRO + amp) the model itself is held in the compute dtype.
+    wdtype = param_dtype(setup.precision)
+    if setup.parallel.zero > 0 and setup.precision.startswith("amp-"):
+        wdtype = setup.precision.removeprefix("amp-")
+    wb = dtype_bytes(wdtype)
+    tp = setup.parallel.tp
+    blocks = sum(
+        layer_weight_bytes(spec, i, dtype_bytes=wb, quant=setup.quant, double_quant=setup.double_quant, tp=tp)
+        for i in layers
+    )
+    return blocks + outer_weight_bytes(spec, dtype_bytes=wb, tp=tp)
+
+
+def _matrix_shape_sum(spec: ModelSpec) -> int:
+    return sum(lin.count * (lin.in_features + lin.out_features) for i in range(spec.num_layers) for lin in layer_linears(spec, i))
+
+
+def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> TrainMemory:
+    """Bytes on the most loaded device for one training step of `setup` on `world_size` devices."""
+    par = setup.parallel
+    tp, pp = par.tp, par.pp
+    dp = max(1, world_size // (tp * pp))
+    stage_layers = range(math.ceil(spec.num_layers / pp))
+    model_params = total_params(spec)
+    lora_params = adapter_params(spec, setup.lora) if setup.trains_adapters and setup.lora else 0
+    trainable = lora_params if setup.trains_adapters else model_params
+    trainable_here = trainable // (tp * pp) if not setup.trains_adapters else lora_params // (tp * pp)
+
+    pdtype_bytes = dtype_bytes(param_dtype(setup.precision))
+    # Adapters are fp32 (peft upcast); full fine-tuning trains the parameters in their own dtype.
+    state_bytes = 4 if setup.trains_adapters else pdtype_bytes
+    deepspeed_mixed = par.zero > 0 and setup.precision.startswith("amp-") and not setup.trains_adapters
+
+    weights = _weights_on_device(spec, setup, stage_layers)
+    if setup.trains_adapters:
+        weights_frozen = weights
+        adapters = lora_params * 4 // (tp * pp)
+    else:
+        weights_frozen, adapters = weights, 0
+
+    grads = gradient_bytes(trainable_here, 2 if deepspeed_mixed else state_bytes)
+    optim = optimizer_state_bytes(
+        trainable_here, setup.optimizer, 4 if deepspeed_mixed else state_bytes, matrix_shape_sum=_matrix_shape_sum(spec) // (tp * pp)
+    )
+    master = master_weight_bytes(trainable_here) if deepspeed_mixed else 0
+
+    if par.zero >= 1:
+        optim, master = optim // dp, master // dp
+    if par.zero >= 2:
+        grads //= dp
+    gathered = 0
+    if par.zero == 3:
+        largest_block = max(layer_params(spec, i) for i in stage_layers) * dtype_bytes("bf16" if deepspeed_mixed else param_dtype(setup.precision))
+        weights_frozen = weights_frozen // dp
+        gathered = 2 * largest_block // tp  # the block being computed and the one prefetched
+    host = 0
+    if par.offload in ("optimizer", "optimizer+params"):
+        host += (optim + master) * dp
+        optim, master = 0, 0
+    if par.offload == "optimizer+params":
+        host += weights_frozen * dp
+        weights_frozen = 0
+
+    activations = act.activations_bytes(spec, setup, layers=len(stage_layers), tp=tp)
+    if pp > 1:
+        activations *= min(pp, setup.grad_accum)  # 1F1B: up to pp micro-batches in flight on stage 0
+    logits = act.logits_bytes(spec, setup, tp=tp)
+
+    # Optimizer step temporaries: foreach AdamW materialises sqrt(exp_avg_sq) for all params at once.
+    step_temp = (trainable_here * state_bytes) // (dp if par.zero >= 1 else 1) if setup.optimizer == "adamw" and par.offload == "none" else 0
+    static = weights_frozen + adapters + optim + master
+    grads_during_fwd = grads if setup.grad_accum > 1 else 0
+    forward_peak = static + gathered + grads_during_fwd + activations + logits
+    step_peak = static + grads + step_temp
+    runtime_alloc = int(constant("runtime_overhead", "cublas_workspace_bytes"))
+    if forward_peak >= step_peak:
+        phase, transient, peak = "loss and backward start", gathered, forward_peak
+    else:
+        phase, transient, peak = "optimizer step", step_temp, step_peak
+    peak += runtime_alloc
+    frag = constant("runtime_overhead", "allocator_fragmentation")
+    context = int(constant("runtime_overhead", "cuda_context_bytes"))
+    overhead = int(peak * frag) + context
+    terms = (
+        Term(name="weights", value_bytes=weights_frozen, formula=f"{model_params:,} params by dtype/quant ({setup.quant}), /tp{tp}, {len(stage_layers)} blocks/stage"
+             + (f", /dp{dp} (ZeRO-3)" if par.zero == 3 else "")),
+        Term(name="adapters", value_bytes=adapters, formula=f"{lora_params:,} LoRA params × 4 B (fp32)"),
+        Term(name="gradients", value_bytes=grads, formula=f"{trainable_here:,} trainable × {2 if deepspeed_mixed else state_bytes} B" + (f" / dp{dp}" if par.zero >= 2 else "")),
+        Term(name="optimizer", value_bytes=optim, formula=f"{setup.optimizer} state for {trainable_here:,} params" + (f" / dp{dp}" if par.zero >= 1 else "") + (" (offloaded to host)" if par.offload != "none" else "")),
+        Term(name="master_weights", value_bytes=master, formula="4 B × trainable (DeepSpeed mixed precision)" if deepspeed_mixed else "none (no separate master copy)"),
+        Term(name="activations", value_bytes=activations, formula=f"saved tensors of {len(stage_layers)} blocks for {setup.micro_batch}×{setup.seq_len} tokens" + (" with checkpointing" if setup.grad_ckpt else "")),
+        Term(name="logits", value_bytes=logits, formula=f"{setup.micro_batch * setup.seq_len} tokens × {spec.vocab_size // tp} vocab × (compute-dtype logits + 3 fp32 loss tensors)"),
+        Term(name="transient", value_bytes=transient, formula=f"at the peak ({phase})"),
+        Term(name="runtime_overhead", value_bytes=overhead, formula=f"CUDA context {format_gib(context)} + {frag:.0%} allocator slack",
+             source=constant_source("runtime_overhead", "cuda_context_bytes")),
+    )
+    device = MemoryBreakdown(
+        weights=weights_frozen,
+        adapters=adapters,
+        gradients=grads,
+        optimizer=optim,
+        master_weights=master,
+        activations=activations,
+        logits=logits,
+        transient=transient,
+        runtime_overhead=overhead,
+        peak_allocated=peak,
+        device_total=peak + overhead,
+        peak_phase=phase,
+        terms=terms,
+    )
+    return TrainMemory(device=device, host_bytes=host, params=model_params + lora_params, trainable_params=trainable)

@@ -1,0 +1,78 @@
+"""Bytes of the base model's weights on one device, by dtype and quantization scheme.
+
+Which modules a scheme quantizes follows the libraries: bitsandbytes (transformers'
+`replace_with_bnb_linear`) and GPTQ/AWQ replace `nn.Linear` layers in the blocks only;
+embeddings, the LM head, norms, routers and (transformers v5) fused expert tensors stay in
+the compute dtype.
+"""
+
+from __future__ import annotations
+
+from swiftplan.planner.architecture import (
+    Linear,
+    embedding_params,
+    final_norm_params,
+    layer_linears,
+    layer_vector_params,
+    lm_head_params,
+)
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.setup import Quant
+
+BNB_4BIT_BLOCK = 64
+"""bitsandbytes 4-bit quantizes in blocks of 64 weights, one absmax per block (Dettmers et al. 2023, §3)."""
+BNB_DOUBLE_QUANT_BLOCK = 256
+"""Double quantization stores absmax as 8-bit with one fp32 constant per 256 absmax values (QLoRA paper §3)."""
+GPTQ_AWQ_GROUP = 128
+"""Default group size of GPTQ/AWQ checkpoints: one fp16 scale and one 4-bit zero per 128 input rows."""
+
+
+def quantized_linear_bytes(linear: Linear, quant: Quant, *, double_quant: bool = True) -> int:
+    """Bytes of one quantized nn.Linear (weight, its constants, and its bias in 16-bit).
+
+    - nf4/fp4: 0.5 B/weight + absmax per 64 weights: fp32 (4 B), or with double quant 1 B plus
+      one fp32 per 256 blocks (≈ 0.127 bit/weight instead of 0.5, as in the QLoRA paper).
+    - int8 (LLM.int8): 1 B/weight + one fp32 row scale (SCB) per output feature.
+    - gptq/awq: 4-bit packed weights + per group of 128 inputs an fp16 scale and a 4-bit zero
+      per output; GPTQ also keeps g_idx (int32 per input row).
+    - fp8: 1 B/weight + one fp32 scale per tensor.
+    """
+    weights = linear.in_features * linear.out_features
+    bias = 2 * linear.out_features if linear.bias else 0
+    if quant in ("nf4", "fp4"):
+        blocks = -(-weights // BNB_4BIT_BLOCK)
+        absmax = blocks + 4 * -(-blocks // BNB_DOUBLE_QUANT_BLOCK) if double_quant else 4 * blocks
+        per_copy = weights // 2 + absmax
+    elif quant == "int8":
+        per_copy = weights + 4 * linear.out_features
+    elif quant in ("gptq", "awq"):
+        groups = -(-linear.in_features // GPTQ_AWQ_GROUP)
+        per_copy = weights // 2 + groups * linear.out_features * 2 + groups * linear.out_features // 2
+        if quant == "gptq":
+            per_copy += 4 * linear.in_features
+    elif quant == "fp8":
+        per_copy = weights + 4
+    else:
+        raise ValueError(f"not a quantized format: {quant}")
+    return linear.count * (per_copy + bias)
+
+
+def is_quantized(linear: Linear, quant: Quant) -> bool:
+    """Whether `quant` replaces this module (only plain nn.Linear layers are replaced)."""
+    return quant != "none" and linear.kind == "linear"
+
+
+def layer_weight_bytes(spec: ModelSpec, layer: int, *, dtype_bytes: int, quant: Quant, double_quant: bool, tp: int = 1) -> int:
+    """Bytes of block `layer` on one tensor-parallel rank: matrices split by `tp`, vectors replicated."""
+    total = layer_vector_params(spec, layer) * dtype_bytes
+    for linear in layer_linears(spec, layer):
+        if is_quantized(linear, quant):
+            total += quantized_linear_bytes(linear, quant, double_quant=double_quant) // tp
+        else:
+            total += linear.params * dtype_bytes // tp
+    return total
+
+
+def outer_weight_bytes(spec: ModelSpec, *, dtype_bytes: int, tp: int = 1) -> int:
+    """Embedding, LM head and final norm (never quantized), with vocab rows split by `tp`."""
+    return (embedding_params(spec) + lm_head_params(spec)) * dtype_bytes // tp + final_norm_params(spec) * dtype_bytes
