@@ -1,0 +1,166 @@
+"""One estimate: memory and speed of a training or serving set-up on a cluster (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.planner.adapters import validate_targets
+from swiftplan.planner.architecture import total_params
+from swiftplan.planner.breakdown import MemoryBreakdown
+from swiftplan.planner.hardware import Cluster
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.serve_memory import serve_memory
+from swiftplan.planner.setup import ServeSetup, TrainSetup
+from swiftplan.planner.speed import ServeSpeed, TrainSpeed, serve_speed, train_speed
+from swiftplan.planner.train_memory import train_memory
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Estimate:
+    """The answer to "does it fit, and how fast": the breakdown of the most loaded device and the speed."""
+
+    task: str
+    """"train" or "serve"."""
+    model: ModelSpec
+    """The model sized."""
+    cluster: Cluster
+    """The hardware it was sized for."""
+    setup: TrainSetup | ServeSetup
+    """The configuration."""
+    memory: MemoryBreakdown
+    """Per-device memory (most loaded device)."""
+    device_memory_bytes: int
+    """Memory one device offers."""
+    host_bytes: int
+    """Host RAM for offloaded state, bytes."""
+    params: int
+    """All parameters, adapters included."""
+    trainable_params: int
+    """Parameters receiving gradients (0 for serving)."""
+    speed: TrainSpeed | ServeSpeed
+    """Predicted speed."""
+    max_concurrency: int | None = None
+    """Serving: sequences of the requested context that fit."""
+    max_context: int | None = None
+    """Serving: longest context that fits at the requested concurrency."""
+
+    @property
+    def fits(self) -> bool:
+        """Whether the device total stays within the device's memory (and, serving, the KV budget holds the load)."""
+        if self.task == "serve":
+            return self.max_concurrency is not None and self.max_concurrency >= self.setup.concurrency  # type: ignore[union-attr]
+        return self.memory.device_total <= self.device_memory_bytes
+
+    @property
+    def headroom_bytes(self) -> int:
+        """Device memory left at the peak (negative when it does not fit)."""
+        return self.device_memory_bytes - self.memory.device_total
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON shape of `swiftplan estimate --json`."""
+        speed: dict[str, Any]
+        if isinstance(self.speed, TrainSpeed):
+            speed = {
+                "tokens_per_s": self.speed.tokens_per_s,
+                "step_time_s": self.speed.step_time_s,
+                "bound": self.speed.bound,
+                "flops_per_token": self.speed.flops_per_token,
+                "mfu_prior": self.speed.mfu_prior,
+                "breakdown_s": self.speed.breakdown_s,
+            }
+        else:
+            speed = {
+                "tokens_per_s": self.speed.decode_tokens_per_s,
+                "step_time_s": 1 / self.speed.per_user_decode_tokens_per_s,
+                "bound": self.speed.bound,
+                "prefill_tokens_per_s": self.speed.prefill_tokens_per_s,
+                "ttft_s": self.speed.ttft_s,
+                "per_user_decode_tokens_per_s": self.speed.per_user_decode_tokens_per_s,
+            }
+        payload: dict[str, Any] = {
+            "task": self.task,
+            "model": self.model.name,
+            "cluster": self.cluster.describe(),
+            "params": self.params,
+            "trainable_params": self.trainable_params,
+            "per_device": self.memory.as_dict(),
+            "peak_phase": self.memory.peak_phase,
+            "host_bytes": self.host_bytes,
+            "device_memory_bytes": self.device_memory_bytes,
+            "fits": self.fits,
+            "headroom_bytes": self.headroom_bytes,
+            "dominant": self.memory.dominant(),
+            "speed": speed,
+            "terms": [
+                {"name": t.name, "bytes": t.value_bytes, "formula": t.formula, "source": t.source} for t in self.memory.terms
+            ],
+        }
+        if self.task == "serve":
+            payload["max_concurrency"] = self.max_concurrency
+            payload["max_context"] = self.max_context
+        return payload
+
+
+def _check_parallelism(spec: ModelSpec, cluster: Cluster, tp: int, pp: int) -> None:
+    if spec.num_heads % tp:
+        raise SwiftplanError(
+            f"--tp {tp} does not divide {spec.name}'s {spec.num_heads} attention heads.",
+            hint=f"Valid tensor-parallel degrees: {', '.join(str(d) for d in range(1, spec.num_heads + 1) if spec.num_heads % d == 0 and d <= cluster.world_size)}.",
+        )
+    if spec.num_kv_heads % tp and tp % spec.num_kv_heads:
+        raise SwiftplanError(
+            f"--tp {tp} neither divides nor is a multiple of {spec.name}'s {spec.num_kv_heads} key/value heads."
+        )
+    if pp > spec.num_layers:
+        raise SwiftplanError(f"--pp {pp} exceeds {spec.name}'s {spec.num_layers} layers.")
+    if cluster.world_size % (tp * pp):
+        raise SwiftplanError(
+            f"--tp {tp} × --pp {pp} = {tp * pp} does not divide the {cluster.world_size} devices of {cluster.describe()}."
+        )
+
+
+def estimate_training(spec: ModelSpec, setup: TrainSetup, cluster: Cluster) -> Estimate:
+    """Memory and speed of one training configuration."""
+    _check_parallelism(spec, cluster, setup.parallel.tp, setup.parallel.pp)
+    if setup.lora is not None and setup.trains_adapters:
+        validate_targets(spec, setup.lora)
+    memory = train_memory(spec, setup, world_size=cluster.world_size)
+    speed = train_speed(spec, setup, cluster, trainable_params=memory.trainable_params)
+    return Estimate(
+        task="train",
+        model=spec,
+        cluster=cluster,
+        setup=setup,
+        memory=memory.device,
+        device_memory_bytes=cluster.memory_bytes_per_device,
+        host_bytes=memory.host_bytes,
+        params=memory.params,
+        trainable_params=memory.trainable_params,
+        speed=speed,
+    )
+
+
+def estimate_serving(spec: ModelSpec, setup: ServeSetup, cluster: Cluster) -> Estimate:
+    """Memory, limits and speed of one serving configuration (one replica on `setup.tp` devices)."""
+    _check_parallelism(spec, cluster, setup.tp, 1)
+    device_bytes = cluster.memory_bytes_per_device
+    memory = serve_memory(spec, setup, device_memory_bytes=device_bytes)
+    speed = serve_speed(
+        spec, setup, cluster.accelerator, weight_bytes=memory.device.weights, kv_bytes_per_token=memory.kv_bytes_per_token
+    )
+    return Estimate(
+        task="serve",
+        model=spec,
+        cluster=cluster,
+        setup=setup,
+        memory=memory.device,
+        device_memory_bytes=device_bytes,
+        host_bytes=0,
+        params=total_params(spec),
+        trainable_params=0,
+        speed=speed,
+        max_concurrency=memory.max_concurrency,
+        max_context=memory.max_context,
+    )
