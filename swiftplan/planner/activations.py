@@ -55,11 +55,11 @@ class LayerActivations:
         return self.norms + self.linear_inputs + self.lora + self.attention + self.mlp + self.moe
 
 
-def _linear_saves(linear: Linear, setup: TrainSetup, tokens: int, cb: int) -> tuple[int, int]:
+def _linear_saves(linear: Linear, setup: TrainSetup, tokens: int, cb: int, model_type: str) -> tuple[int, int]:
     """(bytes saved as a trainable Linear input, bytes saved by a LoRA wrapper) for one module."""
     if setup.trains_adapters:
         assert setup.lora is not None
-        if not is_targeted(linear, setup.lora):
+        if not is_targeted(linear, setup.lora, model_type):
             return 0, 0
         width = linear.in_features
         per_token = FP32 * width + (BOOL * width if setup.lora.dropout > 0 else 0) + FP32 * setup.lora.rank
@@ -84,7 +84,7 @@ def layer_activation_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, token
     for linear in layer_linears(spec, layer):
         if linear.kind != "linear":
             continue
-        saved, lora_saved = _linear_saves(linear, setup, tokens, cb)
+        saved, lora_saved = _linear_saves(linear, setup, tokens, cb, spec.model_type)
         # Linears reading the same tensor (q/k/v, gate/up) share one saved input.
         key = (linear.block + ("_in" if linear.name not in ("o_proj", "down_proj") else linear.name), linear.in_features)
         if saved and key not in seen_inputs:

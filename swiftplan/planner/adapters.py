@@ -7,31 +7,47 @@ from swiftplan.planner.architecture import Linear, layer_linears
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import LoraSetup
 
+# What peft (0.21) does with "all-linear" on transformers-v5 MoE models, as observed with
+# get_peft_model on tiny configs (tests/test_model_spec.py pins it): for these model types it
+# also wraps the router and the fused expert tensors (ParamWrapper) and, for DeepSeek, leaves the
+# shared experts alone; for others (qwen2_moe) only nn.Linear modules are wrapped.
+_ALL_LINEAR_WRAPS_EXPERTS = frozenset({"mixtral", "qwen3_moe", "deepseek_v2", "deepseek_v3"})
+_ALL_LINEAR_SKIPS_SHARED_EXPERTS = frozenset({"deepseek_v2", "deepseek_v3"})
+
 ADAPTER_DTYPE_BYTES = 4
 """peft >= 0.12 upcasts adapter weights to fp32 when the base is bf16/fp16
 (`get_peft_model(..., autocast_adapter_dtype=True)` is the default), so A, B and the DoRA
 magnitude are fp32 whatever the base dtype."""
 
 
-def is_targeted(linear: Linear, lora: LoraSetup) -> bool:
-    """peft's matching: nn.Linear modules whose name (last component) is in the target list;
-    "all-linear" takes every nn.Linear in the blocks (the LM head is excluded by peft)."""
+def is_targeted(linear: Linear, lora: LoraSetup, model_type: str = "") -> bool:
+    """peft's matching: modules whose name (last component) is in the target list.
+
+    "all-linear" takes every nn.Linear in the blocks (peft excludes the LM head) and, with
+    transformers v5 MoE models, also the router and the fused expert tensors (peft >= 0.18
+    wraps them with a ParamWrapper) for the model types listed above."""
+    if lora.all_linear:
+        if linear.kind != "linear":
+            return model_type in _ALL_LINEAR_WRAPS_EXPERTS
+        return not (model_type in _ALL_LINEAR_SKIPS_SHARED_EXPERTS and linear.name.startswith("shared_experts."))
     if linear.kind != "linear":
         return False
-    if lora.all_linear:
-        return True
     leaf = linear.name.rsplit(".", 1)[-1]
     return leaf in lora.targets or linear.name in lora.targets
 
 
 def targeted_linears(spec: ModelSpec, lora: LoraSetup, layer: int) -> list[Linear]:
     """The modules of block `layer` that get an adapter."""
-    return [lin for lin in layer_linears(spec, layer) if is_targeted(lin, lora)]
+    return [lin for lin in layer_linears(spec, layer) if is_targeted(lin, lora, spec.model_type)]
 
 
 def lora_params_for(linear: Linear, lora: LoraSetup) -> int:
-    """A (r × in) + B (out × r), plus the DoRA magnitude (out)."""
-    params = lora.rank * (linear.in_features + linear.out_features)
+    """A (r × in) + B (out × r), plus the DoRA magnitude (out).
+
+    Fused experts get one rank-r adapter per expert, stacked (A: r·E × in, B: out × r·E);
+    peft doubles the rank of a fused gate_up tensor so gate and up each get rank r."""
+    rank = lora.rank * linear.count * (2 if linear.kind == "experts" and "gate_up" in linear.name else 1)
+    params = rank * (linear.in_features + linear.out_features)
     if lora.dora:
         params += linear.out_features
     return params

@@ -138,15 +138,21 @@ def layer_linears(spec: ModelSpec, layer: int) -> tuple[Linear, ...]:
 
 
 def layer_vector_params(spec: ModelSpec, layer: int) -> int:
-    """Parameters of a block that are not matrices: norm weights, QK-norm, MLA latent norms, router bias."""
+    """Parameters of a block that are not matrices: norm weights, QK-norm, MLA latent norms."""
     count = spec.norms_per_layer * spec.hidden_size
     if spec.qk_norm:
         count += 2 * spec.head_dim
     if spec.mla is not None:
         count += spec.mla.kv_lora_rank + (spec.mla.q_lora_rank or 0)
-    if spec.moe is not None and spec.moe.router_bias and spec.is_moe_layer(layer):
-        count += spec.moe.num_experts
     return count
+
+
+def layer_buffer_elements(spec: ModelSpec, layer: int) -> int:
+    """Persistent non-parameter tensors of a block that still take memory: DeepSeek-V3's
+    e_score_correction_bias (num_experts per MoE layer) is a buffer in transformers."""
+    if spec.moe is not None and spec.moe.router_bias and spec.is_moe_layer(layer):
+        return spec.moe.num_experts
+    return 0
 
 
 def layer_params(spec: ModelSpec, layer: int) -> int:

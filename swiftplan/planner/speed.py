@@ -20,6 +20,11 @@ from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import ServeSetup, TrainSetup
 from swiftplan.planner.weights import is_quantized
 
+FALLBACK_PCIE_BYTES_PER_S = 15.75e9
+"""PCIe 4.0 x8 per direction, assumed when the catalog lacks a figure (conservative for x16 cards)."""
+FALLBACK_BANDWIDTH_BYTES_PER_S = 400e9
+"""Assumed memory bandwidth when the catalog lacks one (e.g. an unknown probed device)."""
+
 if TYPE_CHECKING:
     from swiftplan.planner.hardware import Accelerator, Cluster
 
@@ -114,7 +119,7 @@ def train_speed(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainab
         passes = 3 if setup.grad_ckpt else 2
         micro_steps = setup.grad_accum
         dequant_s = micro_steps * passes * quantized * constant("qlora_dequant", "bytes_per_weight") / 2 / (
-            acc.memory_bandwidth_bytes_per_s * par.tp
+            (acc.memory_bandwidth_bytes_per_s or FALLBACK_BANDWIDTH_BYTES_PER_S) * par.tp
         )
 
     intra = acc.intra_node_bytes_per_s
@@ -131,9 +136,9 @@ def train_speed(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainab
     offload_s = 0.0
     if par.offload != "none":
         state_bytes = trainable_params * (4 if setup.trains_adapters else 2) / dp
-        offload_s = 2 * state_bytes / acc.pcie_bytes_per_s  # gradients down, updated weights up
+        offload_s = 2 * state_bytes / (acc.pcie_bytes_per_s or FALLBACK_PCIE_BYTES_PER_S)  # gradients down, updated weights up
         if par.offload == "optimizer+params":
-            offload_s += 2 * setup.grad_accum * trainable_params * 2 / dp / acc.pcie_bytes_per_s
+            offload_s += 2 * setup.grad_accum * trainable_params * 2 / dp / (acc.pcie_bytes_per_s or FALLBACK_PCIE_BYTES_PER_S)
 
     body = max(compute_s, dequant_s + compute_s * 0.5)
     bubble_s = body * (par.pp - 1) / (setup.grad_accum + par.pp - 1) if par.pp > 1 else 0.0
@@ -164,7 +169,7 @@ def serve_speed(spec: ModelSpec, setup: ServeSetup, accelerator: Accelerator, *,
     """
     n = matmul_params_per_token(spec)
     peak = accelerator.dense_flops(setup.dtype) * constant("serving_efficiency", "compute") * setup.tp
-    bandwidth = accelerator.memory_bandwidth_bytes_per_s * constant("serving_efficiency", "bandwidth") * setup.tp
+    bandwidth = (accelerator.memory_bandwidth_bytes_per_s or FALLBACK_BANDWIDTH_BYTES_PER_S) * constant("serving_efficiency", "bandwidth") * setup.tp
     prompt = setup.context // 2
     prefill_flops = (2 * n + attention_flops_per_token(spec, prompt)) * prompt
     prefill_tps = prompt / (prefill_flops / peak)

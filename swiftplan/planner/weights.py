@@ -12,6 +12,7 @@ from swiftplan.planner.architecture import (
     Linear,
     embedding_params,
     final_norm_params,
+    layer_buffer_elements,
     layer_linears,
     layer_vector_params,
     lm_head_params,
@@ -64,7 +65,7 @@ def is_quantized(linear: Linear, quant: Quant) -> bool:
 
 def layer_weight_bytes(spec: ModelSpec, layer: int, *, dtype_bytes: int, quant: Quant, double_quant: bool, tp: int = 1) -> int:
     """Bytes of block `layer` on one tensor-parallel rank: matrices split by `tp`, vectors replicated."""
-    total = layer_vector_params(spec, layer) * dtype_bytes
+    total = (layer_vector_params(spec, layer) + layer_buffer_elements(spec, layer)) * dtype_bytes
     for linear in layer_linears(spec, layer):
         if is_quantized(linear, quant):
             total += quantized_linear_bytes(linear, quant, double_quant=double_quant) // tp
