@@ -296,7 +296,7 @@ def test_match_probed_name_refuses_implausible_matches(probed, memory_bytes):
 
 def test_hardware_module_stays_pure():
     code = (
-        "import sys, swiftplan.planner.hardware, swiftplan.planner.capabilities\n"
+        "import sys, swiftplan.planner.hardware\n"
         "bad = [m for m in ('torch', 'pynvml', 'transformers', 'swiftplan.executors') if m in sys.modules]\n"
         "print(','.join(bad))"
     )
