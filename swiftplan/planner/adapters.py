@@ -10,9 +10,10 @@ from swiftplan.planner.setup import LoraSetup
 # What peft (0.21) does with "all-linear" on transformers-v5 MoE models, as observed with
 # get_peft_model on tiny configs (tests/test_model_spec.py pins it): for these model types it
 # also wraps the router and the fused expert tensors (ParamWrapper) and, for DeepSeek, leaves the
-# shared experts alone; for others (qwen2_moe) only nn.Linear modules are wrapped.
+# dense MLPs (first_k_dense layers and shared experts) alone; for others (qwen2_moe) only
+# nn.Linear modules are wrapped.
 _ALL_LINEAR_WRAPS_EXPERTS = frozenset({"mixtral", "qwen3_moe", "deepseek_v2", "deepseek_v3"})
-_ALL_LINEAR_SKIPS_SHARED_EXPERTS = frozenset({"deepseek_v2", "deepseek_v3"})
+_ALL_LINEAR_SKIPS_DENSE_MLP = frozenset({"deepseek_v2", "deepseek_v3"})
 
 ADAPTER_DTYPE_BYTES = 4
 """peft >= 0.12 upcasts adapter weights to fp32 when the base is bf16/fp16
@@ -29,7 +30,7 @@ def is_targeted(linear: Linear, lora: LoraSetup, model_type: str = "") -> bool:
     if lora.all_linear:
         if linear.kind != "linear":
             return model_type in _ALL_LINEAR_WRAPS_EXPERTS
-        return not (model_type in _ALL_LINEAR_SKIPS_SHARED_EXPERTS and linear.name.startswith("shared_experts."))
+        return not (model_type in _ALL_LINEAR_SKIPS_DENSE_MLP and linear.block == "mlp")
     if linear.kind != "linear":
         return False
     leaf = linear.name.rsplit(".", 1)[-1]

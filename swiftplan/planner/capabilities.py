@@ -15,6 +15,7 @@ Pure: reads packaged data only.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -44,7 +45,7 @@ _RULE_KEYS = frozenset(
 )
 _QUANT_4BIT = {"nf4", "fp4", "4bit", "int4", "bnb4bit", "bnb_4bit", "qlora"}
 _QUANT_8BIT = {"int8", "8bit", "bnb8bit", "bnb_8bit", "llm.int8", "llmint8"}
-_FLASH_ATTENTION = {"flash_attention_2", "flash_attn", "flash-attn", "fa2", "flash_attention"}
+_FLASH_ATTENTION = {"flash", "flash_attention_2", "flash_attn", "flash-attn", "fa2", "flash_attention"}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -177,9 +178,10 @@ def _required_features(
     """(feature, which option asked for it) for the options given."""
     needs: list[tuple[Feature, str]] = []
     if precision:
-        base = precision.lower().replace("-", "_").split("_")[0]
-        if base in ("bf16", "fp8"):
-            needs.append((base, f"precision {precision}"))  # type: ignore[arg-type]
+        tokens = set(re.split(r"[-_\s]+", precision.lower()))  # 'bf16', 'amp-bf16', 'bf16_mixed'
+        for dtype in ("bf16", "fp8"):
+            if dtype in tokens:
+                needs.append((dtype, f"precision {precision}"))  # type: ignore[arg-type]
     if quant:
         key = quant.lower().replace("-", "_")
         if key in _QUANT_4BIT:
@@ -224,9 +226,10 @@ def check(
 ) -> list[str]:
     """Reasons the requested options cannot run on `accelerator`; empty when they can.
 
-    precision: 'bf16', 'fp16', 'fp32', 'fp8' (suffixes such as '_amp' are ignored); quant: 'nf4',
-    '4bit', 'int8', 'fp8', or None; optimizer: e.g. 'adamw_8bit', 'paged_adamw_8bit'; zero_stage: 0-3
-    (DeepSpeed for 1-3); attention: 'flash_attention_2'/'sdpa'/'eager'; serving_engine: 'vllm'.
+    precision: 'bf16', 'amp-bf16', 'fp16', 'fp32', 'fp8'; quant: 'none', 'nf4', 'fp4', 'int8', 'fp8'
+    ('gptq'/'awq' need nothing checked here); optimizer: e.g. 'adamw', 'adamw-8bit', 'paged-adamw-8bit';
+    zero_stage: 0-3 (DeepSpeed for 1-3); attention: 'flash' or 'flash_attention_2' (others need nothing);
+    serving_engine: 'vllm'. Each reason is one sentence ending in a full stop.
     """
     reasons: list[str] = []
     if zero_stage is not None and zero_stage not in (0, 1, 2, 3):
