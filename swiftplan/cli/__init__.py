@@ -25,8 +25,6 @@ app = typer.Typer(
 # Each module defines `register(app)`; the order here is the order in --help.
 _COMMAND_MODULES = [
     "models",
-    "gpus",
-    "probe",
     "estimate",
 ]
 

@@ -28,7 +28,7 @@ def parse_targets(targets: str) -> tuple[str, ...]:
 def _refuse_impossible(cluster: Cluster, **options: object) -> None:
     reasons = check(cluster.accelerator, **options)  # type: ignore[arg-type]
     if reasons:
-        raise SwiftplanError(f"{cluster.accelerator.name} cannot run this configuration: {'; '.join(reasons)}.")
+        raise SwiftplanError(" ".join(reasons), hint="`swiftplan gpus` lists what each accelerator supports.")
 
 
 def build_train_setup(
@@ -51,7 +51,10 @@ def build_train_setup(
         attention=attention,  # type: ignore[arg-type]
         parallel=Parallelism(tp=tp, pp=pp, zero=zero, offload=offload),  # type: ignore[arg-type]
     )
-    _refuse_impossible(cluster, precision=setup.precision, quant=setup.quant, optimizer=setup.optimizer, zero_stage=zero)
+    _refuse_impossible(
+        cluster, precision=setup.precision, quant=setup.quant, optimizer=setup.optimizer, zero_stage=zero,
+        attention=attention,
+    )
     return setup
 
 
