@@ -1,0 +1,5 @@
+"""`python -m swiftplan` runs the CLI."""
+
+from swiftplan.cli import main
+
+main()
