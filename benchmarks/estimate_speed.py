@@ -16,8 +16,30 @@ from pathlib import Path
 
 CASES = [
     ["estimate", "Qwen/Qwen2.5-72B", "--method", "qlora", "--gpus", "rtx4090", "--json"],
-    ["estimate", "Qwen/Qwen2.5-7B", "--method", "lora", "--rank", "64", "--batch", "2", "--gpus", "h100", "--json"],
-    ["estimate", "meta-llama/Llama-3.1-70B", "--method", "full", "--zero", "3", "--gpus", "2x8xH100", "--json"],
+    [
+        "estimate",
+        "Qwen/Qwen2.5-7B",
+        "--method",
+        "lora",
+        "--rank",
+        "64",
+        "--batch",
+        "2",
+        "--gpus",
+        "h100",
+        "--json",
+    ],
+    [
+        "estimate",
+        "meta-llama/Llama-3.1-70B",
+        "--method",
+        "full",
+        "--zero",
+        "3",
+        "--gpus",
+        "2x8xH100",
+        "--json",
+    ],
     ["estimate", "deepseek-ai/DeepSeek-V3", "--task", "serve", "--tp", "8", "--gpus", "8xH200", "--json"],
 ]
 

@@ -14,8 +14,21 @@ import sys
 from pathlib import Path
 
 # Keys that are not config.json keys (annotations added by the reference compilers).
-_ANNOTATIONS = {"family", "architectures", "is_moe", "modality", "sources", "notes", "params", "source", "mla",
-                "raw_config_keys", "routing", "head_dim_derived", "vision_tower_params_computed"}
+_ANNOTATIONS = {
+    "family",
+    "architectures",
+    "is_moe",
+    "modality",
+    "sources",
+    "notes",
+    "params",
+    "source",
+    "mla",
+    "raw_config_keys",
+    "routing",
+    "head_dim_derived",
+    "vision_tower_params_computed",
+}
 _SKIP_MODEL_TYPES = {"qwen2_vl"}  # vision-language: the planner sizes text-only models for now
 
 

@@ -12,7 +12,10 @@ import pytest
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", "from swiftplan.cli import main; main()", *args],
-        capture_output=True, text=True, timeout=60, env={"SWIFTPLAN_OFFLINE": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "120"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"SWIFTPLAN_OFFLINE": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "120"},
     )
 
 
@@ -20,11 +23,30 @@ def test_estimate_json_has_the_documented_fields():
     result = run_cli("estimate", "Qwen/Qwen2.5-72B", "--method", "qlora", "--gpus", "rtx4090", "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    for key in ("params", "trainable_params", "per_device", "host_bytes", "device_memory_bytes", "fits", "speed"):
+    for key in (
+        "params",
+        "trainable_params",
+        "per_device",
+        "host_bytes",
+        "device_memory_bytes",
+        "fits",
+        "speed",
+    ):
         assert key in data
     per_device = data["per_device"]
-    for key in ("weights", "adapters", "gradients", "optimizer", "master_weights", "activations", "logits",
-                "kv_cache", "runtime_overhead", "peak_allocated", "device_total"):
+    for key in (
+        "weights",
+        "adapters",
+        "gradients",
+        "optimizer",
+        "master_weights",
+        "activations",
+        "logits",
+        "kv_cache",
+        "runtime_overhead",
+        "peak_allocated",
+        "device_total",
+    ):
         assert isinstance(per_device[key], int)
     assert set(data["speed"]) >= {"tokens_per_s", "step_time_s", "bound"}
     # 72B in nf4 is ~38 GiB of weights alone: it cannot fit a 24 GiB card.
@@ -33,8 +55,19 @@ def test_estimate_json_has_the_documented_fields():
 
 
 def test_estimate_serving_json_reports_limits():
-    result = run_cli("estimate", "qwen2.5-7b", "--task", "serve", "--context", "8192", "--concurrency", "8",
-                     "--gpus", "h100", "--json")
+    result = run_cli(
+        "estimate",
+        "qwen2.5-7b",
+        "--task",
+        "serve",
+        "--context",
+        "8192",
+        "--concurrency",
+        "8",
+        "--gpus",
+        "h100",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["max_concurrency"] >= 8 and data["max_context"] >= 8192
@@ -70,8 +103,15 @@ def test_bad_input_is_one_clear_error(args, message):
 
 
 def test_local_config_file(tmp_path):
-    config = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
-              "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000}
+    config = {
+        "model_type": "llama",
+        "hidden_size": 256,
+        "intermediate_size": 688,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 1000,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     result = run_cli("estimate", str(tmp_path), "--method", "full", "--json")
     assert result.returncode == 0, result.stderr

@@ -6,20 +6,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swiftplan.planner.architecture import total_params
+from swiftplan.planner.architecture import Linear, total_params
 from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.serve_memory import kv_cache_bytes_per_token
 from swiftplan.planner.setup import LoraSetup, Parallelism, TrainSetup
 from swiftplan.planner.states import optimizer_state_bytes
 from swiftplan.planner.train_memory import train_memory
 from swiftplan.planner.weights import quantized_linear_bytes
-from swiftplan.planner.architecture import Linear
 
 QWEN7B = catalog_spec("Qwen/Qwen2.5-7B-Instruct")
 MODELS = [QWEN7B, catalog_spec("meta-llama/Llama-3.1-8B"), catalog_spec("mistralai/Mixtral-8x7B-v0.1")]
 
 
 # --- hand computations -----------------------------------------------------------------------------
+
 
 def test_full_bf16_weights_are_two_bytes_per_param():
     mem = train_memory(QWEN7B, TrainSetup(method="full", precision="bf16", optimizer="adamw"))
@@ -91,8 +91,13 @@ settings.register_profile("fast", max_examples=25, deadline=None)
 settings.load_profile("fast")
 
 
-@given(spec=st.sampled_from(MODELS), method=st.sampled_from(["full", "lora", "qlora"]),
-       batch=st.integers(1, 7), seq=st.integers(64, 4096), ckpt=st.booleans())
+@given(
+    spec=st.sampled_from(MODELS),
+    method=st.sampled_from(["full", "lora", "qlora"]),
+    batch=st.integers(1, 7),
+    seq=st.integers(64, 4096),
+    ckpt=st.booleans(),
+)
 def test_peak_grows_with_batch_and_sequence(spec, method, batch, seq, ckpt):
     base = dict(method=method, grad_ckpt=ckpt)
     small = train_memory(spec, TrainSetup(micro_batch=batch, seq_len=seq, **base)).device
@@ -109,19 +114,31 @@ def test_peak_grows_with_batch_and_sequence(spec, method, batch, seq, ckpt):
 @given(spec=st.sampled_from(MODELS), rank=st.integers(1, 255), all_linear=st.booleans())
 def test_peak_grows_with_rank(spec, rank, all_linear):
     targets = ("all-linear",) if all_linear else ("q_proj", "v_proj")
-    lo = train_memory(spec, TrainSetup(method="lora", lora=LoraSetup(rank=rank, targets=targets))).device.peak_allocated
-    hi = train_memory(spec, TrainSetup(method="lora", lora=LoraSetup(rank=rank + 1, targets=targets))).device.peak_allocated
+    lo = train_memory(
+        spec, TrainSetup(method="lora", lora=LoraSetup(rank=rank, targets=targets))
+    ).device.peak_allocated
+    hi = train_memory(
+        spec, TrainSetup(method="lora", lora=LoraSetup(rank=rank + 1, targets=targets))
+    ).device.peak_allocated
     assert hi > lo
 
 
-@given(spec=st.sampled_from(MODELS), method=st.sampled_from(["full", "lora"]), world=st.sampled_from([2, 4, 8, 16]),
-       precision=st.sampled_from(["bf16", "amp-bf16"]))
+@given(
+    spec=st.sampled_from(MODELS),
+    method=st.sampled_from(["full", "lora"]),
+    world=st.sampled_from([2, 4, 8, 16]),
+    precision=st.sampled_from(["bf16", "amp-bf16"]),
+)
 def test_zero_stages_never_increase_memory(spec, method, world, precision):
     peaks = [
-        train_memory(spec, TrainSetup(method=method, precision=precision, parallel=Parallelism(zero=z)), world_size=world).device
+        train_memory(
+            spec,
+            TrainSetup(method=method, precision=precision, parallel=Parallelism(zero=z)),
+            world_size=world,
+        ).device
         for z in (0, 1, 2, 3)
     ]
-    for deeper, shallower in zip(peaks[1:], peaks[:-1]):
+    for deeper, shallower in zip(peaks[1:], peaks[:-1], strict=False):
         # ZeRO-3 ≤ ZeRO-2 ≤ ZeRO-1 ≤ ZeRO-0 on the sharded model-state terms.
         assert deeper.weights + deeper.gradients + deeper.optimizer + deeper.master_weights <= (
             shallower.weights + shallower.gradients + shallower.optimizer + shallower.master_weights
@@ -139,11 +156,21 @@ def test_tensor_parallel_divides_sharded_terms(spec, tp):
     assert split.logits == pytest.approx(one.logits / tp, rel=0.01)
 
 
-@given(spec=st.sampled_from(MODELS[:2]), world=st.sampled_from([1, 2, 8]), method=st.sampled_from(["full", "lora"]))
+@given(
+    spec=st.sampled_from(MODELS[:2]),
+    world=st.sampled_from([1, 2, 8]),
+    method=st.sampled_from(["full", "lora"]),
+)
 def test_offload_moves_bytes_to_host_without_losing_them(spec, world, method):
     base = train_memory(spec, TrainSetup(method=method, parallel=Parallelism(zero=3)), world_size=world)
-    opt = train_memory(spec, TrainSetup(method=method, parallel=Parallelism(zero=3, offload="optimizer")), world_size=world)
-    both = train_memory(spec, TrainSetup(method=method, parallel=Parallelism(zero=3, offload="optimizer+params")), world_size=world)
+    opt = train_memory(
+        spec, TrainSetup(method=method, parallel=Parallelism(zero=3, offload="optimizer")), world_size=world
+    )
+    both = train_memory(
+        spec,
+        TrainSetup(method=method, parallel=Parallelism(zero=3, offload="optimizer+params")),
+        world_size=world,
+    )
     dp = world
     assert opt.device.optimizer == 0 and both.device.weights == 0
     assert opt.host_bytes == (base.device.optimizer + base.device.master_weights) * dp

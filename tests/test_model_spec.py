@@ -71,33 +71,74 @@ def test_bad_config_is_a_clear_error():
         spec_from_hf_config({"model_type": "bert", "hidden_size": 8}, name="x")
     with pytest.raises(SwiftplanError, match="multiple of key/value heads"):
         spec_from_hf_config(
-            {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 3,
-             "num_hidden_layers": 1, "vocab_size": 10, "intermediate_size": 8},
+            {
+                "model_type": "llama",
+                "hidden_size": 64,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 3,
+                "num_hidden_layers": 1,
+                "vocab_size": 10,
+                "intermediate_size": 8,
+            },
             name="x",
         )
 
 
 # --- exactness against transformers itself (meta device: no memory) ------------------------------
 
-TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4, vocab_size=128,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2)
+TINY = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    vocab_size=128,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 TINY_CONFIGS = {
     "llama": dict(num_key_value_heads=2),
-    "llama_untied_bias": dict(num_key_value_heads=2, attention_bias=True, mlp_bias=True, tie_word_embeddings=False),
+    "llama_untied_bias": dict(
+        num_key_value_heads=2, attention_bias=True, mlp_bias=True, tie_word_embeddings=False
+    ),
     "mistral": dict(num_key_value_heads=2, sliding_window=32),
     "qwen2": dict(num_key_value_heads=2, tie_word_embeddings=True),
     "qwen3": dict(num_key_value_heads=2, head_dim=24),
     "gemma2": dict(num_key_value_heads=2, head_dim=32),
     "phi3": dict(num_key_value_heads=4),
     "mixtral": dict(num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2),
-    "qwen2_moe": dict(num_key_value_heads=2, num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=48),
+    "qwen2_moe": dict(
+        num_key_value_heads=2, num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=48
+    ),
     "qwen3_moe": dict(num_key_value_heads=2, num_experts=4, moe_intermediate_size=32, head_dim=16),
-    "deepseek_v2": dict(num_key_value_heads=4, n_routed_experts=4, n_shared_experts=1, moe_intermediate_size=32,
-                        first_k_dense_replace=1, q_lora_rank=None, kv_lora_rank=16, qk_nope_head_dim=8,
-                        qk_rope_head_dim=4, v_head_dim=8, num_experts_per_tok=2),
-    "deepseek_v3": dict(num_key_value_heads=4, n_routed_experts=4, n_shared_experts=1, moe_intermediate_size=32,
-                        first_k_dense_replace=1, q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=8,
-                        qk_rope_head_dim=4, v_head_dim=8, num_experts_per_tok=2, n_group=1, topk_group=1),
+    "deepseek_v2": dict(
+        num_key_value_heads=4,
+        n_routed_experts=4,
+        n_shared_experts=1,
+        moe_intermediate_size=32,
+        first_k_dense_replace=1,
+        q_lora_rank=None,
+        kv_lora_rank=16,
+        qk_nope_head_dim=8,
+        qk_rope_head_dim=4,
+        v_head_dim=8,
+        num_experts_per_tok=2,
+    ),
+    "deepseek_v3": dict(
+        num_key_value_heads=4,
+        n_routed_experts=4,
+        n_shared_experts=1,
+        moe_intermediate_size=32,
+        first_k_dense_replace=1,
+        q_lora_rank=24,
+        kv_lora_rank=16,
+        qk_nope_head_dim=8,
+        qk_rope_head_dim=4,
+        v_head_dim=8,
+        num_experts_per_tok=2,
+        n_group=1,
+        topk_group=1,
+    ),
 }
 
 
@@ -117,11 +158,19 @@ def test_param_count_equals_transformers(case):
     assert total_params(spec) == sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("case, targets", [("llama", ("q_proj", "v_proj")), ("llama", ("all-linear",)),
-                                            ("phi3", ("all-linear",)), ("qwen3_moe", ("all-linear",)),
-                                            ("mixtral", ("all-linear",)), ("deepseek_v3", ("all-linear",)),
-                                            ("qwen2_moe", ("all-linear",)),
-                                            ("deepseek_v3", ("q_b_proj", "kv_b_proj"))])
+@pytest.mark.parametrize(
+    "case, targets",
+    [
+        ("llama", ("q_proj", "v_proj")),
+        ("llama", ("all-linear",)),
+        ("phi3", ("all-linear",)),
+        ("qwen3_moe", ("all-linear",)),
+        ("mixtral", ("all-linear",)),
+        ("deepseek_v3", ("all-linear",)),
+        ("qwen2_moe", ("all-linear",)),
+        ("deepseek_v3", ("q_b_proj", "kv_b_proj")),
+    ],
+)
 def test_lora_params_equal_peft(case, targets):
     peft = pytest.importorskip("peft")
     config, model = _meta_model(case, TINY_CONFIGS[case])

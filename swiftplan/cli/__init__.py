@@ -25,6 +25,8 @@ app = typer.Typer(
 # Each module defines `register(app)`; the order here is the order in --help.
 _COMMAND_MODULES = [
     "models",
+    "gpus",
+    "probe",
     "estimate",
 ]
 

@@ -35,7 +35,9 @@ class Task(str, Enum):
 def render_estimate(estimate: Estimate) -> None:
     """Print the breakdown table, the verdict and the speed."""
     mem = estimate.memory
-    table = Table(title=f"{estimate.model.name} on {estimate.cluster.describe()} — per device", title_justify="left")
+    table = Table(
+        title=f"{estimate.model.name} on {estimate.cluster.describe()} — per device", title_justify="left"
+    )
     table.add_column("term")
     table.add_column("GiB", justify="right")
     table.add_column("how")
@@ -43,8 +45,14 @@ def render_estimate(estimate: Estimate) -> None:
         if term.value_bytes or term.name in ("weights", "activations"):
             table.add_row(term.name, f"{term.value_bytes / 2**30:.2f}", term.formula)
     table.add_section()
-    table.add_row("[bold]peak allocated[/]", f"[bold]{mem.peak_allocated / 2**30:.2f}[/]", f"at {mem.peak_phase} (torch.cuda.max_memory_allocated)")
-    table.add_row("[bold]device total[/]", f"[bold]{mem.device_total / 2**30:.2f}[/]", "what nvidia-smi would show")
+    table.add_row(
+        "[bold]peak allocated[/]",
+        f"[bold]{mem.peak_allocated / 2**30:.2f}[/]",
+        f"at {mem.peak_phase} (torch.cuda.max_memory_allocated)",
+    )
+    table.add_row(
+        "[bold]device total[/]", f"[bold]{mem.device_total / 2**30:.2f}[/]", "what nvidia-smi would show"
+    )
     table.add_row("device memory", f"{estimate.device_memory_bytes / 2**30:.2f}", "")
     console.print(table)
     verdict = "[green]fits[/]" if estimate.fits else "[red]does not fit[/]"
@@ -72,15 +80,25 @@ def render_estimate(estimate: Estimate) -> None:
 
 
 def estimate_command(
-    model: str = typer.Argument(..., help="Catalog name/alias, hub id, or path to a config.json (or its directory)."),
+    model: str = typer.Argument(
+        ..., help="Catalog name/alias, hub id, or path to a config.json (or its directory)."
+    ),
     task: Task = typer.Option(Task.train, "--task", help="train or serve."),
     method: str = typer.Option("lora", "--method", help="full | lora | qlora"),
     precision: str = typer.Option("bf16", "--precision", help="bf16 | fp16 | fp32 | amp-bf16 | amp-fp16"),
-    quant: str = typer.Option("none", "--quant", help="none | nf4 | int8 | gptq | awq | fp8 (qlora defaults to nf4)"),
+    quant: str = typer.Option(
+        "none", "--quant", help="none | nf4 | int8 | gptq | awq | fp8 (qlora defaults to nf4)"
+    ),
     rank: int = typer.Option(16, "--rank", help="LoRA rank."),
-    targets: str = typer.Option("q_proj,v_proj", "--targets", help="Comma-separated module names, or all-linear."),
-    lora_dropout: float = typer.Option(0.05, "--lora-dropout", help="LoRA dropout (adds a mask and a copy per target)."),
-    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | adamw-8bit | paged-adamw-8bit | sgd | adafactor"),
+    targets: str = typer.Option(
+        "q_proj,v_proj", "--targets", help="Comma-separated module names, or all-linear."
+    ),
+    lora_dropout: float = typer.Option(
+        0.05, "--lora-dropout", help="LoRA dropout (adds a mask and a copy per target)."
+    ),
+    optimizer: str = typer.Option(
+        "adamw", "--optimizer", help="adamw | adamw-8bit | paged-adamw-8bit | sgd | adafactor"
+    ),
     batch: int = typer.Option(1, "--batch", help="Micro-batch per device (sequences)."),
     seq: int = typer.Option(2048, "--seq", help="Sequence length (tokens)."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Gradient accumulation steps."),
@@ -88,13 +106,17 @@ def estimate_command(
     attention: str = typer.Option("sdpa", "--attention", help="sdpa | flash | eager"),
     zero: int = typer.Option(0, "--zero", help="ZeRO stage 0-3."),
     offload: str = typer.Option("none", "--offload", help="none | optimizer | optimizer+params"),
-    gpus: str = typer.Option("rtx4090", "--gpus", help="Cluster: rtx4090, 4xA100-80G, 2x8xH100, or auto (probe)."),
+    gpus: str = typer.Option(
+        "rtx4090", "--gpus", help="Cluster: rtx4090, 4xA100-80G, 2x8xH100, or auto (probe)."
+    ),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree."),
     pp: int = typer.Option(1, "--pp", help="Pipeline-parallel degree."),
     context: int = typer.Option(4096, "--context", help="Serving: tokens per sequence."),
     concurrency: int = typer.Option(1, "--concurrency", help="Serving: concurrent sequences."),
     kv_dtype: str = typer.Option("auto", "--kv-dtype", help="Serving: auto | fp8"),
-    gpu_memory_utilization: float = typer.Option(0.9, "--gpu-memory-utilization", help="Serving: vLLM memory fraction."),
+    gpu_memory_utilization: float = typer.Option(
+        0.9, "--gpu-memory-utilization", help="Serving: vLLM memory fraction."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Memory breakdown (per device) and predicted speed of one configuration."""
@@ -105,15 +127,35 @@ def estimate_command(
     cluster = resolve_cluster(gpus)
     if task == Task.train:
         setup = build_train_setup(
-            method=method, precision=precision, quant=quant, rank=rank, targets=targets, lora_dropout=lora_dropout,
-            optimizer=optimizer, batch=batch, seq=seq, grad_accum=grad_accum, grad_ckpt=grad_ckpt, attention=attention,
-            zero=zero, offload=offload, tp=tp, pp=pp, cluster=cluster,
+            method=method,
+            precision=precision,
+            quant=quant,
+            rank=rank,
+            targets=targets,
+            lora_dropout=lora_dropout,
+            optimizer=optimizer,
+            batch=batch,
+            seq=seq,
+            grad_accum=grad_accum,
+            grad_ckpt=grad_ckpt,
+            attention=attention,
+            zero=zero,
+            offload=offload,
+            tp=tp,
+            pp=pp,
+            cluster=cluster,
         )
         result = estimate_training(spec, setup, cluster)
     else:
         serve = build_serve_setup(
-            precision=precision, quant=quant, context=context, concurrency=concurrency, kv_dtype=kv_dtype,
-            gpu_memory_utilization=gpu_memory_utilization, tp=tp, cluster=cluster,
+            precision=precision,
+            quant=quant,
+            context=context,
+            concurrency=concurrency,
+            kv_dtype=kv_dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tp=tp,
+            cluster=cluster,
         )
         result = estimate_serving(spec, serve, cluster)
     if as_json:

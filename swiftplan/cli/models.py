@@ -49,8 +49,14 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
         table.add_column(column, justify="right" if column not in ("model", "type") else "left")
     for row in rows:
         table.add_row(
-            row["id"], row["model_type"], f"{row['params'] / 1e9:.2f}B", f"{row['active_params'] / 1e9:.2f}B",
-            str(row["layers"]), str(row["hidden"]), row["heads"], str(row["vocab"]),
+            row["id"],
+            row["model_type"],
+            f"{row['params'] / 1e9:.2f}B",
+            f"{row['active_params'] / 1e9:.2f}B",
+            str(row["layers"]),
+            str(row["hidden"]),
+            row["heads"],
+            str(row["vocab"]),
         )
     console.print(table)
 

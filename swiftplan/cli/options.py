@@ -32,12 +32,31 @@ def _refuse_impossible(cluster: Cluster, **options: object) -> None:
 
 
 def build_train_setup(
-    *, method: str, precision: str, quant: str, rank: int, targets: str, lora_dropout: float, optimizer: str,
-    batch: int, seq: int, grad_accum: int, grad_ckpt: bool, attention: str, zero: int, offload: str, tp: int, pp: int,
+    *,
+    method: str,
+    precision: str,
+    quant: str,
+    rank: int,
+    targets: str,
+    lora_dropout: float,
+    optimizer: str,
+    batch: int,
+    seq: int,
+    grad_accum: int,
+    grad_ckpt: bool,
+    attention: str,
+    zero: int,
+    offload: str,
+    tp: int,
+    pp: int,
     cluster: Cluster,
 ) -> TrainSetup:
     """A validated `TrainSetup`, refused early when the accelerator cannot run it."""
-    lora = LoraSetup(rank=rank, targets=parse_targets(targets), dropout=lora_dropout) if method in ("lora", "qlora") else None
+    lora = (
+        LoraSetup(rank=rank, targets=parse_targets(targets), dropout=lora_dropout)
+        if method in ("lora", "qlora")
+        else None
+    )
     setup = TrainSetup(
         method=method,  # type: ignore[arg-type]
         precision=precision,  # type: ignore[arg-type]
@@ -52,15 +71,26 @@ def build_train_setup(
         parallel=Parallelism(tp=tp, pp=pp, zero=zero, offload=offload),  # type: ignore[arg-type]
     )
     _refuse_impossible(
-        cluster, precision=setup.precision, quant=setup.quant, optimizer=setup.optimizer, zero_stage=zero,
+        cluster,
+        precision=setup.precision,
+        quant=setup.quant,
+        optimizer=setup.optimizer,
+        zero_stage=zero,
         attention=attention,
     )
     return setup
 
 
 def build_serve_setup(
-    *, precision: str, quant: str, context: int, concurrency: int, kv_dtype: str, gpu_memory_utilization: float,
-    tp: int, cluster: Cluster,
+    *,
+    precision: str,
+    quant: str,
+    context: int,
+    concurrency: int,
+    kv_dtype: str,
+    gpu_memory_utilization: float,
+    tp: int,
+    cluster: Cluster,
 ) -> ServeSetup:
     """A validated `ServeSetup` (serving uses the pure dtype of --precision)."""
     dtype = {"amp-bf16": "bf16", "amp-fp16": "fp16"}.get(precision, precision)

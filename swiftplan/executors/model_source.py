@@ -46,7 +46,9 @@ def spec_from_path(path: Path) -> ModelSpec:
 def _fetch_hub_config(model_id: str) -> dict[str, Any]:
     """Download only config.json from the Hugging Face hub (needs huggingface_hub and a network)."""
     if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("SWIFTPLAN_OFFLINE"):
-        raise SwiftplanError(f"Model {model_id!r} is not in the catalog and the hub is off (offline mode).", hint=_LOCAL_HINT)
+        raise SwiftplanError(
+            f"Model {model_id!r} is not in the catalog and the hub is off (offline mode).", hint=_LOCAL_HINT
+        )
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as error:
@@ -75,10 +77,16 @@ def resolve_model(name: str) -> ModelSpec:
     if model_id is not None:
         spec = catalog_spec(model_id)
         if model_id != name:
-            spec = spec_from_hf_config(dict(spec.hf_config), name=name, source=f"catalog entry {model_id}: {spec.source}")
+            spec = spec_from_hf_config(
+                dict(spec.hf_config), name=name, source=f"catalog entry {model_id}: {spec.source}"
+            )
         return spec
     if "/" in name and not name.startswith((".", "/")):
-        return spec_from_hf_config(_fetch_hub_config(name), name=name, source=f"huggingface.co/{name}/config.json")
+        return spec_from_hf_config(
+            _fetch_hub_config(name), name=name, source=f"huggingface.co/{name}/config.json"
+        )
     suggestions = close_matches(name)
     did_you_mean = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
-    raise SwiftplanError(f"Unknown model {name!r}: not in the catalog and not a local path.{did_you_mean}", hint=_LOCAL_HINT)
+    raise SwiftplanError(
+        f"Unknown model {name!r}: not in the catalog and not a local path.{did_you_mean}", hint=_LOCAL_HINT
+    )

@@ -21,6 +21,7 @@ Rules used throughout (PyTorch autograd):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 from swiftplan.planner.adapters import is_targeted
 from swiftplan.planner.architecture import Linear, layer_linears
@@ -55,7 +56,9 @@ class LayerActivations:
         return self.norms + self.linear_inputs + self.lora + self.attention + self.mlp + self.moe
 
 
-def _linear_saves(linear: Linear, setup: TrainSetup, tokens: int, cb: int, model_type: str) -> tuple[int, int]:
+def _linear_saves(
+    linear: Linear, setup: TrainSetup, tokens: int, cb: int, model_type: str
+) -> tuple[int, int]:
     """(bytes saved as a trainable Linear input, bytes saved by a LoRA wrapper) for one module."""
     if setup.trains_adapters:
         assert setup.lora is not None
@@ -67,8 +70,24 @@ def _linear_saves(linear: Linear, setup: TrainSetup, tokens: int, cb: int, model
     return tokens * linear.in_features * cb, 0
 
 
-def layer_activation_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, seq_len: int) -> LayerActivations:
+def layer_activation_bytes(
+    spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, seq_len: int
+) -> LayerActivations:
     """Bytes decoder block `layer` saves for backward when `tokens` tokens pass through it."""
+    # Blocks differ only in dense vs MoE MLP: compute once per kind (memoised), not per layer.
+    return _layer_activation_bytes(spec, setup, _representative_layer(spec, layer), tokens, seq_len)
+
+
+@cache
+def _representative_layer(spec: ModelSpec, layer: int) -> int:
+    """The first block with the same layout as `layer` (dense or MoE)."""
+    return next(i for i in range(spec.num_layers) if spec.is_moe_layer(i) == spec.is_moe_layer(layer))
+
+
+@cache
+def _layer_activation_bytes(
+    spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, seq_len: int
+) -> LayerActivations:
     cb = dtype_bytes(compute_dtype(setup.precision))
     full = setup.method == "full"
     h = spec.hidden_size
@@ -86,7 +105,10 @@ def layer_activation_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, token
             continue
         saved, lora_saved = _linear_saves(linear, setup, tokens, cb, spec.model_type)
         # Linears reading the same tensor (q/k/v, gate/up) share one saved input.
-        key = (linear.block + ("_in" if linear.name not in ("o_proj", "down_proj") else linear.name), linear.in_features)
+        key = (
+            linear.block + ("_in" if linear.name not in ("o_proj", "down_proj") else linear.name),
+            linear.in_features,
+        )
         if saved and key not in seen_inputs:
             seen_inputs.add(key)
             linear_inputs += saved
@@ -94,7 +116,9 @@ def layer_activation_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, token
 
     attention = _attention_bytes(spec, setup, tokens, seq_len, cb)
     mlp, moe = _mlp_bytes(spec, setup, layer, tokens, cb)
-    return LayerActivations(norms=norms, linear_inputs=linear_inputs, lora=lora, attention=attention, mlp=mlp, moe=moe)
+    return LayerActivations(
+        norms=norms, linear_inputs=linear_inputs, lora=lora, attention=attention, mlp=mlp, moe=moe
+    )
 
 
 def _attention_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, seq_len: int, cb: int) -> int:
@@ -107,7 +131,9 @@ def _attention_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, seq_len: i
         saved = tokens * cb * (q + 2 * kv + q)  # q, k, v (after RoPE) and the output
     if setup.attention == "eager":
         sequences = max(1, tokens // seq_len)
-        saved += sequences * spec.num_heads * seq_len * seq_len * (cb + cb)  # probabilities + dropout-free copy
+        saved += (
+            sequences * spec.num_heads * seq_len * seq_len * (cb + cb)
+        )  # probabilities + dropout-free copy
     else:
         saved += tokens * spec.num_heads * FP32  # logsumexp
     return saved

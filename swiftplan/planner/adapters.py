@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.architecture import Linear, layer_linears
 from swiftplan.planner.model_spec import ModelSpec
@@ -54,16 +56,21 @@ def lora_params_for(linear: Linear, lora: LoraSetup) -> int:
     return params
 
 
+@cache
 def adapter_params(spec: ModelSpec, lora: LoraSetup) -> int:
     """Trainable adapter parameters in the whole model."""
-    return sum(lora_params_for(lin, lora) for i in range(spec.num_layers) for lin in targeted_linears(spec, lora, i))
+    return sum(
+        lora_params_for(lin, lora) for i in range(spec.num_layers) for lin in targeted_linears(spec, lora, i)
+    )
 
 
 def validate_targets(spec: ModelSpec, lora: LoraSetup) -> None:
     """Raise when a target name matches no module of this model (peft would raise too, later)."""
     if lora.all_linear:
         return
-    linears = [lin for i in {0, spec.num_layers - 1} for lin in layer_linears(spec, i) if lin.kind == "linear"]
+    linears = [
+        lin for i in {0, spec.num_layers - 1} for lin in layer_linears(spec, i) if lin.kind == "linear"
+    ]
     names = {lin.name.rsplit(".", 1)[-1] for lin in linears} | {lin.name for lin in linears}
     unknown = [t for t in lora.targets if t not in names]
     if unknown:

@@ -49,11 +49,15 @@ def _attention_linears(spec: ModelSpec) -> list[Linear]:
         out: list[Linear] = []
         if mla.q_lora_rank:
             out.append(Linear(name="q_a_proj", in_features=h, out_features=mla.q_lora_rank))
-            out.append(Linear(name="q_b_proj", in_features=mla.q_lora_rank, out_features=spec.num_heads * qk_head))
+            out.append(
+                Linear(name="q_b_proj", in_features=mla.q_lora_rank, out_features=spec.num_heads * qk_head)
+            )
         else:
             out.append(Linear(name="q_proj", in_features=h, out_features=spec.num_heads * qk_head))
         out.append(
-            Linear(name="kv_a_proj_with_mqa", in_features=h, out_features=mla.kv_lora_rank + mla.qk_rope_head_dim)
+            Linear(
+                name="kv_a_proj_with_mqa", in_features=h, out_features=mla.kv_lora_rank + mla.qk_rope_head_dim
+            )
         )
         out.append(
             Linear(
@@ -92,9 +96,13 @@ def _dense_mlp(spec: ModelSpec, width: int, prefix: str = "") -> list[Linear]:
         "qwen": ("w1", "w2", "c_proj"),
     }
     if spec.fused_gate_up:
-        up_name, down_name = ("dense_h_to_4h", "dense_4h_to_h") if spec.model_type == "chatglm" else (
-            "gate_up_proj",
-            "down_proj",
+        up_name, down_name = (
+            ("dense_h_to_4h", "dense_4h_to_h")
+            if spec.model_type == "chatglm"
+            else (
+                "gate_up_proj",
+                "down_proj",
+            )
         )
         return [
             Linear(name=up_name, in_features=h, out_features=2 * width, bias=bias, block="mlp"),
@@ -114,8 +122,22 @@ def _moe_mlp(spec: ModelSpec) -> list[Linear]:
     h, width, experts = spec.hidden_size, moe.expert_intermediate_size, moe.num_experts
     out = [
         Linear(name="gate", in_features=h, out_features=experts, kind="router", block="mlp"),
-        Linear(name="experts.gate_up_proj", in_features=h, out_features=2 * width, count=experts, kind="experts", block="mlp"),
-        Linear(name="experts.down_proj", in_features=width, out_features=h, count=experts, kind="experts", block="mlp"),
+        Linear(
+            name="experts.gate_up_proj",
+            in_features=h,
+            out_features=2 * width,
+            count=experts,
+            kind="experts",
+            block="mlp",
+        ),
+        Linear(
+            name="experts.down_proj",
+            in_features=width,
+            out_features=h,
+            count=experts,
+            kind="experts",
+            block="mlp",
+        ),
     ]
     if moe.shared_intermediate_size:
         prefix = "shared_expert." if spec.model_type == "qwen2_moe" else "shared_experts."

@@ -66,5 +66,14 @@ class MemoryBreakdown:
 
     def dominant(self) -> str:
         """Name of the largest term that counts toward the peak."""
-        names = ("weights", "adapters", "gradients", "optimizer", "master_weights", "activations", "logits", "kv_cache")
+        names = (
+            "weights",
+            "adapters",
+            "gradients",
+            "optimizer",
+            "master_weights",
+            "activations",
+            "logits",
+            "kv_cache",
+        )
         return max(names, key=lambda name: getattr(self, name))

@@ -94,7 +94,8 @@ class Estimate:
             "dominant": self.memory.dominant(),
             "speed": speed,
             "terms": [
-                {"name": t.name, "bytes": t.value_bytes, "formula": t.formula, "source": t.source} for t in self.memory.terms
+                {"name": t.name, "bytes": t.value_bytes, "formula": t.formula, "source": t.source}
+                for t in self.memory.terms
             ],
         }
         if self.task == "serve":
@@ -148,7 +149,11 @@ def estimate_serving(spec: ModelSpec, setup: ServeSetup, cluster: Cluster) -> Es
     device_bytes = cluster.memory_bytes_per_device
     memory = serve_memory(spec, setup, device_memory_bytes=device_bytes)
     speed = serve_speed(
-        spec, setup, cluster.accelerator, weight_bytes=memory.device.weights, kv_bytes_per_token=memory.kv_bytes_per_token
+        spec,
+        setup,
+        cluster.accelerator,
+        weight_bytes=memory.device.weights,
+        kv_bytes_per_token=memory.kv_bytes_per_token,
     )
     return Estimate(
         task="serve",

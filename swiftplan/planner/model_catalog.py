@@ -72,7 +72,9 @@ def _alias_index() -> dict[str, str]:
 
 def find_catalog_id(name: str) -> str | None:
     """Catalog hub id for `name` (hub id, short name, alias; case and punctuation ignored), or None."""
-    key = _normalise(name.split("/", 1)[1] if "/" in name and _normalise(name) not in _alias_index() else name)
+    key = _normalise(
+        name.split("/", 1)[1] if "/" in name and _normalise(name) not in _alias_index() else name
+    )
     return _alias_index().get(_normalise(name)) or _alias_index().get(key)
 
 

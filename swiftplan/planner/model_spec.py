@@ -8,9 +8,10 @@ routed experts). Shapes of the individual modules live in `architecture.py`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from swiftplan.errors import SwiftplanError
 
@@ -133,7 +134,9 @@ class ModelSpec:
     def __post_init__(self) -> None:
         for attr in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "vocab_size"):
             if getattr(self, attr) <= 0:
-                raise SwiftplanError(f"Model config for {self.name!r} has {attr}={getattr(self, attr)}; it must be positive.")
+                raise SwiftplanError(
+                    f"Model config for {self.name!r} has {attr}={getattr(self, attr)}; it must be positive."
+                )
         if self.num_heads % self.num_kv_heads:
             raise SwiftplanError(
                 f"Model config for {self.name!r} has {self.num_heads} attention heads and "
@@ -246,7 +249,9 @@ def spec_from_hf_config(config: Mapping[str, Any], *, name: str, source: str = "
     layers = _require(config, name, "num_hidden_layers", "num_layers", "n_layer")
     multi_query = config.get("multi_query_attention", True) if model_type == "chatglm" else True
     kv_heads = int(
-        _first(config, "num_key_value_heads", "multi_query_group_num", default=heads) if multi_query else heads
+        _first(config, "num_key_value_heads", "multi_query_group_num", default=heads)
+        if multi_query
+        else heads
     )
     head_dim = int(_first(config, "head_dim", "kv_channels", default=hidden // heads))
     intermediate = int(_first(config, "intermediate_size", "ffn_hidden_size", default=4 * hidden))
@@ -285,7 +290,8 @@ def spec_from_hf_config(config: Mapping[str, Any], *, name: str, source: str = "
         or attention_bias
         or bool(config.get("add_qkv_bias"))
         or bool(config.get("bias") and model_type == "internlm2"),
-        o_bias=(attention_bias and model_type != "glm") or bool(config.get("bias") and model_type == "internlm2"),
+        o_bias=(attention_bias and model_type != "glm")
+        or bool(config.get("bias") and model_type == "internlm2"),
         mlp_bias=bool(config.get("mlp_bias", False)),
         qk_norm=model_type in ("qwen3", "qwen3_moe"),
         norms_per_layer=4 if model_type == "gemma2" else 2,

@@ -22,7 +22,9 @@ VLLM_BLOCK_TOKENS = 16
 """vLLM allocates the KV cache in blocks of 16 tokens by default (`--block-size`)."""
 
 
-def kv_cache_bytes_per_token(spec: ModelSpec, *, kv_dtype_bytes: int, tp: int = 1, context: int | None = None) -> float:
+def kv_cache_bytes_per_token(
+    spec: ModelSpec, *, kv_dtype_bytes: int, tp: int = 1, context: int | None = None
+) -> float:
     """KV-cache bytes one token of one sequence occupies on one device.
 
     GQA/MHA: 2 (K and V) × layers × kv_heads × head_dim × bytes, kv heads split by tp (a head
@@ -56,8 +58,13 @@ def prefill_workspace_bytes(spec: ModelSpec, setup: ServeSetup) -> int:
     block's temporaries live at a time): hidden states and residual, q/k/v and attention output,
     and the SwiGLU gate/up/product, plus fp32 logits for the sequences being sampled."""
     cb = dtype_bytes(setup.dtype)
-    width = spec.moe.expert_intermediate_size * spec.moe.experts_per_token if spec.moe else spec.intermediate_size
-    per_token = cb * (3 * spec.hidden_size + 2 * spec.q_dim + 2 * spec.kv_dim) // setup.tp + cb * 3 * width // setup.tp
+    width = (
+        spec.moe.expert_intermediate_size * spec.moe.experts_per_token if spec.moe else spec.intermediate_size
+    )
+    per_token = (
+        cb * (3 * spec.hidden_size + 2 * spec.q_dim + 2 * spec.kv_dim) // setup.tp
+        + cb * 3 * width // setup.tp
+    )
     logits = min(setup.concurrency, setup.prefill_chunk) * spec.vocab_size * 4
     return setup.prefill_chunk * per_token + logits
 
@@ -68,7 +75,10 @@ def lora_slot_bytes(spec: ModelSpec, setup: ServeSetup) -> int:
         return 0
     lora = LoraSetup(rank=setup.max_lora_rank, targets=("all-linear",), dropout=0.0)
     per_slot = sum(
-        lora_params_for(lin, lora) for i in range(spec.num_layers) for lin in layer_linears(spec, i) if lin.kind == "linear"
+        lora_params_for(lin, lora)
+        for i in range(spec.num_layers)
+        for lin in layer_linears(spec, i)
+        if lin.kind == "linear"
     )
     return setup.max_loras * per_slot * dtype_bytes(setup.dtype) // setup.tp
 
@@ -99,21 +109,46 @@ def serve_memory(spec: ModelSpec, setup: ServeSetup, *, device_memory_bytes: int
     workspace = prefill_workspace_bytes(spec, setup)
     loras = lora_slot_bytes(spec, setup)
     context_bytes = int(constant("runtime_overhead", "cuda_context_bytes"))
-    budget = int(device_memory_bytes * setup.gpu_memory_utilization) - weights - workspace - loras - context_bytes
+    budget = (
+        int(device_memory_bytes * setup.gpu_memory_utilization) - weights - workspace - loras - context_bytes
+    )
     budget = max(0, budget)
     blocks_per_seq = -(-setup.context // VLLM_BLOCK_TOKENS)
     seq_bytes = blocks_per_seq * VLLM_BLOCK_TOKENS * per_token
     max_concurrency = int(budget // seq_bytes) if seq_bytes else 0
-    max_context = min(spec.max_position_embeddings, int(budget // (per_token * setup.concurrency)) // VLLM_BLOCK_TOKENS * VLLM_BLOCK_TOKENS)
+    max_context = min(
+        spec.max_position_embeddings,
+        int(budget // (per_token * setup.concurrency)) // VLLM_BLOCK_TOKENS * VLLM_BLOCK_TOKENS,
+    )
     kv = int(seq_bytes * setup.concurrency)
     peak = weights + workspace + loras + kv
     terms = (
-        Term(name="weights", value_bytes=weights, formula=f"{setup.quant if setup.quant != 'none' else setup.dtype} weights / tp{setup.tp}"),
-        Term(name="kv_cache", value_bytes=kv, formula=f"{setup.concurrency} seqs × {blocks_per_seq} blocks × {VLLM_BLOCK_TOKENS} tokens × {per_token:,.0f} B/token"),
-        Term(name="activations", value_bytes=workspace, formula=f"prefill workspace for {setup.prefill_chunk} tokens + fp32 sampling logits"),
-        Term(name="adapters", value_bytes=loras, formula=f"{setup.max_loras} LoRA slots at rank {setup.max_lora_rank}"),
-        Term(name="runtime_overhead", value_bytes=context_bytes, formula="CUDA context and non-torch memory",
-             source=constant_source("runtime_overhead", "cuda_context_bytes")),
+        Term(
+            name="weights",
+            value_bytes=weights,
+            formula=f"{setup.quant if setup.quant != 'none' else setup.dtype} weights / tp{setup.tp}",
+        ),
+        Term(
+            name="kv_cache",
+            value_bytes=kv,
+            formula=f"{setup.concurrency} seqs × {blocks_per_seq} blocks × {VLLM_BLOCK_TOKENS} tokens × {per_token:,.0f} B/token",
+        ),
+        Term(
+            name="activations",
+            value_bytes=workspace,
+            formula=f"prefill workspace for {setup.prefill_chunk} tokens + fp32 sampling logits",
+        ),
+        Term(
+            name="adapters",
+            value_bytes=loras,
+            formula=f"{setup.max_loras} LoRA slots at rank {setup.max_lora_rank}",
+        ),
+        Term(
+            name="runtime_overhead",
+            value_bytes=context_bytes,
+            formula="CUDA context and non-torch memory",
+            source=constant_source("runtime_overhead", "cuda_context_bytes"),
+        ),
     )
     device = MemoryBreakdown(
         weights=weights,

@@ -58,7 +58,9 @@ class LoraSetup:
 
     def __post_init__(self) -> None:
         if not isinstance(self.rank, int) or self.rank <= 0:
-            raise SwiftplanError(f"LoRA rank must be a positive integer, got {self.rank!r}; typical values are 8–128.")
+            raise SwiftplanError(
+                f"LoRA rank must be a positive integer, got {self.rank!r}; typical values are 8–128."
+            )
         if not self.targets:
             raise SwiftplanError("LoRA targets are empty; name modules like q_proj,v_proj or use all-linear.")
         if not 0.0 <= self.dropout < 1.0:
@@ -155,7 +157,8 @@ class TrainSetup:
                 )
         elif self.method == "lora" and self.quant not in _LORA_BASE_QUANTS:
             raise SwiftplanError(
-                f"--quant {self.quant} with --method lora is QLoRA.", hint="Use --method qlora for a 4-bit base."
+                f"--quant {self.quant} with --method lora is QLoRA.",
+                hint="Use --method qlora for a 4-bit base.",
             )
         elif self.method == "full" and self.quant != "none":
             raise SwiftplanError(

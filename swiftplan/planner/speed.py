@@ -10,6 +10,7 @@ gradient; LoRA skips the frozen weight gradients; checkpointing adds one more fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 from swiftplan.planner.adapters import adapter_params
@@ -94,6 +95,11 @@ def train_flops_per_token(spec: ModelSpec, setup: TrainSetup) -> float:
     return forward + backward + recompute
 
 
+@cache
+def _quantized_params(spec: ModelSpec, quant: str) -> int:
+    return sum(lin.params for _, lin in linear_modules(spec) if is_quantized(lin, quant))  # type: ignore[arg-type]
+
+
 def _allreduce_s(num_bytes: float, ranks: int, bandwidth_bytes_per_s: float) -> float:
     """Ring all-reduce time: 2 (ranks − 1) / ranks × bytes over the slowest link."""
     if ranks <= 1:
@@ -115,11 +121,16 @@ def train_speed(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainab
 
     dequant_s = 0.0
     if setup.quant != "none":
-        quantized = sum(lin.params for _, lin in linear_modules(spec) if is_quantized(lin, setup.quant))
+        quantized = _quantized_params(spec, setup.quant)
         passes = 3 if setup.grad_ckpt else 2
         micro_steps = setup.grad_accum
-        dequant_s = micro_steps * passes * quantized * constant("qlora_dequant", "bytes_per_weight") / 2 / (
-            (acc.memory_bandwidth_bytes_per_s or FALLBACK_BANDWIDTH_BYTES_PER_S) * par.tp
+        dequant_s = (
+            micro_steps
+            * passes
+            * quantized
+            * constant("qlora_dequant", "bytes_per_weight")
+            / 2
+            / ((acc.memory_bandwidth_bytes_per_s or FALLBACK_BANDWIDTH_BYTES_PER_S) * par.tp)
         )
 
     intra = acc.intra_node_bytes_per_s
@@ -130,25 +141,53 @@ def train_speed(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainab
         param_bytes = trainable_params * 2 / (par.tp * par.pp)
         comm_s += 2 * setup.grad_accum * (dp - 1) / dp * param_bytes / link
     if par.tp > 1:
-        activation_bytes = setup.micro_batch * setup.seq_len * spec.hidden_size * dtype_bytes(compute_dtype(setup.precision))
-        comm_s += setup.grad_accum * spec.num_layers / par.pp * 4 * _allreduce_s(activation_bytes, par.tp, intra) / 2
+        activation_bytes = (
+            setup.micro_batch * setup.seq_len * spec.hidden_size * dtype_bytes(compute_dtype(setup.precision))
+        )
+        comm_s += (
+            setup.grad_accum
+            * spec.num_layers
+            / par.pp
+            * 4
+            * _allreduce_s(activation_bytes, par.tp, intra)
+            / 2
+        )
 
     offload_s = 0.0
     if par.offload != "none":
         state_bytes = trainable_params * (4 if setup.trains_adapters else 2) / dp
-        offload_s = 2 * state_bytes / (acc.pcie_bytes_per_s or FALLBACK_PCIE_BYTES_PER_S)  # gradients down, updated weights up
+        offload_s = (
+            2 * state_bytes / (acc.pcie_bytes_per_s or FALLBACK_PCIE_BYTES_PER_S)
+        )  # gradients down, updated weights up
         if par.offload == "optimizer+params":
-            offload_s += 2 * setup.grad_accum * trainable_params * 2 / dp / (acc.pcie_bytes_per_s or FALLBACK_PCIE_BYTES_PER_S)
+            offload_s += (
+                2
+                * setup.grad_accum
+                * trainable_params
+                * 2
+                / dp
+                / (acc.pcie_bytes_per_s or FALLBACK_PCIE_BYTES_PER_S)
+            )
 
     body = max(compute_s, dequant_s + compute_s * 0.5)
     bubble_s = body * (par.pp - 1) / (setup.grad_accum + par.pp - 1) if par.pp > 1 else 0.0
     # Data-parallel gradient reduction overlaps with backward except for the last bucket: count half.
     exposed_comm = comm_s * 0.5 if par.zero < 3 else comm_s
     step_s = body + bubble_s + exposed_comm + offload_s
-    parts = {"compute": compute_s, "dequant": dequant_s, "comm": exposed_comm, "offload": offload_s, "bubble": bubble_s}
-    bound = {"compute": "compute", "dequant": "memory", "comm": "network", "offload": "pcie", "bubble": "compute"}[
-        max(parts, key=lambda k: parts[k])
-    ]
+    parts = {
+        "compute": compute_s,
+        "dequant": dequant_s,
+        "comm": exposed_comm,
+        "offload": offload_s,
+        "bubble": bubble_s,
+    }
+    bound = {
+        "compute": "compute",
+        "dequant": "memory",
+        "comm": "network",
+        "offload": "pcie",
+        "bubble": "compute",
+    }[max(parts, key=lambda k: parts[k])]
     tokens_per_step = tokens_per_rank * dp
     return TrainSpeed(
         tokens_per_s=tokens_per_step / step_s,
@@ -160,7 +199,14 @@ def train_speed(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainab
     )
 
 
-def serve_speed(spec: ModelSpec, setup: ServeSetup, accelerator: Accelerator, *, weight_bytes: int, kv_bytes_per_token: float) -> ServeSpeed:
+def serve_speed(
+    spec: ModelSpec,
+    setup: ServeSetup,
+    accelerator: Accelerator,
+    *,
+    weight_bytes: int,
+    kv_bytes_per_token: float,
+) -> ServeSpeed:
     """Roofline serving speed for one replica of `setup.tp` devices.
 
     Prefill is compute-bound: 2 × N FLOPs per token (+ attention) at the compute efficiency.
@@ -169,7 +215,11 @@ def serve_speed(spec: ModelSpec, setup: ServeSetup, accelerator: Accelerator, *,
     """
     n = matmul_params_per_token(spec)
     peak = accelerator.dense_flops(setup.dtype) * constant("serving_efficiency", "compute") * setup.tp
-    bandwidth = (accelerator.memory_bandwidth_bytes_per_s or FALLBACK_BANDWIDTH_BYTES_PER_S) * constant("serving_efficiency", "bandwidth") * setup.tp
+    bandwidth = (
+        (accelerator.memory_bandwidth_bytes_per_s or FALLBACK_BANDWIDTH_BYTES_PER_S)
+        * constant("serving_efficiency", "bandwidth")
+        * setup.tp
+    )
     prompt = setup.context // 2
     prefill_flops = (2 * n + attention_flops_per_token(spec, prompt)) * prompt
     prefill_tps = prompt / (prefill_flops / peak)

@@ -19,7 +19,9 @@ def gradient_bytes(params: int, grad_dtype_bytes: int) -> int:
     return params * grad_dtype_bytes
 
 
-def optimizer_state_bytes(params: int, optimizer: Optimizer, state_dtype_bytes: int, *, matrix_shape_sum: int = 0) -> int:
+def optimizer_state_bytes(
+    params: int, optimizer: Optimizer, state_dtype_bytes: int, *, matrix_shape_sum: int = 0
+) -> int:
     """Optimizer state for `params` trainable parameters.
 
     - adamw: exp_avg + exp_avg_sq in the parameter dtype (torch.optim.AdamW), 2 × dtype bytes.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 from swiftplan.planner import activations as act
 from swiftplan.planner.adapters import adapter_params
@@ -55,8 +56,13 @@ def _weights_on_device(spec: ModelSpec, setup: TrainSetup, layers: range) -> int
     return blocks + outer_weight_bytes(spec, dtype_bytes=wb, tp=tp)
 
 
+@cache
 def _matrix_shape_sum(spec: ModelSpec) -> int:
-    return sum(lin.count * (lin.in_features + lin.out_features) for i in range(spec.num_layers) for lin in layer_linears(spec, i))
+    return sum(
+        lin.count * (lin.in_features + lin.out_features)
+        for i in range(spec.num_layers)
+        for lin in layer_linears(spec, i)
+    )
 
 
 def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> TrainMemory:
@@ -84,7 +90,10 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
 
     grads = gradient_bytes(trainable_here, 2 if deepspeed_mixed else state_bytes)
     optim = optimizer_state_bytes(
-        trainable_here, setup.optimizer, 4 if deepspeed_mixed else state_bytes, matrix_shape_sum=_matrix_shape_sum(spec) // (tp * pp)
+        trainable_here,
+        setup.optimizer,
+        4 if deepspeed_mixed else state_bytes,
+        matrix_shape_sum=_matrix_shape_sum(spec) // (tp * pp),
     )
     master = master_weight_bytes(trainable_here) if deepspeed_mixed else 0
 
@@ -94,7 +103,9 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
         grads //= dp
     gathered = 0
     if par.zero == 3:
-        largest_block = max(layer_params(spec, i) for i in stage_layers) * dtype_bytes("bf16" if deepspeed_mixed else param_dtype(setup.precision))
+        largest_block = max(layer_params(spec, i) for i in stage_layers) * dtype_bytes(
+            "bf16" if deepspeed_mixed else param_dtype(setup.precision)
+        )
         weights_frozen = weights_frozen // dp
         gathered = 2 * largest_block // tp  # the block being computed and the one prefetched
     host = 0
@@ -111,7 +122,11 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
     logits = act.logits_bytes(spec, setup, tp=tp)
 
     # Optimizer step temporaries: foreach AdamW materialises sqrt(exp_avg_sq) for all params at once.
-    step_temp = (trainable_here * state_bytes) // (dp if par.zero >= 1 else 1) if setup.optimizer == "adamw" and par.offload == "none" else 0
+    step_temp = (
+        (trainable_here * state_bytes) // (dp if par.zero >= 1 else 1)
+        if setup.optimizer == "adamw" and par.offload == "none"
+        else 0
+    )
     static = weights_frozen + adapters + optim + master
     grads_during_fwd = grads if setup.grad_accum > 1 else 0
     forward_peak = static + gathered + grads_during_fwd + activations + logits
@@ -126,17 +141,51 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
     context = int(constant("runtime_overhead", "cuda_context_bytes"))
     overhead = int(peak * frag) + context
     terms = (
-        Term(name="weights", value_bytes=weights_frozen, formula=f"{model_params:,} params by dtype/quant ({setup.quant}), /tp{tp}, {len(stage_layers)} blocks/stage"
-             + (f", /dp{dp} (ZeRO-3)" if par.zero == 3 else "")),
+        Term(
+            name="weights",
+            value_bytes=weights_frozen,
+            formula=f"{model_params:,} params by dtype/quant ({setup.quant}), /tp{tp}, {len(stage_layers)} blocks/stage"
+            + (f", /dp{dp} (ZeRO-3)" if par.zero == 3 else ""),
+        ),
         Term(name="adapters", value_bytes=adapters, formula=f"{lora_params:,} LoRA params × 4 B (fp32)"),
-        Term(name="gradients", value_bytes=grads, formula=f"{trainable_here:,} trainable × {2 if deepspeed_mixed else state_bytes} B" + (f" / dp{dp}" if par.zero >= 2 else "")),
-        Term(name="optimizer", value_bytes=optim, formula=f"{setup.optimizer} state for {trainable_here:,} params" + (f" / dp{dp}" if par.zero >= 1 else "") + (" (offloaded to host)" if par.offload != "none" else "")),
-        Term(name="master_weights", value_bytes=master, formula="4 B × trainable (DeepSpeed mixed precision)" if deepspeed_mixed else "none (no separate master copy)"),
-        Term(name="activations", value_bytes=activations, formula=f"saved tensors of {len(stage_layers)} blocks for {setup.micro_batch}×{setup.seq_len} tokens" + (" with checkpointing" if setup.grad_ckpt else "")),
-        Term(name="logits", value_bytes=logits, formula=f"{setup.micro_batch * setup.seq_len} tokens × {spec.vocab_size // tp} vocab × (compute-dtype logits + 3 fp32 loss tensors)"),
+        Term(
+            name="gradients",
+            value_bytes=grads,
+            formula=f"{trainable_here:,} trainable × {2 if deepspeed_mixed else state_bytes} B"
+            + (f" / dp{dp}" if par.zero >= 2 else ""),
+        ),
+        Term(
+            name="optimizer",
+            value_bytes=optim,
+            formula=f"{setup.optimizer} state for {trainable_here:,} params"
+            + (f" / dp{dp}" if par.zero >= 1 else "")
+            + (" (offloaded to host)" if par.offload != "none" else ""),
+        ),
+        Term(
+            name="master_weights",
+            value_bytes=master,
+            formula="4 B × trainable (DeepSpeed mixed precision)"
+            if deepspeed_mixed
+            else "none (no separate master copy)",
+        ),
+        Term(
+            name="activations",
+            value_bytes=activations,
+            formula=f"saved tensors of {len(stage_layers)} blocks for {setup.micro_batch}×{setup.seq_len} tokens"
+            + (" with checkpointing" if setup.grad_ckpt else ""),
+        ),
+        Term(
+            name="logits",
+            value_bytes=logits,
+            formula=f"{setup.micro_batch * setup.seq_len} tokens × {spec.vocab_size // tp} vocab × (compute-dtype logits + 3 fp32 loss tensors)",
+        ),
         Term(name="transient", value_bytes=transient, formula=f"at the peak ({phase})"),
-        Term(name="runtime_overhead", value_bytes=overhead, formula=f"CUDA context {format_gib(context)} + {frag:.0%} allocator slack",
-             source=constant_source("runtime_overhead", "cuda_context_bytes")),
+        Term(
+            name="runtime_overhead",
+            value_bytes=overhead,
+            formula=f"CUDA context {format_gib(context)} + {frag:.0%} allocator slack",
+            source=constant_source("runtime_overhead", "cuda_context_bytes"),
+        ),
     )
     device = MemoryBreakdown(
         weights=weights_frozen,
@@ -153,4 +202,6 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
         peak_phase=phase,
         terms=terms,
     )
-    return TrainMemory(device=device, host_bytes=host, params=model_params + lora_params, trainable_params=trainable)
+    return TrainMemory(
+        device=device, host_bytes=host, params=model_params + lora_params, trainable_params=trainable
+    )

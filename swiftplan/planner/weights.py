@@ -8,6 +8,8 @@ the compute dtype.
 
 from __future__ import annotations
 
+from functools import cache
+
 from swiftplan.planner.architecture import (
     Linear,
     embedding_params,
@@ -63,7 +65,10 @@ def is_quantized(linear: Linear, quant: Quant) -> bool:
     return quant != "none" and linear.kind == "linear"
 
 
-def layer_weight_bytes(spec: ModelSpec, layer: int, *, dtype_bytes: int, quant: Quant, double_quant: bool, tp: int = 1) -> int:
+@cache
+def layer_weight_bytes(
+    spec: ModelSpec, layer: int, *, dtype_bytes: int, quant: Quant, double_quant: bool, tp: int = 1
+) -> int:
     """Bytes of block `layer` on one tensor-parallel rank: matrices split by `tp`, vectors replicated."""
     total = (layer_vector_params(spec, layer) + layer_buffer_elements(spec, layer)) * dtype_bytes
     for linear in layer_linears(spec, layer):
@@ -76,4 +81,6 @@ def layer_weight_bytes(spec: ModelSpec, layer: int, *, dtype_bytes: int, quant: 
 
 def outer_weight_bytes(spec: ModelSpec, *, dtype_bytes: int, tp: int = 1) -> int:
     """Embedding, LM head and final norm (never quantized), with vocab rows split by `tp`."""
-    return (embedding_params(spec) + lm_head_params(spec)) * dtype_bytes // tp + final_norm_params(spec) * dtype_bytes
+    return (embedding_params(spec) + lm_head_params(spec)) * dtype_bytes // tp + final_norm_params(
+        spec
+    ) * dtype_bytes
