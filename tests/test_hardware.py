@@ -302,3 +302,48 @@ def test_hardware_module_stays_pure():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+# --- `swiftplan gpus` --------------------------------------------------------------------------------------
+
+
+def _gpus_app():
+    import typer
+
+    from swiftplan.cli import gpus
+
+    app = typer.Typer()
+    gpus.register(app)
+    app.command("noop")(lambda: None)  # a second command keeps `gpus` a subcommand
+    return app
+
+
+def test_gpus_command_table_and_json():
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    table = runner.invoke(_gpus_app(), ["gpus"])
+    assert table.exit_code == 0, table.output
+    assert "rtx4090" in table.output and "h100-sxm" in table.output
+    rows = json.loads(runner.invoke(_gpus_app(), ["gpus", "--json"]).output)
+    assert len(rows) == len(list_accelerators())
+    row = next(r for r in rows if r["id"] == "rtx4090")
+    assert row["memory_bytes"] == 24 * GIB and row["dense_bf16_flops"] == pytest.approx(165.2e12)
+    assert row["source"]
+    only_rocm = json.loads(runner.invoke(_gpus_app(), ["gpus", "--json", "--backend", "rocm"]).output)
+    assert {r["id"] for r in only_rocm} == {"mi250x", "mi250x-gcd", "mi300x"}
+
+
+def test_gpus_command_rejects_unknown_backend():
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(_gpus_app(), ["gpus", "--backend", "tpu"])
+    assert isinstance(result.exception, SwiftplanError)
+    assert "cuda, rocm, npu, mps" in result.exception.message
+
+
+def test_gpus_help_has_examples():
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(_gpus_app(), ["gpus", "--help"])
+    assert "swiftplan gpus --json" in result.output
