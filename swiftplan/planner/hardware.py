@@ -193,6 +193,9 @@ class Cluster:
     usable_memory_bytes: int | None = None
     """Memory per device the plan may use when it is less than the physical memory (the probe sets
     it from free memory when other processes hold some, or from the size the driver reports)."""
+    notes: tuple[str, ...] = ()
+    """How this cluster was derived when that changes the plan (the probe's warnings: free memory
+    used, mixed GPUs, MIG, partial NVLink); shown next to the plan."""
 
     def __post_init__(self) -> None:
         if self.gpus_per_node < 1 or self.nodes < 1:
