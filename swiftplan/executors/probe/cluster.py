@@ -14,6 +14,7 @@ Rules, each announced by a warning when it changes the plan:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 
@@ -38,7 +39,7 @@ idle figure overlaps the CUDA context the memory model already counts, so plans 
 
 
 def _borrowed_figures(device: ProbedDevice) -> Accelerator | None:
-    """Closest catalog entry with the same backend and compute capability (by memory size)."""
+    """Closest catalog entry with the same backend and compute capability (memory size, then name)."""
     same = [
         acc
         for acc in list_accelerators()
@@ -46,7 +47,12 @@ def _borrowed_figures(device: ProbedDevice) -> Accelerator | None:
         and acc.compute_capability == device.compute_capability
         and acc.dense_flops_basis("bf16") is not None
     ]
-    return min(same, key=lambda acc: abs(acc.memory_bytes - device.total_memory_bytes), default=None)
+
+    def distance(acc: Accelerator) -> tuple[int, float]:
+        similarity = difflib.SequenceMatcher(None, device.name.lower(), acc.display_name.lower()).ratio()
+        return abs(acc.memory_bytes - device.total_memory_bytes), -similarity
+
+    return min(same, key=distance, default=None)
 
 
 def accelerator_for_device(device: ProbedDevice) -> tuple[Accelerator, list[str]]:
@@ -63,7 +69,7 @@ def accelerator_for_device(device: ProbedDevice) -> tuple[Accelerator, list[str]
     acc = Accelerator(
         id=f"probed-{slug}",
         name=device.name,
-        vendor="" if device.name.lower().startswith(device.vendor.lower()) else device.vendor,
+        vendor=device.vendor,
         backend=device.backend,
         architecture=device.architecture or "",
         memory_bytes=device.total_memory_bytes,
