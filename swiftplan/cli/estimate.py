@@ -65,6 +65,10 @@ def render_estimate(estimate: Estimate) -> None:
         console.print(f"host RAM for offloaded state: {format_gib(estimate.host_bytes)}")
     console.print(f"params {estimate.params:,}  trainable {estimate.trainable_params:,}")
     speed = estimate.to_json()["speed"]
+    for note in estimate.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if estimate.speed is None:
+        return
     if estimate.task == "train":
         console.print(
             f"speed: {speed['tokens_per_s']:,.0f} tokens/s, {speed['step_time_s']:.2f} s/step, bound by {speed['bound']} "

@@ -39,12 +39,14 @@ class Estimate:
     """All parameters, adapters included."""
     trainable_params: int
     """Parameters receiving gradients (0 for serving)."""
-    speed: TrainSpeed | ServeSpeed
-    """Predicted speed."""
+    speed: TrainSpeed | ServeSpeed | None
+    """Predicted speed; None when the accelerator has no published throughput (see notes)."""
     max_concurrency: int | None = None
     """Serving: sequences of the requested context that fit."""
     max_context: int | None = None
     """Serving: longest context that fits at the requested concurrency."""
+    notes: tuple[str, ...] = ()
+    """What the reader should know: probe adjustments, missing figures."""
 
     @property
     def fits(self) -> bool:
@@ -61,7 +63,9 @@ class Estimate:
     def to_json(self) -> dict[str, Any]:
         """The stable JSON shape of `swiftplan estimate --json`."""
         speed: dict[str, Any]
-        if isinstance(self.speed, TrainSpeed):
+        if self.speed is None:
+            speed = {"tokens_per_s": None, "step_time_s": None, "bound": "unknown"}
+        elif isinstance(self.speed, TrainSpeed):
             speed = {
                 "tokens_per_s": self.speed.tokens_per_s,
                 "step_time_s": self.speed.step_time_s,
@@ -92,6 +96,7 @@ class Estimate:
             "fits": self.fits,
             "headroom_bytes": self.headroom_bytes,
             "dominant": self.memory.dominant(),
+            "notes": list(self.notes),
             "speed": speed,
             "terms": [
                 {"name": t.name, "bytes": t.value_bytes, "formula": t.formula, "source": t.source}
@@ -128,7 +133,12 @@ def estimate_training(spec: ModelSpec, setup: TrainSetup, cluster: Cluster) -> E
     if setup.lora is not None and setup.trains_adapters:
         validate_targets(spec, setup.lora)
     memory = train_memory(spec, setup, world_size=cluster.world_size)
-    speed = train_speed(spec, setup, cluster, trainable_params=memory.trainable_params)
+    notes = list(cluster.notes)
+    try:
+        speed: TrainSpeed | None = train_speed(spec, setup, cluster, trainable_params=memory.trainable_params)
+    except SwiftplanError as error:
+        speed = None
+        notes.append(str(error))
     return Estimate(
         task="train",
         model=spec,
@@ -140,6 +150,7 @@ def estimate_training(spec: ModelSpec, setup: TrainSetup, cluster: Cluster) -> E
         params=memory.params,
         trainable_params=memory.trainable_params,
         speed=speed,
+        notes=tuple(notes),
     )
 
 
@@ -148,13 +159,18 @@ def estimate_serving(spec: ModelSpec, setup: ServeSetup, cluster: Cluster) -> Es
     _check_parallelism(spec, cluster, setup.tp, 1)
     device_bytes = cluster.memory_bytes_per_device
     memory = serve_memory(spec, setup, device_memory_bytes=device_bytes)
-    speed = serve_speed(
-        spec,
-        setup,
-        cluster.accelerator,
-        weight_bytes=memory.device.weights,
-        kv_bytes_per_token=memory.kv_bytes_per_token,
-    )
+    notes = list(cluster.notes)
+    try:
+        speed: ServeSpeed | None = serve_speed(
+            spec,
+            setup,
+            cluster.accelerator,
+            weight_bytes=memory.device.weights,
+            kv_bytes_per_token=memory.kv_bytes_per_token,
+        )
+    except SwiftplanError as error:
+        speed = None
+        notes.append(str(error))
     return Estimate(
         task="serve",
         model=spec,
@@ -168,4 +184,5 @@ def estimate_serving(spec: ModelSpec, setup: ServeSetup, cluster: Cluster) -> Es
         speed=speed,
         max_concurrency=memory.max_concurrency,
         max_context=memory.max_context,
+        notes=tuple(notes),
     )

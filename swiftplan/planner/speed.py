@@ -17,12 +17,11 @@ from swiftplan.planner.adapters import adapter_params
 from swiftplan.planner.architecture import linear_modules, matmul_params_per_token
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.dtypes import compute_dtype, dtype_bytes
+from swiftplan.planner.hardware import FALLBACK_PCIE_BYTES_PER_S
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import ServeSetup, TrainSetup
 from swiftplan.planner.weights import is_quantized
 
-FALLBACK_PCIE_BYTES_PER_S = 15.75e9
-"""PCIe 4.0 x8 per direction, assumed when the catalog lacks a figure (conservative for x16 cards)."""
 FALLBACK_BANDWIDTH_BYTES_PER_S = 400e9
 """Assumed memory bandwidth when the catalog lacks one (e.g. an unknown probed device)."""
 
