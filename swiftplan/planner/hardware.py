@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any, Literal, get_args
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.calibration import constant
 from swiftplan.units import format_gib
 
 Backend = Literal["cuda", "rocm", "npu", "mps", "cpu"]
@@ -217,8 +218,15 @@ class Cluster:
 
     @property
     def memory_bytes_per_device(self) -> int:
-        """Memory one rank may plan with, in bytes."""
+        """Memory one rank may plan with, in bytes.
+
+        Unified-memory machines (Apple) give the GPU only the recommended working set, about
+        (1 − mps_os_reserve_fraction) of RAM (profiles/calibration.json), unless the probe measured it.
+        """
         if self.usable_memory_bytes is None:
+            if self.accelerator.unified_memory:
+                reserve = constant("runtime_overhead", "mps_os_reserve_fraction")
+                return int(self.accelerator.memory_bytes * (1 - reserve))
             return self.accelerator.memory_bytes
         return self.usable_memory_bytes
 
