@@ -170,9 +170,10 @@ def activations_bytes(spec: ModelSpec, setup: TrainSetup, *, layers: int | None 
     tokens = setup.micro_batch * setup.seq_len
     count = spec.num_layers if layers is None else layers
     per_layer = [layer_activation_bytes(spec, setup, i, tokens, setup.seq_len) for i in range(count)]
+    shared = rope_bytes(spec, setup)
     if setup.grad_ckpt:
-        return count * block_input_bytes(spec, setup, tokens) + max(_split(a, tp) for a in per_layer)
-    return sum(_split(a, tp) for a in per_layer)
+        return shared + count * block_input_bytes(spec, setup, tokens) + max(_split(a, tp) for a in per_layer)
+    return shared + sum(_split(a, tp) for a in per_layer)
 
 
 def _split(acts: LayerActivations, tp: int) -> int:
@@ -180,14 +181,21 @@ def _split(acts: LayerActivations, tp: int) -> int:
 
 
 def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
-    """Peak of the LM head output and the loss on one device.
+    """Peak of the LM-head output and the loss on one device.
 
-    transformers' ForCausalLMLoss upcasts the logits to fp32 and cross_entropy's log_softmax
-    keeps its fp32 output; in backward the fp32 gradient of that output and the fp32 gradient
-    of its input coexist with it before the cast back to the compute dtype. Peak = T × V ×
-    (cb logits + 3 × 4 fp32), plus one more fp32 copy when Gemma-2 soft-capping applies.
+    transformers' ForCausalLMLoss upcasts the logits to fp32 and cross_entropy's log_softmax keeps
+    its fp32 output; the model output (with the compute-dtype logits) is dropped before backward, as
+    `Trainer.compute_loss` drops it. The peak comes at the start of backward, when the fp32
+    log_softmax output, the gradient nll_loss hands back and log_softmax's input gradient coexist:
+    T × V × 3 × 4 bytes (traced: `_log_softmax`, `nll_loss_backward`, `_log_softmax_backward_data`).
+    Gemma 2's logit soft-capping keeps one more fp32 copy for tanh's backward.
     """
     tokens = setup.micro_batch * setup.seq_len
-    cb = dtype_bytes(compute_dtype(setup.precision))
-    per_token = cb + 3 * FP32 + (FP32 if spec.final_logit_softcapping else 0)
+    per_token = 3 * FP32 + (FP32 if spec.final_logit_softcapping else 0)
     return tokens * (spec.vocab_size // tp) * per_token
+
+
+def rope_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
+    """cos and sin tables (seq × head_dim each, batch dimension 1), shared by every block and kept for backward."""
+    rope_width = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim
+    return 2 * setup.seq_len * rope_width * dtype_bytes(compute_dtype(setup.precision))

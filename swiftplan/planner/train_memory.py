@@ -177,7 +177,7 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
         Term(
             name="logits",
             value_bytes=logits,
-            formula=f"{setup.micro_batch * setup.seq_len} tokens × {spec.vocab_size // tp} vocab × (compute-dtype logits + 3 fp32 loss tensors)",
+            formula=f"{setup.micro_batch * setup.seq_len} tokens × {spec.vocab_size // tp} vocab × 3 fp32 loss tensors (log_softmax output and two gradients)",
         ),
         Term(name="transient", value_bytes=transient, formula=f"at the peak ({phase})"),
         Term(
