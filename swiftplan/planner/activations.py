@@ -70,6 +70,14 @@ def _linear_saves(
     return tokens * linear.in_features * cb, 0
 
 
+_OUTPUT_PROJECTIONS = frozenset({"o_proj", "wo", "dense", "c_proj", "down_proj", "w2", "dense_4h_to_h"})
+
+
+def _reads_saved_tensor(linear: Linear) -> bool:
+    """True for output projections, whose input autograd already keeps for another op."""
+    return linear.name.rsplit(".", 1)[-1] in _OUTPUT_PROJECTIONS
+
+
 def layer_activation_bytes(
     spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, seq_len: int
 ) -> LayerActivations:
@@ -104,15 +112,14 @@ def _layer_activation_bytes(
         if linear.kind != "linear":
             continue
         saved, lora_saved = _linear_saves(linear, setup, tokens, cb, spec.model_type)
-        # Linears reading the same tensor (q/k/v, gate/up) share one saved input.
-        key = (
-            linear.block + ("_in" if linear.name not in ("o_proj", "down_proj") else linear.name),
-            linear.in_features,
-        )
-        if saved and key not in seen_inputs:
-            seen_inputs.add(key)
-            linear_inputs += saved
         lora += lora_saved
+        # Output projections read tensors other ops already keep (the SDPA output, the SwiGLU
+        # product); the others read a norm output, shared by the Linears that read it (q/k/v, gate/up).
+        if saved and not _reads_saved_tensor(linear):
+            key = (linear.block, linear.in_features)
+            if key not in seen_inputs:
+                seen_inputs.add(key)
+                linear_inputs += saved
 
     attention = _attention_bytes(spec, setup, tokens, seq_len, cb)
     mlp, moe = _mlp_bytes(spec, setup, layer, tokens, cb)
@@ -170,7 +177,7 @@ def activations_bytes(spec: ModelSpec, setup: TrainSetup, *, layers: int | None 
     tokens = setup.micro_batch * setup.seq_len
     count = spec.num_layers if layers is None else layers
     per_layer = [layer_activation_bytes(spec, setup, i, tokens, setup.seq_len) for i in range(count)]
-    shared = rope_bytes(spec, setup)
+    shared = shared_bytes(spec, setup)
     if setup.grad_ckpt:
         return shared + count * block_input_bytes(spec, setup, tokens) + max(_split(a, tp) for a in per_layer)
     return shared + sum(_split(a, tp) for a in per_layer)
@@ -195,7 +202,14 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
     return tokens * (spec.vocab_size // tp) * per_token
 
 
-def rope_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
-    """cos and sin tables (seq × head_dim each, batch dimension 1), shared by every block and kept for backward."""
+def shared_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
+    """Saved tensors outside the blocks: the RoPE cos and sin tables (seq × head_dim each, batch
+    dimension 1, shared by every block) and, when the LM head is trainable (full fine-tuning), the
+    final norm's fp32 copy, rsqrt, normalised copy and output (the LM head's saved input)."""
+    cb = dtype_bytes(compute_dtype(setup.precision))
     rope_width = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim
-    return 2 * setup.seq_len * rope_width * dtype_bytes(compute_dtype(setup.precision))
+    rope = 2 * setup.seq_len * rope_width * cb
+    final_norm = 0
+    if setup.method == "full":
+        final_norm = setup.micro_batch * setup.seq_len * (FP32 * spec.hidden_size + FP32 + 2 * cb * spec.hidden_size)
+    return rope + final_norm
