@@ -1,0 +1,347 @@
+"""Tracing verifier: run the real transformers/peft code over fake tensors and measure live memory.
+
+`trace_training` builds the model from its config.json dict with no real memory (meta device, then
+`FakeTensorMode`), applies peft LoRA when asked, and runs real training steps -- forward with labels,
+the model's own loss, backward, `optimizer.step()`, `zero_grad(set_to_none=True)` -- while
+`MemoryTracker` counts every tensor storage allocated and freed. The last step is measured (the first
+creates the optimizer state). `trace_serving` does a prefill with a `DynamicCache` and decode steps.
+
+What a CUDA run would do differently is written into `TraceResult.notes` (see `trace_session.base_notes`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from swiftplan.executors.trace_memory import CATEGORIES, CUDA_BLOCK_BYTES, MemoryTracker
+from swiftplan.executors.trace_model import (
+    DTYPES,
+    apply_lora,
+    build_meta_causal_lm,
+    load_config,
+)
+from swiftplan.executors.trace_session import (
+    TRACE_DEVICE,
+    attention_notes,
+    base_notes,
+    fake_session,
+    hook_cache,
+)
+
+Method = Literal["full", "lora"]
+Precision = Literal["bf16", "fp16", "fp32", "amp-bf16", "amp-fp16"]
+OptimizerName = Literal["adamw", "sgd", "adafactor"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TraceResult:
+    """What one traced training step (or serving run) kept alive, in bytes."""
+
+    peak_bytes: int
+    """Max live tensor bytes during the traced step."""
+    at_peak: dict[str, int]
+    """Category -> bytes alive at the peak moment (keys: see `trace_memory.CATEGORIES`)."""
+    phase_peaks: dict[str, int]
+    """'forward'/'backward'/'optimizer' (training) or 'prefill'/'decode' (serving) -> peak bytes."""
+    params: int
+    """Total parameters (base + adapters)."""
+    trainable_params: int
+    """Parameters with requires_grad."""
+    seconds: float
+    """Wall time of the trace, model construction included."""
+    notes: tuple[str, ...]
+    """What could not be traced and what was assumed."""
+
+    def __post_init__(self) -> None:
+        if set(self.at_peak) != set(CATEGORIES):
+            raise ValueError(f"at_peak keys must be {CATEGORIES}, got {sorted(self.at_peak)}")
+        if self.trainable_params > self.params:
+            raise ValueError("trainable_params cannot exceed params")
+
+
+def _result(
+    tracker: MemoryTracker,
+    model: nn.Module,
+    started: float,
+    notes: list[str],
+    calls: Counter[str],
+    *,
+    training: bool,
+) -> TraceResult:
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    notes = notes + attention_notes(calls, tracker.ops_seen)
+    order = ("forward", "backward", "optimizer") if training else ("prefill", "decode")
+    phase_peaks = {k: tracker.phase_peaks[k] for k in order if k in tracker.phase_peaks}
+    return TraceResult(
+        peak_bytes=tracker.peak_bytes,
+        at_peak=tracker.at_peak(),
+        phase_peaks=phase_peaks,
+        params=params,
+        trainable_params=trainable,
+        seconds=time.perf_counter() - started,
+        notes=tuple(base_notes(tracker.round_bytes) + notes),
+    )
+
+
+# -- training ------------------------------------------------------------------------------------------
+
+
+def _make_optimizer(name: OptimizerName, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if name == "adamw":
+        # foreach=True is what torch picks by default for CUDA tensors (fake CPU ones would get the
+        # per-parameter loop); it allocates temporaries for the whole group during step().
+        return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, foreach=True)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=1e-3, momentum=0.0, foreach=True)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=1e-3, relative_step=False, scale_parameter=False, warmup_init=False)
+    raise ValueError(f"unknown optimizer {name!r}; valid: adamw, sgd, adafactor")
+
+
+@dataclass(kw_only=True)
+class TrainingRig:
+    """A fake-tensor model, optimizer and tracker, ready to run real training steps (see `training_rig`)."""
+
+    model: nn.Module
+    """The transformers model (peft-wrapped for LoRA) with fake parameters."""
+    tracker: MemoryTracker
+    optimizer: torch.optim.Optimizer
+    batch: int
+    seq: int
+    autocast_dtype: torch.dtype | None
+    """Lower-precision dtype for AMP, None for pure precision."""
+    notes: list[str]
+    calls: Counter[str]
+    """Attention kernel paths taken (see `trace_patches.cuda_like_kernels`)."""
+
+    def forward(self) -> torch.Tensor:
+        """Forward with labels = input_ids; return the loss (the output, with its logits, is dropped
+        as `Trainer.compute_loss` drops it)."""
+        input_ids = torch.zeros((self.batch, self.seq), dtype=torch.long)
+        if self.autocast_dtype is None:
+            return self.model(input_ids=input_ids, labels=input_ids).loss
+        from accelerate.utils import convert_to_fp32
+
+        with torch.autocast(TRACE_DEVICE, dtype=self.autocast_dtype):
+            output = self.model(input_ids=input_ids, labels=input_ids)
+        with self.tracker.category("logits"):  # accelerate's convert_outputs_to_fp32 under native AMP
+            output = convert_to_fp32(output)
+        return output.loss
+
+    def step(self) -> None:
+        """One training step, each part in its phase."""
+        with self.tracker.in_phase("forward"):
+            loss = self.forward()
+        with self.tracker.in_phase("backward"), self.tracker.category("logits"):
+            loss.backward()
+        del loss
+        with self.tracker.in_phase("optimizer"):
+            self.optimizer.step()
+            _classify_optimizer_state(self.tracker, self.optimizer)
+            self.optimizer.zero_grad(set_to_none=True)
+
+
+@contextlib.contextmanager
+def training_rig(
+    hf_config: dict[str, Any],
+    *,
+    method: Method,
+    precision: Precision,
+    lora_rank: int = 16,
+    lora_alpha: int | None = None,
+    lora_dropout: float = 0.0,
+    lora_targets: Sequence[str] | Literal["all-linear"] = ("q_proj", "v_proj"),
+    optimizer: OptimizerName = "adamw",
+    batch: int = 1,
+    seq: int = 512,
+    grad_ckpt: bool = False,
+    attn_implementation: str = "sdpa",
+    round_bytes: int = CUDA_BLOCK_BYTES,
+) -> Iterator[TrainingRig]:
+    """Build the training set-up of `trace_training`; fake and tracking modes are active inside."""
+    if method not in ("full", "lora"):
+        raise ValueError(f"method must be 'full' or 'lora', got {method!r}")
+    if precision not in ("bf16", "fp16", "fp32", "amp-bf16", "amp-fp16"):
+        raise ValueError(f"unknown precision {precision!r}; valid: bf16, fp16, fp32, amp-bf16, amp-fp16")
+    if batch < 1 or seq < 2:
+        raise ValueError("batch >= 1 and seq >= 2 are required")
+    notes: list[str] = []
+    amp = precision.startswith("amp-")
+    config = load_config(hf_config, notes=notes)
+    config.use_cache = False  # transformers' Trainer sets this (TrainingArguments.use_cache=False)
+    model = build_meta_causal_lm(
+        config,
+        dtype=torch.float32 if amp else DTYPES[precision],
+        attn_implementation=attn_implementation,
+        notes=notes,
+    )
+    if grad_ckpt:
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:  # transformers < 5
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        notes.append(
+            "gradient checkpointing: non-reentrant torch.utils.checkpoint around every decoder layer"
+        )
+    if method == "lora":
+        model = apply_lora(
+            model, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets, notes=notes
+        )
+    else:
+        model.requires_grad_(True)
+    if amp:
+        low = precision.removeprefix("amp-")
+        notes.append(
+            f"{precision}: fp32 parameters, forward and loss under CPU autocast to {low} (op lists differ "
+            "slightly from CUDA autocast; linear/matmul/SDPA are lower-precision on both); outputs "
+            "converted to fp32 as accelerate does; no GradScaler"
+        )
+    if optimizer == "adamw":
+        notes.append(
+            "AdamW foreach (the CUDA default): step() holds a sqrt(exp_avg_sq) temporary the size of all "
+            "trainable params; fused AdamW has none"
+        )
+    calls: Counter[str] = Counter()
+    with fake_session(model, round_bytes, calls) as tracker:
+        model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        for p in trainable:
+            p.register_post_accumulate_grad_hook(lambda p: tracker.classify([p.grad], "gradients"))
+        yield TrainingRig(
+            model=model,
+            tracker=tracker,
+            optimizer=_make_optimizer(optimizer, trainable),
+            batch=batch,
+            seq=seq,
+            autocast_dtype=DTYPES[precision.removeprefix("amp-")] if amp else None,
+            notes=notes,
+            calls=calls,
+        )
+
+
+def trace_training(
+    hf_config: dict[str, Any],
+    *,
+    method: Method,
+    precision: Precision,
+    lora_rank: int = 16,
+    lora_alpha: int | None = None,
+    lora_dropout: float = 0.0,
+    lora_targets: Sequence[str] | Literal["all-linear"] = ("q_proj", "v_proj"),
+    optimizer: OptimizerName = "adamw",
+    batch: int = 1,
+    seq: int = 512,
+    grad_ckpt: bool = False,
+    attn_implementation: str = "sdpa",
+    steps: int = 2,
+    round_bytes: int = CUDA_BLOCK_BYTES,
+) -> TraceResult:
+    """Trace `steps` real training steps and measure the last one.
+
+    `precision`: "bf16"/"fp16"/"fp32" create the model in that dtype (optimizer state follows the
+    parameters, no autocast); "amp-bf16"/"amp-fp16" keep fp32 parameters and run forward and loss under
+    autocast, as the HF Trainer does with `bf16=True` on an fp32 model. `round_bytes=1` turns off the
+    512-byte allocator rounding (for exact hand checks).
+    """
+    if steps < 1:
+        raise ValueError("steps >= 1 is required")
+    started = time.perf_counter()
+    with training_rig(
+        hf_config,
+        method=method,
+        precision=precision,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        lora_targets=lora_targets,
+        optimizer=optimizer,
+        batch=batch,
+        seq=seq,
+        grad_ckpt=grad_ckpt,
+        attn_implementation=attn_implementation,
+        round_bytes=round_bytes,
+    ) as rig:
+        for step in range(steps):
+            if step == steps - 1:
+                rig.tracker.start_measuring()
+            rig.step()
+        rig.tracker.stop_measuring()
+    return _result(rig.tracker, rig.model, started, rig.notes, rig.calls, training=True)
+
+
+def _classify_optimizer_state(tracker: MemoryTracker, opt: torch.optim.Optimizer) -> None:
+    """optimizer.state tensors are "optimizer"; Adam's `step` counters live on the CPU on a real
+    (non-capturable, non-fused) CUDA run, so they are not counted at all."""
+    for state in opt.state.values():
+        step = state.get("step")
+        if isinstance(opt, torch.optim.Adam | torch.optim.AdamW) and isinstance(step, torch.Tensor):
+            tracker.forget([step])
+        tracker.classify(
+            (v for k, v in state.items() if isinstance(v, torch.Tensor) and k != "step"), "optimizer"
+        )
+
+
+# -- serving -------------------------------------------------------------------------------------------
+
+
+def trace_serving(
+    hf_config: dict[str, Any],
+    *,
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16",
+    batch: int = 1,
+    prompt_len: int = 512,
+    decode_steps: int = 1,
+    attn_implementation: str = "sdpa",
+    round_bytes: int = CUDA_BLOCK_BYTES,
+) -> TraceResult:
+    """Trace a prefill of batch x prompt_len with a `DynamicCache`, then `decode_steps` one-token steps.
+
+    Mirrors `generate()`: no grad, logits only for the last position (`logits_to_keep=1`), the next
+    token from an fp32 copy of those logits. "kv_cache" is every tensor the cache holds.
+    """
+    if batch < 1 or prompt_len < 1 or decode_steps < 0:
+        raise ValueError("batch >= 1, prompt_len >= 1 and decode_steps >= 0 are required")
+    from transformers import DynamicCache
+
+    started = time.perf_counter()
+    notes: list[str] = []
+    config = load_config(hf_config, notes=notes)
+    config.use_cache = True
+    model = build_meta_causal_lm(
+        config, dtype=DTYPES[dtype], attn_implementation=attn_implementation, notes=notes
+    )
+    calls: Counter[str] = Counter()
+    with fake_session(model, round_bytes, calls) as tracker, torch.no_grad():
+        model.eval()
+        tracker.start_measuring()
+        cache = DynamicCache(config=model.config)
+        hook_cache(tracker, cache)
+        tokens = torch.zeros((batch, prompt_len), dtype=torch.long)
+        for phase, n in (("prefill", 1), ("decode", decode_steps)):
+            if n == 0:
+                continue
+            with tracker.in_phase(phase):
+                for _ in range(n):
+                    out = model(input_ids=tokens, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    with tracker.category("logits"):
+                        next_logits = out.logits[:, -1, :].to(copy=True, dtype=torch.float32)
+                    del out
+                    tokens = next_logits.argmax(dim=-1, keepdim=True)
+                    del next_logits
+        tracker.stop_measuring()
+    notes.append(
+        f"DynamicCache (torch.cat per decode step); cache holds {prompt_len + decode_steps} tokens at the end"
+    )
+    return _result(tracker, model, started, notes, calls, training=False)

@@ -1,0 +1,147 @@
+"""Build a real transformers model (and peft LoRA) from a config dict over fake tensors.
+
+The model is constructed on the meta device (no weight init, no memory), then every parameter and
+buffer is converted to a `FakeTensor` on the trace device; peft runs inside the `FakeTensorMode`, so
+the LoRA weights it creates are fake too. Nothing here allocates real memory proportional to the model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+_IGNORED_CONFIG_KEYS = ("torch_dtype", "dtype", "transformers_version", "auto_map", "_name_or_path")
+
+
+def load_config(hf_config: dict[str, Any], *, notes: list[str]) -> Any:
+    """A transformers `PretrainedConfig` from a config.json dict (quantization settings dropped)."""
+    from transformers import AutoConfig
+
+    raw = dict(hf_config)
+    model_type = raw.pop("model_type", None)
+    if not model_type:
+        raise ValueError("hf_config has no 'model_type'; pass the model's config.json as a dict")
+    for key in _IGNORED_CONFIG_KEYS:
+        raw.pop(key, None)
+    if raw.pop("quantization_config", None) is not None:
+        notes.append(
+            "quantization_config ignored: NF4/int8/FP8 weights are not traceable; traced unquantized"
+        )
+    return AutoConfig.for_model(model_type, **raw)
+
+
+def build_meta_causal_lm(
+    config: Any, *, dtype: torch.dtype, attn_implementation: str, notes: list[str]
+) -> nn.Module:
+    """The real `AutoModelForCausalLM` for `config` on the meta device (call outside any fake mode).
+
+    A model that does not support the requested attention (Gemma 2 has no SDPA path in transformers 5:
+    its logit softcapping needs the scores) is built with "eager", as transformers itself would need.
+    """
+    from transformers import AutoModelForCausalLM
+
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        try:
+            return AutoModelForCausalLM.from_config(
+                config, dtype=dtype, attn_implementation=attn_implementation
+            )
+        except ValueError as e:
+            if attn_implementation == "eager" or "attention implementation" not in str(e):
+                raise
+            notes.append(
+                f"attention: {type(config).__name__.removesuffix('Config')} does not support "
+                f"{attn_implementation!r} in this transformers; traced with 'eager' (the B x heads x S x S "
+                "scores and softmax are materialised and saved)"
+            )
+            return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="eager")
+
+
+def to_fake(model: nn.Module, mode: FakeTensorMode, device: torch.device) -> None:
+    """Replace meta parameters and buffers by fake tensors on `device`, keeping tied ones tied."""
+    converter = mode.fake_tensor_converter
+    memo: dict[int, torch.Tensor] = {}
+
+    def fake(t: torch.Tensor) -> torch.Tensor:
+        if isinstance(t, FakeTensor):
+            return t
+        if t.device.type != "meta":
+            t = t.to("meta")
+        return converter.from_meta_and_device(mode, t, device)
+
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None:
+                continue
+            if id(p) not in memo:
+                memo[id(p)] = nn.Parameter(fake(p.data), requires_grad=p.requires_grad)
+            module._parameters[name] = memo[id(p)]
+        for name, b in list(module._buffers.items()):
+            if b is None:
+                continue
+            if id(b) not in memo:
+                memo[id(b)] = fake(b)
+            module._buffers[name] = memo[id(b)]
+
+
+def apply_lora(
+    model: nn.Module,
+    *,
+    rank: int,
+    alpha: int | None,
+    dropout: float,
+    targets: Sequence[str] | str,
+    notes: list[str],
+) -> nn.Module:
+    """Wrap the meta `model` with peft LoRA as `get_peft_model` does (call outside any fake mode).
+
+    `low_cpu_mem_usage=True` makes peft create the adapters on meta instead of initialising them on the
+    CPU; the resulting dtypes are the same as for a real model (checked with peft 0.21: fp32 adapters
+    on a bf16 or fp32 base, from `autocast_adapter_dtype=True`).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    target_modules: list[str] | str = targets if isinstance(targets, str) else list(targets)
+    lora_config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha if alpha is not None else rank,
+        lora_dropout=dropout,
+        target_modules=target_modules,
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(model, lora_config, low_cpu_mem_usage=True)
+    lora_modules = [(n, m) for n, m in peft_model.named_modules() if hasattr(m, "lora_A")]
+    wrapped = sorted({n.rsplit(".", 1)[-1] for n, _ in lora_modules if not n.endswith(".base_layer")})
+    param_wrapped = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in lora_modules if type(m).__name__ == "ParamWrapper"} - {"base_layer"}
+    )
+    adapter_dtypes = sorted(
+        {str(p.dtype).removeprefix("torch.") for n, p in peft_model.named_parameters() if "lora_" in n}
+    )
+    if not wrapped:
+        raise ValueError(f"LoRA targets {targets!r} matched no module of this model")
+    notes.append(
+        f"LoRA wraps {', '.join(wrapped)}; adapter weights are {'/'.join(adapter_dtypes)} (peft upcasts bf16/fp16 adapters to fp32 by default)"
+    )
+    if param_wrapped:
+        notes.append(
+            f"LoRA on 3-D/fused parameters through peft's ParamWrapper: {', '.join(param_wrapped)} "
+            "(fused MoE experts get one adapter per expert)"
+        )
+    unmatched = [t for t in target_modules if t not in wrapped] if not isinstance(target_modules, str) else []
+    if unmatched:
+        notes.append(f"LoRA targets with no matching module in this model: {', '.join(unmatched)}")
+    return peft_model
+
+
+def is_adapter_param(name: str) -> bool:
+    return "lora_" in name

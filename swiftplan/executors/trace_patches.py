@@ -1,0 +1,145 @@
+"""Run-time patches that make the fake-tensor trace take the code paths a real CUDA run takes.
+
+Each patch replaces one decision that fake CPU tensors would get wrong -- because the data is missing,
+or because the CPU kernel set differs from CUDA's -- and nothing else. All are undone on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor
+
+
+@contextlib.contextmanager
+def unpacked_inputs() -> Iterator[None]:
+    """Tell transformers' mask code that the batch holds one sequence per row, as it finds out itself
+    on real tensors.
+
+    `find_packed_sequence_indices` reads position ids to detect packed sequences; on fake tensors it
+    cannot, assumes packing, and builds a B x 1 x S x S mask, which also makes SDPA repeat the KV heads
+    (no `enable_gqa` with a mask). A real run with `attention_mask=None` gets no mask and `is_causal=True`.
+    """
+    from transformers import masking_utils
+
+    with _patched([(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)]):
+        yield
+
+
+@contextlib.contextmanager
+def fake_safe_optimizers() -> Iterator[None]:
+    """Let torch/transformers optimizers step over fake tensors.
+
+    Adam(W) turns its step counter into a Python float with `.item()` for the bias correction, and
+    transformers' Adafactor compares a tensor RMS with a float to pick its learning rate; both need data
+    that fake tensors do not have. Only these scalar look-ups are replaced (by 1.0-like values), so every
+    tensor the optimizer allocates is still allocated.
+    """
+    import torch.optim.adam as adam_module
+
+    patches: list[tuple[Any, str, Any]] = []
+
+    def get_value(x: Any) -> Any:
+        if isinstance(x, FakeTensor):
+            return 1.0
+        return x.item() if isinstance(x, torch.Tensor) else x
+
+    patches.append((adam_module, "_get_value", get_value))
+    try:
+        from transformers.optimization import Adafactor
+
+        original_get_lr = Adafactor._get_lr
+
+        def get_lr(param_group: dict[str, Any], param_state: dict[str, Any]) -> float:
+            state = dict(param_state)
+            if isinstance(state.get("RMS"), torch.Tensor):
+                state["RMS"] = 1.0
+            return original_get_lr(param_group, state)
+
+        patches.append((Adafactor, "_get_lr", staticmethod(get_lr)))
+    except ImportError:  # pragma: no cover - transformers is a hard requirement of the tracer
+        pass
+    with _patched(patches):
+        yield
+
+
+@contextlib.contextmanager
+def cuda_like_kernels(calls: Counter[str]) -> Iterator[None]:
+    """Pick the attention and MoE kernels CUDA would pick where the CPU would pick another.
+
+    SDPA: on CPU there is only flash (equal q/k/v head dims) or the math path, which materialises the
+    S x S scores. CUDA (sm80+) runs flash, cuDNN or memory-efficient attention for every LLM shape: the
+    memory-efficient kernel takes fp32, masks and a value head dim different from the query's (MLA
+    models). When the head dims differ the trace calls `aten._scaled_dot_product_efficient_attention`
+    (it saves out + an fp32 logsumexp, like CUDA); KV heads are repeated first for GQA, because that
+    op's autograd formula does not reduce grouped heads (a small overcount, noted by the caller).
+    `calls` counts the path taken ("flash-cpu", "efficient", "efficient-gqa-repeat").
+
+    MoE: `torch._grouped_mm` is bf16-only on CUDA (its meta kernel checks that), so for other dtypes
+    transformers' own fallback op is used, as it is for dtypes the kernel cannot take.
+    """
+    import torch.nn.functional as F
+
+    original_sdpa = F.scaled_dot_product_attention
+
+    def sdpa(
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+    ) -> torch.Tensor:
+        if query.size(-1) == value.size(-1) == key.size(-1):
+            calls["flash-cpu"] += 1
+            return original_sdpa(
+                query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+            )
+        if key.size(-3) != query.size(-3):
+            repeat = query.size(-3) // key.size(-3)
+            key = key.repeat_interleave(repeat, dim=-3)
+            value = value.repeat_interleave(repeat, dim=-3)
+            calls["efficient-gqa-repeat"] += 1
+        else:
+            calls["efficient"] += 1
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill(~attn_mask, float("-inf"))
+        needs_lse = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+        out = torch.ops.aten._scaled_dot_product_efficient_attention(
+            query, key, value, attn_mask, needs_lse, dropout_p, is_causal, scale=scale
+        )
+        return out[0]
+
+    patches: list[tuple[Any, str, Any]] = [(F, "scaled_dot_product_attention", sdpa)]
+    try:
+        from transformers.integrations import moe
+
+        original_can_use = moe._can_use_grouped_mm
+
+        def can_use_grouped_mm(input: torch.Tensor, weight: torch.Tensor, offs: torch.Tensor) -> bool:
+            return weight.dtype == torch.bfloat16 and original_can_use(input, weight, offs)
+
+        patches.append((moe, "_can_use_grouped_mm", can_use_grouped_mm))
+    except (ImportError, AttributeError):  # older transformers: no grouped_mm experts
+        pass
+    with _patched(patches):
+        yield
+
+
+@contextlib.contextmanager
+def _patched(patches: list[tuple[Any, str, Any]]) -> Iterator[None]:
+    # vars(), not getattr(): a staticmethod must be put back as the staticmethod object
+    saved = [(obj, name, vars(obj)[name]) for obj, name, _ in patches]
+    try:
+        for obj, name, value in patches:
+            setattr(obj, name, value)
+        yield
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
