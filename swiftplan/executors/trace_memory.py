@@ -39,6 +39,7 @@ CUDA_BLOCK_BYTES = 512
 """The CUDA caching allocator rounds every allocation up to a multiple of 512 bytes (kMinBlockSize)."""
 
 _SKIP_OPS = frozenset({torch.ops.prim.device.default})
+_TO_COPY = torch.ops.aten._to_copy.default
 
 
 class _Storage:
@@ -216,7 +217,12 @@ class MemoryTracker(TorchDispatchMode):
         self.ops_seen.add(func)
         self._op = func.__name__
         if isinstance(out, torch.Tensor):
-            self.track(out)
+            if func is _TO_COPY and args and getattr(args[0], "_is_param", False):
+                # A cast of a parameter (autocast's bf16 weight copy, Adafactor's fp32 copy) is held
+                # for backward or used as a temporary: "activations", even inside the loss region.
+                self.track(out, "activations")
+            else:
+                self.track(out)
         elif isinstance(out, (tuple, list)):
             for o in out:
                 if isinstance(o, torch.Tensor):
