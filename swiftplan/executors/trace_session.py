@@ -58,7 +58,8 @@ def register_model(tracker: MemoryTracker, model: nn.Module) -> None:
 def hook_logits(tracker: MemoryTracker, model: nn.Module) -> None:
     """Everything allocated from the LM head's input to the end of the model's forward is "logits".
 
-    That covers the logits, softcapping, and `ForCausalLMLoss` (fp32 upcast, log_softmax, nll_loss).
+    That covers the logits, softcapping, and `ForCausalLMLoss` (fp32 upcast, log_softmax, nll_loss);
+    a cast of the LM head's weight (autocast) stays "activations" (see `MemoryTracker`).
     In backward, the region lasts from the start (set by the caller) until the gradient of the LM head's
     input exists; that gradient itself is a hidden-state tensor and goes back to "activations".
     """
