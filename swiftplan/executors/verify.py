@@ -12,12 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from swiftplan.executors.trace import TraceResult, trace_serving, trace_training
-from swiftplan.planner.breakdown import MemoryBreakdown
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.serve_memory import ServeMemory, serve_memory
 from swiftplan.planner.setup import ServeSetup, TrainSetup
-from swiftplan.planner.train_memory import train_memory
+from swiftplan.planner.train_memory import TrainMemory, train_memory
 
 TERMS = ("weights", "adapters", "gradients", "optimizer", "master_weights", "activations", "logits", "kv_cache")
 
@@ -55,14 +54,19 @@ class Comparison:
         return self.rows[-1]
 
 
-def _estimate_at_peak(device: MemoryBreakdown, setup: TrainSetup, workspace: int) -> dict[str, int]:
+def _estimate_at_peak(memory: TrainMemory, setup: TrainSetup, workspace: int) -> dict[str, int]:
     """Tensor bytes alive at the estimate's peak, by term (the tracer's categories)."""
+    device = memory.device
     at_peak = {name: getattr(device, name) for name in TERMS}
+    at_peak["activations"] = memory.phase_activations[device.peak_phase]
     if device.peak_phase == "optimizer step":
         at_peak["activations"] = device.transient  # foreach temporaries count as activations in the trace
         at_peak["logits"] = 0
-    elif setup.grad_accum == 1:
-        at_peak["gradients"] = 0  # zero_grad(set_to_none=True): none exist yet when backward starts
+    else:
+        if device.peak_phase != "loss and backward start":
+            at_peak["logits"] = 0
+        if setup.grad_accum == 1 and not (setup.grad_ckpt and device.peak_phase != "loss and backward start"):
+            at_peak["gradients"] = 0  # zero_grad(set_to_none=True): none exist yet when backward starts
     total = device.peak_allocated - workspace
     return at_peak | {"peak_allocated": total}
 
@@ -102,7 +106,7 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2) -> Co
         steps=steps,
     )
     workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))
-    estimate = _estimate_at_peak(train_memory(spec, setup).device, setup, workspace)
+    estimate = _estimate_at_peak(train_memory(spec, setup), setup, workspace)
     traced = dict(trace.at_peak) | {"peak_allocated": trace.peak_bytes}
     if traced_setup is not setup and setup.quant != "none":
         unquantized = train_memory(spec, traced_setup).device.weights

@@ -167,20 +167,43 @@ def block_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
     return tokens * spec.hidden_size * dtype_bytes(compute_dtype(setup.precision))
 
 
-def activations_bytes(spec: ModelSpec, setup: TrainSetup, *, layers: int | None = None, tp: int = 1) -> int:
-    """Saved activations of all blocks on one device at the end of the forward pass.
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ActivationPhases:
+    """Saved activations on one device at the two moments that can set the peak, bytes."""
 
-    Without checkpointing every block keeps its saved tensors; with it, each block keeps its
-    input and one block at a time is recomputed during backward (the largest one counts).
-    Tensor parallelism splits the per-head and per-width tensors (not the norms) by `tp`.
+    at_loss: int
+    """End of forward / start of backward, while the loss tensors are alive."""
+    in_backward: int
+    """While the first recomputed block runs its backward (checkpointing); equals at_loss otherwise,
+    since without checkpointing backward only frees activations."""
+    largest_block: int
+    """Saved tensors of the largest single block (what checkpointing recomputes at once)."""
+
+
+def activation_phases(spec: ModelSpec, setup: TrainSetup, *, layers: int | None = None, tp: int = 1) -> ActivationPhases:
+    """Saved activations at the loss and, with checkpointing, during a block's recomputation.
+
+    Without checkpointing every block keeps its saved tensors. With it (non-reentrant, as HF
+    uses), each block keeps only its input; during backward one block at a time is recomputed,
+    after the loss tensors are freed. Tensor parallelism splits the per-head and per-width
+    tensors (not the norm copies) by `tp`.
     """
     tokens = setup.micro_batch * setup.seq_len
     count = spec.num_layers if layers is None else layers
-    per_layer = [layer_activation_bytes(spec, setup, i, tokens, setup.seq_len) for i in range(count)]
+    blocks = [_split(layer_activation_bytes(spec, setup, i, tokens, setup.seq_len), tp) for i in range(count)]
     shared = shared_bytes(spec, setup)
+    largest = max(blocks)
     if setup.grad_ckpt:
-        return shared + count * block_input_bytes(spec, setup, tokens) + max(_split(a, tp) for a in per_layer)
-    return shared + sum(_split(a, tp) for a in per_layer)
+        kept = shared + count * block_input_bytes(spec, setup, tokens)
+        return ActivationPhases(at_loss=kept, in_backward=kept + largest, largest_block=largest)
+    total = shared + sum(blocks)
+    return ActivationPhases(at_loss=total, in_backward=total, largest_block=largest)
+
+
+def activations_bytes(spec: ModelSpec, setup: TrainSetup, *, layers: int | None = None, tp: int = 1) -> int:
+    """The most saved-activation bytes one device holds during the step (see `activation_phases`)."""
+    phases = activation_phases(spec, setup, layers=layers, tp=tp)
+    return max(phases.at_loss, phases.in_backward)
 
 
 def _split(acts: LayerActivations, tp: int) -> int:
@@ -204,12 +227,17 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
 
 def shared_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
     """Saved tensors outside the blocks: the RoPE cos and sin tables (seq × head_dim each, batch
-    dimension 1, shared by every block) and, when the LM head is trainable (full fine-tuning), the
-    final norm's fp32 copy, rsqrt, normalised copy and output (the LM head's saved input)."""
+    dimension 1, shared by every block) and the final norm's saved tensors: its fp32 copy and rsqrt
+    when gradients flow through it (full fine-tuning, or with checkpointing, whose recomputed block
+    inputs require grad), plus the normalised copy and its output (the LM head's input) when the
+    LM head trains. Traced: a LoRA run without checkpointing keeps nothing for the final norm."""
     cb = dtype_bytes(compute_dtype(setup.precision))
     rope_width = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim
     rope = 2 * setup.seq_len * rope_width * cb
+    tokens = setup.micro_batch * setup.seq_len
     final_norm = 0
+    if setup.method == "full" or setup.grad_ckpt:
+        final_norm = tokens * (FP32 * spec.hidden_size + FP32)
     if setup.method == "full":
-        final_norm = setup.micro_batch * setup.seq_len * (FP32 * spec.hidden_size + FP32 + 2 * cb * spec.hidden_size)
+        final_norm += tokens * 2 * cb * spec.hidden_size
     return rope + final_norm

@@ -40,6 +40,8 @@ class TrainMemory:
     """Parameters of the whole model, adapters included."""
     trainable_params: int
     """Parameters that receive gradients."""
+    phase_activations: dict[str, int]
+    """Activation bytes alive at each candidate peak moment (for explanation and verification)."""
 
 
 def _weights_on_device(spec: ModelSpec, setup: TrainSetup, layers: range) -> int:
@@ -116,9 +118,11 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
         host += weights_frozen * dp
         weights_frozen = 0
 
-    activations = act.activations_bytes(spec, setup, layers=len(stage_layers), tp=tp)
-    if pp > 1:
-        activations *= min(pp, setup.grad_accum)  # 1F1B: up to pp micro-batches in flight on stage 0
+    phases = act.activation_phases(spec, setup, layers=len(stage_layers), tp=tp)
+    in_flight = min(pp, setup.grad_accum) if pp > 1 else 1  # 1F1B: up to pp micro-batches on stage 0
+    at_loss = phases.at_loss * in_flight
+    in_backward = phases.in_backward + phases.at_loss * (in_flight - 1)
+    activations = max(at_loss, in_backward)
     logits = act.logits_bytes(spec, setup, tp=tp)
 
     # Optimizer step temporaries: foreach AdamW materialises sqrt(exp_avg_sq) for all params at once.
@@ -129,14 +133,18 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
     )
     static = weights_frozen + adapters + optim + master
     grads_during_fwd = grads if setup.grad_accum > 1 else 0
-    forward_peak = static + gathered + grads_during_fwd + activations + logits
-    step_peak = static + grads + step_temp
+    # With checkpointing, full fine-tuning has (nearly) all gradients by the time the first blocks
+    # are recomputed; LoRA's are negligible but counted the same way.
+    grads_in_backward = grads if setup.grad_ckpt else grads_during_fwd
+    phase_peaks = {
+        "loss and backward start": static + gathered + grads_during_fwd + at_loss + logits,
+        "recomputation in backward": static + gathered + grads_in_backward + in_backward,
+        "optimizer step": static + grads + step_temp,
+    }
+    phase = max(phase_peaks, key=lambda name: phase_peaks[name])
+    transient = step_temp if phase == "optimizer step" else gathered
     runtime_alloc = int(constant("runtime_overhead", "cublas_workspace_bytes"))
-    if forward_peak >= step_peak:
-        phase, transient, peak = "loss and backward start", gathered, forward_peak
-    else:
-        phase, transient, peak = "optimizer step", step_temp, step_peak
-    peak += runtime_alloc
+    peak = phase_peaks[phase] + runtime_alloc
     frag = constant("runtime_overhead", "allocator_fragmentation")
     context = int(constant("runtime_overhead", "cuda_context_bytes"))
     overhead = int(peak * frag) + context
@@ -203,5 +211,9 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
         terms=terms,
     )
     return TrainMemory(
-        device=device, host_bytes=host, params=model_params + lora_params, trainable_params=trainable
+        device=device,
+        host_bytes=host,
+        params=model_params + lora_params,
+        trainable_params=trainable,
+        phase_activations={"loss and backward start": at_loss, "recomputation in backward": in_backward, "optimizer step": 0},
     )
