@@ -143,6 +143,16 @@ def test_adamw_foreach_step_holds_a_param_sized_temporary() -> None:
     assert p * 2 <= temporaries < p * 2 + 4096
 
 
+def test_fused_adamw_has_no_step_temporary() -> None:
+    kwargs = {"method": "full", "precision": "bf16", "batch": 1, "seq": 4, "round_bytes": 1}
+    foreach = trace_training(TINY_LLAMA, optimizer="adamw", **kwargs)
+    fused = trace_training(TINY_LLAMA, optimizer="adamw-fused", **kwargs)
+    p = tiny_llama_params()
+    # Fused keeps a 4-byte fp32 step counter per parameter tensor on the device (21 tensors here).
+    assert fused.at_peak["optimizer"] == 2 * p * 2 + 21 * 4
+    assert foreach.phase_peaks["optimizer"] - fused.phase_peaks["optimizer"] >= p * 2 - 21 * 4
+
+
 # -- (4) logits and loss ---------------------------------------------------------------------------
 
 
@@ -322,3 +332,16 @@ def test_tracker_counts_views_once_rounds_and_frees() -> None:
     # counts as a gradient): y was classified after the peak.
     assert tracker.at_peak()["activations"] == 512
     assert tracker.at_peak()["logits"] == 512
+
+
+def test_forgotten_storage_stays_uncounted_through_in_place_updates() -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    tracker = MemoryTracker(round_bytes=1)
+    with FakeTensorMode(), tracker:
+        step = torch.zeros(())  # like Adam's CPU step counter
+        assert tracker.live_bytes == 4
+        tracker.forget([step])
+        assert tracker.live_bytes == 0
+        step.add_(1)
+        assert tracker.live_bytes == 0

@@ -38,7 +38,7 @@ from swiftplan.executors.trace_session import (
 
 Method = Literal["full", "lora"]
 Precision = Literal["bf16", "fp16", "fp32", "amp-bf16", "amp-fp16"]
-OptimizerName = Literal["adamw", "sgd", "adafactor"]
+OptimizerName = Literal["adamw", "adamw-fused", "sgd", "adafactor"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -100,13 +100,15 @@ def _make_optimizer(name: OptimizerName, params: list[nn.Parameter]) -> torch.op
         # foreach=True is what torch picks by default for CUDA tensors (fake CPU ones would get the
         # per-parameter loop); it allocates temporaries for the whole group during step().
         return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, foreach=True)
+    if name == "adamw-fused":  # transformers' Trainer default ("adamw_torch_fused") with torch >= 2.8
+        return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=True)
     if name == "sgd":
         return torch.optim.SGD(params, lr=1e-3, momentum=0.0, foreach=True)
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
         return Adafactor(params, lr=1e-3, relative_step=False, scale_parameter=False, warmup_init=False)
-    raise ValueError(f"unknown optimizer {name!r}; valid: adamw, sgd, adafactor")
+    raise ValueError(f"unknown optimizer {name!r}; valid: adamw, adamw-fused, sgd, adafactor")
 
 
 @dataclass(kw_only=True)
@@ -210,8 +212,8 @@ def training_rig(
         )
     if optimizer == "adamw":
         notes.append(
-            "AdamW foreach (the CUDA default): step() holds a sqrt(exp_avg_sq) temporary the size of all "
-            "trainable params; fused AdamW has none"
+            "AdamW foreach (torch's default on CUDA): step() holds a sqrt(exp_avg_sq) temporary the size "
+            "of all trainable params; 'adamw-fused' (the HF Trainer default) has none"
         )
     calls: Counter[str] = Counter()
     with fake_session(model, round_bytes, calls) as tracker:
@@ -283,14 +285,16 @@ def trace_training(
 
 def _classify_optimizer_state(tracker: MemoryTracker, opt: torch.optim.Optimizer) -> None:
     """optimizer.state tensors are "optimizer"; Adam's `step` counters live on the CPU on a real
-    (non-capturable, non-fused) CUDA run, so they are not counted at all."""
+    non-capturable, non-fused CUDA run, so they are not counted there (fused keeps them on the device)."""
+    cpu_steps = isinstance(opt, torch.optim.Adam) and not opt.defaults.get("fused")
     for state in opt.state.values():
         step = state.get("step")
-        if isinstance(opt, torch.optim.Adam | torch.optim.AdamW) and isinstance(step, torch.Tensor):
+        if cpu_steps and isinstance(step, torch.Tensor):
             tracker.forget([step])
-        tracker.classify(
-            (v for k, v in state.items() if isinstance(v, torch.Tensor) and k != "step"), "optimizer"
+        kept = (
+            v for k, v in state.items() if isinstance(v, torch.Tensor) and not (cpu_steps and k == "step")
         )
+        tracker.classify(kept, "optimizer")
 
 
 # -- serving -------------------------------------------------------------------------------------------

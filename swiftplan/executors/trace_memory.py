@@ -45,13 +45,14 @@ _TO_COPY = torch.ops.aten._to_copy.default
 class _Storage:
     """One live storage: its (rounded) size, its current category and what created it."""
 
-    __slots__ = ("category", "nbytes", "origin", "ref", "serial")
+    __slots__ = ("category", "ignored", "nbytes", "origin", "ref", "serial")
 
     def __init__(self, nbytes: int, category: str, origin: str, serial: int) -> None:
         self.nbytes = nbytes
         self.category = category
         self.origin = origin
         self.serial = serial
+        self.ignored = False
         self.ref: weakref.ref[torch.UntypedStorage] | None = None
 
 
@@ -126,6 +127,8 @@ class MemoryTracker(TorchDispatchMode):
             self._live[key] = info
             self._grow(nbytes)
             return
+        if info.ignored:
+            return
         if category is not None:
             info.category = category
         if nbytes != info.nbytes:  # resized in place (out= variants, resize_)
@@ -137,10 +140,19 @@ class MemoryTracker(TorchDispatchMode):
         """Stop counting these storages: they would not be in device memory on a real run (e.g. the
         CPU step counters of non-capturable Adam)."""
         for t in tensors:
-            if isinstance(t, torch.Tensor):
-                info = self._live.pop(id(t.untyped_storage()), None)
-                if info is not None:
-                    self.live_bytes -= info.nbytes
+            if not isinstance(t, torch.Tensor):
+                continue
+            st = t.untyped_storage()
+            key = id(st)
+            info = self._live.get(key)
+            if info is None:
+                info = _Storage(0, "activations", "forgotten", self.allocations)
+                self.allocations += 1
+                info.ref = weakref.ref(st, lambda ref, key=key: self._free(key, ref))
+                self._live[key] = info
+            self.live_bytes -= info.nbytes
+            info.nbytes = 0
+            info.ignored = True  # stays known, so in-place updates do not count it again
 
     def classify(self, tensors: Iterable[torch.Tensor | None], category: str) -> None:
         """Put the storages of `tensors` in `category` (tracking them if they are new)."""
