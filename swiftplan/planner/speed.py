@@ -14,7 +14,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from swiftplan.planner.adapters import adapter_params
-from swiftplan.planner.architecture import linear_modules, matmul_params_per_token
+from swiftplan.planner.architecture import linear_modules, matmul_params_per_token, total_params
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.dtypes import compute_dtype, dtype_bytes
 from swiftplan.planner.hardware import FALLBACK_PCIE_BYTES_PER_S
@@ -159,10 +159,12 @@ def train_speed(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainab
             2 * state_bytes / (acc.pcie_bytes_per_s or FALLBACK_PCIE_BYTES_PER_S)
         )  # gradients down, updated weights up
         if par.offload == "optimizer+params":
+            # Every parameter shard, frozen ones included, comes from host RAM for forward and backward.
+            streamed = total_params(spec) + (trainable_params if setup.trains_adapters else 0)
             offload_s += (
                 2
                 * setup.grad_accum
-                * trainable_params
+                * streamed
                 * 2
                 / dp
                 / (acc.pcie_bytes_per_s or FALLBACK_PCIE_BYTES_PER_S)
