@@ -79,6 +79,8 @@ def cuda_like_kernels(calls: Counter[str]) -> Iterator[None]:
     op's autograd formula does not reduce grouped heads (a small overcount, noted by the caller).
     `calls` counts the path taken ("flash-cpu", "efficient", "efficient-gqa-repeat").
 
+    Dropout: CUDA keeps a bool mask, the CPU kernel a float one; the patch keeps a bool mask.
+
     MoE: `torch._grouped_mm` is bf16-only on CUDA (its meta kernel checks that), so for other dtypes
     transformers' own fallback op is used, as it is for dtypes the kernel cannot take.
     """
@@ -116,7 +118,21 @@ def cuda_like_kernels(calls: Counter[str]) -> Iterator[None]:
         )
         return out[0]
 
-    patches: list[tuple[Any, str, Any]] = [(F, "scaled_dot_product_attention", sdpa)]
+    original_dropout = F.dropout
+
+    def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
+        """CUDA's native_dropout keeps a bool mask (1 byte per element) for backward; the CPU kernel a
+        float one. Same output, same saved bytes as on CUDA."""
+        if not training or p == 0.0 or not isinstance(input, torch.Tensor):
+            return original_dropout(input, p, training, inplace)
+        calls["dropout-bool-mask"] += 1
+        mask = torch.empty(input.shape, dtype=torch.bool, device=input.device).bernoulli_(1.0 - p)
+        return input * mask * (1.0 / (1.0 - p))
+
+    patches: list[tuple[Any, str, Any]] = [
+        (F, "scaled_dot_product_attention", sdpa),
+        (F, "dropout", dropout),
+    ]
     try:
         from transformers.integrations import moe
 

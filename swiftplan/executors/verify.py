@@ -98,11 +98,11 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2) -> Co
         lora_rank=lora.rank if lora else 16,
         lora_dropout=lora.dropout if lora else 0.0,
         lora_targets="all-linear" if lora and lora.all_linear else (lora.targets if lora else ("q_proj",)),
-        optimizer=optimizer,  # type: ignore[arg-type]
+        optimizer="adamw-fused" if optimizer == "adamw" else optimizer,  # type: ignore[arg-type]
         batch=setup.micro_batch,
         seq=setup.seq_len,
         grad_ckpt=setup.grad_ckpt,
-        attn_implementation="eager" if setup.attention == "eager" else "sdpa",
+        attn_implementation="eager" if setup.attention == "eager" or spec.eager_attention_only else "sdpa",
         steps=steps,
     )
     workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))

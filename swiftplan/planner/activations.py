@@ -23,9 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from swiftplan.planner.adapters import is_targeted
+from swiftplan.planner.adapters import is_targeted, lora_params_for
 from swiftplan.planner.architecture import Linear, layer_linears
-from swiftplan.planner.dtypes import compute_dtype, dtype_bytes
+from swiftplan.planner.dtypes import compute_dtype, dtype_bytes, param_dtype
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import TrainSetup
 
@@ -49,24 +49,34 @@ class LayerActivations:
     """SwiGLU intermediates."""
     moe: int
     """Routing logits/weights and the per-expert token copies of MoE layers."""
+    weight_copies: int = 0
+    """amp only: autocast's cached bf16/fp16 copies of the block's weights, saved by each matmul."""
 
     @property
     def total(self) -> int:
         """All saved bytes of the block."""
-        return self.norms + self.linear_inputs + self.lora + self.attention + self.mlp + self.moe
+        return self.norms + self.linear_inputs + self.lora + self.attention + self.mlp + self.moe + self.weight_copies
 
 
 def _linear_saves(
     linear: Linear, setup: TrainSetup, tokens: int, cb: int, model_type: str
 ) -> tuple[int, int]:
-    """(bytes saved as a trainable Linear input, bytes saved by a LoRA wrapper) for one module."""
+    """(bytes saved as a trainable Linear input, bytes saved by a LoRA wrapper) for one module.
+
+    Under autocast (amp) the residual stream is fp32, so each Linear reading it makes its own
+    low-precision copy of the input (q, k and v each: not shared), and lora_A's input and output
+    are in the autocast dtype rather than fp32.
+    """
+    amp = setup.precision.startswith("amp-")
     if setup.trains_adapters:
         assert setup.lora is not None
         if not is_targeted(linear, setup.lora, model_type):
             return 0, 0
         width = linear.in_features
-        per_token = FP32 * width + (BOOL * width if setup.lora.dropout > 0 else 0) + FP32 * setup.lora.rank
-        return 0, tokens * per_token
+        mask = BOOL * width if setup.lora.dropout > 0 else 0
+        if amp:
+            return 0, tokens * (cb * width + mask + cb * setup.lora.rank)
+        return 0, tokens * (FP32 * width + mask + FP32 * setup.lora.rank)
     return tokens * linear.in_features * cb, 0
 
 
@@ -98,8 +108,11 @@ def _layer_activation_bytes(
 ) -> LayerActivations:
     cb = dtype_bytes(compute_dtype(setup.precision))
     full = setup.method == "full"
+    amp = setup.precision.startswith("amp-")
     h = spec.hidden_size
-    norm_per_token = FP32 * h + FP32 + (cb * h if full else 0)
+    # fp32 copy (the fp32 residual itself under amp) + rsqrt; a trainable weight also keeps the
+    # normalised tensor (in the compute dtype, or fp32 under amp).
+    norm_per_token = FP32 * h + FP32 + ((FP32 if amp else cb) * h if full else 0)
     norms = spec.norms_per_layer * tokens * norm_per_token
     if spec.qk_norm:
         heads = spec.num_heads + spec.num_kv_heads
@@ -116,34 +129,56 @@ def _layer_activation_bytes(
         # Output projections read tensors other ops already keep (the SDPA output, the SwiGLU
         # product); the others read a norm output, shared by the Linears that read it (q/k/v, gate/up).
         if saved and not _reads_saved_tensor(linear):
-            key = (linear.block, linear.in_features)
+            key = (linear.block, linear.in_features) if not amp else (linear.name, linear.in_features)
             if key not in seen_inputs:
                 seen_inputs.add(key)
                 linear_inputs += saved
 
     attention = _attention_bytes(spec, setup, tokens, seq_len, cb)
     mlp, moe = _mlp_bytes(spec, setup, layer, tokens, cb)
+    weight_copies = _autocast_weight_copies(spec, setup, layer, cb) if amp else 0
     return LayerActivations(
-        norms=norms, linear_inputs=linear_inputs, lora=lora, attention=attention, mlp=mlp, moe=moe
+        norms=norms,
+        linear_inputs=linear_inputs,
+        lora=lora,
+        attention=attention,
+        mlp=mlp,
+        moe=moe,
+        weight_copies=weight_copies,
     )
 
 
+def _autocast_weight_copies(spec: ModelSpec, setup: TrainSetup, layer: int, cb: int) -> int:
+    """Autocast caches a low-precision copy of each fp32 weight a matmul uses, and the matmul keeps
+    it for the input gradient: every block matrix (frozen or not) and every LoRA A/B. (Traced:
+    `_to_copy` of each weight alive at the peak.)"""
+    params = sum(lin.params for lin in layer_linears(spec, layer))
+    if setup.trains_adapters and setup.lora is not None:
+        params += sum(lora_params_for(lin, setup.lora) for lin in layer_linears(spec, layer) if is_targeted(lin, setup.lora, spec.model_type))
+    return params * cb
+
+
 def _attention_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, seq_len: int, cb: int) -> int:
+    """q and k after RoPE, v, the output, and the kernel's own saved state.
+
+    SDPA/flash keeps an fp32 logsumexp per head and token. Eager attention (or a model that only
+    has it, Gemma 2) repeats k and v to every query head, and keeps the fp32 softmax, its cast to
+    the compute dtype and, with soft-capping, the tanh output: per token heads × seq scores each.
+    A fused qkv projection (Phi-3) makes v a view of the qkv output, which keeps it all alive.
+    """
     q, kv = spec.q_dim, spec.kv_dim
+    v_saved = (q + 2 * kv) if spec.fused_qkv else kv
     if spec.mla is not None:
-        kv = spec.num_heads * (spec.mla.qk_nope_head_dim + spec.mla.qk_rope_head_dim)
+        k = spec.num_heads * (spec.mla.qk_nope_head_dim + spec.mla.qk_rope_head_dim)
         v = spec.num_heads * spec.mla.v_head_dim
-        saved = tokens * cb * (q + kv + v + v)
-    else:
-        saved = tokens * cb * (q + 2 * kv + q)  # q, k, v (after RoPE) and the output
-    if setup.attention == "eager":
-        sequences = max(1, tokens // seq_len)
-        saved += (
-            sequences * spec.num_heads * seq_len * seq_len * (cb + cb)
-        )  # probabilities + dropout-free copy
-    else:
-        saved += tokens * spec.num_heads * FP32  # logsumexp
-    return saved
+        return tokens * cb * (q + k + v + v) + tokens * spec.num_heads * FP32
+    if setup.attention == "eager" or spec.eager_attention_only:
+        scores = spec.num_heads * seq_len  # per token: one row of S scores per head
+        per_score = FP32 + cb + (cb if spec.attn_logit_softcapping else 0)
+        repeated = 3 * q  # q, and k and v repeated to every query head
+        output = q if setup.method == "full" else 0  # o_proj's input is a fresh copy, kept when o_proj trains
+        return tokens * (cb * (repeated + output) + scores * per_score)
+    return tokens * cb * (q + kv + v_saved + q) + tokens * spec.num_heads * FP32
 
 
 def _mlp_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, cb: int) -> tuple[int, int]:
@@ -163,8 +198,9 @@ def _mlp_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, cb: 
 
 
 def block_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
-    """What gradient checkpointing keeps per block: its input hidden states (T × h)."""
-    return tokens * spec.hidden_size * dtype_bytes(compute_dtype(setup.precision))
+    """What gradient checkpointing keeps per block: its input hidden states (T × h), fp32 under amp
+    (the residual stream stays in the parameter dtype)."""
+    return tokens * spec.hidden_size * dtype_bytes(param_dtype(setup.precision))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -207,7 +243,7 @@ def activations_bytes(spec: ModelSpec, setup: TrainSetup, *, layers: int | None 
 
 
 def _split(acts: LayerActivations, tp: int) -> int:
-    return acts.norms + (acts.linear_inputs + acts.lora + acts.attention + acts.mlp + acts.moe) // tp
+    return acts.norms + (acts.linear_inputs + acts.lora + acts.attention + acts.mlp + acts.moe + acts.weight_copies) // tp
 
 
 def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
@@ -218,10 +254,11 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
     `Trainer.compute_loss` drops it. The peak comes at the start of backward, when the fp32
     log_softmax output, the gradient nll_loss hands back and log_softmax's input gradient coexist:
     T × V × 3 × 4 bytes (traced: `_log_softmax`, `nll_loss_backward`, `_log_softmax_backward_data`).
-    Gemma 2's logit soft-capping keeps one more fp32 copy for tanh's backward.
+    Gemma 2's logit soft-capping keeps its tanh output (compute dtype) for backward.
     """
     tokens = setup.micro_batch * setup.seq_len
-    per_token = 3 * FP32 + (FP32 if spec.final_logit_softcapping else 0)
+    softcap = dtype_bytes(compute_dtype(setup.precision)) if spec.final_logit_softcapping else 0
+    per_token = 3 * FP32 + softcap
     return tokens * (spec.vocab_size // tp) * per_token
 
 
@@ -232,12 +269,17 @@ def shared_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
     inputs require grad), plus the normalised copy and its output (the LM head's input) when the
     LM head trains. Traced: a LoRA run without checkpointing keeps nothing for the final norm."""
     cb = dtype_bytes(compute_dtype(setup.precision))
+    amp = setup.precision.startswith("amp-")
     rope_width = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim
-    rope = 2 * setup.seq_len * rope_width * cb
+    rope = 2 * setup.seq_len * rope_width * (FP32 if amp else cb)
     tokens = setup.micro_batch * setup.seq_len
+    h = spec.hidden_size
     final_norm = 0
-    if setup.method == "full" or setup.grad_ckpt:
-        final_norm = tokens * (FP32 * spec.hidden_size + FP32)
+    if setup.method == "full" or setup.grad_ckpt or amp:
+        final_norm = tokens * (FP32 * h + FP32)
     if setup.method == "full":
-        final_norm += tokens * 2 * cb * spec.hidden_size
-    return rope + final_norm
+        # normalised copy, and the LM head's input (a separate autocast copy under amp)
+        final_norm += tokens * (FP32 * h + cb * h) if amp else tokens * 2 * cb * h
+    # Under amp the LM head matmul keeps autocast's low-precision copy of its (or the tied embedding's) weight.
+    head_copy = spec.vocab_size * h * cb if amp else 0
+    return rope + final_norm + head_copy

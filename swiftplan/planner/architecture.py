@@ -225,3 +225,11 @@ def matmul_params_per_token(spec: ModelSpec) -> int:
 def linear_modules(spec: ModelSpec) -> list[tuple[int, Linear]]:
     """Every (layer, Linear) in the model, for adapters and quantization."""
     return [(i, lin) for i in range(spec.num_layers) for lin in layer_linears(spec, i)]
+
+
+@cache
+def largest_param_elements(spec: ModelSpec) -> int:
+    """Elements of the largest single parameter tensor (embedding, LM head or a block matrix):
+    per-parameter optimizer loops (Adafactor) peak on it."""
+    blocks = max(lin.count * lin.in_features * lin.out_features for _, lin in linear_modules(spec))
+    return max(blocks, embedding_params(spec))

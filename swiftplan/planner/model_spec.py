@@ -120,6 +120,8 @@ class ModelSpec:
     """gate and up are one Linear (Phi-3 gate_up_proj, ChatGLM dense_h_to_4h)."""
     final_logit_softcapping: float | None = None
     """Gemma 2 applies tanh soft-capping to logits (one more vocab-sized temporary)."""
+    attn_logit_softcapping: float | None = None
+    """Gemma 2 soft-caps attention scores with tanh, which needs the scores materialised (eager)."""
     moe: MoeShape | None = None
     """Expert layout, None for dense models."""
     mla: MlaShape | None = None
@@ -153,6 +155,11 @@ class ModelSpec:
         if self.moe is None:
             return False
         return layer >= self.moe.first_dense_layers and layer not in self.moe.dense_layers
+
+    @property
+    def eager_attention_only(self) -> bool:
+        """transformers (v5) runs Gemma 2's soft-capped attention only in eager mode: no SDPA/flash path."""
+        return self.attn_logit_softcapping is not None
 
     @property
     def q_dim(self) -> int:
@@ -298,6 +305,7 @@ def spec_from_hf_config(config: Mapping[str, Any], *, name: str, source: str = "
         fused_qkv=model_type in ("phi3", "internlm2", "chatglm", "qwen"),
         fused_gate_up=model_type in ("phi3", "chatglm", "glm"),
         final_logit_softcapping=config.get("final_logit_softcapping"),
+        attn_logit_softcapping=config.get("attn_logit_softcapping"),
         moe=_moe_shape(config, model_type, layers),
         mla=_mla_shape(config),
         torch_dtype=_first(config, "torch_dtype", "dtype"),

@@ -24,7 +24,7 @@ def optimizer_state_bytes(
 ) -> int:
     """Optimizer state for `params` trainable parameters.
 
-    - adamw: exp_avg + exp_avg_sq in the parameter dtype (torch.optim.AdamW), 2 × dtype bytes.
+    - adamw: exp_avg + exp_avg_sq in the parameter dtype (torch.optim.AdamW, fused), 2 × dtype bytes.
     - adamw-8bit / paged-adamw-8bit: two uint8 moments + fp32 absmax per 256 values
       (2 + 8/256 B per parameter). Paged state lives in CUDA managed memory: it is resident
       on the device until evicted but is not counted by torch.cuda.max_memory_allocated().

@@ -16,8 +16,14 @@ from dataclasses import dataclass
 from functools import cache
 
 from swiftplan.planner import activations as act
-from swiftplan.planner.adapters import adapter_params
-from swiftplan.planner.architecture import layer_linears, layer_params, total_params
+from swiftplan.planner.adapters import adapter_params, is_targeted, lora_params_for
+from swiftplan.planner.architecture import (
+    largest_param_elements,
+    layer_linears,
+    layer_params,
+    linear_modules,
+    total_params,
+)
 from swiftplan.planner.breakdown import MemoryBreakdown, Term
 from swiftplan.planner.calibration import constant, constant_source
 from swiftplan.planner.dtypes import dtype_bytes, param_dtype
@@ -60,11 +66,36 @@ def _weights_on_device(spec: ModelSpec, setup: TrainSetup, layers: range) -> int
 
 @cache
 def _matrix_shape_sum(spec: ModelSpec) -> int:
-    return sum(
-        lin.count * (lin.in_features + lin.out_features)
-        for i in range(spec.num_layers)
-        for lin in layer_linears(spec, i)
-    )
+    """Adafactor's state elements for the whole model: rows + cols per matrix (factored second
+    moment), the full size of every vector (norm weights, biases), all fp32."""
+    # (elements, row + column state) per matrix; a fused (E, out, in) expert tensor factors over
+    # its last two dims, keeping E × out rows and E × in columns.
+    matrices = [
+        (lin.count * lin.out_features * lin.in_features, lin.count * (lin.out_features + lin.in_features))
+        for _, lin in linear_modules(spec)
+    ]
+    heads = 1 if spec.tie_word_embeddings else 2
+    matrices += [(spec.vocab_size * spec.hidden_size, spec.vocab_size + spec.hidden_size)] * heads
+    vectors = total_params(spec) - sum(elements for elements, _ in matrices)
+    return sum(state for _, state in matrices) + vectors
+
+
+def _optimizer_step_temporaries(spec: ModelSpec, setup: TrainSetup, trainable: int, state_bytes: int) -> int:
+    """Extra bytes live during optimizer.step().
+
+    AdamW is torch's fused kernel (the HF Trainer default, `adamw_torch_fused`): in place, none.
+    Adafactor (transformers) loops over parameters; for the largest one it holds fp32 copies of the
+    gradient and the parameter (16-bit models) plus grad² and the update: 4 × 4 B × its elements
+    (2 × 4 B when the parameter is already fp32). SGD and the 8-bit optimizers update in place.
+    """
+    if setup.optimizer != "adafactor" or trainable == 0:
+        return 0
+    largest = min(largest_param_elements(spec), trainable) if not setup.trains_adapters else 0
+    if setup.trains_adapters:
+        assert setup.lora is not None
+        largest = max(lora_params_for(lin, setup.lora) for _, lin in linear_modules(spec) if is_targeted(lin, setup.lora, spec.model_type)) // 2
+    copies = 2 if state_bytes == 4 else 4
+    return copies * 4 * largest
 
 
 def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> TrainMemory:
@@ -125,12 +156,7 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
     activations = max(at_loss, in_backward)
     logits = act.logits_bytes(spec, setup, tp=tp)
 
-    # Optimizer step temporaries: foreach AdamW materialises sqrt(exp_avg_sq) for all params at once.
-    step_temp = (
-        (trainable_here * state_bytes) // (dp if par.zero >= 1 else 1)
-        if setup.optimizer == "adamw" and par.offload == "none"
-        else 0
-    )
+    step_temp = _optimizer_step_temporaries(spec, setup, trainable_here, state_bytes) if par.offload == "none" else 0
     static = weights_frozen + adapters + optim + master
     grads_during_fwd = grads if setup.grad_accum > 1 else 0
     # With checkpointing, full fine-tuning has (nearly) all gradients by the time the first blocks

@@ -1,0 +1,277 @@
+"""When nothing fits: by how much, and the smallest changes that would fit, each checked with the estimator.
+
+Every suggestion is backed by an evaluation of a concrete plan: QLoRA (when pins left it out), a
+shorter sequence or context (the longest that fits, by binary search), offload to host RAM (how much
+it would need), more GPUs of the same type (the smallest count that fits), and the smallest catalog
+GPU that fits. Feasibility checks use the leanest variant of each structure at micro-batch 1 with
+checkpointing, which is the least memory the space offers. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.planner.capabilities import check
+from swiftplan.planner.hardware import Cluster, list_accelerators
+from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate, cluster_text
+from swiftplan.planner.search.evaluate import Evaluation, ServeEvaluator, TrainEvaluator
+from swiftplan.planner.search.space import Pins, build_serve_space, build_train_space
+from swiftplan.units import GiB, format_gib
+
+MAX_SUGGESTED_GPUS = 64
+"""Largest same-type cluster the "more GPUs" suggestion tries."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Suggestion:
+    """One change that makes the job fit, with the plan that proves it."""
+
+    change: str
+    """Short name: 'QLoRA', 'shorter sequence', 'offload', 'more GPUs', 'bigger GPU'."""
+    text: str
+    """One sentence for the user."""
+    evaluation: Evaluation | None
+    """A plan that fits after the change (None for a negative finding)."""
+    gpus: str | None = None
+    """Cluster string to pass to --gpus, when the change is hardware."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Diagnosis:
+    """Why nothing fits and what would."""
+
+    closest: Evaluation
+    """The plan nearest to fitting."""
+    summary: str
+    """One sentence: what the closest plan needs against the budget."""
+    suggestions: tuple[Suggestion, ...]
+    """Changes that fit, smallest first."""
+
+
+def _scaled(cluster: Cluster, gpus: int) -> Cluster:
+    per_node = max(cluster.gpus_per_node, 8) if cluster.nodes == 1 else cluster.gpus_per_node
+    if gpus <= per_node:
+        return replace(cluster, gpus_per_node=gpus, nodes=1)
+    return replace(cluster, gpus_per_node=per_node, nodes=gpus // per_node)
+
+
+def _first_fit(evaluations: Iterable[Evaluation]) -> Evaluation | None:
+    for evaluation in evaluations:
+        if evaluation.feasible:
+            return evaluation
+    return None
+
+
+class _Train:
+    """Feasibility checks for training, sharing the user's pins, workload and limits."""
+
+    def __init__(self, base: TrainEvaluator, pins: Pins) -> None:
+        self.base, self.pins = base, pins
+
+    def evaluator(self, *, cluster: Cluster | None = None, pins: Pins | None = None, seq: int | None = None,
+                  host_ram_bytes: int | None | str = "same") -> TrainEvaluator:  # fmt: skip
+        base = self.base
+        cluster = cluster or base.cluster
+        space = build_train_space(base.spec, cluster, pins or self.pins)
+        workload = base.workload if seq is None else replace(base.workload, seq_len=seq)
+        host = base.host_ram_bytes if host_ram_bytes == "same" else host_ram_bytes
+        return TrainEvaluator(base.spec, cluster, workload, space, headroom=base.headroom, host_ram_bytes=host)  # type: ignore[arg-type]
+
+    @staticmethod
+    def lean_set(evaluator: TrainEvaluator) -> list[Candidate]:
+        """The leanest variant of every checkpointed structure at micro-batch 1, QLoRA and sharded ones first."""
+        space = evaluator.space
+        ckpt = True if True in space.grad_ckpt else space.grad_ckpt[0]
+        mb = space.micro_batches[0] if space.micro_batches else 1
+        leans = {evaluator.lean(s.replace(micro_batch=mb)) for s in space.structures() if s.grad_ckpt == ckpt}
+        return sorted(leans, key=lambda c: (c.method != "qlora", -c.zero, c.offload == "none", c.layout.gpus, c.simplicity()))
+
+    def fits(self, evaluator: TrainEvaluator, candidates: list[Candidate] | None = None) -> Evaluation | None:
+        return _first_fit(evaluator.evaluate(c) for c in (candidates or self.lean_set(evaluator)))
+
+
+def _describe(evaluation: Evaluation) -> str:
+    c = evaluation.candidate
+    if isinstance(c, ServeCandidate):
+        return f"{c.quant} weights, KV {c.kv_dtype}, tp {c.tp}, {c.concurrency} sequence(s) per replica"
+    layout = c.layout
+    parts = [c.family if c.quant in ("none", "nf4", "nf4-dq") else f"{c.family} on {c.quant}"]
+    if c.zero:
+        parts.append(f"ZeRO-{c.zero}" + (f" + offload {c.offload}" if c.offload != "none" else ""))
+    if layout.tp > 1 or layout.pp > 1:
+        parts.append(f"tp {layout.tp} pp {layout.pp}")
+    parts.append(f"{layout.gpus} GPU{'s' if layout.gpus > 1 else ''}, micro-batch {c.micro_batch}")
+    return ", ".join(parts)
+
+
+def _fit_text(evaluation: Evaluation) -> str:
+    return f"{_describe(evaluation)}: {format_gib(evaluation.device_total_bytes, 1)} per device"
+
+
+def _summary(closest: Evaluation) -> str:
+    budget = closest.estimate.device_memory_bytes if closest.estimate else 0
+    if closest.estimate is None:
+        return f"No candidate could be estimated: {closest.error}"
+    text = (
+        f"Nothing fits. The closest plan ({_describe(closest)}) needs {format_gib(closest.device_total_bytes, 1)} "
+        f"per device; the limit is {format_gib(closest.limit_bytes, 1)} of {format_gib(budget, 1)}"
+    )
+    if closest.memory_over_bytes > 0:
+        text += f", {format_gib(closest.memory_over_bytes, 1)} over"
+    if closest.host_over_bytes > 0:
+        text += (f"; its offloaded state needs {format_gib(closest.host_bytes_per_node, 0)} of host RAM per node, "
+                 f"{format_gib(closest.host_over_bytes, 0)} more than --host-ram")  # fmt: skip
+    if closest.latency_over > 0:
+        text += "; it misses the latency targets"
+    return text + "."
+
+
+def _largest_fitting(lo: int, hi: int, step: int, fits: Callable[[int], Evaluation | None]) -> Evaluation | None:
+    """Largest multiple of `step` in [lo, hi] for which `fits` returns a plan (fits is monotone)."""
+    found = fits(lo)
+    if found is None:
+        return None
+    a, b = lo // step, hi // step
+    while a < b:
+        mid = (a + b + 1) // 2
+        plan = fits(mid * step)
+        if plan is not None:
+            a, found = mid, plan
+        else:
+            b = mid - 1
+    return found
+
+
+def _more_gpus(cluster: Cluster, fits: Callable[[Cluster], Evaluation | None]) -> Suggestion | None:
+    gpus = cluster.world_size * 2
+    while gpus <= MAX_SUGGESTED_GPUS:
+        bigger = _scaled(cluster, gpus)
+        plan = fits(bigger)
+        if plan is not None:
+            text = f"{gpus} × {cluster.accelerator.display_name} (--gpus {cluster_text(bigger)}): {_fit_text(plan)}."
+            return Suggestion(change="more GPUs", text=text, evaluation=plan, gpus=cluster_text(bigger))
+        gpus *= 2
+    return None
+
+
+def _bigger_gpu(cluster: Cluster, leans: list[Evaluation], allowed: Callable[[Candidate | ServeCandidate, Cluster], bool],
+                headroom: float) -> Suggestion | None:  # fmt: skip
+    """Smallest catalog GPU (same backend, more memory) that one of the lean plans fits; memory per
+    device does not depend on the GPU model, so the plans need no re-estimate."""
+    current = cluster.memory_bytes_per_device
+    options = sorted((a for a in list_accelerators() if a.backend == cluster.accelerator.backend and a.memory_bytes > current),
+                     key=lambda a: (a.memory_bytes, a.price_usd_per_hour or 1e9))  # fmt: skip
+    for acc in options:
+        other = replace(cluster, accelerator=acc, usable_memory_bytes=None)
+        limit = acc.memory_bytes * (1 - headroom)
+        for plan in leans:
+            if plan.estimate and plan.host_over_bytes <= 0 and plan.device_total_bytes <= limit and allowed(plan.candidate, other):
+                text = (f"{cluster_text(other)} ({acc.display_name}, {format_gib(acc.memory_bytes, 0)}): {_fit_text(plan)}.")  # fmt: skip
+                return Suggestion(change="bigger GPU", text=text, evaluation=plan, gpus=cluster_text(other))
+    return None
+
+
+def _train_allowed(candidate: Candidate | ServeCandidate, cluster: Cluster) -> bool:
+    assert isinstance(candidate, Candidate)
+    quant = "nf4" if candidate.quant.startswith("nf4") else candidate.quant
+    return not check(cluster.accelerator, precision=candidate.precision, quant=quant, optimizer=candidate.optimizer, zero_stage=candidate.zero)
+
+
+def diagnose_training(evaluator: TrainEvaluator, pins: Pins, closest: Evaluation) -> Diagnosis:
+    """Explain a training search where no plan is feasible."""
+    checks = _Train(evaluator, pins)
+    suggestions: list[Suggestion] = []
+    space = evaluator.space
+    if "qlora" not in space.methods:
+        try:
+            qlora = checks.evaluator(pins=replace(pins, methods=("qlora",), quants=None, precisions=None))
+        except SwiftplanError:
+            qlora = None
+        plan = checks.fits(qlora) if qlora else None
+        if plan is not None:
+            suggestions.append(Suggestion(change="QLoRA", text=f"QLoRA (--method qlora): {_fit_text(plan)}.", evaluation=plan))
+    seq = evaluator.workload.seq_len
+    if seq > 256:
+        leans = sorted(checks.lean_set(evaluator), key=lambda c: evaluator.evaluate(c).device_total_bytes)[:5]
+
+        def fits_seq(length: int) -> Evaluation | None:
+            return checks.fits(checks.evaluator(seq=length), leans)
+
+        plan = _largest_fitting(256, seq - 1, 256, fits_seq)
+        if plan is not None:
+            length = plan.estimate.setup.seq_len  # type: ignore[union-attr]
+            suggestions.append(Suggestion(change="shorter sequence", evaluation=plan,
+                                          text=f"a shorter sequence, --seq {length}: {_fit_text(plan)}."))  # fmt: skip
+    offload = _offload_plan(checks, space.methods)
+    if offload is not None:
+        suggestions.append(offload)
+    more = _more_gpus(evaluator.cluster, lambda c: checks.fits(checks.evaluator(cluster=c)))
+    if more is not None:
+        suggestions.append(more)
+    leans = [evaluator.evaluate(c) for c in checks.lean_set(evaluator)]
+    bigger = _bigger_gpu(evaluator.cluster, sorted(leans, key=lambda e: e.candidate.simplicity()), _train_allowed, evaluator.headroom)
+    if bigger is not None:
+        suggestions.append(bigger)
+    return Diagnosis(closest=closest, summary=_summary(closest), suggestions=tuple(suggestions))
+
+
+def _offload_plan(checks: _Train, methods: tuple[str, ...]) -> Suggestion | None:
+    """ZeRO-3 offloading parameters and optimizer state on all GPUs, with the host RAM it needs."""
+    method = "lora" if "lora" in methods or "qlora" in methods else "full"
+    pins = replace(checks.pins, methods=(method,), quants=("none",), zero=(3,), max_offload="optimizer+params", tp=None, pp=None, dp=None)
+    try:
+        unbounded = checks.evaluator(pins=pins, host_ram_bytes=None)
+    except SwiftplanError:
+        return None
+    world = unbounded.cluster.world_size
+    structures = [s for s in unbounded.space.structures() if s.offload == "optimizer+params" and s.layout == Layout(gpus=world)]
+    if not structures:
+        return None
+    plan = checks.fits(unbounded, [unbounded.lean(s.replace(micro_batch=1, grad_ckpt=True)) for s in structures])
+    if plan is None:
+        return None
+    host = plan.host_bytes_per_node
+    limit = checks.base.host_ram_bytes
+    text = (f"ZeRO-3 offloading parameters and optimizer state ({plan.candidate.family}, bf16 base): "  # type: ignore[union-attr]
+            f"{format_gib(plan.device_total_bytes, 1)} per device, and {format_gib(host, 0)} of host RAM per node")  # fmt: skip
+    if limit is not None and host > limit:
+        text += f" (--host-ram {max(1, -(-host // GiB))} or more; {format_gib(limit, 0)} is allowed now)"
+    return Suggestion(change="offload", text=text + ".", evaluation=plan)
+
+
+def diagnose_serving(evaluator: ServeEvaluator, pins: Pins, closest: Evaluation) -> Diagnosis:
+    """Explain a serving search where no plan is feasible."""
+    suggestions: list[Suggestion] = []
+
+    def make(cluster: Cluster | None = None, context: int | None = None, pins_: Pins | None = None) -> ServeEvaluator:
+        cluster = cluster or evaluator.cluster
+        workload = evaluator.workload if context is None else replace(evaluator.workload, context=context)
+        space = build_serve_space(evaluator.spec, cluster, pins_ or pins)
+        return ServeEvaluator(evaluator.spec, cluster, workload, space, headroom=1 - evaluator.utilization)
+
+    def fits(other: ServeEvaluator) -> Evaluation | None:
+        return _first_fit(other.best_concurrency(s) for s in other.space.structures())
+
+    if pins.quants is not None and "nf4" not in pins.quants:
+        try:
+            plan = fits(make(pins_=replace(pins, quants=None)))
+        except SwiftplanError:
+            plan = None
+        if plan is not None:
+            suggestions.append(Suggestion(change="quantization", text=f"quantized weights: {_fit_text(plan)}.", evaluation=plan))
+    context = evaluator.workload.context
+    if context > 512:
+        plan = _largest_fitting(512, context - 1, 512, lambda n: fits(make(context=n)))
+        if plan is not None:
+            text = f"a shorter context, --context {plan.estimate.setup.context}: {_fit_text(plan)}."  # type: ignore[union-attr]
+            suggestions.append(Suggestion(change="shorter context", text=text, evaluation=plan))
+    more = _more_gpus(evaluator.cluster, lambda c: fits(make(cluster=c)))
+    if more is not None:
+        suggestions.append(more)
+    leans = [evaluator.best_concurrency(s) for s in evaluator.space.structures()]
+    bigger = _bigger_gpu(evaluator.cluster, [e for e in leans if e.latency_over <= 0], lambda c, k: True, 1 - evaluator.utilization)
+    if bigger is not None:
+        suggestions.append(bigger)
+    return Diagnosis(closest=closest, summary=_summary(closest), suggestions=tuple(suggestions))
