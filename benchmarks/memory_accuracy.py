@@ -133,6 +133,17 @@ def training_cases() -> list[Case]:
             t(method="lora", lora=_lora(16), micro_batch=1, seq_len=2048, grad_ckpt=True),
             t(method="lora", lora=_lora(32, ALL), micro_batch=2, seq_len=1024, grad_ckpt=False),
         ],
+        "Qwen/Qwen3-30B-A3B": [
+            t(method="lora", lora=_lora(16), micro_batch=1, seq_len=1024, grad_ckpt=True),
+        ],
+        "Qwen/Qwen2.5-7B-Instruct ": [
+            t(method="lora", precision="amp-bf16", lora=_lora(16), micro_batch=1, seq_len=1024, grad_ckpt=False),
+            t(method="lora", lora=_lora(16, ALL, 0.05), micro_batch=2, seq_len=1024, grad_ckpt=True),
+        ],
+        "meta-llama/Llama-3.1-8B ": [
+            t(method="lora", lora=_lora(64, ("q_proj", "v_proj"), 0.1), micro_batch=2, seq_len=2048, grad_ckpt=False),
+            t(method="full", precision="amp-bf16", micro_batch=1, seq_len=1024, grad_ckpt=True),
+        ],
         "mistralai/Mixtral-8x7B-v0.1": [
             t(method="lora", lora=_lora(16), micro_batch=1, seq_len=1024, grad_ckpt=True),
             t(method="lora", lora=_lora(8), micro_batch=2, seq_len=512, grad_ckpt=False),
@@ -142,7 +153,8 @@ def training_cases() -> list[Case]:
             t(method="lora", lora=_lora(16, ("q_proj", "kv_b_proj")), micro_batch=2, seq_len=512, grad_ckpt=False),
         ],
     }
-    return [Case(model, setup) for model, setups in per_model.items() for setup in setups]
+    # (keys with a trailing space are a second group of cases for the same model)
+    return [Case(model.strip(), setup) for model, setups in per_model.items() for setup in setups]
 
 
 def serving_cases() -> list[Case]:
