@@ -59,8 +59,8 @@ def _estimate_at_peak(memory: TrainMemory, setup: TrainSetup, workspace: int) ->
     device = memory.device
     at_peak = {name: getattr(device, name) for name in TERMS}
     at_peak["activations"] = memory.phase_activations[device.peak_phase]
-    if device.peak_phase == "optimizer step":
-        at_peak["activations"] = device.transient  # foreach temporaries count as activations in the trace
+    if device.peak_phase in ("optimizer step", "end of backward"):
+        at_peak["activations"] = device.transient  # optimizer temporaries count as activations in the trace
         at_peak["logits"] = 0
     else:
         if device.peak_phase != "loss and backward start":

@@ -214,6 +214,10 @@ class ActivationPhases:
     since without checkpointing backward only frees activations."""
     largest_block: int
     """Saved tensors of the largest single block (what checkpointing recomputes at once)."""
+    shared: int = 0
+    """Saved tensors outside the blocks (RoPE tables, final norm)."""
+    block_input: int = 0
+    """What checkpointing keeps per block (0 without checkpointing)."""
 
 
 def activation_phases(spec: ModelSpec, setup: TrainSetup, *, layers: int | None = None, tp: int = 1) -> ActivationPhases:
@@ -230,10 +234,13 @@ def activation_phases(spec: ModelSpec, setup: TrainSetup, *, layers: int | None 
     shared = shared_bytes(spec, setup)
     largest = max(blocks)
     if setup.grad_ckpt:
-        kept = shared + count * block_input_bytes(spec, setup, tokens)
-        return ActivationPhases(at_loss=kept, in_backward=kept + largest, largest_block=largest)
+        block_input = block_input_bytes(spec, setup, tokens)
+        kept = shared + count * block_input
+        return ActivationPhases(
+            at_loss=kept, in_backward=kept + largest, largest_block=largest, shared=shared, block_input=block_input
+        )
     total = shared + sum(blocks)
-    return ActivationPhases(at_loss=total, in_backward=total, largest_block=largest)
+    return ActivationPhases(at_loss=total, in_backward=total, largest_block=largest, shared=shared)
 
 
 def activations_bytes(spec: ModelSpec, setup: TrainSetup, *, layers: int | None = None, tp: int = 1) -> int:

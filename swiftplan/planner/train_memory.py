@@ -98,6 +98,25 @@ def _optimizer_step_temporaries(spec: ModelSpec, setup: TrainSetup, trainable: i
     return copies * 4 * largest
 
 
+def _grad_shares(spec: ModelSpec, setup: TrainSetup, grads: int, layers: range) -> tuple[int, int, int]:
+    """(LM head + final norm, one block, untied embedding) shares of the gradient bytes `grads`."""
+    if grads == 0:
+        return 0, 0, 0
+    if setup.trains_adapters:
+        assert setup.lora is not None
+        total = adapter_params(spec, setup.lora)
+        per_layer = max(
+            sum(lora_params_for(lin, setup.lora) for lin in layer_linears(spec, i) if is_targeted(lin, setup.lora, spec.model_type))
+            for i in layers
+        )
+        return 0, grads * per_layer // max(total, 1), 0
+    total = total_params(spec)
+    head = spec.vocab_size * spec.hidden_size + spec.hidden_size
+    per_layer = max(layer_params(spec, i) for i in layers)
+    embedding = 0 if spec.tie_word_embeddings else spec.vocab_size * spec.hidden_size
+    return grads * head // total, grads * per_layer // total, grads * embedding // total
+
+
 def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> TrainMemory:
     """Bytes on the most loaded device for one training step of `setup` on `world_size` devices."""
     par = setup.parallel
@@ -159,16 +178,30 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
     step_temp = _optimizer_step_temporaries(spec, setup, trainable_here, state_bytes) if par.offload == "none" else 0
     static = weights_frozen + adapters + optim + master
     grads_during_fwd = grads if setup.grad_accum > 1 else 0
-    # With checkpointing, full fine-tuning has (nearly) all gradients by the time the first blocks
-    # are recomputed; LoRA's are negligible but counted the same way.
-    grads_in_backward = grads if setup.grad_ckpt else grads_during_fwd
+    head_grads, layer_grads, embedding_grads = _grad_shares(spec, setup, grads, stage_layers)
     phase_peaks = {
         "loss and backward start": static + gathered + grads_during_fwd + at_loss + logits,
-        "recomputation in backward": static + gathered + grads_in_backward + in_backward,
         "optimizer step": static + grads + step_temp,
     }
+    phase_acts = {"loss and backward start": at_loss, "optimizer step": 0, "end of backward": 0}
+    if setup.grad_ckpt:
+        # Backward recomputes one block at a time, last block first. Recomputing the last one: all
+        # block inputs kept, only the head's gradients exist; recomputing the first: one input
+        # left, every gradient but the first block's and the (untied) embedding's.
+        late = ((grads_during_fwd or head_grads), in_backward)
+        early = (
+            grads_during_fwd or grads - layer_grads - embedding_grads,
+            phases.shared + phases.block_input + phases.largest_block,
+        )
+        grads_then, acts_then = max(late, early, key=sum)
+        phase_peaks["recomputation in backward"] = static + gathered + grads_then + acts_then
+        phase_acts["recomputation in backward"] = acts_then
+    if setup.method == "full" and spec.tie_word_embeddings:
+        # Tied embeddings: the embedding's gradient arrives last and is added out of place to the LM
+        # head's, so two extra vocab × hidden gradients coexist with all others (traced).
+        phase_peaks["end of backward"] = static + grads + 2 * head_grads
     phase = max(phase_peaks, key=lambda name: phase_peaks[name])
-    transient = step_temp if phase == "optimizer step" else gathered
+    transient = {"optimizer step": step_temp, "end of backward": 2 * head_grads}.get(phase, gathered)
     runtime_alloc = int(constant("runtime_overhead", "cublas_workspace_bytes"))
     peak = phase_peaks[phase] + runtime_alloc
     frag = constant("runtime_overhead", "allocator_fragmentation")
@@ -241,5 +274,5 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
         host_bytes=host,
         params=model_params + lora_params,
         trainable_params=trainable,
-        phase_activations={"loss and backward start": at_loss, "recomputation in backward": in_backward, "optimizer step": 0},
+        phase_activations=phase_acts,
     )
