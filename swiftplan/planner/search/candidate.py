@@ -121,7 +121,9 @@ class Candidate:
         """The `TrainSetup` this candidate stands for (raises SwiftplanError when invalid)."""
         lora = None
         if self.method != "full":
-            lora = LoraSetup(rank=self.rank, targets=self.targets or (ALL_LINEAR,), dropout=workload.lora_dropout)
+            lora = LoraSetup(
+                rank=self.rank, targets=self.targets or (ALL_LINEAR,), dropout=workload.lora_dropout
+            )
         return TrainSetup(
             method=self.method,  # type: ignore[arg-type]
             precision=self.precision,  # type: ignore[arg-type]
@@ -148,10 +150,20 @@ class Candidate:
     def simplicity(self) -> tuple:
         """Tie-break among equally good plans: fewer GPUs, less parallelism, standard numerics first."""
         return (
-            self.layout.gpus, self.layout.tp, self.layout.pp, self.zero, self.offload != "none", self.quant != "none",
-            self.quant == "nf4", self.optimizer != "adamw", self.optimizer.startswith("paged"),
-            self.precision.startswith("amp"), not self.grad_ckpt, -self.rank, self.micro_batch,
-        )  # fmt: skip
+            self.layout.gpus,
+            self.layout.tp,
+            self.layout.pp,
+            self.zero,
+            self.offload != "none",
+            self.quant != "none",
+            self.quant == "nf4",
+            self.optimizer != "adamw",
+            self.optimizer.startswith("paged"),
+            self.precision.startswith("amp"),
+            not self.grad_ckpt,
+            -self.rank,
+            self.micro_batch,
+        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -26,7 +26,8 @@ from swiftplan.planner.estimate import Estimate, estimate_serving, estimate_trai
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import Candidate, ServeCandidate, ServeWorkload, TrainWorkload
-from swiftplan.planner.search.space import MAX_MICRO_BATCH, ServeSpace, TrainSpace, memory_weight
+from swiftplan.planner.search.serve_space import ServeSpace
+from swiftplan.planner.search.space import MAX_MICRO_BATCH, TrainSpace, memory_weight
 from swiftplan.planner.speed import ServeSpeed
 from swiftplan.units import GiB
 
@@ -144,9 +145,15 @@ class TrainEvaluator:
     """Evaluates training candidates, memoised by candidate."""
 
     def __init__(
-        self, spec: ModelSpec, cluster: Cluster, workload: TrainWorkload, space: TrainSpace, *,
-        headroom: float = 0.05, host_ram_bytes: int | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        spec: ModelSpec,
+        cluster: Cluster,
+        workload: TrainWorkload,
+        space: TrainSpace,
+        *,
+        headroom: float = 0.05,
+        host_ram_bytes: int | None = None,
+    ) -> None:
         self.spec, self.cluster, self.workload, self.space = spec, cluster, workload, space
         self.headroom, self.host_ram_bytes = headroom, host_ram_bytes
         self.limit_bytes = int(cluster.memory_bytes_per_device * (1 - headroom))
@@ -168,7 +175,12 @@ class TrainEvaluator:
             return cached
         self.estimates += 1
         sub = candidate.layout.sub_cluster(self.cluster)
-        common = dict(candidate=candidate, limit_bytes=self.limit_bytes, host_limit_bytes=self.host_ram_bytes, gpus=sub.world_size)
+        common = dict(
+            candidate=candidate,
+            limit_bytes=self.limit_bytes,
+            host_limit_bytes=self.host_ram_bytes,
+            gpus=sub.world_size,
+        )
         try:
             estimate = estimate_training(self.spec, candidate.setup(self.workload), sub)
         except SwiftplanError as error:
@@ -180,9 +192,14 @@ class TrainEvaluator:
             time_s = self.workload.total_tokens / tokens_per_s
             gpu_hours = time_s / 3600 * sub.world_size
             result = Evaluation(
-                estimate=estimate, host_bytes_per_node=host, tokens_per_s=tokens_per_s, time_s=time_s,
-                gpu_hours=gpu_hours, cost_usd=None if self.price is None else gpu_hours * self.price, **common,
-            )  # type: ignore[arg-type]  # fmt: skip
+                estimate=estimate,
+                host_bytes_per_node=host,
+                tokens_per_s=tokens_per_s,
+                time_s=time_s,
+                gpu_hours=gpu_hours,
+                cost_usd=None if self.price is None else gpu_hours * self.price,
+                **common,
+            )  # type: ignore[arg-type]
         self.cache[candidate] = result
         return result
 
@@ -209,7 +226,9 @@ class TrainEvaluator:
 
     def lean(self, structure: Candidate) -> Candidate:
         """The variant of a structure that needs the least memory (preferred among equals)."""
-        return min(self.space.variants(structure), key=memory_weight).replace(micro_batch=structure.micro_batch)
+        return min(self.space.variants(structure), key=memory_weight).replace(
+            micro_batch=structure.micro_batch
+        )
 
     def resolve(self, structure: Candidate, objective: Objective = "time") -> Evaluation:
         """The best variant of a structure at its best micro-batch (see module docstring)."""
@@ -233,7 +252,15 @@ class TrainEvaluator:
 class ServeEvaluator:
     """Evaluates serving candidates, memoised by candidate."""
 
-    def __init__(self, spec: ModelSpec, cluster: Cluster, workload: ServeWorkload, space: ServeSpace, *, headroom: float = 0.05) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        cluster: Cluster,
+        workload: ServeWorkload,
+        space: ServeSpace,
+        *,
+        headroom: float = 0.05,
+    ) -> None:
         self.utilization = min(workload.gpu_memory_utilization, 1 - headroom)
         workload = replace(workload, gpu_memory_utilization=self.utilization)
         self.spec, self.cluster, self.workload, self.space = spec, cluster, workload, space
@@ -267,9 +294,14 @@ class ServeEvaluator:
             tps = replicas * speed.decode_tokens_per_s
             gpu_hours = self.cluster.world_size / 3600 / tps * 1e6
             result = Evaluation(
-                estimate=estimate, tokens_per_s=tps, time_s=1 / speed.per_user_decode_tokens_per_s, gpu_hours=gpu_hours,
-                cost_usd=None if self.price is None else gpu_hours * self.price, latency_over=self._latency_over(speed), **common,
-            )  # type: ignore[arg-type]  # fmt: skip
+                estimate=estimate,
+                tokens_per_s=tps,
+                time_s=1 / speed.per_user_decode_tokens_per_s,
+                gpu_hours=gpu_hours,
+                cost_usd=None if self.price is None else gpu_hours * self.price,
+                latency_over=self._latency_over(speed),
+                **common,
+            )  # type: ignore[arg-type]
         self.cache[candidate] = result
         return result
 
@@ -279,7 +311,9 @@ class ServeEvaluator:
             return self.evaluate(structure)
         replicas = self.cluster.world_size // structure.tp
         if self.workload.concurrency is not None:
-            return self.evaluate(structure.replace(concurrency=math.ceil(self.workload.concurrency / replicas)))
+            return self.evaluate(
+                structure.replace(concurrency=math.ceil(self.workload.concurrency / replicas))
+            )
         first = self.evaluate(structure.replace(concurrency=1))
         if not first.feasible or objective == "time":
             return first

@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.capabilities import check
 from swiftplan.planner.hardware import Cluster, list_accelerators
 from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate, cluster_text
 from swiftplan.planner.search.evaluate import Evaluation, ServeEvaluator, TrainEvaluator
-from swiftplan.planner.search.space import Pins, build_serve_space, build_train_space
+from swiftplan.planner.search.pins import Pins
+from swiftplan.planner.search.serve_space import build_serve_space
+from swiftplan.planner.search.space import build_train_space
 from swiftplan.units import GiB, format_gib
 
 MAX_SUGGESTED_GPUS = 64
@@ -70,14 +71,22 @@ class _Train:
     def __init__(self, base: TrainEvaluator, pins: Pins) -> None:
         self.base, self.pins = base, pins
 
-    def evaluator(self, *, cluster: Cluster | None = None, pins: Pins | None = None, seq: int | None = None,
-                  host_ram_bytes: int | None | str = "same") -> TrainEvaluator:  # fmt: skip
+    def evaluator(
+        self,
+        *,
+        cluster: Cluster | None = None,
+        pins: Pins | None = None,
+        seq: int | None = None,
+        host_ram_bytes: int | None | str = "same",
+    ) -> TrainEvaluator:
         base = self.base
         cluster = cluster or base.cluster
         space = build_train_space(base.spec, cluster, pins or self.pins)
         workload = base.workload if seq is None else replace(base.workload, seq_len=seq)
         host = base.host_ram_bytes if host_ram_bytes == "same" else host_ram_bytes
-        return TrainEvaluator(base.spec, cluster, workload, space, headroom=base.headroom, host_ram_bytes=host)  # type: ignore[arg-type]
+        return TrainEvaluator(
+            base.spec, cluster, workload, space, headroom=base.headroom, host_ram_bytes=host
+        )  # type: ignore[arg-type]
 
     @staticmethod
     def lean_set(evaluator: TrainEvaluator) -> list[Candidate]:
@@ -86,7 +95,10 @@ class _Train:
         ckpt = True if True in space.grad_ckpt else space.grad_ckpt[0]
         mb = space.micro_batches[0] if space.micro_batches else 1
         leans = {evaluator.lean(s.replace(micro_batch=mb)) for s in space.structures() if s.grad_ckpt == ckpt}
-        return sorted(leans, key=lambda c: (c.method != "qlora", -c.zero, c.offload == "none", c.layout.gpus, c.simplicity()))
+        return sorted(
+            leans,
+            key=lambda c: (c.method != "qlora", -c.zero, c.offload == "none", c.layout.gpus, c.simplicity()),
+        )
 
     def fits(self, evaluator: TrainEvaluator, candidates: list[Candidate] | None = None) -> Evaluation | None:
         return _first_fit(evaluator.evaluate(c) for c in (candidates or self.lean_set(evaluator)))
@@ -121,14 +133,18 @@ def _summary(closest: Evaluation) -> str:
     if closest.memory_over_bytes > 0:
         text += f", {format_gib(closest.memory_over_bytes, 1)} over"
     if closest.host_over_bytes > 0:
-        text += (f"; its offloaded state needs {format_gib(closest.host_bytes_per_node, 0)} of host RAM per node, "
-                 f"{format_gib(closest.host_over_bytes, 0)} more than --host-ram")  # fmt: skip
+        text += (
+            f"; its offloaded state needs {format_gib(closest.host_bytes_per_node, 0)} of host RAM per node, "
+            f"{format_gib(closest.host_over_bytes, 0)} more than --host-ram"
+        )
     if closest.latency_over > 0:
         text += "; it misses the latency targets"
     return text + "."
 
 
-def _largest_fitting(lo: int, hi: int, step: int, fits: Callable[[int], Evaluation | None]) -> Evaluation | None:
+def _largest_fitting(
+    lo: int, hi: int, step: int, fits: Callable[[int], Evaluation | None]
+) -> Evaluation | None:
     """Largest multiple of `step` in [lo, hi] for which `fits` returns a plan (fits is monotone)."""
     found = fits(lo)
     if found is None:
@@ -156,27 +172,36 @@ def _more_gpus(cluster: Cluster, fits: Callable[[Cluster], Evaluation | None]) -
     return None
 
 
-def _bigger_gpu(cluster: Cluster, leans: list[Evaluation], allowed: Callable[[Candidate | ServeCandidate, Cluster], bool],
-                headroom: float) -> Suggestion | None:  # fmt: skip
-    """Smallest catalog GPU (same backend, more memory) that one of the lean plans fits; memory per
-    device does not depend on the GPU model, so the plans need no re-estimate."""
+def _bigger_gpu(
+    cluster: Cluster,
+    leans: list[Evaluation],
+    recheck: Callable[[Candidate | ServeCandidate, Cluster], Evaluation | None],
+    headroom: float,
+) -> Suggestion | None:
+    """Smallest catalog GPU (same backend, more memory) that one of the lean plans fits. Memory per device
+    does not depend on the GPU model, so the lean plans' totals pick the candidates; `recheck` estimates
+    the plan on the new GPU (capabilities, speed, limits) before it is suggested."""
     current = cluster.memory_bytes_per_device
-    options = sorted((a for a in list_accelerators() if a.backend == cluster.accelerator.backend and a.memory_bytes > current),
-                     key=lambda a: (a.memory_bytes, a.price_usd_per_hour or 1e9))  # fmt: skip
+    options = sorted(
+        (
+            a
+            for a in list_accelerators()
+            if a.backend == cluster.accelerator.backend and a.memory_bytes > current
+        ),
+        key=lambda a: (a.memory_bytes, a.price_usd_per_hour or 1e9),
+    )
     for acc in options:
         other = replace(cluster, accelerator=acc, usable_memory_bytes=None)
         limit = acc.memory_bytes * (1 - headroom)
-        for plan in leans:
-            if plan.estimate and plan.host_over_bytes <= 0 and plan.device_total_bytes <= limit and allowed(plan.candidate, other):
-                text = (f"{cluster_text(other)} ({acc.display_name}, {format_gib(acc.memory_bytes, 0)}): {_fit_text(plan)}.")  # fmt: skip
-                return Suggestion(change="bigger GPU", text=text, evaluation=plan, gpus=cluster_text(other))
+        for lean in leans:
+            if lean.estimate and lean.host_over_bytes <= 0 and lean.device_total_bytes <= limit:
+                plan = recheck(lean.candidate, other)
+                if plan is not None and plan.feasible:
+                    text = f"{cluster_text(other)} ({acc.display_name}, {format_gib(acc.memory_bytes, 0)}): {_fit_text(plan)}."
+                    return Suggestion(
+                        change="bigger GPU", text=text, evaluation=plan, gpus=cluster_text(other)
+                    )
     return None
-
-
-def _train_allowed(candidate: Candidate | ServeCandidate, cluster: Cluster) -> bool:
-    assert isinstance(candidate, Candidate)
-    quant = "nf4" if candidate.quant.startswith("nf4") else candidate.quant
-    return not check(cluster.accelerator, precision=candidate.precision, quant=quant, optimizer=candidate.optimizer, zero_stage=candidate.zero)
 
 
 def diagnose_training(evaluator: TrainEvaluator, pins: Pins, closest: Evaluation) -> Diagnosis:
@@ -191,7 +216,11 @@ def diagnose_training(evaluator: TrainEvaluator, pins: Pins, closest: Evaluation
             qlora = None
         plan = checks.fits(qlora) if qlora else None
         if plan is not None:
-            suggestions.append(Suggestion(change="QLoRA", text=f"QLoRA (--method qlora): {_fit_text(plan)}.", evaluation=plan))
+            suggestions.append(
+                Suggestion(
+                    change="QLoRA", text=f"QLoRA (--method qlora): {_fit_text(plan)}.", evaluation=plan
+                )
+            )
     seq = evaluator.workload.seq_len
     if seq > 256:
         leans = sorted(checks.lean_set(evaluator), key=lambda c: evaluator.evaluate(c).device_total_bytes)[:5]
@@ -202,8 +231,13 @@ def diagnose_training(evaluator: TrainEvaluator, pins: Pins, closest: Evaluation
         plan = _largest_fitting(256, seq - 1, 256, fits_seq)
         if plan is not None:
             length = plan.estimate.setup.seq_len  # type: ignore[union-attr]
-            suggestions.append(Suggestion(change="shorter sequence", evaluation=plan,
-                                          text=f"a shorter sequence, --seq {length}: {_fit_text(plan)}."))  # fmt: skip
+            suggestions.append(
+                Suggestion(
+                    change="shorter sequence",
+                    evaluation=plan,
+                    text=f"a shorter sequence, --seq {length}: {_fit_text(plan)}.",
+                )
+            )
     offload = _offload_plan(checks, space.methods)
     if offload is not None:
         suggestions.append(offload)
@@ -211,7 +245,20 @@ def diagnose_training(evaluator: TrainEvaluator, pins: Pins, closest: Evaluation
     if more is not None:
         suggestions.append(more)
     leans = [evaluator.evaluate(c) for c in checks.lean_set(evaluator)]
-    bigger = _bigger_gpu(evaluator.cluster, sorted(leans, key=lambda e: e.candidate.simplicity()), _train_allowed, evaluator.headroom)
+
+    def recheck(candidate: Candidate | ServeCandidate, cluster: Cluster) -> Evaluation | None:
+        try:
+            other = checks.evaluator(cluster=cluster)
+        except SwiftplanError:
+            return None
+        bare = candidate.replace(micro_batch=0)
+        if bare not in other.space.variants(other.space.canonical(bare)):  # type: ignore[arg-type]
+            return None  # the new GPU cannot run this variant
+        return other.evaluate(candidate)  # type: ignore[arg-type]
+
+    bigger = _bigger_gpu(
+        evaluator.cluster, sorted(leans, key=lambda e: e.candidate.simplicity()), recheck, evaluator.headroom
+    )
     if bigger is not None:
         suggestions.append(bigger)
     return Diagnosis(closest=closest, summary=_summary(closest), suggestions=tuple(suggestions))
@@ -220,22 +267,39 @@ def diagnose_training(evaluator: TrainEvaluator, pins: Pins, closest: Evaluation
 def _offload_plan(checks: _Train, methods: tuple[str, ...]) -> Suggestion | None:
     """ZeRO-3 offloading parameters and optimizer state on all GPUs, with the host RAM it needs."""
     method = "lora" if "lora" in methods or "qlora" in methods else "full"
-    pins = replace(checks.pins, methods=(method,), quants=("none",), zero=(3,), max_offload="optimizer+params", tp=None, pp=None, dp=None)
+    pins = replace(
+        checks.pins,
+        methods=(method,),
+        quants=("none",),
+        zero=(3,),
+        max_offload="optimizer+params",
+        tp=None,
+        pp=None,
+        dp=None,
+    )
     try:
         unbounded = checks.evaluator(pins=pins, host_ram_bytes=None)
     except SwiftplanError:
         return None
     world = unbounded.cluster.world_size
-    structures = [s for s in unbounded.space.structures() if s.offload == "optimizer+params" and s.layout == Layout(gpus=world)]
+    structures = [
+        s
+        for s in unbounded.space.structures()
+        if s.offload == "optimizer+params" and s.layout == Layout(gpus=world)
+    ]
     if not structures:
         return None
-    plan = checks.fits(unbounded, [unbounded.lean(s.replace(micro_batch=1, grad_ckpt=True)) for s in structures])
+    plan = checks.fits(
+        unbounded, [unbounded.lean(s.replace(micro_batch=1, grad_ckpt=True)) for s in structures]
+    )
     if plan is None:
         return None
     host = plan.host_bytes_per_node
     limit = checks.base.host_ram_bytes
-    text = (f"ZeRO-3 offloading parameters and optimizer state ({plan.candidate.family}, bf16 base): "  # type: ignore[union-attr]
-            f"{format_gib(plan.device_total_bytes, 1)} per device, and {format_gib(host, 0)} of host RAM per node")  # fmt: skip
+    text = (
+        f"ZeRO-3 offloading parameters and optimizer state ({plan.candidate.family}, bf16 base): "  # type: ignore[union-attr]
+        f"{format_gib(plan.device_total_bytes, 1)} per device, and {format_gib(host, 0)} of host RAM per node"
+    )
     if limit is not None and host > limit:
         text += f" (--host-ram {max(1, -(-host // GiB))} or more; {format_gib(limit, 0)} is allowed now)"
     return Suggestion(change="offload", text=text + ".", evaluation=plan)
@@ -245,7 +309,9 @@ def diagnose_serving(evaluator: ServeEvaluator, pins: Pins, closest: Evaluation)
     """Explain a serving search where no plan is feasible."""
     suggestions: list[Suggestion] = []
 
-    def make(cluster: Cluster | None = None, context: int | None = None, pins_: Pins | None = None) -> ServeEvaluator:
+    def make(
+        cluster: Cluster | None = None, context: int | None = None, pins_: Pins | None = None
+    ) -> ServeEvaluator:
         cluster = cluster or evaluator.cluster
         workload = evaluator.workload if context is None else replace(evaluator.workload, context=context)
         space = build_serve_space(evaluator.spec, cluster, pins_ or pins)
@@ -260,7 +326,11 @@ def diagnose_serving(evaluator: ServeEvaluator, pins: Pins, closest: Evaluation)
         except SwiftplanError:
             plan = None
         if plan is not None:
-            suggestions.append(Suggestion(change="quantization", text=f"quantized weights: {_fit_text(plan)}.", evaluation=plan))
+            suggestions.append(
+                Suggestion(
+                    change="quantization", text=f"quantized weights: {_fit_text(plan)}.", evaluation=plan
+                )
+            )
     context = evaluator.workload.context
     if context > 512:
         plan = _largest_fitting(512, context - 1, 512, lambda n: fits(make(context=n)))
@@ -271,7 +341,19 @@ def diagnose_serving(evaluator: ServeEvaluator, pins: Pins, closest: Evaluation)
     if more is not None:
         suggestions.append(more)
     leans = [evaluator.best_concurrency(s) for s in evaluator.space.structures()]
-    bigger = _bigger_gpu(evaluator.cluster, [e for e in leans if e.latency_over <= 0], lambda c, k: True, 1 - evaluator.utilization)
+
+    def recheck(candidate: Candidate | ServeCandidate, cluster: Cluster) -> Evaluation | None:
+        try:
+            other = make(cluster=cluster)
+        except SwiftplanError:
+            return None
+        return (
+            other.best_concurrency(candidate.replace(concurrency=0))
+            if candidate.replace(concurrency=0) in other.space.structures()
+            else None
+        )  # type: ignore[union-attr, arg-type]
+
+    bigger = _bigger_gpu(evaluator.cluster, leans, recheck, 1 - evaluator.utilization)
     if bigger is not None:
         suggestions.append(bigger)
     return Diagnosis(closest=closest, summary=_summary(closest), suggestions=tuple(suggestions))

@@ -92,13 +92,13 @@ class SearchResult:
     """Sampler used."""
 
 
-EXHAUSTIVE_MAX = 2000
+EXHAUSTIVE_MAX = 1500
 """Spaces up to this many structures are enumerated: one structure costs ~1.3 ms to evaluate for an
 80-layer model while a TPE trial costs 3-5 ms of sampler time on top, so below this size enumeration
 is both exact and faster (benchmarks/results/search_quality.md)."""
 TPE_TRIALS = 150
 """Distinct structures a TPE study evaluates in larger spaces."""
-PATIENCE = 40
+PATIENCE = 25
 """A TPE study stops after this many trials in a row that propose nothing new (it has converged)."""
 
 
@@ -113,7 +113,8 @@ def _pareto_front(evaluations: Iterable[Evaluation], with_capacity: bool) -> lis
     front = []
     for i, vi in enumerate(values):
         dominated = any(
-            all(a <= b for a, b in zip(vj, vi, strict=True)) and any(a < b for a, b in zip(vj, vi, strict=True))
+            all(a <= b for a, b in zip(vj, vi, strict=True))
+            and any(a < b for a, b in zip(vj, vi, strict=True))
             for j, vj in enumerate(values)
             if j != i
         )
@@ -125,14 +126,26 @@ def _pareto_front(evaluations: Iterable[Evaluation], with_capacity: bool) -> lis
 
 def _shape(candidate: Any) -> tuple:
     if hasattr(candidate, "layout"):
-        return (candidate.method, candidate.quant, candidate.layout, candidate.zero, candidate.offload, candidate.grad_ckpt)
+        return (
+            candidate.method,
+            candidate.quant,
+            candidate.layout,
+            candidate.zero,
+            candidate.offload,
+            candidate.grad_ckpt,
+        )
     return (candidate.quant, candidate.kv_dtype, candidate.tp)
 
 
 class _Run:
     """One search: the study, the parameter mapping and the evaluated structures."""
 
-    def __init__(self, params: TrainParams | ServeParams, evaluate: Callable[[Any], Evaluation], settings: SearchSettings) -> None:
+    def __init__(
+        self,
+        params: TrainParams | ServeParams,
+        evaluate: Callable[[Any], Evaluation],
+        settings: SearchSettings,
+    ) -> None:
         self.params, self.evaluate, self.settings = params, evaluate, settings
         self.results: dict[Any, Evaluation] = {}
         self.with_capacity = settings.pareto and params.searches_capacity
@@ -153,14 +166,40 @@ class _Run:
         return sorted(self.results.values(), key=lambda e: e.rank_key(self.settings.objective))
 
 
-def _create_study(run: _Run, settings: SearchSettings, sampler_name: str) -> Any:
+def _list_sampler(optuna: Any, points: list[dict[str, Any]]) -> Any:
+    """A sampler that proposes `points` in order, one per trial (exhaustive enumeration without Optuna's
+    waiting queue, whose per-trial scan makes enqueueing thousands of trials quadratic)."""
+
+    class ListSampler(optuna.samplers.BaseSampler):
+        def __init__(self) -> None:
+            self.next = 0
+            self.assigned: dict[int, dict[str, Any]] = {}
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+            return {}
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> dict[str, Any]:
+            return {}
+
+        def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+            if trial.number not in self.assigned:
+                self.assigned[trial.number] = points[min(self.next, len(points) - 1)]
+                self.next += 1
+            return self.assigned[trial.number].get(name, distribution.choices[0])
+
+    return ListSampler()
+
+
+def _create_study(
+    run: _Run, settings: SearchSettings, sampler_name: str, points: list[dict[str, Any]]
+) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-    if sampler_name == "exhaustive":  # every structure is enqueued; the sampler never samples
-        sampler: Any = optuna.samplers.RandomSampler(seed=settings.seed)
+    if sampler_name == "exhaustive":
+        sampler: Any = _list_sampler(optuna, points)
     else:
         sampler = optuna.samplers.TPESampler(
             seed=settings.seed, multivariate=True, group=True, n_startup_trials=10
@@ -168,9 +207,13 @@ def _create_study(run: _Run, settings: SearchSettings, sampler_name: str) -> Any
     directions = ["minimize"] * (4 if run.with_capacity else 3) if settings.pareto else None
     try:
         study = optuna.create_study(
-            storage=settings.storage, study_name=settings.study_name, sampler=sampler, load_if_exists=True,
-            direction=None if settings.pareto else "minimize", directions=directions,
-        )  # fmt: skip
+            storage=settings.storage,
+            study_name=settings.study_name,
+            sampler=sampler,
+            load_if_exists=True,
+            direction=None if settings.pareto else "minimize",
+            directions=directions,
+        )
     except ValueError as error:  # direction mismatch on resume, bad URL
         raise SwiftplanError(f"Cannot open the study: {error}.", hint="Use a new --study-name.") from error
     stored = study.user_attrs.get("fingerprint")
@@ -203,7 +246,7 @@ def _run_until(study: Any, run: _Run, distinct: int, max_trials: int) -> None:
 
 def _resume(study: Any, run: _Run) -> None:
     """Re-evaluate the structures of a stored study so its trials count in the result."""
-    for trial in study.trials:
+    for trial in study.get_trials(deepcopy=False):
         encoded = trial.user_attrs.get("candidate")
         if encoded is not None:
             structure = run.params.decode(encoded)
@@ -211,8 +254,8 @@ def _resume(study: Any, run: _Run) -> None:
                 run.results[structure] = run.evaluate(structure)
 
 
-def _polish(study: Any, run: _Run, rounds: int = 3, top: int = 2) -> None:
-    """Enqueue every one-choice change of the best plans until none improves."""
+def _polish(study: Any, run: _Run, budget: int, rounds: int = 3, top: int = 2) -> None:
+    """Enqueue every one-choice change of the best plans until none improves (at most `budget` trials)."""
     for _ in range(rounds):
         best_before = run.ranked()[:top]
         fresh = []
@@ -220,6 +263,8 @@ def _polish(study: Any, run: _Run, rounds: int = 3, top: int = 2) -> None:
             for neighbour in run.params.neighbours(evaluation.candidate):
                 if neighbour not in run.results and neighbour not in fresh:
                     fresh.append(neighbour)
+        fresh = fresh[:budget]
+        budget -= len(fresh)
         if not fresh:
             return
         for neighbour in fresh:
@@ -233,30 +278,50 @@ def _families(run: _Run, labels: list[tuple[str, Callable[[Any], bool], bool]]) 
     out = []
     for label, member, searched in labels:
         members = [e for e in run.results.values() if member(e.candidate)]
-        feasible = sorted((e for e in members if e.feasible), key=lambda e: e.rank_key(run.settings.objective))
+        feasible = sorted(
+            (e for e in members if e.feasible), key=lambda e: e.rank_key(run.settings.objective)
+        )
         closest = min(members, key=lambda e: e.rank_key(run.settings.objective), default=None)
-        out.append(FamilyOutcome(label=label, best=feasible[0] if feasible else None,
-                                 closest=None if feasible else closest, searched=searched and bool(members)))  # fmt: skip
+        out.append(
+            FamilyOutcome(
+                label=label,
+                best=feasible[0] if feasible else None,
+                closest=None if feasible else closest,
+                searched=searched and bool(members),
+            )
+        )
     return tuple(out)
 
 
-def _search(run: _Run, settings: SearchSettings, seeds: list[Any], family_labels: Any, task: str, estimates: Callable[[], int]) -> SearchResult:
+def _search(
+    run: _Run,
+    settings: SearchSettings,
+    seeds: list[Any],
+    family_labels: Any,
+    task: str,
+    estimates: Callable[[], int],
+) -> SearchResult:
     size = run.params.size
     distinct = settings.trials if settings.trials is not None else auto_trials(size)
     sampler_name = "exhaustive" if distinct >= size else "tpe"
-    study = _create_study(run, settings, sampler_name)
-    if study.trials:
+    pending: list[dict[str, Any]] = []
+    study = _create_study(run, settings, sampler_name, pending)
+    queued: list[Any] = []
+    if study.get_trials(deepcopy=False):
         _resume(study, run)
     else:
-        for seed in seeds:
+        queued = list(dict.fromkeys(seeds))
+        for seed in queued:
             study.enqueue_trial(run.params.params_of(seed))
     if sampler_name == "exhaustive":
-        for structure in run.params.structures():
-            if structure not in run.results:
-                study.enqueue_trial(run.params.params_of(structure))
-    _run_until(study, run, distinct, max_trials=distinct + 50)
+        done = set(run.results) | set(queued)
+        pending.extend(run.params.params_of(s) for s in run.params.structures() if s not in done)
+        distinct = len(pending) + len(queued)
+    _run_until(
+        study, run, distinct, max_trials=distinct + (len(queued) if sampler_name == "exhaustive" else 50)
+    )
     if not settings.pareto and sampler_name == "tpe":
-        _polish(study, run)
+        _polish(study, run, budget=max(10, distinct // 3))
     ranked = run.ranked()
     best = ranked[0] if ranked and ranked[0].feasible else None
     runners_up: list[Evaluation] = []
@@ -266,29 +331,43 @@ def _search(run: _Run, settings: SearchSettings, seeds: list[Any], family_labels
             shapes.add(_shape(evaluation.candidate))
             runners_up.append(evaluation)
     return SearchResult(
-        task=task, objective=settings.objective, best=best, runners_up=tuple(runners_up),
+        task=task,
+        objective=settings.objective,
+        best=best,
+        runners_up=tuple(runners_up),
         pareto=tuple(_pareto_front(run.results.values(), run.with_capacity)) if settings.pareto else (),
-        closest=ranked[0] if ranked else None, families=_families(run, family_labels(best)),
-        evaluations=tuple(ranked), trials=len(study.trials), space_size=size, estimates=estimates(), sampler=sampler_name,
-    )  # fmt: skip
+        closest=ranked[0] if ranked else None,
+        families=_families(run, family_labels(best)),
+        evaluations=tuple(ranked),
+        trials=len(study.get_trials(deepcopy=False)),
+        space_size=size,
+        estimates=estimates(),
+        sampler=sampler_name,
+    )
 
 
 def search_training(evaluator: TrainEvaluator, settings: SearchSettings) -> SearchResult:
     """Run the training study and summarise it."""
     space = evaluator.space
     params = TrainParams(space, pareto=settings.pareto, micro_batches=evaluator.micro_batches)
+
     def evaluate(structure: Any) -> Evaluation:
         if settings.pareto:
             return evaluator.evaluate(evaluator.lean(structure))
         return evaluator.resolve(structure, settings.objective)
+
     run = _Run(params, evaluate, settings)
     world = evaluator.cluster.world_size
 
     def families(best: Evaluation | None) -> list[tuple[str, Callable[[Any], bool], bool]]:
-        out = [(label, (lambda c, m=method: c.method == m), method in space.methods)
-               for method, label in (("full", "full"), ("lora", "LoRA"), ("qlora", "QLoRA"))]  # fmt: skip
+        out = [
+            (label, (lambda c, m=method: c.method == m), method in space.methods)
+            for method, label in (("full", "full"), ("lora", "LoRA"), ("qlora", "QLoRA"))
+        ]
         if world > 1:
-            out.append(("single GPU without offload", lambda c: c.layout.gpus == 1 and c.offload == "none", True))
+            out.append(
+                ("single GPU without offload", lambda c: c.layout.gpus == 1 and c.offload == "none", True)
+            )
         elif best is not None and best.candidate.offload != "none":
             out.append(("without offload", lambda c: c.offload == "none", True))
         return out

@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate
-from swiftplan.planner.search.space import SHARDING_CLASSES, ServeSpace, TrainSpace, sharding_class
+from swiftplan.planner.search.serve_space import ServeSpace
+from swiftplan.planner.search.space import SHARDING_CLASSES, TrainSpace, sharding_class
 
 
 def _cat(trial: Any, name: str, choices: Sequence[Any]) -> Any:
@@ -24,13 +25,17 @@ def _cat(trial: Any, name: str, choices: Sequence[Any]) -> Any:
 class TrainParams:
     """The training structure as Optuna parameters (the evaluator resolves the memory-only variants)."""
 
-    def __init__(self, space: TrainSpace, *, pareto: bool, micro_batches: Callable[[Candidate], tuple[int, ...]]) -> None:
+    def __init__(
+        self, space: TrainSpace, *, pareto: bool, micro_batches: Callable[[Candidate], tuple[int, ...]]
+    ) -> None:
         self.space, self.pareto, self.micro_batches = space, pareto, micro_batches
         self.target_keys = {names: key for key, names in space.targets.items()}
         self.searches_capacity = len(space.ranks) > 1 or len(space.targets) > 1
         self._structures = list(space.structures())
         self.size = sum(len(micro_batches(s)) for s in self._structures) if pareto else len(self._structures)
-        self.all_micro_batches = sorted({b for s in self._structures for b in micro_batches(s)}) if pareto else []
+        self.all_micro_batches = (
+            sorted({b for s in self._structures for b in micro_batches(s)}) if pareto else []
+        )
         self.classes = space.sharding_classes()
 
     def structures(self) -> list[Candidate]:
@@ -89,7 +94,10 @@ class TrainParams:
             ("layout", space.layouts, candidate.layout.key),
         ]
         if method != "full":
-            values += [("rank", space.ranks, candidate.rank), ("targets", list(space.targets), self.target_keys[candidate.targets])]
+            values += [
+                ("rank", space.ranks, candidate.rank),
+                ("targets", list(space.targets), self.target_keys[candidate.targets]),
+            ]
         if self.pareto:
             values.append(("micro_batch", self.all_micro_batches, structure.micro_batch))
         return {name: value for name, choices, value in values if len(choices) > 1}
@@ -114,10 +122,16 @@ class TrainParams:
             if method != base.method:
                 rank = (base.rank or space.ranks[0]) if method != "full" else 0
                 targets = (base.targets or next(iter(space.targets.values()))) if method != "full" else ()
-                options += [base.replace(method=method, quant=q, rank=rank, targets=targets) for q in space.quant_kinds(method)]
+                options += [
+                    base.replace(method=method, quant=q, rank=rank, targets=targets)
+                    for q in space.quant_kinds(method)
+                ]
         options += [base.replace(quant=q) for q in space.quant_kinds(base.method)]
         options += [base.replace(grad_ckpt=g) for g in space.grad_ckpt]
-        options += [base.replace(zero=SHARDING_CLASSES[c][0][0], offload=SHARDING_CLASSES[c][0][1]) for c in self.classes]
+        options += [
+            base.replace(zero=SHARDING_CLASSES[c][0][0], offload=SHARDING_CLASSES[c][0][1])
+            for c in self.classes
+        ]
         options += [base.replace(layout=layout) for layout in space.layouts if _adjacent(base.layout, layout)]
         if base.method != "full":
             options += [base.replace(rank=r) for r in space.ranks]
@@ -139,11 +153,18 @@ def _adjacent(a: Layout, b: Layout) -> bool:
 
 def _candidate_dict(candidate: Candidate) -> dict[str, Any]:
     return {
-        "method": candidate.method, "quant": candidate.quant, "precision": candidate.precision,
-        "optimizer": candidate.optimizer, "grad_ckpt": candidate.grad_ckpt, "zero": candidate.zero,
-        "offload": candidate.offload, "layout": candidate.layout.key, "rank": candidate.rank,
-        "targets": list(candidate.targets), "micro_batch": candidate.micro_batch,
-    }  # fmt: skip
+        "method": candidate.method,
+        "quant": candidate.quant,
+        "precision": candidate.precision,
+        "optimizer": candidate.optimizer,
+        "grad_ckpt": candidate.grad_ckpt,
+        "zero": candidate.zero,
+        "offload": candidate.offload,
+        "layout": candidate.layout.key,
+        "rank": candidate.rank,
+        "targets": list(candidate.targets),
+        "micro_batch": candidate.micro_batch,
+    }
 
 
 class ServeParams:
@@ -163,14 +184,20 @@ class ServeParams:
         """Sample one candidate in the trial."""
         space = self.space
         return ServeCandidate(
-            quant=_cat(trial, "quant", space.quants), kv_dtype=_cat(trial, "kv_dtype", space.kv_dtypes),
-            tp=_cat(trial, "tp", space.tps), dtype=space.dtype,
-        )  # fmt: skip
+            quant=_cat(trial, "quant", space.quants),
+            kv_dtype=_cat(trial, "kv_dtype", space.kv_dtypes),
+            tp=_cat(trial, "tp", space.tps),
+            dtype=space.dtype,
+        )
 
     def params_of(self, candidate: ServeCandidate) -> dict[str, Any]:
         """Trial parameters for `candidate`."""
         space = self.space
-        values = (("quant", space.quants, candidate.quant), ("kv_dtype", space.kv_dtypes, candidate.kv_dtype), ("tp", space.tps, candidate.tp))
+        values = (
+            ("quant", space.quants, candidate.quant),
+            ("kv_dtype", space.kv_dtypes, candidate.kv_dtype),
+            ("tp", space.tps, candidate.tp),
+        )
         return {name: value for name, choices, value in values if len(choices) > 1}
 
     def encode(self, candidate: ServeCandidate) -> dict[str, Any]:
@@ -179,11 +206,15 @@ class ServeParams:
 
     def decode(self, encoded: dict[str, Any]) -> ServeCandidate:
         """Inverse of `encode`."""
-        return ServeCandidate(quant=encoded["quant"], kv_dtype=encoded["kv_dtype"], tp=encoded["tp"], dtype=self.space.dtype)
+        return ServeCandidate(
+            quant=encoded["quant"], kv_dtype=encoded["kv_dtype"], tp=encoded["tp"], dtype=self.space.dtype
+        )
 
     def neighbours(self, candidate: ServeCandidate) -> list[ServeCandidate]:
         """Candidates one choice away."""
         base = candidate.replace(concurrency=0)
-        options = [base.replace(quant=q) for q in self.space.quants] + [base.replace(kv_dtype=k) for k in self.space.kv_dtypes]
+        options = [base.replace(quant=q) for q in self.space.quants] + [
+            base.replace(kv_dtype=k) for k in self.space.kv_dtypes
+        ]
         options += [base.replace(tp=t) for t in self.space.tps]
         return [o for i, o in enumerate(options) if o != base and o not in options[:i]]

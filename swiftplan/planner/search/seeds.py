@@ -10,7 +10,8 @@ from typing import Any
 
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate
-from swiftplan.planner.search.space import ServeSpace, TrainSpace
+from swiftplan.planner.search.serve_space import ServeSpace
+from swiftplan.planner.search.space import TrainSpace
 
 
 def _pick(wanted: Any, allowed: tuple[Any, ...] | list[Any]) -> Any:
@@ -25,7 +26,9 @@ def _layout(space: TrainSpace, gpus: int, tp: int = 1, pp: int = 1) -> Layout:
     return same_gpus[0] if same_gpus else space.layouts[-1]
 
 
-def _seed(space: TrainSpace, method: str, *, quant: str, optimizer: str, zero: int, offload: str, layout: Layout) -> Candidate | None:
+def _seed(
+    space: TrainSpace, method: str, *, quant: str, optimizer: str, zero: int, offload: str, layout: Layout
+) -> Candidate | None:
     if method not in space.methods:
         return None
     sharding = _pick((zero, offload), space.shardings)
@@ -52,14 +55,39 @@ def train_seeds(space: TrainSpace, cluster: Cluster) -> list[Candidate]:
     wanted = [
         _seed(space, "lora", quant="none", optimizer="adamw", zero=0, offload="none", layout=everything),
         _seed(space, "qlora", quant="nf4-dq", optimizer="adamw", zero=0, offload="none", layout=everything),
-        _seed(space, "full", quant="none", optimizer="adamw", zero=3, offload="none" if world > 1 else "optimizer", layout=everything),
+        _seed(
+            space,
+            "full",
+            quant="none",
+            optimizer="adamw",
+            zero=3,
+            offload="none" if world > 1 else "optimizer",
+            layout=everything,
+        ),
         _seed(space, "lora", quant="none", optimizer="adamw", zero=3, offload="none", layout=everything),
-        _seed(space, "qlora", quant="nf4-dq", optimizer="paged-adamw-8bit", zero=0, offload="none", layout=one),
+        _seed(
+            space, "qlora", quant="nf4-dq", optimizer="paged-adamw-8bit", zero=0, offload="none", layout=one
+        ),
         _seed(space, "lora", quant="none", optimizer="adamw", zero=0, offload="none", layout=one),
-        _seed(space, "lora", quant="none", optimizer="adamw", zero=0, offload="none",
-              layout=_layout(space, world, tp=min(cluster.gpus_per_node, world))),
-        _seed(space, "full", quant="none", optimizer="adamw-8bit", zero=3, offload="optimizer+params", layout=everything),
-    ]  # fmt: skip
+        _seed(
+            space,
+            "lora",
+            quant="none",
+            optimizer="adamw",
+            zero=0,
+            offload="none",
+            layout=_layout(space, world, tp=min(cluster.gpus_per_node, world)),
+        ),
+        _seed(
+            space,
+            "full",
+            quant="none",
+            optimizer="adamw-8bit",
+            zero=3,
+            offload="optimizer+params",
+            layout=everything,
+        ),
+    ]
     out: list[Candidate] = []
     for seed in wanted:
         if seed is not None and seed not in out:
@@ -70,8 +98,23 @@ def train_seeds(space: TrainSpace, cluster: Cluster) -> list[Candidate]:
 def serve_seeds(space: ServeSpace) -> list[ServeCandidate]:
     """Unquantized and fp8 on the smallest tensor-parallel group, and the largest group."""
     wanted = [
-        ServeCandidate(quant=_pick("none", space.quants), kv_dtype=_pick("auto", space.kv_dtypes), tp=space.tps[0], dtype=space.dtype),
-        ServeCandidate(quant=_pick("fp8", space.quants), kv_dtype=_pick("fp8", space.kv_dtypes), tp=space.tps[0], dtype=space.dtype),
-        ServeCandidate(quant=_pick("none", space.quants), kv_dtype=_pick("auto", space.kv_dtypes), tp=space.tps[-1], dtype=space.dtype),
+        ServeCandidate(
+            quant=_pick("none", space.quants),
+            kv_dtype=_pick("auto", space.kv_dtypes),
+            tp=space.tps[0],
+            dtype=space.dtype,
+        ),
+        ServeCandidate(
+            quant=_pick("fp8", space.quants),
+            kv_dtype=_pick("fp8", space.kv_dtypes),
+            tp=space.tps[0],
+            dtype=space.dtype,
+        ),
+        ServeCandidate(
+            quant=_pick("none", space.quants),
+            kv_dtype=_pick("auto", space.kv_dtypes),
+            tp=space.tps[-1],
+            dtype=space.dtype,
+        ),
     ]
     return [s for i, s in enumerate(wanted) if s not in wanted[:i]]

@@ -12,17 +12,21 @@ from dataclasses import dataclass
 from itertools import product
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.architecture import layer_linears
 from swiftplan.planner.capabilities import check
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate
+from swiftplan.planner.search.candidate import Candidate, Layout
+from swiftplan.planner.search.pins import (
+    Pins,
+    allowed_values,
+    attention_targets,
+    impossible_values,
+    layouts_for,
+)
 from swiftplan.planner.setup import ALL_LINEAR, METHODS, OFFLOADS, PRECISIONS
 
 TRAIN_QUANTS = ("none", "int8", "nf4", "nf4-dq")
 """Base quantizations searched for training: none, LLM.int8 (LoRA), NF4 without / with double quant (QLoRA)."""
-SERVE_QUANTS = ("none", "fp8", "int8", "nf4")
-"""Weight quantizations searched for serving (ones vLLM can apply to a bf16 checkpoint at load)."""
 DEFAULT_OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit")
 """Optimizers searched unless pinned (sgd/adafactor only when asked for)."""
 RANKS = (4, 8, 16, 32, 64, 128, 256)
@@ -32,106 +36,18 @@ DEFAULT_RANK = 16
 ATTENTION = "attention"
 """Target key for attention-only adapters (the attention projections of this architecture)."""
 SHARDINGS: tuple[tuple[int, str], ...] = (
-    (0, "none"), (1, "none"), (2, "none"), (3, "none"),
-    (1, "optimizer"), (2, "optimizer"), (3, "optimizer"), (3, "optimizer+params"),
-)  # fmt: skip
+    (0, "none"),
+    (1, "none"),
+    (2, "none"),
+    (3, "none"),
+    (1, "optimizer"),
+    (2, "optimizer"),
+    (3, "optimizer"),
+    (3, "optimizer+params"),
+)
 """(ZeRO stage, offload) pairs; offload needs ZeRO (params offload needs stage 3)."""
 MAX_MICRO_BATCH = 256
 """Largest micro-batch considered."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Pins:
-    """What the user fixed or forbade. None searches the default set; a tuple lists the allowed values."""
-
-    methods: tuple[str, ...] | None = None
-    """full / lora / qlora."""
-    quants: tuple[str, ...] | None = None
-    """Training: none / int8 / nf4 / nf4-dq ('nf4' allows both NF4 variants). Serving: none / fp8 / int8 / nf4."""
-    precisions: tuple[str, ...] | None = None
-    """bf16 / amp-bf16 / fp16 / amp-fp16 / fp32."""
-    optimizers: tuple[str, ...] | None = None
-    """Optimizer names."""
-    grad_ckpt: tuple[bool, ...] | None = None
-    """Gradient checkpointing on/off."""
-    zero: tuple[int, ...] | None = None
-    """ZeRO stages."""
-    max_offload: str | None = None
-    """Most that may be offloaded: none / optimizer / optimizer+params."""
-    tp: tuple[int, ...] | None = None
-    """Tensor-parallel degrees."""
-    pp: tuple[int, ...] | None = None
-    """Pipeline-parallel degrees."""
-    dp: tuple[int, ...] | None = None
-    """Data-parallel degrees."""
-    micro_batch: tuple[int, ...] | None = None
-    """Micro-batch sizes (None: the largest that fits, or searched in Pareto mode)."""
-    ranks: tuple[int, ...] | None = None
-    """LoRA ranks (None: 16; --rank auto: 4..256)."""
-    targets: tuple[str, ...] | None = None
-    """Target keys: 'all-linear', 'attention', or one comma-separated module list (None: all-linear, or
-    both presets with --rank auto)."""
-    kv_dtypes: tuple[str, ...] | None = None
-    """Serving KV-cache dtypes: auto / fp8."""
-
-
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def attention_targets(spec: ModelSpec) -> tuple[str, ...]:
-    """Leaf names of this architecture's attention projections (q/k/v/o, or the fused ones)."""
-    names = [lin.name.rsplit(".", 1)[-1] for lin in layer_linears(spec, 0) if lin.kind == "linear" and lin.block == "attention"]
-    return tuple(dict.fromkeys(names))
-
-
-def _gpu_counts(cluster: Cluster) -> list[int]:
-    """Sub-clusters a plan may use: a divisor of one node, or whole nodes."""
-    per_node = cluster.gpus_per_node
-    return [g for g in _divisors(cluster.world_size) if (g <= per_node and per_node % g == 0) or g % per_node == 0]
-
-
-def layouts_for(spec: ModelSpec, cluster: Cluster, pins: Pins) -> tuple[Layout, ...]:
-    """(GPUs used, tp, pp) triples: tp within a node dividing the heads, pp no more than the layers."""
-    out: list[Layout] = []
-    for gpus in _gpu_counts(cluster):
-        for tp in _divisors(gpus):
-            if tp > cluster.gpus_per_node or spec.num_heads % tp or (spec.num_kv_heads % tp and tp % spec.num_kv_heads):
-                continue
-            for pp in _divisors(gpus // tp):
-                layout = Layout(gpus=gpus, tp=tp, pp=pp)
-                if pp > spec.num_layers:
-                    continue
-                if any(pin is not None and value not in pin for pin, value in ((pins.tp, tp), (pins.pp, pp), (pins.dp, layout.dp))):
-                    continue
-                out.append(layout)
-    if not out:
-        raise SwiftplanError(
-            f"No parallel layout of {cluster.describe()} matches the pinned --tp/--pp/--dp for {spec.name} "
-            f"({spec.num_heads} heads, {spec.num_layers} layers).",
-            hint="Tensor-parallel degrees must divide the heads and stay within a node; tp × pp × dp must divide the GPUs.",
-        )
-    return tuple(out)
-
-
-def _allowed(kind: str, defaults: tuple, pinned: tuple | None, impossible: dict) -> tuple:
-    """Defaults (or the pins) minus what the device cannot run; a pin that leaves nothing is an error."""
-    values = tuple(pinned) if pinned is not None else defaults
-    kept = tuple(v for v in values if v not in impossible)
-    if not kept:
-        reasons = " ".join(dict.fromkeys(impossible[v] for v in values if v in impossible))
-        raise SwiftplanError(f"No allowed {kind} is left to search. {reasons}".strip(),
-                             hint="`swiftplan gpus` lists what each accelerator supports.")  # fmt: skip
-    return kept
-
-
-def _impossible(cluster: Cluster, option: str, values: tuple) -> dict:
-    out = {}
-    for value in values:
-        reasons = check(cluster.accelerator, **{option: value})
-        if reasons:
-            out[value] = reasons[0]
-    return out
 
 
 SHARDING_CLASSES: dict[str, tuple[tuple[int, str], ...]] = {
@@ -144,7 +60,11 @@ SHARDING_CLASSES: dict[str, tuple[tuple[int, str], ...]] = {
 """Shardings grouped by what the speed model sees: within a class only memory differs (ZeRO-1/2 shard
 optimizer state and gradients without extra traffic), so the study picks the class and the evaluator
 the stage."""
-_REPAIR_CLASS = {"zero3": "none", "zero3-offload-optimizer": "offload-optimizer", "zero3-offload-all": "offload-optimizer"}
+_REPAIR_CLASS = {
+    "zero3": "none",
+    "zero3-offload-optimizer": "offload-optimizer",
+    "zero3-offload-all": "offload-optimizer",
+}
 _OPTIMIZER_BYTES = {"sgd": 0, "adafactor": 1, "adamw-8bit": 2, "paged-adamw-8bit": 2, "adamw": 3}
 _PRECISION_BYTES = {"bf16": 0, "fp16": 0, "amp-bf16": 1, "amp-fp16": 1, "fp32": 2}
 _QUANT_BYTES = {"nf4-dq": 0, "nf4": 1, "int8": 0, "none": 0}
@@ -157,7 +77,12 @@ def sharding_class(zero: int, offload: str) -> str:
 
 def memory_weight(candidate: Candidate) -> tuple[int, int, int, int]:
     """Per memory-only choice, a number that never decreases with the bytes it costs (for dominance checks)."""
-    return (-candidate.zero, _OPTIMIZER_BYTES.get(candidate.optimizer, 3), _PRECISION_BYTES[candidate.precision], _QUANT_BYTES[candidate.quant])
+    return (
+        -candidate.zero,
+        _OPTIMIZER_BYTES.get(candidate.optimizer, 3),
+        _PRECISION_BYTES[candidate.precision],
+        _QUANT_BYTES[candidate.quant],
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -210,7 +135,9 @@ class TrainSpace:
 
     def sharding_classes(self) -> tuple[str, ...]:
         """Classes with at least one allowed member."""
-        return tuple(name for name, members in SHARDING_CLASSES.items() if any(m in self.shardings for m in members))
+        return tuple(
+            name for name, members in SHARDING_CLASSES.items() if any(m in self.shardings for m in members)
+        )
 
     def canonical(self, candidate: Candidate) -> Candidate:
         """The structure a candidate belongs to: valid sharding class, preferred variant, micro-batch kept."""
@@ -223,34 +150,58 @@ class TrainSpace:
         zero, offload = next(m for m in SHARDING_CLASSES[wanted] if m in valid)
         quant = self.quants[candidate.method][0] if candidate.quant.startswith("nf4") else candidate.quant
         return candidate.replace(
-            zero=zero, offload=offload, quant=quant, optimizer=self.optimizers[0], precision=self.precisions[candidate.method][0]
+            zero=zero,
+            offload=offload,
+            quant=quant,
+            optimizer=self.optimizers[0],
+            precision=self.precisions[candidate.method][0],
         )
 
     def variants(self, structure: Candidate) -> list[Candidate]:
         """The memory-only variants of a structure, preferred first (lower ZeRO, the first optimizer,
         precision and quantization listed)."""
         valid = self.valid_shardings(structure.quant, structure.layout.dp)
-        members = [m for m in SHARDING_CLASSES[sharding_class(structure.zero, structure.offload)] if m in valid]
-        quants = [q for q in self.quants[structure.method] if q.startswith("nf4")] if structure.quant.startswith("nf4") else [structure.quant]
+        members = [
+            m for m in SHARDING_CLASSES[sharding_class(structure.zero, structure.offload)] if m in valid
+        ]
+        quants = (
+            [q for q in self.quants[structure.method] if q.startswith("nf4")]
+            if structure.quant.startswith("nf4")
+            else [structure.quant]
+        )
         return [
-            structure.replace(zero=zero, offload=offload, optimizer=optimizer, precision=precision, quant=quant)
-            for (zero, offload), optimizer, precision, quant in product(members, self.optimizers, self.precisions[structure.method], quants)
+            structure.replace(
+                zero=zero, offload=offload, optimizer=optimizer, precision=precision, quant=quant
+            )
+            for (zero, offload), optimizer, precision, quant in product(
+                members, self.optimizers, self.precisions[structure.method], quants
+            )
         ]
 
     def structures(self) -> Iterator[Candidate]:
         """Every structure the study can propose (canonical candidates, micro-batch 0)."""
         for method in self.methods:
             adapters = [(0, ())] if method == "full" else list(product(self.ranks, self.targets.values()))
-            for quant, ckpt, layout, (rank, targets) in product(self.quant_kinds(method), self.grad_ckpt, self.layouts, adapters):
+            for quant, ckpt, layout, (rank, targets) in product(
+                self.quant_kinds(method), self.grad_ckpt, self.layouts, adapters
+            ):
                 seen = set()
                 for zero, offload in self.valid_shardings(quant, layout.dp):
                     cls = sharding_class(zero, offload)
                     if cls not in seen:
                         seen.add(cls)
                         yield Candidate(
-                            method=method, quant=quant, precision=self.precisions[method][0], optimizer=self.optimizers[0],
-                            grad_ckpt=ckpt, zero=zero, offload=offload, layout=layout, rank=rank, targets=targets,
-                        )  # fmt: skip
+                            method=method,
+                            quant=quant,
+                            precision=self.precisions[method][0],
+                            optimizer=self.optimizers[0],
+                            grad_ckpt=ckpt,
+                            zero=zero,
+                            offload=offload,
+                            layout=layout,
+                            rank=rank,
+                            targets=targets,
+                        )
 
     def candidates(self) -> Iterator[Candidate]:
         """Every candidate of every structure (micro-batch 0), for brute-force enumeration."""
@@ -268,7 +219,9 @@ def _train_precisions(method: str, bf16: bool, pinned: tuple[str, ...] | None) -
         default = ("bf16",) if bf16 else ("fp16",)
     else:
         valid = PRECISIONS
-        default = ("bf16", "amp-bf16") if bf16 else (("amp-fp16",) if method == "full" else ("fp16", "amp-fp16"))
+        default = (
+            ("bf16", "amp-bf16") if bf16 else (("amp-fp16",) if method == "full" else ("fp16", "amp-fp16"))
+        )
     if pinned is None:
         return default
     return tuple(p for p in pinned if p in valid and (bf16 or "bf16" not in p))
@@ -276,19 +229,29 @@ def _train_precisions(method: str, bf16: bool, pinned: tuple[str, ...] | None) -
 
 def build_train_space(spec: ModelSpec, cluster: Cluster, pins: Pins) -> TrainSpace:
     """The training search space for `spec` on `cluster` under `pins` (raises when a pin leaves nothing)."""
-    bad_quant = _impossible(cluster, "quant", ("int8", "nf4"))
+    bad_quant = impossible_values(cluster, "quant", ("int8", "nf4"))
     bad_quant["nf4-dq"] = bad_quant.get("nf4", None)
     bad_quant = {k: v for k, v in bad_quant.items() if v}
     quant_pins = pins.quants
     if quant_pins is not None and "nf4" in quant_pins:
-        quant_pins = tuple(dict.fromkeys(q for p in quant_pins for q in (("nf4", "nf4-dq") if p == "nf4" else (p,))))
-    quants_all = _allowed("base quantization", TRAIN_QUANTS, quant_pins, bad_quant)
-    optimizers = _allowed("optimizer", DEFAULT_OPTIMIZERS, pins.optimizers,
-                          _impossible(cluster, "optimizer", pins.optimizers or DEFAULT_OPTIMIZERS))  # fmt: skip
-    zero_stages = _allowed("ZeRO stage", (0, 1, 2, 3), pins.zero, _impossible(cluster, "zero_stage", (1, 2, 3)))
+        quant_pins = tuple(
+            dict.fromkeys(q for p in quant_pins for q in (("nf4", "nf4-dq") if p == "nf4" else (p,)))
+        )
+    quants_all = allowed_values("base quantization", TRAIN_QUANTS, quant_pins, bad_quant)
+    optimizers = allowed_values(
+        "optimizer",
+        DEFAULT_OPTIMIZERS,
+        pins.optimizers,
+        impossible_values(cluster, "optimizer", pins.optimizers or DEFAULT_OPTIMIZERS),
+    )
+    zero_stages = allowed_values(
+        "ZeRO stage", (0, 1, 2, 3), pins.zero, impossible_values(cluster, "zero_stage", (1, 2, 3))
+    )
     max_offload = pins.max_offload or "optimizer+params"
     if max_offload not in OFFLOADS:
-        raise SwiftplanError(f"Unknown --max-offload {max_offload!r}; valid values are: {', '.join(OFFLOADS)}.")
+        raise SwiftplanError(
+            f"Unknown --max-offload {max_offload!r}; valid values are: {', '.join(OFFLOADS)}."
+        )
     offloads = OFFLOADS[: OFFLOADS.index(max_offload) + 1]
     shardings = tuple(s for s in SHARDINGS if s[0] in zero_stages and s[1] in offloads)
     if not shardings:
@@ -302,7 +265,11 @@ def build_train_space(spec: ModelSpec, cluster: Cluster, pins: Pins) -> TrainSpa
     for method in pins.methods or METHODS:
         if method not in METHODS:
             raise SwiftplanError(f"Unknown method {method!r}; valid values are: {', '.join(METHODS)}.")
-        q = tuple(x for x in per_method_quants[method] if x in quants_all and (x == "none" or any(z < 3 for z, _ in shardings)))
+        q = tuple(
+            x
+            for x in per_method_quants[method]
+            if x in quants_all and (x == "none" or any(z < 3 for z, _ in shardings))
+        )
         p = _train_precisions(method, bf16, pins.precisions)
         if q and p:
             methods.append(method)
@@ -319,47 +286,25 @@ def build_train_space(spec: ModelSpec, cluster: Cluster, pins: Pins) -> TrainSpa
         keys = (ALL_LINEAR, ATTENTION) if pins.ranks is not None and len(pins.ranks) > 1 else (ALL_LINEAR,)
     else:
         keys = pins.targets
-    targets = {k: (ALL_LINEAR,) if k == ALL_LINEAR else attention if k == ATTENTION else tuple(k.split(",")) for k in keys}
+    targets = {
+        k: (ALL_LINEAR,) if k == ALL_LINEAR else attention if k == ATTENTION else tuple(k.split(","))
+        for k in keys
+    }
     micro = None
     if pins.micro_batch is not None:
         if any(b < 1 for b in pins.micro_batch):
             raise SwiftplanError(f"Micro-batch sizes must be positive, got {pins.micro_batch}.")
         micro = tuple(sorted(pins.micro_batch))
     return TrainSpace(
-        methods=tuple(methods), quants=quants, precisions=precisions, optimizers=optimizers,
-        grad_ckpt=pins.grad_ckpt or (True, False), shardings=shardings, layouts=layouts_for(spec, cluster, pins),
-        ranks=pins.ranks or (DEFAULT_RANK,), targets=targets, micro_batches=micro, max_offload=max_offload,
-    )  # fmt: skip
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ServeSpace:
-    """Every structural choice for serving: weight quantization, KV dtype, tensor parallelism."""
-
-    quants: tuple[str, ...]
-    """Weight quantizations."""
-    kv_dtypes: tuple[str, ...]
-    """KV-cache dtypes."""
-    tps: tuple[int, ...]
-    """Tensor-parallel degrees (replicas = GPUs / tp)."""
-    dtype: str
-    """Compute dtype: bf16, or fp16 where bf16 is unsupported."""
-
-    def structures(self) -> Iterator[ServeCandidate]:
-        """Every serving candidate (concurrency 0 = to be chosen)."""
-        for quant, kv, tp in product(self.quants, self.kv_dtypes, self.tps):
-            yield ServeCandidate(quant=quant, kv_dtype=kv, tp=tp, dtype=self.dtype)
-
-    def size(self) -> int:
-        """Number of candidates."""
-        return len(self.quants) * len(self.kv_dtypes) * len(self.tps)
-
-
-def build_serve_space(spec: ModelSpec, cluster: Cluster, pins: Pins) -> ServeSpace:
-    """The serving search space for `spec` on `cluster` under `pins`."""
-    bad = _impossible(cluster, "quant", SERVE_QUANTS)
-    quants = _allowed("weight quantization", SERVE_QUANTS, pins.quants, bad)
-    kv_bad = {"fp8": r[0]} if (r := check(cluster.accelerator, precision="fp8")) else {}
-    kv = _allowed("KV-cache dtype", ("auto", "fp8"), pins.kv_dtypes, kv_bad)
-    tps = tuple(sorted({layout.tp for layout in layouts_for(spec, cluster, Pins(tp=pins.tp))}))
-    return ServeSpace(quants=quants, kv_dtypes=kv, tps=tps, dtype="fp16" if check(cluster.accelerator, precision="bf16") else "bf16")
+        methods=tuple(methods),
+        quants=quants,
+        precisions=precisions,
+        optimizers=optimizers,
+        grad_ckpt=pins.grad_ckpt or (True, False),
+        shardings=shardings,
+        layouts=layouts_for(spec, cluster, pins),
+        ranks=pins.ranks or (DEFAULT_RANK,),
+        targets=targets,
+        micro_batches=micro,
+        max_offload=max_offload,
+    )
