@@ -24,6 +24,8 @@ Examples:
   swiftplan estimate Qwen/Qwen2.5-7B --task serve --context 8192 --concurrency 32 --gpus L40S
 
   swiftplan estimate ./my-model/config.json --method lora --gpus 2xrtx3090
+
+  swiftplan estimate plan.yaml          (a plan file written by `swiftplan fit -o`)
 """
 
 
@@ -127,6 +129,12 @@ def estimate_command(
     from swiftplan.executors.model_source import resolve_model
     from swiftplan.planner.estimate import estimate_serving, estimate_training
 
+    if model.lower().endswith((".yaml", ".yml")):  # a plan file from `swiftplan fit -o`: its own model, GPUs and set-up
+        from swiftplan.plan_file import estimate_plan
+
+        result = estimate_plan(model)
+        print_json(result.to_json()) if as_json else render_estimate(result)
+        return
     spec = resolve_model(model)
     cluster = resolve_cluster(gpus)
     if task == Task.train:
