@@ -28,6 +28,7 @@ _COMMAND_MODULES = [
     "gpus",
     "probe",
     "estimate",
+    "fit",
     "verify",
 ]
 

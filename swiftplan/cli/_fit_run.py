@@ -1,0 +1,234 @@
+"""The body of `swiftplan fit` once the options are parsed: search, diagnose, write, show."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+import typer
+
+from swiftplan.cli._output import console, print_json
+from swiftplan.errors import SwiftplanError
+from swiftplan.planner.hardware import Cluster
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.units import format_gib
+
+
+def _validate_targets(spec: ModelSpec, pins: Any) -> None:
+    from swiftplan.planner.adapters import validate_targets
+    from swiftplan.planner.setup import LoraSetup
+
+    for key in pins.targets or ():
+        if key not in ("all-linear", "attention"):
+            validate_targets(spec, LoraSetup(targets=tuple(key.split(","))))
+
+
+def run_fit(
+    *,
+    spec: ModelSpec,
+    model: str,
+    cluster: Cluster,
+    gpus: str,
+    task: str,
+    objective: str,
+    pareto: bool,
+    pins: Any,
+    dataset: tuple[int, str] | None,
+    epochs: float,
+    global_batch: int,
+    seq: int,
+    attention: str,
+    context: int,
+    concurrency: int | None,
+    ttft: float | None,
+    decode_tps: float | None,
+    gpu_memory_utilization: float,
+    headroom: float,
+    host_ram: tuple[int, str],
+    seed: int,
+    trials: int | None,
+    storage: str | None,
+    study_name: str | None,
+    measure: bool,
+    top_k: int,
+    output: str | None,
+    as_json: bool,
+    started: float,
+) -> None:
+    """Search, then print the plan (or the diagnosis) and write the plan file."""
+    from swiftplan.cli.fit import fingerprint
+    from swiftplan.planner.search import infeasible
+    from swiftplan.planner.search.candidate import ServeWorkload, TrainWorkload, cluster_text
+    from swiftplan.planner.search.evaluate import ServeEvaluator, TrainEvaluator
+    from swiftplan.planner.search.optimize import SearchSettings, search_serving, search_training
+    from swiftplan.planner.search.pins import attention_targets
+    from swiftplan.planner.search.serve_space import build_serve_space
+    from swiftplan.planner.search.space import build_train_space
+
+    host_bytes, host_source = host_ram
+    notes: list[str] = [f"cluster note: {n}" for n in cluster.notes]
+    workload: TrainWorkload | ServeWorkload
+    if task == "train":
+        assert dataset is not None
+        if epochs <= 0 or global_batch < 1 or seq < 1:
+            raise SwiftplanError("--epochs, --global-batch and --seq must be positive.")
+        workload = TrainWorkload(
+            seq_len=seq,
+            global_batch=global_batch,
+            dataset_tokens=dataset[0],
+            epochs=epochs,
+            attention=attention,
+        )
+        _validate_targets(spec, pins)
+        space: Any = build_train_space(spec, cluster, pins)
+        evaluator: Any = TrainEvaluator(
+            spec, cluster, workload, space, headroom=headroom, host_ram_bytes=host_bytes
+        )
+        notes.append(
+            f"workload: {dataset[0]:,} tokens × {epochs:g} epoch(s) ({dataset[1]}), global batch {global_batch} × {seq} tokens; "
+            f"host RAM for offload {format_gib(host_bytes, 0)} per node ({host_source})."
+        )
+    else:
+        if concurrency is not None and concurrency < 1:
+            raise SwiftplanError(f"--concurrency must be at least 1, got {concurrency}.")
+        workload = ServeWorkload(
+            context=context,
+            concurrency=concurrency,
+            ttft_s=ttft,
+            decode_tps=decode_tps,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
+        space = build_serve_space(spec, cluster, pins)
+        evaluator = ServeEvaluator(spec, cluster, workload, space, headroom=headroom)
+    if cluster.accelerator.price_usd_per_hour is None:
+        notes.append(
+            f"cost unknown: the catalog has no price for {cluster.accelerator.display_name}; cost is shown in GPU-hours."
+        )
+    key = fingerprint(
+        spec.name, cluster_text(cluster), task, workload, pins, objective, pareto, headroom, host_bytes
+    )
+    settings = SearchSettings(
+        objective=objective,
+        pareto=pareto,
+        seed=seed,
+        trials=trials,
+        storage=storage,  # type: ignore[arg-type]
+        study_name=study_name or (f"fit-{key}" if storage else None),
+        fingerprint=f"{spec.name} on {cluster_text(cluster)} ({task}) {key}",
+    )
+    result = search_training(evaluator, settings) if task == "train" else search_serving(evaluator, settings)
+    diagnosis = None
+    if result.best is None and result.closest is not None:
+        diagnose = infeasible.diagnose_training if task == "train" else infeasible.diagnose_serving
+        diagnosis = diagnose(evaluator, pins, result.closest)
+    if measure and result.best is not None:
+        from swiftplan.executors.measure import measure_candidates
+
+        measure_candidates(
+            model, [e.estimate.setup for e in [result.best, *result.runners_up][:top_k] if e.estimate]
+        )
+    plan = None
+    if result.best is not None:
+        plan = _plan(result.best, spec=spec, cluster=cluster, objective=objective, workload=workload)
+        if output:
+            from swiftplan.plan_file import save_plan
+
+            save_plan(plan, output)
+    elapsed = time.perf_counter() - started
+    search_line = (
+        f"searched {result.space_size:,} structures ({result.sampler}: {result.trials} trials, {len(result.evaluations)} "
+        f"distinct, {result.estimates} estimates) in {elapsed:.2f} s, seed {seed}"
+        + (f", study {settings.study_name!r} in {storage}" if storage else "")
+    )
+    if as_json:
+        from swiftplan.cli._fit_render import result_json
+        from swiftplan.plan_file import plan_dict
+
+        payload = {
+            "task": task,
+            "model": spec.name,
+            "cluster": cluster.describe(),
+            "objective": objective,
+            "notes": notes,
+            "workload": asdict(workload),
+            **result_json(result, diagnosis),
+            "plan": plan_dict(plan) if plan else None,
+            "plan_file": output if plan and output else None,
+            "elapsed_s": elapsed,
+        }
+        print_json(payload)
+    else:
+        _render(
+            result,
+            diagnosis,
+            spec=spec,
+            cluster=cluster,
+            notes=notes,
+            attention=attention_targets(spec),
+            search_line=search_line,
+            output=output if plan else None,
+            objective=objective,
+        )
+    if result.best is None:
+        raise typer.Exit(1)
+
+
+def _plan(best: Any, *, spec: ModelSpec, cluster: Cluster, objective: str, workload: Any) -> Any:
+    from swiftplan.plan_file import make_plan
+    from swiftplan.planner.search.candidate import Candidate, cluster_text
+
+    estimate = best.estimate
+    is_train = isinstance(best.candidate, Candidate)
+    return make_plan(
+        model=spec.name,
+        model_source=spec.source or spec.name,
+        cluster=cluster_text(cluster),
+        gpus_used=best.gpus,
+        usable_memory_bytes=cluster.usable_memory_bytes,
+        objective=objective,
+        workload=asdict(workload),
+        setup=estimate.setup,
+        estimate_json=estimate.to_json(),
+        host_bytes_per_node=best.host_bytes_per_node,
+        time_to_train_s=best.time_s if is_train else None,
+        gpu_hours=best.gpu_hours,
+        cost_usd=best.cost_usd,
+    )
+
+
+def _render(
+    result: Any,
+    diagnosis: Any,
+    *,
+    spec: ModelSpec,
+    cluster: Cluster,
+    notes: list[str],
+    attention: tuple[str, ...],
+    search_line: str,
+    output: str | None,
+    objective: str,
+) -> None:
+    from swiftplan.cli._fit_render import render_diagnosis, render_families, render_result
+    from swiftplan.cli.estimate import render_estimate
+
+    title = f"Best plans for {spec.name} on {cluster.describe()} (objective: {objective})"
+    if result.best is None:
+        if diagnosis is not None:
+            render_diagnosis(diagnosis, result)
+        for note in notes:
+            console.print(f"[dim]{note}[/]", highlight=False)
+        console.print(f"[dim]{search_line}[/]", highlight=False)
+        return
+    render_result(
+        result,
+        title=title,
+        attention=attention,
+        replicas_of=lambda c: cluster.world_size // c.tp,
+        notes=notes,
+    )
+    render_estimate(result.best.estimate)
+    render_families(result)
+    console.print(f"[dim]{search_line}[/]", highlight=False)
+    if output:
+        console.print(f"wrote {output} (check it with `swiftplan estimate {output}`)", highlight=False)
