@@ -178,7 +178,8 @@ def _attention_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, seq_len: i
         repeated = 3 * q  # q, and k and v repeated to every query head
         output = q if setup.method == "full" else 0  # o_proj's input is a fresh copy, kept when o_proj trains
         return tokens * (cb * (repeated + output) + scores * per_score)
-    return tokens * cb * (q + kv + v_saved + q) + tokens * spec.num_heads * FP32
+    output_copy = q if spec.rope_concat and setup.method == "full" else 0  # o_proj's contiguous input
+    return tokens * cb * (q + kv + v_saved + q + output_copy) + tokens * spec.num_heads * FP32
 
 
 def _mlp_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, cb: int) -> tuple[int, int]:

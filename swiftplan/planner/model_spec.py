@@ -122,6 +122,9 @@ class ModelSpec:
     """Gemma 2 applies tanh soft-capping to logits (one more vocab-sized temporary)."""
     attn_logit_softcapping: float | None = None
     """Gemma 2 soft-caps attention scores with tanh, which needs the scores materialised (eager)."""
+    rope_concat: bool = False
+    """RoPE output is built with torch.cat (Phi-3, GLM: rotary and pass-through halves), so q is
+    laid out (batch, heads, seq, dim) and the attention output needs a copy before o_proj."""
     moe: MoeShape | None = None
     """Expert layout, None for dense models."""
     mla: MlaShape | None = None
@@ -306,6 +309,7 @@ def spec_from_hf_config(config: Mapping[str, Any], *, name: str, source: str = "
         fused_gate_up=model_type in ("phi3", "chatglm", "glm"),
         final_logit_softcapping=config.get("final_logit_softcapping"),
         attn_logit_softcapping=config.get("attn_logit_softcapping"),
+        rope_concat=model_type in ("phi3", "glm"),
         moe=_moe_shape(config, model_type, layers),
         mla=_mla_shape(config),
         torch_dtype=_first(config, "torch_dtype", "dtype"),
