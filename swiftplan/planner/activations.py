@@ -198,6 +198,16 @@ def _mlp_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, cb: 
     return shared, experts + router
 
 
+def backward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
+    """Gradients the SwiGLU backward holds at once (w.r.t. the product, the up and the gate
+    outputs): 3 × T × I in the compute dtype. Only visible when nothing larger (the loss) is alive,
+    i.e. while a checkpointed block is recomputed. Traced on Mistral-7B: 368 MB vs 352 MB here."""
+    width = spec.intermediate_size
+    if spec.moe is not None:
+        width = spec.moe.expert_intermediate_size * spec.moe.experts_per_token + spec.moe.shared_intermediate_size
+    return 3 * tokens * width * dtype_bytes(compute_dtype(setup.precision))
+
+
 def block_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
     """What gradient checkpointing keeps per block: its input hidden states (T × h), fp32 under amp
     (the residual stream stays in the parameter dtype)."""
@@ -219,6 +229,8 @@ class ActivationPhases:
     """Saved tensors outside the blocks (RoPE tables, final norm)."""
     block_input: int = 0
     """What checkpointing keeps per block (0 without checkpointing)."""
+    backward_working: int = 0
+    """Gradient temporaries of one block's backward (the MLP's, the widest), on top of its saved tensors."""
 
 
 def activation_phases(spec: ModelSpec, setup: TrainSetup, *, layers: int | None = None, tp: int = 1) -> ActivationPhases:
@@ -237,8 +249,14 @@ def activation_phases(spec: ModelSpec, setup: TrainSetup, *, layers: int | None 
     if setup.grad_ckpt:
         block_input = block_input_bytes(spec, setup, tokens)
         kept = shared + count * block_input
+        working = backward_working_bytes(spec, setup, tokens) // tp
         return ActivationPhases(
-            at_loss=kept, in_backward=kept + largest, largest_block=largest, shared=shared, block_input=block_input
+            at_loss=kept,
+            in_backward=kept + largest + working,
+            largest_block=largest,
+            shared=shared,
+            block_input=block_input,
+            backward_working=working,
         )
     total = shared + sum(blocks)
     return ActivationPhases(at_loss=total, in_backward=total, largest_block=largest, shared=shared)

@@ -191,7 +191,7 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
         late = ((grads_during_fwd or head_grads), in_backward)
         early = (
             grads_during_fwd or grads - layer_grads - embedding_grads,
-            phases.shared + phases.block_input + phases.largest_block,
+            phases.shared + phases.block_input + phases.largest_block + phases.backward_working,
         )
         grads_then, acts_then = max(late, early, key=sum)
         phase_peaks["recomputation in backward"] = static + gathered + grads_then + acts_then
