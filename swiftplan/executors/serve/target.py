@@ -1,0 +1,89 @@
+"""What to serve: a plan file (or a bare model) plus command-line overrides → `ServeTarget`.
+
+Shared by the vLLM and the built-in paths; reads the plan file, imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.executors.serve.report import Prediction
+from swiftplan.planner.model_catalog import find_catalog_id
+from swiftplan.planner.setup import ServeSetup
+
+_DEFAULT_SLOTS = 8  # concurrency when serving a bare model without a plan
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServeTarget:
+    """The model, its weights and the serving set-up, with the plan's prediction if there is one."""
+
+    model: str
+    """The model as the plan (or the command line) names it."""
+    weights: str
+    """What to load: a hub id or a local model directory."""
+    setup: ServeSetup
+    """Context, concurrency, dtype, parallelism: from the plan, overridden by options."""
+    prediction: Prediction
+    """The plan's predicted speed and memory (all None without a plan)."""
+    plan_path: str | None = None
+    """The plan file, when one was given."""
+
+
+def weights_source(model: str) -> str:
+    """A loadable source for a model name: a config.json's directory, a hub id as is, a short alias's hub id."""
+    path = Path(model).expanduser()
+    if path.is_file() and path.name.endswith(".json"):
+        return str(path.parent)
+    if path.exists() or "/" in model:
+        return str(path) if path.exists() else model
+    return find_catalog_id(model) or model
+
+
+def resolve_target(
+    plan_or_model: str, *, weights: str | None = None, context: int | None = None,
+    concurrency: int | None = None, dtype: str | None = None,
+) -> ServeTarget:  # fmt: skip
+    """Read a plan file (a .yaml/.yml path) or take a model name, then apply the overrides."""
+    from swiftplan.plan_file import is_plan_path, load_plan
+
+    if dtype is not None and dtype not in ("bf16", "fp16", "fp32"):
+        raise SwiftplanError(f"Unknown dtype {dtype!r}; valid values are: bf16, fp16, fp32.")
+    overrides = {
+        k: v
+        for k, v in {"context": context, "concurrency": concurrency, "dtype": dtype}.items()
+        if v is not None
+    }
+    if is_plan_path(plan_or_model):
+        plan, setup = load_plan(plan_or_model)
+        if not isinstance(setup, ServeSetup):
+            raise SwiftplanError(f"{plan_or_model} is a training plan; `swiftplan serve` needs a serving plan.",
+                                 hint="Create one with `swiftplan fit MODEL --task serve ... -o plan.yaml`.")  # fmt: skip
+        model, prediction, path = plan.model, Prediction.from_plan(plan), plan_or_model
+    else:
+        setup = ServeSetup(concurrency=_DEFAULT_SLOTS)
+        model, prediction, path = plan_or_model, Prediction(), None
+    try:
+        setup = dataclasses.replace(setup, **overrides)
+    except (TypeError, SwiftplanError) as error:
+        raise SwiftplanError(f"Invalid serving option: {error}") from error
+    return ServeTarget(model=model, weights=weights or weights_source(model), setup=setup, prediction=prediction,
+                       plan_path=path)  # fmt: skip
+
+
+def parse_loras(items: list[str], *, served_name: str) -> tuple[tuple[str, str], ...]:
+    """`--lora NAME=PATH` options → ((name, path), ...), names unique and distinct from the base."""
+    pairs: list[tuple[str, str]] = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise SwiftplanError(f"--lora {item!r} is not NAME=PATH.", hint="e.g. --lora sql=./adapters/sql")
+        if name in (served_name, *(n for n, _ in pairs)):
+            raise SwiftplanError(
+                f"--lora name {name!r} is used twice (the base model is served as {served_name!r})."
+            )
+        pairs.append((name.strip(), path.strip()))
+    return tuple(pairs)
