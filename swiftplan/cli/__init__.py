@@ -30,6 +30,7 @@ _COMMAND_MODULES = [
     "estimate",
     "fit",
     "verify",
+    "serve",
 ]
 
 

@@ -1,0 +1,171 @@
+"""`swiftplan serve PLAN`: vLLM when it can run here, else the built-in OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import importlib.util
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from swiftplan.cli._output import console, print_json
+
+EPILOG = """
+Examples:
+
+  swiftplan serve plan.yaml                         (a plan from `swiftplan fit --task serve -o plan.yaml`)
+
+  swiftplan serve plan.yaml --engine vllm --dry-run (print the vllm serve command)
+
+  swiftplan serve plan.yaml --model ./my-model --lora sql=./adapters/sql --api-key "$KEY"
+
+  swiftplan serve Qwen/Qwen2.5-0.5B-Instruct --engine builtin --context 2048 --concurrency 4
+
+  swiftplan serve plan.yaml --random-init tiny/config.json --tokenizer tiny/ --report-dir runs/serve
+
+Binds 127.0.0.1 unless --host says otherwise. --engine auto picks vLLM when it is installed and a
+CUDA GPU is visible, else the built-in server (torch + transformers; pip install 'swiftplan[serve]').
+The built-in server logs measured TTFT, decode speed and memory next to the plan's prediction every
+--report-every requests and at shutdown (serve_report.json in --report-dir).
+"""
+
+
+class EngineChoice(str, Enum):
+    auto = "auto"
+    vllm = "vllm"
+    builtin = "builtin"
+
+
+def _vllm_usable() -> tuple[bool, str]:
+    """(usable, why not): vLLM installed and a CUDA device visible to torch."""
+    if importlib.util.find_spec("vllm") is None:
+        return False, "vLLM is not installed"
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU is visible"
+    return True, ""
+
+
+def _pick_engine(choice: EngineChoice, *, random_init: bool) -> str:
+    from rich.console import Console
+
+    from swiftplan.errors import SwiftplanError
+
+    if choice is EngineChoice.builtin:
+        return "builtin"
+    if choice is EngineChoice.vllm:
+        if random_init:
+            raise SwiftplanError("--random-init is a built-in server option; vLLM loads real weights.",
+                                 hint="Use --engine builtin.")  # fmt: skip
+        return "vllm"
+    if random_init:
+        return "builtin"
+    usable, why = _vllm_usable()
+    if not usable:
+        Console(stderr=True).print(f"[dim]{why}: using the built-in server.[/]")
+    return "vllm" if usable else "builtin"
+
+
+def serve_command(
+    plan: str = typer.Argument(..., help="Serving plan file (.yaml), or a model: hub id or local directory."),
+    engine: EngineChoice = typer.Option(EngineChoice.auto, "--engine", help="auto | vllm | builtin"),
+    model: str = typer.Option(
+        None, "--model", help="Weights to load (hub id or directory); default: the plan's model."
+    ),
+    random_init: Path = typer.Option(
+        None, "--random-init", help="Built-in: random weights from this config.json (tests, smoke runs)."
+    ),
+    tokenizer: str = typer.Option(
+        None, "--tokenizer", help="Built-in: tokenizer directory or hub id (default: the model's)."
+    ),
+    lora: list[str] = typer.Option(
+        [], "--lora", help="LoRA adapter NAME=PATH, served as model NAME; repeatable."
+    ),
+    served_model_name: str = typer.Option(
+        None, "--served-model-name", help="Model name clients use (default: the plan's model)."
+    ),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the server to the network."
+    ),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    api_key: str = typer.Option(
+        None,
+        "--api-key",
+        envvar="SWIFTPLAN_API_KEY",
+        help="Require 'Authorization: Bearer KEY' on /v1 routes.",
+    ),
+    context: int = typer.Option(
+        None, "--context", help="Override the plan's context (max tokens per sequence)."
+    ),
+    concurrency: int = typer.Option(
+        None, "--concurrency", help="Override the plan's concurrency (sequences at once)."
+    ),
+    dtype: str = typer.Option(None, "--dtype", help="Override the plan's dtype: bf16 | fp16 | fp32."),
+    device: str = typer.Option("auto", "--device", help="Built-in: auto | cuda | cpu."),
+    seed: int = typer.Option(0, "--seed", help="Built-in: seed for --random-init weights."),
+    report_dir: Path = typer.Option(
+        None, "--report-dir", help="Built-in: write serve_report.json (measured vs predicted) here."
+    ),
+    report_every: int = typer.Option(
+        100, "--report-every", help="Built-in: log the comparison every N requests (0 = only at shutdown)."
+    ),
+    health_timeout: float = typer.Option(
+        900.0, "--health-timeout", help="vLLM: seconds to wait for /health."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would run and exit."),
+    as_json: bool = typer.Option(False, "--json", help="With --dry-run: print one JSON object."),
+) -> None:
+    """Serve a plan with an OpenAI-compatible API."""
+    from swiftplan.executors.serve.target import parse_loras, resolve_target
+
+    target = resolve_target(plan, weights=model, context=context, concurrency=concurrency, dtype=dtype)
+    served_name = served_model_name or target.model
+    loras = parse_loras(lora, served_name=served_name)
+    chosen = _pick_engine(engine, random_init=random_init is not None)
+    if chosen == "vllm":
+        _serve_vllm(target, served_name=served_name, host=host, port=port, loras=loras, api_key=api_key,
+                    health_timeout=health_timeout, dry_run=dry_run, as_json=as_json)  # fmt: skip
+        return
+    from swiftplan.executors.serve.builtin import BuiltinOptions, run_builtin
+
+    options = BuiltinOptions(
+        target=target, served_name=served_name, loras=loras, random_init=None if random_init is None else str(random_init),
+        tokenizer=tokenizer, host=host, port=port, api_key=api_key, device=device, seed=seed,
+        report_dir=None if report_dir is None else str(report_dir), report_every=report_every,
+    )  # fmt: skip
+    if dry_run:
+        summary = options.describe()
+        if as_json:
+            print_json(summary)
+        else:
+            for key, value in summary.items():
+                console.print(f"{key}: {value}", highlight=False)
+        return
+    run_builtin(options, log=lambda line: console.print(line, highlight=False, markup=False))
+
+
+def _serve_vllm(target, *, served_name, host, port, loras, api_key, health_timeout, dry_run, as_json) -> None:  # type: ignore[no-untyped-def]
+    from swiftplan.executors.serve.vllm_cmd import format_command, render_vllm, run_server_process
+
+    spec = render_vllm(target.setup, model=target.weights, served_name=served_name, host=host, port=port,
+                       loras=loras, api_key=api_key)  # fmt: skip
+    if dry_run:
+        if as_json:
+            print_json({"engine": "vllm", "argv": list(spec.argv), "env": {k: "***" for k in spec.env},
+                        "health_url": spec.health_url, "notes": list(spec.notes)})  # fmt: skip
+        else:
+            print(format_command(spec))
+            for note in spec.notes:
+                console.print(f"[yellow]note:[/] {note}")
+        return
+    for note in spec.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    code = run_server_process(spec, health_timeout_s=health_timeout, log=print)
+    if code not in (0, -2, 130):  # 0, or stopped by our SIGINT
+        raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `serve` to the CLI."""
+    app.command("serve", epilog=EPILOG)(serve_command)
