@@ -204,6 +204,7 @@ def total_params(spec: ModelSpec) -> int:
     return blocks + embedding_params(spec) + lm_head_params(spec) + final_norm_params(spec)
 
 
+@cache
 def active_params_per_token(spec: ModelSpec) -> int:
     """Parameters a token passes through: all of them for dense models, top-k experts for MoE."""
     if spec.moe is None:
