@@ -22,13 +22,15 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.adapters import adapter_params
+from swiftplan.planner.architecture import total_params
 from swiftplan.planner.estimate import Estimate, estimate_serving, estimate_training
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import Candidate, ServeCandidate, ServeWorkload, TrainWorkload
 from swiftplan.planner.search.serve_space import ServeSpace
 from swiftplan.planner.search.space import MAX_MICRO_BATCH, TrainSpace, memory_weight
-from swiftplan.planner.speed import ServeSpeed
+from swiftplan.planner.speed import ServeSpeed, train_speed
 from swiftplan.units import GiB
 
 Objective = Literal["time", "cost", "throughput"]
@@ -224,11 +226,37 @@ class TrainEvaluator:
         fitting = [self.evaluate(structure.replace(micro_batch=b)) for b in sizes[: lo + 1]]
         return min(fitting, key=lambda e: e.rank_key(objective))
 
+    def optimistic(self, structure: Candidate, objective: Objective) -> float:
+        """A lower bound on the structure's objective, from the speed model alone: speed at the largest
+        micro-batch (with pipeline stages, the best of every size), as if memory did not matter."""
+        lean = self.lean(structure)
+        sizes = self.micro_batches(structure)
+        if structure.layout.pp == 1:
+            sizes = sizes[-1:]
+        sub = structure.layout.sub_cluster(self.cluster)
+        bound = math.inf
+        for size in sizes:
+            try:
+                setup = lean.replace(micro_batch=size).setup(self.workload)
+            except SwiftplanError:
+                return -math.inf
+            trainable = (
+                adapter_params(self.spec, setup.lora)
+                if setup.trains_adapters and setup.lora
+                else total_params(self.spec)
+            )
+            tokens_per_s = train_speed(self.spec, setup, sub, trainable_params=trainable).tokens_per_s
+            time_s = self.workload.total_tokens / tokens_per_s
+            gpu_hours = time_s / 3600 * sub.world_size
+            value = {"time": time_s, "throughput": -tokens_per_s}.get(
+                objective, gpu_hours * self.price if self.price is not None else gpu_hours
+            )
+            bound = min(bound, value)
+        return bound
+
     def lean(self, structure: Candidate) -> Candidate:
         """The variant of a structure that needs the least memory (preferred among equals)."""
-        return min(self.space.variants(structure), key=memory_weight).replace(
-            micro_batch=structure.micro_batch
-        )
+        return self.space.lean(structure)
 
     def resolve(self, structure: Candidate, objective: Objective = "time") -> Evaluation:
         """The best variant of a structure at its best micro-batch (see module docstring)."""

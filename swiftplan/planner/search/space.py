@@ -178,6 +178,27 @@ class TrainSpace:
             )
         ]
 
+    def lean(self, structure: Candidate) -> Candidate:
+        """The variant of a structure that needs the least memory (the preferred one among equals):
+        the same as `min(self.variants(structure), key=memory_weight)`, without listing them."""
+        valid = self.valid_shardings(structure.quant, structure.layout.dp)
+        members = [
+            m for m in SHARDING_CLASSES[sharding_class(structure.zero, structure.offload)] if m in valid
+        ]
+        zero, offload = max(members, key=lambda m: m[0])
+        quants = (
+            [q for q in self.quants[structure.method] if q.startswith("nf4")]
+            if structure.quant.startswith("nf4")
+            else [structure.quant]
+        )
+        return structure.replace(
+            zero=zero,
+            offload=offload,
+            optimizer=min(self.optimizers, key=lambda o: _OPTIMIZER_BYTES.get(o, 3)),
+            precision=min(self.precisions[structure.method], key=_PRECISION_BYTES.__getitem__),
+            quant=min(quants, key=_QUANT_BYTES.__getitem__),
+        )
+
     def structures(self) -> Iterator[Candidate]:
         """Every structure the study can propose (canonical candidates, micro-batch 0)."""
         for method in self.methods:
