@@ -198,6 +198,18 @@ def family_line(outcome: FamilyOutcome, best: Evaluation | None, objective: str)
     return f"{outcome.label}: misses the latency targets."
 
 
+PARETO_ROWS = 15
+"""Most Pareto plans shown in the table."""
+
+
+def _spread(rows: list[Evaluation], limit: int) -> list[Evaluation]:
+    """At most `limit` rows, evenly spaced from the fastest to the slowest (both kept)."""
+    if len(rows) <= limit:
+        return rows
+    step = (len(rows) - 1) / (limit - 1)
+    return [rows[round(i * step)] for i in range(limit)]
+
+
 def render_result(
     result: SearchResult, *, title: str, attention: tuple[str, ...], replicas_of: Any, notes: list[str]
 ) -> None:
@@ -205,8 +217,13 @@ def render_result(
     if result.best is None:
         return
     if result.pareto:
-        rows = list(result.pareto)
-        title = f"{title} — Pareto front ({len(rows)} plans: time vs cost vs memory headroom)"
+        rows = _spread(list(result.pareto), PARETO_ROWS)
+        shown = (
+            f"{len(rows)} of {len(result.pareto)} shown, evenly spread; all in --json"
+            if len(rows) < len(result.pareto)
+            else f"{len(rows)} plans"
+        )
+        title = f"{title} — Pareto front ({shown}): time vs cost vs memory headroom"
     else:
         rows = [result.best, *result.runners_up]
     table = (
@@ -285,6 +302,7 @@ def result_json(result: SearchResult, diagnosis: Diagnosis | None) -> dict[str, 
             "trials": result.trials,
             "structures_evaluated": len(result.evaluations),
             "space_size": result.space_size,
+            "pruned": result.pruned,
             "estimates": result.estimates,
         },
     }

@@ -99,6 +99,11 @@ def run_fit(
             decode_tps=decode_tps,
             gpu_memory_utilization=gpu_memory_utilization,
         )
+        if concurrency is None and ttft is None and decode_tps is None and objective == "throughput":
+            notes.append(
+                "no --concurrency or latency target: each replica takes as many sequences as fit, which maximises "
+                "throughput at the cost of time to first token; pass --ttft / --decode-tps to bound it."
+            )
         space = build_serve_space(spec, cluster, pins)
         evaluator = ServeEvaluator(spec, cluster, workload, space, headroom=headroom)
     if cluster.accelerator.price_usd_per_hour is None:
@@ -136,9 +141,13 @@ def run_fit(
 
             save_plan(plan, output)
     elapsed = time.perf_counter() - started
+    how = (
+        f"{len(result.evaluations):,} estimated, {result.pruned:,} pruned by a speed bound"
+        if result.sampler == "exhaustive"
+        else f"TPE, {len(result.evaluations):,} distinct in {result.trials} trials"
+    )
     search_line = (
-        f"searched {result.space_size:,} structures ({result.sampler}: {result.trials} trials, {len(result.evaluations)} "
-        f"distinct, {result.estimates} estimates) in {elapsed:.2f} s, seed {seed}"
+        f"searched {result.space_size:,} structures ({how}; {result.estimates:,} estimates) in {elapsed:.2f} s, seed {seed}"
         + (f", study {settings.study_name!r} in {storage}" if storage else "")
     )
     if as_json:
