@@ -127,7 +127,7 @@ def test_same_seed_same_plan_with_tpe():
 
 def test_exhaustive_search_matches_enumerating_every_candidate():
     evaluator, result = train_search("Qwen/Qwen2.5-0.5B", "2xrtx4090")
-    assert result.sampler == "exhaustive" and len(result.evaluations) == result.space_size
+    assert result.sampler == "exhaustive" and len(result.evaluations) + result.pruned == result.space_size
     brute = min(
         (
             evaluator.evaluate(c.replace(micro_batch=b))
@@ -137,6 +137,20 @@ def test_exhaustive_search_matches_enumerating_every_candidate():
         key=lambda e: e.rank_key("time"),
     )
     assert result.best.time_s == pytest.approx(brute.time_s, rel=1e-9)
+
+
+@pytest.mark.parametrize("objective", ["time", "cost"])
+def test_pruning_by_the_speed_bound_changes_nothing_reported(objective):
+    runs = [
+        train_search("Qwen/Qwen2.5-7B", "4xa100-80gb", objective=objective, prune=prune)[1]
+        for prune in (True, False)
+    ]
+    pruned, full = runs
+    assert pruned.pruned > 0 and full.pruned == 0 and len(full.evaluations) == full.space_size
+    assert pruned.best.candidate == full.best.candidate
+    assert [e.candidate for e in pruned.runners_up] == [e.candidate for e in full.runners_up]
+    for a, b in zip(pruned.families, full.families, strict=True):
+        assert (a.best and a.best.candidate) == (b.best and b.best.candidate)
 
 
 def test_storage_persists_and_a_second_run_resumes(tmp_path):
