@@ -1,0 +1,223 @@
+"""The parent side of `swiftplan train`: check everything, prepare the run directory, launch, collect.
+
+Order matters: the plan, the device's capabilities, the data file (every record) and the tokenizer
+are checked first, so a bad plan or a bad row stops the run before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.executors.train import run_dir as rd
+from swiftplan.executors.train.device import DeviceInfo, detect_device, require_runnable
+from swiftplan.executors.train.launch import Launch, LaunchOptions, render
+from swiftplan.planner.setup import TrainSetup
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunRequest:
+    """What the user asked for on the command line."""
+
+    plan_path: Path
+    """The plan file."""
+    data: Path | None
+    """Data file (None with --resume: the run's own)."""
+    output_dir: Path | None = None
+    """Run directory; None = runs/<model>-<timestamp>."""
+    resume: bool = False
+    """Continue the run in output_dir from its newest checkpoint."""
+    tokenizer: str | None = None
+    """Tokenizer directory or hub id (default: the model's)."""
+    random_init: bool = False
+    """Build the model from its config with random weights."""
+    device: str = "auto"
+    """auto, cuda, npu, mps or cpu."""
+    nproc_per_node: int | None = None
+    """Processes per node (default: the plan's GPUs per node on GPUs, 1 on CPU/MPS)."""
+    nnodes: int | None = None
+    """Nodes (default: the plan's)."""
+    node_rank: int = 0
+    """This node's rank."""
+    master_addr: str = "127.0.0.1"
+    """Node 0's address."""
+    master_port: int | None = None
+    """Rendezvous port (default: a free one on a single node, 29500 across nodes)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """TrainArgs fields given on the command line (max_steps, epochs, lr, ...)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PreparedRun:
+    """Everything checked and rendered; nothing loaded."""
+
+    plan: Any
+    """The PlanFile."""
+    setup: TrainSetup
+    """Its train set-up."""
+    device: DeviceInfo
+    """Where it runs."""
+    args: rd.TrainArgs
+    """Worker options."""
+    launch: Launch
+    """Rendered command and files."""
+    run_dir: Path
+    """Output directory."""
+    blocks: Any
+    """TokenBlocks (None when resuming: the run already has them)."""
+    tokenizer: Any
+    """The tokenizer (None when resuming)."""
+    notes: tuple[str, ...]
+    """Things the user should know (world size differs from the plan, truncation, ...)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _processes(request: RunRequest, plan: Any, device: DeviceInfo) -> tuple[int, int]:
+    from swiftplan.planner.hardware import parse_cluster
+
+    try:
+        cluster = parse_cluster(plan.cluster)
+        nodes, per_node = (cluster.nodes, cluster.gpus_per_node) if plan.gpus_used == cluster.world_size else (1, plan.gpus_used)  # fmt: skip
+    except SwiftplanError:
+        nodes, per_node = 1, plan.gpus_used
+    if device.torch_device in ("cpu", "mps"):
+        nodes, per_node = 1, 1
+    return request.nnodes or nodes, request.nproc_per_node or per_node
+
+
+def _load_plan(path: Path) -> tuple[Any, TrainSetup]:
+    from swiftplan.plan_file import load_plan
+
+    plan, setup = load_plan(path)
+    if not isinstance(setup, TrainSetup):
+        raise SwiftplanError(f"Plan file {path} is a serving plan (task: serve); `swiftplan train` needs a training plan.",
+                             hint="Make one with `swiftplan fit MODEL --task train ... -o plan.yaml`.")  # fmt: skip
+    return plan, setup
+
+
+def _resume_dir(request: RunRequest, plan: Any) -> tuple[Path, rd.TrainArgs]:
+    from swiftplan.plan_file import load_plan
+
+    if request.output_dir is None:
+        raise SwiftplanError("--resume needs --output-dir RUN, the run to continue.")
+    run_dir = request.output_dir
+    if rd.latest_checkpoint(run_dir) is None:
+        raise SwiftplanError(f"{run_dir} has no complete checkpoint to resume from.",
+                             hint="Start it again without --resume (a run saves at --save-steps and at the end).")  # fmt: skip
+    saved_plan, _ = load_plan(run_dir / "plan.yaml")
+    if saved_plan.train != plan.train or saved_plan.model != plan.model:
+        raise SwiftplanError(f"{request.plan_path} differs from the plan {run_dir} was started with.",
+                             hint=f"Resume with {run_dir / 'plan.yaml'}, or start a new run.")  # fmt: skip
+    args = rd.read_args(run_dir)
+    if request.data is not None and request.data.resolve() != Path(args.data):
+        raise SwiftplanError(
+            f"{run_dir} trained on {args.data}, not {request.data}.", hint="Resume without --data."
+        )
+    if rd.file_sha256(args.data) != args.data_sha256:
+        raise SwiftplanError(f"{args.data} changed since {run_dir} started; resuming would mix two datasets.")
+    allowed = {"max_steps", "epochs", "save_steps"}
+    changed = sorted(k for k, v in request.overrides.items() if k not in allowed and getattr(args, k) != v)
+    if changed:
+        raise SwiftplanError(f"A resumed run keeps its settings; cannot change {', '.join(changed)}.",
+                             hint="Only --max-steps, --epochs and --save-steps may change on --resume.")  # fmt: skip
+    return run_dir, replace(args, **{k: v for k, v in request.overrides.items() if k in allowed})
+
+
+def prepare_run(request: RunRequest) -> PreparedRun:
+    """Check the plan, the device, the data and the tokenizer; render the launch. Loads no model."""
+    plan, setup = _load_plan(request.plan_path)
+    device = detect_device(request.device)
+    nnodes, per_node = _processes(request, plan, device)
+    require_runnable(setup, device, processes_per_node=per_node, random_init=request.random_init)
+    notes = []
+    if nnodes * per_node != plan.gpus_used:
+        notes.append(f"{nnodes * per_node} process(es) instead of the plan's {plan.gpus_used} GPU(s): the prediction assumed {plan.gpus_used}.")  # fmt: skip
+    blocks = tokenizer = None
+    if request.resume:
+        run_dir, args = _resume_dir(request, plan)
+    else:
+        from swiftplan.executors.train.data import read_dataset
+        from swiftplan.executors.train.loop import steps_per_epoch
+        from swiftplan.executors.train.model import load_tokenizer, tokenizer_source
+        from swiftplan.executors.train.tokens import build_blocks
+
+        if request.data is None:
+            raise SwiftplanError("Pass --data FILE (JSONL, CSV or Parquet).")
+        dataset = read_dataset(request.data)
+        tokenizer = load_tokenizer(tokenizer_source(plan.model, request.tokenizer))
+        blocks = build_blocks(
+            dataset, tokenizer, seq_len=setup.seq_len, packing=bool(request.overrides.get("packing"))
+        )
+        world = nnodes * per_node
+        if steps_per_epoch(len(blocks.input_ids), setup=setup, world=world) == 0:
+            need = setup.micro_batch * setup.grad_accum * world
+            raise SwiftplanError(f"{dataset.path.name} gives {len(blocks.input_ids)} training blocks; one optimizer step needs "
+                                 f"{need} (micro-batch {setup.micro_batch} × grad-accum {setup.grad_accum} × {world} process(es)).",
+                                 hint="Add data, or use --packing only when examples are long.")  # fmt: skip
+        if blocks.truncated:
+            notes.append(f"{blocks.truncated} example(s) were cut at seq_len {setup.seq_len}.")
+        if blocks.dropped:
+            notes.append(
+                f"{blocks.dropped} example(s) had no answer token left within seq_len and were skipped."
+            )
+        run_dir = request.output_dir or rd.default_run_dir(plan.model)
+        if rd.latest_checkpoint(run_dir) is not None:
+            raise SwiftplanError(f"{run_dir} already holds a run with checkpoints.",
+                                 hint="Add --resume to continue it, or choose another --output-dir.")  # fmt: skip
+        defaults = {"lr": 2e-5} if setup.method == "full" else {}
+        args = rd.TrainArgs(data=str(dataset.path.resolve()), data_sha256=rd.file_sha256(dataset.path), model=plan.model,
+                            tokenizer=request.tokenizer, random_init=request.random_init, device=device.torch_device,
+                            device_name=device.accelerator.display_name, **(defaults | request.overrides))  # fmt: skip
+    port = request.master_port or (_free_port() if nnodes == 1 else 29500)
+    options = LaunchOptions(device=device.torch_device, nproc_per_node=per_node, nnodes=nnodes,
+                            node_rank=request.node_rank, master_addr=request.master_addr, master_port=port)  # fmt: skip
+    launch = render(setup, options, run_dir=str(run_dir), python=sys.executable,
+                    lr=args.lr, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm)  # fmt: skip
+    return PreparedRun(plan=plan, setup=setup, device=device, args=args, launch=launch, run_dir=run_dir,
+                       blocks=blocks, tokenizer=tokenizer, notes=tuple(notes))  # fmt: skip
+
+
+def write_run(prepared: PreparedRun, plan_path: Path) -> None:
+    """Create the run directory: plan, TrainArgs, launch files, token blocks and tokenizer."""
+    import torch
+
+    from swiftplan.executors.train.launch import write_files
+
+    run_dir = prepared.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if prepared.blocks is not None:
+        shutil.copyfile(plan_path, run_dir / "plan.yaml")
+        blocks = prepared.blocks
+        torch.save({"input_ids": torch.tensor(blocks.input_ids, dtype=torch.long),
+                    "labels": torch.tensor(blocks.labels, dtype=torch.long),
+                    "attention_mask": torch.tensor(blocks.attention_mask, dtype=torch.long),
+                    "vocab_size": torch.tensor(len(prepared.tokenizer))}, run_dir / "dataset.pt")  # fmt: skip
+        prepared.tokenizer.save_pretrained(run_dir / "tokenizer")
+    rd.write_args(run_dir, prepared.args)
+    write_files(prepared.launch, run_dir)
+
+
+def execute(prepared: PreparedRun, *, progress: Any = None) -> dict[str, Any]:
+    """Run the rendered launch (in this process, or torchrun) and return run_report.json."""
+    import json
+
+    from swiftplan.executors.train.launch import run_subprocess
+
+    if prepared.launch.mode == "single":
+        from swiftplan.executors.train.worker import train
+
+        report = train(prepared.run_dir, progress=progress)
+        assert report is not None
+        return report
+    run_subprocess(prepared.launch, log=prepared.run_dir / "train.log")
+    return json.loads((prepared.run_dir / "run_report.json").read_text())

@@ -1,0 +1,179 @@
+"""One training process: `python -m swiftplan.executors.train.worker RUN_DIR` (torchrun starts one per device).
+
+It reads what the parent prepared in RUN_DIR (plan, TrainArgs, token blocks), joins the process group
+when there are several processes (gloo on CPU, NCCL on CUDA/ROCm, HCCL on Ascend), loads the model,
+resumes from the newest checkpoint if there is one, trains, saves, and rank 0 writes run_report.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from swiftplan import __version__
+from swiftplan.errors import SwiftplanError
+from swiftplan.executors.train import run_dir as rd
+
+
+def _device(kind: str, local_rank: int) -> Any:
+    import torch
+
+    if kind == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if kind == "npu":
+        import torch_npu  # noqa: F401  (registers the npu device)
+
+        torch.npu.set_device(local_rank)  # type: ignore[attr-defined]
+        return torch.device("npu", local_rank)
+    return torch.device(kind)
+
+
+def _peaks_over_ranks(peak: dict[str, Any], world: int, device: Any) -> dict[str, Any]:
+    if world == 1:
+        return peak
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor([peak["peak_allocated_bytes"], peak["peak_reserved_bytes"]], dtype=torch.float64,
+                          device=device if device.type != "cpu" else "cpu")  # fmt: skip
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return {**peak, "peak_allocated_bytes": int(tensor[0]), "peak_reserved_bytes": int(tensor[1])}
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "python": sys.version.split()[0]}  # fmt: skip
+
+
+def train(run_dir: str | Path, *, progress: Any = None) -> dict[str, Any] | None:
+    """Run (or resume) the training in `run_dir`; returns the report on rank 0, None on other ranks."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers 5 renames, called from inside peft
+        return _train(Path(run_dir), progress)
+
+
+def _train(run_dir: Path, progress: Any) -> dict[str, Any] | None:
+    import torch
+    import torch.distributed as dist
+
+    from swiftplan.executors.train.engine import DeepSpeedEngine, TorchEngine
+    from swiftplan.executors.train.loop import run_loop, steps_per_epoch
+    from swiftplan.executors.train.model import build_optimizer, load_model, lr_lambda, trainable_parameters
+    from swiftplan.executors.train.report import comparison, peak_memory, predicted_from_plan, reset_peak
+    from swiftplan.plan_file import load_plan
+
+    args = rd.read_args(run_dir)
+    plan, setup = load_plan(run_dir / "plan.yaml")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = _device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
+    zero = setup.parallel.zero  # type: ignore[union-attr]
+    if (world > 1 or zero) and not dist.is_initialized():
+        dist.init_process_group(backend={"cuda": "nccl", "npu": "hccl"}.get(device.type, "gloo"))
+    reset_peak(device.type)
+    data = torch.load(run_dir / "dataset.pt", weights_only=True)
+    n_blocks = int(data["input_ids"].shape[0])
+    vocab_size = int(data.pop("vocab_size").item())
+    per_epoch = steps_per_epoch(n_blocks, setup=setup, world=world)  # type: ignore[arg-type]
+    if per_epoch == 0:
+        raise SwiftplanError(f"{n_blocks} blocks give no full optimizer step on {world} process(es).")
+    total = args.max_steps or args.epochs * per_epoch
+    model = load_model(args.model, setup, device=device, random_init=args.random_init, seed=args.seed,  # type: ignore[arg-type]
+                       vocab_size=vocab_size)  # fmt: skip
+    params = trainable_parameters(model)
+    factor = lr_lambda(args.lr_scheduler, warmup_steps=args.warmup_steps, total_steps=total)
+    if zero:
+        config = json.loads((run_dir / "ds_config.json").read_text())
+        optimizer = None if "optimizer" in config else build_optimizer(
+            setup, params, lr=args.lr, weight_decay=args.weight_decay, device_type=device.type)  # type: ignore[arg-type]  # fmt: skip
+        engine: Any = DeepSpeedEngine(model, optimizer, lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
+                                      config=config, device=device)  # fmt: skip
+    else:
+        optimizer = build_optimizer(
+            setup, params, lr=args.lr, weight_decay=args.weight_decay, device_type=device.type
+        )  # type: ignore[arg-type]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        engine = TorchEngine(model, optimizer, scheduler, setup=setup, device=device, distributed=world > 1,  # type: ignore[arg-type]
+                             max_grad_norm=args.max_grad_norm)  # fmt: skip
+    start = 0
+    checkpoint = rd.latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        state = rd.read_state(checkpoint)
+        if state["world_size"] != world:
+            raise SwiftplanError(f"{checkpoint} was written by {state['world_size']} process(es); this run has {world}.",
+                                 hint="Resume with the same number of processes.")  # fmt: skip
+        engine.load(checkpoint, rank=rank)
+        start = int(state["step"])
+    if checkpoint is None:
+        torch.manual_seed(args.seed + 1000 * rank)  # dropout differs across ranks, reproducibly
+    result = run_loop(engine, data, setup=setup, args=args, run_dir=run_dir, rank=rank, world=world,  # type: ignore[arg-type]
+                      start_step=start, total_steps=total, device=device,
+                      progress=progress if rank == 0 else None)  # fmt: skip
+    if result.end_step > result.start_step:
+        engine.save_final(run_dir / "final", rank=rank)
+    peak = _peaks_over_ranks(peak_memory(device.type, result.memory_peak), world, device)
+    report = None
+    if rank == 0:
+        timed = result.step_times_s[1:] or result.step_times_s
+        tokens_per_step = setup.micro_batch * setup.seq_len * setup.grad_accum * world  # type: ignore[union-attr]
+        step_time = sum(timed) / len(timed) if timed else None
+        measured = {**peak, "tokens_per_s": tokens_per_step / step_time if step_time else None,
+                    "step_time_s": step_time}  # fmt: skip
+        predicted = predicted_from_plan(plan)
+        notes = []
+        if device.type == "cpu":
+            notes.append(
+                f"ran on CPU; the plan predicts {plan.cluster}, so the ratios are not a check of the planner."
+            )
+        if len(result.step_times_s) > 1:
+            notes.append("tokens/s excludes the first step of this process (warm-up).")
+        report = {
+            "swiftplan_version": __version__,
+            "run_dir": str(run_dir),
+            "plan": {"model": plan.model, "cluster": plan.cluster, "gpus_used": plan.gpus_used},
+            "device": {"torch_device": device.type, "name": args.device_name, "processes": world},
+            "world_size": world,
+            "steps": {"start": result.start_step, "end": result.end_step, "total": total, "measured": len(timed)},
+            "loss": {"first": result.losses[0] if result.losses else None,
+                     "last": result.losses[-1] if result.losses else None, "by_step": result.losses},
+            "measured": measured,
+            "predicted": predicted,
+            "comparison": comparison(predicted, measured),
+            "notes": notes,
+            "versions": _versions(),
+        }  # fmt: skip
+        (run_dir / "run_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return report
+
+
+def _print_progress(step: int, total: int, loss: float, tokens_per_s: float, memory: dict[str, int]) -> None:
+    print(f"step {step}/{total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s  {memory.get('allocated', 0) / 2**30:.2f} GiB",
+          flush=True)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point for launchers: one argument, the run directory."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit("usage: python -m swiftplan.executors.train.worker RUN_DIR")
+    try:
+        train(argv[0], progress=_print_progress)
+    except SwiftplanError as error:
+        sys.stderr.write(f"error: {error}\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
