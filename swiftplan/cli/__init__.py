@@ -30,6 +30,8 @@ _COMMAND_MODULES = [
     "estimate",
     "fit",
     "verify",
+    "train",
+    "export",
     "serve",
 ]
 

@@ -1,0 +1,120 @@
+"""Bad plans and bad data stop `swiftplan train` before any model is loaded, with one clear message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from train_support import FIXTURES, cli, train_args, write_plan
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.executors.train.device import DeviceInfo, cpu_accelerator, preflight
+from swiftplan.planner.setup import Parallelism, TrainSetup
+
+CPU = DeviceInfo(torch_device="cpu", accelerator=cpu_accelerator(), count=1)
+
+
+@pytest.mark.parametrize(
+    "setup,expected",
+    [
+        (TrainSetup(method="qlora"), "bitsandbytes weights, which this executor does on CUDA/ROCm only"),
+        (TrainSetup(method="lora", quant="int8"), "quantization int8 loads bitsandbytes weights"),
+        (TrainSetup(optimizer="adamw-8bit"), "optimizer adamw-8bit is not possible on host CPU"),
+        (TrainSetup(method="full", parallel=Parallelism(zero=2)), "ZeRO stage 2 runs through DeepSpeed"),
+        (
+            TrainSetup(parallel=Parallelism(tp=2)),
+            "tensor/pipeline parallelism (tp 2, pp 1) is not implemented",
+        ),
+        (TrainSetup(attention="flash"), "attention flash is not possible on host CPU"),
+    ],
+)
+def test_preflight_refuses_what_the_cpu_cannot_run(setup, expected):
+    reasons = preflight(setup, CPU, processes_per_node=1, random_init=False)
+    assert any(expected in reason for reason in reasons), reasons
+
+
+def test_preflight_accepts_cpu_lora_and_refuses_quantized_random_init():
+    assert (
+        preflight(
+            TrainSetup(method="lora", precision="amp-bf16"), CPU, processes_per_node=2, random_init=True
+        )
+        == []
+    )
+    reasons = preflight(TrainSetup(method="lora", quant="gptq"), CPU, processes_per_node=1, random_init=True)
+    assert any("needs a checkpoint already quantized" in r for r in reasons)
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr("swiftplan.executors.train.model.load_model", refuse)
+
+
+def _error(result) -> SwiftplanError:
+    assert isinstance(result.exception, SwiftplanError), result.output
+    return result.exception
+
+
+def test_bad_row_stops_before_the_model(tmp_path, no_model_loading):
+    plan = write_plan(tmp_path / "plan.yaml")
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"text": "fine"}\n{"text": 5}\n')
+    error = _error(cli(*train_args(plan, data, tmp_path / "run")))
+    assert error.message == "data.jsonl line 2: 'text' must be a string, got int."
+    assert not (tmp_path / "run").exists()
+
+
+def test_qlora_plan_on_cpu_stops_before_the_data_and_model(tmp_path, no_model_loading):
+    plan = write_plan(tmp_path / "plan.yaml", method="qlora", precision="bf16")
+    error = _error(cli(*train_args(plan, tmp_path / "missing.jsonl", tmp_path / "run")))
+    assert "cannot train on host CPU" in error.message and "CUDA/ROCm only" in error.message
+
+
+def test_too_little_data_for_one_step(tmp_path, no_model_loading):
+    plan = write_plan(tmp_path / "plan.yaml", micro_batch=8, grad_accum=8)
+    error = _error(cli(*train_args(plan, FIXTURES / "text.jsonl", tmp_path / "run")))
+    assert "one optimizer step needs 64 (micro-batch 8 × grad-accum 8 × 1 process(es))" in error.message
+
+
+def test_serving_plan_and_resume_without_checkpoint(tmp_path, no_model_loading):
+    from swiftplan.plan_file import load_plan, save_plan
+
+    plan = write_plan(tmp_path / "plan.yaml")
+    from swiftplan.plan_file import PlanFile, plan_dict
+
+    data = plan_dict(load_plan(plan)[0]) | {"task": "serve", "train": None, "serve": {
+        "dtype": "bf16", "quant": "none", "kv_dtype": "auto", "context": 4096, "concurrency": 1, "prefill_chunk": 2048,
+        "tp": 1, "gpu_memory_utilization": 0.9, "max_loras": 0, "max_lora_rank": 16}}  # fmt: skip
+    save_plan(PlanFile.model_validate(data), tmp_path / "serve.yaml")
+    error = _error(cli(*train_args(tmp_path / "serve.yaml", FIXTURES / "text.jsonl", tmp_path / "run")))
+    assert "is a serving plan" in error.message
+    error = _error(cli(*train_args(plan, FIXTURES / "text.jsonl", tmp_path / "run"), "--resume"))
+    assert "has no complete checkpoint to resume from" in error.message
+
+
+def test_dry_run_prints_the_command_and_creates_nothing(tmp_path):
+    plan = write_plan(tmp_path / "plan.yaml", cluster="2xrtx4090", gpus=2)
+    result = cli(
+        *train_args(plan, FIXTURES / "chat.jsonl", tmp_path / "run"), "--nproc-per-node", "2", "--dry-run"
+    )
+    assert result.exit_code == 0, result.output
+    assert "torch.distributed.run --nnodes 1 --node-rank 0 --nproc-per-node 2" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_console_script_prints_one_paragraph_and_exits_2(tmp_path):
+    plan = write_plan(tmp_path / "plan.yaml")
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n{"messages": []}\n')
+    result = subprocess.run([sys.executable, "-c", "from swiftplan.cli import main; main()",
+                             *train_args(plan, data, tmp_path / "run")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2
+    stderr = " ".join(result.stderr.split())
+    assert (
+        "error: bad.jsonl line 2: expected a alpaca record like the first one, found keys: messages."
+        in stderr
+    )
+    assert "Traceback" not in result.stderr
