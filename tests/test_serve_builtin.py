@@ -237,7 +237,7 @@ def _post(url: str, path: str, body, *, key: str | None = KEY) -> httpx.Response
         ({"model": "tiny", "prompt": "Hi"}, None, 401, None),
         ({"model": "tiny", "prompt": "Hi"}, "wrong", 401, None),
         ({"model": "nope", "prompt": "Hi"}, KEY, 404, "model"),
-        ({"model": "tiny", "prompt": "Hello world " * 60}, KEY, 400, "messages"),  # longer than the context
+        ({"model": "tiny", "prompt": "Hello world " * 60}, KEY, 400, "prompt"),  # longer than the context
         ({"model": "tiny", "prompt": "Hi", "max_tokens": 0}, KEY, 400, "max_tokens"),
         ({"model": "tiny", "prompt": "Hi", "max_tokens": -3}, KEY, 400, "max_tokens"),
         ({"model": "tiny", "prompt": "Hi", "max_tokens": CONTEXT}, KEY, 400, "max_tokens"),  # prompt + max_tokens > context

@@ -142,13 +142,13 @@ def make_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
                            param="model", code="model_not_found")  # fmt: skip
         return None if model == engine.served_name else model
 
-    def token_budget(prompt_ids: list[int], requested: int | None, default: int | None) -> int:
+    def token_budget(prompt_ids: list[int], requested: int | None, default: int | None, *, param: str) -> int:
         if not prompt_ids:
-            raise ApiError(400, "The prompt is empty.", param="prompt")
+            raise ApiError(400, "The prompt is empty.", param=param)
         room = engine.context - len(prompt_ids)
         if room <= 0:
             raise ApiError(400, f"This model's maximum context length is {engine.context} tokens; the prompt has "
-                           f"{len(prompt_ids)}.", param="messages", code="context_length_exceeded")  # fmt: skip
+                           f"{len(prompt_ids)}.", param=param, code="context_length_exceeded")  # fmt: skip
         max_tokens = requested if requested is not None else min(default or room, room)
         if len(prompt_ids) + max_tokens > engine.context:
             raise ApiError(400, f"This model's maximum context length is {engine.context} tokens; you asked for "
@@ -268,7 +268,7 @@ def make_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
             prompt_ids = [int(t) for t in prompt]
             if any(not 0 <= t < engine.vocab_size for t in prompt_ids):
                 raise ApiError(400, f"Token ids must be in [0, {engine.vocab_size}).", param="prompt")
-        max_tokens = token_budget(prompt_ids, body.max_tokens, _DEFAULT_COMPLETION_TOKENS)
+        max_tokens = token_budget(prompt_ids, body.max_tokens, _DEFAULT_COMPLETION_TOKENS, param="prompt")
         job, events = start(prompt_ids, _params(body, max_tokens), adapter)
         ident, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -297,7 +297,7 @@ def make_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
                 400, "This model's tokenizer has no chat template; use /v1/completions.", param="messages"
             )
         prompt_ids = engine.encode_chat([{"role": m.role, "content": m.text()} for m in body.messages])
-        max_tokens = token_budget(prompt_ids, body.token_limit(), None)
+        max_tokens = token_budget(prompt_ids, body.token_limit(), None, param="messages")
         job, events = start(prompt_ids, _params(body, max_tokens), adapter)
         ident, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
