@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
 from enum import Enum
 from pathlib import Path
 
@@ -161,9 +162,10 @@ def _serve_vllm(target, *, served_name, host, port, loras, api_key, health_timeo
         return
     for note in spec.notes:
         console.print(f"[yellow]note:[/] {note}")
-    code = run_server_process(spec, health_timeout_s=health_timeout, log=print)
-    if code not in (0, -2, 130):  # 0, or stopped by our SIGINT
-        raise typer.Exit(code)
+    stopped = threading.Event()
+    code = run_server_process(spec, health_timeout_s=health_timeout, log=print, stop_when=stopped)
+    if code != 0 and not stopped.is_set():  # vLLM ended by itself, not because we stopped it
+        raise typer.Exit(code if code > 0 else 1)
 
 
 def register(app: typer.Typer) -> None:

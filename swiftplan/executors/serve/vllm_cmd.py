@@ -145,8 +145,9 @@ def run_server_process(
 ) -> int:  # fmt: skip
     """Launch, stream its log, wait for health, serve until it exits or we are asked to stop.
 
-    Ctrl-C, SIGTERM or `stop_when` stop it cleanly (`stop_process`). Returns its exit code; a
-    server that dies or never becomes healthy is a SwiftplanError quoting its last log lines.
+    Ctrl-C, SIGTERM or `stop_when` stop it cleanly (`stop_process`), and leave `stop_when` set so
+    the caller can tell a requested stop from a crash. Returns the exit code; a server that dies or
+    never becomes healthy is a SwiftplanError quoting its last log lines.
     """
     try:
         process = subprocess.Popen(
@@ -191,7 +192,7 @@ def run_server_process(
         while process.poll() is None and not stop_when.wait(0.5):
             pass
     except KeyboardInterrupt:
-        pass
+        stop_when.set()
     finally:
         code = stop_process(process, timeout_s=stop_timeout_s)
         reader.join(5)
