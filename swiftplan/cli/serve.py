@@ -143,7 +143,7 @@ def serve_command(
             for key, value in summary.items():
                 console.print(f"{key}: {value}", highlight=False)
         return
-    run_builtin(options, log=lambda line: console.print(line, highlight=False, markup=False))
+    run_builtin(options, log=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
 
 
 def _serve_vllm(target, *, served_name, host, port, loras, api_key, health_timeout, dry_run, as_json) -> None:  # type: ignore[no-untyped-def]

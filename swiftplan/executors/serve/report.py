@@ -156,8 +156,8 @@ def build_report(
     }
 
 
-def _fmt(value: float | None, unit: str, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
+def _fmt(value: float | None, unit: str) -> str:
+    return "n/a" if value is None else f"{value:.4g}{unit}"
 
 
 def report_line(report: dict[str, Any]) -> str:
@@ -170,10 +170,10 @@ def report_line(report: dict[str, Any]) -> str:
     predicted_memory = None if p["peak_allocated_bytes"] is None else p["peak_allocated_bytes"] / gib
     return (
         f"{m['requests']} requests, {m['completion_tokens']} tokens: "
-        f"TTFT {_fmt(ttft, ' s', 3)} (predicted {_fmt(p['ttft_s'], ' s', 3)}), "
+        f"TTFT {_fmt(ttft, ' s')} (predicted {_fmt(p['ttft_s'], ' s')}), "
         f"decode {_fmt(decode, ' tok/s/user')} (predicted {_fmt(p['per_user_decode_tokens_per_s'], '')}), "
         f"throughput {_fmt(m['tokens_per_s'], ' tok/s')} (predicted {_fmt(p['tokens_per_s'], '')}), "
-        f"{memory_label} {m['memory_bytes'] / gib:.2f} GiB (predicted peak allocated {_fmt(predicted_memory, ' GiB', 2)})"
+        f"{memory_label} {m['memory_bytes'] / gib:.2f} GiB (predicted peak allocated {_fmt(predicted_memory, ' GiB')})"
     )
 
 
