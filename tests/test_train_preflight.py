@@ -118,3 +118,12 @@ def test_console_script_prints_one_paragraph_and_exits_2(tmp_path):
         in stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_cli_import_stays_light():
+    code = (
+        "import sys, swiftplan.cli.train, swiftplan.cli.export, swiftplan.executors.train.prepare\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'deepspeed', 'bitsandbytes') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

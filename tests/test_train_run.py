@@ -51,7 +51,12 @@ def test_loss_falls_and_outputs_are_written(lora_run):
         assert (run / name).is_file(), name
     assert report["measured"]["peak_allocated_bytes"] > 0 and report["measured"]["tokens_per_s"] > 0
     assert report["predicted"]["peak_allocated_bytes"] > 0
-    assert [row["what"].split()[0] for row in report["comparison"]] == ["peak", "device", "tokens/s", "step"]
+    assert [row["what"].split()[0] for row in report["comparison"]] == [
+        "peak",
+        "reserved",
+        "tokens/s",
+        "step",
+    ]
 
 
 def test_record_is_appended_in_the_calibration_format(lora_run):

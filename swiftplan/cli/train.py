@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from swiftplan.cli._output import console, print_json
@@ -166,11 +167,15 @@ def train_command(
         for note in prepared.notes:
             console.print(f"[yellow]note:[/] {note}")
         return
+    notes_to = Console(stderr=True) if as_json else console  # --json keeps stdout one JSON object
     for note in prepared.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        notes_to.print(f"[yellow]note:[/] {note}")
     write_run(prepared, plan)
     with _progress(not as_json and prepared.launch.mode == "single") as progress:
         report = execute(prepared, progress=progress)
+    if report is None:  # a node other than 0: rank 0 writes the report on its node
+        console.print(f"node {node_rank} finished; the run report is written on node 0.")
+        return
     if record:
         from swiftplan.executors.train.report import record_measurement
 

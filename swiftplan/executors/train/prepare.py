@@ -207,8 +207,8 @@ def write_run(prepared: PreparedRun, plan_path: Path) -> None:
     write_files(prepared.launch, run_dir)
 
 
-def execute(prepared: PreparedRun, *, progress: Any = None) -> dict[str, Any]:
-    """Run the rendered launch (in this process, or torchrun) and return run_report.json."""
+def execute(prepared: PreparedRun, *, progress: Any = None) -> dict[str, Any] | None:
+    """Run the rendered launch (in this process, or torchrun) and return run_report.json (None off node 0)."""
     import json
 
     from swiftplan.executors.train.launch import run_subprocess
@@ -216,8 +216,7 @@ def execute(prepared: PreparedRun, *, progress: Any = None) -> dict[str, Any]:
     if prepared.launch.mode == "single":
         from swiftplan.executors.train.worker import train
 
-        report = train(prepared.run_dir, progress=progress)
-        assert report is not None
-        return report
+        return train(prepared.run_dir, progress=progress)
     run_subprocess(prepared.launch, log=prepared.run_dir / "train.log")
-    return json.loads((prepared.run_dir / "run_report.json").read_text())
+    report = prepared.run_dir / "run_report.json"
+    return json.loads(report.read_text()) if report.is_file() else None

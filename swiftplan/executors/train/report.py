@@ -79,7 +79,7 @@ def comparison(predicted: dict[str, Any], measured: dict[str, Any]) -> list[dict
     """Rows of predicted vs measured with the ratio measured/predicted (None where either is missing)."""
     pairs = [
         ("peak allocated per device (bytes)", predicted.get("peak_allocated_bytes"), measured.get("peak_allocated_bytes")),
-        ("device total / reserved per device (bytes)", predicted.get("device_total_bytes"), measured.get("peak_reserved_bytes")),
+        ("reserved (device total) per device (bytes)", predicted.get("device_total_bytes"), measured.get("peak_reserved_bytes")),
         ("tokens/s (all devices)", predicted.get("tokens_per_s"), measured.get("tokens_per_s")),
         ("step time (s)", predicted.get("step_time_s"), measured.get("step_time_s")),
     ]  # fmt: skip
