@@ -81,6 +81,10 @@ def run_fit(
             attention=attention,
         )
         _validate_targets(spec, pins)
+        from swiftplan.planner.capabilities import check
+
+        if reasons := check(cluster.accelerator, attention=attention):
+            raise SwiftplanError(" ".join(reasons), hint="Use --attention sdpa.")
         space: Any = build_train_space(spec, cluster, pins)
         evaluator: Any = TrainEvaluator(
             spec, cluster, workload, space, headroom=headroom, host_ram_bytes=host_bytes
