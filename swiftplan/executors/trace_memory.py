@@ -23,16 +23,9 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-CATEGORIES = (
-    "weights",
-    "adapters",
-    "gradients",
-    "optimizer",
-    "master_weights",
-    "activations",
-    "logits",
-    "kv_cache",
-)
+from swiftplan.planner.breakdown import TENSOR_TERMS
+
+CATEGORIES = TENSOR_TERMS
 """Every category a storage can be in; `TraceResult.at_peak` has exactly these keys."""
 
 CUDA_BLOCK_BYTES = 512

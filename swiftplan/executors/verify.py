@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from swiftplan.executors.trace import TraceResult, trace_serving, trace_training
+from swiftplan.planner.breakdown import TENSOR_TERMS
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.serve_memory import ServeMemory, serve_memory
 from swiftplan.planner.setup import ServeSetup, TrainSetup
 from swiftplan.planner.train_memory import TrainMemory, train_memory
 
-TERMS = ("weights", "adapters", "gradients", "optimizer", "master_weights", "activations", "logits", "kv_cache")
+TERMS = TENSOR_TERMS
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -84,7 +85,9 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2) -> Co
         traced_setup = replace(setup, method="lora", quant="none")
     optimizer = setup.optimizer
     if optimizer in ("adamw-8bit", "paged-adamw-8bit"):
-        notes.append(f"{optimizer} is not traceable: traced with adamw and the analytic 8-bit state substituted")
+        notes.append(
+            f"{optimizer} is not traceable: traced with adamw and the analytic 8-bit state substituted"
+        )
         optimizer = "adamw"
     if setup.parallel.tp > 1 or setup.parallel.pp > 1 or setup.parallel.zero:
         notes.append("parallelism is not traced: both figures are for a single device without sharding")
@@ -138,7 +141,11 @@ def verify_serving(spec: ModelSpec, setup: ServeSetup, *, decode_steps: int = 1)
     """
     prompt = setup.context - decode_steps
     trace = trace_serving(
-        dict(spec.hf_config), dtype=setup.dtype, batch=setup.concurrency, prompt_len=prompt, decode_steps=decode_steps
+        dict(spec.hf_config),
+        dtype=setup.dtype,
+        batch=setup.concurrency,
+        prompt_len=prompt,
+        decode_steps=decode_steps,
     )
     analytic: ServeMemory = serve_memory(
         spec, replace(setup, prefill_chunk=setup.concurrency * prompt), device_memory_bytes=10**15

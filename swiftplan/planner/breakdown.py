@@ -4,6 +4,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+TENSOR_TERMS = (
+    "weights",
+    "adapters",
+    "gradients",
+    "optimizer",
+    "master_weights",
+    "activations",
+    "logits",
+    "kv_cache",
+)
+"""The breakdown terms that are tensors (what a trace can see), in display order."""
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Term:
@@ -66,14 +78,4 @@ class MemoryBreakdown:
 
     def dominant(self) -> str:
         """Name of the largest term that counts toward the peak."""
-        names = (
-            "weights",
-            "adapters",
-            "gradients",
-            "optimizer",
-            "master_weights",
-            "activations",
-            "logits",
-            "kv_cache",
-        )
-        return max(names, key=lambda name: getattr(self, name))
+        return max(TENSOR_TERMS, key=lambda name: getattr(self, name))
