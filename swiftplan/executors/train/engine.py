@@ -184,6 +184,7 @@ class DeepSpeedEngine:
     def save(self, checkpoint: Path, *, rank: int) -> None:
         import torch
 
+        checkpoint.mkdir(parents=True, exist_ok=True)
         self.engine.save_checkpoint(str(checkpoint), tag="deepspeed")
         torch.save(rng_state(self.device.type), checkpoint / f"rng-rank{rank}.pt")
 
