@@ -1,0 +1,391 @@
+"""Published rows as planner questions: the name, GPU and unit mappings, the assumptions a row needs,
+and the parsing of the CSV's free-text columns (used by `published_accuracy.py`).
+
+Every mapping and assumption carries its reason, which the report prints next to the row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from swiftplan.planner.architecture import total_params
+from swiftplan.planner.hardware import Cluster, parse_cluster
+from swiftplan.planner.model_catalog import catalog_spec, find_catalog_id
+from swiftplan.planner.setup import LoraSetup, Parallelism, ServeSetup, TrainSetup
+
+GiB, GB, MB = 2**30, 10**9, 10**6
+
+# Published names → catalog ids, where find_catalog_id does not already know the name, with why the
+# catalog model stands for it.
+MODEL_NAMES: dict[str, tuple[str, str]] = {
+    "Llama-2-7B": ("meta-llama/Llama-2-7b-hf", ""),
+    "Llama-2-13B": ("meta-llama/Llama-2-13b-hf", ""),
+    "Llama-2-70B": ("meta-llama/Llama-2-70b-hf", ""),
+    "Llama-2-70B-chat": ("meta-llama/Llama-2-70b-hf", "chat fine-tune of Llama-2-70B (same shapes)"),
+    "Meta-Llama-3-8B-Instruct": (
+        "meta-llama/Meta-Llama-3-8B",
+        "instruct fine-tune of Meta-Llama-3-8B (same shapes)",
+    ),
+    "Llama-3.1-8B-Instruct": ("meta-llama/Llama-3.1-8B", "instruct fine-tune of Llama-3.1-8B (same shapes)"),
+    "Llama-3.3-70B-Instruct": ("meta-llama/Llama-3.1-70B", "Llama-3.3-70B has Llama-3.1-70B's architecture"),
+    "LLaMA-7B (decapoda)": (
+        "meta-llama/Llama-2-7b-hf",
+        "LLaMA-1 7B has Llama-2-7B's shapes (32 x 4096, MLP 11008, vocab 32000)",
+    ),
+    "LLaMA-13B (decapoda)": (
+        "meta-llama/Llama-2-13b-hf",
+        "LLaMA-1 13B has Llama-2-13B's shapes (40 x 5120, MLP 13824, vocab 32000)",
+    ),
+    "Qwen-7B-Chat": ("Qwen/Qwen-7B", "chat fine-tune of Qwen-7B (same shapes)"),
+    "Qwen-7B-Chat-Int4": ("Qwen/Qwen-7B", "GPTQ-int4 export of Qwen-7B-Chat (same shapes)"),
+    "Qwen-72B-Chat-Int4": ("Qwen/Qwen-72B", "GPTQ-int4 export of Qwen-72B-Chat (same shapes)"),
+}
+# Nominal sizes in rule-of-thumb rows: a catalog model of that class, its terms scaled to the nominal size.
+GENERIC_MODELS: dict[str, str] = {
+    "7B (generic)": "meta-llama/Llama-2-7b-hf",
+    "7.5B (generic)": "meta-llama/Llama-2-7b-hf",
+    "70B (generic)": "meta-llama/Llama-2-70b-hf",
+}
+UNSUPPORTED_MODELS: dict[str, str] = {
+    "bigscience/T0_3B": "encoder-decoder (T5); the planner models decoder-only causal LMs",
+    "bigscience/mt0-xxl": "encoder-decoder (mT5); the planner models decoder-only causal LMs",
+    "t5-3b": "encoder-decoder (T5); the planner models decoder-only causal LMs",
+    "bigcode/octocoder": "StarCoder (GPTBigCode, multi-query attention) is not in the catalog",
+    "LLaMA-65B": "LLaMA-65B (80 x 8192, MLP 22016, no GQA) is not in the catalog",
+}
+GPU_NAMES: dict[str, str] = {
+    "RTX 4090 24GB": "rtx4090",
+    "RTX 3090 24GB": "rtx3090",
+    "A100 80GB": "a100-80gb-sxm",
+    "A100-SXM4-80GB": "a100-80gb-sxm",
+    "A100-SXM 40GB": "a100-40gb-sxm",
+    "T4 16GB": "t4",
+    "AMD MI300X 192GB": "mi300x",
+    "A100": "a100-80gb-sxm",  # capacity not stated: only speed is compared (same bf16 rate at 40/80 GB)
+    "80GB GPU": "a100-80gb-sxm",
+    "48GB GPU": "rtxa6000",
+    "": "a100-80gb-sxm",  # rule-of-thumb rows name no GPU; their terms do not depend on it
+}
+UNIT_OVERRIDES: dict[str, tuple[int, str]] = {
+    "iss-01": (GiB, "'13G' read off nvidia-smi, which counts MiB: taken as GiB"),
+    "est-03": (GiB, "the blog writes GB but its arithmetic is GiB (320 KiB x 128,000 tokens = 39.06 GiB)"),
+}
+
+# What a row leaves unsaid and we must assume, per row id, with the reason shown in the report. Keys are
+# TrainSetup/LoraSetup/ServeSetup fields, plus `tokens` (kv_cache_gb rows).
+ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "tt2-02": ({"lora_dropout": 0.0}, "torchtune LoRA has no dropout by default; seq 2048 taken as filled"),
+    "tt2-04": (
+        {"lora_dropout": 0.0},
+        "torchtune LoRA has no dropout; CSV seq 4096 used (its note says 2048)",
+    ),
+    "ttlora-01": (
+        {"lora_dropout": 0.0},
+        "seq 512 is a truncation cap (alpaca samples are shorter): upper bound",
+    ),
+    "ttlora-02": (
+        {"lora_dropout": 0.0},
+        "seq 512 is a cap; the LM-head adapter is r64 × (4096 + 32000) = 2.3M params, ~37 MB with its states",
+    ),
+    "tt-readme-01": ({"lora_dropout": 0.0}, "seq 512 is a truncation cap: upper bound"),
+    "hf4-01": (
+        {"lora_rank": 8, "lora_dropout": 0.0, "double_quant": False, "attention": "eager"},
+        "LoRA unstated: peft defaults (r 8 on q_proj,v_proj); bitsandbytes default (no double quant); eager attention (transformers 4.30)",
+    ),
+    "hf4-02": (
+        {"lora_rank": 8, "lora_dropout": 0.0, "double_quant": False, "attention": "eager"},
+        "LoRA unstated: peft defaults (r 8 on q_proj,v_proj); no double quant; eager attention (transformers 4.30)",
+    ),
+    "hf4-03": (
+        {"lora_rank": 8, "lora_dropout": 0.0, "double_quant": False, "attention": "eager"},
+        "LoRA unstated: peft defaults (r 8 on q_proj,v_proj); no double quant (the row's point); eager attention",
+    ),
+    "lf-01": (
+        {"lora_dropout": 0.1, "attention": "eager"},
+        "LLaMA-Factory defaults then (dropout 0.1); HF eager attention; seq 1024 a cap",
+    ),
+    "lf-02": ({"lora_dropout": 0.1, "attention": "eager"}, "LLaMA-Factory defaults then; HF eager attention"),
+    "lf-03": (
+        {"lora_dropout": 0.1, "attention": "eager", "double_quant": True},
+        "LLaMA-Factory defaults then (double quantization on, dropout 0.1); eager attention; seq 1024 a cap",
+    ),
+    "us-01": (
+        {"lora_dropout": 0.0, "grad_ckpt": True, "attention": "flash", "double_quant": False},
+        "HF + FA2 baseline: checkpointing on (no 28k context fits 80 GB without it), dropout 0, no double quant",
+    ),
+    "us-02": (
+        {"lora_dropout": 0.0, "grad_ckpt": True, "attention": "flash", "double_quant": False},
+        "HF + FA2 baseline: checkpointing on, dropout 0, no double quant",
+    ),
+    "iss-01": ({}, "seq 1024 is a cutoff (demo data mostly shorter): upper bound"),
+    "iss-02": ({"prefill_chunk": 384}, "Meta reference code: KV for 8 x 384 pre-allocated, short prompts"),
+    "iss-03": ({"context": 512, "prefill_chunk": 512}, "chat prompt length not stated: 512 tokens assumed"),
+    "iss-04": ({"context": 512, "prefill_chunk": 512}, "chat prompt length not stated: 512 tokens assumed"),
+    "vllm-01": (
+        {"context": 8192, "prefill_chunk": 8192},
+        "vLLM profiles max_num_batched_tokens = max_model_len = 8192 tokens (no chunked prefill)",
+    ),
+    "vllm-02": (
+        {"context": 8192, "prefill_chunk": 8192},
+        "vLLM profiles max_num_batched_tokens = max_model_len = 8192 tokens (no chunked prefill)",
+    ),
+    "est-02": (
+        {"double_quant": True},
+        "4-bit taken as NF4 with double quantization (LLaMA-Factory's QLoRA default)",
+    ),
+    "est-03": ({"tokens": 128_000}, "the blog's '128k' is 128,000 tokens (its 39.06 figure), not 131,072"),
+    **{
+        f"qwen-0{i}": (
+            {},
+            "DeepSpeed fp16: adapters counted in fp32 (peft); ZeRO-2's 2e8-element buckets not modelled",
+        )
+        for i in (4, 5, 6, 7)
+    },
+}
+# What a whole source states (not assumed), by id prefix; a row's own ASSUMPTIONS win.
+SOURCE_SETTINGS: dict[str, dict[str, Any]] = {
+    "qwen-": {
+        "attention": "flash",
+        "lora_dropout": 0.05,
+    },  # README: flash-attention 2; finetune.py: dropout 0.05
+    "hfq-": {"attention": "eager"},  # transformers of Aug 2023 had no SDPA path for Llama
+}
+
+
+class Skip(Exception):
+    """A row the planner cannot express; the message says why."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Expressed:
+    """A published row turned into a planner question."""
+
+    model_id: str
+    """Catalog id of the model estimated."""
+    setup: TrainSetup | ServeSetup
+    """The configuration."""
+    cluster: Cluster
+    """The hardware."""
+    scale: float = 1.0
+    """Rule-of-thumb rows: nominal params / catalog model params (terms are scaled by it)."""
+    notes: tuple[str, ...] = field(default=())
+    """Mappings and assumptions made to express the row."""
+
+
+# --- parsing the free-text columns --------------------------------------------------------------------
+
+
+def parse_int(text: str, default: int | None = None) -> int:
+    text = text.strip()
+    if not text:
+        if default is None:
+            raise Skip("a required number is blank")
+        return default
+    return int(float(text))
+
+
+def _model(row: dict[str, str]) -> tuple[str, float, list[str]]:
+    name = row["model"].strip()
+    if name in UNSUPPORTED_MODELS:
+        raise Skip(UNSUPPORTED_MODELS[name])
+    if name in GENERIC_MODELS:
+        model_id = GENERIC_MODELS[name]
+        scale = float(row["params_b"]) * 1e9 / total_params(catalog_spec(model_id))
+        return model_id, scale, [f"'{name}': terms of {model_id} scaled to {row['params_b']}B params"]
+    if name in MODEL_NAMES:
+        model_id, why = MODEL_NAMES[name]
+        return model_id, 1.0, [f"{name} → {model_id}" + (f" ({why})" if why else "")]
+    model_id = find_catalog_id(name)
+    if model_id is None:
+        raise Skip(f"{name} is not in the catalog")
+    return model_id, 1.0, []
+
+
+def _quant(text: str) -> tuple[str, bool]:
+    """(planner quant, double_quant) for a quant cell."""
+    t = text.lower()
+    if "torchao" in t:
+        raise Skip(
+            "torchtune's torchao NF4 tensors (bf16 LoRA, torch.compile) are not the bitsandbytes layout modelled"
+        )
+    if t in ("", "none") or "kv cache" in t:
+        return "none", False
+    if "gptq" in t:
+        return "gptq", False
+    if "int8" in t:
+        return "int8", False
+    if "nf4" in t or "4-bit" in t or "4bit" in t:
+        return "nf4", "double" in t
+    raise Skip(f"quantization {text!r} is not one the planner models")
+
+
+def _targets(text: str) -> tuple[tuple[str, ...], list[str]]:
+    t = text.split("(")[0].strip().lower()
+    if not t:
+        return ("q_proj", "v_proj"), ["LoRA targets unstated: q_proj,v_proj (peft's default for Llama)"]
+    if t in ("all linear", "all-linear"):
+        return ("all-linear",), []
+    short = {
+        "q": "q_proj",
+        "k": "k_proj",
+        "v": "v_proj",
+        "o": "o_proj",
+        "gate": "gate_proj",
+        "up": "up_proj",
+        "down": "down_proj",
+    }
+    names = [short.get(p.strip(), p.strip()) for p in t.split(",") if p.strip()]
+    notes = []
+    if "lm_head" in names:
+        names.remove("lm_head")
+        notes.append("lm_head adapter not modelled (dropped)")
+    return tuple(names), notes
+
+
+def _optimizer(text: str) -> tuple[str, list[str]]:
+    t = text.lower()
+    if "optimizer_in_bwd" in t:
+        raise Skip(
+            "optimizer step fused into backward (optimizer_in_bwd) frees gradients per layer: not modelled"
+        )
+    if "paged" in t:
+        if "8bit" in t or "8-bit" in t:
+            return "paged-adamw-8bit", []
+        raise Skip(
+            "bitsandbytes paged AdamW keeps fp32 states in unified memory that the driver evicts to host under "
+            "pressure, so device usage is not a function of the set-up"
+        )
+    if t == "" or "adam" in t:
+        return "adamw", []
+    raise Skip(f"optimizer {text!r} is not modelled")
+
+
+def _precision(text: str, method: str) -> str:
+    t = text.lower()
+    if "amp" in t:
+        if method == "full":
+            return "amp-fp16" if "fp16" in t else "amp-bf16"
+        return "fp16" if "fp16" in t else "bf16"  # LoRA: a 16-bit base with fp32 adapters either way
+    if t.startswith("fp32"):
+        return "fp32"
+    if t.startswith("fp16"):
+        return "fp16"
+    return "bf16"
+
+
+def _parallel(text: str) -> tuple[Parallelism, int]:
+    """(Parallelism, serving tp) for a parallel cell."""
+    t = text.lower()
+    offload = "optimizer+params" if "offload" in t and ("param" in t or "offload_config" in t) else "none"
+    if t in ("", "single"):
+        return Parallelism(), 1
+    if t.startswith("fsdp") or "zero3" in t:
+        return Parallelism(zero=3, offload=offload), 1  # type: ignore[arg-type]
+    if "zero2" in t:
+        return Parallelism(zero=2), 1
+    if "zero1" in t:
+        return Parallelism(zero=1), 1
+    if t.startswith("tp"):
+        return Parallelism(), 0  # serving: tp = the GPU count
+    raise Skip(f"parallel layout {text!r} is not modelled")
+
+
+def _cluster(row: dict[str, str]) -> Cluster:
+    gpu = row["gpu"].strip()
+    if gpu not in GPU_NAMES:
+        raise Skip(f"GPU {gpu!r} has no catalog mapping")
+    n = parse_int(row["num_gpus"], 1)
+    if n > 8 and n % 8 == 0:
+        return parse_cluster(f"{n // 8}x8x{GPU_NAMES[gpu]}")
+    return parse_cluster(f"{n}x{GPU_NAMES[gpu]}")
+
+
+def express(row: dict[str, str]) -> Expressed:
+    """The planner question a published row asks; raises Skip with the reason when it cannot be asked."""
+    model_id, scale, notes = _model(row)
+    own, why = ASSUMPTIONS.get(row["id"], ({}, ""))
+    stated = next((v for prefix, v in SOURCE_SETTINGS.items() if row["id"].startswith(prefix)), {})
+    assumed = {**stated, **own}
+    notes += [why] if why else []
+    cluster = _cluster(row)
+    quant, double_quant = _quant(row["quant"])
+    double_quant = assumed.get("double_quant", double_quant)
+    method = row["method"].strip().lower()
+    parallel, serve_tp = _parallel(row["parallel"])
+    if method.startswith("inference"):
+        kv_fp8 = "fp8 kv" in (row["quant"] + " " + row["precision"]).lower()
+        batch = parse_int(row["batch"], 1)
+        context = assumed.get("context", parse_int(row["seq_len"], 2048))
+        setup: TrainSetup | ServeSetup = ServeSetup(
+            dtype="bf16" if row["precision"].lower().startswith("bf16") else "fp16",
+            quant=quant,  # type: ignore[arg-type]
+            kv_dtype="fp8" if kv_fp8 else "auto",
+            context=context,
+            concurrency=batch,
+            prefill_chunk=assumed.get("prefill_chunk", batch * context),
+            tp=serve_tp or cluster.world_size,
+        )
+        return Expressed(model_id=model_id, setup=setup, cluster=cluster, notes=tuple(dict.fromkeys(notes)))
+    if method not in ("full", "lora", "qlora"):
+        raise Skip(f"method {row['method']!r} is not modelled")
+    if method == "lora" and quant == "nf4":
+        method = "qlora"
+    optimizer, opt_notes = _optimizer(row["optimizer"])
+    lora = None
+    if method != "full":
+        targets, target_notes = _targets(row["lora_targets"])
+        notes += target_notes + opt_notes
+        if not row["lora_rank"].strip() and "lora_rank" not in assumed:
+            notes.append("LoRA rank unstated: 16")
+        lora = LoraSetup(
+            rank=assumed.get("lora_rank", parse_int(row["lora_rank"], 16)),
+            targets=targets,
+            dropout=assumed.get("lora_dropout", 0.0),
+        )
+    attention = assumed.get("attention", "sdpa")
+    grad_ckpt = row["grad_ckpt"].strip().lower()
+    setup = TrainSetup(
+        method=method,  # type: ignore[arg-type]
+        precision=_precision(row["precision"], method),  # type: ignore[arg-type]
+        quant=quant,  # type: ignore[arg-type]
+        double_quant=double_quant,
+        lora=lora,
+        optimizer=optimizer,  # type: ignore[arg-type]
+        micro_batch=parse_int(row["batch"], 1),
+        seq_len=parse_int(row["seq_len"], 2048),
+        grad_ckpt=assumed.get("grad_ckpt", grad_ckpt != "false"),
+        attention=attention,
+        parallel=parallel,
+    )
+    return Expressed(
+        model_id=model_id, setup=setup, cluster=cluster, scale=scale, notes=tuple(dict.fromkeys(notes))
+    )
+
+
+# --- comparing -----------------------------------------------------------------------------------------
+
+
+def config_summary(expressed: Expressed) -> str:
+    """One-line description of what was estimated."""
+    s, c = expressed.setup, expressed.cluster
+    gpus = f"{c.world_size}×{c.accelerator.id}"
+    if isinstance(s, ServeSetup):
+        kv = " kv-fp8" if s.kv_dtype == "fp8" else ""
+        quant = f" {s.quant}" if s.quant != "none" else ""
+        return f"serve {s.dtype}{quant}{kv} {s.concurrency}×{s.context} tp{s.tp} on {gpus}"
+    lora = ""
+    if s.lora is not None and s.trains_adapters:
+        t = "all-linear" if s.lora.all_linear else ",".join(x.removesuffix("_proj") for x in s.lora.targets)
+        lora = f" r{s.lora.rank} {t}" + (f" drop{s.lora.dropout:g}" if s.lora.dropout else "")
+    quant = (
+        f" {s.quant}" + ("+dq" if s.double_quant and s.quant in ("nf4", "fp4") else "")
+        if s.quant != "none"
+        else ""
+    )
+    par = s.parallel
+    zero = (
+        f" zero{par.zero}" + (f" offload {par.offload}" if par.offload != "none" else "") if par.zero else ""
+    )
+    ckpt = " ckpt" if s.grad_ckpt else ""
+    return f"{s.method} {s.precision}{quant}{lora} {s.optimizer} b{s.micro_batch}×{s.seq_len}{ckpt} {s.attention}{zero} on {gpus}"
