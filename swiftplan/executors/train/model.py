@@ -2,7 +2,8 @@
 
 Precision follows `swiftplan.planner.dtypes`: bf16/fp16/fp32 load the model in that dtype and train
 without autocast; amp-bf16/amp-fp16 load it in fp32 and the loop autocasts. QLoRA/int8 load through
-`BitsAndBytesConfig`; LoRA through peft (`prepare_model_for_kbit_training` on a k-bit base); gradient
+`BitsAndBytesConfig`; LoRA through peft (a k-bit base is prepared without peft's fp32 upcast, see
+`prepare_kbit_base`); gradient
 checkpointing is non-reentrant. Nothing here decides a setting the plan already fixed.
 """
 
@@ -132,16 +133,30 @@ def enable_checkpointing(net: Any) -> None:
         net.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def prepare_kbit_base(net: Any, *, grad_ckpt: bool) -> Any:
+    """What peft's `prepare_model_for_kbit_training` does for a k-bit base, minus its fp32 upcast.
+
+    peft casts every non-quantized parameter (embeddings, LM head, norms, and with transformers 5
+    the fused MoE experts) to fp32, which costs 2 extra bytes per such parameter and makes the
+    residual stream fp32. swiftplan's memory model (and torchtune/Unsloth) keep them in the compute
+    dtype, so the plan's prediction holds: freeze the base, let inputs carry gradients for
+    checkpointing, and enable checkpointing as planned.
+    """
+    for param in net.parameters():
+        param.requires_grad_(False)
+    if grad_ckpt:
+        net.enable_input_require_grads()
+        enable_checkpointing(net)
+    return net
+
+
 def _wrap_lora(net: Any, setup: TrainSetup, *, kbit: bool) -> Any:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
     lora = setup.lora
     assert lora is not None
-    ckpt_kwargs = {"use_reentrant": False}
     if kbit:
-        net = prepare_model_for_kbit_training(
-            net, use_gradient_checkpointing=setup.grad_ckpt, gradient_checkpointing_kwargs=ckpt_kwargs
-        )
+        net = prepare_kbit_base(net, grad_ckpt=setup.grad_ckpt)
     elif setup.grad_ckpt:
         enable_checkpointing(net)
     config = LoraConfig(
