@@ -33,6 +33,7 @@ _COMMAND_MODULES = [
     "train",
     "export",
     "serve",
+    "dash",
 ]
 
 

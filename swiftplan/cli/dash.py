@@ -1,0 +1,57 @@
+"""`swiftplan dash`: the Textual dashboard (probe, job form, live search, plan view, run monitor)."""
+
+from __future__ import annotations
+
+import typer
+
+from swiftplan.errors import SwiftplanError
+
+EPILOG = """
+Examples:
+
+  swiftplan dash                                   (probes this machine first)
+
+  swiftplan dash --gpus 4xA100-80G --model Qwen/Qwen2.5-14B
+
+  swiftplan dash --run runs/qwen-20260101-120000   (opens the run monitor on a training run)
+
+Keys: 1-5 switch tabs (esc leaves a text field first), ctrl+r searches, c picks GPUs from the
+catalog, s saves the selected plan, y copies the command that runs it, f follows a run, ctrl+q quits.
+Needs the tui extra: pip install 'swiftplan[tui]'.
+"""
+
+
+def dash_command(
+    gpus: str = typer.Option(
+        None,
+        "--gpus",
+        help="Start with a catalog cluster (rtx4090, 4xA100-80G, 2x8xH100) instead of probing.",
+    ),
+    model: str = typer.Option(None, "--model", help="Prefill the job form's model."),
+    run: str = typer.Option(None, "--run", help="Open this training run directory in the run monitor."),
+    plan_path: str = typer.Option("plan.yaml", "--plan-path", help="Where saving a plan proposes to write."),
+    no_probe: bool = typer.Option(False, "--no-probe", help="Do not probe this machine's accelerators."),
+) -> None:
+    """Plan interactively: hardware, job, live search, plan, and a run against its plan."""
+    try:
+        from swiftplan.tui.app import make_app
+    except ImportError as error:
+        raise SwiftplanError(
+            f"The dashboard needs Textual ({error.name or 'textual'} is not installed).",
+            hint="pip install 'swiftplan[tui]'",
+        ) from error
+    from swiftplan.executors.probe import probe
+
+    app = make_app(
+        probe=None if no_probe else probe,
+        gpus=gpus,
+        model=model,
+        run_dir=run,
+        plan_path=plan_path,
+    )
+    app.run()
+
+
+def register(app: typer.Typer) -> None:
+    """Add `dash` to the CLI."""
+    app.command("dash", epilog=EPILOG)(dash_command)

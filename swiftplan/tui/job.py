@@ -1,0 +1,206 @@
+"""The job form's values, checked and turned into what the search needs. Pure.
+
+The form hands over its fields as text (`FORM_DEFAULTS` has every key); `parse_job` turns them into
+a `JobRequest` or raises one `SwiftplanError` naming the field, which the dashboard shows next to the
+form. The options mean what `swiftplan fit`'s flags of the same name mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.units import parse_token_count
+
+DEFAULT_HOST_RAM_BYTES = 64 * 2**30
+"""Host RAM per node assumed for offload with a catalog cluster (as `swiftplan fit`'s --host-ram default)."""
+
+FORM_DEFAULTS: dict[str, str] = {
+    "model": "",
+    "task": "train",
+    "objective": "auto",
+    "method": "any",
+    "quant": "any",
+    "rank": "",
+    "seq": "2048",
+    "global_batch": "16",
+    "dataset_tokens": "100M",
+    "epochs": "1",
+    "context": "4096",
+    "concurrency": "auto",
+    "seed": "0",
+    "trials": "auto",
+    "pareto": "no",
+}
+"""Every form field and its initial text."""
+
+METHOD_CHOICES = ("any", "full", "lora", "qlora", "lora,qlora")
+QUANT_CHOICES = ("any", "none", "nf4", "int8")
+OBJECTIVE_CHOICES = ("auto", "time", "cost", "throughput")
+TASK_CHOICES = ("train", "serve")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobRequest:
+    """A checked job: what to plan and how to search."""
+
+    model: str
+    """Catalog name or alias, hub id, or local config path."""
+    task: Literal["train", "serve"]
+    """Fine-tune or serve."""
+    objective: Literal["time", "cost", "throughput"]
+    """What the search optimises."""
+    pareto: bool
+    """Return the Pareto front instead of one winner."""
+    methods: tuple[str, ...] | None
+    """Allowed methods (None: all)."""
+    quants: tuple[str, ...] | None
+    """Allowed base/weight quantizations (None: all)."""
+    ranks: tuple[int, ...] | None
+    """LoRA ranks (None: the default, 16; 'auto' gives the searched list)."""
+    seq_len: int
+    """Training tokens per sequence."""
+    global_batch: int
+    """Sequences per optimizer step."""
+    dataset_tokens: int
+    """Tokens in one epoch."""
+    epochs: float
+    """Passes over the data."""
+    context: int
+    """Serving tokens per sequence."""
+    concurrency: int | None
+    """Serving sequences at once (None: as many as fit)."""
+    seed: int
+    """Sampler seed."""
+    trials: int | None
+    """Distinct plans to evaluate (None: decided by the size of the space)."""
+
+
+def _positive_int(name: str, text: str) -> int:
+    try:
+        value = int(text.strip().replace("_", "").replace(",", ""))
+    except ValueError:
+        raise SwiftplanError(f"{name} must be a whole number, got {text!r}.") from None
+    if value < 1:
+        raise SwiftplanError(f"{name} must be at least 1, got {value}.")
+    return value
+
+
+def _optional_int(name: str, text: str) -> int | None:
+    return None if text.strip().lower() in ("", "auto") else _positive_int(name, text)
+
+
+def _choices(text: str) -> tuple[str, ...] | None:
+    items = tuple(part.strip() for part in text.split(",") if part.strip())
+    return None if not items or items == ("any",) else items
+
+
+def _ranks(text: str) -> tuple[int, ...] | None:
+    if text.strip().lower() == "auto":
+        from swiftplan.planner.search.space import RANKS
+
+        return RANKS
+    items = _choices(text)
+    return None if items is None else tuple(_positive_int("LoRA rank", item) for item in items)
+
+
+def parse_job(fields: Mapping[str, str]) -> JobRequest:
+    """Check the form's text fields; one SwiftplanError naming the first bad field."""
+    raw = {**FORM_DEFAULTS, **fields}
+    model = raw["model"].strip()
+    if not model:
+        raise SwiftplanError(
+            "No model: type a catalog name (e.g. Qwen/Qwen2.5-7B), a hub id or a path to a config.json.",
+            hint="Suggestions appear as you type; press → to accept one.",
+        )
+    task = raw["task"]
+    if task not in TASK_CHOICES:
+        raise SwiftplanError(f"Task must be train or serve, got {task!r}.")
+    objective = raw["objective"]
+    if objective == "auto":
+        objective = "throughput" if task == "serve" else "time"
+    if objective not in OBJECTIVE_CHOICES[1:]:
+        raise SwiftplanError(f"Objective must be time, cost or throughput, got {objective!r}.")
+    try:
+        dataset_tokens = parse_token_count(raw["dataset_tokens"])
+    except ValueError:
+        raise SwiftplanError(
+            f"Dataset tokens must be a count such as 50M, 1.5B or 200k, got {raw['dataset_tokens']!r}."
+        ) from None
+    if dataset_tokens <= 0:
+        raise SwiftplanError(f"Dataset tokens must be positive, got {raw['dataset_tokens']!r}.")
+    try:
+        epochs = float(raw["epochs"])
+    except ValueError:
+        raise SwiftplanError(f"Epochs must be a number, got {raw['epochs']!r}.") from None
+    if epochs <= 0:
+        raise SwiftplanError(f"Epochs must be positive, got {raw['epochs']!r}.")
+    try:
+        seed = int(raw["seed"])
+    except ValueError:
+        raise SwiftplanError(f"Seed must be a whole number, got {raw['seed']!r}.") from None
+    return JobRequest(
+        model=model,
+        task=task,  # type: ignore[arg-type]
+        objective=objective,  # type: ignore[arg-type]
+        pareto=raw["pareto"] == "yes",
+        methods=_choices(raw["method"]),
+        quants=_choices(raw["quant"]),
+        ranks=_ranks(raw["rank"]),
+        seq_len=_positive_int("Sequence length", raw["seq"]),
+        global_batch=_positive_int("Global batch", raw["global_batch"]),
+        dataset_tokens=dataset_tokens,
+        epochs=epochs,
+        context=_positive_int("Context", raw["context"]),
+        concurrency=_optional_int("Concurrency", raw["concurrency"]),
+        seed=seed,
+        trials=_optional_int("Trials", raw["trials"]),
+    )
+
+
+def model_choices() -> tuple[str, ...]:
+    """Names the model field suggests: every catalog hub id, then the aliases."""
+    from swiftplan.planner.model_catalog import catalog
+
+    entries = catalog().values()
+    names = [entry.model_id for entry in entries]
+    names += [alias for entry in entries for alias in entry.aliases]
+    return tuple(dict.fromkeys(names))
+
+
+def _params(count: int) -> str:
+    return f"{count / 1e9:.2f} B" if count >= 1e9 else f"{count / 1e6:.1f} M"
+
+
+def describe_model(name: str) -> str:
+    """One line about a model name, without the network: catalog entry, local file, or neither."""
+    from pathlib import Path
+
+    from swiftplan.planner.architecture import total_params
+    from swiftplan.planner.model_catalog import catalog, catalog_spec, close_matches, find_catalog_id
+
+    name = name.strip()
+    if not name:
+        return "type a catalog name, a hub id or a path to config.json"
+    path = Path(name).expanduser()
+    if path.exists():
+        from swiftplan.executors.model_source import spec_from_path
+
+        try:
+            spec = spec_from_path(path)
+        except SwiftplanError as error:
+            return f"local file: {error.message}"
+        return f"local {spec.model_type}: {_params(total_params(spec))} params"
+    model_id = find_catalog_id(name)
+    if model_id is not None:
+        spec = catalog_spec(model_id)
+        family = catalog()[model_id].family
+        return f"catalog: {model_id} ({family}), {_params(total_params(spec))} params"
+    close = close_matches(name, limit=3)
+    if close:
+        return f"not in the catalog; did you mean {', '.join(close)}?"
+    if "/" in name:
+        return "not in the catalog: the search will fetch its config.json from the hub"
+    return "not in the catalog and not a local path"

@@ -1,0 +1,1 @@
+"""The dashboard's five tabs: hardware, job, search, plan, run."""

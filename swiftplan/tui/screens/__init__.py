@@ -1,0 +1,1 @@
+"""Modal screens: the cluster picker and the path prompt."""

@@ -1,0 +1,71 @@
+"""A plan's per-GPU memory as one stacked bar against the device, with a legend in GiB."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widget import Widget
+
+from swiftplan.tui.plans import MemoryBar, memory_legend
+from swiftplan.units import GiB
+
+TERM_STYLES = {
+    "weights": "blue",
+    "adapters": "bright_magenta",
+    "gradients": "magenta",
+    "optimizer": "bright_red",
+    "master_weights": "red",
+    "activations": "green",
+    "logits": "bright_green",
+    "kv_cache": "cyan",
+    "transient": "yellow",
+    "runtime_overhead": "bright_black",
+}
+
+
+class MemoryBars(Widget):
+    """Terms stacked left to right (each at its own largest), free memory dotted, the limit and the
+    device total marked underneath."""
+
+    DEFAULT_CSS = """
+    MemoryBars { height: auto; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.bar: MemoryBar | None = None
+
+    def show(self, bar: MemoryBar | None) -> None:
+        """Draw this breakdown."""
+        self.bar = bar
+        self.refresh(layout=True)
+
+    def get_content_height(self, container, viewport, width: int) -> int:  # type: ignore[no-untyped-def]
+        return 1 if self.bar is None else len(self.render().wrap(self.app.console, width))
+
+    def render(self) -> Text:
+        bar = self.bar
+        if bar is None:
+            return Text("No plan selected.", style="dim")
+        width = max(10, self.size.width or 60)
+        scale = max(bar.budget_bytes, sum(size for _, size in bar.terms), bar.device_total_bytes)
+        out = Text(no_wrap=False)
+        used = 0
+        drawn = 0
+        for name, size in bar.terms:
+            used += size
+            end = round(used / scale * width)
+            out.append("█" * (end - drawn), style=TERM_STYLES[name])
+            drawn = end
+        budget_end = round(bar.budget_bytes / scale * width)
+        out.append("░" * max(0, budget_end - drawn), style="dim")
+        out.append("\n")
+        marks = [" "] * width
+        for size, char in ((bar.limit_bytes, "┆"), (bar.device_total_bytes, "▲")):
+            marks[min(width - 1, round(size / scale * width))] = char
+        out.append("".join(marks) + "\n", style="bold")
+        for i, (name, size) in enumerate(bar.terms):
+            out.append("■ ", style=TERM_STYLES[name])
+            out.append(f"{name.replace('_', ' ')} {size / GiB:.2f}")
+            out.append("   " if i + 1 < len(bar.terms) else "\n")
+        out.append(f"▲ device total, ┆ limit · {memory_legend(bar)}", style="dim")
+        return out

@@ -1,0 +1,89 @@
+"""A measured series over the steps of a run, with the plan's predicted values as dashed lines."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widget import Widget
+
+from swiftplan.tui.plot import Axis, BrailleCanvas, axis_for, short_number
+from swiftplan.tui.runs import Series
+
+MEASURED, SECOND, PREDICTED = 1, 0, 5
+STYLES = {MEASURED: "bright_cyan", SECOND: "blue", PREDICTED: "yellow", 6: "bright_red"}
+PREDICTED_CHARS = ("┄", "╌")
+"""Dash of the first and second predicted line."""
+Y_MARGIN = 7
+
+
+class SeriesPlot(Widget):
+    """Title and legend on the first row, the braille plot, the steps underneath."""
+
+    DEFAULT_CSS = """
+    SeriesPlot { height: 1fr; min-height: 4; }
+    """
+    can_focus = True
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.series: Series | None = None
+
+    def show(self, series: Series | None) -> None:
+        """Draw this series."""
+        self.series = series
+        self.refresh()
+
+    def _title(self, series: Series) -> Text:
+        title = Text.assemble((series.title, "bold"), "  ")
+        if series.values:
+            title.append("⠶ ", style=STYLES[MEASURED])
+            title.append(f"last {short_number(series.values[-1])}  ")
+        for (label, value), style, dash in zip(
+            series.predicted, (PREDICTED, 6), PREDICTED_CHARS, strict=False
+        ):
+            title.append(f"{dash * 2} ", style=STYLES[style])
+            title.append(f"{label} {short_number(value)}  ")
+        if not series.predicted and series.title == "loss":
+            title.append("(the plan predicts no loss)", style="dim")
+        return title
+
+    def render(self) -> Text:
+        series = self.series
+        if series is None:
+            return Text("")
+        out = self._title(series)
+        out.no_wrap, out.overflow = True, "crop"
+        width, height = self.size.width - Y_MARGIN - 1, self.size.height - 2
+        if not series.values or width < 8 or height < 1:
+            out.append("\n" + ("no steps logged yet" if not series.values else ""), style="dim")
+            return out
+        y_axis = axis_for(
+            [*series.values, *series.second, *(value for _, value in series.predicted)], zero=True
+        )
+        x_axis = Axis(lo=series.steps[0], hi=series.steps[-1]) if len(series.steps) > 1 else Axis(lo=0, hi=series.steps[0] or 1)  # fmt: skip
+        canvas = BrailleCanvas(width, height)
+        for values, layer in ((series.second, SECOND), (series.values, MEASURED)):
+            points = [
+                (x_axis.fraction(s), y_axis.fraction(v)) for s, v in zip(series.steps, values, strict=False)
+            ]
+            for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+                canvas.line(x0, y0, x1, y1, layer)
+            if len(points) == 1:
+                canvas.dot(*points[0], layer)
+        for (_, value), layer, dash in zip(series.predicted, (PREDICTED, 6), PREDICTED_CHARS, strict=False):
+            _, row = canvas.cell_of(0.0, y_axis.fraction(value))
+            for col in range(width):
+                canvas.overlay(col, row, dash, layer)
+        out.append("\n")
+        for index, row in enumerate(canvas.rows()):
+            label = ""
+            if index in (0, height - 1):
+                label = short_number(y_axis.value_at(1.0 - index / max(1, height - 1)))
+            out.append(f"{label:>{Y_MARGIN - 1}} │", style="dim")
+            for char, layer in row:
+                out.append(char, style=STYLES.get(layer, ""))
+            out.append("\n")
+        first, last = f"step {series.steps[0]}", f"{series.steps[-1]}"
+        out.append(
+            " " * (Y_MARGIN + 1) + first + " " * max(1, width - len(first) - len(last)) + last, style="dim"
+        )
+        return out

@@ -1,0 +1,135 @@
+"""The dashboard's blocking work, run in Textual thread workers; each reports through `post` (a Message).
+
+Every function here takes `post` (the app's thread-safe `post_message`) and returns nothing; errors
+users can act on become failure messages, never exceptions in the worker. Nothing here touches widgets,
+so the functions can be called directly in tests.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.tui import messages as msg
+
+Post = Callable[[Any], object]
+
+PROGRESS_INTERVAL_S = 0.1
+"""Least time between two live reports of a running search (the last report is always sent)."""
+
+
+def _internal(error: Exception) -> str:
+    if os.environ.get("SWIFTPLAN_DEBUG"):
+        raise error
+    return f"internal error: {type(error).__name__}: {error} (SWIFTPLAN_DEBUG=1 shows the traceback)"
+
+
+def probe_hardware(post: Post, probe: Callable[[], Any]) -> None:
+    """Probe this machine and report the hardware panel."""
+    from swiftplan.tui.hardware import from_probe
+
+    try:
+        view = from_probe(probe())
+    except SwiftplanError as error:
+        post(msg.HardwareFailed(error.message, error.hint))
+    except Exception as error:  # a driver failing in a way the probe did not foresee
+        post(msg.HardwareFailed(f"The probe failed: {_internal(error)}"))
+    else:
+        post(msg.HardwareReady(view))
+
+
+def pick_cluster(post: Post, text: str) -> None:
+    """Report the hardware panel for a catalog cluster string."""
+    from swiftplan.tui.hardware import from_catalog
+
+    try:
+        post(msg.HardwareReady(from_catalog(text)))
+    except SwiftplanError as error:
+        post(msg.HardwareFailed(error.message, error.hint))
+
+
+def describe_model(post: Post, name: str) -> None:
+    """Report one line about the model field (catalog or local file; never the network)."""
+    from swiftplan.tui.job import describe_model as describe
+
+    try:
+        text = describe(name)
+    except SwiftplanError as error:
+        text = error.message
+    post(msg.ModelDescribed(name, text))
+
+
+def search(
+    post: Post,
+    *,
+    search_id: int,
+    fields: Mapping[str, str],
+    cluster: Any,
+    host_ram_bytes: int,
+    cancelled: Callable[[], bool],
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Check the form, run the study with live reports, then report the plans on offer."""
+    from swiftplan.tui.job import parse_job
+    from swiftplan.tui.plans import outcome
+    from swiftplan.tui.search import SearchCancelled, prepare, run_search, snapshot
+
+    try:
+        problem = prepare(parse_job(fields), cluster, host_ram_bytes=host_ram_bytes)
+    except SwiftplanError as error:
+        post(msg.SearchFailed(search_id, error.message, error.hint))
+        return
+    except Exception as error:
+        post(msg.SearchFailed(search_id, _internal(error)))
+        return
+    evaluations: list[Any] = []
+    last_report = clock()
+
+    def on_candidate(evaluation: Any) -> None:
+        nonlocal last_report
+        if cancelled():
+            raise SearchCancelled
+        evaluations.append(evaluation)
+        if clock() - last_report >= PROGRESS_INTERVAL_S:
+            last_report = clock()
+            post(msg.SearchProgress(snapshot(search_id, problem, evaluations)))
+
+    try:
+        result = run_search(problem, on_candidate)
+        final = snapshot(search_id, problem, evaluations)
+        post(msg.SearchProgress(final))
+        post(msg.SearchFinished(outcome(search_id, problem, result, final)))
+    except SearchCancelled:
+        post(msg.SearchStopped(search_id, len(evaluations)))
+    except SwiftplanError as error:
+        post(msg.SearchFailed(search_id, error.message, error.hint))
+    except Exception as error:
+        post(msg.SearchFailed(search_id, _internal(error)))
+
+
+def save_plan(post: Post, plan: Any, path: str) -> None:
+    """Write a plan file and report the command that runs it."""
+    from swiftplan.plan_file import save_plan as write
+    from swiftplan.tui.plans import run_command
+
+    try:
+        write(plan, path)
+    except SwiftplanError as error:
+        post(msg.PlanSaveFailed(error.message))
+    else:
+        post(msg.PlanSaved(path, run_command(plan, path)))
+
+
+def load_run(post: Post, path: str) -> None:
+    """Read a run directory for the monitor."""
+    from swiftplan.tui.runs import load_run as read
+
+    try:
+        post(msg.RunLoaded(read(path)))
+    except SwiftplanError as error:
+        post(msg.RunFailed(path, error.message, error.hint))
+    except Exception as error:
+        post(msg.RunFailed(path, _internal(error)))
