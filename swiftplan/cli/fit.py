@@ -118,7 +118,7 @@ def _dataset_tokens(dataset_tokens: str | None, data: str | None, model: str) ->
 
         counted = count_tokens(data, model)
         return counted.tokens, f"{data}: {counted.records:,} records, {counted.method}"
-    return DEFAULT_DATASET_TOKENS, "assumed (pass --dataset-tokens or --data)"
+    return DEFAULT_DATASET_TOKENS, "assumed; pass --dataset-tokens or --data"
 
 
 def _host_ram(host_ram: float | None, gpus: str) -> tuple[int, str]:
@@ -197,7 +197,9 @@ def fit_command(
     ),
     seed: int = typer.Option(0, "--seed", help="Sampler seed."),
     trials: int = typer.Option(
-        None, "--trials", help="Distinct plans to evaluate (default: all of a small space, 150 with TPE)."
+        None,
+        "--trials",
+        help="Distinct structures to evaluate; fewer than the space uses TPE (default: all, by branch and bound, up to 8,000; else 150).",
     ),
     storage: str = typer.Option(
         None, "--storage", help="Optuna storage URL to persist/resume, e.g. sqlite:///study.db."
