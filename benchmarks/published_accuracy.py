@@ -355,9 +355,10 @@ def findings(report: dict[str, Any], csv_path: Path) -> list[str]:
         f"{err('qwen-04', 'device_total')}, hf4-03 predicted to fit a T4 where the blog ran out of memory (it does not say "
         "which memory, and the LoRA shape is unstated), and the "
         "Unsloth context limits (us-01, us-02) over-predicted. peft's `prepare_model_for_kbit_training`, which TRL's "
-        "SFTTrainer, most QLoRA scripts and swiftplan's own train executor call on a bitsandbytes base, casts every "
-        "non-quantized parameter (embeddings, LM head, norms) to fp32; the planner keeps them in the compute dtype "
-        "(0.5 GB for Llama-2-7B, 2.1 GB for Llama-3-8B, 4.2 GB for 70B). The fixed part of the GPTQ rows also "
+        "SFTTrainer and most QLoRA scripts call on a bitsandbytes base, casts every non-quantized parameter "
+        "(embeddings, LM head, norms) to fp32; the planner keeps them in the compute dtype, as torchtune, Unsloth "
+        "and `swiftplan train` do (0.5 GB for Llama-2-7B, 2.1 GB for Llama-3-8B, 4.2 GB for 70B). The planner "
+        "answers for runs that skip the upcast; for TRL-style runs it under-counts by that much. The fixed part of the GPTQ rows also "
         "carries DeepSpeed ZeRO-2's 2e8-element communication buckets (qwen-04/06 under, qwen-05/07 at 8k tokens "
         "over or level).",
     ]
