@@ -356,10 +356,10 @@ def findings(report: dict[str, Any], csv_path: Path) -> list[str]:
         "which memory, and the LoRA shape is unstated), and the "
         "Unsloth context limits (us-01, us-02) over-predicted. peft's `prepare_model_for_kbit_training`, which TRL's "
         "SFTTrainer and most QLoRA scripts call on a bitsandbytes base, casts every non-quantized parameter "
-        "(embeddings, LM head, norms) to fp32; the planner keeps them in the compute dtype, as torchtune, Unsloth "
+        "(embeddings, LM head, norms) to fp32; the planner keeps them in the compute dtype, as torchtune "
         "and `swiftplan train` do (0.5 GB for Llama-2-7B, 2.1 GB for Llama-3-8B, 4.2 GB for 70B). The planner "
-        "answers for runs that skip the upcast; for TRL-style runs it under-counts by that much. The fixed part of the GPTQ rows also "
-        "carries DeepSpeed ZeRO-2's 2e8-element communication buckets (qwen-04/06 under, qwen-05/07 at 8k tokens "
+        "answers for runs that skip the upcast; for TRL-style runs it under-counts by that much. peft skips the upcast for GPTQ; "
+        "the fixed part of the GPTQ rows carries DeepSpeed ZeRO-2's 2e8-element communication buckets instead (qwen-04/06 under, qwen-05/07 at 8k tokens "
         "over or level).",
     ]
     if "us-01" in rows and "us-02" in rows:
