@@ -51,7 +51,7 @@ class DashApp(App[None]):
     BINDINGS = [
         *(Binding(str(i), f"show_tab('{tab}')", tab.title(), show=False) for i, tab in enumerate(TABS, 1)),
         Binding("ctrl+r", "search", "Search", priority=True),
-        Binding("ctrl+s", "save_plan", "Save plan", priority=True),
+        Binding("ctrl+s", "save_plan", "Save plan", priority=True, show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
         Binding("escape", "leave_field", "Leave field", show=False),
     ]

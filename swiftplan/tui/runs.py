@@ -23,17 +23,19 @@ class Series:
     """One measured quantity over the steps, with the plan's prediction when it has one."""
 
     title: str
-    """'loss', 'tokens/s', 'memory GiB (rank 0)'."""
+    """'loss', 'tokens/s', 'memory GiB'."""
     steps: tuple[int, ...]
     """Optimizer step of each value."""
     values: tuple[float, ...]
     """Measured values."""
     predicted: tuple[tuple[str, float], ...] = ()
-    """(label, value) horizontal lines the plan predicts."""
+    """(label, value) horizontal lines the plan predicts (dashed: ┄ first, ╌ second)."""
+    label: str = "last"
+    """What the measured line is called in the legend."""
     second: tuple[float, ...] = ()
     """A second measured line (reserved memory next to allocated), same steps."""
-    unit: str = ""
-    """Unit for labels."""
+    second_label: str = ""
+    """What the second line is called."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -97,20 +99,21 @@ def load_run(path: str) -> RunView:
         row["tokens"] / row["step_time_s"] if row.get("step_time_s") else 0.0 for row in rows
     )
     memory = [row.get("memory_rank0") or {} for row in rows]
-    predicted_speed = (("predicted", float(speed["tokens_per_s"])),) if speed.get("tokens_per_s") else ()
+    predicted_speed = (("planned", float(speed["tokens_per_s"])),) if speed.get("tokens_per_s") else ()
     series = (
         Series(title="loss", steps=steps, values=tuple(float(row["loss"]) for row in rows)),
         Series(title="tokens/s", steps=steps, values=tokens_per_s, predicted=predicted_speed),
         Series(
-            title="memory GiB (rank 0: allocated, reserved)",
+            title="GiB rank 0",
             steps=steps,
             values=tuple(m.get("allocated", 0) / 2**30 for m in memory),
+            label="allocated",
             second=tuple(m.get("reserved", 0) / 2**30 for m in memory),
+            second_label="reserved",
             predicted=(
-                ("peak allocated", per_device.get("peak_allocated", 0) / 2**30),
-                ("device total", per_device.get("device_total", 0) / 2**30),
+                ("peak", per_device.get("peak_allocated", 0) / 2**30),
+                ("total", per_device.get("device_total", 0) / 2**30),
             ),
-            unit="GiB",
         ),
     )
     total = (report or {}).get("steps", {}).get("total")

@@ -67,7 +67,7 @@ class HardwarePane(Vertical):
                 _gib(row.free_bytes),
                 used,
             )
-        summary = Text(view.summary, style="bold green" if view.cluster else "bold yellow")
+        summary = Text.assemble((view.summary, "bold green" if view.cluster else "bold yellow"))
         if view.cluster is not None:
             summary.append(f"\n--gpus {view.gpus_text}", style="dim")
         summary.append("\np: probe again · c: plan for GPUs from the catalog", style="dim")
@@ -76,7 +76,7 @@ class HardwarePane(Vertical):
 
     def show_error(self, message: str, hint: str | None) -> None:
         """The probe or the cluster string failed."""
-        text = Text(message, style="bold red")
+        text = Text.assemble((message, "bold red"))
         if hint:
             text.append(f"\n{hint}", style="dim")
         self.query_one("#hw-summary", Static).update(text)

@@ -30,6 +30,11 @@ LAYOUT = (
     ("seed", "Seed", "trials", "Trials"),
 )
 """Rows of (field, label, field, label) under the model field."""
+HELP = (
+    "tab/shift+tab move between fields · enter or ctrl+r searches · esc leaves a field, then 1-5 switch tabs.\n"
+    "Method and quantization limit what the search may choose; LoRA rank auto searches 4-256; dataset tokens "
+    "(50M, 1.5B) only scale time and cost; context and concurrency are for serving."
+)
 PLACEHOLDERS = {"rank": "16 · 8,16,32 · auto", "concurrency": "auto", "trials": "auto"}
 
 
@@ -44,6 +49,7 @@ class JobPane(VerticalScroll):
     JobPane #job-model-hint { color: $text-muted; padding: 0 0 0 16; }
     JobPane #job-error { color: $error; margin: 1 0 0 0; }
     JobPane #job-go { margin: 1 0 0 16; }
+    JobPane #job-help { color: $text-muted; margin: 1 0 0 0; }
     """
 
     def __init__(self, *, model_choices: Sequence[str], id: str | None = None) -> None:
@@ -80,6 +86,7 @@ class JobPane(VerticalScroll):
                 yield self._field(right)
         yield Button("Search  ctrl+r", id="job-go", compact=True, variant="primary")
         yield Static("", id="job-error")
+        yield Static(HELP, id="job-help")
 
     def values(self) -> dict[str, str]:
         """Every field's text, keyed as `FORM_DEFAULTS`."""

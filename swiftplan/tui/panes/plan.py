@@ -19,7 +19,7 @@ class PlanPane(Vertical):
     DEFAULT_CSS = """
     PlanPane { padding: 0 1; }
     PlanPane #plan-title { text-style: bold; }
-    PlanPane DataTable { height: auto; max-height: 7; }
+    PlanPane DataTable { height: auto; max-height: 7; scrollbar-size-horizontal: 0; }
     PlanPane #plan-detail { height: 1fr; }
     PlanPane #plan-summary { text-style: bold; margin: 1 0 0 0; }
     PlanPane #plan-speed { margin: 1 0 0 0; }
@@ -51,7 +51,7 @@ class PlanPane(Vertical):
         table.clear()
         for index, choice in enumerate(outcome.choices, 1):
             table.add_row(str(index), *choice.columns, choice.summary)
-        why = Text("Why not the others:", style="bold")
+        why = Text.assemble(("Why not the others:", "bold"))
         for line in outcome.family_lines:
             why.append(f"\n  {line}")
         if outcome.diagnosis:
@@ -77,7 +77,7 @@ class PlanPane(Vertical):
         if not command:
             self.query_one("#plan-command", Static).update("")
             return
-        text = Text("$ ", style="dim")
+        text = Text.assemble(("$ ", "dim"))
         text.append(command, style="bold")
         state = f"saved to {saved}" if saved else "not saved yet"
         text.append(f"\n  {state} · s: save plan · y: copy command", style="dim")

@@ -49,7 +49,7 @@ class RunPane(Vertical):
 
     def show_error(self, message: str, hint: str | None) -> None:
         """The directory could not be read."""
-        text = Text(message, style="bold red")
+        text = Text.assemble((message, "bold red"))
         if hint:
             text.append(f"  {hint}", style="dim")
         self.query_one("#run-status", Static).update(text)

@@ -45,7 +45,7 @@ class SearchPane(Vertical):
         if title:
             status += f" · {title}"
         self.query_one("#search-status", Static).update(status)
-        best = Text("best so far: ", style="bold") if not done else Text("best: ", style="bold")
+        best = Text.assemble(("best: " if done else "best so far: ", "bold"))
         best.append(snapshot.best_line or "none fits yet")
         self.query_one("#search-best", Static).update(best)
         self.query_one(CandidateScatter).show(snapshot)

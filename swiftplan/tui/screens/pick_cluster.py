@@ -23,7 +23,7 @@ class ClusterPicker(ModalScreen[str | None]):
     ClusterPicker Horizontal { height: 1; }
     ClusterPicker Label { width: 9; color: $text-muted; }
     ClusterPicker Input { width: 1fr; }
-    ClusterPicker OptionList { height: 1fr; margin: 1 0 0 0; }
+    ClusterPicker OptionList { height: 1fr; margin: 1 0 0 0; border: none; padding: 0; }
     ClusterPicker #pick-help { color: $text-muted; }
     """
     BINDINGS = [

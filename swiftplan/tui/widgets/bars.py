@@ -9,16 +9,16 @@ from swiftplan.tui.plans import MemoryBar, memory_legend
 from swiftplan.units import GiB
 
 TERM_STYLES = {
-    "weights": "blue",
-    "adapters": "bright_magenta",
-    "gradients": "magenta",
-    "optimizer": "bright_red",
-    "master_weights": "red",
-    "activations": "green",
-    "logits": "bright_green",
+    "weights": "dodger_blue2",
+    "adapters": "magenta",
+    "gradients": "deep_pink3",
+    "optimizer": "dark_orange",
+    "master_weights": "red3",
+    "activations": "green3",
+    "logits": "gold1",
     "kv_cache": "cyan",
-    "transient": "yellow",
-    "runtime_overhead": "bright_black",
+    "transient": "wheat1",
+    "runtime_overhead": "grey50",
 }
 
 
@@ -63,9 +63,18 @@ class MemoryBars(Widget):
         for size, char in ((bar.limit_bytes, "┆"), (bar.device_total_bytes, "▲")):
             marks[min(width - 1, round(size / scale * width))] = char
         out.append("".join(marks) + "\n", style="bold")
-        for i, (name, size) in enumerate(bar.terms):
+        column = 0
+        for name, size in bar.terms:
+            entry = f"{name.replace('_', ' ')} {size / GiB:.2f} GiB"
+            if column and column + 3 + len(entry) + 2 > width:
+                out.append("\n")
+                column = 0
+            elif column:
+                out.append("   ")
+                column += 3
             out.append("■ ", style=TERM_STYLES[name])
-            out.append(f"{name.replace('_', ' ')} {size / GiB:.2f}")
-            out.append("   " if i + 1 < len(bar.terms) else "\n")
+            out.append(entry)
+            column += len(entry) + 2
+        out.append("\n")
         out.append(f"▲ device total, ┆ limit · {memory_legend(bar)}", style="dim")
         return out

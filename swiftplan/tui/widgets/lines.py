@@ -36,14 +36,17 @@ class SeriesPlot(Widget):
         title = Text.assemble((series.title, "bold"), "  ")
         if series.values:
             title.append("⠶ ", style=STYLES[MEASURED])
-            title.append(f"last {short_number(series.values[-1])}  ")
+            title.append(f"{series.label} {short_number(series.values[-1])}  ")
+        if series.second:
+            title.append("⠶ ", style=STYLES[SECOND])
+            title.append(f"{series.second_label} {short_number(series.second[-1])}  ")
         for (label, value), style, dash in zip(
             series.predicted, (PREDICTED, 6), PREDICTED_CHARS, strict=False
         ):
             title.append(f"{dash * 2} ", style=STYLES[style])
             title.append(f"{label} {short_number(value)}  ")
-        if not series.predicted and series.title == "loss":
-            title.append("(the plan predicts no loss)", style="dim")
+        if not series.predicted:
+            title.append("(no prediction)", style="dim")
         return title
 
     def render(self) -> Text:
@@ -56,9 +59,7 @@ class SeriesPlot(Widget):
         if not series.values or width < 8 or height < 1:
             out.append("\n" + ("no steps logged yet" if not series.values else ""), style="dim")
             return out
-        y_axis = axis_for(
-            [*series.values, *series.second, *(value for _, value in series.predicted)], zero=True
-        )
+        y_axis = axis_for([*series.values, *series.second, *(value for _, value in series.predicted)])
         x_axis = Axis(lo=series.steps[0], hi=series.steps[-1]) if len(series.steps) > 1 else Axis(lo=0, hi=series.steps[0] or 1)  # fmt: skip
         canvas = BrailleCanvas(width, height)
         for values, layer in ((series.second, SECOND), (series.values, MEASURED)):

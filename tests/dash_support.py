@@ -1,0 +1,64 @@
+"""Shared pieces of the `swiftplan dash` tests: a fake probe and drivers for the pilot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from swiftplan.executors.probe.result import HostInfo, ProbedDevice, ProbeResult
+
+GiB = 2**30
+FIXTURES = Path(__file__).parent / "fixtures"
+RUN_FIXTURE = "dash_run"
+"""Run directory under tests/fixtures (made-up numbers; see its README.md)."""
+
+
+def fake_probe() -> ProbeResult:
+    """Two RTX 4090s, one with 3.5 GiB held by something the probe cannot see."""
+    host = HostInfo(
+        os="Linux",
+        machine="x86_64",
+        cpu_model="AMD EPYC 7B13",
+        logical_cpus=32,
+        usable_cpus=32,
+        ram_total_bytes=128 * GiB,
+        ram_available_bytes=100 * GiB,
+        disk_path="/data",
+        disk_free_bytes=500 * GiB,
+    )
+    devices = tuple(
+        ProbedDevice(
+            index=i,
+            backend="cuda",
+            vendor="NVIDIA",
+            name="NVIDIA GeForce RTX 4090",
+            total_memory_bytes=int(23.99 * GiB),
+            free_memory_bytes=int((23.5 - 3 * i) * GiB),
+            used_memory_bytes=int((0.49 + 3 * i) * GiB),
+            compute_capability="8.9",
+        )
+        for i in range(2)
+    )
+    return ProbeResult(host=host, backend="cuda", devices=devices, driver_version="550.54.15")
+
+
+def no_accelerator() -> ProbeResult:
+    """A laptop without a GPU."""
+    return ProbeResult(host=fake_probe().host, backend=None, devices=(), attempts=("nvml: no driver",))
+
+
+async def settle(pilot) -> None:  # type: ignore[no-untyped-def]
+    """Let every worker finish and every message they posted be handled."""
+    for _ in range(3):
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+
+
+async def search(pilot, *, model: str, **fields: str) -> None:  # type: ignore[no-untyped-def]
+    """Fill the job form (model plus any other fields), search, and wait for the plans."""
+    from swiftplan.tui.panes.job import JobPane
+
+    await pilot.press("2")
+    pilot.app.query_one(JobPane).fill({"model": model, **fields})
+    await settle(pilot)
+    await pilot.press("ctrl+r")
+    await settle(pilot)
