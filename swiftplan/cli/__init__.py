@@ -29,6 +29,7 @@ _COMMAND_MODULES = [
     "probe",
     "estimate",
     "fit",
+    "size",
     "verify",
     "train",
     "export",

@@ -1,0 +1,362 @@
+"""How `swiftplan size` shows its answer: a rich table, JSON, or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rich.table import Table
+
+from swiftplan.cli._output import console, print_json
+from swiftplan.planner.sizing.prices import Price
+from swiftplan.planner.sizing.rank import (
+    Constraints,
+    Option,
+    Ranking,
+    explain,
+    format_duration,
+    format_usd,
+)
+from swiftplan.planner.sizing.result import SizingResult
+from swiftplan.units import GiB
+
+CSV_COLUMNS = (
+    "rank", "status", "accelerator_id", "accelerator", "vendor", "gpus", "nodes", "plan", "time_s",
+    "tokens_per_s", "headroom_gib", "usd_per_gpu_hour", "rent_usd", "purchase_usd", "usd_per_million_tokens",
+    "tokens_per_usd", "ttft_s", "per_user_decode_tokens_per_s", "reason_kind", "reason",
+)  # fmt: skip
+"""CSV header; the plan's own fields (method, rank, quant, ... or quant, kv_dtype, tp, replicas ...) follow."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SizeReport:
+    """Everything `size` prints."""
+
+    model: str
+    task: str
+    objective: str
+    workload: Mapping[str, Any]
+    constraints: Constraints
+    ranking: Ranking
+    result: SizingResult
+    prices: Mapping[str, Price]
+    notes: tuple[str, ...]
+    elapsed_s: float
+    top: int
+    fit_args: tuple[str, ...] = ()
+    """Options of the `size` call that mean the same to `fit` (for the suggested next command)."""
+
+    @property
+    def search_line(self) -> str:
+        r = self.result
+        if self.task == "serve":
+            return (
+                f"planned {r.searched} accelerators ({r.clusters} weight × KV-cache × tensor-parallel shapes; "
+                f"{r.estimates:,} estimates) in {self.elapsed_s:.2f} s"
+            )
+        return (
+            f"considered {r.clusters} clusters ({r.searched} searched, {r.pruned} skipped by a bound; "
+            f"{r.estimates:,} estimates) in {self.elapsed_s:.2f} s"
+        )
+
+
+def option_json(option: Option, rank: int | None = None) -> dict[str, Any]:
+    """One option as JSON: hardware, plan, figures and (when rejected) the reason."""
+    return {
+        "rank": rank,
+        "accelerator_id": option.accelerator_id,
+        "accelerator": option.accelerator,
+        "vendor": option.vendor,
+        "gpus": option.gpus,
+        "nodes": option.nodes,
+        "hardware": option.hardware,
+        "plan": option.plan or None,
+        "plan_fields": dict(option.plan_fields) or None,
+        "time_s": option.time_s,
+        "tokens_per_s": option.tokens_per_s,
+        "headroom_bytes": option.headroom_bytes,
+        "usd_per_gpu_hour": option.usd_per_gpu_hour,
+        "purchase_usd_per_gpu": option.purchase_usd_per_gpu,
+        "rent_usd": option.rent_usd,
+        "purchase_usd": option.purchase_usd,
+        "usd_per_million_tokens": option.usd_per_million_tokens,
+        "tokens_per_usd": option.tokens_per_usd,
+        **dict(option.extra),
+        "feasible": option.feasible,
+        "reason_kind": option.reason_kind or None,
+        "reason": option.reason or None,
+    }
+
+
+def report_json(report: SizeReport) -> dict[str, Any]:
+    """The whole answer as one JSON object."""
+    ranking = report.ranking
+    used = {o.accelerator_id for o in ranking.ranked}
+
+    def pick(option: Option | None) -> dict[str, Any] | None:
+        if option is None:
+            return None
+        return option_json(option, ranking.ranked.index(option) + 1)
+
+    return {
+        "task": report.task,
+        "model": report.model,
+        "objective": report.objective,
+        "money": ranking.mode,
+        "workload": dict(report.workload),
+        "constraints": asdict(report.constraints),
+        "recommended": pick(ranking.recommended),
+        "cheapest": pick(ranking.cheapest),
+        "fastest": pick(ranking.fastest),
+        "explanations": list(explain(ranking)),
+        "options": [option_json(o, i + 1) for i, o in enumerate(ranking.ranked)],
+        "rejected": [option_json(o) for o in ranking.rejected],
+        "prices": [asdict(p) for acc_id, p in report.prices.items() if acc_id in used],
+        "notes": list(report.notes),
+        "search": {
+            "considered": report.result.clusters,
+            "searched": report.result.searched,
+            "pruned": report.result.pruned,
+            "estimates": report.result.estimates,
+        },
+        "elapsed_s": report.elapsed_s,
+    }
+
+
+def csv_text(report: SizeReport) -> str:
+    """Every option (ranked first, then rejected) as CSV."""
+    ranking = report.ranking
+    plan_keys: list[str] = []
+    for option in (*ranking.ranked, *ranking.rejected):
+        plan_keys += [k for k in option.plan_fields if k not in plan_keys]
+    out = io.StringIO()
+    writer = csv.DictWriter(
+        out, fieldnames=[*CSV_COLUMNS, *plan_keys], extrasaction="ignore", lineterminator="\n"
+    )
+    writer.writeheader()
+    rows = [(i + 1, o) for i, o in enumerate(ranking.ranked)] + [(None, o) for o in ranking.rejected]
+    for rank, option in rows:
+        data = option_json(option, rank)
+        data.update(
+            status="ok" if option.feasible else "rejected",
+            headroom_gib=None if option.headroom_bytes is None else round(option.headroom_bytes / GiB, 3),
+            **dict(option.plan_fields),
+        )
+        writer.writerow({k: "" if v is None else v for k, v in data.items()})
+    return out.getvalue()
+
+
+def _gib(value: int | None) -> str:
+    return "—" if value is None else f"{value / GiB:.1f} GiB"
+
+
+def _money(value: float | None, per: str = "") -> str:
+    return "—" if value is None else f"{format_usd(value)}{per}"
+
+
+def table_rows(ranking: Ranking, top: int) -> list[tuple[int, str, Option]]:
+    """(rank, tag, option) rows for the table: the best option of each accelerator, best first, at most
+    `top`, plus the cheapest and fastest options wherever they rank."""
+    highlights = {
+        id(o): tag
+        for tag, o in (
+            ("fastest", ranking.fastest),
+            ("cheapest", ranking.cheapest),
+            ("★", ranking.recommended),
+        )
+        if o is not None
+    }
+    rows: list[tuple[int, str, Option]] = []
+    seen: set[str] = set()
+    for index, option in enumerate(ranking.ranked):
+        tag = highlights.get(id(option), "")
+        if (option.accelerator_id not in seen and len(rows) < top) or tag:
+            rows.append((index + 1, tag, option))
+        seen.add(option.accelerator_id)
+    return rows
+
+
+def _train_table(report: SizeReport, rows: list[tuple[int, str, Option]]) -> Table:
+    table = Table(
+        title=f"{report.model}: fine-tuning hardware (objective: {report.objective})", title_justify="left"
+    )
+    for column in ("#", "hardware", "plan", "headroom", "time", "rent", "buy", "$/M tok"):
+        table.add_column(
+            column, justify="left" if column in ("hardware", "plan") else "right", overflow="fold"
+        )
+    for rank, tag, option in rows:
+        assert option.time_s is not None
+        table.add_row(
+            f"{rank} {tag}".strip(),
+            option.hardware,
+            option.plan,
+            _gib(option.headroom_bytes),
+            format_duration(option.time_s),
+            _money(option.rent_usd),
+            _money(option.purchase_usd),
+            _money(option.usd_per_million_tokens),
+            style="bold green" if rank == 1 else None,
+        )
+    return table
+
+
+def _serve_table(report: SizeReport, rows: list[tuple[int, str, Option]]) -> Table:
+    table = Table(
+        title=f"{report.model}: serving hardware (objective: {report.objective})", title_justify="left"
+    )
+    columns = (
+        "#",
+        "hardware",
+        "plan",
+        "headroom",
+        "TTFT",
+        "tok/s/user",
+        "tok/s",
+        "rent",
+        "$/M tok",
+        "tok/$",
+        "buy",
+    )
+    for column in columns:
+        table.add_column(
+            column, justify="left" if column in ("hardware", "plan") else "right", overflow="fold"
+        )
+    for rank, tag, option in rows:
+        per_user = option.extra.get("per_user_decode_tokens_per_s")
+        table.add_row(
+            f"{rank} {tag}".strip(),
+            option.hardware,
+            option.plan,
+            _gib(option.headroom_bytes),
+            f"{option.extra.get('ttft_s', 0):.2f} s",
+            f"{per_user:,.0f}" if per_user else "—",
+            f"{option.tokens_per_s:,.0f}",
+            _money(option.rent_usd, "/h"),
+            _money(option.usd_per_million_tokens),
+            "—" if option.tokens_per_usd is None else f"{option.tokens_per_usd:,.0f}",
+            _money(option.purchase_usd),
+            style="bold green" if rank == 1 else None,
+        )
+    return table
+
+
+def _sizes(options: list[Option]) -> str:
+    counts = sorted({o.gpus for o in options})
+    return "/".join(str(c) for c in counts) + (" GPU" if counts == [1] else " GPUs")
+
+
+def rejected_lines(ranking: Ranking) -> list[str]:
+    """Hardware that cannot run the job: one line per accelerator (sizes with the same kind of reason
+    merged, the reason of the largest shown), and one line for all accelerators without the price needed."""
+    no_price: dict[str, list[str]] = {}
+    by_accelerator: dict[str, list[Option]] = {}
+    for option in ranking.rejected:
+        if option.reason_kind == "price":
+            no_price.setdefault(option.reason, []).append(option.accelerator_id)
+        else:
+            by_accelerator.setdefault(option.accelerator, []).append(option)
+    lines = []
+    for accelerator, options in by_accelerator.items():
+        groups: dict[str, list[Option]] = {}
+        for option in options:
+            groups.setdefault(option.reason_kind, []).append(option)
+        parts = []
+        for group in groups.values():
+            largest = max(group, key=lambda o: o.gpus)
+            if largest.task == "serve":
+                parts.append(largest.reason)
+            else:
+                parts.append(f"{_sizes(group)}: {largest.reason}")
+        lines.append(f"{accelerator}: " + "; ".join(parts))
+    for reason, ids in no_price.items():
+        lines.append(
+            f"{reason.split(' (')[0]}: {', '.join(sorted(set(ids)))} (pass --prices FILE to add prices)"
+        )
+    return lines
+
+
+def price_lines(report: SizeReport, options: list[Option]) -> list[str]:
+    """Where the prices behind the highlighted options come from, with their dates."""
+    lines = []
+    for acc_id in dict.fromkeys(o.accelerator_id for o in options):
+        price = report.prices.get(acc_id)
+        if price is None:
+            continue
+        if price.usd_per_gpu_hour is not None and report.ranking.mode == "rent":
+            lines.append(
+                f"{acc_id}: ${price.usd_per_gpu_hour:g}/GPU-h — {price.rent_source}, {price.rent_as_of or 'undated'}"
+            )
+        if price.purchase_usd is not None and (
+            report.ranking.mode == "buy" or report.objective == "purchase"
+        ):
+            lines.append(
+                f"{acc_id}: {format_usd(price.purchase_usd)}/GPU — {price.purchase_source}, {price.purchase_as_of}"
+            )
+    return lines
+
+
+def fit_command(report: SizeReport, option: Option) -> str:
+    """The `swiftplan fit` command that plans the option's hardware in full."""
+    gpus = option.accelerator_id if option.gpus == 1 else f"{option.gpus}x{option.accelerator_id}"
+    if option.nodes > 1 and option.gpus == option.nodes * option.gpus_per_node:
+        gpus = f"{option.nodes}x{option.gpus_per_node}x{option.accelerator_id}"
+    return " ".join(["swiftplan fit", report.model, "--gpus", gpus, *report.fit_args, "-o plan.yaml"])
+
+
+def render(report: SizeReport) -> None:
+    """The rich view: the table, the three explained choices, what cannot run and why, prices, notes."""
+    ranking = report.ranking
+    rows = table_rows(ranking, report.top)
+    if rows:
+        console.print(_train_table(report, rows) if report.task == "train" else _serve_table(report, rows))
+        if len(ranking.ranked) > len(rows):
+            what = "the best size of each accelerator" if report.task == "train" else "the top accelerators"
+            console.print(
+                f"[dim]{len(rows)} of {len(ranking.ranked)} options shown ({what}; --top N, --json or --csv for all)[/]",
+                highlight=False,
+            )
+        for line in explain(ranking):
+            head, _, rest = line.partition(": ")
+            console.print(f"[bold]{head}:[/] {rest}", highlight=False)
+    else:
+        console.print("[bold red]No hardware in the catalog can run this job under the constraints.[/]")
+    lines = rejected_lines(ranking)
+    if lines:
+        console.print("\n[bold]Cannot run the job:[/]")
+        for line in lines:
+            console.print(f"  {line}", highlight=False)
+    highlighted = [o for o in (ranking.recommended, ranking.cheapest, ranking.fastest) if o is not None]
+    prices = price_lines(report, highlighted)
+    if prices:
+        console.print("\n[bold]Prices[/] (catalog snapshots go stale: check them, or pass --prices FILE):")
+        for line in prices:
+            console.print(f"  {line}", highlight=False)
+    best = ranking.recommended
+    if best is not None:
+        console.print(
+            f"\nnext: [bold]{fit_command(report, best)}[/] (the exhaustive search there)", highlight=False
+        )
+    for note in report.notes:
+        console.print(f"[dim]{note}[/]", highlight=False)
+    console.print(f"[dim]{report.search_line}[/]", highlight=False)
+
+
+def emit(report: SizeReport, *, as_json: bool, csv_path: str | None) -> None:
+    """Print (or write) the report in the forms asked for."""
+    if csv_path is not None:
+        text = csv_text(report)
+        if csv_path == "-":
+            sys.stdout.write(text)
+        else:
+            with open(csv_path, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+    if as_json:
+        print_json(report_json(report))
+    elif csv_path != "-":
+        render(report)
+        if csv_path is not None:
+            console.print(f"wrote {csv_path}", highlight=False)
