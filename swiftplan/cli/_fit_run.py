@@ -130,7 +130,7 @@ def run_fit(
     diagnosis = None
     if result.best is None and result.closest is not None:
         diagnose = infeasible.diagnose_training if task == "train" else infeasible.diagnose_serving
-        diagnosis = diagnose(evaluator, pins, result.closest)
+        diagnosis = diagnose(evaluator, pins, result.closest, objective)
     if measure and result.best is not None:
         from swiftplan.executors.measure import measure_candidates
 

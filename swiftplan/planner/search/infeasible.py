@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.hardware import Cluster, list_accelerators
 from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate, cluster_text
-from swiftplan.planner.search.evaluate import Evaluation, ServeEvaluator, TrainEvaluator
+from swiftplan.planner.search.evaluate import Evaluation, Objective, ServeEvaluator, TrainEvaluator
 from swiftplan.planner.search.pins import Pins
 from swiftplan.planner.search.serve_space import build_serve_space
 from swiftplan.planner.search.space import build_train_space
@@ -160,12 +160,18 @@ def _largest_fitting(
     return found
 
 
-def _more_gpus(cluster: Cluster, fits: Callable[[Cluster], Evaluation | None]) -> Suggestion | None:
+def _more_gpus(
+    cluster: Cluster,
+    fits: Callable[[Cluster], Evaluation | None],
+    best: Callable[[Cluster], Evaluation | None],
+) -> Suggestion | None:
+    """The smallest doubling of the GPU count that fits (lean check), shown with the best plan there."""
     gpus = cluster.world_size * 2
     while gpus <= MAX_SUGGESTED_GPUS:
         bigger = _scaled(cluster, gpus)
         plan = fits(bigger)
         if plan is not None:
+            plan = best(bigger) or plan
             text = f"{gpus} × {cluster.accelerator.display_name} (--gpus {cluster_text(bigger)}): {_fit_text(plan)}."
             return Suggestion(change="more GPUs", text=text, evaluation=plan, gpus=cluster_text(bigger))
         gpus *= 2
@@ -204,9 +210,17 @@ def _bigger_gpu(
     return None
 
 
-def diagnose_training(evaluator: TrainEvaluator, pins: Pins, closest: Evaluation) -> Diagnosis:
+def diagnose_training(
+    evaluator: TrainEvaluator, pins: Pins, closest: Evaluation, objective: Objective = "time"
+) -> Diagnosis:
     """Explain a training search where no plan is feasible."""
     checks = _Train(evaluator, pins)
+
+    def best(cluster: Cluster) -> Evaluation | None:
+        from swiftplan.planner.search.optimize import SearchSettings, search_training
+
+        return search_training(checks.evaluator(cluster=cluster), SearchSettings(objective=objective)).best
+
     suggestions: list[Suggestion] = []
     space = evaluator.space
     if "qlora" not in space.methods:
@@ -241,7 +255,7 @@ def diagnose_training(evaluator: TrainEvaluator, pins: Pins, closest: Evaluation
     offload = _offload_plan(checks, space.methods)
     if offload is not None:
         suggestions.append(offload)
-    more = _more_gpus(evaluator.cluster, lambda c: checks.fits(checks.evaluator(cluster=c)))
+    more = _more_gpus(evaluator.cluster, lambda c: checks.fits(checks.evaluator(cluster=c)), best)
     if more is not None:
         suggestions.append(more)
     leans = [evaluator.evaluate(c) for c in checks.lean_set(evaluator)]
@@ -305,7 +319,9 @@ def _offload_plan(checks: _Train, methods: tuple[str, ...]) -> Suggestion | None
     return Suggestion(change="offload", text=text + ".", evaluation=plan)
 
 
-def diagnose_serving(evaluator: ServeEvaluator, pins: Pins, closest: Evaluation) -> Diagnosis:
+def diagnose_serving(
+    evaluator: ServeEvaluator, pins: Pins, closest: Evaluation, objective: Objective = "throughput"
+) -> Diagnosis:
     """Explain a serving search where no plan is feasible."""
     suggestions: list[Suggestion] = []
 
@@ -337,7 +353,13 @@ def diagnose_serving(evaluator: ServeEvaluator, pins: Pins, closest: Evaluation)
         if plan is not None:
             text = f"a shorter context, --context {plan.estimate.setup.context}: {_fit_text(plan)}."  # type: ignore[union-attr]
             suggestions.append(Suggestion(change="shorter context", text=text, evaluation=plan))
-    more = _more_gpus(evaluator.cluster, lambda c: fits(make(cluster=c)))
+
+    def best(cluster: Cluster) -> Evaluation | None:
+        from swiftplan.planner.search.optimize import SearchSettings, search_serving
+
+        return search_serving(make(cluster=cluster), SearchSettings(objective=objective)).best
+
+    more = _more_gpus(evaluator.cluster, lambda c: fits(make(cluster=c)), best)
     if more is not None:
         suggestions.append(more)
     leans = [evaluator.best_concurrency(s) for s in evaluator.space.structures()]
