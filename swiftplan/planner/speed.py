@@ -170,7 +170,8 @@ def train_speed(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainab
                 / (acc.pcie_bytes_per_s or FALLBACK_PCIE_BYTES_PER_S)
             )
 
-    body = max(compute_s, dequant_s + compute_s * 0.5)
+    # bitsandbytes dequantises each weight in its own kernel before the GEMM: it adds, it does not overlap.
+    body = compute_s + dequant_s
     bubble_s = body * (par.pp - 1) / (setup.grad_accum + par.pp - 1) if par.pp > 1 else 0.0
     # Data-parallel gradient reduction overlaps with backward except for the last bucket: count half.
     exposed_comm = comm_s * 0.5 if par.zero < 3 else comm_s
