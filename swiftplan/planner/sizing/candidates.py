@@ -9,17 +9,22 @@ optional, are modelled as PCIe-only); nodes talk over the stated network.
 The weight floor is the smallest the weights can be under any allowed method (NF4 for QLoRA, int8 or
 16-bit for LoRA, 16-bit for full fine-tuning): every plan keeps at least that much across all devices
 (tensor and pipeline parallelism and ZeRO-3 only split it), except that ZeRO-3 may park unquantized
-weights in host RAM. A cluster whose memory cannot hold the floor is skipped without a search.
+weights in host RAM. A cluster whose memory cannot hold the floor is skipped without a search. Per
+structure, the same floor on the most loaded device (the first pipeline stage's blocks and the embedding
+and head, split by tensor parallelism, as `train_memory` counts them) rules out layouts whose weights
+alone exceed one GPU, before any estimate.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 
 from swiftplan.planner.hardware import Accelerator, Cluster
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.search.candidate import Candidate
 from swiftplan.planner.search.space import TrainSpace
 from swiftplan.planner.weights import layer_weight_bytes, outer_weight_bytes
 
@@ -121,3 +126,26 @@ def weight_shortfall(
                 best = gap
     assert best is not None  # build_train_space leaves at least one method
     return best
+
+
+@cache
+def _stage_weight_bytes(spec: ModelSpec, quant: str, tp: int, pp: int) -> int:
+    layers = range(math.ceil(spec.num_layers / pp))
+    blocks = sum(
+        layer_weight_bytes(spec, layer, dtype_bytes=2, quant=quant, double_quant=True, tp=tp)  # type: ignore[arg-type]
+        for layer in layers
+    )
+    return blocks + outer_weight_bytes(spec, dtype_bytes=2, tp=tp)
+
+
+def device_weight_floor_bytes(spec: ModelSpec, structure: Candidate) -> int:
+    """A lower bound on the weights term of the most loaded device for any variant of the structure:
+    16-bit weights with the block linears in its quantization (NF4 with double quantization, the
+    smallest) of the first pipeline stage, embedding and head included, split by tp; under ZeRO-3 also
+    sharded over the data-parallel ranks, and none when the parameters are offloaded."""
+    layout = structure.layout
+    quant = "nf4" if structure.quant.startswith("nf4") else structure.quant
+    stage = _stage_weight_bytes(spec, quant, layout.tp, layout.pp)
+    if structure.zero < 3:
+        return stage
+    return 0 if structure.offload == "optimizer+params" else stage // layout.dp

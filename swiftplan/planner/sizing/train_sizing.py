@@ -22,7 +22,7 @@ from swiftplan.planner.search.candidate import Candidate, TrainWorkload
 from swiftplan.planner.search.evaluate import Evaluation, TrainEvaluator
 from swiftplan.planner.search.pins import Pins
 from swiftplan.planner.search.space import build_train_space
-from swiftplan.planner.sizing.best_plan import best_training_plan, whole_cluster
+from swiftplan.planner.sizing.best_plan import MisfitMemo, best_training_plan, whole_cluster
 from swiftplan.planner.sizing.candidates import (
     DEFAULT_MAX_NODES,
     DEFAULT_NETWORK_GBPS,
@@ -129,14 +129,15 @@ def _hardware(option: Option) -> dict[str, Any]:
     return {key: getattr(option, key) for key in keys}
 
 
-def _no_fit_reason(closest: Evaluation | None) -> str:
+def _no_fit_reason(closest: Evaluation | None, gpus: int) -> str:
     if closest is None:
         return "no plan fits"
     if closest.estimate is None:
         return f"no valid plan ({closest.error})"
     if closest.host_over_bytes > 0 and closest.memory_over_bytes <= 0:
         return f"doesn't fit: offload needs {format_gib(closest.host_over_bytes, 1)} more host RAM per node"
-    return f"doesn't fit by {format_gib(closest.memory_over_bytes, 1)} per GPU (closest plan)"
+    at_least = "at least " if closest.gpus != gpus else ""  # learnt on a larger cluster
+    return f"doesn't fit by {at_least}{format_gib(closest.memory_over_bytes, 1)} per GPU (closest plan)"
 
 
 def _caps(option: Option, constraints: Constraints, objective: Objective) -> dict[str, float]:
@@ -167,6 +168,7 @@ def _plan_cluster(
     job: TrainJob,
     constraints: Constraints,
     objective: Objective,
+    memo: MisfitMemo | None = None,
 ) -> tuple[Option, str, int]:
     """The option for one cluster, how it was decided ('searched', 'pruned' by a bound, or 'skipped' as
     unsupported), and the estimates made."""
@@ -190,13 +192,16 @@ def _plan_cluster(
     )
     caps = _caps(base, constraints, objective)
     cap_s = min(caps.values(), default=None)
-    found = best_training_plan(evaluator, cap_s=cap_s)
+    found = best_training_plan(evaluator, cap_s=cap_s, memo=memo)
     if found.capped:
         kind = min(caps, key=caps.__getitem__) if caps else "deadline"
         reason = _capped_reason(kind, found.speed_bound_s, constraints, base)
         return base.rejected(kind, reason), "pruned", evaluator.estimates  # type: ignore[arg-type]
     if found.best is None:
-        return base.rejected("fit", _no_fit_reason(found.closest)), "searched", evaluator.estimates
+        reason = _no_fit_reason(found.closest, cluster.world_size)
+        if found.closest is None and found.weight_over_bytes is not None:
+            reason = f"doesn't fit: the weights alone are {format_gib(found.weight_over_bytes, 1)} over per GPU in every layout"
+        return base.rejected("fit", reason), "searched", evaluator.estimates
     return _from_evaluation(base, found.best, job.workload), "searched", evaluator.estimates
 
 
@@ -224,21 +229,25 @@ def size_training(
         if skipped is not None:
             options.append(skipped)
             continue
-        for cluster in candidate_clusters(
+        memo = MisfitMemo()
+        clusters_of = candidate_clusters(
             [accelerator],
             max_nodes=job.max_nodes,
             network_gbps=job.network_gbps,
             max_gpus=constraints.max_gpus,
-        ):
+        )
+        planned = []
+        for cluster in reversed(clusters_of):  # largest first, so smaller clusters learn what cannot fit
             clusters += 1
             base = blank_option(
                 accelerator, price, task="train", gpus=cluster.world_size, nodes=cluster.nodes
             )
-            option, how, made = _plan_cluster(spec, cluster, base, job, constraints, objective)
-            options.append(option)
+            option, how, made = _plan_cluster(spec, cluster, base, job, constraints, objective, memo)
+            planned.append(option)
             estimates += made
             searched += how == "searched"
             pruned += how == "pruned"
+        options.extend(reversed(planned))
     return SizingResult(
         options=tuple(options), clusters=clusters, searched=searched, pruned=pruned, estimates=estimates
     )
