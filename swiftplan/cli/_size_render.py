@@ -180,68 +180,54 @@ def table_rows(ranking: Ranking, top: int) -> list[tuple[int, str, Option]]:
     return rows
 
 
-def _train_table(report: SizeReport, rows: list[tuple[int, str, Option]]) -> Table:
-    table = Table(
-        title=f"{report.model}: fine-tuning hardware (objective: {report.objective})", title_justify="left"
-    )
-    for column in ("#", "hardware", "plan", "headroom", "time", "rent", "buy", "$/M tok"):
-        table.add_column(
-            column, justify="left" if column in ("hardware", "plan") else "right", overflow="fold"
-        )
-    for rank, tag, option in rows:
-        assert option.time_s is not None
-        table.add_row(
-            f"{rank} {tag}".strip(),
-            option.hardware,
-            option.plan,
-            _gib(option.headroom_bytes),
-            format_duration(option.time_s),
-            _money(option.rent_usd),
-            _money(option.purchase_usd),
-            _money(option.usd_per_million_tokens),
-            style="bold green" if rank == 1 else None,
-        )
+def _table(title: str, columns: list[tuple[str, list[str]]]) -> Table:
+    """A table from (header, cells) columns; columns with nothing to show ('—' everywhere) are left out."""
+    table = Table(title=title, title_justify="left")
+    kept = [(header, cells) for header, cells in columns if any(cell != "—" for cell in cells)]
+    for header, _ in kept:
+        wide = header in ("hardware", "plan")
+        table.add_column(header, justify="left" if wide else "right", overflow="fold")
+    for row in range(len(kept[0][1]) if kept else 0):
+        table.add_row(*(cells[row] for _, cells in kept), style="bold green" if row == 0 else None)
     return table
+
+
+def _train_table(report: SizeReport, rows: list[tuple[int, str, Option]]) -> Table:
+    options = [option for _, _, option in rows]
+    columns = [
+        ("#", [f"{rank} {tag}".strip() for rank, tag, _ in rows]),
+        ("hardware", [o.hardware for o in options]),
+        ("plan", [o.plan for o in options]),
+        ("headroom", [_gib(o.headroom_bytes) for o in options]),
+        ("time", [format_duration(o.time_s or 0.0) for o in options]),
+        ("rent", [_money(o.rent_usd) for o in options]),
+        ("buy", [_money(o.purchase_usd) for o in options]),
+        ("$/M tok", [_money(o.usd_per_million_tokens) for o in options]),
+    ]
+    return _table(f"{report.model}: fine-tuning hardware (objective: {report.objective})", columns)
 
 
 def _serve_table(report: SizeReport, rows: list[tuple[int, str, Option]]) -> Table:
-    table = Table(
-        title=f"{report.model}: serving hardware (objective: {report.objective})", title_justify="left"
-    )
-    columns = (
-        "#",
-        "hardware",
-        "plan",
-        "headroom",
-        "TTFT",
-        "tok/s/user",
-        "tok/s",
-        "rent",
-        "$/M tok",
-        "tok/$",
-        "buy",
-    )
-    for column in columns:
-        table.add_column(
-            column, justify="left" if column in ("hardware", "plan") else "right", overflow="fold"
-        )
-    for rank, tag, option in rows:
-        per_user = option.extra.get("per_user_decode_tokens_per_s")
-        table.add_row(
-            f"{rank} {tag}".strip(),
-            option.hardware,
-            option.plan,
-            _gib(option.headroom_bytes),
-            f"{option.extra.get('ttft_s', 0):.2f} s",
-            f"{per_user:,.0f}" if per_user else "—",
-            f"{option.tokens_per_s:,.0f}",
-            _money(option.rent_usd, "/h"),
-            _money(option.usd_per_million_tokens),
-            "—" if option.tokens_per_usd is None else f"{option.tokens_per_usd:,.0f}",
-            _money(option.purchase_usd),
-            style="bold green" if rank == 1 else None,
-        )
-    return table
+    options = [option for _, _, option in rows]
+
+    def per_user(o: Option) -> str:
+        value = o.extra.get("per_user_decode_tokens_per_s")
+        return f"{value:,.0f}" if value else "—"
+
+    columns = [
+        ("#", [f"{rank} {tag}".strip() for rank, tag, _ in rows]),
+        ("hardware", [o.hardware for o in options]),
+        ("plan", [o.plan for o in options]),
+        ("headroom", [_gib(o.headroom_bytes) for o in options]),
+        ("TTFT", [f"{o.extra.get('ttft_s', 0):.2f} s" for o in options]),
+        ("tok/s/user", [per_user(o) for o in options]),
+        ("tok/s", [f"{o.tokens_per_s or 0:,.0f}" for o in options]),
+        ("rent", [_money(o.rent_usd, "/h") for o in options]),
+        ("$/M tok", [_money(o.usd_per_million_tokens) for o in options]),
+        ("tok/$", ["—" if o.tokens_per_usd is None else f"{o.tokens_per_usd:,.0f}" for o in options]),
+        ("buy", [_money(o.purchase_usd) for o in options]),
+    ]
+    return _table(f"{report.model}: serving hardware (objective: {report.objective})", columns)
 
 
 def _sizes(options: list[Option]) -> str:

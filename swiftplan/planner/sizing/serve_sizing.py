@@ -207,11 +207,10 @@ def plan_fields(deployment: Deployment) -> dict[str, Any]:
 
 
 def plan_summary(fields: Mapping[str, Any]) -> str:
-    """E.g. '3 replicas × tp2, fp8 weights, fp8 KV, 67 seq/replica'."""
-    weights = "16-bit weights" if fields["quant"] == "none" else f"{fields['quant']} weights"
-    kv = "fp8 KV" if fields["kv_dtype"] == "fp8" else "16-bit KV"
-    replicas = f"{fields['replicas']} replica{'s' if fields['replicas'] > 1 else ''} × tp{fields['tp']}"
-    return f"{replicas}, {weights}, {kv}, {fields['sequences_per_replica']} seq/replica"
+    """E.g. '3 × tp2, fp8 weights, bf16 KV, 67 seq each' (replicas × tensor parallelism, sequences per replica)."""
+    weights = fields["dtype"] if fields["quant"] == "none" else fields["quant"]
+    kv = fields["dtype"] if fields["kv_dtype"] == "auto" else fields["kv_dtype"]
+    return f"{fields['replicas']} × tp{fields['tp']}, {weights} weights, {kv} KV, {fields['sequences_per_replica']} seq each"
 
 
 def _option(base: Option, deployment: Deployment, per_node: int) -> Option:
