@@ -413,6 +413,7 @@ def test_user_prices_override_the_catalog():
         {
             "H100": {"usd_per_gpu_hour": 1.25, "source": "my quote", "as_of": dt.date(2026, 11, 1)},
             "rtx4090": {"usd_per_gpu_hour": 0.4, "purchase_usd": 1800},
+            "rtx3090": {"purchase_usd": None},
         },
         "prices.yaml",
     )
@@ -427,6 +428,7 @@ def test_user_prices_override_the_catalog():
     assert h100.purchase_usd is None  # not given: the catalog's (none)
     assert table["rtx4090"].purchase_usd == 1800 and table["rtx4090"].rent_source == "prices.yaml"
     assert table["a100-80gb-sxm"] == catalog_price(get_accelerator("a100-80gb-sxm"))
+    assert catalog_price(get_accelerator("rtx3090")).purchase_usd and table["rtx3090"].purchase_usd is None
     result = size_training(
         spec_of("Qwen/Qwen2.5-0.5B"),
         accelerators("h100-sxm"),

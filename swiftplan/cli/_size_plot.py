@@ -59,7 +59,10 @@ def draw(report: Any, path: str) -> None:
         ax.set_ylabel("rental cost per hour (USD)" if serving else "rental cost of the job (USD)")
     else:
         ax.set_ylabel("purchase price (USD)")
-    ax.set_title(f"{report.model}: options that can run the job ({len(points)} with a price)")
+    kind = "rental" if mode == "rent" else "purchase"
+    ax.set_title(
+        f"{report.model}: {len(points)} of {len(ranking.ranked)} options that run the job have a {kind} price"
+    )
     if by_accelerator:
         ax.legend(fontsize=7, loc="best")
     ax.grid(True, which="both", alpha=0.3)

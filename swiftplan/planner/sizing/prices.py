@@ -82,9 +82,11 @@ def catalog_price(accelerator: Accelerator) -> Price:
     cloud = entry.get("cloud_price") or {}
     launch = entry.get("launch_price_usd")
     checked = (entry.get("verification") or {}).get("launch_msrp_usd", "")
-    purchase_source = "launch list price (MSRP), accelerator catalog"
-    if checked:
-        purchase_source += f"; {checked}"
+    purchase_source = "launch list price (MSRP) in the accelerator catalog"
+    if checked == "recalled":
+        purchase_source += " (recalled, not re-read from a source)"
+    elif checked:
+        purchase_source += f" ({checked})"
     return Price(
         accelerator_id=accelerator.id,
         usd_per_gpu_hour=float(cloud["usd_per_gpu_hour"]) if cloud else None,

@@ -1,10 +1,10 @@
 """Training sizing: the best fine-tuning plan on every candidate cluster, as ranked-to-be options. Pure.
 
 Per accelerator: skip it when a price the objective needs is missing or it has no throughput figures;
-per cluster (smallest first): skip it when the weights cannot fit (`candidates.weight_shortfall`) or when
-even its speed bound misses the deadline or the budget; otherwise find the fastest plan that uses every
-GPU (`best_plan`). The model's per-layer figures are cached across clusters, so later clusters cost
-little more than their own estimates.
+per cluster (largest first, sharing what does not fit): skip it when buying it is over budget, when the
+weights cannot fit (`candidates.weight_shortfall`) or when even its speed bound misses the deadline or
+the rental budget; otherwise find the fastest plan that uses every GPU (`best_plan`). The model's
+per-layer figures are cached across clusters, so later clusters cost little more than their own estimates.
 """
 
 from __future__ import annotations
@@ -179,6 +179,11 @@ def _plan_cluster(
     if not space.layouts:
         reason = f"no parallel layout uses all {cluster.world_size} GPUs ({spec.num_heads} heads, {spec.num_layers} layers, pins)"
         return base.rejected("unsupported", reason), "skipped", 0
+    if constraints.budget_usd is not None and money_mode(objective, constraints) == "buy":
+        price = base.purchase_usd
+        if price is not None and price > constraints.budget_usd:
+            reason = f"over budget by {format_usd(price - constraints.budget_usd)} (purchase price {format_usd(price)})"
+            return base.rejected("budget", reason), "pruned", 0
     gap = weight_shortfall(spec, cluster, space, headroom=job.headroom, host_ram_bytes=job.host_ram_bytes)
     if gap.short_bytes > 0:
         reason = (
