@@ -115,7 +115,12 @@ def test_serve_a_plan_then_stop_with_sigint(tmp_path):
             model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, temperature=0
         )
         assert reply.usage.completion_tokens <= 5
-        written_after_each_request = json.loads((reports / "serve_report.json").read_text())
+        # The report is written by the server after the response goes out: give it a moment under load.
+        report_file = reports / "serve_report.json"
+        report_deadline = time.monotonic() + 20
+        while not report_file.exists() and time.monotonic() < report_deadline:
+            time.sleep(0.1)
+        written_after_each_request = json.loads(report_file.read_text())
         assert written_after_each_request["final"] is False
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=30)
