@@ -238,22 +238,28 @@ def test_whole_flow_pick_cluster_fill_form_search_select_save_copy(tmp_path):
 
 def test_restarted_search_ignores_the_old_one_and_cancel_stops_it():
     from swiftplan.tui.app import make_app
+    from swiftplan.tui.panes.job import JobPane
 
     async def flow() -> None:
-        app = make_app(gpus="rtx4090", cursor_blink=False)
+        app = make_app(gpus="8xa100", cursor_blink=False)
         async with app.run_test(size=(100, 30)) as pilot:
             await settle(pilot)
-            await search(pilot, model="Qwen/Qwen2.5-7B")
+            await search(pilot, model="Qwen/Qwen2.5-0.5B")
             first = app.outcome
             assert first is not None and first.search_id == 1
             stale = msg.SearchFinished(first)  # a late report from search 1 after search 2 started
-            await search(pilot, model="Qwen/Qwen2.5-0.5B")
+            # thousands of TPE trials (minutes of work), cancelled long before the end
+            await pilot.press("2")
+            app.query_one(JobPane).fill(
+                {"model": "Qwen/Qwen2.5-7B", "rank": "auto", "trials": "3000", "pareto": "yes"}
+            )
+            await pilot.press("ctrl+r", "x")
+            await settle(pilot)
             app.post_message(stale)
             await settle(pilot)
-            assert app.outcome is not None and app.outcome.search_id == 2
-            app.post_message(msg.SearchStopped(app.search_id, 3))
-            await pilot.pause()
-            assert "Cancelled after 3" in str(app.query_one("#search-status").render())
+            assert app.outcome is first and app.search_id == 2  # no plans from the cancelled search
+            assert "Cancelled" in str(app.query_one("#search-status").render())
+            assert not any(w.is_running for w in app.workers)
 
     asyncio.run(flow())
 

@@ -36,7 +36,7 @@ FOLLOW_INTERVAL_S = 2.0
 """How often a followed run directory is re-read."""
 
 
-def _no_cancel() -> bool:
+def _cancelled() -> bool:
     return get_current_worker().is_cancelled
 
 
@@ -216,7 +216,7 @@ class DashApp(App[None]):
                 fields=self.query_one(JobPane).values(),
                 cluster=self.hardware.cluster,
                 host_ram_bytes=self.hardware.host_ram_bytes or DEFAULT_HOST_RAM_BYTES,
-                cancelled=_no_cancel,
+                cancelled=_cancelled,
             ),
             thread=True,
             group="search",

@@ -99,7 +99,7 @@ def run_command(plan: PlanFile, path: str) -> str:
 
 def _cost(evaluation: Evaluation) -> str:
     if evaluation.cost_usd is None:
-        return f"{evaluation.gpu_hours:,.1f} GPU-h"
+        return f"{evaluation.gpu_hours:,.{1 if evaluation.gpu_hours >= 10 else 2}f} GPU-h"
     return f"${evaluation.cost_usd:,.0f}" if evaluation.cost_usd >= 10 else f"${evaluation.cost_usd:.2f}"
 
 

@@ -139,7 +139,9 @@ def short_number(value: float) -> str:
 
 
 def short_duration(seconds: float) -> str:
-    """Compact duration tick label: 40s, 12m, 3.4h, 2.1d."""
+    """Compact duration tick label: 52ms, 40s, 12m, 3.4h, 2.1d."""
+    if seconds < 1:
+        return f"{seconds * 1000:.3g}ms"
     if seconds < 120:
         return f"{seconds:.3g}s"
     if seconds < 7200:

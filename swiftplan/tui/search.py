@@ -170,7 +170,8 @@ def candidate_summary(evaluation: Evaluation) -> str:
     c = evaluation.candidate
     if isinstance(c, ServeCandidate):
         replicas = max(1, evaluation.gpus // c.tp)
-        return f"{c.quant} weights · KV {c.kv_dtype} · TP{c.tp}×{replicas} · {c.concurrency} seqs"
+        weights = c.dtype if c.quant == "none" else c.quant
+        return f"{weights} weights · KV {c.kv_dtype} · TP{c.tp}×{replicas} · {c.concurrency} seqs"
     assert isinstance(c, Candidate)
     accum = evaluation.estimate.setup.grad_accum if evaluation.estimate else 1  # type: ignore[union-attr]
     parts = [c.family + (f" r{c.rank}" if c.method != "full" else "")]

@@ -62,6 +62,19 @@ def describe_model(post: Post, name: str) -> None:
     post(msg.ModelDescribed(name, text))
 
 
+def _quiet_optuna() -> None:
+    """Optuna logs to stderr (a cancelled trial is a warning with a traceback), which would draw over the
+    screen: drop its handler for the dashboard's process."""
+    import logging
+
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    logger = logging.getLogger("optuna")
+    if not any(isinstance(handler, logging.NullHandler) for handler in logger.handlers):
+        logger.addHandler(logging.NullHandler())  # else logging's last-resort handler prints to stderr
+
+
 def search(
     post: Post,
     *,
@@ -85,6 +98,7 @@ def search(
     except Exception as error:
         post(msg.SearchFailed(search_id, _internal(error)))
         return
+    _quiet_optuna()
     evaluations: list[Any] = []
     last_report = clock()
 
