@@ -62,7 +62,7 @@ def test_probe_view_lists_used_and_free_memory_and_the_cluster_from_free_memory(
     assert view.cluster.usable_memory_bytes == fake_probe().devices[1].free_memory_bytes
     assert any("another container" in note for note in view.notes)
     empty = from_probe(no_accelerator())
-    assert empty.cluster is None and "catalog" in empty.summary
+    assert empty.cluster is None and "catalog" in empty.summary and empty.notes == ("tried nvml: no driver",)
 
 
 def test_catalog_view_has_a_row_per_gpu_and_every_accelerator_is_offered():
@@ -309,3 +309,21 @@ def test_readme_links_the_plan_view_screenshot():
     assert "(docs/dash-plan.svg)" in row
     svg = (root / "docs" / "dash-plan.svg").read_text()
     assert svg.startswith("<svg") and "Why&#160;not&#160;the&#160;others" in svg
+
+
+def test_dash_command_builds_the_app_from_its_flags(monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from swiftplan.cli import dash
+    from swiftplan.tui.app import DashApp
+
+    started = []
+    monkeypatch.setattr(DashApp, "run", lambda self: started.append(self))
+    cli = typer.Typer()
+    dash.register(cli)
+    cli.command("noop")(lambda: None)  # a second command keeps `dash` a subcommand
+    result = CliRunner().invoke(cli, ["dash", "--gpus", "rtx4090", "--model", "qwen2.5-7b", "--no-probe"])
+    assert result.exit_code == 0, result.output
+    (app,) = started
+    assert (app._gpus, app._model, app._probe, app.plan_path) == ("rtx4090", "qwen2.5-7b", None, "plan.yaml")

@@ -103,7 +103,8 @@ def from_probe(result: ProbeResult) -> HardwareView:
             if cluster
             else "No accelerator found on this machine: press c to plan for GPUs from the catalog."
         )
-    notes = tuple(dict.fromkeys((*result.warnings, *(cluster.notes if cluster else ()))))
+    tried = () if result.devices else tuple(f"tried {attempt}" for attempt in result.attempts)
+    notes = tuple(dict.fromkeys((*result.warnings, *(cluster.notes if cluster else ()), *tried)))
     return HardwareView(
         source=f"probe ({backend}{driver})",
         host_line=_host_line(result),
