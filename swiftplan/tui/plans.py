@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from swiftplan.plan_file import PlanFile
+from swiftplan.planner.breakdown import TENSOR_TERMS
 from swiftplan.planner.search.candidate import Candidate
 from swiftplan.planner.search.evaluate import Evaluation
 from swiftplan.planner.search.optimize import SearchResult
@@ -17,18 +18,7 @@ from swiftplan.units import format_gib
 
 PLAN_ROWS = 15
 """Most plans offered (Pareto fronts are thinned evenly, as `fit` does)."""
-MEMORY_TERMS = (
-    "weights",
-    "adapters",
-    "gradients",
-    "optimizer",
-    "master_weights",
-    "activations",
-    "logits",
-    "kv_cache",
-    "transient",
-    "runtime_overhead",
-)
+MEMORY_TERMS = (*TENSOR_TERMS, "transient", "runtime_overhead")
 """Breakdown fields drawn as segments, in drawing order."""
 
 
