@@ -28,7 +28,7 @@ from swiftplan.planner.breakdown import MemoryBreakdown, Term
 from swiftplan.planner.calibration import constant, constant_source
 from swiftplan.planner.dtypes import dtype_bytes, param_dtype
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.setup import LoraSetup, TrainSetup
 from swiftplan.planner.states import gradient_bytes, master_weight_bytes, optimizer_state_bytes
 from swiftplan.planner.weights import layer_weight_bytes, outer_weight_bytes
 from swiftplan.units import format_gib
@@ -98,6 +98,12 @@ def _optimizer_step_temporaries(spec: ModelSpec, setup: TrainSetup, trainable: i
     return copies * 4 * largest
 
 
+@cache
+def _layer_adapter_params(spec: ModelSpec, lora: LoraSetup, layer: int) -> int:
+    """LoRA parameters of one block (blocks differ only as dense vs MoE, hence first and last)."""
+    return sum(lora_params_for(lin, lora) for lin in layer_linears(spec, layer) if is_targeted(lin, lora, spec.model_type))
+
+
 def _grad_shares(spec: ModelSpec, setup: TrainSetup, grads: int, layers: range) -> tuple[int, int, int]:
     """(LM head + final norm, one block, untied embedding) shares of the gradient bytes `grads`."""
     if grads == 0:
@@ -105,10 +111,7 @@ def _grad_shares(spec: ModelSpec, setup: TrainSetup, grads: int, layers: range) 
     if setup.trains_adapters:
         assert setup.lora is not None
         total = adapter_params(spec, setup.lora)
-        per_layer = max(
-            sum(lora_params_for(lin, setup.lora) for lin in layer_linears(spec, i) if is_targeted(lin, setup.lora, spec.model_type))
-            for i in layers
-        )
+        per_layer = max(_layer_adapter_params(spec, setup.lora, i) for i in {layers[0], layers[-1]})
         return 0, grads * per_layer // max(total, 1), 0
     total = total_params(spec)
     head = spec.vocab_size * spec.hidden_size + spec.hidden_size
