@@ -52,6 +52,9 @@ def run_fit(
     study_name: str | None,
     measure: bool,
     top_k: int,
+    measure_steps: int = 3,
+    measure_layers: int | None = None,
+    measure_device: str = "cuda",
     output: str | None,
     as_json: bool,
     started: float,
@@ -131,12 +134,23 @@ def run_fit(
     if result.best is None and result.closest is not None:
         diagnose = infeasible.diagnose_training if task == "train" else infeasible.diagnose_serving
         diagnosis = diagnose(evaluator, pins, result.closest, objective)
+    measured: list[Any] = []
+    measured_evals: list[Any] = []
     if measure and result.best is not None:
-        from swiftplan.executors.measure import measure_candidates
+        from swiftplan.executors.measure import measure_candidates, record_trials
 
-        measure_candidates(
-            model, [e.estimate.setup for e in [result.best, *result.runners_up][:top_k] if e.estimate]
+        measured_evals = [e for e in [result.best, *result.runners_up] if e.estimate][:top_k]
+        measured = measure_candidates(
+            model,
+            [e.estimate.setup for e in measured_evals],
+            steps=measure_steps,
+            layers=measure_layers,
+            device=measure_device,
+            seed=seed,
+            progress=None if as_json else lambda text: console.print(f"[dim]{text}[/]", highlight=False),
         )
+        if result.study is not None:
+            record_trials(result.study, measured_evals, measured, objective=objective)
     plan = None
     if result.best is not None:
         plan = _plan(result.best, spec=spec, cluster=cluster, objective=objective, workload=workload)
@@ -168,6 +182,7 @@ def run_fit(
             **result_json(result, diagnosis),
             "plan": plan_dict(plan) if plan else None,
             "plan_file": output if plan and output else None,
+            **({"measurements": _measurements_json(measured_evals, measured)} if measure else {}),
             "elapsed_s": elapsed,
         }
         print_json(payload)
@@ -183,6 +198,8 @@ def run_fit(
             output=output if plan else None,
             objective=objective,
         )
+        if measured:
+            _render_measurements(measured_evals, measured)
     if result.best is None:
         raise typer.Exit(1)
 
@@ -245,3 +262,83 @@ def _render(
     console.print(f"[dim]{search_line}[/]", highlight=False)
     if output:
         console.print(f"wrote {output} (check it with `swiftplan estimate {output}`)", highlight=False)
+
+
+def _measurements_json(evaluations: list[Any], measured: list[Any]) -> list[dict[str, Any]]:
+    from swiftplan.executors.measure import label, per_device_tokens, ranked
+
+    order = ranked(measured)
+    out = []
+    for index, (evaluation, m) in enumerate(zip(evaluations, measured, strict=True)):
+        out.append({
+            "candidate": index + 1, "setup": label(m.setup), "device": m.device, "layers": m.layers,
+            "predicted_tokens_per_s_per_device": per_device_tokens(evaluation),
+            "measured_tokens_per_s": m.tokens_per_s if m.ran else None,
+            "predicted_peak_allocated": evaluation.estimate.memory.peak_allocated,
+            "measured_peak_allocated": m.peak_allocated_bytes if m.ran or m.oom else None,
+            "measured_peak_reserved": m.peak_reserved_bytes if m.ran else None,
+            "oom": m.oom, "skipped": m.skipped or None, "step_times_s": list(m.step_times_s),
+            "measured_rank": order.index(index) + 1 if index in order else None,
+        })  # fmt: skip
+    return out
+
+
+def _rate(tokens_per_s: float) -> str:
+    return f"{tokens_per_s / 1e6:.3g}M" if tokens_per_s >= 1e6 else f"{tokens_per_s:,.0f}"
+
+
+def _render_measurements(evaluations: list[Any], measured: list[Any]) -> None:
+    from rich.table import Table
+
+    from swiftplan.executors.measure import label, per_device_tokens, ranked
+
+    order = ranked(measured)
+    device = measured[0].device
+    layers = measured[0].layers
+    table = Table(
+        title=f"Measured on {device}" + (f" ({layers} layer(s))" if layers else "") + ", one device each",
+        title_justify="left",
+    )
+    for name in (
+        "#",
+        "candidate",
+        "pred tok/s",
+        "meas tok/s",
+        "ratio",
+        "pred peak",
+        "meas peak",
+        "OOM",
+        "rank",
+    ):
+        table.add_column(
+            name, justify="left" if name == "candidate" else "right", no_wrap=name != "candidate"
+        )
+    for index, (evaluation, m) in enumerate(zip(evaluations, measured, strict=True)):
+        predicted = per_device_tokens(evaluation)
+        rank = order.index(index) + 1 if index in order else None
+        table.add_row(
+            str(index + 1),
+            label(m.setup) + (" [bold green](winner)[/]" if rank == 1 else ""),
+            _rate(predicted),
+            _rate(m.tokens_per_s) if m.ran else "-",
+            f"{m.tokens_per_s / predicted:.3g}" if m.ran and predicted > 0 else "-",
+            format_gib(evaluation.estimate.memory.peak_allocated, 2),
+            format_gib(m.peak_allocated_bytes, 2) if m.ran or m.oom else "-",
+            "yes" if m.oom else "no" if m.ran else "-",
+            str(rank) if rank else "-",
+        )
+    console.print(table)
+    for index, m in enumerate(measured):
+        if m.skipped:
+            console.print(f"[dim]candidate {index + 1} skipped: {m.skipped}[/]", highlight=False)
+    if order:
+        console.print(f"winner by measurement: candidate {order[0] + 1} ({label(measured[order[0]].setup)}), "
+                      f"{measured[order[0]].tokens_per_s:,.0f} tokens/s measured", highlight=False)  # fmt: skip
+    else:
+        console.print("no candidate completed its measured steps.", highlight=False)
+    if device == "cpu":
+        console.print("[yellow]CPU timings and RSS do not rank GPU plans: this was a smoke run of the measuring path.[/]",
+                      highlight=False)  # fmt: skip
+    if layers:
+        console.print(f"[dim]with --measure-layers {layers} the measured speed and memory are of a shallower model than "
+                      "predicted; compare the ranking, not the ratios.[/]", highlight=False)  # fmt: skip

@@ -208,9 +208,24 @@ def fit_command(
         None, "--study-name", help="Study name in --storage (default: derived from the problem)."
     ),
     measure: bool = typer.Option(
-        False, "--measure", help="Time the top candidates on this machine's GPU (needs CUDA)."
+        False,
+        "--measure",
+        help="Run the top candidates for a few real steps on this machine's GPU and rank them by measured tokens/s (needs CUDA).",
     ),
-    top_k: int = typer.Option(3, "--top-k", help="Candidates --measure runs."),
+    top_k: int = typer.Option(3, "--measure-top", "--top-k", help="Candidates --measure runs."),
+    measure_steps: int = typer.Option(
+        3, "--measure-steps", help="Timed optimizer steps per candidate (after 1 warm-up)."
+    ),
+    measure_layers: int = typer.Option(
+        None,
+        "--measure-layers",
+        help="Build the measured models with this many layers (faster; default: all).",
+    ),
+    measure_device: str = typer.Option(
+        "cuda",
+        "--measure-device",
+        help="cuda, or cpu for a slow smoke run (CPU timings do not rank GPU plans).",
+    ),
     output: str = typer.Option(None, "-o", "--output", help="Write the winning plan as a plan file (YAML)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -228,9 +243,14 @@ def fit_command(
     spec = resolve_model(model)
     cluster = resolve_cluster(gpus)
     if measure:
-        from swiftplan.executors.measure import require_cuda
+        if measure_device not in ("cuda", "cpu"):
+            raise SwiftplanError(f"--measure-device takes cuda or cpu, got {measure_device!r}.")
+        if top_k < 1 or measure_steps < 1 or (measure_layers is not None and measure_layers < 1):
+            raise SwiftplanError("--measure-top, --measure-steps and --measure-layers must be at least 1.")
+        if measure_device == "cuda":
+            from swiftplan.executors.measure import require_cuda
 
-        require_cuda()
+            require_cuda()
     goal = objective.value if objective else ("throughput" if task == Task.serve else "time")
     pins = _pins(
         method=method,
@@ -278,6 +298,9 @@ def fit_command(
         study_name=study_name,
         measure=measure,
         top_k=top_k,
+        measure_steps=measure_steps,
+        measure_layers=measure_layers,
+        measure_device=measure_device,
         output=output,
         as_json=as_json,
         started=started,

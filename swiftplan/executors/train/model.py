@@ -79,9 +79,18 @@ def _quantization_config(setup: TrainSetup) -> Any:
 
 
 def load_model(
-    model: str, setup: TrainSetup, *, device: Any, random_init: bool, seed: int, vocab_size: int
+    model: str,
+    setup: TrainSetup,
+    *,
+    device: Any,
+    random_init: bool,
+    seed: int,
+    vocab_size: int,
+    config_overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """The causal LM on `device`, in the plan's dtype, with LoRA and gradient checkpointing as planned."""
+    """The causal LM on `device`, in the plan's dtype, with LoRA and gradient checkpointing as planned.
+
+    `config_overrides` (random init only) replaces config.json keys, e.g. fewer layers for `fit --measure`."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -93,7 +102,7 @@ def load_model(
         if random_init:
             from swiftplan.executors.trace_model import load_config
 
-            config = load_config(_config_dict(model), notes=[])
+            config = load_config(_config_dict(model) | (config_overrides or {}), notes=[])
             torch.manual_seed(seed)
             net = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
             if net.get_input_embeddings().num_embeddings < vocab_size:

@@ -81,6 +81,8 @@ class SearchResult:
     """Estimator calls made."""
     sampler: str
     """Sampler used."""
+    study: Any = field(default=None, repr=False, compare=False)
+    """The Optuna study (for `fit --measure` to add its measured trials to)."""
 
 
 EXHAUSTIVE_MAX = 8000
@@ -186,6 +188,7 @@ def _search(
         pruned=len(run.pruned),
         estimates=estimates(),
         sampler=sampler_name,
+        study=study,
     )
 
 
