@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.adapters import validate_targets
@@ -15,6 +16,8 @@ from swiftplan.planner.serve_memory import serve_memory
 from swiftplan.planner.setup import ServeSetup, TrainSetup
 from swiftplan.planner.speed import ServeSpeed, TrainSpeed, serve_speed, train_speed
 from swiftplan.planner.train_memory import train_memory
+
+SpeedT = TypeVar("SpeedT", TrainSpeed, ServeSpeed)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -127,6 +130,16 @@ def _check_parallelism(spec: ModelSpec, cluster: Cluster, tp: int, pp: int) -> N
         )
 
 
+def _speed_or_note(predict: Callable[[], SpeedT], notes: list[str]) -> SpeedT | None:
+    """The speed prediction, or None with the reason added to `notes` (an accelerator without
+    published throughput still gets its memory estimate)."""
+    try:
+        return predict()
+    except SwiftplanError as error:
+        notes.append(str(error))
+        return None
+
+
 def estimate_training(spec: ModelSpec, setup: TrainSetup, cluster: Cluster) -> Estimate:
     """Memory and speed of one training configuration."""
     _check_parallelism(spec, cluster, setup.parallel.tp, setup.parallel.pp)
@@ -134,11 +147,9 @@ def estimate_training(spec: ModelSpec, setup: TrainSetup, cluster: Cluster) -> E
         validate_targets(spec, setup.lora)
     memory = train_memory(spec, setup, world_size=cluster.world_size)
     notes = list(cluster.notes)
-    try:
-        speed: TrainSpeed | None = train_speed(spec, setup, cluster, trainable_params=memory.trainable_params)
-    except SwiftplanError as error:
-        speed = None
-        notes.append(str(error))
+    speed = _speed_or_note(
+        lambda: train_speed(spec, setup, cluster, trainable_params=memory.trainable_params), notes
+    )
     return Estimate(
         task="train",
         model=spec,
@@ -160,17 +171,16 @@ def estimate_serving(spec: ModelSpec, setup: ServeSetup, cluster: Cluster) -> Es
     device_bytes = cluster.memory_bytes_per_device
     memory = serve_memory(spec, setup, device_memory_bytes=device_bytes)
     notes = list(cluster.notes)
-    try:
-        speed: ServeSpeed | None = serve_speed(
+    speed = _speed_or_note(
+        lambda: serve_speed(
             spec,
             setup,
             cluster.accelerator,
             weight_bytes=memory.device.weights,
             kv_bytes_per_token=memory.kv_bytes_per_token,
-        )
-    except SwiftplanError as error:
-        speed = None
-        notes.append(str(error))
+        ),
+        notes,
+    )
     return Estimate(
         task="serve",
         model=spec,
