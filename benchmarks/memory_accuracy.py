@@ -133,6 +133,10 @@ def training_cases() -> list[Case]:
             t(method="lora", lora=_lora(16), micro_batch=1, seq_len=2048, grad_ckpt=True),
             t(method="lora", lora=_lora(32, ALL), micro_batch=2, seq_len=1024, grad_ckpt=False),
         ],
+        "Qwen/Qwen2.5-1.5B ": [
+            t(method="lora", precision="fp32", lora=_lora(16), micro_batch=2, seq_len=1024, grad_ckpt=False),
+            t(method="lora", precision="fp32", lora=_lora(32, ALL, 0.05), micro_batch=1, seq_len=2048, grad_ckpt=True),
+        ],
         "Qwen/Qwen3-30B-A3B": [
             t(method="lora", lora=_lora(16), micro_batch=1, seq_len=1024, grad_ckpt=True),
         ],
