@@ -72,6 +72,7 @@ class TrainFields(_Strict):
     grad_accum: int = Field(gt=0)
     grad_ckpt: bool
     attention: AttentionImpl
+    kbit_upcast: bool = False
     parallel: ParallelFields
 
 

@@ -182,3 +182,18 @@ def test_grad_ckpt_saves_activation_memory():
     on = train_memory(QWEN7B, TrainSetup(method="lora", micro_batch=4, seq_len=2048, grad_ckpt=True)).device
     off = train_memory(QWEN7B, TrainSetup(method="lora", micro_batch=4, seq_len=2048, grad_ckpt=False)).device
     assert on.activations < off.activations / 5
+
+
+def test_kbit_upcast_puts_unquantized_parameters_and_activations_in_fp32():
+    from swiftplan.errors import SwiftplanError
+    from swiftplan.planner.architecture import embedding_params, lm_head_params
+
+    llama = catalog_spec("meta-llama/Meta-Llama-3-8B")
+    plain = train_memory(llama, TrainSetup(method="qlora")).device
+    upcast = train_memory(llama, TrainSetup(method="qlora", kbit_upcast=True)).device
+    # embeddings, LM head, the final norm and two norms per block go from 2 to 4 bytes
+    unquantized = embedding_params(llama) + lm_head_params(llama) + 4096 + 32 * 2 * 4096
+    assert upcast.weights - plain.weights == 2 * unquantized
+    assert upcast.activations > plain.activations
+    with pytest.raises(SwiftplanError, match="bitsandbytes base"):
+        TrainSetup(method="lora", kbit_upcast=True)

@@ -67,6 +67,7 @@ def _write(qwen7b, path, setup, gpus="2xrtx4090", gpus_used=2):
             grad_ckpt=False,
             parallel=Parallelism(pp=2),
         ),
+        TrainSetup(method="qlora", kbit_upcast=True),
         TrainSetup(
             method="full", precision="amp-bf16", optimizer="adamw-8bit", parallel=Parallelism(tp=2, zero=0)
         ),

@@ -110,6 +110,12 @@ def estimate_command(
     grad_accum: int = typer.Option(1, "--grad-accum", help="Gradient accumulation steps."),
     grad_ckpt: bool = typer.Option(True, "--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing."),
     attention: str = typer.Option("sdpa", "--attention", help="sdpa | flash | eager"),
+    kbit_upcast: bool = typer.Option(
+        False,
+        "--kbit-upcast",
+        help="QLoRA/int8 base prepared with peft's prepare_model_for_kbit_training (TRL-style): "
+        "non-quantized parameters and activations in fp32.",
+    ),
     zero: int = typer.Option(0, "--zero", help="ZeRO stage 0-3."),
     offload: str = typer.Option("none", "--offload", help="none | optimizer | optimizer+params"),
     gpus: str = typer.Option(
@@ -129,7 +135,9 @@ def estimate_command(
     from swiftplan.executors.model_source import resolve_model
     from swiftplan.planner.estimate import estimate_serving, estimate_training
 
-    if model.lower().endswith((".yaml", ".yml")):  # a plan file from `swiftplan fit -o`: its own model, GPUs and set-up
+    if model.lower().endswith(
+        (".yaml", ".yml")
+    ):  # a plan file from `swiftplan fit -o`: its own model, GPUs and set-up
         from swiftplan.plan_file import estimate_plan
 
         result = estimate_plan(model)
@@ -156,6 +164,7 @@ def estimate_command(
             tp=tp,
             pp=pp,
             cluster=cluster,
+            kbit_upcast=kbit_upcast,
         )
         result = estimate_training(spec, setup, cluster)
     else:

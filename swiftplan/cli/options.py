@@ -50,6 +50,7 @@ def build_train_setup(
     tp: int,
     pp: int,
     cluster: Cluster,
+    kbit_upcast: bool = False,
 ) -> TrainSetup:
     """A validated `TrainSetup`, refused early when the accelerator cannot run it."""
     lora = (
@@ -68,6 +69,7 @@ def build_train_setup(
         grad_accum=grad_accum,
         grad_ckpt=grad_ckpt,
         attention=attention,  # type: ignore[arg-type]
+        kbit_upcast=kbit_upcast,
         parallel=Parallelism(tp=tp, pp=pp, zero=zero, offload=offload),  # type: ignore[arg-type]
     )
     _refuse_impossible(

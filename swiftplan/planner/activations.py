@@ -25,7 +25,7 @@ from functools import cache
 
 from swiftplan.planner.adapters import is_targeted, lora_params_for
 from swiftplan.planner.architecture import Linear, layer_linears
-from swiftplan.planner.dtypes import compute_dtype, dtype_bytes, param_dtype
+from swiftplan.planner.dtypes import activation_dtype_bytes, dtype_bytes, param_dtype
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import TrainSetup
 
@@ -55,7 +55,15 @@ class LayerActivations:
     @property
     def total(self) -> int:
         """All saved bytes of the block."""
-        return self.norms + self.linear_inputs + self.lora + self.attention + self.mlp + self.moe + self.weight_copies
+        return (
+            self.norms
+            + self.linear_inputs
+            + self.lora
+            + self.attention
+            + self.mlp
+            + self.moe
+            + self.weight_copies
+        )
 
 
 def _linear_saves(
@@ -106,7 +114,7 @@ def _representative_layer(spec: ModelSpec, layer: int) -> int:
 def _layer_activation_bytes(
     spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, seq_len: int
 ) -> LayerActivations:
-    cb = dtype_bytes(compute_dtype(setup.precision))
+    cb = activation_dtype_bytes(setup)
     full = setup.method == "full"
     amp = setup.precision.startswith("amp-")
     h = spec.hidden_size
@@ -130,7 +138,9 @@ def _layer_activation_bytes(
             # Linears reading one tensor (q and v) keep that same tensor once; only lora_A's output is theirs.
             own = tokens * FP32 * setup.lora.rank  # type: ignore[union-attr]
             key = ("lora", linear.block, linear.in_features)
-            already_kept = _reads_saved_tensor(linear) and linear.block == "attention"  # o_proj reads the SDPA output
+            already_kept = (
+                _reads_saved_tensor(linear) and linear.block == "attention"
+            )  # o_proj reads the SDPA output
             if already_kept or key in seen_inputs:
                 lora_saved = own
             seen_inputs.add(key)
@@ -163,7 +173,11 @@ def _autocast_weight_copies(spec: ModelSpec, setup: TrainSetup, layer: int, cb: 
     `_to_copy` of each weight alive at the peak.)"""
     params = sum(lin.params for lin in layer_linears(spec, layer))
     if setup.trains_adapters and setup.lora is not None:
-        params += sum(lora_params_for(lin, setup.lora) for lin in layer_linears(spec, layer) if is_targeted(lin, setup.lora, spec.model_type))
+        params += sum(
+            lora_params_for(lin, setup.lora)
+            for lin in layer_linears(spec, layer)
+            if is_targeted(lin, setup.lora, spec.model_type)
+        )
     return params * cb
 
 
@@ -213,14 +227,20 @@ def backward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> i
     i.e. while a checkpointed block is recomputed. Traced on Mistral-7B: 368 MB vs 352 MB here."""
     width = spec.intermediate_size
     if spec.moe is not None:
-        width = spec.moe.expert_intermediate_size * spec.moe.experts_per_token + spec.moe.shared_intermediate_size
-    return 3 * tokens * width * dtype_bytes(compute_dtype(setup.precision))
+        width = (
+            spec.moe.expert_intermediate_size * spec.moe.experts_per_token + spec.moe.shared_intermediate_size
+        )
+    return 3 * tokens * width * activation_dtype_bytes(setup)
 
 
 def block_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
     """What gradient checkpointing keeps per block: its input hidden states (T × h), fp32 under amp
     (the residual stream stays in the parameter dtype)."""
-    return tokens * spec.hidden_size * dtype_bytes(param_dtype(setup.precision))
+    return (
+        tokens
+        * spec.hidden_size
+        * max(dtype_bytes(param_dtype(setup.precision)), activation_dtype_bytes(setup))
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -242,7 +262,9 @@ class ActivationPhases:
     """Gradient temporaries of one block's backward (the MLP's, the widest), on top of its saved tensors."""
 
 
-def activation_phases(spec: ModelSpec, setup: TrainSetup, *, layers: int | None = None, tp: int = 1) -> ActivationPhases:
+def activation_phases(
+    spec: ModelSpec, setup: TrainSetup, *, layers: int | None = None, tp: int = 1
+) -> ActivationPhases:
     """Saved activations at the loss and, with checkpointing, during a block's recomputation.
 
     Without checkpointing every block keeps its saved tensors. With it (non-reentrant, as HF
@@ -278,7 +300,10 @@ def activations_bytes(spec: ModelSpec, setup: TrainSetup, *, layers: int | None 
 
 
 def _split(acts: LayerActivations, tp: int) -> int:
-    return acts.norms + (acts.linear_inputs + acts.lora + acts.attention + acts.mlp + acts.moe + acts.weight_copies) // tp
+    return (
+        acts.norms
+        + (acts.linear_inputs + acts.lora + acts.attention + acts.mlp + acts.moe + acts.weight_copies) // tp
+    )
 
 
 def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
@@ -292,7 +317,7 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
     Gemma 2's logit soft-capping keeps its tanh output (compute dtype) for backward.
     """
     tokens = setup.micro_batch * setup.seq_len
-    softcap = dtype_bytes(compute_dtype(setup.precision)) if spec.final_logit_softcapping else 0
+    softcap = activation_dtype_bytes(setup) if spec.final_logit_softcapping else 0
     per_token = 3 * FP32 + softcap
     return tokens * (spec.vocab_size // tp) * per_token
 
@@ -303,7 +328,7 @@ def shared_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
     when gradients flow through it (full fine-tuning, or with checkpointing, whose recomputed block
     inputs require grad), plus the normalised copy and its output (the LM head's input) when the
     LM head trains. Traced: a LoRA run without checkpointing keeps nothing for the final norm."""
-    cb = dtype_bytes(compute_dtype(setup.precision))
+    cb = activation_dtype_bytes(setup)
     amp = setup.precision.startswith("amp-")
     rope_width = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim
     rope = 2 * setup.seq_len * rope_width * (FP32 if amp else cb)

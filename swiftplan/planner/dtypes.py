@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from swiftplan.planner.setup import Precision
+from swiftplan.planner.setup import Precision, TrainSetup
 
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1}
 
@@ -20,3 +20,9 @@ def compute_dtype(precision: Precision) -> str:
 def dtype_bytes(dtype: str) -> int:
     """Bytes per element of `dtype`."""
     return DTYPE_BYTES[dtype]
+
+
+def activation_dtype_bytes(setup: TrainSetup) -> int:
+    """Bytes per element of saved activations: the compute dtype, or fp32 when a k-bit base was
+    prepared with peft's fp32 upcast (its fp32 norms and embeddings make the whole stream fp32)."""
+    return 4 if setup.kbit_upcast else dtype_bytes(compute_dtype(setup.precision))

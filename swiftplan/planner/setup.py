@@ -129,6 +129,11 @@ class TrainSetup:
     """Activation (gradient) checkpointing: keep only block inputs, recompute in backward."""
     attention: AttentionImpl = "sdpa"
     """Attention kernel: sdpa/flash keep no attention matrix; eager keeps b×heads×s×s."""
+    kbit_upcast: bool = False
+    """k-bit base prepared with peft's prepare_model_for_kbit_training (TRL and most QLoRA scripts):
+    every non-quantized parameter (embeddings, LM head, norms, unquantized experts) is cast to fp32,
+    which makes the residual stream and the block activations fp32. swiftplan train does not do this
+    unless the plan asks for it."""
     parallel: Parallelism = field(default_factory=Parallelism)
     """Tensor/pipeline/ZeRO settings."""
 
@@ -164,6 +169,11 @@ class TrainSetup:
             raise SwiftplanError(
                 f"Full fine-tuning cannot update quantized weights (--quant {self.quant}).",
                 hint="Use --method lora or qlora on a quantized base, or --quant none.",
+            )
+        if self.kbit_upcast and self.quant not in ("nf4", "fp4", "int8"):
+            raise SwiftplanError(
+                "--kbit-upcast describes peft's preparation of a bitsandbytes base (nf4, fp4 or int8); "
+                f"this set-up has --quant {self.quant}."
             )
         if self.parallel.zero == 3 and self.quant != "none":
             raise SwiftplanError(

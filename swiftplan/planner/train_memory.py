@@ -55,7 +55,7 @@ def _weights_on_device(spec: ModelSpec, setup: TrainSetup, layers: range) -> int
     wdtype = param_dtype(setup.precision)
     if setup.parallel.zero > 0 and setup.precision.startswith("amp-"):
         wdtype = setup.precision.removeprefix("amp-")
-    wb = dtype_bytes(wdtype)
+    wb = 4 if setup.kbit_upcast else dtype_bytes(wdtype)  # peft's upcast: non-quantized parameters in fp32
     tp = setup.parallel.tp
     blocks = sum(
         layer_weight_bytes(spec, i, dtype_bytes=wb, quant=setup.quant, double_quant=setup.double_quant, tp=tp)
@@ -93,7 +93,14 @@ def _optimizer_step_temporaries(spec: ModelSpec, setup: TrainSetup, trainable: i
     largest = min(largest_param_elements(spec), trainable) if not setup.trains_adapters else 0
     if setup.trains_adapters:
         assert setup.lora is not None
-        largest = max(lora_params_for(lin, setup.lora) for _, lin in linear_modules(spec) if is_targeted(lin, setup.lora, spec.model_type)) // 2
+        largest = (
+            max(
+                lora_params_for(lin, setup.lora)
+                for _, lin in linear_modules(spec)
+                if is_targeted(lin, setup.lora, spec.model_type)
+            )
+            // 2
+        )
     copies = 2 if state_bytes == 4 else 4
     return copies * 4 * largest
 
@@ -101,7 +108,11 @@ def _optimizer_step_temporaries(spec: ModelSpec, setup: TrainSetup, trainable: i
 @cache
 def _layer_adapter_params(spec: ModelSpec, lora: LoraSetup, layer: int) -> int:
     """LoRA parameters of one block (blocks differ only as dense vs MoE, hence first and last)."""
-    return sum(lora_params_for(lin, lora) for lin in layer_linears(spec, layer) if is_targeted(lin, lora, spec.model_type))
+    return sum(
+        lora_params_for(lin, lora)
+        for lin in layer_linears(spec, layer)
+        if is_targeted(lin, lora, spec.model_type)
+    )
 
 
 def _grad_shares(spec: ModelSpec, setup: TrainSetup, grads: int, layers: range) -> tuple[int, int, int]:
@@ -178,7 +189,9 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
     activations = max(at_loss, in_backward)
     logits = act.logits_bytes(spec, setup, tp=tp)
 
-    step_temp = _optimizer_step_temporaries(spec, setup, trainable_here, state_bytes) if par.offload == "none" else 0
+    step_temp = (
+        _optimizer_step_temporaries(spec, setup, trainable_here, state_bytes) if par.offload == "none" else 0
+    )
     static = weights_frozen + adapters + optim + master
     grads_during_fwd = grads if setup.grad_accum > 1 else 0
     head_grads, layer_grads, embedding_grads = _grad_shares(spec, setup, grads, stage_layers)

@@ -160,11 +160,17 @@ def prepare_kbit_base(net: Any, *, grad_ckpt: bool) -> Any:
 
 
 def _wrap_lora(net: Any, setup: TrainSetup, *, kbit: bool) -> Any:
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     lora = setup.lora
     assert lora is not None
-    if kbit:
+    if kbit and setup.kbit_upcast:  # the plan asked for peft's own preparation, fp32 upcast included
+        net = prepare_model_for_kbit_training(
+            net,
+            use_gradient_checkpointing=setup.grad_ckpt,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif kbit:
         net = prepare_kbit_base(net, grad_ckpt=setup.grad_ckpt)
     elif setup.grad_ckpt:
         enable_checkpointing(net)
