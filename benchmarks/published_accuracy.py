@@ -356,9 +356,9 @@ def findings(report: dict[str, Any], csv_path: Path) -> list[str]:
         "which memory, and the LoRA shape is unstated), and the "
         "Unsloth context limits (us-01, us-02) over-predicted. peft's `prepare_model_for_kbit_training`, which TRL's "
         "SFTTrainer and most QLoRA scripts call on a bitsandbytes base, casts every non-quantized parameter "
-        "(embeddings, LM head, norms) to fp32; the planner keeps them in the compute dtype, as torchtune "
-        "and `swiftplan train` do (0.5 GB for Llama-2-7B, 2.1 GB for Llama-3-8B, 4.2 GB for 70B). The planner "
-        "answers for runs that skip the upcast; for TRL-style runs it under-counts by that much. peft skips the upcast for GPTQ; "
+        "(embeddings, LM head, norms) to fp32 and so makes the activations fp32; `--kbit-upcast` models it and is "
+        "applied here to the bitsandbytes rows from such recipes (lf-03, hf4-*), not to Unsloth's or torchtune's "
+        "own preparation (0.5 GB more weights for Llama-2-7B, 2.1 GB for Llama-3-8B, 4.2 GB for 70B). peft skips the upcast for GPTQ; "
         "the fixed part of the GPTQ rows carries DeepSpeed ZeRO-2's 2e8-element communication buckets instead (qwen-04/06 under, qwen-05/07 at 8k tokens "
         "over or level).",
     ]

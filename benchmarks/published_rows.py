@@ -345,6 +345,13 @@ def express(row: dict[str, str]) -> Expressed:
         )
     attention = assumed.get("attention", "sdpa")
     grad_ckpt = row["grad_ckpt"].strip().lower()
+    # A bitsandbytes base in TRL / LLaMA-Factory / HF-blog / QLoRA-paper scripts goes through peft's
+    # prepare_model_for_kbit_training (fp32 upcast); Unsloth and torchtune prepare their own.
+    source = row["source"].lower()
+    own_preparation = "torchtune" in source or ("unsloth" in source and "llama-factory" not in source)
+    kbit_upcast = quant in ("nf4", "fp4", "int8") and method != "full" and not own_preparation
+    if kbit_upcast:
+        notes.append("k-bit base prepared with peft's prepare_model_for_kbit_training (fp32 upcast)")
     setup = TrainSetup(
         method=method,  # type: ignore[arg-type]
         precision=_precision(row["precision"], method),  # type: ignore[arg-type]
@@ -356,6 +363,7 @@ def express(row: dict[str, str]) -> Expressed:
         seq_len=parse_int(row["seq_len"], 2048),
         grad_ckpt=assumed.get("grad_ckpt", grad_ckpt != "false"),
         attention=attention,
+        kbit_upcast=kbit_upcast,
         parallel=parallel,
     )
     return Expressed(
