@@ -213,7 +213,8 @@ def serve_speed(
 
     Prefill is compute-bound: 2 × N FLOPs per token (+ attention) at the compute efficiency.
     Each decode step reads every weight once and each sequence's KV cache, and does 2 × N FLOPs
-    per sequence; its time is the larger of the two at their efficiencies.
+    per sequence; its time is the larger of the two at their efficiencies. TTFT is one prompt of
+    context/2 tokens prefilled in chunks beside the other sequences' decode tokens.
     """
     n = matmul_params_per_token(spec)
     peak = accelerator.dense_flops(setup.dtype) * constant("serving_efficiency", "compute") * setup.tp
@@ -223,13 +224,19 @@ def serve_speed(
         * setup.tp
     )
     prompt = setup.context // 2
-    prefill_flops = (2 * n + attention_flops_per_token(spec, prompt)) * prompt
-    prefill_tps = prompt / (prefill_flops / peak)
-    ttft = prefill_flops * setup.concurrency / peak if setup.concurrency > 1 else prefill_flops / peak
+    per_token_flops = 2 * n + attention_flops_per_token(spec, prompt)
+    prefill_tps = peak / per_token_flops
     kv_read = setup.concurrency * prompt * kv_bytes_per_token * setup.tp
     memory_s = (weight_bytes * setup.tp + kv_read) / bandwidth
     compute_s = 2 * n * setup.concurrency / peak
     step = max(memory_s, compute_s)
+    # TTFT of a request arriving while the other sequences decode (vLLM chunked prefill): each engine
+    # step takes up to `prefill_chunk` tokens, the running sequences' decode tokens first; the new
+    # prompt fills the rest, and a step costs the larger of its weight/KV reads and its FLOPs.
+    room = max(1, setup.prefill_chunk - (setup.concurrency - 1))
+    steps = -(-prompt // room)
+    step_with_prefill = max(memory_s, min(setup.prefill_chunk, prompt + setup.concurrency - 1) * per_token_flops / peak)
+    ttft = steps * step_with_prefill
     return ServeSpeed(
         prefill_tokens_per_s=prefill_tps,
         ttft_s=ttft,
