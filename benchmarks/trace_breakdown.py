@@ -16,17 +16,9 @@ from collections import Counter
 from typing import Any
 
 from swiftplan.executors.trace import training_rig
+from swiftplan.planner.model_catalog import catalog_spec
 
-QWEN25_7B: dict[str, Any] = {
-    "model_type": "qwen2",
-    "hidden_size": 3584,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 28,
-    "num_key_value_heads": 4,
-    "intermediate_size": 18944,
-    "vocab_size": 152064,
-    "tie_word_embeddings": False,
-}
+QWEN25_7B: dict[str, Any] = dict(catalog_spec("Qwen/Qwen2.5-7B-Instruct").hf_config)
 
 
 def saved_after_forward(

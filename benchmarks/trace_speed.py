@@ -15,29 +15,11 @@ import json
 import time
 from typing import Any
 
+from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.units import format_gib
 
-QWEN25_7B: dict[str, Any] = {
-    "model_type": "qwen2",
-    "hidden_size": 3584,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 28,
-    "num_key_value_heads": 4,
-    "intermediate_size": 18944,
-    "vocab_size": 152064,
-    "tie_word_embeddings": False,
-    "rms_norm_eps": 1e-6,
-    "max_position_embeddings": 131072,
-}
-QWEN25_14B: dict[str, Any] = {
-    **QWEN25_7B,
-    "hidden_size": 5120,
-    "num_hidden_layers": 48,
-    "num_attention_heads": 40,
-    "num_key_value_heads": 8,
-    "intermediate_size": 13824,
-    "rms_norm_eps": 1e-5,
-}
+QWEN25_7B: dict[str, Any] = dict(catalog_spec("Qwen/Qwen2.5-7B-Instruct").hf_config)
+QWEN25_14B: dict[str, Any] = dict(catalog_spec("Qwen/Qwen2.5-14B").hf_config)
 CASES = {"Qwen2.5-7B": QWEN25_7B, "Qwen2.5-14B": QWEN25_14B}
 SETUP: dict[str, Any] = {
     "method": "lora",
