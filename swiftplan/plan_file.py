@@ -1,13 +1,17 @@
-"""Plan files: the versioned YAML `swiftplan fit -o plan.yaml` writes and `swiftplan estimate plan.yaml` reads.
+"""Plan files: the versioned YAML form of a `Plan` (`swiftplan fit -o plan.yaml` writes it, every other
+verb reads it).
 
-The schema is pydantic with unknown keys forbidden, so a typo or a hand edit that does not match
-is reported naming the file and the field instead of being silently ignored. The set-up fields are
-exactly `TrainSetup` / `ServeSetup`; after schema validation the set-up is rebuilt through those
-classes, so their cross-field checks (QLoRA needs a 4-bit base, ...) apply to files too.
+Schema version 2 serialises the typed `Plan` exactly: model, task, engine, the hardware snapshot (the
+accelerator's figures as planned, nodes × GPUs per node used, usable memory, interconnect), the layout,
+the workload, the set-up and the prediction, so a plan never needs the catalog to be read back. Version 1
+files (no snapshot, a `cluster` string) still load, through the catalog. Validation is pydantic with
+unknown keys forbidden; the set-up is rebuilt through `TrainSetup` / `ServeSetup`, so their cross-field
+checks apply to files too. Every problem is one `SwiftplanError` naming the file and the field.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from swiftplan import __version__
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.hardware import Accelerator, Cluster
+from swiftplan.planner.layout import Layout
+from swiftplan.planner.plan import Plan, Prediction
 from swiftplan.planner.setup import (
     AttentionImpl,
     KvDtype,
@@ -30,8 +37,10 @@ from swiftplan.planner.setup import (
     ServeSetup,
     TrainSetup,
 )
+from swiftplan.planner.workload import ServeWorkload, TrainWorkload
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _HINT = 'Plan files are written by `swiftplan fit ... -o plan.yaml`; the README section "Plan files" lists every field.'
 
 
@@ -91,63 +100,103 @@ class ServeFields(_Strict):
     max_lora_rank: int = Field(gt=0)
 
 
-class Prediction(_Strict):
-    """What the estimator predicted for the plan when it was written."""
+class TrainWorkloadFields(_Strict):
+    """`TrainWorkload`."""
 
-    per_device: dict[str, int]
+    seq_len: int = Field(gt=0)
+    global_batch: int = Field(gt=0)
+    dataset_tokens: int = Field(gt=0)
+    epochs: float = Field(gt=0)
+    attention: str
+    lora_dropout: float = Field(ge=0, lt=1)
+
+
+class ServeWorkloadFields(_Strict):
+    """`ServeWorkload`."""
+
+    context: int = Field(gt=0)
+    concurrency: int | None = Field(default=None, gt=0)
+    ttft_s: float | None = Field(default=None, gt=0)
+    decode_tps: float | None = Field(default=None, gt=0)
+    gpu_memory_utilization: float = Field(ge=0.05, le=1.0)
+
+
+class HardwareFields(_Strict):
+    """The GPUs a plan uses (`Cluster`), with the accelerator's figures as planned."""
+
+    offered: str
+    nodes: int = Field(gt=0)
+    gpus_per_node: int = Field(gt=0)
+    usable_memory_bytes: int | None = Field(default=None, gt=0)
+    inter_node_bytes_per_s: float = Field(gt=0)
+    notes: list[str] = []
+    accelerator: dict[str, Any]
+
+
+class LayoutFields(_Strict):
+    """`Layout` (dp is derived and written for the reader)."""
+
+    gpus: int = Field(gt=0)
+    tp: int = Field(gt=0)
+    pp: int = Field(gt=0)
+    dp: int = Field(gt=0)
+
+
+class PredictionFields(_Strict):
+    """`Prediction`."""
+
+    per_device_bytes: dict[str, int]
     peak_phase: str
     device_memory_bytes: int
+    fits: bool
     host_bytes_per_node: int
-    speed: dict[str, Any]
+    tokens_per_s: float | None
+    step_time_s: float | None
+    bound: str
     time_to_train_s: float | None = None
     gpu_hours: float | None = None
     cost_usd: float | None = None
+    ttft_s: float | None = None
+    prefill_tokens_per_s: float | None = None
+    per_user_decode_tokens_per_s: float | None = None
+    max_concurrency: int | None = None
+    max_context: int | None = None
 
 
-class PlanFile(_Strict):
-    """A plan: what to run, where, and what swiftplan predicted for it."""
+class PlanFields(_Strict):
+    """A schema-version-2 plan file."""
 
-    schema_version: Literal[1]
+    schema_version: Literal[2]
     swiftplan_version: str
     created: dt.datetime
     model: str
     model_source: str
-    cluster: str
-    gpus_used: int = Field(gt=0)
-    usable_memory_bytes: int | None = None
     task: Literal["train", "serve"]
+    engine: str
     objective: str
+    hardware: HardwareFields
+    layout: LayoutFields
     workload: dict[str, Any]
     train: TrainFields | None = None
     serve: ServeFields | None = None
-    prediction: Prediction
+    prediction: PredictionFields
 
     @model_validator(mode="after")
-    def _one_setup(self) -> PlanFile:
+    def _one_setup(self) -> PlanFields:
         if (self.task == "train") != (self.train is not None) or (self.task == "serve") != (
             self.serve is not None
         ):
             raise ValueError(
                 f"task {self.task!r} needs exactly the '{self.task}' section (and not the other)"
             )
+        if self.layout.dp * self.layout.tp * self.layout.pp != self.layout.gpus:
+            raise ValueError(f"layout: tp × pp × dp must equal gpus ({self.layout.gpus})")
+        if self.layout.gpus != self.hardware.nodes * self.hardware.gpus_per_node:
+            raise ValueError("layout.gpus must equal hardware.nodes × hardware.gpus_per_node")
         return self
 
-    def setup(self) -> TrainSetup | ServeSetup:
-        """The set-up, validated by the planner's own classes."""
-        if self.train is not None:
-            data = self.train.model_dump()
-            lora = data.pop("lora")
-            return TrainSetup(
-                **{
-                    **data,
-                    "lora": None
-                    if lora is None
-                    else LoraSetup(**{**lora, "targets": tuple(lora["targets"])}),
-                    "parallel": Parallelism(**data["parallel"]),
-                },
-            )
-        assert self.serve is not None
-        return ServeSetup(**self.serve.model_dump())
+
+# --- Plan → file ------------------------------------------------------------------------------------
 
 
 def _setup_fields(setup: TrainSetup | ServeSetup) -> dict[str, Any]:
@@ -164,70 +213,57 @@ def _setup_fields(setup: TrainSetup | ServeSetup) -> dict[str, Any]:
     return fields
 
 
-def make_plan(
-    *,
-    model: str,
-    model_source: str,
-    cluster: str,
-    gpus_used: int,
-    usable_memory_bytes: int | None,
-    objective: str,
-    workload: dict[str, Any],
-    setup: TrainSetup | ServeSetup,
-    estimate_json: dict[str, Any],
-    host_bytes_per_node: int,
-    time_to_train_s: float | None = None,
-    gpu_hours: float | None = None,
-    cost_usd: float | None = None,
-) -> PlanFile:
-    """A plan file object for a chosen set-up and its estimate (`Estimate.to_json()`)."""
-    task = "serve" if isinstance(setup, ServeSetup) else "train"
-    prediction = Prediction(
-        per_device=estimate_json["per_device"],
-        peak_phase=estimate_json["peak_phase"],
-        device_memory_bytes=estimate_json["device_memory_bytes"],
-        host_bytes_per_node=host_bytes_per_node,
-        speed=estimate_json["speed"],
-        time_to_train_s=time_to_train_s,
-        gpu_hours=gpu_hours,
-        cost_usd=cost_usd,
-    )
-    return PlanFile(
+def _accelerator_fields(accelerator: Accelerator) -> dict[str, Any]:
+    data = dataclasses.asdict(accelerator)
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
+
+
+def plan_dict(plan: Plan) -> dict[str, Any]:
+    """The plan as plain data (what the YAML file and `fit --json` hold)."""
+    hardware = plan.hardware
+    fields = PlanFields(
         schema_version=SCHEMA_VERSION,
-        swiftplan_version=__version__,
-        created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0),
-        model=model,
-        model_source=model_source,
-        cluster=cluster,
-        gpus_used=gpus_used,
-        usable_memory_bytes=usable_memory_bytes,
-        task=task,
-        objective=objective,
-        workload=workload,
-        prediction=prediction,
-        **{task: _setup_fields(setup)},
+        swiftplan_version=plan.swiftplan_version,
+        created=plan.created,
+        model=plan.model,
+        model_source=plan.model_source,
+        task=plan.task,
+        engine=plan.engine,
+        objective=plan.objective,
+        hardware=HardwareFields(
+            offered=plan.offered,
+            nodes=hardware.nodes,
+            gpus_per_node=hardware.gpus_per_node,
+            usable_memory_bytes=hardware.usable_memory_bytes,
+            inter_node_bytes_per_s=hardware.inter_node_bytes_per_s,
+            notes=list(hardware.notes),
+            accelerator=_accelerator_fields(hardware.accelerator),
+        ),
+        layout=LayoutFields(gpus=plan.layout.gpus, tp=plan.layout.tp, pp=plan.layout.pp, dp=plan.layout.dp),
+        workload=dataclasses.asdict(plan.workload),
+        prediction=PredictionFields(
+            **{f.name: getattr(plan.prediction, f.name) for f in dataclasses.fields(Prediction)}
+        ),
+        **{plan.task: _setup_fields(plan.setup)},
     )
+    return fields.model_dump(mode="json")
 
 
-def plan_dict(plan: PlanFile) -> dict[str, Any]:
-    """JSON/YAML-ready form (the created date as ISO 8601 text)."""
-    return plan.model_dump(mode="json")
-
-
-def save_plan(plan: PlanFile, path: str | Path) -> None:
-    """Write `plan` as YAML."""
+def plan_yaml(plan: Plan) -> str:
+    """The plan file's text."""
     text = yaml.safe_dump(plan_dict(plan), sort_keys=False, allow_unicode=True)
+    return f"# swiftplan plan file (schema_version {SCHEMA_VERSION})\n" + text
+
+
+def save_plan(plan: Plan, path: str | Path) -> None:
+    """Write `plan` as YAML."""
     try:
-        Path(path).write_text(
-            f"# swiftplan plan file (schema_version {SCHEMA_VERSION})\n" + text, encoding="utf-8"
-        )
+        Path(path).write_text(plan_yaml(plan), encoding="utf-8")
     except OSError as error:
         raise SwiftplanError(f"Cannot write plan file {path}: {error.strerror or error}.") from error
 
 
-def _field_name(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if not str(p).startswith("function-after")]
-    return ".".join(parts) or "(top level)"
+# --- file → Plan ------------------------------------------------------------------------------------
 
 
 def is_plan_path(text: str) -> bool:
@@ -235,14 +271,117 @@ def is_plan_path(text: str) -> bool:
     return text.lower().endswith((".yaml", ".yml"))
 
 
-def load_plan(path: str | Path) -> tuple[PlanFile, TrainSetup | ServeSetup]:
-    """Read and validate a plan file; every problem is one SwiftplanError naming the file and field."""
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith("function-after")]
+    return ".".join(parts) or "(top level)"
+
+
+def _validation_error(path: Path, error: ValidationError, prefix: str = "") -> SwiftplanError:
+    first = error.errors()[0]
+    field = prefix + _field_name(tuple(first["loc"]))
+    if first["type"] == "extra_forbidden":
+        problem = f"unknown field '{field}'"
+    elif first["type"] == "missing":
+        problem = f"missing field '{field}'"
+    else:
+        problem = f"field '{field}': {first['msg'].rstrip('.')}"
+        if not isinstance(first["input"], (dict, list)):
+            problem += f" (got {first['input']!r})"
+    more = f" ({error.error_count() - 1} more problem(s))" if error.error_count() > 1 else ""
+    return SwiftplanError(f"Plan file {path}: {problem}{more}.", hint=_HINT)
+
+
+def _setup(
+    path: Path, task: str, train: TrainFields | None, serve: ServeFields | None
+) -> TrainSetup | ServeSetup:
+    try:
+        if train is not None:
+            data = train.model_dump()
+            lora = data.pop("lora")
+            return TrainSetup(
+                **{
+                    **data,
+                    "lora": None
+                    if lora is None
+                    else LoraSetup(**{**lora, "targets": tuple(lora["targets"])}),
+                    "parallel": Parallelism(**data["parallel"]),
+                },
+            )
+        assert serve is not None
+        return ServeSetup(**serve.model_dump())
+    except SwiftplanError as error:
+        raise SwiftplanError(
+            f"Plan file {path}: the {task} set-up is not valid: {error.message}", hint=_HINT
+        ) from error
+
+
+def _workload(path: Path, task: str, data: dict[str, Any]) -> TrainWorkload | ServeWorkload:
+    model: type[_Strict] = TrainWorkloadFields if task == "train" else ServeWorkloadFields
+    try:
+        fields = model.model_validate(data)
+    except ValidationError as error:
+        raise _validation_error(path, error, "workload.") from error
+    kind = TrainWorkload if task == "train" else ServeWorkload
+    return kind(**fields.model_dump())  # type: ignore[arg-type]
+
+
+def _accelerator(path: Path, data: dict[str, Any]) -> Accelerator:
+    names = {f.name for f in dataclasses.fields(Accelerator)}
+    if unknown := sorted(set(data) - names):
+        raise SwiftplanError(
+            f"Plan file {path}: unknown field 'hardware.accelerator.{unknown[0]}'.", hint=_HINT
+        )
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+    try:
+        return Accelerator(**values)
+    except (TypeError, ValueError) as error:
+        raise SwiftplanError(
+            f"Plan file {path}: field 'hardware.accelerator': {error}.", hint=_HINT
+        ) from error
+
+
+def _from_v2(path: Path, data: dict[str, Any]) -> Plan:
+    try:
+        fields = PlanFields.model_validate(data)
+    except ValidationError as error:
+        raise _validation_error(path, error) from error
+    hw = fields.hardware
+    try:
+        hardware = Cluster(
+            accelerator=_accelerator(path, hw.accelerator),
+            nodes=hw.nodes,
+            gpus_per_node=hw.gpus_per_node,
+            usable_memory_bytes=hw.usable_memory_bytes,
+            inter_node_bytes_per_s=hw.inter_node_bytes_per_s,
+            notes=tuple(hw.notes),
+        )
+    except SwiftplanError as error:
+        raise SwiftplanError(f"Plan file {path}: field 'hardware': {error.message}", hint=_HINT) from error
+    return Plan(
+        model=fields.model,
+        model_source=fields.model_source,
+        task=fields.task,
+        engine=fields.engine,
+        objective=fields.objective,
+        offered=hw.offered,
+        hardware=hardware,
+        layout=Layout(gpus=fields.layout.gpus, tp=fields.layout.tp, pp=fields.layout.pp),
+        setup=_setup(path, fields.task, fields.train, fields.serve),
+        workload=_workload(path, fields.task, fields.workload),
+        prediction=Prediction(**fields.prediction.model_dump()),
+        created=fields.created,
+        swiftplan_version=fields.swiftplan_version,
+    )
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read and validate a plan file (schema version 1 or 2); every problem is one SwiftplanError."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise SwiftplanError(f"Cannot read plan file {path}: {error.strerror or error}.") from error
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
         where = getattr(error, "problem_mark", None)
         at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
         raise SwiftplanError(f"Plan file {path} is not valid YAML{at}.", hint=_HINT) from error
@@ -250,57 +389,15 @@ def load_plan(path: str | Path) -> tuple[PlanFile, TrainSetup | ServeSetup]:
         raise SwiftplanError(
             f"{path} is not a swiftplan plan file (no schema_version at the top level).", hint=_HINT
         )
-    if data["schema_version"] != SCHEMA_VERSION:
+    version = data["schema_version"]
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise SwiftplanError(
-            f"Plan file {path} has schema_version {data['schema_version']!r}; this swiftplan ({__version__}) reads version {SCHEMA_VERSION}.",
+            f"Plan file {path} has schema_version {version!r}; this swiftplan ({__version__}) reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}.",
             hint="Re-create the plan with this version of swiftplan.",
         )
-    try:
-        plan = PlanFile.model_validate(data)
-    except ValidationError as error:
-        first = error.errors()[0]
-        field = _field_name(tuple(first["loc"]))
-        if first["type"] == "extra_forbidden":
-            problem = f"unknown field '{field}'"
-        elif first["type"] == "missing":
-            problem = f"missing field '{field}'"
-        else:
-            problem = f"field '{field}': {first['msg'].rstrip('.')}"
-            if not isinstance(first["input"], (dict, list)):
-                problem += f" (got {first['input']!r})"
-        more = f" ({error.error_count() - 1} more problem(s))" if error.error_count() > 1 else ""
-        raise SwiftplanError(f"Plan file {path}: {problem}{more}.", hint=_HINT) from error
-    try:
-        setup = plan.setup()
-    except SwiftplanError as error:
-        raise SwiftplanError(
-            f"Plan file {path}: the {plan.task} set-up is not valid: {error.message}", hint=_HINT
-        ) from error
-    return plan, setup
+    if version == 1:
+        from swiftplan.plan_file_v1 import plan_from_v1
 
-
-def estimate_plan(path: str | Path) -> Any:
-    """Re-estimate a plan file: its model, the GPUs it uses and its set-up (an `Estimate`)."""
-    from dataclasses import replace
-
-    from swiftplan.executors.model_source import resolve_model
-    from swiftplan.planner.estimate import estimate_serving, estimate_training
-    from swiftplan.planner.hardware import parse_cluster
-    from swiftplan.planner.search.candidate import Layout
-
-    plan, setup = load_plan(path)
-    spec = resolve_model(plan.model)
-    try:
-        cluster = parse_cluster(plan.cluster)
-    except SwiftplanError as error:
-        raise SwiftplanError(f"Plan file {path}: field 'cluster': {error.message}", hint=_HINT) from error
-    if plan.usable_memory_bytes is not None:
-        cluster = replace(cluster, usable_memory_bytes=plan.usable_memory_bytes)
-    if plan.gpus_used > cluster.world_size:
-        raise SwiftplanError(
-            f"Plan file {path}: field 'gpus_used' is {plan.gpus_used}, more than the {cluster.world_size} GPUs of '{plan.cluster}'.",
-            hint=_HINT,
-        )
-    if isinstance(setup, ServeSetup):
-        return estimate_serving(spec, setup, cluster)
-    return estimate_training(spec, setup, Layout(gpus=plan.gpus_used).sub_cluster(cluster))
+        return plan_from_v1(path, data)
+    return _from_v2(path, data)

@@ -104,9 +104,9 @@ def test_the_dashboard_finds_the_plan_fit_finds():
         parse_job({"model": "Qwen/Qwen2.5-7B"}), parse_cluster("rtx4090"), host_ram_bytes=64 * 2**30
     )
     theirs = search_training(fresh.evaluator, SearchSettings(objective="time", seed=0))
-    assert ours.best is not None and theirs.best is not None
-    assert ours.best.candidate == theirs.best.candidate
-    assert len(seen) == len(ours.evaluations)  # one report per structure evaluated
+    assert ours.result.best is not None and theirs.best is not None
+    assert ours.result.best.candidate == theirs.best.candidate
+    assert len(seen) == len(ours.result.evaluations)  # one report per structure evaluated
 
 
 def test_run_view_reads_the_metrics_with_the_plans_predictions(tmp_path):
@@ -117,9 +117,9 @@ def test_run_view_reads_the_metrics_with_the_plans_predictions(tmp_path):
     view = load_run(str(run))
     loss, speed, memory = view.series
     assert len(loss.values) == 60 and loss.steps[-1] == 60 and not loss.predicted
-    plan, _ = load_plan(run / "plan.yaml")
-    assert speed.predicted == (("planned", plan.prediction.speed["tokens_per_s"]),)
-    assert memory.predicted[0][1] == pytest.approx(plan.prediction.per_device["peak_allocated"] / 2**30)
+    plan = load_plan(run / "plan.yaml")
+    assert speed.predicted == (("planned", plan.prediction.tokens_per_s),)
+    assert memory.predicted[0][1] == pytest.approx(plan.prediction.per_device_bytes["peak_allocated"] / 2**30)
     assert "finished" in view.status and any("measured vs" in note for note in view.notes)
     with pytest.raises(SwiftplanError, match="no plan.yaml"):
         load_run(str(tmp_path))
@@ -220,14 +220,14 @@ def test_whole_flow_pick_cluster_fill_form_search_select_save_copy(tmp_path):
             assert "Done" in str(app.query_one("#search-status").render())
             outcome = app.outcome
             assert outcome is not None and len(outcome.choices) >= 2
-            assert outcome.choices[0].plan.workload["seq_len"] == 1024
+            assert outcome.choices[0].plan.workload.seq_len == 1024
             await pilot.press("4", "down")  # select the runner-up
             assert app.selected is outcome.choices[1]
             await pilot.press("s")
             app.screen.query_one("#prompt-path").value = str(target)
             await pilot.press("enter")
             await settle(pilot)
-            plan, setup = load_plan(target)
+            plan = load_plan(target)
             assert plan == outcome.choices[1].plan
             await pilot.press("y")
             assert app.clipboard == f"swiftplan train '{target}' --data train.jsonl"

@@ -1,19 +1,24 @@
-"""Plan files: `fit -o` writes them, `estimate` reads them back, and bad files get a one-paragraph error."""
+"""Plan files: `fit -o` writes them, `estimate` reads them back to the byte, version 1 files still load,
+and bad files get a one-paragraph error."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.plan_file import estimate_plan, load_plan, make_plan, save_plan
-from swiftplan.planner.estimate import estimate_serving, estimate_training
+from swiftplan.plan_file import load_plan, plan_yaml, save_plan
 from swiftplan.planner.hardware import parse_cluster
 from swiftplan.planner.setup import LoraSetup, Parallelism, ServeSetup, TrainSetup
+from swiftplan.usecases.estimate import estimate_plan_file, plan_for_setup
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
@@ -23,81 +28,90 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=120,
-        env={"SWIFTPLAN_OFFLINE": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "150"},
+        env={"SWIFTPLAN_OFFLINE": "1", "PATH": os.environ["PATH"], "COLUMNS": "150"},
     )
 
 
-def _write(qwen7b, path, setup, gpus="2xrtx4090", gpus_used=2):
-    cluster = parse_cluster(gpus)
-    if isinstance(setup, ServeSetup):
-        estimate = estimate_serving(qwen7b, setup, cluster)
-    else:
-        estimate = estimate_training(qwen7b, setup, parse_cluster(f"{gpus_used}xrtx4090"))
-    plan = make_plan(
-        model="Qwen/Qwen2.5-7B",
-        model_source=qwen7b.source,
-        cluster="2xrtx4090",
-        gpus_used=gpus_used,
-        usable_memory_bytes=None,
-        objective="time",
-        workload={"seq_len": 1024},
-        setup=setup,
-        estimate_json=estimate.to_json(),
-        host_bytes_per_node=estimate.host_bytes,
-    )
-    save_plan(plan, path)
-    return estimate
+SETUPS = [
+    TrainSetup(method="lora", lora=LoraSetup(rank=64, targets=("q_proj", "v_proj")), micro_batch=2, seq_len=1024,
+               grad_accum=4, parallel=Parallelism(zero=3, offload="optimizer")),
+    TrainSetup(method="qlora", double_quant=False, optimizer="paged-adamw-8bit", grad_ckpt=False),
+    TrainSetup(method="qlora", kbit_upcast=True),
+    TrainSetup(method="full", precision="amp-bf16", optimizer="adamw-8bit", parallel=Parallelism(zero=2)),
+    ServeSetup(quant="fp8", kv_dtype="fp8", context=8192, concurrency=8, tp=2),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "setup",
-    [
-        TrainSetup(
-            method="lora",
-            lora=LoraSetup(rank=64, targets=("q_proj", "v_proj")),
-            micro_batch=2,
-            seq_len=1024,
-            grad_accum=4,
-            parallel=Parallelism(zero=3, offload="optimizer"),
-        ),
-        TrainSetup(
-            method="qlora",
-            double_quant=False,
-            optimizer="paged-adamw-8bit",
-            grad_ckpt=False,
-            parallel=Parallelism(pp=2),
-        ),
-        TrainSetup(method="qlora", kbit_upcast=True),
-        TrainSetup(
-            method="full", precision="amp-bf16", optimizer="adamw-8bit", parallel=Parallelism(tp=2, zero=0)
-        ),
-        ServeSetup(quant="fp8", kv_dtype="fp8", context=8192, concurrency=8, tp=2),
-    ],
-)
-def test_plan_files_round_trip(qwen7b, tmp_path, setup):
+@pytest.mark.parametrize("setup", SETUPS)
+def test_plan_files_round_trip_exactly(tmp_path, setup):
+    plan = plan_for_setup("Qwen/Qwen2.5-7B", parse_cluster("2xrtx4090"), setup)
     path = tmp_path / "plan.yaml"
-    estimate = _write(qwen7b, path, setup)
-    plan, loaded = load_plan(path)
-    assert loaded == setup
-    assert (
-        plan.schema_version == 1
-        and plan.prediction.per_device["device_total"] == estimate.memory.device_total
-    )
-    assert estimate_plan(path).memory.device_total == estimate.memory.device_total
+    save_plan(plan, path)
+    loaded = load_plan(path)
+    assert loaded == plan
+    assert plan_yaml(loaded) == path.read_text()
+    check = estimate_plan_file(path)
+    assert check.changed == () and check.prediction == plan.prediction
 
 
-def test_fit_output_is_accepted_by_estimate(tmp_path):
+def test_the_plan_carries_its_hardware_so_a_catalog_change_cannot_move_it(tmp_path):
+    plan = plan_for_setup("Qwen/Qwen2.5-7B", parse_cluster("2xrtx4090"), TrainSetup(method="qlora"))
+    path = tmp_path / "plan.yaml"
+    save_plan(plan, path)
+    data = yaml.safe_load(path.read_text())
+    data["hardware"]["accelerator"]["id"] = "a-card-no-catalog-has"
+    data["hardware"]["accelerator"]["memory_bytes"] = 20 * 2**30
+    path.write_text(yaml.safe_dump(data))
+    loaded = load_plan(path)
+    assert loaded.hardware.accelerator.memory_bytes == 20 * 2**30
+    check = estimate_plan_file(path)  # no catalog lookup: it re-estimates on the snapshot
+    assert check.estimate.device_memory_bytes == 20 * 2**30
+    assert check.changed == ("device_memory_bytes",)
+
+
+def test_fit_output_is_reproduced_by_estimate_to_the_byte(tmp_path):
     fit = run_cli("fit", "Qwen/Qwen2.5-7B", "--gpus", "rtx3060", "-o", "plan.yaml", "--json", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr
-    predicted = json.loads(fit.stdout)["plan"]["prediction"]["per_device"]["device_total"]
+    written = json.loads(fit.stdout)["plan"]
     data = yaml.safe_load((tmp_path / "plan.yaml").read_text())
-    assert data["schema_version"] == 1 and data["task"] == "train" and data["swiftplan_version"]
-    assert (
-        data["train"]["method"] == "qlora" and data["prediction"]["per_device"]["device_total"] == predicted
-    )
+    assert data == written
+    assert data["schema_version"] == 2 and data["task"] == "train" and data["engine"] == "swiftplan"
+    assert data["train"]["method"] == "qlora" and data["layout"] == {"gpus": 1, "tp": 1, "pp": 1, "dp": 1}
     estimate = run_cli("estimate", "plan.yaml", "--json", cwd=tmp_path)
     assert estimate.returncode == 0, estimate.stderr
-    assert json.loads(estimate.stdout)["per_device"]["device_total"] == predicted
+    again = json.loads(estimate.stdout)
+    assert json.dumps(again["prediction"], sort_keys=True) == json.dumps(data["prediction"], sort_keys=True)
+    assert again["prediction_matches_plan"] is True and again["engine"]["runs"] is True
+
+
+def test_version_1_plan_files_still_load_and_estimate():
+    plan = load_plan(FIXTURES / "plan_v1.yaml")
+    assert plan.engine == "swiftplan" and plan.layout.gpus == 2 and plan.hardware.world_size == 2
+    assert plan.hardware.accelerator.id == "rtx4090" and isinstance(plan.setup, TrainSetup)
+    assert plan.prediction.tokens_per_s and plan.workload.seq_len == 1024
+    assert estimate_plan_file(FIXTURES / "plan_v1.yaml").estimate.fits
+
+
+def test_a_local_model_path_is_stored_absolute_and_works_from_another_directory(tmp_path):
+    model_dir = tmp_path / "models" / "tiny"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text((FIXTURES / "train" / "tiny_llama" / "config.json").read_text())
+    work = tmp_path / "work"
+    work.mkdir()
+    fit = run_cli("fit", "../models/tiny", "--gpus", "rtx4090", "-o", "plan.yaml", cwd=work)
+    assert fit.returncode == 0, fit.stderr
+    assert yaml.safe_load((work / "plan.yaml").read_text())["model"] == str(model_dir.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = run_cli("estimate", str(work / "plan.yaml"), "--json", cwd=elsewhere)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["prediction_matches_plan"] is True
+
+
+def test_options_next_to_a_plan_file_are_refused_not_ignored(tmp_path):
+    save_plan(plan_for_setup("Qwen/Qwen2.5-7B", parse_cluster("rtx4090"), TrainSetup(method="qlora")), tmp_path / "p.yaml")
+    result = run_cli("estimate", "p.yaml", "--batch", "8", "--gpus", "h100", cwd=tmp_path)
+    assert result.returncode == 2 and "--batch, --gpus cannot apply" in result.stderr
 
 
 EDITS = [
@@ -105,26 +119,26 @@ EDITS = [
     ("bad literal", lambda d: d["train"]["parallel"].update(zero=5), "field 'train.parallel.zero'"),
     ("wrong type", lambda d: d["train"].update(micro_batch="two"), "field 'train.micro_batch'"),
     ("missing", lambda d: d["train"].pop("seq_len"), "missing field 'train.seq_len'"),
-    ("version", lambda d: d.update(schema_version=2), "schema_version 2"),
-    (
-        "cross-field",
-        lambda d: d["train"].update(method="qlora", quant="none", precision="fp32"),
-        "QLoRA computes in bf16 or fp16",
-    ),
+    ("version", lambda d: d.update(schema_version=3), "schema_version 3"),
+    ("cross-field", lambda d: d["train"].update(method="qlora", quant="none", precision="fp32"),
+     "QLoRA computes in bf16 or fp16"),
     ("task mismatch", lambda d: d.update(task="serve"), "needs exactly the 'serve' section"),
-    ("unknown gpu", lambda d: d.update(cluster="rtx9090"), "field 'cluster': Unknown GPU"),
-]
+    ("layout", lambda d: d["layout"].update(dp=3), "tp × pp × dp must equal gpus"),
+    ("hardware", lambda d: d["hardware"]["accelerator"].update(colour="green"), "hardware.accelerator.colour"),
+    ("memory", lambda d: d["hardware"]["accelerator"].update(memory_bytes=-1), "memory_bytes must be positive"),
+    ("workload", lambda d: d["workload"].update(global_batch=0), "field 'workload.global_batch'"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("name, edit, message", EDITS, ids=[e[0] for e in EDITS])
-def test_hand_edited_plan_files_get_a_clear_error(qwen7b, tmp_path, name, edit, message):
+def test_hand_edited_plan_files_get_a_clear_error(tmp_path, name, edit, message):
     path = tmp_path / "plan.yaml"
-    _write(qwen7b, path, TrainSetup(method="lora"))
+    save_plan(plan_for_setup("Qwen/Qwen2.5-7B", parse_cluster("rtx4090"), TrainSetup(method="qlora")), path)
     data = yaml.safe_load(path.read_text())
     edit(data)
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(SwiftplanError) as error:
-        estimate_plan(path)
+        load_plan(path)
     assert message in error.value.message and str(path) in error.value.message
 
 

@@ -24,16 +24,10 @@ TOKENIZER = FIXTURES / "serve_tokenizer"
 
 
 def _write_plan(path: Path, setup: ServeSetup | TrainSetup) -> Path:
-    from swiftplan.plan_file import make_plan, save_plan
-    from swiftplan.planner.estimate import estimate_training
+    from swiftplan.plan_file import save_plan
+    from swiftplan.usecases.estimate import plan_for_setup
 
-    spec, cluster = spec_from_path(CONFIG), parse_cluster("h100")
-    serve = isinstance(setup, ServeSetup)
-    estimate = estimate_serving(spec, setup, cluster) if serve else estimate_training(spec, setup, cluster)
-    plan = make_plan(model=str(CONFIG), model_source=spec.source, cluster="h100", gpus_used=1, usable_memory_bytes=None,
-                     objective="throughput", workload={}, setup=setup, estimate_json=estimate.to_json(),
-                     host_bytes_per_node=0)  # fmt: skip
-    save_plan(plan, path)
+    save_plan(plan_for_setup(str(CONFIG), parse_cluster("h100"), setup), path)
     return path
 
 

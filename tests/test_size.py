@@ -122,7 +122,7 @@ def test_deadline_rejects_with_the_miss_in_hours():
     assert [o.accelerator_id for o in ranking.ranked] == ["fast"]
     (late,) = ranking.rejected
     assert late.reason_kind == "deadline"
-    assert "misses the deadline by 1.6 h" in late.reason  # 4.63 h - 3 h
+    assert "misses the deadline by 98 min" in late.reason  # 4.63 h - 3 h
 
 
 def test_budget_rent_and_buy():

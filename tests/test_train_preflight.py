@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from train_support import FIXTURES, cli, train_args, write_plan
+from train_support import FIXTURES, TINY_MODEL, cli, train_args, write_plan
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.executors.train.device import DeviceInfo, cpu_accelerator, preflight
@@ -80,15 +80,13 @@ def test_too_little_data_for_one_step(tmp_path, no_model_loading):
 
 
 def test_serving_plan_and_resume_without_checkpoint(tmp_path, no_model_loading):
-    from swiftplan.plan_file import load_plan, save_plan
+    from swiftplan.plan_file import save_plan
+    from swiftplan.planner.hardware import parse_cluster
+    from swiftplan.planner.setup import ServeSetup
+    from swiftplan.usecases.estimate import plan_for_setup
 
     plan = write_plan(tmp_path / "plan.yaml")
-    from swiftplan.plan_file import PlanFile, plan_dict
-
-    data = plan_dict(load_plan(plan)[0]) | {"task": "serve", "train": None, "serve": {
-        "dtype": "bf16", "quant": "none", "kv_dtype": "auto", "context": 4096, "concurrency": 1, "prefill_chunk": 2048,
-        "tp": 1, "gpu_memory_utilization": 0.9, "max_loras": 0, "max_lora_rank": 16}}  # fmt: skip
-    save_plan(PlanFile.model_validate(data), tmp_path / "serve.yaml")
+    save_plan(plan_for_setup(str(TINY_MODEL), parse_cluster("rtx4090"), ServeSetup()), tmp_path / "serve.yaml")
     error = _error(cli(*train_args(tmp_path / "serve.yaml", FIXTURES / "text.jsonl", tmp_path / "run")))
     assert "is a serving plan" in error.message
     error = _error(cli(*train_args(plan, FIXTURES / "text.jsonl", tmp_path / "run"), "--resume"))

@@ -14,21 +14,15 @@ def write_plan(
     path: Path, *, cluster: str = "rtx4090", gpus: int = 1, model: Path = TINY_MODEL, **setup: Any
 ) -> Path:
     """A plan file for the tiny Llama, predicted by the real estimator (LoRA r8 all-linear, fp32 by default)."""
-    from swiftplan.executors.model_source import resolve_model
-    from swiftplan.plan_file import make_plan, save_plan
-    from swiftplan.planner.estimate import estimate_training
+    from swiftplan.plan_file import save_plan
     from swiftplan.planner.hardware import parse_cluster
-    from swiftplan.planner.search.candidate import Layout
     from swiftplan.planner.setup import LoraSetup, TrainSetup
+    from swiftplan.usecases.estimate import plan_for_setup
 
     defaults: dict[str, Any] = dict(method="lora", precision="fp32", micro_batch=2, seq_len=48, grad_ckpt=False,
                                     lora=LoraSetup(rank=8, targets=("all-linear",), dropout=0.0))  # fmt: skip
     train = TrainSetup(**(defaults | setup))
-    spec = resolve_model(str(model))
-    estimate = estimate_training(spec, train, Layout(gpus=gpus).sub_cluster(parse_cluster(cluster)))
-    plan = make_plan(model=str(model), model_source=spec.source, cluster=cluster, gpus_used=gpus, usable_memory_bytes=None,
-                     objective="test", workload={}, setup=train, estimate_json=estimate.to_json(), host_bytes_per_node=0)  # fmt: skip
-    save_plan(plan, path)
+    save_plan(plan_for_setup(str(model), parse_cluster(cluster), train, gpus=gpus), path)
     return path
 
 

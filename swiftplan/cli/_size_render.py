@@ -18,11 +18,9 @@ from swiftplan.planner.sizing.rank import (
     Option,
     Ranking,
     explain,
-    format_duration,
-    format_usd,
 )
 from swiftplan.planner.sizing.result import SizingResult
-from swiftplan.units import GiB
+from swiftplan.units import GiB, format_duration, format_usd
 
 CSV_COLUMNS = (
     "rank", "status", "accelerator_id", "accelerator", "vendor", "gpus", "nodes", "plan", "time_s",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from swiftplan.cli._output import console, print_json
-from swiftplan.cli.options import build_serve_setup, build_train_setup, resolve_cluster
+from swiftplan.cli.options import build_serve_setup, build_train_setup
 from swiftplan.planner.estimate import Estimate
 from swiftplan.units import format_gib
 
@@ -85,9 +86,57 @@ def render_estimate(estimate: Estimate) -> None:
         )
 
 
+_PLAN_FILE_OPTIONS = ("task", "method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch",
+                      "seq", "grad_accum", "grad_ckpt", "attention", "kbit_upcast", "zero", "offload", "gpus", "tp",
+                      "pp", "context", "concurrency", "kv_dtype", "gpu_memory_utilization", "engine")  # fmt: skip
+
+
+def _given(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
+    """Options the user typed (not left at their defaults)."""
+    sources = {n: ctx.get_parameter_source(n) for n in names}  # typer may bring its own click: compare by name
+    return [n for n, source in sources.items() if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")]
+
+
+def render_engine(outcome: Any) -> None:
+    """Whether the plan's engine can run it, and which engines could."""
+    if not outcome.engine_reasons:
+        console.print(f"engine: {outcome.engine.name} can run it", highlight=False)
+        return
+    console.print(f"[red]engine {outcome.engine.name} cannot run it:[/] " + " ".join(outcome.engine_reasons), highlight=False)
+    if outcome.other_engines:
+        names = ", ".join(e.name + ("" if e.runnable else " (not launched by swiftplan yet)") for e in outcome.other_engines)
+        console.print(f"engines that could: {names}", highlight=False)
+
+
+def render_prediction_check(outcome: Any) -> None:
+    """For a plan file: whether today's estimate is the prediction the file holds."""
+    if outcome.plan is None:
+        return
+    if not outcome.changed:
+        console.print(f"matches the plan file's prediction (made {outcome.plan.created:%Y-%m-%d} by swiftplan {outcome.plan.swiftplan_version})", highlight=False)
+    else:
+        console.print(f"[yellow]differs from the plan file's prediction in: {', '.join(outcome.changed)}[/] "
+                      "(the model config or swiftplan's formulas changed since it was written)", highlight=False)  # fmt: skip
+
+
+def estimate_json(outcome: Any) -> dict[str, Any]:
+    """`estimate --json`: the estimate, the engine verdict and, for a plan file, the prediction check."""
+    from dataclasses import asdict
+
+    payload = outcome.estimate.to_json()
+    payload["engine"] = {"name": outcome.engine.name, "runs": not outcome.engine_reasons,
+                         "reasons": list(outcome.engine_reasons), "engines_that_could": [e.name for e in outcome.other_engines]}  # fmt: skip
+    if outcome.plan is not None:
+        payload["prediction"] = asdict(outcome.prediction)
+        payload["prediction_matches_plan"] = not outcome.changed
+        payload["prediction_changed"] = list(outcome.changed)
+    return payload
+
+
 def estimate_command(
+    ctx: typer.Context,
     model: str = typer.Argument(
-        ..., help="Catalog name/alias, hub id, or path to a config.json (or its directory)."
+        ..., help="Catalog name/alias, hub id, path to a config.json (or its directory), or a plan file (.yaml)."
     ),
     task: Task = typer.Option(Task.train, "--task", help="train or serve."),
     method: str = typer.Option("lora", "--method", help="full | lora | qlora"),
@@ -129,60 +178,43 @@ def estimate_command(
     gpu_memory_utilization: float = typer.Option(
         0.9, "--gpu-memory-utilization", help="Serving: vLLM memory fraction."
     ),
+    engine: str = typer.Option(
+        None, "--engine", help="Check against this engine (default: swiftplan for training, vLLM or builtin for serving)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Memory breakdown (per device) and predicted speed of one configuration."""
-    from swiftplan.executors.model_source import resolve_model
-    from swiftplan.planner.estimate import estimate_serving, estimate_training
+    from swiftplan.errors import SwiftplanError
+    from swiftplan.plan_file import is_plan_path
+    from swiftplan.usecases import estimate as usecase
 
-    if model.lower().endswith(
-        (".yaml", ".yml")
-    ):  # a plan file from `swiftplan fit -o`: its own model, GPUs and set-up
-        from swiftplan.plan_file import estimate_plan
-
-        result = estimate_plan(model)
-        print_json(result.to_json()) if as_json else render_estimate(result)
-        return
-    spec = resolve_model(model)
-    cluster = resolve_cluster(gpus)
-    if task == Task.train:
-        setup = build_train_setup(
-            method=method,
-            precision=precision,
-            quant=quant,
-            rank=rank,
-            targets=targets,
-            lora_dropout=lora_dropout,
-            optimizer=optimizer,
-            batch=batch,
-            seq=seq,
-            grad_accum=grad_accum,
-            grad_ckpt=grad_ckpt,
-            attention=attention,
-            zero=zero,
-            offload=offload,
-            tp=tp,
-            pp=pp,
-            cluster=cluster,
-            kbit_upcast=kbit_upcast,
-        )
-        result = estimate_training(spec, setup, cluster)
+    if is_plan_path(model):  # a plan file from `swiftplan fit -o`: its own model, hardware, set-up and engine
+        if given := _given(ctx, _PLAN_FILE_OPTIONS):
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise SwiftplanError(f"{model} is a plan file: it fixes the model, hardware and set-up, so {flags} cannot apply.",
+                                 hint="Drop those options, or estimate the model by name with them.")  # fmt: skip
+        outcome = usecase.estimate_plan_file(model)
     else:
-        serve = build_serve_setup(
-            precision=precision,
-            quant=quant,
-            context=context,
-            concurrency=concurrency,
-            kv_dtype=kv_dtype,
-            gpu_memory_utilization=gpu_memory_utilization,
-            tp=tp,
-            cluster=cluster,
-        )
-        result = estimate_serving(spec, serve, cluster)
+        from swiftplan.usecases.inputs import resolve_cluster
+
+        cluster = resolve_cluster(gpus)
+        outcome = usecase.estimate_setup(model, cluster, _setup(dict(locals()), cluster), engine)
     if as_json:
-        print_json(result.to_json())
-    else:
-        render_estimate(result)
+        print_json(estimate_json(outcome))
+        return
+    render_estimate(outcome.estimate)
+    render_engine(outcome)
+    render_prediction_check(outcome)
+
+
+def _setup(o: dict[str, Any], cluster: Any) -> Any:
+    if o["task"] == Task.train:
+        names = ("method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch", "seq",
+                 "grad_accum", "grad_ckpt", "attention", "zero", "offload", "tp", "pp", "kbit_upcast")  # fmt: skip
+        return build_train_setup(cluster=cluster, **{n: o[n] for n in names})
+    return build_serve_setup(precision=o["precision"], quant=o["quant"], context=o["context"],
+                             concurrency=o["concurrency"], kv_dtype=o["kv_dtype"],
+                             gpu_memory_utilization=o["gpu_memory_utilization"], tp=o["tp"], cluster=cluster)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

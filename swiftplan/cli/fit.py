@@ -1,11 +1,14 @@
-"""`swiftplan fit MODEL --gpus CLUSTER`: search for the best plan that fits, and write it as a plan file."""
+"""`swiftplan fit MODEL --gpus CLUSTER`: search for the best plan that fits, and write it as a plan file.
+
+A view: the options are parsed into a `FitRequest`, `usecases.fit.plan_fit` does the work, and
+`_fit_render` shows the outcome.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -26,14 +29,11 @@ Examples:
 
   swiftplan fit Qwen/Qwen2.5-14B --gpus a100-80g --storage sqlite:///study.db   (run again to resume)
 
+Plans are made for an engine that can run them (--engine; swiftplan's own loop for training, vLLM or
+the built-in server for serving); when another engine would run a clearly better plan, fit says so.
 Pins take one value; a comma-separated list allows only those values (--method lora,qlora).
 Exit status: 0 with a plan, 1 when nothing fits (the diagnosis says what would), 2 for bad input.
 """
-
-DEFAULT_HOST_RAM_GIB = 64.0
-"""Host RAM per node assumed for offload when the cluster comes from the catalog."""
-DEFAULT_DATASET_TOKENS = 100_000_000
-"""Tokens assumed when neither --dataset-tokens nor --data is given (only scales time and cost)."""
 
 
 class Task(str, Enum):
@@ -46,6 +46,57 @@ class Objective(str, Enum):
     time = "time"
     cost = "cost"
     throughput = "throughput"
+
+
+def _opt(*names: str, help: str) -> Any:
+    return typer.Option(*names, help=help)
+
+
+ModelArg = Annotated[str, typer.Argument(help="Catalog name/alias, hub id, or path to a config.json (or its directory).")]
+GpusOpt = Annotated[str, typer.Option("--gpus", help="Cluster: rtx4090, 4xA100-80G, 2x8xH100, or auto (probe).")]
+TaskOpt = Annotated[Task, typer.Option("--task", help="sft (fine-tune) or serve.")]
+EngineOpt = Annotated[str | None, _opt("--engine", help="Plan for this engine: swiftplan (training); vllm or builtin (serving).")]
+ObjectiveOpt = Annotated[Objective | None, _opt("--objective", help="time | cost | throughput (default: time for sft, throughput for serve).")]
+ParetoOpt = Annotated[bool, typer.Option("--pareto", help="Return the Pareto front: time vs cost vs memory headroom.")]
+TokensOpt = Annotated[str | None, _opt("--dataset-tokens", help="Tokens in one epoch: 50M, 1.5B, ...")]
+DataOpt = Annotated[str | None, _opt("--data", help="Training data (.jsonl/.json/text) to count tokens from.")]
+EpochsOpt = Annotated[float, typer.Option("--epochs", help="Passes over the data.")]
+GlobalBatchOpt = Annotated[int, typer.Option("--global-batch", help="Sequences per optimizer step.")]
+SeqOpt = Annotated[int, typer.Option("--seq", help="Tokens per sequence.")]
+MethodOpt = Annotated[str | None, _opt("--method", help="Pin/allow: full, lora, qlora.")]
+RankOpt = Annotated[str | None, _opt("--rank", help="LoRA rank (default 16), a list, or auto (search 4-256).")]
+TargetsOpt = Annotated[str | None, _opt("--targets", help="all-linear (default), attention, auto, or module names.")]
+QuantOpt = Annotated[str | None, _opt("--quant", help="Allow: none, int8, nf4, nf4-dq (serve: none, fp8, int8, nf4).")]
+NoQuantOpt = Annotated[bool, typer.Option("--no-quant", help="Forbid quantized bases/weights.")]
+PrecisionOpt = Annotated[str | None, _opt("--precision", help="Allow: bf16, amp-bf16, fp16, amp-fp16, fp32.")]
+OptimizerOpt = Annotated[str | None, _opt("--optimizer", help="Allow: adamw, adamw-8bit, paged-adamw-8bit, sgd, adafactor.")]
+CkptOpt = Annotated[bool | None, _opt("--grad-ckpt/--no-grad-ckpt", help="Pin gradient checkpointing (default: searched).")]
+ZeroOpt = Annotated[str | None, _opt("--zero", help="Allow ZeRO stages: 0,1,2,3.")]
+OffloadOpt = Annotated[str | None, _opt("--max-offload", help="none | optimizer | optimizer+params (default).")]
+TpOpt = Annotated[str | None, _opt("--tp", help="Allow tensor-parallel degrees.")]
+PpOpt = Annotated[str | None, _opt("--pp", help="Allow pipeline-parallel degrees.")]
+DpOpt = Annotated[str | None, _opt("--dp", help="Allow data-parallel degrees.")]
+BatchOpt = Annotated[str | None, _opt("--batch", help="Pin micro-batch sizes (default: the largest that fits).")]
+AttentionOpt = Annotated[str, typer.Option("--attention", help="sdpa | flash | eager")]
+ContextOpt = Annotated[int, typer.Option("--context", help="Serving: tokens per sequence.")]
+ConcurrencyOpt = Annotated[int | None, _opt("--concurrency", help="Serving: sequences at once over all replicas (default: as many as fit).")]
+TtftOpt = Annotated[float | None, _opt("--ttft", help="Serving: largest acceptable time to first token, s.")]
+DecodeOpt = Annotated[float | None, _opt("--decode-tps", help="Serving: smallest acceptable decode tokens/s per user.")]
+KvOpt = Annotated[str | None, _opt("--kv-dtype", help="Serving: allow auto, fp8.")]
+UtilOpt = Annotated[float, typer.Option("--gpu-memory-utilization", help="Serving: vLLM memory fraction.")]
+HeadroomOpt = Annotated[float, typer.Option("--headroom", help="Fraction of device memory kept free.")]
+HostRamOpt = Annotated[float | None, _opt("--host-ram", help="Host RAM per node for offload, GiB (default 64; probed with --gpus auto).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Sampler seed.")]
+TrialsOpt = Annotated[int | None, _opt("--trials", help="Distinct structures to evaluate; fewer than the space uses TPE (default: all, by branch and bound, up to 8,000; else 150).")]
+StorageOpt = Annotated[str | None, _opt("--storage", help="Optuna storage URL to persist/resume, e.g. sqlite:///study.db.")]
+StudyOpt = Annotated[str | None, _opt("--study-name", help="Study name in --storage (default: derived from the problem).")]
+MeasureOpt = Annotated[bool, typer.Option("--measure", help="Run the top candidates for a few real steps on this machine's GPU and rank them by measured tokens/s (needs CUDA).")]
+TopOpt = Annotated[int, typer.Option("--measure-top", "--top-k", help="Candidates --measure runs.")]
+StepsOpt = Annotated[int, typer.Option("--measure-steps", help="Timed optimizer steps per candidate (after 1 warm-up).")]
+LayersOpt = Annotated[int | None, _opt("--measure-layers", help="Build the measured models with this many layers (faster; default: all).")]
+DeviceOpt = Annotated[str, typer.Option("--measure-device", help="cuda, or cpu for a slow smoke run (CPU timings do not rank GPU plans).")]
+OutputOpt = Annotated[str | None, _opt("-o", "--output", help="Write the winning plan as a plan file (YAML).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
 def _list(text: str | None) -> tuple[str, ...] | None:
@@ -65,252 +116,151 @@ def _ints(option: str, text: str | None) -> tuple[int, ...] | None:
         raise SwiftplanError(f"{option} takes whole numbers separated by commas, got {text!r}.") from error
 
 
-def _pins(**raw: Any) -> Any:
+def parse_pins(**raw: Any) -> Any:
+    """`Pins` from fit's pin options as typed (comma lists, 'auto' for rank and targets)."""
     from swiftplan.planner.search.pins import Pins
     from swiftplan.planner.search.space import ATTENTION, RANKS
     from swiftplan.planner.setup import ALL_LINEAR
 
-    rank = raw["rank"]
+    rank = raw.get("rank")
     ranks = RANKS if rank is not None and rank.strip().lower() == "auto" else _ints("--rank", rank)
-    targets = _list(raw["targets"])
+    targets = _list(raw.get("targets"))
     if targets is not None:
         presets = (ALL_LINEAR, ATTENTION)
         if targets == ("auto",):
             targets = presets
         elif not all(t in presets for t in targets):
             targets = (",".join(targets),)  # one custom module list
-    quants = ("none",) if raw["no_quant"] else _list(raw["quant"])
+    quants = ("none",) if raw.get("no_quant") else _list(raw.get("quant"))
+    ckpt = raw.get("grad_ckpt")
     return Pins(
-        methods=_list(raw["method"]),
-        quants=quants,
-        precisions=_list(raw["precision"]),
-        optimizers=_list(raw["optimizer"]),
-        grad_ckpt=None if raw["grad_ckpt"] is None else (raw["grad_ckpt"],),
-        zero=_ints("--zero", raw["zero"]),
-        max_offload=raw["max_offload"],
-        tp=_ints("--tp", raw["tp"]),
-        pp=_ints("--pp", raw["pp"]),
-        dp=_ints("--dp", raw["dp"]),
-        micro_batch=_ints("--batch", raw["batch"]),
-        ranks=ranks,
-        targets=targets,
-        kv_dtypes=_list(raw["kv_dtype"]),
-    )
+        methods=_list(raw.get("method")), quants=quants, precisions=_list(raw.get("precision")),
+        optimizers=_list(raw.get("optimizer")), grad_ckpt=None if ckpt is None else (ckpt,),
+        zero=_ints("--zero", raw.get("zero")), max_offload=raw.get("max_offload"), tp=_ints("--tp", raw.get("tp")),
+        pp=_ints("--pp", raw.get("pp")), dp=_ints("--dp", raw.get("dp")), micro_batch=_ints("--batch", raw.get("batch")),
+        ranks=ranks, targets=targets, kv_dtypes=_list(raw.get("kv_dtype")),
+    )  # fmt: skip
 
 
-def _dataset_tokens(dataset_tokens: str | None, data: str | None, model: str) -> tuple[int, str]:
+def _token_count(text: str | None) -> int | None:
     from swiftplan.units import parse_token_count
 
-    if dataset_tokens is not None and data is not None:
-        raise SwiftplanError("Pass either --dataset-tokens or --data, not both.")
-    if dataset_tokens is not None:
-        try:
-            tokens = parse_token_count(dataset_tokens)
-        except ValueError as error:
-            raise SwiftplanError(
-                f"Bad --dataset-tokens {dataset_tokens!r}.", hint="Examples: 50M, 1.5B, 200k, 123456."
-            ) from error
-        if tokens <= 0:
-            raise SwiftplanError(f"--dataset-tokens must be positive, got {dataset_tokens!r}.")
-        return tokens, "--dataset-tokens"
-    if data is not None:
-        from swiftplan.executors.dataset_tokens import count_tokens
-
-        counted = count_tokens(data, model)
-        return counted.tokens, f"{data}: {counted.records:,} records, {counted.method}"
-    return DEFAULT_DATASET_TOKENS, "assumed; pass --dataset-tokens or --data"
+    if text is None:
+        return None
+    try:
+        return parse_token_count(text)
+    except ValueError as error:
+        raise SwiftplanError(f"Bad --dataset-tokens {text!r}.", hint="Examples: 50M, 1.5B, 200k, 123456.") from error
 
 
-def _host_ram(host_ram: float | None, gpus: str) -> tuple[int, str]:
-    if host_ram is not None:
-        if host_ram < 0:
-            raise SwiftplanError(f"--host-ram must be zero or more GiB, got {host_ram}.")
-        return int(host_ram * 2**30), "--host-ram"
-    if gpus.strip().lower() == "auto":
-        from swiftplan.executors.probe.host import probe_host
+_PIN_NAMES = ("method", "rank", "targets", "quant", "no_quant", "precision", "optimizer", "grad_ckpt", "zero",
+              "max_offload", "tp", "pp", "dp", "batch", "kv_dtype")  # fmt: skip
 
-        available = probe_host(".").ram_available_bytes
-        if available is not None:
-            return available, "probed available RAM"
-    return int(DEFAULT_HOST_RAM_GIB * 2**30), "default for catalog clusters"
+
+def fit_request(**options: Any) -> Any:
+    """The `FitRequest` for fit's options (as the command receives them)."""
+    from swiftplan.usecases.fit import FitRequest
+
+    task = "serve" if options["task"] == Task.serve else "train"
+    host_ram = options["host_ram"]
+    return FitRequest(
+        model=options["model"], gpus=options["gpus"], task=task, engine=options["engine"],
+        objective=options["objective"].value if options["objective"] else None, pareto=options["pareto"],
+        pins=parse_pins(**{name: options[name] for name in _PIN_NAMES}),
+        dataset_tokens=_token_count(options["dataset_tokens"]) if task == "train" else None,
+        data=options["data"] if task == "train" else None, epochs=options["epochs"],
+        global_batch=options["global_batch"], seq_len=options["seq"], attention=options["attention"],
+        context=options["context"], concurrency=options["concurrency"], ttft_s=options["ttft"],
+        decode_tps=options["decode_tps"], gpu_memory_utilization=options["gpu_memory_utilization"],
+        headroom=options["headroom"], host_ram_bytes=None if host_ram is None else int(host_ram * 2**30),
+        seed=options["seed"], trials=options["trials"], storage=options["storage"], study_name=options["study_name"],
+    )  # fmt: skip
 
 
 def fit_command(
-    model: str = typer.Argument(
-        ..., help="Catalog name/alias, hub id, or path to a config.json (or its directory)."
-    ),
-    gpus: str = typer.Option(..., "--gpus", help="Cluster: rtx4090, 4xA100-80G, 2x8xH100, or auto (probe)."),
-    task: Task = typer.Option(Task.sft, "--task", help="sft (fine-tune) or serve."),
-    objective: Objective = typer.Option(
-        None, "--objective", help="time | cost | throughput (default: time for sft, throughput for serve)."
-    ),
-    pareto: bool = typer.Option(
-        False, "--pareto", help="Return the Pareto front: time vs cost vs memory headroom."
-    ),
-    dataset_tokens: str = typer.Option(None, "--dataset-tokens", help="Tokens in one epoch: 50M, 1.5B, ..."),
-    data: str = typer.Option(None, "--data", help="Training data (.jsonl/.json/text) to count tokens from."),
-    epochs: float = typer.Option(1.0, "--epochs", help="Passes over the data."),
-    global_batch: int = typer.Option(16, "--global-batch", help="Sequences per optimizer step."),
-    seq: int = typer.Option(2048, "--seq", help="Tokens per sequence."),
-    method: str = typer.Option(None, "--method", help="Pin/allow: full, lora, qlora."),
-    rank: str = typer.Option(None, "--rank", help="LoRA rank (default 16), a list, or auto (search 4-256)."),
-    targets: str = typer.Option(
-        None, "--targets", help="all-linear (default), attention, auto, or module names."
-    ),
-    quant: str = typer.Option(
-        None, "--quant", help="Allow: none, int8, nf4, nf4-dq (serve: none, fp8, int8, nf4)."
-    ),
-    no_quant: bool = typer.Option(False, "--no-quant", help="Forbid quantized bases/weights."),
-    precision: str = typer.Option(None, "--precision", help="Allow: bf16, amp-bf16, fp16, amp-fp16, fp32."),
-    optimizer: str = typer.Option(
-        None, "--optimizer", help="Allow: adamw, adamw-8bit, paged-adamw-8bit, sgd, adafactor."
-    ),
-    grad_ckpt: bool = typer.Option(
-        None, "--grad-ckpt/--no-grad-ckpt", help="Pin gradient checkpointing (default: searched)."
-    ),
-    zero: str = typer.Option(None, "--zero", help="Allow ZeRO stages: 0,1,2,3."),
-    max_offload: str = typer.Option(
-        None, "--max-offload", help="none | optimizer | optimizer+params (default)."
-    ),
-    tp: str = typer.Option(None, "--tp", help="Allow tensor-parallel degrees."),
-    pp: str = typer.Option(None, "--pp", help="Allow pipeline-parallel degrees."),
-    dp: str = typer.Option(None, "--dp", help="Allow data-parallel degrees."),
-    batch: str = typer.Option(
-        None, "--batch", help="Pin micro-batch sizes (default: the largest that fits)."
-    ),
-    attention: str = typer.Option("sdpa", "--attention", help="sdpa | flash | eager"),
-    context: int = typer.Option(4096, "--context", help="Serving: tokens per sequence."),
-    concurrency: int = typer.Option(
-        None, "--concurrency", help="Serving: sequences at once over all replicas (default: as many as fit)."
-    ),
-    ttft: float = typer.Option(None, "--ttft", help="Serving: largest acceptable time to first token, s."),
-    decode_tps: float = typer.Option(
-        None, "--decode-tps", help="Serving: smallest acceptable decode tokens/s per user."
-    ),
-    kv_dtype: str = typer.Option(None, "--kv-dtype", help="Serving: allow auto, fp8."),
-    gpu_memory_utilization: float = typer.Option(
-        0.9, "--gpu-memory-utilization", help="Serving: vLLM memory fraction."
-    ),
-    headroom: float = typer.Option(0.05, "--headroom", help="Fraction of device memory kept free."),
-    host_ram: float = typer.Option(
-        None, "--host-ram", help="Host RAM per node for offload, GiB (default 64; probed with --gpus auto)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Sampler seed."),
-    trials: int = typer.Option(
-        None,
-        "--trials",
-        help="Distinct structures to evaluate; fewer than the space uses TPE (default: all, by branch and bound, up to 8,000; else 150).",
-    ),
-    storage: str = typer.Option(
-        None, "--storage", help="Optuna storage URL to persist/resume, e.g. sqlite:///study.db."
-    ),
-    study_name: str = typer.Option(
-        None, "--study-name", help="Study name in --storage (default: derived from the problem)."
-    ),
-    measure: bool = typer.Option(
-        False,
-        "--measure",
-        help="Run the top candidates for a few real steps on this machine's GPU and rank them by measured tokens/s (needs CUDA).",
-    ),
-    top_k: int = typer.Option(3, "--measure-top", "--top-k", help="Candidates --measure runs."),
-    measure_steps: int = typer.Option(
-        3, "--measure-steps", help="Timed optimizer steps per candidate (after 1 warm-up)."
-    ),
-    measure_layers: int = typer.Option(
-        None,
-        "--measure-layers",
-        help="Build the measured models with this many layers (faster; default: all).",
-    ),
-    measure_device: str = typer.Option(
-        "cuda",
-        "--measure-device",
-        help="cuda, or cpu for a slow smoke run (CPU timings do not rank GPU plans).",
-    ),
-    output: str = typer.Option(None, "-o", "--output", help="Write the winning plan as a plan file (YAML)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    model: ModelArg,
+    gpus: GpusOpt,
+    task: TaskOpt = Task.sft,
+    engine: EngineOpt = None,
+    objective: ObjectiveOpt = None,
+    pareto: ParetoOpt = False,
+    dataset_tokens: TokensOpt = None,
+    data: DataOpt = None,
+    epochs: EpochsOpt = 1.0,
+    global_batch: GlobalBatchOpt = 16,
+    seq: SeqOpt = 2048,
+    method: MethodOpt = None,
+    rank: RankOpt = None,
+    targets: TargetsOpt = None,
+    quant: QuantOpt = None,
+    no_quant: NoQuantOpt = False,
+    precision: PrecisionOpt = None,
+    optimizer: OptimizerOpt = None,
+    grad_ckpt: CkptOpt = None,
+    zero: ZeroOpt = None,
+    max_offload: OffloadOpt = None,
+    tp: TpOpt = None,
+    pp: PpOpt = None,
+    dp: DpOpt = None,
+    batch: BatchOpt = None,
+    attention: AttentionOpt = "sdpa",
+    context: ContextOpt = 4096,
+    concurrency: ConcurrencyOpt = None,
+    ttft: TtftOpt = None,
+    decode_tps: DecodeOpt = None,
+    kv_dtype: KvOpt = None,
+    gpu_memory_utilization: UtilOpt = 0.9,
+    headroom: HeadroomOpt = 0.05,
+    host_ram: HostRamOpt = None,
+    seed: SeedOpt = 0,
+    trials: TrialsOpt = None,
+    storage: StorageOpt = None,
+    study_name: StudyOpt = None,
+    measure: MeasureOpt = False,
+    measure_top: TopOpt = 3,
+    measure_steps: StepsOpt = 3,
+    measure_layers: LayersOpt = None,
+    measure_device: DeviceOpt = "cuda",
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Search the training (or serving) plans for the best one that fits, with Optuna."""
     started = time.perf_counter()
-    from swiftplan.cli.options import resolve_cluster
-    from swiftplan.executors.model_source import resolve_model
+    from swiftplan.cli._fit_render import render_fit
 
-    if not 0 <= headroom < 0.9:
-        raise SwiftplanError(f"--headroom must be in [0, 0.9), got {headroom}.")
-    if trials is not None and trials < 1:
-        raise SwiftplanError(f"--trials must be at least 1, got {trials}.")
-    if measure and task == Task.serve:
+    options = dict(locals())
+    request = fit_request(**options)
+    measure_options = _measure_options(request, **options) if measure else None
+    from swiftplan.usecases.fit import plan_fit
+
+    outcome = plan_fit(request)
+    if outcome.plan is not None and output:
+        from swiftplan.plan_file import save_plan
+
+        save_plan(outcome.plan, output)
+    measured = None
+    if measure_options is not None and outcome.plan is not None:
+        from swiftplan.cli._fit_measure import measure
+
+        measured = measure(outcome, as_json=as_json, **measure_options)
+    render_fit(outcome, output=output, as_json=as_json, measured=measured, elapsed_s=time.perf_counter() - started)
+    if outcome.plan is None:
+        raise typer.Exit(1)
+
+
+def _measure_options(request: Any, **options: Any) -> dict[str, Any]:
+    if request.task == "serve":
         raise SwiftplanError("--measure times training candidates; it does not apply to --task serve.")
-    spec = resolve_model(model)
-    cluster = resolve_cluster(gpus)
-    if measure:
-        if measure_device not in ("cuda", "cpu"):
-            raise SwiftplanError(f"--measure-device takes cuda or cpu, got {measure_device!r}.")
-        if top_k < 1 or measure_steps < 1 or (measure_layers is not None and measure_layers < 1):
-            raise SwiftplanError("--measure-top, --measure-steps and --measure-layers must be at least 1.")
-        if measure_device == "cuda":
-            from swiftplan.executors.measure import require_cuda
+    device, top, steps, layers = (options[k] for k in ("measure_device", "measure_top", "measure_steps", "measure_layers"))
+    if device not in ("cuda", "cpu"):
+        raise SwiftplanError(f"--measure-device takes cuda or cpu, got {device!r}.")
+    if top < 1 or steps < 1 or (layers is not None and layers < 1):
+        raise SwiftplanError("--measure-top, --measure-steps and --measure-layers must be at least 1.")
+    if device == "cuda":
+        from swiftplan.executors.measure import require_cuda
 
-            require_cuda()
-    goal = objective.value if objective else ("throughput" if task == Task.serve else "time")
-    pins = _pins(
-        method=method,
-        rank=rank,
-        targets=targets,
-        quant=quant,
-        no_quant=no_quant,
-        precision=precision,
-        optimizer=optimizer,
-        grad_ckpt=grad_ckpt,
-        zero=zero,
-        max_offload=max_offload,
-        tp=tp,
-        pp=pp,
-        dp=dp,
-        batch=batch,
-        kv_dtype=kv_dtype,
-    )
-    from swiftplan.cli._fit_run import run_fit
-
-    run_fit(
-        spec=spec,
-        model=model,
-        cluster=cluster,
-        gpus=gpus,
-        task="serve" if task == Task.serve else "train",
-        objective=goal,
-        pareto=pareto,
-        pins=pins,
-        dataset=_dataset_tokens(dataset_tokens, data, model) if task != Task.serve else None,
-        epochs=epochs,
-        global_batch=global_batch,
-        seq=seq,
-        attention=attention,
-        context=context,
-        concurrency=concurrency,
-        ttft=ttft,
-        decode_tps=decode_tps,
-        gpu_memory_utilization=gpu_memory_utilization,
-        headroom=headroom,
-        host_ram=_host_ram(host_ram, gpus),
-        seed=seed,
-        trials=trials,
-        storage=storage,
-        study_name=study_name,
-        measure=measure,
-        top_k=top_k,
-        measure_steps=measure_steps,
-        measure_layers=measure_layers,
-        measure_device=measure_device,
-        output=output,
-        as_json=as_json,
-        started=started,
-    )
-
-
-def fingerprint(*parts: Any) -> str:
-    """Readable-prefix hash identifying a search problem (for resuming stored studies)."""
-    text = "|".join(repr(part) for part in parts)
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+        require_cuda()
+    return {"top_k": top, "steps": steps, "layers": layers, "device": device, "seed": request.seed}
 
 
 def register(app: typer.Typer) -> None:

@@ -4,17 +4,8 @@ from __future__ import annotations
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.capabilities import check
-from swiftplan.planner.hardware import Cluster, parse_cluster
+from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.setup import ALL_LINEAR, LoraSetup, Parallelism, ServeSetup, TrainSetup
-
-
-def resolve_cluster(gpus: str) -> Cluster:
-    """A cluster from a catalog string, or from the probe for `auto`."""
-    if gpus.strip().lower() == "auto":
-        from swiftplan.executors.probe import cluster_from_probe, probe
-
-        return cluster_from_probe(probe())
-    return parse_cluster(gpus)
 
 
 def parse_targets(targets: str) -> tuple[str, ...]:

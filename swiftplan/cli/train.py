@@ -84,6 +84,29 @@ def _render_report(report: dict[str, Any]) -> None:
         console.print(f"[yellow]note:[/] {note}")
 
 
+def _print_dry_run(result: Any, *, as_json: bool) -> None:
+    """The plan's launch, node by node, as text to copy or as JSON."""
+    from swiftplan.executors.train.launch import format_launch
+
+    plan = result.plan
+    if as_json:
+        print_json({"run_dir": str(result.run_dir), "nodes": plan.nodes, "gpus_per_node": plan.gpus_per_node,
+                    "hardware": plan.hardware.describe(), "mode": result.launches[0].mode,
+                    "launches": [{"node_rank": i, "argv": list(x.argv), "env": x.env} for i, x in enumerate(result.launches)],
+                    "files": result.launches[0].files, "notes": list(result.notes)})  # fmt: skip
+        return
+    sys.stdout.write(f"# plan: {plan.model} on {plan.hardware.describe()} ({plan.nodes} node(s) × {plan.gpus_per_node} "
+                     f"process(es); tp {plan.layout.tp}, pp {plan.layout.pp}, dp {plan.layout.dp})\n")  # fmt: skip
+    sys.stdout.write(f"# run directory: {result.run_dir} (not created: --dry-run)\n")
+    for node, launch in enumerate(result.launches):
+        if len(result.launches) > 1:
+            sys.stdout.write(f"\n# node {node} of {len(result.launches)} (run on that machine)\n")
+        text = format_launch(launch)
+        sys.stdout.write(text if node == len(result.launches) - 1 else text.split("\n\n# --- ")[0].rstrip("\n") + "\n")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+
 def train_command(
     plan: Path = typer.Argument(..., help="Plan file written by `swiftplan fit -o plan.yaml`."),
     data: Path | None = typer.Option(None, "--data", help="Training data: .jsonl, .csv or .parquet."),
@@ -143,8 +166,8 @@ def train_command(
     from swiftplan.errors import SwiftplanError
 
     try:
-        from swiftplan.executors.train.launch import format_launch
         from swiftplan.executors.train.prepare import RunRequest, execute, prepare_run, write_run
+        from swiftplan.executors.train.prepare import dry_run as dry
     except ImportError as error:
         raise SwiftplanError(f"`swiftplan train` needs torch, transformers and peft ({error.name} is missing).",
                              hint="pip install 'swiftplan[train]'.") from error  # fmt: skip
@@ -155,18 +178,10 @@ def train_command(
                          random_init=random_init, device=device, nproc_per_node=nproc_per_node, nnodes=nnodes,
                          node_rank=node_rank, master_addr=master_addr, master_port=master_port,
                          overrides={k: v for k, v in given.items() if v is not None})  # fmt: skip
-    prepared = prepare_run(request)
     if dry_run:
-        if as_json:
-            launch = prepared.launch
-            print_json({"run_dir": str(prepared.run_dir), "mode": launch.mode, "argv": list(launch.argv),
-                        "env": launch.env, "files": launch.files, "notes": list(prepared.notes)})  # fmt: skip
-            return
-        sys.stdout.write(f"# run directory: {prepared.run_dir} (not created: --dry-run)\n")
-        sys.stdout.write(format_launch(prepared.launch))  # unwrapped, so the command can be copied
-        for note in prepared.notes:
-            console.print(f"[yellow]note:[/] {note}")
+        _print_dry_run(dry(request), as_json=as_json)
         return
+    prepared = prepare_run(request)
     notes_to = Console(stderr=True) if as_json else console  # --json keeps stdout one JSON object
     for note in prepared.notes:
         notes_to.print(f"[yellow]note:[/] {note}")

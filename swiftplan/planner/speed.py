@@ -162,12 +162,7 @@ def train_speed(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainab
             # Every parameter shard, frozen ones included, comes from host RAM for forward and backward.
             streamed = total_params(spec) + (trainable_params if setup.trains_adapters else 0)
             offload_s += (
-                2
-                * setup.grad_accum
-                * streamed
-                * 2
-                / dp
-                / (acc.pcie_bytes_per_s or FALLBACK_PCIE_BYTES_PER_S)
+                2 * setup.grad_accum * streamed * 2 / dp / (acc.pcie_bytes_per_s or FALLBACK_PCIE_BYTES_PER_S)
             )
 
     # bitsandbytes dequantises each weight in its own kernel before the GEMM: it adds, it does not overlap.
@@ -235,7 +230,9 @@ def serve_speed(
     # prompt fills the rest, and a step costs the larger of its weight/KV reads and its FLOPs.
     room = max(1, setup.prefill_chunk - (setup.concurrency - 1))
     steps = -(-prompt // room)
-    step_with_prefill = max(memory_s, min(setup.prefill_chunk, prompt + setup.concurrency - 1) * per_token_flops / peak)
+    step_with_prefill = max(
+        memory_s, min(setup.prefill_chunk, prompt + setup.concurrency - 1) * per_token_flops / peak
+    )
     ttft = steps * step_with_prefill
     return ServeSpeed(
         prefill_tokens_per_s=prefill_tps,

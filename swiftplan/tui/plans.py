@@ -4,17 +4,24 @@ that runs a saved plan. Pure (the model was resolved before the search)."""
 
 from __future__ import annotations
 
-import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from swiftplan.plan_file import PlanFile
 from swiftplan.planner.breakdown import TENSOR_TERMS
+from swiftplan.planner.plan import Plan
 from swiftplan.planner.search.candidate import Candidate
 from swiftplan.planner.search.evaluate import Evaluation
-from swiftplan.planner.search.optimize import SearchResult
-from swiftplan.tui.search import Problem, SearchSnapshot, candidate_summary
-from swiftplan.units import format_gib
+from swiftplan.tui.search import SearchSnapshot
+from swiftplan.units import format_duration, format_gib
+from swiftplan.usecases.describe import (
+    candidate_summary,
+    cost_text,
+    engine_line,
+    family_line,
+    next_command,
+    search_line,
+)
+from swiftplan.usecases.fit import FitOutcome, FitProblem, plan_from
 
 PLAN_ROWS = 15
 """Most plans offered (Pareto fronts are thinned evenly, as `fit` does)."""
@@ -54,8 +61,8 @@ class PlanChoice:
     """Memory against the budget."""
     speed_lines: tuple[str, ...]
     """Speed, its bound, time and cost."""
-    plan: PlanFile
-    """The plan file `save_plan` writes."""
+    plan: Plan
+    """The plan `save_plan` writes."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -80,22 +87,12 @@ class SearchOutcome:
     """The final scatter."""
 
 
-def run_command(plan: PlanFile, path: str) -> str:
+def run_command(plan: Plan, path: str) -> str:
     """The command that carries out a saved plan."""
-    if plan.task == "serve":
-        return f"swiftplan serve {shlex.quote(path)}"
-    return f"swiftplan train {shlex.quote(path)} --data train.jsonl"
-
-
-def _cost(evaluation: Evaluation) -> str:
-    if evaluation.cost_usd is None:
-        return f"{evaluation.gpu_hours:,.{1 if evaluation.gpu_hours >= 10 else 2}f} GPU-h"
-    return f"${evaluation.cost_usd:,.0f}" if evaluation.cost_usd >= 10 else f"${evaluation.cost_usd:.2f}"
+    return next_command(plan, path)
 
 
 def _speed_lines(evaluation: Evaluation, task: str) -> tuple[str, ...]:
-    from swiftplan.cli._fit_render import duration
-
     estimate = evaluation.estimate
     assert estimate is not None
     speed = estimate.to_json()["speed"]
@@ -107,9 +104,9 @@ def _speed_lines(evaluation: Evaluation, task: str) -> tuple[str, ...]:
             f"{speed['tokens_per_s']:,.0f} tokens/s · {speed['step_time_s']:.2f} s/step · bound by {speed['bound']}",
             f"{speed['flops_per_token'] / 1e9:.1f} GFLOP/token at a {speed['mfu_prior']:.0%} MFU prior; "
             f"step = {' + '.join(parts) or '0 s'}",
-            f"time to train {duration(evaluation.time_s)} · {evaluation.gpu_hours:,.1f} GPU-h"
+            f"time to train {format_duration(evaluation.time_s)} · {evaluation.gpu_hours:,.1f} GPU-h"
             + (
-                f" · cost {_cost(evaluation)}"
+                f" · cost {cost_text(evaluation)}"
                 if evaluation.cost_usd is not None
                 else " · no price in the catalog"
             ),
@@ -120,7 +117,7 @@ def _speed_lines(evaluation: Evaluation, task: str) -> tuple[str, ...]:
         f"· bound by {speed['bound']}",
         f"prefill {speed['prefill_tokens_per_s']:,.0f} tokens/s · time to first token {speed['ttft_s']:.2f} s",
         f"{setup.concurrency} sequences of {setup.context:,} tokens per replica (at most {estimate.max_concurrency}); "
-        f"longest context {estimate.max_context:,} · {_cost(evaluation)} per 1M tokens",
+        f"longest context {estimate.max_context:,} · {cost_text(evaluation)} per 1M tokens",
     )
 
 
@@ -139,44 +136,24 @@ def _memory(evaluation: Evaluation) -> MemoryBar:
     )
 
 
-def make_choice(evaluation: Evaluation, problem: Problem) -> PlanChoice:
-    """A plan on offer, with its plan file (as `swiftplan fit -o` writes it)."""
-    from swiftplan.cli._fit_render import duration
-    from swiftplan.plan_file import make_plan
-    from swiftplan.planner.search.candidate import cluster_text
-
+def make_choice(evaluation: Evaluation, problem: FitProblem) -> PlanChoice:
+    """A plan on offer, with its plan (as `swiftplan fit -o` writes it)."""
     estimate = evaluation.estimate
     assert estimate is not None
     is_train = isinstance(evaluation.candidate, Candidate)
-    cluster = problem.cluster
-    plan = make_plan(
-        model=problem.spec.name,
-        model_source=problem.spec.source or problem.spec.name,
-        cluster=cluster_text(cluster),
-        gpus_used=evaluation.gpus,
-        usable_memory_bytes=cluster.usable_memory_bytes,
-        objective=problem.settings.objective,
-        workload=asdict(problem.workload),
-        setup=estimate.setup,
-        estimate_json=estimate.to_json(),
-        host_bytes_per_node=evaluation.host_bytes_per_node,
-        time_to_train_s=evaluation.time_s if is_train else None,
-        gpu_hours=evaluation.gpu_hours,
-        cost_usd=evaluation.cost_usd,
-    )
-    time = duration(evaluation.time_s) if is_train else f"{evaluation.time_s * 1000:.0f} ms/tok"
+    time = format_duration(evaluation.time_s) if is_train else f"{evaluation.time_s * 1000:.0f} ms/tok"
     columns = (
         f"{evaluation.device_total_bytes / 2**30:.1f}/{estimate.device_memory_bytes / 2**30:.0f}",
         f"{evaluation.tokens_per_s:,.0f}",
         time,
-        _cost(evaluation),
+        cost_text(evaluation),
     )
     return PlanChoice(
         summary=candidate_summary(evaluation),
         columns=columns,
         memory=_memory(evaluation),
-        speed_lines=_speed_lines(evaluation, problem.request.task),
-        plan=plan,
+        speed_lines=_speed_lines(evaluation, problem.task),
+        plan=plan_from(problem, evaluation),
     )
 
 
@@ -187,15 +164,12 @@ def _spread(rows: list[Evaluation], limit: int) -> list[Evaluation]:
     return [rows[round(i * step)] for i in range(limit)]
 
 
-def _diagnosis(problem: Problem, result: SearchResult) -> tuple[str, ...]:
-    from swiftplan.planner.search import infeasible
-
-    if result.best is not None or result.closest is None:
-        return () if result.best is not None else ("No valid plan: every candidate was rejected.",)
-    diagnose = (
-        infeasible.diagnose_training if problem.request.task == "train" else infeasible.diagnose_serving
-    )
-    diagnosis = diagnose(problem.evaluator, problem.pins, result.closest)
+def _diagnosis(outcome: FitOutcome) -> tuple[str, ...]:
+    result, diagnosis = outcome.result, outcome.diagnosis
+    if result.best is not None:
+        return ()
+    if diagnosis is None:
+        return ("No valid plan: every candidate was rejected.",)
     lines = [diagnosis.summary]
     lines += [f"• {s.text}" for s in diagnosis.suggestions] or [
         "No single change checked (QLoRA, shorter sequence, offload, more or bigger GPUs) makes it fit."
@@ -203,34 +177,25 @@ def _diagnosis(problem: Problem, result: SearchResult) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def outcome(search_id: int, problem: Problem, result: SearchResult, final: SearchSnapshot) -> SearchOutcome:
+def outcome(search_id: int, fit: FitOutcome, final: SearchSnapshot) -> SearchOutcome:
     """The plan view for a finished search."""
-    from swiftplan.cli._fit_render import family_line
-
+    problem, result = fit.problem, fit.result
     if result.best is None:
         rows: list[Evaluation] = []
     elif result.pareto:
         rows = _spread(list(result.pareto), PLAN_ROWS)
     else:
         rows = [result.best, *result.runners_up]
-    how = (
-        f"{len(result.evaluations):,} evaluated, {result.pruned:,} pruned by a speed bound"
-        if result.sampler == "exhaustive"
-        else f"TPE, {len(result.evaluations):,} distinct in {result.trials} trials"
-    )
-    notes = [f"cluster: {note}" for note in problem.cluster.notes]
-    if problem.cluster.accelerator.price_usd_per_hour is None:
-        notes.append(
-            f"cost in GPU-hours: the catalog has no price for {problem.cluster.accelerator.display_name}"
-        )
+    notes = [note for note in problem.notes if not note.startswith("workload:")]
+    if fit.alternative is not None:
+        notes.append(engine_line(fit.alternative, problem.engine.name, problem.settings.objective))
     return SearchOutcome(
         search_id=search_id,
         title=problem.title,
         choices=tuple(make_choice(e, problem) for e in rows),
         family_lines=tuple(family_line(f, result.best, result.objective) for f in result.families),
-        diagnosis=_diagnosis(problem, result),
-        search_line=f"searched {result.space_size:,} structures ({how}; {result.estimates:,} estimates), "
-        f"seed {problem.settings.seed}",
+        diagnosis=_diagnosis(fit),
+        search_line=search_line(result, problem.settings.seed),
         notes=tuple(notes),
         snapshot=final,
     )

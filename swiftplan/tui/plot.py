@@ -138,19 +138,6 @@ def short_number(value: float) -> str:
     return f"{value:.0e}"
 
 
-def short_duration(seconds: float) -> str:
-    """Compact duration tick label: 52ms, 40s, 12m, 3.4h, 2.1d."""
-    if seconds < 1:
-        return f"{seconds * 1000:.3g}ms"
-    if seconds < 120:
-        return f"{seconds:.3g}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.3g}m"
-    if seconds < 3 * 86400:
-        return f"{seconds / 3600:.3g}h"
-    return f"{seconds / 86400:.3g}d"
-
-
 def meter(fraction: float, width: int) -> str:
     """A bar of `width` cells filled to `fraction` (eighths of a cell): '█████▍    '."""
     fraction = min(1.0, max(0.0, fraction))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.setup import TrainSetup
 from swiftplan.units import format_gib
 
 
@@ -88,18 +89,18 @@ def load_run(path: str) -> RunView:
             f"{path} has no plan.yaml, so it is not a `swiftplan train` run directory.",
             hint="Pick the directory given to --output-dir.",
         )
-    plan, _setup = load_plan(run / "plan.yaml")
+    plan = load_plan(run / "plan.yaml")
     rows = read_metrics(run / "metrics.jsonl")
     report = _json(run / "run_report.json")
     args = _json(run / "train_args.json") or {}
     steps = tuple(int(row["step"]) for row in rows)
-    speed = plan.prediction.speed
-    per_device = plan.prediction.per_device
+    planned_tokens_per_s = plan.prediction.tokens_per_s
+    per_device = plan.prediction.per_device_bytes
     tokens_per_s = tuple(
         row["tokens"] / row["step_time_s"] if row.get("step_time_s") else 0.0 for row in rows
     )
     memory = [row.get("memory_rank0") or {} for row in rows]
-    predicted_speed = (("planned", float(speed["tokens_per_s"])),) if speed.get("tokens_per_s") else ()
+    predicted_speed = (("planned", float(planned_tokens_per_s)),) if planned_tokens_per_s else ()
     series = (
         Series(title="loss", steps=steps, values=tuple(float(row["loss"]) for row in rows)),
         Series(title="tokens/s", steps=steps, values=tokens_per_s, predicted=predicted_speed),
@@ -125,28 +126,30 @@ def load_run(path: str) -> RunView:
     notes = []
     if args.get("device") == "cpu":
         notes.append(
-            f"ran on CPU: memory is the process's peak RSS, not comparable with the {plan.cluster} prediction"
+            f"ran on CPU: memory is the process's peak RSS, not comparable with the {plan.hardware.describe()} prediction"
         )
     if report:
         measured = report.get("measured", {})
-        if measured.get("tokens_per_s") and speed.get("tokens_per_s"):
+        if measured.get("tokens_per_s") and planned_tokens_per_s:
             notes.append(
-                f"report: {measured['tokens_per_s']:,.0f} tokens/s measured vs {speed['tokens_per_s']:,.0f} predicted "
-                f"({measured['tokens_per_s'] / speed['tokens_per_s']:.2f}×, first step excluded)"
+                f"report: {measured['tokens_per_s']:,.0f} tokens/s measured vs {planned_tokens_per_s:,.0f} predicted "
+                f"({measured['tokens_per_s'] / planned_tokens_per_s:.2f}×, first step excluded)"
             )
         if measured.get("peak_allocated_bytes") and per_device.get("peak_allocated"):
             notes.append(
                 f"report: peak allocated {format_gib(measured['peak_allocated_bytes'], 2)} measured vs "
                 f"{format_gib(per_device['peak_allocated'], 2)} predicted"
             )
-    train = plan.train
+    train = plan.setup
     method = (
-        f"{train.method} {train.quant} mb {train.micro_batch}×{train.grad_accum}" if train else "serving plan"
+        f"{train.method} {train.quant} mb {train.micro_batch}×{train.grad_accum}"
+        if isinstance(train, TrainSetup)
+        else "serving plan"
     )
     return RunView(
         path=path,
         status=status,
-        plan_line=f"{plan.model} on {plan.cluster} ({plan.gpus_used} GPU) · {method}",
+        plan_line=f"{plan.model} on {plan.hardware.describe()} ({plan.layout.gpus} GPU) · {method}",
         series=series,
         notes=tuple(notes),
     )

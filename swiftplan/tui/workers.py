@@ -112,10 +112,10 @@ def search(
             post(msg.SearchProgress(snapshot(search_id, problem, evaluations)))
 
     try:
-        result = run_search(problem, on_candidate)
+        fit = run_search(problem, on_candidate)
         final = snapshot(search_id, problem, evaluations)
         post(msg.SearchProgress(final))
-        post(msg.SearchFinished(outcome(search_id, problem, result, final)))
+        post(msg.SearchFinished(outcome(search_id, fit, final)))
     except SearchCancelled:
         post(msg.SearchStopped(search_id, len(evaluations)))
     except SwiftplanError as error:

@@ -34,14 +34,15 @@ class Prediction:
 
     @classmethod
     def from_plan(cls, plan: Any) -> Prediction:
-        """From a plan file's `prediction` section (`plan_file.PlanFile`)."""
-        speed, per_device = plan.prediction.speed, plan.prediction.per_device
+        """From a `Plan`'s prediction (tokens/s per replica: one server process is one replica)."""
+        predicted = plan.prediction
+        total = predicted.tokens_per_s
         return cls(
-            ttft_s=speed.get("ttft_s"),
-            prefill_tokens_per_s=speed.get("prefill_tokens_per_s"),
-            per_user_decode_tokens_per_s=speed.get("per_user_decode_tokens_per_s"),
-            tokens_per_s=speed.get("tokens_per_s"),
-            peak_allocated_bytes=per_device.get("peak_allocated"),
+            ttft_s=predicted.ttft_s,
+            prefill_tokens_per_s=predicted.prefill_tokens_per_s,
+            per_user_decode_tokens_per_s=predicted.per_user_decode_tokens_per_s,
+            tokens_per_s=None if total is None else total / plan.replicas,
+            peak_allocated_bytes=predicted.per_device_bytes.get("peak_allocated"),
         )
 
 

@@ -58,7 +58,8 @@ def resolve_target(
         if v is not None
     }
     if is_plan_path(plan_or_model):
-        plan, setup = load_plan(plan_or_model)
+        plan = load_plan(plan_or_model)
+        setup = plan.setup
         if not isinstance(setup, ServeSetup):
             raise SwiftplanError(f"{plan_or_model} is a training plan; `swiftplan serve` needs a serving plan.",
                                  hint="Create one with `swiftplan fit MODEL --task serve ... -o plan.yaml`.")  # fmt: skip

@@ -34,7 +34,7 @@ def load_trained(run_dir: Path, *, device: str = "cpu"):  # noqa: ANN201 (a peft
     from swiftplan.plan_file import load_plan
 
     args = rd.read_args(run_dir)
-    _, setup = load_plan(run_dir / "plan.yaml")
+    setup = load_plan(run_dir / "plan.yaml").setup
     if setup.quant != "none":  # type: ignore[union-attr]
         raise SwiftplanError(f"Merging into a {setup.quant} base is not supported; export the adapter without --merge.")  # type: ignore[union-attr]  # fmt: skip
     # Build without gradient checkpointing or dropout side effects; weights are what matters here.

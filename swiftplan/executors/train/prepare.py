@@ -1,7 +1,10 @@
 """The parent side of `swiftplan train`: check everything, prepare the run directory, launch, collect.
 
-Order matters: the plan, the device's capabilities, the data file (every record) and the tokenizer
-are checked first, so a bad plan or a bad row stops the run before any model is loaded.
+`render_plan` renders the launch for the plan's own hardware (nodes × GPUs per node, the DeepSpeed
+JSON), whatever this machine has: that is what `--dry-run` prints, and it needs no device, tokenizer or
+network. `prepare_run` is the real run: the plan, this device's capabilities, the data file (every
+record) and the tokenizer are checked first, so a bad plan or a bad row stops the run before any model
+is loaded.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ from swiftplan.errors import SwiftplanError
 from swiftplan.executors.train import run_dir as rd
 from swiftplan.executors.train.device import DeviceInfo, detect_device, require_runnable
 from swiftplan.executors.train.launch import Launch, LaunchOptions, render
+from swiftplan.planner.engines import engine_reasons, get_engine, train_requirements
+from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import TrainSetup
+
+DEFAULT_MASTER_PORT = 29500
+"""torchrun's default rendezvous port, used across nodes and in rendered (dry-run) launches."""
+_TORCH_DEVICE = {"cuda": "cuda", "rocm": "cuda", "npu": "npu", "mps": "mps", "cpu": "cpu"}
+"""torch device type for each backend (ROCm is 'cuda' in torch)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -56,8 +66,8 @@ class RunRequest:
 class PreparedRun:
     """Everything checked and rendered; nothing loaded."""
 
-    plan: Any
-    """The PlanFile."""
+    plan: Plan
+    """The plan."""
     setup: TrainSetup
     """Its train set-up."""
     device: DeviceInfo
@@ -82,27 +92,83 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _processes(request: RunRequest, plan: Any, device: DeviceInfo) -> tuple[int, int]:
-    from swiftplan.planner.hardware import parse_cluster
-
-    try:
-        cluster = parse_cluster(plan.cluster)
-        nodes, per_node = (cluster.nodes, cluster.gpus_per_node) if plan.gpus_used == cluster.world_size else (1, plan.gpus_used)  # fmt: skip
-    except SwiftplanError:
-        nodes, per_node = 1, plan.gpus_used
+def _processes(request: RunRequest, plan: Plan, device: DeviceInfo) -> tuple[int, int]:
+    """(nodes, processes per node) for a real run: the plan's, one process on CPU/MPS, or as overridden."""
+    nodes, per_node = plan.nodes, plan.gpus_per_node
     if device.torch_device in ("cpu", "mps"):
         nodes, per_node = 1, 1
     return request.nnodes or nodes, request.nproc_per_node or per_node
 
 
-def _load_plan(path: Path) -> tuple[Any, TrainSetup]:
+def load_train_plan(path: Path) -> Plan:
+    """A training plan for this executor; one clear error for a serving plan or another engine's plan."""
     from swiftplan.plan_file import load_plan
 
-    plan, setup = load_plan(path)
-    if not isinstance(setup, TrainSetup):
+    plan = load_plan(path)
+    if not isinstance(plan.setup, TrainSetup):
         raise SwiftplanError(f"Plan file {path} is a serving plan (task: serve); `swiftplan train` needs a training plan.",
                              hint="Make one with `swiftplan fit MODEL --task train ... -o plan.yaml`.")  # fmt: skip
-    return plan, setup
+    engine = get_engine(plan.engine, "train")
+    if engine.name != "swiftplan":
+        raise SwiftplanError(f"Plan file {path} is planned for {engine.label}, which `swiftplan train` does not launch yet.",
+                             hint="Re-plan for swiftplan's loop: swiftplan fit ... --engine swiftplan -o plan.yaml.")  # fmt: skip
+    needs = train_requirements(plan.setup, backend=plan.hardware.accelerator.backend, gpus=plan.layout.gpus)
+    if reasons := engine_reasons(engine, needs):
+        raise SwiftplanError(f"Plan file {path} asks for what swiftplan's loop cannot run: {' '.join(reasons)}",
+                             hint="Re-plan it: swiftplan fit ... --engine swiftplan never returns such a plan.")  # fmt: skip
+    return plan
+
+
+def _defaults(setup: TrainSetup, request: RunRequest) -> dict[str, Any]:
+    """TrainArgs fields from the command line, over the method's default learning rate."""
+    return ({"lr": 2e-5} if setup.method == "full" else {}) | request.overrides
+
+
+def render_plan(plan: Plan, request: RunRequest, *, run_dir: Path) -> list[Launch]:
+    """The launch of every node, for the plan's own hardware (overridden by --nnodes/--nproc-per-node)."""
+    assert isinstance(plan.setup, TrainSetup)
+    nnodes = request.nnodes or plan.nodes
+    per_node = request.nproc_per_node or plan.gpus_per_node
+    args = rd.TrainArgs(data="", data_sha256="", model=plan.model, **_defaults(plan.setup, request))
+    launches = []
+    for node in range(nnodes):
+        options = LaunchOptions(device=_TORCH_DEVICE[plan.hardware.accelerator.backend], nproc_per_node=per_node,
+                                nnodes=nnodes, node_rank=node, master_addr=request.master_addr,
+                                master_port=request.master_port or DEFAULT_MASTER_PORT)  # fmt: skip
+        launches.append(render(plan.setup, options, run_dir=str(run_dir), python="python", lr=args.lr,
+                               weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm))  # fmt: skip
+    return launches
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DryRun:
+    """What `--dry-run` shows: the plan's launch on its own hardware, nothing loaded or created."""
+
+    plan: Plan
+    """The plan."""
+    run_dir: Path
+    """Where the run would write."""
+    launches: tuple[Launch, ...]
+    """One launch per node."""
+    notes: tuple[str, ...]
+    """What the user should know."""
+
+
+def dry_run(request: RunRequest) -> DryRun:
+    """Check the plan (and the data file, when given) and render the launch for the plan's hardware."""
+    plan = load_train_plan(request.plan_path)
+    notes = []
+    if request.data is not None:
+        from swiftplan.executors.train.data import read_dataset
+
+        read_dataset(request.data)
+    elif not request.resume:
+        notes.append("no --data given: the real run needs --data FILE (JSONL, CSV or Parquet).")
+    run_dir = request.output_dir or rd.default_run_dir(plan.model)
+    launches = render_plan(plan, request, run_dir=run_dir)
+    if len(launches) > 1 and request.master_addr == "127.0.0.1":
+        notes.append(f"{len(launches)} nodes: pass --master-addr with node 0's address (127.0.0.1 reaches only this machine).")  # fmt: skip
+    return DryRun(plan=plan, run_dir=run_dir, launches=tuple(launches), notes=tuple(notes))
 
 
 def _resume_dir(request: RunRequest, plan: Any) -> tuple[Path, rd.TrainArgs]:
@@ -114,8 +180,8 @@ def _resume_dir(request: RunRequest, plan: Any) -> tuple[Path, rd.TrainArgs]:
     if rd.latest_checkpoint(run_dir) is None:
         raise SwiftplanError(f"{run_dir} has no complete checkpoint to resume from.",
                              hint="Start it again without --resume (a run saves at --save-steps and at the end).")  # fmt: skip
-    saved_plan, _ = load_plan(run_dir / "plan.yaml")
-    if saved_plan.train != plan.train or saved_plan.model != plan.model:
+    saved_plan = load_plan(run_dir / "plan.yaml")
+    if saved_plan.setup != plan.setup or saved_plan.model != plan.model:
         raise SwiftplanError(f"{request.plan_path} differs from the plan {run_dir} was started with.",
                              hint=f"Resume with {run_dir / 'plan.yaml'}, or start a new run.")  # fmt: skip
     args = rd.read_args(run_dir)
@@ -135,13 +201,15 @@ def _resume_dir(request: RunRequest, plan: Any) -> tuple[Path, rd.TrainArgs]:
 
 def prepare_run(request: RunRequest) -> PreparedRun:
     """Check the plan, the device, the data and the tokenizer; render the launch. Loads no model."""
-    plan, setup = _load_plan(request.plan_path)
+    plan = load_train_plan(request.plan_path)
+    setup = plan.setup
+    assert isinstance(setup, TrainSetup)
     device = detect_device(request.device)
     nnodes, per_node = _processes(request, plan, device)
     require_runnable(setup, device, processes_per_node=per_node, random_init=request.random_init)
     notes = []
-    if nnodes * per_node != plan.gpus_used:
-        notes.append(f"{nnodes * per_node} process(es) instead of the plan's {plan.gpus_used} GPU(s): the prediction assumed {plan.gpus_used}.")  # fmt: skip
+    if nnodes * per_node != plan.layout.gpus:
+        notes.append(f"{nnodes * per_node} process(es) instead of the plan's {plan.layout.gpus} GPU(s): the prediction assumed {plan.layout.gpus}.")  # fmt: skip
     blocks = tokenizer = None
     if request.resume:
         run_dir, args = _resume_dir(request, plan)
@@ -174,11 +242,10 @@ def prepare_run(request: RunRequest) -> PreparedRun:
         if rd.latest_checkpoint(run_dir) is not None:
             raise SwiftplanError(f"{run_dir} already holds a run with checkpoints.",
                                  hint="Add --resume to continue it, or choose another --output-dir.")  # fmt: skip
-        defaults = {"lr": 2e-5} if setup.method == "full" else {}
         args = rd.TrainArgs(data=str(dataset.path.resolve()), data_sha256=rd.file_sha256(dataset.path), model=plan.model,
                             tokenizer=request.tokenizer, random_init=request.random_init, device=device.torch_device,
-                            device_name=device.accelerator.display_name, **(defaults | request.overrides))  # fmt: skip
-    port = request.master_port or (_free_port() if nnodes == 1 else 29500)
+                            device_name=device.accelerator.display_name, **_defaults(setup, request))  # fmt: skip
+    port = request.master_port or (_free_port() if nnodes == 1 else DEFAULT_MASTER_PORT)
     options = LaunchOptions(device=device.torch_device, nproc_per_node=per_node, nnodes=nnodes,
                             node_rank=request.node_rank, master_addr=request.master_addr, master_port=port)  # fmt: skip
     launch = render(setup, options, run_dir=str(run_dir), python=sys.executable,

@@ -91,14 +91,13 @@ def comparison(predicted: dict[str, Any], measured: dict[str, Any]) -> list[dict
 
 def predicted_from_plan(plan: Any) -> dict[str, Any]:
     """The numbers a plan file predicted, in the report's units."""
-    per_device = plan.prediction.per_device
-    speed = plan.prediction.speed
+    predicted = plan.prediction
     return {
-        "peak_allocated_bytes": per_device.get("peak_allocated"),
-        "device_total_bytes": per_device.get("device_total"),
-        "tokens_per_s": speed.get("tokens_per_s"),
-        "step_time_s": speed.get("step_time_s"),
-        "cluster": plan.cluster,
+        "peak_allocated_bytes": predicted.per_device_bytes.get("peak_allocated"),
+        "device_total_bytes": predicted.per_device_bytes.get("device_total"),
+        "tokens_per_s": predicted.tokens_per_s,
+        "step_time_s": predicted.step_time_s,
+        "cluster": plan.hardware.describe(),
     }
 
 
@@ -115,8 +114,8 @@ def measurement_record(report: dict[str, Any], plan: Any) -> dict[str, Any]:
         "swiftplan_version": report["swiftplan_version"],
         "model": plan.model,
         "model_source": plan.model_source,
-        "plan_cluster": plan.cluster,
-        "train": plan.model_dump(mode="json")["train"],
+        "plan_cluster": plan.hardware.describe(),
+        "train": _plan_section(plan, "train"),
         "device": report["device"],
         "world_size": report["world_size"],
         "steps_measured": report["steps"]["measured"],
@@ -124,6 +123,12 @@ def measurement_record(report: dict[str, Any], plan: Any) -> dict[str, Any]:
         "measured": report["measured"],
         "versions": report["versions"],
     }
+
+
+def _plan_section(plan: Any, name: str) -> Any:
+    from swiftplan.plan_file import plan_dict
+
+    return plan_dict(plan)[name]
 
 
 def record_measurement(report: dict[str, Any], plan: Any, home: Path | None = None) -> Path:

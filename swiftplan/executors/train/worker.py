@@ -72,7 +72,8 @@ def _train(run_dir: Path, progress: Any) -> dict[str, Any] | None:
     from swiftplan.plan_file import load_plan
 
     args = rd.read_args(run_dir)
-    plan, setup = load_plan(run_dir / "plan.yaml")
+    plan = load_plan(run_dir / "plan.yaml")
+    setup = plan.setup
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = _device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -132,14 +133,15 @@ def _train(run_dir: Path, progress: Any) -> dict[str, Any] | None:
         notes = []
         if device.type == "cpu":
             notes.append(
-                f"ran on CPU; the plan predicts {plan.cluster}, so the ratios are not a check of the planner."
+                f"ran on CPU; the plan predicts {plan.hardware.describe()}, so the ratios are not a check of the planner."
             )
         if len(result.step_times_s) > 1:
             notes.append("tokens/s excludes the first step of this process (warm-up).")
         report = {
             "swiftplan_version": __version__,
             "run_dir": str(run_dir),
-            "plan": {"model": plan.model, "cluster": plan.cluster, "gpus_used": plan.gpus_used},
+            "plan": {"model": plan.model, "cluster": plan.hardware.describe(), "gpus_used": plan.layout.gpus,
+                     "nodes": plan.nodes, "engine": plan.engine},
             "device": {"torch_device": device.type, "name": args.device_name, "processes": world},
             "world_size": world,
             "steps": {"start": result.start_step, "end": result.end_step, "total": total, "measured": len(timed)},

@@ -6,75 +6,11 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from swiftplan.planner.hardware import Cluster
+from swiftplan.planner.layout import Layout, cluster_text
 from swiftplan.planner.setup import ALL_LINEAR, LoraSetup, Parallelism, ServeSetup, TrainSetup
+from swiftplan.planner.workload import ServeWorkload, TrainWorkload
 
-
-def cluster_text(cluster: Cluster) -> str:
-    """The --gpus string for a cluster of catalog GPUs, e.g. 'rtx4090', '4xa100-80gb-sxm', '2x8xh100-sxm'."""
-    acc = cluster.accelerator.id
-    if cluster.nodes > 1:
-        return f"{cluster.nodes}x{cluster.gpus_per_node}x{acc}"
-    return acc if cluster.gpus_per_node == 1 else f"{cluster.gpus_per_node}x{acc}"
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Layout:
-    """How many GPUs a plan uses and how it splits them."""
-
-    gpus: int
-    """GPUs used (a divisor of one node, or whole nodes)."""
-    tp: int = 1
-    """Tensor-parallel degree."""
-    pp: int = 1
-    """Pipeline-parallel degree."""
-
-    @property
-    def dp(self) -> int:
-        """Data-parallel degree."""
-        return self.gpus // (self.tp * self.pp)
-
-    @property
-    def key(self) -> str:
-        """Stable text form, e.g. '8:tp2:pp1' (the study's categorical value)."""
-        return f"{self.gpus}:tp{self.tp}:pp{self.pp}"
-
-    @staticmethod
-    def from_key(key: str) -> Layout:
-        """Inverse of `key`."""
-        gpus, tp, pp = key.split(":")
-        return Layout(gpus=int(gpus), tp=int(tp.removeprefix("tp")), pp=int(pp.removeprefix("pp")))
-
-    def sub_cluster(self, cluster: Cluster) -> Cluster:
-        """The part of `cluster` this layout runs on."""
-        if self.gpus == cluster.world_size:
-            return cluster
-        if self.gpus <= cluster.gpus_per_node:
-            return replace(cluster, gpus_per_node=self.gpus, nodes=1)
-        return replace(cluster, nodes=self.gpus // cluster.gpus_per_node)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class TrainWorkload:
-    """What the training job must do."""
-
-    seq_len: int = 2048
-    """Tokens per sequence."""
-    global_batch: int = 16
-    """Sequences per optimizer step, all data-parallel ranks together."""
-    dataset_tokens: int = 100_000_000
-    """Tokens in one epoch."""
-    epochs: float = 1.0
-    """Passes over the data."""
-    attention: str = "sdpa"
-    """Attention kernel."""
-    lora_dropout: float = 0.05
-    """LoRA dropout (changes activation memory)."""
-
-    @property
-    def total_tokens(self) -> float:
-        """Tokens processed over the whole run."""
-        return self.dataset_tokens * self.epochs
+__all__ = ["Candidate", "Layout", "ServeCandidate", "ServeWorkload", "TrainWorkload", "cluster_text"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -164,22 +100,6 @@ class Candidate:
             -self.rank,
             self.micro_batch,
         )
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ServeWorkload:
-    """What the serving deployment must sustain."""
-
-    context: int = 4096
-    """Tokens per sequence (prompt + output)."""
-    concurrency: int | None = None
-    """Concurrent sequences over all replicas; None = as many as fit and meet the latency targets."""
-    ttft_s: float | None = None
-    """Largest acceptable time to first token, seconds."""
-    decode_tps: float | None = None
-    """Smallest acceptable decode speed per user, tokens/s."""
-    gpu_memory_utilization: float = 0.9
-    """vLLM's memory fraction."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

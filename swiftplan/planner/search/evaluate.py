@@ -27,6 +27,7 @@ from swiftplan.planner.architecture import total_params
 from swiftplan.planner.estimate import Estimate, estimate_serving, estimate_training
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.plan import host_bytes_per_node, serving_economics, training_economics
 from swiftplan.planner.search.candidate import Candidate, ServeCandidate, ServeWorkload, TrainWorkload
 from swiftplan.planner.search.serve_space import ServeSpace
 from swiftplan.planner.search.space import MAX_MICRO_BATCH, TrainSpace, memory_weight
@@ -188,18 +189,17 @@ class TrainEvaluator:
         except SwiftplanError as error:
             result = Evaluation(estimate=None, error=error.message, **common)  # type: ignore[arg-type]
         else:
-            layout = candidate.layout
-            host = estimate.host_bytes * layout.tp * layout.pp // sub.nodes
             tokens_per_s = estimate.speed.tokens_per_s  # type: ignore[union-attr]
-            time_s = self.workload.total_tokens / tokens_per_s
-            gpu_hours = time_s / 3600 * sub.world_size
+            time_s, gpu_hours, cost = training_economics(
+                self.workload, tokens_per_s, gpus=sub.world_size, price_usd_per_hour=self.price
+            )
             result = Evaluation(
                 estimate=estimate,
-                host_bytes_per_node=host,
+                host_bytes_per_node=host_bytes_per_node(estimate, candidate.layout, sub.nodes),
                 tokens_per_s=tokens_per_s,
                 time_s=time_s,
                 gpu_hours=gpu_hours,
-                cost_usd=None if self.price is None else gpu_hours * self.price,
+                cost_usd=cost,
                 **common,
             )  # type: ignore[arg-type]
         self.cache[candidate] = result
@@ -320,13 +320,15 @@ class ServeEvaluator:
         else:
             speed: ServeSpeed = estimate.speed  # type: ignore[assignment]
             tps = replicas * speed.decode_tokens_per_s
-            gpu_hours = self.cluster.world_size / 3600 / tps * 1e6
+            gpu_hours, cost = serving_economics(
+                tps, gpus=self.cluster.world_size, price_usd_per_hour=self.price
+            )
             result = Evaluation(
                 estimate=estimate,
                 tokens_per_s=tps,
                 time_s=1 / speed.per_user_decode_tokens_per_s,
                 gpu_hours=gpu_hours,
-                cost_usd=None if self.price is None else gpu_hours * self.price,
+                cost_usd=cost,
                 latency_over=self._latency_over(speed),
                 **common,
             )  # type: ignore[arg-type]

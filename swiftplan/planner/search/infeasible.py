@@ -81,7 +81,7 @@ class _Train:
     ) -> TrainEvaluator:
         base = self.base
         cluster = cluster or base.cluster
-        space = build_train_space(base.spec, cluster, pins or self.pins)
+        space = build_train_space(base.spec, cluster, pins or self.pins, base.space.engine)
         workload = base.workload if seq is None else replace(base.workload, seq_len=seq)
         host = base.host_ram_bytes if host_ram_bytes == "same" else host_ram_bytes
         return TrainEvaluator(
@@ -330,7 +330,7 @@ def diagnose_serving(
     ) -> ServeEvaluator:
         cluster = cluster or evaluator.cluster
         workload = evaluator.workload if context is None else replace(evaluator.workload, context=context)
-        space = build_serve_space(evaluator.spec, cluster, pins_ or pins)
+        space = build_serve_space(evaluator.spec, cluster, pins_ or pins, evaluator.space.engine)
         return ServeEvaluator(evaluator.spec, cluster, workload, space, headroom=1 - evaluator.utilization)
 
     def fits(other: ServeEvaluator) -> Evaluation | None:

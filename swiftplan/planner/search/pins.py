@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.architecture import layer_linears
 from swiftplan.planner.capabilities import check
+from swiftplan.planner.engines import Engine
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import Layout
@@ -69,20 +70,32 @@ def _gpu_counts(cluster: Cluster) -> list[int]:
     ]
 
 
-def layouts_for(spec: ModelSpec, cluster: Cluster, pins: Pins) -> tuple[Layout, ...]:
-    """(GPUs used, tp, pp) triples: tp within a node dividing the heads, pp no more than the layers."""
+def _engine_bound(engine: Engine | None, option: str, cluster: Cluster) -> int:
+    bound = None if engine is None else engine.bound(option, cluster.accelerator.backend)
+    return cluster.world_size if bound is None else bound
+
+
+def layouts_for(
+    spec: ModelSpec, cluster: Cluster, pins: Pins, engine: Engine | None = None
+) -> tuple[Layout, ...]:
+    """(GPUs used, tp, pp) triples: tp within a node dividing the heads, pp no more than the layers,
+    and no more GPUs, tp or pp than the engine runs."""
+    max_gpus, max_tp, max_pp = (_engine_bound(engine, o, cluster) for o in ("gpus_max", "tp_max", "pp_max"))
     out: list[Layout] = []
     for gpus in _gpu_counts(cluster):
+        if gpus > max_gpus:
+            continue
         for tp in _divisors(gpus):
             if (
-                tp > cluster.gpus_per_node
+                tp > max_tp
+                or tp > cluster.gpus_per_node
                 or spec.num_heads % tp
                 or (spec.num_kv_heads % tp and tp % spec.num_kv_heads)
             ):
                 continue
             for pp in _divisors(gpus // tp):
                 layout = Layout(gpus=gpus, tp=tp, pp=pp)
-                if pp > spec.num_layers:
+                if pp > spec.num_layers or pp > max_pp:
                     continue
                 if any(
                     pin is not None and value not in pin
@@ -91,8 +104,9 @@ def layouts_for(spec: ModelSpec, cluster: Cluster, pins: Pins) -> tuple[Layout, 
                     continue
                 out.append(layout)
     if not out:
+        runs = "" if engine is None else f" that {engine.name} runs (tp ≤ {max_tp}, pp ≤ {max_pp})"
         raise SwiftplanError(
-            f"No parallel layout of {cluster.describe()} matches the pinned --tp/--pp/--dp for {spec.name} "
+            f"No parallel layout of {cluster.describe()}{runs} matches the pinned --tp/--pp/--dp for {spec.name} "
             f"({spec.num_heads} heads, {spec.num_layers} layers).",
             hint="Tensor-parallel degrees must divide the heads and stay within a node; tp × pp × dp must divide the GPUs.",
         )
@@ -112,10 +126,24 @@ def allowed_values(kind: str, defaults: tuple, pinned: tuple | None, impossible:
     return kept
 
 
-def impossible_values(cluster: Cluster, option: str, values: tuple) -> dict:
+_ENGINE_OPTION = {"quant": "quant", "optimizer": "optimizer", "zero_stage": "zero", "method": "method"}
+
+
+def impossible_values(cluster: Cluster, option: str, values: tuple, engine: Engine | None = None) -> dict:
+    """Value → reason for each value the device (capabilities.json) or the engine (engines.json) cannot run."""
     out = {}
+    backend = cluster.accelerator.backend
+    allowed = None if engine is None else engine.allowed(_ENGINE_OPTION.get(option, option), backend)
     for value in values:
-        reasons = check(cluster.accelerator, **{option: value})
+        key = "nf4" if value == "nf4-dq" else value
+        if allowed is not None and key not in allowed:
+            out[value] = (
+                f"{engine.name} does not run {option.replace('_', ' ')} {key} on {backend} ({engine.why(_ENGINE_OPTION.get(option, option), backend)})."  # type: ignore[union-attr]
+            )
+            continue
+        if option == "method":
+            continue
+        reasons = check(cluster.accelerator, **{option: key})
         if reasons:
             out[value] = reasons[0]
     return out

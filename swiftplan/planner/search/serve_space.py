@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from itertools import product
 
 from swiftplan.planner.capabilities import check
+from swiftplan.planner.engines import Engine
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import ServeCandidate
@@ -28,6 +29,8 @@ class ServeSpace:
     """Tensor-parallel degrees (replicas = GPUs / tp)."""
     dtype: str
     """Compute dtype: bf16, or fp16 where bf16 is unsupported."""
+    engine: Engine | None = None
+    """The serving engine the plans are for (its limits are already applied); None = any engine."""
 
     def structures(self) -> Iterator[ServeCandidate]:
         """Every serving candidate (concurrency 0 = to be chosen)."""
@@ -39,16 +42,25 @@ class ServeSpace:
         return len(self.quants) * len(self.kv_dtypes) * len(self.tps)
 
 
-def build_serve_space(spec: ModelSpec, cluster: Cluster, pins: Pins) -> ServeSpace:
-    """The serving search space for `spec` on `cluster` under `pins`."""
-    bad = impossible_values(cluster, "quant", SERVE_QUANTS)
+def build_serve_space(
+    spec: ModelSpec, cluster: Cluster, pins: Pins, engine: Engine | None = None
+) -> ServeSpace:
+    """The serving search space for `spec` on `cluster` under `pins`, limited to what the device and
+    `engine` can run (None: any engine)."""
+    bad = impossible_values(cluster, "quant", SERVE_QUANTS, engine)
     quants = allowed_values("weight quantization", SERVE_QUANTS, pins.quants, bad)
     kv_bad = {"fp8": r[0]} if (r := check(cluster.accelerator, precision="fp8")) else {}
+    engine_kv = None if engine is None else engine.allowed("kv_dtype", cluster.accelerator.backend)
+    if engine is not None and engine_kv is not None and "fp8" not in engine_kv:
+        kv_bad["fp8"] = (
+            f"{engine.name} keeps the KV cache in the compute dtype ({engine.why('kv_dtype', cluster.accelerator.backend)})."
+        )
     kv = allowed_values("KV-cache dtype", ("auto", "fp8"), pins.kv_dtypes, kv_bad)
-    tps = tuple(sorted({layout.tp for layout in layouts_for(spec, cluster, Pins(tp=pins.tp))}))
+    tps = tuple(sorted({layout.tp for layout in layouts_for(spec, cluster, Pins(tp=pins.tp), engine)}))
     return ServeSpace(
         quants=quants,
         kv_dtypes=kv,
         tps=tps,
         dtype="fp16" if check(cluster.accelerator, precision="bf16") else "bf16",
+        engine=engine,
     )

@@ -13,6 +13,7 @@ from itertools import product
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.capabilities import check
+from swiftplan.planner.engines import Engine
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import Candidate, Layout
@@ -117,6 +118,8 @@ class TrainSpace:
     """Pinned micro-batches; None lets the evaluator choose."""
     max_offload: str
     """Most that may be offloaded."""
+    engine: Engine | None = None
+    """The engine the plans are for (its limits are already applied); None = any engine."""
 
     def quant_kinds(self, method: str) -> tuple[str, ...]:
         """Quantizations the study tells apart (both NF4 variants are one kind, represented by the first)."""
@@ -248,9 +251,12 @@ def _train_precisions(method: str, bf16: bool, pinned: tuple[str, ...] | None) -
     return tuple(p for p in pinned if p in valid and (bf16 or "bf16" not in p))
 
 
-def build_train_space(spec: ModelSpec, cluster: Cluster, pins: Pins) -> TrainSpace:
-    """The training search space for `spec` on `cluster` under `pins` (raises when a pin leaves nothing)."""
-    bad_quant = impossible_values(cluster, "quant", ("int8", "nf4"))
+def build_train_space(
+    spec: ModelSpec, cluster: Cluster, pins: Pins, engine: Engine | None = None
+) -> TrainSpace:
+    """The training search space for `spec` on `cluster` under `pins`, limited to what the device and
+    `engine` can run (None: any engine); raises when a pin leaves nothing."""
+    bad_quant = impossible_values(cluster, "quant", ("int8", "nf4"), engine)
     bad_quant["nf4-dq"] = bad_quant.get("nf4", None)
     bad_quant = {k: v for k, v in bad_quant.items() if v}
     quant_pins = pins.quants
@@ -263,17 +269,22 @@ def build_train_space(spec: ModelSpec, cluster: Cluster, pins: Pins) -> TrainSpa
         "optimizer",
         DEFAULT_OPTIMIZERS,
         pins.optimizers,
-        impossible_values(cluster, "optimizer", pins.optimizers or DEFAULT_OPTIMIZERS),
+        impossible_values(cluster, "optimizer", pins.optimizers or DEFAULT_OPTIMIZERS, engine),
     )
     zero_stages = allowed_values(
-        "ZeRO stage", (0, 1, 2, 3), pins.zero, impossible_values(cluster, "zero_stage", (1, 2, 3))
+        "ZeRO stage", (0, 1, 2, 3), pins.zero, impossible_values(cluster, "zero_stage", (0, 1, 2, 3), engine)
     )
     max_offload = pins.max_offload or "optimizer+params"
     if max_offload not in OFFLOADS:
         raise SwiftplanError(
             f"Unknown --max-offload {max_offload!r}; valid values are: {', '.join(OFFLOADS)}."
         )
-    offloads = OFFLOADS[: OFFLOADS.index(max_offload) + 1]
+    engine_offloads = None if engine is None else engine.allowed("offload", cluster.accelerator.backend)
+    offloads = tuple(
+        o
+        for o in OFFLOADS[: OFFLOADS.index(max_offload) + 1]
+        if engine_offloads is None or o in engine_offloads
+    )
     shardings = tuple(s for s in SHARDINGS if s[0] in zero_stages and s[1] in offloads)
     if not shardings:
         raise SwiftplanError(
@@ -283,9 +294,12 @@ def build_train_space(spec: ModelSpec, cluster: Cluster, pins: Pins) -> TrainSpa
     bf16 = not check(cluster.accelerator, precision="bf16")
     per_method_quants = {"full": ("none",), "lora": ("none", "int8"), "qlora": ("nf4-dq", "nf4")}
     methods, quants, precisions = [], {}, {}
+    bad_methods = impossible_values(cluster, "method", METHODS, engine)
     for method in pins.methods or METHODS:
         if method not in METHODS:
             raise SwiftplanError(f"Unknown method {method!r}; valid values are: {', '.join(METHODS)}.")
+        if method in bad_methods:
+            continue
         q = tuple(
             x
             for x in per_method_quants[method]
@@ -323,9 +337,10 @@ def build_train_space(spec: ModelSpec, cluster: Cluster, pins: Pins) -> TrainSpa
         optimizers=optimizers,
         grad_ckpt=pins.grad_ckpt or (True, False),
         shardings=shardings,
-        layouts=layouts_for(spec, cluster, pins),
+        layouts=layouts_for(spec, cluster, pins, engine),
         ranks=pins.ranks or (DEFAULT_RANK,),
         targets=targets,
         micro_batches=micro,
         max_offload=max_offload,
+        engine=engine,
     )

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
+from swiftplan.units import format_duration, format_usd
+
 Objective = Literal["cost", "time", "purchase", "cost-per-token"]
 OBJECTIVES: tuple[Objective, ...] = get_args(Objective)
 Mode = Literal["rent", "buy"]
@@ -185,21 +187,6 @@ def needs_price(objective: Objective, constraints: Constraints) -> tuple[Mode, .
     if constraints.budget_usd is not None:
         needed.add(money_mode(objective, constraints))
     return tuple(sorted(needed))
-
-
-def format_usd(value: float) -> str:
-    """'$1,234' (whole dollars from $100), '$12.34' from $1, three significant figures below ('$0.0163')."""
-    if value >= 100:
-        return f"${value:,.0f}"
-    return f"${value:,.2f}" if value >= 1 else f"${value:.3g}"
-
-
-def format_duration(seconds: float) -> str:
-    """'45 min', '12.3 h', '3.2 days'."""
-    if seconds < 3600:
-        return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.1f} s"
-    hours = seconds / 3600
-    return f"{hours:.1f} h" if hours < 72 else f"{hours / 24:.1f} days"
 
 
 def price_check(option: Option, objective: Objective, constraints: Constraints) -> Option:

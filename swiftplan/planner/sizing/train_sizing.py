@@ -34,12 +34,10 @@ from swiftplan.planner.sizing.rank import (
     Constraints,
     Objective,
     Option,
-    format_duration,
-    format_usd,
     money_mode,
 )
 from swiftplan.planner.sizing.result import SizingResult, blank_option, skip_reason
-from swiftplan.units import format_gib
+from swiftplan.units import format_duration, format_gib, format_usd
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

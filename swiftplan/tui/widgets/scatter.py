@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from swiftplan.tui.plot import Axis, BrailleCanvas, axis_for, short_duration
+from swiftplan.tui.plot import Axis, BrailleCanvas, axis_for
 from swiftplan.tui.search import SearchSnapshot
-from swiftplan.units import GiB
+from swiftplan.units import GiB, format_duration_short
 
 LAYERS = {"infeasible": 0, "feasible": 1, "front": 2, "best": 3}
 STYLES = {0: "red", 1: "green", 2: "bold yellow", 3: "bold bright_cyan", 9: "dim magenta"}
@@ -78,7 +78,7 @@ class CandidateScatter(Widget):
         out = Text(no_wrap=True, overflow="crop")
         out.append(f"↑ {y_label} (log scale)\n", style="dim")
         for index, row in enumerate(rows):
-            label = short_duration(ticks[index]) if index in ticks else ""
+            label = format_duration_short(ticks[index]) if index in ticks else ""
             out.append(f"{label:>{Y_MARGIN - 1}} ┤" if label else " " * (Y_MARGIN - 1) + " │", style="dim")
             for char, layer in row:
                 out.append(char, style=STYLES.get(layer, ""))

@@ -1,0 +1,239 @@
+"""What each engine can run (`profiles/engines.json`), and the reasons a plan cannot run on one.
+
+The device table (`capabilities.py`) says what an accelerator can do; this table says what an engine
+does on a device family that can. The search narrows its space with `allowed`, `estimate` and the
+executors refuse with `engine_reasons`, so `fit` never returns a plan its engine cannot launch. Pure:
+reads packaged data only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from types import MappingProxyType
+from typing import Any, Literal
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.planner.hardware import Backend
+from swiftplan.planner.setup import ServeSetup, TrainSetup
+
+EngineTask = Literal["train", "serve"]
+DEFAULT_TRAIN_ENGINE = "swiftplan"
+"""The engine `fit` plans training for unless told otherwise: the project's own loop."""
+
+_LIST_OPTIONS = ("backend", "method", "quant", "optimizer", "zero", "offload", "kv_dtype")
+_MAX_OPTIONS = ("tp_max", "pp_max", "gpus_max")
+_OPTION_LABELS = {
+    "backend": "device backend",
+    "method": "method",
+    "quant": "quantization",
+    "optimizer": "optimizer",
+    "zero": "ZeRO stage",
+    "offload": "offload",
+    "kv_dtype": "KV-cache dtype",
+    "tp_max": "tensor parallelism",
+    "pp_max": "pipeline parallelism",
+    "gpus_max": "GPUs",
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EngineLimit:
+    """A narrowing of an engine's options on some device backends."""
+
+    backends: tuple[str, ...]
+    """Backends the limit applies to; empty = every backend."""
+    allows: Mapping[str, Any]
+    """Option → allowed values (or the bound, for *_max options) on those backends."""
+    reason: str
+    """Why, shown to the user."""
+    source: str
+    """Where this comes from."""
+
+    def applies(self, backend: str) -> bool:
+        """Whether the limit holds on `backend`."""
+        return not self.backends or backend in self.backends
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Engine:
+    """One training or serving engine and what it runs."""
+
+    name: str
+    """Engine id: 'swiftplan', 'vllm', 'megatron-swift', ..."""
+    task: EngineTask
+    """Training or serving."""
+    label: str
+    """Human name."""
+    runnable: bool
+    """Whether swiftplan can launch it today."""
+    command: str
+    """What the user runs."""
+    source: str
+    """Where the entry comes from."""
+    allows: Mapping[str, Any]
+    """Option → allowed values (lists) or bound (*_max); absent = unrestricted."""
+    limits: tuple[EngineLimit, ...] = ()
+    """Per-backend narrowings."""
+
+    def allowed(self, option: str, backend: str) -> tuple[Any, ...] | None:
+        """Values of a list option this engine allows on `backend`; None = unrestricted."""
+        values: tuple[Any, ...] | None = tuple(self.allows[option]) if option in self.allows else None
+        for limit in self.limits:
+            if limit.applies(backend) and option in limit.allows:
+                narrowed = tuple(limit.allows[option])
+                values = narrowed if values is None else tuple(v for v in values if v in narrowed)
+        return values
+
+    def bound(self, option: str, backend: str) -> int | None:
+        """The tightest *_max bound on `backend` (tp_max, pp_max, gpus_max); None = unbounded."""
+        bounds = [self.allows[option]] if option in self.allows else []
+        bounds += [lim.allows[option] for lim in self.limits if lim.applies(backend) and option in lim.allows]
+        return min(bounds) if bounds else None
+
+    def why(self, option: str, backend: str) -> str:
+        """The reason an option is narrowed on `backend` (a limit's reason, else the engine's own)."""
+        for limit in self.limits:
+            if limit.applies(backend) and option in limit.allows:
+                return limit.reason
+        return f"{self.label} does not support it"
+
+
+def _engine_from_entry(name: str, entry: dict[str, Any]) -> Engine:
+    known = {"task", "label", "runnable", "command", "source", "allows", "limits"}
+    if set(entry) - known or entry.get("task") not in ("train", "serve") or not entry.get("source"):
+        raise ValueError(f"engines.json entry {name!r} is malformed: keys {sorted(entry)}")
+    for option in entry["allows"]:
+        if option not in _LIST_OPTIONS + _MAX_OPTIONS:
+            raise ValueError(f"engines.json {name}: unknown option {option!r}")
+    limits = []
+    for limit in entry.get("limits", []):
+        if not limit.get("reason") or not limit.get("source") or set(limit["when"]) - {"backend"}:
+            raise ValueError(f"engines.json {name}: a limit needs a reason and a source: {limit}")
+        limits.append(
+            EngineLimit(
+                backends=tuple(limit["when"].get("backend", ())),
+                allows=MappingProxyType(dict(limit["allows"])),
+                reason=limit["reason"],
+                source=limit["source"],
+            )
+        )
+    return Engine(
+        name=name,
+        task=entry["task"],
+        label=entry["label"],
+        runnable=bool(entry["runnable"]),
+        command=entry["command"],
+        source=entry["source"],
+        allows=MappingProxyType(dict(entry["allows"])),
+        limits=tuple(limits),
+    )
+
+
+@lru_cache(maxsize=1)
+def _engines() -> dict[str, Engine]:
+    text = resources.files("swiftplan.profiles").joinpath("engines.json").read_text(encoding="utf-8")
+    return {name: _engine_from_entry(name, entry) for name, entry in json.loads(text)["engines"].items()}
+
+
+def list_engines(task: EngineTask | None = None, *, runnable: bool | None = None) -> tuple[Engine, ...]:
+    """Engines in table order, optionally only those of one task / that swiftplan can launch."""
+    return tuple(
+        e
+        for e in _engines().values()
+        if (task is None or e.task == task) and (runnable is None or e.runnable == runnable)
+    )
+
+
+def get_engine(name: str, task: EngineTask | None = None) -> Engine:
+    """The engine called `name` (for `task`, when given); one clear error otherwise."""
+    engine = _engines().get(name.strip().lower())
+    if engine is None or (task is not None and engine.task != task):
+        valid = [e.name for e in list_engines(task, runnable=True)]
+        raise SwiftplanError(
+            f"Unknown {task + ' ' if task else ''}engine {name!r}; valid values are: {', '.join(valid)}."
+        )
+    return engine
+
+
+def default_engine(task: EngineTask, backend: Backend) -> Engine:
+    """The engine `fit` plans for when none is named: our loop for training; for serving vLLM where
+    it runs on this backend, else the built-in server."""
+    if task == "train":
+        return get_engine(DEFAULT_TRAIN_ENGINE)
+    vllm = get_engine("vllm")
+    backends = vllm.allowed("backend", backend)
+    return vllm if backends is None or backend in backends else get_engine("builtin")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Requirements:
+    """What a plan asks of an engine, option by option (None = not applicable)."""
+
+    backend: str
+    """Device backend."""
+    method: str | None = None
+    quant: str | None = None
+    optimizer: str | None = None
+    zero: int | None = None
+    offload: str | None = None
+    kv_dtype: str | None = None
+    tp: int = 1
+    pp: int = 1
+    gpus: int = 1
+
+
+def engine_reasons(engine: Engine, needs: Requirements) -> list[str]:
+    """Every setting of the plan this engine cannot run, one sentence each naming it; empty when it can."""
+    backend = needs.backend
+    reasons: list[str] = []
+    backends = engine.allowed("backend", backend)
+    if backends is not None and backend not in backends:
+        return [f"{engine.label} does not run on {backend} devices (it runs on {', '.join(backends)})."]
+    for option in ("method", "quant", "optimizer", "zero", "offload", "kv_dtype"):
+        value = getattr(needs, option)
+        allowed = engine.allowed(option, backend)
+        if value is None or allowed is None or value in allowed:
+            continue
+        reasons.append(
+            f"{_OPTION_LABELS[option]} {value!r} is not available on {engine.name} with {backend} "
+            f"({engine.why(option, backend)}; it allows {', '.join(map(str, allowed))})."
+        )
+    for option, value in (("tp_max", needs.tp), ("pp_max", needs.pp), ("gpus_max", needs.gpus)):
+        bound = engine.bound(option, backend)
+        if bound is not None and value > bound:
+            what = _OPTION_LABELS[option]
+            reasons.append(
+                f"{value} {what} is more than {engine.name} uses on {backend} (at most {bound}: {engine.why(option, backend)})."
+                if option == "gpus_max"
+                else f"{what} of degree {value} is not available on {engine.name} ({engine.why(option, backend)})."
+            )
+    return reasons
+
+
+def engines_that_run(needs: Requirements, task: EngineTask) -> tuple[Engine, ...]:
+    """Every engine of `task` in the table (runnable or not) that could run a plan with these needs."""
+    return tuple(e for e in list_engines(task) if not engine_reasons(e, needs))
+
+
+def train_requirements(setup: TrainSetup, *, backend: str, gpus: int) -> Requirements:
+    """What a training set-up on `gpus` devices of `backend` asks of an engine."""
+    return Requirements(
+        backend=backend,
+        method=setup.method,
+        quant=setup.quant,
+        optimizer=setup.optimizer,
+        zero=setup.parallel.zero,
+        offload=setup.parallel.offload,
+        tp=setup.parallel.tp,
+        pp=setup.parallel.pp,
+        gpus=gpus,
+    )
+
+
+def serve_requirements(setup: ServeSetup, *, backend: str, gpus: int) -> Requirements:
+    """What a serving set-up on `gpus` devices of `backend` asks of an engine."""
+    return Requirements(backend=backend, quant=setup.quant, kv_dtype=setup.kv_dtype, tp=setup.tp, gpus=gpus)

@@ -1,0 +1,44 @@
+"""What a job must do: `TrainWorkload` (tokens, batch, epochs) and `ServeWorkload` (context, load, latency). Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainWorkload:
+    """What the training job must do."""
+
+    seq_len: int = 2048
+    """Tokens per sequence."""
+    global_batch: int = 16
+    """Sequences per optimizer step, all data-parallel ranks together."""
+    dataset_tokens: int = 100_000_000
+    """Tokens in one epoch."""
+    epochs: float = 1.0
+    """Passes over the data."""
+    attention: str = "sdpa"
+    """Attention kernel."""
+    lora_dropout: float = 0.05
+    """LoRA dropout (changes activation memory)."""
+
+    @property
+    def total_tokens(self) -> float:
+        """Tokens processed over the whole run."""
+        return self.dataset_tokens * self.epochs
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServeWorkload:
+    """What the serving deployment must sustain."""
+
+    context: int = 4096
+    """Tokens per sequence (prompt + output)."""
+    concurrency: int | None = None
+    """Concurrent sequences over all replicas; None = as many as fit and meet the latency targets."""
+    ttft_s: float | None = None
+    """Largest acceptable time to first token, seconds."""
+    decode_tps: float | None = None
+    """Smallest acceptable decode speed per user, tokens/s."""
+    gpu_memory_utilization: float = 0.9
+    """vLLM's memory fraction."""

@@ -1,0 +1,155 @@
+"""How plans and search outcomes read, in words: the one module every view takes its sentences from.
+
+Plain strings only (no markup), so the CLI and the dashboard print the same thing.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from swiftplan.planner.search.candidate import Candidate, ServeCandidate
+from swiftplan.planner.search.evaluate import Evaluation
+from swiftplan.planner.search.optimize import FamilyOutcome, SearchResult
+from swiftplan.units import GiB, format_duration, format_gib, format_usd
+
+_SIMPLER = (
+    "fewer GPUs",
+    "less tensor parallelism",
+    "fewer pipeline stages",
+    "a lower ZeRO stage",
+    "no offload",
+    "no quantization",
+    "double quantization",
+    "plain AdamW",
+    "no paged optimizer",
+    "pure precision",
+    "checkpointing",
+    "a higher rank",
+    "a smaller micro-batch",
+)
+
+
+def cost_text(evaluation: Evaluation) -> str:
+    """Dollars where the catalog has a price, else GPU-hours (training: to train; serving: per 1M tokens)."""
+    if evaluation.cost_usd is not None:
+        return format_usd(evaluation.cost_usd)
+    hours = evaluation.gpu_hours
+    return f"{hours:,.{1 if hours >= 10 else 2}f} GPU-h"
+
+
+def quant_label(candidate: Candidate) -> str:
+    """'nf4+dq' for NF4 with double quantization, else the quantization name."""
+    return {"nf4-dq": "nf4+dq"}.get(candidate.quant, candidate.quant)
+
+
+def sharding_label(candidate: Candidate) -> str:
+    """'0', '3', '2+opt', '3+opt+params'."""
+    offload = {"none": "", "optimizer": "+opt", "optimizer+params": "+opt+params"}[candidate.offload]
+    return f"{candidate.zero}{offload}"
+
+
+def candidate_summary(evaluation: Evaluation) -> str:
+    """A plan in one line: 'LoRA r16 · nf4 · bf16 adamw · 4×4 ckpt · 1 GPU'."""
+    c = evaluation.candidate
+    if isinstance(c, ServeCandidate):
+        replicas = max(1, evaluation.gpus // c.tp)
+        weights = c.dtype if c.quant == "none" else c.quant
+        return f"{weights} weights · KV {c.kv_dtype} · TP{c.tp}×{replicas} · {c.concurrency} seqs"
+    accum = evaluation.estimate.setup.grad_accum if evaluation.estimate else 1  # type: ignore[union-attr]
+    parts = [c.family + (f" r{c.rank}" if c.method != "full" else "")]
+    if c.quant != "none":
+        parts.append(quant_label(c))
+    parts.append(f"{c.precision} {c.optimizer}")
+    parts.append(f"{c.micro_batch}×{accum}" + (" ckpt" if c.grad_ckpt else ""))
+    if c.zero or c.offload != "none":
+        parts.append(f"ZeRO-{c.zero}" + ("" if c.offload == "none" else f" +{c.offload}"))
+    gpus = f"{c.layout.gpus} GPU" + ("s" if c.layout.gpus > 1 else "")
+    if c.layout.tp > 1 or c.layout.pp > 1:
+        gpus += f" tp{c.layout.tp} pp{c.layout.pp}"
+    parts.append(gpus)
+    return " · ".join(parts)
+
+
+def _simpler(winner: Any, other: Any) -> str:
+    """Which tie-break (Candidate.simplicity order) preferred the winner."""
+    for reason, a, b in zip(_SIMPLER, winner.simplicity(), other.simplicity(), strict=False):
+        if a != b:
+            return reason if isinstance(winner, Candidate) else "simpler numerics"
+    return "same plan"
+
+
+def _comparison(a: Evaluation, b: Evaluation, objective: str) -> tuple[float, str, str]:
+    """(how many times worse a is than b, the word for worse, a's figure)."""
+    if objective == "throughput":
+        return b.tokens_per_s / a.tokens_per_s, "lower throughput", f"{a.tokens_per_s:,.0f} tokens/s"
+    if objective == "cost":
+        return a.cost / b.cost, "more expensive", cost_text(a)
+    return a.time_s / b.time_s, "slower", format_duration(a.time_s)
+
+
+def _amount(ratio: float) -> str:
+    return f"{ratio:.1f}× " if ratio >= 2 else f"{ratio - 1:.0%} "
+
+
+def _unfit_line(label: str, closest: Evaluation | None) -> str:
+    if closest is None or closest.estimate is None:
+        return f"{label}: no valid plan."
+    if closest.memory_over_bytes > 0:
+        return (
+            f"{label}: doesn't fit; the closest plan needs {format_gib(closest.device_total_bytes, 1)} per device, "
+            f"{format_gib(closest.memory_over_bytes, 1)} over the {format_gib(closest.limit_bytes, 1)} limit."
+        )
+    if closest.host_over_bytes > 0:
+        return (
+            f"{label}: fits the GPU only by offloading {format_gib(closest.host_bytes_per_node, 0)} per node to host RAM, "
+            f"{format_gib(closest.host_over_bytes, 0)} more than --host-ram allows."
+        )
+    return f"{label}: misses the latency targets."
+
+
+def family_line(outcome: FamilyOutcome, best: Evaluation | None, objective: str) -> str:
+    """One sentence on how a family did against the winner."""
+    if not outcome.searched:
+        return f"{outcome.label}: not searched (excluded by the options, the engine or the GPU)."
+    if outcome.best is not None and best is not None:
+        if outcome.best.candidate == best.candidate:
+            return f"{outcome.label}: the winner."
+        ratio, worse, what = _comparison(outcome.best, best, objective)
+        if ratio < 1.005:
+            return f"{outcome.label}: about as good ({what}); the winner is simpler ({_simpler(best.candidate, outcome.best.candidate)})."
+        return f"{outcome.label}: best plan is {_amount(ratio)}{worse} ({what})."
+    if outcome.best is not None:
+        return f"{outcome.label}: fits ({outcome.best.device_total_bytes / GiB:.1f} GiB per device)."
+    return _unfit_line(outcome.label, outcome.closest)
+
+
+def engine_line(alternative: Any, planned_for: str, objective: str) -> str:
+    """The sentence for a better plan another engine could run (a `fit.EngineAlternative`)."""
+    other = alternative.evaluation
+    names = ", ".join(e.name + ("" if e.runnable else " (not launched by swiftplan yet)") for e in alternative.engines)
+    _, _, figure = _comparison(other, other, objective)
+    if alternative.ratio == float("inf"):
+        gain = f"fits where no {planned_for} plan does"
+    else:
+        better = {"throughput": "more throughput", "cost": "cheaper"}.get(objective, "faster")
+        gain = f"{_amount(alternative.ratio).strip()} {better}"
+    return f"{candidate_summary(other)} ({figure}) is {gain}, but needs another engine: {names}."
+
+
+def search_line(result: SearchResult, seed: int, elapsed_s: float | None = None) -> str:
+    """How the search went: structures, how they were covered, estimates, time, seed."""
+    how = (
+        f"{len(result.evaluations):,} estimated, {result.pruned:,} pruned by a speed bound"
+        if result.sampler == "exhaustive"
+        else f"TPE, {len(result.evaluations):,} distinct in {result.trials} trials"
+    )
+    took = "" if elapsed_s is None else f" in {elapsed_s:.2f} s"
+    return f"searched {result.space_size:,} structures ({how}; {result.estimates:,} estimates){took}, seed {seed}"
+
+
+def next_command(plan: Any, path: str) -> str:
+    """The command that carries out a saved plan (a `Plan`)."""
+    if plan.task == "serve":
+        return f"swiftplan serve {shlex.quote(path)}"
+    return f"swiftplan train {shlex.quote(path)} --data train.jsonl"

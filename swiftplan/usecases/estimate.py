@@ -1,0 +1,140 @@
+"""The estimate use case: one set-up (or a plan file) → its estimate, and whether its engine can run it.
+
+For a plan file the set-up is estimated again on the plan's own hardware snapshot (no catalog) and the
+prediction compared with the one the file holds, field by field: they agree to the byte unless the
+model's config or swiftplan's formulas changed since the plan was written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.planner.engines import (
+    Engine,
+    default_engine,
+    engine_reasons,
+    engines_that_run,
+    get_engine,
+    serve_requirements,
+    train_requirements,
+)
+from swiftplan.planner.estimate import Estimate, estimate_serving, estimate_training
+from swiftplan.planner.hardware import Cluster
+from swiftplan.planner.layout import Layout, cluster_text
+from swiftplan.planner.plan import Plan, Prediction, predict
+from swiftplan.planner.setup import ServeSetup, TrainSetup
+from swiftplan.planner.workload import ServeWorkload, TrainWorkload
+from swiftplan.usecases import inputs
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EstimateOutcome:
+    """An estimate and what it means for running it."""
+
+    estimate: Estimate
+    """Memory and speed."""
+    engine: Engine
+    """The engine it was checked against."""
+    engine_reasons: tuple[str, ...]
+    """Why that engine cannot run it (empty: it can)."""
+    other_engines: tuple[Engine, ...]
+    """Engines in the table that could run it (when `engine` cannot)."""
+    plan: Plan | None = None
+    """The plan file's plan, when one was estimated."""
+    prediction: Prediction | None = None
+    """For a plan file: the prediction made again today."""
+    changed: tuple[str, ...] = ()
+    """For a plan file: prediction fields that differ from the file's."""
+
+    @property
+    def runs(self) -> bool:
+        """Fits and its engine can run it."""
+        return self.estimate.fits and not self.engine_reasons
+
+
+def _engine_check(setup: TrainSetup | ServeSetup, cluster: Cluster, engine: Engine, gpus: int) -> tuple[tuple[str, ...], tuple[Engine, ...]]:  # fmt: skip
+    backend = cluster.accelerator.backend
+    if isinstance(setup, ServeSetup):
+        needs = serve_requirements(setup, backend=backend, gpus=gpus)
+    else:
+        needs = train_requirements(setup, backend=backend, gpus=gpus)
+    reasons = tuple(engine_reasons(engine, needs))
+    others = engines_that_run(needs, engine.task) if reasons else ()
+    return reasons, others
+
+
+def estimate_setup(model: str, cluster: Cluster, setup: TrainSetup | ServeSetup, engine: str | None = None) -> EstimateOutcome:
+    """Estimate one set-up of `model` on `cluster` and check it against `engine` (default: the task's)."""
+    spec = inputs.resolve_model(model)
+    task = "serve" if isinstance(setup, ServeSetup) else "train"
+    chosen = get_engine(engine, task) if engine else default_engine(task, cluster.accelerator.backend)
+    if isinstance(setup, ServeSetup):
+        estimate = estimate_serving(spec, setup, cluster)
+        gpus = setup.tp
+    else:
+        estimate = estimate_training(spec, setup, cluster)
+        gpus = cluster.world_size
+    reasons, others = _engine_check(setup, cluster, chosen, gpus)
+    return EstimateOutcome(estimate=estimate, engine=chosen, engine_reasons=reasons, other_engines=others)
+
+
+def estimate_plan_file(path: str | Path) -> EstimateOutcome:
+    """Re-estimate a plan file on its own hardware snapshot and compare with the prediction it holds."""
+    from swiftplan.plan_file import load_plan
+
+    plan = load_plan(path)
+    spec = inputs.resolve_model(plan.model)
+    if isinstance(plan.setup, ServeSetup):
+        estimate = estimate_serving(spec, plan.setup, plan.hardware)
+    else:
+        estimate = estimate_training(spec, plan.setup, plan.hardware)
+    prediction = predict(estimate, workload=plan.workload, layout=plan.layout, hardware=plan.hardware)
+    changed = tuple(
+        f.name for f in fields(Prediction) if getattr(prediction, f.name) != getattr(plan.prediction, f.name)
+    )
+    engine = get_engine(plan.engine, plan.task)
+    gpus = plan.layout.tp if plan.task == "serve" else plan.layout.gpus
+    reasons, others = _engine_check(plan.setup, plan.hardware, engine, gpus)
+    return EstimateOutcome(estimate=estimate, engine=engine, engine_reasons=reasons, other_engines=others,
+                           plan=plan, prediction=prediction, changed=changed)  # fmt: skip
+
+
+def plan_for_setup(
+    model: str, cluster: Cluster, setup: TrainSetup | ServeSetup, *, gpus: int | None = None,
+    engine: str | None = None, workload: TrainWorkload | ServeWorkload | None = None,
+) -> Plan:  # fmt: skip
+    """A `Plan` for a set-up chosen by hand (not searched) on `gpus` of `cluster` (default: all of them).
+
+    The engine must be able to run it; the workload defaults to one step's worth (global batch =
+    micro-batch × accumulation × dp, or the served load)."""
+    from swiftplan import __version__
+
+    spec = inputs.resolve_model(model)
+    gpus = gpus or cluster.world_size
+    task = "serve" if isinstance(setup, ServeSetup) else "train"
+    chosen = get_engine(engine, task) if engine else default_engine(task, cluster.accelerator.backend)
+    if isinstance(setup, ServeSetup):
+        layout = Layout(gpus=gpus, tp=setup.tp)
+        replicas = gpus // setup.tp
+        workload = workload or ServeWorkload(context=setup.context, concurrency=setup.concurrency * replicas,
+                                             gpu_memory_utilization=setup.gpu_memory_utilization)  # fmt: skip
+    else:
+        layout = Layout(gpus=gpus, tp=setup.parallel.tp, pp=setup.parallel.pp)
+        workload = workload or TrainWorkload(
+            seq_len=setup.seq_len, global_batch=setup.micro_batch * setup.grad_accum * layout.dp,
+            attention=setup.attention, lora_dropout=setup.lora.dropout if setup.lora else 0.05,
+        )  # fmt: skip
+    hardware = layout.sub_cluster(cluster) if task == "train" else cluster
+    reasons, _ = _engine_check(setup, hardware, chosen, setup.tp if task == "serve" else gpus)
+    if reasons:
+        raise SwiftplanError(f"{chosen.label} cannot run this set-up: {' '.join(reasons)}")
+    estimate = estimate_serving(spec, setup, hardware) if isinstance(setup, ServeSetup) else estimate_training(spec, setup, hardware)
+    return Plan(
+        model=inputs.model_reference(model), model_source=spec.source or spec.name, task=task, engine=chosen.name,
+        objective="given", offered=cluster_text(cluster), hardware=hardware, layout=layout, setup=setup,
+        workload=workload, prediction=predict(estimate, workload=workload, layout=layout, hardware=hardware),
+        created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0), swiftplan_version=__version__,
+    )  # fmt: skip

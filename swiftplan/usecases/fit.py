@@ -1,0 +1,410 @@
+"""The fit use case: request → model and hardware → search space for the engine → study → diagnosis →
+`Plan`. `swiftplan fit`, `swiftplan size` (its next command) and the dashboard all go through here.
+
+`prepare_fit` resolves and validates everything and builds the evaluator; `search_fit` runs the study
+(optionally reporting each evaluated candidate, which may raise to cancel), diagnoses an infeasible
+job, builds the plan, and checks whether a plan the chosen engine cannot run would beat it by enough
+to say so; `plan_fit` does both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from swiftplan import __version__
+from swiftplan.errors import SwiftplanError
+from swiftplan.planner.engines import (
+    Engine,
+    default_engine,
+    engines_that_run,
+    get_engine,
+    serve_requirements,
+    train_requirements,
+)
+from swiftplan.planner.hardware import Cluster
+from swiftplan.planner.layout import Layout, cluster_text
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.plan import Plan, predict
+from swiftplan.planner.search.candidate import Candidate, ServeCandidate
+from swiftplan.planner.search.evaluate import Evaluation, ServeEvaluator, TrainEvaluator
+from swiftplan.planner.search.infeasible import Diagnosis
+from swiftplan.planner.search.optimize import SearchResult, SearchSettings
+from swiftplan.planner.search.pins import Pins
+from swiftplan.planner.setup import ServeSetup
+from swiftplan.planner.workload import ServeWorkload, TrainWorkload
+from swiftplan.units import format_gib
+from swiftplan.usecases import inputs
+
+FitTask = Literal["train", "serve"]
+ENGINE_WIN_MARGIN = 0.02
+"""A plan another engine could run is mentioned when it beats the chosen engine's by more than this."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FitRequest:
+    """Everything `fit` is asked, already parsed from its view's input."""
+
+    model: str
+    """Catalog name or alias, hub id, or a local config path."""
+    gpus: str = "auto"
+    """Cluster text ('rtx4090', '4xA100-80G', '2x8xH100') or 'auto' (probe)."""
+    task: FitTask = "train"
+    """Fine-tuning or serving."""
+    engine: str | None = None
+    """Engine to plan for; None = swiftplan for training, vLLM (or the built-in server) for serving."""
+    objective: str | None = None
+    """time | cost | throughput; None = time for training, throughput for serving."""
+    pareto: bool = False
+    """Return the Pareto front (time, cost, headroom)."""
+    pins: Pins = field(default_factory=Pins)
+    """What the user fixed or forbade."""
+    dataset_tokens: int | None = None
+    """Tokens in one epoch (exclusive with `data`)."""
+    data: str | None = None
+    """A data file to count tokens from."""
+    epochs: float = 1.0
+    global_batch: int = 16
+    seq_len: int = 2048
+    attention: str = "sdpa"
+    context: int = 4096
+    concurrency: int | None = None
+    ttft_s: float | None = None
+    decode_tps: float | None = None
+    gpu_memory_utilization: float = 0.9
+    headroom: float = 0.05
+    """Fraction of device memory kept free."""
+    host_ram_bytes: int | None = None
+    """Host RAM per node for offload; None = probed with 'auto', else 64 GiB."""
+    seed: int = 0
+    trials: int | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    compare_engines: bool = True
+    """Also search without the engine's limits and report a better plan another engine could run."""
+
+    @property
+    def goal(self) -> str:
+        """The objective, with the task's default filled in."""
+        return self.objective or ("throughput" if self.task == "serve" else "time")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FitProblem:
+    """A request resolved: model, hardware, engine, workload, evaluator and search settings."""
+
+    request: FitRequest
+    model: str
+    """The model reference a plan stores (local paths absolute)."""
+    spec: ModelSpec
+    cluster: Cluster
+    """The hardware searched (for the built-in server: one of the offered GPUs)."""
+    offered: str
+    """The hardware as offered (--gpus text, or the probed cluster's catalog form)."""
+    offered_cluster: Cluster
+    """The hardware as offered (the engine may use part of it)."""
+    engine: Engine
+    workload: TrainWorkload | ServeWorkload
+    pins: Pins
+    evaluator: Any
+    """`TrainEvaluator` or `ServeEvaluator`."""
+    settings: SearchSettings
+    notes: tuple[str, ...]
+    """Workload, host RAM, cluster and price notes shown with the result."""
+
+    @property
+    def task(self) -> FitTask:
+        return self.request.task
+
+    @property
+    def title(self) -> str:
+        """'Qwen/Qwen2.5-7B on 1 × NVIDIA GeForce RTX 4090 (train on swiftplan, objective: time)'."""
+        mode = "Pareto front" if self.settings.pareto else f"objective: {self.settings.objective}"
+        return f"{self.spec.name} on {self.cluster.describe()} ({self.task} on {self.engine.name}, {mode})"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EngineAlternative:
+    """A better plan that needs an engine other than the one planned for."""
+
+    evaluation: Evaluation
+    """The better plan."""
+    engines: tuple[Engine, ...]
+    """Engines in the table that could run it."""
+    ratio: float
+    """How much better on the objective (> 1)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FitOutcome:
+    """What `fit` found."""
+
+    problem: FitProblem
+    result: SearchResult
+    diagnosis: Diagnosis | None
+    """When nothing fits: by how much and what would."""
+    plan: Plan | None
+    """The winning plan."""
+    alternative: EngineAlternative | None
+    """A plan another engine could run, when clearly better."""
+    elapsed_s: float
+
+
+def _check_request(request: FitRequest) -> None:
+    checks = (
+        (request.epochs > 0, f"--epochs must be positive, got {request.epochs:g}."),
+        (request.global_batch >= 1, f"--global-batch must be at least 1, got {request.global_batch}."),
+        (request.seq_len >= 1, f"--seq must be at least 1 token, got {request.seq_len}."),
+        (request.context >= 1, f"--context must be at least 1 token, got {request.context}."),
+        (0 <= request.headroom < 0.9, f"--headroom must be in [0, 0.9), got {request.headroom:g}."),
+        (request.trials is None or request.trials >= 1, f"--trials must be at least 1, got {request.trials}."),
+        (request.concurrency is None or request.concurrency >= 1,
+         f"--concurrency must be at least 1, got {request.concurrency}."),
+        (request.ttft_s is None or request.ttft_s > 0, f"--ttft must be a positive number of seconds, got {request.ttft_s}."),
+        (request.decode_tps is None or request.decode_tps > 0,
+         f"--decode-tps must be a positive number of tokens/s, got {request.decode_tps}."),
+        (0.05 <= request.gpu_memory_utilization <= 1.0,
+         f"--gpu-memory-utilization must be between 0.05 and 1.0, got {request.gpu_memory_utilization:g}."),
+    )  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise SwiftplanError(message)
+
+
+def choose_engine(name: str | None, task: FitTask, cluster: Cluster) -> Engine:
+    """The engine to plan for: the one named (it must be one swiftplan can launch), else the default."""
+    if name is None:
+        return default_engine(task, cluster.accelerator.backend)
+    engine = get_engine(name, task)
+    if not engine.runnable:
+        from swiftplan.planner.engines import list_engines
+
+        valid = ", ".join(e.name for e in list_engines(task, runnable=True))
+        raise SwiftplanError(
+            f"swiftplan cannot launch {engine.label} yet, so it does not plan for it; --engine takes {valid}.",
+            hint="Plan for the default engine: fit names another engine when it would run a better plan.",
+        )
+    backends = engine.allowed("backend", cluster.accelerator.backend)
+    if backends is not None and cluster.accelerator.backend not in backends:
+        raise SwiftplanError(
+            f"{engine.label} does not run on {cluster.accelerator.display_name} ({cluster.accelerator.backend}).",
+            hint=f"It runs on {', '.join(backends)} devices.",
+        )
+    return engine
+
+
+def _engine_cluster(engine: Engine, cluster: Cluster, notes: list[str]) -> Cluster:
+    """The part of the cluster the engine can use (the built-in server: one device)."""
+    most = engine.bound("gpus_max", cluster.accelerator.backend)
+    if most is None or cluster.world_size <= most:
+        return cluster
+    notes.append(f"{engine.name} uses {most} GPU(s) of {cluster.world_size}: {engine.why('gpus_max', cluster.accelerator.backend)}.")
+    return replace(cluster, nodes=1, gpus_per_node=most)
+
+
+def fingerprint(*parts: Any) -> str:
+    """Short hash identifying a search problem (for resuming stored studies)."""
+    return hashlib.sha1("|".join(repr(part) for part in parts).encode()).hexdigest()[:12]
+
+
+def _evaluator(spec: ModelSpec, cluster: Cluster, workload: Any, pins: Pins, engine: Engine | None,
+               request: FitRequest, host_bytes: int) -> Any:  # fmt: skip
+    from swiftplan.planner.search.serve_space import build_serve_space
+    from swiftplan.planner.search.space import build_train_space
+
+    if isinstance(workload, TrainWorkload):
+        space = build_train_space(spec, cluster, pins, engine)
+        return TrainEvaluator(spec, cluster, workload, space, headroom=request.headroom, host_ram_bytes=host_bytes)
+    space = build_serve_space(spec, cluster, pins, engine)
+    return ServeEvaluator(spec, cluster, workload, space, headroom=request.headroom)
+
+
+def _workload(request: FitRequest, spec: ModelSpec, model: str, notes: list[str], host: tuple[int, str]) -> Any:
+    if request.task == "serve":
+        if request.concurrency is None and request.ttft_s is None and request.decode_tps is None and request.goal == "throughput":
+            notes.append("no --concurrency or latency target: each replica takes as many sequences as fit, which maximises "
+                         "throughput at the cost of time to first token; pass --ttft / --decode-tps to bound it.")  # fmt: skip
+        return ServeWorkload(context=request.context, concurrency=request.concurrency, ttft_s=request.ttft_s,
+                             decode_tps=request.decode_tps, gpu_memory_utilization=request.gpu_memory_utilization)  # fmt: skip
+    tokens, source = inputs.dataset_tokens(request.dataset_tokens, request.data, model)
+    notes.append(
+        f"workload: {tokens:,} tokens × {request.epochs:g} epoch(s) ({source}), global batch {request.global_batch} × "
+        f"{request.seq_len} tokens; host RAM for offload {format_gib(host[0], 0)} per node ({host[1]})."
+    )
+    return TrainWorkload(seq_len=request.seq_len, global_batch=request.global_batch, dataset_tokens=tokens,
+                         epochs=request.epochs, attention=request.attention)  # fmt: skip
+
+
+def _check_targets(spec: ModelSpec, pins: Pins) -> None:
+    from swiftplan.planner.adapters import validate_targets
+    from swiftplan.planner.setup import LoraSetup
+
+    for key in pins.targets or ():
+        if key not in ("all-linear", "attention"):
+            validate_targets(spec, LoraSetup(targets=tuple(key.split(","))))
+
+
+def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitProblem:
+    """Resolve and check the request and build the evaluator (no search yet). `cluster` skips resolving --gpus."""
+    _check_request(request)
+    model = inputs.model_reference(request.model)
+    spec = inputs.resolve_model(model)
+    offered_cluster = cluster or inputs.resolve_cluster(request.gpus)
+    engine = choose_engine(request.engine, request.task, offered_cluster)
+    notes = [f"cluster note: {n}" for n in offered_cluster.notes]
+    searched = _engine_cluster(engine, offered_cluster, notes)
+    host = inputs.host_ram(request.host_ram_bytes, request.gpus)
+    if request.task == "train":
+        _check_targets(spec, request.pins)
+        from swiftplan.planner.capabilities import check
+
+        if reasons := check(searched.accelerator, attention=request.attention):
+            raise SwiftplanError(" ".join(reasons), hint="Use --attention sdpa.")
+    workload = _workload(request, spec, model, notes, host)
+    evaluator = _evaluator(spec, searched, workload, request.pins, engine, request, host[0])
+    if searched.accelerator.price_usd_per_hour is None:
+        notes.append(f"cost unknown: the catalog has no price for {searched.accelerator.display_name}; cost is shown in GPU-hours.")  # fmt: skip
+    key = fingerprint(spec.name, cluster_text(searched), request.task, engine.name, workload, request.pins,
+                      request.goal, request.pareto, request.headroom, host[0])  # fmt: skip
+    settings = SearchSettings(
+        objective=request.goal,  # type: ignore[arg-type]
+        pareto=request.pareto,
+        seed=request.seed,
+        trials=request.trials,
+        storage=request.storage,
+        study_name=request.study_name or (f"fit-{key}" if request.storage else None),
+        fingerprint=f"{spec.name} on {cluster_text(searched)} ({request.task}) {key}",
+    )
+    offered = cluster_text(offered_cluster)
+    return FitProblem(request=request, model=model, spec=spec, cluster=searched, offered=offered,
+                      offered_cluster=offered_cluster, engine=engine,
+                      workload=workload, pins=request.pins, evaluator=evaluator, settings=settings, notes=tuple(notes))  # fmt: skip
+
+
+class _Reporting:
+    """The evaluator with its top-level entry points reporting each result (one call per structure)."""
+
+    def __init__(self, inner: Any, report: Callable[[Evaluation], None]) -> None:
+        self._inner, self._report = inner, report
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def resolve(self, structure: Any, objective: Any = "time") -> Evaluation:
+        return self._done(self._inner.resolve(structure, objective))
+
+    def evaluate(self, candidate: Any) -> Evaluation:
+        return self._done(self._inner.evaluate(candidate))
+
+    def best_concurrency(self, structure: Any, objective: Any = "throughput") -> Evaluation:
+        return self._done(self._inner.best_concurrency(structure, objective))
+
+    def _done(self, evaluation: Evaluation) -> Evaluation:
+        self._report(evaluation)
+        return evaluation
+
+
+def _search(evaluator: Any, settings: SearchSettings, task: FitTask) -> SearchResult:
+    from swiftplan.planner.search.optimize import search_serving, search_training
+
+    return search_training(evaluator, settings) if task == "train" else search_serving(evaluator, settings)
+
+
+def plan_from(problem: FitProblem, evaluation: Evaluation) -> Plan:
+    """The `Plan` for one evaluated candidate of `problem` (what `fit -o` writes)."""
+    estimate = evaluation.estimate
+    if estimate is None:
+        raise SwiftplanError(f"That candidate has no estimate: {evaluation.error}")
+    candidate = evaluation.candidate
+    if isinstance(candidate, Candidate):
+        layout = candidate.layout
+        hardware = layout.sub_cluster(problem.cluster)
+    else:
+        assert isinstance(candidate, ServeCandidate)
+        hardware = problem.cluster
+        layout = Layout(gpus=hardware.world_size, tp=candidate.tp)
+    return Plan(
+        model=problem.model,
+        model_source=problem.spec.source or problem.spec.name,
+        task=problem.task,
+        engine=problem.engine.name,
+        objective=problem.settings.objective,
+        offered=problem.offered,
+        hardware=hardware,
+        layout=layout,
+        setup=estimate.setup,
+        workload=problem.workload,
+        prediction=predict(estimate, workload=problem.workload, layout=layout, hardware=hardware),
+        created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0),
+        swiftplan_version=__version__,
+    )
+
+
+def requirements_of(evaluation: Evaluation, cluster: Cluster) -> Any:
+    """What an evaluated plan asks of an engine."""
+    estimate = evaluation.estimate
+    assert estimate is not None
+    backend = cluster.accelerator.backend
+    if isinstance(estimate.setup, ServeSetup):
+        return serve_requirements(estimate.setup, backend=backend, gpus=evaluation.gpus)
+    return train_requirements(estimate.setup, backend=backend, gpus=evaluation.gpus)
+
+
+def _alternative(problem: FitProblem, best: Evaluation | None) -> EngineAlternative | None:
+    """A clearly better plan that another engine in the table could run (searched without the engine's limits)."""
+    request = problem.request
+    if not request.compare_engines or request.pareto:
+        return None
+    offered = problem.offered_cluster
+    try:
+        free = _evaluator(problem.spec, offered, problem.workload, problem.pins, None, request,
+                          problem.evaluator.host_ram_bytes if request.task == "train" else 0)  # fmt: skip
+    except SwiftplanError:
+        return None
+    result = _search(free, replace(problem.settings, storage=None, study_name=None), request.task)
+    other = result.best
+    if other is None or other.estimate is None:
+        return None
+    goal = problem.settings.objective
+    ratio = _advantage(other, best, goal)
+    if ratio <= 1 + ENGINE_WIN_MARGIN:
+        return None
+    engines = tuple(e for e in engines_that_run(requirements_of(other, offered), request.task) if e.name != problem.engine.name)
+    return EngineAlternative(evaluation=other, engines=engines, ratio=ratio) if engines else None
+
+
+def _advantage(other: Evaluation, best: Evaluation | None, goal: str) -> float:
+    """How many times better `other` is than `best` on the objective (infinite when nothing else fits)."""
+    if best is None:
+        return float("inf")
+    if goal == "throughput":
+        return other.tokens_per_s / best.tokens_per_s if best.tokens_per_s > 0 else float("inf")
+    if goal == "cost":
+        return best.cost / other.cost if other.cost > 0 else 1.0
+    return best.time_s / other.time_s if other.time_s > 0 else 1.0
+
+
+def search_fit(problem: FitProblem, on_candidate: Callable[[Evaluation], None] | None = None) -> FitOutcome:
+    """Run the study for a prepared problem; `on_candidate` sees every structure evaluated (and may raise to stop)."""
+    from swiftplan.planner.search import infeasible
+
+    started = time.perf_counter()
+    evaluator = problem.evaluator if on_candidate is None else _Reporting(problem.evaluator, on_candidate)
+    result = _search(evaluator, problem.settings, problem.task)
+    diagnosis = None
+    if result.best is None and result.closest is not None:
+        diagnose = infeasible.diagnose_training if problem.task == "train" else infeasible.diagnose_serving
+        diagnosis = diagnose(problem.evaluator, problem.pins, result.closest, problem.settings.objective)
+    plan = plan_from(problem, result.best) if result.best is not None else None
+    alternative = _alternative(problem, result.best)
+    return FitOutcome(problem=problem, result=result, diagnosis=diagnosis, plan=plan, alternative=alternative,
+                      elapsed_s=time.perf_counter() - started)  # fmt: skip
+
+
+def plan_fit(request: FitRequest) -> FitOutcome:
+    """The fit use case: resolve, search, diagnose, plan."""
+    return search_fit(prepare_fit(request))
