@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from swiftplan.executors.model_source import spec_from_path
-from swiftplan.planner.estimate import estimate_serving
 from swiftplan.planner.hardware import parse_cluster
 from swiftplan.planner.setup import ServeSetup, TrainSetup
 
