@@ -158,11 +158,14 @@ def brute_force(case: Case) -> dict:
     from swiftplan.planner.search.serve_space import build_serve_space
     from swiftplan.planner.search.space import build_train_space
 
+    from swiftplan.planner.engines import default_engine
+
     start = time.perf_counter()
     spec, cluster = resolve_model(case.model), parse_cluster(case.gpus)
+    engine = default_engine(case.task, cluster.accelerator.backend)  # fit plans for the default engine too
     best, count = None, 0
     if case.task == "train":
-        space = build_train_space(spec, cluster, case.pins)
+        space = build_train_space(spec, cluster, case.pins, engine)
         evaluator = TrainEvaluator(
             spec, cluster, TrainWorkload(), space, headroom=0.05, host_ram_bytes=64 * 2**30
         )
@@ -176,7 +179,7 @@ def brute_force(case: Case) -> dict:
         ttft, tps = _option(case, "--ttft", ""), _option(case, "--decode-tps", "")
         workload = ServeWorkload(context=int(_option(case, "--context", "4096")), ttft_s=float(ttft) if ttft else None,
                                  decode_tps=float(tps) if tps else None)  # fmt: skip
-        space = build_serve_space(spec, cluster, case.pins)
+        space = build_serve_space(spec, cluster, case.pins, engine)
         evaluator = ServeEvaluator(spec, cluster, workload, space, headroom=0.05)
         for structure in space.structures():
             limit = evaluator.evaluate(structure.replace(concurrency=1)).estimate.max_concurrency or 1

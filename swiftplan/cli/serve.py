@@ -6,6 +6,7 @@ import importlib.util
 import threading
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -48,24 +49,39 @@ def _vllm_usable() -> tuple[bool, str]:
     return True, ""
 
 
-def _pick_engine(choice: EngineChoice, *, random_init: bool) -> str:
+def _refusals(engine: str, target: Any) -> list[str]:
+    """Why `engine` cannot serve the target's set-up (on the plan's backend), from profiles/engines.json."""
+    from swiftplan.planner.engines import engine_reasons, get_engine, serve_requirements
+
+    backend = target.backend or "cuda"
+    return engine_reasons(get_engine(engine, "serve"), serve_requirements(target.setup, backend=backend, gpus=target.gpus))
+
+
+def _pick_engine(choice: EngineChoice, target: Any, *, random_init: bool, dry_run: bool) -> str:
+    """The engine to serve with: the one asked for, else the plan's (rendered as planned with --dry-run;
+    on a real run vLLM needs to be installed with a GPU, else the built-in server if it can run the plan)."""
     from rich.console import Console
 
     from swiftplan.errors import SwiftplanError
 
-    if choice is EngineChoice.builtin:
-        return "builtin"
-    if choice is EngineChoice.vllm:
-        if random_init:
-            raise SwiftplanError("--random-init is a built-in server option; vLLM loads real weights.",
-                                 hint="Use --engine builtin.")  # fmt: skip
-        return "vllm"
-    if random_init:
-        return "builtin"
-    usable, why = _vllm_usable()
-    if not usable:
-        Console(stderr=True).print(f"[dim]{why}: using the built-in server.[/]")
-    return "vllm" if usable else "builtin"
+    if choice is EngineChoice.vllm and random_init:
+        raise SwiftplanError("--random-init is a built-in server option; vLLM loads real weights.",
+                             hint="Use --engine builtin.")  # fmt: skip
+    if choice is not EngineChoice.auto:
+        chosen = choice.value
+    elif random_init:
+        chosen = "builtin"
+    elif dry_run and target.engine:
+        chosen = target.engine
+    else:
+        usable, why = _vllm_usable()
+        chosen = "vllm" if usable and target.engine in (None, "vllm") else "builtin"
+        if chosen == "builtin" and target.engine == "vllm":
+            Console(stderr=True).print(f"[dim]the plan is for vLLM, but {why}: using the built-in server.[/]")
+    if reasons := _refusals(chosen, target):
+        raise SwiftplanError(f"The {chosen} engine cannot serve this plan as planned: {' '.join(reasons)}",
+                             hint="Serve it with the engine it was planned for, or re-plan: swiftplan fit ... --task serve --engine builtin.")  # fmt: skip
+    return chosen
 
 
 def serve_command(
@@ -123,7 +139,7 @@ def serve_command(
     target = resolve_target(plan, weights=model, context=context, concurrency=concurrency, dtype=dtype)
     served_name = served_model_name or target.model
     loras = parse_loras(lora, served_name=served_name)
-    chosen = _pick_engine(engine, random_init=random_init is not None)
+    chosen = _pick_engine(engine, target, random_init=random_init is not None, dry_run=dry_run)
     if chosen == "vllm":
         _serve_vllm(target, served_name=served_name, host=host, port=port, loras=loras, api_key=api_key,
                     health_timeout=health_timeout, dry_run=dry_run, as_json=as_json)  # fmt: skip

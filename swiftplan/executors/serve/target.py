@@ -31,6 +31,12 @@ class ServeTarget:
     """The plan's predicted speed and memory (all None without a plan)."""
     plan_path: str | None = None
     """The plan file, when one was given."""
+    engine: str | None = None
+    """The engine the plan was made for (None without a plan)."""
+    backend: str | None = None
+    """The device backend the plan was made for (None without a plan)."""
+    gpus: int = 1
+    """GPUs one replica of the plan uses (its tensor-parallel degree)."""
 
 
 def weights_source(model: str) -> str:
@@ -64,7 +70,9 @@ def resolve_target(
             raise SwiftplanError(f"{plan_or_model} is a training plan; `swiftplan serve` needs a serving plan.",
                                  hint="Create one with `swiftplan fit MODEL --task serve ... -o plan.yaml`.")  # fmt: skip
         model, prediction, path = plan.model, Prediction.from_plan(plan), plan_or_model
+        planned = {"engine": plan.engine, "backend": plan.hardware.accelerator.backend, "gpus": plan.layout.tp}
     else:
+        planned = {}
         setup = ServeSetup(concurrency=_DEFAULT_SLOTS)
         model, prediction, path = plan_or_model, Prediction(), None
     try:
@@ -72,7 +80,7 @@ def resolve_target(
     except (TypeError, SwiftplanError) as error:
         raise SwiftplanError(f"Invalid serving option: {error}") from error
     return ServeTarget(model=model, weights=weights or weights_source(model), setup=setup, prediction=prediction,
-                       plan_path=path)  # fmt: skip
+                       plan_path=path, **planned)  # fmt: skip
 
 
 def parse_loras(items: list[str], *, served_name: str) -> tuple[tuple[str, str], ...]:
