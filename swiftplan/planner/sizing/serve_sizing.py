@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.engines import default_engine
 from swiftplan.planner.hardware import Accelerator, Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import ServeCandidate, ServeWorkload
@@ -263,7 +264,7 @@ def _size_accelerator(
     per_node = 1 if accelerator.unified_memory else FULL_NODE
     cluster = Cluster(accelerator=accelerator, gpus_per_node=per_node)
     try:
-        space = build_serve_space(spec, cluster, pins)
+        space = build_serve_space(spec, cluster, pins, default_engine("serve", accelerator.backend))
     except SwiftplanError as error:
         return base.rejected("unsupported", error.message), 0, 0
     workload = ServeWorkload(

@@ -16,6 +16,7 @@ from typing import Any
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.capabilities import check
+from swiftplan.planner.engines import default_engine
 from swiftplan.planner.hardware import Accelerator, Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import Candidate, TrainWorkload
@@ -171,7 +172,7 @@ def _plan_cluster(
     """The option for one cluster, how it was decided ('searched', 'pruned' by a bound, or 'skipped' as
     unsupported), and the estimates made."""
     try:
-        space = whole_cluster(build_train_space(spec, cluster, job.pins), cluster)
+        space = whole_cluster(build_train_space(spec, cluster, job.pins, default_engine("train", cluster.accelerator.backend)), cluster)
     except SwiftplanError as error:
         return base.rejected("unsupported", error.message), "skipped", 0
     if not space.layouts:
