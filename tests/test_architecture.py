@@ -27,3 +27,34 @@ def test_importing_the_planner_loads_no_heavy_library():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+HEAVY = ("torch", "transformers", "peft", "textual", "fastapi", "uvicorn", "vllm", "deepspeed", "matplotlib")
+"""Libraries only the executors, the dashboard and plots may load (lazily, in their own commands)."""
+
+LIGHT_COMMANDS = [
+    ["--help"],
+    ["models"],
+    ["gpus"],
+    ["estimate", "Qwen/Qwen2.5-7B", "--method", "qlora", "--gpus", "rtx4090", "--json"],
+    ["estimate", "Qwen/Qwen2.5-7B", "--task", "serve", "--gpus", "l40s", "--json"],
+    ["fit", "Qwen/Qwen2.5-7B", "--gpus", "rtx4090", "--json"],
+    ["fit", "Qwen/Qwen2.5-7B", "--task", "serve", "--gpus", "l40s", "--json"],
+    ["size", "Qwen/Qwen2.5-7B", "--task", "serve", "--concurrency", "8", "--json"],
+]
+
+
+@pytest.mark.parametrize("args", LIGHT_COMMANDS, ids=[" ".join(a[:2]) for a in LIGHT_COMMANDS])
+def test_planning_commands_load_no_heavy_library(args):
+    """As harlequin checks its entry points: run the real CLI, then look at what it imported."""
+    code = (
+        "import sys\nfrom swiftplan.cli import main\n"
+        f"sys.argv = ['swiftplan', *{args!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    code = exit.code\nelse:\n    code = 0\n"
+        f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules), 'EXIT', code, file=sys.stderr)\n"
+    )
+    env = {"SWIFTPLAN_OFFLINE": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "100"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("HEAVY [] EXIT"), result.stderr[-2000:]
+    assert last.endswith(("EXIT 0", "EXIT None")), result.stderr[-2000:]
