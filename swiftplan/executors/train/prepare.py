@@ -20,7 +20,7 @@ from swiftplan.errors import SwiftplanError
 from swiftplan.executors.train import run_dir as rd
 from swiftplan.executors.train.device import DeviceInfo, detect_device, require_runnable
 from swiftplan.executors.train.launch import Launch, LaunchOptions, render
-from swiftplan.planner.engines import engine_reasons, get_engine, train_requirements
+from swiftplan.planner.engines import get_engine
 from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import TrainSetup
 
@@ -112,10 +112,12 @@ def load_train_plan(path: Path) -> Plan:
     if engine.name != "swiftplan":
         raise SwiftplanError(f"Plan file {path} is planned for {engine.label}, which `swiftplan train` does not launch yet.",
                              hint="Re-plan for swiftplan's loop: swiftplan fit ... --engine swiftplan -o plan.yaml.")  # fmt: skip
-    needs = train_requirements(plan.setup, backend=plan.hardware.accelerator.backend, gpus=plan.layout.gpus)
-    if reasons := engine_reasons(engine, needs):
-        raise SwiftplanError(f"Plan file {path} asks for what swiftplan's loop cannot run: {' '.join(reasons)}",
-                             hint="Re-plan it: swiftplan fit ... --engine swiftplan never returns such a plan.")  # fmt: skip
+    from swiftplan.executors.engines import require_runnable
+
+    try:
+        require_runnable(engine.name, plan)
+    except SwiftplanError as error:
+        raise SwiftplanError(f"Plan file {path}: {error.message}", hint=error.hint) from error
     return plan
 
 
