@@ -25,7 +25,7 @@ from functools import cache
 
 from swiftplan.planner.adapters import is_targeted, lora_params_for
 from swiftplan.planner.architecture import Linear, layer_linears
-from swiftplan.planner.dtypes import activation_dtype_bytes, dtype_bytes, param_dtype
+from swiftplan.planner.dtypes import activation_dtype_bytes, dtype_bytes, module_dtype
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import TrainSetup
 
@@ -235,12 +235,8 @@ def backward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> i
 
 def block_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
     """What gradient checkpointing keeps per block: its input hidden states (T × h), fp32 under amp
-    (the residual stream stays in the parameter dtype)."""
-    return (
-        tokens
-        * spec.hidden_size
-        * max(dtype_bytes(param_dtype(setup.precision)), activation_dtype_bytes(setup))
-    )
+    (the residual stream stays in the parameter dtype; DeepSpeed ZeRO casts the module to the half dtype)."""
+    return tokens * spec.hidden_size * max(dtype_bytes(module_dtype(setup)), activation_dtype_bytes(setup))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

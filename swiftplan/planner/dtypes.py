@@ -22,7 +22,21 @@ def dtype_bytes(dtype: str) -> int:
     return DTYPE_BYTES[dtype]
 
 
+def deepspeed_mixed(setup: TrainSetup) -> bool:
+    """ZeRO through DeepSpeed with bf16 or fp16 enabled (every precision but fp32): DeepSpeed casts the
+    whole module, adapters and peft's fp32 upcast included, to that dtype and keeps an fp32 master copy
+    and fp32 optimizer state of the trainable parameters (measured, see `states.state_dtypes`)."""
+    return setup.parallel.zero > 0 and setup.precision != "fp32"
+
+
+def module_dtype(setup: TrainSetup) -> str:
+    """dtype the module's (non-quantized) parameters are held in while training."""
+    if deepspeed_mixed(setup):
+        return compute_dtype(setup.precision)
+    return "fp32" if setup.kbit_upcast else param_dtype(setup.precision)
+
+
 def activation_dtype_bytes(setup: TrainSetup) -> int:
     """Bytes per element of saved activations: the compute dtype, or fp32 when a k-bit base was
     prepared with peft's fp32 upcast (its fp32 norms and embeddings make the whole stream fp32)."""
-    return 4 if setup.kbit_upcast else dtype_bytes(compute_dtype(setup.precision))
+    return 4 if setup.kbit_upcast and not deepspeed_mixed(setup) else dtype_bytes(compute_dtype(setup.precision))

@@ -26,10 +26,10 @@ from swiftplan.planner.architecture import (
 )
 from swiftplan.planner.breakdown import MemoryBreakdown, Term
 from swiftplan.planner.calibration import constant, constant_source
-from swiftplan.planner.dtypes import dtype_bytes, param_dtype
+from swiftplan.planner.dtypes import dtype_bytes
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import LoraSetup, TrainSetup
-from swiftplan.planner.states import gradient_bytes, master_weight_bytes, optimizer_state_bytes
+from swiftplan.planner.states import gradient_bytes, master_weight_bytes, optimizer_state_bytes, state_dtypes
 from swiftplan.planner.weights import layer_weight_bytes, outer_weight_bytes
 from swiftplan.units import format_gib
 
@@ -51,11 +51,8 @@ class TrainMemory:
 
 
 def _weights_on_device(spec: ModelSpec, setup: TrainSetup, layers: range) -> int:
-    # With DeepSpeed mixed precision (ZeRO + amp) the model itself is held in the compute dtype.
-    wdtype = param_dtype(setup.precision)
-    if setup.parallel.zero > 0 and setup.precision.startswith("amp-"):
-        wdtype = setup.precision.removeprefix("amp-")
-    wb = 4 if setup.kbit_upcast else dtype_bytes(wdtype)  # peft's upcast: non-quantized parameters in fp32
+    """Base weights of the stage's blocks and the outer layers, in the module dtype (quantized where set)."""
+    wb = dtype_bytes(state_dtypes(setup).weights)
     tp = setup.parallel.tp
     blocks = sum(
         layer_weight_bytes(spec, i, dtype_bytes=wb, quant=setup.quant, double_quant=setup.double_quant, tp=tp)
@@ -131,6 +128,57 @@ def _grad_shares(spec: ModelSpec, setup: TrainSetup, grads: int, layers: range) 
     return grads * head // total, grads * per_layer // total, grads * embedding // total
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _States:
+    """Per-device bytes of the parameter-sized terms after sharding and offload."""
+
+    weights: int
+    adapters: int
+    gradients: int
+    optimizer: int
+    master: int
+    gathered: int
+    """ZeRO-3: the block being computed and the one prefetched, gathered in full."""
+    host: int
+    """Offloaded to host RAM, all data-parallel ranks together."""
+    trainable_here: int
+    """Trainable parameters of this device's model-parallel shard."""
+
+
+def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) -> _States:
+    """Weights, adapters, gradients, optimizer state and master copy on one device (ZeRO shards them
+    over dp: 1 the optimizer state and master, 2 also gradients, 3 also parameters; offload moves
+    the optimizer state, and with optimizer+params the parameters, to host RAM)."""
+    par, dtypes = setup.parallel, state_dtypes(setup)
+    model_parallel = par.tp * par.pp
+    lora_params = adapter_params(spec, setup.lora) if setup.trains_adapters and setup.lora else 0
+    trainable_here = (lora_params if setup.trains_adapters else total_params(spec)) // model_parallel
+    weights = _weights_on_device(spec, setup, stage_layers)
+    adapters = lora_params * dtype_bytes(dtypes.adapters) // model_parallel
+    grads = gradient_bytes(trainable_here, dtype_bytes(dtypes.gradients))
+    optim = optimizer_state_bytes(trainable_here, setup.optimizer, dtype_bytes(dtypes.optimizer),
+                                  matrix_shape_sum=_matrix_shape_sum(spec) // model_parallel)  # fmt: skip
+    master = master_weight_bytes(trainable_here, dtype_bytes(dtypes.master)) if dtypes.master else 0
+    if par.zero >= 1:
+        optim, master = optim // dp, master // dp
+    if par.zero >= 2:
+        grads //= dp
+    gathered = 0
+    if par.zero == 3:
+        largest_block = max(layer_params(spec, i) for i in stage_layers) * dtype_bytes(dtypes.weights)
+        weights, adapters = weights // dp, adapters // dp
+        gathered = 2 * largest_block // par.tp
+    host = 0
+    if par.offload in ("optimizer", "optimizer+params"):
+        host += (optim + master) * dp
+        optim, master = 0, 0
+    if par.offload == "optimizer+params":
+        host += (weights + adapters) * dp
+        weights, adapters = 0, 0
+    return _States(weights=weights, adapters=adapters, gradients=grads, optimizer=optim, master=master,
+                   gathered=gathered, host=host, trainable_here=trainable_here)  # fmt: skip
+
+
 def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> TrainMemory:
     """Bytes on the most loaded device for one training step of `setup` on `world_size` devices."""
     par = setup.parallel
@@ -140,47 +188,13 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
     model_params = total_params(spec)
     lora_params = adapter_params(spec, setup.lora) if setup.trains_adapters and setup.lora else 0
     trainable = lora_params if setup.trains_adapters else model_params
-    trainable_here = trainable // (tp * pp) if not setup.trains_adapters else lora_params // (tp * pp)
-
-    pdtype_bytes = dtype_bytes(param_dtype(setup.precision))
-    # Adapters are fp32 (peft upcast); full fine-tuning trains the parameters in their own dtype.
-    state_bytes = 4 if setup.trains_adapters else pdtype_bytes
-    deepspeed_mixed = par.zero > 0 and setup.precision.startswith("amp-") and not setup.trains_adapters
-
-    weights = _weights_on_device(spec, setup, stage_layers)
-    if setup.trains_adapters:
-        weights_frozen = weights
-        adapters = lora_params * 4 // (tp * pp)
-    else:
-        weights_frozen, adapters = weights, 0
-
-    grads = gradient_bytes(trainable_here, 2 if deepspeed_mixed else state_bytes)
-    optim = optimizer_state_bytes(
-        trainable_here,
-        setup.optimizer,
-        4 if deepspeed_mixed else state_bytes,
-        matrix_shape_sum=_matrix_shape_sum(spec) // (tp * pp),
+    dtypes = state_dtypes(setup)
+    states = _states(spec, setup, stage_layers, dp)
+    weights_frozen, adapters, grads, optim, master = (
+        states.weights, states.adapters, states.gradients, states.optimizer, states.master
     )
-    master = master_weight_bytes(trainable_here) if deepspeed_mixed else 0
-
-    if par.zero >= 1:
-        optim, master = optim // dp, master // dp
-    if par.zero >= 2:
-        grads //= dp
-    gathered = 0
-    if par.zero == 3:
-        largest_block = max(layer_params(spec, i) for i in stage_layers) * dtype_bytes(
-            "bf16" if deepspeed_mixed else param_dtype(setup.precision)
-        )
-        weights_frozen = weights_frozen // dp
-        gathered = 2 * largest_block // tp  # the block being computed and the one prefetched
-    host = 0
-    if par.offload in ("optimizer", "optimizer+params"):
-        host += (optim + master) * dp
-        optim, master = 0, 0
-    if par.offload == "optimizer+params":
-        host += weights_frozen * dp
-        weights_frozen = 0
+    gathered, host, trainable_here = states.gathered, states.host, states.trainable_here
+    state_bytes = dtype_bytes(dtypes.optimizer)
 
     phases = act.activation_phases(spec, setup, layers=len(stage_layers), tp=tp)
     in_flight = min(pp, setup.grad_accum) if pp > 1 else 1  # 1F1B: up to pp micro-batches on stage 0
@@ -230,26 +244,35 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
             formula=f"{model_params:,} params by dtype/quant ({setup.quant}), /tp{tp}, {len(stage_layers)} blocks/stage"
             + (f", /dp{dp} (ZeRO-3)" if par.zero == 3 else ""),
         ),
-        Term(name="adapters", value_bytes=adapters, formula=f"{lora_params:,} LoRA params × 4 B (fp32)"),
+        Term(
+            name="adapters",
+            value_bytes=adapters,
+            formula=f"{lora_params:,} LoRA params × {dtype_bytes(dtypes.adapters)} B ({dtypes.adapters})"
+            + (f", /tp{tp}" if tp > 1 else "") + (f" /dp{dp} (ZeRO-3)" if par.zero == 3 else ""),
+        ),
         Term(
             name="gradients",
             value_bytes=grads,
-            formula=f"{trainable_here:,} trainable × {2 if deepspeed_mixed else state_bytes} B"
+            formula=f"{trainable_here:,} trainable × {dtype_bytes(dtypes.gradients)} B ({dtypes.gradients})"
             + (f" / dp{dp}" if par.zero >= 2 else ""),
         ),
         Term(
             name="optimizer",
             value_bytes=optim,
-            formula=f"{setup.optimizer} state for {trainable_here:,} params"
+            formula=f"{setup.optimizer} state for {trainable_here:,} params ({dtypes.optimizer} moments)"
             + (f" / dp{dp}" if par.zero >= 1 else "")
             + (" (offloaded to host)" if par.offload != "none" else ""),
         ),
         Term(
             name="master_weights",
             value_bytes=master,
-            formula="4 B × trainable (DeepSpeed mixed precision)"
-            if deepspeed_mixed
+            formula=f"{dtype_bytes(dtypes.master)} B × {trainable_here:,} trainable ({dtypes.master}, DeepSpeed mixed precision)"
+            + (f" / dp{dp}" if par.zero >= 1 else "")
+            if dtypes.master
             else "none (no separate master copy)",
+            source="measured: DeepSpeed 0.19.8 keeps single_partition_of_fp32_groups / fp32_partitioned_groups_flat (tests/test_state_agreement.py)"
+            if dtypes.master
+            else "",
         ),
         Term(
             name="activations",
