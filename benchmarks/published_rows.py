@@ -138,7 +138,7 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
     **{
         f"qwen-0{i}": (
             {},
-            "DeepSpeed fp16: adapters counted in fp32 (peft); ZeRO-2's 2e8-element buckets not modelled",
+            "DeepSpeed fp16: module and adapters in fp16 with an fp32 master and fp32 moments (as measured with DeepSpeed 0.19.8); ZeRO-2's 2e8-element buckets not modelled",
         )
         for i in (4, 5, 6, 7)
     },
