@@ -19,11 +19,59 @@ from swiftplan.planner.calibration import constant
 from swiftplan.planner.dtypes import compute_dtype, dtype_bytes
 from swiftplan.planner.hardware import FALLBACK_PCIE_BYTES_PER_S
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.setup import ServeSetup, TrainSetup
+from swiftplan.planner.setup import Quant, ServeSetup, TrainSetup
 from swiftplan.planner.weights import is_quantized
 
 FALLBACK_BANDWIDTH_BYTES_PER_S = 400e9
-"""Assumed memory bandwidth when the catalog lacks one (e.g. an unknown probed device)."""
+"""Memory bandwidth assumed for a device without a published figure (Ascend 910B, an unknown probed
+device): the low end of the catalog's vendor figures, Apple's M1/M2/M3 Max (400 GB/s), between
+NVIDIA's L4 (300 GB/s) and RTX 3070 (448 GB/s) datasheets (profiles/accelerators.json)."""
+
+FLOPS_PER_MAC = 2
+"""A multiply-accumulate is two floating-point operations: a weight costs 2 FLOPs per token forward
+(Kaplan et al. 2020, "Scaling Laws for Neural Language Models", §2.1)."""
+BACKWARD_PER_FORWARD_TRAINED = 2
+"""Backward through a trained matmul costs twice its forward: an input gradient and a weight gradient
+(Kaplan et al. 2020, §2.1: backward ≈ 2 × forward)."""
+BACKWARD_PER_FORWARD_FROZEN = 1
+"""Backward through a frozen matmul costs its forward once: the input gradient only (Hu et al. 2021,
+"LoRA", §4.2: no gradients for the frozen weights)."""
+ATTENTION_MATMULS = 2
+"""QKᵀ and AV: the two activation-by-activation matmuls of attention per layer (Vaswani et al. 2017)."""
+
+DEQUANT_PASSES = 2
+"""bitsandbytes' MatMul4Bit dequantizes the 4-bit weight in forward and again in backward for the input
+gradient (bitsandbytes/autograd/_functions.py); `qlora_dequant.bytes_per_weight` in
+profiles/calibration.json is the traffic of these two passes together."""
+
+ADAPTER_GRAD_BYTES = 4
+"""LoRA adapter gradients are fp32: peft keeps adapters in fp32 (`autocast_adapter_dtype`, peft docs)."""
+HALF_BYTES = 2
+"""bf16/fp16 parameters and gradients of full fine-tuning, as DeepSpeed ZeRO holds them (ZeRO,
+Rajbhandari et al. 2020, §3.1: fp16 parameters and gradients, 2 bytes each)."""
+ZERO3_GATHERS_PER_MICRO_STEP = 2
+"""ZeRO-3 all-gathers every parameter shard for forward and again for backward (Rajbhandari et al. 2020,
+§7.2.2)."""
+OFFLOAD_TRANSFERS_PER_STEP = 2
+"""ZeRO-Offload moves gradients to host RAM and updated parameters back once per step (Ren et al.
+2021, "ZeRO-Offload", §4: fp16 gradients down, fp16 parameters up)."""
+PARAM_STREAMS_PER_MICRO_STEP = 2
+"""Parameter offload streams every parameter shard from host RAM for forward and again for backward
+(Rajbhandari et al. 2021, "ZeRO-Infinity": parameters are fetched before each use)."""
+TP_ALLREDUCES_PER_LAYER = 4
+"""Megatron tensor parallelism all-reduces the activations twice in forward and twice in backward per
+transformer layer (Shoeybi et al. 2019, "Megatron-LM", §3, Fig. 4)."""
+TP_EXPOSED_FRACTION = 0.5
+"""Share of the tensor-parallel all-reduce time counted: half, an unfitted prior from the first speed
+model (Megatron-LM runs them synchronously, so 1.0 is the pessimistic bound; Wang et al. 2023,
+"Overlap Communication with Dependent Computation via Decomposition", hides most of it)."""
+DP_EXPOSED_FRACTION = 0.5
+"""Share of the data-parallel gradient reduction (ZeRO 0-2) not hidden behind backward: bucketed
+all-reduce overlaps backward except for the last buckets (Li et al. 2020, "PyTorch Distributed", §3.2.3);
+half is an unfitted prior. ZeRO-3 counts all of it."""
+PROMPT_SHARE_OF_CONTEXT = 0.5
+"""Serving: a prompt fills this share of the context, the rest is generated (an even split; `--prompt-tokens`
+and `--output-tokens` set the load's context in `swiftplan size`)."""
 
 if TYPE_CHECKING:
     from swiftplan.planner.hardware import Accelerator, Cluster
@@ -75,70 +123,91 @@ def efficiency_prior(accelerator: Accelerator) -> float:
 
 def attention_flops_per_token(spec: ModelSpec, seq_len: int) -> float:
     """Forward FLOPs per token of QKᵀ and AV with a causal mask: 2 matmuls × 2 FLOPs × s/2 × q width × layers."""
-    return 2 * 2 * (seq_len / 2) * spec.q_dim * spec.num_layers
+    return ATTENTION_MATMULS * FLOPS_PER_MAC * (seq_len / 2) * spec.q_dim * spec.num_layers
 
 
 def train_flops_per_token(spec: ModelSpec, setup: TrainSetup) -> float:
     """FLOPs per training token: forward 2N (+attention), backward 4N (full) or 2N (frozen base) + adapters, plus a recomputed forward with checkpointing."""
-    n = matmul_params_per_token(spec)
+    base = FLOPS_PER_MAC * matmul_params_per_token(spec)
     attn = attention_flops_per_token(spec, setup.seq_len)
-    forward = 2 * n + attn
+    forward = base + attn
     if setup.trains_adapters:
         assert setup.lora is not None
-        lora = adapter_params(spec, setup.lora)
-        backward = 2 * n + 2 * attn + 4 * lora
-        forward += 2 * lora
+        lora = FLOPS_PER_MAC * adapter_params(spec, setup.lora)
+        backward = BACKWARD_PER_FORWARD_FROZEN * base + BACKWARD_PER_FORWARD_TRAINED * attn
+        backward += BACKWARD_PER_FORWARD_TRAINED * lora
+        forward += lora
     else:
-        backward = 4 * n + 2 * attn
+        backward = BACKWARD_PER_FORWARD_TRAINED * base + BACKWARD_PER_FORWARD_TRAINED * attn
     recompute = forward if setup.grad_ckpt else 0
     return forward + backward + recompute
 
 
 @cache
-def _quantized_params(spec: ModelSpec, quant: str) -> int:
-    return sum(lin.params for _, lin in linear_modules(spec) if is_quantized(lin, quant))  # type: ignore[arg-type]
+def _quantized_params(spec: ModelSpec, quant: Quant) -> int:
+    """Parameters of the linear layers `quant` replaces."""
+    return sum(lin.params for _, lin in linear_modules(spec) if is_quantized(lin, quant))
+
+
+def _bandwidth(acc: Accelerator) -> float:
+    """The device's memory bandwidth, or the fallback where none is published."""
+    return acc.memory_bandwidth_bytes_per_s or FALLBACK_BANDWIDTH_BYTES_PER_S
+
+
+def _pcie(acc: Accelerator) -> float:
+    """The device's host link bandwidth per direction, or the fallback where none is published."""
+    return acc.pcie_bytes_per_s or FALLBACK_PCIE_BYTES_PER_S
 
 
 def _allreduce_s(num_bytes: float, ranks: int, bandwidth_bytes_per_s: float) -> float:
-    """Ring all-reduce time: 2 (ranks − 1) / ranks × bytes over the slowest link."""
+    """Ring all-reduce time: 2 (ranks − 1) / ranks × bytes over the slowest link (Patarasuk and Yuan 2009)."""
     if ranks <= 1:
         return 0.0
     return 2 * (ranks - 1) / ranks * num_bytes / bandwidth_bytes_per_s
 
 
-def train_speed(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainable_params: int) -> TrainSpeed:
-    """Step time and tokens/s of `setup` on `cluster` (see module docstring for the terms)."""
-    acc = cluster.accelerator
+def _trainable_grad_bytes(setup: TrainSetup) -> int:
+    """Bytes of one gradient (or one updated parameter sent back) per trainable parameter."""
+    return ADAPTER_GRAD_BYTES if setup.trains_adapters else HALF_BYTES
+
+
+def _compute_s(spec: ModelSpec, setup: TrainSetup, acc: Accelerator, mfu: float) -> float:
+    """Matmul time of one rank's micro-batches per step at the achievable FLOP/s."""
     par = setup.parallel
-    world = cluster.world_size
-    dp = max(1, world // (par.tp * par.pp))
-    tokens_per_rank = setup.micro_batch * setup.seq_len * setup.grad_accum
-    flops_per_token = train_flops_per_token(spec, setup)
-    mfu = efficiency_prior(acc)
     peak = acc.dense_flops(compute_dtype(setup.precision)) * mfu
-    compute_s = tokens_per_rank * flops_per_token / (peak * par.tp * par.pp)
+    return _tokens_per_rank(setup) * train_flops_per_token(spec, setup) / (peak * par.tp * par.pp)
 
-    dequant_s = 0.0
-    if setup.quant != "none":
-        quantized = _quantized_params(spec, setup.quant)
-        passes = 3 if setup.grad_ckpt else 2
-        micro_steps = setup.grad_accum
-        dequant_s = (
-            micro_steps
-            * passes
-            * quantized
-            * constant("qlora_dequant", "bytes_per_weight")
-            / 2
-            / ((acc.memory_bandwidth_bytes_per_s or FALLBACK_BANDWIDTH_BYTES_PER_S) * par.tp)
-        )
 
-    intra = acc.intra_node_bytes_per_s
+def _tokens_per_rank(setup: TrainSetup) -> int:
+    """Tokens one data-parallel rank processes per optimizer step."""
+    return setup.micro_batch * setup.seq_len * setup.grad_accum
+
+
+def _dequant_s(spec: ModelSpec, setup: TrainSetup, acc: Accelerator) -> float:
+    """bitsandbytes dequantization traffic per step: each pass reads and writes every quantized weight."""
+    if setup.quant == "none":
+        return 0.0
+    passes = DEQUANT_PASSES + (1 if setup.grad_ckpt else 0)  # checkpointing recomputes the forward
+    return (
+        setup.grad_accum
+        * passes
+        * _quantized_params(spec, setup.quant)
+        * constant("qlora_dequant", "bytes_per_weight")
+        / DEQUANT_PASSES
+        / (_bandwidth(acc) * setup.parallel.tp)
+    )
+
+
+def _comm_s(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainable_params: int, dp: int) -> float:
+    """Collective time per step: gradient all-reduce, ZeRO-3 parameter gathers, tensor-parallel all-reduces."""
+    par = setup.parallel
+    intra = cluster.accelerator.intra_node_bytes_per_s
     link = intra if cluster.nodes == 1 else min(intra, cluster.inter_node_bytes_per_s / cluster.gpus_per_node)
-    grad_bytes = trainable_params * (4 if setup.trains_adapters else 2) / (par.tp * par.pp)
+    grad_bytes = trainable_params * _trainable_grad_bytes(setup) / (par.tp * par.pp)
     comm_s = _allreduce_s(grad_bytes, dp, link)
     if par.zero == 3 and not setup.trains_adapters:
-        param_bytes = trainable_params * 2 / (par.tp * par.pp)
-        comm_s += 2 * setup.grad_accum * (dp - 1) / dp * param_bytes / link
+        param_bytes = trainable_params * HALF_BYTES / (par.tp * par.pp)
+        comm_s += ZERO3_GATHERS_PER_MICRO_STEP * setup.grad_accum * (dp - 1) / dp * param_bytes / link
     if par.tp > 1:
         activation_bytes = (
             setup.micro_batch * setup.seq_len * spec.hidden_size * dtype_bytes(compute_dtype(setup.precision))
@@ -147,50 +216,69 @@ def train_speed(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainab
             setup.grad_accum
             * spec.num_layers
             / par.pp
-            * 4
+            * TP_ALLREDUCES_PER_LAYER
             * _allreduce_s(activation_bytes, par.tp, intra)
-            / 2
+            * TP_EXPOSED_FRACTION
         )
+    return comm_s
 
-    offload_s = 0.0
-    if par.offload != "none":
-        state_bytes = trainable_params * (4 if setup.trains_adapters else 2) / dp
-        offload_s = (
-            2 * state_bytes / (acc.pcie_bytes_per_s or FALLBACK_PCIE_BYTES_PER_S)
-        )  # gradients down, updated weights up
-        if par.offload == "optimizer+params":
-            # Every parameter shard, frozen ones included, comes from host RAM for forward and backward.
-            streamed = total_params(spec) + (trainable_params if setup.trains_adapters else 0)
-            offload_s += (
-                2 * setup.grad_accum * streamed * 2 / dp / (acc.pcie_bytes_per_s or FALLBACK_PCIE_BYTES_PER_S)
-            )
 
+def _offload_s(
+    spec: ModelSpec, setup: TrainSetup, acc: Accelerator, *, trainable_params: int, dp: int
+) -> float:
+    """ZeRO-Offload PCIe traffic per step: gradients down and weights up, plus streamed parameters."""
+    par = setup.parallel
+    if par.offload == "none":
+        return 0.0
+    state_bytes = trainable_params * _trainable_grad_bytes(setup) / dp
+    offload_s = OFFLOAD_TRANSFERS_PER_STEP * state_bytes / _pcie(acc)
+    if par.offload == "optimizer+params":
+        # Every parameter shard, frozen ones included, comes from host RAM for forward and backward.
+        streamed = total_params(spec) + (trainable_params if setup.trains_adapters else 0)
+        offload_s += PARAM_STREAMS_PER_MICRO_STEP * setup.grad_accum * streamed * HALF_BYTES / dp / _pcie(acc)
+    return offload_s
+
+
+def _bubble_s(body_s: float, setup: TrainSetup) -> float:
+    """GPipe pipeline bubble: (pp − 1) / (micro-batches + pp − 1) of the step (Huang et al. 2019, §2.3)."""
+    pp = setup.parallel.pp
+    return body_s * (pp - 1) / (setup.grad_accum + pp - 1) if pp > 1 else 0.0
+
+
+_BOUND_OF_PART = {
+    "compute": "compute",
+    "dequant": "memory",
+    "comm": "network",
+    "offload": "pcie",
+    "bubble": "compute",
+}
+"""Which resource a step-time component stands for."""
+
+
+def train_speed(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainable_params: int) -> TrainSpeed:
+    """Step time and tokens/s of `setup` on `cluster` (see module docstring for the terms)."""
+    acc = cluster.accelerator
+    par = setup.parallel
+    dp = max(1, cluster.world_size // (par.tp * par.pp))
+    mfu = efficiency_prior(acc)
+    compute_s = _compute_s(spec, setup, acc, mfu)
+    dequant_s = _dequant_s(spec, setup, acc)
     # bitsandbytes dequantises each weight in its own kernel before the GEMM: it adds, it does not overlap.
     body = compute_s + dequant_s
-    bubble_s = body * (par.pp - 1) / (setup.grad_accum + par.pp - 1) if par.pp > 1 else 0.0
-    # Data-parallel gradient reduction overlaps with backward except for the last bucket: count half.
-    exposed_comm = comm_s * 0.5 if par.zero < 3 else comm_s
-    step_s = body + bubble_s + exposed_comm + offload_s
+    comm_s = _comm_s(spec, setup, cluster, trainable_params=trainable_params, dp=dp)
     parts = {
         "compute": compute_s,
         "dequant": dequant_s,
-        "comm": exposed_comm,
-        "offload": offload_s,
-        "bubble": bubble_s,
+        "comm": comm_s * DP_EXPOSED_FRACTION if par.zero < 3 else comm_s,
+        "offload": _offload_s(spec, setup, acc, trainable_params=trainable_params, dp=dp),
+        "bubble": _bubble_s(body, setup),
     }
-    bound = {
-        "compute": "compute",
-        "dequant": "memory",
-        "comm": "network",
-        "offload": "pcie",
-        "bubble": "compute",
-    }[max(parts, key=lambda k: parts[k])]
-    tokens_per_step = tokens_per_rank * dp
+    step_s = body + parts["bubble"] + parts["comm"] + parts["offload"]
     return TrainSpeed(
-        tokens_per_s=tokens_per_step / step_s,
+        tokens_per_s=_tokens_per_rank(setup) * dp / step_s,
         step_time_s=step_s,
-        bound=bound,
-        flops_per_token=flops_per_token,
+        bound=_BOUND_OF_PART[max(parts, key=lambda k: parts[k])],
+        flops_per_token=train_flops_per_token(spec, setup),
         mfu_prior=mfu,
         breakdown_s=parts,
     )
@@ -213,17 +301,13 @@ def serve_speed(
     """
     n = matmul_params_per_token(spec)
     peak = accelerator.dense_flops(setup.dtype) * constant("serving_efficiency", "compute") * setup.tp
-    bandwidth = (
-        (accelerator.memory_bandwidth_bytes_per_s or FALLBACK_BANDWIDTH_BYTES_PER_S)
-        * constant("serving_efficiency", "bandwidth")
-        * setup.tp
-    )
-    prompt = setup.context // 2
-    per_token_flops = 2 * n + attention_flops_per_token(spec, prompt)
+    bandwidth = _bandwidth(accelerator) * constant("serving_efficiency", "bandwidth") * setup.tp
+    prompt = int(setup.context * PROMPT_SHARE_OF_CONTEXT)
+    per_token_flops = FLOPS_PER_MAC * n + attention_flops_per_token(spec, prompt)
     prefill_tps = peak / per_token_flops
     kv_read = setup.concurrency * prompt * kv_bytes_per_token * setup.tp
     memory_s = (weight_bytes * setup.tp + kv_read) / bandwidth
-    compute_s = 2 * n * setup.concurrency / peak
+    compute_s = FLOPS_PER_MAC * n * setup.concurrency / peak
     step = max(memory_s, compute_s)
     # TTFT of a request arriving while the other sequences decode (vLLM chunked prefill): each engine
     # step takes up to `prefill_chunk` tokens, the running sequences' decode tokens first; the new
