@@ -7,24 +7,30 @@ what would be valid, so the CLI never prints a traceback or a silently wrong pla
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
 from swiftplan.errors import SwiftplanError
 
 Method = Literal["full", "lora", "qlora"]
 Precision = Literal["bf16", "fp16", "fp32", "amp-bf16", "amp-fp16"]
+ServeDtype = Literal["bf16", "fp16", "fp32"]
 Quant = Literal["none", "nf4", "fp4", "int8", "gptq", "awq", "fp8"]
 Optimizer = Literal["adamw", "adamw-8bit", "paged-adamw-8bit", "sgd", "adafactor"]
+ZeroStage = Literal[0, 1, 2, 3]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 KvDtype = Literal["auto", "fp8"]
 AttentionImpl = Literal["sdpa", "flash", "eager"]
 
-METHODS: tuple[str, ...] = get_args(Method)
-PRECISIONS: tuple[str, ...] = get_args(Precision)
-QUANTS: tuple[str, ...] = get_args(Quant)
-OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
-OFFLOADS: tuple[str, ...] = get_args(Offload)
+METHODS: tuple[Method, ...] = get_args(Method)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+SERVE_DTYPES: tuple[ServeDtype, ...] = get_args(ServeDtype)
+QUANTS: tuple[Quant, ...] = get_args(Quant)
+OPTIMIZERS: tuple[Optimizer, ...] = get_args(Optimizer)
+OFFLOADS: tuple[Offload, ...] = get_args(Offload)
+KV_DTYPES: tuple[KvDtype, ...] = get_args(KvDtype)
 ALL_LINEAR = "all-linear"
+
+ChoiceT = TypeVar("ChoiceT", bound=str)
 
 # Quantizations a QLoRA base can use (bitsandbytes 4-bit) and those LoRA can sit on.
 _QLORA_QUANTS = ("nf4", "fp4")
@@ -32,8 +38,16 @@ _LORA_BASE_QUANTS = ("none", "int8", "gptq", "awq", "fp8")
 
 
 def _check_choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise SwiftplanError(f"Unknown {kind} {value!r}; valid values are: {', '.join(valid)}.")
+    parse_choice(kind, value, valid)
+
+
+def parse_choice(kind: str, value: str, valid: tuple[ChoiceT, ...]) -> ChoiceT:
+    """`value` as one of `valid` (a string from a command line or a file, typed), or the same
+    SwiftplanError the set-ups raise for it."""
+    for choice in valid:
+        if choice == value:
+            return choice
+    raise SwiftplanError(f"Unknown {kind} {value!r}; valid values are: {', '.join(valid)}.")
 
 
 def _check_positive(kind: str, value: int) -> None:
@@ -80,7 +94,7 @@ class Parallelism:
     """Tensor-parallel degree (splits each matrix)."""
     pp: int = 1
     """Pipeline-parallel degree (splits the layers)."""
-    zero: Literal[0, 1, 2, 3] = 0
+    zero: ZeroStage = 0
     """ZeRO stage over the data-parallel group (3 ≈ FSDP full sharding)."""
     offload: Offload = "none"
     """What ZeRO-Offload moves to host RAM."""
@@ -191,7 +205,7 @@ class TrainSetup:
 class ServeSetup:
     """An inference-serving configuration to size (vLLM-style paged KV cache)."""
 
-    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    dtype: ServeDtype = "bf16"
     """Compute/activation dtype; unquantized weights are stored in it."""
     quant: Quant = "none"
     """Weight quantization."""

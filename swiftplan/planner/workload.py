@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from swiftplan.planner.setup import AttentionImpl
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class TrainWorkload:
@@ -17,7 +19,7 @@ class TrainWorkload:
     """Tokens in one epoch."""
     epochs: float = 1.0
     """Passes over the data."""
-    attention: str = "sdpa"
+    attention: AttentionImpl = "sdpa"
     """Attention kernel."""
     lora_dropout: float = 0.05
     """LoRA dropout (changes activation memory)."""

@@ -4,32 +4,58 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from swiftplan.planner.layout import Layout, cluster_text
-from swiftplan.planner.setup import ALL_LINEAR, LoraSetup, Parallelism, ServeSetup, TrainSetup
+from swiftplan.planner.setup import (
+    ALL_LINEAR,
+    KvDtype,
+    LoraSetup,
+    Method,
+    Offload,
+    Optimizer,
+    Parallelism,
+    Precision,
+    Quant,
+    ServeDtype,
+    ServeSetup,
+    TrainSetup,
+    ZeroStage,
+)
 from swiftplan.planner.workload import ServeWorkload, TrainWorkload
 
-__all__ = ["Candidate", "Layout", "ServeCandidate", "ServeWorkload", "TrainWorkload", "cluster_text"]
+__all__ = [
+    "Candidate",
+    "Layout",
+    "ServeCandidate",
+    "ServeWorkload",
+    "TrainQuant",
+    "TrainWorkload",
+    "cluster_text",
+]
+
+TrainQuant = Literal["none", "int8", "nf4", "nf4-dq"]
+"""Base quantizations the training search tells apart: NF4 with double quantization is its own value
+("nf4-dq"), which `Candidate.setup` turns into quant nf4 with double_quant on."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Candidate:
     """One training plan: the structural choices and the micro-batch (0 until chosen)."""
 
-    method: str
+    method: Method
     """full / lora / qlora."""
-    quant: str = "none"
+    quant: TrainQuant = "none"
     """none / int8 / nf4 / nf4-dq (NF4 with double quantization)."""
-    precision: str = "bf16"
+    precision: Precision = "bf16"
     """Precision mode."""
-    optimizer: str = "adamw"
+    optimizer: Optimizer = "adamw"
     """Optimizer."""
     grad_ckpt: bool = True
     """Gradient checkpointing."""
-    zero: int = 0
+    zero: ZeroStage = 0
     """ZeRO stage."""
-    offload: str = "none"
+    offload: Offload = "none"
     """ZeRO-Offload target."""
     layout: Layout = Layout(gpus=1)
     """GPUs, tp, pp."""
@@ -61,18 +87,18 @@ class Candidate:
                 rank=self.rank, targets=self.targets or (ALL_LINEAR,), dropout=workload.lora_dropout
             )
         return TrainSetup(
-            method=self.method,  # type: ignore[arg-type]
-            precision=self.precision,  # type: ignore[arg-type]
-            quant="nf4" if self.quant == "nf4-dq" else self.quant,  # type: ignore[arg-type]
+            method=self.method,
+            precision=self.precision,
+            quant="nf4" if self.quant == "nf4-dq" else self.quant,
             double_quant=self.quant == "nf4-dq",
             lora=lora,
-            optimizer=self.optimizer,  # type: ignore[arg-type]
+            optimizer=self.optimizer,
             micro_batch=max(1, self.micro_batch),
             seq_len=workload.seq_len,
             grad_accum=self.grad_accum(workload),
             grad_ckpt=self.grad_ckpt,
-            attention=workload.attention,  # type: ignore[arg-type]
-            parallel=Parallelism(tp=self.layout.tp, pp=self.layout.pp, zero=self.zero, offload=self.offload),  # type: ignore[arg-type]
+            attention=workload.attention,
+            parallel=Parallelism(tp=self.layout.tp, pp=self.layout.pp, zero=self.zero, offload=self.offload),
         )
 
     def targets_label(self, attention: tuple[str, ...] = ()) -> str:
@@ -106,13 +132,13 @@ class Candidate:
 class ServeCandidate:
     """One serving plan: numerics, tensor parallelism and sequences per replica (0 until chosen)."""
 
-    quant: str = "none"
+    quant: Quant = "none"
     """Weight quantization."""
-    kv_dtype: str = "auto"
+    kv_dtype: KvDtype = "auto"
     """KV-cache dtype."""
     tp: int = 1
     """Tensor-parallel degree of one replica."""
-    dtype: str = "bf16"
+    dtype: ServeDtype = "bf16"
     """Compute dtype."""
     concurrency: int = 0
     """Sequences per replica; 0 = not chosen yet."""
@@ -129,9 +155,9 @@ class ServeCandidate:
     def setup(self, workload: ServeWorkload) -> ServeSetup:
         """The `ServeSetup` for one replica."""
         return ServeSetup(
-            dtype=self.dtype,  # type: ignore[arg-type]
-            quant=self.quant,  # type: ignore[arg-type]
-            kv_dtype=self.kv_dtype,  # type: ignore[arg-type]
+            dtype=self.dtype,
+            quant=self.quant,
+            kv_dtype=self.kv_dtype,
             context=workload.context,
             concurrency=max(1, self.concurrency),
             tp=self.tp,

@@ -9,11 +9,12 @@ ZeRO without offload on one data-parallel rank) are repaired to the nearest vali
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate
 from swiftplan.planner.search.serve_space import ServeSpace
 from swiftplan.planner.search.space import SHARDING_CLASSES, TrainSpace, sharding_class
+from swiftplan.planner.setup import Offload, ZeroStage
 
 
 def _cat(trial: Any, name: str, choices: Sequence[Any]) -> Any:
@@ -62,7 +63,8 @@ class TrainParams:
         """Sample one structure in the trial."""
         space = self.space
         method = _cat(trial, "method", space.methods)
-        rank, targets = 0, ()
+        rank = 0
+        targets: tuple[str, ...] = ()
         if method != "full":
             rank = _cat(trial, "rank", space.ranks)
             targets = space.targets[_cat(trial, "targets", list(space.targets))]
@@ -73,8 +75,8 @@ class TrainParams:
             method=method,
             quant=quant,
             grad_ckpt=_cat(trial, "grad_ckpt", space.grad_ckpt),
-            zero=zero,
-            offload=offload,
+            zero=cast(ZeroStage, zero),  # SHARDING_CLASSES lists plain ints and strings
+            offload=cast(Offload, offload),
             layout=Layout.from_key(_cat(trial, "layout", [layout.key for layout in space.layouts])),
             rank=rank,
             targets=targets,

@@ -6,12 +6,13 @@ allowed value, so seeds always lie in the (pinned) space.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from swiftplan.planner.hardware import Cluster
-from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate
+from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate, TrainQuant
 from swiftplan.planner.search.serve_space import ServeSpace
 from swiftplan.planner.search.space import TrainSpace
+from swiftplan.planner.setup import Method, Offload, Optimizer, Precision, ZeroStage
 
 
 def _pick(wanted: Any, allowed: tuple[Any, ...] | list[Any]) -> Any:
@@ -27,7 +28,14 @@ def _layout(space: TrainSpace, gpus: int, tp: int = 1, pp: int = 1) -> Layout:
 
 
 def _seed(
-    space: TrainSpace, method: str, *, quant: str, optimizer: str, zero: int, offload: str, layout: Layout
+    space: TrainSpace,
+    method: Method,
+    *,
+    quant: TrainQuant,
+    optimizer: Optimizer,
+    zero: ZeroStage,
+    offload: Offload,
+    layout: Layout,
 ) -> Candidate | None:
     if method not in space.methods:
         return None
@@ -35,7 +43,7 @@ def _seed(
     candidate = Candidate(
         method=method,
         quant=_pick(quant, space.quants[method]),
-        precision=space.precisions[method][0],
+        precision=cast(Precision, space.precisions[method][0]),  # TrainSpace lists them as plain strings
         optimizer=_pick(optimizer, space.optimizers),
         grad_ckpt=_pick(True, space.grad_ckpt),
         zero=sharding[0],

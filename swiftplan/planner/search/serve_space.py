@@ -12,8 +12,9 @@ from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import ServeCandidate
 from swiftplan.planner.search.pins import Pins, allowed_values, impossible_values, layouts_for
+from swiftplan.planner.setup import KvDtype, Quant, ServeDtype
 
-SERVE_QUANTS = ("none", "fp8", "int8", "nf4")
+SERVE_QUANTS: tuple[Quant, ...] = ("none", "fp8", "int8", "nf4")
 """Weight quantizations searched for serving (ones vLLM can apply to a bf16 checkpoint at load)."""
 
 
@@ -21,13 +22,13 @@ SERVE_QUANTS = ("none", "fp8", "int8", "nf4")
 class ServeSpace:
     """Every structural choice for serving: weight quantization, KV dtype, tensor parallelism."""
 
-    quants: tuple[str, ...]
+    quants: tuple[Quant, ...]
     """Weight quantizations."""
-    kv_dtypes: tuple[str, ...]
+    kv_dtypes: tuple[KvDtype, ...]
     """KV-cache dtypes."""
     tps: tuple[int, ...]
     """Tensor-parallel degrees (replicas = GPUs / tp)."""
-    dtype: str
+    dtype: ServeDtype
     """Compute dtype: bf16, or fp16 where bf16 is unsupported."""
     engine: Engine | None = None
     """The serving engine the plans are for (its limits are already applied); None = any engine."""
