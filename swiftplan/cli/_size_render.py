@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from swiftplan.cli._output import console, print_json
@@ -21,6 +22,8 @@ from swiftplan.planner.sizing.rank import (
 )
 from swiftplan.planner.sizing.result import SizingResult
 from swiftplan.units import GiB, format_duration, format_usd
+from swiftplan.usecases.describe import fit_command_line
+from swiftplan.usecases.size import SizeOutcome
 
 CSV_COLUMNS = (
     "rank", "status", "accelerator_id", "accelerator", "vendor", "gpus", "nodes", "plan", "time_s",
@@ -45,8 +48,19 @@ class SizeReport:
     notes: tuple[str, ...]
     elapsed_s: float
     top: int
-    fit_args: tuple[str, ...] = ()
-    """Options of the `size` call that mean the same to `fit` (for the suggested next command)."""
+    next_command: str | None = None
+    """The `swiftplan fit` command that plans the recommended option in full."""
+
+    @classmethod
+    def of(cls, outcome: SizeOutcome, *, elapsed_s: float, top: int) -> SizeReport:
+        """The report of a size outcome."""
+        fit = outcome.next_fit
+        return cls(
+            model=outcome.model, task=outcome.task, objective=outcome.objective, workload=outcome.workload,
+            constraints=outcome.constraints, ranking=outcome.ranking, result=outcome.result, prices=outcome.prices,
+            notes=outcome.notes, elapsed_s=elapsed_s, top=top,
+            next_command=None if fit is None else f"{fit_command_line(fit)} -o plan.yaml",
+        )  # fmt: skip
 
     @property
     def search_line(self) -> str:
@@ -121,6 +135,7 @@ def report_json(report: SizeReport) -> dict[str, Any]:
             "pruned": report.result.pruned,
             "estimates": report.result.estimates,
         },
+        "next": report.next_command,
         "elapsed_s": report.elapsed_s,
     }
 
@@ -283,14 +298,6 @@ def price_lines(report: SizeReport, options: list[Option]) -> list[str]:
     return lines
 
 
-def fit_command(report: SizeReport, option: Option) -> str:
-    """The `swiftplan fit` command that plans the option's hardware in full."""
-    gpus = option.accelerator_id if option.gpus == 1 else f"{option.gpus}x{option.accelerator_id}"
-    if option.nodes > 1 and option.gpus == option.nodes * option.gpus_per_node:
-        gpus = f"{option.nodes}x{option.gpus_per_node}x{option.accelerator_id}"
-    return " ".join(["swiftplan fit", report.model, "--gpus", gpus, *report.fit_args, "-o plan.yaml"])
-
-
 def render(report: SizeReport) -> None:
     """The rich view: the table, the three explained choices, what cannot run and why, prices, notes."""
     ranking = report.ranking
@@ -319,10 +326,9 @@ def render(report: SizeReport) -> None:
         console.print("\n[bold]Prices[/] (catalog snapshots go stale: check them, or pass --prices FILE):")
         for line in prices:
             console.print(f"  {line}", highlight=False)
-    best = ranking.recommended
-    if best is not None:
+    if report.next_command is not None:
         console.print(
-            f"\nnext: [bold]{fit_command(report, best)}[/] (the exhaustive search there)", highlight=False
+            f"\nnext: [bold]{escape(report.next_command)}[/] (the exhaustive search there)", highlight=False
         )
     for note in report.notes:
         console.print(f"[dim]{note}[/]", highlight=False)

@@ -153,3 +153,108 @@ def next_command(plan: Any, path: str) -> str:
     if plan.task == "serve":
         return f"swiftplan serve {shlex.quote(path)}"
     return f"swiftplan train {shlex.quote(path)} --data train.jsonl"
+
+
+from typing import TYPE_CHECKING  # noqa: E402 (appended after the first imports, which stay as they were)
+
+if TYPE_CHECKING:  # the fit use case's request, named in the signatures below
+    from swiftplan.planner.search.pins import Pins
+    from swiftplan.usecases.fit import FitRequest
+
+_FIT_HEAD_FLAGS = {"gpus": "--gpus", "task": "--task", "engine": "--engine", "objective": "--objective"}
+"""`FitRequest` fields that say what is planned where, shown before the pins."""
+_FIT_FLAGS = {
+    "dataset_tokens": "--dataset-tokens", "data": "--data", "epochs": "--epochs", "global_batch": "--global-batch",
+    "seq_len": "--seq", "attention": "--attention", "context": "--context", "concurrency": "--concurrency",
+    "ttft_s": "--ttft", "decode_tps": "--decode-tps", "gpu_memory_utilization": "--gpu-memory-utilization",
+    "headroom": "--headroom", "seed": "--seed", "trials": "--trials", "storage": "--storage",
+    "study_name": "--study-name",
+}  # fmt: skip
+"""The other `FitRequest` fields that `swiftplan fit` takes as one option each, shown after the pins."""
+_PIN_FLAGS = {
+    "precisions": "--precision", "optimizers": "--optimizer", "zero": "--zero",
+    "max_offload": "--max-offload", "tp": "--tp", "pp": "--pp", "dp": "--dp", "micro_batch": "--batch",
+    "targets": "--targets", "kv_dtypes": "--kv-dtype",
+}  # fmt: skip
+"""`Pins` fields that `swiftplan fit` takes as one comma-separated option each (besides methods, ranks
+and quantizations, which come first)."""
+
+
+def _number_text(value: float) -> str:
+    """A number as fit's options parse it back exactly: '2', '0.1', '1.5e-07'."""
+    if isinstance(value, int):
+        return str(value)
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def _tokens_text(tokens: int) -> str:
+    """A token count as fit's --dataset-tokens reads it back exactly: '50M', '1.5B', '123457'."""
+    from swiftplan.units import parse_token_count
+
+    for suffix, scale in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        text = f"{tokens / scale:g}{suffix}"
+        if tokens >= scale and parse_token_count(text) == tokens:
+            return text
+    return str(tokens)
+
+
+def _gib_text(num_bytes: int) -> str:
+    """Bytes as fit's --host-ram GiB, chosen so that fit gets the same byte count back."""
+    gib = num_bytes / GiB
+    for text in (f"{gib:g}", repr(gib)):
+        if int(float(text) * GiB) == num_bytes:
+            return text
+    return repr(gib)
+
+
+def _option_value(field: str, value: Any) -> str:
+    """One `FitRequest` value as its fit option reads it."""
+    if field == "dataset_tokens":
+        return _tokens_text(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return _number_text(value)
+    return str(value)
+
+
+def _field_args(request: FitRequest, default: FitRequest, flags: dict[str, str]) -> list[str]:
+    """Fit options for the fields in `flags` whose values differ from the default request's."""
+    args: list[str] = []
+    for name, flag in flags.items():
+        value = getattr(request, name)
+        if value != getattr(default, name):
+            args += [flag, _option_value(name, value)]
+    return args
+
+
+def _pin_args(pins: Pins) -> list[str]:
+    """Fit options for the pins that differ from none."""
+    from swiftplan.planner.search.space import RANKS
+
+    args: list[str] = [] if pins.methods is None else ["--method", ",".join(pins.methods)]
+    if pins.ranks is not None:
+        args += ["--rank", "auto" if tuple(pins.ranks) == RANKS else ",".join(map(str, pins.ranks))]
+    if pins.quants == ("none",):
+        args.append("--no-quant")
+    elif pins.quants is not None:
+        args += ["--quant", ",".join(pins.quants)]
+    if pins.grad_ckpt is not None and len(pins.grad_ckpt) == 1:
+        args.append("--grad-ckpt" if pins.grad_ckpt[0] else "--no-grad-ckpt")
+    for name, flag in _PIN_FLAGS.items():
+        value = getattr(pins, name)
+        if value is not None:
+            args += [flag, value if isinstance(value, str) else ",".join(map(str, value))]
+    return args
+
+
+def fit_command_line(request: FitRequest) -> str:
+    """The `swiftplan fit` command that makes this request: options only where a value differs from
+    FitRequest's default, each shell-quoted."""
+    default = type(request)(model=request.model)
+    args = [request.model, *_field_args(request, default, _FIT_HEAD_FLAGS)]
+    if request.pareto:
+        args.append("--pareto")
+    args += _pin_args(request.pins) + _field_args(request, default, _FIT_FLAGS)
+    if request.host_ram_bytes is not None:
+        args += ["--host-ram", _gib_text(request.host_ram_bytes)]
+    return "swiftplan fit " + shlex.join(args)

@@ -1,0 +1,317 @@
+"""The size use case: request → model, catalog and prices → every cluster sized → ranked options → the
+`fit` request that plans the recommended one in full.
+
+`swiftplan size` parses its options into a `SizeRequest`, calls `plan_size`, and renders the `SizeOutcome`;
+its "next:" command is `describe.fit_command_line(outcome.next_fit)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.planner.hardware import Accelerator, get_accelerator, list_accelerators
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.search.pins import Pins
+from swiftplan.planner.setup import AttentionImpl
+from swiftplan.planner.sizing.candidates import DEFAULT_MAX_NODES, DEFAULT_NETWORK_GBPS
+from swiftplan.planner.sizing.prices import Price, PriceOverride, price_table
+from swiftplan.planner.sizing.rank import Constraints, Mode, Objective, Option, Ranking, rank
+from swiftplan.planner.sizing.result import SizingResult
+from swiftplan.planner.workload import TrainWorkload
+from swiftplan.units import GiB
+from swiftplan.usecases import inputs
+from swiftplan.usecases.fit import FitRequest
+
+SizeTask = Literal["train", "serve"]
+DATASET_TOKENS_ASSUMED = "assumed (pass --dataset-tokens)"
+"""Where the token count came from when the request gives none (it only scales time and cost)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SizeRequest:
+    """Everything `size` is asked, already parsed from its view's input."""
+
+    model: str
+    """Catalog name or alias, hub id, or a local config path."""
+    task: SizeTask = "train"
+    """Fine-tuning or serving."""
+    objective: Objective | None = None
+    """What ranks the options; None = purchase with mode buy, cost-per-token for serving, else cost."""
+    mode: Mode | None = None
+    """rent or buy: only hardware with that price; None: either."""
+    budget_usd: float | None = None
+    """Most dollars: rental cost of the job (serving: per hour), or the purchase price when buying."""
+    deadline_s: float | None = None
+    """Training: longest acceptable wall-clock time."""
+    max_gpus: int | None = None
+    """Most GPUs in all."""
+    max_nodes: int = DEFAULT_MAX_NODES
+    """Most nodes of 8 GPUs."""
+    network_gbps: float = DEFAULT_NETWORK_GBPS
+    """Network between nodes, Gb/s per node."""
+    vendors: tuple[str, ...] | None = None
+    """Only these vendors (any case); None allows all."""
+    accelerators: tuple[str, ...] | None = None
+    """Only these accelerators (catalog names or aliases); None: the whole catalog."""
+    price_overrides: tuple[PriceOverride, ...] = ()
+    """The user's prices, replacing the catalog's."""
+    pins: Pins = field(default_factory=Pins)
+    """Methods, quantizations and LoRA ranks allowed."""
+    dataset_tokens: int | None = None
+    """Tokens in one epoch; None assumes `inputs.DEFAULT_DATASET_TOKENS`."""
+    epochs: float = 1.0
+    seq_len: int = 2048
+    global_batch: int = 16
+    attention: AttentionImpl = "sdpa"
+    context: int = 4096
+    """Serving: tokens per sequence (with a request rate: prompt + output tokens)."""
+    concurrency: int | None = None
+    """Serving: sequences at once over all replicas."""
+    request_rate: float | None = None
+    """Serving: requests per second (with prompt_tokens and output_tokens)."""
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    ttft_s: float | None = None
+    """Serving: largest acceptable time to first token."""
+    decode_tps: float | None = None
+    """Serving: smallest acceptable decode tokens/s per user."""
+    gpu_memory_utilization: float = 0.9
+    headroom: float = 0.05
+    """Fraction of device memory kept free."""
+    host_ram_bytes: int = inputs.DEFAULT_HOST_RAM_BYTES
+    """Host RAM per node for offload."""
+
+    def __post_init__(self) -> None:
+        self._check_money()
+        if not 0 <= self.headroom < 0.9:
+            raise SwiftplanError(f"--headroom must be in [0, 0.9), got {self.headroom}.")
+        if self.max_gpus is not None and self.max_gpus < 1:
+            raise SwiftplanError(f"--max-gpus must be at least 1, got {self.max_gpus}.")
+        if self.max_nodes < 1 or self.network_gbps <= 0 or self.host_ram_bytes < 0:
+            raise SwiftplanError(
+                "--max-nodes and --network-gbps must be positive and --host-ram zero or more."
+            )
+        if self.task == "serve":
+            self._check_load()
+        elif (
+            self.epochs <= 0
+            or self.seq_len < 1
+            or self.global_batch < 1
+            or self.dataset_tokens_or_default <= 0
+        ):
+            raise SwiftplanError("--dataset-tokens, --epochs, --seq and --global-batch must be positive.")
+
+    def _check_money(self) -> None:
+        """The objective must use the price the mode keeps."""
+        if self.mode == "buy" and self.goal in ("cost", "cost-per-token"):
+            raise SwiftplanError(
+                f"--objective {self.goal} ranks by rental price, which --buy does not use.",
+                hint="With --buy use --objective purchase or time.",
+            )
+        if self.mode == "rent" and self.goal == "purchase":
+            raise SwiftplanError("--objective purchase ranks by list price, which --rent does not use.")
+
+    def _check_load(self) -> None:
+        """Serving needs one load: a concurrency, or a request rate with its token counts."""
+        if self.deadline_s is not None:
+            raise SwiftplanError(
+                "--deadline applies to training (--task sft); serving has --ttft and --decode-tps."
+            )
+        if self.request_rate is None and self.concurrency is None:
+            raise SwiftplanError(
+                "Serving sizing needs a load: --concurrency N, or --request-rate R --prompt-tokens P --output-tokens O."
+            )
+        if self.request_rate is not None and self.concurrency is not None:
+            raise SwiftplanError("Give either --concurrency or --request-rate, not both.")
+        if self.request_rate is not None and (self.prompt_tokens is None or self.output_tokens is None):
+            raise SwiftplanError("--request-rate needs --prompt-tokens and --output-tokens.")
+
+    @property
+    def goal(self) -> Objective:
+        """The objective, with the mode's and the task's default filled in."""
+        if self.objective is not None:
+            return self.objective
+        return "purchase" if self.mode == "buy" else "cost-per-token" if self.task == "serve" else "cost"
+
+    @property
+    def dataset_tokens_or_default(self) -> int:
+        """Tokens in one epoch, the assumed count when none was given."""
+        return inputs.DEFAULT_DATASET_TOKENS if self.dataset_tokens is None else self.dataset_tokens
+
+    @property
+    def load_context(self) -> int:
+        """Serving: tokens per sequence (prompt + output with a request rate)."""
+        if (
+            self.request_rate is not None
+            and self.prompt_tokens is not None
+            and self.output_tokens is not None
+        ):
+            return self.prompt_tokens + self.output_tokens
+        return self.context
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SizeOutcome:
+    """Every option ranked, why the others cannot run, and how to plan the recommended one in full."""
+
+    request: SizeRequest
+    model: str
+    """The model's name as resolved."""
+    workload: Mapping[str, Any]
+    """The job as sized (for JSON)."""
+    constraints: Constraints
+    ranking: Ranking
+    result: SizingResult
+    prices: Mapping[str, Price]
+    """Accelerator id → price used (catalog or the user's)."""
+    notes: tuple[str, ...]
+    """What the sizing assumed."""
+    next_fit: FitRequest | None
+    """The `fit` request that plans the recommended option in full (None when nothing qualifies)."""
+
+    @property
+    def task(self) -> SizeTask:
+        return self.request.task
+
+    @property
+    def objective(self) -> Objective:
+        return self.request.goal
+
+
+def constraints(request: SizeRequest) -> Constraints:
+    """The request's limits on options, vendors checked against the catalog."""
+    return Constraints(
+        budget_usd=request.budget_usd,
+        deadline_s=request.deadline_s,
+        max_gpus=request.max_gpus,
+        vendors=_vendors(request.vendors),
+        mode=request.mode,
+    )
+
+
+def _vendors(wanted: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The vendors asked for, lower case; unknown ones are an error naming the known ones."""
+    if wanted is None:
+        return None
+    known = sorted({acc.vendor.lower() for acc in list_accelerators()})
+    bad = [v for v in wanted if v.lower() not in known]
+    if bad:
+        raise SwiftplanError(
+            f"Unknown --vendor {', '.join(bad)}.", hint=f"Known vendors: {', '.join(known)}."
+        )
+    return tuple(v.lower() for v in wanted)
+
+
+def catalog(names: tuple[str, ...] | None) -> list[Accelerator]:
+    """The accelerators to size: the named ones (each once), or the whole catalog."""
+    if names is None:
+        return list(list_accelerators())
+    return list({acc.id: acc for acc in (get_accelerator(name) for name in names)}.values())
+
+
+def _size_serving(
+    request: SizeRequest, spec: ModelSpec, accelerators: list[Accelerator], limits: Constraints, prices: Mapping[str, Price]
+) -> tuple[SizingResult, dict[str, Any], list[str]]:  # fmt: skip
+    """Serving: (sizing result, workload as sized, notes)."""
+    from swiftplan.planner.sizing.serve_sizing import ServeLoad, size_serving
+
+    load = ServeLoad(
+        context=request.load_context, concurrency=request.concurrency, request_rate=request.request_rate,
+        prompt_tokens=request.prompt_tokens, output_tokens=request.output_tokens, ttft_s=request.ttft_s,
+        decode_tps=request.decode_tps, gpu_memory_utilization=request.gpu_memory_utilization,
+        max_nodes=request.max_nodes,
+    )  # fmt: skip
+    result = size_serving(
+        spec, accelerators, load, objective=request.goal, constraints=limits, pins=request.pins,
+        headroom=request.headroom, prices=prices,
+    )  # fmt: skip
+    workload = {
+        "context": load.context, "concurrency": load.concurrency, "request_rate": load.request_rate,
+        "prompt_tokens": load.prompt_tokens, "output_tokens": load.output_tokens, "ttft_s": load.ttft_s,
+        "decode_tps": load.decode_tps, "gpu_memory_utilization": load.gpu_memory_utilization,
+    }  # fmt: skip
+    notes = []
+    if request.pins.quants is None:
+        notes.append(
+            "weights sized in 16-bit or fp8; pass --quant none,fp8,int8,nf4 to allow bitsandbytes formats."
+        )
+    if request.ttft_s is None:
+        notes.append(
+            "TTFT assumes every sequence of a replica prefills at once (the worst case); pass --ttft to bound it."
+        )
+    return result, workload, notes
+
+
+def _size_training(
+    request: SizeRequest, spec: ModelSpec, accelerators: list[Accelerator], limits: Constraints, prices: Mapping[str, Price]
+) -> tuple[SizingResult, dict[str, Any], list[str]]:  # fmt: skip
+    """Training: (sizing result, workload as sized, notes)."""
+    from swiftplan.planner.sizing.train_sizing import TrainJob, size_training
+
+    tokens = request.dataset_tokens_or_default
+    workload = TrainWorkload(
+        seq_len=request.seq_len, global_batch=request.global_batch, dataset_tokens=tokens, epochs=request.epochs,
+        attention=request.attention,
+    )  # fmt: skip
+    job = TrainJob(
+        workload=workload, pins=request.pins, headroom=request.headroom, host_ram_bytes=request.host_ram_bytes,
+        max_nodes=request.max_nodes, network_gbps=request.network_gbps,
+    )  # fmt: skip
+    result = size_training(spec, accelerators, job, objective=request.goal, constraints=limits, prices=prices)
+    shown = {
+        "dataset_tokens": tokens,
+        "dataset_tokens_source": DATASET_TOKENS_ASSUMED if request.dataset_tokens is None else "--dataset-tokens",
+        "epochs": request.epochs, "seq_len": request.seq_len, "global_batch": request.global_batch,
+        "attention": request.attention, "host_ram_gib_per_node": request.host_ram_bytes / GiB,
+    }  # fmt: skip
+    note = (
+        f"clusters: 1, 2, 4, 8 GPUs in one node or 2-{request.max_nodes} nodes of 8 over {request.network_gbps:g} Gb/s; "
+        "GPUs without NVLink on every board (GeForce, RTX A6000, PCIe parts) talk over PCIe."
+    )
+    return result, shown, [note]
+
+
+def cluster_text(option: Option) -> str:
+    """The `--gpus` text for an option's hardware: 'h100-sxm', '4xh100-sxm', '2x8xh100-sxm'."""
+    if option.nodes > 1 and option.gpus == option.nodes * option.gpus_per_node:
+        return f"{option.nodes}x{option.gpus_per_node}x{option.accelerator_id}"
+    return option.accelerator_id if option.gpus == 1 else f"{option.gpus}x{option.accelerator_id}"
+
+
+def next_fit(request: SizeRequest, option: Option) -> FitRequest:
+    """The `fit` request that plans an option's hardware in full, with the size request's job and pins."""
+    model, gpus = inputs.model_reference(request.model), cluster_text(option)
+    if request.task == "serve":
+        fields = option.plan_fields
+        return FitRequest(
+            model=model, gpus=gpus, task="serve", pins=replace(request.pins, quants=(fields["quant"],)),
+            context=request.load_context,
+            concurrency=request.concurrency or fields["replicas"] * fields["sequences_per_replica"],
+            ttft_s=request.ttft_s, decode_tps=request.decode_tps,
+            gpu_memory_utilization=request.gpu_memory_utilization, headroom=request.headroom,
+        )  # fmt: skip
+    host_ram = request.host_ram_bytes
+    return FitRequest(
+        model=model, gpus=gpus, pins=request.pins, dataset_tokens=request.dataset_tokens, epochs=request.epochs,
+        global_batch=request.global_batch, seq_len=request.seq_len, attention=request.attention,
+        headroom=request.headroom, host_ram_bytes=None if host_ram == inputs.DEFAULT_HOST_RAM_BYTES else host_ram,
+    )  # fmt: skip
+
+
+def plan_size(request: SizeRequest) -> SizeOutcome:
+    """Size every cluster of the catalog (or the named accelerators) for the job and rank the options."""
+    limits = constraints(request)
+    accelerators = catalog(request.accelerators)
+    prices = price_table(accelerators, request.price_overrides)
+    spec = inputs.resolve_model(request.model)
+    size = _size_serving if request.task == "serve" else _size_training
+    result, workload, notes = size(request, spec, accelerators, limits, prices)
+    ranking = rank(result.options, request.goal, limits)
+    best = ranking.recommended
+    return SizeOutcome(
+        request=request, model=spec.name, workload=workload, constraints=limits, ranking=ranking,
+        result=result, prices=prices, notes=tuple(notes), next_fit=None if best is None else next_fit(request, best),
+    )  # fmt: skip
