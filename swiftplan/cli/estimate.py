@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -133,78 +133,94 @@ def estimate_json(outcome: Any) -> dict[str, Any]:
     return payload
 
 
+def _opt(*names: str, help: str) -> Any:
+    return typer.Option(*names, help=help)
+
+
+ModelArg = Annotated[str, typer.Argument(help="Catalog name/alias, hub id, path to a config.json (or its directory), or a plan file (.yaml).")]
+TaskOpt = Annotated[Task, _opt("--task", help="train or serve.")]
+MethodOpt = Annotated[str, _opt("--method", help="full | lora | qlora")]
+PrecisionOpt = Annotated[str, _opt("--precision", help="bf16 | fp16 | fp32 | amp-bf16 | amp-fp16")]
+QuantOpt = Annotated[str, _opt("--quant", help="none | nf4 | int8 | gptq | awq | fp8 (qlora defaults to nf4)")]
+RankOpt = Annotated[int, _opt("--rank", help="LoRA rank.")]
+TargetsOpt = Annotated[str, _opt("--targets", help="Comma-separated module names, or all-linear.")]
+DropoutOpt = Annotated[float, _opt("--lora-dropout", help="LoRA dropout (adds a mask and a copy per target).")]
+OptimizerOpt = Annotated[str, _opt("--optimizer", help="adamw | adamw-8bit | paged-adamw-8bit | sgd | adafactor")]
+BatchOpt = Annotated[int, _opt("--batch", help="Micro-batch per device (sequences).")]
+SeqOpt = Annotated[int, _opt("--seq", help="Sequence length (tokens).")]
+AccumOpt = Annotated[int, _opt("--grad-accum", help="Gradient accumulation steps.")]
+CkptOpt = Annotated[bool, _opt("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing.")]
+AttentionOpt = Annotated[str, _opt("--attention", help="sdpa | flash | eager")]
+UpcastOpt = Annotated[bool, _opt("--kbit-upcast", help="QLoRA/int8 base prepared with peft's prepare_model_for_kbit_training (TRL-style): non-quantized parameters and activations in fp32.")]
+ZeroOpt = Annotated[int, _opt("--zero", help="ZeRO stage 0-3.")]
+OffloadOpt = Annotated[str, _opt("--offload", help="none | optimizer | optimizer+params")]
+GpusOpt = Annotated[str, _opt("--gpus", help="Cluster: rtx4090, 4xA100-80G, 2x8xH100, or auto (probe).")]
+TpOpt = Annotated[int, _opt("--tp", help="Tensor-parallel degree.")]
+PpOpt = Annotated[int, _opt("--pp", help="Pipeline-parallel degree.")]
+ContextOpt = Annotated[int, _opt("--context", help="Serving: tokens per sequence.")]
+ConcurrencyOpt = Annotated[int, _opt("--concurrency", help="Serving: concurrent sequences.")]
+KvOpt = Annotated[str, _opt("--kv-dtype", help="Serving: auto | fp8")]
+UtilOpt = Annotated[float, _opt("--gpu-memory-utilization", help="Serving: vLLM memory fraction.")]
+EngineOpt = Annotated[str | None, _opt("--engine", help="Check against this engine (default: swiftplan for training, vLLM or builtin for serving).")]
+JsonOpt = Annotated[bool, _opt("--json", help="Print one JSON object.")]
+
+
 def estimate_command(
     ctx: typer.Context,
-    model: str = typer.Argument(
-        ..., help="Catalog name/alias, hub id, path to a config.json (or its directory), or a plan file (.yaml)."
-    ),
-    task: Task = typer.Option(Task.train, "--task", help="train or serve."),
-    method: str = typer.Option("lora", "--method", help="full | lora | qlora"),
-    precision: str = typer.Option("bf16", "--precision", help="bf16 | fp16 | fp32 | amp-bf16 | amp-fp16"),
-    quant: str = typer.Option(
-        "none", "--quant", help="none | nf4 | int8 | gptq | awq | fp8 (qlora defaults to nf4)"
-    ),
-    rank: int = typer.Option(16, "--rank", help="LoRA rank."),
-    targets: str = typer.Option(
-        "q_proj,v_proj", "--targets", help="Comma-separated module names, or all-linear."
-    ),
-    lora_dropout: float = typer.Option(
-        0.05, "--lora-dropout", help="LoRA dropout (adds a mask and a copy per target)."
-    ),
-    optimizer: str = typer.Option(
-        "adamw", "--optimizer", help="adamw | adamw-8bit | paged-adamw-8bit | sgd | adafactor"
-    ),
-    batch: int = typer.Option(1, "--batch", help="Micro-batch per device (sequences)."),
-    seq: int = typer.Option(2048, "--seq", help="Sequence length (tokens)."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Gradient accumulation steps."),
-    grad_ckpt: bool = typer.Option(True, "--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing."),
-    attention: str = typer.Option("sdpa", "--attention", help="sdpa | flash | eager"),
-    kbit_upcast: bool = typer.Option(
-        False,
-        "--kbit-upcast",
-        help="QLoRA/int8 base prepared with peft's prepare_model_for_kbit_training (TRL-style): "
-        "non-quantized parameters and activations in fp32.",
-    ),
-    zero: int = typer.Option(0, "--zero", help="ZeRO stage 0-3."),
-    offload: str = typer.Option("none", "--offload", help="none | optimizer | optimizer+params"),
-    gpus: str = typer.Option(
-        "rtx4090", "--gpus", help="Cluster: rtx4090, 4xA100-80G, 2x8xH100, or auto (probe)."
-    ),
-    tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree."),
-    pp: int = typer.Option(1, "--pp", help="Pipeline-parallel degree."),
-    context: int = typer.Option(4096, "--context", help="Serving: tokens per sequence."),
-    concurrency: int = typer.Option(1, "--concurrency", help="Serving: concurrent sequences."),
-    kv_dtype: str = typer.Option("auto", "--kv-dtype", help="Serving: auto | fp8"),
-    gpu_memory_utilization: float = typer.Option(
-        0.9, "--gpu-memory-utilization", help="Serving: vLLM memory fraction."
-    ),
-    engine: str = typer.Option(
-        None, "--engine", help="Check against this engine (default: swiftplan for training, vLLM or builtin for serving)."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    model: ModelArg,
+    task: TaskOpt = Task.train,
+    method: MethodOpt = "lora",
+    precision: PrecisionOpt = "bf16",
+    quant: QuantOpt = "none",
+    rank: RankOpt = 16,
+    targets: TargetsOpt = "q_proj,v_proj",
+    lora_dropout: DropoutOpt = 0.05,
+    optimizer: OptimizerOpt = "adamw",
+    batch: BatchOpt = 1,
+    seq: SeqOpt = 2048,
+    grad_accum: AccumOpt = 1,
+    grad_ckpt: CkptOpt = True,
+    attention: AttentionOpt = "sdpa",
+    kbit_upcast: UpcastOpt = False,
+    zero: ZeroOpt = 0,
+    offload: OffloadOpt = "none",
+    gpus: GpusOpt = "rtx4090",
+    tp: TpOpt = 1,
+    pp: PpOpt = 1,
+    context: ContextOpt = 4096,
+    concurrency: ConcurrencyOpt = 1,
+    kv_dtype: KvOpt = "auto",
+    gpu_memory_utilization: UtilOpt = 0.9,
+    engine: EngineOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Memory breakdown (per device) and predicted speed of one configuration."""
-    from swiftplan.errors import SwiftplanError
-    from swiftplan.plan_file import is_plan_path
-    from swiftplan.usecases import estimate as usecase
-
-    if is_plan_path(model):  # a plan file from `swiftplan fit -o`: its own model, hardware, set-up and engine
-        if given := _given(ctx, _PLAN_FILE_OPTIONS):
-            flags = ", ".join("--" + n.replace("_", "-") for n in given)
-            raise SwiftplanError(f"{model} is a plan file: it fixes the model, hardware and set-up, so {flags} cannot apply.",
-                                 hint="Drop those options, or estimate the model by name with them.")  # fmt: skip
-        outcome = usecase.estimate_plan_file(model)
-    else:
-        from swiftplan.usecases.inputs import resolve_cluster
-
-        cluster = resolve_cluster(gpus)
-        outcome = usecase.estimate_setup(model, cluster, _setup(dict(locals()), cluster), engine)
+    outcome = _estimate(ctx, dict(locals()))
     if as_json:
         print_json(estimate_json(outcome))
         return
     render_estimate(outcome.estimate)
     render_engine(outcome)
     render_prediction_check(outcome)
+
+
+def _estimate(ctx: typer.Context, options: dict[str, Any]) -> Any:
+    """The estimate use case's outcome for a plan file, or for the set-up the options describe."""
+    from swiftplan.errors import SwiftplanError
+    from swiftplan.plan_file import is_plan_path
+    from swiftplan.usecases import estimate as usecase
+
+    model = options["model"]
+    if is_plan_path(model):  # a plan file from `swiftplan fit -o`: its own model, hardware, set-up and engine
+        if given := _given(ctx, _PLAN_FILE_OPTIONS):
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise SwiftplanError(f"{model} is a plan file: it fixes the model, hardware and set-up, so {flags} cannot apply.",
+                                 hint="Drop those options, or estimate the model by name with them.")  # fmt: skip
+        return usecase.estimate_plan_file(model)
+    from swiftplan.usecases.inputs import resolve_cluster
+
+    cluster = resolve_cluster(options["gpus"])
+    return usecase.estimate_setup(model, cluster, _setup(options, cluster), options["engine"])
 
 
 def _setup(o: dict[str, Any], cluster: Any) -> Any:

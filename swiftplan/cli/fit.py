@@ -159,9 +159,9 @@ _PIN_NAMES = ("method", "rank", "targets", "quant", "no_quant", "precision", "op
 
 def fit_request(**options: Any) -> Any:
     """The `FitRequest` for fit's options (as the command receives them)."""
-    from swiftplan.usecases.fit import FitRequest
+    from swiftplan.usecases.fit import FitRequest, FitTask
 
-    task = "serve" if options["task"] == Task.serve else "train"
+    task: FitTask = "serve" if options["task"] == Task.serve else "train"
     host_ram = options["host_ram"]
     return FitRequest(
         model=options["model"], gpus=options["gpus"], task=task, engine=options["engine"],
@@ -226,23 +226,27 @@ def fit_command(
 ) -> None:
     """Search the training (or serving) plans for the best one that fits, with Optuna."""
     started = time.perf_counter()
-    from swiftplan.cli._fit_render import render_fit
+    _fit(dict(locals()), started=started)
 
-    options = dict(locals())
-    request = fit_request(**options)
-    measure_options = _measure_options(request, **options) if measure else None
+
+def _fit(options: dict[str, Any], *, started: float) -> None:
+    """Plan, save the plan, time the top candidates when asked, and show the outcome."""
+    from swiftplan.cli._fit_render import render_fit
     from swiftplan.usecases.fit import plan_fit
 
+    request = fit_request(**options)
+    measure_options = _measure_options(request, **options) if options["measure"] else None
     outcome = plan_fit(request)
+    output, as_json = options["output"], options["as_json"]
     if outcome.plan is not None and output:
         from swiftplan.plan_file import save_plan
 
         save_plan(outcome.plan, output)
     measured = None
     if measure_options is not None and outcome.plan is not None:
-        from swiftplan.cli._fit_measure import measure
+        from swiftplan.cli._fit_measure import measure as measure_candidates
 
-        measured = measure(outcome, as_json=as_json, **measure_options)
+        measured = measure_candidates(outcome, as_json=as_json, **measure_options)
     render_fit(outcome, output=output, as_json=as_json, measured=measured, elapsed_s=time.perf_counter() - started)
     if outcome.plan is None:
         raise typer.Exit(1)
