@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.table import Table
 
@@ -39,12 +41,22 @@ def verify_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Estimate vs trace, term by term, with the relative error."""
-    from swiftplan.cli.options import build_serve_setup, build_train_setup
-    from swiftplan.errors import SwiftplanError
     from swiftplan.executors.model_source import resolve_model
-    from swiftplan.planner.hardware import parse_cluster
 
     spec = resolve_model(model)
+    result = _verify(spec, dict(locals()))
+    if as_json:
+        print_json(_result_json(spec, result))
+        return
+    _render(spec, result)
+
+
+def _verify(spec: Any, o: dict[str, Any]) -> Any:
+    """Trace the set-up the options describe and compare it with the estimate, term by term."""
+    from swiftplan.cli.options import build_serve_setup, build_train_setup
+    from swiftplan.errors import SwiftplanError
+    from swiftplan.planner.hardware import parse_cluster
+
     cluster = parse_cluster("h100")  # capabilities only; the trace is device-independent
     try:
         from swiftplan.executors import verify
@@ -53,40 +65,41 @@ def verify_command(
             f"`swiftplan verify` needs torch, transformers and peft ({error.name} is missing).",
             hint="pip install 'swiftplan[trace]' (CPU torch is enough).",
         ) from error
-    if task == "serve":
+    if o["task"] == "serve":
         serve = build_serve_setup(
-            precision=precision, quant="none", context=context, concurrency=concurrency, kv_dtype="auto",
-            gpu_memory_utilization=0.9, tp=1, cluster=cluster,
+            precision=o["precision"], quant="none", context=o["context"], concurrency=o["concurrency"],
+            kv_dtype="auto", gpu_memory_utilization=0.9, tp=1, cluster=cluster,
         )  # fmt: skip
-        result = verify.verify_serving(spec, serve)
-    else:
-        setup = build_train_setup(
-            method=method, precision=precision, quant=quant, rank=rank, targets=targets, lora_dropout=lora_dropout,
-            optimizer=optimizer, batch=batch, seq=seq, grad_accum=1, grad_ckpt=grad_ckpt, attention=attention,
-            zero=0, offload="none", tp=1, pp=1, cluster=cluster,
-        )  # fmt: skip
-        result = verify.verify_training(spec, setup)
-    if as_json:
-        print_json(
-            {
-                "model": spec.name,
-                "terms": [
-                    {"name": r.name, "estimate": r.estimate, "traced": r.traced, "error": r.error} for r in result.rows
-                ],
-                "trace_seconds": result.trace.seconds,
-                "params": result.trace.params,
-                "trainable_params": result.trace.trainable_params,
-                "notes": list(result.notes),
-            }
-        )
-        return
+        return verify.verify_serving(spec, serve)
+    names = ("method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch", "seq",
+             "grad_ckpt", "attention")  # fmt: skip
+    setup = build_train_setup(
+        **{n: o[n] for n in names}, grad_accum=1, zero=0, offload="none", tp=1, pp=1, cluster=cluster
+    )
+    return verify.verify_training(spec, setup)
+
+
+def _result_json(spec: Any, result: Any) -> dict[str, Any]:
+    """The comparison as one JSON object."""
+    return {
+        "model": spec.name,
+        "terms": [{"name": r.name, "estimate": r.estimate, "traced": r.traced, "error": r.error} for r in result.rows],
+        "trace_seconds": result.trace.seconds,
+        "params": result.trace.params,
+        "trainable_params": result.trace.trainable_params,
+        "notes": list(result.notes),
+    }
+
+
+def _render(spec: Any, result: Any) -> None:
+    """The comparison as a table, then where each side peaks and the notes."""
     table = Table(title=f"{spec.name}: estimate vs fake-tensor trace (bytes alive at the peak)", title_justify="left")
     for column in ("term", "estimate GiB", "traced GiB", "error"):
         table.add_column(column, justify="left" if column == "term" else "right")
     for row in result.rows:
-        error = "—" if row.error is None else f"{row.error:+.2%}"
+        relative = "—" if row.error is None else f"{row.error:+.2%}"
         style = "bold" if row.name == "peak_allocated" else ""
-        table.add_row(row.name, f"{row.estimate / 2**30:.3f}", f"{row.traced / 2**30:.3f}", error, style=style)
+        table.add_row(row.name, f"{row.estimate / 2**30:.3f}", f"{row.traced / 2**30:.3f}", relative, style=style)
     console.print(table)
     console.print(f"estimate peak at {result.estimate_phase}; trace took {result.trace.seconds:.1f} s")
     for note in result.notes:
