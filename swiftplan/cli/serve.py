@@ -6,11 +6,15 @@ import importlib.util
 import threading
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from swiftplan.cli._output import console, print_json
+
+if TYPE_CHECKING:
+    from swiftplan.executors.serve.builtin import BuiltinOptions
+    from swiftplan.executors.serve.target import ServeTarget
 
 EPILOG = """
 Examples:
@@ -84,73 +88,77 @@ def _pick_engine(choice: EngineChoice, target: Any, *, random_init: bool, dry_ru
     return chosen
 
 
+def _opt(*names: str, help: str) -> Any:
+    return typer.Option(*names, help=help)
+
+
+PlanArg = Annotated[str, typer.Argument(help="Serving plan file (.yaml), or a model: hub id or local directory.")]
+EngineOpt = Annotated[EngineChoice, _opt("--engine", help="auto | vllm | builtin")]
+ModelOpt = Annotated[str | None, _opt("--model", help="Weights to load (hub id or directory); default: the plan's model.")]
+RandomInitOpt = Annotated[Path | None, _opt("--random-init", help="Built-in: random weights from this config.json (tests, smoke runs).")]
+TokenizerOpt = Annotated[str | None, _opt("--tokenizer", help="Built-in: tokenizer directory or hub id (default: the model's).")]
+LoraOpt = Annotated[list[str] | None, _opt("--lora", help="LoRA adapter NAME=PATH, served as model NAME; repeatable.")]
+NameOpt = Annotated[str | None, _opt("--served-model-name", help="Model name clients use (default: the plan's model).")]
+HostOpt = Annotated[str, _opt("--host", help="Address to bind; 0.0.0.0 exposes the server to the network.")]
+PortOpt = Annotated[int, _opt("--port", help="TCP port.")]
+ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="SWIFTPLAN_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes.")]
+ContextOpt = Annotated[int | None, _opt("--context", help="Override the plan's context (max tokens per sequence).")]
+ConcurrencyOpt = Annotated[int | None, _opt("--concurrency", help="Override the plan's concurrency (sequences at once).")]
+DtypeOpt = Annotated[str | None, _opt("--dtype", help="Override the plan's dtype: bf16 | fp16 | fp32.")]
+DeviceOpt = Annotated[str, _opt("--device", help="Built-in: auto | cuda | cpu.")]
+SeedOpt = Annotated[int, _opt("--seed", help="Built-in: seed for --random-init weights.")]
+ReportDirOpt = Annotated[Path | None, _opt("--report-dir", help="Built-in: write serve_report.json (measured vs predicted) here.")]
+ReportEveryOpt = Annotated[int, _opt("--report-every", help="Built-in: log the comparison every N requests (0 = only at shutdown).")]
+HealthOpt = Annotated[float, _opt("--health-timeout", help="vLLM: seconds to wait for /health.")]
+DryRunOpt = Annotated[bool, _opt("--dry-run", help="Print what would run and exit.")]
+JsonOpt = Annotated[bool, _opt("--json", help="With --dry-run: print one JSON object.")]
+
+
 def serve_command(
-    plan: str = typer.Argument(..., help="Serving plan file (.yaml), or a model: hub id or local directory."),
-    engine: EngineChoice = typer.Option(EngineChoice.auto, "--engine", help="auto | vllm | builtin"),
-    model: str = typer.Option(
-        None, "--model", help="Weights to load (hub id or directory); default: the plan's model."
-    ),
-    random_init: Path = typer.Option(
-        None, "--random-init", help="Built-in: random weights from this config.json (tests, smoke runs)."
-    ),
-    tokenizer: str = typer.Option(
-        None, "--tokenizer", help="Built-in: tokenizer directory or hub id (default: the model's)."
-    ),
-    lora: list[str] = typer.Option(
-        [], "--lora", help="LoRA adapter NAME=PATH, served as model NAME; repeatable."
-    ),
-    served_model_name: str = typer.Option(
-        None, "--served-model-name", help="Model name clients use (default: the plan's model)."
-    ),
-    host: str = typer.Option(
-        "127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the server to the network."
-    ),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
-    api_key: str = typer.Option(
-        None,
-        "--api-key",
-        envvar="SWIFTPLAN_API_KEY",
-        help="Require 'Authorization: Bearer KEY' on /v1 routes.",
-    ),
-    context: int = typer.Option(
-        None, "--context", help="Override the plan's context (max tokens per sequence)."
-    ),
-    concurrency: int = typer.Option(
-        None, "--concurrency", help="Override the plan's concurrency (sequences at once)."
-    ),
-    dtype: str = typer.Option(None, "--dtype", help="Override the plan's dtype: bf16 | fp16 | fp32."),
-    device: str = typer.Option("auto", "--device", help="Built-in: auto | cuda | cpu."),
-    seed: int = typer.Option(0, "--seed", help="Built-in: seed for --random-init weights."),
-    report_dir: Path = typer.Option(
-        None, "--report-dir", help="Built-in: write serve_report.json (measured vs predicted) here."
-    ),
-    report_every: int = typer.Option(
-        100, "--report-every", help="Built-in: log the comparison every N requests (0 = only at shutdown)."
-    ),
-    health_timeout: float = typer.Option(
-        900.0, "--health-timeout", help="vLLM: seconds to wait for /health."
-    ),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would run and exit."),
-    as_json: bool = typer.Option(False, "--json", help="With --dry-run: print one JSON object."),
+    plan: PlanArg,
+    engine: EngineOpt = EngineChoice.auto,
+    model: ModelOpt = None,
+    random_init: RandomInitOpt = None,
+    tokenizer: TokenizerOpt = None,
+    lora: LoraOpt = None,
+    served_model_name: NameOpt = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    api_key: ApiKeyOpt = None,
+    context: ContextOpt = None,
+    concurrency: ConcurrencyOpt = None,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    report_dir: ReportDirOpt = None,
+    report_every: ReportEveryOpt = 100,
+    health_timeout: HealthOpt = 900.0,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Serve a plan with an OpenAI-compatible API."""
     from swiftplan.executors.serve.target import parse_loras, resolve_target
 
     target = resolve_target(plan, weights=model, context=context, concurrency=concurrency, dtype=dtype)
     served_name = served_model_name or target.model
-    loras = parse_loras(lora, served_name=served_name)
+    loras = parse_loras(lora or [], served_name=served_name)
     chosen = _pick_engine(engine, target, random_init=random_init is not None, dry_run=dry_run)
     if chosen == "vllm":
         _serve_vllm(target, served_name=served_name, host=host, port=port, loras=loras, api_key=api_key,
                     health_timeout=health_timeout, dry_run=dry_run, as_json=as_json)  # fmt: skip
         return
-    from swiftplan.executors.serve.builtin import BuiltinOptions, run_builtin
+    from swiftplan.executors.serve.builtin import BuiltinOptions
 
     options = BuiltinOptions(
         target=target, served_name=served_name, loras=loras, random_init=None if random_init is None else str(random_init),
         tokenizer=tokenizer, host=host, port=port, api_key=api_key, device=device, seed=seed,
         report_dir=None if report_dir is None else str(report_dir), report_every=report_every,
     )  # fmt: skip
+    _serve_builtin(options, dry_run=dry_run, as_json=as_json)
+
+
+def _serve_builtin(options: BuiltinOptions, *, dry_run: bool, as_json: bool) -> None:
+    """Run the built-in server, or print what it would run."""
     if dry_run:
         summary = options.describe()
         if as_json:
@@ -159,10 +167,16 @@ def serve_command(
             for key, value in summary.items():
                 console.print(f"{key}: {value}", highlight=False)
         return
+    from swiftplan.executors.serve.builtin import run_builtin
+
     run_builtin(options, log=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
 
 
-def _serve_vllm(target, *, served_name, host, port, loras, api_key, health_timeout, dry_run, as_json) -> None:  # type: ignore[no-untyped-def]
+def _serve_vllm(
+    target: ServeTarget, *, served_name: str, host: str, port: int, loras: tuple[tuple[str, str], ...],
+    api_key: str | None, health_timeout: float, dry_run: bool, as_json: bool,
+) -> None:  # fmt: skip
+    """Launch vLLM's OpenAI server for the target, or print the command."""
     from swiftplan.executors.serve.vllm_cmd import format_command, render_vllm, run_server_process
 
     spec = render_vllm(target.setup, model=target.weights, served_name=served_name, host=host, port=port,

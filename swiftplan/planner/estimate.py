@@ -13,7 +13,7 @@ from swiftplan.planner.breakdown import MemoryBreakdown
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.serve_memory import serve_memory
-from swiftplan.planner.setup import ServeSetup, TrainSetup
+from swiftplan.planner.setup import ServeSetup, Task, TrainSetup
 from swiftplan.planner.speed import ServeSpeed, TrainSpeed, serve_speed, train_speed
 from swiftplan.planner.train_memory import train_memory
 
@@ -24,7 +24,7 @@ SpeedT = TypeVar("SpeedT", TrainSpeed, ServeSpeed)
 class Estimate:
     """The answer to "does it fit, and how fast": the breakdown of the most loaded device and the speed."""
 
-    task: str
+    task: Task
     """"train" or "serve"."""
     model: ModelSpec
     """The model sized."""
@@ -54,9 +54,27 @@ class Estimate:
     @property
     def fits(self) -> bool:
         """Whether the device total stays within the device's memory (and, serving, the KV budget holds the load)."""
-        if self.task == "serve":
-            return self.max_concurrency is not None and self.max_concurrency >= self.setup.concurrency  # type: ignore[union-attr]
+        if isinstance(self.setup, ServeSetup):
+            return self.max_concurrency is not None and self.max_concurrency >= self.setup.concurrency
         return self.memory.device_total <= self.device_memory_bytes
+
+    @property
+    def training_speed(self) -> TrainSpeed:
+        """`speed` of a training estimate; raises SwiftplanError (with the notes) when there is none."""
+        if not isinstance(self.speed, TrainSpeed):
+            raise SwiftplanError(
+                " ".join(self.notes) or f"no training speed estimate for this {self.task} set-up"
+            )
+        return self.speed
+
+    @property
+    def serving_speed(self) -> ServeSpeed:
+        """`speed` of a serving estimate; raises SwiftplanError (with the notes) when there is none."""
+        if not isinstance(self.speed, ServeSpeed):
+            raise SwiftplanError(
+                " ".join(self.notes) or f"no serving speed estimate for this {self.task} set-up"
+            )
+        return self.speed
 
     @property
     def headroom_bytes(self) -> int:

@@ -12,17 +12,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
 
 from swiftplan.planner.estimate import Estimate, estimate_serving, estimate_training
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.layout import Layout
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.setup import ServeSetup, TrainSetup
+from swiftplan.planner.setup import ServeSetup, Task, TrainSetup
 from swiftplan.planner.speed import ServeSpeed, TrainSpeed
 from swiftplan.planner.workload import ServeWorkload, TrainWorkload
-
-Task = Literal["train", "serve"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -147,7 +144,7 @@ def predict(
 ) -> Prediction:
     """The plan's prediction from its estimate: memory, speed and, for the whole job, time and cost."""
     memory = estimate.memory
-    common = dict(
+    unknown_speed = Prediction(
         per_device_bytes=memory.as_dict(),
         peak_phase=memory.peak_phase,
         device_memory_bytes=estimate.device_memory_bytes,
@@ -155,6 +152,11 @@ def predict(
         host_bytes_per_node=host_bytes_per_node(estimate, layout, hardware.nodes)
         if estimate.task == "train"
         else 0,
+        tokens_per_s=None,
+        step_time_s=None,
+        bound="unknown",
+        max_concurrency=estimate.max_concurrency,
+        max_context=estimate.max_context,
     )
     price = hardware.accelerator.price_usd_per_hour
     speed = estimate.speed
@@ -163,20 +165,22 @@ def predict(
         time_s, gpu_hours, cost = training_economics(
             workload, speed.tokens_per_s, gpus=hardware.world_size, price_usd_per_hour=price
         )
-        return Prediction(
-            **common,  # type: ignore[arg-type]
+        return replace(
+            unknown_speed,
             tokens_per_s=speed.tokens_per_s,
             step_time_s=speed.step_time_s,
             bound=speed.bound,
             time_to_train_s=time_s,
             gpu_hours=gpu_hours,
             cost_usd=cost,
+            max_concurrency=None,
+            max_context=None,
         )
     if isinstance(speed, ServeSpeed):
         total = speed.decode_tokens_per_s * (layout.gpus // layout.tp)
         gpu_hours, cost = serving_economics(total, gpus=layout.gpus, price_usd_per_hour=price)
-        return Prediction(
-            **common,  # type: ignore[arg-type]
+        return replace(
+            unknown_speed,
             tokens_per_s=total,
             step_time_s=1 / speed.per_user_decode_tokens_per_s,
             bound=speed.bound,
@@ -185,17 +189,8 @@ def predict(
             ttft_s=speed.ttft_s,
             prefill_tokens_per_s=speed.prefill_tokens_per_s,
             per_user_decode_tokens_per_s=speed.per_user_decode_tokens_per_s,
-            max_concurrency=estimate.max_concurrency,
-            max_context=estimate.max_context,
         )
-    return Prediction(
-        **common,  # type: ignore[arg-type]
-        tokens_per_s=None,
-        step_time_s=None,
-        bound="unknown",
-        max_concurrency=estimate.max_concurrency,
-        max_context=estimate.max_context,
-    )
+    return unknown_speed
 
 
 def reestimate(plan: Plan, spec: ModelSpec) -> Estimate:

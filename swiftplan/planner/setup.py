@@ -11,6 +11,7 @@ from typing import Literal, TypeVar, get_args
 
 from swiftplan.errors import SwiftplanError
 
+Task = Literal["train", "serve"]
 Method = Literal["full", "lora", "qlora"]
 Precision = Literal["bf16", "fp16", "fp32", "amp-bf16", "amp-fp16"]
 ServeDtype = Literal["bf16", "fp16", "fp32"]

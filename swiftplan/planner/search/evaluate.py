@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.adapters import adapter_params
@@ -43,12 +43,14 @@ INVALID = 1e30
 MAX_CONCURRENCY = 4096
 """Most sequences per serving replica considered."""
 
+CandidateT_co = TypeVar("CandidateT_co", bound="Candidate | ServeCandidate", covariant=True)
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Evaluation:
+class Evaluation(Generic[CandidateT_co]):
     """One candidate's estimate, objective values and constraint margins."""
 
-    candidate: Candidate | ServeCandidate
+    candidate: CandidateT_co
     """What was evaluated (micro-batch or concurrency chosen)."""
     estimate: Estimate | None
     """The estimator's answer; None when it rejected the set-up (see `error`)."""
@@ -161,7 +163,7 @@ class TrainEvaluator:
         self.headroom, self.host_ram_bytes = headroom, host_ram_bytes
         self.limit_bytes = int(cluster.memory_bytes_per_device * (1 - headroom))
         self.price = cluster.accelerator.price_usd_per_hour
-        self.cache: dict[Candidate, Evaluation] = {}
+        self.cache: dict[Candidate, Evaluation[Candidate]] = {}
         self.estimates = 0
 
     def micro_batches(self, structure: Candidate) -> tuple[int, ...]:
@@ -171,41 +173,45 @@ class TrainEvaluator:
         per_rank = math.ceil(self.workload.global_batch / structure.layout.dp)
         return _powers_of_two(min(MAX_MICRO_BATCH, per_rank))
 
-    def evaluate(self, candidate: Candidate) -> Evaluation:
+    def evaluate(self, candidate: Candidate) -> Evaluation[Candidate]:
         """The evaluation of one fully specified candidate (micro-batch set)."""
         cached = self.cache.get(candidate)
         if cached is not None:
             return cached
         self.estimates += 1
         sub = candidate.layout.sub_cluster(self.cluster)
-        common = dict(
-            candidate=candidate,
-            limit_bytes=self.limit_bytes,
-            host_limit_bytes=self.host_ram_bytes,
-            gpus=sub.world_size,
-        )
         try:
             estimate = estimate_training(self.spec, candidate.setup(self.workload), sub)
         except SwiftplanError as error:
-            result = Evaluation(estimate=None, error=error.message, **common)  # type: ignore[arg-type]
+            result = Evaluation(
+                candidate=candidate,
+                estimate=None,
+                error=error.message,
+                limit_bytes=self.limit_bytes,
+                host_limit_bytes=self.host_ram_bytes,
+                gpus=sub.world_size,
+            )
         else:
-            tokens_per_s = estimate.speed.tokens_per_s  # type: ignore[union-attr]
+            tokens_per_s = estimate.training_speed.tokens_per_s
             time_s, gpu_hours, cost = training_economics(
                 self.workload, tokens_per_s, gpus=sub.world_size, price_usd_per_hour=self.price
             )
             result = Evaluation(
+                candidate=candidate,
                 estimate=estimate,
+                limit_bytes=self.limit_bytes,
+                host_limit_bytes=self.host_ram_bytes,
+                gpus=sub.world_size,
                 host_bytes_per_node=host_bytes_per_node(estimate, candidate.layout, sub.nodes),
                 tokens_per_s=tokens_per_s,
                 time_s=time_s,
                 gpu_hours=gpu_hours,
                 cost_usd=cost,
-                **common,
-            )  # type: ignore[arg-type]
+            )
         self.cache[candidate] = result
         return result
 
-    def best_micro_batch(self, structure: Candidate, objective: Objective = "time") -> Evaluation:
+    def best_micro_batch(self, structure: Candidate, objective: Objective = "time") -> Evaluation[Candidate]:
         """The structure at its best micro-batch: the largest that fits (see module docstring), or the
         smallest when none fits (the closest miss)."""
         sizes = self.micro_batches(structure)
@@ -258,7 +264,7 @@ class TrainEvaluator:
         """The variant of a structure that needs the least memory (preferred among equals)."""
         return self.space.lean(structure)
 
-    def resolve(self, structure: Candidate, objective: Objective = "time") -> Evaluation:
+    def resolve(self, structure: Candidate, objective: Objective = "time") -> Evaluation[Candidate]:
         """The best variant of a structure at its best micro-batch (see module docstring)."""
         variants = self.space.variants(structure)
         best = self.best_micro_batch(self.lean(structure), objective)
@@ -294,7 +300,7 @@ class ServeEvaluator:
         self.spec, self.cluster, self.workload, self.space = spec, cluster, workload, space
         self.limit_bytes = int(cluster.memory_bytes_per_device * self.utilization)
         self.price = cluster.accelerator.price_usd_per_hour
-        self.cache: dict[ServeCandidate, Evaluation] = {}
+        self.cache: dict[ServeCandidate, Evaluation[ServeCandidate]] = {}
         self.estimates = 0
 
     def _latency_over(self, speed: ServeSpeed) -> float:
@@ -305,37 +311,47 @@ class ServeEvaluator:
             over += max(0.0, 1 - speed.per_user_decode_tokens_per_s / self.workload.decode_tps)
         return over
 
-    def evaluate(self, candidate: ServeCandidate) -> Evaluation:
+    def evaluate(self, candidate: ServeCandidate) -> Evaluation[ServeCandidate]:
         """The evaluation at the candidate's concurrency per replica."""
         cached = self.cache.get(candidate)
         if cached is not None:
             return cached
         self.estimates += 1
         replicas = self.cluster.world_size // candidate.tp
-        common = dict(candidate=candidate, limit_bytes=self.limit_bytes, gpus=self.cluster.world_size)
+        gpus = self.cluster.world_size
         try:
             estimate = estimate_serving(self.spec, candidate.setup(self.workload), self.cluster)
         except SwiftplanError as error:
-            result = Evaluation(estimate=None, error=error.message, **common)  # type: ignore[arg-type]
+            result = Evaluation(
+                candidate=candidate,
+                estimate=None,
+                error=error.message,
+                limit_bytes=self.limit_bytes,
+                gpus=gpus,
+            )
         else:
-            speed: ServeSpeed = estimate.speed  # type: ignore[assignment]
+            speed = estimate.serving_speed
             tps = replicas * speed.decode_tokens_per_s
             gpu_hours, cost = serving_economics(
                 tps, gpus=self.cluster.world_size, price_usd_per_hour=self.price
             )
             result = Evaluation(
+                candidate=candidate,
                 estimate=estimate,
+                limit_bytes=self.limit_bytes,
+                gpus=gpus,
                 tokens_per_s=tps,
                 time_s=1 / speed.per_user_decode_tokens_per_s,
                 gpu_hours=gpu_hours,
                 cost_usd=cost,
                 latency_over=self._latency_over(speed),
-                **common,
-            )  # type: ignore[arg-type]
+            )
         self.cache[candidate] = result
         return result
 
-    def best_concurrency(self, structure: ServeCandidate, objective: Objective = "throughput") -> Evaluation:
+    def best_concurrency(
+        self, structure: ServeCandidate, objective: Objective = "throughput"
+    ) -> Evaluation[ServeCandidate]:
         """The requested concurrency split over the replicas, or the most sequences that fit and meet the targets."""
         if structure.concurrency:
             return self.evaluate(structure)
@@ -345,9 +361,9 @@ class ServeEvaluator:
                 structure.replace(concurrency=math.ceil(self.workload.concurrency / replicas))
             )
         first = self.evaluate(structure.replace(concurrency=1))
-        if not first.feasible or objective == "time":
+        if not first.feasible or first.estimate is None or objective == "time":  # feasible has an estimate
             return first
-        hi = min(MAX_CONCURRENCY, max(1, first.estimate.max_concurrency or 1))  # type: ignore[union-attr]
+        hi = min(MAX_CONCURRENCY, max(1, first.estimate.max_concurrency or 1))
         lo = 1
         while lo < hi:  # fits and latency both get worse with more sequences
             mid = (lo + hi + 1) // 2

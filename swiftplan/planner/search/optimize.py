@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from swiftplan.planner.search.candidate import Candidate, ServeCandidate
 from swiftplan.planner.search.evaluate import (
     Evaluation,
     Objective,
@@ -195,23 +196,31 @@ def _search(
 METHOD_FAMILIES = (("full", "full"), ("lora", "LoRA"), ("qlora", "QLoRA"))
 
 
+def _method_is(method: str) -> Callable[[Candidate], bool]:
+    return lambda c: c.method == method
+
+
+def _quant_is(quant: str) -> Callable[[ServeCandidate], bool]:
+    return lambda c: c.quant == quant
+
+
 def search_training(evaluator: TrainEvaluator, settings: SearchSettings) -> SearchResult:
     """Run the training study and summarise it."""
     space = evaluator.space
     params = TrainParams(space, pareto=settings.pareto, micro_batches=evaluator.micro_batches)
 
-    def evaluate(structure: Any) -> Evaluation:
+    def evaluate(structure: Candidate) -> Evaluation[Candidate]:
         if settings.pareto:
             return evaluator.evaluate(evaluator.lean(structure))
         return evaluator.resolve(structure, settings.objective)
 
     world = evaluator.cluster.world_size
-    by_method = [(label, (lambda c, m=method: c.method == m)) for method, label in METHOD_FAMILIES]
+    by_method = [(label, _method_is(method)) for method, label in METHOD_FAMILIES]
 
-    def single_gpu(c: Any) -> bool:
+    def single_gpu(c: Candidate) -> bool:
         return c.layout.gpus == 1 and c.offload == "none"
 
-    def no_offload(c: Any) -> bool:
+    def no_offload(c: Candidate) -> bool:
         return c.offload == "none"
 
     run = Run(
@@ -219,7 +228,7 @@ def search_training(evaluator: TrainEvaluator, settings: SearchSettings) -> Sear
         families=(*(member for _, member in by_method), single_gpu, no_offload),
     )  # fmt: skip
 
-    def families(best: Evaluation | None) -> list[tuple[str, Callable[[Any], bool], bool]]:
+    def families(best: Evaluation[Candidate] | None) -> list[tuple[str, Callable[[Candidate], bool], bool]]:
         out = [
             (label, member, method in space.methods)
             for (label, member), (method, _) in zip(by_method, METHOD_FAMILIES, strict=True)
@@ -240,8 +249,10 @@ def search_serving(evaluator: ServeEvaluator, settings: SearchSettings) -> Searc
     params = ServeParams(space)
     run = Run(params, lambda s: evaluator.best_concurrency(s, settings.objective), settings)
 
-    def families(best: Evaluation | None) -> list[tuple[str, Callable[[Any], bool], bool]]:
+    def families(
+        best: Evaluation[ServeCandidate] | None,
+    ) -> list[tuple[str, Callable[[ServeCandidate], bool], bool]]:
         labels = {"none": "unquantized", "fp8": "fp8 weights", "int8": "int8 weights", "nf4": "nf4 weights"}
-        return [(labels[q], (lambda c, q=q: c.quant == q), True) for q in space.quants]
+        return [(labels[q], _quant_is(q), True) for q in space.quants]
 
     return _search(run, settings, serve_seeds(space), families, "serve", lambda: evaluator.estimates)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.architecture import layer_linears
@@ -136,14 +137,15 @@ def impossible_values(cluster: Cluster, option: str, values: tuple, engine: Engi
     allowed = None if engine is None else engine.allowed(_ENGINE_OPTION.get(option, option), backend)
     for value in values:
         key = "nf4" if value == "nf4-dq" else value
-        if allowed is not None and key not in allowed:
+        if engine is not None and allowed is not None and key not in allowed:
             out[value] = (
-                f"{engine.name} does not run {option.replace('_', ' ')} {key} on {backend} ({engine.why(_ENGINE_OPTION.get(option, option), backend)})."  # type: ignore[union-attr]
+                f"{engine.name} does not run {option.replace('_', ' ')} {key} on {backend} ({engine.why(_ENGINE_OPTION.get(option, option), backend)})."
             )
             continue
         if option == "method":
             continue
-        reasons = check(cluster.accelerator, **{option: key})
+        asked: dict[str, Any] = {option: key}
+        reasons = check(cluster.accelerator, **asked)
         if reasons:
             out[value] = reasons[0]
     return out

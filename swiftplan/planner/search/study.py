@@ -12,11 +12,13 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.search.candidate import Candidate, ServeCandidate
 from swiftplan.planner.search.evaluate import CONSTRAINTS, Evaluation, Objective
-from swiftplan.planner.search.params import ServeParams, TrainParams
+
+CandidateT = TypeVar("CandidateT", Candidate, ServeCandidate)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -45,6 +47,32 @@ PATIENCE = 25
 """A TPE study stops after this many trials in a row that propose nothing new (it has converged)."""
 
 
+class Params(Protocol[CandidateT]):
+    """How one kind of candidate maps to Optuna parameters (`TrainParams`, `ServeParams`)."""
+
+    @property
+    def size(self) -> int:
+        """Points the study can propose."""
+        ...
+
+    @property
+    def searches_capacity(self) -> bool:
+        """Whether the adapter shape is searched (Pareto mode then also maximises adapter capacity)."""
+        ...
+
+    def structures(self) -> list[CandidateT]: ...
+
+    def suggest(self, trial: Any) -> CandidateT: ...
+
+    def params_of(self, candidate: CandidateT) -> dict[str, Any]: ...
+
+    def encode(self, candidate: CandidateT) -> dict[str, Any]: ...
+
+    def decode(self, encoded: dict[str, Any]) -> CandidateT: ...
+
+    def neighbours(self, candidate: CandidateT) -> list[CandidateT]: ...
+
+
 def shape_of(candidate: Any) -> tuple:
     if hasattr(candidate, "layout"):
         return (
@@ -58,7 +86,7 @@ def shape_of(candidate: Any) -> tuple:
     return (candidate.quant, candidate.kv_dtype, candidate.tp)
 
 
-class Run:
+class Run(Generic[CandidateT]):
     """One search: the study, the parameter mapping and the evaluated structures.
 
     An exhaustive study walks `queue` in order. With a `bound` (a lower bound on a structure's objective
@@ -70,25 +98,28 @@ class Run:
 
     def __init__(
         self,
-        params: TrainParams | ServeParams,
-        evaluate: Callable[[Any], Evaluation],
+        params: Params[CandidateT],
+        evaluate: Callable[[CandidateT], Evaluation[CandidateT]],
         settings: SearchSettings,
         *,
-        bound: Callable[[Any], float] | None = None,
-        families: tuple[Callable[[Any], bool], ...] = (),
+        bound: Callable[[CandidateT], float] | None = None,
+        families: tuple[Callable[[CandidateT], bool], ...] = (),
     ) -> None:
-        self.params, self.evaluate, self.settings = params, evaluate, settings
-        self.results: dict[Any, Evaluation] = {}
+        self.params: Params[CandidateT] = params
+        self.evaluate: Callable[[CandidateT], Evaluation[CandidateT]] = evaluate
+        self.settings = settings
+        self.results: dict[CandidateT, Evaluation[CandidateT]] = {}
         self.with_capacity = settings.pareto and params.searches_capacity
-        self.bound, self.families = bound, families
+        self.bound: Callable[[CandidateT], float] | None = bound
+        self.families: tuple[Callable[[CandidateT], bool], ...] = families
         self.pruning = False
         self.family_best: dict[int, float] = {}
         self.shape_best: dict[tuple, float] = {}
-        self.pruned: set[Any] = set()
-        self.queue: list[Any] = []
+        self.pruned: set[CandidateT] = set()
+        self.queue: list[CandidateT] = []
         self.cursor = 0
 
-    def _record(self, evaluation: Evaluation) -> None:
+    def _record(self, evaluation: Evaluation[CandidateT]) -> None:
         if not evaluation.feasible:
             return
         value = evaluation.objective(self.settings.objective)
@@ -98,7 +129,7 @@ class Run:
         shape = shape_of(evaluation.candidate)
         self.shape_best[shape] = min(value, self.shape_best.get(shape, math.inf))
 
-    def _prunable(self, structure: Any) -> bool:
+    def _prunable(self, structure: CandidateT) -> bool:
         if not self.pruning or self.bound is None:
             return False
         shapes = sorted(self.shape_best.values())
@@ -141,11 +172,11 @@ class Run:
             return evaluation.pareto_values(self.with_capacity)
         return evaluation.objective(self.settings.objective)
 
-    def ranked(self) -> list[Evaluation]:
+    def ranked(self) -> list[Evaluation[CandidateT]]:
         return sorted(self.results.values(), key=lambda e: e.rank_key(self.settings.objective))
 
 
-def list_sampler(optuna: Any, run: Run) -> Any:
+def list_sampler(optuna: Any, run: Run[Any]) -> Any:
     """A sampler that proposes the run's queued structures in order, one per trial (exhaustive enumeration
     without Optuna's waiting queue, whose per-trial scan makes enqueueing thousands of trials quadratic)."""
 
@@ -167,7 +198,7 @@ def list_sampler(optuna: Any, run: Run) -> Any:
     return ListSampler()
 
 
-def create_study(run: Run, settings: SearchSettings, sampler_name: str) -> Any:
+def create_study(run: Run[Any], settings: SearchSettings, sampler_name: str) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -179,7 +210,9 @@ def create_study(run: Run, settings: SearchSettings, sampler_name: str) -> Any:
         sampler = optuna.samplers.TPESampler(
             seed=settings.seed, multivariate=True, group=True, n_startup_trials=10
         )
-    directions = ["minimize"] * (4 if run.with_capacity else 3) if settings.pareto else None
+    directions: list[Literal["minimize"]] | None = (
+        ["minimize"] * (4 if run.with_capacity else 3) if settings.pareto else None
+    )
     try:
         study = optuna.create_study(
             storage=settings.storage,
@@ -202,7 +235,7 @@ def create_study(run: Run, settings: SearchSettings, sampler_name: str) -> Any:
     return study
 
 
-def run_until(study: Any, run: Run, distinct: int, max_trials: int) -> None:
+def run_until(study: Any, run: Run[Any], distinct: int, max_trials: int) -> None:
     start = len(run.results)
     trials = stale = 0
     seen = start
@@ -219,7 +252,7 @@ def run_until(study: Any, run: Run, distinct: int, max_trials: int) -> None:
         study.optimize(run.objective, callbacks=[stop], n_trials=max_trials)
 
 
-def run_exhaustive(study: Any, run: Run, seeds: int) -> None:
+def run_exhaustive(study: Any, run: Run[Any], seeds: int) -> None:
     """Evaluate the seeds, then every queued structure that can still win."""
     trials = 0
 
@@ -233,7 +266,7 @@ def run_exhaustive(study: Any, run: Run, seeds: int) -> None:
         study.optimize(run.objective, callbacks=[stop], n_trials=seeds + len(run.queue))
 
 
-def resume(study: Any, run: Run) -> None:
+def resume(study: Any, run: Run[CandidateT]) -> None:
     """Re-evaluate the structures of a stored study so its trials count in the result."""
     for trial in study.get_trials(deepcopy=False):
         encoded = trial.user_attrs.get("candidate")
@@ -244,7 +277,7 @@ def resume(study: Any, run: Run) -> None:
                 run._record(run.results[structure])
 
 
-def polish(study: Any, run: Run, budget: int, rounds: int = 3, top: int = 2) -> None:
+def polish(study: Any, run: Run[CandidateT], budget: int, rounds: int = 3, top: int = 2) -> None:
     """Enqueue every one-choice change of the best plans until none improves (at most `budget` trials)."""
     for _ in range(rounds):
         best_before = run.ranked()[:top]

@@ -86,7 +86,7 @@ def weight_bytes(spec: ModelSpec, quant: str) -> int:
             layer,
             dtype_bytes=2,
             quant=quant if quant != "nf4-dq" else "nf4",
-            double_quant=True,  # type: ignore[arg-type]
+            double_quant=True,
         )
         for layer in range(spec.num_layers)
     )
@@ -132,7 +132,7 @@ def weight_shortfall(
 def _stage_weight_bytes(spec: ModelSpec, quant: str, tp: int, pp: int) -> int:
     layers = range(math.ceil(spec.num_layers / pp))
     blocks = sum(
-        layer_weight_bytes(spec, layer, dtype_bytes=2, quant=quant, double_quant=True, tp=tp)  # type: ignore[arg-type]
+        layer_weight_bytes(spec, layer, dtype_bytes=2, quant=quant, double_quant=True, tp=tp)
         for layer in layers
     )
     return blocks + outer_weight_bytes(spec, dtype_bytes=2, tp=tp)

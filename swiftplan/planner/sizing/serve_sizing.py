@@ -37,7 +37,7 @@ from swiftplan.planner.search.pins import Pins
 from swiftplan.planner.search.serve_space import build_serve_space
 from swiftplan.planner.sizing.candidates import DEFAULT_MAX_NODES, FULL_NODE
 from swiftplan.planner.sizing.prices import Price, catalog_price
-from swiftplan.planner.sizing.rank import Constraints, Objective, Option, sort_key
+from swiftplan.planner.sizing.rank import Constraints, Objective, Option, ReasonKind, sort_key
 from swiftplan.planner.sizing.result import SizingResult, blank_option, skip_reason
 from swiftplan.planner.speed import ServeSpeed
 from swiftplan.units import format_gib
@@ -105,7 +105,7 @@ class Deployment:
     """Quantization, KV dtype, tensor parallelism, sequences per replica."""
     replicas: int
     """Model copies."""
-    evaluation: Evaluation
+    evaluation: Evaluation[ServeCandidate]
     """The replica's evaluation at its sequences."""
     tokens_per_s: float
     """Generated tokens/s of the whole deployment at the load."""
@@ -120,8 +120,12 @@ class Deployment:
     @property
     def speed(self) -> ServeSpeed:
         """Per-replica speed at its sequences."""
-        assert self.evaluation.estimate is not None
-        return self.evaluation.estimate.speed  # type: ignore[return-value]
+        return _speed(self.evaluation)
+
+
+def _speed(evaluation: Evaluation[ServeCandidate]) -> ServeSpeed:
+    assert evaluation.estimate is not None
+    return evaluation.estimate.serving_speed
 
 
 def _latency(speed: ServeSpeed, output_tokens: int) -> float:
@@ -129,12 +133,12 @@ def _latency(speed: ServeSpeed, output_tokens: int) -> float:
 
 
 def _rate_sequences(
-    evaluate: Callable[[int], Evaluation], rate: float, output_tokens: int, limit: int
+    evaluate: Callable[[int], Evaluation[ServeCandidate]], rate: float, output_tokens: int, limit: int
 ) -> int | None:
     """Sequences one replica holds at `rate` requests/s (Little's law fixed point), None when over `limit`."""
     c = 1
     for _ in range(MAX_FIXED_POINT_STEPS):
-        speed: ServeSpeed = evaluate(c).estimate.speed  # type: ignore[union-attr,assignment]
+        speed = _speed(evaluate(c))
         needed = max(1, math.ceil(rate * _latency(speed, output_tokens) - 1e-9))
         if needed <= c:
             return c
@@ -146,14 +150,14 @@ def _rate_sequences(
 
 def _deploy(
     evaluator: ServeEvaluator, structure: ServeCandidate, load: ServeLoad, max_replicas: int
-) -> Deployment | Evaluation:
+) -> Deployment | Evaluation[ServeCandidate]:
     """The fewest replicas of `structure` that hold the load, or the evaluation that says why none do."""
     best = evaluator.best_concurrency(structure, "throughput")
     if not best.feasible or max_replicas < 1:
         return best
-    limit = best.candidate.concurrency  # type: ignore[union-attr]
+    limit = best.candidate.concurrency
 
-    def at(c: int) -> Evaluation:
+    def at(c: int) -> Evaluation[ServeCandidate]:
         return evaluator.evaluate(structure.replace(concurrency=c))
 
     if load.concurrency is not None:
@@ -161,10 +165,9 @@ def _deploy(
         if replicas > max_replicas:
             return best
         evaluation = at(math.ceil(load.concurrency / replicas))
-        speed: ServeSpeed = evaluation.estimate.speed  # type: ignore[union-attr,assignment]
-        tokens = load.concurrency * speed.per_user_decode_tokens_per_s
+        tokens = load.concurrency * _speed(evaluation).per_user_decode_tokens_per_s
         return Deployment(
-            candidate=evaluation.candidate,  # type: ignore[arg-type]
+            candidate=evaluation.candidate,
             replicas=replicas,
             evaluation=evaluation,
             tokens_per_s=tokens,
@@ -185,7 +188,7 @@ def _deploy(
     assert sequences is not None
     evaluation = at(sequences)
     return Deployment(
-        candidate=evaluation.candidate,  # type: ignore[arg-type]
+        candidate=evaluation.candidate,
         replicas=lo,
         evaluation=evaluation,
         tokens_per_s=rate * output,
@@ -243,14 +246,16 @@ def _option(base: Option, deployment: Deployment, per_node: int) -> Option:
     )
 
 
-def _why_not(closest: Evaluation | None, max_gpus: int, load: ServeLoad) -> tuple[str, str]:
+def _why_not(
+    closest: Evaluation[ServeCandidate] | None, max_gpus: int, load: ServeLoad
+) -> tuple[ReasonKind, str]:
     if closest is None or closest.estimate is None:
         return "unsupported", f"no valid serving set-up ({closest.error if closest else 'nothing to search'})"
     if closest.memory_over_bytes > 0:
         return (
             "fit",
             f"doesn't fit by {format_gib(closest.memory_over_bytes, 1)} per GPU at tp{closest.candidate.tp}",
-        )  # type: ignore[union-attr]
+        )
     if closest.latency_over > 0:
         return "load", "misses the latency targets even with one sequence per replica"
     return "load", f"cannot hold the load within {max_gpus} GPU{'s' if max_gpus > 1 else ''}"
@@ -275,7 +280,7 @@ def _size_accelerator(
     )
     evaluator = ServeEvaluator(spec, cluster, workload, space, headroom=headroom)
     options: list[tuple[tuple, Option]] = []
-    closest: Evaluation | None = None
+    closest: Evaluation[ServeCandidate] | None = None
     shapes = 0
     for structure in space.structures():
         shapes += 1
@@ -288,7 +293,7 @@ def _size_accelerator(
     if options:
         return min(options, key=lambda pair: pair[0])[1], shapes, evaluator.estimates
     kind, reason = _why_not(closest, max_gpus, load)
-    return base.rejected(kind, reason), shapes, evaluator.estimates  # type: ignore[arg-type]
+    return base.rejected(kind, reason), shapes, evaluator.estimates
 
 
 def size_serving(

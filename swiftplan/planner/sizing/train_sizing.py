@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.capabilities import check
@@ -139,9 +139,11 @@ def _no_fit_reason(closest: Evaluation | None, gpus: int) -> str:
     return f"doesn't fit by {at_least}{format_gib(closest.memory_over_bytes, 1)} per GPU (closest plan)"
 
 
-def _caps(option: Option, constraints: Constraints, objective: Objective) -> dict[str, float]:
+def _caps(
+    option: Option, constraints: Constraints, objective: Objective
+) -> dict[Literal["deadline", "budget"], float]:
     """Time limits a plan must meet: the deadline, and the budget as hours of rental."""
-    caps = {}
+    caps: dict[Literal["deadline", "budget"], float] = {}
     if constraints.deadline_s is not None:
         caps["deadline"] = constraints.deadline_s
     mode = money_mode(objective, constraints)
@@ -200,7 +202,7 @@ def _plan_cluster(
     if found.capped:
         kind = min(caps, key=caps.__getitem__) if caps else "deadline"
         reason = _capped_reason(kind, found.speed_bound_s, constraints, base)
-        return base.rejected(kind, reason), "pruned", evaluator.estimates  # type: ignore[arg-type]
+        return base.rejected(kind, reason), "pruned", evaluator.estimates
     if found.best is None:
         reason = _no_fit_reason(found.closest, cluster.world_size)
         if found.closest is None and found.weight_over_bytes is not None:
