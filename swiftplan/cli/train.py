@@ -6,13 +6,16 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from swiftplan.cli._output import console, print_json
+
+if TYPE_CHECKING:
+    from swiftplan.executors.train.prepare import RunRequest
 
 EPILOG = """
 Examples:
@@ -107,80 +110,95 @@ def _print_dry_run(result: Any, *, as_json: bool) -> None:
         console.print(f"[yellow]note:[/] {note}")
 
 
+def _opt(*names: str, help: str) -> Any:
+    return typer.Option(*names, help=help)
+
+
+PlanArg = Annotated[Path, typer.Argument(help="Plan file written by `swiftplan fit -o plan.yaml`.")]
+DataOpt = Annotated[Path | None, _opt("--data", help="Training data: .jsonl, .csv or .parquet.")]
+OutputDirOpt = Annotated[Path | None, _opt("--output-dir", help="Run directory (default runs/<model>-<time>).")]
+ResumeOpt = Annotated[bool, _opt("--resume", help="Continue the run in --output-dir from its newest checkpoint.")]
+MaxStepsOpt = Annotated[int | None, _opt("--max-steps", help="Stop after this many optimizer steps.")]
+EpochsOpt = Annotated[int | None, _opt("--epochs", help="Passes over the data (default 1; --max-steps wins).")]
+SaveStepsOpt = Annotated[int | None, _opt("--save-steps", help="Checkpoint every N steps (and always at the end).")]
+LrOpt = Annotated[float | None, _opt("--lr", help="Peak learning rate (default 2e-4 for LoRA, 2e-5 full).")]
+SchedulerOpt = Annotated[str | None, _opt("--lr-scheduler", help="cosine | linear | constant")]
+WarmupOpt = Annotated[int | None, _opt("--warmup-steps", help="Linear warm-up steps.")]
+DecayOpt = Annotated[float | None, _opt("--weight-decay", help="Weight decay (default 0).")]
+ClipOpt = Annotated[float | None, _opt("--max-grad-norm", help="Gradient clipping (default 1.0, 0 = off).")]
+SeedOpt = Annotated[int | None, _opt("--seed", help="Seed for init, data order and dropout (default 42).")]
+PackingOpt = Annotated[bool, _opt("--packing", help="Pack examples into full seq_len blocks.")]
+RandomInitOpt = Annotated[bool, _opt("--random-init", help="Random weights from the model's config (tests, dry runs).")]
+TokenizerOpt = Annotated[str | None, _opt("--tokenizer", help="Tokenizer directory or hub id (default: the model's).")]
+DeviceOpt = Annotated[str, _opt("--device", help="auto | cuda | npu | mps | cpu")]
+NprocOpt = Annotated[int | None, _opt("--nproc-per-node", help="Processes per node (default: the plan's GPUs).")]
+NnodesOpt = Annotated[int | None, _opt("--nnodes", help="Nodes (default: the plan's).")]
+NodeRankOpt = Annotated[int, _opt("--node-rank", help="This node's rank.")]
+MasterAddrOpt = Annotated[str, _opt("--master-addr", help="Address of node 0.")]
+MasterPortOpt = Annotated[int | None, _opt("--master-port", help="Rendezvous port (default: free port / 29500).")]
+DryRunOpt = Annotated[bool, _opt("--dry-run", help="Check everything, print the command and files, run nothing.")]
+RecordOpt = Annotated[bool, _opt("--record", help="Append the measurement to $SWIFTPLAN_HOME/measurements.jsonl.")]
+JsonOpt = Annotated[bool, _opt("--json", help="Print the run report (or, with --dry-run, the launch) as JSON.")]
+
+
 def train_command(
-    plan: Path = typer.Argument(..., help="Plan file written by `swiftplan fit -o plan.yaml`."),
-    data: Path | None = typer.Option(None, "--data", help="Training data: .jsonl, .csv or .parquet."),
-    output_dir: Path | None = typer.Option(
-        None, "--output-dir", help="Run directory (default runs/<model>-<time>)."
-    ),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue the run in --output-dir from its newest checkpoint."
-    ),
-    max_steps: int | None = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
-    epochs: int | None = typer.Option(
-        None, "--epochs", help="Passes over the data (default 1; --max-steps wins)."
-    ),
-    save_steps: int | None = typer.Option(
-        None, "--save-steps", help="Checkpoint every N steps (and always at the end)."
-    ),
-    lr: float | None = typer.Option(
-        None, "--lr", help="Peak learning rate (default 2e-4 for LoRA, 2e-5 full)."
-    ),
-    lr_scheduler: str | None = typer.Option(None, "--lr-scheduler", help="cosine | linear | constant"),
-    warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="Linear warm-up steps."),
-    weight_decay: float | None = typer.Option(None, "--weight-decay", help="Weight decay (default 0)."),
-    max_grad_norm: float | None = typer.Option(
-        None, "--max-grad-norm", help="Gradient clipping (default 1.0, 0 = off)."
-    ),
-    seed: int | None = typer.Option(
-        None, "--seed", help="Seed for init, data order and dropout (default 42)."
-    ),
-    packing: bool = typer.Option(False, "--packing", help="Pack examples into full seq_len blocks."),
-    random_init: bool = typer.Option(
-        False, "--random-init", help="Random weights from the model's config (tests, dry runs)."
-    ),
-    tokenizer: str | None = typer.Option(
-        None, "--tokenizer", help="Tokenizer directory or hub id (default: the model's)."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto | cuda | npu | mps | cpu"),
-    nproc_per_node: int | None = typer.Option(
-        None, "--nproc-per-node", help="Processes per node (default: the plan's GPUs)."
-    ),
-    nnodes: int | None = typer.Option(None, "--nnodes", help="Nodes (default: the plan's)."),
-    node_rank: int = typer.Option(0, "--node-rank", help="This node's rank."),
-    master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Address of node 0."),
-    master_port: int | None = typer.Option(
-        None, "--master-port", help="Rendezvous port (default: free port / 29500)."
-    ),
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="Check everything, print the command and files, run nothing."
-    ),
-    record: bool = typer.Option(
-        False, "--record", help="Append the measurement to $SWIFTPLAN_HOME/measurements.jsonl."
-    ),
-    as_json: bool = typer.Option(
-        False, "--json", help="Print the run report (or, with --dry-run, the launch) as JSON."
-    ),
+    plan: PlanArg,
+    data: DataOpt = None,
+    output_dir: OutputDirOpt = None,
+    resume: ResumeOpt = False,
+    max_steps: MaxStepsOpt = None,
+    epochs: EpochsOpt = None,
+    save_steps: SaveStepsOpt = None,
+    lr: LrOpt = None,
+    lr_scheduler: SchedulerOpt = None,
+    warmup_steps: WarmupOpt = None,
+    weight_decay: DecayOpt = None,
+    max_grad_norm: ClipOpt = None,
+    seed: SeedOpt = None,
+    packing: PackingOpt = False,
+    random_init: RandomInitOpt = False,
+    tokenizer: TokenizerOpt = None,
+    device: DeviceOpt = "auto",
+    nproc_per_node: NprocOpt = None,
+    nnodes: NnodesOpt = None,
+    node_rank: NodeRankOpt = 0,
+    master_addr: MasterAddrOpt = "127.0.0.1",
+    master_port: MasterPortOpt = None,
+    dry_run: DryRunOpt = False,
+    record: RecordOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Train as the plan says; report predicted vs measured memory and speed."""
-    from swiftplan.errors import SwiftplanError
-
-    try:
-        from swiftplan.executors.train.prepare import RunRequest, execute, prepare_run, write_run
-        from swiftplan.executors.train.prepare import dry_run as dry
-    except ImportError as error:
-        raise SwiftplanError(f"`swiftplan train` needs torch, transformers and peft ({error.name} is missing).",
-                             hint="pip install 'swiftplan[train]'.") from error  # fmt: skip
+    prepare = _prepare_module()
     given = dict(max_steps=max_steps, epochs=epochs, save_steps=save_steps, lr=lr, lr_scheduler=lr_scheduler,
                  warmup_steps=warmup_steps, weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed,
                  packing=packing or None)  # fmt: skip
-    request = RunRequest(plan_path=plan, data=data, output_dir=output_dir, resume=resume, tokenizer=tokenizer,
-                         random_init=random_init, device=device, nproc_per_node=nproc_per_node, nnodes=nnodes,
-                         node_rank=node_rank, master_addr=master_addr, master_port=master_port,
-                         overrides={k: v for k, v in given.items() if v is not None})  # fmt: skip
+    request = prepare.RunRequest(plan_path=plan, data=data, output_dir=output_dir, resume=resume, tokenizer=tokenizer,
+                                 random_init=random_init, device=device, nproc_per_node=nproc_per_node, nnodes=nnodes,
+                                 node_rank=node_rank, master_addr=master_addr, master_port=master_port,
+                                 overrides={k: v for k, v in given.items() if v is not None})  # fmt: skip
     if dry_run:
-        _print_dry_run(dry(request), as_json=as_json)
+        _print_dry_run(prepare.dry_run(request), as_json=as_json)
         return
+    _run(request, plan, record=record, as_json=as_json)
+
+
+def _prepare_module() -> Any:
+    """The training executor's preparation module (torch, transformers and peft behind it)."""
+    from swiftplan.errors import SwiftplanError
+
+    try:
+        from swiftplan.executors.train import prepare
+    except ImportError as error:
+        raise SwiftplanError(f"`swiftplan train` needs torch, transformers and peft ({error.name} is missing).",
+                             hint="pip install 'swiftplan[train]'.") from error  # fmt: skip
+    return prepare
+
+
+def _run(request: RunRequest, plan: Path, *, record: bool, as_json: bool) -> None:
+    """Prepare, write and execute the run, then report it."""
+    from swiftplan.executors.train.prepare import execute, prepare_run, write_run
+
     prepared = prepare_run(request)
     notes_to = Console(stderr=True) if as_json else console  # --json keeps stdout one JSON object
     for note in prepared.notes:
@@ -189,7 +207,7 @@ def train_command(
     with _progress(not as_json and prepared.launch.mode == "single") as progress:
         report = execute(prepared, progress=progress)
     if report is None:  # a node other than 0: rank 0 writes the report on its node
-        console.print(f"node {node_rank} finished; the run report is written on node 0.")
+        console.print(f"node {request.node_rank} finished; the run report is written on node 0.")
         return
     if record:
         from swiftplan.executors.train.report import record_measurement
