@@ -111,10 +111,12 @@ def _prometheus(snapshot: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def make_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
-    """The FastAPI application serving `engine` (the engine's worker is started by the caller)."""
-    app = FastAPI(title="swiftplan serve", docs_url=None, redoc_url=None, openapi_url=None)
-    created = int(time.time())
+Chunk = Callable[[dict[str, Any], str | None], dict[str, Any]]
+"""Builds one response chunk from a delta ({'text': ...}, optionally 'role') and a finish reason."""
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Answer every error with OpenAI's error body."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -128,131 +130,152 @@ def make_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), code=str(exc.status_code))
 
-    async def authorize(request: Request) -> None:
-        if api_key is None:
+
+async def _sse_events(
+    job: Job, events: asyncio.Queue[Event], chunk: Chunk, include_usage: bool, first: dict[str, Any] | None
+) -> AsyncIterator[str]:
+    """A job's events as server-sent chunks, ending with [DONE]; the job is cancelled if the client leaves."""
+    try:
+        if first is not None:
+            yield _sse(chunk(first, None))
+        while True:
+            event = await events.get()
+            if isinstance(event, TextDelta):
+                yield _sse(chunk({"text": event.text}, None))
+            elif isinstance(event, Finished):
+                yield _sse(chunk({"text": ""}, event.finish_reason))
+                if include_usage:
+                    yield _sse(chunk({}, None) | {"choices": [], "usage": _usage(event)})
+                break
+            else:
+                yield _sse(
+                    {"error": {"message": event.message, "type": "server_error", "param": None, "code": None}}
+                )
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancel()  # frees the slot when the client disconnected mid-stream
+
+
+def _stream(
+    job: Job,
+    events: asyncio.Queue[Event],
+    chunk: Chunk,
+    include_usage: bool,
+    first: dict[str, Any] | None = None,
+) -> StreamingResponse:
+    """The streaming (server-sent events) response for a job."""
+    return StreamingResponse(
+        _sse_events(job, events, chunk, include_usage, first),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+async def _collect(request: Request, job: Job, events: asyncio.Queue[Event]) -> Finished | None:
+    """Wait for the end; None when the client went away (the job is cancelled)."""
+    checked = time.monotonic()
+    try:
+        while True:
+            try:
+                event: Event | None = await asyncio.wait_for(events.get(), timeout=_DISCONNECT_CHECK_S)
+            except asyncio.TimeoutError:
+                event = None
+            if time.monotonic() - checked >= _DISCONNECT_CHECK_S:
+                checked = time.monotonic()
+                if await request.is_disconnected():
+                    return None
+            if isinstance(event, Finished):
+                return event
+            if isinstance(event, Failed):
+                raise ApiError(500, f"Generation failed: {event.message}", type="server_error")
+    finally:
+        job.cancel()  # no-op once finished
+
+
+def _include_usage(body: CompletionRequest | ChatRequest) -> bool:
+    """Whether a streamed response ends with a usage chunk."""
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+class _Routes:
+    """The HTTP routes over one engine: checks (key, model, token budget), job start, and the handlers."""
+
+    def __init__(self, engine: Engine, api_key: str | None) -> None:
+        self.engine, self.api_key, self.created = engine, api_key, int(time.time())
+
+    async def authorize(self, request: Request) -> None:
+        """Refuse a /v1 request without the API key (when the server has one)."""
+        if self.api_key is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            token.strip().encode(), self.api_key.encode()
+        ):
             raise ApiError(401, "Invalid or missing API key (send it as 'Authorization: Bearer KEY').",
                            type="authentication_error", code="invalid_api_key")  # fmt: skip
 
-    def adapter_for(model: str) -> str | None:
+    def adapter_for(self, model: str) -> str | None:
+        """The LoRA adapter a model name asks for (None: the base model); unknown names are a 404."""
+        engine = self.engine
         if model not in engine.served_names:
             raise ApiError(404, f"The model '{model}' does not exist; this server has: {', '.join(engine.served_names)}.",
                            param="model", code="model_not_found")  # fmt: skip
         return None if model == engine.served_name else model
 
-    def token_budget(prompt_ids: list[int], requested: int | None, default: int | None, *, param: str) -> int:
+    def token_budget(
+        self, prompt_ids: list[int], requested: int | None, default: int | None, *, param: str
+    ) -> int:
+        """Tokens to generate: as asked, else the default, within what the context leaves."""
+        context = self.engine.context
         if not prompt_ids:
             raise ApiError(400, "The prompt is empty.", param=param)
-        room = engine.context - len(prompt_ids)
+        room = context - len(prompt_ids)
         if room <= 0:
-            raise ApiError(400, f"This model's maximum context length is {engine.context} tokens; the prompt has "
+            raise ApiError(400, f"This model's maximum context length is {context} tokens; the prompt has "
                            f"{len(prompt_ids)}.", param=param, code="context_length_exceeded")  # fmt: skip
         max_tokens = requested if requested is not None else min(default or room, room)
-        if len(prompt_ids) + max_tokens > engine.context:
-            raise ApiError(400, f"This model's maximum context length is {engine.context} tokens; you asked for "
+        if len(prompt_ids) + max_tokens > context:
+            raise ApiError(400, f"This model's maximum context length is {context} tokens; you asked for "
                            f"{len(prompt_ids) + max_tokens} ({len(prompt_ids)} in the prompt, {max_tokens} to generate).",
                            param="max_tokens", code="context_length_exceeded")  # fmt: skip
         return max_tokens
 
-    def start(
-        prompt_ids: list[int], params: SamplingParams, adapter: str | None
-    ) -> tuple[Job, asyncio.Queue[Event]]:
+    def start(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None) -> tuple[Job, asyncio.Queue[Event]]:  # fmt: skip
+        """Submit a job; its events arrive on the returned queue (from the worker thread)."""
         loop, events = asyncio.get_running_loop(), asyncio.Queue[Event]()
 
         def emit(event: Event) -> None:
             with contextlib.suppress(RuntimeError):  # the event loop is gone (server shutting down)
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
-        return engine.submit(prompt_ids, params, adapter=adapter, emit=emit), events
+        return self.engine.submit(prompt_ids, params, adapter=adapter, emit=emit), events
 
-    async def collect(request: Request, job: Job, events: asyncio.Queue[Event]) -> Finished | None:
-        """Wait for the end; None when the client went away (the job is cancelled)."""
-        checked = time.monotonic()
-        try:
-            while True:
-                try:
-                    event: Event | None = await asyncio.wait_for(events.get(), timeout=_DISCONNECT_CHECK_S)
-                except asyncio.TimeoutError:
-                    event = None
-                if time.monotonic() - checked >= _DISCONNECT_CHECK_S:
-                    checked = time.monotonic()
-                    if await request.is_disconnected():
-                        return None
-                if isinstance(event, Finished):
-                    return event
-                if isinstance(event, Failed):
-                    raise ApiError(500, f"Generation failed: {event.message}", type="server_error")
-        finally:
-            job.cancel()  # no-op once finished
-
-    def stream(job: Job, events: asyncio.Queue[Event], chunk: Callable[[dict[str, Any], str | None], dict[str, Any]],
-               include_usage: bool, first: dict[str, Any] | None = None) -> StreamingResponse:  # fmt: skip
-        async def body() -> AsyncIterator[str]:
-            try:
-                if first is not None:
-                    yield _sse(chunk(first, None))
-                while True:
-                    event = await events.get()
-                    if isinstance(event, TextDelta):
-                        yield _sse(chunk({"text": event.text}, None))
-                    elif isinstance(event, Finished):
-                        yield _sse(chunk({"text": ""}, event.finish_reason))
-                        if include_usage:
-                            yield _sse(chunk({}, None) | {"choices": [], "usage": _usage(event)})
-                        break
-                    else:
-                        yield _sse(
-                            {
-                                "error": {
-                                    "message": event.message,
-                                    "type": "server_error",
-                                    "param": None,
-                                    "code": None,
-                                }
-                            }
-                        )
-                        break
-                yield "data: [DONE]\n\n"
-            finally:
-                job.cancel()  # frees the slot when the client disconnected mid-stream
-
-        return StreamingResponse(
-            body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-        )
-
-    @app.get("/health")
-    async def health() -> Response:
-        if engine.alive:
+    async def health(self) -> Response:
+        """200 while the generation worker runs, else 503."""
+        if self.engine.alive:
             return JSONResponse({"status": "ok"})
         return _error(503, "The generation worker is not running.", type="server_error")
 
-    @app.get("/metrics")
-    async def metrics(request: Request) -> Response:
-        snapshot = engine.stats.snapshot()
+    async def metrics(self, request: Request) -> Response:
+        """The engine's counters: JSON when asked for, else Prometheus text."""
+        snapshot = self.engine.stats.snapshot()
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse(snapshot)
         return PlainTextResponse(_prometheus(snapshot))
 
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
-    async def models() -> dict[str, Any]:
+    async def models(self) -> dict[str, Any]:
+        """The base model and its adapters, as OpenAI lists models."""
+        base = self.engine.served_name
         data = [
-            {"id": name, "object": "model", "created": created, "owned_by": "swiftplan", "root": engine.served_name,
-             "parent": None if name == engine.served_name else engine.served_name}
-            for name in engine.served_names
+            {"id": name, "object": "model", "created": self.created, "owned_by": "swiftplan", "root": base,
+             "parent": None if name == base else base}
+            for name in self.engine.served_names
         ]  # fmt: skip
         return {"object": "list", "data": data}
 
-    @app.post("/v1/completions", dependencies=[Depends(authorize)])
-    async def completions(body: CompletionRequest, request: Request) -> Response:
-        adapter = adapter_for(body.model)
-        if body.echo or body.logprobs is not None:
-            raise ApiError(
-                400,
-                "echo and logprobs are not supported by the built-in server.",
-                param="logprobs" if body.logprobs is not None else "echo",
-            )
+    def prompt_ids(self, body: CompletionRequest) -> list[int]:
+        """A completion request's prompt as token ids (one text prompt, or token ids in the vocabulary)."""
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             if len(prompt) != 1:
@@ -263,13 +286,23 @@ def make_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
                 )
             prompt = prompt[0]
         if isinstance(prompt, str):
-            prompt_ids = engine.encode_prompt(prompt)
-        else:
-            prompt_ids = [int(t) for t in prompt]
-            if any(not 0 <= t < engine.vocab_size for t in prompt_ids):
-                raise ApiError(400, f"Token ids must be in [0, {engine.vocab_size}).", param="prompt")
-        max_tokens = token_budget(prompt_ids, body.max_tokens, _DEFAULT_COMPLETION_TOKENS, param="prompt")
-        job, events = start(prompt_ids, _params(body, max_tokens), adapter)
+            return self.engine.encode_prompt(prompt)
+        prompt_ids = [int(t) for t in prompt]
+        if any(not 0 <= t < self.engine.vocab_size for t in prompt_ids):
+            raise ApiError(400, f"Token ids must be in [0, {self.engine.vocab_size}).", param="prompt")
+        return prompt_ids
+
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        """POST /v1/completions."""
+        adapter = self.adapter_for(body.model)
+        if body.echo or body.logprobs is not None:
+            raise ApiError(400, "echo and logprobs are not supported by the built-in server.",
+                           param="logprobs" if body.logprobs is not None else "echo")  # fmt: skip
+        prompt_ids = self.prompt_ids(body)
+        max_tokens = self.token_budget(
+            prompt_ids, body.max_tokens, _DEFAULT_COMPLETION_TOKENS, param="prompt"
+        )
+        job, events = self.start(prompt_ids, _params(body, max_tokens), adapter)
         ident, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
@@ -283,22 +316,22 @@ def make_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
             }
 
         if body.stream:
-            return stream(job, events, chunk, bool(body.stream_options and body.stream_options.include_usage))
-        done = await collect(request, job, events)
+            return _stream(job, events, chunk, _include_usage(body))
+        done = await _collect(request, job, events)
         if done is None:
             return Response(status_code=499)
         return JSONResponse(chunk({"text": done.text}, done.finish_reason) | {"usage": _usage(done)})
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
-    async def chat(body: ChatRequest, request: Request) -> Response:
-        adapter = adapter_for(body.model)
-        if not engine.has_chat_template:
+    async def chat(self, body: ChatRequest, request: Request) -> Response:
+        """POST /v1/chat/completions."""
+        adapter = self.adapter_for(body.model)
+        if not self.engine.has_chat_template:
             raise ApiError(
                 400, "This model's tokenizer has no chat template; use /v1/completions.", param="messages"
             )
-        prompt_ids = engine.encode_chat([{"role": m.role, "content": m.text()} for m in body.messages])
-        max_tokens = token_budget(prompt_ids, body.token_limit(), None, param="messages")
-        job, events = start(prompt_ids, _params(body, max_tokens), adapter)
+        prompt_ids = self.engine.encode_chat([{"role": m.role, "content": m.text()} for m in body.messages])
+        max_tokens = self.token_budget(prompt_ids, body.token_limit(), None, param="messages")
+        job, events = self.start(prompt_ids, _params(body, max_tokens), adapter)
         ident, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
@@ -306,18 +339,12 @@ def make_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
             if "text" in delta and (delta["text"] or finish is None):
                 message["content"] = delta["text"]
             choice = {"index": 0, "delta": message, "logprobs": None, "finish_reason": finish}
-            return {
-                "id": ident,
-                "object": "chat.completion.chunk",
-                "created": now,
-                "model": body.model,
-                "choices": [choice],
-            }
+            return {"id": ident, "object": "chat.completion.chunk", "created": now, "model": body.model,
+                    "choices": [choice]}  # fmt: skip
 
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return stream(job, events, chunk, include_usage, first={"role": "assistant", "text": ""})
-        done = await collect(request, job, events)
+            return _stream(job, events, chunk, _include_usage(body), first={"role": "assistant", "text": ""})
+        done = await _collect(request, job, events)
         if done is None:
             return Response(status_code=499)
         choice = {"index": 0, "message": {"role": "assistant", "content": done.text}, "logprobs": None,
@@ -325,4 +352,16 @@ def make_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
         return JSONResponse({"id": ident, "object": "chat.completion", "created": now, "model": body.model,
                              "choices": [choice], "usage": _usage(done)})  # fmt: skip
 
+
+def make_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
+    """The FastAPI application serving `engine` (the engine's worker is started by the caller)."""
+    app = FastAPI(title="swiftplan serve", docs_url=None, redoc_url=None, openapi_url=None)
+    _add_error_handlers(app)
+    routes = _Routes(engine, api_key)
+    keyed = [Depends(routes.authorize)]
+    app.get("/health")(routes.health)
+    app.get("/metrics")(routes.metrics)
+    app.get("/v1/models", dependencies=keyed)(routes.models)
+    app.post("/v1/completions", dependencies=keyed)(routes.completions)
+    app.post("/v1/chat/completions", dependencies=keyed)(routes.chat)
     return app
