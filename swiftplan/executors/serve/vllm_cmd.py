@@ -138,6 +138,62 @@ def stop_process(process: subprocess.Popen[str], *, timeout_s: float = 30.0) -> 
     return process.wait()
 
 
+_POLL_S = 0.5
+"""How often the launcher checks health, the process and the stop request."""
+_LOG_TAIL_LINES = 20
+"""Log lines quoted when the server dies before it is healthy."""
+
+
+def _launch(spec: LaunchSpec) -> subprocess.Popen[str]:
+    """Start the server in its own process group (we decide when it stops), its log on a pipe."""
+    try:
+        return subprocess.Popen(
+            list(spec.argv), env={**os.environ, **spec.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, bufsize=1, start_new_session=True,
+        )  # fmt: skip
+    except OSError as error:
+        raise SwiftplanError(f"Cannot start {spec.argv[0]}: {error.strerror or error}.",
+                             hint="pip install 'swiftplan[vllm]' on a machine with a CUDA GPU.") from error  # fmt: skip
+
+
+def _pump_log(
+    process: subprocess.Popen[str], log: Callable[[str], None]
+) -> tuple[threading.Thread, deque[str]]:
+    """A thread passing each log line to `log`, and the last lines it saw."""
+    tail: deque[str] = deque(maxlen=_LOG_TAIL_LINES)
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            tail.append(line.rstrip())
+            log(line.rstrip())
+
+    reader = threading.Thread(target=pump, name="swiftplan-serve-log", daemon=True)
+    reader.start()
+    return reader, tail
+
+
+def _await_health(
+    spec: LaunchSpec, process: subprocess.Popen[str], *, reader: threading.Thread, tail: deque[str],
+    health_timeout_s: float, stop_timeout_s: float, stop_when: threading.Event,
+) -> bool:  # fmt: skip
+    """Wait until the server answers its health URL (True), or a stop was asked for first (False, stopped).
+    A server that exits or stays silent past the timeout is a SwiftplanError."""
+    deadline = time.monotonic() + health_timeout_s
+    while not _healthy(spec.health_url):
+        if process.poll() is not None:
+            reader.join(2)
+            raise SwiftplanError(f"{spec.argv[0]} exited with code {process.returncode} before it was healthy. "
+                                 "Last lines: " + " | ".join(tail))  # fmt: skip
+        if time.monotonic() > deadline or stop_when.is_set():
+            stop_process(process, timeout_s=stop_timeout_s)
+            if stop_when.is_set():
+                return False
+            raise SwiftplanError(f"{spec.health_url} did not answer within {health_timeout_s:.0f} s.")
+        time.sleep(_POLL_S)
+    return True
+
+
 def run_server_process(
     spec: LaunchSpec, *, health_timeout_s: float = 900.0, stop_timeout_s: float = 30.0,
     log: Callable[[str], None] = print, on_ready: Callable[[], None] | None = None,
@@ -149,50 +205,26 @@ def run_server_process(
     the caller can tell a requested stop from a crash. Returns the exit code; a server that dies or
     never becomes healthy is a SwiftplanError quoting its last log lines.
     """
-    try:
-        process = subprocess.Popen(
-            list(spec.argv), env={**os.environ, **spec.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1, start_new_session=True,  # its own group: we decide when it stops
-        )  # fmt: skip
-    except OSError as error:
-        raise SwiftplanError(f"Cannot start {spec.argv[0]}: {error.strerror or error}.",
-                             hint="pip install 'swiftplan[vllm]' on a machine with a CUDA GPU.") from error  # fmt: skip
-    tail: deque[str] = deque(maxlen=20)
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            tail.append(line.rstrip())
-            log(line.rstrip())
-
-    reader = threading.Thread(target=pump, name="swiftplan-serve-log", daemon=True)
-    reader.start()
-    stop_when = stop_when or threading.Event()
+    process = _launch(spec)
+    reader, tail = _pump_log(process, log)
+    stop = stop_when or threading.Event()
     previous = (
         signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     )
     if previous is not None:
-        signal.signal(signal.SIGTERM, lambda *_: stop_when.set())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        deadline = time.monotonic() + health_timeout_s
-        while not _healthy(spec.health_url):
-            if process.poll() is not None:
-                reader.join(2)
-                raise SwiftplanError(f"{spec.argv[0]} exited with code {process.returncode} before it was healthy. "
-                                     "Last lines: " + " | ".join(tail))  # fmt: skip
-            if time.monotonic() > deadline or stop_when.is_set():
-                stop_process(process, timeout_s=stop_timeout_s)
-                if stop_when.is_set():
-                    return process.returncode
-                raise SwiftplanError(f"{spec.health_url} did not answer within {health_timeout_s:.0f} s.")
-            time.sleep(0.5)
+        healthy = _await_health(spec, process, reader=reader, tail=tail, health_timeout_s=health_timeout_s,
+                                stop_timeout_s=stop_timeout_s, stop_when=stop)  # fmt: skip
+        if not healthy:
+            return process.returncode
         log(f"healthy: {spec.health_url}")
         if on_ready is not None:
             on_ready()
-        while process.poll() is None and not stop_when.wait(0.5):
+        while process.poll() is None and not stop.wait(_POLL_S):
             pass
     except KeyboardInterrupt:
-        stop_when.set()
+        stop.set()
     finally:
         code = stop_process(process, timeout_s=stop_timeout_s)
         reader.join(5)
