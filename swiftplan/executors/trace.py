@@ -154,6 +154,45 @@ class TrainingRig:
             self.optimizer.zero_grad(set_to_none=True)
 
 
+def _check_training_args(method: str, precision: str, batch: int, seq: int) -> None:
+    """Refuse a set-up the rig cannot trace (ValueError naming the bad value)."""
+    if method not in ("full", "lora"):
+        raise ValueError(f"method must be 'full' or 'lora', got {method!r}")
+    if precision not in ("bf16", "fp16", "fp32", "amp-bf16", "amp-fp16"):
+        raise ValueError(f"unknown precision {precision!r}; valid: bf16, fp16, fp32, amp-bf16, amp-fp16")
+    if batch < 1 or seq < 2:
+        raise ValueError("batch >= 1 and seq >= 2 are required")
+
+
+def _enable_checkpointing(model: Any, notes: list[str]) -> None:
+    """Non-reentrant activation checkpointing around every decoder layer, as transformers enables it (on a
+    transformers `PreTrainedModel`)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # transformers < 5
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    notes.append("gradient checkpointing: non-reentrant torch.utils.checkpoint around every decoder layer")
+
+
+def _numerics_notes(precision: str, optimizer: str) -> list[str]:
+    """What the trace's autocast and optimizer do differently from a CUDA run."""
+    notes = []
+    if precision.startswith("amp-"):
+        low = precision.removeprefix("amp-")
+        notes.append(
+            f"{precision}: fp32 parameters, forward and loss under CPU autocast to {low} (op lists differ "
+            "slightly from CUDA autocast; linear/matmul/SDPA are lower-precision on both); outputs "
+            "converted to fp32 as accelerate does; no GradScaler"
+        )
+    if optimizer == "adamw":
+        notes.append(
+            "AdamW foreach (torch's default on CUDA): step() holds a sqrt(exp_avg_sq) temporary the size "
+            "of all trainable params; 'adamw-fused' (the HF Trainer default) has none"
+        )
+    return notes
+
+
 @contextlib.contextmanager
 def training_rig(
     hf_config: dict[str, Any],
@@ -172,12 +211,7 @@ def training_rig(
     round_bytes: int = CUDA_BLOCK_BYTES,
 ) -> Iterator[TrainingRig]:
     """Build the training set-up of `trace_training`; fake and tracking modes are active inside."""
-    if method not in ("full", "lora"):
-        raise ValueError(f"method must be 'full' or 'lora', got {method!r}")
-    if precision not in ("bf16", "fp16", "fp32", "amp-bf16", "amp-fp16"):
-        raise ValueError(f"unknown precision {precision!r}; valid: bf16, fp16, fp32, amp-bf16, amp-fp16")
-    if batch < 1 or seq < 2:
-        raise ValueError("batch >= 1 and seq >= 2 are required")
+    _check_training_args(method, precision, batch, seq)
     notes: list[str] = []
     amp = precision.startswith("amp-")
     config = load_config(hf_config, notes=notes)
@@ -189,32 +223,14 @@ def training_rig(
         notes=notes,
     )
     if grad_ckpt:
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:  # transformers < 5
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        notes.append(
-            "gradient checkpointing: non-reentrant torch.utils.checkpoint around every decoder layer"
-        )
+        _enable_checkpointing(model, notes)
     if method == "lora":
         model = apply_lora(
             model, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets, notes=notes
         )
     else:
         model.requires_grad_(True)
-    if amp:
-        low = precision.removeprefix("amp-")
-        notes.append(
-            f"{precision}: fp32 parameters, forward and loss under CPU autocast to {low} (op lists differ "
-            "slightly from CUDA autocast; linear/matmul/SDPA are lower-precision on both); outputs "
-            "converted to fp32 as accelerate does; no GradScaler"
-        )
-    if optimizer == "adamw":
-        notes.append(
-            "AdamW foreach (torch's default on CUDA): step() holds a sqrt(exp_avg_sq) temporary the size "
-            "of all trainable params; 'adamw-fused' (the HF Trainer default) has none"
-        )
+    notes += _numerics_notes(precision, optimizer)
     calls: Counter[str] = Counter()
     with fake_session(model, round_bytes, calls) as tracker:
         model.train()
@@ -330,7 +346,8 @@ def trace_serving(
     with fake_session(model, round_bytes, calls) as tracker, torch.no_grad():
         model.eval()
         tracker.start_measuring()
-        cache = DynamicCache(config=model.config)
+        model_config: Any = model.config  # the config as the model adjusted it (attention, dtype)
+        cache = DynamicCache(config=model_config)
         hook_cache(tracker, cache)
         tokens = torch.zeros((batch, prompt_len), dtype=torch.long)
         for phase, n in (("prefill", 1), ("decode", decode_steps)):
