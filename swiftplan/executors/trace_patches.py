@@ -84,6 +84,12 @@ def cuda_like_kernels(calls: Counter[str]) -> Iterator[None]:
     MoE: `torch._grouped_mm` is bf16-only on CUDA (its meta kernel checks that), so for other dtypes
     transformers' own fallback op is used, as it is for dtypes the kernel cannot take.
     """
+    with _patched([_sdpa_patch(calls), _dropout_patch(calls), *_grouped_mm_patch()]):
+        yield
+
+
+def _sdpa_patch(calls: Counter[str]) -> tuple[Any, str, Any]:
+    """SDPA that takes CUDA's memory-efficient kernel where the CPU has no flash path (see above)."""
     import torch.nn.functional as F
 
     original_sdpa = F.scaled_dot_product_attention
@@ -118,6 +124,13 @@ def cuda_like_kernels(calls: Counter[str]) -> Iterator[None]:
         )
         return out[0]
 
+    return (F, "scaled_dot_product_attention", sdpa)
+
+
+def _dropout_patch(calls: Counter[str]) -> tuple[Any, str, Any]:
+    """Dropout that saves a bool mask for backward, as CUDA's native_dropout does."""
+    import torch.nn.functional as F
+
     original_dropout = F.dropout
 
     def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
@@ -129,23 +142,22 @@ def cuda_like_kernels(calls: Counter[str]) -> Iterator[None]:
         mask = torch.empty(input.shape, dtype=torch.bool, device=input.device).bernoulli_(1.0 - p)
         return input * mask * (1.0 / (1.0 - p))
 
-    patches: list[tuple[Any, str, Any]] = [
-        (F, "scaled_dot_product_attention", sdpa),
-        (F, "dropout", dropout),
-    ]
+    return (F, "dropout", dropout)
+
+
+def _grouped_mm_patch() -> list[tuple[Any, str, Any]]:
+    """transformers' MoE check for `torch._grouped_mm`, limited to bf16 as on CUDA (none on older versions)."""
     try:
         from transformers.integrations import moe
 
         original_can_use = moe._can_use_grouped_mm
-
-        def can_use_grouped_mm(input: torch.Tensor, weight: torch.Tensor, offs: torch.Tensor) -> bool:
-            return weight.dtype == torch.bfloat16 and original_can_use(input, weight, offs)
-
-        patches.append((moe, "_can_use_grouped_mm", can_use_grouped_mm))
     except (ImportError, AttributeError):  # older transformers: no grouped_mm experts
-        pass
-    with _patched(patches):
-        yield
+        return []
+
+    def can_use_grouped_mm(input: torch.Tensor, weight: torch.Tensor, offs: torch.Tensor) -> bool:
+        return weight.dtype == torch.bfloat16 and original_can_use(input, weight, offs)
+
+    return [(moe, "_can_use_grouped_mm", can_use_grouped_mm)]
 
 
 @contextlib.contextmanager
