@@ -245,71 +245,106 @@ def _mla_shape(config: Mapping[str, Any]) -> MlaShape | None:
     )
 
 
-def spec_from_hf_config(config: Mapping[str, Any], *, name: str, source: str = "") -> ModelSpec:
-    """Build a `ModelSpec` from a config.json dict; raises SwiftplanError for what it cannot size."""
-    config = _text_config(config)
+def _model_type(config: Mapping[str, Any], name: str) -> str:
+    """The config's model_type, lower case; one swiftplan cannot lay out is an error listing those it can."""
     model_type = str(config.get("model_type", "")).lower()
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise SwiftplanError(
             f"Model {name!r} has model_type {model_type!r}, which swiftplan does not lay out yet.",
             hint=f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}.",
         )
-    hidden = _require(config, name, "hidden_size", "n_embd")
-    heads = _require(config, name, "num_attention_heads", "n_head")
-    layers = _require(config, name, "num_hidden_layers", "num_layers", "n_layer")
+    return model_type
+
+
+def _kv_heads(config: Mapping[str, Any], model_type: str, heads: int) -> int:
+    """Key/value heads: grouped-query where the config says so (ChatGLM only with multi_query_attention)."""
     multi_query = config.get("multi_query_attention", True) if model_type == "chatglm" else True
-    kv_heads = int(
-        _first(config, "num_key_value_heads", "multi_query_group_num", default=heads)
-        if multi_query
-        else heads
-    )
-    head_dim = int(_first(config, "head_dim", "kv_channels", default=hidden // heads))
+    if not multi_query:
+        return heads
+    return int(_first(config, "num_key_value_heads", "multi_query_group_num", default=heads))
+
+
+def _intermediate_size(config: Mapping[str, Any], model_type: str, hidden: int) -> int:
+    """Width of one MLP branch."""
     intermediate = int(_first(config, "intermediate_size", "ffn_hidden_size", default=4 * hidden))
     if model_type == "qwen":  # Qwen v1 stores the combined width of both SwiGLU branches
         intermediate //= 2
+    return intermediate
+
+
+def _vocab_and_tie(config: Mapping[str, Any], name: str, model_type: str) -> tuple[int, bool]:
+    """(vocabulary size as the embedding holds it, whether the LM head shares the embedding)."""
     vocab = _require(config, name, "vocab_size", "padded_vocab_size")
     if model_type == "chatglm":
         vocab = int(_first(config, "padded_vocab_size", "vocab_size"))
-    tie_default = model_type in ("gemma2",)
-    tie = bool(config.get("tie_word_embeddings", tie_default))
+    tie = bool(config.get("tie_word_embeddings", model_type in ("gemma2",)))
     if model_type == "chatglm":
         tie = False  # ChatGLM keeps a separate output_layer
+    return vocab, tie
+
+
+def _sliding_window(config: Mapping[str, Any], model_type: str, layers: int) -> tuple[int | None, int]:
+    """(sliding-window width or None, layers that use it: every other one on Gemma 2, else all)."""
     sliding = config.get("sliding_window")
-    uses_sliding = sliding is not None and config.get("use_sliding_window", True)
-    sliding_layers = 0
-    if uses_sliding:
-        sliding_layers = layers // 2 if model_type == "gemma2" else layers
+    if sliding is None or not config.get("use_sliding_window", True):
+        return None, 0
+    return int(sliding), layers // 2 if model_type == "gemma2" else layers
+
+
+def _biases(config: Mapping[str, Any], model_type: str) -> dict[str, bool]:
+    """Which projections carry a bias: q/k/v, the attention output, the MLP."""
     attention_bias = bool(config.get("attention_bias", False))
+    internlm_bias = bool(config.get("bias") and model_type == "internlm2")
+    return {
+        "qkv_bias": model_type in ("qwen2", "qwen2_moe", "qwen")
+        or attention_bias
+        or bool(config.get("add_qkv_bias"))
+        or internlm_bias,
+        "o_bias": (attention_bias and model_type != "glm") or internlm_bias,
+        "mlp_bias": bool(config.get("mlp_bias", False)),
+    }
+
+
+def _layout_flags(model_type: str) -> dict[str, Any]:
+    """What the architecture's modules look like: QK norms, norms per layer, fused projections, RoPE."""
+    return {
+        "qk_norm": model_type in ("qwen3", "qwen3_moe"),
+        "norms_per_layer": 4 if model_type == "gemma2" else 2,
+        "fused_qkv": model_type in ("phi3", "internlm2", "chatglm", "qwen"),
+        "fused_gate_up": model_type in ("phi3", "chatglm", "glm"),
+        "rope_concat": model_type in ("phi3", "glm"),
+    }
+
+
+def spec_from_hf_config(config: Mapping[str, Any], *, name: str, source: str = "") -> ModelSpec:
+    """Build a `ModelSpec` from a config.json dict; raises SwiftplanError for what it cannot size."""
+    config = _text_config(config)
+    model_type = _model_type(config, name)
+    hidden = _require(config, name, "hidden_size", "n_embd")
+    heads = _require(config, name, "num_attention_heads", "n_head")
+    layers = _require(config, name, "num_hidden_layers", "num_layers", "n_layer")
+    vocab, tie = _vocab_and_tie(config, name, model_type)
+    window, window_layers = _sliding_window(config, model_type, layers)
     return ModelSpec(
         name=name,
         model_type=model_type,
         hidden_size=hidden,
         num_layers=layers,
         num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
-        intermediate_size=intermediate,
+        num_kv_heads=_kv_heads(config, model_type, heads),
+        head_dim=int(_first(config, "head_dim", "kv_channels", default=hidden // heads)),
+        intermediate_size=_intermediate_size(config, model_type, hidden),
         vocab_size=vocab,
         tie_word_embeddings=tie,
         max_position_embeddings=int(
             _first(config, "max_position_embeddings", "seq_length", "max_sequence_length", default=4096)
         ),
-        sliding_window=int(sliding) if uses_sliding else None,
-        sliding_window_layers=sliding_layers,
-        qkv_bias=model_type in ("qwen2", "qwen2_moe", "qwen")
-        or attention_bias
-        or bool(config.get("add_qkv_bias"))
-        or bool(config.get("bias") and model_type == "internlm2"),
-        o_bias=(attention_bias and model_type != "glm")
-        or bool(config.get("bias") and model_type == "internlm2"),
-        mlp_bias=bool(config.get("mlp_bias", False)),
-        qk_norm=model_type in ("qwen3", "qwen3_moe"),
-        norms_per_layer=4 if model_type == "gemma2" else 2,
-        fused_qkv=model_type in ("phi3", "internlm2", "chatglm", "qwen"),
-        fused_gate_up=model_type in ("phi3", "chatglm", "glm"),
+        sliding_window=window,
+        sliding_window_layers=window_layers,
+        **_biases(config, model_type),
+        **_layout_flags(model_type),
         final_logit_softcapping=config.get("final_logit_softcapping"),
         attn_logit_softcapping=config.get("attn_logit_softcapping"),
-        rope_concat=model_type in ("phi3", "glm"),
         moe=_moe_shape(config, model_type, layers),
         mla=_mla_shape(config),
         torch_dtype=_first(config, "torch_dtype", "dtype"),
