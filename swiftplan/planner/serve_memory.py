@@ -101,28 +101,12 @@ class ServeMemory:
     """The requested concurrency × context fits in the KV budget."""
 
 
-def serve_memory(spec: ModelSpec, setup: ServeSetup, *, device_memory_bytes: int) -> ServeMemory:
-    """Memory on one device for serving `setup`, and the concurrency/context limits it implies."""
-    kv_bytes = 1 if setup.kv_dtype == "fp8" else dtype_bytes(setup.dtype)
-    per_token = kv_cache_bytes_per_token(spec, kv_dtype_bytes=kv_bytes, tp=setup.tp, context=setup.context)
-    weights = serve_weight_bytes(spec, setup)
-    workspace = prefill_workspace_bytes(spec, setup)
-    loras = lora_slot_bytes(spec, setup)
-    context_bytes = int(constant("runtime_overhead", "cuda_context_bytes"))
-    budget = (
-        int(device_memory_bytes * setup.gpu_memory_utilization) - weights - workspace - loras - context_bytes
-    )
-    budget = max(0, budget)
-    blocks_per_seq = -(-setup.context // VLLM_BLOCK_TOKENS)
-    seq_bytes = blocks_per_seq * VLLM_BLOCK_TOKENS * per_token
-    max_concurrency = int(budget // seq_bytes) if seq_bytes else 0
-    max_context = min(
-        spec.max_position_embeddings,
-        int(budget // (per_token * setup.concurrency)) // VLLM_BLOCK_TOKENS * VLLM_BLOCK_TOKENS,
-    )
-    kv = int(seq_bytes * setup.concurrency)
-    peak = weights + workspace + loras + kv
-    terms = (
+def _serve_terms(
+    setup: ServeSetup, *, weights: int, kv: int, workspace: int, loras: int, context_bytes: int,
+    blocks_per_seq: int, per_token: float,
+) -> tuple[Term, ...]:  # fmt: skip
+    """The serving memory terms with their formulas, as the breakdown shows them."""
+    return (
         Term(
             name="weights",
             value_bytes=weights,
@@ -150,6 +134,33 @@ def serve_memory(spec: ModelSpec, setup: ServeSetup, *, device_memory_bytes: int
             source=constant_source("runtime_overhead", "cuda_context_bytes"),
         ),
     )
+
+
+def _max_context(spec: ModelSpec, setup: ServeSetup, budget: int, per_token: float) -> int:
+    """Longest context the KV budget holds at the set-up's concurrency, in whole blocks, within the model's."""
+    fitting = int(budget // (per_token * setup.concurrency)) // VLLM_BLOCK_TOKENS * VLLM_BLOCK_TOKENS
+    return max(0, min(spec.max_position_embeddings, fitting))
+
+
+def serve_memory(spec: ModelSpec, setup: ServeSetup, *, device_memory_bytes: int) -> ServeMemory:
+    """Memory on one device for serving `setup`, and the concurrency/context limits it implies."""
+    kv_bytes = 1 if setup.kv_dtype == "fp8" else dtype_bytes(setup.dtype)
+    per_token = kv_cache_bytes_per_token(spec, kv_dtype_bytes=kv_bytes, tp=setup.tp, context=setup.context)
+    weights = serve_weight_bytes(spec, setup)
+    workspace = prefill_workspace_bytes(spec, setup)
+    loras = lora_slot_bytes(spec, setup)
+    context_bytes = int(constant("runtime_overhead", "cuda_context_bytes"))
+    budget = (
+        int(device_memory_bytes * setup.gpu_memory_utilization) - weights - workspace - loras - context_bytes
+    )
+    budget = max(0, budget)
+    blocks_per_seq = -(-setup.context // VLLM_BLOCK_TOKENS)
+    seq_bytes = blocks_per_seq * VLLM_BLOCK_TOKENS * per_token
+    max_concurrency = int(budget // seq_bytes) if seq_bytes else 0
+    kv = int(seq_bytes * setup.concurrency)
+    peak = weights + workspace + loras + kv
+    terms = _serve_terms(setup, weights=weights, kv=kv, workspace=workspace, loras=loras,
+                         context_bytes=context_bytes, blocks_per_seq=blocks_per_seq, per_token=per_token)  # fmt: skip
     device = MemoryBreakdown(
         weights=weights,
         adapters=loras,
@@ -166,6 +177,6 @@ def serve_memory(spec: ModelSpec, setup: ServeSetup, *, device_memory_bytes: int
         kv_bytes_per_token=per_token,
         kv_budget_bytes=budget,
         max_concurrency=max_concurrency,
-        max_context=max(0, max_context),
+        max_context=_max_context(spec, setup, budget, per_token),
         fits=max_concurrency >= setup.concurrency,
     )
