@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.hardware import Cluster, list_accelerators
@@ -19,6 +20,7 @@ from swiftplan.planner.search.evaluate import Evaluation, Objective, ServeEvalua
 from swiftplan.planner.search.pins import Pins
 from swiftplan.planner.search.serve_space import build_serve_space
 from swiftplan.planner.search.space import build_train_space
+from swiftplan.planner.setup import TrainSetup
 from swiftplan.units import GiB, format_gib
 
 MAX_SUGGESTED_GPUS = 64
@@ -77,16 +79,16 @@ class _Train:
         cluster: Cluster | None = None,
         pins: Pins | None = None,
         seq: int | None = None,
-        host_ram_bytes: int | None | str = "same",
+        host_ram_bytes: int | None | Literal["same"] = "same",
     ) -> TrainEvaluator:
         base = self.base
         cluster = cluster or base.cluster
         space = build_train_space(base.spec, cluster, pins or self.pins, base.space.engine)
         workload = base.workload if seq is None else replace(base.workload, seq_len=seq)
-        host = base.host_ram_bytes if host_ram_bytes == "same" else host_ram_bytes
+        host = base.host_ram_bytes if isinstance(host_ram_bytes, str) else host_ram_bytes
         return TrainEvaluator(
             base.spec, cluster, workload, space, headroom=base.headroom, host_ram_bytes=host
-        )  # type: ignore[arg-type]
+        )
 
     @staticmethod
     def lean_set(evaluator: TrainEvaluator) -> list[Candidate]:
@@ -210,6 +212,57 @@ def _bigger_gpu(
     return None
 
 
+def _qlora_suggestion(checks: _Train) -> Suggestion | None:
+    """QLoRA, when the pins left it out and it fits."""
+    if "qlora" in checks.base.space.methods:
+        return None
+    try:
+        qlora = checks.evaluator(pins=replace(checks.pins, methods=("qlora",), quants=None, precisions=None))
+    except SwiftplanError:
+        return None
+    plan = checks.fits(qlora)
+    if plan is None:
+        return None
+    return Suggestion(change="QLoRA", text=f"QLoRA (--method qlora): {_fit_text(plan)}.", evaluation=plan)
+
+
+def _shorter_sequence(checks: _Train) -> Suggestion | None:
+    """The longest sequence (a multiple of 256) at which one of the five leanest plans fits."""
+    evaluator = checks.base
+    seq = evaluator.workload.seq_len
+    if seq <= 256:
+        return None
+    leans = sorted(checks.lean_set(evaluator), key=lambda c: evaluator.evaluate(c).device_total_bytes)[:5]
+    plan = _largest_fitting(
+        256, seq - 1, 256, lambda length: checks.fits(checks.evaluator(seq=length), leans)
+    )
+    if plan is None or plan.estimate is None or not isinstance(plan.estimate.setup, TrainSetup):
+        return None
+    text = f"a shorter sequence, --seq {plan.estimate.setup.seq_len}: {_fit_text(plan)}."
+    return Suggestion(change="shorter sequence", evaluation=plan, text=text)
+
+
+def _bigger_train_gpu(checks: _Train) -> Suggestion | None:
+    """The smallest catalog GPU one of the lean plans fits, re-estimated on it."""
+    evaluator = checks.base
+    leans = [evaluator.evaluate(c) for c in checks.lean_set(evaluator)]
+
+    def recheck(candidate: Candidate | ServeCandidate, cluster: Cluster) -> Evaluation | None:
+        if not isinstance(candidate, Candidate):
+            return None
+        try:
+            other = checks.evaluator(cluster=cluster)
+        except SwiftplanError:
+            return None
+        bare = candidate.replace(micro_batch=0)
+        if bare not in other.space.variants(other.space.canonical(bare)):
+            return None  # the new GPU cannot run this variant
+        return other.evaluate(candidate)
+
+    ordered = sorted(leans, key=lambda e: e.candidate.simplicity())
+    return _bigger_gpu(evaluator.cluster, ordered, recheck, evaluator.headroom)
+
+
 def diagnose_training(
     evaluator: TrainEvaluator, pins: Pins, closest: Evaluation, objective: Objective = "time"
 ) -> Diagnosis:
@@ -221,61 +274,15 @@ def diagnose_training(
 
         return search_training(checks.evaluator(cluster=cluster), SearchSettings(objective=objective)).best
 
-    suggestions: list[Suggestion] = []
-    space = evaluator.space
-    if "qlora" not in space.methods:
-        try:
-            qlora = checks.evaluator(pins=replace(pins, methods=("qlora",), quants=None, precisions=None))
-        except SwiftplanError:
-            qlora = None
-        plan = checks.fits(qlora) if qlora else None
-        if plan is not None:
-            suggestions.append(
-                Suggestion(
-                    change="QLoRA", text=f"QLoRA (--method qlora): {_fit_text(plan)}.", evaluation=plan
-                )
-            )
-    seq = evaluator.workload.seq_len
-    if seq > 256:
-        leans = sorted(checks.lean_set(evaluator), key=lambda c: evaluator.evaluate(c).device_total_bytes)[:5]
-
-        def fits_seq(length: int) -> Evaluation | None:
-            return checks.fits(checks.evaluator(seq=length), leans)
-
-        plan = _largest_fitting(256, seq - 1, 256, fits_seq)
-        if plan is not None:
-            length = plan.estimate.setup.seq_len  # type: ignore[union-attr]
-            suggestions.append(
-                Suggestion(
-                    change="shorter sequence",
-                    evaluation=plan,
-                    text=f"a shorter sequence, --seq {length}: {_fit_text(plan)}.",
-                )
-            )
-    offload = _offload_plan(checks, space.methods)
-    if offload is not None:
-        suggestions.append(offload)
-    more = _more_gpus(evaluator.cluster, lambda c: checks.fits(checks.evaluator(cluster=c)), best)
-    if more is not None:
-        suggestions.append(more)
-    leans = [evaluator.evaluate(c) for c in checks.lean_set(evaluator)]
-
-    def recheck(candidate: Candidate | ServeCandidate, cluster: Cluster) -> Evaluation | None:
-        try:
-            other = checks.evaluator(cluster=cluster)
-        except SwiftplanError:
-            return None
-        bare = candidate.replace(micro_batch=0)
-        if bare not in other.space.variants(other.space.canonical(bare)):  # type: ignore[arg-type]
-            return None  # the new GPU cannot run this variant
-        return other.evaluate(candidate)  # type: ignore[arg-type]
-
-    bigger = _bigger_gpu(
-        evaluator.cluster, sorted(leans, key=lambda e: e.candidate.simplicity()), recheck, evaluator.headroom
+    found = (
+        _qlora_suggestion(checks),
+        _shorter_sequence(checks),
+        _offload_plan(checks, evaluator.space.methods),
+        _more_gpus(evaluator.cluster, lambda c: checks.fits(checks.evaluator(cluster=c)), best),
+        _bigger_train_gpu(checks),
     )
-    if bigger is not None:
-        suggestions.append(bigger)
-    return Diagnosis(closest=closest, summary=_summary(closest), suggestions=tuple(suggestions))
+    suggestions = tuple(s for s in found if s is not None)
+    return Diagnosis(closest=closest, summary=_summary(closest), suggestions=suggestions)
 
 
 def _offload_plan(checks: _Train, methods: tuple[str, ...]) -> Suggestion | None:
@@ -311,7 +318,7 @@ def _offload_plan(checks: _Train, methods: tuple[str, ...]) -> Suggestion | None
     host = plan.host_bytes_per_node
     limit = checks.base.host_ram_bytes
     text = (
-        f"ZeRO-3 offloading parameters and optimizer state ({plan.candidate.family}, bf16 base): "  # type: ignore[union-attr]
+        f"ZeRO-3 offloading parameters and optimizer state ({plan.candidate.family}, bf16 base): "
         f"{format_gib(plan.device_total_bytes, 1)} per device, and {format_gib(host, 0)} of host RAM per node"
     )
     if limit is not None and host > limit:
@@ -365,15 +372,14 @@ def diagnose_serving(
     leans = [evaluator.best_concurrency(s) for s in evaluator.space.structures()]
 
     def recheck(candidate: Candidate | ServeCandidate, cluster: Cluster) -> Evaluation | None:
+        if not isinstance(candidate, ServeCandidate):
+            return None
         try:
             other = make(cluster=cluster)
         except SwiftplanError:
             return None
-        return (
-            other.best_concurrency(candidate.replace(concurrency=0))
-            if candidate.replace(concurrency=0) in other.space.structures()
-            else None
-        )  # type: ignore[union-attr, arg-type]
+        structure = candidate.replace(concurrency=0)
+        return other.best_concurrency(structure) if structure in other.space.structures() else None
 
     bigger = _bigger_gpu(evaluator.cluster, leans, recheck, 1 - evaluator.utilization)
     if bigger is not None:
