@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -39,7 +39,7 @@ from swiftplan.planner.setup import (
 )
 from swiftplan.planner.workload import ServeWorkload, TrainWorkload
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION: Final = 2
 READABLE_VERSIONS = (1, 2)
 _HINT = 'Plan files are written by `swiftplan fit ... -o plan.yaml`; the README section "Plan files" lists every field.'
 
@@ -199,9 +199,9 @@ class PlanFields(_Strict):
 # --- Plan → file ------------------------------------------------------------------------------------
 
 
-def _setup_fields(setup: TrainSetup | ServeSetup) -> dict[str, Any]:
+def _setup_fields(setup: TrainSetup | ServeSetup) -> TrainFields | ServeFields:
     if isinstance(setup, ServeSetup):
-        return {name: getattr(setup, name) for name in ServeFields.model_fields}
+        return ServeFields.model_validate({name: getattr(setup, name) for name in ServeFields.model_fields})
     fields = {name: getattr(setup, name) for name in TrainFields.model_fields}
     fields["parallel"] = {name: getattr(setup.parallel, name) for name in ParallelFields.model_fields}
     lora = setup.lora if setup.trains_adapters else None
@@ -210,7 +210,7 @@ def _setup_fields(setup: TrainSetup | ServeSetup) -> dict[str, Any]:
         if lora is None
         else {name: getattr(lora, name) for name in LoraFields.model_fields} | {"targets": list(lora.targets)}
     )
-    return fields
+    return TrainFields.model_validate(fields)
 
 
 def _accelerator_fields(accelerator: Accelerator) -> dict[str, Any]:
@@ -221,6 +221,7 @@ def _accelerator_fields(accelerator: Accelerator) -> dict[str, Any]:
 def plan_dict(plan: Plan) -> dict[str, Any]:
     """The plan as plain data (what the YAML file and `fit --json` hold)."""
     hardware = plan.hardware
+    setup = _setup_fields(plan.setup)
     fields = PlanFields(
         schema_version=SCHEMA_VERSION,
         swiftplan_version=plan.swiftplan_version,
@@ -244,7 +245,8 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
         prediction=PredictionFields(
             **{f.name: getattr(plan.prediction, f.name) for f in dataclasses.fields(Prediction)}
         ),
-        **{plan.task: _setup_fields(plan.setup)},
+        train=setup if isinstance(setup, TrainFields) else None,
+        serve=setup if isinstance(setup, ServeFields) else None,
     )
     return fields.model_dump(mode="json")
 
@@ -322,7 +324,7 @@ def _workload(path: Path, task: str, data: dict[str, Any]) -> TrainWorkload | Se
     except ValidationError as error:
         raise _validation_error(path, error, "workload.") from error
     kind = TrainWorkload if task == "train" else ServeWorkload
-    return kind(**fields.model_dump())  # type: ignore[arg-type]
+    return kind(**fields.model_dump())
 
 
 def _accelerator(path: Path, data: dict[str, Any]) -> Accelerator:
@@ -331,7 +333,9 @@ def _accelerator(path: Path, data: dict[str, Any]) -> Accelerator:
         raise SwiftplanError(
             f"Plan file {path}: unknown field 'hardware.accelerator.{unknown[0]}'.", hint=_HINT
         )
-    values = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+    values: dict[str, Any] = {
+        key: tuple(value) if isinstance(value, list) else value for key, value in data.items()
+    }
     try:
         return Accelerator(**values)
     except (TypeError, ValueError) as error:

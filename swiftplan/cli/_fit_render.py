@@ -153,7 +153,7 @@ def render_fit(outcome: Any, *, output: str | None, as_json: bool, measured: Any
 def evaluation_json(e: Evaluation) -> dict[str, Any]:
     """Stable JSON for one evaluated plan."""
     c = e.candidate
-    fields = {name: getattr(c, name) for name in c.__slots__}  # type: ignore[attr-defined]
+    fields = {name: getattr(c, name) for name in c.__slots__}
     if isinstance(c, Candidate):
         fields["layout"] = {"gpus": c.layout.gpus, "tp": c.layout.tp, "pp": c.layout.pp, "dp": c.layout.dp}
         fields["targets"] = list(c.targets)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.table import Table
 
@@ -24,7 +26,7 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
     from swiftplan.planner.architecture import active_params_per_token, total_params
     from swiftplan.planner.model_catalog import catalog, catalog_spec
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for model_id, entry in catalog().items():
         spec = catalog_spec(model_id)
         rows.append(

@@ -128,22 +128,22 @@ def _layer_activation_bytes(
 
     linear_inputs = 0
     lora = 0
-    seen_inputs: set[tuple[str, int]] = set()
+    seen_inputs: set[tuple[str | int, ...]] = set()
     for linear in layer_linears(spec, layer):
         if linear.kind != "linear":
             continue
         saved, lora_saved = _linear_saves(linear, setup, tokens, cb, spec.model_type)
-        if lora_saved and cb == FP32 and not amp and setup.lora.dropout == 0:  # type: ignore[union-attr]
+        if lora_saved and setup.lora is not None and cb == FP32 and not amp and setup.lora.dropout == 0:
             # fp32 activations without dropout: peft's cast to the fp32 adapter dtype is a no-op, so the
             # Linears reading one tensor (q and v) keep that same tensor once; only lora_A's output is theirs.
-            own = tokens * FP32 * setup.lora.rank  # type: ignore[union-attr]
-            key = ("lora", linear.block, linear.in_features)
+            own = tokens * FP32 * setup.lora.rank
+            lora_key = ("lora", linear.block, linear.in_features)
             already_kept = (
                 _reads_saved_tensor(linear) and linear.block == "attention"
             )  # o_proj reads the SDPA output
-            if already_kept or key in seen_inputs:
+            if already_kept or lora_key in seen_inputs:
                 lora_saved = own
-            seen_inputs.add(key)
+            seen_inputs.add(lora_key)
         lora += lora_saved
         # Output projections read tensors other ops already keep (the SDPA output, the SwiGLU
         # product); the others read a norm output, shared by the Linears that read it (q/k/v, gate/up).

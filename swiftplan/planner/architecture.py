@@ -7,7 +7,7 @@ do not touch them). Module names are the ones peft matches in `target_modules`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Literal
 
@@ -142,14 +142,10 @@ def _moe_mlp(spec: ModelSpec) -> list[Linear]:
     if moe.shared_intermediate_size:
         prefix = "shared_expert." if spec.model_type == "qwen2_moe" else "shared_experts."
         shared = _dense_mlp(spec, moe.shared_intermediate_size)
-        out += [Linear(**{**_fields(lin), "name": prefix + lin.name}) for lin in shared]
+        out += [replace(lin, name=prefix + lin.name) for lin in shared]
     if moe.shared_expert_gate:
         out.append(Linear(name="shared_expert_gate", in_features=h, out_features=1, block="mlp"))
     return out
-
-
-def _fields(linear: Linear) -> dict[str, object]:
-    return {name: getattr(linear, name) for name in Linear.__slots__}  # type: ignore[attr-defined]
 
 
 @cache

@@ -146,7 +146,7 @@ def feature_support(
 def capabilities_for(accelerator: Accelerator) -> Capabilities:
     """Evaluate every feature for one accelerator."""
     text = f"{accelerator.id} {accelerator.name} {accelerator.architecture}"
-    support = {
+    support: dict[str, FeatureSupport] = {
         feature: feature_support(
             feature, backend=accelerator.backend, compute_capability=accelerator.compute_capability, text=text
         )
@@ -181,7 +181,7 @@ def _required_features(
         tokens = set(re.split(r"[-_\s]+", precision.lower()))  # 'bf16', 'amp-bf16', 'bf16_mixed'
         for dtype in ("bf16", "fp8"):
             if dtype in tokens:
-                needs.append((dtype, f"precision {precision}"))  # type: ignore[arg-type]
+                needs.append((dtype, f"precision {precision}"))
     if quant:
         key = quant.lower().replace("-", "_")
         if key in _QUANT_4BIT:

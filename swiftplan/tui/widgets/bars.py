@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.text import Text
+from textual.geometry import Size
 from textual.widget import Widget
 
 from swiftplan.tui.plans import MemoryBar, memory_legend
@@ -39,7 +40,7 @@ class MemoryBars(Widget):
         self.bar = bar
         self.refresh(layout=True)
 
-    def get_content_height(self, container, viewport, width: int) -> int:  # type: ignore[no-untyped-def]
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return 1 if self.bar is None else len(self.render().wrap(self.app.console, width))
 
     def render(self) -> Text:

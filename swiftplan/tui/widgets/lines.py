@@ -75,12 +75,12 @@ class SeriesPlot(Widget):
             for col in range(width):
                 canvas.overlay(col, row, dash, layer)
         out.append("\n")
-        for index, row in enumerate(canvas.rows()):
+        for index, cells in enumerate(canvas.rows()):
             label = ""
             if index in (0, height - 1):
                 label = short_number(y_axis.value_at(1.0 - index / max(1, height - 1)))
             out.append(f"{label:>{Y_MARGIN - 1}} │", style="dim")
-            for char, layer in row:
+            for char, layer in cells:
                 out.append(char, style=STYLES.get(layer, ""))
             out.append("\n")
         first, last = f"step {series.steps[0]}", f"{series.steps[-1]}"
