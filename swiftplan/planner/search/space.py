@@ -16,7 +16,7 @@ from swiftplan.planner.capabilities import check
 from swiftplan.planner.engines import Engine
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.search.candidate import Candidate, Layout
+from swiftplan.planner.search.candidate import Candidate, Layout, TrainQuant
 from swiftplan.planner.search.pins import (
     Pins,
     allowed_values,
@@ -24,11 +24,22 @@ from swiftplan.planner.search.pins import (
     impossible_values,
     layouts_for,
 )
-from swiftplan.planner.setup import ALL_LINEAR, METHODS, OFFLOADS, PRECISIONS
+from swiftplan.planner.setup import (
+    ALL_LINEAR,
+    METHODS,
+    OFFLOADS,
+    PRECISIONS,
+    Method,
+    Offload,
+    Optimizer,
+    Precision,
+    ZeroStage,
+    parse_choice,
+)
 
-TRAIN_QUANTS = ("none", "int8", "nf4", "nf4-dq")
+TRAIN_QUANTS: tuple[TrainQuant, ...] = ("none", "int8", "nf4", "nf4-dq")
 """Base quantizations searched for training: none, LLM.int8 (LoRA), NF4 without / with double quant (QLoRA)."""
-DEFAULT_OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit")
+DEFAULT_OPTIMIZERS: tuple[Optimizer, ...] = ("adamw", "adamw-8bit", "paged-adamw-8bit")
 """Optimizers searched unless pinned (sgd/adafactor only when asked for)."""
 RANKS = (4, 8, 16, 32, 64, 128, 256)
 """LoRA ranks searched with --rank auto."""
@@ -36,7 +47,9 @@ DEFAULT_RANK = 16
 """Rank used unless searched or pinned: a model-quality choice, not a memory one."""
 ATTENTION = "attention"
 """Target key for attention-only adapters (the attention projections of this architecture)."""
-SHARDINGS: tuple[tuple[int, str], ...] = (
+Sharding = tuple[ZeroStage, Offload]
+"""A ZeRO stage with what it offloads."""
+SHARDINGS: tuple[Sharding, ...] = (
     (0, "none"),
     (1, "none"),
     (2, "none"),
@@ -51,7 +64,7 @@ MAX_MICRO_BATCH = 256
 """Largest micro-batch considered."""
 
 
-SHARDING_CLASSES: dict[str, tuple[tuple[int, str], ...]] = {
+SHARDING_CLASSES: dict[str, tuple[Sharding, ...]] = {
     "none": ((0, "none"), (1, "none"), (2, "none")),
     "zero3": ((3, "none"),),
     "offload-optimizer": ((1, "optimizer"), (2, "optimizer")),
@@ -96,17 +109,17 @@ class TrainSpace:
     only change memory in the model. `candidates()` enumerates both levels, for brute force.
     """
 
-    methods: tuple[str, ...]
+    methods: tuple[Method, ...]
     """Fine-tuning methods."""
-    quants: dict[str, tuple[str, ...]]
+    quants: dict[str, tuple[TrainQuant, ...]]
     """Per method: base quantizations (TRAIN_QUANTS keys), preferred first."""
-    precisions: dict[str, tuple[str, ...]]
+    precisions: dict[str, tuple[Precision, ...]]
     """Per method: precision modes, preferred first."""
-    optimizers: tuple[str, ...]
+    optimizers: tuple[Optimizer, ...]
     """Optimizers, preferred first."""
     grad_ckpt: tuple[bool, ...]
     """Checkpointing on/off."""
-    shardings: tuple[tuple[int, str], ...]
+    shardings: tuple[Sharding, ...]
     """(ZeRO stage, offload) pairs allowed."""
     layouts: tuple[Layout, ...]
     """(GPUs, tp, pp) triples."""
@@ -116,21 +129,21 @@ class TrainSpace:
     """Target key → module names peft matches."""
     micro_batches: tuple[int, ...] | None
     """Pinned micro-batches; None lets the evaluator choose."""
-    max_offload: str
+    max_offload: Offload
     """Most that may be offloaded."""
     engine: Engine | None = None
     """The engine the plans are for (its limits are already applied); None = any engine."""
 
-    def quant_kinds(self, method: str) -> tuple[str, ...]:
+    def quant_kinds(self, method: str) -> tuple[TrainQuant, ...]:
         """Quantizations the study tells apart (both NF4 variants are one kind, represented by the first)."""
-        kinds: list[str] = []
+        kinds: list[TrainQuant] = []
         for quant in self.quants[method]:
             kind = self.quants[method][0] if quant.startswith("nf4") else quant
             if kind not in kinds:
                 kinds.append(kind)
         return tuple(kinds)
 
-    def valid_shardings(self, quant: str, dp: int) -> tuple[tuple[int, str], ...]:
+    def valid_shardings(self, quant: str, dp: int) -> tuple[Sharding, ...]:
         """ZeRO-3 cannot shard a quantized base; on one data-parallel rank ZeRO only matters with offload."""
         valid = [s for s in self.shardings if not (s[0] == 3 and quant != "none")]
         lean = [s for s in valid if not (dp == 1 and s[0] > 0 and s[1] == "none")]
@@ -237,7 +250,10 @@ class TrainSpace:
         return sum(1 for _ in self.structures())
 
 
-def _train_precisions(method: str, bf16: bool, pinned: tuple[str, ...] | None) -> tuple[str, ...]:
+def _train_precisions(method: Method, bf16: bool, pinned: tuple[str, ...] | None) -> tuple[Precision, ...]:
+    """Precision modes for a method, preferred first: the pins the method and device allow, or the defaults."""
+    valid: tuple[Precision, ...]
+    default: tuple[Precision, ...]
     if method == "qlora":
         valid = ("bf16", "fp16")
         default = ("bf16",) if bf16 else ("fp16",)
@@ -248,14 +264,13 @@ def _train_precisions(method: str, bf16: bool, pinned: tuple[str, ...] | None) -
         )
     if pinned is None:
         return default
-    return tuple(p for p in pinned if p in valid and (bf16 or "bf16" not in p))
+    return tuple(
+        parse_choice("precision", p, valid) for p in pinned if p in valid and (bf16 or "bf16" not in p)
+    )
 
 
-def build_train_space(
-    spec: ModelSpec, cluster: Cluster, pins: Pins, engine: Engine | None = None
-) -> TrainSpace:
-    """The training search space for `spec` on `cluster` under `pins`, limited to what the device and
-    `engine` can run (None: any engine); raises when a pin leaves nothing."""
+def _train_quants(cluster: Cluster, pins: Pins, engine: Engine | None) -> tuple[TrainQuant, ...]:
+    """Base quantizations allowed: the pins ('nf4' allows both NF4 variants) minus what cannot run."""
     bad_quant = impossible_values(cluster, "quant", ("int8", "nf4"), engine)
     bad_quant["nf4-dq"] = bad_quant.get("nf4", None)
     bad_quant = {k: v for k, v in bad_quant.items() if v}
@@ -264,21 +279,15 @@ def build_train_space(
         quant_pins = tuple(
             dict.fromkeys(q for p in quant_pins for q in (("nf4", "nf4-dq") if p == "nf4" else (p,)))
         )
-    quants_all = allowed_values("base quantization", TRAIN_QUANTS, quant_pins, bad_quant)
-    optimizers = allowed_values(
-        "optimizer",
-        DEFAULT_OPTIMIZERS,
-        pins.optimizers,
-        impossible_values(cluster, "optimizer", pins.optimizers or DEFAULT_OPTIMIZERS, engine),
-    )
+    return allowed_values("base quantization", TRAIN_QUANTS, quant_pins, bad_quant)
+
+
+def _shardings(cluster: Cluster, pins: Pins, engine: Engine | None) -> tuple[tuple[Sharding, ...], Offload]:
+    """((ZeRO stage, offload) pairs allowed, the most that may be offloaded)."""
     zero_stages = allowed_values(
         "ZeRO stage", (0, 1, 2, 3), pins.zero, impossible_values(cluster, "zero_stage", (0, 1, 2, 3), engine)
     )
-    max_offload = pins.max_offload or "optimizer+params"
-    if max_offload not in OFFLOADS:
-        raise SwiftplanError(
-            f"Unknown --max-offload {max_offload!r}; valid values are: {', '.join(OFFLOADS)}."
-        )
+    max_offload = parse_choice("--max-offload", pins.max_offload or "optimizer+params", OFFLOADS)
     engine_offloads = None if engine is None else engine.allowed("offload", cluster.accelerator.backend)
     offloads = tuple(
         o
@@ -291,48 +300,90 @@ def build_train_space(
             f"--zero {'/'.join(map(str, zero_stages))} with --max-offload {max_offload} leaves no valid sharding.",
             hint="Offloading parameters needs ZeRO-3; offloading the optimizer needs ZeRO 1-3.",
         )
+    return shardings, max_offload
+
+
+_METHOD_QUANTS: dict[Method, tuple[TrainQuant, ...]] = {
+    "full": ("none",),
+    "lora": ("none", "int8"),
+    "qlora": ("nf4-dq", "nf4"),
+}
+"""Base quantizations each method can train on, preferred first."""
+
+
+def _methods(
+    cluster: Cluster, pins: Pins, engine: Engine | None, quants: tuple[TrainQuant, ...], shardings: tuple[Sharding, ...]
+) -> tuple[tuple[Method, ...], dict[str, tuple[TrainQuant, ...]], dict[str, tuple[Precision, ...]]]:  # fmt: skip
+    """(methods left, their quantizations, their precisions): a method stays when it keeps one of each."""
     bf16 = not check(cluster.accelerator, precision="bf16")
-    per_method_quants = {"full": ("none",), "lora": ("none", "int8"), "qlora": ("nf4-dq", "nf4")}
-    methods, quants, precisions = [], {}, {}
+    methods: list[Method] = []
+    method_quants: dict[str, tuple[TrainQuant, ...]] = {}
+    precisions: dict[str, tuple[Precision, ...]] = {}
     bad_methods = impossible_values(cluster, "method", METHODS, engine)
-    for method in pins.methods or METHODS:
-        if method not in METHODS:
-            raise SwiftplanError(f"Unknown method {method!r}; valid values are: {', '.join(METHODS)}.")
+    for name in pins.methods or METHODS:
+        method = parse_choice("method", name, METHODS)
         if method in bad_methods:
             continue
         q = tuple(
             x
-            for x in per_method_quants[method]
-            if x in quants_all and (x == "none" or any(z < 3 for z, _ in shardings))
+            for x in _METHOD_QUANTS[method]
+            if x in quants and (x == "none" or any(z < 3 for z, _ in shardings))
         )
         p = _train_precisions(method, bf16, pins.precisions)
         if q and p:
             methods.append(method)
-            quants[method], precisions[method] = q, p
+            method_quants[method], precisions[method] = q, p
     if not methods:
         raise SwiftplanError(
             "The pinned method, quantization and precision leave nothing to search "
-            f"(method {'/'.join(pins.methods or METHODS)}, quant {'/'.join(quants_all)}, "
+            f"(method {'/'.join(pins.methods or METHODS)}, quant {'/'.join(quants)}, "
             f"precision {'/'.join(pins.precisions or ('default',))}).",
             hint="QLoRA needs an nf4 base and bf16/fp16; full fine-tuning needs --quant none.",
         )
-    attention = attention_targets(spec)
+    return tuple(methods), method_quants, precisions
+
+
+def _targets(spec: ModelSpec, pins: Pins) -> dict[str, tuple[str, ...]]:
+    """Target key → module names: all-linear (and attention-only when ranks are searched), or the pins."""
+    keys: tuple[str, ...]
     if pins.targets is None:
         keys = (ALL_LINEAR, ATTENTION) if pins.ranks is not None and len(pins.ranks) > 1 else (ALL_LINEAR,)
     else:
         keys = pins.targets
-    targets = {
+    attention = attention_targets(spec)
+    return {
         k: (ALL_LINEAR,) if k == ALL_LINEAR else attention if k == ATTENTION else tuple(k.split(","))
         for k in keys
     }
-    micro = None
-    if pins.micro_batch is not None:
-        if any(b < 1 for b in pins.micro_batch):
-            raise SwiftplanError(f"Micro-batch sizes must be positive, got {pins.micro_batch}.")
-        micro = tuple(sorted(pins.micro_batch))
+
+
+def _micro_batches(pins: Pins) -> tuple[int, ...] | None:
+    """The pinned micro-batches, smallest first (None: the evaluator chooses)."""
+    if pins.micro_batch is None:
+        return None
+    if any(b < 1 for b in pins.micro_batch):
+        raise SwiftplanError(f"Micro-batch sizes must be positive, got {pins.micro_batch}.")
+    return tuple(sorted(pins.micro_batch))
+
+
+def build_train_space(
+    spec: ModelSpec, cluster: Cluster, pins: Pins, engine: Engine | None = None
+) -> TrainSpace:
+    """The training search space for `spec` on `cluster` under `pins`, limited to what the device and
+    `engine` can run (None: any engine); raises when a pin leaves nothing."""
+    quants = _train_quants(cluster, pins, engine)
+    optimizers = allowed_values(
+        "optimizer",
+        DEFAULT_OPTIMIZERS,
+        pins.optimizers,
+        impossible_values(cluster, "optimizer", pins.optimizers or DEFAULT_OPTIMIZERS, engine),
+    )
+    shardings, max_offload = _shardings(cluster, pins, engine)
+    methods, method_quants, precisions = _methods(cluster, pins, engine, quants, shardings)
+    targets, micro_batches = _targets(spec, pins), _micro_batches(pins)
     return TrainSpace(
-        methods=tuple(methods),
-        quants=quants,
+        methods=methods,
+        quants=method_quants,
         precisions=precisions,
         optimizers=optimizers,
         grad_ckpt=pins.grad_ckpt or (True, False),
@@ -340,7 +391,7 @@ def build_train_space(
         layouts=layouts_for(spec, cluster, pins, engine),
         ranks=pins.ranks or (DEFAULT_RANK,),
         targets=targets,
-        micro_batches=micro,
+        micro_batches=micro_batches,
         max_offload=max_offload,
         engine=engine,
     )
