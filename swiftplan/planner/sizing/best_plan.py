@@ -126,22 +126,46 @@ def _groups(evaluator: TrainEvaluator, structures: list[Candidate]) -> list[tupl
     return sorted(floored, key=lambda pair: pair[0])
 
 
-def best_training_plan(
-    evaluator: TrainEvaluator,
-    *,
-    cap_s: float | None = None,
-    memo: MisfitMemo | None = None,
-) -> ClusterPlan:
-    """Fastest plan of the evaluator's space; `cap_s` skips the cluster when no plan can be that fast.
-    Structures
-    whose weights alone exceed one GPU (`candidates.device_weight_floor_bytes`), or that `memo` knows do
-    not fit, are never estimated; structures found not to fit are added to `memo`.
+class _BoundQueue:
+    """Structures by speed bound, smallest first; a group's bounds are computed only when its compute floor
+    comes up, so popping gives the same order as sorting every bound."""
 
-    Structures are resolved in order of their speed bound, as in the fit search, but the bounds of a
-    group are computed only when its compute floor (`compute_floor_s`) comes up: structures already
-    queued whose bound is below the next group's floor go first, so the order is the same as sorting
-    every bound, and groups the search never reaches cost nothing."""
-    structures = list(evaluator.space.structures())
+    def __init__(self, evaluator: TrainEvaluator, structures: list[Candidate]) -> None:
+        self.evaluator = evaluator
+        self.groups = _groups(evaluator, structures)
+        self.queue: list[tuple[float, tuple, int, Candidate]] = []
+        self.tiebreak = itertools.count()
+
+    def _next_floor(self) -> float:
+        return self.groups[0][0] if self.groups else math.inf
+
+    def _fill(self, floor_limit: float) -> None:
+        """Queue the bounds of every group whose floor is at most `floor_limit`."""
+        while self.groups and self.groups[0][0] <= floor_limit:
+            for structure in self.groups.pop(0)[1]:
+                bound = self.evaluator.optimistic(structure, "time")
+                heapq.heappush(self.queue, (bound, structure.simplicity(), next(self.tiebreak), structure))
+
+    def top_up(self, best_s: float) -> None:
+        """Fill until the head of the queue is the smallest bound left (or the rest cannot beat best_s)."""
+        while self.groups and (not self.queue or self.queue[0][0] >= self._next_floor()):
+            if self._next_floor() > best_s:
+                self.groups.clear()  # no plan of the remaining groups can be faster
+                return
+            self._fill(self._next_floor())
+
+    def head_bound(self) -> float | None:
+        """The smallest bound queued (None when empty)."""
+        return self.queue[0][0] if self.queue else None
+
+    def pop(self) -> tuple[float, Candidate]:
+        """The structure with the smallest bound, and its bound."""
+        bound, _, _, structure = heapq.heappop(self.queue)
+        return bound, structure
+
+
+def _weight_prune(evaluator: TrainEvaluator, structures: list[Candidate]) -> tuple[list[Candidate], float]:
+    """(structures whose weights fit one GPU, the smallest excess of the others or inf)."""
     over_floor = math.inf
     kept = []
     for structure in structures:
@@ -150,68 +174,74 @@ def best_training_plan(
             over_floor = min(over_floor, excess)
         else:
             kept.append(structure)
-    groups = _groups(evaluator, kept)
-    queue: list[tuple[float, tuple, int, Candidate]] = []
-    tiebreak = itertools.count()
+    return kept, over_floor
 
-    def fill(floor_limit: float) -> None:
-        while groups and groups[0][0] <= floor_limit:
-            for structure in groups.pop(0)[1]:
-                bound = evaluator.optimistic(structure, "time")
-                heapq.heappush(queue, (bound, structure.simplicity(), next(tiebreak), structure))
 
-    def next_floor() -> float:
-        return groups[0][0] if groups else math.inf
+def _closer(candidate: Evaluation, closest: Evaluation | None) -> Evaluation:
+    """The nearer to fitting of two misfits (fit's order)."""
+    if closest is None or candidate.rank_key("time") < closest.rank_key("time"):
+        return candidate
+    return closest
 
-    def top_up(best_s: float) -> None:
-        """Fill until the head of the queue is the smallest bound left (or the rest cannot beat best_s)."""
-        while groups and (not queue or queue[0][0] >= next_floor()):
-            if next_floor() > best_s:
-                groups.clear()  # no plan of the remaining groups can be faster
-                return
-            fill(next_floor())
 
-    top_up(math.inf)
-    floor = max(0.0, queue[0][0]) if queue else math.inf
-    weight_over = None if math.isinf(over_floor) else int(over_floor)
-    if not queue:
-        return ClusterPlan(
-            best=None,
-            closest=None,
-            speed_bound_s=floor,
-            structures=len(structures),
-            resolved=0,
-            weight_over_bytes=weight_over,
-        )
-    if cap_s is not None and floor > cap_s:
-        return ClusterPlan(
-            best=None, closest=None, speed_bound_s=floor, structures=len(structures), resolved=0, capped=True
-        )
+def _branch_and_bound(
+    evaluator: TrainEvaluator, queue: _BoundQueue, memo: MisfitMemo | None
+) -> tuple[Evaluation | None, Evaluation | None, int]:
+    """Resolve structures best bound first until no bound left can beat the best plan:
+    (best plan, closest misfit, structures resolved)."""
     best: Evaluation | None = None
     closest: Evaluation | None = None
     resolved = 0
     while True:
-        top_up(best.time_s if best is not None else math.inf)
-        if not queue:
+        queue.top_up(best.time_s if best is not None else math.inf)
+        if queue.head_bound() is None:
             break
-        bound, _, _, structure = heapq.heappop(queue)
+        bound, structure = queue.pop()
         if best is not None and bound > best.time_s:
             break
         known = memo.misfit(structure) if memo is not None else None
         if known is not None:
-            if closest is None or known.rank_key("time") < closest.rank_key("time"):
-                closest = known
+            closest = _closer(known, closest)
             continue
         evaluation = evaluator.resolve(structure, "time")
         resolved += 1
         if memo is not None and not evaluation.feasible:
             memo.record(structure, evaluation)
-        key = evaluation.rank_key("time")
-        if evaluation.feasible:
-            if best is None or key < best.rank_key("time"):
-                best = evaluation
-        elif closest is None or key < closest.rank_key("time"):
-            closest = evaluation
+        if not evaluation.feasible:
+            closest = _closer(evaluation, closest)
+        elif best is None or evaluation.rank_key("time") < best.rank_key("time"):
+            best = evaluation
+    return best, closest, resolved
+
+
+def best_training_plan(
+    evaluator: TrainEvaluator,
+    *,
+    cap_s: float | None = None,
+    memo: MisfitMemo | None = None,
+) -> ClusterPlan:
+    """Fastest plan of the evaluator's space; `cap_s` skips the cluster when no plan can be that fast.
+    Structures whose weights alone exceed one GPU (`candidates.device_weight_floor_bytes`), or that `memo`
+    knows do not fit, are never estimated; structures found not to fit are added to `memo`.
+
+    Structures are resolved in order of their speed bound, as in the fit search, but the bounds of a
+    group are computed only when its compute floor (`compute_floor_s`) comes up: structures already
+    queued whose bound is below the next group's floor go first, so the order is the same as sorting
+    every bound, and groups the search never reaches cost nothing."""
+    structures = list(evaluator.space.structures())
+    kept, over_floor = _weight_prune(evaluator, structures)
+    queue = _BoundQueue(evaluator, kept)
+    queue.top_up(math.inf)
+    head = queue.head_bound()
+    floor = math.inf if head is None else max(0.0, head)
+    weight_over = None if math.isinf(over_floor) else int(over_floor)
+    if head is None:
+        return ClusterPlan(best=None, closest=None, speed_bound_s=floor, structures=len(structures), resolved=0,
+                           weight_over_bytes=weight_over)  # fmt: skip
+    if cap_s is not None and floor > cap_s:
+        return ClusterPlan(best=None, closest=None, speed_bound_s=floor, structures=len(structures), resolved=0,
+                           capped=True)  # fmt: skip
+    best, closest, resolved = _branch_and_bound(evaluator, queue, memo)
     return ClusterPlan(
         best=best,
         closest=None if best is not None else closest,
