@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.capabilities import check
 from swiftplan.planner.hardware import Cluster
-from swiftplan.planner.setup import ALL_LINEAR, LoraSetup, Parallelism, ServeSetup, TrainSetup
+from swiftplan.planner.setup import (
+    ALL_LINEAR,
+    KV_DTYPES,
+    METHODS,
+    OFFLOADS,
+    OPTIMIZERS,
+    PRECISIONS,
+    QUANTS,
+    SERVE_DTYPES,
+    AttentionImpl,
+    LoraSetup,
+    Parallelism,
+    ServeSetup,
+    TrainSetup,
+    parse_choice,
+    zero_stage,
+)
 
 
 def parse_targets(targets: str) -> tuple[str, ...]:
@@ -16,8 +34,8 @@ def parse_targets(targets: str) -> tuple[str, ...]:
     return names
 
 
-def _refuse_impossible(cluster: Cluster, **options: object) -> None:
-    reasons = check(cluster.accelerator, **options)  # type: ignore[arg-type]
+def _refuse_impossible(cluster: Cluster, **options: Any) -> None:
+    reasons = check(cluster.accelerator, **options)
     if reasons:
         raise SwiftplanError(" ".join(reasons), hint="`swiftplan gpus` lists what each accelerator supports.")
 
@@ -49,19 +67,23 @@ def build_train_setup(
         if method in ("lora", "qlora")
         else None
     )
+    parallel = Parallelism(
+        tp=tp, pp=pp, zero=zero_stage(zero), offload=parse_choice("offload", offload, OFFLOADS)
+    )
     setup = TrainSetup(
-        method=method,  # type: ignore[arg-type]
-        precision=precision,  # type: ignore[arg-type]
-        quant=quant,  # type: ignore[arg-type]
+        method=parse_choice("method", method, METHODS),
+        precision=parse_choice("precision", precision, PRECISIONS),
+        quant=parse_choice("quantization", quant, QUANTS),
         lora=lora,
-        optimizer=optimizer,  # type: ignore[arg-type]
+        optimizer=parse_choice("optimizer", optimizer, OPTIMIZERS),
         micro_batch=batch,
         seq_len=seq,
         grad_accum=grad_accum,
         grad_ckpt=grad_ckpt,
-        attention=attention,  # type: ignore[arg-type]
+        # --attention is not checked against a list (check() below only asks whether a flash kernel runs)
+        attention=cast(AttentionImpl, attention),
         kbit_upcast=kbit_upcast,
-        parallel=Parallelism(tp=tp, pp=pp, zero=zero, offload=offload),  # type: ignore[arg-type]
+        parallel=parallel,
     )
     _refuse_impossible(
         cluster,
@@ -87,14 +109,14 @@ def build_serve_setup(
 ) -> ServeSetup:
     """A validated `ServeSetup` (serving uses the pure dtype of --precision)."""
     dtype = {"amp-bf16": "bf16", "amp-fp16": "fp16"}.get(precision, precision)
-    if dtype not in ("bf16", "fp16", "fp32"):
+    if dtype not in SERVE_DTYPES:
         raise SwiftplanError(f"Unknown precision {precision!r}; valid values are: bf16, fp16, fp32.")
     setup = ServeSetup(
-        dtype=dtype,  # type: ignore[arg-type]
-        quant=quant,  # type: ignore[arg-type]
+        dtype=dtype,
+        quant=parse_choice("quantization", quant, QUANTS),
         context=context,
         concurrency=concurrency,
-        kv_dtype=kv_dtype,  # type: ignore[arg-type]
+        kv_dtype=parse_choice("KV-cache dtype", kv_dtype, KV_DTYPES),
         gpu_memory_utilization=gpu_memory_utilization,
         tp=tp,
     )

@@ -29,6 +29,7 @@ QUANTS: tuple[Quant, ...] = get_args(Quant)
 OPTIMIZERS: tuple[Optimizer, ...] = get_args(Optimizer)
 OFFLOADS: tuple[Offload, ...] = get_args(Offload)
 KV_DTYPES: tuple[KvDtype, ...] = get_args(KvDtype)
+ZERO_STAGES: tuple[ZeroStage, ...] = get_args(ZeroStage)
 ALL_LINEAR = "all-linear"
 
 ChoiceT = TypeVar("ChoiceT", bound=str)
@@ -49,6 +50,14 @@ def parse_choice(kind: str, value: str, valid: tuple[ChoiceT, ...]) -> ChoiceT:
         if choice == value:
             return choice
     raise SwiftplanError(f"Unknown {kind} {value!r}; valid values are: {', '.join(valid)}.")
+
+
+def zero_stage(value: int) -> ZeroStage:
+    """`value` as a ZeRO stage, or the SwiftplanError `Parallelism` raises for it."""
+    for stage in ZERO_STAGES:
+        if stage == value:
+            return stage
+    raise SwiftplanError(f"ZeRO stage must be 0, 1, 2 or 3, got {value!r}.")
 
 
 def _check_positive(kind: str, value: int) -> None:
@@ -103,8 +112,7 @@ class Parallelism:
     def __post_init__(self) -> None:
         _check_positive("Tensor-parallel degree (--tp)", self.tp)
         _check_positive("Pipeline-parallel degree (--pp)", self.pp)
-        if self.zero not in (0, 1, 2, 3):
-            raise SwiftplanError(f"ZeRO stage must be 0, 1, 2 or 3, got {self.zero!r}.")
+        zero_stage(self.zero)
         _check_choice("offload", self.offload, OFFLOADS)
         if self.offload == "optimizer+params" and self.zero != 3:
             raise SwiftplanError(

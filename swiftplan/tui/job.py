@@ -38,8 +38,9 @@ FORM_DEFAULTS: dict[str, str] = {
 
 METHOD_CHOICES = ("any", "full", "lora", "qlora", "lora,qlora")
 QUANT_CHOICES = ("any", "none", "nf4", "int8")
-OBJECTIVE_CHOICES = ("auto", "time", "cost", "throughput")
-TASK_CHOICES = ("train", "serve")
+OBJECTIVES: tuple[Literal["time", "cost", "throughput"], ...] = ("time", "cost", "throughput")
+OBJECTIVE_CHOICES = ("auto", *OBJECTIVES)
+TASK_CHOICES: tuple[Literal["train", "serve"], ...] = ("train", "serve")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -121,7 +122,7 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
     objective = raw["objective"]
     if objective == "auto":
         objective = "throughput" if task == "serve" else "time"
-    if objective not in OBJECTIVE_CHOICES[1:]:
+    if objective not in OBJECTIVES:
         raise SwiftplanError(f"Objective must be time, cost or throughput, got {objective!r}.")
     try:
         dataset_tokens = parse_token_count(raw["dataset_tokens"])
@@ -143,8 +144,8 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
         raise SwiftplanError(f"Seed must be a whole number, got {raw['seed']!r}.") from None
     return JobRequest(
         model=model,
-        task=task,  # type: ignore[arg-type]
-        objective=objective,  # type: ignore[arg-type]
+        task=task,
+        objective=objective,
         pareto=raw["pareto"] == "yes",
         methods=_choices(raw["method"]),
         quants=_choices(raw["quant"]),

@@ -25,7 +25,7 @@ from swiftplan.planner.estimate import Estimate, estimate_serving, estimate_trai
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.layout import Layout, cluster_text
 from swiftplan.planner.plan import Plan, Prediction, predict
-from swiftplan.planner.setup import ServeSetup, TrainSetup
+from swiftplan.planner.setup import ServeSetup, Task, TrainSetup
 from swiftplan.planner.workload import ServeWorkload, TrainWorkload
 from swiftplan.usecases import inputs
 
@@ -69,7 +69,7 @@ def _engine_check(setup: TrainSetup | ServeSetup, cluster: Cluster, engine: Engi
 def estimate_setup(model: str, cluster: Cluster, setup: TrainSetup | ServeSetup, engine: str | None = None) -> EstimateOutcome:
     """Estimate one set-up of `model` on `cluster` and check it against `engine` (default: the task's)."""
     spec = inputs.resolve_model(model)
-    task = "serve" if isinstance(setup, ServeSetup) else "train"
+    task: Task = "serve" if isinstance(setup, ServeSetup) else "train"
     chosen = get_engine(engine, task) if engine else default_engine(task, cluster.accelerator.backend)
     if isinstance(setup, ServeSetup):
         estimate = estimate_serving(spec, setup, cluster)
@@ -114,7 +114,7 @@ def plan_for_setup(
 
     spec = inputs.resolve_model(model)
     gpus = gpus or cluster.world_size
-    task = "serve" if isinstance(setup, ServeSetup) else "train"
+    task: Task = "serve" if isinstance(setup, ServeSetup) else "train"
     chosen = get_engine(engine, task) if engine else default_engine(task, cluster.accelerator.backend)
     if isinstance(setup, ServeSetup):
         layout = Layout(gpus=gpus, tp=setup.tp)
@@ -128,7 +128,7 @@ def plan_for_setup(
             attention=setup.attention, lora_dropout=setup.lora.dropout if setup.lora else 0.05,
         )  # fmt: skip
     hardware = layout.sub_cluster(cluster) if task == "train" else cluster
-    reasons, _ = _engine_check(setup, hardware, chosen, setup.tp if task == "serve" else gpus)
+    reasons, _ = _engine_check(setup, hardware, chosen, setup.tp if isinstance(setup, ServeSetup) else gpus)
     if reasons:
         raise SwiftplanError(f"{chosen.label} cannot run this set-up: {' '.join(reasons)}")
     estimate = estimate_serving(spec, setup, hardware) if isinstance(setup, ServeSetup) else estimate_training(spec, setup, hardware)

@@ -31,11 +31,11 @@ from swiftplan.planner.layout import Layout, cluster_text
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.plan import Plan, predict
 from swiftplan.planner.search.candidate import Candidate, ServeCandidate
-from swiftplan.planner.search.evaluate import Evaluation, ServeEvaluator, TrainEvaluator
+from swiftplan.planner.search.evaluate import Evaluation, Objective, ServeEvaluator, TrainEvaluator
 from swiftplan.planner.search.infeasible import Diagnosis
 from swiftplan.planner.search.optimize import SearchResult, SearchSettings
 from swiftplan.planner.search.pins import Pins
-from swiftplan.planner.setup import ServeSetup
+from swiftplan.planner.setup import AttentionImpl, ServeSetup
 from swiftplan.planner.workload import ServeWorkload, TrainWorkload
 from swiftplan.units import format_gib
 from swiftplan.usecases import inputs
@@ -57,7 +57,7 @@ class FitRequest:
     """Fine-tuning or serving."""
     engine: str | None = None
     """Engine to plan for; None = swiftplan for training, vLLM (or the built-in server) for serving."""
-    objective: str | None = None
+    objective: Objective | None = None
     """time | cost | throughput; None = time for training, throughput for serving."""
     pareto: bool = False
     """Return the Pareto front (time, cost, headroom)."""
@@ -70,7 +70,7 @@ class FitRequest:
     epochs: float = 1.0
     global_batch: int = 16
     seq_len: int = 2048
-    attention: str = "sdpa"
+    attention: AttentionImpl = "sdpa"
     context: int = 4096
     concurrency: int | None = None
     ttft_s: float | None = None
@@ -88,7 +88,7 @@ class FitRequest:
     """Also search without the engine's limits and report a better plan another engine could run."""
 
     @property
-    def goal(self) -> str:
+    def goal(self) -> Objective:
         """The objective, with the task's default filled in."""
         return self.objective or ("throughput" if self.task == "serve" else "time")
 
@@ -217,10 +217,10 @@ def _evaluator(spec: ModelSpec, cluster: Cluster, workload: Any, pins: Pins, eng
     from swiftplan.planner.search.space import build_train_space
 
     if isinstance(workload, TrainWorkload):
-        space = build_train_space(spec, cluster, pins, engine)
-        return TrainEvaluator(spec, cluster, workload, space, headroom=request.headroom, host_ram_bytes=host_bytes)
-    space = build_serve_space(spec, cluster, pins, engine)
-    return ServeEvaluator(spec, cluster, workload, space, headroom=request.headroom)
+        train_space = build_train_space(spec, cluster, pins, engine)
+        return TrainEvaluator(spec, cluster, workload, train_space, headroom=request.headroom, host_ram_bytes=host_bytes)
+    serve_space = build_serve_space(spec, cluster, pins, engine)
+    return ServeEvaluator(spec, cluster, workload, serve_space, headroom=request.headroom)
 
 
 def _workload(request: FitRequest, spec: ModelSpec, model: str, notes: list[str], host: tuple[int, str]) -> Any:
@@ -271,7 +271,7 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     key = fingerprint(spec.name, cluster_text(searched), request.task, engine.name, workload, request.pins,
                       request.goal, request.pareto, request.headroom, host[0])  # fmt: skip
     settings = SearchSettings(
-        objective=request.goal,  # type: ignore[arg-type]
+        objective=request.goal,
         pareto=request.pareto,
         seed=request.seed,
         trials=request.trials,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from swiftplan.planner.hardware import Accelerator
+from swiftplan.planner.setup import Task
 from swiftplan.planner.sizing.prices import Price
 from swiftplan.planner.sizing.rank import Constraints, Objective, Option, price_check
 
@@ -27,7 +28,7 @@ class SizingResult:
 
 
 def blank_option(
-    accelerator: Accelerator, price: Price, *, task: str, gpus: int = 1, nodes: int = 1
+    accelerator: Accelerator, price: Price, *, task: Task, gpus: int = 1, nodes: int = 1
 ) -> Option:
     """An option without a plan yet (marked as having none), carrying the hardware and its prices."""
     return Option(
@@ -36,7 +37,7 @@ def blank_option(
         vendor=accelerator.vendor,
         gpus=gpus,
         nodes=nodes,
-        task=task,  # type: ignore[arg-type]
+        task=task,
         usd_per_gpu_hour=price.usd_per_gpu_hour,
         purchase_usd_per_gpu=price.purchase_usd,
         reason="not planned",
@@ -45,7 +46,7 @@ def blank_option(
 
 
 def skip_reason(
-    accelerator: Accelerator, price: Price, objective: Objective, constraints: Constraints, *, task: str
+    accelerator: Accelerator, price: Price, objective: Objective, constraints: Constraints, *, task: Task
 ) -> Option | None:
     """The accelerator as a rejected option when it need not be planned (a price the objective or a
     constraint needs is missing, or the catalog has no throughput figure), else None."""

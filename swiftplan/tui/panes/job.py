@@ -88,20 +88,23 @@ class JobPane(VerticalScroll):
         yield Static("", id="job-error")
         yield Static(HELP, id="job-help")
 
+    def _widget(self, key: str) -> Input | Select[str]:
+        if key in SELECTS:
+            return self.query_one(f"#job-{key}", Select)
+        return self.query_one(f"#job-{key}", Input)
+
     def values(self) -> dict[str, str]:
         """Every field's text, keyed as `FORM_DEFAULTS`."""
         out = {}
         for key in FORM_DEFAULTS:
-            widget = self.query_one(f"#job-{key}")
-            value = widget.value  # type: ignore[attr-defined]
+            value = self._widget(key).value
             out[key] = str(value) if value is not Select.BLANK else ""
         return out
 
     def fill(self, values: dict[str, str]) -> None:
         """Set fields (the CLI's --model, tests)."""
         for key, value in values.items():
-            widget = self.query_one(f"#job-{key}")
-            widget.value = value  # type: ignore[attr-defined]
+            self._widget(key).value = value
 
     def show_model_hint(self, name: str, text: str) -> None:
         """The line under the model field, if it still describes what is typed."""
