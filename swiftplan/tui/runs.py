@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.setup import TrainSetup
 from swiftplan.units import format_gib
+
+if TYPE_CHECKING:
+    from swiftplan.planner.plan import Plan
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,10 +80,8 @@ def _json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def load_run(path: str) -> RunView:
-    """Read a run directory; SwiftplanError when it is not one."""
-    from swiftplan.plan_file import load_plan
-
+def _run_dir(path: str) -> Path:
+    """The run directory at `path`; SwiftplanError when it is not one."""
     run = Path(path).expanduser()
     if not run.is_dir():
         raise SwiftplanError(f"No run directory at {path}.", hint="Runs are written by `swiftplan train`.")
@@ -89,10 +90,11 @@ def load_run(path: str) -> RunView:
             f"{path} has no plan.yaml, so it is not a `swiftplan train` run directory.",
             hint="Pick the directory given to --output-dir.",
         )
-    plan = load_plan(run / "plan.yaml")
-    rows = read_metrics(run / "metrics.jsonl")
-    report = _json(run / "run_report.json")
-    args = _json(run / "train_args.json") or {}
+    return run
+
+
+def _series(plan: Plan, rows: list[dict[str, Any]]) -> tuple[Series, ...]:
+    """Loss, tokens/s and rank-0 memory per step, with the plan's predictions beside them."""
     steps = tuple(int(row["step"]) for row in rows)
     planned_tokens_per_s = plan.prediction.tokens_per_s
     per_device = plan.prediction.per_device_bytes
@@ -101,7 +103,7 @@ def load_run(path: str) -> RunView:
     )
     memory = [row.get("memory_rank0") or {} for row in rows]
     predicted_speed = (("planned", float(planned_tokens_per_s)),) if planned_tokens_per_s else ()
-    series = (
+    return (
         Series(title="loss", steps=steps, values=tuple(float(row["loss"]) for row in rows)),
         Series(title="tokens/s", steps=steps, values=tokens_per_s, predicted=predicted_speed),
         Series(
@@ -117,29 +119,53 @@ def load_run(path: str) -> RunView:
             ),
         ),
     )
+
+
+def _status(rows: list[dict[str, Any]], report: dict[str, Any] | None) -> str:
+    """'12/100 steps · running or stopped · loss 1.2345'."""
     total = (report or {}).get("steps", {}).get("total")
-    done = f"{steps[-1] if steps else 0}" + (f"/{total}" if total else "") + " steps"
+    last = int(rows[-1]["step"]) if rows else 0
+    done = f"{last}" + (f"/{total}" if total else "") + " steps"
     state = "finished" if report else ("running or stopped" if rows else "no step logged yet")
     status = f"{done} · {state}"
     if rows:
         status += f" · loss {rows[-1]['loss']:.4f}"
+    return status
+
+
+def _notes(plan: Plan, report: dict[str, Any] | None, args: dict[str, Any]) -> list[str]:
+    """How to read the run against its plan: CPU runs, and the report's measured-vs-predicted figures."""
     notes = []
     if args.get("device") == "cpu":
         notes.append(
             f"ran on CPU: memory is the process's peak RSS, not comparable with the {plan.hardware.describe()} prediction"
         )
-    if report:
-        measured = report.get("measured", {})
-        if measured.get("tokens_per_s") and planned_tokens_per_s:
-            notes.append(
-                f"report: {measured['tokens_per_s']:,.0f} tokens/s measured vs {planned_tokens_per_s:,.0f} predicted "
-                f"({measured['tokens_per_s'] / planned_tokens_per_s:.2f}×, first step excluded)"
-            )
-        if measured.get("peak_allocated_bytes") and per_device.get("peak_allocated"):
-            notes.append(
-                f"report: peak allocated {format_gib(measured['peak_allocated_bytes'], 2)} measured vs "
-                f"{format_gib(per_device['peak_allocated'], 2)} predicted"
-            )
+    if not report:
+        return notes
+    measured = report.get("measured", {})
+    planned_tokens_per_s = plan.prediction.tokens_per_s
+    per_device = plan.prediction.per_device_bytes
+    if measured.get("tokens_per_s") and planned_tokens_per_s:
+        notes.append(
+            f"report: {measured['tokens_per_s']:,.0f} tokens/s measured vs {planned_tokens_per_s:,.0f} predicted "
+            f"({measured['tokens_per_s'] / planned_tokens_per_s:.2f}×, first step excluded)"
+        )
+    if measured.get("peak_allocated_bytes") and per_device.get("peak_allocated"):
+        notes.append(
+            f"report: peak allocated {format_gib(measured['peak_allocated_bytes'], 2)} measured vs "
+            f"{format_gib(per_device['peak_allocated'], 2)} predicted"
+        )
+    return notes
+
+
+def load_run(path: str) -> RunView:
+    """Read a run directory; SwiftplanError when it is not one."""
+    from swiftplan.plan_file import load_plan
+
+    run = _run_dir(path)
+    plan = load_plan(run / "plan.yaml")
+    rows = read_metrics(run / "metrics.jsonl")
+    report = _json(run / "run_report.json")
     train = plan.setup
     method = (
         f"{train.method} {train.quant} mb {train.micro_batch}×{train.grad_accum}"
@@ -148,8 +174,8 @@ def load_run(path: str) -> RunView:
     )
     return RunView(
         path=path,
-        status=status,
+        status=_status(rows, report),
         plan_line=f"{plan.model} on {plan.hardware.describe()} ({plan.layout.gpus} GPU) · {method}",
-        series=series,
-        notes=tuple(notes),
+        series=_series(plan, rows),
+        notes=tuple(_notes(plan, report, _json(run / "train_args.json") or {})),
     )
