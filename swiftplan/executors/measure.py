@@ -268,7 +268,7 @@ def record_trials(study: Any, evaluations: Sequence[Any], measurements: Sequence
 
 def label(setup: TrainSetup) -> str:
     """A short one-line name of a set-up for the table and the trial's user attrs."""
-    parts = [setup.method]
+    parts: list[str] = [setup.method]
     if setup.lora is not None and setup.method != "full":
         parts.append(f"r{setup.lora.rank}")
     if setup.quant != "none":

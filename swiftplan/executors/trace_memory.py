@@ -18,6 +18,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
@@ -116,7 +117,7 @@ class MemoryTracker(TorchDispatchMode):
             origin = f"{self._op} {tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
             info = _Storage(nbytes, category or self.context_category, origin, self.allocations)
             self.allocations += 1
-            info.ref = weakref.ref(st, lambda ref, key=key: self._free(key, ref))
+            info.ref = weakref.ref(st, partial(self._free, key))
             self._live[key] = info
             self._grow(nbytes)
             return
@@ -141,7 +142,7 @@ class MemoryTracker(TorchDispatchMode):
             if info is None:
                 info = _Storage(0, "activations", "forgotten", self.allocations)
                 self.allocations += 1
-                info.ref = weakref.ref(st, lambda ref, key=key: self._free(key, ref))
+                info.ref = weakref.ref(st, partial(self._free, key))
                 self._live[key] = info
             self.live_bytes -= info.nbytes
             info.nbytes = 0

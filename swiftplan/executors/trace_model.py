@@ -67,7 +67,8 @@ def build_meta_causal_lm(
 def to_fake(model: nn.Module, mode: FakeTensorMode, device: torch.device) -> None:
     """Replace meta parameters and buffers by fake tensors on `device`, keeping tied ones tied."""
     converter = mode.fake_tensor_converter
-    memo: dict[int, torch.Tensor] = {}
+    params: dict[int, nn.Parameter] = {}
+    buffers: dict[int, torch.Tensor] = {}
 
     def fake(t: torch.Tensor) -> torch.Tensor:
         if isinstance(t, FakeTensor):
@@ -80,15 +81,15 @@ def to_fake(model: nn.Module, mode: FakeTensorMode, device: torch.device) -> Non
         for name, p in list(module._parameters.items()):
             if p is None:
                 continue
-            if id(p) not in memo:
-                memo[id(p)] = nn.Parameter(fake(p.data), requires_grad=p.requires_grad)
-            module._parameters[name] = memo[id(p)]
+            if id(p) not in params:
+                params[id(p)] = nn.Parameter(fake(p.data), requires_grad=p.requires_grad)
+            module._parameters[name] = params[id(p)]
         for name, b in list(module._buffers.items()):
             if b is None:
                 continue
-            if id(b) not in memo:
-                memo[id(b)] = fake(b)
-            module._buffers[name] = memo[id(b)]
+            if id(b) not in buffers:
+                buffers[id(b)] = fake(b)
+            module._buffers[name] = buffers[id(b)]
 
 
 def apply_lora(

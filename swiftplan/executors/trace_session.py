@@ -41,8 +41,8 @@ def base_notes(round_bytes: int) -> list[str]:
     ]
 
 
-def _causal_lm_of(model: nn.Module) -> nn.Module:
-    """The transformers model inside a peft wrapper (or the model itself)."""
+def _causal_lm_of(model: nn.Module) -> Any:
+    """The transformers model inside a peft wrapper (or the model itself): a PreTrainedModel."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
 

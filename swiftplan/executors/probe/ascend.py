@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from swiftplan.executors.probe.result import BackendReport, GpuProcess, ProbedDevice
 
@@ -114,15 +115,16 @@ def _probe_torch_npu() -> BackendReport:
     import torch
     import torch_npu  # noqa: F401  (registers torch.npu)
 
+    npu: Any = getattr(torch, "npu")  # noqa: B009 (torch's type stubs do not know torch_npu's module)
     devices = []
-    for index in range(torch.npu.device_count()):
-        free, total = torch.npu.mem_get_info(index)
+    for index in range(npu.device_count()):
+        free, total = npu.mem_get_info(index)
         devices.append(
             ProbedDevice(
                 index=index,
                 backend="npu",
                 vendor="Huawei",
-                name=torch.npu.get_device_name(index),
+                name=npu.get_device_name(index),
                 total_memory_bytes=int(total),
                 free_memory_bytes=int(free),
                 used_memory_bytes=int(total) - int(free),

@@ -20,7 +20,7 @@ import re
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.executors.probe.result import ProbedDevice, ProbeResult
-from swiftplan.planner.capabilities import feature_support
+from swiftplan.planner.capabilities import Feature, feature_support
 from swiftplan.planner.hardware import Accelerator, Cluster, list_accelerators, match_probed_name
 from swiftplan.units import GiB, format_gib
 
@@ -63,7 +63,13 @@ def accelerator_for_device(device: ProbedDevice) -> tuple[Accelerator, list[str]
             known = dataclasses.replace(known, memory_bytes=device.total_memory_bytes)
         return known, []
     text = f"{device.name} {device.architecture or ''}"
-    facts = dict(backend=device.backend, compute_capability=device.compute_capability, text=text)
+
+    def supported(feature: Feature) -> bool:
+        verdict = feature_support(
+            feature, backend=device.backend, compute_capability=device.compute_capability, text=text
+        )
+        return verdict.status == "yes"
+
     donor = _borrowed_figures(device)
     slug = re.sub(r"[^a-z0-9]+", "-", device.name.lower()).strip("-")
     acc = Accelerator(
@@ -80,8 +86,8 @@ def accelerator_for_device(device: ProbedDevice) -> tuple[Accelerator, list[str]
         tf32_flops=donor.tf32_flops if donor else None,
         fp8_flops=donor.fp8_flops if donor else None,
         int8_ops=donor.int8_ops if donor else None,
-        bf16_supported=feature_support("bf16", **facts).status == "yes",  # type: ignore[arg-type]
-        fp8_supported=feature_support("fp8", **facts).status == "yes",  # type: ignore[arg-type]
+        bf16_supported=supported("bf16"),
+        fp8_supported=supported("fp8"),
         compute_capability=device.compute_capability,
         pcie_bytes_per_s=donor.pcie_bytes_per_s if donor else None,
         unified_memory=device.unified_memory,
@@ -216,7 +222,7 @@ def cluster_from_probe(result: ProbeResult) -> Cluster:
             "Create MIG slices, or plan for named hardware with --gpus (e.g. --gpus a100-80gb).",
         )
     device, acc, memory = min(usable, key=lambda item: item[2])
-    kinds = {}
+    kinds: dict[str, int] = {}
     for _, other, _ in usable:
         kinds[other.display_name] = kinds.get(other.display_name, 0) + 1
     if len(kinds) > 1:

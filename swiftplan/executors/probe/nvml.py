@@ -28,7 +28,10 @@ def _text(value: Any) -> str:
 def _bus_key(bus_id: str) -> tuple[int, int, int, int] | None:
     """'00000000:18:00.0' and '0000:18:00.0' → (domain, bus, device, function)."""
     match = re.fullmatch(r"\s*([0-9a-fA-F]+):([0-9a-fA-F]+):([0-9a-fA-F]+)\.([0-7])\s*", bus_id)
-    return None if match is None else tuple(int(part, 16) for part in match.groups())  # type: ignore[return-value]
+    if match is None:
+        return None
+    domain, bus, device, function = (int(part, 16) for part in match.groups())
+    return domain, bus, device, function
 
 
 def _cuda_version(value: int) -> str:

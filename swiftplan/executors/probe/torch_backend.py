@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from swiftplan.executors.probe.result import BackendReport, ProbedDevice
+from swiftplan.planner.hardware import Backend
 
 ROCM_DEVICE_NODE = "/dev/kfd"
 NVIDIA_DEVICE_NODE = "/dev/nvidiactl"
@@ -43,7 +44,7 @@ def _hints(system: str, path_exists: Callable[[str], bool]) -> list[str]:
 
 def _cuda_like(torch: Any) -> BackendReport:
     hip = getattr(torch.version, "hip", None)
-    backend = "rocm" if hip else "cuda"
+    backend: Backend = "rocm" if hip else "cuda"
     devices = []
     warnings = []
     for index in range(torch.cuda.device_count()):
@@ -124,7 +125,7 @@ def probe_torch(
 ) -> BackendReport:
     """Devices torch can drive (ROCm, CUDA, MPS); imports torch only when the host hints at one."""
     system = (system or sys.platform).lower()
-    torch = torch_module
+    torch: Any = torch_module
     if torch is None:
         hints = _hints(system, path_exists)
         if not hints:

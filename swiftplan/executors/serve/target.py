@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.executors.serve.report import Prediction
@@ -58,7 +59,7 @@ def resolve_target(
 
     if dtype is not None and dtype not in ("bf16", "fp16", "fp32"):
         raise SwiftplanError(f"Unknown dtype {dtype!r}; valid values are: bf16, fp16, fp32.")
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v
         for k, v in {"context": context, "concurrency": concurrency, "dtype": dtype}.items()
         if v is not None
@@ -70,7 +71,11 @@ def resolve_target(
             raise SwiftplanError(f"{plan_or_model} is a training plan; `swiftplan serve` needs a serving plan.",
                                  hint="Create one with `swiftplan fit MODEL --task serve ... -o plan.yaml`.")  # fmt: skip
         model, prediction, path = plan.model, Prediction.from_plan(plan), plan_or_model
-        planned = {"engine": plan.engine, "backend": plan.hardware.accelerator.backend, "gpus": plan.layout.tp}
+        planned: dict[str, Any] = {
+            "engine": plan.engine,
+            "backend": plan.hardware.accelerator.backend,
+            "gpus": plan.layout.tp,
+        }
     else:
         planned = {}
         setup = ServeSetup(concurrency=_DEFAULT_SLOTS)

@@ -32,19 +32,21 @@ def load_trained(run_dir: Path, *, device: str = "cpu"):  # noqa: ANN201 (a peft
     from swiftplan.executors.train.engine import load_weights
     from swiftplan.executors.train.model import load_model
     from swiftplan.plan_file import load_plan
+    from swiftplan.planner.setup import TrainSetup
 
     args = rd.read_args(run_dir)
     setup = load_plan(run_dir / "plan.yaml").setup
-    if setup.quant != "none":  # type: ignore[union-attr]
-        raise SwiftplanError(f"Merging into a {setup.quant} base is not supported; export the adapter without --merge.")  # type: ignore[union-attr]  # fmt: skip
+    assert isinstance(setup, TrainSetup)  # a run directory holds the training plan `swiftplan train` ran
+    if setup.quant != "none":
+        raise SwiftplanError(f"Merging into a {setup.quant} base is not supported; export the adapter without --merge.")  # fmt: skip
     # Build without gradient checkpointing or dropout side effects; weights are what matters here.
-    setup = replace(setup, grad_ckpt=False)  # type: ignore[type-var]
+    setup = replace(setup, grad_ckpt=False)
     import torch
 
     vocab = int(torch.load(run_dir / "dataset.pt", weights_only=True)["vocab_size"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers 5 renames, called from inside peft
-        model = load_model(args.model, setup, device=torch.device(device), random_init=args.random_init,  # type: ignore[arg-type]
+        model = load_model(args.model, setup, device=torch.device(device), random_init=args.random_init,
                            seed=args.seed, vocab_size=vocab)  # fmt: skip
     load_weights(model, trained_weights(run_dir))
     return model.eval()

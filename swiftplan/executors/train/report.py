@@ -23,6 +23,13 @@ from typing import Any
 RECORD_SCHEMA = "swiftplan.measurement/1"
 
 
+def _npu() -> Any:
+    """`torch.npu`, which torch_npu registers (torch's own type stubs do not have it)."""
+    import torch
+
+    return getattr(torch, "npu")  # noqa: B009
+
+
 def reset_peak(device_type: str) -> None:
     """Start peak-memory tracking now (CUDA/NPU); MPS and CPU need nothing."""
     import torch
@@ -30,7 +37,7 @@ def reset_peak(device_type: str) -> None:
     if device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     elif device_type == "npu":
-        torch.npu.reset_peak_memory_stats()  # type: ignore[attr-defined]
+        _npu().reset_peak_memory_stats()
 
 
 def rss_peak_bytes() -> int:
@@ -46,7 +53,7 @@ def memory_now(device_type: str) -> dict[str, int]:
     if device_type == "cuda":
         return {"allocated": torch.cuda.memory_allocated(), "reserved": torch.cuda.memory_reserved()}
     if device_type == "npu":
-        return {"allocated": torch.npu.memory_allocated(), "reserved": torch.npu.memory_reserved()}  # type: ignore[attr-defined]
+        return {"allocated": _npu().memory_allocated(), "reserved": _npu().memory_reserved()}
     if device_type == "mps":
         return {
             "allocated": torch.mps.current_allocated_memory(),
@@ -64,8 +71,8 @@ def peak_memory(device_type: str, sampled: dict[str, int]) -> dict[str, Any]:
                 "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
                 "method": "torch.cuda.max_memory_allocated / max_memory_reserved"}  # fmt: skip
     if device_type == "npu":
-        return {"peak_allocated_bytes": torch.npu.max_memory_allocated(),  # type: ignore[attr-defined]
-                "peak_reserved_bytes": torch.npu.max_memory_reserved(),  # type: ignore[attr-defined]
+        return {"peak_allocated_bytes": _npu().max_memory_allocated(),
+                "peak_reserved_bytes": _npu().max_memory_reserved(),
                 "method": "torch.npu.max_memory_allocated / max_memory_reserved"}  # fmt: skip
     if device_type == "mps":
         return {"peak_allocated_bytes": sampled.get("allocated", 0), "peak_reserved_bytes": sampled.get("reserved", 0),

@@ -9,12 +9,11 @@ ZeRO without offload on one data-parallel rank) are repaired to the nearest vali
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate
 from swiftplan.planner.search.serve_space import ServeSpace
 from swiftplan.planner.search.space import SHARDING_CLASSES, TrainSpace, sharding_class
-from swiftplan.planner.setup import Offload, ZeroStage
 
 
 def _cat(trial: Any, name: str, choices: Sequence[Any]) -> Any:
@@ -75,8 +74,8 @@ class TrainParams:
             method=method,
             quant=quant,
             grad_ckpt=_cat(trial, "grad_ckpt", space.grad_ckpt),
-            zero=cast(ZeroStage, zero),  # SHARDING_CLASSES lists plain ints and strings
-            offload=cast(Offload, offload),
+            zero=zero,
+            offload=offload,
             layout=Layout.from_key(_cat(trial, "layout", [layout.key for layout in space.layouts])),
             rank=rank,
             targets=targets,

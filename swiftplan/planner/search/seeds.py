@@ -6,13 +6,13 @@ allowed value, so seeds always lie in the (pinned) space.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate, TrainQuant
 from swiftplan.planner.search.serve_space import ServeSpace
 from swiftplan.planner.search.space import TrainSpace
-from swiftplan.planner.setup import Method, Offload, Optimizer, Precision, ZeroStage
+from swiftplan.planner.setup import Method, Offload, Optimizer, ZeroStage
 
 
 def _pick(wanted: Any, allowed: tuple[Any, ...] | list[Any]) -> Any:
@@ -43,7 +43,7 @@ def _seed(
     candidate = Candidate(
         method=method,
         quant=_pick(quant, space.quants[method]),
-        precision=cast(Precision, space.precisions[method][0]),  # TrainSpace lists them as plain strings
+        precision=space.precisions[method][0],
         optimizer=_pick(optimizer, space.optimizers),
         grad_ckpt=_pick(True, space.grad_ckpt),
         zero=sharding[0],
