@@ -10,6 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.units import GiB
+from swiftplan.usecases.inputs import DEFAULT_HOST_RAM_BYTES
 
 EPILOG = """
 Examples:
@@ -33,8 +35,8 @@ prices are dated snapshots and go stale. Exit status: 0 with a recommendation, 1
 qualifies, 2 for bad input.
 """
 
-DEFAULT_HOST_RAM_GIB = 64.0
-"""Host RAM per node assumed for offload (`usecases.inputs.DEFAULT_HOST_RAM_BYTES` in GiB)."""
+DEFAULT_HOST_RAM_GIB = DEFAULT_HOST_RAM_BYTES / GiB
+"""Host RAM per node assumed for offload, GiB (the --host-ram default)."""
 
 
 class Task(str, Enum):
@@ -235,7 +237,7 @@ def size_request(**options: Any) -> Any:
         global_batch=o["global_batch"], attention=o["attention"], context=o["context"], concurrency=o["concurrency"],
         request_rate=o["request_rate"], prompt_tokens=o["prompt_tokens"], output_tokens=o["output_tokens"],
         ttft_s=o["ttft"], decode_tps=o["decode_tps"], gpu_memory_utilization=o["gpu_memory_utilization"],
-        headroom=o["headroom"], host_ram_bytes=int(o["host_ram"] * 2**30),
+        headroom=o["headroom"], host_ram_bytes=int(o["host_ram"] * GiB),
     )  # fmt: skip
 
 
