@@ -54,7 +54,9 @@ def test_planning_commands_load_no_heavy_library(args):
         f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules), 'EXIT', code, file=sys.stderr)\n"
     )
     env = {"SWIFTPLAN_OFFLINE": "1", "PATH": "/usr/bin:/bin", "COLUMNS": "100"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("HEAVY [] EXIT"), result.stderr[-2000:]
     assert last.endswith(("EXIT 0", "EXIT None")), result.stderr[-2000:]

@@ -32,7 +32,9 @@ def test_measure_on_cpu_ranks_and_records_trials(tmp_path: Path) -> None:
     assert "Measured on cpu (1 layer(s))" in out
     assert "winner by measurement: candidate" in out
     assert "CPU timings and RSS do not rank GPU plans" in out
-    assert "skipped: quantization int8" in out  # bitsandbytes candidate: capability check on CPU
+    assert (
+        "skipped: quantization 'int8' is not available" in out
+    )  # bitsandbytes candidate: capability check on CPU
     trials = _measured_trials(storage)
     assert len(trials) == 2
     for trial in trials:

@@ -155,12 +155,18 @@ def test_zero_stages_never_increase_memory(spec, method, world, precision):
 def test_deepspeed_keeps_fp32_master_and_moments_and_casts_the_module_to_bf16():
     """The states DeepSpeed 0.19.8 was measured to keep (tests/test_state_agreement.py checks it for real)."""
     plain = train_memory(QWEN7B, TrainSetup(method="full", precision="bf16")).device
-    zero1 = train_memory(QWEN7B, TrainSetup(method="full", precision="bf16", parallel=Parallelism(zero=1))).device
-    assert plain.master_weights == 0 and zero1.master_weights == plain.weights * 2  # fp32 master vs bf16 weights
+    zero1 = train_memory(
+        QWEN7B, TrainSetup(method="full", precision="bf16", parallel=Parallelism(zero=1))
+    ).device
+    assert (
+        plain.master_weights == 0 and zero1.master_weights == plain.weights * 2
+    )  # fp32 master vs bf16 weights
     assert zero1.optimizer == plain.optimizer * 2  # fp32 moments instead of bf16
     assert zero1.gradients == plain.gradients  # bf16 gradients either way
     lora = train_memory(QWEN7B, TrainSetup(method="lora", precision="bf16")).device
-    lora_zero = train_memory(QWEN7B, TrainSetup(method="lora", precision="bf16", parallel=Parallelism(zero=2))).device
+    lora_zero = train_memory(
+        QWEN7B, TrainSetup(method="lora", precision="bf16", parallel=Parallelism(zero=2))
+    ).device
     assert lora_zero.adapters * 2 == lora.adapters  # peft's fp32 adapters become bf16 under DeepSpeed
     assert lora_zero.master_weights == lora.adapters  # their fp32 master
 

@@ -49,10 +49,16 @@ def _swiftplan(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("case", CASES, ids=[c.label for c in CASES])
 def test_fit_on_every_benchmark_cluster_returns_a_plan_its_engine_accepts(tmp_path, case):
     task = "serve" if case.task == "serve" else "sft"
-    fit = _swiftplan("fit", case.model, "--gpus", case.gpus, "--task", task, "-o", "plan.yaml", "--json", cwd=tmp_path)
+    fit = _swiftplan(
+        "fit", case.model, "--gpus", case.gpus, "--task", task, "-o", "plan.yaml", "--json", cwd=tmp_path
+    )
     assert fit.returncode == 0, fit.stderr
     engine = json.loads(fit.stdout)["engine"]
-    verb = ("serve", "plan.yaml", "--dry-run", "--json") if case.task == "serve" else ("train", "plan.yaml", "--dry-run", "--json")
+    verb = (
+        ("serve", "plan.yaml", "--dry-run", "--json")
+        if case.task == "serve"
+        else ("train", "plan.yaml", "--dry-run", "--json")
+    )
     run = _swiftplan(*verb, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     rendered = json.loads(run.stdout)
@@ -67,7 +73,9 @@ def _accepted(plan, tmp_path: Path) -> None:
     backend = plan.hardware.accelerator.backend
     engine = get_engine(plan.engine, plan.task)
     if isinstance(plan.setup, ServeSetup):
-        assert not engine_reasons(engine, serve_requirements(plan.setup, backend=backend, gpus=plan.layout.tp))
+        assert not engine_reasons(
+            engine, serve_requirements(plan.setup, backend=backend, gpus=plan.layout.tp)
+        )
         if plan.engine == "vllm":
             from swiftplan.executors.serve.vllm_cmd import render_vllm
 

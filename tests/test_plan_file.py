@@ -109,7 +109,10 @@ def test_a_local_model_path_is_stored_absolute_and_works_from_another_directory(
 
 
 def test_options_next_to_a_plan_file_are_refused_not_ignored(tmp_path):
-    save_plan(plan_for_setup("Qwen/Qwen2.5-7B", parse_cluster("rtx4090"), TrainSetup(method="qlora")), tmp_path / "p.yaml")
+    save_plan(
+        plan_for_setup("Qwen/Qwen2.5-7B", parse_cluster("rtx4090"), TrainSetup(method="qlora")),
+        tmp_path / "p.yaml",
+    )
     result = run_cli("estimate", "p.yaml", "--batch", "8", "--gpus", "h100", cwd=tmp_path)
     assert result.returncode == 2 and "--batch, --gpus cannot apply" in result.stderr
 

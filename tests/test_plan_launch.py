@@ -21,7 +21,9 @@ from swiftplan.usecases.estimate import plan_for_setup
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "plan_launch"
 RUN = Path("runs/plan-test")
 FULL_ZERO3 = TrainSetup(method="full", micro_batch=1, grad_accum=4, parallel=Parallelism(zero=3))
-LORA = TrainSetup(method="lora", lora=LoraSetup(rank=16, targets=("all-linear",)), micro_batch=2, grad_accum=2)
+LORA = TrainSetup(
+    method="lora", lora=LoraSetup(rank=16, targets=("all-linear",)), micro_batch=2, grad_accum=2
+)
 
 CASES = {
     # name: (cluster offered, GPUs used, set-up, nodes × processes expected)
@@ -48,7 +50,9 @@ def _text(result) -> str:
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_a_plan_renders_its_own_nodes_and_processes(tmp_path, name):
     cluster, gpus, setup, (nodes, per_node) = CASES[name]
-    result = dry_run(RunRequest(plan_path=_plan_file(tmp_path, cluster, gpus, setup), data=None, output_dir=RUN))
+    result = dry_run(
+        RunRequest(plan_path=_plan_file(tmp_path, cluster, gpus, setup), data=None, output_dir=RUN)
+    )
     assert (result.plan.nodes, result.plan.gpus_per_node) == (nodes, per_node)
     assert len(result.launches) == nodes
     for rank, launch in enumerate(result.launches):
@@ -92,7 +96,9 @@ def test_a_plan_from_a_probed_gpu_missing_from_the_catalog_estimates_and_dry_run
     FakeNvml(spec).install(monkeypatch)
     cluster = cluster_from_probe(probe(backends=(("nvml", lambda: probe_nvml({})),)))
     assert not cluster.accelerator.from_catalog
-    problem = prepare_fit(FitRequest(model="Qwen/Qwen2.5-7B", gpus="auto", host_ram_bytes=64 * 2**30), cluster=cluster)
+    problem = prepare_fit(
+        FitRequest(model="Qwen/Qwen2.5-7B", gpus="auto", host_ram_bytes=64 * 2**30), cluster=cluster
+    )
     plan = search_fit(problem).plan
     assert plan is not None and plan.hardware.accelerator.id.startswith("probed-")
     path = tmp_path / "probed.yaml"

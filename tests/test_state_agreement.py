@@ -26,7 +26,9 @@ DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def _model(setup: TrainSetup):
     from swiftplan.executors.train.model import load_model
 
-    return load_model(str(TINY_MODEL), setup, device=torch.device("cpu"), random_init=True, seed=0, vocab_size=128)
+    return load_model(
+        str(TINY_MODEL), setup, device=torch.device("cpu"), random_init=True, seed=0, vocab_size=128
+    )
 
 
 def _one_step(model, optimizer) -> None:
@@ -64,7 +66,9 @@ def test_plain_torch_holds_the_states_the_plan_counts(setup):
     else:
         assert _dtypes(trainable) == {DTYPE[planned.weights]}
     assert _dtypes(p.grad for p in trainable) == {DTYPE[planned.gradients]}
-    moments = [t for state in optimizer.state.values() for name, t in state.items() if name.startswith("exp_avg")]
+    moments = [
+        t for state in optimizer.state.values() for name, t in state.items() if name.startswith("exp_avg")
+    ]
     if setup.optimizer == "adamw":
         assert moments and _dtypes(moments) == {DTYPE[planned.optimizer]}
     else:
@@ -88,8 +92,12 @@ ZERO_SETUPS = [
 ]  # fmt: skip
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (pip install deepspeed==0.19.8)")
-@pytest.mark.parametrize("setup", ZERO_SETUPS, ids=lambda s: f"{s.method}-{s.precision}-zero{s.parallel.zero}")
+@pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None, reason="needs deepspeed (pip install deepspeed==0.19.8)"
+)
+@pytest.mark.parametrize(
+    "setup", ZERO_SETUPS, ids=lambda s: f"{s.method}-{s.precision}-zero{s.parallel.zero}"
+)
 def test_deepspeed_holds_the_states_the_plan_counts(setup, monkeypatch):
     """The rendered ds_config.json, initialised by the executor's own DeepSpeedEngine, one process on CPU."""
     from swiftplan.executors.train.engine import DeepSpeedEngine
@@ -99,25 +107,38 @@ def test_deepspeed_holds_the_states_the_plan_counts(setup, monkeypatch):
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(_free_port()), "DS_ACCELERATOR": "cpu"}.items():  # fmt: skip
         monkeypatch.setenv(key, value)
-    import deepspeed
+    import sys
 
+    import deepspeed
+    import deepspeed.comm.torch  # noqa: F401
+
+    # its shared-memory collectives are a C++ extension built on first use (~1 min); one process needs none
+    monkeypatch.setattr(sys.modules["deepspeed.comm.torch"], "build_shm_op", lambda: None)
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="gloo")
     planned = state_dtypes(setup)
     config = deepspeed_config(setup, world_size=1, lr=1e-3, weight_decay=0.0, max_grad_norm=1.0)
-    config.pop("optimizer")  # the client optimizer: DeepSpeed's CPU Adam would JIT-compile; dtypes are the same
+    config.pop(
+        "optimizer"
+    )  # the client optimizer: DeepSpeed's CPU Adam would JIT-compile; dtypes are the same
     config["zero_force_ds_cpu_optimizer"] = False
     model = _model(setup)
-    optimizer = build_optimizer(setup, trainable_parameters(model), lr=1e-3, weight_decay=0.0, device_type="cpu")
+    optimizer = build_optimizer(
+        setup, trainable_parameters(model), lr=1e-3, weight_decay=0.0, device_type="cpu"
+    )
     engine = DeepSpeedEngine(model, optimizer, None, config=config, device=torch.device("cpu"))
     ids = torch.randint(0, 128, (2, 16))
     for last in (False, True):
-        engine.micro_step({"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}, last=last)
+        engine.micro_step(
+            {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}, last=last
+        )
     module_params = list(engine.module.parameters())
     held = [getattr(p, "ds_tensor", p) for p in module_params]
-    assert _dtypes(held) == {DTYPE[planned.weights]}  # the whole module, adapters included, cast to the half dtype
+    assert _dtypes(held) == {
+        DTYPE[planned.weights]
+    }  # the whole module, adapters included, cast to the half dtype
     zero = engine.engine.optimizer
-    masters = getattr(zero, "single_partition_of_fp32_groups", None) or getattr(zero, "fp32_partitioned_groups_flat")
+    masters = getattr(zero, "single_partition_of_fp32_groups", None) or zero.fp32_partitioned_groups_flat
     assert planned.master is not None and _dtypes(masters) == {DTYPE[planned.master]}
     inner = zero.optimizer
     moments = [t for state in inner.state.values() for name, t in state.items() if name.startswith("exp_avg")]

@@ -15,7 +15,9 @@ def measure(outcome: Any, *, as_json: bool, top_k: int, steps: int, layers: int 
     from swiftplan.usecases.measure import measure_top
 
     progress = None if as_json else (lambda text: console.print(f"[dim]{text}[/]", highlight=False))
-    return measure_top(outcome, top_k=top_k, steps=steps, layers=layers, device=device, seed=seed, progress=progress)
+    return measure_top(
+        outcome, top_k=top_k, steps=steps, layers=layers, device=device, seed=seed, progress=progress
+    )
 
 
 def measurements_json(evaluations: list[Any], measured: list[Any]) -> list[dict[str, Any]]:

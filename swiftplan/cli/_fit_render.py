@@ -41,7 +41,11 @@ def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...]) -> Table
 def _train_table(title: str, rows: list[Evaluation], attention: tuple[str, ...], pareto: bool) -> Table:
     columns = ("#", "method", "rank", "quant", "numerics", "batch×accum", "ckpt", "ZeRO", "TP/PP/DP",
                "GiB/device", "tokens/s", "time", "cost")  # fmt: skip
-    table = _table(title, columns + (("headroom", "trainable") if pareto else ()), ("method", "rank", "quant", "numerics", "ckpt", "ZeRO", "TP/PP/DP"))
+    table = _table(
+        title,
+        columns + (("headroom", "trainable") if pareto else ()),
+        ("method", "rank", "quant", "numerics", "ckpt", "ZeRO", "TP/PP/DP"),
+    )
     for i, e in enumerate(rows, 1):
         c = e.candidate
         assert isinstance(c, Candidate) and e.estimate is not None
@@ -113,7 +117,9 @@ def _diagnosis(diagnosis: Diagnosis) -> None:
         for suggestion in diagnosis.suggestions:
             console.print(f"  • {suggestion.text}", highlight=False)
     else:
-        console.print("No single change checked (QLoRA, shorter sequence, offload, more or bigger GPUs) makes it fit.")
+        console.print(
+            "No single change checked (QLoRA, shorter sequence, offload, more or bigger GPUs) makes it fit."
+        )
 
 
 def render_fit(outcome: Any, *, output: str | None, as_json: bool, measured: Any, elapsed_s: float) -> None:
@@ -137,13 +143,22 @@ def render_fit(outcome: Any, *, output: str | None, as_json: bool, measured: Any
         render_estimate(result.best.estimate)
         _families(result)
     if outcome.alternative is not None:
-        console.print(f"[bold]Another engine:[/] {engine_line(outcome.alternative, problem.engine.name, problem.settings.objective)}", highlight=False)
+        console.print(
+            f"[bold]Another engine:[/] {engine_line(outcome.alternative, problem.engine.name, problem.settings.objective)}",
+            highlight=False,
+        )
     if result.best is None:
         for note in problem.notes:
             console.print(f"[dim]{note}[/]", highlight=False)
-    console.print(f"[dim]{search_line(result, problem.settings.seed, elapsed_s)}; planned for engine {problem.engine.name}[/]", highlight=False)
+    console.print(
+        f"[dim]{search_line(result, problem.settings.seed, elapsed_s)}; planned for engine {problem.engine.name}[/]",
+        highlight=False,
+    )
     if outcome.plan is not None and output:
-        console.print(f"wrote {output}; next: {next_command(outcome.plan, output)}  (check it: swiftplan estimate {shlex.quote(output)})", highlight=False)
+        console.print(
+            f"wrote {output}; next: {next_command(outcome.plan, output)}  (check it: swiftplan estimate {shlex.quote(output)})",
+            highlight=False,
+        )
     if measured is not None:
         from swiftplan.cli._fit_measure import render_measurements
 

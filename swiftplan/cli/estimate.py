@@ -93,8 +93,14 @@ _PLAN_FILE_OPTIONS = ("task", "method", "precision", "quant", "rank", "targets",
 
 def _given(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
     """Options the user typed (not left at their defaults)."""
-    sources = {n: ctx.get_parameter_source(n) for n in names}  # typer may bring its own click: compare by name
-    return [n for n, source in sources.items() if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")]
+    sources = {
+        n: ctx.get_parameter_source(n) for n in names
+    }  # typer may bring its own click: compare by name
+    return [
+        n
+        for n, source in sources.items()
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+    ]
 
 
 def render_engine(outcome: Any) -> None:
@@ -102,9 +108,14 @@ def render_engine(outcome: Any) -> None:
     if not outcome.engine_reasons:
         console.print(f"engine: {outcome.engine.name} can run it", highlight=False)
         return
-    console.print(f"[red]engine {outcome.engine.name} cannot run it:[/] " + " ".join(outcome.engine_reasons), highlight=False)
+    console.print(
+        f"[red]engine {outcome.engine.name} cannot run it:[/] " + " ".join(outcome.engine_reasons),
+        highlight=False,
+    )
     if outcome.other_engines:
-        names = ", ".join(e.name + ("" if e.runnable else " (not launched by swiftplan yet)") for e in outcome.other_engines)
+        names = ", ".join(
+            e.name + ("" if e.runnable else " (not launched by swiftplan yet)") for e in outcome.other_engines
+        )
         console.print(f"engines that could: {names}", highlight=False)
 
 
@@ -113,7 +124,10 @@ def render_prediction_check(outcome: Any) -> None:
     if outcome.plan is None:
         return
     if not outcome.changed:
-        console.print(f"matches the plan file's prediction (made {outcome.plan.created:%Y-%m-%d} by swiftplan {outcome.plan.swiftplan_version})", highlight=False)
+        console.print(
+            f"matches the plan file's prediction (made {outcome.plan.created:%Y-%m-%d} by swiftplan {outcome.plan.swiftplan_version})",
+            highlight=False,
+        )
     else:
         console.print(f"[yellow]differs from the plan file's prediction in: {', '.join(outcome.changed)}[/] "
                       "(the model config or swiftplan's formulas changed since it was written)", highlight=False)  # fmt: skip
@@ -137,21 +151,38 @@ def _opt(*names: str, help: str) -> Any:
     return typer.Option(*names, help=help)
 
 
-ModelArg = Annotated[str, typer.Argument(help="Catalog name/alias, hub id, path to a config.json (or its directory), or a plan file (.yaml).")]
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="Catalog name/alias, hub id, path to a config.json (or its directory), or a plan file (.yaml)."
+    ),
+]
 TaskOpt = Annotated[Task, _opt("--task", help="train or serve.")]
 MethodOpt = Annotated[str, _opt("--method", help="full | lora | qlora")]
 PrecisionOpt = Annotated[str, _opt("--precision", help="bf16 | fp16 | fp32 | amp-bf16 | amp-fp16")]
-QuantOpt = Annotated[str, _opt("--quant", help="none | nf4 | int8 | gptq | awq | fp8 (qlora defaults to nf4)")]
+QuantOpt = Annotated[
+    str, _opt("--quant", help="none | nf4 | int8 | gptq | awq | fp8 (qlora defaults to nf4)")
+]
 RankOpt = Annotated[int, _opt("--rank", help="LoRA rank.")]
 TargetsOpt = Annotated[str, _opt("--targets", help="Comma-separated module names, or all-linear.")]
-DropoutOpt = Annotated[float, _opt("--lora-dropout", help="LoRA dropout (adds a mask and a copy per target).")]
-OptimizerOpt = Annotated[str, _opt("--optimizer", help="adamw | adamw-8bit | paged-adamw-8bit | sgd | adafactor")]
+DropoutOpt = Annotated[
+    float, _opt("--lora-dropout", help="LoRA dropout (adds a mask and a copy per target).")
+]
+OptimizerOpt = Annotated[
+    str, _opt("--optimizer", help="adamw | adamw-8bit | paged-adamw-8bit | sgd | adafactor")
+]
 BatchOpt = Annotated[int, _opt("--batch", help="Micro-batch per device (sequences).")]
 SeqOpt = Annotated[int, _opt("--seq", help="Sequence length (tokens).")]
 AccumOpt = Annotated[int, _opt("--grad-accum", help="Gradient accumulation steps.")]
 CkptOpt = Annotated[bool, _opt("--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing.")]
 AttentionOpt = Annotated[str, _opt("--attention", help="sdpa | flash | eager")]
-UpcastOpt = Annotated[bool, _opt("--kbit-upcast", help="QLoRA/int8 base prepared with peft's prepare_model_for_kbit_training (TRL-style): non-quantized parameters and activations in fp32.")]
+UpcastOpt = Annotated[
+    bool,
+    _opt(
+        "--kbit-upcast",
+        help="QLoRA/int8 base prepared with peft's prepare_model_for_kbit_training (TRL-style): non-quantized parameters and activations in fp32.",
+    ),
+]
 ZeroOpt = Annotated[int, _opt("--zero", help="ZeRO stage 0-3.")]
 OffloadOpt = Annotated[str, _opt("--offload", help="none | optimizer | optimizer+params")]
 GpusOpt = Annotated[str, _opt("--gpus", help="Cluster: rtx4090, 4xA100-80G, 2x8xH100, or auto (probe).")]
@@ -161,7 +192,13 @@ ContextOpt = Annotated[int, _opt("--context", help="Serving: tokens per sequence
 ConcurrencyOpt = Annotated[int, _opt("--concurrency", help="Serving: concurrent sequences.")]
 KvOpt = Annotated[str, _opt("--kv-dtype", help="Serving: auto | fp8")]
 UtilOpt = Annotated[float, _opt("--gpu-memory-utilization", help="Serving: vLLM memory fraction.")]
-EngineOpt = Annotated[str | None, _opt("--engine", help="Check against this engine (default: swiftplan for training, vLLM or builtin for serving).")]
+EngineOpt = Annotated[
+    str | None,
+    _opt(
+        "--engine",
+        help="Check against this engine (default: swiftplan for training, vLLM or builtin for serving).",
+    ),
+]
 JsonOpt = Annotated[bool, _opt("--json", help="Print one JSON object.")]
 
 

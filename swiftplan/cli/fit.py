@@ -52,50 +52,114 @@ def _opt(*names: str, help: str) -> Any:
     return typer.Option(*names, help=help)
 
 
-ModelArg = Annotated[str, typer.Argument(help="Catalog name/alias, hub id, or path to a config.json (or its directory).")]
-GpusOpt = Annotated[str, typer.Option("--gpus", help="Cluster: rtx4090, 4xA100-80G, 2x8xH100, or auto (probe).")]
+ModelArg = Annotated[
+    str, typer.Argument(help="Catalog name/alias, hub id, or path to a config.json (or its directory).")
+]
+GpusOpt = Annotated[
+    str, typer.Option("--gpus", help="Cluster: rtx4090, 4xA100-80G, 2x8xH100, or auto (probe).")
+]
 TaskOpt = Annotated[Task, typer.Option("--task", help="sft (fine-tune) or serve.")]
-EngineOpt = Annotated[str | None, _opt("--engine", help="Plan for this engine: swiftplan (training); vllm or builtin (serving).")]
-ObjectiveOpt = Annotated[Objective | None, _opt("--objective", help="time | cost | throughput (default: time for sft, throughput for serve).")]
-ParetoOpt = Annotated[bool, typer.Option("--pareto", help="Return the Pareto front: time vs cost vs memory headroom.")]
+EngineOpt = Annotated[
+    str | None,
+    _opt("--engine", help="Plan for this engine: swiftplan (training); vllm or builtin (serving)."),
+]
+ObjectiveOpt = Annotated[
+    Objective | None,
+    _opt("--objective", help="time | cost | throughput (default: time for sft, throughput for serve)."),
+]
+ParetoOpt = Annotated[
+    bool, typer.Option("--pareto", help="Return the Pareto front: time vs cost vs memory headroom.")
+]
 TokensOpt = Annotated[str | None, _opt("--dataset-tokens", help="Tokens in one epoch: 50M, 1.5B, ...")]
-DataOpt = Annotated[str | None, _opt("--data", help="Training data (.jsonl/.json/text) to count tokens from.")]
+DataOpt = Annotated[
+    str | None, _opt("--data", help="Training data (.jsonl/.json/text) to count tokens from.")
+]
 EpochsOpt = Annotated[float, typer.Option("--epochs", help="Passes over the data.")]
 GlobalBatchOpt = Annotated[int, typer.Option("--global-batch", help="Sequences per optimizer step.")]
 SeqOpt = Annotated[int, typer.Option("--seq", help="Tokens per sequence.")]
 MethodOpt = Annotated[str | None, _opt("--method", help="Pin/allow: full, lora, qlora.")]
-RankOpt = Annotated[str | None, _opt("--rank", help="LoRA rank (default 16), a list, or auto (search 4-256).")]
-TargetsOpt = Annotated[str | None, _opt("--targets", help="all-linear (default), attention, auto, or module names.")]
-QuantOpt = Annotated[str | None, _opt("--quant", help="Allow: none, int8, nf4, nf4-dq (serve: none, fp8, int8, nf4).")]
+RankOpt = Annotated[
+    str | None, _opt("--rank", help="LoRA rank (default 16), a list, or auto (search 4-256).")
+]
+TargetsOpt = Annotated[
+    str | None, _opt("--targets", help="all-linear (default), attention, auto, or module names.")
+]
+QuantOpt = Annotated[
+    str | None, _opt("--quant", help="Allow: none, int8, nf4, nf4-dq (serve: none, fp8, int8, nf4).")
+]
 NoQuantOpt = Annotated[bool, typer.Option("--no-quant", help="Forbid quantized bases/weights.")]
 PrecisionOpt = Annotated[str | None, _opt("--precision", help="Allow: bf16, amp-bf16, fp16, amp-fp16, fp32.")]
-OptimizerOpt = Annotated[str | None, _opt("--optimizer", help="Allow: adamw, adamw-8bit, paged-adamw-8bit, sgd, adafactor.")]
-CkptOpt = Annotated[bool | None, _opt("--grad-ckpt/--no-grad-ckpt", help="Pin gradient checkpointing (default: searched).")]
+OptimizerOpt = Annotated[
+    str | None, _opt("--optimizer", help="Allow: adamw, adamw-8bit, paged-adamw-8bit, sgd, adafactor.")
+]
+CkptOpt = Annotated[
+    bool | None, _opt("--grad-ckpt/--no-grad-ckpt", help="Pin gradient checkpointing (default: searched).")
+]
 ZeroOpt = Annotated[str | None, _opt("--zero", help="Allow ZeRO stages: 0,1,2,3.")]
-OffloadOpt = Annotated[str | None, _opt("--max-offload", help="none | optimizer | optimizer+params (default).")]
+OffloadOpt = Annotated[
+    str | None, _opt("--max-offload", help="none | optimizer | optimizer+params (default).")
+]
 TpOpt = Annotated[str | None, _opt("--tp", help="Allow tensor-parallel degrees.")]
 PpOpt = Annotated[str | None, _opt("--pp", help="Allow pipeline-parallel degrees.")]
 DpOpt = Annotated[str | None, _opt("--dp", help="Allow data-parallel degrees.")]
-BatchOpt = Annotated[str | None, _opt("--batch", help="Pin micro-batch sizes (default: the largest that fits).")]
+BatchOpt = Annotated[
+    str | None, _opt("--batch", help="Pin micro-batch sizes (default: the largest that fits).")
+]
 AttentionOpt = Annotated[str, typer.Option("--attention", help="sdpa | flash | eager")]
 ContextOpt = Annotated[int, typer.Option("--context", help="Serving: tokens per sequence.")]
-ConcurrencyOpt = Annotated[int | None, _opt("--concurrency", help="Serving: sequences at once over all replicas (default: as many as fit).")]
+ConcurrencyOpt = Annotated[
+    int | None,
+    _opt("--concurrency", help="Serving: sequences at once over all replicas (default: as many as fit)."),
+]
 TtftOpt = Annotated[float | None, _opt("--ttft", help="Serving: largest acceptable time to first token, s.")]
-DecodeOpt = Annotated[float | None, _opt("--decode-tps", help="Serving: smallest acceptable decode tokens/s per user.")]
+DecodeOpt = Annotated[
+    float | None, _opt("--decode-tps", help="Serving: smallest acceptable decode tokens/s per user.")
+]
 KvOpt = Annotated[str | None, _opt("--kv-dtype", help="Serving: allow auto, fp8.")]
 UtilOpt = Annotated[float, typer.Option("--gpu-memory-utilization", help="Serving: vLLM memory fraction.")]
 HeadroomOpt = Annotated[float, typer.Option("--headroom", help="Fraction of device memory kept free.")]
-HostRamOpt = Annotated[float | None, _opt("--host-ram", help="Host RAM per node for offload, GiB (default 64; probed with --gpus auto).")]
+HostRamOpt = Annotated[
+    float | None,
+    _opt("--host-ram", help="Host RAM per node for offload, GiB (default 64; probed with --gpus auto)."),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Sampler seed.")]
-TrialsOpt = Annotated[int | None, _opt("--trials", help="Distinct structures to evaluate; fewer than the space uses TPE (default: all, by branch and bound, up to 8,000; else 150).")]
-StorageOpt = Annotated[str | None, _opt("--storage", help="Optuna storage URL to persist/resume, e.g. sqlite:///study.db.")]
-StudyOpt = Annotated[str | None, _opt("--study-name", help="Study name in --storage (default: derived from the problem).")]
-MeasureOpt = Annotated[bool, typer.Option("--measure", help="Run the top candidates for a few real steps on this machine's GPU and rank them by measured tokens/s (needs CUDA).")]
+TrialsOpt = Annotated[
+    int | None,
+    _opt(
+        "--trials",
+        help="Distinct structures to evaluate; fewer than the space uses TPE (default: all, by branch and bound, up to 8,000; else 150).",
+    ),
+]
+StorageOpt = Annotated[
+    str | None, _opt("--storage", help="Optuna storage URL to persist/resume, e.g. sqlite:///study.db.")
+]
+StudyOpt = Annotated[
+    str | None, _opt("--study-name", help="Study name in --storage (default: derived from the problem).")
+]
+MeasureOpt = Annotated[
+    bool,
+    typer.Option(
+        "--measure",
+        help="Run the top candidates for a few real steps on this machine's GPU and rank them by measured tokens/s (needs CUDA).",
+    ),
+]
 TopOpt = Annotated[int, typer.Option("--measure-top", "--top-k", help="Candidates --measure runs.")]
-StepsOpt = Annotated[int, typer.Option("--measure-steps", help="Timed optimizer steps per candidate (after 1 warm-up).")]
-LayersOpt = Annotated[int | None, _opt("--measure-layers", help="Build the measured models with this many layers (faster; default: all).")]
-DeviceOpt = Annotated[str, typer.Option("--measure-device", help="cuda, or cpu for a slow smoke run (CPU timings do not rank GPU plans).")]
-OutputOpt = Annotated[str | None, _opt("-o", "--output", help="Write the winning plan as a plan file (YAML).")]
+StepsOpt = Annotated[
+    int, typer.Option("--measure-steps", help="Timed optimizer steps per candidate (after 1 warm-up).")
+]
+LayersOpt = Annotated[
+    int | None,
+    _opt("--measure-layers", help="Build the measured models with this many layers (faster; default: all)."),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--measure-device", help="cuda, or cpu for a slow smoke run (CPU timings do not rank GPU plans)."
+    ),
+]
+OutputOpt = Annotated[
+    str | None, _opt("-o", "--output", help="Write the winning plan as a plan file (YAML).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
@@ -150,7 +214,9 @@ def _token_count(text: str | None) -> int | None:
     try:
         return parse_token_count(text)
     except ValueError as error:
-        raise SwiftplanError(f"Bad --dataset-tokens {text!r}.", hint="Examples: 50M, 1.5B, 200k, 123456.") from error
+        raise SwiftplanError(
+            f"Bad --dataset-tokens {text!r}.", hint="Examples: 50M, 1.5B, 200k, 123456."
+        ) from error
 
 
 _PIN_NAMES = ("method", "rank", "targets", "quant", "no_quant", "precision", "optimizer", "grad_ckpt", "zero",
@@ -247,7 +313,9 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
         from swiftplan.cli._fit_measure import measure as measure_candidates
 
         measured = measure_candidates(outcome, as_json=as_json, **measure_options)
-    render_fit(outcome, output=output, as_json=as_json, measured=measured, elapsed_s=time.perf_counter() - started)
+    render_fit(
+        outcome, output=output, as_json=as_json, measured=measured, elapsed_s=time.perf_counter() - started
+    )
     if outcome.plan is None:
         raise typer.Exit(1)
 
@@ -255,7 +323,9 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
 def _measure_options(request: Any, **options: Any) -> dict[str, Any]:
     if request.task == "serve":
         raise SwiftplanError("--measure times training candidates; it does not apply to --task serve.")
-    device, top, steps, layers = (options[k] for k in ("measure_device", "measure_top", "measure_steps", "measure_layers"))
+    device, top, steps, layers = (
+        options[k] for k in ("measure_device", "measure_top", "measure_steps", "measure_layers")
+    )
     if device not in ("cuda", "cpu"):
         raise SwiftplanError(f"--measure-device takes cuda or cpu, got {device!r}.")
     if top < 1 or steps < 1 or (layers is not None and layers < 1):

@@ -58,7 +58,9 @@ def _refusals(engine: str, target: Any) -> list[str]:
     from swiftplan.planner.engines import engine_reasons, get_engine, serve_requirements
 
     backend = target.backend or "cuda"
-    return engine_reasons(get_engine(engine, "serve"), serve_requirements(target.setup, backend=backend, gpus=target.gpus))
+    return engine_reasons(
+        get_engine(engine, "serve"), serve_requirements(target.setup, backend=backend, gpus=target.gpus)
+    )
 
 
 def _pick_engine(choice: EngineChoice, target: Any, *, random_init: bool, dry_run: bool) -> str:
@@ -92,23 +94,49 @@ def _opt(*names: str, help: str) -> Any:
     return typer.Option(*names, help=help)
 
 
-PlanArg = Annotated[str, typer.Argument(help="Serving plan file (.yaml), or a model: hub id or local directory.")]
+PlanArg = Annotated[
+    str, typer.Argument(help="Serving plan file (.yaml), or a model: hub id or local directory.")
+]
 EngineOpt = Annotated[EngineChoice, _opt("--engine", help="auto | vllm | builtin")]
-ModelOpt = Annotated[str | None, _opt("--model", help="Weights to load (hub id or directory); default: the plan's model.")]
-RandomInitOpt = Annotated[Path | None, _opt("--random-init", help="Built-in: random weights from this config.json (tests, smoke runs).")]
-TokenizerOpt = Annotated[str | None, _opt("--tokenizer", help="Built-in: tokenizer directory or hub id (default: the model's).")]
-LoraOpt = Annotated[list[str] | None, _opt("--lora", help="LoRA adapter NAME=PATH, served as model NAME; repeatable.")]
-NameOpt = Annotated[str | None, _opt("--served-model-name", help="Model name clients use (default: the plan's model).")]
+ModelOpt = Annotated[
+    str | None, _opt("--model", help="Weights to load (hub id or directory); default: the plan's model.")
+]
+RandomInitOpt = Annotated[
+    Path | None,
+    _opt("--random-init", help="Built-in: random weights from this config.json (tests, smoke runs)."),
+]
+TokenizerOpt = Annotated[
+    str | None, _opt("--tokenizer", help="Built-in: tokenizer directory or hub id (default: the model's).")
+]
+LoraOpt = Annotated[
+    list[str] | None, _opt("--lora", help="LoRA adapter NAME=PATH, served as model NAME; repeatable.")
+]
+NameOpt = Annotated[
+    str | None, _opt("--served-model-name", help="Model name clients use (default: the plan's model).")
+]
 HostOpt = Annotated[str, _opt("--host", help="Address to bind; 0.0.0.0 exposes the server to the network.")]
 PortOpt = Annotated[int, _opt("--port", help="TCP port.")]
-ApiKeyOpt = Annotated[str | None, typer.Option("--api-key", envvar="SWIFTPLAN_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes.")]
-ContextOpt = Annotated[int | None, _opt("--context", help="Override the plan's context (max tokens per sequence).")]
-ConcurrencyOpt = Annotated[int | None, _opt("--concurrency", help="Override the plan's concurrency (sequences at once).")]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key", envvar="SWIFTPLAN_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes."
+    ),
+]
+ContextOpt = Annotated[
+    int | None, _opt("--context", help="Override the plan's context (max tokens per sequence).")
+]
+ConcurrencyOpt = Annotated[
+    int | None, _opt("--concurrency", help="Override the plan's concurrency (sequences at once).")
+]
 DtypeOpt = Annotated[str | None, _opt("--dtype", help="Override the plan's dtype: bf16 | fp16 | fp32.")]
 DeviceOpt = Annotated[str, _opt("--device", help="Built-in: auto | cuda | cpu.")]
 SeedOpt = Annotated[int, _opt("--seed", help="Built-in: seed for --random-init weights.")]
-ReportDirOpt = Annotated[Path | None, _opt("--report-dir", help="Built-in: write serve_report.json (measured vs predicted) here.")]
-ReportEveryOpt = Annotated[int, _opt("--report-every", help="Built-in: log the comparison every N requests (0 = only at shutdown).")]
+ReportDirOpt = Annotated[
+    Path | None, _opt("--report-dir", help="Built-in: write serve_report.json (measured vs predicted) here.")
+]
+ReportEveryOpt = Annotated[
+    int, _opt("--report-every", help="Built-in: log the comparison every N requests (0 = only at shutdown).")
+]
 HealthOpt = Annotated[float, _opt("--health-timeout", help="vLLM: seconds to wait for /health.")]
 DryRunOpt = Annotated[bool, _opt("--dry-run", help="Print what would run and exit.")]
 JsonOpt = Annotated[bool, _opt("--json", help="With --dry-run: print one JSON object.")]

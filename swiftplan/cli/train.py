@@ -105,7 +105,9 @@ def _print_dry_run(result: Any, *, as_json: bool) -> None:
         if len(result.launches) > 1:
             sys.stdout.write(f"\n# node {node} of {len(result.launches)} (run on that machine)\n")
         text = format_launch(launch)
-        sys.stdout.write(text if node == len(result.launches) - 1 else text.split("\n\n# --- ")[0].rstrip("\n") + "\n")
+        sys.stdout.write(
+            text if node == len(result.launches) - 1 else text.split("\n\n# --- ")[0].rstrip("\n") + "\n"
+        )
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
 
@@ -116,11 +118,19 @@ def _opt(*names: str, help: str) -> Any:
 
 PlanArg = Annotated[Path, typer.Argument(help="Plan file written by `swiftplan fit -o plan.yaml`.")]
 DataOpt = Annotated[Path | None, _opt("--data", help="Training data: .jsonl, .csv or .parquet.")]
-OutputDirOpt = Annotated[Path | None, _opt("--output-dir", help="Run directory (default runs/<model>-<time>).")]
-ResumeOpt = Annotated[bool, _opt("--resume", help="Continue the run in --output-dir from its newest checkpoint.")]
+OutputDirOpt = Annotated[
+    Path | None, _opt("--output-dir", help="Run directory (default runs/<model>-<time>).")
+]
+ResumeOpt = Annotated[
+    bool, _opt("--resume", help="Continue the run in --output-dir from its newest checkpoint.")
+]
 MaxStepsOpt = Annotated[int | None, _opt("--max-steps", help="Stop after this many optimizer steps.")]
-EpochsOpt = Annotated[int | None, _opt("--epochs", help="Passes over the data (default 1; --max-steps wins).")]
-SaveStepsOpt = Annotated[int | None, _opt("--save-steps", help="Checkpoint every N steps (and always at the end).")]
+EpochsOpt = Annotated[
+    int | None, _opt("--epochs", help="Passes over the data (default 1; --max-steps wins).")
+]
+SaveStepsOpt = Annotated[
+    int | None, _opt("--save-steps", help="Checkpoint every N steps (and always at the end).")
+]
 LrOpt = Annotated[float | None, _opt("--lr", help="Peak learning rate (default 2e-4 for LoRA, 2e-5 full).")]
 SchedulerOpt = Annotated[str | None, _opt("--lr-scheduler", help="cosine | linear | constant")]
 WarmupOpt = Annotated[int | None, _opt("--warmup-steps", help="Linear warm-up steps.")]
@@ -128,17 +138,31 @@ DecayOpt = Annotated[float | None, _opt("--weight-decay", help="Weight decay (de
 ClipOpt = Annotated[float | None, _opt("--max-grad-norm", help="Gradient clipping (default 1.0, 0 = off).")]
 SeedOpt = Annotated[int | None, _opt("--seed", help="Seed for init, data order and dropout (default 42).")]
 PackingOpt = Annotated[bool, _opt("--packing", help="Pack examples into full seq_len blocks.")]
-RandomInitOpt = Annotated[bool, _opt("--random-init", help="Random weights from the model's config (tests, dry runs).")]
-TokenizerOpt = Annotated[str | None, _opt("--tokenizer", help="Tokenizer directory or hub id (default: the model's).")]
+RandomInitOpt = Annotated[
+    bool, _opt("--random-init", help="Random weights from the model's config (tests, dry runs).")
+]
+TokenizerOpt = Annotated[
+    str | None, _opt("--tokenizer", help="Tokenizer directory or hub id (default: the model's).")
+]
 DeviceOpt = Annotated[str, _opt("--device", help="auto | cuda | npu | mps | cpu")]
-NprocOpt = Annotated[int | None, _opt("--nproc-per-node", help="Processes per node (default: the plan's GPUs).")]
+NprocOpt = Annotated[
+    int | None, _opt("--nproc-per-node", help="Processes per node (default: the plan's GPUs).")
+]
 NnodesOpt = Annotated[int | None, _opt("--nnodes", help="Nodes (default: the plan's).")]
 NodeRankOpt = Annotated[int, _opt("--node-rank", help="This node's rank.")]
 MasterAddrOpt = Annotated[str, _opt("--master-addr", help="Address of node 0.")]
-MasterPortOpt = Annotated[int | None, _opt("--master-port", help="Rendezvous port (default: free port / 29500).")]
-DryRunOpt = Annotated[bool, _opt("--dry-run", help="Check everything, print the command and files, run nothing.")]
-RecordOpt = Annotated[bool, _opt("--record", help="Append the measurement to $SWIFTPLAN_HOME/measurements.jsonl.")]
-JsonOpt = Annotated[bool, _opt("--json", help="Print the run report (or, with --dry-run, the launch) as JSON.")]
+MasterPortOpt = Annotated[
+    int | None, _opt("--master-port", help="Rendezvous port (default: free port / 29500).")
+]
+DryRunOpt = Annotated[
+    bool, _opt("--dry-run", help="Check everything, print the command and files, run nothing.")
+]
+RecordOpt = Annotated[
+    bool, _opt("--record", help="Append the measurement to $SWIFTPLAN_HOME/measurements.jsonl.")
+]
+JsonOpt = Annotated[
+    bool, _opt("--json", help="Print the run report (or, with --dry-run, the launch) as JSON.")
+]
 
 
 def train_command(

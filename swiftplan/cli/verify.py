@@ -29,9 +29,13 @@ def verify_command(
     precision: str = typer.Option("bf16", "--precision", help="bf16 | fp16 | fp32 | amp-bf16 | amp-fp16"),
     quant: str = typer.Option("none", "--quant", help="none | nf4 | int8 (analytic term substituted)"),
     rank: int = typer.Option(16, "--rank", help="LoRA rank."),
-    targets: str = typer.Option("q_proj,v_proj", "--targets", help="Comma-separated module names, or all-linear."),
+    targets: str = typer.Option(
+        "q_proj,v_proj", "--targets", help="Comma-separated module names, or all-linear."
+    ),
     lora_dropout: float = typer.Option(0.05, "--lora-dropout", help="LoRA dropout."),
-    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | adamw-8bit | paged-adamw-8bit | sgd | adafactor"),
+    optimizer: str = typer.Option(
+        "adamw", "--optimizer", help="adamw | adamw-8bit | paged-adamw-8bit | sgd | adafactor"
+    ),
     batch: int = typer.Option(1, "--batch", help="Micro-batch (sequences)."),
     seq: int = typer.Option(2048, "--seq", help="Sequence length (tokens)."),
     grad_ckpt: bool = typer.Option(False, "--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing."),
@@ -83,7 +87,10 @@ def _result_json(spec: Any, result: Any) -> dict[str, Any]:
     """The comparison as one JSON object."""
     return {
         "model": spec.name,
-        "terms": [{"name": r.name, "estimate": r.estimate, "traced": r.traced, "error": r.error} for r in result.rows],
+        "terms": [
+            {"name": r.name, "estimate": r.estimate, "traced": r.traced, "error": r.error}
+            for r in result.rows
+        ],
         "trace_seconds": result.trace.seconds,
         "params": result.trace.params,
         "trainable_params": result.trace.trainable_params,
@@ -93,13 +100,17 @@ def _result_json(spec: Any, result: Any) -> dict[str, Any]:
 
 def _render(spec: Any, result: Any) -> None:
     """The comparison as a table, then where each side peaks and the notes."""
-    table = Table(title=f"{spec.name}: estimate vs fake-tensor trace (bytes alive at the peak)", title_justify="left")
+    table = Table(
+        title=f"{spec.name}: estimate vs fake-tensor trace (bytes alive at the peak)", title_justify="left"
+    )
     for column in ("term", "estimate GiB", "traced GiB", "error"):
         table.add_column(column, justify="left" if column == "term" else "right")
     for row in result.rows:
         relative = "—" if row.error is None else f"{row.error:+.2%}"
         style = "bold" if row.name == "peak_allocated" else ""
-        table.add_row(row.name, f"{row.estimate / 2**30:.3f}", f"{row.traced / 2**30:.3f}", relative, style=style)
+        table.add_row(
+            row.name, f"{row.estimate / 2**30:.3f}", f"{row.traced / 2**30:.3f}", relative, style=style
+        )
     console.print(table)
     console.print(f"estimate peak at {result.estimate_phase}; trace took {result.trace.seconds:.1f} s")
     for note in result.notes:

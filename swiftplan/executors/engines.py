@@ -92,8 +92,12 @@ class VllmServe:
 
         require_runnable(self.name, plan)
         assert isinstance(plan.setup, ServeSetup)
-        spec = render_vllm(plan.setup, model=plan.model, served_name=plan.model, host=self.host, port=self.port)
-        return Rendered(engine=self.name, commands=(spec.argv,), env={k: "***" for k in spec.env}, notes=spec.notes)
+        spec = render_vllm(
+            plan.setup, model=plan.model, served_name=plan.model, host=self.host, port=self.port
+        )
+        return Rendered(
+            engine=self.name, commands=(spec.argv,), env={k: "***" for k in spec.env}, notes=spec.notes
+        )
 
 
 class BuiltinServe:
@@ -108,8 +112,20 @@ class BuiltinServe:
         require_runnable(self.name, plan)
         assert isinstance(plan.setup, ServeSetup)
         setup = plan.setup
-        argv = ("swiftplan", "serve", "PLAN", "--engine", "builtin", "--host", self.host, "--port", str(self.port))
-        notes = (f"one {setup.dtype} model on one device, {setup.concurrency} sequence slot(s) of {setup.context} tokens",)
+        argv = (
+            "swiftplan",
+            "serve",
+            "PLAN",
+            "--engine",
+            "builtin",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        )
+        notes = (
+            f"one {setup.dtype} model on one device, {setup.concurrency} sequence slot(s) of {setup.context} tokens",
+        )
         return Rendered(engine=self.name, commands=(argv,), notes=notes)
 
 

@@ -133,7 +133,9 @@ def _dropout_patch(calls: Counter[str]) -> tuple[Any, str, Any]:
 
     original_dropout = F.dropout
 
-    def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
+    def dropout(
+        input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False
+    ) -> torch.Tensor:
         """CUDA's native_dropout keeps a bool mask (1 byte per element) for backward; the CPU kernel a
         float one. Same output, same saved bytes as on CUDA."""
         if not training or p == 0.0 or not isinstance(input, torch.Tensor):

@@ -39,4 +39,6 @@ def module_dtype(setup: TrainSetup) -> str:
 def activation_dtype_bytes(setup: TrainSetup) -> int:
     """Bytes per element of saved activations: the compute dtype, or fp32 when a k-bit base was
     prepared with peft's fp32 upcast (its fp32 norms and embeddings make the whole stream fp32)."""
-    return 4 if setup.kbit_upcast and not deepspeed_mixed(setup) else dtype_bytes(compute_dtype(setup.precision))
+    return (
+        4 if setup.kbit_upcast and not deepspeed_mixed(setup) else dtype_bytes(compute_dtype(setup.precision))
+    )

@@ -191,7 +191,11 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
     dtypes = state_dtypes(setup)
     states = _states(spec, setup, stage_layers, dp)
     weights_frozen, adapters, grads, optim, master = (
-        states.weights, states.adapters, states.gradients, states.optimizer, states.master
+        states.weights,
+        states.adapters,
+        states.gradients,
+        states.optimizer,
+        states.master,
     )
     gathered, host, trainable_here = states.gathered, states.host, states.trainable_here
     state_bytes = dtype_bytes(dtypes.optimizer)
@@ -248,7 +252,8 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
             name="adapters",
             value_bytes=adapters,
             formula=f"{lora_params:,} LoRA params × {dtype_bytes(dtypes.adapters)} B ({dtypes.adapters})"
-            + (f", /tp{tp}" if tp > 1 else "") + (f" /dp{dp} (ZeRO-3)" if par.zero == 3 else ""),
+            + (f", /tp{tp}" if tp > 1 else "")
+            + (f" /dp{dp} (ZeRO-3)" if par.zero == 3 else ""),
         ),
         Term(
             name="gradients",

@@ -29,7 +29,11 @@ class SearchCancelled(Exception):
 
 def fit_request(job: JobRequest, *, host_ram_bytes: int, headroom: float = 0.05) -> FitRequest:
     """The fit request the form describes (the same options `swiftplan fit` takes)."""
-    pins = Pins(methods=job.methods, quants=job.quants, ranks=job.ranks) if job.task == "train" else Pins(quants=job.quants)
+    pins = (
+        Pins(methods=job.methods, quants=job.quants, ranks=job.ranks)
+        if job.task == "train"
+        else Pins(quants=job.quants)
+    )
     return FitRequest(
         model=job.model, gpus="auto", task=job.task, objective=job.objective, pareto=job.pareto, pins=pins,
         dataset_tokens=job.dataset_tokens, epochs=job.epochs, global_batch=job.global_batch, seq_len=job.seq_len,

@@ -127,7 +127,9 @@ def family_line(outcome: FamilyOutcome, best: Evaluation | None, objective: str)
 def engine_line(alternative: Any, planned_for: str, objective: str) -> str:
     """The sentence for a better plan another engine could run (a `fit.EngineAlternative`)."""
     other = alternative.evaluation
-    names = ", ".join(e.name + ("" if e.runnable else " (not launched by swiftplan yet)") for e in alternative.engines)
+    names = ", ".join(
+        e.name + ("" if e.runnable else " (not launched by swiftplan yet)") for e in alternative.engines
+    )
     _, _, figure = _comparison(other, other, objective)
     if alternative.ratio == float("inf"):
         gain = f"fits where no {planned_for} plan does"

@@ -66,7 +66,9 @@ def _engine_check(setup: TrainSetup | ServeSetup, cluster: Cluster, engine: Engi
     return reasons, others
 
 
-def estimate_setup(model: str, cluster: Cluster, setup: TrainSetup | ServeSetup, engine: str | None = None) -> EstimateOutcome:
+def estimate_setup(
+    model: str, cluster: Cluster, setup: TrainSetup | ServeSetup, engine: str | None = None
+) -> EstimateOutcome:
     """Estimate one set-up of `model` on `cluster` and check it against `engine` (default: the task's)."""
     spec = inputs.resolve_model(model)
     task: Task = "serve" if isinstance(setup, ServeSetup) else "train"
@@ -131,7 +133,11 @@ def plan_for_setup(
     reasons, _ = _engine_check(setup, hardware, chosen, setup.tp if isinstance(setup, ServeSetup) else gpus)
     if reasons:
         raise SwiftplanError(f"{chosen.label} cannot run this set-up: {' '.join(reasons)}")
-    estimate = estimate_serving(spec, setup, hardware) if isinstance(setup, ServeSetup) else estimate_training(spec, setup, hardware)
+    estimate = (
+        estimate_serving(spec, setup, hardware)
+        if isinstance(setup, ServeSetup)
+        else estimate_training(spec, setup, hardware)
+    )
     return Plan(
         model=inputs.model_reference(model), model_source=spec.source or spec.name, task=task, engine=chosen.name,
         objective="given", offered=cluster_text(cluster), hardware=hardware, layout=layout, setup=setup,

@@ -202,7 +202,9 @@ def _engine_cluster(engine: Engine, cluster: Cluster, notes: list[str]) -> Clust
     most = engine.bound("gpus_max", cluster.accelerator.backend)
     if most is None or cluster.world_size <= most:
         return cluster
-    notes.append(f"{engine.name} uses {most} GPU(s) of {cluster.world_size}: {engine.why('gpus_max', cluster.accelerator.backend)}.")
+    notes.append(
+        f"{engine.name} uses {most} GPU(s) of {cluster.world_size}: {engine.why('gpus_max', cluster.accelerator.backend)}."
+    )
     return replace(cluster, nodes=1, gpus_per_node=most)
 
 
@@ -218,14 +220,23 @@ def _evaluator(spec: ModelSpec, cluster: Cluster, workload: Any, pins: Pins, eng
 
     if isinstance(workload, TrainWorkload):
         train_space = build_train_space(spec, cluster, pins, engine)
-        return TrainEvaluator(spec, cluster, workload, train_space, headroom=request.headroom, host_ram_bytes=host_bytes)
+        return TrainEvaluator(
+            spec, cluster, workload, train_space, headroom=request.headroom, host_ram_bytes=host_bytes
+        )
     serve_space = build_serve_space(spec, cluster, pins, engine)
     return ServeEvaluator(spec, cluster, workload, serve_space, headroom=request.headroom)
 
 
-def _workload(request: FitRequest, spec: ModelSpec, model: str, notes: list[str], host: tuple[int, str]) -> Any:
+def _workload(
+    request: FitRequest, spec: ModelSpec, model: str, notes: list[str], host: tuple[int, str]
+) -> Any:
     if request.task == "serve":
-        if request.concurrency is None and request.ttft_s is None and request.decode_tps is None and request.goal == "throughput":
+        if (
+            request.concurrency is None
+            and request.ttft_s is None
+            and request.decode_tps is None
+            and request.goal == "throughput"
+        ):
             notes.append("no --concurrency or latency target: each replica takes as many sequences as fit, which maximises "
                          "throughput at the cost of time to first token; pass --ttft / --decode-tps to bound it.")  # fmt: skip
         return ServeWorkload(context=request.context, concurrency=request.concurrency, ttft_s=request.ttft_s,
@@ -373,7 +384,11 @@ def _alternative(problem: FitProblem, best: Evaluation | None) -> EngineAlternat
     ratio = _advantage(other, best, goal)
     if ratio <= 1 + ENGINE_WIN_MARGIN:
         return None
-    engines = tuple(e for e in engines_that_run(requirements_of(other, offered), request.task) if e.name != problem.engine.name)
+    engines = tuple(
+        e
+        for e in engines_that_run(requirements_of(other, offered), request.task)
+        if e.name != problem.engine.name
+    )
     return EngineAlternative(evaluation=other, engines=engines, ratio=ratio) if engines else None
 
 

@@ -1,8 +1,8 @@
 """Which device this run trains on, and whether the plan's options can run there (before any loading).
 
-The verdicts come from `swiftplan.planner.capabilities.check` for the device found here; on top of
-them come the executor's own limits (bitsandbytes weights only on CUDA/ROCm, no tensor or pipeline
-parallelism, DeepSpeed and bitsandbytes importable, enough devices for the processes asked for).
+The verdicts come from `swiftplan.planner.capabilities.check` (the device) and the swiftplan entry of
+`profiles/engines.json` (what the loop runs on that device family); on top of them come what only this
+machine can say (packages importable, enough devices for the processes asked for).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def detect_device(choice: str = "auto") -> DeviceInfo:
     for kind in ("cuda", "npu", "mps") if choice == "auto" else (choice,):
         if kind in found:
             accelerator, count = found[kind]
-            return DeviceInfo(torch_device=kind, accelerator=accelerator, count=count)  # type: ignore[arg-type]
+            return DeviceInfo(torch_device=kind, accelerator=accelerator, count=count)
     if choice == "auto":
         return DeviceInfo(torch_device="cpu", accelerator=cpu_accelerator(), count=1)
     raise SwiftplanError(f"--device {choice}: no such device is visible to torch on this machine.",
@@ -100,44 +100,46 @@ def _missing(module: str) -> bool:
 def preflight(
     setup: TrainSetup, device: DeviceInfo, *, processes_per_node: int, random_init: bool
 ) -> list[str]:
-    """Every reason this plan cannot train on `device` with this executor; empty when it can."""
+    """Every reason this plan cannot train on `device` with this executor; empty when it can.
+
+    What the device can run comes from capabilities.json, what the loop runs on it from engines.json
+    (the same entries the search narrows its space with); on top come what only this machine can
+    say: packages installed, devices visible, and what a random init cannot build."""
+    from swiftplan.planner.engines import engine_reasons, get_engine, train_requirements
+
     acc = device.accelerator
     reasons = check(acc, precision=setup.precision, quant=setup.quant, optimizer=setup.optimizer,
                     zero_stage=setup.parallel.zero, attention=setup.attention)  # fmt: skip
-    on_gpu = device.backend in ("cuda", "rocm")
-    if setup.parallel.tp > 1 or setup.parallel.pp > 1:
-        reasons.append(
-            f"tensor/pipeline parallelism (tp {setup.parallel.tp}, pp {setup.parallel.pp}) is not implemented by "
-            "the train executor; it runs data parallel (DDP) and ZeRO/FSDP-style sharding through DeepSpeed."
-        )
-    if setup.quant in BNB_QUANTS:
-        if not on_gpu:
-            reasons.append(f"quantization {setup.quant} loads bitsandbytes weights, which this executor does on CUDA/ROCm only (found {device.backend}).")  # fmt: skip
-        elif _missing("bitsandbytes"):
-            reasons.append(f"quantization {setup.quant} needs bitsandbytes (pip install bitsandbytes).")
-        if random_init:
-            reasons.append(f"--random-init builds an unquantized model from its config; it cannot make a {setup.quant} base.")  # fmt: skip
+    needs = train_requirements(setup, backend=device.backend, gpus=processes_per_node)
+    reasons += engine_reasons(get_engine("swiftplan", "train"), needs)
+    reasons += _missing_packages(setup, device)
+    if random_init and setup.quant in BNB_QUANTS:
+        reasons.append(f"--random-init builds an unquantized model from its config; it cannot make a {setup.quant}-quantized base.")  # fmt: skip
     if setup.quant in PREQUANTIZED and random_init:
         reasons.append(f"quantization {setup.quant} needs a checkpoint already quantized that way; --random-init has none.")  # fmt: skip
-    if setup.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
-        if not on_gpu:
-            reasons.append(f"optimizer {setup.optimizer} comes from bitsandbytes, which this executor uses on CUDA/ROCm only (found {device.backend}).")  # fmt: skip
-        elif _missing("bitsandbytes"):
-            reasons.append(f"optimizer {setup.optimizer} needs bitsandbytes (pip install bitsandbytes).")
-    if setup.parallel.zero:
-        if device.torch_device in ("cpu", "mps"):
-            reasons.append(f"ZeRO stage {setup.parallel.zero} runs through DeepSpeed, which this executor drives on CUDA/ROCm/Ascend only (found {device.backend}).")  # fmt: skip
-        elif _missing("deepspeed"):
-            reasons.append(f"ZeRO stage {setup.parallel.zero} needs DeepSpeed (pip install deepspeed).")
-    if setup.attention == "flash" and on_gpu and _missing("flash_attn"):
-        reasons.append(
-            "attention flash needs the flash-attn package (pip install flash-attn), or plan with sdpa."
-        )
-    if device.torch_device == "mps" and processes_per_node > 1:
-        reasons.append("Apple MPS runs one process; plan for one device.")
     if device.torch_device in ("cuda", "npu") and processes_per_node > device.count:
         reasons.append(f"{processes_per_node} processes per node need {processes_per_node} devices; {device.count} {device.accelerator.display_name} visible.")  # fmt: skip
     return reasons
+
+
+def _missing_packages(setup: TrainSetup, device: DeviceInfo) -> list[str]:
+    """The optional packages the plan needs on this device that are not installed."""
+    if device.backend not in ("cuda", "rocm", "npu"):
+        return []  # the engine table already refused what needs them here
+    wanted = []
+    if setup.quant in BNB_QUANTS or setup.optimizer in ("adamw-8bit", "paged-adamw-8bit"):
+        wanted.append(
+            ("bitsandbytes", f"quantization {setup.quant} / optimizer {setup.optimizer}", "bitsandbytes")
+        )
+    if setup.parallel.zero:
+        wanted.append(("deepspeed", f"ZeRO stage {setup.parallel.zero}", "deepspeed"))
+    if setup.attention == "flash" and device.backend != "npu":
+        wanted.append(("flash_attn", "attention flash", "flash-attn"))
+    return [
+        f"{what} needs {module} (pip install {package})."
+        for module, what, package in wanted
+        if _missing(module)
+    ]
 
 
 def require_runnable(

@@ -8,6 +8,7 @@ under amp-* (with a GradScaler for amp-fp16) and clips; DeepSpeed does the same 
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,16 @@ def load_weights(module: Any, directory: Path) -> None:
 
         set_peft_model_state_dict(module, load_file(directory / "adapter_model.safetensors"))
         return
-    from transformers.modeling_utils import load_sharded_checkpoint
-
-    if (directory / "model.safetensors.index.json").is_file():
-        load_sharded_checkpoint(module, str(directory))
+    index = directory / "model.safetensors.index.json"
+    if (
+        index.is_file()
+    ):  # sharded: every file the index names (where the helper lives moved in transformers 5)
+        state: dict[str, Any] = {}
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            state.update(load_file(directory / shard))
     else:
-        module.load_state_dict(load_file(directory / "model.safetensors"), strict=False)
+        state = load_file(directory / "model.safetensors")
+    module.load_state_dict(state, strict=False)
 
 
 class TorchEngine:

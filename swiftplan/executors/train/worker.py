@@ -17,6 +17,7 @@ from typing import Any
 from swiftplan import __version__
 from swiftplan.errors import SwiftplanError
 from swiftplan.executors.train import run_dir as rd
+from swiftplan.planner.setup import TrainSetup
 
 
 def _device(kind: str, local_rank: int) -> Any:
@@ -74,36 +75,38 @@ def _train(run_dir: Path, progress: Any) -> dict[str, Any] | None:
     args = rd.read_args(run_dir)
     plan = load_plan(run_dir / "plan.yaml")
     setup = plan.setup
+    if not isinstance(setup, TrainSetup):
+        raise SwiftplanError(f"{run_dir / 'plan.yaml'} is a serving plan; train runs training plans.")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = _device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
-    zero = setup.parallel.zero  # type: ignore[union-attr]
+    zero = setup.parallel.zero
     if (world > 1 or zero) and not dist.is_initialized():
         dist.init_process_group(backend={"cuda": "nccl", "npu": "hccl"}.get(device.type, "gloo"))
     reset_peak(device.type)
     data = torch.load(run_dir / "dataset.pt", weights_only=True)
     n_blocks = int(data["input_ids"].shape[0])
     vocab_size = int(data.pop("vocab_size").item())
-    per_epoch = steps_per_epoch(n_blocks, setup=setup, world=world)  # type: ignore[arg-type]
+    per_epoch = steps_per_epoch(n_blocks, setup=setup, world=world)
     if per_epoch == 0:
         raise SwiftplanError(f"{n_blocks} blocks give no full optimizer step on {world} process(es).")
     total = args.max_steps or args.epochs * per_epoch
-    model = load_model(args.model, setup, device=device, random_init=args.random_init, seed=args.seed,  # type: ignore[arg-type]
+    model = load_model(args.model, setup, device=device, random_init=args.random_init, seed=args.seed,
                        vocab_size=vocab_size)  # fmt: skip
     params = trainable_parameters(model)
     factor = lr_lambda(args.lr_scheduler, warmup_steps=args.warmup_steps, total_steps=total)
     if zero:
         config = json.loads((run_dir / "ds_config.json").read_text())
         optimizer = None if "optimizer" in config else build_optimizer(
-            setup, params, lr=args.lr, weight_decay=args.weight_decay, device_type=device.type)  # type: ignore[arg-type]  # fmt: skip
+            setup, params, lr=args.lr, weight_decay=args.weight_decay, device_type=device.type)  # fmt: skip
         engine: Any = DeepSpeedEngine(model, optimizer, lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
                                       config=config, device=device)  # fmt: skip
     else:
         optimizer = build_optimizer(
             setup, params, lr=args.lr, weight_decay=args.weight_decay, device_type=device.type
-        )  # type: ignore[arg-type]
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        engine = TorchEngine(model, optimizer, scheduler, setup=setup, device=device, distributed=world > 1,  # type: ignore[arg-type]
+        engine = TorchEngine(model, optimizer, scheduler, setup=setup, device=device, distributed=world > 1,
                              max_grad_norm=args.max_grad_norm)  # fmt: skip
     start = 0
     checkpoint = rd.latest_checkpoint(run_dir)
@@ -116,7 +119,7 @@ def _train(run_dir: Path, progress: Any) -> dict[str, Any] | None:
         start = int(state["step"])
     if checkpoint is None:
         torch.manual_seed(args.seed + 1000 * rank)  # dropout differs across ranks, reproducibly
-    result = run_loop(engine, data, setup=setup, args=args, run_dir=run_dir, rank=rank, world=world,  # type: ignore[arg-type]
+    result = run_loop(engine, data, setup=setup, args=args, run_dir=run_dir, rank=rank, world=world,
                       start_step=start, total_steps=total, device=device,
                       progress=progress if rank == 0 else None)  # fmt: skip
     if result.end_step > result.start_step:
@@ -125,7 +128,7 @@ def _train(run_dir: Path, progress: Any) -> dict[str, Any] | None:
     report = None
     if rank == 0:
         timed = result.step_times_s[1:] or result.step_times_s
-        tokens_per_step = setup.micro_batch * setup.seq_len * setup.grad_accum * world  # type: ignore[union-attr]
+        tokens_per_step = setup.micro_batch * setup.seq_len * setup.grad_accum * world
         step_time = sum(timed) / len(timed) if timed else None
         measured = {**peak, "tokens_per_s": tokens_per_step / step_time if step_time else None,
                     "step_time_s": step_time}  # fmt: skip

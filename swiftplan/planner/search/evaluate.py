@@ -142,6 +142,14 @@ class Evaluation(Generic[CandidateT_co]):
         return (1, sum(max(0.0, c) for c in self.constraints()), self.candidate.simplicity())
 
 
+def _with_speed(estimate: Estimate) -> Estimate:
+    """The estimate, or the reason it cannot be ranked: a search compares speeds, and an accelerator
+    (or a compute dtype on it) without published throughput has none."""
+    if estimate.speed is None:
+        raise SwiftplanError(" ".join(estimate.notes) or "no speed estimate for this set-up")
+    return estimate
+
+
 def _powers_of_two(limit: int) -> tuple[int, ...]:
     return tuple(1 << i for i in range(int(math.log2(max(1, limit))) + 1))
 
@@ -181,7 +189,7 @@ class TrainEvaluator:
         self.estimates += 1
         sub = candidate.layout.sub_cluster(self.cluster)
         try:
-            estimate = estimate_training(self.spec, candidate.setup(self.workload), sub)
+            estimate = _with_speed(estimate_training(self.spec, candidate.setup(self.workload), sub))
         except SwiftplanError as error:
             result = Evaluation(
                 candidate=candidate,
@@ -320,7 +328,7 @@ class ServeEvaluator:
         replicas = self.cluster.world_size // candidate.tp
         gpus = self.cluster.world_size
         try:
-            estimate = estimate_serving(self.spec, candidate.setup(self.workload), self.cluster)
+            estimate = _with_speed(estimate_serving(self.spec, candidate.setup(self.workload), self.cluster))
         except SwiftplanError as error:
             result = Evaluation(
                 candidate=candidate,

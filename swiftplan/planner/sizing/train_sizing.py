@@ -174,7 +174,10 @@ def _plan_cluster(
     """The option for one cluster, how it was decided ('searched', 'pruned' by a bound, or 'skipped' as
     unsupported), and the estimates made."""
     try:
-        space = whole_cluster(build_train_space(spec, cluster, job.pins, default_engine("train", cluster.accelerator.backend)), cluster)
+        space = whole_cluster(
+            build_train_space(spec, cluster, job.pins, default_engine("train", cluster.accelerator.backend)),
+            cluster,
+        )
     except SwiftplanError as error:
         return base.rejected("unsupported", error.message), "skipped", 0
     if not space.layouts:
