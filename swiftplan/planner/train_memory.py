@@ -29,7 +29,13 @@ from swiftplan.planner.calibration import constant, constant_source
 from swiftplan.planner.dtypes import dtype_bytes
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import LoraSetup, TrainSetup
-from swiftplan.planner.states import gradient_bytes, master_weight_bytes, optimizer_state_bytes, state_dtypes
+from swiftplan.planner.states import (
+    StateDtypes,
+    gradient_bytes,
+    master_weight_bytes,
+    optimizer_state_bytes,
+    state_dtypes,
+)
 from swiftplan.planner.weights import layer_weight_bytes, outer_weight_bytes
 from swiftplan.units import format_gib
 
@@ -179,45 +185,31 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
                    gathered=gathered, host=host, trainable_here=trainable_here)  # fmt: skip
 
 
-def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> TrainMemory:
-    """Bytes on the most loaded device for one training step of `setup` on `world_size` devices."""
-    par = setup.parallel
-    tp, pp = par.tp, par.pp
-    dp = max(1, world_size // (tp * pp))
-    stage_layers = range(math.ceil(spec.num_layers / pp))
-    model_params = total_params(spec)
-    lora_params = adapter_params(spec, setup.lora) if setup.trains_adapters and setup.lora else 0
-    trainable = lora_params if setup.trains_adapters else model_params
-    dtypes = state_dtypes(setup)
-    states = _states(spec, setup, stage_layers, dp)
-    weights_frozen, adapters, grads, optim, master = (
-        states.weights,
-        states.adapters,
-        states.gradients,
-        states.optimizer,
-        states.master,
-    )
-    gathered, host, trainable_here = states.gathered, states.host, states.trainable_here
-    state_bytes = dtype_bytes(dtypes.optimizer)
-
-    phases = act.activation_phases(spec, setup, layers=len(stage_layers), tp=tp)
-    in_flight = min(pp, setup.grad_accum) if pp > 1 else 1  # 1F1B: up to pp micro-batches on stage 0
+def _phase_peaks(
+    spec: ModelSpec,
+    setup: TrainSetup,
+    states: _States,
+    phases: act.ActivationPhases,
+    stage_layers: range,
+    *,
+    logits: int,
+    step_temp: int,
+) -> tuple[dict[str, int], dict[str, int], int, int]:
+    """Allocated bytes at each candidate peak of a step, the activations live at each, and the
+    activations at the loss and in backward (1F1B keeps up to pp micro-batches on stage 0)."""
+    pp = setup.parallel.pp
+    in_flight = min(pp, setup.grad_accum) if pp > 1 else 1
     at_loss = phases.at_loss * in_flight
     in_backward = phases.in_backward + phases.at_loss * (in_flight - 1)
-    activations = max(at_loss, in_backward)
-    logits = act.logits_bytes(spec, setup, tp=tp)
-
-    step_temp = (
-        _optimizer_step_temporaries(spec, setup, trainable_here, state_bytes) if par.offload == "none" else 0
-    )
-    static = weights_frozen + adapters + optim + master
+    grads, gathered = states.gradients, states.gathered
+    static = states.weights + states.adapters + states.optimizer + states.master
     grads_during_fwd = grads if setup.grad_accum > 1 else 0
     head_grads, layer_grads, embedding_grads = _grad_shares(spec, setup, grads, stage_layers)
-    phase_peaks = {
+    peaks = {
         "loss and backward start": static + gathered + grads_during_fwd + at_loss + logits,
         "optimizer step": static + grads + step_temp,
     }
-    phase_acts = {"loss and backward start": at_loss, "optimizer step": 0, "end of backward": 0}
+    acts = {"loss and backward start": at_loss, "optimizer step": 0, "end of backward": 0}
     if setup.grad_ckpt:
         # Backward recomputes one block at a time, last block first. Recomputing the last one: all
         # block inputs kept, only the head's gradients exist; recomputing the first: one input
@@ -228,49 +220,112 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
             phases.shared + phases.block_input + phases.largest_block + phases.backward_working,
         )
         grads_then, acts_then = max(late, early, key=sum)
-        phase_peaks["recomputation in backward"] = static + gathered + grads_then + acts_then
-        phase_acts["recomputation in backward"] = acts_then
+        peaks["recomputation in backward"] = static + gathered + grads_then + acts_then
+        acts["recomputation in backward"] = acts_then
     if setup.method == "full" and spec.tie_word_embeddings:
         # Tied embeddings: the embedding's gradient arrives last and is added out of place to the LM
         # head's, so two extra vocab × hidden gradients coexist with all others (traced).
-        phase_peaks["end of backward"] = static + grads + 2 * head_grads
+        peaks["end of backward"] = static + grads + 2 * head_grads
+    return peaks, acts, at_loss, in_backward
+
+
+def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> TrainMemory:
+    """Bytes on the most loaded device for one training step of `setup` on `world_size` devices."""
+    par = setup.parallel
+    tp, pp = par.tp, par.pp
+    dp = max(1, world_size // (tp * pp))
+    stage_layers = range(math.ceil(spec.num_layers / pp))
+    model_params = total_params(spec)
+    lora_params = adapter_params(spec, setup.lora) if setup.trains_adapters and setup.lora else 0
+    dtypes = state_dtypes(setup)
+    states = _states(spec, setup, stage_layers, dp)
+    phases = act.activation_phases(spec, setup, layers=len(stage_layers), tp=tp)
+    logits = act.logits_bytes(spec, setup, tp=tp)
+    state_bytes = dtype_bytes(dtypes.optimizer)
+    step_temp = (
+        _optimizer_step_temporaries(spec, setup, states.trainable_here, state_bytes)
+        if par.offload == "none"
+        else 0
+    )
+    phase_peaks, phase_acts, at_loss, in_backward = _phase_peaks(
+        spec, setup, states, phases, stage_layers, logits=logits, step_temp=step_temp
+    )
+    activations = max(at_loss, in_backward)
     phase = max(phase_peaks, key=lambda name: phase_peaks[name])
-    transient = {"optimizer step": step_temp, "end of backward": 2 * head_grads}.get(phase, gathered)
+    head_grads = _grad_shares(spec, setup, states.gradients, stage_layers)[0]
+    transient = {"optimizer step": step_temp, "end of backward": 2 * head_grads}.get(phase, states.gathered)
     runtime_alloc = int(constant("runtime_overhead", "cublas_workspace_bytes"))
     peak = phase_peaks[phase] + runtime_alloc
     frag = constant("runtime_overhead", "allocator_fragmentation")
     context = int(constant("runtime_overhead", "cuda_context_bytes"))
     overhead = int(peak * frag) + context
-    terms = (
+    terms = _terms(
+        spec, setup, states, dtypes, dp=dp, layers=len(stage_layers), lora_params=lora_params,
+        activations=activations, logits=logits, transient=transient, phase=phase, overhead=overhead,
+        context=context, frag=frag,
+    )  # fmt: skip
+    device = MemoryBreakdown(
+        weights=states.weights,
+        adapters=states.adapters,
+        gradients=states.gradients,
+        optimizer=states.optimizer,
+        master_weights=states.master,
+        activations=activations,
+        logits=logits,
+        transient=transient,
+        runtime_overhead=overhead,
+        peak_allocated=peak,
+        device_total=peak + overhead,
+        peak_phase=phase,
+        terms=terms,
+    )
+    return TrainMemory(
+        device=device,
+        host_bytes=states.host,
+        params=model_params + lora_params,
+        trainable_params=lora_params if setup.trains_adapters else model_params,
+        phase_activations=phase_acts,
+    )
+
+
+def _terms(
+    spec: ModelSpec, setup: TrainSetup, states: _States, dtypes: StateDtypes, *, dp: int, layers: int, lora_params: int,
+    activations: int, logits: int, transient: int, phase: str, overhead: int, context: int, frag: float,
+) -> tuple[Term, ...]:  # fmt: skip
+    """Each number of the breakdown with the formula that gave it and, for constants, their source."""
+    par = setup.parallel
+    tp = par.tp
+    trainable_here = states.trainable_here
+    return (
         Term(
             name="weights",
-            value_bytes=weights_frozen,
-            formula=f"{model_params:,} params by dtype/quant ({setup.quant}), /tp{tp}, {len(stage_layers)} blocks/stage"
+            value_bytes=states.weights,
+            formula=f"{total_params(spec):,} params by dtype/quant ({setup.quant}), /tp{tp}, {layers} blocks/stage"
             + (f", /dp{dp} (ZeRO-3)" if par.zero == 3 else ""),
         ),
         Term(
             name="adapters",
-            value_bytes=adapters,
+            value_bytes=states.adapters,
             formula=f"{lora_params:,} LoRA params × {dtype_bytes(dtypes.adapters)} B ({dtypes.adapters})"
             + (f", /tp{tp}" if tp > 1 else "")
             + (f" /dp{dp} (ZeRO-3)" if par.zero == 3 else ""),
         ),
         Term(
             name="gradients",
-            value_bytes=grads,
+            value_bytes=states.gradients,
             formula=f"{trainable_here:,} trainable × {dtype_bytes(dtypes.gradients)} B ({dtypes.gradients})"
             + (f" / dp{dp}" if par.zero >= 2 else ""),
         ),
         Term(
             name="optimizer",
-            value_bytes=optim,
+            value_bytes=states.optimizer,
             formula=f"{setup.optimizer} state for {trainable_here:,} params ({dtypes.optimizer} moments)"
             + (f" / dp{dp}" if par.zero >= 1 else "")
             + (" (offloaded to host)" if par.offload != "none" else ""),
         ),
         Term(
             name="master_weights",
-            value_bytes=master,
+            value_bytes=states.master,
             formula=f"{dtype_bytes(dtypes.master)} B × {trainable_here:,} trainable ({dtypes.master}, DeepSpeed mixed precision)"
             + (f" / dp{dp}" if par.zero >= 1 else "")
             if dtypes.master
@@ -282,7 +337,7 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
         Term(
             name="activations",
             value_bytes=activations,
-            formula=f"saved tensors of {len(stage_layers)} blocks for {setup.micro_batch}×{setup.seq_len} tokens"
+            formula=f"saved tensors of {layers} blocks for {setup.micro_batch}×{setup.seq_len} tokens"
             + (" with checkpointing" if setup.grad_ckpt else ""),
         ),
         Term(
@@ -297,26 +352,4 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
             formula=f"CUDA context {format_gib(context)} + {frag:.0%} allocator slack",
             source=constant_source("runtime_overhead", "cuda_context_bytes"),
         ),
-    )
-    device = MemoryBreakdown(
-        weights=weights_frozen,
-        adapters=adapters,
-        gradients=grads,
-        optimizer=optim,
-        master_weights=master,
-        activations=activations,
-        logits=logits,
-        transient=transient,
-        runtime_overhead=overhead,
-        peak_allocated=peak,
-        device_total=peak + overhead,
-        peak_phase=phase,
-        terms=terms,
-    )
-    return TrainMemory(
-        device=device,
-        host_bytes=host,
-        params=model_params + lora_params,
-        trainable_params=trainable,
-        phase_activations=phase_acts,
     )

@@ -66,10 +66,9 @@ def _train(run_dir: Path, progress: Any) -> dict[str, Any] | None:
     import torch
     import torch.distributed as dist
 
-    from swiftplan.executors.train.engine import DeepSpeedEngine, TorchEngine
     from swiftplan.executors.train.loop import run_loop, steps_per_epoch
-    from swiftplan.executors.train.model import build_optimizer, load_model, lr_lambda, trainable_parameters
-    from swiftplan.executors.train.report import comparison, peak_memory, predicted_from_plan, reset_peak
+    from swiftplan.executors.train.model import load_model
+    from swiftplan.executors.train.report import reset_peak
     from swiftplan.plan_file import load_plan
 
     args = rd.read_args(run_dir)
@@ -80,8 +79,7 @@ def _train(run_dir: Path, progress: Any) -> dict[str, Any] | None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = _device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
-    zero = setup.parallel.zero
-    if (world > 1 or zero) and not dist.is_initialized():
+    if (world > 1 or setup.parallel.zero) and not dist.is_initialized():
         dist.init_process_group(backend={"cuda": "nccl", "npu": "hccl"}.get(device.type, "gloo"))
     reset_peak(device.type)
     data = torch.load(run_dir / "dataset.pt", weights_only=True)
@@ -93,73 +91,99 @@ def _train(run_dir: Path, progress: Any) -> dict[str, Any] | None:
     total = args.max_steps or args.epochs * per_epoch
     model = load_model(args.model, setup, device=device, random_init=args.random_init, seed=args.seed,
                        vocab_size=vocab_size)  # fmt: skip
-    params = trainable_parameters(model)
-    factor = lr_lambda(args.lr_scheduler, warmup_steps=args.warmup_steps, total_steps=total)
-    if zero:
-        config = json.loads((run_dir / "ds_config.json").read_text())
-        optimizer = None if "optimizer" in config else build_optimizer(
-            setup, params, lr=args.lr, weight_decay=args.weight_decay, device_type=device.type)  # fmt: skip
-        engine: Any = DeepSpeedEngine(model, optimizer, lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
-                                      config=config, device=device)  # fmt: skip
-    else:
-        optimizer = build_optimizer(
-            setup, params, lr=args.lr, weight_decay=args.weight_decay, device_type=device.type
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        engine = TorchEngine(model, optimizer, scheduler, setup=setup, device=device, distributed=world > 1,
-                             max_grad_norm=args.max_grad_norm)  # fmt: skip
-    start = 0
-    checkpoint = rd.latest_checkpoint(run_dir)
-    if checkpoint is not None:
-        state = rd.read_state(checkpoint)
-        if state["world_size"] != world:
-            raise SwiftplanError(f"{checkpoint} was written by {state['world_size']} process(es); this run has {world}.",
-                                 hint="Resume with the same number of processes.")  # fmt: skip
-        engine.load(checkpoint, rank=rank)
-        start = int(state["step"])
-    if checkpoint is None:
+    engine = _engine(run_dir, model, setup, args, device=device, world=world, total_steps=total)
+    start = _resume(run_dir, engine, rank=rank, world=world)
+    if start == 0:
         torch.manual_seed(args.seed + 1000 * rank)  # dropout differs across ranks, reproducibly
     result = run_loop(engine, data, setup=setup, args=args, run_dir=run_dir, rank=rank, world=world,
                       start_step=start, total_steps=total, device=device,
                       progress=progress if rank == 0 else None)  # fmt: skip
     if result.end_step > result.start_step:
         engine.save_final(run_dir / "final", rank=rank)
-    peak = _peaks_over_ranks(peak_memory(device.type, result.memory_peak), world, device)
-    report = None
-    if rank == 0:
-        timed = result.step_times_s[1:] or result.step_times_s
-        tokens_per_step = setup.micro_batch * setup.seq_len * setup.grad_accum * world
-        step_time = sum(timed) / len(timed) if timed else None
-        measured = {**peak, "tokens_per_s": tokens_per_step / step_time if step_time else None,
-                    "step_time_s": step_time}  # fmt: skip
-        predicted = predicted_from_plan(plan)
-        notes = []
-        if device.type == "cpu":
-            notes.append(
-                f"ran on CPU; the plan predicts {plan.hardware.describe()}, so the ratios are not a check of the planner."
-            )
-        if len(result.step_times_s) > 1:
-            notes.append("tokens/s excludes the first step of this process (warm-up).")
-        report = {
-            "swiftplan_version": __version__,
-            "run_dir": str(run_dir),
-            "plan": {"model": plan.model, "cluster": plan.hardware.describe(), "gpus_used": plan.layout.gpus,
-                     "nodes": plan.nodes, "engine": plan.engine},
-            "device": {"torch_device": device.type, "name": args.device_name, "processes": world},
-            "world_size": world,
-            "steps": {"start": result.start_step, "end": result.end_step, "total": total, "measured": len(timed)},
-            "loss": {"first": result.losses[0] if result.losses else None,
-                     "last": result.losses[-1] if result.losses else None, "by_step": result.losses},
-            "measured": measured,
-            "predicted": predicted,
-            "comparison": comparison(predicted, measured),
-            "notes": notes,
-            "versions": _versions(),
-        }  # fmt: skip
-        (run_dir / "run_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = _report(run_dir, plan, args, result, device=device, world=world, total_steps=total, rank=rank)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    return report
+
+
+def _engine(run_dir: Path, model: Any, setup: TrainSetup, args: Any, *, device: Any, world: int,
+            total_steps: int) -> Any:  # fmt: skip
+    """The optimizer step as the plan says: DeepSpeed with the rendered ds_config.json under ZeRO (its
+    own optimizer when the config names one), plain torch (DDP across processes) otherwise."""
+    import torch
+
+    from swiftplan.executors.train.engine import DeepSpeedEngine, TorchEngine
+    from swiftplan.executors.train.model import build_optimizer, lr_lambda, trainable_parameters
+
+    params = trainable_parameters(model)
+    factor = lr_lambda(args.lr_scheduler, warmup_steps=args.warmup_steps, total_steps=total_steps)
+    if setup.parallel.zero:
+        config = json.loads((run_dir / "ds_config.json").read_text())
+        optimizer = None if "optimizer" in config else build_optimizer(
+            setup, params, lr=args.lr, weight_decay=args.weight_decay, device_type=device.type)  # fmt: skip
+        return DeepSpeedEngine(model, optimizer, lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
+                               config=config, device=device)  # fmt: skip
+    optimizer = build_optimizer(
+        setup, params, lr=args.lr, weight_decay=args.weight_decay, device_type=device.type
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return TorchEngine(model, optimizer, scheduler, setup=setup, device=device, distributed=world > 1,
+                       max_grad_norm=args.max_grad_norm)  # fmt: skip
+
+
+def _resume(run_dir: Path, engine: Any, *, rank: int, world: int) -> int:
+    """The step to start from: 0, or the newest checkpoint's step after loading it into `engine`."""
+    checkpoint = rd.latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return 0
+    state = rd.read_state(checkpoint)
+    if state["world_size"] != world:
+        raise SwiftplanError(f"{checkpoint} was written by {state['world_size']} process(es); this run has {world}.",
+                             hint="Resume with the same number of processes.")  # fmt: skip
+    engine.load(checkpoint, rank=rank)
+    return int(state["step"])
+
+
+def _report(run_dir: Path, plan: Any, args: Any, result: Any, *, device: Any, world: int, total_steps: int,
+            rank: int) -> dict[str, Any] | None:  # fmt: skip
+    """Measured against predicted, written to run_report.json by rank 0 (peaks are the max over ranks)."""
+    from swiftplan.executors.train.report import comparison, peak_memory, predicted_from_plan
+
+    peak = _peaks_over_ranks(peak_memory(device.type, result.memory_peak), world, device)
+    if rank != 0:
+        return None
+    setup = plan.setup
+    timed = result.step_times_s[1:] or result.step_times_s
+    tokens_per_step = setup.micro_batch * setup.seq_len * setup.grad_accum * world
+    step_time = sum(timed) / len(timed) if timed else None
+    measured = {**peak, "tokens_per_s": tokens_per_step / step_time if step_time else None,
+                "step_time_s": step_time}  # fmt: skip
+    predicted = predicted_from_plan(plan)
+    notes = []
+    if device.type == "cpu":
+        notes.append(
+            f"ran on CPU; the plan predicts {plan.hardware.describe()}, so the ratios are not a check of the planner."
+        )
+    if len(result.step_times_s) > 1:
+        notes.append("tokens/s excludes the first step of this process (warm-up).")
+    report = {
+        "swiftplan_version": __version__,
+        "run_dir": str(run_dir),
+        "plan": {"model": plan.model, "cluster": plan.hardware.describe(), "gpus_used": plan.layout.gpus,
+                 "nodes": plan.nodes, "engine": plan.engine},
+        "device": {"torch_device": device.type, "name": args.device_name, "processes": world},
+        "world_size": world,
+        "steps": {"start": result.start_step, "end": result.end_step, "total": total_steps, "measured": len(timed)},
+        "loss": {"first": result.losses[0] if result.losses else None,
+                 "last": result.losses[-1] if result.losses else None, "by_step": result.losses},
+        "measured": measured,
+        "predicted": predicted,
+        "comparison": comparison(predicted, measured),
+        "notes": notes,
+        "versions": _versions(),
+    }  # fmt: skip
+    (run_dir / "run_report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
