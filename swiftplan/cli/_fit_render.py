@@ -8,6 +8,7 @@ import shlex
 from dataclasses import asdict
 from typing import Any
 
+from rich.measure import Measurement
 from rich.table import Table
 
 from swiftplan.cli._output import console, print_json
@@ -40,7 +41,7 @@ def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...]) -> Table
 
 def _train_table(title: str, rows: list[Evaluation], attention: tuple[str, ...], pareto: bool) -> Table:
     columns = ("#", "method", "rank", "quant", "numerics", "batch×accum", "ckpt", "ZeRO", "TP/PP/DP",
-               "GiB/device", "tokens/s", "time", "cost")  # fmt: skip
+               "GiB/device", "tokens/s", "time", _cost_header(rows))  # fmt: skip
     table = _table(
         title,
         columns + (("headroom", "trainable") if pareto else ()),
@@ -88,7 +89,43 @@ def spread(rows: list[Evaluation], limit: int) -> list[Evaluation]:
     return [rows[round(i * step)] for i in range(limit)]
 
 
-def _result_table(result: SearchResult, title: str, attention: tuple[str, ...]) -> Table:
+def _cost_header(rows: list[Evaluation]) -> str:
+    """'cost' when every row has a price, else 'GPU-hours' (what cost_text then prints)."""
+    return "cost" if all(e.cost_usd is not None for e in rows) else "GPU-hours"
+
+
+def _compact_table(title: str, rows: list[Evaluation], task: str, *, pareto: bool) -> Table:
+    """The plans in five columns, each set-up in one line that wraps: fits 80 columns."""
+    speed = "tokens/s" if task == "train" else "decode tok/s"
+    cost = _cost_header(rows) if task == "train" else "per 1M tokens"
+    columns = ("#", "plan", "GiB/device", speed, "time" if task == "train" else "TTFT", cost)
+    table = _table(title, columns + (("headroom",) if pareto else ()), ("plan",))
+    for i, e in enumerate(rows, 1):
+        assert e.estimate is not None
+        when = format_duration(e.time_s) if task == "train" else f"{e.estimate.speed.ttft_s:.2f} s"  # type: ignore[union-attr]
+        table.add_row(
+            str(i), candidate_summary(e),
+            f"{e.device_total_bytes / GiB:.1f}/{e.estimate.device_memory_bytes / GiB:.0f}", f"{e.tokens_per_s:,.0f}",
+            when, cost_text(e), *([f"{e.headroom_fraction:.0%}"] if pareto else []),
+            style="bold" if i == 1 and not pareto else None,
+        )  # fmt: skip
+    return table
+
+
+UNBOUNDED_WIDTH = 10_000
+"""Columns to measure a table in, so that its natural width is not clamped to the terminal's."""
+
+
+def _natural_width(table: Table) -> int:
+    """Columns `table` needs to show every cell without folding."""
+    return Measurement.get(console, console.options.update_width(UNBOUNDED_WIDTH), table).maximum
+
+
+def _result_table(
+    result: SearchResult, title: str, attention: tuple[str, ...], *, wide: bool
+) -> tuple[Table, int]:
+    """The plans table and the width to print it at: the full table when it fits (or with --wide),
+    else the compact one."""
     if result.pareto:
         rows = spread(list(result.pareto), PARETO_ROWS)
         shown = (
@@ -99,9 +136,16 @@ def _result_table(result: SearchResult, title: str, attention: tuple[str, ...]) 
         title = f"{title} — Pareto front ({shown}): time vs cost vs memory headroom"
     else:
         rows = [e for e in (result.best, *result.runners_up) if e is not None]
-    if result.task == "train":
-        return _train_table(title, rows, attention, bool(result.pareto))
-    return _serve_table(title, rows)
+    full = (
+        _train_table(title, rows, attention, bool(result.pareto))
+        if result.task == "train"
+        else _serve_table(title, rows)
+    )
+    if wide:
+        return full, max(console.width, _natural_width(full))
+    if _natural_width(full) <= console.width:
+        return full, console.width
+    return _compact_table(title, rows, result.task, pareto=bool(result.pareto)), console.width
 
 
 def _families(result: SearchResult) -> None:
@@ -122,8 +166,11 @@ def _diagnosis(diagnosis: Diagnosis) -> None:
         )
 
 
-def render_fit(outcome: Any, *, output: str | None, as_json: bool, measured: Any, elapsed_s: float) -> None:
-    """Print a `FitOutcome` (a table and sentences, or one JSON object)."""
+def render_fit(
+    outcome: Any, *, output: str | None, as_json: bool, measured: Any, elapsed_s: float, wide: bool = False
+) -> None:
+    """Print a `FitOutcome` (a table and sentences, or one JSON object). The plans table fits the terminal
+    (a compact form below its full width) unless `wide` asks for every column."""
     if as_json:
         print_json(fit_json(outcome, output=output, measured=measured, elapsed_s=elapsed_s))
         return
@@ -137,7 +184,12 @@ def render_fit(outcome: Any, *, output: str | None, as_json: bool, measured: Any
         _families(result)
     else:
         title = f"Best plans for {problem.spec.name} on {problem.cluster.describe()} (objective: {problem.settings.objective})"
-        console.print(_result_table(result, title, attention_targets(problem.spec)))
+        table, width = _result_table(result, title, attention_targets(problem.spec), wide=wide)
+        terminal_width, console.width = console.width, width
+        try:
+            console.print(table)
+        finally:
+            console.width = terminal_width
         for note in problem.notes:
             console.print(f"[dim]{note}[/]", highlight=False)
         render_estimate(result.best.estimate)

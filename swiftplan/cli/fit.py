@@ -161,6 +161,10 @@ OutputOpt = Annotated[
     str | None, _opt("-o", "--output", help="Write the winning plan as a plan file (YAML).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+WideOpt = Annotated[
+    bool,
+    typer.Option("--wide", help="Show every column of the plans table, even past the terminal's width."),
+]
 
 
 def _list(text: str | None) -> tuple[str, ...] | None:
@@ -289,6 +293,7 @@ def fit_command(
     measure_device: DeviceOpt = "cuda",
     output: OutputOpt = None,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """Search the training (or serving) plans for the best one that fits, with Optuna."""
     started = time.perf_counter()
@@ -300,6 +305,7 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
     from swiftplan.cli._fit_render import render_fit
     from swiftplan.usecases.fit import plan_fit
 
+    wide = options.pop("wide")
     request = fit_request(**options)
     measure_options = _measure_options(request, **options) if options["measure"] else None
     outcome = plan_fit(request)
@@ -314,7 +320,12 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
 
         measured = measure_candidates(outcome, as_json=as_json, **measure_options)
     render_fit(
-        outcome, output=output, as_json=as_json, measured=measured, elapsed_s=time.perf_counter() - started
+        outcome,
+        output=output,
+        as_json=as_json,
+        measured=measured,
+        elapsed_s=time.perf_counter() - started,
+        wide=wide,
     )
     if outcome.plan is None:
         raise typer.Exit(1)
