@@ -73,14 +73,20 @@ def _render_report(report: dict[str, Any]) -> None:
     first = "—" if loss["first"] is None else f"{loss['first']:.4f}"
     last = "—" if loss["last"] is None else f"{loss['last']:.4f}"
     console.print(f"steps {steps['start']} → {steps['end']} of {steps['total']}; loss {first} → {last}")
-    table = Table(title=f"predicted ({report['predicted']['cluster']}) vs measured ({report['device']['name'] or report['device']['torch_device']}, "
-                        f"{report['world_size']} process(es))", title_justify="left")  # fmt: skip
-    for column in ("", "predicted", "measured", "measured / predicted"):
+    device = f"{report['device']['name'] or report['device']['torch_device']}, {report['world_size']} process(es)"
+    # On the CPU the plan's hardware was not what ran: its predictions are not comparable, so only
+    # the measurements are shown (both stay in run_report.json).
+    comparable = report["device"]["torch_device"] != "cpu"
+    title = f"predicted ({report['predicted']['cluster']}) vs measured ({device})" if comparable else f"measured ({device})"
+    table = Table(title=title, title_justify="left")
+    columns = ("", "predicted", "measured", "measured / predicted") if comparable else ("", "measured")
+    for column in columns:
         table.add_column(column, justify="left" if not column else "right")
     for row in report["comparison"]:
         fmt = _gib if "bytes" in row["what"] else _tokens if "tokens" in row["what"] else _seconds
         ratio = "—" if row["ratio"] is None else f"{row['ratio']:.2f}"
-        table.add_row(row["what"].replace(" (bytes)", ""), fmt(row["predicted"]), fmt(row["measured"]), ratio)
+        cells = (fmt(row["predicted"]), fmt(row["measured"]), ratio) if comparable else (fmt(row["measured"]),)
+        table.add_row(row["what"].replace(" (bytes)", ""), *cells)
     console.print(table)
     console.print(f"[dim]memory: {report['measured']['method']}[/]")
     for note in report["notes"]:
