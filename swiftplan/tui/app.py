@@ -106,7 +106,9 @@ class DashApp(App[None]):
         if self._run_dir:
             self.query_one("#run-path", Input).value = self._run_dir
             self._load_run(self._run_dir)
-        self.query_one("#hw-devices").focus()
+            self.action_show_tab("run")  # asked for a run: open on its monitor
+        else:
+            self.query_one("#hw-devices").focus()
 
     # --- navigation ---------------------------------------------------------------------------
 
@@ -239,14 +241,20 @@ class DashApp(App[None]):
         if outcome.search_id != self.search_id:
             return
         self.outcome, self.saved_path = outcome, None
-        pane = self.query_one(SearchPane)
-        pane.show_progress(outcome.snapshot, done=True, title=outcome.search_line)
+        hint = (
+            f"{len(outcome.choices)} plan(s): press 4 to see them."
+            if outcome.choices
+            else "Nothing fits: tab 4 says by how much and what would."
+        )
+        self.query_one(SearchPane).show_progress(
+            outcome.snapshot, done=True, title=outcome.search_line, hint=hint
+        )
         self.query_one(PlanPane).show_outcome(outcome)
         self._select(0)
-        if outcome.choices:
-            self.notify(f"{len(outcome.choices)} plan(s): press 4 to see them.", title="Search done")
-        else:
-            self.notify("Nothing fits: tab 4 says by how much and what would.", severity="warning")
+        # A toast only where the search tab (which now says the same) is not in view: over the plot
+        # it would hide the x-axis labels.
+        if self.query_one(TabbedContent).active != "search":
+            self.notify(hint, title="Search done", severity="information" if outcome.choices else "warning")
 
     def on_search_failed(self, message: msg.SearchFailed) -> None:
         if message.search_id != self.search_id:

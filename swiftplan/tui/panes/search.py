@@ -38,8 +38,10 @@ class SearchPane(Vertical):
         self.query_one("#search-best", Static).update("")
         self.query_one(CandidateScatter).show(None)
 
-    def show_progress(self, snapshot: SearchSnapshot, *, done: bool = False, title: str = "") -> None:
-        """Candidates so far."""
+    def show_progress(
+        self, snapshot: SearchSnapshot, *, done: bool = False, title: str = "", hint: str = ""
+    ) -> None:
+        """Candidates so far (and, when done, what to do next)."""
         state = "Done" if done else "Searching…"
         status = f"{state} {snapshot.evaluated} candidates evaluated, {snapshot.feasible} fit"
         if title:
@@ -47,6 +49,8 @@ class SearchPane(Vertical):
         self.query_one("#search-status", Static).update(status)
         best = Text.assemble(("best: " if done else "best so far: ", "bold"))
         best.append(snapshot.best_line or "none fits yet")
+        if hint:
+            best.append(f"\n{hint}", style="bold")
         self.query_one("#search-best", Static).update(best)
         self.query_one(CandidateScatter).show(snapshot)
 

@@ -13,6 +13,29 @@ STYLES = {MEASURED: "bright_cyan", SECOND: "blue", PREDICTED: "yellow", 6: "brig
 PREDICTED_CHARS = ("┄", "╌")
 """Dash of the first and second predicted line."""
 Y_MARGIN = 7
+OFF_SCALE_FACTOR = 10.0
+"""A prediction more than this many times above (or below) every measured value is named in the title,
+not drawn: stretching the axis to it would flatten the measured line (a GPU plan's tokens/s against
+a CPU run)."""
+
+
+def on_scale(series: Series) -> tuple[tuple[tuple[str, float], ...], tuple[tuple[str, float], ...]]:
+    """(predictions drawn on the axis, predictions too far from the measurements to share it)."""
+    measured = [v for v in (*series.values, *series.second) if v > 0]
+    if not measured:
+        return series.predicted, ()
+    lo, hi = min(measured) / OFF_SCALE_FACTOR, max(measured) * OFF_SCALE_FACTOR
+    drawn = tuple(p for p in series.predicted if lo <= p[1] <= hi)
+    return drawn, tuple(p for p in series.predicted if p not in drawn)
+
+
+def value_axis(series: Series, predicted: tuple[tuple[str, float], ...]) -> Axis:
+    """The y axis over the measurements and the drawn predictions; never below 0 for data that is not."""
+    values = [*series.values, *series.second, *(value for _, value in predicted)]
+    axis = axis_for(values)
+    if axis.lo < 0 <= min(values, default=0.0):
+        return Axis(lo=0.0, hi=axis.hi)
+    return axis
 
 
 class SeriesPlot(Widget):
@@ -47,6 +70,9 @@ class SeriesPlot(Widget):
             title.append(f"{label} {short_number(value)}  ")
         if not series.predicted:
             title.append("(no prediction)", style="dim")
+        off = on_scale(series)[1]
+        if off:
+            title.append("(" + ", ".join(label for label, _ in off) + " off scale)", style="dim")
         return title
 
     def render(self) -> Text:
@@ -59,7 +85,8 @@ class SeriesPlot(Widget):
         if not series.values or width < 8 or height < 1:
             out.append("\n" + ("no steps logged yet" if not series.values else ""), style="dim")
             return out
-        y_axis = axis_for([*series.values, *series.second, *(value for _, value in series.predicted)])
+        drawn = on_scale(series)[0]
+        y_axis = value_axis(series, drawn)
         x_axis = Axis(lo=series.steps[0], hi=series.steps[-1]) if len(series.steps) > 1 else Axis(lo=0, hi=series.steps[0] or 1)  # fmt: skip
         canvas = BrailleCanvas(width, height)
         for values, layer in ((series.second, SECOND), (series.values, MEASURED)):
@@ -70,7 +97,11 @@ class SeriesPlot(Widget):
                 canvas.line(x0, y0, x1, y1, layer)
             if len(points) == 1:
                 canvas.dot(*points[0], layer)
-        for (_, value), layer, dash in zip(series.predicted, (PREDICTED, 6), PREDICTED_CHARS, strict=False):
+        for (label, value), layer, dash in zip(
+            series.predicted, (PREDICTED, 6), PREDICTED_CHARS, strict=False
+        ):
+            if (label, value) not in drawn:
+                continue
             _, row = canvas.cell_of(0.0, y_axis.fraction(value))
             for col in range(width):
                 canvas.overlay(col, row, dash, layer)
