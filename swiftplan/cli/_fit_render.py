@@ -8,10 +8,9 @@ import shlex
 from dataclasses import asdict
 from typing import Any
 
-from rich.measure import Measurement
 from rich.table import Table
 
-from swiftplan.cli._output import console, print_json
+from swiftplan.cli._output import console, fits_terminal, print_json, print_unfolded
 from swiftplan.planner.search.candidate import Candidate, ServeCandidate
 from swiftplan.planner.search.evaluate import Evaluation
 from swiftplan.planner.search.infeasible import Diagnosis
@@ -112,20 +111,8 @@ def _compact_table(title: str, rows: list[Evaluation], task: str, *, pareto: boo
     return table
 
 
-UNBOUNDED_WIDTH = 10_000
-"""Columns to measure a table in, so that its natural width is not clamped to the terminal's."""
-
-
-def _natural_width(table: Table) -> int:
-    """Columns `table` needs to show every cell without folding."""
-    return Measurement.get(console, console.options.update_width(UNBOUNDED_WIDTH), table).maximum
-
-
-def _result_table(
-    result: SearchResult, title: str, attention: tuple[str, ...], *, wide: bool
-) -> tuple[Table, int]:
-    """The plans table and the width to print it at: the full table when it fits (or with --wide),
-    else the compact one."""
+def _result_table(result: SearchResult, title: str, attention: tuple[str, ...], *, wide: bool) -> Table:
+    """The plans table: the full one when it fits the terminal (or with --wide), else the compact one."""
     if result.pareto:
         rows = spread(list(result.pareto), PARETO_ROWS)
         shown = (
@@ -141,11 +128,9 @@ def _result_table(
         if result.task == "train"
         else _serve_table(title, rows)
     )
-    if wide:
-        return full, max(console.width, _natural_width(full))
-    if _natural_width(full) <= console.width:
-        return full, console.width
-    return _compact_table(title, rows, result.task, pareto=bool(result.pareto)), console.width
+    if wide or fits_terminal(full):
+        return full
+    return _compact_table(title, rows, result.task, pareto=bool(result.pareto))
 
 
 def _families(result: SearchResult) -> None:
@@ -184,12 +169,8 @@ def render_fit(
         _families(result)
     else:
         title = f"Best plans for {problem.spec.name} on {problem.cluster.describe()} (objective: {problem.settings.objective})"
-        table, width = _result_table(result, title, attention_targets(problem.spec), wide=wide)
-        terminal_width, console.width = console.width, width
-        try:
-            console.print(table)
-        finally:
-            console.width = terminal_width
+        table = _result_table(result, title, attention_targets(problem.spec), wide=wide)
+        print_unfolded(table) if wide else console.print(table)
         for note in problem.notes:
             console.print(f"[dim]{note}[/]", highlight=False)
         render_estimate(result.best.estimate)

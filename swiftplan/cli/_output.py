@@ -7,9 +7,33 @@ import json
 import sys
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.measure import Measurement
 
 console = Console()
+
+UNBOUNDED_WIDTH = 10_000
+"""Columns to measure a renderable in, so that its natural width is not clamped to the terminal's."""
+
+
+def natural_width(renderable: RenderableType) -> int:
+    """Columns `renderable` needs to show every cell without folding."""
+    return Measurement.get(console, console.options.update_width(UNBOUNDED_WIDTH), renderable).maximum
+
+
+def fits_terminal(renderable: RenderableType) -> bool:
+    """Whether `renderable` shows in the terminal's width with every cell on one line."""
+    return natural_width(renderable) <= console.width
+
+
+def print_unfolded(renderable: RenderableType) -> None:
+    """Print at the renderable's natural width even past the terminal's (for --wide): lines run long
+    instead of cells folding."""
+    terminal_width, console.width = console.width, max(console.width, natural_width(renderable))
+    try:
+        console.print(renderable)
+    finally:
+        console.width = terminal_width
 
 
 def _default(value: Any) -> Any:

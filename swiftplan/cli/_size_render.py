@@ -12,7 +12,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from swiftplan.cli._output import console, print_json
+from swiftplan.cli._output import console, print_json, print_unfolded
 from swiftplan.planner.sizing.prices import Price
 from swiftplan.planner.sizing.rank import (
     Constraints,
@@ -193,19 +193,54 @@ def table_rows(ranking: Ranking, top: int) -> list[tuple[int, str, Option]]:
     return rows
 
 
+TEXT_MIN_COLUMNS = 24
+"""Narrowest the hardware and plan columns get before numeric columns are left out instead."""
+TRAIN_DROPPABLE = ("buy", "$/M tok", "headroom")
+"""Training columns left out, in this order, until the table fits the terminal (all stay in --wide/--json)."""
+SERVE_DROPPABLE = ("tok/$", "buy", "tok/s/user", "headroom", "TTFT")
+"""Serving columns left out, in this order, until the table fits the terminal."""
+
+
 def _table(title: str, columns: list[tuple[str, list[str]]]) -> Table:
     """A table from (header, cells) columns; columns with nothing to show ('—' everywhere) are left out."""
     table = Table(title=title, title_justify="left")
     kept = [(header, cells) for header, cells in columns if any(cell != "—" for cell in cells)]
     for header, _ in kept:
-        wide = header in ("hardware", "plan")
-        table.add_column(header, justify="left" if wide else "right", overflow="fold")
+        text = header in ("hardware", "plan")
+        table.add_column(header, justify="left" if text else "right", overflow="fold")
     for row in range(len(kept[0][1]) if kept else 0):
         table.add_row(*(cells[row] for _, cells in kept), style="bold green" if row == 0 else None)
     return table
 
 
-def _train_table(report: SizeReport, rows: list[tuple[int, str, Option]]) -> Table:
+def _needed_width(columns: list[tuple[str, list[str]]]) -> int:
+    """Terminal columns the table needs: numeric cells on one line, hardware and plan wrapped to no
+    less than TEXT_MIN_COLUMNS, plus rich's borders and padding (3 per column, 1 for the edge)."""
+    widths = []
+    for header, cells in columns:
+        if not any(cell != "—" for cell in cells):
+            continue
+        widest = max(len(header), *(len(cell) for cell in cells))
+        widths.append(min(TEXT_MIN_COLUMNS, widest) if header in ("hardware", "plan") else widest)
+    return sum(widths) + 3 * len(widths) + 1
+
+
+def _fitted_table(
+    title: str, columns: list[tuple[str, list[str]]], droppable: tuple[str, ...], *, wide: bool
+) -> tuple[Table, tuple[str, ...]]:
+    """The table, and the columns left out so that it fits the terminal (none with `wide`)."""
+    shown = {header for header, cells in columns if any(cell != "—" for cell in cells)}
+    dropped: tuple[str, ...] = ()
+    for header in () if wide else [h for h in droppable if h in shown]:
+        if _needed_width([c for c in columns if c[0] not in dropped]) <= console.width:
+            break
+        dropped += (header,)
+    return _table(title, [column for column in columns if column[0] not in dropped]), dropped
+
+
+def _train_table(
+    report: SizeReport, rows: list[tuple[int, str, Option]], *, wide: bool
+) -> tuple[Table, tuple[str, ...]]:
     options = [option for _, _, option in rows]
     columns = [
         ("#", [f"{rank} {tag}".strip() for rank, tag, _ in rows]),
@@ -217,10 +252,13 @@ def _train_table(report: SizeReport, rows: list[tuple[int, str, Option]]) -> Tab
         ("buy", [_money(o.purchase_usd) for o in options]),
         ("$/M tok", [_money(o.usd_per_million_tokens) for o in options]),
     ]
-    return _table(f"{report.model}: fine-tuning hardware (objective: {report.objective})", columns)
+    title = f"{report.model}: fine-tuning hardware (objective: {report.objective})"
+    return _fitted_table(title, columns, TRAIN_DROPPABLE, wide=wide)
 
 
-def _serve_table(report: SizeReport, rows: list[tuple[int, str, Option]]) -> Table:
+def _serve_table(
+    report: SizeReport, rows: list[tuple[int, str, Option]], *, wide: bool
+) -> tuple[Table, tuple[str, ...]]:
     options = [option for _, _, option in rows]
 
     def per_user(o: Option) -> str:
@@ -240,7 +278,8 @@ def _serve_table(report: SizeReport, rows: list[tuple[int, str, Option]]) -> Tab
         ("tok/$", ["—" if o.tokens_per_usd is None else f"{o.tokens_per_usd:,.0f}" for o in options]),
         ("buy", [_money(o.purchase_usd) for o in options]),
     ]
-    return _table(f"{report.model}: serving hardware (objective: {report.objective})", columns)
+    title = f"{report.model}: serving hardware (objective: {report.objective})"
+    return _fitted_table(title, columns, SERVE_DROPPABLE, wide=wide)
 
 
 def _sizes(options: list[Option]) -> str:
@@ -298,12 +337,20 @@ def price_lines(report: SizeReport, options: list[Option]) -> list[str]:
     return lines
 
 
-def render(report: SizeReport) -> None:
-    """The rich view: the table, the three explained choices, what cannot run and why, prices, notes."""
+def render(report: SizeReport, *, wide: bool = False) -> None:
+    """The rich view: the table (fitted to the terminal unless `wide`), the three explained choices, what
+    cannot run and why, prices, notes."""
     ranking = report.ranking
     rows = table_rows(ranking, report.top)
     if rows:
-        console.print(_train_table(report, rows) if report.task == "train" else _serve_table(report, rows))
+        build = _train_table if report.task == "train" else _serve_table
+        table, dropped = build(report, rows, wide=wide)
+        print_unfolded(table) if wide else console.print(table)
+        if dropped:
+            console.print(
+                f"[dim]left out to fit {console.width} columns: {', '.join(dropped)} (--wide, --json or --csv show them)[/]",
+                highlight=False,
+            )
         if len(ranking.ranked) > len(rows):
             what = "the best size of each accelerator" if report.task == "train" else "the top accelerators"
             console.print(
@@ -335,7 +382,7 @@ def render(report: SizeReport) -> None:
     console.print(f"[dim]{report.search_line}[/]", highlight=False)
 
 
-def emit(report: SizeReport, *, as_json: bool, csv_path: str | None) -> None:
+def emit(report: SizeReport, *, as_json: bool, csv_path: str | None, wide: bool = False) -> None:
     """Print (or write) the report in the forms asked for."""
     if csv_path is not None:
         text = csv_text(report)
@@ -347,6 +394,6 @@ def emit(report: SizeReport, *, as_json: bool, csv_path: str | None) -> None:
     if as_json:
         print_json(report_json(report))
     elif csv_path != "-":
-        render(report)
+        render(report, wide=wide)
         if csv_path is not None:
             console.print(f"wrote {csv_path}", highlight=False)

@@ -242,13 +242,20 @@ def size_request(**options: Any) -> Any:
 
 
 def _show(
-    outcome: Any, *, top: int, as_json: bool, csv_path: str | None, plot: str | None, elapsed_s: float
+    outcome: Any,
+    *,
+    top: int,
+    as_json: bool,
+    csv_path: str | None,
+    plot: str | None,
+    elapsed_s: float,
+    wide: bool = False,
 ) -> None:
     """Print (or write) the outcome in the forms asked for, and draw the plot."""
     from swiftplan.cli._size_render import SizeReport, emit
 
     report = SizeReport.of(outcome, elapsed_s=elapsed_s, top=top)
-    emit(report, as_json=as_json, csv_path=csv_path)
+    emit(report, as_json=as_json, csv_path=csv_path, wide=wide)
     if plot is not None:
         from swiftplan.cli._size_plot import draw
 
@@ -257,6 +264,11 @@ def _show(
             from swiftplan.cli._output import console
 
             console.print(f"wrote {plot}", highlight=False)
+
+
+WideOpt = Annotated[
+    bool, typer.Option("--wide", help="Show every column of the table, even past the terminal's width.")
+]
 
 
 def size_command(
@@ -295,16 +307,17 @@ def size_command(
     as_json: JsonOpt = False,
     csv_path: CsvOpt = None,
     plot: PlotOpt = None,
+    wide: WideOpt = False,
 ) -> None:
     """Which hardware to rent or buy for a fine-tuning or serving job, ranked, with what it costs."""
     started = time.perf_counter()
     _check_outputs(top=top, as_json=as_json, csv_path=csv_path, plot=plot)
-    request = size_request(**locals())
+    request = size_request(**{name: value for name, value in locals().items() if name != "wide"})
     from swiftplan.usecases.size import plan_size
 
     outcome = plan_size(request)
     elapsed_s = time.perf_counter() - started
-    _show(outcome, top=top, as_json=as_json, csv_path=csv_path, plot=plot, elapsed_s=elapsed_s)
+    _show(outcome, top=top, as_json=as_json, csv_path=csv_path, plot=plot, elapsed_s=elapsed_s, wide=wide)
     if outcome.ranking.recommended is None:
         raise typer.Exit(1)
 

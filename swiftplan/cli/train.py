@@ -73,11 +73,17 @@ def _render_report(report: dict[str, Any]) -> None:
     first = "—" if loss["first"] is None else f"{loss['first']:.4f}"
     last = "—" if loss["last"] is None else f"{loss['last']:.4f}"
     console.print(f"steps {steps['start']} → {steps['end']} of {steps['total']}; loss {first} → {last}")
-    device = f"{report['device']['name'] or report['device']['torch_device']}, {report['world_size']} process(es)"
+    device = (
+        f"{report['device']['name'] or report['device']['torch_device']}, {report['world_size']} process(es)"
+    )
     # On the CPU the plan's hardware was not what ran: its predictions are not comparable, so only
     # the measurements are shown (both stay in run_report.json).
     comparable = report["device"]["torch_device"] != "cpu"
-    title = f"predicted ({report['predicted']['cluster']}) vs measured ({device})" if comparable else f"measured ({device})"
+    title = (
+        f"predicted ({report['predicted']['cluster']}) vs measured ({device})"
+        if comparable
+        else f"measured ({device})"
+    )
     table = Table(title=title, title_justify="left")
     columns = ("", "predicted", "measured", "measured / predicted") if comparable else ("", "measured")
     for column in columns:
@@ -85,7 +91,9 @@ def _render_report(report: dict[str, Any]) -> None:
     for row in report["comparison"]:
         fmt = _gib if "bytes" in row["what"] else _tokens if "tokens" in row["what"] else _seconds
         ratio = "—" if row["ratio"] is None else f"{row['ratio']:.2f}"
-        cells = (fmt(row["predicted"]), fmt(row["measured"]), ratio) if comparable else (fmt(row["measured"]),)
+        cells = (
+            (fmt(row["predicted"]), fmt(row["measured"]), ratio) if comparable else (fmt(row["measured"]),)
+        )
         table.add_row(row["what"].replace(" (bytes)", ""), *cells)
     console.print(table)
     console.print(f"[dim]memory: {report['measured']['method']}[/]")

@@ -54,3 +54,28 @@ def test_wide_shows_every_column_unfolded_past_the_terminal():
 def test_a_wide_terminal_gets_the_full_table_without_asking():
     lines = _fit(columns=220)
     assert any("batch×accum" in line for line in lines)
+
+
+SIZE_SERVE = ("size", "Qwen/Qwen2.5-7B", "--task", "serve", "--concurrency", "200", "--context", "8192")
+
+
+def _run(args: tuple[str, ...], columns: int) -> list[str]:
+    done = subprocess.run([sys.executable, "-m", "swiftplan", *args], env={**os.environ, "COLUMNS": str(columns)},
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_size_at_80_columns_leaves_out_columns_it_names_instead_of_cropping():
+    lines = _run(SIZE_SERVE, 80)
+    table = [line for line in lines if line.startswith(("┃", "│", "┏", "└"))]
+    assert table and max(len(line.rstrip()) for line in table) <= 80
+    assert all(line.rstrip().endswith(("┃", "│", "┓", "┘")) for line in table)  # closed, not cropped
+    note = " ".join(line for line in lines if "left out to fit" in line or "--csv show them" in line)
+    assert "tok/$" in note and "--wide" in note
+
+
+def test_size_wide_keeps_every_column():
+    header = next(line for line in _run((*SIZE_SERVE, "--wide"), 80) if line.startswith("┃"))
+    for column in ("headroom", "TTFT", "tok/s/user", "tok/$", "$/M tok"):
+        assert column in header
