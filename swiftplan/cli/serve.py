@@ -53,14 +53,13 @@ def _vllm_usable() -> tuple[bool, str]:
     return True, ""
 
 
-def _refusals(engine: str, target: Any) -> list[str]:
-    """Why `engine` cannot serve the target's set-up (on the plan's backend), from profiles/engines.json."""
-    from swiftplan.planner.engines import engine_reasons, get_engine, serve_requirements
+def _require(engine: str, target: Any) -> None:
+    """Refuse a set-up `engine` cannot serve as planned (on the plan's backend): one line naming each
+    setting, the engine that can in the hint (profiles/engines.json)."""
+    from swiftplan.planner.engines import get_engine, require_engine, serve_requirements
 
-    backend = target.backend or "cuda"
-    return engine_reasons(
-        get_engine(engine, "serve"), serve_requirements(target.setup, backend=backend, gpus=target.gpus)
-    )
+    needs = serve_requirements(target.setup, backend=target.backend or "cuda", gpus=target.gpus)
+    require_engine(get_engine(engine, "serve"), needs, plan=target.plan_path or "PLAN")
 
 
 def _pick_engine(choice: EngineChoice, target: Any, *, random_init: bool, dry_run: bool) -> str:
@@ -84,9 +83,7 @@ def _pick_engine(choice: EngineChoice, target: Any, *, random_init: bool, dry_ru
         chosen = "vllm" if usable and target.engine in (None, "vllm") else "builtin"
         if chosen == "builtin" and target.engine == "vllm":
             Console(stderr=True).print(f"[dim]the plan is for vLLM, but {why}: using the built-in server.[/]")
-    if reasons := _refusals(chosen, target):
-        raise SwiftplanError(f"The {chosen} engine cannot serve this plan as planned: {' '.join(reasons)}",
-                             hint="Serve it with the engine it was planned for, or re-plan: swiftplan fit ... --task serve --engine builtin.")  # fmt: skip
+    _require(chosen, target)
     return chosen
 
 

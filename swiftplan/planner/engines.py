@@ -237,3 +237,19 @@ def train_requirements(setup: TrainSetup, *, backend: str, gpus: int) -> Require
 def serve_requirements(setup: ServeSetup, *, backend: str, gpus: int) -> Requirements:
     """What a serving set-up on `gpus` devices of `backend` asks of an engine."""
     return Requirements(backend=backend, quant=setup.quant, kv_dtype=setup.kv_dtype, tp=setup.tp, gpus=gpus)
+
+
+def require_engine(engine: Engine, needs: Requirements, *, plan: str = "PLAN") -> None:
+    """Raise one SwiftplanError when `engine` cannot run a plan with these needs: the message names every
+    setting it cannot run, the hint the engines swiftplan launches that can (their command, for `plan`)."""
+    reasons = engine_reasons(engine, needs)
+    if not reasons:
+        return
+    others = [e for e in engines_that_run(needs, engine.task) if e.runnable and e.name != engine.name]
+    can = "; ".join(f"{e.label.split(' (')[0]} can: {e.command.replace('PLAN', plan)}" for e in others)
+    task = "serve" if engine.task == "serve" else "sft"  # fit's --task names training 'sft'
+    replan = f"re-plan for {engine.name}: swiftplan fit MODEL --task {task} --engine {engine.name}"
+    raise SwiftplanError(
+        f"The {engine.name} engine cannot run this plan: {' '.join(reasons)}",
+        hint=f"{can}; or {replan}." if can else f"No engine swiftplan launches runs it as planned; {replan}.",
+    )

@@ -239,6 +239,10 @@ def _workload(
         ):
             notes.append("no --concurrency or latency target: each replica takes as many sequences as fit, which maximises "
                          "throughput at the cost of time to first token; pass --ttft / --decode-tps to bound it.")  # fmt: skip
+        if request.pins.quants is None:
+            notes.append(
+                "weights searched in 16-bit or fp8; pass --quant none,fp8,int8,nf4 to allow bitsandbytes formats."
+            )
         return ServeWorkload(context=request.context, concurrency=request.concurrency, ttft_s=request.ttft_s,
                              decode_tps=request.decode_tps, gpu_memory_utilization=request.gpu_memory_utilization)  # fmt: skip
     tokens, source = inputs.dataset_tokens(request.dataset_tokens, request.data, model)

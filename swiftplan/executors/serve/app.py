@@ -1,8 +1,14 @@
 """The OpenAI-compatible HTTP routes of the built-in server (FastAPI), over an `Engine`.
 
 Errors use OpenAI's body, `{"error": {"message", "type", "param", "code"}}`: 400 for a bad body
-(malformed JSON, out-of-range fields, a prompt longer than the context), 401 for a missing or
-wrong API key, 404 for an unknown model. `/health` and `/metrics` need no key.
+(malformed JSON, non-UTF-8 bytes, wrong types, out-of-range fields, a prompt longer than the
+context; the message starts with the field), 401 for a missing or wrong API key, 404 for an
+unknown model, 413 for a body over the limit (`limits.py`), 500 (no traceback) for a server fault.
+`/health` and `/metrics` need no key.
+
+Nothing slow runs on the event loop: bodies over the limit are refused before they are read,
+the chat template and the tokenizer run in worker threads, and generation and detokenization run
+on the engine's own thread, so one large or slow request never holds up /health or other clients.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -17,12 +24,24 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from swiftplan.executors.serve.engine import Engine, Event, Failed, Finished, Job, SamplingParams, TextDelta
-from swiftplan.executors.serve.schemas import ChatRequest, CompletionRequest
+from swiftplan.executors.serve.engine import (
+    Engine,
+    Event,
+    Failed,
+    Finished,
+    Job,
+    PromptError,
+    SamplingParams,
+    TextDelta,
+)
+from swiftplan.executors.serve.limits import BodyLimit, body_limit_bytes
+from swiftplan.executors.serve.schemas import BodyError, ChatRequest, CompletionRequest, parse_body
+
+log = logging.getLogger("swiftplan.serve")
 
 _DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 _DISCONNECT_CHECK_S = 0.5  # how often a non-streaming request checks that its client is still there
@@ -41,20 +60,6 @@ def _error(status: int, message: str, *, type: str = "invalid_request_error", pa
            code: str | None = None) -> JSONResponse:  # fmt: skip
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
-
-
-def _validation_error(exc: RequestValidationError) -> JSONResponse:
-    first = exc.errors()[0]
-    if first.get("type") == "json_invalid":
-        return _error(
-            400,
-            f"Malformed JSON body: {first.get('ctx', {}).get('error', first['msg'])}.",
-            code="json_invalid",
-        )
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = loc[0] if loc else None
-    where = ".".join(loc) or "body"
-    return _error(400, f"{where}: {first['msg']}.", param=param, code=first.get("type"))
 
 
 def _usage(done: Finished) -> dict[str, int]:
@@ -122,13 +127,19 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.message, type=exc.type, param=exc.param, code=exc.code)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _validation_error(exc)
+    @app.exception_handler(BodyError)
+    async def _bad_body(_: Request, exc: BodyError) -> JSONResponse:
+        return _error(400, exc.message, param=exc.param, code=exc.code)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), code=str(exc.status_code))
+
+    @app.exception_handler(Exception)
+    async def _fault(_: Request, exc: Exception) -> JSONResponse:
+        log.error("request failed", exc_info=exc)
+        return _error(500, f"Internal server error ({type(exc).__name__}); the server log has the details.",
+                      type="server_error")  # fmt: skip
 
 
 async def _sse_events(
@@ -224,9 +235,10 @@ class _Routes:
         return None if model == engine.served_name else model
 
     def token_budget(
-        self, prompt_ids: list[int], requested: int | None, default: int | None, *, param: str
-    ) -> int:
-        """Tokens to generate: as asked, else the default, within what the context leaves."""
+        self, prompt_ids: list[int], requested: int | None, default: int | None, *, param: str,
+        limit_param: str = "max_tokens",
+    ) -> int:  # fmt: skip
+        """Tokens to generate: as asked (in `limit_param`), else the default, within what the context leaves."""
         context = self.engine.context
         if not prompt_ids:
             raise ApiError(400, "The prompt is empty.", param=param)
@@ -238,7 +250,7 @@ class _Routes:
         if len(prompt_ids) + max_tokens > context:
             raise ApiError(400, f"This model's maximum context length is {context} tokens; you asked for "
                            f"{len(prompt_ids) + max_tokens} ({len(prompt_ids)} in the prompt, {max_tokens} to generate).",
-                           param="max_tokens", code="context_length_exceeded")  # fmt: skip
+                           param=limit_param, code="context_length_exceeded")  # fmt: skip
         return max_tokens
 
     def start(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None) -> tuple[Job, asyncio.Queue[Event]]:  # fmt: skip
@@ -274,8 +286,9 @@ class _Routes:
         ]  # fmt: skip
         return {"object": "list", "data": data}
 
-    def prompt_ids(self, body: CompletionRequest) -> list[int]:
-        """A completion request's prompt as token ids (one text prompt, or token ids in the vocabulary)."""
+    async def prompt_ids(self, body: CompletionRequest) -> list[int]:
+        """A completion request's prompt as token ids (one text prompt, tokenized in a worker thread, or
+        token ids in the vocabulary)."""
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             if len(prompt) != 1:
@@ -286,19 +299,18 @@ class _Routes:
                 )
             prompt = prompt[0]
         if isinstance(prompt, str):
-            return self.engine.encode_prompt(prompt)
+            return await run_in_threadpool(self.engine.encode_prompt, prompt)
         prompt_ids = [int(t) for t in prompt]
         if any(not 0 <= t < self.engine.vocab_size for t in prompt_ids):
             raise ApiError(400, f"Token ids must be in [0, {self.engine.vocab_size}).", param="prompt")
         return prompt_ids
 
-    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+    async def completions(self, request: Request) -> Response:
         """POST /v1/completions."""
+        body = parse_body(CompletionRequest, await request.body())
         adapter = self.adapter_for(body.model)
-        if body.echo or body.logprobs is not None:
-            raise ApiError(400, "echo and logprobs are not supported by the built-in server.",
-                           param="logprobs" if body.logprobs is not None else "echo")  # fmt: skip
-        prompt_ids = self.prompt_ids(body)
+        _refuse_unsupported(body)
+        prompt_ids = await self.prompt_ids(body)
         max_tokens = self.token_budget(
             prompt_ids, body.max_tokens, _DEFAULT_COMPLETION_TOKENS, param="prompt"
         )
@@ -322,15 +334,23 @@ class _Routes:
             return Response(status_code=499)
         return JSONResponse(chunk({"text": done.text}, done.finish_reason) | {"usage": _usage(done)})
 
-    async def chat(self, body: ChatRequest, request: Request) -> Response:
+    async def chat(self, request: Request) -> Response:
         """POST /v1/chat/completions."""
+        body = parse_body(ChatRequest, await request.body())
         adapter = self.adapter_for(body.model)
+        _refuse_unsupported(body)
         if not self.engine.has_chat_template:
             raise ApiError(
                 400, "This model's tokenizer has no chat template; use /v1/completions.", param="messages"
             )
-        prompt_ids = self.engine.encode_chat([{"role": m.role, "content": m.text()} for m in body.messages])
-        max_tokens = self.token_budget(prompt_ids, body.token_limit(), None, param="messages")
+        try:
+            prompt_ids = await run_in_threadpool(
+                self.engine.encode_chat, [m.for_template() for m in body.messages]
+            )
+        except PromptError as error:
+            raise ApiError(400, f"messages: {error}", param="messages") from error
+        requested, limit_param = body.token_limit()
+        max_tokens = self.token_budget(prompt_ids, requested, None, param="messages", limit_param=limit_param)
         job, events = self.start(prompt_ids, _params(body, max_tokens), adapter)
         ident, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -353,9 +373,20 @@ class _Routes:
                              "choices": [choice], "usage": _usage(done)})  # fmt: skip
 
 
-def make_app(engine: Engine, *, api_key: str | None = None) -> FastAPI:
-    """The FastAPI application serving `engine` (the engine's worker is started by the caller)."""
+def _refuse_unsupported(body: CompletionRequest | ChatRequest) -> None:
+    """A 400 naming the first field set to something the built-in engine does not do."""
+    if refused := body.unsupported():
+        raise ApiError(400, refused[1], param=refused[0], code="unsupported_parameter")
+
+
+def make_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: int | None = None) -> FastAPI:
+    """The FastAPI application serving `engine` (the engine's worker is started by the caller).
+
+    Request bodies over `max_body_bytes` get 413 (default: `limits.body_limit_bytes(engine.context)`).
+    """
     app = FastAPI(title="swiftplan serve", docs_url=None, redoc_url=None, openapi_url=None)
+    limit = body_limit_bytes(engine.context) if max_body_bytes is None else max_body_bytes
+    app.add_middleware(BodyLimit, limit_bytes=limit, context=engine.context)
     _add_error_handlers(app)
     routes = _Routes(engine, api_key)
     keyed = [Depends(routes.authorize)]

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from swiftplan.executors.serve.limits import body_limit_bytes, describe_limit
 from swiftplan.executors.serve.target import ServeTarget
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -39,6 +40,8 @@ class BuiltinOptions:
     """Where serve_report.json goes (None: log only)."""
     report_every: int = 100
     """Log/write the comparison every N finished requests (0: only at shutdown)."""
+    max_body_bytes: int | None = None
+    """Largest request body accepted (None: from the context, `limits.body_limit_bytes`)."""
 
     def describe(self) -> dict[str, Any]:
         """What would be served (`--dry-run`)."""
@@ -56,8 +59,19 @@ class BuiltinOptions:
             "context": setup.context,
             "slots": setup.concurrency,
             "device": self.device,
+            "max_body_bytes": self.max_body_bytes or body_limit_bytes(setup.context),
             "report_dir": self.report_dir,
         }
+
+
+def require_builtin_can_serve(target: ServeTarget) -> None:
+    """Refuse, before loading anything, a plan whose set-up the built-in server would not run as planned
+    (NF4/int8/fp8 weights, an fp8 KV cache, several GPUs): one line naming each setting, and a hint
+    naming the engine that can (from profiles/engines.json)."""
+    from swiftplan.planner.engines import get_engine, require_engine, serve_requirements
+
+    needs = serve_requirements(target.setup, backend=target.backend or "cuda", gpus=target.gpus)
+    require_engine(get_engine("builtin", "serve"), needs, plan=target.plan_path or "PLAN")
 
 
 def run_builtin(options: BuiltinOptions, *, log: Callable[[str], None] = print) -> None:
@@ -68,6 +82,7 @@ def run_builtin(options: BuiltinOptions, *, log: Callable[[str], None] = print) 
     from swiftplan.executors.serve.report import Reporter, ServeStats
     from swiftplan.executors.serve.server import bind, run_foreground
 
+    require_builtin_can_serve(options.target)
     require_serve_dependencies()
     bind(options.host, options.port).close()  # fail on a taken port before loading weights
     setup = options.target.setup
@@ -104,10 +119,13 @@ def run_builtin(options: BuiltinOptions, *, log: Callable[[str], None] = print) 
     for note in notes:
         log(f"note: {note}")
     engine.start()
+    body_limit = options.max_body_bytes or body_limit_bytes(context)
     log(f"serving {', '.join(engine.served_names)} at http://{options.host}:{options.port}/v1 "
-        f"({loaded.device}, {setup.dtype}, context {context}, {setup.concurrency} slots)")  # fmt: skip
+        f"({loaded.device}, {setup.dtype}, context {context}, {setup.concurrency} slots, "
+        f"request bodies up to {describe_limit(body_limit, context)})")  # fmt: skip
+    app = make_app(engine, api_key=options.api_key, max_body_bytes=body_limit)
     try:
-        run_foreground(make_app(engine, api_key=options.api_key), host=options.host, port=options.port)
+        run_foreground(app, host=options.host, port=options.port)
     finally:
         engine.stop()
         reporter.emit(final=True)

@@ -72,6 +72,10 @@ class Failed:
 Event = TextDelta | Finished | Failed
 
 
+class PromptError(ValueError):
+    """The messages cannot be turned into a prompt (the chat template refused them)."""
+
+
 @dataclass(kw_only=True, eq=False)
 class Job:
     """One submitted request."""
@@ -111,7 +115,9 @@ def sample_next(logits: Any, *, temperature: float, top_p: float, generator: Any
 
     if temperature == 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float()
+    # Shifted so the largest is 0 before dividing: a tiny temperature gives -inf, never inf - inf = nan.
+    probs = torch.softmax((logits - logits.max()) / temperature, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
@@ -171,11 +177,19 @@ class Engine:
             return list(self.loaded.tokenizer(text)["input_ids"])
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Token ids of a conversation through the tokenizer's chat template, ready for the reply."""
+        """Token ids of a conversation through the tokenizer's chat template, ready for the reply.
+
+        A template that refuses the messages (e.g. roles out of order, raised with `raise_exception`)
+        is a PromptError carrying its message."""
+        from jinja2 import TemplateError
+
         with self._tokenizer_lock:
-            text = self.loaded.tokenizer.apply_chat_template(
-                list(messages), add_generation_prompt=True, tokenize=False
-            )
+            try:
+                text = self.loaded.tokenizer.apply_chat_template(
+                    list(messages), add_generation_prompt=True, tokenize=False
+                )
+            except TemplateError as error:
+                raise PromptError(f"the chat template refused these messages: {error}") from error
             return list(self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @property

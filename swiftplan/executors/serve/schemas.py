@@ -1,17 +1,32 @@
-"""Request bodies of the OpenAI-compatible routes (pydantic, unknown fields ignored as OpenAI does).
+"""Request bodies of the OpenAI-compatible routes (pydantic, strict types, unknown fields ignored as OpenAI does).
 
-Responses are plain dicts built in `app.py`; only what clients send needs validating.
+Bodies are parsed and validated in one step from the raw bytes (`parse_body`), so invalid JSON,
+non-UTF-8 bytes, lone surrogates and wrong types all come back as one `BodyError` naming the field.
+Ranges follow OpenAI's API reference (temperature 0–2, top_p in (0, 1], penalties −2–2, at most 4
+stop sequences, a 64-bit seed); `n` is 1 because the built-in engine samples one choice. Fields the
+engine cannot honour (penalties, logit_bias, best_of, suffix, tools, response_format, logprobs) are
+refused by `unsupported()` rather than silently ignored. Responses are plain dicts built in `app.py`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+MAX_STOP_SEQUENCES = 4
+"""OpenAI's limit on `stop` ("Up to 4 sequences")."""
+MAX_STOP_CHARS = 512
+"""Longest stop string accepted: the stop check looks back this far after every token (our limit)."""
+_INT64 = (-(2**63), 2**63 - 1)
+"""`seed` range: OpenAI's API takes a 64-bit integer (torch.Generator.manual_seed accepts it too)."""
+
+StopString = Annotated[str, StringConstraints(max_length=MAX_STOP_CHARS)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(_Body):
@@ -28,15 +43,28 @@ class _Sampling(_Body):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     n: int = Field(default=1, ge=1, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    seed: int | None = Field(default=None, ge=_INT64[0], le=_INT64[1])
     stream: bool = False
     stream_options: StreamOptions | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
 
     def stop_strings(self) -> tuple[str, ...]:
         """`stop` as a tuple of non-empty strings."""
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         return tuple(s for s in stops if s)
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """(field, why) for the first field set to something the built-in engine does not do; None if none."""
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                return name, f"{name} is not supported by the built-in server (send 0 or leave it out)."
+        if self.logit_bias:
+            return "logit_bias", "logit_bias is not supported by the built-in server."
+        return None
 
 
 class CompletionRequest(_Sampling):
@@ -45,6 +73,19 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int]
     echo: bool = False
     logprobs: int | None = None
+    best_of: int | None = Field(default=None, ge=1)
+    suffix: str | None = None
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """See `_Sampling.unsupported`; also echo, logprobs, best_of > 1 and a suffix."""
+        if self.echo or self.logprobs is not None:
+            field = "logprobs" if self.logprobs is not None else "echo"
+            return field, "echo and logprobs are not supported by the built-in server."
+        if self.best_of is not None and self.best_of > 1:
+            return "best_of", "best_of above 1 is not supported by the built-in server."
+        if self.suffix:
+            return "suffix", "suffix (insertion) is not supported by the built-in server."
+        return super().unsupported()
 
 
 class TextPart(_Body):
@@ -54,10 +95,13 @@ class TextPart(_Body):
     text: str
 
 
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
 class ChatMessage(_Body):
     """One chat turn."""
 
-    role: str
+    role: Role
     content: str | list[TextPart] | None = None
 
     def text(self) -> str:
@@ -66,6 +110,16 @@ class ChatMessage(_Body):
             return "".join(part.text for part in self.content)
         return self.content or ""
 
+    def for_template(self) -> dict[str, str]:
+        """The turn as a chat template reads it ('developer' is OpenAI's newer name for 'system')."""
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+
+
+class ResponseFormat(_Body):
+    """`response_format`: only plain text is produced."""
+
+    type: str
+
 
 class ChatRequest(_Sampling):
     """`POST /v1/chat/completions`."""
@@ -73,7 +127,73 @@ class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Any] | None = None
+    response_format: ResponseFormat | None = None
 
-    def token_limit(self) -> int | None:
-        """`max_completion_tokens` (the newer name) or `max_tokens`."""
-        return self.max_completion_tokens or self.max_tokens
+    def token_limit(self) -> tuple[int | None, str]:
+        """(tokens asked for, the field that asked): `max_completion_tokens` (the newer name), else `max_tokens`."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens, "max_completion_tokens"
+        return self.max_tokens, "max_tokens"
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """See `_Sampling.unsupported`; also logprobs, tools and a response_format other than text."""
+        if self.logprobs or self.top_logprobs:
+            return "logprobs", "logprobs are not supported by the built-in server."
+        if self.tools:
+            return "tools", "tool calling is not supported by the built-in server."
+        if self.response_format is not None and self.response_format.type != "text":
+            return "response_format", (
+                f"response_format {self.response_format.type!r} is not supported by the built-in server "
+                "(it produces plain text)."
+            )
+        return super().unsupported()
+
+
+@dataclass(frozen=True, slots=True)
+class BodyError(Exception):
+    """A body that is not valid JSON or does not validate: the message names the field."""
+
+    message: str
+    """One sentence, starting with the field's path (e.g. 'messages.0.role: ...')."""
+    param: str | None
+    """The top-level field, as OpenAI's error `param` (None for the body as a whole)."""
+    code: str
+    """pydantic's error type (json_invalid, int_type, less_than_equal, ...)."""
+
+
+_FIELDS = frozenset().union(
+    *(
+        m.model_fields
+        for m in (CompletionRequest, ChatRequest, ChatMessage, TextPart, StreamOptions, ResponseFormat)
+    )
+)
+"""Every field name of the bodies: what a location is made of, beside list indices and union tags."""
+
+B = TypeVar("B", bound=_Body)
+
+
+def parse_body(schema: type[B], raw: bytes) -> B:
+    """`raw` (JSON bytes) validated as `schema`, or a BodyError naming the first field that is wrong."""
+    try:
+        return schema.model_validate_json(raw)
+    except ValidationError as error:
+        raise _body_error(error) from None
+
+
+def _body_error(error: ValidationError) -> BodyError:
+    errors = error.errors(include_url=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return BodyError(
+            f"body: malformed JSON ({first['msg'].removeprefix('Invalid JSON: ')}).", None, "json_invalid"
+        )
+    path = [p for p in first["loc"] if isinstance(p, int) or p in _FIELDS]
+    where = ".".join(map(str, path)) or "body"
+    # A union (prompt, content, stop) reports one error per alternative at the same place: name them all.
+    same_place = [
+        e["msg"] for e in errors if [p for p in e["loc"] if isinstance(p, int) or p in _FIELDS] == path
+    ]
+    message = " or ".join(dict.fromkeys(same_place)) if len(same_place) > 1 else first["msg"]
+    return BodyError(f"{where}: {message}.", str(path[0]) if path else None, first["type"])

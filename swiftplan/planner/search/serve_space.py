@@ -15,7 +15,11 @@ from swiftplan.planner.search.pins import Pins, allowed_values, impossible_value
 from swiftplan.planner.setup import KvDtype, Quant, ServeDtype
 
 SERVE_QUANTS: tuple[Quant, ...] = ("none", "fp8", "int8", "nf4")
-"""Weight quantizations searched for serving (ones vLLM can apply to a bf16 checkpoint at load)."""
+"""Weight quantizations the serving search can try (ones vLLM can apply to a bf16 checkpoint at load)."""
+DEFAULT_SERVE_QUANTS: tuple[Quant, ...] = ("none", "fp8")
+"""Tried unless --quant says otherwise, by `fit` and `size` alike: 16-bit and fp8 weights. int8 and NF4
+(bitsandbytes) lose accuracy and run slower in vLLM than the roofline suggests (its bitsandbytes path
+dequantizes on the fly), so no plan or purchase rests on them unless asked for."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -49,7 +53,7 @@ def build_serve_space(
     """The serving search space for `spec` on `cluster` under `pins`, limited to what the device and
     `engine` can run (None: any engine)."""
     bad = impossible_values(cluster, "quant", SERVE_QUANTS, engine)
-    quants = allowed_values("weight quantization", SERVE_QUANTS, pins.quants, bad)
+    quants = allowed_values("weight quantization", DEFAULT_SERVE_QUANTS, pins.quants, bad)
     kv_bad = {"fp8": r[0]} if (r := check(cluster.accelerator, precision="fp8")) else {}
     engine_kv = None if engine is None else engine.allowed("kv_dtype", cluster.accelerator.backend)
     if engine is not None and engine_kv is not None and "fp8" not in engine_kv:

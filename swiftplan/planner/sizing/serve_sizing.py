@@ -34,7 +34,7 @@ from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import ServeCandidate, ServeWorkload
 from swiftplan.planner.search.evaluate import Evaluation, ServeEvaluator
 from swiftplan.planner.search.pins import Pins
-from swiftplan.planner.search.serve_space import build_serve_space
+from swiftplan.planner.search.serve_space import DEFAULT_SERVE_QUANTS, build_serve_space
 from swiftplan.planner.sizing.candidates import DEFAULT_MAX_NODES, FULL_NODE
 from swiftplan.planner.sizing.prices import Price, catalog_price
 from swiftplan.planner.sizing.rank import Constraints, Objective, Option, ReasonKind, sort_key
@@ -42,10 +42,8 @@ from swiftplan.planner.sizing.result import SizingResult, blank_option, skip_rea
 from swiftplan.planner.speed import ServeSpeed
 from swiftplan.units import format_gib
 
-DEFAULT_QUANTS = ("none", "fp8")
-"""Weight formats sized unless --quant says otherwise: 16-bit and fp8 (where the hardware has it). The fit
-search also tries int8 and NF4 (bitsandbytes), which lose accuracy and run slower in vLLM than the roofline
-suggests, so a purchase should not rest on them unless asked for."""
+DEFAULT_QUANTS = DEFAULT_SERVE_QUANTS
+"""Weight formats sized unless --quant says otherwise: the fit search's defaults (16-bit and fp8)."""
 MAX_FIXED_POINT_STEPS = 64
 """Iterations allowed for the request-rate fixed point before the load counts as not held."""
 
