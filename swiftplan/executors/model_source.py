@@ -43,26 +43,78 @@ def spec_from_path(path: Path) -> ModelSpec:
     return spec_from_hf_config(_read_config(file), name=str(path), source=str(file.resolve()))
 
 
-def _fetch_hub_config(model_id: str) -> dict[str, Any]:
-    """Download only config.json from the Hugging Face hub (needs huggingface_hub and a network)."""
-    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("SWIFTPLAN_OFFLINE"):
-        raise SwiftplanError(
-            f"Model {model_id!r} is not in the catalog and the hub is off (offline mode).", hint=_LOCAL_HINT
-        )
+HUB_CHECK_TIMEOUT_S = 3.0
+"""How long the one reachability check of the hub may take before swiftplan calls it unreachable (a
+TCP connect to the hub, or to the HTTPS proxy, answers in well under a second on a working network)."""
+_TRUE = ("1", "on", "yes", "true")
+"""Values huggingface_hub reads as true in HF_HUB_OFFLINE (huggingface_hub.constants._is_true)."""
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "SWIFTPLAN_OFFLINE")
+    )
+
+
+def _hub_address() -> tuple[str, int]:
+    """(host, port) a hub request connects to first: the HTTPS proxy when one is set, else the endpoint."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    proxy = next(
+        (
+            os.environ[k]
+            for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+            if os.environ.get(k)
+        ),
+        "",
+    )
+    url = urlsplit(proxy if "://" in proxy else f"http://{proxy}") if proxy else urlsplit(constants.ENDPOINT)
+    return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+
+
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached (one quick TCP connect), or None when it answers."""
+    import socket
+
+    host, port = _hub_address()
     try:
-        from huggingface_hub import hf_hub_download
+        socket.create_connection((host, port), timeout=HUB_CHECK_TIMEOUT_S).close()
+    except TimeoutError:
+        return f"the hub cannot be reached ({host}:{port} gave no answer within {HUB_CHECK_TIMEOUT_S:g} s)"
+    except OSError as error:
+        return f"the hub cannot be reached ({host}:{port}: {error.strerror or type(error).__name__})"
+    return None
+
+
+def _fetch_hub_config(model_id: str) -> dict[str, Any]:
+    """config.json from the Hugging Face hub: the local cache when offline or unreachable, else one
+    download (needs huggingface_hub). An unreachable hub is found with one short connect, not retries."""
+    try:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
     except ImportError as error:
         raise SwiftplanError(
             f"Model {model_id!r} is not in the catalog, and fetching its config.json needs huggingface_hub "
             "(pip install 'swiftplan[hub]').",
             hint=_LOCAL_HINT,
         ) from error
+    cached = try_to_load_from_cache(model_id, "config.json")
+    why = "the hub is off (HF_HUB_OFFLINE / SWIFTPLAN_OFFLINE)" if _offline() else _hub_unreachable()
+    if why is not None:
+        if isinstance(cached, str):
+            return _read_config(Path(cached))
+        raise SwiftplanError(
+            f"Model {model_id!r} is not in the catalog, its config.json is not in the local Hugging Face cache, "
+            f"and {why}.",
+            hint=_LOCAL_HINT,
+        )
     try:
-        local = hf_hub_download(model_id, "config.json", etag_timeout=5)
-    except Exception as error:  # network, auth, missing repo: all mean "could not fetch"
+        local = hf_hub_download(model_id, "config.json", etag_timeout=HUB_CHECK_TIMEOUT_S)
+    except Exception as error:  # missing repo, gated, auth, network: all mean "could not fetch"
         raise SwiftplanError(
             f"Model {model_id!r} is not in the catalog and its config.json could not be fetched from the hub "
-            f"({type(error).__name__}).",
+            f"({type(error).__name__}: no such public model, or it needs `hf auth login`).",
             hint=_LOCAL_HINT,
         ) from error
     return _read_config(Path(local))

@@ -35,6 +35,12 @@ FALLBACK_PCIE_BYTES_PER_S = 31.5e9
 x16 (16 lanes x 1.969 GB/s, the reference README's per-lane figure). Used by `intra_node_bytes_per_s`."""
 
 
+MAX_GPUS_PER_NODE = 20
+"""Most accelerators one machine holds: HGX/DGX H100, H200 and B200, AMD's MI300X platform and Huawei's
+Atlas 800T A2 take 8, NVIDIA DGX-2/HGX-2 16 (V100 SXM3 on NVSwitch), and the densest PCIe chassis 20
+single-slot cards (Supermicro SuperServer 6049GP-TRT, 20 x T4). More GPUs than this are several nodes."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Accelerator:
     """One accelerator model (one device as the framework sees it), with its published figures."""
@@ -377,6 +383,29 @@ def _parse_count(raw: str, text: str) -> int:
     return int(raw)
 
 
+def max_gpus_per_node(accelerator: Accelerator) -> int:
+    """Most devices of this model one machine holds: 1 for Apple silicon (one GPU per Mac, the catalog
+    notes), else MAX_GPUS_PER_NODE."""
+    return 1 if accelerator.backend == "mps" else MAX_GPUS_PER_NODE
+
+
+def _check_per_node(accelerator: Accelerator, per_node: int, text: str) -> None:
+    most = max_gpus_per_node(accelerator)
+    if per_node <= most:
+        return
+    if most == 1:
+        raise SwiftplanError(
+            f"{text!r} puts {per_node:,} {accelerator.display_name} in one machine; a Mac has one GPU.",
+            f"Several Macs are NODESx1x{accelerator.id} (e.g. 2x1x{accelerator.id}).",
+        )
+    nodes = -(-per_node // 8)
+    raise SwiftplanError(
+        f"{text!r} puts {per_node:,} GPUs in one node; one machine holds at most {most} "
+        "(8 on HGX/DGX and MI300X boards, 16 on DGX-2, 20 in the densest PCIe chassis).",
+        f"Spell several nodes as NODESxGPUSxMODEL, e.g. {nodes}x8x{accelerator.id}.",
+    )
+
+
 def parse_cluster(text: str) -> Cluster:
     """Parse 'rtx4090', '4xA100-80G' (one node) or '2x8xH100' (nodes x GPUs per node x model)."""
     if text.strip().lower() == "auto":
@@ -396,6 +425,7 @@ def parse_cluster(text: str) -> Cluster:
             f"Too many counts in {text!r}: at most nodes x GPUs-per-node x model.", "Example: 2x8xH100."
         )
     accelerator = get_accelerator(rest.strip())
+    _check_per_node(accelerator, counts[-1] if counts else 1, text)
     if len(counts) == 2:
         return Cluster(accelerator=accelerator, nodes=counts[0], gpus_per_node=counts[1])
     return Cluster(accelerator=accelerator, gpus_per_node=counts[0] if counts else 1)

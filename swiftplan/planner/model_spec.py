@@ -8,8 +8,9 @@ routed experts). Shapes of the individual modules live in `architecture.py`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -34,6 +35,11 @@ SUPPORTED_MODEL_TYPES = (
     "glm",
     "qwen",
 )
+
+MAX_LAYERS = 1000
+"""Most decoder blocks a config may declare: DeepNet (Wang et al. 2022, arXiv:2203.00555, "Scaling
+Transformers to 1,000 Layers") is the deepest transformer reported trained; the planner walks every
+block, so a config claiming far more (a typo such as 1e9) would run for hours instead of answering."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -137,15 +143,23 @@ class ModelSpec:
     """The raw config.json dict (read-only), for the tracer and executors."""
 
     def __post_init__(self) -> None:
-        for attr in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "vocab_size"):
-            if getattr(self, attr) <= 0:
-                raise SwiftplanError(
-                    f"Model config for {self.name!r} has {attr}={getattr(self, attr)}; it must be positive."
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.type in ("int", "int | None") and value is not None:
+                _check_whole(
+                    self.name, item.name, value, minimum=0 if item.name == "sliding_window_layers" else 1
                 )
+        if self.num_layers > MAX_LAYERS:
+            raise SwiftplanError(
+                f"The config for {self.name!r} declares {self.num_layers:,} layers; swiftplan plans for at most "
+                f"{MAX_LAYERS:,} (the deepest transformer reported, DeepNet, has 1,000).",
+                hint=_CONFIG_HINT,
+            )
         if self.num_heads % self.num_kv_heads:
             raise SwiftplanError(
                 f"Model config for {self.name!r} has {self.num_heads} attention heads and "
-                f"{self.num_kv_heads} key/value heads; heads must be a multiple of key/value heads."
+                f"{self.num_kv_heads} key/value heads; heads must be a multiple of key/value heads.",
+                hint=_CONFIG_HINT,
             )
 
     @property
@@ -177,11 +191,42 @@ class ModelSpec:
         return self.num_kv_heads * self.head_dim
 
 
+_CONFIG_HINT = "Pass a complete config.json (the file next to the model weights)."
+
+
+def _check_whole(name: str, key: str, value: Any, *, minimum: int = 1) -> int:
+    """`value` as an int when it is a whole number of at least `minimum` (JSON may spell 4096 as
+    4096.0 or 4.096e3); anything else is a SwiftplanError naming the key."""
+    whole = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and float(value).is_integer()
+    )
+    if not whole or value < minimum:
+        raise SwiftplanError(
+            f"The config for {name!r} has {key}={value!r}; it must be a whole number of at least {minimum}.",
+            hint=_CONFIG_HINT,
+        )
+    return int(value)
+
+
 def _first(config: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
     for key in keys:
         if config.get(key) is not None:
             return config[key]
     return default
+
+
+def _key(config: Mapping[str, Any], *keys: str) -> str:
+    """The first of `keys` the config sets (for messages), else the first one."""
+    return next((key for key in keys if config.get(key) is not None), keys[0])
+
+
+def _whole(config: Mapping[str, Any], name: str, *keys: str, default: Any = None, minimum: int = 1) -> int:
+    """The first of `keys` the config sets, as a whole number of at least `minimum`; `default` otherwise."""
+    value = _first(config, *keys, default=default)
+    return _check_whole(name, _key(config, *keys), value, minimum=minimum)
 
 
 def _require(config: Mapping[str, Any], name: str, *keys: str) -> int:
@@ -190,9 +235,9 @@ def _require(config: Mapping[str, Any], name: str, *keys: str) -> int:
         raise SwiftplanError(
             f"The config for {name!r} has none of the keys {', '.join(keys)}; "
             "swiftplan needs it to size the model.",
-            hint="Pass a complete config.json (the file next to the model weights).",
+            hint=_CONFIG_HINT,
         )
-    return int(value)
+    return _whole(config, name, *keys)
 
 
 def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -205,24 +250,31 @@ def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return config
 
 
-def _moe_shape(config: Mapping[str, Any], model_type: str, num_layers: int) -> MoeShape | None:
-    num_experts = _first(config, "num_local_experts", "n_routed_experts", "num_experts")
-    if not num_experts:
+def _moe_shape(config: Mapping[str, Any], name: str, model_type: str, num_layers: int) -> MoeShape | None:
+    expert_keys = ("num_local_experts", "n_routed_experts", "num_experts")
+    if not _first(config, *expert_keys):
         return None
-    top_k = int(_first(config, "num_experts_per_tok", "moe_topk", default=2))
-    expert_width = int(_first(config, "moe_intermediate_size", "intermediate_size"))
+    num_experts = _whole(config, name, *expert_keys)
+    top_k = _whole(config, name, "num_experts_per_tok", "moe_topk", default=2)
+    expert_width = _require(config, name, "moe_intermediate_size", "intermediate_size")
     shared = 0
     if model_type == "qwen2_moe":
-        shared = int(_first(config, "shared_expert_intermediate_size", default=0))
+        shared = _whole(config, name, "shared_expert_intermediate_size", default=0, minimum=0)
     elif config.get("n_shared_experts"):
-        shared = int(config["n_shared_experts"]) * expert_width
-    first_dense = int(_first(config, "first_k_dense_replace", default=0))
-    dense_layers = tuple(int(i) for i in (config.get("mlp_only_layers") or ()))
-    step = int(_first(config, "decoder_sparse_step", "moe_layer_freq", default=1))
+        shared = _whole(config, name, "n_shared_experts") * expert_width
+    first_dense = _whole(config, name, "first_k_dense_replace", default=0, minimum=0)
+    only = config.get("mlp_only_layers") or ()
+    if not isinstance(only, (list, tuple)):
+        raise SwiftplanError(
+            f"The config for {name!r} has mlp_only_layers={only!r}; it must be a list of layer indices.",
+            hint=_CONFIG_HINT,
+        )
+    dense_layers = tuple(_check_whole(name, "mlp_only_layers", i, minimum=0) for i in only)
+    step = _whole(config, name, "decoder_sparse_step", "moe_layer_freq", default=1)
     if step > 1:
         dense_layers += tuple(i for i in range(num_layers) if (i + 1) % step != 0)
     return MoeShape(
-        num_experts=int(num_experts),
+        num_experts=num_experts,
         experts_per_token=top_k,
         expert_intermediate_size=expert_width,
         shared_intermediate_size=shared,
@@ -233,15 +285,16 @@ def _moe_shape(config: Mapping[str, Any], model_type: str, num_layers: int) -> M
     )
 
 
-def _mla_shape(config: Mapping[str, Any]) -> MlaShape | None:
+def _mla_shape(config: Mapping[str, Any], name: str) -> MlaShape | None:
     if config.get("kv_lora_rank") is None:
         return None
+    q_rank = config.get("q_lora_rank")
     return MlaShape(
-        q_lora_rank=config.get("q_lora_rank"),
-        kv_lora_rank=int(config["kv_lora_rank"]),
-        qk_nope_head_dim=int(config["qk_nope_head_dim"]),
-        qk_rope_head_dim=int(config["qk_rope_head_dim"]),
-        v_head_dim=int(config["v_head_dim"]),
+        q_lora_rank=None if q_rank is None else _whole(config, name, "q_lora_rank"),
+        kv_lora_rank=_whole(config, name, "kv_lora_rank"),
+        qk_nope_head_dim=_require(config, name, "qk_nope_head_dim"),
+        qk_rope_head_dim=_require(config, name, "qk_rope_head_dim"),
+        v_head_dim=_require(config, name, "v_head_dim"),
     )
 
 
@@ -256,17 +309,17 @@ def _model_type(config: Mapping[str, Any], name: str) -> str:
     return model_type
 
 
-def _kv_heads(config: Mapping[str, Any], model_type: str, heads: int) -> int:
+def _kv_heads(config: Mapping[str, Any], name: str, model_type: str, heads: int) -> int:
     """Key/value heads: grouped-query where the config says so (ChatGLM only with multi_query_attention)."""
     multi_query = config.get("multi_query_attention", True) if model_type == "chatglm" else True
     if not multi_query:
         return heads
-    return int(_first(config, "num_key_value_heads", "multi_query_group_num", default=heads))
+    return _whole(config, name, "num_key_value_heads", "multi_query_group_num", default=heads)
 
 
-def _intermediate_size(config: Mapping[str, Any], model_type: str, hidden: int) -> int:
+def _intermediate_size(config: Mapping[str, Any], name: str, model_type: str, hidden: int) -> int:
     """Width of one MLP branch."""
-    intermediate = int(_first(config, "intermediate_size", "ffn_hidden_size", default=4 * hidden))
+    intermediate = _whole(config, name, "intermediate_size", "ffn_hidden_size", default=4 * hidden)
     if model_type == "qwen":  # Qwen v1 stores the combined width of both SwiGLU branches
         intermediate //= 2
     return intermediate
@@ -276,19 +329,20 @@ def _vocab_and_tie(config: Mapping[str, Any], name: str, model_type: str) -> tup
     """(vocabulary size as the embedding holds it, whether the LM head shares the embedding)."""
     vocab = _require(config, name, "vocab_size", "padded_vocab_size")
     if model_type == "chatglm":
-        vocab = int(_first(config, "padded_vocab_size", "vocab_size"))
+        vocab = _whole(config, name, "padded_vocab_size", "vocab_size")
     tie = bool(config.get("tie_word_embeddings", model_type in ("gemma2",)))
     if model_type == "chatglm":
         tie = False  # ChatGLM keeps a separate output_layer
     return vocab, tie
 
 
-def _sliding_window(config: Mapping[str, Any], model_type: str, layers: int) -> tuple[int | None, int]:
+def _sliding_window(
+    config: Mapping[str, Any], name: str, model_type: str, layers: int
+) -> tuple[int | None, int]:
     """(sliding-window width or None, layers that use it: every other one on Gemma 2, else all)."""
-    sliding = config.get("sliding_window")
-    if sliding is None or not config.get("use_sliding_window", True):
+    if config.get("sliding_window") is None or not config.get("use_sliding_window", True):
         return None, 0
-    return int(sliding), layers // 2 if model_type == "gemma2" else layers
+    return _whole(config, name, "sliding_window"), layers // 2 if model_type == "gemma2" else layers
 
 
 def _biases(config: Mapping[str, Any], model_type: str) -> dict[str, bool]:
@@ -316,38 +370,110 @@ def _layout_flags(model_type: str) -> dict[str, Any]:
     }
 
 
+def _layers(config: Mapping[str, Any], name: str) -> int:
+    """Decoder blocks, at most MAX_LAYERS (checked before anything walks them)."""
+    layers = _require(config, name, "num_hidden_layers", "num_layers", "n_layer")
+    if layers > MAX_LAYERS:
+        key = _key(config, "num_hidden_layers", "num_layers", "n_layer")
+        raise SwiftplanError(
+            f"The config for {name!r} has {key}={layers:,}; swiftplan plans for at most {MAX_LAYERS:,} layers "
+            "(the deepest transformer reported, DeepNet, has 1,000).",
+            hint=_CONFIG_HINT,
+        )
+    return layers
+
+
+def _head_dim(config: Mapping[str, Any], name: str, hidden: int, heads: int) -> int:
+    """Per-head width: the config's head_dim, else hidden_size / heads, which must then divide evenly."""
+    if _first(config, "head_dim", "kv_channels") is not None:
+        return _whole(config, name, "head_dim", "kv_channels")
+    if hidden % heads:
+        raise SwiftplanError(
+            f"The config for {name!r} has hidden_size={hidden} and {heads} attention heads, and no head_dim: "
+            f"{hidden} is not divisible by {heads}, so the heads have no whole width.",
+            hint="Use a number of heads that divides hidden_size, or give head_dim.",
+        )
+    return hidden // heads
+
+
+def _max_positions(config: Mapping[str, Any], name: str) -> int:
+    """Longest context: max_position_embeddings, or what a rope_scaling factor stretches the original
+    context to when that is longer (YaRN/linear configs keep the original figure in the key)."""
+    keys = ("max_position_embeddings", "seq_length", "max_sequence_length")
+    positions = _whole(config, name, *keys, default=4096)
+    scaling = config.get("rope_scaling")
+    if isinstance(scaling, Mapping):
+        factor = scaling.get("factor")
+        original = scaling.get("original_max_position_embeddings", positions)
+        if (
+            isinstance(factor, (int, float))
+            and not isinstance(factor, bool)
+            and math.isfinite(factor)
+            and factor > 1
+            and isinstance(original, int)
+            and original > 0
+        ):
+            positions = max(positions, int(factor * original))
+    return positions
+
+
+def _optional_number(config: Mapping[str, Any], name: str, key: str) -> float | None:
+    value = config.get(key)
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise SwiftplanError(
+            f"The config for {name!r} has {key}={value!r}; it must be a positive number or null.",
+            hint=_CONFIG_HINT,
+        )
+    return float(value)
+
+
+def _dtype(config: Mapping[str, Any], name: str) -> str | None:
+    value = _first(config, "torch_dtype", "dtype")
+    if value is not None and not isinstance(value, str):
+        raise SwiftplanError(
+            f'The config for {name!r} has torch_dtype={value!r}; it must be a dtype name such as "bfloat16".',
+            hint=_CONFIG_HINT,
+        )
+    return value
+
+
 def spec_from_hf_config(config: Mapping[str, Any], *, name: str, source: str = "") -> ModelSpec:
     """Build a `ModelSpec` from a config.json dict; raises SwiftplanError for what it cannot size."""
     config = _text_config(config)
     model_type = _model_type(config, name)
     hidden = _require(config, name, "hidden_size", "n_embd")
     heads = _require(config, name, "num_attention_heads", "n_head")
-    layers = _require(config, name, "num_hidden_layers", "num_layers", "n_layer")
+    layers = _layers(config, name)
     vocab, tie = _vocab_and_tie(config, name, model_type)
-    window, window_layers = _sliding_window(config, model_type, layers)
+    window, window_layers = _sliding_window(config, name, model_type, layers)
     return ModelSpec(
         name=name,
         model_type=model_type,
         hidden_size=hidden,
         num_layers=layers,
         num_heads=heads,
-        num_kv_heads=_kv_heads(config, model_type, heads),
-        head_dim=int(_first(config, "head_dim", "kv_channels", default=hidden // heads)),
-        intermediate_size=_intermediate_size(config, model_type, hidden),
+        num_kv_heads=_kv_heads(config, name, model_type, heads),
+        head_dim=_head_dim(config, name, hidden, heads),
+        intermediate_size=_intermediate_size(config, name, model_type, hidden),
         vocab_size=vocab,
         tie_word_embeddings=tie,
-        max_position_embeddings=int(
-            _first(config, "max_position_embeddings", "seq_length", "max_sequence_length", default=4096)
-        ),
+        max_position_embeddings=_max_positions(config, name),
         sliding_window=window,
         sliding_window_layers=window_layers,
         **_biases(config, model_type),
         **_layout_flags(model_type),
-        final_logit_softcapping=config.get("final_logit_softcapping"),
-        attn_logit_softcapping=config.get("attn_logit_softcapping"),
-        moe=_moe_shape(config, model_type, layers),
-        mla=_mla_shape(config),
-        torch_dtype=_first(config, "torch_dtype", "dtype"),
+        final_logit_softcapping=_optional_number(config, name, "final_logit_softcapping"),
+        attn_logit_softcapping=_optional_number(config, name, "attn_logit_softcapping"),
+        moe=_moe_shape(config, name, model_type, layers),
+        mla=_mla_shape(config, name),
+        torch_dtype=_dtype(config, name),
         source=source,
         hf_config=MappingProxyType(dict(config)),
     )
