@@ -130,7 +130,9 @@ def test_deepspeed_holds_the_states_the_plan_counts(setup, monkeypatch):
     ids = torch.randint(0, 128, (2, 16))
     for last in (False, True):
         engine.micro_step(
-            {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}, last=last
+            {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)},
+            last=last,
+            num_items=2 * 15 * 2,
         )
     module_params = list(engine.module.parameters())
     held = [getattr(p, "ds_tensor", p) for p in module_params]

@@ -29,9 +29,10 @@ class FakeDeepSpeedEngine:
     def __call__(self, **batch):
         return self.module(**batch)
 
-    def backward(self, loss):
-        (loss / self.config["gradient_accumulation_steps"]).backward()
+    def backward(self, loss, scale_wrt_gas=True):
+        (loss / self.config["gradient_accumulation_steps"] if scale_wrt_gas else loss).backward()
         self.micro += 1
+        self.scaled_wrt_gas = scale_wrt_gas
 
     def step(self):
         if self.micro % self.config["gradient_accumulation_steps"] == 0:
@@ -101,5 +102,15 @@ def test_deepspeed_engine_steps_once_per_accumulation_and_checkpoints(fake_deeps
     fake = calls["engine"]
     assert (fake.micro, fake.optimizer_steps) == (6, 3)
     assert result.end_step == 3 and len(result.losses) == 3
-    assert [s.rsplit("/", 1)[-1] for s in fake.saved] == ["step-000002:deepspeed", "step-000003:deepspeed"]
+    # written into .tmp-step-N, then renamed into place once state.json is there
+    assert [s.rsplit("/", 1)[-1] for s in fake.saved] == [
+        ".tmp-step-000002:deepspeed",
+        ".tmp-step-000003:deepspeed",
+    ]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "latest",
+        "step-000002",
+        "step-000003",
+    ]
     assert read_state(latest_checkpoint(tmp_path))["step"] == 3
+    assert fake.scaled_wrt_gas is False  # the loop normalised the loss over the whole step already

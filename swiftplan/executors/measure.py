@@ -110,11 +110,14 @@ def run_steps(engine: Any, batches: Sequence[dict[str, Any]], *, steps: int, dev
     """`steps` optimizer steps of the plan's micro-batches (all of them per step); wall time of each."""
     import torch
 
+    from swiftplan.executors.train.loop import label_tokens
+
+    items = max(sum(label_tokens(batch["labels"]) for batch in batches), 1)  # the step's loss normaliser
     times = []
     for _ in range(steps):
         started = time.perf_counter()
         for i, batch in enumerate(batches):
-            engine.micro_step(batch, last=i == len(batches) - 1)
+            engine.micro_step(batch, last=i == len(batches) - 1, num_items=items)
         engine.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -147,7 +150,7 @@ def _measure_one(model: str, setup: TrainSetup, *, steps: int, layers: int | Non
         optimizer = build_optimizer(setup, trainable_parameters(net), lr=1e-5, weight_decay=0.0,
                                     device_type=device.type)  # fmt: skip
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
-        engine = TorchEngine(net, optimizer, scheduler, setup=setup, device=device, distributed=False,
+        engine = TorchEngine(net, optimizer, scheduler, setup=setup, device=device, world=1,
                              max_grad_norm=1.0)  # fmt: skip
         generator = torch.Generator().manual_seed(seed)
         batches = [_random_batch(setup, vocab_size, device, generator) for _ in range(setup.grad_accum)]

@@ -9,11 +9,15 @@ with its own --node-rank.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -140,22 +144,59 @@ def write_files(launch: Launch, run_dir: Path) -> None:
 
 
 def run_subprocess(launch: Launch, *, log: Path) -> None:
-    """Run a torchrun launch, its output shown and appended to `log`; a failure is one SwiftplanError."""
+    """Run a torchrun launch, its output shown and appended to `log`; a failure is one SwiftplanError.
+
+    torchrun runs in its own session: the first SIGINT/SIGTERM this process gets is passed on to it as
+    SIGTERM (torchrun sends it to every worker, which save at the next step boundary), a second one
+    kills the whole group. Once a worker has printed its `error:` line, the rest of the output (other
+    ranks' and torchrun's reports of the failure) goes to the log only."""
     env = {**os.environ, **launch.env}
     with log.open("a", encoding="utf-8") as handle:
-        process = subprocess.Popen(
-            launch.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        assert process.stdout is not None
-        tail: list[str] = []
-        for line in process.stdout:
-            handle.write(line)
-            sys.stdout.write(line)
-            tail = (tail + [line.rstrip()])[-15:]
-        code = process.wait()
+        process = subprocess.Popen(launch.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, start_new_session=True)  # fmt: skip
+        with _forward_signals(process):
+            errors, tail = _relay(process, handle)
+            code = process.wait()
     if code != 0:
-        errors = [line for line in tail if line.startswith("error:")]
-        detail = errors[-1].removeprefix("error:").strip() if errors else " | ".join(tail[-3:])
+        detail = errors[0].removeprefix("error:").strip() if errors else " | ".join(tail[-3:])
         raise SwiftplanError(
             f"The training processes exited with code {code}: {detail}", hint=f"Full output: {log}"
         )
+
+
+def _relay(process: subprocess.Popen[str], handle: Any) -> tuple[list[str], list[str]]:
+    """Copy the output to the log, and to stdout until the first `error:` line; (error lines, last lines)."""
+    assert process.stdout is not None
+    errors: list[str] = []
+    tail: list[str] = []
+    for line in process.stdout:
+        handle.write(line)
+        if line.startswith("error:"):
+            errors.append(line.rstrip())
+        elif not errors:
+            sys.stdout.write(line)
+        tail = (tail + [line.rstrip()])[-15:]
+    return errors, tail
+
+
+@contextlib.contextmanager
+def _forward_signals(process: subprocess.Popen[str]) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            if len(received) == 1:
+                process.send_signal(signal.SIGTERM)
+            else:
+                os.killpg(process.pid, signal.SIGKILL)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

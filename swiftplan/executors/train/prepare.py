@@ -105,6 +105,10 @@ def load_train_plan(path: Path) -> Plan:
     from swiftplan.plan_file import load_plan
 
     plan = load_plan(path)
+    from swiftplan.usecases.inputs import check_setup, known_model
+
+    if (spec := known_model(plan.model)) is not None:
+        check_setup(spec, plan.setup, f"Plan file {path}")
     if not isinstance(plan.setup, TrainSetup):
         raise SwiftplanError(f"Plan file {path} is a serving plan (task: serve); `swiftplan train` needs a training plan.",
                              hint="Make one with `swiftplan fit MODEL --task train ... -o plan.yaml`.")  # fmt: skip
@@ -179,8 +183,11 @@ def _resume_dir(request: RunRequest, plan: Any) -> tuple[Path, rd.TrainArgs]:
     if request.output_dir is None:
         raise SwiftplanError("--resume needs --output-dir RUN, the run to continue.")
     run_dir = request.output_dir
-    if rd.latest_checkpoint(run_dir) is None:
-        raise SwiftplanError(f"{run_dir} has no complete checkpoint to resume from.",
+    _require_directory(run_dir)
+    found = rd.find_resumable(run_dir)
+    if found.checkpoint is None:
+        skipped = f" ({'; '.join(found.skipped)})" if found.skipped else ""
+        raise SwiftplanError(f"{run_dir} has no complete checkpoint to resume from{skipped}.",
                              hint="Start it again without --resume (a run saves at --save-steps and at the end).")  # fmt: skip
     saved_plan = load_plan(run_dir / "plan.yaml")
     if saved_plan.setup != plan.setup or saved_plan.model != plan.model:
@@ -193,12 +200,30 @@ def _resume_dir(request: RunRequest, plan: Any) -> tuple[Path, rd.TrainArgs]:
         )
     if rd.file_sha256(args.data) != args.data_sha256:
         raise SwiftplanError(f"{args.data} changed since {run_dir} started; resuming would mix two datasets.")
-    allowed = {"max_steps", "epochs", "save_steps"}
+    allowed = {"max_steps", "epochs", "save_steps", "save_total_limit"}
     changed = sorted(k for k, v in request.overrides.items() if k not in allowed and getattr(args, k) != v)
     if changed:
         raise SwiftplanError(f"A resumed run keeps its settings; cannot change {', '.join(changed)}.",
-                             hint="Only --max-steps, --epochs and --save-steps may change on --resume.")  # fmt: skip
+                             hint="Only --max-steps, --epochs, --save-steps and --save-total-limit may change on --resume.")  # fmt: skip
     return run_dir, replace(args, **{k: v for k, v in request.overrides.items() if k in allowed})
+
+
+def _resume_notes(run_dir: Path) -> list[str]:
+    """Which checkpoint a resumed run continues from, and each newer one skipped (and why)."""
+    found = rd.find_resumable(run_dir)
+    if not found.skipped or found.checkpoint is None:
+        return []
+    return [f"{line}." for line in found.skipped] + [f"resuming from {found.checkpoint.name}."]
+
+
+def _require_directory(run_dir: Path) -> None:
+    """--output-dir must be a directory (or not exist yet): one line instead of a failure mid-run."""
+    for path in (run_dir, *run_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise SwiftplanError(f"--output-dir {run_dir}: {path} is a file, not a directory.",
+                                     hint="Choose another --output-dir, or move the file away.")  # fmt: skip
+            return
 
 
 def prepare_run(request: RunRequest) -> PreparedRun:
@@ -215,6 +240,7 @@ def prepare_run(request: RunRequest) -> PreparedRun:
     blocks = tokenizer = None
     if request.resume:
         run_dir, args = _resume_dir(request, plan)
+        notes += _resume_notes(run_dir)
     else:
         from swiftplan.executors.train.data import read_dataset
         from swiftplan.executors.train.loop import steps_per_epoch
@@ -241,6 +267,7 @@ def prepare_run(request: RunRequest) -> PreparedRun:
                 f"{blocks.dropped} example(s) had no answer token left within seq_len and were skipped."
             )
         run_dir = request.output_dir or rd.default_run_dir(plan.model)
+        _require_directory(run_dir)
         if rd.latest_checkpoint(run_dir) is not None:
             raise SwiftplanError(f"{run_dir} already holds a run with checkpoints.",
                                  hint="Add --resume to continue it, or choose another --output-dir.")  # fmt: skip
@@ -257,9 +284,17 @@ def prepare_run(request: RunRequest) -> PreparedRun:
 
 
 def write_run(prepared: PreparedRun, plan_path: Path) -> None:
-    """Create the run directory: plan, TrainArgs, launch files, token blocks and tokenizer."""
+    """Create the run directory: plan, TrainArgs, launch files, token blocks and tokenizer (a file-system
+    failure is one SwiftplanError naming the path and the errno)."""
+    run_dir = prepared.run_dir
+    with rd.writing("the run directory", run_dir):
+        _write_run(prepared, plan_path)
+
+
+def _write_run(prepared: PreparedRun, plan_path: Path) -> None:
     import torch
 
+    from swiftplan.executors.train.engine import torch_save
     from swiftplan.executors.train.launch import write_files
 
     run_dir = prepared.run_dir
@@ -267,7 +302,7 @@ def write_run(prepared: PreparedRun, plan_path: Path) -> None:
     if prepared.blocks is not None:
         shutil.copyfile(plan_path, run_dir / "plan.yaml")
         blocks = prepared.blocks
-        torch.save({"input_ids": torch.tensor(blocks.input_ids, dtype=torch.long),
+        torch_save({"input_ids": torch.tensor(blocks.input_ids, dtype=torch.long),
                     "labels": torch.tensor(blocks.labels, dtype=torch.long),
                     "attention_mask": torch.tensor(blocks.attention_mask, dtype=torch.long),
                     "vocab_size": torch.tensor(len(prepared.tokenizer))}, run_dir / "dataset.pt")  # fmt: skip

@@ -2,15 +2,25 @@
 
 It reads what the parent prepared in RUN_DIR (plan, TrainArgs, token blocks), joins the process group
 when there are several processes (gloo on CPU, NCCL on CUDA/ROCm, HCCL on Ascend), loads the model,
-resumes from the newest checkpoint if there is one, trains, saves, and rank 0 writes run_report.json.
+resumes from the newest complete checkpoint if there is one, trains, saves, and rank 0 writes
+run_report.json.
+
+SIGINT and SIGTERM ask for a stop: the ranks agree at the next step boundary, save a checkpoint there
+and exit with one line saying how to resume (a second signal stops at once, without saving).
+A file-system failure (full disk, read-only or unwritable directory, a file where a directory should
+be) is one line naming the path and the errno, on every launch path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,16 +105,92 @@ def _train(run_dir: Path, progress: Any) -> dict[str, Any] | None:
     start = _resume(run_dir, engine, rank=rank, world=world)
     if start == 0:
         torch.manual_seed(args.seed + 1000 * rank)  # dropout differs across ranks, reproducibly
-    result = run_loop(engine, data, setup=setup, args=args, run_dir=run_dir, rank=rank, world=world,
-                      start_step=start, total_steps=total, device=device,
-                      progress=progress if rank == 0 else None)  # fmt: skip
+    with _stop_on_signals(announce=rank == 0) as stop:
+        result = run_loop(engine, data, setup=setup, args=args, run_dir=run_dir, rank=rank, world=world,
+                          start_step=start, total_steps=total, device=device,
+                          progress=progress if rank == 0 else None, stop=stop)  # fmt: skip
+    if result.stopped_by:
+        _finish(dist)
+        raise _interrupted(run_dir, args, result, world=world, total=total)
     if result.end_step > result.start_step:
-        engine.save_final(run_dir / "final", rank=rank)
+        with rd.writing("the trained weights", run_dir / "final"):
+            engine.save_final(run_dir / "final", rank=rank)
     report = _report(run_dir, plan, args, result, device=device, world=world, total_steps=total, rank=rank)
+    _finish(dist)
+    return report
+
+
+def _finish(dist: Any) -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-    return report
+
+
+class TrainingInterrupted(SwiftplanError):
+    """SIGINT/SIGTERM stopped the run (after saving when a step was done since the last checkpoint)."""
+
+    def __init__(self, message: str, hint: str, signum: int) -> None:
+        super().__init__(message, hint=hint)
+        self.signum = signum
+
+
+def resume_command(run_dir: Path, args: Any, *, world: int) -> str:
+    """The command line that continues this run."""
+    import shlex
+
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1") or 1)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
+    parts = ["swiftplan", "train", str(run_dir / "plan.yaml"), "--output-dir", str(run_dir), "--resume"]
+    if args.device == "cpu":
+        parts += ["--device", "cpu"]
+    if args.random_init:
+        parts += ["--random-init"]
+    if world > 1:
+        parts += ["--nproc-per-node", str(per_node)] + (["--nnodes", str(nodes)] if nodes > 1 else [])
+    return shlex.join(parts)
+
+
+def _interrupted(run_dir: Path, args: Any, result: Any, *, world: int, total: int) -> TrainingInterrupted:
+    name = signal.Signals(result.stopped_by).name if result.stopped_by > 0 else "a signal to another process"
+    checkpoint = rd.latest_checkpoint(run_dir)
+    if checkpoint is None:
+        return TrainingInterrupted(f"Stopped by {name} at step {result.end_step} of {total}, before any checkpoint.",
+                                   hint="Nothing to resume from: start the run again.", signum=max(result.stopped_by, 0))  # fmt: skip
+    how = "saved" if result.saved_on_stop else "the newest checkpoint is"
+    return TrainingInterrupted(
+        f"Stopped by {name} at step {result.end_step} of {total}; {how} {checkpoint}.",
+        hint=f"Resume with: {resume_command(run_dir, args, world=world)}",
+        signum=max(result.stopped_by, 0),
+    )
+
+
+@contextlib.contextmanager
+def _stop_on_signals(*, announce: bool) -> Iterator[Any]:
+    """A `stop()` callable for the loop: the first SIGINT/SIGTERM is remembered (saved at the next step
+    boundary); a second one gets the default behaviour. No-op outside the main thread."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: 0
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if received:  # the second signal: stop now, without saving
+            signal.signal(signum, signal.SIG_DFL)
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
+            return
+        received.append(signum)
+        if announce:
+            sys.stderr.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step (send it again to stop at once).\n")  # fmt: skip
+            sys.stderr.flush()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: received[0] if received else 0
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _engine(run_dir: Path, model: Any, setup: TrainSetup, args: Any, *, device: Any, world: int,
@@ -123,26 +209,36 @@ def _engine(run_dir: Path, model: Any, setup: TrainSetup, args: Any, *, device: 
         optimizer = None if "optimizer" in config else build_optimizer(
             setup, params, lr=args.lr, weight_decay=args.weight_decay, device_type=device.type)  # fmt: skip
         return DeepSpeedEngine(model, optimizer, lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
-                               config=config, device=device)  # fmt: skip
+                               config=config, device=device, world=world)  # fmt: skip
     optimizer = build_optimizer(
         setup, params, lr=args.lr, weight_decay=args.weight_decay, device_type=device.type
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    return TorchEngine(model, optimizer, scheduler, setup=setup, device=device, distributed=world > 1,
+    return TorchEngine(model, optimizer, scheduler, setup=setup, device=device, world=world,
                        max_grad_norm=args.max_grad_norm)  # fmt: skip
 
 
 def _resume(run_dir: Path, engine: Any, *, rank: int, world: int) -> int:
-    """The step to start from: 0, or the newest checkpoint's step after loading it into `engine`."""
-    checkpoint = rd.latest_checkpoint(run_dir)
-    if checkpoint is None:
-        return 0
-    state = rd.read_state(checkpoint)
-    if state["world_size"] != world:
-        raise SwiftplanError(f"{checkpoint} was written by {state['world_size']} process(es); this run has {world}.",
-                             hint="Resume with the same number of processes.")  # fmt: skip
-    engine.load(checkpoint, rank=rank)
-    return int(state["step"])
+    """The step to start from: 0, or the newest complete checkpoint's step after loading it into `engine`.
+    Rank 0 cuts metrics.jsonl back to that step, so no step is logged twice."""
+    found = rd.find_resumable(run_dir)
+    start = 0
+    if found.checkpoint is not None:
+        state = rd.read_state(found.checkpoint)
+        if state["world_size"] != world:
+            raise SwiftplanError(f"{found.checkpoint} was written by {state['world_size']} process(es); this run has {world}.",
+                                 hint="Resume with the same number of processes.")  # fmt: skip
+        try:
+            engine.load(found.checkpoint, rank=rank)
+        except Exception as error:  # the sizes matched, the contents did not
+            raise SwiftplanError(f"Cannot load {found.checkpoint} ({type(error).__name__}: {str(error).splitlines()[0][:200]}).",
+                                 hint=f"Delete {found.checkpoint} to resume from the one before it.") from error  # fmt: skip
+        start = int(state["step"])
+    if rank == 0:  # the parent already named the checkpoints skipped (prepare._resume_dir)
+        metrics = run_dir / "metrics.jsonl"
+        with rd.writing("the metrics log", metrics):
+            rd.truncate_metrics(metrics, step=start)
+    return start
 
 
 def _report(run_dir: Path, plan: Any, args: Any, result: Any, *, device: Any, world: int, total_steps: int,
@@ -183,7 +279,8 @@ def _report(run_dir: Path, plan: Any, args: Any, result: Any, *, device: Any, wo
         "notes": notes,
         "versions": _versions(),
     }  # fmt: skip
-    (run_dir / "run_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with rd.writing("the run report", run_dir / "run_report.json"):
+        rd.write_text_atomic(run_dir / "run_report.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -199,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("usage: python -m swiftplan.executors.train.worker RUN_DIR")
     try:
         train(argv[0], progress=_print_progress)
+    except TrainingInterrupted as error:
+        sys.stderr.write(f"error: {error}\n")
+        sys.exit(128 + error.signum if error.signum else 2)
     except SwiftplanError as error:
         sys.stderr.write(f"error: {error}\n")
         sys.exit(2)
