@@ -389,8 +389,13 @@ def emit(report: SizeReport, *, as_json: bool, csv_path: str | None, wide: bool 
         if csv_path == "-":
             sys.stdout.write(text)
         else:
-            with open(csv_path, "w", encoding="utf-8", newline="") as handle:
-                handle.write(text)
+            try:
+                with open(csv_path, "w", encoding="utf-8", newline="") as handle:
+                    handle.write(text)
+            except OSError as error:  # the path was checked up front; this is a full disk or a race
+                from swiftplan.errors import SwiftplanError
+
+                raise SwiftplanError(f"Cannot write --csv {csv_path}: {error.strerror or error}.") from None
     if as_json:
         print_json(report_json(report))
     elif csv_path != "-":

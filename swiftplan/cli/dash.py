@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.extras import needs
 
 EPILOG = """
 Examples:
@@ -33,13 +36,9 @@ def dash_command(
     no_probe: bool = typer.Option(False, "--no-probe", help="Do not probe this machine's accelerators."),
 ) -> None:
     """Plan interactively: hardware, job, live search, plan, and a run against its plan."""
-    try:
+    _check_options(gpus=gpus, run=run, plan_path=plan_path)
+    with needs("dash"):
         from swiftplan.tui.app import make_app
-    except ImportError as error:
-        raise SwiftplanError(
-            f"The dashboard needs Textual ({error.name or 'textual'} is not installed).",
-            hint="pip install 'swiftplan[tui]'",
-        ) from error
     from swiftplan.executors.probe import probe
 
     app = make_app(
@@ -50,6 +49,21 @@ def dash_command(
         plan_path=plan_path,
     )
     app.run()
+
+
+def _check_options(*, gpus: str | None, run: str | None, plan_path: str) -> None:
+    """The flags the dashboard would otherwise only complain about inside the app."""
+    from swiftplan.cli._checks import output_file
+
+    if gpus is not None and gpus.strip().lower() != "auto":
+        from swiftplan.planner.hardware import parse_cluster
+
+        parse_cluster(gpus)
+    if run is not None and not Path(run).is_dir():
+        raise SwiftplanError(
+            f"--run {run} is not a directory.", hint="Give the --output-dir of a `swiftplan train` run."
+        )
+    output_file("--plan-path", plan_path)
 
 
 def register(app: typer.Typer) -> None:

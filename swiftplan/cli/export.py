@@ -26,10 +26,21 @@ def export_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Write the run's weights with config.json and the tokenizer."""
-    from swiftplan.executors.train.export import export_run
+    from swiftplan.cli._checks import output_dir
+    from swiftplan.errors import SwiftplanError
+    from swiftplan.extras import needs
+
+    if not run.is_dir():
+        raise SwiftplanError(
+            f"RUN {run} is not a directory.", hint="Give the --output-dir of a `swiftplan train` run."
+        )
+    output_dir("--output", output)
+    with needs("export"):
+        from swiftplan.executors.train.export import export_run
 
     target = output or run / ("merged" if merge else "export")
-    written = export_run(run, target, merge=merge)
+    with needs("export"):
+        written = export_run(run, target, merge=merge)
     files = sorted(p.name for p in written.iterdir())
     if as_json:
         print_json({"output": str(written), "merged": merge, "files": files})

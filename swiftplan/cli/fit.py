@@ -167,46 +167,58 @@ WideOpt = Annotated[
 ]
 
 
-def _list(text: str | None) -> tuple[str, ...] | None:
-    if text is None:
-        return None
-    items = tuple(part.strip() for part in text.split(",") if part.strip())
-    return items or None
+def _list(flag: str, text: str | None, valid: tuple[str, ...] | None = None) -> tuple[str, ...] | None:
+    from swiftplan.cli import _checks
+
+    return _checks.split_list(flag, text) if valid is None else _checks.list_of(flag, text, valid)
 
 
-def _ints(option: str, text: str | None) -> tuple[int, ...] | None:
-    items = _list(text)
-    if items is None:
-        return None
-    try:
-        return tuple(int(item) for item in items)
-    except ValueError as error:
-        raise SwiftplanError(f"{option} takes whole numbers separated by commas, got {text!r}.") from error
+def _ints(flag: str, text: str | None) -> tuple[int, ...] | None:
+    """A comma list of whole numbers, each within the flag's range."""
+    from swiftplan.cli._checks import int_list
+
+    low, high, what = _INT_RANGES[flag]
+    return int_list(flag, text, minimum=low, maximum=high, what=what)
+
+
+_INT_RANGES: dict[str, tuple[int, int | None, str]] = {
+    "--rank": (1, None, "LoRA ranks are whole numbers of at least 1, e.g. 8,16,64, or auto"),
+    "--zero": (0, 3, "ZeRO stages are 0-3"),
+    "--tp": (1, None, "tensor-parallel degrees are at least 1"),
+    "--pp": (1, None, "pipeline-parallel degrees are at least 1"),
+    "--dp": (1, None, "data-parallel degrees are at least 1"),
+    "--batch": (1, None, "micro-batch sizes are at least 1"),
+}
+"""List-valued pins: (smallest, largest or None, what is valid)."""
 
 
 def parse_pins(**raw: Any) -> Any:
     """`Pins` from fit's pin options as typed (comma lists, 'auto' for rank and targets)."""
     from swiftplan.planner.search.pins import Pins
-    from swiftplan.planner.search.space import ATTENTION, RANKS
-    from swiftplan.planner.setup import ALL_LINEAR
+    from swiftplan.planner.search.serve_space import SERVE_QUANTS
+    from swiftplan.planner.search.space import ATTENTION, RANKS, TRAIN_QUANTS
+    from swiftplan.planner.setup import ALL_LINEAR, KV_DTYPES, METHODS, OPTIMIZERS, PRECISIONS
 
     rank = raw.get("rank")
     ranks = RANKS if rank is not None and rank.strip().lower() == "auto" else _ints("--rank", rank)
-    targets = _list(raw.get("targets"))
+    targets = _list("--targets", raw.get("targets"))
     if targets is not None:
         presets = (ALL_LINEAR, ATTENTION)
         if targets == ("auto",):
             targets = presets
         elif not all(t in presets for t in targets):
             targets = (",".join(targets),)  # one custom module list
-    quants = ("none",) if raw.get("no_quant") else _list(raw.get("quant"))
+    serving = raw.get("task") == Task.serve
+    quant_choices = tuple(dict.fromkeys(SERVE_QUANTS if serving else TRAIN_QUANTS))
+    quants = ("none",) if raw.get("no_quant") else _list("--quant", raw.get("quant"), quant_choices)
     ckpt = raw.get("grad_ckpt")
     return Pins(
-        methods=_list(raw.get("method")), quants=quants, precisions=_list(raw.get("precision")),
-        optimizers=_list(raw.get("optimizer")), grad_ckpt=None if ckpt is None else (ckpt,),
+        methods=_list("--method", raw.get("method"), METHODS), quants=quants,
+        precisions=_list("--precision", raw.get("precision"), PRECISIONS),
+        optimizers=_list("--optimizer", raw.get("optimizer"), OPTIMIZERS), grad_ckpt=None if ckpt is None else (ckpt,),
         zero=_ints("--zero", raw.get("zero")), max_offload=raw.get("max_offload"), tp=_ints("--tp", raw.get("tp")),
         pp=_ints("--pp", raw.get("pp")), dp=_ints("--dp", raw.get("dp")), micro_batch=_ints("--batch", raw.get("batch")),
-        ranks=ranks, targets=targets, kv_dtypes=_list(raw.get("kv_dtype")),
+        ranks=ranks, targets=targets, kv_dtypes=_list("--kv-dtype", raw.get("kv_dtype"), KV_DTYPES),
     )  # fmt: skip
 
 
@@ -236,7 +248,7 @@ def fit_request(**options: Any) -> Any:
     return FitRequest(
         model=options["model"], gpus=options["gpus"], task=task, engine=options["engine"],
         objective=options["objective"].value if options["objective"] else None, pareto=options["pareto"],
-        pins=parse_pins(**{name: options[name] for name in _PIN_NAMES}),
+        pins=parse_pins(task=options["task"], **{name: options[name] for name in _PIN_NAMES}),
         dataset_tokens=_token_count(options["dataset_tokens"]) if task == "train" else None,
         data=options["data"] if task == "train" else None, epochs=options["epochs"],
         global_batch=options["global_batch"], seq_len=options["seq"], attention=options["attention"],
@@ -306,7 +318,11 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
     from swiftplan.usecases.fit import plan_fit
 
     wide = options.pop("wide")
+    _check_options(options)
     request = fit_request(**options)
+    from swiftplan.cli._checks import storage_url
+
+    storage_url(request.storage)  # last: opening a new storage creates it
     measure_options = _measure_options(request, **options) if options["measure"] else None
     outcome = plan_fit(request)
     output, as_json = options["output"], options["as_json"]
@@ -331,6 +347,15 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
         raise typer.Exit(1)
 
 
+def _check_options(options: dict[str, Any]) -> None:
+    """What the request does not check: --attention, the seed, the plan file's path."""
+    from swiftplan.cli import _checks
+
+    _checks.one_of("--attention", options["attention"], _checks.ATTENTIONS)
+    _checks.between("--seed", options["seed"], 0, 2**32 - 1)
+    _checks.output_file("-o/--output", options["output"])
+
+
 def _measure_options(request: Any, **options: Any) -> dict[str, Any]:
     if request.task == "serve":
         raise SwiftplanError("--measure times training candidates; it does not apply to --task serve.")
@@ -339,12 +364,17 @@ def _measure_options(request: Any, **options: Any) -> dict[str, Any]:
     )
     if device not in ("cuda", "cpu"):
         raise SwiftplanError(f"--measure-device takes cuda or cpu, got {device!r}.")
-    if top < 1 or steps < 1 or (layers is not None and layers < 1):
-        raise SwiftplanError("--measure-top, --measure-steps and --measure-layers must be at least 1.")
-    if device == "cuda":
-        from swiftplan.executors.measure import require_cuda
+    from swiftplan.cli._checks import at_least
 
-        require_cuda()
+    for flag, value in (("--measure-top", top), ("--measure-steps", steps), ("--measure-layers", layers)):
+        at_least(flag, value, 1)
+    if device == "cuda":
+        from swiftplan.extras import needs
+
+        with needs("measure"):
+            from swiftplan.executors.measure import require_cuda
+
+            require_cuda()
     return {"top_k": top, "steps": steps, "layers": layers, "device": device, "seed": request.seed}
 
 

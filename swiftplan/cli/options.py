@@ -34,6 +34,14 @@ def parse_targets(targets: str) -> tuple[str, ...]:
     return names
 
 
+def _attention(value: str) -> str:
+    """--attention as one of the planner's implementations (check() below only asks whether flash runs)."""
+    from swiftplan.cli._checks import ATTENTIONS, one_of
+
+    one_of("--attention", value, ATTENTIONS)
+    return value
+
+
 def _refuse_impossible(cluster: Cluster, **options: Any) -> None:
     reasons = check(cluster.accelerator, **options)
     if reasons:
@@ -80,8 +88,7 @@ def build_train_setup(
         seq_len=seq,
         grad_accum=grad_accum,
         grad_ckpt=grad_ckpt,
-        # --attention is not checked against a list (check() below only asks whether a flash kernel runs)
-        attention=cast(AttentionImpl, attention),
+        attention=cast(AttentionImpl, _attention(attention)),
         kbit_upcast=kbit_upcast,
         parallel=parallel,
     )

@@ -112,7 +112,7 @@ NameOpt = Annotated[
     str | None, _opt("--served-model-name", help="Model name clients use (default: the plan's model).")
 ]
 HostOpt = Annotated[str, _opt("--host", help="Address to bind; 0.0.0.0 exposes the server to the network.")]
-PortOpt = Annotated[int, _opt("--port", help="TCP port.")]
+PortOpt = Annotated[int, _opt("--port", help="TCP port, 1-65535.")]
 ApiKeyOpt = Annotated[
     str | None,
     typer.Option(
@@ -127,6 +127,8 @@ ConcurrencyOpt = Annotated[
 ]
 DtypeOpt = Annotated[str | None, _opt("--dtype", help="Override the plan's dtype: bf16 | fp16 | fp32.")]
 DeviceOpt = Annotated[str, _opt("--device", help="Built-in: auto | cuda | cpu.")]
+DEVICES = ("auto", "cuda", "cpu")
+"""--device values the built-in server loads onto."""
 SeedOpt = Annotated[int, _opt("--seed", help="Built-in: seed for --random-init weights.")]
 ReportDirOpt = Annotated[
     Path | None, _opt("--report-dir", help="Built-in: write serve_report.json (measured vs predicted) here.")
@@ -164,6 +166,8 @@ def serve_command(
     """Serve a plan with an OpenAI-compatible API."""
     from swiftplan.executors.serve.target import parse_loras, resolve_target
 
+    _check_options(dict(locals()))
+
     target = resolve_target(plan, weights=model, context=context, concurrency=concurrency, dtype=dtype)
     served_name = served_model_name or target.model
     loras = parse_loras(lora or [], served_name=served_name)
@@ -172,14 +176,43 @@ def serve_command(
         _serve_vllm(target, served_name=served_name, host=host, port=port, loras=loras, api_key=api_key,
                     health_timeout=health_timeout, dry_run=dry_run, as_json=as_json)  # fmt: skip
         return
-    from swiftplan.executors.serve.builtin import BuiltinOptions
+    from swiftplan.extras import needs
 
+    with needs("serve"):
+        from swiftplan.executors.serve.builtin import BuiltinOptions
     options = BuiltinOptions(
         target=target, served_name=served_name, loras=loras, random_init=None if random_init is None else str(random_init),
         tokenizer=tokenizer, host=host, port=port, api_key=api_key, device=device, seed=seed,
         report_dir=None if report_dir is None else str(report_dir), report_every=report_every,
     )  # fmt: skip
     _serve_builtin(options, dry_run=dry_run, as_json=as_json)
+
+
+def _check_options(o: dict[str, Any]) -> None:
+    """Every option in range, and (unless --dry-run) the port free, before the plan or a model is loaded."""
+    from swiftplan.cli import _checks
+    from swiftplan.errors import SwiftplanError
+
+    _checks.port("--port", o["port"])
+    if not o["host"].strip():
+        raise SwiftplanError(
+            "--host is empty.", hint="Give an address: 127.0.0.1 (this machine) or 0.0.0.0 (the network)."
+        )
+    _checks.at_least("--context", o["context"], 1, unit=" token")
+    _checks.at_least("--concurrency", o["concurrency"], 1)
+    _checks.one_of("--device", o["device"], DEVICES)
+    _checks.between("--seed", o["seed"], 0, 2**32 - 1)
+    _checks.at_least("--report-every", o["report_every"], 0, unit=" requests")
+    _checks.positive("--health-timeout", o["health_timeout"], unit=" s")
+    _checks.output_dir("--report-dir", o["report_dir"])
+    if o["random_init"] is not None and not o["random_init"].is_file():
+        raise SwiftplanError(
+            f"--random-init {o['random_init']} is not a file.", hint="Give a model's config.json."
+        )
+    if o["as_json"] and not o["dry_run"]:
+        raise SwiftplanError("--json prints what --dry-run would run; it needs --dry-run.")
+    if not o["dry_run"]:
+        _checks.port_free("--port", o["host"], o["port"])
 
 
 def _serve_builtin(options: BuiltinOptions, *, dry_run: bool, as_json: bool) -> None:
@@ -192,9 +225,14 @@ def _serve_builtin(options: BuiltinOptions, *, dry_run: bool, as_json: bool) -> 
             for key, value in summary.items():
                 console.print(f"{key}: {value}", highlight=False)
         return
-    from swiftplan.executors.serve.builtin import run_builtin
+    from swiftplan.extras import needs
 
-    run_builtin(options, log=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+    with needs("serve"):
+        from swiftplan.executors.serve.builtin import run_builtin
+
+        run_builtin(
+            options, log=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True)
+        )
 
 
 def _serve_vllm(

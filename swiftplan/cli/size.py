@@ -74,17 +74,18 @@ def parse_usd(text: str) -> float:
     try:
         value = float(raw[:-1] if scale != 1.0 else raw) * scale
     except ValueError:
-        value = -1.0
+        raise SwiftplanError(f"Bad --budget {text!r}: give an amount of US dollars.",
+                             hint="Examples: 5000, $12,000, 20k, 1.2M.") from None  # fmt: skip
     if not value > 0:
-        raise SwiftplanError(f"Bad --budget {text!r}: give US dollars.", hint="Examples: 5000, $12,000, 20k.")
+        raise SwiftplanError(f"--budget must be a positive amount of US dollars, got {text!r}.",
+                             hint="Examples: 5000, $12,000, 20k, 1.2M.")  # fmt: skip
     return value
 
 
-def _list(text: str | None) -> tuple[str, ...] | None:
-    if text is None:
-        return None
-    items = tuple(part.strip() for part in text.split(",") if part.strip())
-    return items or None
+def _list(flag: str, text: str | None, valid: tuple[str, ...] | None = None) -> tuple[str, ...] | None:
+    from swiftplan.cli import _checks
+
+    return _checks.split_list(flag, text) if valid is None else _checks.list_of(flag, text, valid)
 
 
 def read_price_file(path: str) -> tuple[Any, ...]:
@@ -108,14 +109,18 @@ def read_price_file(path: str) -> tuple[Any, ...]:
     return parse_price_overrides(data, path)
 
 
-def _pins(method: str | None, quant: str | None, no_quant: bool, rank: int | None) -> Any:
+def _pins(method: str | None, quant: str | None, no_quant: bool, rank: int | None, *, serving: bool) -> Any:
     from swiftplan.planner.search.pins import Pins
+    from swiftplan.planner.search.serve_space import SERVE_QUANTS
+    from swiftplan.planner.search.space import TRAIN_QUANTS
+    from swiftplan.planner.setup import METHODS
 
     if rank is not None and rank < 1:
         raise SwiftplanError(f"--rank must be at least 1, got {rank}.")
+    quants = SERVE_QUANTS if serving else TRAIN_QUANTS
     return Pins(
-        methods=_list(method),
-        quants=("none",) if no_quant else _list(quant),
+        methods=_list("--method", method, METHODS),
+        quants=("none",) if no_quant else _list("--quant", quant, quants),
         ranks=(rank,) if rank is not None else None,
     )
 
@@ -194,8 +199,34 @@ PlotOpt = Annotated[
 ]
 
 
+def _check_numbers(o: dict[str, Any]) -> None:
+    """Each number in range, one flag per message (before any sizing is done)."""
+    from swiftplan.cli._checks import at_least, between, one_of, positive
+
+    for flag, name in (("--max-gpus", "max_gpus"), ("--max-nodes", "max_nodes"), ("--seq", "seq"),
+                       ("--global-batch", "global_batch"), ("--context", "context"), ("--concurrency", "concurrency"),
+                       ("--prompt-tokens", "prompt_tokens"), ("--output-tokens", "output_tokens")):  # fmt: skip
+        at_least(flag, o[name], 1)
+    positive("--epochs", o["epochs"])
+    positive("--network-gbps", o["network_gbps"], unit=" Gb/s")
+    positive("--request-rate", o["request_rate"], unit=" requests/s")
+    positive("--ttft", o["ttft"], unit=" s")
+    positive("--decode-tps", o["decode_tps"], unit=" tokens/s")
+    at_least("--host-ram", o["host_ram"], 0, unit=" GiB")
+    between("--gpu-memory-utilization", o["gpu_memory_utilization"], 0.05, 1.0)
+    if not 0 <= o["headroom"] < 0.9:
+        raise SwiftplanError(f"--headroom must be at least 0 and below 0.9, got {o['headroom']:g}.")
+    from swiftplan.cli._checks import ATTENTIONS
+
+    one_of("--attention", o["attention"], ATTENTIONS)
+
+
 def _check_outputs(*, top: int, as_json: bool, csv_path: str | None, plot: str | None) -> None:
-    """The output options agree with each other (and --plot has matplotlib)."""
+    """The output options agree with each other, their files can be written (and --plot has matplotlib)."""
+    from swiftplan.cli._checks import output_file
+
+    output_file("--csv", csv_path)
+    output_file("--plot", plot)
     if plot is not None:
         from swiftplan.cli._size_plot import require_matplotlib
 
@@ -230,9 +261,9 @@ def size_request(**options: Any) -> Any:
         budget_usd=parse_usd(o["budget"]) if o["budget"] is not None else None,
         deadline_s=parse_duration(o["deadline"]) if o["deadline"] is not None else None,
         max_gpus=o["max_gpus"], max_nodes=o["max_nodes"], network_gbps=o["network_gbps"],
-        vendors=_list(o["vendor"]), accelerators=_list(o["accelerators"]),
+        vendors=_list("--vendor", o["vendor"]), accelerators=_list("--accelerators", o["accelerators"]),
         price_overrides=read_price_file(o["prices"]) if o["prices"] else (),
-        pins=_pins(o["method"], o["quant"], o["no_quant"], o["rank"]),
+        pins=_pins(o["method"], o["quant"], o["no_quant"], o["rank"], serving=serving),
         dataset_tokens=None if serving else _token_count(o["dataset_tokens"]), epochs=o["epochs"], seq_len=o["seq"],
         global_batch=o["global_batch"], attention=o["attention"], context=o["context"], concurrency=o["concurrency"],
         request_rate=o["request_rate"], prompt_tokens=o["prompt_tokens"], output_tokens=o["output_tokens"],
@@ -311,6 +342,7 @@ def size_command(
 ) -> None:
     """Which hardware to rent or buy for a fine-tuning or serving job, ranked, with what it costs."""
     started = time.perf_counter()
+    _check_numbers(locals())
     _check_outputs(top=top, as_json=as_json, csv_path=csv_path, plot=plot)
     request = size_request(**{name: value for name, value in locals().items() if name != "wide"})
     from swiftplan.usecases.size import plan_size

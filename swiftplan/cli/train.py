@@ -166,6 +166,8 @@ TokenizerOpt = Annotated[
     str | None, _opt("--tokenizer", help="Tokenizer directory or hub id (default: the model's).")
 ]
 DeviceOpt = Annotated[str, _opt("--device", help="auto | cuda | npu | mps | cpu")]
+DEVICES = ("auto", "cuda", "npu", "mps", "cpu")
+"""--device values."""
 NprocOpt = Annotated[
     int | None, _opt("--nproc-per-node", help="Processes per node (default: the plan's GPUs).")
 ]
@@ -215,6 +217,7 @@ def train_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Train as the plan says; report predicted vs measured memory and speed."""
+    _check_options(dict(locals()))
     prepare = _prepare_module()
     given = dict(max_steps=max_steps, epochs=epochs, save_steps=save_steps, save_total_limit=save_total_limit, lr=lr, lr_scheduler=lr_scheduler,
                  warmup_steps=warmup_steps, weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed,
@@ -229,15 +232,40 @@ def train_command(
     _run(request, plan, record=record, as_json=as_json)
 
 
-def _prepare_module() -> Any:
-    """The training executor's preparation module (torch, transformers and peft behind it)."""
+def _check_options(o: dict[str, Any]) -> None:
+    """Each option in range, one flag per message, before the plan, the data or torch is loaded."""
+    from swiftplan.cli import _checks
     from swiftplan.errors import SwiftplanError
 
-    try:
+    for flag, name in (("--max-steps", "max_steps"), ("--epochs", "epochs"), ("--nproc-per-node", "nproc_per_node"),
+                       ("--nnodes", "nnodes")):  # fmt: skip
+        _checks.at_least(flag, o[name], 1)
+    for flag, name in (("--save-steps", "save_steps"), ("--warmup-steps", "warmup_steps"),
+                       ("--weight-decay", "weight_decay"), ("--max-grad-norm", "max_grad_norm"),
+                       ("--node-rank", "node_rank")):  # fmt: skip
+        _checks.at_least(flag, o[name], 0)
+    _checks.positive("--lr", o["lr"])
+    _checks.one_of("--lr-scheduler", o["lr_scheduler"], ("cosine", "linear", "constant"))
+    _checks.between("--seed", o["seed"], 0, 2**32 - 1)
+    _checks.one_of("--device", o["device"], DEVICES)
+    _checks.port("--master-port", o["master_port"])
+    if not o["master_addr"].strip():
+        raise SwiftplanError(
+            "--master-addr is empty.", hint="Give node 0's address, e.g. 10.0.0.1 (127.0.0.1 on one node)."
+        )
+    if o["nnodes"] is not None and o["node_rank"] >= o["nnodes"]:
+        raise SwiftplanError(
+            f"--node-rank {o['node_rank']} is outside 0..{o['nnodes'] - 1} (--nnodes {o['nnodes']})."
+        )
+    _checks.output_dir("--output-dir", o["output_dir"])
+
+
+def _prepare_module() -> Any:
+    """The training executor's preparation module (torch, transformers and peft behind it)."""
+    from swiftplan.extras import needs
+
+    with needs("train"):
         from swiftplan.executors.train import prepare
-    except ImportError as error:
-        raise SwiftplanError(f"`swiftplan train` needs torch, transformers and peft ({error.name} is missing).",
-                             hint="pip install 'swiftplan[train]'.") from error  # fmt: skip
     return prepare
 
 

@@ -24,10 +24,14 @@ Needs the [trace] extra (torch, transformers, peft); no GPU and no weights are u
 
 def verify_command(
     model: str = typer.Argument(..., help="Catalog name/alias, hub id, or path to a config.json."),
-    task: str = typer.Option("train", "--task", help="train or serve."),
+    task: str = typer.Option("train", "--task", help="train | serve"),
     method: str = typer.Option("lora", "--method", help="full | lora | qlora"),
     precision: str = typer.Option("bf16", "--precision", help="bf16 | fp16 | fp32 | amp-bf16 | amp-fp16"),
-    quant: str = typer.Option("none", "--quant", help="none | nf4 | int8 (analytic term substituted)"),
+    quant: str = typer.Option(
+        "none",
+        "--quant",
+        help="none | nf4 | int8 (bitsandbytes; traced unquantized, analytic term substituted)",
+    ),
     rank: int = typer.Option(16, "--rank", help="LoRA rank."),
     targets: str = typer.Option(
         "q_proj,v_proj", "--targets", help="Comma-separated module names, or all-linear."
@@ -39,7 +43,7 @@ def verify_command(
     batch: int = typer.Option(1, "--batch", help="Micro-batch (sequences)."),
     seq: int = typer.Option(2048, "--seq", help="Sequence length (tokens)."),
     grad_ckpt: bool = typer.Option(False, "--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing."),
-    attention: str = typer.Option("sdpa", "--attention", help="sdpa | eager"),
+    attention: str = typer.Option("sdpa", "--attention", help="sdpa | flash (traced as sdpa) | eager"),
     context: int = typer.Option(4096, "--context", help="Serving: tokens per sequence."),
     concurrency: int = typer.Option(1, "--concurrency", help="Serving: sequences."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -47,6 +51,7 @@ def verify_command(
     """Estimate vs trace, term by term, with the relative error."""
     from swiftplan.executors.model_source import resolve_model
 
+    _check_options(task=task, quant=quant, method=method)
     spec = resolve_model(model)
     result = _verify(spec, dict(locals()))
     if as_json:
@@ -55,20 +60,36 @@ def verify_command(
     _render(spec, result)
 
 
+VERIFY_QUANTS = ("none", "nf4", "int8")
+"""Bases verify can stand in for: the bitsandbytes ones, traced unquantized with the analytic term substituted."""
+
+
+def _check_options(*, task: str, quant: str, method: str) -> None:
+    """What verify can trace, refused before the model is resolved."""
+    from swiftplan.cli._checks import one_of
+    from swiftplan.errors import SwiftplanError
+    from swiftplan.planner.setup import METHODS, QUANTS
+
+    one_of("--task", task, ("train", "serve"))
+    one_of("--method", method, METHODS)
+    one_of("--quant", quant, QUANTS)
+    if quant not in VERIFY_QUANTS:
+        raise SwiftplanError(
+            f"verify cannot trace --quant {quant}: it supports {', '.join(VERIFY_QUANTS)} (bitsandbytes bases, "
+            "traced unquantized with the analytic quantized weights substituted).",
+            hint=f"`swiftplan estimate --quant {quant}` gives the analytic estimate.",
+        )
+
+
 def _verify(spec: Any, o: dict[str, Any]) -> Any:
     """Trace the set-up the options describe and compare it with the estimate, term by term."""
     from swiftplan.cli.options import build_serve_setup, build_train_setup
-    from swiftplan.errors import SwiftplanError
+    from swiftplan.extras import needs
     from swiftplan.planner.hardware import parse_cluster
 
     cluster = parse_cluster("h100")  # capabilities only; the trace is device-independent
-    try:
+    with needs("verify"):
         from swiftplan.executors import verify
-    except ImportError as error:
-        raise SwiftplanError(
-            f"`swiftplan verify` needs torch, transformers and peft ({error.name} is missing).",
-            hint="pip install 'swiftplan[trace]' (CPU torch is enough).",
-        ) from error
     if o["task"] == "serve":
         serve = build_serve_setup(
             precision=o["precision"], quant="none", context=o["context"], concurrency=o["concurrency"],

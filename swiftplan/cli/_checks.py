@@ -1,0 +1,193 @@
+"""Checks on command-line values at the CLI's edge, before anything is loaded or computed.
+
+Each check refuses one flag with one `SwiftplanError` that names the flag, the value given and what
+would be valid, so a bad value never turns into a traceback, a hang or a silently different plan.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import get_args
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.planner.setup import AttentionImpl
+
+ATTENTIONS: tuple[str, ...] = get_args(AttentionImpl)
+"""--attention values (the planner's `AttentionImpl`)."""
+
+
+def _show(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def at_least(flag: str, value: float | None, minimum: float, *, unit: str = "") -> None:
+    """`value >= minimum` (None: not given, nothing to check)."""
+    if value is not None and not value >= minimum:
+        raise SwiftplanError(f"{flag} must be at least {_show(minimum)}{unit}, got {_show(value)}.")
+
+
+def positive(flag: str, value: float | None, *, unit: str = "") -> None:
+    """`value > 0` (None: not given)."""
+    if value is not None and not value > 0:
+        raise SwiftplanError(f"{flag} must be greater than 0{unit}, got {_show(value)}.")
+
+
+def between(flag: str, value: float | None, low: float, high: float, *, unit: str = "") -> None:
+    """`low <= value <= high` (None: not given)."""
+    if value is not None and not low <= value <= high:
+        raise SwiftplanError(
+            f"{flag} must be between {_show(low)} and {_show(high)}{unit}, got {_show(value)}."
+        )
+
+
+def one_of(flag: str, value: str | None, valid: Iterable[str]) -> None:
+    """`value` is one of `valid` (None: not given)."""
+    options = tuple(valid)
+    if value is not None and value not in options:
+        raise SwiftplanError(f"Unknown {flag} {value!r}; valid values are: {', '.join(options)}.")
+
+
+def split_list(flag: str, text: str | None) -> tuple[str, ...] | None:
+    """'a, b' → ('a', 'b'); None when not given; an empty list is refused (it would allow nothing)."""
+    if text is None:
+        return None
+    items = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not items:
+        raise SwiftplanError(
+            f"{flag} got {text!r}, which names no value.", hint=f"Leave {flag} out to search the defaults."
+        )
+    return items
+
+
+def list_of(flag: str, text: str | None, valid: Iterable[str]) -> tuple[str, ...] | None:
+    """A comma list whose every item is one of `valid`."""
+    items = split_list(flag, text)
+    for item in items or ():
+        one_of(flag, item, valid)
+    return items
+
+
+def int_list(
+    flag: str, text: str | None, *, minimum: int, maximum: int | None = None, what: str = ""
+) -> tuple[int, ...] | None:
+    """A comma list of whole numbers within [minimum, maximum]; `what` replaces the range in the message."""
+    items = split_list(flag, text)
+    if items is None:
+        return None
+    valid = what or (f"{minimum}-{maximum}" if maximum is not None else f"at least {minimum}")
+    numbers = []
+    for item in items:
+        try:
+            number = int(item)
+        except ValueError:
+            raise SwiftplanError(
+                f"{flag} takes whole numbers separated by commas ({valid}), got {item!r}."
+            ) from None
+        if number < minimum or (maximum is not None and number > maximum):
+            raise SwiftplanError(f"{flag} {number} is out of range: {valid}.")
+        numbers.append(number)
+    return tuple(numbers)
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path.cwd()
+
+
+def _writable(directory: Path) -> bool:
+    """Whether a file can be created in `directory` (tried for real: as root, os.access says yes to
+    read-only file systems and sysfs)."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False
+
+
+def output_file(flag: str, path: str | os.PathLike[str] | None) -> None:
+    """A file we will write: not a directory, in an existing directory we may write to ('-' is stdout)."""
+    if path is None or str(path) == "-":
+        return
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise SwiftplanError(
+            f"{flag} {path} is a directory; give a file name.", hint=f"For example {target / 'out'}."
+        )
+    parent = target.parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise SwiftplanError(
+            f"Cannot write {flag} {path}: {parent} {what}.", hint="Create the directory first."
+        )
+    if not _writable(parent) or (target.exists() and not os.access(target, os.W_OK)):
+        raise SwiftplanError(
+            f"Cannot write {flag} {path}: permission denied.", hint="Choose a writable location."
+        )
+
+
+def output_dir(flag: str, path: str | os.PathLike[str] | None) -> None:
+    """A directory we will create or fill: not an existing file, under a directory we may write to."""
+    if path is None:
+        return
+    target = Path(path).expanduser()
+    if target.exists() and not target.is_dir():
+        raise SwiftplanError(
+            f"{flag} {path} is a file, not a directory.", hint="Give a directory (it is created if missing)."
+        )
+    existing = _nearest_existing(target)
+    if not existing.is_dir():
+        raise SwiftplanError(f"Cannot create {flag} {path}: {existing} is a file, not a directory.")
+    if not _writable(existing):
+        raise SwiftplanError(f"Cannot write {flag} {path}: permission denied on {existing}.",
+                             hint="Choose a writable location.")  # fmt: skip
+
+
+def port(flag: str, value: int | None) -> None:
+    """A TCP port number."""
+    between(flag, value, 1, 65535)
+
+
+def port_free(flag: str, host: str, number: int) -> None:
+    """Nothing listens on host:number yet (checked with a bind, before any model is loaded)."""
+    try:
+        infos = socket.getaddrinfo(host or None, number, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise SwiftplanError(f"Cannot bind --host {host!r}: {error.strerror}.",
+                             hint="Give an address of this machine: 127.0.0.1, 0.0.0.0 or ::1.") from None  # fmt: skip
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise SwiftplanError(f"{flag} {number} is already in use on {host}.",
+                                     hint="Stop what listens there, or pick another port.") from None  # fmt: skip
+            raise SwiftplanError(f"Cannot bind {host}:{number}: {error.strerror or error}.",
+                                 hint="Ports below 1024 need privileges; --host must be an address of this machine.") from None  # fmt: skip
+
+
+def storage_url(url: str | None) -> None:
+    """An Optuna storage URL that Optuna can open (the storage is created here when it is new)."""
+    if url is None:
+        return
+    examples = "Examples: sqlite:///study.db, postgresql://user:pass@host/db, mysql://user:pass@host/db."
+    if "://" not in url:
+        raise SwiftplanError(f"--storage {url!r} is not a database URL.", hint=examples)
+    import optuna
+
+    try:
+        optuna.storages.RDBStorage(url)
+    except ImportError as error:
+        raise SwiftplanError(f"--storage {url}: its database driver is not installed ({error.name or error}).",
+                             hint=examples) from None  # fmt: skip
+    except Exception as error:  # noqa: BLE001 - sqlalchemy and optuna raise many kinds; each is a bad URL
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SwiftplanError(f"Cannot open --storage {url}: {reason}", hint=examples) from None
