@@ -8,13 +8,19 @@ The result says which was used.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.executors.train.data import (
+    BYTES_PER_TOKEN_BOUND,
+    Record,
+    check_data_path,
+    iter_records,
+    max_record_bytes,
+)
 
 CHARS_PER_TOKEN = 4.0
 """Characters per token assumed without a tokenizer (OpenAI's rule of thumb for English text)."""
@@ -29,48 +35,44 @@ class TokenCount:
     method: str
     """'tokenizer <name>' or 'estimate: N characters / 4'."""
     records: int
-    """Records (JSONL lines, JSON list items, or 1 for plain text)."""
+    """Records (JSONL lines, JSON list items, CSV rows, or lines of plain text)."""
 
 
-def _strings(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
+_TEXT_SUFFIXES = (".txt", ".md", ".text")
+"""Plain-text files: every line is text (no record format)."""
 
 
-def _texts(path: Path) -> list[str]:
-    """One string per record: the concatenated string values of each JSON record, or the whole text file."""
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise SwiftplanError(f"Cannot read data file {path}: {error}.") from error
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        texts = []
-        for number, line in enumerate(raw.splitlines(), 1):
-            if line.strip():
-                try:
-                    texts.append("\n".join(_strings(json.loads(line))))
-                except json.JSONDecodeError as error:
-                    raise SwiftplanError(
-                        f"Data file {path}, line {number}, is not valid JSON ({error.msg})."
-                    ) from error
-        return texts
-    if suffix == ".json":
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise SwiftplanError(
-                f"Data file {path} is not valid JSON (line {error.lineno}: {error.msg})."
-            ) from error
-        records = data if isinstance(data, list) else [data]
-        return ["\n".join(_strings(record)) for record in records]
-    return [raw]
+def _record_text(record: Record) -> str:
+    return "\n".join([record.prompt, record.answer, *(content for _, content in record.messages)]).strip()
+
+
+def _texts(path: Path, max_positions: int | None) -> Iterator[str]:
+    """The text of each record: the training formats swiftplan train reads (JSONL, JSON, CSV, Parquet),
+    or each line of a plain-text file; no line or record longer than the model can read is loaded."""
+    if path.suffix.lower() not in _TEXT_SUFFIXES:
+        for _, record in iter_records(path, max_positions=max_positions):
+            yield _record_text(record)
+        return
+    limit = max_record_bytes(max_positions)
+    with path.open("rb") as handle:
+        number = 0
+        while line := handle.readline(limit + 1):
+            number += 1
+            if len(line) > limit and not line.endswith(b"\n"):
+                raise SwiftplanError(
+                    f"{path.name} line {number} is {len(line):,} bytes or more; lines are limited to {limit:,} "
+                    f"bytes ({limit // BYTES_PER_TOKEN_BOUND:,} positions × {BYTES_PER_TOKEN_BOUND} bytes per token).",
+                    hint="Split the text into shorter lines.",
+                )
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise SwiftplanError(
+                    f"{path.name} line {number} is not UTF-8 text ({error.reason} at byte {error.start}).",
+                    hint="Save the file as UTF-8.",
+                ) from error
+            if text.strip():
+                yield text
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -105,21 +107,41 @@ def _local_tokenizer(model: str) -> Any | None:
         return None
 
 
-def count_tokens(path: str | Path, model: str, *, use_tokenizer: bool = True) -> TokenCount:
-    """Tokens in `path` (.jsonl, .json, or text) for `model`."""
+def count_tokens(
+    path: str | Path, model: str, *, use_tokenizer: bool = True, max_positions: int | None = None
+) -> TokenCount:
+    """Tokens in `path` for `model`: a training data file (.jsonl, .json, .csv, .parquet) or plain text
+    (.txt, .md). `max_positions` (the model's context) bounds how long one record may be."""
     path = Path(path)
-    if not path.is_file():
-        raise SwiftplanError(
-            f"Data file {path} does not exist.", hint="Pass --dataset-tokens N (e.g. 50M) instead."
-        )
-    texts = _texts(path)
+    check_data_path(path, "Pass --dataset-tokens N (e.g. 50M) instead.")
     tokenizer = _local_tokenizer(model) if use_tokenizer else None
+    records = chars = tokens = 0
+    batch: list[str] = []
+
+    def flush() -> int:
+        counted = (
+            sum(len(ids) for ids in tokenizer(batch, add_special_tokens=True)["input_ids"]) if batch else 0
+        )
+        batch.clear()
+        return counted
+
+    for text in _texts(path, max_positions):
+        records += 1
+        chars += len(text)
+        if tokenizer is not None:
+            batch.append(text)
+            if len(batch) >= 1000:
+                tokens += flush()
+    if records == 0 or chars == 0:
+        raise SwiftplanError(
+            f"Data file {path} holds no text ({records:,} records, 0 characters).",
+            hint="Point --data at a JSONL/JSON/CSV/Parquet file with text, alpaca, chat or ShareGPT records.",
+        )
     if tokenizer is not None:
-        tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=True)["input_ids"])
-        return TokenCount(tokens=tokens, method=f"tokenizer of {model}", records=len(texts))
-    chars = sum(len(text) for text in texts)
+        tokens += flush()
+        return TokenCount(tokens=tokens, method=f"tokenizer of {model}", records=records)
     return TokenCount(
         tokens=max(1, round(chars / CHARS_PER_TOKEN)),
         method=f"estimate: {chars:,} characters / {CHARS_PER_TOKEN:g} (no local tokenizer)",
-        records=len(texts),
+        records=records,
     )

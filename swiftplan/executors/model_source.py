@@ -142,3 +142,11 @@ def resolve_model(name: str) -> ModelSpec:
     raise SwiftplanError(
         f"Unknown model {name!r}: not in the catalog and not a local path.{did_you_mean}", hint=_LOCAL_HINT
     )
+
+
+def known_spec(model: str) -> ModelSpec | None:
+    """The spec of a local config or a catalog model, without touching the network; None for a hub id
+    that is not in the catalog."""
+    if Path(model).expanduser().exists() or find_catalog_id(model) is not None:
+        return resolve_model(model)
+    return None

@@ -209,6 +209,11 @@ class Cluster:
             raise SwiftplanError(
                 f"A cluster needs at least one GPU per node and one node, got {self.nodes} × {self.gpus_per_node}."
             )
+        if self.gpus_per_node > MAX_GPUS_PER_NODE:
+            raise SwiftplanError(
+                f"A node holds at most {MAX_GPUS_PER_NODE} GPUs (8 on HGX/DGX boards, 16 on DGX-2, 20 in the "
+                f"densest PCIe chassis), got {self.gpus_per_node:,} per node; more GPUs are several nodes."
+            )
         if self.inter_node_bytes_per_s <= 0:
             raise SwiftplanError(f"inter-node bandwidth must be positive, got {self.inter_node_bytes_per_s}.")
         if self.usable_memory_bytes is not None and self.usable_memory_bytes <= 0:

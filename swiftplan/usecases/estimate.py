@@ -8,10 +8,11 @@ model's config or swiftplan's formulas changed since the plan was written.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner import model_limits
 from swiftplan.planner.engines import (
     Engine,
     default_engine,
@@ -71,6 +72,7 @@ def estimate_setup(
 ) -> EstimateOutcome:
     """Estimate one set-up of `model` on `cluster` and check it against `engine` (default: the task's)."""
     spec = inputs.resolve_model(model)
+    warnings = model_limits.check_setup(spec, setup)
     task: Task = "serve" if isinstance(setup, ServeSetup) else "train"
     chosen = get_engine(engine, task) if engine else default_engine(task, cluster.accelerator.backend)
     if isinstance(setup, ServeSetup):
@@ -79,6 +81,7 @@ def estimate_setup(
     else:
         estimate = estimate_training(spec, setup, cluster)
         gpus = cluster.world_size
+    estimate = replace(estimate, notes=estimate.notes + warnings)
     reasons, others = _engine_check(setup, cluster, chosen, gpus)
     return EstimateOutcome(estimate=estimate, engine=chosen, engine_reasons=reasons, other_engines=others)
 
@@ -89,10 +92,12 @@ def estimate_plan_file(path: str | Path) -> EstimateOutcome:
 
     plan = load_plan(path)
     spec = inputs.resolve_model(plan.model)
+    warnings = model_limits.check_setup(spec, plan.setup, f"Plan file {path}")
     if isinstance(plan.setup, ServeSetup):
         estimate = estimate_serving(spec, plan.setup, plan.hardware)
     else:
         estimate = estimate_training(spec, plan.setup, plan.hardware)
+    estimate = replace(estimate, notes=estimate.notes + warnings)
     prediction = predict(estimate, workload=plan.workload, layout=plan.layout, hardware=plan.hardware)
     changed = tuple(
         f.name for f in fields(Prediction) if getattr(prediction, f.name) != getattr(plan.prediction, f.name)
@@ -115,6 +120,7 @@ def plan_for_setup(
     from swiftplan import __version__
 
     spec = inputs.resolve_model(model)
+    model_limits.check_setup(spec, setup)
     gpus = gpus or cluster.world_size
     task: Task = "serve" if isinstance(setup, ServeSetup) else "train"
     chosen = get_engine(engine, task) if engine else default_engine(task, cluster.accelerator.backend)

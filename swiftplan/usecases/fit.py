@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from swiftplan import __version__
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner import model_limits
 from swiftplan.planner.engines import (
     Engine,
     default_engine,
@@ -245,7 +246,9 @@ def _workload(
             )
         return ServeWorkload(context=request.context, concurrency=request.concurrency, ttft_s=request.ttft_s,
                              decode_tps=request.decode_tps, gpu_memory_utilization=request.gpu_memory_utilization)  # fmt: skip
-    tokens, source = inputs.dataset_tokens(request.dataset_tokens, request.data, model)
+    tokens, source = inputs.dataset_tokens(
+        request.dataset_tokens, request.data, model, max_positions=spec.max_position_embeddings
+    )
     notes.append(
         f"workload: {tokens:,} tokens × {request.epochs:g} epoch(s) ({source}), global batch {request.global_batch} × "
         f"{request.seq_len} tokens; host RAM for offload {format_gib(host[0], 0)} per node ({host[1]})."
@@ -263,6 +266,21 @@ def _check_targets(spec: ModelSpec, pins: Pins) -> None:
             validate_targets(spec, LoraSetup(targets=tuple(key.split(","))))
 
 
+def _check_against_model(request: FitRequest, spec: ModelSpec) -> FitRequest:
+    """--rank within the model's matrices; --rank auto keeps the ranks its smallest targeted matrix allows."""
+    from swiftplan.planner.search.space import RANKS
+
+    ranks = request.pins.ranks
+    if ranks is None:
+        return request
+    if tuple(ranks) == RANKS:
+        limit, _ = model_limits.rank_limit(spec, request.pins.targets)
+        allowed = tuple(r for r in ranks if r <= limit) or (min(ranks),)
+        return replace(request, pins=replace(request.pins, ranks=allowed))
+    model_limits.check_rank(spec, max(ranks), request.pins.targets, "--rank")
+    return request
+
+
 def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitProblem:
     """Resolve and check the request and build the evaluator (no search yet). `cluster` skips resolving --gpus."""
     _check_request(request)
@@ -275,10 +293,14 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     host = inputs.host_ram(request.host_ram_bytes, request.gpus)
     if request.task == "train":
         _check_targets(spec, request.pins)
+        request = _check_against_model(request, spec)
         from swiftplan.planner.capabilities import check
 
         if reasons := check(searched.accelerator, attention=request.attention):
             raise SwiftplanError(" ".join(reasons), hint="Use --attention sdpa.")
+    length, flag = (request.seq_len, "--seq") if request.task == "train" else (request.context, "--context")
+    if problem := model_limits.length_problem(spec, length, flag):
+        notes.append(f"warning: {problem}")
     workload = _workload(request, spec, model, notes, host)
     evaluator = _evaluator(spec, searched, workload, request.pins, engine, request, host[0])
     if searched.accelerator.price_usd_per_hour is None:

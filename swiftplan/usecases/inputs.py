@@ -59,8 +59,11 @@ def host_ram(host_ram_bytes: int | None, gpus: str) -> tuple[int, str]:
     return DEFAULT_HOST_RAM_BYTES, "default for catalog clusters"
 
 
-def dataset_tokens(tokens: int | None, data: str | None, model: str) -> tuple[int, str]:
-    """(tokens in one epoch, where the figure came from): given, counted from a data file, or assumed."""
+def dataset_tokens(
+    tokens: int | None, data: str | None, model: str, max_positions: int | None = None
+) -> tuple[int, str]:
+    """(tokens in one epoch, where the figure came from): given, counted from a data file (no record
+    longer than the model's `max_positions` can hold is read), or assumed."""
     if tokens is not None and data is not None:
         raise SwiftplanError("Pass either --dataset-tokens or --data, not both.")
     if tokens is not None:
@@ -70,11 +73,6 @@ def dataset_tokens(tokens: int | None, data: str | None, model: str) -> tuple[in
     if data is not None:
         from swiftplan.executors.dataset_tokens import count_tokens
 
-        counted = count_tokens(data, model)
-        if counted.records == 0 or counted.tokens < 1:
-            raise SwiftplanError(
-                f"{data} holds no training text ({counted.records:,} records, {counted.tokens:,} tokens).",
-                hint="Point --data at a JSONL/JSON/CSV/Parquet file with text, alpaca, chat or ShareGPT records.",
-            )
+        counted = count_tokens(data, model, max_positions=max_positions)
         return counted.tokens, f"{data}: {counted.records:,} records, {counted.method}"
     return DEFAULT_DATASET_TOKENS, "assumed; pass --dataset-tokens or --data"

@@ -25,6 +25,29 @@ from swiftplan.errors import SwiftplanError
 DataFormat = Literal["alpaca", "chat", "sharegpt", "text"]
 
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+BYTES_PER_TOKEN_BOUND = 32
+"""Generous bytes of a data file per token: BPE tokens of English text average ~4 characters, UTF-8
+takes up to 4 bytes a character and a JSON escape of one up to 12 (a \\uXXXX surrogate pair)."""
+LONGEST_CATALOG_CONTEXT = 163_840
+"""The longest max_position_embeddings in profiles/models.json (DeepSeek-V2/V3), for when no model is known."""
+DEFAULT_MAX_RECORD_BYTES = LONGEST_CATALOG_CONTEXT * BYTES_PER_TOKEN_BOUND
+"""Longest record (JSONL line, CSV row) read when the model's context is not known: 5 MiB."""
+
+
+def max_record_bytes(max_positions: int | None) -> int:
+    """The longest record worth reading for a model that reads `max_positions` tokens: a record longer
+    than BYTES_PER_TOKEN_BOUND bytes per position is more text than the model can ever see at once."""
+    return DEFAULT_MAX_RECORD_BYTES if max_positions is None else max_positions * BYTES_PER_TOKEN_BOUND
+
+
+def _too_long(where: str, size: int, limit: int) -> SwiftplanError:
+    return SwiftplanError(
+        f"{where} is {size:,} bytes or more; records are limited to {limit:,} bytes "
+        f"({limit // BYTES_PER_TOKEN_BOUND:,} positions × {BYTES_PER_TOKEN_BOUND} bytes per token).",
+        hint="Split long documents into several records (or check the file: a missing newline joins records).",
+    )
+
+
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {
     "system": "system",
@@ -86,28 +109,61 @@ def alpaca_prompt(instruction: str, input_text: str) -> str:
     return ALPACA_PROMPT.format(context="", instruction=instruction, input_block="")
 
 
-def _rows(path: Path) -> Iterator[tuple[str, Any]]:
-    """(location, raw record) pairs in file order."""
-    suffix = path.suffix.lower()
-    name = path.name
-    if suffix in (".jsonl", ".json"):
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as error:
-            raise SwiftplanError(
-                f"{path} is not UTF-8 text ({error.reason} at byte {error.start})."
-            ) from error
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
+def _json_lines(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
+    """JSONL records, read one bounded line at a time."""
+    with path.open("rb") as handle:
+        number = 0
+        while line := handle.readline(limit + 1):
+            number += 1
+            where = f"{path.name} line {number}"
+            if len(line) > limit and not line.endswith(b"\n"):
+                raise _too_long(where, len(line), limit)
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise SwiftplanError(
+                    f"{where} is not UTF-8 text ({error.reason} at byte {error.start}).",
+                    hint="Save the file as UTF-8.",
+                ) from error
+            if not text.strip():
                 continue
             try:
-                yield f"{name} line {number}", json.loads(line)
+                yield where, json.loads(text)
             except json.JSONDecodeError as error:
                 raise SwiftplanError(
-                    f"{name} line {number}: not valid JSON ({error.msg} at column {error.colno}).",
+                    f"{where}: not valid JSON ({error.msg} at column {error.colno}).",
                     hint="JSONL files hold one JSON object per line.",
                 ) from error
-    elif suffix == ".csv":
+
+
+def _json_array(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
+    """The records of a .json file holding one array (each record bounded like a line)."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise SwiftplanError(
+            f"{path.name} is not UTF-8 text ({error.reason} at byte {error.start})."
+        ) from error
+    except json.JSONDecodeError as error:
+        raise SwiftplanError(
+            f"{path.name} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})."
+        ) from error
+    for number, row in enumerate(data if isinstance(data, list) else [data], start=1):
+        where = f"{path.name} record {number}"
+        if len(json.dumps(row)) > limit:
+            raise _too_long(where, limit + 1, limit)
+        yield where, row
+
+
+def _starts_with_array(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(4096).lstrip().startswith(b"[")
+
+
+def _csv_rows(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
+    name = path.name
+    previous = csv.field_size_limit(limit)
+    try:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             try:
@@ -118,7 +174,28 @@ def _rows(path: Path) -> Iterator[tuple[str, Any]]:
                         )
                     yield f"{name} line {reader.line_num}", {k: _csv_value(v) for k, v in row.items()}
             except csv.Error as error:
+                if "field larger than field limit" in str(error):
+                    raise _too_long(f"{name} line {reader.line_num}", limit + 1, limit) from error
                 raise SwiftplanError(f"{name} line {reader.line_num}: {error}.") from error
+            except UnicodeDecodeError as error:
+                raise SwiftplanError(
+                    f"{name} near line {reader.line_num + 1} is not UTF-8 text ({error.reason}).",
+                    hint="Save the file as UTF-8.",
+                ) from error
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _rows(path: Path, limit: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[tuple[str, Any]]:
+    """(location, raw record) pairs in file order; no record longer than `limit` bytes is read whole."""
+    suffix = path.suffix.lower()
+    name = path.name
+    if suffix == ".json" and _starts_with_array(path):
+        yield from _json_array(path, limit)
+    elif suffix in (".jsonl", ".json"):
+        yield from _json_lines(path, limit)
+    elif suffix == ".csv":
+        yield from _csv_rows(path, limit)
     elif suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
@@ -240,16 +317,19 @@ def parse_record(where: str, row: Any, data_format: DataFormat) -> Record:
     return Record(where=where, answer=_text(where, row, "text"))
 
 
-def read_dataset(path: str | Path) -> Dataset:
-    """Read and validate every record of a data file; the first problem stops it."""
-    path = Path(path)
+def check_data_path(path: Path, hint: str) -> None:
+    """A data path must be a readable file: not missing, not a directory."""
+    if path.is_dir():
+        raise SwiftplanError(f"Data file {path} is a directory; pass one data file.", hint=hint)
     if not path.is_file():
-        raise SwiftplanError(
-            f"Data file {path} does not exist.", hint=f"Pass --data with a {'/'.join(SUFFIXES)} file."
-        )
-    records: list[Record] = []
+        raise SwiftplanError(f"Data file {path} does not exist.", hint=hint)
+
+
+def iter_records(path: Path, *, max_positions: int | None = None) -> Iterator[tuple[DataFormat, Record]]:
+    """Validated records in file order with the format detected from the first; the first problem
+    stops it. A record longer than `max_record_bytes(max_positions)` is refused before it is read whole."""
     data_format: DataFormat | None = None
-    for where, row in _rows(path):
+    for where, row in _rows(path, max_record_bytes(max_positions)):
         if data_format is None:
             if not isinstance(row, dict):
                 raise SwiftplanError(f"{where}: expected a JSON object, got {_kind(row)}.", hint=_FORMAT_HINT)
@@ -257,7 +337,14 @@ def read_dataset(path: str | Path) -> Dataset:
             if data_format is None:
                 keys = ", ".join(sorted(map(str, row))) or "none"
                 raise SwiftplanError(f"{where}: unknown record format (keys: {keys}).", hint=_FORMAT_HINT)
-        records.append(parse_record(where, row, data_format))
-    if not records or data_format is None:
-        raise SwiftplanError(f"Data file {path} has no records.")
-    return Dataset(path=path, format=data_format, records=tuple(records))
+        yield data_format, parse_record(where, row, data_format)
+
+
+def read_dataset(path: str | Path, *, max_positions: int | None = None) -> Dataset:
+    """Read and validate every record of a data file; the first problem stops it."""
+    path = Path(path)
+    check_data_path(path, f"Pass --data with a {'/'.join(SUFFIXES)} file.")
+    pairs = list(iter_records(path, max_positions=max_positions))
+    if not pairs:
+        raise SwiftplanError(f"Data file {path} has no records.", hint=_FORMAT_HINT)
+    return Dataset(path=path, format=pairs[0][0], records=tuple(record for _, record in pairs))

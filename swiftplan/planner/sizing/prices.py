@@ -10,6 +10,7 @@ parsed contents (the CLI reads the file).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -118,27 +119,36 @@ def _number(origin: str, key: str, name: str, value: Any) -> float | None:
     return float(value)
 
 
-def _date(origin: str, key: str, value: Any) -> str:
+def _date(origin: str, key: str, value: Any, today: dt.date) -> str:
     if value is None:
         return "undated"
-    if isinstance(value, dt.date):  # YAML reads an unquoted 2026-11-01 as a date
-        return value.isoformat()[:10]
-    if isinstance(value, str):
-        try:
-            return dt.date.fromisoformat(value.strip()).isoformat()
-        except ValueError:
-            pass
+    day: dt.date | None = None
+    if isinstance(value, dt.date):  # YAML reads an unquoted 2026-11-01 as a date (or a datetime)
+        day = value.date() if isinstance(value, dt.datetime) else value
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            day = dt.date.fromisoformat(value.strip())
+    if day is not None:
+        if day > today:
+            raise SwiftplanError(
+                f"{origin}: {key}.as_of is {day.isoformat()}, in the future (today is {today.isoformat()}).",
+                hint="as_of is the day the price was quoted; give that date.",
+            )
+        return day.isoformat()
     raise SwiftplanError(
         f"{origin}: {key}.as_of must be a date like 2026-11-01, got {value!r}.",
         hint="Prices go stale; the date says how old yours is.",
     )
 
 
-def parse_price_overrides(data: Any, origin: str) -> tuple[PriceOverride, ...]:
+def parse_price_overrides(data: Any, origin: str, today: dt.date | None = None) -> tuple[PriceOverride, ...]:
     """Validate a parsed price file: a mapping of accelerator id → {usd_per_gpu_hour, purchase_usd,
-    source, as_of}. Unknown accelerators and keys, non-positive prices and bad dates raise
-    SwiftplanError naming `origin` and the entry."""
+    source, as_of}. Unknown accelerators and keys, non-positive prices and bad or future dates (after
+    `today`, default the local date) raise SwiftplanError naming `origin` and the entry."""
     example = "h100-sxm: {usd_per_gpu_hour: 2.1, purchase_usd: 30000, source: 'my quote', as_of: 2026-11-01}"
+    today = today or dt.date.today()
+    if data is None:
+        raise SwiftplanError(f"{origin}: the price file is empty.", hint=f"Example line: {example}")
     if not isinstance(data, Mapping) or not data:
         raise SwiftplanError(
             f"{origin}: a price file maps accelerator ids to prices, got {type(data).__name__}.",
@@ -173,7 +183,7 @@ def parse_price_overrides(data: Any, origin: str) -> tuple[PriceOverride, ...]:
             accelerator_id=accelerator.id,
             values=values,
             source=source.strip() if source else origin,
-            as_of=_date(origin, str(key), entry.get("as_of")),
+            as_of=_date(origin, str(key), entry.get("as_of"), today),
         )
     return tuple(out.values())
 

@@ -1,0 +1,83 @@
+"""Set-up values that must fit the model: a sequence no longer than its positions, a LoRA rank no larger
+than the matrices it adapts. Pure; the use cases and the train executor call it before estimating."""
+
+from __future__ import annotations
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.planner.adapters import targeted_linears
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.search.pins import attention_targets
+from swiftplan.planner.setup import ALL_LINEAR, LoraSetup, ServeSetup, TrainSetup
+
+
+def length_problem(spec: ModelSpec, tokens: int, what: str) -> str | None:
+    """Why a sequence (--seq, --context, a plan's seq_len) is longer than the model reads (its
+    max_position_embeddings, stretched by rope_scaling), or None when it is not."""
+    limit = spec.max_position_embeddings
+    if tokens <= limit:
+        return None
+    return (
+        f"{what} {tokens:,} is longer than the {limit:,} positions {spec.name} reads "
+        f"(max_position_embeddings in its config): use {limit:,} tokens or fewer, or a config whose "
+        "rope_scaling extends the context."
+    )
+
+
+def check_length(spec: ModelSpec, tokens: int, what: str) -> None:
+    """Refuse a sequence longer than the model reads (see `length_problem`)."""
+    if problem := length_problem(spec, tokens, what):
+        raise SwiftplanError(problem)
+
+
+def _target_sets(spec: ModelSpec, targets: tuple[str, ...] | None) -> list[LoraSetup]:
+    """The adapter target lists a request may use: each --target key (all-linear, attention, or a
+    comma-separated module list); all-linear when none is given."""
+    out = []
+    for key in targets or (ALL_LINEAR,):
+        names = attention_targets(spec) if key == "attention" else tuple(key.split(","))
+        out.append(LoraSetup(targets=names))
+    return out
+
+
+def rank_limit(spec: ModelSpec, targets: tuple[str, ...] | None) -> tuple[int, str]:
+    """(largest useful LoRA rank, the matrix that sets it): the smallest dimension of any matrix the
+    targets adapt; a rank above min(in, out) adds nothing a full update of that matrix would not."""
+
+    best = (0, "")
+    for lora in _target_sets(spec, targets):
+        for lin in (lin for i in {0, spec.num_layers - 1} for lin in targeted_linears(spec, lora, i)):
+            limit = min(lin.in_features, lin.out_features)
+            if not best[1] or limit < best[0]:
+                best = (limit, f"{lin.name} ({lin.in_features} × {lin.out_features})")
+    return best
+
+
+def check_rank(spec: ModelSpec, rank: int, targets: tuple[str, ...] | None, what: str = "LoRA rank") -> None:
+    """Refuse a LoRA rank above `rank_limit`."""
+    limit, matrix = rank_limit(spec, targets)
+    if matrix and rank > limit:
+        raise SwiftplanError(
+            f"{what} {rank:,} is larger than {spec.name}'s {matrix}, the smallest matrix it adapts; "
+            f"the rank can be at most {limit:,}.",
+            hint=f"Use a rank of {limit:,} or less (typical values are 8–128), or target other modules.",
+        )
+
+
+def check_setup(
+    spec: ModelSpec, setup: TrainSetup | ServeSetup, where: str = "", *, refuse_length: bool = False
+) -> tuple[str, ...]:
+    """A set-up against the model: a LoRA rank too large for its matrices is refused; a sequence longer
+    than its positions is returned as a warning (planning past them is the user's call: they may stretch
+    RoPE at run time), or refused with `refuse_length` (before a run). `where` prefixes messages."""
+    prefix = f"{where}: " if where else ""
+    length = setup.context if isinstance(setup, ServeSetup) else setup.seq_len
+    problem = length_problem(spec, length, "Context" if isinstance(setup, ServeSetup) else "Sequence length")
+    if problem and refuse_length:
+        raise SwiftplanError(prefix + problem)
+    if isinstance(setup, TrainSetup) and setup.trains_adapters and setup.lora is not None:
+        targets = None if setup.lora.all_linear else (",".join(setup.lora.targets),)
+        try:
+            check_rank(spec, setup.lora.rank, targets)
+        except SwiftplanError as error:
+            raise SwiftplanError(prefix + error.message, hint=error.hint) from error
+    return () if problem is None else (f"warning: {prefix}{problem}",)
