@@ -105,13 +105,14 @@ def load_train_plan(path: Path) -> Plan:
     from swiftplan.plan_file import load_plan
 
     plan = load_plan(path)
-    from swiftplan.usecases.inputs import check_setup, known_model
-
-    if (spec := known_model(plan.model)) is not None:
-        check_setup(spec, plan.setup, f"Plan file {path}")
     if not isinstance(plan.setup, TrainSetup):
         raise SwiftplanError(f"Plan file {path} is a serving plan (task: serve); `swiftplan train` needs a training plan.",
                              hint="Make one with `swiftplan fit MODEL --task train ... -o plan.yaml`.")  # fmt: skip
+    from swiftplan.executors.model_source import known_spec
+    from swiftplan.planner.model_limits import check_setup
+
+    if (spec := known_spec(plan.model)) is not None:
+        check_setup(spec, plan.setup, f"Plan file {path}", refuse_length=True)
     engine = get_engine(plan.engine, "train")
     if engine.name != "swiftplan":
         raise SwiftplanError(f"Plan file {path} is planned for {engine.label}, which `swiftplan train` does not launch yet.",
