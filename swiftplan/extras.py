@@ -8,6 +8,7 @@ defence for imports that were not wrapped.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,6 +36,16 @@ COMMAND_EXTRAS: dict[str, str] = {
     "plot": "plot",
 }
 """What a command (or a feature: `fit --measure`, `size --plot`, `serve --engine vllm`) needs."""
+
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "train": ("torch", "transformers", "peft"),
+    "export": ("torch", "transformers", "peft", "safetensors"),
+    "verify": ("torch", "transformers", "peft"),
+    "serve": ("torch", "transformers", "fastapi", "uvicorn"),
+    "dash": ("textual",),
+}
+"""What a command imports before it does any work: checked up front by `require`, so a missing extra
+is refused before a run directory is created or a model is loaded."""
 
 OUTSIDE_EXTRAS: dict[str, str] = {
     "deepspeed": "deepspeed",
@@ -111,3 +122,22 @@ def needs(command: str) -> Iterator[None]:
         if known is None:
             raise
         raise known from error
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require(command: str) -> None:
+    """Refuse `command` with one SwiftplanError when a module it needs is not installed."""
+    missing = [m for m in REQUIRED[command] if not _installed(m)]
+    if missing:
+        names = ", ".join(repr(m) for m in missing)
+        raise SwiftplanError(
+            f"`swiftplan {command}` needs the Python module{'s' if len(missing) > 1 else ''} {names}, "
+            f"which {'are' if len(missing) > 1 else 'is'} not installed.",
+            hint=install_command(missing[0], command),
+        )

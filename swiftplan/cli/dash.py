@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.extras import needs
+from swiftplan.extras import needs, require
 
 EPILOG = """
 Examples:
@@ -37,6 +37,7 @@ def dash_command(
 ) -> None:
     """Plan interactively: hardware, job, live search, plan, and a run against its plan."""
     _check_options(gpus=gpus, run=run, plan_path=plan_path)
+    require("dash")
     with needs("dash"):
         from swiftplan.tui.app import make_app
     from swiftplan.executors.probe import probe

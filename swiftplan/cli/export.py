@@ -28,13 +28,14 @@ def export_command(
     """Write the run's weights with config.json and the tokenizer."""
     from swiftplan.cli._checks import output_dir
     from swiftplan.errors import SwiftplanError
-    from swiftplan.extras import needs
+    from swiftplan.extras import needs, require
 
     if not run.is_dir():
         raise SwiftplanError(
             f"RUN {run} is not a directory.", hint="Give the --output-dir of a `swiftplan train` run."
         )
     output_dir("--output", output)
+    require("export")
     with needs("export"):
         from swiftplan.executors.train.export import export_run
 

@@ -225,8 +225,9 @@ def _serve_builtin(options: BuiltinOptions, *, dry_run: bool, as_json: bool) -> 
             for key, value in summary.items():
                 console.print(f"{key}: {value}", highlight=False)
         return
-    from swiftplan.extras import needs
+    from swiftplan.extras import needs, require
 
+    require("serve")  # before the model is loaded
     with needs("serve"):
         from swiftplan.executors.serve.builtin import run_builtin
 

@@ -218,6 +218,10 @@ def train_command(
 ) -> None:
     """Train as the plan says; report predicted vs measured memory and speed."""
     _check_options(dict(locals()))
+    if not dry_run:  # a dry run only renders the launch
+        from swiftplan.extras import require
+
+        require("train")
     prepare = _prepare_module()
     given = dict(max_steps=max_steps, epochs=epochs, save_steps=save_steps, save_total_limit=save_total_limit, lr=lr, lr_scheduler=lr_scheduler,
                  warmup_steps=warmup_steps, weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed,
@@ -238,7 +242,7 @@ def _check_options(o: dict[str, Any]) -> None:
     from swiftplan.errors import SwiftplanError
 
     for flag, name in (("--max-steps", "max_steps"), ("--epochs", "epochs"), ("--nproc-per-node", "nproc_per_node"),
-                       ("--nnodes", "nnodes")):  # fmt: skip
+                       ("--nnodes", "nnodes"), ("--save-total-limit", "save_total_limit")):  # fmt: skip
         _checks.at_least(flag, o[name], 1)
     for flag, name in (("--save-steps", "save_steps"), ("--warmup-steps", "warmup_steps"),
                        ("--weight-decay", "weight_decay"), ("--max-grad-norm", "max_grad_norm"),

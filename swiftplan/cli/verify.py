@@ -52,6 +52,9 @@ def verify_command(
     from swiftplan.executors.model_source import resolve_model
 
     _check_options(task=task, quant=quant, method=method)
+    from swiftplan.extras import require
+
+    require("verify")
     spec = resolve_model(model)
     result = _verify(spec, dict(locals()))
     if as_json:
