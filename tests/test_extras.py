@@ -9,12 +9,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
-
+import tomllib
 from bad_input_support import CASE_TIME_LIMIT_S, CliResult, assert_refused, run_cli
+
 from swiftplan.errors import SwiftplanError
 from swiftplan.extras import EXTRAS, install_command, missing_module_error, needs, require
 
