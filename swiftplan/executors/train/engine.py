@@ -53,7 +53,9 @@ def torch_save(obj: Any, path: Path) -> None:
     of the C++ writer's 'unexpected pos' RuntimeError."""
     import torch
 
-    with open(path, "wb") as handle:
+    from swiftplan.executors.train.run_dir import named
+
+    with named(path), open(path, "wb") as handle:
         torch.save(obj, handle)
 
 

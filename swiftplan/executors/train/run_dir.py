@@ -229,18 +229,30 @@ def fsync_tree(directory: Path) -> None:
     _fsync_path(directory)
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+@contextlib.contextmanager
+def named(path: Path) -> Iterator[None]:
+    """Give an OSError raised by a write or fsync (which carry no file name) the file's name."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        yield
+    except OSError as error:
+        if error.filename is not None or not error.errno:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+def _fsync_path(path: Path) -> None:
+    with named(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to a temporary file next to `path`, fsync it, rename it over `path`, fsync the directory."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    with named(tmp), tmp.open("w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
@@ -271,7 +283,7 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line."""
-    with path.open("a", encoding="utf-8") as handle:
+    with named(path), path.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
 
 
