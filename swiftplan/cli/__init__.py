@@ -44,6 +44,9 @@ _COMMAND_MODULES = [
 
 
 def _register_commands() -> None:
+    """Add every verb once (main() may run many times in one process, as the tests do)."""
+    if app.registered_commands:
+        return
     for name in _COMMAND_MODULES:
         importlib.import_module(f"swiftplan.cli.{name}").register(app)
 

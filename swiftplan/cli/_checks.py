@@ -7,6 +7,7 @@ would be valid, so a bad value never turns into a traceback, a hang or a silentl
 from __future__ import annotations
 
 import errno
+import math
 import os
 import socket
 import tempfile
@@ -25,20 +26,29 @@ def _show(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def finite(flag: str, value: float | None) -> None:
+    """Not inf or nan (None: not given)."""
+    if value is not None and not math.isfinite(value):
+        raise SwiftplanError(f"{flag} must be a finite number, got {value}.")
+
+
 def at_least(flag: str, value: float | None, minimum: float, *, unit: str = "") -> None:
-    """`value >= minimum` (None: not given, nothing to check)."""
+    """`value >= minimum` and finite (None: not given, nothing to check)."""
+    finite(flag, value)
     if value is not None and not value >= minimum:
         raise SwiftplanError(f"{flag} must be at least {_show(minimum)}{unit}, got {_show(value)}.")
 
 
 def positive(flag: str, value: float | None, *, unit: str = "") -> None:
-    """`value > 0` (None: not given)."""
+    """`value > 0` and finite (None: not given)."""
+    finite(flag, value)
     if value is not None and not value > 0:
         raise SwiftplanError(f"{flag} must be greater than 0{unit}, got {_show(value)}.")
 
 
 def between(flag: str, value: float | None, low: float, high: float, *, unit: str = "") -> None:
     """`low <= value <= high` (None: not given)."""
+    finite(flag, value)
     if value is not None and not low <= value <= high:
         raise SwiftplanError(
             f"{flag} must be between {_show(low)} and {_show(high)}{unit}, got {_show(value)}."

@@ -352,6 +352,15 @@ def _check_options(options: dict[str, Any]) -> None:
     from swiftplan.cli import _checks
 
     _checks.one_of("--attention", options["attention"], _checks.ATTENTIONS)
+    for flag in (
+        "--epochs",
+        "--ttft",
+        "--decode-tps",
+        "--host-ram",
+        "--headroom",
+        "--gpu-memory-utilization",
+    ):
+        _checks.finite(flag, options[flag[2:].replace("-", "_")])
     _checks.between("--seed", options["seed"], 0, 2**32 - 1)
     _checks.output_file("-o/--output", options["output"])
 

@@ -70,20 +70,27 @@ def build_train_setup(
     kbit_upcast: bool = False,
 ) -> TrainSetup:
     """A validated `TrainSetup`, refused early when the accelerator cannot run it."""
+    from swiftplan.cli import _checks
+
+    _checks.at_least("--rank", rank, 1)
+    _checks.at_least("--grad-accum", grad_accum, 1)
+    _checks.finite("--lora-dropout", lora_dropout)
+    if not 0 <= lora_dropout < 1:
+        raise SwiftplanError(f"--lora-dropout must be at least 0 and below 1, got {lora_dropout:g}.")
     lora = (
         LoraSetup(rank=rank, targets=parse_targets(targets), dropout=lora_dropout)
         if method in ("lora", "qlora")
         else None
     )
     parallel = Parallelism(
-        tp=tp, pp=pp, zero=zero_stage(zero), offload=parse_choice("offload", offload, OFFLOADS)
+        tp=tp, pp=pp, zero=zero_stage(zero), offload=parse_choice("--offload", offload, OFFLOADS)
     )
     setup = TrainSetup(
-        method=parse_choice("method", method, METHODS),
-        precision=parse_choice("precision", precision, PRECISIONS),
-        quant=parse_choice("quantization", quant, QUANTS),
+        method=parse_choice("--method", method, METHODS),
+        precision=parse_choice("--precision", precision, PRECISIONS),
+        quant=parse_choice("--quant", quant, QUANTS),
         lora=lora,
-        optimizer=parse_choice("optimizer", optimizer, OPTIMIZERS),
+        optimizer=parse_choice("--optimizer", optimizer, OPTIMIZERS),
         micro_batch=batch,
         seq_len=seq,
         grad_accum=grad_accum,
@@ -117,13 +124,15 @@ def build_serve_setup(
     """A validated `ServeSetup` (serving uses the pure dtype of --precision)."""
     dtype = {"amp-bf16": "bf16", "amp-fp16": "fp16"}.get(precision, precision)
     if dtype not in SERVE_DTYPES:
-        raise SwiftplanError(f"Unknown precision {precision!r}; valid values are: bf16, fp16, fp32.")
+        raise SwiftplanError(
+            f"Unknown --precision {precision!r} for serving; valid values are: bf16, fp16, fp32."
+        )
     setup = ServeSetup(
         dtype=dtype,
-        quant=parse_choice("quantization", quant, QUANTS),
+        quant=parse_choice("--quant", quant, QUANTS),
         context=context,
         concurrency=concurrency,
-        kv_dtype=parse_choice("KV-cache dtype", kv_dtype, KV_DTYPES),
+        kv_dtype=parse_choice("--kv-dtype", kv_dtype, KV_DTYPES),
         gpu_memory_utilization=gpu_memory_utilization,
         tp=tp,
     )

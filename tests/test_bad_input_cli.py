@@ -1,0 +1,407 @@
+"""Every command refuses malformed options with exit 2 and one message naming the flag and what is valid.
+
+A table of real command lines, run through the console entry point in this process (issue 13). Each
+row: the arguments, then fragments that must appear (the flag, the bad value, the valid range or
+choices). `serve.yaml` and `train.yaml` are tiny plan files in the working directory; `/proc` is a
+directory in which no one, root included, can create a file; nothing here reaches the network.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from bad_input_support import assert_refused, run_cli
+
+FIXTURES = Path(__file__).parent / "fixtures"
+M = "Qwen/Qwen2.5-0.5B"
+FIT = ("fit", M, "--gpus", "a100")
+SIZE = ("size", M)
+SERVE_SIZE = ("size", M, "--task", "serve", "--concurrency", "4")
+EST = ("estimate", M)
+VERIFY = ("verify", M)
+SERVE = ("serve", "serve.yaml", "--dry-run")
+TRAIN = ("train", "train.yaml", "--dry-run")
+UNWRITABLE = "/proc"
+
+CASES = [
+    # fit: list-valued pins (each value checked; a bad one never silently changes the plan)
+    ("fit-rank-0", (*FIT, "--rank", "0", "--json"), ["--rank 0", "at least 1"]),
+    ("fit-rank-list-negative", (*FIT, "--rank", "0,-4"), ["--rank", "at least 1"]),
+    ("fit-lora-rank-0", (*FIT, "--method", "lora", "--rank", "0"), ["--rank 0", "or auto"]),
+    ("fit-rank-word", (*FIT, "--rank", "big"), ["--rank", "'big'", "whole numbers"]),
+    ("fit-rank-float", (*FIT, "--rank", "8.5"), ["--rank", "'8.5'"]),
+    ("fit-rank-empty", (*FIT, "--rank", ","), ["--rank", "names no value"]),
+    ("fit-zero-9", (*FIT, "--zero", "9"), ["--zero 9", "ZeRO stages are 0-3"]),
+    ("fit-zero-negative", (*FIT, "--zero", "1,-1"), ["--zero -1", "0-3"]),
+    ("fit-zero-word", (*FIT, "--zero", "three"), ["--zero", "'three'", "0-3"]),
+    ("fit-tp-0", (*FIT, "--tp", "0"), ["--tp 0", "at least 1"]),
+    ("fit-pp-negative", (*FIT, "--pp", "-2"), ["--pp -2", "at least 1"]),
+    ("fit-dp-0", (*FIT, "--dp", "0"), ["--dp 0", "at least 1"]),
+    ("fit-batch-0", (*FIT, "--batch", "0"), ["--batch 0", "micro-batch sizes are at least 1"]),
+    ("fit-batch-list", (*FIT, "--batch", "1,2,x"), ["--batch", "'x'"]),
+    # fit: choices
+    ("fit-method", (*FIT, "--method", "lora,dora"), ["--method", "'dora'", "full, lora, qlora"]),
+    ("fit-quant", (*FIT, "--quant", "gptq"), ["--quant", "'gptq'", "none, int8, nf4, nf4-dq"]),
+    ("fit-serve-quant", (*FIT, "--task", "serve", "--quant", "nf4-dq"), ["--quant", "none, fp8, int8, nf4"]),
+    ("fit-precision", (*FIT, "--precision", "fp8"), ["--precision", "'fp8'", "bf16, fp16, fp32"]),
+    ("fit-optimizer", (*FIT, "--optimizer", "adam"), ["--optimizer", "'adam'", "adamw-8bit"]),
+    ("fit-kv-dtype", (*FIT, "--task", "serve", "--kv-dtype", "int4"), ["--kv-dtype", "'int4'", "auto, fp8"]),
+    ("fit-attention", (*FIT, "--attention", "bogus"), ["--attention", "'bogus'", "sdpa, flash, eager"]),
+    ("fit-max-offload", (*FIT, "--max-offload", "disk"), ["--max-offload", "'disk'", "optimizer+params"]),
+    ("fit-targets-empty", (*FIT, "--targets", " , "), ["--targets", "names no value"]),
+    ("fit-engine", (*FIT, "--engine", "bogus"), ["'bogus'", "swiftplan"]),
+    ("fit-task", (*FIT, "--task", "pretrain"), ["--task", "'pretrain'", "serve"]),
+    ("fit-objective", (*FIT, "--objective", "fun"), ["--objective", "'fun'", "throughput"]),
+    ("fit-gpus", ("fit", M, "--gpus", "bogus"), ["Unknown GPU 'bogus'", "swiftplan gpus"]),
+    ("fit-gpus-zero-count", ("fit", M, "--gpus", "0xa100"), ["0xa100"]),
+    # fit: numbers
+    ("fit-epochs-negative", (*FIT, "--epochs", "-1"), ["--epochs", "-1", "positive"]),
+    ("fit-epochs-inf", (*FIT, "--epochs", "inf"), ["--epochs", "finite"]),
+    ("fit-epochs-word", (*FIT, "--epochs", "two"), ["--epochs", "number"]),
+    ("fit-global-batch-0", (*FIT, "--global-batch", "0"), ["--global-batch", "at least 1", "got 0"]),
+    ("fit-seq-0", (*FIT, "--seq", "0"), ["--seq", "at least 1", "got 0"]),
+    ("fit-seq-word", (*FIT, "--seq", "long"), ["--seq", "integer"]),
+    ("fit-dataset-tokens", (*FIT, "--dataset-tokens", "lots"), ["--dataset-tokens", "'lots'", "1.5B"]),
+    ("fit-dataset-tokens-negative", (*FIT, "--dataset-tokens", "-5"), ["--dataset-tokens", "positive"]),
+    ("fit-headroom", (*FIT, "--headroom", "2"), ["--headroom", "0.9", "got 2"]),
+    ("fit-headroom-negative", (*FIT, "--headroom", "-0.1"), ["--headroom", "-0.1"]),
+    ("fit-host-ram", (*FIT, "--host-ram", "-1"), ["--host-ram", "zero or more", "-1"]),
+    ("fit-host-ram-nan", (*FIT, "--host-ram", "nan"), ["--host-ram", "finite"]),
+    ("fit-trials-0", (*FIT, "--trials", "0"), ["--trials", "at least 1"]),
+    ("fit-seed-negative", (*FIT, "--seed", "-1"), ["--seed", "between 0 and 4294967295"]),
+    ("fit-seed-huge", (*FIT, "--seed", "99999999999"), ["--seed", "4294967295"]),
+    # fit: serving SLOs
+    ("fit-ttft-negative", (*FIT, "--task", "serve", "--ttft", "-1"), ["--ttft", "positive", "-1"]),
+    ("fit-ttft-inf", (*FIT, "--task", "serve", "--ttft", "inf"), ["--ttft", "finite"]),
+    ("fit-decode-tps-0", (*FIT, "--task", "serve", "--decode-tps", "0"), ["--decode-tps", "positive"]),
+    ("fit-context-negative", (*FIT, "--task", "serve", "--context", "-5"), ["--context", "at least 1", "-5"]),
+    ("fit-concurrency-0", (*FIT, "--task", "serve", "--concurrency", "0"), ["--concurrency", "at least 1"]),
+    (
+        "fit-gpu-mem-util",
+        (*FIT, "--task", "serve", "--gpu-memory-utilization", "3"),
+        ["--gpu-memory-utilization", "between 0.05 and 1"],
+    ),  # fmt: skip
+    # fit: measuring, storage, the plan file
+    (
+        "fit-measure-top-0",
+        (*FIT, "--measure", "--measure-device", "cpu", "--measure-top", "0"),
+        ["--measure-top", "at least 1", "got 0"],
+    ),  # fmt: skip
+    (
+        "fit-measure-steps-0",
+        (*FIT, "--measure", "--measure-device", "cpu", "--measure-steps", "0"),
+        ["--measure-steps", "at least 1"],
+    ),  # fmt: skip
+    (
+        "fit-measure-layers-0",
+        (*FIT, "--measure", "--measure-device", "cpu", "--measure-layers", "0"),
+        ["--measure-layers", "at least 1"],
+    ),  # fmt: skip
+    (
+        "fit-measure-device",
+        (*FIT, "--measure", "--measure-device", "tpu"),
+        ["--measure-device", "cuda or cpu"],
+    ),
+    ("fit-measure-serve", (*FIT, "--task", "serve", "--measure"), ["--measure", "--task serve"]),
+    (
+        "fit-storage-scheme",
+        (*FIT, "--storage", "bogus://nowhere"),
+        ["--storage bogus://nowhere", "sqlite:///study.db"],
+    ),
+    (
+        "fit-storage-not-url",
+        (*FIT, "--storage", "study.db"),
+        ["--storage", "'study.db'", "sqlite:///study.db"],
+    ),
+    (
+        "fit-storage-missing-dir",
+        (*FIT, "--storage", "sqlite:////nonexistent/dir/s.db"),
+        ["--storage sqlite:////nonexistent/dir/s.db", "sqlite:///study.db"],
+    ),  # fmt: skip
+    (
+        "fit-output-missing-dir",
+        (*FIT, "-o", "/nonexistent/plan.yaml"),
+        ["-o/--output", "/nonexistent", "does not exist"],
+    ),
+    ("fit-output-directory", (*FIT, "-o", "."), ["-o/--output", "is a directory"]),
+    ("fit-output-unwritable", (*FIT, "-o", f"{UNWRITABLE}/plan.yaml"), ["-o/--output", "permission denied"]),
+    # size
+    (
+        "size-budget-negative",
+        (*SIZE, "--budget", "-5"),
+        ["--budget", "positive amount of US dollars", "'-5'"],
+    ),
+    ("size-budget-zero", (*SIZE, "--budget", "0"), ["--budget", "positive amount"]),
+    ("size-budget-word", (*SIZE, "--budget", "cheap"), ["--budget", "'cheap'", "20k"]),
+    ("size-deadline", (*SIZE, "--deadline", "soon"), ["--deadline", "'soon'", "48h"]),
+    ("size-deadline-negative", (*SIZE, "--deadline", "-3h"), ["--deadline", "'-3h'"]),
+    ("size-epochs-negative", (*SIZE, "--epochs", "-1"), ["--epochs must be greater than 0", "-1"]),
+    ("size-epochs-nan", (*SIZE, "--epochs", "nan"), ["--epochs", "finite"]),
+    ("size-global-batch-0", (*SIZE, "--global-batch", "0"), ["--global-batch must be at least 1"]),
+    ("size-seq-0", (*SIZE, "--seq", "0"), ["--seq must be at least 1"]),
+    ("size-max-gpus-0", (*SIZE, "--max-gpus", "0"), ["--max-gpus must be at least 1"]),
+    ("size-max-nodes-0", (*SIZE, "--max-nodes", "0"), ["--max-nodes must be at least 1"]),
+    ("size-network", (*SIZE, "--network-gbps", "-100"), ["--network-gbps must be greater than 0"]),
+    ("size-host-ram", (*SIZE, "--host-ram", "-1"), ["--host-ram must be at least 0"]),
+    ("size-headroom", (*SIZE, "--headroom", "1"), ["--headroom", "below 0.9"]),
+    ("size-rank-0", (*SIZE, "--rank", "0"), ["--rank", "at least 1"]),
+    ("size-top-0", (*SIZE, "--top", "0"), ["--top", "at least 1"]),
+    ("size-method", (*SIZE, "--method", "prefix"), ["--method", "'prefix'", "full, lora, qlora"]),
+    ("size-quant", (*SIZE, "--quant", "awq"), ["--quant", "'awq'", "nf4"]),
+    ("size-serve-quant", (*SERVE_SIZE, "--quant", "nf4-dq"), ["--quant", "'nf4-dq'", "fp8"]),
+    (
+        "size-attention",
+        (*SIZE, "--attention", "xformers"),
+        ["--attention", "'xformers'", "sdpa, flash, eager"],
+    ),
+    ("size-vendor", (*SIZE, "--vendor", "intel"), ["--vendor", "intel", "nvidia"]),
+    ("size-vendor-empty", (*SIZE, "--vendor", ","), ["--vendor", "names no value"]),
+    ("size-accelerators", (*SIZE, "--accelerators", "tpu-v5"), ["'tpu-v5'", "swiftplan gpus"]),
+    ("size-objective", (*SIZE, "--objective", "speed"), ["--objective", "'speed'", "cost-per-token"]),
+    ("size-ttft", (*SERVE_SIZE, "--ttft", "-1"), ["--ttft must be greater than 0"]),
+    ("size-decode-tps", (*SERVE_SIZE, "--decode-tps", "0"), ["--decode-tps must be greater than 0"]),
+    (
+        "size-concurrency",
+        ("size", M, "--task", "serve", "--concurrency", "-4"),
+        ["--concurrency", "at least 1"],
+    ),
+    (
+        "size-request-rate",
+        ("size", M, "--task", "serve", "--request-rate", "0", "--prompt-tokens", "5", "--output-tokens", "5"),
+        ["--request-rate must be greater than 0"],
+    ),  # fmt: skip
+    (
+        "size-prompt-tokens",
+        ("size", M, "--task", "serve", "--request-rate", "1", "--prompt-tokens", "0", "--output-tokens", "5"),
+        ["--prompt-tokens must be at least 1"],
+    ),  # fmt: skip
+    (
+        "size-output-tokens",
+        (
+            "size",
+            M,
+            "--task",
+            "serve",
+            "--request-rate",
+            "1",
+            "--prompt-tokens",
+            "5",
+            "--output-tokens",
+            "-1",
+        ),
+        ["--output-tokens must be at least 1"],
+    ),  # fmt: skip
+    ("size-context", (*SERVE_SIZE, "--context", "0"), ["--context must be at least 1"]),
+    (
+        "size-gpu-mem-util",
+        (*SERVE_SIZE, "--gpu-memory-utilization", "0"),
+        ["--gpu-memory-utilization", "0.05"],
+    ),
+    (
+        "size-csv-missing-dir",
+        (*SIZE, "--csv", "/nonexistent/x.csv"),
+        ["--csv /nonexistent/x.csv", "does not exist"],
+    ),
+    ("size-csv-directory", (*SIZE, "--csv", "."), ["--csv", "is a directory"]),
+    ("size-csv-unwritable", (*SIZE, "--csv", f"{UNWRITABLE}/x.csv"), ["--csv", "permission denied"]),
+    ("size-json-csv-stdout", (*SIZE, "--json", "--csv", "-"), ["--json and --csv -", "file name"]),
+    (
+        "size-plot-missing-dir",
+        (*SIZE, "--plot", "/nonexistent/p.png"),
+        ["--plot /nonexistent/p.png", "does not exist"],
+    ),
+    (
+        "size-prices-missing",
+        (*SIZE, "--prices", "/nonexistent/prices.yaml"),
+        ["--prices", "/nonexistent/prices.yaml"],
+    ),
+    # estimate (the set-up flags go through cli/options.py, shared with verify)
+    ("estimate-rank-0", (*EST, "--rank", "0"), ["--rank must be at least 1"]),
+    ("estimate-batch-0", (*EST, "--batch", "0"), ["--batch", "positive integer"]),
+    ("estimate-seq-negative", (*EST, "--seq", "-1"), ["--seq", "positive integer"]),
+    ("estimate-grad-accum-0", (*EST, "--grad-accum", "0"), ["--grad-accum must be at least 1"]),
+    ("estimate-lora-dropout", (*EST, "--lora-dropout", "1"), ["--lora-dropout", "below 1"]),
+    ("estimate-zero-9", (*EST, "--zero", "9"), ["ZeRO stage", "0, 1, 2 or 3", "9"]),
+    ("estimate-offload", (*EST, "--offload", "disk"), ["--offload", "'disk'", "optimizer+params"]),
+    ("estimate-method", (*EST, "--method", "ia3"), ["--method", "'ia3'", "full, lora, qlora"]),
+    ("estimate-precision", (*EST, "--precision", "int4"), ["--precision", "'int4'", "amp-bf16"]),
+    ("estimate-quant", (*EST, "--quant", "int3"), ["--quant", "'int3'", "gptq"]),
+    ("estimate-optimizer", (*EST, "--optimizer", "lion"), ["--optimizer", "'lion'", "adafactor"]),
+    ("estimate-attention", (*EST, "--attention", "bogus"), ["--attention", "'bogus'", "sdpa, flash, eager"]),
+    ("estimate-tp-0", (*EST, "--tp", "0"), ["--tp", "positive integer"]),
+    ("estimate-pp-0", (*EST, "--pp", "0"), ["--pp", "positive integer"]),
+    ("estimate-gpus", (*EST, "--gpus", "gtx9090"), ["'gtx9090'", "swiftplan gpus"]),
+    ("estimate-task", (*EST, "--task", "infer"), ["--task", "'infer'", "serve"]),
+    ("estimate-engine", (*EST, "--engine", "bogus"), ["'bogus'", "swiftplan"]),
+    (
+        "estimate-serve-context",
+        (*EST, "--task", "serve", "--context", "0"),
+        ["--context", "positive integer"],
+    ),
+    (
+        "estimate-serve-concurrency",
+        (*EST, "--task", "serve", "--concurrency", "0"),
+        ["--concurrency", "positive"],
+    ),
+    (
+        "estimate-serve-kv-dtype",
+        (*EST, "--task", "serve", "--kv-dtype", "int4"),
+        ["--kv-dtype", "'int4'", "auto, fp8"],
+    ),
+    (
+        "estimate-serve-precision",
+        (*EST, "--task", "serve", "--precision", "int8"),
+        ["--precision", "'int8'", "bf16, fp16, fp32"],
+    ),
+    (
+        "estimate-serve-gpu-mem-util",
+        (*EST, "--task", "serve", "--gpu-memory-utilization", "0"),
+        ["--gpu-memory-utilization", "between 0.05 and 1"],
+    ),  # fmt: skip
+    ("estimate-plan-file-and-options", ("estimate", "serve.yaml", "--batch", "8"), ["plan file", "--batch"]),
+    # verify
+    (
+        "verify-quant-gptq",
+        (*VERIFY, "--quant", "gptq"),
+        ["--quant gptq", "none, nf4, int8", "swiftplan estimate"],
+    ),
+    ("verify-quant-unknown", (*VERIFY, "--quant", "int3"), ["--quant", "'int3'"]),
+    ("verify-task", (*VERIFY, "--task", "infer"), ["--task", "'infer'", "train, serve"]),
+    ("verify-method", (*VERIFY, "--method", "ia3"), ["--method", "'ia3'", "full, lora, qlora"]),
+    # serve (checked before the plan or any model is loaded)
+    ("serve-port-huge", (*SERVE, "--port", "99999"), ["--port", "between 1 and 65535", "99999"]),
+    ("serve-port-0", (*SERVE, "--port", "0"), ["--port", "between 1 and 65535"]),
+    ("serve-port-negative", (*SERVE, "--port", "-1"), ["--port", "65535"]),
+    ("serve-port-word", (*SERVE, "--port", "http"), ["--port", "integer"]),
+    ("serve-host-empty", (*SERVE, "--host", " "), ["--host is empty", "127.0.0.1"]),
+    ("serve-context-0", (*SERVE, "--context", "0"), ["--context must be at least 1"]),
+    ("serve-concurrency-0", (*SERVE, "--concurrency", "0"), ["--concurrency must be at least 1"]),
+    ("serve-device", (*SERVE, "--device", "tpu"), ["--device", "'tpu'", "auto, cuda, cpu"]),
+    ("serve-dtype", (*SERVE, "--dtype", "int3"), ["Unknown dtype", "int3"]),
+    ("serve-engine", (*SERVE, "--engine", "tgi"), ["--engine", "'tgi'", "builtin"]),
+    ("serve-seed", (*SERVE, "--seed", "-1"), ["--seed", "between 0 and 4294967295"]),
+    ("serve-report-every", (*SERVE, "--report-every", "-1"), ["--report-every must be at least 0"]),
+    ("serve-health-timeout", (*SERVE, "--health-timeout", "0"), ["--health-timeout must be greater than 0"]),
+    (
+        "serve-report-dir-is-file",
+        (*SERVE, "--report-dir", "serve.yaml"),
+        ["--report-dir serve.yaml", "is a file"],
+    ),
+    (
+        "serve-report-dir-unwritable",
+        (*SERVE, "--report-dir", f"{UNWRITABLE}/r"),
+        ["--report-dir", "permission denied"],
+    ),
+    (
+        "serve-random-init-missing",
+        (*SERVE, "--random-init", "nope.json"),
+        ["--random-init nope.json", "config.json"],
+    ),
+    ("serve-json-without-dry-run", ("serve", "serve.yaml", "--json"), ["--json", "--dry-run"]),
+    ("serve-lora", (*SERVE, "--lora", "nonsense"), ["NAME=PATH"]),
+    # train (checked before the plan, the data or torch is loaded)
+    ("train-max-steps-0", (*TRAIN, "--max-steps", "0"), ["--max-steps must be at least 1", "got 0"]),
+    ("train-epochs-0", (*TRAIN, "--epochs", "0"), ["--epochs must be at least 1"]),
+    ("train-save-steps", (*TRAIN, "--save-steps", "-1"), ["--save-steps must be at least 0"]),
+    (
+        "train-save-total-limit",
+        (*TRAIN, "--save-total-limit", "0"),
+        ["--save-total-limit must be at least 1"],
+    ),
+    ("train-warmup", (*TRAIN, "--warmup-steps", "-1"), ["--warmup-steps must be at least 0"]),
+    ("train-lr-0", (*TRAIN, "--lr", "0"), ["--lr must be greater than 0"]),
+    ("train-lr-inf", (*TRAIN, "--lr", "inf"), ["--lr", "finite"]),
+    (
+        "train-lr-scheduler",
+        (*TRAIN, "--lr-scheduler", "step"),
+        ["--lr-scheduler", "'step'", "cosine, linear, constant"],
+    ),
+    ("train-weight-decay", (*TRAIN, "--weight-decay", "-0.1"), ["--weight-decay must be at least 0"]),
+    ("train-max-grad-norm", (*TRAIN, "--max-grad-norm", "-1"), ["--max-grad-norm must be at least 0"]),
+    ("train-seed", (*TRAIN, "--seed", "-1"), ["--seed", "between 0 and 4294967295"]),
+    ("train-device", (*TRAIN, "--device", "tpu"), ["--device", "'tpu'", "auto, cuda, npu, mps, cpu"]),
+    ("train-nproc-0", (*TRAIN, "--nproc-per-node", "0"), ["--nproc-per-node must be at least 1"]),
+    ("train-nnodes-0", (*TRAIN, "--nnodes", "0"), ["--nnodes must be at least 1"]),
+    ("train-node-rank-negative", (*TRAIN, "--node-rank", "-1"), ["--node-rank must be at least 0"]),
+    ("train-node-rank-outside", (*TRAIN, "--nnodes", "2", "--node-rank", "2"), ["--node-rank 2", "0..1"]),
+    ("train-master-port", (*TRAIN, "--master-port", "70000"), ["--master-port", "between 1 and 65535"]),
+    ("train-master-addr-empty", (*TRAIN, "--master-addr", ""), ["--master-addr is empty"]),
+    (
+        "train-output-dir-is-file",
+        (*TRAIN, "--output-dir", "train.yaml"),
+        ["--output-dir train.yaml", "is a file"],
+    ),
+    (
+        "train-output-dir-unwritable",
+        (*TRAIN, "--output-dir", f"{UNWRITABLE}/run"),
+        ["--output-dir", "permission denied"],
+    ),
+    ("train-max-steps-word", (*TRAIN, "--max-steps", "many"), ["--max-steps", "integer"]),
+    # export, dash, gpus
+    ("export-run-missing", ("export", "/nonexistent/run"), ["/nonexistent/run", "not a directory"]),
+    ("export-output-is-file", ("export", ".", "-o", "serve.yaml"), ["--output serve.yaml", "is a file"]),
+    (
+        "export-output-unwritable",
+        ("export", ".", "-o", f"{UNWRITABLE}/out"),
+        ["--output", "permission denied"],
+    ),
+    ("dash-gpus", ("dash", "--gpus", "bogus"), ["Unknown GPU 'bogus'"]),
+    (
+        "dash-run-missing",
+        ("dash", "--run", "/nonexistent/run"),
+        ["--run /nonexistent/run", "not a directory"],
+    ),
+    ("dash-plan-path", ("dash", "--plan-path", "/nonexistent/p.yaml"), ["--plan-path", "does not exist"]),
+    ("gpus-backend", ("gpus", "--backend", "tpu"), ["'tpu'", "cuda, rocm, npu, mps"]),
+]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A directory holding a tiny serving plan and a tiny training plan."""
+    from swiftplan.plan_file import save_plan
+    from swiftplan.planner.hardware import parse_cluster
+    from swiftplan.planner.setup import ServeSetup, TrainSetup
+    from swiftplan.usecases.estimate import plan_for_setup
+
+    where = tmp_path_factory.mktemp("bad_input")
+    cluster = parse_cluster("h100")
+    save_plan(plan_for_setup(str(FIXTURES / "serve_tiny_config.json"), cluster, ServeSetup(context=128)),
+              where / "serve.yaml")  # fmt: skip
+    save_plan(plan_for_setup(str(FIXTURES / "train" / "tiny_llama"), cluster, TrainSetup(seq_len=64)),
+              where / "train.yaml")  # fmt: skip
+    return where
+
+
+@pytest.mark.parametrize(("args", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_option_is_refused_with_the_flag_and_what_is_valid(workdir, args, fragments):
+    before = sorted(p.name for p in workdir.iterdir())
+    result = run_cli(*args, cwd=workdir, env={"COLUMNS": "200"})
+    assert_refused(result, *fragments)
+    assert sorted(p.name for p in workdir.iterdir()) == before  # nothing written (no plan, run dir, study)
+
+
+def test_the_table_is_large_and_its_ids_unique():
+    assert len(CASES) >= 100 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_serve_refuses_a_port_in_use_before_loading_anything(workdir):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("serve", "serve.yaml", "--engine", "builtin", "--port", str(port), cwd=workdir)
+    assert_refused(result, f"--port {port} is already in use", "another port")
+
+
+def test_serve_refuses_an_address_of_another_machine(workdir):
+    result = run_cli("serve", "serve.yaml", "--engine", "builtin", "--host", "192.0.2.1", cwd=workdir)
+    assert_refused(result, "Cannot bind 192.0.2.1", "--host must be an address of this machine")
+
+
+def test_a_good_storage_url_still_plans(tmp_path):
+    result = run_cli(*FIT, "--storage", f"sqlite:///{tmp_path}/study.db", "--json")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "study.db").exists()
