@@ -85,7 +85,7 @@ def test_estimate_human_output_shows_breakdown_and_speed():
     [
         (["nosuchmodel"], "Unknown model 'nosuchmodel'"),
         (["Qwen/Qwen2.5-7B", "--gpus", "rtx9090"], "Unknown GPU 'rtx9090'"),
-        (["Qwen/Qwen2.5-7B", "--rank", "0"], "LoRA rank must be a positive integer"),
+        (["Qwen/Qwen2.5-7B", "--rank", "0"], "--rank must be at least 1, got 0"),
         (["Qwen/Qwen2.5-7B", "--tp", "3", "--gpus", "3xa100"], "does not divide"),
         (["Qwen/Qwen2.5-7B", "--method", "qlora", "--precision", "fp32"], "QLoRA computes in bf16 or fp16"),
         (["Qwen/Qwen2.5-7B", "--batch", "-1"], "must be a positive integer, got -1"),
