@@ -35,10 +35,12 @@ from swiftplan.executors.serve.engine import (
     Finished,
     Job,
     PromptError,
+    PromptTooLong,
     SamplingParams,
     TextDelta,
 )
 from swiftplan.executors.serve.limits import BodyLimit, body_limit_bytes
+from swiftplan.executors.serve.report import prometheus_text
 from swiftplan.executors.serve.schemas import BodyError, ChatRequest, CompletionRequest, parse_body
 
 log = logging.getLogger("swiftplan.serve")
@@ -76,44 +78,6 @@ def _params(body: CompletionRequest | ChatRequest, max_tokens: int) -> SamplingP
         max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p, stop=body.stop_strings(), seed=body.seed,
     )  # fmt: skip
-
-
-def _prometheus(snapshot: dict[str, Any]) -> str:
-    ttft = (snapshot["ttft_s"] or {}).get("mean")
-    rows = [
-        (
-            "swiftplan_requests_total",
-            "counter",
-            "Requests finished (aborted included).",
-            snapshot["requests"],
-        ),
-        (
-            "swiftplan_requests_aborted_total",
-            "counter",
-            "Requests whose client went away.",
-            snapshot["aborted"],
-        ),
-        ("swiftplan_requests_running", "gauge", "Requests holding a generation slot.", snapshot["running"]),
-        ("swiftplan_requests_waiting", "gauge", "Requests queued for a slot.", snapshot["waiting"]),
-        ("swiftplan_prompt_tokens_total", "counter", "Prompt tokens processed.", snapshot["prompt_tokens"]),
-        ("swiftplan_generation_tokens_total", "counter", "Tokens generated.", snapshot["completion_tokens"]),
-        (
-            "swiftplan_generation_tokens_per_second",
-            "gauge",
-            "Tokens generated per busy second.",
-            snapshot["tokens_per_s"],
-        ),
-        ("swiftplan_time_to_first_token_seconds", "gauge", "Mean time to first token.", ttft),
-        ("swiftplan_memory_bytes", "gauge", f"Memory ({snapshot['memory_kind']}).", snapshot["memory_bytes"]),
-    ]
-    lines = []
-    for name, kind, help_text, value in rows:
-        lines += [
-            f"# HELP {name} {help_text}",
-            f"# TYPE {name} {kind}",
-            f"{name} {0 if value is None else value}",
-        ]
-    return "\n".join(lines) + "\n"
 
 
 Chunk = Callable[[dict[str, Any], str | None], dict[str, Any]]
@@ -241,17 +205,22 @@ class _Routes:
         """Tokens to generate: as asked (in `limit_param`), else the default, within what the context leaves."""
         context = self.engine.context
         if not prompt_ids:
-            raise ApiError(400, "The prompt is empty.", param=param)
+            raise ApiError(400, f"{param}: the prompt is empty.", param=param)
         room = context - len(prompt_ids)
         if room <= 0:
-            raise ApiError(400, f"This model's maximum context length is {context} tokens; the prompt has "
+            raise ApiError(400, f"{param}: this model's maximum context length is {context} tokens; the prompt has "
                            f"{len(prompt_ids)}.", param=param, code="context_length_exceeded")  # fmt: skip
         max_tokens = requested if requested is not None else min(default or room, room)
         if len(prompt_ids) + max_tokens > context:
-            raise ApiError(400, f"This model's maximum context length is {context} tokens; you asked for "
+            raise ApiError(400, f"{limit_param}: this model's maximum context length is {context} tokens; you asked for "
                            f"{len(prompt_ids) + max_tokens} ({len(prompt_ids)} in the prompt, {max_tokens} to generate).",
                            param=limit_param, code="context_length_exceeded")  # fmt: skip
         return max_tokens
+
+    def too_long(self, error: PromptTooLong, *, param: str) -> ApiError:
+        """The 400 for a text refused before tokenizing: it has more characters than the context holds."""
+        return ApiError(400, f"{param}: this model's maximum context length is {self.engine.context} tokens; "
+                        f"{error}.", param=param, code="context_length_exceeded")  # fmt: skip
 
     def start(self, prompt_ids: list[int], params: SamplingParams, adapter: str | None) -> tuple[Job, asyncio.Queue[Event]]:  # fmt: skip
         """Submit a job; its events arrive on the returned queue (from the worker thread)."""
@@ -274,7 +243,7 @@ class _Routes:
         snapshot = self.engine.stats.snapshot()
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse(snapshot)
-        return PlainTextResponse(_prometheus(snapshot))
+        return PlainTextResponse(prometheus_text(snapshot))
 
     async def models(self) -> dict[str, Any]:
         """The base model and its adapters, as OpenAI lists models."""
@@ -294,15 +263,20 @@ class _Routes:
             if len(prompt) != 1:
                 raise ApiError(
                     400,
-                    "One prompt per request (a list of several prompts is not supported).",
+                    "prompt: one prompt per request (a list of several prompts is not supported).",
                     param="prompt",
                 )
             prompt = prompt[0]
         if isinstance(prompt, str):
-            return await run_in_threadpool(self.engine.encode_prompt, prompt)
+            try:
+                return await run_in_threadpool(self.engine.encode_prompt, prompt)
+            except PromptTooLong as error:
+                raise self.too_long(error, param="prompt") from error
         prompt_ids = [int(t) for t in prompt]
         if any(not 0 <= t < self.engine.vocab_size for t in prompt_ids):
-            raise ApiError(400, f"Token ids must be in [0, {self.engine.vocab_size}).", param="prompt")
+            raise ApiError(
+                400, f"prompt: token ids must be in [0, {self.engine.vocab_size}).", param="prompt"
+            )
         return prompt_ids
 
     async def completions(self, request: Request) -> Response:
@@ -347,6 +321,8 @@ class _Routes:
             prompt_ids = await run_in_threadpool(
                 self.engine.encode_chat, [m.for_template() for m in body.messages]
             )
+        except PromptTooLong as error:
+            raise self.too_long(error, param="messages") from error
         except PromptError as error:
             raise ApiError(400, f"messages: {error}", param="messages") from error
         requested, limit_param = body.token_limit()
@@ -376,7 +352,7 @@ class _Routes:
 def _refuse_unsupported(body: CompletionRequest | ChatRequest) -> None:
     """A 400 naming the first field set to something the built-in engine does not do."""
     if refused := body.unsupported():
-        raise ApiError(400, refused[1], param=refused[0], code="unsupported_parameter")
+        raise ApiError(400, f"{refused[0]}: {refused[1]}", param=refused[0], code="unsupported_parameter")
 
 
 def make_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: int | None = None) -> FastAPI:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from swiftplan.executors.serve.loading import LoadedModel
+from swiftplan.executors.serve.loading import LoadedModel, max_chars_per_token
 from swiftplan.executors.serve.report import RequestTiming, ServeStats
 from swiftplan.executors.serve.text import TextStream
 
@@ -76,6 +76,18 @@ class PromptError(ValueError):
     """The messages cannot be turned into a prompt (the chat template refused them)."""
 
 
+class PromptTooLong(ValueError):
+    """The text has more characters than `context` tokens of this tokenizer can stand for."""
+
+    def __init__(self, chars: int, most: int) -> None:
+        super().__init__(f"{chars:,} characters cannot fit (at most {most:,} with this tokenizer)")
+        self.chars, self.most = chars, most
+
+
+_CHARS_MARGIN = 4
+"""Slack on the characters-per-token bound for normalizers that shorten text (NFC composes up to 3 to 1)."""
+
+
 @dataclass(kw_only=True, eq=False)
 class Job:
     """One submitted request."""
@@ -115,8 +127,9 @@ def sample_next(logits: Any, *, temperature: float, top_p: float, generator: Any
 
     if temperature == 0:
         return int(torch.argmax(logits))
-    logits = logits.float()
-    # Shifted so the largest is 0 before dividing: a tiny temperature gives -inf, never inf - inf = nan.
+    # In float64 and shifted so the largest is 0 before dividing: any temperature above 0 (down to 5e-324)
+    # gives 0 and -inf, never 0/0 (float32 rounds 1e-300 to 0) or inf - inf.
+    logits = logits.double()
     probs = torch.softmax((logits - logits.max()) / temperature, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
@@ -155,6 +168,9 @@ class Engine:
         self._tokenizer_lock = threading.Lock()
         self._worker_tokenizer = copy.deepcopy(loaded.tokenizer)
         self._eos = _eos_ids(loaded)
+        bound = max_chars_per_token(loaded.tokenizer)
+        self.max_prompt_chars = None if bound is None else context * bound * _CHARS_MARGIN
+        """Longer texts cannot fit the context and are refused without tokenizing (None: no bound)."""
         self.vocab_size = int(loaded.model.get_input_embeddings().num_embeddings)
         """Rows of the embedding: valid token ids are below it."""
         self._active_adapter: str | None = loaded.adapters[0] if loaded.adapters else None
@@ -171,8 +187,14 @@ class Engine:
         """The worker thread is running."""
         return self._thread is not None and self._thread.is_alive()
 
+    def _check_length(self, text: str) -> None:
+        if self.max_prompt_chars is not None and len(text) > self.max_prompt_chars:
+            raise PromptTooLong(len(text), self.max_prompt_chars)
+
     def encode_prompt(self, text: str) -> list[int]:
-        """Token ids of a completion prompt (with the tokenizer's special tokens, e.g. BOS)."""
+        """Token ids of a completion prompt (with the tokenizer's special tokens, e.g. BOS); a text too
+        long for the context is a PromptTooLong before any tokenizing (call it off the event loop)."""
+        self._check_length(text)
         with self._tokenizer_lock:
             return list(self.loaded.tokenizer(text)["input_ids"])
 
@@ -190,6 +212,7 @@ class Engine:
                 )
             except TemplateError as error:
                 raise PromptError(f"the chat template refused these messages: {error}") from error
+            self._check_length(text)
             return list(self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @property
@@ -244,6 +267,9 @@ class Engine:
                         log.exception("generation failed")
                         active.remove(slot)
                         slot.job.emit(Failed(f"{type(error).__name__}: {error}"))
+                    time.sleep(
+                        0
+                    )  # let the HTTP thread take the GIL between steps instead of waiting out the switch interval
                 self.stats.add_busy(time.perf_counter() - started)
                 self.stats.running = len(active)
             for slot in list(active):

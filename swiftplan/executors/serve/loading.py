@@ -151,3 +151,24 @@ def memory_probe(device: str) -> tuple[int, str]:
         return int(torch.cuda.max_memory_allocated()), "cuda_max_memory_allocated"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024), "process_peak_rss"
+
+
+def max_chars_per_token(tokenizer: Any) -> int | None:
+    """Most characters of text one token can stand for, when the tokenizer bounds it; None when not.
+
+    A BPE vocabulary's tokens each cover one of its entries, so a prompt of N characters has at least
+    N / (longest entry) tokens (+1: SentencePiece's '▁' marks a space the decoded entry drops). Models
+    that fold a run of unknown characters into one token (unigram, WordPiece, BPE with fuse_unk and
+    no byte fallback) have no such bound.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers.models import BPE
+
+    model = backend.model
+    if not isinstance(model, BPE) or (model.unk_token and model.fuse_unk and not model.byte_fallback):
+        return None
+    size = backend.get_vocab_size(with_added_tokens=True)
+    entries = backend.decode_batch([[i] for i in range(size)], skip_special_tokens=False)
+    return max(map(len, entries), default=0) + 1

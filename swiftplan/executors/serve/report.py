@@ -215,3 +215,42 @@ class Reporter:
         """Called by the engine with the running count of finished requests."""
         if self.every > 0 and finished % self.every == 0:
             self.emit()
+
+
+def prometheus_text(snapshot: dict[str, Any]) -> str:
+    """A stats snapshot as Prometheus text exposition (what GET /metrics answers by default)."""
+    ttft = (snapshot["ttft_s"] or {}).get("mean")
+    rows = [
+        (
+            "swiftplan_requests_total",
+            "counter",
+            "Requests finished (aborted included).",
+            snapshot["requests"],
+        ),
+        (
+            "swiftplan_requests_aborted_total",
+            "counter",
+            "Requests whose client went away.",
+            snapshot["aborted"],
+        ),
+        ("swiftplan_requests_running", "gauge", "Requests holding a generation slot.", snapshot["running"]),
+        ("swiftplan_requests_waiting", "gauge", "Requests queued for a slot.", snapshot["waiting"]),
+        ("swiftplan_prompt_tokens_total", "counter", "Prompt tokens processed.", snapshot["prompt_tokens"]),
+        ("swiftplan_generation_tokens_total", "counter", "Tokens generated.", snapshot["completion_tokens"]),
+        (
+            "swiftplan_generation_tokens_per_second",
+            "gauge",
+            "Tokens generated per busy second.",
+            snapshot["tokens_per_s"],
+        ),
+        ("swiftplan_time_to_first_token_seconds", "gauge", "Mean time to first token.", ttft),
+        ("swiftplan_memory_bytes", "gauge", f"Memory ({snapshot['memory_kind']}).", snapshot["memory_bytes"]),
+    ]
+    lines = []
+    for name, kind, help_text, value in rows:
+        lines += [
+            f"# HELP {name} {help_text}",
+            f"# TYPE {name} {kind}",
+            f"{name} {0 if value is None else value}",
+        ]
+    return "\n".join(lines) + "\n"

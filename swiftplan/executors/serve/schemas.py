@@ -10,7 +10,6 @@ refused by `unsupported()` rather than silently ignored. Responses are plain dic
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -151,16 +150,17 @@ class ChatRequest(_Sampling):
         return super().unsupported()
 
 
-@dataclass(frozen=True, slots=True)
 class BodyError(Exception):
     """A body that is not valid JSON or does not validate: the message names the field."""
 
-    message: str
-    """One sentence, starting with the field's path (e.g. 'messages.0.role: ...')."""
-    param: str | None
-    """The top-level field, as OpenAI's error `param` (None for the body as a whole)."""
-    code: str
-    """pydantic's error type (json_invalid, int_type, less_than_equal, ...)."""
+    def __init__(self, message: str, param: str | None, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        """One sentence, starting with the field's path (e.g. 'messages.0.role: ...')."""
+        self.param = param
+        """The top-level field, as OpenAI's error `param` (None for the body as a whole)."""
+        self.code = code
+        """pydantic's error type (json_invalid, int_type, less_than_equal, ...)."""
 
 
 _FIELDS = frozenset().union(
@@ -182,6 +182,11 @@ def parse_body(schema: type[B], raw: bytes) -> B:
         raise _body_error(error) from None
 
 
+def _path(loc: tuple[int | str, ...]) -> list[int | str]:
+    """A pydantic location without its union tags ('str', 'list[int]', ...): fields and list indices."""
+    return [p for p in loc if isinstance(p, int) or p in _FIELDS]
+
+
 def _body_error(error: ValidationError) -> BodyError:
     errors = error.errors(include_url=False)
     first = errors[0]
@@ -189,11 +194,12 @@ def _body_error(error: ValidationError) -> BodyError:
         return BodyError(
             f"body: malformed JSON ({first['msg'].removeprefix('Invalid JSON: ')}).", None, "json_invalid"
         )
-    path = [p for p in first["loc"] if isinstance(p, int) or p in _FIELDS]
+    # A union (prompt, content, stop) reports one error per alternative: name the deepest place that failed,
+    # and every alternative's complaint there.
+    top = _path(first["loc"])[:1]
+    related = [e for e in errors if _path(e["loc"])[:1] == top]
+    deepest = max(related, key=lambda e: len(_path(e["loc"])))
+    path = _path(deepest["loc"])
+    complaints = dict.fromkeys(e["msg"] for e in related if _path(e["loc"]) == path)
     where = ".".join(map(str, path)) or "body"
-    # A union (prompt, content, stop) reports one error per alternative at the same place: name them all.
-    same_place = [
-        e["msg"] for e in errors if [p for p in e["loc"] if isinstance(p, int) or p in _FIELDS] == path
-    ]
-    message = " or ".join(dict.fromkeys(same_place)) if len(same_place) > 1 else first["msg"]
-    return BodyError(f"{where}: {message}.", str(path[0]) if path else None, first["type"])
+    return BodyError(f"{where}: {' or '.join(complaints)}.", str(path[0]) if path else None, deepest["type"])
