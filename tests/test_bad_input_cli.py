@@ -127,6 +127,25 @@ CASES = [
     ),
     ("fit-output-directory", (*FIT, "-o", "."), ["-o/--output", "is a directory"]),
     ("fit-output-unwritable", (*FIT, "-o", f"{UNWRITABLE}/plan.yaml"), ["-o/--output", "permission denied"]),
+    # fit: options the task's search does not read are refused, not ignored
+    (
+        "fit-serve-method",
+        (*FIT, "--task", "serve", "--method", "lora"),
+        ["--method only applies to training"],
+    ),
+    ("fit-serve-zero", (*FIT, "--task", "serve", "--zero", "3"), ["--zero only applies to training"]),
+    (
+        "fit-serve-grad-ckpt",
+        (*FIT, "--task", "serve", "--no-grad-ckpt"),
+        ["--grad-ckpt only applies to training"],
+    ),
+    (
+        "fit-serve-dataset-tokens",
+        (*FIT, "--task", "serve", "--dataset-tokens", "5M"),
+        ["--dataset-tokens only applies"],
+    ),
+    ("fit-train-ttft", (*FIT, "--ttft", "1"), ["--ttft only applies to --task serve"]),
+    ("fit-train-kv-dtype", (*FIT, "--kv-dtype", "fp8"), ["--kv-dtype only applies to --task serve"]),
     # size
     (
         "size-budget-negative",

@@ -347,6 +347,13 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
         raise typer.Exit(1)
 
 
+_TRAIN_ONLY = ("method", "rank", "targets", "precision", "optimizer", "grad_ckpt", "zero", "max_offload", "pp", "dp",
+               "batch", "dataset_tokens", "data")  # fmt: skip
+"""fit options the serving search does not read."""
+_SERVE_ONLY = ("concurrency", "ttft", "decode_tps", "kv_dtype")
+"""fit options the training search does not read."""
+
+
 def _check_options(options: dict[str, Any]) -> None:
     """What the request does not check: --attention, the seed, the plan file's path."""
     from swiftplan.cli import _checks
@@ -362,6 +369,13 @@ def _check_options(options: dict[str, Any]) -> None:
     ):
         _checks.finite(flag, options[flag[2:].replace("-", "_")])
     _checks.between("--seed", options["seed"], 0, 2**32 - 1)
+    serving = options["task"] == Task.serve
+    for name in _SERVE_ONLY if not serving else _TRAIN_ONLY:
+        if options[name] is not None:
+            flag = "--" + name.replace("_", "-")
+            task = "--task serve" if not serving else "training (--task sft)"
+            raise SwiftplanError(f"{flag} only applies to {task}; it would be ignored here.",
+                                 hint=f"Drop {flag}, or plan for {task}.")  # fmt: skip
     _checks.output_file("-o/--output", options["output"])
 
 
