@@ -242,7 +242,7 @@ CASES = [
     ("estimate-seq-negative", (*EST, "--seq", "-1"), ["--seq", "positive integer"]),
     ("estimate-grad-accum-0", (*EST, "--grad-accum", "0"), ["--grad-accum must be at least 1"]),
     ("estimate-lora-dropout", (*EST, "--lora-dropout", "1"), ["--lora-dropout", "below 1"]),
-    ("estimate-zero-9", (*EST, "--zero", "9"), ["ZeRO stage", "0, 1, 2 or 3", "9"]),
+    ("estimate-zero-9", (*EST, "--zero", "9"), ["--zero must be between 0 and 3", "9"]),
     ("estimate-offload", (*EST, "--offload", "disk"), ["--offload", "'disk'", "optimizer+params"]),
     ("estimate-method", (*EST, "--method", "ia3"), ["--method", "'ia3'", "full, lora, qlora"]),
     ("estimate-precision", (*EST, "--precision", "int4"), ["--precision", "'int4'", "amp-bf16"]),

@@ -74,6 +74,7 @@ def build_train_setup(
 
     _checks.at_least("--rank", rank, 1)
     _checks.at_least("--grad-accum", grad_accum, 1)
+    _checks.between("--zero", zero, 0, 3, unit=" (the ZeRO stages)")
     _checks.finite("--lora-dropout", lora_dropout)
     if not 0 <= lora_dropout < 1:
         raise SwiftplanError(f"--lora-dropout must be at least 0 and below 1, got {lora_dropout:g}.")
