@@ -119,11 +119,11 @@ def count_tokens(
     batch: list[str] = []
 
     def flush() -> int:
-        counted = (
-            sum(len(ids) for ids in tokenizer(batch, add_special_tokens=True)["input_ids"]) if batch else 0
-        )
+        if tokenizer is None or not batch:
+            return 0
+        ids: list[list[int]] = tokenizer(batch, add_special_tokens=True)["input_ids"]
         batch.clear()
-        return counted
+        return sum(len(row) for row in ids)
 
     for text in _texts(path, max_positions):
         records += 1

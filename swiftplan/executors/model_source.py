@@ -70,7 +70,8 @@ def _hub_address() -> tuple[str, int]:
         ),
         "",
     )
-    url = urlsplit(proxy if "://" in proxy else f"http://{proxy}") if proxy else urlsplit(constants.ENDPOINT)
+    endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    url = urlsplit(proxy if "://" in proxy else f"http://{proxy}") if proxy else urlsplit(endpoint)
     return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
 
 

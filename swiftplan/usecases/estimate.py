@@ -91,7 +91,10 @@ def estimate_plan_file(path: str | Path) -> EstimateOutcome:
     from swiftplan.plan_file import load_plan
 
     plan = load_plan(path)
-    spec = inputs.resolve_model(plan.model)
+    try:
+        spec = inputs.resolve_model(plan.model)
+    except SwiftplanError as error:
+        raise SwiftplanError(f"Plan file {path}: field 'model': {error.message}", hint=error.hint) from error
     warnings = model_limits.check_setup(spec, plan.setup, f"Plan file {path}")
     if isinstance(plan.setup, ServeSetup):
         estimate = estimate_serving(spec, plan.setup, plan.hardware)
