@@ -23,7 +23,7 @@ from train_support import TINY_MODEL, write_plan
 BASE_CONFIG: dict[str, Any] = json.loads(TINY_MODEL.read_text())
 """The tiny Llama fixture: hidden 64, 4 heads, 2 kv heads, head_dim 16, 256 positions."""
 SMALL = "Qwen/Qwen2.5-0.5B"
-"""Catalog model used for data and rank rows: 32,768 positions, k/v projections 896 × 128."""
+"""Catalog model used for data and rank rows: 32,768 positions, hidden size 896."""
 OFFLINE = {"SWIFTPLAN_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 
 
@@ -129,14 +129,14 @@ def test_a_billion_layers_as_1e9_is_refused_at_once_not_after_hours(tmp_path: Pa
 
 VALUE_ROWS = [
     ("estimate-rank-above-hidden", ("estimate", SMALL, "--gpus", "rtx4090", "--rank", "1000000"),
-     ("LoRA rank 1,000,000", "v_proj (896 × 128)", "at most 128")),
+     ("LoRA rank 1,000,000", "q_proj (896 × 896)", "at most 896")),
     ("fit-rank-above-hidden", ("fit", SMALL, "--gpus", "rtx4090", "--rank", "1000000"),
-     ("--rank 1,000,000", "at most 128")),
-    ("fit-rank-list-one-too-big", ("fit", SMALL, "--gpus", "rtx4090", "--rank", "8,256"), ("--rank 256", "at most 128")),
+     ("--rank 1,000,000", "at most 896")),
+    ("fit-rank-list-one-too-big", ("fit", SMALL, "--gpus", "rtx4090", "--rank", "8,1024"), ("--rank 1,024", "at most 896")),
     ("fit-rank-above-q-proj", ("fit", SMALL, "--gpus", "rtx4090", "--rank", "1000", "--targets", "q_proj"),
      ("--rank 1,000", "q_proj (896 × 896)", "at most 896")),
-    ("estimate-rank-tiny-model", ("estimate", str(TINY_MODEL), "--gpus", "rtx4090", "--rank", "64",
-                                  "--targets", "all-linear"), ("LoRA rank 64", "at most 32")),
+    ("estimate-rank-tiny-model", ("estimate", str(TINY_MODEL), "--gpus", "rtx4090", "--rank", "128",
+                                  "--targets", "all-linear"), ("LoRA rank 128", "at most 64")),
     ("gpus-9999-in-one-node", ("fit", SMALL, "--gpus", "9999xA100"), ("9,999 GPUs in one node", "at most 20")),
     ("gpus-21-in-one-node", ("estimate", SMALL, "--gpus", "21xh100"), ("21 GPUs in one node", "NODESxGPUSxMODEL")),
     ("gpus-multi-node-too-wide", ("estimate", SMALL, "--gpus", "2x64xh100"), ("64 GPUs in one node", "8x8xh100-sxm")),
@@ -207,7 +207,7 @@ PLAN_ROWS = [
     ("micro-batch-fraction", _set("train.micro_batch", 2.5), ("field 'train.micro_batch'", "2.5")),
     ("grad-accum-negative", _set("train.grad_accum", -1), ("field 'train.grad_accum'", "got -1")),
     ("rank-zero", _set("train.lora.rank", 0), ("field 'train.lora.rank'", "greater than 0")),
-    ("rank-huge", _set("train.lora.rank", 1_000_000), ("LoRA rank 1,000,000", "at most 128")),
+    ("rank-huge", _set("train.lora.rank", 1_000_000), ("LoRA rank 1,000,000", "at most 896")),
     ("dropout-above-one", _set("train.lora.dropout", 1.5), ("field 'train.lora.dropout'", "less than 1")),
     ("targets-empty", _set("train.lora.targets", []), ("field 'train.lora.targets'", "at least 1 item")),
     ("tp-zero", _set("train.parallel.tp", 0), ("field 'train.parallel.tp'", "greater than 0")),
@@ -242,7 +242,7 @@ def test_hand_edited_plan_files_name_the_field(tmp_path: Path, plans: dict[str, 
 
 TRAIN_PLAN_ROWS = [
     ("seq-past-positions", _set("train.seq_len", 10**9), ("Sequence length 1,000,000,000", "256 positions")),
-    ("rank-past-matrices", _set("train.lora.rank", 1000), ("LoRA rank 1,000", "at most 32")),
+    ("rank-past-matrices", _set("train.lora.rank", 1000), ("LoRA rank 1,000", "at most 64")),
     ("micro-batch-word", _set("train.micro_batch", "two"), ("field 'train.micro_batch'", "'two'")),
 ]  # fmt: skip
 

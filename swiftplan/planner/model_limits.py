@@ -40,14 +40,14 @@ def _target_sets(spec: ModelSpec, targets: tuple[str, ...] | None) -> list[LoraS
 
 
 def rank_limit(spec: ModelSpec, targets: tuple[str, ...] | None) -> tuple[int, str]:
-    """(largest useful LoRA rank, the matrix that sets it): the smallest dimension of any matrix the
-    targets adapt; a rank above min(in, out) adds nothing a full update of that matrix would not."""
-
+    """(largest useful LoRA rank, the matrix that sets it): the largest min(in, out) of the matrices the
+    targets adapt. peft accepts a rank above one matrix's smaller side (a MoE router's 8 outputs, say) and
+    the adapter is merely over-parametrised there; above every matrix's, the rank buys nothing at all."""
     best = (0, "")
     for lora in _target_sets(spec, targets):
         for lin in (lin for i in {0, spec.num_layers - 1} for lin in targeted_linears(spec, lora, i)):
             limit = min(lin.in_features, lin.out_features)
-            if not best[1] or limit < best[0]:
+            if limit > best[0]:
                 best = (limit, f"{lin.name} ({lin.in_features} × {lin.out_features})")
     return best
 
@@ -57,8 +57,8 @@ def check_rank(spec: ModelSpec, rank: int, targets: tuple[str, ...] | None, what
     limit, matrix = rank_limit(spec, targets)
     if matrix and rank > limit:
         raise SwiftplanError(
-            f"{what} {rank:,} is larger than {spec.name}'s {matrix}, the smallest matrix it adapts; "
-            f"the rank can be at most {limit:,}.",
+            f"{what} {rank:,} is larger than every matrix it adapts in {spec.name}: the widest, {matrix}, "
+            f"has rank at most {limit:,}, so the rank can be at most {limit:,}.",
             hint=f"Use a rank of {limit:,} or less (typical values are 8–128), or target other modules.",
         )
 
