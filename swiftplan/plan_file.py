@@ -51,18 +51,18 @@ class _Strict(BaseModel):
 class LoraFields(_Strict):
     """`LoraSetup`."""
 
-    rank: int = Field(gt=0)
+    rank: int = Field(strict=True, gt=0)
     alpha: int | None = None
     targets: list[str] = Field(min_length=1)
-    dropout: float = Field(ge=0, lt=1)
+    dropout: float = Field(strict=True, ge=0, lt=1)
     dora: bool = False
 
 
 class ParallelFields(_Strict):
     """`Parallelism`."""
 
-    tp: int = Field(gt=0)
-    pp: int = Field(gt=0)
+    tp: int = Field(strict=True, gt=0)
+    pp: int = Field(strict=True, gt=0)
     zero: Literal[0, 1, 2, 3]
     offload: Offload
 
@@ -76,9 +76,9 @@ class TrainFields(_Strict):
     double_quant: bool
     lora: LoraFields | None
     optimizer: Optimizer
-    micro_batch: int = Field(gt=0)
-    seq_len: int = Field(gt=0)
-    grad_accum: int = Field(gt=0)
+    micro_batch: int = Field(strict=True, gt=0)
+    seq_len: int = Field(strict=True, gt=0)
+    grad_accum: int = Field(strict=True, gt=0)
     grad_ckpt: bool
     attention: AttentionImpl
     kbit_upcast: bool = False
@@ -91,44 +91,44 @@ class ServeFields(_Strict):
     dtype: Literal["bf16", "fp16", "fp32"]
     quant: Quant
     kv_dtype: KvDtype
-    context: int = Field(gt=0)
-    concurrency: int = Field(gt=0)
-    prefill_chunk: int = Field(gt=0)
-    tp: int = Field(gt=0)
-    gpu_memory_utilization: float = Field(ge=0.05, le=1.0)
-    max_loras: int = Field(ge=0)
-    max_lora_rank: int = Field(gt=0)
+    context: int = Field(strict=True, gt=0)
+    concurrency: int = Field(strict=True, gt=0)
+    prefill_chunk: int = Field(strict=True, gt=0)
+    tp: int = Field(strict=True, gt=0)
+    gpu_memory_utilization: float = Field(strict=True, ge=0.05, le=1.0)
+    max_loras: int = Field(strict=True, ge=0)
+    max_lora_rank: int = Field(strict=True, gt=0)
 
 
 class TrainWorkloadFields(_Strict):
     """`TrainWorkload`."""
 
-    seq_len: int = Field(gt=0)
-    global_batch: int = Field(gt=0)
-    dataset_tokens: int = Field(gt=0)
-    epochs: float = Field(gt=0)
+    seq_len: int = Field(strict=True, gt=0)
+    global_batch: int = Field(strict=True, gt=0)
+    dataset_tokens: int = Field(strict=True, gt=0)
+    epochs: float = Field(strict=True, gt=0)
     attention: str
-    lora_dropout: float = Field(ge=0, lt=1)
+    lora_dropout: float = Field(strict=True, ge=0, lt=1)
 
 
 class ServeWorkloadFields(_Strict):
     """`ServeWorkload`."""
 
-    context: int = Field(gt=0)
-    concurrency: int | None = Field(default=None, gt=0)
-    ttft_s: float | None = Field(default=None, gt=0)
-    decode_tps: float | None = Field(default=None, gt=0)
-    gpu_memory_utilization: float = Field(ge=0.05, le=1.0)
+    context: int = Field(strict=True, gt=0)
+    concurrency: int | None = Field(strict=True, default=None, gt=0)
+    ttft_s: float | None = Field(strict=True, default=None, gt=0)
+    decode_tps: float | None = Field(strict=True, default=None, gt=0)
+    gpu_memory_utilization: float = Field(strict=True, ge=0.05, le=1.0)
 
 
 class HardwareFields(_Strict):
     """The GPUs a plan uses (`Cluster`), with the accelerator's figures as planned."""
 
     offered: str
-    nodes: int = Field(gt=0)
-    gpus_per_node: int = Field(gt=0)
-    usable_memory_bytes: int | None = Field(default=None, gt=0)
-    inter_node_bytes_per_s: float = Field(gt=0)
+    nodes: int = Field(strict=True, gt=0)
+    gpus_per_node: int = Field(strict=True, gt=0)
+    usable_memory_bytes: int | None = Field(strict=True, default=None, gt=0)
+    inter_node_bytes_per_s: float = Field(strict=True, gt=0)
     notes: list[str] = []
     accelerator: dict[str, Any]
 
@@ -136,10 +136,10 @@ class HardwareFields(_Strict):
 class LayoutFields(_Strict):
     """`Layout` (dp is derived and written for the reader)."""
 
-    gpus: int = Field(gt=0)
-    tp: int = Field(gt=0)
-    pp: int = Field(gt=0)
-    dp: int = Field(gt=0)
+    gpus: int = Field(strict=True, gt=0)
+    tp: int = Field(strict=True, gt=0)
+    pp: int = Field(strict=True, gt=0)
+    dp: int = Field(strict=True, gt=0)
 
 
 class PredictionFields(_Strict):

@@ -203,6 +203,11 @@ PLAN_ROWS = [
     ("seq-negative", _set("train.seq_len", -5), ("field 'train.seq_len'", "got -5")),
     ("seq-word", _set("train.seq_len", "long"), ("field 'train.seq_len'", "valid integer", "'long'")),
     ("seq-fraction", _set("train.seq_len", 2048.5), ("field 'train.seq_len'", "2048.5")),
+    ("seq-true", _set("train.seq_len", True), ("field 'train.seq_len'", "valid integer", "True")),
+    ("seq-float-written", _set("train.seq_len", 1e9), ("field 'train.seq_len'", "valid integer")),
+    ("rank-true", _set("train.lora.rank", True), ("field 'train.lora.rank'", "valid integer")),
+    ("dropout-true", _set("train.lora.dropout", True), ("field 'train.lora.dropout'", "valid number")),
+    ("epochs-true", _set("workload.epochs", True), ("field 'workload.epochs'", "valid number")),
     ("micro-batch-zero", _set("train.micro_batch", 0), ("field 'train.micro_batch'", "greater than 0")),
     ("micro-batch-fraction", _set("train.micro_batch", 2.5), ("field 'train.micro_batch'", "2.5")),
     ("grad-accum-negative", _set("train.grad_accum", -1), ("field 'train.grad_accum'", "got -1")),
@@ -267,7 +272,9 @@ def test_a_plan_with_a_billion_token_sequence_is_refused_within_the_memory_cap(
     result = run_cli_bounded(
         "train", "plan.yaml", "--data", str(TINY_MODEL.parent.parent / "text.jsonl"), cwd=tmp_path
     )
-    assert_refused(result, "Sequence length 1,000,000,000", "256 positions")
+    # 1.0e+9 is a float where the plan needs a whole number: refused at the field, before any model
+    # loads (the int 10**9 row in TRAIN_PLAN_ROWS meets the model's positions check instead).
+    assert_refused(result, "field 'train.seq_len'", "valid integer", "1000000000.0")
 
 
 @pytest.mark.parametrize(
