@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+FIXTURES = Path(__file__).parent / "fixtures"
+
 CASE_TIME_LIMIT_S = 30
 """No bad input may take longer than this to be refused (the planner answers in about a second)."""
 CASE_MEMORY_LIMIT_BYTES = 6 * 2**30
@@ -101,3 +103,19 @@ def assert_refused(result: CliResult, *fragments: str) -> None:
     text = " ".join(result.output.split()).lower()
     for fragment in fragments:
         assert " ".join(fragment.split()).lower() in text, f"{fragment!r} missing from:\n{result.output}"
+
+
+def write_tiny_plans(where: Path) -> Path:
+    """`where` with serve.yaml (the tiny serving config, context 128) and train.yaml (the tiny Llama,
+    LoRA at 64 tokens), both for one H100: plans that load without a hub or a GPU."""
+    from swiftplan.plan_file import save_plan
+    from swiftplan.planner.hardware import parse_cluster
+    from swiftplan.planner.setup import ServeSetup, TrainSetup
+    from swiftplan.usecases.estimate import plan_for_setup
+
+    cluster = parse_cluster("h100")
+    serve = plan_for_setup(str(FIXTURES / "serve_tiny_config.json"), cluster, ServeSetup(context=128))
+    save_plan(serve, where / "serve.yaml")
+    train = plan_for_setup(str(FIXTURES / "train" / "tiny_llama"), cluster, TrainSetup(seq_len=64))
+    save_plan(train, where / "train.yaml")
+    return where

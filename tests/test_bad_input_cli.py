@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from bad_input_support import assert_refused, run_cli
+from bad_input_support import assert_refused, run_cli, write_tiny_plans
 
 FIXTURES = Path(__file__).parent / "fixtures"
 M = "Qwen/Qwen2.5-0.5B"
@@ -380,18 +380,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """A directory holding a tiny serving plan and a tiny training plan."""
-    from swiftplan.plan_file import save_plan
-    from swiftplan.planner.hardware import parse_cluster
-    from swiftplan.planner.setup import ServeSetup, TrainSetup
-    from swiftplan.usecases.estimate import plan_for_setup
-
-    where = tmp_path_factory.mktemp("bad_input")
-    cluster = parse_cluster("h100")
-    save_plan(plan_for_setup(str(FIXTURES / "serve_tiny_config.json"), cluster, ServeSetup(context=128)),
-              where / "serve.yaml")  # fmt: skip
-    save_plan(plan_for_setup(str(FIXTURES / "train" / "tiny_llama"), cluster, TrainSetup(seq_len=64)),
-              where / "train.yaml")  # fmt: skip
-    return where
+    return write_tiny_plans(tmp_path_factory.mktemp("bad_input"))
 
 
 @pytest.mark.parametrize(("args", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from bad_input_support import CASE_TIME_LIMIT_S, CliResult, assert_refused, run_cli
+from bad_input_support import CASE_TIME_LIMIT_S, CliResult, assert_refused, run_cli, write_tiny_plans
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.extras import EXTRAS, install_command, missing_module_error, needs, require
@@ -111,18 +111,8 @@ def test_a_missing_swiftplan_module_is_a_bug_not_an_extra():
 
 @pytest.fixture(scope="module")
 def plans(tmp_path_factory) -> Path:
-    from swiftplan.plan_file import save_plan
-    from swiftplan.planner.hardware import parse_cluster
-    from swiftplan.planner.setup import ServeSetup, TrainSetup
-    from swiftplan.usecases.estimate import plan_for_setup
-
-    where = tmp_path_factory.mktemp("plans")
-    cluster = parse_cluster("h100")
-    save_plan(plan_for_setup(str(FIXTURES / "serve_tiny_config.json"), cluster, ServeSetup(context=128)),
-              where / "serve.yaml")  # fmt: skip
-    save_plan(plan_for_setup(str(FIXTURES / "train" / "tiny_llama"), cluster, TrainSetup(seq_len=64)),
-              where / "train.yaml")  # fmt: skip
-    return where
+    """A directory holding a tiny serving plan and a tiny training plan."""
+    return write_tiny_plans(tmp_path_factory.mktemp("plans"))
 
 
 TRAIN_RUN = ("train", "train.yaml", "--data", str(FIXTURES / "train" / "alpaca.jsonl"), "--random-init",

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.values import is_positive_number, is_whole_number
 
 # model_type values whose module layout architecture.py knows. Families that need
 # trust_remote_code (internlm2, chatglm) are laid out from their published modelling code.
@@ -197,13 +198,7 @@ _CONFIG_HINT = "Pass a complete config.json (the file next to the model weights)
 def _check_whole(name: str, key: str, value: Any, *, minimum: int = 1) -> int:
     """`value` as an int when it is a whole number of at least `minimum` (JSON may spell 4096 as
     4096.0 or 4.096e3); anything else is a SwiftplanError naming the key."""
-    whole = (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and float(value).is_integer()
-    )
-    if not whole or value < minimum:
+    if not is_whole_number(value) or value < minimum:
         raise SwiftplanError(
             f"The config for {name!r} has {key}={value!r}; it must be a whole number of at least {minimum}.",
             hint=_CONFIG_HINT,
@@ -421,12 +416,7 @@ def _optional_number(config: Mapping[str, Any], name: str, key: str) -> float | 
     value = config.get(key)
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+    if not is_positive_number(value):
         raise SwiftplanError(
             f"The config for {name!r} has {key}={value!r}; it must be a positive number or null.",
             hint=_CONFIG_HINT,

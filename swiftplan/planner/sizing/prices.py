@@ -22,6 +22,7 @@ from typing import Any
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.hardware import Accelerator, get_accelerator
+from swiftplan.planner.values import is_positive_number
 
 PRICE_KEYS = ("usd_per_gpu_hour", "purchase_usd", "source", "as_of")
 """Keys a price-file entry may have."""
@@ -106,12 +107,7 @@ def catalog_price(accelerator: Accelerator) -> Price:
 def _number(origin: str, key: str, name: str, value: Any) -> float | None:
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+    if not is_positive_number(value):
         raise SwiftplanError(
             f"{origin}: {key}.{name} must be a positive number of US dollars, got {value!r}.",
             hint=f"Example: {key}: {{usd_per_gpu_hour: 2.1, purchase_usd: 30000}}.",
