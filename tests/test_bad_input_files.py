@@ -322,7 +322,7 @@ DATA_ROWS = [
     ("unsupported-suffix", "d.xlsx", b"PK\x03\x04", ("Unsupported data file type '.xlsx'", ".jsonl")),
     ("txt-empty", "d.txt", b"", ("holds no text",)),
     ("txt-not-utf8", "d.txt", b"ok\n\xff\n", ("d.txt line 2 is not UTF-8",)),
-    ("txt-line-too-long", "d.txt", b"z" * (2 * 2**20), ("d.txt line 1", "lines are limited to 1,048,576 bytes")),
+    ("txt-line-too-long", "d.txt", b"z" * (2 * 2**20), ("d.txt line 1", "records are limited to 1,048,576 bytes")),
 ]  # fmt: skip
 
 

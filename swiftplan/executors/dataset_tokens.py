@@ -15,11 +15,11 @@ from typing import Any
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.executors.train.data import (
-    BYTES_PER_TOKEN_BOUND,
     Record,
     check_data_path,
     iter_records,
     max_record_bytes,
+    text_lines,
 )
 
 CHARS_PER_TOKEN = 4.0
@@ -53,26 +53,8 @@ def _texts(path: Path, max_positions: int | None) -> Iterator[str]:
         for _, record in iter_records(path, max_positions=max_positions):
             yield _record_text(record)
         return
-    limit = max_record_bytes(max_positions)
-    with path.open("rb") as handle:
-        number = 0
-        while line := handle.readline(limit + 1):
-            number += 1
-            if len(line) > limit and not line.endswith(b"\n"):
-                raise SwiftplanError(
-                    f"{path.name} line {number} is {len(line):,} bytes or more; lines are limited to {limit:,} "
-                    f"bytes ({limit // BYTES_PER_TOKEN_BOUND:,} positions × {BYTES_PER_TOKEN_BOUND} bytes per token).",
-                    hint="Split the text into shorter lines.",
-                )
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise SwiftplanError(
-                    f"{path.name} line {number} is not UTF-8 text ({error.reason} at byte {error.start}).",
-                    hint="Save the file as UTF-8.",
-                ) from error
-            if text.strip():
-                yield text
+    for _, text in text_lines(path, max_record_bytes(max_positions)):
+        yield text
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")

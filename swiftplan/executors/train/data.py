@@ -109,8 +109,9 @@ def alpaca_prompt(instruction: str, input_text: str) -> str:
     return ALPACA_PROMPT.format(context="", instruction=instruction, input_block="")
 
 
-def _json_lines(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
-    """JSONL records, read one bounded line at a time."""
+def text_lines(path: Path, limit: int) -> Iterator[tuple[str, str]]:
+    """(where, text) for each non-blank line of `path`, read one bounded line at a time: a line longer
+    than `limit` bytes or not UTF-8 is refused naming the file and the line."""
     with path.open("rb") as handle:
         number = 0
         while line := handle.readline(limit + 1):
@@ -125,15 +126,20 @@ def _json_lines(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
                     f"{where} is not UTF-8 text ({error.reason} at byte {error.start}).",
                     hint="Save the file as UTF-8.",
                 ) from error
-            if not text.strip():
-                continue
-            try:
-                yield where, json.loads(text)
-            except json.JSONDecodeError as error:
-                raise SwiftplanError(
-                    f"{where}: not valid JSON ({error.msg} at column {error.colno}).",
-                    hint="JSONL files hold one JSON object per line.",
-                ) from error
+            if text.strip():
+                yield where, text
+
+
+def _json_lines(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
+    """JSONL records, read one bounded line at a time."""
+    for where, text in text_lines(path, limit):
+        try:
+            yield where, json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SwiftplanError(
+                f"{where}: not valid JSON ({error.msg} at column {error.colno}).",
+                hint="JSONL files hold one JSON object per line.",
+            ) from error
 
 
 def _json_array(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
