@@ -152,13 +152,12 @@ def _option(case: Case, name: str, default: str) -> str:
 def brute_force(case: Case) -> dict:
     """Best feasible candidate by enumerating the whole space (same evaluator settings as the CLI's defaults)."""
     from swiftplan.executors.model_source import resolve_model
+    from swiftplan.planner.engines import default_engine
     from swiftplan.planner.hardware import parse_cluster
     from swiftplan.planner.search.candidate import ServeWorkload, TrainWorkload
     from swiftplan.planner.search.evaluate import ServeEvaluator, TrainEvaluator
     from swiftplan.planner.search.serve_space import build_serve_space
     from swiftplan.planner.search.space import build_train_space
-
-    from swiftplan.planner.engines import default_engine
 
     start = time.perf_counter()
     spec, cluster = resolve_model(case.model), parse_cluster(case.gpus)

@@ -54,7 +54,14 @@ def render_estimate(estimate: Estimate) -> None:
         f"at {mem.peak_phase} (torch.cuda.max_memory_allocated)",
     )
     table.add_row(
-        "[bold]device total[/]", f"[bold]{mem.device_total / 2**30:.2f}[/]", "what nvidia-smi would show"
+        "[bold]peak reserved[/]",
+        f"[bold]{mem.peak_reserved / 2**30:.2f}[/]",
+        "allocated + allocator rounding and fragmentation (torch.cuda.max_memory_reserved)",
+    )
+    table.add_row(
+        "[bold]device total[/]",
+        f"[bold]{mem.device_total / 2**30:.2f}[/]",
+        "reserved + CUDA context: what nvidia-smi would show",
     )
     table.add_row("device memory", f"{estimate.device_memory_bytes / 2**30:.2f}", "")
     console.print(table)
@@ -88,7 +95,8 @@ def render_estimate(estimate: Estimate) -> None:
 
 _PLAN_FILE_OPTIONS = ("task", "method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch",
                       "seq", "grad_accum", "grad_ckpt", "attention", "kbit_upcast", "zero", "offload", "gpus", "tp",
-                      "pp", "context", "concurrency", "kv_dtype", "gpu_memory_utilization", "engine")  # fmt: skip
+                      "pp", "context", "concurrency", "kv_dtype", "gpu_memory_utilization", "engine",
+                      "expandable_segments", "variable_lengths")  # fmt: skip
 
 
 def _given(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
@@ -199,6 +207,20 @@ EngineOpt = Annotated[
         help="Check against this engine (default: swiftplan for training, vLLM or builtin for serving).",
     ),
 ]
+ExpandableOpt = Annotated[
+    bool,
+    _opt(
+        "--expandable-segments",
+        help="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: less allocator fragmentation in peak reserved.",
+    ),
+]
+VariableLengthsOpt = Annotated[
+    bool,
+    _opt(
+        "--variable-lengths",
+        help="Batches of many sequence lengths (dynamic padding, no packing): more allocator fragmentation.",
+    ),
+]
 JsonOpt = Annotated[bool, _opt("--json", help="Print one JSON object.")]
 
 
@@ -229,6 +251,8 @@ def estimate_command(
     kv_dtype: KvOpt = "auto",
     gpu_memory_utilization: UtilOpt = 0.9,
     engine: EngineOpt = None,
+    expandable_segments: ExpandableOpt = False,
+    variable_lengths: VariableLengthsOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Memory breakdown (per device) and predicted speed of one configuration."""
@@ -254,10 +278,14 @@ def _estimate(ctx: typer.Context, options: dict[str, Any]) -> Any:
             raise SwiftplanError(f"{model} is a plan file: it fixes the model, hardware and set-up, so {flags} cannot apply.",
                                  hint="Drop those options, or estimate the model by name with them.")  # fmt: skip
         return usecase.estimate_plan_file(model)
+    from swiftplan.planner.allocator import AllocatorSettings
     from swiftplan.usecases.inputs import resolve_cluster
 
     cluster = resolve_cluster(options["gpus"])
-    return usecase.estimate_setup(model, cluster, _setup(options, cluster), options["engine"])
+    allocator = AllocatorSettings(
+        expandable_segments=options["expandable_segments"], variable_lengths=options["variable_lengths"]
+    )
+    return usecase.estimate_setup(model, cluster, _setup(options, cluster), options["engine"], allocator)
 
 
 def _setup(o: dict[str, Any], cluster: Any) -> Any:

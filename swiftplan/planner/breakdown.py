@@ -36,8 +36,9 @@ class MemoryBreakdown:
     """Memory on one device (the most loaded one), in bytes.
 
     `peak_allocated` is what torch.cuda.max_memory_allocated() would report after a few
-    steps; `device_total` adds what the process holds outside allocations (CUDA context,
-    allocator slack) and is what nvidia-smi would show.
+    steps; `peak_reserved` adds the caching allocator's block rounding and fragmentation
+    (torch.cuda.max_memory_reserved(), planner/allocator.py); `device_total` adds what the
+    process holds outside the allocator (CUDA context, NCCL) and is what nvidia-smi would show.
     """
 
     weights: int = 0
@@ -62,6 +63,8 @@ class MemoryBreakdown:
     """Outside torch allocations: CUDA context and caching-allocator slack."""
     peak_allocated: int = 0
     """Peak of live tensor bytes (torch.cuda.max_memory_allocated)."""
+    peak_reserved: int = 0
+    """Peak of the caching allocator's segments (torch.cuda.max_memory_reserved); 0 when not modelled."""
     device_total: int = 0
     """What the device shows in use at the peak (nvidia-smi)."""
     peak_phase: str = ""

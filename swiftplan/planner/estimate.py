@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.adapters import validate_targets
+from swiftplan.planner.allocator import AllocatorSettings, with_reserved
 from swiftplan.planner.architecture import total_params
 from swiftplan.planner.breakdown import MemoryBreakdown
 from swiftplan.planner.hardware import Cluster
@@ -50,10 +51,13 @@ class Estimate:
     """Serving: longest context that fits at the requested concurrency."""
     notes: tuple[str, ...] = ()
     """What the reader should know: probe adjustments, missing figures."""
+    allocator: AllocatorSettings = AllocatorSettings()
+    """How the run drives PyTorch's caching allocator (peak_reserved depends on it)."""
 
     @property
     def fits(self) -> bool:
-        """Whether the device total stays within the device's memory (and, serving, the KV budget holds the load)."""
+        """Whether reserved memory plus the context stays within the device's memory (and, serving, the KV
+        budget holds the load)."""
         if isinstance(self.setup, ServeSetup):
             return self.max_concurrency is not None and self.max_concurrency >= self.setup.concurrency
         return self.memory.device_total <= self.device_memory_bytes
@@ -111,6 +115,10 @@ class Estimate:
             "params": self.params,
             "trainable_params": self.trainable_params,
             "per_device": self.memory.as_dict(),
+            "allocator": {
+                "expandable_segments": self.allocator.expandable_segments,
+                "variable_lengths": self.allocator.variable_lengths,
+            },
             "peak_phase": self.memory.peak_phase,
             "host_bytes": self.host_bytes,
             "device_memory_bytes": self.device_memory_bytes,
@@ -158,12 +166,18 @@ def _speed_or_note(predict: Callable[[], SpeedT], notes: list[str]) -> SpeedT | 
         return None
 
 
-def estimate_training(spec: ModelSpec, setup: TrainSetup, cluster: Cluster) -> Estimate:
-    """Memory and speed of one training configuration."""
+def estimate_training(
+    spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, allocator: AllocatorSettings | None = None
+) -> Estimate:
+    """Memory and speed of one training configuration; reserved memory under `allocator`'s settings."""
     _check_parallelism(spec, cluster, setup.parallel.tp, setup.parallel.pp)
     if setup.lora is not None and setup.trains_adapters:
         validate_targets(spec, setup.lora)
     memory = train_memory(spec, setup, world_size=cluster.world_size)
+    allocator = allocator or AllocatorSettings()
+    device = with_reserved(
+        spec, memory.device, seq_len=setup.seq_len, settings=allocator, backend=cluster.accelerator.backend
+    )
     notes = list(cluster.notes)
     speed = _speed_or_note(
         lambda: train_speed(spec, setup, cluster, trainable_params=memory.trainable_params), notes
@@ -173,19 +187,23 @@ def estimate_training(spec: ModelSpec, setup: TrainSetup, cluster: Cluster) -> E
         model=spec,
         cluster=cluster,
         setup=setup,
-        memory=memory.device,
+        memory=device,
         device_memory_bytes=cluster.memory_bytes_per_device,
         host_bytes=memory.host_bytes,
         params=memory.params,
         trainable_params=memory.trainable_params,
         speed=speed,
         notes=tuple(notes),
+        allocator=allocator,
     )
 
 
-def estimate_serving(spec: ModelSpec, setup: ServeSetup, cluster: Cluster) -> Estimate:
+def estimate_serving(
+    spec: ModelSpec, setup: ServeSetup, cluster: Cluster, *, allocator: AllocatorSettings | None = None
+) -> Estimate:
     """Memory, limits and speed of one serving configuration (one replica on `setup.tp` devices)."""
     _check_parallelism(spec, cluster, setup.tp, 1)
+    allocator = allocator or AllocatorSettings()
     device_bytes = cluster.memory_bytes_per_device
     memory = serve_memory(spec, setup, device_memory_bytes=device_bytes)
     notes = list(cluster.notes)
@@ -204,7 +222,13 @@ def estimate_serving(spec: ModelSpec, setup: ServeSetup, cluster: Cluster) -> Es
         model=spec,
         cluster=cluster,
         setup=setup,
-        memory=memory.device,
+        memory=with_reserved(
+            spec,
+            memory.device,
+            seq_len=setup.context,
+            settings=allocator,
+            backend=cluster.accelerator.backend,
+        ),
         device_memory_bytes=device_bytes,
         host_bytes=0,
         params=total_params(spec),
@@ -213,4 +237,5 @@ def estimate_serving(spec: ModelSpec, setup: ServeSetup, cluster: Cluster) -> Es
         max_concurrency=memory.max_concurrency,
         max_context=memory.max_context,
         notes=tuple(notes),
+        allocator=allocator,
     )

@@ -17,6 +17,7 @@ from functools import cache
 
 from swiftplan.planner import activations as act
 from swiftplan.planner.adapters import adapter_params, is_targeted, lora_params_for
+from swiftplan.planner.allocator import with_reserved
 from swiftplan.planner.architecture import (
     largest_param_elements,
     layer_linears,
@@ -256,7 +257,7 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
     transient = {"optimizer step": step_temp, "end of backward": 2 * head_grads}.get(phase, states.gathered)
     runtime_alloc = int(constant("runtime_overhead", "cublas_workspace_bytes"))
     peak = phase_peaks[phase] + runtime_alloc
-    frag = constant("runtime_overhead", "allocator_fragmentation")
+    frag = 0.0  # the allocator's slack is planner/allocator.py's (with_reserved below)
     context = int(constant("runtime_overhead", "cuda_context_bytes"))
     overhead = int(peak * frag) + context
     terms = _terms(
@@ -264,7 +265,7 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
         activations=activations, logits=logits, transient=transient, phase=phase, overhead=overhead,
         context=context, frag=frag,
     )  # fmt: skip
-    device = MemoryBreakdown(
+    device = MemoryBreakdown(  # with_reserved (below) adds peak_reserved and the allocator's slack
         weights=states.weights,
         adapters=states.adapters,
         gradients=states.gradients,
@@ -279,6 +280,7 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
         peak_phase=phase,
         terms=terms,
     )
+    device = with_reserved(spec, device, seq_len=setup.seq_len)
     return TrainMemory(
         device=device,
         host_bytes=states.host,

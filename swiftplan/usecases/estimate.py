@@ -13,6 +13,7 @@ from pathlib import Path
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner import model_limits
+from swiftplan.planner.allocator import AllocatorSettings
 from swiftplan.planner.engines import (
     Engine,
     default_engine,
@@ -68,18 +69,23 @@ def _engine_check(setup: TrainSetup | ServeSetup, cluster: Cluster, engine: Engi
 
 
 def estimate_setup(
-    model: str, cluster: Cluster, setup: TrainSetup | ServeSetup, engine: str | None = None
+    model: str,
+    cluster: Cluster,
+    setup: TrainSetup | ServeSetup,
+    engine: str | None = None,
+    allocator: AllocatorSettings | None = None,
 ) -> EstimateOutcome:
-    """Estimate one set-up of `model` on `cluster` and check it against `engine` (default: the task's)."""
+    """Estimate one set-up of `model` on `cluster` and check it against `engine` (default: the task's);
+    `allocator`: how the run drives PyTorch's caching allocator (reserved memory)."""
     spec = inputs.resolve_model(model)
     warnings = model_limits.check_setup(spec, setup)
     task: Task = "serve" if isinstance(setup, ServeSetup) else "train"
     chosen = get_engine(engine, task) if engine else default_engine(task, cluster.accelerator.backend)
     if isinstance(setup, ServeSetup):
-        estimate = estimate_serving(spec, setup, cluster)
+        estimate = estimate_serving(spec, setup, cluster, allocator=allocator)
         gpus = setup.tp
     else:
-        estimate = estimate_training(spec, setup, cluster)
+        estimate = estimate_training(spec, setup, cluster, allocator=allocator)
         gpus = cluster.world_size
     estimate = replace(estimate, notes=estimate.notes + warnings)
     reasons, others = _engine_check(setup, cluster, chosen, gpus)

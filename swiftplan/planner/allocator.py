@@ -1,0 +1,272 @@
+"""PyTorch's CUDA caching allocator, as arithmetic: what `torch.cuda.max_memory_reserved()` adds to
+`max_memory_allocated()`, and what the device shows on top (CUDA context).
+
+Two parts, kept apart because one is exact and the other is fitted:
+
+- **Block rounding** (exact, from the allocator's rules). Every request is rounded up to a multiple of
+  512 B; requests of at most 1 MiB are served from 2 MiB segments (the small pool); requests between
+  1 and 10 MiB split a 20 MiB segment (kLargeBuffer); larger requests get a segment of their size rounded
+  up to 2 MiB. Source: pytorch/pytorch `c10/cuda/CUDACachingAllocator.cpp` (constants kMinBlockSize,
+  kSmallSize, kSmallBuffer, kLargeBuffer, kMinLargeAlloc, kRoundLarge and the allocator's header comment,
+  read at commit 001074d25084fdb87a799823e395a50f5ec044d3; `round_size` and `get_allocation_size` in the
+  same file). Applied to the long-lived tensors (weights, adapters, gradients, optimizer states, fp32
+  masters), which are allocated once and each keep their own rounded block.
+- **Fragmentation** (fitted). Short-lived tensors (activations, logits, step temporaries) are freed and
+  re-requested every step; cached blocks that are too small for the next request stay reserved. The
+  slack is a fraction of those dynamic bytes that grows with the number of distinct sequence lengths
+  a run sees (each length is a new set of tensor sizes), and that `expandable_segments:True`
+  (PYTORCH_CUDA_ALLOC_CONF) cuts, because it grows one segment per stream instead of leaving slivers
+  at the end of per-request segments (Note [Expandable Segments] in the same file). The fraction's
+  parameters live in profiles/calibration.json (`allocator`), fitted by benchmarks/calibrate.py.
+
+Pure: no torch, no I/O beyond the packaged calibration constants.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from swiftplan.planner.architecture import (
+    embedding_params,
+    linear_modules,
+    lm_head_params,
+    total_params,
+)
+from swiftplan.planner.breakdown import MemoryBreakdown, Term
+from swiftplan.planner.calibration import constant, constant_source
+from swiftplan.planner.model_spec import ModelSpec
+
+MiB = 2**20
+
+MIN_BLOCK_BYTES = 512
+"""kMinBlockSize: every request is rounded up to a multiple of 512 bytes."""
+SMALL_SIZE_BYTES = 1 * MiB
+"""kSmallSize: largest request served from the small pool."""
+SMALL_BUFFER_BYTES = 2 * MiB
+"""kSmallBuffer: segment size of the small pool."""
+LARGE_BUFFER_BYTES = 20 * MiB
+"""kLargeBuffer: segment cudaMalloc'ed for a 1-10 MiB request, then split."""
+MIN_LARGE_ALLOC_BYTES = 10 * MiB
+"""kMinLargeAlloc: requests from here up get a segment of their own size."""
+ROUND_LARGE_BYTES = 2 * MiB
+"""kRoundLarge: large segments are rounded up to 2 MiB."""
+
+LENGTH_BUCKET_TOKENS = 64
+"""Variable-length runs: sequence lengths within 64 tokens are counted as one tensor-size class."""
+
+
+def block_bytes(request_bytes: int) -> int:
+    """Size of the block a request occupies (round_size: a multiple of 512 B, at least 512 B)."""
+    if request_bytes < 0:
+        raise ValueError("a request cannot be negative")
+    if request_bytes <= MIN_BLOCK_BYTES:
+        return MIN_BLOCK_BYTES
+    return -(-request_bytes // MIN_BLOCK_BYTES) * MIN_BLOCK_BYTES
+
+
+def segment_bytes(request_bytes: int) -> int:
+    """Bytes cudaMalloc'ed when no cached block fits the request (get_allocation_size of its block)."""
+    size = block_bytes(request_bytes)
+    if size <= SMALL_SIZE_BYTES:
+        return SMALL_BUFFER_BYTES
+    if size < MIN_LARGE_ALLOC_BYTES:
+        return LARGE_BUFFER_BYTES
+    return -(-size // ROUND_LARGE_BYTES) * ROUND_LARGE_BYTES
+
+
+def reserved_for(requests: list[int]) -> int:
+    """Reserved bytes when `requests` are all live at once in a fresh allocator, in order.
+
+    Small requests (≤ 1 MiB) share 2 MiB segments and 1-10 MiB requests share 20 MiB segments (each
+    request splits the remainder of the last segment of its pool while it fits, as the allocator's best
+    fit over one growing free block does); larger requests each get a rounded segment of their own.
+    """
+    reserved = 0
+    free_small = free_mid = 0
+    for request in requests:
+        size = block_bytes(request)
+        if size <= SMALL_SIZE_BYTES:
+            if size > free_small:
+                reserved += SMALL_BUFFER_BYTES
+                free_small = SMALL_BUFFER_BYTES
+            free_small -= size
+        elif size < MIN_LARGE_ALLOC_BYTES:
+            if size > free_mid:
+                reserved += LARGE_BUFFER_BYTES
+                free_mid = LARGE_BUFFER_BYTES
+            free_mid -= size
+        else:
+            reserved += segment_bytes(size)
+    return reserved
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AllocatorSettings:
+    """How the run drives the caching allocator."""
+
+    expandable_segments: bool = False
+    """PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (one growing segment per stream)."""
+    variable_lengths: bool = False
+    """Batches come in many sequence lengths (dynamic padding of unpacked data) rather than one shape."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AllocatorParams:
+    """The fitted constants of the fragmentation model (profiles/calibration.json `allocator`)."""
+
+    dynamic_slack: float
+    """Reserved-but-free bytes per dynamic byte when every step has the same shapes."""
+    length_slack: float
+    """Extra slack per doubling of the number of distinct sequence lengths."""
+    expandable_factor: float
+    """Multiplier on the slack under expandable segments."""
+
+    @classmethod
+    def from_calibration(cls) -> AllocatorParams:
+        """The values in profiles/calibration.json."""
+        return cls(
+            dynamic_slack=constant("allocator", "dynamic_slack"),
+            length_slack=constant("allocator", "length_slack"),
+            expandable_factor=constant("allocator", "expandable_factor"),
+        )
+
+
+def distinct_lengths(seq_len: int, settings: AllocatorSettings) -> int:
+    """Tensor-size classes a run's sequence lengths fall into (1 for fixed shapes)."""
+    return max(1, seq_len // LENGTH_BUCKET_TOKENS) if settings.variable_lengths else 1
+
+
+def slack_fraction(seq_len: int, settings: AllocatorSettings, params: AllocatorParams) -> float:
+    """Fragmentation slack as a fraction of the dynamic (per-step) bytes."""
+    fraction = params.dynamic_slack + params.length_slack * math.log2(distinct_lengths(seq_len, settings))
+    return fraction * (params.expandable_factor if settings.expandable_segments else 1.0)
+
+
+def persistent_requests(spec: ModelSpec, memory: MemoryBreakdown) -> list[int]:
+    """The long-lived tensors of the breakdown as allocation requests: every weight matrix (and the
+    embedding / LM head) once per state that holds a copy of it, sized by this device's bytes per
+    parameter of each state (so sharding and quantization carry over)."""
+    params = total_params(spec)
+    matrices = [lin.in_features * lin.out_features * lin.count for _, lin in linear_modules(spec)]
+    matrices += [n for n in (embedding_params(spec), lm_head_params(spec)) if n]
+    requests: list[int] = []
+    for state in (memory.weights, memory.gradients, memory.optimizer, memory.master_weights):
+        if state <= 0 or params <= 0:
+            continue
+        per_param = state / params
+        requests += [int(n * per_param) for n in matrices]
+    return requests
+
+
+def rounding_bytes(spec: ModelSpec, memory: MemoryBreakdown) -> int:
+    """Bytes the block rounding adds to the long-lived tensors (exact rules, model's matrix shapes)."""
+    requests = [r for r in persistent_requests(spec, memory) if r > 0]
+    return max(0, reserved_for(requests) - sum(requests))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Reserve:
+    """What the caching allocator holds beyond the live tensors at the peak."""
+
+    rounding_bytes: int
+    """Block rounding of the long-lived tensors."""
+    fragmentation_bytes: int
+    """Cached-but-unusable blocks left by the per-step tensors."""
+    fraction: float
+    """Fragmentation slack per dynamic byte."""
+    dynamic_bytes: int
+    """Per-step bytes at the peak (activations, logits, temporaries)."""
+
+    @property
+    def slack_bytes(self) -> int:
+        """peak_reserved - peak_allocated."""
+        return self.rounding_bytes + self.fragmentation_bytes
+
+
+def reserve(
+    spec: ModelSpec,
+    memory: MemoryBreakdown,
+    *,
+    seq_len: int,
+    settings: AllocatorSettings,
+    params: AllocatorParams | None = None,
+) -> Reserve:
+    """The allocator's slack for a breakdown whose `peak_allocated` is set."""
+    params = params or AllocatorParams.from_calibration()
+    persistent = (
+        memory.weights + memory.adapters + memory.gradients + memory.optimizer + memory.master_weights
+    )
+    dynamic = max(0, memory.peak_allocated - persistent - memory.kv_cache)
+    fraction = slack_fraction(seq_len, settings, params)
+    return Reserve(
+        rounding_bytes=rounding_bytes(spec, memory),
+        fragmentation_bytes=int(dynamic * fraction),
+        fraction=fraction,
+        dynamic_bytes=dynamic,
+    )
+
+
+def context_bytes(backend: str | None = None) -> int:
+    """CUDA/ROCm context and kernel images outside the allocator, for an accelerator backend."""
+    name = f"context_bytes_{backend}" if backend else ""
+    try:
+        return int(constant("allocator", name))
+    except KeyError:
+        return int(constant("runtime_overhead", "cuda_context_bytes"))
+
+
+def _context_source(backend: str | None) -> str:
+    try:
+        return constant_source("allocator", f"context_bytes_{backend}")
+    except KeyError:
+        return constant_source("runtime_overhead", "cuda_context_bytes")
+
+
+def with_reserved(
+    spec: ModelSpec,
+    memory: MemoryBreakdown,
+    *,
+    seq_len: int,
+    settings: AllocatorSettings | None = None,
+    backend: str | None = None,
+    extras: tuple[Term, ...] = (),
+) -> MemoryBreakdown:
+    """`memory` with `peak_reserved`, `runtime_overhead` and `device_total` from the allocator model.
+
+    peak_reserved = peak_allocated + rounding + fragmentation; device_total = peak_reserved + context
+    + extras (memory a runtime holds outside torch's allocator, e.g. NCCL buffers), each a named term.
+    """
+    settings = settings or AllocatorSettings()
+    res = reserve(spec, memory, seq_len=seq_len, settings=settings)
+    context = context_bytes(backend)
+    extra = sum(t.value_bytes for t in extras)
+    reserved = memory.peak_allocated + res.slack_bytes
+    lengths = distinct_lengths(seq_len, settings)
+    alloc_term = Term(
+        name="allocator_slack",
+        value_bytes=res.slack_bytes,
+        formula=(
+            f"block rounding {res.rounding_bytes / MiB:,.0f} MiB + {res.fraction:.1%} of "
+            f"{res.dynamic_bytes / MiB:,.0f} MiB per-step tensors"
+            + (f" ({lengths} sequence-length classes)" if lengths > 1 else " (one shape per step)")
+            + (", expandable segments" if settings.expandable_segments else "")
+        ),
+        source="rounding: pytorch/pytorch c10/cuda/CUDACachingAllocator.cpp @ 001074d2; slack: "
+        + constant_source("allocator", "dynamic_slack"),
+    )
+    context_term = Term(
+        name="runtime_overhead",
+        value_bytes=res.slack_bytes + context + extra,
+        formula=f"CUDA context {context / MiB:,.0f} MiB + allocator slack {res.slack_bytes / MiB:,.0f} MiB"
+        + "".join(f" + {t.name} {t.value_bytes / MiB:,.0f} MiB" for t in extras),
+        source=_context_source(backend),
+    )
+    terms = tuple(t for t in memory.terms if t.name not in ("runtime_overhead", "allocator_slack"))
+    return replace(
+        memory,
+        peak_reserved=reserved,
+        runtime_overhead=res.slack_bytes + context + extra,
+        device_total=reserved + context + extra,
+        terms=(*terms, alloc_term, *extras, context_term),
+    )
