@@ -39,6 +39,7 @@ _COMMAND_MODULES = [
     "train",
     "export",
     "serve",
+    "doctor",
     "dash",
 ]
 
