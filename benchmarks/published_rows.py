@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from swiftplan.planner.allocator import AllocatorSettings
 from swiftplan.planner.architecture import total_params
 from swiftplan.planner.hardware import Cluster, parse_cluster
 from swiftplan.planner.model_catalog import catalog_spec, find_catalog_id
@@ -40,6 +41,13 @@ MODEL_NAMES: dict[str, tuple[str, str]] = {
     "Qwen-7B-Chat": ("Qwen/Qwen-7B", "chat fine-tune of Qwen-7B (same shapes)"),
     "Qwen-7B-Chat-Int4": ("Qwen/Qwen-7B", "GPTQ-int4 export of Qwen-7B-Chat (same shapes)"),
     "Qwen-72B-Chat-Int4": ("Qwen/Qwen-72B", "GPTQ-int4 export of Qwen-72B-Chat (same shapes)"),
+    "Qwen2.5-7B-Instruct": ("Qwen/Qwen2.5-7B-Instruct", ""),
+    "Qwen2.5-7B": ("Qwen/Qwen2.5-7B-Instruct", "base model of Qwen2.5-7B-Instruct (same shapes)"),
+    "Qwen2.5-7B-Instruct-AWQ": (
+        "Qwen/Qwen2.5-7B-Instruct",
+        "AWQ export of Qwen2.5-7B-Instruct (same shapes)",
+    ),
+    "Qwen2.5-3B-Instruct": ("Qwen/Qwen2.5-3B", "instruct fine-tune of Qwen2.5-3B (same shapes)"),
 }
 # Nominal sizes in rule-of-thumb rows: a catalog model of that class, its terms scaled to the nominal size.
 GENERIC_MODELS: dict[str, str] = {
@@ -66,6 +74,7 @@ GPU_NAMES: dict[str, str] = {
     "80GB GPU": "a100-80gb-sxm",
     "48GB GPU": "rtxa6000",
     "": "a100-80gb-sxm",  # rule-of-thumb rows name no GPU; their terms do not depend on it
+    "GPU (unstated)": "a100-80gb-sxm",  # memory counters do not depend on the GPU; no verdict or speed compared
 }
 UNIT_OVERRIDES: dict[str, tuple[int, str]] = {
     "iss-01": (GiB, "'13G' read off nvidia-smi, which counts MiB: taken as GiB"),
@@ -135,6 +144,15 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
         "4-bit taken as NF4 with double quantization (LLaMA-Factory's QLoRA default)",
     ),
     "est-03": ({"tokens": 128_000}, "the blog's '128k' is 128,000 tokens (its 39.06 figure), not 131,072"),
+    "ms-10": (
+        {"attention": "flash", "variable_lengths": False},
+        "packing: every step one filled 2048-token pack (one tensor shape)",
+    ),
+    "ms-15": (
+        {"attention": "flash", "variable_lengths": False},
+        "packing to 8192 tokens (one tensor shape); ZeRO-3 on 4 GPUs",
+    ),
+    "ms-08": ({"double_quant": False}, "ms-swift leaves bnb double quantization off unless asked"),
     **{
         f"qwen-0{i}": (
             {},
@@ -145,6 +163,15 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
 }
 # What a whole source states (not assumed), by id prefix; a row's own ASSUMPTIONS win.
 SOURCE_SETTINGS: dict[str, dict[str, Any]] = {
+    # ms-swift: lora_dropout 0.05 (swift/arguments/tuner_args.py); unpacked data padded per batch, so the
+    # lengths vary step to step (the allocator sees many tensor sizes), except the packing rows below.
+    "ms-": {"lora_dropout": 0.05, "variable_lengths": True},
+    # alpaca-style data, unpacked and truncated at the cap: lengths vary step to step.
+    "ttlora-": {"variable_lengths": True},
+    "tt-readme-": {"variable_lengths": True},
+    "tt2-": {"variable_lengths": True},
+    "lf-": {"variable_lengths": True},
+    "iss-01": {"variable_lengths": True},
     "qwen-": {
         "attention": "flash",
         "lora_dropout": 0.05,
@@ -171,6 +198,8 @@ class Expressed:
     """Rule-of-thumb rows: nominal params / catalog model params (terms are scaled by it)."""
     notes: tuple[str, ...] = field(default=())
     """Mappings and assumptions made to express the row."""
+    allocator: AllocatorSettings = AllocatorSettings()
+    """How the run drove the caching allocator (variable sequence lengths, expandable segments)."""
 
 
 # --- parsing the free-text columns --------------------------------------------------------------------
@@ -278,7 +307,7 @@ def _parallel(text: str) -> tuple[Parallelism, int]:
     """(Parallelism, serving tp) for a parallel cell."""
     t = text.lower()
     offload = "optimizer+params" if "offload" in t and ("param" in t or "offload_config" in t) else "none"
-    if t in ("", "single"):
+    if t in ("", "single", "ddp"):
         return Parallelism(), 1
     if t.startswith("fsdp") or "zero3" in t:
         return Parallelism(zero=3, offload=offload), 1  # type: ignore[arg-type]
@@ -367,7 +396,12 @@ def express(row: dict[str, str]) -> Expressed:
         parallel=parallel,
     )
     return Expressed(
-        model_id=model_id, setup=setup, cluster=cluster, scale=scale, notes=tuple(dict.fromkeys(notes))
+        model_id=model_id,
+        setup=setup,
+        cluster=cluster,
+        scale=scale,
+        notes=tuple(dict.fromkeys(notes)),
+        allocator=AllocatorSettings(variable_lengths=assumed.get("variable_lengths", False)),
     )
 
 

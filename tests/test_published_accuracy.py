@@ -111,7 +111,10 @@ def test_report_is_written_with_summary_and_json_twin(tmp_path, capsys):
     assert published_accuracy.main(["--out", str(tmp_path)]) == 0
     md = (tmp_path / "published_accuracy.md").read_text()
     data = json.loads((tmp_path / "published_accuracy.json").read_text())
-    assert "## Summary (measured rows only)" in md and "## Skipped" in md and "## Notable misses" in md
+    # the report leads with the held-out test set (issue 14), then the fit set and all rows
+    assert "## Test set (held-out sources, measured rows)" in md and "## Fit set" in md
+    assert "## Skipped" in md and "## Notable misses" in md
     assert all(f"| {r['id']} |" in md for r in data["compared"] + data["skipped"])
     assert data["summary"]["per_counter"]["vLLM KV blocks vs kv_blocks"]["n"] == 2
-    assert json.loads(capsys.readouterr().out) == data["summary"]
+    assert {r["split"] for r in data["compared"]} == {"fit", "test"}
+    assert json.loads(capsys.readouterr().out) == data["test_summary"]

@@ -1,0 +1,104 @@
+"""The caching-allocator model's rounding rules against PyTorch's (c10/cuda/CUDACachingAllocator.cpp @
+001074d2: kMinBlockSize 512, kSmallSize 1 MiB, kSmallBuffer 2 MiB, kLargeBuffer 20 MiB, kMinLargeAlloc 10 MiB,
+kRoundLarge 2 MiB; round_size / get_allocation_size), and the calibration split's rule."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+from swiftplan.planner import allocator as al
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import calibration_split  # noqa: E402
+import published_accuracy  # noqa: E402
+
+MiB = 2**20
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "block", "segment"),
+    [
+        (1, 512, 2 * MiB),  # below kMinBlockSize: one 512 B block in a 2 MiB small segment
+        (512, 512, 2 * MiB),
+        (513, 1024, 2 * MiB),  # rounded up to the next multiple of 512
+        (1 * MiB, 1 * MiB, 2 * MiB),  # kSmallSize itself is still small
+        (1 * MiB + 1, 1 * MiB + 512, 20 * MiB),  # 1-10 MiB: a 20 MiB kLargeBuffer segment
+        (10 * MiB - 512, 10 * MiB - 512, 20 * MiB),
+        (10 * MiB, 10 * MiB, 10 * MiB),  # from kMinLargeAlloc: its own size, rounded to 2 MiB
+        (10 * MiB + 1, 10 * MiB + 512, 12 * MiB),
+        (129 * MiB + 512 * 1024, 129 * MiB + 512 * 1024, 130 * MiB),  # Qwen2.5-7B gate_proj in bf16
+    ],
+)
+def test_block_and_segment_sizes_follow_pytorch(request_bytes, block, segment):
+    assert al.block_bytes(request_bytes) == block
+    assert al.segment_bytes(request_bytes) == segment
+
+
+def test_small_and_medium_requests_share_segments():
+    # four 512 KiB requests fill one 2 MiB small segment, a fifth opens a second; three 6 MiB requests
+    # split one 20 MiB segment (18 MiB), a fourth does not fit the 2 MiB left and opens another.
+    assert al.reserved_for([512 * 1024] * 4) == 2 * MiB
+    assert al.reserved_for([512 * 1024] * 5) == 4 * MiB
+    assert al.reserved_for([6 * MiB] * 3) == 20 * MiB
+    assert al.reserved_for([6 * MiB] * 4) == 40 * MiB
+    assert al.reserved_for([30 * MiB + 1]) == 32 * MiB
+
+
+def test_fragmentation_grows_with_lengths_and_expandable_segments_cut_it():
+    params = al.AllocatorParams(dynamic_slack=0.1, length_slack=0.02, expandable_factor=0.3)
+    fixed = al.slack_fraction(2048, al.AllocatorSettings(), params)
+    variable = al.slack_fraction(2048, al.AllocatorSettings(variable_lengths=True), params)
+    expandable = al.slack_fraction(
+        2048, al.AllocatorSettings(variable_lengths=True, expandable_segments=True), params
+    )
+    assert fixed == pytest.approx(0.1)
+    assert variable == pytest.approx(0.1 + 0.02 * 5)  # 2048 / 64 = 32 length classes, log2 = 5
+    assert expandable == pytest.approx(variable * 0.3)
+
+
+def test_reserved_is_allocated_plus_slack_and_device_total_adds_the_context():
+    from swiftplan.planner.estimate import estimate_training
+    from swiftplan.planner.hardware import parse_cluster
+    from swiftplan.planner.model_catalog import catalog_spec
+    from swiftplan.planner.setup import LoraSetup, TrainSetup
+
+    spec = catalog_spec("Qwen/Qwen2.5-7B-Instruct")
+    setup = TrainSetup(method="lora", lora=LoraSetup(rank=8, targets=("all-linear",)))
+    cluster = parse_cluster("1xa100-80gb-sxm")
+    plain = estimate_training(spec, setup, cluster).memory
+    loose = estimate_training(
+        spec, setup, cluster, allocator=al.AllocatorSettings(variable_lengths=True)
+    ).memory
+    tight = estimate_training(
+        spec, setup, cluster, allocator=al.AllocatorSettings(expandable_segments=True)
+    ).memory
+    assert plain.peak_allocated == loose.peak_allocated == tight.peak_allocated
+    assert tight.peak_reserved < plain.peak_reserved < loose.peak_reserved
+    assert plain.peak_reserved > plain.peak_allocated
+    assert plain.device_total - plain.peak_reserved == al.context_bytes("cuda")
+
+
+def _rows() -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    for path in published_accuracy.ALL_CSVS:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows += list(csv.DictReader(f))
+    return rows
+
+
+def test_split_is_deterministic_and_never_shares_a_source():
+    rows = _rows()
+    splits = [calibration_split.split_of(r["source"]) for r in rows]
+    assert splits == [calibration_split.split_of(r["source"]) for r in rows]
+    by_source: dict[str, set[str]] = {}
+    for r, s in zip(rows, splits, strict=True):
+        by_source.setdefault(calibration_split.source_key(r["source"]), set()).add(s)
+    assert all(len(sides) == 1 for sides in by_source.values())
+    assert {"fit", "test"} == set(splits)
+    # the rule: first byte of sha256(source key) even -> fit
+    assert calibration_split.split_of("pytorch/torchtune README.md Llama2 resource table (commit x)") == "fit"
+    assert calibration_split.source_key("a b (commit 1)") == calibration_split.source_key("A B (2024)")
