@@ -27,6 +27,11 @@ from swiftplan.planner.adapters import is_targeted, lora_params_for
 from swiftplan.planner.architecture import Linear, layer_linears
 from swiftplan.planner.dtypes import activation_dtype_bytes, dtype_bytes, module_dtype
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.runtime_terms import (
+    chunked_loss_bytes,
+    fused_linear_loss_bytes,
+    saved_module_activation_bytes,
+)
 from swiftplan.planner.setup import TrainSetup
 
 FP32 = 4
@@ -311,11 +316,26 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
     log_softmax output, the gradient nll_loss hands back and log_softmax's input gradient coexist:
     T × V × 3 × 4 bytes (traced: `_log_softmax`, `nll_loss_backward`, `_log_softmax_backward_data`).
     Gemma 2's logit soft-capping keeps its tanh output (compute dtype) for backward.
+
+    The runtime's loss implementation changes this (`setup.runtime.loss`): chunked and fused linear
+    cross-entropy are in `runtime_terms`.
     """
     tokens = setup.micro_batch * setup.seq_len
-    softcap = activation_dtype_bytes(setup) if spec.final_logit_softcapping else 0
+    cb = activation_dtype_bytes(setup)
+    softcap = cb if spec.final_logit_softcapping else 0
+    vocab = spec.vocab_size // tp
+    knobs = setup.runtime
+    if knobs.loss == "chunked":
+        return (
+            chunked_loss_bytes(tokens, vocab, chunks=knobs.loss_chunks, compute_bytes=cb)
+            + tokens * vocab * softcap
+        )
+    if knobs.loss == "fused_linear":
+        return fused_linear_loss_bytes(
+            tokens, vocab, spec.hidden_size, compute_bytes=cb, chunk_tokens=knobs.loss_chunk_tokens
+        )
     per_token = 3 * FP32 + softcap
-    return tokens * (spec.vocab_size // tp) * per_token
+    return tokens * vocab * per_token
 
 
 def shared_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
@@ -338,4 +358,4 @@ def shared_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
         final_norm += tokens * (FP32 * h + cb * h) if amp else tokens * 2 * cb * h
     # Under amp the LM head matmul keeps autocast's low-precision copy of its (or the tied embedding's) weight.
     head_copy = spec.vocab_size * h * cb if amp else 0
-    return rope + final_norm + head_copy
+    return rope + final_norm + head_copy + saved_module_activation_bytes(spec, setup, cb)

@@ -21,6 +21,11 @@ ZeroStage = Literal[0, 1, 2, 3]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 KvDtype = Literal["auto", "fp8"]
 AttentionImpl = Literal["sdpa", "flash", "eager"]
+LossImpl = Literal["full", "chunked", "fused_linear"]
+OptimizerImpl = Literal["fused", "foreach", "for_loop"]
+SavedModule = Literal["embed_tokens", "lm_head"]
+Fsdp = Literal["none", "fsdp1", "fsdp2"]
+FsdpSharding = Literal["full_shard", "shard_grad_op", "hybrid_shard"]
 
 METHODS: tuple[Method, ...] = get_args(Method)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
@@ -30,6 +35,11 @@ OPTIMIZERS: tuple[Optimizer, ...] = get_args(Optimizer)
 OFFLOADS: tuple[Offload, ...] = get_args(Offload)
 KV_DTYPES: tuple[KvDtype, ...] = get_args(KvDtype)
 ZERO_STAGES: tuple[ZeroStage, ...] = get_args(ZeroStage)
+LOSS_IMPLS: tuple[LossImpl, ...] = get_args(LossImpl)
+OPTIMIZER_IMPLS: tuple[OptimizerImpl, ...] = get_args(OptimizerImpl)
+SAVED_MODULES: tuple[SavedModule, ...] = get_args(SavedModule)
+FSDPS: tuple[Fsdp, ...] = get_args(Fsdp)
+FSDP_SHARDINGS: tuple[FsdpSharding, ...] = get_args(FsdpSharding)
 ALL_LINEAR = "all-linear"
 
 ChoiceT = TypeVar("ChoiceT", bound=str)
@@ -127,6 +137,82 @@ class Parallelism:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class RuntimeKnobs:
+    """What the framework that runs the job does beyond the set-up's numerics: the defaults a runtime
+    profile (profiles/runtimes/*.yaml) sets, each overridable by its own flag. The defaults here are
+    swiftplan's own executor, so a set-up without them plans what `swiftplan train` runs."""
+
+    name: str = "swiftplan"
+    """Runtime profile the knobs came from (profiles/runtimes/NAME.yaml)."""
+    loss: LossImpl = "full"
+    """Cross-entropy implementation: full fp32 logits (transformers), token-chunked (torchtune), or
+    fused linear + cross-entropy that never holds all logits (Liger, cut cross-entropy, Unsloth, TRL)."""
+    loss_chunks: int = 8
+    """chunked: token chunks the logits are split into (torchtune num_output_chunks = 8)."""
+    loss_chunk_tokens: int = 0
+    """fused_linear: tokens per chunk (TRL chunked_nll: 256); 0 = Liger's rule, the next power of two
+    of tokens / ceil(vocab / hidden)."""
+    optimizer_impl: OptimizerImpl = "fused"
+    """torch AdamW kernel: fused (in place), foreach (one parameter-sized temporary; torch's CUDA
+    default), for_loop (one temporary the size of the largest parameter)."""
+    modules_to_save: tuple[SavedModule, ...] = ()
+    """Modules trained in full next to LoRA (peft modules_to_save): a trainable copy of each."""
+    optimizer_in_backward: bool = False
+    """Each parameter is stepped and its gradient freed as soon as it is accumulated (torchtune
+    optimizer_in_bwd): one gradient alive instead of all; needs grad_accum 1."""
+    fsdp: Fsdp = "none"
+    """PyTorch FSDP instead of DeepSpeed ZeRO (then --zero stays 0)."""
+    fsdp_sharding: FsdpSharding = "full_shard"
+    """full_shard ≈ ZeRO-3, shard_grad_op ≈ ZeRO-2, hybrid_shard: full_shard inside a group of
+    `fsdp_shard_group` devices, replicated across groups."""
+    fsdp_shard_group: int = 0
+    """hybrid_shard: devices a shard group spans (normally one node); 0 = all data-parallel ranks."""
+    ds_buckets: bool = False
+    """Count DeepSpeed's gradient reduce bucket(s) and ZeRO-3's live/prefetch parameter buffers at
+    their configured sizes instead of the two-blocks approximation."""
+    reduce_bucket_elements: int = 500_000_000
+    """DeepSpeed reduce_bucket_size (elements; default 5e8)."""
+    prefetch_bucket_elements: int = 50_000_000
+    """DeepSpeed stage3_prefetch_bucket_size (elements; default 5e7)."""
+    max_live_parameters: int = 1_000_000_000
+    """DeepSpeed stage3_max_live_parameters (elements; default 1e9)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("loss implementation", self.loss, LOSS_IMPLS)
+        _check_choice("optimizer implementation", self.optimizer_impl, OPTIMIZER_IMPLS)
+        _check_choice("FSDP version", self.fsdp, FSDPS)
+        _check_choice("FSDP sharding", self.fsdp_sharding, FSDP_SHARDINGS)
+        for module in self.modules_to_save:
+            _check_choice("module to save", module, SAVED_MODULES)
+        if len(set(self.modules_to_save)) != len(self.modules_to_save):
+            raise SwiftplanError(f"--modules-to-save names a module twice: {','.join(self.modules_to_save)}.")
+        if not isinstance(self.loss_chunks, int) or self.loss_chunks <= 0:
+            raise SwiftplanError(f"--loss-chunks must be a positive integer, got {self.loss_chunks!r}.")
+        if not isinstance(self.loss_chunk_tokens, int) or self.loss_chunk_tokens < 0:
+            raise SwiftplanError(
+                f"--loss-chunk-tokens must be 0 (Liger's rule) or positive, got {self.loss_chunk_tokens!r}."
+            )
+        if not isinstance(self.fsdp_shard_group, int) or self.fsdp_shard_group < 0:
+            raise SwiftplanError(
+                f"--fsdp-shard-group must be 0 or a positive integer, got {self.fsdp_shard_group!r}."
+            )
+        for kind, value in (("reduce bucket", self.reduce_bucket_elements),
+                            ("prefetch bucket", self.prefetch_bucket_elements),
+                            ("max live parameters", self.max_live_parameters)):  # fmt: skip
+            if not isinstance(value, int) or value < 0:
+                raise SwiftplanError(
+                    f"DeepSpeed {kind} must be a non-negative number of elements, got {value!r}."
+                )
+
+    @property
+    def fsdp_stage(self) -> ZeroStage:
+        """The ZeRO stage FSDP's sharding matches (0 without FSDP)."""
+        if self.fsdp == "none":
+            return 0
+        return 2 if self.fsdp_sharding == "shard_grad_op" else 3
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TrainSetup:
     """A fine-tuning configuration to size: method, numerics, batch shape and parallelism."""
 
@@ -159,6 +245,8 @@ class TrainSetup:
     unless the plan asks for it."""
     parallel: Parallelism = field(default_factory=Parallelism)
     """Tensor/pipeline/ZeRO settings."""
+    runtime: RuntimeKnobs = field(default_factory=RuntimeKnobs)
+    """The runtime's loss kernel, optimizer implementation, trained modules and sharding (profiles/runtimes)."""
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
@@ -198,10 +286,35 @@ class TrainSetup:
                 "--kbit-upcast describes peft's preparation of a bitsandbytes base (nf4, fp4 or int8); "
                 f"this set-up has --quant {self.quant}."
             )
+        self._check_runtime()
         if self.parallel.zero == 3 and self.quant != "none":
             raise SwiftplanError(
                 f"ZeRO-3 sharding of a quantized base (--quant {self.quant}) is not modelled.",
-                hint="Use ZeRO 0–2 with QLoRA, or --quant none with ZeRO-3.",
+                hint="Use ZeRO 0–2 with QLoRA, FSDP (--fsdp fsdp2) to shard a 4-bit base, or --quant none with ZeRO-3.",
+            )
+
+    def _check_runtime(self) -> None:
+        knobs = self.runtime
+        if knobs.fsdp != "none":
+            if self.parallel.zero or self.parallel.offload != "none":
+                raise SwiftplanError(
+                    f"FSDP ({knobs.fsdp}) shards instead of DeepSpeed ZeRO; --zero {self.parallel.zero} "
+                    f"--offload {self.parallel.offload} cannot apply with it.",
+                    hint="Leave --zero 0 and --offload none with --fsdp, and pick --fsdp-sharding.",
+                )
+            if self.quant not in ("none", "nf4", "fp4"):
+                raise SwiftplanError(
+                    f"FSDP shards bitsandbytes 4-bit bases (bnb_4bit_quant_storage) or unquantized ones, not --quant {self.quant}."
+                )
+        if knobs.modules_to_save and not self.trains_adapters:
+            raise SwiftplanError(
+                "--modules-to-save trains embeddings/LM head next to LoRA adapters; full fine-tuning trains them already."
+            )
+        if knobs.optimizer_in_backward and self.grad_accum > 1:
+            raise SwiftplanError(
+                "The optimizer step fused into backward frees each gradient at once, so it cannot accumulate "
+                f"{self.grad_accum} micro-batches.",
+                hint="Use --grad-accum 1 with --optimizer-in-backward.",
             )
 
     @property

@@ -29,6 +29,12 @@ from swiftplan.planner.breakdown import MemoryBreakdown, Term
 from swiftplan.planner.calibration import constant, constant_source
 from swiftplan.planner.dtypes import dtype_bytes
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.runtime_terms import (
+    adamw_impl_temporary_bytes,
+    reduce_bucket_bytes,
+    saved_module_params,
+    zero3_live_parameter_bytes,
+)
 from swiftplan.planner.setup import LoraSetup, TrainSetup
 from swiftplan.planner.states import (
     StateDtypes,
@@ -92,7 +98,14 @@ def _optimizer_step_temporaries(spec: ModelSpec, setup: TrainSetup, trainable: i
     gradient and the parameter (16-bit models) plus grad² and the update: 4 × 4 B × its elements
     (2 × 4 B when the parameter is already fp32). SGD and the 8-bit optimizers update in place.
     """
-    if setup.optimizer != "adafactor" or trainable == 0:
+    if trainable == 0 or setup.runtime.optimizer_in_backward:
+        return 0  # stepped parameter by parameter inside backward: no whole-model step
+    if setup.optimizer == "adamw":
+        largest = min(largest_param_elements(spec), trainable)
+        return adamw_impl_temporary_bytes(
+            setup.runtime, trainable=trainable, largest=largest, state_bytes=state_bytes
+        )
+    if setup.optimizer != "adafactor":
         return 0
     largest = min(largest_param_elements(spec), trainable) if not setup.trains_adapters else 0
     if setup.trains_adapters:
@@ -150,31 +163,72 @@ class _States:
     """Offloaded to host RAM, all data-parallel ranks together."""
     trainable_here: int
     """Trainable parameters of this device's model-parallel shard."""
+    saved_modules: int = 0
+    """Parameters of modules trained in full next to LoRA (modules_to_save), this shard."""
+    bucket: int = 0
+    """DeepSpeed's gradient reduce bucket(s), counted with the gradients."""
+
+
+def sharding_stage(setup: TrainSetup) -> int:
+    """The ZeRO stage the set-up's sharding amounts to: DeepSpeed's, or FSDP's equivalent."""
+    return setup.parallel.zero or setup.runtime.fsdp_stage
+
+
+def shard_degree(setup: TrainSetup, dp: int) -> int:
+    """Ranks a state is sharded over: dp, or for FSDP hybrid_shard the shard group inside it."""
+    knobs = setup.runtime
+    if knobs.fsdp != "none" and knobs.fsdp_sharding == "hybrid_shard" and knobs.fsdp_shard_group:
+        return max(1, min(dp, knobs.fsdp_shard_group))
+    return dp
 
 
 def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) -> _States:
     """Weights, adapters, gradients, optimizer state and master copy on one device (ZeRO shards them
     over dp: 1 the optimizer state and master, 2 also gradients, 3 also parameters; offload moves
     the optimizer state, and with optimizer+params the parameters, to host RAM)."""
-    par, dtypes = setup.parallel, state_dtypes(setup)
+    par, dtypes, knobs = setup.parallel, state_dtypes(setup), setup.runtime
     model_parallel = par.tp * par.pp
     lora_params = adapter_params(spec, setup.lora) if setup.trains_adapters and setup.lora else 0
-    trainable_here = (lora_params if setup.trains_adapters else total_params(spec)) // model_parallel
+    saved = saved_module_params(spec, knobs) // model_parallel
+    trainable_here = (lora_params if setup.trains_adapters else total_params(spec)) // model_parallel + saved
     weights = _weights_on_device(spec, setup, stage_layers)
-    adapters = lora_params * dtype_bytes(dtypes.adapters) // model_parallel
-    grads = gradient_bytes(trainable_here, dtype_bytes(dtypes.gradients))
-    optim = optimizer_state_bytes(trainable_here, setup.optimizer, dtype_bytes(dtypes.optimizer),
+    wb = dtype_bytes(dtypes.weights)
+    # modules_to_save: a trainable copy in the module dtype, its gradient and optimizer state in it too
+    adapters = lora_params * dtype_bytes(dtypes.adapters) // model_parallel + saved * wb
+    grads = gradient_bytes(trainable_here - saved, dtype_bytes(dtypes.gradients)) + gradient_bytes(saved, wb)
+    optim = optimizer_state_bytes(trainable_here - saved, setup.optimizer, dtype_bytes(dtypes.optimizer),
                                   matrix_shape_sum=_matrix_shape_sum(spec) // model_parallel)  # fmt: skip
+    optim += optimizer_state_bytes(
+        saved, setup.optimizer, wb, matrix_shape_sum=saved and 2 * (spec.vocab_size + spec.hidden_size)
+    )
+    if knobs.optimizer_in_backward:  # one gradient at a time (torchtune optimizer_in_bwd)
+        largest = min(largest_param_elements(spec), trainable_here)
+        grads = gradient_bytes(largest, dtype_bytes(dtypes.gradients))
     master = master_weight_bytes(trainable_here, dtype_bytes(dtypes.master)) if dtypes.master else 0
-    if par.zero >= 1:
-        optim, master = optim // dp, master // dp
-    if par.zero >= 2:
-        grads //= dp
+    stage, shards = sharding_stage(setup), shard_degree(setup, dp)
+    if stage >= 1:
+        optim, master = optim // shards, master // shards
+    if stage >= 2:
+        grads //= shards
     gathered = 0
-    if par.zero == 3:
-        largest_block = max(layer_params(spec, i) for i in stage_layers) * dtype_bytes(dtypes.weights)
-        weights, adapters = weights // dp, adapters // dp
-        gathered = 2 * largest_block // par.tp
+    if stage == 3:
+        weights, adapters = weights // shards, adapters // shards
+        if knobs.ds_buckets and knobs.fsdp == "none":
+            gathered = zero3_live_parameter_bytes(spec, knobs, weight_bytes=wb, tp=par.tp)
+        elif (
+            knobs.fsdp != "none"
+        ):  # the block computed and the next one prefetched, a 4-bit base gathered packed
+            largest_block = max(
+                layer_weight_bytes(
+                    spec, i, dtype_bytes=wb, quant=setup.quant, double_quant=setup.double_quant
+                )
+                for i in stage_layers
+            )
+            gathered = 2 * largest_block // par.tp
+        else:  # the block computed and the one prefetched
+            gathered = 2 * max(layer_params(spec, i) for i in stage_layers) * wb // par.tp
+    bucket = reduce_bucket_bytes(knobs, stage=stage, grad_bytes=dtype_bytes(dtypes.gradients))
+    grads += bucket
     host = 0
     if par.offload in ("optimizer", "optimizer+params"):
         host += (optim + master) * dp
@@ -183,7 +237,8 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
         host += (weights + adapters) * dp
         weights, adapters = 0, 0
     return _States(weights=weights, adapters=adapters, gradients=grads, optimizer=optim, master=master,
-                   gathered=gathered, host=host, trainable_here=trainable_here)  # fmt: skip
+                   gathered=gathered, host=host, trainable_here=trainable_here, saved_modules=saved,
+                   bucket=bucket)  # fmt: skip
 
 
 def _phase_peaks(
@@ -205,7 +260,7 @@ def _phase_peaks(
     grads, gathered = states.gradients, states.gathered
     static = states.weights + states.adapters + states.optimizer + states.master
     grads_during_fwd = grads if setup.grad_accum > 1 else 0
-    head_grads, layer_grads, embedding_grads = _grad_shares(spec, setup, grads, stage_layers)
+    head_grads, layer_grads, embedding_grads = _grad_shares(spec, setup, grads - states.bucket, stage_layers)
     peaks = {
         "loss and backward start": static + gathered + grads_during_fwd + at_loss + logits,
         "optimizer step": static + grads + step_temp,
@@ -253,7 +308,7 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
     )
     activations = max(at_loss, in_backward)
     phase = max(phase_peaks, key=lambda name: phase_peaks[name])
-    head_grads = _grad_shares(spec, setup, states.gradients, stage_layers)[0]
+    head_grads = _grad_shares(spec, setup, states.gradients - states.bucket, stage_layers)[0]
     transient = {"optimizer step": step_temp, "end of backward": 2 * head_grads}.get(phase, states.gathered)
     runtime_alloc = int(constant("runtime_overhead", "cublas_workspace_bytes"))
     peak = phase_peaks[phase] + runtime_alloc
@@ -285,7 +340,9 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
         device=device,
         host_bytes=states.host,
         params=model_params + lora_params,
-        trainable_params=lora_params if setup.trains_adapters else model_params,
+        trainable_params=(lora_params + saved_module_params(spec, setup.runtime))
+        if setup.trains_adapters
+        else model_params,
         phase_activations=phase_acts,
     )
 
@@ -295,34 +352,46 @@ def _terms(
     activations: int, logits: int, transient: int, phase: str, overhead: int, context: int, frag: float,
 ) -> tuple[Term, ...]:  # fmt: skip
     """Each number of the breakdown with the formula that gave it and, for constants, their source."""
-    par = setup.parallel
+    par, knobs = setup.parallel, setup.runtime
     tp = par.tp
     trainable_here = states.trainable_here
+    stage = sharding_stage(setup)
+    shard = "FSDP " + knobs.fsdp_sharding if knobs.fsdp != "none" else "ZeRO"
+    saved = (f" + trainable copies of {','.join(knobs.modules_to_save)} ({states.saved_modules:,} params, modules_to_save)"
+             if states.saved_modules else "")  # fmt: skip
+    bucket = (f" + DeepSpeed reduce bucket {knobs.reduce_bucket_elements:,} elements ({format_gib(states.bucket)})"
+              if states.bucket else "")  # fmt: skip
     return (
         Term(
             name="weights",
             value_bytes=states.weights,
             formula=f"{total_params(spec):,} params by dtype/quant ({setup.quant}), /tp{tp}, {layers} blocks/stage"
-            + (f", /dp{dp} (ZeRO-3)" if par.zero == 3 else ""),
+            + (f", /dp{dp} ({shard}-3)" if stage == 3 else ""),
         ),
         Term(
             name="adapters",
             value_bytes=states.adapters,
             formula=f"{lora_params:,} LoRA params × {dtype_bytes(dtypes.adapters)} B ({dtypes.adapters})"
             + (f", /tp{tp}" if tp > 1 else "")
-            + (f" /dp{dp} (ZeRO-3)" if par.zero == 3 else ""),
+            + saved
+            + (f" /dp{dp} ({shard}-3)" if stage == 3 else ""),
         ),
         Term(
             name="gradients",
             value_bytes=states.gradients,
             formula=f"{trainable_here:,} trainable × {dtype_bytes(dtypes.gradients)} B ({dtypes.gradients})"
-            + (f" / dp{dp}" if par.zero >= 2 else ""),
+            + (f" / dp{dp}" if stage >= 2 else "")
+            + (" (one at a time: optimizer in backward)" if knobs.optimizer_in_backward else "")
+            + bucket,
+            source="deepspeedai/DeepSpeed @ edaa722 deepspeed/runtime/zero/config.py, stage_1_and_2.py, stage3.py"
+            if bucket
+            else "",
         ),
         Term(
             name="optimizer",
             value_bytes=states.optimizer,
             formula=f"{setup.optimizer} state for {trainable_here:,} params ({dtypes.optimizer} moments)"
-            + (f" / dp{dp}" if par.zero >= 1 else "")
+            + (f" / dp{dp}" if stage >= 1 else "")
             + (" (offloaded to host)" if par.offload != "none" else ""),
         ),
         Term(
@@ -345,9 +414,22 @@ def _terms(
         Term(
             name="logits",
             value_bytes=logits,
-            formula=f"{setup.micro_batch * setup.seq_len} tokens × {spec.vocab_size // tp} vocab × 3 fp32 loss tensors (log_softmax output and two gradients)",
+            formula=_logits_formula(setup, spec.vocab_size // tp),
+            source=_LOSS_SOURCES[knobs.loss],
         ),
-        Term(name="transient", value_bytes=transient, formula=f"at the peak ({phase})"),
+        Term(
+            name="transient",
+            value_bytes=transient,
+            formula=f"at the peak ({phase})"
+            + (
+                f"; AdamW {knobs.optimizer_impl} step temporaries"
+                if setup.optimizer == "adamw" and knobs.optimizer_impl != "fused"
+                else ""
+            ),
+            source="torch 2.13 torch/optim/adam.py (_multi_tensor_adam: _foreach_sqrt)"
+            if knobs.optimizer_impl != "fused"
+            else "",
+        ),
         Term(
             name="runtime_overhead",
             value_bytes=overhead,
@@ -355,3 +437,23 @@ def _terms(
             source=constant_source("runtime_overhead", "cuda_context_bytes"),
         ),
     )
+
+
+_LOSS_SOURCES = {
+    "full": "",
+    "chunked": "pytorch/torchtune @ bd2a0fc torchtune/modules/loss/ce_chunked_output_loss.py",
+    "fused_linear": "linkedin/Liger-Kernel @ e11c2d6 src/liger_kernel/ops/fused_linear_cross_entropy.py",
+}
+
+
+def _logits_formula(setup: TrainSetup, vocab: int) -> str:
+    """How the logits term was counted, for the loss implementation the runtime uses."""
+    tokens = setup.micro_batch * setup.seq_len
+    knobs = setup.runtime
+    if knobs.loss == "chunked":
+        return (f"{tokens} tokens × {vocab} vocab × (compute-dtype logits + fp32 log_softmax outputs) "
+                f"+ one of {knobs.loss_chunks} chunks' fp32 copy and gradient (chunked cross-entropy)")  # fmt: skip
+    if knobs.loss == "fused_linear":
+        chunk = f"{knobs.loss_chunk_tokens}-token" if knobs.loss_chunk_tokens else "Liger-sized"
+        return f"one {chunk} chunk × {vocab} vocab fp32 + hidden-state gradient (fused linear cross-entropy, no full logits)"
+    return f"{tokens} tokens × {vocab} vocab × 3 fp32 loss tensors (log_softmax output and two gradients)"

@@ -1,0 +1,107 @@
+"""Memory terms of the features runtimes use, each a small formula with its source.
+
+- the loss: full fp32 logits, token-chunked cross-entropy, or fused linear + cross-entropy;
+- the AdamW implementation's step temporaries (fused, foreach, for-loop);
+- modules trained in full next to LoRA (peft `modules_to_save`);
+- DeepSpeed's gradient reduce bucket(s) and ZeRO-3's gathered-parameter buffers.
+"""
+
+from __future__ import annotations
+
+import math
+
+from swiftplan.planner.architecture import largest_param_elements
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.setup import RuntimeKnobs, TrainSetup
+
+FP32 = 4
+
+
+def chunked_loss_bytes(tokens: int, vocab: int, *, chunks: int, compute_bytes: int) -> int:
+    """torchtune `CEWithChunkedOutputLoss` (num_output_chunks, default 8): the model returns the logits
+    as `chunks` compute-dtype pieces that stay alive through the loss; each piece is upcast and
+    log_softmax keeps its fp32 output for backward. The peak is the larger of
+    - the last piece's forward: all compute-dtype logits, all fp32 log_softmax outputs, and the
+      piece's fp32 copy: T × V × (cb + 4) + c × V × 4 (c = ceil(T / chunks));
+    - a piece's backward, the pieces dropped: all saved outputs plus the piece's nll and log_softmax
+      gradients: T × V × 4 + c × V × 8.
+    Source: pytorch/torchtune torchtune/modules/loss/ce_chunked_output_loss.py @ bd2a0fc (and its
+    recipes' `del logits` before backward); traced on fake tensors (tests/test_runtime_terms.py)."""
+    per_chunk = math.ceil(tokens / chunks)
+    forward = tokens * vocab * (compute_bytes + FP32) + per_chunk * vocab * FP32
+    backward = tokens * vocab * FP32 + per_chunk * vocab * 2 * FP32
+    return max(forward, backward)
+
+
+def fused_linear_chunk_tokens(tokens: int, vocab: int, hidden: int, chunk_tokens: int = 0) -> int:
+    """Tokens per chunk of a fused linear cross-entropy: `chunk_tokens` when set, else Liger's rule
+    next_power_of_2(ceil(T / ceil(V / H))), which keeps a chunk's logits about T × H elements
+    (linkedin/Liger-Kernel src/liger_kernel/ops/fused_linear_cross_entropy.py @ e11c2d6)."""
+    if chunk_tokens:
+        return min(tokens, chunk_tokens)
+    inc = math.ceil(vocab / hidden)
+    return min(tokens, 1 << max(0, math.ceil(tokens / inc) - 1).bit_length())
+
+
+def fused_linear_loss_bytes(
+    tokens: int, vocab: int, hidden: int, *, compute_bytes: int, chunk_tokens: int = 0
+) -> int:
+    """Fused linear + cross-entropy (Liger, cut cross-entropy, Unsloth, TRL chunked_nll): the LM head
+    runs chunk by chunk inside the loss and the gradient is computed in forward, so no T × V tensor
+    survives. Alive: one chunk's logits in fp32 (its gradient is written in place), the hidden-state
+    gradient T × H in the compute dtype and the per-token fp32 loss: chunk × V × 4 + T × H × cb + T × 4.
+    Source: linkedin/Liger-Kernel src/liger_kernel/ops/fused_linear_cross_entropy.py @ e11c2d6
+    (grad_input = zeros_like(input), loss_1d fp32, one logits_chunk at a time)."""
+    chunk = fused_linear_chunk_tokens(tokens, vocab, hidden, chunk_tokens)
+    return chunk * vocab * FP32 + tokens * hidden * compute_bytes + tokens * FP32
+
+
+def adamw_impl_temporary_bytes(knobs: RuntimeKnobs, *, trainable: int, largest: int, state_bytes: int) -> int:
+    """Extra bytes torch.optim.AdamW holds during step() beyond its state.
+
+    fused: the CUDA kernel updates in place, none. foreach (`_multi_tensor_adamw`, torch's default on
+    CUDA when neither flag is given, `_default_to_fused_or_foreach`): `torch._foreach_sqrt(exp_avg_sqs)`
+    makes one new tensor per parameter, all alive until `_foreach_addcdiv_` — one parameter-sized
+    temporary in the state dtype. for_loop: the same per parameter, so the largest one. Source:
+    torch 2.13 torch/optim/adam.py (`exp_avg_sq_sqrt = torch._foreach_sqrt(...)`), torch/optim/optimizer.py;
+    traced on fake tensors (tests/test_runtime_terms.py)."""
+    if knobs.optimizer_impl == "foreach":
+        return trainable * state_bytes
+    if knobs.optimizer_impl == "for_loop":
+        return min(largest, trainable) * state_bytes
+    return 0
+
+
+def saved_module_params(spec: ModelSpec, knobs: RuntimeKnobs) -> int:
+    """Parameters of the modules peft trains in full next to LoRA (`modules_to_save`): each wrapped
+    module gets a trainable deep copy (peft ModulesToSaveWrapper), vocab × hidden for the embedding
+    or the LM head. Gradients and optimizer state follow from these like any trainable parameter."""
+    return len(knobs.modules_to_save) * spec.vocab_size * spec.hidden_size
+
+
+def saved_module_activation_bytes(spec: ModelSpec, setup: TrainSetup, compute_bytes: int) -> int:
+    """A trainable LM head keeps its input (T × H, compute dtype) for its weight gradient; a trainable
+    embedding keeps only the token ids (counted as nothing)."""
+    if "lm_head" not in setup.runtime.modules_to_save:
+        return 0
+    return setup.micro_batch * setup.seq_len * spec.hidden_size * compute_bytes
+
+
+def reduce_bucket_bytes(knobs: RuntimeKnobs, *, stage: int, grad_bytes: int) -> int:
+    """DeepSpeed's contiguous gradient bucket(s): `reduce_bucket_size` elements in the gradient dtype,
+    allocated at full size whatever the model. Stages 1-2 take one buffer, two with overlap_comm
+    (off by default below stage 3); stage 3 one. Source: deepspeedai/DeepSpeed @ edaa722
+    deepspeed/runtime/zero/config.py (reduce_bucket_size 5e8, overlap_comm default = stage 3),
+    stage_1_and_2.py (buf_0, buf_1 with overlap_comm), stage3.py (bucket.buffer)."""
+    if not knobs.ds_buckets or stage == 0 or knobs.fsdp != "none":
+        return 0
+    return knobs.reduce_bucket_elements * grad_bytes
+
+
+def zero3_live_parameter_bytes(spec: ModelSpec, knobs: RuntimeKnobs, *, weight_bytes: int, tp: int) -> int:
+    """ZeRO-3 gathers parameters module by module: the module being computed (at most the largest
+    parameter tensor) plus up to `stage3_prefetch_bucket_size` elements fetched ahead, never more than
+    `stage3_max_live_parameters`. Source: deepspeedai/DeepSpeed @ edaa722 deepspeed/runtime/zero/config.py
+    (prefetch 5e7, max live 1e9), partitioned_param_coordinator.py (fetch + prefetch per sub-module)."""
+    elements = min(largest_param_elements(spec) + knobs.prefetch_bucket_elements, knobs.max_live_parameters)
+    return elements * weight_bytes // tp
