@@ -25,6 +25,8 @@ Examples:
 
   swiftplan fit Qwen/Qwen2.5-7B --gpus a100 --rank auto --pareto
 
+  swiftplan fit Qwen/Qwen2.5-7B --gpus rtx4090 --data train.jsonl   (memory sized on the longest padded batch)
+
   swiftplan fit Qwen/Qwen2.5-7B --task serve --context 8192 --decode-tps 20 --gpus L40S
 
   swiftplan fit Qwen/Qwen2.5-14B --gpus a100-80g --storage sqlite:///study.db   (run again to resume)
@@ -73,6 +75,15 @@ ParetoOpt = Annotated[
 TokensOpt = Annotated[str | None, _opt("--dataset-tokens", help="Tokens in one epoch: 50M, 1.5B, ...")]
 DataOpt = Annotated[
     str | None, _opt("--data", help="Training data (.jsonl/.json/text) to count tokens from.")
+]
+LengthsOpt = Annotated[
+    str | None, _opt("--lengths", help="File of per-sample token lengths, one per line (instead of --data).")
+]
+PackingOpt = Annotated[
+    bool,
+    _opt(
+        "--packing", help="Samples are packed into full --seq blocks (else padded to the longest in batch)."
+    ),
 ]
 EpochsOpt = Annotated[float, typer.Option("--epochs", help="Passes over the data.")]
 GlobalBatchOpt = Annotated[int, typer.Option("--global-batch", help="Sequences per optimizer step.")]
@@ -251,6 +262,7 @@ def fit_request(**options: Any) -> Any:
         pins=parse_pins(task=options["task"], **{name: options[name] for name in _PIN_NAMES}),
         dataset_tokens=_token_count(options["dataset_tokens"]) if task == "train" else None,
         data=options["data"] if task == "train" else None, epochs=options["epochs"],
+        lengths=options["lengths"] if task == "train" else None, packing=options["packing"],
         global_batch=options["global_batch"], seq_len=options["seq"], attention=options["attention"],
         context=options["context"], concurrency=options["concurrency"], ttft_s=options["ttft"],
         decode_tps=options["decode_tps"], gpu_memory_utilization=options["gpu_memory_utilization"],
@@ -268,6 +280,8 @@ def fit_command(
     pareto: ParetoOpt = False,
     dataset_tokens: TokensOpt = None,
     data: DataOpt = None,
+    lengths: LengthsOpt = None,
+    packing: PackingOpt = False,
     epochs: EpochsOpt = 1.0,
     global_batch: GlobalBatchOpt = 16,
     seq: SeqOpt = 2048,
@@ -348,7 +362,7 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
 
 
 _TRAIN_ONLY = ("method", "rank", "targets", "precision", "optimizer", "grad_ckpt", "zero", "max_offload", "pp", "dp",
-               "batch", "dataset_tokens", "data")  # fmt: skip
+               "batch", "dataset_tokens", "data", "lengths")  # fmt: skip
 """fit options the serving search does not read."""
 _SERVE_ONLY = ("concurrency", "ttft", "decode_tps", "kv_dtype")
 """fit options the training search does not read."""

@@ -127,3 +127,58 @@ def count_tokens(
         method=f"estimate: {chars:,} characters / {CHARS_PER_TOKEN:g} (no local tokenizer)",
         records=records,
     )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SampleLengths:
+    """Tokens per sample of a data file, and how they were counted."""
+
+    lengths: tuple[int, ...]
+    """Tokens in each record, in file order."""
+    method: str
+    """'tokenizer of <model>', 'approximation: characters / 4 (no local tokenizer)', or 'lengths file'."""
+
+
+def sample_lengths(
+    path: str | Path, model: str, *, use_tokenizer: bool = True, max_positions: int | None = None
+) -> SampleLengths:
+    """Tokens in each record of `path` (the formats `count_tokens` reads), with the model's tokenizer when
+    it is available locally, else ~4 characters per token."""
+    path = Path(path)
+    check_data_path(path, "Pass --lengths FILE (one token count per line) instead.")
+    tokenizer = _local_tokenizer(model) if use_tokenizer else None
+    texts = list(_texts(path, max_positions))
+    if not texts or not any(texts):
+        raise SwiftplanError(f"Data file {path} holds no text ({len(texts):,} records).",
+                             hint="Point --data at a JSONL/JSON/CSV/Parquet file with text, alpaca, chat or ShareGPT records.")  # fmt: skip
+    if tokenizer is None:
+        return SampleLengths(lengths=tuple(max(1, round(len(t) / CHARS_PER_TOKEN)) for t in texts),
+                             method=f"approximation: characters / {CHARS_PER_TOKEN:g} (no local tokenizer)")  # fmt: skip
+    lengths: list[int] = []
+    for start in range(0, len(texts), 1000):
+        ids: list[list[int]] = tokenizer(texts[start : start + 1000], add_special_tokens=True)["input_ids"]
+        lengths.extend(len(row) for row in ids)
+    return SampleLengths(lengths=tuple(lengths), method=f"tokenizer of {model}")
+
+
+def read_lengths(path: str | Path) -> SampleLengths:
+    """A precomputed lengths file: one non-negative integer (tokens of one sample) per line; blank lines skipped."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SwiftplanError(
+            f"Cannot read lengths file {path}: {getattr(error, 'strerror', None) or error}."
+        ) from error
+    lengths: list[int] = []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text:
+            continue
+        if not text.isdigit():
+            raise SwiftplanError(f"{path}, line {number}: {text[:40]!r} is not a token count.",
+                                 hint="A lengths file holds one whole number of tokens per line.")  # fmt: skip
+        lengths.append(int(text))
+    if not lengths:
+        raise SwiftplanError(f"Lengths file {path} holds no token counts.")
+    return SampleLengths(lengths=tuple(lengths), method=f"lengths file {path.name}")

@@ -29,6 +29,7 @@ from swiftplan.planner.engines import (
 )
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.layout import Layout, cluster_text
+from swiftplan.planner.lengths import LengthStats
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.plan import Plan, predict
 from swiftplan.planner.search.candidate import Candidate, ServeCandidate
@@ -67,7 +68,11 @@ class FitRequest:
     dataset_tokens: int | None = None
     """Tokens in one epoch (exclusive with `data`)."""
     data: str | None = None
-    """A data file to count tokens from."""
+    """A data file to count tokens (and per-sample lengths) from."""
+    lengths: str | None = None
+    """A file of per-sample token lengths, one per line (exclusive with `data`)."""
+    packing: bool = False
+    """Samples are packed into full sequences (else each micro-batch is padded to its longest sample)."""
     epochs: float = 1.0
     global_batch: int = 16
     seq_len: int = 2048
@@ -116,6 +121,8 @@ class FitProblem:
     settings: SearchSettings
     notes: tuple[str, ...]
     """Workload, host RAM, cluster and price notes shown with the result."""
+    lengths: LengthStats | None = None
+    """The data's per-sample token lengths against --seq, when --data or --lengths was given."""
 
     @property
     def task(self) -> FitTask:
@@ -228,9 +235,25 @@ def _evaluator(spec: ModelSpec, cluster: Cluster, workload: Any, pins: Pins, eng
     return ServeEvaluator(spec, cluster, workload, serve_space, headroom=request.headroom)
 
 
+def _length_stats(request: FitRequest, spec: ModelSpec, model: str) -> LengthStats | None:
+    """Per-sample lengths from --data or --lengths, against --seq (training only)."""
+    if request.task != "train" or (request.data is None and request.lengths is None):
+        return None
+    if request.dataset_tokens is not None:
+        raise SwiftplanError("Pass either --dataset-tokens or --data/--lengths, not both.")
+    from swiftplan.planner.lengths import length_stats
+
+    counted = inputs.sample_lengths(
+        request.data, request.lengths, model, max_positions=spec.max_position_embeddings
+    )
+    exact = not counted.method.startswith("approximation")
+    return length_stats(counted.lengths, request.seq_len, counted.method, exact=exact)
+
+
 def _workload(
-    request: FitRequest, spec: ModelSpec, model: str, notes: list[str], host: tuple[int, str]
-) -> Any:
+    request: FitRequest, spec: ModelSpec, model: str, notes: list[str], host: tuple[int, str],
+    lengths: LengthStats | None = None,
+) -> Any:  # fmt: skip
     if request.task == "serve":
         if (
             request.concurrency is None
@@ -246,14 +269,30 @@ def _workload(
             )
         return ServeWorkload(context=request.context, concurrency=request.concurrency, ttft_s=request.ttft_s,
                              decode_tps=request.decode_tps, gpu_memory_utilization=request.gpu_memory_utilization)  # fmt: skip
-    tokens, source = inputs.dataset_tokens(
-        request.dataset_tokens, request.data, model, max_positions=spec.max_position_embeddings
-    )
+    seq = request.seq_len
+    if lengths is None:
+        tokens, source = inputs.dataset_tokens(
+            request.dataset_tokens, request.data, model, max_positions=spec.max_position_embeddings
+        )
+    else:
+        from swiftplan.planner.lengths import describe, memory_seq_len
+
+        tokens, seq = lengths.total_tokens, memory_seq_len(lengths, request.packing)
+        source = f"{request.data or request.lengths}: {lengths.samples:,} samples, {lengths.method}"
     notes.append(
         f"workload: {tokens:,} tokens × {request.epochs:g} epoch(s) ({source}), global batch {request.global_batch} × "
-        f"{request.seq_len} tokens; host RAM for offload {format_gib(host[0], 0)} per node ({host[1]})."
+        f"{seq} tokens; host RAM for offload {format_gib(host[0], 0)} per node ({host[1]})."
     )
-    return TrainWorkload(seq_len=request.seq_len, global_batch=request.global_batch, dataset_tokens=tokens,
+    if lengths is not None:
+        notes.append(describe(lengths, request.packing, request.global_batch))
+        if seq < request.seq_len:
+            notes.append(
+                f"sized on the worst batch: no sample is longer than {seq:,} tokens"
+                f"{'' if lengths.exact else ' (approximate lengths, with a 25% margin)'}, and batches are padded to "
+                f"their longest sample, so memory is planned at --seq {seq:,} instead of {request.seq_len:,}; "
+                "pass --packing to plan full sequences."
+            )
+    return TrainWorkload(seq_len=seq, global_batch=request.global_batch, dataset_tokens=tokens,
                          epochs=request.epochs, attention=request.attention)  # fmt: skip
 
 
@@ -301,7 +340,8 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     length, flag = (request.seq_len, "--seq") if request.task == "train" else (request.context, "--context")
     if problem := model_limits.length_problem(spec, length, flag):
         notes.append(f"warning: {problem}")
-    workload = _workload(request, spec, model, notes, host)
+    lengths = _length_stats(request, spec, model)
+    workload = _workload(request, spec, model, notes, host, lengths)
     evaluator = _evaluator(spec, searched, workload, request.pins, engine, request, host[0])
     if searched.accelerator.price_usd_per_hour is None:
         notes.append(f"cost unknown: the catalog has no price for {searched.accelerator.display_name}; cost is shown in GPU-hours.")  # fmt: skip
@@ -319,7 +359,8 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     offered = cluster_text(offered_cluster)
     return FitProblem(request=request, model=model, spec=spec, cluster=searched, offered=offered,
                       offered_cluster=offered_cluster, engine=engine,
-                      workload=workload, pins=request.pins, evaluator=evaluator, settings=settings, notes=tuple(notes))  # fmt: skip
+                      workload=workload, pins=request.pins, evaluator=evaluator, settings=settings, notes=tuple(notes),
+                      lengths=lengths)  # fmt: skip
 
 
 class _Reporting:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.hardware import Cluster, parse_cluster
@@ -76,3 +77,18 @@ def dataset_tokens(
         counted = count_tokens(data, model, max_positions=max_positions)
         return counted.tokens, f"{data}: {counted.records:,} records, {counted.method}"
     return DEFAULT_DATASET_TOKENS, "assumed; pass --dataset-tokens or --data"
+
+
+def sample_lengths(
+    data: str | None, lengths: str | None, model: str, max_positions: int | None = None
+) -> Any:
+    """Per-sample token lengths (`SampleLengths`) from --data (the model's tokenizer when local, else the
+    characters/4 approximation) or --lengths (one count per line); None when neither is given."""
+    if data is not None and lengths is not None:
+        raise SwiftplanError("Pass either --data or --lengths, not both.")
+    from swiftplan.executors.dataset_tokens import read_lengths
+    from swiftplan.executors.dataset_tokens import sample_lengths as count
+
+    if lengths is not None:
+        return read_lengths(lengths)
+    return count(data, model, max_positions=max_positions) if data is not None else None
