@@ -180,6 +180,14 @@ MasterPortOpt = Annotated[
 DryRunOpt = Annotated[
     bool, _opt("--dry-run", help="Check everything, print the command and files, run nothing.")
 ]
+PreflightOpt = Annotated[
+    bool,
+    _opt(
+        "--preflight",
+        help="Run the longest batch the data makes first (forward, backward, optimizer step) and "
+        "report measured vs planned peak; with --dry-run, find it and print its shape.",
+    ),
+]
 RecordOpt = Annotated[
     bool, _opt("--record", help="Append the measurement to $SWIFTPLAN_HOME/measurements.jsonl.")
 ]
@@ -213,6 +221,7 @@ def train_command(
     master_addr: MasterAddrOpt = "127.0.0.1",
     master_port: MasterPortOpt = None,
     dry_run: DryRunOpt = False,
+    preflight: PreflightOpt = False,
     record: RecordOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -231,9 +240,30 @@ def train_command(
                                  node_rank=node_rank, master_addr=master_addr, master_port=master_port,
                                  overrides={k: v for k, v in given.items() if v is not None})  # fmt: skip
     if dry_run:
+        if preflight:
+            _preflight(prepare.prepare_run(request), run=False, as_json=as_json)
         _print_dry_run(prepare.dry_run(request), as_json=as_json)
         return
-    _run(request, plan, record=record, as_json=as_json)
+    _run(request, plan, record=record, as_json=as_json, preflight=preflight)
+
+
+def _preflight(prepared: Any, *, run: bool, as_json: bool) -> None:
+    """The longest batch first: its shape, and measured vs planned peak when it ran."""
+    from swiftplan.executors.train.preflight import run_preflight
+    from swiftplan.units import format_gib
+
+    result = run_preflight(prepared, run=run)
+    out = Console(stderr=True) if as_json else console
+    rows, width = result.batch.shape
+    out.print(f"preflight: longest batch {rows} × {width} tokens ({result.batch.real_tokens:,} real, longest sample "
+              f"{result.batch.longest_sample_tokens:,}), blocks {list(result.batch.block_indices)[:8]}", highlight=False)  # fmt: skip
+    if result.ran:
+        measured = format_gib(result.measured_peak_bytes or 0)
+        out.print(f"  ran forward, backward and the optimizer step on {result.device} in {result.seconds:.2f} s "
+                  f"(loss {result.loss:.3f}): peak {measured} measured vs {format_gib(result.planned_peak_bytes)} "
+                  f"planned ({result.method})", highlight=False)  # fmt: skip
+    if result.note:
+        out.print(f"  [dim]{result.note}[/]", highlight=False)
 
 
 def _check_options(o: dict[str, Any]) -> None:
@@ -273,7 +303,7 @@ def _prepare_module() -> Any:
     return prepare
 
 
-def _run(request: RunRequest, plan: Path, *, record: bool, as_json: bool) -> None:
+def _run(request: RunRequest, plan: Path, *, record: bool, as_json: bool, preflight: bool = False) -> None:
     """Prepare, write and execute the run, then report it."""
     from swiftplan.executors.train.prepare import execute, prepare_run, write_run
 
@@ -281,6 +311,8 @@ def _run(request: RunRequest, plan: Path, *, record: bool, as_json: bool) -> Non
     notes_to = Console(stderr=True) if as_json else console  # --json keeps stdout one JSON object
     for note in prepared.notes:
         notes_to.print(f"[yellow]note:[/] {note}")
+    if preflight:
+        _preflight(prepared, run=True, as_json=as_json)
     write_run(prepared, plan)
     with _progress(not as_json and prepared.launch.mode == "single") as progress:
         report = execute(prepared, progress=progress)
