@@ -256,7 +256,11 @@ def fit_json(outcome: Any, *, output: str | None, measured: Any, elapsed_s: floa
     payload = {
         "task": problem.task, "model": problem.spec.name, "cluster": problem.cluster.describe(),
         "engine": problem.engine.name, "objective": problem.settings.objective, "notes": list(problem.notes),
-        "workload": asdict(problem.workload), **result_json(outcome.result, outcome.diagnosis),
+        "workload": asdict(problem.workload),
+        "lengths": None if problem.lengths is None else {
+            **asdict(problem.lengths), "memory_seq_len": problem.workload.seq_len,
+        },
+        **result_json(outcome.result, outcome.diagnosis),
         "other_engine": None if alternative is None else {
             "line": engine_line(alternative, problem.engine.name, problem.settings.objective),
             "engines": [e.name for e in alternative.engines],
