@@ -80,3 +80,30 @@ def test_no_toast_covers_the_plot_when_the_search_ends_in_view():
             assert not list(app.screen.query("Toast"))
 
     asyncio.run(flow())
+
+
+DOCTOR_LOG = FIXTURES / "doctor" / "cuda_oom_adamw_step.log"
+
+
+def test_dash_doctor_reads_a_failed_log_like_the_cli():
+    from swiftplan.tui.app import make_app
+    from swiftplan.usecases.doctor import DoctorRequest, diagnose
+
+    expected = diagnose(DoctorRequest(text=DOCTOR_LOG.read_text(), source=str(DOCTOR_LOG)))
+
+    async def flow() -> None:
+        app = make_app(doctor_log=str(DOCTOR_LOG), cursor_blink=False)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settle(pilot)
+            assert app.query_one("TabbedContent").active == "doctor"
+            answer = " ".join(str(app.query_one("#doctor-answer").render()).split())
+            assert " ".join(expected.headline.split()) in answer
+            assert all(" ".join(r.text.split())[:40] in answer for r in expected.remedies)
+            field = app.query_one("#doctor-log")
+            field.value = "/nonexistent/train.log"
+            field.focus()
+            await pilot.press("enter")
+            await settle(pilot)
+            assert "Cannot read log /nonexistent/train.log" in str(app.query_one("#doctor-answer").render())
+
+    asyncio.run(flow())

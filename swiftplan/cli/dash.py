@@ -18,7 +18,9 @@ Examples:
 
   swiftplan dash --run runs/qwen-20260101-120000   (opens the run monitor on a training run)
 
-Keys: 1-5 switch tabs (esc leaves a text field first), ctrl+r searches, c picks GPUs from the
+  swiftplan dash --doctor train.log --doctor-plan plan.yaml   (why a run died, and what would fit)
+
+Keys: 1-6 switch tabs (esc leaves a text field first), ctrl+r searches, c picks GPUs from the
 catalog, s saves the selected plan, y copies the command that runs it, f follows a run, ctrl+q quits.
 Needs the tui extra: pip install 'swiftplan[tui]'.
 """
@@ -34,6 +36,10 @@ def dash_command(
     run: str = typer.Option(None, "--run", help="Open this training run directory in the run monitor."),
     plan_path: str = typer.Option("plan.yaml", "--plan-path", help="Where saving a plan proposes to write."),
     no_probe: bool = typer.Option(False, "--no-probe", help="Do not probe this machine's accelerators."),
+    doctor: str = typer.Option(None, "--doctor", help="Open this failed run's log in the doctor tab."),
+    doctor_plan: str = typer.Option(
+        None, "--doctor-plan", help="The plan that run followed (with --doctor)."
+    ),
 ) -> None:
     """Plan interactively: hardware, job, live search, plan, and a run against its plan."""
     _check_options(gpus=gpus, run=run, plan_path=plan_path)
@@ -48,6 +54,8 @@ def dash_command(
         model=model,
         run_dir=run,
         plan_path=plan_path,
+        doctor_log=doctor,
+        doctor_plan=doctor_plan,
     )
     app.run()
 

@@ -22,6 +22,7 @@ from swiftplan.tui import messages as msg
 from swiftplan.tui import workers
 from swiftplan.tui.hardware import HardwareView, catalog_options
 from swiftplan.tui.job import DEFAULT_HOST_RAM_BYTES, model_choices
+from swiftplan.tui.panes.doctor import DoctorPane
 from swiftplan.tui.panes.hardware import HardwarePane
 from swiftplan.tui.panes.job import JobPane
 from swiftplan.tui.panes.plan import PlanPane
@@ -31,7 +32,7 @@ from swiftplan.tui.plans import PlanChoice, SearchOutcome, run_command
 from swiftplan.tui.screens.path_prompt import PathPrompt
 from swiftplan.tui.screens.pick_cluster import ClusterPicker
 
-TABS = ("hardware", "job", "search", "plan", "run")
+TABS = ("hardware", "job", "search", "plan", "run", "doctor")
 FOLLOW_INTERVAL_S = 2.0
 """How often a followed run directory is re-read."""
 
@@ -65,9 +66,12 @@ class DashApp(App[None]):
         run_dir: str | None,
         plan_path: str,
         cursor_blink: bool,
+        doctor_log: str | None = None,
+        doctor_plan: str | None = None,
     ) -> None:
         super().__init__()
         self._probe, self._gpus, self._model, self._run_dir = probe, gpus, model, run_dir
+        self._doctor_log, self._doctor_plan = doctor_log, doctor_plan
         self.plan_path = plan_path
         self.cursor_blink = cursor_blink
         self.hardware: HardwareView | None = None
@@ -90,6 +94,8 @@ class DashApp(App[None]):
                 yield PlanPane()
             with TabPane("5 Run", id="run"):
                 yield RunPane()
+            with TabPane("6 Doctor", id="doctor"):
+                yield DoctorPane()
         yield Footer()
 
     def on_mount(self) -> None:
@@ -107,6 +113,11 @@ class DashApp(App[None]):
             self.query_one("#run-path", Input).value = self._run_dir
             self._load_run(self._run_dir)
             self.action_show_tab("run")  # asked for a run: open on its monitor
+        elif self._doctor_log:
+            self.query_one("#doctor-log", Input).value = self._doctor_log
+            self.query_one("#doctor-plan", Input).value = self._doctor_plan or ""
+            self._diagnose()
+            self.action_show_tab("doctor")
         else:
             self.query_one("#hw-devices").focus()
 
@@ -121,6 +132,7 @@ class DashApp(App[None]):
             "search": "#search-plot",
             "plan": "#plan-table",
             "run": "#run-loss" if self.query_one("#run-path", Input).value else "#run-path",
+            "doctor": "#doctor-log",
         }[tab]
         self.query_one(target).focus()
 
@@ -186,6 +198,8 @@ class DashApp(App[None]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "run-path":
             self._load_run(event.value)
+        elif event.input.id in ("doctor-log", "doctor-plan"):
+            self._diagnose()
         elif event.input.id and event.input.id.startswith("job-"):
             self.action_search()
 
@@ -346,6 +360,25 @@ class DashApp(App[None]):
     def on_run_failed(self, message: msg.RunFailed) -> None:
         self.query_one(RunPane).show_error(message.message, message.hint)
 
+    # --- doctor -------------------------------------------------------------------------------
+
+    def _diagnose(self) -> None:
+        log = self.query_one("#doctor-log", Input).value.strip()
+        plan = self.query_one("#doctor-plan", Input).value.strip() or None
+        if log:
+            self.run_worker(
+                partial(workers.diagnose_log, self.post_message, log, plan),
+                thread=True,
+                group="doctor",
+                exclusive=True,
+            )
+
+    def on_doctor_done(self, message: msg.DoctorDone) -> None:
+        self.query_one(DoctorPane).show(message.outcome)
+
+    def on_doctor_failed(self, message: msg.DoctorFailed) -> None:
+        self.query_one(DoctorPane).show_error(message.message, message.hint)
+
 
 def make_app(
     *,
@@ -355,6 +388,8 @@ def make_app(
     run_dir: str | None = None,
     plan_path: str = "plan.yaml",
     cursor_blink: bool = True,
+    doctor_log: str | None = None,
+    doctor_plan: str | None = None,
 ) -> DashApp:
     """The dashboard.
 
@@ -362,7 +397,9 @@ def make_app(
     (the CLI passes the real probe, tests a fake). gpus: a catalog cluster to start with instead
     ('auto' means probe). model: prefill the job form. run_dir: open this run in the monitor.
     plan_path: where the save dialog proposes to write. cursor_blink: off for snapshot tests.
+    doctor_log (and doctor_plan): open this failed run's log in the doctor tab.
     """
     return DashApp(
-        probe=probe, gpus=gpus, model=model, run_dir=run_dir, plan_path=plan_path, cursor_blink=cursor_blink
-    )
+        probe=probe, gpus=gpus, model=model, run_dir=run_dir, plan_path=plan_path, cursor_blink=cursor_blink,
+        doctor_log=doctor_log, doctor_plan=doctor_plan,
+    )  # fmt: skip

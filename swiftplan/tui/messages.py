@@ -6,6 +6,8 @@ hands it to a widget. Search messages carry the search id: a restarted search ma
 
 from __future__ import annotations
 
+from typing import Any
+
 from textual.message import Message
 
 from swiftplan.tui.hardware import HardwareView
@@ -100,3 +102,19 @@ class RunFailed(Message):
     def __init__(self, path: str, message: str, hint: str | None = None) -> None:
         super().__init__()
         self.path, self.message, self.hint = path, message, hint
+
+
+class DoctorDone(Message):
+    """A failed run's log was read."""
+
+    def __init__(self, outcome: Any) -> None:
+        super().__init__()
+        self.outcome = outcome
+
+
+class DoctorFailed(Message):
+    """The log or the plan could not be read."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__()
+        self.message, self.hint = message, hint

@@ -147,3 +147,21 @@ def load_run(post: Post, path: str) -> None:
         post(msg.RunFailed(path, error.message, error.hint))
     except Exception as error:
         post(msg.RunFailed(path, _internal(error)))
+
+
+def diagnose_log(post: Post, log_path: str, plan_path: str | None) -> None:
+    """Read a failed run's log (and its plan) with the doctor use case."""
+    from pathlib import Path
+
+    from swiftplan.usecases.doctor import DoctorRequest, diagnose
+
+    try:
+        try:
+            text = Path(log_path).read_text(encoding="utf-8", errors="replace")
+        except OSError as error:
+            raise SwiftplanError(f"Cannot read log {log_path}: {error.strerror or error}.") from error
+        post(msg.DoctorDone(diagnose(DoctorRequest(text=text, source=log_path, plan_path=plan_path or None))))
+    except SwiftplanError as error:
+        post(msg.DoctorFailed(error.message, error.hint))
+    except Exception as error:
+        post(msg.DoctorFailed(_internal(error)))
