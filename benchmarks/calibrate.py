@@ -4,14 +4,24 @@ swiftplan/profiles/calibration.json with their source.
 Procedure (small on purpose):
 1. Rows: every measured row of benchmarks/data/published*.csv whose source `calibration_split.split_of`
    puts in the fit set and whose counter is `max_memory_reserved` (reserved_*). Rows with an unnamed counter
-   are not used: they cannot say which quantity a constant should move.
+   are not used: they cannot say which quantity a constant should move. Each row is estimated under the
+   runtime profile of the framework that measured it, as of the measurement (`published_rows.runtime_knobs`):
+   a term the runtime adds (foreach AdamW's step temporary, DeepSpeed buckets) is the planner's, not slack.
 2. For each row, the planner's estimate gives peak_allocated, the exact block rounding and the per-step
    (dynamic) bytes; predicted reserved = allocated + rounding + (dynamic_slack + length_slack x
    log2(length classes)) x dynamic.
-3. Grid: dynamic_slack 0.00..0.50 step 0.01, length_slack 0.000..0.050 step 0.0025; keep the pair with the
-   least sum of |log(predicted / published)| (least absolute deviation of the relative error; ties: smaller
-   values). Nothing per row.
-4. context_bytes_cuda: median over fit-set nvidia-smi rows of (published - our peak_reserved), if there
+3. Only constants the fit set can inform are fitted. `dynamic_slack` is the slack when every step has the
+   same shapes; a row informs it only if its run had fixed shapes (packed data). When the fit set has no such
+   row (so far: every reserved row padded variable-length batches), dynamic_slack and length_slack cannot be
+   told apart, and dynamic_slack stays at its documented prior while length_slack is fitted. Otherwise both
+   are fitted on the grid.
+4. Grid: dynamic_slack 0.00..0.50 step 0.01, length_slack 0.000..0.300 step 0.0025 (0.3 per doubling: a
+   run with 32 length classes may hold 1.5 x its per-step bytes in cached blocks of unusable sizes, the
+   most a slab of freed activations of 5 size octaves can strand); keep the value(s) with the least sum of
+   |log(predicted / published)|; ties: smaller values. Nothing per row.
+5. Trust check: the fit is repeated leaving each row out; a fitted value on a grid edge, or whose
+   leave-one-out range is wider than the value itself, is reported as not trusted (and the source says so).
+6. context_bytes_cuda: median over fit-set nvidia-smi rows of (published - our peak_reserved), if there
    are at least three such rows; otherwise the prior stays.
 
     python benchmarks/calibrate.py            # prints the fit; --write updates calibration.json
@@ -33,13 +43,13 @@ from published_accuracy import ALL_CSVS, _estimate, _unit, read_rows
 from published_rows import Skip, express
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.allocator import distinct_lengths, rounding_bytes
+from swiftplan.planner.allocator import AllocatorParams, distinct_lengths, rounding_bytes
 from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.setup import TrainSetup
 
 CALIBRATION = Path(__file__).resolve().parent.parent / "swiftplan" / "profiles" / "calibration.json"
 DYNAMIC_GRID = [i / 100 for i in range(51)]
-LENGTH_GRID = [i * 0.0025 for i in range(21)]
+LENGTH_GRID = [i * 0.0025 for i in range(121)]
 
 
 def fit_points(csv_paths: tuple[Path, ...] = ALL_CSVS) -> dict[str, list[dict[str, Any]]]:
@@ -83,19 +93,47 @@ def loss(points: list[dict[str, Any]], dynamic_slack: float, length_slack: float
     return total
 
 
-def fit(points: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The grid's best constants and the rows they came from."""
-    reserved = points["reserved"]
-    best = min(
-        ((loss(reserved, d, length), d, length) for d in DYNAMIC_GRID for length in LENGTH_GRID),
+def _grid_fit(points: list[dict[str, Any]], dynamic_grid: list[float]) -> tuple[float, float, float]:
+    """(loss, dynamic_slack, length_slack) of the grid's best pair."""
+    return min(
+        ((loss(points, d, length), d, length) for d in dynamic_grid for length in LENGTH_GRID),
         key=lambda t: (round(t[0], 12), t[1], t[2]),
     )
+
+
+def fit(points: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The grid's best constants, the rows they came from, and whether the fit can be trusted."""
+    reserved = points["reserved"]
+    fixed_shape_rows = [p["id"] for p in reserved if p["log2_lengths"] == 0]
+    prior = AllocatorParams.from_calibration().dynamic_slack
+    dynamic_grid = DYNAMIC_GRID if fixed_shape_rows else [prior]
+    best = _grid_fit(reserved, dynamic_grid)
+    fitted = ["dynamic_slack", "length_slack"] if fixed_shape_rows else ["length_slack"]
+    leave_one_out = {
+        p["id"]: _grid_fit([q for q in reserved if q is not p], dynamic_grid)[1:] for p in reserved
+    }
     result: dict[str, Any] = {
         "dynamic_slack": best[1],
         "length_slack": best[2],
+        "fitted": fitted,
         "reserved_rows": [p["id"] for p in reserved],
+        "fixed_shape_rows": fixed_shape_rows,
         "loss": best[0],
+        "leave_one_out": leave_one_out,
+        "implied_fraction": {
+            p["id"]: round((p["published"] - p["allocated"] - p["rounding"]) / max(p["dynamic"], 1), 3)
+            for p in reserved
+        },
     }
+    trusted = {}
+    for i, name in ((0, "dynamic_slack"), (1, "length_slack")):
+        if name not in fitted:
+            continue
+        grid = DYNAMIC_GRID if i == 0 else LENGTH_GRID
+        values = [v[i] for v in leave_one_out.values()]
+        spread = max(values) - min(values)
+        trusted[name] = grid[0] < result[name] < grid[-1] and spread <= result[name]
+    result["trusted"] = trusted
     smi = points["nvidia-smi"]
     if len(smi) >= 3:
         result["context_bytes_cuda"] = int(statistics.median(p["published"] - p["reserved"] for p in smi))
@@ -112,8 +150,19 @@ def write(result: dict[str, Any], path: Path = CALIBRATION) -> None:
         f"fitted on {len(result['reserved_rows'])} max_memory_reserved rows of benchmarks/data/published*.csv "
         f"fit set ({rows}), {date.today()}, benchmarks/calibrate.py (grid, least absolute log error)"
     )
-    for name in ("dynamic_slack", "length_slack"):
-        section[name] = {"value": result[name], "status": "fitted", "source": how}
+    for name in result["fitted"]:
+        loo = sorted({v[0 if name == "dynamic_slack" else 1] for v in result["leave_one_out"].values()})
+        trust = f"; leave-one-out {loo[0]:g}..{loo[-1]:g}" + (
+            "" if result["trusted"][name] else " (NOT TRUSTED: on the grid edge or wider than the value)"
+        )
+        held = (
+            ""
+            if name != "length_slack" or "dynamic_slack" in result["fitted"]
+            else (
+                f" with dynamic_slack held at its prior {result['dynamic_slack']:g} (no fixed-shape fit row)"
+            )
+        )
+        section[name] = {"value": result[name], "status": "fitted", "source": how + held + trust}
     if "context_bytes_cuda" in result:
         smi = ", ".join(result["nvidia_smi_rows"])
         section["context_bytes_cuda"] = {

@@ -6,14 +6,15 @@ Every mapping and assumption carries its reason, which the report prints next to
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from swiftplan.planner.allocator import AllocatorSettings
 from swiftplan.planner.architecture import total_params
 from swiftplan.planner.hardware import Cluster, parse_cluster
 from swiftplan.planner.model_catalog import catalog_spec, find_catalog_id
-from swiftplan.planner.setup import LoraSetup, Parallelism, ServeSetup, TrainSetup
+from swiftplan.planner.runtime import TRAIN_KNOB_OPTIONS, get_runtime, runtime_profiles
+from swiftplan.planner.setup import LoraSetup, Parallelism, RuntimeKnobs, ServeSetup, TrainSetup
 
 GiB, GB, MB = 2**30, 10**9, 10**6
 
@@ -179,6 +180,51 @@ SOURCE_SETTINGS: dict[str, dict[str, Any]] = {
     "hfq-": {"attention": "eager"},  # transformers of Aug 2023 had no SDPA path for Llama
 }
 
+# Each row is estimated under the runtime profile of the framework that measured it (the CSV's `runtime`
+# column, profiles/runtimes/NAME.yaml). A profile holds that framework's defaults as read at one recent
+# commit; where the version a source measured with had another default, the source's era wins, by id prefix,
+# with the evidence. Keys are RuntimeKnobs fields.
+RUNTIME_ERAS: dict[str, tuple[dict[str, Any], str]] = {
+    "ms-": (
+        {"optimizer_impl": "foreach"},
+        "ms-swift 3.x header (written 2024-12 and after, e.g. examples/train/full/train.sh from b40f31df7 "
+        "2024-12-05) on transformers 4.4x: default optim adamw_torch = torch.optim.AdamW, foreach on CUDA; "
+        "adamw_torch_fused became the default only with torch >= 2.8 (huggingface/transformers PR #37358, 2025-07)",
+    ),
+    "tt": (
+        {"loss": "full", "optimizer_impl": "foreach"},
+        "torchtune of 2024-04/05: full cross-entropy (chunked CE arrived in pytorch/torchtune PR #1390, "
+        "2024-08-22); configs' torch.optim.AdamW without fused=True, foreach on CUDA",
+    ),
+    "qwen-": (
+        {"loss": "full", "optimizer_impl": "fused"},
+        "transformers 4.32 (2023): full cross-entropy (TRL chunked_nll is PR #5575, 2026-04); DeepSpeed's "
+        "FusedAdam from finetune.py's ds_config (in place)",
+    ),
+    "lf-": (
+        {"loss": "full", "optimizer_impl": "foreach"},
+        "LLaMA-Factory of 2023-12 on transformers 4.3x: full cross-entropy, adamw_torch (foreach; default "
+        "since huggingface/transformers PR #25109, 2023-07)",
+    ),
+    "iss-01": (
+        {"loss": "full", "optimizer_impl": "fused"},
+        "DeepSpeed ZeRO-3 offload: DeepSpeedCPUAdam on host",
+    ),
+    "us-": (
+        {"loss": "full", "optimizer_impl": "foreach"},
+        "HF + FA2 baseline of 2024-12 (transformers 4.4x): full cross-entropy, adamw_torch (foreach)",
+    ),
+    "hf4-": (
+        {"loss": "full", "optimizer_impl": "for_loop"},
+        "transformers 4.30 (2023-05): full cross-entropy, default optim adamw_hf (transformers' own AdamW, "
+        "one parameter at a time; huggingface/transformers PR #25109 switched to adamw_torch in 2023-07)",
+    ),
+    "peft-": (
+        {"loss": "full", "optimizer_impl": "foreach"},
+        "peft README of 2023 (transformers 4.2x/4.3x): full cross-entropy",
+    ),
+}
+
 
 class Skip(Exception):
     """A row the planner cannot express; the message says why."""
@@ -330,6 +376,26 @@ def _cluster(row: dict[str, str]) -> Cluster:
     return parse_cluster(f"{n}x{GPU_NAMES[gpu]}")
 
 
+def runtime_knobs(row: dict[str, str], assumed: dict[str, Any]) -> tuple[RuntimeKnobs, list[str]]:
+    """The RuntimeKnobs a training row ran with: its runtime's profile defaults, then the source's era
+    (`RUNTIME_ERAS`), then what the row itself states (`ASSUMPTIONS` / `SOURCE_SETTINGS` knob keys)."""
+    name = row.get("runtime", "").strip()
+    profiles = runtime_profiles()
+    if name not in profiles or profiles[name].task != "train":
+        return RuntimeKnobs(), []
+    profile = get_runtime(name, "train")
+    knobs = {d.option: profile.value(d.option) for d in profile.defaults if d.option in TRAIN_KNOB_OPTIONS}
+    notes = []
+    era, why = next(
+        ((v, w) for prefix, (v, w) in RUNTIME_ERAS.items() if row["id"].startswith(prefix)), ({}, "")
+    )
+    if era:
+        knobs |= era
+        notes.append(f"runtime {name} as of the measurement: {why}")
+    knobs |= {k: v for k, v in assumed.items() if k in TRAIN_KNOB_OPTIONS}
+    return RuntimeKnobs(name=name, **knobs), notes
+
+
 def express(row: dict[str, str]) -> Expressed:
     """The planner question a published row asks; raises Skip with the reason when it cannot be asked."""
     model_id, scale, notes = _model(row)
@@ -381,6 +447,12 @@ def express(row: dict[str, str]) -> Expressed:
     kbit_upcast = quant in ("nf4", "fp4", "int8") and method != "full" and not own_preparation
     if kbit_upcast:
         notes.append("k-bit base prepared with peft's prepare_model_for_kbit_training (fp32 upcast)")
+    knobs, knob_notes = runtime_knobs(row, assumed)
+    notes += knob_notes
+    fsdp = row["parallel"].strip().lower()
+    if fsdp.startswith("fsdp") and parallel.offload == "none":  # PyTorch FSDP, not DeepSpeed ZeRO-3
+        parallel = Parallelism()
+        knobs = replace(knobs, fsdp="fsdp2" if fsdp.startswith("fsdp2") else "fsdp1")
     setup = TrainSetup(
         method=method,  # type: ignore[arg-type]
         precision=_precision(row["precision"], method),  # type: ignore[arg-type]
@@ -394,6 +466,7 @@ def express(row: dict[str, str]) -> Expressed:
         attention=attention,
         kbit_upcast=kbit_upcast,
         parallel=parallel,
+        runtime=knobs,
     )
     return Expressed(
         model_id=model_id,
@@ -430,4 +503,11 @@ def config_summary(expressed: Expressed) -> str:
         f" zero{par.zero}" + (f" offload {par.offload}" if par.offload != "none" else "") if par.zero else ""
     )
     ckpt = " ckpt" if s.grad_ckpt else ""
-    return f"{s.method} {s.precision}{quant}{lora} {s.optimizer} b{s.micro_batch}×{s.seq_len}{ckpt} {s.attention}{zero} on {gpus}"
+    k = s.runtime
+    knobs = (
+        f" [{k.name}: loss {k.loss}, {k.optimizer_impl}"
+        + (f", {k.fsdp} {k.fsdp_sharding}" if k.fsdp != "none" else "")
+        + (", ds buckets" if k.ds_buckets and par.zero else "")
+        + "]"
+    )
+    return f"{s.method} {s.precision}{quant}{lora} {s.optimizer} b{s.micro_batch}×{s.seq_len}{ckpt} {s.attention}{zero} on {gpus}{knobs}"
