@@ -118,3 +118,19 @@ def test_report_is_written_with_summary_and_json_twin(tmp_path, capsys):
     assert data["summary"]["per_counter"]["vLLM KV blocks vs kv_blocks"]["n"] == 2
     assert {r["split"] for r in data["compared"]} == {"fit", "test"}
     assert json.loads(capsys.readouterr().out) == data["test_summary"]
+
+
+def test_rows_are_estimated_under_the_runtime_that_measured_them():
+    # ms-swift 3.x headers ran transformers 4.4x, whose adamw_torch is foreach (fused only from PR #37358);
+    # torchtune's 2024 tables predate its chunked CE (PR #1390); ms-07 is PyTorch FSDP2, not ZeRO-3.
+    full = published_rows.express(_row_of(published_accuracy.MORE_CSV, "ms-03")).setup
+    assert full.runtime.name == "ms-swift" and full.runtime.optimizer_impl == "foreach"
+    fsdp = published_rows.express(_row_of(published_accuracy.MORE_CSV, "ms-07")).setup
+    assert fsdp.runtime.fsdp == "fsdp2" and fsdp.parallel.zero == 0
+    tune = published_rows.express(_row("ttlora-01")).setup
+    assert tune.runtime.name == "torchtune" and tune.runtime.loss == "full"
+
+
+def _row_of(path: Path, row_id: str) -> dict[str, str]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return next(r for r in csv.DictReader(f) if r["id"] == row_id)
