@@ -26,14 +26,20 @@ from swiftplan.planner.layout import Layout
 from swiftplan.planner.plan import Plan, Prediction
 from swiftplan.planner.setup import (
     AttentionImpl,
+    Fsdp,
+    FsdpSharding,
     KvDtype,
     LoraSetup,
+    LossImpl,
     Method,
     Offload,
     Optimizer,
+    OptimizerImpl,
     Parallelism,
     Precision,
     Quant,
+    RuntimeKnobs,
+    SavedModule,
     ServeSetup,
     TrainSetup,
 )
@@ -67,6 +73,26 @@ class ParallelFields(_Strict):
     offload: Offload
 
 
+class RuntimeFields(_Strict):
+    """`RuntimeKnobs`: the runtime profile the plan was made for and its settings (absent in files
+    written before runtimes: swiftplan's own loop, the defaults)."""
+
+    name: str
+    loss: LossImpl = "full"
+    loss_chunks: int = Field(strict=True, default=8, gt=0)
+    loss_chunk_tokens: int = Field(strict=True, default=0, ge=0)
+    optimizer_impl: OptimizerImpl = "fused"
+    modules_to_save: list[SavedModule] = []
+    optimizer_in_backward: bool = False
+    fsdp: Fsdp = "none"
+    fsdp_sharding: FsdpSharding = "full_shard"
+    fsdp_shard_group: int = Field(strict=True, default=0, ge=0)
+    ds_buckets: bool = False
+    reduce_bucket_elements: int = Field(strict=True, default=500_000_000, ge=0)
+    prefetch_bucket_elements: int = Field(strict=True, default=50_000_000, ge=0)
+    max_live_parameters: int = Field(strict=True, default=1_000_000_000, ge=0)
+
+
 class TrainFields(_Strict):
     """`TrainSetup`."""
 
@@ -83,6 +109,7 @@ class TrainFields(_Strict):
     attention: AttentionImpl
     kbit_upcast: bool = False
     parallel: ParallelFields
+    runtime: RuntimeFields | None = None
 
 
 class ServeFields(_Strict):
@@ -204,6 +231,9 @@ def _setup_fields(setup: TrainSetup | ServeSetup) -> TrainFields | ServeFields:
         return ServeFields.model_validate({name: getattr(setup, name) for name in ServeFields.model_fields})
     fields = {name: getattr(setup, name) for name in TrainFields.model_fields}
     fields["parallel"] = {name: getattr(setup.parallel, name) for name in ParallelFields.model_fields}
+    fields["runtime"] = {name: getattr(setup.runtime, name) for name in RuntimeFields.model_fields} | {
+        "modules_to_save": list(setup.runtime.modules_to_save)
+    }
     lora = setup.lora if setup.trains_adapters else None
     fields["lora"] = (
         None
@@ -241,7 +271,7 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
             accelerator=_accelerator_fields(hardware.accelerator),
         ),
         layout=LayoutFields(gpus=plan.layout.gpus, tp=plan.layout.tp, pp=plan.layout.pp, dp=plan.layout.dp),
-        workload=dataclasses.asdict(plan.workload),
+        workload={k: v for k, v in dataclasses.asdict(plan.workload).items() if k != "runtime"},
         prediction=PredictionFields(
             **{f.name: getattr(plan.prediction, f.name) for f in dataclasses.fields(Prediction)}
         ),
@@ -300,6 +330,12 @@ def _setup(
         if train is not None:
             data = train.model_dump()
             lora = data.pop("lora")
+            runtime = data.pop("runtime") or {"name": "swiftplan"}
+            if runtime["name"] not in _train_runtimes():
+                raise SwiftplanError(
+                    f"field 'train.runtime.name': unknown runtime {runtime['name']!r}; "
+                    f"valid values are: {', '.join(_train_runtimes())}"
+                )
             return TrainSetup(
                 **{
                     **data,
@@ -307,6 +343,9 @@ def _setup(
                     if lora is None
                     else LoraSetup(**{**lora, "targets": tuple(lora["targets"])}),
                     "parallel": Parallelism(**data["parallel"]),
+                    "runtime": RuntimeKnobs(
+                        **{**runtime, "modules_to_save": tuple(runtime.get("modules_to_save", ()))}
+                    ),
                 },
             )
         assert serve is not None
@@ -317,14 +356,24 @@ def _setup(
         ) from error
 
 
-def _workload(path: Path, task: str, data: dict[str, Any]) -> TrainWorkload | ServeWorkload:
+def _train_runtimes() -> list[str]:
+    from swiftplan.planner.runtime import runtime_profiles
+
+    return [n for n, p in runtime_profiles().items() if p.task == "train"]
+
+
+def _workload(
+    path: Path, task: str, data: dict[str, Any], setup: TrainSetup | ServeSetup | None = None
+) -> TrainWorkload | ServeWorkload:
     model: type[_Strict] = TrainWorkloadFields if task == "train" else ServeWorkloadFields
     try:
         fields = model.model_validate(data)
     except ValidationError as error:
         raise _validation_error(path, error, "workload.") from error
-    kind = TrainWorkload if task == "train" else ServeWorkload
-    return kind(**fields.model_dump())
+    if task == "train":  # the runtime is stored once, with the set-up
+        runtime = setup.runtime if isinstance(setup, TrainSetup) else RuntimeKnobs()
+        return TrainWorkload(**fields.model_dump(), runtime=runtime)
+    return ServeWorkload(**fields.model_dump())
 
 
 def _accelerator(path: Path, data: dict[str, Any]) -> Accelerator:
@@ -361,6 +410,7 @@ def _from_v2(path: Path, data: dict[str, Any]) -> Plan:
         )
     except SwiftplanError as error:
         raise SwiftplanError(f"Plan file {path}: field 'hardware': {error.message}", hint=_HINT) from error
+    setup = _setup(path, fields.task, fields.train, fields.serve)
     return Plan(
         model=fields.model,
         model_source=fields.model_source,
@@ -370,8 +420,8 @@ def _from_v2(path: Path, data: dict[str, Any]) -> Plan:
         offered=hw.offered,
         hardware=hardware,
         layout=Layout(gpus=fields.layout.gpus, tp=fields.layout.tp, pp=fields.layout.pp),
-        setup=_setup(path, fields.task, fields.train, fields.serve),
-        workload=_workload(path, fields.task, fields.workload),
+        setup=setup,
+        workload=_workload(path, fields.task, fields.workload, setup),
         prediction=Prediction(**fields.prediction.model_dump()),
         created=fields.created,
         swiftplan_version=fields.swiftplan_version,

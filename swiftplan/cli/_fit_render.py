@@ -184,7 +184,8 @@ def render_fit(
         for note in problem.notes:
             console.print(f"[dim]{note}[/]", highlight=False)
     console.print(
-        f"[dim]{search_line(result, problem.settings.seed, elapsed_s)}; planned for engine {problem.engine.name}[/]",
+        f"[dim]{search_line(result, problem.settings.seed, elapsed_s)}; planned for engine {problem.engine.name}"
+        f"{'' if problem.runtime is None else ', ' + problem.runtime.describe()}[/]",
         highlight=False,
     )
     if outcome.plan is not None and output:
@@ -256,6 +257,7 @@ def fit_json(outcome: Any, *, output: str | None, measured: Any, elapsed_s: floa
     payload = {
         "task": problem.task, "model": problem.spec.name, "cluster": problem.cluster.describe(),
         "engine": problem.engine.name, "objective": problem.settings.objective, "notes": list(problem.notes),
+        "runtime": None if problem.runtime is None else problem.runtime.to_json(),
         "workload": asdict(problem.workload),
         "lengths": None if problem.lengths is None else {
             **asdict(problem.lengths), "memory_seq_len": problem.workload.seq_len,

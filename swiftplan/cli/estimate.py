@@ -9,7 +9,21 @@ import typer
 from rich.table import Table
 
 from swiftplan.cli._output import console, print_json
-from swiftplan.cli.options import build_serve_setup, build_train_setup
+from swiftplan.cli.options import (
+    DsBucketsOpt,
+    FsdpOpt,
+    FsdpShardGroupOpt,
+    FsdpShardingOpt,
+    LossChunksOpt,
+    LossChunkTokensOpt,
+    LossOpt,
+    ModulesToSaveOpt,
+    OptimizerImplOpt,
+    OptimizerInBackwardOpt,
+    RuntimeOpt,
+    build_serve_setup,
+    build_train_setup,
+)
 from swiftplan.planner.estimate import Estimate
 from swiftplan.units import format_gib
 
@@ -25,6 +39,10 @@ Examples:
   swiftplan estimate Qwen/Qwen2.5-7B --task serve --context 8192 --concurrency 32 --gpus L40S
 
   swiftplan estimate ./my-model/config.json --method lora --gpus 2xrtx3090
+
+  swiftplan estimate Qwen/Qwen2.5-7B --runtime hf --gpus rtx4090 --json      (TRL SFTTrainer's defaults)
+
+  swiftplan estimate Qwen/Qwen2.5-7B --method full --runtime torch --optimizer-impl fused --gpus H100
 
   swiftplan estimate plan.yaml          (a plan file written by `swiftplan fit -o`)
 """
@@ -96,7 +114,9 @@ def render_estimate(estimate: Estimate) -> None:
 _PLAN_FILE_OPTIONS = ("task", "method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch",
                       "seq", "grad_accum", "grad_ckpt", "attention", "kbit_upcast", "zero", "offload", "gpus", "tp",
                       "pp", "context", "concurrency", "kv_dtype", "gpu_memory_utilization", "engine",
-                      "expandable_segments", "variable_lengths")  # fmt: skip
+                      "expandable_segments", "variable_lengths", "runtime", "loss", "loss_chunks", "loss_chunk_tokens",
+                      "optimizer_impl", "modules_to_save", "optimizer_in_backward", "fsdp", "fsdp_sharding",
+                      "fsdp_shard_group", "ds_buckets")  # fmt: skip
 
 
 def _given(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
@@ -148,6 +168,8 @@ def estimate_json(outcome: Any) -> dict[str, Any]:
     payload = outcome.estimate.to_json()
     payload["engine"] = {"name": outcome.engine.name, "runs": not outcome.engine_reasons,
                          "reasons": list(outcome.engine_reasons), "engines_that_could": [e.name for e in outcome.other_engines]}  # fmt: skip
+    if outcome.runtime is not None:
+        payload["runtime"] = outcome.runtime.to_json()
     if outcome.plan is not None:
         payload["prediction"] = asdict(outcome.prediction)
         payload["prediction_matches_plan"] = not outcome.changed
@@ -253,6 +275,17 @@ def estimate_command(
     engine: EngineOpt = None,
     expandable_segments: ExpandableOpt = False,
     variable_lengths: VariableLengthsOpt = False,
+    runtime: RuntimeOpt = None,
+    loss: LossOpt = None,
+    loss_chunks: LossChunksOpt = None,
+    loss_chunk_tokens: LossChunkTokensOpt = None,
+    optimizer_impl: OptimizerImplOpt = None,
+    modules_to_save: ModulesToSaveOpt = None,
+    optimizer_in_backward: OptimizerInBackwardOpt = None,
+    fsdp: FsdpOpt = None,
+    fsdp_sharding: FsdpShardingOpt = None,
+    fsdp_shard_group: FsdpShardGroupOpt = None,
+    ds_buckets: DsBucketsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Memory breakdown (per device) and predicted speed of one configuration."""
@@ -261,6 +294,8 @@ def estimate_command(
         print_json(estimate_json(outcome))
         return
     render_estimate(outcome.estimate)
+    if outcome.runtime is not None:
+        console.print(outcome.runtime.describe(), highlight=False)
     render_engine(outcome)
     render_prediction_check(outcome)
 
@@ -285,17 +320,37 @@ def _estimate(ctx: typer.Context, options: dict[str, Any]) -> Any:
     allocator = AllocatorSettings(
         expandable_segments=options["expandable_segments"], variable_lengths=options["variable_lengths"]
     )
-    return usecase.estimate_setup(model, cluster, _setup(options, cluster), options["engine"], allocator)
+    setup, runtime = _setup(ctx, options, cluster)
+    return usecase.estimate_setup(model, cluster, setup, options["engine"], allocator, runtime)
 
 
-def _setup(o: dict[str, Any], cluster: Any) -> Any:
+def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, Any]:
+    """The set-up the options describe, under the runtime profile (--runtime) they name."""
+    from swiftplan.cli.options import (
+        RUNTIME_TRAIN_FLAGS,
+        knob_values,
+        refuse_knobs_for_serving,
+        serve_runtime,
+        train_runtime,
+    )
+    from swiftplan.planner.runtime import KNOB_FLAGS, SERVE_OPTIONS
+
+    knobs = knob_values(**{n: o[n] for n in KNOB_FLAGS if n in o})
     if o["task"] == Task.train:
+        choice = train_runtime(o["runtime"], knobs, {n: o[n] for n in _given(ctx, RUNTIME_TRAIN_FLAGS)})
+        o = o | choice.setup_options()
         names = ("method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch", "seq",
                  "grad_accum", "grad_ckpt", "attention", "zero", "offload", "tp", "pp", "kbit_upcast")  # fmt: skip
-        return build_train_setup(cluster=cluster, **{n: o[n] for n in names})
-    return build_serve_setup(precision=o["precision"], quant=o["quant"], context=o["context"],
-                             concurrency=o["concurrency"], kv_dtype=o["kv_dtype"],
-                             gpu_memory_utilization=o["gpu_memory_utilization"], tp=o["tp"], cluster=cluster)  # fmt: skip
+        return build_train_setup(cluster=cluster, runtime=choice.knobs(), **{n: o[n] for n in names}), choice
+    refuse_knobs_for_serving(knobs)
+    serving = serve_runtime(o["runtime"], {n: o[n] for n in _given(ctx, SERVE_OPTIONS)})
+    if serving is not None:
+        o = o | serving.setup_options()
+    setup = build_serve_setup(precision=o["precision"], quant=o["quant"], context=o["context"],
+                              concurrency=o["concurrency"], kv_dtype=o["kv_dtype"],
+                              gpu_memory_utilization=o["gpu_memory_utilization"], tp=o["tp"], cluster=cluster,
+                              prefill_chunk=o.get("prefill_chunk"))  # fmt: skip
+    return setup, serving
 
 
 def register(app: typer.Typer) -> None:

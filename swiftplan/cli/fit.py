@@ -12,6 +12,19 @@ from typing import Annotated, Any
 
 import typer
 
+from swiftplan.cli.options import (
+    DsBucketsOpt,
+    FsdpOpt,
+    FsdpShardGroupOpt,
+    FsdpShardingOpt,
+    LossChunksOpt,
+    LossChunkTokensOpt,
+    LossOpt,
+    ModulesToSaveOpt,
+    OptimizerImplOpt,
+    OptimizerInBackwardOpt,
+    RuntimeOpt,
+)
 from swiftplan.errors import SwiftplanError
 
 EPILOG = """
@@ -268,7 +281,30 @@ def fit_request(**options: Any) -> Any:
         decode_tps=options["decode_tps"], gpu_memory_utilization=options["gpu_memory_utilization"],
         headroom=options["headroom"], host_ram_bytes=None if host_ram is None else int(host_ram * 2**30),
         seed=options["seed"], trials=options["trials"], storage=options["storage"], study_name=options["study_name"],
+        runtime=options["runtime"], runtime_options=_runtime_options(task, options),
     )  # fmt: skip
+
+
+def _runtime_options(task: str, options: dict[str, Any]) -> dict[str, Any]:
+    """What the user set over the runtime profile: the knob flags (training), --gpu-memory-utilization (serving)."""
+    import click
+
+    from swiftplan.cli.options import knob_values, serve_runtime, train_runtime
+    from swiftplan.planner.runtime import KNOB_FLAGS
+
+    if task == "serve":
+        ctx = click.get_current_context(silent=True)
+        source = ctx.get_parameter_source("gpu_memory_utilization") if ctx is not None else None
+        typed = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+        if options["runtime"] is not None:
+            serve_runtime(options["runtime"], {})  # --runtime checked here, naming the flag
+        return {"gpu_memory_utilization": options["gpu_memory_utilization"]} if typed else {}
+    knobs = knob_values(**{n: options[n] for n in KNOB_FLAGS if n in options})
+    if options["runtime"] is not None:
+        train_runtime(
+            options["runtime"], knobs
+        )  # --runtime checked here: the flag named, the valid values listed
+    return knobs
 
 
 def fit_command(
@@ -320,6 +356,17 @@ def fit_command(
     output: OutputOpt = None,
     as_json: JsonOpt = False,
     wide: WideOpt = False,
+    runtime: RuntimeOpt = None,
+    loss: LossOpt = None,
+    loss_chunks: LossChunksOpt = None,
+    loss_chunk_tokens: LossChunkTokensOpt = None,
+    optimizer_impl: OptimizerImplOpt = None,
+    modules_to_save: ModulesToSaveOpt = None,
+    optimizer_in_backward: OptimizerInBackwardOpt = None,
+    fsdp: FsdpOpt = None,
+    fsdp_sharding: FsdpShardingOpt = None,
+    fsdp_shard_group: FsdpShardGroupOpt = None,
+    ds_buckets: DsBucketsOpt = None,
 ) -> None:
     """Search the training (or serving) plans for the best one that fits, with Optuna."""
     started = time.perf_counter()
@@ -362,7 +409,9 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
 
 
 _TRAIN_ONLY = ("method", "rank", "targets", "precision", "optimizer", "grad_ckpt", "zero", "max_offload", "pp", "dp",
-               "batch", "dataset_tokens", "data", "lengths")  # fmt: skip
+               "batch", "dataset_tokens", "data", "lengths", "loss", "loss_chunks", "loss_chunk_tokens", "optimizer_impl",
+               "modules_to_save", "optimizer_in_backward", "fsdp", "fsdp_sharding", "fsdp_shard_group",
+               "ds_buckets")  # fmt: skip
 """fit options the serving search does not read."""
 _SERVE_ONLY = ("concurrency", "ttft", "decode_tps", "kv_dtype")
 """fit options the training search does not read."""

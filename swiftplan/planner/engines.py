@@ -25,6 +25,8 @@ DEFAULT_TRAIN_ENGINE = "swiftplan"
 """The engine `fit` plans training for unless told otherwise: the project's own loop."""
 
 _LIST_OPTIONS = ("backend", "method", "quant", "optimizer", "zero", "offload", "kv_dtype")
+_KNOB_OPTIONS = ("loss", "optimizer_impl", "fsdp", "modules_to_save", "optimizer_in_backward")
+"""RuntimeKnobs an engine may restrict (list options; modules_to_save: the modules it can train in full)."""
 _MAX_OPTIONS = ("tp_max", "pp_max", "gpus_max")
 _OPTION_LABELS = {
     "backend": "device backend",
@@ -37,6 +39,11 @@ _OPTION_LABELS = {
     "tp_max": "tensor parallelism",
     "pp_max": "pipeline parallelism",
     "gpus_max": "GPUs",
+    "loss": "loss implementation",
+    "optimizer_impl": "optimizer implementation",
+    "fsdp": "FSDP",
+    "modules_to_save": "module trained in full next to LoRA",
+    "optimizer_in_backward": "optimizer step in backward",
 }
 
 
@@ -78,6 +85,8 @@ class Engine:
     """Option → allowed values (lists) or bound (*_max); absent = unrestricted."""
     limits: tuple[EngineLimit, ...] = ()
     """Per-backend narrowings."""
+    runtime: str | None = None
+    """The runtime profile whose defaults it runs with (profiles/runtimes/NAME.yaml); None = none yet."""
 
     def allowed(self, option: str, backend: str) -> tuple[Any, ...] | None:
         """Values of a list option this engine allows on `backend`; None = unrestricted."""
@@ -103,11 +112,11 @@ class Engine:
 
 
 def _engine_from_entry(name: str, entry: dict[str, Any]) -> Engine:
-    known = {"task", "label", "runnable", "command", "source", "allows", "limits"}
+    known = {"task", "label", "runnable", "command", "source", "allows", "limits", "runtime"}
     if set(entry) - known or entry.get("task") not in ("train", "serve") or not entry.get("source"):
         raise ValueError(f"engines.json entry {name!r} is malformed: keys {sorted(entry)}")
     for option in entry["allows"]:
-        if option not in _LIST_OPTIONS + _MAX_OPTIONS:
+        if option not in _LIST_OPTIONS + _KNOB_OPTIONS + _MAX_OPTIONS:
             raise ValueError(f"engines.json {name}: unknown option {option!r}")
     limits = []
     for limit in entry.get("limits", []):
@@ -130,6 +139,7 @@ def _engine_from_entry(name: str, entry: dict[str, Any]) -> Engine:
         source=entry["source"],
         allows=MappingProxyType(dict(entry["allows"])),
         limits=tuple(limits),
+        runtime=entry.get("runtime"),
     )
 
 
@@ -159,6 +169,12 @@ def get_engine(name: str, task: EngineTask | None = None) -> Engine:
     return engine
 
 
+def runtime_engine(runtime: str, task: EngineTask) -> Engine | None:
+    """The engine that runs with `runtime`'s defaults (its `runtime` in engines.json); None when the
+    table has none (swiftplan cannot check or launch a plan for that framework yet)."""
+    return next((e for e in list_engines(task) if e.runtime == runtime), None)
+
+
 def default_engine(task: EngineTask, backend: Backend) -> Engine:
     """The engine `fit` plans for when none is named: our loop for training; for serving vLLM where
     it runs on this backend, else the built-in server."""
@@ -184,6 +200,13 @@ class Requirements:
     tp: int = 1
     pp: int = 1
     gpus: int = 1
+    loss: str | None = None
+    optimizer_impl: str | None = None
+    fsdp: str | None = None
+    modules_to_save: tuple[str, ...] = ()
+    optimizer_in_backward: bool | None = None
+    runtime: str | None = None
+    """The runtime profile the plan was made for (named in the reasons for its knobs)."""
 
 
 def engine_reasons(engine: Engine, needs: Requirements) -> list[str]:
@@ -202,6 +225,7 @@ def engine_reasons(engine: Engine, needs: Requirements) -> list[str]:
             f"{_OPTION_LABELS[option]} {value!r} is not available on {engine.name} with {backend} "
             f"({engine.why(option, backend)}; it allows {', '.join(map(str, allowed))})."
         )
+    reasons += _knob_reasons(engine, needs)
     for option, value in (("tp_max", needs.tp), ("pp_max", needs.pp), ("gpus_max", needs.gpus)):
         bound = engine.bound(option, backend)
         if bound is not None and value > bound:
@@ -212,6 +236,27 @@ def engine_reasons(engine: Engine, needs: Requirements) -> list[str]:
                 else f"{what} of degree {value} is not available on {engine.name} ({engine.why(option, backend)})."
             )
     return reasons
+
+
+def _knob_reasons(engine: Engine, needs: Requirements) -> list[str]:
+    """The runtime settings of the plan the engine does not implement, in one sentence per reason, naming
+    the runtime they came from."""
+    backend = needs.backend
+    unmet: dict[str, list[str]] = {}
+    for option in _KNOB_OPTIONS:
+        value = getattr(needs, option)
+        allowed = engine.allowed(option, backend)
+        if value is None or allowed is None:
+            continue
+        for v in value if option == "modules_to_save" else (value,):
+            if v not in allowed:
+                shown = str(v).lower() if isinstance(v, bool) else repr(v)
+                unmet.setdefault(engine.why(option, backend), []).append(f"{_OPTION_LABELS[option]} {shown}")
+    planned = f" (in a plan made for runtime {needs.runtime!r})" if needs.runtime else ""
+    return [
+        f"{engine.name} does not run {', '.join(settings)}{planned}: {why}."
+        for why, settings in unmet.items()
+    ]
 
 
 def engines_that_run(needs: Requirements, task: EngineTask) -> tuple[Engine, ...]:
@@ -231,6 +276,12 @@ def train_requirements(setup: TrainSetup, *, backend: str, gpus: int) -> Require
         tp=setup.parallel.tp,
         pp=setup.parallel.pp,
         gpus=gpus,
+        loss=setup.runtime.loss,
+        optimizer_impl=setup.runtime.optimizer_impl,
+        fsdp=setup.runtime.fsdp,
+        modules_to_save=setup.runtime.modules_to_save,
+        optimizer_in_backward=setup.runtime.optimizer_in_backward,
+        runtime=setup.runtime.name,
     )
 
 

@@ -191,3 +191,75 @@ def profile_json(profile: RuntimeProfile, applied: tuple[RuntimeDefault, ...]) -
         "overridden": [d.option for d in profile.defaults if d not in applied],
         "notes": list(profile.notes),
     }
+
+
+KNOB_FLAGS = {
+    "loss": "--loss",
+    "loss_chunks": "--loss-chunks",
+    "loss_chunk_tokens": "--loss-chunk-tokens",
+    "optimizer_impl": "--optimizer-impl",
+    "modules_to_save": "--modules-to-save",
+    "optimizer_in_backward": "--optimizer-in-backward",
+    "fsdp": "--fsdp",
+    "fsdp_sharding": "--fsdp-sharding",
+    "fsdp_shard_group": "--fsdp-shard-group",
+    "ds_buckets": "--ds-buckets",
+    "reduce_bucket_elements": "--reduce-bucket-elements",
+    "prefetch_bucket_elements": "--prefetch-bucket-elements",
+    "max_live_parameters": "--max-live-parameters",
+}
+"""The command-line flag of each RuntimeKnobs field (estimate, fit, size, verify)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RuntimeChoice:
+    """A runtime profile resolved against what the user typed: the options to plan with, and which of
+    them came from the profile."""
+
+    profile: RuntimeProfile
+    """The profile (--runtime)."""
+    options: dict[str, Any]
+    """Option → value: the user's over the profile's defaults."""
+    applied: tuple[RuntimeDefault, ...]
+    """The profile's defaults that were used (not overridden)."""
+
+    def knobs(self) -> RuntimeKnobs:
+        """The RuntimeKnobs to plan a training set-up with."""
+        return train_knobs(self.profile, self.options)
+
+    def setup_options(self) -> dict[str, Any]:
+        """The TrainSetup (training) or ServeSetup (serving) fields the profile or the user set."""
+        names = TRAIN_SETUP_OPTIONS if self.profile.task == "train" else SERVE_OPTIONS
+        return {k: v for k, v in self.options.items() if k in names}
+
+    def to_json(self) -> dict[str, Any]:
+        """The profile and each default applied with its source (--json)."""
+        return profile_json(self.profile, self.applied)
+
+    def describe(self) -> str:
+        """One line for text output: which runtime was planned for and what it set."""
+        values = ", ".join(f"{d.option} {_shown(_typed(d.option, d.value))}" for d in self.applied)
+        return f"runtime {self.profile.name}" + (f" (its defaults: {values})" if values else "")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def choose_runtime(name: str, task: RuntimeTask, given: dict[str, Any]) -> RuntimeChoice:
+    """The profile called `name` for `task` with the user's options (`given`, only those typed) over it."""
+    profile = get_runtime(name, task)
+    options, applied = apply_defaults(profile, given)
+    return RuntimeChoice(profile=profile, options=options, applied=applied)
+
+
+def setup_choice(setup: TrainSetup) -> RuntimeChoice:
+    """The runtime a training set-up (a plan file's) was planned for: its profile, its options, and the
+    profile's defaults it uses."""
+    profile = get_runtime(setup.runtime.name, "train")
+    options = {f: getattr(setup.runtime, f) for f in TRAIN_KNOB_OPTIONS}
+    options |= {f: getattr(setup, f) for f in TRAIN_SETUP_OPTIONS}
+    applied = tuple(d for d in profile.defaults if options.get(d.option) == _typed(d.option, d.value))
+    return RuntimeChoice(profile=profile, options=options, applied=applied)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from swiftplan.planner.setup import AttentionImpl
+from swiftplan.planner.setup import AttentionImpl, RuntimeKnobs
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -23,6 +23,8 @@ class TrainWorkload:
     """Attention kernel."""
     lora_dropout: float = 0.05
     """LoRA dropout (changes activation memory)."""
+    runtime: RuntimeKnobs = field(default_factory=RuntimeKnobs)
+    """The runtime's knobs every candidate is planned with (profiles/runtimes; not searched)."""
 
     @property
     def total_tokens(self) -> float:

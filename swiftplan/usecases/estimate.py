@@ -20,6 +20,7 @@ from swiftplan.planner.engines import (
     engine_reasons,
     engines_that_run,
     get_engine,
+    runtime_engine,
     serve_requirements,
     train_requirements,
 )
@@ -27,6 +28,7 @@ from swiftplan.planner.estimate import Estimate, estimate_serving, estimate_trai
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.layout import Layout, cluster_text
 from swiftplan.planner.plan import Plan, Prediction, predict
+from swiftplan.planner.runtime import RuntimeChoice, setup_choice
 from swiftplan.planner.setup import ServeSetup, Task, TrainSetup
 from swiftplan.planner.workload import ServeWorkload, TrainWorkload
 from swiftplan.usecases import inputs
@@ -50,6 +52,8 @@ class EstimateOutcome:
     """For a plan file: the prediction made again today."""
     changed: tuple[str, ...] = ()
     """For a plan file: prediction fields that differ from the file's."""
+    runtime: RuntimeChoice | None = None
+    """The runtime profile planned for and the defaults it applied (None: serving without --runtime)."""
 
     @property
     def runs(self) -> bool:
@@ -68,19 +72,41 @@ def _engine_check(setup: TrainSetup | ServeSetup, cluster: Cluster, engine: Engi
     return reasons, others
 
 
+def engine_for_runtime(
+    engine: str | None, runtime: RuntimeChoice | None, task: Task, cluster: Cluster
+) -> tuple[Engine, tuple[str, ...]]:
+    """The engine a set-up is checked against, and a note when the runtime has none: the one named, else
+    the runtime's own (engines.json `runtime`), else the task's default."""
+    if engine:
+        return get_engine(engine, task), ()
+    default = default_engine(task, cluster.accelerator.backend)
+    if runtime is None or runtime.profile.name == default.runtime:
+        return default, ()
+    own = runtime_engine(runtime.profile.name, task)
+    if own is not None:
+        return own, ()
+    return default, (
+        f"runtime {runtime.profile.name}: no engine in swiftplan's table (profiles/engines.json) runs "
+        f"{runtime.profile.label} yet, so swiftplan cannot launch this plan; it is checked against {default.name}.",
+    )
+
+
 def estimate_setup(
     model: str,
     cluster: Cluster,
     setup: TrainSetup | ServeSetup,
     engine: str | None = None,
     allocator: AllocatorSettings | None = None,
+    runtime: RuntimeChoice | None = None,
 ) -> EstimateOutcome:
-    """Estimate one set-up of `model` on `cluster` and check it against `engine` (default: the task's);
-    `allocator`: how the run drives PyTorch's caching allocator (reserved memory)."""
+    """Estimate one set-up of `model` on `cluster` and check it against `engine` (default: the runtime's
+    engine, else the task's); `allocator`: how the run drives PyTorch's caching allocator (reserved
+    memory); `runtime`: the profile the set-up's defaults came from."""
     spec = inputs.resolve_model(model)
     warnings = model_limits.check_setup(spec, setup)
     task: Task = "serve" if isinstance(setup, ServeSetup) else "train"
-    chosen = get_engine(engine, task) if engine else default_engine(task, cluster.accelerator.backend)
+    chosen, engine_notes = engine_for_runtime(engine, runtime, task, cluster)
+    warnings = warnings + engine_notes
     if isinstance(setup, ServeSetup):
         estimate = estimate_serving(spec, setup, cluster, allocator=allocator)
         gpus = setup.tp
@@ -89,7 +115,9 @@ def estimate_setup(
         gpus = cluster.world_size
     estimate = replace(estimate, notes=estimate.notes + warnings)
     reasons, others = _engine_check(setup, cluster, chosen, gpus)
-    return EstimateOutcome(estimate=estimate, engine=chosen, engine_reasons=reasons, other_engines=others)
+    return EstimateOutcome(
+        estimate=estimate, engine=chosen, engine_reasons=reasons, other_engines=others, runtime=runtime
+    )
 
 
 def estimate_plan_file(path: str | Path) -> EstimateOutcome:
@@ -114,8 +142,9 @@ def estimate_plan_file(path: str | Path) -> EstimateOutcome:
     engine = get_engine(plan.engine, plan.task)
     gpus = plan.layout.tp if plan.task == "serve" else plan.layout.gpus
     reasons, others = _engine_check(plan.setup, plan.hardware, engine, gpus)
+    runtime = setup_choice(plan.setup) if isinstance(plan.setup, TrainSetup) else None
     return EstimateOutcome(estimate=estimate, engine=engine, engine_reasons=reasons, other_engines=others,
-                           plan=plan, prediction=prediction, changed=changed)  # fmt: skip
+                           plan=plan, prediction=prediction, changed=changed, runtime=runtime)  # fmt: skip
 
 
 def plan_for_setup(
@@ -143,6 +172,7 @@ def plan_for_setup(
         workload = workload or TrainWorkload(
             seq_len=setup.seq_len, global_batch=setup.micro_batch * setup.grad_accum * layout.dp,
             attention=setup.attention, lora_dropout=setup.lora.dropout if setup.lora else 0.05,
+            runtime=setup.runtime,
         )  # fmt: skip
     hardware = layout.sub_cluster(cluster) if task == "train" else cluster
     reasons, _ = _engine_check(setup, hardware, chosen, setup.tp if isinstance(setup, ServeSetup) else gpus)

@@ -24,6 +24,7 @@ from swiftplan.planner.engines import (
     default_engine,
     engines_that_run,
     get_engine,
+    runtime_engine,
     serve_requirements,
     train_requirements,
 )
@@ -32,6 +33,7 @@ from swiftplan.planner.layout import Layout, cluster_text
 from swiftplan.planner.lengths import LengthStats
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.plan import Plan, predict
+from swiftplan.planner.runtime import DEFAULT_TRAIN_RUNTIME, RuntimeChoice, choose_runtime
 from swiftplan.planner.search.candidate import Candidate, ServeCandidate
 from swiftplan.planner.search.evaluate import Evaluation, Objective, ServeEvaluator, TrainEvaluator
 from swiftplan.planner.search.infeasible import Diagnosis
@@ -92,6 +94,10 @@ class FitRequest:
     study_name: str | None = None
     compare_engines: bool = True
     """Also search without the engine's limits and report a better plan another engine could run."""
+    runtime: str | None = None
+    """Runtime profile to plan for (profiles/runtimes); None = the engine's (training: swiftplan's loop)."""
+    runtime_options: dict[str, Any] = field(default_factory=dict)
+    """RuntimeKnobs fields the user set, over the profile's defaults (training)."""
 
     @property
     def goal(self) -> Objective:
@@ -123,6 +129,8 @@ class FitProblem:
     """Workload, host RAM, cluster and price notes shown with the result."""
     lengths: LengthStats | None = None
     """The data's per-sample token lengths against --seq, when --data or --lengths was given."""
+    runtime: RuntimeChoice | None = None
+    """The runtime profile planned for and the defaults it applied (serving without --runtime: None)."""
 
     @property
     def task(self) -> FitTask:
@@ -183,12 +191,62 @@ def _check_request(request: FitRequest) -> None:
             raise SwiftplanError(message)
 
 
-def choose_engine(name: str | None, task: FitTask, cluster: Cluster) -> Engine:
-    """The engine to plan for: the one named (it must be one swiftplan can launch), else the default."""
+def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str]) -> tuple[Engine, RuntimeChoice | None]:  # fmt: skip
+    """The engine and the runtime profile to plan for. Planning for a runtime means the plan runs on it:
+    --runtime alone picks that framework's engine (engines.json `runtime`), which may be one swiftplan
+    cannot launch yet (said in a note); --engine alone plans with that engine's runtime; both must agree
+    on what the engine runs."""
+    task = request.task
+    if request.runtime is None or request.engine is not None:
+        engine = choose_engine(request.engine, task, cluster, launchable=request.runtime is None)
+    else:
+        own = runtime_engine(request.runtime, task)
+        if own is None:
+            from swiftplan.planner.runtime import get_runtime
+
+            label = get_runtime(request.runtime, task).label
+            raise SwiftplanError(
+                f"No engine in swiftplan's table (profiles/engines.json) runs {label} (--runtime {request.runtime}) yet, "
+                "so fit cannot make a plan that runs on it.",
+                hint=f"`swiftplan estimate MODEL --runtime {request.runtime} ...` sizes one set-up under its defaults.",
+            )
+        engine = choose_engine(own.name, task, cluster, launchable=False)
+        if not engine.runnable:
+            notes.append(
+                f"planned for {engine.label}: swiftplan cannot launch it yet; run it with `{engine.command}`."
+            )
+    if task == "serve" and request.runtime is None:
+        return engine, None
+    name = request.runtime or engine.runtime or DEFAULT_TRAIN_RUNTIME
+    runtime = choose_runtime(name, task, dict(request.runtime_options))
+    if task == "train":
+        from swiftplan.planner.engines import Requirements, engine_reasons
+
+        knobs = runtime.knobs()
+        needs = Requirements(backend=cluster.accelerator.backend, loss=knobs.loss, optimizer_impl=knobs.optimizer_impl,
+                             fsdp=knobs.fsdp, modules_to_save=knobs.modules_to_save,
+                             optimizer_in_backward=knobs.optimizer_in_backward, runtime=knobs.name)  # fmt: skip
+        if reasons := engine_reasons(engine, needs):
+            own = runtime_engine(name, task)
+            raise SwiftplanError(
+                f"{engine.label} cannot run what runtime {name} sets: {' '.join(reasons)}",
+                hint=(
+                    f"Plan for {own.name} (--runtime {name} without --engine)"
+                    if own
+                    else "Pick another --runtime"
+                )
+                + ", or override those settings with their flags (--loss, --optimizer-impl, --fsdp, ...).",
+            )
+    return engine, runtime
+
+
+def choose_engine(name: str | None, task: FitTask, cluster: Cluster, *, launchable: bool = True) -> Engine:
+    """The engine to plan for: the one named (it must be one swiftplan can launch unless `launchable` is
+    off), else the default."""
     if name is None:
         return default_engine(task, cluster.accelerator.backend)
     engine = get_engine(name, task)
-    if not engine.runnable:
+    if launchable and not engine.runnable:
         from swiftplan.planner.engines import list_engines
 
         valid = ", ".join(e.name for e in list_engines(task, runnable=True))
@@ -326,8 +384,8 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     model = inputs.model_reference(request.model)
     spec = inputs.resolve_model(model)
     offered_cluster = cluster or inputs.resolve_cluster(request.gpus)
-    engine = choose_engine(request.engine, request.task, offered_cluster)
     notes = [f"cluster note: {n}" for n in offered_cluster.notes]
+    engine, runtime = choose_runtime_engine(request, offered_cluster, notes)
     searched = _engine_cluster(engine, offered_cluster, notes)
     host = inputs.host_ram(request.host_ram_bytes, request.gpus)
     if request.task == "train":
@@ -342,6 +400,18 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
         notes.append(f"warning: {problem}")
     lengths = _length_stats(request, spec, model)
     workload = _workload(request, spec, model, notes, host, lengths)
+    if runtime is not None and isinstance(workload, TrainWorkload):
+        workload = replace(workload, runtime=runtime.knobs())
+        if runtime.knobs().fsdp != "none":  # FSDP shards instead of ZeRO
+            if request.pins.zero not in (None, (0,)) or request.pins.max_offload not in (None, "none"):
+                raise SwiftplanError(
+                    f"--fsdp {runtime.knobs().fsdp} shards instead of DeepSpeed ZeRO; --zero and --offload cannot apply with it."
+                )
+            request = replace(request, pins=replace(request.pins, zero=(0,), max_offload="none"))
+    elif runtime is not None and isinstance(workload, ServeWorkload):
+        workload = replace(
+            workload, **{k: v for k, v in runtime.setup_options().items() if k == "gpu_memory_utilization"}
+        )
     evaluator = _evaluator(spec, searched, workload, request.pins, engine, request, host[0])
     if searched.accelerator.price_usd_per_hour is None:
         notes.append(f"cost unknown: the catalog has no price for {searched.accelerator.display_name}; cost is shown in GPU-hours.")  # fmt: skip
@@ -360,7 +430,7 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     return FitProblem(request=request, model=model, spec=spec, cluster=searched, offered=offered,
                       offered_cluster=offered_cluster, engine=engine,
                       workload=workload, pins=request.pins, evaluator=evaluator, settings=settings, notes=tuple(notes),
-                      lengths=lengths)  # fmt: skip
+                      lengths=lengths, runtime=runtime)  # fmt: skip
 
 
 class _Reporting:

@@ -99,6 +99,7 @@ class Candidate:
             grad_ckpt=self.grad_ckpt,
             attention=workload.attention,
             parallel=Parallelism(tp=self.layout.tp, pp=self.layout.pp, zero=self.zero, offload=self.offload),
+            runtime=workload.runtime,
         )
 
     def targets_label(self, attention: tuple[str, ...] = ()) -> str:
