@@ -48,6 +48,10 @@ REFUSED = {
     "vllm": (ServeSetup(quant="nf4"), "quantization 'nf4'"),  # on the CPU backend below: no bitsandbytes
     "builtin": (ServeSetup(kv_dtype="fp8"), "KV-cache dtype 'fp8'"),
     "sglang": (ServeSetup(quant="fp4"), "quantization 'fp4'"),
+    "ms-swift": (TrainSetup(method="lora", parallel=Parallelism(tp=2)), "tensor parallelism"),
+    "llamafactory": (TrainSetup(method="lora", parallel=Parallelism(pp=2)), "pipeline parallelism"),
+    "trl": (TrainSetup(method="lora", quant="gptq"), "quantization 'gptq'"),
+    "axolotl": (TrainSetup(method="lora", parallel=Parallelism(pp=2)), "pipeline parallelism"),
     "lmdeploy": (ServeSetup(quant="nf4"), "quantization 'nf4'"),  # no bitsandbytes in LMDeploy
 }
 

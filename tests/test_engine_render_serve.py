@@ -45,10 +45,28 @@ def _plan(case: str, engine: str):
     return plan_for_setup(model, parse_cluster(gpus), setup, engine=engine)
 
 
+# A breakdown like the 7B-on-L40S plan's: 48 GiB device, 15 GiB weights, 1.3 GiB working memory.
+# Fixed here so the snapshots test the renderers, not the memory model (which other tests pin).
+MEMORY = ServeMemory(device_memory_bytes=48 * GiB, static_bytes=int(15.2 * GiB), working_bytes=int(1.3 * GiB))
+TP4_MEMORY = ServeMemory(
+    device_memory_bytes=80 * GiB, static_bytes=int(33.1 * GiB), working_bytes=int(1.6 * GiB)
+)
+CASES = {
+    "7b_fp8_fp8kv": (ServeSetup(quant="fp8", kv_dtype="fp8", concurrency=32, context=8192), MEMORY, {}),
+    "70b_tp4": (ServeSetup(concurrency=64, context=16384, tp=4), TP4_MEMORY, {"host": "0.0.0.0", "port": 9000}),
+    "7b_awq_loras_key": (ServeSetup(quant="awq", concurrency=16, max_loras=2, max_lora_rank=32), MEMORY,
+                         {"loras": (("sql", "/adapters/sql"), ("chat", "/a b/chat")), "api_key": "sk-test"}),
+    "no_plan": (ServeSetup(concurrency=8), None, {}),
+}  # fmt: skip
+RENDER = {"sglang": (render_sglang, SGLANG_SECRETS), "lmdeploy": (render_lmdeploy, LMDEPLOY_SECRETS)}
+
+
 def _rendered_text(case: str, engine: str) -> str:
-    rendered = engine_for(_plan(case, engine)).render(_plan(case, engine))
-    lines = [format_masked(argv, {}, ()) for argv in rendered.commands]
-    return "\n".join([*lines, *(f"note: {n}" for n in rendered.notes)]) + "\n"
+    setup, memory, options = CASES[case]
+    render, secrets = RENDER[engine]
+    spec = render(setup, model="Qwen/Qwen2.5-7B-Instruct", served_name="qwen", memory=memory, **options)
+    lines = [format_masked(spec.argv, dict(spec.env), secrets), f"health: {spec.health_url}"]
+    return "\n".join([*lines, *(f"note: {n}" for n in spec.notes)]) + "\n"
 
 
 def _check_snapshot(name: str, text: str) -> None:
@@ -58,14 +76,27 @@ def _check_snapshot(name: str, text: str) -> None:
     assert text == path.read_text()
 
 
-@pytest.mark.parametrize("engine", ["sglang", "lmdeploy"])
-@pytest.mark.parametrize("case", sorted(PLANS))
-def test_plan_renders_to_the_snapshot(case, engine):
+@pytest.mark.parametrize("engine", sorted(RENDER))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rendered_command_matches_snapshot(case, engine):
     _check_snapshot(f"serve_{engine}_{case}", _rendered_text(case, engine))
 
 
-# A breakdown like the 7B-on-L40S plan's: 48 GiB device, 15 GiB weights, 1.3 GiB working memory.
-MEMORY = ServeMemory(device_memory_bytes=48 * GiB, static_bytes=int(15.2 * GiB), working_bytes=int(1.3 * GiB))
+@pytest.mark.parametrize("engine", SERVE_ENGINES)
+@pytest.mark.parametrize("case", sorted(PLANS))
+def test_every_engine_renders_the_plans_with_the_plans_kv_budget(case, engine):
+    """A plan rendered for each serving engine: the memory flag is the plan's own breakdown converted."""
+    plan = _plan(case, engine)
+    argv = engine_for(plan).render(plan).commands[0]
+    memory = ServeMemory.from_breakdown(plan.prediction.per_device_bytes, plan.prediction.device_memory_bytes)
+    utilization = plan.setup.gpu_memory_utilization
+    expected = {
+        "vllm": ("--gpu-memory-utilization", utilization),
+        "sglang": ("--mem-fraction-static", sglang_mem_fraction_static(memory, utilization)),
+        "lmdeploy": ("--cache-max-entry-count", lmdeploy_cache_max_entry_count(memory, utilization)),
+    }[engine]
+    assert float(argv[argv.index(expected[0]) + 1]) == expected[1]
+    assert str(plan.setup.tp) in argv and str(plan.setup.context) in argv
 
 
 @pytest.mark.parametrize("utilization", [0.5, 0.8, 0.9, 0.95])
@@ -157,14 +188,18 @@ print(json.dumps(out))
 
 
 def _all_commands(engine: str) -> list[list[str]]:
+    """Every plan rendered for `engine`, every snapshot case, and (SGLang) in-flight bitsandbytes."""
     commands = []
     for case in sorted(PLANS):
         plan = _plan(case, engine)
         commands += [list(argv) for argv in engine_for(plan).render(plan).commands]
-    loras = (("sql", "/adapters/sql"),)
-    setup = ServeSetup(max_loras=2, max_lora_rank=32, kv_dtype="fp8")
-    render = render_sglang if engine == "sglang" else render_lmdeploy
-    commands.append(list(render(setup, model="m", served_name="b", loras=loras, api_key="k", memory=MEMORY).argv))
+    render, _ = RENDER[engine]
+    for setup, memory, options in CASES.values():
+        commands.append(list(render(setup, model="m", served_name="b", memory=memory, **options).argv))
+    if engine == "sglang":
+        commands.append(
+            list(render_sglang(ServeSetup(quant="nf4"), model="m", served_name="b", memory=MEMORY).argv)
+        )
     return commands
 
 
@@ -176,7 +211,8 @@ def test_sglang_parser_accepts_every_rendered_command():
     for argv, ns in zip(commands, parsed, strict=True):
         assert ns["tp_size"] == int(argv[argv.index("--tp-size") + 1])
         assert ns["context_length"] == int(argv[argv.index("--context-length") + 1])
-        assert ns["mem_fraction_static"] == float(argv[argv.index("--mem-fraction-static") + 1])
+        if "--mem-fraction-static" in argv:
+            assert ns["mem_fraction_static"] == float(argv[argv.index("--mem-fraction-static") + 1])
 
 
 @pytest.mark.integration
@@ -187,6 +223,7 @@ def test_lmdeploy_parser_accepts_every_rendered_command():
     for argv, ns in zip(commands, parsed, strict=True):
         assert ns["tp"] == int(argv[argv.index("--tp") + 1])
         assert ns["session_len"] == int(argv[argv.index("--session-len") + 1])
-        assert ns["cache_max_entry_count"] == float(argv[argv.index("--cache-max-entry-count") + 1])
+        if "--cache-max-entry-count" in argv:
+            assert ns["cache_max_entry_count"] == float(argv[argv.index("--cache-max-entry-count") + 1])
         if "--quant-policy" in argv:
             assert ns["quant_policy"] == 16  # QuantPolicy.FP8

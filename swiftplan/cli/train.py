@@ -30,6 +30,10 @@ Examples:
 
   swiftplan train plan.yaml --data d.jsonl --random-init --tokenizer DIR --device cpu --max-steps 5
 
+  swiftplan train plan.yaml --engine ms-swift --data d.jsonl --dry-run   (print swift sft and its files)
+
+  swiftplan train plan.yaml --engine llamafactory --data d.jsonl --write-config cfg/
+
 Data: JSONL, CSV or Parquet with alpaca (instruction/input/output), chat (messages), ShareGPT
 (conversations) or text records; loss only on answers for alpaca/chat/ShareGPT. Needs the [train] extra.
 """
@@ -188,6 +192,17 @@ PreflightOpt = Annotated[
         "report measured vs planned peak; with --dry-run, find it and print its shape.",
     ),
 ]
+EngineOpt = Annotated[
+    str,
+    _opt(
+        "--engine",
+        help="swiftplan (our loop) | ms-swift | llamafactory | trl | axolotl: render the plan into that framework's command and config.",
+    ),
+]
+WriteConfigOpt = Annotated[
+    Path | None,
+    _opt("--write-config", help="External engines: write the config files and run.sh here, run nothing."),
+]
 RecordOpt = Annotated[
     bool, _opt("--record", help="Append the measurement to $SWIFTPLAN_HOME/measurements.jsonl.")
 ]
@@ -221,12 +236,19 @@ def train_command(
     master_addr: MasterAddrOpt = "127.0.0.1",
     master_port: MasterPortOpt = None,
     dry_run: DryRunOpt = False,
+    engine: EngineOpt = "swiftplan",
+    write_config: WriteConfigOpt = None,
     preflight: PreflightOpt = False,
     record: RecordOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train as the plan says; report predicted vs measured memory and speed."""
     _check_options(dict(locals()))
+    if engine != "swiftplan" or write_config is not None:
+        from swiftplan.cli._train_engine import train_external
+
+        train_external(engine, plan, dict(locals()))
+        return
     if not dry_run:  # a dry run only renders the launch
         from swiftplan.extras import require
 
@@ -292,6 +314,12 @@ def _check_options(o: dict[str, Any]) -> None:
             f"--node-rank {o['node_rank']} is outside 0..{o['nnodes'] - 1} (--nnodes {o['nnodes']})."
         )
     _checks.output_dir("--output-dir", o["output_dir"])
+    from swiftplan.cli._train_engine import TRAIN_ENGINE_NAMES
+
+    _checks.one_of("--engine", o["engine"], TRAIN_ENGINE_NAMES)
+    if o["write_config"] is not None and o["engine"] == "swiftplan":
+        raise SwiftplanError("--write-config writes an external engine's config; swiftplan's own loop needs none.",
+                             hint="Add --engine ms-swift|llamafactory|trl|axolotl, or use --dry-run.")  # fmt: skip
 
 
 def _prepare_module() -> Any:

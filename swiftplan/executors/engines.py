@@ -177,7 +177,52 @@ class LmdeployServe:
         return Rendered(engine=self.name, commands=(spec.argv,), notes=spec.notes)
 
 
-TRAIN_ENGINES: Mapping[str, type] = {"swiftplan": SwiftplanTrain}
+class _ExternalTrain:
+    """A training framework swiftplan renders the plan for (executors/train_engines) and launches."""
+
+    name = ""
+
+    def render(self, plan: Plan) -> Rendered:
+        from swiftplan.executors.train_engines.common import DEFAULT_OPTIONS
+        from swiftplan.executors.train_engines.registry import render_for
+
+        require_runnable(self.name, plan)
+        out = render_for(self.name, plan, DEFAULT_OPTIONS)
+        return Rendered(engine=self.name, commands=out.commands, env=dict(out.env), files=dict(out.files),
+                        notes=out.notes)  # fmt: skip
+
+
+class MsSwiftTrain(_ExternalTrain):
+    """ms-swift (`swift sft`)."""
+
+    name = "ms-swift"
+
+
+class LlamaFactoryTrain(_ExternalTrain):
+    """LLaMA-Factory (`llamafactory-cli train CONFIG.yaml`)."""
+
+    name = "llamafactory"
+
+
+class TrlTrain(_ExternalTrain):
+    """TRL (`trl sft --config CONFIG.yaml`)."""
+
+    name = "trl"
+
+
+class AxolotlTrain(_ExternalTrain):
+    """axolotl (`axolotl train CONFIG.yaml`)."""
+
+    name = "axolotl"
+
+
+TRAIN_ENGINES: Mapping[str, type] = {
+    "swiftplan": SwiftplanTrain,
+    "ms-swift": MsSwiftTrain,
+    "llamafactory": LlamaFactoryTrain,
+    "trl": TrlTrain,
+    "axolotl": AxolotlTrain,
+}
 """Training engines swiftplan launches, by name."""
 SERVE_ENGINES: Mapping[str, type] = {
     "vllm": VllmServe,

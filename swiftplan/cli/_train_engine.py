@@ -1,0 +1,62 @@
+"""`swiftplan train PLAN --engine NAME` for the external engines (ms-swift, LLaMA-Factory, TRL, axolotl):
+render the plan into the engine's own command and config files, then print them (--dry-run), write them
+(--write-config DIR), or write them into the run directory and run this node's command there."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from swiftplan.cli._output import console, print_json
+
+TRAIN_ENGINE_NAMES = ("swiftplan", "ms-swift", "llamafactory", "trl", "axolotl")
+"""--engine values: swiftplan's own loop, then the engines it renders for."""
+
+
+def train_external(engine: str, plan_path: Path, o: dict[str, Any]) -> None:
+    """Render the plan for `engine` with the run options in `o` (train_command's locals) and act on it."""
+    from swiftplan.executors.train_engines.common import RunOptions
+    from swiftplan.executors.train_engines.registry import format_render, render_for, run_render, write_files
+    from swiftplan.plan_file import load_plan
+
+    plan = load_plan(plan_path)
+    output_dir = o["output_dir"] or Path("runs") / f"{engine}-{Path(plan.model).name}"
+    given = {
+        "data": None if o["data"] is None else str(Path(o["data"]).resolve()),
+        "output_dir": str(Path(output_dir).resolve()) if not o["dry_run"] else str(output_dir),
+        "lr": o["lr"], "epochs": o["epochs"], "max_steps": o["max_steps"], "save_steps": o["save_steps"],
+        "save_total_limit": o["save_total_limit"], "lr_scheduler": o["lr_scheduler"],
+        "warmup_steps": o["warmup_steps"], "weight_decay": o["weight_decay"], "max_grad_norm": o["max_grad_norm"],
+        "seed": o["seed"], "packing": o["packing"] or None, "master_addr": o["master_addr"],
+        "master_port": o["master_port"],
+    }  # fmt: skip
+    options = RunOptions(**{k: v for k, v in given.items() if v is not None})
+    render = render_for(engine, plan, options)
+    if o["write_config"] is not None:
+        written = write_files(render, Path(o["write_config"]))
+        console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
+    if o["dry_run"]:
+        if o["as_json"]:
+            print_json({"engine": render.engine, "commands": [list(c) for c in render.commands],
+                        "env": dict(render.env), "node_env": [dict(e) for e in render.node_env],
+                        "files": dict(render.files), "notes": list(render.notes)})  # fmt: skip
+        else:
+            sys.stdout.write(f"# plan: {plan.model} on {plan.hardware.describe()} for {engine}\n")
+            sys.stdout.write(format_render(render))
+            for note in render.notes:
+                console.print(f"[yellow]note:[/] {note}")
+        return
+    if o["write_config"] is not None:
+        return
+    for note in render.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    code = run_render(render, Path(options.output_dir), node_rank=o["node_rank"],
+                      log=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))  # fmt: skip
+    summary = {"engine": engine, "exit_code": code, "run_dir": options.output_dir, "log": "engine.log"}
+    (Path(options.output_dir) / "swiftplan_engine_run.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if code != 0:
+        raise typer.Exit(code)

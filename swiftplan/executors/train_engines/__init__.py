@@ -1,0 +1,8 @@
+"""External training engines: each a pure renderer from a `Plan` to argv, environment and config files.
+
+`common` holds the run options that are not in the plan and the pieces every HF-Trainer-based engine
+shares (optimizer names, precision, a DeepSpeed JSON); `ms_swift`, `llamafactory`, `trl` and `axolotl`
+render their framework's own command and config; `slurm` wraps any of them in an sbatch script. None
+imports its framework: tests feed the output to each framework's own parser in its own venv
+(scripts/engine_envs.sh, pytest -m engines).
+"""

@@ -1,0 +1,96 @@
+"""axolotl: render a YAML for `axolotl train` from a training plan (pure).
+
+Keys are axolotl 0.19.0's own (axolotl-ai-cloud/axolotl v0.19.0: src/axolotl/utils/schemas/config.py,
+model.py, peft.py, training.py): base_model, adapter lora|qlora, lora_r, lora_alpha, lora_dropout,
+lora_target_modules / lora_target_linear, peft_use_dora, load_in_4bit / load_in_8bit, bnb_config_kwargs,
+sequence_len, sample_packing, micro_batch_size, gradient_accumulation_steps, gradient_checkpointing,
+optimizer, bf16/fp16, attn_implementation, deepspeed, tensor_parallel_size, datasets
+(path + type). Several GPUs and nodes: `axolotl train CFG --launcher torchrun -- --nproc_per_node ...
+--nnodes ... --node_rank ... --rdzv_endpoint ...` (src/axolotl/cli/main.py, cli/utils/train.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from swiftplan.executors.train_engines.common import (
+    DEFAULT_OPTIONS,
+    HF_OPTIMIZERS,
+    RunOptions,
+    TrainRender,
+    check_pre_quantized,
+    hf_deepspeed_config,
+    json_text,
+    lora_alpha,
+    mixed_precision,
+    require_engine_can_run,
+    yaml_text,
+)
+from swiftplan.planner.plan import Plan
+
+NAME = "axolotl"
+CONFIG = "axolotl_sft.yaml"
+_ATTN = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
+
+
+def render_axolotl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender:
+    """The axolotl YAML (and DeepSpeed JSON) and `axolotl train` per node."""
+    setup = require_engine_can_run(NAME, plan)
+    notes = check_pre_quantized(NAME, setup)
+    bf16, fp16 = mixed_precision(setup)
+    config: dict[str, Any] = {
+        "base_model": plan.model,
+        "datasets": [{"path": options.data, "type": "alpaca"}],
+        "output_dir": options.output_dir,
+        "sequence_len": setup.seq_len,
+        "sample_packing": options.packing,
+        "micro_batch_size": setup.micro_batch,
+        "gradient_accumulation_steps": setup.grad_accum,
+        "gradient_checkpointing": setup.grad_ckpt,
+        "optimizer": HF_OPTIMIZERS[setup.optimizer],
+        "learning_rate": options.learning_rate(setup),
+        "lr_scheduler": options.lr_scheduler,
+        "warmup_steps": options.warmup_steps,
+        "weight_decay": options.weight_decay,
+        "max_grad_norm": options.max_grad_norm,
+        "num_epochs": float(options.epochs),
+        "save_steps": options.save_steps,
+        "seed": options.seed,
+        "bf16": bf16,
+        "fp16": fp16,
+        "attn_implementation": _ATTN[setup.attention],
+    }
+    if options.max_steps is not None:
+        config["max_steps"] = options.max_steps
+    if options.save_total_limit is not None:
+        config["save_total_limit"] = options.save_total_limit
+    if setup.lora is not None and setup.method != "full":
+        config.update(adapter="qlora" if setup.method == "qlora" else "lora", lora_r=setup.lora.rank,
+                      lora_alpha=lora_alpha(setup), lora_dropout=setup.lora.dropout, peft_use_dora=setup.lora.dora)  # fmt: skip
+        if setup.lora.all_linear:
+            config["lora_target_linear"] = True
+        else:
+            config["lora_target_modules"] = list(setup.lora.targets)
+    if setup.quant in ("nf4", "fp4"):
+        config["load_in_4bit"] = True
+        config["bnb_config_kwargs"] = {"bnb_4bit_quant_type": setup.quant,
+                                       "bnb_4bit_use_double_quant": setup.double_quant}  # fmt: skip
+    elif setup.quant == "int8":
+        config["load_in_8bit"] = True
+    if setup.parallel.tp > 1:
+        config["tensor_parallel_size"] = setup.parallel.tp
+    files: dict[str, str] = {}
+    if (ds := hf_deepspeed_config(setup)) is not None:
+        files["ds_config.json"] = json_text(ds)
+        config["deepspeed"] = "ds_config.json"
+    files[CONFIG] = yaml_text(config)
+    commands = []
+    for rank in range(plan.nodes):
+        argv = ["axolotl", "train", CONFIG]
+        if plan.layout.gpus > 1:
+            argv += ["--launcher", "torchrun", "--", "--nproc_per_node", str(plan.gpus_per_node)]
+            if plan.nodes > 1:
+                argv += ["--nnodes", str(plan.nodes), "--node_rank", str(rank),
+                         "--rdzv_endpoint", f"{options.master_addr}:{options.master_port}"]  # fmt: skip
+        commands.append(tuple(argv))
+    return TrainRender(engine=NAME, commands=tuple(commands), files=files, notes=tuple(notes))

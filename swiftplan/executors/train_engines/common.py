@@ -1,0 +1,202 @@
+"""What every external training renderer shares: run options, the rendered result, refusals, and the
+HF-Trainer vocabulary (optimizer names, precision flags, a DeepSpeed JSON with "auto" batch values)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.planner.engines import engine_reasons, get_engine, train_requirements
+from swiftplan.planner.plan import Plan
+from swiftplan.planner.setup import ALL_LINEAR, TrainSetup
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RunOptions:
+    """What a training run needs beyond the plan (the same options `swiftplan train` takes)."""
+
+    data: str = "train.jsonl"
+    """Training data file."""
+    output_dir: str = "runs/RUN"
+    """Where checkpoints and the final adapter/model go."""
+    lr: float | None = None
+    """Peak learning rate; None = 2e-4 for LoRA/QLoRA, 2e-5 for full (swiftplan train's defaults)."""
+    epochs: int = 1
+    """Passes over the data (max_steps wins)."""
+    max_steps: int | None = None
+    """Optimizer steps to stop after."""
+    save_steps: int = 500
+    """Checkpoint cadence in optimizer steps."""
+    save_total_limit: int | None = None
+    """Newest checkpoints kept; None = all."""
+    lr_scheduler: str = "cosine"
+    """cosine, linear or constant."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """Weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping."""
+    seed: int = 42
+    """Seed."""
+    packing: bool = False
+    """Pack examples into full seq_len blocks."""
+    master_addr: str = "MASTER_ADDR"
+    """Node 0's address for multi-node launches (a placeholder the launcher fills in)."""
+    master_port: int = 29500
+    """Rendezvous port."""
+
+    def learning_rate(self, setup: TrainSetup) -> float:
+        """The run's peak learning rate."""
+        if self.lr is not None:
+            return self.lr
+        return 2e-5 if setup.method == "full" else 2e-4
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainRender:
+    """What an external engine runs for a plan: one command per node, environment, files to write."""
+
+    engine: str
+    """Engine name (profiles/engines.json)."""
+    commands: tuple[tuple[str, ...], ...]
+    """argv for each node (node 0 first)."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Variables added to every node's environment."""
+    node_env: tuple[Mapping[str, str], ...] = ()
+    """Per-node additions (NODE_RANK and the like), one per command; empty on one node."""
+    files: Mapping[str, str] = field(default_factory=dict)
+    """Config files the commands read (name relative to the working directory → text)."""
+    notes: tuple[str, ...] = ()
+    """Choices made while rendering the user should know about."""
+
+
+def require_engine_can_run(engine_name: str, plan: Plan) -> TrainSetup:
+    """The plan's training set-up, or one SwiftplanError naming every setting the engine cannot run."""
+    setup = plan.setup
+    if not isinstance(setup, TrainSetup):
+        raise SwiftplanError(f"{engine_name} trains; this is a serving plan.")
+    engine = get_engine(engine_name, "train")
+    needs = train_requirements(setup, backend=plan.hardware.accelerator.backend, gpus=plan.layout.gpus)
+    if reasons := engine_reasons(engine, needs):
+        raise SwiftplanError(f"{engine.label} cannot run this plan: {' '.join(reasons)}",
+                             hint=f"Re-plan for it: swiftplan fit MODEL --task sft --engine {engine.name}.")  # fmt: skip
+    return setup
+
+
+def refuse(engine: str, setting: str, why: str) -> SwiftplanError:
+    """The error for a plan setting an engine cannot express, naming the setting."""
+    return SwiftplanError(f"{engine} cannot express {setting}: {why}.",
+                          hint="Re-plan without it, or run the plan with swiftplan train PLAN.")  # fmt: skip
+
+
+HF_OPTIMIZERS = {
+    "adamw": "adamw_torch_fused",
+    "adamw-8bit": "adamw_bnb_8bit",
+    "paged-adamw-8bit": "paged_adamw_8bit",
+    "sgd": "sgd",
+    "adafactor": "adafactor",
+}
+"""The plan's optimizer as transformers' TrainingArguments.optim (OptimizerNames,
+huggingface/transformers@00349ae87edd src/transformers/training_args.py). adamw is torch's fused
+AdamW, the kernel swiftplan's own loop builds (the plan's optimizer_impl default)."""
+
+TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32",
+                "amp-bf16": "float32", "amp-fp16": "float32"}  # fmt: skip
+"""The dtype the model's weights are loaded in: amp-* keeps an fp32 model and autocasts."""
+
+
+def mixed_precision(setup: TrainSetup) -> tuple[bool, bool]:
+    """(bf16, fp16) TrainingArguments flags: autocast to that half dtype, or neither for fp32."""
+    return setup.precision in ("bf16", "amp-bf16"), setup.precision in ("fp16", "amp-fp16")
+
+
+def lora_targets(setup: TrainSetup) -> list[str]:
+    """The adapter's target modules (['all-linear'] or names)."""
+    assert setup.lora is not None
+    return [ALL_LINEAR] if setup.lora.all_linear else list(setup.lora.targets)
+
+
+def lora_alpha(setup: TrainSetup) -> int:
+    """LoRA alpha (the set-up's default: 2 × rank)."""
+    assert setup.lora is not None
+    return setup.lora.alpha if setup.lora.alpha is not None else 2 * setup.lora.rank
+
+
+def hf_deepspeed_config(setup: TrainSetup) -> dict[str, Any] | None:
+    """A DeepSpeed JSON for the HF Trainer's integration carrying the plan's ZeRO stage and offload;
+    batch, accumulation, clipping and precision are "auto" so the Trainer fills them from its own
+    arguments (the values this renderer sets from the plan). None without ZeRO."""
+    par = setup.parallel
+    if par.zero == 0:
+        return None
+    zero: dict[str, Any] = {"stage": par.zero, "overlap_comm": True, "contiguous_gradients": True}
+    if par.offload in ("optimizer", "optimizer+params"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if par.offload == "optimizer+params":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    if par.zero == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto",
+        "gradient_clipping": "auto",
+        "zero_optimization": zero,
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+    }
+    if par.offload != "none":  # keep the plan's optimizer (not DeepSpeedCPUAdam) when offloading
+        config["zero_force_ds_cpu_optimizer"] = False
+    return config
+
+
+def json_text(value: Any) -> str:
+    """Stable JSON file text."""
+    return json.dumps(value, indent=2) + "\n"
+
+
+def _yaml_scalar(value: Any) -> str:
+    """JSON text of a scalar; floats always with a '.' in the mantissa, since YAML 1.1 (PyYAML) reads
+    2e-05 as a string but 2.0e-05 as a float."""
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, e, exponent = text.partition("e")
+        return text if "." in mantissa or not e else f"{mantissa}.0e{exponent}"
+    return json.dumps(value)
+
+
+def yaml_text(mapping: Mapping[str, Any]) -> str:
+    """A YAML mapping (scalars, flat mappings, lists of scalars or of flat mappings), keys in the given order, values quoted
+    as JSON so no YAML type guessing changes them (JSON scalars are valid YAML)."""
+    lines = []
+    for key, value in mapping.items():
+        if isinstance(value, list | tuple):
+            lines.append(f"{key}:")
+            for item in value:
+                if isinstance(item, Mapping):  # a list of flat mappings (axolotl/TRL datasets)
+                    pairs = [f"{k}: {_yaml_scalar(v)}" for k, v in item.items()]
+                    lines += [f"  - {pairs[0]}", *(f"    {pair}" for pair in pairs[1:])]
+                else:
+                    lines.append(f"  - {_yaml_scalar(item)}")
+        elif isinstance(value, Mapping):
+            lines.append(f"{key}:")
+            lines += [f"  {k}: {_yaml_scalar(v)}" for k, v in value.items()]
+        else:
+            lines.append(f"{key}: {_yaml_scalar(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def check_pre_quantized(engine: str, setup: TrainSetup) -> list[str]:
+    """Notes for a LoRA on a pre-quantized checkpoint (GPTQ/AWQ/fp8): the engine reads it as it is."""
+    if setup.quant in ("gptq", "awq", "fp8"):
+        return [f"--quant {setup.quant}: the checkpoint must already be {setup.quant}-quantized; {engine} loads "
+                "its quantization_config as it is."]  # fmt: skip
+    return []
+
+
+DEFAULT_OPTIONS = RunOptions()
+"""Run options when none are given."""

@@ -1,0 +1,120 @@
+"""LLaMA-Factory: render a YAML for `llamafactory-cli train` from a training plan (pure).
+
+Keys are LLaMA-Factory 0.9.5's own (hiyouga/LLaMA-Factory v0.9.5: src/llamafactory/hparams/
+model_args.py, data_args.py, finetuning_args.py, training_args.py; examples/train_lora/*.yaml,
+examples/train_qlora/*.yaml): finetuning_type lora|full, lora_rank, lora_alpha, lora_dropout,
+lora_target (comma list or all), use_dora, quantization_bit 4|8 + quantization_method bnb +
+quantization_type nf4|fp4 + double_quantization, bf16/fp16, pure_bf16 (bf16 weights without autocast;
+refused with ZeRO-3 by LLaMA-Factory's parser.py), optim, per_device_train_batch_size,
+gradient_accumulation_steps, disable_gradient_checkpointing, deepspeed (JSON path), cutoff_len, packing,
+flash_attn auto|disabled|sdpa|fa2. The data file is registered in a dataset_info.json next to the YAML
+(dataset_dir). Several GPUs / nodes: FORCE_TORCHRUN=1 with NNODES, NODE_RANK, MASTER_ADDR,
+MASTER_PORT (README "Multi-node" and src/llamafactory/cli.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from swiftplan.executors.train_engines.common import (
+    DEFAULT_OPTIONS,
+    HF_OPTIMIZERS,
+    RunOptions,
+    TrainRender,
+    check_pre_quantized,
+    hf_deepspeed_config,
+    json_text,
+    lora_alpha,
+    mixed_precision,
+    refuse,
+    require_engine_can_run,
+    yaml_text,
+)
+from swiftplan.planner.plan import Plan
+from swiftplan.planner.setup import ALL_LINEAR
+
+NAME = "llamafactory"
+CONFIG = "llamafactory_sft.yaml"
+_DATASET = "swiftplan_data"
+_ATTN = {"sdpa": "sdpa", "flash": "fa2", "eager": "disabled"}
+
+
+def render_llamafactory(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender:
+    """The YAML, its dataset_info.json and DeepSpeed JSON, and `llamafactory-cli train` per node."""
+    setup = require_engine_can_run(NAME, plan)
+    notes = check_pre_quantized(NAME, setup)
+    bf16, fp16 = mixed_precision(setup)
+    if setup.precision == "fp16":
+        raise refuse(NAME, "--precision fp16 (fp16 weights without autocast)",
+                     "it keeps fp16 only as autocast over fp32 trainable weights (pure_bf16 has no fp16 twin)")  # fmt: skip
+    pure_bf16 = setup.precision == "bf16" and setup.method == "full"
+    if pure_bf16 and setup.parallel.zero == 3:
+        raise refuse(NAME, "--precision bf16 with ZeRO-3", "pure_bf16 is incompatible with DeepSpeed ZeRO-3 "
+                     "(llamafactory/hparams/parser.py get_train_args)")  # fmt: skip
+    config: dict[str, Any] = {
+        "model_name_or_path": plan.model,
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "full" if setup.method == "full" else "lora",
+        "dataset": _DATASET,
+        "dataset_dir": ".",
+        "template": "default",
+        "cutoff_len": setup.seq_len,
+        "packing": options.packing,
+        "output_dir": options.output_dir,
+        "per_device_train_batch_size": setup.micro_batch,
+        "gradient_accumulation_steps": setup.grad_accum,
+        "disable_gradient_checkpointing": not setup.grad_ckpt,
+        "flash_attn": _ATTN[setup.attention],
+        "optim": HF_OPTIMIZERS[setup.optimizer],
+        "learning_rate": options.learning_rate(setup),
+        "lr_scheduler_type": options.lr_scheduler,
+        "warmup_steps": options.warmup_steps,
+        "weight_decay": options.weight_decay,
+        "max_grad_norm": options.max_grad_norm,
+        "num_train_epochs": float(options.epochs),
+        "save_steps": options.save_steps,
+        "seed": options.seed,
+        "bf16": bf16,
+        "fp16": fp16,
+    }
+    if pure_bf16:
+        config["pure_bf16"] = True
+    if options.max_steps is not None:
+        config["max_steps"] = options.max_steps
+    if options.save_total_limit is not None:
+        config["save_total_limit"] = options.save_total_limit
+    if setup.lora is not None and setup.method != "full":
+        config.update(
+            lora_rank=setup.lora.rank,
+            lora_alpha=lora_alpha(setup),
+            lora_dropout=setup.lora.dropout,
+            lora_target="all" if ALL_LINEAR in setup.lora.targets else ",".join(setup.lora.targets),
+            use_dora=setup.lora.dora,
+        )
+    if setup.quant in ("nf4", "fp4"):
+        config.update(quantization_bit=4, quantization_method="bnb", quantization_type=setup.quant,
+                      double_quantization=setup.double_quant)  # fmt: skip
+    elif setup.quant == "int8":
+        config.update(quantization_bit=8, quantization_method="bnb")
+    files = {
+        "dataset_info.json": json_text({_DATASET: {"file_name": options.data, "formatting": "alpaca"}}),
+    }
+    if (ds := hf_deepspeed_config(setup)) is not None:
+        files["ds_config.json"] = json_text(ds)
+        config["deepspeed"] = "ds_config.json"
+    files[CONFIG] = yaml_text(config)
+    notes.append("template: default — set the model's chat template (e.g. qwen, llama3) in the YAML; "
+                 "the data is read as alpaca records (dataset_info.json).")  # fmt: skip
+    env: dict[str, str] = {}
+    node_env: tuple[dict[str, str], ...] = ()
+    if plan.layout.gpus > 1 or setup.parallel.zero:
+        env["FORCE_TORCHRUN"] = "1"
+    if plan.nodes > 1:
+        env.update(
+            NNODES=str(plan.nodes), MASTER_ADDR=options.master_addr, MASTER_PORT=str(options.master_port)
+        )
+        node_env = tuple({"NODE_RANK": str(rank)} for rank in range(plan.nodes))
+    argv = ("llamafactory-cli", "train", CONFIG)
+    return TrainRender(engine=NAME, commands=tuple(argv for _ in range(plan.nodes)), env=env,
+                       node_env=node_env, files=files, notes=tuple(notes))  # fmt: skip

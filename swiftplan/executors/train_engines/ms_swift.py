@@ -1,0 +1,100 @@
+"""ms-swift: render `swift sft` from a training plan (pure).
+
+Argument names are ms-swift 4.6.0's own (modelscope/ms-swift@3602360a562313afbf2ef6065fdf61f271a2c5b9
+docs/source_en/Instruction/Command-line-parameters.md; swift/arguments/sft_args.py, tuner_args.py,
+base_args/quant_args.py, model_args.py, template_args.py): --tuner_type lora|full, --lora_rank,
+--lora_alpha, --lora_dropout, --target_modules, --use_dora, --quant_method bnb --quant_bits 4|8,
+--bnb_4bit_quant_type, --bnb_4bit_use_double_quant, --bnb_4bit_compute_dtype, --torch_dtype, --optim,
+--per_device_train_batch_size, --gradient_accumulation_steps, --gradient_checkpointing, --deepspeed
+(a preset name or a JSON path), --max_length, --packing, --attn_impl. Several GPUs and nodes go through
+ms-swift's own torchrun launch, driven by NPROC_PER_NODE / NNODES / NODE_RANK / MASTER_ADDR /
+MASTER_PORT (docs/source_en/Instruction/Pre-training-and-Fine-tuning.md, "multi-node").
+"""
+
+from __future__ import annotations
+
+from swiftplan.executors.train_engines.common import (
+    DEFAULT_OPTIONS,
+    HF_OPTIMIZERS,
+    TORCH_DTYPES,
+    RunOptions,
+    TrainRender,
+    check_pre_quantized,
+    hf_deepspeed_config,
+    json_text,
+    lora_alpha,
+    lora_targets,
+    mixed_precision,
+    require_engine_can_run,
+)
+from swiftplan.planner.plan import Plan
+
+NAME = "ms-swift"
+_ATTN = {"sdpa": "sdpa", "flash": "flash_attn", "eager": "eager"}
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender:
+    """`swift sft` for the plan, its DeepSpeed JSON when the plan uses ZeRO, and the launch env."""
+    setup = require_engine_can_run(NAME, plan)
+    notes = check_pre_quantized(NAME, setup)
+    bf16, fp16 = mixed_precision(setup)
+    argv = [
+        "swift", "sft",
+        "--model", plan.model,
+        "--dataset", options.data,
+        "--output_dir", options.output_dir,
+        "--tuner_type", "full" if setup.method == "full" else "lora",
+        "--torch_dtype", TORCH_DTYPES[setup.precision],
+        "--bf16", _flag(bf16),
+        "--fp16", _flag(fp16),
+        "--optim", HF_OPTIMIZERS[setup.optimizer],
+        "--per_device_train_batch_size", str(setup.micro_batch),
+        "--gradient_accumulation_steps", str(setup.grad_accum),
+        "--gradient_checkpointing", _flag(setup.grad_ckpt),
+        "--max_length", str(setup.seq_len),
+        "--packing", _flag(options.packing),
+        "--attn_impl", _ATTN[setup.attention],
+        "--learning_rate", f"{options.learning_rate(setup):g}",
+        "--lr_scheduler_type", options.lr_scheduler,
+        "--warmup_steps", str(options.warmup_steps),
+        "--weight_decay", f"{options.weight_decay:g}",
+        "--max_grad_norm", f"{options.max_grad_norm:g}",
+        "--num_train_epochs", str(options.epochs),
+        "--save_steps", str(options.save_steps),
+        "--seed", str(options.seed),
+    ]  # fmt: skip
+    if options.max_steps is not None:
+        argv += ["--max_steps", str(options.max_steps)]
+    if options.save_total_limit is not None:
+        argv += ["--save_total_limit", str(options.save_total_limit)]
+    if setup.lora is not None and setup.method != "full":
+        argv += ["--lora_rank", str(setup.lora.rank), "--lora_alpha", str(lora_alpha(setup)),
+                 "--lora_dropout", f"{setup.lora.dropout:g}", "--target_modules", *lora_targets(setup),
+                 "--use_dora", _flag(setup.lora.dora)]  # fmt: skip
+    if setup.quant in ("nf4", "fp4"):
+        argv += ["--quant_method", "bnb", "--quant_bits", "4", "--bnb_4bit_quant_type", setup.quant,
+                 "--bnb_4bit_use_double_quant", _flag(setup.double_quant),
+                 "--bnb_4bit_compute_dtype", TORCH_DTYPES[setup.precision]]  # fmt: skip
+    elif setup.quant == "int8":
+        argv += ["--quant_method", "bnb", "--quant_bits", "8"]
+    files: dict[str, str] = {}
+    if (ds := hf_deepspeed_config(setup)) is not None:
+        files["ds_config.json"] = json_text(ds)
+        argv += ["--deepspeed", "ds_config.json"]
+    env: dict[str, str] = {}
+    node_env: tuple[dict[str, str], ...] = ()
+    if plan.layout.gpus > 1:
+        env["NPROC_PER_NODE"] = str(plan.gpus_per_node)
+    if plan.nodes > 1:
+        env.update(
+            NNODES=str(plan.nodes), MASTER_ADDR=options.master_addr, MASTER_PORT=str(options.master_port)
+        )
+        node_env = tuple({"NODE_RANK": str(rank)} for rank in range(plan.nodes))
+    commands = tuple(tuple(argv) for _ in range(plan.nodes))
+    return TrainRender(
+        engine=NAME, commands=commands, env=env, node_env=node_env, files=files, notes=tuple(notes)
+    )

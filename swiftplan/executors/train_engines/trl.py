@@ -1,0 +1,95 @@
+"""TRL: render a config for `trl sft --config FILE` from a training plan (pure).
+
+Keys are TRL 1.16's own (huggingface/trl v1.16.0: trl/trainer/sft_config.py SFTConfig, trl/trainer/
+model_config.py ModelConfig, trl/scripts/utils.py ScriptArguments + DatasetMixtureConfig datasets):
+model_name_or_path, dtype, attn_implementation, use_peft, lora_r, lora_alpha, lora_dropout,
+lora_target_modules, use_dora, load_in_4bit / load_in_8bit, bnb_4bit_quant_type, use_bnb_nested_quant,
+max_length, packing, per_device_train_batch_size, gradient_accumulation_steps, gradient_checkpointing,
+optim, bf16/fp16, deepspeed, and the TrainingArguments schedule and save cadence. `trl sft` launches
+through `accelerate launch` (trl/cli/commands/training.py), so the process and node counts are
+accelerate's --num_processes / --num_machines / --machine_rank / --main_process_ip / --main_process_port.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from swiftplan.executors.train_engines.common import (
+    DEFAULT_OPTIONS,
+    HF_OPTIMIZERS,
+    TORCH_DTYPES,
+    RunOptions,
+    TrainRender,
+    hf_deepspeed_config,
+    json_text,
+    lora_alpha,
+    lora_targets,
+    mixed_precision,
+    require_engine_can_run,
+    yaml_text,
+)
+from swiftplan.planner.plan import Plan
+
+NAME = "trl"
+CONFIG = "trl_sft.yaml"
+_ATTN = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
+
+
+def render_trl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender:
+    """The SFT config (and DeepSpeed JSON) and `trl sft --config` with accelerate's launch flags per node."""
+    setup = require_engine_can_run(NAME, plan)
+    bf16, fp16 = mixed_precision(setup)
+    config: dict[str, Any] = {
+        "model_name_or_path": plan.model,
+        "dtype": TORCH_DTYPES[setup.precision],
+        "attn_implementation": _ATTN[setup.attention],
+        "datasets": [{"path": "json", "data_files": options.data, "split": "train"}],
+        "output_dir": options.output_dir,
+        "max_length": setup.seq_len,
+        "packing": options.packing,
+        "per_device_train_batch_size": setup.micro_batch,
+        "gradient_accumulation_steps": setup.grad_accum,
+        "gradient_checkpointing": setup.grad_ckpt,
+        "optim": HF_OPTIMIZERS[setup.optimizer],
+        "learning_rate": options.learning_rate(setup),
+        "lr_scheduler_type": options.lr_scheduler,
+        "warmup_steps": options.warmup_steps,
+        "weight_decay": options.weight_decay,
+        "max_grad_norm": options.max_grad_norm,
+        "num_train_epochs": float(options.epochs),
+        "save_steps": options.save_steps,
+        "seed": options.seed,
+        "bf16": bf16,
+        "fp16": fp16,
+    }
+    if options.max_steps is not None:
+        config["max_steps"] = options.max_steps
+    if options.save_total_limit is not None:
+        config["save_total_limit"] = options.save_total_limit
+    if setup.lora is not None and setup.method != "full":
+        config.update(use_peft=True, lora_r=setup.lora.rank, lora_alpha=lora_alpha(setup),
+                      lora_dropout=setup.lora.dropout, lora_target_modules=lora_targets(setup),
+                      use_dora=setup.lora.dora)  # fmt: skip
+    if setup.quant in ("nf4", "fp4"):
+        config.update(
+            load_in_4bit=True, bnb_4bit_quant_type=setup.quant, use_bnb_nested_quant=setup.double_quant
+        )
+    elif setup.quant == "int8":
+        config["load_in_8bit"] = True
+    files: dict[str, str] = {}
+    if (ds := hf_deepspeed_config(setup)) is not None:
+        files["ds_config.json"] = json_text(ds)
+        config["deepspeed"] = "ds_config.json"
+    files[CONFIG] = yaml_text(config)
+    commands = []
+    for rank in range(plan.nodes):
+        argv = ["trl", "sft", "--config", CONFIG]
+        if plan.layout.gpus > 1:
+            argv += ["--num_processes", str(plan.layout.gpus)]
+        if plan.nodes > 1:
+            argv += ["--num_machines", str(plan.nodes), "--machine_rank", str(rank),
+                     "--main_process_ip", options.master_addr, "--main_process_port", str(options.master_port)]  # fmt: skip
+        commands.append(tuple(argv))
+    notes = ("the data is read with datasets' json loader; records need a 'messages' or 'prompt'/'completion' "
+             "field (TRL's SFT formats).",)  # fmt: skip
+    return TrainRender(engine=NAME, commands=tuple(commands), files=files, notes=notes)

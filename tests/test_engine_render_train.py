@@ -1,0 +1,283 @@
+"""External training engines (ms-swift, LLaMA-Factory, TRL, axolotl): the issue's four plans rendered for
+every engine (snapshots, refusals naming the setting), the plan's decisions carried into each config,
+and (pytest -m engines) each framework's own parser / validator accepting what was rendered.
+
+Snapshots: tests/snapshots/engines/train_<engine>_<plan>.txt; SWIFTPLAN_UPDATE_SNAPSHOTS=1 rewrites them."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from engine_envs import run_in_env
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.executors.train_engines.common import RunOptions
+from swiftplan.executors.train_engines.registry import RENDERERS, format_render, render_for, write_files
+from swiftplan.planner.hardware import parse_cluster
+from swiftplan.planner.setup import LoraSetup, Parallelism, TrainSetup
+from swiftplan.usecases.estimate import plan_for_setup
+
+SNAPSHOTS = Path(__file__).parent / "snapshots" / "engines"
+ENGINES = tuple(RENDERERS)
+
+# The issue's "done means" plans (set-ups as fit writes them for these clusters).
+PLANS = {
+    "7b_qlora_rtx4090": ("Qwen/Qwen2.5-7B", "rtx4090", TrainSetup(
+        method="qlora", lora=LoraSetup(rank=16, targets=("all-linear",)), micro_batch=2, grad_accum=8,
+        seq_len=2048, optimizer="paged-adamw-8bit")),
+    "72b_lora_8xa100": ("Qwen/Qwen2.5-72B", "8xa100-80gb-sxm", TrainSetup(
+        method="lora", lora=LoraSetup(rank=64, alpha=128, targets=("q_proj", "k_proj", "v_proj", "o_proj"),
+                                      dropout=0.1), micro_batch=1, grad_accum=4, seq_len=4096,
+        parallel=Parallelism(zero=3))),
+    "70b_full_4x8xh100_tp_pp": ("meta-llama/Llama-3.1-70B", "4x8xh100-sxm", TrainSetup(
+        method="full", micro_batch=1, grad_accum=16, seq_len=4096, parallel=Parallelism(tp=8, pp=2))),
+    "8b_full_zero2_offload_2x8xh100": ("meta-llama/Llama-3.1-8B", "2x8xh100-sxm", TrainSetup(
+        method="full", precision="amp-bf16", micro_batch=4, grad_accum=2, seq_len=8192, attention="flash",
+        parallel=Parallelism(zero=2, offload="optimizer"))),
+}  # fmt: skip
+OPTIONS = RunOptions(data="/data/train.jsonl", output_dir="/runs/out", max_steps=100, save_steps=50,
+                     save_total_limit=2, packing=True, master_addr="10.0.0.1")  # fmt: skip
+
+
+def _plan(case: str, engine: str):
+    """The plan for `engine`; the tp × pp plan is made for Megatron-SWIFT, the engine fit plans it for
+    (no engine rendered here has tensor and pipeline parallelism, so each must refuse it)."""
+    model, gpus, setup = PLANS[case]
+    planned = "megatron-swift" if setup.parallel.pp > 1 else engine
+    return plan_for_setup(model, parse_cluster(gpus), setup, engine=planned)
+
+
+def _text(case: str, engine: str) -> str:
+    try:
+        return format_render(render_for(engine, _plan(case, engine), OPTIONS))
+    except SwiftplanError as error:
+        return f"refused: {error.message}\n"
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("case", sorted(PLANS))
+def test_plan_renders_to_the_snapshot(case, engine):
+    path = SNAPSHOTS / f"train_{engine}_{case}.txt"
+    text = _text(case, engine)
+    if os.environ.get("SWIFTPLAN_UPDATE_SNAPSHOTS"):
+        path.write_text(text)
+    assert text == path.read_text()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tp_pp_plan_is_refused_by_every_engine_naming_the_setting(engine):
+    with pytest.raises(SwiftplanError) as error:
+        render_for(engine, _plan("70b_full_4x8xh100_tp_pp", engine), OPTIONS)
+    assert "cannot run this plan" in error.value.message
+    assert "pipeline parallelism" in error.value.message  # no engine here has pipeline parallelism
+
+
+def test_rendering_is_pure_and_multi_node_plans_get_one_command_per_node():
+    for engine in ENGINES:
+        plan = _plan("8b_full_zero2_offload_2x8xh100", engine)
+        first, again = render_for(engine, plan, OPTIONS), render_for(engine, plan, OPTIONS)
+        assert first == again
+        assert len(first.commands) == plan.nodes == 2
+
+
+def _config(engine: str, case: str) -> dict:
+    render = render_for(engine, _plan(case, engine), OPTIONS)
+    if engine == "ms-swift":
+        argv = list(render.commands[0])
+        out: dict = {}
+        for i, arg in enumerate(argv):
+            if arg.startswith("--"):
+                values = []
+                for value in argv[i + 1 :]:
+                    if value.startswith("--"):
+                        break
+                    values.append(value)
+                out[arg[2:]] = values if len(values) != 1 else values[0]
+        return out
+    name = next(n for n in render.files if n.endswith(".yaml"))
+    return yaml.safe_load(render.files[name])
+
+
+# The plan's decisions as each engine spells them: (key, value) for the QLoRA and the ZeRO-3 plans.
+CARRIED = {
+    "ms-swift": {"7b_qlora_rtx4090": {"lora_rank": "16", "lora_alpha": "32", "target_modules": "all-linear",
+                                      "quant_bits": "4", "bnb_4bit_quant_type": "nf4", "optim": "paged_adamw_8bit",
+                                      "per_device_train_batch_size": "2", "gradient_accumulation_steps": "8",
+                                      "max_length": "2048", "packing": "true", "save_steps": "50"},
+                 "72b_lora_8xa100": {"lora_rank": "64", "lora_alpha": "128", "lora_dropout": "0.1",
+                                     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "deepspeed": "ds_config.json"}},
+    "llamafactory": {"7b_qlora_rtx4090": {"lora_rank": 16, "lora_target": "all", "quantization_bit": 4,
+                                          "optim": "paged_adamw_8bit", "per_device_train_batch_size": 2,
+                                          "gradient_accumulation_steps": 8, "cutoff_len": 2048, "packing": True},
+                     "72b_lora_8xa100": {"lora_rank": 64, "lora_alpha": 128, "lora_target": "q_proj,k_proj,v_proj,o_proj",
+                                         "deepspeed": "ds_config.json"}},
+    "trl": {"7b_qlora_rtx4090": {"lora_r": 16, "lora_target_modules": ["all-linear"], "load_in_4bit": True,
+                                 "optim": "paged_adamw_8bit", "max_length": 2048, "packing": True},
+            "72b_lora_8xa100": {"lora_r": 64, "lora_dropout": 0.1, "deepspeed": "ds_config.json"}},
+    "axolotl": {"7b_qlora_rtx4090": {"adapter": "qlora", "lora_r": 16, "lora_target_linear": True, "load_in_4bit": True,
+                                     "micro_batch_size": 2, "sequence_len": 2048, "sample_packing": True},
+                "72b_lora_8xa100": {"adapter": "lora", "lora_r": 64, "deepspeed": "ds_config.json"}},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_plan_decision_is_carried_over(engine):
+    for case, expected in CARRIED[engine].items():
+        config = _config(engine, case)
+        for key, value in expected.items():
+            assert config[key] == value, (engine, case, key)
+    zero3 = render_for(engine, _plan("72b_lora_8xa100", engine), OPTIONS)
+    ds = json.loads(zero3.files["ds_config.json"])
+    assert ds["zero_optimization"]["stage"] == 3
+    offload = render_for(engine, _plan("8b_full_zero2_offload_2x8xh100", engine), OPTIONS)
+    ds = json.loads(offload.files["ds_config.json"])
+    assert (
+        ds["zero_optimization"]["stage"] == 2
+        and ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    )
+
+
+def test_write_config_writes_the_files_and_a_run_script(tmp_path):
+    render = render_for("llamafactory", _plan("72b_lora_8xa100", "llamafactory"), OPTIONS)
+    written = write_files(render, tmp_path)
+    assert {p.name for p in written} == {
+        "dataset_info.json",
+        "ds_config.json",
+        "llamafactory_sft.yaml",
+        "run.sh",
+    }
+    script = (tmp_path / "run.sh").read_text()
+    assert "export FORCE_TORCHRUN=1" in script and script.rstrip().endswith(
+        "llamafactory-cli train llamafactory_sft.yaml"
+    )
+
+
+def test_what_an_engine_cannot_express_is_refused_before_anything_runs():
+    fp16 = plan_for_setup("Qwen/Qwen2.5-7B", parse_cluster("a100-80gb-sxm"), TrainSetup(method="full", precision="fp16"),
+                          engine="llamafactory")  # fmt: skip
+    with pytest.raises(SwiftplanError, match=r"cannot express --precision fp16"):
+        render_for("llamafactory", fp16, OPTIONS)
+
+
+# --- each framework's own parser (pytest -m engines; skipped without scripts/engine_envs.sh's envs) ---
+
+_MS_SWIFT = r"""
+import json, sys
+from swift.arguments import SftArguments
+from swift.utils.utils import _patch_get_type_hints
+from transformers import HfArgumentParser
+with _patch_get_type_hints():
+    parser = HfArgumentParser([SftArguments])
+out = []
+for argv in json.load(sys.stdin):
+    assert argv[:2] == ["swift", "sft"]
+    ns, unknown = parser.parse_known_args(argv[2:])
+    assert not unknown, unknown
+    out.append({"tuner_type": ns.tuner_type, "lora_rank": ns.lora_rank, "quant_bits": ns.quant_bits,
+                "deepspeed": ns.deepspeed, "max_length": ns.max_length})
+print(json.dumps(out))
+"""
+
+_LLAMAFACTORY = r"""
+import json, os, sys, yaml
+from llamafactory.hparams.parser import _parse_train_args
+out = []
+for path in json.load(sys.stdin):
+    os.chdir(os.path.dirname(path))  # run.sh runs there: ds_config.json is relative to it
+    cfg = yaml.safe_load(open(path))
+    cfg["use_cpu"] = True  # TrainingArguments refuses bf16 without a GPU unless told to run on the CPU
+    model, data, training, finetuning, _ = _parse_train_args(cfg)
+    out.append({"lora_rank": finetuning.lora_rank, "quantization_bit": model.quantization_bit,
+                "cutoff_len": data.cutoff_len, "deepspeed": bool(training.deepspeed)})
+print(json.dumps(out))
+"""
+
+_TRL = r"""
+import json, os, sys, yaml
+from trl.scripts.sft import make_parser
+out = []
+for path in json.load(sys.stdin):
+    os.chdir(os.path.dirname(path))  # as above
+    cfg = yaml.safe_load(open(path))
+    cfg["use_cpu"] = True  # as above
+    cpu = path + ".cpu.yaml"
+    open(cpu, "w").write(yaml.safe_dump(cfg))
+    parser = make_parser()
+    script, training, model, mixture, config_rest, cli_rest = parser.parse_args_and_config(
+        ["--config", cpu], return_remaining_strings=True, separate_remaining_strings=True)
+    assert not config_rest and not cli_rest, (config_rest, cli_rest)
+    out.append({"lora_r": model.lora_r, "load_in_4bit": model.load_in_4bit, "max_length": training.max_length})
+print(json.dumps(out))
+"""
+
+_AXOLOTL = r"""
+import json, os, sys, yaml
+from axolotl.utils.config import validate_config
+from axolotl.utils.dict import DictDefault
+out = []
+for path, gpus in json.load(sys.stdin):
+    os.chdir(os.path.dirname(path))  # as above
+    cfg = yaml.safe_load(open(path))
+    caps = {"bf16": True, "n_gpu": gpus, "n_node": 1, "compute_capability": "sm_90"}
+    checked = validate_config(DictDefault(cfg), capabilities=caps, env_capabilities={"torch_version": "2.13.0"})
+    out.append({"adapter": checked.adapter, "lora_r": checked.lora_r, "sequence_len": checked.sequence_len})
+print(json.dumps(out))
+"""
+
+
+def _runnable(engine: str):
+    """(case, render) for every plan this engine can run."""
+    out = []
+    for case in sorted(PLANS):
+        try:
+            out.append((case, render_for(engine, _plan(case, engine), OPTIONS)))
+        except SwiftplanError:
+            continue
+    return out
+
+
+@pytest.mark.integration
+@pytest.mark.engines
+def test_ms_swift_parser_accepts_every_rendered_command():
+    renders = _runnable("ms-swift")
+    parsed = run_in_env("ms-swift", _MS_SWIFT, [list(r.commands[0]) for _, r in renders])
+    assert len(parsed) == len(renders) >= 3
+    assert parsed[0]["quant_bits"] in (4, None) and all(p["max_length"] for p in parsed)
+
+
+@pytest.mark.integration
+@pytest.mark.engines
+@pytest.mark.parametrize(
+    "engine, script", [("llamafactory", _LLAMAFACTORY), ("trl", _TRL)], ids=["llamafactory", "trl"]
+)
+def test_yaml_engines_parse_every_rendered_config(engine, script):
+    renders = _runnable(engine)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for case, render in renders:
+            directory = Path(tmp) / case
+            write_files(render, directory)
+            paths.append(str(directory / next(n for n in render.files if n.endswith(".yaml"))))
+        parsed = run_in_env(engine, script, paths)
+    assert len(parsed) == len(renders) >= 3
+
+
+@pytest.mark.integration
+@pytest.mark.engines
+def test_axolotl_validates_every_rendered_config():
+    renders = _runnable("axolotl")
+    with tempfile.TemporaryDirectory() as tmp:
+        payload = []
+        for case, render in renders:
+            directory = Path(tmp) / case
+            write_files(render, directory)
+            payload.append([str(directory / "axolotl_sft.yaml"), _plan(case, "axolotl").gpus_per_node])
+        parsed = run_in_env("axolotl", _AXOLOTL, payload)
+    assert [p["adapter"] for p in parsed] == [
+        "qlora" if "qlora" in case else "lora" if "lora" in case else None for case, _ in renders
+    ]
