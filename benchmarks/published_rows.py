@@ -49,6 +49,11 @@ MODEL_NAMES: dict[str, tuple[str, str]] = {
         "AWQ export of Qwen2.5-7B-Instruct (same shapes)",
     ),
     "Qwen2.5-3B-Instruct": ("Qwen/Qwen2.5-3B", "instruct fine-tune of Qwen2.5-3B (same shapes)"),
+    "Qwen2.5-3B": ("Qwen/Qwen2.5-3B", ""),
+    "DeepSeek-R1-0528-Qwen3-8B": (
+        "Qwen/Qwen3-8B",
+        "distilled fine-tune of Qwen3-8B (its config.json: Qwen3ForCausalLM, 36 x 4096, vocab 151936)",
+    ),
 }
 # Nominal sizes in rule-of-thumb rows: a catalog model of that class, its terms scaled to the nominal size.
 GENERIC_MODELS: dict[str, str] = {
@@ -76,6 +81,37 @@ GPU_NAMES: dict[str, str] = {
     "48GB GPU": "rtxa6000",
     "": "a100-80gb-sxm",  # rule-of-thumb rows name no GPU; their terms do not depend on it
     "GPU (unstated)": "a100-80gb-sxm",  # memory counters do not depend on the GPU; no verdict or speed compared
+    # ms-swift headers naming the test machine without its capacity: memory counters only, no verdict.
+    "A100 (stated: 'test env: 4 * A100')": "a100-80gb-sxm",
+    "A100 (stated: 'Env: 4 * A100')": "a100-80gb-sxm",
+    "H20 (stated: 'test_env: 4 * H20')": "a100-80gb-sxm",  # H20 not in the catalog; counters only
+}
+# What a row ran, by the start of its `method` cell, when the planner cannot express it (ms-swift example
+# headers record every figure; these say why a figure is not compared).
+METHOD_SKIPS: dict[str, str] = {
+    "megatron": "Megatron-Core run (TP/PP/EP/CP layouts, distributed optimizer, Megatron's own buffers): the "
+    "planner models transformers Trainer runs under DDP/DeepSpeed/FSDP",
+    "rlhf": "RLHF/preference training (policy + reference/reward/teacher models, rollouts): the planner "
+    "models one model's SFT step",
+    "multimodal": "vision/audio-language model: encoder activations and image/video token counts are not "
+    "modelled",
+    "unmeasured": "the header names 80 GB cards (the hardware the example needs), not a measured peak",
+    "embedding/reranker/classification": "embedding/reranker/classification head and loss (pairs/lists per "
+    "sample): not a causal-LM step",
+    "sequence parallel": "sequence parallelism (Ulysses/ring) splits activations over GPUs: not modelled",
+    "inference (transformers)": "transformers generate() batches without a paged KV cache: the serving "
+    "model is a paged-KV engine's",
+    "quantization export": "a GPTQ calibration job, not training or serving",
+    "padding-free": "padding-free batches: tokens per step are the sum of the batch's real lengths, which "
+    "the header does not state",
+    "lora, Muon optimizer": "Muon optimizer states are not modelled",
+    "lora on HQQ": "HQQ 4-bit weights (group size, zero/scale layout) are not modelled",
+    "device_map": "device_map splits the layers over GPUs (naive pipeline): not modelled",
+    "full, GaLore": "GaLore's low-rank projected optimizer states are not modelled",
+    "LISA": "LISA (a few layers trained at a time) is not modelled",
+    "tuner": "this PEFT tuner (AdaLoRA, adapter, BOFT, Bone, LLaMA-Pro) is not modelled",
+    "full, FlashAttention-3": "FlashAttention-3 is not a separate attention implementation in the planner "
+    "(its twin row, fa2, is compared)",
 }
 UNIT_OVERRIDES: dict[str, tuple[int, str]] = {
     "iss-01": (GiB, "'13G' read off nvidia-smi, which counts MiB: taken as GiB"),
@@ -154,6 +190,39 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
         "packing to 8192 tokens (one tensor shape); ZeRO-3 on 4 GPUs",
     ),
     "ms-08": ({"double_quant": False}, "ms-swift leaves bnb double quantization off unless asked"),
+    "ms-105": (
+        {"loss": "fused_linear", "modules_to_save": ("embed_tokens", "lm_head")},
+        "--use_liger_kernel true: Liger fused linear cross-entropy; --modules_to_save embed_tokens lm_head",
+    ),
+    "ms-106": (
+        {"loss": "fused_linear", "attention": "flash", "variable_lengths": False},
+        "packing to 8192 (one tensor shape), Liger fused linear cross-entropy, flash_attn",
+    ),
+    "ms-114": (
+        {"loss": "fused_linear", "attention": "flash", "variable_lengths": False},
+        "packing to 16384 (one tensor shape), Liger, FlashAttention-2; ZeRO-3 on 4 GPUs",
+    ),
+    "ms-129": (
+        {"loss": "fused_linear", "attention": "flash", "variable_lengths": False},
+        "packing to 8192 (one tensor shape), Liger, flash_attn; ZeRO-3 on 4 GPUs",
+    ),
+    "ms-130": ({"attention": "flash"}, "no packing, no Liger: batch 1 padded, 8192 a cap; ZeRO-3 on 4 GPUs"),
+    "ms-153": (
+        {"loss": "fused_linear", "attention": "flash", "variable_lengths": False},
+        "packing to 16384 (one tensor shape), Liger, flash_attn; ZeRO-3 on 4 GPUs",
+    ),
+    "ms-159": (
+        {"loss": "fused_linear", "attention": "flash"},
+        "batch 8 padded to its longest sample, 8192 a cap (upper bound); Liger, flash_attn; ZeRO-3 on 4 GPUs",
+    ),
+    "ms-183": ({}, "self-cognition only, no max_length: 512 tokens taken as the longest sample"),
+    "ms-184": ({"loss": "fused_linear"}, "--use_liger_kernel true: Liger fused linear cross-entropy"),
+    "ms-189": ({"dora": True}, "--use_dora true; self-cognition only: 512 tokens taken as the longest"),
+    "ms-194": (
+        {},
+        "--tuner_backend unsloth: Unsloth's profile (fused loss); its checkpoint offload is not modelled; "
+        "self-cognition only: 512 tokens taken as the longest",
+    ),
     **{
         f"qwen-0{i}": (
             {},
@@ -398,6 +467,10 @@ def runtime_knobs(row: dict[str, str], assumed: dict[str, Any]) -> tuple[Runtime
 
 def express(row: dict[str, str]) -> Expressed:
     """The planner question a published row asks; raises Skip with the reason when it cannot be asked."""
+    method_cell = row["method"].strip()
+    reason = next((why for start, why in METHOD_SKIPS.items() if method_cell.startswith(start)), None)
+    if reason is not None:
+        raise Skip(reason)
     model_id, scale, notes = _model(row)
     own, why = ASSUMPTIONS.get(row["id"], ({}, ""))
     stated = next((v for prefix, v in SOURCE_SETTINGS.items() if row["id"].startswith(prefix)), {})
@@ -437,6 +510,7 @@ def express(row: dict[str, str]) -> Expressed:
             rank=assumed.get("lora_rank", parse_int(row["lora_rank"], 16)),
             targets=targets,
             dropout=assumed.get("lora_dropout", 0.0),
+            dora=assumed.get("dora", False),
         )
     attention = assumed.get("attention", "sdpa")
     grad_ckpt = row["grad_ckpt"].strip().lower()
