@@ -134,3 +134,21 @@ def test_rows_are_estimated_under_the_runtime_that_measured_them():
 def _row_of(path: Path, row_id: str) -> dict[str, str]:
     with path.open(newline="", encoding="utf-8") as f:
         return next(r for r in csv.DictReader(f) if r["id"] == row_id)
+
+
+def test_ms_swift_header_rows_are_compared_or_skipped_by_what_ran():
+    # benchmarks/ms_swift_headers.py: every memory figure in ms-swift's example headers at 3602360a.
+    report = published_accuracy.run(published_accuracy.ALL_CSVS)
+    ids = [r["id"] for r in published_accuracy.read_rows(published_accuracy.ALL_CSVS)]
+    assert len(set(ids)) == len(ids) >= 241
+    compared = {r["id"]: r for r in report["compared"]}
+    skipped = {r["id"]: r["reason"] for r in report["skipped"]}
+    assert set(compared) | set(skipped) == set(ids) and all(skipped.values())
+    assert "Megatron" in skipped["ms-30"]  # examples/megatron/lora/dense.sh '# lora: 2 * 14GiB'
+    assert "RLHF" in skipped["ms-172"]  # examples/train/rlhf/dpo/lora.sh '# 24GiB'
+    assert "not a measured peak" in skipped["ms-117"]  # examples/train/full/qwen2_5_32b.sh '# 8 * 80GiB'
+    # examples/train/tuners/dora/train.sh (--use_dora true) and agent/loss_scale/train.sh (Liger, modules_to_save)
+    assert published_rows.express(_row_of(published_accuracy.MORE_CSV, "ms-189")).setup.lora.dora
+    knobs = published_rows.express(_row_of(published_accuracy.MORE_CSV, "ms-105")).setup.runtime
+    assert knobs.loss == "fused_linear" and knobs.modules_to_save == ("embed_tokens", "lm_head")
+    assert compared["ms-106"]["split"] == "fit" and compared["ms-114"]["split"] == "test"
