@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from swiftplan.errors import SwiftplanError
 from swiftplan.executors.train_engines.common import RunOptions
 from swiftplan.executors.train_engines.registry import RENDERERS, format_render, render_for, write_files
 from swiftplan.planner.hardware import parse_cluster
-from swiftplan.planner.setup import LoraSetup, Parallelism, TrainSetup
+from swiftplan.planner.setup import LoraSetup, Parallelism, RuntimeKnobs, TrainSetup
 from swiftplan.usecases.estimate import plan_for_setup
 
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "engines"
@@ -39,6 +40,13 @@ PLANS = {
     "8b_full_zero2_offload_2x8xh100": ("meta-llama/Llama-3.1-8B", "2x8xh100-sxm", TrainSetup(
         method="full", precision="amp-bf16", micro_batch=4, grad_accum=2, seq_len=8192, attention="flash",
         parallel=Parallelism(zero=2, offload="optimizer"))),
+    # Runtime knobs a runtime profile sets (TrainSetup.runtime): foreach AdamW, Liger's fused loss,
+    # embeddings and LM head trained next to the adapter, DeepSpeed bucket sizes as planned.
+    "8b_lora_runtime_knobs_2xh100": ("meta-llama/Llama-3.1-8B", "2xh100-sxm", TrainSetup(
+        method="lora", lora=LoraSetup(rank=32, targets=("all-linear",)), micro_batch=2, grad_accum=4,
+        parallel=Parallelism(zero=3), runtime=RuntimeKnobs(
+            name="hf", optimizer_impl="foreach", loss="fused_linear", modules_to_save=("embed_tokens", "lm_head"),
+            ds_buckets=True))),
 }  # fmt: skip
 OPTIONS = RunOptions(data="/data/train.jsonl", output_dir="/runs/out", max_steps=100, save_steps=50,
                      save_total_limit=2, packing=True, master_addr="10.0.0.1")  # fmt: skip
@@ -123,6 +131,37 @@ CARRIED = {
                                      "micro_batch_size": 2, "sequence_len": 2048, "sample_packing": True},
                 "72b_lora_8xa100": {"adapter": "lora", "lora_r": 64, "deepspeed": "ds_config.json"}},
 }  # fmt: skip
+
+
+RUNTIME_CARRIED = {
+    "ms-swift": {"optim": "adamw_torch", "use_liger_kernel": "true", "modules_to_save": ["embed_tokens", "lm_head"]},
+    "llamafactory": {"optim": "adamw_torch", "enable_liger_kernel": True, "additional_target": "embed_tokens,lm_head"},
+    "trl": {"optim": "adamw_torch", "lora_modules_to_save": ["embed_tokens", "lm_head"]},  # TRL's loss is its own
+    "axolotl": {"optimizer": "adamw_torch", "liger_fused_linear_cross_entropy": True,
+                "lora_modules_to_save": ["embed_tokens", "lm_head"]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_runtime_knobs_are_carried_over_or_refused(engine):
+    config = _config(engine, "8b_lora_runtime_knobs_2xh100")
+    for key, value in RUNTIME_CARRIED[engine].items():
+        assert config[key] == value, (engine, key)
+    ds = json.loads(
+        render_for(engine, _plan("8b_lora_runtime_knobs_2xh100", engine), OPTIONS).files["ds_config.json"]
+    )
+    assert ds["zero_optimization"]["reduce_bucket_size"] == 500_000_000
+    assert ds["zero_optimization"]["stage3_max_live_parameters"] == 1_000_000_000
+    plan = _plan("8b_lora_runtime_knobs_2xh100", engine)
+    for knobs, named in ((RuntimeKnobs(loss="chunked"), "chunked"),
+                         (RuntimeKnobs(optimizer_in_backward=True), "in.backward")):  # fmt: skip
+        # Refused by the capability table (engines.json) or, failing that, by the renderer: either names it.
+        bad = replace(plan, setup=replace(plan.setup, runtime=knobs, grad_accum=1))
+        if engine == "trl" and named == "chunked":  # TRL always runs its own chunked loss: noted, not refused
+            assert any("chunked fused LM head" in n for n in render_for(engine, bad, OPTIONS).notes)
+            continue
+        with pytest.raises(SwiftplanError, match=named):
+            render_for(engine, bad, OPTIONS)
 
 
 @pytest.mark.parametrize("engine", ENGINES)

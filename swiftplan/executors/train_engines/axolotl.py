@@ -15,7 +15,6 @@ from typing import Any
 
 from swiftplan.executors.train_engines.common import (
     DEFAULT_OPTIONS,
-    HF_OPTIMIZERS,
     RunOptions,
     TrainRender,
     check_pre_quantized,
@@ -24,6 +23,7 @@ from swiftplan.executors.train_engines.common import (
     lora_alpha,
     mixed_precision,
     require_engine_can_run,
+    runtime_choices,
     yaml_text,
 )
 from swiftplan.planner.plan import Plan
@@ -37,6 +37,7 @@ def render_axolotl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRe
     """The axolotl YAML (and DeepSpeed JSON) and `axolotl train` per node."""
     setup = require_engine_can_run(NAME, plan)
     notes = check_pre_quantized(NAME, setup)
+    runtime = runtime_choices(NAME, setup)
     bf16, fp16 = mixed_precision(setup)
     config: dict[str, Any] = {
         "base_model": plan.model,
@@ -47,7 +48,7 @@ def render_axolotl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRe
         "micro_batch_size": setup.micro_batch,
         "gradient_accumulation_steps": setup.grad_accum,
         "gradient_checkpointing": setup.grad_ckpt,
-        "optimizer": HF_OPTIMIZERS[setup.optimizer],
+        "optimizer": runtime.optim,
         "learning_rate": options.learning_rate(setup),
         "lr_scheduler": options.lr_scheduler,
         "warmup_steps": options.warmup_steps,
@@ -71,6 +72,11 @@ def render_axolotl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRe
             config["lora_target_linear"] = True
         else:
             config["lora_target_modules"] = list(setup.lora.targets)
+    if runtime.modules_to_save and setup.method != "full":
+        config["lora_modules_to_save"] = list(runtime.modules_to_save)
+    if runtime.liger:  # axolotl's Liger integration (src/axolotl/integrations/liger)
+        config["plugins"] = ["axolotl.integrations.liger.LigerPlugin"]
+        config["liger_fused_linear_cross_entropy"] = True
     if setup.quant in ("nf4", "fp4"):
         config["load_in_4bit"] = True
         config["bnb_config_kwargs"] = {"bnb_4bit_quant_type": setup.quant,

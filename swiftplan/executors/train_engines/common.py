@@ -109,6 +109,47 @@ TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32",
 """The dtype the model's weights are loaded in: amp-* keeps an fp32 model and autocasts."""
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RuntimeChoices:
+    """The plan's runtime knobs (TrainSetup.runtime) in HF-Trainer terms, for the renderers."""
+
+    optim: str
+    """TrainingArguments.optim: the optimizer and its kernel."""
+    liger: bool
+    """Liger's fused linear + cross-entropy (use_liger_kernel) instead of the full-logits loss."""
+    modules_to_save: tuple[str, ...]
+    """Modules trained in full next to the adapter (peft modules_to_save)."""
+
+
+def runtime_choices(engine: str, setup: TrainSetup, *, own_fused_loss: bool = False) -> RuntimeChoices:
+    """The plan's runtime knobs as the HF Trainer spells them; a knob no HF-Trainer engine expresses is
+    refused, naming it. `own_fused_loss`: the engine always computes the loss through its own chunked
+    LM head (TRL's SFTTrainer), so the loss knobs are not rendered (the renderer notes it)."""
+    knobs = setup.runtime
+    optim = HF_OPTIMIZERS[setup.optimizer]
+    if setup.optimizer == "adamw":
+        if knobs.optimizer_impl == "foreach":
+            optim = "adamw_torch"  # torch.optim.AdamW with its default (foreach on CUDA) kernel
+        elif knobs.optimizer_impl == "for_loop":
+            raise refuse(engine, "--optimizer-impl for_loop", "TrainingArguments.optim offers torch's AdamW "
+                         "as adamw_torch (foreach) or adamw_torch_fused only")  # fmt: skip
+    if own_fused_loss:
+        pass
+    elif knobs.loss == "chunked":
+        raise refuse(engine, "--loss chunked", "token-chunked cross-entropy is torchtune's; HF-Trainer engines "
+                     "have the full loss or Liger's fused linear cross-entropy")  # fmt: skip
+    if knobs.loss == "fused_linear" and knobs.loss_chunk_tokens:
+        raise refuse(engine, f"--loss-chunk-tokens {knobs.loss_chunk_tokens}",
+                     "Liger's fused linear cross-entropy picks its own chunk size")  # fmt: skip
+    if knobs.optimizer_in_backward:
+        raise refuse(engine, "--optimizer-in-backward", "the HF Trainer steps the optimizer after backward")
+    if knobs.fsdp != "none":
+        raise refuse(engine, f"--fsdp {knobs.fsdp}", "swiftplan renders DeepSpeed ZeRO for it, not FSDP, yet")
+    return RuntimeChoices(
+        optim=optim, liger=knobs.loss == "fused_linear", modules_to_save=knobs.modules_to_save
+    )
+
+
 def mixed_precision(setup: TrainSetup) -> tuple[bool, bool]:
     """(bf16, fp16) TrainingArguments flags: autocast to that half dtype, or neither for fp32."""
     return setup.precision in ("bf16", "amp-bf16"), setup.precision in ("fp16", "amp-fp16")
@@ -140,6 +181,12 @@ def hf_deepspeed_config(setup: TrainSetup) -> dict[str, Any] | None:
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     if par.zero == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+    knobs = setup.runtime
+    if knobs.ds_buckets:  # the bucket sizes the plan counted, so DeepSpeed allocates what was planned
+        zero["reduce_bucket_size"] = knobs.reduce_bucket_elements
+        if par.zero == 3:
+            zero["stage3_prefetch_bucket_size"] = knobs.prefetch_bucket_elements
+            zero["stage3_max_live_parameters"] = knobs.max_live_parameters
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",

@@ -18,7 +18,6 @@ from typing import Any
 
 from swiftplan.executors.train_engines.common import (
     DEFAULT_OPTIONS,
-    HF_OPTIMIZERS,
     RunOptions,
     TrainRender,
     check_pre_quantized,
@@ -28,6 +27,7 @@ from swiftplan.executors.train_engines.common import (
     mixed_precision,
     refuse,
     require_engine_can_run,
+    runtime_choices,
     yaml_text,
 )
 from swiftplan.planner.plan import Plan
@@ -43,6 +43,7 @@ def render_llamafactory(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> Tr
     """The YAML, its dataset_info.json and DeepSpeed JSON, and `llamafactory-cli train` per node."""
     setup = require_engine_can_run(NAME, plan)
     notes = check_pre_quantized(NAME, setup)
+    runtime = runtime_choices(NAME, setup)
     bf16, fp16 = mixed_precision(setup)
     if setup.precision == "fp16":
         raise refuse(NAME, "--precision fp16 (fp16 weights without autocast)",
@@ -66,7 +67,7 @@ def render_llamafactory(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> Tr
         "gradient_accumulation_steps": setup.grad_accum,
         "disable_gradient_checkpointing": not setup.grad_ckpt,
         "flash_attn": _ATTN[setup.attention],
-        "optim": HF_OPTIMIZERS[setup.optimizer],
+        "optim": runtime.optim,
         "learning_rate": options.learning_rate(setup),
         "lr_scheduler_type": options.lr_scheduler,
         "warmup_steps": options.warmup_steps,
@@ -92,6 +93,10 @@ def render_llamafactory(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> Tr
             lora_target="all" if ALL_LINEAR in setup.lora.targets else ",".join(setup.lora.targets),
             use_dora=setup.lora.dora,
         )
+    if runtime.modules_to_save and setup.method != "full":
+        config["additional_target"] = ",".join(runtime.modules_to_save)
+    if runtime.liger:
+        config["enable_liger_kernel"] = True
     if setup.quant in ("nf4", "fp4"):
         config.update(quantization_bit=4, quantization_method="bnb", quantization_type=setup.quant,
                       double_quantization=setup.double_quant)  # fmt: skip

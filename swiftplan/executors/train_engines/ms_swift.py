@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from swiftplan.executors.train_engines.common import (
     DEFAULT_OPTIONS,
-    HF_OPTIMIZERS,
     TORCH_DTYPES,
     RunOptions,
     TrainRender,
@@ -26,6 +25,7 @@ from swiftplan.executors.train_engines.common import (
     lora_targets,
     mixed_precision,
     require_engine_can_run,
+    runtime_choices,
 )
 from swiftplan.planner.plan import Plan
 
@@ -41,6 +41,7 @@ def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainR
     """`swift sft` for the plan, its DeepSpeed JSON when the plan uses ZeRO, and the launch env."""
     setup = require_engine_can_run(NAME, plan)
     notes = check_pre_quantized(NAME, setup)
+    runtime = runtime_choices(NAME, setup)
     bf16, fp16 = mixed_precision(setup)
     argv = [
         "swift", "sft",
@@ -51,7 +52,7 @@ def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainR
         "--torch_dtype", TORCH_DTYPES[setup.precision],
         "--bf16", _flag(bf16),
         "--fp16", _flag(fp16),
-        "--optim", HF_OPTIMIZERS[setup.optimizer],
+        "--optim", runtime.optim,
         "--per_device_train_batch_size", str(setup.micro_batch),
         "--gradient_accumulation_steps", str(setup.grad_accum),
         "--gradient_checkpointing", _flag(setup.grad_ckpt),
@@ -75,6 +76,10 @@ def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainR
         argv += ["--lora_rank", str(setup.lora.rank), "--lora_alpha", str(lora_alpha(setup)),
                  "--lora_dropout", f"{setup.lora.dropout:g}", "--target_modules", *lora_targets(setup),
                  "--use_dora", _flag(setup.lora.dora)]  # fmt: skip
+    if runtime.modules_to_save and setup.method != "full":
+        argv += ["--modules_to_save", *runtime.modules_to_save]
+    if runtime.liger:
+        argv += ["--use_liger_kernel", "true"]
     if setup.quant in ("nf4", "fp4"):
         argv += ["--quant_method", "bnb", "--quant_bits", "4", "--bnb_4bit_quant_type", setup.quant,
                  "--bnb_4bit_use_double_quant", _flag(setup.double_quant),

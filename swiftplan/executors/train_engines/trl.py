@@ -5,7 +5,9 @@ model_config.py ModelConfig, trl/scripts/utils.py ScriptArguments + DatasetMixtu
 model_name_or_path, dtype, attn_implementation, use_peft, lora_r, lora_alpha, lora_dropout,
 lora_target_modules, use_dora, load_in_4bit / load_in_8bit, bnb_4bit_quant_type, use_bnb_nested_quant,
 max_length, packing, per_device_train_batch_size, gradient_accumulation_steps, gradient_checkpointing,
-optim, bf16/fp16, deepspeed, and the TrainingArguments schedule and save cadence. `trl sft` launches
+optim, bf16/fp16, deepspeed, and the TrainingArguments schedule and save cadence. The loss is always
+TRL's chunked fused LM head (trl/trainer/sft_trainer.py add_fused_lm_head; Liger's fused cross-entropy is
+refused there), so the plan's loss knob is noted, not rendered. `trl sft` launches
 through `accelerate launch` (trl/cli/commands/training.py), so the process and node counts are
 accelerate's --num_processes / --num_machines / --machine_rank / --main_process_ip / --main_process_port.
 """
@@ -16,7 +18,6 @@ from typing import Any
 
 from swiftplan.executors.train_engines.common import (
     DEFAULT_OPTIONS,
-    HF_OPTIMIZERS,
     TORCH_DTYPES,
     RunOptions,
     TrainRender,
@@ -26,6 +27,7 @@ from swiftplan.executors.train_engines.common import (
     lora_targets,
     mixed_precision,
     require_engine_can_run,
+    runtime_choices,
     yaml_text,
 )
 from swiftplan.planner.plan import Plan
@@ -38,6 +40,7 @@ _ATTN = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
 def render_trl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender:
     """The SFT config (and DeepSpeed JSON) and `trl sft --config` with accelerate's launch flags per node."""
     setup = require_engine_can_run(NAME, plan)
+    runtime = runtime_choices(NAME, setup, own_fused_loss=True)
     bf16, fp16 = mixed_precision(setup)
     config: dict[str, Any] = {
         "model_name_or_path": plan.model,
@@ -50,7 +53,7 @@ def render_trl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender
         "per_device_train_batch_size": setup.micro_batch,
         "gradient_accumulation_steps": setup.grad_accum,
         "gradient_checkpointing": setup.grad_ckpt,
-        "optim": HF_OPTIMIZERS[setup.optimizer],
+        "optim": runtime.optim,
         "learning_rate": options.learning_rate(setup),
         "lr_scheduler_type": options.lr_scheduler,
         "warmup_steps": options.warmup_steps,
@@ -70,6 +73,8 @@ def render_trl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender
         config.update(use_peft=True, lora_r=setup.lora.rank, lora_alpha=lora_alpha(setup),
                       lora_dropout=setup.lora.dropout, lora_target_modules=lora_targets(setup),
                       use_dora=setup.lora.dora)  # fmt: skip
+    if runtime.modules_to_save and setup.method != "full":
+        config["lora_modules_to_save"] = list(runtime.modules_to_save)
     if setup.quant in ("nf4", "fp4"):
         config.update(
             load_in_4bit=True, bnb_4bit_quant_type=setup.quant, use_bnb_nested_quant=setup.double_quant
@@ -90,6 +95,14 @@ def render_trl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender
             argv += ["--num_machines", str(plan.nodes), "--machine_rank", str(rank),
                      "--main_process_ip", options.master_addr, "--main_process_port", str(options.master_port)]  # fmt: skip
         commands.append(tuple(argv))
-    notes = ("the data is read with datasets' json loader; records need a 'messages' or 'prompt'/'completion' "
-             "field (TRL's SFT formats).",)  # fmt: skip
-    return TrainRender(engine=NAME, commands=tuple(commands), files=files, notes=notes)
+    notes = ["the data is read with datasets' json loader; records need a 'messages' or 'prompt'/'completion' "
+             "field (TRL's SFT formats)."]  # fmt: skip
+    if setup.runtime.loss != "fused_linear":
+        notes.append(f"the plan counted the {setup.runtime.loss} loss; TRL's SFTTrainer always computes it through "
+                     "its chunked fused LM head (trl/trainer/sft_trainer.py add_fused_lm_head), which holds less: "
+                     "re-plan with --runtime hf for TRL's own loss.")  # fmt: skip
+    if "lm_head" in runtime.modules_to_save:
+        notes.append(
+            "TRL refuses its chunked loss when the LM head is a PEFT module (modules_to_save lm_head)."
+        )
+    return TrainRender(engine=NAME, commands=tuple(commands), files=files, notes=tuple(notes))
