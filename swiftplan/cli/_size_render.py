@@ -50,6 +50,8 @@ class SizeReport:
     top: int
     next_command: str | None = None
     """The `swiftplan fit` command that plans the recommended option in full."""
+    runtime: Mapping[str, Any] | None = None
+    """The runtime profile sized under and each default it applied (RuntimeChoice.to_json)."""
 
     @classmethod
     def of(cls, outcome: SizeOutcome, *, elapsed_s: float, top: int) -> SizeReport:
@@ -60,6 +62,7 @@ class SizeReport:
             constraints=outcome.constraints, ranking=outcome.ranking, result=outcome.result, prices=outcome.prices,
             notes=outcome.notes, elapsed_s=elapsed_s, top=top,
             next_command=None if fit is None else f"{fit_command_line(fit)} -o plan.yaml",
+            runtime=None if outcome.runtime is None else outcome.runtime.to_json(),
         )  # fmt: skip
 
     @property
@@ -120,6 +123,7 @@ def report_json(report: SizeReport) -> dict[str, Any]:
         "objective": report.objective,
         "money": ranking.mode,
         "workload": dict(report.workload),
+        "runtime": None if report.runtime is None else dict(report.runtime),
         "constraints": asdict(report.constraints),
         "recommended": pick(ranking.recommended),
         "cheapest": pick(ranking.cheapest),

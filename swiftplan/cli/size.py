@@ -9,6 +9,19 @@ from typing import Annotated, Any
 
 import typer
 
+from swiftplan.cli.options import (
+    DsBucketsOpt,
+    FsdpOpt,
+    FsdpShardGroupOpt,
+    FsdpShardingOpt,
+    LossChunksOpt,
+    LossChunkTokensOpt,
+    LossOpt,
+    ModulesToSaveOpt,
+    OptimizerImplOpt,
+    OptimizerInBackwardOpt,
+    RuntimeOpt,
+)
 from swiftplan.errors import SwiftplanError
 from swiftplan.units import GiB
 from swiftplan.usecases.inputs import DEFAULT_HOST_RAM_BYTES
@@ -27,6 +40,8 @@ Examples:
   swiftplan size Qwen/Qwen2.5-7B --task serve --request-rate 20 --prompt-tokens 1024 --output-tokens 256 --ttft 2
 
   swiftplan size Qwen/Qwen2.5-14B --prices my_prices.yaml --csv options.csv
+
+  swiftplan size Qwen/Qwen2.5-7B --method full --runtime torch      (a plain loop: foreach AdamW, full loss)
 
 Objectives: cost (rental cost of the job; serving: per hour), time (wall clock; serving: per-token
 latency), purchase (list price of the GPUs), cost-per-token (rental $ per million tokens).
@@ -269,7 +284,24 @@ def size_request(**options: Any) -> Any:
         request_rate=o["request_rate"], prompt_tokens=o["prompt_tokens"], output_tokens=o["output_tokens"],
         ttft_s=o["ttft"], decode_tps=o["decode_tps"], gpu_memory_utilization=o["gpu_memory_utilization"],
         headroom=o["headroom"], host_ram_bytes=int(o["host_ram"] * GiB),
+        runtime=o["runtime"], runtime_options=_runtime_options(serving, o, o.get("memory_fraction_typed", False)),
     )  # fmt: skip
+
+
+def _runtime_options(serving: bool, o: dict[str, Any], typed: bool) -> dict[str, Any]:
+    """What the user set over the runtime profile (--runtime checked here, naming the flag): the knob flags
+    for training, --gpu-memory-utilization for serving when it was `typed`."""
+    from swiftplan.cli.options import knob_values, refuse_knobs_for_serving, serve_runtime, train_runtime
+    from swiftplan.planner.runtime import KNOB_FLAGS
+
+    knobs = knob_values(**{n: o[n] for n in KNOB_FLAGS if n in o})
+    if serving:
+        refuse_knobs_for_serving(knobs)
+        given = {"gpu_memory_utilization": o["gpu_memory_utilization"]} if typed else {}
+        serve_runtime(o["runtime"], given)
+        return given if o["runtime"] is not None else {}
+    train_runtime(o["runtime"], knobs)
+    return knobs
 
 
 def _show(
@@ -303,6 +335,7 @@ WideOpt = Annotated[
 
 
 def size_command(
+    ctx: typer.Context,
     model: ModelArg,
     task: TaskOpt = Task.sft,
     objective: ObjectiveOpt = None,
@@ -339,12 +372,27 @@ def size_command(
     csv_path: CsvOpt = None,
     plot: PlotOpt = None,
     wide: WideOpt = False,
+    runtime: RuntimeOpt = None,
+    loss: LossOpt = None,
+    loss_chunks: LossChunksOpt = None,
+    loss_chunk_tokens: LossChunkTokensOpt = None,
+    optimizer_impl: OptimizerImplOpt = None,
+    modules_to_save: ModulesToSaveOpt = None,
+    optimizer_in_backward: OptimizerInBackwardOpt = None,
+    fsdp: FsdpOpt = None,
+    fsdp_sharding: FsdpShardingOpt = None,
+    fsdp_shard_group: FsdpShardGroupOpt = None,
+    ds_buckets: DsBucketsOpt = None,
 ) -> None:
     """Which hardware to rent or buy for a fine-tuning or serving job, ranked, with what it costs."""
     started = time.perf_counter()
     _check_numbers(locals())
     _check_outputs(top=top, as_json=as_json, csv_path=csv_path, plot=plot)
-    request = size_request(**{name: value for name, value in locals().items() if name != "wide"})
+    typed = ctx.get_parameter_source("gpu_memory_utilization")  # typer may bring its own click: by name
+    options = {name: value for name, value in locals().items() if name not in ("wide", "ctx", "typed")}
+    request = size_request(
+        **options, memory_fraction_typed=typed is not None and typed.name not in ("DEFAULT", "DEFAULT_MAP")
+    )
     from swiftplan.usecases.size import plan_size
 
     outcome = plan_size(request)

@@ -8,6 +8,19 @@ import typer
 from rich.table import Table
 
 from swiftplan.cli._output import console, print_json
+from swiftplan.cli.options import (
+    DsBucketsOpt,
+    FsdpOpt,
+    FsdpShardGroupOpt,
+    FsdpShardingOpt,
+    LossChunksOpt,
+    LossChunkTokensOpt,
+    LossOpt,
+    ModulesToSaveOpt,
+    OptimizerImplOpt,
+    OptimizerInBackwardOpt,
+    RuntimeOpt,
+)
 
 EPILOG = """
 Examples:
@@ -18,11 +31,19 @@ Examples:
 
   swiftplan verify Qwen/Qwen2.5-7B --task serve --context 4096 --concurrency 4
 
+  swiftplan verify Qwen/Qwen2.5-0.5B --method full --runtime torch      (foreach AdamW's step temporary)
+
+  swiftplan verify Qwen/Qwen2.5-7B --runtime torchtune --seq 4096       (chunked cross-entropy, 8 pieces)
+
+--runtime runs the framework's loss and AdamW implementation in the trace; what the tracer cannot run
+(--loss fused_linear, --fsdp, --modules-to-save, --optimizer-in-backward) is refused naming the flag.
+
 Needs the [trace] extra (torch, transformers, peft); no GPU and no weights are used.
 """
 
 
 def verify_command(
+    ctx: typer.Context,
     model: str = typer.Argument(..., help="Catalog name/alias, hub id, or path to a config.json."),
     task: str = typer.Option("train", "--task", help="train | serve"),
     method: str = typer.Option("lora", "--method", help="full | lora | qlora"),
@@ -47,24 +68,74 @@ def verify_command(
     context: int = typer.Option(4096, "--context", help="Serving: tokens per sequence."),
     concurrency: int = typer.Option(1, "--concurrency", help="Serving: sequences."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    runtime: RuntimeOpt = None,
+    loss: LossOpt = None,
+    loss_chunks: LossChunksOpt = None,
+    loss_chunk_tokens: LossChunkTokensOpt = None,
+    optimizer_impl: OptimizerImplOpt = None,
+    modules_to_save: ModulesToSaveOpt = None,
+    optimizer_in_backward: OptimizerInBackwardOpt = None,
+    fsdp: FsdpOpt = None,
+    fsdp_sharding: FsdpShardingOpt = None,
+    fsdp_shard_group: FsdpShardGroupOpt = None,
+    ds_buckets: DsBucketsOpt = None,
 ) -> None:
     """Estimate vs trace, term by term, with the relative error."""
     from swiftplan.executors.model_source import resolve_model
 
     _check_options(task=task, quant=quant, method=method)
+    choice = _runtime(ctx, dict(locals()))
     from swiftplan.extras import require
 
     require("verify")
     spec = resolve_model(model)
-    result = _verify(spec, dict(locals()))
+    result = _verify(spec, dict(locals()), choice)
     if as_json:
-        print_json(_result_json(spec, result))
+        print_json(_result_json(spec, result) | {"runtime": None if choice is None else choice.to_json()})
         return
     _render(spec, result)
+    if choice is not None:
+        console.print(choice.describe(), highlight=False)
 
 
 VERIFY_QUANTS = ("none", "nf4", "int8")
 """Bases verify can stand in for: the bitsandbytes ones, traced unquantized with the analytic term substituted."""
+
+
+def _runtime(ctx: typer.Context, o: dict[str, Any]) -> Any:
+    """The runtime profile (--runtime) with the typed knob flags and set-up options over it (training), or
+    None for serving; each bad value refused naming its flag, and what the tracer cannot run refused."""
+    from swiftplan.cli.options import (
+        RUNTIME_TRAIN_FLAGS,
+        knob_values,
+        refuse_knobs_for_serving,
+        serve_runtime,
+        train_runtime,
+    )
+    from swiftplan.errors import SwiftplanError
+    from swiftplan.planner.runtime import KNOB_FLAGS
+
+    knobs = knob_values(**{n: o[n] for n in KNOB_FLAGS if n in o})
+    if o["task"] == "serve":
+        refuse_knobs_for_serving(knobs)
+        serve_runtime(o["runtime"], {})  # --runtime checked, naming the flag
+        if o["runtime"] is not None:
+            raise SwiftplanError(
+                f"verify --task serve traces transformers' generate, not {o['runtime']}: --runtime does not apply.",
+                hint=f"`swiftplan estimate MODEL --task serve --runtime {o['runtime']}` gives its estimate.",
+            )
+        return None
+
+    def typed(name: str) -> bool:  # typer may bring its own click: compare the source by name
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    given = {n: o[n] for n in RUNTIME_TRAIN_FLAGS if n in o and typed(n)}
+    choice = train_runtime(o["runtime"], knobs, given)
+    from swiftplan.executors.verify_knobs import refuse_untraceable
+
+    refuse_untraceable(choice.knobs())
+    return choice
 
 
 def _check_options(*, task: str, quant: str, method: str) -> None:
@@ -84,8 +155,9 @@ def _check_options(*, task: str, quant: str, method: str) -> None:
         )
 
 
-def _verify(spec: Any, o: dict[str, Any]) -> Any:
-    """Trace the set-up the options describe and compare it with the estimate, term by term."""
+def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> Any:
+    """Trace the set-up the options describe, under the runtime `choice` (training), and compare it with
+    the estimate, term by term."""
     from swiftplan.cli.options import build_serve_setup, build_train_setup
     from swiftplan.extras import needs
     from swiftplan.planner.hardware import parse_cluster
@@ -101,9 +173,12 @@ def _verify(spec: Any, o: dict[str, Any]) -> Any:
         return verify.verify_serving(spec, serve)
     names = ("method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch", "seq",
              "grad_ckpt", "attention")  # fmt: skip
+    if choice is not None:
+        o = o | choice.setup_options()
     setup = build_train_setup(
-        **{n: o[n] for n in names}, grad_accum=1, zero=0, offload="none", tp=1, pp=1, cluster=cluster
-    )
+        **{n: o[n] for n in names}, grad_accum=1, zero=0, offload="none", tp=1, pp=1, cluster=cluster,
+        kbit_upcast=o.get("kbit_upcast", False), runtime=None if choice is None else choice.knobs(),
+    )  # fmt: skip
     return verify.verify_training(spec, setup)
 
 
@@ -115,6 +190,7 @@ def _result_json(spec: Any, result: Any) -> dict[str, Any]:
             {"name": r.name, "estimate": r.estimate, "traced": r.traced, "error": r.error}
             for r in result.rows
         ],
+        "estimate_peak_phase": result.estimate_phase,
         "trace_seconds": result.trace.seconds,
         "params": result.trace.params,
         "trainable_params": result.trace.trainable_params,

@@ -38,7 +38,9 @@ from swiftplan.executors.trace_session import (
 
 Method = Literal["full", "lora"]
 Precision = Literal["bf16", "fp16", "fp32", "amp-bf16", "amp-fp16"]
-OptimizerName = Literal["adamw", "adamw-fused", "sgd", "adafactor"]
+OptimizerName = Literal["adamw", "adamw-fused", "adamw-for-loop", "sgd", "adafactor"]
+LossName = Literal["full", "chunked"]
+"""The model's own ForCausalLMLoss, or torchtune's chunked cross-entropy (`trace_loss.chunked_loss`)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -102,13 +104,15 @@ def _make_optimizer(name: OptimizerName, params: list[nn.Parameter]) -> torch.op
         return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, foreach=True)
     if name == "adamw-fused":  # transformers' Trainer default ("adamw_torch_fused") with torch >= 2.8
         return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=True)
+    if name == "adamw-for-loop":  # one parameter at a time (_single_tensor_adamw)
+        return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, foreach=False, fused=False)
     if name == "sgd":
         return torch.optim.SGD(params, lr=1e-3, momentum=0.0, foreach=True)
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
         return Adafactor(params, lr=1e-3, relative_step=False, scale_parameter=False, warmup_init=False)
-    raise ValueError(f"unknown optimizer {name!r}; valid: adamw, adamw-fused, sgd, adafactor")
+    raise ValueError(f"unknown optimizer {name!r}; valid: adamw, adamw-fused, adamw-for-loop, sgd, adafactor")
 
 
 @dataclass(kw_only=True)
@@ -126,11 +130,23 @@ class TrainingRig:
     notes: list[str]
     calls: Counter[str]
     """Attention kernel paths taken (see `trace_patches.cuda_like_kernels`)."""
+    loss: LossName = "full"
+    """Loss implementation."""
+    loss_chunks: int = 8
+    """Chunked loss: pieces of the logits."""
 
     def forward(self) -> torch.Tensor:
         """Forward with labels = input_ids; return the loss (the output, with its logits, is dropped
         as `Trainer.compute_loss` drops it)."""
         input_ids = torch.zeros((self.batch, self.seq), dtype=torch.long)
+        if self.loss == "chunked":
+            from functools import partial
+
+            from swiftplan.executors.trace_loss import chunked_loss
+
+            dtype = self.autocast_dtype
+            amp = None if dtype is None else partial(torch.autocast, TRACE_DEVICE, dtype=dtype)
+            return chunked_loss(self.model, self.tracker, input_ids, chunks=self.loss_chunks, autocast=amp)
         if self.autocast_dtype is None:
             return self.model(input_ids=input_ids, labels=input_ids).loss
         from accelerate.utils import convert_to_fp32
@@ -190,6 +206,8 @@ def _numerics_notes(precision: str, optimizer: str) -> list[str]:
             "AdamW foreach (torch's default on CUDA): step() holds a sqrt(exp_avg_sq) temporary the size "
             "of all trainable params; 'adamw-fused' (the HF Trainer default) has none"
         )
+    if optimizer == "adamw-for-loop":
+        notes.append("AdamW for_loop: step() holds a sqrt(exp_avg_sq) temporary the size of one parameter")
     return notes
 
 
@@ -209,6 +227,8 @@ def training_rig(
     grad_ckpt: bool = False,
     attn_implementation: str = "sdpa",
     round_bytes: int = CUDA_BLOCK_BYTES,
+    loss: LossName = "full",
+    loss_chunks: int = 8,
 ) -> Iterator[TrainingRig]:
     """Build the training set-up of `trace_training`; fake and tracking modes are active inside."""
     _check_training_args(method, precision, batch, seq)
@@ -246,6 +266,8 @@ def training_rig(
             autocast_dtype=DTYPES[precision.removeprefix("amp-")] if amp else None,
             notes=notes,
             calls=calls,
+            loss=loss,
+            loss_chunks=loss_chunks,
         )
 
 
@@ -265,13 +287,16 @@ def trace_training(
     attn_implementation: str = "sdpa",
     steps: int = 2,
     round_bytes: int = CUDA_BLOCK_BYTES,
+    loss: LossName = "full",
+    loss_chunks: int = 8,
 ) -> TraceResult:
     """Trace `steps` real training steps and measure the last one.
 
     `precision`: "bf16"/"fp16"/"fp32" create the model in that dtype (optimizer state follows the
     parameters, no autocast); "amp-bf16"/"amp-fp16" keep fp32 parameters and run forward and loss under
     autocast, as the HF Trainer does with `bf16=True` on an fp32 model. `round_bytes=1` turns off the
-    512-byte allocator rounding (for exact hand checks).
+    512-byte allocator rounding (for exact hand checks). `loss="chunked"` computes the loss over
+    `loss_chunks` pieces of the logits as torchtune does (`trace_loss.chunked_loss`).
     """
     if steps < 1:
         raise ValueError("steps >= 1 is required")
@@ -290,6 +315,8 @@ def trace_training(
         grad_ckpt=grad_ckpt,
         attn_implementation=attn_implementation,
         round_bytes=round_bytes,
+        loss=loss,
+        loss_chunks=loss_chunks,
     ) as rig:
         for step in range(steps):
             if step == steps - 1:

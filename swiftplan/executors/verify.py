@@ -5,18 +5,24 @@ peak (allocated memory without the cuBLAS workspace, CUDA context or allocator s
 tensors). What cannot run under fake tensors — bitsandbytes 4-bit/8-bit weights and 8-bit
 optimizers — is traced with the unquantized equivalent and the analytic term is substituted, with
 a note saying so.
+
+The runtime's knobs (`TrainSetup.runtime`) are run, not assumed: AdamW's implementation (fused, foreach,
+for_loop) is the traced optimizer's, and a chunked loss is computed over pieces of the logits as
+torchtune does (`trace_loss.chunked_loss`). Knobs the tracer cannot run are refused by
+`untraceable_knobs`, one reason each naming its flag.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from swiftplan.executors.trace import TraceResult, trace_serving, trace_training
+from swiftplan.executors.trace import OptimizerName, TraceResult, trace_serving, trace_training
+from swiftplan.executors.verify_knobs import refuse_untraceable
 from swiftplan.planner.breakdown import TENSOR_TERMS
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.serve_memory import ServeMemory, serve_memory
-from swiftplan.planner.setup import ServeSetup, TrainSetup
+from swiftplan.planner.setup import RuntimeKnobs, ServeSetup, TrainSetup
 from swiftplan.planner.train_memory import TrainMemory, train_memory
 
 TERMS = TENSOR_TERMS
@@ -55,6 +61,22 @@ class Comparison:
         return self.rows[-1]
 
 
+ADAMW_IMPLS: dict[str, OptimizerName] = {
+    "fused": "adamw-fused",
+    "foreach": "adamw",
+    "for_loop": "adamw-for-loop",
+}
+"""--optimizer-impl → the tracer's AdamW (torch.optim.AdamW with fused=True, foreach=True, or neither)."""
+
+
+def _traced_optimizer(planned: str, traced: str, knobs: RuntimeKnobs) -> OptimizerName:
+    """The tracer's optimizer: AdamW in the runtime's implementation; an 8-bit AdamW stood in for by the
+    fused one (its step temporaries are the 8-bit kernel's, not modelled by either side)."""
+    if planned == "adamw":
+        return ADAMW_IMPLS[knobs.optimizer_impl]
+    return "adamw-fused" if traced == "adamw" else traced  # type: ignore[return-value]
+
+
 def _estimate_at_peak(memory: TrainMemory, setup: TrainSetup, workspace: int) -> dict[str, int]:
     """Tensor bytes alive at the estimate's peak, by term (the tracer's categories)."""
     device = memory.device
@@ -73,8 +95,13 @@ def _estimate_at_peak(memory: TrainMemory, setup: TrainSetup, workspace: int) ->
 
 
 def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2) -> Comparison:
-    """Trace `setup` on `spec` and compare every term with the analytic estimate (one device, no sharding)."""
+    """Trace `setup` on `spec` and compare every term with the analytic estimate (one device, no sharding),
+    under its runtime's loss and optimizer implementation (`refuse_untraceable` first)."""
+    refuse_untraceable(setup.runtime)
+    knobs = setup.runtime
     notes: list[str] = []
+    if knobs.loss == "chunked":
+        notes.append(f"loss: torchtune's chunked cross-entropy over {knobs.loss_chunks} pieces of the logits")
     traced_setup = setup
     if setup.method == "qlora" or setup.quant != "none":
         notes.append(
@@ -101,12 +128,14 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2) -> Co
         lora_rank=lora.rank if lora else 16,
         lora_dropout=lora.dropout if lora else 0.0,
         lora_targets="all-linear" if lora and lora.all_linear else (lora.targets if lora else ("q_proj",)),
-        optimizer="adamw-fused" if optimizer == "adamw" else optimizer,
+        optimizer=_traced_optimizer(setup.optimizer, optimizer, knobs),
         batch=setup.micro_batch,
         seq=setup.seq_len,
         grad_ckpt=setup.grad_ckpt,
         attn_implementation="eager" if setup.attention == "eager" or spec.eager_attention_only else "sdpa",
         steps=steps,
+        loss="chunked" if knobs.loss == "chunked" else "full",
+        loss_chunks=knobs.loss_chunks,
     )
     workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))
     estimate = _estimate_at_peak(train_memory(spec, setup), setup, workspace)

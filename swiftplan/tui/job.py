@@ -20,6 +20,7 @@ DEFAULT_HOST_RAM_BYTES = 64 * 2**30
 FORM_DEFAULTS: dict[str, str] = {
     "model": "",
     "task": "train",
+    "runtime": "swiftplan",
     "objective": "auto",
     "method": "any",
     "quant": "any",
@@ -41,6 +42,16 @@ QUANT_CHOICES = ("any", "none", "nf4", "int8")
 OBJECTIVES: tuple[Literal["time", "cost", "throughput"], ...] = ("time", "cost", "throughput")
 OBJECTIVE_CHOICES = ("auto", *OBJECTIVES)
 TASK_CHOICES: tuple[Literal["train", "serve"], ...] = ("train", "serve")
+
+
+def runtime_choices() -> tuple[str, ...]:
+    """Training runtimes the search can plan for (profiles/runtimes with an engine in engines.json, as
+    `swiftplan fit --runtime` needs), swiftplan's own loop first."""
+    from swiftplan.planner.engines import runtime_engine
+    from swiftplan.planner.runtime import DEFAULT_TRAIN_RUNTIME, runtime_profiles
+
+    names = [n for n, p in runtime_profiles().items() if p.task == "train" and runtime_engine(n, "train")]
+    return (DEFAULT_TRAIN_RUNTIME, *sorted(n for n in names if n != DEFAULT_TRAIN_RUNTIME))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -77,6 +88,8 @@ class JobRequest:
     """Sampler seed."""
     trials: int | None
     """Distinct plans to evaluate (None: decided by the size of the space)."""
+    runtime: str = "swiftplan"
+    """Training runtime planned for (profiles/runtimes; its engine runs the plan). Serving ignores it."""
 
 
 def _positive_int(name: str, text: str) -> int:
@@ -138,6 +151,9 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
         raise SwiftplanError(f"Epochs must be a number, got {raw['epochs']!r}.") from None
     if epochs <= 0:
         raise SwiftplanError(f"Epochs must be positive, got {raw['epochs']!r}.")
+    runtime = raw["runtime"].strip() or "swiftplan"
+    if task == "train" and runtime not in runtime_choices():
+        raise SwiftplanError(f"Runtime must be one of {', '.join(runtime_choices())}, got {runtime!r}.")
     try:
         seed = int(raw["seed"])
     except ValueError:
@@ -158,6 +174,7 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
         concurrency=_optional_int("Concurrency", raw["concurrency"]),
         seed=seed,
         trials=_optional_int("Trials", raw["trials"]),
+        runtime=runtime,
     )
 
 

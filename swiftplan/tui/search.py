@@ -28,7 +28,7 @@ class SearchCancelled(Exception):
 
 
 def fit_request(job: JobRequest, *, host_ram_bytes: int, headroom: float = 0.05) -> FitRequest:
-    """The fit request the form describes (the same options `swiftplan fit` takes)."""
+    """The fit request the form describes (the same options `swiftplan fit` takes; the runtime for training)."""
     pins = (
         Pins(methods=job.methods, quants=job.quants, ranks=job.ranks)
         if job.task == "train"
@@ -38,7 +38,7 @@ def fit_request(job: JobRequest, *, host_ram_bytes: int, headroom: float = 0.05)
         model=job.model, gpus="auto", task=job.task, objective=job.objective, pareto=job.pareto, pins=pins,
         dataset_tokens=job.dataset_tokens, epochs=job.epochs, global_batch=job.global_batch, seq_len=job.seq_len,
         context=job.context, concurrency=job.concurrency, headroom=headroom, host_ram_bytes=host_ram_bytes,
-        seed=job.seed, trials=job.trials,
+        seed=job.seed, trials=job.trials, runtime=job.runtime if job.task == "train" else None,
     )  # fmt: skip
 
 

@@ -151,10 +151,23 @@ def search_line(result: SearchResult, seed: int, elapsed_s: float | None = None)
 
 
 def next_command(plan: Any, path: str) -> str:
-    """The command that carries out a saved plan (a `Plan`)."""
+    """The command that carries out a saved plan (a `Plan`) on the engine it was planned for: that engine's
+    command in profiles/engines.json (`swiftplan train PLAN --engine trl`, `swiftplan serve PLAN --engine
+    sglang`, or the framework's own command where swiftplan cannot launch it). Serving plans for vLLM or the
+    built-in server need no --engine: serve's `auto` picks the plan's."""
+    from swiftplan.planner.engines import DEFAULT_TRAIN_ENGINE, get_engine
+
+    quoted = shlex.quote(path)
+    engine = get_engine(plan.engine, plan.task) if plan.engine else None
     if plan.task == "serve":
-        return f"swiftplan serve {shlex.quote(path)}"
-    return f"swiftplan train {shlex.quote(path)} --data train.jsonl"
+        if engine is None or engine.name in ("vllm", "builtin"):  # serve's --engine auto picks these itself
+            return f"swiftplan serve {quoted}"
+        return engine.command.replace("PLAN", quoted)
+    if engine is None or engine.name == DEFAULT_TRAIN_ENGINE:
+        return f"swiftplan train {quoted} --data train.jsonl"
+    if not engine.runnable:
+        return engine.command
+    return engine.command.replace("PLAN", quoted) + " --data train.jsonl"
 
 
 from typing import TYPE_CHECKING  # noqa: E402 (appended after the first imports, which stay as they were)
@@ -163,7 +176,8 @@ if TYPE_CHECKING:  # the fit use case's request, named in the signatures below
     from swiftplan.planner.search.pins import Pins
     from swiftplan.usecases.fit import FitRequest
 
-_FIT_HEAD_FLAGS = {"gpus": "--gpus", "task": "--task", "engine": "--engine", "objective": "--objective"}
+_FIT_HEAD_FLAGS = {"gpus": "--gpus", "task": "--task", "engine": "--engine", "runtime": "--runtime",
+                   "objective": "--objective"}  # fmt: skip
 """`FitRequest` fields that say what is planned where, shown before the pins."""
 _FIT_FLAGS = {
     "dataset_tokens": "--dataset-tokens", "data": "--data", "epochs": "--epochs", "global_batch": "--global-batch",
@@ -259,4 +273,24 @@ def fit_command_line(request: FitRequest) -> str:
     args += _pin_args(request.pins) + _field_args(request, default, _FIT_FLAGS)
     if request.host_ram_bytes is not None:
         args += ["--host-ram", _gib_text(request.host_ram_bytes)]
+    args += _runtime_args(request.runtime_options)
     return "swiftplan fit " + shlex.join(args)
+
+
+def _runtime_args(options: dict[str, Any]) -> list[str]:
+    """Fit options for what the user set over the runtime profile (knob flags, --gpu-memory-utilization is
+    a field of its own)."""
+    from swiftplan.planner.runtime import KNOB_FLAGS
+
+    args: list[str] = []
+    for name, value in options.items():
+        flag = KNOB_FLAGS.get(name)
+        if flag is None:
+            continue
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag.removeprefix("--"))
+        elif isinstance(value, tuple):
+            args += [flag, ",".join(value) or "none"]
+        else:
+            args += [flag, _option_value(name, value)]
+    return args

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.hardware import Accelerator, get_accelerator, list_accelerators
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.runtime import DEFAULT_TRAIN_RUNTIME, RuntimeChoice, choose_runtime
 from swiftplan.planner.search.pins import Pins
 from swiftplan.planner.setup import AttentionImpl
 from swiftplan.planner.sizing.candidates import DEFAULT_MAX_NODES, DEFAULT_NETWORK_GBPS
@@ -83,6 +84,11 @@ class SizeRequest:
     """Fraction of device memory kept free."""
     host_ram_bytes: int = inputs.DEFAULT_HOST_RAM_BYTES
     """Host RAM per node for offload."""
+    runtime: str | None = None
+    """Runtime profile every cluster is sized under (profiles/runtimes); None = swiftplan's loop for training,
+    today's serving defaults."""
+    runtime_options: dict[str, Any] = field(default_factory=dict)
+    """What the user set over the profile: RuntimeKnobs fields (training), gpu_memory_utilization (serving)."""
 
     def __post_init__(self) -> None:
         self._check_money()
@@ -171,6 +177,8 @@ class SizeOutcome:
     """What the sizing assumed."""
     next_fit: FitRequest | None
     """The `fit` request that plans the recommended option in full (None when nothing qualifies)."""
+    runtime: RuntimeChoice | None = None
+    """The runtime profile sized under and the defaults it applied (serving without --runtime: None)."""
 
     @property
     def task(self) -> SizeTask:
@@ -213,16 +221,21 @@ def catalog(names: tuple[str, ...] | None) -> list[Accelerator]:
 
 
 def _size_serving(
-    request: SizeRequest, spec: ModelSpec, accelerators: list[Accelerator], limits: Constraints, prices: Mapping[str, Price]
+    request: SizeRequest, spec: ModelSpec, accelerators: list[Accelerator], limits: Constraints, prices: Mapping[str, Price],
+    runtime: RuntimeChoice | None,
 ) -> tuple[SizingResult, dict[str, Any], list[str]]:  # fmt: skip
     """Serving: (sizing result, workload as sized, notes)."""
     from swiftplan.planner.sizing.serve_sizing import ServeLoad, size_serving
 
+    memory_fraction = (
+        request.gpu_memory_utilization
+        if runtime is None
+        else runtime.options.get("gpu_memory_utilization", request.gpu_memory_utilization)
+    )
     load = ServeLoad(
         context=request.load_context, concurrency=request.concurrency, request_rate=request.request_rate,
         prompt_tokens=request.prompt_tokens, output_tokens=request.output_tokens, ttft_s=request.ttft_s,
-        decode_tps=request.decode_tps, gpu_memory_utilization=request.gpu_memory_utilization,
-        max_nodes=request.max_nodes,
+        decode_tps=request.decode_tps, gpu_memory_utilization=memory_fraction, max_nodes=request.max_nodes,
     )  # fmt: skip
     result = size_serving(
         spec, accelerators, load, objective=request.goal, constraints=limits, pins=request.pins,
@@ -233,7 +246,7 @@ def _size_serving(
         "prompt_tokens": load.prompt_tokens, "output_tokens": load.output_tokens, "ttft_s": load.ttft_s,
         "decode_tps": load.decode_tps, "gpu_memory_utilization": load.gpu_memory_utilization,
     }  # fmt: skip
-    notes = []
+    notes = [] if runtime is None else [runtime.describe()]
     if request.pins.quants is None:
         notes.append(
             "weights sized in 16-bit or fp8; pass --quant none,fp8,int8,nf4 to allow bitsandbytes formats."
@@ -246,19 +259,28 @@ def _size_serving(
 
 
 def _size_training(
-    request: SizeRequest, spec: ModelSpec, accelerators: list[Accelerator], limits: Constraints, prices: Mapping[str, Price]
+    request: SizeRequest, spec: ModelSpec, accelerators: list[Accelerator], limits: Constraints, prices: Mapping[str, Price],
+    runtime: RuntimeChoice | None,
 ) -> tuple[SizingResult, dict[str, Any], list[str]]:  # fmt: skip
-    """Training: (sizing result, workload as sized, notes)."""
+    """Training: (sizing result, workload as sized, notes), every cluster planned under the runtime's knobs
+    and for its engine (engines.json `runtime`; swiftplan's loop when the table has none)."""
+    from swiftplan.planner.engines import runtime_engine
     from swiftplan.planner.sizing.train_sizing import TrainJob, size_training
 
+    assert runtime is not None
+    knobs = runtime.knobs()
     tokens = request.dataset_tokens_or_default
     workload = TrainWorkload(
         seq_len=request.seq_len, global_batch=request.global_batch, dataset_tokens=tokens, epochs=request.epochs,
-        attention=request.attention,
+        attention=request.attention, runtime=knobs,
     )  # fmt: skip
+    pins = request.pins
+    if knobs.fsdp != "none":  # FSDP shards instead of DeepSpeed ZeRO
+        pins = replace(pins, zero=(0,), max_offload="none")
     job = TrainJob(
-        workload=workload, pins=request.pins, headroom=request.headroom, host_ram_bytes=request.host_ram_bytes,
+        workload=workload, pins=pins, headroom=request.headroom, host_ram_bytes=request.host_ram_bytes,
         max_nodes=request.max_nodes, network_gbps=request.network_gbps,
+        engine=runtime_engine(knobs.name, "train"),
     )  # fmt: skip
     result = size_training(spec, accelerators, job, objective=request.goal, constraints=limits, prices=prices)
     shown = {
@@ -266,12 +288,23 @@ def _size_training(
         "dataset_tokens_source": DATASET_TOKENS_ASSUMED if request.dataset_tokens is None else "--dataset-tokens",
         "epochs": request.epochs, "seq_len": request.seq_len, "global_batch": request.global_batch,
         "attention": request.attention, "host_ram_gib_per_node": request.host_ram_bytes / GiB,
+        "runtime": knobs.name,
     }  # fmt: skip
-    note = (
+    notes = [runtime.describe()]
+    if job.engine is None:
+        notes.append(
+            f"no engine in swiftplan's table (profiles/engines.json) runs {runtime.profile.label} yet: sized under its "
+            "defaults with swiftplan's search space; the next command plans for swiftplan's loop."
+        )
+    elif job.engine.name != "swiftplan":
+        notes.append(
+            f"sized for {job.engine.label} (--runtime {knobs.name}); options it cannot run are left out."
+        )
+    notes.append(
         f"clusters: 1, 2, 4, 8 GPUs in one node or 2-{request.max_nodes} nodes of 8 over {request.network_gbps:g} Gb/s; "
         "GPUs without NVLink on every board (GeForce, RTX A6000, PCIe parts) talk over PCIe."
     )
-    return result, shown, [note]
+    return result, shown, notes
 
 
 def cluster_text(option: Option) -> str:
@@ -282,8 +315,15 @@ def cluster_text(option: Option) -> str:
 
 
 def next_fit(request: SizeRequest, option: Option) -> FitRequest:
-    """The `fit` request that plans an option's hardware in full, with the size request's job and pins."""
+    """The `fit` request that plans an option's hardware in full, with the size request's job, pins and
+    runtime (left out when no engine runs that runtime, since fit plans for one that does)."""
+    from swiftplan.planner.engines import runtime_engine
+
     model, gpus = inputs.model_reference(request.model), cluster_text(option)
+    runtime = request.runtime
+    if runtime is not None and runtime_engine(runtime, request.task) is None:
+        runtime = None
+    options = dict(request.runtime_options) if runtime is not None else {}
     if request.task == "serve":
         fields = option.plan_fields
         return FitRequest(
@@ -292,12 +332,14 @@ def next_fit(request: SizeRequest, option: Option) -> FitRequest:
             concurrency=request.concurrency or fields["replicas"] * fields["sequences_per_replica"],
             ttft_s=request.ttft_s, decode_tps=request.decode_tps,
             gpu_memory_utilization=request.gpu_memory_utilization, headroom=request.headroom,
+            runtime=runtime, runtime_options=options,
         )  # fmt: skip
     host_ram = request.host_ram_bytes
     return FitRequest(
         model=model, gpus=gpus, pins=request.pins, dataset_tokens=request.dataset_tokens, epochs=request.epochs,
         global_batch=request.global_batch, seq_len=request.seq_len, attention=request.attention,
         headroom=request.headroom, host_ram_bytes=None if host_ram == inputs.DEFAULT_HOST_RAM_BYTES else host_ram,
+        runtime=runtime, runtime_options=options,
     )  # fmt: skip
 
 
@@ -307,11 +349,23 @@ def plan_size(request: SizeRequest) -> SizeOutcome:
     accelerators = catalog(request.accelerators)
     prices = price_table(accelerators, request.price_overrides)
     spec = inputs.resolve_model(request.model)
+    runtime = size_runtime(request)
     size = _size_serving if request.task == "serve" else _size_training
-    result, workload, notes = size(request, spec, accelerators, limits, prices)
+    result, workload, notes = size(request, spec, accelerators, limits, prices, runtime)
     ranking = rank(result.options, request.goal, limits)
     best = ranking.recommended
     return SizeOutcome(
         request=request, model=spec.name, workload=workload, constraints=limits, ranking=ranking,
         result=result, prices=prices, notes=tuple(notes), next_fit=None if best is None else next_fit(request, best),
+        runtime=runtime,
     )  # fmt: skip
+
+
+def size_runtime(request: SizeRequest) -> RuntimeChoice | None:
+    """The runtime profile to size under with the user's options over it (training: swiftplan's by default;
+    serving: only when named)."""
+    if request.task == "serve":
+        if request.runtime is None:
+            return None
+        return choose_runtime(request.runtime, "serve", dict(request.runtime_options))
+    return choose_runtime(request.runtime or DEFAULT_TRAIN_RUNTIME, "train", dict(request.runtime_options))

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.capabilities import check
-from swiftplan.planner.engines import default_engine
+from swiftplan.planner.engines import Engine, Requirements, default_engine, engine_reasons
 from swiftplan.planner.hardware import Accelerator, Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import Candidate, TrainWorkload
@@ -57,6 +57,23 @@ class TrainJob:
     """Most nodes of 8 GPUs."""
     network_gbps: float = DEFAULT_NETWORK_GBPS
     """Network between nodes, Gb/s per node."""
+    engine: Engine | None = None
+    """Engine the plans must run on (the runtime's, engines.json); None = the default for each backend."""
+
+    def engine_for(self, cluster: Cluster) -> Engine:
+        """The engine a cluster's plans are made for."""
+        return self.engine or default_engine("train", cluster.accelerator.backend)
+
+    def runtime_reasons(self, cluster: Cluster) -> list[str]:
+        """What the runtime's engine cannot run of its settings on this cluster's backend (empty: all, or no
+        engine named: a runtime no engine in the table runs is sized without one)."""
+        if self.engine is None:
+            return []
+        knobs = self.workload.runtime
+        needs = Requirements(backend=cluster.accelerator.backend, loss=knobs.loss, optimizer_impl=knobs.optimizer_impl,
+                             fsdp=knobs.fsdp, modules_to_save=knobs.modules_to_save,
+                             optimizer_in_backward=knobs.optimizer_in_backward, runtime=knobs.name)  # fmt: skip
+        return engine_reasons(self.engine_for(cluster), needs)
 
 
 def plan_fields(evaluation: Evaluation, workload: TrainWorkload) -> dict[str, Any]:
@@ -173,11 +190,10 @@ def _plan_cluster(
 ) -> tuple[Option, str, int]:
     """The option for one cluster, how it was decided ('searched', 'pruned' by a bound, or 'skipped' as
     unsupported), and the estimates made."""
+    if reasons := job.runtime_reasons(cluster):
+        return base.rejected("unsupported", " ".join(reasons)), "skipped", 0
     try:
-        space = whole_cluster(
-            build_train_space(spec, cluster, job.pins, default_engine("train", cluster.accelerator.backend)),
-            cluster,
-        )
+        space = whole_cluster(build_train_space(spec, cluster, job.pins, job.engine_for(cluster)), cluster)
     except SwiftplanError as error:
         return base.rejected("unsupported", error.message), "skipped", 0
     if not space.layouts:

@@ -10,10 +10,18 @@ from textual.containers import Grid, VerticalScroll
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Input, Label, Select, Static
 
-from swiftplan.tui.job import FORM_DEFAULTS, METHOD_CHOICES, OBJECTIVE_CHOICES, QUANT_CHOICES, TASK_CHOICES
+from swiftplan.tui.job import (
+    FORM_DEFAULTS,
+    METHOD_CHOICES,
+    OBJECTIVE_CHOICES,
+    QUANT_CHOICES,
+    TASK_CHOICES,
+    runtime_choices,
+)
 
 SELECTS = {
     "task": TASK_CHOICES,
+    "runtime": runtime_choices(),
     "objective": OBJECTIVE_CHOICES,
     "method": METHOD_CHOICES,
     "quant": QUANT_CHOICES,
@@ -22,6 +30,7 @@ SELECTS = {
 """Fields chosen from a list; the rest are typed."""
 LAYOUT = (
     ("task", "Task", "objective", "Objective"),
+    ("runtime", "Runtime", "", ""),
     ("method", "Method", "quant", "Quantization"),
     ("rank", "LoRA rank", "pareto", "Pareto front"),
     ("seq", "Sequence len", "global_batch", "Global batch"),
@@ -29,11 +38,12 @@ LAYOUT = (
     ("context", "Serve context", "concurrency", "Concurrency"),
     ("seed", "Seed", "trials", "Trials"),
 )
-"""Rows of (field, label, field, label) under the model field."""
+"""Rows of (field, label, field, label) under the model field; an empty field leaves its cells blank."""
 HELP = (
     "tab/shift+tab move between fields · enter or ctrl+r searches · esc leaves a field, then 1-5 switch tabs.\n"
     "Method and quantization limit what the search may choose; LoRA rank auto searches 4-256; dataset tokens "
-    "(50M, 1.5B) only scale time and cost; context and concurrency are for serving."
+    "(50M, 1.5B) only scale time and cost; context and concurrency are for serving; runtime is the training "
+    "framework planned for (its loss, optimizer and engine; profiles/runtimes)."
 )
 PLACEHOLDERS = {"rank": "16 · 8,16,32 · auto", "concurrency": "auto", "trials": "auto"}
 
@@ -83,7 +93,7 @@ class JobPane(VerticalScroll):
                 yield Label(left_label)
                 yield self._field(left)
                 yield Label(right_label)
-                yield self._field(right)
+                yield self._field(right) if right else Static("")
         yield Button("Search  ctrl+r", id="job-go", compact=True, variant="primary")
         yield Static("", id="job-error")
         yield Static(HELP, id="job-help")
