@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from swiftplan.cli._output import console, print_json
+from swiftplan.errors import SwiftplanError
 
 TRAIN_ENGINE_NAMES = ("swiftplan", "ms-swift", "llamafactory", "trl", "axolotl")
 """--engine values: swiftplan's own loop, then the engines it renders for."""
@@ -34,7 +35,15 @@ def train_external(engine: str, plan_path: Path, o: dict[str, Any]) -> None:
         "seed": o["seed"], "packing": o["packing"] or None, "master_addr": o["master_addr"],
         "master_port": o["master_port"],
     }  # fmt: skip
-    options = RunOptions(**{k: v for k, v in given.items() if v is not None})
+    extra = []
+    for item in o["engine_option"] or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SwiftplanError(
+                f"--engine-option {item!r} is not KEY=VALUE.", hint="e.g. --engine-option template=qwen"
+            )
+        extra.append((key.strip(), value))
+    options = RunOptions(**{k: v for k, v in given.items() if v is not None}, extra=tuple(extra))
     render = render_for(engine, plan, options)
     if o["write_config"] is not None:
         written = write_files(render, Path(o["write_config"]))
@@ -56,7 +65,19 @@ def train_external(engine: str, plan_path: Path, o: dict[str, Any]) -> None:
         console.print(f"[yellow]note:[/] {note}")
     code = run_render(render, Path(options.output_dir), node_rank=o["node_rank"],
                       log=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))  # fmt: skip
-    summary = {"engine": engine, "exit_code": code, "run_dir": options.output_dir, "log": "engine.log"}
-    (Path(options.output_dir) / "swiftplan_engine_run.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary: dict[str, Any] = {
+        "engine": engine,
+        "exit_code": code,
+        "run_dir": options.output_dir,
+        "log": "engine.log",
+    }
+    if engine == "ms-swift" and o["node_rank"] == 0:
+        from swiftplan.executors.train_engines.report import ms_swift_report
+
+        summary = ms_swift_report(plan, Path(options.output_dir), exit_code=code)
+        console.print(f"steps {summary['steps']}; loss {summary['loss']['first']} → {summary['loss']['last']}; "
+                      f"{summary['measured']['step_time_s']} s/step measured on this machine", highlight=False)  # fmt: skip
+    (Path(options.output_dir) / "run_report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(f"run report: {Path(options.output_dir) / 'run_report.json'}", highlight=False)
     if code != 0:
         raise typer.Exit(code)

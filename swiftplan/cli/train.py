@@ -199,6 +199,13 @@ EngineOpt = Annotated[
         help="swiftplan (our loop) | ms-swift | llamafactory | trl | axolotl: render the plan into that framework's command and config.",
     ),
 ]
+EngineOptionOpt = Annotated[
+    list[str] | None,
+    _opt(
+        "--engine-option",
+        help="External engines: KEY=VALUE passed as it is (ms-swift --KEY VALUE, a YAML key); repeatable.",
+    ),
+]
 WriteConfigOpt = Annotated[
     Path | None,
     _opt("--write-config", help="External engines: write the config files and run.sh here, run nothing."),
@@ -238,13 +245,14 @@ def train_command(
     dry_run: DryRunOpt = False,
     engine: EngineOpt = "swiftplan",
     write_config: WriteConfigOpt = None,
+    engine_option: EngineOptionOpt = None,
     preflight: PreflightOpt = False,
     record: RecordOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train as the plan says; report predicted vs measured memory and speed."""
     _check_options(dict(locals()))
-    if engine != "swiftplan" or write_config is not None:
+    if engine != "swiftplan" or write_config is not None or engine_option:
         from swiftplan.cli._train_engine import train_external
 
         train_external(engine, plan, dict(locals()))
@@ -317,6 +325,9 @@ def _check_options(o: dict[str, Any]) -> None:
     from swiftplan.cli._train_engine import TRAIN_ENGINE_NAMES
 
     _checks.one_of("--engine", o["engine"], TRAIN_ENGINE_NAMES)
+    if o["engine_option"] and o["engine"] == "swiftplan":
+        raise SwiftplanError("--engine-option passes options to an external engine; swiftplan's loop takes its own flags.",
+                             hint="Add --engine ms-swift|llamafactory|trl|axolotl.")  # fmt: skip
     if o["write_config"] is not None and o["engine"] == "swiftplan":
         raise SwiftplanError("--write-config writes an external engine's config; swiftplan's own loop needs none.",
                              hint="Add --engine ms-swift|llamafactory|trl|axolotl, or use --dry-run.")  # fmt: skip

@@ -48,6 +48,10 @@ class RunOptions:
     """Node 0's address for multi-node launches (a placeholder the launcher fills in)."""
     master_port: int = 29500
     """Rendezvous port."""
+    extra: tuple[tuple[str, str], ...] = ()
+    """Engine options the plan does not decide, passed as they are (`--engine-option KEY=VALUE`): a flag
+    `--KEY VALUE` for ms-swift, a `KEY: VALUE` line in the YAML engines' config (e.g. ms-swift's
+    model_type/template for a local model, LLaMA-Factory's template)."""
 
     def learning_rate(self, setup: TrainSetup) -> float:
         """The run's peak learning rate."""
@@ -138,7 +142,7 @@ def runtime_choices(engine: str, setup: TrainSetup, *, own_fused_loss: bool = Fa
     elif knobs.loss == "chunked":
         raise refuse(engine, "--loss chunked", "token-chunked cross-entropy is torchtune's; HF-Trainer engines "
                      "have the full loss or Liger's fused linear cross-entropy")  # fmt: skip
-    if knobs.loss == "fused_linear" and knobs.loss_chunk_tokens:
+    elif knobs.loss == "fused_linear" and knobs.loss_chunk_tokens:
         raise refuse(engine, f"--loss-chunk-tokens {knobs.loss_chunk_tokens}",
                      "Liger's fused linear cross-entropy picks its own chunk size")  # fmt: skip
     if knobs.optimizer_in_backward:
@@ -199,6 +203,13 @@ def hf_deepspeed_config(setup: TrainSetup) -> dict[str, Any] | None:
     if par.offload != "none":  # keep the plan's optimizer (not DeepSpeedCPUAdam) when offloading
         config["zero_force_ds_cpu_optimizer"] = False
     return config
+
+
+def with_extra(config: dict[str, Any], options: RunOptions) -> dict[str, Any]:
+    """`config` with the user's engine options set on top (their value parsed as a YAML scalar)."""
+    import yaml
+
+    return {**config, **{key: yaml.safe_load(value) for key, value in options.extra}}
 
 
 def json_text(value: Any) -> str:

@@ -28,6 +28,7 @@ from swiftplan.executors.train_engines.common import (
     refuse,
     require_engine_can_run,
     runtime_choices,
+    with_extra,
     yaml_text,
 )
 from swiftplan.planner.plan import Plan
@@ -108,7 +109,7 @@ def render_llamafactory(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> Tr
     if (ds := hf_deepspeed_config(setup)) is not None:
         files["ds_config.json"] = json_text(ds)
         config["deepspeed"] = "ds_config.json"
-    files[CONFIG] = yaml_text(config)
+    files[CONFIG] = yaml_text(with_extra(config, options))
     notes.append("template: default — set the model's chat template (e.g. qwen, llama3) in the YAML; "
                  "the data is read as alpaca records (dataset_info.json).")  # fmt: skip
     env: dict[str, str] = {}

@@ -90,6 +90,8 @@ def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainR
     if (ds := hf_deepspeed_config(setup)) is not None:
         files["ds_config.json"] = json_text(ds)
         argv += ["--deepspeed", "ds_config.json"]
+    for key, value in options.extra:
+        argv += [f"--{key}", value]
     env: dict[str, str] = {}
     node_env: tuple[dict[str, str], ...] = ()
     if plan.layout.gpus > 1:

@@ -28,6 +28,7 @@ from swiftplan.executors.train_engines.common import (
     mixed_precision,
     require_engine_can_run,
     runtime_choices,
+    with_extra,
     yaml_text,
 )
 from swiftplan.planner.plan import Plan
@@ -85,7 +86,7 @@ def render_trl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender
     if (ds := hf_deepspeed_config(setup)) is not None:
         files["ds_config.json"] = json_text(ds)
         config["deepspeed"] = "ds_config.json"
-    files[CONFIG] = yaml_text(config)
+    files[CONFIG] = yaml_text(with_extra(config, options))
     commands = []
     for rank in range(plan.nodes):
         argv = ["trl", "sft", "--config", CONFIG]
