@@ -287,15 +287,11 @@ def fit_request(**options: Any) -> Any:
 
 def _runtime_options(task: str, options: dict[str, Any]) -> dict[str, Any]:
     """What the user set over the runtime profile: the knob flags (training), --gpu-memory-utilization (serving)."""
-    import click
-
     from swiftplan.cli.options import knob_values, serve_runtime, train_runtime
     from swiftplan.planner.runtime import KNOB_FLAGS
 
     if task == "serve":
-        ctx = click.get_current_context(silent=True)
-        source = ctx.get_parameter_source("gpu_memory_utilization") if ctx is not None else None
-        typed = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+        typed = "gpu_memory_utilization" in options.get("typed", ())
         if options["runtime"] is not None:
             serve_runtime(options["runtime"], {})  # --runtime checked here, naming the flag
         return {"gpu_memory_utilization": options["gpu_memory_utilization"]} if typed else {}
@@ -308,6 +304,7 @@ def _runtime_options(task: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def fit_command(
+    ctx: typer.Context,
     model: ModelArg,
     gpus: GpusOpt,
     task: TaskOpt = Task.sft,
@@ -379,6 +376,12 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
     from swiftplan.usecases.fit import plan_fit
 
     wide = options.pop("wide")
+    ctx = options.pop("ctx")
+    options["typed"] = {  # the options given on the command line, not left at their defaults
+        name
+        for name in ctx.params
+        if (source := ctx.get_parameter_source(name)) and source.name == "COMMANDLINE"
+    }
     _check_options(options)
     request = fit_request(**options)
     from swiftplan.cli._checks import storage_url
