@@ -3,7 +3,8 @@
 - the loss: full fp32 logits, token-chunked cross-entropy, or fused linear + cross-entropy;
 - the AdamW implementation's step temporaries (fused, foreach, for-loop);
 - modules trained in full next to LoRA (peft `modules_to_save`);
-- DeepSpeed's gradient reduce bucket(s) and ZeRO-3's gathered-parameter buffers.
+- DeepSpeed's gradient reduce bucket(s) and ZeRO-3's gathered-parameter buffers;
+- DeepSpeed ZeRO's optimizer step over flat fp32 partitions (per param group, ZeRO-3 per sub-group).
 """
 
 from __future__ import annotations
@@ -105,3 +106,41 @@ def zero3_live_parameter_bytes(spec: ModelSpec, knobs: RuntimeKnobs, *, weight_b
     (prefetch 5e7, max live 1e9), partitioned_param_coordinator.py (fetch + prefetch per sub-module)."""
     elements = min(largest_param_elements(spec) + knobs.prefetch_bucket_elements, knobs.max_live_parameters)
     return elements * weight_bytes // tp
+
+
+DEEPSPEED_SUB_GROUP_ELEMENTS = 1_000_000_000
+"""ZeRO-3 `sub_group_size`: DeepSpeed's default (deepspeed/runtime/zero/config.py, pp_int(1e9), DeepSpeed
+0.19.8) and the value ms-swift's zero3.json sets (modelscope/ms-swift @ 35992c1 swift/llm/ds_config/zero3.json)."""
+
+
+def zero_step_group_elements(
+    *, stage: int, partition: int, largest_partition: int, sub_group: int = DEEPSPEED_SUB_GROUP_ELEMENTS
+) -> int:
+    """Elements of the largest flat fp32 partition one DeepSpeed optimizer.step() call sees on a rank.
+
+    ZeRO-1/2 step each param group's partition in turn (`_optimizer_step(i)` over
+    `single_partition_of_fp32_groups[i]`); the planner counts one group, the rank's whole partition.
+    ZeRO-3 splits each group into sub-groups that close once their partitions reach `sub_group_size`
+    elements (`_create_fp16_sub_groups`) and steps them one at a time, so a sub-group holds fewer than
+    sub_group_size + one parameter's partition. Source: DeepSpeed 0.19.8 deepspeed/runtime/zero/stage3.py
+    (`step`, `_create_fp16_sub_groups`, `_optimizer_step`), stage_1_and_2.py (`step`, `_optimizer_step`)."""
+    if stage < 3:
+        return partition
+    return min(partition, sub_group + largest_partition)
+
+
+def zero_step_temporary_bytes(*, group: int, grad_bytes: int, master_bytes: int, optimizer_temp: int) -> int:
+    """Bytes DeepSpeed ZeRO allocates while stepping one flat partition of `group` elements, beyond the
+    persistent gradient partitions, master copy and optimizer state.
+
+    It flattens the group's 16-bit gradients (`self.flatten`, a copy: group × grad_bytes), casts that to
+    the master dtype as the fp32 gradient of the partition (group × master_bytes; the cast is the same
+    tensor when the dtypes agree), drops the 16-bit copy, runs the optimizer on the one flat tensor (its
+    own temporaries: `optimizer_temp`, e.g. foreach AdamW's sqrt of the whole group) and frees the fp32
+    gradient before the next group. Peak: max(flatten + cast, cast + optimizer_temp). Source: DeepSpeed
+    0.19.8 deepspeed/runtime/zero/stage3.py (`_prepare_fp32_grad_for_sub_group`, `_release_sub_group`),
+    stage_1_and_2.py (`step`: `single_grad_partition = flat_grad_partition.to(...)`); measured on the CPU
+    accelerator for stages 1-3, fused and foreach (tests/test_zero3_memory.py)."""
+    fp32_grad = group * master_bytes
+    cast = fp32_grad + (group * grad_bytes if grad_bytes != master_bytes else 0)
+    return max(cast, fp32_grad + optimizer_temp)

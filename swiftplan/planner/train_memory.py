@@ -34,6 +34,8 @@ from swiftplan.planner.runtime_terms import (
     reduce_bucket_bytes,
     saved_module_params,
     zero3_live_parameter_bytes,
+    zero_step_group_elements,
+    zero_step_temporary_bytes,
 )
 from swiftplan.planner.setup import LoraSetup, TrainSetup
 from swiftplan.planner.states import (
@@ -90,24 +92,55 @@ def _matrix_shape_sum(spec: ModelSpec) -> int:
     return sum(state for _, state in matrices) + vectors
 
 
-def _optimizer_step_temporaries(spec: ModelSpec, setup: TrainSetup, trainable: int, state_bytes: int) -> int:
+def _optimizer_step_temporaries(
+    spec: ModelSpec, setup: TrainSetup, trainable: int, dtypes: StateDtypes, *, dp: int
+) -> int:
     """Extra bytes live during optimizer.step().
 
-    AdamW is torch's fused kernel (the HF Trainer default, `adamw_torch_fused`): in place, none.
-    Adafactor (transformers) loops over parameters; for the largest one it holds fp32 copies of the
-    gradient and the parameter (16-bit models) plus grad² and the update: 4 × 4 B × its elements
-    (2 × 4 B when the parameter is already fp32). SGD and the 8-bit optimizers update in place.
+    Plain torch: AdamW per its implementation (`runtime_terms.adamw_impl_temporary_bytes`) over the
+    trainable parameters; Adafactor (transformers) loops over parameters and for the largest one holds
+    fp32 copies of the gradient and the parameter (16-bit models) plus grad² and the update: 4 × 4 B ×
+    its elements (2 × 4 B when the parameter is already fp32); SGD and the 8-bit optimizers update in
+    place. DeepSpeed ZeRO steps flat partitions of this rank's share, one group at a time, each with a
+    master-dtype gradient copy (`runtime_terms.zero_step_temporary_bytes`): the optimizer's temporaries
+    are those of one partition, not of the whole model.
     """
     if trainable == 0 or setup.runtime.optimizer_in_backward:
         return 0  # stepped parameter by parameter inside backward: no whole-model step
-    if setup.optimizer == "adamw":
-        largest = min(largest_param_elements(spec), trainable)
-        return adamw_impl_temporary_bytes(
-            setup.runtime, trainable=trainable, largest=largest, state_bytes=state_bytes
+    state_bytes = dtype_bytes(dtypes.optimizer)
+    largest = min(largest_param_elements(spec), trainable)
+    if not _deepspeed_zero(setup):
+        if setup.optimizer == "adamw":
+            return adamw_impl_temporary_bytes(
+                setup.runtime, trainable=trainable, largest=largest, state_bytes=state_bytes
+            )
+        return _other_optimizer_temporaries(spec, setup, largest, state_bytes)
+    group = zero_step_group_elements(
+        stage=setup.parallel.zero, partition=-(-trainable // dp), largest_partition=-(-largest // dp)
+    )
+    if setup.optimizer == "adamw":  # one flat tensor: foreach and for_loop both hold one group-sized sqrt
+        optimizer_temp = adamw_impl_temporary_bytes(
+            setup.runtime, trainable=group, largest=group, state_bytes=state_bytes
         )
+    else:
+        optimizer_temp = _other_optimizer_temporaries(spec, setup, largest, state_bytes)
+    return zero_step_temporary_bytes(
+        group=group,
+        grad_bytes=dtype_bytes(dtypes.gradients),
+        master_bytes=dtype_bytes(dtypes.master or dtypes.gradients),
+        optimizer_temp=optimizer_temp,
+    )
+
+
+def _deepspeed_zero(setup: TrainSetup) -> bool:
+    """DeepSpeed's ZeRO optimizer wraps the step (not FSDP, not plain torch)."""
+    return setup.parallel.zero >= 1 and setup.runtime.fsdp == "none"
+
+
+def _other_optimizer_temporaries(spec: ModelSpec, setup: TrainSetup, largest: int, state_bytes: int) -> int:
+    """Adafactor's per-parameter fp32 copies of the largest parameter; none for SGD and 8-bit AdamW."""
     if setup.optimizer != "adafactor":
         return 0
-    largest = min(largest_param_elements(spec), trainable) if not setup.trains_adapters else 0
     if setup.trains_adapters:
         assert setup.lora is not None
         largest = (
@@ -297,9 +330,8 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
     states = _states(spec, setup, stage_layers, dp)
     phases = act.activation_phases(spec, setup, layers=len(stage_layers), tp=tp)
     logits = act.logits_bytes(spec, setup, tp=tp)
-    state_bytes = dtype_bytes(dtypes.optimizer)
     step_temp = (
-        _optimizer_step_temporaries(spec, setup, states.trainable_here, state_bytes)
+        _optimizer_step_temporaries(spec, setup, states.trainable_here, dtypes, dp=dp)
         if par.offload == "none"
         else 0
     )
@@ -420,15 +452,8 @@ def _terms(
         Term(
             name="transient",
             value_bytes=transient,
-            formula=f"at the peak ({phase})"
-            + (
-                f"; AdamW {knobs.optimizer_impl} step temporaries"
-                if setup.optimizer == "adamw" and knobs.optimizer_impl != "fused"
-                else ""
-            ),
-            source="torch 2.13 torch/optim/adam.py (_multi_tensor_adam: _foreach_sqrt)"
-            if knobs.optimizer_impl != "fused"
-            else "",
+            formula=f"at the peak ({phase})" + _step_formula(setup),
+            source=_step_source(setup),
         ),
         Term(
             name="runtime_overhead",
@@ -437,6 +462,32 @@ def _terms(
             source=constant_source("runtime_overhead", "cuda_context_bytes"),
         ),
     )
+
+
+def _step_formula(setup: TrainSetup) -> str:
+    """What the optimizer-step temporaries were counted as."""
+    knobs = setup.runtime
+    impl = (f"AdamW {knobs.optimizer_impl} step temporaries"
+            if setup.optimizer == "adamw" and knobs.optimizer_impl != "fused" else "")  # fmt: skip
+    if _deepspeed_zero(setup) and setup.parallel.offload == "none":
+        groups = "one sub-group (sub_group_size)" if setup.parallel.zero == 3 else "the rank's partition"
+        return f"; DeepSpeed ZeRO steps {groups} at a time: flat gradient copy + fp32 gradient" + (
+            f" + {impl} of that partition" if impl else ""
+        )
+    return f"; {impl}" if impl else ""
+
+
+def _step_source(setup: TrainSetup) -> str:
+    """Where the step temporaries' rule comes from."""
+    sources = []
+    if _deepspeed_zero(setup) and setup.parallel.offload == "none":
+        sources.append(
+            "DeepSpeed 0.19.8 deepspeed/runtime/zero/stage3.py (step, _prepare_fp32_grad_for_sub_group), "
+            "stage_1_and_2.py (step); measured on CPU (tests/test_zero3_memory.py)"
+        )
+    if setup.runtime.optimizer_impl != "fused":
+        sources.append("torch 2.13 torch/optim/adam.py (_multi_tensor_adam: _foreach_sqrt)")
+    return "; ".join(sources)
 
 
 _LOSS_SOURCES = {
