@@ -291,9 +291,10 @@ def _runtime_options(task: str, options: dict[str, Any]) -> dict[str, Any]:
     from swiftplan.planner.runtime import KNOB_FLAGS
 
     if task == "serve":
+        if options["runtime"] is None:  # no profile to override
+            return {}
+        serve_runtime(options["runtime"], {})  # --runtime checked here, naming the flag
         typed = "gpu_memory_utilization" in options.get("typed", ())
-        if options["runtime"] is not None:
-            serve_runtime(options["runtime"], {})  # --runtime checked here, naming the flag
         return {"gpu_memory_utilization": options["gpu_memory_utilization"]} if typed else {}
     knobs = knob_values(**{n: options[n] for n in KNOB_FLAGS if n in options})
     if options["runtime"] is not None:

@@ -66,7 +66,9 @@ class MisfitMemo:
     With everything else equal, a structure's device memory never grows with the data-parallel degree
     (ZeRO shards over it; gradient accumulation, and with it the buffers kept between micro-batches and
     the pipeline's in-flight micro-batches, only shrinks), so a structure whose leanest variant at the
-    smallest micro-batch is over the device memory at some degree is over it at every smaller one.
+    smallest micro-batch is over the device memory at some degree is over it at every smaller one, as
+    long as both degrees are above 1: at dp 1 ZeRO is off, and without DeepSpeed's fp32 master copy and
+    its fp32 gradient partition at the step a single GPU can hold what two ZeRO ranks cannot.
     Planning an accelerator's clusters largest first lets the smaller ones skip those estimates.
     """
 
@@ -84,6 +86,7 @@ class MisfitMemo:
             sharding,
             layout.tp,
             layout.pp,
+            layout.dp > 1,
             structure.rank,
             structure.targets,
         )
