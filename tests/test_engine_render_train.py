@@ -372,3 +372,24 @@ def test_a_swiftplan_plan_trains_on_cpu_through_ms_swift(tmp_path):
     assert report["loss"]["first"] > 0 and report["measured"]["step_time_s"] > 0
     assert report["adapter"]["matches"], report["adapter"]
     assert report["adapter"]["targets"][1] == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_slurm_script_runs_each_nodes_own_command_and_is_valid_bash(engine, tmp_path):
+    import subprocess
+
+    from swiftplan.executors.train_engines.slurm import SCRIPT, render_sbatch
+
+    plan = _plan("8b_full_zero2_offload_2x8xh100", engine)
+    render = render_sbatch(plan, engine, OPTIONS)
+    script = render.files[SCRIPT]
+    path = SNAPSHOTS / f"slurm_{engine}_8b_full_zero2_offload_2x8xh100.txt"
+    if os.environ.get("SWIFTPLAN_UPDATE_SNAPSHOTS"):
+        path.write_text(script)
+    assert script == path.read_text()
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=8" in script
+    assert "  0) " in script and "  1) " in script and "10.0.0.1" not in script  # address from the allocation
+    (tmp_path / SCRIPT).write_text(script)
+    assert subprocess.run(["bash", "-n", str(tmp_path / SCRIPT)], capture_output=True).returncode == 0
+    inner = render_for(engine, plan, OPTIONS)
+    assert set(render.files) == {*inner.files, SCRIPT}

@@ -44,7 +44,12 @@ def train_external(engine: str, plan_path: Path, o: dict[str, Any]) -> None:
             )
         extra.append((key.strip(), value))
     options = RunOptions(**{k: v for k, v in given.items() if v is not None}, extra=tuple(extra))
-    render = render_for(engine, plan, options)
+    if o["launcher"] == "slurm":
+        from swiftplan.executors.train_engines.slurm import render_sbatch
+
+        render = render_sbatch(plan, engine, options)
+    else:
+        render = render_for(engine, plan, options)
     if o["write_config"] is not None:
         written = write_files(render, Path(o["write_config"]))
         console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)

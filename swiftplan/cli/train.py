@@ -199,6 +199,10 @@ EngineOpt = Annotated[
         help="swiftplan (our loop) | ms-swift | llamafactory | trl | axolotl: render the plan into that framework's command and config.",
     ),
 ]
+LauncherOpt = Annotated[
+    str,
+    _opt("--launcher", help="local (run here) | slurm (an sbatch script: with --dry-run or --write-config)."),
+]
 EngineOptionOpt = Annotated[
     list[str] | None,
     _opt(
@@ -246,13 +250,14 @@ def train_command(
     engine: EngineOpt = "swiftplan",
     write_config: WriteConfigOpt = None,
     engine_option: EngineOptionOpt = None,
+    launcher: LauncherOpt = "local",
     preflight: PreflightOpt = False,
     record: RecordOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train as the plan says; report predicted vs measured memory and speed."""
     _check_options(dict(locals()))
-    if engine != "swiftplan" or write_config is not None or engine_option:
+    if engine != "swiftplan" or write_config is not None or engine_option or launcher != "local":
         from swiftplan.cli._train_engine import train_external
 
         train_external(engine, plan, dict(locals()))
@@ -325,6 +330,13 @@ def _check_options(o: dict[str, Any]) -> None:
     from swiftplan.cli._train_engine import TRAIN_ENGINE_NAMES
 
     _checks.one_of("--engine", o["engine"], TRAIN_ENGINE_NAMES)
+    _checks.one_of("--launcher", o["launcher"], ("local", "slurm"))
+    if o["launcher"] == "slurm" and o["engine"] == "swiftplan":
+        raise SwiftplanError("--launcher slurm renders an external engine's multi-node launch.",
+                             hint="Add --engine ms-swift|llamafactory|trl|axolotl.")  # fmt: skip
+    if o["launcher"] == "slurm" and not (o["dry_run"] or o["write_config"]):
+        raise SwiftplanError("--launcher slurm writes an sbatch script; swiftplan does not submit it.",
+                             hint="Add --dry-run to print it or --write-config DIR, then: sbatch DIR/job.sbatch")  # fmt: skip
     if o["engine_option"] and o["engine"] == "swiftplan":
         raise SwiftplanError("--engine-option passes options to an external engine; swiftplan's loop takes its own flags.",
                              hint="Add --engine ms-swift|llamafactory|trl|axolotl.")  # fmt: skip
