@@ -144,3 +144,21 @@ def zero_step_temporary_bytes(*, group: int, grad_bytes: int, master_bytes: int,
     fp32_grad = group * master_bytes
     cast = fp32_grad + (group * grad_bytes if grad_bytes != master_bytes else 0)
     return max(cast, fp32_grad + optimizer_temp)
+
+
+def deepspeed_zero(setup: TrainSetup) -> bool:
+    """DeepSpeed's ZeRO optimizer wraps the step (not FSDP, not plain torch)."""
+    return setup.parallel.zero >= 1 and setup.runtime.fsdp == "none"
+
+
+def sharding_stage(setup: TrainSetup) -> int:
+    """The ZeRO stage the set-up's sharding amounts to: DeepSpeed's, or FSDP's equivalent."""
+    return setup.parallel.zero or setup.runtime.fsdp_stage
+
+
+def shard_degree(setup: TrainSetup, dp: int) -> int:
+    """Ranks a state is sharded over: dp, or for FSDP hybrid_shard the shard group inside it."""
+    knobs = setup.runtime
+    if knobs.fsdp != "none" and knobs.fsdp_sharding == "hybrid_shard" and knobs.fsdp_shard_group:
+        return max(1, min(dp, knobs.fsdp_shard_group))
+    return dp

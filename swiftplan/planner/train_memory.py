@@ -25,14 +25,17 @@ from swiftplan.planner.architecture import (
     linear_modules,
     total_params,
 )
-from swiftplan.planner.breakdown import MemoryBreakdown, Term
-from swiftplan.planner.calibration import constant, constant_source
+from swiftplan.planner.breakdown import MemoryBreakdown
+from swiftplan.planner.calibration import constant
 from swiftplan.planner.dtypes import dtype_bytes
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.runtime_terms import (
     adamw_impl_temporary_bytes,
+    deepspeed_zero,
     reduce_bucket_bytes,
     saved_module_params,
+    shard_degree,
+    sharding_stage,
     zero3_live_parameter_bytes,
     zero_step_group_elements,
     zero_step_temporary_bytes,
@@ -45,8 +48,8 @@ from swiftplan.planner.states import (
     optimizer_state_bytes,
     state_dtypes,
 )
+from swiftplan.planner.train_terms import breakdown_terms
 from swiftplan.planner.weights import layer_weight_bytes, outer_weight_bytes
-from swiftplan.units import format_gib
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -109,7 +112,7 @@ def _optimizer_step_temporaries(
         return 0  # stepped parameter by parameter inside backward: no whole-model step
     state_bytes = dtype_bytes(dtypes.optimizer)
     largest = min(largest_param_elements(spec), trainable)
-    if not _deepspeed_zero(setup):
+    if not deepspeed_zero(setup):
         if setup.optimizer == "adamw":
             return adamw_impl_temporary_bytes(
                 setup.runtime, trainable=trainable, largest=largest, state_bytes=state_bytes
@@ -130,11 +133,6 @@ def _optimizer_step_temporaries(
         master_bytes=dtype_bytes(dtypes.master or dtypes.gradients),
         optimizer_temp=optimizer_temp,
     )
-
-
-def _deepspeed_zero(setup: TrainSetup) -> bool:
-    """DeepSpeed's ZeRO optimizer wraps the step (not FSDP, not plain torch)."""
-    return setup.parallel.zero >= 1 and setup.runtime.fsdp == "none"
 
 
 def _other_optimizer_temporaries(spec: ModelSpec, setup: TrainSetup, largest: int, state_bytes: int) -> int:
@@ -182,7 +180,7 @@ def _grad_shares(spec: ModelSpec, setup: TrainSetup, grads: int, layers: range) 
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class _States:
+class DeviceStates:
     """Per-device bytes of the parameter-sized terms after sharding and offload."""
 
     weights: int
@@ -202,20 +200,7 @@ class _States:
     """DeepSpeed's gradient reduce bucket(s), counted with the gradients."""
 
 
-def sharding_stage(setup: TrainSetup) -> int:
-    """The ZeRO stage the set-up's sharding amounts to: DeepSpeed's, or FSDP's equivalent."""
-    return setup.parallel.zero or setup.runtime.fsdp_stage
-
-
-def shard_degree(setup: TrainSetup, dp: int) -> int:
-    """Ranks a state is sharded over: dp, or for FSDP hybrid_shard the shard group inside it."""
-    knobs = setup.runtime
-    if knobs.fsdp != "none" and knobs.fsdp_sharding == "hybrid_shard" and knobs.fsdp_shard_group:
-        return max(1, min(dp, knobs.fsdp_shard_group))
-    return dp
-
-
-def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) -> _States:
+def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) -> DeviceStates:
     """Weights, adapters, gradients, optimizer state and master copy on one device (ZeRO shards them
     over dp: 1 the optimizer state and master, 2 also gradients, 3 also parameters; offload moves
     the optimizer state, and with optimizer+params the parameters, to host RAM)."""
@@ -269,7 +254,7 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
     if par.offload == "optimizer+params":
         host += (weights + adapters) * dp
         weights, adapters = 0, 0
-    return _States(weights=weights, adapters=adapters, gradients=grads, optimizer=optim, master=master,
+    return DeviceStates(weights=weights, adapters=adapters, gradients=grads, optimizer=optim, master=master,
                    gathered=gathered, host=host, trainable_here=trainable_here, saved_modules=saved,
                    bucket=bucket)  # fmt: skip
 
@@ -277,7 +262,7 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
 def _phase_peaks(
     spec: ModelSpec,
     setup: TrainSetup,
-    states: _States,
+    states: DeviceStates,
     phases: act.ActivationPhases,
     stage_layers: range,
     *,
@@ -347,7 +332,7 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
     frag = 0.0  # the allocator's slack is planner/allocator.py's (with_reserved below)
     context = int(constant("runtime_overhead", "cuda_context_bytes"))
     overhead = int(peak * frag) + context
-    terms = _terms(
+    terms = breakdown_terms(
         spec, setup, states, dtypes, dp=dp, layers=len(stage_layers), lora_params=lora_params,
         activations=activations, logits=logits, transient=transient, phase=phase, overhead=overhead,
         context=context, frag=frag,
@@ -377,134 +362,3 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
         else model_params,
         phase_activations=phase_acts,
     )
-
-
-def _terms(
-    spec: ModelSpec, setup: TrainSetup, states: _States, dtypes: StateDtypes, *, dp: int, layers: int, lora_params: int,
-    activations: int, logits: int, transient: int, phase: str, overhead: int, context: int, frag: float,
-) -> tuple[Term, ...]:  # fmt: skip
-    """Each number of the breakdown with the formula that gave it and, for constants, their source."""
-    par, knobs = setup.parallel, setup.runtime
-    tp = par.tp
-    trainable_here = states.trainable_here
-    stage = sharding_stage(setup)
-    shard = "FSDP " + knobs.fsdp_sharding if knobs.fsdp != "none" else "ZeRO"
-    saved = (f" + trainable copies of {','.join(knobs.modules_to_save)} ({states.saved_modules:,} params, modules_to_save)"
-             if states.saved_modules else "")  # fmt: skip
-    bucket = (f" + DeepSpeed reduce bucket {knobs.reduce_bucket_elements:,} elements ({format_gib(states.bucket)})"
-              if states.bucket else "")  # fmt: skip
-    return (
-        Term(
-            name="weights",
-            value_bytes=states.weights,
-            formula=f"{total_params(spec):,} params by dtype/quant ({setup.quant}), /tp{tp}, {layers} blocks/stage"
-            + (f", /dp{dp} ({shard}-3)" if stage == 3 else ""),
-        ),
-        Term(
-            name="adapters",
-            value_bytes=states.adapters,
-            formula=f"{lora_params:,} LoRA params × {dtype_bytes(dtypes.adapters)} B ({dtypes.adapters})"
-            + (f", /tp{tp}" if tp > 1 else "")
-            + saved
-            + (f" /dp{dp} ({shard}-3)" if stage == 3 else ""),
-        ),
-        Term(
-            name="gradients",
-            value_bytes=states.gradients,
-            formula=f"{trainable_here:,} trainable × {dtype_bytes(dtypes.gradients)} B ({dtypes.gradients})"
-            + (f" / dp{dp}" if stage >= 2 else "")
-            + (" (one at a time: optimizer in backward)" if knobs.optimizer_in_backward else "")
-            + bucket,
-            source="deepspeedai/DeepSpeed @ edaa722 deepspeed/runtime/zero/config.py, stage_1_and_2.py, stage3.py"
-            if bucket
-            else "",
-        ),
-        Term(
-            name="optimizer",
-            value_bytes=states.optimizer,
-            formula=f"{setup.optimizer} state for {trainable_here:,} params ({dtypes.optimizer} moments)"
-            + (f" / dp{dp}" if stage >= 1 else "")
-            + (" (offloaded to host)" if par.offload != "none" else ""),
-        ),
-        Term(
-            name="master_weights",
-            value_bytes=states.master,
-            formula=f"{dtype_bytes(dtypes.master)} B × {trainable_here:,} trainable ({dtypes.master}, DeepSpeed mixed precision)"
-            + (f" / dp{dp}" if par.zero >= 1 else "")
-            if dtypes.master
-            else "none (no separate master copy)",
-            source="measured: DeepSpeed 0.19.8 keeps single_partition_of_fp32_groups / fp32_partitioned_groups_flat (tests/test_state_agreement.py)"
-            if dtypes.master
-            else "",
-        ),
-        Term(
-            name="activations",
-            value_bytes=activations,
-            formula=f"saved tensors of {layers} blocks for {setup.micro_batch}×{setup.seq_len} tokens"
-            + (" with checkpointing" if setup.grad_ckpt else ""),
-        ),
-        Term(
-            name="logits",
-            value_bytes=logits,
-            formula=_logits_formula(setup, spec.vocab_size // tp),
-            source=_LOSS_SOURCES[knobs.loss],
-        ),
-        Term(
-            name="transient",
-            value_bytes=transient,
-            formula=f"at the peak ({phase})" + _step_formula(setup),
-            source=_step_source(setup),
-        ),
-        Term(
-            name="runtime_overhead",
-            value_bytes=overhead,
-            formula=f"CUDA context {format_gib(context)} + {frag:.0%} allocator slack",
-            source=constant_source("runtime_overhead", "cuda_context_bytes"),
-        ),
-    )
-
-
-def _step_formula(setup: TrainSetup) -> str:
-    """What the optimizer-step temporaries were counted as."""
-    knobs = setup.runtime
-    impl = (f"AdamW {knobs.optimizer_impl} step temporaries"
-            if setup.optimizer == "adamw" and knobs.optimizer_impl != "fused" else "")  # fmt: skip
-    if _deepspeed_zero(setup) and setup.parallel.offload == "none":
-        groups = "one sub-group (sub_group_size)" if setup.parallel.zero == 3 else "the rank's partition"
-        return f"; DeepSpeed ZeRO steps {groups} at a time: flat gradient copy + fp32 gradient" + (
-            f" + {impl} of that partition" if impl else ""
-        )
-    return f"; {impl}" if impl else ""
-
-
-def _step_source(setup: TrainSetup) -> str:
-    """Where the step temporaries' rule comes from."""
-    sources = []
-    if _deepspeed_zero(setup) and setup.parallel.offload == "none":
-        sources.append(
-            "DeepSpeed 0.19.8 deepspeed/runtime/zero/stage3.py (step, _prepare_fp32_grad_for_sub_group), "
-            "stage_1_and_2.py (step); measured on CPU (tests/test_zero3_memory.py)"
-        )
-    if setup.runtime.optimizer_impl != "fused":
-        sources.append("torch 2.13 torch/optim/adam.py (_multi_tensor_adam: _foreach_sqrt)")
-    return "; ".join(sources)
-
-
-_LOSS_SOURCES = {
-    "full": "",
-    "chunked": "pytorch/torchtune @ bd2a0fc torchtune/modules/loss/ce_chunked_output_loss.py",
-    "fused_linear": "linkedin/Liger-Kernel @ e11c2d6 src/liger_kernel/ops/fused_linear_cross_entropy.py",
-}
-
-
-def _logits_formula(setup: TrainSetup, vocab: int) -> str:
-    """How the logits term was counted, for the loss implementation the runtime uses."""
-    tokens = setup.micro_batch * setup.seq_len
-    knobs = setup.runtime
-    if knobs.loss == "chunked":
-        return (f"{tokens} tokens × {vocab} vocab × (compute-dtype logits + fp32 log_softmax outputs) "
-                f"+ one of {knobs.loss_chunks} chunks' fp32 copy and gradient (chunked cross-entropy)")  # fmt: skip
-    if knobs.loss == "fused_linear":
-        chunk = f"{knobs.loss_chunk_tokens}-token" if knobs.loss_chunk_tokens else "Liger-sized"
-        return f"one {chunk} chunk × {vocab} vocab fp32 + hidden-state gradient (fused linear cross-entropy, no full logits)"
-    return f"{tokens} tokens × {vocab} vocab × 3 fp32 loss tensors (log_softmax output and two gradients)"

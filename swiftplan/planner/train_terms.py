@@ -1,0 +1,150 @@
+"""The training breakdown's terms as the user reads them: each number with the formula that gave it and,
+for constants and runtime rules, their source. The numbers come from `train_memory`; only words here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from swiftplan.planner.architecture import total_params
+from swiftplan.planner.breakdown import Term
+from swiftplan.planner.calibration import constant_source
+from swiftplan.planner.dtypes import dtype_bytes
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.runtime_terms import deepspeed_zero, sharding_stage
+from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.states import StateDtypes
+from swiftplan.units import format_gib
+
+if TYPE_CHECKING:
+    from swiftplan.planner.train_memory import DeviceStates
+
+
+def breakdown_terms(
+    spec: ModelSpec, setup: TrainSetup, states: DeviceStates, dtypes: StateDtypes, *, dp: int, layers: int, lora_params: int,
+    activations: int, logits: int, transient: int, phase: str, overhead: int, context: int, frag: float,
+) -> tuple[Term, ...]:  # fmt: skip
+    """Each number of the breakdown with the formula that gave it and, for constants, their source."""
+    par, knobs = setup.parallel, setup.runtime
+    tp = par.tp
+    trainable_here = states.trainable_here
+    stage = sharding_stage(setup)
+    shard = "FSDP " + knobs.fsdp_sharding if knobs.fsdp != "none" else "ZeRO"
+    saved = (f" + trainable copies of {','.join(knobs.modules_to_save)} ({states.saved_modules:,} params, modules_to_save)"
+             if states.saved_modules else "")  # fmt: skip
+    bucket = (f" + DeepSpeed reduce bucket {knobs.reduce_bucket_elements:,} elements ({format_gib(states.bucket)})"
+              if states.bucket else "")  # fmt: skip
+    return (
+        Term(
+            name="weights",
+            value_bytes=states.weights,
+            formula=f"{total_params(spec):,} params by dtype/quant ({setup.quant}), /tp{tp}, {layers} blocks/stage"
+            + (f", /dp{dp} ({shard}-3)" if stage == 3 else ""),
+        ),
+        Term(
+            name="adapters",
+            value_bytes=states.adapters,
+            formula=f"{lora_params:,} LoRA params × {dtype_bytes(dtypes.adapters)} B ({dtypes.adapters})"
+            + (f", /tp{tp}" if tp > 1 else "")
+            + saved
+            + (f" /dp{dp} ({shard}-3)" if stage == 3 else ""),
+        ),
+        Term(
+            name="gradients",
+            value_bytes=states.gradients,
+            formula=f"{trainable_here:,} trainable × {dtype_bytes(dtypes.gradients)} B ({dtypes.gradients})"
+            + (f" / dp{dp}" if stage >= 2 else "")
+            + (" (one at a time: optimizer in backward)" if knobs.optimizer_in_backward else "")
+            + bucket,
+            source="deepspeedai/DeepSpeed @ edaa722 deepspeed/runtime/zero/config.py, stage_1_and_2.py, stage3.py"
+            if bucket
+            else "",
+        ),
+        Term(
+            name="optimizer",
+            value_bytes=states.optimizer,
+            formula=f"{setup.optimizer} state for {trainable_here:,} params ({dtypes.optimizer} moments)"
+            + (f" / dp{dp}" if stage >= 1 else "")
+            + (" (offloaded to host)" if par.offload != "none" else ""),
+        ),
+        Term(
+            name="master_weights",
+            value_bytes=states.master,
+            formula=f"{dtype_bytes(dtypes.master)} B × {trainable_here:,} trainable ({dtypes.master}, DeepSpeed mixed precision)"
+            + (f" / dp{dp}" if par.zero >= 1 else "")
+            if dtypes.master
+            else "none (no separate master copy)",
+            source="measured: DeepSpeed 0.19.8 keeps single_partition_of_fp32_groups / fp32_partitioned_groups_flat (tests/test_state_agreement.py)"
+            if dtypes.master
+            else "",
+        ),
+        Term(
+            name="activations",
+            value_bytes=activations,
+            formula=f"saved tensors of {layers} blocks for {setup.micro_batch}×{setup.seq_len} tokens"
+            + (" with checkpointing" if setup.grad_ckpt else ""),
+        ),
+        Term(
+            name="logits",
+            value_bytes=logits,
+            formula=_logits_formula(setup, spec.vocab_size // tp),
+            source=_LOSS_SOURCES[knobs.loss],
+        ),
+        Term(
+            name="transient",
+            value_bytes=transient,
+            formula=f"at the peak ({phase})" + _step_formula(setup),
+            source=_step_source(setup),
+        ),
+        Term(
+            name="runtime_overhead",
+            value_bytes=overhead,
+            formula=f"CUDA context {format_gib(context)} + {frag:.0%} allocator slack",
+            source=constant_source("runtime_overhead", "cuda_context_bytes"),
+        ),
+    )
+
+
+def _step_formula(setup: TrainSetup) -> str:
+    """What the optimizer-step temporaries were counted as."""
+    knobs = setup.runtime
+    impl = (f"AdamW {knobs.optimizer_impl} step temporaries"
+            if setup.optimizer == "adamw" and knobs.optimizer_impl != "fused" else "")  # fmt: skip
+    if deepspeed_zero(setup) and setup.parallel.offload == "none":
+        groups = "one sub-group (sub_group_size)" if setup.parallel.zero == 3 else "the rank's partition"
+        return f"; DeepSpeed ZeRO steps {groups} at a time: flat gradient copy + fp32 gradient" + (
+            f" + {impl} of that partition" if impl else ""
+        )
+    return f"; {impl}" if impl else ""
+
+
+def _step_source(setup: TrainSetup) -> str:
+    """Where the step temporaries' rule comes from."""
+    sources = []
+    if deepspeed_zero(setup) and setup.parallel.offload == "none":
+        sources.append(
+            "DeepSpeed 0.19.8 deepspeed/runtime/zero/stage3.py (step, _prepare_fp32_grad_for_sub_group), "
+            "stage_1_and_2.py (step); measured on CPU (tests/test_zero3_memory.py)"
+        )
+    if setup.runtime.optimizer_impl != "fused":
+        sources.append("torch 2.13 torch/optim/adam.py (_multi_tensor_adam: _foreach_sqrt)")
+    return "; ".join(sources)
+
+
+_LOSS_SOURCES = {
+    "full": "",
+    "chunked": "pytorch/torchtune @ bd2a0fc torchtune/modules/loss/ce_chunked_output_loss.py",
+    "fused_linear": "linkedin/Liger-Kernel @ e11c2d6 src/liger_kernel/ops/fused_linear_cross_entropy.py",
+}
+
+
+def _logits_formula(setup: TrainSetup, vocab: int) -> str:
+    """How the logits term was counted, for the loss implementation the runtime uses."""
+    tokens = setup.micro_batch * setup.seq_len
+    knobs = setup.runtime
+    if knobs.loss == "chunked":
+        return (f"{tokens} tokens × {vocab} vocab × (compute-dtype logits + fp32 log_softmax outputs) "
+                f"+ one of {knobs.loss_chunks} chunks' fp32 copy and gradient (chunked cross-entropy)")  # fmt: skip
+    if knobs.loss == "fused_linear":
+        chunk = f"{knobs.loss_chunk_tokens}-token" if knobs.loss_chunk_tokens else "Liger-sized"
+        return f"one {chunk} chunk × {vocab} vocab fp32 + hidden-state gradient (fused linear cross-entropy, no full logits)"
+    return f"{tokens} tokens × {vocab} vocab × 3 fp32 loss tensors (log_softmax output and two gradients)"
