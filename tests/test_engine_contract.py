@@ -50,6 +50,7 @@ REFUSED = {
     "sglang": (ServeSetup(quant="fp4"), "quantization 'fp4'"),
     "ms-swift": (TrainSetup(method="lora", parallel=Parallelism(tp=2)), "tensor parallelism"),
     "llamafactory": (TrainSetup(method="lora", parallel=Parallelism(pp=2)), "pipeline parallelism"),
+    "megatron-swift": (TrainSetup(method="qlora"), "method 'qlora'"),
     "trl": (TrainSetup(method="lora", quant="gptq"), "quantization 'gptq'"),
     "axolotl": (TrainSetup(method="lora", parallel=Parallelism(pp=2)), "pipeline parallelism"),
     "lmdeploy": (ServeSetup(quant="nf4"), "quantization 'nf4'"),  # no bitsandbytes in LMDeploy

@@ -25,6 +25,14 @@ from swiftplan.usecases.estimate import plan_for_setup
 
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "engines"
 ENGINES = tuple(RENDERERS)
+HF_ENGINES = tuple(e for e in ENGINES if e != "megatron-swift")
+"""The HF-Trainer-based engines (Megatron-SWIFT is checked on its own plan below)."""
+
+
+def _multi_node_case(engine: str) -> str:
+    """A multi-node plan the engine runs: Megatron-SWIFT gets the tp × pp one."""
+    return "70b_full_4x8xh100_tp_pp" if engine == "megatron-swift" else "8b_full_zero2_offload_2x8xh100"
+
 
 # The issue's "done means" plans (set-ups as fit writes them for these clusters).
 PLANS = {
@@ -77,7 +85,7 @@ def test_plan_renders_to_the_snapshot(case, engine):
     assert text == path.read_text()
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", HF_ENGINES)
 def test_tp_pp_plan_is_refused_by_every_engine_naming_the_setting(engine):
     with pytest.raises(SwiftplanError) as error:
         render_for(engine, _plan("70b_full_4x8xh100_tp_pp", engine), OPTIONS)
@@ -87,10 +95,10 @@ def test_tp_pp_plan_is_refused_by_every_engine_naming_the_setting(engine):
 
 def test_rendering_is_pure_and_multi_node_plans_get_one_command_per_node():
     for engine in ENGINES:
-        plan = _plan("8b_full_zero2_offload_2x8xh100", engine)
+        plan = _plan(_multi_node_case(engine), engine)
         first, again = render_for(engine, plan, OPTIONS), render_for(engine, plan, OPTIONS)
         assert first == again
-        assert len(first.commands) == plan.nodes == 2
+        assert len(first.commands) == plan.nodes > 1
 
 
 def _config(engine: str, case: str) -> dict:
@@ -133,6 +141,18 @@ CARRIED = {
 }  # fmt: skip
 
 
+def test_megatron_swift_carries_tp_pp_and_the_global_batch():
+    plan = _plan("70b_full_4x8xh100_tp_pp", "megatron-swift")
+    render = render_for("megatron-swift", plan, OPTIONS)
+    argv = render.commands[0]
+    flags = {argv[i]: argv[i + 1] for i in range(2, len(argv) - 1) if argv[i].startswith("--")}
+    assert flags["--tensor_model_parallel_size"] == "8" and flags["--pipeline_model_parallel_size"] == "2"
+    assert flags["--sequence_parallel"] == "true" and flags["--micro_batch_size"] == "1"
+    assert flags["--global_batch_size"] == str(1 * 16 * plan.layout.dp) == "32"  # micro × accum × dp (dp 2)
+    assert flags["--recompute_granularity"] == "full" and flags["--train_iters"] == "100"
+    assert len(render.commands) == 4 and [e["NODE_RANK"] for e in render.node_env] == ["0", "1", "2", "3"]
+
+
 RUNTIME_CARRIED = {
     "ms-swift": {"optim": "adamw_torch", "use_liger_kernel": "true", "modules_to_save": ["embed_tokens", "lm_head"]},
     "llamafactory": {"optim": "adamw_torch", "enable_liger_kernel": True, "additional_target": "embed_tokens,lm_head"},
@@ -142,7 +162,7 @@ RUNTIME_CARRIED = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", HF_ENGINES)
 def test_runtime_knobs_are_carried_over_or_refused(engine):
     config = _config(engine, "8b_lora_runtime_knobs_2xh100")
     for key, value in RUNTIME_CARRIED[engine].items():
@@ -164,7 +184,7 @@ def test_runtime_knobs_are_carried_over_or_refused(engine):
             render_for(engine, bad, OPTIONS)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", HF_ENGINES)
 def test_every_plan_decision_is_carried_over(engine):
     for case, expected in CARRIED[engine].items():
         config = _config(engine, case)
@@ -380,16 +400,67 @@ def test_slurm_script_runs_each_nodes_own_command_and_is_valid_bash(engine, tmp_
 
     from swiftplan.executors.train_engines.slurm import SCRIPT, render_sbatch
 
-    plan = _plan("8b_full_zero2_offload_2x8xh100", engine)
+    case = _multi_node_case(engine)
+    plan = _plan(case, engine)
     render = render_sbatch(plan, engine, OPTIONS)
     script = render.files[SCRIPT]
-    path = SNAPSHOTS / f"slurm_{engine}_8b_full_zero2_offload_2x8xh100.txt"
+    path = SNAPSHOTS / f"slurm_{engine}_{case}.txt"
     if os.environ.get("SWIFTPLAN_UPDATE_SNAPSHOTS"):
         path.write_text(script)
     assert script == path.read_text()
-    assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=8" in script
+    assert f"#SBATCH --nodes={plan.nodes}" in script and "#SBATCH --gpus-per-node=8" in script
     assert "  0) " in script and "  1) " in script and "10.0.0.1" not in script  # address from the allocation
     (tmp_path / SCRIPT).write_text(script)
     assert subprocess.run(["bash", "-n", str(tmp_path / SCRIPT)], capture_output=True).returncode == 0
     inner = render_for(engine, plan, OPTIONS)
     assert set(render.files) == {*inner.files, SCRIPT}
+
+
+_MEGATRON_FIELDS = r"""
+import ast, importlib.util, json, pathlib, sys
+# MegatronSftArguments' fields as ms-swift declares them, read from its source: importing it needs
+# Megatron-Core (and CUDA). Every dataclass field of the classes it is built from, with Literal choices.
+root = pathlib.Path(importlib.util.find_spec("swift").submodule_search_locations[0])
+files = [*(root / "megatron" / "arguments").glob("*.py"), *(root / "arguments" / "base_args").glob("*.py")]
+fields = {}
+for path in files:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    choices = None
+                    ann = item.annotation
+                    if isinstance(ann, ast.Subscript) and getattr(ann.value, "id", "") == "Literal":
+                        elts = ann.slice.elts if isinstance(ann.slice, ast.Tuple) else [ann.slice]
+                        choices = [e.value for e in elts if isinstance(e, ast.Constant)]
+                    fields.setdefault(item.target.id, choices)
+out = []
+for argv in json.load(sys.stdin):
+    assert argv[:2] == ["megatron", "sft"], argv[:2]
+    unknown, bad = [], []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--"):
+            name = arg[2:]
+            if name not in fields:
+                unknown.append(name)
+            elif fields[name] and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value = argv[i + 1]
+                if value not in [str(c) for c in fields[name]] and value not in ("true", "false"):
+                    bad.append(f"{name}={value} not in {fields[name]}")
+    out.append({"unknown": unknown, "bad": bad, "fields": len(fields)})
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.engines
+def test_megatron_swift_flags_are_megatron_sft_arguments_fields():
+    """Every flag rendered for megatron sft is a field of ms-swift 4.6.0's MegatronSftArguments (or the
+    classes it is built from) and every Literal-typed value one of its choices. Read from the installed
+    source: importing the dataclass needs Megatron-Core and a GPU."""
+    renders = _runnable("megatron-swift")
+    assert len(renders) >= 2  # the tp × pp plan and the 72B LoRA plan
+    checked = run_in_env("ms-swift", _MEGATRON_FIELDS, [list(r.commands[0]) for _, r in renders])
+    for (case, _), result in zip(renders, checked, strict=True):
+        assert result["fields"] > 200
+        assert not result["unknown"] and not result["bad"], (case, result)

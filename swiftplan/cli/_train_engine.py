@@ -14,7 +14,7 @@ import typer
 from swiftplan.cli._output import console, print_json
 from swiftplan.errors import SwiftplanError
 
-TRAIN_ENGINE_NAMES = ("swiftplan", "ms-swift", "llamafactory", "trl", "axolotl")
+TRAIN_ENGINE_NAMES = ("swiftplan", "ms-swift", "megatron-swift", "llamafactory", "trl", "axolotl")
 """--engine values: swiftplan's own loop, then the engines it renders for."""
 
 

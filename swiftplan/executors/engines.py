@@ -198,6 +198,12 @@ class MsSwiftTrain(_ExternalTrain):
     name = "ms-swift"
 
 
+class MegatronSwiftTrain(_ExternalTrain):
+    """Megatron-SWIFT (`megatron sft`: tensor / pipeline parallel plans)."""
+
+    name = "megatron-swift"
+
+
 class LlamaFactoryTrain(_ExternalTrain):
     """LLaMA-Factory (`llamafactory-cli train CONFIG.yaml`)."""
 
@@ -219,6 +225,7 @@ class AxolotlTrain(_ExternalTrain):
 TRAIN_ENGINES: Mapping[str, type] = {
     "swiftplan": SwiftplanTrain,
     "ms-swift": MsSwiftTrain,
+    "megatron-swift": MegatronSwiftTrain,
     "llamafactory": LlamaFactoryTrain,
     "trl": TrlTrain,
     "axolotl": AxolotlTrain,

@@ -13,6 +13,7 @@ from swiftplan.errors import SwiftplanError
 from swiftplan.executors.train_engines.axolotl import render_axolotl
 from swiftplan.executors.train_engines.common import RunOptions, TrainRender
 from swiftplan.executors.train_engines.llamafactory import render_llamafactory
+from swiftplan.executors.train_engines.megatron_swift import render_megatron_swift
 from swiftplan.executors.train_engines.ms_swift import render_ms_swift
 from swiftplan.executors.train_engines.trl import render_trl
 from swiftplan.planner.plan import Plan
@@ -20,6 +21,7 @@ from swiftplan.planner.plan import Plan
 Renderer = Callable[[Plan, RunOptions], TrainRender]
 RENDERERS: Mapping[str, Renderer] = {
     "ms-swift": render_ms_swift,
+    "megatron-swift": render_megatron_swift,
     "llamafactory": render_llamafactory,
     "trl": render_trl,
     "axolotl": render_axolotl,

@@ -1,0 +1,118 @@
+"""Megatron-SWIFT: render `megatron sft` from a training plan with tensor / pipeline parallelism (pure).
+
+Argument names are ms-swift 4.6.0's own (swift/megatron/arguments/megatron_args.py MegatronArguments and
+MegatronTunerMixin, swift/megatron/arguments/sft_args.py; modelscope/ms-swift@3602360a5623
+docs/source_en/Megatron-SWIFT/Command-line-parameters.md): --tensor_model_parallel_size,
+--pipeline_model_parallel_size, --sequence_parallel, --micro_batch_size, --global_batch_size,
+--recompute_granularity full|selective|none (+ --recompute_method uniform --recompute_num_layers 1),
+--use_distributed_optimizer (= ZeRO-1), --use_megatron_fsdp + --data_parallel_sharding_strategy
+optim_grads|optim_grads_params (ZeRO-2/3), --optimizer adam|sgd, --optimizer_cpu_offload, --lr,
+--lr_decay_style, --lr_warmup_iters, --weight_decay, --clip_grad, --train_iters / --num_train_epochs,
+--max_length, --packing, --save_steps, --save_total_limit, --bf16/--fp16, --fp8_format, --tuner_type
+full|lora, --lora_rank/--lora_alpha/--lora_dropout/--target_modules. Several GPUs and nodes go through
+ms-swift's torchrun launch (NPROC_PER_NODE / NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT), as for
+`swift sft`. Megatron-Core and Transformer Engine need CUDA, so the tests check this command against
+MegatronSftArguments' declared fields in the installed ms-swift 4.6.0 (parsed with ast), not by
+running it.
+"""
+
+from __future__ import annotations
+
+from swiftplan.executors.train_engines.common import (
+    DEFAULT_OPTIONS,
+    RunOptions,
+    TrainRender,
+    mixed_precision,
+    refuse,
+    require_engine_can_run,
+)
+from swiftplan.planner.plan import Plan
+from swiftplan.planner.setup import ALL_LINEAR
+
+NAME = "megatron-swift"
+_OPTIMIZERS = {"adamw": "adam", "sgd": "sgd"}  # Megatron's adam is AdamW (decoupled weight decay)
+_ZERO = {2: "optim_grads", 3: "optim_grads_params"}
+_ATTN = {"sdpa": "auto", "flash": "flash", "eager": "unfused"}
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def render_megatron_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender:
+    """`megatron sft` for the plan on its nodes (one command per node)."""
+    setup = require_engine_can_run(NAME, plan)
+    if setup.precision in ("fp32", "amp-bf16", "amp-fp16"):
+        raise refuse(NAME, f"--precision {setup.precision}", "Megatron trains bf16 or fp16 weights with fp32 "
+                     "master copies in the optimizer (--bf16 / --fp16)")  # fmt: skip
+    if setup.runtime.modules_to_save or setup.runtime.optimizer_in_backward or setup.runtime.fsdp != "none":
+        raise refuse(NAME, "--modules-to-save / --optimizer-in-backward / --fsdp",
+                     "swiftplan renders Megatron's own parallelism for it")  # fmt: skip
+    bf16, fp16 = mixed_precision(setup)
+    par, layout = setup.parallel, plan.layout
+    argv = [
+        "megatron", "sft",
+        "--model", plan.model,
+        "--dataset", options.data,
+        "--output_dir", options.output_dir,
+        "--tuner_type", "full" if setup.method == "full" else "lora",
+        "--tensor_model_parallel_size", str(par.tp),
+        "--pipeline_model_parallel_size", str(par.pp),
+        "--sequence_parallel", _flag(par.tp > 1),
+        "--micro_batch_size", str(setup.micro_batch),
+        "--global_batch_size", str(setup.micro_batch * setup.grad_accum * layout.dp),
+        "--bf16", _flag(bf16),
+        "--fp16", _flag(fp16),
+        "--optimizer", _OPTIMIZERS[setup.optimizer],
+        "--optimizer_cpu_offload", _flag(par.offload == "optimizer"),
+        "--use_distributed_optimizer", _flag(par.zero >= 1),
+        "--max_length", str(setup.seq_len),
+        "--packing", _flag(options.packing),
+        "--attention_backend", _ATTN[setup.attention],
+        "--lr", f"{options.learning_rate(setup):g}",
+        "--lr_decay_style", options.lr_scheduler,
+        "--lr_warmup_iters", str(options.warmup_steps),
+        "--weight_decay", f"{options.weight_decay:g}",
+        "--clip_grad", f"{options.max_grad_norm:g}",
+        "--save_steps", str(options.save_steps),
+        "--seed", str(options.seed),
+    ]  # fmt: skip
+    if setup.grad_ckpt:
+        argv += [
+            "--recompute_granularity",
+            "full",
+            "--recompute_method",
+            "uniform",
+            "--recompute_num_layers",
+            "1",
+        ]
+    else:
+        argv += ["--recompute_granularity", "none"]
+    if par.zero in _ZERO:
+        argv += ["--use_megatron_fsdp", "true", "--data_parallel_sharding_strategy", _ZERO[par.zero]]
+    if options.max_steps is not None:
+        argv += ["--train_iters", str(options.max_steps)]
+    else:
+        argv += ["--num_train_epochs", str(options.epochs)]
+    if options.save_total_limit is not None:
+        argv += ["--save_total_limit", str(options.save_total_limit)]
+    if setup.lora is not None and setup.method != "full":
+        targets = [ALL_LINEAR] if setup.lora.all_linear else list(setup.lora.targets)
+        alpha = setup.lora.alpha if setup.lora.alpha is not None else 2 * setup.lora.rank
+        argv += ["--lora_rank", str(setup.lora.rank), "--lora_alpha", str(alpha),
+                 "--lora_dropout", f"{setup.lora.dropout:g}", "--target_modules", *targets]  # fmt: skip
+    if setup.quant == "fp8":
+        argv += ["--fp8_format", "hybrid", "--fp8_recipe", "blockwise"]
+    for key, value in options.extra:
+        argv += [f"--{key}", value]
+    env = {"NPROC_PER_NODE": str(plan.gpus_per_node)}
+    node_env: tuple[dict[str, str], ...] = ()
+    if plan.nodes > 1:
+        env.update(
+            NNODES=str(plan.nodes), MASTER_ADDR=options.master_addr, MASTER_PORT=str(options.master_port)
+        )
+        node_env = tuple({"NODE_RANK": str(rank)} for rank in range(plan.nodes))
+    notes = (f"tp {par.tp} × pp {par.pp} × dp {layout.dp} over {plan.nodes} node(s); global batch "
+             f"{setup.micro_batch} × {setup.grad_accum} × {layout.dp}.",)  # fmt: skip
+    return TrainRender(engine=NAME, commands=tuple(tuple(argv) for _ in range(plan.nodes)), env=env,
+                       node_env=node_env, notes=notes)  # fmt: skip
