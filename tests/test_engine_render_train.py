@@ -464,3 +464,40 @@ def test_megatron_swift_flags_are_megatron_sft_arguments_fields():
     for (case, _), result in zip(renders, checked, strict=True):
         assert result["fields"] > 200
         assert not result["unknown"] and not result["bad"], (case, result)
+
+
+def test_cli_runs_the_plans_engine_by_default_and_writes_configs(tmp_path):
+    from train_support import cli
+
+    from swiftplan.plan_file import save_plan
+
+    plan_path = tmp_path / "plan.yaml"
+    save_plan(_plan("72b_lora_8xa100", "llamafactory"), plan_path)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"instruction": "hi", "input": "", "output": "hello"}\n')
+    shown = cli("train", str(plan_path), "--data", str(data), "--dry-run", "--json")
+    assert shown.exit_code == 0, shown.output
+    printed = json.loads(shown.output)
+    assert printed["engine"] == "llamafactory" and printed["commands"] == [
+        ["llamafactory-cli", "train", "llamafactory_sft.yaml"]
+    ]
+    out = tmp_path / "cfg"
+    written = cli(
+        "train",
+        str(plan_path),
+        "--data",
+        str(data),
+        "--write-config",
+        str(out),
+        "--engine-option",
+        "template=qwen",
+    )
+    assert written.exit_code == 0, written.output
+    assert yaml.safe_load((out / "llamafactory_sft.yaml").read_text())["template"] == "qwen"
+    assert (out / "ds_config.json").is_file() and (out / "run.sh").is_file()
+    refused = cli(
+        "train", str(plan_path), "--engine", "swiftplan", "--data", str(data), "--write-config", str(out)
+    )
+    assert refused.exit_code != 0 and "--write-config is for external engines" in str(refused.exception)
+    sbatch = cli("train", str(plan_path), "--data", str(data), "--launcher", "slurm", "--dry-run")
+    assert sbatch.exit_code == 0 and "#SBATCH --nodes=1" in sbatch.output

@@ -18,6 +18,24 @@ TRAIN_ENGINE_NAMES = ("swiftplan", "ms-swift", "megatron-swift", "llamafactory",
 """--engine values: swiftplan's own loop, then the engines it renders for."""
 
 
+def plan_engine(plan_path: Path) -> str:
+    """The engine the plan file was made for (`swiftplan train PLAN` without --engine runs it there)."""
+    from swiftplan.plan_file import load_plan
+
+    plan = load_plan(plan_path)
+    return plan.engine if plan.task == "train" else "swiftplan"  # a serving plan: the loop says why not
+
+
+def check_engine_options(engine: str, o: dict[str, Any]) -> None:
+    """Options that only mean something for an external engine, refused for swiftplan's own loop."""
+    external = [flag for flag, given in (("--write-config", o["write_config"] is not None),
+                                         ("--engine-option", bool(o["engine_option"])),
+                                         ("--launcher slurm", o["launcher"] == "slurm")) if given]  # fmt: skip
+    if engine == "swiftplan" and external:
+        raise SwiftplanError(f"{external[0]} is for external engines; this plan runs on swiftplan's own loop.",
+                             hint="Add --engine ms-swift|megatron-swift|llamafactory|trl|axolotl.")  # fmt: skip
+
+
 def train_external(engine: str, plan_path: Path, o: dict[str, Any]) -> None:
     """Render the plan for `engine` with the run options in `o` (train_command's locals) and act on it."""
     from swiftplan.executors.train_engines.common import RunOptions

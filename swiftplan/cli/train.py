@@ -193,10 +193,10 @@ PreflightOpt = Annotated[
     ),
 ]
 EngineOpt = Annotated[
-    str,
+    str | None,
     _opt(
         "--engine",
-        help="swiftplan (our loop) | ms-swift | llamafactory | trl | axolotl: render the plan into that framework's command and config.",
+        help="swiftplan (our loop) | ms-swift | megatron-swift | llamafactory | trl | axolotl (default: the plan's engine).",
     ),
 ]
 LauncherOpt = Annotated[
@@ -247,7 +247,7 @@ def train_command(
     master_addr: MasterAddrOpt = "127.0.0.1",
     master_port: MasterPortOpt = None,
     dry_run: DryRunOpt = False,
-    engine: EngineOpt = "swiftplan",
+    engine: EngineOpt = None,
     write_config: WriteConfigOpt = None,
     engine_option: EngineOptionOpt = None,
     launcher: LauncherOpt = "local",
@@ -257,9 +257,11 @@ def train_command(
 ) -> None:
     """Train as the plan says; report predicted vs measured memory and speed."""
     _check_options(dict(locals()))
-    if engine != "swiftplan" or write_config is not None or engine_option or launcher != "local":
-        from swiftplan.cli._train_engine import train_external
+    from swiftplan.cli._train_engine import check_engine_options, plan_engine, train_external
 
+    engine = engine or plan_engine(plan)
+    check_engine_options(engine, dict(locals()))
+    if engine != "swiftplan":
         train_external(engine, plan, dict(locals()))
         return
     if not dry_run:  # a dry run only renders the launch
@@ -331,18 +333,9 @@ def _check_options(o: dict[str, Any]) -> None:
 
     _checks.one_of("--engine", o["engine"], TRAIN_ENGINE_NAMES)
     _checks.one_of("--launcher", o["launcher"], ("local", "slurm"))
-    if o["launcher"] == "slurm" and o["engine"] == "swiftplan":
-        raise SwiftplanError("--launcher slurm renders an external engine's multi-node launch.",
-                             hint="Add --engine ms-swift|llamafactory|trl|axolotl.")  # fmt: skip
     if o["launcher"] == "slurm" and not (o["dry_run"] or o["write_config"]):
         raise SwiftplanError("--launcher slurm writes an sbatch script; swiftplan does not submit it.",
                              hint="Add --dry-run to print it or --write-config DIR, then: sbatch DIR/job.sbatch")  # fmt: skip
-    if o["engine_option"] and o["engine"] == "swiftplan":
-        raise SwiftplanError("--engine-option passes options to an external engine; swiftplan's loop takes its own flags.",
-                             hint="Add --engine ms-swift|llamafactory|trl|axolotl.")  # fmt: skip
-    if o["write_config"] is not None and o["engine"] == "swiftplan":
-        raise SwiftplanError("--write-config writes an external engine's config; swiftplan's own loop needs none.",
-                             hint="Add --engine ms-swift|llamafactory|trl|axolotl, or use --dry-run.")  # fmt: skip
 
 
 def _prepare_module() -> Any:
