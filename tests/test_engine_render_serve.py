@@ -149,6 +149,9 @@ def test_what_an_engine_cannot_run_is_refused_naming_the_setting():
         render_lmdeploy(ServeSetup(quant="nf4"), model="m", served_name="m")
     with pytest.raises(SwiftplanError, match="fp4"):
         render_sglang(ServeSetup(quant="fp4"), model="m", served_name="m")
+    # The 7B serving plan on an L40S (fp8 KV cache): the built-in server says why it cannot run it.
+    with pytest.raises(SwiftplanError, match="KV-cache dtype 'fp8'"):
+        engine_for(_plan("7b_l40s", "vllm"), "builtin").render(_plan("7b_l40s", "vllm"))
     # The capability table refuses before rendering: LMDeploy has no bitsandbytes (engines.json).
     plan = plan_for_setup("Qwen/Qwen2.5-7B", parse_cluster("l40s"), ServeSetup(quant="nf4"), engine="vllm")
     with pytest.raises(SwiftplanError, match="quantization 'nf4'"):
