@@ -41,7 +41,11 @@ class Case:
             return f"serve {s.dtype} batch {s.concurrency} ctx {s.context}"
         lora = ""
         if s.lora and s.method != "full":
-            targets = "all-linear" if s.lora.all_linear else ",".join(t.removesuffix("_proj") for t in s.lora.targets)
+            targets = (
+                "all-linear"
+                if s.lora.all_linear
+                else ",".join(t.removesuffix("_proj") for t in s.lora.targets)
+            )
             lora = f" r{s.lora.rank} {targets}" + (f" drop{s.lora.dropout}" if s.lora.dropout else "")
         ckpt = " ckpt" if s.grad_ckpt else ""
         return f"{s.method} {s.precision}{lora} {s.optimizer} b{s.micro_batch}×{s.seq_len}{ckpt}"
@@ -97,14 +101,27 @@ def training_cases() -> list[Case]:
             t(method="lora", lora=_lora(16, ALL), micro_batch=2, seq_len=1024, grad_ckpt=False),
             t(method="full", precision="bf16", micro_batch=1, seq_len=2048, grad_ckpt=True),
             t(method="full", precision="amp-bf16", micro_batch=2, seq_len=512, grad_ckpt=True),
-            t(method="lora", lora=_lora(64, ("q_proj", "k_proj", "v_proj", "o_proj")), micro_batch=1, seq_len=4096, grad_ckpt=False),
+            t(
+                method="lora",
+                lora=_lora(64, ("q_proj", "k_proj", "v_proj", "o_proj")),
+                micro_batch=1,
+                seq_len=4096,
+                grad_ckpt=False,
+            ),
         ],
         "meta-llama/Llama-3.1-8B": [
             t(method="lora", lora=_lora(16), micro_batch=2, seq_len=2048, grad_ckpt=False),
             t(method="lora", lora=_lora(32, ALL), micro_batch=1, seq_len=4096, grad_ckpt=True),
             t(method="full", precision="bf16", micro_batch=2, seq_len=1024, grad_ckpt=True),
             t(method="lora", lora=_lora(128), micro_batch=8, seq_len=256, grad_ckpt=False),
-            t(method="full", precision="bf16", optimizer="adafactor", micro_batch=1, seq_len=2048, grad_ckpt=True),
+            t(
+                method="full",
+                precision="bf16",
+                optimizer="adafactor",
+                micro_batch=1,
+                seq_len=2048,
+                grad_ckpt=True,
+            ),
         ],
         "mistralai/Mistral-7B-v0.1": [
             t(method="lora", lora=_lora(16), micro_batch=2, seq_len=2048, grad_ckpt=False),
@@ -113,7 +130,13 @@ def training_cases() -> list[Case]:
             t(method="lora", lora=_lora(8), micro_batch=1, seq_len=4096, grad_ckpt=True),
         ],
         "microsoft/Phi-3-mini-4k-instruct": [
-            t(method="lora", lora=_lora(16, ("qkv_proj", "o_proj")), micro_batch=4, seq_len=1024, grad_ckpt=False),
+            t(
+                method="lora",
+                lora=_lora(16, ("qkv_proj", "o_proj")),
+                micro_batch=4,
+                seq_len=1024,
+                grad_ckpt=False,
+            ),
             t(method="lora", lora=_lora(64, ALL), micro_batch=2, seq_len=2048, grad_ckpt=True),
             t(method="full", precision="bf16", micro_batch=2, seq_len=1024, grad_ckpt=False),
             t(method="full", precision="amp-bf16", micro_batch=1, seq_len=2048, grad_ckpt=True),
@@ -135,17 +158,37 @@ def training_cases() -> list[Case]:
         ],
         "Qwen/Qwen2.5-1.5B ": [
             t(method="lora", precision="fp32", lora=_lora(16), micro_batch=2, seq_len=1024, grad_ckpt=False),
-            t(method="lora", precision="fp32", lora=_lora(32, ALL, 0.05), micro_batch=1, seq_len=2048, grad_ckpt=True),
+            t(
+                method="lora",
+                precision="fp32",
+                lora=_lora(32, ALL, 0.05),
+                micro_batch=1,
+                seq_len=2048,
+                grad_ckpt=True,
+            ),
         ],
         "Qwen/Qwen3-30B-A3B": [
             t(method="lora", lora=_lora(16), micro_batch=1, seq_len=1024, grad_ckpt=True),
         ],
         "Qwen/Qwen2.5-7B-Instruct ": [
-            t(method="lora", precision="amp-bf16", lora=_lora(16), micro_batch=1, seq_len=1024, grad_ckpt=False),
+            t(
+                method="lora",
+                precision="amp-bf16",
+                lora=_lora(16),
+                micro_batch=1,
+                seq_len=1024,
+                grad_ckpt=False,
+            ),
             t(method="lora", lora=_lora(16, ALL, 0.05), micro_batch=2, seq_len=1024, grad_ckpt=True),
         ],
         "meta-llama/Llama-3.1-8B ": [
-            t(method="lora", lora=_lora(64, ("q_proj", "v_proj"), 0.1), micro_batch=2, seq_len=2048, grad_ckpt=False),
+            t(
+                method="lora",
+                lora=_lora(64, ("q_proj", "v_proj"), 0.1),
+                micro_batch=2,
+                seq_len=2048,
+                grad_ckpt=False,
+            ),
             t(method="full", precision="amp-bf16", micro_batch=1, seq_len=1024, grad_ckpt=True),
         ],
         "mistralai/Mixtral-8x7B-v0.1": [
@@ -153,8 +196,20 @@ def training_cases() -> list[Case]:
             t(method="lora", lora=_lora(8), micro_batch=2, seq_len=512, grad_ckpt=False),
         ],
         "deepseek-ai/DeepSeek-V2-Lite": [
-            t(method="lora", lora=_lora(16, ("q_proj", "kv_b_proj")), micro_batch=1, seq_len=1024, grad_ckpt=True),
-            t(method="lora", lora=_lora(16, ("q_proj", "kv_b_proj")), micro_batch=2, seq_len=512, grad_ckpt=False),
+            t(
+                method="lora",
+                lora=_lora(16, ("q_proj", "kv_b_proj")),
+                micro_batch=1,
+                seq_len=1024,
+                grad_ckpt=True,
+            ),
+            t(
+                method="lora",
+                lora=_lora(16, ("q_proj", "kv_b_proj")),
+                micro_batch=2,
+                seq_len=512,
+                grad_ckpt=False,
+            ),
         ],
     }
     # (keys with a trailing space are a second group of cases for the same model)
@@ -176,9 +231,17 @@ def quick_cases() -> list[Case]:
     """Small cases that finish in seconds (used by tests and `--quick`)."""
     t = TrainSetup
     return [
-        Case("Qwen/Qwen2.5-0.5B", t(method="lora", lora=_lora(16), micro_batch=2, seq_len=512, grad_ckpt=False)),
-        Case("Qwen/Qwen2.5-0.5B", t(method="full", precision="bf16", micro_batch=1, seq_len=512, grad_ckpt=True)),
-        Case("Qwen/Qwen3-0.6B", t(method="lora", lora=_lora(32, ALL), micro_batch=1, seq_len=1024, grad_ckpt=False)),
+        Case(
+            "Qwen/Qwen2.5-0.5B", t(method="lora", lora=_lora(16), micro_batch=2, seq_len=512, grad_ckpt=False)
+        ),
+        Case(
+            "Qwen/Qwen2.5-0.5B",
+            t(method="full", precision="bf16", micro_batch=1, seq_len=512, grad_ckpt=True),
+        ),
+        Case(
+            "Qwen/Qwen3-0.6B",
+            t(method="lora", lora=_lora(32, ALL), micro_batch=1, seq_len=1024, grad_ckpt=False),
+        ),
         Case("Qwen/Qwen2.5-0.5B", ServeSetup(context=1024, concurrency=2)),
     ]
 
@@ -246,7 +309,13 @@ def write_report(rows: list[dict[str, object]], path: Path) -> None:
                 f"- **{task}** ({summary[f'{task}_cases']:.0f} cases): median |error| "
                 f"{summary[f'{task}_median_abs_error']:.2%}, max |error| {summary[f'{task}_max_abs_error']:.2%}"
             )
-    lines += ["", "## Cases", "", "| model | case | estimate GiB | traced GiB | error | trace s |", "|---|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## Cases",
+        "",
+        "| model | case | estimate GiB | traced GiB | error | trace s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         err = "—" if r["error"] is None else f"{float(r['error']):+.2%}"  # type: ignore[arg-type]
         lines.append(
@@ -258,7 +327,9 @@ def write_report(rows: list[dict[str, object]], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="only the small cases")
     parser.add_argument("--only", help="substring of model ids to run")
     args = parser.parse_args()

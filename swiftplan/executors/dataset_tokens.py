@@ -145,7 +145,9 @@ def sample_lengths(
     """Tokens in each record of `path` (the formats `count_tokens` reads), with the model's tokenizer when
     it is available locally, else ~4 characters per token."""
     path = Path(path)
-    check_data_path(path, "Pass --lengths FILE (one token count per line) instead.")
+    check_data_path(
+        path, "Pass --dataset-tokens N (e.g. 50M) or --lengths FILE (one token count per line) instead."
+    )
     tokenizer = _local_tokenizer(model) if use_tokenizer else None
     texts = list(_texts(path, max_positions))
     if not texts or not any(texts):
