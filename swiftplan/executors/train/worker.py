@@ -89,7 +89,8 @@ def _train(run_dir: Path, progress: Any) -> dict[str, Any] | None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     device = _device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
-    if (world > 1 or setup.parallel.zero) and not dist.is_initialized():
+    owns_group = (world > 1 or bool(setup.parallel.zero)) and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group(backend={"cuda": "nccl", "npu": "hccl"}.get(device.type, "gloo"))
     reset_peak(device.type)
     data = torch.load(run_dir / "dataset.pt", weights_only=True)
@@ -110,20 +111,31 @@ def _train(run_dir: Path, progress: Any) -> dict[str, Any] | None:
                           start_step=start, total_steps=total, device=device,
                           progress=progress if rank == 0 else None, stop=stop)  # fmt: skip
     if result.stopped_by:
-        _finish(dist)
+        _finish(dist, owns_group)
         raise _interrupted(run_dir, args, result, world=world, total=total)
     if result.end_step > result.start_step:
         with rd.writing("the trained weights", run_dir / "final"):
             engine.save_final(run_dir / "final", rank=rank)
     report = _report(run_dir, plan, args, result, device=device, world=world, total_steps=total, rank=rank)
-    _finish(dist)
+    _finish(dist, owns_group)
     return report
 
 
-def _finish(dist: Any) -> None:
-    if dist.is_initialized():
+def _finish(dist: Any, owns_group: bool) -> None:
+    """Tear down the process group this run created (one a caller set up stays theirs)."""
+    if owns_group and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+        _forget_deepspeed_world_group()
+
+
+def _forget_deepspeed_world_group() -> None:
+    """DeepSpeed keeps a clone of the world group it made (deepspeed/utils/groups.py `_clone_world_group`,
+    0.19.8); once the process group is destroyed that clone is stale, and the next DeepSpeed engine in the
+    same process (a second in-process run) fails with "Group ... is not registered"."""
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is not None and hasattr(groups, "_WORLD_GROUP"):
+        setattr(groups, "_WORLD_GROUP", None)  # noqa: B010  (a private global of another package)
 
 
 class TrainingInterrupted(SwiftplanError):
