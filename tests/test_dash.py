@@ -320,6 +320,7 @@ def test_dash_command_builds_the_app_from_its_flags(monkeypatch):
 
     started = []
     monkeypatch.setattr(DashApp, "run", lambda self: started.append(self))
+    monkeypatch.setattr(dash, "_has_terminal", lambda: True)  # CliRunner has no TTY to give it
     cli = typer.Typer()
     dash.register(cli)
     cli.command("noop")(lambda: None)  # a second command keeps `dash` a subcommand

@@ -107,3 +107,9 @@ def test_dash_doctor_reads_a_failed_log_like_the_cli():
             assert "Cannot read log /nonexistent/train.log" in str(app.query_one("#doctor-answer").render())
 
     asyncio.run(flow())
+
+
+def test_dash_without_a_terminal_says_so_instead_of_starting():
+    from bad_input_support import assert_refused, run_cli
+
+    assert_refused(run_cli("dash", "--no-probe"), "not a terminal", "--json")

@@ -26,6 +26,13 @@ Needs the tui extra: pip install 'swiftplan[tui]'.
 """
 
 
+def _has_terminal() -> bool:
+    """Whether this process talks to an interactive terminal (both ends), as a full-screen app needs."""
+    import sys
+
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def dash_command(
     gpus: str = typer.Option(
         None,
@@ -48,6 +55,12 @@ def dash_command(
         from swiftplan.tui.app import make_app
     from swiftplan.executors.probe import probe
 
+    if not _has_terminal():
+        raise SwiftplanError(
+            "swiftplan dash is a full-screen terminal app, and standard input or output is not a terminal "
+            "(a pipe, a file or a CI job).",
+            hint="Run it in a terminal; in scripts use fit, size or doctor with --json.",
+        )
     app = make_app(
         probe=None if no_probe else probe,
         gpus=gpus,
