@@ -23,6 +23,7 @@ from swiftplan.cli.options import (
     RuntimeOpt,
     build_serve_setup,
     build_train_setup,
+    given_options,
 )
 from swiftplan.planner.estimate import Estimate
 from swiftplan.units import format_gib
@@ -117,18 +118,6 @@ _PLAN_FILE_OPTIONS = ("task", "method", "precision", "quant", "rank", "targets",
                       "expandable_segments", "variable_lengths", "runtime", "loss", "loss_chunks", "loss_chunk_tokens",
                       "optimizer_impl", "modules_to_save", "optimizer_in_backward", "fsdp", "fsdp_sharding",
                       "fsdp_shard_group", "ds_buckets")  # fmt: skip
-
-
-def _given(ctx: typer.Context, names: tuple[str, ...]) -> list[str]:
-    """Options the user typed (not left at their defaults)."""
-    sources = {
-        n: ctx.get_parameter_source(n) for n in names
-    }  # typer may bring its own click: compare by name
-    return [
-        n
-        for n, source in sources.items()
-        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-    ]
 
 
 def render_engine(outcome: Any) -> None:
@@ -308,7 +297,7 @@ def _estimate(ctx: typer.Context, options: dict[str, Any]) -> Any:
 
     model = options["model"]
     if is_plan_path(model):  # a plan file from `swiftplan fit -o`: its own model, hardware, set-up and engine
-        if given := _given(ctx, _PLAN_FILE_OPTIONS):
+        if given := given_options(ctx, _PLAN_FILE_OPTIONS):
             flags = ", ".join("--" + n.replace("_", "-") for n in given)
             raise SwiftplanError(f"{model} is a plan file: it fixes the model, hardware and set-up, so {flags} cannot apply.",
                                  hint="Drop those options, or estimate the model by name with them.")  # fmt: skip
@@ -337,13 +326,15 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
 
     knobs = knob_values(**{n: o[n] for n in KNOB_FLAGS if n in o})
     if o["task"] == Task.train:
-        choice = train_runtime(o["runtime"], knobs, {n: o[n] for n in _given(ctx, RUNTIME_TRAIN_FLAGS)})
+        choice = train_runtime(
+            o["runtime"], knobs, {n: o[n] for n in given_options(ctx, RUNTIME_TRAIN_FLAGS)}
+        )
         o = o | choice.setup_options()
         names = ("method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch", "seq",
                  "grad_accum", "grad_ckpt", "attention", "zero", "offload", "tp", "pp", "kbit_upcast")  # fmt: skip
         return build_train_setup(cluster=cluster, runtime=choice.knobs(), **{n: o[n] for n in names}), choice
     refuse_knobs_for_serving(knobs)
-    serving = serve_runtime(o["runtime"], {n: o[n] for n in _given(ctx, SERVE_OPTIONS)})
+    serving = serve_runtime(o["runtime"], {n: o[n] for n in given_options(ctx, SERVE_OPTIONS)})
     if serving is not None:
         o = o | serving.setup_options()
     setup = build_serve_setup(precision=o["precision"], quant=o["quant"], context=o["context"],

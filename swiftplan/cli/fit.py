@@ -24,6 +24,7 @@ from swiftplan.cli.options import (
     OptimizerImplOpt,
     OptimizerInBackwardOpt,
     RuntimeOpt,
+    given_options,
 )
 from swiftplan.errors import SwiftplanError
 
@@ -378,11 +379,7 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
 
     wide = options.pop("wide")
     ctx = options.pop("ctx")
-    options["typed"] = {  # the options given on the command line, not left at their defaults
-        name
-        for name in ctx.params
-        if (source := ctx.get_parameter_source(name)) and source.name == "COMMANDLINE"
-    }
+    options["typed"] = set(given_options(ctx))
     _check_options(options)
     request = fit_request(**options)
     from swiftplan.cli._checks import storage_url

@@ -203,6 +203,17 @@ RUNTIME_TRAIN_FLAGS = ("grad_ckpt", "attention", "kbit_upcast", "precision", "op
 """Set-up options a training runtime profile may set: they come from it unless the user typed them."""
 
 
+def given_options(ctx: typer.Context, names: tuple[str, ...] | None = None) -> list[str]:
+    """The options (of `names`, or all) the user set rather than left at their defaults. Typer may bring
+    its own copy of click, so the parameter source is compared by name."""
+    sources = {n: ctx.get_parameter_source(n) for n in (ctx.params if names is None else names)}
+    return [
+        n
+        for n, source in sources.items()
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+    ]
+
+
 def knob_values(
     *,
     loss: str | None = None,

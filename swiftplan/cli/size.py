@@ -21,6 +21,7 @@ from swiftplan.cli.options import (
     OptimizerImplOpt,
     OptimizerInBackwardOpt,
     RuntimeOpt,
+    given_options,
 )
 from swiftplan.errors import SwiftplanError
 from swiftplan.units import GiB
@@ -388,11 +389,9 @@ def size_command(
     started = time.perf_counter()
     _check_numbers(locals())
     _check_outputs(top=top, as_json=as_json, csv_path=csv_path, plot=plot)
-    typed = ctx.get_parameter_source("gpu_memory_utilization")  # typer may bring its own click: by name
+    typed = "gpu_memory_utilization" in given_options(ctx, ("gpu_memory_utilization",))
     options = {name: value for name, value in locals().items() if name not in ("wide", "ctx", "typed")}
-    request = size_request(
-        **options, memory_fraction_typed=typed is not None and typed.name not in ("DEFAULT", "DEFAULT_MAP")
-    )
+    request = size_request(**options, memory_fraction_typed=typed)
     from swiftplan.usecases.size import plan_size
 
     outcome = plan_size(request)

@@ -107,6 +107,7 @@ def _runtime(ctx: typer.Context, o: dict[str, Any]) -> Any:
     None for serving; each bad value refused naming its flag, and what the tracer cannot run refused."""
     from swiftplan.cli.options import (
         RUNTIME_TRAIN_FLAGS,
+        given_options,
         knob_values,
         refuse_knobs_for_serving,
         serve_runtime,
@@ -126,11 +127,7 @@ def _runtime(ctx: typer.Context, o: dict[str, Any]) -> Any:
             )
         return None
 
-    def typed(name: str) -> bool:  # typer may bring its own click: compare the source by name
-        source = ctx.get_parameter_source(name)
-        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-
-    given = {n: o[n] for n in RUNTIME_TRAIN_FLAGS if n in o and typed(n)}
+    given = {n: o[n] for n in given_options(ctx, tuple(n for n in RUNTIME_TRAIN_FLAGS if n in o))}
     choice = train_runtime(o["runtime"], knobs, given)
     from swiftplan.executors.verify_knobs import refuse_untraceable
 
