@@ -73,9 +73,10 @@ class Launch:
     """Config files to write into the run directory (name → text)."""
 
 
-def deepspeed_config(setup: TrainSetup, *, world_size: int, lr: float, weight_decay: float, max_grad_norm: float) -> dict[str, Any]:  # fmt: skip
-    """DeepSpeed JSON for the plan's ZeRO stage, offload and precision (DeepSpeed keeps fp32 master weights)."""
-    par = setup.parallel
+def zero_optimization(setup: TrainSetup) -> dict[str, Any]:
+    """DeepSpeed's `zero_optimization` section for the plan's ZeRO stage and offload, with the bucket sizes
+    the plan counted when it counts them (`ds_buckets`), so DeepSpeed allocates what was planned."""
+    par, knobs = setup.parallel, setup.runtime
     zero: dict[str, Any] = {"stage": par.zero, "overlap_comm": True, "contiguous_gradients": True}
     if par.offload in ("optimizer", "optimizer+params"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
@@ -83,6 +84,17 @@ def deepspeed_config(setup: TrainSetup, *, world_size: int, lr: float, weight_de
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     if par.zero == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if knobs.ds_buckets:
+        zero["reduce_bucket_size"] = knobs.reduce_bucket_elements
+        if par.zero == 3:
+            zero["stage3_prefetch_bucket_size"] = knobs.prefetch_bucket_elements
+            zero["stage3_max_live_parameters"] = knobs.max_live_parameters
+    return zero
+
+
+def deepspeed_config(setup: TrainSetup, *, world_size: int, lr: float, weight_decay: float, max_grad_norm: float) -> dict[str, Any]:  # fmt: skip
+    """DeepSpeed JSON for the plan's ZeRO stage, offload and precision (DeepSpeed keeps fp32 master weights)."""
+    zero = zero_optimization(setup)
     half = {"bf16": "bf16", "amp-bf16": "bf16", "fp16": "fp16", "amp-fp16": "fp16"}.get(setup.precision)
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": setup.micro_batch,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.executors.train.launch import zero_optimization
 from swiftplan.planner.engines import engine_reasons, get_engine, train_requirements
 from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import ALL_LINEAR, TrainSetup
@@ -178,19 +179,7 @@ def hf_deepspeed_config(setup: TrainSetup) -> dict[str, Any] | None:
     par = setup.parallel
     if par.zero == 0:
         return None
-    zero: dict[str, Any] = {"stage": par.zero, "overlap_comm": True, "contiguous_gradients": True}
-    if par.offload in ("optimizer", "optimizer+params"):
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    if par.offload == "optimizer+params":
-        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    if par.zero == 3:
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
-    knobs = setup.runtime
-    if knobs.ds_buckets:  # the bucket sizes the plan counted, so DeepSpeed allocates what was planned
-        zero["reduce_bucket_size"] = knobs.reduce_bucket_elements
-        if par.zero == 3:
-            zero["stage3_prefetch_bucket_size"] = knobs.prefetch_bucket_elements
-            zero["stage3_max_live_parameters"] = knobs.max_live_parameters
+    zero = zero_optimization(setup)
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
