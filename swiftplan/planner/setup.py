@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar, get_args
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.objective import SFT, ObjectiveSetup
 
 Task = Literal["train", "serve"]
 Method = Literal["full", "lora", "qlora"]
@@ -247,6 +248,8 @@ class TrainSetup:
     """Tensor/pipeline/ZeRO settings."""
     runtime: RuntimeKnobs = field(default_factory=RuntimeKnobs)
     """The runtime's loss kernel, optimizer implementation, trained modules and sharding (profiles/runtimes)."""
+    objective: ObjectiveSetup = SFT
+    """What is optimized: SFT, a preference method, reward modelling or RL with rollouts (planner/objective.py)."""
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
