@@ -262,7 +262,8 @@ def with_reserved(
         + "".join(f" + {t.name} {t.value_bytes / MiB:,.0f} MiB" for t in extras),
         source=_context_source(backend),
     )
-    terms = tuple(t for t in memory.terms if t.name not in ("runtime_overhead", "allocator_slack"))
+    replaced = {"runtime_overhead", "allocator_slack", *(t.name for t in extras)}
+    terms = tuple(t for t in memory.terms if t.name not in replaced)
     return replace(
         memory,
         peak_reserved=reserved,

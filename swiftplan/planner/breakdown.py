@@ -13,6 +13,8 @@ TENSOR_TERMS = (
     "activations",
     "logits",
     "kv_cache",
+    "reference",
+    "aux_models",
 )
 """The breakdown terms that are tensors (what a trace can see), in display order."""
 
@@ -57,6 +59,10 @@ class MemoryBreakdown:
     """LM-head output and loss intermediates at their peak."""
     kv_cache: int = 0
     """Serving: paged KV cache for the requested sequences."""
+    reference: int = 0
+    """Preference/RL: a frozen reference copy of the model (0 with adapters disabled or precomputed log-probs)."""
+    aux_models: int = 0
+    """PPO: the trained value model's states and the frozen reward model."""
     transient: int = 0
     """Short-lived extra at the peak moment (optimizer-step temporaries, gathered ZeRO-3 layers)."""
     runtime_overhead: int = 0

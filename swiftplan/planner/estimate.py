@@ -13,9 +13,10 @@ from swiftplan.planner.architecture import total_params
 from swiftplan.planner.breakdown import MemoryBreakdown
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.objective_speed import objective_speed
 from swiftplan.planner.serve_memory import serve_memory
 from swiftplan.planner.setup import ServeSetup, Task, TrainSetup
-from swiftplan.planner.speed import ServeSpeed, TrainSpeed, serve_speed, train_speed
+from swiftplan.planner.speed import ServeSpeed, TrainSpeed, serve_speed
 from swiftplan.planner.train_memory import train_memory
 
 SpeedT = TypeVar("SpeedT", TrainSpeed, ServeSpeed)
@@ -138,7 +139,22 @@ class Estimate:
         return payload
 
 
-def _check_parallelism(spec: ModelSpec, cluster: Cluster, tp: int, pp: int) -> None:
+def training_world_size(setup: TrainSetup, cluster: Cluster) -> int:
+    """Devices that train: the cluster less a rollout server's own GPUs."""
+    rollout = setup.objective.rollout
+    if rollout is None or rollout.placement != "server":
+        return cluster.world_size
+    if rollout.gpus >= cluster.world_size:
+        raise SwiftplanError(
+            f"--rollout-gpus {rollout.gpus} leaves none of the {cluster.world_size} devices of "
+            f"{cluster.describe()} to train on.",
+            hint="Give the rollout server fewer GPUs, add GPUs, or use --rollout colocate.",
+        )
+    return cluster.world_size - rollout.gpus
+
+
+def _check_parallelism(spec: ModelSpec, cluster: Cluster, tp: int, pp: int, *, world_size: int = 0) -> None:
+    world = world_size or cluster.world_size
     if spec.num_heads % tp:
         raise SwiftplanError(
             f"--tp {tp} does not divide {spec.name}'s {spec.num_heads} attention heads.",
@@ -150,9 +166,9 @@ def _check_parallelism(spec: ModelSpec, cluster: Cluster, tp: int, pp: int) -> N
         )
     if pp > spec.num_layers:
         raise SwiftplanError(f"--pp {pp} exceeds {spec.name}'s {spec.num_layers} layers.")
-    if cluster.world_size % (tp * pp):
+    if world % (tp * pp):
         raise SwiftplanError(
-            f"--tp {tp} × --pp {pp} = {tp * pp} does not divide the {cluster.world_size} devices of {cluster.describe()}."
+            f"--tp {tp} × --pp {pp} = {tp * pp} does not divide the {world} training devices of {cluster.describe()}."
         )
 
 
@@ -170,17 +186,28 @@ def estimate_training(
     spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, allocator: AllocatorSettings | None = None
 ) -> Estimate:
     """Memory and speed of one training configuration; reserved memory under `allocator`'s settings."""
-    _check_parallelism(spec, cluster, setup.parallel.tp, setup.parallel.pp)
+    train_world = training_world_size(setup, cluster)
+    _check_parallelism(spec, cluster, setup.parallel.tp, setup.parallel.pp, world_size=train_world)
     if setup.lora is not None and setup.trains_adapters:
         validate_targets(spec, setup.lora)
-    memory = train_memory(spec, setup, world_size=cluster.world_size)
+    memory = train_memory(
+        spec, setup, world_size=train_world, device_memory_bytes=cluster.memory_bytes_per_device
+    )
     allocator = allocator or AllocatorSettings()
     device = with_reserved(
-        spec, memory.device, seq_len=setup.seq_len, settings=allocator, backend=cluster.accelerator.backend
+        spec,
+        memory.device,
+        seq_len=setup.seq_len,
+        settings=allocator,
+        backend=cluster.accelerator.backend,
+        extras=memory.extras,
     )
     notes = list(cluster.notes)
     speed = _speed_or_note(
-        lambda: train_speed(spec, setup, cluster, trainable_params=memory.trainable_params), notes
+        lambda: objective_speed(
+            spec, setup, cluster, trainable_params=memory.trainable_params, train_world=train_world
+        ),
+        notes,
     )
     return Estimate(
         task="train",

@@ -142,7 +142,8 @@ class ObjectiveSetup:
             )
         _whole("--prompt-len", self.prompt_len, minimum=0)
         if self.kind in WITH_ROLLOUTS and self.rollout is None:
-            object.__setattr__(self, "rollout", RolloutSetup())
+            # TRL's PPOTrainer generates with the policy's own generate(); GRPO defaults to vLLM here
+            object.__setattr__(self, "rollout", RolloutSetup(engine="hf" if self.kind == "ppo" else "vllm"))
         if self.kind not in WITH_ROLLOUTS and self.rollout is not None:
             raise SwiftplanError(
                 f"Rollout settings (--num-generations, --completion-len, --rollout …) apply to grpo and ppo, not --task {self.kind}."

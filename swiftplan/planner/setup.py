@@ -290,6 +290,17 @@ class TrainSetup:
                 f"this set-up has --quant {self.quant}."
             )
         self._check_runtime()
+        rollout = self.objective.rollout
+        if rollout is not None and self.seq_len != rollout.seq_len:
+            raise SwiftplanError(
+                f"A {self.objective.kind} sequence is its prompt and completion: --seq {self.seq_len} differs from "
+                f"--prompt-len {rollout.prompt_len} + --completion-len {rollout.completion_len} = {rollout.seq_len}.",
+                hint="Give --prompt-len and --completion-len and leave --seq out.",
+            )
+        if self.objective.kind != "sft" and self.objective.prompt_len >= self.seq_len:
+            raise SwiftplanError(
+                f"--prompt-len {self.objective.prompt_len} leaves no response tokens in --seq {self.seq_len}."
+            )
         if self.parallel.zero == 3 and self.quant != "none":
             raise SwiftplanError(
                 f"ZeRO-3 sharding of a quantized base (--quant {self.quant}) is not modelled.",

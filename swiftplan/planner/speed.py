@@ -251,15 +251,22 @@ _BOUND_OF_PART = {
     "comm": "network",
     "offload": "pcie",
     "bubble": "compute",
+    "reference": "compute",
+    "rollout": "rollout",
+    "weight_sync": "network",
+    "sleep_wake": "pcie",
 }
 """Which resource a step-time component stands for."""
 
 
-def train_speed(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainable_params: int) -> TrainSpeed:
-    """Step time and tokens/s of `setup` on `cluster` (see module docstring for the terms)."""
+def train_speed(
+    spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainable_params: int, world_size: int = 0
+) -> TrainSpeed:
+    """Step time and tokens/s of `setup` on `cluster` (see module docstring for the terms);
+    `world_size` is the devices that train when fewer than the cluster's (a rollout server's GPUs)."""
     acc = cluster.accelerator
     par = setup.parallel
-    dp = max(1, cluster.world_size // (par.tp * par.pp))
+    dp = max(1, (world_size or cluster.world_size) // (par.tp * par.pp))
     mfu = efficiency_prior(acc)
     compute_s = _compute_s(spec, setup, acc, mfu)
     dequant_s = _dequant_s(spec, setup, acc)

@@ -25,10 +25,21 @@ from swiftplan.planner.architecture import (
     linear_modules,
     total_params,
 )
-from swiftplan.planner.breakdown import MemoryBreakdown
+from swiftplan.planner.breakdown import MemoryBreakdown, Term
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.dtypes import dtype_bytes
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.objective_memory import (
+    ObjectiveStates,
+    RolloutMemory,
+    no_grad_forward_bytes,
+    objective_logits_bytes,
+    objective_states,
+    policy_setup,
+    reference_forward_sequences,
+    reference_runs_beside_policy,
+    rollout_memory,
+)
 from swiftplan.planner.runtime_terms import (
     adamw_impl_temporary_bytes,
     deepspeed_zero,
@@ -66,6 +77,10 @@ class TrainMemory:
     """Parameters that receive gradients."""
     phase_activations: dict[str, int]
     """Activation bytes alive at each candidate peak moment (for explanation and verification)."""
+    extras: tuple[Term, ...] = ()
+    """Memory held outside torch's allocator on the device (a colocated rollout engine)."""
+    rollout: RolloutMemory | None = None
+    """GRPO/PPO: what the rollout engine holds on a training device."""
 
 
 def _weights_on_device(spec: ModelSpec, setup: TrainSetup, layers: range) -> int:
@@ -198,6 +213,14 @@ class DeviceStates:
     """Parameters of modules trained in full next to LoRA (modules_to_save), this shard."""
     bucket: int = 0
     """DeepSpeed's gradient reduce bucket(s), counted with the gradients."""
+    objective: ObjectiveStates = ObjectiveStates()
+    """Reference, reward and value models the objective adds (planner/objective_memory.py)."""
+
+    @property
+    def static(self) -> int:
+        """Bytes alive through the whole step: weights, adapters, optimizer, master and the objective's models."""
+        extra = self.objective.reference + self.objective.reward_model + self.objective.value_model
+        return self.weights + self.adapters + self.optimizer + self.master + extra
 
 
 def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) -> DeviceStates:
@@ -254,9 +277,13 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
     if par.offload == "optimizer+params":
         host += (weights + adapters) * dp
         weights, adapters = 0, 0
+    trained_here = weights + adapters + grads + optim + master
+    extra = objective_states(
+        spec, setup, stage_layers, shards=shards, stage=stage, trained_state_bytes=trained_here
+    )
     return DeviceStates(weights=weights, adapters=adapters, gradients=grads, optimizer=optim, master=master,
                    gathered=gathered, host=host, trainable_here=trainable_here, saved_modules=saved,
-                   bucket=bucket)  # fmt: skip
+                   bucket=bucket, objective=extra)  # fmt: skip
 
 
 def _phase_peaks(
@@ -276,7 +303,7 @@ def _phase_peaks(
     at_loss = phases.at_loss * in_flight
     in_backward = phases.in_backward + phases.at_loss * (in_flight - 1)
     grads, gathered = states.gradients, states.gathered
-    static = states.weights + states.adapters + states.optimizer + states.master
+    static = states.static
     grads_during_fwd = grads if setup.grad_accum > 1 else 0
     head_grads, layer_grads, embedding_grads = _grad_shares(spec, setup, grads - states.bucket, stage_layers)
     peaks = {
@@ -296,6 +323,9 @@ def _phase_peaks(
         grads_then, acts_then = max(late, early, key=sum)
         peaks["recomputation in backward"] = static + gathered + grads_then + acts_then
         acts["recomputation in backward"] = acts_then
+    _objective_phases(
+        spec, setup, states, phases, peaks, acts, grads_during_fwd=grads_during_fwd, at_loss=at_loss
+    )
     if setup.method == "full" and spec.tie_word_embeddings:
         # Tied embeddings: the embedding's gradient arrives last and is added out of place to the LM
         # head's, so two extra vocab × hidden gradients coexist with all others (traced).
@@ -303,8 +333,58 @@ def _phase_peaks(
     return peaks, acts, at_loss, in_backward
 
 
-def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> TrainMemory:
-    """Bytes on the most loaded device for one training step of `setup` on `world_size` devices."""
+def _objective_phases(
+    spec: ModelSpec,
+    setup: TrainSetup,
+    states: DeviceStates,
+    phases: act.ActivationPhases,
+    peaks: dict[str, int],
+    acts: dict[str, int],
+    *,
+    grads_during_fwd: int,
+    at_loss: int,
+) -> None:
+    """Add the objective's no-grad reference (and KTO KL) forward as a candidate peak: after the
+    policy forward with its activations alive (DPO, KTO), or before it (GRPO, PPO)."""
+    objective = setup.objective
+    if states.objective.reference_kind in ("none", "precomputed"):
+        return
+    tp = setup.parallel.tp
+    forward = no_grad_forward_bytes(spec, setup, sequences=reference_forward_sequences(setup), tp=tp)
+    alive = at_loss if reference_runs_beside_policy(objective) else 0
+    peaks["reference forward"] = states.static + states.gathered + grads_during_fwd + alive + forward
+    acts["reference forward"] = alive
+
+
+def _rollout_extra(memory: RolloutMemory, states: DeviceStates, peak_allocated: int) -> tuple[Term, ...]:
+    """The rollout engine as memory outside the trainer's allocator: what it holds while training,
+    or — when generation is the larger moment (sleep mode wakes the engine beside the trainer's
+    states) — the generation phase's excess over the training peak."""
+    if not memory.during_generation:
+        return ()
+    at_generation = states.static + memory.during_generation - peak_allocated
+    held = max(memory.during_training, at_generation)
+    which = (
+        "while generating beside the trainer's states"
+        if at_generation > memory.during_training
+        else "while training"
+    )
+    return (
+        Term(
+            name="rollout_engine",
+            value_bytes=held,
+            formula=f"{memory.formula}; counted {which}",
+            source="vLLM sleep mode frees weights and KV cache (vllm 0.32 v1/worker/gpu_worker.py:294); "
+            "TRL GRPOConfig vllm_gpu_memory_utilization = 0.3 (trl 1.16 trainer/grpo_config.py:656)",
+        ),
+    )
+
+
+def train_memory(
+    spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1, device_memory_bytes: int = 80 * 2**30
+) -> TrainMemory:
+    """Bytes on the most loaded device for one training step of `setup` on `world_size` devices
+    (`device_memory_bytes` sizes a colocated rollout engine's share)."""
     par = setup.parallel
     tp, pp = par.tp, par.pp
     dp = max(1, world_size // (tp * pp))
@@ -313,8 +393,8 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
     lora_params = adapter_params(spec, setup.lora) if setup.trains_adapters and setup.lora else 0
     dtypes = state_dtypes(setup)
     states = _states(spec, setup, stage_layers, dp)
-    phases = act.activation_phases(spec, setup, layers=len(stage_layers), tp=tp)
-    logits = act.logits_bytes(spec, setup, tp=tp)
+    phases = act.activation_phases(spec, policy_setup(setup), layers=len(stage_layers), tp=tp)
+    logits = objective_logits_bytes(spec, setup, tp=tp)
     step_temp = (
         _optimizer_step_temporaries(spec, setup, states.trainable_here, dtypes, dp=dp)
         if par.offload == "none"
@@ -343,6 +423,8 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
         gradients=states.gradients,
         optimizer=states.optimizer,
         master_weights=states.master,
+        reference=states.objective.reference,
+        aux_models=states.objective.reward_model + states.objective.value_model,
         activations=activations,
         logits=logits,
         transient=transient,
@@ -352,7 +434,9 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
         peak_phase=phase,
         terms=terms,
     )
-    device = with_reserved(spec, device, seq_len=setup.seq_len)
+    rollout = rollout_memory(spec, setup, device_memory_bytes=device_memory_bytes)
+    extras = _rollout_extra(rollout, states, peak)
+    device = with_reserved(spec, device, seq_len=setup.seq_len, extras=extras)
     return TrainMemory(
         device=device,
         host_bytes=states.host,
@@ -361,4 +445,6 @@ def train_memory(spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1) -> 
         if setup.trains_adapters
         else model_params,
         phase_activations=phase_acts,
+        extras=extras,
+        rollout=rollout if setup.objective.rollout is not None else None,
     )

@@ -10,6 +10,8 @@ from swiftplan.planner.breakdown import Term
 from swiftplan.planner.calibration import constant_source
 from swiftplan.planner.dtypes import dtype_bytes
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.objective_memory import logits_setup
+from swiftplan.planner.objective_terms import objective_terms, sequences_formula, sequences_source
 from swiftplan.planner.runtime_terms import deepspeed_zero, sharding_stage
 from swiftplan.planner.setup import TrainSetup
 from swiftplan.planner.states import StateDtypes
@@ -77,16 +79,20 @@ def breakdown_terms(
             if dtypes.master
             else "",
         ),
+        *objective_terms(spec, setup, states.objective, dp=dp),
         Term(
             name="activations",
             value_bytes=activations,
-            formula=f"saved tensors of {layers} blocks for {setup.micro_batch}×{setup.seq_len} tokens"
+            formula=f"saved tensors of {layers} blocks for {sequences_formula(setup)} × {setup.seq_len} tokens"
             + (" with checkpointing" if setup.grad_ckpt else ""),
+            source=sequences_source(setup),
         ),
         Term(
             name="logits",
             value_bytes=logits,
-            formula=_logits_formula(setup, spec.vocab_size // tp),
+            formula=_logits_formula(logits_setup(setup), spec.vocab_size // tp)
+            if setup.objective.kind != "rm"
+            else "none: a reward model's score head emits one value per sequence",
             source=_LOSS_SOURCES[knobs.loss],
         ),
         Term(

@@ -1,0 +1,201 @@
+"""What a preference or RL objective adds to a training step's memory on one device (pure).
+
+- the forward with gradients runs `sequences_per_example` × micro_batch sequences (chosen + rejected
+  concatenated; PPO's value model beside the policy), and the loss scores only completion tokens;
+- a reference: a frozen copy of the model's weights, or the policy with its adapters disabled (no
+  weights), or log-probs precomputed before training (nothing on the device); its no-grad forward is
+  a phase of its own — in TRL 1.16's DPOTrainer it runs after the policy forward, while the policy's
+  saved activations are alive (trl/trainer/dpo_trainer.py:1299-1336); GRPO scores the reference while
+  preparing the batch, before the policy forward (trl/trainer/grpo_trainer.py `_generate_and_score_completions`);
+- PPO: a value model trained beside the policy and a frozen reward model;
+- rollouts: a colocated vLLM engine owns `memory_fraction` of the GPU (all of the time, or only while
+  generating under sleep mode); generate() (PPO, or --rollout-engine hf) holds a KV cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from swiftplan.planner import activations as act
+from swiftplan.planner.calibration import constant
+from swiftplan.planner.dtypes import dtype_bytes
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.objective import SFT, ObjectiveSetup, resolve_reference
+from swiftplan.planner.serve_memory import kv_cache_bytes_per_token
+from swiftplan.planner.setup import ServeSetup, TrainSetup
+from swiftplan.planner.states import state_dtypes
+from swiftplan.planner.weights import layer_weight_bytes, outer_weight_bytes
+
+
+def policy_setup(setup: TrainSetup) -> TrainSetup:
+    """The set-up whose forward carries gradients: micro_batch × sequences per example (2 for paired
+    methods and for PPO's policy + value forward), each of `seq_len` tokens."""
+    objective = setup.objective
+    per_example = objective.sequences_per_example
+    if objective.kind == "ppo":
+        per_example = 2  # policy and value model forwards over the same sequences
+    if per_example == 1:
+        return setup
+    return replace(setup, micro_batch=setup.micro_batch * per_example)
+
+
+def scored_tokens_per_sequence(setup: TrainSetup) -> int:
+    """Tokens whose log-probs the loss needs: the completion of a rollout, the response of a pair
+    (seq_len − prompt_len) — all tokens for SFT and when the prompt length is not given."""
+    objective = setup.objective
+    if objective.rollout is not None:
+        return objective.rollout.completion_len
+    if objective.kind != "sft" and 0 < objective.prompt_len < setup.seq_len:
+        return setup.seq_len - objective.prompt_len
+    return setup.seq_len
+
+
+def logits_setup(setup: TrainSetup) -> TrainSetup:
+    """The set-up the loss's logits are sized on: the scored tokens of every sequence with gradients
+    (the policy's only under PPO: the value head scores one number per token)."""
+    objective = setup.objective
+    sequences = setup.micro_batch * objective.sequences_per_example
+    return replace(setup, micro_batch=sequences, seq_len=scored_tokens_per_sequence(setup), objective=SFT)
+
+
+def objective_logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int) -> int:
+    """Loss-side logits of the objective (0 for a reward model: its score head emits one value per
+    sequence, no vocabulary)."""
+    if setup.objective.kind == "rm":
+        return 0
+    return act.logits_bytes(spec, logits_setup(setup), tp=tp)
+
+
+def _model_weight_bytes(spec: ModelSpec, setup: TrainSetup, layers: range, *, tp: int) -> int:
+    """One frozen copy of the model in the policy's module dtype and base quantization."""
+    wb = dtype_bytes(state_dtypes(setup).weights)
+    blocks = sum(
+        layer_weight_bytes(spec, i, dtype_bytes=wb, quant=setup.quant, double_quant=setup.double_quant, tp=tp)
+        for i in layers
+    )
+    return blocks + outer_weight_bytes(spec, dtype_bytes=wb, tp=tp)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ObjectiveStates:
+    """Parameter-sized bytes the objective adds on one device."""
+
+    reference: int = 0
+    """A frozen reference copy (sharded like the policy's weights under ZeRO-3/FSDP full_shard)."""
+    reward_model: int = 0
+    """PPO: the frozen reward model."""
+    value_model: int = 0
+    """PPO: the value model's weights, gradients and optimizer state (trained like the policy)."""
+    reference_kind: str = "none"
+    """The resolved reference handling."""
+
+
+def objective_states(
+    spec: ModelSpec, setup: TrainSetup, layers: range, *, shards: int, stage: int, trained_state_bytes: int
+) -> ObjectiveStates:
+    """Reference, reward and value models on this device. `trained_state_bytes` is the policy's own
+    weights + adapters + gradients + optimizer + master here (a PPO value model of the same
+    architecture, trained the same way, holds as much)."""
+    objective = setup.objective
+    kind = resolve_reference(objective, trains_adapters=setup.trains_adapters)
+    copy = _model_weight_bytes(spec, setup, layers, tp=setup.parallel.tp)
+    if stage == 3:  # TRL prepares the reference with the policy's DeepSpeed/FSDP sharding
+        copy //= shards
+    reference = copy if kind == "model" else 0
+    if objective.kind != "ppo":
+        return ObjectiveStates(reference=reference, reference_kind=kind)
+    return ObjectiveStates(
+        reference=reference, reward_model=copy, value_model=trained_state_bytes, reference_kind=kind
+    )
+
+
+def no_grad_forward_bytes(spec: ModelSpec, setup: TrainSetup, *, sequences: int, tp: int) -> int:
+    """Peak of a forward without autograd over `sequences` × seq_len tokens: one block's working
+    set (its input and output hidden states and the SwiGLU gate/up/product) plus the scored
+    tokens' logits under the runtime's loss kernel."""
+    batch = replace(setup, micro_batch=sequences)
+    tokens = sequences * setup.seq_len
+    working = (
+        2 * act.block_input_bytes(spec, batch, tokens) + act.backward_working_bytes(spec, batch, tokens) // tp
+    )
+    scored = replace(setup, micro_batch=sequences, seq_len=scored_tokens_per_sequence(setup), objective=SFT)
+    return working + act.logits_bytes(spec, scored, tp=tp)
+
+
+def reference_forward_sequences(setup: TrainSetup) -> int:
+    """Sequences the no-grad reference pass scores per micro-batch: both halves of a pair, KTO's
+    examples and their mismatched KL sequences, a rollout micro-batch."""
+    objective = setup.objective
+    if objective.kind == "kto":
+        return 2 * setup.micro_batch
+    return setup.micro_batch * objective.sequences_per_example
+
+
+def reference_runs_beside_policy(objective: ObjectiveSetup) -> bool:
+    """TRL 1.16 DPO/KTO score the reference after the policy forward (policy activations alive);
+    GRPO/PPO score it while preparing the batch, before any activation is saved."""
+    return objective.kind in ("dpo", "kto")
+
+
+def kto_kl_forward(setup: TrainSetup) -> bool:
+    """KTO also scores micro_batch mismatched KL sequences with the policy, without gradients."""
+    return setup.objective.kind == "kto"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RolloutMemory:
+    """The rollout engine's share of one training device."""
+
+    during_training: int
+    """Held while the trainer runs forward/backward/step (the whole pool, or sleep mode's residue)."""
+    during_generation: int
+    """Held while generating (the engine's pool, or generate()'s KV cache and sampling logits)."""
+    engine_pool: int
+    """Memory the vLLM engine was given (fraction × device), 0 for generate()."""
+    formula: str
+    """How the numbers were obtained."""
+
+
+def generate_cache_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
+    """generate() inside the trainer: a KV cache for micro_batch sequences of prompt + completion in
+    the compute dtype, plus fp32 logits of one decoding step."""
+    cb = act.activation_dtype_bytes(setup)
+    per_token = kv_cache_bytes_per_token(spec, kv_dtype_bytes=cb, tp=setup.parallel.tp)
+    return int(setup.micro_batch * setup.seq_len * per_token) + setup.micro_batch * spec.vocab_size * 4
+
+
+def rollout_memory(spec: ModelSpec, setup: TrainSetup, *, device_memory_bytes: int) -> RolloutMemory:
+    """What the rollout engine holds on a training device (nothing for a rollout server)."""
+    rollout = setup.objective.rollout
+    if rollout is None or rollout.placement == "server":
+        return RolloutMemory(during_training=0, during_generation=0, engine_pool=0, formula="")
+    if rollout.engine == "hf":
+        cache = generate_cache_bytes(spec, setup)
+        return RolloutMemory(
+            during_training=0, during_generation=cache, engine_pool=0,
+            formula=f"generate(): KV cache of {setup.micro_batch} × {setup.seq_len} tokens + one step's fp32 logits",
+        )  # fmt: skip
+    pool = int(rollout.memory_fraction * device_memory_bytes)
+    residual = int(constant("runtime_overhead", "vllm_sleep_residual_bytes")) if rollout.sleep else pool
+    held = "sleep mode's residue while training" if rollout.sleep else "held throughout"
+    return RolloutMemory(
+        during_training=residual,
+        during_generation=pool,
+        engine_pool=pool,
+        formula=f"colocated vLLM: {rollout.memory_fraction:g} × device memory ({held})",
+    )
+
+
+def rollout_engine_setup(spec: ModelSpec, setup: TrainSetup, *, generations_per_engine: int) -> ServeSetup:
+    """The serving set-up of one rollout engine: the policy in the compute dtype at the rollout's
+    tensor parallelism, sequences of prompt + completion, the step's generations at once."""
+    rollout = setup.objective.rollout
+    assert rollout is not None
+    fraction = rollout.memory_fraction if rollout.placement == "colocate" else 0.9
+    return ServeSetup(
+        dtype="fp16" if setup.precision in ("fp16", "amp-fp16") else "bf16",
+        context=rollout.seq_len,
+        concurrency=max(1, generations_per_engine),
+        tp=rollout.tp,
+        gpu_memory_utilization=fraction,
+    )

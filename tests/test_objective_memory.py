@@ -1,0 +1,163 @@
+"""Preference and RL objectives in the planner: what each adds to memory and time, against SFT."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.planner.estimate import estimate_training
+from swiftplan.planner.hardware import parse_cluster
+from swiftplan.planner.model_catalog import catalog_spec, find_catalog_id
+from swiftplan.planner.objective import ObjectiveSetup, RolloutSetup
+from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.train_memory import train_memory
+
+GIB = 2**30
+
+
+@pytest.fixture(scope="module")
+def spec():
+    model_id = find_catalog_id("Qwen/Qwen2.5-7B")
+    assert model_id is not None
+    return catalog_spec(model_id)
+
+
+def _setup(kind: str, method: str = "lora", **objective: object) -> TrainSetup:
+    obj = ObjectiveSetup(kind=kind, **objective)  # type: ignore[arg-type]
+    seq = obj.rollout.seq_len if obj.rollout else 2048
+    return TrainSetup(method=method, seq_len=seq, micro_batch=2, objective=obj)  # type: ignore[arg-type]
+
+
+def test_paired_methods_run_chosen_and_rejected_in_one_forward(spec) -> None:
+    sft = train_memory(spec, _setup("sft")).device
+    doubled = train_memory(spec, replace(_setup("sft"), micro_batch=4)).device
+    for kind in ("dpo", "orpo", "simpo", "cpo"):
+        paired = train_memory(spec, _setup(kind)).device
+        assert paired.activations == doubled.activations, kind
+        assert paired.logits == doubled.logits > sft.logits, kind
+
+
+def test_dpo_reference_follows_the_method(spec) -> None:
+    weights = train_memory(spec, _setup("sft", "full")).device.weights
+    lora = train_memory(spec, _setup("dpo")).device
+    full = train_memory(spec, _setup("dpo", "full")).device
+    precomputed = train_memory(spec, _setup("dpo", "full", reference="precomputed")).device
+    assert lora.reference == 0 and full.reference == weights and precomputed.reference == 0
+    assert any(t.name == "reference" and "adapters disabled" in t.formula for t in lora.terms)
+    assert precomputed.peak_allocated < full.peak_allocated
+
+
+def test_dpo_reference_forward_runs_beside_the_policy_activations(spec) -> None:
+    """LoRA DPO without checkpointing: the reference forward comes while every saved activation is alive."""
+    setup = replace(_setup("dpo"), grad_ckpt=False)
+    memory = train_memory(spec, setup)
+    assert memory.device.peak_phase == "reference forward"
+    assert memory.phase_activations["reference forward"] == memory.device.activations
+    no_ref = train_memory(spec, replace(setup, objective=ObjectiveSetup(kind="dpo", reference="precomputed")))
+    assert "reference forward" not in no_ref.phase_activations
+
+
+def test_reference_free_and_reward_model(spec) -> None:
+    for kind in ("orpo", "simpo", "cpo", "rm"):
+        memory = train_memory(spec, _setup(kind, "full")).device
+        assert memory.reference == 0, kind
+    assert train_memory(spec, _setup("rm")).device.logits == 0
+    with pytest.raises(SwiftplanError, match="no reference"):
+        ObjectiveSetup(kind="orpo", reference="model")
+
+
+def test_grpo_colocated_engine_holds_its_fraction_of_the_gpu(spec) -> None:
+    cluster = parse_cluster("H100")
+    setup = _setup("grpo")
+    estimate = estimate_training(spec, setup, cluster)
+    engine = next(t for t in estimate.memory.terms if t.name == "rollout_engine")
+    assert engine.value_bytes == int(0.3 * cluster.memory_bytes_per_device)
+    assert estimate.memory.device_total - estimate.memory.peak_reserved >= engine.value_bytes
+    asleep = estimate_training(spec, _setup("grpo", rollout=RolloutSetup(sleep=True)), cluster)
+    assert asleep.memory.device_total < estimate.memory.device_total
+
+
+def test_grpo_server_takes_its_gpus_from_training(spec) -> None:
+    cluster = parse_cluster("8xH100")
+    server = _setup("grpo", rollout=RolloutSetup(placement="server", gpus=2))
+    estimate = estimate_training(spec, server, cluster)
+    assert not any(t.name == "rollout_engine" for t in estimate.memory.terms)
+    colocated = estimate_training(spec, _setup("grpo"), cluster)
+    # six training ranks instead of eight: fewer tokens per step
+    ratio = (estimate.training_speed.tokens_per_s * estimate.training_speed.step_time_s) / (
+        colocated.training_speed.tokens_per_s * colocated.training_speed.step_time_s
+    )
+    assert ratio == pytest.approx(6 / 8)
+    with pytest.raises(SwiftplanError, match="leaves none"):
+        estimate_training(
+            spec, _setup("grpo", rollout=RolloutSetup(placement="server", gpus=1)), parse_cluster("H100")
+        )
+
+
+def test_grpo_scores_only_completion_tokens_and_times_the_rollout(spec) -> None:
+    setup = _setup("grpo", rollout=RolloutSetup(prompt_len=1536, completion_len=512))
+    sft = replace(setup, objective=ObjectiveSetup())
+    assert train_memory(spec, setup).device.logits == pytest.approx(train_memory(spec, sft).device.logits / 4)
+    speed = estimate_training(spec, setup, parse_cluster("H100")).training_speed
+    assert speed.breakdown_s["rollout"] > 0 and speed.breakdown_s["weight_sync"] > 0
+    assert speed.step_time_s == pytest.approx(
+        sum(v for k, v in speed.breakdown_s.items() if k not in ("comm", "bubble", "offload"))
+        + speed.breakdown_s["comm"]
+        + speed.breakdown_s["bubble"]
+        + speed.breakdown_s["offload"]
+    )
+
+
+def test_grpo_kl_needs_a_reference_and_ppo_holds_value_and_reward_models(spec) -> None:
+    no_kl = train_memory(spec, _setup("grpo", "full")).device
+    kl = train_memory(spec, _setup("grpo", "full", kl=True)).device
+    assert no_kl.reference == 0 and kl.reference == no_kl.weights
+    ppo = train_memory(spec, _setup("ppo")).device
+    assert ppo.aux_models > 2 * ppo.weights * 0.99
+
+
+def test_dpo_costs_a_reference_forward(spec) -> None:
+    cluster = parse_cluster("A100-80G")
+    dpo = estimate_training(spec, _setup("dpo"), cluster).training_speed
+    precomputed = estimate_training(spec, _setup("dpo", reference="precomputed"), cluster).training_speed
+    assert dpo.breakdown_s["reference"] > 0 == precomputed.breakdown_s["reference"]
+    assert dpo.step_time_s > precomputed.step_time_s
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: TrainSetup(seq_len=2048, objective=ObjectiveSetup(kind="grpo")), "prompt and completion"),
+        (lambda: ObjectiveSetup(kind="dpo", rollout=RolloutSetup()), "apply to grpo and ppo"),
+        (lambda: ObjectiveSetup(kind="grpo", reference="precomputed", kl=True), "cannot be precomputed"),
+        (lambda: ObjectiveSetup(kind="dpo", kl=True), "KL penalty"),
+        (lambda: RolloutSetup(placement="server"), "at least"),
+        (lambda: RolloutSetup(gpus=2), "applies to --rollout server"),
+        (lambda: RolloutSetup(memory_fraction=1.5), "between 0.05 and 0.95"),
+        (lambda: RolloutSetup(num_generations=1), "--num-generations"),
+        (
+            lambda: (
+                TrainSetup(
+                    method="full", objective=ObjectiveSetup(kind="dpo", reference="adapters-off")
+                ).parallel
+            ),
+            None,
+        ),
+        (
+            lambda: TrainSetup(seq_len=512, objective=ObjectiveSetup(kind="dpo", prompt_len=512)),
+            "no response",
+        ),
+    ],
+)
+def test_bad_objectives_are_one_clear_error(build, message) -> None:
+    if message is None:  # adapters-off with full fine-tuning is caught when the reference is resolved
+        with pytest.raises(SwiftplanError, match="full fine-tuning has none"):
+            train_memory(
+                catalog_spec(find_catalog_id("Qwen/Qwen2.5-0.5B") or ""),
+                TrainSetup(method="full", objective=ObjectiveSetup(kind="dpo", reference="adapters-off")),
+            )
+        return
+    with pytest.raises(SwiftplanError, match=message):
+        build()
