@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Annotated, Any
 
 import typer
@@ -10,22 +9,36 @@ from rich.table import Table
 
 from swiftplan.cli._output import console, print_json
 from swiftplan.cli.options import (
+    TASK_HELP,
+    CompletionLenOpt,
     DsBucketsOpt,
     FsdpOpt,
     FsdpShardGroupOpt,
     FsdpShardingOpt,
+    JobTask,
+    KlOpt,
     LossChunksOpt,
     LossChunkTokensOpt,
     LossOpt,
     ModulesToSaveOpt,
+    NumGenerationsOpt,
     OptimizerImplOpt,
     OptimizerInBackwardOpt,
+    PromptLenOpt,
+    ReferenceOpt,
+    RolloutEngineOpt,
+    RolloutGpusOpt,
+    RolloutMemoryOpt,
+    RolloutOpt,
+    RolloutSleepOpt,
+    RolloutTpOpt,
     RuntimeOpt,
     build_serve_setup,
     build_train_setup,
     given_options,
 )
 from swiftplan.planner.estimate import Estimate
+from swiftplan.planner.speed import TrainSpeed
 from swiftplan.units import format_gib
 
 EPILOG = """
@@ -49,9 +62,7 @@ Examples:
 """
 
 
-class Task(str, Enum):
-    train = "train"
-    serve = "serve"
+Task = JobTask
 
 
 def render_estimate(estimate: Estimate) -> None:
@@ -64,7 +75,7 @@ def render_estimate(estimate: Estimate) -> None:
     table.add_column("GiB", justify="right")
     table.add_column("how")
     for term in mem.terms:
-        if term.value_bytes or term.name in ("weights", "activations"):
+        if term.value_bytes or term.name in ("weights", "activations", "reference"):
             table.add_row(term.name, f"{term.value_bytes / 2**30:.2f}", term.formula)
     table.add_section()
     table.add_row(
@@ -103,12 +114,39 @@ def render_estimate(estimate: Estimate) -> None:
             f"speed: {speed['tokens_per_s']:,.0f} tokens/s, {speed['step_time_s']:.2f} s/step, bound by {speed['bound']} "
             f"({speed['flops_per_token'] / 1e9:.1f} GFLOP/token at {speed['mfu_prior']:.0%} MFU prior)"
         )
+        render_objective(estimate)
     else:
         console.print(
             f"serving: max {estimate.max_concurrency} sequences of {estimate.setup.context} tokens; "  # type: ignore[union-attr]
             f"max context {estimate.max_context} at concurrency {estimate.setup.concurrency}; "  # type: ignore[union-attr]
             f"prefill {speed['prefill_tokens_per_s']:,.0f} tok/s, TTFT {speed['ttft_s']:.2f} s, "
             f"decode {speed['tokens_per_s']:,.0f} tok/s total ({speed['per_user_decode_tokens_per_s']:.1f}/user), {speed['bound']}-bound"
+        )
+
+
+_STEP_PARTS = {"compute": "policy forward/backward", "reference": "reference forward", "rollout": "generation",
+               "weight_sync": "weight sync", "sleep_wake": "sleep/wake", "comm": "communication"}  # fmt: skip
+
+
+def render_objective(estimate: Estimate) -> None:
+    """For preference and RL tasks: what the objective is planned as and where the step's time goes."""
+    setup = estimate.setup
+    objective = getattr(setup, "objective", None)
+    if objective is None or objective.kind == "sft" or not isinstance(estimate.speed, TrainSpeed):
+        return
+    parts = estimate.speed.breakdown_s
+    shown = ", ".join(f"{label} {parts[k]:.2f} s" for k, label in _STEP_PARTS.items() if parts.get(k))
+    console.print(f"step time: {shown}", highlight=False)
+    rollout = objective.rollout
+    if rollout is not None:
+        where = (f"a vLLM server on {rollout.gpus} GPU(s) of their own" if rollout.placement == "server"
+                 else "the trainer's generate()" if rollout.engine == "hf"
+                 else f"vLLM colocated on each training GPU at {rollout.memory_fraction:g} of its memory"
+                 + (" with sleep mode" if rollout.sleep else ""))  # fmt: skip
+        console.print(
+            f"rollout: {rollout.num_generations} completions per prompt of {rollout.completion_len} tokens after "
+            f"{rollout.prompt_len}-token prompts, on {where}",
+            highlight=False,
         )
 
 
@@ -176,7 +214,7 @@ ModelArg = Annotated[
         help="Catalog name/alias, hub id, path to a config.json (or its directory), or a plan file (.yaml)."
     ),
 ]
-TaskOpt = Annotated[Task, _opt("--task", help="train or serve.")]
+TaskOpt = Annotated[JobTask, _opt("--task", help=TASK_HELP)]
 MethodOpt = Annotated[str, _opt("--method", help="full | lora | qlora")]
 PrecisionOpt = Annotated[str, _opt("--precision", help="bf16 | fp16 | fp32 | amp-bf16 | amp-fp16")]
 QuantOpt = Annotated[
@@ -275,6 +313,17 @@ def estimate_command(
     fsdp_sharding: FsdpShardingOpt = None,
     fsdp_shard_group: FsdpShardGroupOpt = None,
     ds_buckets: DsBucketsOpt = None,
+    reference: ReferenceOpt = "auto",
+    prompt_len: PromptLenOpt = None,
+    num_generations: NumGenerationsOpt = 8,
+    completion_len: CompletionLenOpt = 512,
+    rollout: RolloutOpt = "colocate",
+    rollout_engine: RolloutEngineOpt = None,
+    rollout_gpus: RolloutGpusOpt = 0,
+    rollout_memory: RolloutMemoryOpt = None,
+    rollout_sleep: RolloutSleepOpt = False,
+    rollout_tp: RolloutTpOpt = 1,
+    kl: KlOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Memory breakdown (per device) and predicted speed of one configuration."""
@@ -317,22 +366,31 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
     """The set-up the options describe, under the runtime profile (--runtime) they name."""
     from swiftplan.cli.options import (
         RUNTIME_TRAIN_FLAGS,
+        build_objective,
+        is_serving,
         knob_values,
+        objective_seq,
         refuse_knobs_for_serving,
+        refuse_objective_for_serving,
         serve_runtime,
         train_runtime,
     )
     from swiftplan.planner.runtime import KNOB_FLAGS, SERVE_OPTIONS
 
     knobs = knob_values(**{n: o[n] for n in KNOB_FLAGS if n in o})
-    if o["task"] == Task.train:
+    if not is_serving(o["task"]):
         choice = train_runtime(
             o["runtime"], knobs, {n: o[n] for n in given_options(ctx, RUNTIME_TRAIN_FLAGS)}
         )
         o = o | choice.setup_options()
+        objective = build_objective(ctx, o["task"], o, runtime=choice.knobs().name)
+        o["seq"] = objective_seq(ctx, objective, o["seq"])
         names = ("method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch", "seq",
                  "grad_accum", "grad_ckpt", "attention", "zero", "offload", "tp", "pp", "kbit_upcast")  # fmt: skip
-        return build_train_setup(cluster=cluster, runtime=choice.knobs(), **{n: o[n] for n in names}), choice
+        train = build_train_setup(cluster=cluster, runtime=choice.knobs(), objective=objective,
+                                  **{n: o[n] for n in names})  # fmt: skip
+        return train, choice
+    refuse_objective_for_serving(ctx)
     refuse_knobs_for_serving(knobs)
     serving = serve_runtime(o["runtime"], {n: o[n] for n in given_options(ctx, SERVE_OPTIONS)})
     if serving is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
@@ -9,6 +10,7 @@ import typer
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.capabilities import check
 from swiftplan.planner.hardware import Cluster
+from swiftplan.planner.objective import ObjectiveSetup
 from swiftplan.planner.setup import (
     ALL_LINEAR,
     KV_DTYPES,
@@ -75,6 +77,7 @@ def build_train_setup(
     cluster: Cluster,
     kbit_upcast: bool = False,
     runtime: RuntimeKnobs | None = None,
+    objective: ObjectiveSetup | None = None,
 ) -> TrainSetup:
     """A validated `TrainSetup`, refused early when the accelerator cannot run it."""
     from swiftplan.cli import _checks
@@ -107,6 +110,7 @@ def build_train_setup(
         kbit_upcast=kbit_upcast,
         parallel=parallel,
         runtime=runtime or RuntimeKnobs(),
+        objective=objective or ObjectiveSetup(),
     )
     _refuse_impossible(
         cluster,
@@ -300,3 +304,149 @@ def refuse_knobs_for_serving(knobs: dict[str, Any]) -> None:
         raise SwiftplanError(
             f"{flags} describe how a training framework runs; they do not apply to --task serve."
         )
+
+
+class JobTask(str, Enum):
+    """--task: a training objective (train = sft) or serve."""
+
+    train = "train"
+    sft = "sft"
+    dpo = "dpo"
+    kto = "kto"
+    orpo = "orpo"
+    simpo = "simpo"
+    cpo = "cpo"
+    rm = "rm"
+    ppo = "ppo"
+    grpo = "grpo"
+    serve = "serve"
+
+
+TASK_HELP = "sft (train) | dpo | kto | orpo | simpo | cpo | rm | ppo | grpo | serve"
+ReferenceOpt = Annotated[
+    str,
+    typer.Option(
+        "--reference",
+        help="dpo/kto/ppo/grpo --kl: auto | model (frozen copy) | adapters-off (LoRA disabled) | precomputed.",
+    ),
+]
+PromptLenOpt = Annotated[
+    int | None,
+    typer.Option("--prompt-len", help="Prompt tokens per sequence (grpo/ppo: 512; pairs: not scored)."),
+]
+NumGenerationsOpt = Annotated[
+    int, typer.Option("--num-generations", help="grpo/ppo: completions per prompt (TRL default 8).")
+]
+CompletionLenOpt = Annotated[
+    int, typer.Option("--completion-len", help="grpo/ppo: generated tokens per completion (TRL default 512).")
+]
+RolloutOpt = Annotated[
+    str,
+    typer.Option("--rollout", help="grpo: colocate (vLLM shares the training GPUs) | server (its own GPUs)."),
+]
+RolloutEngineOpt = Annotated[
+    str | None, typer.Option("--rollout-engine", help="vllm | hf (the trainer's generate(); ppo's default).")
+]
+RolloutGpusOpt = Annotated[
+    int, typer.Option("--rollout-gpus", help="--rollout server: GPUs the server takes.")
+]
+RolloutMemoryOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--rollout-memory",
+        help="Colocated vLLM's gpu_memory_utilization (default: the runtime's, TRL 0.3, ms-swift 0.9).",
+    ),
+]
+RolloutSleepOpt = Annotated[
+    bool, typer.Option("--rollout-sleep/--no-rollout-sleep", help="vLLM sleep mode between rollouts.")
+]
+RolloutTpOpt = Annotated[
+    int, typer.Option("--rollout-tp", help="Tensor-parallel degree of the rollout engine.")
+]
+KlOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--kl/--no-kl", help="grpo: KL penalty to a reference (default: the runtime's; TRL no, ms-swift yes)."
+    ),
+]
+
+OBJECTIVE_OPTIONS = ("reference", "prompt_len", "num_generations", "completion_len", "rollout", "rollout_engine",
+                     "rollout_gpus", "rollout_memory", "rollout_sleep", "rollout_tp", "kl")  # fmt: skip
+"""The typer parameter names of the objective's options (shared by estimate, fit, size and verify)."""
+
+_ROLLOUT_MEMORY_DEFAULTS = {"ms-swift": 0.9}
+"""Colocated vLLM memory fraction by runtime: ms-swift 4.6 vllm_gpu_memory_utilization = 0.9
+(swift/rlhf_trainers/args_mixin.py:37); TRL 1.16 GRPOConfig 0.3 (trl/trainer/grpo_config.py:656) elsewhere."""
+_KL_BY_DEFAULT = frozenset({"ms-swift"})
+"""Runtimes whose GRPO has a KL penalty by default: ms-swift 4.6 sets beta 0.04 when unset
+(swift/arguments/rlhf_args.py:356); TRL 1.16 GRPOConfig.beta = 0.0 (trl/trainer/grpo_config.py:681)."""
+
+
+def is_serving(task: JobTask | str) -> bool:
+    """Whether --task asks for serving."""
+    return str(getattr(task, "value", task)) == "serve"
+
+
+def objective_kind(task: JobTask | str) -> str:
+    """The planner's objective for --task (train is sft)."""
+    value = str(getattr(task, "value", task))
+    return "sft" if value == "train" else value
+
+
+def build_objective(
+    ctx: typer.Context, task: JobTask | str, o: dict[str, Any], *, runtime: str
+) -> ObjectiveSetup:
+    """The objective --task and the objective options describe; options that do not apply are refused."""
+    from swiftplan.planner.objective import (
+        OBJECTIVES,
+        REFERENCES,
+        ROLLOUT_ENGINES,
+        ROLLOUT_PLACEMENTS,
+        WITH_ROLLOUTS,
+        RolloutSetup,
+    )
+
+    kind = objective_kind(task)
+    given = given_options(ctx, OBJECTIVE_OPTIONS)
+    if kind == "sft" and given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise SwiftplanError(f"{flags} describe preference and RL jobs; --task {kind} has none.",
+                             hint="Pick the method with --task dpo|kto|orpo|simpo|cpo|rm|ppo|grpo.")  # fmt: skip
+    rollout_flags = [
+        n for n in given if n.startswith("rollout") or n in ("num_generations", "completion_len")
+    ]
+    if kind not in WITH_ROLLOUTS and rollout_flags:
+        flags = ", ".join("--" + n.replace("_", "-") for n in rollout_flags)
+        raise SwiftplanError(f"{flags} apply to --task grpo and ppo, not --task {kind}.")
+    rollout = None
+    if kind in WITH_ROLLOUTS:
+        engine = o["rollout_engine"] or ("hf" if kind == "ppo" else "vllm")
+        memory = (
+            o["rollout_memory"]
+            if o["rollout_memory"] is not None
+            else _ROLLOUT_MEMORY_DEFAULTS.get(runtime, 0.3)
+        )
+        rollout = RolloutSetup(num_generations=o["num_generations"], prompt_len=o["prompt_len"] or 512,
+                               completion_len=o["completion_len"],
+                               engine=parse_choice("rollout engine", engine, ROLLOUT_ENGINES),
+                               placement=parse_choice("rollout placement", o["rollout"], ROLLOUT_PLACEMENTS),
+                               gpus=o["rollout_gpus"], memory_fraction=memory, sleep=o["rollout_sleep"],
+                               tp=o["rollout_tp"])  # fmt: skip
+    kl = o["kl"] if o["kl"] is not None else (kind == "grpo" and runtime in _KL_BY_DEFAULT)
+    return ObjectiveSetup(kind=parse_choice("task", kind, OBJECTIVES),
+                          reference=parse_choice("reference", o["reference"], REFERENCES),
+                          prompt_len=0 if rollout else (o["prompt_len"] or 0), rollout=rollout, kl=kl)  # fmt: skip
+
+
+def objective_seq(ctx: typer.Context, objective: ObjectiveSetup, seq: int) -> int:
+    """--seq for the objective: a rollout's sequence is its prompt and completion unless --seq was given."""
+    if objective.rollout is not None and not given_options(ctx, ("seq",)):
+        return objective.rollout.seq_len
+    return seq
+
+
+def refuse_objective_for_serving(ctx: typer.Context) -> None:
+    """Objective options given with --task serve: one clear error."""
+    if given := given_options(ctx, OBJECTIVE_OPTIONS):
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise SwiftplanError(f"{flags} describe training objectives; they do not apply to --task serve.")

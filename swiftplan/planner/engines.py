@@ -24,12 +24,13 @@ EngineTask = Literal["train", "serve"]
 DEFAULT_TRAIN_ENGINE = "swiftplan"
 """The engine `fit` plans training for unless told otherwise: the project's own loop."""
 
-_LIST_OPTIONS = ("backend", "method", "quant", "optimizer", "zero", "offload", "kv_dtype")
+_LIST_OPTIONS = ("backend", "objective", "method", "quant", "optimizer", "zero", "offload", "kv_dtype")
 _KNOB_OPTIONS = ("loss", "optimizer_impl", "fsdp", "modules_to_save", "optimizer_in_backward")
 """RuntimeKnobs an engine may restrict (list options; modules_to_save: the modules it can train in full)."""
 _MAX_OPTIONS = ("tp_max", "pp_max", "gpus_max")
 _OPTION_LABELS = {
     "backend": "device backend",
+    "objective": "training task",
     "method": "method",
     "quant": "quantization",
     "optimizer": "optimizer",
@@ -192,6 +193,7 @@ class Requirements:
     backend: str
     """Device backend."""
     method: str | None = None
+    objective: str | None = None
     quant: str | None = None
     optimizer: str | None = None
     zero: int | None = None
@@ -216,7 +218,7 @@ def engine_reasons(engine: Engine, needs: Requirements) -> list[str]:
     backends = engine.allowed("backend", backend)
     if backends is not None and backend not in backends:
         return [f"{engine.label} does not run on {backend} devices (it runs on {', '.join(backends)})."]
-    for option in ("method", "quant", "optimizer", "zero", "offload", "kv_dtype"):
+    for option in ("objective", "method", "quant", "optimizer", "zero", "offload", "kv_dtype"):
         value = getattr(needs, option)
         allowed = engine.allowed(option, backend)
         if value is None or allowed is None or value in allowed:
@@ -268,6 +270,7 @@ def train_requirements(setup: TrainSetup, *, backend: str, gpus: int) -> Require
     """What a training set-up on `gpus` devices of `backend` asks of an engine."""
     return Requirements(
         backend=backend,
+        objective=setup.objective.kind,
         method=setup.method,
         quant=setup.quant,
         optimizer=setup.optimizer,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from swiftplan.errors import SwiftplanError
@@ -13,7 +13,8 @@ from swiftplan.planner.architecture import total_params
 from swiftplan.planner.breakdown import MemoryBreakdown
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.objective_speed import objective_speed
+from swiftplan.planner.objective import resolve_reference
+from swiftplan.planner.objective_speed import objective_speed, rollout_capacity
 from swiftplan.planner.serve_memory import serve_memory
 from swiftplan.planner.setup import ServeSetup, Task, TrainSetup
 from swiftplan.planner.speed import ServeSpeed, TrainSpeed, serve_speed
@@ -50,6 +51,8 @@ class Estimate:
     """Serving: sequences of the requested context that fit."""
     max_context: int | None = None
     """Serving: longest context that fits at the requested concurrency."""
+    rollout_sequences: int | None = None
+    """GRPO/PPO with vLLM: sequences one rollout engine's KV cache holds at once (0: it cannot start)."""
     notes: tuple[str, ...] = ()
     """What the reader should know: probe adjustments, missing figures."""
     allocator: AllocatorSettings = AllocatorSettings()
@@ -61,7 +64,7 @@ class Estimate:
         budget holds the load)."""
         if isinstance(self.setup, ServeSetup):
             return self.max_concurrency is not None and self.max_concurrency >= self.setup.concurrency
-        return self.memory.device_total <= self.device_memory_bytes
+        return self.memory.device_total <= self.device_memory_bytes and self.rollout_sequences != 0
 
     @property
     def training_speed(self) -> TrainSpeed:
@@ -133,10 +136,28 @@ class Estimate:
                 for t in self.memory.terms
             ],
         }
+        if isinstance(self.setup, TrainSetup):
+            payload["objective"] = objective_json(self.setup)
         if self.task == "serve":
             payload["max_concurrency"] = self.max_concurrency
             payload["max_context"] = self.max_context
         return payload
+
+
+def objective_json(setup: TrainSetup) -> dict[str, Any]:
+    """The objective as `estimate --json` and `fit --json` show it, its reference resolved."""
+    objective = setup.objective
+    payload: dict[str, Any] = {
+        "task": objective.kind,
+        "reference": resolve_reference(objective, trains_adapters=setup.trains_adapters),
+        "sequences_per_example": objective.sequences_per_example,
+    }
+    if objective.prompt_len:
+        payload["prompt_len"] = objective.prompt_len
+    if objective.rollout is not None:
+        payload["rollout"] = asdict(objective.rollout)
+        payload["kl"] = objective.kl
+    return payload
 
 
 def training_world_size(setup: TrainSetup, cluster: Cluster) -> int:
@@ -203,6 +224,7 @@ def estimate_training(
         extras=memory.extras,
     )
     notes = list(cluster.notes)
+    rollout_sequences = _rollout_sequences(spec, setup, cluster, train_world, notes)
     speed = _speed_or_note(
         lambda: objective_speed(
             spec, setup, cluster, trainable_params=memory.trainable_params, train_world=train_world
@@ -222,7 +244,31 @@ def estimate_training(
         speed=speed,
         notes=tuple(notes),
         allocator=allocator,
+        rollout_sequences=rollout_sequences,
     )
+
+
+def _rollout_sequences(
+    spec: ModelSpec, setup: TrainSetup, cluster: Cluster, train_world: int, notes: list[str]
+) -> int | None:
+    """Sequences a vLLM rollout engine holds at once; a note when its memory cannot hold even one."""
+    rollout = setup.objective.rollout
+    if rollout is None or rollout.engine != "vllm":
+        return None
+    wanted, capacity = rollout_capacity(spec, setup, cluster, train_world)
+    share = rollout.memory_fraction if rollout.placement == "colocate" else 0.9
+    if capacity == 0:
+        flag = "--rollout-memory" if rollout.placement == "colocate" else "--rollout-tp"
+        notes.append(
+            f"The rollout engine cannot start: {share:g} of {cluster.memory_bytes_per_device / 2**30:.0f} GiB does "
+            f"not hold its weights, profiling workspace and one {rollout.seq_len}-token sequence; raise {flag}."
+        )
+    elif capacity < wanted:
+        notes.append(
+            f"The rollout engine holds {capacity} of the {wanted} completions it generates per step at once; "
+            "the rest wait (slower rollouts, counted in the step time)."
+        )
+    return capacity
 
 
 def estimate_serving(

@@ -122,6 +122,14 @@ def no_grad_forward_bytes(spec: ModelSpec, setup: TrainSetup, *, sequences: int,
     return working + act.logits_bytes(spec, scored, tp=tp)
 
 
+def reference_forward_bytes(spec: ModelSpec, setup: TrainSetup, reference_kind: str) -> int:
+    """The no-grad reference (and KTO KL) forward's own bytes; 0 without one on the device."""
+    if reference_kind in ("none", "precomputed"):
+        return 0
+    sequences = reference_forward_sequences(setup)
+    return no_grad_forward_bytes(spec, setup, sequences=sequences, tp=setup.parallel.tp)
+
+
 def reference_forward_sequences(setup: TrainSetup) -> int:
     """Sequences the no-grad reference pass scores per micro-batch: both halves of a pair, KTO's
     examples and their mismatched KL sequences, a rollout micro-batch."""

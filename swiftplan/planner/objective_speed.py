@@ -81,17 +81,27 @@ def generations_per_step(setup: TrainSetup, train_world: int) -> int:
     return setup.micro_batch * dp * setup.grad_accum
 
 
+def rollout_capacity(
+    spec: ModelSpec, setup: TrainSetup, cluster: Cluster, train_world: int
+) -> tuple[int, int]:
+    """(completions one rollout engine generates per step, sequences its KV cache holds at once);
+    0 sequences when its memory share does not even hold its weights and profiling workspace."""
+    engines = rollout_engines(setup, train_world)
+    per_engine = -(-generations_per_step(setup, train_world) // engines)
+    serve = rollout_engine_setup(spec, setup, generations_per_engine=per_engine)
+    return per_engine, serve_memory(
+        spec, serve, device_memory_bytes=cluster.memory_bytes_per_device
+    ).max_concurrency
+
+
 def _rollout_parts(
     spec: ModelSpec, setup: TrainSetup, cluster: Cluster, train_world: int
 ) -> dict[str, float]:
     """Generation, weight-sync and sleep/wake seconds per optimizer step."""
     rollout = setup.objective.rollout
     assert rollout is not None
-    engines = rollout_engines(setup, train_world)
-    per_engine = -(-generations_per_step(setup, train_world) // engines)
+    per_engine, capacity = rollout_capacity(spec, setup, cluster, train_world)
     serve = rollout_engine_setup(spec, setup, generations_per_engine=per_engine)
-    device = cluster.memory_bytes_per_device
-    capacity = serve_memory(spec, serve, device_memory_bytes=device).max_concurrency or 1
     concurrency = max(1, min(per_engine, capacity))
     serve = replace(serve, concurrency=concurrency)
     weights = serve_weight_bytes(spec, serve)

@@ -64,7 +64,7 @@ def sequences_formula(setup: TrainSetup) -> str:
     objective = setup.objective
     b = setup.micro_batch
     if objective.paired:
-        return f"{2 * b} ({b} pairs: chosen + rejected concatenated)"
+        return f"{2 * b} ({b} pair{'s' if b > 1 else ''}: chosen + rejected concatenated)"
     if objective.kind == "ppo":
         return f"{2 * b} ({b} completions through the policy and the value model)"
     if objective.kind == "grpo":

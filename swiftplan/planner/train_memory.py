@@ -32,11 +32,10 @@ from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective_memory import (
     ObjectiveStates,
     RolloutMemory,
-    no_grad_forward_bytes,
     objective_logits_bytes,
     objective_states,
     policy_setup,
-    reference_forward_sequences,
+    reference_forward_bytes,
     reference_runs_beside_policy,
     rollout_memory,
 )
@@ -81,6 +80,9 @@ class TrainMemory:
     """Memory held outside torch's allocator on the device (a colocated rollout engine)."""
     rollout: RolloutMemory | None = None
     """GRPO/PPO: what the rollout engine holds on a training device."""
+    phase_peaks: tuple[tuple[str, int], ...] = ()
+    """(moment, allocated bytes without the cuBLAS workspace) of each candidate peak, for composing
+    further terms on top (planner/vision_memory.py)."""
 
 
 def _weights_on_device(spec: ModelSpec, setup: TrainSetup, layers: range) -> int:
@@ -347,10 +349,9 @@ def _objective_phases(
     """Add the objective's no-grad reference (and KTO KL) forward as a candidate peak: after the
     policy forward with its activations alive (DPO, KTO), or before it (GRPO, PPO)."""
     objective = setup.objective
-    if states.objective.reference_kind in ("none", "precomputed"):
+    forward = reference_forward_bytes(spec, setup, states.objective.reference_kind)
+    if not forward:
         return
-    tp = setup.parallel.tp
-    forward = no_grad_forward_bytes(spec, setup, sequences=reference_forward_sequences(setup), tp=tp)
     alive = at_loss if reference_runs_beside_policy(objective) else 0
     peaks["reference forward"] = states.static + states.gathered + grads_during_fwd + alive + forward
     acts["reference forward"] = alive
@@ -406,7 +407,12 @@ def train_memory(
     activations = max(at_loss, in_backward)
     phase = max(phase_peaks, key=lambda name: phase_peaks[name])
     head_grads = _grad_shares(spec, setup, states.gradients - states.bucket, stage_layers)[0]
-    transient = {"optimizer step": step_temp, "end of backward": 2 * head_grads}.get(phase, states.gathered)
+    transient = {
+        "optimizer step": step_temp,
+        "end of backward": 2 * head_grads,
+        "reference forward": states.gathered
+        + reference_forward_bytes(spec, setup, states.objective.reference_kind),
+    }.get(phase, states.gathered)
     runtime_alloc = int(constant("runtime_overhead", "cublas_workspace_bytes"))
     peak = phase_peaks[phase] + runtime_alloc
     frag = 0.0  # the allocator's slack is planner/allocator.py's (with_reserved below)
@@ -447,4 +453,5 @@ def train_memory(
         phase_activations=phase_acts,
         extras=extras,
         rollout=rollout if setup.objective.rollout is not None else None,
+        phase_peaks=tuple(phase_peaks.items()),
     )

@@ -98,7 +98,12 @@ def breakdown_terms(
         Term(
             name="transient",
             value_bytes=transient,
-            formula=f"at the peak ({phase})" + _step_formula(setup),
+            formula=f"at the peak ({phase})"
+            + (
+                ": the reference's no-grad forward — one block's working set + its scored tokens' log-prob kernel"
+                if phase == "reference forward"
+                else _step_formula(setup)
+            ),
             source=_step_source(setup),
         ),
         Term(
