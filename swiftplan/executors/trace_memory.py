@@ -58,7 +58,7 @@ class MemoryTracker(TorchDispatchMode):
     gradient is only known to be one once autograd has accumulated it).
     """
 
-    def __init__(self, *, round_bytes: int = CUDA_BLOCK_BYTES) -> None:
+    def __init__(self, *, round_bytes: int = CUDA_BLOCK_BYTES, phase_snapshots: bool = False) -> None:
         super().__init__()
         if round_bytes < 1:
             raise ValueError(f"round_bytes must be >= 1, got {round_bytes}")
@@ -70,6 +70,9 @@ class MemoryTracker(TorchDispatchMode):
         self.phase_peaks: dict[str, int] = {}
         self._live: dict[int, _Storage] = {}
         self._peak_live: dict[int, _Storage] = {}
+        self._phase_snapshots = phase_snapshots
+        self._phase_peak_live: dict[str, dict[int, _Storage]] = {}
+        """With `phase_snapshots`: what was alive at each phase's peak (`at_phase_peak`)."""
         self._measuring = False
         self.ops_seen: set[Any] = set()
         """Every aten op dispatched (to report which attention kernel ran)."""
@@ -96,6 +99,8 @@ class MemoryTracker(TorchDispatchMode):
         phase = self.phase
         if phase is not None and live > self.phase_peaks.get(phase, 0):
             self.phase_peaks[phase] = live
+            if self._phase_snapshots:
+                self._phase_peak_live[phase] = dict(self._live)
         if live > self.peak_bytes:
             self.peak_bytes = live
             # Copying ~1e3 references per new peak is cheap next to the op that caused it. The _Storage
@@ -164,16 +169,26 @@ class MemoryTracker(TorchDispatchMode):
         self.peak_bytes = self.live_bytes
         self._peak_live = dict(self._live)
         self.phase_peaks = {}
+        self._phase_peak_live = {}
 
     def stop_measuring(self) -> None:
         self._measuring = False
 
+    def set_phase(self, phase: str | None) -> str | None:
+        """Attribute allocations to `phase` from now on (its peak starts at what is already alive);
+        return the phase it replaces (for hooks that switch phase and back)."""
+        previous = self.phase
+        self.phase = phase
+        if phase is not None and self._measuring and self.live_bytes >= self.phase_peaks.get(phase, 0):
+            self.phase_peaks[phase] = self.live_bytes
+            if self._phase_snapshots:
+                self._phase_peak_live[phase] = dict(self._live)
+        return previous
+
     @contextmanager
     def in_phase(self, phase: str) -> Iterator[None]:
         """Attribute allocations to `phase`; its peak starts at what is already alive."""
-        self.phase = phase
-        if self._measuring:
-            self.phase_peaks[phase] = max(self.phase_peaks.get(phase, 0), self.live_bytes)
+        self.set_phase(phase)
         try:
             yield
         finally:
@@ -193,6 +208,13 @@ class MemoryTracker(TorchDispatchMode):
         """Category -> bytes alive at the peak, by each storage's latest category."""
         out = dict.fromkeys(CATEGORIES, 0)
         for info in self._peak_live.values():
+            out[info.category] = out.get(info.category, 0) + info.nbytes
+        return out
+
+    def at_phase_peak(self, phase: str) -> dict[str, int]:
+        """Category -> bytes alive at `phase`'s peak (needs `phase_snapshots=True`)."""
+        out = dict.fromkeys(CATEGORIES, 0)
+        for info in self._phase_peak_live.get(phase, {}).values():
             out[info.category] = out.get(info.category, 0) + info.nbytes
         return out
 

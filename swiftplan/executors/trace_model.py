@@ -100,12 +100,14 @@ def apply_lora(
     dropout: float,
     targets: Sequence[str] | str,
     notes: list[str],
+    task_type: str = "CAUSAL_LM",
 ) -> nn.Module:
     """Wrap the meta `model` with peft LoRA as `get_peft_model` does (call outside any fake mode).
 
     `low_cpu_mem_usage=True` makes peft create the adapters on meta instead of initialising them on the
     CPU; the resulting dtypes are the same as for a real model (checked with peft 0.21: fp32 adapters
-    on a bf16 or fp32 base, from `autocast_adapter_dtype=True`).
+    on a bf16 or fp32 base, from `autocast_adapter_dtype=True`). `task_type="SEQ_CLS"` (a reward model)
+    also trains the classification head in full (peft's modules_to_save for that task).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -115,7 +117,7 @@ def apply_lora(
         lora_alpha=alpha if alpha is not None else rank,
         lora_dropout=dropout,
         target_modules=target_modules,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
