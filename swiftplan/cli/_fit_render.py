@@ -139,6 +139,29 @@ def _families(result: SearchResult) -> None:
         console.print(f"  {family_line(outcome, result.best, result.objective)}", highlight=False)
 
 
+def _variant_lines(outcome: Any) -> list[str]:
+    """How each searched variant of the objective did against the winner."""
+    from swiftplan.planner.search.objective_variants import describe_variant
+    from swiftplan.usecases.describe import variant_line
+
+    if not outcome.variants:
+        return []
+    winner = outcome.problem.workload.objective
+    best, goal = outcome.result.best, outcome.problem.settings.objective
+    return [
+        variant_line(describe_variant(v.objective), v.best, best, goal, winner=v.objective == winner)
+        for v in outcome.variants
+    ]
+
+
+def _variants(outcome: Any) -> None:
+    if not outcome.variants:
+        return
+    console.print(f"[bold]Why not another {outcome.problem.workload.objective.kind} set-up:[/]")
+    for line in _variant_lines(outcome):
+        console.print(f"  {line}", highlight=False)
+
+
 def _diagnosis(diagnosis: Diagnosis) -> None:
     console.print(f"[bold red]{diagnosis.summary}[/]", highlight=False)
     if diagnosis.suggestions:
@@ -175,6 +198,7 @@ def render_fit(
             console.print(f"[dim]{note}[/]", highlight=False)
         render_estimate(result.best.estimate)
         _families(result)
+        _variants(outcome)
     if outcome.alternative is not None:
         console.print(
             f"[bold]Another engine:[/] {engine_line(outcome.alternative, problem.engine.name, problem.settings.objective)}",
@@ -271,6 +295,10 @@ def fit_json(outcome: Any, *, output: str | None, measured: Any, elapsed_s: floa
         },
         "plan": plan_dict(outcome.plan) if outcome.plan else None,
         "plan_file": output if outcome.plan and output else None, "elapsed_s": elapsed_s,
+        "objective_variants": [
+            {"objective": asdict(v.objective), "best": evaluation_json(v.best) if v.best else None, "line": line}
+            for v, line in zip(outcome.variants, _variant_lines(outcome), strict=True)
+        ],
     }  # fmt: skip
     if measured is not None:
         payload["measurements"] = measurements_json(*measured)

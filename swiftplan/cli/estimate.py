@@ -383,14 +383,15 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
             o["runtime"], knobs, {n: o[n] for n in given_options(ctx, RUNTIME_TRAIN_FLAGS)}
         )
         o = o | choice.setup_options()
-        objective = build_objective(ctx, o["task"], o, runtime=choice.knobs().name)
-        o["seq"] = objective_seq(ctx, objective, o["seq"])
+        typed = given_options(ctx)
+        objective = build_objective(o["task"], o, runtime=choice.knobs().name, given=typed)
+        o["seq"] = objective_seq(objective, o["seq"], seq_given="seq" in typed)
         names = ("method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch", "seq",
                  "grad_accum", "grad_ckpt", "attention", "zero", "offload", "tp", "pp", "kbit_upcast")  # fmt: skip
         train = build_train_setup(cluster=cluster, runtime=choice.knobs(), objective=objective,
                                   **{n: o[n] for n in names})  # fmt: skip
         return train, choice
-    refuse_objective_for_serving(ctx)
+    refuse_objective_for_serving(given_options(ctx))
     refuse_knobs_for_serving(knobs)
     serving = serve_runtime(o["runtime"], {n: o[n] for n in given_options(ctx, SERVE_OPTIONS)})
     if serving is not None:

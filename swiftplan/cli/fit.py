@@ -13,20 +13,40 @@ from typing import Annotated, Any
 import typer
 
 from swiftplan.cli.options import (
+    TASK_HELP,
+    CompletionLenOpt,
     DsBucketsOpt,
     FsdpOpt,
     FsdpShardGroupOpt,
     FsdpShardingOpt,
+    JobTask,
+    KlOpt,
     LossChunksOpt,
     LossChunkTokensOpt,
     LossOpt,
     ModulesToSaveOpt,
+    NumGenerationsOpt,
     OptimizerImplOpt,
     OptimizerInBackwardOpt,
+    PromptLenOpt,
+    ReferenceOpt,
+    RolloutEngineOpt,
+    RolloutGpusOpt,
+    RolloutMemoryOpt,
+    RolloutOpt,
+    RolloutSleepOpt,
+    RolloutTpOpt,
     RuntimeOpt,
+    build_objective,
     given_options,
+    is_serving,
+    objective_kind,
+    objective_pins,
+    objective_seq,
+    refuse_objective_for_serving,
 )
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.objective import SFT
 
 EPILOG = """
 Examples:
@@ -52,10 +72,7 @@ Exit status: 0 with a plan, 1 when nothing fits (the diagnosis says what would),
 """
 
 
-class Task(str, Enum):
-    sft = "sft"
-    train = "train"
-    serve = "serve"
+Task = JobTask
 
 
 class Objective(str, Enum):
@@ -74,7 +91,7 @@ ModelArg = Annotated[
 GpusOpt = Annotated[
     str, typer.Option("--gpus", help="Cluster: rtx4090, 4xA100-80G, 2x8xH100, or auto (probe).")
 ]
-TaskOpt = Annotated[Task, typer.Option("--task", help="sft (fine-tune) or serve.")]
+TaskOpt = Annotated[JobTask, typer.Option("--task", help=TASK_HELP)]
 EngineOpt = Annotated[
     str | None,
     _opt("--engine", help="Plan for this engine: swiftplan (training); vllm or builtin (serving)."),
@@ -233,7 +250,7 @@ def parse_pins(**raw: Any) -> Any:
             targets = presets
         elif not all(t in presets for t in targets):
             targets = (",".join(targets),)  # one custom module list
-    serving = raw.get("task") == Task.serve
+    serving = is_serving(raw.get("task", "sft"))
     quant_choices = tuple(dict.fromkeys(SERVE_QUANTS if serving else TRAIN_QUANTS))
     quants = ("none",) if raw.get("no_quant") else _list("--quant", raw.get("quant"), quant_choices)
     ckpt = raw.get("grad_ckpt")
@@ -268,8 +285,11 @@ def fit_request(**options: Any) -> Any:
     """The `FitRequest` for fit's options (as the command receives them)."""
     from swiftplan.usecases.fit import FitRequest, FitTask
 
-    task: FitTask = "serve" if options["task"] == Task.serve else "train"
+    task: FitTask = "serve" if is_serving(options["task"]) else "train"
     host_ram = options["host_ram"]
+    training, global_batch, seq = (
+        _objective(options) if task == "train" else (SFT, options["global_batch"], options["seq"])
+    )
     return FitRequest(
         model=options["model"], gpus=options["gpus"], task=task, engine=options["engine"],
         objective=options["objective"].value if options["objective"] else None, pareto=options["pareto"],
@@ -277,13 +297,39 @@ def fit_request(**options: Any) -> Any:
         dataset_tokens=_token_count(options["dataset_tokens"]) if task == "train" else None,
         data=options["data"] if task == "train" else None, epochs=options["epochs"],
         lengths=options["lengths"] if task == "train" else None, packing=options["packing"],
-        global_batch=options["global_batch"], seq_len=options["seq"], attention=options["attention"],
+        global_batch=global_batch, seq_len=seq, attention=options["attention"],
         context=options["context"], concurrency=options["concurrency"], ttft_s=options["ttft"],
         decode_tps=options["decode_tps"], gpu_memory_utilization=options["gpu_memory_utilization"],
         headroom=options["headroom"], host_ram_bytes=None if host_ram is None else int(host_ram * 2**30),
         seed=options["seed"], trials=options["trials"], storage=options["storage"], study_name=options["study_name"],
         runtime=options["runtime"], runtime_options=_runtime_options(task, options),
+        training=training, objective_pins=objective_pins(options.get("typed", ())),
     )  # fmt: skip
+
+
+def _objective(options: dict[str, Any]) -> tuple[Any, int, int]:
+    """The training objective, and the global batch and --seq it implies: a rollout's sequences are its
+    prompt and completion, and its global batch a whole number of prompts (TRL requires the generation
+    batch to divide by --num-generations, trl 1.16 trainer/grpo_config.py:480)."""
+    from swiftplan.planner.engines import get_engine
+
+    typed = options.get("typed", set())
+    engine = options["engine"] or ("ms-swift" if objective_kind(options["task"]) != "sft" else "swiftplan")
+    runtime = options["runtime"] or get_engine(engine, "train").runtime or engine
+    training = build_objective(options["task"], options, runtime=runtime, given=typed)
+    seq = objective_seq(training, options["seq"], seq_given="seq" in typed)
+    batch = options["global_batch"]
+    rollout = training.rollout
+    if rollout is not None and batch % rollout.num_generations:
+        if "global_batch" in typed:
+            multiple = -(-batch // rollout.num_generations) * rollout.num_generations
+            raise SwiftplanError(
+                f"--global-batch {batch} completions is not a whole number of prompts × --num-generations "
+                f"{rollout.num_generations}.",
+                hint=f"Use a multiple of {rollout.num_generations}, e.g. {multiple}.",
+            )
+        batch = -(-batch // rollout.num_generations) * rollout.num_generations
+    return training, batch, seq
 
 
 def _runtime_options(task: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -366,6 +412,17 @@ def fit_command(
     fsdp_sharding: FsdpShardingOpt = None,
     fsdp_shard_group: FsdpShardGroupOpt = None,
     ds_buckets: DsBucketsOpt = None,
+    reference: ReferenceOpt = "auto",
+    prompt_len: PromptLenOpt = None,
+    num_generations: NumGenerationsOpt = 8,
+    completion_len: CompletionLenOpt = 512,
+    rollout: RolloutOpt = "colocate",
+    rollout_engine: RolloutEngineOpt = None,
+    rollout_gpus: RolloutGpusOpt = 0,
+    rollout_memory: RolloutMemoryOpt = None,
+    rollout_sleep: RolloutSleepOpt = False,
+    rollout_tp: RolloutTpOpt = 1,
+    kl: KlOpt = None,
 ) -> None:
     """Search the training (or serving) plans for the best one that fits, with Optuna."""
     started = time.perf_counter()
@@ -433,7 +490,9 @@ def _check_options(options: dict[str, Any]) -> None:
     ):
         _checks.finite(flag, options[flag[2:].replace("-", "_")])
     _checks.between("--seed", options["seed"], 0, 2**32 - 1)
-    serving = options["task"] == Task.serve
+    serving = is_serving(options["task"])
+    if serving:
+        refuse_objective_for_serving(options.get("typed", ()))
     for name in _SERVE_ONLY if not serving else _TRAIN_ONLY:
         if options[name] is not None:
             flag = "--" + name.replace("_", "-")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -32,6 +33,7 @@ from swiftplan.planner.setup import (
 
 if TYPE_CHECKING:
     from swiftplan.planner.runtime import RuntimeChoice
+    from swiftplan.planner.search.objective_variants import ObjectivePins
 
 
 def parse_targets(targets: str) -> tuple[str, ...]:
@@ -382,6 +384,15 @@ _KL_BY_DEFAULT = frozenset({"ms-swift"})
 (swift/arguments/rlhf_args.py:356); TRL 1.16 GRPOConfig.beta = 0.0 (trl/trainer/grpo_config.py:681)."""
 
 
+def objective_pins(typed: Collection[str]) -> ObjectivePins:
+    """Which of the objective's searched choices the user fixed on the command line."""
+    from swiftplan.planner.search.objective_variants import ObjectivePins
+
+    return ObjectivePins(reference="reference" in typed, placement="rollout" in typed,
+                         memory_fraction="rollout_memory" in typed, sleep="rollout_sleep" in typed,
+                         rollout_gpus="rollout_gpus" in typed)  # fmt: skip
+
+
 def is_serving(task: JobTask | str) -> bool:
     """Whether --task asks for serving."""
     return str(getattr(task, "value", task)) == "serve"
@@ -394,9 +405,10 @@ def objective_kind(task: JobTask | str) -> str:
 
 
 def build_objective(
-    ctx: typer.Context, task: JobTask | str, o: dict[str, Any], *, runtime: str
+    task: JobTask | str, o: dict[str, Any], *, runtime: str, given: Collection[str]
 ) -> ObjectiveSetup:
-    """The objective --task and the objective options describe; options that do not apply are refused."""
+    """The objective --task and the objective options describe (`given`: the options the user typed);
+    options that do not apply are refused."""
     from swiftplan.planner.objective import (
         OBJECTIVES,
         REFERENCES,
@@ -407,7 +419,7 @@ def build_objective(
     )
 
     kind = objective_kind(task)
-    given = given_options(ctx, OBJECTIVE_OPTIONS)
+    given = [n for n in OBJECTIVE_OPTIONS if n in given]
     if kind == "sft" and given:
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
         raise SwiftplanError(f"{flags} describe preference and RL jobs; --task {kind} has none.",
@@ -438,15 +450,15 @@ def build_objective(
                           prompt_len=0 if rollout else (o["prompt_len"] or 0), rollout=rollout, kl=kl)  # fmt: skip
 
 
-def objective_seq(ctx: typer.Context, objective: ObjectiveSetup, seq: int) -> int:
+def objective_seq(objective: ObjectiveSetup, seq: int, *, seq_given: bool) -> int:
     """--seq for the objective: a rollout's sequence is its prompt and completion unless --seq was given."""
-    if objective.rollout is not None and not given_options(ctx, ("seq",)):
+    if objective.rollout is not None and not seq_given:
         return objective.rollout.seq_len
     return seq
 
 
-def refuse_objective_for_serving(ctx: typer.Context) -> None:
+def refuse_objective_for_serving(typed: Collection[str]) -> None:
     """Objective options given with --task serve: one clear error."""
-    if given := given_options(ctx, OBJECTIVE_OPTIONS):
+    if given := [n for n in OBJECTIVE_OPTIONS if n in typed]:
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
         raise SwiftplanError(f"{flags} describe training objectives; they do not apply to --task serve.")

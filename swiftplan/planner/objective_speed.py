@@ -54,9 +54,12 @@ def _forward_s(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, sequence
 
 
 def _reference_s(spec: ModelSpec, setup: TrainSetup, cluster: Cluster) -> float:
-    """The reference's (and KTO's KL) no-grad forwards per step; nothing when precomputed or absent."""
+    """The reference's (and KTO's KL) no-grad forwards per step (precomputed: the pass before training, per
+    step of one epoch); nothing without a reference."""
     kind = resolve_reference(setup.objective, trains_adapters=setup.trains_adapters)
-    sequences = reference_forward_sequences(setup) if kind in ("model", "adapters-off") else 0
+    # precomputed log-probs cost the same forward once over the data before training: counted per step as
+    # for one epoch, so precomputing wins on memory, not on time
+    sequences = reference_forward_sequences(setup) if kind != "none" else 0
     if kto_kl_forward(setup):
         sequences += setup.micro_batch
     return _forward_s(spec, setup, cluster, sequences=sequences) if sequences else 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from swiftplan.planner.objective import SFT, ObjectiveSetup
 from swiftplan.planner.setup import AttentionImpl, RuntimeKnobs
 
 
@@ -14,7 +15,8 @@ class TrainWorkload:
     seq_len: int = 2048
     """Tokens per sequence."""
     global_batch: int = 16
-    """Sequences per optimizer step, all data-parallel ranks together."""
+    """Sequences per optimizer step, all data-parallel ranks together (pairs for paired methods,
+    completions for GRPO/PPO)."""
     dataset_tokens: int = 100_000_000
     """Tokens in one epoch."""
     epochs: float = 1.0
@@ -25,6 +27,8 @@ class TrainWorkload:
     """LoRA dropout (changes activation memory)."""
     runtime: RuntimeKnobs = field(default_factory=RuntimeKnobs)
     """The runtime's knobs every candidate is planned with (profiles/runtimes; not searched)."""
+    objective: ObjectiveSetup = SFT
+    """What is optimized (SFT, a preference method, RL with rollouts); every candidate shares it."""
 
     @property
     def total_tokens(self) -> float:

@@ -124,6 +124,21 @@ def family_line(outcome: FamilyOutcome, best: Evaluation | None, objective: str)
     return _unfit_line(outcome.label, outcome.closest)
 
 
+def variant_line(label: str, variant_best: Evaluation | None, best: Evaluation | None, objective: str, *,
+                 winner: bool) -> str:  # fmt: skip
+    """One sentence on how a variant of the objective (reference handling, rollout placement) did."""
+    if winner:
+        return f"{label}: the winner."
+    if variant_best is None:
+        return f"{label}: no plan fits."
+    if best is None:
+        return f"{label}: fits ({variant_best.device_total_bytes / GiB:.1f} GiB per device)."
+    ratio, worse, what = _comparison(variant_best, best, objective)
+    if ratio < 1.005:
+        return f"{label}: about as good ({what})."
+    return f"{label}: best plan is {_amount(ratio)}{worse} ({what})."
+
+
 def engine_line(alternative: Any, planned_for: str, objective: str) -> str:
     """The sentence for a better plan another engine could run (a `fit.EngineAlternative`)."""
     other = alternative.evaluation

@@ -32,11 +32,13 @@ from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.layout import Layout, cluster_text
 from swiftplan.planner.lengths import LengthStats
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.objective import SFT, ObjectiveSetup
 from swiftplan.planner.plan import Plan, predict
 from swiftplan.planner.runtime import DEFAULT_TRAIN_RUNTIME, RuntimeChoice, choose_runtime
 from swiftplan.planner.search.candidate import Candidate, ServeCandidate
 from swiftplan.planner.search.evaluate import Evaluation, Objective, ServeEvaluator, TrainEvaluator
 from swiftplan.planner.search.infeasible import Diagnosis
+from swiftplan.planner.search.objective_variants import ObjectivePins
 from swiftplan.planner.search.optimize import SearchResult, SearchSettings
 from swiftplan.planner.search.pins import Pins
 from swiftplan.planner.setup import AttentionImpl, ServeSetup
@@ -98,6 +100,10 @@ class FitRequest:
     """Runtime profile to plan for (profiles/runtimes); None = the engine's (training: swiftplan's loop)."""
     runtime_options: dict[str, Any] = field(default_factory=dict)
     """RuntimeKnobs fields the user set, over the profile's defaults (training)."""
+    training: ObjectiveSetup = SFT
+    """The training objective (SFT, a preference method, RL with rollouts)."""
+    objective_pins: ObjectivePins = ObjectivePins()
+    """Which of the objective's choices the user fixed (the others are searched)."""
 
     @property
     def goal(self) -> Objective:
@@ -156,6 +162,15 @@ class EngineAlternative:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class VariantResult:
+    """One searched variant of the objective (reference handling, rollout placement) and its best plan."""
+
+    objective: ObjectiveSetup
+    best: Evaluation | None
+    """Its best plan; None when nothing fits."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class FitOutcome:
     """What `fit` found."""
 
@@ -168,6 +183,8 @@ class FitOutcome:
     alternative: EngineAlternative | None
     """A plan another engine could run, when clearly better."""
     elapsed_s: float
+    variants: tuple[VariantResult, ...] = ()
+    """The objective's variants searched beside the winner's (empty for SFT and serving)."""
 
 
 def _check_request(request: FitRequest) -> None:
@@ -197,6 +214,15 @@ def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str
     cannot launch yet (said in a note); --engine alone plans with that engine's runtime; both must agree
     on what the engine runs."""
     task = request.task
+    if (
+        task == "train"
+        and request.training.kind != "sft"
+        and request.engine is None
+        and request.runtime is None
+    ):
+        request = replace(request, engine=objective_engine(request.training.kind, cluster).name)
+        notes.append(f"--task {request.training.kind}: planned for {request.engine}, the first engine swiftplan "
+                     "launches that runs it (pass --engine to choose another).")  # fmt: skip
     if request.runtime is None or request.engine is not None:
         engine = choose_engine(request.engine, task, cluster, launchable=request.runtime is None)
     else:
@@ -238,6 +264,19 @@ def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str
                 + ", or override those settings with their flags (--loss, --optimizer-impl, --fsdp, ...).",
             )
     return engine, runtime
+
+
+def objective_engine(kind: str, cluster: Cluster) -> Engine:
+    """The first training engine swiftplan launches that runs objective `kind` on this cluster's devices."""
+    from swiftplan.planner.engines import Requirements, engine_reasons, list_engines
+
+    needs = Requirements(backend=cluster.accelerator.backend, objective=kind)
+    for engine in list_engines("train", runnable=True):
+        if not engine_reasons(engine, needs):
+            return engine
+    raise SwiftplanError(
+        f"No engine swiftplan launches runs --task {kind} on {cluster.accelerator.backend} devices."
+    )
 
 
 def choose_engine(name: str | None, task: FitTask, cluster: Cluster, *, launchable: bool = True) -> Engine:
@@ -401,7 +440,7 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     lengths = _length_stats(request, spec, model)
     workload = _workload(request, spec, model, notes, host, lengths)
     if runtime is not None and isinstance(workload, TrainWorkload):
-        workload = replace(workload, runtime=runtime.knobs())
+        workload = replace(workload, runtime=runtime.knobs(), objective=request.training)
         if runtime.knobs().fsdp != "none":  # FSDP shards instead of ZeRO
             if request.pins.zero not in (None, (0,)) or request.pins.max_offload not in (None, "none"):
                 raise SwiftplanError(
@@ -540,13 +579,76 @@ def _advantage(other: Evaluation, best: Evaluation | None, goal: str) -> float:
     return best.time_s / other.time_s if other.time_s > 0 else 1.0
 
 
+def _variant_problems(problem: FitProblem) -> list[FitProblem]:
+    """The problem once per variant of its objective (the request's own first); one for SFT and serving."""
+    workload = problem.workload
+    if not isinstance(workload, TrainWorkload) or workload.objective.kind == "sft":
+        return [problem]
+    from swiftplan.planner.search.objective_variants import objective_variants
+
+    request = problem.request
+    host = problem.evaluator.host_ram_bytes
+    problems = []
+    for variant in objective_variants(
+        workload.objective, request.objective_pins, world_size=problem.cluster.world_size
+    ):
+        changed = replace(workload, objective=variant)
+        try:
+            evaluator = _evaluator(
+                problem.spec, problem.cluster, changed, problem.pins, problem.engine, request, host
+            )
+        except SwiftplanError:
+            continue
+        settings = (
+            problem.settings
+            if variant == workload.objective
+            else replace(problem.settings, storage=None, study_name=None)
+        )
+        problems.append(replace(problem, workload=changed, evaluator=evaluator, settings=settings))
+    return problems or [problem]
+
+
+def _best_variant(problems: list[FitProblem], results: list[SearchResult]) -> int:
+    """Index of the variant whose best plan wins on the objective (the request's own when none fits)."""
+    best = 0
+    for i, result in enumerate(results):
+        if (
+            result.best is not None
+            and _advantage(result.best, results[best].best, problems[i].settings.objective) > 1
+        ):
+            best = i
+    return best
+
+
 def search_fit(problem: FitProblem, on_candidate: Callable[[Evaluation], None] | None = None) -> FitOutcome:
-    """Run the study for a prepared problem; `on_candidate` sees every structure evaluated (and may raise to stop)."""
+    """Run the study for a prepared problem (once per variant of a preference/RL objective, keeping the best);
+    `on_candidate` sees every structure evaluated (and may raise to stop)."""
+    started = time.perf_counter()
+    problems = _variant_problems(problem)
+    if len(problems) == 1:
+        return _search_one(problem, on_candidate, started)
+    results = [_search(p.evaluator if on_candidate is None else _Reporting(p.evaluator, on_candidate), p.settings, p.task)
+               for p in problems]  # fmt: skip
+    winner = _best_variant(problems, results)
+    outcome = _search_one(problems[winner], None, started, result=results[winner])
+    variants = tuple(VariantResult(objective=p.workload.objective, best=r.best)  # type: ignore[union-attr]
+                     for p, r in zip(problems, results, strict=True))  # fmt: skip
+    return replace(outcome, variants=variants, elapsed_s=time.perf_counter() - started)
+
+
+def _search_one(
+    problem: FitProblem,
+    on_candidate: Callable[[Evaluation], None] | None,
+    started: float,
+    *,
+    result: SearchResult | None = None,
+) -> FitOutcome:
+    """Search one problem (or take its finished `result`), diagnose when nothing fits, and plan."""
     from swiftplan.planner.search import infeasible
 
-    started = time.perf_counter()
-    evaluator = problem.evaluator if on_candidate is None else _Reporting(problem.evaluator, on_candidate)
-    result = _search(evaluator, problem.settings, problem.task)
+    if result is None:
+        evaluator = problem.evaluator if on_candidate is None else _Reporting(problem.evaluator, on_candidate)
+        result = _search(evaluator, problem.settings, problem.task)
     diagnosis = None
     if result.best is None and result.closest is not None:
         diagnose = infeasible.diagnose_training if problem.task == "train" else infeasible.diagnose_serving

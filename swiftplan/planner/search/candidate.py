@@ -100,6 +100,7 @@ class Candidate:
             attention=workload.attention,
             parallel=Parallelism(tp=self.layout.tp, pp=self.layout.pp, zero=self.zero, offload=self.offload),
             runtime=workload.runtime,
+            objective=workload.objective,
         )
 
     def targets_label(self, attention: tuple[str, ...] = ()) -> str:
