@@ -20,7 +20,8 @@ stated); a figure in GB/G, or with no unit, is kept as an unnamed counter in dec
 memory: 80GiB' on an 80 GiB card) is read as a verdict (`fits_in_gpu` = 1 on that card), not a peak. A
 speed ('1.90s/it') is its own row (`s_per_it`: seconds per optimizer step, gradient accumulation included).
 
-    python benchmarks/ms_swift_objective_headers.py /work/.mirror/modelscope+ms-swift/repo > rows.csv
+    python benchmarks/ms_swift_objective_headers.py /work/.mirror/modelscope+ms-swift/repo          # prints mso rows
+    python benchmarks/ms_swift_objective_headers.py /work/.mirror/modelscope+ms-swift/repo --write  # updates the CSV
 """
 
 from __future__ import annotations
@@ -445,6 +446,18 @@ def figure_of(line: str) -> tuple[int, float, str, float | None]:
     return gpus, float(best.group(2)), best.group(3) or "", float(speed.group(1)) if speed else None
 
 
+def catalog_params(model: str) -> str:
+    """Parameter count (billions) of a text model the swiftplan catalog knows, else ''."""
+    from swiftplan.planner.architecture import total_params
+    from swiftplan.planner.model_catalog import catalog_spec, find_catalog_id
+
+    base = re.sub(r"^Meta-|-mcore$", "", model)
+    found = find_catalog_id(base) or find_catalog_id(
+        re.sub(r"-(Instruct|Chat)(-\d+)?$", "", base, flags=re.I)
+    )
+    return f"{total_params(catalog_spec(found)) / 1e9:.2f}" if found else ""
+
+
 def precision(cmd: Command, era2: bool) -> str:
     dtype = arg(cmd, "torch_dtype", "dtype")
     if dtype in (None, "AUTO") and era2:
@@ -764,6 +777,10 @@ def build(repo: str, spec: Spec) -> list[dict[str, str]]:
         "image_size": image_size,
         "vision_tuning": vision,
     }
+    if modality == "text":
+        row["params_b"] = catalog_params(model)
+        if row["params_b"]:
+            row["notes"] += " params_b from the swiftplan catalog (same shapes)."
     row.update({k: v for k, v in spec.cells.items() if k != "notes"})
     rows = [row]
     if speed is not None and not verdict:
@@ -792,14 +809,25 @@ def abridge(cmd: Command) -> str:
 
 
 def main(argv: list[str]) -> int:
+    """Print the mso-* rows as CSV; with --write, replace them in published_objectives.csv, keeping the rows
+    of other sources (hand-read: TRL, torchtune, LLaMA-Factory, issues) as they are."""
     repo = argv[1]
-    writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    n = 0
+    rows = []
     for spec in SPECS:
         for row in build(repo, spec):
-            n += 1
-            writer.writerow({"id": f"mso-{n:03d}", **row})
+            rows.append({"id": f"mso-{len(rows) + 1:03d}", **row})
+    if "--write" in argv:
+        from published_objective_rows import CSV_PATH, read_rows
+
+        kept = [r for r in read_rows() if not r["id"].startswith("mso-")] if CSV_PATH.exists() else []
+        with CSV_PATH.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows + kept)
+        return 0
+    writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
     return 0
 
 
