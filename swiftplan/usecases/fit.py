@@ -393,6 +393,17 @@ def _workload(
                          epochs=request.epochs, attention=request.attention)  # fmt: skip
 
 
+def _check_rollout_gpus(objective: ObjectiveSetup, cluster: Cluster) -> None:
+    """A rollout server must leave GPUs to train on."""
+    rollout = objective.rollout
+    if rollout is not None and rollout.placement == "server" and rollout.gpus >= cluster.world_size:
+        raise SwiftplanError(
+            f"--rollout-gpus {rollout.gpus} leaves none of the {cluster.world_size} devices of {cluster.describe()} "
+            "to train on.",
+            hint="Give the rollout server fewer GPUs, add GPUs, or use --rollout colocate.",
+        )
+
+
 def _check_targets(spec: ModelSpec, pins: Pins) -> None:
     from swiftplan.planner.adapters import validate_targets
     from swiftplan.planner.setup import LoraSetup
@@ -428,6 +439,7 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     searched = _engine_cluster(engine, offered_cluster, notes)
     host = inputs.host_ram(request.host_ram_bytes, request.gpus)
     if request.task == "train":
+        _check_rollout_gpus(request.training, searched)
         _check_targets(spec, request.pins)
         request = _check_against_model(request, spec)
         from swiftplan.planner.capabilities import check
@@ -508,8 +520,11 @@ def plan_from(problem: FitProblem, evaluation: Evaluation) -> Plan:
         raise SwiftplanError(f"That candidate has no estimate: {evaluation.error}")
     candidate = evaluation.candidate
     if isinstance(candidate, Candidate):
+        from swiftplan.planner.search.evaluate import job_cluster
+
         layout = candidate.layout
-        hardware = layout.sub_cluster(problem.cluster)
+        assert isinstance(problem.workload, TrainWorkload)
+        hardware = job_cluster(layout, problem.cluster, problem.workload)
     else:
         assert isinstance(candidate, ServeCandidate)
         hardware = problem.cluster

@@ -27,11 +27,12 @@ from swiftplan.planner.architecture import total_params
 from swiftplan.planner.estimate import Estimate, estimate_serving, estimate_training
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.objective_speed import objective_speed
 from swiftplan.planner.plan import host_bytes_per_node, serving_economics, training_economics
-from swiftplan.planner.search.candidate import Candidate, ServeCandidate, ServeWorkload, TrainWorkload
+from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate, ServeWorkload, TrainWorkload
 from swiftplan.planner.search.serve_space import ServeSpace
 from swiftplan.planner.search.space import MAX_MICRO_BATCH, TrainSpace, memory_weight
-from swiftplan.planner.speed import ServeSpeed, train_speed
+from swiftplan.planner.speed import ServeSpeed
 from swiftplan.units import GiB
 
 Objective = Literal["time", "cost", "throughput"]
@@ -150,6 +151,19 @@ def _with_speed(estimate: Estimate) -> Estimate:
     return estimate
 
 
+def job_cluster(layout: Layout, cluster: Cluster, workload: TrainWorkload) -> Cluster:
+    """The devices a training candidate occupies: its layout's, plus a rollout server's own GPUs
+    (`estimate_training` takes those back out of training)."""
+    rollout = workload.objective.rollout
+    extra = rollout.gpus if rollout is not None and rollout.placement == "server" else 0
+    if not extra:
+        return layout.sub_cluster(cluster)
+    total = layout.gpus + extra
+    if total > cluster.world_size or (total > cluster.gpus_per_node and total % cluster.gpus_per_node):
+        return layout.sub_cluster(cluster)  # estimate_training refuses: the server leaves too few GPUs
+    return replace(layout, gpus=total).sub_cluster(cluster)
+
+
 def _powers_of_two(limit: int) -> tuple[int, ...]:
     return tuple(1 << i for i in range(int(math.log2(max(1, limit))) + 1))
 
@@ -187,7 +201,7 @@ class TrainEvaluator:
         if cached is not None:
             return cached
         self.estimates += 1
-        sub = candidate.layout.sub_cluster(self.cluster)
+        sub = job_cluster(candidate.layout, self.cluster, self.workload)
         try:
             estimate = _with_speed(estimate_training(self.spec, candidate.setup(self.workload), sub))
         except SwiftplanError as error:
@@ -247,7 +261,7 @@ class TrainEvaluator:
         sizes = self.micro_batches(structure)
         if structure.layout.pp == 1:
             sizes = sizes[-1:]
-        sub = structure.layout.sub_cluster(self.cluster)
+        sub = job_cluster(structure.layout, self.cluster, self.workload)
         bound = math.inf
         for size in sizes:
             try:
@@ -259,7 +273,12 @@ class TrainEvaluator:
                 if setup.trains_adapters and setup.lora
                 else total_params(self.spec)
             )
-            tokens_per_s = train_speed(self.spec, setup, sub, trainable_params=trainable).tokens_per_s
+            try:
+                tokens_per_s = objective_speed(
+                    self.spec, setup, sub, trainable_params=trainable, train_world=structure.layout.gpus
+                ).tokens_per_s
+            except SwiftplanError:
+                return -math.inf
             time_s = self.workload.total_tokens / tokens_per_s
             gpu_hours = time_s / 3600 * sub.world_size
             value = {"time": time_s, "throughput": -tokens_per_s}.get(
