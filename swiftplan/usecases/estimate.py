@@ -168,13 +168,15 @@ def plan_for_setup(
         workload = workload or ServeWorkload(context=setup.context, concurrency=setup.concurrency * replicas,
                                              gpu_memory_utilization=setup.gpu_memory_utilization)  # fmt: skip
     else:
-        layout = Layout(gpus=gpus, tp=setup.parallel.tp, pp=setup.parallel.pp)
+        rollout = setup.objective.rollout
+        server = rollout.gpus if rollout is not None and rollout.placement == "server" else 0
+        layout = Layout(gpus=max(1, gpus - server), tp=setup.parallel.tp, pp=setup.parallel.pp)
         workload = workload or TrainWorkload(
             seq_len=setup.seq_len, global_batch=setup.micro_batch * setup.grad_accum * layout.dp,
             attention=setup.attention, lora_dropout=setup.lora.dropout if setup.lora else 0.05,
-            runtime=setup.runtime,
+            runtime=setup.runtime, objective=setup.objective,
         )  # fmt: skip
-    hardware = layout.sub_cluster(cluster) if task == "train" else cluster
+    hardware = replace(layout, gpus=gpus).sub_cluster(cluster) if task == "train" else cluster
     reasons, _ = _engine_check(setup, hardware, chosen, setup.tp if isinstance(setup, ServeSetup) else gpus)
     if reasons:
         raise SwiftplanError(f"{chosen.label} cannot run this set-up: {' '.join(reasons)}")
