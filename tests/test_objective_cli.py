@@ -77,3 +77,12 @@ def test_fit_refuses_objective_options_that_do_not_apply(args: tuple[str, ...], 
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_size_plans_an_objective_and_hands_it_to_fit() -> None:
+    payload = _json(run_cli("size", "Qwen/Qwen2.5-7B", "--task", "dpo", "--dataset-tokens", "50M", "--json"))
+    assert payload["runtime"]["name"] == "ms-swift"  # swiftplan's loop trains SFT only
+    assert "--task dpo" in payload["next"]
+    grpo = _json(run_cli("size", "Qwen/Qwen2.5-7B", "--task", "grpo", "--completion-len", "256",
+                         "--dataset-tokens", "50M", "--json"))  # fmt: skip
+    assert "--task grpo" in grpo["next"] and "--completion-len 256" in grpo["next"]

@@ -37,12 +37,10 @@ from swiftplan.cli.options import (
     RolloutSleepOpt,
     RolloutTpOpt,
     RuntimeOpt,
-    build_objective,
     given_options,
     is_serving,
-    objective_kind,
     objective_pins,
-    objective_seq,
+    objective_request,
     refuse_objective_for_serving,
 )
 from swiftplan.errors import SwiftplanError
@@ -288,7 +286,7 @@ def fit_request(**options: Any) -> Any:
     task: FitTask = "serve" if is_serving(options["task"]) else "train"
     host_ram = options["host_ram"]
     training, global_batch, seq = (
-        _objective(options) if task == "train" else (SFT, options["global_batch"], options["seq"])
+        objective_request(options) if task == "train" else (SFT, options["global_batch"], options["seq"])
     )
     return FitRequest(
         model=options["model"], gpus=options["gpus"], task=task, engine=options["engine"],
@@ -305,31 +303,6 @@ def fit_request(**options: Any) -> Any:
         runtime=options["runtime"], runtime_options=_runtime_options(task, options),
         training=training, objective_pins=objective_pins(options.get("typed", ())),
     )  # fmt: skip
-
-
-def _objective(options: dict[str, Any]) -> tuple[Any, int, int]:
-    """The training objective, and the global batch and --seq it implies: a rollout's sequences are its
-    prompt and completion, and its global batch a whole number of prompts (TRL requires the generation
-    batch to divide by --num-generations, trl 1.16 trainer/grpo_config.py:480)."""
-    from swiftplan.planner.engines import get_engine
-
-    typed = options.get("typed", set())
-    engine = options["engine"] or ("ms-swift" if objective_kind(options["task"]) != "sft" else "swiftplan")
-    runtime = options["runtime"] or get_engine(engine, "train").runtime or engine
-    training = build_objective(options["task"], options, runtime=runtime, given=typed)
-    seq = objective_seq(training, options["seq"], seq_given="seq" in typed)
-    batch = options["global_batch"]
-    rollout = training.rollout
-    if rollout is not None and batch % rollout.num_generations:
-        if "global_batch" in typed:
-            multiple = -(-batch // rollout.num_generations) * rollout.num_generations
-            raise SwiftplanError(
-                f"--global-batch {batch} completions is not a whole number of prompts × --num-generations "
-                f"{rollout.num_generations}.",
-                hint=f"Use a multiple of {rollout.num_generations}, e.g. {multiple}.",
-            )
-        batch = -(-batch // rollout.num_generations) * rollout.num_generations
-    return training, batch, seq
 
 
 def _runtime_options(task: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -462,3 +462,30 @@ def refuse_objective_for_serving(typed: Collection[str]) -> None:
     if given := [n for n in OBJECTIVE_OPTIONS if n in typed]:
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
         raise SwiftplanError(f"{flags} describe training objectives; they do not apply to --task serve.")
+
+
+def objective_request(options: dict[str, Any]) -> tuple[ObjectiveSetup, int, int]:
+    """The training objective, and the global batch and --seq it implies: a rollout's sequences are its
+    prompt and completion, and its global batch a whole number of prompts (TRL requires the generation
+    batch to divide by --num-generations, trl 1.16 trainer/grpo_config.py:480)."""
+    from swiftplan.planner.engines import get_engine
+
+    typed = options.get("typed", set())
+    engine = options.get("engine") or (
+        "ms-swift" if objective_kind(options["task"]) != "sft" else "swiftplan"
+    )
+    runtime = options["runtime"] or get_engine(engine, "train").runtime or engine
+    training = build_objective(options["task"], options, runtime=runtime, given=typed)
+    seq = objective_seq(training, options["seq"], seq_given="seq" in typed)
+    batch = options["global_batch"]
+    rollout = training.rollout
+    if rollout is not None and batch % rollout.num_generations:
+        if "global_batch" in typed:
+            multiple = -(-batch // rollout.num_generations) * rollout.num_generations
+            raise SwiftplanError(
+                f"--global-batch {batch} completions is not a whole number of prompts × --num-generations "
+                f"{rollout.num_generations}.",
+                hint=f"Use a multiple of {rollout.num_generations}, e.g. {multiple}.",
+            )
+        batch = -(-batch // rollout.num_generations) * rollout.num_generations
+    return training, batch, seq

@@ -10,20 +10,37 @@ from typing import Annotated, Any
 import typer
 
 from swiftplan.cli.options import (
+    TASK_HELP,
+    CompletionLenOpt,
     DsBucketsOpt,
     FsdpOpt,
     FsdpShardGroupOpt,
     FsdpShardingOpt,
+    JobTask,
+    KlOpt,
     LossChunksOpt,
     LossChunkTokensOpt,
     LossOpt,
     ModulesToSaveOpt,
+    NumGenerationsOpt,
     OptimizerImplOpt,
     OptimizerInBackwardOpt,
+    PromptLenOpt,
+    ReferenceOpt,
+    RolloutEngineOpt,
+    RolloutGpusOpt,
+    RolloutMemoryOpt,
+    RolloutOpt,
+    RolloutSleepOpt,
+    RolloutTpOpt,
     RuntimeOpt,
     given_options,
+    is_serving,
+    objective_request,
+    refuse_objective_for_serving,
 )
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.objective import SFT
 from swiftplan.units import GiB
 from swiftplan.usecases.inputs import DEFAULT_HOST_RAM_BYTES
 
@@ -55,10 +72,7 @@ DEFAULT_HOST_RAM_GIB = DEFAULT_HOST_RAM_BYTES / GiB
 """Host RAM per node assumed for offload, GiB (the --host-ram default)."""
 
 
-class Task(str, Enum):
-    sft = "sft"
-    train = "train"
-    serve = "serve"
+Task = JobTask
 
 
 class Objective(str, Enum):
@@ -146,7 +160,7 @@ def _opt(*names: str, help: str) -> Any:
 
 
 ModelArg = Annotated[str, typer.Argument(help="Catalog name/alias, hub id, or path to a config.json.")]
-TaskOpt = Annotated[Task, typer.Option("--task", help="sft (fine-tune) or serve.")]
+TaskOpt = Annotated[JobTask, typer.Option("--task", help=TASK_HELP)]
 ObjectiveOpt = Annotated[
     Objective | None,
     _opt(
@@ -270,7 +284,10 @@ def size_request(**options: Any) -> Any:
     from swiftplan.usecases.size import SizeRequest
 
     o = options
-    buy, serving = o["buy"], o["task"] == Task.serve
+    buy, serving = o["buy"], is_serving(o["task"])
+    if serving:
+        refuse_objective_for_serving(o.get("typed", ()))
+    training, global_batch, seq = objective_request(o) if not serving else (SFT, o["global_batch"], o["seq"])
     return SizeRequest(
         model=o["model"], task="serve" if serving else "train", objective=o["objective"].value if o["objective"] else None,
         mode=None if buy is None else ("buy" if buy else "rent"),
@@ -280,12 +297,13 @@ def size_request(**options: Any) -> Any:
         vendors=_list("--vendor", o["vendor"]), accelerators=_list("--accelerators", o["accelerators"]),
         price_overrides=read_price_file(o["prices"]) if o["prices"] else (),
         pins=_pins(o["method"], o["quant"], o["no_quant"], o["rank"], serving=serving),
-        dataset_tokens=None if serving else _token_count(o["dataset_tokens"]), epochs=o["epochs"], seq_len=o["seq"],
-        global_batch=o["global_batch"], attention=o["attention"], context=o["context"], concurrency=o["concurrency"],
+        dataset_tokens=None if serving else _token_count(o["dataset_tokens"]), epochs=o["epochs"], seq_len=seq,
+        global_batch=global_batch, attention=o["attention"], context=o["context"], concurrency=o["concurrency"],
         request_rate=o["request_rate"], prompt_tokens=o["prompt_tokens"], output_tokens=o["output_tokens"],
         ttft_s=o["ttft"], decode_tps=o["decode_tps"], gpu_memory_utilization=o["gpu_memory_utilization"],
         headroom=o["headroom"], host_ram_bytes=int(o["host_ram"] * GiB),
         runtime=o["runtime"], runtime_options=_runtime_options(serving, o, o.get("memory_fraction_typed", False)),
+        training=training,
     )  # fmt: skip
 
 
@@ -384,6 +402,17 @@ def size_command(
     fsdp_sharding: FsdpShardingOpt = None,
     fsdp_shard_group: FsdpShardGroupOpt = None,
     ds_buckets: DsBucketsOpt = None,
+    reference: ReferenceOpt = "auto",
+    prompt_len: PromptLenOpt = None,
+    num_generations: NumGenerationsOpt = 8,
+    completion_len: CompletionLenOpt = 512,
+    rollout: RolloutOpt = "colocate",
+    rollout_engine: RolloutEngineOpt = None,
+    rollout_gpus: RolloutGpusOpt = 0,
+    rollout_memory: RolloutMemoryOpt = None,
+    rollout_sleep: RolloutSleepOpt = False,
+    rollout_tp: RolloutTpOpt = 1,
+    kl: KlOpt = None,
 ) -> None:
     """Which hardware to rent or buy for a fine-tuning or serving job, ranked, with what it costs."""
     started = time.perf_counter()
@@ -391,7 +420,7 @@ def size_command(
     _check_outputs(top=top, as_json=as_json, csv_path=csv_path, plot=plot)
     typed = "gpu_memory_utilization" in given_options(ctx, ("gpu_memory_utilization",))
     options = {name: value for name, value in locals().items() if name not in ("wide", "ctx", "typed")}
-    request = size_request(**options, memory_fraction_typed=typed)
+    request = size_request(**options, memory_fraction_typed=typed, typed=set(given_options(ctx)))
     from swiftplan.usecases.size import plan_size
 
     outcome = plan_size(request)

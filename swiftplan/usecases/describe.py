@@ -288,8 +288,26 @@ def fit_command_line(request: FitRequest) -> str:
     args += _pin_args(request.pins) + _field_args(request, default, _FIT_FLAGS)
     if request.host_ram_bytes is not None:
         args += ["--host-ram", _gib_text(request.host_ram_bytes)]
-    args += _runtime_args(request.runtime_options)
+    args += _runtime_args(request.runtime_options) + objective_args(request.training)
     return "swiftplan fit " + shlex.join(args)
+
+
+def objective_args(objective: Any) -> list[str]:
+    """The fit options that restate an objective's job (task, generations, lengths, reference, KL); the
+    placement choices are left for fit to search."""
+    if objective.kind == "sft":
+        return []
+    args = ["--task", objective.kind]
+    if objective.reference != "auto":
+        args += ["--reference", objective.reference]
+    rollout = objective.rollout
+    if rollout is None:
+        return args + (["--prompt-len", str(objective.prompt_len)] if objective.prompt_len else [])
+    args += ["--num-generations", str(rollout.num_generations), "--completion-len", str(rollout.completion_len),
+             "--prompt-len", str(rollout.prompt_len)]  # fmt: skip
+    if objective.kind == "grpo":
+        args.append("--kl" if objective.kl else "--no-kl")
+    return args
 
 
 def _runtime_args(options: dict[str, Any]) -> list[str]:

@@ -8,12 +8,13 @@ its "next:" command is `describe.fit_command_line(outcome.next_fit)`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.hardware import Accelerator, get_accelerator, list_accelerators
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.objective import SFT, ObjectiveSetup
 from swiftplan.planner.runtime import DEFAULT_TRAIN_RUNTIME, RuntimeChoice, choose_runtime
 from swiftplan.planner.search.pins import Pins
 from swiftplan.planner.setup import AttentionImpl
@@ -88,6 +89,9 @@ class SizeRequest:
     """Runtime profile every cluster is sized under (profiles/runtimes); None = swiftplan's loop for training,
     today's serving defaults."""
     runtime_options: dict[str, Any] = field(default_factory=dict)
+    training: ObjectiveSetup = SFT
+    """Training: the objective (SFT, a preference method, RL with rollouts), sized as given (fit searches
+    its reference handling and rollout placement)."""
     """What the user set over the profile: RuntimeKnobs fields (training), gpu_memory_utilization (serving)."""
 
     def __post_init__(self) -> None:
@@ -272,7 +276,7 @@ def _size_training(
     tokens = request.dataset_tokens_or_default
     workload = TrainWorkload(
         seq_len=request.seq_len, global_batch=request.global_batch, dataset_tokens=tokens, epochs=request.epochs,
-        attention=request.attention, runtime=knobs,
+        attention=request.attention, runtime=knobs, objective=request.training,
     )  # fmt: skip
     pins = request.pins
     if knobs.fsdp != "none":  # FSDP shards instead of DeepSpeed ZeRO
@@ -288,7 +292,7 @@ def _size_training(
         "dataset_tokens_source": DATASET_TOKENS_ASSUMED if request.dataset_tokens is None else "--dataset-tokens",
         "epochs": request.epochs, "seq_len": request.seq_len, "global_batch": request.global_batch,
         "attention": request.attention, "host_ram_gib_per_node": request.host_ram_bytes / GiB,
-        "runtime": knobs.name,
+        "runtime": knobs.name, "objective": asdict(request.training),
     }  # fmt: skip
     notes = [runtime.describe()]
     if job.engine is None:
@@ -339,7 +343,7 @@ def next_fit(request: SizeRequest, option: Option) -> FitRequest:
         model=model, gpus=gpus, pins=request.pins, dataset_tokens=request.dataset_tokens, epochs=request.epochs,
         global_batch=request.global_batch, seq_len=request.seq_len, attention=request.attention,
         headroom=request.headroom, host_ram_bytes=None if host_ram == inputs.DEFAULT_HOST_RAM_BYTES else host_ram,
-        runtime=runtime, runtime_options=options,
+        runtime=runtime, runtime_options=options, training=request.training,
     )  # fmt: skip
 
 
@@ -361,6 +365,11 @@ def plan_size(request: SizeRequest) -> SizeOutcome:
     )  # fmt: skip
 
 
+OBJECTIVE_TRAIN_RUNTIME = "ms-swift"
+"""Preference and RL jobs are sized under ms-swift's defaults unless --runtime says otherwise: swiftplan's own
+loop trains SFT only, and ms-swift (swift rlhf) runs every objective (profiles/engines.json)."""
+
+
 def size_runtime(request: SizeRequest) -> RuntimeChoice | None:
     """The runtime profile to size under with the user's options over it (training: swiftplan's by default;
     serving: only when named)."""
@@ -368,4 +377,5 @@ def size_runtime(request: SizeRequest) -> RuntimeChoice | None:
         if request.runtime is None:
             return None
         return choose_runtime(request.runtime, "serve", dict(request.runtime_options))
-    return choose_runtime(request.runtime or DEFAULT_TRAIN_RUNTIME, "train", dict(request.runtime_options))
+    default = DEFAULT_TRAIN_RUNTIME if request.training.kind == "sft" else OBJECTIVE_TRAIN_RUNTIME
+    return choose_runtime(request.runtime or default, "train", dict(request.runtime_options))
