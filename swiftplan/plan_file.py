@@ -3,10 +3,12 @@ verb reads it).
 
 Schema version 2 serialises the typed `Plan` exactly: model, task, engine, the hardware snapshot (the
 accelerator's figures as planned, nodes × GPUs per node used, usable memory, interconnect), the layout,
-the workload, the set-up and the prediction, so a plan never needs the catalog to be read back. Version 1
-files (no snapshot, a `cluster` string) still load, through the catalog. Validation is pydantic with
-unknown keys forbidden; the set-up is rebuilt through `TrainSetup` / `ServeSetup`, so their cross-field
-checks apply to files too. Every problem is one `SwiftplanError` naming the file and the field.
+the workload, the set-up (with its objective: SFT, a preference method, reward modelling or RL with its
+rollout settings; a file without one trains SFT) and the prediction, so a plan never needs the catalog
+to be read back. Version 1 files (no snapshot, a `cluster` string) still load, through the catalog.
+Validation is pydantic with unknown keys forbidden; the set-up is rebuilt through `TrainSetup` /
+`ServeSetup`, so their cross-field checks apply to files too. Every problem is one `SwiftplanError`
+naming the file and the field.
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ from swiftplan import __version__
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.hardware import Accelerator, Cluster
 from swiftplan.planner.layout import Layout
+from swiftplan.planner.objective import (
+    Objective,
+    ObjectiveSetup,
+    Reference,
+    RolloutEngine,
+    RolloutPlacement,
+    RolloutSetup,
+)
 from swiftplan.planner.plan import Plan, Prediction
 from swiftplan.planner.setup import (
     AttentionImpl,
@@ -46,6 +56,8 @@ from swiftplan.planner.setup import (
 from swiftplan.planner.workload import ServeWorkload, TrainWorkload
 
 SCHEMA_VERSION: Final = 2
+_WITH_SETUP = ("runtime", "objective")
+"""Workload fields stored once, with the training set-up."""
 READABLE_VERSIONS = (1, 2)
 _HINT = 'Plan files are written by `swiftplan fit ... -o plan.yaml`; the README section "Plan files" lists every field.'
 
@@ -93,6 +105,30 @@ class RuntimeFields(_Strict):
     max_live_parameters: int = Field(strict=True, default=1_000_000_000, ge=0)
 
 
+class RolloutFields(_Strict):
+    """`RolloutSetup`: how GRPO/PPO generate completions."""
+
+    num_generations: int = Field(strict=True, ge=2)
+    prompt_len: int = Field(strict=True, gt=0)
+    completion_len: int = Field(strict=True, gt=0)
+    engine: RolloutEngine
+    placement: RolloutPlacement
+    gpus: int = Field(strict=True, ge=0)
+    memory_fraction: float = Field(ge=0.05, le=0.95)
+    sleep: bool
+    tp: int = Field(strict=True, gt=0)
+
+
+class ObjectiveFields(_Strict):
+    """`ObjectiveSetup` (absent in files written before objectives: supervised fine-tuning)."""
+
+    kind: Objective = "sft"
+    reference: Reference = "auto"
+    prompt_len: int = Field(strict=True, default=0, ge=0)
+    rollout: RolloutFields | None = None
+    kl: bool = False
+
+
 class TrainFields(_Strict):
     """`TrainSetup`."""
 
@@ -110,6 +146,7 @@ class TrainFields(_Strict):
     kbit_upcast: bool = False
     parallel: ParallelFields
     runtime: RuntimeFields | None = None
+    objective: ObjectiveFields | None = None
 
 
 class ServeFields(_Strict):
@@ -218,8 +255,12 @@ class PlanFields(_Strict):
             )
         if self.layout.dp * self.layout.tp * self.layout.pp != self.layout.gpus:
             raise ValueError(f"layout: tp × pp × dp must equal gpus ({self.layout.gpus})")
-        if self.layout.gpus != self.hardware.nodes * self.hardware.gpus_per_node:
-            raise ValueError("layout.gpus must equal hardware.nodes × hardware.gpus_per_node")
+        rollout = self.train.objective.rollout if self.train and self.train.objective else None
+        server = rollout.gpus if rollout is not None and rollout.placement == "server" else 0
+        if self.layout.gpus + server != self.hardware.nodes * self.hardware.gpus_per_node:
+            raise ValueError(
+                "layout.gpus (+ a rollout server's gpus) must equal hardware.nodes × hardware.gpus_per_node"
+            )
         return self
 
 
@@ -234,6 +275,7 @@ def _setup_fields(setup: TrainSetup | ServeSetup) -> TrainFields | ServeFields:
     fields["runtime"] = {name: getattr(setup.runtime, name) for name in RuntimeFields.model_fields} | {
         "modules_to_save": list(setup.runtime.modules_to_save)
     }
+    fields["objective"] = dataclasses.asdict(setup.objective)
     lora = setup.lora if setup.trains_adapters else None
     fields["lora"] = (
         None
@@ -271,7 +313,7 @@ def plan_dict(plan: Plan) -> dict[str, Any]:
             accelerator=_accelerator_fields(hardware.accelerator),
         ),
         layout=LayoutFields(gpus=plan.layout.gpus, tp=plan.layout.tp, pp=plan.layout.pp, dp=plan.layout.dp),
-        workload={k: v for k, v in dataclasses.asdict(plan.workload).items() if k != "runtime"},
+        workload={k: v for k, v in dataclasses.asdict(plan.workload).items() if k not in _WITH_SETUP},
         prediction=PredictionFields(
             **{f.name: getattr(plan.prediction, f.name) for f in dataclasses.fields(Prediction)}
         ),
@@ -330,6 +372,7 @@ def _setup(
         if train is not None:
             data = train.model_dump()
             lora = data.pop("lora")
+            objective = _objective(data.pop("objective"))
             runtime = data.pop("runtime") or {"name": "swiftplan"}
             if runtime["name"] not in _train_runtimes():
                 raise SwiftplanError(
@@ -346,6 +389,7 @@ def _setup(
                     "runtime": RuntimeKnobs(
                         **{**runtime, "modules_to_save": tuple(runtime.get("modules_to_save", ()))}
                     ),
+                    "objective": objective,
                 },
             )
         assert serve is not None
@@ -354,6 +398,14 @@ def _setup(
         raise SwiftplanError(
             f"Plan file {path}: the {task} set-up is not valid: {error.message}", hint=_HINT
         ) from error
+
+
+def _objective(data: dict[str, Any] | None) -> ObjectiveSetup:
+    """The objective as written (a file without one trains SFT); its cross-field checks apply."""
+    if data is None:
+        return ObjectiveSetup()
+    rollout = data.pop("rollout")
+    return ObjectiveSetup(**data, rollout=None if rollout is None else RolloutSetup(**rollout))
 
 
 def _train_runtimes() -> list[str]:
@@ -370,9 +422,9 @@ def _workload(
         fields = model.model_validate(data)
     except ValidationError as error:
         raise _validation_error(path, error, "workload.") from error
-    if task == "train":  # the runtime is stored once, with the set-up
-        runtime = setup.runtime if isinstance(setup, TrainSetup) else RuntimeKnobs()
-        return TrainWorkload(**fields.model_dump(), runtime=runtime)
+    if task == "train":  # the runtime and the objective are stored once, with the set-up
+        train = setup if isinstance(setup, TrainSetup) else TrainSetup()
+        return TrainWorkload(**fields.model_dump(), runtime=train.runtime, objective=train.objective)
     return ServeWorkload(**fields.model_dump())
 
 

@@ -15,6 +15,7 @@ import yaml
 from swiftplan.errors import SwiftplanError
 from swiftplan.plan_file import load_plan, plan_yaml, save_plan
 from swiftplan.planner.hardware import parse_cluster
+from swiftplan.planner.objective import ObjectiveSetup, RolloutSetup
 from swiftplan.planner.setup import LoraSetup, Parallelism, ServeSetup, TrainSetup
 from swiftplan.usecases.estimate import estimate_plan_file, plan_for_setup
 
@@ -39,12 +40,21 @@ SETUPS = [
     TrainSetup(method="qlora", kbit_upcast=True),
     TrainSetup(method="full", precision="amp-bf16", optimizer="adamw-8bit", parallel=Parallelism(zero=2)),
     ServeSetup(quant="fp8", kv_dtype="fp8", context=8192, concurrency=8, tp=2),
+    # preference and RL objectives (issue 16): the objective, its reference and rollout settings
+    TrainSetup(method="lora", seq_len=1024, objective=ObjectiveSetup(kind="dpo", prompt_len=256)),
+    TrainSetup(method="full", seq_len=512, objective=ObjectiveSetup(kind="kto", reference="precomputed")),
+    TrainSetup(method="lora", seq_len=768, objective=ObjectiveSetup(kind="grpo", kl=True, rollout=RolloutSetup(
+        num_generations=4, prompt_len=256, completion_len=512, placement="server", gpus=1, memory_fraction=0.8))),
+    TrainSetup(method="lora", seq_len=1024, objective=ObjectiveSetup(kind="grpo", rollout=RolloutSetup(
+        prompt_len=512, sleep=True, memory_fraction=0.4))),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("setup", SETUPS)
 def test_plan_files_round_trip_exactly(tmp_path, setup):
-    plan = plan_for_setup("Qwen/Qwen2.5-7B", parse_cluster("2xrtx4090"), setup)
+    sft = isinstance(setup, ServeSetup) or setup.objective.kind == "sft"
+    engine = None if sft else "ms-swift"  # swiftplan's own loop trains SFT only
+    plan = plan_for_setup("Qwen/Qwen2.5-7B", parse_cluster("2xrtx4090"), setup, engine=engine)
     path = tmp_path / "plan.yaml"
     save_plan(plan, path)
     loaded = load_plan(path)
@@ -52,6 +62,19 @@ def test_plan_files_round_trip_exactly(tmp_path, setup):
     assert plan_yaml(loaded) == path.read_text()
     check = estimate_plan_file(path)
     assert check.changed == () and check.prediction == plan.prediction
+
+
+def test_the_objective_is_written_and_files_without_one_train_sft(tmp_path):
+    dpo = plan_for_setup("Qwen/Qwen2.5-7B", parse_cluster("rtx4090"), SETUPS[5], engine="trl")
+    save_plan(dpo, tmp_path / "dpo.yaml")
+    written = yaml.safe_load((tmp_path / "dpo.yaml").read_text())["train"]["objective"]
+    assert written == {"kind": "dpo", "reference": "auto", "prompt_len": 256, "rollout": None, "kl": False}
+    sft = plan_for_setup("Qwen/Qwen2.5-7B", parse_cluster("rtx4090"), TrainSetup(method="qlora"))
+    save_plan(sft, tmp_path / "sft.yaml")
+    data = yaml.safe_load((tmp_path / "sft.yaml").read_text())
+    assert data["train"].pop("objective")["kind"] == "sft"  # an older file: no objective at all
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(data))
+    assert load_plan(tmp_path / "old.yaml") == sft
 
 
 def test_the_plan_carries_its_hardware_so_a_catalog_change_cannot_move_it(tmp_path):
@@ -130,6 +153,14 @@ EDITS = [
     ("hardware", lambda d: d["hardware"]["accelerator"].update(colour="green"), "hardware.accelerator.colour"),
     ("memory", lambda d: d["hardware"]["accelerator"].update(memory_bytes=-1), "memory_bytes must be positive"),
     ("workload", lambda d: d["workload"].update(global_batch=0), "field 'workload.global_batch'"),
+    ("objective kind", lambda d: d["train"].update(objective={"kind": "rlhf"}), "field 'train.objective.kind'"),
+    ("objective key", lambda d: d["train"].update(objective={"kind": "dpo", "beta": 0.1}),
+     "unknown field 'train.objective.beta'"),
+    ("objective cross-field", lambda d: d["train"].update(objective={"kind": "orpo", "reference": "model"}),
+     "--task orpo has no reference model"),
+    ("rollout on dpo", lambda d: d["train"].update(objective={"kind": "dpo", "rollout": {
+        "num_generations": 4, "prompt_len": 8, "completion_len": 8, "engine": "vllm", "placement": "colocate",
+        "gpus": 0, "memory_fraction": 0.3, "sleep": False, "tp": 1}}), "apply to grpo and ppo"),
 ]  # fmt: skip
 
 
