@@ -42,7 +42,7 @@ from swiftplan.executors.trace_patches import cuda_like_kernels, fake_safe_optim
 from swiftplan.executors.trace_session import TRACE_DEVICE, attention_notes, base_notes, register_model
 from swiftplan.executors.trace_session import _causal_lm_of as causal_lm_of
 from swiftplan.executors.trace_trl import TraceAccelerator, cuda_like_trl
-from swiftplan.executors.trace_values import KnownValues, known
+from swiftplan.executors.trace_values import KnownValues, known, readable_masks
 from swiftplan.planner.objective import ObjectiveSetup, resolve_reference
 
 Kind = Literal["dpo", "kto", "orpo", "simpo", "cpo", "rm", "grpo"]
@@ -161,7 +161,7 @@ def _session(policy: nn.Module, ref: nn.Module | None, round_bytes: int,
             tracker.classify(ref.parameters(), REFERENCE_CATEGORY)
             for b in ref.buffers():
                 tracker.track(b)
-        with KnownValues():
+        with KnownValues(), readable_masks():
             yield tracker
 
 

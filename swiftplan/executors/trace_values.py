@@ -12,6 +12,8 @@ model's outputs) reads 1 (or True): no tensor's size depends on such a value in 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -147,3 +149,24 @@ class KnownValues(TorchDispatchMode):
                 for t in (arg, arg._base):
                     if t is not None and hasattr(t, _KEY):
                         delattr(t, _KEY)
+
+
+@contextlib.contextmanager
+def readable_masks() -> Iterator[None]:
+    """Let transformers' mask code read an attention mask with known values, as it reads a real one.
+
+    `masking_utils` treats every fake tensor as traced (`is_tracing`) and then always builds a
+    B x 1 x S x S mask (and SDPA repeats the KV heads for it); on a real batch without padding it skips the
+    mask and runs SDPA with `is_causal=True`, as it does here for a known all-ones mask."""
+    from transformers import masking_utils
+
+    original = masking_utils.is_tracing
+
+    def is_tracing(tensor: Any = None) -> bool:
+        return bool(original(tensor)) and value_of(tensor) is None
+
+    masking_utils.is_tracing = is_tracing
+    try:
+        yield
+    finally:
+        masking_utils.is_tracing = original

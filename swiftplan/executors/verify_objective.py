@@ -1,0 +1,108 @@
+"""Planner vs trace for preference, reward and RL objectives: `train_memory` next to `trace_objective`.
+
+Each row is one term or one moment of the step, in tensor bytes (the estimate without the cuBLAS
+workspace, which is not a tensor):
+
+- weights, adapters, reference, optimizer: alive through the whole step;
+- activations at loss: the policy's saved activations when its loss is computed (the planner's
+  "loss and backward start" activations; the trace's at the forward phase's peak, inside the LM head);
+- logits: the planner's logits term; traced, the largest logits bytes at the forward's or backward's peak;
+- reference forward: the peak of the no-grad scoring (the reference, KTO's KL sequences, GRPO's old
+  log-probs) — the planner's "reference forward" moment;
+- training: the peak of the forward with gradients and the backward (the planner's largest other moment
+  but the optimizer step); optimizer step; peak_allocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from swiftplan.executors.trace_objective import ObjectiveTrace, trace_objective
+from swiftplan.executors.verify import ADAMW_IMPLS, TermRow
+from swiftplan.planner.calibration import constant
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.train_memory import TrainMemory, train_memory
+
+STATE_TERMS = ("weights", "adapters", "reference", "optimizer")
+"""Terms alive through the whole step."""
+_SCORING = ("reference", "scoring")
+_TRAINING = ("forward", "backward")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ObjectiveComparison:
+    """Estimate vs trace for one objective set-up."""
+
+    rows: tuple[TermRow, ...]
+    """Terms, then moments, then peak_allocated (last)."""
+    trace: ObjectiveTrace
+    """The raw trace."""
+    memory: TrainMemory
+    """The planner's estimate."""
+
+    def row(self, name: str) -> TermRow:
+        """The row called `name`."""
+        return next(r for r in self.rows if r.name == name)
+
+
+def _trace(spec: ModelSpec, setup: TrainSetup, steps: int) -> ObjectiveTrace:
+    lora = setup.lora
+    if setup.method == "qlora" or setup.quant != "none":
+        raise ValueError(
+            "quantized bases are not traceable (bitsandbytes kernels); use --method lora or full"
+        )
+    return trace_objective(
+        dict(spec.hf_config),
+        setup.objective,
+        method="lora" if setup.method == "lora" else "full",
+        precision=setup.precision,
+        batch=setup.micro_batch,
+        seq=setup.seq_len,
+        lora_rank=lora.rank if lora else 16,
+        lora_targets="all-linear" if lora and lora.all_linear else (lora.targets if lora else ("q_proj",)),
+        optimizer=ADAMW_IMPLS[setup.runtime.optimizer_impl],
+        grad_ckpt=setup.grad_ckpt,
+        attn_implementation="eager" if setup.attention == "eager" or spec.eager_attention_only else "sdpa",
+        steps=steps,
+    )
+
+
+def _traced_max(trace: ObjectiveTrace, phases: tuple[str, ...], category: str | None = None) -> int:
+    """The largest phase peak among `phases`, or the largest `category` bytes at those phases' peaks."""
+    ran = [p for p in phases if p in trace.phase_peaks]
+    if category is None:
+        return max((trace.phase_peaks[p] for p in ran), default=0)
+    return max((trace.phase_at_peak[p].get(category, 0) for p in ran), default=0)
+
+
+def verify_objective(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2) -> ObjectiveComparison:
+    """Trace `setup`'s objective on `spec` and line every term and moment up with `train_memory` (one
+    device, no sharding)."""
+    if setup.parallel.tp > 1 or setup.parallel.pp > 1 or setup.parallel.zero:
+        raise ValueError("parallelism is not traced: compare a single device (tp 1, pp 1, ZeRO 0)")
+    trace = _trace(spec, setup, steps)
+    memory = train_memory(spec, setup)
+    device = memory.device
+    phases = dict(memory.phase_peaks)
+    training = max(v for k, v in phases.items() if k not in ("reference forward", "optimizer step"))
+    workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))
+    pairs = [(name, getattr(device, name), trace.at_peak.get(name, 0)) for name in STATE_TERMS]
+    pairs += [
+        (
+            "activations at loss",
+            memory.phase_activations.get("loss and backward start", 0),
+            _traced_max(trace, ("forward",), "activations"),
+        ),
+        ("logits", device.logits, _traced_max(trace, _TRAINING, "logits")),
+        ("reference forward", phases.get("reference forward", 0), _traced_max(trace, _SCORING)),
+        ("training", training, _traced_max(trace, _TRAINING)),
+        ("optimizer step", phases.get("optimizer step", 0), trace.phase_peaks.get("optimizer", 0)),
+        ("peak_allocated", device.peak_allocated - workspace, trace.peak_bytes),
+    ]
+    rows = tuple(
+        TermRow(name=name, estimate=est, traced=traced)
+        for name, est, traced in pairs
+        if est or traced or name == "peak_allocated"
+    )
+    return ObjectiveComparison(rows=rows, trace=trace, memory=memory)
