@@ -41,7 +41,8 @@ METHOD_CHOICES = ("any", "full", "lora", "qlora", "lora,qlora")
 QUANT_CHOICES = ("any", "none", "nf4", "int8")
 OBJECTIVES: tuple[Literal["time", "cost", "throughput"], ...] = ("time", "cost", "throughput")
 OBJECTIVE_CHOICES = ("auto", *OBJECTIVES)
-TASK_CHOICES: tuple[Literal["train", "serve"], ...] = ("train", "serve")
+TASK_CHOICES = ("train", "dpo", "kto", "orpo", "simpo", "cpo", "rm", "ppo", "grpo", "serve")
+"""train (SFT), the preference and RL objectives `swiftplan fit --task` takes, serve."""
 
 
 def runtime_choices() -> tuple[str, ...]:
@@ -90,6 +91,8 @@ class JobRequest:
     """Distinct plans to evaluate (None: decided by the size of the space)."""
     runtime: str = "swiftplan"
     """Training runtime planned for (profiles/runtimes; its engine runs the plan). Serving ignores it."""
+    training: str = "sft"
+    """The training objective (sft, dpo, kto, orpo, simpo, cpo, rm, ppo, grpo), with fit's defaults."""
 
 
 def _positive_int(name: str, text: str) -> int:
@@ -129,9 +132,11 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
             "No model: type a catalog name (e.g. Qwen/Qwen2.5-7B), a hub id or a path to a config.json.",
             hint="Suggestions appear as you type; press → to accept one.",
         )
-    task = raw["task"]
-    if task not in TASK_CHOICES:
-        raise SwiftplanError(f"Task must be train or serve, got {task!r}.")
+    chosen = raw["task"]
+    if chosen not in TASK_CHOICES:
+        raise SwiftplanError(f"Task must be one of {', '.join(TASK_CHOICES)}, got {chosen!r}.")
+    task: Literal["train", "serve"] = "serve" if chosen == "serve" else "train"
+    training = "sft" if chosen in ("train", "serve") else chosen
     objective = raw["objective"]
     if objective == "auto":
         objective = "throughput" if task == "serve" else "time"
@@ -152,6 +157,10 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
     if epochs <= 0:
         raise SwiftplanError(f"Epochs must be positive, got {raw['epochs']!r}.")
     runtime = raw["runtime"].strip() or "swiftplan"
+    if (
+        training != "sft" and runtime == "swiftplan"
+    ):  # swiftplan's loop trains SFT only; ms-swift runs them all
+        runtime = "ms-swift"
     if task == "train" and runtime not in runtime_choices():
         raise SwiftplanError(f"Runtime must be one of {', '.join(runtime_choices())}, got {runtime!r}.")
     try:
@@ -175,6 +184,7 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
         seed=seed,
         trials=_optional_int("Trials", raw["trials"]),
         runtime=runtime,
+        training=training,
     )
 
 

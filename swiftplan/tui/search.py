@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from swiftplan.planner.hardware import Cluster
+from swiftplan.planner.objective import OBJECTIVES, ObjectiveSetup
 from swiftplan.planner.search.evaluate import INVALID, Evaluation
 from swiftplan.planner.search.pins import Pins
+from swiftplan.planner.setup import parse_choice
 from swiftplan.tui.job import JobRequest
 from swiftplan.units import format_duration, format_gib
 from swiftplan.usecases.describe import candidate_summary
@@ -34,12 +36,26 @@ def fit_request(job: JobRequest, *, host_ram_bytes: int, headroom: float = 0.05)
         if job.task == "train"
         else Pins(quants=job.quants)
     )
+    training = training_objective(job)
+    seq, batch = job.seq_len, job.global_batch
+    if training.rollout is not None:  # a rollout's sequence is prompt + completion, its batch whole prompts
+        generations = training.rollout.num_generations
+        seq, batch = training.rollout.seq_len, -(-batch // generations) * generations
     return FitRequest(
         model=job.model, gpus="auto", task=job.task, objective=job.objective, pareto=job.pareto, pins=pins,
-        dataset_tokens=job.dataset_tokens, epochs=job.epochs, global_batch=job.global_batch, seq_len=job.seq_len,
+        dataset_tokens=job.dataset_tokens, epochs=job.epochs, global_batch=batch, seq_len=seq,
         context=job.context, concurrency=job.concurrency, headroom=headroom, host_ram_bytes=host_ram_bytes,
-        seed=job.seed, trials=job.trials, runtime=job.runtime if job.task == "train" else None,
+        seed=job.seed, trials=job.trials, runtime=job.runtime if job.task == "train" else None, training=training,
     )  # fmt: skip
+
+
+def training_objective(job: JobRequest) -> ObjectiveSetup:
+    """The form's training objective with fit's defaults (GRPO's KL penalty as the runtime sets it)."""
+    kind = parse_choice("task", job.training, OBJECTIVES)
+    kl = (
+        kind == "grpo" and job.runtime == "ms-swift"
+    )  # ms-swift 4.6 beta 0.04 (swift/arguments/rlhf_args.py:356)
+    return ObjectiveSetup(kind=kind, kl=kl)
 
 
 def prepare(job: JobRequest, cluster: Cluster, *, host_ram_bytes: int, headroom: float = 0.05) -> FitProblem:
