@@ -1,4 +1,4 @@
-"""Regenerate swiftplan/profiles/models.json from ../shared/reference/models.json.
+"""Regenerate swiftplan/profiles/models.json from ../shared/reference/models.json and scripts/catalog_curated.json.
 
 The reference file holds architecture facts with their sources; this keeps, per model, the
 config.json keys the planner reads, the citation, and the parameter count the reference
@@ -29,7 +29,9 @@ _ANNOTATIONS = {
     "head_dim_derived",
     "vision_tower_params_computed",
 }
-_SKIP_MODEL_TYPES = {"qwen2_vl"}  # vision-language: the planner sizes text-only models for now
+_SKIP_MODEL_TYPES: set[str] = set()  # every reference model is laid out (Qwen2-VL's tower: planner/vision.py)
+CURATED = Path(__file__).resolve().parent / "catalog_curated.json"
+"""Models added beside the reference (vision-language models), each with its sources, kept verbatim."""
 
 
 def _config(entry: dict) -> dict:
@@ -70,6 +72,8 @@ def main(reference_path: str) -> None:
             "sources": entry.get("sources", []),
             "notes": entry.get("notes", []),
         }
+    curated = json.loads(CURATED.read_text())["models"]
+    models.update({model_id: entry | {"curated": True} for model_id, entry in curated.items()})
     out = {
         "_meta": {
             "description": "Model architecture catalog: config.json keys per model, with citations.",

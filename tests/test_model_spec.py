@@ -13,13 +13,15 @@ from swiftplan.planner.architecture import active_params_per_token, layer_buffer
 from swiftplan.planner.model_catalog import catalog, catalog_spec, find_catalog_id
 from swiftplan.planner.model_spec import spec_from_hf_config
 from swiftplan.planner.setup import LoraSetup
+from swiftplan.planner.vision import vision_tower
 
 CATALOG = json.loads(resources.files("swiftplan.profiles").joinpath("models.json").read_text())["models"]
 
 
 def test_catalog_has_every_reference_model():
-    # shared/reference/models.json lists 36 models; Qwen2-VL (vision-language) is left out on purpose.
-    assert len(CATALOG) == 35
+    # shared/reference/models.json lists 36 models; scripts/catalog_curated.json adds 3 vision-language models.
+    assert len(CATALOG) == 39
+    assert sum(bool(entry.get("curated")) for entry in CATALOG.values()) == 3
     assert all(entry["source"] for entry in CATALOG.values())
 
 
@@ -30,7 +32,9 @@ def test_param_count_matches_reference(model_id):
     The reference also counts DeepSeek-V3's e_score_correction_bias, which transformers keeps as a buffer."""
     spec = catalog_spec(model_id)
     buffers = sum(layer_buffer_elements(spec, i) for i in range(spec.num_layers))
-    assert total_params(spec) + buffers == CATALOG[model_id]["params_reference"]
+    tower = vision_tower(spec)  # vision-language models: the tower and aligner count too
+    vision = tower.params() if tower is not None else 0
+    assert total_params(spec) + buffers + vision == CATALOG[model_id]["params_reference"]
 
 
 def test_published_exact_counts():

@@ -18,7 +18,8 @@ from swiftplan.planner.objective_speed import objective_speed, rollout_capacity
 from swiftplan.planner.serve_memory import serve_memory
 from swiftplan.planner.setup import ServeSetup, Task, TrainSetup
 from swiftplan.planner.speed import ServeSpeed, TrainSpeed, serve_speed
-from swiftplan.planner.train_memory import train_memory
+from swiftplan.planner.vision_memory import train_memory_with_vision
+from swiftplan.planner.vision_speed import with_vision_speed
 
 SpeedT = TypeVar("SpeedT", TrainSpeed, ServeSpeed)
 
@@ -211,7 +212,7 @@ def estimate_training(
     _check_parallelism(spec, cluster, setup.parallel.tp, setup.parallel.pp, world_size=train_world)
     if setup.lora is not None and setup.trains_adapters:
         validate_targets(spec, setup.lora)
-    memory = train_memory(
+    memory = train_memory_with_vision(
         spec, setup, world_size=train_world, device_memory_bytes=cluster.memory_bytes_per_device
     )
     allocator = allocator or AllocatorSettings()
@@ -226,8 +227,12 @@ def estimate_training(
     notes = list(cluster.notes)
     rollout_sequences = _rollout_sequences(spec, setup, cluster, train_world, notes)
     speed = _speed_or_note(
-        lambda: objective_speed(
-            spec, setup, cluster, trainable_params=memory.trainable_params, train_world=train_world
+        lambda: with_vision_speed(
+            spec,
+            setup,
+            lambda s: objective_speed(
+                spec, s, cluster, trainable_params=memory.trainable_params, train_world=train_world
+            ),
         ),
         notes,
     )

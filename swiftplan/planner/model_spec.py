@@ -35,7 +35,21 @@ SUPPORTED_MODEL_TYPES = (
     "chatglm",
     "glm",
     "qwen",
+    "qwen2_vl",
+    "qwen2_5_vl",
+    "qwen2_vl_text",
+    "qwen2_5_vl_text",
 )
+
+_TEXT_LAYOUT = {
+    "qwen2_vl": "qwen2",
+    "qwen2_5_vl": "qwen2",
+    "qwen2_vl_text": "qwen2",
+    "qwen2_5_vl_text": "qwen2",
+}
+"""Vision-language model types whose language model is laid out as another type (Qwen2-VL's and
+Qwen2.5-VL's decoders are Qwen2's: transformers 5.25 models/qwen2_vl/modeling_qwen2_vl.py); the vision
+tower is planner/vision.py's."""
 
 MAX_LAYERS = 1000
 """Most decoder blocks a config may declare: DeepNet (Wang et al. 2022, arXiv:2203.00555, "Scaling
@@ -236,8 +250,9 @@ def _require(config: Mapping[str, Any], name: str, *keys: str) -> int:
 
 
 def _text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Multimodal configs nest the language model under text_config; planning sizes the LM."""
-    text = config.get("text_config")
+    """Multimodal configs nest the language model under text_config (InternVL's remote code: llm_config);
+    planning sizes the LM from it and keeps the rest (vision_config) for planner/vision.py."""
+    text = config.get("text_config") or config.get("llm_config")
     if isinstance(text, Mapping) and text.get("hidden_size"):
         merged = dict(config)
         merged.update(text)
@@ -301,7 +316,7 @@ def _model_type(config: Mapping[str, Any], name: str) -> str:
             f"Model {name!r} has model_type {model_type!r}, which swiftplan does not lay out yet.",
             hint=f"Supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}.",
         )
-    return model_type
+    return _TEXT_LAYOUT.get(model_type, model_type)
 
 
 def _kv_heads(config: Mapping[str, Any], name: str, model_type: str, heads: int) -> int:

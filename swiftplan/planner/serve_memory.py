@@ -16,6 +16,7 @@ from swiftplan.planner.calibration import constant, constant_source
 from swiftplan.planner.dtypes import dtype_bytes
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import LoraSetup, ServeSetup
+from swiftplan.planner.vision_serve import vision_serve
 from swiftplan.planner.weights import layer_weight_bytes, outer_weight_bytes
 
 VLLM_BLOCK_TOKENS = 16
@@ -149,18 +150,31 @@ def serve_memory(spec: ModelSpec, setup: ServeSetup, *, device_memory_bytes: int
     weights = serve_weight_bytes(spec, setup)
     workspace = prefill_workspace_bytes(spec, setup)
     loras = lora_slot_bytes(spec, setup)
+    vision = vision_serve(spec, setup, llm_workspace=workspace)  # the tower, encoder cache and its pass
+    vision_bytes = 0 if vision is None else vision.total
     context_bytes = int(constant("runtime_overhead", "cuda_context_bytes"))
     budget = (
-        int(device_memory_bytes * setup.gpu_memory_utilization) - weights - workspace - loras - context_bytes
+        int(device_memory_bytes * setup.gpu_memory_utilization)
+        - weights
+        - workspace
+        - loras
+        - context_bytes
+        - vision_bytes
     )
     budget = max(0, budget)
     blocks_per_seq = -(-setup.context // VLLM_BLOCK_TOKENS)
     seq_bytes = blocks_per_seq * VLLM_BLOCK_TOKENS * per_token
     max_concurrency = int(budget // seq_bytes) if seq_bytes else 0
     kv = int(seq_bytes * setup.concurrency)
-    peak = weights + workspace + loras + kv
+    peak = weights + workspace + loras + kv + vision_bytes
     terms = _serve_terms(setup, weights=weights, kv=kv, workspace=workspace, loras=loras,
                          context_bytes=context_bytes, blocks_per_seq=blocks_per_seq, per_token=per_token)  # fmt: skip
+    if (
+        vision is not None
+    ):  # the fields below hold the vision parts too; the table shows them on their own lines
+        terms = terms[:-1] + vision.terms + terms[-1:]
+        weights += vision.weights
+        workspace += vision.encoder_cache + vision.workspace
     device = MemoryBreakdown(
         weights=weights,
         adapters=loras,

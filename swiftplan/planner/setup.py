@@ -11,6 +11,7 @@ from typing import Literal, TypeVar, get_args
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.objective import SFT, ObjectiveSetup
+from swiftplan.planner.vision import VisionInputs
 
 Task = Literal["train", "serve"]
 Method = Literal["full", "lora", "qlora"]
@@ -250,6 +251,8 @@ class TrainSetup:
     """The runtime's loss kernel, optimizer implementation, trained modules and sharding (profiles/runtimes)."""
     objective: ObjectiveSetup = SFT
     """What is optimized: SFT, a preference method, reward modelling or RL with rollouts (planner/objective.py)."""
+    vision: VisionInputs | None = None
+    """Vision-language models: images/video per sample and whether the tower and aligner train (planner/vision.py)."""
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)
@@ -361,6 +364,8 @@ class ServeSetup:
     """LoRA adapters resident at once (multi-LoRA serving)."""
     max_lora_rank: int = 16
     """Rank the LoRA slots are sized for."""
+    vision: VisionInputs | None = None
+    """Vision-language models: images/video per request, sizing vLLM's encoder cache (planner/vision.py)."""
 
     def __post_init__(self) -> None:
         _check_choice("quantization", self.quant, QUANTS)
