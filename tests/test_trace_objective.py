@@ -1,0 +1,322 @@
+"""TRL 1.16's preference, reward and RL training steps traced on fake tensors, and the planner against them.
+
+The first part checks the traces themselves against hand computations from the model shapes and TRL's
+source (file:line in each test); the second lines `train_memory` up with the traces term by term
+(`verify_objective`). Where the planner does not yet model what TRL does, the comparison is an xfail whose
+reason names the TRL behaviour (the issue-16 report gives the numbers).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("trl")
+
+from swiftplan.executors.trace_objective import ObjectiveTrace, trace_objective  # noqa: E402
+from swiftplan.executors.verify_objective import ObjectiveComparison, verify_objective  # noqa: E402
+from swiftplan.planner.model_catalog import catalog_spec  # noqa: E402
+from swiftplan.planner.model_spec import spec_from_hf_config  # noqa: E402
+from swiftplan.planner.objective import ObjectiveSetup, RolloutSetup  # noqa: E402
+from swiftplan.planner.runtime import apply_defaults, get_runtime, train_knobs  # noqa: E402
+from swiftplan.planner.setup import LoraSetup, TrainSetup  # noqa: E402
+
+H, LAYERS, HEADS, KV_HEADS, VOCAB, INTER = 64, 2, 4, 2, 4096, 128
+TINY = {
+    "model_type": "llama",
+    "hidden_size": H,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": HEADS,
+    "num_key_value_heads": KV_HEADS,
+    "vocab_size": VOCAB,
+    "intermediate_size": INTER,
+    "tie_word_embeddings": False,
+}
+TILE_VOCAB = 32768
+"""TRL's fused LM head projects `[min(N, 4096), 32768]` tiles whatever the vocabulary
+(trl/trainer/utils.py:1506 _CHUNKED_LOGPROB_CHUNK_SIZE, trl/kernels/chunked_logprob.py:28, 345)."""
+GRPO_ROLLOUT = RolloutSetup(prompt_len=8, completion_len=24, engine="hf")
+
+
+def tiny_params() -> int:
+    """Embedding + per layer (q, k, v, o, gate/up/down, 2 RMSNorms) + final norm + untied LM head."""
+    kv = KV_HEADS * (H // HEADS)
+    per_layer = 2 * H * H + 2 * H * kv + 3 * H * INTER + 2 * H
+    return VOCAB * H + LAYERS * per_layer + H + VOCAB * H
+
+
+def trace(
+    kind: str, method: str = "lora", *, batch: int = 2, seq: int = 32, **objective: object
+) -> ObjectiveTrace:
+    return trace_objective(
+        TINY,
+        ObjectiveSetup(kind=kind, **objective),
+        method=method,
+        batch=batch,
+        seq=seq,
+        round_bytes=1,  # type: ignore[arg-type]
+    )
+
+
+def tile_rows(t: ObjectiveTrace) -> list[int]:
+    """Rows of the fused head's `[rows, 32768]` bf16 tile buffers alive at the peak."""
+    suffix = f", {TILE_VOCAB}) bfloat16"
+    return [
+        int(o.split("(")[1].split(",")[0])
+        for _, _, o in t.largest_at_peak
+        if o.endswith(suffix) and "empty" in o
+    ]
+
+
+# -- the reference ---------------------------------------------------------------------------------
+
+
+def test_dpo_lora_reference_is_the_policy_with_adapters_off() -> None:
+    adapters_off = trace("dpo", prompt_len=8)
+    precomputed = trace("dpo", prompt_len=8, reference="precomputed")
+    assert adapters_off.reference == "adapters-off"
+    # DPOTrainer: PEFT and no ref_model -> use_adapter(model, None) around the same model (dpo_trainer.py:1328-1336)
+    assert adapters_off.reference_params == 0
+    assert adapters_off.at_peak["reference"] == 0
+    assert adapters_off.at_peak["weights"] == precomputed.at_peak["weights"] == tiny_params() * 2
+    ref = adapters_off.phase_at_peak["reference"]
+    assert ref["gradients"] == 0  # torch.no_grad() (dpo_trainer.py:1326)
+    # it runs after the policy forward: the policy's saved activations are alive during it
+    assert ref["activations"] >= adapters_off.phase_at_peak["forward"]["activations"] * 0.9
+
+
+def test_precomputed_reference_runs_no_reference_forward() -> None:
+    precomputed = trace("dpo", prompt_len=8, reference="precomputed")
+    adapters_off = trace("dpo", prompt_len=8)
+    assert "reference" not in precomputed.phase_peaks
+    assert "reference" in adapters_off.phase_peaks
+    # the batch carries the pairs' fp32 reference log-probs instead (2 x 2 x 4 bytes, dpo_trainer.py:203-206)
+    assert precomputed.peak_bytes <= adapters_off.peak_bytes + 2 * 2 * 4
+
+
+def test_full_fine_tuning_reference_is_a_frozen_copy() -> None:
+    t = trace("dpo", "full", prompt_len=8)
+    p = tiny_params()
+    assert t.reference == "model"
+    assert t.reference_params == t.params == t.trainable_params == p
+    assert t.at_peak["reference"] == p * 2  # bf16, no gradient, no optimizer state
+    # AdamW (the HF Trainer's fused one) on the policy only: two bf16 moments, one fp32 step per tensor (21)
+    assert t.at_peak["optimizer"] == 2 * p * 2 + 21 * 4
+    assert t.phase_at_peak["reference"]["gradients"] == 0
+
+
+# -- the fused LM head: what is scored -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("batch", "seq", "prompt"), [(2, 32, 8), (1, 48, 16), (3, 24, 0)])
+def test_dpo_scores_only_completion_tokens_in_one_tile(batch: int, seq: int, prompt: int) -> None:
+    t = trace("dpo", batch=batch, seq=seq, prompt_len=prompt)
+    # chosen + rejected (2 x batch rows); labels -100 on the prompt, shifted by one: seq - prompt scored
+    # per row (seq - 1 without a prompt); compact scoring on CUDA (utils.py:1641-1648)
+    scored = 2 * batch * (seq - max(prompt, 1))
+    assert tile_rows(t) == [scored]
+    head = scored * TILE_VOCAB * 2
+    assert head <= t.phase_at_peak["forward"]["logits"] < head + scored * (2 * H + 200) + 2 * batch * seq * 20
+
+
+def test_grpo_scores_the_completion_only() -> None:
+    t = trace("grpo", batch=4, rollout=GRPO_ROLLOUT)
+    # logits_to_keep = completion length: labels[:, :-logits_to_keep] = -100 (grpo_trainer.py:1495-1496)
+    assert tile_rows(t) == [4 * GRPO_ROLLOUT.completion_len]
+    assert t.reference == "none" and "reference" not in t.phase_peaks
+
+
+def test_grpo_kl_scores_the_reference_before_the_policy_forward() -> None:
+    t = trace("grpo", batch=4, kl=True, rollout=GRPO_ROLLOUT)
+    assert t.reference == "adapters-off" and t.reference_params == 0
+    ref, forward = t.phase_at_peak["reference"], t.phase_at_peak["forward"]
+    # _generate_and_score_completions scores under no_grad before compute_loss (grpo_trainer.py:2641-2731):
+    # no saved activations of the policy yet
+    assert ref["gradients"] == 0
+    assert ref["activations"] < forward["activations"] / 2
+
+
+def test_grpo_with_vllm_scores_old_log_probs_with_the_policy() -> None:
+    rollout = RolloutSetup(prompt_len=8, completion_len=24, placement="server", gpus=1)
+    t = trace("grpo", batch=4, rollout=rollout)
+    # vllm_importance_sampling_correction (default True) -> old_per_token_logps (grpo_trainer.py:2652-2665)
+    assert "scoring" in t.phase_peaks and "reference" not in t.phase_peaks
+    assert t.phase_at_peak["scoring"]["gradients"] == 0
+
+
+def test_kto_scores_kl_sequences_without_gradients_first() -> None:
+    t = trace("kto", batch=4, prompt_len=8)
+    # _compute_kl_logps under no_grad before the policy forward (kto_trainer.py:1337-1379)
+    assert "scoring" in t.phase_peaks and "reference" in t.phase_peaks
+    assert t.phase_at_peak["scoring"]["gradients"] == 0
+    assert t.phase_peaks["scoring"] < t.phase_peaks["forward"]
+    assert tile_rows(t) == [4 * (32 - 8)]  # unpaired: batch rows only
+
+
+def test_kto_needs_two_examples() -> None:
+    with pytest.raises(ValueError, match="KL"):
+        trace("kto", batch=1)
+
+
+# -- reference-free methods -------------------------------------------------------------------------
+
+
+def test_cpo_keeps_the_full_logits() -> None:
+    t = trace("cpo", batch=2, prompt_len=8)
+    # CPOTrainer.concatenated_forward: the model's own forward returns B x S x V logits (cpo_trainer.py:815-822)
+    logits = 2 * 2 * 32 * VOCAB * 2
+    assert t.phase_at_peak["forward"]["logits"] >= logits
+    assert tile_rows(t) == []  # no fused head
+
+
+def test_simpo_has_no_nll_term() -> None:
+    cpo, simpo = trace("cpo", batch=2, prompt_len=8), trace("simpo", batch=2, prompt_len=8)
+    # cpo_alpha=0: nll_loss = torch.tensor(0.0), no cross-entropy over the chosen logits (cpo_trainer.py:840-843)
+    assert simpo.phase_at_peak["forward"]["logits"] < cpo.phase_at_peak["forward"]["logits"]
+
+
+def test_reward_model_has_a_score_head_and_no_vocabulary() -> None:
+    t = trace("rm", "full", batch=2)
+    # AutoModelForSequenceClassification(num_labels=1): the LM head (V x H) becomes score (1 x H)
+    assert t.params == t.trainable_params == tiny_params() - VOCAB * H + H
+    assert t.at_peak["logits"] == 0
+    lora = trace("rm", batch=2)
+    assert lora.trainable_params > 0 and lora.at_peak["reference"] == 0
+
+
+def test_refuses_what_it_cannot_trace() -> None:
+    with pytest.raises(ValueError, match="not traced"):
+        trace("ppo")
+    with pytest.raises(ValueError, match="method"):
+        trace_objective(TINY, ObjectiveSetup(kind="dpo"), method="qlora")  # type: ignore[arg-type]
+
+
+# -- the planner against the traces -----------------------------------------------------------------
+
+_HF = get_runtime("hf", "train")
+HF_KNOBS = train_knobs(_HF, apply_defaults(_HF, {})[0])
+"""TRL's runtime profile (profiles/runtimes/hf.yaml): the planner's loss kernel for TRL."""
+SMALL = spec_from_hf_config(
+    dict(catalog_spec("Qwen/Qwen2.5-0.5B").hf_config) | {"num_hidden_layers": 2}, name="qwen2.5-0.5b-2-layers"
+)
+"""Qwen2.5-0.5B's shapes with two blocks: realistic widths, traced in about a second."""
+SERVER = RolloutSetup(prompt_len=64, completion_len=192, placement="server", gpus=1)
+
+CASES = {
+    "dpo-lora": ("dpo", "lora", 2, 256, False, {"prompt_len": 64}),
+    "dpo-lora-ckpt": ("dpo", "lora", 1, 512, True, {"prompt_len": 128}),
+    "dpo-full": ("dpo", "full", 2, 256, False, {"prompt_len": 64}),
+    "dpo-precomputed": ("dpo", "lora", 2, 256, False, {"prompt_len": 64, "reference": "precomputed"}),
+    "kto-lora": ("kto", "lora", 2, 256, False, {"prompt_len": 64}),
+    "kto-full-ckpt": ("kto", "full", 4, 128, True, {"prompt_len": 32}),
+    "cpo-lora": ("cpo", "lora", 2, 256, False, {"prompt_len": 64}),
+    "simpo-full": ("simpo", "full", 2, 256, False, {"prompt_len": 64}),
+    "orpo-lora": ("orpo", "lora", 2, 256, False, {"prompt_len": 64}),
+    "rm-lora": ("rm", "lora", 2, 256, False, {}),
+    "rm-full": ("rm", "full", 2, 256, False, {}),
+    "grpo-lora": ("grpo", "lora", 4, 256, False, {"rollout": SERVER}),
+    "grpo-lora-kl": ("grpo", "lora", 4, 256, False, {"rollout": SERVER, "kl": True}),
+    "grpo-full-kl": ("grpo", "full", 4, 256, False, {"rollout": SERVER, "kl": True}),
+}
+
+
+@cache
+def compare(case: str) -> ObjectiveComparison:
+    kind, method, batch, seq, ckpt, objective = CASES[case]
+    lora = {"lora": LoraSetup(rank=16)} if method == "lora" else {}
+    setup = TrainSetup(
+        method=method,  # type: ignore[arg-type]
+        micro_batch=batch,
+        seq_len=seq,
+        grad_ckpt=ckpt,
+        runtime=HF_KNOBS,
+        objective=ObjectiveSetup(kind=kind, **objective),  # type: ignore[arg-type]
+        **lora,  # type: ignore[arg-type]
+    )
+    return verify_objective(SMALL, setup)
+
+
+def within(c: ObjectiveComparison, name: str, tolerance: float = 0.01) -> None:
+    row = c.row(name)
+    assert row.error is not None and abs(row.error) <= tolerance, (
+        f"{name}: planner {row.estimate:,} vs trace {row.traced:,} ({row.error:+.2%})"
+    )
+
+
+FUSED_HEAD = (
+    "planner: TRL's fused LM head (add_fused_lm_head, ChunkedLogProbFunction) is sized as SFT's chunked_nll"
+)
+FULL_LOGITS = "planner: TRL's CPO/ORPO/SimPO (trl.experimental) keep the full B x S x V logits; no fused loss"
+NO_GRAD_FORWARD = "planner: the no-grad forward's peak is the fused head after the blocks, not their sum"
+SEQ_CLS = "planner: a reward model has a 1 x H score head, no LM head (and no tied-embedding double gradient)"
+PENDING = {
+    "logits": {
+        c: FULL_LOGITS if CASES[c][0] in ("cpo", "simpo", "orpo") else FUSED_HEAD
+        for c in CASES
+        if CASES[c][0] != "rm"
+    },  # fmt: skip
+    "reference forward": dict.fromkeys(
+        (
+            "dpo-lora",
+            "dpo-lora-ckpt",
+            "dpo-full",
+            "kto-lora",
+            "kto-full-ckpt",
+            "grpo-lora-kl",
+            "grpo-full-kl",
+        ),
+        NO_GRAD_FORWARD,
+    )  # fmt: skip
+    | {"grpo-lora": "planner: GRPO under vLLM scores old log-probs with the policy, without gradients"},
+    "optimizer": {"rm-lora": SEQ_CLS + " (peft SEQ_CLS trains a copy of it: modules_to_save)"},
+    "activations at loss": {
+        "dpo-lora-ckpt": "planner: the decoder output (B x S x H) is alive beside its masked copy in the fused head",
+        "cpo-lora": FULL_LOGITS,
+        "orpo-lora": FULL_LOGITS,
+        "rm-lora": SEQ_CLS,
+        "rm-full": SEQ_CLS,
+        "dpo-lora": "planner: LoRA without checkpointing, +1.8 % as for SFT (verify_training, same shape)",
+        "dpo-precomputed": "planner: LoRA without checkpointing, +1.8 % as for SFT (verify_training, same shape)",
+        "kto-lora": "planner: LoRA without checkpointing, +1.8 % as for SFT (verify_training, same shape)",
+        "grpo-lora": "planner: LoRA without checkpointing, +1.8 % as for SFT (verify_training, same shape)",
+        "grpo-lora-kl": "planner: LoRA without checkpointing, +1.8 % as for SFT (verify_training, same shape)",
+    },
+}
+
+
+def check(c: ObjectiveComparison, term: str, case: str) -> None:
+    """`within`, or an xfail naming what the planner does not yet model when the case is known to differ."""
+    reason = PENDING.get(term, {}).get(case)
+    if reason is None and term in ("training", "peak_allocated"):
+        reason = SEQ_CLS if CASES[case][0] == "rm" else PENDING["logits"].get(case)
+    try:
+        within(c, term)
+    except AssertionError as e:
+        if reason is None:
+            raise
+        pytest.xfail(f"{reason} ({e})")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("term", ["weights", "adapters", "reference", "optimizer", "optimizer step"])
+def test_planner_states_match_the_trace(case: str, term: str) -> None:
+    c = compare(case)
+    if not any(r.name == term for r in c.rows):
+        assert term in ("adapters", "reference")  # none on either side
+        return
+    check(c, term, case)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize(
+    "term", ["activations at loss", "logits", "reference forward", "training", "peak_allocated"]
+)
+def test_planner_step_terms_match_the_trace(case: str, term: str) -> None:
+    c = compare(case)
+    if not any(r.name == term for r in c.rows):
+        return
+    check(c, term, case)
