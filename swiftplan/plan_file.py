@@ -53,6 +53,7 @@ from swiftplan.planner.setup import (
     ServeSetup,
     TrainSetup,
 )
+from swiftplan.planner.vision import VisionInputs
 from swiftplan.planner.workload import ServeWorkload, TrainWorkload
 
 SCHEMA_VERSION: Final = 2
@@ -129,6 +130,18 @@ class ObjectiveFields(_Strict):
     kl: bool = False
 
 
+class VisionFields(_Strict):
+    """`VisionInputs`: a vision-language model's images/video per sample and what trains (absent: text only)."""
+
+    images_per_sample: int = Field(strict=True, default=1, ge=0)
+    image_width: int = Field(strict=True, default=0, ge=0)
+    image_height: int = Field(strict=True, default=0, ge=0)
+    image_tokens: int = Field(strict=True, default=0, ge=0)
+    video_frames: int = Field(strict=True, default=0, ge=0)
+    freeze_vit: bool = True
+    freeze_aligner: bool = True
+
+
 class TrainFields(_Strict):
     """`TrainSetup`."""
 
@@ -147,6 +160,7 @@ class TrainFields(_Strict):
     parallel: ParallelFields
     runtime: RuntimeFields | None = None
     objective: ObjectiveFields | None = None
+    vision: VisionFields | None = None
 
 
 class ServeFields(_Strict):
@@ -162,6 +176,7 @@ class ServeFields(_Strict):
     gpu_memory_utilization: float = Field(strict=True, ge=0.05, le=1.0)
     max_loras: int = Field(strict=True, ge=0)
     max_lora_rank: int = Field(strict=True, gt=0)
+    vision: VisionFields | None = None
 
 
 class TrainWorkloadFields(_Strict):
@@ -268,9 +283,12 @@ class PlanFields(_Strict):
 
 
 def _setup_fields(setup: TrainSetup | ServeSetup) -> TrainFields | ServeFields:
+    vision = None if setup.vision is None else dataclasses.asdict(setup.vision)
     if isinstance(setup, ServeSetup):
-        return ServeFields.model_validate({name: getattr(setup, name) for name in ServeFields.model_fields})
-    fields = {name: getattr(setup, name) for name in TrainFields.model_fields}
+        return ServeFields.model_validate(
+            {name: getattr(setup, name) for name in ServeFields.model_fields} | {"vision": vision}
+        )
+    fields = {name: getattr(setup, name) for name in TrainFields.model_fields} | {"vision": vision}
     fields["parallel"] = {name: getattr(setup.parallel, name) for name in ParallelFields.model_fields}
     fields["runtime"] = {name: getattr(setup.runtime, name) for name in RuntimeFields.model_fields} | {
         "modules_to_save": list(setup.runtime.modules_to_save)
@@ -373,6 +391,7 @@ def _setup(
             data = train.model_dump()
             lora = data.pop("lora")
             objective = _objective(data.pop("objective"))
+            vision = data.pop("vision")
             runtime = data.pop("runtime") or {"name": "swiftplan"}
             if runtime["name"] not in _train_runtimes():
                 raise SwiftplanError(
@@ -390,10 +409,13 @@ def _setup(
                         **{**runtime, "modules_to_save": tuple(runtime.get("modules_to_save", ()))}
                     ),
                     "objective": objective,
+                    "vision": None if vision is None else VisionInputs(**vision),
                 },
             )
         assert serve is not None
-        return ServeSetup(**serve.model_dump())
+        data = serve.model_dump()
+        vision = data.pop("vision")
+        return ServeSetup(**data, vision=None if vision is None else VisionInputs(**vision))
     except SwiftplanError as error:
         raise SwiftplanError(
             f"Plan file {path}: the {task} set-up is not valid: {error.message}", hint=_HINT
