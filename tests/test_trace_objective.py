@@ -320,3 +320,51 @@ def test_planner_step_terms_match_the_trace(case: str, term: str) -> None:
     if not any(r.name == term for r in c.rows):
         return
     check(c, term, case)
+
+
+# -- the machinery: known values and TRL's CUDA paths ----------------------------------------------
+
+
+def test_known_values_answer_data_dependent_ops() -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from swiftplan.executors.trace_memory import MemoryTracker
+    from swiftplan.executors.trace_values import KnownValues, known, value_of
+
+    completion = torch.zeros(2, 6, dtype=torch.long)
+    completion[:, 2:] = 1
+    with FakeTensorMode(), MemoryTracker(round_bytes=1) as tracker, KnownValues() as values:
+        mask = known(torch.empty(2, 6, dtype=torch.long), completion)
+        labels = torch.ones(2, 6, dtype=torch.long).masked_fill(mask == 0, -100)
+        labels[:, :-3] = -100  # an in-place write on a view reaches the known value
+        selected = torch.empty(2, 6, 8)[labels != -100]  # boolean index: shape from the values
+        assert selected.shape == (6, 8)
+        assert int((labels != -100).sum()) == 6 and bool(mask.any())
+        assert float(torch.empty(3).sum()) == 1.0  # unknown data reads 1
+        assert values.unknown_reads == 1
+        real = value_of(labels)
+        assert tracker.live_bytes > 0  # every fake op is still counted
+    assert real is not None and real[0].tolist() == [-100, -100, -100, 1, 1, 1]
+
+
+def test_selective_log_softmax_takes_trls_triton_path() -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from swiftplan.executors.trace_memory import MemoryTracker
+    from swiftplan.executors.trace_trl import cuda_like_trl
+
+    rows, seq, vocab = 2, 16, 1024
+    with FakeTensorMode(), MemoryTracker(round_bytes=1) as tracker, cuda_like_trl():
+        from trl.trainer.utils import selective_log_softmax
+
+        logits = torch.empty(rows, seq, vocab, dtype=torch.bfloat16, requires_grad=True)
+        index = torch.zeros(rows, seq, dtype=torch.long)
+        before = tracker.live_bytes
+        logps = selective_log_softmax(logits, index)
+        # trl/kernels/logprob_entropy.py:165-168, 192: four fp32 per-row outputs, the log-probs returned and
+        # log_z, expected_logit saved (the entropy dropped); no fp32 copy of the logits (the torch
+        # fallback, utils.py:578-599, would log_softmax every row)
+        assert tracker.live_bytes - before == 3 * rows * seq * 4
+        before = tracker.live_bytes
+        logps.sum().backward()
+        assert logits.grad is not None and logits.grad.dtype == torch.bfloat16  # empty_like(logits), :208

@@ -11,8 +11,7 @@ The step's phases: "scoring" (the policy without gradients: KTO's KL sequences, 
 vLLM), "reference" (the reference's no-grad forward, wherever TRL runs it), "forward" (the policy forward
 and the loss), "backward", "optimizer". A phase is entered when its model is called (forward hooks), so
 a reference forward that TRL runs in the middle of the loss is measured with the policy's saved
-activations alive, as on a GPU. The frozen reference copy's parameters are their own category when the
-breakdown has one ("reference"), weights otherwise.
+activations alive, as on a GPU. The frozen reference copy's parameters are their own category, "reference".
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from swiftplan.executors.trace import (
     _enable_checkpointing,
     _make_optimizer,
 )
-from swiftplan.executors.trace_memory import CATEGORIES, CUDA_BLOCK_BYTES, MemoryTracker
+from swiftplan.executors.trace_memory import CUDA_BLOCK_BYTES, MemoryTracker
 from swiftplan.executors.trace_model import DTYPES, apply_lora, build_meta_causal_lm, load_config, to_fake
 from swiftplan.executors.trace_objective_losses import LossRun
 from swiftplan.executors.trace_patches import cuda_like_kernels, fake_safe_optimizers, unpacked_inputs
@@ -48,7 +47,6 @@ from swiftplan.planner.objective import ObjectiveSetup, resolve_reference
 Kind = Literal["dpo", "kto", "orpo", "simpo", "cpo", "rm", "grpo"]
 TRACEABLE: tuple[Kind, ...] = ("dpo", "kto", "orpo", "simpo", "cpo", "rm", "grpo")
 PHASES = ("scoring", "reference", "forward", "backward", "optimizer")
-REFERENCE_CATEGORY = "reference" if "reference" in CATEGORIES else "weights"
 FUSED_HEAD_OUTPUTS: dict[str, tuple[str, ...]] = {
     "dpo": ("log_probs", "entropy", "mean_logits", "is_top1"),  # trl/trainer/dpo_trainer.py:957-960
     "kto": ("log_probs", "entropy", "mean_logits"),  # trl/trainer/kto_trainer.py:967-970
@@ -158,7 +156,7 @@ def _session(policy: nn.Module, ref: nn.Module | None, round_bytes: int,
     with mode, tracker, fake_safe_optimizers(), unpacked_inputs(), cuda_like_kernels(calls), cuda_like_trl():
         register_model(tracker, policy)
         if ref is not None:
-            tracker.classify(ref.parameters(), REFERENCE_CATEGORY)
+            tracker.classify(ref.parameters(), "reference")
             for b in ref.buffers():
                 tracker.track(b)
         with KnownValues(), readable_masks():

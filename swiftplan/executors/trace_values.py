@@ -26,6 +26,15 @@ _aten = torch.ops.aten
 _SCALAR = _aten._local_scalar_dense.default
 _NONZERO = _aten.nonzero.default
 _INDEX_OPS = frozenset({_aten.index.Tensor, _aten.index_put.default, _aten.index_put_.default})
+_UNINITIALISED = frozenset(
+    {
+        _aten.empty.memory_format,
+        _aten.empty_strided.default,
+        _aten.empty_like.default,
+        _aten.new_empty.default,
+    }
+)
+"""Their values are whatever a kernel later writes (TRL's Triton kernels write nothing in the trace)."""
 
 
 def known(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -114,6 +123,8 @@ class KnownValues(TorchDispatchMode):
     def _propagate(self, func: Any, args: Any, kwargs: Any, out: Any) -> None:
         """Recompute `func` on the known values when every tensor input has one; forget the known value
         of an input the op wrote to otherwise."""
+        if func in _UNINITIALISED:
+            return
         flat, _ = tree_flatten((args, kwargs))
         tensors = [t for t in flat if isinstance(t, torch.Tensor)]
         if not tensors:
