@@ -56,6 +56,37 @@ MIN_PIXELS = 28 * 28 * 4
 MAX_PIXELS = 28 * 28 * 16
 """Largest image area after resizing: 16 LLM tokens (a 112 × 112 image)."""
 
+CONFIG = {
+    "architectures": ["Qwen2VLForConditionalGeneration"],
+    "model_type": "qwen2_vl",
+    "text_config": {
+        "model_type": "qwen2_vl_text", "vocab_size": VOCAB_SIZE, "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+        "tie_word_embeddings": True, "bos_token_id": SPECIAL_TOKENS["<|endoftext|>"],
+        "eos_token_id": SPECIAL_TOKENS["<|im_end|>"], "pad_token_id": SPECIAL_TOKENS["<|endoftext|>"],
+    },
+    "vision_config": {
+        "model_type": "qwen2_vl_vision", "depth": 2, "embed_dim": 32, "hidden_size": 32, "num_heads": 2,
+        "mlp_ratio": 2, "patch_size": PATCH, "spatial_merge_size": MERGE, "temporal_patch_size": 2, "in_channels": 3,
+    },
+    "image_token_id": SPECIAL_TOKENS["<|image_pad|>"],
+    "video_token_id": SPECIAL_TOKENS["<|video_pad|>"],
+    "vision_start_token_id": SPECIAL_TOKENS["<|vision_start|>"],
+    "vision_end_token_id": SPECIAL_TOKENS["<|vision_end|>"],
+    "tie_word_embeddings": True,
+}  # fmt: skip
+"""The tiny model's config.json: a 2-layer Qwen2 decoder of width 32 (4 heads, 2 KV heads, head_dim 8, so
+mrope_section sums to 4) and a 2-block ViT of width 32 with Qwen2-VL's patch 14 and merge 2."""
+
+
+def write_config(directory: Path) -> Path:
+    """Only config.json (enough to plan for the model; no torch needed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(CONFIG, indent=2) + "\n")
+    return directory
+
+
 CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
@@ -124,22 +155,7 @@ def build_tiny_qwen2_vl(out: Path, *, seed: int = 0) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out)
-    config = Qwen2VLConfig(
-        text_config={
-            "vocab_size": VOCAB_SIZE, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
-            "tie_word_embeddings": True, "bos_token_id": SPECIAL_TOKENS["<|endoftext|>"],
-            "eos_token_id": SPECIAL_TOKENS["<|im_end|>"], "pad_token_id": SPECIAL_TOKENS["<|endoftext|>"],
-        },
-        vision_config={
-            "depth": 2, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2, "patch_size": PATCH,
-            "spatial_merge_size": MERGE, "temporal_patch_size": 2, "in_channels": 3,
-        },
-        image_token_id=SPECIAL_TOKENS["<|image_pad|>"], video_token_id=SPECIAL_TOKENS["<|video_pad|>"],
-        vision_start_token_id=SPECIAL_TOKENS["<|vision_start|>"], vision_end_token_id=SPECIAL_TOKENS["<|vision_end|>"],
-        tie_word_embeddings=True,
-    )  # fmt: skip
+    config = Qwen2VLConfig(**CONFIG)
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config)
     model.save_pretrained(out)

@@ -31,6 +31,7 @@ from swiftplan.executors.train_engines.common import (
     with_extra,
     yaml_text,
 )
+from swiftplan.executors.train_engines.vision import llamafactory_keys, vision_choices
 from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import ALL_LINEAR
 
@@ -103,6 +104,8 @@ def render_llamafactory(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> Tr
                       double_quantization=setup.double_quant)  # fmt: skip
     elif setup.quant == "int8":
         config.update(quantization_bit=8, quantization_method="bnb")
+    if (vision := vision_choices(setup)) is not None:
+        config.update(llamafactory_keys(vision))
     files = {
         "dataset_info.json": json_text({_DATASET: {"file_name": options.data, "formatting": "alpaca"}}),
     }

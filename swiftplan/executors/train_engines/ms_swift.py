@@ -27,6 +27,7 @@ from swiftplan.executors.train_engines.common import (
     require_engine_can_run,
     runtime_choices,
 )
+from swiftplan.executors.train_engines.vision import ms_swift_args, ms_swift_env, vision_choices
 from swiftplan.planner.plan import Plan
 
 NAME = "ms-swift"
@@ -86,6 +87,8 @@ def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainR
                  "--bnb_4bit_compute_dtype", TORCH_DTYPES[setup.precision]]  # fmt: skip
     elif setup.quant == "int8":
         argv += ["--quant_method", "bnb", "--quant_bits", "8"]
+    if (vision := vision_choices(setup)) is not None:
+        argv += ms_swift_args(vision)
     files: dict[str, str] = {}
     if (ds := hf_deepspeed_config(setup)) is not None:
         files["ds_config.json"] = json_text(ds)
@@ -101,6 +104,8 @@ def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainR
             NNODES=str(plan.nodes), MASTER_ADDR=options.master_addr, MASTER_PORT=str(options.master_port)
         )
         node_env = tuple({"NODE_RANK": str(rank)} for rank in range(plan.nodes))
+    if vision is not None:
+        env.update(ms_swift_env(vision))
     commands = tuple(tuple(argv) for _ in range(plan.nodes))
     return TrainRender(
         engine=NAME, commands=commands, env=env, node_env=node_env, files=files, notes=tuple(notes)
