@@ -27,6 +27,11 @@ from swiftplan.planner.adapters import is_targeted, lora_params_for
 from swiftplan.planner.architecture import Linear, layer_linears
 from swiftplan.planner.dtypes import activation_dtype_bytes, dtype_bytes, module_dtype
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.runtime_features import (
+    float8_cast_bytes,
+    offloaded_saved,
+    selective_saved,
+)
 from swiftplan.planner.runtime_terms import (
     chunked_loss_bytes,
     fused_linear_loss_bytes,
@@ -235,7 +240,7 @@ def backward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> i
         width = (
             spec.moe.expert_intermediate_size * spec.moe.experts_per_token + spec.moe.shared_intermediate_size
         )
-    return 3 * tokens * width * activation_dtype_bytes(setup)
+    return 3 * tokens * width * activation_dtype_bytes(setup) + float8_cast_bytes(spec, setup, tokens)
 
 
 def block_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
@@ -261,6 +266,10 @@ class ActivationPhases:
     """What checkpointing keeps per block (0 without checkpointing)."""
     backward_working: int = 0
     """Gradient temporaries of one block's backward (the MLP's, the widest), on top of its saved tensors."""
+    below_first_recompute: int = 0
+    """Selective checkpointing / offloading: kept below the first recomputed block beyond one block input."""
+    offloaded: int = 0
+    """Activation offloading: saved bytes moved to host RAM (runtime_features)."""
 
 
 def activation_phases(
@@ -278,6 +287,8 @@ def activation_phases(
     blocks = [_split(layer_activation_bytes(spec, setup, i, tokens, setup.seq_len), tp) for i in range(count)]
     shared = shared_bytes(spec, setup)
     largest = max(blocks)
+    if setup.runtime.ckpt_every > 1 or setup.runtime.activation_offload:
+        return _feature_phases(spec, setup, blocks, shared=shared, tokens=tokens, tp=tp)
     if setup.grad_ckpt:
         block_input = block_input_bytes(spec, setup, tokens)
         kept = shared + count * block_input
@@ -292,6 +303,28 @@ def activation_phases(
         )
     total = shared + sum(blocks)
     return ActivationPhases(at_loss=total, in_backward=total, largest_block=largest, shared=shared)
+
+
+def _feature_phases(
+    spec: ModelSpec, setup: TrainSetup, blocks: list[int], *, shared: int, tokens: int, tp: int
+) -> ActivationPhases:
+    """Selective checkpointing (`ckpt_every`) and activation offloading (runtime_features)."""
+    every = setup.runtime.ckpt_every if setup.grad_ckpt else 0
+    working = backward_working_bytes(spec, setup, tokens) // tp
+    block_input = block_input_bytes(spec, setup, tokens) if setup.grad_ckpt else 0
+    saved = selective_saved(blocks, every=every, block_input=block_input, working=working)
+    if setup.runtime.activation_offload:
+        saved = offloaded_saved(saved, largest=max(blocks), every=every, count=len(blocks), working=working)
+    return ActivationPhases(
+        at_loss=shared + saved.at_loss,
+        in_backward=shared + saved.in_backward,
+        largest_block=max(blocks),
+        shared=shared,
+        block_input=saved.block_input,
+        backward_working=working,
+        below_first_recompute=saved.below_first,
+        offloaded=saved.offloaded,
+    )
 
 
 def activations_bytes(spec: ModelSpec, setup: TrainSetup, *, layers: int | None = None, tp: int = 1) -> int:

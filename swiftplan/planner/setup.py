@@ -17,7 +17,7 @@ Task = Literal["train", "serve"]
 Method = Literal["full", "lora", "qlora"]
 Precision = Literal["bf16", "fp16", "fp32", "amp-bf16", "amp-fp16"]
 ServeDtype = Literal["bf16", "fp16", "fp32"]
-Quant = Literal["none", "nf4", "fp4", "int8", "gptq", "awq", "fp8"]
+Quant = Literal["none", "nf4", "fp4", "int8", "gptq", "awq", "fp8", "nf4-torchao"]
 Optimizer = Literal["adamw", "adamw-8bit", "paged-adamw-8bit", "sgd", "adafactor"]
 ZeroStage = Literal[0, 1, 2, 3]
 Offload = Literal["none", "optimizer", "optimizer+params"]
@@ -46,8 +46,8 @@ ALL_LINEAR = "all-linear"
 
 ChoiceT = TypeVar("ChoiceT", bound=str)
 
-# Quantizations a QLoRA base can use (bitsandbytes 4-bit) and those LoRA can sit on.
-_QLORA_QUANTS = ("nf4", "fp4")
+# Quantizations a QLoRA base can use (bitsandbytes 4-bit, torchao NF4) and those LoRA can sit on.
+_QLORA_QUANTS = ("nf4", "fp4", "nf4-torchao")
 _LORA_BASE_QUANTS = ("none", "int8", "gptq", "awq", "fp8")
 
 
@@ -178,6 +178,18 @@ class RuntimeKnobs:
     """DeepSpeed stage3_prefetch_bucket_size (elements; default 5e7)."""
     max_live_parameters: int = 1_000_000_000
     """DeepSpeed stage3_max_live_parameters (elements; default 1e9)."""
+    ckpt_every: int = 1
+    """Selective activation checkpointing: every k-th decoder block is checkpointed, the others keep their
+    saved tensors (torchtune ac_mode selective, ac_option k); 1 = every block (needs grad_ckpt)."""
+    activation_offload: bool = False
+    """Saved activations are moved to host RAM in forward and brought back in backward (torchtune
+    enable_activation_offloading, Unsloth's offloaded checkpointing, TRL activation_offloading)."""
+    fsdp_cpu_offload: bool = False
+    """FSDP keeps parameters, gradients and optimizer state on the host and steps on the CPU; the device
+    holds only the gathered unit(s) (FSDP CPUOffload(offload_params=True) / CPUOffloadPolicy)."""
+    float8: bool = False
+    """torchao Float8Linear training: bf16 weights cast to fp8 for each matmul, dynamic tensorwise
+    scales (torchtune enable_fp8_training); FSDP2 gathers the weights in fp8."""
 
     def __post_init__(self) -> None:
         _check_choice("loss implementation", self.loss, LOSS_IMPLS)
@@ -193,6 +205,10 @@ class RuntimeKnobs:
         if not isinstance(self.loss_chunk_tokens, int) or self.loss_chunk_tokens < 0:
             raise SwiftplanError(
                 f"--loss-chunk-tokens must be 0 (Liger's rule) or positive, got {self.loss_chunk_tokens!r}."
+            )
+        if not isinstance(self.ckpt_every, int) or isinstance(self.ckpt_every, bool) or self.ckpt_every < 1:
+            raise SwiftplanError(
+                f"--ckpt-every must be a positive integer (1 = every block), got {self.ckpt_every!r}."
             )
         if not isinstance(self.fsdp_shard_group, int) or self.fsdp_shard_group < 0:
             raise SwiftplanError(
@@ -269,7 +285,7 @@ class TrainSetup:
                 object.__setattr__(self, "quant", "nf4")
             if self.quant not in _QLORA_QUANTS:
                 raise SwiftplanError(
-                    f"QLoRA uses a bitsandbytes 4-bit base (nf4 or fp4), not --quant {self.quant}.",
+                    f"QLoRA uses a 4-bit base (bitsandbytes nf4 or fp4, or torchao nf4-torchao), not --quant {self.quant}.",
                     hint="Use --method lora for LoRA on an int8/GPTQ/AWQ/fp8 base.",
                 )
             if self.precision in ("fp32", "amp-bf16", "amp-fp16"):
@@ -319,9 +335,10 @@ class TrainSetup:
                     f"--offload {self.parallel.offload} cannot apply with it.",
                     hint="Leave --zero 0 and --offload none with --fsdp, and pick --fsdp-sharding.",
                 )
-            if self.quant not in ("none", "nf4", "fp4"):
+            if self.quant not in ("none", "nf4", "fp4", "nf4-torchao"):
                 raise SwiftplanError(
-                    f"FSDP shards bitsandbytes 4-bit bases (bnb_4bit_quant_storage) or unquantized ones, not --quant {self.quant}."
+                    "FSDP shards bitsandbytes 4-bit bases (bnb_4bit_quant_storage), torchao NF4 bases or unquantized "
+                    f"ones, not --quant {self.quant}."
                 )
         if knobs.modules_to_save and not self.trains_adapters:
             raise SwiftplanError(
@@ -333,6 +350,9 @@ class TrainSetup:
                 f"{self.grad_accum} micro-batches.",
                 hint="Use --grad-accum 1 with --optimizer-in-backward.",
             )
+        from swiftplan.planner.runtime_features import check_features
+
+        check_features(self)
 
     @property
     def trains_adapters(self) -> bool:
@@ -379,3 +399,8 @@ class ServeSetup:
             )
         if self.kv_dtype not in ("auto", "fp8"):
             raise SwiftplanError(f"Unknown KV-cache dtype {self.kv_dtype!r}; valid values are: auto, fp8.")
+        if self.quant == "nf4-torchao":
+            raise SwiftplanError(
+                "--quant nf4-torchao is torchtune's QLoRA training base (torchao NF4Tensor); no serving engine "
+                "loads it: serve with --quant nf4 (bitsandbytes) or the merged 16-bit model."
+            )

@@ -39,6 +39,7 @@ from swiftplan.planner.objective_memory import (
     reference_runs_beside_policy,
     rollout_memory,
 )
+from swiftplan.planner.runtime_features import annotate_terms, fsdp_cpu_offload_states, fsdp_gathered_bytes
 from swiftplan.planner.runtime_terms import (
     adamw_impl_temporary_bytes,
     deepspeed_zero,
@@ -258,16 +259,8 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
         weights, adapters = weights // shards, adapters // shards
         if knobs.ds_buckets and knobs.fsdp == "none":
             gathered = zero3_live_parameter_bytes(spec, knobs, weight_bytes=wb, tp=par.tp)
-        elif (
-            knobs.fsdp != "none"
-        ):  # the block computed and the next one prefetched, a 4-bit base gathered packed
-            largest_block = max(
-                layer_weight_bytes(
-                    spec, i, dtype_bytes=wb, quant=setup.quant, double_quant=setup.double_quant
-                )
-                for i in stage_layers
-            )
-            gathered = 2 * largest_block // par.tp
+        elif knobs.fsdp != "none":  # two blocks and the root unit, as FSDP gathers them (runtime_features)
+            gathered = fsdp_gathered_bytes(spec, setup, stage_layers, wb)
         else:  # the block computed and the one prefetched
             gathered = 2 * max(layer_params(spec, i) for i in stage_layers) * wb // par.tp
     bucket = reduce_bucket_bytes(knobs, stage=stage, grad_bytes=dtype_bytes(dtypes.gradients))
@@ -279,6 +272,11 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
     if par.offload == "optimizer+params":
         host += (weights + adapters) * dp
         weights, adapters = 0, 0
+    if knobs.fsdp_cpu_offload:  # shards in host RAM, gathered unit(s) on the device (runtime_features)
+        off = fsdp_cpu_offload_states(spec, setup, stage_layers, weights=weights, adapters=adapters, rest=grads + optim + master,
+                                      dp=dp, bytes_=(wb, dtype_bytes(dtypes.gradients)))  # fmt: skip
+        weights, adapters, grads, gathered = off.weights, off.adapters, off.gradients, off.gathered
+        optim, master, host = 0, 0, host + off.host * dp
     trained_here = weights + adapters + grads + optim + master
     extra = objective_states(
         spec, setup, stage_layers, shards=shards, stage=stage, trained_state_bytes=trained_here
@@ -313,14 +311,18 @@ def _phase_peaks(
         "optimizer step": static + grads + step_temp,
     }
     acts = {"loss and backward start": at_loss, "optimizer step": 0, "end of backward": 0}
-    if setup.grad_ckpt:
+    if setup.grad_ckpt or setup.runtime.activation_offload:  # offloaded tensors come back one block at a time
         # Backward recomputes one block at a time, last block first. Recomputing the last one: all
         # block inputs kept, only the head's gradients exist; recomputing the first: one input
         # left, every gradient but the first block's and the (untied) embedding's.
         late = ((grads_during_fwd or head_grads), in_backward)
         early = (
             grads_during_fwd or grads - layer_grads - embedding_grads,
-            phases.shared + phases.block_input + phases.largest_block + phases.backward_working,
+            phases.shared
+            + phases.block_input
+            + phases.below_first_recompute
+            + phases.largest_block
+            + phases.backward_working,
         )
         grads_then, acts_then = max(late, early, key=sum)
         peaks["recomputation in backward"] = static + gathered + grads_then + acts_then
@@ -398,7 +400,7 @@ def train_memory(
     logits = objective_logits_bytes(spec, setup, tp=tp)
     step_temp = (
         _optimizer_step_temporaries(spec, setup, states.trainable_here, dtypes, dp=dp)
-        if par.offload == "none"
+        if par.offload == "none" and not setup.runtime.fsdp_cpu_offload  # offloaded: stepped on the CPU
         else 0
     )
     phase_peaks, phase_acts, at_loss, in_backward = _phase_peaks(
@@ -423,6 +425,7 @@ def train_memory(
         activations=activations, logits=logits, transient=transient, phase=phase, overhead=overhead,
         context=context, frag=frag,
     )  # fmt: skip
+    terms = annotate_terms(spec, setup, terms, offloaded=phases.offloaded, gathered=states.gathered)
     device = MemoryBreakdown(  # with_reserved (below) adds peak_reserved and the allocator's slack
         weights=states.weights,
         adapters=states.adapters,
@@ -445,7 +448,7 @@ def train_memory(
     device = with_reserved(spec, device, seq_len=setup.seq_len, extras=extras)
     return TrainMemory(
         device=device,
-        host_bytes=states.host,
+        host_bytes=states.host + phases.offloaded * dp,
         params=model_params + lora_params,
         trainable_params=(lora_params + saved_module_params(spec, setup.runtime))
         if setup.trains_adapters

@@ -28,6 +28,27 @@ BNB_DOUBLE_QUANT_BLOCK = 256
 """Double quantization stores absmax as 8-bit with one fp32 constant per 256 absmax values (QLoRA paper §3)."""
 GPTQ_AWQ_GROUP = 128
 """Default group size of GPTQ/AWQ checkpoints: one fp16 scale and one 4-bit zero per 128 input rows."""
+TORCHAO_NF4_BLOCK = 64
+"""torchao `to_nf4` block_size: one double-quantized scaler per 64 weights."""
+TORCHAO_NF4_SCALER_BLOCK = 256
+"""torchao `to_nf4` scaler_block_size: one quantization factor per 256 scalers."""
+TORCHAO_NF4_SOURCE = (
+    "pytorch/ao @ 36027d8 (torchao 0.18) torchao/quantization/quantize_/workflows/nf4/nf4_tensor.py "
+    "(to_nf4(block_size=64, scaler_block_size=256); NF4Tensor.from_tensor, double_quantize_scalers), as "
+    "torchtune @ bd2a0fc builds its QLoRA base (torchtune/modules/peft/lora.py linear_nf4, FrozenNF4Linear); "
+    "checked against torchao's to_nf4 (tests/test_runtime_features.py)"
+)
+
+
+def torchao_nf4_bytes(elements: int, dtype_bytes: int = 2) -> int:
+    """Bytes of one torchao NF4Tensor of `elements` weights quantized from a `dtype_bytes` tensor (bf16 in
+    torchtune): 4-bit codes (quantized_data, uint8, n/2), one int8 double-quantized scaler per 64 weights
+    (quantized_scalers, n/64), one quantization factor per 256 scalers and the scaler mean in the weight's
+    dtype, and the 16-entry NF4 table in it: n/2 + n/64 + (n/16384 + 17) × dtype bytes ≈ 0.516 B/weight.
+    Source: `TORCHAO_NF4_SOURCE`."""
+    blocks = -(-elements // TORCHAO_NF4_BLOCK)
+    factors = -(-blocks // TORCHAO_NF4_SCALER_BLOCK)
+    return -(-elements // 2) + blocks + (factors + 1 + 16) * dtype_bytes
 
 
 def quantized_linear_bytes(linear: Linear, quant: Quant, *, double_quant: bool = True) -> int:
@@ -39,6 +60,7 @@ def quantized_linear_bytes(linear: Linear, quant: Quant, *, double_quant: bool =
     - gptq/awq: 4-bit packed weights + per group of 128 inputs an fp16 scale and a 4-bit zero
       per output; GPTQ also keeps g_idx (int32 per input row).
     - fp8: 1 B/weight + one fp32 scale per tensor.
+    - nf4-torchao: torchao's NF4Tensor (`torchao_nf4_bytes`, bf16 constants).
     """
     weights = linear.in_features * linear.out_features
     bias = 2 * linear.out_features if linear.bias else 0
@@ -55,6 +77,8 @@ def quantized_linear_bytes(linear: Linear, quant: Quant, *, double_quant: bool =
             per_copy += 4 * linear.in_features
     elif quant == "fp8":
         per_copy = weights + 4
+    elif quant == "nf4-torchao":
+        per_copy = torchao_nf4_bytes(weights)
     else:
         raise ValueError(f"not a quantized format: {quant}")
     return linear.count * (per_copy + bias)

@@ -1,0 +1,292 @@
+"""Memory terms of the training features frameworks turn on beyond the loss and the optimizer kernel, each
+a small formula with the framework source it follows (RuntimeKnobs fields, one flag each):
+
+- selective activation checkpointing: every k-th block checkpointed (`ckpt_every`);
+- activation offloading: saved tensors moved to host RAM in forward (`activation_offload`);
+- FSDP CPU offload: parameters, gradients and optimizer state on the host (`fsdp_cpu_offload`);
+- torchao float8 training: fp8 casts for the matmuls, fp8 all-gather under FSDP2 (`float8`).
+
+torchao's NF4 base (`--quant nf4-torchao`) is a weight format: its bytes are in `weights.torchao_nf4_bytes`.
+`activations.activation_phases` and `train_memory` compose these terms; `annotate_terms` writes their
+formula and source into the breakdown. Pure: no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.planner.adapters import is_targeted, lora_params_for
+from swiftplan.planner.architecture import (
+    embedding_params,
+    final_norm_params,
+    layer_linears,
+    layer_params,
+    lm_head_params,
+)
+from swiftplan.planner.breakdown import Term
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.runtime_terms import saved_module_params, shard_degree
+from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.weights import TORCHAO_NF4_SOURCE, layer_weight_bytes, outer_weight_bytes
+from swiftplan.units import format_gib
+
+OFFLOAD_STASH_TENSORS = 5
+"""torchtune OffloadActivations(max_fwd_stash_size=5): offloaded tensors kept alive on the device until
+that many newer ones were packed (and all of them until backward starts)."""
+FP8 = 1
+
+SELECTIVE_SOURCE = (
+    "pytorch/torchtune @ bd2a0fc torchtune/training/activations.py (checkpoint_wrapper: ac_mode 'selective' "
+    "wraps a block when its 1-based position is a multiple of ac_option, with torch's NO_REENTRANT "
+    "checkpoint_wrapper; the others keep their saved tensors), recipes/full_finetune_distributed.py "
+    "(ac_mode/ac_option); torch 2.13 torch/distributed/algorithms/_checkpoint/checkpoint_wrapper.py; traced "
+    "on a transformers model (tests/test_runtime_features_trace.py)"
+)
+OFFLOAD_SOURCE = (
+    "pytorch/torchtune @ bd2a0fc torchtune/training/_activation_offloading.py (OffloadActivations: saved "
+    "tensors >= 1024 B that are not parameters copied to pinned host memory; with streams the last "
+    "max_fwd_stash_size = 5 stay on the device until backward, and in backward a node's tensors until the "
+    "next node's are brought back; the output head runs under NoOpManager); unslothai/unsloth-zoo @ ce232d6 "
+    "unsloth_zoo/gradient_checkpointing.py (checkpointed block inputs to CPU buffers, one or two GPU buffers "
+    "in backward); traced with torch's save_on_cpu hooks (tests/test_runtime_features_trace.py)"
+)
+FSDP_OFFLOAD_SOURCE = (
+    "torch 2.13 torch/distributed/fsdp/_fully_shard/_fsdp_api.py (CPUOffloadPolicy: parameters, gradients "
+    "and optimizer state on CPU, optimizer step on CPU), _fsdp_param.py (shards copied host-to-device before "
+    "the all-gather), _fsdp_collectives.py (the reduce-scattered gradient copied device-to-host), "
+    "_fsdp_state.py (the root module is not resharded after forward); pytorch/torchtune @ bd2a0fc "
+    "torchtune/training/_distributed.py shard_model (fsdp_cpu_offload -> CPUOffloadPolicy, root "
+    "reshard_after_forward=False); FSDP1 CPUOffload(offload_params=True) keeps the same on the host; not "
+    "traced (needs a process group)"
+)
+FLOAT8_SOURCE = (
+    "pytorch/ao @ 36027d8 (torchao 0.18) torchao/float8/float8_linear.py (matmul_with_hp_or_float8_args "
+    "saves the high-precision input and weight and casts to fp8 per matmul: in backward grad_output twice, "
+    "the weight and the input), config.py (tensorwise dynamic scaling: no amax history buffers), "
+    "fsdp_utils.py (fp8 all-gather); pytorch/torchtune @ bd2a0fc torchtune/training/quantization.py "
+    "(Float8LinearConfig(enable_fsdp_float8_all_gather=True), the LM head 'output' kept bf16); traced on "
+    "fake tensors (tests/test_runtime_features_trace.py); eager mode: torch.compile may save other tensors"
+)
+
+
+def check_features(setup: TrainSetup) -> None:
+    """Refuse a set-up whose feature knobs contradict it, one sentence naming the flag."""
+    knobs = setup.runtime
+    if knobs.ckpt_every > 1 and not setup.grad_ckpt:
+        raise SwiftplanError(
+            f"--ckpt-every {knobs.ckpt_every} chooses which blocks activation checkpointing wraps; it needs "
+            "--grad-ckpt (or --ckpt-every 1)."
+        )
+    if knobs.fsdp_cpu_offload and knobs.fsdp == "none":
+        raise SwiftplanError(
+            "--fsdp-cpu-offload moves FSDP's shards to host RAM; it needs --fsdp fsdp1 or fsdp2 "
+            "(with DeepSpeed ZeRO use --offload)."
+        )
+    if knobs.float8 and (setup.method != "full" or setup.precision != "bf16"):
+        raise SwiftplanError(
+            "--float8 converts the trained nn.Linear layers of a bf16 model to torchao Float8Linear "
+            f"(torchtune's full_finetune_distributed); it needs --method full --precision bf16, not "
+            f"--method {setup.method} --precision {setup.precision}."
+        )
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SavedBytes:
+    """Saved-activation bytes of the blocks (the shared tensors left out) at the moments that set the peak."""
+
+    at_loss: int
+    """End of forward."""
+    in_backward: int
+    """While the last checkpointed block is recomputed (or, offloaded, a block's tensors are brought back)."""
+    below_first: int
+    """Kept below the first recomputed block while it is recomputed (beyond one block input)."""
+    block_input: int
+    """One checkpointed block's kept input (0 when no block is checkpointed)."""
+    offloaded: int = 0
+    """Moved to host RAM (activation offloading)."""
+
+
+def selective_saved(blocks: list[int], *, every: int, block_input: int, working: int) -> SavedBytes:
+    """Checkpointing every `every`-th block (0: none), as torchtune's selective layer checkpointing counts
+    them: block i (0-based) is wrapped when (i + 1) % every == 0, so L // every blocks keep only their
+    input and the others their saved tensors. Backward recomputes the last wrapped block once the plain
+    blocks above it are done: wrapped inputs + plain blocks below it + that block + its gradient
+    temporaries. Source: `SELECTIVE_SOURCE`."""
+    wrapped = [i for i in range(len(blocks)) if every and (i + 1) % every == 0]
+    if not wrapped:
+        total = sum(blocks)
+        return SavedBytes(at_loss=total, in_backward=total, below_first=0, block_input=0)
+    plain = [i for i in range(len(blocks)) if i not in set(wrapped)]
+    kept = len(wrapped) * block_input
+    recomputed = max(blocks[i] for i in wrapped)
+    return SavedBytes(
+        at_loss=kept + sum(blocks[i] for i in plain),
+        in_backward=kept + sum(blocks[i] for i in plain if i < wrapped[-1]) + recomputed + working,
+        below_first=sum(blocks[i] for i in plain if i < wrapped[0]),
+        block_input=block_input,
+    )
+
+
+def offloaded_saved(saved: SavedBytes, *, largest: int, every: int, count: int, working: int) -> SavedBytes:
+    """Activation offloading over `saved` (torchtune OffloadActivations with streams): every saved tensor
+    goes to host RAM in forward; on the device stay, at the loss, the last 5 offloaded tensors — 5 block
+    inputs when every block is checkpointed, else at most the last block's tensors — and in backward one
+    block's tensors brought back (plus, checkpointed, its input and the previous node's) with its
+    gradient temporaries. Source: `OFFLOAD_SOURCE`."""
+    wrapped = saved.block_input > 0
+    stash = min(OFFLOAD_STASH_TENSORS, count) * saved.block_input if wrapped and every == 1 else largest
+    brought_back = 2 * saved.block_input if wrapped else 0
+    return SavedBytes(
+        at_loss=min(stash, saved.at_loss),
+        in_backward=brought_back + largest + working,
+        below_first=saved.block_input,
+        block_input=saved.block_input,
+        offloaded=max(0, saved.at_loss - stash),
+    )
+
+
+def float8_cast_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
+    """fp8 copies torchao's Float8Linear makes in the backward of a block's widest Linear: grad_output cast
+    twice (for the input and the weight gradient, T × out each), the input cast for the weight gradient
+    (T × in) and the weight cast (in × out), 1 B each; scales are scalars (tensorwise). The saved tensors
+    are the bf16 ones a Linear keeps anyway, so activations do not change. Source: `FLOAT8_SOURCE`."""
+    if not setup.runtime.float8:
+        return 0
+    return max(
+        (tokens * (2 * lin.out_features + lin.in_features) + lin.in_features * lin.out_features) * FP8
+        for lin in layer_linears(spec, 0) + layer_linears(spec, spec.num_layers - 1)
+        if lin.kind == "linear"
+    )
+
+
+def fsdp_unit_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, weight_bytes: int) -> int:
+    """One gathered FSDP unit (a decoder block): its weights as gathered — a 4-bit base packed, and with
+    float8 the Linear weights in fp8 (torchao fsdp_utils fp8 all-gather, 1 B + one fp32 scale each)."""
+    quant = "fp8" if setup.runtime.float8 else setup.quant
+    return layer_weight_bytes(
+        spec, layer, dtype_bytes=weight_bytes, quant=quant, double_quant=setup.double_quant
+    )
+
+
+def fsdp_gathered_bytes(spec: ModelSpec, setup: TrainSetup, layers: range, weight_bytes: int) -> int:
+    """What FSDP full_shard holds gathered at the loss: the block computed and the one prefetched, and the
+    root unit (embedding, final norm, LM head), which is not resharded after forward (torch 2.13
+    _fsdp_state.py; torchtune shard_model reshard_after_forward=False for the root). Source:
+    `FSDP_OFFLOAD_SOURCE`."""
+    block = max(fsdp_unit_bytes(spec, setup, i, weight_bytes) for i in layers)
+    return (2 * block + outer_weight_bytes(spec, dtype_bytes=weight_bytes)) // setup.parallel.tp
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FsdpOffload:
+    """Per-device bytes of the parameter-sized terms under FSDP CPU offload."""
+
+    weights: int
+    adapters: int
+    gradients: int
+    """One unit's unsharded gradient before its reduce-scatter (and the root's, full fine-tuning)."""
+    gathered: int
+    """Gathered units: the block computed and the one prefetched, plus the root (embedding, final norm, LM head)."""
+    host: int
+    """Bytes this rank keeps in host RAM: its parameter, gradient and optimizer shards."""
+
+
+def fsdp_cpu_offload_states(
+    spec: ModelSpec, setup: TrainSetup, layers: range, *, weights: int, adapters: int, rest: int, dp: int, bytes_: tuple[int, int]
+) -> FsdpOffload:  # fmt: skip
+    """FSDP CPU offload: this rank's shards (`weights`, `adapters` as sharded or, shard_grad_op, whole;
+    `rest` = gradient, optimizer and master shards) move to host RAM. full_shard gathers a block at a
+    time (two with prefetch) and keeps the root unit gathered through the step; shard_grad_op keeps every
+    gathered parameter from forward to backward (the whole model). `bytes_` = (weight, gradient) dtype
+    bytes. Source: `FSDP_OFFLOAD_SOURCE`."""
+    wb, gb = bytes_
+    tp = setup.parallel.tp
+    stage3 = setup.runtime.fsdp_sharding != "shard_grad_op"
+    shards = shard_degree(setup, dp)
+    host = rest + (weights + adapters if stage3 else (weights + adapters) // shards)
+    return FsdpOffload(
+        weights=0 if stage3 else weights,
+        adapters=0 if stage3 else adapters,
+        gradients=_unit_gradient_params(spec, setup, layers) * gb // tp
+        + saved_module_params(spec, setup.runtime) * wb // tp,
+        gathered=fsdp_gathered_bytes(spec, setup, layers, wb) if stage3 else 0,
+        host=host,
+    )
+
+
+def _unit_gradient_params(spec: ModelSpec, setup: TrainSetup, layers: range) -> int:
+    """Trainable parameters whose gradient one FSDP unit holds unsharded before its reduce-scatter: the
+    largest block's (LoRA: its adapters), and for full fine-tuning the root's (embedding, final norm, LM
+    head), reduced only when the whole backward is done."""
+    ends = {layers[0], layers[-1]}
+    if setup.trains_adapters:
+        lora = setup.lora
+        assert lora is not None
+        return max(
+            sum(
+                lora_params_for(lin, lora)
+                for lin in layer_linears(spec, i)
+                if is_targeted(lin, lora, spec.model_type)
+            )
+            for i in ends
+        )
+    root = embedding_params(spec) + lm_head_params(spec) + final_norm_params(spec)
+    return max(layer_params(spec, i) for i in ends) + root
+
+
+def annotate_terms(
+    spec: ModelSpec, setup: TrainSetup, terms: tuple[Term, ...], *, offloaded: int, gathered: int
+) -> tuple[Term, ...]:
+    """The breakdown's terms with each active feature's share of the formula and its source."""
+    notes = _feature_notes(spec, setup, offloaded=offloaded, gathered=gathered)
+    out = []
+    for term in terms:
+        extra = notes.get(term.name)
+        if extra is None:
+            out.append(term)
+            continue
+        formula, source = extra
+        joined = "; ".join(s for s in (term.source, source) if s)
+        out.append(replace(term, formula=term.formula + "; " + formula, source=joined))
+    return tuple(out)
+
+
+def _feature_notes(
+    spec: ModelSpec, setup: TrainSetup, *, offloaded: int, gathered: int
+) -> dict[str, tuple[str, str]]:
+    """Term name → (formula clause, source) for each active feature."""
+    knobs = setup.runtime
+    notes: dict[str, list[tuple[str, str]]] = {}
+    if setup.quant == "nf4-torchao":
+        notes.setdefault("weights", []).append(
+            ("block linears as torchao NF4Tensor: n/2 + n/64 + (n/16384 + 17) × 2 B each", TORCHAO_NF4_SOURCE)
+        )
+    if knobs.ckpt_every > 1 and setup.grad_ckpt:
+        wrapped = -(-spec.num_layers // setup.parallel.pp) // knobs.ckpt_every
+        clause = f"selective checkpointing: every {knobs.ckpt_every}th block wrapped ({wrapped} per stage), the others keep their saved tensors"
+        notes.setdefault("activations", []).append((clause, SELECTIVE_SOURCE))
+    if knobs.activation_offload:
+        clause = (f"activation offloading: {format_gib(offloaded)} of saved tensors in host RAM, on the device the last "
+                  f"{OFFLOAD_STASH_TENSORS} offloaded tensors at the loss and one block brought back in backward")  # fmt: skip
+        notes.setdefault("activations", []).append((clause, OFFLOAD_SOURCE))
+    if knobs.fsdp_cpu_offload:
+        for name in ("weights", "adapters", "gradients", "optimizer", "master_weights"):
+            clause = "FSDP CPU offload: shards in host RAM" + (
+                ", one unit's unsharded gradient on the device" if name == "gradients" else ""
+            )
+            notes.setdefault(name, []).append((clause, FSDP_OFFLOAD_SOURCE))
+    if gathered and knobs.fsdp != "none":
+        clause = f"FSDP gathered units {format_gib(gathered)} (two blocks, and the root unit kept gathered after forward)"
+        notes.setdefault("transient", []).append((clause, FSDP_OFFLOAD_SOURCE))
+    if knobs.float8:
+        clause = "float8: fp8 casts of the widest Linear's backward (grad_output ×2, input, weight) in a block's backward"
+        notes.setdefault("activations", []).append((clause, FLOAT8_SOURCE))
+        if knobs.fsdp != "none":
+            notes.setdefault("transient", []).append(
+                ("float8: FSDP gathers the Linear weights in fp8", FLOAT8_SOURCE)
+            )
+    return {
+        name: ("; ".join(c for c, _ in parts), "; ".join(dict.fromkeys(s for _, s in parts)))
+        for name, parts in notes.items()
+    }
