@@ -20,6 +20,7 @@ FIT = ("fit", M, "--gpus", "a100")
 SIZE = ("size", M)
 SERVE_SIZE = ("size", M, "--task", "serve", "--concurrency", "4")
 EST = ("estimate", M)
+VLM = "Qwen/Qwen2.5-VL-7B-Instruct"
 VERIFY = ("verify", M)
 SERVE = ("serve", "serve.yaml", "--dry-run")
 TRAIN = ("train", "train.yaml", "--dry-run")
@@ -280,6 +281,72 @@ CASES = [
         ["--gpu-memory-utilization", "between 0.05 and 1"],
     ),  # fmt: skip
     ("estimate-plan-file-and-options", ("estimate", "serve.yaml", "--batch", "8"), ["plan file", "--batch"]),
+    # estimate: vision-language options (planner/vision.py)
+    (
+        "estimate-vision-text-model",
+        (*EST, "--images-per-sample", "2"),
+        [M, "text-only model", "vision-language model"],
+    ),
+    (
+        "estimate-image-size-form",
+        ("estimate", VLM, "--image-size", "1024"),
+        ["--image-size", "'1024'", "1024x768"],
+    ),
+    (
+        "estimate-image-size-zero",
+        ("estimate", VLM, "--image-size", "0x512"),
+        ["--image-size", "'0x512'", "at least 1"],
+    ),
+    (
+        "estimate-image-size-huge",
+        ("estimate", VLM, "--image-size", "100000x10"),
+        ["--image-size", "100000", "32,768"],
+    ),
+    (
+        "estimate-images-negative",
+        ("estimate", VLM, "--images-per-sample", "-1"),
+        ["--images-per-sample", "-1", "at least 0"],
+    ),
+    (
+        "estimate-images-none",
+        ("estimate", VLM, "--images-per-sample", "0"),
+        ["--images-per-sample 0", "at least one image"],
+    ),
+    (
+        "estimate-image-tokens-negative",
+        ("estimate", VLM, "--image-tokens", "-5"),
+        ["--image-tokens", "-5", "at least 0"],
+    ),
+    (
+        "estimate-image-tokens-and-size",
+        ("estimate", VLM, "--image-tokens", "64", "--image-size", "448x448"),
+        ["--image-tokens 64", "--image-size 448x448", "one of them"],
+    ),
+    (
+        "estimate-video-frames-negative",
+        ("estimate", VLM, "--video-frames", "-2"),
+        ["--video-frames", "-2", "at least 0"],
+    ),
+    (
+        "estimate-video-on-llava",
+        ("estimate", "llava-hf/llava-1.5-7b-hf", "--video-frames", "8"),
+        ["LLaVA-1.5 takes images only", "--video-frames 8"],
+    ),
+    (
+        "estimate-serve-train-vit",
+        ("estimate", VLM, "--task", "serve", "--train-vit"),
+        ["--train-vit", "--task serve"],
+    ),
+    (
+        "estimate-serve-images-over-context",
+        ("estimate", VLM, "--task", "serve", "--context", "1024", "--image-size", "1024x1024"),
+        ["1,225", "--context 1,024"],
+    ),
+    (
+        "estimate-plan-file-and-vision",
+        ("estimate", "serve.yaml", "--image-size", "448x448"),
+        ["plan file", "--image-size"],
+    ),
     # verify
     (
         "verify-quant-gptq",

@@ -15,6 +15,9 @@ from swiftplan.cli.options import (
     FsdpOpt,
     FsdpShardGroupOpt,
     FsdpShardingOpt,
+    ImageSizeOpt,
+    ImagesPerSampleOpt,
+    ImageTokensOpt,
     JobTask,
     KlOpt,
     LossChunksOpt,
@@ -33,6 +36,9 @@ from swiftplan.cli.options import (
     RolloutSleepOpt,
     RolloutTpOpt,
     RuntimeOpt,
+    TrainAlignerOpt,
+    TrainVitOpt,
+    VideoFramesOpt,
     build_serve_setup,
     build_train_setup,
     given_options,
@@ -58,6 +64,8 @@ Examples:
 
   swiftplan estimate Qwen/Qwen2.5-7B --method full --runtime torch --optimizer-impl fused --gpus H100
 
+  swiftplan estimate Qwen/Qwen2.5-VL-7B-Instruct --method lora --images-per-sample 2 --image-size 1024x1024 --gpus rtx4090
+
   swiftplan estimate plan.yaml          (a plan file written by `swiftplan fit -o`)
 """
 
@@ -75,7 +83,11 @@ def render_estimate(estimate: Estimate) -> None:
     table.add_column("GiB", justify="right")
     table.add_column("how")
     for term in mem.terms:
-        if term.value_bytes or term.name in ("weights", "activations", "reference"):
+        if (
+            term.value_bytes
+            or term.name in ("weights", "activations", "reference")
+            or term.name.startswith("vision_")
+        ):
             table.add_row(term.name, f"{term.value_bytes / 2**30:.2f}", term.formula)
     table.add_section()
     table.add_row(
@@ -95,6 +107,9 @@ def render_estimate(estimate: Estimate) -> None:
     )
     table.add_row("device memory", f"{estimate.device_memory_bytes / 2**30:.2f}", "")
     console.print(table)
+    for term in mem.terms:  # vision-language terms cite the code they follow
+        if term.source and term.name.startswith(("vision_", "encoder_")):
+            console.print(f"[dim]{term.name}: {term.source}[/]", highlight=False)
     verdict = "[green]fits[/]" if estimate.fits else "[red]does not fit[/]"
     console.print(
         f"{verdict}: {format_gib(mem.device_total)} of {format_gib(estimate.device_memory_bytes)} "
@@ -155,7 +170,8 @@ _PLAN_FILE_OPTIONS = ("task", "method", "precision", "quant", "rank", "targets",
                       "pp", "context", "concurrency", "kv_dtype", "gpu_memory_utilization", "engine",
                       "expandable_segments", "variable_lengths", "runtime", "loss", "loss_chunks", "loss_chunk_tokens",
                       "optimizer_impl", "modules_to_save", "optimizer_in_backward", "fsdp", "fsdp_sharding",
-                      "fsdp_shard_group", "ds_buckets")  # fmt: skip
+                      "fsdp_shard_group", "ds_buckets", "images_per_sample", "image_size", "image_tokens", "video_frames",
+                      "train_vit", "train_aligner")  # fmt: skip
 
 
 def render_engine(outcome: Any) -> None:
@@ -324,6 +340,12 @@ def estimate_command(
     rollout_sleep: RolloutSleepOpt = False,
     rollout_tp: RolloutTpOpt = 1,
     kl: KlOpt = None,
+    images_per_sample: ImagesPerSampleOpt = None,
+    image_size: ImageSizeOpt = None,
+    image_tokens: ImageTokensOpt = None,
+    video_frames: VideoFramesOpt = None,
+    train_vit: TrainVitOpt = None,
+    train_aligner: TrainAlignerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Memory breakdown (per device) and predicted speed of one configuration."""
@@ -390,7 +412,7 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
                  "grad_accum", "grad_ckpt", "attention", "zero", "offload", "tp", "pp", "kbit_upcast")  # fmt: skip
         train = build_train_setup(cluster=cluster, runtime=choice.knobs(), objective=objective,
                                   **{n: o[n] for n in names})  # fmt: skip
-        return train, choice
+        return _with_vision(train, o, serving=False), choice
     refuse_objective_for_serving(given_options(ctx))
     refuse_knobs_for_serving(knobs)
     serving = serve_runtime(o["runtime"], {n: o[n] for n in given_options(ctx, SERVE_OPTIONS)})
@@ -400,7 +422,17 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
                               concurrency=o["concurrency"], kv_dtype=o["kv_dtype"],
                               gpu_memory_utilization=o["gpu_memory_utilization"], tp=o["tp"], cluster=cluster,
                               prefill_chunk=o.get("prefill_chunk"))  # fmt: skip
-    return setup, serving
+    return _with_vision(setup, o, serving=True), serving
+
+
+def _with_vision(setup: Any, options: dict[str, Any], *, serving: bool) -> Any:
+    """`setup` carrying the images/video the vision options describe (unchanged when none was given)."""
+    from dataclasses import replace
+
+    from swiftplan.cli.options import build_vision_inputs
+
+    vision = build_vision_inputs(options, serving=serving)
+    return setup if vision is None else replace(setup, vision=vision)
 
 
 def register(app: typer.Typer) -> None:

@@ -52,6 +52,8 @@ class VisionStates:
     """LoRA parameters on the tower and aligner."""
     step_temp: int
     """Optimizer-step temporaries of the vision share (AdamW foreach/for_loop)."""
+    first_gradients: int = 0
+    """Gradients that exist when the tower's backward peaks in its last block: the aligner's and one block's."""
 
     @property
     def static(self) -> int:
@@ -101,8 +103,23 @@ def vision_states(tower: VisionTower, setup: TrainSetup, *, dp: int) -> VisionSt
                                           state_bytes=dtype_bytes(dtypes.optimizer))  # fmt: skip
     if setup.parallel.offload != "none":
         optim, master = 0, 0
+    first = _first_trained_params(tower, setup)
     return VisionStates(weights=weights, adapters=adapters, gradients=grads, optimizer=optim, master=master,
-                        trainable=trainable, adapter_params=lora, step_temp=step)  # fmt: skip
+                        trainable=trainable, adapter_params=lora, step_temp=step,
+                        first_gradients=grads * first // trainable if trainable else 0)  # fmt: skip
+
+
+def _first_trained_params(tower: VisionTower, setup: TrainSetup) -> int:
+    """Trained parameters of the aligner and the tower's last block: those whose gradients backward reaches first."""
+    vision = setup.vision
+    assert vision is not None
+    if setup.trains_adapters:
+        assert setup.lora is not None
+        block = sum(lora_params_for(lin, setup.lora) for lin in tower.block_linears())
+        aligner = sum(lora_params_for(lin, setup.lora) for lin in tower.aligner_linears())
+    else:
+        block, aligner = tower.block_params(), tower.aligner_params()
+    return (0 if vision.freeze_vit else block) + (0 if vision.freeze_aligner else aligner)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -161,15 +178,20 @@ def _tower_saved(tower: VisionTower, setup: TrainSetup, n: int) -> tuple[int, in
 
 
 def _backward_working(tower: VisionTower, setup: TrainSetup, n: int) -> int:
-    """Beyond a recomputed block's saved tensors, the most its backward holds at once (traced): under LoRA the
-    MLP input gradient in fp32 and the norm's (fc1/fc2), or for a gated MLP the recomputation's own peak (up's
-    base output beside peft's fp32 lora_B·scaling and sum); with trained weights two 16-bit MLP gradients and
-    the norm's."""
+    """Beyond a recomputed block's saved tensors, the most its backward holds at once (traced): with LoRA on the
+    tower, the MLP input gradient in fp32 beside the norm's (fc1/fc2), or for a gated MLP the recomputation's
+    own peak (up's base output beside peft's fp32 lora_B·scaling and sum); with trained weights two 16-bit MLP
+    gradients and the norm's; through a frozen tower three."""
+    vision = setup.vision
+    assert vision is not None
     cb = activation_dtype_bytes(setup)
-    if setup.trains_adapters and tower.gated_mlp:
-        return n * tower.intermediate * (2 * va.FP32 + cb)
-    mlp = n * tower.intermediate * (va.FP32 if setup.trains_adapters else 2 * cb)
-    return mlp + n * tower.width * cb
+    width = n * tower.intermediate
+    if setup.trains_adapters and not vision.freeze_vit:
+        if tower.gated_mlp:
+            return width * (2 * va.FP32 + cb)
+        return width * va.FP32 + n * tower.width * cb
+    grads = 3 if vision.freeze_vit else 2
+    return grads * width * cb + n * tower.width * cb
 
 
 def vision_activations(
@@ -234,7 +256,7 @@ def _vision_peaks(
             llm_static
             + base
             + dev.gradients
-            + states.gradients
+            + states.first_gradients
             + acts.tower
             + acts.leaf
             + acts.backward_extra

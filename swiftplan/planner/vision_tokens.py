@@ -30,7 +30,7 @@ from swiftplan.planner.vision import (
 TOKEN_SOURCES = {
     "qwen2_vl": "transformers 5.25 models/qwen2_vl/image_processing_qwen2_vl.py (smart_resize, min/max_pixels), "
     "video_processing_qwen2_vl.py, processing_qwen2_vl.py (merge_size² patches per token)",
-    "qwen2_5_vl": "transformers 5.25 models/qwen2_vl/image_processing_qwen2_vl.py (Qwen2.5-VL reuses it: "
+    "qwen2_5_vl": "transformers 5.25 models/qwen2_vl/image_processing_qwen2_vl.py (smart_resize, min/max_pixels; Qwen2.5-VL reuses it: "
     "models/qwen2_5_vl/processing_qwen2_5_vl.py)",
     "internvl": "transformers 5.25 models/internvl/processing_internvl.py (image_seq_length 256 per tile), "
     "models/got_ocr2/image_processing_got_ocr2.py (get_optimal_tiled_canvas, max_patches 12, thumbnail)",
@@ -202,10 +202,6 @@ def _llava_tokens(tower: VisionTower, inputs: VisionInputs) -> VisualTokens:
 
 def visual_tokens(tower: VisionTower, inputs: VisionInputs) -> VisualTokens:
     """The tokens one sample's images and video become, by the model's own processor rules."""
-    if inputs.video_frames and not tower.video:
-        raise SwiftplanError(
-            f"This {tower.family} model takes images only; --video-frames does not apply to it."
-        )
     if tower.family in ("qwen2_vl", "qwen2_5_vl"):
         return _qwen_tokens(tower, inputs)
     if tower.family == "internvl":
