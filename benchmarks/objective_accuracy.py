@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from calibration_split import runtime_of, split_of
+from objective_findings import findings
 from objective_setups import RowSkip, card_of, express_objective, objective_summary
 from published_objective_rows import CSV_PATH, load
 from published_rows import GB, Expressed, GiB, Skip, config_summary
@@ -149,7 +150,14 @@ def run(csv_path: Path = CSV_PATH) -> dict[str, Any]:
                 "catalog_model": expressed.model_id,
                 "config": config_summary(expressed) + "; " + objective_summary(expressed),
                 "published": float(row["value"]),
-                "notes": list(expressed.notes),
+                "notes": list(expressed.notes)
+                + (
+                    [
+                        f"colocated vLLM pool ({result['in_process_engine_gib']:.1f} GiB) added: it is in the trainer's torch counter"
+                    ]
+                    if result.get("in_process_engine_gib")
+                    else []
+                ),
                 **result,
             }
         )
@@ -312,6 +320,7 @@ def write_report(report: dict[str, Any], md_path: Path, csv_path: Path = CSV_PAT
             for s in skipped
             if s["group"] == group
         ]
+    lines += ["", *findings(report, {row["id"]: row for row in load(csv_path)})]
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     md_path.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

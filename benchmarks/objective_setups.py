@@ -146,7 +146,7 @@ def _card(cell: str) -> Card:
 def flag(notes: str, name: str) -> str | None:
     """The value of `--name VALUE` or `NAME=VALUE` in the row's command, or None."""
     match = re.search(rf"(?:--{name}[ =]|\b{name}=)([^\s,;)]+)", notes)
-    return match.group(1) if match else None
+    return match.group(1).rstrip(".") if match else None
 
 
 def _true(notes: str, name: str) -> bool:
@@ -377,16 +377,17 @@ def _knobs(row: dict[str, str], notes: list[str]) -> RuntimeKnobs:
 def express_objective(row: dict[str, str]) -> Expressed:
     """The planner question an objective row asks; raises RowSkip with the reason when it cannot be asked."""
     notes: list[str] = []
+    parallel = _parallel(row)  # the layout and the batch shape first: they rule a row out whatever its model
+    if _true(row["notes"], "padding_free") or _true(row["notes"], "packing"):
+        raise RowSkip("padding-free or packed batches",
+                      "padding-free/packed batches: tokens per step are the sum of the batch's real lengths, not stated")  # fmt: skip
     method = row["method"].strip().lower()
     if method in ("lora_llm", "custom"):
         raise RowSkip("vision-language setting not expressible",
                       f"tuner_type {method}: vision tower and aligner trained in full beside an LLM LoRA")  # fmt: skip
+    optimizer = _optimizer(row["optimizer"])
     model_id, model_notes = _model(row)
     notes += model_notes
-    parallel = _parallel(row)
-    if _true(row["notes"], "padding_free") or _true(row["notes"], "packing"):
-        raise RowSkip("padding-free or packed batches",
-                      "padding-free/packed batches: tokens per step are the sum of the batch's real lengths, not stated")  # fmt: skip
     card = _card(row["gpu"])
     notes += [card.note] if card.note else []
     quant, double_quant = _quant(row["quant"].split(" (")[0] if "gptq" in row["quant"] else row["quant"])
@@ -412,7 +413,7 @@ def express_objective(row: dict[str, str]) -> Expressed:
         quant=quant,  # type: ignore[arg-type]
         double_quant=double_quant,
         lora=_lora(row) if method != "full" else None,
-        optimizer=_optimizer(row["optimizer"]),  # type: ignore[arg-type]
+        optimizer=optimizer,  # type: ignore[arg-type]
         micro_batch=parse_int(row["batch"], 1),
         seq_len=seq_len,
         grad_accum=accum,
