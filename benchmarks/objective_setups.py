@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from published_rows import Expressed, GiB, Skip, _quant, parse_int
+from published_rows import Expressed, Skip, _quant, parse_int
 
 from swiftplan.planner.allocator import AllocatorSettings
 from swiftplan.planner.hardware import Cluster, parse_cluster
@@ -474,4 +474,4 @@ def objective_summary(expressed: Expressed) -> str:
     return text
 
 
-__all__ = ["GiB", "RowSkip", "card_of", "express_objective", "flag", "objective_summary"]
+__all__ = ["RowSkip", "card_of", "express_objective", "flag", "objective_summary"]
