@@ -21,6 +21,7 @@ import tiny_vlm
 import yaml
 from engine_envs import env_python, run_in_env
 
+from swiftplan.errors import SwiftplanError
 from swiftplan.executors.train_engines.common import RunOptions
 from swiftplan.executors.train_engines.registry import render_for, write_files
 from swiftplan.planner.hardware import parse_cluster
@@ -32,9 +33,16 @@ TINY_VLM = Path(tiny_vlm.__file__)
 OPTIONS = RunOptions(data="/data/vlm.jsonl", output_dir="/runs/vlm", max_steps=10)
 
 
-def _plan(model: Path, vision: VisionInputs, *, method: str = "lora", engine: str = "ms-swift"):
+def _plan(
+    model: Path,
+    vision: VisionInputs,
+    *,
+    method: str = "lora",
+    engine: str = "ms-swift",
+    precision: str = "fp32",
+):
     lora = LoraSetup(rank=8, targets=("all-linear",), dropout=0.0) if method == "lora" else None
-    setup = TrainSetup(method=method, lora=lora, precision="fp32", micro_batch=2, seq_len=128, grad_ckpt=False,
+    setup = TrainSetup(method=method, lora=lora, precision=precision, micro_batch=2, seq_len=128, grad_ckpt=False,
                        vision=vision)  # type: ignore[arg-type]  # fmt: skip
     return plan_for_setup(str(model), parse_cluster("rtx4090"), setup, engine=engine)
 
@@ -81,6 +89,19 @@ def test_what_trains_and_video_budget_reach_both_engines(config_dir):
     assert config["video_maxlen"] == 8
 
 
+def test_megatron_swift_gets_ms_swifts_vision_settings_and_trl_axolotl_refuse(config_dir):
+    vision = VisionInputs(image_width=84, image_height=56, freeze_aligner=False)
+    render = render_for(
+        "megatron-swift", _plan(config_dir, vision, engine="megatron-swift", precision="bf16"), OPTIONS
+    )
+    argv = render.commands[0]
+    assert _value(argv, "--freeze_vit") == "true" and _value(argv, "--freeze_aligner") == "false"
+    assert _value(argv, "--max_pixels") == "4704" and render.env["MAX_PIXELS"] == "4704"
+    for engine in ("trl", "axolotl"):
+        with pytest.raises(SwiftplanError, match=r"cannot express a vision-language plan"):
+            render_for(engine, _plan(config_dir, vision, engine=engine), OPTIONS)
+
+
 def test_a_text_plan_renders_no_vision_settings(config_dir):
     text = TrainSetup(method="lora", lora=LoraSetup(rank=8), micro_batch=1, seq_len=128)
     render = render_for("ms-swift", plan_for_setup(str(config_dir), parse_cluster("rtx4090"), text), OPTIONS)
@@ -125,6 +146,21 @@ def test_llamafactory_parses_the_vision_keys(config_dir):
     assert parsed[0]["image_max_pixels"] == 84 * 56
     assert parsed[1]["freeze_vision_tower"] is False and parsed[1]["freeze_multi_modal_projector"] is False
     assert parsed[1]["image_max_pixels"] == 448 * 448 and parsed[1]["video_maxlen"] == 8
+
+
+@pytest.mark.integration
+@pytest.mark.engines
+def test_megatron_swift_vision_flags_are_its_arguments(config_dir):
+    """The vision flags rendered for megatron sft are fields of ms-swift 4.6.0's MegatronSftArguments (read
+    from its source, as test_engine_render_train.py does: importing it needs Megatron-Core and CUDA)."""
+    from test_engine_render_train import _MEGATRON_FIELDS
+
+    vision = VisionInputs(image_width=84, image_height=56, freeze_vit=False)
+    render = render_for(
+        "megatron-swift", _plan(config_dir, vision, engine="megatron-swift", precision="bf16"), OPTIONS
+    )
+    [checked] = run_in_env("ms-swift", _MEGATRON_FIELDS, [list(render.commands[0])])
+    assert "--freeze_vit" in render.commands[0] and not checked["unknown"] and not checked["bad"], checked
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from swiftplan.executors.train_engines.common import (
     with_extra,
     yaml_text,
 )
+from swiftplan.executors.train_engines.vision import refuse_vision
 from swiftplan.planner.plan import Plan
 
 NAME = "axolotl"
@@ -37,6 +38,7 @@ _ATTN = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
 def render_axolotl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender:
     """The axolotl YAML (and DeepSpeed JSON) and `axolotl train` per node."""
     setup = require_engine_can_run(NAME, plan)
+    refuse_vision(NAME, setup)
     notes = check_pre_quantized(NAME, setup)
     runtime = runtime_choices(NAME, setup)
     bf16, fp16 = mixed_precision(setup)

@@ -26,6 +26,7 @@ from swiftplan.executors.train_engines.common import (
     refuse,
     require_engine_can_run,
 )
+from swiftplan.executors.train_engines.vision import ms_swift_args, ms_swift_env, vision_choices
 from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import ALL_LINEAR
 
@@ -103,6 +104,8 @@ def render_megatron_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> 
                  "--lora_dropout", f"{setup.lora.dropout:g}", "--target_modules", *targets]  # fmt: skip
     if setup.quant == "fp8":
         argv += ["--fp8_format", "hybrid", "--fp8_recipe", "blockwise"]
+    if (vision := vision_choices(setup)) is not None:
+        argv += ms_swift_args(vision)
     for key, value in options.extra:
         argv += [f"--{key}", value]
     env = {"NPROC_PER_NODE": str(plan.gpus_per_node)}
@@ -112,6 +115,8 @@ def render_megatron_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> 
             NNODES=str(plan.nodes), MASTER_ADDR=options.master_addr, MASTER_PORT=str(options.master_port)
         )
         node_env = tuple({"NODE_RANK": str(rank)} for rank in range(plan.nodes))
+    if vision is not None:
+        env.update(ms_swift_env(vision))
     notes = (f"tp {par.tp} × pp {par.pp} × dp {layout.dp} over {plan.nodes} node(s); global batch "
              f"{setup.micro_batch} × {setup.grad_accum} × {layout.dp}.",)  # fmt: skip
     return TrainRender(engine=NAME, commands=tuple(tuple(argv) for _ in range(plan.nodes)), env=env,

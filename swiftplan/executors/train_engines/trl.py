@@ -31,6 +31,7 @@ from swiftplan.executors.train_engines.common import (
     with_extra,
     yaml_text,
 )
+from swiftplan.executors.train_engines.vision import refuse_vision
 from swiftplan.planner.plan import Plan
 
 NAME = "trl"
@@ -41,6 +42,7 @@ _ATTN = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
 def render_trl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender:
     """The SFT config (and DeepSpeed JSON) and `trl sft --config` with accelerate's launch flags per node."""
     setup = require_engine_can_run(NAME, plan)
+    refuse_vision(NAME, setup)
     runtime = runtime_choices(NAME, setup, own_fused_loss=True)
     bf16, fp16 = mixed_precision(setup)
     config: dict[str, Any] = {

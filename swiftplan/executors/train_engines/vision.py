@@ -11,8 +11,13 @@ more tokens than planned:
   VIDEO_MAX_PIXELS environment variables (swift/model/models/qwen.py `patch_qwen_vl_utils`,
   `compat_qwen_vl_utils`); qwen_vl_utils 0.0.14's own default is 16384 tokens (12.8 M pixels) per image,
   not the processor's 1280 tokens.
+- Megatron-SWIFT takes ms-swift's flags and environment (swift/megatron/arguments/megatron_args.py
+  freeze_vit / freeze_aligner; TemplateArguments max_pixels).
 - LLaMA-Factory 0.9.5 scales an image above `image_max_pixels` (default 768 × 768) down before the
   processor (src/llamafactory/data/mm_plugin.py `_preprocess_image`; hparams/model_args.py).
+
+The budget follows Qwen's rule (patch 14 × merge 2); for InternVL and LLaVA, whose tokens come from tiles
+or a fixed square, it is the planned image's area, which leaves an image of the planned size as it is.
 
 Freezing: ms-swift's `freeze_vit` / `freeze_aligner` (swift/arguments/tuner_args.py, both True by default)
 and LLaMA-Factory's `freeze_vision_tower` / `freeze_multi_modal_projector` (hparams/finetuning_args.py,
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from swiftplan.executors.train_engines.common import refuse
 from swiftplan.planner.setup import TrainSetup
 from swiftplan.planner.vision import (
     QWEN_MAX_PIXELS,
@@ -114,3 +120,11 @@ def llamafactory_keys(choices: VisionChoices) -> dict[str, int | bool]:
     if choices.video_frames:
         keys.update(video_max_pixels=choices.video_max_pixels, video_maxlen=choices.video_frames)
     return keys
+
+
+def refuse_vision(engine: str, setup: TrainSetup) -> None:
+    """A vision-language plan for an engine rendered text-only by swiftplan: refused, naming the setting."""
+    if setup.vision is not None:
+        raise refuse(engine, "a vision-language plan (--images-per-sample, --image-size, --train-vit)",
+                     "swiftplan renders images, their pixel budget and the frozen parts for ms-swift, "
+                     "Megatron-SWIFT and LLaMA-Factory only, yet")  # fmt: skip
