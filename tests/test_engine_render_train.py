@@ -436,7 +436,7 @@ for path in files:
                     fields.setdefault(item.target.id, choices)
 out = []
 for argv in json.load(sys.stdin):
-    assert argv[:2] == ["megatron", "sft"], argv[:2]
+    assert argv[0] == "megatron" and argv[1] in ("sft", "rlhf"), argv[:2]
     unknown, bad = [], []
     for i, arg in enumerate(argv):
         if arg.startswith("--"):

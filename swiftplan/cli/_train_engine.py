@@ -1,6 +1,7 @@
-"""`swiftplan train PLAN --engine NAME` for the external engines (ms-swift, LLaMA-Factory, TRL, axolotl):
-render the plan into the engine's own command and config files, then print them (--dry-run), write them
-(--write-config DIR), or write them into the run directory and run this node's command there."""
+"""`swiftplan train PLAN --engine NAME` for the external engines (ms-swift, Megatron-SWIFT, LLaMA-Factory, TRL,
+axolotl): render the plan into the engine's own command and config files, then print them (--dry-run),
+write them (--write-config DIR), or write them into the run directory and run this node's command there
+(a GRPO plan's rollout server first), and write run_report.json from the engine's logs."""
 
 from __future__ import annotations
 
@@ -24,6 +25,24 @@ def plan_engine(plan_path: Path) -> str:
 
     plan = load_plan(plan_path)
     return plan.engine if plan.task == "train" else "swiftplan"  # a serving plan: the loop says why not
+
+
+def check_own_loop_objective(plan_path: Path) -> None:
+    """swiftplan's own loop trains SFT only: a preference, reward or RL plan is refused in one sentence
+    naming the engines that run it."""
+    from swiftplan.executors.train_engines.common import RunOptions
+    from swiftplan.executors.train_engines.registry import engines_rendering
+    from swiftplan.plan_file import load_plan
+    from swiftplan.planner.setup import TrainSetup
+
+    plan = load_plan(plan_path)
+    if not isinstance(plan.setup, TrainSetup) or (kind := plan.setup.objective.kind) == "sft":
+        return
+    engines = engines_rendering(plan, RunOptions())
+    where = (f"{', '.join(engines)} run it: swiftplan train {plan_path} --engine {engines[0]}" if engines
+             else "no engine swiftplan launches runs this plan as planned")  # fmt: skip
+    raise SwiftplanError(f"swiftplan's own training loop trains SFT only, and this is a {kind} plan; {where}.",
+                         hint=f"Or re-plan for one of them: swiftplan fit MODEL --task {kind} --engine ENGINE.")  # fmt: skip
 
 
 def check_engine_options(engine: str, o: dict[str, Any]) -> None:
@@ -94,10 +113,10 @@ def train_external(engine: str, plan_path: Path, o: dict[str, Any]) -> None:
         "run_dir": options.output_dir,
         "log": "engine.log",
     }
-    if engine == "ms-swift" and o["node_rank"] == 0:
-        from swiftplan.executors.train_engines.report import ms_swift_report
+    if o["node_rank"] == 0:
+        from swiftplan.executors.train_engines.report import engine_report
 
-        summary = ms_swift_report(plan, Path(options.output_dir), exit_code=code)
+        summary = engine_report(engine, plan, Path(options.output_dir), exit_code=code)
         console.print(f"steps {summary['steps']}; loss {summary['loss']['first']} → {summary['loss']['last']}; "
                       f"{summary['measured']['step_time_s']} s/step measured on this machine", highlight=False)  # fmt: skip
     (Path(options.output_dir) / "run_report.json").write_text(json.dumps(summary, indent=2) + "\n")

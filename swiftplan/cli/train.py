@@ -34,6 +34,8 @@ Examples:
 
   swiftplan train plan.yaml --engine llamafactory --data d.jsonl --write-config cfg/
 
+  swiftplan train dpo.yaml --engine trl --data pairs.jsonl   (a DPO plan: trl dpo; records prompt/chosen/rejected)
+
 Data: JSONL, CSV or Parquet with alpaca (instruction/input/output), chat (messages), ShareGPT
 (conversations) or text records; loss only on answers for alpaca/chat/ShareGPT. Needs the [train] extra.
 """
@@ -257,13 +259,19 @@ def train_command(
 ) -> None:
     """Train as the plan says; report predicted vs measured memory and speed."""
     _check_options(dict(locals()))
-    from swiftplan.cli._train_engine import check_engine_options, plan_engine, train_external
+    from swiftplan.cli._train_engine import (
+        check_engine_options,
+        check_own_loop_objective,
+        plan_engine,
+        train_external,
+    )
 
     engine = engine or plan_engine(plan)
     check_engine_options(engine, dict(locals()))
     if engine != "swiftplan":
         train_external(engine, plan, dict(locals()))
         return
+    check_own_loop_objective(plan)
     if not dry_run:  # a dry run only renders the launch
         from swiftplan.extras import require
 

@@ -1,4 +1,5 @@
-"""axolotl: render a YAML for `axolotl train` from a training plan (pure).
+"""axolotl: render a YAML for `axolotl train` from a training plan (pure); preference and GRPO plans add
+the rl keys of axolotl_rl.py.
 
 Keys are axolotl 0.19.0's own (axolotl-ai-cloud/axolotl v0.19.0: src/axolotl/utils/schemas/config.py,
 model.py, peft.py, training.py): base_model, adapter lora|qlora, lora_r, lora_alpha, lora_dropout,
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from swiftplan.executors.train_engines.axolotl_rl import axolotl_rl, dataset_type
 from swiftplan.executors.train_engines.common import (
     DEFAULT_OPTIONS,
     RunOptions,
@@ -32,6 +34,7 @@ from swiftplan.planner.plan import Plan
 
 NAME = "axolotl"
 CONFIG = "axolotl_sft.yaml"
+"""The config file of an SFT plan (axolotl_<task>.yaml for the others)."""
 _ATTN = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
 
 
@@ -44,7 +47,7 @@ def render_axolotl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRe
     bf16, fp16 = mixed_precision(setup)
     config: dict[str, Any] = {
         "base_model": plan.model,
-        "datasets": [{"path": options.data, "type": "alpaca"}],
+        "datasets": [{"path": options.data, "type": dataset_type(setup)}],
         "output_dir": options.output_dir,
         "sequence_len": setup.seq_len,
         "sample_packing": options.packing,
@@ -88,18 +91,24 @@ def render_axolotl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRe
         config["load_in_8bit"] = True
     if setup.parallel.tp > 1:
         config["tensor_parallel_size"] = setup.parallel.tp
+    name = f"axolotl_{setup.objective.kind}.yaml"
+    rl = axolotl_rl(plan, setup, config, name)
+    notes += rl.notes
     files: dict[str, str] = {}
     if (ds := hf_deepspeed_config(setup)) is not None:
         files["ds_config.json"] = json_text(ds)
         config["deepspeed"] = "ds_config.json"
-    files[CONFIG] = yaml_text(with_extra(config, options))
+    files[name] = yaml_text(with_extra(config, options))
+    processes = rl.devices.processes
     commands = []
     for rank in range(plan.nodes):
-        argv = ["axolotl", "train", CONFIG]
-        if plan.layout.gpus > 1:
-            argv += ["--launcher", "torchrun", "--", "--nproc_per_node", str(plan.gpus_per_node)]
+        argv = ["axolotl", "train", name]
+        if processes * plan.nodes > 1:
+            argv += ["--launcher", "torchrun", "--", "--nproc_per_node", str(processes)]
             if plan.nodes > 1:
                 argv += ["--nnodes", str(plan.nodes), "--node_rank", str(rank),
                          "--rdzv_endpoint", f"{options.master_addr}:{options.master_port}"]  # fmt: skip
         commands.append(tuple(argv))
-    return TrainRender(engine=NAME, commands=tuple(commands), files=files, notes=tuple(notes))
+    visible = rl.devices.trainer_visible
+    return TrainRender(engine=NAME, commands=tuple(commands), files=files, notes=tuple(notes), rollout=rl.rollout,
+                       env={} if visible is None else {"CUDA_VISIBLE_DEVICES": visible})  # fmt: skip

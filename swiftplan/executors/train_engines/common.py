@@ -10,7 +10,7 @@ from typing import Any
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.executors.train.launch import zero_optimization
-from swiftplan.planner.engines import engine_reasons, get_engine, train_requirements
+from swiftplan.planner.engines import engine_reasons, engines_that_run, get_engine, train_requirements
 from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import ALL_LINEAR, TrainSetup
 
@@ -62,6 +62,18 @@ class RunOptions:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class RolloutServer:
+    """A vLLM server a GRPO trainer sends generation requests to, started before it on node 0."""
+
+    argv: tuple[str, ...]
+    """Its command."""
+    env: Mapping[str, str]
+    """Its environment (CUDA_VISIBLE_DEVICES: the devices the plan gave it)."""
+    port: int
+    """The port it listens on (the trainer's vllm_server_port)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class TrainRender:
     """What an external engine runs for a plan: one command per node, environment, files to write."""
 
@@ -77,6 +89,8 @@ class TrainRender:
     """Config files the commands read (name relative to the working directory → text)."""
     notes: tuple[str, ...] = ()
     """Choices made while rendering the user should know about."""
+    rollout: RolloutServer | None = None
+    """GRPO with a rollout server: the server to start first (node 0)."""
 
 
 def require_engine_can_run(engine_name: str, plan: Plan) -> TrainSetup:
@@ -88,8 +102,28 @@ def require_engine_can_run(engine_name: str, plan: Plan) -> TrainSetup:
     needs = train_requirements(setup, backend=plan.hardware.accelerator.backend, gpus=plan.layout.gpus)
     if reasons := engine_reasons(engine, needs):
         raise SwiftplanError(f"{engine.label} cannot run this plan: {' '.join(reasons)}",
-                             hint=f"Re-plan for it: swiftplan fit MODEL --task sft --engine {engine.name}.")  # fmt: skip
+                             hint=other_engines_hint(plan, exclude=engine.name))  # fmt: skip
     return setup
+
+
+def engines_that_can(plan: Plan) -> list[str]:
+    """The training engines swiftplan launches that run `plan` as planned (its objective included)."""
+    setup = plan.setup
+    assert isinstance(setup, TrainSetup)
+    needs = train_requirements(setup, backend=plan.hardware.accelerator.backend, gpus=plan.layout.gpus)
+    return [e.name for e in engines_that_run(needs, "train") if e.runnable]
+
+
+def other_engines_hint(plan: Plan, *, exclude: str) -> str:
+    """Which other engines run the plan (their command), else how to re-plan for `exclude`."""
+    assert isinstance(plan.setup, TrainSetup)
+    task = plan.setup.objective.kind
+    others = [name for name in engines_that_can(plan) if name != exclude]
+    replan = f"re-plan for {exclude}: swiftplan fit MODEL --task {task} --engine {exclude}"
+    if not others:
+        return f"No engine swiftplan launches runs it as planned; {replan}."
+    command = "swiftplan train PLAN" + ("" if others[0] == "swiftplan" else f" --engine {others[0]}")
+    return f"{', '.join(others)} can run it ({command}); or {replan}."
 
 
 def refuse(engine: str, setting: str, why: str) -> SwiftplanError:

@@ -1,4 +1,5 @@
-"""LLaMA-Factory: render a YAML for `llamafactory-cli train` from a training plan (pure).
+"""LLaMA-Factory: render a YAML for `llamafactory-cli train` from a training plan (pure); preference,
+reward and PPO plans set stage dpo|kto|rm|ppo with pref_loss sigmoid|orpo|simpo and the reference.
 
 Keys are LLaMA-Factory 0.9.5's own (hiyouga/LLaMA-Factory v0.9.5: src/llamafactory/hparams/
 model_args.py, data_args.py, finetuning_args.py, training_args.py; examples/train_lora/*.yaml,
@@ -31,12 +32,15 @@ from swiftplan.executors.train_engines.common import (
     with_extra,
     yaml_text,
 )
+from swiftplan.executors.train_engines.objectives import BETA, data_note, is_sft, require_reference
 from swiftplan.executors.train_engines.vision import llamafactory_keys, vision_choices
+from swiftplan.planner.objective import Reference
 from swiftplan.planner.plan import Plan
-from swiftplan.planner.setup import ALL_LINEAR
+from swiftplan.planner.setup import ALL_LINEAR, TrainSetup
 
 NAME = "llamafactory"
 CONFIG = "llamafactory_sft.yaml"
+"""The config file of an SFT plan (llamafactory_<task>.yaml for the others)."""
 _DATASET = "swiftplan_data"
 _ATTN = {"sdpa": "sdpa", "flash": "fa2", "eager": "disabled"}
 
@@ -56,7 +60,7 @@ def render_llamafactory(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> Tr
                      "(llamafactory/hparams/parser.py get_train_args)")  # fmt: skip
     config: dict[str, Any] = {
         "model_name_or_path": plan.model,
-        "stage": "sft",
+        "stage": STAGES[setup.objective.kind],
         "do_train": True,
         "finetuning_type": "full" if setup.method == "full" else "lora",
         "dataset": _DATASET,
@@ -106,15 +110,16 @@ def render_llamafactory(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> Tr
         config.update(quantization_bit=8, quantization_method="bnb")
     if (vision := vision_choices(setup)) is not None:
         config.update(llamafactory_keys(vision))
-    files = {
-        "dataset_info.json": json_text({_DATASET: {"file_name": options.data, "formatting": "alpaca"}}),
-    }
+    notes += _objective(plan, setup, config)
+    files = {"dataset_info.json": json_text({_DATASET: dataset_entry(setup, options.data)})}
     if (ds := hf_deepspeed_config(setup)) is not None:
         files["ds_config.json"] = json_text(ds)
         config["deepspeed"] = "ds_config.json"
-    files[CONFIG] = yaml_text(with_extra(config, options))
+    name = f"llamafactory_{setup.objective.kind}.yaml"
+    files[name] = yaml_text(with_extra(config, options))
     notes.append("template: default — set the model's chat template (e.g. qwen, llama3) in the YAML; "
-                 "the data is read as alpaca records (dataset_info.json).")  # fmt: skip
+                 "the data is read as alpaca records (dataset_info.json)" + (
+                     "." if is_sft(setup) else f"; {data_note(setup)}"))  # fmt: skip
     env: dict[str, str] = {}
     node_env: tuple[dict[str, str], ...] = ()
     if plan.layout.gpus > 1 or setup.parallel.zero:
@@ -124,6 +129,56 @@ def render_llamafactory(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> Tr
             NNODES=str(plan.nodes), MASTER_ADDR=options.master_addr, MASTER_PORT=str(options.master_port)
         )
         node_env = tuple({"NODE_RANK": str(rank)} for rank in range(plan.nodes))
-    argv = ("llamafactory-cli", "train", CONFIG)
+    argv = ("llamafactory-cli", "train", name)
     return TrainRender(engine=NAME, commands=tuple(argv for _ in range(plan.nodes)), env=env,
                        node_env=node_env, files=files, notes=tuple(notes))  # fmt: skip
+
+
+STAGES = {"sft": "sft", "dpo": "dpo", "orpo": "dpo", "simpo": "dpo", "kto": "kto", "rm": "rm", "ppo": "ppo"}
+"""LLaMA-Factory's stage for each objective (hparams/finetuning_args.py:460 stage pt|sft|rm|ppo|dpo|kto)."""
+PREF_LOSS = {"dpo": "sigmoid", "orpo": "orpo", "simpo": "simpo"}
+"""stage dpo's pref_loss (finetuning_args.py:183 sigmoid|hinge|ipo|kto_pair|orpo|simpo; orpo and simpo load
+no reference: use_ref_model = stage == dpo and pref_loss not in (orpo, simpo), :574)."""
+
+
+def _objective(plan: Plan, setup: TrainSetup, config: dict[str, Any]) -> list[str]:
+    """The objective's keys: pref_loss, pref_beta, the reference (a LoRA run disables its adapters, a full
+    run loads a frozen copy, ref_model loads one for LoRA: train/trainer_utils.py create_ref_model) and
+    PPO's generation length; the notes that come with them."""
+    kind = setup.objective.kind
+    if kind == "sft":
+        return []
+    runs: dict[Reference, str] = {"none": "no reference", "model": "a frozen copy, ref_model"}
+    if setup.trains_adapters:
+        runs["adapters-off"] = "the policy with its LoRA adapters disabled"
+    if require_reference(NAME, setup, runs) == "model" and setup.trains_adapters:
+        config["ref_model"] = plan.model
+    if kind in PREF_LOSS:
+        config["pref_loss"] = PREF_LOSS[kind]
+    if kind in BETA:
+        config["pref_beta"] = BETA[kind]
+    if kind != "ppo":
+        return []
+    rollout = setup.objective.rollout
+    assert rollout is not None
+    if rollout.engine != "hf":
+        raise refuse(NAME, "--task ppo with --rollout-engine vllm", "its PPO generates with the policy's generate() "
+                     "(train/ppo/trainer.py)")  # fmt: skip
+    config.update(cutoff_len=rollout.prompt_len, max_new_tokens=rollout.completion_len)
+    return [
+        "PPO needs a reward model: add --engine-option reward_model=PATH (finetuning_args.py reward_model)."
+    ]
+
+
+def dataset_entry(setup: TrainSetup, data: str) -> dict[str, Any]:
+    """The dataset_info.json entry reading the plan's records (data/parser.py DatasetAttr columns; alpaca
+    ranking pairs and kto_tag rows: data/converter.py AlpacaDatasetConverter)."""
+    kind = setup.objective.kind
+    entry: dict[str, Any] = {"file_name": data, "formatting": "alpaca"}
+    if kind in ("dpo", "orpo", "simpo", "rm"):
+        entry.update(ranking=True, columns={"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"})
+    elif kind == "kto":
+        entry["columns"] = {"prompt": "prompt", "response": "completion", "kto_tag": "label"}
+    elif kind == "ppo":
+        entry["columns"] = {"prompt": "prompt"}
+    return entry

@@ -1,4 +1,5 @@
-"""Megatron-SWIFT: render `megatron sft` from a training plan with tensor / pipeline parallelism (pure).
+"""Megatron-SWIFT: render `megatron sft` (or `megatron rlhf --rlhf_type dpo|kto|rm|grpo`, flags from
+ms_swift_rlhf.py) from a training plan with tensor / pipeline parallelism (pure).
 
 Argument names are ms-swift 4.6.0's own (swift/megatron/arguments/megatron_args.py MegatronArguments and
 MegatronTunerMixin, swift/megatron/arguments/sft_args.py; modelscope/ms-swift@3602360a5623
@@ -26,6 +27,9 @@ from swiftplan.executors.train_engines.common import (
     refuse,
     require_engine_can_run,
 )
+from swiftplan.executors.train_engines.ms_swift import torchrun_env
+from swiftplan.executors.train_engines.ms_swift_rlhf import rlhf_args
+from swiftplan.executors.train_engines.objectives import TrainerDevices, data_parallel_ranks, is_sft
 from swiftplan.executors.train_engines.vision import ms_swift_args, ms_swift_env, vision_choices
 from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import ALL_LINEAR
@@ -50,9 +54,12 @@ def render_megatron_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> 
         raise refuse(NAME, "--modules-to-save / --optimizer-in-backward / --fsdp",
                      "swiftplan renders Megatron's own parallelism for it")  # fmt: skip
     bf16, fp16 = mixed_precision(setup)
-    par, layout = setup.parallel, plan.layout
+    par = setup.parallel
+    rlhf = None if is_sft(setup) else rlhf_args(NAME, plan, setup, options, megatron=True)
+    devices = rlhf.devices if rlhf else TrainerDevices(processes=plan.gpus_per_node)
+    dp = data_parallel_ranks(plan, setup)  # a rollout server's GPUs do not train
     argv = [
-        "megatron", "sft",
+        "megatron", "sft" if rlhf is None else "rlhf",
         "--model", plan.model,
         "--dataset", options.data,
         "--output_dir", options.output_dir,
@@ -61,13 +68,13 @@ def render_megatron_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> 
         "--pipeline_model_parallel_size", str(par.pp),
         "--sequence_parallel", _flag(par.tp > 1),
         "--micro_batch_size", str(setup.micro_batch),
-        "--global_batch_size", str(setup.micro_batch * setup.grad_accum * layout.dp),
+        "--global_batch_size", str(setup.micro_batch * setup.grad_accum * dp),
         "--bf16", _flag(bf16),
         "--fp16", _flag(fp16),
         "--optimizer", _OPTIMIZERS[setup.optimizer],
         "--optimizer_cpu_offload", _flag(par.offload == "optimizer"),
         "--use_distributed_optimizer", _flag(par.zero >= 1),
-        "--max_length", str(setup.seq_len),
+        "--max_length", str(rlhf.max_length if rlhf and rlhf.max_length else setup.seq_len),
         "--packing", _flag(options.packing),
         "--attention_backend", _ATTN[setup.attention],
         "--lr", f"{options.learning_rate(setup):g}",
@@ -106,18 +113,15 @@ def render_megatron_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> 
         argv += ["--fp8_format", "hybrid", "--fp8_recipe", "blockwise"]
     if (vision := vision_choices(setup)) is not None:
         argv += ms_swift_args(vision)
+    if rlhf is not None:
+        argv += rlhf.argv
     for key, value in options.extra:
         argv += [f"--{key}", value]
-    env = {"NPROC_PER_NODE": str(plan.gpus_per_node)}
-    node_env: tuple[dict[str, str], ...] = ()
-    if plan.nodes > 1:
-        env.update(
-            NNODES=str(plan.nodes), MASTER_ADDR=options.master_addr, MASTER_PORT=str(options.master_port)
-        )
-        node_env = tuple({"NODE_RANK": str(rank)} for rank in range(plan.nodes))
+    env, node_env = torchrun_env(plan, devices, options)
+    env["NPROC_PER_NODE"] = str(devices.processes)  # megatron always launches through torchrun
     if vision is not None:
         env.update(ms_swift_env(vision))
-    notes = (f"tp {par.tp} × pp {par.pp} × dp {layout.dp} over {plan.nodes} node(s); global batch "
-             f"{setup.micro_batch} × {setup.grad_accum} × {layout.dp}.",)  # fmt: skip
+    notes = (f"tp {par.tp} × pp {par.pp} × dp {dp} over {plan.nodes} node(s); global batch "
+             f"{setup.micro_batch} × {setup.grad_accum} × {dp}.", *(rlhf.notes if rlhf else ()))  # fmt: skip
     return TrainRender(engine=NAME, commands=tuple(tuple(argv) for _ in range(plan.nodes)), env=env,
-                       node_env=node_env, notes=notes)  # fmt: skip
+                       node_env=node_env, notes=notes, rollout=rlhf.rollout if rlhf else None)  # fmt: skip

@@ -1,4 +1,5 @@
-"""ms-swift: render `swift sft` from a training plan (pure).
+"""ms-swift: render `swift sft` (or, for a preference, reward-modelling or RL plan, `swift rlhf` with the
+flags of ms_swift_rlhf.py) from a training plan (pure).
 
 Argument names are ms-swift 4.6.0's own (modelscope/ms-swift@3602360a562313afbf2ef6065fdf61f271a2c5b9
 docs/source_en/Instruction/Command-line-parameters.md; swift/arguments/sft_args.py, tuner_args.py,
@@ -27,6 +28,8 @@ from swiftplan.executors.train_engines.common import (
     require_engine_can_run,
     runtime_choices,
 )
+from swiftplan.executors.train_engines.ms_swift_rlhf import rlhf_args
+from swiftplan.executors.train_engines.objectives import TrainerDevices, is_sft
 from swiftplan.executors.train_engines.vision import ms_swift_args, ms_swift_env, vision_choices
 from swiftplan.planner.plan import Plan
 
@@ -44,8 +47,9 @@ def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainR
     notes = check_pre_quantized(NAME, setup)
     runtime = runtime_choices(NAME, setup)
     bf16, fp16 = mixed_precision(setup)
+    rlhf = None if is_sft(setup) else rlhf_args(NAME, plan, setup, options)
     argv = [
-        "swift", "sft",
+        "swift", "sft" if rlhf is None else "rlhf",
         "--model", plan.model,
         "--dataset", options.data,
         "--output_dir", options.output_dir,
@@ -57,7 +61,7 @@ def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainR
         "--per_device_train_batch_size", str(setup.micro_batch),
         "--gradient_accumulation_steps", str(setup.grad_accum),
         "--gradient_checkpointing", _flag(setup.grad_ckpt),
-        "--max_length", str(setup.seq_len),
+        "--max_length", str(rlhf.max_length if rlhf and rlhf.max_length else setup.seq_len),
         "--packing", _flag(options.packing),
         "--attn_impl", _ATTN[setup.attention],
         "--learning_rate", f"{options.learning_rate(setup):g}",
@@ -89,24 +93,38 @@ def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainR
         argv += ["--quant_method", "bnb", "--quant_bits", "8"]
     if (vision := vision_choices(setup)) is not None:
         argv += ms_swift_args(vision)
+    if rlhf is not None:
+        argv += rlhf.argv
+        notes += rlhf.notes
     files: dict[str, str] = {}
     if (ds := hf_deepspeed_config(setup)) is not None:
         files["ds_config.json"] = json_text(ds)
         argv += ["--deepspeed", "ds_config.json"]
     for key, value in options.extra:
         argv += [f"--{key}", value]
+    devices = rlhf.devices if rlhf else TrainerDevices(processes=plan.gpus_per_node)
+    env, node_env = torchrun_env(plan, devices, options)
+    if vision is not None:
+        env.update(ms_swift_env(vision))
+    commands = tuple(tuple(argv) for _ in range(plan.nodes))
+    return TrainRender(engine=NAME, commands=commands, env=env, node_env=node_env, files=files,
+                       notes=tuple(notes), rollout=rlhf.rollout if rlhf else None)  # fmt: skip
+
+
+def torchrun_env(
+    plan: Plan, devices: TrainerDevices, options: RunOptions
+) -> tuple[dict[str, str], tuple[dict[str, str], ...]]:
+    """ms-swift's torchrun launch: NPROC_PER_NODE (the trainer's processes), NNODES / MASTER_ADDR /
+    MASTER_PORT and a NODE_RANK per node; CUDA_VISIBLE_DEVICES when a rollout server takes devices."""
     env: dict[str, str] = {}
+    if devices.processes * plan.nodes > 1:
+        env["NPROC_PER_NODE"] = str(devices.processes)
+    if devices.trainer_visible is not None:
+        env["CUDA_VISIBLE_DEVICES"] = devices.trainer_visible
     node_env: tuple[dict[str, str], ...] = ()
-    if plan.layout.gpus > 1:
-        env["NPROC_PER_NODE"] = str(plan.gpus_per_node)
     if plan.nodes > 1:
         env.update(
             NNODES=str(plan.nodes), MASTER_ADDR=options.master_addr, MASTER_PORT=str(options.master_port)
         )
         node_env = tuple({"NODE_RANK": str(rank)} for rank in range(plan.nodes))
-    if vision is not None:
-        env.update(ms_swift_env(vision))
-    commands = tuple(tuple(argv) for _ in range(plan.nodes))
-    return TrainRender(
-        engine=NAME, commands=commands, env=env, node_env=node_env, files=files, notes=tuple(notes)
-    )
+    return env, node_env

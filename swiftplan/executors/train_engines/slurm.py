@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import replace
 
+from swiftplan.errors import SwiftplanError
 from swiftplan.executors.train_engines.common import RunOptions, TrainRender
 from swiftplan.planner.plan import Plan
 
@@ -25,6 +26,9 @@ def render_sbatch(
     from swiftplan.executors.train_engines.registry import render_for
 
     inner = render_for(engine, plan, replace(options, master_addr=_ADDR))
+    if inner.rollout is not None:
+        raise SwiftplanError("--launcher slurm does not render a rollout server yet; this plan has one.",
+                             hint="Use --write-config DIR: rollout.sh starts the server, run.sh the trainer.")  # fmt: skip
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name={job_name or f'swiftplan-{engine}'}",

@@ -1,4 +1,5 @@
-"""TRL: render a config for `trl sft --config FILE` from a training plan (pure).
+"""TRL: render a config for `trl sft --config FILE` from a training plan (pure); a preference, reward or
+GRPO plan renders `trl dpo|kto|reward|grpo` with the keys of trl_objectives.py.
 
 Keys are TRL 1.16's own (huggingface/trl v1.16.0: trl/trainer/sft_config.py SFTConfig, trl/trainer/
 model_config.py ModelConfig, trl/scripts/utils.py ScriptArguments + DatasetMixtureConfig datasets):
@@ -20,6 +21,7 @@ from swiftplan.executors.train_engines.common import (
     DEFAULT_OPTIONS,
     TORCH_DTYPES,
     RunOptions,
+    RuntimeChoices,
     TrainRender,
     hf_deepspeed_config,
     json_text,
@@ -31,19 +33,53 @@ from swiftplan.executors.train_engines.common import (
     with_extra,
     yaml_text,
 )
+from swiftplan.executors.train_engines.trl_objectives import trl_objective
 from swiftplan.executors.train_engines.vision import refuse_vision
 from swiftplan.planner.plan import Plan
+from swiftplan.planner.setup import TrainSetup
 
 NAME = "trl"
 CONFIG = "trl_sft.yaml"
+"""The config file of an SFT plan (trl_<command>.yaml for the others)."""
 _ATTN = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
 
 
 def render_trl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender:
-    """The SFT config (and DeepSpeed JSON) and `trl sft --config` with accelerate's launch flags per node."""
+    """The trainer's config (and DeepSpeed JSON) and `trl <command> --config` with accelerate's launch
+    flags per node; a GRPO plan with server rollouts also gets its `trl vllm-serve` server."""
     setup = require_engine_can_run(NAME, plan)
     refuse_vision(NAME, setup)
     runtime = runtime_choices(NAME, setup, own_fused_loss=True)
+    config = _config(plan, setup, options, runtime)
+    objective = trl_objective(NAME, plan, setup, options, config)
+    files: dict[str, str] = {}
+    if (ds := hf_deepspeed_config(setup)) is not None:
+        files["ds_config.json"] = json_text(ds)
+        config["deepspeed"] = "ds_config.json"
+    name = f"trl_{objective.command}.yaml"
+    files[name] = yaml_text(with_extra(config, options))
+    processes = objective.devices.processes * plan.nodes
+    commands = []
+    for rank in range(plan.nodes):
+        argv = ["trl", objective.command, "--config", name]
+        if processes > 1:
+            argv += ["--num_processes", str(processes)]
+        if plan.nodes > 1:
+            argv += ["--num_machines", str(plan.nodes), "--machine_rank", str(rank),
+                     "--main_process_ip", options.master_addr, "--main_process_port", str(options.master_port)]  # fmt: skip
+        commands.append(tuple(argv))
+    env = (
+        {}
+        if objective.devices.trainer_visible is None
+        else {"CUDA_VISIBLE_DEVICES": objective.devices.trainer_visible}
+    )
+    notes = [*_notes(setup, runtime.modules_to_save), *objective.notes]
+    return TrainRender(engine=NAME, commands=tuple(commands), env=env, files=files, notes=tuple(notes),
+                       rollout=objective.rollout)  # fmt: skip
+
+
+def _config(plan: Plan, setup: TrainSetup, options: RunOptions, runtime: RuntimeChoices) -> dict[str, Any]:
+    """What every trl trainer reads: model, data, batch, schedule, precision, LoRA and quantization."""
     bf16, fp16 = mixed_precision(setup)
     config: dict[str, Any] = {
         "model_name_or_path": plan.model,
@@ -84,28 +120,21 @@ def render_trl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender
         )
     elif setup.quant == "int8":
         config["load_in_8bit"] = True
-    files: dict[str, str] = {}
-    if (ds := hf_deepspeed_config(setup)) is not None:
-        files["ds_config.json"] = json_text(ds)
-        config["deepspeed"] = "ds_config.json"
-    files[CONFIG] = yaml_text(with_extra(config, options))
-    commands = []
-    for rank in range(plan.nodes):
-        argv = ["trl", "sft", "--config", CONFIG]
-        if plan.layout.gpus > 1:
-            argv += ["--num_processes", str(plan.layout.gpus)]
-        if plan.nodes > 1:
-            argv += ["--num_machines", str(plan.nodes), "--machine_rank", str(rank),
-                     "--main_process_ip", options.master_addr, "--main_process_port", str(options.master_port)]  # fmt: skip
-        commands.append(tuple(argv))
+    return config
+
+
+def _notes(setup: TrainSetup, modules_to_save: tuple[str, ...]) -> list[str]:
+    """SFT's data format and TRL's own loss, which the plan's loss knob does not change."""
+    if setup.objective.kind != "sft":
+        return []
     notes = ["the data is read with datasets' json loader; records need a 'messages' or 'prompt'/'completion' "
              "field (TRL's SFT formats)."]  # fmt: skip
     if setup.runtime.loss != "fused_linear":
         notes.append(f"the plan counted the {setup.runtime.loss} loss; TRL's SFTTrainer always computes it through "
                      "its chunked fused LM head (trl/trainer/sft_trainer.py add_fused_lm_head), which holds less: "
                      "re-plan with --runtime hf for TRL's own loss.")  # fmt: skip
-    if "lm_head" in runtime.modules_to_save:
+    if "lm_head" in modules_to_save:
         notes.append(
             "TRL refuses its chunked loss when the LM head is a PEFT module (modules_to_save lm_head)."
         )
-    return TrainRender(engine=NAME, commands=tuple(commands), files=files, notes=tuple(notes))
+    return notes
