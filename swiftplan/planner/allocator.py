@@ -231,17 +231,20 @@ def with_reserved(
     settings: AllocatorSettings | None = None,
     backend: str | None = None,
     extras: tuple[Term, ...] = (),
+    pooled: tuple[Term, ...] = (),
 ) -> MemoryBreakdown:
     """`memory` with `peak_reserved`, `runtime_overhead` and `device_total` from the allocator model.
 
     peak_reserved = peak_allocated + rounding + fragmentation; device_total = peak_reserved + context
-    + extras (memory a runtime holds outside torch's allocator, e.g. NCCL buffers), each a named term.
+    + extras (memory a runtime holds outside torch's allocator, e.g. NCCL buffers), each a named term;
+    `pooled` terms are held through torch's allocator beside the step (a colocated vLLM engine without
+    sleep mode) and count in peak_reserved too.
     """
     settings = settings or AllocatorSettings()
     res = reserve(spec, memory, seq_len=seq_len, settings=settings)
     context = context_bytes(backend)
     extra = sum(t.value_bytes for t in extras)
-    reserved = memory.peak_allocated + res.slack_bytes
+    reserved = memory.peak_allocated + res.slack_bytes + sum(t.value_bytes for t in pooled)
     lengths = distinct_lengths(seq_len, settings)
     alloc_term = Term(
         name="allocator_slack",
@@ -262,12 +265,12 @@ def with_reserved(
         + "".join(f" + {t.name} {t.value_bytes / MiB:,.0f} MiB" for t in extras),
         source=_context_source(backend),
     )
-    replaced = {"runtime_overhead", "allocator_slack", *(t.name for t in extras)}
+    replaced = {"runtime_overhead", "allocator_slack", *(t.name for t in extras), *(t.name for t in pooled)}
     terms = tuple(t for t in memory.terms if t.name not in replaced)
     return replace(
         memory,
         peak_reserved=reserved,
         runtime_overhead=res.slack_bytes + context + extra,
         device_total=reserved + context + extra,
-        terms=(*terms, alloc_term, *extras, context_term),
+        terms=(*terms, alloc_term, *pooled, *extras, context_term),
     )

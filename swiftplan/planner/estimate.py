@@ -223,6 +223,7 @@ def estimate_training(
         settings=allocator,
         backend=cluster.accelerator.backend,
         extras=memory.extras,
+        pooled=memory.pooled,
     )
     notes = list(cluster.notes)
     rollout_sequences = _rollout_sequences(spec, setup, cluster, train_world, notes)

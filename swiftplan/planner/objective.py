@@ -47,7 +47,7 @@ class RolloutSetup:
     """How GRPO/PPO generate completions: how many, how long, on which devices and with what memory."""
 
     num_generations: int = 8
-    """Completions sampled per prompt (TRL GRPOConfig.num_generations = 8)."""
+    """Completions sampled per prompt (TRL GRPOConfig.num_generations = 8; PPO samples one)."""
     prompt_len: int = 512
     """Prompt tokens per sequence."""
     completion_len: int = 512
@@ -67,7 +67,7 @@ class RolloutSetup:
     """Tensor-parallel degree of the rollout engine."""
 
     def __post_init__(self) -> None:
-        _whole("--num-generations", self.num_generations, minimum=2)
+        _whole("--num-generations", self.num_generations)
         _whole("--prompt-len", self.prompt_len)
         _whole("--completion-len", self.completion_len)
         _whole("--rollout-tp", self.tp)
@@ -141,6 +141,11 @@ class ObjectiveSetup:
                 f"Unknown reference {self.reference!r}; valid values are: {', '.join(REFERENCES)}."
             )
         _whole("--prompt-len", self.prompt_len, minimum=0)
+        if self.kind == "grpo" and self.rollout is not None and self.rollout.num_generations < 2:
+            raise SwiftplanError(
+                f"GRPO compares completions of one prompt: --num-generations must be at least 2, got "
+                f"{self.rollout.num_generations}."
+            )
         if self.kind in WITH_ROLLOUTS and self.rollout is None:
             # TRL's PPOTrainer generates with the policy's own generate(); GRPO defaults to vLLM here
             object.__setattr__(self, "rollout", RolloutSetup(engine="hf" if self.kind == "ppo" else "vllm"))

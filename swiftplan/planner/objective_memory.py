@@ -88,6 +88,11 @@ class ObjectiveStates:
     """PPO: the value model's weights, gradients and optimizer state (trained like the policy)."""
     reference_kind: str = "none"
     """The resolved reference handling."""
+    sharded: bool = False
+    """The frozen copies are sharded over data-parallel ranks (ZeRO-3 / FSDP full_shard)."""
+    full_copy: int = 0
+    """One whole (unsharded) copy of the model's weights on this device's model-parallel shard: what
+    ZeRO-3 gathers for generate()."""
 
 
 def objective_states(
@@ -98,15 +103,15 @@ def objective_states(
     architecture, trained the same way, holds as much)."""
     objective = setup.objective
     kind = resolve_reference(objective, trains_adapters=setup.trains_adapters)
-    copy = _model_weight_bytes(spec, setup, layers, tp=setup.parallel.tp)
+    full = copy = _model_weight_bytes(spec, setup, layers, tp=setup.parallel.tp)
     if stage == 3:  # TRL prepares the reference with the policy's DeepSpeed/FSDP sharding
         copy //= shards
     reference = copy if kind == "model" else 0
+    sharded = stage == 3 and shards > 1
     if objective.kind != "ppo":
-        return ObjectiveStates(reference=reference, reference_kind=kind)
-    return ObjectiveStates(
-        reference=reference, reward_model=copy, value_model=trained_state_bytes, reference_kind=kind
-    )
+        return ObjectiveStates(reference=reference, reference_kind=kind, sharded=sharded, full_copy=full)
+    return ObjectiveStates(reference=reference, reward_model=copy, value_model=trained_state_bytes,
+                           reference_kind=kind, sharded=sharded, full_copy=full)  # fmt: skip
 
 
 def no_grad_forward_bytes(spec: ModelSpec, setup: TrainSetup, *, sequences: int, tp: int) -> int:
@@ -172,16 +177,24 @@ def generate_cache_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
     return int(setup.micro_batch * setup.seq_len * per_token) + setup.micro_batch * spec.vocab_size * 4
 
 
-def rollout_memory(spec: ModelSpec, setup: TrainSetup, *, device_memory_bytes: int) -> RolloutMemory:
-    """What the rollout engine holds on a training device (nothing for a rollout server)."""
+def rollout_memory(
+    spec: ModelSpec, setup: TrainSetup, *, device_memory_bytes: int, states: ObjectiveStates | None = None
+) -> RolloutMemory:
+    """What the rollout engine holds on a training device (nothing for a rollout server). Under ZeRO-3,
+    generate() runs inside GatheredParameters over the whole model (TRL ds3_gather_for_generation = True,
+    trl 0.29.1 models/utils.py:134; PPO gathers the policy-and-value wrapper, ppo_trainer.py:484)."""
     rollout = setup.objective.rollout
     if rollout is None or rollout.placement == "server":
         return RolloutMemory(during_training=0, during_generation=0, engine_pool=0, formula="")
     if rollout.engine == "hf":
         cache = generate_cache_bytes(spec, setup)
+        gathered = 0
+        if states is not None and states.sharded:
+            gathered = states.full_copy * (2 if setup.objective.kind == "ppo" else 1)
         return RolloutMemory(
-            during_training=0, during_generation=cache, engine_pool=0,
-            formula=f"generate(): KV cache of {setup.micro_batch} × {setup.seq_len} tokens + one step's fp32 logits",
+            during_training=0, during_generation=cache + gathered, engine_pool=0,
+            formula=f"generate(): KV cache of {setup.micro_batch} × {setup.seq_len} tokens + one step's fp32 logits"
+            + (f" + the ZeRO-3-gathered model ({gathered / 2**30:.2f} GiB)" if gathered else ""),
         )  # fmt: skip
     pool = int(rollout.memory_fraction * device_memory_bytes)
     residual = int(constant("runtime_overhead", "vllm_sleep_residual_bytes")) if rollout.sleep else pool

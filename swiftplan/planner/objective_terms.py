@@ -32,7 +32,7 @@ def objective_terms(
         )
     elif kind == "model":
         formula = "frozen copy of the model's weights in the base dtype/quantization" + (
-            f" / dp{dp} (sharded like the policy)" if states.reference and dp > 1 else ""
+            f" / dp{dp} (sharded like the policy under ZeRO-3/FSDP)" if states.sharded and dp > 1 else ""
         )
     elif kind == "adapters-off":
         formula = "0: the policy with its LoRA adapters disabled (no second copy); one extra no-grad forward"

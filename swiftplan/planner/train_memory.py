@@ -78,7 +78,9 @@ class TrainMemory:
     phase_activations: dict[str, int]
     """Activation bytes alive at each candidate peak moment (for explanation and verification)."""
     extras: tuple[Term, ...] = ()
-    """Memory held outside torch's allocator on the device (a colocated rollout engine)."""
+    """Memory held outside torch's allocator on the device (a colocated vLLM engine in sleep mode)."""
+    pooled: tuple[Term, ...] = ()
+    """Memory held through torch's allocator beside the step (a colocated vLLM engine without sleep mode)."""
     rollout: RolloutMemory | None = None
     """GRPO/PPO: what the rollout engine holds on a training device."""
     phase_peaks: tuple[tuple[str, int], ...] = ()
@@ -359,11 +361,11 @@ def _objective_phases(
     acts["reference forward"] = alive
 
 
-def _rollout_extra(memory: RolloutMemory, states: DeviceStates, peak_allocated: int) -> tuple[Term, ...]:
-    """The rollout engine as memory outside the trainer's allocator: what it holds while training,
-    or — when generation is the larger moment (sleep mode wakes the engine beside the trainer's
-    states) — the generation phase's excess over the training peak."""
-    if not memory.during_generation:
+def _rollout_terms(memory: RolloutMemory, states: DeviceStates, peak_allocated: int) -> tuple[Term, ...]:
+    """A colocated vLLM engine as a term beside the trainer: what it holds while training or — when
+    generation is the larger moment (sleep mode wakes it beside the trainer's states) — the generation
+    phase's excess over the training peak. generate() inside the trainer is a phase of its own instead."""
+    if not memory.engine_pool:
         return ()
     at_generation = states.static + memory.during_generation - peak_allocated
     held = max(memory.during_training, at_generation)
@@ -406,6 +408,12 @@ def train_memory(
     phase_peaks, phase_acts, at_loss, in_backward = _phase_peaks(
         spec, setup, states, phases, stage_layers, logits=logits, step_temp=step_temp
     )
+    rollout = rollout_memory(spec, setup, device_memory_bytes=device_memory_bytes, states=states.objective)
+    if (
+        rollout.during_generation and not rollout.engine_pool
+    ):  # generate() inside the trainer, gradients freed
+        phase_peaks["generation"] = states.static + rollout.during_generation
+        phase_acts["generation"] = 0
     activations = max(at_loss, in_backward)
     phase = max(phase_peaks, key=lambda name: phase_peaks[name])
     head_grads = _grad_shares(spec, setup, states.gradients - states.bucket, stage_layers)[0]
@@ -414,6 +422,7 @@ def train_memory(
         "end of backward": 2 * head_grads,
         "reference forward": states.gathered
         + reference_forward_bytes(spec, setup, states.objective.reference_kind),
+        "generation": rollout.during_generation,
     }.get(phase, states.gathered)
     runtime_alloc = int(constant("runtime_overhead", "cublas_workspace_bytes"))
     peak = phase_peaks[phase] + runtime_alloc
@@ -443,9 +452,10 @@ def train_memory(
         peak_phase=phase,
         terms=terms,
     )
-    rollout = rollout_memory(spec, setup, device_memory_bytes=device_memory_bytes)
-    extras = _rollout_extra(rollout, states, peak)
-    device = with_reserved(spec, device, seq_len=setup.seq_len, extras=extras)
+    engine = _rollout_terms(rollout, states, peak)
+    asleep = setup.objective.rollout is not None and setup.objective.rollout.sleep
+    extras, pooled = (engine, ()) if asleep else ((), engine)
+    device = with_reserved(spec, device, seq_len=setup.seq_len, extras=extras, pooled=pooled)
     return TrainMemory(
         device=device,
         host_bytes=states.host + phases.offloaded * dp,
@@ -455,6 +465,7 @@ def train_memory(
         else model_params,
         phase_activations=phase_acts,
         extras=extras,
+        pooled=pooled,
         rollout=rollout if setup.objective.rollout is not None else None,
         phase_peaks=tuple(phase_peaks.items()),
     )

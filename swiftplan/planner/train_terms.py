@@ -102,6 +102,8 @@ def breakdown_terms(
             + (
                 ": the reference's no-grad forward — one block's working set + its scored tokens' log-prob kernel"
                 if phase == "reference forward"
+                else ": generate()'s KV cache and sampling logits (and a ZeRO-3-gathered model)"
+                if phase == "generation"
                 else _step_formula(setup)
             ),
             source=_step_source(setup),

@@ -302,6 +302,14 @@ def _vision_terms(tower: VisionTower, setup: TrainSetup, tokens: VisualTokens, s
     )  # fmt: skip
 
 
+def _text_setup(setup: TrainSetup, image_tokens: int) -> TrainSetup:
+    """The language model's set-up: image tokens join each sequence (a rollout's prompt carries them)."""
+    objective, rollout = setup.objective, setup.objective.rollout
+    if rollout is not None:
+        objective = replace(objective, rollout=replace(rollout, prompt_len=rollout.prompt_len + image_tokens))
+    return replace(setup, seq_len=setup.seq_len + image_tokens, vision=None, objective=objective)
+
+
 def train_memory_with_vision(
     spec: ModelSpec, setup: TrainSetup, *, world_size: int = 1, device_memory_bytes: int = 80 * 2**30
 ) -> TrainMemory:
@@ -312,7 +320,7 @@ def train_memory_with_vision(
     tower = require_vision_tower(spec)
     tokens = visual_tokens(tower, setup.vision)
     llm_seq = setup.seq_len + tokens.llm_tokens
-    llm = train_memory(spec, replace(setup, seq_len=llm_seq, vision=None), world_size=world_size,
+    llm = train_memory(spec, _text_setup(setup, tokens.llm_tokens), world_size=world_size,
                        device_memory_bytes=device_memory_bytes)  # fmt: skip
     par = setup.parallel
     states = vision_states(tower, setup, dp=max(1, world_size // (par.tp * par.pp)))
