@@ -2,16 +2,21 @@
 
 Nothing is downloaded: the model is a random-init `Qwen2VLForConditionalGeneration` from a config dict,
 the tokenizer a byte-level BPE trained here on generated text and wrapped as `Qwen2Tokenizer` (the class
-transformers' AutoTokenizer maps qwen2_vl to), the image processor `Qwen2VLImageProcessor` with small
+transformers' AutoTokenizer maps qwen2_vl to), the image and video processors Qwen2-VL's own with small
 min/max pixels, and the processor carries Qwen2-VL's chat template. Images are solid colours and
 gradients written with PIL; the dataset is ms-swift's multimodal JSONL (`messages` + `images`).
+
+It needs torchvision: transformers 5.x builds no Qwen2VLProcessor without it (the processor checks its
+video_processor against VideoProcessorMixin, which exists only with torchvision), and ms-swift's Qwen-VL
+template imports qwen_vl_utils, which imports torchvision. Hence the ms-swift-vlm env
+(scripts/engine_envs.sh).
 
 Why the special tokens sit at Qwen's own ids (151643-151656): ms-swift 4.6.0's `Qwen2VLTemplate`
 (swift/template/templates/qwen.py) hard-codes `image_token_id = 151655` / `video_token_id = 151656` and
 expands exactly those ids into one token per merged patch, and the model finds images by
 `config.image_token_id` (151655, Qwen2VLConfig's default). The text vocabulary is therefore 151,657
 rows, almost all unused by the small BPE; with tied embeddings and hidden size 32 that is 4.9 M
-parameters, a few seconds a step on CPU.
+parameters, about 0.1 s a step (batch 2) on CPU.
 
 Run as a script with a python that has torch and transformers (an engine's own env), so the files are
 written by the transformers that will read them:
