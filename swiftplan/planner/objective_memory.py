@@ -19,6 +19,11 @@ from dataclasses import dataclass, replace
 from swiftplan.planner import activations as act
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.dtypes import dtype_bytes
+from swiftplan.planner.logprob_kernels import (
+    kept_policy_logprob_bytes,
+    no_grad_logprob_bytes,
+    training_logprob_bytes,
+)
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective import SFT, ObjectiveSetup, resolve_reference
 from swiftplan.planner.serve_memory import kv_cache_bytes_per_token
@@ -59,11 +64,15 @@ def logits_setup(setup: TrainSetup) -> TrainSetup:
 
 
 def objective_logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int) -> int:
-    """Loss-side logits of the objective (0 for a reward model: its score head emits one value per
-    sequence, no vocabulary)."""
+    """Loss-side logits of the objective under its runtime's log-prob kernel (planner/logprob_kernels.py);
+    0 for a reward model: its score head emits one value per sequence, no vocabulary."""
     if setup.objective.kind == "rm":
         return 0
-    return act.logits_bytes(spec, logits_setup(setup), tp=tp)
+    if setup.objective.kind == "sft":
+        return act.logits_bytes(spec, setup, tp=tp)
+    sequences = setup.micro_batch * setup.objective.sequences_per_example
+    scored = scored_tokens_per_sequence(setup)
+    return training_logprob_bytes(spec, setup, sequences=sequences, scored=scored, tp=tp)
 
 
 def _model_weight_bytes(spec: ModelSpec, setup: TrainSetup, layers: range, *, tp: int) -> int:
@@ -115,24 +124,32 @@ def objective_states(
 
 
 def no_grad_forward_bytes(spec: ModelSpec, setup: TrainSetup, *, sequences: int, tp: int) -> int:
-    """Peak of a forward without autograd over `sequences` × seq_len tokens: one block's working
-    set (its input and output hidden states and the SwiGLU gate/up/product) plus the scored
-    tokens' logits under the runtime's loss kernel."""
+    """Peak of a forward without autograd over `sequences` × seq_len tokens: the larger of one block's
+    working set (its input and output hidden states and the SwiGLU gate/up/product) and, after the
+    blocks, the final hidden states beside the log-prob kernel (planner/logprob_kernels.py)."""
     batch = replace(setup, micro_batch=sequences)
     tokens = sequences * setup.seq_len
-    working = (
-        2 * act.block_input_bytes(spec, batch, tokens) + act.backward_working_bytes(spec, batch, tokens) // tp
+    hidden = act.block_input_bytes(spec, batch, tokens)
+    working = 2 * hidden + act.backward_working_bytes(spec, batch, tokens) // tp
+    scored = scored_tokens_per_sequence(setup)
+    head = no_grad_logprob_bytes(
+        spec, setup, sequences=sequences, scored=scored, seq_len=setup.seq_len, tp=tp
     )
-    scored = replace(setup, micro_batch=sequences, seq_len=scored_tokens_per_sequence(setup), objective=SFT)
-    return working + act.logits_bytes(spec, scored, tp=tp)
+    return max(working, hidden + head)
 
 
 def reference_forward_bytes(spec: ModelSpec, setup: TrainSetup, reference_kind: str) -> int:
-    """The no-grad reference (and KTO KL) forward's own bytes; 0 without one on the device."""
+    """The no-grad reference (and KTO KL) forward's own bytes, with what the policy's log-prob path keeps
+    for backward when the reference scores after it; 0 without a reference on the device."""
     if reference_kind in ("none", "precomputed"):
         return 0
-    sequences = reference_forward_sequences(setup)
-    return no_grad_forward_bytes(spec, setup, sequences=sequences, tp=setup.parallel.tp)
+    tp = setup.parallel.tp
+    forward = no_grad_forward_bytes(spec, setup, sequences=reference_forward_sequences(setup), tp=tp)
+    if not reference_runs_beside_policy(setup.objective):
+        return forward
+    sequences = setup.micro_batch * setup.objective.sequences_per_example
+    scored = scored_tokens_per_sequence(setup)
+    return forward + kept_policy_logprob_bytes(spec, setup, sequences=sequences, scored=scored, tp=tp)
 
 
 def reference_forward_sequences(setup: TrainSetup) -> int:

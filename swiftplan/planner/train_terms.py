@@ -9,8 +9,9 @@ from swiftplan.planner.architecture import total_params
 from swiftplan.planner.breakdown import Term
 from swiftplan.planner.calibration import constant_source
 from swiftplan.planner.dtypes import dtype_bytes
+from swiftplan.planner.logprob_kernels import kernel_formula, kernel_source
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.objective_memory import logits_setup
+from swiftplan.planner.objective_memory import logits_setup, scored_tokens_per_sequence
 from swiftplan.planner.objective_terms import objective_terms, sequences_formula, sequences_source
 from swiftplan.planner.runtime_terms import deepspeed_zero, sharding_stage
 from swiftplan.planner.setup import TrainSetup
@@ -90,10 +91,8 @@ def breakdown_terms(
         Term(
             name="logits",
             value_bytes=logits,
-            formula=_logits_formula(logits_setup(setup), spec.vocab_size // tp)
-            if setup.objective.kind != "rm"
-            else "none: a reward model's score head emits one value per sequence",
-            source=_LOSS_SOURCES[knobs.loss],
+            formula=_objective_logits_formula(spec, setup, tp),
+            source=kernel_source(setup) or _LOSS_SOURCES[knobs.loss],
         ),
         Term(
             name="transient",
@@ -115,6 +114,16 @@ def breakdown_terms(
             source=constant_source("runtime_overhead", "cuda_context_bytes"),
         ),
     )
+
+
+def _objective_logits_formula(spec: ModelSpec, setup: TrainSetup, tp: int) -> str:
+    """The logits line: the reward model's score head, the objective's log-prob kernel, or the loss's."""
+    if setup.objective.kind == "rm":
+        return "none: a reward model's score head emits one value per sequence"
+    sequences = setup.micro_batch * setup.objective.sequences_per_example
+    scored = scored_tokens_per_sequence(setup)
+    special = kernel_formula(spec, setup, sequences=sequences, scored=scored, tp=tp)
+    return special or _logits_formula(logits_setup(setup), spec.vocab_size // tp)
 
 
 def _step_formula(setup: TrainSetup) -> str:

@@ -1,0 +1,149 @@
+"""How each runtime turns the LM head's output into the per-token log-probs a preference or RL loss
+needs, and the bytes that costs (pure). SFT's cross-entropy is `activations.logits_bytes`; these are
+the objectives' own paths:
+
+- `bf16_rows` — ms-swift 4.6 pops the labels, so the model returns compute-dtype logits, and scores them
+  with TRL 0.29.1's `selective_log_softmax`, whose bf16 branch runs `log_softmax` one sequence at a time
+  (swift/rlhf_trainers/dpo_trainer.py:130, rlhf_mixin.py:169; trl 0.29.1 trainer/utils.py:558-564).
+  Per token × vocab entry: the logits and each row's log_softmax output are saved (2 × 2 B); backward adds
+  the logits' gradient (6 B at its peak); the no-grad reference pass holds its own logits plus one row's
+  log_softmax (replayed on fake tensors: benchmarks/trace_swift_logps.py gives 4.00 / 7.05 / 6.00 B).
+- `fused_head` — TRL 1.16's DPO, KTO and GRPO call the model with `fused_lm_head=True`
+  (trl/trainer/utils.py:1548 add_fused_lm_head): the head runs in [4096 × 32768] tiles over the scored
+  positions only (`hidden_states[mask]`, utils.py:1644) inside ChunkedLogProbFunction
+  (trl/kernels/chunked_logprob.py:299): it saves the scored hidden states and two fp32 per-token
+  statistics; backward allocates an fp32 hidden-state gradient (and an fp32 LM-head gradient when the head
+  trains) and recomputes one tile at a time.
+- `loss` — anything else: the runtime's cross-entropy kernel over the scored tokens (SFT's rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal
+
+from swiftplan.planner import activations as act
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.objective import SFT
+from swiftplan.planner.setup import TrainSetup
+
+LogprobKernel = Literal["loss", "bf16_rows", "fused_head"]
+
+FUSED_HEAD_OBJECTIVES = frozenset({"dpo", "kto", "grpo"})
+"""TRL 1.16 trainers that call the fused head; CPO/ORPO/SimPO live in trl.experimental and keep full logits."""
+TOKEN_TILE = 4096
+"""ChunkedLogProbFunction's tokens per tile (trl 1.16 kernels/chunked_logprob.py:31 TOKEN_CHUNK_SIZE)."""
+VOCAB_TILE = 32768
+"""Vocabulary entries per tile (trl 1.16 trainer/utils.py:1506 _CHUNKED_LOGPROB_CHUNK_SIZE)."""
+FP32 = 4
+_ROWS_SAVED_BYTES = 2
+"""bf16_rows: logits and each row's log_softmax output, both in the compute dtype (× its bytes)."""
+
+
+def logprob_kernel(setup: TrainSetup) -> LogprobKernel:
+    """The kernel the runtime uses for the objective's log-probs."""
+    kind, runtime = setup.objective.kind, setup.runtime.name
+    if kind in ("sft", "rm"):
+        return "loss"
+    if runtime == "ms-swift":
+        return "bf16_rows"
+    if runtime == "hf" and kind in FUSED_HEAD_OBJECTIVES:
+        return "fused_head"
+    return "loss"
+
+
+def logprob_positions(setup: TrainSetup, *, scored: int) -> int:
+    """Positions per sequence the kernel computes: a rollout's completion (logits_to_keep), the scored
+    positions for TRL's fused head (hidden_states[mask]); otherwise the whole sequence, since the LM head
+    runs over every position before the prompt is masked."""
+    if setup.objective.rollout is not None:
+        return setup.objective.rollout.completion_len
+    return scored if logprob_kernel(setup) == "fused_head" else setup.seq_len
+
+
+def _fused_head_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, backward: bool, tp: int) -> int:
+    cb = act.activation_dtype_bytes(setup)
+    hidden = spec.hidden_size
+    vocab = spec.vocab_size // tp
+    tile = min(tokens, TOKEN_TILE) * min(vocab, VOCAB_TILE) * cb
+    saved = tokens * hidden * cb + 2 * tokens * FP32  # hidden[mask] copy, log_z and entropy/log_z
+    if not backward:
+        return saved + tile + 7 * tokens * FP32  # the seven running statistics of the forward
+    head_grad = spec.vocab_size * hidden * FP32 // tp if setup.method == "full" else 0
+    return saved + tile + tokens * hidden * FP32 + head_grad
+
+
+def training_logprob_bytes(
+    spec: ModelSpec, setup: TrainSetup, *, sequences: int, scored: int, tp: int
+) -> int:
+    """The log-prob path's peak beside the policy's backward."""
+    kernel = logprob_kernel(setup)
+    tokens = sequences * logprob_positions(setup, scored=scored)
+    if kernel == "bf16_rows":
+        return 3 * tokens * (spec.vocab_size // tp) * act.activation_dtype_bytes(setup)
+    if kernel == "fused_head":
+        return _fused_head_bytes(spec, setup, tokens, backward=True, tp=tp)
+    return act.logits_bytes(
+        spec,
+        replace(setup, micro_batch=sequences, seq_len=logprob_positions(setup, scored=scored), objective=SFT),
+        tp=tp,
+    )
+
+
+def kept_policy_logprob_bytes(
+    spec: ModelSpec, setup: TrainSetup, *, sequences: int, scored: int, tp: int
+) -> int:
+    """What the policy's log-prob path keeps for backward while the reference scores after it."""
+    kernel = logprob_kernel(setup)
+    tokens = sequences * logprob_positions(setup, scored=scored)
+    vocab = spec.vocab_size // tp
+    if kernel == "bf16_rows":
+        return _ROWS_SAVED_BYTES * tokens * vocab * act.activation_dtype_bytes(setup)
+    if kernel == "fused_head":
+        return tokens * spec.hidden_size * act.activation_dtype_bytes(setup) + 2 * tokens * FP32
+    return tokens * vocab * FP32  # the fp32 log_softmax output cross-entropy saves
+
+
+def no_grad_logprob_bytes(
+    spec: ModelSpec, setup: TrainSetup, *, sequences: int, scored: int, seq_len: int, tp: int
+) -> int:
+    """The reference's (no-grad) log-prob path at its peak."""
+    kernel = logprob_kernel(setup)
+    tokens = sequences * logprob_positions(setup, scored=scored)
+    vocab = spec.vocab_size // tp
+    cb = act.activation_dtype_bytes(setup)
+    if kernel == "bf16_rows":
+        return tokens * vocab * cb + seq_len * vocab * cb  # its logits and one row's log_softmax
+    if kernel == "fused_head":
+        return _fused_head_bytes(spec, setup, tokens, backward=False, tp=tp)
+    return act.logits_bytes(
+        spec,
+        replace(setup, micro_batch=sequences, seq_len=logprob_positions(setup, scored=scored), objective=SFT),
+        tp=tp,
+    )
+
+
+def kernel_source(setup: TrainSetup) -> str:
+    """Where the log-prob rule comes from, for the breakdown."""
+    return {
+        "bf16_rows": "ms-swift 4.6 swift/rlhf_trainers/dpo_trainer.py:130, rlhf_mixin.py:169 (TRL 0.29.1 "
+        "selective_log_softmax, bf16 rows); replayed in benchmarks/trace_swift_logps.py",
+        "fused_head": "huggingface/trl 1.16.0 trainer/utils.py:1548-1660 add_fused_lm_head, "
+        "kernels/chunked_logprob.py:299 ChunkedLogProbFunction",
+        "loss": "",
+    }[logprob_kernel(setup)]
+
+
+def kernel_formula(spec: ModelSpec, setup: TrainSetup, *, sequences: int, scored: int, tp: int) -> str:
+    """The logits term's formula under the objective's log-prob kernel ('' for the loss kernel)."""
+    kernel = logprob_kernel(setup)
+    tokens = sequences * logprob_positions(setup, scored=scored)
+    vocab = spec.vocab_size // tp
+    if kernel == "bf16_rows":
+        return (f"{tokens} tokens × {vocab} vocab × 3 × {act.activation_dtype_bytes(setup)} B: compute-dtype logits, "
+                "each row's log_softmax output and the logits' gradient (bf16 selective_log_softmax)")  # fmt: skip
+    if kernel == "fused_head":
+        head = " + fp32 LM-head gradient" if setup.method == "full" else ""
+        return (f"{tokens} scored tokens: their hidden states, one {min(tokens, TOKEN_TILE)} × {min(vocab, VOCAB_TILE)} "
+                f"tile, fp32 hidden-state gradient{head} (fused LM head, no full logits)")  # fmt: skip
+    return ""
