@@ -177,3 +177,12 @@ def test_bad_objectives_are_one_clear_error(build, message) -> None:
         return
     with pytest.raises(SwiftplanError, match=message):
         build()
+
+
+def test_a_reward_model_has_a_score_head_instead_of_the_lm_head(spec) -> None:
+    """AutoModelForSequenceClassification: an untied LM head (vocab × hidden) becomes hidden × 1."""
+    sft = train_memory(spec, _setup("sft", "full"))
+    rm = train_memory(spec, _setup("rm", "full"))
+    head = spec.vocab_size * spec.hidden_size - spec.hidden_size
+    assert sft.trainable_params - rm.trainable_params == head
+    assert sft.device.weights - rm.device.weights == head * 2  # bf16

@@ -88,6 +88,15 @@ class TrainMemory:
     further terms on top (planner/vision_memory.py)."""
 
 
+def reward_head_params(spec: ModelSpec, setup: TrainSetup) -> int:
+    """Parameters a reward model does not have: AutoModelForSequenceClassification replaces an untied LM
+    head (vocab × hidden) with a hidden × 1 score head (transformers modeling_*ForSequenceClassification);
+    a tied head is the embedding, which stays."""
+    if setup.objective.kind != "rm" or spec.tie_word_embeddings:
+        return 0
+    return spec.vocab_size * spec.hidden_size - spec.hidden_size
+
+
 def _weights_on_device(spec: ModelSpec, setup: TrainSetup, layers: range) -> int:
     """Base weights of the stage's blocks and the outer layers, in the module dtype (quantized where set)."""
     wb = dtype_bytes(state_dtypes(setup).weights)
@@ -236,8 +245,11 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
     model_parallel = par.tp * par.pp
     lora_params = adapter_params(spec, setup.lora) if setup.trains_adapters and setup.lora else 0
     saved = saved_module_params(spec, knobs) // model_parallel
-    trainable_here = (lora_params if setup.trains_adapters else total_params(spec)) // model_parallel + saved
-    weights = _weights_on_device(spec, setup, stage_layers)
+    no_head = reward_head_params(spec, setup)  # a reward model has a score head instead of the LM head
+    trainable_here = (
+        lora_params if setup.trains_adapters else total_params(spec) - no_head
+    ) // model_parallel + saved
+    weights = _weights_on_device(spec, setup, stage_layers) - no_head * dtype_bytes(dtypes.weights) // par.tp
     wb = dtype_bytes(dtypes.weights)
     # modules_to_save: a trainable copy in the module dtype, its gradient and optimizer state in it too
     adapters = lora_params * dtype_bytes(dtypes.adapters) // model_parallel + saved * wb
@@ -332,7 +344,7 @@ def _phase_peaks(
     _objective_phases(
         spec, setup, states, phases, peaks, acts, grads_during_fwd=grads_during_fwd, at_loss=at_loss
     )
-    if setup.method == "full" and spec.tie_word_embeddings:
+    if setup.method == "full" and spec.tie_word_embeddings and setup.objective.kind != "rm":
         # Tied embeddings: the embedding's gradient arrives last and is added out of place to the LM
         # head's, so two extra vocab × hidden gradients coexist with all others (traced).
         peaks["end of backward"] = static + grads + 2 * head_grads
@@ -462,7 +474,7 @@ def train_memory(
         params=model_params + lora_params,
         trainable_params=(lora_params + saved_module_params(spec, setup.runtime))
         if setup.trains_adapters
-        else model_params,
+        else model_params - reward_head_params(spec, setup),
         phase_activations=phase_acts,
         extras=extras,
         pooled=pooled,
