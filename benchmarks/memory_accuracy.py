@@ -2,7 +2,9 @@
 
 Runs a matrix of training configurations across architectures (and serving cases), traces each one
 with `swiftplan.executors.verify` and writes `benchmarks/results/memory_accuracy.md`: per case the
-estimated and traced peak_allocated and the error, then the median and max |error|.
+estimated and traced peak_allocated and the error, then the median and max |error|. Preference, reward
+and RL objectives (issue 16) are traced through TRL 1.16's own loss code (`verify_objective`) and
+estimated under TRL's runtime profile (hf); they are summarised on their own ("objective").
 
     python benchmarks/memory_accuracy.py            # the full matrix (~10-20 min on 2 cores)
     python benchmarks/memory_accuracy.py --quick    # a few small cases (seconds)
@@ -24,6 +26,8 @@ from datetime import date
 from pathlib import Path
 
 from swiftplan.planner.model_catalog import catalog_spec
+from swiftplan.planner.objective import ObjectiveSetup, RolloutSetup
+from swiftplan.planner.runtime import apply_defaults, get_runtime, train_knobs
 from swiftplan.planner.setup import LoraSetup, ServeSetup, TrainSetup
 
 RESULTS = Path(__file__).parent / "results"
@@ -48,7 +52,21 @@ class Case:
             )
             lora = f" r{s.lora.rank} {targets}" + (f" drop{s.lora.dropout}" if s.lora.dropout else "")
         ckpt = " ckpt" if s.grad_ckpt else ""
-        return f"{s.method} {s.precision}{lora} {s.optimizer} b{s.micro_batch}×{s.seq_len}{ckpt}"
+        objective = ""
+        if s.objective.kind != "sft":
+            o = s.objective
+            objective = f"{o.kind}{' kl' if o.kl else ''} ref {o.reference}" + (
+                f" prompt {o.prompt_len}" if o.prompt_len else ""
+            )
+            objective += f" {o.rollout.prompt_len}+{o.rollout.completion_len}" if o.rollout else ""
+            objective = f"{objective}: "
+        return f"{objective}{s.method} {s.precision}{lora} {s.optimizer} b{s.micro_batch}×{s.seq_len}{ckpt}"
+
+    @property
+    def task(self) -> str:
+        if isinstance(self.setup, ServeSetup):
+            return "serve"
+        return "train" if self.setup.objective.kind == "sft" else "objective"
 
 
 def _lora(rank: int, targets: tuple[str, ...] = ("q_proj", "v_proj"), dropout: float = 0.0) -> LoraSetup:
@@ -227,6 +245,38 @@ def serving_cases() -> list[Case]:
     ]
 
 
+def _trl_runtime() -> object:
+    profile = get_runtime("hf", "train")
+    return train_knobs(profile, apply_defaults(profile, {})[0])
+
+
+def objective_cases() -> list[Case]:
+    """Preference, reward and RL objectives under TRL 1.16 (issue 16): micro_batch counts pairs (dpo,
+    cpo, simpo, orpo, rm), examples (kto) or completions (grpo, whose sequences are the rollout's)."""
+    hf = _trl_runtime()
+
+    def t(objective: ObjectiveSetup, **kw: object) -> TrainSetup:
+        return TrainSetup(runtime=hf, objective=objective, **kw)  # type: ignore[arg-type]
+
+    o = ObjectiveSetup
+    server = {"placement": "server", "gpus": 1}
+    grpo = RolloutSetup(prompt_len=256, completion_len=768, **server)  # type: ignore[arg-type]
+    return [
+        Case("Qwen/Qwen2.5-0.5B", t(o(kind="dpo", prompt_len=256), method="lora", lora=_lora(16), micro_batch=2, seq_len=1024, grad_ckpt=True)),
+        Case("Qwen/Qwen2.5-0.5B", t(o(kind="dpo", prompt_len=256), method="full", micro_batch=1, seq_len=1024, grad_ckpt=True)),
+        Case("Qwen/Qwen2.5-0.5B", t(o(kind="dpo", prompt_len=256, reference="precomputed"), method="lora", lora=_lora(16), micro_batch=2, seq_len=1024, grad_ckpt=True)),
+        Case("Qwen/Qwen2.5-7B-Instruct", t(o(kind="dpo", prompt_len=512), method="lora", lora=_lora(16, ALL), micro_batch=1, seq_len=2048, grad_ckpt=True)),
+        Case("Qwen/Qwen2.5-1.5B", t(o(kind="kto", prompt_len=256), method="lora", lora=_lora(16), micro_batch=4, seq_len=1024, grad_ckpt=True)),
+        Case("Qwen/Qwen2.5-0.5B", t(o(kind="cpo", prompt_len=256), method="lora", lora=_lora(16), micro_batch=2, seq_len=1024, grad_ckpt=True)),
+        Case("Qwen/Qwen2.5-0.5B", t(o(kind="simpo", prompt_len=256), method="lora", lora=_lora(16), micro_batch=2, seq_len=1024, grad_ckpt=True)),
+        Case("Qwen/Qwen2.5-0.5B", t(o(kind="orpo", prompt_len=256), method="lora", lora=_lora(16), micro_batch=2, seq_len=1024, grad_ckpt=True)),
+        Case("Qwen/Qwen2.5-1.5B", t(o(kind="rm"), method="lora", lora=_lora(16), micro_batch=2, seq_len=1024, grad_ckpt=True)),
+        Case("Qwen/Qwen2.5-1.5B", t(o(kind="grpo", rollout=grpo), method="lora", lora=_lora(16), micro_batch=8, seq_len=1024, grad_ckpt=True)),
+        Case("Qwen/Qwen2.5-1.5B", t(o(kind="grpo", kl=True, rollout=grpo), method="lora", lora=_lora(16), micro_batch=8, seq_len=1024, grad_ckpt=True)),
+        Case("Qwen/Qwen2.5-0.5B", t(o(kind="grpo", kl=True, rollout=grpo), method="full", micro_batch=4, seq_len=1024, grad_ckpt=True)),
+    ]  # fmt: skip
+
+
 def quick_cases() -> list[Case]:
     """Small cases that finish in seconds (used by tests and `--quick`)."""
     t = TrainSetup
@@ -252,6 +302,8 @@ def run_case(case: Case) -> dict[str, object]:
 
     spec = catalog_spec(case.model)
     started = time.perf_counter()
+    if case.task == "objective":
+        return _objective_row(case, spec, started)
     if isinstance(case.setup, ServeSetup):
         comparison = verify_serving(spec, case.setup)
     else:
@@ -260,7 +312,7 @@ def run_case(case: Case) -> dict[str, object]:
     return {
         "model": case.model,
         "case": case.label,
-        "task": "serve" if isinstance(case.setup, ServeSetup) else "train",
+        "task": case.task,
         "estimate": peak.estimate,
         "traced": peak.traced,
         "error": peak.error,
@@ -270,10 +322,33 @@ def run_case(case: Case) -> dict[str, object]:
     }
 
 
+def _objective_row(case: Case, spec: object, started: float) -> dict[str, object]:
+    """A preference/RL case: TRL's loss traced (`verify_objective`), terms and moments both sides."""
+    from swiftplan.executors.verify_objective import verify_objective
+
+    assert isinstance(case.setup, TrainSetup)
+    comparison = verify_objective(spec, case.setup)  # type: ignore[arg-type]
+    peak = comparison.row("peak_allocated")
+    return {
+        "model": case.model,
+        "case": case.label,
+        "task": case.task,
+        "estimate": peak.estimate,
+        "traced": peak.traced,
+        "error": peak.error,
+        "terms": {r.name: [r.estimate, r.traced] for r in comparison.rows},
+        "phase": f"{comparison.memory.device.peak_phase} / traced {comparison.trace.peak_phase}",
+        "seconds": time.perf_counter() - started,
+    }
+
+
+TASKS = ("train", "serve", "objective")
+
+
 def summarise(rows: list[dict[str, object]]) -> dict[str, float]:
     """Median and max |error| of peak_allocated, training and serving separately."""
     out: dict[str, float] = {}
-    for task in ("train", "serve"):
+    for task in TASKS:
         errors = [abs(float(r["error"])) for r in rows if r["task"] == task and r["error"] is not None]  # type: ignore[arg-type]
         if errors:
             out[f"{task}_cases"] = len(errors)
@@ -288,22 +363,25 @@ def write_report(rows: list[dict[str, object]], path: Path) -> None:
     import transformers
 
     peft_version = __import__("peft").__version__
+    trl_version = __import__("trl").__version__
     lines = [
         "# Memory model vs fake-tensor trace",
         "",
         f"Generated by `benchmarks/memory_accuracy.py` on {date.today()} ({platform.machine()}, Python "
         f"{platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"peft {peft_version}).",
+        f"peft {peft_version}, trl {trl_version}).",
         "",
         "Each case builds the real transformers model from the catalog config on fake tensors, applies the real "
         "peft LoRA config, runs two real training steps (or a prefill + decode for serving) and records the peak "
         "of live tensor bytes (`swiftplan verify`). `estimate` is the analytic `peak_allocated` without the "
-        "cuBLAS workspace (not a tensor). Target: median |error| ≤ 2 %, max ≤ 6 %.",
+        "cuBLAS workspace (not a tensor). Target: median |error| ≤ 2 %, max ≤ 6 %. Objective cases (preference, "
+        "reward, RL) run one step of TRL's own loss method on the same fake model (`verify_objective`) and are "
+        "estimated under TRL's runtime profile; their terms follow the cases.",
         "",
         "## Summary",
         "",
     ]
-    for task in ("train", "serve"):
+    for task in TASKS:
         if f"{task}_cases" in summary:
             lines.append(
                 f"- **{task}** ({summary[f'{task}_cases']:.0f} cases): median |error| "
@@ -322,8 +400,29 @@ def write_report(rows: list[dict[str, object]], path: Path) -> None:
             f"| {r['model']} | {r['case']} | {int(r['estimate']) / 2**30:.3f} | {int(r['traced']) / 2**30:.3f} | "  # type: ignore[call-overload]
             f"{err} | {float(r['seconds']):.1f} |"  # type: ignore[arg-type]
         )
+    lines += _objective_terms(rows)
     path.write_text("\n".join(lines) + "\n")
     (path.with_suffix(".json")).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
+
+
+OBJECTIVE_TERMS = ("logits", "activations at loss", "reference forward", "training")
+
+
+def _objective_terms(rows: list[dict[str, object]]) -> list[str]:
+    """Per-term estimate / traced (GiB) of the objective cases."""
+    objective = [r for r in rows if r["task"] == "objective"]
+    if not objective:
+        return []
+    lines = ["", "## Objective terms (estimate / traced GiB)", "",
+             "| model | case | " + " | ".join(OBJECTIVE_TERMS) + " |", "|---|---|" + "---:|" * len(OBJECTIVE_TERMS)]  # fmt: skip
+    for r in objective:
+        terms: dict[str, list[int]] = r["terms"]  # type: ignore[assignment]
+        cells = [
+            "—" if name not in terms else f"{terms[name][0] / 2**30:.3f} / {terms[name][1] / 2**30:.3f}"
+            for name in OBJECTIVE_TERMS
+        ]
+        lines.append(f"| {r['model']} | {r['case']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
@@ -334,7 +433,7 @@ def main() -> None:
     parser.add_argument("--only", help="substring of model ids to run")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    cases = quick_cases() if args.quick else training_cases() + serving_cases()
+    cases = quick_cases() if args.quick else training_cases() + serving_cases() + objective_cases()
     if args.only:
         cases = [c for c in cases if args.only.lower() in c.model.lower()]
     rows = []

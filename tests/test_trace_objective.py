@@ -86,7 +86,7 @@ def test_dpo_lora_reference_is_the_policy_with_adapters_off() -> None:
     ref = adapters_off.phase_at_peak["reference"]
     assert ref["gradients"] == 0  # torch.no_grad() (dpo_trainer.py:1326)
     # it runs after the policy forward: the policy's saved activations are alive during it
-    assert ref["activations"] >= adapters_off.phase_at_peak["forward"]["activations"] * 0.9
+    assert ref["activations"] >= adapters_off.phase_at_peak["loss"]["activations"] * 0.9
 
 
 def test_precomputed_reference_runs_no_reference_forward() -> None:
@@ -120,7 +120,7 @@ def test_dpo_scores_only_completion_tokens_in_one_tile(batch: int, seq: int, pro
     scored = 2 * batch * (seq - max(prompt, 1))
     assert tile_rows(t) == [scored]
     head = scored * TILE_VOCAB * 2
-    assert head <= t.phase_at_peak["forward"]["logits"] < head + scored * (2 * H + 200) + 2 * batch * seq * 20
+    assert head <= t.phase_at_peak["loss"]["logits"] < head + scored * (2 * H + 200) + 2 * batch * seq * 20
 
 
 def test_grpo_scores_the_completion_only() -> None:
@@ -133,7 +133,7 @@ def test_grpo_scores_the_completion_only() -> None:
 def test_grpo_kl_scores_the_reference_before_the_policy_forward() -> None:
     t = trace("grpo", batch=4, kl=True, rollout=GRPO_ROLLOUT)
     assert t.reference == "adapters-off" and t.reference_params == 0
-    ref, forward = t.phase_at_peak["reference"], t.phase_at_peak["forward"]
+    ref, forward = t.phase_at_peak["reference"], t.phase_at_peak["loss"]
     # _generate_and_score_completions scores under no_grad before compute_loss (grpo_trainer.py:2641-2731):
     # no saved activations of the policy yet
     assert ref["gradients"] == 0
@@ -153,7 +153,7 @@ def test_kto_scores_kl_sequences_without_gradients_first() -> None:
     # _compute_kl_logps under no_grad before the policy forward (kto_trainer.py:1337-1379)
     assert "scoring" in t.phase_peaks and "reference" in t.phase_peaks
     assert t.phase_at_peak["scoring"]["gradients"] == 0
-    assert t.phase_peaks["scoring"] < t.phase_peaks["forward"]
+    assert t.phase_peaks["scoring"] < t.phase_peaks["loss"]
     assert tile_rows(t) == [4 * (32 - 8)]  # unpaired: batch rows only
 
 
@@ -169,14 +169,14 @@ def test_cpo_keeps_the_full_logits() -> None:
     t = trace("cpo", batch=2, prompt_len=8)
     # CPOTrainer.concatenated_forward: the model's own forward returns B x S x V logits (cpo_trainer.py:815-822)
     logits = 2 * 2 * 32 * VOCAB * 2
-    assert t.phase_at_peak["forward"]["logits"] >= logits
+    assert t.phase_at_peak["loss"]["logits"] >= logits
     assert tile_rows(t) == []  # no fused head
 
 
 def test_simpo_has_no_nll_term() -> None:
     cpo, simpo = trace("cpo", batch=2, prompt_len=8), trace("simpo", batch=2, prompt_len=8)
     # cpo_alpha=0: nll_loss = torch.tensor(0.0), no cross-entropy over the chosen logits (cpo_trainer.py:840-843)
-    assert simpo.phase_at_peak["forward"]["logits"] < cpo.phase_at_peak["forward"]["logits"]
+    assert simpo.phase_at_peak["loss"]["logits"] < cpo.phase_at_peak["loss"]["logits"]
 
 
 def test_reward_model_has_a_score_head_and_no_vocabulary() -> None:
@@ -206,21 +206,21 @@ SMALL = spec_from_hf_config(
 """Qwen2.5-0.5B's shapes with two blocks: realistic widths, traced in about a second."""
 SERVER = RolloutSetup(prompt_len=64, completion_len=192, placement="server", gpus=1)
 
-CASES = {
-    "dpo-lora": ("dpo", "lora", 2, 256, False, {"prompt_len": 64}),
-    "dpo-lora-ckpt": ("dpo", "lora", 1, 512, True, {"prompt_len": 128}),
-    "dpo-full": ("dpo", "full", 2, 256, False, {"prompt_len": 64}),
-    "dpo-precomputed": ("dpo", "lora", 2, 256, False, {"prompt_len": 64, "reference": "precomputed"}),
-    "kto-lora": ("kto", "lora", 2, 256, False, {"prompt_len": 64}),
-    "kto-full-ckpt": ("kto", "full", 4, 128, True, {"prompt_len": 32}),
-    "cpo-lora": ("cpo", "lora", 2, 256, False, {"prompt_len": 64}),
-    "simpo-full": ("simpo", "full", 2, 256, False, {"prompt_len": 64}),
-    "orpo-lora": ("orpo", "lora", 2, 256, False, {"prompt_len": 64}),
-    "rm-lora": ("rm", "lora", 2, 256, False, {}),
-    "rm-full": ("rm", "full", 2, 256, False, {}),
-    "grpo-lora": ("grpo", "lora", 4, 256, False, {"rollout": SERVER}),
-    "grpo-lora-kl": ("grpo", "lora", 4, 256, False, {"rollout": SERVER, "kl": True}),
-    "grpo-full-kl": ("grpo", "full", 4, 256, False, {"rollout": SERVER, "kl": True}),
+CASES = {  # gradient checkpointing on, as TRL's configs default (trl/trainer/base_config.py)
+    "dpo-lora": ("dpo", "lora", 2, 256, True, {"prompt_len": 64}),
+    "dpo-lora-no-ckpt": ("dpo", "lora", 1, 512, False, {"prompt_len": 128}),
+    "dpo-full": ("dpo", "full", 2, 256, True, {"prompt_len": 64}),
+    "dpo-precomputed": ("dpo", "lora", 2, 256, True, {"prompt_len": 64, "reference": "precomputed"}),
+    "kto-lora": ("kto", "lora", 2, 256, True, {"prompt_len": 64}),
+    "kto-full": ("kto", "full", 4, 128, True, {"prompt_len": 32}),
+    "cpo-lora": ("cpo", "lora", 2, 256, True, {"prompt_len": 64}),
+    "simpo-full": ("simpo", "full", 2, 256, True, {"prompt_len": 64}),
+    "orpo-lora": ("orpo", "lora", 2, 256, True, {"prompt_len": 64}),
+    "rm-lora": ("rm", "lora", 2, 256, True, {}),
+    "rm-full": ("rm", "full", 2, 256, True, {}),
+    "grpo-lora": ("grpo", "lora", 4, 256, True, {"rollout": SERVER}),
+    "grpo-lora-kl": ("grpo", "lora", 4, 256, True, {"rollout": SERVER, "kl": True}),
+    "grpo-full-kl": ("grpo", "full", 4, 256, True, {"rollout": SERVER, "kl": True}),
 }
 
 
@@ -251,48 +251,35 @@ FUSED_HEAD = (
     "planner: TRL's fused LM head (add_fused_lm_head, ChunkedLogProbFunction) is sized as SFT's chunked_nll"
 )
 FULL_LOGITS = "planner: TRL's CPO/ORPO/SimPO (trl.experimental) keep the full B x S x V logits; no fused loss"
-NO_GRAD_FORWARD = "planner: the no-grad forward's peak is the fused head after the blocks, not their sum"
-SEQ_CLS = "planner: a reward model has a 1 x H score head, no LM head (and no tied-embedding double gradient)"
-PENDING = {
-    "logits": {
-        c: FULL_LOGITS if CASES[c][0] in ("cpo", "simpo", "orpo") else FUSED_HEAD
-        for c in CASES
-        if CASES[c][0] != "rm"
-    },  # fmt: skip
-    "reference forward": dict.fromkeys(
-        (
-            "dpo-lora",
-            "dpo-lora-ckpt",
-            "dpo-full",
-            "kto-lora",
-            "kto-full-ckpt",
-            "grpo-lora-kl",
-            "grpo-full-kl",
-        ),
-        NO_GRAD_FORWARD,
-    )  # fmt: skip
-    | {"grpo-lora": "planner: GRPO under vLLM scores old log-probs with the policy, without gradients"},
-    "optimizer": {"rm-lora": SEQ_CLS + " (peft SEQ_CLS trains a copy of it: modules_to_save)"},
-    "activations at loss": {
-        "dpo-lora-ckpt": "planner: the decoder output (B x S x H) is alive beside its masked copy in the fused head",
-        "cpo-lora": FULL_LOGITS,
-        "orpo-lora": FULL_LOGITS,
-        "rm-lora": SEQ_CLS,
-        "rm-full": SEQ_CLS,
-        "dpo-lora": "planner: LoRA without checkpointing, +1.8 % as for SFT (verify_training, same shape)",
-        "dpo-precomputed": "planner: LoRA without checkpointing, +1.8 % as for SFT (verify_training, same shape)",
-        "kto-lora": "planner: LoRA without checkpointing, +1.8 % as for SFT (verify_training, same shape)",
-        "grpo-lora": "planner: LoRA without checkpointing, +1.8 % as for SFT (verify_training, same shape)",
-        "grpo-lora-kl": "planner: LoRA without checkpointing, +1.8 % as for SFT (verify_training, same shape)",
-    },
-}
+NO_GRAD_FORWARD = "planner: the no-grad forward's peak is its fused head after the blocks, not their sum"
+VLLM_OLD_LOGPS = "planner: GRPO under vLLM scores old log-probs with the policy, without gradients"
+HEAD_INPUT = (
+    "planner: counts the LM head's B x S x H input; TRL's fused head keeps its masked N x H copy instead"
+)
+SEQ_CLS = "planner: a reward model has a trainable 1 x H score head, no LM head (nor a tied-embedding double gradient)"
+LORA_NO_CKPT = (
+    "planner: LoRA without checkpointing differs by +1.8 % for SFT at this shape too (verify_training)"
+)
+
+
+def pending(term: str, case: str) -> str | None:
+    """Why the planner is known to differ from the trace on `term` for `case` (None: it must agree)."""
+    kind, method, _, _, ckpt, objective = CASES[case]
+    fused = FULL_LOGITS if kind in ("cpo", "simpo", "orpo") else FUSED_HEAD
+    if kind == "rm":
+        return SEQ_CLS if term != "optimizer" or method == "lora" else None
+    if term in ("logits", "loss and backward start", "training", "peak_allocated"):
+        return fused
+    if term == "reference forward":
+        return VLLM_OLD_LOGPS if kind == "grpo" and not objective.get("kl") else NO_GRAD_FORWARD
+    if term == "activations at loss":
+        return LORA_NO_CKPT if not ckpt else HEAD_INPUT if method == "full" else None
+    return None
 
 
 def check(c: ObjectiveComparison, term: str, case: str) -> None:
-    """`within`, or an xfail naming what the planner does not yet model when the case is known to differ."""
-    reason = PENDING.get(term, {}).get(case)
-    if reason is None and term in ("training", "peak_allocated"):
-        reason = SEQ_CLS if CASES[case][0] == "rm" else PENDING["logits"].get(case)
+    """`within`, or an xfail naming what the planner does not model yet when the case is known to differ."""
+    reason = pending(term, case)
     try:
         within(c, term)
     except AssertionError as e:

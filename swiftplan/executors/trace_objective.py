@@ -8,10 +8,11 @@ CPO, SimPO, ORPO, reward modelling, GRPO on given completions), `loss.backward()
 last of `steps` steps is measured.
 
 The step's phases: "scoring" (the policy without gradients: KTO's KL sequences, GRPO's old log-probs under
-vLLM), "reference" (the reference's no-grad forward, wherever TRL runs it), "forward" (the policy forward
-and the loss), "backward", "optimizer". A phase is entered when its model is called (forward hooks), so
-a reference forward that TRL runs in the middle of the loss is measured with the policy's saved
-activations alive, as on a GPU. The frozen reference copy's parameters are their own category, "reference".
+vLLM), "reference" (the reference's no-grad forward, wherever TRL runs it), "forward" (the policy's
+decoder), "loss" (from the decoder's output: LM head, log-probs, the objective), "loss backward" (until
+the gradient of the decoder's output exists), "backward" (the decoder's), "optimizer". A phase is entered
+when its model or module is called (hooks), so a reference forward that TRL runs in the middle of the
+loss is measured with the policy's saved activations alive, as on a GPU. The frozen reference copy's parameters are their own category, "reference".
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from swiftplan.planner.objective import ObjectiveSetup, resolve_reference
 
 Kind = Literal["dpo", "kto", "orpo", "simpo", "cpo", "rm", "grpo"]
 TRACEABLE: tuple[Kind, ...] = ("dpo", "kto", "orpo", "simpo", "cpo", "rm", "grpo")
-PHASES = ("scoring", "reference", "forward", "backward", "optimizer")
+PHASES = ("scoring", "reference", "forward", "loss", "loss backward", "backward", "optimizer")
 FUSED_HEAD_OUTPUTS: dict[str, tuple[str, ...]] = {
     "dpo": ("log_probs", "entropy", "mean_logits", "is_top1"),  # trl/trainer/dpo_trainer.py:957-960
     "kto": ("log_probs", "entropy", "mean_logits"),  # trl/trainer/kto_trainer.py:967-970
@@ -171,7 +172,8 @@ def _adapters_disabled(model: nn.Module) -> bool:
 def _hook_phases(tracker: MemoryTracker, top: nn.Module, *, frozen: bool, logits_after: bool) -> None:
     """Calling `top` enters its phase: "forward" with gradients, else "reference" (the frozen copy, or
     adapters disabled) or "scoring"; returning restores the caller's phase and, for a model whose loss
-    is inside its forward (`logits_after` False), the "activations" category."""
+    is inside its forward (`logits_after` False), the "activations" category; a model whose loss runs after
+    its forward (`logits_after`) stays in "loss"."""
     stack: list[str | None] = []
 
     def enter(_module: nn.Module, _args: Any) -> None:
@@ -183,28 +185,33 @@ def _hook_phases(tracker: MemoryTracker, top: nn.Module, *, frozen: bool, logits
         tracker.context_category = "activations"
 
     def leave(_module: nn.Module, _args: Any, _output: Any) -> None:
-        tracker.set_phase(stack.pop())
+        previous = stack.pop()
         if not logits_after:
+            tracker.set_phase(previous)
             tracker.context_category = "activations"
 
     top.register_forward_pre_hook(enter)
     top.register_forward_hook(leave)
 
 
-def _hook_logits(tracker: MemoryTracker, lm: Any) -> None:
-    """Everything after the decoder (LM head, fused or not, and the log-probs) is "logits"; in backward
-    until the decoder output's gradient exists (as `trace_session.hook_logits`, whose LM-head hook a
-    fused head never calls)."""
+def _hook_loss(tracker: MemoryTracker, lm: Any, *, logits: bool) -> None:
+    """The policy's "loss" phase starts at its decoder's output and its "backward" when that output's
+    gradient exists. With `logits`, everything after the decoder (LM head, fused or not, and the log-probs)
+    is "logits", in forward and in backward until that gradient (as `trace_session.hook_logits`, whose
+    LM-head hook a fused head never calls)."""
     decoder = getattr(lm, lm.base_model_prefix)
 
     def after_decoder(_module: nn.Module, _args: Any, output: Any) -> None:
-        tracker.context_category = "logits"
+        if logits:
+            tracker.context_category = "logits"
         hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
         if hidden.requires_grad:
+            tracker.set_phase("loss")
 
             def grad_hook(grad: torch.Tensor) -> None:
                 tracker.classify([grad], "activations")
                 tracker.context_category = "activations"
+                tracker.set_phase("backward")
 
             hidden.register_hook(grad_hook)
 
@@ -263,8 +270,8 @@ def _step(tracker: MemoryTracker, run: LossRun, optimizer: torch.optim.Optimizer
             loss = run.loss(batch)
         tracker.context_category = "activations"
     backward_category = "logits" if logits_backward else "activations"
-    with tracker.in_phase("backward"), tracker.category(backward_category):
-        loss.backward()
+    with tracker.in_phase("loss backward"), tracker.category(backward_category):
+        loss.backward()  # the decoder output's gradient hook moves on to "backward"
     del loss, batch
     with tracker.in_phase("optimizer"):
         optimizer.step()
@@ -334,10 +341,9 @@ def trace_objective(
         _hook_phases(tracker, policy, frozen=False, logits_after=unfused)
         if ref is not None:
             _hook_phases(tracker, ref, frozen=True, logits_after=False)
-        if kind != "rm":
-            for model in (lm, ref):
-                if model is not None:
-                    _hook_logits(tracker, model)
+        for model in (lm, ref):
+            if model is not None:
+                _hook_loss(tracker, model, logits=kind != "rm")
         trainable = [p for p in policy.parameters() if p.requires_grad]
         for p in trainable:
             p.register_post_accumulate_grad_hook(lambda p: tracker.classify([p.grad], "gradients"))

@@ -4,9 +4,10 @@ Each row is one term or one moment of the step, in tensor bytes (the estimate wi
 workspace, which is not a tensor):
 
 - weights, adapters, reference, optimizer: alive through the whole step;
-- activations at loss: the policy's saved activations when its loss is computed (the planner's
-  "loss and backward start" activations; the trace's at the forward phase's peak, inside the LM head);
-- logits: the planner's logits term; traced, the largest logits bytes at the forward's or backward's peak;
+- activations at loss and logits: the policy's saved activations and the LM head's and loss's bytes at the
+  moment of the loss (the planner's "loss and backward start"; traced, at the peak of the "loss" and "loss
+  backward" phases: from the decoder's output until its gradient exists);
+- loss and backward start: that moment's total;
 - reference forward: the peak of the no-grad scoring (the reference, KTO's KL sequences, GRPO's old
   log-probs) — the planner's "reference forward" moment;
 - training: the peak of the forward with gradients and the backward (the planner's largest other moment
@@ -27,7 +28,8 @@ from swiftplan.planner.train_memory import TrainMemory, train_memory
 STATE_TERMS = ("weights", "adapters", "reference", "optimizer")
 """Terms alive through the whole step."""
 _SCORING = ("reference", "scoring")
-_TRAINING = ("forward", "backward")
+_LOSS = ("loss", "loss backward")
+_TRAINING = ("forward", "loss", "loss backward", "backward")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -68,12 +70,13 @@ def _trace(spec: ModelSpec, setup: TrainSetup, steps: int) -> ObjectiveTrace:
     )
 
 
-def _traced_max(trace: ObjectiveTrace, phases: tuple[str, ...], category: str | None = None) -> int:
-    """The largest phase peak among `phases`, or the largest `category` bytes at those phases' peaks."""
+def _traced(trace: ObjectiveTrace, phases: tuple[str, ...], category: str | None = None) -> int:
+    """The largest peak among `phases`, or with `category` that category's bytes at that peak."""
     ran = [p for p in phases if p in trace.phase_peaks]
-    if category is None:
-        return max((trace.phase_peaks[p] for p in ran), default=0)
-    return max((trace.phase_at_peak[p].get(category, 0) for p in ran), default=0)
+    if not ran:
+        return 0
+    phase = max(ran, key=lambda p: trace.phase_peaks[p])
+    return trace.phase_peaks[phase] if category is None else trace.phase_at_peak[phase].get(category, 0)
 
 
 def verify_objective(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2) -> ObjectiveComparison:
@@ -88,15 +91,13 @@ def verify_objective(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2) -> O
     training = max(v for k, v in phases.items() if k not in ("reference forward", "optimizer step"))
     workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))
     pairs = [(name, getattr(device, name), trace.at_peak.get(name, 0)) for name in STATE_TERMS]
+    at_loss = memory.phase_activations.get("loss and backward start", 0)
     pairs += [
-        (
-            "activations at loss",
-            memory.phase_activations.get("loss and backward start", 0),
-            _traced_max(trace, ("forward",), "activations"),
-        ),
-        ("logits", device.logits, _traced_max(trace, _TRAINING, "logits")),
-        ("reference forward", phases.get("reference forward", 0), _traced_max(trace, _SCORING)),
-        ("training", training, _traced_max(trace, _TRAINING)),
+        ("activations at loss", at_loss, _traced(trace, _LOSS, "activations")),
+        ("logits", device.logits, _traced(trace, _LOSS, "logits")),
+        ("loss and backward start", phases.get("loss and backward start", 0), _traced(trace, _LOSS)),
+        ("reference forward", phases.get("reference forward", 0), _traced(trace, _SCORING)),
+        ("training", training, _traced(trace, _TRAINING)),
         ("optimizer step", phases.get("optimizer step", 0), trace.phase_peaks.get("optimizer", 0)),
         ("peak_allocated", device.peak_allocated - workspace, trace.peak_bytes),
     ]
