@@ -104,6 +104,10 @@ class RuntimeFields(_Strict):
     reduce_bucket_elements: int = Field(strict=True, default=500_000_000, ge=0)
     prefetch_bucket_elements: int = Field(strict=True, default=50_000_000, ge=0)
     max_live_parameters: int = Field(strict=True, default=1_000_000_000, ge=0)
+    ckpt_every: int = Field(strict=True, default=1, ge=1)
+    activation_offload: bool = False
+    fsdp_cpu_offload: bool = False
+    float8: bool = False
 
 
 class RolloutFields(_Strict):

@@ -10,8 +10,12 @@ from rich.table import Table
 from swiftplan.cli._output import console, print_json
 from swiftplan.cli.options import (
     TASK_HELP,
+    ActivationOffloadOpt,
+    CkptEveryOpt,
     CompletionLenOpt,
     DsBucketsOpt,
+    Float8Opt,
+    FsdpCpuOffloadOpt,
     FsdpOpt,
     FsdpShardGroupOpt,
     FsdpShardingOpt,
@@ -169,7 +173,7 @@ _PLAN_FILE_OPTIONS = ("task", "method", "precision", "quant", "rank", "targets",
                       "seq", "grad_accum", "grad_ckpt", "attention", "kbit_upcast", "zero", "offload", "gpus", "tp",
                       "pp", "context", "concurrency", "kv_dtype", "gpu_memory_utilization", "engine",
                       "expandable_segments", "variable_lengths", "runtime", "loss", "loss_chunks", "loss_chunk_tokens",
-                      "optimizer_impl", "modules_to_save", "optimizer_in_backward", "fsdp", "fsdp_sharding",
+                      "optimizer_impl", "modules_to_save", "optimizer_in_backward", "ckpt_every", "activation_offload", "fsdp_cpu_offload", "float8", "packing", "fsdp", "fsdp_sharding",
                       "fsdp_shard_group", "ds_buckets", "images_per_sample", "image_size", "image_tokens", "video_frames",
                       "train_vit", "train_aligner")  # fmt: skip
 
@@ -329,6 +333,10 @@ def estimate_command(
     fsdp_sharding: FsdpShardingOpt = None,
     fsdp_shard_group: FsdpShardGroupOpt = None,
     ds_buckets: DsBucketsOpt = None,
+    ckpt_every: CkptEveryOpt = None,
+    activation_offload: ActivationOffloadOpt = None,
+    fsdp_cpu_offload: FsdpCpuOffloadOpt = None,
+    float8: Float8Opt = None,
     reference: ReferenceOpt = "auto",
     prompt_len: PromptLenOpt = None,
     num_generations: NumGenerationsOpt = 8,

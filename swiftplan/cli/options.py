@@ -123,6 +123,8 @@ def build_train_setup(
         zero_stage=zero,
         attention=attention,
     )
+    if setup.runtime.float8:  # fp8 matmuls need fp8 tensor cores (capabilities.json)
+        _refuse_impossible(cluster, precision="fp8")
     return setup
 
 
@@ -207,6 +209,31 @@ DsBucketsOpt = Annotated[
     ),
 ]
 
+CkptEveryOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--ckpt-every",
+        help="Selective checkpointing: every K-th block checkpointed (1 = all; torchtune ac_option).",
+    ),
+]
+ActivationOffloadOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--activation-offload/--no-activation-offload", help="Saved activations moved to host RAM in forward."
+    ),
+]
+FsdpCpuOffloadOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--fsdp-cpu-offload/--no-fsdp-cpu-offload",
+        help="FSDP keeps parameters, gradients and optimizer state in host RAM.",
+    ),
+]
+Float8Opt = Annotated[
+    bool | None,
+    typer.Option("--float8/--no-float8", help="torchao float8 training of the Linear layers (full, bf16)."),
+]
+
 RUNTIME_TRAIN_FLAGS = ("grad_ckpt", "attention", "kbit_upcast", "precision", "optimizer")
 """Set-up options a training runtime profile may set: they come from it unless the user typed them."""
 
@@ -234,6 +261,10 @@ def knob_values(
     fsdp_sharding: str | None = None,
     fsdp_shard_group: int | None = None,
     ds_buckets: bool | None = None,
+    ckpt_every: int | None = None,
+    activation_offload: bool | None = None,
+    fsdp_cpu_offload: bool | None = None,
+    float8: bool | None = None,
 ) -> dict[str, Any]:
     """The knob flags the user typed (None = not typed), parsed: each bad value refused naming its flag."""
     from swiftplan.cli import _checks
@@ -266,6 +297,13 @@ def knob_values(
         typed["fsdp_shard_group"] = fsdp_shard_group
     if ds_buckets is not None:
         typed["ds_buckets"] = ds_buckets
+    if ckpt_every is not None:
+        _checks.at_least("--ckpt-every", ckpt_every, 1)
+        typed["ckpt_every"] = ckpt_every
+    for name, value in (("activation_offload", activation_offload), ("fsdp_cpu_offload", fsdp_cpu_offload),
+                        ("float8", float8)):  # fmt: skip
+        if value is not None:
+            typed[name] = value
     return typed
 
 

@@ -11,8 +11,12 @@ import typer
 
 from swiftplan.cli.options import (
     TASK_HELP,
+    ActivationOffloadOpt,
+    CkptEveryOpt,
     CompletionLenOpt,
     DsBucketsOpt,
+    Float8Opt,
+    FsdpCpuOffloadOpt,
     FsdpOpt,
     FsdpShardGroupOpt,
     FsdpShardingOpt,
@@ -402,6 +406,10 @@ def size_command(
     fsdp_sharding: FsdpShardingOpt = None,
     fsdp_shard_group: FsdpShardGroupOpt = None,
     ds_buckets: DsBucketsOpt = None,
+    ckpt_every: CkptEveryOpt = None,
+    activation_offload: ActivationOffloadOpt = None,
+    fsdp_cpu_offload: FsdpCpuOffloadOpt = None,
+    float8: Float8Opt = None,
     reference: ReferenceOpt = "auto",
     prompt_len: PromptLenOpt = None,
     num_generations: NumGenerationsOpt = 8,

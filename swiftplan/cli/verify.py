@@ -9,7 +9,11 @@ from rich.table import Table
 
 from swiftplan.cli._output import console, print_json
 from swiftplan.cli.options import (
+    ActivationOffloadOpt,
+    CkptEveryOpt,
     DsBucketsOpt,
+    Float8Opt,
+    FsdpCpuOffloadOpt,
     FsdpOpt,
     FsdpShardGroupOpt,
     FsdpShardingOpt,
@@ -79,6 +83,10 @@ def verify_command(
     fsdp_sharding: FsdpShardingOpt = None,
     fsdp_shard_group: FsdpShardGroupOpt = None,
     ds_buckets: DsBucketsOpt = None,
+    ckpt_every: CkptEveryOpt = None,
+    activation_offload: ActivationOffloadOpt = None,
+    fsdp_cpu_offload: FsdpCpuOffloadOpt = None,
+    float8: Float8Opt = None,
 ) -> None:
     """Estimate vs trace, term by term, with the relative error."""
     from swiftplan.executors.model_source import resolve_model

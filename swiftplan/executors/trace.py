@@ -229,6 +229,8 @@ def training_rig(
     round_bytes: int = CUDA_BLOCK_BYTES,
     loss: LossName = "full",
     loss_chunks: int = 8,
+    ckpt_every: int = 1,
+    activation_offload: bool = False,
 ) -> Iterator[TrainingRig]:
     """Build the training set-up of `trace_training`; fake and tracking modes are active inside."""
     _check_training_args(method, precision, batch, seq)
@@ -242,7 +244,7 @@ def training_rig(
         attn_implementation=attn_implementation,
         notes=notes,
     )
-    if grad_ckpt:
+    if grad_ckpt and ckpt_every == 1:
         _enable_checkpointing(model, notes)
     if method == "lora":
         model = apply_lora(
@@ -250,6 +252,10 @@ def training_rig(
         )
     else:
         model.requires_grad_(True)
+    if grad_ckpt and ckpt_every > 1:  # torchtune's selective checkpointing (trace_features)
+        from swiftplan.executors.trace_features import checkpoint_every
+
+        checkpoint_every(model, ckpt_every, notes)
     notes += _numerics_notes(precision, optimizer)
     calls: Counter[str] = Counter()
     with fake_session(model, round_bytes, calls) as tracker:
@@ -257,6 +263,10 @@ def training_rig(
         trainable = [p for p in model.parameters() if p.requires_grad]
         for p in trainable:
             p.register_post_accumulate_grad_hook(lambda p: tracker.classify([p.grad], "gradients"))
+        if activation_offload:  # the decoder's saved tensors to host memory (trace_features)
+            from swiftplan.executors.trace_features import offload_decoder
+
+            offload_decoder(model, tracker, notes)
         yield TrainingRig(
             model=model,
             tracker=tracker,
@@ -289,6 +299,8 @@ def trace_training(
     round_bytes: int = CUDA_BLOCK_BYTES,
     loss: LossName = "full",
     loss_chunks: int = 8,
+    ckpt_every: int = 1,
+    activation_offload: bool = False,
 ) -> TraceResult:
     """Trace `steps` real training steps and measure the last one.
 
@@ -296,7 +308,9 @@ def trace_training(
     parameters, no autocast); "amp-bf16"/"amp-fp16" keep fp32 parameters and run forward and loss under
     autocast, as the HF Trainer does with `bf16=True` on an fp32 model. `round_bytes=1` turns off the
     512-byte allocator rounding (for exact hand checks). `loss="chunked"` computes the loss over
-    `loss_chunks` pieces of the logits as torchtune does (`trace_loss.chunked_loss`).
+    `loss_chunks` pieces of the logits as torchtune does (`trace_loss.chunked_loss`). `ckpt_every` > 1
+    checkpoints every k-th block only, `activation_offload` moves saved tensors to host memory
+    (`trace_features`).
     """
     if steps < 1:
         raise ValueError("steps >= 1 is required")
@@ -317,6 +331,8 @@ def trace_training(
         round_bytes=round_bytes,
         loss=loss,
         loss_chunks=loss_chunks,
+        ckpt_every=ckpt_every,
+        activation_offload=activation_offload,
     ) as rig:
         for step in range(steps):
             if step == steps - 1:

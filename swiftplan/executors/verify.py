@@ -136,6 +136,8 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2) -> Co
         steps=steps,
         loss="chunked" if knobs.loss == "chunked" else "full",
         loss_chunks=knobs.loss_chunks,
+        ckpt_every=knobs.ckpt_every,
+        activation_offload=knobs.activation_offload,
     )
     workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))
     estimate = _estimate_at_peak(train_memory(spec, setup), setup, workspace)

@@ -18,14 +18,15 @@ from typing import Any, Literal
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.hardware import Backend
-from swiftplan.planner.setup import ServeSetup, TrainSetup
+from swiftplan.planner.setup import RuntimeKnobs, ServeSetup, TrainSetup
 
 EngineTask = Literal["train", "serve"]
 DEFAULT_TRAIN_ENGINE = "swiftplan"
 """The engine `fit` plans training for unless told otherwise: the project's own loop."""
 
 _LIST_OPTIONS = ("backend", "objective", "method", "quant", "optimizer", "zero", "offload", "kv_dtype")
-_KNOB_OPTIONS = ("loss", "optimizer_impl", "fsdp", "modules_to_save", "optimizer_in_backward")
+_KNOB_OPTIONS = ("loss", "optimizer_impl", "fsdp", "modules_to_save", "optimizer_in_backward", "ckpt_every",
+                 "activation_offload", "fsdp_cpu_offload", "float8")  # fmt: skip
 """RuntimeKnobs an engine may restrict (list options; modules_to_save: the modules it can train in full)."""
 _MAX_OPTIONS = ("tp_max", "pp_max", "gpus_max")
 _OPTION_LABELS = {
@@ -45,6 +46,10 @@ _OPTION_LABELS = {
     "fsdp": "FSDP",
     "modules_to_save": "module trained in full next to LoRA",
     "optimizer_in_backward": "optimizer step in backward",
+    "ckpt_every": "checkpointing every k-th block, k =",
+    "activation_offload": "activation offloading",
+    "fsdp_cpu_offload": "FSDP CPU offload",
+    "float8": "float8 training",
 }
 
 
@@ -207,6 +212,10 @@ class Requirements:
     fsdp: str | None = None
     modules_to_save: tuple[str, ...] = ()
     optimizer_in_backward: bool | None = None
+    ckpt_every: int | None = None
+    activation_offload: bool | None = None
+    fsdp_cpu_offload: bool | None = None
+    float8: bool | None = None
     runtime: str | None = None
     """The runtime profile the plan was made for (named in the reasons for its knobs)."""
 
@@ -279,13 +288,25 @@ def train_requirements(setup: TrainSetup, *, backend: str, gpus: int) -> Require
         tp=setup.parallel.tp,
         pp=setup.parallel.pp,
         gpus=gpus,
-        loss=setup.runtime.loss,
-        optimizer_impl=setup.runtime.optimizer_impl,
-        fsdp=setup.runtime.fsdp,
-        modules_to_save=setup.runtime.modules_to_save,
-        optimizer_in_backward=setup.runtime.optimizer_in_backward,
-        runtime=setup.runtime.name,
+        **knob_requirements(setup.runtime, grad_ckpt=setup.grad_ckpt),
     )
+
+
+def knob_requirements(knobs: RuntimeKnobs, *, grad_ckpt: bool = True) -> dict[str, Any]:
+    """The `Requirements` fields of a runtime's knobs (checkpointing every k-th block only counts with
+    checkpointing on)."""
+    return {
+        "loss": knobs.loss,
+        "optimizer_impl": knobs.optimizer_impl,
+        "fsdp": knobs.fsdp,
+        "modules_to_save": knobs.modules_to_save,
+        "optimizer_in_backward": knobs.optimizer_in_backward,
+        "ckpt_every": knobs.ckpt_every if grad_ckpt else 1,
+        "activation_offload": knobs.activation_offload,
+        "fsdp_cpu_offload": knobs.fsdp_cpu_offload,
+        "float8": knobs.float8,
+        "runtime": knobs.name,
+    }
 
 
 def serve_requirements(setup: ServeSetup, *, backend: str, gpus: int) -> Requirements:

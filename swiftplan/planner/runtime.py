@@ -207,6 +207,10 @@ KNOB_FLAGS = {
     "reduce_bucket_elements": "--reduce-bucket-elements",
     "prefetch_bucket_elements": "--prefetch-bucket-elements",
     "max_live_parameters": "--max-live-parameters",
+    "ckpt_every": "--ckpt-every",
+    "activation_offload": "--activation-offload",
+    "fsdp_cpu_offload": "--fsdp-cpu-offload",
+    "float8": "--float8",
 }
 """The command-line flag of each RuntimeKnobs field (estimate, fit, size, verify)."""
 

@@ -246,12 +246,10 @@ def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str
     name = request.runtime or engine.runtime or DEFAULT_TRAIN_RUNTIME
     runtime = choose_runtime(name, task, dict(request.runtime_options))
     if task == "train":
-        from swiftplan.planner.engines import Requirements, engine_reasons
+        from swiftplan.planner.engines import Requirements, engine_reasons, knob_requirements
 
         knobs = runtime.knobs()
-        needs = Requirements(backend=cluster.accelerator.backend, loss=knobs.loss, optimizer_impl=knobs.optimizer_impl,
-                             fsdp=knobs.fsdp, modules_to_save=knobs.modules_to_save,
-                             optimizer_in_backward=knobs.optimizer_in_backward, runtime=knobs.name)  # fmt: skip
+        needs = Requirements(backend=cluster.accelerator.backend, **knob_requirements(knobs))
         if reasons := engine_reasons(engine, needs):
             own = runtime_engine(name, task)
             raise SwiftplanError(

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.capabilities import check
-from swiftplan.planner.engines import Engine, Requirements, default_engine, engine_reasons
+from swiftplan.planner.engines import Engine, Requirements, default_engine, engine_reasons, knob_requirements
 from swiftplan.planner.hardware import Accelerator, Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import Candidate, TrainWorkload
@@ -70,9 +70,7 @@ class TrainJob:
         if self.engine is None:
             return []
         knobs = self.workload.runtime
-        needs = Requirements(backend=cluster.accelerator.backend, loss=knobs.loss, optimizer_impl=knobs.optimizer_impl,
-                             fsdp=knobs.fsdp, modules_to_save=knobs.modules_to_save,
-                             optimizer_in_backward=knobs.optimizer_in_backward, runtime=knobs.name)  # fmt: skip
+        needs = Requirements(backend=cluster.accelerator.backend, **knob_requirements(knobs))
         return engine_reasons(self.engine_for(cluster), needs)
 
 
