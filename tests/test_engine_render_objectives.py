@@ -211,10 +211,20 @@ def test_grpo_rollout_server_takes_its_own_devices(tmp_path):
     assert {"rollout.sh", "run.sh", "trl_grpo.yaml"} <= written
     assert "trl vllm-serve" in (tmp_path / "rollout.sh").read_text()
     assert format_render(trl).startswith("# rollout server: start it first")
+    from train_support import cli
+
     from swiftplan.executors.train_engines.slurm import render_sbatch
+    from swiftplan.plan_file import save_plan
 
     with pytest.raises(SwiftplanError, match="rollout server"):
         render_sbatch(plan, "trl", OPTIONS)
+    save_plan(plan, tmp_path / "plan.yaml")
+    shown = cli(
+        "train", str(tmp_path / "plan.yaml"), "--engine", "trl", "--data", "d.jsonl", "--dry-run", "--json"
+    )
+    assert shown.exit_code == 0, shown.output
+    printed = json.loads(shown.output)
+    assert printed["rollout"]["argv"][:2] == ["trl", "vllm-serve"] and printed["rollout"]["port"] == 8000
 
 
 def test_what_an_engine_cannot_run_is_refused_naming_it_and_the_engines_that_can():

@@ -58,7 +58,7 @@ def check_engine_options(engine: str, o: dict[str, Any]) -> None:
 def train_external(engine: str, plan_path: Path, o: dict[str, Any]) -> None:
     """Render the plan for `engine` with the run options in `o` (train_command's locals) and act on it."""
     from swiftplan.executors.train_engines.common import RunOptions
-    from swiftplan.executors.train_engines.registry import format_render, render_for, run_render, write_files
+    from swiftplan.executors.train_engines.registry import format_render, render_for, write_files
     from swiftplan.plan_file import load_plan
 
     plan = load_plan(plan_path)
@@ -92,9 +92,12 @@ def train_external(engine: str, plan_path: Path, o: dict[str, Any]) -> None:
         console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
     if o["dry_run"]:
         if o["as_json"]:
+            server = render.rollout
             print_json({"engine": render.engine, "commands": [list(c) for c in render.commands],
                         "env": dict(render.env), "node_env": [dict(e) for e in render.node_env],
-                        "files": dict(render.files), "notes": list(render.notes)})  # fmt: skip
+                        "files": dict(render.files), "notes": list(render.notes),
+                        "rollout": None if server is None else {"argv": list(server.argv), "env": dict(server.env),
+                                                                "port": server.port}})  # fmt: skip
         else:
             sys.stdout.write(f"# plan: {plan.model} on {plan.hardware.describe()} for {engine}\n")
             sys.stdout.write(format_render(render))
@@ -103,23 +106,30 @@ def train_external(engine: str, plan_path: Path, o: dict[str, Any]) -> None:
         return
     if o["write_config"] is not None:
         return
+    _run_and_report(engine, plan, render, Path(options.output_dir), node_rank=o["node_rank"])
+
+
+def _run_and_report(engine: str, plan: Any, render: Any, output_dir: Path, *, node_rank: int) -> None:
+    """Run this node's command (its log streamed) and write run_report.json; exit with its code."""
+    from swiftplan.executors.train_engines.registry import run_render
+
     for note in render.notes:
         console.print(f"[yellow]note:[/] {note}")
-    code = run_render(render, Path(options.output_dir), node_rank=o["node_rank"],
+    code = run_render(render, output_dir, node_rank=node_rank,
                       log=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))  # fmt: skip
     summary: dict[str, Any] = {
         "engine": engine,
         "exit_code": code,
-        "run_dir": options.output_dir,
+        "run_dir": str(output_dir),
         "log": "engine.log",
     }
-    if o["node_rank"] == 0:
+    if node_rank == 0:
         from swiftplan.executors.train_engines.report import engine_report
 
-        summary = engine_report(engine, plan, Path(options.output_dir), exit_code=code)
+        summary = engine_report(engine, plan, output_dir, exit_code=code)
         console.print(f"steps {summary['steps']}; loss {summary['loss']['first']} → {summary['loss']['last']}; "
                       f"{summary['measured']['step_time_s']} s/step measured on this machine", highlight=False)  # fmt: skip
-    (Path(options.output_dir) / "run_report.json").write_text(json.dumps(summary, indent=2) + "\n")
-    console.print(f"run report: {Path(options.output_dir) / 'run_report.json'}", highlight=False)
+    (output_dir / "run_report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    console.print(f"run report: {output_dir / 'run_report.json'}", highlight=False)
     if code != 0:
         raise typer.Exit(code)

@@ -18,6 +18,7 @@ from swiftplan.executors.train_engines.axolotl_rl import axolotl_rl, dataset_typ
 from swiftplan.executors.train_engines.common import (
     DEFAULT_OPTIONS,
     RunOptions,
+    RuntimeChoices,
     TrainRender,
     check_pre_quantized,
     hf_deepspeed_config,
@@ -31,6 +32,7 @@ from swiftplan.executors.train_engines.common import (
 )
 from swiftplan.executors.train_engines.vision import refuse_vision
 from swiftplan.planner.plan import Plan
+from swiftplan.planner.setup import TrainSetup
 
 NAME = "axolotl"
 CONFIG = "axolotl_sft.yaml"
@@ -71,24 +73,7 @@ def render_axolotl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRe
         config["max_steps"] = options.max_steps
     if options.save_total_limit is not None:
         config["save_total_limit"] = options.save_total_limit
-    if setup.lora is not None and setup.method != "full":
-        config.update(adapter="qlora" if setup.method == "qlora" else "lora", lora_r=setup.lora.rank,
-                      lora_alpha=lora_alpha(setup), lora_dropout=setup.lora.dropout, peft_use_dora=setup.lora.dora)  # fmt: skip
-        if setup.lora.all_linear:
-            config["lora_target_linear"] = True
-        else:
-            config["lora_target_modules"] = list(setup.lora.targets)
-    if runtime.modules_to_save and setup.method != "full":
-        config["lora_modules_to_save"] = list(runtime.modules_to_save)
-    if runtime.liger:  # axolotl's Liger integration (src/axolotl/integrations/liger)
-        config["plugins"] = ["axolotl.integrations.liger.LigerPlugin"]
-        config["liger_fused_linear_cross_entropy"] = True
-    if setup.quant in ("nf4", "fp4"):
-        config["load_in_4bit"] = True
-        config["bnb_config_kwargs"] = {"bnb_4bit_quant_type": setup.quant,
-                                       "bnb_4bit_use_double_quant": setup.double_quant}  # fmt: skip
-    elif setup.quant == "int8":
-        config["load_in_8bit"] = True
+    config.update(_adapter_and_quant_keys(setup, runtime))
     if setup.parallel.tp > 1:
         config["tensor_parallel_size"] = setup.parallel.tp
     name = f"axolotl_{setup.objective.kind}.yaml"
@@ -112,3 +97,27 @@ def render_axolotl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRe
     visible = rl.devices.trainer_visible
     return TrainRender(engine=NAME, commands=tuple(commands), files=files, notes=tuple(notes), rollout=rl.rollout,
                        env={} if visible is None else {"CUDA_VISIBLE_DEVICES": visible})  # fmt: skip
+
+
+def _adapter_and_quant_keys(setup: TrainSetup, runtime: RuntimeChoices) -> dict[str, Any]:
+    """The adapter and its shape, modules trained in full, Liger's loss and the bitsandbytes base."""
+    keys: dict[str, Any] = {}
+    if setup.lora is not None and setup.method != "full":
+        keys.update(adapter="qlora" if setup.method == "qlora" else "lora", lora_r=setup.lora.rank,
+                    lora_alpha=lora_alpha(setup), lora_dropout=setup.lora.dropout, peft_use_dora=setup.lora.dora)  # fmt: skip
+        if setup.lora.all_linear:
+            keys["lora_target_linear"] = True
+        else:
+            keys["lora_target_modules"] = list(setup.lora.targets)
+    if runtime.modules_to_save and setup.method != "full":
+        keys["lora_modules_to_save"] = list(runtime.modules_to_save)
+    if runtime.liger:  # axolotl's Liger integration (src/axolotl/integrations/liger)
+        keys["plugins"] = ["axolotl.integrations.liger.LigerPlugin"]
+        keys["liger_fused_linear_cross_entropy"] = True
+    if setup.quant in ("nf4", "fp4"):
+        keys["load_in_4bit"] = True
+        keys["bnb_config_kwargs"] = {"bnb_4bit_quant_type": setup.quant,
+                                     "bnb_4bit_use_double_quant": setup.double_quant}  # fmt: skip
+    elif setup.quant == "int8":
+        keys["load_in_8bit"] = True
+    return keys

@@ -20,6 +20,7 @@ from typing import Any
 from swiftplan.executors.train_engines.common import (
     DEFAULT_OPTIONS,
     RunOptions,
+    RuntimeChoices,
     TrainRender,
     check_pre_quantized,
     hf_deepspeed_config,
@@ -51,13 +52,7 @@ def render_llamafactory(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> Tr
     notes = check_pre_quantized(NAME, setup)
     runtime = runtime_choices(NAME, setup)
     bf16, fp16 = mixed_precision(setup)
-    if setup.precision == "fp16":
-        raise refuse(NAME, "--precision fp16 (fp16 weights without autocast)",
-                     "it keeps fp16 only as autocast over fp32 trainable weights (pure_bf16 has no fp16 twin)")  # fmt: skip
-    pure_bf16 = setup.precision == "bf16" and setup.method == "full"
-    if pure_bf16 and setup.parallel.zero == 3:
-        raise refuse(NAME, "--precision bf16 with ZeRO-3", "pure_bf16 is incompatible with DeepSpeed ZeRO-3 "
-                     "(llamafactory/hparams/parser.py get_train_args)")  # fmt: skip
+    pure_bf16 = _pure_bf16(setup)
     config: dict[str, Any] = {
         "model_name_or_path": plan.model,
         "stage": STAGES[setup.objective.kind],
@@ -91,23 +86,7 @@ def render_llamafactory(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> Tr
         config["max_steps"] = options.max_steps
     if options.save_total_limit is not None:
         config["save_total_limit"] = options.save_total_limit
-    if setup.lora is not None and setup.method != "full":
-        config.update(
-            lora_rank=setup.lora.rank,
-            lora_alpha=lora_alpha(setup),
-            lora_dropout=setup.lora.dropout,
-            lora_target="all" if ALL_LINEAR in setup.lora.targets else ",".join(setup.lora.targets),
-            use_dora=setup.lora.dora,
-        )
-    if runtime.modules_to_save and setup.method != "full":
-        config["additional_target"] = ",".join(runtime.modules_to_save)
-    if runtime.liger:
-        config["enable_liger_kernel"] = True
-    if setup.quant in ("nf4", "fp4"):
-        config.update(quantization_bit=4, quantization_method="bnb", quantization_type=setup.quant,
-                      double_quantization=setup.double_quant)  # fmt: skip
-    elif setup.quant == "int8":
-        config.update(quantization_bit=8, quantization_method="bnb")
+    config.update(_adapter_and_quant_keys(setup, runtime))
     if (vision := vision_choices(setup)) is not None:
         config.update(llamafactory_keys(vision))
     notes += _objective(plan, setup, config)
@@ -120,6 +99,52 @@ def render_llamafactory(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> Tr
     notes.append("template: default — set the model's chat template (e.g. qwen, llama3) in the YAML; "
                  "the data is read as alpaca records (dataset_info.json)" + (
                      "." if is_sft(setup) else f"; {data_note(setup)}"))  # fmt: skip
+    env, node_env = _launch_env(plan, setup, options)
+    argv = ("llamafactory-cli", "train", name)
+    return TrainRender(engine=NAME, commands=tuple(argv for _ in range(plan.nodes)), env=env,
+                       node_env=node_env, files=files, notes=tuple(notes))  # fmt: skip
+
+
+def _pure_bf16(setup: TrainSetup) -> bool:
+    """Whether the plan's bf16 weights train without autocast (pure_bf16); its precisions LLaMA-Factory
+    cannot express are refused."""
+    if setup.precision == "fp16":
+        raise refuse(NAME, "--precision fp16 (fp16 weights without autocast)",
+                     "it keeps fp16 only as autocast over fp32 trainable weights (pure_bf16 has no fp16 twin)")  # fmt: skip
+    pure_bf16 = setup.precision == "bf16" and setup.method == "full"
+    if pure_bf16 and setup.parallel.zero == 3:
+        raise refuse(NAME, "--precision bf16 with ZeRO-3", "pure_bf16 is incompatible with DeepSpeed ZeRO-3 "
+                     "(llamafactory/hparams/parser.py get_train_args)")  # fmt: skip
+    return pure_bf16
+
+
+def _adapter_and_quant_keys(setup: TrainSetup, runtime: RuntimeChoices) -> dict[str, Any]:
+    """The LoRA shape, modules trained in full, Liger's loss and the bitsandbytes base."""
+    keys: dict[str, Any] = {}
+    if setup.lora is not None and setup.method != "full":
+        keys.update(
+            lora_rank=setup.lora.rank,
+            lora_alpha=lora_alpha(setup),
+            lora_dropout=setup.lora.dropout,
+            lora_target="all" if ALL_LINEAR in setup.lora.targets else ",".join(setup.lora.targets),
+            use_dora=setup.lora.dora,
+        )
+    if runtime.modules_to_save and setup.method != "full":
+        keys["additional_target"] = ",".join(runtime.modules_to_save)
+    if runtime.liger:
+        keys["enable_liger_kernel"] = True
+    if setup.quant in ("nf4", "fp4"):
+        keys.update(quantization_bit=4, quantization_method="bnb", quantization_type=setup.quant,
+                    double_quantization=setup.double_quant)  # fmt: skip
+    elif setup.quant == "int8":
+        keys.update(quantization_bit=8, quantization_method="bnb")
+    return keys
+
+
+def _launch_env(
+    plan: Plan, setup: TrainSetup, options: RunOptions
+) -> tuple[dict[str, str], tuple[dict[str, str], ...]]:
+    """FORCE_TORCHRUN for several GPUs or DeepSpeed, NNODES / MASTER_ADDR / MASTER_PORT and NODE_RANK."""
     env: dict[str, str] = {}
     node_env: tuple[dict[str, str], ...] = ()
     if plan.layout.gpus > 1 or setup.parallel.zero:
@@ -129,9 +154,7 @@ def render_llamafactory(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> Tr
             NNODES=str(plan.nodes), MASTER_ADDR=options.master_addr, MASTER_PORT=str(options.master_port)
         )
         node_env = tuple({"NODE_RANK": str(rank)} for rank in range(plan.nodes))
-    argv = ("llamafactory-cli", "train", name)
-    return TrainRender(engine=NAME, commands=tuple(argv for _ in range(plan.nodes)), env=env,
-                       node_env=node_env, files=files, notes=tuple(notes))  # fmt: skip
+    return env, node_env
 
 
 STAGES = {"sft": "sft", "dpo": "dpo", "orpo": "dpo", "simpo": "dpo", "kto": "kto", "rm": "rm", "ppo": "ppo"}

@@ -32,7 +32,7 @@ from swiftplan.executors.train_engines.ms_swift_rlhf import rlhf_args
 from swiftplan.executors.train_engines.objectives import TrainerDevices, data_parallel_ranks, is_sft
 from swiftplan.executors.train_engines.vision import ms_swift_args, ms_swift_env, vision_choices
 from swiftplan.planner.plan import Plan
-from swiftplan.planner.setup import ALL_LINEAR
+from swiftplan.planner.setup import ALL_LINEAR, TrainSetup
 
 NAME = "megatron-swift"
 _OPTIMIZERS = {"adamw": "adam", "sgd": "sgd"}  # Megatron's adam is AdamW (decoupled weight decay)
@@ -85,8 +85,28 @@ def render_megatron_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> 
         "--save_steps", str(options.save_steps),
         "--seed", str(options.seed),
     ]  # fmt: skip
+    argv += _schedule_and_model_args(setup, options)
+    if (vision := vision_choices(setup)) is not None:
+        argv += ms_swift_args(vision)
+    if rlhf is not None:
+        argv += rlhf.argv
+    for key, value in options.extra:
+        argv += [f"--{key}", value]
+    env, node_env = torchrun_env(plan, devices, options)
+    env["NPROC_PER_NODE"] = str(devices.processes)  # megatron always launches through torchrun
+    if vision is not None:
+        env.update(ms_swift_env(vision))
+    notes = (f"tp {par.tp} × pp {par.pp} × dp {dp} over {plan.nodes} node(s); global batch "
+             f"{setup.micro_batch} × {setup.grad_accum} × {dp}.", *(rlhf.notes if rlhf else ()))  # fmt: skip
+    return TrainRender(engine=NAME, commands=tuple(tuple(argv) for _ in range(plan.nodes)), env=env,
+                       node_env=node_env, notes=notes, rollout=rlhf.rollout if rlhf else None)  # fmt: skip
+
+
+def _schedule_and_model_args(setup: TrainSetup, options: RunOptions) -> list[str]:
+    """Recompute, Megatron FSDP for ZeRO-2/3, the run's length and checkpoints, LoRA and fp8."""
+    par = setup.parallel
     if setup.grad_ckpt:
-        argv += [
+        argv = [
             "--recompute_granularity",
             "full",
             "--recompute_method",
@@ -95,7 +115,7 @@ def render_megatron_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> 
             "1",
         ]
     else:
-        argv += ["--recompute_granularity", "none"]
+        argv = ["--recompute_granularity", "none"]
     if par.zero in _ZERO:
         argv += ["--use_megatron_fsdp", "true", "--data_parallel_sharding_strategy", _ZERO[par.zero]]
     if options.max_steps is not None:
@@ -111,17 +131,4 @@ def render_megatron_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> 
                  "--lora_dropout", f"{setup.lora.dropout:g}", "--target_modules", *targets]  # fmt: skip
     if setup.quant == "fp8":
         argv += ["--fp8_format", "hybrid", "--fp8_recipe", "blockwise"]
-    if (vision := vision_choices(setup)) is not None:
-        argv += ms_swift_args(vision)
-    if rlhf is not None:
-        argv += rlhf.argv
-    for key, value in options.extra:
-        argv += [f"--{key}", value]
-    env, node_env = torchrun_env(plan, devices, options)
-    env["NPROC_PER_NODE"] = str(devices.processes)  # megatron always launches through torchrun
-    if vision is not None:
-        env.update(ms_swift_env(vision))
-    notes = (f"tp {par.tp} × pp {par.pp} × dp {dp} over {plan.nodes} node(s); global batch "
-             f"{setup.micro_batch} × {setup.grad_accum} × {dp}.", *(rlhf.notes if rlhf else ()))  # fmt: skip
-    return TrainRender(engine=NAME, commands=tuple(tuple(argv) for _ in range(plan.nodes)), env=env,
-                       node_env=node_env, notes=notes, rollout=rlhf.rollout if rlhf else None)  # fmt: skip
+    return argv

@@ -18,6 +18,7 @@ from swiftplan.executors.train_engines.common import (
     DEFAULT_OPTIONS,
     TORCH_DTYPES,
     RunOptions,
+    RuntimeChoices,
     TrainRender,
     check_pre_quantized,
     hf_deepspeed_config,
@@ -32,6 +33,7 @@ from swiftplan.executors.train_engines.ms_swift_rlhf import rlhf_args
 from swiftplan.executors.train_engines.objectives import TrainerDevices, is_sft
 from swiftplan.executors.train_engines.vision import ms_swift_args, ms_swift_env, vision_choices
 from swiftplan.planner.plan import Plan
+from swiftplan.planner.setup import TrainSetup
 
 NAME = "ms-swift"
 _ATTN = {"sdpa": "sdpa", "flash": "flash_attn", "eager": "eager"}
@@ -77,20 +79,7 @@ def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainR
         argv += ["--max_steps", str(options.max_steps)]
     if options.save_total_limit is not None:
         argv += ["--save_total_limit", str(options.save_total_limit)]
-    if setup.lora is not None and setup.method != "full":
-        argv += ["--lora_rank", str(setup.lora.rank), "--lora_alpha", str(lora_alpha(setup)),
-                 "--lora_dropout", f"{setup.lora.dropout:g}", "--target_modules", *lora_targets(setup),
-                 "--use_dora", _flag(setup.lora.dora)]  # fmt: skip
-    if runtime.modules_to_save and setup.method != "full":
-        argv += ["--modules_to_save", *runtime.modules_to_save]
-    if runtime.liger:
-        argv += ["--use_liger_kernel", "true"]
-    if setup.quant in ("nf4", "fp4"):
-        argv += ["--quant_method", "bnb", "--quant_bits", "4", "--bnb_4bit_quant_type", setup.quant,
-                 "--bnb_4bit_use_double_quant", _flag(setup.double_quant),
-                 "--bnb_4bit_compute_dtype", TORCH_DTYPES[setup.precision]]  # fmt: skip
-    elif setup.quant == "int8":
-        argv += ["--quant_method", "bnb", "--quant_bits", "8"]
+    argv += _adapter_and_quant_args(setup, runtime)
     if (vision := vision_choices(setup)) is not None:
         argv += ms_swift_args(vision)
     if rlhf is not None:
@@ -109,6 +98,26 @@ def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainR
     commands = tuple(tuple(argv) for _ in range(plan.nodes))
     return TrainRender(engine=NAME, commands=commands, env=env, node_env=node_env, files=files,
                        notes=tuple(notes), rollout=rlhf.rollout if rlhf else None)  # fmt: skip
+
+
+def _adapter_and_quant_args(setup: TrainSetup, runtime: RuntimeChoices) -> list[str]:
+    """The LoRA shape, modules trained in full, Liger's loss and the bitsandbytes base."""
+    argv: list[str] = []
+    if setup.lora is not None and setup.method != "full":
+        argv += ["--lora_rank", str(setup.lora.rank), "--lora_alpha", str(lora_alpha(setup)),
+                 "--lora_dropout", f"{setup.lora.dropout:g}", "--target_modules", *lora_targets(setup),
+                 "--use_dora", _flag(setup.lora.dora)]  # fmt: skip
+    if runtime.modules_to_save and setup.method != "full":
+        argv += ["--modules_to_save", *runtime.modules_to_save]
+    if runtime.liger:
+        argv += ["--use_liger_kernel", "true"]
+    if setup.quant in ("nf4", "fp4"):
+        argv += ["--quant_method", "bnb", "--quant_bits", "4", "--bnb_4bit_quant_type", setup.quant,
+                 "--bnb_4bit_use_double_quant", _flag(setup.double_quant),
+                 "--bnb_4bit_compute_dtype", TORCH_DTYPES[setup.precision]]  # fmt: skip
+    elif setup.quant == "int8":
+        argv += ["--quant_method", "bnb", "--quant_bits", "8"]
+    return argv
 
 
 def torchrun_env(
