@@ -290,6 +290,13 @@ VariableLengthsOpt = Annotated[
         help="Batches of many sequence lengths (dynamic padding, no packing): more allocator fragmentation.",
     ),
 ]
+PackingOpt = Annotated[
+    bool,
+    _opt(
+        "--packing",
+        help="Samples packed into full --seq rows (position ids / flash-attn varlen): no padding, one shape.",
+    ),
+]
 JsonOpt = Annotated[bool, _opt("--json", help="Print one JSON object.")]
 
 
@@ -322,6 +329,7 @@ def estimate_command(
     engine: EngineOpt = None,
     expandable_segments: ExpandableOpt = False,
     variable_lengths: VariableLengthsOpt = False,
+    packing: PackingOpt = False,
     runtime: RuntimeOpt = None,
     loss: LossOpt = None,
     loss_chunks: LossChunksOpt = None,
@@ -359,9 +367,14 @@ def estimate_command(
     """Memory breakdown (per device) and predicted speed of one configuration."""
     outcome = _estimate(ctx, dict(locals()))
     if as_json:
-        print_json(estimate_json(outcome))
+        payload = estimate_json(outcome)
+        if outcome.plan is None:
+            payload["allocator"]["packing"] = packing
+        print_json(payload)
         return
     render_estimate(outcome.estimate)
+    if packing:
+        console.print(PACKED, highlight=False)
     if outcome.runtime is not None:
         console.print(outcome.runtime.describe(), highlight=False)
     render_engine(outcome)
@@ -384,12 +397,37 @@ def _estimate(ctx: typer.Context, options: dict[str, Any]) -> Any:
     from swiftplan.planner.allocator import AllocatorSettings
     from swiftplan.usecases.inputs import resolve_cluster
 
+    _check_packing(options)
     cluster = resolve_cluster(options["gpus"])
     allocator = AllocatorSettings(
         expandable_segments=options["expandable_segments"], variable_lengths=options["variable_lengths"]
     )
     setup, runtime = _setup(ctx, options, cluster)
     return usecase.estimate_setup(model, cluster, setup, options["engine"], allocator, runtime)
+
+
+PACKED = (
+    "packing: every micro-batch is --seq tokens of packed samples (position ids / flash-attn varlen, no padding), "
+    "one tensor shape for the allocator; planner/lengths.py sizes fit --packing the same way"
+)
+
+
+def _check_packing(options: dict[str, Any]) -> None:
+    """--packing is training batching with one shape: refused with --variable-lengths and for serving."""
+    from swiftplan.cli.options import is_serving
+    from swiftplan.errors import SwiftplanError
+
+    if not options["packing"]:
+        return
+    if is_serving(options["task"]):
+        raise SwiftplanError(
+            "--packing packs training samples into --seq rows; it does not apply to --task serve."
+        )
+    if options["variable_lengths"]:
+        raise SwiftplanError(
+            "--packing makes every micro-batch the full --seq (one shape), so it contradicts --variable-lengths; "
+            "pass one of them."
+        )
 
 
 def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, Any]:

@@ -45,6 +45,7 @@ from swiftplan.cli.options import (
     is_serving,
     objective_pins,
     objective_request,
+    refuse_estimate_only_quant,
     refuse_objective_for_serving,
 )
 from swiftplan.errors import SwiftplanError
@@ -253,6 +254,7 @@ def parse_pins(**raw: Any) -> Any:
         elif not all(t in presets for t in targets):
             targets = (",".join(targets),)  # one custom module list
     serving = is_serving(raw.get("task", "sft"))
+    refuse_estimate_only_quant(raw.get("quant"))
     quant_choices = tuple(dict.fromkeys(SERVE_QUANTS if serving else TRAIN_QUANTS))
     quants = ("none",) if raw.get("no_quant") else _list("--quant", raw.get("quant"), quant_choices)
     ckpt = raw.get("grad_ckpt")

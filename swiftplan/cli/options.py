@@ -238,6 +238,16 @@ RUNTIME_TRAIN_FLAGS = ("grad_ckpt", "attention", "kbit_upcast", "precision", "op
 """Set-up options a training runtime profile may set: they come from it unless the user typed them."""
 
 
+def refuse_estimate_only_quant(text: str | None) -> None:
+    """--quant nf4-torchao given to fit or size: refused, since no engine in the table loads torchao NF4."""
+    if text and "nf4-torchao" in (q.strip() for q in text.split(",")):
+        raise SwiftplanError(
+            "--quant nf4-torchao (torchao NF4, torchtune's QLoRA base) is estimate-only: no engine swiftplan "
+            "plans for loads it, so fit and size do not search it; valid values here are none, int8, nf4, nf4-dq.",
+            hint="swiftplan estimate MODEL --method qlora --quant nf4-torchao --runtime torchtune",
+        )
+
+
 def given_options(ctx: typer.Context, names: tuple[str, ...] | None = None) -> list[str]:
     """The options (of `names`, or all) the user set rather than left at their defaults. Typer may bring
     its own copy of click, so the parameter source is compared by name."""

@@ -41,6 +41,7 @@ from swiftplan.cli.options import (
     given_options,
     is_serving,
     objective_request,
+    refuse_estimate_only_quant,
     refuse_objective_for_serving,
 )
 from swiftplan.errors import SwiftplanError
@@ -151,6 +152,7 @@ def _pins(method: str | None, quant: str | None, no_quant: bool, rank: int | Non
 
     if rank is not None and rank < 1:
         raise SwiftplanError(f"--rank must be at least 1, got {rank}.")
+    refuse_estimate_only_quant(quant)
     quants = SERVE_QUANTS if serving else TRAIN_QUANTS
     return Pins(
         methods=_list("--method", method, METHODS),
