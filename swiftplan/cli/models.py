@@ -25,16 +25,19 @@ def models_command(as_json: bool = typer.Option(False, "--json", help="Print JSO
     """List catalog models with their parameter counts and sources."""
     from swiftplan.planner.architecture import active_params_per_token, total_params
     from swiftplan.planner.model_catalog import catalog, catalog_spec
+    from swiftplan.planner.vision import vision_tower
 
     rows: list[dict[str, Any]] = []
     for model_id, entry in catalog().items():
         spec = catalog_spec(model_id)
+        tower = vision_tower(spec)  # vision-language models: the tower and aligner count (and run) too
+        vision = tower.params() if tower is not None else 0
         rows.append(
             {
                 "id": model_id,
-                "model_type": spec.model_type,
-                "params": total_params(spec),
-                "active_params": active_params_per_token(spec),
+                "model_type": spec.model_type + (f"+{tower.family} vision" if tower is not None else ""),
+                "params": total_params(spec) + vision,
+                "active_params": active_params_per_token(spec) + vision,
                 "layers": spec.num_layers,
                 "hidden": spec.hidden_size,
                 "heads": f"{spec.num_heads}/{spec.num_kv_heads}",
