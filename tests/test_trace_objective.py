@@ -248,15 +248,19 @@ def within(c: ObjectiveComparison, name: str, tolerance: float = 0.01) -> None:
 
 
 FUSED_HEAD = (
-    "planner: TRL's fused LM head (add_fused_lm_head, ChunkedLogProbFunction) is sized as SFT's chunked_nll"
+    "planner: TRL's fused-head backward also holds the compute-dtype casts of its fp32 hidden-state and LM-head "
+    "gradients (grad_hidden.to / grad_weight.to, trl/kernels/chunked_logprob.py:453-456)"
 )
 FULL_LOGITS = "planner: TRL's CPO/ORPO/SimPO (trl.experimental) keep the full B x S x V logits; no fused loss"
-NO_GRAD_FORWARD = "planner: the no-grad forward's peak is its fused head after the blocks, not their sum"
-VLLM_OLD_LOGPS = "planner: GRPO under vLLM scores old log-probs with the policy, without gradients"
+KTO_REFERENCE = "planner: KTO's reference scores its KL and completion sequences one after the other (kto_trainer.py:1430-1436)"
+VLLM_OLD_LOGPS = "planner: GRPO under vLLM scores old log-probs with the policy, without gradients (grpo_trainer.py:2652-2665)"
 HEAD_INPUT = (
     "planner: counts the LM head's B x S x H input; TRL's fused head keeps its masked N x H copy instead"
 )
-SEQ_CLS = "planner: a reward model has a trainable 1 x H score head, no LM head (nor a tied-embedding double gradient)"
+SEQ_CLS = (
+    "planner: a reward model's trainable score head keeps its input and makes its input gradient (B x S x H each); "
+    "peft SEQ_CLS trains a copy of it (modules_to_save); its embedding gradient comes last (no LM head)"
+)
 LORA_NO_CKPT = (
     "planner: LoRA without checkpointing differs by +1.8 % for SFT at this shape too (verify_training)"
 )
@@ -265,13 +269,13 @@ LORA_NO_CKPT = (
 def pending(term: str, case: str) -> str | None:
     """Why the planner is known to differ from the trace on `term` for `case` (None: it must agree)."""
     kind, method, _, _, ckpt, objective = CASES[case]
-    fused = FULL_LOGITS if kind in ("cpo", "simpo", "orpo") else FUSED_HEAD
     if kind == "rm":
-        return SEQ_CLS if term != "optimizer" or method == "lora" else None
+        return SEQ_CLS
+    fused = FULL_LOGITS if kind in ("cpo", "simpo", "orpo") else FUSED_HEAD
     if term in ("logits", "loss and backward start", "training", "peak_allocated"):
-        return fused
+        return KTO_REFERENCE if kind == "kto" and term == "peak_allocated" and method == "lora" else fused
     if term == "reference forward":
-        return VLLM_OLD_LOGPS if kind == "grpo" and not objective.get("kl") else NO_GRAD_FORWARD
+        return VLLM_OLD_LOGPS if kind == "grpo" and not objective.get("kl") else KTO_REFERENCE
     if term == "activations at loss":
         return LORA_NO_CKPT if not ckpt else HEAD_INPUT if method == "full" else None
     return None
