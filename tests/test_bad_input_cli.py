@@ -441,6 +441,35 @@ CASES = [
     ),
     ("dash-plan-path", ("dash", "--plan-path", "/nonexistent/p.yaml"), ["--plan-path", "does not exist"]),
     ("gpus-backend", ("gpus", "--backend", "tpu"), ["'tpu'", "cuda, rocm, npu, mps"]),
+    # runtime features (planner/runtime_features.py): each refusal names its flag and what is valid
+    ("est-ckpt-every-0", (*EST, "--ckpt-every", "0"), ["--ckpt-every must be at least 1"]),
+    (
+        "est-ckpt-every-no-ckpt",
+        (*EST, "--ckpt-every", "2", "--no-grad-ckpt"),
+        ["--ckpt-every 2", "--grad-ckpt"],
+    ),
+    (
+        "est-fsdp-cpu-offload-alone",
+        (*EST, "--fsdp-cpu-offload"),
+        ["--fsdp-cpu-offload", "--fsdp fsdp1 or fsdp2"],
+    ),
+    ("est-float8-lora", (*EST, "--float8", "--gpus", "h100"), ["--float8", "--method full --precision bf16"]),
+    ("est-float8-no-fp8", (*EST, "--method", "full", "--float8", "--gpus", "a100"), ["fp8", "A100"]),
+    (
+        "est-serve-nf4-torchao",
+        (*EST, "--task", "serve", "--quant", "nf4-torchao"),
+        ["nf4-torchao", "no serving engine"],
+    ),
+    (
+        "est-serve-offload",
+        (*EST, "--task", "serve", "--activation-offload"),
+        ["--activation-offload", "--task serve"],
+    ),
+    ("est-packing-variable", (*EST, "--packing", "--variable-lengths"), ["--packing", "--variable-lengths"]),
+    ("est-packing-serve", (*EST, "--task", "serve", "--packing"), ["--packing", "--task serve"]),
+    ("fit-nf4-torchao", (*FIT, "--quant", "nf4-torchao"), ["--quant nf4-torchao", "estimate-only", "nf4-dq"]),
+    ("size-nf4-torchao", (*SIZE, "--quant", "none,nf4-torchao"), ["--quant nf4-torchao", "estimate-only"]),
+    ("verify-float8", (*VERIFY, "--method", "full", "--float8"), ["--float8", "torchao"]),
 ]
 
 
