@@ -36,6 +36,7 @@ from swiftplan.planner.objective import (
 from swiftplan.planner.plan import Plan, Prediction
 from swiftplan.planner.setup import (
     AttentionImpl,
+    CkptPosition,
     Fsdp,
     FsdpSharding,
     KvDtype,
@@ -105,6 +106,7 @@ class RuntimeFields(_Strict):
     prefetch_bucket_elements: int = Field(strict=True, default=50_000_000, ge=0)
     max_live_parameters: int = Field(strict=True, default=1_000_000_000, ge=0)
     ckpt_every: int = Field(strict=True, default=1, ge=1)
+    ckpt_position: CkptPosition = "first"
     activation_offload: bool = False
     fsdp_cpu_offload: bool = False
     float8: bool = False

@@ -443,6 +443,7 @@ CASES = [
     ("gpus-backend", ("gpus", "--backend", "tpu"), ["'tpu'", "cuda, rocm, npu, mps"]),
     # runtime features (planner/runtime_features.py): each refusal names its flag and what is valid
     ("est-ckpt-every-0", (*EST, "--ckpt-every", "0"), ["--ckpt-every must be at least 1"]),
+    ("est-ckpt-position", (*EST, "--ckpt-position", "middle"), ["--ckpt-position", "'middle'", "first, last"]),
     (
         "est-ckpt-every-no-ckpt",
         (*EST, "--ckpt-every", "2", "--no-grad-ckpt"),

@@ -15,6 +15,7 @@ from swiftplan.planner.architecture import embedding_params, final_norm_params, 
 from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.runtime_features import (
     OFFLOAD_STASH_TENSORS,
+    checkpointed_blocks,
     float8_linear_backward_bytes,
     offloaded_saved,
     selective_saved,
@@ -37,14 +38,26 @@ def _lora(**knobs: object) -> TrainSetup:
 
 
 def test_selective_saved_follows_torchtunes_every_kth_rule() -> None:
-    """Blocks 2 and 4 (1-based) of five are wrapped with every=2: they keep their input, 1, 3, 5 their tensors."""
+    """torchtune: blocks 2 and 4 (1-based) of five are wrapped with every=2: they keep their input, 1, 3, 5
+    their tensors."""
     blocks = [100, 100, 100, 100, 100]
-    saved = selective_saved(blocks, every=2, block_input=10, working=7)
+    assert checkpointed_blocks(5, every=2, position="last") == [1, 3]
+    saved = selective_saved(blocks, every=2, block_input=10, working=7, position="last")
     assert saved.at_loss == 2 * 10 + 3 * 100
     # recomputing block 4 (index 3): both inputs, the plain blocks below it (1 and 3), block 4, temporaries
     assert saved.in_backward == 2 * 10 + 2 * 100 + 100 + 7
     assert saved.below_first == 100  # block 1 sits below the first wrapped block
-    assert selective_saved(blocks, every=9, block_input=10, working=7).at_loss == 500  # none wrapped
+    assert selective_saved(blocks, every=9, block_input=10, working=7, position="last").at_loss == 500
+
+
+def test_selective_saved_follows_transformers_every_n_layers() -> None:
+    """transformers: layers 0, 2, 4 of five are wrapped with every_n_layers=2 (ceil(5 / 2) of them)."""
+    blocks = [100, 100, 100, 100, 100]
+    assert checkpointed_blocks(5, every=2) == [0, 2, 4]
+    saved = selective_saved(blocks, every=2, block_input=10, working=7)
+    assert saved.at_loss == 3 * 10 + 2 * 100
+    assert saved.in_backward == 3 * 10 + 2 * 100 + 100 + 7  # block 4 recomputed, blocks 1 and 3 kept
+    assert saved.below_first == 0
 
 
 def test_ckpt_every_one_is_todays_checkpointing_and_k_sits_between() -> None:
@@ -181,6 +194,7 @@ def test_nf4_torchao_is_a_qlora_base_sharded_by_fsdp_but_not_served() -> None:
     ("knobs", "term", "source"),
     [
         ({"ckpt_every": 2}, "activations", "torchtune/training/activations.py"),
+        ({"ckpt_every": 2}, "activations", "every_n_layers"),
         ({"activation_offload": True}, "activations", "torchtune/training/_activation_offloading.py"),
         ({"fsdp": "fsdp2", "fsdp_cpu_offload": True}, "optimizer", "CPUOffloadPolicy"),
         ({"fsdp": "fsdp2", "fsdp_cpu_offload": True}, "gradients", "_fsdp_collectives.py"),

@@ -1,5 +1,5 @@
-"""Runtime features against the real code on fake tensors: torchtune's selective checkpointing (torch's
-checkpoint_wrapper on every k-th block of a transformers model) and activation offloading (torchtune's
+"""Runtime features against the real code on fake tensors: selective checkpointing (transformers' own
+every_n_layers, and torchtune's rule with torch's checkpoint_wrapper on a transformers model) and activation offloading (torchtune's
 pack rule with torch's save_on_cpu copy) through `verify_training`; torchao's Float8Linear backward and
 NF4Tensor layout against their terms."""
 
@@ -33,12 +33,17 @@ def _rows(method: str, *, grad_ckpt: bool, **knobs: object) -> dict[str, tuple[i
     return {row.name: (row.estimate, row.traced) for row in comparison.rows}
 
 
-@pytest.mark.parametrize(("method", "every"), [("lora", 2), ("lora", 3), ("full", 2), ("lora", 4)])
-def test_selective_checkpointing_matches_the_trace(method: str, every: int) -> None:
+@pytest.mark.parametrize(
+    ("method", "every", "position"),
+    [("lora", 2, "last"), ("lora", 3, "last"), ("full", 2, "last"), ("lora", 4, "last"), ("lora", 2, "first"),
+     ("lora", 4, "first"), ("full", 3, "first")],
+)  # fmt: skip
+def test_selective_checkpointing_matches_the_trace(method: str, every: int, position: str) -> None:
     """Every k-th block wrapped, the others keeping their saved tensors: activations within 3 % of the
     trace (the plain blocks carry the planner's +1-2 % of LoRA blocks without checkpointing) and the peak
-    within 1 % (torchtune's rule: 1-based positions that are multiples of k)."""
-    rows = _rows(method, grad_ckpt=True, ckpt_every=every)
+    within 1 % (torchtune's rule, torch's checkpoint_wrapper: the last block of each k; transformers' own
+    every_n_layers: the first)."""
+    rows = _rows(method, grad_ckpt=True, ckpt_every=every, ckpt_position=position)
     estimate, traced = rows["activations"]
     assert estimate == pytest.approx(traced, rel=0.03)
     assert rows["peak_allocated"][0] == pytest.approx(rows["peak_allocated"][1], rel=0.01)

@@ -216,6 +216,13 @@ CkptEveryOpt = Annotated[
         help="Selective checkpointing: every K-th block checkpointed (1 = all; torchtune ac_option).",
     ),
 ]
+CkptPositionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ckpt-position",
+        help="With --ckpt-every K: first (transformers every_n_layers) or last (torchtune) block of each K.",
+    ),
+]
 ActivationOffloadOpt = Annotated[
     bool | None,
     typer.Option(
@@ -272,6 +279,7 @@ def knob_values(
     fsdp_shard_group: int | None = None,
     ds_buckets: bool | None = None,
     ckpt_every: int | None = None,
+    ckpt_position: str | None = None,
     activation_offload: bool | None = None,
     fsdp_cpu_offload: bool | None = None,
     float8: bool | None = None,
@@ -310,6 +318,10 @@ def knob_values(
     if ckpt_every is not None:
         _checks.at_least("--ckpt-every", ckpt_every, 1)
         typed["ckpt_every"] = ckpt_every
+    if ckpt_position is not None:
+        from swiftplan.planner.setup import CKPT_POSITIONS
+
+        typed["ckpt_position"] = parse_choice("--ckpt-position", ckpt_position, CKPT_POSITIONS)
     for name, value in (("activation_offload", activation_offload), ("fsdp_cpu_offload", fsdp_cpu_offload),
                         ("float8", float8)):  # fmt: skip
         if value is not None:

@@ -11,6 +11,7 @@ from swiftplan.cli._output import console, print_json
 from swiftplan.cli.options import (
     ActivationOffloadOpt,
     CkptEveryOpt,
+    CkptPositionOpt,
     DsBucketsOpt,
     Float8Opt,
     FsdpCpuOffloadOpt,
@@ -84,6 +85,7 @@ def verify_command(
     fsdp_shard_group: FsdpShardGroupOpt = None,
     ds_buckets: DsBucketsOpt = None,
     ckpt_every: CkptEveryOpt = None,
+    ckpt_position: CkptPositionOpt = None,
     activation_offload: ActivationOffloadOpt = None,
     fsdp_cpu_offload: FsdpCpuOffloadOpt = None,
     float8: Float8Opt = None,

@@ -230,6 +230,7 @@ def training_rig(
     loss: LossName = "full",
     loss_chunks: int = 8,
     ckpt_every: int = 1,
+    ckpt_position: str = "first",
     activation_offload: bool = False,
 ) -> Iterator[TrainingRig]:
     """Build the training set-up of `trace_training`; fake and tracking modes are active inside."""
@@ -246,13 +247,17 @@ def training_rig(
     )
     if grad_ckpt and ckpt_every == 1:
         _enable_checkpointing(model, notes)
+    elif grad_ckpt and ckpt_position == "first":  # transformers' every_n_layers (trace_features)
+        from swiftplan.executors.trace_features import checkpoint_every_n_layers
+
+        checkpoint_every_n_layers(model, ckpt_every, notes)
     if method == "lora":
         model = apply_lora(
             model, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets, notes=notes
         )
     else:
         model.requires_grad_(True)
-    if grad_ckpt and ckpt_every > 1:  # torchtune's selective checkpointing (trace_features)
+    if grad_ckpt and ckpt_every > 1 and ckpt_position == "last":  # torchtune's selective checkpointing
         from swiftplan.executors.trace_features import checkpoint_every
 
         checkpoint_every(model, ckpt_every, notes)
@@ -300,6 +305,7 @@ def trace_training(
     loss: LossName = "full",
     loss_chunks: int = 8,
     ckpt_every: int = 1,
+    ckpt_position: str = "first",
     activation_offload: bool = False,
 ) -> TraceResult:
     """Trace `steps` real training steps and measure the last one.
@@ -332,6 +338,7 @@ def trace_training(
         loss=loss,
         loss_chunks=loss_chunks,
         ckpt_every=ckpt_every,
+        ckpt_position=ckpt_position,
         activation_offload=activation_offload,
     ) as rig:
         for step in range(steps):

@@ -1,6 +1,7 @@
 """Runtime features the tracer runs on the real model: selective activation checkpointing and activation
 offloading (planner/runtime_features.py models both).
 
+- `checkpoint_every_n_layers`: transformers' own `every_n_layers` (the first block of each k);
 - `checkpoint_every`: torchtune's selective layer checkpointing — every k-th decoder block (1-based position
   a multiple of k) wrapped in torch's own `checkpoint_wrapper` (NO_REENTRANT, the wrapper torchtune uses;
   pytorch/torchtune @ bd2a0fc torchtune/training/activations.py), the others left as they are.
@@ -64,6 +65,15 @@ def offload_decoder(model: nn.Module, tracker: MemoryTracker, notes: list[str]) 
         "activation offloading: the decoder's saved tensors >= 1024 B (not parameters) copied to host memory "
         "(torch save_on_cpu), the last 5 kept until backward, brought back one autograd node at a time"
     )
+
+
+def checkpoint_every_n_layers(model: Any, every: int, notes: list[str]) -> None:
+    """transformers' own selective checkpointing: `activation_checkpointing_enable(every_n_layers=k)` wraps
+    the decoder layers at 0-based indices 0, k, 2k, ... (transformers 5.25 modeling_utils.py)."""
+    model.activation_checkpointing_enable(
+        activation_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=every
+    )
+    notes.append(f"selective checkpointing: transformers every_n_layers={every} (blocks 0, {every}, ...)")
 
 
 def checkpoint_every(model: nn.Module, every: int, notes: list[str]) -> int:

@@ -137,6 +137,7 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2) -> Co
         loss="chunked" if knobs.loss == "chunked" else "full",
         loss_chunks=knobs.loss_chunks,
         ckpt_every=knobs.ckpt_every,
+        ckpt_position=knobs.ckpt_position,
         activation_offload=knobs.activation_offload,
     )
     workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))

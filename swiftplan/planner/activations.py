@@ -312,7 +312,9 @@ def _feature_phases(
     every = setup.runtime.ckpt_every if setup.grad_ckpt else 0
     working = backward_working_bytes(spec, setup, tokens) // tp
     block_input = block_input_bytes(spec, setup, tokens) if setup.grad_ckpt else 0
-    saved = selective_saved(blocks, every=every, block_input=block_input, working=working)
+    saved = selective_saved(
+        blocks, every=every, block_input=block_input, working=working, position=setup.runtime.ckpt_position
+    )
     if setup.runtime.activation_offload:
         saved = offloaded_saved(saved, largest=max(blocks), every=every, count=len(blocks), working=working)
     return ActivationPhases(

@@ -208,6 +208,7 @@ KNOB_FLAGS = {
     "prefetch_bucket_elements": "--prefetch-bucket-elements",
     "max_live_parameters": "--max-live-parameters",
     "ckpt_every": "--ckpt-every",
+    "ckpt_position": "--ckpt-position",
     "activation_offload": "--activation-offload",
     "fsdp_cpu_offload": "--fsdp-cpu-offload",
     "float8": "--float8",

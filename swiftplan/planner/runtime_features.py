@@ -37,6 +37,9 @@ that many newer ones were packed (and all of them until backward starts)."""
 FP8 = 1
 
 SELECTIVE_SOURCE = (
+    "transformers 5.25.0 src/transformers/modeling_utils.py _set_gradient_checkpointing (every_n_layers: "
+    "the GradientCheckpointingLayer at index i checkpointed when i % n == 0), trainer.py "
+    "(activation_checkpointing_kwargs every_n_layers); "
     "pytorch/torchtune @ bd2a0fc torchtune/training/activations.py (checkpoint_wrapper: ac_mode 'selective' "
     "wraps a block when its 1-based position is a multiple of ac_option, with torch's NO_REENTRANT "
     "checkpoint_wrapper; the others keep their saved tensors), recipes/full_finetune_distributed.py "
@@ -107,13 +110,24 @@ class SavedBytes:
     """Moved to host RAM (activation offloading)."""
 
 
-def selective_saved(blocks: list[int], *, every: int, block_input: int, working: int) -> SavedBytes:
-    """Checkpointing every `every`-th block (0: none), as torchtune's selective layer checkpointing counts
-    them: block i (0-based) is wrapped when (i + 1) % every == 0, so L // every blocks keep only their
-    input and the others their saved tensors. Backward recomputes the last wrapped block once the plain
-    blocks above it are done: wrapped inputs + plain blocks below it + that block + its gradient
-    temporaries. Source: `SELECTIVE_SOURCE`."""
-    wrapped = [i for i in range(len(blocks)) if every and (i + 1) % every == 0]
+def checkpointed_blocks(count: int, *, every: int, position: str = "first") -> list[int]:
+    """0-based indices of the blocks checkpointing wraps when only every `every`-th is (0: none): the first
+    of each group (transformers `every_n_layers`: i % k == 0, so ceil(L / k) blocks) or the last (torchtune
+    selective `ac_option`: (i + 1) % k == 0, floor(L / k) blocks). Source: `SELECTIVE_SOURCE`."""
+    if not every:
+        return []
+    offset = 0 if position == "first" else every - 1
+    return [i for i in range(count) if i % every == offset]
+
+
+def selective_saved(
+    blocks: list[int], *, every: int, block_input: int, working: int, position: str = "first"
+) -> SavedBytes:
+    """Checkpointing every `every`-th block (`checkpointed_blocks`): wrapped blocks keep only their input,
+    the others their saved tensors. Backward recomputes the last wrapped block once the plain blocks above
+    it are done: wrapped inputs + plain blocks below it + that block + its gradient temporaries.
+    Source: `SELECTIVE_SOURCE`."""
+    wrapped = checkpointed_blocks(len(blocks), every=every, position=position)
     if not wrapped:
         total = sum(blocks)
         return SavedBytes(at_loss=total, in_backward=total, below_first=0, block_input=0)
@@ -273,8 +287,10 @@ def _feature_notes(
             ("block linears as torchao NF4Tensor: n/2 + n/64 + (n/16384 + 17) × 2 B each", TORCHAO_NF4_SOURCE)
         )
     if knobs.ckpt_every > 1 and setup.grad_ckpt:
-        wrapped = -(-spec.num_layers // setup.parallel.pp) // knobs.ckpt_every
-        clause = f"selective checkpointing: every {knobs.ckpt_every}th block wrapped ({wrapped} per stage), the others keep their saved tensors"
+        stage = -(-spec.num_layers // setup.parallel.pp)
+        wrapped = len(checkpointed_blocks(stage, every=knobs.ckpt_every, position=knobs.ckpt_position))
+        clause = (f"selective checkpointing: the {knobs.ckpt_position} block of every {knobs.ckpt_every} wrapped "
+                  f"({wrapped} of {stage} per stage), the others keep their saved tensors")  # fmt: skip
         notes.setdefault("activations", []).append((clause, SELECTIVE_SOURCE))
     if knobs.activation_offload:
         clause = (f"activation offloading: {format_gib(offloaded)} of saved tensors in host RAM, on the device the last "

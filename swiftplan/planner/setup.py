@@ -28,6 +28,7 @@ OptimizerImpl = Literal["fused", "foreach", "for_loop"]
 SavedModule = Literal["embed_tokens", "lm_head"]
 Fsdp = Literal["none", "fsdp1", "fsdp2"]
 FsdpSharding = Literal["full_shard", "shard_grad_op", "hybrid_shard"]
+CkptPosition = Literal["first", "last"]
 
 METHODS: tuple[Method, ...] = get_args(Method)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
@@ -42,6 +43,7 @@ OPTIMIZER_IMPLS: tuple[OptimizerImpl, ...] = get_args(OptimizerImpl)
 SAVED_MODULES: tuple[SavedModule, ...] = get_args(SavedModule)
 FSDPS: tuple[Fsdp, ...] = get_args(Fsdp)
 FSDP_SHARDINGS: tuple[FsdpSharding, ...] = get_args(FsdpSharding)
+CKPT_POSITIONS: tuple[CkptPosition, ...] = get_args(CkptPosition)
 ALL_LINEAR = "all-linear"
 
 ChoiceT = TypeVar("ChoiceT", bound=str)
@@ -180,7 +182,11 @@ class RuntimeKnobs:
     """DeepSpeed stage3_max_live_parameters (elements; default 1e9)."""
     ckpt_every: int = 1
     """Selective activation checkpointing: every k-th decoder block is checkpointed, the others keep their
-    saved tensors (torchtune ac_mode selective, ac_option k); 1 = every block (needs grad_ckpt)."""
+    saved tensors (transformers every_n_layers, torchtune ac_mode selective + ac_option k); 1 = every block
+    (needs grad_ckpt)."""
+    ckpt_position: CkptPosition = "first"
+    """Which block of each k is checkpointed: first (transformers every_n_layers: blocks 0, k, 2k, ...) or
+    last (torchtune ac_option: blocks k-1, 2k-1, ...)."""
     activation_offload: bool = False
     """Saved activations are moved to host RAM in forward and brought back in backward (torchtune
     enable_activation_offloading, Unsloth's offloaded checkpointing, TRL activation_offloading)."""
@@ -196,6 +202,7 @@ class RuntimeKnobs:
         _check_choice("optimizer implementation", self.optimizer_impl, OPTIMIZER_IMPLS)
         _check_choice("FSDP version", self.fsdp, FSDPS)
         _check_choice("FSDP sharding", self.fsdp_sharding, FSDP_SHARDINGS)
+        _check_choice("checkpointed block position", self.ckpt_position, CKPT_POSITIONS)
         for module in self.modules_to_save:
             _check_choice("module to save", module, SAVED_MODULES)
         if len(set(self.modules_to_save)) != len(self.modules_to_save):
