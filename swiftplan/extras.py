@@ -16,7 +16,7 @@ from swiftplan.errors import SwiftplanError
 
 EXTRAS: dict[str, tuple[str, ...]] = {
     "hub": ("huggingface_hub",),
-    "trace": ("torch", "transformers", "peft", "accelerate"),
+    "trace": ("torch", "transformers", "peft", "accelerate", "trl", "torchao"),
     "train": ("torch", "transformers", "peft", "accelerate", "safetensors", "datasets", "pyarrow"),
     "serve": ("torch", "transformers", "peft", "fastapi", "uvicorn"),
     "vllm": ("vllm",),
