@@ -315,17 +315,25 @@ def knob_values(
         typed["fsdp_shard_group"] = fsdp_shard_group
     if ds_buckets is not None:
         typed["ds_buckets"] = ds_buckets
+    return typed | _feature_knobs(
+        ckpt_every=ckpt_every, ckpt_position=ckpt_position, activation_offload=activation_offload,
+        fsdp_cpu_offload=fsdp_cpu_offload, float8=float8,
+    )  # fmt: skip
+
+
+def _feature_knobs(
+    *, ckpt_every: int | None, ckpt_position: str | None, **flags: bool | None
+) -> dict[str, Any]:
+    """The runtime-feature flags the user typed (planner/runtime_features.py), parsed."""
+    from swiftplan.cli import _checks
+    from swiftplan.planner.setup import CKPT_POSITIONS
+
+    typed: dict[str, Any] = {name: value for name, value in flags.items() if value is not None}
     if ckpt_every is not None:
         _checks.at_least("--ckpt-every", ckpt_every, 1)
         typed["ckpt_every"] = ckpt_every
     if ckpt_position is not None:
-        from swiftplan.planner.setup import CKPT_POSITIONS
-
         typed["ckpt_position"] = parse_choice("--ckpt-position", ckpt_position, CKPT_POSITIONS)
-    for name, value in (("activation_offload", activation_offload), ("fsdp_cpu_offload", fsdp_cpu_offload),
-                        ("float8", float8)):  # fmt: skip
-        if value is not None:
-            typed[name] = value
     return typed
 
 

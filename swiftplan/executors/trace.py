@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from swiftplan.executors.trace_features import TraceFeatures, checkpoint_selected, offload_decoder
 from swiftplan.executors.trace_memory import CATEGORIES, CUDA_BLOCK_BYTES, MemoryTracker
 from swiftplan.executors.trace_model import (
     DTYPES,
@@ -211,6 +212,28 @@ def _numerics_notes(precision: str, optimizer: str) -> list[str]:
     return notes
 
 
+def _build_model(
+    hf_config: dict[str, Any], *, method: Method, dtype: torch.dtype, lora: dict[str, Any], grad_ckpt: bool,
+    attn_implementation: str, features: TraceFeatures, notes: list[str],
+) -> nn.Module:  # fmt: skip
+    """The meta-device transformers model, checkpointed as `grad_ckpt` and `features` say (every block, or every
+    k-th: transformers' every_n_layers before peft, torchtune's rule after), LoRA-wrapped for method lora."""
+    config = load_config(hf_config, notes=notes)
+    config.use_cache = False  # transformers' Trainer sets this (TrainingArguments.use_cache=False)
+    model = build_meta_causal_lm(config, dtype=dtype, attn_implementation=attn_implementation, notes=notes)
+    if grad_ckpt and features.ckpt_every == 1:
+        _enable_checkpointing(model, notes)
+    elif grad_ckpt:
+        checkpoint_selected(model, features, notes, after_lora=False)
+    if method == "lora":
+        model = apply_lora(model, **lora, notes=notes)
+    else:
+        model.requires_grad_(True)
+    if grad_ckpt:
+        checkpoint_selected(model, features, notes, after_lora=True)
+    return model
+
+
 @contextlib.contextmanager
 def training_rig(
     hf_config: dict[str, Any],
@@ -229,38 +252,16 @@ def training_rig(
     round_bytes: int = CUDA_BLOCK_BYTES,
     loss: LossName = "full",
     loss_chunks: int = 8,
-    ckpt_every: int = 1,
-    ckpt_position: str = "first",
-    activation_offload: bool = False,
+    features: TraceFeatures | None = None,
 ) -> Iterator[TrainingRig]:
     """Build the training set-up of `trace_training`; fake and tracking modes are active inside."""
     _check_training_args(method, precision, batch, seq)
     notes: list[str] = []
     amp = precision.startswith("amp-")
-    config = load_config(hf_config, notes=notes)
-    config.use_cache = False  # transformers' Trainer sets this (TrainingArguments.use_cache=False)
-    model = build_meta_causal_lm(
-        config,
-        dtype=torch.float32 if amp else DTYPES[precision],
-        attn_implementation=attn_implementation,
-        notes=notes,
-    )
-    if grad_ckpt and ckpt_every == 1:
-        _enable_checkpointing(model, notes)
-    elif grad_ckpt and ckpt_position == "first":  # transformers' every_n_layers (trace_features)
-        from swiftplan.executors.trace_features import checkpoint_every_n_layers
-
-        checkpoint_every_n_layers(model, ckpt_every, notes)
-    if method == "lora":
-        model = apply_lora(
-            model, rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets, notes=notes
-        )
-    else:
-        model.requires_grad_(True)
-    if grad_ckpt and ckpt_every > 1 and ckpt_position == "last":  # torchtune's selective checkpointing
-        from swiftplan.executors.trace_features import checkpoint_every
-
-        checkpoint_every(model, ckpt_every, notes)
+    features = features or TraceFeatures()
+    lora = {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "targets": lora_targets}
+    model = _build_model(hf_config, method=method, dtype=torch.float32 if amp else DTYPES[precision], lora=lora,
+                         grad_ckpt=grad_ckpt, attn_implementation=attn_implementation, features=features, notes=notes)  # fmt: skip
     notes += _numerics_notes(precision, optimizer)
     calls: Counter[str] = Counter()
     with fake_session(model, round_bytes, calls) as tracker:
@@ -268,9 +269,7 @@ def training_rig(
         trainable = [p for p in model.parameters() if p.requires_grad]
         for p in trainable:
             p.register_post_accumulate_grad_hook(lambda p: tracker.classify([p.grad], "gradients"))
-        if activation_offload:  # the decoder's saved tensors to host memory (trace_features)
-            from swiftplan.executors.trace_features import offload_decoder
-
+        if features.activation_offload:  # the decoder's saved tensors to host memory (trace_features)
             offload_decoder(model, tracker, notes)
         yield TrainingRig(
             model=model,
@@ -304,9 +303,7 @@ def trace_training(
     round_bytes: int = CUDA_BLOCK_BYTES,
     loss: LossName = "full",
     loss_chunks: int = 8,
-    ckpt_every: int = 1,
-    ckpt_position: str = "first",
-    activation_offload: bool = False,
+    features: TraceFeatures | None = None,
 ) -> TraceResult:
     """Trace `steps` real training steps and measure the last one.
 
@@ -314,9 +311,8 @@ def trace_training(
     parameters, no autocast); "amp-bf16"/"amp-fp16" keep fp32 parameters and run forward and loss under
     autocast, as the HF Trainer does with `bf16=True` on an fp32 model. `round_bytes=1` turns off the
     512-byte allocator rounding (for exact hand checks). `loss="chunked"` computes the loss over
-    `loss_chunks` pieces of the logits as torchtune does (`trace_loss.chunked_loss`). `ckpt_every` > 1
-    checkpoints every k-th block only, `activation_offload` moves saved tensors to host memory
-    (`trace_features`).
+    `loss_chunks` pieces of the logits as torchtune does (`trace_loss.chunked_loss`). `features` runs
+    selective checkpointing and activation offloading (`trace_features`).
     """
     if steps < 1:
         raise ValueError("steps >= 1 is required")
@@ -337,9 +333,7 @@ def trace_training(
         round_bytes=round_bytes,
         loss=loss,
         loss_chunks=loss_chunks,
-        ckpt_every=ckpt_every,
-        ckpt_position=ckpt_position,
-        activation_offload=activation_offload,
+        features=features,
     ) as rig:
         for step in range(steps):
             if step == steps - 1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +29,29 @@ MIN_OFFLOAD_BYTES = 1024
 """torchtune OffloadActivations(min_offload_size=1024)."""
 FWD_STASH = 5
 """torchtune OffloadActivations(max_fwd_stash_size=5)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TraceFeatures:
+    """Runtime features the traced steps run (the RuntimeKnobs of the same names)."""
+
+    ckpt_every: int = 1
+    """With checkpointing: every k-th block only."""
+    ckpt_position: str = "first"
+    """first: transformers' every_n_layers; last: torchtune's rule."""
+    activation_offload: bool = False
+    """The decoder's saved tensors to host memory."""
+
+
+def checkpoint_selected(model: Any, features: TraceFeatures, notes: list[str], *, after_lora: bool) -> None:
+    """Selective checkpointing where it applies: transformers' every_n_layers on the transformers model
+    before peft wraps it, torchtune's rule on the blocks after."""
+    if features.ckpt_every == 1:
+        return
+    if features.ckpt_position == "first" and not after_lora:
+        checkpoint_every_n_layers(model, features.ckpt_every, notes)
+    elif features.ckpt_position == "last" and after_lora:
+        checkpoint_every(model, features.ckpt_every, notes)
 
 
 def _layers_name(model: nn.Module) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from swiftplan.executors.trace import OptimizerName, TraceResult, trace_serving, trace_training
+from swiftplan.executors.trace_features import TraceFeatures
 from swiftplan.executors.verify_knobs import refuse_untraceable
 from swiftplan.planner.breakdown import TENSOR_TERMS
 from swiftplan.planner.calibration import constant
@@ -136,9 +137,11 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2) -> Co
         steps=steps,
         loss="chunked" if knobs.loss == "chunked" else "full",
         loss_chunks=knobs.loss_chunks,
-        ckpt_every=knobs.ckpt_every,
-        ckpt_position=knobs.ckpt_position,
-        activation_offload=knobs.activation_offload,
+        features=TraceFeatures(
+            ckpt_every=knobs.ckpt_every,
+            ckpt_position=knobs.ckpt_position,
+            activation_offload=knobs.activation_offload,
+        ),
     )
     workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))
     estimate = _estimate_at_peak(train_memory(spec, setup), setup, workspace)

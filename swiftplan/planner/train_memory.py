@@ -287,10 +287,8 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
         host += (weights + adapters) * dp
         weights, adapters = 0, 0
     if knobs.fsdp_cpu_offload:  # shards in host RAM, gathered unit(s) on the device (runtime_features)
-        off = fsdp_cpu_offload_states(spec, setup, stage_layers, weights=weights, adapters=adapters, rest=grads + optim + master,
-                                      dp=dp, bytes_=(wb, dtype_bytes(dtypes.gradients)))  # fmt: skip
-        weights, adapters, grads, gathered = off.weights, off.adapters, off.gradients, off.gathered
-        optim, master, host = 0, 0, host + off.host * dp
+        off = fsdp_cpu_offload_states(spec, setup, stage_layers, weights=weights, adapters=adapters, rest=grads + optim + master, dp=dp, bytes_=(wb, dtype_bytes(dtypes.gradients)))  # fmt: skip
+        weights, adapters, grads, gathered, optim, master, host = off.weights, off.adapters, off.gradients, off.gathered, 0, 0, host + off.host * dp  # fmt: skip
     trained_here = weights + adapters + grads + optim + master
     extra = objective_states(
         spec, setup, stage_layers, shards=shards, stage=stage, trained_state_bytes=trained_here
