@@ -14,6 +14,10 @@ the objectives' own paths:
   (trl/kernels/chunked_logprob.py:299): it saves the scored hidden states and two fp32 per-token
   statistics; backward allocates an fp32 hidden-state gradient (and an fp32 LM-head gradient when the head
   trains) and recomputes one tile at a time.
+- `full_logits` — TRL 1.16's CPO, ORPO and SimPO (trl.experimental) call the model without labels and
+  keep its compute-dtype logits over every position (cpo_trainer.py:815-822, orpo_trainer.py:771-777); at
+  the start of backward CPO/ORPO hold three such tensors (two slice gradients and their sum), SimPO two
+  (the logits and logprob_entropy's empty_like gradient) — traced (tests/test_trace_objective.py).
 - `loss` — anything else: the runtime's cross-entropy kernel over the scored tokens (SFT's rule).
 """
 
@@ -27,7 +31,7 @@ from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective import SFT
 from swiftplan.planner.setup import TrainSetup
 
-LogprobKernel = Literal["loss", "bf16_rows", "fused_head"]
+LogprobKernel = Literal["loss", "bf16_rows", "fused_head", "full_logits"]
 
 FUSED_HEAD_OBJECTIVES = frozenset({"dpo", "kto", "grpo"})
 """TRL 1.16 trainers that call the fused head; CPO/ORPO/SimPO live in trl.experimental and keep full logits."""
@@ -49,6 +53,8 @@ def logprob_kernel(setup: TrainSetup) -> LogprobKernel:
         return "bf16_rows"
     if runtime == "hf" and kind in FUSED_HEAD_OBJECTIVES:
         return "fused_head"
+    if runtime == "hf" and kind in ("cpo", "orpo", "simpo"):
+        return "full_logits"
     return "loss"
 
 
@@ -61,16 +67,27 @@ def logprob_positions(setup: TrainSetup, *, scored: int) -> int:
     return scored if logprob_kernel(setup) == "fused_head" else setup.seq_len
 
 
+def fused_head_activation_saving(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
+    """Under TRL's fused head a fully trained LM head's input (T × H) is not saved by the matmul: the
+    kernel keeps its own masked copy (counted in the logits term) — what SFT's activations count for it."""
+    if logprob_kernel(setup) != "fused_head" or setup.method != "full":
+        return 0
+    return tokens * spec.hidden_size * act.activation_dtype_bytes(setup)
+
+
 def _fused_head_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, backward: bool, tp: int) -> int:
     cb = act.activation_dtype_bytes(setup)
     hidden = spec.hidden_size
     vocab = spec.vocab_size // tp
     tile = min(tokens, TOKEN_TILE) * min(vocab, VOCAB_TILE) * cb
-    saved = tokens * hidden * cb + 2 * tokens * FP32  # hidden[mask] copy, log_z and entropy/log_z
+    # hidden[mask] copy, log_z and entropy/log_z, the int64 targets labels[mask]
+    saved = tokens * hidden * cb + 2 * tokens * FP32 + tokens * 8
     if not backward:
         return saved + tile + 7 * tokens * FP32  # the seven running statistics of the forward
-    head_grad = spec.vocab_size * hidden * FP32 // tp if setup.method == "full" else 0
-    return saved + tile + tokens * hidden * FP32 + head_grad
+    # fp32 gradients, and their casts to the parameter dtype allocated while the fp32 ones live
+    # (trl 1.16 kernels/chunked_logprob.py:453-456)
+    head_grad = spec.vocab_size * hidden * (FP32 + cb) // tp if setup.method == "full" else 0
+    return saved + tile + tokens * hidden * (FP32 + cb) + head_grad
 
 
 def training_logprob_bytes(
@@ -83,6 +100,9 @@ def training_logprob_bytes(
         return 3 * tokens * (spec.vocab_size // tp) * act.activation_dtype_bytes(setup)
     if kernel == "fused_head":
         return _fused_head_bytes(spec, setup, tokens, backward=True, tp=tp)
+    if kernel == "full_logits":
+        copies = 2 if setup.objective.kind == "simpo" else 3
+        return copies * tokens * (spec.vocab_size // tp) * act.activation_dtype_bytes(setup)
     return act.logits_bytes(
         spec,
         replace(setup, micro_batch=sequences, seq_len=logprob_positions(setup, scored=scored), objective=SFT),
@@ -100,7 +120,7 @@ def kept_policy_logprob_bytes(
     if kernel == "bf16_rows":
         return _ROWS_SAVED_BYTES * tokens * vocab * act.activation_dtype_bytes(setup)
     if kernel == "fused_head":
-        return tokens * spec.hidden_size * act.activation_dtype_bytes(setup) + 2 * tokens * FP32
+        return tokens * spec.hidden_size * act.activation_dtype_bytes(setup) + 2 * tokens * FP32 + tokens * 8
     return tokens * vocab * FP32  # the fp32 log_softmax output cross-entropy saves
 
 
@@ -130,6 +150,8 @@ def kernel_source(setup: TrainSetup) -> str:
         "selective_log_softmax, bf16 rows); replayed in benchmarks/trace_swift_logps.py",
         "fused_head": "huggingface/trl 1.16.0 trainer/utils.py:1548-1660 add_fused_lm_head, "
         "kernels/chunked_logprob.py:299 ChunkedLogProbFunction",
+        "full_logits": "huggingface/trl 1.16.0 trl/experimental cpo_trainer.py:815-822, orpo_trainer.py:771-777; "
+        "traced (tests/test_trace_objective.py)",
         "loss": "",
     }[logprob_kernel(setup)]
 
@@ -142,8 +164,12 @@ def kernel_formula(spec: ModelSpec, setup: TrainSetup, *, sequences: int, scored
     if kernel == "bf16_rows":
         return (f"{tokens} tokens × {vocab} vocab × 3 × {act.activation_dtype_bytes(setup)} B: compute-dtype logits, "
                 "each row's log_softmax output and the logits' gradient (bf16 selective_log_softmax)")  # fmt: skip
+    if kernel == "full_logits":
+        copies = 2 if setup.objective.kind == "simpo" else 3
+        return (f"{tokens} tokens × {vocab} vocab × {copies} × {act.activation_dtype_bytes(setup)} B: TRL's "
+                f"{setup.objective.kind.upper()} keeps the full logits (no fused loss)")  # fmt: skip
     if kernel == "fused_head":
-        head = " + fp32 LM-head gradient" if setup.method == "full" else ""
+        head = " + fp32 LM-head gradient and its cast" if setup.method == "full" else ""
         return (f"{tokens} scored tokens: their hidden states, one {min(tokens, TOKEN_TILE)} × {min(vocab, VOCAB_TILE)} "
                 f"tile, fp32 hidden-state gradient{head} (fused LM head, no full logits)")  # fmt: skip
     return ""

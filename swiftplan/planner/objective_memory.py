@@ -20,6 +20,7 @@ from swiftplan.planner import activations as act
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.dtypes import dtype_bytes
 from swiftplan.planner.logprob_kernels import (
+    fused_head_activation_saving,
     kept_policy_logprob_bytes,
     no_grad_logprob_bytes,
     training_logprob_bytes,
@@ -153,12 +154,31 @@ def reference_forward_bytes(spec: ModelSpec, setup: TrainSetup, reference_kind: 
 
 
 def reference_forward_sequences(setup: TrainSetup) -> int:
-    """Sequences the no-grad reference pass scores per micro-batch: both halves of a pair, KTO's
-    examples and their mismatched KL sequences, a rollout micro-batch."""
-    objective = setup.objective
-    if objective.kind == "kto":
-        return 2 * setup.micro_batch
-    return setup.micro_batch * objective.sequences_per_example
+    """Sequences one no-grad reference pass scores at once: both halves of a pair, a rollout
+    micro-batch; KTO scores its examples and their mismatched KL sequences in two passes of micro_batch
+    (trl 1.16 kto_trainer.py:1430-1436)."""
+    return setup.micro_batch * setup.objective.sequences_per_example
+
+
+def reference_passes(setup: TrainSetup) -> int:
+    """No-grad reference passes per micro-batch (KTO: the KL sequences, then the completions)."""
+    return 2 if setup.objective.kind == "kto" else 1
+
+
+def adjusted_phases(spec: ModelSpec, setup: TrainSetup, phases: act.ActivationPhases) -> act.ActivationPhases:
+    """The policy's saved activations as the objective's head changes them: a reward model's trained
+    score head saves its B × S × H input and returns a B × S × H input gradient at the start of backward;
+    TRL's fused head saves no input for a fully trained LM head (its masked copy is in the logits term)."""
+    tokens = setup.micro_batch * setup.objective.sequences_per_example * setup.seq_len
+    cb = act.activation_dtype_bytes(setup)
+    saving = fused_head_activation_saving(spec, setup, tokens)
+    # full fine-tuning already saves the head's input (activations.shared_bytes): only the input gradient adds
+    copies = 1 if setup.method == "full" else 2
+    score = copies * tokens * spec.hidden_size * cb if setup.objective.kind == "rm" else 0
+    if not saving and not score:
+        return phases
+    return replace(phases, at_loss=phases.at_loss - saving + score, in_backward=phases.in_backward - saving,
+                   shared=phases.shared - saving)  # fmt: skip
 
 
 def reference_runs_beside_policy(objective: ObjectiveSetup) -> bool:

@@ -18,6 +18,7 @@ from swiftplan.planner.objective_memory import (
     kto_kl_forward,
     policy_setup,
     reference_forward_sequences,
+    reference_passes,
     rollout_engine_setup,
 )
 from swiftplan.planner.serve_memory import kv_cache_bytes_per_token, serve_memory, serve_weight_bytes
@@ -59,7 +60,7 @@ def _reference_s(spec: ModelSpec, setup: TrainSetup, cluster: Cluster) -> float:
     kind = resolve_reference(setup.objective, trains_adapters=setup.trains_adapters)
     # precomputed log-probs cost the same forward once over the data before training: counted per step as
     # for one epoch, so precomputing wins on memory, not on time
-    sequences = reference_forward_sequences(setup) if kind != "none" else 0
+    sequences = reference_forward_sequences(setup) * reference_passes(setup) if kind != "none" else 0
     if kto_kl_forward(setup):
         sequences += setup.micro_batch
     return _forward_s(spec, setup, cluster, sequences=sequences) if sequences else 0.0

@@ -32,6 +32,8 @@ from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective_memory import (
     ObjectiveStates,
     RolloutMemory,
+    adjusted_phases,
+    no_grad_forward_bytes,
     objective_logits_bytes,
     objective_states,
     policy_setup,
@@ -201,10 +203,12 @@ def _grad_shares(spec: ModelSpec, setup: TrainSetup, grads: int, layers: range) 
         total = adapter_params(spec, setup.lora)
         per_layer = max(_layer_adapter_params(spec, setup.lora, i) for i in {layers[0], layers[-1]})
         return 0, grads * per_layer // max(total, 1), 0
-    total = total_params(spec)
+    total = total_params(spec) - reward_head_params(spec, setup)
     head = spec.vocab_size * spec.hidden_size + spec.hidden_size
     per_layer = max(layer_params(spec, i) for i in layers)
     embedding = 0 if spec.tie_word_embeddings else spec.vocab_size * spec.hidden_size
+    if setup.objective.kind == "rm":  # no LM head: the (tied or not) embedding's gradient arrives last
+        head, embedding = spec.hidden_size, spec.vocab_size * spec.hidden_size
     return grads * head // total, grads * per_layer // total, grads * embedding // total
 
 
@@ -342,7 +346,10 @@ def _phase_peaks(
     _objective_phases(
         spec, setup, states, phases, peaks, acts, grads_during_fwd=grads_during_fwd, at_loss=at_loss
     )
-    if setup.method == "full" and spec.tie_word_embeddings and setup.objective.kind != "rm":
+    if setup.method == "full" and setup.objective.kind == "rm":
+        # no LM head: the embedding's gradient comes last, when every other gradient exists (traced)
+        peaks["end of backward"] = static + grads
+    elif setup.method == "full" and spec.tie_word_embeddings:
         # Tied embeddings: the embedding's gradient arrives last and is added out of place to the LM
         # head's, so two extra vocab × hidden gradients coexist with all others (traced).
         peaks["end of backward"] = static + grads + 2 * head_grads
@@ -364,6 +371,13 @@ def _objective_phases(
     policy forward with its activations alive (DPO, KTO), or before it (GRPO, PPO)."""
     objective = setup.objective
     forward = reference_forward_bytes(spec, setup, states.objective.reference_kind)
+    rollout = objective.rollout
+    if rollout is not None and rollout.engine == "vllm":
+        # TRL re-scores vLLM's completions with the policy, without gradients, before the policy forward
+        # (importance-sampling correction; trl 1.16 grpo_trainer.py:2652-2665)
+        scoring = no_grad_forward_bytes(spec, setup, sequences=setup.micro_batch, tp=setup.parallel.tp)
+        peaks["scoring"] = states.static + states.gathered + grads_during_fwd + scoring
+        acts["scoring"] = 0
     if not forward:
         return
     alive = at_loss if reference_runs_beside_policy(objective) else 0
@@ -408,7 +422,9 @@ def train_memory(
     lora_params = adapter_params(spec, setup.lora) if setup.trains_adapters and setup.lora else 0
     dtypes = state_dtypes(setup)
     states = _states(spec, setup, stage_layers, dp)
-    phases = act.activation_phases(spec, policy_setup(setup), layers=len(stage_layers), tp=tp)
+    phases = adjusted_phases(
+        spec, setup, act.activation_phases(spec, policy_setup(setup), layers=len(stage_layers), tp=tp)
+    )
     logits = objective_logits_bytes(spec, setup, tp=tp)
     step_temp = (
         _optimizer_step_temporaries(spec, setup, states.trainable_here, dtypes, dp=dp)
