@@ -86,3 +86,15 @@ def test_size_plans_an_objective_and_hands_it_to_fit() -> None:
     grpo = _json(run_cli("size", "Qwen/Qwen2.5-7B", "--task", "grpo", "--completion-len", "256",
                          "--dataset-tokens", "50M", "--json"))  # fmt: skip
     assert "--task grpo" in grpo["next"] and "--completion-len 256" in grpo["next"]
+
+
+def test_verify_traces_a_dpo_step_against_the_estimate() -> None:
+    """verify --task dpo runs TRL 1.16's DPO loss on fake tensors beside train_memory (the [trace] extra)."""
+    pytest.importorskip("trl")
+    payload = _json(run_cli("verify", "Qwen/Qwen2.5-0.5B", "--task", "dpo", "--runtime", "hf", "--grad-ckpt",
+                            "--seq", "128", "--prompt-len", "32", "--json"))  # fmt: skip
+    rows = {r["name"]: r for r in payload["terms"]}
+    assert rows["reference forward"]["traced"] > 0
+    assert abs(rows["peak_allocated"]["error"]) < 0.05
+    refused = run_cli("verify", "Qwen/Qwen2.5-0.5B", "--task", "ppo")
+    assert refused.exit_code == 2 and "--task" in refused.output

@@ -12,18 +12,23 @@ from swiftplan.cli.options import (
     ActivationOffloadOpt,
     CkptEveryOpt,
     CkptPositionOpt,
+    CompletionLenOpt,
     DsBucketsOpt,
     Float8Opt,
     FsdpCpuOffloadOpt,
     FsdpOpt,
     FsdpShardGroupOpt,
     FsdpShardingOpt,
+    KlOpt,
     LossChunksOpt,
     LossChunkTokensOpt,
     LossOpt,
     ModulesToSaveOpt,
+    NumGenerationsOpt,
     OptimizerImplOpt,
     OptimizerInBackwardOpt,
+    PromptLenOpt,
+    ReferenceOpt,
     RuntimeOpt,
 )
 
@@ -50,7 +55,9 @@ Needs the [trace] extra (torch, transformers, peft); no GPU and no weights are u
 def verify_command(
     ctx: typer.Context,
     model: str = typer.Argument(..., help="Catalog name/alias, hub id, or path to a config.json."),
-    task: str = typer.Option("train", "--task", help="train | serve"),
+    task: str = typer.Option(
+        "train", "--task", help="train (sft) | dpo | kto | orpo | simpo | cpo | rm | grpo | serve"
+    ),
     method: str = typer.Option("lora", "--method", help="full | lora | qlora"),
     precision: str = typer.Option("bf16", "--precision", help="bf16 | fp16 | fp32 | amp-bf16 | amp-fp16"),
     quant: str = typer.Option(
@@ -89,6 +96,11 @@ def verify_command(
     activation_offload: ActivationOffloadOpt = None,
     fsdp_cpu_offload: FsdpCpuOffloadOpt = None,
     float8: Float8Opt = None,
+    reference: ReferenceOpt = "auto",
+    prompt_len: PromptLenOpt = None,
+    num_generations: NumGenerationsOpt = 8,
+    completion_len: CompletionLenOpt = 512,
+    kl: KlOpt = None,
 ) -> None:
     """Estimate vs trace, term by term, with the relative error."""
     from swiftplan.executors.model_source import resolve_model
@@ -99,7 +111,9 @@ def verify_command(
 
     require("verify")
     spec = resolve_model(model)
-    result = _verify(spec, dict(locals()), choice)
+    from swiftplan.cli.options import given_options
+
+    result = _verify(spec, dict(locals()) | {"typed": set(given_options(ctx))}, choice)
     if as_json:
         print_json(_result_json(spec, result) | {"runtime": None if choice is None else choice.to_json()})
         return
@@ -108,6 +122,8 @@ def verify_command(
         console.print(choice.describe(), highlight=False)
 
 
+VERIFY_TASKS = ("train", "sft", "dpo", "kto", "orpo", "simpo", "cpo", "rm", "grpo", "serve")
+"""Tasks the tracer runs: SFT, TRL 1.16's preference, reward and GRPO loss paths (not PPO), serving."""
 VERIFY_QUANTS = ("none", "nf4", "int8")
 """Bases verify can stand in for: the bitsandbytes ones, traced unquantized with the analytic term substituted."""
 
@@ -141,7 +157,12 @@ def _runtime(ctx: typer.Context, o: dict[str, Any]) -> Any:
     choice = train_runtime(o["runtime"], knobs, given)
     from swiftplan.executors.verify_knobs import refuse_untraceable
 
-    refuse_untraceable(choice.knobs())
+    traced = choice.knobs()
+    if o["task"] not in ("train", "sft"):  # the objective's log-prob path is TRL's own code, traced as is
+        from dataclasses import replace
+
+        traced = replace(traced, loss="full")
+    refuse_untraceable(traced)
     return choice
 
 
@@ -151,7 +172,7 @@ def _check_options(*, task: str, quant: str, method: str) -> None:
     from swiftplan.errors import SwiftplanError
     from swiftplan.planner.setup import METHODS, QUANTS
 
-    one_of("--task", task, ("train", "serve"))
+    one_of("--task", task, VERIFY_TASKS)
     one_of("--method", method, METHODS)
     one_of("--quant", quant, QUANTS)
     if quant not in VERIFY_QUANTS:
@@ -182,11 +203,29 @@ def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> Any:
              "grad_ckpt", "attention")  # fmt: skip
     if choice is not None:
         o = o | choice.setup_options()
+    objective = _objective(o, choice)
+    if objective.rollout is not None:
+        o = o | {"seq": objective.rollout.seq_len}
     setup = build_train_setup(
         **{n: o[n] for n in names}, grad_accum=1, zero=0, offload="none", tp=1, pp=1, cluster=cluster,
         kbit_upcast=o.get("kbit_upcast", False), runtime=None if choice is None else choice.knobs(),
+        objective=objective,
     )  # fmt: skip
-    return verify.verify_training(spec, setup)
+    if objective.kind == "sft":
+        return verify.verify_training(spec, setup)
+    with needs("verify"):
+        from swiftplan.executors.verify_objective import verify_objective
+    return verify_objective(spec, setup)
+
+
+def _objective(o: dict[str, Any], choice: Any) -> Any:
+    """The objective --task and its options describe (GRPO is traced from given completions)."""
+    from swiftplan.cli.options import build_objective
+
+    o = o | {"rollout": "colocate", "rollout_engine": None, "rollout_gpus": 0, "rollout_memory": None,
+             "rollout_sleep": False, "rollout_tp": 1}  # fmt: skip
+    runtime = "swiftplan" if choice is None else choice.knobs().name
+    return build_objective(o["task"], o, runtime=runtime, given=o.get("typed", set()))
 
 
 def _result_json(spec: Any, result: Any) -> dict[str, Any]:
@@ -197,11 +236,11 @@ def _result_json(spec: Any, result: Any) -> dict[str, Any]:
             {"name": r.name, "estimate": r.estimate, "traced": r.traced, "error": r.error}
             for r in result.rows
         ],
-        "estimate_peak_phase": result.estimate_phase,
+        "estimate_peak_phase": _peak_phase(result),
         "trace_seconds": result.trace.seconds,
         "params": result.trace.params,
         "trainable_params": result.trace.trainable_params,
-        "notes": list(result.notes),
+        "notes": list(getattr(result, "notes", ())),
     }
 
 
@@ -219,9 +258,15 @@ def _render(spec: Any, result: Any) -> None:
             row.name, f"{row.estimate / 2**30:.3f}", f"{row.traced / 2**30:.3f}", relative, style=style
         )
     console.print(table)
-    console.print(f"estimate peak at {result.estimate_phase}; trace took {result.trace.seconds:.1f} s")
-    for note in result.notes:
+    console.print(f"estimate peak at {_peak_phase(result)}; trace took {result.trace.seconds:.1f} s")
+    for note in getattr(result, "notes", ()):
         console.print(f"[dim]note: {note}[/]")
+
+
+def _peak_phase(result: Any) -> str:
+    """Where the estimate peaks (an SFT comparison names it; an objective's carries the estimate)."""
+    memory = getattr(result, "memory", None)
+    return memory.device.peak_phase if memory is not None else result.estimate_phase
 
 
 def register(app: typer.Typer) -> None:
