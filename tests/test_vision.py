@@ -266,3 +266,13 @@ def test_cli_shows_the_vision_terms_and_refuses_text_models():
     refused = run_cli("estimate", "Qwen/Qwen2.5-7B", "--image-size", "448x448")
     assert refused.exit_code == 2
     assert "Qwen/Qwen2.5-7B is a text-only model" in refused.output
+
+
+def test_objectives_other_than_sft_are_refused_with_images():
+    from swiftplan.planner.objective import ObjectiveSetup
+
+    setup = TrainSetup(
+        method="lora", objective=ObjectiveSetup(kind="dpo"), vision=VisionInputs(image_tokens=256)
+    )
+    with pytest.raises(SwiftplanError, match="dpo on Qwen/Qwen2.5-VL-7B-Instruct"):
+        estimate_training(catalog_spec(VL7), setup, resolve_cluster("a100-80g"))

@@ -56,10 +56,15 @@ _ALIGNER_LINEARS = r"merger\.mlp\.(0|2)"
 
 @contextlib.contextmanager
 def vision_patches() -> Iterator[None]:
-    """The three patches of the module docstring."""
+    """The three patches of the module docstring, and torch's own F.linear (see below)."""
     from torch._subclasses import fake_tensor
     from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl
 
+    original_linear = torch.nn.functional.linear
+    # DeepSpeed's ZeRO-3 Init replaces F.linear process-wide with an autograd function that keeps every input
+    # ("This will persist unless manually reset": deepspeed/runtime/zero/partition_parameters.py); a run
+    # without ZeRO-3 uses torch's own kernel, so the trace does too
+    torch.nn.functional.linear = torch._C._nn.linear
     original_limit = fake_tensor.CONSTANT_NUMEL_LIMIT
     original_window = modeling_qwen2_5_vl.get_vision_window_index
     original_env = os.environ.get("TRANSFORMERS_DISABLE_TORCH_CHECK")
@@ -69,6 +74,7 @@ def vision_patches() -> Iterator[None]:
     try:
         yield
     finally:
+        torch.nn.functional.linear = original_linear
         fake_tensor.CONSTANT_NUMEL_LIMIT = original_limit
         modeling_qwen2_5_vl.get_vision_window_index = original_window
         if original_env is None:

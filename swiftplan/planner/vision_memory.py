@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from swiftplan.errors import SwiftplanError
 from swiftplan.planner import vision_activations as va
 from swiftplan.planner.adapters import lora_params_for
 from swiftplan.planner.allocator import with_reserved
@@ -318,6 +319,12 @@ def train_memory_with_vision(
     if setup.vision is None:
         return train_memory(spec, setup, world_size=world_size, device_memory_bytes=device_memory_bytes)
     tower = require_vision_tower(spec)
+    if setup.objective.kind != "sft":
+        raise SwiftplanError(
+            f"Images and video are planned for supervised fine-tuning; {setup.objective.kind} on {spec.name} "
+            "(its paired, reference and rollout passes over the images) is not modelled yet.",
+            hint="Plan the SFT step with the vision options, or the objective without them (text tokens only).",
+        )
     tokens = visual_tokens(tower, setup.vision)
     llm_seq = setup.seq_len + tokens.llm_tokens
     llm = train_memory(spec, _text_setup(setup, tokens.llm_tokens), world_size=world_size,
