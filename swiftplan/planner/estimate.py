@@ -18,7 +18,7 @@ from swiftplan.planner.objective_speed import objective_speed, rollout_capacity
 from swiftplan.planner.serve_memory import serve_memory
 from swiftplan.planner.setup import ServeSetup, Task, TrainSetup
 from swiftplan.planner.speed import ServeSpeed, TrainSpeed, serve_speed
-from swiftplan.planner.vision_memory import train_memory_with_vision
+from swiftplan.planner.vision_memory import train_memory_with_vision, vision_notes
 from swiftplan.planner.vision_speed import with_vision_speed
 
 SpeedT = TypeVar("SpeedT", TrainSpeed, ServeSpeed)
@@ -225,7 +225,7 @@ def estimate_training(
         extras=memory.extras,
         pooled=memory.pooled,
     )
-    notes = list(cluster.notes)
+    notes = list(cluster.notes) + vision_notes(spec, setup)
     rollout_sequences = _rollout_sequences(spec, setup, cluster, train_world, notes)
     speed = _speed_or_note(
         lambda: with_vision_speed(
@@ -285,7 +285,7 @@ def estimate_serving(
     allocator = allocator or AllocatorSettings()
     device_bytes = cluster.memory_bytes_per_device
     memory = serve_memory(spec, setup, device_memory_bytes=device_bytes)
-    notes = list(cluster.notes)
+    notes = list(cluster.notes) + vision_notes(spec, setup)
     speed = _speed_or_note(
         lambda: serve_speed(
             spec,

@@ -25,10 +25,10 @@ from swiftplan.planner.calibration import constant
 from swiftplan.planner.dtypes import activation_dtype_bytes, dtype_bytes
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.runtime_terms import adamw_impl_temporary_bytes, shard_degree, sharding_stage
-from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.setup import ServeSetup, TrainSetup
 from swiftplan.planner.states import master_weight_bytes, optimizer_state_bytes, state_dtypes
 from swiftplan.planner.train_memory import TrainMemory, train_memory
-from swiftplan.planner.vision import VisionTower, require_vision_tower
+from swiftplan.planner.vision import VisionTower, require_vision_tower, vision_tower
 from swiftplan.planner.vision_tokens import TOKEN_SOURCES, VisualTokens, visual_tokens
 
 FREEZE_SOURCE = "ms-swift 4.6.0 swift/arguments/tuner_args.py (freeze_vit=True, freeze_aligner=True)"
@@ -364,3 +364,14 @@ def train_memory_with_vision(
         phase_activations=phase_acts,
         phase_peaks=tuple(peaks.items()),
     )
+
+
+def vision_notes(spec: ModelSpec, setup: TrainSetup | ServeSetup) -> list[str]:
+    """A note when a vision-language model is planned without images: only its language model is counted."""
+    tower = vision_tower(spec)
+    if tower is None or setup.vision is not None:
+        return []
+    return [
+        f"{spec.name} has a {tower.family} vision tower ({tower.params():,} parameters) that is not counted: "
+        "pass --images-per-sample/--image-size (or --image-tokens) to plan with images."
+    ]
