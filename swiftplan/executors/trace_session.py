@@ -90,10 +90,23 @@ def fake_session(model: nn.Module, round_bytes: int, calls: Counter[str]) -> Ite
     mode = FakeTensorMode(allow_non_fake_inputs=False)
     to_fake(model, mode, torch.device(TRACE_DEVICE))  # outside the modes: conversion is not an op
     tracker = MemoryTracker(round_bytes=round_bytes)
-    with mode, tracker, fake_safe_optimizers(), unpacked_inputs(), cuda_like_kernels(calls):
+    with torch_linear(), mode, tracker, fake_safe_optimizers(), unpacked_inputs(), cuda_like_kernels(calls):
         register_model(tracker, model)
         hook_logits(tracker, model)
         yield tracker
+
+
+@contextlib.contextmanager
+def torch_linear() -> Iterator[None]:
+    """torch's own F.linear for the block: DeepSpeed's ZeRO-3 Init replaces it process-wide with an autograd
+    function that keeps every input ("This will persist unless manually reset",
+    deepspeed/runtime/zero/partition_parameters.py), which a run without ZeRO-3 does not do."""
+    original = torch.nn.functional.linear
+    torch.nn.functional.linear = torch._C._nn.linear
+    try:
+        yield
+    finally:
+        torch.nn.functional.linear = original
 
 
 def attention_notes(calls: Counter[str], ops: set[Any]) -> list[str]:
