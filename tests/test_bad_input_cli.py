@@ -354,7 +354,7 @@ CASES = [
         ["--quant gptq", "none, nf4, int8", "swiftplan estimate"],
     ),
     ("verify-quant-unknown", (*VERIFY, "--quant", "int3"), ["--quant", "'int3'"]),
-    ("verify-task", (*VERIFY, "--task", "infer"), ["--task", "'infer'", "train, serve"]),
+    ("verify-task", (*VERIFY, "--task", "infer"), ["--task", "'infer'", "train, sft, dpo", "grpo, serve"]),
     ("verify-method", (*VERIFY, "--method", "ia3"), ["--method", "'ia3'", "full, lora, qlora"]),
     # serve (checked before the plan or any model is loaded)
     ("serve-port-huge", (*SERVE, "--port", "99999"), ["--port", "between 1 and 65535", "99999"]),
