@@ -39,7 +39,13 @@ from swiftplan.executors.trace_memory import CUDA_BLOCK_BYTES, MemoryTracker
 from swiftplan.executors.trace_model import DTYPES, apply_lora, build_meta_causal_lm, load_config, to_fake
 from swiftplan.executors.trace_objective_losses import LossRun
 from swiftplan.executors.trace_patches import cuda_like_kernels, fake_safe_optimizers, unpacked_inputs
-from swiftplan.executors.trace_session import TRACE_DEVICE, attention_notes, base_notes, register_model
+from swiftplan.executors.trace_session import (
+    TRACE_DEVICE,
+    attention_notes,
+    base_notes,
+    register_model,
+    torch_linear,
+)
 from swiftplan.executors.trace_session import _causal_lm_of as causal_lm_of
 from swiftplan.executors.trace_trl import TraceAccelerator, cuda_like_trl
 from swiftplan.executors.trace_values import KnownValues, known, readable_masks
@@ -154,7 +160,8 @@ def _session(policy: nn.Module, ref: nn.Module | None, round_bytes: int,
         if model is not None:
             to_fake(model, mode, torch.device(TRACE_DEVICE))
     tracker = MemoryTracker(round_bytes=round_bytes, phase_snapshots=True)
-    with mode, tracker, fake_safe_optimizers(), unpacked_inputs(), cuda_like_kernels(calls), cuda_like_trl():
+    with torch_linear(), mode, tracker, fake_safe_optimizers(), unpacked_inputs(), cuda_like_kernels(calls), \
+            cuda_like_trl():  # fmt: skip
         register_model(tracker, policy)
         if ref is not None:
             tracker.classify(ref.parameters(), "reference")
