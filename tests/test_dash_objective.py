@@ -30,6 +30,7 @@ def test_a_grpo_job_sizes_prompt_plus_completion_and_whole_prompts() -> None:
     assert request.seq_len == request.training.rollout.seq_len == 1024
     assert request.global_batch == 16  # rounded up to whole prompts of 8 generations
     assert request.training.kl  # ms-swift's GRPO default beta 0.04
+    assert request.training.rollout.memory_fraction == 0.9  # ms-swift's vllm_gpu_memory_utilization, as fit
 
 
 def test_an_unknown_task_names_the_valid_ones() -> None:

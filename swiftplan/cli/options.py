@@ -446,13 +446,6 @@ OBJECTIVE_OPTIONS = ("reference", "prompt_len", "num_generations", "completion_l
                      "rollout_gpus", "rollout_memory", "rollout_sleep", "rollout_tp", "kl")  # fmt: skip
 """The typer parameter names of the objective's options (shared by estimate, fit, size and verify)."""
 
-_ROLLOUT_MEMORY_DEFAULTS = {"ms-swift": 0.9}
-"""Colocated vLLM memory fraction by runtime: ms-swift 4.6 vllm_gpu_memory_utilization = 0.9
-(swift/rlhf_trainers/args_mixin.py:37); TRL 1.16 GRPOConfig 0.3 (trl/trainer/grpo_config.py:656) elsewhere."""
-_KL_BY_DEFAULT = frozenset({"ms-swift"})
-"""Runtimes whose GRPO has a KL penalty by default: ms-swift 4.6 sets beta 0.04 when unset
-(swift/arguments/rlhf_args.py:356); TRL 1.16 GRPOConfig.beta = 0.0 (trl/trainer/grpo_config.py:681)."""
-
 
 def objective_pins(typed: Collection[str]) -> ObjectivePins:
     """Which of the objective's searched choices the user fixed on the command line."""
@@ -486,6 +479,8 @@ def build_objective(
         ROLLOUT_PLACEMENTS,
         WITH_ROLLOUTS,
         RolloutSetup,
+        runtime_kl,
+        runtime_rollout_memory,
     )
 
     kind = objective_kind(task)
@@ -503,18 +498,14 @@ def build_objective(
     rollout = None
     if kind in WITH_ROLLOUTS:
         engine = o["rollout_engine"] or ("hf" if kind == "ppo" else "vllm")
-        memory = (
-            o["rollout_memory"]
-            if o["rollout_memory"] is not None
-            else _ROLLOUT_MEMORY_DEFAULTS.get(runtime, 0.3)
-        )
+        memory = o["rollout_memory"] if o["rollout_memory"] is not None else runtime_rollout_memory(runtime)
         rollout = RolloutSetup(num_generations=o["num_generations"], prompt_len=o["prompt_len"] or 512,
                                completion_len=o["completion_len"],
                                engine=parse_choice("rollout engine", engine, ROLLOUT_ENGINES),
                                placement=parse_choice("rollout placement", o["rollout"], ROLLOUT_PLACEMENTS),
                                gpus=o["rollout_gpus"], memory_fraction=memory, sleep=o["rollout_sleep"],
                                tp=o["rollout_tp"])  # fmt: skip
-    kl = o["kl"] if o["kl"] is not None else (kind == "grpo" and runtime in _KL_BY_DEFAULT)
+    kl = o["kl"] if o["kl"] is not None else runtime_kl(kind, runtime)
     return ObjectiveSetup(kind=parse_choice("task", kind, OBJECTIVES),
                           reference=parse_choice("reference", o["reference"], REFERENCES),
                           prompt_len=0 if rollout else (o["prompt_len"] or 0), rollout=rollout, kl=kl)  # fmt: skip
@@ -539,6 +530,7 @@ def objective_request(options: dict[str, Any]) -> tuple[ObjectiveSetup, int, int
     prompt and completion, and its global batch a whole number of prompts (TRL requires the generation
     batch to divide by --num-generations, trl 1.16 trainer/grpo_config.py:480)."""
     from swiftplan.planner.engines import get_engine
+    from swiftplan.planner.objective import whole_prompts
 
     typed = options.get("typed", set())
     engine = options.get("engine") or (
@@ -551,13 +543,13 @@ def objective_request(options: dict[str, Any]) -> tuple[ObjectiveSetup, int, int
     rollout = training.rollout
     if rollout is not None and batch % rollout.num_generations:
         if "global_batch" in typed:
-            multiple = -(-batch // rollout.num_generations) * rollout.num_generations
+            multiple = whole_prompts(batch, rollout.num_generations)
             raise SwiftplanError(
                 f"--global-batch {batch} completions is not a whole number of prompts × --num-generations "
                 f"{rollout.num_generations}.",
                 hint=f"Use a multiple of {rollout.num_generations}, e.g. {multiple}.",
             )
-        batch = -(-batch // rollout.num_generations) * rollout.num_generations
+        batch = whole_prompts(batch, rollout.num_generations)
     return training, batch, seq
 
 

@@ -13,7 +13,7 @@ from swiftplan.planner.architecture import total_params
 from swiftplan.planner.breakdown import MemoryBreakdown
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.objective import resolve_reference
+from swiftplan.planner.objective import ObjectiveSetup, resolve_reference
 from swiftplan.planner.objective_speed import objective_speed, rollout_capacity
 from swiftplan.planner.serve_memory import serve_memory
 from swiftplan.planner.setup import ServeSetup, Task, TrainSetup
@@ -161,18 +161,16 @@ def objective_json(setup: TrainSetup) -> dict[str, Any]:
     return payload
 
 
-def training_world_size(setup: TrainSetup, cluster: Cluster) -> int:
-    """Devices that train: the cluster less a rollout server's own GPUs."""
-    rollout = setup.objective.rollout
-    if rollout is None or rollout.placement != "server":
-        return cluster.world_size
-    if rollout.gpus >= cluster.world_size:
+def training_world_size(objective: ObjectiveSetup, cluster: Cluster) -> int:
+    """Devices that train: the cluster less a rollout server's own GPUs (refused when it leaves none)."""
+    server = objective.server_gpus
+    if server >= cluster.world_size:
         raise SwiftplanError(
-            f"--rollout-gpus {rollout.gpus} leaves none of the {cluster.world_size} devices of "
+            f"--rollout-gpus {server} leaves none of the {cluster.world_size} devices of "
             f"{cluster.describe()} to train on.",
             hint="Give the rollout server fewer GPUs, add GPUs, or use --rollout colocate.",
         )
-    return cluster.world_size - rollout.gpus
+    return cluster.world_size - server
 
 
 def _check_parallelism(spec: ModelSpec, cluster: Cluster, tp: int, pp: int, *, world_size: int = 0) -> None:
@@ -208,7 +206,7 @@ def estimate_training(
     spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, allocator: AllocatorSettings | None = None
 ) -> Estimate:
     """Memory and speed of one training configuration; reserved memory under `allocator`'s settings."""
-    train_world = training_world_size(setup, cluster)
+    train_world = training_world_size(setup.objective, cluster)
     _check_parallelism(spec, cluster, setup.parallel.tp, setup.parallel.pp, world_size=train_world)
     if setup.lora is not None and setup.trains_adapters:
         validate_targets(spec, setup.lora)

@@ -181,6 +181,12 @@ class ObjectiveSetup:
         return 2 if self.paired else 1
 
     @property
+    def server_gpus(self) -> int:
+        """GPUs a rollout server takes from the cluster (0 when the rollout shares the training GPUs)."""
+        rollout = self.rollout
+        return rollout.gpus if rollout is not None and rollout.placement == "server" else 0
+
+    @property
     def needs_reference(self) -> bool:
         """Whether the loss compares against a reference model."""
         if self.kind in REFERENCE_FREE:
@@ -192,6 +198,29 @@ class ObjectiveSetup:
 
 SFT = ObjectiveSetup()
 """Plain supervised fine-tuning: today's `--task train`."""
+
+ROLLOUT_MEMORY_BY_RUNTIME = {"ms-swift": 0.9}
+"""Colocated vLLM memory fraction by runtime: ms-swift 4.6 vllm_gpu_memory_utilization = 0.9
+(swift/rlhf_trainers/args_mixin.py:37); TRL 1.16 GRPOConfig 0.3 (trl/trainer/grpo_config.py:656) elsewhere."""
+KL_BY_DEFAULT_RUNTIMES = frozenset({"ms-swift"})
+"""Runtimes whose GRPO has a KL penalty by default: ms-swift 4.6 sets beta 0.04 when unset
+(swift/arguments/rlhf_args.py:356); TRL 1.16 GRPOConfig.beta = 0.0 (trl/trainer/grpo_config.py:681)."""
+
+
+def runtime_rollout_memory(runtime: str) -> float:
+    """The colocated rollout engine's memory fraction `runtime` defaults to."""
+    return ROLLOUT_MEMORY_BY_RUNTIME.get(runtime, RolloutSetup().memory_fraction)
+
+
+def runtime_kl(kind: str, runtime: str) -> bool:
+    """Whether `runtime`'s GRPO has a KL penalty (a reference) unless told otherwise."""
+    return kind == "grpo" and runtime in KL_BY_DEFAULT_RUNTIMES
+
+
+def whole_prompts(batch: int, generations: int) -> int:
+    """`batch` completions rounded up to whole prompts of `generations` each (TRL requires the generation
+    batch to divide by num_generations, trl 1.16 trainer/grpo_config.py:480)."""
+    return -(-batch // generations) * generations
 
 
 def resolve_reference(objective: ObjectiveSetup, *, trains_adapters: bool) -> Reference:

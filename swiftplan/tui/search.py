@@ -8,11 +8,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from swiftplan.planner.hardware import Cluster
-from swiftplan.planner.objective import OBJECTIVES, ObjectiveSetup
+from swiftplan.planner.objective import (
+    OBJECTIVES,
+    ObjectiveSetup,
+    runtime_kl,
+    runtime_rollout_memory,
+    whole_prompts,
+)
 from swiftplan.planner.search.evaluate import INVALID, Evaluation
 from swiftplan.planner.search.pins import Pins
 from swiftplan.planner.setup import parse_choice
@@ -40,7 +46,7 @@ def fit_request(job: JobRequest, *, host_ram_bytes: int, headroom: float = 0.05)
     seq, batch = job.seq_len, job.global_batch
     if training.rollout is not None:  # a rollout's sequence is prompt + completion, its batch whole prompts
         generations = training.rollout.num_generations
-        seq, batch = training.rollout.seq_len, -(-batch // generations) * generations
+        seq, batch = training.rollout.seq_len, whole_prompts(batch, generations)
     return FitRequest(
         model=job.model, gpus="auto", task=job.task, objective=job.objective, pareto=job.pareto, pins=pins,
         dataset_tokens=job.dataset_tokens, epochs=job.epochs, global_batch=batch, seq_len=seq,
@@ -50,12 +56,15 @@ def fit_request(job: JobRequest, *, host_ram_bytes: int, headroom: float = 0.05)
 
 
 def training_objective(job: JobRequest) -> ObjectiveSetup:
-    """The form's training objective with fit's defaults (GRPO's KL penalty as the runtime sets it)."""
+    """The form's training objective with fit's defaults for its runtime (GRPO's KL penalty and the
+    colocated rollout engine's memory fraction)."""
     kind = parse_choice("task", job.training, OBJECTIVES)
-    kl = (
-        kind == "grpo" and job.runtime == "ms-swift"
-    )  # ms-swift 4.6 beta 0.04 (swift/arguments/rlhf_args.py:356)
-    return ObjectiveSetup(kind=kind, kl=kl)
+    objective = ObjectiveSetup(kind=kind, kl=runtime_kl(kind, job.runtime))
+    if objective.rollout is None:
+        return objective
+    return replace(
+        objective, rollout=replace(objective.rollout, memory_fraction=runtime_rollout_memory(job.runtime))
+    )
 
 
 def prepare(job: JobRequest, cluster: Cluster, *, host_ram_bytes: int, headroom: float = 0.05) -> FitProblem:

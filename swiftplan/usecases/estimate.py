@@ -168,9 +168,9 @@ def plan_for_setup(
         workload = workload or ServeWorkload(context=setup.context, concurrency=setup.concurrency * replicas,
                                              gpu_memory_utilization=setup.gpu_memory_utilization)  # fmt: skip
     else:
-        rollout = setup.objective.rollout
-        server = rollout.gpus if rollout is not None and rollout.placement == "server" else 0
-        layout = Layout(gpus=max(1, gpus - server), tp=setup.parallel.tp, pp=setup.parallel.pp)
+        layout = Layout(
+            gpus=max(1, gpus - setup.objective.server_gpus), tp=setup.parallel.tp, pp=setup.parallel.pp
+        )
         workload = workload or TrainWorkload(
             seq_len=setup.seq_len, global_batch=setup.micro_batch * setup.grad_accum * layout.dp,
             attention=setup.attention, lora_dropout=setup.lora.dropout if setup.lora else 0.05,

@@ -28,6 +28,7 @@ from swiftplan.planner.engines import (
     serve_requirements,
     train_requirements,
 )
+from swiftplan.planner.estimate import training_world_size
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.layout import Layout, cluster_text
 from swiftplan.planner.lengths import LengthStats
@@ -391,17 +392,6 @@ def _workload(
                          epochs=request.epochs, attention=request.attention)  # fmt: skip
 
 
-def _check_rollout_gpus(objective: ObjectiveSetup, cluster: Cluster) -> None:
-    """A rollout server must leave GPUs to train on."""
-    rollout = objective.rollout
-    if rollout is not None and rollout.placement == "server" and rollout.gpus >= cluster.world_size:
-        raise SwiftplanError(
-            f"--rollout-gpus {rollout.gpus} leaves none of the {cluster.world_size} devices of {cluster.describe()} "
-            "to train on.",
-            hint="Give the rollout server fewer GPUs, add GPUs, or use --rollout colocate.",
-        )
-
-
 def _check_targets(spec: ModelSpec, pins: Pins) -> None:
     from swiftplan.planner.adapters import validate_targets
     from swiftplan.planner.setup import LoraSetup
@@ -437,7 +427,7 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     searched = _engine_cluster(engine, offered_cluster, notes)
     host = inputs.host_ram(request.host_ram_bytes, request.gpus)
     if request.task == "train":
-        _check_rollout_gpus(request.training, searched)
+        training_world_size(request.training, searched)  # a rollout server must leave GPUs to train on
         _check_targets(spec, request.pins)
         request = _check_against_model(request, spec)
         from swiftplan.planner.capabilities import check

@@ -81,13 +81,12 @@ def trainer_devices(engine: str, plan: Plan, setup: TrainSetup) -> TrainerDevice
     """The trainer's processes per node and, with a rollout server, the devices each side sees: the
     server takes the last `rollout.gpus` devices of the node (planner/estimate.py training_world_size
     takes them from the plan's GPUs)."""
-    rollout = setup.objective.rollout
-    if rollout is None or rollout.placement != "server":
+    if not setup.objective.server_gpus:
         return TrainerDevices(processes=plan.gpus_per_node)
     if plan.nodes > 1:
         raise refuse(engine, f"--rollout server on {plan.nodes} nodes",
                      "swiftplan renders a rollout server beside the trainer on one node")  # fmt: skip
-    training = training_world_size(setup, plan.hardware)
+    training = training_world_size(setup.objective, plan.hardware)
     devices = [str(d) for d in range(plan.gpus_per_node)]
     return TrainerDevices(processes=training, trainer_visible=",".join(devices[:training]),
                           server_visible=",".join(devices[training:]))  # fmt: skip
@@ -95,7 +94,7 @@ def trainer_devices(engine: str, plan: Plan, setup: TrainSetup) -> TrainerDevice
 
 def data_parallel_ranks(plan: Plan, setup: TrainSetup) -> int:
     """Data-parallel training ranks: the training devices (not a rollout server's) over tp × pp."""
-    return training_world_size(setup, plan.hardware) // (setup.parallel.tp * setup.parallel.pp)
+    return training_world_size(setup.objective, plan.hardware) // (setup.parallel.tp * setup.parallel.pp)
 
 
 def check_generation_batch(engine: str, plan: Plan, setup: TrainSetup) -> None:

@@ -154,8 +154,7 @@ def _with_speed(estimate: Estimate) -> Estimate:
 def job_cluster(layout: Layout, cluster: Cluster, workload: TrainWorkload) -> Cluster:
     """The devices a training candidate occupies: its layout's, plus a rollout server's own GPUs
     (`estimate_training` takes those back out of training)."""
-    rollout = workload.objective.rollout
-    extra = rollout.gpus if rollout is not None and rollout.placement == "server" else 0
+    extra = workload.objective.server_gpus
     if not extra:
         return layout.sub_cluster(cluster)
     total = layout.gpus + extra
