@@ -33,6 +33,11 @@ from swiftplan.planner.states import state_dtypes
 from swiftplan.planner.weights import layer_weight_bytes, outer_weight_bytes
 
 
+def scored_sequences(setup: TrainSetup) -> int:
+    """Sequences the policy scores with gradients per micro-batch: both halves of a pair, else micro_batch."""
+    return setup.micro_batch * setup.objective.sequences_per_example
+
+
 def policy_setup(setup: TrainSetup) -> TrainSetup:
     """The set-up whose forward carries gradients: micro_batch × sequences per example (2 for paired
     methods and for PPO's policy + value forward), each of `seq_len` tokens."""
@@ -59,8 +64,7 @@ def scored_tokens_per_sequence(setup: TrainSetup) -> int:
 def logits_setup(setup: TrainSetup) -> TrainSetup:
     """The set-up the loss's logits are sized on: the scored tokens of every sequence with gradients
     (the policy's only under PPO: the value head scores one number per token)."""
-    objective = setup.objective
-    sequences = setup.micro_batch * objective.sequences_per_example
+    sequences = scored_sequences(setup)
     return replace(setup, micro_batch=sequences, seq_len=scored_tokens_per_sequence(setup), objective=SFT)
 
 
@@ -71,7 +75,7 @@ def objective_logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int) -> in
         return 0
     if setup.objective.kind == "sft":
         return act.logits_bytes(spec, setup, tp=tp)
-    sequences = setup.micro_batch * setup.objective.sequences_per_example
+    sequences = scored_sequences(setup)
     scored = scored_tokens_per_sequence(setup)
     return training_logprob_bytes(spec, setup, sequences=sequences, scored=scored, tp=tp)
 
@@ -148,7 +152,7 @@ def reference_forward_bytes(spec: ModelSpec, setup: TrainSetup, reference_kind: 
     forward = no_grad_forward_bytes(spec, setup, sequences=reference_forward_sequences(setup), tp=tp)
     if not reference_runs_beside_policy(setup.objective):
         return forward
-    sequences = setup.micro_batch * setup.objective.sequences_per_example
+    sequences = scored_sequences(setup)
     scored = scored_tokens_per_sequence(setup)
     return forward + kept_policy_logprob_bytes(spec, setup, sequences=sequences, scored=scored, tp=tp)
 
@@ -157,7 +161,7 @@ def reference_forward_sequences(setup: TrainSetup) -> int:
     """Sequences one no-grad reference pass scores at once: both halves of a pair, a rollout
     micro-batch; KTO scores its examples and their mismatched KL sequences in two passes of micro_batch
     (trl 1.16 kto_trainer.py:1430-1436)."""
-    return setup.micro_batch * setup.objective.sequences_per_example
+    return scored_sequences(setup)
 
 
 def reference_passes(setup: TrainSetup) -> int:
@@ -169,7 +173,7 @@ def adjusted_phases(spec: ModelSpec, setup: TrainSetup, phases: act.ActivationPh
     """The policy's saved activations as the objective's head changes them: a reward model's trained
     score head saves its B × S × H input and returns a B × S × H input gradient at the start of backward;
     TRL's fused head saves no input for a fully trained LM head (its masked copy is in the logits term)."""
-    tokens = setup.micro_batch * setup.objective.sequences_per_example * setup.seq_len
+    tokens = scored_sequences(setup) * setup.seq_len
     cb = act.activation_dtype_bytes(setup)
     saving = fused_head_activation_saving(spec, setup, tokens)
     # full fine-tuning already saves the head's input (activations.shared_bytes): only the input gradient adds

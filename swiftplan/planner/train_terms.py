@@ -11,7 +11,7 @@ from swiftplan.planner.calibration import constant_source
 from swiftplan.planner.dtypes import dtype_bytes
 from swiftplan.planner.logprob_kernels import kernel_formula, kernel_source
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.objective_memory import logits_setup, scored_tokens_per_sequence
+from swiftplan.planner.objective_memory import logits_setup, scored_sequences, scored_tokens_per_sequence
 from swiftplan.planner.objective_terms import objective_terms, sequences_formula, sequences_source
 from swiftplan.planner.runtime_terms import deepspeed_zero, sharding_stage
 from swiftplan.planner.setup import TrainSetup
@@ -120,7 +120,7 @@ def _objective_logits_formula(spec: ModelSpec, setup: TrainSetup, tp: int) -> st
     """The logits line: the reward model's score head, the objective's log-prob kernel, or the loss's."""
     if setup.objective.kind == "rm":
         return "none: a reward model's score head emits one value per sequence"
-    sequences = setup.micro_batch * setup.objective.sequences_per_example
+    sequences = scored_sequences(setup)
     scored = scored_tokens_per_sequence(setup)
     special = kernel_formula(spec, setup, sequences=sequences, scored=scored, tp=tp)
     return special or _logits_formula(logits_setup(setup), spec.vocab_size // tp)
