@@ -57,32 +57,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from ms_swift_headers import COLUMNS as PUBLISHED_2026_COLUMNS
+
 HERE = Path(__file__).parent
 CSV_PATH = HERE / "data" / "published_objectives.csv"
 
-BASE_COLUMNS = (
-    "id",
-    "source",
-    "source_kind",
-    "runtime",
-    "model",
-    "params_b",
-    "method",
-    "quant",
-    "lora_rank",
-    "lora_targets",
-    "optimizer",
-    "precision",
-    "grad_ckpt",
-    "batch",
-    "seq_len",
-    "parallel",
-    "num_gpus",
-    "gpu",
-    "metric",
-    "value",
-    "notes",
-)
+BASE_COLUMNS = tuple(PUBLISHED_2026_COLUMNS)
 """published_2026.csv's columns, in its order."""
 OBJECTIVE_COLUMNS = (
     "task",
