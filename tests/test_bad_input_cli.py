@@ -239,6 +239,48 @@ CASES = [
     ),
     # estimate (the set-up flags go through cli/options.py, shared with verify)
     ("estimate-rank-0", (*EST, "--rank", "0"), ["--rank must be at least 1"]),
+    # preference/RL objectives (planner/objective.py)
+    ("estimate-task-objective", (*EST, "--task", "rlhf"), ["--task", "'rlhf'", "dpo", "grpo"]),
+    (
+        "estimate-reference",
+        (*EST, "--task", "dpo", "--reference", "ema"),
+        ["reference", "'ema'", "adapters-off"],
+    ),
+    (
+        "estimate-grpo-one-generation",
+        (*EST, "--task", "grpo", "--num-generations", "1"),
+        ["--num-generations", "at least 2"],
+    ),
+    (
+        "estimate-completion-len-0",
+        (*EST, "--task", "grpo", "--completion-len", "0"),
+        ["--completion-len", "positive integer"],
+    ),
+    (
+        "estimate-rollout-memory",
+        (*EST, "--task", "grpo", "--rollout-memory", "2"),
+        ["--rollout-memory", "0.05 and 0.95"],
+    ),
+    (
+        "estimate-rollout-tp-0",
+        (*EST, "--task", "grpo", "--rollout-tp", "0"),
+        ["--rollout-tp", "positive integer"],
+    ),
+    (
+        "estimate-rollout-engine",
+        (*EST, "--task", "ppo", "--rollout-engine", "sglang"),
+        ["rollout engine", "'sglang'", "vllm, hf"],
+    ),
+    (
+        "estimate-rollout-server-no-gpus",
+        (*EST, "--task", "grpo", "--rollout", "server"),
+        ["--rollout-gpus", "--rollout-tp"],
+    ),
+    (
+        "estimate-prompt-len-too-long",
+        (*EST, "--task", "dpo", "--prompt-len", "4096", "--seq", "2048"),
+        ["--prompt-len 4096", "no response"],
+    ),
     ("estimate-batch-0", (*EST, "--batch", "0"), ["--batch", "positive integer"]),
     ("estimate-seq-negative", (*EST, "--seq", "-1"), ["--seq", "positive integer"]),
     ("estimate-grad-accum-0", (*EST, "--grad-accum", "0"), ["--grad-accum must be at least 1"]),
@@ -443,7 +485,11 @@ CASES = [
     ("gpus-backend", ("gpus", "--backend", "tpu"), ["'tpu'", "cuda, rocm, npu, mps"]),
     # runtime features (planner/runtime_features.py): each refusal names its flag and what is valid
     ("est-ckpt-every-0", (*EST, "--ckpt-every", "0"), ["--ckpt-every must be at least 1"]),
-    ("est-ckpt-position", (*EST, "--ckpt-position", "middle"), ["--ckpt-position", "'middle'", "first, last"]),
+    (
+        "est-ckpt-position",
+        (*EST, "--ckpt-position", "middle"),
+        ["--ckpt-position", "'middle'", "first, last"],
+    ),
     (
         "est-ckpt-every-no-ckpt",
         (*EST, "--ckpt-every", "2", "--no-grad-ckpt"),
