@@ -79,7 +79,9 @@ def test_grpo_colocated_engine_holds_its_fraction_of_the_gpu(spec) -> None:
     asleep = estimate_training(spec, _setup("grpo", rollout=RolloutSetup(sleep=True)), cluster)
     assert asleep.memory.device_total < estimate.memory.device_total
     residue = next(t for t in asleep.memory.terms if t.name == "rollout_engine").value_bytes
-    assert asleep.memory.device_total - asleep.memory.peak_reserved >= residue  # its CuMem pool, outside torch
+    assert (
+        asleep.memory.device_total - asleep.memory.peak_reserved >= residue
+    )  # its CuMem pool, outside torch
 
 
 def test_grpo_server_takes_its_gpus_from_training(spec) -> None:
@@ -186,3 +188,28 @@ def test_a_reward_model_has_a_score_head_instead_of_the_lm_head(spec) -> None:
     head = spec.vocab_size * spec.hidden_size - spec.hidden_size
     assert sft.trainable_params - rm.trainable_params == head
     assert sft.device.weights - rm.device.weights == head * 2  # bf16
+
+
+def test_ms_swift_log_probs_match_their_replay_on_fake_tensors(spec) -> None:
+    """ms-swift 4.6's DPO scores bf16 logits row by row: the logits term and the policy's kept tensors at
+    the reference pass, per token × vocab, are what benchmarks/trace_swift_logps.py measures."""
+    pytest.importorskip("torch")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from trace_swift_logps import trace
+
+    from swiftplan.planner.logprob_kernels import kept_policy_logprob_bytes
+    from swiftplan.planner.runtime import apply_defaults, get_runtime, train_knobs
+
+    profile = get_runtime("ms-swift", "train")
+    setup = replace(
+        _setup("dpo"), runtime=train_knobs(profile, apply_defaults(profile, {})[0]), micro_batch=1
+    )
+    per_entry = 2 * setup.seq_len * spec.vocab_size  # one pair of full sequences
+    measured = trace(sequences=2, tokens=256)  # Qwen2.5-7B's hidden size and vocabulary
+    logits = train_memory(spec, setup).device.logits
+    assert logits / per_entry == pytest.approx(measured["backward peak"], rel=0.01)
+    kept = kept_policy_logprob_bytes(spec, setup, sequences=2, scored=setup.seq_len, tp=1)
+    assert kept / per_entry == pytest.approx(measured["after policy forward"], rel=0.01)
