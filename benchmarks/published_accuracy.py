@@ -5,9 +5,9 @@ counter it is), expresses each row the planner can express as a TrainSetup/Serve
 the estimate and compares the figure with the matching quantity:
 
     peak_mem_gib / _gb / _mb     peak_allocated (torch.cuda.max_memory_allocated)
-    reserved_*                   peak_allocated x (1 + allocator_fragmentation)
+    reserved_*                   peak_reserved (the caching-allocator model, planner/allocator.py)
     nvidia_smi_*                 device_total
-    *_unspecified                both: peak_allocated and device_total
+    *_unspecified                all three: peak_allocated, peak_reserved and device_total
     kv_cache_blocks              vLLM '# GPU blocks': KV budget / (16 tokens x KV bytes per token)
     fits_in_gpu                  the estimate's fits verdict
     max_seq_len_fit              the longest sequence whose estimate fits (binary search)
@@ -15,8 +15,9 @@ the estimate and compares the figure with the matching quantity:
     model_states_gb, estimate_gb weights + adapters + gradients + optimizer + master (rule of thumb / analytic)
     kv_cache_gb                  KV bytes per token x tokens (analytic)
 
-Rows the planner cannot express (encoder-decoder T5, StarCoder, torchtune's torchao NF4, optimizer steps
-fused into backward, models outside the catalog) are listed as skipped with the reason. Pure planner
+Rows the planner cannot express (encoder-decoder T5, StarCoder, bitsandbytes' paged fp32 AdamW, Megatron
+layouts, models outside the catalog) are listed as skipped with the reason; preference/RL and vision rows
+are compared by objective_accuracy.py on published_objectives.csv. Pure planner
 arithmetic: no torch, no tracing; runs in about a second.
 
     python benchmarks/published_accuracy.py                  # writes benchmarks/results/published_accuracy.{md,json}

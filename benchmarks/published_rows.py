@@ -91,10 +91,10 @@ GPU_NAMES: dict[str, str] = {
 METHOD_SKIPS: dict[str, str] = {
     "megatron": "Megatron-Core run (TP/PP/EP/CP layouts, distributed optimizer, Megatron's own buffers): the "
     "planner models transformers Trainer runs under DDP/DeepSpeed/FSDP",
-    "rlhf": "RLHF/preference training (policy + reference/reward/teacher models, rollouts): the planner "
-    "models one model's SFT step",
-    "multimodal": "vision/audio-language model: encoder activations and image/video token counts are not "
-    "modelled",
+    "rlhf": "RLHF/preference training: compared in objective_accuracy.md, whose published_objectives.csv "
+    "states each objective's settings (reference, generations, rollout) that this schema lacks",
+    "multimodal": "vision/audio-language model: compared in objective_accuracy.md, whose "
+    "published_objectives.csv states the images per sample and their size that this schema lacks",
     "unmeasured": "the header names 80 GB cards (the hardware the example needs), not a measured peak",
     "embedding/reranker/classification": "embedding/reranker/classification head and loss (pairs/lists per "
     "sample): not a causal-LM step",
@@ -350,9 +350,7 @@ def _quant(text: str) -> tuple[str, bool]:
     """(planner quant, double_quant) for a quant cell."""
     t = text.lower()
     if "torchao" in t:
-        raise Skip(
-            "torchtune's torchao NF4 tensors (bf16 LoRA, torch.compile) are not the bitsandbytes layout modelled"
-        )
+        return "nf4-torchao", False  # torchao NF4Tensor: double-quantized scalers by construction
     if t in ("", "none") or "kv cache" in t:
         return "none", False
     if "gptq" in t:
@@ -389,10 +387,6 @@ def _targets(text: str) -> tuple[tuple[str, ...], list[str]]:
 
 def _optimizer(text: str) -> tuple[str, list[str]]:
     t = text.lower()
-    if "optimizer_in_bwd" in t:
-        raise Skip(
-            "optimizer step fused into backward (optimizer_in_bwd) frees gradients per layer: not modelled"
-        )
     if "paged" in t:
         if "8bit" in t or "8-bit" in t:
             return "paged-adamw-8bit", []
@@ -497,7 +491,7 @@ def express(row: dict[str, str]) -> Expressed:
         return Expressed(model_id=model_id, setup=setup, cluster=cluster, notes=tuple(dict.fromkeys(notes)))
     if method not in ("full", "lora", "qlora"):
         raise Skip(f"method {row['method']!r} is not modelled")
-    if method == "lora" and quant == "nf4":
+    if method == "lora" and quant in ("nf4", "nf4-torchao"):
         method = "qlora"
     optimizer, opt_notes = _optimizer(row["optimizer"])
     lora = None
@@ -523,6 +517,9 @@ def express(row: dict[str, str]) -> Expressed:
         notes.append("k-bit base prepared with peft's prepare_model_for_kbit_training (fp32 upcast)")
     knobs, knob_notes = runtime_knobs(row, assumed)
     notes += knob_notes
+    if "optimizer_in_bwd" in row["optimizer"].lower():  # torchtune's optimizer_in_bwd: True
+        knobs = replace(knobs, optimizer_in_backward=True)
+        notes.append("optimizer step fused into backward (torchtune optimizer_in_bwd): one gradient alive")
     fsdp = row["parallel"].strip().lower()
     if fsdp.startswith("fsdp") and parallel.offload == "none":  # PyTorch FSDP, not DeepSpeed ZeRO-3
         parallel = Parallelism()
