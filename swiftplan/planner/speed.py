@@ -19,6 +19,8 @@ from swiftplan.planner.calibration import constant
 from swiftplan.planner.dtypes import compute_dtype, dtype_bytes
 from swiftplan.planner.hardware import FALLBACK_PCIE_BYTES_PER_S
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.offload_speed import activation_offload_s, fsdp_cpu_offload_s
+from swiftplan.planner.runtime_terms import shard_degree
 from swiftplan.planner.setup import Quant, ServeSetup, TrainSetup
 from swiftplan.planner.weights import is_quantized
 
@@ -267,6 +269,7 @@ def train_speed(
     acc = cluster.accelerator
     par = setup.parallel
     dp = max(1, (world_size or cluster.world_size) // (par.tp * par.pp))
+    shards = shard_degree(setup, dp)
     mfu = efficiency_prior(acc)
     compute_s = _compute_s(spec, setup, acc, mfu)
     dequant_s = _dequant_s(spec, setup, acc)
@@ -277,7 +280,11 @@ def train_speed(
         "compute": compute_s,
         "dequant": dequant_s,
         "comm": comm_s * DP_EXPOSED_FRACTION if par.zero < 3 else comm_s,
-        "offload": _offload_s(spec, setup, acc, trainable_params=trainable_params, dp=dp),
+        "offload": _offload_s(spec, setup, acc, trainable_params=trainable_params, dp=dp)
+        + activation_offload_s(spec, setup, pcie_bytes_per_s=_pcie(acc), compute_s=compute_s)
+        + fsdp_cpu_offload_s(
+            spec, setup, pcie_bytes_per_s=_pcie(acc), trainable_params=trainable_params, shards=shards
+        ),
         "bubble": _bubble_s(body, setup),
     }
     step_s = body + parts["bubble"] + parts["comm"] + parts["offload"]
