@@ -66,7 +66,9 @@ HERE = Path(__file__).parent
 DEFAULT_CSV = HERE / "data" / "published.csv"
 MORE_CSV = HERE / "data" / "published_2026.csv"
 """Rows collected for issue 14 (ms-swift example headers), same schema."""
-ALL_CSVS = (DEFAULT_CSV, MORE_CSV)
+MORE_MEMORY_CSV = HERE / "data" / "published_more.csv"
+"""Held-out real-GPU memory rows for issue 14 (fits/OOM verdicts, named counters), same schema."""
+ALL_CSVS = (DEFAULT_CSV, MORE_CSV, MORE_MEMORY_CSV)
 RESULTS = HERE / "results"
 
 

@@ -50,6 +50,14 @@ MODEL_NAMES: dict[str, tuple[str, str]] = {
     ),
     "Qwen2.5-3B-Instruct": ("Qwen/Qwen2.5-3B", "instruct fine-tune of Qwen2.5-3B (same shapes)"),
     "Qwen2.5-3B": ("Qwen/Qwen2.5-3B", ""),
+    "LLaMA-7B (hf conversion)": (
+        "meta-llama/Llama-2-7b-hf",
+        "LLaMA-1 7B has Llama-2-7B's shapes (32 x 4096, MLP 11008, vocab 32000)",
+    ),
+    "Mistral-7B-v0.2": (
+        "mistralai/Mistral-7B-v0.1",
+        "v0.2 base has v0.1's shapes (32 x 4096, MLP 14336, 8 KV heads, vocab 32000); v0.2 drops the sliding window",
+    ),
     "DeepSeek-R1-0528-Qwen3-8B": (
         "Qwen/Qwen3-8B",
         "distilled fine-tune of Qwen3-8B (its config.json: Qwen3ForCausalLM, 36 x 4096, vocab 151936)",
@@ -81,6 +89,9 @@ GPU_NAMES: dict[str, str] = {
     "48GB GPU": "rtxa6000",
     "": "a100-80gb-sxm",  # rule-of-thumb rows name no GPU; their terms do not depend on it
     "GPU (unstated)": "a100-80gb-sxm",  # memory counters do not depend on the GPU; no verdict or speed compared
+    "H100 80GB SXM": "h100-sxm",
+    "RTX 6000 Ada 48GB (stated: 'A6000 Ada 48GB')": "rtx6000ada",  # Answer.AI's name for the RTX 6000 Ada Generation
+    "40GB GPU (stated: '2X40GB GPUs')": "a100-40gb-sxm",  # GPU model unstated: memory counter only, no verdict
     # ms-swift headers naming the test machine without its capacity: memory counters only, no verdict.
     "A100 (stated: 'test env: 4 * A100')": "a100-80gb-sxm",
     "A100 (stated: 'Env: 4 * A100')": "a100-80gb-sxm",
@@ -117,6 +128,12 @@ UNIT_OVERRIDES: dict[str, tuple[int, str]] = {
     "iss-01": (GiB, "'13G' read off nvidia-smi, which counts MiB: taken as GiB"),
     "est-03": (GiB, "the blog writes GB but its arithmetic is GiB (320 KiB x 128,000 tokens = 39.06 GiB)"),
 }
+
+AA_WHY = (
+    "fsdp_qlora train.py of 2024-03: pure bf16 (adapters and AdamW states bf16; the planner keeps adapters fp32), LoRA "
+    "dropout 0.1, sdpa, dummy data at full length, no prepare_model_for_kbit_training; full loss, torch AdamW (foreach)"
+)
+"""Answer.AI's fsdp_qlora rows (published_more.csv pm-01..pm-25): what train.py did that the table leaves unsaid."""
 
 # What a row leaves unsaid and we must assume, per row id, with the reason shown in the report. Keys are
 # TrainSetup/LoraSetup/ServeSetup fields, plus `tokens` (kv_cache_gb rows).
@@ -222,6 +239,50 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
         {},
         "--tuner_backend unsloth: Unsloth's profile (fused loss); its checkpoint offload is not modelled; "
         "self-cognition only: 512 tokens taken as the longest",
+    ),
+    # published_more.csv (pm-*): what each source leaves unsaid, as its notes column records.
+    **{
+        f"pm-{i:02d}": (
+            {
+                "lora_dropout": 0.1,
+                "attention": "sdpa",
+                "kbit_upcast": False,
+                "loss": "full",
+                "optimizer_impl": "foreach",
+            }
+            | ({"fsdp_cpu_offload": True} if i in (14, 15, 16, 17, 18, 19, 20) else {}),
+            AA_WHY + ("; FSDP CPUOffload(offload_params=True)" if i in (14, 15, 16, 17, 18, 19, 20) else ""),
+        )
+        for i in range(1, 26)
+    },
+    **{
+        f"pm-{i}": (
+            {
+                "lora_dropout": 0.1,
+                "attention": "flash",
+                "kbit_upcast": False,
+                "loss": "full",
+                "optimizer_impl": "foreach",
+            }
+            | ({"fsdp_cpu_offload": True} if i == 26 else {}),
+            "peft examples/sft on TRL 0.8 (2024-03): packed 2048-token sequences, FlashAttention-2, LoRA dropout 0.1, TRL skips "
+            "prepare_model_for_kbit_training for sharded QLoRA; full loss, adamw_torch (foreach)"
+            + ("; FSDP offload_params" if i == 26 else ""),
+        )
+        for i in (26, 27, 28, 29)
+    },
+    "pm-30": (
+        {"attention": "eager", "loss": "full", "optimizer_impl": "foreach", "variable_lengths": True},
+        "stanford_alpaca train.py of 2023-03: fp32 model under FSDP with bf16 autocast, eager attention, adamw_torch; "
+        "512 is a truncation cap (batch 1, no padding beyond the sample)",
+    ),
+    "pm-31": (
+        {},
+        "llama-recipes defaults: fp32 model and AdamW, packed 4096-token samples, batch 4, no checkpointing",
+    ),
+    "pm-32": (
+        {"lora_dropout": 0.0, "loss": "full", "optimizer_impl": "foreach", "variable_lengths": True},
+        "torchtune of 2024-04 (full CE, AdamW foreach, no LoRA dropout); seq 512 is alpaca's truncation cap: upper bound",
     ),
     **{
         f"qwen-0{i}": (
@@ -512,7 +573,9 @@ def express(row: dict[str, str]) -> Expressed:
     # prepare_model_for_kbit_training (fp32 upcast); Unsloth and torchtune prepare their own.
     source = row["source"].lower()
     own_preparation = "torchtune" in source or ("unsloth" in source and "llama-factory" not in source)
-    kbit_upcast = quant in ("nf4", "fp4", "int8") and method != "full" and not own_preparation
+    kbit_upcast = assumed.get(
+        "kbit_upcast", quant in ("nf4", "fp4", "int8") and method != "full" and not own_preparation
+    )
     if kbit_upcast:
         notes.append("k-bit base prepared with peft's prepare_model_for_kbit_training (fp32 upcast)")
     knobs, knob_notes = runtime_knobs(row, assumed)
