@@ -8,6 +8,19 @@ sequence_len, sample_packing, micro_batch_size, gradient_accumulation_steps, gra
 optimizer, bf16/fp16, attn_implementation, deepspeed, tensor_parallel_size, datasets
 (path + type). Several GPUs and nodes: `axolotl train CFG --launcher torchrun -- --nproc_per_node ...
 --nnodes ... --node_rank ... --rdzv_endpoint ...` (src/axolotl/cli/main.py, cli/utils/train.py).
+
+Runtime knobs (v0.19.0; axolotl-ai-cloud/axolotl@067b021c8b87 has the same keys): FSDP as fsdp_version 1|2
++ fsdp_config offload_params / reshard_after_forward (utils/schemas/config.py, utils/schemas/fsdp.py
+FSDPConfig; a 4-bit base is stored in bf16 by axolotl itself, loaders/model.py bnb_4bit_quant_storage);
+checkpointing every k-th block as gradient_checkpointing_kwargs every_n_layers, which axolotl hands to the
+Trainer for a full fine-tune (core/builders/base.py _configure_gradient_checkpointing; transformers 5.16+
+trainer.py pops it); activation offloading as activation_offloading true (TRL's OffloadActivations,
+core/trainers/mixins/activation_checkpointing.py; for LoRA it replaces recomputation, loaders/model.py
+_apply_activation_checkpointing); float8 as fp8 true, torchao's tensorwise recipe by default
+(utils/schemas/fp8.py), with fp8_enable_fsdp_float8_all_gather under FSDP2 (validation.py). Refused: hybrid
+sharding (fsdp_config has no sharding strategy, only reshard_after_forward), every k-th block with an
+adapter (loaders/model.py calls gradient_checkpointing_enable with the kwargs, which reach
+torch.utils.checkpoint).
 """
 
 from __future__ import annotations
@@ -21,10 +34,13 @@ from swiftplan.executors.train_engines.common import (
     RuntimeChoices,
     TrainRender,
     check_pre_quantized,
+    every_n_layers,
     hf_deepspeed_config,
+    hf_fsdp,
     json_text,
     lora_alpha,
     mixed_precision,
+    refuse,
     require_engine_can_run,
     runtime_choices,
     with_extra,
@@ -74,6 +90,10 @@ def render_axolotl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRe
     if options.save_total_limit is not None:
         config["save_total_limit"] = options.save_total_limit
     config.update(_adapter_and_quant_keys(setup, runtime))
+    config.update(_runtime_keys(plan, setup))
+    if setup.runtime.activation_offload and setup.trains_adapters and setup.grad_ckpt:
+        notes.append("--activation-offload with LoRA: axolotl's TRL offloader replaces recomputation (no block is "
+                     "re-run); the plan counted checkpointed blocks offloaded, which holds no less.")  # fmt: skip
     if setup.parallel.tp > 1:
         config["tensor_parallel_size"] = setup.parallel.tp
     name = f"axolotl_{setup.objective.kind}.yaml"
@@ -97,6 +117,33 @@ def render_axolotl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRe
     visible = rl.devices.trainer_visible
     return TrainRender(engine=NAME, commands=tuple(commands), files=files, notes=tuple(notes), rollout=rl.rollout,
                        env={} if visible is None else {"CUDA_VISIBLE_DEVICES": visible})  # fmt: skip
+
+
+def _runtime_keys(plan: Plan, setup: TrainSetup) -> dict[str, Any]:
+    """FSDP, checkpointing every k-th block, activation offloading and float8."""
+    knobs = setup.runtime
+    keys: dict[str, Any] = {}
+    if (fsdp := hf_fsdp(NAME, setup, gpus_per_node=plan.gpus_per_node, dp=plan.layout.dp)) is not None:
+        if knobs.fsdp_sharding == "hybrid_shard":
+            raise refuse(NAME, "--fsdp-sharding hybrid_shard", "axolotl's fsdp_config sets reshard_after_forward "
+                         "(full_shard or shard_grad_op), not a hybrid sharding strategy")  # fmt: skip
+        keys["fsdp_version"] = fsdp.version
+        keys["fsdp_config"] = {"offload_params": fsdp.cpu_offload,
+                               "reshard_after_forward": knobs.fsdp_sharding == "full_shard",
+                               "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}  # fmt: skip
+    if (every := every_n_layers(NAME, setup)) > 1:
+        if setup.method != "full":
+            raise refuse(NAME, f"--ckpt-every {every} with --method {setup.method}", "for an adapter axolotl "
+                         "calls gradient_checkpointing_enable itself and every_n_layers reaches torch.utils.checkpoint "
+                         "(loaders/model.py)")  # fmt: skip
+        keys["gradient_checkpointing_kwargs"] = {"every_n_layers": every}
+    if knobs.activation_offload:
+        keys["activation_offloading"] = True
+    if knobs.float8:
+        keys["fp8"] = True
+        if knobs.fsdp == "fsdp2":
+            keys["fp8_enable_fsdp_float8_all_gather"] = True
+    return keys
 
 
 def _adapter_and_quant_keys(setup: TrainSetup, runtime: RuntimeChoices) -> dict[str, Any]:

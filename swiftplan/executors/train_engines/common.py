@@ -182,11 +182,65 @@ def runtime_choices(engine: str, setup: TrainSetup, *, own_fused_loss: bool = Fa
                      "Liger's fused linear cross-entropy picks its own chunk size")  # fmt: skip
     if knobs.optimizer_in_backward:
         raise refuse(engine, "--optimizer-in-backward", "the HF Trainer steps the optimizer after backward")
-    if knobs.fsdp != "none":
-        raise refuse(engine, f"--fsdp {knobs.fsdp}", "swiftplan renders DeepSpeed ZeRO for it, not FSDP, yet")
     return RuntimeChoices(
         optim=optim, liger=knobs.loss == "fused_linear", modules_to_save=knobs.modules_to_save
     )
+
+
+def every_n_layers(engine: str, setup: TrainSetup) -> int:
+    """The plan's selective checkpointing as transformers' gradient_checkpointing_kwargs every_n_layers
+    (transformers 5.16+ src/transformers/trainer.py pops it before torch.utils.checkpoint, and
+    modeling_utils.py _set_gradient_checkpointing checkpoints decoder layer i when i % n == 0: the first
+    block of each k); 1 = every block. The last block of each k (torchtune's ac_option) is refused."""
+    knobs = setup.runtime
+    every = knobs.ckpt_every if setup.grad_ckpt else 1
+    if every > 1 and knobs.ckpt_position == "last":
+        raise refuse(engine, f"--ckpt-every {every} --ckpt-position last", "transformers' every_n_layers "
+                     "checkpoints the first block of each group (layer i when i % k == 0), not the last")  # fmt: skip
+    return every
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HfFsdp:
+    """The plan's PyTorch FSDP as transformers' TrainingArguments spell it (fsdp + fsdp_config)."""
+
+    fsdp: str
+    """TrainingArguments.fsdp: the sharding strategy, auto_wrap, and offload for CPU offload."""
+    version: int
+    """fsdp_config version: 1 (FullyShardedDataParallel) or 2 (fully_shard)."""
+    cpu_offload: bool
+    """Parameters, gradients and optimizer state on the host."""
+
+    def config(self) -> dict[str, Any]:
+        """fsdp_config: the version stated, since transformers' default changed (1 up to 5.19, 2 from 5.20)."""
+        return {"version": self.version}
+
+
+def hf_fsdp(engine: str, setup: TrainSetup, *, gpus_per_node: int, dp: int) -> HfFsdp | None:
+    """The plan's FSDP for the HF Trainer, None without it. Names from transformers: TrainingArguments.fsdp
+    options full_shard|shard_grad_op|hybrid_shard, auto_wrap, offload and fsdp_config version
+    (transformers 5.6.0 and 5.25.0 src/transformers/training_args.py _process_fsdp_args; 5.25
+    _apply_legacy_fsdp_to_config maps full_shard / shard_grad_op to FSDP2's reshard_after_forward True / False
+    and offload to cpu_offload). Refused: hybrid sharding under FSDP2 (FSDP1 only there), a hybrid shard group
+    other than one node (FSDP1's HYBRID_SHARD without a process group shards within the node), and a
+    quantized base other than bitsandbytes 4-bit (its storage must be the 16-bit dtype to be sharded)."""
+    knobs = setup.runtime
+    if knobs.fsdp == "none":
+        return None
+    version = 2 if knobs.fsdp == "fsdp2" else 1
+    if knobs.fsdp_sharding == "hybrid_shard":
+        if version == 2:
+            raise refuse(engine, "--fsdp fsdp2 --fsdp-sharding hybrid_shard", "transformers' FSDP2 reshards "
+                         "full_shard or shard_grad_op only; hybrid_shard is an FSDP1 strategy (--fsdp fsdp1)")  # fmt: skip
+        group = min(knobs.fsdp_shard_group or dp, dp)
+        if group != gpus_per_node:
+            raise refuse(engine, f"--fsdp-shard-group {knobs.fsdp_shard_group}", "FSDP1's hybrid_shard shards "
+                         f"within one node ({gpus_per_node} GPUs here) and replicates across nodes")  # fmt: skip
+    if setup.quant not in ("none", "nf4", "fp4"):
+        raise refuse(engine, f"--fsdp {knobs.fsdp} with --quant {setup.quant}", "FSDP shards 16/32-bit weights "
+                     "or a bitsandbytes 4-bit base stored in the compute dtype (bnb_4bit_quant_storage), not this one")  # fmt: skip
+    options = [knobs.fsdp_sharding, "auto_wrap", *(["offload"] if knobs.fsdp_cpu_offload else [])]
+    return HfFsdp(fsdp=" ".join(options), version=version, cpu_offload=knobs.fsdp_cpu_offload)
 
 
 def mixed_precision(setup: TrainSetup) -> tuple[bool, bool]:

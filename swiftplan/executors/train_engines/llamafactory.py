@@ -11,6 +11,17 @@ gradient_accumulation_steps, disable_gradient_checkpointing, deepspeed (JSON pat
 flash_attn auto|disabled|sdpa|fa2. The data file is registered in a dataset_info.json next to the YAML
 (dataset_dir). Several GPUs / nodes: FORCE_TORCHRUN=1 with NNODES, NODE_RANK, MASTER_ADDR,
 MASTER_PORT (README "Multi-node" and src/llamafactory/cli.py).
+
+Runtime knobs (v0.9.5): FSDP through its TrainingArguments (a Seq2SeqTrainingArguments) fsdp /
+fsdp_config (common.hf_fsdp), with use_reentrant_gc false under FSDP2 (model_args.py; LLaMA-Factory
+turns it off itself only when accelerate's FSDP_VERSION=2 is exported, model_utils/checkpointing.py
+prepare_model_for_training) and the 4-bit storage set by LLaMA-Factory itself (model_utils/quantization.py:
+bnb_4bit_quant_storage=compute_dtype, "crucial for fsdp+qlora"); activation offloading as use_unsloth_gc
+(model_args.py; checkpointing.py UnslothGradientCheckpointing moves each checkpointed block input to the
+host); float8 as fp8 + fp8_backend torchao (training_args.py Fp8Arguments; train/fp8_utils.py
+create_fp8_kwargs: torchao Float8LinearConfig 'rowwise', embeddings and LM head left in bf16). Refused:
+checkpointing every k-th block (checkpointing.py _gradient_checkpointing_enable checkpoints every layer),
+activation offloading without checkpointing (use_unsloth_gc offloads the checkpointed inputs).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from swiftplan.executors.train_engines.common import (
     TrainRender,
     check_pre_quantized,
     hf_deepspeed_config,
+    hf_fsdp,
     json_text,
     lora_alpha,
     mixed_precision,
@@ -87,9 +99,13 @@ def render_llamafactory(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> Tr
     if options.save_total_limit is not None:
         config["save_total_limit"] = options.save_total_limit
     config.update(_adapter_and_quant_keys(setup, runtime))
+    config.update(_runtime_keys(plan, setup))
     if (vision := vision_choices(setup)) is not None:
         config.update(llamafactory_keys(vision))
     notes += _objective(plan, setup, config)
+    if setup.runtime.float8:
+        notes.append("--float8: LLaMA-Factory converts the Linear layers with torchao's rowwise recipe (the plan "
+                     "counted tensorwise scales; the fp8 copies per matmul are the same size).")  # fmt: skip
     files = {"dataset_info.json": json_text({_DATASET: dataset_entry(setup, options.data)})}
     if (ds := hf_deepspeed_config(setup)) is not None:
         files["ds_config.json"] = json_text(ds)
@@ -138,6 +154,27 @@ def _adapter_and_quant_keys(setup: TrainSetup, runtime: RuntimeChoices) -> dict[
                     double_quantization=setup.double_quant)  # fmt: skip
     elif setup.quant == "int8":
         keys.update(quantization_bit=8, quantization_method="bnb")
+    return keys
+
+
+def _runtime_keys(plan: Plan, setup: TrainSetup) -> dict[str, Any]:
+    """FSDP, activation offloading and float8; checkpointing every k-th block refused."""
+    knobs = setup.runtime
+    keys: dict[str, Any] = {}
+    if setup.grad_ckpt and knobs.ckpt_every > 1:
+        raise refuse(NAME, f"--ckpt-every {knobs.ckpt_every}", "LLaMA-Factory checkpoints every decoder layer "
+                     "(model_utils/checkpointing.py _gradient_checkpointing_enable has no every_n_layers)")  # fmt: skip
+    if (fsdp := hf_fsdp(NAME, setup, gpus_per_node=plan.gpus_per_node, dp=plan.layout.dp)) is not None:
+        keys.update(fsdp=fsdp.fsdp, fsdp_config=fsdp.config())
+        if fsdp.version == 2:
+            keys["use_reentrant_gc"] = False
+    if knobs.activation_offload:
+        if not setup.grad_ckpt:
+            raise refuse(NAME, "--activation-offload without --grad-ckpt", "its offloading (use_unsloth_gc) moves "
+                         "the inputs checkpointing keeps to host RAM; other saved tensors stay on the device")  # fmt: skip
+        keys["use_unsloth_gc"] = True
+    if knobs.float8:
+        keys.update(fp8=True, fp8_backend="torchao")
     return keys
 
 

@@ -50,9 +50,7 @@ def render_megatron_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> 
     if setup.precision in ("fp32", "amp-bf16", "amp-fp16"):
         raise refuse(NAME, f"--precision {setup.precision}", "Megatron trains bf16 or fp16 weights with fp32 "
                      "master copies in the optimizer (--bf16 / --fp16)")  # fmt: skip
-    if setup.runtime.modules_to_save or setup.runtime.optimizer_in_backward or setup.runtime.fsdp != "none":
-        raise refuse(NAME, "--modules-to-save / --optimizer-in-backward / --fsdp",
-                     "swiftplan renders Megatron's own parallelism for it")  # fmt: skip
+    _refuse_runtime_knobs(setup)
     bf16, fp16 = mixed_precision(setup)
     par = setup.parallel
     rlhf = None if is_sft(setup) else rlhf_args(NAME, plan, setup, options, megatron=True)
@@ -100,6 +98,31 @@ def render_megatron_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> 
              f"{setup.micro_batch} × {setup.grad_accum} × {dp}.", *(rlhf.notes if rlhf else ()))  # fmt: skip
     return TrainRender(engine=NAME, commands=tuple(tuple(argv) for _ in range(plan.nodes)), env=env,
                        node_env=node_env, notes=notes, rollout=rlhf.rollout if rlhf else None)  # fmt: skip
+
+
+def _refuse_runtime_knobs(setup: TrainSetup) -> None:
+    """Every runtime knob other than its neutral value, refused naming it: Megatron runs its own loss
+    (vocab-parallel cross-entropy), optimizer (a fused Adam stepped after backward), sharding (distributed
+    optimizer / Megatron FSDP for --zero), recomputation (--recompute_method uniform|block: chunks of
+    layers or the first N, not every k-th block), no PEFT modules_to_save, no torchao float8 (its fp8 is
+    Transformer Engine's, planned with --quant fp8) and no DeepSpeed buckets
+    (swift/megatron/arguments/megatron_args.py)."""
+    knobs = setup.runtime
+    refused = {
+        f"--loss {knobs.loss}": knobs.loss != "full",
+        f"--optimizer-impl {knobs.optimizer_impl}": knobs.optimizer_impl != "fused",
+        f"--modules-to-save {','.join(knobs.modules_to_save)}": bool(knobs.modules_to_save),
+        "--optimizer-in-backward": knobs.optimizer_in_backward,
+        f"--fsdp {knobs.fsdp}": knobs.fsdp != "none",
+        f"--ckpt-every {knobs.ckpt_every}": setup.grad_ckpt and knobs.ckpt_every > 1,
+        "--activation-offload": knobs.activation_offload,
+        "--float8": knobs.float8,
+        "DeepSpeed bucket sizes (ds_buckets)": knobs.ds_buckets and setup.parallel.zero > 0,
+    }
+    if named := [flag for flag, on in refused.items() if on]:
+        raise refuse(NAME, " ".join(named), "Megatron runs its own loss, fused Adam, distributed optimizer / "
+                     "Megatron FSDP sharding and uniform recomputation; plan it with the runtime defaults "
+                     "(--quant fp8 for Transformer Engine fp8)")  # fmt: skip
 
 
 def _schedule_and_model_args(setup: TrainSetup, options: RunOptions) -> list[str]:

@@ -10,9 +10,24 @@ base_args/quant_args.py, model_args.py, template_args.py): --tuner_type lora|ful
 (a preset name or a JSON path), --max_length, --packing, --attn_impl. Several GPUs and nodes go through
 ms-swift's own torchrun launch, driven by NPROC_PER_NODE / NNODES / NODE_RANK / MASTER_ADDR /
 MASTER_PORT (docs/source_en/Instruction/Pre-training-and-Fine-tuning.md, "multi-node").
+
+Runtime knobs: FSDP is --fsdp with a JSON file {"fsdp": options, "fsdp_config": {"fsdp_version": 1|2}}
+(swift/arguments/sft_args.py _init_fsdp reads a preset name or a JSON path, takes its "fsdp" string and
+"fsdp_config", and exports FSDP_VERSION from fsdp_version; swift/config/fsdp2.json is the preset), with
+--bnb_4bit_quant_storage in the compute dtype for a 4-bit base (base_args/quant_args.py). Activation
+offloading is fsdp_config activation_cpu_offload (swift/trainers/arguments.py _init_callbacks adds the
+activation_cpu_offload callback, swift/callbacks/activation_cpu_offload.py: each FSDP-wrapped layer's saved
+tensors to pinned host memory, two layer groups on the device, FSDP only), which brings its own
+checkpointing (fsdp_config activation_checkpointing) and disables transformers' (--gradient_checkpointing
+false). Refused: checkpointing every k-th block (swift/trainers/mixin.py _prepare_gradient_checkpointing
+calls gradient_checkpointing_enable with gradient_checkpointing_kwargs only, which go to
+torch.utils.checkpoint: every_n_layers is not read), activation offloading without FSDP, float8 (no
+torchao float8 training argument: --quant_method fp8 loads fp8 weights).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from swiftplan.executors.train_engines.common import (
     DEFAULT_OPTIONS,
@@ -21,11 +36,14 @@ from swiftplan.executors.train_engines.common import (
     RuntimeChoices,
     TrainRender,
     check_pre_quantized,
+    every_n_layers,
     hf_deepspeed_config,
+    hf_fsdp,
     json_text,
     lora_alpha,
     lora_targets,
     mixed_precision,
+    refuse,
     require_engine_can_run,
     runtime_choices,
 )
@@ -36,6 +54,8 @@ from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import TrainSetup
 
 NAME = "ms-swift"
+FSDP_CONFIG = "fsdp_config.json"
+"""The --fsdp file of an FSDP plan."""
 _ATTN = {"sdpa": "sdpa", "flash": "flash_attn", "eager": "eager"}
 
 
@@ -62,7 +82,7 @@ def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainR
         "--optim", runtime.optim,
         "--per_device_train_batch_size", str(setup.micro_batch),
         "--gradient_accumulation_steps", str(setup.grad_accum),
-        "--gradient_checkpointing", _flag(setup.grad_ckpt),
+        "--gradient_checkpointing", _flag(setup.grad_ckpt and not setup.runtime.activation_offload),
         "--max_length", str(rlhf.max_length if rlhf and rlhf.max_length else setup.seq_len),
         "--packing", _flag(options.packing),
         "--attn_impl", _ATTN[setup.attention],
@@ -86,6 +106,11 @@ def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainR
         argv += rlhf.argv
         notes += rlhf.notes
     files: dict[str, str] = {}
+    if (fsdp := _fsdp_file(plan, setup)) is not None:
+        files[FSDP_CONFIG] = json_text(fsdp)
+        argv += ["--fsdp", FSDP_CONFIG]
+        if setup.quant in ("nf4", "fp4"):  # FSDP shards the packed 4-bit weights only in the compute dtype
+            argv += ["--bnb_4bit_quant_storage", TORCH_DTYPES[setup.precision]]
     if (ds := hf_deepspeed_config(setup)) is not None:
         files["ds_config.json"] = json_text(ds)
         argv += ["--deepspeed", "ds_config.json"]
@@ -98,6 +123,29 @@ def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainR
     commands = tuple(tuple(argv) for _ in range(plan.nodes))
     return TrainRender(engine=NAME, commands=commands, env=env, node_env=node_env, files=files,
                        notes=tuple(notes), rollout=rlhf.rollout if rlhf else None)  # fmt: skip
+
+
+def _fsdp_file(plan: Plan, setup: TrainSetup) -> dict[str, Any] | None:
+    """The --fsdp JSON (sft_args.py _init_fsdp) for an FSDP plan, with ms-swift's activation offloading;
+    None without FSDP. The knobs ms-swift cannot run are refused here."""
+    knobs = setup.runtime
+    if knobs.float8:
+        raise refuse(NAME, "--float8", "ms-swift has no torchao float8 training argument (--quant_method fp8 "
+                     "loads fp8 weights, it does not train through Float8Linear)")  # fmt: skip
+    if every_n_layers(NAME, setup) > 1:
+        raise refuse(NAME, f"--ckpt-every {knobs.ckpt_every}", "ms-swift enables checkpointing itself with "
+                     "gradient_checkpointing_kwargs passed to torch.utils.checkpoint, which has no every_n_layers "
+                     "(swift/trainers/mixin.py _prepare_gradient_checkpointing)")  # fmt: skip
+    fsdp = hf_fsdp(NAME, setup, gpus_per_node=plan.gpus_per_node, dp=plan.layout.dp)
+    if fsdp is None:
+        if knobs.activation_offload:
+            raise refuse(NAME, "--activation-offload without --fsdp", "ms-swift offloads activations through "
+                         "its FSDP callback only (fsdp_config activation_cpu_offload)")  # fmt: skip
+        return None
+    config: dict[str, Any] = {"fsdp_version": fsdp.version}
+    if knobs.activation_offload:
+        config.update(activation_cpu_offload=True, activation_checkpointing=setup.grad_ckpt)
+    return {"fsdp": fsdp.fsdp, "fsdp_config": config}
 
 
 def _adapter_and_quant_args(setup: TrainSetup, runtime: RuntimeChoices) -> list[str]:

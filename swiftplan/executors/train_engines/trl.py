@@ -6,7 +6,12 @@ model_config.py ModelConfig, trl/scripts/utils.py ScriptArguments + DatasetMixtu
 model_name_or_path, dtype, attn_implementation, use_peft, lora_r, lora_alpha, lora_dropout,
 lora_target_modules, use_dora, load_in_4bit / load_in_8bit, bnb_4bit_quant_type, use_bnb_nested_quant,
 max_length, packing, per_device_train_batch_size, gradient_accumulation_steps, gradient_checkpointing,
-optim, bf16/fp16, deepspeed, and the TrainingArguments schedule and save cadence. The loss is always
+optim, bf16/fp16, deepspeed, and the TrainingArguments schedule and save cadence. Runtime knobs:
+fsdp / fsdp_config (common.hf_fsdp) with bnb_4bit_quant_storage in the compute dtype for a 4-bit base
+(model_config.py), gradient_checkpointing_kwargs every_n_layers (transformers 5.25.0 trainer.py, the name
+TRL's sft_trainer.py reads), activation_offloading (sft_config.py, dpo_config.py, kto_config.py,
+reward_config.py: torchtune's OffloadActivations in trl/models/activation_offloading.py; GRPOConfig has
+none). TRL has no float8 training option: refused. The loss is always
 TRL's chunked fused LM head (trl/trainer/sft_trainer.py add_fused_lm_head; Liger's fused cross-entropy is
 refused there), so the plan's loss knob is noted, not rendered. `trl sft` launches
 through `accelerate launch` (trl/cli/commands/training.py), so the process and node counts are
@@ -23,11 +28,14 @@ from swiftplan.executors.train_engines.common import (
     RunOptions,
     RuntimeChoices,
     TrainRender,
+    every_n_layers,
     hf_deepspeed_config,
+    hf_fsdp,
     json_text,
     lora_alpha,
     lora_targets,
     mixed_precision,
+    refuse,
     require_engine_can_run,
     runtime_choices,
     with_extra,
@@ -51,6 +59,7 @@ def render_trl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender
     refuse_vision(NAME, setup)
     runtime = runtime_choices(NAME, setup, own_fused_loss=True)
     config = _config(plan, setup, options, runtime)
+    config.update(_runtime_keys(plan, setup))
     objective = trl_objective(NAME, plan, setup, options, config)
     files: dict[str, str] = {}
     if (ds := hf_deepspeed_config(setup)) is not None:
@@ -121,6 +130,26 @@ def _config(plan: Plan, setup: TrainSetup, options: RunOptions, runtime: Runtime
     elif setup.quant == "int8":
         config["load_in_8bit"] = True
     return config
+
+
+def _runtime_keys(plan: Plan, setup: TrainSetup) -> dict[str, Any]:
+    """FSDP, checkpointing every k-th block and activation offloading; float8 refused."""
+    knobs = setup.runtime
+    keys: dict[str, Any] = {}
+    if knobs.float8:
+        raise refuse(NAME, "--float8", "TRL's configs have no float8 (torchao Float8Linear) training option")
+    if (fsdp := hf_fsdp(NAME, setup, gpus_per_node=plan.gpus_per_node, dp=plan.layout.dp)) is not None:
+        keys.update(fsdp=fsdp.fsdp, fsdp_config=fsdp.config())
+        if setup.quant in ("nf4", "fp4"):  # FSDP shards the packed 4-bit weights only in the compute dtype
+            keys["bnb_4bit_quant_storage"] = TORCH_DTYPES[setup.precision]
+    if (every := every_n_layers(NAME, setup)) > 1:
+        keys["gradient_checkpointing_kwargs"] = {"every_n_layers": every}
+    if knobs.activation_offload:
+        if setup.objective.kind == "grpo":
+            raise refuse(NAME, "--activation-offload with --task grpo", "GRPOConfig has no activation_offloading "
+                         "(SFT, DPO, KTO and reward configs do)")  # fmt: skip
+        keys["activation_offloading"] = True
+    return keys
 
 
 def _notes(setup: TrainSetup, modules_to_save: tuple[str, ...]) -> list[str]:
