@@ -43,6 +43,7 @@ from typing import Any
 from calibration_split import runtime_of, split_of
 from published_rows import (
     ASSUMPTIONS,
+    DECODE_METRICS,
     GB,
     MB,
     UNIT_OVERRIDES,
@@ -50,6 +51,7 @@ from published_rows import (
     GiB,
     Skip,
     config_summary,
+    decode_figure,
     express,
     parse_int,
 )
@@ -61,14 +63,19 @@ from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.serve_memory import VLLM_BLOCK_TOKENS, kv_cache_bytes_per_token, serve_memory
 from swiftplan.planner.setup import ServeSetup, TrainSetup
+from swiftplan.planner.speed import ServeSpeed
 
 HERE = Path(__file__).parent
 DEFAULT_CSV = HERE / "data" / "published.csv"
 MORE_CSV = HERE / "data" / "published_2026.csv"
 """Rows collected for issue 14 (ms-swift example headers), same schema."""
+DECODE_CSV = HERE / "data" / "published_decode.csv"
+"""Published decode speeds (issue 14: serving decode tokens/s), same schema."""
 MORE_MEMORY_CSV = HERE / "data" / "published_more.csv"
 """Held-out real-GPU memory rows for issue 14 (fits/OOM verdicts, named counters), same schema."""
-ALL_CSVS = (DEFAULT_CSV, MORE_CSV, MORE_MEMORY_CSV)
+TRAIN_SPEED_CSV = HERE / "data" / "published_train_speed.csv"
+"""Published training throughput (issue 14: training MFU by micro-batch and model size), same schema."""
+ALL_CSVS = (DEFAULT_CSV, MORE_CSV, DECODE_CSV, MORE_MEMORY_CSV, TRAIN_SPEED_CSV)
 RESULTS = HERE / "results"
 
 
@@ -148,6 +155,10 @@ def compare(row: dict[str, str], expressed: Expressed) -> dict[str, Any]:
         if estimate.speed is None:
             raise Skip("no published throughput for this accelerator")
         ours = {"tokens_per_s": estimate.speed.tokens_per_s / expressed.cluster.world_size}  # type: ignore[union-attr]
+    elif metric in DECODE_METRICS:
+        if not isinstance(estimate.speed, ServeSpeed) or not isinstance(expressed.setup, ServeSetup):
+            raise Skip("no serving speed for this accelerator")
+        ours = {"tokens_per_s": decode_figure(row, expressed.setup, estimate.speed)}
     else:
         raise Skip(f"metric {metric!r} has no matching quantity")
     errors = {k: None if metric == "fits_in_gpu" else (v - published) / published for k, v in ours.items()}
@@ -174,6 +185,7 @@ def counter_kind(metric: str) -> str:
     return {
         "kv_cache_blocks": "vLLM KV blocks",
         "tokens_per_s_per_gpu": "tokens/s",
+        **dict.fromkeys(DECODE_METRICS, "decode tokens/s"),
         "max_seq_len_fit": "max seq fit",
         "fits_in_gpu": "fits",
         "kv_cache_gb": "analytic",
@@ -271,7 +283,7 @@ def summarise(compared: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _fmt(value: float, metric: str) -> str:
-    if metric in ("kv_cache_blocks", "max_seq_len_fit", "tokens_per_s_per_gpu"):
+    if metric in ("kv_cache_blocks", "max_seq_len_fit", "tokens_per_s_per_gpu", *DECODE_METRICS):
         return f"{value:,.0f}"
     if metric == "fits_in_gpu":
         return "fits" if value else "OOM"

@@ -15,6 +15,7 @@ from swiftplan.planner.hardware import Cluster, parse_cluster
 from swiftplan.planner.model_catalog import catalog_spec, find_catalog_id
 from swiftplan.planner.runtime import TRAIN_KNOB_OPTIONS, get_runtime, runtime_profiles
 from swiftplan.planner.setup import LoraSetup, Parallelism, RuntimeKnobs, ServeSetup, TrainSetup
+from swiftplan.planner.speed import ServeSpeed
 
 GiB, GB, MB = 2**30, 10**9, 10**6
 
@@ -50,6 +51,12 @@ MODEL_NAMES: dict[str, tuple[str, str]] = {
     ),
     "Qwen2.5-3B-Instruct": ("Qwen/Qwen2.5-3B", "instruct fine-tune of Qwen2.5-3B (same shapes)"),
     "Qwen2.5-3B": ("Qwen/Qwen2.5-3B", ""),
+    "Llama 7B": ("meta-llama/Llama-2-7b-hf", "LLaMA-1 7B and Llama-2-7B have the same shapes"),
+    "Llama 13B": ("meta-llama/Llama-2-13b-hf", "LLaMA-1 13B and Llama-2-13B have the same shapes"),
+    "Llama 70B": (
+        "meta-llama/Llama-2-70b-hf",
+        "a 70B Llama in Dec 2023 is Llama-2-70B (LLaMA-1's largest is 65B)",
+    ),
     "LLaMA-7B (hf conversion)": (
         "meta-llama/Llama-2-7b-hf",
         "LLaMA-1 7B has Llama-2-7B's shapes (32 x 4096, MLP 11008, vocab 32000)",
@@ -75,6 +82,7 @@ UNSUPPORTED_MODELS: dict[str, str] = {
     "t5-3b": "encoder-decoder (T5); the planner models decoder-only causal LMs",
     "bigcode/octocoder": "StarCoder (GPTBigCode, multi-query attention) is not in the catalog",
     "LLaMA-65B": "LLaMA-65B (80 x 8192, MLP 22016, no GQA) is not in the catalog",
+    "Llama 33B": "LLaMA-33B (60 x 6656, MLP 17920) is not in the catalog",
 }
 GPU_NAMES: dict[str, str] = {
     "RTX 4090 24GB": "rtx4090",
@@ -84,6 +92,7 @@ GPU_NAMES: dict[str, str] = {
     "A100-SXM 40GB": "a100-40gb-sxm",
     "T4 16GB": "t4",
     "AMD MI300X 192GB": "mi300x",
+    "MI250X (one GCD)": "mi250x-gcd",
     "A100": "a100-80gb-sxm",  # capacity not stated: only speed is compared (same bf16 rate at 40/80 GB)
     "80GB GPU": "a100-80gb-sxm",
     "48GB GPU": "rtxa6000",
@@ -189,6 +198,13 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
         {"context": 8192, "prefill_chunk": 8192},
         "vLLM profiles max_num_batched_tokens = max_model_len = 8192 tokens (no chunked prefill)",
     ),
+    **{
+        f"dec-{i}": (
+            {"prompt": 256},
+            "benchmark_latency: the batch's 256-token prompts are prefilled, then 256 decode steps",
+        )
+        for i in (21, 22, 23, 24)
+    },
     "vllm-02": (
         {"context": 8192, "prefill_chunk": 8192},
         "vLLM profiles max_num_batched_tokens = max_model_len = 8192 tokens (no chunked prefill)",
@@ -613,6 +629,30 @@ def express(row: dict[str, str]) -> Expressed:
 
 
 # --- comparing -----------------------------------------------------------------------------------------
+
+DECODE_METRICS = ("decode_tokens_per_s", "per_user_decode_tokens_per_s", "generate_tokens_per_s")
+"""Serving-speed metrics: generated tokens/s of all sequences during decode, of one sequence (1 / time per
+output token), and of a whole batch run (batch x output tokens / latency, the batch's prefill included)."""
+
+
+def decode_figure(row: dict[str, str], setup: ServeSetup, speed: ServeSpeed) -> float:
+    """Our figure for a decode row's metric. generate_tokens_per_s: batch x output / (batch x prompt /
+    prefill tokens/s + output / per-sequence decode tokens/s), prompt from ASSUMPTIONS, output = context - prompt."""
+    metric = row["metric"]
+    if metric == "decode_tokens_per_s":
+        return speed.decode_tokens_per_s
+    if metric == "per_user_decode_tokens_per_s":
+        return speed.per_user_decode_tokens_per_s
+    if metric != "generate_tokens_per_s":
+        raise Skip(f"metric {metric!r} is not a decode metric ({', '.join(DECODE_METRICS)})")
+    prompt = ASSUMPTIONS.get(row["id"], ({}, ""))[0].get("prompt")
+    if prompt is None:
+        raise Skip("generate_tokens_per_s needs the prompt length (an ASSUMPTIONS 'prompt' entry)")
+    output = setup.context - prompt
+    seconds = (
+        setup.concurrency * prompt / speed.prefill_tokens_per_s + output / speed.per_user_decode_tokens_per_s
+    )
+    return setup.concurrency * output / seconds
 
 
 def config_summary(expressed: Expressed) -> str:

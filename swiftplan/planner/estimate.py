@@ -11,6 +11,7 @@ from swiftplan.planner.adapters import validate_targets
 from swiftplan.planner.allocator import AllocatorSettings, with_reserved
 from swiftplan.planner.architecture import total_params
 from swiftplan.planner.breakdown import MemoryBreakdown
+from swiftplan.planner.comm_buffers import serve_comm_bytes, serve_comm_term, train_comm_term
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective import ObjectiveSetup, resolve_reference
@@ -214,13 +215,14 @@ def estimate_training(
         spec, setup, world_size=train_world, device_memory_bytes=cluster.memory_bytes_per_device
     )
     allocator = allocator or AllocatorSettings()
+    comm = train_comm_term(setup, cluster, world_size=train_world)  # NCCL, outside the allocator
     device = with_reserved(
         spec,
         memory.device,
         seq_len=setup.seq_len,
         settings=allocator,
         backend=cluster.accelerator.backend,
-        extras=memory.extras,
+        extras=(*memory.extras, *((comm,) if comm else ())),
         pooled=memory.pooled,
     )
     notes = list(cluster.notes) + vision_notes(spec, setup)
@@ -282,7 +284,10 @@ def estimate_serving(
     _check_parallelism(spec, cluster, setup.tp, 1)
     allocator = allocator or AllocatorSettings()
     device_bytes = cluster.memory_bytes_per_device
-    memory = serve_memory(spec, setup, device_memory_bytes=device_bytes)
+    memory = serve_memory(
+        spec, setup, device_memory_bytes=device_bytes, comm_bytes=serve_comm_bytes(setup, cluster)
+    )
+    comm = serve_comm_term(setup, cluster)  # NCCL and vLLM custom all-reduce, outside the allocator
     notes = list(cluster.notes) + vision_notes(spec, setup)
     speed = _speed_or_note(
         lambda: serve_speed(
@@ -305,6 +310,7 @@ def estimate_serving(
             seq_len=setup.context,
             settings=allocator,
             backend=cluster.accelerator.backend,
+            extras=(comm,) if comm else (),
         ),
         device_memory_bytes=device_bytes,
         host_bytes=0,

@@ -143,8 +143,14 @@ def _max_context(spec: ModelSpec, setup: ServeSetup, budget: int, per_token: flo
     return max(0, min(spec.max_position_embeddings, fitting))
 
 
-def serve_memory(spec: ModelSpec, setup: ServeSetup, *, device_memory_bytes: int) -> ServeMemory:
-    """Memory on one device for serving `setup`, and the concurrency/context limits it implies."""
+def serve_memory(
+    spec: ModelSpec, setup: ServeSetup, *, device_memory_bytes: int, comm_bytes: int = 0
+) -> ServeMemory:
+    """Memory on one device for serving `setup`, and the concurrency/context limits it implies.
+
+    `comm_bytes`: NCCL and custom all-reduce buffers of a tensor-parallel replica
+    (planner/comm_buffers.py); vLLM's memory profile counts them against gpu_memory_utilization like
+    the CUDA context, so they come off the KV budget."""
     kv_bytes = 1 if setup.kv_dtype == "fp8" else dtype_bytes(setup.dtype)
     per_token = kv_cache_bytes_per_token(spec, kv_dtype_bytes=kv_bytes, tp=setup.tp, context=setup.context)
     weights = serve_weight_bytes(spec, setup)
@@ -159,6 +165,7 @@ def serve_memory(spec: ModelSpec, setup: ServeSetup, *, device_memory_bytes: int
         - workspace
         - loras
         - context_bytes
+        - comm_bytes
         - vision_bytes
     )
     budget = max(0, budget)

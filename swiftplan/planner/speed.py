@@ -110,7 +110,7 @@ class ServeSpeed:
     per_user_decode_tokens_per_s: float
     """Generated tokens per second seen by one sequence."""
     bound: str
-    """Decode bound: memory (bandwidth) or compute."""
+    """Decode bound: memory (bandwidth), compute, or network (tensor-parallel all-reduces take longest)."""
 
 
 def efficiency_prior(accelerator: Accelerator) -> float:
@@ -298,6 +298,68 @@ def train_speed(
     )
 
 
+DECODE_TP_ALLREDUCES_PER_LAYER = 2
+"""Megatron tensor parallelism all-reduces the hidden-size activations twice per transformer layer in
+forward, after attention's output projection and after the MLP's down projection (Shoeybi et al. 2019,
+"Megatron-LM", §3, Fig. 4); a decode step is forward only."""
+
+
+DECODE_STEP_TERMS = ("memory", "compute", "allreduce")
+"""A decode step's time is the sum of its weight/KV reads, its matmul FLOPs and its all-reduces, not the
+larger of reads and FLOPs: decode GEMMs are skinny (M = the batch), and the published steps grow with the
+batch by about its FLOP time at the prefill efficiency (LMDeploy A100 static-inference rows dec-09..dec-20 of
+benchmarks/data/published_decode.csv, fit set: Llama-2-7B 10.0 ms at batch 1, 15.4 ms at batch 64)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServeEfficiency:
+    """The serving speed model's calibration constants (profiles/calibration.json, "serving_efficiency")."""
+
+    bandwidth: float
+    """Achieved fraction of the device's memory bandwidth when a decode step reads weights and KV cache."""
+    compute: float
+    """Achieved fraction of dense peak FLOP/s in prefill and compute-bound decode."""
+    allreduce_latency_s: float
+    """Fixed seconds per tensor-parallel all-reduce call (launch and synchronisation), before its bytes."""
+
+
+def serve_efficiency() -> ServeEfficiency:
+    """The calibrated serving constants (see `ServeEfficiency`)."""
+    return ServeEfficiency(
+        bandwidth=constant("serving_efficiency", "bandwidth"),
+        compute=constant("serving_efficiency", "compute"),
+        allreduce_latency_s=constant("serving_efficiency", "allreduce_latency_s"),
+    )
+
+
+def decode_memory_s(
+    setup: ServeSetup,
+    accelerator: Accelerator,
+    eff: ServeEfficiency,
+    *,
+    weight_bytes: int,
+    kv_bytes_per_token: float,
+) -> float:
+    """Seconds one device spends reading its weight shard and its share of every sequence's KV cache per
+    decode step: (weights + concurrency × context/2 × KV bytes per token) / (bandwidth × efficiency).
+    `weight_bytes` and `kv_bytes_per_token` are per device (already divided by tp)."""
+    kv_read = setup.concurrency * int(setup.context * PROMPT_SHARE_OF_CONTEXT) * kv_bytes_per_token
+    return (weight_bytes + kv_read) / (_bandwidth(accelerator) * eff.bandwidth)
+
+
+def decode_allreduce_s(
+    spec: ModelSpec, setup: ServeSetup, accelerator: Accelerator, eff: ServeEfficiency
+) -> float:
+    """Tensor-parallel all-reduce seconds per decode step: 2 per layer × (fixed latency + ring time of
+    concurrency × hidden_size activations over the device link, 2 (tp − 1)/tp × bytes / bandwidth;
+    Patarasuk and Yuan 2009). At small batch the fixed latency dominates; 0 without tensor parallelism."""
+    if setup.tp <= 1:
+        return 0.0
+    activation_bytes = setup.concurrency * spec.hidden_size * dtype_bytes(setup.dtype)
+    ring_s = _allreduce_s(activation_bytes, setup.tp, accelerator.intra_node_bytes_per_s)
+    return DECODE_TP_ALLREDUCES_PER_LAYER * spec.num_layers * (eff.allreduce_latency_s + ring_s)
+
+
 def serve_speed(
     spec: ModelSpec,
     setup: ServeSetup,
@@ -305,24 +367,28 @@ def serve_speed(
     *,
     weight_bytes: int,
     kv_bytes_per_token: float,
+    efficiency: ServeEfficiency | None = None,
 ) -> ServeSpeed:
-    """Roofline serving speed for one replica of `setup.tp` devices.
+    """Serving speed for one replica of `setup.tp` devices (`efficiency`: the calibrated constants unless given).
 
     Prefill is compute-bound: 2 × N FLOPs per token (+ attention) at the compute efficiency.
-    Each decode step reads every weight once and each sequence's KV cache, and does 2 × N FLOPs
-    per sequence; its time is the larger of the two at their efficiencies. TTFT is one prompt of
-    context/2 tokens prefilled in chunks beside the other sequences' decode tokens.
+    Each decode step reads every weight once and each sequence's KV cache (`decode_memory_s`), does
+    2 × N FLOPs per sequence, and all-reduces its activations under tensor parallelism (`decode_allreduce_s`);
+    its time is the sum of the three (`DECODE_STEP_TERMS`). TTFT is one prompt of context/2 tokens prefilled
+    in chunks beside the other sequences' decode tokens.
     """
+    eff = efficiency or serve_efficiency()
     n = matmul_params_per_token(spec)
-    peak = accelerator.dense_flops(setup.dtype) * constant("serving_efficiency", "compute") * setup.tp
-    bandwidth = _bandwidth(accelerator) * constant("serving_efficiency", "bandwidth") * setup.tp
+    peak = accelerator.dense_flops(setup.dtype) * eff.compute * setup.tp
     prompt = int(setup.context * PROMPT_SHARE_OF_CONTEXT)
     per_token_flops = FLOPS_PER_MAC * n + attention_flops_per_token(spec, prompt)
     prefill_tps = peak / per_token_flops
-    kv_read = setup.concurrency * prompt * kv_bytes_per_token * setup.tp
-    memory_s = (weight_bytes * setup.tp + kv_read) / bandwidth
+    memory_s = decode_memory_s(
+        setup, accelerator, eff, weight_bytes=weight_bytes, kv_bytes_per_token=kv_bytes_per_token
+    )
     compute_s = FLOPS_PER_MAC * n * setup.concurrency / peak
-    step = max(memory_s, compute_s)
+    allreduce_s = decode_allreduce_s(spec, setup, accelerator, eff)
+    step = memory_s + compute_s + allreduce_s
     # TTFT of a request arriving while the other sequences decode (vLLM chunked prefill): each engine
     # step takes up to `prefill_chunk` tokens, the running sequences' decode tokens first; the new
     # prompt fills the rest, and a step costs the larger of its weight/KV reads and its FLOPs.
@@ -332,10 +398,11 @@ def serve_speed(
         memory_s, min(setup.prefill_chunk, prompt + setup.concurrency - 1) * per_token_flops / peak
     )
     ttft = steps * step_with_prefill
+    bound = "memory" if memory_s >= compute_s else "compute"
     return ServeSpeed(
         prefill_tokens_per_s=prefill_tps,
         ttft_s=ttft,
         decode_tokens_per_s=setup.concurrency / step,
         per_user_decode_tokens_per_s=1 / step,
-        bound="memory" if memory_s >= compute_s else "compute",
+        bound="network" if allreduce_s > max(memory_s, compute_s) else bound,
     )

@@ -69,6 +69,8 @@ class MisfitMemo:
     smallest micro-batch is over the device memory at some degree is over it at every smaller one, as
     long as both degrees are above 1: at dp 1 ZeRO is off, and without DeepSpeed's fp32 master copy and
     its fp32 gradient partition at the step a single GPU can hold what two ZeRO ranks cannot.
+    NCCL's buffers (planner/comm_buffers.py) are the exception: they grow when the data-parallel group
+    spans more nodes, so a misfit only proves the smaller degrees when it is over by more than its own.
     Planning an accelerator's clusters largest first lets the smaller ones skip those estimates.
     """
 
@@ -100,7 +102,10 @@ class MisfitMemo:
 
     def record(self, structure: Candidate, evaluation: Evaluation) -> None:
         """Remember a resolved structure that is over the device memory."""
-        if evaluation.estimate is not None and evaluation.memory_over_bytes > 0:
+        if evaluation.estimate is None:
+            return
+        comm = sum(t.value_bytes for t in evaluation.estimate.memory.terms if t.name == "comm_buffers")
+        if evaluation.memory_over_bytes > comm:
             self._misfits.setdefault(self._key(structure), []).append((structure.layout.dp, evaluation))
 
 
