@@ -21,7 +21,8 @@ Procedure (small on purpose):
    |log(predicted / published)|; ties: smaller values. Nothing per row.
 5. Trust check: the fit is repeated leaving each row out; a fitted value on a grid edge, or whose
    leave-one-out range is wider than the value itself, is reported as not trusted (and the source says so).
-6. context_bytes_cuda: median over fit-set nvidia-smi rows of (published - our peak_reserved), if there
+6. context_bytes_cuda: median over fit-set nvidia-smi rows of (published - our peak_reserved - our other
+   memory outside the allocator, e.g. NCCL buffers), if there
    are at least three such rows; otherwise the prior stays.
 
     python benchmarks/calibrate.py            # prints the fit; --write updates calibration.json
@@ -43,7 +44,7 @@ from published_accuracy import ALL_CSVS, _estimate, _unit, read_rows
 from published_rows import Skip, express
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.allocator import AllocatorParams, distinct_lengths, rounding_bytes
+from swiftplan.planner.allocator import AllocatorParams, context_bytes, distinct_lengths, rounding_bytes
 from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.setup import TrainSetup
 
@@ -76,6 +77,8 @@ def fit_points(csv_paths: tuple[Path, ...] = ALL_CSVS) -> dict[str, list[dict[st
                 "published": float(row["value"]) * _unit(row),
                 "allocated": mem.peak_allocated,
                 "reserved": mem.peak_reserved,
+                # outside the allocator besides the CUDA context (NCCL buffers): not the context's to absorb
+                "outside": mem.device_total - mem.peak_reserved - context_bytes(expressed.cluster.accelerator.backend),
                 "rounding": rounding_bytes(spec, mem),
                 "dynamic": max(0, mem.peak_allocated - persistent - mem.kv_cache),
                 "log2_lengths": math.log2(distinct_lengths(seq, expressed.allocator)),
@@ -136,7 +139,7 @@ def fit(points: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     result["trusted"] = trusted
     smi = points["nvidia-smi"]
     if len(smi) >= 3:
-        result["context_bytes_cuda"] = int(statistics.median(p["published"] - p["reserved"] for p in smi))
+        result["context_bytes_cuda"] = int(statistics.median(p["published"] - p["reserved"] - p["outside"] for p in smi))
         result["nvidia_smi_rows"] = [p["id"] for p in smi]
     return result
 

@@ -108,7 +108,7 @@ def render_estimate(estimate: Estimate) -> None:
     table.add_row(
         "[bold]device total[/]",
         f"[bold]{mem.device_total / 2**30:.2f}[/]",
-        "reserved + CUDA context: what nvidia-smi would show",
+        "reserved + CUDA context + NCCL buffers: what nvidia-smi would show",
     )
     table.add_row("device memory", f"{estimate.device_memory_bytes / 2**30:.2f}", "")
     console.print(table)
