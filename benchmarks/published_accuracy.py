@@ -224,7 +224,7 @@ def run(csv_paths: Path | tuple[Path, ...]) -> dict[str, Any]:
                 "source": row["source"],
                 "source_kind": row["source_kind"],
                 "split": split_of(row["source"]),
-                "runtime": runtime_of(row["source"]),
+                "runtime": row.get("runtime", "").strip() or runtime_of(row["source"]),  # what the row ran
                 "model": expressed.model_id,
                 "published_model": row["model"],
                 "config": config_summary(expressed),
