@@ -55,6 +55,18 @@ PLANS = {
         parallel=Parallelism(zero=3), runtime=RuntimeKnobs(
             name="hf", optimizer_impl="foreach", loss="fused_linear", modules_to_save=("embed_tokens", "lm_head"),
             ds_buckets=True))),
+    # The feature knobs (issue 14): FSDP2 with CPU offload and activation offloading; QLoRA under FSDP1
+    # hybrid sharding over two nodes (one shard group per node); FSDP2 with every 2nd block checkpointed and
+    # torchao float8. Each engine renders them with its own keys or refuses them, naming the flag.
+    "8b_full_fsdp2_cpu_offload_act_offload_2xh100": ("meta-llama/Llama-3.1-8B", "2xh100-sxm", TrainSetup(
+        method="full", micro_batch=1, grad_accum=8, seq_len=4096,
+        runtime=RuntimeKnobs(fsdp="fsdp2", fsdp_cpu_offload=True, activation_offload=True))),
+    "8b_qlora_fsdp1_hybrid_2x8xh100": ("meta-llama/Llama-3.1-8B", "2x8xh100-sxm", TrainSetup(
+        method="qlora", lora=LoraSetup(rank=16, targets=("all-linear",)), micro_batch=2, grad_accum=2,
+        runtime=RuntimeKnobs(fsdp="fsdp1", fsdp_sharding="hybrid_shard", fsdp_shard_group=8))),
+    "8b_full_fsdp2_ckpt_every2_float8_2xh100": ("meta-llama/Llama-3.1-8B", "2xh100-sxm", TrainSetup(
+        method="full", micro_batch=1, grad_accum=8, seq_len=4096,
+        runtime=RuntimeKnobs(fsdp="fsdp2", ckpt_every=2, float8=True))),
 }  # fmt: skip
 OPTIONS = RunOptions(data="/data/train.jsonl", output_dir="/runs/out", max_steps=100, save_steps=50,
                      save_total_limit=2, packing=True, master_addr="10.0.0.1")  # fmt: skip
@@ -184,6 +196,107 @@ def test_runtime_knobs_are_carried_over_or_refused(engine):
             render_for(engine, bad, OPTIONS)
 
 
+# The feature knobs (issue 14) as each engine spells them, read back from the rendered config / command.
+FEATURES_CARRIED = {
+    "8b_full_fsdp2_cpu_offload_act_offload_2xh100": {
+        "trl": {"fsdp": "full_shard auto_wrap offload", "fsdp_config": {"version": 2}, "activation_offloading": True},
+        "llamafactory": {"fsdp": "full_shard auto_wrap offload", "fsdp_config": {"version": 2},
+                         "use_reentrant_gc": False, "use_unsloth_gc": True},
+        "axolotl": {"fsdp_version": 2, "fsdp_config": {"offload_params": True, "reshard_after_forward": True,
+                                                       "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"},
+                    "activation_offloading": True},
+        "ms-swift": {"fsdp": "fsdp_config.json", "gradient_checkpointing": "false"},
+    },
+    "8b_qlora_fsdp1_hybrid_2x8xh100": {
+        "trl": {"fsdp": "hybrid_shard auto_wrap", "fsdp_config": {"version": 1}, "bnb_4bit_quant_storage": "bfloat16"},
+        "llamafactory": {"fsdp": "hybrid_shard auto_wrap", "fsdp_config": {"version": 1}, "quantization_bit": 4},
+        "ms-swift": {"fsdp": "fsdp_config.json", "bnb_4bit_quant_storage": "bfloat16"},
+    },
+    "8b_full_fsdp2_ckpt_every2_float8_2xh100": {
+        "axolotl": {"fp8": True, "fp8_enable_fsdp_float8_all_gather": True,
+                    "gradient_checkpointing_kwargs": {"every_n_layers": 2}},
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(FEATURES_CARRIED))
+def test_feature_knobs_are_rendered_with_each_engines_own_keys(case):
+    for engine, expected in FEATURES_CARRIED[case].items():
+        config = _config(engine, case)
+        for key, value in expected.items():
+            assert config[key] == value, (engine, case, key)
+    swift = render_for("ms-swift", _plan("8b_full_fsdp2_cpu_offload_act_offload_2xh100", "ms-swift"), OPTIONS)
+    assert json.loads(swift.files["fsdp_config.json"]) == {
+        "fsdp": "full_shard auto_wrap offload",
+        "fsdp_config": {"fsdp_version": 2, "activation_cpu_offload": True, "activation_checkpointing": True},
+    }
+
+
+def _with_knobs(engine: str, **changes):
+    """A full bf16 fine-tune of an 8B model on two H100s, planned for `engine` without the knobs, then with
+    its set-up changed: rendering it meets engines.json's refusal or, past it, the renderer's own."""
+    setup = TrainSetup(method="full", micro_batch=1, grad_accum=8, seq_len=4096)
+    planned = "megatron-swift" if engine == "megatron-swift" else "trl"
+    plan = plan_for_setup("meta-llama/Llama-3.1-8B", parse_cluster("2xh100-sxm"), setup, engine=planned)
+    return replace(plan, engine=engine, setup=replace(plan.setup, **changes))
+
+
+# Knob values an engine cannot express, and the refusal naming the flag: engines.json's words for what the
+# engine never runs, the renderer's for what depends on the rest of the plan.
+REFUSALS = [
+    ("trl", {"runtime": RuntimeKnobs(float8=True)}, "trl does not run float8 training true"),  # engines.json
+    ("trl", {"runtime": RuntimeKnobs(activation_offload=True), "objective": None, "seq_len": 1024},
+     "trl cannot express --activation-offload with --task grpo"),
+    ("trl", {"runtime": RuntimeKnobs(ckpt_every=2, ckpt_position="last")},
+     "cannot express --ckpt-every 2 --ckpt-position last: transformers' every_n_layers checkpoints the first"),
+    ("trl", {"runtime": RuntimeKnobs(fsdp="fsdp2", fsdp_sharding="hybrid_shard")},
+     "cannot express --fsdp fsdp2 --fsdp-sharding hybrid_shard"),
+    ("trl", {"runtime": RuntimeKnobs(fsdp="fsdp1", fsdp_sharding="hybrid_shard", fsdp_shard_group=1)},
+     "cannot express --fsdp-shard-group 1: FSDP1's hybrid_shard shards within one node (2 GPUs here)"),
+    ("ms-swift", {"runtime": RuntimeKnobs(ckpt_every=2)}, "ms-swift does not run checkpointing every k-th block, k = 2"),
+    ("ms-swift", {"runtime": RuntimeKnobs(activation_offload=True)},
+     "ms-swift cannot express --activation-offload without --fsdp"),
+    ("ms-swift", {"runtime": RuntimeKnobs(float8=True)}, "ms-swift does not run float8 training true"),
+    ("llamafactory", {"runtime": RuntimeKnobs(ckpt_every=3)}, "llamafactory does not run checkpointing every k-th block, k = 3"),
+    ("llamafactory", {"runtime": RuntimeKnobs(activation_offload=True), "grad_ckpt": False},
+     "llamafactory cannot express --activation-offload without --grad-ckpt"),
+    ("axolotl", {"runtime": RuntimeKnobs(ckpt_every=2), "method": "lora"},
+     "axolotl cannot express --ckpt-every 2 with --method lora"),
+    ("axolotl", {"runtime": RuntimeKnobs(fsdp="fsdp1", fsdp_sharding="hybrid_shard")},
+     "axolotl cannot express --fsdp-sharding hybrid_shard"),
+    ("megatron-swift", {"runtime": RuntimeKnobs(activation_offload=True, float8=True)},
+     "megatron-swift does not run activation offloading true, float8 training true"),
+    ("megatron-swift", {"runtime": RuntimeKnobs(ds_buckets=True), "parallel": Parallelism(zero=1)},
+     "megatron-swift cannot express DeepSpeed bucket sizes (ds_buckets)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "engine, changes, message", REFUSALS, ids=[f"{e}-{m.split(': ')[0][-40:]}" for e, _, m in REFUSALS]
+)
+def test_a_knob_an_engine_cannot_express_is_refused_naming_it(engine, changes, message):
+    from swiftplan.planner.objective import ObjectiveSetup, RolloutSetup
+
+    if "objective" in changes:  # GRPO with colocated rollouts
+        changes = {**changes, "objective": ObjectiveSetup(kind="grpo", rollout=RolloutSetup())}
+    plan = _with_knobs(engine, **changes)
+    if plan.setup.method != "full" and plan.setup.lora is None:
+        plan = replace(plan, setup=replace(plan.setup, lora=LoraSetup(rank=8)))
+    with pytest.raises(SwiftplanError) as error:
+        render_for(engine, plan, OPTIONS)
+    assert message in error.value.message
+
+
+def test_estimate_refuses_a_knob_the_engine_never_runs_up_front():
+    """engines.json names the knobs each engine never runs: planning for it refuses them before rendering."""
+    model, gpus, setup = PLANS["8b_full_fsdp2_ckpt_every2_float8_2xh100"]
+    for engine, named in (("trl", "float8 training true"), ("ms-swift", "checkpointing every k-th block, k = 2"),
+                          ("llamafactory", "checkpointing every k-th block, k = 2"), ("megatron-swift", "FSDP 'fsdp2'")):  # fmt: skip
+        with pytest.raises(SwiftplanError, match=named):
+            plan_for_setup(model, parse_cluster(gpus), setup, engine=engine)
+    assert plan_for_setup(model, parse_cluster(gpus), setup, engine="axolotl").engine == "axolotl"
+
+
 @pytest.mark.parametrize("engine", HF_ENGINES)
 def test_every_plan_decision_is_carried_over(engine):
     for case, expected in CARRIED[engine].items():
@@ -226,19 +339,34 @@ def test_what_an_engine_cannot_express_is_refused_before_anything_runs():
 # --- each framework's own parser (pytest -m engines; skipped without scripts/engine_envs.sh's envs) ---
 
 _MS_SWIFT = r"""
-import json, sys
+import json, os, sys
 from swift.arguments import SftArguments
 from swift.utils.utils import _patch_get_type_hints
 from transformers import HfArgumentParser
 with _patch_get_type_hints():
     parser = HfArgumentParser([SftArguments])
 out = []
-for argv in json.load(sys.stdin):
+for argv, fsdp_text in json.load(sys.stdin):
     assert argv[:2] == ["swift", "sft"]
     ns, unknown = parser.parse_known_args(argv[2:])
     assert not unknown, unknown
+    fsdp = None
+    if ns.fsdp:  # what sft_args.py _init_fsdp does with the --fsdp file, then transformers' own FSDP checks
+        import tempfile
+        from swift.utils import json_parse_to_dict
+        from transformers import TrainingArguments
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, ns.fsdp)
+            open(path, "w").write(fsdp_text)
+            loaded = json_parse_to_dict(path)
+            args = TrainingArguments(output_dir=tmp, fsdp=loaded["fsdp"], fsdp_config=loaded["fsdp_config"],
+                                     use_cpu=True)
+        fsdp = {"version": args.fsdp_plugin_args["fsdp_version"], "cpu_offload": args.fsdp_plugin_args.get("cpu_offload", False),
+                "reshard": args.fsdp_plugin_args["reshard_after_forward"],
+                "activation_cpu_offload": args.fsdp_config.get("activation_cpu_offload", False)}
     out.append({"tuner_type": ns.tuner_type, "lora_rank": ns.lora_rank, "quant_bits": ns.quant_bits,
-                "deepspeed": ns.deepspeed, "max_length": ns.max_length})
+                "deepspeed": ns.deepspeed, "max_length": ns.max_length, "fsdp": fsdp,
+                "quant_storage": ns.bnb_4bit_quant_storage})
 print(json.dumps(out))
 """
 
@@ -252,7 +380,10 @@ for path in json.load(sys.stdin):
     cfg["use_cpu"] = True  # TrainingArguments refuses bf16 without a GPU unless told to run on the CPU
     model, data, training, finetuning, _ = _parse_train_args(cfg)
     out.append({"lora_rank": finetuning.lora_rank, "quantization_bit": model.quantization_bit,
-                "cutoff_len": data.cutoff_len, "deepspeed": bool(training.deepspeed)})
+                "cutoff_len": data.cutoff_len, "deepspeed": bool(training.deepspeed),
+                "fsdp": bool(training.fsdp), "fsdp_version": (training.fsdp_config or {}).get("version"),
+                "cpu_offload": "offload" in str(training.fsdp), "use_unsloth_gc": model.use_unsloth_gc,
+                "fp8": training.fp8})
 print(json.dumps(out))
 """
 
@@ -270,7 +401,12 @@ for path in json.load(sys.stdin):
     script, training, model, mixture, config_rest, cli_rest = parser.parse_args_and_config(
         ["--config", cpu], return_remaining_strings=True, separate_remaining_strings=True)
     assert not config_rest and not cli_rest, (config_rest, cli_rest)
-    out.append({"lora_r": model.lora_r, "load_in_4bit": model.load_in_4bit, "max_length": training.max_length})
+    out.append({"lora_r": model.lora_r, "load_in_4bit": model.load_in_4bit, "max_length": training.max_length,
+                "fsdp": bool(training.fsdp), "fsdp_version": (training.fsdp_config or {}).get("version"),
+                "cpu_offload": bool((training.fsdp_config or {}).get("cpu_offload")),
+                "activation_offloading": training.activation_offloading,
+                "every_n_layers": (training.gradient_checkpointing_kwargs or {}).get("every_n_layers"),
+                "quant_storage": model.bnb_4bit_quant_storage})
 print(json.dumps(out))
 """
 
@@ -279,12 +415,16 @@ import json, os, sys, yaml
 from axolotl.utils.config import validate_config
 from axolotl.utils.dict import DictDefault
 out = []
-for path, gpus in json.load(sys.stdin):
+for path, gpus, fp8 in json.load(sys.stdin):
     os.chdir(os.path.dirname(path))  # as above
     cfg = yaml.safe_load(open(path))
-    caps = {"bf16": True, "n_gpu": gpus, "n_node": 1, "compute_capability": "sm_90"}
+    caps = {"bf16": True, "fp8": fp8, "n_gpu": gpus, "n_node": 1, "compute_capability": "sm_90"}
     checked = validate_config(DictDefault(cfg), capabilities=caps, env_capabilities={"torch_version": "2.13.0"})
-    out.append({"adapter": checked.adapter, "lora_r": checked.lora_r, "sequence_len": checked.sequence_len})
+    out.append({"adapter": checked.adapter, "lora_r": checked.lora_r, "sequence_len": checked.sequence_len,
+                "fsdp_version": checked.fsdp_version, "fp8": checked.fp8,
+                "offload_params": (checked.fsdp_config or {}).get("offload_params"),
+                "activation_offloading": checked.activation_offloading,
+                "every_n_layers": (checked.gradient_checkpointing_kwargs or {}).get("every_n_layers")})
 print(json.dumps(out))
 """
 
@@ -304,9 +444,20 @@ def _runnable(engine: str):
 @pytest.mark.engines
 def test_ms_swift_parser_accepts_every_rendered_command():
     renders = _runnable("ms-swift")
-    parsed = run_in_env("ms-swift", _MS_SWIFT, [list(r.commands[0]) for _, r in renders])
+    payload = [[list(r.commands[0]), r.files.get("fsdp_config.json")] for _, r in renders]
+    parsed = dict(zip([case for case, _ in renders], run_in_env("ms-swift", _MS_SWIFT, payload), strict=True))
     assert len(parsed) == len(renders) >= 3
-    assert parsed[0]["quant_bits"] in (4, None) and all(p["max_length"] for p in parsed)
+    assert parsed["7b_qlora_rtx4090"]["quant_bits"] == 4 and all(p["max_length"] for p in parsed.values())
+    # The FSDP plans, as transformers' TrainingArguments read ms-swift's --fsdp file.
+    assert parsed["8b_full_fsdp2_cpu_offload_act_offload_2xh100"]["fsdp"] == {
+        "version": 2,
+        "cpu_offload": True,
+        "reshard": True,
+        "activation_cpu_offload": True,
+    }
+    hybrid = parsed["8b_qlora_fsdp1_hybrid_2x8xh100"]
+    assert hybrid["fsdp"]["version"] == 1 and hybrid["fsdp"]["reshard"] == "hybrid_shard"
+    assert hybrid["quant_storage"] == "bfloat16"
 
 
 @pytest.mark.integration
@@ -322,8 +473,15 @@ def test_yaml_engines_parse_every_rendered_config(engine, script):
             directory = Path(tmp) / case
             write_files(render, directory)
             paths.append(str(directory / next(n for n in render.files if n.endswith(".yaml"))))
-        parsed = run_in_env(engine, script, paths)
+        parsed = dict(zip([case for case, _ in renders], run_in_env(engine, script, paths), strict=True))
     assert len(parsed) == len(renders) >= 3
+    # The feature knobs, as the framework's own parser read them.
+    offload = parsed["8b_full_fsdp2_cpu_offload_act_offload_2xh100"]
+    assert offload["fsdp"] and offload["fsdp_version"] == 2 and offload["cpu_offload"]
+    assert offload["use_unsloth_gc" if engine == "llamafactory" else "activation_offloading"] is True
+    assert parsed["8b_qlora_fsdp1_hybrid_2x8xh100"]["fsdp_version"] == 1
+    if engine == "trl":
+        assert parsed["8b_qlora_fsdp1_hybrid_2x8xh100"]["quant_storage"] == "bfloat16"
 
 
 @pytest.mark.integration
@@ -335,11 +493,21 @@ def test_axolotl_validates_every_rendered_config():
         for case, render in renders:
             directory = Path(tmp) / case
             write_files(render, directory)
-            payload.append([str(directory / "axolotl_sft.yaml"), _plan(case, "axolotl").gpus_per_node])
+            fp8 = "h100" in PLANS[case][1]  # Hopper has fp8 tensor cores; the A100 and RTX 4090 plans do not
+            payload.append([str(directory / "axolotl_sft.yaml"), _plan(case, "axolotl").gpus_per_node, fp8])
         parsed = run_in_env("axolotl", _AXOLOTL, payload)
     assert [p["adapter"] for p in parsed] == [
         "qlora" if "qlora" in case else "lora" if "lora" in case else None for case, _ in renders
     ]
+    by_case = dict(zip([case for case, _ in renders], parsed, strict=True))
+    offload = by_case["8b_full_fsdp2_cpu_offload_act_offload_2xh100"]
+    assert (
+        offload["fsdp_version"] == 2
+        and offload["offload_params"]
+        and offload["activation_offloading"] is True
+    )
+    float8 = by_case["8b_full_fsdp2_ckpt_every2_float8_2xh100"]
+    assert float8["fp8"] is True and float8["every_n_layers"] == 2
 
 
 _MAKE_TINY_MODEL = r"""
