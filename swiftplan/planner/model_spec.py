@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.checkpoint_quant import CheckpointQuant, checkpoint_quant
 from swiftplan.planner.values import is_positive_number, is_whole_number
 
 # model_type values whose module layout architecture.py knows. Families that need
@@ -152,6 +153,8 @@ class ModelSpec:
     """Latent attention layout, None for GQA/MHA."""
     torch_dtype: str | None = None
     """dtype the checkpoint is stored in, when the config says."""
+    checkpoint_quant: CheckpointQuant | None = None
+    """fp8 quantization the checkpoint was exported with (config.json quantization_config), None when unquantized."""
     source: str = ""
     """Where the config came from (catalog citation, file path or hub id)."""
     hf_config: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
@@ -479,6 +482,7 @@ def spec_from_hf_config(config: Mapping[str, Any], *, name: str, source: str = "
         moe=_moe_shape(config, name, model_type, layers),
         mla=_mla_shape(config, name),
         torch_dtype=_dtype(config, name),
+        checkpoint_quant=checkpoint_quant(config, name),
         source=source,
         hf_config=MappingProxyType(dict(config)),
     )

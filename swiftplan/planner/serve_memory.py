@@ -2,21 +2,32 @@
 
 The budget follows vLLM: the engine may use `gpu_memory_utilization × device memory`; from
 that it subtracts weights, the activation peak of a profiling forward pass over
-`prefill_chunk` tokens, LoRA slots and non-torch memory, and gives the rest to KV blocks.
+`prefill_chunk` tokens (or of the sampler warm-up, when larger), LoRA slots, non-torch memory
+and its CUDA-graph estimate, and gives the rest to KV blocks (planner/vllm_runtime.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from swiftplan.errors import SwiftplanError
 from swiftplan.planner.adapters import lora_params_for
 from swiftplan.planner.architecture import layer_linears
 from swiftplan.planner.breakdown import MemoryBreakdown, Term
 from swiftplan.planner.calibration import constant, constant_source
+from swiftplan.planner.checkpoint_quant import FP8_CONFIG_SOURCE, CheckpointQuant
 from swiftplan.planner.dtypes import dtype_bytes
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.setup import LoraSetup, ServeSetup
+from swiftplan.planner.setup import LoraSetup, Quant, ServeSetup
 from swiftplan.planner.vision_serve import vision_serve
+from swiftplan.planner.vllm_runtime import (
+    SAMPLER_SOURCE,
+    cudagraph_pool_bytes,
+    cudagraph_pool_formula,
+    cudagraph_pool_source,
+    sampler_peak_bytes,
+    sampler_requests,
+)
 from swiftplan.planner.weights import layer_weight_bytes, outer_weight_bytes
 
 VLLM_BLOCK_TOKENS = 16
@@ -44,30 +55,70 @@ def kv_cache_bytes_per_token(
     return per_layer * (full_layers + window_layers)
 
 
+def serve_quant(spec: ModelSpec, setup: ServeSetup) -> tuple[Quant, CheckpointQuant | None]:
+    """The weight quantization vLLM serves with, and the checkpoint's own fp8 layout when it has one.
+
+    An fp8 checkpoint (config.json quantization_config, planner/checkpoint_quant.py) is served as fp8
+    whether or not --quant fp8 is given: vLLM reads its quantization_config itself. Another --quant on
+    such a checkpoint is refused: vLLM would not load it that way."""
+    checkpoint = spec.checkpoint_quant
+    if checkpoint is None:
+        return setup.quant, None
+    if setup.quant not in ("none", "fp8"):
+        raise SwiftplanError(
+            f"{spec.name!r} is already quantized to fp8 (its config.json has quantization_config.quant_method "
+            f"{checkpoint.method!r}), so it cannot be served with --quant {setup.quant}: vLLM loads the "
+            "checkpoint's own quantization.",
+            hint="Leave --quant out (or pass --quant fp8), or plan the unquantized model.",
+        )
+    return "fp8", checkpoint
+
+
 def serve_weight_bytes(spec: ModelSpec, setup: ServeSetup) -> int:
-    """Weights on one tensor-parallel rank."""
+    """Weights on one tensor-parallel rank. Under fp8 vLLM quantizes the routed experts too
+    (Fp8MoEMethod, checkpoint_quant.FP8_CONFIG_SOURCE); other schemes keep them in the compute dtype."""
     wb = dtype_bytes(setup.dtype)
+    quant, checkpoint = serve_quant(spec, setup)
     blocks = sum(
-        layer_weight_bytes(spec, i, dtype_bytes=wb, quant=setup.quant, double_quant=True, tp=setup.tp)
+        layer_weight_bytes(
+            spec,
+            i,
+            dtype_bytes=wb,
+            quant=quant,
+            double_quant=True,
+            tp=setup.tp,
+            quantize_experts=quant == "fp8",
+            checkpoint=checkpoint,
+        )
         for i in range(spec.num_layers)
     )
     return blocks + outer_weight_bytes(spec, dtype_bytes=wb, tp=setup.tp)
 
 
-def prefill_workspace_bytes(spec: ModelSpec, setup: ServeSetup) -> int:
-    """Activation peak of one forward pass over `prefill_chunk` tokens (no autograd, so only one
-    block's temporaries live at a time): hidden states and residual, q/k/v and attention output,
-    and the SwiGLU gate/up/product, plus fp32 logits for the sequences being sampled."""
+def workspace_bytes_per_token(spec: ModelSpec, setup: ServeSetup) -> int:
+    """Forward-pass temporaries per token (no autograd, so only one block's live at a time): hidden
+    states and residual, q/k/v and attention output, and the SwiGLU gate/up/product."""
     cb = dtype_bytes(setup.dtype)
     width = (
         spec.moe.expert_intermediate_size * spec.moe.experts_per_token if spec.moe else spec.intermediate_size
     )
-    per_token = (
+    return (
         cb * (3 * spec.hidden_size + 2 * spec.q_dim + 2 * spec.kv_dim) // setup.tp
         + cb * 3 * width // setup.tp
     )
+
+
+def prefill_workspace_bytes(spec: ModelSpec, setup: ServeSetup) -> int:
+    """Activation peak of one forward pass over `prefill_chunk` tokens, plus fp32 logits for the
+    sequences being sampled."""
     logits = min(setup.concurrency, setup.prefill_chunk) * spec.vocab_size * 4
-    return setup.prefill_chunk * per_token + logits
+    return setup.prefill_chunk * workspace_bytes_per_token(spec, setup) + logits
+
+
+def sampler_extra_bytes(spec: ModelSpec, setup: ServeSetup, *, workspace: int) -> int:
+    """What vLLM's sampler warm-up needs beyond the prefill workspace: the profiled peak is the larger of
+    the forward pass and the sampler (vllm_runtime.SAMPLER_SOURCE), so only the excess counts."""
+    return max(0, sampler_peak_bytes(spec, setup) - workspace)
 
 
 def lora_slot_bytes(spec: ModelSpec, setup: ServeSetup) -> int:
@@ -102,17 +153,60 @@ class ServeMemory:
     """The requested concurrency × context fits in the KV budget."""
 
 
+def _weights_term(spec: ModelSpec, setup: ServeSetup, weights: int) -> Term:
+    """The weights line: which dtype, whether the experts are in it, and the checkpoint's own layout."""
+    quant, checkpoint = serve_quant(spec, setup)
+    if quant == "none":
+        return Term(name="weights", value_bytes=weights, formula=f"{setup.dtype} weights / tp{setup.tp}")
+    formula = f"{quant} weights / tp{setup.tp}"
+    if quant == "fp8" and spec.moe is not None:
+        formula += ", routed experts fp8 (vLLM Fp8MoEMethod)"
+    if checkpoint is None:
+        source = FP8_CONFIG_SOURCE if quant == "fp8" else ""
+        return Term(name="weights", value_bytes=weights, formula=formula, source=source)
+    scales = (
+        "per tensor"
+        if checkpoint.weight_block is None
+        else "per {}×{} block".format(*checkpoint.weight_block)
+    )
+    if checkpoint.scales == "channel":
+        scales = "per output channel"
+    formula += (
+        f" from the checkpoint's quantization_config ({checkpoint.method}, fp32 scales {scales}, "
+        f"{len(checkpoint.ignored)} ignored-module entries in {setup.dtype})"
+    )
+    return Term(name="weights", value_bytes=weights, formula=formula, source=checkpoint.source)
+
+
+def _runtime_terms(spec: ModelSpec, setup: ServeSetup, *, graphs: int, sampler: int) -> tuple[Term, ...]:
+    """vLLM's CUDA-graph estimate and the sampler warm-up's excess over the prefill workspace."""
+    per_token = workspace_bytes_per_token(spec, setup)
+    return (
+        Term(
+            name="cudagraph_pool",
+            value_bytes=graphs,
+            formula=cudagraph_pool_formula(setup, workspace_bytes_per_token=per_token),
+            source=cudagraph_pool_source(),
+        ),
+        Term(
+            name="sampler_warmup",
+            value_bytes=sampler,
+            formula=(
+                f"max(0, {sampler_requests(setup)} requests × {spec.vocab_size:,} vocab × "
+                f"({dtype_bytes(setup.dtype)} B logits + 3 × 4 B fp32) − prefill workspace)"
+            ),
+            source=SAMPLER_SOURCE,
+        ),
+    )
+
+
 def _serve_terms(
-    setup: ServeSetup, *, weights: int, kv: int, workspace: int, loras: int, context_bytes: int,
+    setup: ServeSetup, *, weights: Term, kv: int, workspace: int, loras: int, context_bytes: int,
     blocks_per_seq: int, per_token: float,
 ) -> tuple[Term, ...]:  # fmt: skip
     """The serving memory terms with their formulas, as the breakdown shows them."""
     return (
-        Term(
-            name="weights",
-            value_bytes=weights,
-            formula=f"{setup.quant if setup.quant != 'none' else setup.dtype} weights / tp{setup.tp}",
-        ),
+        weights,
         Term(
             name="kv_cache",
             value_bytes=kv,
@@ -155,6 +249,8 @@ def serve_memory(
     per_token = kv_cache_bytes_per_token(spec, kv_dtype_bytes=kv_bytes, tp=setup.tp, context=setup.context)
     weights = serve_weight_bytes(spec, setup)
     workspace = prefill_workspace_bytes(spec, setup)
+    sampler = sampler_extra_bytes(spec, setup, workspace=workspace)
+    graphs = cudagraph_pool_bytes(setup, workspace_bytes_per_token=workspace_bytes_per_token(spec, setup))
     loras = lora_slot_bytes(spec, setup)
     vision = vision_serve(spec, setup, llm_workspace=workspace)  # the tower, encoder cache and its pass
     vision_bytes = 0 if vision is None else vision.total
@@ -163,6 +259,8 @@ def serve_memory(
         int(device_memory_bytes * setup.gpu_memory_utilization)
         - weights
         - workspace
+        - sampler
+        - graphs
         - loras
         - context_bytes
         - comm_bytes
@@ -173,9 +271,11 @@ def serve_memory(
     seq_bytes = blocks_per_seq * VLLM_BLOCK_TOKENS * per_token
     max_concurrency = int(budget // seq_bytes) if seq_bytes else 0
     kv = int(seq_bytes * setup.concurrency)
-    peak = weights + workspace + loras + kv + vision_bytes
-    terms = _serve_terms(setup, weights=weights, kv=kv, workspace=workspace, loras=loras,
-                         context_bytes=context_bytes, blocks_per_seq=blocks_per_seq, per_token=per_token)  # fmt: skip
+    peak = weights + workspace + sampler + graphs + loras + kv + vision_bytes
+    terms = _serve_terms(setup, weights=_weights_term(spec, setup, weights), kv=kv, workspace=workspace,
+                         loras=loras, context_bytes=context_bytes, blocks_per_seq=blocks_per_seq,
+                         per_token=per_token)  # fmt: skip
+    terms = terms[:-1] + _runtime_terms(spec, setup, graphs=graphs, sampler=sampler) + terms[-1:]
     if (
         vision is not None
     ):  # the fields below hold the vision parts too; the table shows them on their own lines
@@ -187,6 +287,7 @@ def serve_memory(
         adapters=loras,
         activations=workspace,
         kv_cache=kv,
+        transient=sampler,
         runtime_overhead=context_bytes,
         peak_allocated=peak,
         device_total=peak + context_bytes,

@@ -3,7 +3,9 @@
 Which modules a scheme quantizes follows the libraries: bitsandbytes (transformers'
 `replace_with_bnb_linear`) and GPTQ/AWQ replace `nn.Linear` layers in the blocks only;
 embeddings, the LM head, norms, routers and (transformers v5) fused expert tensors stay in
-the compute dtype.
+the compute dtype. vLLM's fp8 also quantizes the routed experts (Fp8MoEMethod), so serving
+passes `quantize_experts`; an fp8 checkpoint's own config (planner/checkpoint_quant.py) says
+which modules stay in the compute dtype and how its scales are laid out.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from swiftplan.planner.architecture import (
     layer_vector_params,
     lm_head_params,
 )
+from swiftplan.planner.checkpoint_quant import CheckpointQuant
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import Quant
 
@@ -51,7 +54,26 @@ def torchao_nf4_bytes(elements: int, dtype_bytes: int = 2) -> int:
     return -(-elements // 2) + blocks + (factors + 1 + 16) * dtype_bytes
 
 
-def quantized_linear_bytes(linear: Linear, quant: Quant, *, double_quant: bool = True) -> int:
+def fp8_scale_bytes(linear: Linear, checkpoint: CheckpointQuant | None = None) -> int:
+    """fp32 scales of one copy of an fp8 weight (source: checkpoint_quant.FP8_CONFIG_SOURCE): one per
+    tensor (vLLM's in-flight fp8 and per-tensor checkpoints; a fused expert gate/up keeps one per
+    shard), one per output row (compressed-tensors 'channel'), or one per weight_block (e.g. 128 × 128);
+    plus one input scale with static activation scales."""
+    if checkpoint is None or checkpoint.scales == "tensor":
+        scales = 2 if linear.kind == "experts" and linear.name.endswith("gate_up_proj") else 1
+    elif checkpoint.scales == "channel":
+        scales = linear.out_features
+    else:
+        assert checkpoint.weight_block is not None
+        rows, cols = checkpoint.weight_block
+        scales = -(-linear.out_features // rows) * -(-linear.in_features // cols)
+    static = 1 if checkpoint is not None and checkpoint.static_activations else 0
+    return 4 * (scales + static)
+
+
+def quantized_linear_bytes(
+    linear: Linear, quant: Quant, *, double_quant: bool = True, checkpoint: CheckpointQuant | None = None
+) -> int:
     """Bytes of one quantized nn.Linear (weight, its constants, and its bias in 16-bit).
 
     - nf4/fp4: 0.5 B/weight + absmax per 64 weights: fp32 (4 B), or with double quant 1 B plus
@@ -59,7 +81,7 @@ def quantized_linear_bytes(linear: Linear, quant: Quant, *, double_quant: bool =
     - int8 (LLM.int8): 1 B/weight + one fp32 row scale (SCB) per output feature.
     - gptq/awq: 4-bit packed weights + per group of 128 inputs an fp16 scale and a 4-bit zero
       per output; GPTQ also keeps g_idx (int32 per input row).
-    - fp8: 1 B/weight + one fp32 scale per tensor.
+    - fp8: 1 B/weight + fp32 scales (`fp8_scale_bytes`: per tensor unless `checkpoint` says otherwise).
     - nf4-torchao: torchao's NF4Tensor (`torchao_nf4_bytes`, bf16 constants).
     """
     weights = linear.in_features * linear.out_features
@@ -76,7 +98,7 @@ def quantized_linear_bytes(linear: Linear, quant: Quant, *, double_quant: bool =
         if quant == "gptq":
             per_copy += 4 * linear.in_features
     elif quant == "fp8":
-        per_copy = weights + 4
+        per_copy = weights + fp8_scale_bytes(linear, checkpoint)
     elif quant == "nf4-torchao":
         per_copy = torchao_nf4_bytes(weights)
     else:
@@ -84,20 +106,49 @@ def quantized_linear_bytes(linear: Linear, quant: Quant, *, double_quant: bool =
     return linear.count * (per_copy + bias)
 
 
-def is_quantized(linear: Linear, quant: Quant) -> bool:
-    """Whether `quant` replaces this module (only plain nn.Linear layers are replaced)."""
-    return quant != "none" and linear.kind == "linear"
+def is_quantized(linear: Linear, quant: Quant, *, quantize_experts: bool = False) -> bool:
+    """Whether `quant` replaces this module: plain nn.Linear layers, and the fused routed experts too
+    with `quantize_experts` (vLLM's Fp8MoEMethod; bitsandbytes and GPTQ/AWQ in transformers leave them)."""
+    if quant == "none":
+        return False
+    return linear.kind == "linear" or (quantize_experts and linear.kind == "experts")
+
+
+def module_path(spec: ModelSpec, layer: int, linear: Linear) -> str:
+    """The module's full name as vLLM matches it against a checkpoint's ignored layers: e.g.
+    model.layers.3.self_attn.q_proj, model.layers.3.mlp.down_proj, and for the fused routed experts the
+    RoutedExperts module itself (model.layers.3.mlp.experts; Mixtral's block_sparse_moe.experts)."""
+    block = "self_attn" if linear.block == "attention" else "mlp"
+    if spec.model_type == "mixtral" and linear.block == "mlp":
+        block = "block_sparse_moe"
+    name = "experts" if linear.kind == "experts" else linear.name
+    return f"model.layers.{layer}.{block}.{name}"
 
 
 @cache
 def layer_weight_bytes(
-    spec: ModelSpec, layer: int, *, dtype_bytes: int, quant: Quant, double_quant: bool, tp: int = 1
+    spec: ModelSpec,
+    layer: int,
+    *,
+    dtype_bytes: int,
+    quant: Quant,
+    double_quant: bool,
+    tp: int = 1,
+    quantize_experts: bool = False,
+    checkpoint: CheckpointQuant | None = None,
 ) -> int:
-    """Bytes of block `layer` on one tensor-parallel rank: matrices split by `tp`, vectors replicated."""
+    """Bytes of block `layer` on one tensor-parallel rank: matrices split by `tp`, vectors replicated.
+
+    `quantize_experts`: the routed experts are quantized too (vLLM fp8). `checkpoint`: an fp8 checkpoint's
+    own layout; modules it ignores stay in the compute dtype and its scales follow `fp8_scale_bytes`."""
     total = (layer_vector_params(spec, layer) + layer_buffer_elements(spec, layer)) * dtype_bytes
     for linear in layer_linears(spec, layer):
-        if is_quantized(linear, quant):
-            total += quantized_linear_bytes(linear, quant, double_quant=double_quant) // tp
+        if is_quantized(linear, quant, quantize_experts=quantize_experts) and not (
+            checkpoint is not None and checkpoint.ignores(module_path(spec, layer, linear))
+        ):
+            total += (
+                quantized_linear_bytes(linear, quant, double_quant=double_quant, checkpoint=checkpoint) // tp
+            )
         else:
             total += linear.params * dtype_bytes // tp
     return total
