@@ -8,8 +8,8 @@ form. The options mean what `swiftplan fit`'s flags of the same name mean.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.units import parse_token_count
@@ -93,6 +93,8 @@ class JobRequest:
     """Training runtime planned for (profiles/runtimes; its engine runs the plan). Serving ignores it."""
     training: str = "sft"
     """The training objective (sft, dpo, kto, orpo, simpo, cpo, rm, ppo, grpo), with fit's defaults."""
+    runtime_options: dict[str, Any] = field(default_factory=dict)
+    """RuntimeKnobs fields set over the runtime's defaults (fit's knob flags; training only)."""
 
 
 def _positive_int(name: str, text: str) -> int:
@@ -157,12 +159,18 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
     if epochs <= 0:
         raise SwiftplanError(f"Epochs must be positive, got {raw['epochs']!r}.")
     runtime = raw["runtime"].strip() or "swiftplan"
+    shown = runtime  # the runtime whose values the knob fields were filled with
     if (
         training != "sft" and runtime == "swiftplan"
     ):  # swiftplan's loop trains SFT only; ms-swift runs them all
         runtime = "ms-swift"
     if task == "train" and runtime not in runtime_choices():
         raise SwiftplanError(f"Runtime must be one of {', '.join(runtime_choices())}, got {runtime!r}.")
+    overrides: dict[str, Any] = {}
+    if task == "train":
+        from swiftplan.tui.knobs import runtime_overrides
+
+        overrides = runtime_overrides(fields, shown if shown in runtime_choices() else runtime)
     try:
         seed = int(raw["seed"])
     except ValueError:
@@ -185,6 +193,7 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
         trials=_optional_int("Trials", raw["trials"]),
         runtime=runtime,
         training=training,
+        runtime_options=overrides,
     )
 
 

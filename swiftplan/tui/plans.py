@@ -73,6 +73,8 @@ class SearchOutcome:
     """The search it answers."""
     title: str
     """Model, cluster, task and objective."""
+    runtime_line: str
+    """The runtime planned for, the defaults it applied and the knobs set over them ('' for serving)."""
     choices: tuple[PlanChoice, ...]
     """Best first, then runners-up of other shapes (or the Pareto front); empty when nothing fits."""
     family_lines: tuple[str, ...]
@@ -177,6 +179,17 @@ def _diagnosis(outcome: FitOutcome) -> tuple[str, ...]:
     return tuple(lines)
 
 
+def runtime_line(problem: FitProblem) -> str:
+    """'runtime hf (its defaults: loss fused_linear, ...); set: fsdp fsdp2, fsdp_cpu_offload true'."""
+    from swiftplan.tui.knobs import override_text
+
+    if problem.runtime is None:
+        return ""
+    line = problem.runtime.describe()
+    overrides = {k: v for k, v in problem.request.runtime_options.items() if k in problem.runtime.options}
+    return line + (f"; set: {override_text(overrides)}" if overrides else "")
+
+
 def outcome(search_id: int, fit: FitOutcome, final: SearchSnapshot) -> SearchOutcome:
     """The plan view for a finished search."""
     problem, result = fit.problem, fit.result
@@ -192,6 +205,7 @@ def outcome(search_id: int, fit: FitOutcome, final: SearchSnapshot) -> SearchOut
     return SearchOutcome(
         search_id=search_id,
         title=problem.title,
+        runtime_line=runtime_line(problem),
         choices=tuple(make_choice(e, problem) for e in rows),
         family_lines=tuple(family_line(f, result.best, result.objective) for f in result.families),
         diagnosis=_diagnosis(fit),

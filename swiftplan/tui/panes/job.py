@@ -1,4 +1,8 @@
-"""Tab 2: the job form. It only holds text; `swiftplan.tui.job.parse_job` checks it in the search worker."""
+"""Tab 2: the job form. It only holds text; `swiftplan.tui.job.parse_job` checks it in the search worker.
+
+The runtime knobs sit in a collapsed group under the job; picking a runtime fills them with that
+runtime's values (looked up in `RUNTIME_KNOBS`, made once from the profiles), and the search plans
+with the ones the user changed over them, as fit's knob flags do."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Grid, VerticalScroll
 from textual.suggester import SuggestFromList
-from textual.widgets import Button, Input, Label, Select, Static
+from textual.widgets import Button, Collapsible, Input, Label, Select, Static
 
 from swiftplan.tui.job import (
     FORM_DEFAULTS,
@@ -18,6 +22,7 @@ from swiftplan.tui.job import (
     TASK_CHOICES,
     runtime_choices,
 )
+from swiftplan.tui.knobs import KNOB_CHOICES, KNOB_FIELDS, runtime_knob_text
 
 SELECTS = {
     "task": TASK_CHOICES,
@@ -28,6 +33,20 @@ SELECTS = {
     "pareto": ("no", "yes"),
 }
 """Fields chosen from a list; the rest are typed."""
+RUNTIME_KNOBS = {name: runtime_knob_text(name) for name in SELECTS["runtime"]}
+"""Each runtime's knob field texts (its profile's defaults over swiftplan's)."""
+KNOB_LAYOUT = (
+    ("loss", "Loss", "optimizer_impl", "Optimizer impl"),
+    ("loss_chunks", "Loss chunks", "loss_chunk_tokens", "Chunk tokens"),
+    ("fsdp", "FSDP", "fsdp_sharding", "FSDP sharding"),
+    ("fsdp_shard_group", "Shard group", "fsdp_cpu_offload", "FSDP offload"),
+    ("ckpt_every", "Ckpt every", "ckpt_position", "Ckpt position"),
+    ("activation_offload", "Act. offload", "float8", "Float8"),
+    ("optimizer_in_backward", "Opt. in bwd", "ds_buckets", "DS buckets"),
+    ("modules_to_save", "Save modules", "", ""),
+)
+"""The knob group's rows, as LAYOUT (every field of `KNOB_FIELDS` once)."""
+KNOBS_TITLE = "Runtime knobs (training): the runtime's defaults; edit to override"
 LAYOUT = (
     ("task", "Task", "objective", "Objective"),
     ("runtime", "Runtime", "", ""),
@@ -43,9 +62,15 @@ HELP = (
     "tab/shift+tab move between fields · enter or ctrl+r searches · esc leaves a field, then 1-5 switch tabs.\n"
     "Method and quantization limit what the search may choose; LoRA rank auto searches 4-256; dataset tokens "
     "(50M, 1.5B) only scale time and cost; context and concurrency are for serving; runtime is the training "
-    "framework planned for (its loss, optimizer and engine; profiles/runtimes)."
+    "framework planned for (its loss, optimizer and engine; profiles/runtimes); picking one fills the runtime "
+    "knobs with its defaults, and each knob is the CLI flag of the same name (--loss, --fsdp, …)."
 )
-PLACEHOLDERS = {"rank": "16 · 8,16,32 · auto", "concurrency": "auto", "trials": "auto"}
+PLACEHOLDERS = {
+    "rank": "16 · 8,16,32 · auto",
+    "concurrency": "auto",
+    "trials": "auto",
+    "modules_to_save": "none · embed_tokens,lm_head",
+}
 
 
 class JobPane(VerticalScroll):
@@ -60,22 +85,35 @@ class JobPane(VerticalScroll):
     JobPane #job-error { color: $error; margin: 1 0 0 0; }
     JobPane #job-go { margin: 1 0 0 16; }
     JobPane #job-help { color: $text-muted; margin: 1 0 0 0; }
+    JobPane #job-knobs { margin: 1 0 0 0; padding: 0; border: none; }
+    JobPane #job-knobs Contents { padding: 0; }
     """
 
     def __init__(self, *, model_choices: Sequence[str], id: str | None = None) -> None:
         super().__init__(id=id)
         self._choices = list(model_choices)
+        self._knobs_for = FORM_DEFAULTS["runtime"]
+        """The runtime whose values the knob fields were last filled with."""
 
     def _field(self, key: str) -> Input | Select[str]:
-        if key in SELECTS:
+        initial = {**FORM_DEFAULTS, **RUNTIME_KNOBS[self._knobs_for]}[key]
+        choices = SELECTS.get(key) or KNOB_CHOICES.get(key)
+        if choices is not None:
             return Select(
-                [(choice, choice) for choice in SELECTS[key]],
-                value=FORM_DEFAULTS[key],
+                [(choice, choice) for choice in choices],
+                value=initial,
                 allow_blank=False,
                 compact=True,
                 id=f"job-{key}",
             )
-        return Input(FORM_DEFAULTS[key], placeholder=PLACEHOLDERS.get(key, ""), compact=True, id=f"job-{key}")
+        return Input(initial, placeholder=PLACEHOLDERS.get(key, ""), compact=True, id=f"job-{key}")
+
+    def _rows(self, layout: tuple[tuple[str, str, str, str], ...]) -> ComposeResult:
+        for left, left_label, right, right_label in layout:
+            yield Label(left_label)
+            yield self._field(left)
+            yield Label(right_label)
+            yield self._field(right) if right else Static("")
 
     def compose(self) -> ComposeResult:
         with Grid(id="job-model-row"):
@@ -89,32 +127,51 @@ class JobPane(VerticalScroll):
             )
         yield Static("type a model: suggestions come from the catalog (→ accepts)", id="job-model-hint")
         with Grid():
-            for left, left_label, right, right_label in LAYOUT:
-                yield Label(left_label)
-                yield self._field(left)
-                yield Label(right_label)
-                yield self._field(right) if right else Static("")
+            yield from self._rows(LAYOUT)
+        with Collapsible(title=KNOBS_TITLE, id="job-knobs"), Grid(id="job-knob-grid"):
+            yield from self._rows(KNOB_LAYOUT)
         yield Button("Search  ctrl+r", id="job-go", compact=True, variant="primary")
         yield Static("", id="job-error")
         yield Static(HELP, id="job-help")
 
     def _widget(self, key: str) -> Input | Select[str]:
-        if key in SELECTS:
+        if key in SELECTS or key in KNOB_CHOICES:
             return self.query_one(f"#job-{key}", Select)
         return self.query_one(f"#job-{key}", Input)
 
     def values(self) -> dict[str, str]:
-        """Every field's text, keyed as `FORM_DEFAULTS`."""
+        """Every field's text, keyed as `FORM_DEFAULTS` and `KNOB_FIELDS` (the knobs filled for the runtime
+        shown, should its change not have been handled yet)."""
+        runtime = self._widget("runtime").value
+        if runtime is not Select.BLANK:
+            self._fill_knobs(str(runtime))
         out = {}
-        for key in FORM_DEFAULTS:
+        for key in (*FORM_DEFAULTS, *KNOB_FIELDS):
             value = self._widget(key).value
             out[key] = str(value) if value is not Select.BLANK else ""
         return out
 
     def fill(self, values: dict[str, str]) -> None:
-        """Set fields (the CLI's --model, tests)."""
+        """Set fields (the CLI's --model, tests). A runtime comes first and fills the knobs with its
+        values; knobs given too override them."""
+        if "runtime" in values:
+            self._widget("runtime").value = values["runtime"]
+            self._fill_knobs(values["runtime"])
         for key, value in values.items():
-            self._widget(key).value = value
+            if key != "runtime":
+                self._widget(key).value = value
+
+    def _fill_knobs(self, runtime: str) -> None:
+        """The knob fields with `runtime`'s values (once per change of runtime)."""
+        if runtime == self._knobs_for or runtime not in RUNTIME_KNOBS:
+            return
+        self._knobs_for = runtime
+        for key, text in RUNTIME_KNOBS[runtime].items():
+            self._widget(key).value = text
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "job-runtime" and event.value is not Select.BLANK:
+            self._fill_knobs(str(event.value))
 
     def show_model_hint(self, name: str, text: str) -> None:
         """The line under the model field, if it still describes what is typed."""

@@ -1,5 +1,6 @@
-"""Tab 4: the plans a search found; the selected one's memory against the budget, speed and bound,
-why other families lost, and the command that runs it once saved."""
+"""Tab 4: the plans a search found; the runtime and knobs they were planned with; the selected one's
+memory against the budget, speed and bound, why other families lost, and the command that runs it once
+saved."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class PlanPane(Vertical):
     DEFAULT_CSS = """
     PlanPane { padding: 0 1; }
     PlanPane #plan-title { text-style: bold; }
+    PlanPane #plan-runtime { color: $text-muted; display: none; }
     PlanPane DataTable { height: auto; max-height: 7; scrollbar-size-horizontal: 0; }
     PlanPane #plan-detail { height: 1fr; }
     PlanPane #plan-summary { text-style: bold; margin: 1 0 0 0; }
@@ -38,6 +40,7 @@ class PlanPane(Vertical):
         yield table
         with VerticalScroll(id="plan-detail"):
             yield Static("", id="plan-summary")
+            yield Static("", id="plan-runtime")
             yield MemoryBars(id="plan-bars")
             yield Static("", id="plan-speed")
             yield Static("", id="plan-why")
@@ -47,6 +50,9 @@ class PlanPane(Vertical):
         """Fill the table (the first row is selected) and the family lines."""
         title = outcome.title if outcome.choices else f"Nothing fits — {outcome.title}"
         self.query_one("#plan-title", Static).update(title)
+        runtime = self.query_one("#plan-runtime", Static)
+        runtime.update(outcome.runtime_line)
+        runtime.display = bool(outcome.runtime_line)
         table = self.query_one(DataTable)
         table.clear()
         for index, choice in enumerate(outcome.choices, 1):
