@@ -22,6 +22,7 @@ from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.offload_speed import activation_offload_s, fsdp_cpu_offload_s
 from swiftplan.planner.runtime_terms import shard_degree
 from swiftplan.planner.setup import Quant, ServeSetup, TrainSetup
+from swiftplan.planner.train_efficiency import mfu_curve, training_mfu
 from swiftplan.planner.weights import is_quantized
 
 FALLBACK_BANDWIDTH_BYTES_PER_S = 400e9
@@ -92,7 +93,7 @@ class TrainSpeed:
     flops_per_token: float
     """Training FLOPs per token (forward + backward + recomputation)."""
     mfu_prior: float
-    """Achievable fraction of dense peak FLOP/s used (calibration prior)."""
+    """Fraction of dense peak FLOP/s used: the calibrated MFU curve at this micro-batch and model size."""
     breakdown_s: dict[str, float]
     """Seconds per step by component: compute, dequant, offload, comm, bubble."""
 
@@ -114,13 +115,9 @@ class ServeSpeed:
 
 
 def efficiency_prior(accelerator: Accelerator) -> float:
-    """Achievable training MFU for this accelerator's family (profiles/calibration.json)."""
-    if accelerator.backend == "mps":
-        return constant("training_efficiency", "apple")
-    if accelerator.backend == "npu":
-        return constant("training_efficiency", "npu")
-    consumer = "geforce" in accelerator.name.lower() or "rtx" in accelerator.name.lower()
-    return constant("training_efficiency", "consumer" if consumer else "datacenter")
+    """The family's training MFU ceiling (planner/train_efficiency.py): no micro-batch or model size reaches
+    more, so a time computed with it is a lower bound."""
+    return mfu_curve(accelerator).mfu_max
 
 
 def attention_flops_per_token(spec: ModelSpec, seq_len: int) -> float:
@@ -270,7 +267,8 @@ def train_speed(
     par = setup.parallel
     dp = max(1, (world_size or cluster.world_size) // (par.tp * par.pp))
     shards = shard_degree(setup, dp)
-    mfu = efficiency_prior(acc)
+    tokens = setup.micro_batch * setup.seq_len
+    mfu = training_mfu(acc, tokens_per_micro_batch=tokens, params=matmul_params_per_token(spec))
     compute_s = _compute_s(spec, setup, acc, mfu)
     dequant_s = _dequant_s(spec, setup, acc)
     # bitsandbytes dequantises each weight in its own kernel before the GEMM: it adds, it does not overlap.
