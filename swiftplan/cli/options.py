@@ -172,7 +172,12 @@ RuntimeOpt = Annotated[
     ),
 ]
 LossOpt = Annotated[
-    str | None, typer.Option("--loss", help="full | chunked | fused_linear (runtime default).")
+    str | None,
+    typer.Option(
+        "--loss",
+        help="full | chunked | fused_linear | full_legacy (runtime default); full_legacy = transformers "
+        "4.31-4.45, whose forward kept fp32 logits and a shifted copy.",
+    ),
 ]
 LossChunksOpt = Annotated[
     int | None, typer.Option("--loss-chunks", help="chunked loss: token chunks (torchtune 8).")

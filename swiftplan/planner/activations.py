@@ -35,6 +35,7 @@ from swiftplan.planner.runtime_features import (
 from swiftplan.planner.runtime_terms import (
     chunked_loss_bytes,
     fused_linear_loss_bytes,
+    legacy_loss_bytes,
     saved_module_activation_bytes,
 )
 from swiftplan.planner.setup import TrainSetup
@@ -352,8 +353,8 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
     T × V × 3 × 4 bytes (traced: `_log_softmax`, `nll_loss_backward`, `_log_softmax_backward_data`).
     Gemma 2's logit soft-capping keeps its tanh output (compute dtype) for backward.
 
-    The runtime's loss implementation changes this (`setup.runtime.loss`): chunked and fused linear
-    cross-entropy are in `runtime_terms`.
+    The runtime's loss implementation changes this (`setup.runtime.loss`): transformers < 4.46's
+    loss (full_legacy), chunked and fused linear cross-entropy are in `runtime_terms`.
     """
     tokens = setup.micro_batch * setup.seq_len
     cb = activation_dtype_bytes(setup)
@@ -369,6 +370,9 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
         return fused_linear_loss_bytes(
             tokens, vocab, spec.hidden_size, compute_bytes=cb, chunk_tokens=knobs.loss_chunk_tokens
         )
+    if knobs.loss == "full_legacy":
+        legacy = legacy_loss_bytes(batch=setup.micro_batch, seq=setup.seq_len, vocab=vocab)
+        return legacy + tokens * vocab * softcap
     per_token = 3 * FP32 + softcap
     return tokens * vocab * per_token
 

@@ -1,6 +1,6 @@
 """Memory terms of the features runtimes use, each a small formula with its source.
 
-- the loss: full fp32 logits, token-chunked cross-entropy, or fused linear + cross-entropy;
+- the loss: transformers < 4.46's shifted fp32 logits, token-chunked cross-entropy, or fused linear + cross-entropy;
 - the AdamW implementation's step temporaries (fused, foreach, for-loop);
 - modules trained in full next to LoRA (peft `modules_to_save`);
 - DeepSpeed's gradient reduce bucket(s) and ZeRO-3's gathered-parameter buffers;
@@ -32,6 +32,26 @@ def chunked_loss_bytes(tokens: int, vocab: int, *, chunks: int, compute_bytes: i
     forward = tokens * vocab * (compute_bytes + FP32) + per_chunk * vocab * FP32
     backward = tokens * vocab * FP32 + per_chunk * vocab * 2 * FP32
     return max(forward, backward)
+
+
+def legacy_loss_bytes(*, batch: int, seq: int, vocab: int) -> int:
+    """transformers 4.31.0-4.45.2 `LlamaForCausalLM.forward` (and Qwen2's, 4.37+): `logits = logits.float()`
+    in forward, kept in the returned output; `shift_logits = logits[..., :-1, :].contiguous()`, then
+    `CrossEntropyLoss` (log_softmax + nll_loss) over the B × (S - 1) shifted positions. The compute-dtype
+    logits die at the upcast (`_to_copy` saves no tensor for backward). With the output dropped before
+    backward (`Trainer.compute_loss` returns only the loss), the larger of
+    - forward, at log_softmax: the fp32 logits, the shifted copy and the log_softmax output:
+      B·S·V·4 + 2·B·(S-1)·V·4; with batch 1 the slice is already contiguous and no copy is made,
+      B·S·V·4 + B·(S-1)·V·4;
+    - backward, at its first ops: the saved log_softmax output, nll_loss_backward's gradient and
+      _log_softmax_backward_data's output: 3·B·(S-1)·V·4.
+    Source: transformers 4.38.2 (and 4.45.2) src/transformers/models/llama/modeling_llama.py
+    LlamaForCausalLM.forward; 4.46.0 moved the loss into `self.loss_function` (loss/loss_utils.py), 4.31.0
+    added the upcast. Traced with transformers 4.38.2 (benchmarks/results/legacy_loss_trace.md)."""
+    shifted = batch * (seq - 1) * vocab * FP32
+    upcast = batch * seq * vocab * FP32
+    copy = shifted if batch > 1 else 0
+    return max(upcast + copy + shifted, 3 * shifted)
 
 
 def fused_linear_chunk_tokens(tokens: int, vocab: int, hidden: int, chunk_tokens: int = 0) -> int:

@@ -23,7 +23,7 @@ ZeroStage = Literal[0, 1, 2, 3]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 KvDtype = Literal["auto", "fp8"]
 AttentionImpl = Literal["sdpa", "flash", "eager"]
-LossImpl = Literal["full", "chunked", "fused_linear"]
+LossImpl = Literal["full", "chunked", "fused_linear", "full_legacy"]
 OptimizerImpl = Literal["fused", "foreach", "for_loop"]
 SavedModule = Literal["embed_tokens", "lm_head"]
 Fsdp = Literal["none", "fsdp1", "fsdp2"]
@@ -149,8 +149,10 @@ class RuntimeKnobs:
     name: str = "swiftplan"
     """Runtime profile the knobs came from (profiles/runtimes/NAME.yaml)."""
     loss: LossImpl = "full"
-    """Cross-entropy implementation: full fp32 logits (transformers), token-chunked (torchtune), or
-    fused linear + cross-entropy that never holds all logits (Liger, cut cross-entropy, Unsloth, TRL)."""
+    """Cross-entropy implementation: full fp32 logits (transformers >= 4.49, upcast inside the loss),
+    full_legacy (transformers 4.31-4.45: fp32 logits in the model output and a shifted fp32 copy),
+    token-chunked (torchtune), or fused linear + cross-entropy that never holds all logits (Liger, cut
+    cross-entropy, Unsloth, TRL)."""
     loss_chunks: int = 8
     """chunked: token chunks the logits are split into (torchtune num_output_chunks = 8)."""
     loss_chunk_tokens: int = 0

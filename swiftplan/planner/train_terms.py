@@ -154,6 +154,9 @@ def _step_source(setup: TrainSetup) -> str:
 
 _LOSS_SOURCES = {
     "full": "",
+    "full_legacy": "transformers 4.38.2 src/transformers/models/llama/modeling_llama.py LlamaForCausalLM.forward "
+    "(logits.float() and shift_logits .contiguous() in forward, 4.31.0-4.45.2); traced in "
+    "benchmarks/results/legacy_loss_trace.md",
     "chunked": "pytorch/torchtune @ bd2a0fc torchtune/modules/loss/ce_chunked_output_loss.py",
     "fused_linear": "linkedin/Liger-Kernel @ e11c2d6 src/liger_kernel/ops/fused_linear_cross_entropy.py",
 }
@@ -166,6 +169,11 @@ def _logits_formula(setup: TrainSetup, vocab: int) -> str:
     if knobs.loss == "chunked":
         return (f"{tokens} tokens × {vocab} vocab × (compute-dtype logits + fp32 log_softmax outputs) "
                 f"+ one of {knobs.loss_chunks} chunks' fp32 copy and gradient (chunked cross-entropy)")  # fmt: skip
+    if knobs.loss == "full_legacy":
+        copy = "the shifted fp32 copy, " if setup.micro_batch > 1 else ""
+        return (f"{tokens} tokens × {vocab} vocab: the larger of forward (the output's fp32 logits, {copy}the "
+                f"log_softmax output) and backward (3 fp32 loss tensors), over the {setup.seq_len - 1} "
+                "shifted positions of each sequence (transformers < 4.46)")  # fmt: skip
     if knobs.loss == "fused_linear":
         chunk = f"{knobs.loss_chunk_tokens}-token" if knobs.loss_chunk_tokens else "Liger-sized"
         return f"one {chunk} chunk × {vocab} vocab fp32 + hidden-state gradient (fused linear cross-entropy, no full logits)"
