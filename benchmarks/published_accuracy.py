@@ -452,10 +452,15 @@ def findings(report: dict[str, Any], csv_path: Path) -> list[str]:
         "(paged KV, last-token fp32 logits); a transformers forward computes fp16 and fp32 logits for every prompt "
         "token and eager attention's fp32 softmax; and the counter is not stated (a device-level reading would add "
         "the CUDA context and the allocator cache to these figures).",
-        f"- **Speed.** LLaMA-Factory's eager-attention LoRA run (lf-02) is {err('lf-02', 'tokens_per_s')} against "
-        f"our estimate with the 0.42 datacenter MFU prior; Qwen's flash-attention runs (qwen-08, qwen-09) are "
-        f"{err('qwen-08', 'tokens_per_s')} and {err('qwen-09', 'tokens_per_s')}. The prior is neither confirmed nor "
-        "refuted by three rows; `benchmarks/gpu_validate.py --fit` is where it gets fitted.",
+        f"- **Training speed** (MFU curve of planner/train_efficiency.py, benchmarks/fit_training_speed.py). Qwen's "
+        f"padded LoRA runs on one A100 go from {err('spd-16', 'tokens_per_s')} at 1 × 256 tokens per micro-batch "
+        f"to {err('qwen-09', 'tokens_per_s')} at 1 × 8192: the measured MFU keeps rising to 8192 tokens, while the "
+        "curve's half-point is still its 150-token prior (no fit-set source spans two micro-batch sizes). GPTQ "
+        f"Q-LoRA at 256 tokens ({err('spd-20', 'tokens_per_s')}) and the two-node LoRA runs ("
+        f"{err('spd-29', 'tokens_per_s')} at 256 tokens) carry per-step costs the model lacks. torchtitan's "
+        f"64-GPU FSDP2 rows ({err('spd-48', 'tokens_per_s')}) are predicted network-bound: the inter-node term, not "
+        "the MFU. torchtune's 8 × A100 rows (spd-06, spd-14, spd-15) would need more than the dense peak per GPU, "
+        "so the README's 'Tokens/sec' for them cannot be per GPU; the fit leaves them out and says so.",
         "- **What agrees.** Rows whose configuration is fully stated and whose counter is named: the vLLM KV-block "
         f"counts ({err('vllm-01', 'kv_blocks')}, fp8 KV exactly twice the blocks), torchtune's reserved memory "
         f"(ttlora-01 {err('ttlora-01', 'reserved')}, ttlora-02 {err('ttlora-02', 'reserved')}), Qwen's padded "
