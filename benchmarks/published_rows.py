@@ -140,7 +140,10 @@ UNIT_OVERRIDES: dict[str, tuple[int, str]] = {
 
 AA_WHY = (
     "fsdp_qlora train.py of 2024-03: pure bf16 (adapters and AdamW states bf16; the planner keeps adapters fp32), LoRA "
-    "dropout 0.1, sdpa, dummy data at full length, no prepare_model_for_kbit_training; full loss, torch AdamW (foreach)"
+    "dropout 0.1, sdpa, dummy data at full length, no prepare_model_for_kbit_training; torch AdamW (foreach); "
+    "transformers 4.38/4.39 (the releases of 2024-02/03; train.py imports LLAMA_ATTENTION_CLASSES, 4.36+): full_legacy "
+    "loss (fp32 logits and a shifted copy in Llama/Mistral forward, 4.31-4.45); train.py keeps `output` (its fp32 "
+    "logits) through backward, +4 B per token x vocab not modelled"
 )
 """Answer.AI's fsdp_qlora rows (published_more.csv pm-01..pm-25): what train.py did that the table leaves unsaid."""
 
@@ -263,7 +266,7 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
                 "lora_dropout": 0.1,
                 "attention": "sdpa",
                 "kbit_upcast": False,
-                "loss": "full",
+                "loss": "full_legacy",
                 "optimizer_impl": "foreach",
             }
             | ({"fsdp_cpu_offload": True} if i in (14, 15, 16, 17, 18, 19, 20) else {}),
@@ -277,12 +280,13 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
                 "lora_dropout": 0.1,
                 "attention": "flash",
                 "kbit_upcast": False,
-                "loss": "full",
+                "loss": "full_legacy",
                 "optimizer_impl": "foreach",
             }
             | ({"fsdp_cpu_offload": True} if i == 26 else {}),
             "peft examples/sft on TRL 0.8 (2024-03): packed 2048-token sequences, FlashAttention-2, LoRA dropout 0.1, TRL skips "
-            "prepare_model_for_kbit_training for sharded QLoRA; full loss, adamw_torch (foreach)"
+            "prepare_model_for_kbit_training for sharded QLoRA; adamw_torch (foreach); transformers > 4.38.2 as the doc "
+            "requires, so 4.39 in 2024-03: full_legacy loss (Llama forward's fp32 logits and shifted copy, 4.31-4.45)"
             + ("; FSDP offload_params" if i == 26 else ""),
         )
         for i in (26, 27, 28, 29)
@@ -293,8 +297,9 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
         "512 is a truncation cap (batch 1, no padding beyond the sample)",
     ),
     "pm-31": (
-        {},
-        "llama-recipes defaults: fp32 model and AdamW, packed 4096-token samples, batch 4, no checkpointing",
+        {"loss": "full_legacy"},
+        "llama-recipes defaults: fp32 model and AdamW, packed 4096-token samples, batch 4, no checkpointing; "
+        "transformers of 2024-03 (4.38/4.39): full_legacy loss (Llama forward's fp32 logits and shifted copy, 4.31-4.45)",
     ),
     "pm-32": (
         {"lora_dropout": 0.0, "loss": "full", "optimizer_impl": "foreach", "variable_lengths": True},
@@ -334,7 +339,7 @@ RUNTIME_ERAS: dict[str, tuple[dict[str, Any], str]] = {
     "ms-": (
         {"optimizer_impl": "foreach"},
         "ms-swift 3.x header (written 2024-12 and after, e.g. examples/train/full/train.sh from b40f31df7 "
-        "2024-12-05) on transformers 4.4x: default optim adamw_torch = torch.optim.AdamW, foreach on CUDA; "
+        "2024-12-05) on transformers 4.4x (4.46+ by 2024-12: the loss in loss_function, not full_legacy): default optim adamw_torch = torch.optim.AdamW, foreach on CUDA; "
         "adamw_torch_fused became the default only with torch >= 2.8 (huggingface/transformers PR #37358, 2025-07)",
     ),
     "tt": (
@@ -348,8 +353,9 @@ RUNTIME_ERAS: dict[str, tuple[dict[str, Any], str]] = {
         "FusedAdam from finetune.py's ds_config (in place)",
     ),
     "lf-": (
-        {"loss": "full", "optimizer_impl": "foreach"},
-        "LLaMA-Factory of 2023-12 on transformers 4.3x: full cross-entropy, adamw_torch (foreach; default "
+        {"loss": "full_legacy", "optimizer_impl": "foreach"},
+        "LLaMA-Factory of 2023-12 on transformers 4.3x: Llama forward's fp32 logits and shifted copy (full_legacy: "
+        "4.31-4.45, transformers 4.38.2 modeling_llama.py), adamw_torch (foreach; default "
         "since huggingface/transformers PR #25109, 2023-07)",
     ),
     "iss-01": (
@@ -358,11 +364,13 @@ RUNTIME_ERAS: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "us-": (
         {"loss": "full", "optimizer_impl": "foreach"},
-        "HF + FA2 baseline of 2024-12 (transformers 4.4x): full cross-entropy, adamw_torch (foreach)",
+        "HF + FA2 baseline of 2024-12 (transformers 4.4x): full cross-entropy (4.46+ by then, so not full_legacy), "
+        "adamw_torch (foreach)",
     ),
     "hf4-": (
         {"loss": "full", "optimizer_impl": "for_loop"},
-        "transformers 4.30 (2023-05): full cross-entropy, default optim adamw_hf (transformers' own AdamW, "
+        "transformers 4.30 (2023-05): full cross-entropy (not full_legacy: the fp32 upcast in Llama's forward came in "
+        "4.31.0), default optim adamw_hf (transformers' own AdamW, "
         "one parameter at a time; huggingface/transformers PR #25109 switched to adamw_torch in 2023-07)",
     ),
     "peft-": (
