@@ -65,6 +65,14 @@ MODEL_NAMES: dict[str, tuple[str, str]] = {
         "mistralai/Mistral-7B-v0.1",
         "v0.2 base has v0.1's shapes (32 x 4096, MLP 14336, 8 KV heads, vocab 32000); v0.2 drops the sliding window",
     ),
+    "OpenLLaMA-7B-v2": (
+        "meta-llama/Llama-2-7b-hf",
+        "OpenLLaMA 7B v2 has LLaMA-7B's shapes (32 x 4096, MLP 11008, vocab 32000)",
+    ),
+    "CodeLlama-7B": (
+        "meta-llama/Llama-2-7b-hf",
+        "CodeLlama-7B is trained from Llama-2-7B (32 x 4096, MLP 11008; vocab 32016 vs 32000)",
+    ),
     "DeepSeek-R1-0528-Qwen3-8B": (
         "Qwen/Qwen3-8B",
         "distilled fine-tune of Qwen3-8B (its config.json: Qwen3ForCausalLM, 36 x 4096, vocab 151936)",
@@ -105,6 +113,11 @@ GPU_NAMES: dict[str, str] = {
     "A100 (stated: 'test env: 4 * A100')": "a100-80gb-sxm",
     "A100 (stated: 'Env: 4 * A100')": "a100-80gb-sxm",
     "H20 (stated: 'test_env: 4 * H20')": "a100-80gb-sxm",  # H20 not in the catalog; counters only
+    # Decode-speed rows (published_decode.csv dec-25..): the names as each source writes them.
+    "A100 (80 GB implied by the batch's KV cache)": "a100-80gb-sxm",  # > 40 GB of fp16 KV; form factor unstated
+    "A100 (80 GB implied; PCIe, no NVLink)": "a100-80gb-pcie",  # fp16 Llama-2-70B on 2 cards needs 80 GB each
+    "A10G 24GB (PCIe)": "a10g",
+    "V100 (variant unstated)": "v100-sxm2-16gb",  # 900 GB/s on every V100 variant; decode speed only
 }
 # What a row ran, by the start of its `method` cell, when the planner cannot express it (ms-swift example
 # headers record every figure; these say why a figure is not compared).
@@ -146,6 +159,10 @@ AA_WHY = (
     "logits) through backward, +4 B per token x vocab not modelled"
 )
 """Answer.AI's fsdp_qlora rows (published_more.csv pm-01..pm-25): what train.py did that the table leaves unsaid."""
+
+_QWEN_LENGTHS = (1, 6144, 14336, 30720, 63488, 129024)
+QWEN_SPEED_PROMPTS = _QWEN_LENGTHS[:4] + _QWEN_LENGTHS * 3 + (1,) + _QWEN_LENGTHS
+"""Input lengths of published_decode.csv dec-25..dec-53 (Qwen2.5 speed benchmark: 3B, 7B, 14B, 32B, 72B rows)."""
 
 # What a row leaves unsaid and we must assume, per row id, with the reason shown in the report. Keys are
 # TrainSetup/LoraSetup/ServeSetup fields, plus `tokens` (kv_cache_gb rows).
@@ -207,6 +224,27 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
             "benchmark_latency: the batch's 256-token prompts are prefilled, then 256 decode steps",
         )
         for i in (21, 22, 23, 24)
+    },
+    **{
+        f"dec-{i}": (
+            {"prompt": prompt},
+            f"Qwen2.5 speed benchmark: one {prompt}-token prompt prefilled, then 2048 generated (2048 / generate() time)",
+        )
+        for i, prompt in zip(range(25, 54), QWEN_SPEED_PROMPTS, strict=True)
+    },
+    **{
+        f"dec-{i}": (
+            {"prompt": prompt},
+            f"gptSessionBenchmark static batch: the batch's {prompt}-token prompts are prefilled, then the output length",
+        )
+        for i, prompt in {54: 128, 55: 128, 56: 2048}.items()
+    },
+    **{
+        f"dec-{i}": (
+            {"prompt": 7},
+            "llm-perf-bench vLLM: benchmark_latency --input-len 7 --output-len 256 --batch-size 1, Speed = 256 / latency",
+        )
+        for i in (58, 60, 62, 64)
     },
     "vllm-02": (
         {"context": 8192, "prefill_chunk": 8192},
