@@ -45,8 +45,12 @@ Examples:
 
   swiftplan verify Qwen/Qwen2.5-7B --runtime torchtune --seq 4096       (chunked cross-entropy, 8 pieces)
 
+  swiftplan verify Qwen/Qwen2.5-7B --method full --fsdp fsdp2 --gpus 8xH100 --fsdp-cpu-offload
+
 --runtime runs the framework's loss and AdamW implementation in the trace; what the tracer cannot run
-(--loss fused_linear, --fsdp, --modules-to-save, --optimizer-in-backward) is refused naming the flag.
+(--loss fused_linear, --fsdp fsdp1, --modules-to-save, --optimizer-in-backward) is refused naming the flag.
+--fsdp fsdp2 runs torch's fully_shard as rank 0 of the --gpus devices on a fake process group (full_shard,
+shard_grad_op, hybrid_shard, --fsdp-cpu-offload; bf16/fp16/fp32 models, SFT).
 
 Needs the [trace] extra (torch, transformers, peft); no GPU and no weights are used.
 """
@@ -79,6 +83,9 @@ def verify_command(
     attention: str = typer.Option("sdpa", "--attention", help="sdpa | flash (traced as sdpa) | eager"),
     context: int = typer.Option(4096, "--context", help="Serving: tokens per sequence."),
     concurrency: int = typer.Option(1, "--concurrency", help="Serving: sequences."),
+    gpus: str = typer.Option(
+        "h100", "--gpus", help="Devices, e.g. 4xH100: FSDP is traced as rank 0 of that many (--fsdp fsdp2)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     runtime: RuntimeOpt = None,
     loss: LossOpt = None,
@@ -156,13 +163,14 @@ def _runtime(ctx: typer.Context, o: dict[str, Any]) -> Any:
     given = {n: o[n] for n in given_options(ctx, tuple(n for n in RUNTIME_TRAIN_FLAGS if n in o))}
     choice = train_runtime(o["runtime"], knobs, given)
     from swiftplan.executors.verify_knobs import refuse_untraceable
+    from swiftplan.planner.hardware import parse_cluster
 
     traced = choice.knobs()
     if o["task"] not in ("train", "sft"):  # the objective's log-prob path is TRL's own code, traced as is
         from dataclasses import replace
 
         traced = replace(traced, loss="full")
-    refuse_untraceable(traced)
+    refuse_untraceable(traced, world_size=parse_cluster(o["gpus"]).world_size, task=o["task"])
     return choice
 
 
@@ -190,7 +198,7 @@ def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> Any:
     from swiftplan.extras import needs
     from swiftplan.planner.hardware import parse_cluster
 
-    cluster = parse_cluster("h100")  # capabilities only; the trace is device-independent
+    cluster = parse_cluster(o["gpus"])  # capabilities and FSDP's world size; the trace is device-independent
     with needs("verify"):
         from swiftplan.executors import verify
     if o["task"] == "serve":
@@ -212,7 +220,7 @@ def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> Any:
         objective=objective,
     )  # fmt: skip
     if objective.kind == "sft":
-        return verify.verify_training(spec, setup)
+        return verify.verify_training(spec, setup, world_size=cluster.world_size)
     with needs("verify"):
         from swiftplan.executors.verify_objective import verify_objective
     return verify_objective(spec, setup)

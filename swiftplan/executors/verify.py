@@ -95,10 +95,15 @@ def _estimate_at_peak(memory: TrainMemory, setup: TrainSetup, workspace: int) ->
     return at_peak | {"peak_allocated": total}
 
 
-def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2) -> Comparison:
-    """Trace `setup` on `spec` and compare every term with the analytic estimate (one device, no sharding),
-    under its runtime's loss and optimizer implementation (`refuse_untraceable` first)."""
-    refuse_untraceable(setup.runtime)
+def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2, world_size: int = 1) -> Comparison:
+    """Trace `setup` on `spec` and compare every term with the analytic estimate (one device, no sharding;
+    with FSDP, rank 0 of `world_size` on a fake process group: `verify_fsdp`), under its runtime's loss and
+    optimizer implementation (`refuse_untraceable` first)."""
+    refuse_untraceable(setup.runtime, world_size=world_size)
+    if setup.runtime.fsdp != "none":
+        from swiftplan.executors.verify_fsdp import verify_fsdp
+
+        return verify_fsdp(spec, setup, world_size=world_size, steps=steps)
     knobs = setup.runtime
     notes: list[str] = []
     if knobs.loss == "chunked":

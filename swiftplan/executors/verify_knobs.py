@@ -16,8 +16,12 @@ def untraceable_knobs(knobs: RuntimeKnobs) -> list[str]:
             "--loss fused_linear: Liger's and TRL's fused linear cross-entropy run Triton/custom autograd "
             "kernels that do not run on fake tensors (use --loss full or chunked here)"
         )
-    if knobs.fsdp != "none":
-        reasons.append(f"--fsdp {knobs.fsdp}: the tracer runs one process without a process group")
+    if knobs.fsdp == "fsdp1":
+        reasons.append(
+            "--fsdp fsdp1: the tracer runs FSDP2's fully_shard on a fake process group; FSDP1's FlatParameter "
+            "(one flat buffer per wrapped unit, freed and re-gathered by resizing its storage) is not "
+            "instrumented, so its bytes would be miscounted (--fsdp fsdp2 shards the same states per parameter)"
+        )
     if knobs.modules_to_save:
         reasons.append(
             f"--modules-to-save {','.join(knobs.modules_to_save)}: the tracer's peft model trains LoRA only"
@@ -31,11 +35,38 @@ def untraceable_knobs(knobs: RuntimeKnobs) -> list[str]:
     return reasons
 
 
-def refuse_untraceable(knobs: RuntimeKnobs) -> None:
-    """One SwiftplanError listing every setting of `knobs` the tracer cannot run (nothing when it can)."""
-    if reasons := untraceable_knobs(knobs):
+def refuse_untraceable(knobs: RuntimeKnobs, *, world_size: int = 1, task: str = "train") -> None:
+    """One SwiftplanError listing every setting of `knobs` the tracer cannot run on `world_size` devices for
+    `task` (nothing when it can)."""
+    if reasons := untraceable_knobs(knobs) + untraceable_fsdp(knobs, world_size=world_size, task=task):
         raise SwiftplanError(
             f"verify cannot trace runtime {knobs.name}'s " + "; ".join(reasons) + ".",
             hint="Override the setting with its flag, or `swiftplan estimate --runtime "
             f"{knobs.name} ...` for the analytic estimate alone.",
         )
+
+
+def untraceable_fsdp(knobs: RuntimeKnobs, *, world_size: int, task: str = "train") -> list[str]:
+    """What of the FSDP layout the tracer cannot run on `world_size` fake ranks, one sentence each naming the
+    flag; empty without FSDP or when it can run all of it."""
+    if knobs.fsdp == "none":
+        return []
+    reasons = []
+    if task not in ("train", "sft"):
+        reasons.append(f"--fsdp {knobs.fsdp} with --task {task}: FSDP is traced for SFT (--task train) only")
+    if world_size < 2:
+        reasons.append(
+            f"--fsdp {knobs.fsdp} needs --gpus with 2 or more devices (e.g. --gpus 4xH100): the trace plays rank 0 "
+            f"of that many on a fake process group, got {world_size}"
+        )
+    group = knobs.fsdp_shard_group
+    if (
+        knobs.fsdp_sharding == "hybrid_shard"
+        and group
+        and world_size >= 2
+        and world_size % min(group, world_size)
+    ):
+        reasons.append(
+            f"--fsdp-shard-group {group} must divide the {world_size} devices of --gpus for the traced mesh"
+        )
+    return reasons

@@ -82,8 +82,8 @@ def _traced(trace: ObjectiveTrace, phases: tuple[str, ...], category: str | None
 def verify_objective(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2) -> ObjectiveComparison:
     """Trace `setup`'s objective on `spec` and line every term and moment up with `train_memory` (one
     device, no sharding)."""
-    if setup.parallel.tp > 1 or setup.parallel.pp > 1 or setup.parallel.zero:
-        raise ValueError("parallelism is not traced: compare a single device (tp 1, pp 1, ZeRO 0)")
+    if setup.parallel.tp > 1 or setup.parallel.pp > 1 or setup.parallel.zero or setup.runtime.fsdp != "none":
+        raise ValueError("parallelism is not traced: compare a single device (tp 1, pp 1, ZeRO 0, no FSDP)")
     trace = _trace(spec, setup, steps)
     memory = train_memory(spec, setup)
     device = memory.device

@@ -1,0 +1,94 @@
+"""Estimate vs trace under FSDP: rank 0 of a fake process group runs FSDP2's own code (`trace_fsdp`), and
+`train_memory` for the same world size is lined up with it term by term.
+
+The rows are those of `verify.verify_training` (weights, adapters, gradients and optimizer state as this
+rank's shards, activations, logits, the peak) plus `gathered`: FSDP's unsharded parameters alive at the peak
+(the planner's gathered units, part of its `transient`).
+"""
+
+from __future__ import annotations
+
+from swiftplan.errors import SwiftplanError
+from swiftplan.executors.trace_features import TraceFeatures
+from swiftplan.executors.trace_fsdp import FsdpLayout, trace_fsdp_training
+from swiftplan.executors.verify import TERMS, Comparison, TermRow, _estimate_at_peak, _traced_optimizer
+from swiftplan.executors.verify_knobs import refuse_untraceable
+from swiftplan.planner.calibration import constant
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.train_memory import train_memory
+
+GATHERED_PHASES = ("loss and backward start", "recomputation in backward")
+"""The estimate's peaks that hold FSDP's gathered units (its `transient` there is `gathered`)."""
+
+
+def _untraceable_setup(setup: TrainSetup) -> list[str]:
+    """What of an FSDP set-up beyond its knobs (`verify_knobs.untraceable_fsdp`) the FSDP tracer cannot run,
+    one sentence each naming the flag."""
+    reasons = []
+    if setup.precision.startswith("amp-"):
+        reasons.append(
+            f"--precision {setup.precision}: FSDP2 runs mixed precision through its MixedPrecisionPolicy, "
+            "which is not traced (use bf16, fp16 or fp32)"
+        )
+    if setup.method == "qlora" or setup.quant != "none":
+        reasons.append(f"--quant {setup.quant}: quantized bases are not traced under FSDP")
+    if setup.parallel.tp > 1 or setup.parallel.pp > 1:
+        reasons.append("--tp/--pp: FSDP is traced alone, without tensor or pipeline parallelism")
+    if setup.optimizer not in ("adamw", "sgd", "adafactor"):
+        reasons.append(f"--optimizer {setup.optimizer}: 8-bit optimizers are not traced under FSDP")
+    return reasons
+
+
+def verify_fsdp(spec: ModelSpec, setup: TrainSetup, *, world_size: int, steps: int = 2) -> Comparison:
+    """Trace rank 0 of `world_size` under the set-up's FSDP and compare every term with `train_memory`."""
+    refuse_untraceable(setup.runtime, world_size=world_size)
+    if reasons := _untraceable_setup(setup):
+        raise SwiftplanError(
+            "verify cannot trace this FSDP set-up: " + "; ".join(reasons) + ".",
+            hint="`swiftplan estimate ...` gives the analytic estimate alone.",
+        )
+    knobs = setup.runtime
+    layout = FsdpLayout(
+        world_size=world_size,
+        sharding=knobs.fsdp_sharding,
+        shard_group=knobs.fsdp_shard_group,
+        cpu_offload=knobs.fsdp_cpu_offload,
+    )
+    lora = setup.lora
+    result = trace_fsdp_training(
+        dict(spec.hf_config),
+        layout=layout,
+        method="lora" if setup.method == "lora" else "full",
+        precision=setup.precision,  # amp refused above
+        lora_rank=lora.rank if lora else 16,
+        lora_dropout=lora.dropout if lora else 0.0,
+        lora_targets="all-linear" if lora and lora.all_linear else (lora.targets if lora else ("q_proj",)),
+        optimizer=_traced_optimizer(setup.optimizer, setup.optimizer, knobs),
+        batch=setup.micro_batch,
+        seq=setup.seq_len,
+        grad_ckpt=setup.grad_ckpt,
+        attn_implementation="eager" if setup.attention == "eager" or spec.eager_attention_only else "sdpa",
+        steps=steps,
+        loss="chunked" if knobs.loss == "chunked" else "full",
+        loss_chunks=knobs.loss_chunks,
+        features=TraceFeatures(
+            ckpt_every=knobs.ckpt_every,
+            ckpt_position=knobs.ckpt_position,
+            activation_offload=knobs.activation_offload,
+        ),
+    )
+    memory = train_memory(spec, setup, world_size=world_size)
+    workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))
+    device = memory.device
+    gathered = device.transient if device.peak_phase in GATHERED_PHASES else 0
+    estimate = _estimate_at_peak(memory, setup, workspace) | {"gathered": gathered}
+    trace = result.trace
+    traced = dict(trace.at_peak) | {"gathered": result.gathered_at_peak, "peak_allocated": trace.peak_bytes}
+    rows = tuple(
+        TermRow(name=name, estimate=estimate.get(name, 0), traced=traced.get(name, 0))
+        for name in (*TERMS, "gathered", "peak_allocated")
+        if estimate.get(name, 0) or traced.get(name, 0) or name == "peak_allocated"
+    )
+    notes = (f"FSDP: both figures are rank 0's of {world_size}",)
+    return Comparison(rows=rows, trace=trace, estimate_phase=device.peak_phase, notes=notes + trace.notes)
