@@ -94,9 +94,10 @@ def test_serving_runtime_applies_its_memory_fraction_only_when_named() -> None:
     assert "gpu_memory_utilization" in typed["runtime"]["overridden"]
 
 
-KNOBS = RuntimeKnobs(name="torchtune", loss="chunked", loss_chunks=4, optimizer_impl="foreach",
-                     modules_to_save=("embed_tokens", "lm_head"), fsdp="fsdp2", fsdp_sharding="hybrid_shard",
-                     fsdp_shard_group=2, ds_buckets=True, reduce_bucket_elements=1000)  # fmt: skip
+KNOBS = RuntimeKnobs(name="axolotl", loss="fused_linear", optimizer_impl="foreach",
+                     modules_to_save=("embed_tokens", "lm_head"), fsdp="fsdp2", fsdp_cpu_offload=True,
+                     ds_buckets=True, reduce_bucket_elements=1000)  # fmt: skip
+"""Non-default knobs axolotl runs (Liger, adamw_torch, modules_to_save, FSDP2 with CPU offload)."""
 
 
 def test_plan_files_keep_the_runtime_and_non_default_knobs(tmp_path) -> None:
@@ -108,7 +109,7 @@ def test_plan_files_keep_the_runtime_and_non_default_knobs(tmp_path) -> None:
     assert loaded == plan and loaded.setup.runtime == KNOBS  # type: ignore[union-attr]
     assert plan_yaml(loaded) == path.read_text()
     check = estimate_plan_file(path)
-    assert check.changed == () and check.runtime is not None and check.runtime.profile.name == "torchtune"
+    assert check.changed == () and check.runtime is not None and check.runtime.profile.name == "axolotl"
 
 
 def test_plan_files_without_a_runtime_load_with_swiftplans_defaults(tmp_path) -> None:
@@ -129,14 +130,14 @@ def test_plan_files_without_a_runtime_load_with_swiftplans_defaults(tmp_path) ->
 def test_swiftplans_loop_refuses_a_plan_whose_runtime_settings_it_does_not_run() -> None:
     from swiftplan.executors.engines import require_runnable
 
-    setup = TrainSetup(method="lora", runtime=RuntimeKnobs(name="torchtune", loss="chunked"),
+    setup = TrainSetup(method="lora", runtime=RuntimeKnobs(name="axolotl", loss="fused_linear"),
                        parallel=Parallelism())  # fmt: skip
-    plan = plan_for_setup(M, parse_cluster("rtx4090"), setup, engine="axolotl")
+    plan = plan_for_setup(M, parse_cluster("rtx4090"), setup, engine="axolotl")  # Liger: axolotl runs it
     with pytest.raises(SwiftplanError) as refused:
         require_runnable("swiftplan", plan)
     message = refused.value.message
-    assert "loss implementation 'chunked'" in message and "runtime 'torchtune'" in message
-    with pytest.raises(SwiftplanError, match="loss implementation 'chunked'"):
+    assert "loss implementation 'fused_linear'" in message and "runtime 'axolotl'" in message
+    with pytest.raises(SwiftplanError, match="loss implementation 'fused_linear'"):
         plan_for_setup(M, parse_cluster("rtx4090"), setup, engine="swiftplan")
 
 
