@@ -30,7 +30,11 @@ _VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 # (GPTQ, AWQ, bitsandbytes int8) carry a quantization_config that vLLM reads itself and uses to
 # pick its fastest kernel (Marlin for GPTQ/AWQ on Ampere+); forcing --quantization gptq/awq would
 # select the slower reference kernel, so those are left to vLLM.
-_INFLIGHT_QUANT = {"fp8": "fp8", "nf4": "bitsandbytes"}
+# vLLM 0.32 quantizes a 16-bit checkpoint to fp8 on load with `fp8_per_tensor` (dense layers and routed
+# experts); `fp8` there loads only checkpoints already exported as fp8, and raises for online quantization
+# (vllm 0.32.0 model_executor/layers/quantization/fp8.py Fp8Config.__init__, quantization/__init__.py
+# _ONLINE_SHORTHANDS). An fp8 export is planned without --quant: vLLM reads its quantization_config.
+_INFLIGHT_QUANT = {"fp8": "fp8_per_tensor", "nf4": "bitsandbytes"}
 _PREQUANTIZED = ("gptq", "awq", "int8")
 # --max-lora-rank accepts only these values (vLLM's LoRAConfig.max_lora_rank choices).
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
