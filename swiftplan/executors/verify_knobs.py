@@ -16,6 +16,11 @@ def untraceable_knobs(knobs: RuntimeKnobs) -> list[str]:
             "--loss fused_linear: Liger's and TRL's fused linear cross-entropy run Triton/custom autograd "
             "kernels that do not run on fake tensors (use --loss full or chunked here)"
         )
+    if knobs.loss == "full_legacy":
+        reasons.append(
+            "--loss full_legacy: the tracer runs the installed transformers 5; the 4.31-4.45 loss is traced in its "
+            "own environment by benchmarks/trace_legacy_loss.py (benchmarks/results/legacy_loss_trace.md)"
+        )
     if knobs.fsdp == "fsdp1":
         reasons.append(
             "--fsdp fsdp1: the tracer runs FSDP2's fully_shard on a fake process group; FSDP1's FlatParameter "
