@@ -15,9 +15,11 @@ process, so every peak and every CUDA context is that case's alone.
     python benchmarks/gpu_validate.py --fit [CSV ...]         # fitted constants from the CSVs (no GPU needed)
 
 `--fit` prints, in the shape of `swiftplan/profiles/calibration.json` entries, the CUDA context
-(nvidia-smi − reserved at the peak), the allocator fragmentation (reserved / allocated − 1) and the
-achievable MFU per accelerator (measured tokens/s × the speed model's FLOPs per token / dense peak),
-each the median over the rows it names. It never edits calibration.json.
+(nvidia-smi − reserved at the peak) and the MFU ceiling per accelerator family and per accelerator
+(measured tokens/s × the speed model's FLOPs per token / dense peak, divided by the MFU curve's factor for
+the run's micro-batch and model size), each the median over the rows it names, and, as an observation,
+reserved / allocated − 1 (the allocator model's constants are fitted by benchmarks/calibrate.py). It
+never edits calibration.json.
 
 Exit status: 0 when the matrix ran (cases that ran out of memory are rows with status "oom"), 2 without
 a CUDA GPU or for bad arguments.
@@ -39,12 +41,15 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from swiftplan.planner.architecture import matmul_params_per_token
+from swiftplan.planner.calibration import constant
 from swiftplan.planner.dtypes import compute_dtype
 from swiftplan.planner.estimate import estimate_serving, estimate_training
 from swiftplan.planner.hardware import Accelerator, Cluster, match_probed_name
 from swiftplan.planner.model_catalog import catalog
 from swiftplan.planner.model_spec import ModelSpec, spec_from_hf_config
 from swiftplan.planner.setup import LoraSetup, ServeSetup, TrainSetup
+from swiftplan.planner.train_efficiency import SECTION, MfuCurve
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "gpu"
@@ -268,6 +273,20 @@ def _family(row: dict[str, Any]) -> str:
     return "consumer" if "geforce" in name or "rtx" in name else "datacenter"
 
 
+def _shape_factor(row: dict[str, Any]) -> float:
+    """The MFU curve's factor below its ceiling for a row's micro-batch and model (train_efficiency.MfuCurve
+    with a ceiling of 1), so that measured MFU / factor estimates the family's ceiling."""
+    spec = model_spec(Case(name=str(row["case"]), model=str(row["model"]), layers=row["layers"]))
+    curve = MfuCurve(
+        mfu_max=1.0,
+        tokens_half=constant(SECTION, "tokens_half"),
+        params_half=constant(SECTION, "params_half"),
+    )
+    return curve.at(
+        tokens_per_micro_batch=row["micro_batch"] * row["seq_len"], params=matmul_params_per_token(spec)
+    )
+
+
 def _entry(values: list[float], source: str, *, digits: int = 4) -> dict[str, Any]:
     value: float = statistics.median(values)
     return {"value": round(value, digits) if digits else round(value), "status": "fitted", "source": source}
@@ -297,8 +316,9 @@ def fit(paths: Sequence[Path]) -> dict[str, Any]:
         for x in ok
         if x[2]["task"] == "train" and x[2]["measured_peak_allocated"] and x[2]["measured_peak_reserved"]
     ]
-    if frag:
-        out["runtime_overhead"]["allocator_fragmentation"] = _entry(
+    if frag:  # observed only: the allocator model's constants are fitted by benchmarks/calibrate.py
+        out["_observed"] = {}
+        out["_observed"]["reserved_over_allocated_minus_1"] = _entry(
             [r["measured_peak_reserved"] / r["measured_peak_allocated"] - 1 for _, _, r in frag],
             f"median of max_memory_reserved / max_memory_allocated - 1 over {len(frag)} training runs: {names(frag)}",
         )
@@ -317,9 +337,14 @@ def fit(paths: Sequence[Path]) -> dict[str, Any]:
             groups.setdefault(str(group_of(x[2])), []).append(x)
         for group, members in groups.items():
             out[key][group] = _entry(
-                [r["tokens_per_s"] * r["predicted_flops_per_token"] / r["peak_flops"] for _, _, r in members],
-                f"median of measured tokens/s x the speed model's FLOPs/token / dense peak over {len(members)} "
-                f"compute-bound unquantized training runs: {names(members)}",
+                [
+                    r["tokens_per_s"] * r["predicted_flops_per_token"] / r["peak_flops"] / _shape_factor(r)
+                    for _, _, r in members
+                ],
+                f"median of measured MFU (tokens/s x the speed model's FLOPs/token / dense peak) / the MFU curve's "
+                f"shape factor at each run's tokens per micro-batch and model size (planner/train_efficiency.py), "
+                f"i.e. the family's ceiling, over {len(members)} compute-bound unquantized training runs: "
+                f"{names(members)}",
             )
     return out
 

@@ -72,7 +72,8 @@ def test_csv_writer_and_reader_round_trip(tmp_path):
 
 def test_fit_computes_the_constants_a_hand_written_csv_implies(tmp_path):
     h100 = {"device": "NVIDIA H100 80GB HBM3", "accelerator_id": "h100-sxm", "status": "ok", "quant": "none"}
-    train = h100 | {
+    shape = {"case": "fixture", "model": "Qwen/Qwen2.5-0.5B", "micro_batch": 2, "seq_len": 1024}
+    train = h100 | shape | {
         "task": "train",
         "predicted_bound": "compute",
         "predicted_flops_per_token": 5e10,
@@ -93,7 +94,7 @@ def test_fit_computes_the_constants_a_hand_written_csv_implies(tmp_path):
         train | {"status": "oom", "measured_peak_allocated": 70 * GiB, "measured_peak_reserved": 79 * GiB,
                  "measured_reserved_end": 79 * GiB, "measured_device_used": 80 * GiB},
         # line 6: RTX 4090: frag 4.4/4 - 1 = 0.1; context 4.9 - 4.4 = 0.5 GiB; MFU 1000 x 6e10 / 1.652e14 = 0.36320
-        {"device": "NVIDIA GeForce RTX 4090", "accelerator_id": "rtx4090", "status": "ok", "quant": "none",
+        shape | {"device": "NVIDIA GeForce RTX 4090", "accelerator_id": "rtx4090", "status": "ok", "quant": "none",
          "task": "train", "predicted_bound": "compute", "predicted_flops_per_token": 6e10, "peak_flops": 1.652e14,
          "measured_peak_allocated": 4 * GiB, "measured_peak_reserved": int(4.4 * GiB),
          "measured_reserved_end": int(4.4 * GiB), "measured_device_used": int(4.9 * GiB), "tokens_per_s": 1000.0},
@@ -111,12 +112,15 @@ def test_fit_computes_the_constants_a_hand_written_csv_implies(tmp_path):
         and "lines 2,3,4,6,7" in context["source"]
         and str(path) in context["source"]
     )
-    frag = fitted["runtime_overhead"]["allocator_fragmentation"]
+    frag = fitted["_observed"]["reserved_over_allocated_minus_1"]
     assert frag["value"] == pytest.approx(0.065, abs=1e-4)  # median of 0.05, 0.08, 0.05, 0.1
     assert "lines 2,3,4,6" in frag["source"]
-    assert fitted["training_efficiency"]["datacenter"]["value"] == pytest.approx(0.175)  # median of 0.15, 0.2
-    assert fitted["training_efficiency"]["consumer"]["value"] == pytest.approx(0.3632)
-    assert fitted["_per_accelerator"]["h100-sxm"]["value"] == pytest.approx(0.175)
+    # measured MFU / the curve's factor at 2 x 1024 tokens of Qwen2.5-0.5B = the family's ceiling
+    factor = gpu_validate._shape_factor(shape | {"layers": None})
+    assert 0 < factor < 1
+    assert fitted["training_efficiency"]["datacenter"]["value"] == pytest.approx(0.175 / factor, abs=1e-4)
+    assert fitted["training_efficiency"]["consumer"]["value"] == pytest.approx(0.3632 / factor, abs=1e-4)
+    assert fitted["_per_accelerator"]["h100-sxm"]["value"] == pytest.approx(0.175 / factor, abs=1e-4)
     assert "lines 2,3" in fitted["training_efficiency"]["datacenter"]["source"]
 
 
@@ -125,7 +129,7 @@ def test_fit_command_prints_json(tmp_path, capsys):
     write_rows(path, [{"device": "NVIDIA H100 80GB HBM3", "status": "ok", "task": "train", "quant": "none",
                        "measured_peak_allocated": 10 * GiB, "measured_peak_reserved": 11 * GiB}])  # fmt: skip
     assert gpu_validate.main(["--fit", str(path)]) == 0
-    assert '"allocator_fragmentation"' in capsys.readouterr().out
+    assert '"reserved_over_allocated_minus_1"' in capsys.readouterr().out
 
 
 @pytest.mark.skipif(gpu_validate.cuda_available(), reason="this machine has a CUDA GPU")
