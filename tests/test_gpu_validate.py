@@ -73,12 +73,13 @@ def test_csv_writer_and_reader_round_trip(tmp_path):
 def test_fit_computes_the_constants_a_hand_written_csv_implies(tmp_path):
     h100 = {"device": "NVIDIA H100 80GB HBM3", "accelerator_id": "h100-sxm", "status": "ok", "quant": "none"}
     shape = {"case": "fixture", "model": "Qwen/Qwen2.5-0.5B", "micro_batch": 2, "seq_len": 1024}
-    train = h100 | shape | {
+    compute = {
         "task": "train",
         "predicted_bound": "compute",
         "predicted_flops_per_token": 5e10,
         "peak_flops": 1e15,
     }
+    train = h100 | shape | compute
     rows = [
         # line 2: frag 10.5/10 - 1 = 0.05; context 11.0 - 10.5 = 0.5 GiB; MFU 3000 x 5e10 / 1e15 = 0.15
         train | {"measured_peak_allocated": 10 * GiB, "measured_peak_reserved": int(10.5 * GiB),
