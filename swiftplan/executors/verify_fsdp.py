@@ -18,7 +18,9 @@ from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import TrainSetup
 from swiftplan.planner.train_memory import train_memory
 
-GATHERED_PHASES = ("loss and backward start", "recomputation in backward")
+FORWARD_MOMENTS = ("FSDP forward start", "FSDP last block forward")
+"""The estimate's FSDP moments in forward (planner/runtime_features.py `fsdp_moments`)."""
+GATHERED_PHASES = ("loss and backward start", "recomputation in backward", *FORWARD_MOMENTS)
 """The estimate's peaks that hold FSDP's gathered units (its `transient` there is `gathered`)."""
 
 
@@ -83,6 +85,8 @@ def verify_fsdp(spec: ModelSpec, setup: TrainSetup, *, world_size: int, steps: i
     device = memory.device
     gathered = device.transient if device.peak_phase in GATHERED_PHASES else 0
     estimate = _estimate_at_peak(memory, setup, workspace) | {"gathered": gathered}
+    if device.peak_phase in FORWARD_MOMENTS and setup.grad_accum == 1:
+        estimate["gradients"] = 0  # zero_grad(set_to_none=True): none exist in forward
     trace = result.trace
     traced = dict(trace.at_peak) | {"gathered": result.gathered_at_peak, "peak_allocated": trace.peak_bytes}
     rows = tuple(

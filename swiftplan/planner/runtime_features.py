@@ -26,7 +26,7 @@ from swiftplan.planner.architecture import (
 )
 from swiftplan.planner.breakdown import Term
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.runtime_terms import saved_module_params, shard_degree
+from swiftplan.planner.runtime_terms import saved_module_params
 from swiftplan.planner.setup import TrainSetup
 from swiftplan.planner.weights import TORCHAO_NF4_SOURCE, layer_weight_bytes, outer_weight_bytes
 from swiftplan.units import format_gib
@@ -60,8 +60,18 @@ FSDP_OFFLOAD_SOURCE = (
     "the all-gather), _fsdp_collectives.py (the reduce-scattered gradient copied device-to-host), "
     "_fsdp_state.py (the root module is not resharded after forward); pytorch/torchtune @ bd2a0fc "
     "torchtune/training/_distributed.py shard_model (fsdp_cpu_offload -> CPUOffloadPolicy, root "
-    "reshard_after_forward=False); FSDP1 CPUOffload(offload_params=True) keeps the same on the host; not "
-    "traced (needs a process group)"
+    "reshard_after_forward=False); FSDP1 CPUOffload(offload_params=True) keeps the same on the host; traced "
+    "with FSDP2 on a fake process group (tests/test_trace_fsdp.py)"
+)
+FSDP_GATHER_SOURCE = (
+    "torch 2.13 torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py (wait_for_unshard: in forward the "
+    "previous unit's all-gather result is kept in all_gather_state until this unit's copy-out, the flat "
+    "all-gather buffer alive beside the copied-out parameters; unshard/reshard per unit, backward prefetch of "
+    "the next unit), _fsdp_state.py (_lazy_init: the root is not resharded after forward; its post-forward "
+    "frees the last all-gather result), _fsdp_collectives.py (foreach_all_gather, foreach_all_gather_copy_out); "
+    "test/distributed/_composable/fsdp/test_fully_shard_memory.py (3 blocks' unsharded parameters in forward: "
+    "current all-gather and copy-out, next all-gather); traced with FSDP2 on a fake process group, moment by "
+    "moment (tests/test_trace_fsdp.py)"
 )
 FLOAT8_SOURCE = (
     "pytorch/ao @ 36027d8 (torchao 0.18) torchao/float8/float8_linear.py (matmul_with_hp_or_float8_args "
@@ -193,13 +203,64 @@ def fsdp_unit_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, weight_bytes
     )
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FsdpGathered:
+    """FSDP's gathered (unsharded) parameters on one device at the moments of a step that can set the peak,
+    bytes; a unit's all-gather buffer counts while it is alive. Source: `FSDP_GATHER_SOURCE`."""
+
+    forward_start: int
+    """The first block's copy-out: the root's all-gather buffer (kept until the next copy-out returns) and its
+    parameters, the first block's buffer and parameters: 2 × (root + block)."""
+    last_block: int
+    """While the last block runs forward: full_shard the root and that block with its buffer (kept for the
+    next copy-out until the root's forward ends); shard_grad_op every unit and that buffer."""
+    at_loss: int
+    """full_shard: the root and the last block, all-gathered again for backward; shard_grad_op: every unit."""
+    in_backward: int
+    """full_shard: the root, the block computed and the one prefetched; shard_grad_op: every unit."""
+    block: int
+    """One (the largest) block unit gathered: the all-gather buffer of a block being copied out."""
+
+
+def fsdp_gathered(spec: ModelSpec, setup: TrainSetup, layers: range, weight_bytes: int) -> FsdpGathered:
+    """What FSDP holds gathered at each moment: full_shard (and hybrid_shard) reshards a block after its
+    forward and gathers the next one ahead; shard_grad_op keeps every block gathered from its forward to its
+    backward; the root unit (embedding, final norm, LM head) stays gathered from forward to backward."""
+    tp = setup.parallel.tp
+    block = max(fsdp_unit_bytes(spec, setup, i, weight_bytes) for i in layers) // tp
+    root = outer_weight_bytes(spec, dtype_bytes=weight_bytes) // tp
+    start = 2 * (root + block)
+    if setup.runtime.fsdp_sharding == "shard_grad_op":
+        every = root + sum(fsdp_unit_bytes(spec, setup, i, weight_bytes) for i in layers) // tp
+        return FsdpGathered(
+            forward_start=start, last_block=every + block, at_loss=every, in_backward=every, block=block
+        )
+    return FsdpGathered(forward_start=start, last_block=root + 2 * block, at_loss=root + block,
+                        in_backward=root + 2 * block, block=block)  # fmt: skip
+
+
 def fsdp_gathered_bytes(spec: ModelSpec, setup: TrainSetup, layers: range, weight_bytes: int) -> int:
-    """What FSDP full_shard holds gathered at the loss: the block computed and the one prefetched, and the
-    root unit (embedding, final norm, LM head), which is not resharded after forward (torch 2.13
-    _fsdp_state.py; torchtune shard_model reshard_after_forward=False for the root). Source:
-    `FSDP_OFFLOAD_SOURCE`."""
-    block = max(fsdp_unit_bytes(spec, setup, i, weight_bytes) for i in layers)
-    return (2 * block + outer_weight_bytes(spec, dtype_bytes=weight_bytes)) // setup.parallel.tp
+    """What FSDP holds gathered in backward (`FsdpGathered.in_backward`), the states' `gathered`."""
+    return fsdp_gathered(spec, setup, layers, weight_bytes).in_backward
+
+
+def fsdp_moments(
+    gathered: FsdpGathered, *, base: int, at_loss: int, logits: int, last_block_kept: int
+) -> dict[str, tuple[int, int, int]]:
+    """FSDP's candidate peaks of the forward and the loss: moment -> (allocated bytes, activations, gathered).
+
+    `base` is what is alive through the step (states, and gradients kept from earlier micro-batches), `at_loss`
+    the saved activations at the loss and `last_block_kept` what the last block keeps of them. The last block's
+    forward holds all but its own activations at its copy-out (one more block's all-gather buffer), all of
+    them once it ran. Source: `FSDP_GATHER_SOURCE`."""
+    ran = (at_loss, gathered.last_block)
+    copy_out = (at_loss - last_block_kept, gathered.last_block + gathered.block)
+    acts, held = max(ran, copy_out, key=sum)
+    return {
+        "FSDP forward start": (base + gathered.forward_start, 0, gathered.forward_start),
+        "FSDP last block forward": (base + acts + held, acts, held),
+        "loss and backward start": (base + gathered.at_loss + at_loss + logits, at_loss, gathered.at_loss),
+    }
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -211,31 +272,27 @@ class FsdpOffload:
     gradients: int
     """One unit's unsharded gradient before its reduce-scatter (and the root's, full fine-tuning)."""
     gathered: int
-    """Gathered units: the block computed and the one prefetched, plus the root (embedding, final norm, LM head)."""
+    """Gathered units in backward (`FsdpGathered.in_backward`)."""
     host: int
     """Bytes this rank keeps in host RAM: its parameter, gradient and optimizer shards."""
 
 
 def fsdp_cpu_offload_states(
-    spec: ModelSpec, setup: TrainSetup, layers: range, *, weights: int, adapters: int, rest: int, dp: int, bytes_: tuple[int, int]
+    spec: ModelSpec, setup: TrainSetup, layers: range, *, weights: int, adapters: int, rest: int, bytes_: tuple[int, int]
 ) -> FsdpOffload:  # fmt: skip
-    """FSDP CPU offload: this rank's shards (`weights`, `adapters` as sharded or, shard_grad_op, whole;
-    `rest` = gradient, optimizer and master shards) move to host RAM. full_shard gathers a block at a
-    time (two with prefetch) and keeps the root unit gathered through the step; shard_grad_op keeps every
-    gathered parameter from forward to backward (the whole model). `bytes_` = (weight, gradient) dtype
-    bytes. Source: `FSDP_OFFLOAD_SOURCE`."""
+    """FSDP CPU offload: this rank's shards (`weights`, `adapters`; `rest` = gradient, optimizer and master
+    shards) move to host RAM; the device holds the gathered units (`fsdp_gathered`: full_shard a block at a time,
+    two with prefetch, shard_grad_op every block from its forward to its backward; the root through the step).
+    `bytes_` = (weight, gradient) dtype bytes. Source: `FSDP_OFFLOAD_SOURCE`."""
     wb, gb = bytes_
     tp = setup.parallel.tp
-    stage3 = setup.runtime.fsdp_sharding != "shard_grad_op"
-    shards = shard_degree(setup, dp)
-    host = rest + (weights + adapters if stage3 else (weights + adapters) // shards)
     return FsdpOffload(
-        weights=0 if stage3 else weights,
-        adapters=0 if stage3 else adapters,
+        weights=0,
+        adapters=0,
         gradients=_unit_gradient_params(spec, setup, layers) * gb // tp
         + saved_module_params(spec, setup.runtime) * wb // tp,
-        gathered=fsdp_gathered_bytes(spec, setup, layers, wb) if stage3 else 0,
-        host=host,
+        gathered=fsdp_gathered_bytes(spec, setup, layers, wb),
+        host=rest + weights + adapters,
     )
 
 
@@ -303,8 +360,10 @@ def _feature_notes(
             )
             notes.setdefault(name, []).append((clause, FSDP_OFFLOAD_SOURCE))
     if gathered and knobs.fsdp != "none":
-        clause = f"FSDP gathered units {format_gib(gathered)} (two blocks, and the root unit kept gathered after forward)"
-        notes.setdefault("transient", []).append((clause, FSDP_OFFLOAD_SOURCE))
+        clause = (f"FSDP gathered units {format_gib(gathered)} in backward (the root unit, kept gathered from forward to "
+                  "backward, and two blocks; shard_grad_op every unit); at the loss the root and one block, at the "
+                  "start of forward the root's and the first block's all-gather buffers and copies")  # fmt: skip
+        notes.setdefault("transient", []).append((clause, FSDP_GATHER_SOURCE))
     if knobs.float8:
         clause = "float8: fp8 casts of the widest Linear's backward (grad_output ×2, input, weight) in a block's backward"
         notes.setdefault("activations", []).append((clause, FLOAT8_SOURCE))

@@ -41,7 +41,13 @@ from swiftplan.planner.objective_memory import (
     reference_runs_beside_policy,
     rollout_memory,
 )
-from swiftplan.planner.runtime_features import annotate_terms, fsdp_cpu_offload_states, fsdp_gathered_bytes
+from swiftplan.planner.runtime_features import (
+    annotate_terms,
+    fsdp_cpu_offload_states,
+    fsdp_gathered,
+    fsdp_gathered_bytes,
+    fsdp_moments,
+)
 from swiftplan.planner.runtime_terms import (
     adamw_impl_temporary_bytes,
     deepspeed_zero,
@@ -281,6 +287,9 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
             gathered = fsdp_gathered_bytes(spec, setup, stage_layers, wb)
         else:  # the block computed and the one prefetched
             gathered = 2 * max(layer_params(spec, i) for i in stage_layers) * wb // par.tp
+    elif knobs.fsdp != "none":  # shard_grad_op: shards at rest, units gathered forward to backward (traced)
+        weights, adapters = weights // shards, adapters // shards
+        gathered = fsdp_gathered_bytes(spec, setup, stage_layers, wb)
     bucket = reduce_bucket_bytes(knobs, stage=stage, grad_bytes=dtype_bytes(dtypes.gradients))
     grads += bucket
     host = 0
@@ -291,7 +300,7 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
         host += (weights + adapters) * dp
         weights, adapters = 0, 0
     if knobs.fsdp_cpu_offload:  # shards in host RAM, gathered unit(s) on the device (runtime_features)
-        off = fsdp_cpu_offload_states(spec, setup, stage_layers, weights=weights, adapters=adapters, rest=grads + optim + master, dp=dp, bytes_=(wb, dtype_bytes(dtypes.gradients)))  # fmt: skip
+        off = fsdp_cpu_offload_states(spec, setup, stage_layers, weights=weights, adapters=adapters, rest=grads + optim + master, bytes_=(wb, dtype_bytes(dtypes.gradients)))  # fmt: skip
         weights, adapters, grads, gathered, optim, master, host = off.weights, off.adapters, off.gradients, off.gathered, 0, 0, host + off.host * dp  # fmt: skip
     trained_here = weights + adapters + grads + optim + master
     extra = objective_states(
@@ -311,9 +320,10 @@ def _phase_peaks(
     *,
     logits: int,
     step_temp: int,
-) -> tuple[dict[str, int], dict[str, int], int, int]:
-    """Allocated bytes at each candidate peak of a step, the activations live at each, and the
-    activations at the loss and in backward (1F1B keeps up to pp micro-batches on stage 0)."""
+) -> tuple[dict[str, int], dict[str, int], int, int, dict[str, int]]:
+    """Allocated bytes at each candidate peak of a step, the activations live at each, the activations
+    at the loss and in backward (1F1B keeps up to pp micro-batches on stage 0), and FSDP's gathered
+    parameters at its moments."""
     pp = setup.parallel.pp
     in_flight = min(pp, setup.grad_accum) if pp > 1 else 1
     at_loss = phases.at_loss * in_flight
@@ -327,6 +337,13 @@ def _phase_peaks(
         "optimizer step": static + grads + step_temp,
     }
     acts = {"loss and backward start": at_loss, "optimizer step": 0, "end of backward": 0}
+    held: dict[str, int] = {}
+    if setup.runtime.fsdp != "none":  # the forward's and the loss's all-gathers (runtime_features)
+        units = fsdp_gathered(spec, setup, stage_layers, dtype_bytes(state_dtypes(setup).weights))
+        kept = phases.block_input or phases.largest_block
+        moments = fsdp_moments(units, base=static + grads_during_fwd, at_loss=at_loss, logits=logits, last_block_kept=kept)  # fmt: skip
+        for moment, (peak, alive, gathered_then) in moments.items():
+            peaks[moment], acts[moment], held[moment] = peak, alive, gathered_then
     if setup.grad_ckpt or setup.runtime.activation_offload:  # offloaded tensors come back one block at a time
         # Backward recomputes one block at a time, last block first. Recomputing the last one: all
         # block inputs kept, only the head's gradients exist; recomputing the first: one input
@@ -353,7 +370,7 @@ def _phase_peaks(
         # Tied embeddings: the embedding's gradient arrives last and is added out of place to the LM
         # head's, so two extra vocab × hidden gradients coexist with all others (traced).
         peaks["end of backward"] = static + grads + 2 * head_grads
-    return peaks, acts, at_loss, in_backward
+    return peaks, acts, at_loss, in_backward, held
 
 
 def _objective_phases(
@@ -431,7 +448,7 @@ def train_memory(
         if par.offload == "none" and not setup.runtime.fsdp_cpu_offload  # offloaded: stepped on the CPU
         else 0
     )
-    phase_peaks, phase_acts, at_loss, in_backward = _phase_peaks(
+    phase_peaks, phase_acts, at_loss, in_backward, held = _phase_peaks(
         spec, setup, states, phases, stage_layers, logits=logits, step_temp=step_temp
     )
     rollout = rollout_memory(spec, setup, device_memory_bytes=device_memory_bytes, states=states.objective)
@@ -444,6 +461,7 @@ def train_memory(
     phase = max(phase_peaks, key=lambda name: phase_peaks[name])
     head_grads = _grad_shares(spec, setup, states.gradients - states.bucket, stage_layers)[0]
     transient = {
+        **held,  # FSDP's gathered parameters at its moments
         "optimizer step": step_temp,
         "end of backward": 2 * head_grads,
         "reference forward": states.gathered
