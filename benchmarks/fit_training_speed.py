@@ -22,7 +22,8 @@ Procedure (fixed before any test-set error was looked at):
    source text says why.
 4. Loss: sum over rows of |log(predicted / published)|; ties go to the smaller value.
 5. Trust check: the fit is repeated leaving each row out; a value on its grid's edge, or whose leave-one-out
-   range is wider than the value itself, is reported as not trusted.
+   range is wider than the value itself, or that rests on one row (its leave-one-out fits never move it), is
+   reported as not trusted.
 
     python benchmarks/fit_training_speed.py            # prints the fit; --write updates calibration.json
 """
@@ -180,7 +181,10 @@ def fit(csv_paths: tuple[Path, ...] = ALL_CSVS, calibration: Path = CALIBRATION)
         "rows": {name: _rows_for(name, points) for name in fitted},
         "left_out": left_out,
         "leave_one_out": leave_one_out,
-        "trusted": {name: _trusted(name, values[name], leave_one_out) for name in fitted},
+        "trusted": {
+            name: _trusted(name, values[name], leave_one_out) and len(_rows_for(name, points)) > 1
+            for name in fitted
+        },
         "loss": loss(points, _curve(values, priors, points[0]["family"])) if points else None,
     }
     return result

@@ -73,6 +73,11 @@ MODEL_NAMES: dict[str, tuple[str, str]] = {
         "meta-llama/Llama-2-7b-hf",
         "CodeLlama-7B is trained from Llama-2-7B (32 x 4096, MLP 11008; vocab 32016 vs 32000)",
     ),
+    "KempnerForge 7B (Llama-3-8B shapes)": (
+        "meta-llama/Meta-Llama-3-8B",
+        "KempnerForge's '7B' is dim 4096, 32 layers, 32 heads, 8 KV heads, ffn_dim_multiplier 1.3 (14336), "
+        "vocab 128256, 8.03B params: Llama-3-8B's shapes",
+    ),
     "DeepSeek-R1-0528-Qwen3-8B": (
         "Qwen/Qwen3-8B",
         "distilled fine-tune of Qwen3-8B (its config.json: Qwen3ForCausalLM, 36 x 4096, vocab 151936)",
@@ -118,6 +123,9 @@ GPU_NAMES: dict[str, str] = {
     "A100 (80 GB implied; PCIe, no NVLink)": "a100-80gb-pcie",  # fp16 Llama-2-70B on 2 cards needs 80 GB each
     "A10G 24GB (PCIe)": "a10g",
     "V100 (variant unstated)": "v100-sxm2-16gb",  # 900 GB/s on every V100 variant; decode speed only
+    # Training-speed rows (published_train_speed.csv spd-50..): the names as each source writes them.
+    "H100 80GB (SXM implied: README's 989 TFLOPS peak)": "h100-sxm",  # fms-fsdp's MFU uses the SXM peak
+    "H200 141GB (form factor unstated)": "h200-sxm",  # KempnerForge's MFU divides by 989 TFLOPS, the SXM peak
 }
 # What a row ran, by the start of its `method` cell, when the planner cannot express it (ms-swift example
 # headers record every figure; these say why a figure is not compared).
@@ -349,6 +357,14 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
             "DeepSpeed fp16: module and adapters in fp16 with an fp32 master and fp32 moments (as measured with DeepSpeed 0.19.8); ZeRO-2's 2e8-element buckets not modelled",
         )
         for i in (4, 5, 6, 7)
+    },
+    **{
+        f"spd-{i}": (
+            {"fsdp_sharding": "hybrid_shard", "fsdp_shard_group": 8},
+            "fms-fsdp HSDP (README 'Sharding Strategy: HSDP'; sharding_strategy=hsdp): sharded within each 8-GPU node, "
+            "replicated across nodes",
+        )
+        for i in (50, 51, 54, 55)
     },
 }
 # What a whole source states (not assumed), by id prefix; a row's own ASSUMPTIONS win.
