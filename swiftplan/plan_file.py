@@ -35,6 +35,7 @@ from swiftplan.planner.objective import (
 )
 from swiftplan.planner.plan import Plan, Prediction
 from swiftplan.planner.setup import (
+    AdapterDtype,
     AttentionImpl,
     CkptPosition,
     Fsdp,
@@ -110,6 +111,7 @@ class RuntimeFields(_Strict):
     activation_offload: bool = False
     fsdp_cpu_offload: bool = False
     float8: bool = False
+    adapter_dtype: AdapterDtype = "fp32"
 
 
 class RolloutFields(_Strict):

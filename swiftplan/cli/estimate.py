@@ -11,6 +11,7 @@ from swiftplan.cli._output import console, print_json
 from swiftplan.cli.options import (
     TASK_HELP,
     ActivationOffloadOpt,
+    AdapterDtypeOpt,
     CkptEveryOpt,
     CkptPositionOpt,
     CompletionLenOpt,
@@ -174,7 +175,7 @@ _PLAN_FILE_OPTIONS = ("task", "method", "precision", "quant", "rank", "targets",
                       "seq", "grad_accum", "grad_ckpt", "attention", "kbit_upcast", "zero", "offload", "gpus", "tp",
                       "pp", "context", "concurrency", "kv_dtype", "gpu_memory_utilization", "engine",
                       "expandable_segments", "variable_lengths", "runtime", "loss", "loss_chunks", "loss_chunk_tokens",
-                      "optimizer_impl", "modules_to_save", "optimizer_in_backward", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8", "packing", "fsdp", "fsdp_sharding",
+                      "optimizer_impl", "modules_to_save", "optimizer_in_backward", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8", "adapter_dtype", "packing", "fsdp", "fsdp_sharding",
                       "fsdp_shard_group", "ds_buckets", "images_per_sample", "image_size", "image_tokens", "video_frames",
                       "train_vit", "train_aligner")  # fmt: skip
 
@@ -347,6 +348,7 @@ def estimate_command(
     activation_offload: ActivationOffloadOpt = None,
     fsdp_cpu_offload: FsdpCpuOffloadOpt = None,
     float8: Float8Opt = None,
+    adapter_dtype: AdapterDtypeOpt = None,
     reference: ReferenceOpt = "auto",
     prompt_len: PromptLenOpt = None,
     num_generations: NumGenerationsOpt = 8,

@@ -15,6 +15,7 @@ import typer
 from swiftplan.cli.options import (
     TASK_HELP,
     ActivationOffloadOpt,
+    AdapterDtypeOpt,
     CkptEveryOpt,
     CkptPositionOpt,
     CompletionLenOpt,
@@ -397,6 +398,7 @@ def fit_command(
     activation_offload: ActivationOffloadOpt = None,
     fsdp_cpu_offload: FsdpCpuOffloadOpt = None,
     float8: Float8Opt = None,
+    adapter_dtype: AdapterDtypeOpt = None,
     reference: ReferenceOpt = "auto",
     prompt_len: PromptLenOpt = None,
     num_generations: NumGenerationsOpt = 8,
@@ -454,7 +456,8 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
 _TRAIN_ONLY = ("method", "rank", "targets", "precision", "optimizer", "grad_ckpt", "zero", "max_offload", "pp", "dp",
                "batch", "dataset_tokens", "data", "lengths", "loss", "loss_chunks", "loss_chunk_tokens", "optimizer_impl",
                "modules_to_save", "optimizer_in_backward", "fsdp", "fsdp_sharding", "fsdp_shard_group",
-               "ds_buckets", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8")  # fmt: skip
+               "ds_buckets", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8",
+               "adapter_dtype")  # fmt: skip
 """fit options the serving search does not read."""
 _SERVE_ONLY = ("concurrency", "ttft", "decode_tps", "kv_dtype")
 """fit options the training search does not read."""

@@ -246,6 +246,15 @@ Float8Opt = Annotated[
     typer.Option("--float8/--no-float8", help="torchao float8 training of the Linear layers (full, bf16)."),
 ]
 
+AdapterDtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--adapter-dtype",
+        help="LoRA adapters: fp32 (peft's default upcast) | model (the model dtype, no input cast: torchtune, "
+        "peft autocast_adapter_dtype=False).",
+    ),
+]
+
 RUNTIME_TRAIN_FLAGS = ("grad_ckpt", "attention", "kbit_upcast", "precision", "optimizer")
 """Set-up options a training runtime profile may set: they come from it unless the user typed them."""
 
@@ -288,10 +297,18 @@ def knob_values(
     activation_offload: bool | None = None,
     fsdp_cpu_offload: bool | None = None,
     float8: bool | None = None,
+    adapter_dtype: str | None = None,
 ) -> dict[str, Any]:
     """The knob flags the user typed (None = not typed), parsed: each bad value refused naming its flag."""
     from swiftplan.cli import _checks
-    from swiftplan.planner.setup import FSDP_SHARDINGS, FSDPS, LOSS_IMPLS, OPTIMIZER_IMPLS, SAVED_MODULES
+    from swiftplan.planner.setup import (
+        ADAPTER_DTYPES,
+        FSDP_SHARDINGS,
+        FSDPS,
+        LOSS_IMPLS,
+        OPTIMIZER_IMPLS,
+        SAVED_MODULES,
+    )
 
     typed: dict[str, Any] = {}
     if loss is not None:
@@ -320,6 +337,8 @@ def knob_values(
         typed["fsdp_shard_group"] = fsdp_shard_group
     if ds_buckets is not None:
         typed["ds_buckets"] = ds_buckets
+    if adapter_dtype is not None:
+        typed["adapter_dtype"] = parse_choice("--adapter-dtype", adapter_dtype, ADAPTER_DTYPES)
     return typed | _feature_knobs(
         ckpt_every=ckpt_every, ckpt_position=ckpt_position, activation_offload=activation_offload,
         fsdp_cpu_offload=fsdp_cpu_offload, float8=float8,

@@ -12,6 +12,7 @@ import typer
 from swiftplan.cli.options import (
     TASK_HELP,
     ActivationOffloadOpt,
+    AdapterDtypeOpt,
     CkptEveryOpt,
     CkptPositionOpt,
     CompletionLenOpt,
@@ -414,6 +415,7 @@ def size_command(
     activation_offload: ActivationOffloadOpt = None,
     fsdp_cpu_offload: FsdpCpuOffloadOpt = None,
     float8: Float8Opt = None,
+    adapter_dtype: AdapterDtypeOpt = None,
     reference: ReferenceOpt = "auto",
     prompt_len: PromptLenOpt = None,
     num_generations: NumGenerationsOpt = 8,

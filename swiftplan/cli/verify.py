@@ -10,6 +10,7 @@ from rich.table import Table
 from swiftplan.cli._output import console, print_json
 from swiftplan.cli.options import (
     ActivationOffloadOpt,
+    AdapterDtypeOpt,
     CkptEveryOpt,
     CkptPositionOpt,
     CompletionLenOpt,
@@ -103,6 +104,7 @@ def verify_command(
     activation_offload: ActivationOffloadOpt = None,
     fsdp_cpu_offload: FsdpCpuOffloadOpt = None,
     float8: Float8Opt = None,
+    adapter_dtype: AdapterDtypeOpt = None,
     reference: ReferenceOpt = "auto",
     prompt_len: PromptLenOpt = None,
     num_generations: NumGenerationsOpt = 8,
@@ -162,14 +164,16 @@ def _runtime(ctx: typer.Context, o: dict[str, Any]) -> Any:
 
     given = {n: o[n] for n in given_options(ctx, tuple(n for n in RUNTIME_TRAIN_FLAGS if n in o))}
     choice = train_runtime(o["runtime"], knobs, given)
+    from dataclasses import replace
+
     from swiftplan.executors.verify_knobs import refuse_untraceable
     from swiftplan.planner.hardware import parse_cluster
 
     traced = choice.knobs()
     if o["task"] not in ("train", "sft"):  # the objective's log-prob path is TRL's own code, traced as is
-        from dataclasses import replace
-
         traced = replace(traced, loss="full")
+    if o["method"] == "full":  # no adapters: their dtype asks nothing of the trace
+        traced = replace(traced, adapter_dtype="fp32")
     refuse_untraceable(traced, world_size=parse_cluster(o["gpus"]).world_size, task=o["task"])
     return choice
 

@@ -226,7 +226,9 @@ def _build_model(
     elif grad_ckpt:
         checkpoint_selected(model, features, notes, after_lora=False)
     if method == "lora":
-        model = apply_lora(model, **lora, notes=notes)
+        model = apply_lora(
+            model, **lora, notes=notes, autocast_adapter_dtype=features.adapter_dtype == "fp32"
+        )
     else:
         model.requires_grad_(True)
     if grad_ckpt:

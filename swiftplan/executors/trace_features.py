@@ -41,6 +41,8 @@ class TraceFeatures:
     """first: transformers' every_n_layers; last: torchtune's rule."""
     activation_offload: bool = False
     """The decoder's saved tensors to host memory."""
+    adapter_dtype: str = "fp32"
+    """LoRA adapters in fp32 (peft's default upcast) or in the model dtype (autocast_adapter_dtype=False)."""
 
 
 def checkpoint_selected(model: Any, features: TraceFeatures, notes: list[str], *, after_lora: bool) -> None:

@@ -101,6 +101,7 @@ def apply_lora(
     targets: Sequence[str] | str,
     notes: list[str],
     task_type: str = "CAUSAL_LM",
+    autocast_adapter_dtype: bool = True,
 ) -> nn.Module:
     """Wrap the meta `model` with peft LoRA as `get_peft_model` does (call outside any fake mode).
 
@@ -108,6 +109,10 @@ def apply_lora(
     CPU; the resulting dtypes are the same as for a real model (checked with peft 0.21: fp32 adapters
     on a bf16 or fp32 base, from `autocast_adapter_dtype=True`). `task_type="SEQ_CLS"` (a reward model)
     also trains the classification head in full (peft's modules_to_save for that task).
+    `autocast_adapter_dtype=False` is get_peft_model's own switch: the adapters stay in the base layer's
+    dtype (--adapter-dtype model). peft picks that dtype when it moves fresh adapters to the base layer
+    (`_move_adapter_to_device_of_base_layer`), which it skips for adapters created on meta, so this path
+    builds them on the CPU (small: rank × width per module) and lets peft move them.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -121,7 +126,12 @@ def apply_lora(
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        peft_model = get_peft_model(model, lora_config, low_cpu_mem_usage=True)
+        peft_model = get_peft_model(
+            model,
+            lora_config,
+            low_cpu_mem_usage=autocast_adapter_dtype,
+            autocast_adapter_dtype=autocast_adapter_dtype,
+        )
     lora_modules = [(n, m) for n, m in peft_model.named_modules() if hasattr(m, "lora_A")]
     wrapped = sorted({n.rsplit(".", 1)[-1] for n, _ in lora_modules if not n.endswith(".base_layer")})
     param_wrapped = sorted(
@@ -133,7 +143,12 @@ def apply_lora(
     if not wrapped:
         raise ValueError(f"LoRA targets {targets!r} matched no module of this model")
     notes.append(
-        f"LoRA wraps {', '.join(wrapped)}; adapter weights are {'/'.join(adapter_dtypes)} (peft upcasts bf16/fp16 adapters to fp32 by default)"
+        f"LoRA wraps {', '.join(wrapped)}; adapter weights are {'/'.join(adapter_dtypes)}"
+        + (
+            " (peft upcasts bf16/fp16 adapters to fp32 by default)"
+            if autocast_adapter_dtype
+            else " (get_peft_model(..., autocast_adapter_dtype=False): the base layer's dtype)"
+        )  # fmt: skip
     )
     if param_wrapped:
         notes.append(

@@ -146,6 +146,7 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2, world
             ckpt_every=knobs.ckpt_every,
             ckpt_position=knobs.ckpt_position,
             activation_offload=knobs.activation_offload,
+            adapter_dtype=knobs.adapter_dtype,
         ),
     )
     workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))

@@ -43,7 +43,8 @@ def untraceable_knobs(knobs: RuntimeKnobs) -> list[str]:
 def refuse_untraceable(knobs: RuntimeKnobs, *, world_size: int = 1, task: str = "train") -> None:
     """One SwiftplanError listing every setting of `knobs` the tracer cannot run on `world_size` devices for
     `task` (nothing when it can)."""
-    if reasons := untraceable_knobs(knobs) + untraceable_fsdp(knobs, world_size=world_size, task=task):
+    reasons = untraceable_knobs(knobs) + untraceable_fsdp(knobs, world_size=world_size, task=task)
+    if reasons := reasons + untraceable_adapter_dtype(knobs, task=task):
         raise SwiftplanError(
             f"verify cannot trace runtime {knobs.name}'s " + "; ".join(reasons) + ".",
             hint="Override the setting with its flag, or `swiftplan estimate --runtime "
@@ -75,3 +76,16 @@ def untraceable_fsdp(knobs: RuntimeKnobs, *, world_size: int, task: str = "train
             f"--fsdp-shard-group {group} must divide the {world_size} devices of --gpus for the traced mesh"
         )
     return reasons
+
+
+def untraceable_adapter_dtype(knobs: RuntimeKnobs, *, task: str = "train") -> list[str]:
+    """--adapter-dtype model where the trace would still build peft's fp32 adapters: the single-device SFT
+    trace passes autocast_adapter_dtype=False to get_peft_model (`trace_features.TraceFeatures`); the
+    objective and FSDP traces do not yet."""
+    if knobs.adapter_dtype == "fp32":
+        return []
+    if task not in ("train", "sft"):
+        return [f"--adapter-dtype model with --task {task}: the objective trace builds peft's fp32 adapters"]
+    if knobs.fsdp != "none":
+        return [f"--adapter-dtype model with --fsdp {knobs.fsdp}: the FSDP trace builds peft's fp32 adapters"]
+    return []

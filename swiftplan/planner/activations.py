@@ -7,9 +7,10 @@ I = MLP width, r = LoRA rank; `cb` = bytes of the compute dtype. All functions r
 
 Rules used throughout (PyTorch autograd):
 - a Linear saves its input only when its weight is trainable (full fine-tuning);
-- a LoRA-wrapped Linear (peft) casts its input to the adapter dtype (fp32) and saves that copy
-  for lora_A (with dropout > 0 it saves the dropout mask and the dropped copy instead), and
-  lora_B saves lora_A's output (T × r, fp32);
+- a LoRA-wrapped Linear (peft) casts its input to the adapter dtype (fp32 by default) and saves
+  that copy for lora_A (with dropout > 0 it saves the dropout mask and the dropped copy instead),
+  and lora_B saves lora_A's output (T × r, adapter dtype); with adapters in the model dtype
+  (`runtime.adapter_dtype` "model") there is no cast, so lora_A saves the tensor itself;
 - RMSNorm (HF) upcasts to fp32 and saves that copy plus the fp32 rsqrt (one per token);
   with a trainable weight it also saves the normalised bf16 tensor;
 - SDPA/flash attention saves q, k, v, the output and a logsumexp (fp32 per head and token);
@@ -25,7 +26,7 @@ from functools import cache
 
 from swiftplan.planner.adapters import is_targeted, lora_params_for
 from swiftplan.planner.architecture import Linear, layer_linears
-from swiftplan.planner.dtypes import activation_dtype_bytes, dtype_bytes, module_dtype
+from swiftplan.planner.dtypes import activation_dtype_bytes, adapter_dtype, dtype_bytes, module_dtype
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.runtime_features import (
     float8_cast_bytes,
@@ -53,7 +54,7 @@ class LayerActivations:
     linear_inputs: int
     """Inputs saved by trainable Linears (full fine-tuning), shared per distinct input."""
     lora: int
-    """peft's fp32 input copies, dropout masks and lora_A outputs."""
+    """peft's input copies in the adapter dtype, dropout masks and lora_A outputs."""
     attention: int
     """q, k, v, attention output (+ logsumexp, or the probabilities for eager)."""
     mlp: int
@@ -84,7 +85,8 @@ def _linear_saves(
 
     Under autocast (amp) the residual stream is fp32, so each Linear reading it makes its own
     low-precision copy of the input (q, k and v each: not shared), and lora_A's input and output
-    are in the autocast dtype rather than fp32.
+    are in the autocast dtype rather than fp32. Otherwise they are in the adapter dtype
+    (`dtypes.adapter_dtype`: fp32, or the model dtype with --adapter-dtype model).
     """
     amp = setup.precision.startswith("amp-")
     if setup.trains_adapters:
@@ -93,9 +95,8 @@ def _linear_saves(
             return 0, 0
         width = linear.in_features
         mask = BOOL * width if setup.lora.dropout > 0 else 0
-        if amp:
-            return 0, tokens * (cb * width + mask + cb * setup.lora.rank)
-        return 0, tokens * (FP32 * width + mask + FP32 * setup.lora.rank)
+        ab = cb if amp else dtype_bytes(adapter_dtype(setup))
+        return 0, tokens * (ab * width + mask + ab * setup.lora.rank)
     return tokens * linear.in_features * cb, 0
 
 
@@ -144,10 +145,12 @@ def _layer_activation_bytes(
         if linear.kind != "linear":
             continue
         saved, lora_saved = _linear_saves(linear, setup, tokens, cb, spec.model_type)
-        if lora_saved and setup.lora is not None and cb == FP32 and not amp and setup.lora.dropout == 0:
-            # fp32 activations without dropout: peft's cast to the fp32 adapter dtype is a no-op, so the
-            # Linears reading one tensor (q and v) keep that same tensor once; only lora_A's output is theirs.
-            own = tokens * FP32 * setup.lora.rank
+        ab = dtype_bytes(adapter_dtype(setup))
+        if lora_saved and setup.lora is not None and cb == ab and not amp and setup.lora.dropout == 0:
+            # Activations already in the adapter dtype (fp32 ones with fp32 adapters, or adapters in the model
+            # dtype) and no dropout: peft's cast is a no-op, so the Linears reading one tensor (q and v) keep
+            # that same tensor once; only lora_A's output is theirs.
+            own = tokens * ab * setup.lora.rank
             lora_key = ("lora", linear.block, linear.in_features)
             already_kept = (
                 _reads_saved_tensor(linear) and linear.block == "attention"

@@ -29,6 +29,15 @@ def deepspeed_mixed(setup: TrainSetup) -> bool:
     return setup.parallel.zero > 0 and setup.precision != "fp32"
 
 
+def adapter_dtype(setup: TrainSetup) -> str:
+    """dtype LoRA adapters are created and computed in, before any DeepSpeed cast (`states.state_dtypes`):
+    fp32 with peft's default `get_peft_model(..., autocast_adapter_dtype=True)` (peft 0.21
+    tuners_utils.py cast_adapter_dtype), or with `runtime.adapter_dtype` "model" the base layer's dtype,
+    which peft's `_move_adapter_to_device_of_base_layer` takes from the weight or a bitsandbytes 4-bit
+    layer's compute_dtype: the parameter dtype here (fp32 under amp; QLoRA's compute dtype is the precision)."""
+    return param_dtype(setup.precision) if setup.runtime.adapter_dtype == "model" else "fp32"
+
+
 def module_dtype(setup: TrainSetup) -> str:
     """dtype the module's (non-quantized) parameters are held in while training."""
     if deepspeed_mixed(setup):

@@ -26,7 +26,7 @@ DEFAULT_TRAIN_ENGINE = "swiftplan"
 
 _LIST_OPTIONS = ("backend", "objective", "method", "quant", "optimizer", "zero", "offload", "kv_dtype")
 _KNOB_OPTIONS = ("loss", "optimizer_impl", "fsdp", "modules_to_save", "optimizer_in_backward", "ckpt_every",
-                 "activation_offload", "fsdp_cpu_offload", "float8")  # fmt: skip
+                 "activation_offload", "fsdp_cpu_offload", "float8", "adapter_dtype")  # fmt: skip
 """RuntimeKnobs an engine may restrict (list options; modules_to_save: the modules it can train in full)."""
 _MAX_OPTIONS = ("tp_max", "pp_max", "gpus_max")
 _OPTION_LABELS = {
@@ -50,6 +50,7 @@ _OPTION_LABELS = {
     "activation_offload": "activation offloading",
     "fsdp_cpu_offload": "FSDP CPU offload",
     "float8": "float8 training",
+    "adapter_dtype": "LoRA adapter dtype",
 }
 
 
@@ -216,6 +217,8 @@ class Requirements:
     activation_offload: bool | None = None
     fsdp_cpu_offload: bool | None = None
     float8: bool | None = None
+    adapter_dtype: str | None = None
+    """LoRA adapters' dtype (fp32 or model); None when nothing trains adapters."""
     runtime: str | None = None
     """The runtime profile the plan was made for (named in the reasons for its knobs)."""
 
@@ -288,13 +291,15 @@ def train_requirements(setup: TrainSetup, *, backend: str, gpus: int) -> Require
         tp=setup.parallel.tp,
         pp=setup.parallel.pp,
         gpus=gpus,
-        **knob_requirements(setup.runtime, grad_ckpt=setup.grad_ckpt),
+        **knob_requirements(setup.runtime, grad_ckpt=setup.grad_ckpt, trains_adapters=setup.trains_adapters),
     )
 
 
-def knob_requirements(knobs: RuntimeKnobs, *, grad_ckpt: bool = True) -> dict[str, Any]:
+def knob_requirements(
+    knobs: RuntimeKnobs, *, grad_ckpt: bool = True, trains_adapters: bool = True
+) -> dict[str, Any]:
     """The `Requirements` fields of a runtime's knobs (checkpointing every k-th block only counts with
-    checkpointing on)."""
+    checkpointing on, the adapter dtype only when LoRA adapters train)."""
     return {
         "loss": knobs.loss,
         "optimizer_impl": knobs.optimizer_impl,
@@ -305,6 +310,7 @@ def knob_requirements(knobs: RuntimeKnobs, *, grad_ckpt: bool = True) -> dict[st
         "activation_offload": knobs.activation_offload,
         "fsdp_cpu_offload": knobs.fsdp_cpu_offload,
         "float8": knobs.float8,
+        "adapter_dtype": knobs.adapter_dtype if trains_adapters else None,
         "runtime": knobs.name,
     }
 

@@ -60,7 +60,7 @@ def fsdp_cpu_offload_s(
         for i in range(spec.num_layers)
     )
     grad_bytes = trainable_params * dtype_bytes(state_dtypes(setup).gradients)
-    adapter_bytes = grad_bytes if setup.trains_adapters else 0  # adapters sit in the gradient dtype (fp32)
+    adapter_bytes = grad_bytes if setup.trains_adapters else 0  # adapters sit in the gradient dtype
     split = shards * setup.parallel.tp * setup.parallel.pp
     per_micro = FSDP_PARAM_COPIES_PER_MICRO_STEP * (model_bytes + adapter_bytes) / split + grad_bytes / split
     return setup.grad_accum * per_micro / pcie_bytes_per_s

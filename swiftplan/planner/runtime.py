@@ -212,6 +212,7 @@ KNOB_FLAGS = {
     "activation_offload": "--activation-offload",
     "fsdp_cpu_offload": "--fsdp-cpu-offload",
     "float8": "--float8",
+    "adapter_dtype": "--adapter-dtype",
 }
 """The command-line flag of each RuntimeKnobs field (estimate, fit, size, verify)."""
 

@@ -29,6 +29,7 @@ SavedModule = Literal["embed_tokens", "lm_head"]
 Fsdp = Literal["none", "fsdp1", "fsdp2"]
 FsdpSharding = Literal["full_shard", "shard_grad_op", "hybrid_shard"]
 CkptPosition = Literal["first", "last"]
+AdapterDtype = Literal["fp32", "model"]
 
 METHODS: tuple[Method, ...] = get_args(Method)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
@@ -44,6 +45,7 @@ SAVED_MODULES: tuple[SavedModule, ...] = get_args(SavedModule)
 FSDPS: tuple[Fsdp, ...] = get_args(Fsdp)
 FSDP_SHARDINGS: tuple[FsdpSharding, ...] = get_args(FsdpSharding)
 CKPT_POSITIONS: tuple[CkptPosition, ...] = get_args(CkptPosition)
+ADAPTER_DTYPES: tuple[AdapterDtype, ...] = get_args(AdapterDtype)
 ALL_LINEAR = "all-linear"
 
 ChoiceT = TypeVar("ChoiceT", bound=str)
@@ -198,9 +200,15 @@ class RuntimeKnobs:
     float8: bool = False
     """torchao Float8Linear training: bf16 weights cast to fp8 for each matmul, dynamic tensorwise
     scales (torchtune enable_fp8_training); FSDP2 gathers the weights in fp8."""
+    adapter_dtype: AdapterDtype = "fp32"
+    """LoRA A/B (and DoRA magnitude) dtype: fp32 (peft's get_peft_model(autocast_adapter_dtype=True)
+    upcasts bf16/fp16 adapters, and each wrapped Linear casts its input to fp32), or model: the base
+    layer's dtype, with no input cast (autocast_adapter_dtype=False; torchtune's LoRALinear built under
+    the recipe's default dtype). Gradients and AdamW moments follow the adapters."""
 
     def __post_init__(self) -> None:
         _check_choice("loss implementation", self.loss, LOSS_IMPLS)
+        _check_choice("LoRA adapter dtype", self.adapter_dtype, ADAPTER_DTYPES)
         _check_choice("optimizer implementation", self.optimizer_impl, OPTIMIZER_IMPLS)
         _check_choice("FSDP version", self.fsdp, FSDPS)
         _check_choice("FSDP sharding", self.fsdp_sharding, FSDP_SHARDINGS)
@@ -352,6 +360,17 @@ class TrainSetup:
         if knobs.modules_to_save and not self.trains_adapters:
             raise SwiftplanError(
                 "--modules-to-save trains embeddings/LM head next to LoRA adapters; full fine-tuning trains them already."
+            )
+        if (
+            knobs.adapter_dtype == "model"
+            and self.trains_adapters
+            and self.quant in ("int8", "gptq", "awq", "fp8")
+        ):
+            raise SwiftplanError(
+                f"--adapter-dtype model keeps LoRA adapters in their base layer's dtype, which peft reads from an "
+                f"unquantized weight or a 4-bit base's compute dtype; a --quant {self.quant} base has neither "
+                "(peft leaves int8/GPTQ/AWQ adapters in fp32 and would give fp8 ones fp8).",
+                hint="Use --adapter-dtype fp32 with this base, or --quant none, nf4, fp4 or nf4-torchao.",
             )
         if knobs.optimizer_in_backward and self.grad_accum > 1:
             raise SwiftplanError(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from swiftplan.planner.adapters import adapter_params
 from swiftplan.planner.architecture import linear_modules, matmul_params_per_token, total_params
 from swiftplan.planner.calibration import constant
-from swiftplan.planner.dtypes import compute_dtype, dtype_bytes
+from swiftplan.planner.dtypes import adapter_dtype, compute_dtype, dtype_bytes
 from swiftplan.planner.hardware import FALLBACK_PCIE_BYTES_PER_S
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.offload_speed import activation_offload_s, fsdp_cpu_offload_s
@@ -47,8 +47,6 @@ DEQUANT_PASSES = 2
 gradient (bitsandbytes/autograd/_functions.py); `qlora_dequant.bytes_per_weight` in
 profiles/calibration.json is the traffic of these two passes together."""
 
-ADAPTER_GRAD_BYTES = 4
-"""LoRA adapter gradients are fp32: peft keeps adapters in fp32 (`autocast_adapter_dtype`, peft docs)."""
 HALF_BYTES = 2
 """bf16/fp16 parameters and gradients of full fine-tuning, as DeepSpeed ZeRO holds them (ZeRO,
 Rajbhandari et al. 2020, §3.1: fp16 parameters and gradients, 2 bytes each)."""
@@ -167,7 +165,9 @@ def _allreduce_s(num_bytes: float, ranks: int, bandwidth_bytes_per_s: float) -> 
 
 def _trainable_grad_bytes(setup: TrainSetup) -> int:
     """Bytes of one gradient (or one updated parameter sent back) per trainable parameter."""
-    return ADAPTER_GRAD_BYTES if setup.trains_adapters else HALF_BYTES
+    # LoRA gradients are in the adapter dtype: fp32 with peft's default, the model dtype with
+    # --adapter-dtype model (dtypes.adapter_dtype)
+    return dtype_bytes(adapter_dtype(setup)) if setup.trains_adapters else HALF_BYTES
 
 
 def _compute_s(spec: ModelSpec, setup: TrainSetup, acc: Accelerator, mfu: float) -> float:

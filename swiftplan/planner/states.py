@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from swiftplan.planner.dtypes import compute_dtype, deepspeed_mixed, module_dtype, param_dtype
+from swiftplan.planner.dtypes import adapter_dtype, compute_dtype, deepspeed_mixed, module_dtype, param_dtype
 from swiftplan.planner.setup import Optimizer, TrainSetup
 
 BNB_8BIT_OPTIMIZER_BLOCK = 256
@@ -38,7 +38,8 @@ def state_dtypes(setup: TrainSetup) -> StateDtypes:
     """Per-parameter state dtypes for `setup` as the executor runs it.
 
     Plain torch (no ZeRO): parameters in the precision's parameter dtype (fp32 under amp); peft keeps
-    LoRA adapters in fp32 (`autocast_adapter_dtype`); gradients and AdamW moments follow the trainable
+    LoRA adapters in fp32 (`autocast_adapter_dtype`), or in the model dtype with the runtime's
+    `adapter_dtype` "model" (`dtypes.adapter_dtype`); gradients and AdamW moments follow the trainable
     parameters; no master copy. DeepSpeed ZeRO with bf16/fp16 (every precision but fp32): the engine
     casts the module, adapters included, to the half dtype (`module.bfloat16()`), keeps gradients in it
     across accumulation (`averaged_gradients`), and an fp32 master partition with fp32 optimizer state
@@ -49,9 +50,10 @@ def state_dtypes(setup: TrainSetup) -> StateDtypes:
     if deepspeed_mixed(setup):
         half = compute_dtype(setup.precision)
         return StateDtypes(weights=half, adapters=half, gradients=half, optimizer="fp32", master="fp32")
-    trainable = "fp32" if setup.trains_adapters else param_dtype(setup.precision)
+    adapters = adapter_dtype(setup)
+    trainable = adapters if setup.trains_adapters else param_dtype(setup.precision)
     return StateDtypes(
-        weights=module_dtype(setup), adapters="fp32", gradients=trainable, optimizer=trainable, master=None
+        weights=module_dtype(setup), adapters=adapters, gradients=trainable, optimizer=trainable, master=None
     )
 
 

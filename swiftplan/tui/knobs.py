@@ -14,6 +14,7 @@ from typing import Any
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.setup import (
+    ADAPTER_DTYPES,
     CKPT_POSITIONS,
     FSDP_SHARDINGS,
     FSDPS,
@@ -36,6 +37,7 @@ KNOB_CHOICES: dict[str, tuple[str, ...]] = {
     "activation_offload": YES_NO,
     "fsdp_cpu_offload": YES_NO,
     "float8": YES_NO,
+    "adapter_dtype": ADAPTER_DTYPES,
 }
 """Knobs chosen from a list (on/off knobs as no/yes)."""
 KNOB_MINIMUMS = {"loss_chunks": 1, "loss_chunk_tokens": 0, "fsdp_shard_group": 0, "ckpt_every": 1}

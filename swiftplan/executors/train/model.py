@@ -3,7 +3,7 @@
 Precision follows `swiftplan.planner.dtypes`: bf16/fp16/fp32 load the model in that dtype and train
 without autocast; amp-bf16/amp-fp16 load it in fp32 and the loop autocasts. QLoRA/int8 load through
 `BitsAndBytesConfig`; LoRA through peft (a k-bit base is prepared without peft's fp32 upcast, see
-`prepare_kbit_base`); gradient
+`prepare_kbit_base`; adapters in fp32, or in the model dtype with `runtime.adapter_dtype` "model"); gradient
 checkpointing is non-reentrant. Nothing here decides a setting the plan already fixed.
 """
 
@@ -182,8 +182,8 @@ def _wrap_lora(net: Any, setup: TrainSetup, *, kbit: bool) -> Any:
         use_dora=lora.dora,
         task_type="CAUSAL_LM",
     )
-    try:
-        return get_peft_model(net, config)
+    try:  # --adapter-dtype model: peft's own switch, adapters in the base layer's dtype (dtypes.adapter_dtype)
+        return get_peft_model(net, config, autocast_adapter_dtype=setup.runtime.adapter_dtype == "fp32")
     except ValueError as error:
         raise SwiftplanError(
             f"LoRA targets {', '.join(lora.targets)} do not fit this model: {error}."

@@ -152,6 +152,9 @@ def _adapter_and_quant_keys(setup: TrainSetup, runtime: RuntimeChoices) -> dict[
     if setup.lora is not None and setup.method != "full":
         keys.update(adapter="qlora" if setup.method == "qlora" else "lora", lora_r=setup.lora.rank,
                     lora_alpha=lora_alpha(setup), lora_dropout=setup.lora.dropout, peft_use_dora=setup.lora.dora)  # fmt: skip
+        # loaders/adapter.py load_lora passes it on as get_peft_model(autocast_adapter_dtype=False)
+        if setup.runtime.adapter_dtype == "model":
+            keys["peft_autocast_adapter_dtype"] = False
         if setup.lora.all_linear:
             keys["lora_target_linear"] = True
         else:

@@ -138,6 +138,11 @@ def _runtime_keys(plan: Plan, setup: TrainSetup) -> dict[str, Any]:
     keys: dict[str, Any] = {}
     if knobs.float8:
         raise refuse(NAME, "--float8", "TRL's configs have no float8 (torchao Float8Linear) training option")
+    kbit_sft = setup.objective.kind == "sft" and setup.quant in ("nf4", "fp4", "int8")
+    if knobs.adapter_dtype == "model" and setup.trains_adapters and not kbit_sft:
+        raise refuse(NAME, "--adapter-dtype model", "TRL's configs have no adapter-dtype option: its trainers call "
+                     "get_peft_model with peft's fp32 default, and only SFTTrainer on a 4/8-bit base casts the "
+                     "adapters to bf16 (trl/trainer/sft_trainer.py)")  # fmt: skip
     if (fsdp := hf_fsdp(NAME, setup, gpus_per_node=plan.gpus_per_node, dp=plan.layout.dp)) is not None:
         keys.update(fsdp=fsdp.fsdp, fsdp_config=fsdp.config())
         if setup.quant in ("nf4", "fp4"):  # FSDP shards the packed 4-bit weights only in the compute dtype

@@ -43,7 +43,7 @@ KNOB_LAYOUT = (
     ("ckpt_every", "Ckpt every", "ckpt_position", "Ckpt position"),
     ("activation_offload", "Act. offload", "float8", "Float8"),
     ("optimizer_in_backward", "Opt. in bwd", "ds_buckets", "DS buckets"),
-    ("modules_to_save", "Save modules", "", ""),
+    ("modules_to_save", "Save modules", "adapter_dtype", "Adapter dtype"),
 )
 """The knob group's rows, as LAYOUT (every field of `KNOB_FIELDS` once)."""
 KNOBS_TITLE = "Runtime knobs (training): the runtime's defaults; edit to override"
