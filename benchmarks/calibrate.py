@@ -20,7 +20,8 @@ Procedure (small on purpose):
    most a slab of freed activations of 5 size octaves can strand); keep the value(s) with the least sum of
    |log(predicted / published)|; ties: smaller values. Nothing per row.
 5. Trust check: the fit is repeated leaving each row out; a fitted value on a grid edge, or whose
-   leave-one-out range is wider than the value itself, is reported as not trusted (and the source says so).
+   leave-one-out range is wider than the value itself, is reported as not trusted and not written: the
+   constant keeps its value, and its source records the fit.
 6. context_bytes_cuda: median over fit-set nvidia-smi rows of (published - our peak_reserved - our other
    memory outside the allocator, e.g. NCCL buffers), if there
    are at least three such rows; otherwise the prior stays.
@@ -78,7 +79,9 @@ def fit_points(csv_paths: tuple[Path, ...] = ALL_CSVS) -> dict[str, list[dict[st
                 "allocated": mem.peak_allocated,
                 "reserved": mem.peak_reserved,
                 # outside the allocator besides the CUDA context (NCCL buffers): not the context's to absorb
-                "outside": mem.device_total - mem.peak_reserved - context_bytes(expressed.cluster.accelerator.backend),
+                "outside": mem.device_total
+                - mem.peak_reserved
+                - context_bytes(expressed.cluster.accelerator.backend),
                 "rounding": rounding_bytes(spec, mem),
                 "dynamic": max(0, mem.peak_allocated - persistent - mem.kv_cache),
                 "log2_lengths": math.log2(distinct_lengths(seq, expressed.allocator)),
@@ -139,7 +142,9 @@ def fit(points: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     result["trusted"] = trusted
     smi = points["nvidia-smi"]
     if len(smi) >= 3:
-        result["context_bytes_cuda"] = int(statistics.median(p["published"] - p["reserved"] - p["outside"] for p in smi))
+        result["context_bytes_cuda"] = int(
+            statistics.median(p["published"] - p["reserved"] - p["outside"] for p in smi)
+        )
         result["nvidia_smi_rows"] = [p["id"] for p in smi]
     return result
 
@@ -155,9 +160,15 @@ def write(result: dict[str, Any], path: Path = CALIBRATION) -> None:
     )
     for name in result["fitted"]:
         loo = sorted({v[0 if name == "dynamic_slack" else 1] for v in result["leave_one_out"].values()})
-        trust = f"; leave-one-out {loo[0]:g}..{loo[-1]:g}" + (
-            "" if result["trusted"][name] else " (NOT TRUSTED: on the grid edge or wider than the value)"
-        )
+        trust = f"; leave-one-out {loo[0]:g}..{loo[-1]:g}"
+        if not result["trusted"][name]:  # an untrusted fit is not written: the current value stays
+            entry = section[name]
+            base = entry["source"].split(" [fit ")[0]
+            entry["source"] = (
+                f"{base} [fit {date.today()}: {result[name]:g} on {rows}{trust} is not trusted (on the grid edge or "
+                "wider than the value): this value kept]"
+            )
+            continue
         held = (
             ""
             if name != "length_slack" or "dynamic_slack" in result["fitted"]
@@ -171,7 +182,8 @@ def write(result: dict[str, Any], path: Path = CALIBRATION) -> None:
         section["context_bytes_cuda"] = {
             "value": result["context_bytes_cuda"],
             "status": "fitted",
-            "source": f"median of nvidia-smi - our peak_reserved over {len(result['nvidia_smi_rows'])} fit-set "
+            "source": f"median of nvidia-smi - our peak_reserved - our other memory outside the allocator (NCCL "
+            f"buffers) over {len(result['nvidia_smi_rows'])} fit-set "
             f"rows ({smi}), {date.today()}, benchmarks/calibrate.py",
         }
     text = json.dumps(data, indent=2) + "\n"

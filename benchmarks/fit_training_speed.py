@@ -23,7 +23,7 @@ Procedure (fixed before any test-set error was looked at):
 4. Loss: sum over rows of |log(predicted / published)|; ties go to the smaller value.
 5. Trust check: the fit is repeated leaving each row out; a value on its grid's edge, or whose leave-one-out
    range is wider than the value itself, or that rests on one row (its leave-one-out fits never move it), is
-   reported as not trusted.
+   reported as not trusted and not written: the constant keeps its value, and its source records the fit.
 
     python benchmarks/fit_training_speed.py            # prints the fit; --write updates calibration.json
 """
@@ -221,10 +221,15 @@ def write(result: dict[str, Any], path: Path = CALIBRATION) -> None:
     for name in result["fitted"]:
         loo = sorted(v[name] for v in result["leave_one_out"].values() if name in v)
         trust = f"; leave-one-out {loo[0]:g}..{loo[-1]:g}" if loo else "; no leave-one-out (one row)"
-        trust += (
-            "" if result["trusted"][name] else " (NOT TRUSTED: grid edge, one row, or wider than the value)"
-        )
         rows = ", ".join(result["rows"][name])
+        if not result["trusted"][name]:  # the rule calibrate.py follows: an untrusted fit is not written
+            entry = section[name]
+            base = entry["source"].split(" [fit ")[0]
+            entry["source"] = (
+                f"{base} [fit {today}: {result[name]:g} on {rows}{trust} is not trusted (grid edge, one row, or "
+                "wider than the value): this value kept]"
+            )
+            continue
         section[name] = {
             "value": result[name],
             "status": "fitted",
