@@ -73,6 +73,22 @@ MODEL_NAMES: dict[str, tuple[str, str]] = {
         "meta-llama/Llama-2-7b-hf",
         "CodeLlama-7B is trained from Llama-2-7B (32 x 4096, MLP 11008; vocab 32016 vs 32000)",
     ),
+    "Qwen2-0.5B-Instruct": (
+        "Qwen/Qwen2.5-0.5B",
+        "Qwen2-0.5B has Qwen2.5-0.5B's shapes (its config: 24 x 896, MLP 4864, 14 heads / 2 KV heads, vocab 151936, tied)",
+    ),
+    "Qwen2-1.5B-Instruct": (
+        "Qwen/Qwen2.5-1.5B",
+        "Qwen2-1.5B-Instruct has Qwen2.5-1.5B's shapes (its config: 28 x 1536, MLP 8960, 12 heads / 2 KV heads, vocab 151936, tied)",
+    ),
+    "Qwen2-7B-Instruct": (
+        "Qwen/Qwen2.5-7B-Instruct",
+        "Qwen2-7B-Instruct has Qwen2.5-7B's shapes (its config: 28 x 3584, MLP 18944, 28 heads / 4 KV heads, vocab 152064)",
+    ),
+    "Qwen2-72B-Instruct": (
+        "Qwen/Qwen2.5-72B-Instruct",
+        "Qwen2-72B has Qwen2.5-72B's shapes (80 x 8192, 8 KV heads, MLP 29568)",
+    ),
     "KempnerForge 7B (Llama-3-8B shapes)": (
         "meta-llama/Meta-Llama-3-8B",
         "KempnerForge's '7B' is dim 4096, 32 layers, 32 heads, 8 KV heads, ffn_dim_multiplier 1.3 (14336), "
@@ -126,6 +142,19 @@ GPU_NAMES: dict[str, str] = {
     # Training-speed rows (published_train_speed.csv spd-50..): the names as each source writes them.
     "H100 80GB (SXM implied: README's 989 TFLOPS peak)": "h100-sxm",  # fms-fsdp's MFU uses the SXM peak
     "H200 141GB (form factor unstated)": "h200-sxm",  # KempnerForge's MFU divides by 989 TFLOPS, the SXM peak
+    # torchao README's 'a single NVIDIA-H100 GPU': its 1904.75 GB/s achieved at batch 1 would be 95 % of an H100
+    # PCIe's 2.0 TB/s, so the SXM card (3.35 TB/s) is assumed; decode speed only.
+    "H100 (variant unstated)": "h100-sxm",
+    # XiongjieDai/GPU-Benchmarks-on-LLM-Inference (dec-93..): the GPU cells as the README writes them (RunPod cards).
+    "4080 16GB": "rtx4080",
+    "3090 24GB": "rtx3090",
+    "4090 24GB": "rtx4090",
+    "RTX A6000 48GB": "rtxa6000",
+    "RTX 6000 Ada 48GB": "rtx6000ada",
+    "L40S 48GB": "l40s",
+    "A100 PCIe 80GB": "a100-80gb-pcie",
+    "A100 SXM 80GB": "a100-80gb-sxm",
+    "H100 PCIe 80GB": "h100-pcie",
 }
 # What a row ran, by the start of its `method` cell, when the planner cannot express it (ms-swift example
 # headers record every figure; these say why a figure is not compared).
@@ -160,17 +189,21 @@ UNIT_OVERRIDES: dict[str, tuple[int, str]] = {
 }
 
 AA_WHY = (
-    "fsdp_qlora train.py of 2024-03: pure bf16 (adapters and AdamW states bf16; the planner keeps adapters fp32), LoRA "
+    "fsdp_qlora train.py of 2024-03: pure bf16 (adapters and AdamW states bf16: --adapter-dtype model; FSDP1's "
+    "FlatParameter needs one dtype per unit and peft of the time moved adapters to the base weight's dtype), LoRA "
     "dropout 0.1, sdpa, dummy data at full length, no prepare_model_for_kbit_training; torch AdamW (foreach); "
     "transformers 4.38/4.39 (the releases of 2024-02/03; train.py imports LLAMA_ATTENTION_CLASSES, 4.36+): full_legacy "
-    "loss (fp32 logits and a shifted copy in Llama/Mistral forward, 4.31-4.45); train.py keeps `output` (its fp32 "
-    "logits) through backward, +4 B per token x vocab not modelled"
+    "loss (fp32 logits and a shifted copy in Llama/Mistral forward, 4.31-4.45); train.py (@02586ac: `output = "
+    "model(...)`, `loss.backward()`, then `output = None`) keeps the output's fp32 logits through backward: "
+    "--keep-output"
 )
 """Answer.AI's fsdp_qlora rows (published_more.csv pm-01..pm-25): what train.py did that the table leaves unsaid."""
 
 _QWEN_LENGTHS = (1, 6144, 14336, 30720, 63488, 129024)
 QWEN_SPEED_PROMPTS = _QWEN_LENGTHS[:4] + _QWEN_LENGTHS * 3 + (1,) + _QWEN_LENGTHS
 """Input lengths of published_decode.csv dec-25..dec-53 (Qwen2.5 speed benchmark: 3B, 7B, 14B, 32B, 72B rows)."""
+QWEN2_SPEED_PROMPTS = _QWEN_LENGTHS[:4] * 2 + _QWEN_LENGTHS + (1,) + _QWEN_LENGTHS
+"""Input lengths of published_decode.csv dec-69..dec-89 (Qwen2 speed benchmark: 0.5B, 1.5B, 7B, 72B rows)."""
 
 # What a row leaves unsaid and we must assume, per row id, with the reason shown in the report. Keys are
 # TrainSetup/LoraSetup/ServeSetup fields, plus `tokens` (kv_cache_gb rows).
@@ -254,6 +287,22 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
         )
         for i in (58, 60, 62, 64)
     },
+    **{
+        f"dec-{i}": (
+            {"prompt": prompt},
+            f"Qwen2 speed benchmark (vLLM 0.4.2): one {prompt}-token prompt prefilled, then 2048 generated "
+            "(taken as 2048 / generate() time, as the doc's Qwen2.5 version times it)",
+        )
+        for i, prompt in zip(range(69, 90), QWEN2_SPEED_PROMPTS, strict=True)
+    },
+    **{
+        f"dec-{i}": (
+            {"prompt": 6},
+            "torchao generate.py: prompt 'Hello, my name is' (about 6 tokens with BOS) prefilled, then 200 generated; "
+            "tokens/s = 200 / generate() time",
+        )
+        for i in (90, 91, 92)
+    },
     "vllm-02": (
         {"context": 8192, "prefill_chunk": 8192},
         "vLLM profiles max_num_batched_tokens = max_model_len = 8192 tokens (no chunked prefill)",
@@ -314,6 +363,8 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
                 "kbit_upcast": False,
                 "loss": "full_legacy",
                 "optimizer_impl": "foreach",
+                "adapter_dtype": "model",
+                "keep_output": True,
             }
             | ({"fsdp_cpu_offload": True} if i in (14, 15, 16, 17, 18, 19, 20) else {}),
             AA_WHY + ("; FSDP CPUOffload(offload_params=True)" if i in (14, 15, 16, 17, 18, 19, 20) else ""),
