@@ -112,6 +112,7 @@ class RuntimeFields(_Strict):
     fsdp_cpu_offload: bool = False
     float8: bool = False
     adapter_dtype: AdapterDtype = "fp32"
+    keep_output: bool = False
 
 
 class RolloutFields(_Strict):

@@ -46,12 +46,16 @@ def test_expected_rows_map_to_catalog_models(report):
     assert compared["us-02"] == "meta-llama/Llama-3.1-70B"  # Llama-3.3-70B
     assert compared["hf4-03"] == "meta-llama/Llama-2-13b-hf"  # LLaMA-1 13B
     assert compared["qwen-06"] == "Qwen/Qwen-72B"
-    assert compared["tt2-01"] == "meta-llama/Llama-2-7b-hf"  # torchtune QLoRA on torchao NF4 (--quant nf4-torchao)
+    assert (
+        compared["tt2-01"] == "meta-llama/Llama-2-7b-hf"
+    )  # torchtune QLoRA on torchao NF4 (--quant nf4-torchao)
     for row_id in ("ttlora-01", "hfq-01", "lf-01", "iss-01", "iss-02", "est-03", "paper-01", "tt-readme-01"):
         assert row_id in compared
     skipped = {r["id"]: r["reason"] for r in report["skipped"]}
     assert "encoder-decoder" in skipped["peft-01"]
-    assert "paged AdamW" in skipped["tt2-03"]  # optimizer_in_bwd is expressed; bnb's paged fp32 states are not
+    assert (
+        "paged AdamW" in skipped["tt2-03"]
+    )  # optimizer_in_bwd is expressed; bnb's paged fp32 states are not
     assert "not in the catalog" in skipped["hfo-01"]
 
 

@@ -106,7 +106,9 @@ def test_fit_script_reproduces_the_committed_constants() -> None:
     for name in result["fitted"]:
         assert all(row_id in SECTION[name]["source"] for row_id in result["rows"][name])
         if not result["trusted"][name]:  # an untrusted fit is recorded in the source, not written
-            assert f"{result[name]:g} on" in SECTION[name]["source"] and "not trusted" in SECTION[name]["source"]
+            assert (
+                f"{result[name]:g} on" in SECTION[name]["source"] and "not trusted" in SECTION[name]["source"]
+            )
             continue
         assert result[name] == SECTION[name]["value"]
         assert SECTION[name]["status"] == "fitted"

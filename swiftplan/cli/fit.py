@@ -26,6 +26,7 @@ from swiftplan.cli.options import (
     FsdpShardGroupOpt,
     FsdpShardingOpt,
     JobTask,
+    KeepOutputOpt,
     KlOpt,
     LossChunksOpt,
     LossChunkTokensOpt,
@@ -399,6 +400,7 @@ def fit_command(
     fsdp_cpu_offload: FsdpCpuOffloadOpt = None,
     float8: Float8Opt = None,
     adapter_dtype: AdapterDtypeOpt = None,
+    keep_output: KeepOutputOpt = None,
     reference: ReferenceOpt = "auto",
     prompt_len: PromptLenOpt = None,
     num_generations: NumGenerationsOpt = 8,
@@ -457,7 +459,7 @@ _TRAIN_ONLY = ("method", "rank", "targets", "precision", "optimizer", "grad_ckpt
                "batch", "dataset_tokens", "data", "lengths", "loss", "loss_chunks", "loss_chunk_tokens", "optimizer_impl",
                "modules_to_save", "optimizer_in_backward", "fsdp", "fsdp_sharding", "fsdp_shard_group",
                "ds_buckets", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8",
-               "adapter_dtype")  # fmt: skip
+               "adapter_dtype", "keep_output")  # fmt: skip
 """fit options the serving search does not read."""
 _SERVE_ONLY = ("concurrency", "ttft", "decode_tps", "kv_dtype")
 """fit options the training search does not read."""

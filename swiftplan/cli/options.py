@@ -255,6 +255,14 @@ AdapterDtypeOpt = Annotated[
     ),
 ]
 
+KeepOutputOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--keep-output/--no-keep-output",
+        help="The training loop holds the model output (logits) through backward, as a plain torch loop does.",
+    ),
+]
+
 RUNTIME_TRAIN_FLAGS = ("grad_ckpt", "attention", "kbit_upcast", "precision", "optimizer")
 """Set-up options a training runtime profile may set: they come from it unless the user typed them."""
 
@@ -298,6 +306,7 @@ def knob_values(
     fsdp_cpu_offload: bool | None = None,
     float8: bool | None = None,
     adapter_dtype: str | None = None,
+    keep_output: bool | None = None,
 ) -> dict[str, Any]:
     """The knob flags the user typed (None = not typed), parsed: each bad value refused naming its flag."""
     from swiftplan.cli import _checks
@@ -341,7 +350,7 @@ def knob_values(
         typed["adapter_dtype"] = parse_choice("--adapter-dtype", adapter_dtype, ADAPTER_DTYPES)
     return typed | _feature_knobs(
         ckpt_every=ckpt_every, ckpt_position=ckpt_position, activation_offload=activation_offload,
-        fsdp_cpu_offload=fsdp_cpu_offload, float8=float8,
+        fsdp_cpu_offload=fsdp_cpu_offload, float8=float8, keep_output=keep_output,
     )  # fmt: skip
 
 

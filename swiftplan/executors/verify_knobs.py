@@ -21,6 +21,11 @@ def untraceable_knobs(knobs: RuntimeKnobs) -> list[str]:
             "--loss full_legacy: the tracer runs the installed transformers 5; the 4.31-4.45 loss is traced in its "
             "own environment by benchmarks/trace_legacy_loss.py (benchmarks/results/legacy_loss_trace.md)"
         )
+    if knobs.keep_output:
+        reasons.append(
+            "--keep-output: the traced step drops the model output before backward, as the HF Trainer does; "
+            "benchmarks/trace_legacy_loss.py traces both loops (benchmarks/results/legacy_loss_trace.md)"
+        )
     if knobs.fsdp == "fsdp1":
         reasons.append(
             "--fsdp fsdp1: the tracer runs FSDP2's fully_shard on a fake process group; FSDP1's FlatParameter "

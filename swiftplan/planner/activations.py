@@ -357,7 +357,10 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
     Gemma 2's logit soft-capping keeps its tanh output (compute dtype) for backward.
 
     The runtime's loss implementation changes this (`setup.runtime.loss`): transformers < 4.46's
-    loss (full_legacy), chunked and fused linear cross-entropy are in `runtime_terms`.
+    loss (full_legacy), chunked and fused linear cross-entropy are in `runtime_terms`. A loop that keeps the
+    model output through backward (`keep_output`) adds the compute-dtype logits to that peak (traced with
+    transformers 5.25: 14.00 B per token × vocab against 12.00, benchmarks/results/legacy_loss_trace.md);
+    chunked and fused losses free or never make them.
     """
     tokens = setup.micro_batch * setup.seq_len
     cb = activation_dtype_bytes(setup)
@@ -374,9 +377,11 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
             tokens, vocab, spec.hidden_size, compute_bytes=cb, chunk_tokens=knobs.loss_chunk_tokens
         )
     if knobs.loss == "full_legacy":
-        legacy = legacy_loss_bytes(batch=setup.micro_batch, seq=setup.seq_len, vocab=vocab)
+        legacy = legacy_loss_bytes(
+            batch=setup.micro_batch, seq=setup.seq_len, vocab=vocab, keep_output=knobs.keep_output
+        )
         return legacy + tokens * vocab * softcap
-    per_token = 3 * FP32 + softcap
+    per_token = 3 * FP32 + softcap + (cb if knobs.keep_output else 0)
     return tokens * vocab * per_token
 
 

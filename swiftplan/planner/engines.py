@@ -26,7 +26,7 @@ DEFAULT_TRAIN_ENGINE = "swiftplan"
 
 _LIST_OPTIONS = ("backend", "objective", "method", "quant", "optimizer", "zero", "offload", "kv_dtype")
 _KNOB_OPTIONS = ("loss", "optimizer_impl", "fsdp", "modules_to_save", "optimizer_in_backward", "ckpt_every",
-                 "activation_offload", "fsdp_cpu_offload", "float8", "adapter_dtype")  # fmt: skip
+                 "activation_offload", "fsdp_cpu_offload", "float8", "adapter_dtype", "keep_output")  # fmt: skip
 """RuntimeKnobs an engine may restrict (list options; modules_to_save: the modules it can train in full)."""
 _MAX_OPTIONS = ("tp_max", "pp_max", "gpus_max")
 _OPTION_LABELS = {
@@ -51,6 +51,7 @@ _OPTION_LABELS = {
     "fsdp_cpu_offload": "FSDP CPU offload",
     "float8": "float8 training",
     "adapter_dtype": "LoRA adapter dtype",
+    "keep_output": "keeping the model output through backward",
 }
 
 
@@ -219,6 +220,7 @@ class Requirements:
     float8: bool | None = None
     adapter_dtype: str | None = None
     """LoRA adapters' dtype (fp32 or model); None when nothing trains adapters."""
+    keep_output: bool | None = None
     runtime: str | None = None
     """The runtime profile the plan was made for (named in the reasons for its knobs)."""
 
@@ -311,6 +313,7 @@ def knob_requirements(
         "fsdp_cpu_offload": knobs.fsdp_cpu_offload,
         "float8": knobs.float8,
         "adapter_dtype": knobs.adapter_dtype if trains_adapters else None,
+        "keep_output": knobs.keep_output,
         "runtime": knobs.name,
     }
 

@@ -213,6 +213,7 @@ KNOB_FLAGS = {
     "fsdp_cpu_offload": "--fsdp-cpu-offload",
     "float8": "--float8",
     "adapter_dtype": "--adapter-dtype",
+    "keep_output": "--keep-output",
 }
 """The command-line flag of each RuntimeKnobs field (estimate, fit, size, verify)."""
 

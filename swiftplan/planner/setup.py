@@ -205,6 +205,10 @@ class RuntimeKnobs:
     upcasts bf16/fp16 adapters, and each wrapped Linear casts its input to fp32), or model: the base
     layer's dtype, with no input cast (autocast_adapter_dtype=False; torchtune's LoRALinear built under
     the recipe's default dtype). Gradients and AdamW moments follow the adapters."""
+    keep_output: bool = False
+    """The training loop holds the model output (its logits) until backward ends: a plain loop's
+    `outputs = model(**batch); outputs.loss.backward()` (transformers' run_clm_no_trainer.py example), where
+    the HF Trainer's compute_loss drops it. Adds the logits tensor to the loss peak (full losses only)."""
 
     def __post_init__(self) -> None:
         _check_choice("loss implementation", self.loss, LOSS_IMPLS)

@@ -171,10 +171,14 @@ def _logits_formula(setup: TrainSetup, vocab: int) -> str:
                 f"+ one of {knobs.loss_chunks} chunks' fp32 copy and gradient (chunked cross-entropy)")  # fmt: skip
     if knobs.loss == "full_legacy":
         copy = "the shifted fp32 copy, " if setup.micro_batch > 1 else ""
+        kept = " + the kept output's fp32 logits" if knobs.keep_output else ""
         return (f"{tokens} tokens × {vocab} vocab: the larger of forward (the output's fp32 logits, {copy}the "
-                f"log_softmax output) and backward (3 fp32 loss tensors), over the {setup.seq_len - 1} "
+                f"log_softmax output) and backward (3 fp32 loss tensors{kept}), over the {setup.seq_len - 1} "
                 "shifted positions of each sequence (transformers < 4.46)")  # fmt: skip
     if knobs.loss == "fused_linear":
         chunk = f"{knobs.loss_chunk_tokens}-token" if knobs.loss_chunk_tokens else "Liger-sized"
         return f"one {chunk} chunk × {vocab} vocab fp32 + hidden-state gradient (fused linear cross-entropy, no full logits)"
-    return f"{tokens} tokens × {vocab} vocab × 3 fp32 loss tensors (log_softmax output and two gradients)"
+    kept = " + the kept output's compute-dtype logits (--keep-output)" if knobs.keep_output else ""
+    return (
+        f"{tokens} tokens × {vocab} vocab × 3 fp32 loss tensors (log_softmax output and two gradients){kept}"
+    )

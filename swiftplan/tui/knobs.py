@@ -38,6 +38,7 @@ KNOB_CHOICES: dict[str, tuple[str, ...]] = {
     "fsdp_cpu_offload": YES_NO,
     "float8": YES_NO,
     "adapter_dtype": ADAPTER_DTYPES,
+    "keep_output": YES_NO,
 }
 """Knobs chosen from a list (on/off knobs as no/yes)."""
 KNOB_MINIMUMS = {"loss_chunks": 1, "loss_chunk_tokens": 0, "fsdp_shard_group": 0, "ckpt_every": 1}
