@@ -16,8 +16,9 @@ What the plain tracker would get wrong here, and what `FsdpTracker` does instead
 - parameters, gradients and optimizer state are DTensors, wrappers without storage of their own: their
   local shard is counted;
 - FSDP2 frees and re-allocates a gathered parameter by resizing its storage (`_fsdp_param.free_storage`,
-  `alloc_storage`), which no op reports: both are patched to report the new size, and these storages are
-  counted as "gathered" (the planner's FSDP gathered units), not activations;
+  `alloc_storage`), which no op reports: both are patched to report the new size, and these storages and the
+  all-gather buffers are counted as "gathered" (the planner's FSDP gathered units), not activations;
+- a unit's whole gradients and the reduce-scatter input they are copied to are "gradients" (with the shards);
 - with CPU offload the trace still runs on the CPU, where FSDP's host-to-device and device-to-host copies
   are no-ops: the shards, their gradients and the optimizer step are taken out of the count (host memory),
   and each shard's copy to the device before its all-gather is made a fresh tensor, as on a GPU.
@@ -230,13 +231,14 @@ def shard_model(model: nn.Module, layout: FsdpLayout, mesh: Any, notes: list[str
 
 @contextlib.contextmanager
 def _fsdp_patches(tracker: FsdpTracker, *, cpu_offload: bool) -> Iterator[None]:
-    """FSDP2's storage resizes reported to the tracker; with CPU offload, each shard's host-to-device copy
-    a fresh tensor (on the CPU `.to(device)` returns the shard itself)."""
+    """FSDP2's storage resizes reported to the tracker, its all-gather buffers "gathered", the gradients it
+    reduces (whole, then copied to the reduce-scatter input) "gradients"; with CPU offload, each shard's
+    host-to-device copy a fresh tensor (on the CPU `.to(device)` returns the shard itself)."""
     from torch.distributed.fsdp._fully_shard import _fsdp_param, _fsdp_param_group
 
     alloc, free = _fsdp_param.alloc_storage, _fsdp_param.free_storage
     inputs: Any = _fsdp_param.FSDPParam.__dict__["all_gather_inputs"]  # the property
-    gather = _fsdp_param_group.foreach_all_gather
+    gather, reduce = _fsdp_param_group.foreach_all_gather, _fsdp_param_group.foreach_reduce
 
     def alloc_storage(tensor: torch.Tensor) -> None:
         alloc(tensor)
@@ -250,6 +252,15 @@ def _fsdp_patches(tracker: FsdpTracker, *, cpu_offload: bool) -> Iterator[None]:
         with tracker.category(GATHERED):  # the flat buffer the collective fills (offloaded: the copies in)
             return gather(*args, **kwargs)
 
+    def foreach_reduce(
+        fsdp_params: Any, unsharded_grads: list[torch.Tensor], *args: Any, **kwargs: Any
+    ) -> Any:
+        tracker.classify(
+            unsharded_grads, "gradients"
+        )  # a unit's whole gradients, and their reduce-scatter input
+        with tracker.category("gradients"):
+            return reduce(fsdp_params, unsharded_grads, *args, **kwargs)
+
     def all_gather_inputs(self: Any) -> list[torch.Tensor]:
         tensors = inputs.fget(self)
         if self.offload_to_cpu and self.sharded_state == _fsdp_param.ShardedState.SHARDED:
@@ -261,6 +272,7 @@ def _fsdp_patches(tracker: FsdpTracker, *, cpu_offload: bool) -> Iterator[None]:
         (_fsdp_param_group, "alloc_storage", alloc_storage),
         (_fsdp_param, "free_storage", free_storage),
         (_fsdp_param_group, "foreach_all_gather", foreach_all_gather),
+        (_fsdp_param_group, "foreach_reduce", foreach_reduce),
     ]
     if cpu_offload:
         patches.append((_fsdp_param.FSDPParam, "all_gather_inputs", property(all_gather_inputs)))
@@ -302,6 +314,21 @@ def _gradient_hook(tracker: FsdpTracker, *, cpu_offload: bool) -> Any:
             tracker.classify([p.grad], "gradients")
 
     return hook
+
+
+def _hook_unsharded_gradients(model: nn.Module, tracker: FsdpTracker) -> None:
+    """Autograd accumulates into the unsharded parameters FSDP computes with: their `.grad` is "gradients"
+    (the LM head's is held whole until the root unit reduces at the end of backward)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        group = module._get_fsdp_state()._fsdp_param_group if isinstance(module, FSDPModule) else None
+        for fsdp_param in group.fsdp_params if group else ():
+            unsharded = getattr(fsdp_param, "_unsharded_param", None)
+            if unsharded is not None and unsharded.requires_grad:
+                unsharded.register_post_accumulate_grad_hook(
+                    lambda p: tracker.classify([p.grad], "gradients")
+                )
 
 
 def trace_fsdp_training(
@@ -354,6 +381,8 @@ def trace_fsdp_training(
         rig = TrainingRig(model=model, tracker=tracker, optimizer=_make_optimizer(optimizer, trainable), batch=batch,
                           seq=seq, autocast_dtype=None, notes=notes, calls=calls, loss=loss, loss_chunks=loss_chunks)  # fmt: skip
         for step in range(steps):
+            if step == 1:  # FSDP made its unsharded parameters in the first step and keeps them
+                _hook_unsharded_gradients(model, tracker)
             if step == steps - 1:
                 tracker.start_measuring()
             _step(rig, tracker, cpu_offload=layout.cpu_offload)

@@ -13,15 +13,48 @@ from swiftplan.executors.trace_features import TraceFeatures
 from swiftplan.executors.trace_fsdp import FsdpLayout, trace_fsdp_training
 from swiftplan.executors.verify import TERMS, Comparison, TermRow, _estimate_at_peak, _traced_optimizer
 from swiftplan.executors.verify_knobs import refuse_untraceable
+from swiftplan.planner.architecture import embedding_params
 from swiftplan.planner.calibration import constant
+from swiftplan.planner.dtypes import dtype_bytes
+from swiftplan.planner.fsdp_memory import fsdp_gathered
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import TrainSetup
-from swiftplan.planner.train_memory import train_memory
+from swiftplan.planner.states import state_dtypes
+from swiftplan.planner.train_memory import TrainMemory, train_memory
 
-FORWARD_MOMENTS = ("FSDP forward start", "FSDP last block forward")
-"""The estimate's FSDP moments in forward (planner/runtime_features.py `fsdp_moments`)."""
-GATHERED_PHASES = ("loss and backward start", "recomputation in backward", *FORWARD_MOMENTS)
-"""The estimate's peaks that hold FSDP's gathered units (its `transient` there is `gathered`)."""
+
+def _fsdp_rows(spec: ModelSpec, setup: TrainSetup, memory: TrainMemory) -> dict[str, int]:
+    """The estimate's rows at an FSDP moment: the activations and gathered parameters of that moment
+    (planner/fsdp_memory.py), and as gradients what else it holds beyond the shards and the logits (sharded
+    gradients, a unit's whole gradients and their reduce-scatter input). The optimizer step is left as is."""
+    device = memory.device
+    phase = device.peak_phase
+    if phase == "optimizer step":
+        return {"gathered": 0}
+    held = fsdp_gathered(spec, setup, range(spec.num_layers), dtype_bytes(state_dtypes(setup).weights))
+    gathered = {
+        "FSDP forward start": held.forward_start,
+        "FSDP last block forward": device.transient,
+        "loss and backward start": held.at_loss,
+        "FSDP block backward": held.block_backward,
+        "recomputation in backward": held.block_backward,
+        "end of backward": held.root,
+    }.get(phase, 0)
+    # tied: the LM head's and the embedding's gradients wait in autograd's input buffer for their sum
+    tied_sum = phase == "end of backward" and spec.tie_word_embeddings and not setup.trains_adapters
+    addend = embedding_params(spec) * dtype_bytes(state_dtypes(setup).gradients) // setup.parallel.tp
+    acts = memory.phase_activations.get(phase, device.activations)
+    logits = device.logits if phase == "loss and backward start" else 0
+    rows = {
+        "activations": addend if tied_sum else acts,
+        "logits": addend if tied_sum else logits,
+        "gathered": gathered,
+    }
+    states = sum(
+        getattr(device, name) for name in TERMS if name not in ("gradients", "activations", "logits")
+    )
+    allocated = device.peak_allocated - int(constant("runtime_overhead", "cublas_workspace_bytes"))
+    return rows | {"gradients": allocated - states - sum(rows.values())}
 
 
 def _untraceable_setup(setup: TrainSetup) -> list[str]:
@@ -82,11 +115,7 @@ def verify_fsdp(spec: ModelSpec, setup: TrainSetup, *, world_size: int, steps: i
     )
     memory = train_memory(spec, setup, world_size=world_size)
     workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))
-    device = memory.device
-    gathered = device.transient if device.peak_phase in GATHERED_PHASES else 0
-    estimate = _estimate_at_peak(memory, setup, workspace) | {"gathered": gathered}
-    if device.peak_phase in FORWARD_MOMENTS and setup.grad_accum == 1:
-        estimate["gradients"] = 0  # zero_grad(set_to_none=True): none exist in forward
+    estimate = _estimate_at_peak(memory, setup, workspace) | _fsdp_rows(spec, setup, memory)
     trace = result.trace
     traced = dict(trace.at_peak) | {"gathered": result.gathered_at_peak, "peak_allocated": trace.peak_bytes}
     rows = tuple(
@@ -95,4 +124,6 @@ def verify_fsdp(spec: ModelSpec, setup: TrainSetup, *, world_size: int, steps: i
         if estimate.get(name, 0) or traced.get(name, 0) or name == "peak_allocated"
     )
     notes = (f"FSDP: both figures are rank 0's of {world_size}",)
-    return Comparison(rows=rows, trace=trace, estimate_phase=device.peak_phase, notes=notes + trace.notes)
+    return Comparison(
+        rows=rows, trace=trace, estimate_phase=memory.device.peak_phase, notes=notes + trace.notes
+    )

@@ -16,19 +16,18 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.adapters import is_targeted, lora_params_for
 from swiftplan.planner.architecture import (
     embedding_params,
     final_norm_params,
     layer_linears,
-    layer_params,
     lm_head_params,
 )
 from swiftplan.planner.breakdown import Term
+from swiftplan.planner.fsdp_memory import FSDP_GATHER_SOURCE, block_gradient_params, fsdp_gathered_bytes
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.runtime_terms import saved_module_params
 from swiftplan.planner.setup import TrainSetup
-from swiftplan.planner.weights import TORCHAO_NF4_SOURCE, layer_weight_bytes, outer_weight_bytes
+from swiftplan.planner.weights import TORCHAO_NF4_SOURCE
 from swiftplan.units import format_gib
 
 OFFLOAD_STASH_TENSORS = 5
@@ -62,16 +61,6 @@ FSDP_OFFLOAD_SOURCE = (
     "torchtune/training/_distributed.py shard_model (fsdp_cpu_offload -> CPUOffloadPolicy, root "
     "reshard_after_forward=False); FSDP1 CPUOffload(offload_params=True) keeps the same on the host; traced "
     "with FSDP2 on a fake process group (tests/test_trace_fsdp.py)"
-)
-FSDP_GATHER_SOURCE = (
-    "torch 2.13 torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py (wait_for_unshard: in forward the "
-    "previous unit's all-gather result is kept in all_gather_state until this unit's copy-out, the flat "
-    "all-gather buffer alive beside the copied-out parameters; unshard/reshard per unit, backward prefetch of "
-    "the next unit), _fsdp_state.py (_lazy_init: the root is not resharded after forward; its post-forward "
-    "frees the last all-gather result), _fsdp_collectives.py (foreach_all_gather, foreach_all_gather_copy_out); "
-    "test/distributed/_composable/fsdp/test_fully_shard_memory.py (3 blocks' unsharded parameters in forward: "
-    "current all-gather and copy-out, next all-gather); traced with FSDP2 on a fake process group, moment by "
-    "moment (tests/test_trace_fsdp.py)"
 )
 FLOAT8_SOURCE = (
     "pytorch/ao @ 36027d8 (torchao 0.18) torchao/float8/float8_linear.py (matmul_with_hp_or_float8_args "
@@ -194,75 +183,6 @@ def float8_cast_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
     )
 
 
-def fsdp_unit_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, weight_bytes: int) -> int:
-    """One gathered FSDP unit (a decoder block): its weights as gathered — a 4-bit base packed, and with
-    float8 the Linear weights in fp8 (torchao fsdp_utils fp8 all-gather, 1 B + one fp32 scale each)."""
-    quant = "fp8" if setup.runtime.float8 else setup.quant
-    return layer_weight_bytes(
-        spec, layer, dtype_bytes=weight_bytes, quant=quant, double_quant=setup.double_quant
-    )
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class FsdpGathered:
-    """FSDP's gathered (unsharded) parameters on one device at the moments of a step that can set the peak,
-    bytes; a unit's all-gather buffer counts while it is alive. Source: `FSDP_GATHER_SOURCE`."""
-
-    forward_start: int
-    """The first block's copy-out: the root's all-gather buffer (kept until the next copy-out returns) and its
-    parameters, the first block's buffer and parameters: 2 × (root + block)."""
-    last_block: int
-    """While the last block runs forward: full_shard the root and that block with its buffer (kept for the
-    next copy-out until the root's forward ends); shard_grad_op every unit and that buffer."""
-    at_loss: int
-    """full_shard: the root and the last block, all-gathered again for backward; shard_grad_op: every unit."""
-    in_backward: int
-    """full_shard: the root, the block computed and the one prefetched; shard_grad_op: every unit."""
-    block: int
-    """One (the largest) block unit gathered: the all-gather buffer of a block being copied out."""
-
-
-def fsdp_gathered(spec: ModelSpec, setup: TrainSetup, layers: range, weight_bytes: int) -> FsdpGathered:
-    """What FSDP holds gathered at each moment: full_shard (and hybrid_shard) reshards a block after its
-    forward and gathers the next one ahead; shard_grad_op keeps every block gathered from its forward to its
-    backward; the root unit (embedding, final norm, LM head) stays gathered from forward to backward."""
-    tp = setup.parallel.tp
-    block = max(fsdp_unit_bytes(spec, setup, i, weight_bytes) for i in layers) // tp
-    root = outer_weight_bytes(spec, dtype_bytes=weight_bytes) // tp
-    start = 2 * (root + block)
-    if setup.runtime.fsdp_sharding == "shard_grad_op":
-        every = root + sum(fsdp_unit_bytes(spec, setup, i, weight_bytes) for i in layers) // tp
-        return FsdpGathered(
-            forward_start=start, last_block=every + block, at_loss=every, in_backward=every, block=block
-        )
-    return FsdpGathered(forward_start=start, last_block=root + 2 * block, at_loss=root + block,
-                        in_backward=root + 2 * block, block=block)  # fmt: skip
-
-
-def fsdp_gathered_bytes(spec: ModelSpec, setup: TrainSetup, layers: range, weight_bytes: int) -> int:
-    """What FSDP holds gathered in backward (`FsdpGathered.in_backward`), the states' `gathered`."""
-    return fsdp_gathered(spec, setup, layers, weight_bytes).in_backward
-
-
-def fsdp_moments(
-    gathered: FsdpGathered, *, base: int, at_loss: int, logits: int, last_block_kept: int
-) -> dict[str, tuple[int, int, int]]:
-    """FSDP's candidate peaks of the forward and the loss: moment -> (allocated bytes, activations, gathered).
-
-    `base` is what is alive through the step (states, and gradients kept from earlier micro-batches), `at_loss`
-    the saved activations at the loss and `last_block_kept` what the last block keeps of them. The last block's
-    forward holds all but its own activations at its copy-out (one more block's all-gather buffer), all of
-    them once it ran. Source: `FSDP_GATHER_SOURCE`."""
-    ran = (at_loss, gathered.last_block)
-    copy_out = (at_loss - last_block_kept, gathered.last_block + gathered.block)
-    acts, held = max(ran, copy_out, key=sum)
-    return {
-        "FSDP forward start": (base + gathered.forward_start, 0, gathered.forward_start),
-        "FSDP last block forward": (base + acts + held, acts, held),
-        "loss and backward start": (base + gathered.at_loss + at_loss + logits, at_loss, gathered.at_loss),
-    }
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class FsdpOffload:
     """Per-device bytes of the parameter-sized terms under FSDP CPU offload."""
@@ -300,20 +220,10 @@ def _unit_gradient_params(spec: ModelSpec, setup: TrainSetup, layers: range) -> 
     """Trainable parameters whose gradient one FSDP unit holds unsharded before its reduce-scatter: the
     largest block's (LoRA: its adapters), and for full fine-tuning the root's (embedding, final norm, LM
     head), reduced only when the whole backward is done."""
-    ends = {layers[0], layers[-1]}
     if setup.trains_adapters:
-        lora = setup.lora
-        assert lora is not None
-        return max(
-            sum(
-                lora_params_for(lin, lora)
-                for lin in layer_linears(spec, i)
-                if is_targeted(lin, lora, spec.model_type)
-            )
-            for i in ends
-        )
+        return block_gradient_params(spec, setup, layers)
     root = embedding_params(spec) + lm_head_params(spec) + final_norm_params(spec)
-    return max(layer_params(spec, i) for i in ends) + root
+    return block_gradient_params(spec, setup, layers) + root
 
 
 def annotate_terms(

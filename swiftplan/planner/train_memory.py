@@ -28,6 +28,7 @@ from swiftplan.planner.architecture import (
 from swiftplan.planner.breakdown import MemoryBreakdown, Term
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.dtypes import dtype_bytes
+from swiftplan.planner.fsdp_memory import StepBytes, fsdp_gathered_bytes, fsdp_moments, fsdp_recompute_extra
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective_memory import (
     ObjectiveStates,
@@ -41,13 +42,7 @@ from swiftplan.planner.objective_memory import (
     reference_runs_beside_policy,
     rollout_memory,
 )
-from swiftplan.planner.runtime_features import (
-    annotate_terms,
-    fsdp_cpu_offload_states,
-    fsdp_gathered,
-    fsdp_gathered_bytes,
-    fsdp_moments,
-)
+from swiftplan.planner.runtime_features import annotate_terms, fsdp_cpu_offload_states
 from swiftplan.planner.runtime_terms import (
     adamw_impl_temporary_bytes,
     deepspeed_zero,
@@ -337,13 +332,6 @@ def _phase_peaks(
         "optimizer step": static + grads + step_temp,
     }
     acts = {"loss and backward start": at_loss, "optimizer step": 0, "end of backward": 0}
-    held: dict[str, int] = {}
-    if setup.runtime.fsdp != "none":  # the forward's and the loss's all-gathers (runtime_features)
-        units = fsdp_gathered(spec, setup, stage_layers, dtype_bytes(state_dtypes(setup).weights))
-        kept = phases.block_input or phases.largest_block
-        moments = fsdp_moments(units, base=static + grads_during_fwd, at_loss=at_loss, logits=logits, last_block_kept=kept)  # fmt: skip
-        for moment, (peak, alive, gathered_then) in moments.items():
-            peaks[moment], acts[moment], held[moment] = peak, alive, gathered_then
     if setup.grad_ckpt or setup.runtime.activation_offload:  # offloaded tensors come back one block at a time
         # Backward recomputes one block at a time, last block first. Recomputing the last one: all
         # block inputs kept, only the head's gradients exist; recomputing the first: one input
@@ -357,6 +345,12 @@ def _phase_peaks(
             + phases.largest_block
             + phases.backward_working,
         )
+        if (
+            setup.runtime.fsdp != "none"
+        ):  # shards only: _fsdp_phases adds the whole gradients and gathered units
+            late = (grads_during_fwd, late[1])
+            early = (grads_during_fwd or _fsdp_sharded(setup, grads - head_grads - embedding_grads - layer_grads), early[1])  # fmt: skip
+            gathered = 0
         grads_then, acts_then = max(late, early, key=sum)
         peaks["recomputation in backward"] = static + gathered + grads_then + acts_then
         acts["recomputation in backward"] = acts_then
@@ -370,7 +364,38 @@ def _phase_peaks(
         # Tied embeddings: the embedding's gradient arrives last and is added out of place to the LM
         # head's, so two extra vocab × hidden gradients coexist with all others (traced).
         peaks["end of backward"] = static + grads + 2 * head_grads
+    held = _fsdp_phases(spec, setup, states, phases, stage_layers, peaks, acts, logits=logits, at_loss=at_loss,
+                        in_backward=in_backward, root_grads=head_grads + embedding_grads)  # fmt: skip
     return peaks, acts, at_loss, in_backward, held
+
+
+def _fsdp_sharded(setup: TrainSetup, grads: int) -> int:
+    """Sharded gradients on the device under FSDP: `grads`, or none when CPU offload keeps them on the host."""
+    return 0 if setup.runtime.fsdp_cpu_offload else grads
+
+
+def _fsdp_phases(
+    spec: ModelSpec, setup: TrainSetup, states: DeviceStates, phases: act.ActivationPhases, stage_layers: range,
+    peaks: dict[str, int], acts: dict[str, int], *, logits: int, at_loss: int, in_backward: int, root_grads: int,
+) -> dict[str, int]:  # fmt: skip
+    """FSDP's moments added to (or replacing) `peaks` and `acts` (planner/fsdp_memory.py); what FSDP holds at
+    each beyond the shards — gathered parameters, unsharded gradients — as the breakdown's transient."""
+    if setup.runtime.fsdp == "none":
+        return {}
+    dtypes = state_dtypes(setup)
+    wb, gb = dtype_bytes(dtypes.weights), dtype_bytes(dtypes.gradients)
+    grads_during_fwd = states.gradients if setup.grad_accum > 1 else 0
+    step = StepBytes(static=states.static, grads_during_fwd=grads_during_fwd,
+                     grads_without_root=_fsdp_sharded(setup, states.gradients - root_grads), at_loss=at_loss, in_backward=in_backward,
+                     logits=logits, last_block_kept=phases.block_input or phases.largest_block)  # fmt: skip
+    held = {}
+    if "recomputation in backward" in peaks:  # the gathered units and whole gradients of a block's backward
+        extra = fsdp_recompute_extra(spec, setup, stage_layers, weight_bytes=wb, grad_bytes=gb)
+        peaks["recomputation in backward"] += extra
+        held["recomputation in backward"] = extra
+    for moment, (peak, alive, transient) in fsdp_moments(spec, setup, stage_layers, step, weight_bytes=wb, grad_bytes=gb).items():  # fmt: skip
+        peaks[moment], acts[moment], held[moment] = peak, alive, transient
+    return held
 
 
 def _objective_phases(
@@ -461,12 +486,12 @@ def train_memory(
     phase = max(phase_peaks, key=lambda name: phase_peaks[name])
     head_grads = _grad_shares(spec, setup, states.gradients - states.bucket, stage_layers)[0]
     transient = {
-        **held,  # FSDP's gathered parameters at its moments
         "optimizer step": step_temp,
         "end of backward": 2 * head_grads,
         "reference forward": states.gathered
         + reference_forward_bytes(spec, setup, states.objective.reference_kind),
         "generation": rollout.during_generation,
+        **held,  # FSDP's moments
     }.get(phase, states.gathered)
     runtime_alloc = int(constant("runtime_overhead", "cublas_workspace_bytes"))
     peak = phase_peaks[phase] + runtime_alloc
