@@ -25,8 +25,10 @@ from dataclasses import dataclass
 
 from swiftplan.planner.adapters import is_targeted, lora_params_for
 from swiftplan.planner.architecture import embedding_params, layer_linears, layer_params, lm_head_params
+from swiftplan.planner.dtypes import dtype_bytes
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.states import state_dtypes
 from swiftplan.planner.weights import layer_weight_bytes, outer_weight_bytes
 
 FSDP_GATHER_SOURCE = (
@@ -48,11 +50,21 @@ unsharded gradients)."""
 
 def fsdp_unit_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, weight_bytes: int) -> int:
     """One gathered FSDP unit (a decoder block): its weights as gathered — a 4-bit base packed, and with
-    float8 the Linear weights in fp8 (torchao fsdp_utils fp8 all-gather, 1 B + one fp32 scale each)."""
+    float8 the Linear weights in fp8 (torchao fsdp_utils fp8 all-gather, 1 B + one fp32 scale each) — and its
+    LoRA adapters (FSDP2 gathers a unit's mixed dtypes as bytes in one buffer)."""
     quant = "fp8" if setup.runtime.float8 else setup.quant
-    return layer_weight_bytes(
+    base = layer_weight_bytes(
         spec, layer, dtype_bytes=weight_bytes, quant=quant, double_quant=setup.double_quant
     )
+    lora = setup.lora
+    if not setup.trains_adapters or lora is None:
+        return base
+    adapters = sum(
+        lora_params_for(lin, lora)
+        for lin in layer_linears(spec, layer)
+        if is_targeted(lin, lora, spec.model_type)
+    )
+    return base + adapters * dtype_bytes(state_dtypes(setup).adapters)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -160,12 +172,16 @@ class StepBytes:
     """The LM head's and the loss's bytes at the loss."""
     last_block_kept: int
     """What the last block keeps of `at_loss` (its saved tensors, or its input when checkpointed)."""
+    grads_early: int = 0
+    """Sharded gradients when the first block's backward runs (every other block's)."""
+    early_acts: int = 0
+    """Activations then: the first block's saved tensors and its backward's working memory."""
 
 
 def fsdp_moments(spec: ModelSpec, setup: TrainSetup, layers: range, step: StepBytes, *, weight_bytes: int, grad_bytes: int) -> Moments:  # fmt: skip
-    """FSDP's candidate peaks: its forward moments, the loss, a block's backward (without checkpointing: the
-    last block's, with all activations; checkpointed, `fsdp_recompute_extra` adds to the recomputation) and
-    the root's backward. Source: `FSDP_GATHER_SOURCE`."""
+    """FSDP's candidate peaks: its forward moments, the loss, a block's backward (without checkpointing; with
+    it `fsdp_recompute_extra` adds to the recomputation) and its reduce-scatter, and the root's backward.
+    Source: `FSDP_GATHER_SOURCE`."""
     held = fsdp_gathered(spec, setup, layers, weight_bytes)
     grads = fsdp_gradients(spec, setup, layers, weight_bytes=weight_bytes, grad_bytes=grad_bytes)
     base = step.static + step.grads_during_fwd
@@ -177,12 +193,14 @@ def fsdp_moments(spec: ModelSpec, setup: TrainSetup, layers: range, step: StepBy
         "FSDP last block forward": (base + acts + last, acts, last),
         "loss and backward start": (base + held.at_loss + step.at_loss + step.logits, step.at_loss, held.at_loss),
     }  # fmt: skip
-    if not (
-        setup.grad_ckpt or setup.runtime.activation_offload
-    ):  # the second-last block's: the last one's freed
-        alive = step.in_backward - step.last_block_kept
+    if not (setup.grad_ckpt or setup.runtime.activation_offload):
+        # the second-last block's backward (the last one's saved tensors freed, no shard reduced yet) or the
+        # first block's (every other block's shard reduced)
+        late = (step.grads_during_fwd, step.in_backward - step.last_block_kept)
+        early = (step.grads_during_fwd or step.grads_early, step.early_acts)
+        shards, alive = max(late, early, key=sum)
         extra = held.block_backward + grads.in_backward
-        moments["FSDP block backward"] = (base + extra + alive, alive, extra)
+        moments["FSDP block backward"] = (step.static + shards + extra + alive, alive, extra)
     if grads.root_end:
         end = step.static + step.grads_without_root + grads.root_end
         moments["end of backward"] = (end, 0, grads.root_end)
@@ -193,7 +211,5 @@ def fsdp_recompute_extra(spec: ModelSpec, setup: TrainSetup, layers: range, *, w
     """What FSDP adds to a checkpointed block's recomputation beyond the sharded gradients: the gathered units
     and the whole gradients of a block's backward (`block_backward`, `FsdpGradients.in_backward`)."""
     held = fsdp_gathered(spec, setup, layers, weight_bytes).block_backward
-    return (
-        held
-        + fsdp_gradients(spec, setup, layers, weight_bytes=weight_bytes, grad_bytes=grad_bytes).in_backward
-    )
+    grads = fsdp_gradients(spec, setup, layers, weight_bytes=weight_bytes, grad_bytes=grad_bytes)
+    return held + grads.in_backward

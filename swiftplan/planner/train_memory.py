@@ -365,7 +365,7 @@ def _phase_peaks(
         # head's, so two extra vocab × hidden gradients coexist with all others (traced).
         peaks["end of backward"] = static + grads + 2 * head_grads
     held = _fsdp_phases(spec, setup, states, phases, stage_layers, peaks, acts, logits=logits, at_loss=at_loss,
-                        in_backward=in_backward, root_grads=head_grads + embedding_grads)  # fmt: skip
+                        in_backward=in_backward, root_grads=head_grads + embedding_grads, block_grads=layer_grads)  # fmt: skip
     return peaks, acts, at_loss, in_backward, held
 
 
@@ -377,6 +377,7 @@ def _fsdp_sharded(setup: TrainSetup, grads: int) -> int:
 def _fsdp_phases(
     spec: ModelSpec, setup: TrainSetup, states: DeviceStates, phases: act.ActivationPhases, stage_layers: range,
     peaks: dict[str, int], acts: dict[str, int], *, logits: int, at_loss: int, in_backward: int, root_grads: int,
+    block_grads: int,
 ) -> dict[str, int]:  # fmt: skip
     """FSDP's moments added to (or replacing) `peaks` and `acts` (planner/fsdp_memory.py); what FSDP holds at
     each beyond the shards — gathered parameters, unsharded gradients — as the breakdown's transient."""
@@ -385,9 +386,11 @@ def _fsdp_phases(
     dtypes = state_dtypes(setup)
     wb, gb = dtype_bytes(dtypes.weights), dtype_bytes(dtypes.gradients)
     grads_during_fwd = states.gradients if setup.grad_accum > 1 else 0
-    step = StepBytes(static=states.static, grads_during_fwd=grads_during_fwd,
-                     grads_without_root=_fsdp_sharded(setup, states.gradients - root_grads), at_loss=at_loss, in_backward=in_backward,
-                     logits=logits, last_block_kept=phases.block_input or phases.largest_block)  # fmt: skip
+    sharded = _fsdp_sharded(setup, states.gradients - root_grads)
+    step = StepBytes(static=states.static, grads_during_fwd=grads_during_fwd, grads_without_root=sharded,
+                     at_loss=at_loss, in_backward=in_backward, logits=logits,
+                     last_block_kept=phases.block_input or phases.largest_block, grads_early=_fsdp_sharded(setup, sharded - block_grads),
+                     early_acts=phases.shared + phases.largest_block + phases.backward_working)  # fmt: skip
     held = {}
     if "recomputation in backward" in peaks:  # the gathered units and whole gradients of a block's backward
         extra = fsdp_recompute_extra(spec, setup, stage_layers, weight_bytes=wb, grad_bytes=gb)
