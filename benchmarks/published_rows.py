@@ -14,7 +14,15 @@ from swiftplan.planner.architecture import total_params
 from swiftplan.planner.hardware import Cluster, parse_cluster
 from swiftplan.planner.model_catalog import catalog_spec, find_catalog_id
 from swiftplan.planner.runtime import TRAIN_KNOB_OPTIONS, get_runtime, runtime_profiles
-from swiftplan.planner.setup import LoraSetup, Parallelism, RuntimeKnobs, ServeSetup, TrainSetup
+from swiftplan.planner.setup import (
+    SERVE_RUNTIMES,
+    LoraSetup,
+    Parallelism,
+    RuntimeKnobs,
+    ServeRuntime,
+    ServeSetup,
+    TrainSetup,
+)
 from swiftplan.planner.speed import ServeSpeed
 
 GiB, GB, MB = 2**30, 10**9, 10**6
@@ -649,6 +657,18 @@ def runtime_knobs(row: dict[str, str], assumed: dict[str, Any]) -> tuple[Runtime
     return RuntimeKnobs(name=name, **knobs), notes
 
 
+def _serve_runtime(row: dict[str, str]) -> ServeRuntime:
+    """The serving engine a decode row measured (its runtime column); a decode row of an engine the speed
+    model has no per-step cost for is skipped. Memory rows (hf, torch, ...) keep the default, vllm: the
+    engine does not change the memory terms."""
+    runtime = row.get("runtime", "").strip().lower()
+    if runtime in SERVE_RUNTIMES:
+        return runtime  # type: ignore[return-value]
+    if row["metric"] in DECODE_METRICS:
+        raise Skip(f"serving engine {runtime!r} has no decode step cost ({', '.join(SERVE_RUNTIMES)})")
+    return "vllm"
+
+
 def express(row: dict[str, str]) -> Expressed:
     """The planner question a published row asks; raises Skip with the reason when it cannot be asked."""
     method_cell = row["method"].strip()
@@ -677,6 +697,7 @@ def express(row: dict[str, str]) -> Expressed:
             concurrency=batch,
             prefill_chunk=assumed.get("prefill_chunk", batch * context),
             tp=serve_tp or cluster.world_size,
+            runtime=_serve_runtime(row),
         )
         return Expressed(model_id=model_id, setup=setup, cluster=cluster, notes=tuple(dict.fromkeys(notes)))
     if method not in ("full", "lora", "qlora"):

@@ -52,6 +52,7 @@ from swiftplan.planner.setup import (
     Quant,
     RuntimeKnobs,
     SavedModule,
+    ServeRuntime,
     ServeSetup,
     TrainSetup,
 )
@@ -186,6 +187,7 @@ class ServeFields(_Strict):
     max_loras: int = Field(strict=True, ge=0)
     max_lora_rank: int = Field(strict=True, gt=0)
     vision: VisionFields | None = None
+    runtime: ServeRuntime = "vllm"  # absent from plan files written before the serving engine was planned
 
 
 class TrainWorkloadFields(_Strict):

@@ -473,7 +473,7 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
     setup = build_serve_setup(precision=o["precision"], quant=o["quant"], context=o["context"],
                               concurrency=o["concurrency"], kv_dtype=o["kv_dtype"],
                               gpu_memory_utilization=o["gpu_memory_utilization"], tp=o["tp"], cluster=cluster,
-                              prefill_chunk=o.get("prefill_chunk"))  # fmt: skip
+                              prefill_chunk=o.get("prefill_chunk"), runtime=o["runtime"])  # fmt: skip
     return _with_vision(setup, o, serving=True), serving
 
 

@@ -21,6 +21,7 @@ from swiftplan.planner.setup import (
     PRECISIONS,
     QUANTS,
     SERVE_DTYPES,
+    SERVE_RUNTIMES,
     AttentionImpl,
     LoraSetup,
     Parallelism,
@@ -139,8 +140,10 @@ def build_serve_setup(
     tp: int,
     cluster: Cluster,
     prefill_chunk: int | None = None,
+    runtime: str | None = None,
 ) -> ServeSetup:
-    """A validated `ServeSetup` (serving uses the pure dtype of --precision)."""
+    """A validated `ServeSetup` (serving uses the pure dtype of --precision); `runtime`: the serving engine
+    (--runtime, default vllm)."""
     dtype = {"amp-bf16": "bf16", "amp-fp16": "fp16"}.get(precision, precision)
     if dtype not in SERVE_DTYPES:
         raise SwiftplanError(
@@ -155,6 +158,7 @@ def build_serve_setup(
         kv_dtype=parse_choice("--kv-dtype", kv_dtype, KV_DTYPES),
         gpu_memory_utilization=gpu_memory_utilization,
         tp=tp,
+        runtime=parse_choice("--runtime", runtime or "vllm", SERVE_RUNTIMES),
         **chunk,
     )
     _refuse_impossible(cluster, precision=dtype, quant=quant, optimizer="adamw", zero_stage=0)

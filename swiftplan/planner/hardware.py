@@ -59,6 +59,9 @@ class Accelerator:
     """Physical device memory in bytes (unified memory for Apple: total RAM of the configuration)."""
     memory_bandwidth_bytes_per_s: float | None
     """Peak DRAM/HBM bandwidth in bytes/s; None where unpublished (Ascend 910B)."""
+    memory_type: str = ""
+    """Device memory technology as the catalog names it ('HBM3', 'GDDR6X', 'LPDDR5 unified memory'...);
+    empty where unknown."""
     bf16_flops: float | None = None
     """Dense BF16 tensor FLOP/s (GeForce: with FP32 accumulate)."""
     fp16_flops: float | None = None
@@ -310,6 +313,7 @@ def _accelerator_from_entry(acc_id: str, entry: dict[str, Any]) -> Accelerator:
         architecture=entry["architecture"],
         memory_bytes=int(entry["memory_bytes"]),
         memory_bandwidth_bytes_per_s=_float(entry["memory_bandwidth_bytes_per_s"]),
+        memory_type=str(entry.get("memory_type") or ""),
         bf16_flops=_float(flops["bf16"]),
         fp16_flops=_float(flops["fp16"]),
         fp32_flops=_float(flops["fp32"]),

@@ -22,6 +22,7 @@ Optimizer = Literal["adamw", "adamw-8bit", "paged-adamw-8bit", "sgd", "adafactor
 ZeroStage = Literal[0, 1, 2, 3]
 Offload = Literal["none", "optimizer", "optimizer+params"]
 KvDtype = Literal["auto", "fp8"]
+ServeRuntime = Literal["vllm", "sglang", "lmdeploy", "gpt-fast", "llama.cpp", "mlc-llm", "tensorrt-llm"]
 AttentionImpl = Literal["sdpa", "flash", "eager"]
 LossImpl = Literal["full", "chunked", "fused_linear", "full_legacy"]
 OptimizerImpl = Literal["fused", "foreach", "for_loop"]
@@ -38,6 +39,9 @@ QUANTS: tuple[Quant, ...] = get_args(Quant)
 OPTIMIZERS: tuple[Optimizer, ...] = get_args(Optimizer)
 OFFLOADS: tuple[Offload, ...] = get_args(Offload)
 KV_DTYPES: tuple[KvDtype, ...] = get_args(KvDtype)
+SERVE_RUNTIMES: tuple[ServeRuntime, ...] = get_args(ServeRuntime)
+"""Serving engines the speed model knows (each has a per-step decode cost in profiles/calibration.json):
+the --runtime serving profiles (vllm, sglang, lmdeploy) and the engines of the published decode rows."""
 ZERO_STAGES: tuple[ZeroStage, ...] = get_args(ZeroStage)
 LOSS_IMPLS: tuple[LossImpl, ...] = get_args(LossImpl)
 OPTIMIZER_IMPLS: tuple[OptimizerImpl, ...] = get_args(OptimizerImpl)
@@ -418,9 +422,12 @@ class ServeSetup:
     """Rank the LoRA slots are sized for."""
     vision: VisionInputs | None = None
     """Vision-language models: images/video per request, sizing vLLM's encoder cache (planner/vision.py)."""
+    runtime: ServeRuntime = "vllm"
+    """Serving engine (--runtime): sets the fixed host cost of each decode step (speed.decode_step_overhead_s)."""
 
     def __post_init__(self) -> None:
         _check_choice("quantization", self.quant, QUANTS)
+        _check_choice("serving runtime", self.runtime, SERVE_RUNTIMES)
         _check_positive("Context length (--context)", self.context)
         _check_positive("Concurrency (--concurrency)", self.concurrency)
         _check_positive("Prefill chunk", self.prefill_chunk)

@@ -9,6 +9,7 @@ gradient; LoRA skips the frozen weight gradients; checkpointing adds one more fo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ from swiftplan.planner.hardware import FALLBACK_PCIE_BYTES_PER_S
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.offload_speed import activation_offload_s, fsdp_cpu_offload_s
 from swiftplan.planner.runtime_terms import shard_degree
-from swiftplan.planner.setup import Quant, ServeSetup, TrainSetup
+from swiftplan.planner.setup import SERVE_RUNTIMES, Quant, ServeSetup, TrainSetup
 from swiftplan.planner.train_efficiency import mfu_curve, training_mfu
 from swiftplan.planner.weights import is_quantized
 
@@ -302,11 +303,12 @@ forward, after attention's output projection and after the MLP's down projection
 "Megatron-LM", §3, Fig. 4); a decode step is forward only."""
 
 
-DECODE_STEP_TERMS = ("memory", "compute", "allreduce")
-"""A decode step's time is the sum of its weight/KV reads, its matmul FLOPs and its all-reduces, not the
-larger of reads and FLOPs: decode GEMMs are skinny (M = the batch), and the published steps grow with the
-batch by about its FLOP time at the prefill efficiency (LMDeploy A100 static-inference rows dec-09..dec-20 of
-benchmarks/data/published_decode.csv, fit set: Llama-2-7B 10.0 ms at batch 1, 15.4 ms at batch 64)."""
+DECODE_STEP_TERMS = ("memory", "compute", "allreduce", "overhead")
+"""A decode step's time is the sum of its weight/KV reads, its matmul FLOPs, its all-reduces and the engine's
+fixed host cost per step (`decode_step_overhead_s`), not the larger of reads and FLOPs: decode GEMMs are
+skinny (M = the batch), and the published steps grow with the batch by about its FLOP time at the prefill
+efficiency (LMDeploy A100 static-inference rows dec-09..dec-20 of benchmarks/data/published_decode.csv, fit
+set: Llama-2-7B 10.0 ms at batch 1, 15.4 ms at batch 64)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -314,20 +316,54 @@ class ServeEfficiency:
     """The serving speed model's calibration constants (profiles/calibration.json, "serving_efficiency")."""
 
     bandwidth: float
-    """Achieved fraction of the device's memory bandwidth when a decode step reads weights and KV cache."""
+    """Achieved fraction of the device's memory bandwidth when a decode step reads weights and KV cache, on
+    HBM and every memory type other than GDDR."""
+    bandwidth_gddr: float
+    """The same fraction on GDDR devices (`decode_bandwidth_efficiency`)."""
     compute: float
     """Achieved fraction of dense peak FLOP/s in prefill and compute-bound decode."""
     allreduce_latency_s: float
     """Fixed seconds per tensor-parallel all-reduce call (launch and synchronisation), before its bytes."""
+    step_overhead_s: Mapping[str, float]
+    """Fixed seconds each decode step costs on the host, by serving engine (`decode_step_overhead_s`)."""
+
+
+def step_overhead_name(runtime: str) -> str:
+    """The calibration.json name of a serving engine's per-step cost: step_overhead_<engine>_s."""
+    return "step_overhead_" + runtime.replace("-", "_").replace(".", "_") + "_s"
 
 
 def serve_efficiency() -> ServeEfficiency:
     """The calibrated serving constants (see `ServeEfficiency`)."""
     return ServeEfficiency(
         bandwidth=constant("serving_efficiency", "bandwidth"),
+        bandwidth_gddr=constant("serving_efficiency", "bandwidth_gddr"),
         compute=constant("serving_efficiency", "compute"),
         allreduce_latency_s=constant("serving_efficiency", "allreduce_latency_s"),
+        step_overhead_s={r: constant("serving_efficiency", step_overhead_name(r)) for r in SERVE_RUNTIMES},
     )
+
+
+def decode_step_overhead_s(runtime: str, eff: ServeEfficiency) -> float:
+    """Fixed host seconds per decode step of serving engine `runtime`, added once per step whatever the
+    batch: scheduling, input preparation, sampling and the sampled token's copy to the host, Python and
+    kernel launches the GPU waits for (vLLM issue #6854: about 4 ms of GPU bubble per decode step in
+    vLLM 0.5; SGLang v0.4 overlaps it with the GPU, lmsys.org/blog/2024-12-04-sglang-v0-4). One calibrated
+    constant per engine, `serving_efficiency.step_overhead_<engine>_s` (benchmarks/fit_serving_speed.py)."""
+    return eff.step_overhead_s[runtime]
+
+
+def is_gddr(accelerator: Accelerator) -> bool:
+    """Whether the device's memory is GDDR (the catalog's memory_type: GDDR6, GDDR6X, GDDR7...)."""
+    return "GDDR" in accelerator.memory_type.upper()
+
+
+def decode_bandwidth_efficiency(accelerator: Accelerator, eff: ServeEfficiency) -> float:
+    """Achieved share of peak memory bandwidth in a decode step: `eff.bandwidth_gddr` on GDDR devices,
+    `eff.bandwidth` on HBM and the rest. GDDR cards reach a larger share of their (smaller) datasheet
+    bandwidth than HBM cards under the same engine (llama.cpp Llama-3-8B F16 rows dec-93..127 of
+    benchmarks/data/published_decode.csv); both fitted by benchmarks/fit_serving_speed.py."""
+    return eff.bandwidth_gddr if is_gddr(accelerator) else eff.bandwidth
 
 
 def decode_memory_s(
@@ -339,10 +375,13 @@ def decode_memory_s(
     kv_bytes_per_token: float,
 ) -> float:
     """Seconds one device spends reading its weight shard and its share of every sequence's KV cache per
-    decode step: (weights + concurrency × context/2 × KV bytes per token) / (bandwidth × efficiency).
-    `weight_bytes` and `kv_bytes_per_token` are per device (already divided by tp)."""
+    decode step: (weights + concurrency × context/2 × KV bytes per token) / (bandwidth × efficiency), the
+    efficiency by memory type (`decode_bandwidth_efficiency`). `weight_bytes` and `kv_bytes_per_token` are
+    per device (already divided by tp)."""
     kv_read = setup.concurrency * int(setup.context * PROMPT_SHARE_OF_CONTEXT) * kv_bytes_per_token
-    return (weight_bytes + kv_read) / (_bandwidth(accelerator) * eff.bandwidth)
+    return (weight_bytes + kv_read) / (
+        _bandwidth(accelerator) * decode_bandwidth_efficiency(accelerator, eff)
+    )
 
 
 def decode_allreduce_s(
@@ -371,8 +410,9 @@ def serve_speed(
 
     Prefill is compute-bound: 2 × N FLOPs per token (+ attention) at the compute efficiency.
     Each decode step reads every weight once and each sequence's KV cache (`decode_memory_s`), does
-    2 × N FLOPs per sequence, and all-reduces its activations under tensor parallelism (`decode_allreduce_s`);
-    its time is the sum of the three (`DECODE_STEP_TERMS`). TTFT is one prompt of context/2 tokens prefilled
+    2 × N FLOPs per sequence, all-reduces its activations under tensor parallelism (`decode_allreduce_s`) and
+    pays the engine's fixed host cost (`decode_step_overhead_s`); its time is the sum of the four
+    (`DECODE_STEP_TERMS`). TTFT is one prompt of context/2 tokens prefilled
     in chunks beside the other sequences' decode tokens.
     """
     eff = efficiency or serve_efficiency()
@@ -386,16 +426,18 @@ def serve_speed(
     )
     compute_s = FLOPS_PER_MAC * n * setup.concurrency / peak
     allreduce_s = decode_allreduce_s(spec, setup, accelerator, eff)
-    step = memory_s + compute_s + allreduce_s
+    overhead_s = decode_step_overhead_s(setup.runtime, eff)
+    step = memory_s + compute_s + allreduce_s + overhead_s
     # TTFT of a request arriving while the other sequences decode (vLLM chunked prefill): each engine
     # step takes up to `prefill_chunk` tokens, the running sequences' decode tokens first; the new
-    # prompt fills the rest, and a step costs the larger of its weight/KV reads and its FLOPs.
+    # prompt fills the rest, and a step costs the larger of its weight/KV reads and its FLOPs, plus the
+    # engine's fixed cost per step.
     room = max(1, setup.prefill_chunk - (setup.concurrency - 1))
     steps = -(-prompt // room)
     step_with_prefill = max(
         memory_s, min(setup.prefill_chunk, prompt + setup.concurrency - 1) * per_token_flops / peak
     )
-    ttft = steps * step_with_prefill
+    ttft = steps * (step_with_prefill + overhead_s)
     bound = "memory" if memory_s >= compute_s else "compute"
     return ServeSpeed(
         prefill_tokens_per_s=prefill_tps,

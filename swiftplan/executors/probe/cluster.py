@@ -80,6 +80,7 @@ def accelerator_for_device(device: ProbedDevice) -> tuple[Accelerator, list[str]
         architecture=device.architecture or "",
         memory_bytes=device.total_memory_bytes,
         memory_bandwidth_bytes_per_s=donor.memory_bandwidth_bytes_per_s if donor else None,
+        memory_type=donor.memory_type if donor else "",
         bf16_flops=donor.bf16_flops if donor else None,
         fp16_flops=donor.fp16_flops if donor else None,
         fp32_flops=donor.fp32_flops if donor else None,
