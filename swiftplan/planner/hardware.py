@@ -28,7 +28,8 @@ FLOPS_KEYS: tuple[FlopsKey, ...] = get_args(FlopsKey)
 
 DEFAULT_INTER_NODE_BYTES_PER_S = 12.5e9
 """Assumed network between nodes when none is given: one 100 Gb/s-class NIC per node (12.5 GB/s per
-direction). A conservative default; HGX/DGX nodes often have 8 x 400 Gb/s, so pass the real figure."""
+direction). A conservative default; HGX/DGX nodes often have 8 x 400 Gb/s, so pass the real figure
+(a cluster string's '@400gbps' suffix, `swiftplan size --network-gbps`)."""
 
 FALLBACK_PCIE_BYTES_PER_S = 31.5e9
 """Per-direction host link assumed only when the catalog has no PCIe figure (Ascend, Apple): PCIe Gen4
@@ -199,7 +200,8 @@ class Cluster:
     nodes: int = 1
     """Machines."""
     inter_node_bytes_per_s: float = DEFAULT_INTER_NODE_BYTES_PER_S
-    """Per-direction network bandwidth between nodes in bytes/s (see DEFAULT_INTER_NODE_BYTES_PER_S)."""
+    """Per-direction network bandwidth of one node, all its NICs together, in bytes/s (see
+    DEFAULT_INTER_NODE_BYTES_PER_S)."""
     usable_memory_bytes: int | None = None
     """Memory per device the plan may use when it is less than the physical memory (the probe sets
     it from free memory when other processes hold some, or from the size the driver reports)."""
@@ -381,6 +383,13 @@ def get_accelerator(name: str) -> Accelerator:
 
 
 _COUNT_PREFIX = re.compile(r"^\s*([+-]?\d+(?:\.\d*)?)\s*[x×*]\s*(.*)$", re.IGNORECASE)
+_NETWORK_SUFFIX = re.compile(r"^(.*?)\s*@\s*(\S*?)\s*gbps\s*$", re.IGNORECASE)
+BITS_PER_BYTE = 8
+
+
+def network_bytes_per_s(gbps: float) -> float:
+    """A network's Gb/s (10^9 bits per second, as NICs and cluster specs state it) in bytes/s: gbps × 1e9 / 8."""
+    return gbps * 1e9 / BITS_PER_BYTE
 
 
 def _parse_count(raw: str, text: str) -> int:
@@ -416,14 +425,24 @@ def _check_per_node(accelerator: Accelerator, per_node: int, text: str) -> None:
 
 
 def parse_cluster(text: str) -> Cluster:
-    """Parse 'rtx4090', '4xA100-80G' (one node) or '2x8xH100' (nodes x GPUs per node x model)."""
+    """Parse 'rtx4090', '4xA100-80G' (one node) or '2x8xH100' (nodes x GPUs per node x model); a suffix
+    '@400gbps' states the network between nodes, Gb/s per node (else DEFAULT_INTER_NODE_BYTES_PER_S)."""
     if text.strip().lower() == "auto":
         raise SwiftplanError(
             "'auto' means probing this machine, which parse_cluster does not do.",
             "Use the CLI's --gpus auto, or swiftplan.executors.probe.cluster_from_probe.",
         )
+    network = DEFAULT_INTER_NODE_BYTES_PER_S
+    if network_match := _NETWORK_SUFFIX.match(text):
+        raw = network_match.group(2)
+        if not re.fullmatch(r"\d+(?:\.\d*)?", raw) or float(raw) <= 0:
+            raise SwiftplanError(
+                f"Bad network speed {raw!r} in {text!r}: Gb/s per node must be a positive number.",
+                "Example: 2x8xH100@400gbps.",
+            )
+        network = network_bytes_per_s(float(raw))
     counts: list[int] = []
-    rest = text
+    rest = network_match.group(1) if network_match else text
     while len(counts) < 2 and (match := _COUNT_PREFIX.match(rest)):
         counts.append(_parse_count(match.group(1), text))
         rest = match.group(2)
@@ -436,8 +455,12 @@ def parse_cluster(text: str) -> Cluster:
     accelerator = get_accelerator(rest.strip())
     _check_per_node(accelerator, counts[-1] if counts else 1, text)
     if len(counts) == 2:
-        return Cluster(accelerator=accelerator, nodes=counts[0], gpus_per_node=counts[1])
-    return Cluster(accelerator=accelerator, gpus_per_node=counts[0] if counts else 1)
+        return Cluster(
+            accelerator=accelerator, nodes=counts[0], gpus_per_node=counts[1], inter_node_bytes_per_s=network
+        )
+    return Cluster(
+        accelerator=accelerator, gpus_per_node=counts[0] if counts else 1, inter_node_bytes_per_s=network
+    )
 
 
 def match_probed_name(name: str, memory_bytes: int | None = None) -> Accelerator | None:

@@ -2,7 +2,8 @@
 
 Training time per step is the largest of compute (FLOPs / achievable FLOP/s), QLoRA
 dequantisation traffic, and offload traffic over PCIe, plus communication that does not
-overlap and the pipeline bubble. FLOPs per token follow Kaplan/Chinchilla accounting: a
+overlap (planner/comm_speed.py: collectives hidden behind the compute they are prefetched under) and the
+pipeline bubble. FLOPs per token follow Kaplan/Chinchilla accounting: a
 matmul weight costs 2 FLOPs per token forward, 2 for the input gradient and 2 for the weight
 gradient; LoRA skips the frozen weight gradients; checkpointing adds one more forward.
 """
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 from swiftplan.planner.adapters import adapter_params
 from swiftplan.planner.architecture import linear_modules, matmul_params_per_token, total_params
 from swiftplan.planner.calibration import constant
+from swiftplan.planner.comm_speed import HALF_BYTES, TrainComm, exposed_comm_s, train_comm
 from swiftplan.planner.dtypes import adapter_dtype, compute_dtype, dtype_bytes
 from swiftplan.planner.hardware import FALLBACK_PCIE_BYTES_PER_S
 from swiftplan.planner.model_spec import ModelSpec
@@ -48,12 +50,6 @@ DEQUANT_PASSES = 2
 gradient (bitsandbytes/autograd/_functions.py); `qlora_dequant.bytes_per_weight` in
 profiles/calibration.json is the traffic of these two passes together."""
 
-HALF_BYTES = 2
-"""bf16/fp16 parameters and gradients of full fine-tuning, as DeepSpeed ZeRO holds them (ZeRO,
-Rajbhandari et al. 2020, §3.1: fp16 parameters and gradients, 2 bytes each)."""
-ZERO3_GATHERS_PER_MICRO_STEP = 2
-"""ZeRO-3 all-gathers every parameter shard for forward and again for backward (Rajbhandari et al. 2020,
-§7.2.2)."""
 OFFLOAD_TRANSFERS_PER_STEP = 2
 """ZeRO-Offload moves gradients to host RAM and updated parameters back once per step (Ren et al.
 2021, "ZeRO-Offload", §4: fp16 gradients down, fp16 parameters up)."""
@@ -67,10 +63,6 @@ TP_EXPOSED_FRACTION = 0.5
 """Share of the tensor-parallel all-reduce time counted: half, an unfitted prior from the first speed
 model (Megatron-LM runs them synchronously, so 1.0 is the pessimistic bound; Wang et al. 2023,
 "Overlap Communication with Dependent Computation via Decomposition", hides most of it)."""
-DP_EXPOSED_FRACTION = 0.5
-"""Share of the data-parallel gradient reduction (ZeRO 0-2) not hidden behind backward: bucketed
-all-reduce overlaps backward except for the last buckets (Li et al. 2020, "PyTorch Distributed", §3.2.3);
-half is an unfitted prior. ZeRO-3 counts all of it."""
 PROMPT_SHARE_OF_CONTEXT = 0.5
 """Serving: a prompt fills this share of the context, the rest is generated (an even split; `--prompt-tokens`
 and `--output-tokens` set the load's context in `swiftplan size`)."""
@@ -124,8 +116,9 @@ def attention_flops_per_token(spec: ModelSpec, seq_len: int) -> float:
     return ATTENTION_MATMULS * FLOPS_PER_MAC * (seq_len / 2) * spec.q_dim * spec.num_layers
 
 
-def train_flops_per_token(spec: ModelSpec, setup: TrainSetup) -> float:
-    """FLOPs per training token: forward 2N (+attention), backward 4N (full) or 2N (frozen base) + adapters, plus a recomputed forward with checkpointing."""
+def _forward_backward_flops_per_token(spec: ModelSpec, setup: TrainSetup) -> tuple[float, float]:
+    """(forward, backward) FLOPs per token: forward 2N (+attention, + adapters), backward 4N (full) or 2N
+    (frozen base) + adapters."""
     base = FLOPS_PER_MAC * matmul_params_per_token(spec)
     attn = attention_flops_per_token(spec, setup.seq_len)
     forward = base + attn
@@ -137,8 +130,21 @@ def train_flops_per_token(spec: ModelSpec, setup: TrainSetup) -> float:
         forward += lora
     else:
         backward = BACKWARD_PER_FORWARD_TRAINED * base + BACKWARD_PER_FORWARD_TRAINED * attn
+    return forward, backward
+
+
+def train_flops_per_token(spec: ModelSpec, setup: TrainSetup) -> float:
+    """FLOPs per training token: forward 2N (+attention), backward 4N (full) or 2N (frozen base) + adapters, plus a recomputed forward with checkpointing."""
+    forward, backward = _forward_backward_flops_per_token(spec, setup)
     recompute = forward if setup.grad_ckpt else 0
     return forward + backward + recompute
+
+
+def forward_share(spec: ModelSpec, setup: TrainSetup) -> float:
+    """The forward's share of a micro-step's matmul FLOPs: forward / (forward + backward + recomputed forward);
+    the rest runs in backward (a checkpointed block recomputes its forward there)."""
+    forward, _ = _forward_backward_flops_per_token(spec, setup)
+    return forward / train_flops_per_token(spec, setup)
 
 
 @cache
@@ -198,29 +204,41 @@ def _dequant_s(spec: ModelSpec, setup: TrainSetup, acc: Accelerator) -> float:
     )
 
 
-def _comm_s(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainable_params: int, dp: int) -> float:
-    """Collective time per step: gradient all-reduce, ZeRO-3 parameter gathers, tensor-parallel all-reduces."""
+def _tp_comm_s(spec: ModelSpec, setup: TrainSetup, cluster: Cluster) -> float:
+    """Tensor-parallel all-reduce seconds per step counted as exposed: 4 per layer per micro-step over the
+    intra-node link, times TP_EXPOSED_FRACTION."""
     par = setup.parallel
-    intra = cluster.accelerator.intra_node_bytes_per_s
-    link = intra if cluster.nodes == 1 else min(intra, cluster.inter_node_bytes_per_s / cluster.gpus_per_node)
-    grad_bytes = trainable_params * _trainable_grad_bytes(setup) / (par.tp * par.pp)
-    comm_s = _allreduce_s(grad_bytes, dp, link)
-    if par.zero == 3 and not setup.trains_adapters:
-        param_bytes = trainable_params * HALF_BYTES / (par.tp * par.pp)
-        comm_s += ZERO3_GATHERS_PER_MICRO_STEP * setup.grad_accum * (dp - 1) / dp * param_bytes / link
-    if par.tp > 1:
-        activation_bytes = (
-            setup.micro_batch * setup.seq_len * spec.hidden_size * dtype_bytes(compute_dtype(setup.precision))
-        )
-        comm_s += (
-            setup.grad_accum
-            * spec.num_layers
-            / par.pp
-            * TP_ALLREDUCES_PER_LAYER
-            * _allreduce_s(activation_bytes, par.tp, intra)
-            * TP_EXPOSED_FRACTION
-        )
-    return comm_s
+    if par.tp <= 1:
+        return 0.0
+    activation_bytes = (
+        setup.micro_batch * setup.seq_len * spec.hidden_size * dtype_bytes(compute_dtype(setup.precision))
+    )
+    return (
+        setup.grad_accum
+        * spec.num_layers
+        / par.pp
+        * TP_ALLREDUCES_PER_LAYER
+        * _allreduce_s(activation_bytes, par.tp, cluster.accelerator.intra_node_bytes_per_s)
+        * TP_EXPOSED_FRACTION
+    )
+
+
+def train_comm_of(
+    spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, trainable_params: int, world_size: int = 0
+) -> TrainComm:
+    """The step's collectives (planner/comm_speed.py): data-parallel ones with the compute that hides them,
+    and the tensor-parallel all-reduces."""
+    par = setup.parallel
+    dp = max(1, (world_size or cluster.world_size) // (par.tp * par.pp))
+    return train_comm(
+        spec,
+        setup,
+        cluster,
+        grad_bytes=trainable_params * _trainable_grad_bytes(setup) / (par.tp * par.pp),
+        dp=dp,
+        forward_share=forward_share(spec, setup),
+        tp_s=_tp_comm_s(spec, setup, cluster),
+    )
 
 
 def _offload_s(
@@ -274,11 +292,11 @@ def train_speed(
     dequant_s = _dequant_s(spec, setup, acc)
     # bitsandbytes dequantises each weight in its own kernel before the GEMM: it adds, it does not overlap.
     body = compute_s + dequant_s
-    comm_s = _comm_s(spec, setup, cluster, trainable_params=trainable_params, dp=dp)
+    comm = train_comm_of(spec, setup, cluster, trainable_params=trainable_params, world_size=world_size)
     parts = {
         "compute": compute_s,
         "dequant": dequant_s,
-        "comm": comm_s * DP_EXPOSED_FRACTION if par.zero < 3 else comm_s,
+        "comm": exposed_comm_s(comm, compute_s / setup.grad_accum),
         "offload": _offload_s(spec, setup, acc, trainable_params=trainable_params, dp=dp)
         + activation_offload_s(spec, setup, pcie_bytes_per_s=_pcie(acc), compute_s=compute_s)
         + fsdp_cpu_offload_s(
