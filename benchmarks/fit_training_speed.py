@@ -10,11 +10,14 @@ Procedure (fixed before any test-set error was looked at):
    - rows whose tokens per micro-batch are not known: unpacked data padded to the longest sample of each
      batch, the stated length only a cap (`UNKNOWN_TOKENS`, by source);
    - rows the curve cannot explain whatever its constants: the published step is shorter than the speed
-     model's non-matmul time alone (offload, communication, dequantisation), or it would need more than the
-     dense peak (MFU > 1 under the planner's FLOP count), which says the figure is not per GPU as labelled.
-2. Per row the planner's estimate gives the matmul time at MFU 1 and the rest of the step; the predicted
-   tokens/s per GPU at MFU m is tokens per rank per step × data-parallel ranks / GPUs / (matmul time / m +
-   the rest). No per-row term.
+     model's non-matmul time alone (offload, dequantisation, and the communication no compute hides: each
+     phase's first gather or last reduce, planner/comm_speed.py), or it would need more than the dense peak
+     (MFU > 1 under the planner's FLOP count, with the communication the matmuls at peak leave exposed),
+     which says the figure is not per GPU as labelled or our communication is longer than the run's.
+2. Per row the planner's estimate gives the matmul time at MFU 1, the step's collectives and the rest of the
+   step; the predicted tokens/s per GPU at MFU m is tokens per rank per step × data-parallel ranks / GPUs /
+   (matmul time / m + the rest + the communication exposed behind matmul time / m, `comm_speed.exposed_comm_s`).
+   No per-row term.
 3. Constants: one ceiling per accelerator family (grid 0.050..0.950, step 0.005) and two half-points shared
    by the families. `tokens_half` is fitted (grid below) only when one family's fit rows span at least two
    micro-batch sizes; `params_half` only when one family's fit rows span at least two model sizes. Otherwise
@@ -24,6 +27,8 @@ Procedure (fixed before any test-set error was looked at):
 5. Trust check: the fit is repeated leaving each row out; a value on its grid's edge, or whose leave-one-out
    range is wider than the value itself, or that rests on one row (its leave-one-out fits never move it), is
    reported as not trusted and not written: the constant keeps its value, and its source records the fit.
+   When a half-point is not trusted, the ceilings are fitted (and checked) again with it at its kept value, so
+   that what is written fits together.
 
     python benchmarks/fit_training_speed.py            # prints the fit; --write updates calibration.json
 """
@@ -44,9 +49,10 @@ from published_rows import Skip, express
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.architecture import matmul_params_per_token
+from swiftplan.planner.comm_speed import TrainComm, exposed_comm_s, pipelined_exposed_s
 from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.setup import TrainSetup
-from swiftplan.planner.speed import TrainSpeed
+from swiftplan.planner.speed import TrainSpeed, train_comm_of
 from swiftplan.planner.train_efficiency import SECTION, MfuCurve, family
 
 CALIBRATION = Path(__file__).resolve().parent.parent / "swiftplan" / "profiles" / "calibration.json"
@@ -77,7 +83,8 @@ def fit_points(csv_paths: tuple[Path, ...] = ALL_CSVS) -> tuple[list[dict[str, A
         try:
             expressed = express(row)
             spec = catalog_spec(expressed.model_id)
-            speed = _estimate(spec, expressed).speed
+            estimate = _estimate(spec, expressed)
+            speed = estimate.speed
         except (Skip, SwiftplanError) as why:
             left_out[row["id"]] = f"not expressed: {why}"
             continue
@@ -89,15 +96,22 @@ def fit_points(csv_paths: tuple[Path, ...] = ALL_CSVS) -> tuple[list[dict[str, A
         gpus = expressed.cluster.world_size
         tokens_per_gpu_step = speed.tokens_per_s * speed.step_time_s / gpus
         matmul_s_at_peak = speed.breakdown_s["compute"] * speed.mfu_prior
-        rest_s = speed.step_time_s - speed.breakdown_s["compute"]
+        comm = train_comm_of(spec, setup, expressed.cluster, trainable_params=estimate.trainable_params)
+        rest_s = speed.step_time_s - speed.breakdown_s["compute"] - speed.breakdown_s["comm"]
+        unhidden_s = rest_s + _unhideable_s(comm)
         published_step_s = tokens_per_gpu_step / published
-        if published_step_s <= rest_s:
+        if published_step_s <= unhidden_s:
             left_out[row["id"]] = (
-                f"published step {published_step_s:.3g} s is shorter than our non-matmul time {rest_s:.3g} s"
+                f"published step {published_step_s:.3g} s is shorter than our non-matmul time {unhidden_s:.3g} s"
             )
             continue
-        if matmul_s_at_peak / (published_step_s - rest_s) > 1:
-            left_out[row["id"]] = "needs MFU > 1 under the planner's FLOP count: not a per-GPU figure"
+        at_peak_s = matmul_s_at_peak + rest_s + exposed_comm_s(comm, matmul_s_at_peak / setup.grad_accum)
+        if at_peak_s > published_step_s:
+            left_out[row["id"]] = (
+                f"needs MFU > 1 under the planner's FLOP count: the step at peak with its exposed communication "
+                f"is {at_peak_s:.3g} s, published {published_step_s:.3g} s (not a per-GPU figure, or our "
+                "communication is longer than the run's)"
+            )
             continue
         points.append(
             {
@@ -109,15 +123,29 @@ def fit_points(csv_paths: tuple[Path, ...] = ALL_CSVS) -> tuple[list[dict[str, A
                 "tokens_per_gpu_step": tokens_per_gpu_step,
                 "matmul_s_at_peak": matmul_s_at_peak,
                 "rest_s": rest_s,
+                "comm": comm,
+                "grad_accum": setup.grad_accum,
             }
         )
     return points, left_out
 
 
+def _unhideable_s(comm: TrainComm) -> float:
+    """Communication seconds per step no compute hides: tensor-parallel all-reduces, each data-parallel
+    phase's first gather or last reduce, and what runs after the step."""
+    return exposed_comm_s(comm, 0.0) - sum(
+        p.per_step * (pipelined_exposed_s(p.comm_s, 0.0, p.units) - p.comm_s / p.units)
+        for p in comm.phases
+        if p.compute_share > 0
+    )
+
+
 def predicted(point: dict[str, Any], curve: MfuCurve) -> float:
     """Tokens/s per GPU of a fit point under `curve`."""
     mfu = curve.at(tokens_per_micro_batch=point["tokens"], params=point["params"])
-    return float(point["tokens_per_gpu_step"] / (point["matmul_s_at_peak"] / mfu + point["rest_s"]))
+    matmul_s = point["matmul_s_at_peak"] / mfu
+    comm_s = exposed_comm_s(point["comm"], matmul_s / point["grad_accum"])
+    return float(point["tokens_per_gpu_step"] / (matmul_s + point["rest_s"] + comm_s))
 
 
 def loss(points: list[dict[str, Any]], curve: MfuCurve) -> float:
@@ -138,10 +166,14 @@ def _spans(points: list[dict[str, Any]], key: str) -> bool:
     return any(len(v) > 1 for v in values.values())
 
 
-def _solve(points: list[dict[str, Any]], priors: dict[str, float]) -> dict[str, float]:
-    """Least-loss constants on the grids; half-points the points cannot inform stay at their priors."""
+def _solve(
+    points: list[dict[str, Any]], priors: dict[str, float], pinned: frozenset[str] = frozenset()
+) -> dict[str, float]:
+    """Least-loss constants on the grids; half-points the points cannot inform, or `pinned`, stay at their priors."""
     tokens_grid = TOKENS_HALF_GRID if _spans(points, "tokens") else [priors["tokens_half"]]
     params_grid = PARAMS_HALF_GRID if _spans(points, "params") else [priors["params_half"]]
+    tokens_grid = [priors["tokens_half"]] if "tokens_half" in pinned else tokens_grid
+    params_grid = [priors["params_half"]] if "params_half" in pinned else params_grid
     families = sorted({p["family"] for p in points})
     best: tuple[float, dict[str, float]] | None = None
     for tokens_half in tokens_grid:
@@ -171,23 +203,49 @@ def fit(csv_paths: tuple[Path, ...] = ALL_CSVS, calibration: Path = CALIBRATION)
     fitted += [n for n, key in (("tokens_half", "tokens"), ("params_half", "params")) if _spans(points, key)]
     kept = {name: _why_prior(name, points) for name in (*FAMILIES, "tokens_half", "params_half")}
     kept = {name: why for name, why in kept.items() if name not in fitted}
-    leave_one_out = {
-        p["id"]: _solve([q for q in points if q is not p], priors) for p in points if len(points) > 1
-    }
+    leave_one_out, trusted = _check(points, priors, values, fitted)
+    # A ceiling is written with the half-points it was fitted under: a half-point whose fit is not trusted
+    # keeps its prior, so the ceilings are fitted again with it pinned there (its own fit is still reported).
+    pinned = frozenset(n for n in ("tokens_half", "params_half") if n in fitted and not trusted[n])
+    if pinned:
+        joint, joint_loo = values, leave_one_out
+        values = _solve(points, priors, pinned) | {n: joint[n] for n in pinned}
+        leave_one_out, trusted = _check(points, priors, values, fitted, pinned)
+        leave_one_out = {
+            row: loo | {n: joint_loo[row][n] for n in pinned} for row, loo in leave_one_out.items()
+        }
+        trusted |= dict.fromkeys(pinned, False)
     result: dict[str, Any] = {name: values[name] for name in fitted}
     result |= {
         "fitted": fitted,
         "kept": kept,
+        "pinned": sorted(pinned),
         "rows": {name: _rows_for(name, points) for name in fitted},
         "left_out": left_out,
         "leave_one_out": leave_one_out,
-        "trusted": {
-            name: _trusted(name, values[name], leave_one_out) and len(_rows_for(name, points)) > 1
-            for name in fitted
-        },
+        "trusted": trusted,
         "loss": loss(points, _curve(values, priors, points[0]["family"])) if points else None,
     }
     return result
+
+
+def _check(
+    points: list[dict[str, Any]],
+    priors: dict[str, float],
+    values: dict[str, float],
+    fitted: list[str],
+    pinned: frozenset[str] = frozenset(),
+) -> tuple[dict[str, dict[str, float]], dict[str, bool]]:
+    """({left-out row: the fit without it}, {constant: trusted}) for the fit `values` (the trust rule above)."""
+    leave_one_out = {
+        p["id"]: _solve([q for q in points if q is not p], priors, pinned) for p in points if len(points) > 1
+    }
+    trusted = {
+        name: _trusted(name, values[name], leave_one_out) and len(_rows_for(name, points)) > 1
+        for name in fitted
+        if name not in pinned
+    }
+    return leave_one_out, trusted
 
 
 def _curve(values: dict[str, float], priors: dict[str, float], fam: str) -> MfuCurve:
@@ -235,7 +293,8 @@ def write(result: dict[str, Any], path: Path = CALIBRATION) -> None:
             "status": "fitted",
             "source": f"fitted {today} by benchmarks/fit_training_speed.py on {len(result['rows'][name])} fit-set "
             f"tokens_per_s_per_gpu rows of benchmarks/data/published*.csv ({rows}) (grid, least absolute log "
-            f"error){trust}",
+            f"error){trust}"
+            + (f"; with {', '.join(result['pinned'])} at their kept values" if result.get("pinned") else ""),
         }
     for name, why in result["kept"].items():
         entry = section[name]

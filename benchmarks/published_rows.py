@@ -426,6 +426,24 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
         for i in (50, 51, 54, 55)
     },
 }
+_FMS_FSDP_NETWORK = (
+    "fms-fsdp README throughput header: 'A100 80G 128 GPUs with 400Gbps' and 'H100 96 GPUs with 800 Gbps', read as "
+    "each node's network (IBM's Vela A100 nodes are on standard Ethernet with 100G links, "
+    "research.ibm.com/blog/AI-supercomputer-Vela-GPU-cluster; 400 Gb/s per GPU would be 3.2 Tb/s per node)"
+)
+NETWORKS: dict[str, tuple[float, str]] = {
+    **{f"spd-{i}": (400.0, _FMS_FSDP_NETWORK) for i in (50, 52, 54)},
+    **{f"spd-{i}": (800.0, _FMS_FSDP_NETWORK) for i in (51, 53, 55)},
+}
+"""Network between nodes a row's source states, Gb/s per node, with the quote; other multi-node rows are
+planned at hardware.DEFAULT_INTER_NODE_BYTES_PER_S."""
+NODE_SIZES: dict[str, tuple[int, str]] = {
+    "spd-60": (
+        4,
+        "KempnerForge header 'Hardware: 8 nodes, 4x NVIDIA H200 (141 GB) per node': 32 GPUs as 8 nodes of 4",
+    ),
+}
+"""GPUs per node where a source states a layout other than the planner's nodes of 8."""
 # What a whole source states (not assumed), by id prefix; a row's own ASSUMPTIONS win.
 SOURCE_SETTINGS: dict[str, dict[str, Any]] = {
     # ms-swift: lora_dropout 0.05 (swift/arguments/tuner_args.py); unpacked data padded per batch, so the
@@ -628,13 +646,16 @@ def _parallel(text: str) -> tuple[Parallelism, int]:
 
 
 def _cluster(row: dict[str, str]) -> Cluster:
+    """The row's GPUs as nodes of 8 (or its source's `NODE_SIZES`), over its `NETWORKS` speed where stated."""
     gpu = row["gpu"].strip()
     if gpu not in GPU_NAMES:
         raise Skip(f"GPU {gpu!r} has no catalog mapping")
     n = parse_int(row["num_gpus"], 1)
-    if n > 8 and n % 8 == 0:
-        return parse_cluster(f"{n // 8}x8x{GPU_NAMES[gpu]}")
-    return parse_cluster(f"{n}x{GPU_NAMES[gpu]}")
+    network = f"@{NETWORKS[row['id']][0]:g}gbps" if row["id"] in NETWORKS else ""
+    per_node = NODE_SIZES.get(row["id"], (8, ""))[0]
+    if n > per_node and n % per_node == 0:
+        return parse_cluster(f"{n // per_node}x{per_node}x{GPU_NAMES[gpu]}{network}")
+    return parse_cluster(f"{n}x{GPU_NAMES[gpu]}{network}")
 
 
 def runtime_knobs(row: dict[str, str], assumed: dict[str, Any]) -> tuple[RuntimeKnobs, list[str]]:
@@ -681,6 +702,7 @@ def express(row: dict[str, str]) -> Expressed:
     assumed = {**stated, **own}
     notes += [why] if why else []
     cluster = _cluster(row)
+    notes += [why for table in (NETWORKS, NODE_SIZES) if (why := table.get(row["id"], (0, ""))[1])]
     quant, double_quant = _quant(row["quant"])
     double_quant = assumed.get("double_quant", double_quant)
     method = row["method"].strip().lower()
