@@ -48,11 +48,12 @@ SPECS = {
 }
 
 PEAK_TOLERANCE = 0.025
-"""Largest |error| of the planner's peak against the trace in the table (measured: -0.49 % to +2.40 %). The
+"""Largest |error| of the planner's peak against the trace in the table (measured: -0.49 % to +2.08 %). The
 residue comes from moments the planner adds up whole that overlap only in part in the real code: a block's
-gradients grow in its backward as its saved tensors are freed (+1.1 to +2.4 %, full fine-tuning of the
-untied model at 32 tokens), and the CUDA allocator's 512-byte rounding of the tiny models' many small
-tensors (-0.1 to -0.5 %). At 512 tokens, where the loss sets the peak, every case is within 0.11 %."""
+gradients and the previous block's reduce-scatter input beside the activations still saved (+1.1 to +2.1 %,
+full fine-tuning of the untied model at 32 tokens), and the CUDA allocator's 512-byte rounding of the tiny
+models' many small tensors (-0.03 to -0.49 %). At 512 tokens, where the loss sets the peak, every case is
+within 0.09 %."""
 LOSS_TOLERANCE = 0.002
 SHARD_GRAD_OP_EXCESS = 0.04
 """shard_grad_op at the loss: the last block's all-gather buffer is alive until the root's forward (the loss
@@ -142,9 +143,19 @@ def test_shard_grad_op_keeps_every_unit_gathered_and_hybrid_shards_within_its_gr
         assert abs(comparison.peak.error) <= LOSS_TOLERANCE, comparison.rows
 
 
-def test_checkpointed_blocks_recompute_under_fsdp() -> None:
-    comparison = verify_training(SPECS["tied"], _setup("full", seq=512, grad_ckpt=True), world_size=2)
-    assert comparison.peak.error is not None and abs(comparison.peak.error) <= LOSS_TOLERANCE, comparison.rows
+@pytest.mark.parametrize(("model", "seq", "offload", "moment"), [
+    ("tied", 512, False, "loss and backward start"),
+    ("untied", 512, False, "recomputation in backward"),  # measured +0.28 %
+    ("untied", 32, True, "recomputation in backward"),  # measured -1.46 %
+])  # fmt: skip
+def test_checkpointed_blocks_recompute_under_fsdp(model: str, seq: int, offload: bool, moment: str) -> None:
+    """Full fine-tuning with every block checkpointed: a block's gradients appear as its recomputed tensors are
+    freed, so the planner counts the larger of the two beside the gathered units and the LM head's gradient."""
+    comparison = verify_training(
+        SPECS[model], _setup("full", seq=seq, offload=offload, grad_ckpt=True), world_size=2
+    )
+    assert comparison.estimate_phase == moment
+    assert comparison.peak.error is not None and abs(comparison.peak.error) <= 0.015, comparison.rows
     assert any("checkpointing" in note for note in comparison.notes)
 
 

@@ -16,7 +16,7 @@ from swiftplan.executors.verify_knobs import refuse_untraceable
 from swiftplan.planner.architecture import embedding_params
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.dtypes import dtype_bytes
-from swiftplan.planner.fsdp_memory import fsdp_gathered
+from swiftplan.planner.fsdp_memory import fsdp_gathered, fsdp_gradients
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import TrainSetup
 from swiftplan.planner.states import state_dtypes
@@ -31,13 +31,16 @@ def _fsdp_rows(spec: ModelSpec, setup: TrainSetup, memory: TrainMemory) -> dict[
     phase = device.peak_phase
     if phase == "optimizer step":
         return {"gathered": 0}
-    held = fsdp_gathered(spec, setup, range(spec.num_layers), dtype_bytes(state_dtypes(setup).weights))
+    layers, dtypes = range(spec.num_layers), state_dtypes(setup)
+    wb, gb = dtype_bytes(dtypes.weights), dtype_bytes(dtypes.gradients)
+    held = fsdp_gathered(spec, setup, layers, wb)
+    whole_grads = fsdp_gradients(spec, setup, layers, weight_bytes=wb, grad_bytes=gb).in_backward
     gathered = {
         "FSDP forward start": held.forward_start,
         "FSDP last block forward": device.transient,
         "loss and backward start": held.at_loss,
-        "FSDP block backward": held.block_backward,
-        "recomputation in backward": held.block_backward,
+        "FSDP block backward": device.transient - whole_grads,
+        "recomputation in backward": device.transient - whole_grads,
         "end of backward": held.root,
     }.get(phase, 0)
     # tied: the LM head's and the embedding's gradients wait in autograd's input buffer for their sum

@@ -135,6 +135,8 @@ class FsdpGradients:
     root_end: int
     """Full fine-tuning, the root's backward: its parameters and whole gradients, and the previous unit's
     reduce-scatter input (0 when the root does not train)."""
+    block: int
+    """One block's whole gradients."""
 
 
 def fsdp_gradients(spec: ModelSpec, setup: TrainSetup, layers: range, *, weight_bytes: int, grad_bytes: int) -> FsdpGradients:  # fmt: skip
@@ -143,7 +145,7 @@ def fsdp_gradients(spec: ModelSpec, setup: TrainSetup, layers: range, *, weight_
     tp = setup.parallel.tp
     block = block_gradient_params(spec, setup, layers) * grad_bytes // tp
     if setup.trains_adapters or setup.objective.kind == "rm":
-        return FsdpGradients(in_backward=2 * block, root_end=0)
+        return FsdpGradients(in_backward=2 * block, root_end=0, block=block)
     embedding = embedding_params(spec) * grad_bytes // tp
     head = lm_head_params(spec) * grad_bytes // tp or embedding
     root = outer_weight_bytes(spec, dtype_bytes=weight_bytes) // tp
@@ -151,7 +153,7 @@ def fsdp_gradients(spec: ModelSpec, setup: TrainSetup, layers: range, *, weight_
     # reduce-scatter input is made
     tied = root + 3 * embedding
     end = tied if spec.tie_word_embeddings else max(root, head + embedding) + head + embedding
-    return FsdpGradients(in_backward=2 * block + head, root_end=end + block)
+    return FsdpGradients(in_backward=2 * block + head, root_end=end + block, block=block)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -167,21 +169,24 @@ class StepBytes:
     at_loss: int
     """Saved activations at the loss."""
     in_backward: int
-    """Activations while the last block's backward runs."""
+    """Activations while the last block's backward runs (checkpointed: while it is recomputed)."""
     logits: int
     """The LM head's and the loss's bytes at the loss."""
     last_block_kept: int
     """What the last block keeps of `at_loss` (its saved tensors, or its input when checkpointed)."""
     grads_early: int = 0
     """Sharded gradients when the first block's backward runs (every other block's)."""
+    block_shard: int = 0
+    """One block's gradient shard."""
+    recomputed_block: int = 0
+    """Checkpointed: a recomputed block's saved tensors and its backward's working memory."""
     early_acts: int = 0
-    """Activations then: the first block's saved tensors and its backward's working memory."""
+    """Activations then: the first block's saved tensors (recomputed) and its backward's working memory."""
 
 
 def fsdp_moments(spec: ModelSpec, setup: TrainSetup, layers: range, step: StepBytes, *, weight_bytes: int, grad_bytes: int) -> Moments:  # fmt: skip
-    """FSDP's candidate peaks: its forward moments, the loss, a block's backward (without checkpointing; with
-    it `fsdp_recompute_extra` adds to the recomputation) and its reduce-scatter, and the root's backward.
-    Source: `FSDP_GATHER_SOURCE`."""
+    """FSDP's candidate peaks: its forward moments, the loss, a block's backward (checkpointed: its
+    recomputation, in place of the planner's) and the root's backward. Source: `FSDP_GATHER_SOURCE`."""
     held = fsdp_gathered(spec, setup, layers, weight_bytes)
     grads = fsdp_gradients(spec, setup, layers, weight_bytes=weight_bytes, grad_bytes=grad_bytes)
     base = step.static + step.grads_during_fwd
@@ -193,23 +198,21 @@ def fsdp_moments(spec: ModelSpec, setup: TrainSetup, layers: range, step: StepBy
         "FSDP last block forward": (base + acts + last, acts, last),
         "loss and backward start": (base + held.at_loss + step.at_loss + step.logits, step.at_loss, held.at_loss),
     }  # fmt: skip
-    if not (setup.grad_ckpt or setup.runtime.activation_offload):
-        # the second-last block's backward (the last one's saved tensors freed, no shard reduced yet) or the
-        # first block's (every other block's shard reduced)
-        late = (step.grads_during_fwd, step.in_backward - step.last_block_kept)
-        early = (step.grads_during_fwd or step.grads_early, step.early_acts)
-        shards, alive = max(late, early, key=sum)
-        extra = held.block_backward + grads.in_backward
-        moments["FSDP block backward"] = (step.static + shards + extra + alive, alive, extra)
+    # a block's backward, the largest of the second-last block's (the last one's saved tensors freed, no
+    # gradient shard reduced; checkpointed: while it is recomputed), the second block's (the first one
+    # prefetched, every shard but theirs reduced) and the first block's (nothing left to prefetch)
+    recomputed = setup.grad_ckpt or setup.runtime.activation_offload
+    late_acts = step.in_backward if recomputed else step.in_backward - step.last_block_kept
+    # checkpointed, a block's gradients appear as its recomputed tensors are freed: the larger of the two
+    overlap = max(0, grads.block - step.recomputed_block) - grads.block if recomputed else 0
+    blocks = held.block_backward + grads.in_backward + overlap
+    late = (step.grads_during_fwd, late_acts, blocks)
+    second = (step.grads_during_fwd or max(0, step.grads_early - step.block_shard), step.early_acts + step.last_block_kept, blocks)  # fmt: skip
+    early = (step.grads_during_fwd or step.grads_early, step.early_acts, held.root + held.block + grads.in_backward + overlap)  # fmt: skip
+    shards, alive, extra = max(late, second, early, key=sum)
+    moment = "recomputation in backward" if recomputed else "FSDP block backward"
+    moments[moment] = (step.static + shards + alive + extra, alive, extra)
     if grads.root_end:
         end = step.static + step.grads_without_root + grads.root_end
         moments["end of backward"] = (end, 0, grads.root_end)
     return moments
-
-
-def fsdp_recompute_extra(spec: ModelSpec, setup: TrainSetup, layers: range, *, weight_bytes: int, grad_bytes: int) -> int:  # fmt: skip
-    """What FSDP adds to a checkpointed block's recomputation beyond the sharded gradients: the gathered units
-    and the whole gradients of a block's backward (`block_backward`, `FsdpGradients.in_backward`)."""
-    held = fsdp_gathered(spec, setup, layers, weight_bytes).block_backward
-    grads = fsdp_gradients(spec, setup, layers, weight_bytes=weight_bytes, grad_bytes=grad_bytes)
-    return held + grads.in_backward

@@ -28,7 +28,7 @@ from swiftplan.planner.architecture import (
 from swiftplan.planner.breakdown import MemoryBreakdown, Term
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.dtypes import dtype_bytes
-from swiftplan.planner.fsdp_memory import StepBytes, fsdp_gathered_bytes, fsdp_moments, fsdp_recompute_extra
+from swiftplan.planner.fsdp_memory import StepBytes, fsdp_gathered_bytes, fsdp_moments
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective_memory import (
     ObjectiveStates,
@@ -345,12 +345,6 @@ def _phase_peaks(
             + phases.largest_block
             + phases.backward_working,
         )
-        if (
-            setup.runtime.fsdp != "none"
-        ):  # shards only: _fsdp_phases adds the whole gradients and gathered units
-            late = (grads_during_fwd, late[1])
-            early = (grads_during_fwd or _fsdp_sharded(setup, grads - head_grads - embedding_grads - layer_grads), early[1])  # fmt: skip
-            gathered = 0
         grads_then, acts_then = max(late, early, key=sum)
         peaks["recomputation in backward"] = static + gathered + grads_then + acts_then
         acts["recomputation in backward"] = acts_then
@@ -389,13 +383,12 @@ def _fsdp_phases(
     sharded = _fsdp_sharded(setup, states.gradients - root_grads)
     step = StepBytes(static=states.static, grads_during_fwd=grads_during_fwd, grads_without_root=sharded,
                      at_loss=at_loss, in_backward=in_backward, logits=logits,
-                     last_block_kept=phases.block_input or phases.largest_block, grads_early=_fsdp_sharded(setup, sharded - block_grads),
-                     early_acts=phases.shared + phases.largest_block + phases.backward_working)  # fmt: skip
+                     last_block_kept=phases.block_input or phases.largest_block,
+                     grads_early=_fsdp_sharded(setup, sharded - block_grads), block_shard=_fsdp_sharded(setup, block_grads),
+                     recomputed_block=phases.largest_block + phases.backward_working,
+                     early_acts=phases.shared + phases.block_input + phases.below_first_recompute + phases.largest_block
+                     + phases.backward_working)  # fmt: skip
     held = {}
-    if "recomputation in backward" in peaks:  # the gathered units and whole gradients of a block's backward
-        extra = fsdp_recompute_extra(spec, setup, stage_layers, weight_bytes=wb, grad_bytes=gb)
-        peaks["recomputation in backward"] += extra
-        held["recomputation in backward"] = extra
     for moment, (peak, alive, transient) in fsdp_moments(spec, setup, stage_layers, step, weight_bytes=wb, grad_bytes=gb).items():  # fmt: skip
         peaks[moment], acts[moment], held[moment] = peak, alive, transient
     return held
