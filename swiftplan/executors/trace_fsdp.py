@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -51,14 +51,13 @@ from swiftplan.executors.trace import (
     _result,
 )
 from swiftplan.executors.trace_features import TraceFeatures, decoder_layers, offload_decoder
-from swiftplan.executors.trace_memory import CUDA_BLOCK_BYTES, MemoryTracker
+from swiftplan.executors.trace_fsdp_tracker import GATHERED, FsdpTracker
+from swiftplan.executors.trace_memory import CUDA_BLOCK_BYTES
 from swiftplan.executors.trace_model import DTYPES, to_fake
 from swiftplan.executors.trace_patches import cuda_like_kernels, fake_safe_optimizers, unpacked_inputs
 from swiftplan.executors.trace_session import TRACE_DEVICE, hook_logits, register_model, torch_linear
 
 Sharding = Literal["full_shard", "shard_grad_op", "hybrid_shard"]
-GATHERED = "gathered"
-"""The tracker's category for FSDP's gathered (unsharded) parameters; reported beside `at_peak`."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -102,77 +101,6 @@ class FsdpTraceResult:
     """Bytes of gathered (unsharded) parameters alive at the peak."""
     phase_gathered: dict[str, int]
     """Gathered bytes alive at each phase's peak."""
-
-
-# -- the tracker ---------------------------------------------------------------------------------------
-
-
-def _local(t: Any) -> Any:
-    """The local shard of a DTensor (the tensor that has storage), or `t` itself."""
-    from torch.distributed.tensor import DTensor
-
-    return t._local_tensor if isinstance(t, DTensor) else t
-
-
-class FsdpTracker(MemoryTracker):
-    """`MemoryTracker` that counts DTensors by their local shard, sees FSDP's storage resizes, and can
-    leave host memory out (`on_host`)."""
-
-    def __init__(self, *, round_bytes: int = CUDA_BLOCK_BYTES) -> None:
-        super().__init__(round_bytes=round_bytes, phase_snapshots=True)
-        self._host = False
-
-    def track(self, t: torch.Tensor, category: str | None = None) -> None:
-        t = _local(t)
-        if self._host and isinstance(t, torch.Tensor) and id(t.untyped_storage()) not in self._live:
-            self.forget([t])
-            return
-        super().track(t, category)
-
-    def forget(self, tensors: Iterable[torch.Tensor | None]) -> None:
-        super().forget(_local(t) for t in tensors)
-
-    @contextlib.contextmanager
-    def on_host(self) -> Iterator[None]:
-        """Storages created inside the block are host memory: not counted."""
-        self._host = True
-        try:
-            yield
-        finally:
-            self._host = False
-
-    def resized(self, t: torch.Tensor, *, gathered: bool) -> None:
-        """Account for a storage FSDP resized in place; with `gathered`, count it as a gathered parameter.
-        The storage's record is replaced, not changed, so snapshots taken at earlier peaks keep their sizes."""
-        key = id(t.untyped_storage())
-        info = self._live.get(key)
-        if info is None:
-            with self.category(GATHERED if gathered else self.context_category):
-                self.track(t)
-            return
-        if info.ignored:
-            return
-        nbytes = self._rounded(t.untyped_storage().nbytes())
-        fresh = type(info)(nbytes, GATHERED if gathered else info.category, info.origin, info.serial)
-        fresh.ref = info.ref
-        self._live[key] = fresh
-        self._grow(nbytes - info.nbytes)
-
-    def at_peak(self) -> dict[str, int]:
-        """Category -> bytes alive at the peak, gathered parameters left out (`gathered_at_peak`)."""
-        out = super().at_peak()
-        out.pop(GATHERED, None)
-        return out
-
-    def gathered_at_peak(self) -> int:
-        return sum(info.nbytes for info in self._peak_live.values() if info.category == GATHERED)
-
-    def phase_gathered(self) -> dict[str, int]:
-        """Phase -> gathered bytes alive at that phase's peak."""
-        return {
-            phase: sum(info.nbytes for info in live.values() if info.category == GATHERED)
-            for phase, live in self._phase_peak_live.items()
-        }
 
 
 # -- FSDP on the fake process group --------------------------------------------------------------------
