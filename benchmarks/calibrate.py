@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from calibration_split import split_of
+from fit_rules import leave_one_out_text, note_untrusted
 from published_accuracy import ALL_CSVS, _estimate, _unit, read_rows
 from published_rows import Skip, express
 
@@ -159,15 +160,11 @@ def write(result: dict[str, Any], path: Path = CALIBRATION) -> None:
         f"fit set ({rows}), {date.today()}, benchmarks/calibrate.py (grid, least absolute log error)"
     )
     for name in result["fitted"]:
-        loo = sorted({v[0 if name == "dynamic_slack" else 1] for v in result["leave_one_out"].values()})
-        trust = f"; leave-one-out {loo[0]:g}..{loo[-1]:g}"
-        if not result["trusted"][name]:  # an untrusted fit is not written: the current value stays
-            entry = section[name]
-            base = entry["source"].split(" [fit ")[0]
-            entry["source"] = (
-                f"{base} [fit {date.today()}: {result[name]:g} on {rows}{trust} is not trusted (on the grid edge or "
-                "wider than the value): this value kept]"
-            )
+        trust = leave_one_out_text(
+            {v[0 if name == "dynamic_slack" else 1] for v in result["leave_one_out"].values()}
+        )
+        if not result["trusted"][name]:
+            note_untrusted(section[name], value=result[name], rows=rows, trust=trust, today=str(date.today()))
             continue
         held = (
             ""

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from calibration_split import split_of
+from fit_rules import leave_one_out_text, note_untrusted
 from published_accuracy import ALL_CSVS, read_rows
 from published_rows import DECODE_METRICS, Skip, decode_figure, express
 
@@ -256,15 +257,9 @@ def write(result: dict[str, Any], path: Path = CALIBRATION) -> None:
     for name in result["fitted"]:
         value = result["values"][name]
         rows = ", ".join(result["rows"][name])
-        loo = sorted(v[name] for v in result["leave_one_out"].values() if name in v)
-        trust = f"; leave-one-out {loo[0]:g}..{loo[-1]:g}" if loo else "; no leave-one-out"
+        trust = leave_one_out_text(v[name] for v in result["leave_one_out"].values() if name in v)
         if not result["trusted"][name]:
-            entry = section[name]
-            base = entry["source"].split(" [fit ")[0]
-            entry["source"] = (
-                f"{base} [fit {today}: {value:g} on {rows}{trust} is not trusted (grid edge, one row, or "
-                "wider than the value): this value kept]"
-            )
+            note_untrusted(section[name], value=value, rows=rows, trust=trust, today=today)
             continue
         section[name] = {
             "value": value,

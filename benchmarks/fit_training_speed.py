@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from calibration_split import source_key, split_of
+from fit_rules import leave_one_out_text, note_kept, note_untrusted
 from published_accuracy import ALL_CSVS, _estimate, read_rows
 from published_rows import Skip, express
 
@@ -277,16 +278,10 @@ def write(result: dict[str, Any], path: Path = CALIBRATION) -> None:
     section = data[SECTION]
     today = date.today().isoformat()
     for name in result["fitted"]:
-        loo = sorted(v[name] for v in result["leave_one_out"].values() if name in v)
-        trust = f"; leave-one-out {loo[0]:g}..{loo[-1]:g}" if loo else "; no leave-one-out (one row)"
+        trust = leave_one_out_text(v[name] for v in result["leave_one_out"].values() if name in v)
         rows = ", ".join(result["rows"][name])
-        if not result["trusted"][name]:  # the rule calibrate.py follows: an untrusted fit is not written
-            entry = section[name]
-            base = entry["source"].split(" [fit ")[0]
-            entry["source"] = (
-                f"{base} [fit {today}: {result[name]:g} on {rows}{trust} is not trusted (grid edge, one row, or "
-                "wider than the value): this value kept]"
-            )
+        if not result["trusted"][name]:
+            note_untrusted(section[name], value=result[name], rows=rows, trust=trust, today=today)
             continue
         section[name] = {
             "value": result[name],
@@ -297,9 +292,7 @@ def write(result: dict[str, Any], path: Path = CALIBRATION) -> None:
             + (f"; with {', '.join(result['pinned'])} at their kept values" if result.get("pinned") else ""),
         }
     for name, why in result["kept"].items():
-        entry = section[name]
-        base = entry["source"].split(" [fit ")[0]
-        entry["source"] = f"{base} [fit {today}: prior kept, {why}]"
+        note_kept(section[name], why=why, today=today)
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
