@@ -18,3 +18,22 @@ def qwen7b():
 def llama8b():
     """Llama-3.1-8B architecture."""
     return catalog_spec("meta-llama/Llama-3.1-8B")
+
+
+@pytest.fixture(scope="module")
+def release_process_group():  # type: ignore[no-untyped-def]
+    """A module that makes DeepSpeed's gloo group destroys it (and DeepSpeed's clone of it) when it ends, so later
+    tests in the same process start without a default process group (the FSDP trace refuses to stack its fake
+    one on it)."""
+    yield
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    from swiftplan.executors.train.worker import _forget_deepspeed_world_group
+
+    _forget_deepspeed_world_group()

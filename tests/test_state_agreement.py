@@ -22,22 +22,7 @@ from swiftplan.planner.states import state_dtypes
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _release_the_process_group():  # type: ignore[no-untyped-def]
-    """DeepSpeed's gloo group (made once in this module) is destroyed after it, so later tests in the same
-    process start without a default process group (the FSDP trace refuses to stack its fake one on it)."""
-    yield
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    from swiftplan.executors.train.worker import _forget_deepspeed_world_group
-
-    _forget_deepspeed_world_group()
+pytestmark = pytest.mark.usefixtures("release_process_group")
 
 
 DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
