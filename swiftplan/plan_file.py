@@ -458,7 +458,8 @@ def _workload(
     if task == "train":  # the runtime and the objective are stored once, with the set-up
         train = setup if isinstance(setup, TrainSetup) else TrainSetup()
         return TrainWorkload(**fields.model_dump(), runtime=train.runtime, objective=train.objective)
-    return ServeWorkload(**fields.model_dump())
+    serve = setup if isinstance(setup, ServeSetup) else ServeSetup()
+    return ServeWorkload(**fields.model_dump(), runtime=serve.runtime)
 
 
 def _accelerator(path: Path, data: dict[str, Any]) -> Accelerator:

@@ -72,7 +72,8 @@ Examples:
   swiftplan fit Qwen/Qwen2.5-14B --gpus a100-80g --storage sqlite:///study.db   (run again to resume)
 
 Plans are made for an engine that can run them (--engine; swiftplan's own loop for training, vLLM or
-the built-in server for serving); when another engine would run a clearly better plan, fit says so.
+the built-in server for serving; a serving plan's decode is timed with that engine's per-step cost);
+when another engine would run a clearly better plan, fit says so.
 Pins take one value; a comma-separated list allows only those values (--method lora,qlora).
 Exit status: 0 with a plan, 1 when nothing fits (the diagnosis says what would), 2 for bad input.
 """
@@ -100,7 +101,11 @@ GpusOpt = Annotated[
 TaskOpt = Annotated[JobTask, typer.Option("--task", help=TASK_HELP)]
 EngineOpt = Annotated[
     str | None,
-    _opt("--engine", help="Plan for this engine: swiftplan (training); vllm or builtin (serving)."),
+    _opt(
+        "--engine",
+        help="Plan for this engine: swiftplan (training); vllm, sglang, lmdeploy or builtin (serving, decode timed "
+        "with that engine's per-step cost).",
+    ),
 ]
 ObjectiveOpt = Annotated[
     Objective | None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from swiftplan.planner.objective import SFT, ObjectiveSetup
-from swiftplan.planner.setup import AttentionImpl, RuntimeKnobs
+from swiftplan.planner.setup import SERVE_RUNTIMES, AttentionImpl, RuntimeKnobs, ServeRuntime, parse_choice
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -50,3 +50,9 @@ class ServeWorkload:
     """Smallest acceptable decode speed per user, tokens/s."""
     gpu_memory_utilization: float = 0.9
     """vLLM's memory fraction."""
+    runtime: ServeRuntime = "vllm"
+    """Serving engine every candidate's speed is planned for (its per-step decode cost; the engine that
+    serves the plan runs it)."""
+
+    def __post_init__(self) -> None:
+        parse_choice("serving runtime", self.runtime, SERVE_RUNTIMES)

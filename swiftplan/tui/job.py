@@ -90,7 +90,8 @@ class JobRequest:
     trials: int | None
     """Distinct plans to evaluate (None: decided by the size of the space)."""
     runtime: str = "swiftplan"
-    """Training runtime planned for (profiles/runtimes; its engine runs the plan). Serving ignores it."""
+    """Runtime planned for (profiles/runtimes; its engine runs the plan): a training runtime, or for serving a
+    serving runtime (vllm, sglang, lmdeploy) or '' for the default engine."""
     training: str = "sft"
     """The training objective (sft, dpo, kto, orpo, simpo, cpo, rm, ppo, grpo), with fit's defaults."""
     runtime_options: dict[str, Any] = field(default_factory=dict)
@@ -123,6 +124,28 @@ def _ranks(text: str) -> tuple[int, ...] | None:
         return RANKS
     items = _choices(text)
     return None if items is None else tuple(_positive_int("LoRA rank", item) for item in items)
+
+
+def serve_runtime_choices() -> tuple[str, ...]:
+    """Serving runtimes the search can plan for (profiles/runtimes with an engine in engines.json, as
+    `swiftplan fit --task serve --runtime` takes)."""
+    from swiftplan.planner.engines import runtime_engine
+    from swiftplan.planner.runtime import runtime_profiles
+
+    return tuple(n for n, p in runtime_profiles().items() if p.task == "serve" and runtime_engine(n, "serve"))
+
+
+def _serve_runtime(runtime: str) -> str:
+    """The serving runtime field as fit takes it: a serving runtime, or '' (the default engine) for a
+    training runtime left in the field."""
+    if runtime in serve_runtime_choices():
+        return runtime
+    if runtime in runtime_choices():
+        return ""
+    raise SwiftplanError(
+        f"Runtime for serving must be one of {', '.join(serve_runtime_choices())} (or a training runtime, which "
+        f"serving ignores: the default engine), got {runtime!r}."
+    )
 
 
 def parse_job(fields: Mapping[str, str]) -> JobRequest:
@@ -166,6 +189,8 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
         runtime = "ms-swift"
     if task == "train" and runtime not in runtime_choices():
         raise SwiftplanError(f"Runtime must be one of {', '.join(runtime_choices())}, got {runtime!r}.")
+    if task == "serve":
+        runtime = _serve_runtime(runtime)
     overrides: dict[str, Any] = {}
     if task == "train":
         from swiftplan.tui.knobs import runtime_overrides

@@ -36,7 +36,7 @@ class SearchCancelled(Exception):
 
 
 def fit_request(job: JobRequest, *, host_ram_bytes: int, headroom: float = 0.05) -> FitRequest:
-    """The fit request the form describes (the same options `swiftplan fit` takes; the runtime and its
+    """The fit request the form describes (the same options `swiftplan fit` takes; the runtime, and its
     overridden knobs for training)."""
     pins = (
         Pins(methods=job.methods, quants=job.quants, ranks=job.ranks)
@@ -52,7 +52,7 @@ def fit_request(job: JobRequest, *, host_ram_bytes: int, headroom: float = 0.05)
         model=job.model, gpus="auto", task=job.task, objective=job.objective, pareto=job.pareto, pins=pins,
         dataset_tokens=job.dataset_tokens, epochs=job.epochs, global_batch=batch, seq_len=seq,
         context=job.context, concurrency=job.concurrency, headroom=headroom, host_ram_bytes=host_ram_bytes,
-        seed=job.seed, trials=job.trials, runtime=job.runtime if job.task == "train" else None, training=training,
+        seed=job.seed, trials=job.trials, runtime=job.runtime or None, training=training,
         runtime_options=dict(job.runtime_options) if job.task == "train" else {},
     )  # fmt: skip
 

@@ -166,7 +166,8 @@ def plan_for_setup(
         layout = Layout(gpus=gpus, tp=setup.tp)
         replicas = gpus // setup.tp
         workload = workload or ServeWorkload(context=setup.context, concurrency=setup.concurrency * replicas,
-                                             gpu_memory_utilization=setup.gpu_memory_utilization)  # fmt: skip
+                                             gpu_memory_utilization=setup.gpu_memory_utilization,
+                                             runtime=setup.runtime)  # fmt: skip
     else:
         layout = Layout(
             gpus=max(1, gpus - setup.objective.server_gpus), tp=setup.parallel.tp, pp=setup.parallel.pp

@@ -42,6 +42,7 @@ from swiftplan.planner.search.infeasible import Diagnosis
 from swiftplan.planner.search.objective_variants import ObjectivePins
 from swiftplan.planner.search.optimize import SearchResult, SearchSettings
 from swiftplan.planner.search.pins import Pins
+from swiftplan.planner.search.serve_space import engine_runtime
 from swiftplan.planner.setup import AttentionImpl, ServeSetup
 from swiftplan.planner.workload import ServeWorkload, TrainWorkload
 from swiftplan.units import format_gib
@@ -226,6 +227,8 @@ def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str
                      "launches that runs it (pass --engine to choose another).")  # fmt: skip
     if request.runtime is None or request.engine is not None:
         engine = choose_engine(request.engine, task, cluster, launchable=request.runtime is None)
+        if task == "serve" and request.runtime is not None:
+            _check_serve_runtime(engine, request.runtime)
     else:
         own = runtime_engine(request.runtime, task)
         if own is None:
@@ -263,6 +266,23 @@ def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str
                 + ", or override those settings with their flags (--loss, --optimizer-impl, --fsdp, ...).",
             )
     return engine, runtime
+
+
+def _check_serve_runtime(engine: Engine, runtime: str) -> None:
+    """A serving plan is timed for the engine that serves it: --runtime must be a serving runtime and, with
+    --engine, the one that engine runs."""
+    from swiftplan.planner.runtime import get_runtime
+
+    get_runtime(runtime, "serve")  # an unknown name: one error listing the serving runtimes
+    if engine.runtime != runtime:
+        own = runtime_engine(runtime, "serve")
+        raise SwiftplanError(
+            f"--engine {engine.name} and --runtime {runtime} disagree: a serving plan's decode speed is computed "
+            f"for the engine that serves it, and {engine.name} runs "
+            f"{'runtime ' + engine.runtime if engine.runtime else 'no runtime profile'}, not {runtime}.",
+            hint=f"Drop --runtime to plan for {engine.name}"
+            + (f", or drop --engine to plan for {own.name}." if own else "."),
+        )
 
 
 def objective_engine(kind: str, cluster: Cluster) -> Engine:
@@ -447,9 +467,12 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
                     f"--fsdp {runtime.knobs().fsdp} shards instead of DeepSpeed ZeRO; --zero and --offload cannot apply with it."
                 )
             request = replace(request, pins=replace(request.pins, zero=(0,), max_offload="none"))
-    elif runtime is not None and isinstance(workload, ServeWorkload):
+    elif isinstance(workload, ServeWorkload):  # timed for the engine that serves it
+        options = {} if runtime is None else runtime.setup_options()
         workload = replace(
-            workload, **{k: v for k, v in runtime.setup_options().items() if k == "gpu_memory_utilization"}
+            workload,
+            runtime=engine_runtime(engine),
+            **{k: v for k, v in options.items() if k == "gpu_memory_utilization"},
         )
     evaluator = _evaluator(spec, searched, workload, request.pins, engine, request, host[0])
     if searched.accelerator.price_usd_per_hour is None:
@@ -549,6 +572,8 @@ def _alternative(problem: FitProblem, best: Evaluation | None) -> EngineAlternat
     request = problem.request
     if not request.compare_engines or request.pareto:
         return None
+    if request.task == "serve":
+        return _serve_alternative(problem, best)
     offered = problem.offered_cluster
     try:
         free = _evaluator(problem.spec, offered, problem.workload, problem.pins, None, request,
@@ -569,6 +594,33 @@ def _alternative(problem: FitProblem, best: Evaluation | None) -> EngineAlternat
         if e.name != problem.engine.name
     )
     return EngineAlternative(evaluation=other, engines=engines, ratio=ratio) if engines else None
+
+
+def _serve_alternative(problem: FitProblem, best: Evaluation | None) -> EngineAlternative | None:
+    """The best serving plan of each other engine, searched under its limits and timed with its own runtime
+    (its per-step decode cost), when clearly better than the chosen engine's."""
+    from swiftplan.planner.engines import list_engines
+
+    assert isinstance(problem.workload, ServeWorkload)
+    request, found = problem.request, None
+    backend = problem.offered_cluster.accelerator.backend
+    for engine in list_engines("serve"):
+        backends = engine.allowed("backend", backend)
+        if engine.name == problem.engine.name or (backends is not None and backend not in backends):
+            continue
+        try:
+            cluster = _engine_cluster(engine, problem.offered_cluster, [])
+            workload = replace(problem.workload, runtime=engine_runtime(engine))
+            evaluator = _evaluator(problem.spec, cluster, workload, problem.pins, engine, request, 0)
+        except SwiftplanError:  # the engine does not run on these devices or with these pins
+            continue
+        other = _search(evaluator, replace(problem.settings, storage=None, study_name=None), "serve").best
+        if other is None or other.estimate is None:
+            continue
+        ratio = _advantage(other, best, problem.settings.objective)
+        if ratio > 1 + ENGINE_WIN_MARGIN and (found is None or ratio > found.ratio):
+            found = EngineAlternative(evaluation=other, engines=(engine,), ratio=ratio)
+    return found
 
 
 def _advantage(other: Evaluation, best: Evaluation | None, goal: str) -> float:

@@ -17,7 +17,7 @@ from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective import SFT, ObjectiveSetup
 from swiftplan.planner.runtime import DEFAULT_TRAIN_RUNTIME, RuntimeChoice, choose_runtime
 from swiftplan.planner.search.pins import Pins
-from swiftplan.planner.setup import AttentionImpl
+from swiftplan.planner.setup import SERVE_RUNTIMES, AttentionImpl, parse_choice
 from swiftplan.planner.sizing.candidates import DEFAULT_MAX_NODES, DEFAULT_NETWORK_GBPS
 from swiftplan.planner.sizing.prices import Price, PriceOverride, price_table
 from swiftplan.planner.sizing.rank import Constraints, Mode, Objective, Option, Ranking, rank
@@ -240,6 +240,7 @@ def _size_serving(
         context=request.load_context, concurrency=request.concurrency, request_rate=request.request_rate,
         prompt_tokens=request.prompt_tokens, output_tokens=request.output_tokens, ttft_s=request.ttft_s,
         decode_tps=request.decode_tps, gpu_memory_utilization=memory_fraction, max_nodes=request.max_nodes,
+        runtime=None if runtime is None else parse_choice("serving runtime", runtime.profile.name, SERVE_RUNTIMES),
     )  # fmt: skip
     result = size_serving(
         spec, accelerators, load, objective=request.goal, constraints=limits, pins=request.pins,
@@ -251,6 +252,8 @@ def _size_serving(
         "decode_tps": load.decode_tps, "gpu_memory_utilization": load.gpu_memory_utilization,
     }  # fmt: skip
     notes = [] if runtime is None else [runtime.describe()]
+    if load.runtime is not None:
+        notes.append(f"sized for {load.runtime}: its limits and its per-step decode cost time every option.")
     if request.pins.quants is None:
         notes.append(
             "weights sized in 16-bit or fp8; pass --quant none,fp8,int8,nf4 to allow bitsandbytes formats."

@@ -164,6 +164,7 @@ class ServeCandidate:
             concurrency=max(1, self.concurrency),
             tp=self.tp,
             gpu_memory_utilization=workload.gpu_memory_utilization,
+            runtime=workload.runtime,
         )
 
     def simplicity(self) -> tuple:

@@ -12,7 +12,7 @@ from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import ServeCandidate
 from swiftplan.planner.search.pins import Pins, allowed_values, impossible_values, layouts_for
-from swiftplan.planner.setup import KvDtype, Quant, ServeDtype
+from swiftplan.planner.setup import SERVE_RUNTIMES, KvDtype, Quant, ServeDtype, ServeRuntime
 
 SERVE_QUANTS: tuple[Quant, ...] = ("none", "fp8", "int8", "nf4")
 """Weight quantizations the serving search can try (ones vLLM can apply to a bf16 checkpoint at load)."""
@@ -20,6 +20,17 @@ DEFAULT_SERVE_QUANTS: tuple[Quant, ...] = ("none", "fp8")
 """Tried unless --quant says otherwise, by `fit` and `size` alike: 16-bit and fp8 weights. int8 and NF4
 (bitsandbytes) lose accuracy and run slower in vLLM than the roofline suggests (its bitsandbytes path
 dequantizes on the fly), so no plan or purchase rests on them unless asked for."""
+
+DEFAULT_SERVE_RUNTIME: ServeRuntime = "vllm"
+"""The serving runtime a plan's speed is computed for when its engine has none of its own."""
+
+
+def engine_runtime(engine: Engine | None) -> ServeRuntime:
+    """The serving runtime whose per-step decode cost (speed.decode_step_overhead_s) times `engine`'s plans:
+    its own (engines.json `runtime`: vllm, sglang, lmdeploy), else vLLM's (the built-in server has no
+    calibrated step cost yet; None = any engine)."""
+    own = None if engine is None else engine.runtime
+    return next((r for r in SERVE_RUNTIMES if r == own), DEFAULT_SERVE_RUNTIME)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -28,13 +28,14 @@ from types import MappingProxyType
 from typing import Any
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.engines import default_engine
+from swiftplan.planner.engines import Engine, default_engine, runtime_engine
 from swiftplan.planner.hardware import Accelerator, Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import ServeCandidate, ServeWorkload
 from swiftplan.planner.search.evaluate import Evaluation, ServeEvaluator
 from swiftplan.planner.search.pins import Pins
-from swiftplan.planner.search.serve_space import DEFAULT_SERVE_QUANTS, build_serve_space
+from swiftplan.planner.search.serve_space import DEFAULT_SERVE_QUANTS, build_serve_space, engine_runtime
+from swiftplan.planner.setup import SERVE_RUNTIMES, ServeRuntime, parse_choice
 from swiftplan.planner.sizing.candidates import DEFAULT_MAX_NODES, FULL_NODE
 from swiftplan.planner.sizing.prices import Price, catalog_price
 from swiftplan.planner.sizing.rank import Constraints, Objective, Option, ReasonKind, sort_key
@@ -70,8 +71,13 @@ class ServeLoad:
     """vLLM's memory fraction."""
     max_nodes: int = DEFAULT_MAX_NODES
     """Most nodes of 8 GPUs a deployment may use (with max_gpus)."""
+    runtime: ServeRuntime | None = None
+    """Serving runtime (--runtime): its engine's limits and per-step decode cost; None = each accelerator's
+    default engine (vLLM, else the built-in server) with that engine's cost."""
 
     def __post_init__(self) -> None:
+        if self.runtime is not None:
+            parse_choice("serving runtime", self.runtime, SERVE_RUNTIMES)
         rate = self.request_rate is not None
         if rate == (self.concurrency is not None):
             raise SwiftplanError(
@@ -266,8 +272,13 @@ def _size_accelerator(
     """The best deployment on one accelerator type, the shapes tried and the estimates made."""
     per_node = 1 if accelerator.unified_memory else FULL_NODE
     cluster = Cluster(accelerator=accelerator, gpus_per_node=per_node)
+    engine = serve_engine(load.runtime, accelerator)
+    backends = engine.allowed("backend", accelerator.backend)
+    if backends is not None and accelerator.backend not in backends:
+        why = f"{engine.name} does not run on {accelerator.backend} devices"
+        return base.rejected("unsupported", why), 0, 0
     try:
-        space = build_serve_space(spec, cluster, pins, default_engine("serve", accelerator.backend))
+        space = build_serve_space(spec, cluster, pins, engine)
     except SwiftplanError as error:
         return base.rejected("unsupported", error.message), 0, 0
     workload = ServeWorkload(
@@ -275,6 +286,7 @@ def _size_accelerator(
         ttft_s=load.ttft_s,
         decode_tps=load.decode_tps,
         gpu_memory_utilization=load.gpu_memory_utilization,
+        runtime=load.runtime or engine_runtime(engine),
     )
     evaluator = ServeEvaluator(spec, cluster, workload, space, headroom=headroom)
     options: list[tuple[tuple, Option]] = []
@@ -292,6 +304,13 @@ def _size_accelerator(
         return min(options, key=lambda pair: pair[0])[1], shapes, evaluator.estimates
     kind, reason = _why_not(closest, max_gpus, load)
     return base.rejected(kind, reason), shapes, evaluator.estimates
+
+
+def serve_engine(runtime: ServeRuntime | None, accelerator: Accelerator) -> Engine:
+    """The engine a deployment is sized for: the one that runs `runtime` (engines.json `runtime`), else the
+    accelerator's default (vLLM where it runs, else the built-in server)."""
+    own = None if runtime is None else runtime_engine(runtime, "serve")
+    return own or default_engine("serve", accelerator.backend)
 
 
 def size_serving(
