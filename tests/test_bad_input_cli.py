@@ -295,6 +295,12 @@ CASES = [
     ("estimate-tp-0", (*EST, "--tp", "0"), ["--tp", "positive integer"]),
     ("estimate-pp-0", (*EST, "--pp", "0"), ["--pp", "positive integer"]),
     ("estimate-gpus", (*EST, "--gpus", "gtx9090"), ["'gtx9090'", "swiftplan gpus"]),
+    (
+        "estimate-network-word",
+        (*EST, "--gpus", "2x8xH100@fast"),
+        ["'@fast'", "@<Gb/s per node>gbps", "400gbps"],
+    ),
+    ("estimate-network-zero", (*EST, "--gpus", "2x8xH100@0gbps"), ["Bad network speed '0'", "positive"]),
     ("estimate-task", (*EST, "--task", "infer"), ["--task", "'infer'", "serve"]),
     ("estimate-engine", (*EST, "--engine", "bogus"), ["'bogus'", "swiftplan"]),
     (

@@ -441,6 +441,12 @@ def parse_cluster(text: str) -> Cluster:
                 "Example: 2x8xH100@400gbps.",
             )
         network = network_bytes_per_s(float(raw))
+    elif "@" in text:
+        raise SwiftplanError(
+            f"Bad network suffix {text[text.index('@') :]!r} in {text!r}: the network between nodes is written "
+            "@<Gb/s per node>gbps.",
+            "Example: 2x8xH100@400gbps.",
+        )
     counts: list[int] = []
     rest = network_match.group(1) if network_match else text
     while len(counts) < 2 and (match := _COUNT_PREFIX.match(rest)):
