@@ -85,13 +85,15 @@ def adamw_impl_temporary_bytes(knobs: RuntimeKnobs, *, trainable: int, largest: 
     fused: the CUDA kernel updates in place, none. foreach (`_multi_tensor_adamw`, torch's default on
     CUDA when neither flag is given, `_default_to_fused_or_foreach`): `torch._foreach_sqrt(exp_avg_sqs)`
     makes one new tensor per parameter, all alive until `_foreach_addcdiv_` — one parameter-sized
-    temporary in the state dtype. for_loop: the same per parameter, so the largest one. Source:
-    torch 2.13 torch/optim/adam.py (`exp_avg_sq_sqrt = torch._foreach_sqrt(...)`), torch/optim/optimizer.py;
-    traced on fake tensors (tests/test_runtime_terms.py)."""
+    temporary in the state dtype. for_loop (`_single_tensor_adam`): `denom = (exp_avg_sq.sqrt() /
+    bias_correction2_sqrt).add_(eps)` holds the sqrt and the quotient at once, two temporaries the size of
+    the parameter being stepped, so twice the largest. Source: torch 2.13 torch/optim/adam.py
+    (`exp_avg_sq_sqrt = torch._foreach_sqrt(...)`; `_single_tensor_adam`'s denom), torch/optim/optimizer.py;
+    traced on fake tensors (tests/test_runtime_terms.py, for_loop: tests/test_trace_knobs.py)."""
     if knobs.optimizer_impl == "foreach":
         return trainable * state_bytes
     if knobs.optimizer_impl == "for_loop":
-        return min(largest, trainable) * state_bytes
+        return 2 * min(largest, trainable) * state_bytes
     return 0
 
 

@@ -166,7 +166,7 @@ class RuntimeKnobs:
     of tokens / ceil(vocab / hidden)."""
     optimizer_impl: OptimizerImpl = "fused"
     """torch AdamW kernel: fused (in place), foreach (one parameter-sized temporary; torch's CUDA
-    default), for_loop (one temporary the size of the largest parameter)."""
+    default), for_loop (two temporaries the size of the largest parameter: sqrt and quotient)."""
     modules_to_save: tuple[SavedModule, ...] = ()
     """Modules trained in full next to LoRA (peft modules_to_save): a trainable copy of each."""
     optimizer_in_backward: bool = False

@@ -27,7 +27,7 @@ from swiftplan.planner.architecture import (
 )
 from swiftplan.planner.breakdown import MemoryBreakdown, Term
 from swiftplan.planner.calibration import constant
-from swiftplan.planner.dtypes import dtype_bytes
+from swiftplan.planner.dtypes import activation_dtype_bytes, dtype_bytes
 from swiftplan.planner.fsdp_memory import StepBytes, fsdp_gathered_bytes, fsdp_moments
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective_memory import (
@@ -128,9 +128,9 @@ def _matrix_shape_sum(spec: ModelSpec) -> int:
 
 
 def _optimizer_step_temporaries(
-    spec: ModelSpec, setup: TrainSetup, trainable: int, dtypes: StateDtypes, *, dp: int
+    spec: ModelSpec, setup: TrainSetup, trainable: int, dtypes: StateDtypes, *, dp: int, saved: int = 0
 ) -> int:
-    """Extra bytes live during optimizer.step().
+    """Extra bytes live during optimizer.step() (`saved`: the modules_to_save copies among `trainable`).
 
     Plain torch: AdamW per its implementation (`runtime_terms.adamw_impl_temporary_bytes`) over the
     trainable parameters; Adafactor (transformers) loops over parameters and for the largest one holds
@@ -138,22 +138,26 @@ def _optimizer_step_temporaries(
     its elements (2 × 4 B when the parameter is already fp32); SGD and the 8-bit optimizers update in
     place. DeepSpeed ZeRO steps flat partitions of this rank's share, one group at a time, each with a
     master-dtype gradient copy (`runtime_terms.zero_step_temporary_bytes`): the optimizer's temporaries
-    are those of one partition, not of the whole model.
+    are those of one partition, not of the whole model. With the optimizer in backward (torchtune's
+    OptimizerInBackward, one optimizer per parameter) each step covers one parameter, so the temporaries
+    are those of the largest (traced: tests/test_trace_knobs.py).
     """
-    if trainable == 0 or setup.runtime.optimizer_in_backward:
-        return 0  # stepped parameter by parameter inside backward: no whole-model step
+    if trainable == 0:
+        return 0
     state_bytes = dtype_bytes(dtypes.optimizer)
     largest = min(largest_param_elements(spec), trainable)
     if not deepspeed_zero(setup):
         if setup.optimizer == "adamw":
-            return adamw_impl_temporary_bytes(
-                setup.runtime, trainable=trainable, largest=largest, state_bytes=state_bytes
-            )
+            wb = dtype_bytes(dtypes.weights)
+            return _torch_adamw_temporaries(setup, trainable=trainable, largest=largest, saved=saved,
+                                            state_bytes=state_bytes, saved_bytes=wb)  # fmt: skip
         return _other_optimizer_temporaries(spec, setup, largest, state_bytes)
+    if setup.runtime.optimizer_in_backward:  # one optimizer per parameter, stepped in backward
+        trainable = largest
     group = zero_step_group_elements(
         stage=setup.parallel.zero, partition=-(-trainable // dp), largest_partition=-(-largest // dp)
     )
-    if setup.optimizer == "adamw":  # one flat tensor: foreach and for_loop both hold one group-sized sqrt
+    if setup.optimizer == "adamw":  # one flat tensor: a group-sized sqrt (for_loop: and its quotient)
         optimizer_temp = adamw_impl_temporary_bytes(
             setup.runtime, trainable=group, largest=group, state_bytes=state_bytes
         )
@@ -165,6 +169,26 @@ def _optimizer_step_temporaries(
         master_bytes=dtype_bytes(dtypes.master or dtypes.gradients),
         optimizer_temp=optimizer_temp,
     )
+
+
+def _torch_adamw_temporaries(
+    setup: TrainSetup, *, trainable: int, largest: int, saved: int, state_bytes: int, saved_bytes: int
+) -> int:
+    """torch AdamW's step temporaries (`adamw_impl_temporary_bytes`), each parameter's in its own state dtype:
+    modules_to_save copies (`saved` elements, one vocab × hidden tensor each) keep theirs in the module dtype
+    beside fp32 adapters. foreach holds every parameter's at once, for_loop one parameter's. With the
+    optimizer in backward (one optimizer per parameter, torchtune's OptimizerInBackward) each step covers
+    one parameter: the larger of the two kinds' largest (traced: tests/test_trace_knobs.py)."""
+    knobs, rest = setup.runtime, trainable - saved
+    each_saved = saved // max(1, len(knobs.modules_to_save))
+    if knobs.optimizer_in_backward:
+        rest, saved = min(largest, rest), each_saved
+    own = adamw_impl_temporary_bytes(
+        knobs, trainable=rest, largest=min(largest, rest), state_bytes=state_bytes
+    )
+    copies = adamw_impl_temporary_bytes(knobs, trainable=saved, largest=each_saved, state_bytes=saved_bytes)
+    one_at_a_time = knobs.optimizer_impl == "for_loop" or knobs.optimizer_in_backward
+    return max(own, copies) if one_at_a_time else own + copies
 
 
 def _other_optimizer_temporaries(spec: ModelSpec, setup: TrainSetup, largest: int, state_bytes: int) -> int:
@@ -211,6 +235,43 @@ def _grad_shares(spec: ModelSpec, setup: TrainSetup, grads: int, layers: range) 
     if setup.objective.kind == "rm":  # no LM head: the (tied or not) embedding's gradient arrives last
         head, embedding = spec.hidden_size, spec.vocab_size * spec.hidden_size
     return grads * head // total, grads * per_layer // total, grads * embedding // total
+
+
+HEAD_STEP = "head step in backward"
+"""Optimizer in backward, untied LM head: its gradient made and stepped while every activation is saved."""
+
+
+def _head_step_transient(spec: ModelSpec, setup: TrainSetup, step_temp: int) -> int:
+    """The larger of what the untied head's in-backward step moment holds beyond its gradient and the saved
+    activations: the logits' gradient (B × S × V, compute dtype; none under a fused linear loss) while the
+    head's gradient is made, or the step's temporaries (`_optimizer_step_temporaries`) after it is freed."""
+    tokens = setup.micro_batch * setup.seq_len
+    logits_grad = (
+        0
+        if setup.runtime.loss == "fused_linear"
+        else tokens * spec.vocab_size * activation_dtype_bytes(setup)
+    )
+    return max(logits_grad, step_temp)
+
+
+def _in_backward_grads(spec: ModelSpec, setup: TrainSetup, grads: int) -> tuple[int, int]:
+    """With the optimizer stepped in backward (one gradient, `grads`, alive at a time): (the LM head's gradient
+    when the head's backward makes it, the gradient held through the rest of backward). Untied, the head's is
+    stepped and freed at once and none is held; tied, it waits in autograd's input buffer until the
+    embedding's arrives at the end of backward (then summed out of place: three vocab × hidden gradients at
+    once, the `end of backward` moment). LoRA: peft's modules_to_save copy of lm_head is a parameter of its
+    own (never tied), in the module dtype; the adapters' gradients are small and none is held. Traced
+    (tests/test_trace_knobs.py)."""
+    if setup.trains_adapters:
+        if "lm_head" not in setup.runtime.modules_to_save:
+            return 0, 0
+        return gradient_bytes(spec.vocab_size * spec.hidden_size, dtype_bytes(state_dtypes(setup).weights)), 0
+    if setup.objective.kind == "rm" or grads == 0:
+        return 0, 0
+    head = min(
+        grads, gradient_bytes(spec.vocab_size * spec.hidden_size, dtype_bytes(state_dtypes(setup).gradients))
+    )
+    return head, head if spec.tie_word_embeddings else 0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -264,9 +325,11 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
     optim += optimizer_state_bytes(
         saved, setup.optimizer, wb, matrix_shape_sum=saved and 2 * (spec.vocab_size + spec.hidden_size)
     )
-    if knobs.optimizer_in_backward:  # one gradient at a time (torchtune optimizer_in_bwd)
-        largest = min(largest_param_elements(spec), trainable_here)
-        grads = gradient_bytes(largest, dtype_bytes(dtypes.gradients))
+    if knobs.optimizer_in_backward:  # one gradient at a time (torchtune optimizer_in_bwd), each in its own
+        # dtype: a modules_to_save copy's in the module's (traced: tests/test_trace_knobs.py)
+        largest = min(largest_param_elements(spec), trainable_here - saved)
+        each_saved = saved // max(1, len(knobs.modules_to_save))
+        grads = max(gradient_bytes(largest, dtype_bytes(dtypes.gradients)), gradient_bytes(each_saved, wb))
     master = master_weight_bytes(trainable_here, dtype_bytes(dtypes.master)) if dtypes.master else 0
     stage, shards = sharding_stage(setup), shard_degree(setup, dp)
     if stage >= 1:
@@ -327,6 +390,9 @@ def _phase_peaks(
     static = states.static
     grads_during_fwd = grads if setup.grad_accum > 1 else 0
     head_grads, layer_grads, embedding_grads = _grad_shares(spec, setup, grads - states.bucket, stage_layers)
+    early_grads = grads - layer_grads - embedding_grads
+    if setup.runtime.optimizer_in_backward:
+        head_grads, early_grads = _in_backward_grads(spec, setup, grads)
     peaks = {
         "loss and backward start": static + gathered + grads_during_fwd + at_loss + logits,
         "optimizer step": static + grads + step_temp,
@@ -336,9 +402,10 @@ def _phase_peaks(
         # Backward recomputes one block at a time, last block first. Recomputing the last one: all
         # block inputs kept, only the head's gradients exist; recomputing the first: one input
         # left, every gradient but the first block's and the (untied) embedding's.
-        late = ((grads_during_fwd or head_grads), in_backward)
+        kept = early_grads if setup.runtime.optimizer_in_backward else head_grads  # stepped: only a tied one
+        late = ((grads_during_fwd or kept), in_backward)
         early = (
-            grads_during_fwd or grads - layer_grads - embedding_grads,
+            grads_during_fwd or early_grads,
             phases.shared
             + phases.block_input
             + phases.below_first_recompute
@@ -358,6 +425,11 @@ def _phase_peaks(
         # Tied embeddings: the embedding's gradient arrives last and is added out of place to the LM
         # head's, so two extra vocab × hidden gradients coexist with all others (traced).
         peaks["end of backward"] = static + grads + 2 * head_grads
+    if setup.runtime.optimizer_in_backward and head_grads and not early_grads:
+        # untied: the head's gradient is made beside the logits' gradient and stepped at once (its step
+        # temporaries after that gradient is freed), every saved activation still alive (traced)
+        peaks[HEAD_STEP] = static + head_grads + at_loss + _head_step_transient(spec, setup, step_temp)
+        acts[HEAD_STEP] = at_loss
     held = _fsdp_phases(spec, setup, states, phases, stage_layers, peaks, acts, logits=logits, at_loss=at_loss,
                         in_backward=in_backward, root_grads=head_grads + embedding_grads, block_grads=layer_grads)  # fmt: skip
     return peaks, acts, at_loss, in_backward, held
@@ -465,7 +537,9 @@ def train_memory(
     )
     logits = objective_logits_bytes(spec, setup, tp=tp)
     step_temp = (
-        _optimizer_step_temporaries(spec, setup, states.trainable_here, dtypes, dp=dp)
+        _optimizer_step_temporaries(
+            spec, setup, states.trainable_here, dtypes, dp=dp, saved=states.saved_modules
+        )
         if par.offload == "none" and not setup.runtime.fsdp_cpu_offload  # offloaded: stepped on the CPU
         else 0
     )
@@ -480,10 +554,15 @@ def train_memory(
         phase_acts["generation"] = 0
     activations = max(at_loss, in_backward)
     phase = max(phase_peaks, key=lambda name: phase_peaks[name])
-    head_grads = _grad_shares(spec, setup, states.gradients - states.bucket, stage_layers)[0]
+    head_grads = (
+        _in_backward_grads(spec, setup, states.gradients)[0]
+        if setup.runtime.optimizer_in_backward
+        else _grad_shares(spec, setup, states.gradients - states.bucket, stage_layers)[0]
+    )
     transient = {
         "optimizer step": step_temp,
         "end of backward": 2 * head_grads,
+        HEAD_STEP: _head_step_transient(spec, setup, step_temp),
         "reference forward": states.gathered
         + reference_forward_bytes(spec, setup, states.objective.reference_kind),
         "generation": rollout.during_generation,
