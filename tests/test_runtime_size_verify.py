@@ -149,8 +149,14 @@ def test_verify_runs_torchtunes_chunked_loss() -> None:
 VERIFY_BAD = [
     (("--runtime", "hf"), ["--loss fused_linear", "runtime hf"]),
     (("--fsdp", "fsdp2"), ["--fsdp fsdp2"]),
-    (("--method", "lora", "--modules-to-save", "lm_head"), ["--modules-to-save lm_head"]),
-    (("--optimizer-in-backward",), ["--optimizer-in-backward"]),
+    (
+        ("--task", "dpo", "--method", "lora", "--modules-to-save", "lm_head"),
+        ["--modules-to-save lm_head with --task dpo"],
+    ),
+    (
+        ("--optimizer-in-backward", "--fsdp", "fsdp2", "--gpus", "2xH100"),
+        ["--optimizer-in-backward with --fsdp fsdp2"],
+    ),
     (("--loss", "magic"), ["--loss", "'magic'"]),
     (("--runtime", "nemo"), ["--runtime", "'nemo'"]),
     (("--task", "serve", "--runtime", "vllm"), ["--runtime does not apply"]),

@@ -21,7 +21,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from swiftplan.executors.trace_features import TraceFeatures, checkpoint_selected, offload_decoder
+from swiftplan.executors.trace_features import (
+    OptimizerInBackward,
+    TraceFeatures,
+    checkpoint_selected,
+    offload_decoder,
+)
 from swiftplan.executors.trace_memory import CATEGORIES, CUDA_BLOCK_BYTES, MemoryTracker
 from swiftplan.executors.trace_model import (
     DTYPES,
@@ -208,7 +213,9 @@ def _numerics_notes(precision: str, optimizer: str) -> list[str]:
             "of all trainable params; 'adamw-fused' (the HF Trainer default) has none"
         )
     if optimizer == "adamw-for-loop":
-        notes.append("AdamW for_loop: step() holds a sqrt(exp_avg_sq) temporary the size of one parameter")
+        notes.append(
+            "AdamW for_loop: step() holds sqrt(exp_avg_sq) and its quotient, each the size of one parameter"
+        )
     return notes
 
 
@@ -227,7 +234,11 @@ def _build_model(
         checkpoint_selected(model, features, notes, after_lora=False)
     if method == "lora":
         model = apply_lora(
-            model, **lora, notes=notes, autocast_adapter_dtype=features.adapter_dtype == "fp32"
+            model,
+            **lora,
+            notes=notes,
+            autocast_adapter_dtype=features.adapter_dtype == "fp32",
+            modules_to_save=features.modules_to_save,
         )
     else:
         model.requires_grad_(True)
@@ -273,10 +284,23 @@ def training_rig(
             p.register_post_accumulate_grad_hook(lambda p: tracker.classify([p.grad], "gradients"))
         if features.activation_offload:  # the decoder's saved tensors to host memory (trace_features)
             offload_decoder(model, tracker, notes)
+        if features.optimizer_in_backward:  # one optimizer per parameter, stepped by its grad hook
+            stepped: torch.optim.Optimizer = OptimizerInBackward(
+                trainable,
+                lambda ps: _make_optimizer(optimizer, ps),
+                tracker=tracker,
+                after_step=lambda opt: _classify_optimizer_state(tracker, opt),
+            )
+            notes.append(
+                f"optimizer in backward: one {optimizer} per parameter, stepped from its post-accumulate-grad "
+                "hook and its gradient set to None there (torchtune OptimizerInBackward)"
+            )
+        else:
+            stepped = _make_optimizer(optimizer, trainable)
         yield TrainingRig(
             model=model,
             tracker=tracker,
-            optimizer=_make_optimizer(optimizer, trainable),
+            optimizer=stepped,
             batch=batch,
             seq=seq,
             autocast_dtype=DTYPES[precision.removeprefix("amp-")] if amp else None,

@@ -11,12 +11,16 @@ offloading (planner/runtime_features.py models both).
   next node's are brought back) with torch's own host copy (`torch.autograd.graph.save_on_cpu`'s pack and
   unpack). The trace runs on the CPU, so the host copies are taken out of the count (`MemoryTracker.forget`)
   and each tensor brought back is a fresh device copy.
+- `OptimizerInBackward`: torchtune's optimizer step fused into backward (pytorch/torchtune @ bd2a0fc
+  torchtune/modules/optim.py OptimizerInBackward, used by recipes/full_finetune_single_device.py when
+  optimizer_in_bwd: True): one optimizer per parameter, stepped from torch's post-accumulate-grad hook, which
+  then sets the gradient to None, so one gradient is alive at a time; `step()` after backward does nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +47,10 @@ class TraceFeatures:
     """The decoder's saved tensors to host memory."""
     adapter_dtype: str = "fp32"
     """LoRA adapters in fp32 (peft's default upcast) or in the model dtype (autocast_adapter_dtype=False)."""
+    optimizer_in_backward: bool = False
+    """Each parameter stepped and its gradient freed in backward (`OptimizerInBackward`)."""
+    modules_to_save: tuple[str, ...] = ()
+    """LoRA: modules peft trains in full beside the adapters (LoraConfig(modules_to_save=...))."""
 
 
 def checkpoint_selected(model: Any, features: TraceFeatures, notes: list[str], *, after_lora: bool) -> None:
@@ -158,3 +166,43 @@ def offload_saved_tensors(tracker: MemoryTracker) -> Iterator[None]:
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         yield  # the stash outlives the context (torchtune frees it in backward)
+
+
+class OptimizerInBackward(torch.optim.Optimizer):
+    """torchtune's OptimizerInBackward: `make([p])` builds one optimizer per trainable parameter, stepped by
+    the parameter's post-accumulate-grad hook (registered after the tracer's own, which classifies the
+    gradient) and zeroed right after (set_to_none); its step temporaries are "activations", its state is handed
+    to `after_step`. `step()` and `zero_grad()` after backward are no-ops, as in the recipe."""
+
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        make: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+        *,
+        tracker: MemoryTracker,
+        after_step: Callable[[torch.optim.Optimizer], None],
+    ) -> None:
+        params = list(params)
+        self.optimizers: dict[int, torch.optim.Optimizer] = {}
+        for p in params:
+            if p.requires_grad:
+                self.optimizers[id(p)] = make([p])
+                p.register_post_accumulate_grad_hook(self._step_and_clear)
+        self._tracker, self._after_step = tracker, after_step
+        super().__init__(params, {})
+
+    def _step_and_clear(self, param: torch.Tensor) -> None:
+        optimizer = self.optimizers[id(param)]
+        with self._tracker.category("activations"):
+            optimizer.step()
+        self._after_step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        """Nothing: every parameter was stepped in backward."""
+        if closure is not None:
+            raise RuntimeError("OptimizerInBackward does not support closures.")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=set_to_none)

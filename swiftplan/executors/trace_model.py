@@ -102,6 +102,7 @@ def apply_lora(
     notes: list[str],
     task_type: str = "CAUSAL_LM",
     autocast_adapter_dtype: bool = True,
+    modules_to_save: Sequence[str] = (),
 ) -> nn.Module:
     """Wrap the meta `model` with peft LoRA as `get_peft_model` does (call outside any fake mode).
 
@@ -113,6 +114,9 @@ def apply_lora(
     dtype (--adapter-dtype model). peft picks that dtype when it moves fresh adapters to the base layer
     (`_move_adapter_to_device_of_base_layer`), which it skips for adapters created on meta, so this path
     builds them on the CPU (small: rank × width per module) and lets peft move them.
+    `modules_to_save` (--modules-to-save): peft wraps each named module in a `ModulesToSaveWrapper` holding a
+    trainable deep copy (LoraConfig(modules_to_save=...); with tied embeddings and peft's default
+    ensure_weight_tying=False, embed_tokens and lm_head each get their own copy).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -123,6 +127,7 @@ def apply_lora(
         lora_dropout=dropout,
         target_modules=target_modules,
         task_type=task_type,
+        modules_to_save=list(modules_to_save) or None,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -158,8 +163,23 @@ def apply_lora(
     unmatched = [t for t in target_modules if t not in wrapped] if not isinstance(target_modules, str) else []
     if unmatched:
         notes.append(f"LoRA targets with no matching module in this model: {', '.join(unmatched)}")
+    if modules_to_save:
+        copies = {
+            n: p for n, p in peft_model.named_parameters() if p.requires_grad and is_saved_module_param(n)
+        }
+        dtypes = "/".join(sorted({str(p.dtype).removeprefix("torch.") for p in copies.values()}))
+        notes.append(
+            f"modules_to_save {','.join(modules_to_save)}: peft ModulesToSaveWrapper, "
+            f"{sum(p.numel() for p in copies.values()):,} trainable {dtypes} params in {len(copies)} copies"
+        )
     return peft_model
 
 
+def is_saved_module_param(name: str) -> bool:
+    """A parameter of peft's trainable copy of a `modules_to_save` module (`...lm_head.modules_to_save.default.weight`)."""
+    return ".modules_to_save." in name
+
+
 def is_adapter_param(name: str) -> bool:
-    return "lora_" in name
+    """What the planner counts as adapters: LoRA's A/B (and DoRA magnitudes) and peft's modules_to_save copies."""
+    return "lora_" in name or is_saved_module_param(name)

@@ -24,7 +24,7 @@ from swiftplan.planner.calibration import constant
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.serve_memory import ServeMemory, serve_memory
 from swiftplan.planner.setup import RuntimeKnobs, ServeSetup, TrainSetup
-from swiftplan.planner.train_memory import TrainMemory, train_memory
+from swiftplan.planner.train_memory import HEAD_STEP, TrainMemory, train_memory
 
 TERMS = TENSOR_TERMS
 
@@ -85,6 +85,9 @@ def _estimate_at_peak(memory: TrainMemory, setup: TrainSetup, workspace: int) ->
     at_peak["activations"] = memory.phase_activations[device.peak_phase]
     if device.peak_phase in ("optimizer step", "end of backward"):
         at_peak["activations"] = device.transient  # optimizer temporaries count as activations in the trace
+        at_peak["logits"] = 0
+    elif device.peak_phase == HEAD_STEP:  # the untied head's gradient stepped in backward, activations saved
+        at_peak["activations"] += device.transient  # the logits' gradient or the step's temporaries
         at_peak["logits"] = 0
     else:
         if device.peak_phase != "loss and backward start":
@@ -147,6 +150,8 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2, world
             ckpt_position=knobs.ckpt_position,
             activation_offload=knobs.activation_offload,
             adapter_dtype=knobs.adapter_dtype,
+            optimizer_in_backward=knobs.optimizer_in_backward,
+            modules_to_save=knobs.modules_to_save,
         ),
     )
     workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))

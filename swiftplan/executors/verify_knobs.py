@@ -32,12 +32,6 @@ def untraceable_knobs(knobs: RuntimeKnobs) -> list[str]:
             "(one flat buffer per wrapped unit, freed and re-gathered by resizing its storage) is not "
             "instrumented, so its bytes would be miscounted (--fsdp fsdp2 shards the same states per parameter)"
         )
-    if knobs.modules_to_save:
-        reasons.append(
-            f"--modules-to-save {','.join(knobs.modules_to_save)}: the tracer's peft model trains LoRA only"
-        )
-    if knobs.optimizer_in_backward:
-        reasons.append("--optimizer-in-backward: the tracer steps the optimizer after backward")
     if knobs.float8:
         reasons.append(
             "--float8: torchao's Float8Linear is checked on its own in the tests, not swapped into the traced model"
@@ -49,6 +43,7 @@ def refuse_untraceable(knobs: RuntimeKnobs, *, world_size: int = 1, task: str = 
     """One SwiftplanError listing every setting of `knobs` the tracer cannot run on `world_size` devices for
     `task` (nothing when it can)."""
     reasons = untraceable_knobs(knobs) + untraceable_fsdp(knobs, world_size=world_size, task=task)
+    reasons += untraceable_step_knobs(knobs, task=task)
     if reasons := reasons + untraceable_adapter_dtype(knobs, task=task):
         raise SwiftplanError(
             f"verify cannot trace runtime {knobs.name}'s " + "; ".join(reasons) + ".",
@@ -94,3 +89,27 @@ def untraceable_adapter_dtype(knobs: RuntimeKnobs, *, task: str = "train") -> li
     if knobs.fsdp != "none":
         return [f"--adapter-dtype model with --fsdp {knobs.fsdp}: the FSDP trace builds peft's fp32 adapters"]
     return []
+
+
+def untraceable_step_knobs(knobs: RuntimeKnobs, *, task: str = "train") -> list[str]:
+    """--optimizer-in-backward and --modules-to-save where the trace would not run them: the single-device SFT
+    trace steps each parameter from its gradient hook and builds peft's modules_to_save copies
+    (`trace_features.OptimizerInBackward`, `trace_model.apply_lora`); the objective and FSDP traces do not."""
+    if task not in ("train", "sft"):
+        where = (f"--task {task}", "the objective trace")
+    elif knobs.fsdp != "none":
+        where = (f"--fsdp {knobs.fsdp}", "the FSDP trace")
+    else:
+        return []
+    reasons = []
+    if knobs.modules_to_save:
+        reasons.append(
+            f"--modules-to-save {','.join(knobs.modules_to_save)} with {where[0]}: {where[1]}'s peft model trains "
+            "LoRA only (the single-device SFT trace builds peft's modules_to_save copies)"
+        )
+    if knobs.optimizer_in_backward:
+        reasons.append(
+            f"--optimizer-in-backward with {where[0]}: {where[1]} steps the optimizer after backward (the "
+            "single-device SFT trace steps each parameter from its gradient hook)"
+        )
+    return reasons
