@@ -49,7 +49,9 @@ def test_fit_times_the_plan_for_the_runtime_asked_and_records_it() -> None:
     assert vllm["plan"]["serve"]["quant"] == lmdeploy["plan"]["serve"]["quant"] == "none"
     fast = lmdeploy["plan"]["prediction"]["per_user_decode_tokens_per_s"]
     slow = vllm["plan"]["prediction"]["per_user_decode_tokens_per_s"]
-    assert fast > 2 * slow  # vLLM's 4 ms per step is most of a 0.5B model's decode step on an H100, LMDeploy's 0.9
+    assert (
+        fast > 2 * slow
+    )  # vLLM's 4 ms per step is most of a 0.5B model's decode step on an H100, LMDeploy's 0.9
     # the same set-up, so the decode steps differ by exactly the two engines' per-step costs
     assert 1 / slow - 1 / fast == pytest.approx(_overhead_s("vllm") - _overhead_s("lmdeploy"), rel=1e-6)
 
