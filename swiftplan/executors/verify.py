@@ -15,6 +15,7 @@ torchtune does (`trace_loss.chunked_loss`). Knobs the tracer cannot run are refu
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from swiftplan.executors.trace import OptimizerName, TraceResult, trace_serving, trace_training
 from swiftplan.executors.trace_features import TraceFeatures
@@ -98,6 +99,35 @@ def _estimate_at_peak(memory: TrainMemory, setup: TrainSetup, workspace: int) ->
     return at_peak | {"peak_allocated": total}
 
 
+def trace_arguments(spec: ModelSpec, setup: TrainSetup, *, optimizer: str, steps: int) -> dict[str, Any]:
+    """The tracer's keyword arguments for `setup` (its method, adapters, shapes and runtime knobs), traced with
+    `optimizer` (an 8-bit optimizer is traced as adamw by the callers); the FSDP tracer takes the same."""
+    lora, knobs = setup.lora, setup.runtime
+    return {
+        "method": "lora" if setup.method == "lora" else "full",
+        "precision": setup.precision,
+        "lora_rank": lora.rank if lora else 16,
+        "lora_dropout": lora.dropout if lora else 0.0,
+        "lora_targets": "all-linear" if lora and lora.all_linear else (lora.targets if lora else ("q_proj",)),
+        "optimizer": _traced_optimizer(setup.optimizer, optimizer, knobs),
+        "batch": setup.micro_batch,
+        "seq": setup.seq_len,
+        "grad_ckpt": setup.grad_ckpt,
+        "attn_implementation": "eager" if setup.attention == "eager" or spec.eager_attention_only else "sdpa",
+        "steps": steps,
+        "loss": "chunked" if knobs.loss == "chunked" else "full",
+        "loss_chunks": knobs.loss_chunks,
+        "features": TraceFeatures(
+            ckpt_every=knobs.ckpt_every,
+            ckpt_position=knobs.ckpt_position,
+            activation_offload=knobs.activation_offload,
+            adapter_dtype=knobs.adapter_dtype,
+            optimizer_in_backward=knobs.optimizer_in_backward,
+            modules_to_save=knobs.modules_to_save,
+        ),
+    }
+
+
 def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2, world_size: int = 1) -> Comparison:
     """Trace `setup` on `spec` and compare every term with the analytic estimate (one device, no sharding;
     with FSDP, rank 0 of `world_size` on a fake process group: `verify_fsdp`), under its runtime's loss and
@@ -129,30 +159,8 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2, world
         notes.append("parallelism is not traced: both figures are for a single device without sharding")
         setup = replace(setup, parallel=replace(setup.parallel, tp=1, pp=1, zero=0, offload="none"))
         traced_setup = replace(traced_setup, parallel=setup.parallel)
-    lora = traced_setup.lora
     trace = trace_training(
-        dict(spec.hf_config),
-        method="lora" if traced_setup.method == "lora" else "full",
-        precision=traced_setup.precision,
-        lora_rank=lora.rank if lora else 16,
-        lora_dropout=lora.dropout if lora else 0.0,
-        lora_targets="all-linear" if lora and lora.all_linear else (lora.targets if lora else ("q_proj",)),
-        optimizer=_traced_optimizer(setup.optimizer, optimizer, knobs),
-        batch=setup.micro_batch,
-        seq=setup.seq_len,
-        grad_ckpt=setup.grad_ckpt,
-        attn_implementation="eager" if setup.attention == "eager" or spec.eager_attention_only else "sdpa",
-        steps=steps,
-        loss="chunked" if knobs.loss == "chunked" else "full",
-        loss_chunks=knobs.loss_chunks,
-        features=TraceFeatures(
-            ckpt_every=knobs.ckpt_every,
-            ckpt_position=knobs.ckpt_position,
-            activation_offload=knobs.activation_offload,
-            adapter_dtype=knobs.adapter_dtype,
-            optimizer_in_backward=knobs.optimizer_in_backward,
-            modules_to_save=knobs.modules_to_save,
-        ),
+        dict(spec.hf_config), **trace_arguments(spec, traced_setup, optimizer=optimizer, steps=steps)
     )
     workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))
     estimate = _estimate_at_peak(train_memory(spec, setup), setup, workspace)

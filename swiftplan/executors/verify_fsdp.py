@@ -9,9 +9,8 @@ rank's shards, activations, logits, the peak) plus `gathered`: FSDP's unsharded 
 from __future__ import annotations
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.executors.trace_features import TraceFeatures
 from swiftplan.executors.trace_fsdp import FsdpLayout, trace_fsdp_training
-from swiftplan.executors.verify import TERMS, Comparison, TermRow, _estimate_at_peak, _traced_optimizer
+from swiftplan.executors.verify import TERMS, Comparison, TermRow, _estimate_at_peak, trace_arguments
 from swiftplan.executors.verify_knobs import refuse_untraceable
 from swiftplan.planner.architecture import embedding_params
 from swiftplan.planner.calibration import constant
@@ -93,28 +92,10 @@ def verify_fsdp(spec: ModelSpec, setup: TrainSetup, *, world_size: int, steps: i
         shard_group=knobs.fsdp_shard_group,
         cpu_offload=knobs.fsdp_cpu_offload,
     )
-    lora = setup.lora
     result = trace_fsdp_training(
         dict(spec.hf_config),
         layout=layout,
-        method="lora" if setup.method == "lora" else "full",
-        precision=setup.precision,  # amp refused above
-        lora_rank=lora.rank if lora else 16,
-        lora_dropout=lora.dropout if lora else 0.0,
-        lora_targets="all-linear" if lora and lora.all_linear else (lora.targets if lora else ("q_proj",)),
-        optimizer=_traced_optimizer(setup.optimizer, setup.optimizer, knobs),
-        batch=setup.micro_batch,
-        seq=setup.seq_len,
-        grad_ckpt=setup.grad_ckpt,
-        attn_implementation="eager" if setup.attention == "eager" or spec.eager_attention_only else "sdpa",
-        steps=steps,
-        loss="chunked" if knobs.loss == "chunked" else "full",
-        loss_chunks=knobs.loss_chunks,
-        features=TraceFeatures(
-            ckpt_every=knobs.ckpt_every,
-            ckpt_position=knobs.ckpt_position,
-            activation_offload=knobs.activation_offload,
-        ),
+        **trace_arguments(spec, setup, optimizer=setup.optimizer, steps=steps),  # amp refused above
     )
     memory = train_memory(spec, setup, world_size=world_size)
     workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))
