@@ -148,12 +148,16 @@ def test_text_that_is_no_number_names_the_flag_and_the_value() -> None:
         parse_job({"model": MODEL, "loss_chunks": "eight"})
 
 
-def test_knobs_left_at_the_runtimes_values_are_not_overrides_and_serving_ignores_them() -> None:
+def test_knobs_left_at_the_runtimes_values_are_not_overrides_and_serving_refuses_changed_ones() -> None:
+    from swiftplan.errors import SwiftplanError
+
     same = parse_job({"model": MODEL, "runtime": RUNTIME, **_profile_knobs(RUNTIME)})
     assert same.runtime_options == {}
-    serve = parse_job({"model": MODEL, "task": "serve", "fsdp": "fsdp2"})
+    serve = parse_job({"model": MODEL, "task": "serve", **_profile_knobs("swiftplan")})
     assert serve.runtime_options == {}
     assert fit_request(serve, host_ram_bytes=0).runtime_options == {}
+    with pytest.raises(SwiftplanError, match="--fsdp describe how a training framework runs"):
+        parse_job({"model": MODEL, "task": "serve", "fsdp": "fsdp2"})  # as estimate --task serve --fsdp
     # a preference task moves swiftplan's loop to ms-swift; what was changed in the form goes with it
     dpo = parse_job({"model": MODEL, "task": "dpo", **_profile_knobs("swiftplan"), "loss": "chunked"})
     assert (dpo.runtime, dpo.runtime_options) == ("ms-swift", {"loss": "chunked"})

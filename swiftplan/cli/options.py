@@ -405,14 +405,11 @@ def _runtime_name(name: str, task: str) -> str:
 
 
 def refuse_knobs_for_serving(knobs: dict[str, Any]) -> None:
-    """Training runtime flags given with --task serve: refused instead of ignored."""
-    from swiftplan.planner.runtime import KNOB_FLAGS
+    """Training runtime flags given with --task serve: refused instead of ignored (the planner's one
+    message, which the dashboard shows too)."""
+    from swiftplan.planner.runtime import refuse_knobs_for_serving as refuse
 
-    if knobs:
-        flags = ", ".join(KNOB_FLAGS[k] for k in knobs)
-        raise SwiftplanError(
-            f"{flags} describe how a training framework runs; they do not apply to --task serve."
-        )
+    refuse(knobs)
 
 
 class JobTask(str, Enum):

@@ -218,6 +218,16 @@ KNOB_FLAGS = {
 """The command-line flag of each RuntimeKnobs field (estimate, fit, size, verify)."""
 
 
+def refuse_knobs_for_serving(knobs: dict[str, Any]) -> None:
+    """Training runtime knobs set for a serving plan: refused instead of ignored, naming their flags (the
+    CLI's --task serve with knob flags, the dashboard's knob fields changed while the task is serve)."""
+    if knobs:
+        flags = ", ".join(KNOB_FLAGS[k] for k in knobs)
+        raise SwiftplanError(
+            f"{flags} describe how a training framework runs; they do not apply to --task serve."
+        )
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RuntimeChoice:
     """A runtime profile resolved against what the user typed: the options to plan with, and which of

@@ -43,6 +43,9 @@ OBJECTIVES: tuple[Literal["time", "cost", "throughput"], ...] = ("time", "cost",
 OBJECTIVE_CHOICES = ("auto", *OBJECTIVES)
 TASK_CHOICES = ("train", "dpo", "kto", "orpo", "simpo", "cpo", "rm", "ppo", "grpo", "serve")
 """train (SFT), the preference and RL objectives `swiftplan fit --task` takes, serve."""
+KNOBS_FOR = "knobs_for"
+"""The key, besides the fields, naming the training runtime whose values the knob fields hold (a serving
+job refuses the knobs that differ from them, as the CLI refuses knob flags with --task serve)."""
 
 
 def runtime_choices() -> tuple[str, ...]:
@@ -128,11 +131,18 @@ def _ranks(text: str) -> tuple[int, ...] | None:
 
 def serve_runtime_choices() -> tuple[str, ...]:
     """Serving runtimes the search can plan for (profiles/runtimes with an engine in engines.json, as
-    `swiftplan fit --task serve --runtime` takes)."""
+    `swiftplan fit --task serve --runtime` takes), fit's default engine's (vLLM) first."""
     from swiftplan.planner.engines import runtime_engine
-    from swiftplan.planner.runtime import runtime_profiles
+    from swiftplan.planner.runtime import DEFAULT_SERVE_RUNTIME, runtime_profiles
 
-    return tuple(n for n, p in runtime_profiles().items() if p.task == "serve" and runtime_engine(n, "serve"))
+    names = [n for n, p in runtime_profiles().items() if p.task == "serve" and runtime_engine(n, "serve")]
+    return (DEFAULT_SERVE_RUNTIME, *sorted(n for n in names if n != DEFAULT_SERVE_RUNTIME))
+
+
+def task_runtimes(task: str) -> tuple[str, ...]:
+    """The runtimes the form offers for a task field's value, its default first: the serving runtimes for
+    serve, the training runtimes for every training task."""
+    return serve_runtime_choices() if task == "serve" else runtime_choices()
 
 
 def _serve_runtime(runtime: str) -> str:
@@ -189,12 +199,18 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
         runtime = "ms-swift"
     if task == "train" and runtime not in runtime_choices():
         raise SwiftplanError(f"Runtime must be one of {', '.join(runtime_choices())}, got {runtime!r}.")
-    if task == "serve":
-        runtime = _serve_runtime(runtime)
-    overrides: dict[str, Any] = {}
-    if task == "train":
-        from swiftplan.tui.knobs import runtime_overrides
+    from swiftplan.tui.knobs import runtime_overrides
 
+    overrides: dict[str, Any] = {}
+    if task == "serve":
+        from swiftplan.planner.runtime import refuse_knobs_for_serving
+
+        runtime = _serve_runtime(runtime)
+        filled = raw.get(KNOBS_FOR, "")  # the knob fields hold this training runtime's values
+        refuse_knobs_for_serving(
+            runtime_overrides(fields, filled if filled in runtime_choices() else "swiftplan")
+        )
+    else:
         overrides = runtime_overrides(fields, shown if shown in runtime_choices() else runtime)
     try:
         seed = int(raw["seed"])

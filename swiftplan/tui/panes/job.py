@@ -1,8 +1,12 @@
 """Tab 2: the job form. It only holds text; `swiftplan.tui.job.parse_job` checks it in the search worker.
 
-The runtime knobs sit in a collapsed group under the job; picking a runtime fills them with that
-runtime's values (looked up in `RUNTIME_KNOBS`, made once from the profiles), and the search plans
-with the ones the user changed over them, as fit's knob flags do."""
+The Runtime select follows the task: the training runtimes for every training task, the serving
+runtimes (vLLM first) for serve, each task keeping the runtime last picked for it. The runtime knobs sit
+in a collapsed group under the job; picking a training runtime fills them with that runtime's values
+(looked up in `RUNTIME_KNOBS`, made once from the profiles), and the search plans with the ones the user
+changed over them, as fit's knob flags do. They are training's only: while the task is serve the group
+is closed and disabled and shows the runtime's own values (the user's edits come back with a training
+task), and a knob changed anyway gets the CLI's refusal of knob flags with --task serve."""
 
 from __future__ import annotations
 
@@ -16,11 +20,13 @@ from textual.widgets import Button, Collapsible, Input, Label, Select, Static
 
 from swiftplan.tui.job import (
     FORM_DEFAULTS,
+    KNOBS_FOR,
     METHOD_CHOICES,
     OBJECTIVE_CHOICES,
     QUANT_CHOICES,
     TASK_CHOICES,
     runtime_choices,
+    task_runtimes,
 )
 from swiftplan.tui.knobs import KNOB_CHOICES, KNOB_FIELDS, runtime_knob_text
 
@@ -48,6 +54,7 @@ KNOB_LAYOUT = (
 )
 """The knob group's rows, as LAYOUT (every field of `KNOB_FIELDS` once)."""
 KNOBS_TITLE = "Runtime knobs (training): the runtime's defaults; edit to override"
+SERVE_KNOBS_TITLE = "Runtime knobs (training only: a serving plan takes none)"
 LAYOUT = (
     ("task", "Task", "objective", "Objective"),
     ("runtime", "Runtime", "", ""),
@@ -63,8 +70,9 @@ HELP = (
     "tab/shift+tab move between fields · enter or ctrl+r searches · esc leaves a field, then 1-5 switch tabs.\n"
     "Method and quantization limit what the search may choose; LoRA rank auto searches 4-256; dataset tokens "
     "(50M, 1.5B) only scale time and cost; context and concurrency are for serving; runtime is the training "
-    "framework planned for (its loss, optimizer and engine; profiles/runtimes); picking one fills the runtime "
-    "knobs with its defaults, and each knob is the CLI flag of the same name (--loss, --fsdp, …)."
+    "framework planned for (its loss, optimizer and engine; profiles/runtimes), or for serve the serving engine "
+    "(its decode step cost); picking a training one fills the runtime knobs with its defaults, and each knob is "
+    "the CLI flag of the same name (--loss, --fsdp, …)."
 )
 PLACEHOLDERS = {
     "rank": "16 · 8,16,32 · auto",
@@ -94,11 +102,21 @@ class JobPane(VerticalScroll):
         super().__init__(id=id)
         self._choices = list(model_choices)
         self._knobs_for = FORM_DEFAULTS["runtime"]
-        """The runtime whose values the knob fields were last filled with."""
+        """The training runtime whose values the knob fields were last filled with."""
+        self._serving = FORM_DEFAULTS["task"] == "serve"
+        """Whether the Runtime select and the knob group are set for serve."""
+        self._runtime_for = {False: FORM_DEFAULTS["runtime"], True: task_runtimes("serve")[0]}
+        """The runtime last picked for training and for serving (each comes back with its task)."""
+        self._training_knobs: dict[str, str] = {}
+        """The knob fields' texts set aside while the task is serve."""
 
     def _field(self, key: str) -> Input | Select[str]:
         initial = {**FORM_DEFAULTS, **RUNTIME_KNOBS[self._knobs_for]}[key]
-        choices = SELECTS.get(key) or KNOB_CHOICES.get(key)
+        choices = (
+            task_runtimes(FORM_DEFAULTS["task"])
+            if key == "runtime"
+            else SELECTS.get(key) or KNOB_CHOICES.get(key)
+        )
         if choices is not None:
             return Select(
                 [(choice, choice) for choice in choices],
@@ -141,29 +159,61 @@ class JobPane(VerticalScroll):
         return self.query_one(f"#job-{key}", Input)
 
     def values(self) -> dict[str, str]:
-        """Every field's text, keyed as `FORM_DEFAULTS` and `KNOB_FIELDS` (the knobs filled for the runtime
-        shown, should its change not have been handled yet)."""
-        runtime = self._widget("runtime").value
-        if runtime is not Select.BLANK:
-            self._fill_knobs(str(runtime))
+        """Every field's text, keyed as `FORM_DEFAULTS` and `KNOB_FIELDS` (the runtimes offered for the task
+        and the knobs filled for the runtime shown, should their change not have been handled yet), and
+        `KNOBS_FOR`: the training runtime whose values the knob fields hold."""
+        self._follow_task()
+        self._follow_runtime()
         out = {}
         for key in (*FORM_DEFAULTS, *KNOB_FIELDS):
             value = self._widget(key).value
             out[key] = str(value) if value is not Select.BLANK else ""
-        return out
+        return {**out, KNOBS_FOR: self._knobs_for}
 
     def fill(self, values: dict[str, str]) -> None:
-        """Set fields (the CLI's --model, tests). A runtime comes first and fills the knobs with its
-        values; knobs given too override them."""
+        """Set fields (the CLI's --model, tests). The task comes first and sets the runtimes offered, a
+        runtime next and fills the knobs with its values; knobs given too override them."""
+        if "task" in values:
+            self._widget("task").value = values["task"]
+            self._follow_task()
         if "runtime" in values:
             self._widget("runtime").value = values["runtime"]
-            self._fill_knobs(values["runtime"])
+            self._follow_runtime()
         for key, value in values.items():
-            if key != "runtime":
+            if key not in ("task", "runtime"):
                 self._widget(key).value = value
 
-    def _fill_knobs(self, runtime: str) -> None:
-        """The knob fields with `runtime`'s values (once per change of runtime)."""
+    def _follow_task(self) -> None:
+        """The Runtime select's options and the knob group for the task shown (once per switch between
+        training and serving): each side gets back its last runtime, and the knob fields set aside for
+        serving hold the training runtime's own values, so that serving sees none changed."""
+        serving = self._widget("task").value == "serve"
+        if serving == self._serving:
+            return
+        runtime = self._widget("runtime")
+        assert isinstance(runtime, Select)
+        self._runtime_for[self._serving] = str(runtime.value)
+        self._serving = serving
+        if serving:
+            self._training_knobs = {key: str(self._widget(key).value) for key in KNOB_FIELDS}
+            knobs = RUNTIME_KNOBS[self._knobs_for]
+        else:
+            knobs, self._training_knobs = self._training_knobs, {}
+        choices = task_runtimes("serve" if serving else "train")
+        runtime.set_options([(choice, choice) for choice in choices])
+        runtime.value = self._runtime_for[serving]
+        for key, text in knobs.items():
+            self._widget(key).value = text
+        group = self.query_one("#job-knobs", Collapsible)
+        group.title = SERVE_KNOBS_TITLE if serving else KNOBS_TITLE
+        group.disabled = serving
+        if serving:
+            group.collapsed = True
+
+    def _follow_runtime(self) -> None:
+        """The knob fields with the training runtime shown's values (once per change of runtime; a
+        serving runtime has no knobs)."""
+        runtime = str(self._widget("runtime").value)
         if runtime == self._knobs_for or runtime not in RUNTIME_KNOBS:
             return
         self._knobs_for = runtime
@@ -171,8 +221,11 @@ class JobPane(VerticalScroll):
             self._widget(key).value = text
 
     def on_select_changed(self, event: Select.Changed) -> None:
-        if event.select.id == "job-runtime" and event.value is not Select.BLANK:
-            self._fill_knobs(str(event.value))
+        # read the selects as they are now: a switch of task sets the runtime twice before either event arrives
+        if event.select.id == "job-task":
+            self._follow_task()
+        elif event.select.id == "job-runtime":
+            self._follow_runtime()
 
     def show_model_hint(self, name: str, text: str) -> None:
         """The line under the model field, if it still describes what is typed."""
