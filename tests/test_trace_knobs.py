@@ -10,6 +10,8 @@ trainable parameters exact."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -22,7 +24,7 @@ from swiftplan.executors.verify_knobs import refuse_untraceable  # noqa: E402
 from swiftplan.planner.model_catalog import catalog_spec  # noqa: E402
 from swiftplan.planner.model_spec import ModelSpec, spec_from_hf_config  # noqa: E402
 from swiftplan.planner.setup import LoraSetup, RuntimeKnobs, TrainSetup  # noqa: E402
-from swiftplan.planner.train_memory import HEAD_STEP, train_memory  # noqa: E402
+from swiftplan.planner.train_memory import CHUNK_SUM, HEAD_STEP, train_memory  # noqa: E402
 
 
 def _six(tied: bool) -> ModelSpec:
@@ -113,6 +115,95 @@ def test_for_loop_adamw_holds_the_sqrt_and_its_quotient() -> None:
     temporaries the size of the parameter stepped: the largest's, twice (the planner held one before)."""
     rows = _rows(verify_training(UNTIED, _full(grad_ckpt=False, impl="for_loop", in_backward=False)))
     assert rows["activations"][1] == pytest.approx(2 * HEAD * 2, rel=0.001)
+    assert rows["peak_allocated"][0] == pytest.approx(rows["peak_allocated"][1], rel=PEAK_REL)
+
+
+# -- the chunked loss: the head applied once per piece -----------------------------------------------------
+
+
+def _weight_sized_allocations(chunks: int, *, tied: bool) -> int:
+    """Real CPU tensors (autograd's `accumulate`, the path CUDA shares): a vocab × hidden weight applied to
+    `chunks` pieces (and, tied, looked up first); how many weight-sized blocks its backward allocates (the
+    CPU allocator's events): one per piece, one for the embedding's gradient, one per sum made out of place."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    vocab, hidden, seq = 2048, 96, 256
+    weight = torch.nn.Parameter(torch.randn(vocab, hidden))
+    ids = torch.randint(0, vocab, (1, seq))
+    states = torch.nn.functional.embedding(ids, weight) * 1.0 if tied else torch.randn(1, seq, hidden)
+    loss = sum(
+        torch.nn.functional.linear(piece, weight).square().sum() for piece in states.chunk(chunks, dim=1)
+    )
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss.backward()
+
+    def count(node: object) -> int:
+        fields = node.extra_fields  # type: ignore[attr-defined]
+        here = node.tag == _EventType.Allocation and fields.alloc_size == weight.numel() * 4  # type: ignore[attr-defined]
+        return int(here) + sum(count(child) for child in node.children)  # type: ignore[attr-defined]
+
+    return sum(count(root) for root in prof.profiler.kineto_results.experimental_event_tree())  # type: ignore[union-attr]
+
+
+def test_autograd_sums_a_pieces_head_gradients_out_of_place_once() -> None:
+    """The evidence for `chunked_head_sum_bytes`: a gradient arriving as a view (the head's, through
+    mm_mat2_backward's and TBackward0's `.t()`) is summed out of place (a third weight-sized block beside the
+    held and the new gradient), the fresh sum then in place; tied, the embedding's gradient is added out of
+    place to one piece's gradient but in place to a chunked sum (input_buffer.cpp `can_accumulate_inplace`)."""
+    assert _weight_sized_allocations(4, tied=False) == 4 + 1  # 4 pieces, 1 sum (7 if every sum were new)
+    assert _weight_sized_allocations(1, tied=True) == 1 + 1 + 1  # piece, embedding, sum
+    assert _weight_sized_allocations(4, tied=True) == 4 + 1 + 1  # 4 pieces, embedding, 1 sum
+
+
+CHUNK_CASES = [(tied, ckpt, impl, seq) for tied in (True, False) for ckpt in (True, False)
+               for impl, seq in (("fused", 512), ("foreach", 64))]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("tied", "grad_ckpt", "impl", "seq"),
+    CHUNK_CASES,
+    ids=[f"tied{t}-ckpt{c}-{i}-{s}" for t, c, i, s in CHUNK_CASES],
+)
+def test_the_chunked_loss_with_the_optimizer_in_backward_sums_the_pieces_head_gradients(
+    tied: bool, grad_ckpt: bool, impl: str, seq: int
+) -> None:
+    """torchtune's chunked loss applies the head to each of 8 pieces, so its backward sums 8 weight
+    gradients before the head's (or tied embedding's) step: three vocab × hidden gradients beside every
+    saved activation and the 6 unreached pieces' logits gradients (traced as "logits"). The planner held one
+    gradient there and was 9.5-13.8 % under the trace untied, 0.7-12 % tied."""
+    spec = TIED if tied else UNTIED
+    setup = replace(_full(grad_ckpt=grad_ckpt, impl=impl, seq=seq), runtime=replace(
+        _full(grad_ckpt=grad_ckpt, impl=impl).runtime, loss="chunked"))  # fmt: skip
+    comparison = verify_training(spec, setup)
+    rows = _rows(comparison)
+    assert comparison.estimate_phase == CHUNK_SUM
+    assert rows["logits"][1] == pytest.approx(
+        3 * HEAD * 2 + 6 * (seq // 8) * spec.vocab_size * 2, rel=PEAK_REL
+    )
+    assert rows["logits"][0] == pytest.approx(rows["logits"][1], rel=PEAK_REL)
+    assert rows["peak_allocated"][0] == pytest.approx(rows["peak_allocated"][1], rel=PEAK_REL)
+    assert comparison.trace.phase_peaks["backward"] == comparison.trace.peak_bytes
+
+
+def test_the_chunked_loss_sums_the_head_gradients_without_the_knob_too() -> None:
+    """The same moment with the step after backward: no other gradient exists yet when the head's are summed."""
+    setup = _full(grad_ckpt=False, in_backward=False, seq=512)
+    comparison = verify_training(UNTIED, replace(setup, runtime=replace(setup.runtime, loss="chunked")))
+    assert comparison.estimate_phase == CHUNK_SUM
+    rows = _rows(comparison)
+    assert rows["peak_allocated"][0] == pytest.approx(rows["peak_allocated"][1], rel=PEAK_REL)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the fake-tensor trace adds the tied embedding's gradient out of place to the pieces' summed head gradient "
+    "(FakeTensor is tensor-subclass-like); autograd adds it in place on a GPU (input_buffer.cpp "
+    "can_accumulate_inplace; test_autograd_sums_a_pieces_head_gradients_out_of_place_once), one vocab × hidden "
+    "gradient less, as the planner counts: the trace is 4 % over at its end of backward"))  # fmt: skip
+def test_tied_chunked_end_of_backward_overcounted_by_the_trace() -> None:
+    setup = _full(grad_ckpt=False, impl="foreach", in_backward=False)
+    comparison = verify_training(TIED, replace(setup, runtime=replace(setup.runtime, loss="chunked")))
+    rows = _rows(comparison)
     assert rows["peak_allocated"][0] == pytest.approx(rows["peak_allocated"][1], rel=PEAK_REL)
 
 

@@ -25,7 +25,7 @@ from swiftplan.planner.calibration import constant
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.serve_memory import ServeMemory, serve_memory
 from swiftplan.planner.setup import RuntimeKnobs, ServeSetup, TrainSetup
-from swiftplan.planner.train_memory import HEAD_STEP, TrainMemory, train_memory
+from swiftplan.planner.train_memory import CHUNK_SUM, HEAD_STEP, TrainMemory, train_memory
 
 TERMS = TENSOR_TERMS
 
@@ -87,6 +87,10 @@ def _estimate_at_peak(memory: TrainMemory, setup: TrainSetup, workspace: int) ->
     if device.peak_phase in ("optimizer step", "end of backward"):
         at_peak["activations"] = device.transient  # optimizer temporaries count as activations in the trace
         at_peak["logits"] = 0
+    elif device.peak_phase == CHUNK_SUM:  # the pieces' head gradients and logits' gradients ("logits" traced)
+        at_peak["logits"] = device.transient
+        if setup.grad_accum == 1:
+            at_peak["gradients"] = 0
     elif device.peak_phase == HEAD_STEP:  # the untied head's gradient stepped in backward, activations saved
         at_peak["activations"] += device.transient  # the logits' gradient or the step's temporaries
         at_peak["logits"] = 0

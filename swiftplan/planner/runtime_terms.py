@@ -34,6 +34,27 @@ def chunked_loss_bytes(tokens: int, vocab: int, *, chunks: int, compute_bytes: i
     return max(forward, backward)
 
 
+def chunked_head_sum_bytes(*, batch: int, seq: int, vocab: int, chunks: int, compute_bytes: int, head_grad_bytes: int) -> int:  # fmt: skip
+    """What a trained LM head's backward holds beyond the saved activations under torchtune's chunked loss:
+    the head runs once per piece of the hidden states (`TransformerDecoder.chunked_output`:
+    `[self.output(chunk) for chunk in last_hidden_state.chunk(num_output_chunks, dim=1)]`), so autograd
+    sums `pieces` weight gradients into one input buffer. Each arrives as a view (`mm_mat2_backward`'s
+    `.t()` of the mm output, then TBackward0's), so the first sum is out of place — the held gradient, the
+    new one and their sum, three vocab × hidden gradients — while the logits' gradients of the pieces not yet
+    reached (all but the last two, ceil(S / chunks) positions each) are still alive; later sums add
+    in place into that fresh tensor. 0 with one piece. Source: torch 2.13 torch/csrc/autograd/input_buffer.cpp
+    (`accumulate`: `old_var.add_(var)` only when `can_accumulate_inplace(old_var)`, which needs the buffer
+    to hold the storage's last reference; a view shares it with its base), identical on CPU and CUDA;
+    measured with real CPU tensors (profiler allocation events) and traced (tests/test_trace_knobs.py).
+    The fake-tensor trace sums every piece out of place (FakeTensor is tensor-subclass-like), three
+    gradients each time, with fewer logits' gradients left: the same peak."""
+    per_piece = math.ceil(seq / chunks)
+    pieces = math.ceil(seq / per_piece)
+    if pieces < 2:
+        return 0
+    return 3 * head_grad_bytes + batch * (pieces - 2) * per_piece * vocab * compute_bytes
+
+
 def legacy_loss_bytes(*, batch: int, seq: int, vocab: int, keep_output: bool = False) -> int:
     """transformers 4.31.0-4.45.2 `LlamaForCausalLM.forward` (and Qwen2's, 4.37+): `logits = logits.float()`
     in forward, kept in the returned output; `shift_logits = logits[..., :-1, :].contiguous()`, then

@@ -45,6 +45,7 @@ from swiftplan.planner.objective_memory import (
 from swiftplan.planner.runtime_features import annotate_terms, fsdp_cpu_offload_states
 from swiftplan.planner.runtime_terms import (
     adamw_impl_temporary_bytes,
+    chunked_head_sum_bytes,
     deepspeed_zero,
     reduce_bucket_bytes,
     saved_module_params,
@@ -239,6 +240,8 @@ def _grad_shares(spec: ModelSpec, setup: TrainSetup, grads: int, layers: range) 
 
 HEAD_STEP = "head step in backward"
 """Optimizer in backward, untied LM head: its gradient made and stepped while every activation is saved."""
+CHUNK_SUM = "head gradients summed across chunks"
+"""Chunked loss, trained LM head: the pieces' weight gradients summed while every activation is saved."""
 
 
 def _head_step_transient(spec: ModelSpec, setup: TrainSetup, step_temp: int) -> int:
@@ -254,24 +257,54 @@ def _head_step_transient(spec: ModelSpec, setup: TrainSetup, step_temp: int) -> 
     return max(logits_grad, step_temp)
 
 
+def _head_grad_bytes(spec: ModelSpec, setup: TrainSetup, grads: int) -> int:
+    """The LM head's weight gradient that the head's backward makes (`grads`: the device's gradient bytes):
+    full fine-tuning's (not a reward model's, which has no LM head) in the gradient dtype; under LoRA, peft's
+    modules_to_save copy of lm_head (a parameter of its own, never tied) in the module dtype; else none."""
+    if setup.trains_adapters:
+        if "lm_head" not in setup.runtime.modules_to_save:
+            return 0
+        return gradient_bytes(spec.vocab_size * spec.hidden_size, dtype_bytes(state_dtypes(setup).weights))
+    if setup.objective.kind == "rm" or grads == 0:
+        return 0
+    return min(
+        grads, gradient_bytes(spec.vocab_size * spec.hidden_size, dtype_bytes(state_dtypes(setup).gradients))
+    )
+
+
 def _in_backward_grads(spec: ModelSpec, setup: TrainSetup, grads: int) -> tuple[int, int]:
     """With the optimizer stepped in backward (one gradient, `grads`, alive at a time): (the LM head's gradient
     when the head's backward makes it, the gradient held through the rest of backward). Untied, the head's is
     stepped and freed at once and none is held; tied, it waits in autograd's input buffer until the
-    embedding's arrives at the end of backward (then summed out of place: three vocab × hidden gradients at
-    once, the `end of backward` moment). LoRA: peft's modules_to_save copy of lm_head is a parameter of its
-    own (never tied), in the module dtype; the adapters' gradients are small and none is held. Traced
-    (tests/test_trace_knobs.py)."""
-    if setup.trains_adapters:
-        if "lm_head" not in setup.runtime.modules_to_save:
-            return 0, 0
-        return gradient_bytes(spec.vocab_size * spec.hidden_size, dtype_bytes(state_dtypes(setup).weights)), 0
-    if setup.objective.kind == "rm" or grads == 0:
-        return 0, 0
-    head = min(
-        grads, gradient_bytes(spec.vocab_size * spec.hidden_size, dtype_bytes(state_dtypes(setup).gradients))
-    )
-    return head, head if spec.tie_word_embeddings else 0
+    embedding's arrives at the end of backward (then summed: the `end of backward` moment). LoRA's adapters'
+    gradients are small and none is held. Traced (tests/test_trace_knobs.py)."""
+    head = _head_grad_bytes(spec, setup, grads)
+    return head, head if spec.tie_word_embeddings and not setup.trains_adapters else 0
+
+
+def _chunk_summed_head(spec: ModelSpec, setup: TrainSetup, grads: int) -> int:
+    """Bytes the trained LM head's backward holds beyond the saved activations when torchtune's chunked loss
+    applied it once per piece (`runtime_terms.chunked_head_sum_bytes`); 0 for other losses, an untrained
+    head, and under FSDP (its own moments)."""
+    knobs = setup.runtime
+    if knobs.loss != "chunked" or knobs.fsdp != "none":
+        return 0
+    return chunked_head_sum_bytes(
+        batch=setup.micro_batch, seq=setup.seq_len, vocab=spec.vocab_size // setup.parallel.tp,
+        chunks=knobs.loss_chunks, compute_bytes=activation_dtype_bytes(setup),
+        head_grad_bytes=_head_grad_bytes(spec, setup, grads) // setup.parallel.tp,
+    )  # fmt: skip
+
+
+def _tied_sum_extra(spec: ModelSpec, setup: TrainSetup, head_grads: int) -> int:
+    """Tied embeddings, full fine-tuning: what the embedding's gradient adds at the end of backward beyond the
+    gradients. The buffer holds the head's gradient, a view of its mm output, so the sum is made out of place
+    (two extra vocab × hidden gradients); under the chunked loss the buffer already holds the pieces' fresh
+    sum and the embedding's is added in place (one extra). Source: torch 2.13
+    torch/csrc/autograd/input_buffer.cpp `accumulate` (`can_accumulate_inplace`); measured with real CPU
+    tensors. The fake-tensor trace adds out of place there too (FakeTensor is tensor-subclass-like): one
+    vocab × hidden gradient more than a GPU holds (tests/test_trace_knobs.py, xfail)."""
+    return head_grads if _chunk_summed_head(spec, setup, head_grads) else 2 * head_grads
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -424,12 +457,16 @@ def _phase_peaks(
     elif setup.method == "full" and spec.tie_word_embeddings:
         # Tied embeddings: the embedding's gradient arrives last and is added out of place to the LM
         # head's, so two extra vocab × hidden gradients coexist with all others (traced).
-        peaks["end of backward"] = static + grads + 2 * head_grads
+        peaks["end of backward"] = static + grads + _tied_sum_extra(spec, setup, head_grads)
     if setup.runtime.optimizer_in_backward and head_grads and not early_grads:
         # untied: the head's gradient is made beside the logits' gradient and stepped at once (its step
         # temporaries after that gradient is freed), every saved activation still alive (traced)
         peaks[HEAD_STEP] = static + head_grads + at_loss + _head_step_transient(spec, setup, step_temp)
         acts[HEAD_STEP] = at_loss
+    chunk_sum = _chunk_summed_head(spec, setup, grads)
+    if chunk_sum:  # before any other gradient but those kept across micro-batches (traced)
+        peaks[CHUNK_SUM] = static + gathered + grads_during_fwd + at_loss + chunk_sum
+        acts[CHUNK_SUM] = at_loss
     held = _fsdp_phases(spec, setup, states, phases, stage_layers, peaks, acts, logits=logits, at_loss=at_loss,
                         in_backward=in_backward, root_grads=head_grads + embedding_grads, block_grads=layer_grads)  # fmt: skip
     return peaks, acts, at_loss, in_backward, held
@@ -561,8 +598,9 @@ def train_memory(
     )
     transient = {
         "optimizer step": step_temp,
-        "end of backward": 2 * head_grads,
+        "end of backward": _tied_sum_extra(spec, setup, head_grads),
         HEAD_STEP: _head_step_transient(spec, setup, step_temp),
+        CHUNK_SUM: _chunk_summed_head(spec, setup, states.gradients),
         "reference forward": states.gathered
         + reference_forward_bytes(spec, setup, states.objective.reference_kind),
         "generation": rollout.during_generation,
