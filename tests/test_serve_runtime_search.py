@@ -178,6 +178,6 @@ def test_the_dashboards_serving_job_passes_the_runtime() -> None:
     default = parse_job({"model": M, "task": "serve"})  # the form's training runtime: the default engine
     assert fit_request(default, host_ram_bytes=2**36).runtime is None
     with pytest.raises(
-        SwiftplanError, match="Runtime for serving must be one of lmdeploy, sglang, vllm.*'tgi'"
+        SwiftplanError, match="Runtime for serving must be one of vllm, lmdeploy, sglang.*'tgi'"
     ):
         parse_job({"model": M, "task": "serve", "runtime": "tgi"})
