@@ -22,13 +22,20 @@ from swiftplan.planner.architecture import (
     largest_param_elements,
     layer_linears,
     layer_params,
-    linear_modules,
     total_params,
 )
 from swiftplan.planner.breakdown import MemoryBreakdown, Term
 from swiftplan.planner.calibration import constant
-from swiftplan.planner.dtypes import activation_dtype_bytes, dtype_bytes
+from swiftplan.planner.dtypes import dtype_bytes
 from swiftplan.planner.fsdp_memory import StepBytes, fsdp_gathered_bytes, fsdp_moments
+from swiftplan.planner.head_gradients import (
+    CHUNK_SUM,
+    HEAD_STEP,
+    chunk_summed_head,
+    head_step_transient,
+    in_backward_grads,
+    tied_sum_extra,
+)
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective_memory import (
     ObjectiveStates,
@@ -42,22 +49,17 @@ from swiftplan.planner.objective_memory import (
     reference_runs_beside_policy,
     rollout_memory,
 )
+from swiftplan.planner.optimizer_temporaries import matrix_shape_sum, optimizer_step_temporaries
 from swiftplan.planner.runtime_features import annotate_terms, fsdp_cpu_offload_states
 from swiftplan.planner.runtime_terms import (
-    adamw_impl_temporary_bytes,
-    chunked_head_sum_bytes,
-    deepspeed_zero,
     reduce_bucket_bytes,
     saved_module_params,
     shard_degree,
     sharding_stage,
     zero3_live_parameter_bytes,
-    zero_step_group_elements,
-    zero_step_temporary_bytes,
 )
 from swiftplan.planner.setup import LoraSetup, TrainSetup
 from swiftplan.planner.states import (
-    StateDtypes,
     gradient_bytes,
     master_weight_bytes,
     optimizer_state_bytes,
@@ -113,104 +115,6 @@ def _weights_on_device(spec: ModelSpec, setup: TrainSetup, layers: range) -> int
 
 
 @cache
-def _matrix_shape_sum(spec: ModelSpec) -> int:
-    """Adafactor's state elements for the whole model: rows + cols per matrix (factored second
-    moment), the full size of every vector (norm weights, biases), all fp32."""
-    # (elements, row + column state) per matrix; a fused (E, out, in) expert tensor factors over
-    # its last two dims, keeping E × out rows and E × in columns.
-    matrices = [
-        (lin.count * lin.out_features * lin.in_features, lin.count * (lin.out_features + lin.in_features))
-        for _, lin in linear_modules(spec)
-    ]
-    heads = 1 if spec.tie_word_embeddings else 2
-    matrices += [(spec.vocab_size * spec.hidden_size, spec.vocab_size + spec.hidden_size)] * heads
-    vectors = total_params(spec) - sum(elements for elements, _ in matrices)
-    return sum(state for _, state in matrices) + vectors
-
-
-def _optimizer_step_temporaries(
-    spec: ModelSpec, setup: TrainSetup, trainable: int, dtypes: StateDtypes, *, dp: int, saved: int = 0
-) -> int:
-    """Extra bytes live during optimizer.step() (`saved`: the modules_to_save copies among `trainable`).
-
-    Plain torch: AdamW per its implementation (`runtime_terms.adamw_impl_temporary_bytes`) over the
-    trainable parameters; Adafactor (transformers) loops over parameters and for the largest one holds
-    fp32 copies of the gradient and the parameter (16-bit models) plus grad² and the update: 4 × 4 B ×
-    its elements (2 × 4 B when the parameter is already fp32); SGD and the 8-bit optimizers update in
-    place. DeepSpeed ZeRO steps flat partitions of this rank's share, one group at a time, each with a
-    master-dtype gradient copy (`runtime_terms.zero_step_temporary_bytes`): the optimizer's temporaries
-    are those of one partition, not of the whole model. With the optimizer in backward (torchtune's
-    OptimizerInBackward, one optimizer per parameter) each step covers one parameter, so the temporaries
-    are those of the largest (traced: tests/test_trace_knobs.py).
-    """
-    if trainable == 0:
-        return 0
-    state_bytes = dtype_bytes(dtypes.optimizer)
-    largest = min(largest_param_elements(spec), trainable)
-    if not deepspeed_zero(setup):
-        if setup.optimizer == "adamw":
-            wb = dtype_bytes(dtypes.weights)
-            return _torch_adamw_temporaries(setup, trainable=trainable, largest=largest, saved=saved,
-                                            state_bytes=state_bytes, saved_bytes=wb)  # fmt: skip
-        return _other_optimizer_temporaries(spec, setup, largest, state_bytes)
-    if setup.runtime.optimizer_in_backward:  # one optimizer per parameter, stepped in backward
-        trainable = largest
-    group = zero_step_group_elements(
-        stage=setup.parallel.zero, partition=-(-trainable // dp), largest_partition=-(-largest // dp)
-    )
-    if setup.optimizer == "adamw":  # one flat tensor: a group-sized sqrt (for_loop: and its quotient)
-        optimizer_temp = adamw_impl_temporary_bytes(
-            setup.runtime, trainable=group, largest=group, state_bytes=state_bytes
-        )
-    else:
-        optimizer_temp = _other_optimizer_temporaries(spec, setup, largest, state_bytes)
-    return zero_step_temporary_bytes(
-        group=group,
-        grad_bytes=dtype_bytes(dtypes.gradients),
-        master_bytes=dtype_bytes(dtypes.master or dtypes.gradients),
-        optimizer_temp=optimizer_temp,
-    )
-
-
-def _torch_adamw_temporaries(
-    setup: TrainSetup, *, trainable: int, largest: int, saved: int, state_bytes: int, saved_bytes: int
-) -> int:
-    """torch AdamW's step temporaries (`adamw_impl_temporary_bytes`), each parameter's in its own state dtype:
-    modules_to_save copies (`saved` elements, one vocab × hidden tensor each) keep theirs in the module dtype
-    beside fp32 adapters. foreach holds every parameter's at once, for_loop one parameter's. With the
-    optimizer in backward (one optimizer per parameter, torchtune's OptimizerInBackward) each step covers
-    one parameter: the larger of the two kinds' largest (traced: tests/test_trace_knobs.py)."""
-    knobs, rest = setup.runtime, trainable - saved
-    each_saved = saved // max(1, len(knobs.modules_to_save))
-    if knobs.optimizer_in_backward:
-        rest, saved = min(largest, rest), each_saved
-    own = adamw_impl_temporary_bytes(
-        knobs, trainable=rest, largest=min(largest, rest), state_bytes=state_bytes
-    )
-    copies = adamw_impl_temporary_bytes(knobs, trainable=saved, largest=each_saved, state_bytes=saved_bytes)
-    one_at_a_time = knobs.optimizer_impl == "for_loop" or knobs.optimizer_in_backward
-    return max(own, copies) if one_at_a_time else own + copies
-
-
-def _other_optimizer_temporaries(spec: ModelSpec, setup: TrainSetup, largest: int, state_bytes: int) -> int:
-    """Adafactor's per-parameter fp32 copies of the largest parameter; none for SGD and 8-bit AdamW."""
-    if setup.optimizer != "adafactor":
-        return 0
-    if setup.trains_adapters:
-        assert setup.lora is not None
-        largest = (
-            max(
-                lora_params_for(lin, setup.lora)
-                for _, lin in linear_modules(spec)
-                if is_targeted(lin, setup.lora, spec.model_type)
-            )
-            // 2
-        )
-    copies = 2 if state_bytes == 4 else 4
-    return copies * 4 * largest
-
-
-@cache
 def _layer_adapter_params(spec: ModelSpec, lora: LoraSetup, layer: int) -> int:
     """LoRA parameters of one block (blocks differ only as dense vs MoE, hence first and last)."""
     return sum(
@@ -236,75 +140,6 @@ def _grad_shares(spec: ModelSpec, setup: TrainSetup, grads: int, layers: range) 
     if setup.objective.kind == "rm":  # no LM head: the (tied or not) embedding's gradient arrives last
         head, embedding = spec.hidden_size, spec.vocab_size * spec.hidden_size
     return grads * head // total, grads * per_layer // total, grads * embedding // total
-
-
-HEAD_STEP = "head step in backward"
-"""Optimizer in backward, untied LM head: its gradient made and stepped while every activation is saved."""
-CHUNK_SUM = "head gradients summed across chunks"
-"""Chunked loss, trained LM head: the pieces' weight gradients summed while every activation is saved."""
-
-
-def _head_step_transient(spec: ModelSpec, setup: TrainSetup, step_temp: int) -> int:
-    """The larger of what the untied head's in-backward step moment holds beyond its gradient and the saved
-    activations: the logits' gradient (B × S × V, compute dtype; none under a fused linear loss) while the
-    head's gradient is made, or the step's temporaries (`_optimizer_step_temporaries`) after it is freed."""
-    tokens = setup.micro_batch * setup.seq_len
-    logits_grad = (
-        0
-        if setup.runtime.loss == "fused_linear"
-        else tokens * spec.vocab_size * activation_dtype_bytes(setup)
-    )
-    return max(logits_grad, step_temp)
-
-
-def _head_grad_bytes(spec: ModelSpec, setup: TrainSetup, grads: int) -> int:
-    """The LM head's weight gradient that the head's backward makes (`grads`: the device's gradient bytes):
-    full fine-tuning's (not a reward model's, which has no LM head) in the gradient dtype; under LoRA, peft's
-    modules_to_save copy of lm_head (a parameter of its own, never tied) in the module dtype; else none."""
-    if setup.trains_adapters:
-        if "lm_head" not in setup.runtime.modules_to_save:
-            return 0
-        return gradient_bytes(spec.vocab_size * spec.hidden_size, dtype_bytes(state_dtypes(setup).weights))
-    if setup.objective.kind == "rm" or grads == 0:
-        return 0
-    return min(
-        grads, gradient_bytes(spec.vocab_size * spec.hidden_size, dtype_bytes(state_dtypes(setup).gradients))
-    )
-
-
-def _in_backward_grads(spec: ModelSpec, setup: TrainSetup, grads: int) -> tuple[int, int]:
-    """With the optimizer stepped in backward (one gradient, `grads`, alive at a time): (the LM head's gradient
-    when the head's backward makes it, the gradient held through the rest of backward). Untied, the head's is
-    stepped and freed at once and none is held; tied, it waits in autograd's input buffer until the
-    embedding's arrives at the end of backward (then summed: the `end of backward` moment). LoRA's adapters'
-    gradients are small and none is held. Traced (tests/test_trace_knobs.py)."""
-    head = _head_grad_bytes(spec, setup, grads)
-    return head, head if spec.tie_word_embeddings and not setup.trains_adapters else 0
-
-
-def _chunk_summed_head(spec: ModelSpec, setup: TrainSetup, grads: int) -> int:
-    """Bytes the trained LM head's backward holds beyond the saved activations when torchtune's chunked loss
-    applied it once per piece (`runtime_terms.chunked_head_sum_bytes`); 0 for other losses, an untrained
-    head, and under FSDP (its own moments)."""
-    knobs = setup.runtime
-    if knobs.loss != "chunked" or knobs.fsdp != "none":
-        return 0
-    return chunked_head_sum_bytes(
-        batch=setup.micro_batch, seq=setup.seq_len, vocab=spec.vocab_size // setup.parallel.tp,
-        chunks=knobs.loss_chunks, compute_bytes=activation_dtype_bytes(setup),
-        head_grad_bytes=_head_grad_bytes(spec, setup, grads) // setup.parallel.tp,
-    )  # fmt: skip
-
-
-def _tied_sum_extra(spec: ModelSpec, setup: TrainSetup, head_grads: int) -> int:
-    """Tied embeddings, full fine-tuning: what the embedding's gradient adds at the end of backward beyond the
-    gradients. The buffer holds the head's gradient, a view of its mm output, so the sum is made out of place
-    (two extra vocab × hidden gradients); under the chunked loss the buffer already holds the pieces' fresh
-    sum and the embedding's is added in place (one extra). Source: torch 2.13
-    torch/csrc/autograd/input_buffer.cpp `accumulate` (`can_accumulate_inplace`); measured with real CPU
-    tensors. The fake-tensor trace adds out of place there too (FakeTensor is tensor-subclass-like): one
-    vocab × hidden gradient more than a GPU holds (tests/test_trace_knobs.py, xfail)."""
-    return head_grads if _chunk_summed_head(spec, setup, head_grads) else 2 * head_grads
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -354,7 +189,7 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
     adapters = lora_params * dtype_bytes(dtypes.adapters) // model_parallel + saved * wb
     grads = gradient_bytes(trainable_here - saved, dtype_bytes(dtypes.gradients)) + gradient_bytes(saved, wb)
     optim = optimizer_state_bytes(trainable_here - saved, setup.optimizer, dtype_bytes(dtypes.optimizer),
-                                  matrix_shape_sum=_matrix_shape_sum(spec) // model_parallel)  # fmt: skip
+                                  matrix_shape_sum=matrix_shape_sum(spec) // model_parallel)  # fmt: skip
     optim += optimizer_state_bytes(
         saved, setup.optimizer, wb, matrix_shape_sum=saved and 2 * (spec.vocab_size + spec.hidden_size)
     )
@@ -425,7 +260,7 @@ def _phase_peaks(
     head_grads, layer_grads, embedding_grads = _grad_shares(spec, setup, grads - states.bucket, stage_layers)
     early_grads = grads - layer_grads - embedding_grads
     if setup.runtime.optimizer_in_backward:
-        head_grads, early_grads = _in_backward_grads(spec, setup, grads)
+        head_grads, early_grads = in_backward_grads(spec, setup, grads)
     peaks = {
         "loss and backward start": static + gathered + grads_during_fwd + at_loss + logits,
         "optimizer step": static + grads + step_temp,
@@ -457,13 +292,13 @@ def _phase_peaks(
     elif setup.method == "full" and spec.tie_word_embeddings:
         # Tied embeddings: the embedding's gradient arrives last and is added out of place to the LM
         # head's, so two extra vocab × hidden gradients coexist with all others (traced).
-        peaks["end of backward"] = static + grads + _tied_sum_extra(spec, setup, head_grads)
+        peaks["end of backward"] = static + grads + tied_sum_extra(spec, setup, head_grads)
     if setup.runtime.optimizer_in_backward and head_grads and not early_grads:
         # untied: the head's gradient is made beside the logits' gradient and stepped at once (its step
         # temporaries after that gradient is freed), every saved activation still alive (traced)
-        peaks[HEAD_STEP] = static + head_grads + at_loss + _head_step_transient(spec, setup, step_temp)
+        peaks[HEAD_STEP] = static + head_grads + at_loss + head_step_transient(spec, setup, step_temp)
         acts[HEAD_STEP] = at_loss
-    chunk_sum = _chunk_summed_head(spec, setup, grads)
+    chunk_sum = chunk_summed_head(spec, setup, grads)
     if chunk_sum:  # before any other gradient but those kept across micro-batches (traced)
         peaks[CHUNK_SUM] = static + gathered + grads_during_fwd + at_loss + chunk_sum
         acts[CHUNK_SUM] = at_loss
@@ -574,7 +409,7 @@ def train_memory(
     )
     logits = objective_logits_bytes(spec, setup, tp=tp)
     step_temp = (
-        _optimizer_step_temporaries(
+        optimizer_step_temporaries(
             spec, setup, states.trainable_here, dtypes, dp=dp, saved=states.saved_modules
         )
         if par.offload == "none" and not setup.runtime.fsdp_cpu_offload  # offloaded: stepped on the CPU
@@ -592,15 +427,15 @@ def train_memory(
     activations = max(at_loss, in_backward)
     phase = max(phase_peaks, key=lambda name: phase_peaks[name])
     head_grads = (
-        _in_backward_grads(spec, setup, states.gradients)[0]
+        in_backward_grads(spec, setup, states.gradients)[0]
         if setup.runtime.optimizer_in_backward
         else _grad_shares(spec, setup, states.gradients - states.bucket, stage_layers)[0]
     )
     transient = {
         "optimizer step": step_temp,
-        "end of backward": _tied_sum_extra(spec, setup, head_grads),
-        HEAD_STEP: _head_step_transient(spec, setup, step_temp),
-        CHUNK_SUM: _chunk_summed_head(spec, setup, states.gradients),
+        "end of backward": tied_sum_extra(spec, setup, head_grads),
+        HEAD_STEP: head_step_transient(spec, setup, step_temp),
+        CHUNK_SUM: chunk_summed_head(spec, setup, states.gradients),
         "reference forward": states.gathered
         + reference_forward_bytes(spec, setup, states.objective.reference_kind),
         "generation": rollout.during_generation,
