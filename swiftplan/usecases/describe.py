@@ -151,7 +151,7 @@ def engine_line(alternative: Any, planned_for: str, objective: str) -> str:
     else:
         better = {"throughput": "more throughput", "cost": "cheaper"}.get(objective, "faster")
         gain = f"{_amount(alternative.ratio).strip()} {better}"
-    return f"{candidate_summary(other)} ({figure}) is {gain}, but needs another engine: {names}."
+    return f"{candidate_summary(other)} ({figure}) is {gain} on another engine: {names}."
 
 
 def search_line(result: SearchResult, seed: int, elapsed_s: float | None = None) -> str:
