@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from swiftplan.executors.probe.result import HostInfo, ProbedDevice, ProbeResult
 
@@ -62,3 +63,18 @@ async def search(pilot, *, model: str, **fields: str) -> None:  # type: ignore[n
     await settle(pilot)
     await pilot.press("ctrl+r")
     await settle(pilot)
+
+
+async def pick_option(pilot: Any, selector: str, choice: str) -> None:
+    """Choose an option of the Select at `selector` as a user does: open it, move to the option, press enter."""
+    from textual.widgets import Select
+
+    select = pilot.app.query_one(selector, Select)
+    options = [value for _, value in select._options]
+    select.focus()
+    await pilot.press("enter")
+    await pilot.pause()
+    moves = options.index(choice) - options.index(select.value)
+    await pilot.press(*(["down"] * moves if moves > 0 else ["up"] * -moves), "enter")
+    await pilot.pause()
+    assert select.value == choice

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("textual")
 
-from dash_support import settle  # noqa: E402
+from dash_support import pick_option, settle  # noqa: E402
 from textual.widgets import Collapsible, Input, Select, Static  # noqa: E402
 
 from swiftplan.planner.hardware import parse_cluster  # noqa: E402
@@ -41,19 +41,6 @@ def _profile_knobs(runtime: str) -> dict[str, str]:
     return {k: knob_text(v if (v := profile.value(k)) is not None else getattr(base, k)) for k in KNOB_FIELDS}
 
 
-async def _pick(pilot: Any, select_id: str, choice: str) -> None:
-    """Choose an option of a Select as a user does: open it, move down to the option, press enter."""
-    select = pilot.app.query_one(select_id, Select)
-    options = [value for _, value in select._options]
-    select.focus()
-    await pilot.press("enter")
-    await pilot.pause()
-    moves = options.index(choice) - options.index(select.value)
-    await pilot.press(*(["down"] * moves if moves > 0 else ["up"] * -moves), "enter")
-    await pilot.pause()
-    assert select.value == choice
-
-
 def test_every_knob_flag_of_the_cli_has_a_field() -> None:
     flagged = set(KNOB_FLAGS) - {"reduce_bucket_elements", "prefetch_bucket_elements", "max_live_parameters"}
     assert set(KNOB_FIELDS) == flagged  # DeepSpeed's buffer sizes have no flag on the CLI either
@@ -75,11 +62,11 @@ def test_a_runtime_fills_its_defaults_and_changed_knobs_plan_as_fit_does(monkeyp
             await pilot.pause()
             assert not knobs.collapsed
             assert {k: _form(app, k) for k in KNOB_FIELDS} == _profile_knobs("swiftplan")
-            await _pick(pilot, "#job-runtime", RUNTIME)
+            await pick_option(pilot, "#job-runtime", RUNTIME)
             shown = {k: _form(app, k) for k in KNOB_FIELDS}
             assert shown == _profile_knobs(RUNTIME) and shown != _profile_knobs("swiftplan")
-            await _pick(pilot, "#job-fsdp", "fsdp2")
-            await _pick(pilot, "#job-fsdp_cpu_offload", "yes")
+            await pick_option(pilot, "#job-fsdp", "fsdp2")
+            await pick_option(pilot, "#job-fsdp_cpu_offload", "yes")
             fields = app.query_one(JobPane).values()
             await pilot.press("ctrl+r")
             await settle(pilot)

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("textual")
 
-from dash_support import settle  # noqa: E402
+from dash_support import pick_option, settle  # noqa: E402
 from textual.widgets import Collapsible, Select, Static  # noqa: E402
 
 from swiftplan.errors import SwiftplanError  # noqa: E402
@@ -38,16 +38,7 @@ def _value(app: Any, key: str) -> str:
 
 
 async def _pick(pilot: Any, key: str, choice: str) -> None:
-    """Choose an option of a Select as a user does: open it, move to the option, press enter."""
-    select = pilot.app.query_one(f"#job-{key}", Select)
-    options = [value for _, value in select._options]
-    select.focus()
-    await pilot.press("enter")
-    await pilot.pause()
-    moves = options.index(choice) - options.index(select.value)
-    await pilot.press(*(["down"] * moves if moves > 0 else ["up"] * -moves), "enter")
-    await pilot.pause()
-    assert select.value == choice
+    await pick_option(pilot, f"#job-{key}", choice)
 
 
 def test_serving_runtimes_are_fits_with_vllm_first() -> None:
