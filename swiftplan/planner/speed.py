@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from swiftplan.planner.adapters import adapter_params
 from swiftplan.planner.architecture import linear_modules, matmul_params_per_token, total_params
 from swiftplan.planner.calibration import constant
-from swiftplan.planner.comm_speed import HALF_BYTES, TrainComm, exposed_comm_s, train_comm
+from swiftplan.planner.comm_speed import HALF_BYTES, TrainComm, exposed_comm_s, ring_all_reduce_s, train_comm
 from swiftplan.planner.dtypes import adapter_dtype, compute_dtype, dtype_bytes
 from swiftplan.planner.hardware import FALLBACK_PCIE_BYTES_PER_S
 from swiftplan.planner.model_spec import ModelSpec
@@ -163,13 +163,6 @@ def _pcie(acc: Accelerator) -> float:
     return acc.pcie_bytes_per_s or FALLBACK_PCIE_BYTES_PER_S
 
 
-def _allreduce_s(num_bytes: float, ranks: int, bandwidth_bytes_per_s: float) -> float:
-    """Ring all-reduce time: 2 (ranks − 1) / ranks × bytes over the slowest link (Patarasuk and Yuan 2009)."""
-    if ranks <= 1:
-        return 0.0
-    return 2 * (ranks - 1) / ranks * num_bytes / bandwidth_bytes_per_s
-
-
 def _trainable_grad_bytes(setup: TrainSetup) -> int:
     """Bytes of one gradient (or one updated parameter sent back) per trainable parameter."""
     # LoRA gradients are in the adapter dtype: fp32 with peft's default, the model dtype with
@@ -218,7 +211,7 @@ def _tp_comm_s(spec: ModelSpec, setup: TrainSetup, cluster: Cluster) -> float:
         * spec.num_layers
         / par.pp
         * TP_ALLREDUCES_PER_LAYER
-        * _allreduce_s(activation_bytes, par.tp, cluster.accelerator.intra_node_bytes_per_s)
+        * ring_all_reduce_s(activation_bytes, par.tp, cluster.accelerator.intra_node_bytes_per_s)
         * TP_EXPOSED_FRACTION
     )
 
@@ -411,7 +404,7 @@ def decode_allreduce_s(
     if setup.tp <= 1:
         return 0.0
     activation_bytes = setup.concurrency * spec.hidden_size * dtype_bytes(setup.dtype)
-    ring_s = _allreduce_s(activation_bytes, setup.tp, accelerator.intra_node_bytes_per_s)
+    ring_s = ring_all_reduce_s(activation_bytes, setup.tp, accelerator.intra_node_bytes_per_s)
     return DECODE_TP_ALLREDUCES_PER_LAYER * spec.num_layers * (eff.allreduce_latency_s + ring_s)
 
 
