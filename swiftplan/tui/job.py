@@ -48,14 +48,21 @@ KNOBS_FOR = "knobs_for"
 job refuses the knobs that differ from them, as the CLI refuses knob flags with --task serve)."""
 
 
-def runtime_choices() -> tuple[str, ...]:
-    """Training runtimes the search can plan for (profiles/runtimes with an engine in engines.json, as
-    `swiftplan fit --runtime` needs), swiftplan's own loop first."""
+def _runtimes_with_engines(task: Literal["train", "serve"], default: str) -> tuple[str, ...]:
+    """The `task` runtimes the search can plan for (profiles/runtimes with an engine in engines.json, as
+    `swiftplan fit --runtime` needs), `default` first."""
     from swiftplan.planner.engines import runtime_engine
-    from swiftplan.planner.runtime import DEFAULT_TRAIN_RUNTIME, runtime_profiles
+    from swiftplan.planner.runtime import runtime_profiles
 
-    names = [n for n, p in runtime_profiles().items() if p.task == "train" and runtime_engine(n, "train")]
-    return (DEFAULT_TRAIN_RUNTIME, *sorted(n for n in names if n != DEFAULT_TRAIN_RUNTIME))
+    names = [n for n, p in runtime_profiles().items() if p.task == task and runtime_engine(n, task)]
+    return (default, *sorted(n for n in names if n != default))
+
+
+def runtime_choices() -> tuple[str, ...]:
+    """Training runtimes the search can plan for, swiftplan's own loop first."""
+    from swiftplan.planner.runtime import DEFAULT_TRAIN_RUNTIME
+
+    return _runtimes_with_engines("train", DEFAULT_TRAIN_RUNTIME)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -130,13 +137,11 @@ def _ranks(text: str) -> tuple[int, ...] | None:
 
 
 def serve_runtime_choices() -> tuple[str, ...]:
-    """Serving runtimes the search can plan for (profiles/runtimes with an engine in engines.json, as
-    `swiftplan fit --task serve --runtime` takes), fit's default engine's (vLLM) first."""
-    from swiftplan.planner.engines import runtime_engine
-    from swiftplan.planner.runtime import DEFAULT_SERVE_RUNTIME, runtime_profiles
+    """Serving runtimes the search can plan for (`swiftplan fit --task serve --runtime`), fit's default
+    engine's (vLLM) first."""
+    from swiftplan.planner.runtime import DEFAULT_SERVE_RUNTIME
 
-    names = [n for n, p in runtime_profiles().items() if p.task == "serve" and runtime_engine(n, "serve")]
-    return (DEFAULT_SERVE_RUNTIME, *sorted(n for n in names if n != DEFAULT_SERVE_RUNTIME))
+    return _runtimes_with_engines("serve", DEFAULT_SERVE_RUNTIME)
 
 
 def task_runtimes(task: str) -> tuple[str, ...]:
