@@ -301,6 +301,13 @@ CASES = [
         ["'@fast'", "@<Gb/s per node>gbps", "400gbps"],
     ),
     ("estimate-network-zero", (*EST, "--gpus", "2x8xH100@0gbps"), ["Bad network speed '0'", "positive"]),
+    ("estimate-adapter-dtype", (*EST, "--adapter-dtype", "bf16"), ["--adapter-dtype 'bf16'", "fp32, model"]),
+    ("estimate-loss-legacy-typo", (*EST, "--loss", "full_old"), ["--loss 'full_old'", "full_legacy"]),
+    (
+        "estimate-serve-runtime",
+        (*EST, "--task", "serve", "--runtime", "tgi"),
+        ["--runtime 'tgi'", "lmdeploy, sglang"],
+    ),
     ("estimate-task", (*EST, "--task", "infer"), ["--task", "'infer'", "serve"]),
     ("estimate-engine", (*EST, "--engine", "bogus"), ["'bogus'", "swiftplan"]),
     (
