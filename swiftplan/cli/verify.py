@@ -267,7 +267,7 @@ def _render(spec: Any, result: Any) -> None:
         table.add_column(column, justify="left" if column == "term" else "right")
     for row in result.rows:
         relative = "—" if row.error is None else f"{row.error:+.2%}"
-        style = "bold" if row.name == "peak_allocated" else ""
+        style = "bold" if row.name in ("peak_allocated", "peak_reserved") else ""
         table.add_row(
             row.name, f"{row.estimate / 2**30:.3f}", f"{row.traced / 2**30:.3f}", relative, style=style
         )

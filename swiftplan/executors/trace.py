@@ -41,6 +41,7 @@ from swiftplan.executors.trace_session import (
     fake_session,
     hook_cache,
 )
+from swiftplan.planner.caching_allocator import replay
 
 Method = Literal["full", "lora"]
 Precision = Literal["bf16", "fp16", "fp32", "amp-bf16", "amp-fp16"]
@@ -67,6 +68,9 @@ class TraceResult:
     """Wall time of the trace, model construction included."""
     notes: tuple[str, ...]
     """What could not be traced and what was assumed."""
+    peak_reserved: int = 0
+    """max_memory_reserved over the measured step: the traced allocations and frees, the model's own
+    included, replayed through the caching allocator's rules (`planner.caching_allocator.replay`)."""
 
     def __post_init__(self) -> None:
         if set(self.at_peak) != set(CATEGORIES):
@@ -97,6 +101,7 @@ def _result(
         trainable_params=trainable,
         seconds=time.perf_counter() - started,
         notes=tuple(base_notes(tracker.round_bytes) + notes),
+        peak_reserved=replay(tracker.events, measure_from=tracker.events_from).peak_reserved,
     )
 
 

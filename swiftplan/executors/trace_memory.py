@@ -79,6 +79,11 @@ class MemoryTracker(TorchDispatchMode):
         self._op = "untracked"
         self.allocations = 0
         """Storages seen so far; each storage's `serial` is its position in that sequence."""
+        self.events_from = 0
+        """Index in `events` where measuring started."""
+        self.events: list[tuple[int, int]] = []
+        """Every allocation (serial, bytes) and free (serial, -1) in order, for replaying the caching
+        allocator over the run (`planner.caching_allocator.replay`); `forget`-ten storages are left out."""
 
     # -- accounting --------------------------------------------------------------------------------
 
@@ -90,6 +95,8 @@ class MemoryTracker(TorchDispatchMode):
         info = self._live.pop(key, None)
         if info is not None:
             self.live_bytes -= info.nbytes
+            if not info.ignored:
+                self.events.append((info.serial, -1))
 
     def _grow(self, delta: int) -> None:
         self.live_bytes += delta
@@ -124,6 +131,7 @@ class MemoryTracker(TorchDispatchMode):
             self.allocations += 1
             info.ref = weakref.ref(st, partial(self._free, key))
             self._live[key] = info
+            self.events.append((info.serial, nbytes))
             self._grow(nbytes)
             return
         if info.ignored:
@@ -132,6 +140,7 @@ class MemoryTracker(TorchDispatchMode):
             info.category = category
         if nbytes != info.nbytes:  # resized in place (out= variants, resize_)
             delta = nbytes - info.nbytes
+            self.events += [(info.serial, -1)] * (info.nbytes > 0) + [(info.serial, nbytes)] * (nbytes > 0)
             info.nbytes = nbytes
             self._grow(delta)
 
@@ -150,6 +159,8 @@ class MemoryTracker(TorchDispatchMode):
                 info.ref = weakref.ref(st, partial(self._free, key))
                 self._live[key] = info
             self.live_bytes -= info.nbytes
+            if info.nbytes:
+                self.events.append((info.serial, -1))
             info.nbytes = 0
             info.ignored = True  # stays known, so in-place updates do not count it again
 
@@ -166,6 +177,7 @@ class MemoryTracker(TorchDispatchMode):
     def start_measuring(self) -> None:
         """Forget earlier peaks: from now on the peak and the phase peaks are recorded."""
         self._measuring = True
+        self.events_from = len(self.events)
         self.peak_bytes = self.live_bytes
         self._peak_live = dict(self._live)
         self.phase_peaks = {}

@@ -49,7 +49,7 @@ class Comparison:
     """Estimate vs trace for one set-up."""
 
     rows: tuple[TermRow, ...]
-    """Per-term figures alive at the peak, then the peak itself (last row)."""
+    """Per-term figures alive at the peak, then the peak itself, then (SFT) the reserved peak."""
     trace: TraceResult
     """The raw trace."""
     estimate_phase: str
@@ -60,7 +60,12 @@ class Comparison:
     @property
     def peak(self) -> TermRow:
         """The peak-allocated row."""
-        return self.rows[-1]
+        return next(row for row in self.rows if row.name == "peak_allocated")
+
+    @property
+    def reserved(self) -> TermRow | None:
+        """The peak-reserved row: the allocator model vs the traced allocations replayed (SFT traces)."""
+        return next((row for row in self.rows if row.name == "peak_reserved"), None)
 
 
 ADAMW_IMPLS: dict[str, OptimizerName] = {
@@ -168,18 +173,23 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2, world
     )
     workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))
     estimate = _estimate_at_peak(train_memory(spec, setup), setup, workspace)
-    traced = dict(trace.at_peak) | {"peak_allocated": trace.peak_bytes}
+    # the reserved figure: the planner's allocator model vs the trace's allocations replayed through the
+    # caching allocator's rules (one stream, fixed shapes, as the estimate's default settings)
+    estimate["peak_reserved"] = train_memory(spec, setup).device.peak_reserved - workspace
+    traced = dict(trace.at_peak) | {"peak_allocated": trace.peak_bytes, "peak_reserved": trace.peak_reserved}
     if traced_setup is not setup and setup.quant != "none":
         unquantized = train_memory(spec, traced_setup).device.weights
-        traced["peak_allocated"] += estimate["weights"] - unquantized
+        for total in ("peak_allocated", "peak_reserved"):
+            traced[total] += estimate["weights"] - unquantized
         traced["weights"] = estimate["weights"]
     if optimizer != setup.optimizer:
         adamw = train_memory(spec, replace(traced_setup, optimizer="adamw")).device.optimizer
-        traced["peak_allocated"] += estimate["optimizer"] - adamw
+        for total in ("peak_allocated", "peak_reserved"):
+            traced[total] += estimate["optimizer"] - adamw
         traced["optimizer"] = estimate["optimizer"]
     rows = tuple(
         TermRow(name=name, estimate=estimate.get(name, 0), traced=traced.get(name, 0))
-        for name in (*TERMS, "peak_allocated")
+        for name in (*TERMS, "peak_allocated", "peak_reserved")
         if estimate.get(name, 0) or traced.get(name, 0) or name == "peak_allocated"
     )
     return Comparison(

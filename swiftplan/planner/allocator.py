@@ -166,6 +166,21 @@ def rounding_bytes(spec: ModelSpec, memory: MemoryBreakdown) -> int:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SetupCache:
+    """Blocks a run's set-up freed but the allocator kept before the first step (FSDP1's wrap,
+    planner/fsdp1_wrap.py): the step's per-step tensors of the same stream reuse them first."""
+
+    cached_bytes: int
+    """Reserved but free when the first step starts."""
+    apart_bytes: int = 0
+    """Per-step bytes at the peak served from another stream's pool (FSDP1's gathered units), which
+    cannot reuse the cache."""
+    what: str = "set-up"
+    """Who left the cache, for the explanation."""
+    source: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Reserve:
     """What the caching allocator holds beyond the live tensors at the peak."""
 
@@ -177,11 +192,13 @@ class Reserve:
     """Fragmentation slack per dynamic byte."""
     dynamic_bytes: int
     """Per-step bytes at the peak (activations, logits, temporaries)."""
+    unused_cache_bytes: int = 0
+    """Of a set-up's cache (`SetupCache`), what the step's tensors do not reuse."""
 
     @property
     def slack_bytes(self) -> int:
         """peak_reserved - peak_allocated."""
-        return self.rounding_bytes + self.fragmentation_bytes
+        return self.rounding_bytes + self.fragmentation_bytes + self.unused_cache_bytes
 
 
 def reserve(
@@ -191,19 +208,28 @@ def reserve(
     seq_len: int,
     settings: AllocatorSettings,
     params: AllocatorParams | None = None,
+    setup_cache: SetupCache | None = None,
 ) -> Reserve:
-    """The allocator's slack for a breakdown whose `peak_allocated` is set."""
+    """The allocator's slack for a breakdown whose `peak_allocated` is set. A set-up's cache is reused by
+    the per-step tensors of its stream and their slack first: the stream's reserved region is the larger of
+    the two (max_memory_reserved never falls below what the set-up reserved)."""
     params = params or AllocatorParams.from_calibration()
     persistent = (
         memory.weights + memory.adapters + memory.gradients + memory.optimizer + memory.master_weights
     )
     dynamic = max(0, memory.peak_allocated - persistent - memory.kv_cache)
     fraction = slack_fraction(seq_len, settings, params)
+    fragmentation = int(dynamic * fraction)
+    unused = 0
+    if setup_cache is not None:
+        reusing = max(0, dynamic - setup_cache.apart_bytes) + fragmentation
+        unused = max(0, setup_cache.cached_bytes - reusing)
     return Reserve(
         rounding_bytes=rounding_bytes(spec, memory),
-        fragmentation_bytes=int(dynamic * fraction),
+        fragmentation_bytes=fragmentation,
         fraction=fraction,
         dynamic_bytes=dynamic,
+        unused_cache_bytes=unused,
     )
 
 
@@ -223,6 +249,17 @@ def _context_source(backend: str | None) -> str:
         return constant_source("runtime_overhead", "cuda_context_bytes")
 
 
+def _cache_formula(res: Reserve, cache: SetupCache | None) -> str:
+    if cache is None or not cache.cached_bytes:
+        return ""
+    return (
+        f" + {res.unused_cache_bytes / MiB:,.0f} MiB of the {cache.cached_bytes / MiB:,.0f} MiB {cache.what} left "
+        f"cached that the step does not reuse (its per-step tensors and their slack"
+        + (f", less {cache.apart_bytes / MiB:,.0f} MiB in another stream's pool" if cache.apart_bytes else "")
+        + ", reuse the rest)"
+    )
+
+
 def with_reserved(
     spec: ModelSpec,
     memory: MemoryBreakdown,
@@ -232,16 +269,18 @@ def with_reserved(
     backend: str | None = None,
     extras: tuple[Term, ...] = (),
     pooled: tuple[Term, ...] = (),
+    setup_cache: SetupCache | None = None,
 ) -> MemoryBreakdown:
     """`memory` with `peak_reserved`, `runtime_overhead` and `device_total` from the allocator model.
 
     peak_reserved = peak_allocated + rounding + fragmentation; device_total = peak_reserved + context
     + extras (memory a runtime holds outside torch's allocator, e.g. NCCL buffers), each a named term;
     `pooled` terms are held through torch's allocator beside the step (a colocated vLLM engine without
-    sleep mode) and count in peak_reserved too.
+    sleep mode) and count in peak_reserved too; `setup_cache` is what the run's set-up left cached (FSDP1's
+    wrap), counted where the step does not reuse it.
     """
     settings = settings or AllocatorSettings()
-    res = reserve(spec, memory, seq_len=seq_len, settings=settings)
+    res = reserve(spec, memory, seq_len=seq_len, settings=settings, setup_cache=setup_cache)
     context = context_bytes(backend)
     extra = sum(t.value_bytes for t in extras)
     reserved = memory.peak_allocated + res.slack_bytes + sum(t.value_bytes for t in pooled)
@@ -254,9 +293,15 @@ def with_reserved(
             f"{res.dynamic_bytes / MiB:,.0f} MiB per-step tensors"
             + (f" ({lengths} sequence-length classes)" if lengths > 1 else " (one shape per step)")
             + (", expandable segments" if settings.expandable_segments else "")
+            + _cache_formula(res, setup_cache)
         ),
         source="rounding: pytorch/pytorch c10/cuda/CUDACachingAllocator.cpp @ 001074d2; slack: "
-        + constant_source("allocator", "dynamic_slack"),
+        + constant_source("allocator", "dynamic_slack")
+        + (
+            f"; {setup_cache.what}: {setup_cache.source}"
+            if setup_cache is not None and setup_cache.source
+            else ""
+        ),
     )
     context_term = Term(
         name="runtime_overhead",

@@ -224,6 +224,7 @@ def estimate_training(
         backend=cluster.accelerator.backend,
         extras=(*memory.extras, *((comm,) if comm else ())),
         pooled=memory.pooled,
+        setup_cache=memory.setup_cache,
     )
     notes = list(cluster.notes) + vision_notes(spec, setup)
     rollout_sequences = _rollout_sequences(spec, setup, cluster, train_world, notes)

@@ -17,7 +17,7 @@ from functools import cache
 
 from swiftplan.planner import activations as act
 from swiftplan.planner.adapters import adapter_params, is_targeted, lora_params_for
-from swiftplan.planner.allocator import with_reserved
+from swiftplan.planner.allocator import SetupCache, with_reserved
 from swiftplan.planner.architecture import (
     largest_param_elements,
     layer_linears,
@@ -27,6 +27,7 @@ from swiftplan.planner.architecture import (
 from swiftplan.planner.breakdown import MemoryBreakdown, Term
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.dtypes import dtype_bytes
+from swiftplan.planner.fsdp1_wrap import fsdp1_offload_copy_term, fsdp1_setup_cache
 from swiftplan.planner.fsdp_memory import StepBytes, fsdp_gathered_bytes, fsdp_moments
 from swiftplan.planner.head_gradients import (
     CHUNK_SUM,
@@ -92,6 +93,8 @@ class TrainMemory:
     phase_peaks: tuple[tuple[str, int], ...] = ()
     """(moment, allocated bytes without the cuBLAS workspace) of each candidate peak, for composing
     further terms on top (planner/vision_memory.py)."""
+    setup_cache: SetupCache | None = None
+    """What the run's set-up left cached in the allocator before the first step (FSDP1's wrap)."""
 
 
 def reward_head_params(spec: ModelSpec, setup: TrainSetup) -> int:
@@ -472,7 +475,14 @@ def train_memory(
     engine = _rollout_terms(rollout, states, peak)
     asleep = setup.objective.rollout is not None and setup.objective.rollout.sleep
     extras, pooled = (engine, ()) if asleep else ((), engine)
-    device = with_reserved(spec, device, seq_len=setup.seq_len, extras=extras, pooled=pooled)
+    shards, wb = shard_degree(setup, dp), dtype_bytes(state_dtypes(setup).weights)
+    wrap = fsdp1_setup_cache(spec, setup, shards=shards, layers=stage_layers, weight_bytes=wb,
+                             gathered_bytes=states.gathered)  # fmt: skip
+    copies = fsdp1_offload_copy_term(spec, setup, shards=shards, weight_bytes=wb, layers=stage_layers)
+    pooled = (*pooled, *((copies,) if copies else ()))
+    device = with_reserved(
+        spec, device, seq_len=setup.seq_len, extras=extras, pooled=pooled, setup_cache=wrap
+    )
     return TrainMemory(
         device=device,
         host_bytes=states.host + phases.offloaded * dp,
@@ -483,6 +493,7 @@ def train_memory(
         phase_activations=phase_acts,
         extras=extras,
         pooled=pooled,
+        setup_cache=wrap,
         rollout=rollout if setup.objective.rollout is not None else None,
         phase_peaks=tuple(phase_peaks.items()),
     )

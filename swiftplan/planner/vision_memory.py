@@ -358,7 +358,7 @@ def train_memory_with_vision(
     phase_acts["vision backward"] = acts.inputs + acts.tower + acts.leaf + acts.backward_extra
     return replace(
         llm,
-        device=with_reserved(spec, device, seq_len=llm_seq, extras=llm.extras),
+        device=with_reserved(spec, device, seq_len=llm_seq, extras=llm.extras, setup_cache=llm.setup_cache),
         params=llm.params + tower.params() + states.adapter_params,
         trainable_params=llm.trainable_params + states.trainable,
         phase_activations=phase_acts,
