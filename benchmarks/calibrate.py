@@ -10,12 +10,10 @@ Procedure (small on purpose):
 2. For each row, the planner's estimate gives peak_allocated, the exact block rounding and the per-step
    (dynamic) bytes; predicted reserved = allocated + rounding + (dynamic_slack + length_slack x
    log2(length classes)) x dynamic.
-3. Only constants the fit set can inform are fitted. `dynamic_slack` is the slack when every step has the
-   same shapes; a row informs it only if its run had fixed shapes (packed data). When the fit set has no such
-   row (so far: every reserved row padded variable-length batches), dynamic_slack and length_slack cannot be
-   told apart, and dynamic_slack stays at its documented prior while length_slack is fitted. Otherwise both
-   are fitted on the grid.
-4. Grid: dynamic_slack 0.00..0.50 step 0.01, length_slack 0.000..0.300 step 0.0025 (0.3 per doubling: a
+3. Only length_slack is fitted. `dynamic_slack`, the slack when every step has the same shapes, is derived
+   from traced runs replayed through the allocator's rules (`allocator_replay.py`) and held here; the length
+   effect depends on the data's real length distribution, which only the published runs have.
+4. Grid: length_slack 0.000..0.300 step 0.0025 (0.3 per doubling: a
    run with 32 length classes may hold 1.5 x its per-step bytes in cached blocks of unusable sizes, the
    most a slab of freed activations of 5 size octaves can strand); keep the value(s) with the least sum of
    |log(predicted / published)|; ties: smaller values. Nothing per row.
@@ -51,7 +49,6 @@ from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.setup import TrainSetup
 
 CALIBRATION = Path(__file__).resolve().parent.parent / "swiftplan" / "profiles" / "calibration.json"
-DYNAMIC_GRID = [i / 100 for i in range(51)]
 LENGTH_GRID = [i * 0.0025 for i in range(121)]
 
 
@@ -112,10 +109,9 @@ def fit(points: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """The grid's best constants, the rows they came from, and whether the fit can be trusted."""
     reserved = points["reserved"]
     fixed_shape_rows = [p["id"] for p in reserved if p["log2_lengths"] == 0]
-    prior = AllocatorParams.from_calibration().dynamic_slack
-    dynamic_grid = DYNAMIC_GRID if fixed_shape_rows else [prior]
+    dynamic_grid = [AllocatorParams.from_calibration().dynamic_slack]  # derived by allocator_replay.py
     best = _grid_fit(reserved, dynamic_grid)
-    fitted = ["dynamic_slack", "length_slack"] if fixed_shape_rows else ["length_slack"]
+    fitted = ["length_slack"]
     leave_one_out = {
         p["id"]: _grid_fit([q for q in reserved if q is not p], dynamic_grid)[1:] for p in reserved
     }
@@ -132,15 +128,12 @@ def fit(points: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             for p in reserved
         },
     }
-    trusted = {}
-    for i, name in ((0, "dynamic_slack"), (1, "length_slack")):
-        if name not in fitted:
-            continue
-        grid = DYNAMIC_GRID if i == 0 else LENGTH_GRID
-        values = [v[i] for v in leave_one_out.values()]
-        spread = max(values) - min(values)
-        trusted[name] = grid[0] < result[name] < grid[-1] and spread <= result[name]
-    result["trusted"] = trusted
+    values = [v[1] for v in leave_one_out.values()]
+    spread = max(values) - min(values)
+    result["trusted"] = {
+        "length_slack": LENGTH_GRID[0] < result["length_slack"] < LENGTH_GRID[-1]
+        and spread <= result["length_slack"]
+    }
     smi = points["nvidia-smi"]
     if len(smi) >= 3:
         result["context_bytes_cuda"] = int(
@@ -160,19 +153,11 @@ def write(result: dict[str, Any], path: Path = CALIBRATION) -> None:
         f"fit set ({rows}), {date.today()}, benchmarks/calibrate.py (grid, least absolute log error)"
     )
     for name in result["fitted"]:
-        trust = leave_one_out_text(
-            {v[0 if name == "dynamic_slack" else 1] for v in result["leave_one_out"].values()}
-        )
+        trust = leave_one_out_text({v[1] for v in result["leave_one_out"].values()})
         if not result["trusted"][name]:
             note_untrusted(section[name], value=result[name], rows=rows, trust=trust, today=str(date.today()))
             continue
-        held = (
-            ""
-            if name != "length_slack" or "dynamic_slack" in result["fitted"]
-            else (
-                f" with dynamic_slack held at its prior {result['dynamic_slack']:g} (no fixed-shape fit row)"
-            )
-        )
+        held = f" with dynamic_slack held at {result['dynamic_slack']:g} (derived: allocator_replay.py)"
         section[name] = {"value": result[name], "status": "fitted", "source": how + held + trust}
     if "context_bytes_cuda" in result:
         smi = ", ".join(result["nvidia_smi_rows"])

@@ -335,8 +335,13 @@ def trace_training(
     loss: LossName = "full",
     loss_chunks: int = 8,
     features: TraceFeatures | None = None,
+    seq_lengths: Sequence[int] = (),
 ) -> TraceResult:
     """Trace `steps` real training steps and measure the last one.
+
+    `seq_lengths`: one step per length instead (batches of varying shape, as dynamic padding makes
+    them), all measured: the peaks are the run's, and `peak_reserved` shows what the changing shapes
+    leave reserved.
 
     `precision`: "bf16"/"fp16"/"fp32" create the model in that dtype (optimizer state follows the
     parameters, no autocast); "amp-bf16"/"amp-fp16" keep fp32 parameters and run forward and loss under
@@ -366,7 +371,12 @@ def trace_training(
         loss_chunks=loss_chunks,
         features=features,
     ) as rig:
-        for step in range(steps):
+        if seq_lengths:
+            rig.tracker.start_measuring()
+            for length in seq_lengths:
+                rig.seq = length
+                rig.step()
+        for step in range(0 if seq_lengths else steps):
             if step == steps - 1:
                 rig.tracker.start_measuring()
             rig.step()
