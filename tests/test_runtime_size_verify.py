@@ -27,7 +27,11 @@ def _size(*args: str) -> dict:
 
 
 def _headroom_by_plan(payload: dict) -> dict[tuple[int, str], int]:
-    return {(o["gpus"], o["plan"]): o["headroom_bytes"] for o in payload["options"]}
+    """Headroom per (GPUs, every plan field): the label leaves out the optimizer, which a runtime can change."""
+    return {
+        (o["gpus"], json.dumps(o["plan_fields"], sort_keys=True)): o["headroom_bytes"]
+        for o in payload["options"]
+    }
 
 
 # --- size ------------------------------------------------------------------------------------------
@@ -47,7 +51,13 @@ def test_size_plans_every_cluster_under_the_runtime_and_its_json_names_the_profi
     fused, foreach = _headroom_by_plan(ours), _headroom_by_plan(torch_loop)
     same = fused.keys() & foreach.keys()
     assert same and all(foreach[k] <= fused[k] for k in same)
-    assert any(foreach[k] < fused[k] for k in same)
+    # where the step is the peak (full AdamW without sharding), the temporary costs room or AdamW itself
+    optimizers = {
+        name: {o["gpus"]: o["plan_fields"]["optimizer"] for o in payload["options"]}
+        for name, payload in (("fused", ours), ("foreach", torch_loop))
+    }
+    swapped = {g for g, opt in optimizers["fused"].items() if opt == "adamw" != optimizers["foreach"].get(g)}
+    assert any(foreach[k] < fused[k] for k in same) or swapped
     # the knob flag wins over the profile: torch with the fused kernel sizes as swiftplan's loop does
     assert _headroom_by_plan(_size("--runtime", "torch", "--optimizer-impl", "fused")) == fused
 

@@ -194,11 +194,18 @@ class Reserve:
     """Per-step bytes at the peak (activations, logits, temporaries)."""
     unused_cache_bytes: int = 0
     """Of a set-up's cache (`SetupCache`), what the step's tensors do not reuse."""
+    moment: str = ""
+    """The moment whose reserved figure is the step's largest, when it is not the allocated peak (e.g. the
+    loss, whose logits leave more cached than the optimizer step that peaks in allocated bytes)."""
+    below_peak_bytes: int = 0
+    """peak_allocated minus what is allocated at that moment."""
 
     @property
     def slack_bytes(self) -> int:
-        """peak_reserved - peak_allocated."""
-        return self.rounding_bytes + self.fragmentation_bytes + self.unused_cache_bytes
+        """peak_reserved - peak_allocated (reserved never shrinks, so it is the largest moment's)."""
+        return (
+            self.rounding_bytes + self.fragmentation_bytes + self.unused_cache_bytes - self.below_peak_bytes
+        )
 
 
 def reserve(
@@ -209,28 +216,36 @@ def reserve(
     settings: AllocatorSettings,
     params: AllocatorParams | None = None,
     setup_cache: SetupCache | None = None,
+    moments: tuple[tuple[str, int, int], ...] = (),
 ) -> Reserve:
-    """The allocator's slack for a breakdown whose `peak_allocated` is set. A set-up's cache is reused by
-    the per-step tensors of its stream and their slack first: the stream's reserved region is the larger of
-    the two (max_memory_reserved never falls below what the set-up reserved)."""
+    """The allocator's slack for a breakdown whose `peak_allocated` is set. Each of the step's `moments`
+    (name, allocated bytes, per-step bytes) holds its per-step tensors and their fragmentation; reserved memory never shrinks
+    within a run, so max_memory_reserved is the largest moment's, which need not be the allocated peak. A
+    set-up's cache is reused by the per-step tensors of its stream and their slack first: the stream's
+    reserved region is the larger of the two (max_memory_reserved never falls below what the set-up
+    reserved)."""
     params = params or AllocatorParams.from_calibration()
     persistent = (
         memory.weights + memory.adapters + memory.gradients + memory.optimizer + memory.master_weights
     )
-    dynamic = max(0, memory.peak_allocated - persistent - memory.kv_cache)
     fraction = slack_fraction(seq_len, settings, params)
-    fragmentation = int(dynamic * fraction)
-    unused = 0
-    if setup_cache is not None:
-        reusing = max(0, dynamic - setup_cache.apart_bytes) + fragmentation
-        unused = max(0, setup_cache.cached_bytes - reusing)
-    return Reserve(
-        rounding_bytes=rounding_bytes(spec, memory),
-        fragmentation_bytes=fragmentation,
-        fraction=fraction,
-        dynamic_bytes=dynamic,
-        unused_cache_bytes=unused,
-    )
+    rounding = rounding_bytes(spec, memory)
+    best: Reserve | None = None
+    peak = ("", memory.peak_allocated, max(0, memory.peak_allocated - persistent - memory.kv_cache))
+    for name, allocated, dynamic in (peak, *moments):
+        fragmentation = int(dynamic * fraction)
+        unused = 0
+        if setup_cache is not None:
+            reusing = max(0, dynamic - setup_cache.apart_bytes) + fragmentation
+            unused = max(0, setup_cache.cached_bytes - reusing)
+        below = max(0, memory.peak_allocated - allocated)
+        candidate = Reserve(rounding_bytes=rounding, fragmentation_bytes=fragmentation, fraction=fraction,
+                            dynamic_bytes=dynamic, unused_cache_bytes=unused, moment=name if below else "",
+                            below_peak_bytes=below)  # fmt: skip
+        if best is None or candidate.slack_bytes > best.slack_bytes:
+            best = candidate
+    assert best is not None
+    return best
 
 
 def context_bytes(backend: str | None = None) -> int:
@@ -270,6 +285,7 @@ def with_reserved(
     extras: tuple[Term, ...] = (),
     pooled: tuple[Term, ...] = (),
     setup_cache: SetupCache | None = None,
+    moments: tuple[tuple[str, int, int], ...] = (),
 ) -> MemoryBreakdown:
     """`memory` with `peak_reserved`, `runtime_overhead` and `device_total` from the allocator model.
 
@@ -277,10 +293,11 @@ def with_reserved(
     + extras (memory a runtime holds outside torch's allocator, e.g. NCCL buffers), each a named term;
     `pooled` terms are held through torch's allocator beside the step (a colocated vLLM engine without
     sleep mode) and count in peak_reserved too; `setup_cache` is what the run's set-up left cached (FSDP1's
-    wrap), counted where the step does not reuse it.
+    wrap), counted where the step does not reuse it; `moments` are the step's other candidate peaks (name,
+    allocated bytes, per-step bytes), any of which may leave the most reserved.
     """
     settings = settings or AllocatorSettings()
-    res = reserve(spec, memory, seq_len=seq_len, settings=settings, setup_cache=setup_cache)
+    res = reserve(spec, memory, seq_len=seq_len, settings=settings, setup_cache=setup_cache, moments=moments)
     context = context_bytes(backend)
     extra = sum(t.value_bytes for t in extras)
     reserved = memory.peak_allocated + res.slack_bytes + sum(t.value_bytes for t in pooled)
@@ -291,6 +308,12 @@ def with_reserved(
         formula=(
             f"block rounding {res.rounding_bytes / MiB:,.0f} MiB + {res.fraction:.1%} of "
             f"{res.dynamic_bytes / MiB:,.0f} MiB per-step tensors"
+            + (
+                f" at the {res.moment} ({res.below_peak_bytes / MiB:,.0f} MiB below the allocated peak, more "
+                "left reserved)"
+                if res.moment
+                else ""
+            )
             + (f" ({lengths} sequence-length classes)" if lengths > 1 else " (one shape per step)")
             + (", expandable segments" if settings.expandable_segments else "")
             + _cache_formula(res, setup_cache)

@@ -225,6 +225,7 @@ def estimate_training(
         extras=(*memory.extras, *((comm,) if comm else ())),
         pooled=memory.pooled,
         setup_cache=memory.setup_cache,
+        moments=memory.moments,
     )
     notes = list(cluster.notes) + vision_notes(spec, setup)
     rollout_sequences = _rollout_sequences(spec, setup, cluster, train_world, notes)

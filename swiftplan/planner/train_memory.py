@@ -93,6 +93,11 @@ class TrainMemory:
     phase_peaks: tuple[tuple[str, int], ...] = ()
     """(moment, allocated bytes without the cuBLAS workspace) of each candidate peak, for composing
     further terms on top (planner/vision_memory.py)."""
+
+    moments: tuple[tuple[str, int, int], ...] = ()
+    """(moment, allocated bytes, per-step bytes then) of each candidate peak, as the allocator model takes
+    them: any may leave the most reserved."""
+
     setup_cache: SetupCache | None = None
     """What the run's set-up left cached in the allocator before the first step (FSDP1's wrap)."""
 
@@ -434,7 +439,7 @@ def train_memory(
         if setup.runtime.optimizer_in_backward
         else _grad_shares(spec, setup, states.gradients - states.bucket, stage_layers)[0]
     )
-    transient = {
+    transients = {
         "optimizer step": step_temp,
         "end of backward": tied_sum_extra(spec, setup, head_grads),
         HEAD_STEP: head_step_transient(spec, setup, step_temp),
@@ -443,7 +448,8 @@ def train_memory(
         + reference_forward_bytes(spec, setup, states.objective.reference_kind),
         "generation": rollout.during_generation,
         **held,  # FSDP's moments
-    }.get(phase, states.gathered)
+    }
+    transient = transients.get(phase, states.gathered)
     runtime_alloc = int(constant("runtime_overhead", "cublas_workspace_bytes"))
     peak = phase_peaks[phase] + runtime_alloc
     frag = 0.0  # the allocator's slack is planner/allocator.py's (with_reserved below)
@@ -480,9 +486,15 @@ def train_memory(
                              gathered_bytes=states.gathered)  # fmt: skip
     copies = fsdp1_offload_copy_term(spec, setup, shards=shards, weight_bytes=wb, layers=stage_layers)
     pooled = (*pooled, *((copies,) if copies else ()))
-    device = with_reserved(
-        spec, device, seq_len=setup.seq_len, extras=extras, pooled=pooled, setup_cache=wrap
-    )
+    # each moment's per-step bytes (its activations, the loss's logits, what it holds besides), for the
+    # reserved figure: the moment that leaves the most reserved need not be the allocated peak
+    moments = tuple(
+        (name, value + runtime_alloc, phase_acts.get(name, 0) + transients.get(name, states.gathered)
+         + (logits if name == "loss and backward start" else 0))
+        for name, value in phase_peaks.items()
+    )  # fmt: skip
+    device = with_reserved(spec, device, seq_len=setup.seq_len, extras=extras, pooled=pooled, setup_cache=wrap,
+                           moments=moments)  # fmt: skip
     return TrainMemory(
         device=device,
         host_bytes=states.host + phases.offloaded * dp,
@@ -496,4 +508,5 @@ def train_memory(
         setup_cache=wrap,
         rollout=rollout if setup.objective.rollout is not None else None,
         phase_peaks=tuple(phase_peaks.items()),
+        moments=moments,
     )

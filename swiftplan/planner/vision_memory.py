@@ -359,6 +359,7 @@ def train_memory_with_vision(
     return replace(
         llm,
         device=with_reserved(spec, device, seq_len=llm_seq, extras=llm.extras, setup_cache=llm.setup_cache),
+        moments=(),  # the tower's moments are not split into per-step bytes: the peak's alone
         params=llm.params + tower.params() + states.adapter_params,
         trainable_params=llm.trainable_params + states.trainable,
         phase_activations=phase_acts,
