@@ -102,3 +102,24 @@ def test_split_is_deterministic_and_never_shares_a_source():
     # the rule: first byte of sha256(source key) even -> fit
     assert calibration_split.split_of("pytorch/torchtune README.md Llama2 resource table (commit x)") == "fit"
     assert calibration_split.source_key("a b (commit 1)") == calibration_split.source_key("A B (2024)")
+
+
+def test_the_moment_that_leaves_the_most_reserved_sets_it_not_the_allocated_peak():
+    """foreach AdamW makes the optimizer step the allocated peak of a small full fine-tune, but the loss's
+    logits leave more in the cache (reserved never shrinks within a run): peak_reserved is the loss's."""
+    from swiftplan.planner.model_catalog import catalog_spec
+    from swiftplan.planner.setup import RuntimeKnobs, TrainSetup
+    from swiftplan.planner.train_memory import train_memory
+
+    spec = catalog_spec("Qwen/Qwen2.5-0.5B")
+    setup = TrainSetup(method="full", micro_batch=1, seq_len=1024, grad_ckpt=True,
+                       runtime=RuntimeKnobs(optimizer_impl="foreach"))  # fmt: skip
+    memory = train_memory(spec, setup)
+    assert memory.device.peak_phase == "optimizer step"
+    name, allocated, dynamic = next(m for m in memory.moments if m[0] == "loss and backward start")
+    fraction = al.AllocatorParams.from_calibration().dynamic_slack
+    assert memory.device.peak_reserved >= allocated + int(dynamic * fraction)
+    slack = next(t for t in memory.device.terms if t.name == "allocator_slack")
+    assert "at the loss and backward start" in slack.formula
+    at_peak_only = al.reserve(spec, memory.device, seq_len=1024, settings=al.AllocatorSettings())
+    assert memory.device.peak_reserved > memory.device.peak_allocated + at_peak_only.slack_bytes
