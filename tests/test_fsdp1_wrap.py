@@ -10,7 +10,12 @@ import pytest
 
 from swiftplan.planner.architecture import total_params
 from swiftplan.planner.estimate import estimate_training
-from swiftplan.planner.fsdp1_wrap import _broadcast_buckets, fsdp1_offload_copy_term, fsdp1_wrap_cache
+from swiftplan.planner.fsdp1_wrap import (
+    _broadcast_buckets,
+    fsdp1_offload_copy_term,
+    fsdp1_wrap_cache,
+    fsdp1_wrap_events,
+)
 from swiftplan.planner.hardware import parse_cluster
 from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.setup import LoraSetup, Parallelism, RuntimeKnobs, TrainSetup
@@ -82,3 +87,60 @@ def test_offload_copies_only_under_fsdp1_cpu_offload(llama7b):
     assert term.value_bytes == 252 * MiB
     memory = estimate_training(llama7b, _setup(offload=True), parse_cluster("2xRTX4090")).memory
     assert any(t.name == "fsdp1_offload_copies" for t in memory.terms)
+
+
+def test_the_replay_matches_torchs_own_fsdp1_constructor(monkeypatch):
+    """torch's FullyShardedDataParallel wraps a small Llama (2 blocks and the root; 2-22 MiB tensors, so the
+    mid and large pools are both used) as rank 0 of 2 on the fake process group, materializing each unit from
+    the meta device and broadcasting it; every allocation and free it makes, logged by the tracer's dispatch
+    mode and replayed through the allocator's rules, reserves what `fsdp1_wrap_cache` predicts."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    import functools
+
+    import torch.distributed.fsdp._init_utils as init_utils
+    from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+    from torch.distributed.fsdp._flat_param import FlatParamHandle
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    from swiftplan.executors.trace_fsdp import fake_process_group
+    from swiftplan.executors.trace_memory import MemoryTracker
+    from swiftplan.planner.caching_allocator import replay
+    from swiftplan.planner.model_catalog import spec_from_hf_config
+
+    config = {"model_type": "llama", "hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 2,
+              "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 8192, "tie_word_embeddings": False}  # fmt: skip
+    tracker = MemoryTracker(round_bytes=1)
+    # the boundary this CPU run cannot cross: sync_module_states insists on GPU tensors (a device check only)
+    monkeypatch.setattr(init_utils, "_check_module_states_for_sync_module_states", lambda states: None)
+    original_shard = FlatParamHandle.shard
+
+    def shard(self):  # type: ignore[no-untyped-def]
+        key = id(self.flat_param.untyped_storage())
+        original_shard(self)
+        tracker._free(key, None)  # resize_(0) frees the flat block on CUDA; a dispatch mode does not see it
+
+    monkeypatch.setattr(FlatParamHandle, "shard", shard)
+    with torch.device("meta"):
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).to(torch.bfloat16)
+    cpu = torch.device("cpu")
+    with fake_process_group(2), tracker:
+        FullyShardedDataParallel(
+            model, sharding_strategy=ShardingStrategy.FULL_SHARD, use_orig_params=False, device_id=cpu,
+            auto_wrap_policy=functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={LlamaDecoderLayer}),
+            sync_module_states=True, param_init_fn=lambda m: m.to_empty(device=cpu, recurse=False),
+        )  # fmt: skip
+    real = replay(tracker.events)
+    spec = spec_from_hf_config(config, name="small-llama")
+    full = TrainSetup(method="full", runtime=RuntimeKnobs(fsdp="fsdp1"))
+    # the same requests in the same order: each unit's parameters, broadcast buffer, flat parameter, shard
+    ours = [n for _, n in fsdp1_wrap_events(spec, full, shards=2, weight_bytes=2, layers=range(2)) if n > MiB]
+    theirs = [n for _, n in tracker.events if n > MiB]
+    assert len(ours) == len(theirs) == 2 * (7 + 3) + 5  # blocks: 7 matrices, buffer, flat, shard; the root 5
+    assert all(abs(a - b) <= 64 * 1024 for a, b in zip(ours, theirs, strict=True))  # norms and buffers apart
+    model_figure = fsdp1_wrap_cache(spec, full, shards=2, weight_bytes=2, layers=range(2))
+    assert real.peak_reserved == model_figure.reserved
+    assert (
+        abs(tracker.live_bytes - model_figure.shards) <= 2 * MiB
+    )  # the shards kept (small-pool rounding apart)

@@ -119,6 +119,8 @@ class Replay:
     """torch.cuda.max_memory_allocated() (blocks rounded to 512 B)."""
     reserved_from: int
     """torch.cuda.memory_reserved() when measuring started (the peaks are counted from there)."""
+    allocated_at_end: int = 0
+    """torch.cuda.memory_allocated() after the last event."""
 
 
 def replay(events: list[tuple[int, int]], *, measure_from: int = 0) -> Replay:
@@ -143,4 +145,4 @@ def replay(events: list[tuple[int, int]], *, measure_from: int = 0) -> Replay:
         alloc.peak_reserved_bytes, alloc.peak_allocated_bytes = alloc.reserved_bytes, alloc.allocated_bytes
         start = alloc.reserved_bytes
     return Replay(peak_reserved=alloc.peak_reserved_bytes, peak_allocated=alloc.peak_allocated_bytes,
-                  reserved_from=start)  # fmt: skip
+                  reserved_from=start, allocated_at_end=alloc.allocated_bytes)  # fmt: skip

@@ -36,7 +36,7 @@ from swiftplan.planner.architecture import (
     lm_head_params,
 )
 from swiftplan.planner.breakdown import Term
-from swiftplan.planner.caching_allocator import CachingAllocator
+from swiftplan.planner.caching_allocator import replay
 from swiftplan.planner.fsdp_memory import fsdp_unit_bytes
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import TrainSetup
@@ -95,25 +95,41 @@ def _broadcast_buckets(tensors: list[int]) -> list[int]:
     return [sum(b) if len(b) > 1 else 0 for b in buckets if b]
 
 
-def _wrap_unit(alloc: CachingAllocator, tensors: list[int], *, shards: int, offload: bool) -> None:
-    """Replay one unit's construction (module docstring, steps 1-4)."""
-    params = [alloc.malloc(t) for t in tensors]
+def _unit_events(tensors: list[int], *, first_key: int, shards: int, offload: bool) -> list[tuple[int, int]]:
+    """One unit's construction (module docstring, steps 1-4) as allocator events: (key, bytes) allocates,
+    (key, -1) frees; keys from `first_key` on."""
+    keys = iter(range(first_key, first_key + 2 * len(tensors) + 4))
+    params = [(next(keys), t) for t in tensors]
+    events: list[tuple[int, int]] = list(params)
     in_flight: list[int] = []
     for bucket in _broadcast_buckets(tensors):
         if len(in_flight) == BROADCASTS_IN_FLIGHT:
-            alloc.free(in_flight.pop(0))
+            events.append((in_flight.pop(0), -1))
         if bucket:
-            in_flight.append(alloc.malloc(bucket))
-    for handle in in_flight:
-        alloc.free(handle)
+            key = next(keys)
+            in_flight.append(key)
+            events.append((key, bucket))
+    events += [(key, -1) for key in in_flight]
     total = sum(tensors)
-    flat = alloc.malloc(total + (-total) % shards)
-    shard = alloc.malloc(-(-total // shards))
-    alloc.free(flat)
+    flat, shard = next(keys), next(keys)
+    events += [(flat, total + (-total) % shards), (shard, -(-total // shards)), (flat, -1)]
     if offload:
-        alloc.free(shard)
-    for handle in params:
-        alloc.free(handle)
+        events.append((shard, -1))
+    return events + [(key, -1) for key, _ in params]
+
+
+def fsdp1_wrap_events(spec: ModelSpec, setup: TrainSetup, *, shards: int, weight_bytes: int, layers: range) -> list[tuple[int, int]]:  # fmt: skip
+    """FSDP1's construction of the blocks in `layers` and then the root, as the allocator sees it (children
+    first: the auto-wrap policy wraps each block before the root). Source: `FSDP1_WRAP_SOURCE`."""
+    units = [_block_tensors(spec, setup, layer, weight_bytes) for layer in layers]
+    units.append(_root_tensors(spec, setup, weight_bytes))
+    events: list[tuple[int, int]] = []
+    for tensors in units:
+        first = 1 + max((key for key, _ in events), default=-1)
+        events += _unit_events(
+            tensors, first_key=first, shards=shards, offload=setup.runtime.fsdp_cpu_offload
+        )
+    return events
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -134,18 +150,15 @@ class WrapCache:
 def fsdp1_wrap_cache(spec: ModelSpec, setup: TrainSetup, *, shards: int, weight_bytes: int, layers: range) -> WrapCache:  # fmt: skip
     """Replay FSDP1's construction of the blocks in `layers` and the root over `shards` ranks (the shard
     group) on one fresh allocator. Source: `FSDP1_WRAP_SOURCE`."""
-    units = tuple(tuple(_block_tensors(spec, setup, layer, weight_bytes)) for layer in layers)
-    return _replay(
-        (*units, tuple(_root_tensors(spec, setup, weight_bytes))), shards, setup.runtime.fsdp_cpu_offload
+    return _replayed(
+        tuple(fsdp1_wrap_events(spec, setup, shards=shards, weight_bytes=weight_bytes, layers=layers))
     )
 
 
 @cache
-def _replay(units: tuple[tuple[int, ...], ...], shards: int, offload: bool) -> WrapCache:
-    alloc = CachingAllocator()
-    for tensors in units:
-        _wrap_unit(alloc, list(tensors), shards=shards, offload=offload)
-    return WrapCache(reserved=alloc.reserved_bytes, shards=alloc.allocated_bytes)
+def _replayed(events: tuple[tuple[int, int], ...]) -> WrapCache:
+    result = replay(list(events))
+    return WrapCache(reserved=result.peak_reserved, shards=result.allocated_at_end)
 
 
 def fsdp1_setup_cache(spec: ModelSpec, setup: TrainSetup, *, shards: int, weight_bytes: int, layers: range,
