@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from swiftplan.planner.architecture import total_params
+from swiftplan.planner.architecture import layer_linears, total_params
 from swiftplan.planner.estimate import estimate_training
 from swiftplan.planner.fsdp1_wrap import (
     _broadcast_buckets,
@@ -144,3 +144,25 @@ def test_the_replay_matches_torchs_own_fsdp1_constructor(monkeypatch):
     assert (
         abs(tracker.live_bytes - model_figure.shards) <= 2 * MiB
     )  # the shards kept (small-pool rounding apart)
+
+
+def test_bitsandbytes_constants_stay_whole_on_every_rank(llama7b):
+    """FSDP shards a 4-bit base's packed data but not its quant state (absmax, nested constants), which
+    bitsandbytes keeps on the module: they are on every rank whole, with or without CPU offload."""
+    from swiftplan.planner.weights import bnb_quant_state_bytes
+
+    constants = bnb_quant_state_bytes(llama7b, range(32), quant="nf4", double_quant=True)
+    blocks = sum(lin.in_features * lin.out_features for i in range(32) for lin in layer_linears(llama7b, i))
+    # double quantization: 1 B per 64 weights plus one fp32 per 256 blocks
+    assert constants == pytest.approx(blocks / 64 + 4 * blocks / 64 / 256, rel=0.001)
+    cluster = parse_cluster("2xRTX4090")
+    one = estimate_training(llama7b, _setup(quant="nf4"), parse_cluster("RTX4090")).memory
+    two = estimate_training(llama7b, _setup(quant="nf4"), cluster).memory
+    assert two.weights == (one.weights - constants) // 2 + constants
+    offloaded = estimate_training(llama7b, _setup(quant="nf4", offload=True), cluster).memory
+    assert offloaded.weights == constants
+    weights = next(t for t in two.terms if t.name == "weights")
+    assert (
+        "whole on every rank" in weights.formula
+        and "fix_4bit_weight_quant_state_from_module" in weights.source
+    )

@@ -27,7 +27,7 @@ from swiftplan.planner.fsdp_memory import FSDP_GATHER_SOURCE, block_gradient_par
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.runtime_terms import saved_module_params
 from swiftplan.planner.setup import TrainSetup
-from swiftplan.planner.weights import TORCHAO_NF4_SOURCE
+from swiftplan.planner.weights import BNB_QUANT_STATE_SOURCE, TORCHAO_NF4_SOURCE, bnb_quant_state_bytes
 from swiftplan.units import format_gib
 
 OFFLOAD_STASH_TENSORS = 5
@@ -253,6 +253,12 @@ def _feature_notes(
         notes.setdefault("weights", []).append(
             ("block linears as torchao NF4Tensor: n/2 + n/64 + (n/16384 + 17) × 2 B each", TORCHAO_NF4_SOURCE)
         )
+    sharded = setup.parallel.zero == 3 or knobs.fsdp != "none"
+    constants = bnb_quant_state_bytes(spec, range(-(-spec.num_layers // setup.parallel.pp)), quant=setup.quant,
+                                      double_quant=setup.double_quant, tp=setup.parallel.tp) if sharded else 0  # fmt: skip
+    if constants:
+        clause = f"bitsandbytes' 4-bit constants {format_gib(constants)} whole on every rank (not in the sharded data)"
+        notes.setdefault("weights", []).append((clause, BNB_QUANT_STATE_SOURCE))
     if knobs.ckpt_every > 1 and setup.grad_ckpt:
         stage = -(-spec.num_layers // setup.parallel.pp)
         wrapped = len(checkpointed_blocks(stage, every=knobs.ckpt_every, position=knobs.ckpt_position))

@@ -67,7 +67,7 @@ from swiftplan.planner.states import (
     state_dtypes,
 )
 from swiftplan.planner.train_terms import breakdown_terms
-from swiftplan.planner.weights import layer_weight_bytes, outer_weight_bytes
+from swiftplan.planner.weights import bnb_quant_state_bytes, layer_weight_bytes, outer_weight_bytes
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -213,6 +213,10 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
     if stage >= 2:
         grads //= shards
     gathered = 0
+    # a bitsandbytes 4-bit base's constants stay whole on every rank when the weights are sharded
+    constants = bnb_quant_state_bytes(spec, stage_layers, quant=setup.quant, double_quant=setup.double_quant,
+                                      tp=par.tp) if stage == 3 or knobs.fsdp != "none" else 0  # fmt: skip
+    weights -= constants
     if stage == 3:
         weights, adapters = weights // shards, adapters // shards
         if knobs.ds_buckets and knobs.fsdp == "none":
@@ -236,6 +240,7 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
     if knobs.fsdp_cpu_offload:  # shards in host RAM, gathered unit(s) on the device (runtime_features)
         off = fsdp_cpu_offload_states(spec, setup, stage_layers, weights=weights, adapters=adapters, rest=grads + optim + master, bytes_=(wb, dtype_bytes(dtypes.gradients)))  # fmt: skip
         weights, adapters, grads, gathered, optim, master, host = off.weights, off.adapters, off.gradients, off.gathered, 0, 0, host + off.host * dp  # fmt: skip
+    weights += constants  # never offloaded either: a module attribute, not a parameter
     trained_here = weights + adapters + grads + optim + master
     extra = objective_states(
         spec, setup, stage_layers, shards=shards, stage=stage, trained_state_bytes=trained_here

@@ -159,3 +159,30 @@ def outer_weight_bytes(spec: ModelSpec, *, dtype_bytes: int, tp: int = 1) -> int
     return (embedding_params(spec) + lm_head_params(spec)) * dtype_bytes // tp + final_norm_params(
         spec
     ) * dtype_bytes
+
+
+BNB_QUANT_STATE_SOURCE = (
+    "bitsandbytes @ 95f9af30 bitsandbytes/nn/modules.py: Params4bit keeps absmax and the nested state in its "
+    "quant_state, not in the tensor's data; FSDP flattens only the data (in bnb_4bit_quant_storage), and "
+    "fix_4bit_weight_quant_state_from_module restores the state from module.quant_state ('the quant state "
+    "got lost when the parameter got converted. This happens for example for fsdp'), so every rank holds it whole"
+)
+
+
+def bnb_quant_state_bytes(
+    spec: ModelSpec, layers: range, *, quant: Quant, double_quant: bool, tp: int = 1
+) -> int:
+    """Bytes of the bitsandbytes 4-bit constants (absmax, the nested quantization's) of the blocks in `layers`:
+    what sharding (FSDP, ZeRO-3) leaves whole on every rank. 0 for other schemes. Source: `BNB_QUANT_STATE_SOURCE`."""
+    if quant not in ("nf4", "fp4"):
+        return 0
+    total = 0
+    for layer in layers:
+        for linear in layer_linears(spec, layer):
+            if is_quantized(linear, quant):
+                packed = linear.count * (linear.in_features * linear.out_features // 2)
+                bias = linear.count * 2 * linear.out_features if linear.bias else 0
+                total += (
+                    quantized_linear_bytes(linear, quant, double_quant=double_quant) - packed - bias
+                ) // tp
+    return total
