@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from swiftplan.planner.caching_allocator import CachingAllocator, replay
+from swiftplan.planner.caching_allocator import CachingAllocator, DeviceFull, least_capacity, replay
 
 MiB = 2**20
 
@@ -67,6 +67,22 @@ def test_replay_counts_peaks_from_the_measured_point():
     assert late.reserved_from == 300 * MiB
     assert late.peak_allocated == 150 * MiB
     assert late.peak_reserved == 300 * MiB  # the peak cannot fall below what is still reserved
+
+
+def test_a_full_device_releases_wholly_free_segments_before_failing():
+    events = [(0, 100 * MiB), (1, 100 * MiB), (0, -1), (2, 150 * MiB)]
+    assert replay(events).peak_reserved == 350 * MiB  # the free 100 MiB segment stays cached
+    tight = replay(events, capacity_bytes=260 * MiB)  # 100 live + 150 new: the free segment is released
+    assert tight.peak_reserved == 250 * MiB
+    with pytest.raises(DeviceFull):
+        replay(events, capacity_bytes=240 * MiB)
+    assert least_capacity(events) == 250 * MiB
+
+
+def test_a_partly_used_segment_cannot_be_released():
+    # 30 MiB stays live inside the first 100 MiB segment: its 70 MiB of free space is stuck there
+    events = [(0, 100 * MiB), (0, -1), (1, 30 * MiB), (2, 80 * MiB)]
+    assert least_capacity(events) == 180 * MiB
 
 
 torch = pytest.importorskip("torch")

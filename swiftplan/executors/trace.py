@@ -71,6 +71,8 @@ class TraceResult:
     peak_reserved: int = 0
     """max_memory_reserved over the measured step: the traced allocations and frees, the model's own
     included, replayed through the caching allocator's rules (`planner.caching_allocator.replay`)."""
+    events: tuple[tuple[int, int], ...] = ()
+    """With `keep_events`: every allocation (serial, bytes) and free (serial, -1) in order."""
 
     def __post_init__(self) -> None:
         if set(self.at_peak) != set(CATEGORIES):
@@ -87,6 +89,7 @@ def _result(
     calls: Counter[str],
     *,
     training: bool,
+    keep_events: bool = False,
 ) -> TraceResult:
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -102,6 +105,7 @@ def _result(
         seconds=time.perf_counter() - started,
         notes=tuple(base_notes(tracker.round_bytes) + notes),
         peak_reserved=replay(tracker.events, measure_from=tracker.events_from).peak_reserved,
+        events=tuple(tracker.events) if keep_events else (),
     )
 
 
@@ -336,12 +340,13 @@ def trace_training(
     loss_chunks: int = 8,
     features: TraceFeatures | None = None,
     seq_lengths: Sequence[int] = (),
+    keep_events: bool = False,
 ) -> TraceResult:
     """Trace `steps` real training steps and measure the last one.
 
     `seq_lengths`: one step per length instead (batches of varying shape, as dynamic padding makes
     them), all measured: the peaks are the run's, and `peak_reserved` shows what the changing shapes
-    leave reserved.
+    leave reserved. `keep_events` returns the allocation log itself (`TraceResult.events`).
 
     `precision`: "bf16"/"fp16"/"fp32" create the model in that dtype (optimizer state follows the
     parameters, no autocast); "amp-bf16"/"amp-fp16" keep fp32 parameters and run forward and loss under
@@ -381,7 +386,9 @@ def trace_training(
                 rig.tracker.start_measuring()
             rig.step()
         rig.tracker.stop_measuring()
-    return _result(rig.tracker, rig.model, started, rig.notes, rig.calls, training=True)
+    return _result(
+        rig.tracker, rig.model, started, rig.notes, rig.calls, training=True, keep_events=keep_events
+    )
 
 
 def _classify_optimizer_state(tracker: MemoryTracker, opt: torch.optim.Optimizer) -> None:

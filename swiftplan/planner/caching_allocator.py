@@ -38,9 +38,15 @@ class _Block:
     free: bool = True
 
 
+class DeviceFull(Exception):
+    """A request that does not fit the capacity even after the free segments were released (an OOM)."""
+
+
 @dataclass(slots=True)
 class CachingAllocator:
-    """One stream's small and large pools. `malloc` returns a handle for `free`."""
+    """One stream's small and large pools. `malloc` returns a handle for `free`. With `capacity_bytes`, a
+    segment that would exceed it first makes the allocator release every wholly free cached segment and retry,
+    as `cudaMalloc` failing does (`release_cached_blocks` in `alloc_block`'s retry path); then `DeviceFull`."""
 
     _segments: list[list[_Block]] = field(default_factory=list)
     _small: list[bool] = field(default_factory=list)
@@ -52,6 +58,10 @@ class CachingAllocator:
     """Bytes of the live blocks (torch.cuda.memory_allocated)."""
     peak_reserved_bytes: int = 0
     peak_allocated_bytes: int = 0
+    capacity_bytes: int | None = None
+    """Device memory the allocator may reserve (None: unlimited)."""
+    released_bytes: int = 0
+    """Bytes of free segments released to make room so far."""
 
     def malloc(self, request_bytes: int) -> int:
         """Serve a request as the allocator does; returns a handle."""
@@ -99,8 +109,19 @@ class CachingAllocator:
         )
         return min(fits, key=lambda b: (b.size, b.segment, b.offset), default=None)
 
+    def _release_free_segments(self) -> None:
+        for blocks in self._segments:
+            if len(blocks) == 1 and blocks[0].free and blocks[0].size:
+                self.reserved_bytes -= blocks[0].size
+                self.released_bytes += blocks[0].size
+                blocks[0].size = 0  # the segment is gone; its index stays so handles keep theirs
+
     def _new_segment(self, size: int, small: bool) -> _Block:
         nbytes = segment_bytes(size)
+        if self.capacity_bytes is not None and self.reserved_bytes + nbytes > self.capacity_bytes:
+            self._release_free_segments()
+            if self.reserved_bytes + nbytes > self.capacity_bytes:
+                raise DeviceFull(f"{nbytes} B more than the {self.capacity_bytes} B capacity allows")
         block = _Block(len(self._segments), 0, nbytes)
         self._segments.append([block])
         self._small.append(small)
@@ -123,10 +144,14 @@ class Replay:
     """torch.cuda.memory_allocated() after the last event."""
 
 
-def replay(events: list[tuple[int, int]], *, measure_from: int = 0) -> Replay:
+def replay(
+    events: list[tuple[int, int]], *, measure_from: int = 0, capacity_bytes: int | None = None
+) -> Replay:
     """Replay `events` — (key, bytes) allocates, (key, -1) frees; keys are the caller's — on one stream.
-    The peaks count from event index `measure_from` on, as after `torch.cuda.reset_peak_memory_stats()`."""
-    alloc = CachingAllocator()
+    The peaks count from event index `measure_from` on, as after `torch.cuda.reset_peak_memory_stats()`;
+    with `capacity_bytes`, free segments are released when it would be exceeded (`DeviceFull` if that is not
+    enough)."""
+    alloc = CachingAllocator(capacity_bytes=capacity_bytes)
     handles: dict[int, int] = {}
     for i, (key, nbytes) in enumerate(events):
         if i == measure_from:
@@ -146,3 +171,19 @@ def replay(events: list[tuple[int, int]], *, measure_from: int = 0) -> Replay:
         start = alloc.reserved_bytes
     return Replay(peak_reserved=alloc.peak_reserved_bytes, peak_allocated=alloc.peak_allocated_bytes,
                   reserved_from=start, allocated_at_end=alloc.allocated_bytes)  # fmt: skip
+
+
+def least_capacity(events: list[tuple[int, int]], *, step_bytes: int = 2 * 2**20) -> int:
+    """The smallest capacity (to `step_bytes`) the replay of `events` runs in without `DeviceFull`: what the
+    run needs of the device once the allocator releases free segments under pressure."""
+    free_run = replay(events)
+    lo, hi = free_run.peak_allocated // step_bytes, -(-free_run.peak_reserved // step_bytes)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        try:
+            replay(events, capacity_bytes=mid * step_bytes)
+        except DeviceFull:
+            lo = mid + 1
+        else:
+            hi = mid
+    return hi * step_bytes
