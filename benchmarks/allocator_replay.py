@@ -169,9 +169,10 @@ def report(rows: list[dict[str, Any]], derived: dict[str, float]) -> str:
         "",
         "Least capacity: the smallest device (2 MiB steps) the replay runs in when, as `cudaMalloc` failing makes "
         "it, the allocator releases every wholly free cached segment and retries; releasable = (reserved - least "
-        "capacity) / (reserved - allocated). It ranges from about 0 (the full fine-tune: its cached blocks sit in "
-        "partly used segments) to about 0.7, so the planner does not count on it: fits/OOM verdicts keep the whole "
-        "slack.",
+        "capacity) / (reserved - allocated). It ranges from about 0 (the fixed-shape full fine-tune: its cached "
+        "blocks sit in partly used segments) to 0.9 (most variable-shape runs: max_memory_reserved there says more "
+        "about the free memory than about the need), so the planner does not count on it: fits/OOM verdicts keep "
+        "the whole slack, erring towards OOM-safe.",
         "",
         "Not in a replay: other streams' pools (FSDP1's unshard stream, NCCL), CUDA-only workspaces, "
         "`empty_cache()` calls; the variable-length distribution of a real dataset (here uniform).",
