@@ -28,10 +28,10 @@ from swiftplan.planner.speed import (
     FLOPS_PER_MAC,
     TrainSpeed,
     attention_flops_per_token,
-    efficiency_prior,
     serve_speed,
     train_speed,
 )
+from swiftplan.planner.train_efficiency import training_mfu
 
 if TYPE_CHECKING:
     from swiftplan.planner.hardware import Cluster
@@ -42,15 +42,20 @@ two passes over the weights in device memory (trl 1.16 grpo_trainer `_move_model
 
 
 def _forward_s(spec: ModelSpec, setup: TrainSetup, cluster: Cluster, *, sequences: int) -> float:
-    """No-grad forward time of `sequences` × seq_len tokens per micro-batch, every micro-batch of a step."""
+    """No-grad forward time of `sequences` × seq_len tokens per micro-batch, every micro-batch of a step, at the
+    training MFU curve's efficiency for that micro-batch (planner/train_efficiency.py)."""
     par = setup.parallel
     tokens = sequences * setup.seq_len * setup.grad_accum
     flops = tokens * (
         FLOPS_PER_MAC * matmul_params_per_token(spec) + attention_flops_per_token(spec, setup.seq_len)
     )
-    peak = cluster.accelerator.dense_flops(compute_dtype(setup.precision)) * efficiency_prior(
-        cluster.accelerator
+    # the MFU curve at these forwards' own micro-batch (as the training step's), not the family's ceiling
+    mfu = training_mfu(
+        cluster.accelerator,
+        tokens_per_micro_batch=sequences * setup.seq_len,
+        params=matmul_params_per_token(spec),
     )
+    peak = cluster.accelerator.dense_flops(compute_dtype(setup.precision)) * mfu
     return flops / (peak * par.tp * par.pp)
 
 
