@@ -53,6 +53,8 @@ Examples:
 (--loss fused_linear, --fsdp fsdp1, --modules-to-save, --optimizer-in-backward) is refused naming the flag.
 --fsdp fsdp2 runs torch's fully_shard as rank 0 of the --gpus devices on a fake process group (full_shard,
 shard_grad_op, hybrid_shard, --fsdp-cpu-offload; bf16/fp16/fp32 models, SFT).
+SFT traces also compare peak_reserved: every allocation and free of the traced steps replayed through the
+CUDA caching allocator's rules (best fit, splitting, 2/20 MiB segments) against the planner's allocator model.
 
 Needs the [trace] extra (torch, transformers, peft); no GPU and no weights are used.
 """
