@@ -302,6 +302,21 @@ CASES = [
     ),
     ("estimate-network-zero", (*EST, "--gpus", "2x8xH100@0gbps"), ["Bad network speed '0'", "positive"]),
     ("estimate-adapter-dtype", (*EST, "--adapter-dtype", "bf16"), ["--adapter-dtype 'bf16'", "fp32, model"]),
+    (
+        "estimate-reduce-bucket-zero",
+        (*EST, "--reduce-bucket-elements", "0"),
+        ["--reduce-bucket-elements", "at least 1"],
+    ),
+    (
+        "fit-prefetch-bucket-negative",
+        ("fit", "Qwen/Qwen2.5-0.5B", "--gpus", "rtx4090", "--prefetch-bucket-elements", "-5"),
+        ["--prefetch-bucket-elements", "at least 1"],
+    ),
+    (
+        "size-max-live-zero",
+        ("size", "Qwen/Qwen2.5-0.5B", "--max-live-parameters", "0"),
+        ["--max-live-parameters", "at least 1"],
+    ),
     ("estimate-loss-legacy-typo", (*EST, "--loss", "full_old"), ["--loss 'full_old'", "full_legacy"]),
     (
         "estimate-serve-runtime",

@@ -232,3 +232,18 @@ def test_picking_hf_in_the_job_form_plans_under_hf() -> None:
             assert plan.setup.runtime.name == "hf" and plan.setup.runtime.loss == "fused_linear"  # type: ignore[union-attr]
 
     asyncio.run(flow())
+
+
+def test_deepspeed_bucket_flags_override_the_profile() -> None:
+    """--reduce-bucket-elements sets the bucket the plan counts (LLaMA-Factory's ZeRO-3 config says 'auto',
+    which the transformers Trainer fills with hidden_size², 4096² for Llama-3-8B)."""
+    base = ("estimate", "meta-llama/Meta-Llama-3-8B", "--method", "full", "--gpus", "8xrtx3090", "--zero", "3",
+            "--ds-buckets", "--seq", "1024", "--runtime", "llamafactory", "--json")  # fmt: skip
+    default = json.loads(run_cli(*base).output)
+    auto = json.loads(run_cli(*base, "--reduce-bucket-elements", str(4096 * 4096)).output)
+    grads = {
+        name: next(t for t in p["terms"] if t["name"] == "gradients")
+        for name, p in (("d", default), ("a", auto))
+    }
+    assert grads["d"]["bytes"] - grads["a"]["bytes"] == (500_000_000 - 4096 * 4096) * 2
+    assert "16,777,216 elements" in grads["a"]["formula"]

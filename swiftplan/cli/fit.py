@@ -31,11 +31,14 @@ from swiftplan.cli.options import (
     LossChunksOpt,
     LossChunkTokensOpt,
     LossOpt,
+    MaxLiveOpt,
     ModulesToSaveOpt,
     NumGenerationsOpt,
     OptimizerImplOpt,
     OptimizerInBackwardOpt,
+    PrefetchBucketOpt,
     PromptLenOpt,
+    ReduceBucketOpt,
     ReferenceOpt,
     RolloutEngineOpt,
     RolloutGpusOpt,
@@ -399,6 +402,9 @@ def fit_command(
     fsdp_sharding: FsdpShardingOpt = None,
     fsdp_shard_group: FsdpShardGroupOpt = None,
     ds_buckets: DsBucketsOpt = None,
+    reduce_bucket_elements: ReduceBucketOpt = None,
+    prefetch_bucket_elements: PrefetchBucketOpt = None,
+    max_live_parameters: MaxLiveOpt = None,
     ckpt_every: CkptEveryOpt = None,
     ckpt_position: CkptPositionOpt = None,
     activation_offload: ActivationOffloadOpt = None,
@@ -463,7 +469,7 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
 _TRAIN_ONLY = ("method", "rank", "targets", "precision", "optimizer", "grad_ckpt", "zero", "max_offload", "pp", "dp",
                "batch", "dataset_tokens", "data", "lengths", "loss", "loss_chunks", "loss_chunk_tokens", "optimizer_impl",
                "modules_to_save", "optimizer_in_backward", "fsdp", "fsdp_sharding", "fsdp_shard_group",
-               "ds_buckets", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8",
+               "ds_buckets", "reduce_bucket_elements", "prefetch_bucket_elements", "max_live_parameters", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8",
                "adapter_dtype", "keep_output")  # fmt: skip
 """fit options the serving search does not read."""
 _SERVE_ONLY = ("concurrency", "ttft", "decode_tps", "kv_dtype")

@@ -217,6 +217,20 @@ DsBucketsOpt = Annotated[
         "--ds-buckets/--no-ds-buckets", help="Count DeepSpeed's reduce bucket and ZeRO-3 live parameters."
     ),
 ]
+ReduceBucketOpt = Annotated[
+    int | None,
+    typer.Option("--reduce-bucket-elements", help="DeepSpeed reduce_bucket_size in elements (default 5e8)."),
+]
+PrefetchBucketOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--prefetch-bucket-elements", help="DeepSpeed stage3_prefetch_bucket_size in elements (default 5e7)."
+    ),
+]
+MaxLiveOpt = Annotated[
+    int | None,
+    typer.Option("--max-live-parameters", help="DeepSpeed stage3_max_live_parameters (default 1e9)."),
+]
 
 CkptEveryOpt = Annotated[
     int | None,
@@ -304,6 +318,9 @@ def knob_values(
     fsdp_sharding: str | None = None,
     fsdp_shard_group: int | None = None,
     ds_buckets: bool | None = None,
+    reduce_bucket_elements: int | None = None,
+    prefetch_bucket_elements: int | None = None,
+    max_live_parameters: int | None = None,
     ckpt_every: int | None = None,
     ckpt_position: str | None = None,
     activation_offload: bool | None = None,
@@ -314,6 +331,7 @@ def knob_values(
 ) -> dict[str, Any]:
     """The knob flags the user typed (None = not typed), parsed: each bad value refused naming its flag."""
     from swiftplan.cli import _checks
+    from swiftplan.planner.runtime import KNOB_FLAGS as KNOB_FLAG_OF
     from swiftplan.planner.setup import (
         ADAPTER_DTYPES,
         FSDP_SHARDINGS,
@@ -350,6 +368,12 @@ def knob_values(
         typed["fsdp_shard_group"] = fsdp_shard_group
     if ds_buckets is not None:
         typed["ds_buckets"] = ds_buckets
+    for name, value in (("reduce_bucket_elements", reduce_bucket_elements),
+                        ("prefetch_bucket_elements", prefetch_bucket_elements),
+                        ("max_live_parameters", max_live_parameters)):  # fmt: skip
+        if value is not None:
+            _checks.at_least(KNOB_FLAG_OF[name], value, 1)
+            typed[name] = value
     if adapter_dtype is not None:
         typed["adapter_dtype"] = parse_choice("--adapter-dtype", adapter_dtype, ADAPTER_DTYPES)
     return typed | _feature_knobs(
