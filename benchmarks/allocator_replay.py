@@ -93,6 +93,7 @@ def replay_case(case: Case) -> dict[str, Any]:
     args = trace_arguments(spec, setup, optimizer="adamw", steps=3)
     rng = random.Random(SEED)
     lengths = [rng.randint(32, case.seq) for _ in range(VARIABLE_STEPS)]
+    memory = train_memory(spec, setup).device
     out: dict[str, Any] = {"case": case.name}
     for kind, extra, settings in (
         ("fixed", {}, AllocatorSettings()),
@@ -100,7 +101,6 @@ def replay_case(case: Case) -> dict[str, Any]:
     ):
         started = time.perf_counter()
         trace = trace_training(dict(spec.hf_config), **args, **extra, keep_events=True)
-        memory = train_memory(spec, setup).device
         res = reserve(spec, memory, seq_len=case.seq, settings=settings)
         fraction = (trace.peak_reserved - trace.peak_bytes - res.rounding_bytes) / res.dynamic_bytes
         needs = least_capacity(list(trace.events))

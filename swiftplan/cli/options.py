@@ -331,7 +331,7 @@ def knob_values(
 ) -> dict[str, Any]:
     """The knob flags the user typed (None = not typed), parsed: each bad value refused naming its flag."""
     from swiftplan.cli import _checks
-    from swiftplan.planner.runtime import KNOB_FLAGS as KNOB_FLAG_OF
+    from swiftplan.planner.runtime import KNOB_FLAGS
     from swiftplan.planner.setup import (
         ADAPTER_DTYPES,
         FSDP_SHARDINGS,
@@ -372,7 +372,7 @@ def knob_values(
                         ("prefetch_bucket_elements", prefetch_bucket_elements),
                         ("max_live_parameters", max_live_parameters)):  # fmt: skip
         if value is not None:
-            _checks.at_least(KNOB_FLAG_OF[name], value, 1)
+            _checks.at_least(KNOB_FLAGS[name], value, 1)
             typed[name] = value
     if adapter_dtype is not None:
         typed["adapter_dtype"] = parse_choice("--adapter-dtype", adapter_dtype, ADAPTER_DTYPES)

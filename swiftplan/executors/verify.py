@@ -172,10 +172,11 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2, world
         dict(spec.hf_config), **trace_arguments(spec, traced_setup, optimizer=optimizer, steps=steps)
     )
     workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))
-    estimate = _estimate_at_peak(train_memory(spec, setup), setup, workspace)
+    memory = train_memory(spec, setup)
+    estimate = _estimate_at_peak(memory, setup, workspace)
     # the reserved figure: the planner's allocator model vs the trace's allocations replayed through the
     # caching allocator's rules (one stream, fixed shapes, as the estimate's default settings)
-    estimate["peak_reserved"] = train_memory(spec, setup).device.peak_reserved - workspace
+    estimate["peak_reserved"] = memory.device.peak_reserved - workspace
     traced = dict(trace.at_peak) | {"peak_allocated": trace.peak_bytes, "peak_reserved": trace.peak_reserved}
     if traced_setup is not setup and setup.quant != "none":
         unquantized = train_memory(spec, traced_setup).device.weights
@@ -195,7 +196,7 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2, world
     return Comparison(
         rows=rows,
         trace=trace,
-        estimate_phase=train_memory(spec, setup).device.peak_phase,
+        estimate_phase=memory.device.peak_phase,
         notes=tuple(notes) + trace.notes,
     )
 

@@ -24,8 +24,10 @@ blocks and left out.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
+from itertools import count
 
 from swiftplan.planner.allocator import SetupCache, segment_bytes
 from swiftplan.planner.architecture import (
@@ -95,10 +97,11 @@ def _broadcast_buckets(tensors: list[int]) -> list[int]:
     return [sum(b) if len(b) > 1 else 0 for b in buckets if b]
 
 
-def _unit_events(tensors: list[int], *, first_key: int, shards: int, offload: bool) -> list[tuple[int, int]]:
+def _unit_events(
+    tensors: list[int], keys: Iterator[int], *, shards: int, offload: bool
+) -> list[tuple[int, int]]:
     """One unit's construction (module docstring, steps 1-4) as allocator events: (key, bytes) allocates,
-    (key, -1) frees; keys from `first_key` on."""
-    keys = iter(range(first_key, first_key + 2 * len(tensors) + 4))
+    (key, -1) frees; each allocation takes the next of `keys`."""
     params = [(next(keys), t) for t in tensors]
     events: list[tuple[int, int]] = list(params)
     in_flight: list[int] = []
@@ -123,12 +126,10 @@ def fsdp1_wrap_events(spec: ModelSpec, setup: TrainSetup, *, shards: int, weight
     first: the auto-wrap policy wraps each block before the root). Source: `FSDP1_WRAP_SOURCE`."""
     units = [_block_tensors(spec, setup, layer, weight_bytes) for layer in layers]
     units.append(_root_tensors(spec, setup, weight_bytes))
+    keys = count()
     events: list[tuple[int, int]] = []
     for tensors in units:
-        first = 1 + max((key for key, _ in events), default=-1)
-        events += _unit_events(
-            tensors, first_key=first, shards=shards, offload=setup.runtime.fsdp_cpu_offload
-        )
+        events += _unit_events(tensors, keys, shards=shards, offload=setup.runtime.fsdp_cpu_offload)
     return events
 
 

@@ -27,7 +27,7 @@ from swiftplan.planner.fsdp_memory import FSDP_GATHER_SOURCE, block_gradient_par
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.runtime_terms import saved_module_params
 from swiftplan.planner.setup import TrainSetup
-from swiftplan.planner.weights import BNB_QUANT_STATE_SOURCE, TORCHAO_NF4_SOURCE, bnb_quant_state_bytes
+from swiftplan.planner.weights import BNB_QUANT_STATE_SOURCE, TORCHAO_NF4_SOURCE
 from swiftplan.units import format_gib
 
 OFFLOAD_STASH_TENSORS = 5
@@ -227,10 +227,13 @@ def _unit_gradient_params(spec: ModelSpec, setup: TrainSetup, layers: range) -> 
 
 
 def annotate_terms(
-    spec: ModelSpec, setup: TrainSetup, terms: tuple[Term, ...], *, offloaded: int, gathered: int
-) -> tuple[Term, ...]:
+    spec: ModelSpec, setup: TrainSetup, terms: tuple[Term, ...], *, offloaded: int, gathered: int,
+    quant_constants: int = 0,
+) -> tuple[Term, ...]:  # fmt: skip
     """The breakdown's terms with each active feature's share of the formula and its source."""
-    notes = _feature_notes(spec, setup, offloaded=offloaded, gathered=gathered)
+    notes = _feature_notes(
+        spec, setup, offloaded=offloaded, gathered=gathered, quant_constants=quant_constants
+    )
     out = []
     for term in terms:
         extra = notes.get(term.name)
@@ -244,7 +247,7 @@ def annotate_terms(
 
 
 def _feature_notes(
-    spec: ModelSpec, setup: TrainSetup, *, offloaded: int, gathered: int
+    spec: ModelSpec, setup: TrainSetup, *, offloaded: int, gathered: int, quant_constants: int
 ) -> dict[str, tuple[str, str]]:
     """Term name → (formula clause, source) for each active feature."""
     knobs = setup.runtime
@@ -253,11 +256,9 @@ def _feature_notes(
         notes.setdefault("weights", []).append(
             ("block linears as torchao NF4Tensor: n/2 + n/64 + (n/16384 + 17) × 2 B each", TORCHAO_NF4_SOURCE)
         )
-    sharded = setup.parallel.zero == 3 or knobs.fsdp != "none"
-    constants = bnb_quant_state_bytes(spec, range(-(-spec.num_layers // setup.parallel.pp)), quant=setup.quant,
-                                      double_quant=setup.double_quant, tp=setup.parallel.tp) if sharded else 0  # fmt: skip
-    if constants:
-        clause = f"bitsandbytes' 4-bit constants {format_gib(constants)} whole on every rank (not in the sharded data)"
+    if quant_constants:
+        clause = (f"bitsandbytes' 4-bit constants {format_gib(quant_constants)} whole on every rank (not in the "
+                  "sharded data)")  # fmt: skip
         notes.setdefault("weights", []).append((clause, BNB_QUANT_STATE_SOURCE))
     if knobs.ckpt_every > 1 and setup.grad_ckpt:
         stage = -(-spec.num_layers // setup.parallel.pp)

@@ -169,6 +169,8 @@ class DeviceStates:
     """Parameters of modules trained in full next to LoRA (modules_to_save), this shard."""
     bucket: int = 0
     """DeepSpeed's gradient reduce bucket(s), counted with the gradients."""
+    quant_constants: int = 0
+    """bitsandbytes' 4-bit constants kept whole on every rank when the weights are sharded (in `weights`)."""
     objective: ObjectiveStates = ObjectiveStates()
     """Reference, reward and value models the objective adds (planner/objective_memory.py)."""
 
@@ -247,7 +249,7 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
     )
     return DeviceStates(weights=weights, adapters=adapters, gradients=grads, optimizer=optim, master=master,
                    gathered=gathered, host=host, trainable_here=trainable_here, saved_modules=saved,
-                   bucket=bucket, objective=extra)  # fmt: skip
+                   bucket=bucket, quant_constants=constants, objective=extra)  # fmt: skip
 
 
 def _phase_peaks(
@@ -465,7 +467,8 @@ def train_memory(
         activations=activations, logits=logits, transient=transient, phase=phase, overhead=overhead,
         context=context, frag=frag,
     )  # fmt: skip
-    terms = annotate_terms(spec, setup, terms, offloaded=phases.offloaded, gathered=states.gathered)
+    terms = annotate_terms(spec, setup, terms, offloaded=phases.offloaded, gathered=states.gathered,
+                           quant_constants=states.quant_constants)  # fmt: skip
     device = MemoryBreakdown(  # with_reserved (below) adds peak_reserved and the allocator's slack
         weights=states.weights,
         adapters=states.adapters,
@@ -486,7 +489,7 @@ def train_memory(
     engine = _rollout_terms(rollout, states, peak)
     asleep = setup.objective.rollout is not None and setup.objective.rollout.sleep
     extras, pooled = (engine, ()) if asleep else ((), engine)
-    shards, wb = shard_degree(setup, dp), dtype_bytes(state_dtypes(setup).weights)
+    shards, wb = shard_degree(setup, dp), dtype_bytes(dtypes.weights)
     wrap = fsdp1_setup_cache(spec, setup, shards=shards, layers=stage_layers, weight_bytes=wb,
                              gathered_bytes=states.gathered)  # fmt: skip
     copies = fsdp1_offload_copy_term(spec, setup, shards=shards, weight_bytes=wb, layers=stage_layers)
