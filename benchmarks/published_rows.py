@@ -413,7 +413,7 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
     **{
         f"qwen-0{i}": (
             {},
-            "DeepSpeed fp16: module and adapters in fp16 with an fp32 master and fp32 moments (as measured with DeepSpeed 0.19.8); ZeRO-2's 2e8-element buckets not modelled",
+            "DeepSpeed fp16: module and adapters in fp16 with an fp32 master and fp32 moments (as measured with DeepSpeed 0.19.8)",
         )
         for i in (4, 5, 6, 7)
     },
@@ -479,9 +479,15 @@ RUNTIME_ERAS: dict[str, tuple[dict[str, Any], str]] = {
         "2024-08-22); configs' torch.optim.AdamW without fused=True, foreach on CUDA",
     ),
     "qwen-": (
-        {"loss": "full", "optimizer_impl": "fused"},
+        {
+            "loss": "full",
+            "optimizer_impl": "fused",
+            "reduce_bucket_elements": 200_000_000,
+            "ds_overlap_comm": True,
+        },
         "transformers 4.32 (2023): full cross-entropy (TRL chunked_nll is PR #5575, 2026-04); DeepSpeed's "
-        "FusedAdam from finetune.py's ds_config (in place)",
+        "FusedAdam from finetune.py's ds_config (in place); QwenLM/Qwen@2df8e8a finetune/ds_config_zero2.json: "
+        "reduce_bucket_size 2e8 with overlap_comm (two buckets)",
     ),
     "lf-": (
         {"loss": "full_legacy", "optimizer_impl": "foreach"},

@@ -310,12 +310,12 @@ CASES = [
     (
         "fit-prefetch-bucket-negative",
         ("fit", "Qwen/Qwen2.5-0.5B", "--gpus", "rtx4090", "--prefetch-bucket-elements", "-5"),
-        ["--prefetch-bucket-elements", "at least 1"],
+        ["--prefetch-bucket-elements", "at least 0"],
     ),
     (
-        "size-max-live-zero",
-        ("size", "Qwen/Qwen2.5-0.5B", "--max-live-parameters", "0"),
-        ["--max-live-parameters", "at least 1"],
+        "size-max-live-negative",
+        ("size", "Qwen/Qwen2.5-0.5B", "--max-live-parameters", "-1"),
+        ["--max-live-parameters", "at least 0"],
     ),
     ("estimate-loss-legacy-typo", (*EST, "--loss", "full_old"), ["--loss 'full_old'", "full_legacy"]),
     (

@@ -94,7 +94,16 @@ def test_the_plan_carries_its_hardware_so_a_catalog_change_cannot_move_it(tmp_pa
 
 def test_fit_output_is_reproduced_by_estimate_to_the_byte(tmp_path):
     fit = run_cli(
-        "fit", "Qwen/Qwen2.5-7B", "--gpus", "rtx3060", "--seq", "1024", "-o", "plan.yaml", "--json", cwd=tmp_path
+        "fit",
+        "Qwen/Qwen2.5-7B",
+        "--gpus",
+        "rtx3060",
+        "--seq",
+        "1024",
+        "-o",
+        "plan.yaml",
+        "--json",
+        cwd=tmp_path,
     )
     assert fit.returncode == 0, fit.stderr
     written = json.loads(fit.stdout)["plan"]

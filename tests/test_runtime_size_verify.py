@@ -235,15 +235,23 @@ def test_picking_hf_in_the_job_form_plans_under_hf() -> None:
 
 
 def test_deepspeed_bucket_flags_override_the_profile() -> None:
-    """--reduce-bucket-elements sets the bucket the plan counts (LLaMA-Factory's ZeRO-3 config says 'auto',
-    which the transformers Trainer fills with hidden_size², 4096² for Llama-3-8B)."""
+    """LLaMA-Factory's ZeRO-3 configs say "auto" for the reduce bucket, which the transformers Trainer fills with
+    hidden_size² (4096² for Llama-3-8B); --no-ds-auto-buckets plans DeepSpeed's 5e8 instead, and
+    --reduce-bucket-elements sets that size."""
     base = ("estimate", "meta-llama/Meta-Llama-3-8B", "--method", "full", "--gpus", "8xrtx3090", "--zero", "3",
-            "--ds-buckets", "--seq", "1024", "--runtime", "llamafactory", "--json")  # fmt: skip
-    default = json.loads(run_cli(*base).output)
-    auto = json.loads(run_cli(*base, "--reduce-bucket-elements", str(4096 * 4096)).output)
-    grads = {
-        name: next(t for t in p["terms"] if t["name"] == "gradients")
-        for name, p in (("d", default), ("a", auto))
+            "--seq", "1024", "--runtime", "llamafactory", "--json")  # fmt: skip
+    runs = {
+        "auto": json.loads(run_cli(*base).output),
+        "deepspeed": json.loads(run_cli(*base, "--no-ds-auto-buckets").output),
+        "set": json.loads(
+            run_cli(*base, "--no-ds-auto-buckets", "--reduce-bucket-elements", "1000000").output
+        ),
     }
-    assert grads["d"]["bytes"] - grads["a"]["bytes"] == (500_000_000 - 4096 * 4096) * 2
-    assert "16,777,216 elements" in grads["a"]["formula"]
+    grads = {name: next(t for t in p["terms"] if t["name"] == "gradients") for name, p in runs.items()}
+    assert grads["deepspeed"]["bytes"] - grads["auto"]["bytes"] == (500_000_000 - 4096 * 4096) * 2
+    assert grads["deepspeed"]["bytes"] - grads["set"]["bytes"] == (500_000_000 - 1_000_000) * 2
+    assert "16,777,216 elements (auto: hidden²)" in grads["auto"]["formula"]
+    assert "1 × 1,000,000 elements" in grads["set"]["formula"]
+    applied = {d["option"] for d in runs["auto"]["runtime"]["applied"]}
+    assert {"ds_auto_buckets", "ds_overlap_comm"} <= applied
+    assert "ds_auto_buckets" in runs["deepspeed"]["runtime"]["overridden"]

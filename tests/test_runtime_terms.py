@@ -7,11 +7,14 @@ import dataclasses
 
 import pytest
 
+from swiftplan.planner.architecture import largest_param_elements
 from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.runtime_terms import (
     adamw_impl_temporary_bytes,
     chunked_loss_bytes,
     fused_linear_chunk_tokens,
+    reduce_bucket_bytes,
+    zero3_live_parameter_bytes,
 )
 from swiftplan.planner.setup import LoraSetup, Parallelism, RuntimeKnobs, TrainSetup
 from swiftplan.planner.train_memory import train_memory
@@ -129,7 +132,13 @@ def test_deepspeed_bucket_and_zero3_live_parameters() -> None:
     bucket = train_memory(
         QWEN7B, dataclasses.replace(zero2, runtime=RuntimeKnobs(ds_buckets=True)), world_size=8
     ).device
-    assert bucket.gradients - plain.gradients == 500_000_000 * 2
+    assert bucket.gradients - plain.gradients == 2 * 500_000_000 * 2  # overlap_comm: two buckets
+    single = train_memory(
+        QWEN7B,
+        dataclasses.replace(zero2, runtime=RuntimeKnobs(ds_buckets=True, ds_overlap_comm=False)),
+        world_size=8,
+    ).device
+    assert single.gradients - plain.gradients == 500_000_000 * 2
     zero3 = dataclasses.replace(zero2, parallel=Parallelism(zero=3))
     live = train_memory(
         QWEN7B, dataclasses.replace(zero3, runtime=RuntimeKnobs(ds_buckets=True)), world_size=8
@@ -159,3 +168,21 @@ def test_optimizer_in_backward_keeps_one_gradient() -> None:
     ).device
     assert inbwd.gradients == QWEN7B.vocab_size * QWEN7B.hidden_size * 2
     assert inbwd.peak_allocated < base.peak_allocated
+
+
+def test_zero3_auto_buckets_follow_the_hidden_size() -> None:
+    """ "auto" ZeRO-3 sizes (LLaMA-Factory's, ms-swift's, axolotl's configs): the reduce bucket is hidden² and
+    the prefetch 0.9·hidden², where DeepSpeed's defaults are 5e8 and 5e7; max live 0 prefetches nothing."""
+    knobs = RuntimeKnobs(ds_buckets=True, ds_auto_buckets=True)
+    hidden2 = QWEN7B.hidden_size**2
+    assert reduce_bucket_bytes(QWEN7B, knobs, stage=3, grad_bytes=2) == hidden2 * 2
+    assert (
+        reduce_bucket_bytes(QWEN7B, knobs, stage=2, grad_bytes=2) == 2 * 500_000_000 * 2
+    )  # ZeRO-2 keeps its size
+    largest = largest_param_elements(QWEN7B)
+    auto = zero3_live_parameter_bytes(QWEN7B, knobs, weight_bytes=2, tp=1)
+    assert auto == (largest + int(0.9 * hidden2)) * 2
+    default = zero3_live_parameter_bytes(QWEN7B, RuntimeKnobs(ds_buckets=True), weight_bytes=2, tp=1)
+    assert default == (largest + 50_000_000) * 2
+    none_ahead = zero3_live_parameter_bytes(QWEN7B, RuntimeKnobs(max_live_parameters=0), weight_bytes=2, tp=1)
+    assert none_ahead == largest * 2

@@ -229,7 +229,22 @@ PrefetchBucketOpt = Annotated[
 ]
 MaxLiveOpt = Annotated[
     int | None,
-    typer.Option("--max-live-parameters", help="DeepSpeed stage3_max_live_parameters (default 1e9)."),
+    typer.Option(
+        "--max-live-parameters", help="DeepSpeed stage3_max_live_parameters (default 1e9; 0 = no prefetch)."
+    ),
+]
+DsAutoBucketsOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--ds-auto-buckets/--no-ds-auto-buckets",
+        help='ZeRO-3 reduce/prefetch buckets "auto" (HF Trainer: hidden², 0.9·hidden²).',
+    ),
+]
+DsOverlapCommOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--ds-overlap-comm/--no-ds-overlap-comm", help="DeepSpeed overlap_comm (ZeRO-1/2: a second bucket)."
+    ),
 ]
 
 CkptEveryOpt = Annotated[
@@ -321,6 +336,8 @@ def knob_values(
     reduce_bucket_elements: int | None = None,
     prefetch_bucket_elements: int | None = None,
     max_live_parameters: int | None = None,
+    ds_auto_buckets: bool | None = None,
+    ds_overlap_comm: bool | None = None,
     ckpt_every: int | None = None,
     ckpt_position: str | None = None,
     activation_offload: bool | None = None,
@@ -366,13 +383,15 @@ def knob_values(
     if fsdp_shard_group is not None:
         _checks.at_least("--fsdp-shard-group", fsdp_shard_group, 0)
         typed["fsdp_shard_group"] = fsdp_shard_group
-    if ds_buckets is not None:
-        typed["ds_buckets"] = ds_buckets
-    for name, value in (("reduce_bucket_elements", reduce_bucket_elements),
-                        ("prefetch_bucket_elements", prefetch_bucket_elements),
-                        ("max_live_parameters", max_live_parameters)):  # fmt: skip
+    for name, flag in (("ds_buckets", ds_buckets), ("ds_auto_buckets", ds_auto_buckets),
+                       ("ds_overlap_comm", ds_overlap_comm)):  # fmt: skip
+        if flag is not None:
+            typed[name] = flag
+    for name, value, least in (("reduce_bucket_elements", reduce_bucket_elements, 1),
+                               ("prefetch_bucket_elements", prefetch_bucket_elements, 0),
+                               ("max_live_parameters", max_live_parameters, 0)):  # fmt: skip
         if value is not None:
-            _checks.at_least(KNOB_FLAGS[name], value, 1)
+            _checks.at_least(KNOB_FLAGS[name], value, least)
             typed[name] = value
     if adapter_dtype is not None:
         typed["adapter_dtype"] = parse_choice("--adapter-dtype", adapter_dtype, ADAPTER_DTYPES)

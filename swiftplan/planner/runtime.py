@@ -207,6 +207,8 @@ KNOB_FLAGS = {
     "reduce_bucket_elements": "--reduce-bucket-elements",
     "prefetch_bucket_elements": "--prefetch-bucket-elements",
     "max_live_parameters": "--max-live-parameters",
+    "ds_auto_buckets": "--ds-auto-buckets",
+    "ds_overlap_comm": "--ds-overlap-comm",
     "ckpt_every": "--ckpt-every",
     "ckpt_position": "--ckpt-position",
     "activation_offload": "--activation-offload",

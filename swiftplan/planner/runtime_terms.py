@@ -133,24 +133,67 @@ def saved_module_activation_bytes(spec: ModelSpec, setup: TrainSetup, compute_by
     return setup.micro_batch * setup.seq_len * spec.hidden_size * compute_bytes
 
 
-def reduce_bucket_bytes(knobs: RuntimeKnobs, *, stage: int, grad_bytes: int) -> int:
+HF_AUTO_PREFETCH_FRACTION = 0.9
+"""The HF Trainer fills an "auto" stage3_prefetch_bucket_size with int(0.9 · hidden²) and an "auto"
+reduce_bucket_size with hidden² (huggingface/transformers 5.25.0 integrations/deepspeed.py,
+HfTrainerDeepSpeedConfig.trainer_config_finalize)."""
+
+
+def hf_auto_zero3_sizes(hidden_size: int) -> dict[str, int]:
+    """What the HF Trainer writes for a ZeRO-3 JSON's "auto" sizes (trainer_config_finalize)."""
+    return {
+        "reduce_bucket_size": hidden_size * hidden_size,
+        "stage3_prefetch_bucket_size": int(HF_AUTO_PREFETCH_FRACTION * hidden_size * hidden_size),
+        "stage3_param_persistence_threshold": 10 * hidden_size,
+    }
+
+
+def reduce_bucket_elements(spec: ModelSpec, knobs: RuntimeKnobs, *, stage: int) -> int:
+    """DeepSpeed's reduce_bucket_size as the run sees it: hidden² when a ZeRO-3 config says "auto"
+    (`ds_auto_buckets`), else `reduce_bucket_elements`."""
+    if knobs.ds_auto_buckets and stage == 3:
+        return hf_auto_zero3_sizes(spec.hidden_size)["reduce_bucket_size"]
+    return knobs.reduce_bucket_elements
+
+
+def prefetch_bucket_elements(spec: ModelSpec, knobs: RuntimeKnobs) -> int:
+    """ZeRO-3's stage3_prefetch_bucket_size as the run sees it: int(0.9 · hidden²) for "auto"."""
+    if knobs.ds_auto_buckets:
+        return hf_auto_zero3_sizes(spec.hidden_size)["stage3_prefetch_bucket_size"]
+    return knobs.prefetch_bucket_elements
+
+
+def reduce_bucket_buffers(knobs: RuntimeKnobs, *, stage: int) -> int:
+    """Reduce buckets DeepSpeed allocates: two below ZeRO-3 with overlap_comm (one filled while the other is
+    reduced), else one (stage_1_and_2.py setup_buckets; stage3.py)."""
+    return 2 if stage < 3 and knobs.ds_overlap_comm else 1
+
+
+def reduce_bucket_bytes(spec: ModelSpec, knobs: RuntimeKnobs, *, stage: int, grad_bytes: int) -> int:
     """DeepSpeed's contiguous gradient bucket(s): `reduce_bucket_size` elements in the gradient dtype,
-    allocated at full size whatever the model. Stages 1-2 take one buffer, two with overlap_comm
-    (off by default below stage 3); stage 3 one. Source: deepspeedai/DeepSpeed @ edaa722
-    deepspeed/runtime/zero/config.py (reduce_bucket_size 5e8, overlap_comm default = stage 3),
-    stage_1_and_2.py (buf_0, buf_1 with overlap_comm), stage3.py (bucket.buffer)."""
+    allocated at full size whatever the model. Stages 1-2 take one buffer, two with overlap_comm; stage 3
+    one. Source: deepspeedai/DeepSpeed @ edaa722 deepspeed/runtime/zero/config.py (reduce_bucket_size 5e8,
+    overlap_comm default = stage 3), stage_1_and_2.py (setup_buckets: buf_0, buf_1 with overlap_comm),
+    stage3.py (bucket.buffer)."""
     if not knobs.ds_buckets or stage == 0 or knobs.fsdp != "none":
         return 0
-    return knobs.reduce_bucket_elements * grad_bytes
+    return (
+        reduce_bucket_buffers(knobs, stage=stage)
+        * reduce_bucket_elements(spec, knobs, stage=stage)
+        * grad_bytes
+    )
 
 
 def zero3_live_parameter_bytes(spec: ModelSpec, knobs: RuntimeKnobs, *, weight_bytes: int, tp: int) -> int:
     """ZeRO-3 gathers parameters module by module: the module being computed (at most the largest
-    parameter tensor) plus up to `stage3_prefetch_bucket_size` elements fetched ahead, never more than
-    `stage3_max_live_parameters`. Source: deepspeedai/DeepSpeed @ edaa722 deepspeed/runtime/zero/config.py
-    (prefetch 5e7, max live 1e9), partitioned_param_coordinator.py (fetch + prefetch per sub-module)."""
-    elements = min(largest_param_elements(spec) + knobs.prefetch_bucket_elements, knobs.max_live_parameters)
-    return elements * weight_bytes // tp
+    parameter tensor) plus up to `stage3_prefetch_bucket_size` elements fetched ahead while fewer than
+    `stage3_max_live_parameters` are gathered (max live 0: nothing ahead). Source: deepspeedai/DeepSpeed @
+    edaa722 deepspeed/runtime/zero/config.py (prefetch 5e7, max live 1e9), partitioned_param_coordinator.py
+    (fetch_sub_module: the sub-module's parameters, then a prefetch of at most min(max live − available,
+    prefetch bucket))."""
+    largest = largest_param_elements(spec)
+    ahead = max(0, min(prefetch_bucket_elements(spec, knobs), knobs.max_live_parameters - largest))
+    return (largest + ahead) * weight_bytes // tp
 
 
 DEEPSPEED_SUB_GROUP_ELEMENTS = 1_000_000_000

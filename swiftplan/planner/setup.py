@@ -187,7 +187,15 @@ class RuntimeKnobs:
     prefetch_bucket_elements: int = 50_000_000
     """DeepSpeed stage3_prefetch_bucket_size (elements; default 5e7)."""
     max_live_parameters: int = 1_000_000_000
-    """DeepSpeed stage3_max_live_parameters (elements; default 1e9)."""
+    """DeepSpeed stage3_max_live_parameters (elements; default 1e9; 0 = no prefetching, as axolotl's ZeRO-3
+    configs set)."""
+    ds_auto_buckets: bool = False
+    """ZeRO-3's reduce_bucket_size and stage3_prefetch_bucket_size are "auto" in the DeepSpeed JSON, which the
+    HF Trainer fills with hidden² and 0.9·hidden² (the ZeRO-3 configs LLaMA-Factory, ms-swift and axolotl
+    ship); reduce_bucket_elements and prefetch_bucket_elements then apply to ZeRO-1/2 only."""
+    ds_overlap_comm: bool = True
+    """DeepSpeed overlap_comm: ZeRO-1/2 allocate a second reduce bucket to reduce one while filling the other
+    (swiftplan's DeepSpeed JSON sets it; DeepSpeed's own default is on for ZeRO-3 only)."""
     ckpt_every: int = 1
     """Selective activation checkpointing: every k-th decoder block is checkpointed, the others keep their
     saved tensors (transformers every_n_layers, torchtune ac_mode selective + ac_option k); 1 = every block

@@ -230,7 +230,7 @@ def _states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: int) ->
     elif knobs.fsdp != "none":  # shard_grad_op: shards at rest, units gathered forward to backward (traced)
         weights, adapters = weights // shards, adapters // shards
         gathered = fsdp_gathered_bytes(spec, setup, stage_layers, wb)
-    bucket = reduce_bucket_bytes(knobs, stage=stage, grad_bytes=dtype_bytes(dtypes.gradients))
+    bucket = reduce_bucket_bytes(spec, knobs, stage=stage, grad_bytes=dtype_bytes(dtypes.gradients))
     grads += bucket
     host = 0
     if par.offload in ("optimizer", "optimizer+params"):

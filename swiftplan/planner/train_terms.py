@@ -13,7 +13,12 @@ from swiftplan.planner.logprob_kernels import kernel_formula, kernel_source
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective_memory import logits_setup, scored_sequences, scored_tokens_per_sequence
 from swiftplan.planner.objective_terms import objective_terms, sequences_formula, sequences_source
-from swiftplan.planner.runtime_terms import deepspeed_zero, sharding_stage
+from swiftplan.planner.runtime_terms import (
+    deepspeed_zero,
+    reduce_bucket_buffers,
+    reduce_bucket_elements,
+    sharding_stage,
+)
 from swiftplan.planner.setup import TrainSetup
 from swiftplan.planner.states import StateDtypes
 from swiftplan.units import format_gib
@@ -34,7 +39,9 @@ def breakdown_terms(
     shard = "FSDP " + knobs.fsdp_sharding if knobs.fsdp != "none" else "ZeRO"
     saved = (f" + trainable copies of {','.join(knobs.modules_to_save)} ({states.saved_modules:,} params, modules_to_save)"
              if states.saved_modules else "")  # fmt: skip
-    bucket = (f" + DeepSpeed reduce bucket {knobs.reduce_bucket_elements:,} elements ({format_gib(states.bucket)})"
+    bucket = (f" + DeepSpeed reduce bucket {reduce_bucket_buffers(knobs, stage=stage)} × "
+              f"{reduce_bucket_elements(spec, knobs, stage=stage):,} elements"
+              f"{' (auto: hidden²)' if knobs.ds_auto_buckets and stage == 3 else ''} ({format_gib(states.bucket)})"
               if states.bucket else "")  # fmt: skip
     return (
         Term(

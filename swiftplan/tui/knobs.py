@@ -34,6 +34,8 @@ KNOB_CHOICES: dict[str, tuple[str, ...]] = {
     "ckpt_position": CKPT_POSITIONS,
     "optimizer_in_backward": YES_NO,
     "ds_buckets": YES_NO,
+    "ds_auto_buckets": YES_NO,
+    "ds_overlap_comm": YES_NO,
     "activation_offload": YES_NO,
     "fsdp_cpu_offload": YES_NO,
     "float8": YES_NO,

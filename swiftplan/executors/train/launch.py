@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.runtime_terms import hf_auto_zero3_sizes
 from swiftplan.planner.setup import TrainSetup
 
 WORKER_MODULE = "swiftplan.executors.train.worker"
@@ -77,7 +78,11 @@ def zero_optimization(setup: TrainSetup) -> dict[str, Any]:
     """DeepSpeed's `zero_optimization` section for the plan's ZeRO stage and offload, with the bucket sizes
     the plan counted when it counts them (`ds_buckets`), so DeepSpeed allocates what was planned."""
     par, knobs = setup.parallel, setup.runtime
-    zero: dict[str, Any] = {"stage": par.zero, "overlap_comm": True, "contiguous_gradients": True}
+    zero: dict[str, Any] = {
+        "stage": par.zero,
+        "overlap_comm": knobs.ds_overlap_comm,
+        "contiguous_gradients": True,
+    }
     if par.offload in ("optimizer", "optimizer+params"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if par.offload == "optimizer+params":
@@ -89,7 +94,22 @@ def zero_optimization(setup: TrainSetup) -> dict[str, Any]:
         if par.zero == 3:
             zero["stage3_prefetch_bucket_size"] = knobs.prefetch_bucket_elements
             zero["stage3_max_live_parameters"] = knobs.max_live_parameters
+            if knobs.ds_auto_buckets:  # filled from the model's hidden size (fill_auto_sizes, the HF Trainer)
+                zero |= dict.fromkeys(AUTO_ZERO3_KEYS, "auto")
     return zero
+
+
+AUTO_ZERO3_KEYS = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")
+"""The ZeRO-3 sizes a plan with ds_auto_buckets leaves "auto" in its DeepSpeed JSON."""
+
+
+def fill_auto_sizes(config: dict[str, Any], hidden_size: int) -> dict[str, Any]:
+    """`config` with its "auto" ZeRO-3 sizes filled as the HF Trainer fills them (DeepSpeed itself
+    rejects "auto"): swiftplan's own worker calls this before deepspeed.initialize."""
+    zero = dict(config.get("zero_optimization", {}))
+    sizes = hf_auto_zero3_sizes(hidden_size)
+    zero |= {key: sizes[key] for key, value in zero.items() if value == "auto" and key in sizes}
+    return {**config, "zero_optimization": zero}
 
 
 def deepspeed_config(setup: TrainSetup, *, world_size: int, lr: float, weight_decay: float, max_grad_norm: float) -> dict[str, Any]:  # fmt: skip

@@ -212,12 +212,14 @@ def _engine(run_dir: Path, model: Any, setup: TrainSetup, args: Any, *, device: 
     import torch
 
     from swiftplan.executors.train.engine import DeepSpeedEngine, TorchEngine
+    from swiftplan.executors.train.launch import fill_auto_sizes
     from swiftplan.executors.train.model import build_optimizer, lr_lambda, trainable_parameters
 
     params = trainable_parameters(model)
     factor = lr_lambda(args.lr_scheduler, warmup_steps=args.warmup_steps, total_steps=total_steps)
     if setup.parallel.zero:
-        config = json.loads((run_dir / "ds_config.json").read_text())
+        config = fill_auto_sizes(json.loads((run_dir / "ds_config.json").read_text()),
+                                 model.config.get_text_config().hidden_size)  # fmt: skip
         optimizer = None if "optimizer" in config else build_optimizer(
             setup, params, lr=args.lr, weight_decay=args.weight_decay, device_type=device.type)  # fmt: skip
         return DeepSpeedEngine(model, optimizer, lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),

@@ -50,7 +50,8 @@ KNOB_LAYOUT = (
     ("activation_offload", "Act. offload", "float8", "Float8"),
     ("optimizer_in_backward", "Opt. in bwd", "ds_buckets", "DS buckets"),
     ("modules_to_save", "Save modules", "adapter_dtype", "Adapter dtype"),
-    ("keep_output", "Keep output", "", ""),
+    ("keep_output", "Keep output", "ds_overlap_comm", "DS overlap"),
+    ("ds_auto_buckets", "DS auto sizes", "", ""),
 )
 """The knob group's rows, as LAYOUT (every field of `KNOB_FIELDS` once)."""
 KNOBS_TITLE = "Runtime knobs (training): the runtime's defaults; edit to override"
