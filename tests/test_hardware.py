@@ -234,7 +234,23 @@ def test_cluster_describe_and_defaults():
     multi = parse_cluster("2x8xH100")
     assert multi.describe() == "2 nodes × 8 × NVIDIA H100 SXM5 80GB"
     assert multi.inter_node_bytes_per_s == DEFAULT_INTER_NODE_BYTES_PER_S == 12.5e9
-    assert multi.memory_bytes_per_device == 80 * GIB
+    # plans use what the driver reports to PyTorch (79.11 GiB on an H100 80GB), not the 80 GiB on the box
+    assert multi.memory_bytes_per_device == round(79.11 * GIB)
+
+
+def test_plans_use_the_memory_the_driver_reports():
+    """ECC GDDR cards lose 1/16 (a T4's 16 GiB shows 15360 MiB, PyTorch 14.56 GiB); an entry without a report
+    plans with its physical memory; every report is below the physical memory and names its source."""
+    t4 = get_accelerator("t4")
+    assert t4.driver_memory_bytes is not None and t4.driver_memory_bytes < 15 * GIB
+    assert Cluster(accelerator=t4).memory_bytes_per_device == t4.driver_memory_bytes
+    reported = [a for a in list_accelerators() if a.driver_memory_bytes is not None]
+    assert len(reported) >= 30
+    for acc in reported:
+        assert 0.9 * acc.memory_bytes < acc.driver_memory_bytes < acc.memory_bytes, acc.id
+        assert acc.driver_memory_source, acc.id
+    unknown = next(a for a in list_accelerators() if a.driver_memory_bytes is None and not a.unified_memory)
+    assert Cluster(accelerator=unknown).memory_bytes_per_device == unknown.memory_bytes
 
 
 def test_usable_memory_override():

@@ -39,6 +39,8 @@ def _row(acc: Any) -> dict[str, Any]:
         "name": acc.display_name,
         "backend": acc.backend,
         "memory_bytes": acc.memory_bytes,
+        "driver_memory_bytes": acc.driver_memory_bytes,
+        "driver_memory_source": acc.driver_memory_source,
         "memory_bandwidth_bytes_per_s": acc.memory_bandwidth_bytes_per_s,
         "dense_bf16_flops": basis[1] if basis else None,
         "dense_bf16_flops_from": basis[0] if basis else None,
@@ -72,8 +74,20 @@ def gpus_command(
     if as_json:
         print_json([_row(acc) for acc in accelerators])
         return
-    table = Table(title="swiftplan accelerator catalog", caption="bandwidths per direction; FLOP/s dense")
-    for column in ("id", "name", "memory GiB", "bandwidth GB/s", "bf16 TFLOP/s", "interconnect", "$/GPU-h"):
+    table = Table(
+        title="swiftplan accelerator catalog",
+        caption="usable: the total the driver reports to PyTorch, what plans use; bandwidths per direction; FLOP/s dense",
+    )
+    for column in (
+        "id",
+        "name",
+        "memory GiB",
+        "usable GiB",
+        "bandwidth GB/s",
+        "bf16 TFLOP/s",
+        "interconnect",
+        "$/GPU-h",
+    ):
         table.add_column(column, justify="left" if column in ("id", "name", "interconnect") else "right")
     for acc in accelerators:
         basis = acc.dense_flops_basis("bf16")
@@ -87,6 +101,7 @@ def gpus_command(
             acc.id,
             acc.name,
             f"{gib(acc.memory_bytes):g}",
+            "—" if acc.driver_memory_bytes is None else f"{acc.driver_memory_bytes / 2**30:.2f}",
             "—" if bandwidth is None else f"{bandwidth / 1e9:,.0f}",
             flops,
             _interconnect(acc),

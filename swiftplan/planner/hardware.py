@@ -95,6 +95,13 @@ class Accelerator:
     `nvlink_bytes_per_s` when it sees active links between every GPU."""
     unified_memory: bool = False
     """True for Apple silicon: the GPU shares RAM with the CPU and the OS."""
+    driver_memory_bytes: int | None = None
+    """Device memory the driver reports to PyTorch as the total (`torch.cuda.get_device_properties().total_memory`,
+    the "total capacity" of PyTorch's out-of-memory message) on Linux with ECC at its default: the most one
+    process can hold, CUDA context included. Below `memory_bytes` by the driver's reservation (0.2-0.6 GiB)
+    and, on GDDR cards with ECC on (T4, A10, L4, L40S), by 1/16 more. None where no report was found."""
+    driver_memory_source: str | None = None
+    """Where `driver_memory_bytes` was read (issues and logs naming the card)."""
     price_usd_per_hour: float | None = None
     """Cheapest on-demand price per GPU-hour found in the sources (see `price_source`)."""
     price_source: str | None = None
@@ -119,6 +126,10 @@ class Accelerator:
             raise ValueError(f"backend must be one of {get_args(Backend)}, got {self.backend!r}")
         if self.memory_bytes <= 0:
             raise ValueError(f"{self.id}: memory_bytes must be positive, got {self.memory_bytes}")
+        if self.driver_memory_bytes is not None and not 0 < self.driver_memory_bytes <= self.memory_bytes:
+            raise ValueError(
+                f"{self.id}: driver_memory_bytes must be in (0, memory_bytes], got {self.driver_memory_bytes}"
+            )
         if not self.source.strip():
             raise ValueError(f"{self.id}: every accelerator needs a source")
         for key, value in self.peak_flops.items():
@@ -234,7 +245,8 @@ class Cluster:
 
     @property
     def memory_bytes_per_device(self) -> int:
-        """Memory one rank may plan with, in bytes.
+        """Memory one rank may plan with, in bytes: what the probe measured, else the total the driver reports
+        to PyTorch for this card (`Accelerator.driver_memory_bytes`), else the physical memory.
 
         Unified-memory machines (Apple) give the GPU only the recommended working set, about
         (1 − mps_os_reserve_fraction) of RAM (profiles/calibration.json), unless the probe measured it.
@@ -243,7 +255,7 @@ class Cluster:
             if self.accelerator.unified_memory:
                 reserve = constant("runtime_overhead", "mps_os_reserve_fraction")
                 return int(self.accelerator.memory_bytes * (1 - reserve))
-            return self.accelerator.memory_bytes
+            return self.accelerator.driver_memory_bytes or self.accelerator.memory_bytes
         return self.usable_memory_bytes
 
     @property
@@ -269,7 +281,7 @@ _ENTRY_KEYS = frozenset(
         "memory_bytes", "memory_marketed_gb", "memory_type", "memory_bandwidth_bytes_per_s", "dense_flops",
         "dense_flops_fp16_accumulate", "datasheet_sparse_figures", "bf16_supported", "fp8_supported",
         "fp4_supported", "compute_capability", "interconnect", "tdp_w", "launch_price_usd", "cloud_price",
-        "unified_memory", "aliases", "probe_names", "source", "sources", "verification", "notes",
+        "unified_memory", "aliases", "probe_names", "source", "sources", "verification", "notes", "driver_memory",
     }
 )  # fmt: skip
 _VENDOR_WORDS = ("nvidia", "geforce", "tesla", "quadro", "amd", "instinct", "radeon", "huawei", "apple")
@@ -300,6 +312,7 @@ def _accelerator_from_entry(acc_id: str, entry: dict[str, Any]) -> Accelerator:
     nvlink_per_direction = None if nvlink is None else nvlink["bytes_per_s_bidirectional"] / 2
     bridge_only = bool(nvlink and nvlink["bridge_only"])
     price = entry.get("cloud_price")
+    driver = entry.get("driver_memory")
     price_source = None
     if price is not None:
         price_source = f"{price['provider']} {price['instance']}, {price['as_of']} ({price['source']})"
@@ -331,6 +344,8 @@ def _accelerator_from_entry(acc_id: str, entry: dict[str, Any]) -> Accelerator:
         nvlink_bytes_per_s=None if bridge_only else nvlink_per_direction,
         nvlink_bridge_bytes_per_s=nvlink_per_direction if bridge_only else None,
         unified_memory=bool(entry["unified_memory"]),
+        driver_memory_bytes=None if driver is None else round(driver["total_gib"] * 2**30),
+        driver_memory_source=None if driver is None else driver["source"],
         price_usd_per_hour=None if price is None else float(price["usd_per_gpu_hour"]),
         price_source=price_source,
         launch_price_usd=_float(entry["launch_price_usd"]),

@@ -294,6 +294,14 @@ class TrainEvaluator:
         """The best variant of a structure at its best micro-batch (see module docstring)."""
         variants = self.space.variants(structure)
         best = self.best_micro_batch(self.lean(structure), objective)
+        sizes = self.micro_batches(structure)
+        if not structure.micro_batch:  # another variant may fit a size the lean one does not (memory_weight)
+            start = sizes.index(best.candidate.micro_batch) + 1 if best.feasible else 0
+            for size in sizes[start:]:
+                fits = [e for v in variants if (e := self.evaluate(v.replace(micro_batch=size))).feasible]
+                if not fits:
+                    break
+                best = min([best, *fits] if best.feasible else fits, key=lambda e: e.rank_key(objective))
         if not best.feasible:
             return best
         failed: list[tuple[int, ...]] = []

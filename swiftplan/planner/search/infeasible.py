@@ -190,17 +190,18 @@ def _bigger_gpu(
     does not depend on the GPU model, so the lean plans' totals pick the candidates; `recheck` estimates
     the plan on the new GPU (capabilities, speed, limits) before it is suggested."""
     current = cluster.memory_bytes_per_device
+    others = [replace(cluster, accelerator=a, usable_memory_bytes=None) for a in list_accelerators()]
     options = sorted(
         (
-            a
-            for a in list_accelerators()
-            if a.backend == cluster.accelerator.backend and a.memory_bytes > current
+            o
+            for o in others
+            if o.accelerator.backend == cluster.accelerator.backend and o.memory_bytes_per_device > current
         ),
-        key=lambda a: (a.memory_bytes, a.price_usd_per_hour or 1e9),
+        key=lambda o: (o.memory_bytes_per_device, o.accelerator.price_usd_per_hour or 1e9),
     )
-    for acc in options:
-        other = replace(cluster, accelerator=acc, usable_memory_bytes=None)
-        limit = acc.memory_bytes * (1 - headroom)
+    for other in options:
+        acc = other.accelerator
+        limit = other.memory_bytes_per_device * (1 - headroom)
         for lean in leans:
             if lean.estimate and lean.host_over_bytes <= 0 and lean.device_total_bytes <= limit:
                 plan = recheck(lean.candidate, other)

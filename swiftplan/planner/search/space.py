@@ -90,11 +90,13 @@ def sharding_class(zero: int, offload: str) -> str:
 
 
 def memory_weight(candidate: Candidate) -> tuple[int, int, int, int]:
-    """Per memory-only choice, a number that never decreases with the bytes it costs (for dominance checks)."""
+    """Per memory-only choice, a number that never decreases with the bytes it costs (for dominance checks).
+    Precision only orders full fine-tuning: with adapters, pure half precision saves the base's bytes but
+    peft's fp32 adapters cast each wrapped layer's input to fp32, so neither mode needs less at every size."""
     return (
         -candidate.zero,
         _OPTIMIZER_BYTES.get(candidate.optimizer, 3),
-        _PRECISION_BYTES[candidate.precision],
+        _PRECISION_BYTES[candidate.precision] if candidate.method == "full" else 0,
         _QUANT_BYTES[candidate.quant],
     )
 
@@ -195,8 +197,9 @@ class TrainSpace:
         ]
 
     def lean(self, structure: Candidate) -> Candidate:
-        """The variant of a structure that needs the least memory (the preferred one among equals):
-        the same as `min(self.variants(structure), key=memory_weight)`, without listing them."""
+        """The variant of a structure that needs the least memory by `memory_weight`'s order (the preferred one
+        among equals; precision: the fewest weight bytes), without listing them. The order is a heuristic
+        where choices trade weights for activations; `TrainEvaluator.resolve` checks the larger sizes."""
         valid = self.valid_shardings(structure.quant, structure.layout.dp)
         members = [
             m for m in SHARDING_CLASSES[sharding_class(structure.zero, structure.offload)] if m in valid
