@@ -329,7 +329,7 @@ def with_reserved(
     context_term = Term(
         name="runtime_overhead",
         value_bytes=res.slack_bytes + context + extra,
-        formula=f"CUDA context {context / MiB:,.0f} MiB + allocator slack {res.slack_bytes / MiB:,.0f} MiB"
+        formula=f"CUDA context {context / MiB:,.0f} MiB + the allocator_slack row ({res.slack_bytes / MiB:,.0f} MiB)"
         + "".join(f" + {t.name} {t.value_bytes / MiB:,.0f} MiB" for t in extras),
         source=_context_source(backend),
     )
