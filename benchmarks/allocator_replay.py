@@ -12,9 +12,10 @@ and mix framework effects; this derives the two constants from the real code ins
 3. fixed shapes: 3 steps at the configuration's length; variable shapes: `VARIABLE_STEPS` steps whose lengths
    are drawn uniformly from [32, seq] (seeded), as dynamic padding of unpacked data makes them;
 4. each replay's slack fraction = (replayed reserved - traced allocated peak - the planner's block
-   rounding) / the planner's per-step bytes; dynamic_slack = the median fraction of the fixed-shape replays.
+   rounding) / the planner's per-step bytes; the fixed-shape fractions fall with the per-step bytes, so
+   they are fitted as dynamic_slack − dynamic_slack_per_doubling × log2(per-step GiB) by least squares.
 
-Only `dynamic_slack` is written: fixed shapes are a fact of the run. The variable-shape replays are reported
+Only the fixed-shape constants are written: fixed shapes are a fact of the run. The variable-shape replays are reported
 as what lengths spread uniformly up to the cap would cost (per doubling of the length classes); real datasets
 are mostly far shorter than their cap, so `length_slack` stays fitted by `calibrate.py` on the published fit
 set's reserved rows (real length distributions), with dynamic_slack held at the value derived here.
@@ -23,7 +24,7 @@ No published row is used: the held-out comparison (`published_accuracy.py`) stay
 not see: other streams (FSDP's, NCCL's), CUDA-only kernels' workspaces, `empty_cache()` calls.
 
     python benchmarks/allocator_replay.py            # replays, writes results/allocator_replay.{md,json}
-    python benchmarks/allocator_replay.py --write    # and dynamic_slack into calibration.json
+    python benchmarks/allocator_replay.py --write    # and the fixed-shape constants into calibration.json
     python benchmarks/allocator_replay.py --reuse    # the report again from the saved replays (no tracing)
 """
 
@@ -36,7 +37,7 @@ import random
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -123,12 +124,27 @@ def replay_case(case: Case) -> dict[str, Any]:
 
 
 def derive(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """dynamic_slack (module docstring, step 4), and the uniform-lengths cost per doubling of the length
-    classes (reported, not written)."""
-    dynamic = statistics.median(r["fixed"]["fraction"] for r in rows)
-    per_doubling = [(r["variable"]["fraction"] - dynamic) / r["variable"]["log2_classes"] for r in rows]
+    """The fixed-shape fraction as a line in log2(per-step GiB) by least squares (module docstring, step 4):
+    dynamic_slack at 1 GiB, dynamic_slack_per_doubling, and the per-step range it holds over; the
+    uniform-lengths cost per doubling of the length classes (reported, not written)."""
+    xs = [math.log2(r["fixed"]["dynamic"] / GiB) for r in rows]
+    ys = [r["fixed"]["fraction"] for r in rows]
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mean_x) ** 2 for x in xs
+    )
+    at_1gib = mean_y - slope * mean_x
+    fixed = [at_1gib + slope * x for x in xs]
+    per_doubling = [
+        (r["variable"]["fraction"] - f) / r["variable"]["log2_classes"]
+        for r, f in zip(rows, fixed, strict=True)
+    ]
     return {
-        "dynamic_slack": round(max(0.0, dynamic), 3),
+        "dynamic_slack": round(max(0.0, at_1gib), 3),
+        "dynamic_slack_per_doubling": round(max(0.0, -slope), 4),
+        "dynamic_slack_min_bytes": min(r["fixed"]["dynamic"] for r in rows),
+        "dynamic_slack_max_bytes": max(r["fixed"]["dynamic"] for r in rows),
+        "largest_residual": round(max(abs(y - f) for y, f in zip(ys, fixed, strict=True)), 3),
         "uniform_length_slack": round(statistics.median(per_doubling), 3),
     }
 
@@ -136,6 +152,12 @@ def derive(rows: list[dict[str, Any]]) -> dict[str, float]:
 def report(rows: list[dict[str, Any]], derived: dict[str, float]) -> str:
     """The markdown report."""
     now = AllocatorParams.from_calibration()
+    derived_params = replace(
+        now,
+        dynamic_slack=derived["dynamic_slack"],
+        slack_per_doubling=derived["dynamic_slack_per_doubling"],
+        slack_range_bytes=(int(derived["dynamic_slack_min_bytes"]), int(derived["dynamic_slack_max_bytes"])),
+    )
     lines = [
         "# Allocator constants from replayed traces",
         "",
@@ -152,7 +174,7 @@ def report(rows: list[dict[str, Any]], derived: dict[str, float]) -> str:
     for r in rows:
         for kind in ("fixed", "variable"):
             x = r[kind]
-            planner = derived["dynamic_slack"] + now.length_slack * x["log2_classes"]
+            planner = derived_params.fixed_slack(x["dynamic"]) + now.length_slack * x["log2_classes"]
             lines.append(
                 f"| {r['case']} | {kind} | {x['traced_allocated'] / GiB:.2f} | {x['replayed_reserved'] / GiB:.2f} "
                 f"| {x['least_capacity'] / GiB:.2f} | {x['releasable']:.2f} "
@@ -160,8 +182,13 @@ def report(rows: list[dict[str, Any]], derived: dict[str, float]) -> str:
             )
     lines += [
         "",
-        f"Derived: dynamic_slack = {derived['dynamic_slack']:g} (median of the fixed-shape fractions; "
-        f"calibration.json has {now.dynamic_slack:g}). Lengths spread uniformly up to the cap would cost "
+        f"Derived: the fixed-shape fraction = {derived['dynamic_slack']:g} − "
+        f"{derived['dynamic_slack_per_doubling']:g} × log2(per-step GiB), least squares over the fixed-shape "
+        f"replays (largest residual {derived['largest_residual']:g}), held at its ends outside "
+        f"{derived['dynamic_slack_min_bytes'] / GiB:.2f}-{derived['dynamic_slack_max_bytes'] / GiB:.2f} GiB per "
+        f"step (calibration.json has {now.dynamic_slack:g} − {now.slack_per_doubling:g} × log2): a step's slack "
+        "is a few of its largest blocks that later requests cannot reuse, which grows more slowly than its bytes. "
+        "Lengths spread uniformly up to the cap would cost "
         f"{derived['uniform_length_slack']:g} per doubling of the length classes (median of the variable-shape "
         f"replays); real datasets are mostly far shorter than their cap, so the planner's length_slack "
         f"({now.length_slack:g}) is fitted on the published fit set's reserved rows (`calibrate.py`), and the "
@@ -190,8 +217,15 @@ def write(derived: dict[str, float], rows: list[dict[str, Any]], path: Path = CA
         f"({cases}) replayed through the caching allocator's rules (planner/caching_allocator.py, "
         "c10/cuda/CUDACachingAllocator.cpp @ 001074d2); results/allocator_replay.md"
     )
+    line = "least squares of the fixed-shape replays' slack fraction (3 steps) on log2(per-step GiB)"
     section["dynamic_slack"] = {"value": derived["dynamic_slack"], "status": "derived",
-                                "source": f"median slack fraction of the fixed-shape replays (3 steps); {common}"}  # fmt: skip
+                                "source": f"{line}: the fraction at 1 GiB per step; {common}"}  # fmt: skip
+    section["dynamic_slack_per_doubling"] = {"value": derived["dynamic_slack_per_doubling"], "status": "derived",
+                                             "source": f"{line}: minus its slope; {common}"}  # fmt: skip
+    for end in ("min", "max"):
+        key = f"dynamic_slack_{end}_bytes"
+        section[key] = {"value": derived[key], "status": "derived",
+                        "source": f"the {end}imum per-step bytes of those replays (the fraction is held beyond); {common}"}  # fmt: skip
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 

@@ -34,6 +34,7 @@ import json
 import math
 import statistics
 import sys
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -89,10 +90,12 @@ def fit_points(csv_paths: tuple[Path, ...] = ALL_CSVS) -> dict[str, list[dict[st
 
 
 def loss(points: list[dict[str, Any]], dynamic_slack: float, length_slack: float) -> float:
-    """Sum of |log(predicted reserved / published)| over the points."""
+    """Sum of |log(predicted reserved / published)| over the points (the fixed-shape fraction at each point's
+    per-step bytes, as the planner takes it: AllocatorParams.fixed_slack)."""
+    params = replace(AllocatorParams.from_calibration(), dynamic_slack=dynamic_slack)
     total = 0.0
     for p in points:
-        frac = dynamic_slack + length_slack * p["log2_lengths"]
+        frac = params.fixed_slack(p["dynamic"]) + length_slack * p["log2_lengths"]
         total += abs(math.log((p["allocated"] + p["rounding"] + frac * p["dynamic"]) / p["published"]))
     return total
 

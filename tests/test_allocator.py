@@ -17,6 +17,7 @@ import calibration_split  # noqa: E402
 import published_accuracy  # noqa: E402
 
 MiB = 2**20
+GiB = 2**30
 
 
 @pytest.mark.parametrize(
@@ -46,6 +47,19 @@ def test_small_and_medium_requests_share_segments():
     assert al.reserved_for([6 * MiB] * 3) == 20 * MiB
     assert al.reserved_for([6 * MiB] * 4) == 40 * MiB
     assert al.reserved_for([30 * MiB + 1]) == 32 * MiB
+
+
+def test_fixed_shape_slack_falls_with_the_step_bytes_inside_the_replayed_range():
+    """A step's slack is a few of its largest blocks: per byte it falls as the step grows (derived from the
+    replays, benchmarks/results/allocator_replay.md), and it is not extrapolated beyond their range."""
+    params = al.AllocatorParams(dynamic_slack=0.5, length_slack=0.0, expandable_factor=0.3,
+                                slack_per_doubling=0.07, slack_range_bytes=(GiB // 2, 16 * GiB))  # fmt: skip
+    assert params.fixed_slack(GiB) == pytest.approx(0.5)
+    assert params.fixed_slack(4 * GiB) == pytest.approx(0.5 - 2 * 0.07)
+    assert params.fixed_slack(64 * GiB) == params.fixed_slack(16 * GiB) == pytest.approx(0.5 - 4 * 0.07)
+    assert params.fixed_slack(MiB) == params.fixed_slack(GiB // 2) == pytest.approx(0.57)
+    calibrated = al.AllocatorParams.from_calibration()
+    assert calibrated.fixed_slack(GiB) > calibrated.fixed_slack(8 * GiB) > 0
 
 
 def test_fragmentation_grows_with_lengths_and_expandable_segments_cut_it():
@@ -117,7 +131,7 @@ def test_the_moment_that_leaves_the_most_reserved_sets_it_not_the_allocated_peak
     memory = train_memory(spec, setup)
     assert memory.device.peak_phase == "optimizer step"
     name, allocated, dynamic = next(m for m in memory.moments if m[0] == "loss and backward start")
-    fraction = al.AllocatorParams.from_calibration().dynamic_slack
+    fraction = al.AllocatorParams.from_calibration().fixed_slack(dynamic)
     assert memory.device.peak_reserved >= allocated + int(dynamic * fraction)
     slack = next(t for t in memory.device.terms if t.name == "allocator_slack")
     assert "at the loss and backward start" in slack.formula

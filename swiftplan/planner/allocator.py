@@ -38,6 +38,7 @@ from swiftplan.planner.calibration import constant, constant_source
 from swiftplan.planner.model_spec import ModelSpec
 
 MiB = 2**20
+GiB = 2**30
 
 MIN_BLOCK_BYTES = 512
 """kMinBlockSize: every request is rounded up to a multiple of 512 bytes."""
@@ -116,11 +117,16 @@ class AllocatorParams:
     """The fitted constants of the fragmentation model (profiles/calibration.json `allocator`)."""
 
     dynamic_slack: float
-    """Reserved-but-free bytes per dynamic byte when every step has the same shapes."""
+    """Reserved-but-free bytes per dynamic byte when every step has the same shapes, at 1 GiB of them."""
     length_slack: float
     """Extra slack per doubling of the number of distinct sequence lengths."""
     expandable_factor: float
     """Multiplier on the slack under expandable segments."""
+    slack_per_doubling: float = 0.0
+    """How much the fixed-shape slack fraction falls per doubling of the per-step bytes: a step's slack is a
+    few of its largest blocks that later requests cannot reuse, which grows more slowly than its bytes."""
+    slack_range_bytes: tuple[int, int] = (0, 0)
+    """Per-step bytes the size dependence was derived over; outside it the fraction is held at its ends."""
 
     @classmethod
     def from_calibration(cls) -> AllocatorParams:
@@ -129,7 +135,19 @@ class AllocatorParams:
             dynamic_slack=constant("allocator", "dynamic_slack"),
             length_slack=constant("allocator", "length_slack"),
             expandable_factor=constant("allocator", "expandable_factor"),
+            slack_per_doubling=constant("allocator", "dynamic_slack_per_doubling"),
+            slack_range_bytes=(int(constant("allocator", "dynamic_slack_min_bytes")),
+                               int(constant("allocator", "dynamic_slack_max_bytes"))),  # fmt: skip
         )
+
+    def fixed_slack(self, dynamic_bytes: int) -> float:
+        """Slack per dynamic byte with one shape per step: dynamic_slack − slack_per_doubling ×
+        log2(per-step GiB), the bytes held inside `slack_range_bytes`."""
+        low, high = self.slack_range_bytes
+        if not self.slack_per_doubling or dynamic_bytes <= 0 or high <= 0:
+            return self.dynamic_slack
+        held = min(max(dynamic_bytes, low), high)
+        return max(0.0, self.dynamic_slack - self.slack_per_doubling * math.log2(held / GiB))
 
 
 def distinct_lengths(seq_len: int, settings: AllocatorSettings) -> int:
@@ -137,9 +155,13 @@ def distinct_lengths(seq_len: int, settings: AllocatorSettings) -> int:
     return max(1, seq_len // LENGTH_BUCKET_TOKENS) if settings.variable_lengths else 1
 
 
-def slack_fraction(seq_len: int, settings: AllocatorSettings, params: AllocatorParams) -> float:
-    """Fragmentation slack as a fraction of the dynamic (per-step) bytes."""
-    fraction = params.dynamic_slack + params.length_slack * math.log2(distinct_lengths(seq_len, settings))
+def slack_fraction(
+    seq_len: int, settings: AllocatorSettings, params: AllocatorParams, dynamic_bytes: int = 0
+) -> float:
+    """Fragmentation slack as a fraction of the dynamic (per-step) bytes (`dynamic_bytes` of them; 0: the
+    fraction at 1 GiB)."""
+    fixed = params.fixed_slack(dynamic_bytes)
+    fraction = fixed + params.length_slack * math.log2(distinct_lengths(seq_len, settings))
     return fraction * (params.expandable_factor if settings.expandable_segments else 1.0)
 
 
@@ -228,11 +250,11 @@ def reserve(
     persistent = (
         memory.weights + memory.adapters + memory.gradients + memory.optimizer + memory.master_weights
     )
-    fraction = slack_fraction(seq_len, settings, params)
     rounding = rounding_bytes(spec, memory)
     best: Reserve | None = None
     peak = ("", memory.peak_allocated, max(0, memory.peak_allocated - persistent - memory.kv_cache))
     for name, allocated, dynamic in (peak, *moments):
+        fraction = slack_fraction(seq_len, settings, params, dynamic)
         fragmentation = int(dynamic * fraction)
         unused = 0
         if setup_cache is not None:
