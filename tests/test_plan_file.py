@@ -84,12 +84,16 @@ def test_the_plan_carries_its_hardware_so_a_catalog_change_cannot_move_it(tmp_pa
     data = yaml.safe_load(path.read_text())
     data["hardware"]["accelerator"]["id"] = "a-card-no-catalog-has"
     data["hardware"]["accelerator"]["memory_bytes"] = 20 * 2**30
+    data["hardware"]["accelerator"]["driver_memory_bytes"] = 19 * 2**30
     path.write_text(yaml.safe_dump(data))
     loaded = load_plan(path)
     assert loaded.hardware.accelerator.memory_bytes == 20 * 2**30
     check = estimate_plan_file(path)  # no catalog lookup: it re-estimates on the snapshot
-    assert check.estimate.device_memory_bytes == 20 * 2**30
+    assert check.estimate.device_memory_bytes == 19 * 2**30  # the budget is what the driver reports
     assert check.changed == ("device_memory_bytes",)
+    del data["hardware"]["accelerator"]["driver_memory_bytes"]  # a plan written before the driver figures
+    path.write_text(yaml.safe_dump(data))
+    assert estimate_plan_file(path).estimate.device_memory_bytes == 20 * 2**30
 
 
 def test_fit_output_is_reproduced_by_estimate_to_the_byte(tmp_path):

@@ -136,8 +136,10 @@ class AllocatorParams:
             length_slack=constant("allocator", "length_slack"),
             expandable_factor=constant("allocator", "expandable_factor"),
             slack_per_doubling=constant("allocator", "dynamic_slack_per_doubling"),
-            slack_range_bytes=(int(constant("allocator", "dynamic_slack_min_bytes")),
-                               int(constant("allocator", "dynamic_slack_max_bytes"))),  # fmt: skip
+            slack_range_bytes=(
+                int(constant("allocator", "dynamic_slack_min_bytes")),
+                int(constant("allocator", "dynamic_slack_max_bytes")),
+            ),  # fmt: skip
         )
 
     def fixed_slack(self, dynamic_bytes: int) -> float:

@@ -7,8 +7,9 @@ searched: memory grows with it and, without pipeline parallelism, speed never fa
 evaluator takes the largest that fits (with pipeline stages, where more micro-batches shrink the
 bubble, it compares every size that fits). Likewise the choices that only change memory (optimizer,
 precision, NF4 double quantization, ZeRO stage within a sharding class): the leanest variant sets the
-micro-batch, then the most conventional variant that fits at that micro-batch with the same objective
-wins.
+micro-batch, the others are tried at the larger sizes too (with adapters, pure half precision and amp are
+not ordered by memory: `needs_at_least`), then the most conventional variant that fits at that micro-batch
+with the same objective wins.
 
 Serving: the sequences per replica are the most that fit the KV budget and meet the latency targets
 (or the requested concurrency split over the replicas); throughput is decode tokens/s over all
@@ -31,7 +32,7 @@ from swiftplan.planner.objective_speed import objective_speed
 from swiftplan.planner.plan import host_bytes_per_node, serving_economics, training_economics
 from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate, ServeWorkload, TrainWorkload
 from swiftplan.planner.search.serve_space import ServeSpace
-from swiftplan.planner.search.space import MAX_MICRO_BATCH, TrainSpace, memory_weight
+from swiftplan.planner.search.space import MAX_MICRO_BATCH, TrainSpace, memory_weight, needs_at_least
 from swiftplan.planner.speed import ServeSpeed
 from swiftplan.units import GiB
 
@@ -295,26 +296,40 @@ class TrainEvaluator:
         variants = self.space.variants(structure)
         best = self.best_micro_batch(self.lean(structure), objective)
         sizes = self.micro_batches(structure)
-        if not structure.micro_batch:  # another variant may fit a size the lean one does not (memory_weight)
+        if not structure.micro_batch:  # another variant may fit a size the lean one does not (needs_at_least)
             start = sizes.index(best.candidate.micro_batch) + 1 if best.feasible else 0
             for size in sizes[start:]:
-                fits = [e for v in variants if (e := self.evaluate(v.replace(micro_batch=size))).feasible]
+                fits = self._fitting_variants(sorted(variants, key=memory_weight), size)
                 if not fits:
                     break
                 best = min([best, *fits] if best.feasible else fits, key=lambda e: e.rank_key(objective))
         if not best.feasible:
             return best
-        failed: list[tuple[int, ...]] = []
+        failed: list[Candidate] = []
         for variant in variants:
-            weight = memory_weight(variant)
-            if any(all(a >= b for a, b in zip(weight, f, strict=True)) for f in failed):
+            if any(needs_at_least(variant, f) for f in failed):
                 continue  # needs at least as much memory as a variant that did not fit
             evaluation = self.evaluate(variant.replace(micro_batch=best.candidate.micro_batch))
             if evaluation.feasible and evaluation.objective(objective) <= best.objective(objective):
                 return evaluation
             if not evaluation.feasible:
-                failed.append(weight)
+                failed.append(variant)
         return best
+
+    def _fitting_variants(self, variants: list[Candidate], size: int) -> list[Evaluation[Candidate]]:
+        """The variants that fit at micro-batch `size`, leanest first, skipping any that needs at least the
+        memory of one that did not fit."""
+        fits: list[Evaluation[Candidate]] = []
+        failed: list[Candidate] = []
+        for variant in variants:
+            if any(needs_at_least(variant, f) for f in failed):
+                continue
+            evaluation = self.evaluate(variant.replace(micro_batch=size))
+            if evaluation.feasible:
+                fits.append(evaluation)
+            else:
+                failed.append(variant)
+        return fits
 
 
 class ServeEvaluator:

@@ -90,15 +90,24 @@ def sharding_class(zero: int, offload: str) -> str:
 
 
 def memory_weight(candidate: Candidate) -> tuple[int, int, int, int]:
-    """Per memory-only choice, a number that never decreases with the bytes it costs (for dominance checks).
-    Precision only orders full fine-tuning: with adapters, pure half precision saves the base's bytes but
-    peft's fp32 adapters cast each wrapped layer's input to fp32, so neither mode needs less at every size."""
+    """Per memory-only choice, a number that never decreases with the bytes it costs (for dominance checks,
+    `needs_at_least`)."""
     return (
         -candidate.zero,
         _OPTIMIZER_BYTES.get(candidate.optimizer, 3),
-        _PRECISION_BYTES[candidate.precision] if candidate.method == "full" else 0,
+        _PRECISION_BYTES[candidate.precision],
         _QUANT_BYTES[candidate.quant],
     )
+
+
+def needs_at_least(candidate: Candidate, other: Candidate) -> bool:
+    """Whether `candidate` needs at least `other`'s memory at the same micro-batch: every memory-only choice
+    costs at least as much. Precision orders full fine-tuning only: with adapters, pure half precision saves
+    the base's bytes but peft's fp32 adapters cast each wrapped layer's input to fp32, so two precisions
+    are not comparable."""
+    if candidate.method != "full" and candidate.precision != other.precision:
+        return False
+    return all(a >= b for a, b in zip(memory_weight(candidate), memory_weight(other), strict=True))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
