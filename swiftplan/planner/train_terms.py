@@ -24,7 +24,7 @@ from swiftplan.planner.states import StateDtypes
 from swiftplan.units import format_gib
 
 if TYPE_CHECKING:
-    from swiftplan.planner.train_memory import DeviceStates
+    from swiftplan.planner.device_states import DeviceStates
 
 
 def breakdown_terms(
