@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from swiftplan.planner.architecture import (
     embedding_params,
@@ -185,7 +186,16 @@ def persistent_requests(spec: ModelSpec, memory: MemoryBreakdown) -> list[int]:
 
 def rounding_bytes(spec: ModelSpec, memory: MemoryBreakdown) -> int:
     """Bytes the block rounding adds to the long-lived tensors (exact rules, model's matrix shapes)."""
-    requests = [r for r in persistent_requests(spec, memory) if r > 0]
+    return _rounding(spec, memory.weights, memory.gradients, memory.optimizer, memory.master_weights)
+
+
+@lru_cache(maxsize=4096)
+def _rounding(spec: ModelSpec, weights: int, gradients: int, optimizer: int, master_weights: int) -> int:
+    """`rounding_bytes` by the states it reads (a search asks for the same states at every micro-batch)."""
+    states = MemoryBreakdown(
+        weights=weights, gradients=gradients, optimizer=optimizer, master_weights=master_weights
+    )
+    requests = [r for r in persistent_requests(spec, states) if r > 0]
     return max(0, reserved_for(requests) - sum(requests))
 
 
