@@ -5,7 +5,9 @@ parameters ZeRO-3/FSDP gather, and what offload moves to host RAM, after tensor/
 - tensor parallelism divides matrices by tp; pipeline parallelism keeps ceil(layers / pp) blocks per stage;
 - ZeRO-1 shards optimizer state (and master weights) over dp, ZeRO-2 also gradients, ZeRO-3 (FSDP full
   shard) also parameters, plus the gathered ones in flight;
-- offload moves the optimizer state (and with ZeRO-3 the parameters) to host RAM.
+- offload moves the optimizer state to host RAM, under DeepSpeed ZeRO-2/3 the gradient partition too (its
+  fp32 copy in the CPU optimizer's buffer: stage_1_and_2.py copy_grads_in_partition, stage3.py
+  grad_partitions_flat_buffer on the offload device), and with ZeRO-3 the parameters.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from swiftplan.planner.objective_memory import (
 from swiftplan.planner.optimizer_temporaries import matrix_shape_sum
 from swiftplan.planner.runtime_features import fsdp_cpu_offload_states
 from swiftplan.planner.runtime_terms import (
+    grads_on_host,
     reduce_bucket_bytes,
     saved_module_params,
     shard_degree,
@@ -180,6 +183,10 @@ def device_states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: i
     if par.offload in ("optimizer", "optimizer+params"):
         host += (optim + master) * dp
         optim, master = 0, 0
+        if grads_on_host(setup):  # reduced in the bucket(s), kept in the CPU optimizer's fp32 buffer
+            partition = grads - bucket
+            host += partition * 4 // dtype_bytes(dtypes.gradients) * dp
+            grads = bucket
     if par.offload == "optimizer+params":
         host += (weights + adapters) * dp
         weights, adapters = 0, 0

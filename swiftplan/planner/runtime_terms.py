@@ -163,6 +163,14 @@ def prefetch_bucket_elements(spec: ModelSpec, knobs: RuntimeKnobs) -> int:
     return knobs.prefetch_bucket_elements
 
 
+def grads_on_host(setup: TrainSetup) -> bool:
+    """DeepSpeed ZeRO-2/3 with the optimizer offloaded keeps the gradient partition on the host, in the CPU
+    optimizer's fp32 buffer: the device holds only the reduce bucket(s). Source: deepspeedai/DeepSpeed @ edaa722
+    stage_1_and_2.py (copy_grads_in_partition under cpu_offload), stage3.py (grad_partitions_flat_buffer on
+    self.device, the CPU with offload_optimizer)."""
+    return setup.parallel.offload != "none" and sharding_stage(setup) >= 2 and setup.runtime.fsdp == "none"
+
+
 def reduce_bucket_buffers(knobs: RuntimeKnobs, *, stage: int) -> int:
     """Reduce buckets DeepSpeed allocates: two below ZeRO-3 with overlap_comm (one filled while the other is
     reduced), else one (stage_1_and_2.py setup_buckets; stage3.py)."""

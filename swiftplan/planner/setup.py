@@ -179,9 +179,9 @@ class RuntimeKnobs:
     `fsdp_shard_group` devices, replicated across groups."""
     fsdp_shard_group: int = 0
     """hybrid_shard: devices a shard group spans (normally one node); 0 = all data-parallel ranks."""
-    ds_buckets: bool = False
+    ds_buckets: bool = True
     """Count DeepSpeed's gradient reduce bucket(s) and ZeRO-3's live/prefetch parameter buffers at
-    their configured sizes instead of the two-blocks approximation."""
+    their configured sizes (which the rendered DeepSpeed JSON carries) instead of the two-blocks approximation."""
     reduce_bucket_elements: int = 500_000_000
     """DeepSpeed reduce_bucket_size (elements; default 5e8)."""
     prefetch_bucket_elements: int = 50_000_000
@@ -189,7 +189,7 @@ class RuntimeKnobs:
     max_live_parameters: int = 1_000_000_000
     """DeepSpeed stage3_max_live_parameters (elements; default 1e9; 0 = no prefetching, as axolotl's ZeRO-3
     configs set)."""
-    ds_auto_buckets: bool = False
+    ds_auto_buckets: bool = True
     """ZeRO-3's reduce_bucket_size and stage3_prefetch_bucket_size are "auto" in the DeepSpeed JSON, which the
     HF Trainer fills with hidden² and 0.9·hidden² (the ZeRO-3 configs LLaMA-Factory, ms-swift and axolotl
     ship); reduce_bucket_elements and prefetch_bucket_elements then apply to ZeRO-1/2 only."""

@@ -15,6 +15,7 @@ from swiftplan.planner.objective_memory import logits_setup, scored_sequences, s
 from swiftplan.planner.objective_terms import objective_terms, sequences_formula, sequences_source
 from swiftplan.planner.runtime_terms import (
     deepspeed_zero,
+    grads_on_host,
     reduce_bucket_buffers,
     reduce_bucket_elements,
     sharding_stage,
@@ -64,6 +65,7 @@ def breakdown_terms(
             formula=f"{trainable_here:,} trainable × {dtype_bytes(dtypes.gradients)} B ({dtypes.gradients})"
             + (f" / dp{dp}" if stage >= 2 else "")
             + (" (one at a time: optimizer in backward)" if knobs.optimizer_in_backward else "")
+            + (" in host RAM with the offloaded optimizer (DeepSpeed)" if grads_on_host(setup) else "")
             + bucket,
             source="deepspeedai/DeepSpeed @ edaa722 deepspeed/runtime/zero/config.py, stage_1_and_2.py, stage3.py"
             if bucket
