@@ -669,8 +669,10 @@ def runtime_knobs(row: dict[str, str], assumed: dict[str, Any]) -> tuple[Runtime
     (`RUNTIME_ERAS`), then what the row itself states (`ASSUMPTIONS` / `SOURCE_SETTINGS` knob keys)."""
     name = row.get("runtime", "").strip()
     profiles = runtime_profiles()
-    if name not in profiles or profiles[name].task != "train":
-        return RuntimeKnobs(), []
+    if name not in profiles or profiles[name].task != "train":  # e.g. the ZeRO paper's model-state formulas
+        return RuntimeKnobs(ds_buckets=False), [
+            "no framework profile: model states only (no DeepSpeed buffers)"
+        ]
     profile = get_runtime(name, "train")
     knobs = {d.option: profile.value(d.option) for d in profile.defaults if d.option in TRAIN_KNOB_OPTIONS}
     notes = []

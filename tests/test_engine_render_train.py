@@ -182,7 +182,9 @@ def test_runtime_knobs_are_carried_over_or_refused(engine):
     ds = json.loads(
         render_for(engine, _plan("8b_lora_runtime_knobs_2xh100", engine), OPTIONS).files["ds_config.json"]
     )
-    assert ds["zero_optimization"]["reduce_bucket_size"] == 500_000_000
+    # ZeRO-3's sizes stay "auto", filled by the HF Trainer from the model (hidden², 0.9·hidden²), as planned
+    assert ds["zero_optimization"]["reduce_bucket_size"] == "auto"
+    assert ds["zero_optimization"]["stage3_prefetch_bucket_size"] == "auto"
     assert ds["zero_optimization"]["stage3_max_live_parameters"] == 1_000_000_000
     plan = _plan("8b_lora_runtime_knobs_2xh100", engine)
     for knobs, named in ((RuntimeKnobs(loss="chunked"), "chunked"),
@@ -266,8 +268,8 @@ REFUSALS = [
      "axolotl cannot express --fsdp-sharding hybrid_shard"),
     ("megatron-swift", {"runtime": RuntimeKnobs(activation_offload=True, float8=True)},
      "megatron-swift does not run activation offloading true, float8 training true"),
-    ("megatron-swift", {"runtime": RuntimeKnobs(ds_buckets=True), "parallel": Parallelism(zero=1)},
-     "megatron-swift cannot express DeepSpeed bucket sizes (ds_buckets)"),
+    ("megatron-swift", {"runtime": RuntimeKnobs(reduce_bucket_elements=200_000_000), "parallel": Parallelism(zero=1)},
+     "megatron-swift cannot express DeepSpeed bucket sizes"),
 ]  # fmt: skip
 
 

@@ -127,7 +127,9 @@ def test_modules_to_save_trains_copies_of_embedding_and_head() -> None:
 
 
 def test_deepspeed_bucket_and_zero3_live_parameters() -> None:
-    zero2 = TrainSetup(method="full", parallel=Parallelism(zero=2), seq_len=512)
+    zero2 = TrainSetup(
+        method="full", parallel=Parallelism(zero=2), seq_len=512, runtime=RuntimeKnobs(ds_buckets=False)
+    )
     plain = train_memory(QWEN7B, zero2, world_size=8).device
     bucket = train_memory(
         QWEN7B, dataclasses.replace(zero2, runtime=RuntimeKnobs(ds_buckets=True)), world_size=8
@@ -182,7 +184,7 @@ def test_zero3_auto_buckets_follow_the_hidden_size() -> None:
     largest = largest_param_elements(QWEN7B)
     auto = zero3_live_parameter_bytes(QWEN7B, knobs, weight_bytes=2, tp=1)
     assert auto == (largest + int(0.9 * hidden2)) * 2
-    default = zero3_live_parameter_bytes(QWEN7B, RuntimeKnobs(ds_buckets=True), weight_bytes=2, tp=1)
+    default = zero3_live_parameter_bytes(QWEN7B, RuntimeKnobs(ds_auto_buckets=False), weight_bytes=2, tp=1)
     assert default == (largest + 50_000_000) * 2
     none_ahead = zero3_live_parameter_bytes(QWEN7B, RuntimeKnobs(max_live_parameters=0), weight_bytes=2, tp=1)
     assert none_ahead == largest * 2

@@ -19,13 +19,16 @@ def test_the_launch_and_the_engines_render_the_same_zero_section():
         theirs = hf_deepspeed_config(setup)
         assert theirs is not None and ours["zero_optimization"] == theirs["zero_optimization"]
         assert ("reduce_bucket_size" in ours["zero_optimization"]) is buckets
-    plain = replace(TrainSetup(), parallel=Parallelism(zero=3))
+    uncounted = replace(TrainSetup(runtime=RuntimeKnobs(ds_buckets=False)), parallel=Parallelism(zero=3))
     assert (
         "stage3_prefetch_bucket_size"
-        not in deepspeed_config(plain, world_size=2, lr=1e-4, weight_decay=0.0, max_grad_norm=1.0)[
+        not in deepspeed_config(uncounted, world_size=2, lr=1e-4, weight_decay=0.0, max_grad_norm=1.0)[
             "zero_optimization"
         ]
     )
+    default = deepspeed_config(replace(TrainSetup(), parallel=Parallelism(zero=3)), world_size=2, lr=1e-4,
+                               weight_decay=0.0, max_grad_norm=1.0)["zero_optimization"]  # fmt: skip
+    assert default["stage3_prefetch_bucket_size"] == "auto"  # what the plan counted, filled by the worker
 
 
 def test_auto_zero3_sizes_are_left_to_the_trainer_and_filled_as_it_fills_them():

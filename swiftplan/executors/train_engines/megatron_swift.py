@@ -32,7 +32,7 @@ from swiftplan.executors.train_engines.ms_swift_rlhf import rlhf_args
 from swiftplan.executors.train_engines.objectives import TrainerDevices, data_parallel_ranks, is_sft
 from swiftplan.executors.train_engines.vision import ms_swift_args, ms_swift_env, vision_choices
 from swiftplan.planner.plan import Plan
-from swiftplan.planner.setup import ALL_LINEAR, TrainSetup
+from swiftplan.planner.setup import ALL_LINEAR, RuntimeKnobs, TrainSetup
 
 NAME = "megatron-swift"
 _OPTIMIZERS = {"adamw": "adam", "sgd": "sgd"}  # Megatron's adam is AdamW (decoupled weight decay)
@@ -117,12 +117,20 @@ def _refuse_runtime_knobs(setup: TrainSetup) -> None:
         f"--ckpt-every {knobs.ckpt_every}": setup.grad_ckpt and knobs.ckpt_every > 1,
         "--activation-offload": knobs.activation_offload,
         "--float8": knobs.float8,
-        "DeepSpeed bucket sizes (ds_buckets)": knobs.ds_buckets and setup.parallel.zero > 0,
+        "DeepSpeed bucket sizes": setup.parallel.zero > 0
+        and _deepspeed_sizes(knobs) != _deepspeed_sizes(RuntimeKnobs()),
     }
     if named := [flag for flag, on in refused.items() if on]:
         raise refuse(NAME, " ".join(named), "Megatron runs its own loss, fused Adam, distributed optimizer / "
                      "Megatron FSDP sharding and uniform recomputation; plan it with the runtime defaults "
                      "(--quant fp8 for Transformer Engine fp8)")  # fmt: skip
+
+
+def _deepspeed_sizes(knobs: RuntimeKnobs) -> tuple[object, ...]:
+    """The DeepSpeed buffer choices a plan can set; Megatron has none of them (it allocates its own grad
+    buffers), so only their defaults pass."""
+    return (knobs.ds_buckets, knobs.ds_auto_buckets, knobs.ds_overlap_comm, knobs.reduce_bucket_elements,
+            knobs.prefetch_bucket_elements, knobs.max_live_parameters)  # fmt: skip
 
 
 def _schedule_and_model_args(setup: TrainSetup, options: RunOptions) -> list[str]:

@@ -104,8 +104,11 @@ def needs_at_least(candidate: Candidate, other: Candidate) -> bool:
     """Whether `candidate` needs at least `other`'s memory at the same micro-batch: every memory-only choice
     costs at least as much. Precision orders full fine-tuning only: with adapters, pure half precision saves
     the base's bytes but peft's fp32 adapters cast each wrapped layer's input to fp32, so two precisions
-    are not comparable."""
+    are not comparable. Nor are plain torch (ZeRO 0) and DeepSpeed: its fp32 master copy and reduce buckets
+    can outweigh what sharding saves (small models, few ranks, adapters)."""
     if candidate.method != "full" and candidate.precision != other.precision:
+        return False
+    if (candidate.zero == 0) != (other.zero == 0):
         return False
     return all(a >= b for a, b in zip(memory_weight(candidate), memory_weight(other), strict=True))
 
