@@ -38,6 +38,7 @@ from swiftplan.planner.runtime_terms import (
     shard_degree,
     sharding_stage,
     zero3_live_parameter_bytes,
+    zero_sharded,
 )
 from swiftplan.planner.setup import LoraSetup, TrainSetup
 from swiftplan.planner.states import (
@@ -157,10 +158,7 @@ def device_states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: i
         grads = max(gradient_bytes(largest, dtype_bytes(dtypes.gradients)), gradient_bytes(each_saved, wb))
     master = master_weight_bytes(trainable_here, dtype_bytes(dtypes.master)) if dtypes.master else 0
     stage, shards = sharding_stage(setup), shard_degree(setup, dp)
-    if stage >= 1:
-        optim, master = optim // shards, master // shards
-    if stage >= 2:
-        grads //= shards
+    optim, master, grads = zero_sharded(setup, dp, optimizer=optim, master=master, gradients=grads)
     gathered = 0
     # a bitsandbytes 4-bit base's constants stay whole on every rank when the weights are sharded
     constants = bnb_quant_state_bytes(spec, stage_layers, quant=setup.quant, double_quant=setup.double_quant,

@@ -163,6 +163,20 @@ def prefetch_bucket_elements(spec: ModelSpec, knobs: RuntimeKnobs) -> int:
     return knobs.prefetch_bucket_elements
 
 
+def zero_sharded(
+    setup: TrainSetup, dp: int, *, optimizer: int, master: int, gradients: int
+) -> tuple[int, int, int]:
+    """(optimizer, master, gradients) bytes after ZeRO/FSDP sharding over the data-parallel ranks: stage 1
+    shards the optimizer state and the master copy, stage 2 also the gradients (stage 3's parameters are the
+    caller's, with what it gathers)."""
+    stage, shards = sharding_stage(setup), shard_degree(setup, dp)
+    if stage >= 1:
+        optimizer, master = optimizer // shards, master // shards
+    if stage >= 2:
+        gradients //= shards
+    return optimizer, master, gradients
+
+
 def grads_on_host(setup: TrainSetup) -> bool:
     """DeepSpeed ZeRO-2/3 with the optimizer offloaded keeps the gradient partition on the host, in the CPU
     optimizer's fp32 buffer: the device holds only the reduce bucket(s). Source: deepspeedai/DeepSpeed @ edaa722

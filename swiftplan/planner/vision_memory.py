@@ -24,7 +24,12 @@ from swiftplan.planner.breakdown import Term
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.dtypes import activation_dtype_bytes, dtype_bytes
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.runtime_terms import adamw_impl_temporary_bytes, shard_degree, sharding_stage
+from swiftplan.planner.runtime_terms import (
+    adamw_impl_temporary_bytes,
+    shard_degree,
+    sharding_stage,
+    zero_sharded,
+)
 from swiftplan.planner.setup import ServeSetup, TrainSetup
 from swiftplan.planner.states import master_weight_bytes, optimizer_state_bytes, state_dtypes
 from swiftplan.planner.train_memory import TrainMemory, train_memory
@@ -92,10 +97,7 @@ def vision_states(tower: VisionTower, setup: TrainSetup, *, dp: int) -> VisionSt
                                   matrix_shape_sum=2 * trainable)  # fmt: skip
     master = master_weight_bytes(trainable, dtype_bytes(dtypes.master)) if dtypes.master else 0
     stage, shards = sharding_stage(setup), shard_degree(setup, dp)
-    if stage >= 1:
-        optim, master = optim // shards, master // shards
-    if stage >= 2:
-        grads //= shards
+    optim, master, grads = zero_sharded(setup, dp, optimizer=optim, master=master, gradients=grads)
     if stage == 3:
         weights, adapters = weights // shards, adapters // shards
     step = 0
