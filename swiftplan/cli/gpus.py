@@ -88,7 +88,10 @@ def gpus_command(
         "interconnect",
         "$/GPU-h",
     ):
-        table.add_column(column, justify="left" if column in ("id", "name", "interconnect") else "right")
+        if column == "id":  # the id is what --gpus takes: never cut it
+            table.add_column(column, no_wrap=True, min_width=max(len(acc.id) for acc in accelerators))
+            continue
+        table.add_column(column, justify="left" if column in ("name", "interconnect") else "right")
     for acc in accelerators:
         basis = acc.dense_flops_basis("bf16")
         flops = (
