@@ -78,8 +78,9 @@ def gpus_command(
         title="swiftplan accelerator catalog",
         caption="usable: the total the driver reports to PyTorch, what plans use; bandwidths per direction; FLOP/s dense",
     )
+    # the id is what --gpus takes: never cut it
+    table.add_column("id", no_wrap=True, min_width=max((len(acc.id) for acc in accelerators), default=2))
     for column in (
-        "id",
         "name",
         "memory GiB",
         "usable GiB",
@@ -88,9 +89,6 @@ def gpus_command(
         "interconnect",
         "$/GPU-h",
     ):
-        if column == "id":  # the id is what --gpus takes: never cut it
-            table.add_column(column, no_wrap=True, min_width=max(len(acc.id) for acc in accelerators))
-            continue
         table.add_column(column, justify="left" if column in ("name", "interconnect") else "right")
     for acc in accelerators:
         basis = acc.dense_flops_basis("bf16")

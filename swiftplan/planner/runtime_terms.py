@@ -139,19 +139,33 @@ reduce_bucket_size with hidden² (huggingface/transformers 5.25.0 integrations/d
 HfTrainerDeepSpeedConfig.trainer_config_finalize)."""
 
 
+HF_AUTO_ZERO3_KEYS = (
+    "reduce_bucket_size",
+    "stage3_prefetch_bucket_size",
+    "stage3_param_persistence_threshold",
+)
+"""The ZeRO-3 sizes a DeepSpeed JSON may leave "auto" for the HF Trainer (`hf_auto_zero3_sizes`)."""
+
+
 def hf_auto_zero3_sizes(hidden_size: int) -> dict[str, int]:
     """What the HF Trainer writes for a ZeRO-3 JSON's "auto" sizes (trainer_config_finalize)."""
-    return {
-        "reduce_bucket_size": hidden_size * hidden_size,
-        "stage3_prefetch_bucket_size": int(HF_AUTO_PREFETCH_FRACTION * hidden_size * hidden_size),
-        "stage3_param_persistence_threshold": 10 * hidden_size,
-    }
+    values = (
+        hidden_size * hidden_size,
+        int(HF_AUTO_PREFETCH_FRACTION * hidden_size * hidden_size),
+        10 * hidden_size,
+    )
+    return dict(zip(HF_AUTO_ZERO3_KEYS, values, strict=True))
+
+
+def auto_reduce_bucket(knobs: RuntimeKnobs, *, stage: int) -> bool:
+    """Whether the reduce bucket is the HF Trainer's "auto" size (hidden²): ZeRO-3 with `ds_auto_buckets`."""
+    return knobs.ds_auto_buckets and stage == 3
 
 
 def reduce_bucket_elements(spec: ModelSpec, knobs: RuntimeKnobs, *, stage: int) -> int:
     """DeepSpeed's reduce_bucket_size as the run sees it: hidden² when a ZeRO-3 config says "auto"
-    (`ds_auto_buckets`), else `reduce_bucket_elements`."""
-    if knobs.ds_auto_buckets and stage == 3:
+    (`auto_reduce_bucket`), else `reduce_bucket_elements`."""
+    if auto_reduce_bucket(knobs, stage=stage):
         return hf_auto_zero3_sizes(spec.hidden_size)["reduce_bucket_size"]
     return knobs.reduce_bucket_elements
 

@@ -14,6 +14,7 @@ from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective_memory import logits_setup, scored_sequences, scored_tokens_per_sequence
 from swiftplan.planner.objective_terms import objective_terms, sequences_formula, sequences_source
 from swiftplan.planner.runtime_terms import (
+    auto_reduce_bucket,
     deepspeed_zero,
     grads_on_host,
     reduce_bucket_buffers,
@@ -42,7 +43,7 @@ def breakdown_terms(
              if states.saved_modules else "")  # fmt: skip
     bucket = (f" + DeepSpeed reduce bucket {reduce_bucket_buffers(knobs, stage=stage)} × "
               f"{reduce_bucket_elements(spec, knobs, stage=stage):,} elements"
-              f"{' (auto: hidden²)' if knobs.ds_auto_buckets and stage == 3 else ''} ({format_gib(states.bucket)})"
+              f"{' (auto: hidden²)' if auto_reduce_bucket(knobs, stage=stage) else ''} ({format_gib(states.bucket)})"
               if states.bucket else "")  # fmt: skip
     return (
         Term(

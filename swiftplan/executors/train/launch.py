@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.runtime_terms import hf_auto_zero3_sizes
+from swiftplan.planner.runtime_terms import HF_AUTO_ZERO3_KEYS, hf_auto_zero3_sizes
 from swiftplan.planner.setup import TrainSetup
 
 WORKER_MODULE = "swiftplan.executors.train.worker"
@@ -95,12 +95,8 @@ def zero_optimization(setup: TrainSetup) -> dict[str, Any]:
             zero["stage3_prefetch_bucket_size"] = knobs.prefetch_bucket_elements
             zero["stage3_max_live_parameters"] = knobs.max_live_parameters
             if knobs.ds_auto_buckets:  # filled from the model's hidden size (fill_auto_sizes, the HF Trainer)
-                zero |= dict.fromkeys(AUTO_ZERO3_KEYS, "auto")
+                zero |= dict.fromkeys(HF_AUTO_ZERO3_KEYS, "auto")
     return zero
-
-
-AUTO_ZERO3_KEYS = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")
-"""The ZeRO-3 sizes a plan with ds_auto_buckets leaves "auto" in its DeepSpeed JSON."""
 
 
 def fill_auto_sizes(config: dict[str, Any], hidden_size: int) -> dict[str, Any]:

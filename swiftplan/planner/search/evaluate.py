@@ -298,8 +298,9 @@ class TrainEvaluator:
         sizes = self.micro_batches(structure)
         if not structure.micro_batch:  # another variant may fit a size the lean one does not (needs_at_least)
             start = sizes.index(best.candidate.micro_batch) + 1 if best.feasible else 0
+            leanest_first = sorted(variants, key=memory_weight)
             for size in sizes[start:]:
-                fits = self._fitting_variants(sorted(variants, key=memory_weight), size)
+                fits = self._fitting_variants(leanest_first, size)
                 if not fits:
                     break
                 best = min([best, *fits] if best.feasible else fits, key=lambda e: e.rank_key(objective))
