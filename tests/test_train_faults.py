@@ -24,6 +24,7 @@ import pytest
 from train_support import FIXTURES, TOKENIZER, cli, train_args, write_plan
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.executors.train import loop
 from swiftplan.executors.train import run_dir as rd
 
 DATA = FIXTURES / "chat.jsonl"
@@ -387,6 +388,23 @@ def test_sigint_under_torchrun_saves_the_same_step_on_every_rank(tmp_path):
     resumed = _cli_subprocess(*shlex.split(command)[1:], "--max-steps", str(stopped + 1))
     assert resumed.returncode == 0, resumed.stderr
     assert [s["step"] for s in rd.read_jsonl(run / "metrics.jsonl")] == list(range(1, stopped + 2))
+
+
+@pytest.mark.parametrize(
+    ("received", "named"),
+    [
+        ((signal.SIGTERM, 0), signal.SIGTERM),  # torchrun has signalled rank 0 but not yet rank 1
+        ((0, signal.SIGINT), signal.SIGINT),
+        ((signal.SIGINT, signal.SIGTERM), signal.SIGTERM),
+        ((signal.SIGUSR1, 0), -1),
+    ],
+)
+def test_a_rank_that_missed_the_signal_names_the_one_the_others_got(received, named):
+    """The step's all-reduce sums each rank's votes; a rank whose own handler has not run yet reports
+    the signal another rank received, so every rank's message is the same."""
+    votes = [sum(column) for column in zip(*(loop._stop_votes(int(s)) for s in received), strict=True)]
+    assert any(votes)
+    assert loop._agreed_signal(votes) == int(named)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ step s therefore reads exactly the blocks an uninterrupted run would have read n
 
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,8 @@ class LoopResult:
     memory_now: dict[str, int] = field(default_factory=dict)
     """Allocated/reserved bytes after the last step."""
     stopped_by: int = 0
-    """Signal that stopped the run early (-1: one received by another rank; 0: not stopped)."""
+    """Signal that stopped the run early, the one this rank received or else the one the other ranks did
+    (-1: another rank's, not SIGINT or SIGTERM; 0: not stopped)."""
     saved_on_stop: bool = False
     """A checkpoint was written at end_step because of the stop."""
 
@@ -83,6 +85,27 @@ def _all_sum(values: list[float], world: int, device: Any) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return [float(x) for x in tensor.tolist()]
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals a run saves and stops on; each has its own vote so every rank can name the one received."""
+
+
+def _stop_votes(signum: int) -> list[float]:
+    """One vote per stop signal plus one for any other (1 where this rank received it), summed over the
+    ranks with the step's label-token count: a rank whose own handler has not run yet (torchrun signals
+    the ranks one after another) still learns which signal the others got."""
+    known = [float(signum == int(sig)) for sig in _STOP_SIGNALS]
+    return [*known, float(signum > 0 and not any(known))]
+
+
+def _agreed_signal(votes: list[float]) -> int:
+    """The stop signal other ranks voted for (SIGTERM over SIGINT when both were: torchrun forwards a
+    Ctrl-C as SIGTERM); -1 when they stopped for another reason."""
+    for sig, count in reversed(list(zip(_STOP_SIGNALS, votes, strict=False))):
+        if count:
+            return int(sig)
+    return -1
 
 
 def _barrier(world: int) -> None:
@@ -161,9 +184,9 @@ def run_loop(engine: Any, data: dict[str, Any], *, setup: TrainSetup, args: rd.T
         batches = micro_batches(step, n_blocks=n_blocks, setup=setup, seed=args.seed, rank=rank, world=world)
         local = sum(label_tokens(data["labels"][b]) for b in batches)
         signum = int(stop()) if stop is not None else 0
-        items, votes = _all_sum([float(local), float(signum > 0)], world, device)
-        if votes:
-            result.stopped_by = signum or -1
+        items, *votes = _all_sum([float(local), *_stop_votes(signum)], world, device)
+        if any(votes):
+            result.stopped_by = signum or _agreed_signal(votes)
             break
         share, real = _train_step(engine, data, batches, items=max(int(items), 1), device=device)
         elapsed = time.perf_counter() - started
