@@ -11,12 +11,15 @@ Procedure (small on purpose):
      GDDR devices (`speed.decode_bandwidth_efficiency`; the catalog's memory_type);
    - `allreduce_latency_s`: fixed seconds per tensor-parallel all-reduce (`speed.decode_allreduce_s`);
    - `step_overhead_<engine>_s`: fixed host seconds per decode step of each engine with fit rows
-     (`speed.decode_step_overhead_s`).
+     (`speed.decode_step_overhead_s`);
+   - `eager_launch_per_layer_s`: host seconds to launch one layer's kernels in a decode step without CUDA
+     graphs (`speed.decode_host_launch_s`), on the rows that decode eagerly (vLLM V0 past 8192 tokens).
    `compute` stays at its prior: it is prefill's GEMM efficiency, and the decode rows' prefill is a few
    percent of their time at most. A constant no fit row moves (no GDDR row, no tensor-parallel row, no row
    of an engine) is not fitted.
 3. Search: coordinate descent over 1-D grids — bandwidths 0.40..1.00 step 0.01, allreduce_latency_s
-   0..60 us step 1 us, each step overhead 0..20 ms step 0.1 ms — each coordinate set in turn to its grid
+   0..60 us step 1 us, each step overhead 0..20 ms step 0.1 ms, the eager launch time per layer 0..1 ms step
+   10 us — each coordinate set in turn to its grid
    value with the least sum of |log(ours / published)| over the rows it moves (ties: the smaller value),
    until a whole sweep changes nothing; run from six fixed starts (`STARTS`), the end point of least loss
    kept (the loss is flat along bandwidth vs per-step cost, so one start can stop short).
@@ -62,8 +65,9 @@ CALIBRATION = Path(__file__).resolve().parent.parent / "swiftplan" / "profiles" 
 BANDWIDTH_GRID = [round(0.40 + i / 100, 2) for i in range(61)]
 LATENCY_GRID = [i * 1e-6 for i in range(61)]
 OVERHEAD_GRID = [round(i * 1e-4, 4) for i in range(201)]
+LAUNCH_GRID = [round(i * 1e-5, 5) for i in range(101)]
 STARTS = tuple(
-    {"bandwidth": b, "bandwidth_gddr": b, "allreduce_latency_s": 30e-6, "overhead": o}
+    {"bandwidth": b, "bandwidth_gddr": b, "allreduce_latency_s": 30e-6, "overhead": o, "launch": 2e-4}
     for b in (0.5, 0.7, 0.9)
     for o in (0.0, 0.005)
 )
@@ -129,12 +133,15 @@ def constants_moved(points: list[dict[str, Any]]) -> dict[str, list[dict[str, An
     }
     for runtime in SERVE_RUNTIMES:
         moved[step_overhead_name(runtime)] = [p for p in points if p["setup"].runtime == runtime]
+    moved["eager_launch_per_layer_s"] = [p for p in points if p["setup"].decodes_eagerly]
     return {name: rows for name, rows in moved.items() if rows}
 
 
 def _grid(name: str) -> list[float]:
     if name.startswith("bandwidth"):
         return BANDWIDTH_GRID
+    if name == "eager_launch_per_layer_s":
+        return LAUNCH_GRID
     return LATENCY_GRID if name == "allreduce_latency_s" else OVERHEAD_GRID
 
 
@@ -173,7 +180,11 @@ def start_point(prior: ServeEfficiency, start: dict[str, float]) -> ServeEfficie
         bandwidth_gddr=start["bandwidth_gddr"],
         allreduce_latency_s=start["allreduce_latency_s"],
     )
-    return replace(eff, step_overhead_s={r: start["overhead"] for r in eff.step_overhead_s})
+    return replace(
+        eff,
+        step_overhead_s={r: start["overhead"] for r in eff.step_overhead_s},
+        eager_launch_per_layer_s=start["launch"],
+    )
 
 
 def _best_fit(points: list[dict[str, Any]], prior: ServeEfficiency) -> ServeEfficiency:

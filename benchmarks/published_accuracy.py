@@ -470,8 +470,11 @@ def findings(report: dict[str, Any], csv_path: Path) -> list[str]:
         "written) fragment the caching allocator beyond the allocator model's slack, and no fit-set row measures "
         "FSDP1's reserved memory to calibrate it.",
         f"- **Decode speed.** vLLM 0.4.2 on Qwen2-0.5B/1.5B past 8k-token prompts (dec-72 "
-        f"{err('dec-72', 'tokens_per_s')}, dec-71 {err('dec-71', 'tokens_per_s')}) is slower than its byte count: PagedAttention v2 above 8192 tokens and "
-        f"one-pass prefill of very long prompts; llama.cpp's F16 batch-1 kernel on an A100 (dec-123 "
+        f"{err('dec-72', 'tokens_per_s')}, dec-71 {err('dec-71', 'tokens_per_s')}) decodes eagerly: vLLM's V0 engine "
+        "captures decode graphs only up to 8192 tokens of context and launches every kernel from the host past it. "
+        "The planner models it (ServeSetup.graph_max_context, speed.decode_host_launch_s), but the launch time "
+        "per layer is fitted on the fit set's vLLM 0.6.3 rows (Qwen2.5) at 0.12 ms, while these 0.4.2 steps "
+        "imply 0.22-0.28 ms (a slower host path in that release); llama.cpp's F16 batch-1 kernel on an A100 (dec-123 "
         f"{err('dec-123', 'tokens_per_s')}) reaches far less of HBM bandwidth than the fitted share, an engine "
         "kernel limit the model has no per-engine bandwidth for.",
         "- **What agrees.** Rows whose configuration is fully stated and whose counter is named: the vLLM KV-block "

@@ -686,6 +686,27 @@ def runtime_knobs(row: dict[str, str], assumed: dict[str, Any]) -> tuple[Runtime
     return RuntimeKnobs(name=name, **knobs), notes
 
 
+VLLM_V0_SOURCES = (
+    "vllm-project/vllm pull request #2192",  # 2023-12, vLLM 0.2.x
+    "QwenLM/Qwen2.5 docs/source/benchmark/speed_benchmark.rst",  # vLLM 0.4.2 (Qwen2) and 0.6.3 (Qwen2.5)
+    "mlc-ai/llm-perf-bench",  # 2023-11
+    "ROCm blog 'Enhancing vLLM Inference on AMD GPUs'",  # 2024-10, vLLM 0.6.x
+)
+"""Sources that measured vLLM's V0 engine (the default before 0.8.0)."""
+VLLM_V0_GRAPH_MAX_CONTEXT = 8192
+VLLM_V0_GRAPH_NOTE = (
+    "vLLM V0 engine: decode CUDA graphs cover contexts up to max_context_len_to_capture (max_seq_len_to_capture "
+    "from 0.5), default 8192; 'When a sequence has context length larger than this, we fall back to eager mode' "
+    "(vllm/engine/arg_utils.py --max-context-len-to-capture help, v0.4; worker/model_runner.py use_captured_graph)"
+)
+
+
+def _graph_max_context(row: dict[str, str]) -> int:
+    """vLLM V0's CUDA-graph context limit for rows that measured that engine (`VLLM_V0_SOURCES`); 0 otherwise."""
+    v0 = row.get("runtime", "").strip().lower() == "vllm" and row["source"].startswith(VLLM_V0_SOURCES)
+    return VLLM_V0_GRAPH_MAX_CONTEXT if v0 else 0
+
+
 def _serve_runtime(row: dict[str, str]) -> ServeRuntime:
     """The serving engine a decode row measured (its runtime column); a decode row of an engine the speed
     model has no per-step cost for is skipped. Memory rows (hf, torch, ...) keep the default, vllm: the
@@ -719,6 +740,9 @@ def express(row: dict[str, str]) -> Expressed:
         kv_fp8 = "fp8 kv" in (row["quant"] + " " + row["precision"]).lower()
         batch = parse_int(row["batch"], 1)
         context = assumed.get("context", parse_int(row["seq_len"], 2048))
+        graph_max_context = _graph_max_context(row)
+        if 0 < graph_max_context < context:
+            notes.append(VLLM_V0_GRAPH_NOTE + f": this row's {context}-token context decodes eagerly")
         setup: TrainSetup | ServeSetup = ServeSetup(
             dtype="bf16" if row["precision"].lower().startswith("bf16") else "fp16",
             quant=quant,  # type: ignore[arg-type]
@@ -728,6 +752,7 @@ def express(row: dict[str, str]) -> Expressed:
             prefill_chunk=assumed.get("prefill_chunk", batch * context),
             tp=serve_tp or cluster.world_size,
             runtime=_serve_runtime(row),
+            graph_max_context=graph_max_context,
         )
         return Expressed(model_id=model_id, setup=setup, cluster=cluster, notes=tuple(dict.fromkeys(notes)))
     if method not in ("full", "lora", "qlora"):

@@ -60,7 +60,7 @@ from swiftplan.planner.vision import VisionInputs
 from swiftplan.planner.workload import ServeWorkload, TrainWorkload
 
 SCHEMA_VERSION: Final = 2
-_WITH_SETUP = ("runtime", "objective")
+_WITH_SETUP = ("runtime", "objective", "eager")
 """Workload fields stored once, with the training set-up."""
 READABLE_VERSIONS = (1, 2)
 _HINT = 'Plan files are written by `swiftplan fit ... -o plan.yaml`; the README section "Plan files" lists every field.'
@@ -190,6 +190,7 @@ class ServeFields(_Strict):
     max_lora_rank: int = Field(strict=True, gt=0)
     vision: VisionFields | None = None
     runtime: ServeRuntime = "vllm"  # absent from plan files written before the serving engine was planned
+    eager: bool = Field(strict=True, default=False)  # absent from plan files written before eager decode
 
 
 class TrainWorkloadFields(_Strict):
@@ -461,7 +462,7 @@ def _workload(
         train = setup if isinstance(setup, TrainSetup) else TrainSetup()
         return TrainWorkload(**fields.model_dump(), runtime=train.runtime, objective=train.objective)
     serve = setup if isinstance(setup, ServeSetup) else ServeSetup()
-    return ServeWorkload(**fields.model_dump(), runtime=serve.runtime)
+    return ServeWorkload(**fields.model_dump(), runtime=serve.runtime, eager=serve.eager)
 
 
 def _accelerator(path: Path, data: dict[str, Any]) -> Accelerator:

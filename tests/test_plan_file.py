@@ -47,6 +47,7 @@ SETUPS = [
         num_generations=4, prompt_len=256, completion_len=512, placement="server", gpus=1, memory_fraction=0.8))),
     TrainSetup(method="lora", seq_len=1024, objective=ObjectiveSetup(kind="grpo", rollout=RolloutSetup(
         prompt_len=512, sleep=True, memory_fraction=0.4))),
+    ServeSetup(context=4096, concurrency=4, eager=True),  # decode without CUDA graphs
 ]  # fmt: skip
 
 

@@ -110,9 +110,11 @@ def test_fit_script_reproduces_the_committed_constants() -> None:
     assert not fit_rows & set(result["test_errors"])
     # The fit does not start from the committed values.
     start = start_point(
-        serve_efficiency(), {"bandwidth": 0.5, "bandwidth_gddr": 0.5, "allreduce_latency_s": 0, "overhead": 0}
+        serve_efficiency(),
+        {"bandwidth": 0.5, "bandwidth_gddr": 0.5, "allreduce_latency_s": 0, "overhead": 0, "launch": 0},
     )
     assert start.bandwidth == 0.5 and set(start.step_overhead_s.values()) == {0}
+    assert start.eager_launch_per_layer_s == 0
 
 
 def _step_s(setup: ServeSetup, eff: object = None) -> float:

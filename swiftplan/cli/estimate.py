@@ -18,6 +18,7 @@ from swiftplan.cli.options import (
     DsAutoBucketsOpt,
     DsBucketsOpt,
     DsOverlapCommOpt,
+    EnforceEagerOpt,
     Float8Opt,
     FsdpCpuOffloadOpt,
     FsdpOpt,
@@ -334,6 +335,7 @@ def estimate_command(
     concurrency: ConcurrencyOpt = 1,
     kv_dtype: KvOpt = "auto",
     gpu_memory_utilization: UtilOpt = 0.9,
+    enforce_eager: EnforceEagerOpt = False,
     engine: EngineOpt = None,
     expandable_segments: ExpandableOpt = False,
     variable_lengths: VariableLengthsOpt = False,
@@ -454,6 +456,7 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
         is_serving,
         knob_values,
         objective_seq,
+        refuse_eager_for_training,
         refuse_knobs_for_serving,
         refuse_objective_for_serving,
         serve_runtime,
@@ -463,6 +466,7 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
 
     knobs = knob_values(**{n: o[n] for n in KNOB_FLAGS if n in o})
     if not is_serving(o["task"]):
+        refuse_eager_for_training(o["enforce_eager"])
         choice = train_runtime(
             o["runtime"], knobs, {n: o[n] for n in given_options(ctx, RUNTIME_TRAIN_FLAGS)}
         )
@@ -483,7 +487,8 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
     setup = build_serve_setup(precision=o["precision"], quant=o["quant"], context=o["context"],
                               concurrency=o["concurrency"], kv_dtype=o["kv_dtype"],
                               gpu_memory_utilization=o["gpu_memory_utilization"], tp=o["tp"], cluster=cluster,
-                              prefill_chunk=o.get("prefill_chunk"), runtime=o["runtime"])  # fmt: skip
+                              prefill_chunk=o.get("prefill_chunk"), runtime=o["runtime"],
+                              eager=o["enforce_eager"])  # fmt: skip
     return _with_vision(setup, o, serving=True), serving
 
 

@@ -22,6 +22,7 @@ from swiftplan.cli.options import (
     DsAutoBucketsOpt,
     DsBucketsOpt,
     DsOverlapCommOpt,
+    EnforceEagerOpt,
     Float8Opt,
     FsdpCpuOffloadOpt,
     FsdpOpt,
@@ -53,6 +54,7 @@ from swiftplan.cli.options import (
     is_serving,
     objective_pins,
     objective_request,
+    refuse_eager_for_training,
     refuse_estimate_only_quant,
     refuse_objective_for_serving,
 )
@@ -303,6 +305,8 @@ def fit_request(**options: Any) -> Any:
     from swiftplan.usecases.fit import FitRequest, FitTask
 
     task: FitTask = "serve" if is_serving(options["task"]) else "train"
+    if task == "train":
+        refuse_eager_for_training(options["enforce_eager"])
     host_ram = options["host_ram"]
     training, global_batch, seq = (
         objective_request(options) if task == "train" else (SFT, options["global_batch"], options["seq"])
@@ -321,6 +325,7 @@ def fit_request(**options: Any) -> Any:
         seed=options["seed"], trials=options["trials"], storage=options["storage"], study_name=options["study_name"],
         runtime=options["runtime"], runtime_options=_runtime_options(task, options),
         training=training, objective_pins=objective_pins(options.get("typed", ())),
+        eager=options["enforce_eager"],
     )  # fmt: skip
 
 
@@ -379,6 +384,7 @@ def fit_command(
     decode_tps: DecodeOpt = None,
     kv_dtype: KvOpt = None,
     gpu_memory_utilization: UtilOpt = 0.9,
+    enforce_eager: EnforceEagerOpt = False,
     headroom: HeadroomOpt = 0.05,
     host_ram: HostRamOpt = None,
     seed: SeedOpt = 0,

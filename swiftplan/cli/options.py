@@ -141,9 +141,10 @@ def build_serve_setup(
     cluster: Cluster,
     prefill_chunk: int | None = None,
     runtime: str | None = None,
+    eager: bool = False,
 ) -> ServeSetup:
     """A validated `ServeSetup` (serving uses the pure dtype of --precision); `runtime`: the serving engine
-    (--runtime, default vllm)."""
+    (--runtime, default vllm); `eager`: --enforce-eager."""
     dtype = {"amp-bf16": "bf16", "amp-fp16": "fp16"}.get(precision, precision)
     if dtype not in SERVE_DTYPES:
         raise SwiftplanError(
@@ -159,6 +160,7 @@ def build_serve_setup(
         gpu_memory_utilization=gpu_memory_utilization,
         tp=tp,
         runtime=parse_choice("--runtime", runtime or "vllm", SERVE_RUNTIMES),
+        eager=eager,
         **chunk,
     )
     _refuse_impossible(cluster, precision=dtype, quant=quant, optimizer="adamw", zero_stage=0)
@@ -593,6 +595,25 @@ def objective_seq(objective: ObjectiveSetup, seq: int, *, seq_given: bool) -> in
     if objective.rollout is not None and not seq_given:
         return objective.rollout.seq_len
     return seq
+
+
+EnforceEagerOpt = Annotated[
+    bool,
+    typer.Option(
+        "--enforce-eager",
+        help="Serving: decode without CUDA graphs (vLLM --enforce-eager, SGLang's decode graphs disabled, LMDeploy "
+        "--eager-mode): more KV memory (no graph pool), slower steps (host kernel launches).",
+    ),
+]
+
+
+def refuse_eager_for_training(eager: bool) -> None:
+    """--enforce-eager given for a training task: one clear error."""
+    if eager:
+        raise SwiftplanError(
+            "--enforce-eager is a serving option (decode without CUDA graphs); it does not apply to training. "
+            "Use --task serve, or drop the flag."
+        )
 
 
 def refuse_objective_for_serving(typed: Collection[str]) -> None:

@@ -186,7 +186,7 @@ def _runtime_terms(spec: ModelSpec, setup: ServeSetup, *, graphs: int, sampler: 
             name="cudagraph_pool",
             value_bytes=graphs,
             formula=cudagraph_pool_formula(setup, workspace_bytes_per_token=per_token),
-            source=cudagraph_pool_source(),
+            source=cudagraph_pool_source(setup),
         ),
         Term(
             name="sampler_warmup",

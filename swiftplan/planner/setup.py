@@ -432,6 +432,21 @@ class ServeSetup:
     """Vision-language models: images/video per request, sizing vLLM's encoder cache (planner/vision.py)."""
     runtime: ServeRuntime = "vllm"
     """Serving engine (--runtime): sets the fixed host cost of each decode step (speed.decode_step_overhead_s)."""
+    eager: bool = False
+    """Decode steps run without CUDA graphs, every kernel launched from the host (vLLM --enforce-eager,
+    SGLang --cuda-graph-backend-decode disabled, LMDeploy --eager-mode): no CUDA-graph pool comes off the KV
+    budget, and a step takes at least the host's launch time (speed.decode_host_launch_s)."""
+    graph_max_context: int = 0
+    """Longest context a captured decode graph covers; a sequence past it decodes eagerly, though the graphs
+    are still captured (vLLM's V0 engine, before 0.8 and with VLLM_USE_V1=0 up to 0.10: --max-seq-len-to-capture,
+    --max-context-len-to-capture before 0.5, default 8192). 0: no limit (the V1 engine chooses graphs by
+    batch size only). Not a flag of the engines planned today; published rows of the V0 era set it."""
+
+    @property
+    def decodes_eagerly(self) -> bool:
+        """Whether the decode steps run without CUDA graphs: eager mode, or a context past `graph_max_context`
+        (charged at the full context, the step a sequence reaches last)."""
+        return self.eager or 0 < self.graph_max_context < self.context
 
     def __post_init__(self) -> None:
         _check_choice("quantization", self.quant, QUANTS)
@@ -440,6 +455,10 @@ class ServeSetup:
         _check_positive("Concurrency (--concurrency)", self.concurrency)
         _check_positive("Prefill chunk", self.prefill_chunk)
         _check_positive("Tensor-parallel degree (--tp)", self.tp)
+        if self.graph_max_context < 0:
+            raise SwiftplanError(
+                f"graph_max_context must be 0 (no limit) or positive, got {self.graph_max_context}."
+            )
         if not 0.05 <= self.gpu_memory_utilization <= 1.0:
             raise SwiftplanError(
                 f"--gpu-memory-utilization must be between 0.05 and 1.0, got {self.gpu_memory_utilization}."

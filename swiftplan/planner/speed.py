@@ -102,7 +102,8 @@ class ServeSpeed:
     per_user_decode_tokens_per_s: float
     """Generated tokens per second seen by one sequence."""
     bound: str
-    """Decode bound: memory (bandwidth), compute, or network (tensor-parallel all-reduces take longest)."""
+    """Decode bound: memory (bandwidth), compute, network (tensor-parallel all-reduces take longest), or host
+    (an eager step's kernel launches outlast the device's work)."""
 
 
 def efficiency_prior(accelerator: Accelerator) -> float:
@@ -337,6 +338,9 @@ class ServeEfficiency:
     """Fixed seconds per tensor-parallel all-reduce call (launch and synchronisation), before its bytes."""
     step_overhead_s: Mapping[str, float]
     """Fixed seconds each decode step costs on the host, by serving engine (`decode_step_overhead_s`)."""
+    eager_launch_per_layer_s: float = 0.0
+    """Host seconds to launch one transformer layer's kernels in an eager (graph-less) decode step
+    (`decode_host_launch_s`)."""
 
 
 def step_overhead_name(runtime: str) -> str:
@@ -352,6 +356,7 @@ def serve_efficiency() -> ServeEfficiency:
         compute=constant("serving_efficiency", "compute"),
         allreduce_latency_s=constant("serving_efficiency", "allreduce_latency_s"),
         step_overhead_s={r: constant("serving_efficiency", step_overhead_name(r)) for r in SERVE_RUNTIMES},
+        eager_launch_per_layer_s=constant("serving_efficiency", "eager_launch_per_layer_s"),
     )
 
 
@@ -362,6 +367,14 @@ def decode_step_overhead_s(runtime: str, eff: ServeEfficiency) -> float:
     vLLM 0.5; SGLang v0.4 overlaps it with the GPU, lmsys.org/blog/2024-12-04-sglang-v0-4). One calibrated
     constant per engine, `serving_efficiency.step_overhead_<engine>_s` (benchmarks/fit_serving_speed.py)."""
     return eff.step_overhead_s[runtime]
+
+
+def decode_host_launch_s(spec: ModelSpec, setup: ServeSetup, eff: ServeEfficiency) -> float:
+    """Host seconds to launch an eager decode step's kernels: layers × `eff.eager_launch_per_layer_s`
+    (0 with CUDA graphs, which launch the whole step at once; `ServeSetup.decodes_eagerly`). Launches are asynchronous, so the device
+    works while the host launches: an eager step takes the larger of this and the device time
+    (`serve_speed`). Each tensor-parallel rank launches its own kernels at the same time."""
+    return spec.num_layers * eff.eager_launch_per_layer_s if setup.decodes_eagerly else 0.0
 
 
 def is_gddr(accelerator: Accelerator) -> bool:
@@ -423,7 +436,8 @@ def serve_speed(
     Each decode step reads every weight once and each sequence's KV cache (`decode_memory_s`), does
     2 × N FLOPs per sequence, all-reduces its activations under tensor parallelism (`decode_allreduce_s`) and
     pays the engine's fixed host cost (`decode_step_overhead_s`); its time is the sum of the four
-    (`DECODE_STEP_TERMS`). TTFT is one prompt of context/2 tokens prefilled
+    (`DECODE_STEP_TERMS`), except that an eager step's device time (the first three) is at least its host
+    launch time (`decode_host_launch_s`). TTFT is one prompt of context/2 tokens prefilled
     in chunks beside the other sequences' decode tokens.
     """
     eff = efficiency or serve_efficiency()
@@ -438,7 +452,8 @@ def serve_speed(
     compute_s = FLOPS_PER_MAC * n * setup.concurrency / peak
     allreduce_s = decode_allreduce_s(spec, setup, accelerator, eff)
     overhead_s = decode_step_overhead_s(setup.runtime, eff)
-    step = memory_s + compute_s + allreduce_s + overhead_s
+    launch_s = decode_host_launch_s(spec, setup, eff)
+    step = max(memory_s + compute_s + allreduce_s, launch_s) + overhead_s
     # TTFT of a request arriving while the other sequences decode (vLLM chunked prefill): each engine
     # step takes up to `prefill_chunk` tokens, the running sequences' decode tokens first; the new
     # prompt fills the rest, and a step costs the larger of its weight/KV reads and its FLOPs, plus the
@@ -455,5 +470,9 @@ def serve_speed(
         ttft_s=ttft,
         decode_tokens_per_s=setup.concurrency / step,
         per_user_decode_tokens_per_s=1 / step,
-        bound="network" if allreduce_s > max(memory_s, compute_s) else bound,
+        bound="host"
+        if launch_s > memory_s + compute_s + allreduce_s
+        else "network"
+        if allreduce_s > max(memory_s, compute_s)
+        else bound,
     )

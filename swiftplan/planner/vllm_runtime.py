@@ -35,6 +35,10 @@ GRAPH_ESTIMATE_SOURCE = (
     "share one pool, so the total is max(first captures) + Σ per-graph parts; v1/worker/gpu_worker.py "
     "determine_available_memory subtracts it before sizing the KV cache"
 )
+EAGER_SOURCE = (
+    f"{VLLM_SOURCE} config/vllm.py VllmConfig.__post_init__: with enforce_eager, cudagraph_mode NONE, "
+    "max_cudagraph_capture_size 0 and cudagraph_capture_sizes [] ('Cudagraph is disabled under eager mode')"
+)
 SAMPLER_SOURCE = (
     f"{VLLM_SOURCE} v1/worker/gpu_model_runner.py profile_run → _dummy_run(max_num_tokens) with "
     "min(max_num_tokens, max_num_seqs) requests → _dummy_sampler_run: compute_logits in the model dtype, "
@@ -77,7 +81,10 @@ def cudagraph_counts(setup: ServeSetup) -> tuple[int, int]:
 def cudagraph_pool_bytes(setup: ServeSetup, *, workspace_bytes_per_token: int) -> int:
     """vLLM's CUDA-graph memory estimate, which comes off the KV budget (`GRAPH_ESTIMATE_SOURCE`): the
     largest captured batch's forward workspace (its first capture holds that batch's intermediate
-    tensors in the graph pool) plus a per-graph prior for every further graph of each mode."""
+    tensors in the graph pool) plus a per-graph prior for every further graph of each mode; none when the
+    decode runs eagerly (`EAGER_SOURCE`)."""
+    if setup.eager:
+        return 0
     sizes = cudagraph_capture_sizes(setup)
     piecewise, full = cudagraph_counts(setup)
     per_graph = int(constant("runtime_overhead", "vllm_cudagraph_bytes_per_graph"))
@@ -87,6 +94,8 @@ def cudagraph_pool_bytes(setup: ServeSetup, *, workspace_bytes_per_token: int) -
 
 def cudagraph_pool_formula(setup: ServeSetup, *, workspace_bytes_per_token: int) -> str:
     """The graph-pool term's arithmetic, as the breakdown shows it."""
+    if setup.eager:
+        return "none: eager decode (--enforce-eager) captures no CUDA graphs"
     sizes = cudagraph_capture_sizes(setup)
     piecewise, full = cudagraph_counts(setup)
     per_graph = constant("runtime_overhead", "vllm_cudagraph_bytes_per_graph")
@@ -96,8 +105,10 @@ def cudagraph_pool_formula(setup: ServeSetup, *, workspace_bytes_per_token: int)
     )
 
 
-def cudagraph_pool_source() -> str:
+def cudagraph_pool_source(setup: ServeSetup) -> str:
     """Where the graph-pool term comes from (code and the prior's evidence)."""
+    if setup.eager:
+        return EAGER_SOURCE
     return f"{CAPTURE_SIZES_SOURCE}; {GRAPH_ESTIMATE_SOURCE}; per graph: " + constant_source(
         "runtime_overhead", "vllm_cudagraph_bytes_per_graph"
     )

@@ -53,6 +53,8 @@ class ServeWorkload:
     runtime: ServeRuntime = "vllm"
     """Serving engine every candidate's speed is planned for (its per-step decode cost; the engine that
     serves the plan runs it)."""
+    eager: bool = False
+    """Every candidate decodes without CUDA graphs (--enforce-eager; `ServeSetup.eager`)."""
 
     def __post_init__(self) -> None:
         parse_choice("serving runtime", self.runtime, SERVE_RUNTIMES)

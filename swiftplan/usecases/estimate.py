@@ -167,7 +167,7 @@ def plan_for_setup(
         replicas = gpus // setup.tp
         workload = workload or ServeWorkload(context=setup.context, concurrency=setup.concurrency * replicas,
                                              gpu_memory_utilization=setup.gpu_memory_utilization,
-                                             runtime=setup.runtime)  # fmt: skip
+                                             runtime=setup.runtime, eager=setup.eager)  # fmt: skip
     else:
         layout = Layout(
             gpus=max(1, gpus - setup.objective.server_gpus), tp=setup.parallel.tp, pp=setup.parallel.pp

@@ -106,6 +106,8 @@ class FitRequest:
     """The training objective (SFT, a preference method, RL with rollouts)."""
     objective_pins: ObjectivePins = ObjectivePins()
     """Which of the objective's choices the user fixed (the others are searched)."""
+    eager: bool = False
+    """Serving: decode without CUDA graphs (--enforce-eager): no graph pool, host-launch-bound steps."""
 
     @property
     def goal(self) -> Objective:
@@ -384,7 +386,8 @@ def _workload(
                 "weights searched in 16-bit or fp8; pass --quant none,fp8,int8,nf4 to allow bitsandbytes formats."
             )
         return ServeWorkload(context=request.context, concurrency=request.concurrency, ttft_s=request.ttft_s,
-                             decode_tps=request.decode_tps, gpu_memory_utilization=request.gpu_memory_utilization)  # fmt: skip
+                             decode_tps=request.decode_tps, gpu_memory_utilization=request.gpu_memory_utilization,
+                             eager=request.eager)  # fmt: skip
     seq = request.seq_len
     if lengths is None:
         tokens, source = inputs.dataset_tokens(

@@ -5,7 +5,8 @@ lmdeploy/cli/serve.py add_parser_api_server and lmdeploy/cli/utils.py ArgumentHe
 --server-name, --server-port, --backend pytorch|turbomind, --dtype auto|float16|bfloat16, --tp,
 --session-len, --max-batch-size, --cache-max-entry-count, --max-prefill-token-num, --quant-policy
 (lmdeploy/messages.py QuantPolicy: 8 = int8, fp8 = 16; TurboMind refuses fp8 KV, so fp8 KV runs on the
-PyTorch backend), --model-format hf|awq|gptq|fp8|..., --adapters name=path (PyTorch backend),
+PyTorch backend), --model-format hf|awq|gptq|fp8|..., --adapters name=path and --eager-mode (PyTorch backend: "If True, cuda
+graph would be disabled", lmdeploy/cli/utils.py ArgumentHelper.eager_mode),
 --api-keys. The memory fraction is converted to LMDeploy's meaning (`memory_fraction.py`).
 """
 
@@ -40,9 +41,9 @@ def render_lmdeploy(
         raise SwiftplanError(f"LMDeploy has no bitsandbytes {setup.quant} weights.",
                              hint="Serve an AWQ/GPTQ checkpoint (lmdeploy lite auto_awq) or use vLLM/SGLang.")  # fmt: skip
     notes: list[str] = []
-    # fp8 KV, LoRA adapters, SmoothQuant int8 checkpoints and Ascend need the PyTorch backend.
+    # fp8 KV, LoRA adapters, SmoothQuant int8 checkpoints, Ascend and eager mode need the PyTorch backend.
     pytorch = (setup.kv_dtype == "fp8" or bool(loras) or setup.max_loras > 0 or setup.quant == "int8"
-               or backend == "npu")  # fmt: skip
+               or backend == "npu" or setup.eager)  # fmt: skip
     argv = [
         "lmdeploy", "serve", "api_server", model,
         "--model-name", served_name,
@@ -76,6 +77,8 @@ def render_lmdeploy(
         )
     if setup.kv_dtype == "fp8":
         argv += ["--quant-policy", "16"]
+    if setup.eager:
+        argv += ["--eager-mode"]
     if loras:
         argv += ["--adapters", *(f"{name}={path}" for name, path in loras)]
     elif setup.max_loras:

@@ -4,7 +4,9 @@ Flag names and choices are SGLang's own (sgl-project/sglang@469c63e54e7d94591617
 python/sglang/srt/server_args.py, ServerArgs.add_cli_args): --model-path, --served-model-name, --host,
 --port, --tp-size, --context-length, --max-running-requests, --chunked-prefill-size,
 --mem-fraction-static, --dtype, --quantization, --kv-cache-dtype, --enable-lora, --lora-paths
-name=path, --max-loras-per-batch, --max-lora-rank, --api-key. tests/test_engine_render_serve.py
+name=path, --max-loras-per-batch, --max-lora-rank, --api-key; eager decode as
+--cuda-graph-backend-{decode,prefill} disabled (sglang 0.5.23 srt/arg_groups/fields/exec_.py; the older
+--disable-cuda-graph is a deprecated alias of both). tests/test_engine_render_serve.py
 feeds the rendered argv to that parser where SGLang installs (pytest -m engines).
 The memory fraction is converted to SGLang's meaning (`memory_fraction.py`).
 """
@@ -70,6 +72,8 @@ def render_sglang(
                              hint="Plan with --quant fp8, nf4 (bitsandbytes), or a GPTQ/AWQ checkpoint.")  # fmt: skip
     if setup.kv_dtype == "fp8":
         argv += ["--kv-cache-dtype", "fp8_e4m3"]
+    if setup.eager:  # what the deprecated --disable-cuda-graph sets
+        argv += ["--cuda-graph-backend-decode", "disabled", "--cuda-graph-backend-prefill", "disabled"]
     if loras or setup.max_loras:
         argv += ["--enable-lora", "--max-loras-per-batch", str(max(setup.max_loras, 1)),
                  "--max-lora-rank", str(setup.max_lora_rank)]  # fmt: skip

@@ -3,7 +3,7 @@
 Flag names follow vLLM's engine arguments (docs.vllm.ai, "Engine Arguments" / `vllm serve --help`):
 --tensor-parallel-size, --max-model-len, --max-num-seqs, --max-num-batched-tokens,
 --gpu-memory-utilization, --dtype, --quantization, --kv-cache-dtype, --enable-lora, --lora-modules
-name=path, --max-loras, --max-lora-rank, --served-model-name, --host, --port. The API key travels
+name=path, --max-loras, --max-lora-rank, --enforce-eager, --served-model-name, --host, --port. The API key travels
 in the VLLM_API_KEY environment variable (read by vLLM's OpenAI server), never on the command line
 where `ps` would show it.
 """
@@ -90,6 +90,8 @@ def render_vllm(
                              hint="Plan with --quant nf4 (bitsandbytes), fp8, or a GPTQ/AWQ checkpoint.")  # fmt: skip
     if setup.kv_dtype == "fp8":
         argv += ["--kv-cache-dtype", "fp8"]
+    if setup.eager:
+        argv += ["--enforce-eager"]
     if loras or setup.max_loras:
         max_loras = max(setup.max_loras, 1)
         if len(loras) > max_loras:

@@ -165,6 +165,7 @@ class ServeCandidate:
             tp=self.tp,
             gpu_memory_utilization=workload.gpu_memory_utilization,
             runtime=workload.runtime,
+            eager=workload.eager,
         )
 
     def simplicity(self) -> tuple:
