@@ -152,3 +152,29 @@ def test_serving_refuses_only_the_knobs_that_differ_from_the_training_runtime_th
         SwiftplanError, match=r"--loss-chunks must be at least 1"
     ):  # bad text: the flag's check
         parse_job({"model": MODEL, "task": "serve", "loss_chunks": "0"})
+
+
+def test_eager_decode_plans_as_fits_enforce_eager_and_training_refuses_it() -> None:
+    async def drive() -> Any:
+        app = make_app(gpus=GPUS, cursor_blink=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press("2")
+            app.query_one(JobPane).fill({"model": MODEL})
+            await _pick(pilot, "task", "serve")
+            await _pick(pilot, "eager", "yes")
+            await pilot.press("ctrl+r")
+            await settle(pilot)
+            assert str(app.query_one("#job-error", Static).render()).strip() == ""
+            assert app.outcome is not None and app.outcome.choices
+            return app.outcome.choices[0].plan
+
+    plan = asyncio.run(drive())
+    # `swiftplan fit MODEL --gpus 2xrtx4090 --task serve --runtime vllm --enforce-eager` (the form's runtime)
+    theirs = plan_fit(FitRequest(model=MODEL, gpus=GPUS, task="serve", runtime="vllm", eager=True))
+    assert theirs.plan is not None
+    assert plan.setup.eager and plan.setup == theirs.plan.setup and plan.prediction == theirs.plan.prediction
+    with pytest.raises(SwiftplanError, match="serving option"):
+        parse_job({"model": MODEL, "task": "train", "eager": "yes"})
+    cli = run_cli("fit", MODEL, "--gpus", GPUS, "--enforce-eager")
+    assert cli.exit_code != 0 and "serving option" in cli.output and "Traceback" not in cli.output

@@ -609,11 +609,9 @@ EnforceEagerOpt = Annotated[
 
 def refuse_eager_for_training(eager: bool) -> None:
     """--enforce-eager given for a training task: one clear error."""
-    if eager:
-        raise SwiftplanError(
-            "--enforce-eager is a serving option (decode without CUDA graphs); it does not apply to training. "
-            "Use --task serve, or drop the flag."
-        )
+    from swiftplan.planner.runtime import refuse_eager_for_training as refuse
+
+    refuse(eager)
 
 
 def refuse_objective_for_serving(typed: Collection[str]) -> None:

@@ -230,6 +230,16 @@ def refuse_knobs_for_serving(knobs: dict[str, Any]) -> None:
         )
 
 
+def refuse_eager_for_training(eager: bool) -> None:
+    """Eager decode asked for a training job (the CLI's --enforce-eager, the dashboard's field): refused
+    instead of ignored."""
+    if eager:
+        raise SwiftplanError(
+            "--enforce-eager is a serving option (decode without CUDA graphs); it does not apply to training. "
+            "Use --task serve, or drop the flag."
+        )
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RuntimeChoice:
     """A runtime profile resolved against what the user typed: the options to plan with, and which of

@@ -31,6 +31,7 @@ FORM_DEFAULTS: dict[str, str] = {
     "epochs": "1",
     "context": "4096",
     "concurrency": "auto",
+    "eager": "no",
     "seed": "0",
     "trials": "auto",
     "pareto": "no",
@@ -106,6 +107,8 @@ class JobRequest:
     """The training objective (sft, dpo, kto, orpo, simpo, cpo, rm, ppo, grpo), with fit's defaults."""
     runtime_options: dict[str, Any] = field(default_factory=dict)
     """RuntimeKnobs fields set over the runtime's defaults (fit's knob flags; training only)."""
+    eager: bool = False
+    """Serving: decode without CUDA graphs (fit's --enforce-eager)."""
 
 
 def _positive_int(name: str, text: str) -> int:
@@ -217,6 +220,11 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
         )
     else:
         overrides = runtime_overrides(fields, shown if shown in runtime_choices() else runtime)
+    eager = raw.get("eager", "no") == "yes"
+    if eager and task != "serve":
+        from swiftplan.planner.runtime import refuse_eager_for_training
+
+        refuse_eager_for_training(eager)
     try:
         seed = int(raw["seed"])
     except ValueError:
@@ -240,6 +248,7 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
         runtime=runtime,
         training=training,
         runtime_options=overrides,
+        eager=eager,
     )
 
 

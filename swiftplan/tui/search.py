@@ -53,7 +53,7 @@ def fit_request(job: JobRequest, *, host_ram_bytes: int, headroom: float = 0.05)
         dataset_tokens=job.dataset_tokens, epochs=job.epochs, global_batch=batch, seq_len=seq,
         context=job.context, concurrency=job.concurrency, headroom=headroom, host_ram_bytes=host_ram_bytes,
         seed=job.seed, trials=job.trials, runtime=job.runtime or None, training=training,
-        runtime_options=dict(job.runtime_options) if job.task == "train" else {},
+        runtime_options=dict(job.runtime_options) if job.task == "train" else {}, eager=job.eager,
     )  # fmt: skip
 
 

@@ -35,7 +35,12 @@ from swiftplan.planner.lengths import LengthStats
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective import SFT, ObjectiveSetup
 from swiftplan.planner.plan import Plan, predict
-from swiftplan.planner.runtime import DEFAULT_TRAIN_RUNTIME, RuntimeChoice, choose_runtime
+from swiftplan.planner.runtime import (
+    DEFAULT_TRAIN_RUNTIME,
+    RuntimeChoice,
+    choose_runtime,
+    refuse_eager_for_training,
+)
 from swiftplan.planner.search.candidate import Candidate, ServeCandidate
 from swiftplan.planner.search.evaluate import Evaluation, Objective, ServeEvaluator, TrainEvaluator
 from swiftplan.planner.search.infeasible import Diagnosis
@@ -210,6 +215,8 @@ def _check_request(request: FitRequest) -> None:
     for ok, message in checks:
         if not ok:
             raise SwiftplanError(message)
+    if request.task == "train":
+        refuse_eager_for_training(request.eager)
 
 
 def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str]) -> tuple[Engine, RuntimeChoice | None]:  # fmt: skip

@@ -37,6 +37,7 @@ SELECTS = {
     "method": METHOD_CHOICES,
     "quant": QUANT_CHOICES,
     "pareto": ("no", "yes"),
+    "eager": ("no", "yes"),
 }
 """Fields chosen from a list; the rest are typed."""
 RUNTIME_KNOBS = {name: runtime_knob_text(name) for name in SELECTS["runtime"]}
@@ -58,7 +59,7 @@ KNOBS_TITLE = "Runtime knobs (training): the runtime's defaults; edit to overrid
 SERVE_KNOBS_TITLE = "Runtime knobs (training only: a serving plan takes none)"
 LAYOUT = (
     ("task", "Task", "objective", "Objective"),
-    ("runtime", "Runtime", "", ""),
+    ("runtime", "Runtime", "eager", "Eager decode"),
     ("method", "Method", "quant", "Quantization"),
     ("rank", "LoRA rank", "pareto", "Pareto front"),
     ("seq", "Sequence len", "global_batch", "Global batch"),
@@ -70,7 +71,8 @@ LAYOUT = (
 HELP = (
     "tab/shift+tab move between fields · enter or ctrl+r searches · esc leaves a field, then 1-5 switch tabs.\n"
     "Method and quantization limit what the search may choose; LoRA rank auto searches 4-256; dataset tokens "
-    "(50M, 1.5B) only scale time and cost; context and concurrency are for serving; runtime is the training "
+    "(50M, 1.5B) only scale time and cost; context, concurrency and eager decode (no CUDA graphs: more KV "
+    "cache, slower small-model steps) are for serving; runtime is the training "
     "framework planned for (its loss, optimizer and engine; profiles/runtimes), or for serve the serving engine "
     "(its decode step cost); picking a training one fills the runtime knobs with its defaults, and each knob is "
     "the CLI flag of the same name (--loss, --fsdp, …)."
