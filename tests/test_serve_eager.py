@@ -133,3 +133,14 @@ def test_fit_with_enforce_eager_writes_it_and_serve_renders_the_flag(tmp_path: P
     dry = run_cli("serve", str(plan), "--engine", "vllm", "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert "--enforce-eager" in dry.output
+
+
+def test_size_with_enforce_eager_times_every_option_eagerly() -> None:
+    base = ("size", "Qwen/Qwen2.5-0.5B", "--task", "serve", "--concurrency", "64",
+            "--accelerators", "a100-80gb-sxm", "--json")  # fmt: skip
+    graphs, eager = (json.loads(run_cli(*base, *extra).output) for extra in ((), ("--enforce-eager",)))
+    assert eager["workload"]["eager"] is True and graphs["workload"]["eager"] is False
+    best = [result["options"][0] for result in (graphs, eager)]
+    assert best[1]["tokens_per_s"] < best[0]["tokens_per_s"]  # 24 layers' launches outlast a 0.5B step
+    refused = run_cli("size", "Qwen/Qwen2.5-0.5B", "--enforce-eager")
+    assert refused.exit_code != 0 and "serving option" in refused.output and "Traceback" not in refused.output

@@ -19,6 +19,7 @@ from swiftplan.cli.options import (
     DsAutoBucketsOpt,
     DsBucketsOpt,
     DsOverlapCommOpt,
+    EnforceEagerOpt,
     Float8Opt,
     FsdpCpuOffloadOpt,
     FsdpOpt,
@@ -49,6 +50,7 @@ from swiftplan.cli.options import (
     given_options,
     is_serving,
     objective_request,
+    refuse_eager_for_training,
     refuse_estimate_only_quant,
     refuse_objective_for_serving,
 )
@@ -301,6 +303,8 @@ def size_request(**options: Any) -> Any:
     buy, serving = o["buy"], is_serving(o["task"])
     if serving:
         refuse_objective_for_serving(o.get("typed", ()))
+    else:
+        refuse_eager_for_training(o["enforce_eager"])
     training, global_batch, seq = objective_request(o) if not serving else (SFT, o["global_batch"], o["seq"])
     return SizeRequest(
         model=o["model"], task="serve" if serving else "train", objective=o["objective"].value if o["objective"] else None,
@@ -317,7 +321,7 @@ def size_request(**options: Any) -> Any:
         ttft_s=o["ttft"], decode_tps=o["decode_tps"], gpu_memory_utilization=o["gpu_memory_utilization"],
         headroom=o["headroom"], host_ram_bytes=int(o["host_ram"] * GiB),
         runtime=o["runtime"], runtime_options=_runtime_options(serving, o, o.get("memory_fraction_typed", False)),
-        training=training,
+        training=training, eager=o["enforce_eager"],
     )  # fmt: skip
 
 
@@ -398,6 +402,7 @@ def size_command(
     ttft: TtftOpt = None,
     decode_tps: DecodeOpt = None,
     gpu_memory_utilization: UtilOpt = 0.9,
+    enforce_eager: EnforceEagerOpt = False,
     headroom: HeadroomOpt = 0.05,
     host_ram: HostRamOpt = DEFAULT_HOST_RAM_GIB,
     top: TopOpt = 15,

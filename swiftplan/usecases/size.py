@@ -78,6 +78,8 @@ class SizeRequest:
     output_tokens: int | None = None
     ttft_s: float | None = None
     """Serving: largest acceptable time to first token."""
+    eager: bool = False
+    """Serving: decode without CUDA graphs (--enforce-eager)."""
     decode_tps: float | None = None
     """Serving: smallest acceptable decode tokens/s per user."""
     gpu_memory_utilization: float = 0.9
@@ -241,6 +243,7 @@ def _size_serving(
         prompt_tokens=request.prompt_tokens, output_tokens=request.output_tokens, ttft_s=request.ttft_s,
         decode_tps=request.decode_tps, gpu_memory_utilization=memory_fraction, max_nodes=request.max_nodes,
         runtime=None if runtime is None else parse_choice("serving runtime", runtime.profile.name, SERVE_RUNTIMES),
+        eager=request.eager,
     )  # fmt: skip
     result = size_serving(
         spec, accelerators, load, objective=request.goal, constraints=limits, pins=request.pins,
@@ -249,7 +252,7 @@ def _size_serving(
     workload = {
         "context": load.context, "concurrency": load.concurrency, "request_rate": load.request_rate,
         "prompt_tokens": load.prompt_tokens, "output_tokens": load.output_tokens, "ttft_s": load.ttft_s,
-        "decode_tps": load.decode_tps, "gpu_memory_utilization": load.gpu_memory_utilization,
+        "decode_tps": load.decode_tps, "gpu_memory_utilization": load.gpu_memory_utilization, "eager": load.eager,
     }  # fmt: skip
     notes = [] if runtime is None else [runtime.describe()]
     if load.runtime is not None:

@@ -74,6 +74,8 @@ class ServeLoad:
     runtime: ServeRuntime | None = None
     """Serving runtime (--runtime): its engine's limits and per-step decode cost; None = each accelerator's
     default engine (vLLM, else the built-in server) with that engine's cost."""
+    eager: bool = False
+    """Decode without CUDA graphs (--enforce-eager; `ServeSetup.eager`)."""
 
     def __post_init__(self) -> None:
         if self.runtime is not None:
@@ -287,6 +289,7 @@ def _size_accelerator(
         decode_tps=load.decode_tps,
         gpu_memory_utilization=load.gpu_memory_utilization,
         runtime=load.runtime or engine_runtime(engine),
+        eager=load.eager,
     )
     evaluator = ServeEvaluator(spec, cluster, workload, space, headroom=headroom)
     options: list[tuple[tuple, Option]] = []
