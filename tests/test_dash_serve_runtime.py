@@ -6,6 +6,8 @@ knob changed while the task is serve gets the CLI's refusal of knob flags with -
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,6 +29,17 @@ from tests.bad_input_support import run_cli  # noqa: E402
 MODEL, GPUS = "Qwen/Qwen2.5-0.5B", "2xrtx4090"
 SIZE = (100, 60)
 """Tall enough to show the whole form with the knob group open."""
+
+
+@contextlib.asynccontextmanager
+async def _job_form() -> AsyncIterator[tuple[Any, Any]]:
+    """The dashboard on its job tab with MODEL typed in: (app, pilot)."""
+    app = make_app(gpus=GPUS, cursor_blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        app.query_one(JobPane).fill({"model": MODEL})
+        yield app, pilot
 
 
 def _options(app: Any) -> list[str]:
@@ -52,11 +65,7 @@ def test_serving_runtimes_are_fits_with_vllm_first() -> None:
 
 def test_the_runtime_select_follows_the_task_and_each_side_keeps_its_pick() -> None:
     async def drive() -> None:
-        app = make_app(gpus=GPUS, cursor_blink=False)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
-            await pilot.press("2")
-            app.query_one(JobPane).fill({"model": MODEL})
+        async with _job_form() as (app, pilot):
             knobs = app.query_one("#job-knobs", Collapsible)
             assert _options(app) == list(runtime_choices()) and _value(app, "runtime") == "swiftplan"
             await _pick(pilot, "runtime", "hf")
@@ -88,11 +97,7 @@ def test_the_runtime_select_follows_the_task_and_each_side_keeps_its_pick() -> N
 @pytest.mark.parametrize("runtime", ["sglang", "lmdeploy"])
 def test_a_serving_search_plans_for_the_runtime_picked_as_fit_does(runtime: str) -> None:
     async def drive() -> tuple[dict[str, str], Any]:
-        app = make_app(gpus=GPUS, cursor_blink=False)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
-            await pilot.press("2")
-            app.query_one(JobPane).fill({"model": MODEL})
+        async with _job_form() as (app, pilot):
             await _pick(pilot, "task", "serve")
             await _pick(pilot, "runtime", runtime)
             fields = app.query_one(JobPane).values()
@@ -122,11 +127,7 @@ def test_a_knob_changed_while_serving_gets_the_clis_refusal() -> None:
     cli_error = " ".join(cli.output.split()).removeprefix("error: ")
 
     async def drive() -> tuple[str, str]:
-        app = make_app(gpus=GPUS, cursor_blink=False)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
-            await pilot.press("2")
-            app.query_one(JobPane).fill({"model": MODEL})
+        async with _job_form() as (app, pilot):
             await _pick(pilot, "task", "serve")
             await _pick(pilot, "runtime", "sglang")
             app.query_one(JobPane).fill(
@@ -156,11 +157,7 @@ def test_serving_refuses_only_the_knobs_that_differ_from_the_training_runtime_th
 
 def test_eager_decode_plans_as_fits_enforce_eager_and_training_refuses_it() -> None:
     async def drive() -> Any:
-        app = make_app(gpus=GPUS, cursor_blink=False)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot)
-            await pilot.press("2")
-            app.query_one(JobPane).fill({"model": MODEL})
+        async with _job_form() as (app, pilot):
             await _pick(pilot, "task", "serve")
             await _pick(pilot, "eager", "yes")
             await pilot.press("ctrl+r")
