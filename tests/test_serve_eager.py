@@ -142,5 +142,6 @@ def test_size_with_enforce_eager_times_every_option_eagerly() -> None:
     assert eager["workload"]["eager"] is True and graphs["workload"]["eager"] is False
     best = [result["options"][0] for result in (graphs, eager)]
     assert best[1]["tokens_per_s"] < best[0]["tokens_per_s"]  # 24 layers' launches outlast a 0.5B step
+    assert "--enforce-eager" in eager["next"] and "--enforce-eager" not in graphs["next"]  # the fit to run
     refused = run_cli("size", "Qwen/Qwen2.5-0.5B", "--enforce-eager")
     assert refused.exit_code != 0 and "serving option" in refused.output and "Traceback" not in refused.output

@@ -95,6 +95,7 @@ REQUESTS = [
         gpu_memory_utilization=0.85,
         pins=Pins(quants=("fp8",), kv_dtypes=("auto", "fp8")),
     ),  # fmt: skip
+    FitRequest(model="Qwen/Qwen2.5-0.5B", gpus="a100", task="serve", concurrency=8, eager=True),
 ]
 
 

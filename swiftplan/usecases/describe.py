@@ -286,6 +286,8 @@ def fit_command_line(request: FitRequest) -> str:
     if request.pareto:
         args.append("--pareto")
     args += _pin_args(request.pins) + _field_args(request, default, _FIT_FLAGS)
+    if request.eager:
+        args.append("--enforce-eager")
     if request.host_ram_bytes is not None:
         args += ["--host-ram", _gib_text(request.host_ram_bytes)]
     args += _runtime_args(request.runtime_options) + objective_args(request.training)

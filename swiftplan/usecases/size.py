@@ -342,7 +342,7 @@ def next_fit(request: SizeRequest, option: Option) -> FitRequest:
             concurrency=request.concurrency or fields["replicas"] * fields["sequences_per_replica"],
             ttft_s=request.ttft_s, decode_tps=request.decode_tps,
             gpu_memory_utilization=request.gpu_memory_utilization, headroom=request.headroom,
-            runtime=runtime, runtime_options=options,
+            runtime=runtime, runtime_options=options, eager=request.eager,
         )  # fmt: skip
     host_ram = request.host_ram_bytes
     return FitRequest(
