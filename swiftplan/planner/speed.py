@@ -371,9 +371,10 @@ def decode_step_overhead_s(runtime: str, eff: ServeEfficiency) -> float:
 
 def decode_host_launch_s(spec: ModelSpec, setup: ServeSetup, eff: ServeEfficiency) -> float:
     """Host seconds to launch an eager decode step's kernels: layers × `eff.eager_launch_per_layer_s`
-    (0 with CUDA graphs, which launch the whole step at once; `ServeSetup.decodes_eagerly`). Launches are asynchronous, so the device
-    works while the host launches: an eager step takes the larger of this and the device time
-    (`serve_speed`). Each tensor-parallel rank launches its own kernels at the same time."""
+    (0 with CUDA graphs, which launch the whole step at once; `ServeSetup.decodes_eagerly`). Launches are
+    asynchronous, so the device works while the host launches: an eager step takes the larger of this and
+    the device time (`serve_speed`). Each tensor-parallel rank launches its own kernels at the same time. The
+    constant is fitted on vLLM rows and used for every engine's eager mode."""
     return spec.num_layers * eff.eager_launch_per_layer_s if setup.decodes_eagerly else 0.0
 
 
