@@ -84,6 +84,7 @@ CASES = [
         (*FIT, "--task", "serve", "--gpu-memory-utilization", "3"),
         ["--gpu-memory-utilization", "between 0.05 and 1"],
     ),  # fmt: skip
+    ("fit-eager-training", (*FIT, "--enforce-eager"), ["--enforce-eager", "serving option"]),
     # fit: measuring, storage, the plan file
     (
         "fit-measure-top-0",
@@ -219,6 +220,7 @@ CASES = [
         (*SERVE_SIZE, "--gpu-memory-utilization", "0"),
         ["--gpu-memory-utilization", "0.05"],
     ),
+    ("size-eager-training", (*SIZE, "--enforce-eager"), ["--enforce-eager", "serving option"]),
     (
         "size-csv-missing-dir",
         (*SIZE, "--csv", "/nonexistent/x.csv"),
@@ -350,6 +352,7 @@ CASES = [
         (*EST, "--task", "serve", "--gpu-memory-utilization", "0"),
         ["--gpu-memory-utilization", "between 0.05 and 1"],
     ),  # fmt: skip
+    ("estimate-eager-training", (*EST, "--enforce-eager"), ["--enforce-eager", "serving option"]),
     ("estimate-plan-file-and-options", ("estimate", "serve.yaml", "--batch", "8"), ["plan file", "--batch"]),
     # estimate: vision-language options (planner/vision.py)
     (

@@ -456,13 +456,12 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
         is_serving,
         knob_values,
         objective_seq,
-        refuse_eager_for_training,
         refuse_knobs_for_serving,
         refuse_objective_for_serving,
         serve_runtime,
         train_runtime,
     )
-    from swiftplan.planner.runtime import KNOB_FLAGS, SERVE_OPTIONS
+    from swiftplan.planner.runtime import KNOB_FLAGS, SERVE_OPTIONS, refuse_eager_for_training
 
     knobs = knob_values(**{n: o[n] for n in KNOB_FLAGS if n in o})
     if not is_serving(o["task"]):

@@ -54,7 +54,6 @@ from swiftplan.cli.options import (
     is_serving,
     objective_pins,
     objective_request,
-    refuse_eager_for_training,
     refuse_estimate_only_quant,
     refuse_objective_for_serving,
 )
@@ -305,8 +304,6 @@ def fit_request(**options: Any) -> Any:
     from swiftplan.usecases.fit import FitRequest, FitTask
 
     task: FitTask = "serve" if is_serving(options["task"]) else "train"
-    if task == "train":
-        refuse_eager_for_training(options["enforce_eager"])
     host_ram = options["host_ram"]
     training, global_batch, seq = (
         objective_request(options) if task == "train" else (SFT, options["global_batch"], options["seq"])

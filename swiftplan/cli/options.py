@@ -607,13 +607,6 @@ EnforceEagerOpt = Annotated[
 ]
 
 
-def refuse_eager_for_training(eager: bool) -> None:
-    """--enforce-eager given for a training task: one clear error."""
-    from swiftplan.planner.runtime import refuse_eager_for_training as refuse
-
-    refuse(eager)
-
-
 def refuse_objective_for_serving(typed: Collection[str]) -> None:
     """Objective options given with --task serve: one clear error."""
     if given := [n for n in OBJECTIVE_OPTIONS if n in typed]:

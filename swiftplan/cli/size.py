@@ -50,7 +50,6 @@ from swiftplan.cli.options import (
     given_options,
     is_serving,
     objective_request,
-    refuse_eager_for_training,
     refuse_estimate_only_quant,
     refuse_objective_for_serving,
 )
@@ -303,8 +302,6 @@ def size_request(**options: Any) -> Any:
     buy, serving = o["buy"], is_serving(o["task"])
     if serving:
         refuse_objective_for_serving(o.get("typed", ()))
-    else:
-        refuse_eager_for_training(o["enforce_eager"])
     training, global_batch, seq = objective_request(o) if not serving else (SFT, o["global_batch"], o["seq"])
     return SizeRequest(
         model=o["model"], task="serve" if serving else "train", objective=o["objective"].value if o["objective"] else None,

@@ -15,7 +15,12 @@ from swiftplan.errors import SwiftplanError
 from swiftplan.planner.hardware import Accelerator, get_accelerator, list_accelerators
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective import SFT, ObjectiveSetup
-from swiftplan.planner.runtime import DEFAULT_TRAIN_RUNTIME, RuntimeChoice, choose_runtime
+from swiftplan.planner.runtime import (
+    DEFAULT_TRAIN_RUNTIME,
+    RuntimeChoice,
+    choose_runtime,
+    refuse_eager_for_training,
+)
 from swiftplan.planner.search.pins import Pins
 from swiftplan.planner.setup import SERVE_RUNTIMES, AttentionImpl, parse_choice
 from swiftplan.planner.sizing.candidates import DEFAULT_MAX_NODES, DEFAULT_NETWORK_GBPS
@@ -108,13 +113,15 @@ class SizeRequest:
             )
         if self.task == "serve":
             self._check_load()
-        elif (
-            self.epochs <= 0
-            or self.seq_len < 1
-            or self.global_batch < 1
-            or self.dataset_tokens_or_default <= 0
-        ):
-            raise SwiftplanError("--dataset-tokens, --epochs, --seq and --global-batch must be positive.")
+        else:
+            refuse_eager_for_training(self.eager)
+            if (
+                self.epochs <= 0
+                or self.seq_len < 1
+                or self.global_batch < 1
+                or self.dataset_tokens_or_default <= 0
+            ):
+                raise SwiftplanError("--dataset-tokens, --epochs, --seq and --global-batch must be positive.")
 
     def _check_money(self) -> None:
         """The objective must use the price the mode keeps."""
