@@ -16,8 +16,17 @@ from swiftplan.errors import SwiftplanError
 
 EXTRAS: dict[str, tuple[str, ...]] = {
     "hub": ("huggingface_hub",),
-    "trace": ("torch", "transformers", "peft", "accelerate", "trl", "torchao"),
-    "train": ("torch", "transformers", "peft", "accelerate", "safetensors", "datasets", "pyarrow"),
+    "trace": ("torch", "transformers", "peft", "accelerate", "trl", "torchao", "bitsandbytes"),
+    "train": (
+        "torch",
+        "transformers",
+        "peft",
+        "accelerate",
+        "safetensors",
+        "datasets",
+        "pyarrow",
+        "bitsandbytes",
+    ),
     "serve": ("torch", "transformers", "peft", "fastapi", "uvicorn"),
     "vllm": ("vllm",),
     "tui": ("textual",),
@@ -49,7 +58,6 @@ is refused before a run directory is created or a model is loaded."""
 
 OUTSIDE_EXTRAS: dict[str, str] = {
     "deepspeed": "deepspeed",
-    "bitsandbytes": "bitsandbytes",
     "torch_npu": "torch-npu",
     "pynvml": "nvidia-ml-py",
     "yaml": "pyyaml",

@@ -424,7 +424,7 @@ CASES = [
     (
         "verify-quant-gptq",
         (*VERIFY, "--quant", "gptq"),
-        ["--quant gptq", "none, nf4, int8", "swiftplan estimate"],
+        ["--quant gptq", "none, nf4, fp4, int8", "swiftplan estimate"],
     ),
     ("verify-quant-unknown", (*VERIFY, "--quant", "int3"), ["--quant", "'int3'"]),
     ("verify-task", (*VERIFY, "--task", "infer"), ["--task", "'infer'", "train, sft, dpo", "grpo, serve"]),

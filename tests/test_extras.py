@@ -82,7 +82,7 @@ def test_the_table_is_pyproject_optional_dependencies():
         ("vllm", "serve", "pip install 'swiftplan[vllm]'"),
         ("uvicorn", None, "pip install 'swiftplan[serve]'"),
         ("deepspeed", "train", "pip install deepspeed"),
-        ("bitsandbytes", "train", "pip install bitsandbytes"),
+        ("bitsandbytes", "train", "pip install 'swiftplan[train]'"),
     ],
 )
 def test_install_command_names_the_extra(module, command, expected):

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from swiftplan.cli._output import console, print_json
+from swiftplan.cli.estimate import UpcastOpt
 from swiftplan.cli.options import (
     ActivationOffloadOpt,
     AdapterDtypeOpt,
@@ -54,6 +55,8 @@ Examples:
 
   swiftplan verify Qwen/Qwen2.5-7B --method full --fsdp fsdp2 --gpus 8xH100 --fsdp-cpu-offload
 
+  swiftplan verify meta-llama/Llama-2-13b-hf --method qlora --quant nf4 --precision fp16 --kbit-upcast --grad-ckpt
+
 --runtime runs the framework's loss and AdamW implementation in the trace; what the tracer cannot run
 (--loss fused_linear, --fsdp fsdp1, --modules-to-save, --optimizer-in-backward) is refused naming the flag.
 --fsdp fsdp2 runs torch's fully_shard as rank 0 of the --gpus devices on a fake process group (full_shard,
@@ -76,7 +79,8 @@ def verify_command(
     quant: str = typer.Option(
         "none",
         "--quant",
-        help="none | nf4 | int8 (bitsandbytes; traced unquantized, analytic term substituted)",
+        help="none | nf4 | fp4 (bitsandbytes 4-bit, traced for real) | int8 (traced unquantized, analytic "
+        "weights substituted)",
     ),
     rank: int = typer.Option(16, "--rank", help="LoRA rank."),
     targets: str = typer.Option(
@@ -90,6 +94,7 @@ def verify_command(
     seq: int = typer.Option(2048, "--seq", help="Sequence length (tokens)."),
     grad_ckpt: bool = typer.Option(False, "--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing."),
     attention: str = typer.Option("sdpa", "--attention", help="sdpa | flash (traced as sdpa) | eager"),
+    kbit_upcast: UpcastOpt = False,
     context: int = typer.Option(4096, "--context", help="Serving: tokens per sequence."),
     concurrency: int = typer.Option(1, "--concurrency", help="Serving: sequences."),
     gpus: str = typer.Option(
@@ -147,8 +152,9 @@ def verify_command(
 
 VERIFY_TASKS = ("train", "sft", "dpo", "kto", "orpo", "simpo", "cpo", "rm", "grpo", "serve")
 """Tasks the tracer runs: SFT, TRL 1.16's preference, reward and GRPO loss paths (not PPO), serving."""
-VERIFY_QUANTS = ("none", "nf4", "int8")
-"""Bases verify can stand in for: the bitsandbytes ones, traced unquantized with the analytic term substituted."""
+VERIFY_QUANTS = ("none", "nf4", "fp4", "int8")
+"""Bases verify traces: bitsandbytes 4-bit for real (executors/trace_quant.py); int8 unquantized with the analytic
+weights substituted."""
 
 
 def _runtime(ctx: typer.Context, o: dict[str, Any]) -> Any:
@@ -203,8 +209,8 @@ def _check_options(*, task: str, quant: str, method: str) -> None:
     one_of("--quant", quant, QUANTS)
     if quant not in VERIFY_QUANTS:
         raise SwiftplanError(
-            f"verify cannot trace --quant {quant}: it supports {', '.join(VERIFY_QUANTS)} (bitsandbytes bases, "
-            "traced unquantized with the analytic quantized weights substituted).",
+            f"verify cannot trace --quant {quant}: it supports {', '.join(VERIFY_QUANTS)} (bitsandbytes bases: "
+            "4-bit traced for real, int8 unquantized with the analytic quantized weights substituted).",
             hint=f"`swiftplan estimate --quant {quant}` gives the analytic estimate.",
         )
 

@@ -34,6 +34,7 @@ from swiftplan.executors.trace_model import (
     build_meta_causal_lm,
     load_config,
 )
+from swiftplan.executors.trace_quant import QuantBase, quantize_meta_model
 from swiftplan.executors.trace_session import (
     TRACE_DEVICE,
     attention_notes,
@@ -230,13 +231,18 @@ def _numerics_notes(precision: str, optimizer: str) -> list[str]:
 
 def _build_model(
     hf_config: dict[str, Any], *, method: Method, dtype: torch.dtype, lora: dict[str, Any], grad_ckpt: bool,
-    attn_implementation: str, features: TraceFeatures, notes: list[str],
+    attn_implementation: str, features: TraceFeatures, notes: list[str], quant_base: QuantBase | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> nn.Module:  # fmt: skip
     """The meta-device transformers model, checkpointed as `grad_ckpt` and `features` say (every block, or every
-    k-th: transformers' every_n_layers before peft, torchtune's rule after), LoRA-wrapped for method lora."""
+    k-th: transformers' every_n_layers before peft, torchtune's rule after), LoRA-wrapped for method lora; with
+    `quant_base`, its linear layers in bitsandbytes 4-bit first (computing in `compute_dtype`), as
+    from_pretrained with a BitsAndBytesConfig loads them (`trace_quant`)."""
     config = load_config(hf_config, notes=notes)
     config.use_cache = False  # transformers' Trainer sets this (TrainingArguments.use_cache=False)
     model = build_meta_causal_lm(config, dtype=dtype, attn_implementation=attn_implementation, notes=notes)
+    if quant_base is not None:
+        quantize_meta_model(model, quant_base, compute_dtype=compute_dtype or dtype, notes=notes)
     if grad_ckpt and features.ckpt_every == 1:
         _enable_checkpointing(model, notes)
     elif grad_ckpt:
@@ -275,15 +281,19 @@ def training_rig(
     loss: LossName = "full",
     loss_chunks: int = 8,
     features: TraceFeatures | None = None,
+    quant_base: QuantBase | None = None,
 ) -> Iterator[TrainingRig]:
     """Build the training set-up of `trace_training`; fake and tracking modes are active inside."""
     _check_training_args(method, precision, batch, seq)
+    if quant_base is not None and method != "lora":
+        raise ValueError("a 4-bit base (quant_base) is trained with LoRA: method must be 'lora'")
     notes: list[str] = []
     amp = precision.startswith("amp-")
     features = features or TraceFeatures()
     lora = {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "targets": lora_targets}
     model = _build_model(hf_config, method=method, dtype=torch.float32 if amp else DTYPES[precision], lora=lora,
-                         grad_ckpt=grad_ckpt, attn_implementation=attn_implementation, features=features, notes=notes)  # fmt: skip
+                         grad_ckpt=grad_ckpt, attn_implementation=attn_implementation, features=features, notes=notes,
+                         quant_base=quant_base, compute_dtype=DTYPES[precision.removeprefix("amp-")])  # fmt: skip
     notes += _numerics_notes(precision, optimizer)
     calls: Counter[str] = Counter()
     with fake_session(model, round_bytes, calls) as tracker:
@@ -341,6 +351,7 @@ def trace_training(
     features: TraceFeatures | None = None,
     seq_lengths: Sequence[int] = (),
     keep_events: bool = False,
+    quant_base: QuantBase | None = None,
 ) -> TraceResult:
     """Trace `steps` real training steps and measure the last one.
 
@@ -353,7 +364,8 @@ def trace_training(
     autocast, as the HF Trainer does with `bf16=True` on an fp32 model. `round_bytes=1` turns off the
     512-byte allocator rounding (for exact hand checks). `loss="chunked"` computes the loss over
     `loss_chunks` pieces of the logits as torchtune does (`trace_loss.chunked_loss`). `features` runs
-    selective checkpointing and activation offloading (`trace_features`).
+    selective checkpointing and activation offloading (`trace_features`). `quant_base` loads the base in
+    bitsandbytes 4-bit (NF4/FP4, LoRA only) and, when it says so, runs peft's k-bit preparation (`trace_quant`).
     """
     if steps < 1:
         raise ValueError("steps >= 1 is required")
@@ -375,6 +387,7 @@ def trace_training(
         loss=loss,
         loss_chunks=loss_chunks,
         features=features,
+        quant_base=quant_base,
     ) as rig:
         if seq_lengths:
             rig.tracker.start_measuring()

@@ -79,7 +79,7 @@ def to_fake(model: nn.Module, mode: FakeTensorMode, device: torch.device) -> Non
 
     for module in model.modules():
         for name, p in list(module._parameters.items()):
-            if p is None:
+            if p is None or isinstance(p, FakeTensor):  # already fake: a quantized weight (trace_quant)
                 continue
             if id(p) not in params:
                 params[id(p)] = nn.Parameter(fake(p.data), requires_grad=p.requires_grad)

@@ -20,6 +20,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from swiftplan.executors.trace_memory import CUDA_BLOCK_BYTES, MemoryTracker
 from swiftplan.executors.trace_model import is_adapter_param, to_fake
 from swiftplan.executors.trace_patches import cuda_like_kernels, fake_safe_optimizers, unpacked_inputs
+from swiftplan.executors.trace_quant import CudaDequantizingGemm, fake_quantize
 
 TRACE_DEVICE = "cpu"
 """Fake tensors claim this device. Autograd cannot run on fake "cuda" tensors in a CPU-only build (its
@@ -37,7 +38,7 @@ def base_notes(round_bytes: int) -> list[str]:
         "where the attention notes say CUDA's choice was substituted",
         f"each storage counted once, {rounding}; the CUDA context, cuBLAS/cuDNN workspaces and "
         "allocator fragmentation are not tensors and are not counted",
-        "8-bit optimizers (bitsandbytes) and NF4/int8 quantized weights are not traceable",
+        "8-bit optimizers (bitsandbytes) and int8 quantized weights are not traceable",
     ]
 
 
@@ -88,10 +89,22 @@ def hook_logits(tracker: MemoryTracker, model: nn.Module) -> None:
 def fake_session(model: nn.Module, round_bytes: int, calls: Counter[str]) -> Iterator[MemoryTracker]:
     """Make `model` fake, then run the block under fake mode, tracking and the CUDA-path patches."""
     mode = FakeTensorMode(allow_non_fake_inputs=False)
-    to_fake(model, mode, torch.device(TRACE_DEVICE))  # outside the modes: conversion is not an op
+    device = torch.device(TRACE_DEVICE)
+    quant_state = fake_quantize(model, mode, device)  # bitsandbytes 4-bit layers, if any (trace_quant)
+    to_fake(model, mode, device)  # outside the modes: conversion is not an op
     tracker = MemoryTracker(round_bytes=round_bytes)
-    with torch_linear(), mode, tracker, fake_safe_optimizers(), unpacked_inputs(), cuda_like_kernels(calls):
+    gemm = CudaDequantizingGemm() if quant_state else contextlib.nullcontext()
+    with (
+        torch_linear(),
+        mode,
+        tracker,
+        gemm,
+        fake_safe_optimizers(),
+        unpacked_inputs(),
+        cuda_like_kernels(calls),
+    ):
         register_model(tracker, model)
+        tracker.classify(quant_state, "weights")
         hook_logits(tracker, model)
         yield tracker
 

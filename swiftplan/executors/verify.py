@@ -2,9 +2,10 @@
 
 The tracer measures live tensor bytes, so the comparison uses the estimate's tensor terms at its
 peak (allocated memory without the cuBLAS workspace, CUDA context or allocator slack, which are not
-tensors). What cannot run under fake tensors — bitsandbytes 4-bit/8-bit weights and 8-bit
-optimizers — is traced with the unquantized equivalent and the analytic term is substituted, with
-a note saying so.
+tensors). A bitsandbytes NF4/FP4 base runs for real (`trace_quant`: transformers' quantizer, bitsandbytes'
+MatMul4Bit, peft's 4-bit LoRA layers and k-bit preparation). What cannot run under fake tensors — int8, GPTQ,
+AWQ, fp8 and torchao bases, and 8-bit optimizers — is traced with the unquantized equivalent and the analytic
+term is substituted, with a note saying so.
 
 The runtime's knobs (`TrainSetup.runtime`) are run, not assumed: AdamW's implementation (fused, foreach,
 for_loop) is the traced optimizer's, and a chunked loss is computed over pieces of the logits as
@@ -19,6 +20,7 @@ from typing import Any
 
 from swiftplan.executors.trace import OptimizerName, TraceResult, trace_serving, trace_training
 from swiftplan.executors.trace_features import TraceFeatures
+from swiftplan.executors.trace_quant import QuantBase
 from swiftplan.executors.verify_knobs import refuse_untraceable
 from swiftplan.planner.breakdown import TENSOR_TERMS
 from swiftplan.planner.calibration import constant
@@ -113,7 +115,7 @@ def trace_arguments(spec: ModelSpec, setup: TrainSetup, *, optimizer: str, steps
     `optimizer` (an 8-bit optimizer is traced as adamw by the callers); the FSDP tracer takes the same."""
     lora, knobs = setup.lora, setup.runtime
     return {
-        "method": "lora" if setup.method == "lora" else "full",
+        "method": "full" if setup.method == "full" else "lora",  # qlora: LoRA over the quantized base
         "precision": setup.precision,
         "lora_rank": lora.rank if lora else 16,
         "lora_dropout": lora.dropout if lora else 0.0,
@@ -150,12 +152,15 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2, world
     notes: list[str] = []
     if knobs.loss == "chunked":
         notes.append(f"loss: torchtune's chunked cross-entropy over {knobs.loss_chunks} pieces of the logits")
-    traced_setup = setup
-    if setup.method == "qlora" or setup.quant != "none":
+    traced_setup, quant_base = setup, None
+    if setup.quant in ("nf4", "fp4"):  # bitsandbytes 4-bit: traced for real (trace_quant)
+        quant_base = QuantBase(
+            quant_type=setup.quant, double_quant=setup.double_quant, kbit_upcast=setup.kbit_upcast
+        )
+    elif setup.method == "qlora" or setup.quant != "none":
         notes.append(
-            f"{setup.quant} base weights are not traceable (bitsandbytes kernels): traced with a "
-            f"{setup.precision} base and the analytic quantized weights substituted; bitsandbytes' own "
-            "dequantisation buffers are not in either figure"
+            f"{setup.quant} base weights are not traceable: traced with a {setup.precision} base and the "
+            "analytic quantized weights substituted; the quantization kernels' own buffers are in neither figure"
         )
         traced_setup = replace(setup, method="lora", quant="none")
     optimizer = setup.optimizer
@@ -169,7 +174,9 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2, world
         setup = replace(setup, parallel=replace(setup.parallel, tp=1, pp=1, zero=0, offload="none"))
         traced_setup = replace(traced_setup, parallel=setup.parallel)
     trace = trace_training(
-        dict(spec.hf_config), **trace_arguments(spec, traced_setup, optimizer=optimizer, steps=steps)
+        dict(spec.hf_config),
+        **trace_arguments(spec, traced_setup, optimizer=optimizer, steps=steps),
+        quant_base=quant_base,
     )
     workspace = int(constant("runtime_overhead", "cublas_workspace_bytes"))
     memory = train_memory(spec, setup)
@@ -178,7 +185,7 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2, world
     # caching allocator's rules (one stream, fixed shapes, as the estimate's default settings)
     estimate["peak_reserved"] = memory.device.peak_reserved - workspace
     traced = dict(trace.at_peak) | {"peak_allocated": trace.peak_bytes, "peak_reserved": trace.peak_reserved}
-    if traced_setup is not setup and setup.quant != "none":
+    if traced_setup.quant != setup.quant:  # the unquantized stand-in's weights replaced by the analytic ones
         unquantized = train_memory(spec, traced_setup).device.weights
         for total in ("peak_allocated", "peak_reserved"):
             traced[total] += estimate["weights"] - unquantized

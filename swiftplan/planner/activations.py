@@ -26,7 +26,13 @@ from functools import cache
 
 from swiftplan.planner.adapters import is_targeted, lora_params_for
 from swiftplan.planner.architecture import Linear, layer_linears
-from swiftplan.planner.dtypes import activation_dtype_bytes, adapter_dtype, dtype_bytes, module_dtype
+from swiftplan.planner.dtypes import (
+    activation_dtype_bytes,
+    adapter_dtype,
+    compute_dtype,
+    dtype_bytes,
+    module_dtype,
+)
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.runtime_features import (
     float8_cast_bytes,
@@ -237,14 +243,37 @@ def _mlp_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, cb: 
 
 def backward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
     """Gradients the SwiGLU backward holds at once (w.r.t. the product, the up and the gate
-    outputs): 3 × T × I in the compute dtype. Only visible when nothing larger (the loss) is alive,
-    i.e. while a checkpointed block is recomputed. Traced on Mistral-7B: 368 MB vs 352 MB here."""
+    outputs): 3 × T × I in the compute dtype; with a bitsandbytes base, a projection's input-gradient
+    matmul holds its dequantized weight beside the one T × I gradient it multiplies, when that is more
+    (`dequantized_weight_bytes`; traced on Llama-2-7B NF4 at 256-4096 tokens: the peak within 0.2 %).
+    Only visible when nothing larger (the loss) is alive, i.e. while a checkpointed block is
+    recomputed. Traced on Mistral-7B: 368 MB vs 352 MB here."""
     width = spec.intermediate_size
     if spec.moe is not None:
         width = (
             spec.moe.expert_intermediate_size * spec.moe.experts_per_token + spec.moe.shared_intermediate_size
         )
-    return 3 * tokens * width * activation_dtype_bytes(setup) + float8_cast_bytes(spec, setup, tokens)
+    gradient = tokens * width * activation_dtype_bytes(setup)
+    working = max(3 * gradient, gradient + dequantized_weight_bytes(spec, setup))
+    return working + float8_cast_bytes(spec, setup, tokens)
+
+
+BNB_DEQUANTIZING = ("nf4", "fp4", "int8")
+"""Bases whose backward dequantizes a weight to multiply the input gradient by it (bitsandbytes 0.50.2
+autograd/_functions.py: MatMul4Bit.backward `torch.matmul(grad_output, F.dequantize_4bit(B, ctx.state)...)`,
+MatMul8bitLt.backward `CB = state.CB.to(ctx.dtype_A, copy=True)...`)."""
+
+
+def dequantized_weight_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
+    """The largest block matrix in the compute dtype, alive while a bitsandbytes base's backward multiplies
+    by it (an MLP projection: 4096 × 11008 × 2 B = 86 MiB for Llama-2-7B in bf16); 0 for other bases. Traced
+    with bitsandbytes' own MatMul4Bit (executors/trace_quant.py)."""
+    if setup.quant not in BNB_DEQUANTIZING:
+        return 0
+    largest = max(
+        lin.in_features * lin.out_features for i in range(spec.num_layers) for lin in layer_linears(spec, i)
+    )
+    return largest * dtype_bytes(compute_dtype(setup.precision))
 
 
 def block_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:

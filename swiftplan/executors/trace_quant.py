@@ -1,0 +1,173 @@
+"""bitsandbytes 4-bit bases for the tracer: the real quantizer, LoRA layers and autograd, over fake tensors.
+
+A QLoRA base is built as a real run builds it: transformers' own bitsandbytes quantizer swaps every quantizable
+`nn.Linear` for `bnb.nn.Linear4bit` (the LM head stays unquantized), peft's `prepare_model_for_kbit_training`
+upcasts the rest when the recipe calls it, and peft wraps the 4-bit layers in its `lora.bnb.Linear4bit`. Each
+weight is then quantized by bitsandbytes' own `quantize_4bit` on its fake full-precision tensor, so the packed
+storage, the absmax statistics (nested or not) and the `QuantState` are bitsandbytes' own shapes. Forward and
+backward run bitsandbytes' `MatMul4Bit`; its ops have fake kernels, so they allocate what they return.
+
+What a fake kernel cannot show is the inside of the fused `gemm_4bit` op. `cuda_dequantizing_gemm` runs it as
+the CUDA backend's unfused path does (bitsandbytes 0.50.2 backends/cuda/ops.py `_dequant_linear_fallback`: the
+nested absmax dequantized, the weight dequantized to the input's dtype, then `F.linear`), which is what CUDA
+runs past 1,536 tokens per call and what every bitsandbytes before 0.50 ran at any size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+QuantType = Literal["nf4", "fp4"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class QuantBase:
+    """A bitsandbytes 4-bit base as the set-up plans it."""
+
+    quant_type: QuantType
+    double_quant: bool = False
+    """bnb_4bit_use_double_quant: the absmax statistics quantized again to 8 bits (blocks of 256)."""
+    kbit_upcast: bool = False
+    """peft's prepare_model_for_kbit_training runs: every non-quantized fp16/bf16 parameter becomes fp32."""
+
+
+def quantize_meta_model(model: Any, base: QuantBase, *, compute_dtype: torch.dtype, notes: list[str]) -> None:
+    """Swap the meta model's linear layers for bitsandbytes 4-bit ones with transformers' own quantizer (the
+    modules it keeps unquantized, the LM head among them, stay as they are), then run peft's k-bit preparation
+    when `base.kbit_upcast` (checkpointing is enabled by the caller, as for any model)."""
+    from transformers import BitsAndBytesConfig
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=base.quant_type,
+        bnb_4bit_use_double_quant=base.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+    quantizer = AutoHfQuantizer.from_config(config)
+    quantizer.preprocess_model(model, device_map=None)
+    quantizer.postprocess_model(model)  # marks the model loaded in 4 bit, as from_pretrained leaves it
+    linears = sum(1 for m in model.modules() if _is_linear4bit(m))
+    notes.append(
+        f"base: {linears} linear layers in bitsandbytes 4-bit ({base.quant_type}"
+        f"{', double quantization' if base.double_quant else ''}; compute dtype "
+        f"{str(compute_dtype).removeprefix('torch.')}), quantized by bitsandbytes' quantize_4bit over fake tensors"
+    )
+    if base.kbit_upcast:
+        from peft import prepare_model_for_kbit_training
+
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        notes.append(
+            "peft prepare_model_for_kbit_training: every non-quantized fp16/bf16 parameter upcast to fp32 "
+            "(checkpointing enabled separately, non-reentrant, so no input-gradient hook)"
+        )
+
+
+def _is_linear4bit(module: nn.Module) -> bool:
+    """bitsandbytes' Linear4bit (checked by name first so that a model without one never imports bitsandbytes)."""
+    if not any(cls.__name__ == "Linear4bit" for cls in type(module).__mro__):
+        return False
+    import bitsandbytes as bnb
+
+    return isinstance(module, bnb.nn.Linear4bit)
+
+
+@contextlib.contextmanager
+def _fake_dynamic_map(mode: FakeTensorMode) -> Iterator[None]:
+    """bitsandbytes builds its 8-bit dynamic code table from data the first time it quantizes blockwise (the
+    nested absmax); that cannot run on fake tensors, so the table is built for real and handed over as a fake
+    tensor for the block, and bitsandbytes' cache is left as it was."""
+    import bitsandbytes.functional as bnb_functional
+
+    cache = bnb_functional.name2qmap
+    previous = cache.get("dynamic")
+    cache["dynamic"] = mode.fake_tensor_converter.from_real_tensor(mode, bnb_functional.create_dynamic_map())
+    try:
+        yield
+    finally:
+        if previous is None:
+            cache.pop("dynamic", None)
+        else:
+            cache["dynamic"] = previous
+
+
+def fake_quantize(model: nn.Module, mode: FakeTensorMode, device: torch.device) -> list[torch.Tensor]:
+    """Quantize every Linear4bit's meta weight with bitsandbytes' quantize_4bit on a fake full-precision copy
+    under `mode` and install the result as `Params4bit` leaves it (packed storage with its QuantState), before
+    the rest of the model is made fake (`trace_model.to_fake` keeps it); returns the QuantState's tensors
+    (absmax, codes, nested statistics), which are weights but no parameters."""
+    from bitsandbytes.functional import quantize_4bit
+
+    state_tensors: list[torch.Tensor] = []
+    layers: list[Any] = [m for m in model.modules() if _is_linear4bit(m)]  # bitsandbytes' Linear4bit
+    if not layers:
+        return state_tensors
+    converter = mode.fake_tensor_converter
+    with _fake_dynamic_map(mode):
+        for layer in layers:
+            weight = layer.weight
+            # the checkpoint's weight as from_pretrained loads it (in the compute dtype) before quantizing it
+            loaded = torch.empty(weight.shape, dtype=layer.compute_dtype, device="meta")
+            full = converter.from_meta_and_device(mode, loaded, device)
+            with mode:
+                packed, state = quantize_4bit(
+                    full,
+                    blocksize=weight.blocksize,
+                    compress_statistics=weight.compress_statistics,
+                    quant_type=weight.quant_type,
+                    quant_storage=weight.quant_storage,
+                )
+            param = nn.Parameter(packed, requires_grad=False)  # a fake tensor flagged as a parameter
+            for name in ("blocksize", "compress_statistics", "quant_type", "quant_storage"):
+                setattr(param, name, getattr(weight, name))
+            param.quant_state, param.bnb_quantized, param.module = state, True, layer  # type: ignore[attr-defined]
+            layer._parameters["weight"] = param
+            layer.quant_state = state
+            state_tensors += _state_tensors(state)
+    return state_tensors
+
+
+def _state_tensors(state: Any) -> list[torch.Tensor]:
+    tensors = [state.absmax, state.code, state.offset]
+    if state.state2 is not None:
+        tensors += [state.state2.absmax, state.state2.code]
+    return [t for t in tensors if isinstance(t, torch.Tensor)]
+
+
+class CudaDequantizingGemm(TorchDispatchMode):
+    """Runs bitsandbytes' fused `gemm_4bit` op as the CUDA backend's unfused path: the weight dequantized to a
+    temporary of the input's dtype (and, when nested, the absmax first), then `F.linear` (module docstring)."""
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        if func is not torch.ops.bitsandbytes.gemm_4bit.default:
+            return func(*args, **kwargs)
+        return _dequant_linear(*args, **kwargs)
+
+
+def _dequant_linear(
+    A: torch.Tensor, B: torch.Tensor, shapeB: Any, absmax: torch.Tensor, blocksize: int, quant_type: str,
+    bias: torch.Tensor | None = None, absmax_8bit: torch.Tensor | None = None,
+    absmax_code: torch.Tensor | None = None, absmax_offset: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """gemm_4bit's arguments (bitsandbytes/_ops.py), computed the unfused way."""
+    ops = torch.ops.bitsandbytes
+    if absmax_8bit is not None:  # nested: `absmax` is state2's, the 8-bit codes are absmax_8bit
+        assert absmax_offset is not None  # MatMul4Bit passes the QuantState's offset with the nested codes
+        absmax = ops.dequantize_blockwise.default(absmax_8bit, absmax, absmax_code, 256, torch.float32)
+        absmax = absmax + absmax_offset
+    weight = ops.dequantize_4bit.default(B, absmax, blocksize, quant_type, list(shapeB), A.dtype)
+    return torch.nn.functional.linear(A, weight, bias)
+
+
+def has_linear4bit(model: nn.Module) -> bool:
+    """Whether `model` holds bitsandbytes 4-bit layers (the tracer then quantizes and runs them)."""
+    return any(_is_linear4bit(m) for m in model.modules())
