@@ -39,6 +39,12 @@ from swiftplan.executors.trace_memory import CUDA_BLOCK_BYTES, MemoryTracker
 from swiftplan.executors.trace_model import DTYPES, apply_lora, build_meta_causal_lm, load_config, to_fake
 from swiftplan.executors.trace_objective_losses import LossRun
 from swiftplan.executors.trace_patches import cuda_like_kernels, fake_safe_optimizers, unpacked_inputs
+from swiftplan.executors.trace_quant import (
+    CudaDequantizingGemm,
+    QuantBase,
+    fake_quantize,
+    quantize_meta_model,
+)
 from swiftplan.executors.trace_session import (
     TRACE_DEVICE,
     attention_notes,
@@ -119,15 +125,20 @@ def _build_policy(config: Any, kind: str, *, dtype: torch.dtype, attn: str, note
 
 
 def _build_models(hf_config: dict[str, Any], kind: str, reference: str, *, method: str, precision: str,
-                  lora: dict[str, Any], grad_ckpt: bool, attn: str, notes: list[str]) -> tuple[nn.Module, nn.Module | None]:  # fmt: skip
+                  lora: dict[str, Any], grad_ckpt: bool, attn: str, notes: list[str],
+                  quant_base: QuantBase | None = None) -> tuple[nn.Module, nn.Module | None]:  # fmt: skip
     """The policy (LoRA or full, checkpointing on) and, for reference="model", a frozen eval-mode copy;
-    TRL's fused LM head added where the trainer adds it."""
+    TRL's fused LM head added where the trainer adds it; with `quant_base`, both on a bitsandbytes 4-bit base
+    (`trace_quant`)."""
     from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
     config = load_config(hf_config, notes=notes)
     config.use_cache = False
     dtype = torch.float32 if precision.startswith("amp-") else DTYPES[precision]
+    compute = DTYPES[precision.removeprefix("amp-")]
     policy = _build_policy(config, kind, dtype=dtype, attn=attn, notes=notes)
+    if quant_base is not None:
+        quantize_meta_model(policy, quant_base, compute_dtype=compute, notes=notes)
     if grad_ckpt:
         _enable_checkpointing(policy, notes)
     if method == "lora":
@@ -139,6 +150,8 @@ def _build_models(hf_config: dict[str, Any], kind: str, reference: str, *, metho
     ref: Any = None
     if reference == "model":
         ref = build_meta_causal_lm(config, dtype=dtype, attn_implementation=attn, notes=[])
+        if quant_base is not None:
+            quantize_meta_model(ref, quant_base, compute_dtype=compute, notes=[])
         ref.requires_grad_(False)
         ref.eval()  # accelerator.prepare_model(evaluation_mode=True), dpo_trainer.py:990
     if kind in FUSED_HEAD_OUTPUTS:
@@ -156,15 +169,21 @@ def _session(policy: nn.Module, ref: nn.Module | None, round_bytes: int,
              calls: Counter[str]) -> Iterator[MemoryTracker]:  # fmt: skip
     """Both models fake; fake mode, tracking, known values and the CUDA-path patches active inside."""
     mode = FakeTensorMode(allow_non_fake_inputs=False)
+    device = torch.device(TRACE_DEVICE)
+    quant_state = {}  # bitsandbytes 4-bit layers' statistics, per model (trace_quant)
     for model in (policy, ref):
         if model is not None:
-            to_fake(model, mode, torch.device(TRACE_DEVICE))
+            quant_state[id(model)] = fake_quantize(model, mode, device)
+            to_fake(model, mode, device)
     tracker = MemoryTracker(round_bytes=round_bytes, phase_snapshots=True)
-    with torch_linear(), mode, tracker, fake_safe_optimizers(), unpacked_inputs(), cuda_like_kernels(calls), \
+    gemm = CudaDequantizingGemm() if quant_state[id(policy)] else contextlib.nullcontext()
+    with torch_linear(), mode, tracker, gemm, fake_safe_optimizers(), unpacked_inputs(), cuda_like_kernels(calls), \
             cuda_like_trl():  # fmt: skip
         register_model(tracker, policy)
+        tracker.classify(quant_state[id(policy)], "weights")
         if ref is not None:
             tracker.classify(ref.parameters(), "reference")
+            tracker.classify(quant_state[id(ref)], "reference")
             for b in ref.buffers():
                 tracker.track(b)
         with KnownValues(), readable_masks():
@@ -318,15 +337,19 @@ def trace_objective(
     attn_implementation: str = "sdpa",
     steps: int = 2,
     round_bytes: int = CUDA_BLOCK_BYTES,
+    quant_base: QuantBase | None = None,
 ) -> ObjectiveTrace:
     """Trace `steps` TRL training steps of `objective` and measure the last one.
 
     `batch` counts what the planner's micro_batch counts: pairs (dpo, cpo, simpo, orpo, rm), examples
     (kto) or completions (grpo, whose sequences are the rollout's prompt_len + completion_len; `seq` is
     ignored). `seq` is the tokens of each sequence, `objective.prompt_len` of them prompt (not scored).
-    `optimizer` defaults to the HF Trainer's fused AdamW.
+    `optimizer` defaults to the HF Trainer's fused AdamW. `quant_base` puts the models on a bitsandbytes 4-bit
+    base (LoRA only), as `trace.trace_training` does.
     """
     reference = _check(objective, method, precision, batch, seq)
+    if quant_base is not None and method != "lora":
+        raise ValueError("a 4-bit base (quant_base) is trained with LoRA: method must be 'lora'")
     if steps < 1:
         raise ValueError("steps >= 1 is required")
     started = time.perf_counter()
@@ -336,7 +359,7 @@ def trace_objective(
     notes: list[str] = []
     lora = {"rank": lora_rank, "alpha": None, "dropout": 0.0, "targets": lora_targets}
     policy, ref = _build_models(hf_config, kind, reference, method=method, precision=precision, lora=lora,
-                                grad_ckpt=grad_ckpt, attn=attn_implementation, notes=notes)  # fmt: skip
+                                grad_ckpt=grad_ckpt, attn=attn_implementation, notes=notes, quant_base=quant_base)  # fmt: skip
     amp = precision.removeprefix("amp-") if precision.startswith("amp-") else None
     acc = TraceAccelerator(DTYPES[amp] if amp else None)
     run = _loss_run(kind, policy, ref, objective, reference, batch=batch, seq=seq, acc=acc)  # real tensors

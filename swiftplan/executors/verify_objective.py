@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from swiftplan.executors.trace_objective import ObjectiveTrace, trace_objective
+from swiftplan.executors.trace_quant import QuantBase
 from swiftplan.executors.verify import ADAMW_IMPLS, TermRow
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.model_spec import ModelSpec
@@ -50,14 +51,21 @@ class ObjectiveComparison:
 
 def _trace(spec: ModelSpec, setup: TrainSetup, steps: int) -> ObjectiveTrace:
     lora = setup.lora
-    if setup.method == "qlora" or setup.quant != "none":
+    quant_base = None
+    if setup.quant in ("nf4", "fp4"):  # bitsandbytes 4-bit: traced for real (trace_quant)
+        quant_base = QuantBase(
+            quant_type=setup.quant, double_quant=setup.double_quant, kbit_upcast=setup.kbit_upcast
+        )
+    elif setup.quant != "none":
         raise ValueError(
-            "quantized bases are not traceable (bitsandbytes kernels); use --method lora or full"
+            f"--quant {setup.quant} bases are not traceable under an objective (bitsandbytes NF4/FP4 are); "
+            "use --quant nf4 or fp4, or --method lora or full"
         )
     return trace_objective(
         dict(spec.hf_config),
         setup.objective,
-        method="lora" if setup.method == "lora" else "full",
+        method="full" if setup.method == "full" else "lora",
+        quant_base=quant_base,
         precision=setup.precision,
         batch=setup.micro_batch,
         seq=setup.seq_len,

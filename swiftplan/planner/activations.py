@@ -241,6 +241,16 @@ def _mlp_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, cb: 
     return shared, experts + router
 
 
+def _swiglu_gradient_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
+    """One T × I tensor of the SwiGLU (the routed experts' and shared widths for MoE) in the stream's dtype."""
+    width = spec.intermediate_size
+    if spec.moe is not None:
+        width = (
+            spec.moe.expert_intermediate_size * spec.moe.experts_per_token + spec.moe.shared_intermediate_size
+        )
+    return tokens * width * activation_dtype_bytes(setup)
+
+
 def backward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
     """Gradients the SwiGLU backward holds at once (w.r.t. the product, the up and the gate
     outputs): 3 × T × I in the compute dtype; with a bitsandbytes base, a projection's input-gradient
@@ -248,13 +258,17 @@ def backward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> i
     (`dequantized_weight_bytes`; traced on Llama-2-7B NF4 at 256-4096 tokens: the peak within 0.2 %).
     Only visible when nothing larger (the loss) is alive, i.e. while a checkpointed block is
     recomputed. Traced on Mistral-7B: 368 MB vs 352 MB here."""
-    width = spec.intermediate_size
-    if spec.moe is not None:
-        width = (
-            spec.moe.expert_intermediate_size * spec.moe.experts_per_token + spec.moe.shared_intermediate_size
-        )
-    gradient = tokens * width * activation_dtype_bytes(setup)
+    gradient = _swiglu_gradient_bytes(spec, setup, tokens)
     working = max(3 * gradient, gradient + dequantized_weight_bytes(spec, setup))
+    return working + float8_cast_bytes(spec, setup, tokens)
+
+
+def forward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
+    """What a SwiGLU forward without autograd holds at once: gate activation, up output and their product
+    (3 × T × I); with a bitsandbytes base, the up projection's dequantized weight beside the gate activation
+    and its own output, when that is more (a no-grad reference or scoring pass)."""
+    tensor = _swiglu_gradient_bytes(spec, setup, tokens)
+    working = max(3 * tensor, 2 * tensor + dequantized_weight_bytes(spec, setup))
     return working + float8_cast_bytes(spec, setup, tokens)
 
 

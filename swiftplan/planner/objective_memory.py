@@ -135,7 +135,7 @@ def no_grad_forward_bytes(spec: ModelSpec, setup: TrainSetup, *, sequences: int,
     batch = replace(setup, micro_batch=sequences)
     tokens = sequences * setup.seq_len
     hidden = act.block_input_bytes(spec, batch, tokens)
-    working = 2 * hidden + act.backward_working_bytes(spec, batch, tokens) // tp
+    working = 2 * hidden + act.forward_working_bytes(spec, batch, tokens) // tp
     scored = scored_tokens_per_sequence(setup)
     head = no_grad_logprob_bytes(
         spec, setup, sequences=sequences, scored=scored, seq_len=setup.seq_len, tp=tp
