@@ -220,6 +220,12 @@ def _check_options(*, task: str, quant: str, method: str) -> None:
             "4-bit traced for real, int8 unquantized with the analytic quantized weights substituted).",
             hint=f"`swiftplan estimate --quant {quant}` gives the analytic estimate.",
         )
+    if quant == "int8" and task not in ("train", "sft"):
+        raise SwiftplanError(
+            f"verify --task {task} cannot trace an int8 base: TRL's loss code runs over bitsandbytes 4-bit bases "
+            "(--method qlora --quant nf4 or fp4) or unquantized ones (--quant none).",
+            hint=f"`swiftplan estimate --task {task} --quant int8` gives the analytic estimate.",
+        )
 
 
 def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> Any:
