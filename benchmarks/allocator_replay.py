@@ -15,6 +15,10 @@ and mix framework effects; this derives the two constants from the real code ins
    rounding) / the planner's per-step bytes; the fixed-shape fractions fall with the per-step bytes, so
    they are fitted as dynamic_slack − dynamic_slack_per_doubling × log2(per-step GiB) by least squares.
 
+5. the same events replayed under `expandable_segments:True` (one segment per pool grown by pages,
+   `caching_allocator.py`); `expandable_factor` = the median ratio of that slack fraction to the default one
+   over the fixed-shape replays.
+
 Only the fixed-shape constants are written: fixed shapes are a fact of the run. The variable-shape replays are reported
 as what lengths spread uniformly up to the cap would cost (per doubling of the length classes); real datasets
 are mostly far shorter than their cap, so `length_slack` stays fitted by `calibrate.py` on the published fit
@@ -24,7 +28,7 @@ No published row is used: the held-out comparison (`published_accuracy.py`) stay
 not see: other streams (FSDP's, NCCL's), CUDA-only kernels' workspaces, `empty_cache()` calls.
 
     python benchmarks/allocator_replay.py            # replays, writes results/allocator_replay.{md,json}
-    python benchmarks/allocator_replay.py --write    # and the fixed-shape constants into calibration.json
+    python benchmarks/allocator_replay.py --write    # and the fixed-shape and expandable constants into calibration.json
     python benchmarks/allocator_replay.py --reuse    # the report again from the saved replays (no tracing)
 """
 
@@ -45,7 +49,7 @@ from typing import Any
 from swiftplan.executors.trace import trace_training
 from swiftplan.executors.verify import trace_arguments
 from swiftplan.planner.allocator import AllocatorParams, AllocatorSettings, distinct_lengths, reserve
-from swiftplan.planner.caching_allocator import least_capacity
+from swiftplan.planner.caching_allocator import least_capacity, replay
 from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.setup import LoraSetup, RuntimeKnobs, TrainSetup
 from swiftplan.planner.train_memory import train_memory
@@ -105,6 +109,9 @@ def replay_case(case: Case) -> dict[str, Any]:
         res = reserve(spec, memory, seq_len=case.seq, settings=settings)
         fraction = (trace.peak_reserved - trace.peak_bytes - res.rounding_bytes) / res.dynamic_bytes
         needs = least_capacity(list(trace.events))
+        expandable = replay(list(trace.events), measure_from=trace.measured_from, expandable=True)
+        res_e = reserve(spec, memory, seq_len=case.seq, settings=replace(settings, expandable_segments=True))
+        fraction_e = (expandable.peak_reserved - trace.peak_bytes - res_e.rounding_bytes) / res.dynamic_bytes
         out[kind] = {
             "least_capacity": needs,
             "releasable": (trace.peak_reserved - needs) / max(1, trace.peak_reserved - trace.peak_bytes),
@@ -113,6 +120,9 @@ def replay_case(case: Case) -> dict[str, Any]:
             "rounding": res.rounding_bytes,
             "dynamic": res.dynamic_bytes,
             "fraction": fraction,
+            "expandable_reserved": expandable.peak_reserved,
+            "expandable_rounding": res_e.rounding_bytes,
+            "expandable_fraction": fraction_e,
             "log2_classes": math.log2(distinct_lengths(case.seq, settings)),
             "seconds": time.perf_counter() - started,
         }
@@ -146,6 +156,17 @@ def derive(rows: list[dict[str, Any]]) -> dict[str, float]:
         "dynamic_slack_max_bytes": max(r["fixed"]["dynamic"] for r in rows),
         "largest_residual": round(max(abs(y - f) for y, f in zip(ys, fixed, strict=True)), 3),
         "uniform_length_slack": round(statistics.median(per_doubling), 3),
+        "expandable_factor": round(
+            max(
+                0.0,
+                statistics.median(r["fixed"]["expandable_fraction"] / r["fixed"]["fraction"] for r in rows),
+            ),
+            2,
+        ),
+        "expandable_factor_variable": round(
+            statistics.median(r["variable"]["expandable_fraction"] / r["variable"]["fraction"] for r in rows),
+            2,
+        ),
     }
 
 
@@ -168,8 +189,8 @@ def report(rows: list[dict[str, Any]], derived: dict[str, float]) -> str:
         "traced allocated - block rounding) / per-step bytes.",
         "",
         "| case | shapes | traced allocated GiB | replayed reserved GiB | least capacity GiB | releasable | per-step GiB "
-        "| fraction | planner fraction |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| fraction | planner fraction | expandable reserved GiB | expandable fraction |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         for kind in ("fixed", "variable"):
@@ -178,7 +199,8 @@ def report(rows: list[dict[str, Any]], derived: dict[str, float]) -> str:
             lines.append(
                 f"| {r['case']} | {kind} | {x['traced_allocated'] / GiB:.2f} | {x['replayed_reserved'] / GiB:.2f} "
                 f"| {x['least_capacity'] / GiB:.2f} | {x['releasable']:.2f} "
-                f"| {x['dynamic'] / GiB:.2f} | {x['fraction']:.3f} | {planner:.3f} |"
+                f"| {x['dynamic'] / GiB:.2f} | {x['fraction']:.3f} | {planner:.3f} "
+                f"| {x['expandable_reserved'] / GiB:.2f} | {x['expandable_fraction']:.3f} |"
             )
     lines += [
         "",
@@ -194,6 +216,14 @@ def report(rows: list[dict[str, Any]], derived: dict[str, float]) -> str:
         f"({now.length_slack:g}) is fitted on the published fit set's reserved rows (`calibrate.py`), and the "
         "planner fraction column uses it: variable-shape rows here are a bound, not a target.",
         "",
+        "Expandable segments (`PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`): the same events replayed with "
+        "one segment per pool grown by 2/20 MiB pages (`caching_allocator.py`, Note [Expandable Segments]); "
+        "expandable fraction = (replayed reserved - traced allocated - the planner's rounding under expandable "
+        "segments) / per-step bytes. The planner multiplies its slack by expandable_factor = "
+        f"{derived['expandable_factor']:g}, the median ratio of the expandable to the default fraction over the "
+        f"fixed-shape replays (calibration.json has {now.expandable_factor:g}); the variable-shape replays' median "
+        f"ratio is {derived['expandable_factor_variable']:g}.",
+        "",
         "Least capacity: the smallest device (2 MiB steps) the replay runs in when, as `cudaMalloc` failing makes "
         "it, the allocator releases every wholly free cached segment and retries; releasable = (reserved - least "
         "capacity) / (reserved - allocated). It ranges from about 0 (the fixed-shape full fine-tune: its cached "
@@ -208,7 +238,8 @@ def report(rows: list[dict[str, Any]], derived: dict[str, float]) -> str:
 
 
 def write(derived: dict[str, float], rows: list[dict[str, Any]], path: Path = CALIBRATION) -> None:
-    """dynamic_slack into calibration.json, status derived, with its source."""
+    """dynamic_slack (its size dependence and range) and expandable_factor into calibration.json, status derived,
+    with their source."""
     data = json.loads(path.read_text(encoding="utf-8"))
     section = data["allocator"]
     cases = "; ".join(r["case"] for r in rows)
@@ -222,6 +253,12 @@ def write(derived: dict[str, float], rows: list[dict[str, Any]], path: Path = CA
                                 "source": f"{line}: the fraction at 1 GiB per step; {common}"}  # fmt: skip
     section["dynamic_slack_per_doubling"] = {"value": derived["dynamic_slack_per_doubling"], "status": "derived",
                                              "source": f"{line}: minus its slope; {common}"}  # fmt: skip
+    section["expandable_factor"] = {
+        "value": derived["expandable_factor"], "status": "derived",
+        "source": "median over the fixed-shape replays of (slack fraction replayed with expandable_segments:True: one "
+        "segment per pool grown by 2/20 MiB pages, Note [Expandable Segments]) / (the default replay's); variable "
+        f"shapes' median {derived['expandable_factor_variable']:g}; {common}",
+    }  # fmt: skip
     for end in ("min", "max"):
         key = f"dynamic_slack_{end}_bytes"
         section[key] = {"value": derived[key], "status": "derived",

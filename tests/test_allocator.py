@@ -137,3 +137,11 @@ def test_the_moment_that_leaves_the_most_reserved_sets_it_not_the_allocated_peak
     assert "at the loss and backward start" in slack.formula
     at_peak_only = al.reserve(spec, memory.device, seq_len=1024, settings=al.AllocatorSettings())
     assert memory.device.peak_reserved > memory.device.peak_allocated + at_peak_only.slack_bytes
+
+
+def test_expandable_segments_tile_long_lived_tensors_into_pages():
+    """Under expandable_segments:True the persistent tensors share one paged segment per pool: 30 MiB + 1 B
+    is one 20 MiB page more, not its own rounded segment."""
+    assert al.reserved_for([30 * MiB + 1], expandable=True) == 40 * MiB
+    assert al.reserved_for([6 * MiB] * 4, expandable=True) == 40 * MiB
+    assert al.reserved_for([512 * 1024] * 5, expandable=True) == 4 * MiB

@@ -9,6 +9,7 @@ import pytest
 from swiftplan.planner.caching_allocator import CachingAllocator, DeviceFull, least_capacity, replay
 
 MiB = 2**20
+GIB = 2**30
 
 
 def test_a_freed_block_serves_the_next_request_of_its_size():
@@ -114,3 +115,54 @@ def test_verify_compares_the_reserved_model_with_the_replay():
     row = comparison.reserved
     assert row is not None and row.traced == comparison.trace.peak_reserved
     assert row.estimate >= comparison.peak.estimate
+
+
+# --- expandable_segments:True (Note [Expandable Segments]) -----------------------------------------
+
+
+def test_expandable_segment_grows_by_20_mib_pages_and_keeps_their_rest():
+    alloc = CachingAllocator(expandable=True)
+    alloc.malloc(30 * MiB)  # two pages mapped
+    assert alloc.reserved_bytes == 40 * MiB
+    alloc.malloc(10 * MiB)  # the 10 MiB left of the last page serves it
+    assert alloc.reserved_bytes == 40 * MiB
+
+
+def test_expandable_segment_extends_its_free_end_instead_of_leaving_a_sliver():
+    """The Note's case: a larger request after a smaller one reused a cached block. Default segments leave
+    the 40 MiB remainder as a sliver and map a new 60 MiB segment; an expandable segment maps one more
+    page after that free remainder and serves the request across both."""
+    for expandable, reserved in ((False, 160 * MiB), (True, 120 * MiB)):
+        alloc = CachingAllocator(expandable=expandable)
+        alloc.free(alloc.malloc(100 * MiB))
+        alloc.malloc(60 * MiB)
+        alloc.malloc(60 * MiB)
+        assert alloc.reserved_bytes == reserved, expandable
+
+
+def test_expandable_segments_split_large_blocks_down_to_512_bytes():
+    """should_split: with expandable segments any block splits when at least 512 B would remain."""
+    alloc = CachingAllocator(expandable=True)
+    alloc.free(alloc.malloc(20 * MiB))
+    alloc.malloc(20 * MiB - 512 * 1024)  # leaves 512 KiB: split off (default segments keep it whole)
+    alloc.malloc(2 * MiB)  # a large request needs more pages, extending the segment
+    assert alloc.allocated_bytes == 22 * MiB - 512 * 1024
+    assert alloc.reserved_bytes == 40 * MiB
+
+
+def test_small_requests_grow_their_own_2_mib_paged_segment():
+    alloc = CachingAllocator(expandable=True)
+    for _ in range(5):
+        alloc.malloc(512 * 1024)
+    assert alloc.reserved_bytes == 4 * MiB
+
+
+def test_expandable_replay_is_refused_a_capacity():
+    with pytest.raises(ValueError, match="expandable"):
+        CachingAllocator(expandable=True, capacity_bytes=GIB)
+
+
+def test_replay_under_expandable_segments_reserves_no_more_than_by_default():
+    events = [(0, 100 * MiB), (0, -1), (1, 60 * MiB), (2, 60 * MiB), (3, 5 * MiB), (1, -1), (4, 90 * MiB)]
+    assert replay(events, expandable=True).peak_reserved < replay(events).peak_reserved
+

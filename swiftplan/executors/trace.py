@@ -74,6 +74,8 @@ class TraceResult:
     included, replayed through the caching allocator's rules (`planner.caching_allocator.replay`)."""
     events: tuple[tuple[int, int], ...] = ()
     """With `keep_events`: every allocation (serial, bytes) and free (serial, -1) in order."""
+    measured_from: int = 0
+    """Index in `events` of the first event of the measured step(s) (`replay`'s `measure_from`)."""
 
     def __post_init__(self) -> None:
         if set(self.at_peak) != set(CATEGORIES):
@@ -107,6 +109,7 @@ def _result(
         notes=tuple(base_notes(tracker.round_bytes) + notes),
         peak_reserved=replay(tracker.events, measure_from=tracker.events_from).peak_reserved,
         events=tuple(tracker.events) if keep_events else (),
+        measured_from=tracker.events_from if keep_events else 0,
     )
 
 

@@ -77,13 +77,23 @@ def segment_bytes(request_bytes: int) -> int:
     return -(-size // ROUND_LARGE_BYTES) * ROUND_LARGE_BYTES
 
 
-def reserved_for(requests: list[int]) -> int:
+def reserved_for(requests: list[int], *, expandable: bool = False) -> int:
     """Reserved bytes when `requests` are all live at once in a fresh allocator, in order.
 
     Small requests (≤ 1 MiB) share 2 MiB segments and 1-10 MiB requests share 20 MiB segments (each
     request splits the remainder of the last segment of its pool while it fits, as the allocator's best
     fit over one growing free block does); larger requests each get a rounded segment of their own.
+    With `expandable` (expandable_segments:True) the blocks tile one segment per pool, mapped in 2 MiB
+    (small) and 20 MiB (large) pages (planner/caching_allocator.py).
     """
+    if expandable:
+        sizes = [block_bytes(r) for r in requests]
+        small = sum(n for n in sizes if n <= SMALL_SIZE_BYTES)
+        large = sum(n for n in sizes if n > SMALL_SIZE_BYTES)
+        return (
+            -(-small // SMALL_BUFFER_BYTES) * SMALL_BUFFER_BYTES
+            + -(-large // LARGE_BUFFER_BYTES) * LARGE_BUFFER_BYTES
+        )
     reserved = 0
     free_small = free_mid = 0
     for request in requests:
@@ -184,19 +194,24 @@ def persistent_requests(spec: ModelSpec, memory: MemoryBreakdown) -> list[int]:
     return requests
 
 
-def rounding_bytes(spec: ModelSpec, memory: MemoryBreakdown) -> int:
-    """Bytes the block rounding adds to the long-lived tensors (exact rules, model's matrix shapes)."""
-    return _rounding(spec, memory.weights, memory.gradients, memory.optimizer, memory.master_weights)
+def rounding_bytes(spec: ModelSpec, memory: MemoryBreakdown, *, expandable: bool = False) -> int:
+    """Bytes the block rounding adds to the long-lived tensors (exact rules, model's matrix shapes; under
+    expandable segments, 512 B blocks tiled into pages)."""
+    return _rounding(
+        spec, memory.weights, memory.gradients, memory.optimizer, memory.master_weights, expandable
+    )
 
 
 @lru_cache(maxsize=4096)
-def _rounding(spec: ModelSpec, weights: int, gradients: int, optimizer: int, master_weights: int) -> int:
+def _rounding(
+    spec: ModelSpec, weights: int, gradients: int, optimizer: int, master_weights: int, expandable: bool
+) -> int:
     """`rounding_bytes` by the states it reads (a search asks for the same states at every micro-batch)."""
     states = MemoryBreakdown(
         weights=weights, gradients=gradients, optimizer=optimizer, master_weights=master_weights
     )
     requests = [r for r in persistent_requests(spec, states) if r > 0]
-    return max(0, reserved_for(requests) - sum(requests))
+    return max(0, reserved_for(requests, expandable=expandable) - sum(requests))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -262,7 +277,7 @@ def reserve(
     persistent = (
         memory.weights + memory.adapters + memory.gradients + memory.optimizer + memory.master_weights
     )
-    rounding = rounding_bytes(spec, memory)
+    rounding = rounding_bytes(spec, memory, expandable=settings.expandable_segments)
     best: Reserve | None = None
     peak = ("", memory.peak_allocated, max(0, memory.peak_allocated - persistent - memory.kv_cache))
     for name, allocated, dynamic in (peak, *moments):

@@ -15,7 +15,13 @@ commit 001074d25084fdb87a799823e395a50f5ec044d3; unchanged in torch 2.1-2.13 for
   `try_merge_blocks`); segments are never returned without `empty_cache()` (not modelled: the runs
   planned do not call it between set-up and the step).
 
-Defaults only: no `max_split_size_mb`, no `expandable_segments`, one stream.
+With `expandable=True`, `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` (Note [Expandable Segments] in
+the same file): each pool is one segment that grows at its end by pages (2 MiB for the small pool, 20 MiB for
+the large one), a free block at the end is extended rather than a new segment made, and any block splits when
+at least 512 B would remain (`should_split`). Pages are never unmapped here: that happens only on
+`empty_cache()` or a failing allocation, so `capacity_bytes` is not supported with it.
+
+Otherwise defaults only: no `max_split_size_mb`, one stream.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from swiftplan.planner.allocator import (
+    LARGE_BUFFER_BYTES,
     MIN_BLOCK_BYTES,
+    SMALL_BUFFER_BYTES,
     SMALL_SIZE_BYTES,
     block_bytes,
     segment_bytes,
@@ -62,14 +70,25 @@ class CachingAllocator:
     """Device memory the allocator may reserve (None: unlimited)."""
     released_bytes: int = 0
     """Bytes of free segments released to make room so far."""
+    expandable: bool = False
+    """expandable_segments:True: one segment per pool, grown by pages at its end (module docstring)."""
+    _pool_segment: dict[bool, int] = field(default_factory=dict)
+    """Expandable: the segment of each pool (small: True)."""
+
+    def __post_init__(self) -> None:
+        if self.expandable and self.capacity_bytes is not None:
+            raise ValueError(
+                "a capacity is not modelled with expandable segments (their pages are not unmapped)"
+            )
 
     def malloc(self, request_bytes: int) -> int:
         """Serve a request as the allocator does; returns a handle."""
         size = block_bytes(request_bytes)
         small = size <= SMALL_SIZE_BYTES
-        block = self._best_fit(size, small) or self._new_segment(size, small)
+        grow = self._grow if self.expandable else self._new_segment
+        block = self._best_fit(size, small) or grow(size, small)
         rest = block.size - size
-        if rest >= MIN_BLOCK_BYTES if small else rest > SMALL_SIZE_BYTES:
+        if rest >= MIN_BLOCK_BYTES if small or self.expandable else rest > SMALL_SIZE_BYTES:
             blocks = self._segments[block.segment]
             tail = _Block(block.segment, block.offset + size, rest)
             blocks.insert(blocks.index(block) + 1, tail)
@@ -116,6 +135,28 @@ class CachingAllocator:
                 self.released_bytes += blocks[0].size
                 blocks[0].size = 0  # the segment is gone; its index stays so handles keep theirs
 
+    def _grow(self, size: int, small: bool) -> _Block:
+        """Map pages at the end of the pool's segment: the free block there grows, or a new one follows the last."""
+        if small not in self._pool_segment:
+            self._pool_segment[small] = len(self._segments)
+            self._segments.append([])
+            self._small.append(small)
+        segment = self._pool_segment[small]
+        blocks = self._segments[segment]
+        last = blocks[-1] if blocks else None
+        missing = size - last.size if last is not None and last.free else size
+        page = SMALL_BUFFER_BYTES if small else LARGE_BUFFER_BYTES
+        mapped = -(-missing // page) * page
+        if last is not None and last.free:
+            last.size += mapped
+            block = last
+        else:
+            block = _Block(segment, last.offset + last.size if last is not None else 0, mapped)
+            blocks.append(block)
+        self.reserved_bytes += mapped
+        self.peak_reserved_bytes = max(self.peak_reserved_bytes, self.reserved_bytes)
+        return block
+
     def _new_segment(self, size: int, small: bool) -> _Block:
         nbytes = segment_bytes(size)
         if self.capacity_bytes is not None and self.reserved_bytes + nbytes > self.capacity_bytes:
@@ -145,13 +186,17 @@ class Replay:
 
 
 def replay(
-    events: list[tuple[int, int]], *, measure_from: int = 0, capacity_bytes: int | None = None
+    events: list[tuple[int, int]],
+    *,
+    measure_from: int = 0,
+    capacity_bytes: int | None = None,
+    expandable: bool = False,
 ) -> Replay:
     """Replay `events` — (key, bytes) allocates, (key, -1) frees; keys are the caller's — on one stream.
     The peaks count from event index `measure_from` on, as after `torch.cuda.reset_peak_memory_stats()`;
     with `capacity_bytes`, free segments are released when it would be exceeded (`DeviceFull` if that is not
-    enough)."""
-    alloc = CachingAllocator(capacity_bytes=capacity_bytes)
+    enough); `expandable` replays under expandable_segments:True."""
+    alloc = CachingAllocator(capacity_bytes=capacity_bytes, expandable=expandable)
     handles: dict[int, int] = {}
     for i, (key, nbytes) in enumerate(events):
         if i == measure_from:
