@@ -16,6 +16,7 @@ runs past 1,536 tokens per call and what every bitsandbytes before 0.50 ran at a
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,6 +27,10 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 QuantType = Literal["nf4", "fp4"]
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+"""bitsandbytes warns at import (peft imports it) that it could not fetch an AVX-512 CPU kernel from the Hub;
+fake tensors never run a CPU kernel, so the tracer keeps that line out of verify's output."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
