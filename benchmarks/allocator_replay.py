@@ -17,7 +17,8 @@ and mix framework effects; this derives the two constants from the real code ins
 
 5. the same events replayed under `expandable_segments:True` (one segment per pool grown by pages,
    `caching_allocator.py`); `expandable_factor` = the median ratio of that slack fraction to the default one
-   over the fixed-shape replays.
+   over the fixed-shape replays, `expandable_length_factor` = the median ratio of what variable lengths add
+   (variable minus fixed fraction) under expandable segments to what they add by default.
 
 Only the fixed-shape constants are written: fixed shapes are a fact of the run. The variable-shape replays are reported
 as what lengths spread uniformly up to the cap would cost (per doubling of the length classes); real datasets
@@ -163,8 +164,15 @@ def derive(rows: list[dict[str, Any]]) -> dict[str, float]:
             ),
             2,
         ),
-        "expandable_factor_variable": round(
-            statistics.median(r["variable"]["expandable_fraction"] / r["variable"]["fraction"] for r in rows),
+        "expandable_length_factor": round(
+            max(
+                0.0,
+                statistics.median(
+                    (r["variable"]["expandable_fraction"] - r["fixed"]["expandable_fraction"])
+                    / (r["variable"]["fraction"] - r["fixed"]["fraction"])
+                    for r in rows
+                ),
+            ),
             2,
         ),
     }
@@ -219,10 +227,11 @@ def report(rows: list[dict[str, Any]], derived: dict[str, float]) -> str:
         "Expandable segments (`PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`): the same events replayed with "
         "one segment per pool grown by 2/20 MiB pages (`caching_allocator.py`, Note [Expandable Segments]); "
         "expandable fraction = (replayed reserved - traced allocated - the planner's rounding under expandable "
-        "segments) / per-step bytes. The planner multiplies its slack by expandable_factor = "
-        f"{derived['expandable_factor']:g}, the median ratio of the expandable to the default fraction over the "
-        f"fixed-shape replays (calibration.json has {now.expandable_factor:g}); the variable-shape replays' median "
-        f"ratio is {derived['expandable_factor_variable']:g}.",
+        "segments) / per-step bytes. The planner multiplies its fixed-shape slack by expandable_factor = "
+        f"{derived['expandable_factor']:g} (the median ratio of the expandable to the default fraction over the "
+        "fixed-shape replays) and the slack that changing lengths add by expandable_length_factor = "
+        f"{derived['expandable_length_factor']:g} (the median ratio of the variable-minus-fixed fractions); "
+        f"calibration.json has {now.expandable_factor:g} and {now.expandable_length_factor:g}.",
         "",
         "Least capacity: the smallest device (2 MiB steps) the replay runs in when, as `cudaMalloc` failing makes "
         "it, the allocator releases every wholly free cached segment and retries; releasable = (reserved - least "
@@ -238,7 +247,8 @@ def report(rows: list[dict[str, Any]], derived: dict[str, float]) -> str:
 
 
 def write(derived: dict[str, float], rows: list[dict[str, Any]], path: Path = CALIBRATION) -> None:
-    """dynamic_slack (its size dependence and range) and expandable_factor into calibration.json, status derived,
+    """dynamic_slack (its size dependence and range) and the two expandable factors into calibration.json, status
+    derived,
     with their source."""
     data = json.loads(path.read_text(encoding="utf-8"))
     section = data["allocator"]
@@ -253,11 +263,16 @@ def write(derived: dict[str, float], rows: list[dict[str, Any]], path: Path = CA
                                 "source": f"{line}: the fraction at 1 GiB per step; {common}"}  # fmt: skip
     section["dynamic_slack_per_doubling"] = {"value": derived["dynamic_slack_per_doubling"], "status": "derived",
                                              "source": f"{line}: minus its slope; {common}"}  # fmt: skip
+    expandable = ("slack fraction replayed with expandable_segments:True (one segment per pool grown by 2/20 MiB "
+                  "pages, Note [Expandable Segments])")  # fmt: skip
     section["expandable_factor"] = {
         "value": derived["expandable_factor"], "status": "derived",
-        "source": "median over the fixed-shape replays of (slack fraction replayed with expandable_segments:True: one "
-        "segment per pool grown by 2/20 MiB pages, Note [Expandable Segments]) / (the default replay's); variable "
-        f"shapes' median {derived['expandable_factor_variable']:g}; {common}",
+        "source": f"median over the fixed-shape replays of ({expandable}) / (the default replay's); {common}",
+    }  # fmt: skip
+    section["expandable_length_factor"] = {
+        "value": derived["expandable_length_factor"], "status": "derived",
+        "source": f"median over the replays of (variable − fixed {expandable}) / (variable − fixed default "
+        f"fraction): what expandable segments leave of the slack that changing lengths add; {common}",
     }  # fmt: skip
     for end in ("min", "max"):
         key = f"dynamic_slack_{end}_bytes"

@@ -63,7 +63,8 @@ def test_fixed_shape_slack_falls_with_the_step_bytes_inside_the_replayed_range()
 
 
 def test_fragmentation_grows_with_lengths_and_expandable_segments_cut_it():
-    params = al.AllocatorParams(dynamic_slack=0.1, length_slack=0.02, expandable_factor=0.3)
+    params = al.AllocatorParams(dynamic_slack=0.1, length_slack=0.02, expandable_factor=0.9,
+                                expandable_length_factor=0.3)  # fmt: skip
     fixed = al.slack_fraction(2048, al.AllocatorSettings(), params)
     variable = al.slack_fraction(2048, al.AllocatorSettings(variable_lengths=True), params)
     expandable = al.slack_fraction(
@@ -71,7 +72,7 @@ def test_fragmentation_grows_with_lengths_and_expandable_segments_cut_it():
     )
     assert fixed == pytest.approx(0.1)
     assert variable == pytest.approx(0.1 + 0.02 * 5)  # 2048 / 64 = 32 length classes, log2 = 5
-    assert expandable == pytest.approx(variable * 0.3)
+    assert expandable == pytest.approx(0.1 * 0.9 + 0.02 * 5 * 0.3)  # each part by its own factor
 
 
 def test_reserved_is_allocated_plus_slack_and_device_total_adds_the_context():

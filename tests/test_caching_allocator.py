@@ -165,4 +165,3 @@ def test_expandable_replay_is_refused_a_capacity():
 def test_replay_under_expandable_segments_reserves_no_more_than_by_default():
     events = [(0, 100 * MiB), (0, -1), (1, 60 * MiB), (2, 60 * MiB), (3, 5 * MiB), (1, -1), (4, 90 * MiB)]
     assert replay(events, expandable=True).peak_reserved < replay(events).peak_reserved
-

@@ -132,12 +132,15 @@ class AllocatorParams:
     length_slack: float
     """Extra slack per doubling of the number of distinct sequence lengths."""
     expandable_factor: float
-    """Multiplier on the slack under expandable segments."""
+    """Multiplier on the fixed-shape slack under expandable segments."""
     slack_per_doubling: float = 0.0
     """How much the fixed-shape slack fraction falls per doubling of the per-step bytes: a step's slack is a
     few of its largest blocks that later requests cannot reuse, which grows more slowly than its bytes."""
     slack_range_bytes: tuple[int, int] = (0, 0)
     """Per-step bytes the size dependence was derived over; outside it the fraction is held at its ends."""
+    expandable_length_factor: float = 1.0
+    """Multiplier on the slack that changing sequence lengths add, under expandable segments (the slivers the
+    Note [Expandable Segments] is about)."""
 
     @classmethod
     def from_calibration(cls) -> AllocatorParams:
@@ -146,6 +149,7 @@ class AllocatorParams:
             dynamic_slack=constant("allocator", "dynamic_slack"),
             length_slack=constant("allocator", "length_slack"),
             expandable_factor=constant("allocator", "expandable_factor"),
+            expandable_length_factor=constant("allocator", "expandable_length_factor"),
             slack_per_doubling=constant("allocator", "dynamic_slack_per_doubling"),
             slack_range_bytes=(
                 int(constant("allocator", "dynamic_slack_min_bytes")),
@@ -174,8 +178,10 @@ def slack_fraction(
     """Fragmentation slack as a fraction of the dynamic (per-step) bytes (`dynamic_bytes` of them; 0: the
     fraction at 1 GiB)."""
     fixed = params.fixed_slack(dynamic_bytes)
-    fraction = fixed + params.length_slack * math.log2(distinct_lengths(seq_len, settings))
-    return fraction * (params.expandable_factor if settings.expandable_segments else 1.0)
+    lengths = params.length_slack * math.log2(distinct_lengths(seq_len, settings))
+    if settings.expandable_segments:
+        return fixed * params.expandable_factor + lengths * params.expandable_length_factor
+    return fixed + lengths
 
 
 def persistent_requests(spec: ModelSpec, memory: MemoryBreakdown) -> list[int]:
