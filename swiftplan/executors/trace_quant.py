@@ -7,7 +7,7 @@ weight is then quantized by bitsandbytes' own `quantize_4bit` on its fake full-p
 storage, the absmax statistics (nested or not) and the `QuantState` are bitsandbytes' own shapes. Forward and
 backward run bitsandbytes' `MatMul4Bit`; its ops have fake kernels, so they allocate what they return.
 
-What a fake kernel cannot show is the inside of the fused `gemm_4bit` op. `cuda_dequantizing_gemm` runs it as
+What a fake kernel cannot show is the inside of the fused `gemm_4bit` op. `CudaDequantizingGemm` runs it as
 the CUDA backend's unfused path does (bitsandbytes 0.50.2 backends/cuda/ops.py `_dequant_linear_fallback`: the
 nested absmax dequantized, the weight dequantized to the input's dtype, then `F.linear`), which is what CUDA
 runs past 1,536 tokens per call and what every bitsandbytes before 0.50 ran at any size.
@@ -171,8 +171,3 @@ def _dequant_linear(
         absmax = absmax + absmax_offset
     weight = ops.dequantize_4bit.default(B, absmax, blocksize, quant_type, list(shapeB), A.dtype)
     return torch.nn.functional.linear(A, weight, bias)
-
-
-def has_linear4bit(model: nn.Module) -> bool:
-    """Whether `model` holds bitsandbytes 4-bit layers (the tracer then quantizes and runs them)."""
-    return any(_is_linear4bit(m) for m in model.modules())
