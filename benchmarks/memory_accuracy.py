@@ -260,6 +260,12 @@ def training_cases() -> list[Case]:
         ],
         "Qwen/Qwen2.5-7B-Instruct  ": [
             t(method="qlora", quant="fp4", lora=_lora(64), micro_batch=4, seq_len=256, grad_ckpt=True),
+            # bitsandbytes int8 (LLM.int8 without outliers): its Linears keep their inputs through checkpointing
+            t(method="lora", quant="int8", lora=_lora(16), micro_batch=2, seq_len=1024, grad_ckpt=True),
+        ],
+        "meta-llama/Llama-2-7b-hf  ": [
+            t(method="lora", quant="int8", kbit_upcast=True, lora=_lora(16), micro_batch=1, seq_len=512,
+              grad_ckpt=False),
         ],
     }
     # (keys with a trailing space are a second group of cases for the same model)

@@ -427,11 +427,6 @@ CASES = [
         ["--quant gptq", "none, nf4, fp4, int8", "swiftplan estimate"],
     ),
     ("verify-quant-unknown", (*VERIFY, "--quant", "int3"), ["--quant", "'int3'"]),
-    (
-        "verify-objective-int8",
-        (*VERIFY, "--task", "dpo", "--quant", "int8"),
-        ["--task dpo", "int8", "nf4 or fp4"],
-    ),
     ("verify-task", (*VERIFY, "--task", "infer"), ["--task", "'infer'", "train, sft, dpo", "grpo, serve"]),
     ("verify-method", (*VERIFY, "--method", "ia3"), ["--method", "'ia3'", "full, lora, qlora"]),
     # serve (checked before the plan or any model is loaded)

@@ -81,8 +81,7 @@ def verify_command(
     quant: str = typer.Option(
         "none",
         "--quant",
-        help="none | nf4 | fp4 (bitsandbytes 4-bit, traced for real) | int8 (traced unquantized, analytic "
-        "weights substituted)",
+        help="none | nf4 | fp4 | int8 (bitsandbytes: its own layers traced)",
     ),
     rank: int = typer.Option(16, "--rank", help="LoRA rank."),
     targets: str = typer.Option(
@@ -160,8 +159,7 @@ def verify_command(
 VERIFY_TASKS = ("train", "sft", "dpo", "kto", "orpo", "simpo", "cpo", "rm", "grpo", "serve")
 """Tasks the tracer runs: SFT, TRL 1.16's preference, reward and GRPO loss paths (not PPO), serving."""
 VERIFY_QUANTS = ("none", "nf4", "fp4", "int8")
-"""Bases verify traces: bitsandbytes 4-bit for real (executors/trace_quant.py); int8 unquantized with the analytic
-weights substituted."""
+"""Bases verify traces: unquantized, and bitsandbytes' own 4-bit and int8 layers (executors/trace_quant.py)."""
 
 
 def _runtime(ctx: typer.Context, o: dict[str, Any]) -> Any:
@@ -216,15 +214,9 @@ def _check_options(*, task: str, quant: str, method: str) -> None:
     one_of("--quant", quant, QUANTS)
     if quant not in VERIFY_QUANTS:
         raise SwiftplanError(
-            f"verify cannot trace --quant {quant}: it supports {', '.join(VERIFY_QUANTS)} (bitsandbytes bases: "
-            "4-bit traced for real, int8 unquantized with the analytic quantized weights substituted).",
+            f"verify cannot trace --quant {quant}: it supports {', '.join(VERIFY_QUANTS)} (unquantized and "
+            "bitsandbytes bases, whose own layers run on fake tensors).",
             hint=f"`swiftplan estimate --quant {quant}` gives the analytic estimate.",
-        )
-    if quant == "int8" and task not in ("train", "sft"):
-        raise SwiftplanError(
-            f"verify --task {task} cannot trace an int8 base: TRL's loss code runs over bitsandbytes 4-bit bases "
-            "(--method qlora --quant nf4 or fp4) or unquantized ones (--quant none).",
-            hint=f"`swiftplan estimate --task {task} --quant int8` gives the analytic estimate.",
         )
 
 

@@ -39,12 +39,7 @@ from swiftplan.executors.trace_memory import CUDA_BLOCK_BYTES, MemoryTracker
 from swiftplan.executors.trace_model import DTYPES, apply_lora, build_meta_causal_lm, load_config, to_fake
 from swiftplan.executors.trace_objective_losses import LossRun
 from swiftplan.executors.trace_patches import cuda_like_kernels, fake_safe_optimizers, unpacked_inputs
-from swiftplan.executors.trace_quant import (
-    CudaDequantizingGemm,
-    QuantBase,
-    fake_quantize,
-    quantize_meta_model,
-)
+from swiftplan.executors.trace_quant import QuantBase, bnb_kernels, fake_quantize, quantize_meta_model
 from swiftplan.executors.trace_session import (
     TRACE_DEVICE,
     attention_notes,
@@ -176,7 +171,7 @@ def _session(policy: nn.Module, ref: nn.Module | None, round_bytes: int,
             quant_state[id(model)] = fake_quantize(model, mode, device)
             to_fake(model, mode, device)
     tracker = MemoryTracker(round_bytes=round_bytes, phase_snapshots=True)
-    gemm = CudaDequantizingGemm() if quant_state[id(policy)] else contextlib.nullcontext()
+    gemm = bnb_kernels(quant_state[id(policy)])
     with torch_linear(), mode, tracker, gemm, fake_safe_optimizers(), unpacked_inputs(), cuda_like_kernels(calls), \
             cuda_like_trl():  # fmt: skip
         register_model(tracker, policy)

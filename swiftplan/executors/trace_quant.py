@@ -26,7 +26,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-QuantType = Literal["nf4", "fp4"]
+QuantType = Literal["nf4", "fp4", "int8"]
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 """bitsandbytes warns at import (peft imports it) that it could not fetch an AVX-512 CPU kernel from the Hub;
@@ -51,20 +51,29 @@ def quantize_meta_model(model: Any, base: QuantBase, *, compute_dtype: torch.dty
     from transformers import BitsAndBytesConfig
     from transformers.quantizers.auto import AutoHfQuantizer
 
-    config = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=base.quant_type,
-        bnb_4bit_use_double_quant=base.double_quant,
-        bnb_4bit_compute_dtype=compute_dtype,
-    )
+    if base.quant_type == "int8":
+        # llm_int8_threshold 0: the outlier columns LLM.int8 splits off are data (a dynamic shape a fake tensor
+        # cannot take); their fp16 copy is the only tensor the default threshold of 6.0 adds
+        config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=0.0)
+    else:
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=base.quant_type,
+            bnb_4bit_use_double_quant=base.double_quant,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
     quantizer = AutoHfQuantizer.from_config(config)
     quantizer.preprocess_model(model, device_map=None)
-    quantizer.postprocess_model(model)  # marks the model loaded in 4 bit, as from_pretrained leaves it
-    linears = sum(1 for m in model.modules() if _is_linear4bit(m))
+    quantizer.postprocess_model(model)  # marks the model loaded in 4/8 bit, as from_pretrained leaves it
+    linears = sum(1 for m in model.modules() if _is_bnb_linear(m))
+    kind = (
+        "bitsandbytes int8 (LLM.int8 without the outlier split: threshold 0)"
+        if base.quant_type == "int8"
+        else f"bitsandbytes 4-bit ({base.quant_type}{', double quantization' if base.double_quant else ''}; "
+        f"compute dtype {str(compute_dtype).removeprefix('torch.')})"
+    )
     notes.append(
-        f"base: {linears} linear layers in bitsandbytes 4-bit ({base.quant_type}"
-        f"{', double quantization' if base.double_quant else ''}; compute dtype "
-        f"{str(compute_dtype).removeprefix('torch.')}), quantized by bitsandbytes' quantize_4bit over fake tensors"
+        f"base: {linears} linear layers in {kind}, quantized by bitsandbytes' own code over fake tensors"
     )
     if base.kbit_upcast:
         from peft import prepare_model_for_kbit_training
@@ -83,6 +92,19 @@ def _is_linear4bit(module: nn.Module) -> bool:
     import bitsandbytes as bnb
 
     return isinstance(module, bnb.nn.Linear4bit)
+
+
+def _is_linear8bit(module: nn.Module) -> bool:
+    """bitsandbytes' Linear8bitLt (by name first, as `_is_linear4bit`)."""
+    if not any(cls.__name__ == "Linear8bitLt" for cls in type(module).__mro__):
+        return False
+    import bitsandbytes as bnb
+
+    return isinstance(module, bnb.nn.Linear8bitLt)
+
+
+def _is_bnb_linear(module: nn.Module) -> bool:
+    return _is_linear4bit(module) or _is_linear8bit(module)
 
 
 @contextlib.contextmanager
@@ -114,7 +136,7 @@ def fake_quantize(model: nn.Module, mode: FakeTensorMode, device: torch.device) 
     state_tensors: list[torch.Tensor] = []
     layers: list[Any] = [m for m in model.modules() if _is_linear4bit(m)]  # bitsandbytes' Linear4bit
     if not layers:
-        return state_tensors
+        return state_tensors + _fake_quantize_int8(model, mode, device)
     converter = mode.fake_tensor_converter
     with _fake_dynamic_map(mode):
         for layer in layers:
@@ -137,7 +159,27 @@ def fake_quantize(model: nn.Module, mode: FakeTensorMode, device: torch.device) 
             layer._parameters["weight"] = param
             layer.quant_state = state
             state_tensors += _state_tensors(state)
-    return state_tensors
+    return state_tensors + _fake_quantize_int8(model, mode, device)
+
+
+def _fake_quantize_int8(model: nn.Module, mode: FakeTensorMode, device: torch.device) -> list[torch.Tensor]:
+    """Every Linear8bitLt's weight quantized as `Int8Params._quantize` does (int8_vectorwise_quant of the fp16
+    weight: int8 rows and their fp32 scales), installed as Int8Params leaves it; returns the scales."""
+    from bitsandbytes.functional import int8_vectorwise_quant
+
+    scales: list[torch.Tensor] = []
+    layers: list[Any] = [m for m in model.modules() if _is_linear8bit(m)]
+    converter = mode.fake_tensor_converter
+    for layer in layers:
+        loaded = torch.empty(layer.weight.shape, dtype=torch.float16, device="meta")
+        full = converter.from_meta_and_device(mode, loaded, device)
+        with mode:
+            rows, row_scales, _ = int8_vectorwise_quant(full)
+        param = nn.Parameter(rows, requires_grad=False)  # a fake tensor flagged as a parameter
+        param.CB, param.SCB, param.has_fp16_weights = rows, row_scales, False  # type: ignore[attr-defined]
+        layer._parameters["weight"] = param
+        scales.append(row_scales)
+    return scales
 
 
 def _state_tensors(state: Any) -> list[torch.Tensor]:
@@ -145,6 +187,38 @@ def _state_tensors(state: Any) -> list[torch.Tensor]:
     if state.state2 is not None:
         tensors += [state.state2.absmax, state.state2.code]
     return [t for t in tensors if isinstance(t, torch.Tensor)]
+
+
+@contextlib.contextmanager
+def cuda_int8_matmul() -> Iterator[None]:
+    """bitsandbytes' `matmul` trains an int8 layer with `MatMul8bitFp` on a CPU tensor (dequantize, then
+    F.linear) and with `MatMul8bitLt` on CUDA (the input quantized to int8, an int8 matmul, and the input
+    itself kept on the autograd context); the fake tensors are CPU ones, so the CUDA function stands in for
+    the block (bitsandbytes 0.50.2 autograd/_functions.py `matmul`)."""
+    from bitsandbytes.autograd import _functions
+
+    cpu_path = _functions.MatMul8bitFp
+    log = logging.getLogger(_functions.__name__)  # "inputs will be cast ... to float16", once per matmul
+    level = log.level
+    _functions.MatMul8bitFp = _functions.MatMul8bitLt  # type: ignore[misc, assignment]
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        _functions.MatMul8bitFp = cpu_path  # type: ignore[misc]
+        log.setLevel(level)
+
+
+@contextlib.contextmanager
+def bnb_kernels(state_tensors: list[torch.Tensor]) -> Iterator[None]:
+    """The CUDA paths of a bitsandbytes base's kernels for the block (`cuda_int8_matmul`, then
+    `CudaDequantizingGemm` on top of the modes already active), or nothing when the model has no bitsandbytes
+    layer (`state_tensors` empty)."""
+    if not state_tensors:
+        yield
+        return
+    with cuda_int8_matmul(), CudaDequantizingGemm():
+        yield
 
 
 class CudaDequantizingGemm(TorchDispatchMode):

@@ -20,7 +20,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from swiftplan.executors.trace_memory import CUDA_BLOCK_BYTES, MemoryTracker
 from swiftplan.executors.trace_model import is_adapter_param, to_fake
 from swiftplan.executors.trace_patches import cuda_like_kernels, fake_safe_optimizers, unpacked_inputs
-from swiftplan.executors.trace_quant import CudaDequantizingGemm, fake_quantize
+from swiftplan.executors.trace_quant import bnb_kernels, fake_quantize
 
 TRACE_DEVICE = "cpu"
 """Fake tensors claim this device. Autograd cannot run on fake "cuda" tensors in a CPU-only build (its
@@ -38,7 +38,7 @@ def base_notes(round_bytes: int) -> list[str]:
         "where the attention notes say CUDA's choice was substituted",
         f"each storage counted once, {rounding}; the CUDA context, cuBLAS/cuDNN workspaces and "
         "allocator fragmentation are not tensors and are not counted",
-        "8-bit optimizers (bitsandbytes) and int8 quantized weights are not traceable",
+        "8-bit optimizers (bitsandbytes) are not traceable",
     ]
 
 
@@ -93,7 +93,7 @@ def fake_session(model: nn.Module, round_bytes: int, calls: Counter[str]) -> Ite
     quant_state = fake_quantize(model, mode, device)  # bitsandbytes 4-bit layers, if any (trace_quant)
     to_fake(model, mode, device)  # outside the modes: conversion is not an op
     tracker = MemoryTracker(round_bytes=round_bytes)
-    gemm = CudaDequantizingGemm() if quant_state else contextlib.nullcontext()
+    gemm = bnb_kernels(quant_state)
     with (
         torch_linear(),
         mode,

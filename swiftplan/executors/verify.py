@@ -2,10 +2,10 @@
 
 The tracer measures live tensor bytes, so the comparison uses the estimate's tensor terms at its
 peak (allocated memory without the cuBLAS workspace, CUDA context or allocator slack, which are not
-tensors). A bitsandbytes NF4/FP4 base runs for real (`trace_quant`: transformers' quantizer, bitsandbytes'
-MatMul4Bit, peft's 4-bit LoRA layers and k-bit preparation). What cannot run under fake tensors — int8, GPTQ,
-AWQ, fp8 and torchao bases, and 8-bit optimizers — is traced with the unquantized equivalent and the analytic
-term is substituted, with a note saying so.
+tensors). A bitsandbytes NF4/FP4/int8 base runs for real (`trace_quant`: transformers' quantizer, bitsandbytes'
+MatMul4Bit / MatMul8bitLt, peft's bitsandbytes LoRA layers and k-bit preparation). What cannot run under fake
+tensors — GPTQ, AWQ, fp8 and torchao bases, and 8-bit optimizers — is traced with the unquantized equivalent
+and the analytic term is substituted, with a note saying so.
 
 The runtime's knobs (`TrainSetup.runtime`) are run, not assumed: AdamW's implementation (fused, foreach,
 for_loop) is the traced optimizer's, and a chunked loss is computed over pieces of the logits as
@@ -27,7 +27,13 @@ from swiftplan.planner.calibration import constant
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.serve_memory import ServeMemory, serve_memory
 from swiftplan.planner.setup import RuntimeKnobs, ServeSetup, TrainSetup
-from swiftplan.planner.train_memory import CHUNK_SUM, HEAD_STEP, TrainMemory, train_memory
+from swiftplan.planner.train_memory import (
+    CHUNK_SUM,
+    HEAD_STEP,
+    LAST_BLOCK_BACKWARD,
+    TrainMemory,
+    train_memory,
+)
 
 TERMS = TENSOR_TERMS
 
@@ -101,6 +107,13 @@ def _estimate_at_peak(memory: TrainMemory, setup: TrainSetup, workspace: int) ->
     elif device.peak_phase == HEAD_STEP:  # the untied head's gradient stepped in backward, activations saved
         at_peak["activations"] += device.transient  # the logits' gradient or the step's temporaries
         at_peak["logits"] = 0
+    elif (
+        device.peak_phase == LAST_BLOCK_BACKWARD
+    ):  # a bitsandbytes weight dequantized beside every activation
+        at_peak["activations"] += device.transient
+        at_peak["logits"] = 0
+        if setup.grad_accum == 1:
+            at_peak["gradients"] = 0  # the LoRA head has none; the blocks' come after
     else:
         if device.peak_phase != "loss and backward start":
             at_peak["logits"] = 0
@@ -153,7 +166,7 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2, world
     if knobs.loss == "chunked":
         notes.append(f"loss: torchtune's chunked cross-entropy over {knobs.loss_chunks} pieces of the logits")
     traced_setup, quant_base = setup, None
-    if setup.quant in ("nf4", "fp4"):  # bitsandbytes 4-bit: traced for real (trace_quant)
+    if setup.quant in ("nf4", "fp4", "int8"):  # bitsandbytes: traced for real (trace_quant)
         quant_base = QuantBase(
             quant_type=setup.quant, double_quant=setup.double_quant, kbit_upcast=setup.kbit_upcast
         )

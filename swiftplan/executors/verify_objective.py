@@ -52,14 +52,14 @@ class ObjectiveComparison:
 def _trace(spec: ModelSpec, setup: TrainSetup, steps: int) -> ObjectiveTrace:
     lora = setup.lora
     quant_base = None
-    if setup.quant in ("nf4", "fp4"):  # bitsandbytes 4-bit: traced for real (trace_quant)
+    if setup.quant in ("nf4", "fp4", "int8"):  # bitsandbytes: traced for real (trace_quant)
         quant_base = QuantBase(
             quant_type=setup.quant, double_quant=setup.double_quant, kbit_upcast=setup.kbit_upcast
         )
     elif setup.quant != "none":
         raise ValueError(
-            f"--quant {setup.quant} bases are not traceable under an objective (bitsandbytes NF4/FP4 are); "
-            "use --quant nf4 or fp4, or --method lora or full"
+            f"--quant {setup.quant} bases are not traceable under an objective (bitsandbytes NF4/FP4/int8 are); "
+            "use --quant nf4, fp4 or int8, or --method lora or full"
         )
     return trace_objective(
         dict(spec.hf_config),

@@ -114,6 +114,42 @@ def _reads_saved_tensor(linear: Linear) -> bool:
     return linear.name.rsplit(".", 1)[-1] in _OUTPUT_PROJECTIONS
 
 
+def int8_kept_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, checkpointed: bool) -> int:
+    """Bytes one block's bitsandbytes int8 Linears keep on their autograd context: MatMul8bitLt stores its input
+    as `ctx.tensors` (bitsandbytes 0.50.2 autograd/_functions.py), an attribute that saved-tensor hooks never
+    see, so activation checkpointing cannot drop it. One tensor per distinct input in the stream dtype: the
+    attention input (shared by q, k, v), the attention output (o_proj's; the SDPA op keeps it anyway unless the
+    block is checkpointed), the MLP input (gate, up) and the SwiGLU product (down). Without checkpointing, less
+    what a LoRA wrapper already keeps as the same tensor (dropout 0, adapters in the stream's dtype). 0 for other
+    bases. Traced with bitsandbytes' own Linear8bitLt (executors/trace_quant.py): Llama-2-7B int8 LoRA at 1024
+    tokens, with and without checkpointing and peft's fp32 preparation, the peak within 0.4 %."""
+    if setup.quant != "int8":
+        return 0
+    cb = activation_dtype_bytes(setup)
+    same_tensor = (  # a checkpointed block's LoRA keeps nothing, so nothing is shared then
+        not checkpointed
+        and setup.lora is not None
+        and setup.lora.dropout == 0
+        and not setup.precision.startswith("amp-")
+        and dtype_bytes(adapter_dtype(setup)) == cb
+    )
+    kept: dict[tuple[str, bool], int] = {}
+    lora_reads: set[tuple[str, bool]] = set()
+    for linear in layer_linears(spec, 0):
+        if linear.kind != "linear" or linear.count != 1:
+            continue
+        key = (linear.block, _reads_saved_tensor(linear))
+        kept[key] = linear.in_features
+        if same_tensor and setup.lora is not None and is_targeted(linear, setup.lora, spec.model_type):
+            lora_reads.add(key)
+    extra = sum(
+        width
+        for key, width in kept.items()
+        if key not in lora_reads and (checkpointed or key != ("attention", True))
+    )
+    return tokens * cb * extra
+
+
 def layer_activation_bytes(
     spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, seq_len: int
 ) -> LayerActivations:
@@ -173,6 +209,8 @@ def _layer_activation_bytes(
                 seen_inputs.add(key)
                 linear_inputs += saved
 
+    if not setup.grad_ckpt:
+        linear_inputs += int8_kept_input_bytes(spec, setup, tokens, checkpointed=False)
     attention = _attention_bytes(spec, setup, tokens, seq_len, cb)
     mlp, moe = _mlp_bytes(spec, setup, layer, tokens, cb)
     weight_copies = _autocast_weight_copies(spec, setup, layer, cb) if amp else 0
@@ -266,9 +304,12 @@ def backward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> i
 def forward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
     """What a SwiGLU forward without autograd holds at once: gate activation, up output and their product
     (3 × T × I); with a bitsandbytes base, the up projection's dequantized weight beside the gate activation
-    and its own output, when that is more (a no-grad reference or scoring pass)."""
+    and its own output, when that is more (a no-grad reference or scoring pass; an int8 base's forward
+    multiplies int8 by int8 and dequantizes nothing)."""
     tensor = _swiglu_gradient_bytes(spec, setup, tokens)
-    working = max(3 * tensor, 2 * tensor + dequantized_weight_bytes(spec, setup))
+    # an int8 base multiplies int8 by int8 in forward (MatMul8bitLt): only a 4-bit one dequantizes there
+    dequantized = dequantized_weight_bytes(spec, setup) if setup.quant != "int8" else 0
+    working = max(3 * tensor, 2 * tensor + dequantized)
     return working + float8_cast_bytes(spec, setup, tokens)
 
 
@@ -279,14 +320,17 @@ MatMul8bitLt.backward `CB = state.CB.to(ctx.dtype_A, copy=True)...`)."""
 
 
 def dequantized_weight_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
-    """The largest block matrix in the compute dtype, alive while a bitsandbytes base's backward multiplies
-    by it (an MLP projection: 4096 × 11008 × 2 B = 86 MiB for Llama-2-7B in bf16); 0 for other bases. Traced
-    with bitsandbytes' own MatMul4Bit (executors/trace_quant.py)."""
+    """The largest block matrix, alive while a bitsandbytes base's backward multiplies by it (an MLP projection:
+    4096 × 11008 × 2 B = 86 MiB for Llama-2-7B in bf16), in the compute dtype (MatMul4Bit casts to the
+    gradient's) or, for int8, in its input's (MatMul8bitLt's `CB.to(ctx.dtype_A)`: fp32 after peft's upcast);
+    0 for other bases. Traced with bitsandbytes' own layers (executors/trace_quant.py)."""
     if setup.quant not in BNB_DEQUANTIZING:
         return 0
     largest = max(
         lin.in_features * lin.out_features for i in range(spec.num_layers) for lin in layer_linears(spec, i)
     )
+    if setup.quant == "int8":
+        return largest * activation_dtype_bytes(setup)
     return largest * dtype_bytes(compute_dtype(setup.precision))
 
 
@@ -337,7 +381,10 @@ def activation_phases(
     if setup.runtime.ckpt_every > 1 or setup.runtime.activation_offload:
         return _feature_phases(spec, setup, blocks, shared=shared, tokens=tokens, tp=tp)
     if setup.grad_ckpt:
-        block_input = block_input_bytes(spec, setup, tokens)
+        # an int8 base's Linears keep their inputs through checkpointing (int8_kept_input_bytes)
+        block_input = block_input_bytes(spec, setup, tokens) + int8_kept_input_bytes(
+            spec, setup, tokens, checkpointed=True
+        )
         kept = shared + count * block_input
         working = backward_working_bytes(spec, setup, tokens) // tp
         return ActivationPhases(

@@ -88,6 +88,10 @@ class TrainMemory:
     """What the run's set-up left cached in the allocator before the first step (FSDP1's wrap)."""
 
 
+LAST_BLOCK_BACKWARD = "backward through the last block"
+"""Without checkpointing, a bitsandbytes base's moment: the last block's backward with its dequantized weight."""
+
+
 def _phase_peaks(
     spec: ModelSpec,
     setup: TrainSetup,
@@ -119,6 +123,7 @@ def _phase_peaks(
         "optimizer step": static + grads + step_temp,
     }
     acts = {"loss and backward start": at_loss, "optimizer step": 0, "end of backward": 0}
+    last_block = 0
     if setup.grad_ckpt or setup.runtime.activation_offload:  # offloaded tensors come back one block at a time
         # Backward recomputes one block at a time, last block first. Recomputing the last one: all
         # block inputs kept, only the head's gradients exist; recomputing the first: one input
@@ -136,6 +141,17 @@ def _phase_peaks(
         grads_then, acts_then = max(late, early, key=sum)
         peaks["recomputation in backward"] = static + gathered + grads_then + acts_then
         acts["recomputation in backward"] = acts_then
+    elif (dequantized := act.dequantized_weight_bytes(spec, setup)) and setup.runtime.ckpt_every == 1:
+        # Without checkpointing, the last block's backward multiplies by a bitsandbytes base's dequantized weight
+        # with every saved activation still alive, once the loss tensors are gone (traced: int8 after peft's
+        # fp32 upcast holds a 180 MB fp32 copy of Llama-2-7B's MLP projection there)
+        tokens = setup.micro_batch * setup.seq_len
+        gradient = tokens * spec.intermediate_size * act.activation_dtype_bytes(setup)
+        last_block = dequantized + gradient  # the moment's transient
+        peaks[LAST_BLOCK_BACKWARD] = (
+            static + gathered + (grads_during_fwd or head_grads) + at_loss + last_block
+        )
+        acts[LAST_BLOCK_BACKWARD] = at_loss
     _objective_phases(
         spec, setup, states, phases, peaks, acts, grads_during_fwd=grads_during_fwd, at_loss=at_loss
     )
@@ -157,6 +173,8 @@ def _phase_peaks(
         acts[CHUNK_SUM] = at_loss
     held = _fsdp_phases(spec, setup, states, phases, stage_layers, peaks, acts, logits=logits, at_loss=at_loss,
                         in_backward=in_backward, root_grads=head_grads + embedding_grads, block_grads=layer_grads)  # fmt: skip
+    if last_block:
+        held[LAST_BLOCK_BACKWARD] = gathered + last_block
     return peaks, acts, at_loss, in_backward, held
 
 
