@@ -53,7 +53,7 @@ from swiftplan.planner.setup import TrainSetup
 from swiftplan.planner.states import (
     state_dtypes,
 )
-from swiftplan.planner.train_terms import breakdown_terms
+from swiftplan.planner.train_terms import LAST_BLOCK_BACKWARD, breakdown_terms
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -86,10 +86,6 @@ class TrainMemory:
 
     setup_cache: SetupCache | None = None
     """What the run's set-up left cached in the allocator before the first step (FSDP1's wrap)."""
-
-
-LAST_BLOCK_BACKWARD = "backward through the last block"
-"""Without checkpointing, a bitsandbytes base's moment: the last block's backward with its dequantized weight."""
 
 
 def _phase_peaks(

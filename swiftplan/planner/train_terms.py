@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from swiftplan.planner.device_states import DeviceStates
 
 
+LAST_BLOCK_BACKWARD = "backward through the last block"
+"""Without checkpointing, a bitsandbytes base's moment: the last block's backward with its dequantized weight."""
+
+
 def breakdown_terms(
     spec: ModelSpec, setup: TrainSetup, states: DeviceStates, dtypes: StateDtypes, *, dp: int, layers: int, lora_params: int,
     activations: int, logits: int, transient: int, phase: str, overhead: int, context: int, frag: float,
@@ -95,8 +99,18 @@ def breakdown_terms(
             name="activations",
             value_bytes=activations,
             formula=f"saved tensors of {layers} blocks for {sequences_formula(setup)} × {setup.seq_len} tokens"
-            + (" with checkpointing" if setup.grad_ckpt else ""),
-            source=sequences_source(setup),
+            + (" with checkpointing" if setup.grad_ckpt else "")
+            + (
+                " (each bitsandbytes int8 Linear keeps its input on the autograd context, checkpointed or not)"
+                if setup.quant == "int8"
+                else ""
+            ),
+            source=sequences_source(setup)
+            or (
+                "bitsandbytes 0.50.2 autograd/_functions.py MatMul8bitLt: ctx.tensors = (CAt, subA, A)"
+                if setup.quant == "int8"
+                else ""
+            ),  # fmt: skip
         ),
         Term(
             name="logits",
@@ -111,6 +125,8 @@ def breakdown_terms(
             + (
                 ": the reference's no-grad forward — one block's working set + its scored tokens' log-prob kernel"
                 if phase == "reference forward"
+                else ": the largest block matrix dequantized by the bitsandbytes base + the gradient it multiplies"
+                if phase == LAST_BLOCK_BACKWARD
                 else ": generate()'s KV cache and sampling logits (and a ZeRO-3-gathered model)"
                 if phase == "generation"
                 else _step_formula(setup)
