@@ -59,6 +59,8 @@ Examples:
 
   swiftplan verify meta-llama/Llama-2-13b-hf --method qlora --quant nf4 --precision fp16 --kbit-upcast --grad-ckpt
 
+  swiftplan verify meta-llama/Llama-2-7b-hf --method lora --quant int8 --grad-ckpt --seq 1024   (inputs kept on ctx)
+
 --runtime runs the framework's loss and AdamW implementation in the trace; what the tracer cannot run
 (--loss fused_linear, --fsdp fsdp1, --modules-to-save, --optimizer-in-backward) is refused naming the flag.
 --fsdp fsdp2 runs torch's fully_shard as rank 0 of the --gpus devices on a fake process group (full_shard,
