@@ -184,4 +184,5 @@ def test_an_int8_base_keeps_its_linears_inputs_through_checkpointing() -> None:
     estimate, traced = _rows(method="lora", quant="int8")["peak_allocated"]
     kept = 2 * 256 * (3 * 4096 + 11008) * 2  # two blocks
     assert estimate == pytest.approx(traced, rel=0.005)
-    assert traced - (estimate - kept) > 0.5 * kept  # without the term the estimate would be short by most of it
+    # without the term the estimate would be short by most of it
+    assert traced - (estimate - kept) > 0.5 * kept
