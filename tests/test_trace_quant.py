@@ -159,6 +159,7 @@ def test_dpo_on_a_4bit_base_matches_trls_own_loss_code() -> None:
         objective=ObjectiveSetup(kind="dpo", prompt_len=64),
     )  # fmt: skip
     comparison = verify_objective(TWO, setup)
+    assert any("bitsandbytes 4-bit (nf4" in note for note in comparison.notes)  # shown by verify's output
     for row in comparison.rows:
         bound = 0.01 if row.name in ("weights", "peak_allocated") else 0.02
         assert row.error is None or abs(row.error) < bound, row

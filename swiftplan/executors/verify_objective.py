@@ -48,6 +48,11 @@ class ObjectiveComparison:
         """The row called `name`."""
         return next(r for r in self.rows if r.name == name)
 
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the trace ran and what it could not (the tracer's notes: base, LoRA, attention kernels)."""
+        return self.trace.notes
+
 
 def _trace(spec: ModelSpec, setup: TrainSetup, steps: int) -> ObjectiveTrace:
     lora = setup.lora
