@@ -144,12 +144,10 @@ def verify_command(
     spec = resolve_model(model)
     from swiftplan.cli.options import given_options
 
-    options = dict(locals()) | {"typed": set(given_options(ctx))}
-    if as_json:  # what the traced libraries print (DeepSpeed's logger writes to stdout) goes to stderr
-        with contextlib.redirect_stdout(sys.stderr):
-            result = _verify(spec, options, choice)
-    else:
-        result = _verify(spec, options, choice)
+    # with --json, what the traced libraries print (DeepSpeed's logger writes to stdout) goes to stderr
+    quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    with quiet:
+        result = _verify(spec, dict(locals()) | {"typed": set(given_options(ctx))}, choice)
     if as_json:
         print_json(_result_json(spec, result) | {"runtime": None if choice is None else choice.to_json()})
         return

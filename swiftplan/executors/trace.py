@@ -239,7 +239,7 @@ def _build_model(
 ) -> nn.Module:  # fmt: skip
     """The meta-device transformers model, checkpointed as `grad_ckpt` and `features` say (every block, or every
     k-th: transformers' every_n_layers before peft, torchtune's rule after), LoRA-wrapped for method lora; with
-    `quant_base`, its linear layers in bitsandbytes 4-bit first (computing in `compute_dtype`), as
+    `quant_base`, its linear layers in bitsandbytes 4-bit or int8 first (4-bit computing in `compute_dtype`), as
     from_pretrained with a BitsAndBytesConfig loads them (`trace_quant`)."""
     config = load_config(hf_config, notes=notes)
     config.use_cache = False  # transformers' Trainer sets this (TrainingArguments.use_cache=False)
@@ -288,8 +288,8 @@ def training_rig(
 ) -> Iterator[TrainingRig]:
     """Build the training set-up of `trace_training`; fake and tracking modes are active inside."""
     _check_training_args(method, precision, batch, seq)
-    if quant_base is not None and method != "lora":
-        raise ValueError("a 4-bit base (quant_base) is trained with LoRA: method must be 'lora'")
+    if quant_base is not None:
+        quant_base.require_lora(method)
     notes: list[str] = []
     amp = precision.startswith("amp-")
     features = features or TraceFeatures()
@@ -368,7 +368,7 @@ def trace_training(
     512-byte allocator rounding (for exact hand checks). `loss="chunked"` computes the loss over
     `loss_chunks` pieces of the logits as torchtune does (`trace_loss.chunked_loss`). `features` runs
     selective checkpointing and activation offloading (`trace_features`). `quant_base` loads the base in
-    bitsandbytes 4-bit (NF4/FP4, LoRA only) and, when it says so, runs peft's k-bit preparation (`trace_quant`).
+    bitsandbytes NF4/FP4 or int8 (LoRA only) and, when it says so, runs peft's k-bit preparation (`trace_quant`).
     """
     if steps < 1:
         raise ValueError("steps >= 1 is required")

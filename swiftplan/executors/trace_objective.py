@@ -36,18 +36,18 @@ from swiftplan.executors.trace import (
     _make_optimizer,
 )
 from swiftplan.executors.trace_memory import CUDA_BLOCK_BYTES, MemoryTracker
-from swiftplan.executors.trace_model import DTYPES, apply_lora, build_meta_causal_lm, load_config, to_fake
+from swiftplan.executors.trace_model import DTYPES, apply_lora, build_meta_causal_lm, load_config
 from swiftplan.executors.trace_objective_losses import LossRun
 from swiftplan.executors.trace_patches import cuda_like_kernels, fake_safe_optimizers, unpacked_inputs
-from swiftplan.executors.trace_quant import QuantBase, bnb_kernels, fake_quantize, quantize_meta_model
+from swiftplan.executors.trace_quant import QuantBase, bnb_kernels, quantize_meta_model
+from swiftplan.executors.trace_session import _causal_lm_of as causal_lm_of
 from swiftplan.executors.trace_session import (
-    TRACE_DEVICE,
     attention_notes,
     base_notes,
+    make_fake,
     register_model,
     torch_linear,
 )
-from swiftplan.executors.trace_session import _causal_lm_of as causal_lm_of
 from swiftplan.executors.trace_trl import TraceAccelerator, cuda_like_trl
 from swiftplan.executors.trace_values import KnownValues, known, readable_masks
 from swiftplan.planner.objective import ObjectiveSetup, resolve_reference
@@ -123,7 +123,7 @@ def _build_models(hf_config: dict[str, Any], kind: str, reference: str, *, metho
                   lora: dict[str, Any], grad_ckpt: bool, attn: str, notes: list[str],
                   quant_base: QuantBase | None = None) -> tuple[nn.Module, nn.Module | None]:  # fmt: skip
     """The policy (LoRA or full, checkpointing on) and, for reference="model", a frozen eval-mode copy;
-    TRL's fused LM head added where the trainer adds it; with `quant_base`, both on a bitsandbytes 4-bit base
+    TRL's fused LM head added where the trainer adds it; with `quant_base`, both on a bitsandbytes base
     (`trace_quant`)."""
     from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
@@ -164,21 +164,16 @@ def _session(policy: nn.Module, ref: nn.Module | None, round_bytes: int,
              calls: Counter[str]) -> Iterator[MemoryTracker]:  # fmt: skip
     """Both models fake; fake mode, tracking, known values and the CUDA-path patches active inside."""
     mode = FakeTensorMode(allow_non_fake_inputs=False)
-    device = torch.device(TRACE_DEVICE)
-    quant_state = {}  # bitsandbytes 4-bit layers' statistics, per model (trace_quant)
-    for model in (policy, ref):
-        if model is not None:
-            quant_state[id(model)] = fake_quantize(model, mode, device)
-            to_fake(model, mode, device)
+    policy_state = make_fake(policy, mode)
+    ref_state = make_fake(ref, mode) if ref is not None else []
     tracker = MemoryTracker(round_bytes=round_bytes, phase_snapshots=True)
-    gemm = bnb_kernels(quant_state[id(policy)])
-    with torch_linear(), mode, tracker, gemm, fake_safe_optimizers(), unpacked_inputs(), cuda_like_kernels(calls), \
-            cuda_like_trl():  # fmt: skip
+    with torch_linear(), mode, tracker, bnb_kernels(policy_state), fake_safe_optimizers(), unpacked_inputs(), \
+            cuda_like_kernels(calls), cuda_like_trl():  # fmt: skip
         register_model(tracker, policy)
-        tracker.classify(quant_state[id(policy)], "weights")
+        tracker.classify(policy_state, "weights")
         if ref is not None:
             tracker.classify(ref.parameters(), "reference")
-            tracker.classify(quant_state[id(ref)], "reference")
+            tracker.classify(ref_state, "reference")
             for b in ref.buffers():
                 tracker.track(b)
         with KnownValues(), readable_masks():
@@ -339,12 +334,12 @@ def trace_objective(
     `batch` counts what the planner's micro_batch counts: pairs (dpo, cpo, simpo, orpo, rm), examples
     (kto) or completions (grpo, whose sequences are the rollout's prompt_len + completion_len; `seq` is
     ignored). `seq` is the tokens of each sequence, `objective.prompt_len` of them prompt (not scored).
-    `optimizer` defaults to the HF Trainer's fused AdamW. `quant_base` puts the models on a bitsandbytes 4-bit
-    base (LoRA only), as `trace.trace_training` does.
+    `optimizer` defaults to the HF Trainer's fused AdamW. `quant_base` puts the models on a bitsandbytes base
+    (4-bit or int8, LoRA only), as `trace.trace_training` does.
     """
     reference = _check(objective, method, precision, batch, seq)
-    if quant_base is not None and method != "lora":
-        raise ValueError("a 4-bit base (quant_base) is trained with LoRA: method must be 'lora'")
+    if quant_base is not None:
+        quant_base.require_lora(method)
     if steps < 1:
         raise ValueError("steps >= 1 is required")
     started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""bitsandbytes 4-bit bases for the tracer: the real quantizer, LoRA layers and autograd, over fake tensors.
+"""bitsandbytes bases (NF4/FP4, int8) for the tracer: the real quantizer, LoRA layers and autograd, over fake tensors.
 
 A QLoRA base is built as a real run builds it: transformers' own bitsandbytes quantizer swaps every quantizable
 `nn.Linear` for `bnb.nn.Linear4bit` (the LM head stays unquantized), peft's `prepare_model_for_kbit_training`
@@ -19,12 +19,15 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
+
+if TYPE_CHECKING:
+    from swiftplan.planner.setup import TrainSetup
 
 QuantType = Literal["nf4", "fp4", "int8"]
 
@@ -35,7 +38,7 @@ fake tensors never run a CPU kernel, so the tracer keeps that line out of verify
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class QuantBase:
-    """A bitsandbytes 4-bit base as the set-up plans it."""
+    """A bitsandbytes base (4-bit or int8) as the set-up plans it."""
 
     quant_type: QuantType
     double_quant: bool = False
@@ -43,9 +46,24 @@ class QuantBase:
     kbit_upcast: bool = False
     """peft's prepare_model_for_kbit_training runs: every non-quantized fp16/bf16 parameter becomes fp32."""
 
+    @classmethod
+    def of(cls, setup: TrainSetup) -> QuantBase | None:
+        """The set-up's bitsandbytes base, or None for any other (unquantized, GPTQ, AWQ, fp8, torchao)."""
+        if setup.quant not in get_args(QuantType):
+            return None
+        return cls(quant_type=setup.quant, double_quant=setup.double_quant, kbit_upcast=setup.kbit_upcast)  # type: ignore[arg-type]
+
+    @staticmethod
+    def require_lora(method: str) -> None:
+        """A quantized base is frozen: only LoRA trains over it (ValueError otherwise)."""
+        if method != "lora":
+            raise ValueError(
+                f"a bitsandbytes base is trained with LoRA: method must be 'lora', got {method!r}"
+            )
+
 
 def quantize_meta_model(model: Any, base: QuantBase, *, compute_dtype: torch.dtype, notes: list[str]) -> None:
-    """Swap the meta model's linear layers for bitsandbytes 4-bit ones with transformers' own quantizer (the
+    """Swap the meta model's linear layers for bitsandbytes 4-bit or int8 ones with transformers' own quantizer (the
     modules it keeps unquantized, the LM head among them, stay as they are), then run peft's k-bit preparation
     when `base.kbit_upcast` (checkpointing is enabled by the caller, as for any model)."""
     from transformers import BitsAndBytesConfig
@@ -85,26 +103,18 @@ def quantize_meta_model(model: Any, base: QuantBase, *, compute_dtype: torch.dty
         )
 
 
-def _is_linear4bit(module: nn.Module) -> bool:
-    """bitsandbytes' Linear4bit (checked by name first so that a model without one never imports bitsandbytes)."""
-    if not any(cls.__name__ == "Linear4bit" for cls in type(module).__mro__):
+def _is_bnb(module: nn.Module, class_name: str) -> bool:
+    """An instance of bitsandbytes' `nn.<class_name>` (checked by name first, so that a model without one never
+    imports bitsandbytes)."""
+    if not any(cls.__name__ == class_name for cls in type(module).__mro__):
         return False
     import bitsandbytes as bnb
 
-    return isinstance(module, bnb.nn.Linear4bit)
-
-
-def _is_linear8bit(module: nn.Module) -> bool:
-    """bitsandbytes' Linear8bitLt (by name first, as `_is_linear4bit`)."""
-    if not any(cls.__name__ == "Linear8bitLt" for cls in type(module).__mro__):
-        return False
-    import bitsandbytes as bnb
-
-    return isinstance(module, bnb.nn.Linear8bitLt)
+    return isinstance(module, getattr(bnb.nn, class_name))
 
 
 def _is_bnb_linear(module: nn.Module) -> bool:
-    return _is_linear4bit(module) or _is_linear8bit(module)
+    return _is_bnb(module, "Linear4bit") or _is_bnb(module, "Linear8bitLt")
 
 
 @contextlib.contextmanager
@@ -127,23 +137,34 @@ def _fake_dynamic_map(mode: FakeTensorMode) -> Iterator[None]:
 
 
 def fake_quantize(model: nn.Module, mode: FakeTensorMode, device: torch.device) -> list[torch.Tensor]:
-    """Quantize every Linear4bit's meta weight with bitsandbytes' quantize_4bit on a fake full-precision copy
-    under `mode` and install the result as `Params4bit` leaves it (packed storage with its QuantState), before
-    the rest of the model is made fake (`trace_model.to_fake` keeps it); returns the QuantState's tensors
-    (absmax, codes, nested statistics), which are weights but no parameters."""
+    """Quantize every bitsandbytes layer's meta weight with bitsandbytes' own code on a fake full-precision copy
+    under `mode` and install the result as its parameter class leaves it, before the rest of the model is made
+    fake (`trace_model.to_fake` keeps it); returns the tensors that are weights but no parameters (absmax, codes,
+    nested statistics, int8 row scales). A model without bitsandbytes layers imports nothing."""
+    four = [m for m in model.modules() if _is_bnb(m, "Linear4bit")]
+    eight = [m for m in model.modules() if _is_bnb(m, "Linear8bitLt")]
+    return _quantize_4bit(four, mode, device) + _quantize_int8(eight, mode, device)
+
+
+def _fake_loaded(mode: FakeTensorMode, device: torch.device, shape: Any, dtype: torch.dtype) -> torch.Tensor:
+    """A checkpoint weight as from_pretrained hands it to bitsandbytes to quantize, as a fake tensor."""
+    return mode.fake_tensor_converter.from_meta_and_device(
+        mode, torch.empty(shape, dtype=dtype, device="meta"), device
+    )
+
+
+def _quantize_4bit(layers: list[Any], mode: FakeTensorMode, device: torch.device) -> list[torch.Tensor]:
+    """Linear4bit weights through quantize_4bit (loaded in the compute dtype), installed as `Params4bit` leaves
+    them (packed storage with its QuantState); returns the QuantStates' tensors."""
+    if not layers:
+        return []
     from bitsandbytes.functional import quantize_4bit
 
     state_tensors: list[torch.Tensor] = []
-    layers: list[Any] = [m for m in model.modules() if _is_linear4bit(m)]  # bitsandbytes' Linear4bit
-    if not layers:
-        return state_tensors + _fake_quantize_int8(model, mode, device)
-    converter = mode.fake_tensor_converter
     with _fake_dynamic_map(mode):
         for layer in layers:
             weight = layer.weight
-            # the checkpoint's weight as from_pretrained loads it (in the compute dtype) before quantizing it
-            loaded = torch.empty(weight.shape, dtype=layer.compute_dtype, device="meta")
-            full = converter.from_meta_and_device(mode, loaded, device)
+            full = _fake_loaded(mode, device, weight.shape, layer.compute_dtype)
             with mode:
                 packed, state = quantize_4bit(
                     full,
@@ -159,20 +180,19 @@ def fake_quantize(model: nn.Module, mode: FakeTensorMode, device: torch.device) 
             layer._parameters["weight"] = param
             layer.quant_state = state
             state_tensors += _state_tensors(state)
-    return state_tensors + _fake_quantize_int8(model, mode, device)
+    return state_tensors
 
 
-def _fake_quantize_int8(model: nn.Module, mode: FakeTensorMode, device: torch.device) -> list[torch.Tensor]:
-    """Every Linear8bitLt's weight quantized as `Int8Params._quantize` does (int8_vectorwise_quant of the fp16
-    weight: int8 rows and their fp32 scales), installed as Int8Params leaves it; returns the scales."""
+def _quantize_int8(layers: list[Any], mode: FakeTensorMode, device: torch.device) -> list[torch.Tensor]:
+    """Linear8bitLt weights quantized as `Int8Params._quantize` does (int8_vectorwise_quant of the fp16 weight:
+    int8 rows and their fp32 scales), installed as Int8Params leaves them; returns the scales."""
+    if not layers:
+        return []
     from bitsandbytes.functional import int8_vectorwise_quant
 
     scales: list[torch.Tensor] = []
-    layers: list[Any] = [m for m in model.modules() if _is_linear8bit(m)]
-    converter = mode.fake_tensor_converter
     for layer in layers:
-        loaded = torch.empty(layer.weight.shape, dtype=torch.float16, device="meta")
-        full = converter.from_meta_and_device(mode, loaded, device)
+        full = _fake_loaded(mode, device, layer.weight.shape, torch.float16)
         with mode:
             rows, row_scales, _ = int8_vectorwise_quant(full)
         param = nn.Parameter(rows, requires_grad=False)  # a fake tensor flagged as a parameter

@@ -85,20 +85,27 @@ def hook_logits(tracker: MemoryTracker, model: nn.Module) -> None:
     lm.register_forward_hook(after_model)
 
 
+def make_fake(model: nn.Module, mode: FakeTensorMode) -> list[torch.Tensor]:
+    """Make `model` fake on the trace device, outside the modes (conversion is not an op): bitsandbytes layers
+    quantized first by their own code (`trace_quant.fake_quantize`), then every other parameter and buffer.
+    Returns the quantized layers' weight tensors that are no parameters (for the "weights" category)."""
+    device = torch.device(TRACE_DEVICE)
+    quant_state = fake_quantize(model, mode, device)
+    to_fake(model, mode, device)
+    return quant_state
+
+
 @contextlib.contextmanager
 def fake_session(model: nn.Module, round_bytes: int, calls: Counter[str]) -> Iterator[MemoryTracker]:
     """Make `model` fake, then run the block under fake mode, tracking and the CUDA-path patches."""
     mode = FakeTensorMode(allow_non_fake_inputs=False)
-    device = torch.device(TRACE_DEVICE)
-    quant_state = fake_quantize(model, mode, device)  # bitsandbytes 4-bit layers, if any (trace_quant)
-    to_fake(model, mode, device)  # outside the modes: conversion is not an op
+    quant_state = make_fake(model, mode)
     tracker = MemoryTracker(round_bytes=round_bytes)
-    gemm = bnb_kernels(quant_state)
     with (
         torch_linear(),
         mode,
         tracker,
-        gemm,
+        bnb_kernels(quant_state),
         fake_safe_optimizers(),
         unpacked_inputs(),
         cuda_like_kernels(calls),

@@ -107,9 +107,7 @@ def _estimate_at_peak(memory: TrainMemory, setup: TrainSetup, workspace: int) ->
     elif device.peak_phase == HEAD_STEP:  # the untied head's gradient stepped in backward, activations saved
         at_peak["activations"] += device.transient  # the logits' gradient or the step's temporaries
         at_peak["logits"] = 0
-    elif (
-        device.peak_phase == LAST_BLOCK_BACKWARD
-    ):  # a bitsandbytes weight dequantized beside every activation
+    elif device.peak_phase == LAST_BLOCK_BACKWARD:  # a bitsandbytes weight dequantized, every activation kept
         at_peak["activations"] += device.transient
         at_peak["logits"] = 0
         if setup.grad_accum == 1:
@@ -165,12 +163,8 @@ def verify_training(spec: ModelSpec, setup: TrainSetup, *, steps: int = 2, world
     notes: list[str] = []
     if knobs.loss == "chunked":
         notes.append(f"loss: torchtune's chunked cross-entropy over {knobs.loss_chunks} pieces of the logits")
-    traced_setup, quant_base = setup, None
-    if setup.quant in ("nf4", "fp4", "int8"):  # bitsandbytes: traced for real (trace_quant)
-        quant_base = QuantBase(
-            quant_type=setup.quant, double_quant=setup.double_quant, kbit_upcast=setup.kbit_upcast
-        )
-    elif setup.method == "qlora" or setup.quant != "none":
+    traced_setup, quant_base = setup, QuantBase.of(setup)  # a bitsandbytes base is traced for real
+    if quant_base is None and setup.quant != "none":
         notes.append(
             f"{setup.quant} base weights are not traceable: traced with a {setup.precision} base and the "
             "analytic quantized weights substituted; the quantization kernels' own buffers are in neither figure"

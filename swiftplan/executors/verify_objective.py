@@ -56,12 +56,8 @@ class ObjectiveComparison:
 
 def _trace(spec: ModelSpec, setup: TrainSetup, steps: int) -> ObjectiveTrace:
     lora = setup.lora
-    quant_base = None
-    if setup.quant in ("nf4", "fp4", "int8"):  # bitsandbytes: traced for real (trace_quant)
-        quant_base = QuantBase(
-            quant_type=setup.quant, double_quant=setup.double_quant, kbit_upcast=setup.kbit_upcast
-        )
-    elif setup.quant != "none":
+    quant_base = QuantBase.of(setup)  # a bitsandbytes base is traced for real (trace_quant)
+    if quant_base is None and setup.quant != "none":
         raise ValueError(
             f"--quant {setup.quant} bases are not traceable under an objective (bitsandbytes NF4/FP4/int8 are); "
             "use --quant nf4, fp4 or int8, or --method lora or full"

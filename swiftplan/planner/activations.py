@@ -279,7 +279,7 @@ def _mlp_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, cb: 
     return shared, experts + router
 
 
-def _swiglu_gradient_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
+def swiglu_tensor_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
     """One T × I tensor of the SwiGLU (the routed experts' and shared widths for MoE) in the stream's dtype."""
     width = spec.intermediate_size
     if spec.moe is not None:
@@ -296,7 +296,7 @@ def backward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> i
     (`dequantized_weight_bytes`; traced on Llama-2-7B NF4 at 256-4096 tokens: the peak within 0.2 %).
     Only visible when nothing larger (the loss) is alive, i.e. while a checkpointed block is
     recomputed. Traced on Mistral-7B: 368 MB vs 352 MB here."""
-    gradient = _swiglu_gradient_bytes(spec, setup, tokens)
+    gradient = swiglu_tensor_bytes(spec, setup, tokens)
     working = max(3 * gradient, gradient + dequantized_weight_bytes(spec, setup))
     return working + float8_cast_bytes(spec, setup, tokens)
 
@@ -306,7 +306,7 @@ def forward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> in
     (3 × T × I); with a bitsandbytes base, the up projection's dequantized weight beside the gate activation
     and its own output, when that is more (a no-grad reference or scoring pass; an int8 base's forward
     multiplies int8 by int8 and dequantizes nothing)."""
-    tensor = _swiglu_gradient_bytes(spec, setup, tokens)
+    tensor = swiglu_tensor_bytes(spec, setup, tokens)
     # an int8 base multiplies int8 by int8 in forward (MatMul8bitLt): only a 4-bit one dequantizes there
     dequantized = dequantized_weight_bytes(spec, setup) if setup.quant != "int8" else 0
     working = max(3 * tensor, 2 * tensor + dequantized)
@@ -326,12 +326,17 @@ def dequantized_weight_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
     0 for other bases. Traced with bitsandbytes' own layers (executors/trace_quant.py)."""
     if setup.quant not in BNB_DEQUANTIZING:
         return 0
-    largest = max(
-        lin.in_features * lin.out_features for i in range(spec.num_layers) for lin in layer_linears(spec, i)
-    )
+    largest = _largest_block_matrix(spec)
     if setup.quant == "int8":
         return largest * activation_dtype_bytes(setup)
     return largest * dtype_bytes(compute_dtype(setup.precision))
+
+
+@cache
+def _largest_block_matrix(spec: ModelSpec) -> int:
+    """Elements of the largest Linear weight in a block (one per layout: dense and MoE blocks)."""
+    layouts = {_representative_layer(spec, i) for i in range(spec.num_layers)}
+    return max(lin.in_features * lin.out_features for i in layouts for lin in layer_linears(spec, i))
 
 
 def block_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
