@@ -191,8 +191,8 @@ def test_runtime_knobs_are_carried_over_or_refused(engine):
                          (RuntimeKnobs(optimizer_in_backward=True), "in.backward")):  # fmt: skip
         # Refused by the capability table (engines.json) or, failing that, by the renderer: either names it.
         bad = replace(plan, setup=replace(plan.setup, runtime=knobs, grad_accum=1))
-        if engine == "trl" and named == "chunked":  # TRL always runs its own chunked loss: noted, not refused
-            assert any("chunked fused LM head" in n for n in render_for(engine, bad, OPTIONS).notes)
+        if engine == "trl" and named == "chunked":  # TRL always runs its own fused head: noted, not refused
+            assert any("its fused LM head" in n for n in render_for(engine, bad, OPTIONS).notes)
             continue
         with pytest.raises(SwiftplanError, match=named):
             render_for(engine, bad, OPTIONS)

@@ -35,14 +35,14 @@ def test_default_runtime_is_swiftplan_and_changes_no_number() -> None:
 def test_runtime_json_names_each_default_applied_and_its_source() -> None:
     hf = _estimate_json("--runtime", "hf")
     applied = {d["option"]: d for d in hf["runtime"]["applied"]}
-    assert applied["loss"]["value"] == "fused_linear"
-    assert "trl" in applied["loss"]["source"]
+    assert applied["loss"]["value"] == "fused_head"
+    assert "trl" in applied["loss"]["source"] and "add_fused_lm_head" in applied["loss"]["source"]
     assert hf["engine"]["name"] == "trl"  # planning for HF means checking against TRL's engine
     # a flag wins over the profile and is listed as overridden
     full = _estimate_json("--runtime", "hf", "--loss", "full")
     assert "loss" in full["runtime"]["overridden"]
     assert "loss" not in {d["option"] for d in full["runtime"]["applied"]}
-    # the fused linear loss holds no full logits: less memory than the same run with the full loss
+    # TRL's fused head holds no full logits: less memory than the same run with the full loss
     assert hf["per_device"]["logits"] < full["per_device"]["logits"]
 
 
@@ -151,7 +151,7 @@ def test_fit_plans_under_the_runtime_and_for_its_engine() -> None:
     assert outcome.plan is not None
     assert outcome.plan.engine == "trl"
     assert outcome.plan.setup.runtime.name == "hf"  # type: ignore[union-attr]
-    assert outcome.plan.setup.runtime.loss == "fused_linear"  # type: ignore[union-attr]
+    assert outcome.plan.setup.runtime.loss == "fused_head"  # type: ignore[union-attr]
     launchable = outcome.problem.engine.runnable  # else fit says so and names the framework's command
     assert any("cannot launch" in n for n in outcome.problem.notes) is not launchable
     overridden = plan_fit(FitRequest(model=M, gpus="rtx4090", runtime="hf", runtime_options={"loss": "full"},
@@ -163,7 +163,7 @@ def test_fit_refuses_an_engine_that_does_not_run_the_runtime_or_a_runtime_withou
     assert_refused(
         run_cli("fit", M, "--gpus", "rtx4090", "--engine", "swiftplan", "--runtime", "hf"),
         "cannot run what runtime hf sets",
-        "loss implementation 'fused_linear'",
+        "loss implementation 'fused_head'",
         "--loss",
     )
     assert_refused(run_cli("fit", M, "--gpus", "rtx4090", "--runtime", "torchtune"),

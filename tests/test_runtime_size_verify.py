@@ -65,7 +65,7 @@ def test_size_plans_every_cluster_under_the_runtime_and_its_json_names_the_profi
 def test_size_under_hf_uses_its_loss_and_plans_for_its_engine() -> None:
     ours, hf = _size(), _size("--runtime", "hf")
     assert hf["runtime"]["name"] == "hf"
-    assert {d["option"]: d["value"] for d in hf["runtime"]["applied"]}["loss"] == "fused_linear"
+    assert {d["option"]: d["value"] for d in hf["runtime"]["applied"]}["loss"] == "fused_head"
     assert _headroom_by_plan(hf) != _headroom_by_plan(ours)  # no full fp32 logits under TRL's chunked loss
     assert "--runtime hf" in hf["next"]  # fit plans the recommended option under the same runtime
     assert any("TRL" in n or "trl" in n for n in hf["notes"])
@@ -157,7 +157,8 @@ def test_verify_runs_torchtunes_chunked_loss() -> None:
 
 
 VERIFY_BAD = [
-    (("--runtime", "hf"), ["--loss fused_linear", "runtime hf"]),
+    (("--runtime", "hf", "--loss", "fused_linear"), ["--loss fused_linear", "runtime hf"]),
+    (("--runtime", "hf", "--fsdp", "fsdp2", "--gpus", "2xH100"), ["--loss fused_head with --fsdp fsdp2"]),
     (("--fsdp", "fsdp2"), ["--fsdp fsdp2"]),
     (
         ("--task", "dpo", "--method", "lora", "--modules-to-save", "lm_head"),
@@ -229,7 +230,7 @@ def test_picking_hf_in_the_job_form_plans_under_hf() -> None:
             assert outcome is not None and outcome.choices
             plan = outcome.choices[0].plan
             assert plan.engine == "trl"
-            assert plan.setup.runtime.name == "hf" and plan.setup.runtime.loss == "fused_linear"  # type: ignore[union-attr]
+            assert plan.setup.runtime.name == "hf" and plan.setup.runtime.loss == "fused_head"  # type: ignore[union-attr]
 
     asyncio.run(flow())
 

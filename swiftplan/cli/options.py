@@ -181,8 +181,9 @@ LossOpt = Annotated[
     str | None,
     typer.Option(
         "--loss",
-        help="full | chunked | fused_linear | full_legacy (runtime default); full_legacy = transformers "
-        "4.31-4.45, whose forward kept fp32 logits and a shifted copy.",
+        help="full | chunked | fused_linear | fused_head | full_legacy (runtime default); fused_head = TRL "
+        "1.16's fused LM head (its trainers' default); full_legacy = transformers 4.31-4.45, whose forward "
+        "kept fp32 logits and a shifted copy.",
     ),
 ]
 LossChunksOpt = Annotated[
@@ -286,7 +287,8 @@ AdapterDtypeOpt = Annotated[
     typer.Option(
         "--adapter-dtype",
         help="LoRA adapters: fp32 (peft's default upcast) | model (the model dtype, no input cast: torchtune, "
-        "peft autocast_adapter_dtype=False).",
+        "peft autocast_adapter_dtype=False) | kbit-bf16 (fp32, but bf16 on a bitsandbytes nf4/fp4/int8 base: "
+        "TRL 1.16's trainers cast them).",
     ),
 ]
 

@@ -47,8 +47,9 @@ from swiftplan.planner.caching_allocator import replay
 Method = Literal["full", "lora"]
 Precision = Literal["bf16", "fp16", "fp32", "amp-bf16", "amp-fp16"]
 OptimizerName = Literal["adamw", "adamw-fused", "adamw-for-loop", "sgd", "adafactor"]
-LossName = Literal["full", "chunked"]
-"""The model's own ForCausalLMLoss, or torchtune's chunked cross-entropy (`trace_loss.chunked_loss`)."""
+LossName = Literal["full", "chunked", "fused_head"]
+"""The model's own ForCausalLMLoss, torchtune's chunked cross-entropy (`trace_loss.chunked_loss`) or TRL 1.16's
+fused LM head (`trace_loss.fused_head_loss`)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -166,6 +167,14 @@ class TrainingRig:
             dtype = self.autocast_dtype
             amp = None if dtype is None else partial(torch.autocast, TRACE_DEVICE, dtype=dtype)
             return chunked_loss(self.model, self.tracker, input_ids, chunks=self.loss_chunks, autocast=amp)
+        if self.loss == "fused_head":
+            from functools import partial
+
+            from swiftplan.executors.trace_loss import fused_head_loss
+
+            dtype = self.autocast_dtype
+            amp = None if dtype is None else partial(torch.autocast, TRACE_DEVICE, dtype=dtype)
+            return fused_head_loss(self.model, self.batch, self.seq, autocast=amp)
         if self.autocast_dtype is None:
             return self.model(input_ids=input_ids, labels=input_ids).loss
         from accelerate.utils import convert_to_fp32
@@ -255,9 +264,11 @@ def _build_model(
             model,
             **lora,
             notes=notes,
-            autocast_adapter_dtype=features.adapter_dtype == "fp32",
+            autocast_adapter_dtype=features.adapter_dtype != "model",
             modules_to_save=features.modules_to_save,
         )
+        if quant_base is not None:
+            quant_base.cast_trainable(model, notes)
     else:
         model.requires_grad_(True)
     if grad_ckpt:
@@ -299,8 +310,19 @@ def training_rig(
                          quant_base=quant_base, compute_dtype=DTYPES[precision.removeprefix("amp-")])  # fmt: skip
     notes += _numerics_notes(precision, optimizer)
     calls: Counter[str] = Counter()
-    with fake_session(model, round_bytes, calls) as tracker:
+    with fake_session(model, round_bytes, calls) as tracker, contextlib.ExitStack() as stack:
         model.train()
+        if loss == "fused_head":  # TRL's fused LM head, its kernels on their CUDA path
+            from swiftplan.executors.trace_loss import install_fused_head
+            from swiftplan.executors.trace_trl import cuda_like_trl
+            from swiftplan.executors.trace_values import KnownValues
+
+            install_fused_head(model, tracker)
+            stack.enter_context(cuda_like_trl())
+            stack.enter_context(KnownValues())  # the label mask's values (trace_loss.fused_head_loss)
+            notes.append(
+                "loss: TRL 1.16's fused LM head (add_fused_lm_head, ChunkedLogProbFunction on its CUDA path)"
+            )
         trainable = [p for p in model.parameters() if p.requires_grad]
         for p in trainable:
             p.register_post_accumulate_grad_hook(lambda p: tracker.classify([p.grad], "gradients"))

@@ -1,5 +1,9 @@
 """Loss implementations the tracer runs besides the model's own `ForCausalLMLoss`.
 
+`fused_head_loss` is TRL 1.16's SFT loss: the causal LM patched with TRL's own `add_fused_lm_head`
+(trl/trainer/utils.py:1548), called with `fused_lm_head=True`, the loss `-log_probs` summed over the label mask
+(trl/trainer/sft_trainer.py:1611-1616), its kernels on their CUDA path (`trace_trl.cuda_like_trl`).
+
 `chunked_loss` is torchtune's chunked cross-entropy: the decoder's last hidden states go through the LM
 head in `chunks` pieces along the sequence (the model returns the list of compute-dtype logit pieces), and
 `CEWithChunkedOutputLoss` upcasts each piece to fp32 and cross-entropies it against its labels; the sum
@@ -22,6 +26,52 @@ from swiftplan.executors.trace_session import _causal_lm_of as causal_lm_of
 
 IGNORE_INDEX = -100
 """Label of a position that is not counted (transformers' and torchtune's ignore index)."""
+SFT_FUSED_OUTPUTS = ("log_probs", "entropy", "is_top1")
+"""What TRL 1.16's SFTTrainer asks the fused head for (trl/trainer/sft_trainer.py:1144-1147)."""
+
+
+def install_fused_head(model: nn.Module, tracker: MemoryTracker) -> None:
+    """Patch the causal LM inside `model` with TRL's fused LM head as SFTTrainer does (on the base model under
+    peft), and count everything from the decoder's output to the loss as "logits", in forward and in backward
+    until the decoder output's gradient exists (the LM head's own hook, `trace_session.hook_logits`, never
+    fires: the fused head reads the head's weight directly)."""
+    from trl.trainer.utils import add_fused_lm_head
+
+    lm = causal_lm_of(model)
+    add_fused_lm_head(lm, outputs=SFT_FUSED_OUTPUTS)
+    decoder = getattr(lm, lm.base_model_prefix)
+
+    def after_decoder(_module: nn.Module, _args: Any, output: Any) -> None:
+        tracker.context_category = "logits"
+        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        if hidden.requires_grad:
+
+            def grad_hook(grad: torch.Tensor) -> None:
+                tracker.classify([grad], "activations")
+                tracker.context_category = "activations"
+
+            hidden.register_hook(grad_hook)
+
+    decoder.register_forward_hook(after_decoder)
+
+
+def fused_head_loss(model: nn.Module, batch: int, seq: int, *, autocast: Any = None) -> torch.Tensor:
+    """SFTTrainer's loss through the fused head (`install_fused_head` first) over a `batch` × `seq` batch of
+    token ids, labels = input_ids (shifted by the head), every position counted. The ids carry their values
+    (`trace_values.known`), so the head's `hidden_states[mask]` takes its shape from the real label mask under
+    `KnownValues`; `autocast`, a context manager factory for AMP, or None."""
+    import contextlib
+
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    from swiftplan.executors.trace_values import known
+
+    with _disable_current_modes():
+        real = torch.zeros((batch, seq), dtype=torch.long)
+    input_ids = known(torch.zeros((batch, seq), dtype=torch.long), real)
+    with autocast() if autocast is not None else contextlib.nullcontext():
+        outputs = model(input_ids=input_ids, labels=input_ids, fused_lm_head=True)
+    return -outputs.log_probs.sum() / outputs.label_mask.sum().clamp(min=1)
 
 
 def chunked_loss(

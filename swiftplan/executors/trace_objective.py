@@ -139,6 +139,8 @@ def _build_models(hf_config: dict[str, Any], kind: str, reference: str, *, metho
     if method == "lora":
         task = "SEQ_CLS" if kind == "rm" else "CAUSAL_LM"
         policy = apply_lora(policy, notes=notes, task_type=task, **lora)
+        if quant_base is not None:
+            quant_base.cast_trainable(policy, notes)
     else:
         policy.requires_grad_(True)
     disable_dropout_in_model(policy)  # every TRL config defaults disable_dropout=True

@@ -29,6 +29,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 if TYPE_CHECKING:
     from swiftplan.planner.setup import TrainSetup
 
+from swiftplan.planner.dtypes import kbit_cast
+
 QuantType = Literal["nf4", "fp4", "int8"]
 
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -45,13 +47,30 @@ class QuantBase:
     """bnb_4bit_use_double_quant: the absmax statistics quantized again to 8 bits (blocks of 256)."""
     kbit_upcast: bool = False
     """peft's prepare_model_for_kbit_training runs: every non-quantized fp16/bf16 parameter becomes fp32."""
+    trainable_bf16: bool = False
+    """The trainer casts every trainable parameter but DoRA's magnitude to bf16 once LoRA wraps the model (TRL
+    1.16's trainers on a bitsandbytes base: `dtypes.kbit_cast`)."""
 
     @classmethod
     def of(cls, setup: TrainSetup) -> QuantBase | None:
         """The set-up's bitsandbytes base, or None for any other (unquantized, GPTQ, AWQ, fp8, torchao)."""
         if setup.quant not in get_args(QuantType):
             return None
-        return cls(quant_type=setup.quant, double_quant=setup.double_quant, kbit_upcast=setup.kbit_upcast)  # type: ignore[arg-type]
+        return cls(quant_type=setup.quant, double_quant=setup.double_quant, kbit_upcast=setup.kbit_upcast,  # type: ignore[arg-type]
+                   trainable_bf16=kbit_cast(setup))  # fmt: skip
+
+    def cast_trainable(self, model: Any, notes: list[str]) -> None:
+        """With `trainable_bf16`, the trainer's cast of the LoRA-wrapped model's trainable parameters (the loop
+        of trl/trainer/sft_trainer.py:908-911, run on the meta model before it is made fake)."""
+        if not self.trainable_bf16:
+            return
+        cast = 0
+        for name, param in model.named_parameters():
+            if param.requires_grad and "lora_magnitude_vector" not in name:
+                param.data = param.data.to(torch.bfloat16)
+                cast += 1
+        notes.append(f"trainable parameters cast to bf16 after LoRA ({cast} tensors), as TRL 1.16's trainers do "
+                     "on a bitsandbytes base")  # fmt: skip
 
     @staticmethod
     def require_lora(method: str) -> None:

@@ -137,7 +137,7 @@ def trace_arguments(spec: ModelSpec, setup: TrainSetup, *, optimizer: str, steps
         "grad_ckpt": setup.grad_ckpt,
         "attn_implementation": "eager" if setup.attention == "eager" or spec.eager_attention_only else "sdpa",
         "steps": steps,
-        "loss": "chunked" if knobs.loss == "chunked" else "full",
+        "loss": knobs.loss if knobs.loss in ("chunked", "fused_head") else "full",
         "loss_chunks": knobs.loss_chunks,
         "features": TraceFeatures(
             ckpt_every=knobs.ckpt_every,

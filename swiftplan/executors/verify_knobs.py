@@ -13,8 +13,14 @@ def untraceable_knobs(knobs: RuntimeKnobs) -> list[str]:
     reasons = []
     if knobs.loss == "fused_linear":
         reasons.append(
-            "--loss fused_linear: Liger's and TRL's fused linear cross-entropy run Triton/custom autograd "
-            "kernels that do not run on fake tensors (use --loss full or chunked here)"
+            "--loss fused_linear: Liger's fused linear cross-entropy (and TRL's chunked_nll before 1.16) run "
+            "Triton/custom autograd kernels that do not run on fake tensors (use --loss full, chunked or "
+            "fused_head here)"
+        )
+    if knobs.loss == "fused_head" and knobs.fsdp != "none":
+        reasons.append(
+            f"--loss fused_head with --fsdp {knobs.fsdp}: the FSDP trace runs the model's own loss (TRL's fused "
+            "head is traced on one device)"
         )
     if knobs.loss == "full_legacy":
         reasons.append(
@@ -81,8 +87,8 @@ def untraceable_fsdp(knobs: RuntimeKnobs, *, world_size: int, task: str = "train
 def untraceable_adapter_dtype(knobs: RuntimeKnobs, *, task: str = "train") -> list[str]:
     """--adapter-dtype model where the trace would still build peft's fp32 adapters: the single-device SFT
     trace passes autocast_adapter_dtype=False to get_peft_model (`trace_features.TraceFeatures`); the
-    objective and FSDP traces do not yet."""
-    if knobs.adapter_dtype == "fp32":
+    objective and FSDP traces do not yet. kbit-bf16 is traced wherever a bitsandbytes base is (`QuantBase`)."""
+    if knobs.adapter_dtype != "model":
         return []
     if task not in ("train", "sft"):
         return [f"--adapter-dtype model with --task {task}: the objective trace builds peft's fp32 adapters"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+from swiftplan.planner import fused_head
 from swiftplan.planner.adapters import is_targeted, lora_params_for
 from swiftplan.planner.architecture import Linear, layer_linears
 from swiftplan.planner.dtypes import (
@@ -467,6 +468,8 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
             chunked_loss_bytes(tokens, vocab, chunks=knobs.loss_chunks, compute_bytes=cb)
             + tokens * vocab * softcap
         )
+    if knobs.loss == "fused_head":  # TRL 1.16's fused LM head: every position but each sequence's last scored
+        return fused_head.head_bytes(spec, setup, tokens, backward=True, tp=tp)
     if knobs.loss == "fused_linear":
         return fused_linear_loss_bytes(
             tokens, vocab, spec.hidden_size, compute_bytes=cb, chunk_tokens=knobs.loss_chunk_tokens

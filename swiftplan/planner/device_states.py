@@ -142,20 +142,21 @@ def device_states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: i
         lora_params if setup.trains_adapters else total_params(spec) - no_head
     ) // model_parallel + saved
     weights = _weights_on_device(spec, setup, stage_layers) - no_head * dtype_bytes(dtypes.weights) // par.tp
-    wb = dtype_bytes(dtypes.weights)
-    # modules_to_save: a trainable copy in the module dtype, its gradient and optimizer state in it too
-    adapters = lora_params * dtype_bytes(dtypes.adapters) // model_parallel + saved * wb
-    grads = gradient_bytes(trainable_here - saved, dtype_bytes(dtypes.gradients)) + gradient_bytes(saved, wb)
+    wb, sb = dtype_bytes(dtypes.weights), dtype_bytes(dtypes.saved_modules)
+    # modules_to_save: a trainable copy in the module dtype (bf16 under TRL's k-bit cast), its gradient and
+    # optimizer state in it too
+    adapters = lora_params * dtype_bytes(dtypes.adapters) // model_parallel + saved * sb
+    grads = gradient_bytes(trainable_here - saved, dtype_bytes(dtypes.gradients)) + gradient_bytes(saved, sb)
     optim = optimizer_state_bytes(trainable_here - saved, setup.optimizer, dtype_bytes(dtypes.optimizer),
                                   matrix_shape_sum=matrix_shape_sum(spec) // model_parallel)  # fmt: skip
     optim += optimizer_state_bytes(
-        saved, setup.optimizer, wb, matrix_shape_sum=saved and 2 * (spec.vocab_size + spec.hidden_size)
+        saved, setup.optimizer, sb, matrix_shape_sum=saved and 2 * (spec.vocab_size + spec.hidden_size)
     )
     if knobs.optimizer_in_backward:  # one gradient at a time (torchtune optimizer_in_bwd), each in its own
         # dtype: a modules_to_save copy's in the module's (traced: tests/test_trace_knobs.py)
         largest = min(largest_param_elements(spec), trainable_here - saved)
         each_saved = saved // max(1, len(knobs.modules_to_save))
-        grads = max(gradient_bytes(largest, dtype_bytes(dtypes.gradients)), gradient_bytes(each_saved, wb))
+        grads = max(gradient_bytes(largest, dtype_bytes(dtypes.gradients)), gradient_bytes(each_saved, sb))
     master = master_weight_bytes(trainable_here, dtype_bytes(dtypes.master)) if dtypes.master else 0
     stage, shards = sharding_stage(setup), shard_degree(setup, dp)
     optim, master, grads = zero_sharded(setup, dp, optimizer=optim, master=master, gradients=grads)

@@ -29,12 +29,29 @@ def deepspeed_mixed(setup: TrainSetup) -> bool:
     return setup.parallel.zero > 0 and setup.precision != "fp32"
 
 
+BNB_QUANTS = ("nf4", "fp4", "int8")
+"""Bases bitsandbytes quantizes (transformers' is_loaded_in_4bit / is_loaded_in_8bit)."""
+KBIT_CAST_DTYPE = "bf16"
+"""What TRL 1.16's trainers cast a bitsandbytes base's trainable parameters to (trl/trainer/sft_trainer.py:904-911,
+dpo_trainer.py:722-729, grpo_trainer.py, kto_trainer.py, reward_trainer.py, rloo_trainer.py: `if
+_is_quantized_model: param.data = param.data.to(torch.bfloat16)`, citing peft issue 2889)."""
+
+
+def kbit_cast(setup: TrainSetup) -> bool:
+    """The runtime casts the trainable parameters of this set-up's bitsandbytes base to bf16
+    (`runtime.adapter_dtype` kbit-bf16 on an nf4, fp4 or int8 base)."""
+    return setup.runtime.adapter_dtype == "kbit-bf16" and setup.quant in BNB_QUANTS
+
+
 def adapter_dtype(setup: TrainSetup) -> str:
     """dtype LoRA adapters are created and computed in, before any DeepSpeed cast (`states.state_dtypes`):
     fp32 with peft's default `get_peft_model(..., autocast_adapter_dtype=True)` (peft 0.21
     tuners_utils.py cast_adapter_dtype), or with `runtime.adapter_dtype` "model" the base layer's dtype,
     which peft's `_move_adapter_to_device_of_base_layer` takes from the weight or a bitsandbytes 4-bit
-    layer's compute_dtype: the parameter dtype here (fp32 under amp; QLoRA's compute dtype is the precision)."""
+    layer's compute_dtype: the parameter dtype here (fp32 under amp; QLoRA's compute dtype is the precision);
+    with "kbit-bf16", bf16 on a bitsandbytes base (TRL's cast, `kbit_cast`) and fp32 on any other."""
+    if kbit_cast(setup):
+        return KBIT_CAST_DTYPE
     return param_dtype(setup.precision) if setup.runtime.adapter_dtype == "model" else "fp32"
 
 
@@ -43,6 +60,14 @@ def module_dtype(setup: TrainSetup) -> str:
     if deepspeed_mixed(setup):
         return compute_dtype(setup.precision)
     return "fp32" if setup.kbit_upcast else param_dtype(setup.precision)
+
+
+def saved_module_dtype(setup: TrainSetup) -> str:
+    """dtype of peft's modules_to_save copies (trainable embeddings / LM head beside LoRA): the module dtype,
+    or bf16 where the runtime casts a bitsandbytes base's trainable parameters (`kbit_cast`)."""
+    if deepspeed_mixed(setup):
+        return compute_dtype(setup.precision)
+    return KBIT_CAST_DTYPE if kbit_cast(setup) else module_dtype(setup)
 
 
 def activation_dtype_bytes(setup: TrainSetup) -> int:

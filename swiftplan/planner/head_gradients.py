@@ -23,7 +23,7 @@ def head_step_transient(spec: ModelSpec, setup: TrainSetup, step_temp: int) -> i
     tokens = setup.micro_batch * setup.seq_len
     logits_grad = (
         0
-        if setup.runtime.loss == "fused_linear"
+        if setup.runtime.loss in ("fused_linear", "fused_head")
         else tokens * spec.vocab_size * activation_dtype_bytes(setup)
     )
     return max(logits_grad, step_temp)
@@ -36,7 +36,9 @@ def head_grad_bytes(spec: ModelSpec, setup: TrainSetup, grads: int) -> int:
     if setup.trains_adapters:
         if "lm_head" not in setup.runtime.modules_to_save:
             return 0
-        return gradient_bytes(spec.vocab_size * spec.hidden_size, dtype_bytes(state_dtypes(setup).weights))
+        return gradient_bytes(
+            spec.vocab_size * spec.hidden_size, dtype_bytes(state_dtypes(setup).saved_modules)
+        )
     if setup.objective.kind == "rm" or grads == 0:
         return 0
     return min(

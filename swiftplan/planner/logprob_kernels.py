@@ -27,6 +27,7 @@ from dataclasses import replace
 from typing import Literal
 
 from swiftplan.planner import activations as act
+from swiftplan.planner import fused_head
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective import SFT
 from swiftplan.planner.setup import TrainSetup
@@ -35,10 +36,6 @@ LogprobKernel = Literal["loss", "bf16_rows", "fused_head", "full_logits"]
 
 FUSED_HEAD_OBJECTIVES = frozenset({"dpo", "kto", "grpo"})
 """TRL 1.16 trainers that call the fused head; CPO/ORPO/SimPO live in trl.experimental and keep full logits."""
-TOKEN_TILE = 4096
-"""ChunkedLogProbFunction's tokens per tile (trl 1.16 kernels/chunked_logprob.py:31 TOKEN_CHUNK_SIZE)."""
-VOCAB_TILE = 32768
-"""Vocabulary entries per tile (trl 1.16 trainer/utils.py:1506 _CHUNKED_LOGPROB_CHUNK_SIZE)."""
 FP32 = 4
 _ROWS_SAVED_BYTES = 2
 """bf16_rows: logits and each row's log_softmax output, both in the compute dtype (× its bytes)."""
@@ -47,6 +44,8 @@ _ROWS_SAVED_BYTES = 2
 def logprob_kernel(setup: TrainSetup) -> LogprobKernel:
     """The kernel the runtime uses for the objective's log-probs."""
     kind, runtime = setup.objective.kind, setup.runtime.name
+    if kind == "sft" and setup.runtime.loss == "fused_head":
+        return "fused_head"
     if kind in ("sft", "rm"):
         return "loss"
     if runtime == "ms-swift":
@@ -70,24 +69,9 @@ def logprob_positions(setup: TrainSetup, *, scored: int) -> int:
 def fused_head_activation_saving(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
     """Under TRL's fused head a fully trained LM head's input (T × H) is not saved by the matmul: the
     kernel keeps its own masked copy (counted in the logits term) — what SFT's activations count for it."""
-    if logprob_kernel(setup) != "fused_head" or setup.method != "full":
+    if logprob_kernel(setup) != "fused_head":
         return 0
-    return tokens * spec.hidden_size * act.activation_dtype_bytes(setup)
-
-
-def _fused_head_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, backward: bool, tp: int) -> int:
-    cb = act.activation_dtype_bytes(setup)
-    hidden = spec.hidden_size
-    vocab = spec.vocab_size // tp
-    tile = min(tokens, TOKEN_TILE) * min(vocab, VOCAB_TILE) * cb
-    # hidden[mask] copy, log_z and entropy/log_z, the int64 targets labels[mask]
-    saved = tokens * hidden * cb + 2 * tokens * FP32 + tokens * 8
-    if not backward:
-        return saved + tile + 7 * tokens * FP32  # the seven running statistics of the forward
-    # fp32 gradients, and their casts to the parameter dtype allocated while the fp32 ones live
-    # (trl 1.16 kernels/chunked_logprob.py:453-456)
-    head_grad = spec.vocab_size * hidden * (FP32 + cb) // tp if setup.method == "full" else 0
-    return saved + tile + tokens * hidden * (FP32 + cb) + head_grad
+    return fused_head.input_not_saved_bytes(spec, setup, tokens)
 
 
 def training_logprob_bytes(
@@ -99,7 +83,7 @@ def training_logprob_bytes(
     if kernel == "bf16_rows":
         return 3 * tokens * (spec.vocab_size // tp) * act.activation_dtype_bytes(setup)
     if kernel == "fused_head":
-        return _fused_head_bytes(spec, setup, tokens, backward=True, tp=tp)
+        return fused_head.head_bytes(spec, setup, tokens, backward=True, tp=tp)
     if kernel == "full_logits":
         copies = 2 if setup.objective.kind == "simpo" else 3
         return copies * tokens * (spec.vocab_size // tp) * act.activation_dtype_bytes(setup)
@@ -120,7 +104,7 @@ def kept_policy_logprob_bytes(
     if kernel == "bf16_rows":
         return _ROWS_SAVED_BYTES * tokens * vocab * act.activation_dtype_bytes(setup)
     if kernel == "fused_head":
-        return tokens * spec.hidden_size * act.activation_dtype_bytes(setup) + 2 * tokens * FP32 + tokens * 8
+        return fused_head.saved_bytes(spec, setup, tokens)
     return tokens * vocab * FP32  # the fp32 log_softmax output cross-entropy saves
 
 
@@ -135,7 +119,7 @@ def no_grad_logprob_bytes(
     if kernel == "bf16_rows":
         return tokens * vocab * cb + seq_len * vocab * cb  # its logits and one row's log_softmax
     if kernel == "fused_head":
-        return _fused_head_bytes(spec, setup, tokens, backward=False, tp=tp)
+        return fused_head.head_bytes(spec, setup, tokens, backward=False, tp=tp)
     return act.logits_bytes(
         spec,
         replace(setup, micro_batch=sequences, seq_len=logprob_positions(setup, scored=scored), objective=SFT),
@@ -148,8 +132,7 @@ def kernel_source(setup: TrainSetup) -> str:
     return {
         "bf16_rows": "ms-swift 4.6 swift/rlhf_trainers/dpo_trainer.py:130, rlhf_mixin.py:169 (TRL 0.29.1 "
         "selective_log_softmax, bf16 rows); replayed in benchmarks/trace_swift_logps.py",
-        "fused_head": "huggingface/trl 1.16.0 trainer/utils.py:1548-1660 add_fused_lm_head, "
-        "kernels/chunked_logprob.py:299 ChunkedLogProbFunction",
+        "fused_head": fused_head.SOURCE,
         "full_logits": "huggingface/trl 1.16.0 trl/experimental cpo_trainer.py:815-822, orpo_trainer.py:771-777; "
         "traced (tests/test_trace_objective.py)",
         "loss": "",
@@ -169,7 +152,5 @@ def kernel_formula(spec: ModelSpec, setup: TrainSetup, *, sequences: int, scored
         return (f"{tokens} tokens × {vocab} vocab × {copies} × {act.activation_dtype_bytes(setup)} B: TRL's "
                 f"{setup.objective.kind.upper()} keeps the full logits (no fused loss)")  # fmt: skip
     if kernel == "fused_head":
-        head = " + fp32 LM-head gradient and its cast" if setup.method == "full" else ""
-        return (f"{tokens} scored tokens: their hidden states, one {min(tokens, TOKEN_TILE)} × {min(vocab, VOCAB_TILE)} "
-                f"tile, fp32 hidden-state gradient{head} (fused LM head, no full logits)")  # fmt: skip
+        return fused_head.formula(spec, setup, tokens, tp=tp)
     return ""

@@ -56,9 +56,9 @@ def optimizer_step_temporaries(
     largest = min(largest_param_elements(spec), trainable)
     if not deepspeed_zero(setup):
         if setup.optimizer == "adamw":
-            wb = dtype_bytes(dtypes.weights)
+            sb = dtype_bytes(dtypes.saved_modules)
             return _torch_adamw_temporaries(setup, trainable=trainable, largest=largest, saved=saved,
-                                            state_bytes=state_bytes, saved_bytes=wb)  # fmt: skip
+                                            state_bytes=state_bytes, saved_bytes=sb)  # fmt: skip
         return _other_optimizer_temporaries(spec, setup, largest, state_bytes)
     if setup.runtime.optimizer_in_backward:  # one optimizer per parameter, stepped in backward
         trainable = largest
@@ -83,7 +83,7 @@ def _torch_adamw_temporaries(
     setup: TrainSetup, *, trainable: int, largest: int, saved: int, state_bytes: int, saved_bytes: int
 ) -> int:
     """torch AdamW's step temporaries (`adamw_impl_temporary_bytes`), each parameter's in its own state dtype:
-    modules_to_save copies (`saved` elements, one vocab × hidden tensor each) keep theirs in the module dtype
+    modules_to_save copies (`saved` elements, one vocab × hidden tensor each) keep theirs in their own dtype
     beside fp32 adapters. foreach holds every parameter's at once, for_loop one parameter's. With the
     optimizer in backward (one optimizer per parameter, torchtune's OptimizerInBackward) each step covers
     one parameter: the larger of the two kinds' largest (traced: tests/test_trace_knobs.py)."""

@@ -24,13 +24,13 @@ Offload = Literal["none", "optimizer", "optimizer+params"]
 KvDtype = Literal["auto", "fp8"]
 ServeRuntime = Literal["vllm", "sglang", "lmdeploy", "gpt-fast", "llama.cpp", "mlc-llm", "tensorrt-llm"]
 AttentionImpl = Literal["sdpa", "flash", "eager"]
-LossImpl = Literal["full", "chunked", "fused_linear", "full_legacy"]
+LossImpl = Literal["full", "chunked", "fused_linear", "fused_head", "full_legacy"]
 OptimizerImpl = Literal["fused", "foreach", "for_loop"]
 SavedModule = Literal["embed_tokens", "lm_head"]
 Fsdp = Literal["none", "fsdp1", "fsdp2"]
 FsdpSharding = Literal["full_shard", "shard_grad_op", "hybrid_shard"]
 CkptPosition = Literal["first", "last"]
-AdapterDtype = Literal["fp32", "model"]
+AdapterDtype = Literal["fp32", "model", "kbit-bf16"]
 
 METHODS: tuple[Method, ...] = get_args(Method)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
@@ -157,8 +157,9 @@ class RuntimeKnobs:
     loss: LossImpl = "full"
     """Cross-entropy implementation: full fp32 logits (transformers >= 4.49, upcast inside the loss),
     full_legacy (transformers 4.31-4.45: fp32 logits in the model output and a shifted fp32 copy),
-    token-chunked (torchtune), or fused linear + cross-entropy that never holds all logits (Liger, cut
-    cross-entropy, Unsloth, TRL)."""
+    token-chunked (torchtune), fused linear + cross-entropy that never holds all logits (Liger, cut
+    cross-entropy, Unsloth, TRL's chunked_nll before 1.16), or fused_head: TRL 1.16's add_fused_lm_head,
+    scoring [4096 × 32768] tiles of the labelled positions (planner/fused_head.py)."""
     loss_chunks: int = 8
     """chunked: token chunks the logits are split into (torchtune num_output_chunks = 8)."""
     loss_chunk_tokens: int = 0
@@ -216,7 +217,10 @@ class RuntimeKnobs:
     """LoRA A/B (and DoRA magnitude) dtype: fp32 (peft's get_peft_model(autocast_adapter_dtype=True)
     upcasts bf16/fp16 adapters, and each wrapped Linear casts its input to fp32), or model: the base
     layer's dtype, with no input cast (autocast_adapter_dtype=False; torchtune's LoRALinear built under
-    the recipe's default dtype). Gradients and AdamW moments follow the adapters."""
+    the recipe's default dtype), or kbit-bf16: peft's fp32, except that on a bitsandbytes 4-bit or int8 base
+    every trainable parameter (adapters and modules_to_save copies; not DoRA's magnitude) is cast to bf16
+    after get_peft_model, as each TRL 1.16 trainer does (`dtypes.adapter_dtype`). Gradients and AdamW
+    moments follow the adapters."""
     keep_output: bool = False
     """The training loop holds the model output (its logits) until backward ends: a plain loop's
     `outputs = model(**batch); outputs.loss.backward()` (transformers' run_clm_no_trainer.py example), where

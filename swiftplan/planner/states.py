@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from swiftplan.planner.dtypes import adapter_dtype, compute_dtype, deepspeed_mixed, module_dtype, param_dtype
+from swiftplan.planner.dtypes import (
+    adapter_dtype,
+    compute_dtype,
+    deepspeed_mixed,
+    module_dtype,
+    param_dtype,
+    saved_module_dtype,
+)
 from swiftplan.planner.setup import Optimizer, TrainSetup
 
 BNB_8BIT_OPTIMIZER_BLOCK = 256
@@ -32,6 +39,13 @@ class StateDtypes:
     """Each optimizer moment (8-bit optimizers keep their own format whatever this says)."""
     master: str | None
     """A separate master copy of the trainable parameters, or None."""
+    saved: str = ""
+    """peft's modules_to_save copies, their gradients and moments ('' = the weights' dtype)."""
+
+    @property
+    def saved_modules(self) -> str:
+        """dtype of the modules_to_save copies."""
+        return self.saved or self.weights
 
 
 def state_dtypes(setup: TrainSetup) -> StateDtypes:
@@ -53,7 +67,12 @@ def state_dtypes(setup: TrainSetup) -> StateDtypes:
     adapters = adapter_dtype(setup)
     trainable = adapters if setup.trains_adapters else param_dtype(setup.precision)
     return StateDtypes(
-        weights=module_dtype(setup), adapters=adapters, gradients=trainable, optimizer=trainable, master=None
+        weights=module_dtype(setup),
+        adapters=adapters,
+        gradients=trainable,
+        optimizer=trainable,
+        master=None,
+        saved=saved_module_dtype(setup),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from swiftplan.planner import fused_head
 from swiftplan.planner.architecture import total_params
 from swiftplan.planner.breakdown import Term
 from swiftplan.planner.calibration import constant_source
@@ -185,6 +186,7 @@ _LOSS_SOURCES = {
     "benchmarks/results/legacy_loss_trace.md",
     "chunked": "pytorch/torchtune @ bd2a0fc torchtune/modules/loss/ce_chunked_output_loss.py",
     "fused_linear": "linkedin/Liger-Kernel @ e11c2d6 src/liger_kernel/ops/fused_linear_cross_entropy.py",
+    "fused_head": fused_head.SOURCE,
 }
 
 

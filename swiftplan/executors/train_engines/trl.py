@@ -11,9 +11,10 @@ fsdp / fsdp_config (common.hf_fsdp) with bnb_4bit_quant_storage in the compute d
 (model_config.py), gradient_checkpointing_kwargs every_n_layers (transformers 5.25.0 trainer.py, the name
 TRL's sft_trainer.py reads), activation_offloading (sft_config.py, dpo_config.py, kto_config.py,
 reward_config.py: torchtune's OffloadActivations in trl/models/activation_offloading.py; GRPOConfig has
-none). TRL has no float8 training option: refused. The loss is always
-TRL's chunked fused LM head (trl/trainer/sft_trainer.py add_fused_lm_head; Liger's fused cross-entropy is
-refused there), so the plan's loss knob is noted, not rendered. `trl sft` launches
+none). TRL has no float8 training option: refused. The SFT loss is always
+TRL's fused LM head (trl/trainer/sft_trainer.py:1144 add_fused_lm_head; Liger's fused cross-entropy is
+refused there), so a plan counted with another loss is noted, not rendered. On a bitsandbytes base TRL casts
+the trainable parameters to bf16 (sft_trainer.py:904-911): a plan that counted fp32 adapters there is noted. `trl sft` launches
 through `accelerate launch` (trl/cli/commands/training.py), so the process and node counts are
 accelerate's --num_processes / --num_machines / --machine_rank / --main_process_ip / --main_process_port.
 """
@@ -43,6 +44,7 @@ from swiftplan.executors.train_engines.common import (
 )
 from swiftplan.executors.train_engines.trl_objectives import trl_objective
 from swiftplan.executors.train_engines.vision import refuse_vision
+from swiftplan.planner.dtypes import BNB_QUANTS, adapter_dtype
 from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import TrainSetup
 
@@ -82,7 +84,7 @@ def render_trl(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainRender
         if objective.devices.trainer_visible is None
         else {"CUDA_VISIBLE_DEVICES": objective.devices.trainer_visible}
     )
-    notes = [*_notes(setup, runtime.modules_to_save), *objective.notes]
+    notes = [*_notes(setup), *objective.notes]
     return TrainRender(engine=NAME, commands=tuple(commands), env=env, files=files, notes=tuple(notes),
                        rollout=objective.rollout)  # fmt: skip
 
@@ -138,11 +140,10 @@ def _runtime_keys(plan: Plan, setup: TrainSetup) -> dict[str, Any]:
     keys: dict[str, Any] = {}
     if knobs.float8:
         raise refuse(NAME, "--float8", "TRL's configs have no float8 (torchao Float8Linear) training option")
-    kbit_sft = setup.objective.kind == "sft" and setup.quant in ("nf4", "fp4", "int8")
-    if knobs.adapter_dtype == "model" and setup.trains_adapters and not kbit_sft:
+    if knobs.adapter_dtype == "model" and setup.trains_adapters and setup.quant not in BNB_QUANTS:
         raise refuse(NAME, "--adapter-dtype model", "TRL's configs have no adapter-dtype option: its trainers call "
-                     "get_peft_model with peft's fp32 default, and only SFTTrainer on a 4/8-bit base casts the "
-                     "adapters to bf16 (trl/trainer/sft_trainer.py)")  # fmt: skip
+                     "get_peft_model with peft's fp32 default, and cast the adapters to bf16 only on a 4/8-bit "
+                     "bitsandbytes base (trl/trainer/sft_trainer.py:904-911; --adapter-dtype kbit-bf16)")  # fmt: skip
     if (fsdp := hf_fsdp(NAME, setup, gpus_per_node=plan.gpus_per_node, dp=plan.layout.dp)) is not None:
         keys.update(fsdp=fsdp.fsdp, fsdp_config=fsdp.config())
         if setup.quant in ("nf4", "fp4"):  # FSDP shards the packed 4-bit weights only in the compute dtype
@@ -157,18 +158,20 @@ def _runtime_keys(plan: Plan, setup: TrainSetup) -> dict[str, Any]:
     return keys
 
 
-def _notes(setup: TrainSetup, modules_to_save: tuple[str, ...]) -> list[str]:
-    """SFT's data format and TRL's own loss, which the plan's loss knob does not change."""
+def _notes(setup: TrainSetup) -> list[str]:
+    """TRL's bf16 cast of a bitsandbytes base's adapters, SFT's data format and TRL's own SFT loss, which the
+    plan's knobs do not change."""
+    notes = []
+    if setup.trains_adapters and setup.quant in BNB_QUANTS and adapter_dtype(setup) == "fp32":
+        notes.append("TRL casts the trainable parameters of a bitsandbytes base to bf16 (trl/trainer/sft_trainer.py:"
+                     "904-911, and each other trainer): the plan counted fp32 adapters, more than the run holds; "
+                     "re-plan with --runtime hf (--adapter-dtype kbit-bf16).")  # fmt: skip
     if setup.objective.kind != "sft":
-        return []
-    notes = ["the data is read with datasets' json loader; records need a 'messages' or 'prompt'/'completion' "
-             "field (TRL's SFT formats)."]  # fmt: skip
-    if setup.runtime.loss != "fused_linear":
+        return notes
+    notes.append("the data is read with datasets' json loader; records need a 'messages' or 'prompt'/'completion' "
+                 "field (TRL's SFT formats).")  # fmt: skip
+    if setup.runtime.loss != "fused_head":
         notes.append(f"the plan counted the {setup.runtime.loss} loss; TRL's SFTTrainer always computes it through "
-                     "its chunked fused LM head (trl/trainer/sft_trainer.py add_fused_lm_head), which holds less: "
-                     "re-plan with --runtime hf for TRL's own loss.")  # fmt: skip
-    if "lm_head" in modules_to_save:
-        notes.append(
-            "TRL refuses its chunked loss when the LM head is a PEFT module (modules_to_save lm_head)."
-        )
+                     "its fused LM head (trl/trainer/sft_trainer.py add_fused_lm_head): re-plan with --runtime hf "
+                     "(--loss fused_head) for TRL's own loss.")  # fmt: skip
     return notes

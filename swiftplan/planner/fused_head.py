@@ -1,0 +1,70 @@
+"""TRL 1.16's fused LM head: the bytes its loss path holds (pure).
+
+TRL 1.16's trainers patch the causal LM with `add_fused_lm_head` (trl/trainer/utils.py:1548): called with
+`fused_lm_head=True`, the model runs the decoder, keeps only the positions whose next-token label is not
+-100 (`hidden_states[mask]`, utils.py:1644) and scores them in `ChunkedLogProbFunction`
+(trl/kernels/chunked_logprob.py:299), which projects [4096 tokens × 32768 vocabulary] tiles through the LM
+head into one reused buffer and folds each into running fp32 statistics, so no tokens × vocabulary tensor
+exists. It saves the scored hidden states and two fp32 per-token statistics; backward allocates an fp32
+hidden-state gradient (and an fp32 LM-head gradient when the head trains), recomputes one tile at a time and
+casts the fp32 gradients to the parameters' dtype while they live. SFTTrainer computes its loss this way
+(sft_trainer.py:1144, `-log_probs` summed over the label mask), as DPO, KTO and GRPO compute their log-probs
+(`logprob_kernels`). Traced with TRL's own code on fake tensors (`executors/trace_trl.py`).
+"""
+
+from __future__ import annotations
+
+from swiftplan.planner.dtypes import activation_dtype_bytes
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.setup import TrainSetup
+
+TOKEN_TILE = 4096
+"""ChunkedLogProbFunction's tokens per tile (trl 1.16 kernels/chunked_logprob.py:31 TOKEN_CHUNK_SIZE)."""
+VOCAB_TILE = 32768
+"""Vocabulary entries per tile (trl 1.16 trainer/utils.py:1506 _CHUNKED_LOGPROB_CHUNK_SIZE)."""
+FP32 = 4
+INT64 = 8
+FORWARD_STATISTICS = 7
+"""fp32 running statistics per token in the forward (chunked_logprob.py:338-344: max, sum_exp, x_sum_exp,
+sq_sum_exp, z_sum, max_before_target, target_logit)."""
+SOURCE = (
+    "huggingface/trl 1.16.0 trainer/utils.py:1548-1660 add_fused_lm_head, "
+    "kernels/chunked_logprob.py:299 ChunkedLogProbFunction"
+)
+
+
+def saved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
+    """What the head keeps for backward over `tokens` scored positions: their hidden states (the boolean-mask
+    copy), log_z and entropy (or log_z twice), and the int64 targets `labels[mask]`."""
+    return tokens * spec.hidden_size * activation_dtype_bytes(setup) + 2 * tokens * FP32 + tokens * INT64
+
+
+def head_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, backward: bool, tp: int = 1) -> int:
+    """The head's peak over `tokens` scored positions: forward, what it saves + one tile + the running
+    statistics; backward, what it saved + one tile + the fp32 hidden-state gradient and its cast (+ the fp32
+    LM-head gradient and its cast when the head trains in full)."""
+    cb = activation_dtype_bytes(setup)
+    hidden = spec.hidden_size
+    vocab = spec.vocab_size // tp
+    tile = min(tokens, TOKEN_TILE) * min(vocab, VOCAB_TILE) * cb
+    saved = saved_bytes(spec, setup, tokens)
+    if not backward:
+        return saved + tile + FORWARD_STATISTICS * tokens * FP32
+    head_grad = spec.vocab_size * hidden * (FP32 + cb) // tp if setup.method == "full" else 0
+    return saved + tile + tokens * hidden * (FP32 + cb) + head_grad
+
+
+def input_not_saved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
+    """A fully trained LM head's input (T × H) that the plain matmul would save and the fused head does not (it
+    keeps its own masked copy, counted in `saved_bytes`); 0 when the head is frozen (nothing saves it then)."""
+    if setup.method != "full":
+        return 0
+    return tokens * spec.hidden_size * activation_dtype_bytes(setup)
+
+
+def formula(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int = 1) -> str:
+    """The term's formula in words, for the breakdown."""
+    vocab = spec.vocab_size // tp
+    head = " + fp32 LM-head gradient and its cast" if setup.method == "full" else ""
+    return (f"{tokens} scored tokens: their hidden states, one {min(tokens, TOKEN_TILE)} × {min(vocab, VOCAB_TILE)} "
+            f"tile, fp32 hidden-state gradient{head} (fused LM head, no full logits)")  # fmt: skip

@@ -1,0 +1,127 @@
+"""TRL 1.16 as the hf runtime runs it: SFT's loss through TRL's fused LM head (planned with its formula and
+traced with TRL's own add_fused_lm_head), and the bf16 cast TRL's trainers give the trainable parameters of a
+bitsandbytes base (planned, traced, and noted by the TRL renderer when a plan counted fp32 adapters)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from swiftplan.executors.train_engines.registry import render_for
+from swiftplan.executors.train_engines.common import RunOptions
+from swiftplan.planner import fused_head
+from swiftplan.planner.activations import logits_bytes
+from swiftplan.planner.dtypes import adapter_dtype, saved_module_dtype
+from swiftplan.planner.hardware import parse_cluster
+from swiftplan.planner.model_catalog import catalog_spec
+from swiftplan.planner.setup import LoraSetup, RuntimeKnobs, TrainSetup
+from swiftplan.planner.states import state_dtypes
+from swiftplan.planner.train_memory import train_memory
+from swiftplan.usecases.estimate import plan_for_setup
+from tests.bad_input_support import run_cli
+
+SMALL = "Qwen/Qwen2.5-0.5B"
+HF = RuntimeKnobs(name="hf", loss="fused_head", adapter_dtype="kbit-bf16")
+
+
+# --- the fused head, as arithmetic -------------------------------------------------------------------
+
+
+def test_fused_head_logits_are_one_tile_the_scored_hidden_states_and_their_fp32_gradient() -> None:
+    spec = catalog_spec(SMALL)  # hidden 896, vocabulary 151,936
+    setup = TrainSetup(method="lora", micro_batch=2, seq_len=1024, runtime=HF)
+    tokens, hidden, cb = 2 * 1024, 896, 2
+    tile = 2048 * 32768 * cb  # [min(T, 4096) × min(V, 32768)] in the compute dtype, reused for every tile
+    saved = tokens * hidden * cb + 2 * tokens * 4 + tokens * 8  # hidden[mask], log_z, entropy, targets
+    gradient = tokens * hidden * (4 + cb)  # the fp32 accumulator and its cast
+    assert logits_bytes(spec, setup) == saved + tile + gradient
+    # no tokens × vocabulary tensor: far below the full loss's three fp32 copies
+    full = logits_bytes(spec, replace(setup, runtime=replace(HF, loss="full")))
+    assert full == tokens * spec.vocab_size * 12
+    assert logits_bytes(spec, setup) < full / 10
+
+
+def test_fused_head_tiles_cap_at_4096_tokens_and_a_full_fine_tune_adds_the_heads_fp32_gradient() -> None:
+    spec = catalog_spec(SMALL)
+    lora = TrainSetup(method="lora", micro_batch=4, seq_len=4096, runtime=HF)
+    full = replace(lora, method="full")
+    tile = 4096 * 32768 * 2
+    assert fused_head.head_bytes(spec, lora, 16384, backward=True) - fused_head.saved_bytes(spec, lora, 16384) == (
+        tile + 16384 * 896 * 6
+    )
+    head = spec.vocab_size * 896 * (4 + 2)
+    assert logits_bytes(spec, full) - logits_bytes(spec, lora) == head
+    # the plain matmul would save the trained head's input; the fused head keeps its own masked copy instead
+    assert fused_head.input_not_saved_bytes(spec, full, 16384) == 16384 * 896 * 2
+    assert fused_head.input_not_saved_bytes(spec, lora, 16384) == 0
+
+
+# --- TRL's bf16 cast of a bitsandbytes base's trainable parameters -----------------------------------
+
+
+@pytest.mark.parametrize(("quant", "method", "expected"), [
+    ("nf4", "qlora", "bf16"), ("fp4", "qlora", "bf16"), ("int8", "lora", "bf16"),
+    ("none", "lora", "fp32"), ("gptq", "lora", "fp32"),
+])  # fmt: skip
+def test_kbit_bf16_casts_adapters_on_a_bitsandbytes_base_only(quant: str, method: str, expected: str) -> None:
+    setup = TrainSetup(method=method, quant=quant, precision="fp16", runtime=HF)  # type: ignore[arg-type]
+    assert adapter_dtype(setup) == expected  # bf16 even under fp16 compute: TRL casts to bf16, not the model dtype
+    assert state_dtypes(setup).optimizer == expected  # moments follow the adapters
+
+
+def test_kbit_bf16_halves_adapter_state_and_casts_modules_to_save_copies() -> None:
+    spec = catalog_spec("Qwen/Qwen2.5-7B-Instruct")
+    knobs = replace(HF, modules_to_save=("embed_tokens",))
+    cast = TrainSetup(method="qlora", lora=LoraSetup(rank=64, targets=("all-linear",)), runtime=knobs)
+    peft = replace(cast, runtime=replace(knobs, adapter_dtype="fp32"))
+    assert saved_module_dtype(cast) == "bf16" and saved_module_dtype(peft) == "bf16"  # QLoRA's module dtype
+    upcast = replace(cast, kbit_upcast=True)  # peft's fp32 preparation, then TRL's cast of what trains
+    assert saved_module_dtype(upcast) == "bf16"
+    assert saved_module_dtype(replace(upcast, runtime=replace(knobs, adapter_dtype="fp32"))) == "fp32"
+    a, b = train_memory(spec, cast).device, train_memory(spec, peft).device
+    lora_params = train_memory(spec, cast).trainable_params - spec.vocab_size * spec.hidden_size
+    assert b.adapters - a.adapters == lora_params * 2  # fp32 → bf16 adapters
+    assert b.optimizer - a.optimizer == lora_params * 2 * 2  # two AdamW moments follow them
+
+
+def test_trl_renderer_notes_fp32_adapters_on_a_bitsandbytes_base() -> None:
+    cluster = parse_cluster("rtx4090")
+    options = RunOptions(data="/data/train.jsonl", output_dir="/runs/out")
+    planned = plan_for_setup(SMALL, cluster, TrainSetup(method="qlora", runtime=HF), engine="trl")
+    fp32 = plan_for_setup(
+        SMALL, cluster, TrainSetup(method="qlora", runtime=replace(HF, adapter_dtype="fp32")), engine="trl"
+    )
+    assert not any("bf16" in n for n in render_for("trl", planned, options).notes)
+    assert any("counted fp32 adapters" in n for n in render_for("trl", fp32, options).notes)
+
+
+# --- traced with TRL's own code ----------------------------------------------------------------------
+
+
+def _verify(*args: str) -> dict:
+    pytest.importorskip("trl")
+    result = run_cli("verify", SMALL, "--runtime", "hf", "--json", *args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    return payload | {"by_term": {t["name"]: t for t in payload["terms"]}}
+
+
+def test_verify_traces_trls_fused_head_at_the_loss() -> None:
+    traced = _verify("--method", "lora", "--seq", "4096", "--no-grad-ckpt")
+    assert traced["estimate_peak_phase"] == "loss and backward start"
+    logits = traced["by_term"]["logits"]
+    assert logits["traced"] > 0 and abs(logits["error"]) <= 0.001, traced["terms"]
+    assert abs(traced["by_term"]["peak_allocated"]["error"]) <= 0.005, traced["terms"]
+    assert any("TRL 1.16's fused LM head" in n for n in traced["notes"])
+
+
+def test_verify_traces_trls_bf16_cast_of_qlora_adapters() -> None:
+    traced = _verify("--method", "qlora", "--seq", "512")
+    adapters = traced["by_term"]["adapters"]
+    assert adapters["estimate"] == adapters["traced"], traced["terms"]
+    fp32 = _verify("--method", "qlora", "--seq", "512", "--adapter-dtype", "fp32")
+    assert fp32["by_term"]["adapters"]["traced"] == 2 * adapters["traced"]
+    assert any("cast to bf16 after LoRA" in n for n in traced["notes"])
+    assert not any("cast to bf16" in n for n in fp32["notes"])
