@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import pytest
 
-from swiftplan.executors.train_engines.registry import render_for
 from swiftplan.executors.train_engines.common import RunOptions
+from swiftplan.executors.train_engines.registry import render_for
 from swiftplan.planner import fused_head
 from swiftplan.planner.activations import logits_bytes
 from swiftplan.planner.dtypes import adapter_dtype, saved_module_dtype
@@ -48,9 +48,10 @@ def test_fused_head_tiles_cap_at_4096_tokens_and_a_full_fine_tune_adds_the_heads
     lora = TrainSetup(method="lora", micro_batch=4, seq_len=4096, runtime=HF)
     full = replace(lora, method="full")
     tile = 4096 * 32768 * 2
-    assert fused_head.head_bytes(spec, lora, 16384, backward=True) - fused_head.saved_bytes(spec, lora, 16384) == (
-        tile + 16384 * 896 * 6
+    beyond_saved = fused_head.head_bytes(spec, lora, 16384, backward=True) - fused_head.saved_bytes(
+        spec, lora, 16384
     )
+    assert beyond_saved == tile + 16384 * 896 * 6
     head = spec.vocab_size * 896 * (4 + 2)
     assert logits_bytes(spec, full) - logits_bytes(spec, lora) == head
     # the plain matmul would save the trained head's input; the fused head keeps its own masked copy instead
@@ -67,7 +68,9 @@ def test_fused_head_tiles_cap_at_4096_tokens_and_a_full_fine_tune_adds_the_heads
 ])  # fmt: skip
 def test_kbit_bf16_casts_adapters_on_a_bitsandbytes_base_only(quant: str, method: str, expected: str) -> None:
     setup = TrainSetup(method=method, quant=quant, precision="fp16", runtime=HF)  # type: ignore[arg-type]
-    assert adapter_dtype(setup) == expected  # bf16 even under fp16 compute: TRL casts to bf16, not the model dtype
+    assert (
+        adapter_dtype(setup) == expected
+    )  # bf16 even under fp16 compute: TRL casts to bf16, not the model dtype
     assert state_dtypes(setup).optimizer == expected  # moments follow the adapters
 
 
