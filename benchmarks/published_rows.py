@@ -387,10 +387,12 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
                 "kbit_upcast": False,
                 "loss": "full_legacy",
                 "optimizer_impl": "foreach",
+                "adapter_dtype": "fp32",
             }
             | ({"fsdp_cpu_offload": True} if i == 26 else {}),
             "peft examples/sft on TRL 0.8 (2024-03): packed 2048-token sequences, FlashAttention-2, LoRA dropout 0.1, TRL skips "
-            "prepare_model_for_kbit_training for sharded QLoRA; adamw_torch (foreach); transformers > 4.38.2 as the doc "
+            "prepare_model_for_kbit_training and its bf16 cast of the LoRA layers (peft_module_casting_to_bf16) for "
+            "sharded QLoRA, so the adapters stay peft's fp32; adamw_torch (foreach); transformers > 4.38.2 as the doc "
             "requires, so 4.39 in 2024-03: full_legacy loss (Llama forward's fp32 logits and shifted copy, 4.31-4.45)"
             + ("; FSDP offload_params" if i == 26 else ""),
         )
@@ -500,15 +502,18 @@ RUNTIME_ERAS: dict[str, tuple[dict[str, Any], str]] = {
         "DeepSpeed ZeRO-3 offload: DeepSpeedCPUAdam on host",
     ),
     "us-": (
-        {"loss": "full", "optimizer_impl": "foreach"},
+        {"loss": "full", "optimizer_impl": "foreach", "adapter_dtype": "kbit-bf16"},
         "HF + FA2 baseline of 2024-12 (transformers 4.4x): full cross-entropy (4.46+ by then, so not full_legacy), "
-        "adamw_torch (foreach)",
+        "adamw_torch (foreach); TRL's SFTTrainer with bf16 on a 4-bit base casts the LoRA layers to bf16 "
+        "(peft_module_casting_to_bf16, huggingface/trl f100ca34c 2023-12-19 to 2af35fb0d 2025-12-04; it also casts "
+        "the norms to fp32, which is not modelled)",
     ),
     "hf4-": (
-        {"loss": "full", "optimizer_impl": "for_loop"},
+        {"loss": "full", "optimizer_impl": "for_loop", "adapter_dtype": "fp32"},
         "transformers 4.30 (2023-05): full cross-entropy (not full_legacy: the fp32 upcast in Llama's forward came in "
         "4.31.0), default optim adamw_hf (transformers' own AdamW, "
-        "one parameter at a time; huggingface/transformers PR #25109 switched to adamw_torch in 2023-07)",
+        "one parameter at a time; huggingface/transformers PR #25109 switched to adamw_torch in 2023-07); TRL of "
+        "2023-05 left peft's fp32 adapters (its bf16 cast came in huggingface/trl f100ca34c, 2023-12-19)",
     ),
     "peft-": (
         {"loss": "full", "optimizer_impl": "foreach"},

@@ -113,7 +113,9 @@ def test_a_base_without_a_float_dtype_for_the_adapters_is_refused() -> None:
 def test_cli_refuses_an_unknown_adapter_dtype_naming_the_valid_ones() -> None:
     result = run_cli("estimate", "Qwen/Qwen2.5-7B", "--adapter-dtype", "bf16")
     assert result.exit_code == 2, result.output
-    assert "Unknown --adapter-dtype 'bf16'; valid values are: fp32, model." in " ".join(result.output.split())
+    assert "Unknown --adapter-dtype 'bf16'; valid values are: fp32, model, kbit-bf16." in " ".join(
+        result.output.split()
+    )
 
 
 def _estimate(*args: str) -> dict:

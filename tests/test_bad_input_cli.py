@@ -303,7 +303,11 @@ CASES = [
         ["'@fast'", "@<Gb/s per node>gbps", "400gbps"],
     ),
     ("estimate-network-zero", (*EST, "--gpus", "2x8xH100@0gbps"), ["Bad network speed '0'", "positive"]),
-    ("estimate-adapter-dtype", (*EST, "--adapter-dtype", "bf16"), ["--adapter-dtype 'bf16'", "fp32, model"]),
+    (
+        "estimate-adapter-dtype",
+        (*EST, "--adapter-dtype", "bf16"),
+        ["--adapter-dtype 'bf16'", "fp32, model, kbit-bf16"],
+    ),
     (
         "estimate-reduce-bucket-zero",
         (*EST, "--reduce-bucket-elements", "0"),

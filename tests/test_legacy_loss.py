@@ -99,5 +99,8 @@ def test_bad_loss_value_lists_every_valid_one() -> None:
     result = run_cli("estimate", "Qwen/Qwen2.5-7B", "--gpus", "rtx4090", "--loss", "legacy")
     assert result.exit_code != 0
     text = " ".join(result.output.split())
-    assert "Unknown --loss 'legacy'; valid values are: full, chunked, fused_linear, full_legacy." in text
+    assert (
+        "Unknown --loss 'legacy'; valid values are: full, chunked, fused_linear, fused_head, full_legacy."
+        in text
+    )
     assert "Traceback" not in result.output

@@ -128,3 +128,13 @@ def test_verify_traces_trls_bf16_cast_of_qlora_adapters() -> None:
     assert fp32["by_term"]["adapters"]["traced"] == 2 * adapters["traced"]
     assert any("cast to bf16 after LoRA" in n for n in traced["notes"])
     assert not any("cast to bf16" in n for n in fp32["notes"])
+
+
+def test_engines_see_kbit_bf16_as_fp32_on_a_base_bitsandbytes_does_not_quantize() -> None:
+    from swiftplan.planner.engines import train_requirements
+
+    knobs = RuntimeKnobs(adapter_dtype="kbit-bf16")
+    lora = train_requirements(TrainSetup(method="lora", runtime=knobs), backend="cuda", gpus=1)
+    qlora = train_requirements(TrainSetup(method="qlora", runtime=knobs), backend="cuda", gpus=1)
+    assert lora.adapter_dtype == "fp32"  # peft's default: any engine that builds fp32 adapters runs it
+    assert qlora.adapter_dtype == "kbit-bf16"  # only an engine that casts them (TRL) runs it as planned

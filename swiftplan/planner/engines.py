@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.dtypes import BNB_QUANTS
 from swiftplan.planner.hardware import Backend
 from swiftplan.planner.setup import RuntimeKnobs, ServeSetup, TrainSetup
 
@@ -219,7 +220,7 @@ class Requirements:
     fsdp_cpu_offload: bool | None = None
     float8: bool | None = None
     adapter_dtype: str | None = None
-    """LoRA adapters' dtype (fp32 or model); None when nothing trains adapters."""
+    """LoRA adapters' dtype (fp32, model or kbit-bf16); None when nothing trains adapters."""
     keep_output: bool | None = None
     runtime: str | None = None
     """The runtime profile the plan was made for (named in the reasons for its knobs)."""
@@ -293,15 +294,21 @@ def train_requirements(setup: TrainSetup, *, backend: str, gpus: int) -> Require
         tp=setup.parallel.tp,
         pp=setup.parallel.pp,
         gpus=gpus,
-        **knob_requirements(setup.runtime, grad_ckpt=setup.grad_ckpt, trains_adapters=setup.trains_adapters),
+        **knob_requirements(
+            setup.runtime, grad_ckpt=setup.grad_ckpt, trains_adapters=setup.trains_adapters, quant=setup.quant
+        ),
     )
 
 
 def knob_requirements(
-    knobs: RuntimeKnobs, *, grad_ckpt: bool = True, trains_adapters: bool = True
+    knobs: RuntimeKnobs, *, grad_ckpt: bool = True, trains_adapters: bool = True, quant: str | None = None
 ) -> dict[str, Any]:
     """The `Requirements` fields of a runtime's knobs (checkpointing every k-th block only counts with
-    checkpointing on, the adapter dtype only when LoRA adapters train)."""
+    checkpointing on, the adapter dtype only when LoRA adapters train; kbit-bf16 on a known base that
+    bitsandbytes does not quantize is peft's fp32)."""
+    adapters = knobs.adapter_dtype
+    if adapters == "kbit-bf16" and quant is not None and quant not in BNB_QUANTS:
+        adapters = "fp32"
     return {
         "loss": knobs.loss,
         "optimizer_impl": knobs.optimizer_impl,
@@ -312,7 +319,7 @@ def knob_requirements(
         "activation_offload": knobs.activation_offload,
         "fsdp_cpu_offload": knobs.fsdp_cpu_offload,
         "float8": knobs.float8,
-        "adapter_dtype": knobs.adapter_dtype if trains_adapters else None,
+        "adapter_dtype": adapters if trains_adapters else None,
         "keep_output": knobs.keep_output,
         "runtime": knobs.name,
     }
