@@ -42,8 +42,7 @@ def _profile_knobs(runtime: str) -> dict[str, str]:
 
 
 def test_every_knob_flag_of_the_cli_has_a_field() -> None:
-    flagged = set(KNOB_FLAGS) - {"reduce_bucket_elements", "prefetch_bucket_elements", "max_live_parameters"}
-    assert set(KNOB_FIELDS) == flagged  # DeepSpeed's buffer sizes have no flag on the CLI either
+    assert set(KNOB_FIELDS) == set(KNOB_FLAGS)
     assert RUNTIME in runtime_choices()
 
 
@@ -102,6 +101,8 @@ BAD = [
     ("ckpt_every", "0", ("--ckpt-every", "0")),
     ("modules_to_save", "embed_tokens,bogus", ("--modules-to-save", "embed_tokens,bogus")),
     ("modules_to_save", "lm_head,lm_head", ("--modules-to-save", "lm_head,lm_head")),
+    ("reduce_bucket_elements", "0", ("--reduce-bucket-elements", "0")),
+    ("max_live_parameters", "-1", ("--max-live-parameters", "-1")),
 ]
 
 
@@ -148,6 +149,21 @@ def test_knobs_left_at_the_runtimes_values_are_not_overrides_and_serving_refuses
     # a preference task moves swiftplan's loop to ms-swift; what was changed in the form goes with it
     dpo = parse_job({"model": MODEL, "task": "dpo", **_profile_knobs("swiftplan"), "loss": "chunked"})
     assert (dpo.runtime, dpo.runtime_options) == ("ms-swift", {"loss": "chunked"})
+
+
+def test_deepspeeds_buffer_sizes_are_typed_as_its_configs_write_them() -> None:
+    from swiftplan.errors import SwiftplanError
+
+    shown = _profile_knobs("llamafactory")
+    assert shown["reduce_bucket_elements"] == f"{RuntimeKnobs().reduce_bucket_elements:_}"  # 500_000_000
+    job = parse_job({"model": MODEL, "runtime": "llamafactory", **shown, "reduce_bucket_elements": "2e8",
+                     "prefetch_bucket_elements": "50_000_000", "max_live_parameters": "0"})  # fmt: skip
+    # only what differs from the runtime's own values is an override, as fit's flags would say
+    assert job.runtime_options == {"reduce_bucket_elements": 200_000_000, "max_live_parameters": 0}
+    with pytest.raises(
+        SwiftplanError, match=r"--prefetch-bucket-elements must be a whole number, got '1\.5e3x'"
+    ):
+        parse_job({"model": MODEL, "prefetch_bucket_elements": "1.5e3x"})
 
 
 def test_the_search_plans_with_the_overridden_knobs() -> None:

@@ -43,10 +43,18 @@ KNOB_CHOICES: dict[str, tuple[str, ...]] = {
     "keep_output": YES_NO,
 }
 """Knobs chosen from a list (on/off knobs as no/yes)."""
-KNOB_MINIMUMS = {"loss_chunks": 1, "loss_chunk_tokens": 0, "fsdp_shard_group": 0, "ckpt_every": 1}
+KNOB_MINIMUMS = {
+    "loss_chunks": 1,
+    "loss_chunk_tokens": 0,
+    "fsdp_shard_group": 0,
+    "ckpt_every": 1,
+    "reduce_bucket_elements": 1,
+    "prefetch_bucket_elements": 0,
+    "max_live_parameters": 0,
+}
 """Whole-number knobs and their least value (as the CLI checks them)."""
 KNOB_FIELDS = (*KNOB_CHOICES, *KNOB_MINIMUMS, "modules_to_save")
-"""Every knob the form offers: the CLI's knob flags (DeepSpeed's buffer sizes have no flag)."""
+"""Every knob the form offers: the CLI's knob flags."""
 
 
 def _flag(name: str) -> str:
@@ -68,7 +76,7 @@ def knob_text(value: Any) -> str:
         return YES_NO[value]
     if isinstance(value, tuple):
         return ",".join(value) or "none"
-    return str(value)
+    return f"{value:_}" if isinstance(value, int) else str(value)  # 500_000_000: DeepSpeed's sizes
 
 
 def runtime_knob_text(runtime: str) -> dict[str, str]:
@@ -78,11 +86,19 @@ def runtime_knob_text(runtime: str) -> dict[str, str]:
 
 
 def _whole(name: str, text: str) -> int:
+    """A whole number as typed: 500000000, 500_000_000 or 5e8 (DeepSpeed's configs write sizes that way)."""
     flag = _flag(name)
+    plain = text.strip().replace("_", "")
     try:
-        value = int(text.strip().replace("_", ""))
+        value = int(plain)
     except ValueError:
-        raise SwiftplanError(f"{flag} must be a whole number, got {text!r}.") from None
+        try:
+            number = float(plain)
+        except ValueError:
+            number = float("nan")
+        if not number.is_integer():
+            raise SwiftplanError(f"{flag} must be a whole number, got {text!r}.") from None
+        value = int(number)
     if value < KNOB_MINIMUMS[name]:
         raise SwiftplanError(f"{flag} must be at least {KNOB_MINIMUMS[name]}, got {value}.")
     return value

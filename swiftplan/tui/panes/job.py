@@ -52,7 +52,8 @@ KNOB_LAYOUT = (
     ("optimizer_in_backward", "Opt. in bwd", "ds_buckets", "DS buckets"),
     ("modules_to_save", "Save modules", "adapter_dtype", "Adapter dtype"),
     ("keep_output", "Keep output", "ds_overlap_comm", "DS overlap"),
-    ("ds_auto_buckets", "DS auto sizes", "", ""),
+    ("ds_auto_buckets", "DS auto sizes", "reduce_bucket_elements", "DS reduce bucket"),
+    ("prefetch_bucket_elements", "DS prefetch", "max_live_parameters", "DS live params"),
 )
 """The knob group's rows, as LAYOUT (every field of `KNOB_FIELDS` once)."""
 KNOBS_TITLE = "Runtime knobs (training): the runtime's defaults; edit to override"
