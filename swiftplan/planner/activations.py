@@ -50,6 +50,7 @@ from swiftplan.planner.setup import TrainSetup
 
 FP32 = 4
 BOOL = 1
+INT64 = 8
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -205,7 +206,9 @@ def _layer_activation_bytes(
         # Output projections read tensors other ops already keep (the SDPA output, the SwiGLU
         # product); the others read a norm output, shared by the Linears that read it (q/k/v, gate/up).
         if saved and not _reads_saved_tensor(linear):
-            key = (linear.block, linear.in_features) if not amp else (linear.name, linear.in_features)
+            # MLA's b projections read their latent's norm output, never a tensor another Linear reads
+            own_input = amp or linear.name.endswith(("kv_b_proj", "q_b_proj"))
+            key = (linear.name, linear.in_features) if own_input else (linear.block, linear.in_features)
             if key not in seen_inputs:
                 seen_inputs.add(key)
                 linear_inputs += saved
@@ -251,9 +254,7 @@ def _attention_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, seq_len: i
     q, kv = spec.q_dim, spec.kv_dim
     v_saved = (q + 2 * kv) if spec.fused_qkv else kv
     if spec.mla is not None:
-        k = spec.num_heads * (spec.mla.qk_nope_head_dim + spec.mla.qk_rope_head_dim)
-        v = spec.num_heads * spec.mla.v_head_dim
-        return tokens * cb * (q + k + v + v) + tokens * spec.num_heads * FP32
+        return _mla_bytes(spec, setup, tokens, cb)
     if setup.attention == "eager" or spec.eager_attention_only:
         scores = spec.num_heads * seq_len  # per token: one row of S scores per head
         per_score = FP32 + cb + (cb if spec.attn_logit_softcapping else 0)
@@ -264,6 +265,31 @@ def _attention_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, seq_len: i
     return tokens * cb * (q + kv + v_saved + q + output_copy) + tokens * spec.num_heads * FP32
 
 
+def _mla_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, cb: int) -> int:
+    """Multi-head latent attention as transformers 5 runs it (DeepseekV2Attention): q and k after RoPE, the
+    kv_b projection's output (value_states is a view of it, so its k_nope half stays too), the output and the
+    kernel's fp32 logsumexp; the latents' RMSNorms (kv_a_layernorm, and q_a_layernorm with a q LoRA rank) keep an
+    fp32 copy and rsqrt, and the normalised copy when their weights train (the b projections' inputs are linear
+    inputs). Traced on fake tensors (tests/test_moe_activations.py)."""
+    mla = spec.mla
+    assert mla is not None
+    heads = spec.num_heads
+    q = heads * (mla.qk_nope_head_dim + mla.qk_rope_head_dim)
+    k = q
+    kv_b_out = heads * (mla.qk_nope_head_dim + mla.v_head_dim)
+    v = heads * mla.v_head_dim
+    ranks = mla.kv_lora_rank + (mla.q_lora_rank or 0)
+    norms = ranks * FP32 + FP32 * (2 if mla.q_lora_rank else 1)
+    if setup.method == "full":
+        norms += ranks * cb  # the normalised copy the norm's weight gradient reads
+    return tokens * cb * (q + k + kv_b_out + v) + tokens * heads * FP32 + tokens * norms
+
+
+FP32_ROUTERS = frozenset({"deepseek_v2", "deepseek_v3"})
+"""Models whose router runs `F.linear(hidden_states.type(torch.float32), self.weight.type(torch.float32))`
+(transformers 5.25 modeling_deepseek_v2.py / modeling_deepseek_v3.py TopkRouter.forward)."""
+
+
 def _mlp_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, cb: int) -> tuple[int, int]:
     full = setup.method == "full"
     if not spec.is_moe_layer(layer):
@@ -272,10 +298,17 @@ def _mlp_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, cb: 
     moe = spec.moe
     assert moe is not None
     routed = tokens * moe.experts_per_token
-    # Each routed token copy passes through a SwiGLU of the expert width; router logits and
-    # softmax are fp32 per expert.
-    experts = routed * cb * (moe.expert_intermediate_size * 4 + spec.hidden_size)
-    router = tokens * moe.num_experts * FP32 * 2
+    width, h = moe.expert_intermediate_size, spec.hidden_size
+    # Per routed token copy (transformers 5's grouped_mm experts, integrations/moe.py): the gate_up output (2I,
+    # kept by the SwiGLU through its chunks), the activation (I) and the expert output the routing weight
+    # multiplies (H); trained experts also keep the gathered input (H) and the SwiGLU product (I) for their
+    # weight gradients.
+    experts = routed * cb * (4 * width + 2 * h if full else 3 * width + h)
+    # the router's fp32 probabilities per expert; per routed copy the top-k index, the sort permutation, the
+    # gather index and its inverse (int64 each) and the routing weight; a trained router keeps its input.
+    # DeepSeek's routers compute in fp32 (an fp32 copy of the input, fp32 routing weights).
+    rb = FP32 if spec.model_type in FP32_ROUTERS else cb
+    router = tokens * moe.num_experts * FP32 + routed * (4 * INT64 + rb) + (tokens * h * rb if full else 0)
     shared = tokens * cb * moe.shared_intermediate_size * (4 if full else 3)
     return shared, experts + router
 
@@ -333,11 +366,38 @@ def dequantized_weight_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
     return largest * dtype_bytes(compute_dtype(setup.precision))
 
 
+def dequantized_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
+    """A bitsandbytes Linear's input-gradient matmul: its dequantized weight beside the input gradient it makes
+    (T × in_features, the stream's dtype), for the Linear where that is most (Llama's down_proj: H × I + T × I;
+    a MoE block's attention projections, since bitsandbytes leaves transformers 5's fused experts unquantized).
+    Traced with bitsandbytes' own layers (executors/trace_quant.py), dense and MoE."""
+    if setup.quant not in BNB_DEQUANTIZING:
+        return 0
+    wb = (
+        activation_dtype_bytes(setup)
+        if setup.quant == "int8"
+        else dtype_bytes(compute_dtype(setup.precision))
+    )
+    cb = activation_dtype_bytes(setup)
+    return max(w * wb + tokens * fan_in * cb for w, fan_in in _quantized_block_matrices(spec))
+
+
 @cache
-def _largest_block_matrix(spec: ModelSpec) -> int:
-    """Elements of the largest Linear weight in a block (one per layout: dense and MoE blocks)."""
+def _quantized_block_matrices(spec: ModelSpec) -> tuple[tuple[int, int], ...]:
+    """(elements, in_features) of each Linear bitsandbytes quantizes in a block (one per layout: dense and MoE
+    blocks); transformers 5's fused experts and the router stay in the compute dtype (`weights.is_quantized`)."""
     layouts = {_representative_layer(spec, i) for i in range(spec.num_layers)}
-    return max(lin.in_features * lin.out_features for i in layouts for lin in layer_linears(spec, i))
+    return tuple(
+        (lin.in_features * lin.out_features, lin.in_features)
+        for i in layouts
+        for lin in layer_linears(spec, i)
+        if lin.kind == "linear"
+    )
+
+
+def _largest_block_matrix(spec: ModelSpec) -> int:
+    """Elements of the largest Linear weight bitsandbytes quantizes in a block."""
+    return max(elements for elements, _ in _quantized_block_matrices(spec))
 
 
 def block_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:

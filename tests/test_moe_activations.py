@@ -1,0 +1,99 @@
+"""What a MoE block and multi-head latent attention save for backward, as transformers 5 runs them: the planner's
+per-block bytes against a fake-tensor trace of the real model (the difference between a 4-block and a 2-block
+model, so only one block's saved tensors count), and the arithmetic behind them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import pytest
+
+from swiftplan.planner import activations as act
+from swiftplan.planner.model_catalog import catalog_spec, spec_from_hf_config
+from swiftplan.planner.setup import LoraSetup, RuntimeKnobs, TrainSetup
+
+TOKENS = 1024
+SMALL = {"hidden_size": 512, "moe_intermediate_size": 256, "intermediate_size": 1024, "vocab_size": 4096}
+QWEN3_MOE = dict(catalog_spec("Qwen/Qwen3-30B-A3B").hf_config) | SMALL | {
+    "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64, "num_experts": 16, "num_experts_per_tok": 4,
+}  # fmt: skip
+DEEPSEEK_V2 = dict(catalog_spec("deepseek-ai/DeepSeek-V2-Lite").hf_config) | SMALL | {
+    "num_attention_heads": 8, "num_key_value_heads": 8, "n_routed_experts": 16, "num_experts": 16,
+    "num_experts_per_tok": 4, "first_k_dense_replace": 0,
+}  # fmt: skip
+
+
+def _setup(method: str, targets: tuple[str, ...]) -> TrainSetup:
+    lora = LoraSetup(rank=16, dropout=0.0, targets=targets) if method == "lora" else None
+    return TrainSetup(method=method, precision="bf16", micro_batch=1, seq_len=TOKENS, grad_ckpt=False,  # type: ignore[arg-type]
+                      optimizer="sgd", lora=lora, runtime=RuntimeKnobs(loss="full"))  # fmt: skip
+
+
+def _layers(config: dict[str, Any], layers: int) -> dict[str, Any]:
+    return config | {"num_hidden_layers": layers, "max_window_layers": layers}
+
+
+def _planned_block(config: dict[str, Any], setup: TrainSetup) -> int:
+    spec = spec_from_hf_config(_layers(config, 4), name="tiny")
+    return sum(asdict(act.layer_activation_bytes(spec, setup, 3, TOKENS, TOKENS)).values())
+
+
+def _traced_block(config: dict[str, Any], method: str, targets: tuple[str, ...]) -> float:
+    pytest.importorskip("transformers")
+    from swiftplan.executors.trace import trace_training
+
+    saved = {}
+    for layers in (2, 4):
+        trace = trace_training(_layers(config, layers), method=method, precision="bf16", optimizer="sgd",  # type: ignore[arg-type]
+                               seq=TOKENS, grad_ckpt=False, steps=1, lora_targets=targets)  # fmt: skip
+        saved[layers] = trace.at_peak["activations"]
+    return (saved[4] - saved[2]) / 2
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize(("config", "targets"), [(QWEN3_MOE, ("q_proj", "v_proj")), (DEEPSEEK_V2, ("q_proj",))],
+                         ids=["qwen3-moe", "deepseek-v2-mla"])  # fmt: skip
+def test_a_moe_blocks_saved_tensors_match_the_trace(config: dict[str, Any], targets: tuple[str, ...],
+                                                    method: str) -> None:  # fmt: skip
+    planned, traced = _planned_block(config, _setup(method, targets)), _traced_block(config, method, targets)
+    assert planned == pytest.approx(traced, rel=1e-4), (planned, traced)
+
+
+def test_routed_experts_save_three_expert_widths_and_the_output_frozen_and_five_and_the_input_trained() -> (
+    None
+):
+    spec = spec_from_hf_config(_layers(QWEN3_MOE, 4), name="tiny")
+    lora, full = _setup("lora", ("q_proj",)), _setup("full", ())
+    routed, width, hidden = TOKENS * 4, 256, 512
+    routing = TOKENS * 16 * 4 + routed * (
+        4 * 8 + 2
+    )  # fp32 probabilities; 4 int64 indices + the weight per copy
+    assert (
+        act.layer_activation_bytes(spec, lora, 0, TOKENS, TOKENS).moe
+        == routed * 2 * (3 * width + hidden) + routing
+    )
+    # trained: the gathered input and the SwiGLU product per copy, and the router's own input
+    assert act.layer_activation_bytes(spec, full, 0, TOKENS, TOKENS).moe == (
+        routed * 2 * (4 * width + 2 * hidden) + routing + TOKENS * hidden * 2
+    )
+
+
+def test_mla_keeps_the_whole_kv_b_output_and_the_latent_norms_fp32_copy() -> None:
+    spec = catalog_spec("deepseek-ai/DeepSeek-V2-Lite")  # 16 heads, nope 128, rope 64, v 128, kv rank 512
+    setup = _setup("lora", ("q_proj",))
+    heads, q = 16, 16 * 192
+    expected = (
+        TOKENS * 2 * (q + q + heads * (128 + 128) + heads * 128) + TOKENS * heads * 4 + TOKENS * (512 * 4 + 4)
+    )
+    assert act.layer_activation_bytes(spec, setup, 1, TOKENS, TOKENS).attention == expected
+
+
+def test_a_bitsandbytes_moe_dequantizes_attention_not_the_experts_it_leaves_unquantized() -> None:
+    spec = catalog_spec("mistralai/Mixtral-8x7B-v0.1")  # experts 4096 × 14336, attention 4096 × 4096
+    qlora = TrainSetup(method="qlora", seq_len=TOKENS)
+    assert act.dequantized_weight_bytes(spec, qlora) == 4096 * 4096 * 2
+    # the input-gradient matmul of q_proj or o_proj: its weight and a T × 4096 gradient
+    assert act.dequantized_backward_bytes(spec, qlora, TOKENS) == 4096 * 4096 * 2 + TOKENS * 4096 * 2
+    dense = catalog_spec("meta-llama/Llama-2-7b-hf")  # down_proj: 4096 × 11008, its gradient T × 11008
+    assert act.dequantized_backward_bytes(dense, qlora, TOKENS) == 4096 * 11008 * 2 + TOKENS * 11008 * 2
