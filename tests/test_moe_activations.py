@@ -51,11 +51,30 @@ def _traced_block(config: dict[str, Any], method: str, targets: tuple[str, ...])
     return (saved[4] - saved[2]) / 2
 
 
+def _qwen2_moe() -> dict[str, Any]:
+    """Qwen2-MoE: a shared expert beside the routed ones, scaled by a sigmoid gate (no catalog entry)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Qwen2MoeConfig().to_dict() | SMALL | {
+        "num_attention_heads": 8, "num_key_value_heads": 2, "num_experts": 16, "num_experts_per_tok": 4,
+        "shared_expert_intermediate_size": 512, "decoder_sparse_step": 1, "mlp_only_layers": [],
+        "architectures": ["Qwen2MoeForCausalLM"], "torch_dtype": "bfloat16",
+    }  # fmt: skip
+    config.pop("layer_types", None)
+    return config
+
+
+CONFIGS = {"qwen3-moe": lambda: QWEN3_MOE, "deepseek-v2-mla": lambda: DEEPSEEK_V2, "qwen2-moe": _qwen2_moe}
+TARGETS = {
+    "qwen3-moe": ("q_proj", "v_proj"),
+    "deepseek-v2-mla": ("q_proj",),
+    "qwen2-moe": ("q_proj", "v_proj"),
+}
+
+
 @pytest.mark.parametrize("method", ["lora", "full"])
-@pytest.mark.parametrize(("config", "targets"), [(QWEN3_MOE, ("q_proj", "v_proj")), (DEEPSEEK_V2, ("q_proj",))],
-                         ids=["qwen3-moe", "deepseek-v2-mla"])  # fmt: skip
-def test_a_moe_blocks_saved_tensors_match_the_trace(config: dict[str, Any], targets: tuple[str, ...],
-                                                    method: str) -> None:  # fmt: skip
+@pytest.mark.parametrize("model", list(CONFIGS))
+def test_a_moe_blocks_saved_tensors_match_the_trace(model: str, method: str) -> None:
+    config, targets = CONFIGS[model](), TARGETS[model]
     planned, traced = _planned_block(config, _setup(method, targets)), _traced_block(config, method, targets)
     assert planned == pytest.approx(traced, rel=1e-4), (planned, traced)
 
@@ -97,3 +116,14 @@ def test_a_bitsandbytes_moe_dequantizes_attention_not_the_experts_it_leaves_unqu
     assert act.dequantized_backward_bytes(spec, qlora, TOKENS) == 4096 * 4096 * 2 + TOKENS * 4096 * 2
     dense = catalog_spec("meta-llama/Llama-2-7b-hf")  # down_proj: 4096 × 11008, its gradient T × 11008
     assert act.dequantized_backward_bytes(dense, qlora, TOKENS) == 4096 * 11008 * 2 + TOKENS * 11008 * 2
+
+
+def test_the_last_blocks_backward_takes_the_last_blocks_layout() -> None:
+    spec = catalog_spec(
+        "deepseek-ai/DeepSeek-V2-Lite"
+    )  # block 0 dense (down_proj 2048 × 10944), the rest MoE
+    qlora = TrainSetup(method="qlora", seq_len=TOKENS)
+    # recomputing block 0 dequantizes its down_proj; in the last block the most is the shared experts' down_proj
+    # (2816 → 2048, a plain Linear bitsandbytes quantizes) and the T × 2816 gradient it makes
+    assert act.dequantized_weight_bytes(spec, qlora) == 2048 * 10944 * 2
+    assert act.dequantized_backward_bytes(spec, qlora, TOKENS) == 2816 * 2048 * 2 + TOKENS * 2816 * 2

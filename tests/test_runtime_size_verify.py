@@ -66,7 +66,7 @@ def test_size_under_hf_uses_its_loss_and_plans_for_its_engine() -> None:
     ours, hf = _size(), _size("--runtime", "hf")
     assert hf["runtime"]["name"] == "hf"
     assert {d["option"]: d["value"] for d in hf["runtime"]["applied"]}["loss"] == "fused_head"
-    assert _headroom_by_plan(hf) != _headroom_by_plan(ours)  # no full fp32 logits under TRL's chunked loss
+    assert _headroom_by_plan(hf) != _headroom_by_plan(ours)  # no full fp32 logits under TRL's fused LM head
     assert "--runtime hf" in hf["next"]  # fit plans the recommended option under the same runtime
     assert any("TRL" in n or "trl" in n for n in hf["notes"])
 

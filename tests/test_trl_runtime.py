@@ -77,16 +77,48 @@ def test_kbit_bf16_casts_adapters_on_a_bitsandbytes_base_only(quant: str, method
 def test_kbit_bf16_halves_adapter_state_and_casts_modules_to_save_copies() -> None:
     spec = catalog_spec("Qwen/Qwen2.5-7B-Instruct")
     knobs = replace(HF, modules_to_save=("embed_tokens",))
-    cast = TrainSetup(method="qlora", lora=LoraSetup(rank=64, targets=("all-linear",)), runtime=knobs)
+    # peft's fp32 preparation makes the module (and so the embedding's trainable copy) fp32; TRL then casts
+    # what trains to bf16
+    cast = TrainSetup(method="qlora", lora=LoraSetup(rank=64, targets=("all-linear",)), runtime=knobs,
+                      kbit_upcast=True)  # fmt: skip
     peft = replace(cast, runtime=replace(knobs, adapter_dtype="fp32"))
-    assert saved_module_dtype(cast) == "bf16" and saved_module_dtype(peft) == "bf16"  # QLoRA's module dtype
-    upcast = replace(cast, kbit_upcast=True)  # peft's fp32 preparation, then TRL's cast of what trains
-    assert saved_module_dtype(upcast) == "bf16"
-    assert saved_module_dtype(replace(upcast, runtime=replace(knobs, adapter_dtype="fp32"))) == "fp32"
+    assert (saved_module_dtype(cast), saved_module_dtype(peft)) == ("bf16", "fp32")
     a, b = train_memory(spec, cast).device, train_memory(spec, peft).device
-    lora_params = train_memory(spec, cast).trainable_params - spec.vocab_size * spec.hidden_size
-    assert b.adapters - a.adapters == lora_params * 2  # fp32 → bf16 adapters
-    assert b.optimizer - a.optimizer == lora_params * 2 * 2  # two AdamW moments follow them
+    copy = spec.vocab_size * spec.hidden_size
+    lora_params = train_memory(spec, cast).trainable_params - copy
+    assert b.adapters - a.adapters == lora_params * 2 + copy * 2  # fp32 → bf16 adapters and embedding copy
+    assert b.optimizer - a.optimizer == (lora_params + copy) * 2 * 2  # two AdamW moments follow them
+    assert b.gradients - a.gradients == (lora_params + copy) * 2
+
+
+def test_the_cast_leaves_doras_magnitude_as_trl_does() -> None:
+    pytest.importorskip("peft")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from swiftplan.executors.trl_cast import cast_trainable_to_bf16
+
+    tiny = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                       num_key_value_heads=4, vocab_size=128)  # fmt: skip
+    net = get_peft_model(LlamaForCausalLM(tiny), LoraConfig(r=4, target_modules=["q_proj"], use_dora=True))
+    assert cast_trainable_to_bf16(net) == 2  # lora_A and lora_B
+    dtypes = {name: p.dtype for name, p in net.named_parameters() if p.requires_grad}
+    assert {d for n, d in dtypes.items() if "lora_magnitude_vector" in n} == {torch.float32}
+    assert {d for n, d in dtypes.items() if "lora_magnitude_vector" not in n} == {torch.bfloat16}
+
+
+def test_an_engine_that_does_not_cast_refuses_kbit_bf16_on_a_bitsandbytes_base() -> None:
+    from swiftplan.planner.engines import engine_reasons, get_engine, train_requirements
+
+    knobs = RuntimeKnobs(adapter_dtype="kbit-bf16")
+    qlora = train_requirements(TrainSetup(method="qlora", runtime=knobs), backend="cuda", gpus=1)
+    lora = train_requirements(TrainSetup(method="lora", runtime=knobs), backend="cuda", gpus=1)
+    assert any("kbit-bf16" in r for r in engine_reasons(get_engine("axolotl"), qlora))
+    assert not any("adapter dtype" in r for r in engine_reasons(get_engine("axolotl"), lora))
+    assert not any(
+        "adapter dtype" in r for r in engine_reasons(get_engine("swiftplan"), qlora)
+    )  # our loop casts
 
 
 def test_trl_renderer_notes_fp32_adapters_on_a_bitsandbytes_base() -> None:
@@ -118,6 +150,24 @@ def test_verify_traces_trls_fused_head_at_the_loss() -> None:
     assert logits["traced"] > 0 and abs(logits["error"]) <= 0.001, traced["terms"]
     assert abs(traced["by_term"]["peak_allocated"]["error"]) <= 0.005, traced["terms"]
     assert any("TRL 1.16's fused LM head" in n for n in traced["notes"])
+
+
+def test_verify_traces_the_fused_head_under_autocast_and_with_a_trained_head() -> None:
+    for args in (("--precision", "amp-bf16"), ("--modules-to-save", "lm_head")):
+        traced = _verify("--method", "lora", "--seq", "4096", "--no-grad-ckpt", *args)
+        assert traced["estimate_peak_phase"] == "loss and backward start"
+        assert abs(traced["by_term"]["peak_allocated"]["error"]) <= 0.005, (args, traced["terms"])
+
+
+def test_a_trained_head_adds_its_fp32_gradient_and_drops_the_matmuls_saved_input() -> None:
+    spec = catalog_spec(SMALL)
+    frozen = TrainSetup(method="lora", micro_batch=1, seq_len=4096, runtime=HF)
+    trained = replace(frozen, runtime=replace(HF, modules_to_save=("lm_head",)))
+    head = spec.vocab_size * 896
+    assert logits_bytes(spec, trained) - logits_bytes(spec, frozen) == head * (
+        4 + 2
+    )  # fp32 gradient, bf16 cast
+    assert fused_head.input_not_saved_bytes(spec, trained, 4096) == 4096 * 896 * 2
 
 
 def test_verify_traces_trls_bf16_cast_of_qlora_adapters() -> None:

@@ -46,7 +46,8 @@ class TraceFeatures:
     activation_offload: bool = False
     """The decoder's saved tensors to host memory."""
     adapter_dtype: str = "fp32"
-    """LoRA adapters in fp32 (peft's default upcast) or in the model dtype (autocast_adapter_dtype=False)."""
+    """LoRA adapters in fp32 (peft's default upcast), in the model dtype (autocast_adapter_dtype=False), or
+    kbit-bf16: fp32, cast to bf16 after LoRA on a bitsandbytes base (`trace_quant.QuantBase.cast_trainable`)."""
     optimizer_in_backward: bool = False
     """Each parameter stepped and its gradient freed in backward (`OptimizerInBackward`)."""
     modules_to_save: tuple[str, ...] = ()

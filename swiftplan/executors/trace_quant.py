@@ -64,11 +64,9 @@ class QuantBase:
         of trl/trainer/sft_trainer.py:908-911, run on the meta model before it is made fake)."""
         if not self.trainable_bf16:
             return
-        cast = 0
-        for name, param in model.named_parameters():
-            if param.requires_grad and "lora_magnitude_vector" not in name:
-                param.data = param.data.to(torch.bfloat16)
-                cast += 1
+        from swiftplan.executors.trl_cast import cast_trainable_to_bf16
+
+        cast = cast_trainable_to_bf16(model)
         notes.append(f"trainable parameters cast to bf16 after LoRA ({cast} tensors), as TRL 1.16's trainers do "
                      "on a bitsandbytes base")  # fmt: skip
 

@@ -30,6 +30,7 @@ from swiftplan.planner.architecture import Linear, layer_linears
 from swiftplan.planner.dtypes import (
     activation_dtype_bytes,
     adapter_dtype,
+    adapters_read_the_stream,
     compute_dtype,
     dtype_bytes,
     module_dtype,
@@ -94,7 +95,8 @@ def _linear_saves(
     Under autocast (amp) the residual stream is fp32, so each Linear reading it makes its own
     low-precision copy of the input (q, k and v each: not shared), and lora_A's input and output
     are in the autocast dtype rather than fp32. Otherwise they are in the adapter dtype
-    (`dtypes.adapter_dtype`: fp32, or the model dtype with --adapter-dtype model).
+    (`dtypes.adapter_dtype`: fp32, the model dtype with --adapter-dtype model, or bf16 on a bitsandbytes base
+    with kbit-bf16).
     """
     amp = setup.precision.startswith("amp-")
     if setup.trains_adapters:
@@ -133,7 +135,7 @@ def int8_kept_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, ch
         and setup.lora is not None
         and setup.lora.dropout == 0
         and not setup.precision.startswith("amp-")
-        and dtype_bytes(adapter_dtype(setup)) == cb
+        and adapters_read_the_stream(setup)
     )
     kept: dict[tuple[str, bool], int] = {}
     lora_reads: set[tuple[str, bool]] = set()
@@ -190,7 +192,13 @@ def _layer_activation_bytes(
             continue
         saved, lora_saved = _linear_saves(linear, setup, tokens, cb, spec.model_type)
         ab = dtype_bytes(adapter_dtype(setup))
-        if lora_saved and setup.lora is not None and cb == ab and not amp and setup.lora.dropout == 0:
+        if (
+            lora_saved
+            and setup.lora is not None
+            and adapters_read_the_stream(setup)
+            and not amp
+            and setup.lora.dropout == 0
+        ):
             # Activations already in the adapter dtype (fp32 ones with fp32 adapters, or adapters in the model
             # dtype) and no dropout: peft's cast is a no-op, so the Linears reading one tensor (q and v) keep
             # that same tensor once; only lora_A's output is theirs.
@@ -306,10 +314,16 @@ def _mlp_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, cb: 
     experts = routed * cb * (4 * width + 2 * h if full else 3 * width + h)
     # the router's fp32 probabilities per expert; per routed copy the top-k index, the sort permutation, the
     # gather index and its inverse (int64 each) and the routing weight; a trained router keeps its input.
-    # DeepSeek's routers compute in fp32 (an fp32 copy of the input, fp32 routing weights).
+    # DeepSeek's routers compute in fp32 (an fp32 copy of the input, fp32 routing weights); otherwise a shared
+    # expert reads the router's input too and already keeps it (a linear input)
     rb = FP32 if spec.model_type in FP32_ROUTERS else cb
-    router = tokens * moe.num_experts * FP32 + routed * (4 * INT64 + rb) + (tokens * h * rb if full else 0)
+    own_input = full and (rb == FP32 or not moe.shared_intermediate_size)
+    router = (
+        tokens * moe.num_experts * FP32 + routed * (4 * INT64 + rb) + (tokens * h * rb if own_input else 0)
+    )
     shared = tokens * cb * moe.shared_intermediate_size * (4 if full else 3)
+    if moe.shared_expert_gate:  # Qwen2-MoE: sigmoid(gate) × the shared expert's output keeps both
+        shared += tokens * cb * (h + 1)
     return shared, experts + router
 
 
@@ -354,50 +368,51 @@ MatMul8bitLt.backward `CB = state.CB.to(ctx.dtype_A, copy=True)...`)."""
 
 
 def dequantized_weight_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
-    """The largest block matrix, alive while a bitsandbytes base's backward multiplies by it (an MLP projection:
-    4096 × 11008 × 2 B = 86 MiB for Llama-2-7B in bf16), in the compute dtype (MatMul4Bit casts to the
-    gradient's) or, for int8, in its input's (MatMul8bitLt's `CB.to(ctx.dtype_A)`: fp32 after peft's upcast);
-    0 for other bases. Traced with bitsandbytes' own layers (executors/trace_quant.py)."""
+    """The largest block matrix bitsandbytes quantizes, alive while a bitsandbytes base's backward multiplies by
+    it (an MLP projection: 4096 × 11008 × 2 B = 86 MiB for Llama-2-7B in bf16; a MoE model's attention
+    projection), in `_dequantized_element_bytes`; 0 for other bases. Traced with bitsandbytes' own layers
+    (executors/trace_quant.py)."""
     if setup.quant not in BNB_DEQUANTIZING:
         return 0
-    largest = _largest_block_matrix(spec)
-    if setup.quant == "int8":
-        return largest * activation_dtype_bytes(setup)
-    return largest * dtype_bytes(compute_dtype(setup.precision))
+    return _largest_block_matrix(spec) * _dequantized_element_bytes(setup)
 
 
 def dequantized_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
-    """A bitsandbytes Linear's input-gradient matmul: its dequantized weight beside the input gradient it makes
-    (T × in_features, the stream's dtype), for the Linear where that is most (Llama's down_proj: H × I + T × I;
-    a MoE block's attention projections, since bitsandbytes leaves transformers 5's fused experts unquantized).
-    Traced with bitsandbytes' own layers (executors/trace_quant.py), dense and MoE."""
+    """A bitsandbytes Linear's input-gradient matmul in the last block: its dequantized weight beside the input
+    gradient it makes (T × in_features, the stream's dtype), for the Linear where that is most (Llama's
+    down_proj: H × I + T × I; a MoE block's attention projections, since bitsandbytes leaves transformers 5's
+    fused experts unquantized). Traced with bitsandbytes' own layers (executors/trace_quant.py), dense and MoE."""
     if setup.quant not in BNB_DEQUANTIZING:
         return 0
-    wb = (
-        activation_dtype_bytes(setup)
-        if setup.quant == "int8"
-        else dtype_bytes(compute_dtype(setup.precision))
-    )
     cb = activation_dtype_bytes(setup)
-    return max(w * wb + tokens * fan_in * cb for w, fan_in in _quantized_block_matrices(spec))
+    last = _quantized_block_matrices(spec, _representative_layer(spec, spec.num_layers - 1))
+    return max(w * _dequantized_element_bytes(setup) + tokens * fan_in * cb for w, fan_in in last)
+
+
+def _dequantized_element_bytes(setup: TrainSetup) -> int:
+    """A dequantized weight's element size: the compute dtype (MatMul4Bit casts to the gradient's), or for int8
+    its input's (MatMul8bitLt's `CB.to(ctx.dtype_A)`: fp32 after peft's upcast)."""
+    if setup.quant == "int8":
+        return activation_dtype_bytes(setup)
+    return dtype_bytes(compute_dtype(setup.precision))
 
 
 @cache
-def _quantized_block_matrices(spec: ModelSpec) -> tuple[tuple[int, int], ...]:
-    """(elements, in_features) of each Linear bitsandbytes quantizes in a block (one per layout: dense and MoE
-    blocks); transformers 5's fused experts and the router stay in the compute dtype (`weights.is_quantized`)."""
-    layouts = {_representative_layer(spec, i) for i in range(spec.num_layers)}
+def _quantized_block_matrices(spec: ModelSpec, layer: int) -> tuple[tuple[int, int], ...]:
+    """(elements, in_features) of each Linear bitsandbytes quantizes in block `layer`; transformers 5's fused
+    experts and the router stay in the compute dtype (`weights.is_quantized`)."""
     return tuple(
         (lin.in_features * lin.out_features, lin.in_features)
-        for i in layouts
-        for lin in layer_linears(spec, i)
+        for lin in layer_linears(spec, layer)
         if lin.kind == "linear"
     )
 
 
+@cache
 def _largest_block_matrix(spec: ModelSpec) -> int:
-    """Elements of the largest Linear weight bitsandbytes quantizes in a block."""
-    return max(elements for elements, _ in _quantized_block_matrices(spec))
+    """Elements of the largest Linear weight bitsandbytes quantizes in any block (dense and MoE layouts)."""
+    layouts = {_representative_layer(spec, i) for i in range(spec.num_layers)}
+    return max(elements for i in layouts for elements, _ in _quantized_block_matrices(spec, i))
 
 
 def block_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
@@ -528,7 +543,10 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
             chunked_loss_bytes(tokens, vocab, chunks=knobs.loss_chunks, compute_bytes=cb)
             + tokens * vocab * softcap
         )
-    if knobs.loss == "fused_head":  # TRL 1.16's fused LM head: every position but each sequence's last scored
+    if (
+        knobs.loss == "fused_head"
+    ):  # TRL 1.16's fused LM head over every position (each sequence's last, unscored,
+        # is within rounding)
         return fused_head.head_bytes(spec, setup, tokens, backward=True, tp=tp)
     if knobs.loss == "fused_linear":
         return fused_linear_loss_bytes(

@@ -65,14 +65,21 @@ def module_dtype(setup: TrainSetup) -> str:
 def saved_module_dtype(setup: TrainSetup) -> str:
     """dtype of peft's modules_to_save copies (trainable embeddings / LM head beside LoRA): the module dtype,
     or bf16 where the runtime casts a bitsandbytes base's trainable parameters (`kbit_cast`)."""
-    if deepspeed_mixed(setup):
-        return compute_dtype(setup.precision)
-    return KBIT_CAST_DTYPE if kbit_cast(setup) else module_dtype(setup)
+    return KBIT_CAST_DTYPE if kbit_cast(setup) and not deepspeed_mixed(setup) else module_dtype(setup)
+
+
+def activation_dtype(setup: TrainSetup) -> str:
+    """dtype of saved activations: the compute dtype, or fp32 when a k-bit base was prepared with peft's fp32
+    upcast (its fp32 norms and embeddings make the whole stream fp32)."""
+    return "fp32" if setup.kbit_upcast and not deepspeed_mixed(setup) else compute_dtype(setup.precision)
 
 
 def activation_dtype_bytes(setup: TrainSetup) -> int:
-    """Bytes per element of saved activations: the compute dtype, or fp32 when a k-bit base was
-    prepared with peft's fp32 upcast (its fp32 norms and embeddings make the whole stream fp32)."""
-    return (
-        4 if setup.kbit_upcast and not deepspeed_mixed(setup) else dtype_bytes(compute_dtype(setup.precision))
-    )
+    """Bytes per element of saved activations (`activation_dtype`)."""
+    return dtype_bytes(activation_dtype(setup))
+
+
+def adapters_read_the_stream(setup: TrainSetup) -> bool:
+    """peft's cast of a LoRA input to the adapters' dtype is a no-op: the adapters are in the stream's own dtype
+    (fp32 with fp32 adapters, or the model dtype; bf16 adapters under an fp16 stream still copy)."""
+    return adapter_dtype(setup) == activation_dtype(setup)

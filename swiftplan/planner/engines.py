@@ -255,20 +255,28 @@ def engine_reasons(engine: Engine, needs: Requirements) -> list[str]:
     return reasons
 
 
+def refused_knobs(engine: Engine, needs: Requirements) -> list[tuple[str, Any]]:
+    """(RuntimeKnobs field, value) for each runtime setting of the plan the engine does not implement."""
+    refused = []
+    for option in _KNOB_OPTIONS:
+        value = getattr(needs, option)
+        allowed = engine.allowed(option, needs.backend)
+        if value is None or allowed is None:
+            continue
+        refused += [
+            (option, v) for v in (value if option == "modules_to_save" else (value,)) if v not in allowed
+        ]
+    return refused
+
+
 def _knob_reasons(engine: Engine, needs: Requirements) -> list[str]:
     """The runtime settings of the plan the engine does not implement, in one sentence per reason, naming
     the runtime they came from."""
     backend = needs.backend
     unmet: dict[str, list[str]] = {}
-    for option in _KNOB_OPTIONS:
-        value = getattr(needs, option)
-        allowed = engine.allowed(option, backend)
-        if value is None or allowed is None:
-            continue
-        for v in value if option == "modules_to_save" else (value,):
-            if v not in allowed:
-                shown = str(v).lower() if isinstance(v, bool) else repr(v)
-                unmet.setdefault(engine.why(option, backend), []).append(f"{_OPTION_LABELS[option]} {shown}")
+    for option, v in refused_knobs(engine, needs):
+        shown = str(v).lower() if isinstance(v, bool) else repr(v)
+        unmet.setdefault(engine.why(option, backend), []).append(f"{_OPTION_LABELS[option]} {shown}")
     planned = f" (in a plan made for runtime {needs.runtime!r})" if needs.runtime else ""
     return [
         f"{engine.name} does not run {', '.join(settings)}{planned}: {why}."

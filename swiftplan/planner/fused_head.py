@@ -14,9 +14,10 @@ casts the fp32 gradients to the parameters' dtype while they live. SFTTrainer co
 
 from __future__ import annotations
 
-from swiftplan.planner.dtypes import activation_dtype_bytes
+from swiftplan.planner.dtypes import activation_dtype_bytes, dtype_bytes, saved_module_dtype
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.states import state_dtypes
 
 TOKEN_TILE = 4096
 """ChunkedLogProbFunction's tokens per tile (trl 1.16 kernels/chunked_logprob.py:31 TOKEN_CHUNK_SIZE)."""
@@ -33,38 +34,69 @@ SOURCE = (
 )
 
 
+def head_trains(setup: TrainSetup) -> bool:
+    """The LM head's weight gets a gradient: full fine-tuning, or peft's trainable copy (modules_to_save lm_head,
+    which get_output_embeddings() hands the fused head)."""
+    return setup.method == "full" or "lm_head" in setup.runtime.modules_to_save
+
+
+def _hidden_bytes(setup: TrainSetup) -> int:
+    """The decoder output's element size: the stream's dtype (fp32 under autocast, whose residual stream and final
+    norm stay fp32; the tiles are computed in the autocast dtype)."""
+    return FP32 if setup.precision.startswith("amp-") else activation_dtype_bytes(setup)
+
+
+def _cast_bytes(dtype_size: int) -> int:
+    """What `grad.to(dtype)` of an fp32 gradient allocates: nothing when the dtype is fp32."""
+    return 0 if dtype_size == FP32 else dtype_size
+
+
 def saved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
     """What the head keeps for backward over `tokens` scored positions: their hidden states (the boolean-mask
     copy), log_z and entropy (or log_z twice), and the int64 targets `labels[mask]`."""
-    return tokens * spec.hidden_size * activation_dtype_bytes(setup) + 2 * tokens * FP32 + tokens * INT64
+    return tokens * spec.hidden_size * _hidden_bytes(setup) + 2 * tokens * FP32 + tokens * INT64
 
 
 def head_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, backward: bool, tp: int = 1) -> int:
     """The head's peak over `tokens` scored positions: forward, what it saves + one tile + the running
-    statistics; backward, what it saved + one tile + the fp32 hidden-state gradient and its cast (+ the fp32
-    LM-head gradient and its cast when the head trains in full)."""
-    cb = activation_dtype_bytes(setup)
+    statistics; backward, what it saved + one tile + the fp32 hidden-state gradient and its cast to the hidden
+    states' dtype (+ the fp32 LM-head gradient and its cast to the weight's dtype when the head trains)."""
     hidden = spec.hidden_size
     vocab = spec.vocab_size // tp
+    cb = activation_dtype_bytes(setup)
     tile = min(tokens, TOKEN_TILE) * min(vocab, VOCAB_TILE) * cb
     saved = saved_bytes(spec, setup, tokens)
+    # under autocast the fp32 hidden chunk and weight tiles are cast to the compute dtype as they are used: one
+    # weight tile at a time in forward (a temporary), two in backward (`w_chunk` is bound when the next is made)
+    casts = 0
+    if setup.precision.startswith("amp-"):
+        casts = min(tokens, TOKEN_TILE) * hidden * cb + min(vocab, VOCAB_TILE) * hidden * cb * (
+            2 if backward else 1
+        )
     if not backward:
-        return saved + tile + FORWARD_STATISTICS * tokens * FP32
-    head_grad = spec.vocab_size * hidden * (FP32 + cb) // tp if setup.method == "full" else 0
-    return saved + tile + tokens * hidden * (FP32 + cb) + head_grad
+        return saved + tile + casts + FORWARD_STATISTICS * tokens * FP32
+    head_grad = 0
+    if head_trains(setup):
+        weight = dtype_bytes(
+            saved_module_dtype(setup) if setup.trains_adapters else state_dtypes(setup).weights
+        )
+        head_grad = spec.vocab_size * hidden * (FP32 + _cast_bytes(weight)) // tp
+    return saved + tile + casts + tokens * hidden * (FP32 + _cast_bytes(_hidden_bytes(setup))) + head_grad
 
 
 def input_not_saved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
-    """A fully trained LM head's input (T × H) that the plain matmul would save and the fused head does not (it
-    keeps its own masked copy, counted in `saved_bytes`); 0 when the head is frozen (nothing saves it then)."""
-    if setup.method != "full":
-        return 0
-    return tokens * spec.hidden_size * activation_dtype_bytes(setup)
+    """What the plain LM-head matmul keeps and the fused head does not: a trained head's input (T × H; the fused
+    head keeps its own masked copy, counted in `saved_bytes`) and, under autocast, the head weight's
+    low-precision copy (the fused head casts one tile of it at a time)."""
+    cb = activation_dtype_bytes(setup)
+    head_input = tokens * spec.hidden_size * cb if head_trains(setup) else 0
+    weight_copy = spec.vocab_size * spec.hidden_size * cb if setup.precision.startswith("amp-") else 0
+    return head_input + weight_copy
 
 
 def formula(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int = 1) -> str:
     """The term's formula in words, for the breakdown."""
     vocab = spec.vocab_size // tp
-    head = " + fp32 LM-head gradient and its cast" if setup.method == "full" else ""
+    head = " + fp32 LM-head gradient and its cast" if head_trains(setup) else ""
     return (f"{tokens} scored tokens: their hidden states, one {min(tokens, TOKEN_TILE)} × {min(vocab, VOCAB_TILE)} "
             f"tile, fp32 hidden-state gradient{head} (fused LM head, no full logits)")  # fmt: skip

@@ -67,8 +67,8 @@ def logprob_positions(setup: TrainSetup, *, scored: int) -> int:
 
 
 def fused_head_activation_saving(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
-    """Under TRL's fused head a fully trained LM head's input (T × H) is not saved by the matmul: the
-    kernel keeps its own masked copy (counted in the logits term) — what SFT's activations count for it."""
+    """What SFT's activations count for the plain LM head that TRL's fused head does not keep
+    (`fused_head.input_not_saved_bytes`)."""
     if logprob_kernel(setup) != "fused_head":
         return 0
     return fused_head.input_not_saved_bytes(spec, setup, tokens)
@@ -87,11 +87,17 @@ def training_logprob_bytes(
     if kernel == "full_logits":
         copies = 2 if setup.objective.kind == "simpo" else 3
         return copies * tokens * (spec.vocab_size // tp) * act.activation_dtype_bytes(setup)
-    return act.logits_bytes(
-        spec,
-        replace(setup, micro_batch=sequences, seq_len=logprob_positions(setup, scored=scored), objective=SFT),
-        tp=tp,
-    )
+    return act.logits_bytes(spec, _scored_as_sft(setup, sequences=sequences, scored=scored), tp=tp)
+
+
+def _scored_as_sft(setup: TrainSetup, *, sequences: int, scored: int) -> TrainSetup:
+    """The objective's scoring as an SFT loss over its positions, for the runtime's cross-entropy kernel; TRL's
+    fused head only where its trainer calls it (an objective outside FUSED_HEAD_OBJECTIVES gets the full loss)."""
+    runtime = setup.runtime
+    if runtime.loss == "fused_head":
+        runtime = replace(runtime, loss="full")
+    positions = logprob_positions(setup, scored=scored)
+    return replace(setup, micro_batch=sequences, seq_len=positions, objective=SFT, runtime=runtime)
 
 
 def kept_policy_logprob_bytes(
@@ -120,11 +126,7 @@ def no_grad_logprob_bytes(
         return tokens * vocab * cb + seq_len * vocab * cb  # its logits and one row's log_softmax
     if kernel == "fused_head":
         return fused_head.head_bytes(spec, setup, tokens, backward=False, tp=tp)
-    return act.logits_bytes(
-        spec,
-        replace(setup, micro_batch=sequences, seq_len=logprob_positions(setup, scored=scored), objective=SFT),
-        tp=tp,
-    )
+    return act.logits_bytes(spec, _scored_as_sft(setup, sequences=sequences, scored=scored), tp=tp)
 
 
 def kernel_source(setup: TrainSetup) -> str:

@@ -218,8 +218,9 @@ class RuntimeKnobs:
     upcasts bf16/fp16 adapters, and each wrapped Linear casts its input to fp32), or model: the base
     layer's dtype, with no input cast (autocast_adapter_dtype=False; torchtune's LoRALinear built under
     the recipe's default dtype), or kbit-bf16: peft's fp32, except that on a bitsandbytes 4-bit or int8 base
-    every trainable parameter (adapters and modules_to_save copies; not DoRA's magnitude) is cast to bf16
-    after get_peft_model, as each TRL 1.16 trainer does (`dtypes.adapter_dtype`). Gradients and AdamW
+    every trainable parameter (adapters and modules_to_save copies) is cast to bf16 after get_peft_model, as
+    each TRL 1.16 trainer does (`dtypes.adapter_dtype`); TRL leaves DoRA's magnitude (out_features per wrapped
+    Linear) in fp32, which the planner counts with the bf16 adapters (a few KiB per block). Gradients and AdamW
     moments follow the adapters."""
     keep_output: bool = False
     """The training loop holds the model output (its logits) until backward ends: a plain loop's

@@ -53,7 +53,8 @@ def state_dtypes(setup: TrainSetup) -> StateDtypes:
 
     Plain torch (no ZeRO): parameters in the precision's parameter dtype (fp32 under amp); peft keeps
     LoRA adapters in fp32 (`autocast_adapter_dtype`), or in the model dtype with the runtime's
-    `adapter_dtype` "model" (`dtypes.adapter_dtype`); gradients and AdamW moments follow the trainable
+    `adapter_dtype` "model", or bf16 on a bitsandbytes base with "kbit-bf16" (TRL's cast; modules_to_save copies
+    too, `dtypes.saved_module_dtype`) (`dtypes.adapter_dtype`); gradients and AdamW moments follow the trainable
     parameters; no master copy. DeepSpeed ZeRO with bf16/fp16 (every precision but fp32): the engine
     casts the module, adapters included, to the half dtype (`module.bfloat16()`), keeps gradients in it
     across accumulation (`averaged_gradients`), and an fp32 master partition with fp32 optimizer state

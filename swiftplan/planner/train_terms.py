@@ -117,7 +117,7 @@ def breakdown_terms(
             name="logits",
             value_bytes=logits,
             formula=_objective_logits_formula(spec, setup, tp),
-            source=kernel_source(setup) or _LOSS_SOURCES[knobs.loss],
+            source=kernel_source(setup) or _LOSS_SOURCES[_plain_loss(setup)],
         ),
         Term(
             name="transient",
@@ -141,6 +141,12 @@ def breakdown_terms(
             source=constant_source("runtime_overhead", "cuda_context_bytes"),
         ),
     )
+
+
+def _plain_loss(setup: TrainSetup) -> str:
+    """The loss kernel counted outside the log-prob kernels: TRL's fused head only for SFT (`logprob_kernels`)."""
+    knobs = setup.runtime
+    return "full" if knobs.loss == "fused_head" and setup.objective.kind != "sft" else knobs.loss
 
 
 def _objective_logits_formula(spec: ModelSpec, setup: TrainSetup, tp: int) -> str:

@@ -180,7 +180,7 @@ def _diagnosis(outcome: FitOutcome) -> tuple[str, ...]:
 
 
 def runtime_line(problem: FitProblem) -> str:
-    """'runtime hf (its defaults: loss fused_linear, ...); set: fsdp fsdp2, fsdp_cpu_offload true'."""
+    """'runtime hf (its defaults: loss fused_head, ...); set: fsdp fsdp2, fsdp_cpu_offload true'."""
     from swiftplan.tui.knobs import override_text
 
     if problem.runtime is None:

@@ -259,12 +259,14 @@ def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str
     name = request.runtime or engine.runtime or DEFAULT_TRAIN_RUNTIME
     runtime = choose_runtime(name, task, dict(request.runtime_options))
     if task == "train":
-        from swiftplan.planner.engines import Requirements, engine_reasons, knob_requirements
+        from swiftplan.planner.engines import Requirements, engine_reasons, knob_requirements, refused_knobs
+        from swiftplan.planner.runtime import KNOB_FLAGS
 
         knobs = runtime.knobs()
         needs = Requirements(backend=cluster.accelerator.backend, **knob_requirements(knobs))
         if reasons := engine_reasons(engine, needs):
             own = runtime_engine(name, task)
+            flags = ", ".join(dict.fromkeys(KNOB_FLAGS[option] for option, _ in refused_knobs(engine, needs)))
             raise SwiftplanError(
                 f"{engine.label} cannot run what runtime {name} sets: {' '.join(reasons)}",
                 hint=(
@@ -272,7 +274,7 @@ def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str
                     if own
                     else "Pick another --runtime"
                 )
-                + ", or override those settings with their flags (--loss, --optimizer-impl, --fsdp, ...).",
+                + f", or override those settings with their flags ({flags or '--loss, --optimizer-impl, --fsdp, ...'}).",
             )
     return engine, runtime
 

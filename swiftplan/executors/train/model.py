@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.dtypes import compute_dtype, param_dtype
+from swiftplan.executors.trl_cast import cast_trainable_to_bf16
+from swiftplan.planner.dtypes import compute_dtype, kbit_cast, param_dtype
 from swiftplan.planner.setup import TrainSetup
 
 ATTENTION = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
@@ -183,11 +184,14 @@ def _wrap_lora(net: Any, setup: TrainSetup, *, kbit: bool) -> Any:
         task_type="CAUSAL_LM",
     )
     try:  # --adapter-dtype model: peft's own switch, adapters in the base layer's dtype (dtypes.adapter_dtype)
-        return get_peft_model(net, config, autocast_adapter_dtype=setup.runtime.adapter_dtype == "fp32")
+        wrapped = get_peft_model(net, config, autocast_adapter_dtype=setup.runtime.adapter_dtype != "model")
     except ValueError as error:
         raise SwiftplanError(
             f"LoRA targets {', '.join(lora.targets)} do not fit this model: {error}."
         ) from error
+    if kbit_cast(setup):  # --adapter-dtype kbit-bf16 on a bitsandbytes base: TRL's cast of what trains
+        cast_trainable_to_bf16(wrapped)
+    return wrapped
 
 
 def trainable_parameters(net: Any) -> list[Any]:

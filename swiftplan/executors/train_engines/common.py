@@ -162,7 +162,7 @@ class RuntimeChoices:
 
 def runtime_choices(engine: str, setup: TrainSetup, *, own_fused_loss: bool = False) -> RuntimeChoices:
     """The plan's runtime knobs as the HF Trainer spells them; a knob no HF-Trainer engine expresses is
-    refused, naming it. `own_fused_loss`: the engine always computes the loss through its own chunked
+    refused, naming it. `own_fused_loss`: the engine always computes the loss through its own fused
     LM head (TRL's SFTTrainer), so the loss knobs are not rendered (the renderer notes it)."""
     knobs = setup.runtime
     optim = HF_OPTIMIZERS[setup.optimizer]

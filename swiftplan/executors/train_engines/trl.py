@@ -44,9 +44,10 @@ from swiftplan.executors.train_engines.common import (
 )
 from swiftplan.executors.train_engines.trl_objectives import trl_objective
 from swiftplan.executors.train_engines.vision import refuse_vision
-from swiftplan.planner.dtypes import BNB_QUANTS, adapter_dtype
+from swiftplan.planner.dtypes import BNB_QUANTS
 from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.states import state_dtypes
 
 NAME = "trl"
 CONFIG = "trl_sft.yaml"
@@ -162,10 +163,11 @@ def _notes(setup: TrainSetup) -> list[str]:
     """TRL's bf16 cast of a bitsandbytes base's adapters, SFT's data format and TRL's own SFT loss, which the
     plan's knobs do not change."""
     notes = []
-    if setup.trains_adapters and setup.quant in BNB_QUANTS and adapter_dtype(setup) == "fp32":
+    planned = state_dtypes(setup).adapters
+    if setup.trains_adapters and setup.quant in BNB_QUANTS and planned != "bf16":
         notes.append("TRL casts the trainable parameters of a bitsandbytes base to bf16 (trl/trainer/sft_trainer.py:"
-                     "904-911, and each other trainer): the plan counted fp32 adapters, more than the run holds; "
-                     "re-plan with --runtime hf (--adapter-dtype kbit-bf16).")  # fmt: skip
+                     f"904-911, and each other trainer): the plan counted {planned} adapters; re-plan with "
+                     "--runtime hf (--adapter-dtype kbit-bf16).")  # fmt: skip
     if setup.objective.kind != "sft":
         return notes
     notes.append("the data is read with datasets' json loader; records need a 'messages' or 'prompt'/'completion' "
