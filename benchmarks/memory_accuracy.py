@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
@@ -61,7 +61,12 @@ class Case:
             objective += f" {o.rollout.prompt_len}+{o.rollout.completion_len}" if o.rollout else ""
             objective = f"{objective}: "
         quant = f" {s.quant}{'+upcast' if s.kbit_upcast else ''}" if s.quant != "none" else ""
-        return f"{objective}{s.method}{quant} {s.precision}{lora} {s.optimizer} b{s.micro_batch}×{s.seq_len}{ckpt}"
+        saved = f" +{','.join(s.runtime.modules_to_save)}" if s.runtime.modules_to_save else ""
+        runtime = (
+            f" [{s.runtime.name}]" if s.runtime.name != "swiftplan" and s.objective.kind == "sft" else ""
+        )
+        return (f"{objective}{s.method}{quant} {s.precision}{lora}{saved} {s.optimizer} b{s.micro_batch}×{s.seq_len}"
+                f"{ckpt}{runtime}")  # fmt: skip
 
     @property
     def task(self) -> str:
@@ -264,12 +269,39 @@ def training_cases() -> list[Case]:
             t(method="lora", quant="int8", lora=_lora(16), micro_batch=2, seq_len=1024, grad_ckpt=True),
         ],
         "meta-llama/Llama-2-7b-hf  ": [
-            t(method="lora", quant="int8", kbit_upcast=True, lora=_lora(16), micro_batch=1, seq_len=512,
-              grad_ckpt=False),
+            t(
+                method="lora",
+                quant="int8",
+                kbit_upcast=True,
+                lora=_lora(16),
+                micro_batch=1,
+                seq_len=512,
+                grad_ckpt=False,
+            ),
         ],
     }
     # (keys with a trailing space are a second group of cases for the same model)
-    return [Case(model.strip(), setup) for model, setups in per_model.items() for setup in setups]
+    return [
+        Case(model.strip(), setup) for model, setups in per_model.items() for setup in setups
+    ] + trl_sft_cases()
+
+
+def trl_sft_cases() -> list[Case]:
+    """SFT as TRL 1.16 runs it (the hf runtime): its fused LM head at the loss (no checkpointing, long sequences),
+    under autocast, with the LM head trained beside LoRA, and its bf16 cast of a bitsandbytes base's adapters."""
+    hf = _trl_runtime()
+
+    def t(**kw: object) -> TrainSetup:
+        return TrainSetup(runtime=hf, **kw)  # type: ignore[arg-type]
+
+    saved_head = replace(hf, modules_to_save=("lm_head",))  # type: ignore[type-var]
+    return [
+        Case("Qwen/Qwen2.5-7B-Instruct", t(method="lora", lora=_lora(16, ALL), micro_batch=1, seq_len=4096, grad_ckpt=False)),
+        Case("Qwen/Qwen2.5-0.5B", t(method="full", precision="amp-bf16", micro_batch=2, seq_len=4096, grad_ckpt=False)),
+        Case("Qwen/Qwen2.5-1.5B", TrainSetup(runtime=saved_head, method="lora", lora=_lora(16), micro_batch=1, seq_len=8192, grad_ckpt=False)),  # type: ignore[arg-type]
+        Case("meta-llama/Llama-3.1-8B", t(method="qlora", quant="nf4", lora=_lora(16, ALL), micro_batch=2, seq_len=2048, grad_ckpt=True)),
+        Case("Qwen/Qwen3-30B-A3B", t(method="lora", lora=_lora(16), micro_batch=1, seq_len=2048, grad_ckpt=False)),
+    ]  # fmt: skip
 
 
 def serving_cases() -> list[Case]:

@@ -127,8 +127,33 @@ def _sdpa_patch(calls: Counter[str]) -> tuple[Any, str, Any]:
     return (F, "scaled_dot_product_attention", sdpa)
 
 
+class _CudaDropout(torch.autograd.Function):
+    """CUDA's fused dropout: native_dropout writes the output and a bool mask (1 byte per element) in one
+    kernel and saves the mask; native_dropout_backward writes the input gradient in one kernel
+    (aten/src/ATen/native/cuda/Dropout.cu). The CPU kernel keeps a float mask, and spelling it as
+    `input * mask * scale` would hold an intermediate product CUDA never makes: same tensors as CUDA here."""
+
+    @staticmethod
+    def forward(ctx: Any, input: torch.Tensor, p: float) -> torch.Tensor:
+        mask = torch.empty(input.shape, dtype=torch.bool, device=input.device).bernoulli_(1.0 - p)
+        out = torch.empty_like(input)
+        torch.mul(input, mask, out=out)
+        out.mul_(1.0 / (1.0 - p))
+        ctx.save_for_backward(mask)
+        ctx.scale = 1.0 / (1.0 - p)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (mask,) = ctx.saved_tensors
+        grad_input = torch.empty_like(grad)
+        torch.mul(grad, mask, out=grad_input)
+        grad_input.mul_(ctx.scale)
+        return grad_input, None
+
+
 def _dropout_patch(calls: Counter[str]) -> tuple[Any, str, Any]:
-    """Dropout that saves a bool mask for backward, as CUDA's native_dropout does."""
+    """Dropout as CUDA's native_dropout runs it (`_CudaDropout`)."""
     import torch.nn.functional as F
 
     original_dropout = F.dropout
@@ -136,13 +161,16 @@ def _dropout_patch(calls: Counter[str]) -> tuple[Any, str, Any]:
     def dropout(
         input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False
     ) -> torch.Tensor:
-        """CUDA's native_dropout keeps a bool mask (1 byte per element) for backward; the CPU kernel a
-        float one. Same output, same saved bytes as on CUDA."""
+        """Same output and saved bytes as CUDA's native_dropout, no intermediate product."""
         if not training or p == 0.0 or not isinstance(input, torch.Tensor):
             return original_dropout(input, p, training, inplace)
         calls["dropout-bool-mask"] += 1
-        mask = torch.empty(input.shape, dtype=torch.bool, device=input.device).bernoulli_(1.0 - p)
-        return input * mask * (1.0 / (1.0 - p))
+        if not torch.is_grad_enabled() or not input.requires_grad:
+            mask = torch.empty(input.shape, dtype=torch.bool, device=input.device).bernoulli_(1.0 - p)
+            out = torch.empty_like(input)
+            torch.mul(input, mask, out=out)
+            return out.mul_(1.0 / (1.0 - p))
+        return _CudaDropout.apply(input, p)  # type: ignore[no-any-return]
 
     return (F, "dropout", dropout)
 
