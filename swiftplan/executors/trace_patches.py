@@ -170,7 +170,7 @@ def _dropout_patch(calls: Counter[str]) -> tuple[Any, str, Any]:
             out = torch.empty_like(input)
             torch.mul(input, mask, out=out)
             return out.mul_(1.0 / (1.0 - p))
-        return _CudaDropout.apply(input, p)  # type: ignore[no-any-return]
+        return _CudaDropout.apply(input, p)
 
     return (F, "dropout", dropout)
 
