@@ -63,12 +63,18 @@ def _qwen2_moe() -> dict[str, Any]:
     return config
 
 
-CONFIGS = {"qwen3-moe": lambda: QWEN3_MOE, "deepseek-v2-mla": lambda: DEEPSEEK_V2, "qwen2-moe": _qwen2_moe}
-TARGETS = {
-    "qwen3-moe": ("q_proj", "v_proj"),
-    "deepseek-v2-mla": ("q_proj",),
-    "qwen2-moe": ("q_proj", "v_proj"),
-}
+DEEPSEEK_V3 = {
+    key: value for key, value in dict(catalog_spec("deepseek-ai/DeepSeek-V3").hf_config).items()
+    if key != "quantization_config"  # the FP8 checkpoint's: the trace builds bf16 weights
+} | SMALL | {
+    "num_attention_heads": 8, "num_key_value_heads": 8, "n_routed_experts": 16, "num_experts": 16,
+    "num_experts_per_tok": 4, "first_k_dense_replace": 0, "n_group": 4, "topk_group": 2, "q_lora_rank": 384,
+}  # fmt: skip
+"""DeepSeek-V3: a q LoRA rank (a second latent norm), sigmoid group-limited routing with a score bias."""
+CONFIGS = {"qwen3-moe": lambda: QWEN3_MOE, "deepseek-v2-mla": lambda: DEEPSEEK_V2, "qwen2-moe": _qwen2_moe,
+           "deepseek-v3-mla": lambda: DEEPSEEK_V3}  # fmt: skip
+TARGETS = {"qwen3-moe": ("q_proj", "v_proj"), "deepseek-v2-mla": ("q_proj",), "qwen2-moe": ("q_proj", "v_proj"),
+           "deepseek-v3-mla": ("q_b_proj",)}  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

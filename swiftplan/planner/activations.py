@@ -321,6 +321,8 @@ def _mlp_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, cb: 
     router = (
         tokens * moe.num_experts * FP32 + routed * (4 * INT64 + rb) + (tokens * h * rb if own_input else 0)
     )
+    if moe.router_bias:  # DeepSeek-V3 divides its fp32 top-k weights by their sum in place: both are kept
+        router += tokens * FP32 + routed * FP32
     shared = tokens * cb * moe.shared_intermediate_size * (4 if full else 3)
     if moe.shared_expert_gate:  # Qwen2-MoE: sigmoid(gate) × the shared expert's output keeps both
         shared += tokens * cb * (h + 1)
