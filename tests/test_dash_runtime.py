@@ -174,3 +174,26 @@ def test_the_search_plans_with_the_overridden_knobs() -> None:
     assert problem.runtime is not None
     assert problem.runtime.knobs().optimizer_impl == "foreach"
     assert problem.runtime.knobs().loss == get_runtime(RUNTIME, "train").value("loss")
+
+
+def test_headroom_and_host_ram_plan_as_fits_flags() -> None:
+    probed = 64 * 2**30
+    default = fit_request(parse_job({"model": MODEL}), host_ram_bytes=probed)
+    assert (default.headroom, default.host_ram_bytes) == (0.05, probed)  # fit's defaults, the probed host RAM
+    typed = fit_request(
+        parse_job({"model": MODEL, "headroom": "0.2", "host_ram": "0"}), host_ram_bytes=probed
+    )
+    assert (typed.headroom, typed.host_ram_bytes) == (0.2, 0)  # no host RAM for offload, as --host-ram 0
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "flag"), [("headroom", "0.95", "--headroom"), ("host_ram", "-3", "--host-ram")]
+)
+def test_a_bad_headroom_or_host_ram_gets_the_clis_message(field: str, text: str, flag: str) -> None:
+    from swiftplan.errors import SwiftplanError
+
+    cli = run_cli("fit", MODEL, "--gpus", GPUS, flag, text)
+    assert cli.exit_code != 0 and "Traceback" not in cli.output
+    with pytest.raises(SwiftplanError) as raised:
+        parse_job({"model": MODEL, field: text})
+    assert str(raised.value) in " ".join(cli.output.split())

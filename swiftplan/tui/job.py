@@ -35,6 +35,8 @@ FORM_DEFAULTS: dict[str, str] = {
     "seed": "0",
     "trials": "auto",
     "pareto": "no",
+    "headroom": "0.05",
+    "host_ram": "auto",
 }
 """Every form field and its initial text."""
 
@@ -109,6 +111,10 @@ class JobRequest:
     """RuntimeKnobs fields set over the runtime's defaults (fit's knob flags; training only)."""
     eager: bool = False
     """Serving: decode without CUDA graphs (fit's --enforce-eager)."""
+    headroom: float = 0.05
+    """Fraction of device memory kept free (fit's --headroom)."""
+    host_ram_bytes: int | None = None
+    """Host RAM per node for offload (fit's --host-ram); None: the probed figure, else 64 GiB."""
 
 
 def _positive_int(name: str, text: str) -> int:
@@ -123,6 +129,30 @@ def _positive_int(name: str, text: str) -> int:
 
 def _optional_int(name: str, text: str) -> int | None:
     return None if text.strip().lower() in ("", "auto") else _positive_int(name, text)
+
+
+def _headroom(text: str) -> float:
+    """fit's --headroom as typed: a fraction in [0, 0.9)."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise SwiftplanError(f"--headroom must be a fraction such as 0.05, got {text!r}.") from None
+    if not 0 <= value < 0.9:
+        raise SwiftplanError(f"--headroom must be in [0, 0.9), got {value:g}.")
+    return value
+
+
+def _host_ram_bytes(text: str) -> int | None:
+    """fit's --host-ram in GiB as typed, or None for 'auto' (the probed figure)."""
+    if text.strip().lower() in ("", "auto"):
+        return None
+    try:
+        gib = float(text.strip())
+    except ValueError:
+        raise SwiftplanError(f"--host-ram must be GiB such as 64, or auto, got {text!r}.") from None
+    if not 0 <= gib < float("inf"):  # nan and inf fail too
+        raise SwiftplanError(f"--host-ram must be zero or more GiB, got {text.strip()}.")
+    return int(gib * 2**30)
 
 
 def _choices(text: str) -> tuple[str, ...] | None:
@@ -249,6 +279,8 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
         training=training,
         runtime_options=overrides,
         eager=eager,
+        headroom=_headroom(raw["headroom"]),
+        host_ram_bytes=_host_ram_bytes(raw["host_ram"]),
     )
 
 

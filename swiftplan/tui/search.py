@@ -35,9 +35,9 @@ class SearchCancelled(Exception):
     """Raised from the candidate callback to stop a running study."""
 
 
-def fit_request(job: JobRequest, *, host_ram_bytes: int, headroom: float = 0.05) -> FitRequest:
+def fit_request(job: JobRequest, *, host_ram_bytes: int) -> FitRequest:
     """The fit request the form describes (the same options `swiftplan fit` takes; the runtime, and its
-    overridden knobs for training)."""
+    overridden knobs for training); `host_ram_bytes` (the probed or default figure) unless the form sets one."""
     pins = (
         Pins(methods=job.methods, quants=job.quants, ranks=job.ranks)
         if job.task == "train"
@@ -51,7 +51,8 @@ def fit_request(job: JobRequest, *, host_ram_bytes: int, headroom: float = 0.05)
     return FitRequest(
         model=job.model, gpus="auto", task=job.task, objective=job.objective, pareto=job.pareto, pins=pins,
         dataset_tokens=job.dataset_tokens, epochs=job.epochs, global_batch=batch, seq_len=seq,
-        context=job.context, concurrency=job.concurrency, headroom=headroom, host_ram_bytes=host_ram_bytes,
+        context=job.context, concurrency=job.concurrency, headroom=job.headroom,
+        host_ram_bytes=host_ram_bytes if job.host_ram_bytes is None else job.host_ram_bytes,
         seed=job.seed, trials=job.trials, runtime=job.runtime or None, training=training,
         runtime_options=dict(job.runtime_options) if job.task == "train" else {}, eager=job.eager,
     )  # fmt: skip
@@ -69,9 +70,9 @@ def training_objective(job: JobRequest) -> ObjectiveSetup:
     )
 
 
-def prepare(job: JobRequest, cluster: Cluster, *, host_ram_bytes: int, headroom: float = 0.05) -> FitProblem:
+def prepare(job: JobRequest, cluster: Cluster, *, host_ram_bytes: int) -> FitProblem:
     """Resolve the model and build the search, exactly as `swiftplan fit` does, on the chosen hardware."""
-    return prepare_fit(fit_request(job, host_ram_bytes=host_ram_bytes, headroom=headroom), cluster=cluster)
+    return prepare_fit(fit_request(job, host_ram_bytes=host_ram_bytes), cluster=cluster)
 
 
 def run_search(problem: FitProblem, on_candidate: Callable[[Evaluation], None]) -> FitOutcome:

@@ -67,6 +67,7 @@ LAYOUT = (
     ("dataset_tokens", "Dataset tokens", "epochs", "Epochs"),
     ("context", "Serve context", "concurrency", "Concurrency"),
     ("seed", "Seed", "trials", "Trials"),
+    ("headroom", "Headroom", "host_ram", "Host RAM GiB"),
 )
 """Rows of (field, label, field, label) under the model field; an empty field leaves its cells blank."""
 HELP = (
