@@ -1,10 +1,15 @@
 """The fake-tensor tracer against real tensors: one checkpointed LoRA step of a tiny Llama, tracked with the same
 MemoryTracker over real CPU tensors (real autograd, whose gradient sums and frees are a GPU's) and traced on fake
-ones, peaks byte for byte equal — with peft's fp32 adapters and dropout, and with adapters in the model dtype."""
+ones, peaks byte for byte equal — with peft's fp32 adapters and dropout, and with adapters in the model dtype.
+The real step runs in a fresh interpreter (`python -m tests.test_trace_real_tensors`), away from what other tests
+leave in torch's and transformers' process-wide state."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -56,4 +61,12 @@ def test_the_fake_trace_peaks_where_real_tensors_do(dropout: float, adapter: str
     fake = trace_training(TINY, method="lora", precision="bf16", lora_rank=16, lora_dropout=dropout,
                           lora_targets="all-linear", batch=BATCH, seq=SEQ, grad_ckpt=True, optimizer="sgd",
                           features=TraceFeatures(adapter_dtype=adapter))  # fmt: skip
-    assert fake.peak_bytes == _real_peak(dropout, adapter)
+    real = subprocess.run(
+        [sys.executable, "-m", "tests.test_trace_real_tensors", str(dropout), adapter],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert fake.peak_bytes == int(real.stdout.split()[-1])
+
+
+if __name__ == "__main__":
+    print(_real_peak(float(sys.argv[1]), sys.argv[2]))
