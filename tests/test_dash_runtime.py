@@ -187,13 +187,16 @@ def test_headroom_and_host_ram_plan_as_fits_flags() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "text", "flag"), [("headroom", "0.95", "--headroom"), ("host_ram", "-3", "--host-ram")]
-)
+    ("field", "text", "flag"),
+    [("headroom", "0.95", "--headroom"), ("host_ram", "-3", "--host-ram"), ("headroom", "nan", "--headroom"),
+     ("host_ram", "inf", "--host-ram")],
+)  # fmt: skip
 def test_a_bad_headroom_or_host_ram_gets_the_clis_message(field: str, text: str, flag: str) -> None:
     from swiftplan.errors import SwiftplanError
+    from swiftplan.tui.search import prepare
 
     cli = run_cli("fit", MODEL, "--gpus", GPUS, flag, text)
     assert cli.exit_code != 0 and "Traceback" not in cli.output
-    with pytest.raises(SwiftplanError) as raised:
-        parse_job({"model": MODEL, field: text})
+    with pytest.raises(SwiftplanError) as raised:  # the dashboard's search: the form, then fit's use case
+        prepare(parse_job({"model": MODEL, field: text}), parse_cluster(GPUS), host_ram_bytes=64 * 2**30)
     assert str(raised.value) in " ".join(cli.output.split())

@@ -160,21 +160,15 @@ class TrainingRig:
         as `Trainer.compute_loss` drops it)."""
         input_ids = torch.zeros((self.batch, self.seq), dtype=torch.long)
         if self.loss == "chunked":
-            from functools import partial
-
             from swiftplan.executors.trace_loss import chunked_loss
 
-            dtype = self.autocast_dtype
-            amp = None if dtype is None else partial(torch.autocast, TRACE_DEVICE, dtype=dtype)
-            return chunked_loss(self.model, self.tracker, input_ids, chunks=self.loss_chunks, autocast=amp)
+            return chunked_loss(
+                self.model, self.tracker, input_ids, chunks=self.loss_chunks, autocast=self._autocast()
+            )
         if self.loss == "fused_head":
-            from functools import partial
-
             from swiftplan.executors.trace_loss import fused_head_loss
 
-            dtype = self.autocast_dtype
-            amp = None if dtype is None else partial(torch.autocast, TRACE_DEVICE, dtype=dtype)
-            return fused_head_loss(self.model, self.batch, self.seq, autocast=amp)
+            return fused_head_loss(self.model, input_ids, autocast=self._autocast())
         if self.autocast_dtype is None:
             return self.model(input_ids=input_ids, labels=input_ids).loss
         from accelerate.utils import convert_to_fp32
@@ -184,6 +178,13 @@ class TrainingRig:
         with self.tracker.category("logits"):  # accelerate's convert_outputs_to_fp32 under native AMP
             output = convert_to_fp32(output)
         return output.loss
+
+    def _autocast(self) -> Any:
+        """A context manager factory for AMP (`torch.autocast` to the autocast dtype), or None."""
+        from functools import partial
+
+        dtype = self.autocast_dtype
+        return None if dtype is None else partial(torch.autocast, TRACE_DEVICE, dtype=dtype)
 
     def step(self) -> None:
         """One training step, each part in its phase."""

@@ -55,9 +55,9 @@ def install_fused_head(model: nn.Module, tracker: MemoryTracker) -> None:
     decoder.register_forward_hook(after_decoder)
 
 
-def fused_head_loss(model: nn.Module, batch: int, seq: int, *, autocast: Any = None) -> torch.Tensor:
-    """SFTTrainer's loss through the fused head (`install_fused_head` first) over a `batch` × `seq` batch of
-    token ids, labels = input_ids (shifted by the head), every position counted. The ids carry their values
+def fused_head_loss(model: nn.Module, input_ids: torch.Tensor, *, autocast: Any = None) -> torch.Tensor:
+    """SFTTrainer's loss through the fused head (`install_fused_head` first) over all-zero token ids, labels =
+    input_ids (shifted by the head), every position counted. The ids are marked with their values
     (`trace_values.known`), so the head's `hidden_states[mask]` takes its shape from the real label mask under
     `KnownValues`; `autocast`, a context manager factory for AMP, or None."""
     import contextlib
@@ -67,8 +67,8 @@ def fused_head_loss(model: nn.Module, batch: int, seq: int, *, autocast: Any = N
     from swiftplan.executors.trace_values import known
 
     with _disable_current_modes():
-        real = torch.zeros((batch, seq), dtype=torch.long)
-    input_ids = known(torch.zeros((batch, seq), dtype=torch.long), real)
+        real = torch.zeros(tuple(input_ids.shape), dtype=torch.long)
+    known(input_ids, real)
     with autocast() if autocast is not None else contextlib.nullcontext():
         outputs = model(input_ids=input_ids, labels=input_ids, fused_lm_head=True)
     return -outputs.log_probs.sum() / outputs.label_mask.sum().clamp(min=1)

@@ -135,10 +135,7 @@ class _CudaDropout(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, input: torch.Tensor, p: float) -> torch.Tensor:
-        mask = torch.empty(input.shape, dtype=torch.bool, device=input.device).bernoulli_(1.0 - p)
-        out = torch.empty_like(input)
-        torch.mul(input, mask, out=out)
-        out.mul_(1.0 / (1.0 - p))
+        out, mask = _fused_dropout(input, p)
         ctx.save_for_backward(mask)
         ctx.scale = 1.0 / (1.0 - p)
         return out
@@ -146,10 +143,20 @@ class _CudaDropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (mask,) = ctx.saved_tensors
-        grad_input = torch.empty_like(grad)
-        torch.mul(grad, mask, out=grad_input)
-        grad_input.mul_(ctx.scale)
-        return grad_input, None
+        return _masked_scaled(grad, mask, ctx.scale), None
+
+
+def _masked_scaled(x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """x × mask × scale written into one new tensor, as CUDA's dropout kernels write it."""
+    out = torch.empty_like(x)
+    torch.mul(x, mask, out=out)
+    return out.mul_(scale)
+
+
+def _fused_dropout(input: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """native_dropout's output and its bool mask."""
+    mask = torch.empty(input.shape, dtype=torch.bool, device=input.device).bernoulli_(1.0 - p)
+    return _masked_scaled(input, mask, 1.0 / (1.0 - p)), mask
 
 
 def _dropout_patch(calls: Counter[str]) -> tuple[Any, str, Any]:
@@ -166,10 +173,7 @@ def _dropout_patch(calls: Counter[str]) -> tuple[Any, str, Any]:
             return original_dropout(input, p, training, inplace)
         calls["dropout-bool-mask"] += 1
         if not torch.is_grad_enabled() or not input.requires_grad:
-            mask = torch.empty(input.shape, dtype=torch.bool, device=input.device).bernoulli_(1.0 - p)
-            out = torch.empty_like(input)
-            torch.mul(input, mask, out=out)
-            return out.mul_(1.0 / (1.0 - p))
+            return _fused_dropout(input, p)[0]
         return _CudaDropout.apply(input, p)
 
     return (F, "dropout", dropout)

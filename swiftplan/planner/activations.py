@@ -545,10 +545,8 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
             chunked_loss_bytes(tokens, vocab, chunks=knobs.loss_chunks, compute_bytes=cb)
             + tokens * vocab * softcap
         )
-    if (
-        knobs.loss == "fused_head"
-    ):  # TRL 1.16's fused LM head over every position (each sequence's last, unscored,
-        # is within rounding)
+    if knobs.loss == "fused_head":
+        # TRL 1.16's fused LM head over every position (each sequence's last, unscored, is within rounding)
         return fused_head.head_bytes(spec, setup, tokens, backward=True, tp=tp)
     if knobs.loss == "fused_linear":
         return fused_linear_loss_bytes(

@@ -142,7 +142,7 @@ def device_states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: i
         lora_params if setup.trains_adapters else total_params(spec) - no_head
     ) // model_parallel + saved
     weights = _weights_on_device(spec, setup, stage_layers) - no_head * dtype_bytes(dtypes.weights) // par.tp
-    wb, sb = dtype_bytes(dtypes.weights), dtype_bytes(dtypes.saved_modules)
+    wb, sb = dtype_bytes(dtypes.weights), dtype_bytes(dtypes.saved)
     # modules_to_save: a trainable copy in the module dtype (bf16 under TRL's k-bit cast), its gradient and
     # optimizer state in it too
     adapters = lora_params * dtype_bytes(dtypes.adapters) // model_parallel + saved * sb

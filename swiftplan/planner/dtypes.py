@@ -63,9 +63,10 @@ def module_dtype(setup: TrainSetup) -> str:
 
 
 def saved_module_dtype(setup: TrainSetup) -> str:
-    """dtype of peft's modules_to_save copies (trainable embeddings / LM head beside LoRA): the module dtype,
-    or bf16 where the runtime casts a bitsandbytes base's trainable parameters (`kbit_cast`)."""
-    return KBIT_CAST_DTYPE if kbit_cast(setup) and not deepspeed_mixed(setup) else module_dtype(setup)
+    """dtype of peft's modules_to_save copies (trainable embeddings / LM head beside LoRA) outside DeepSpeed's
+    mixed precision (which casts them to its half dtype, `states.state_dtypes`): the module dtype, or bf16 where
+    the runtime casts a bitsandbytes base's trainable parameters (`kbit_cast`)."""
+    return KBIT_CAST_DTYPE if kbit_cast(setup) else module_dtype(setup)
 
 
 def activation_dtype(setup: TrainSetup) -> str:

@@ -14,7 +14,7 @@ casts the fp32 gradients to the parameters' dtype while they live. SFTTrainer co
 
 from __future__ import annotations
 
-from swiftplan.planner.dtypes import activation_dtype_bytes, dtype_bytes, saved_module_dtype
+from swiftplan.planner.dtypes import activation_dtype_bytes, dtype_bytes
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import TrainSetup
 from swiftplan.planner.states import state_dtypes
@@ -77,9 +77,8 @@ def head_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, backward: boo
         return saved + tile + casts + FORWARD_STATISTICS * tokens * FP32
     head_grad = 0
     if head_trains(setup):
-        weight = dtype_bytes(
-            saved_module_dtype(setup) if setup.trains_adapters else state_dtypes(setup).weights
-        )
+        dtypes = state_dtypes(setup)
+        weight = dtype_bytes(dtypes.saved if setup.trains_adapters else dtypes.weights)
         head_grad = spec.vocab_size * hidden * (FP32 + _cast_bytes(weight)) // tp
     return saved + tile + casts + tokens * hidden * (FP32 + _cast_bytes(_hidden_bytes(setup))) + head_grad
 

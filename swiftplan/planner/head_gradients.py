@@ -36,9 +36,7 @@ def head_grad_bytes(spec: ModelSpec, setup: TrainSetup, grads: int) -> int:
     if setup.trains_adapters:
         if "lm_head" not in setup.runtime.modules_to_save:
             return 0
-        return gradient_bytes(
-            spec.vocab_size * spec.hidden_size, dtype_bytes(state_dtypes(setup).saved_modules)
-        )
+        return gradient_bytes(spec.vocab_size * spec.hidden_size, dtype_bytes(state_dtypes(setup).saved))
     if setup.objective.kind == "rm" or grads == 0:
         return 0
     return min(

@@ -30,7 +30,7 @@ from swiftplan.planner import activations as act
 from swiftplan.planner import fused_head
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective import SFT
-from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.setup import LossImpl, TrainSetup
 
 LogprobKernel = Literal["loss", "bf16_rows", "fused_head", "full_logits"]
 
@@ -90,12 +90,17 @@ def training_logprob_bytes(
     return act.logits_bytes(spec, _scored_as_sft(setup, sequences=sequences, scored=scored), tp=tp)
 
 
+def plain_loss(setup: TrainSetup) -> LossImpl:
+    """The loss kernel an objective scored by the runtime's cross-entropy (the "loss" kernel) uses: TRL's fused
+    head only for SFT, where its trainer calls it; the full loss for an objective outside FUSED_HEAD_OBJECTIVES."""
+    loss = setup.runtime.loss
+    return "full" if loss == "fused_head" and setup.objective.kind != "sft" else loss
+
+
 def _scored_as_sft(setup: TrainSetup, *, sequences: int, scored: int) -> TrainSetup:
-    """The objective's scoring as an SFT loss over its positions, for the runtime's cross-entropy kernel; TRL's
-    fused head only where its trainer calls it (an objective outside FUSED_HEAD_OBJECTIVES gets the full loss)."""
-    runtime = setup.runtime
-    if runtime.loss == "fused_head":
-        runtime = replace(runtime, loss="full")
+    """The objective's scoring as an SFT loss over its positions, for the runtime's cross-entropy kernel
+    (`plain_loss`)."""
+    runtime = replace(setup.runtime, loss=plain_loss(setup))
     positions = logprob_positions(setup, scored=scored)
     return replace(setup, micro_batch=sequences, seq_len=positions, objective=SFT, runtime=runtime)
 

@@ -56,7 +56,7 @@ def optimizer_step_temporaries(
     largest = min(largest_param_elements(spec), trainable)
     if not deepspeed_zero(setup):
         if setup.optimizer == "adamw":
-            sb = dtype_bytes(dtypes.saved_modules)
+            sb = dtype_bytes(dtypes.saved)
             return _torch_adamw_temporaries(setup, trainable=trainable, largest=largest, saved=saved,
                                             state_bytes=state_bytes, saved_bytes=sb)  # fmt: skip
         return _other_optimizer_temporaries(spec, setup, largest, state_bytes)

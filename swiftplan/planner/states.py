@@ -39,13 +39,8 @@ class StateDtypes:
     """Each optimizer moment (8-bit optimizers keep their own format whatever this says)."""
     master: str | None
     """A separate master copy of the trainable parameters, or None."""
-    saved: str = ""
-    """peft's modules_to_save copies, their gradients and moments ('' = the weights' dtype)."""
-
-    @property
-    def saved_modules(self) -> str:
-        """dtype of the modules_to_save copies."""
-        return self.saved or self.weights
+    saved: str
+    """peft's modules_to_save copies (trainable embeddings / LM head beside LoRA), their gradients and moments."""
 
 
 def state_dtypes(setup: TrainSetup) -> StateDtypes:
@@ -64,7 +59,9 @@ def state_dtypes(setup: TrainSetup) -> StateDtypes:
     """
     if deepspeed_mixed(setup):
         half = compute_dtype(setup.precision)
-        return StateDtypes(weights=half, adapters=half, gradients=half, optimizer="fp32", master="fp32")
+        return StateDtypes(
+            weights=half, adapters=half, gradients=half, optimizer="fp32", master="fp32", saved=half
+        )
     adapters = adapter_dtype(setup)
     trainable = adapters if setup.trains_adapters else param_dtype(setup.precision)
     return StateDtypes(

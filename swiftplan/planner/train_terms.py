@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from swiftplan.planner import fused_head
 from swiftplan.planner.architecture import total_params
 from swiftplan.planner.breakdown import Term
 from swiftplan.planner.calibration import constant_source
 from swiftplan.planner.dtypes import dtype_bytes
-from swiftplan.planner.logprob_kernels import kernel_formula, kernel_source
+from swiftplan.planner.logprob_kernels import kernel_formula, kernel_source, plain_loss
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective_memory import logits_setup, scored_sequences, scored_tokens_per_sequence
 from swiftplan.planner.objective_terms import objective_terms, sequences_formula, sequences_source
@@ -117,7 +116,7 @@ def breakdown_terms(
             name="logits",
             value_bytes=logits,
             formula=_objective_logits_formula(spec, setup, tp),
-            source=kernel_source(setup) or _LOSS_SOURCES[_plain_loss(setup)],
+            source=kernel_source(setup) or _LOSS_SOURCES[plain_loss(setup)],
         ),
         Term(
             name="transient",
@@ -141,12 +140,6 @@ def breakdown_terms(
             source=constant_source("runtime_overhead", "cuda_context_bytes"),
         ),
     )
-
-
-def _plain_loss(setup: TrainSetup) -> str:
-    """The loss kernel counted outside the log-prob kernels: TRL's fused head only for SFT (`logprob_kernels`)."""
-    knobs = setup.runtime
-    return "full" if knobs.loss == "fused_head" and setup.objective.kind != "sft" else knobs.loss
 
 
 def _objective_logits_formula(spec: ModelSpec, setup: TrainSetup, tp: int) -> str:
@@ -192,7 +185,6 @@ _LOSS_SOURCES = {
     "benchmarks/results/legacy_loss_trace.md",
     "chunked": "pytorch/torchtune @ bd2a0fc torchtune/modules/loss/ce_chunked_output_loss.py",
     "fused_linear": "linkedin/Liger-Kernel @ e11c2d6 src/liger_kernel/ops/fused_linear_cross_entropy.py",
-    "fused_head": fused_head.SOURCE,
 }
 
 

@@ -7,6 +7,7 @@ form. The options mean what `swiftplan fit`'s flags of the same name mean.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -131,14 +132,15 @@ def _optional_int(name: str, text: str) -> int | None:
     return None if text.strip().lower() in ("", "auto") else _positive_int(name, text)
 
 
-def _headroom(text: str) -> float:
-    """fit's --headroom as typed: a fraction in [0, 0.9)."""
+def _finite(flag: str, text: str, example: str) -> float:
+    """A typed number for `flag`, refused as the CLI refuses it when it is no number or not finite; its range is
+    the fit use case's check, as for the flag."""
     try:
         value = float(text.strip())
     except ValueError:
-        raise SwiftplanError(f"--headroom must be a fraction such as 0.05, got {text!r}.") from None
-    if not 0 <= value < 0.9:
-        raise SwiftplanError(f"--headroom must be in [0, 0.9), got {value:g}.")
+        raise SwiftplanError(f"{flag} must be a number such as {example}, got {text!r}.") from None
+    if not math.isfinite(value):
+        raise SwiftplanError(f"{flag} must be a finite number, got {value}.")
     return value
 
 
@@ -146,13 +148,7 @@ def _host_ram_bytes(text: str) -> int | None:
     """fit's --host-ram in GiB as typed, or None for 'auto' (the probed figure)."""
     if text.strip().lower() in ("", "auto"):
         return None
-    try:
-        gib = float(text.strip())
-    except ValueError:
-        raise SwiftplanError(f"--host-ram must be GiB such as 64, or auto, got {text!r}.") from None
-    if not 0 <= gib < float("inf"):  # nan and inf fail too
-        raise SwiftplanError(f"--host-ram must be zero or more GiB, got {text.strip()}.")
-    return int(gib * 2**30)
+    return int(_finite("--host-ram", text, "64 (GiB), or auto") * 2**30)
 
 
 def _choices(text: str) -> tuple[str, ...] | None:
@@ -279,7 +275,7 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
         training=training,
         runtime_options=overrides,
         eager=eager,
-        headroom=_headroom(raw["headroom"]),
+        headroom=_finite("--headroom", raw["headroom"], "0.05"),
         host_ram_bytes=_host_ram_bytes(raw["host_ram"]),
     )
 
