@@ -3,6 +3,7 @@ for constants and runtime rules, their source. The numbers come from `train_memo
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from swiftplan.planner.architecture import total_params
@@ -149,7 +150,8 @@ def _objective_logits_formula(spec: ModelSpec, setup: TrainSetup, tp: int) -> st
     sequences = scored_sequences(setup)
     scored = scored_tokens_per_sequence(setup)
     special = kernel_formula(spec, setup, sequences=sequences, scored=scored, tp=tp)
-    return special or _logits_formula(logits_setup(setup), spec.vocab_size // tp)
+    plain = replace(logits_setup(setup), runtime=replace(setup.runtime, loss=plain_loss(setup)))
+    return special or _logits_formula(plain, spec.vocab_size // tp)
 
 
 def _step_formula(setup: TrainSetup) -> str:
