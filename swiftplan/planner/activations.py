@@ -36,6 +36,7 @@ from swiftplan.planner.dtypes import (
     module_dtype,
 )
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.recompute import BNB_DEQUANTIZING, recompute_extra_bytes
 from swiftplan.planner.runtime_features import (
     float8_cast_bytes,
     offloaded_saved,
@@ -344,8 +345,9 @@ def backward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> i
     outputs): 3 × T × I in the compute dtype; with a bitsandbytes base, a projection's input-gradient
     matmul holds its dequantized weight beside the one T × I gradient it multiplies, when that is more
     (`dequantized_weight_bytes`; traced on Llama-2-7B NF4 at 256-4096 tokens: the peak within 0.2 %).
-    Only visible when nothing larger (the loss) is alive, i.e. while a checkpointed block is
-    recomputed. Traced on Mistral-7B: 368 MB vs 352 MB here."""
+    The coarse working set of a block's backward: selective checkpointing and offloading use it, and a
+    checkpointed block's recompute where `recompute.recompute_extra_bytes` does not model its moments (MoE,
+    Gemma 2's sandwich norms, autocast over bitsandbytes)."""
     gradient = swiglu_tensor_bytes(spec, setup, tokens)
     working = max(3 * gradient, gradient + dequantized_weight_bytes(spec, setup))
     return working + float8_cast_bytes(spec, setup, tokens)
@@ -361,12 +363,6 @@ def forward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> in
     dequantized = dequantized_weight_bytes(spec, setup) if setup.quant != "int8" else 0
     working = max(3 * tensor, 2 * tensor + dequantized)
     return working + float8_cast_bytes(spec, setup, tokens)
-
-
-BNB_DEQUANTIZING = ("nf4", "fp4", "int8")
-"""Bases whose backward dequantizes a weight to multiply the input gradient by it (bitsandbytes 0.50.2
-autograd/_functions.py: MatMul4Bit.backward `torch.matmul(grad_output, F.dequantize_4bit(B, ctx.state)...)`,
-MatMul8bitLt.backward `CB = state.CB.to(ctx.dtype_A, copy=True)...`)."""
 
 
 def dequantized_weight_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
@@ -436,6 +432,9 @@ class ActivationPhases:
     """Saved tensors of the largest single block (what checkpointing recomputes at once)."""
     shared: int = 0
     """Saved tensors outside the blocks (RoPE tables, final norm)."""
+    shared_in_backward: int = 0
+    """What of `shared` is alive while blocks run their backward: with checkpointing only the RoPE tables every
+    block reads (the final norm's and the LM head's saved tensors are freed by then)."""
     block_input: int = 0
     """What checkpointing keeps per block (0 without checkpointing)."""
     backward_working: int = 0
@@ -468,18 +467,22 @@ def activation_phases(
         block_input = block_input_bytes(spec, setup, tokens) + int8_kept_input_bytes(
             spec, setup, tokens, checkpointed=True
         )
-        kept = shared + count * block_input
-        working = backward_working_bytes(spec, setup, tokens) // tp
+        rope = rope_bytes(spec, setup)  # all that outlives the loss outside the blocks
+        coarse = backward_working_bytes(spec, setup, tokens) // tp
+        working = recompute_extra_bytes(spec, setup, tokens, tp=tp, coarse=coarse)
         return ActivationPhases(
-            at_loss=kept,
-            in_backward=kept + largest + working,
+            at_loss=shared + count * block_input,
+            in_backward=rope + count * block_input + largest + working,
             largest_block=largest,
             shared=shared,
+            shared_in_backward=rope,
             block_input=block_input,
             backward_working=working,
         )
     total = shared + sum(blocks)
-    return ActivationPhases(at_loss=total, in_backward=total, largest_block=largest, shared=shared)
+    return ActivationPhases(
+        at_loss=total, in_backward=total, largest_block=largest, shared=shared, shared_in_backward=shared
+    )
 
 
 def _feature_phases(
@@ -499,6 +502,7 @@ def _feature_phases(
         in_backward=shared + saved.in_backward,
         largest_block=max(blocks),
         shared=shared,
+        shared_in_backward=shared,
         block_input=saved.block_input,
         backward_working=working,
         below_first_recompute=saved.below_first,
@@ -561,6 +565,13 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
     return tokens * vocab * per_token
 
 
+def rope_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
+    """The RoPE cos and sin tables (seq × head_dim each, batch dimension 1), shared by every block."""
+    amp = setup.precision.startswith("amp-")
+    rope_width = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim
+    return 2 * setup.seq_len * rope_width * (FP32 if amp else activation_dtype_bytes(setup))
+
+
 def shared_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
     """Saved tensors outside the blocks: the RoPE cos and sin tables (seq × head_dim each, batch
     dimension 1, shared by every block) and the final norm's saved tensors: its fp32 copy and rsqrt
@@ -569,8 +580,7 @@ def shared_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
     LM head trains. Traced: a LoRA run without checkpointing keeps nothing for the final norm."""
     cb = activation_dtype_bytes(setup)
     amp = setup.precision.startswith("amp-")
-    rope_width = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim
-    rope = 2 * setup.seq_len * rope_width * (FP32 if amp else cb)
+    rope = rope_bytes(spec, setup)
     tokens = setup.micro_batch * setup.seq_len
     h = spec.hidden_size
     final_norm = 0

@@ -181,8 +181,11 @@ def adjusted_phases(spec: ModelSpec, setup: TrainSetup, phases: act.ActivationPh
     score = copies * tokens * spec.hidden_size * cb if setup.objective.kind == "rm" else 0
     if not saving and not score:
         return phases
-    return replace(phases, at_loss=phases.at_loss - saving + score, in_backward=phases.in_backward - saving,
-                   shared=phases.shared - saving)  # fmt: skip
+    # what the head saves is freed before the blocks' backward, so it reaches in_backward only without checkpointing
+    shared_in_backward = min(phases.shared_in_backward, phases.shared - saving)
+    return replace(phases, at_loss=phases.at_loss - saving + score, shared=phases.shared - saving,
+                   in_backward=phases.in_backward - (phases.shared_in_backward - shared_in_backward),
+                   shared_in_backward=shared_in_backward)  # fmt: skip
 
 
 def reference_runs_beside_policy(objective: ObjectiveSetup) -> bool:

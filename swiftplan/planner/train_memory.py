@@ -44,6 +44,7 @@ from swiftplan.planner.objective_memory import (
     rollout_memory,
 )
 from swiftplan.planner.optimizer_temporaries import optimizer_step_temporaries
+from swiftplan.planner.recompute import stream_gradient_bytes
 from swiftplan.planner.runtime_features import annotate_terms
 from swiftplan.planner.runtime_terms import (
     saved_module_params,
@@ -128,7 +129,7 @@ def _phase_peaks(
         late = ((grads_during_fwd or kept), in_backward)
         early = (
             grads_during_fwd or early_grads,
-            phases.shared
+            phases.shared_in_backward
             + phases.block_input
             + phases.below_first_recompute
             + phases.largest_block
@@ -156,6 +157,12 @@ def _phase_peaks(
         # Tied embeddings: the embedding's gradient arrives last and is added out of place to the LM
         # head's, so two extra vocab × hidden gradients coexist with all others (traced).
         peaks["end of backward"] = static + grads + tied_sum_extra(spec, setup, head_grads)
+    elif setup.method == "full" and setup.parallel.pp == 1 and not setup.runtime.optimizer_in_backward:
+        # untied: the embedding's gradient is made last, from the stream's gradient at the first block's input,
+        # beside every other gradient (traced)
+        stream_grad = stream_gradient_bytes(spec, setup, setup.micro_batch * setup.seq_len)
+        peaks["end of backward"] = static + grads + stream_grad
+        acts["end of backward"] = stream_grad
     if setup.runtime.optimizer_in_backward and head_grads and not early_grads:
         # untied: the head's gradient is made beside the logits' gradient and stepped at once (its step
         # temporaries after that gradient is freed), every saved activation still alive (traced)
@@ -195,7 +202,7 @@ def _fsdp_phases(
                      last_block_kept=phases.block_input or phases.largest_block,
                      grads_early=_fsdp_sharded(setup, sharded - block_grads), block_shard=_fsdp_sharded(setup, block_grads),
                      recomputed_block=phases.largest_block + phases.backward_working,
-                     early_acts=phases.shared + phases.block_input + phases.below_first_recompute + phases.largest_block
+                     early_acts=phases.shared_in_backward + phases.block_input + phases.below_first_recompute + phases.largest_block
                      + phases.backward_working)  # fmt: skip
     held = {}
     for moment, (peak, alive, transient) in fsdp_moments(spec, setup, stage_layers, step, weight_bytes=wb, grad_bytes=gb).items():  # fmt: skip

@@ -1,0 +1,247 @@
+"""What a checkpointed dense block holds beyond its saved tensors while backward recomputes and differentiates it.
+
+Non-reentrant checkpointing (HF's) recomputes a block when backward first unpacks one of its saved tensors and stops
+once the last one exists. Backward runs the MLP first: down_proj (its LoRA branch before its base, the branch being
+created later), the SwiGLU product, then up_proj's LoRA branch. Each moment is what is alive then beyond the block's
+saved tensors B (`activations.layer_activation_bytes`), besides the gradient of the block's output, alive throughout
+(T × h, the stream's dtype). E = T × I.
+
+Recompute forward:
+- always the forward's locals: the residual and the MLP input (T × h each), unless B holds them (an fp32 stream's
+  post-attention norm saves the residual; LoRA reading the stream without cast or dropout, or full fine-tuning,
+  saves the MLP input), and the gradient waiting at the LoRA branch's output (T × h, adapter dtype);
+- a 4-bit base's down_proj forward: its dequantized weight, the double-quantized absmax (fp32, one per 64 weights),
+  the input's compute-dtype cast (an fp32 stream) and the output (T × h);
+- up_proj's LoRA output and its scaled copy (T × 2I for a fused gate_up) beside its base output;
+- lora_A's saved input being made: down_proj's base output (peft's Linear4bit clones it), the product when B does
+  not hold it, and the product's adapter-dtype cast while dropout reads it (under autocast dropout's fp32 output
+  too, its bf16 copy being what lora_A saves). peft's plain Linear adds an fp32 LoRA output to a bf16 base output,
+  and autocast's fp32 residual add hands the MLP a bf16 gradient: the base branch's gradient is a copy, waiting.
+
+Backward through down_proj: lora_A's input gradient; with its saved input freed, dropout's input gradient beside
+it; the cast's gradient; the base's gradient beside the dequantized weight (bitsandbytes); their out-of-place sum
+(three compute-dtype E's), which the product's backward keeps beside its two outputs, autocast's copy of down_proj's
+weight freed by then; up_proj's LoRA branch casting the up gradient to the adapter dtype and scaling it (two E's).
+Full fine-tuning makes down_proj's weight gradient beside the product's gradient; a frozen down_proj (LoRA on
+attention only) recomputes at its own backward, or after it on a bitsandbytes base, whose backward saves nothing.
+
+Traced with transformers 5.25, peft 0.21.2 and bitsandbytes 0.50.2 on fake tensors, which peak where real tensors do
+(tests/test_recompute_moments.py): within 0.05 % on two blocks of Llama-3.1-8B, Qwen2.5 and Qwen3 at 1k-8k tokens,
+adapters in fp32 or bf16, with and without dropout, nf4, int8, peft's k-bit upcast, autocast and full fine-tuning;
+Phi-3's fused gate_up within 4 % (its sliding-window attention mask beyond 2,047 tokens is not modelled). MoE blocks,
+Gemma 2's norm after down_proj and autocast over bitsandbytes keep the coarser `activations.backward_working_bytes`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from swiftplan.planner.adapters import is_targeted
+from swiftplan.planner.architecture import Linear, layer_linears
+from swiftplan.planner.dtypes import (
+    activation_dtype_bytes,
+    adapter_dtype,
+    adapters_read_the_stream,
+    compute_dtype,
+    dtype_bytes,
+    module_dtype,
+)
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.states import state_dtypes
+
+FP32 = 4
+DOUBLE_QUANT_BLOCK = 64
+"""Weights per absmax of bitsandbytes' 4-bit blockwise quantization (quantize_4bit's blocksize 64)."""
+BNB_4BIT = ("nf4", "fp4")
+"""Bases peft wraps in its Linear4bit, whose forward clones the base output (peft 0.21.2 tuners/lora/bnb.py:533)."""
+BNB_DEQUANTIZING = ("nf4", "fp4", "int8")
+"""Bases whose backward multiplies the input gradient by a dequantized weight (bitsandbytes 0.50.2
+autograd/_functions.py MatMul4Bit.backward, MatMul8bitLt.backward)."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DenseMlp:
+    """Byte sizes of the tensors a dense SwiGLU block's recompute and backward juggle (per device)."""
+
+    e_compute: int
+    """One T × I tensor in the compute dtype (product, gate/up outputs, their gradients)."""
+    e_adapter: int
+    """One T × I tensor in the adapter dtype (lora_A's input cast, its gradients)."""
+    mask: int
+    """down_proj's dropout mask (bool, T × I), 0 without dropout."""
+    th_stream: int
+    """One T × h tensor in the stream's dtype (residual, MLP input, block-output gradient)."""
+    th_compute: int
+    """One T × h tensor in the compute dtype (down_proj's base output)."""
+    th_adapter: int
+    """One T × h tensor in the adapter dtype (the LoRA branch's output gradient)."""
+    dequantized: int
+    """down_proj's (or up_proj's) weight dequantized by bitsandbytes, 0 for other bases."""
+    dequantizing: int
+    """A 4-bit base's up_proj or down_proj forward: its dequantized weight, the double-quantized absmax it
+    dequantizes first (fp32, one per 64 weights) and its input's compute-dtype cast; 0 for other bases."""
+    base_output: int
+    """down_proj's base output as its 4-bit matmul makes it (T × h, compute dtype)."""
+
+
+def stream_gradient_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
+    """The gradient of a block's output, alive through its recompute and backward (T × h, the stream's dtype)."""
+    return tokens * spec.hidden_size * _stream_bytes(setup)
+
+
+def recompute_extra_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int, coarse: int) -> int:
+    """Most bytes beyond the last block's saved tensors while it is recomputed and differentiated, the block-output
+    gradient included; `coarse` (backward_working_bytes, per device) where the moments are not modelled."""
+    stream_grad = stream_gradient_bytes(spec, setup, tokens)
+    last = spec.num_layers - 1
+    mlp = [lin for lin in layer_linears(spec, last) if lin.block == "mlp"]
+    amp_bnb = setup.precision.startswith("amp-") and setup.quant in BNB_DEQUANTIZING
+    # sandwich norms (Gemma 2) put a norm after down_proj; MoE and autocast over bitsandbytes are not modelled
+    if spec.is_moe_layer(last) or amp_bnb or spec.norms_per_layer != 2 or mlp[-1].kind != "linear":
+        return stream_grad + coarse
+    up, down = mlp[-2], mlp[-1]  # up_proj, or the fused gate_up_proj
+    # with an fp32 stream, B's fp32 copy of the input norm is the block input itself, kept anyway
+    block_input_copy = stream_grad if _stream_bytes(setup) == FP32 else 0
+    # an int8 base's recomputed Linears keep their inputs on their autograd context again
+    # (activations.int8_kept_input_bytes); of those, only the attention input is not otherwise counted here
+    int8_attention_input = (
+        tokens * spec.hidden_size * activation_dtype_bytes(setup) if setup.quant == "int8" else 0
+    )
+    moments = _dense_moments(spec, setup, tokens, tp=tp, up=up, down=down)
+    return stream_grad - block_input_copy + int8_attention_input + max(moments)
+
+
+def _dense_moments(
+    spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int, up: Linear, down: Linear
+) -> list[int]:
+    """Bytes beyond B at each moment of a dense SwiGLU block's recompute and backward (module docstring)."""
+    sizes = _sizes(spec, setup, tokens, tp=tp, width=down.in_features)
+    e, ea = sizes.e_compute, sizes.e_adapter
+    lora = setup.lora
+    amp = setup.precision.startswith("amp-")
+    forward_locals = _forward_locals(spec, setup, sizes, up)
+    # under autocast the fp32 residual add hands the MLP a bf16 copy of the gradient, used up by down_proj's
+    # backward, after which down_proj's bf16 weight copy (among B) is freed
+    amp_grad = sizes.th_compute if amp else 0
+    weight_copy = down.in_features * down.out_features * activation_dtype_bytes(setup) // tp if amp else 0
+    if setup.trains_adapters and lora is not None and is_targeted(down, lora, spec.model_type):
+        cast = not adapters_read_the_stream(setup)  # peft casts the product to lora_A's dtype
+        dropout = lora.dropout > 0
+        # lora_A saves the product itself without cast or dropout; under autocast, its bf16 copy of its input
+        keeps_product = not (cast or dropout)
+        saved_input = e if keeps_product or amp else ea
+        freed = saved_input + sizes.mask
+        # the LoRA branch's output gradient waits for lora_B's backward (autocast: lora_B's output is bf16)
+        branch_grad = sizes.th_compute if amp else sizes.th_adapter
+        # peft's plain Linear adds an fp32 LoRA output to the base output: the base's gradient is a copy
+        base_grad = amp_grad or (sizes.th_compute if cast and setup.quant not in BNB_DEQUANTIZING else 0)
+        # while lora_A reads it: the cast of the product (and, under autocast, dropout's output, also fp32)
+        transient_inputs = (ea + (ea if dropout else 0)) if amp else (ea if cast and dropout else 0)
+        recompute = (
+            forward_locals
+            + sizes.th_compute  # down_proj's base output
+            + branch_grad
+            + base_grad
+            + (0 if keeps_product else e)  # the product, not among B
+            + transient_inputs
+        )
+        moments = [
+            recompute,
+            # bitsandbytes 4-bit: down_proj's base forward, its dequantized weight and output (compute dtype) beside
+            # the product and its compute-dtype cast (an fp32 stream), before down_proj's own saved tensors exist
+            forward_locals
+            + branch_grad
+            + base_grad
+            + sizes.dequantizing
+            + sizes.base_output
+            - (0 if keeps_product else freed - e),
+            base_grad + (e if amp else ea),  # lora_A's input gradient
+            -freed + base_grad + ea + e,  # the cast's gradient beside dropout's (or lora_A's)
+            -freed + base_grad + 2 * e + sizes.dequantized,  # the base's input gradient
+            -freed - weight_copy + 3 * e,  # their sum, then the product's two gradients beside it
+        ]
+        if amp:
+            moments.append(-saved_input + base_grad + e + ea)  # autocast's bf16 copy's gradient made fp32
+        if dropout:
+            moments.append(-saved_input + base_grad + 2 * ea)  # dropout's input gradient beside its output's
+        if is_targeted(up, lora, spec.model_type):
+            element = activation_dtype_bytes(setup) if amp else dtype_bytes(adapter_dtype(setup))
+            up_lora_out = tokens * up.out_features * element // tp
+            moments += [
+                # recompute forward: up_proj's LoRA output and its scaled copy beside its base output (standing for
+                # the up output among B), before down_proj's saved tensors exist
+                -freed - weight_copy + 2 * up_lora_out + forward_locals + branch_grad + base_grad,
+                # backward, up_proj's LoRA branch: its gradient cast to the adapter dtype and scaled
+                -freed - weight_copy + (2 * ea if cast and not amp else e),
+            ]
+        return moments
+    if setup.method == "full":
+        # down_proj keeps the product (in B) for its weight gradient, made beside the product's gradient and alive
+        # from then on, before the rest of the block's gradients (as the FSDP moments, not summed with the others)
+        weight_grad = down.in_features * down.out_features * dtype_bytes(state_dtypes(setup).gradients) // tp
+        return [
+            forward_locals + amp_grad,
+            amp_grad + e + weight_grad,
+            -e - weight_copy + 3 * e + weight_grad,
+        ]
+    if setup.quant in BNB_DEQUANTIZING:
+        # a frozen bitsandbytes down_proj's backward needs no saved tensor: its input gradient exists before the
+        # recompute, which ends at up_proj's forward
+        recompute = forward_locals + e + sizes.dequantizing
+    else:
+        # the recompute ends when down_proj saves its weight (under autocast, its copy), the product alive
+        recompute = forward_locals + amp_grad + e
+    return [recompute, -weight_copy + 3 * e]
+
+
+def _forward_locals(spec: ModelSpec, setup: TrainSetup, sizes: DenseMlp, up: Linear) -> int:
+    """What the recompute forward's locals hold beyond B through the MLP: the residual (with an fp32 stream, the
+    post-attention norm's saved input, among B) and the MLP input (among B when gate/up save it: full fine-tuning,
+    or LoRA reading the stream itself, without cast or dropout)."""
+    residual = 0 if _stream_bytes(setup) == FP32 else sizes.th_stream
+    lora = setup.lora
+    mlp_input_saved = setup.method == "full" or (
+        setup.trains_adapters
+        and lora is not None
+        and is_targeted(up, lora, spec.model_type)
+        and adapters_read_the_stream(setup)
+        and lora.dropout == 0
+        and not setup.precision.startswith("amp-")
+    )
+    return residual + (0 if mlp_input_saved else sizes.th_stream)
+
+
+def _sizes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int, width: int) -> DenseMlp:
+    cb = activation_dtype_bytes(setup)
+    ab = dtype_bytes(adapter_dtype(setup))
+    h = spec.hidden_size
+    dequantized = 0
+    if setup.quant in BNB_DEQUANTIZING:
+        element = cb if setup.quant == "int8" else dtype_bytes(compute_dtype(setup.precision))
+        dequantized = h * width * element // tp
+    dropout = setup.lora is not None and setup.lora.dropout > 0
+    dequantizing = 0
+    compute = dtype_bytes(compute_dtype(setup.precision))
+    if setup.quant in BNB_4BIT:  # MatMul4Bit.forward: F.linear(A, dequantize_4bit(B).to(A.dtype).t())
+        cast_input = (
+            tokens * width * compute // tp if cb != compute else 0
+        )  # Linear4bit's x.to(compute_dtype)
+        absmax = h * width * FP32 // DOUBLE_QUANT_BLOCK // tp if setup.double_quant else 0
+        dequantizing = dequantized + absmax + cast_input
+    return DenseMlp(
+        dequantizing=dequantizing,
+        base_output=tokens * h * compute if dequantizing else 0,
+        e_compute=tokens * width * cb // tp,
+        e_adapter=tokens * width * ab // tp,
+        mask=tokens * width // tp if dropout else 0,
+        th_stream=tokens * h * _stream_bytes(setup),
+        th_compute=tokens * h * cb,
+        th_adapter=tokens * h * ab,
+        dequantized=dequantized,
+    )
+
+
+def _stream_bytes(setup: TrainSetup) -> int:
+    """The residual stream's element size: the module dtype (fp32 under amp or peft's k-bit upcast)."""
+    return max(dtype_bytes(module_dtype(setup)), activation_dtype_bytes(setup))
