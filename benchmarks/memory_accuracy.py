@@ -193,6 +193,8 @@ def training_cases() -> list[Case]:
         ],
         "Qwen/Qwen3-30B-A3B": [
             t(method="lora", lora=_lora(16), micro_batch=1, seq_len=1024, grad_ckpt=True),
+            # all-linear: LoRA on the fused expert stacks, which peft re-materialises every forward
+            t(method="lora", lora=_lora(16, ALL), micro_batch=1, seq_len=1024, grad_ckpt=True),
         ],
         "Qwen/Qwen2.5-7B-Instruct ": [
             t(

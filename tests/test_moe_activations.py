@@ -39,7 +39,7 @@ def _planned_block(config: dict[str, Any], setup: TrainSetup) -> int:
     return sum(asdict(act.layer_activation_bytes(spec, setup, 3, TOKENS, TOKENS)).values())
 
 
-def _traced_block(config: dict[str, Any], method: str, targets: tuple[str, ...]) -> float:
+def _traced_block(config: dict[str, Any], method: str, targets: tuple[str, ...] | str) -> float:
     pytest.importorskip("transformers")
     from swiftplan.executors.trace import trace_training
 
@@ -83,6 +83,20 @@ def test_a_moe_blocks_saved_tensors_match_the_trace(model: str, method: str) -> 
     config, targets = CONFIGS[model](), TARGETS[model]
     planned, traced = _planned_block(config, _setup(method, targets)), _traced_block(config, method, targets)
     assert planned == pytest.approx(traced, rel=1e-4), (planned, traced)
+
+
+@pytest.mark.parametrize("model", ["qwen3-moe", "deepseek-v2-mla"])
+def test_lora_on_the_expert_stacks_saves_them_rematerialised(model: str) -> None:
+    """all-linear LoRA on transformers 5's fused experts (peft's ParamWrapper): each block keeps its re-materialised
+    gate_up and down stacks and the router's, their LoRA factors cast to bf16, the grouped matmuls' inputs as for
+    trained experts and the router's input (DeepSeek's fp32 router within 18 kB of 66 MB)."""
+    config = CONFIGS[model]()
+    planned = _planned_block(config, _setup("lora", ("all-linear",)))
+    traced = _traced_block(config, "lora", "all-linear")  # type: ignore[arg-type]
+    assert planned == pytest.approx(traced, rel=3e-4), (planned, traced)
+    spec = spec_from_hf_config(_layers(config, 4), name="tiny")
+    stacks = act.expert_lora_stacks(spec, _setup("lora", ("all-linear",)), 3)
+    assert stacks == (16 * 512 * 2, 16 * 512 * 512 * 2, 16 * 256 * 512 * 2)  # router, gate_up, down (bf16)
 
 
 def test_routed_experts_save_three_expert_widths_and_the_output_frozen_and_five_and_the_input_trained() -> (

@@ -311,14 +311,17 @@ def _mlp_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, cb: 
     # Per routed token copy (transformers 5's grouped_mm experts, integrations/moe.py): the gate_up output (2I,
     # kept by the SwiGLU through its chunks), the activation (I) and the expert output the routing weight
     # multiplies (H); trained experts also keep the gathered input (H) and the SwiGLU product (I) for their
-    # weight gradients.
-    experts = routed * cb * (4 * width + 2 * h if full else 3 * width + h)
+    # weight gradients, as do experts whose stacks carry LoRA (`expert_lora_stacks`, kept with their factors' casts).
+    stacks = expert_lora_stacks(spec, setup, layer)
+    trained = full or bool(stacks)
+    experts = routed * cb * (4 * width + 2 * h if trained else 3 * width + h)
+    experts += sum(stacks) + expert_lora_factor_copies(spec, setup, layer)
     # the router's fp32 probabilities per expert; per routed copy the top-k index, the sort permutation, the
     # gather index and its inverse (int64 each) and the routing weight; a trained router keeps its input.
     # DeepSeek's routers compute in fp32 (an fp32 copy of the input, fp32 routing weights); otherwise a shared
     # expert reads the router's input too and already keeps it (a linear input)
     rb = FP32 if spec.model_type in FP32_ROUTERS else cb
-    own_input = full and (rb == FP32 or not moe.shared_intermediate_size)
+    own_input = trained and (rb == FP32 or not moe.shared_intermediate_size)
     router = (
         tokens * moe.num_experts * FP32 + routed * (4 * INT64 + rb) + (tokens * h * rb if own_input else 0)
     )
@@ -328,6 +331,57 @@ def _mlp_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int, cb: 
     if moe.shared_expert_gate:  # Qwen2-MoE: sigmoid(gate) × the shared expert's output keeps both
         shared += tokens * cb * (h + 1)
     return shared, experts + router
+
+
+def expert_lora_stacks(spec: ModelSpec, setup: TrainSetup, layer: int) -> tuple[int, ...]:
+    """Bytes of each router or fused expert parameter of MoE block `layer` that carries LoRA, in forward order: peft's
+    ParamWrapper re-materialises each as a whole, `baddbmm(W, lhs, rhs)` under `nn.utils.parametrize` (peft 0.21.2
+    tuners/lora/layer.py `_LoraFactorsProxy`), in the parameter's dtype, and the grouped matmul saves it for its input
+    gradient until the block's backward, which makes its gradient, as large, one parameter at a time."""
+    lora = setup.lora
+    if not setup.trains_adapters or lora is None or not spec.is_moe_layer(layer):
+        return ()
+    wb = dtype_bytes(module_dtype(setup))
+    return tuple(
+        lin.params * wb
+        for lin in layer_linears(spec, layer)
+        if lin.kind in ("experts", "router") and is_targeted(lin, lora, spec.model_type)
+    )
+
+
+def expert_lora_factor_copies(spec: ModelSpec, setup: TrainSetup, layer: int) -> int:
+    """The LoRA factors of block `layer`'s fused expert stacks cast to the stacks' dtype for the `baddbmm` that
+    folds them in (`get_delta_factors`' `lhs.to(param.dtype)`), which saves them: with adapters in another dtype
+    than the experts (peft's fp32 on bf16), their size in the experts' dtype; none otherwise."""
+    lora = setup.lora
+    if (
+        not expert_lora_stacks(spec, setup, layer)
+        or lora is None
+        or adapter_dtype(setup) == module_dtype(setup)
+    ):
+        return 0
+    wb = dtype_bytes(module_dtype(setup))
+    return sum(
+        lora_params_for(lin, lora) * wb
+        for lin in layer_linears(spec, layer)
+        if lin.kind == "experts" and is_targeted(lin, lora, spec.model_type)
+    )
+
+
+def expert_lora_gradient_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
+    """The most the last block's backward adds for its re-materialised expert parameters (`expert_lora_stacks`):
+    the gradient of each, made last-first (the later ones' stacks and gradients freed by then), beside the gradient
+    of the down projection's input (per routed copy, I in the compute dtype; the expert output's gradient stands in
+    for the expert output the routing weight's product freed)."""
+    stacks = expert_lora_stacks(spec, setup, _representative_layer(spec, spec.num_layers - 1))
+    if not stacks:
+        return 0
+    moe = spec.moe
+    assert moe is not None
+    copies = tokens * moe.experts_per_token * moe.expert_intermediate_size
+    return max(
+        stack - sum(stacks[i + 1 :]) for i, stack in enumerate(stacks)
+    ) + copies * activation_dtype_bytes(setup)
 
 
 def swiglu_tensor_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
@@ -349,7 +403,11 @@ def backward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> i
     checkpointed block's recompute where `recompute.recompute_extra_bytes` does not model its moments (MoE,
     Gemma 2's sandwich norms, autocast over bitsandbytes)."""
     gradient = swiglu_tensor_bytes(spec, setup, tokens)
-    working = max(3 * gradient, gradient + dequantized_weight_bytes(spec, setup))
+    working = max(
+        3 * gradient,
+        gradient + dequantized_weight_bytes(spec, setup),
+        expert_lora_gradient_bytes(spec, setup, tokens),
+    )
     return working + float8_cast_bytes(spec, setup, tokens)
 
 

@@ -97,8 +97,10 @@ def recompute_extra_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp
     last = spec.num_layers - 1
     mlp = [lin for lin in layer_linears(spec, last) if lin.block == "mlp"]
     amp_bnb = setup.precision.startswith("amp-") and setup.quant in BNB_DEQUANTIZING
-    # sandwich norms (Gemma 2) put a norm after down_proj; MoE and autocast over bitsandbytes are not modelled
-    if spec.is_moe_layer(last) or amp_bnb or spec.norms_per_layer != 2 or mlp[-1].kind != "linear":
+    if spec.is_moe_layer(last):
+        return stream_grad + max(coarse, _moe_recompute_bytes(spec, setup, tokens, tp=tp))
+    # sandwich norms (Gemma 2) put a norm after down_proj; autocast over bitsandbytes is not modelled
+    if amp_bnb or spec.norms_per_layer != 2 or mlp[-1].kind != "linear":
         return stream_grad + coarse
     up, down = mlp[-2], mlp[-1]  # up_proj, or the fused gate_up_proj
     # with an fp32 stream, B's fp32 copy of the input norm is the block input itself, kept anyway
@@ -110,6 +112,16 @@ def recompute_extra_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp
     )
     moments = _dense_moments(spec, setup, tokens, tp=tp, up=up, down=down)
     return stream_grad - block_input_copy + int8_attention_input + max(moments)
+
+
+def _moe_recompute_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int) -> int:
+    """A MoE block's recompute forward as its experts finish (transformers 5's grouped_mm experts): the residual and
+    the MLP input, the gathered per-copy input and the routing-weighted expert output (T·k × h each), beside the
+    gradient backward has already spread to the T·k copies (the weighted sum's backward, cloned)."""
+    moe = spec.moe
+    assert moe is not None
+    routed = tokens * moe.experts_per_token * spec.hidden_size * activation_dtype_bytes(setup) // tp
+    return 2 * tokens * spec.hidden_size * _stream_bytes(setup) + 3 * routed
 
 
 def _dense_moments(

@@ -138,11 +138,17 @@ def _phase_peaks(
         grads_then, acts_then = max(late, early, key=sum)
         peaks["recomputation in backward"] = static + gathered + grads_then + acts_then
         acts["recomputation in backward"] = acts_then
-    elif act.dequantized_weight_bytes(spec, setup) and setup.runtime.ckpt_every == 1:
+    elif setup.runtime.ckpt_every == 1 and (
+        act.dequantized_weight_bytes(spec, setup) or act.expert_lora_gradient_bytes(spec, setup, 1)
+    ):
         # Without checkpointing, the last block's backward multiplies by a bitsandbytes base's dequantized weight
         # with every saved activation still alive, once the loss tensors are gone (traced: int8 after peft's
-        # fp32 upcast holds a 180 MB fp32 copy of Llama-2-7B's MLP projection there)
-        last_block = act.dequantized_backward_bytes(spec, setup, setup.micro_batch * setup.seq_len)
+        # fp32 upcast holds a 180 MB fp32 copy of Llama-2-7B's MLP projection there), or makes the gradient of
+        # a re-materialised expert stack that carries LoRA
+        last_block = max(
+            act.dequantized_backward_bytes(spec, setup, setup.micro_batch * setup.seq_len),
+            act.expert_lora_gradient_bytes(spec, setup, setup.micro_batch * setup.seq_len),
+        )
         peaks[LAST_BLOCK_BACKWARD] = (
             static + gathered + (grads_during_fwd or head_grads) + at_loss + last_block
         )
