@@ -33,6 +33,13 @@ CASES = {
                                                        dropout=0.05, targets=QV)),
     # full fine-tuning under autocast: the untied embedding's gradient made last, from the stream's gradient
     "amp full": ("meta-llama/Llama-3.1-8B", dict(method="full", precision="amp-bf16")),
+    # past Mistral's 4096-token window: an S × S mask per block and k, v repeated to every query head
+    "sliding window": ("mistralai/Mistral-7B-v0.1", dict(method="lora", adapter="model", targets=QV, seq=4096)),
+    # the 2023 T4 blog's set-up (hf4-03): fp16 over an fp32 stream, eager attention, LoRA on q, v only
+    "upcast eager q,v": ("meta-llama/Llama-2-13b-hf", dict(method="qlora", quant="nf4", precision="fp16",
+                                                        kbit_upcast=True, targets=QV, attention="eager")),
+    # a fused gate_up and a contiguous copy for o_proj
+    "phi-3 trl qlora": ("microsoft/Phi-3-mini-4k-instruct", dict(method="qlora", quant="nf4", adapter="kbit-bf16")),
     # MoE: the experts' recompute forward; all-linear LoRA on the fused expert stacks (peft's ParamWrapper
     # re-materialises them), with and without checkpointing
     "moe lora q,v": ("Qwen/Qwen3-30B-A3B", dict(method="lora", adapter="fp32", targets=QV)),
@@ -57,12 +64,14 @@ def _setup(
     targets: tuple[str, ...] = ALL,
     kbit_upcast: bool = False,
     ckpt: bool = True,
+    seq: int = 1024,
+    attention: str = "sdpa",
 ) -> TrainSetup:
     profile = get_runtime("hf", "train")
     knobs = replace(train_knobs(profile, apply_defaults(profile, {})[0]), adapter_dtype=adapter)  # type: ignore[arg-type]
     lora = None if method == "full" else LoraSetup(rank=16, dropout=dropout, targets=targets)
     return TrainSetup(runtime=knobs, method=method, precision=precision, quant=quant, lora=lora,  # type: ignore[arg-type]
-                      kbit_upcast=kbit_upcast, micro_batch=2, seq_len=1024, grad_ckpt=ckpt, optimizer="sgd")  # fmt: skip
+                      kbit_upcast=kbit_upcast, micro_batch=2, seq_len=seq, grad_ckpt=ckpt, attention=attention, optimizer="sgd")  # fmt: skip
 
 
 def _two_blocks(model_id: str):  # type: ignore[no-untyped-def]

@@ -204,10 +204,11 @@ def _layer_activation_bytes(
             # dtype) and no dropout: peft's cast is a no-op, so the Linears reading one tensor (q and v) keep
             # that same tensor once; only lora_A's output is theirs.
             own = tokens * ab * setup.lora.rank
-            lora_key = ("lora", linear.block, linear.in_features)
+            lora_key = ("lora", linear.block, linear.in_features, _reads_saved_tensor(linear))
+            # o_proj reads the SDPA output, or with rope_concat a contiguous copy of it (its own)
             already_kept = (
-                _reads_saved_tensor(linear) and linear.block == "attention"
-            )  # o_proj reads the SDPA output
+                _reads_saved_tensor(linear) and linear.block == "attention" and not spec.rope_concat
+            )
             if already_kept or lora_key in seen_inputs:
                 lora_saved = own
             seen_inputs.add(lora_key)
@@ -266,12 +267,29 @@ def _attention_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, seq_len: i
         return _mla_bytes(spec, setup, tokens, cb)
     if setup.attention == "eager" or spec.eager_attention_only:
         scores = spec.num_heads * seq_len  # per token: one row of S scores per head
-        per_score = FP32 + cb + (cb if spec.attn_logit_softcapping else 0)
+        # the fp32 softmax, and its cast to the compute dtype unless that is fp32 too (peft's k-bit upcast)
+        per_score = FP32 + (cb if cb != FP32 else 0) + (cb if spec.attn_logit_softcapping else 0)
         repeated = 3 * q  # q, and k and v repeated to every query head
         output = q if setup.method == "full" else 0  # o_proj's input is a fresh copy, kept when o_proj trains
         return tokens * (cb * (repeated + output) + scores * per_score)
     output_copy = q if spec.rope_concat and setup.method == "full" else 0  # o_proj's contiguous input
-    return tokens * cb * (q + kv + v_saved + q + output_copy) + tokens * spec.num_heads * FP32
+    k_saved, mask = kv, 0
+    if sliding_window_masked(spec, seq_len):
+        # transformers hands SDPA an S × S mask: k and v then come repeated to every query head (use_gqa_in_sdpa
+        # needs no mask; repeat_kv copies), and SDPA turns the bool mask into an additive one in the compute dtype
+        # (aten convert_boolean_attn_mask), which the memory-efficient kernel keeps for backward, per block
+        k_saved = q
+        v_saved = v_saved if spec.fused_qkv else q
+        mask = setup.micro_batch * seq_len * seq_len * cb
+    return tokens * cb * (q + k_saved + v_saved + q + output_copy) + tokens * spec.num_heads * FP32 + mask
+
+
+def sliding_window_masked(spec: ModelSpec, seq_len: int) -> bool:
+    """True when every block attends through a sliding window that `seq_len` reaches: transformers 5.25 then
+    materialises the mask instead of letting SDPA run causal (masking_utils.sdpa_mask skips it only while the
+    sequence is shorter than the window)."""
+    window = spec.sliding_window
+    return window is not None and seq_len >= window and spec.sliding_window_layers == spec.num_layers
 
 
 def _mla_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, cb: int) -> int:
@@ -491,8 +509,8 @@ class ActivationPhases:
     shared: int = 0
     """Saved tensors outside the blocks (RoPE tables, final norm)."""
     shared_in_backward: int = 0
-    """What of `shared` is alive while blocks run their backward: with checkpointing only the RoPE tables every
-    block reads (the final norm's and the LM head's saved tensors are freed by then)."""
+    """What of `shared` is alive while blocks run their backward: with checkpointing only what every block reads
+    (`block_arguments_bytes`; the final norm's and the LM head's saved tensors are freed by then)."""
     block_input: int = 0
     """What checkpointing keeps per block (0 without checkpointing)."""
     backward_working: int = 0
@@ -525,15 +543,15 @@ def activation_phases(
         block_input = block_input_bytes(spec, setup, tokens) + int8_kept_input_bytes(
             spec, setup, tokens, checkpointed=True
         )
-        rope = rope_bytes(spec, setup)  # all that outlives the loss outside the blocks
+        arguments = block_arguments_bytes(spec, setup)  # all that outlives the loss outside the blocks
         coarse = backward_working_bytes(spec, setup, tokens) // tp
         working = recompute_extra_bytes(spec, setup, tokens, tp=tp, coarse=coarse)
         return ActivationPhases(
             at_loss=shared + count * block_input,
-            in_backward=rope + count * block_input + largest + working,
+            in_backward=arguments + count * block_input + largest + working,
             largest_block=largest,
             shared=shared,
-            shared_in_backward=rope,
+            shared_in_backward=arguments,
             block_input=block_input,
             backward_working=working,
         )
@@ -623,22 +641,29 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
     return tokens * vocab * per_token
 
 
-def rope_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
-    """The RoPE cos and sin tables (seq × head_dim each, batch dimension 1), shared by every block."""
+def block_arguments_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
+    """What every block reads, alive until the first block's backward: the RoPE cos and sin tables (seq × head_dim
+    each, batch dimension 1) and, past a sliding window, transformers' bool mask (seq × seq, batch dimension 1), or
+    eager attention's additive one (one per sequence)."""
     amp = setup.precision.startswith("amp-")
     rope_width = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim
-    return 2 * setup.seq_len * rope_width * (FP32 if amp else activation_dtype_bytes(setup))
+    rope = 2 * setup.seq_len * rope_width * (FP32 if amp else activation_dtype_bytes(setup))
+    mask = setup.seq_len * setup.seq_len * BOOL if sliding_window_masked(spec, setup.seq_len) else 0
+    if setup.attention == "eager" or spec.eager_attention_only:
+        # eager attention adds a materialised causal mask (B × 1 × S × S) in the activations' dtype
+        mask = setup.micro_batch * setup.seq_len * setup.seq_len * activation_dtype_bytes(setup)
+    return rope + mask
 
 
 def shared_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
-    """Saved tensors outside the blocks: the RoPE cos and sin tables (seq × head_dim each, batch
-    dimension 1, shared by every block) and the final norm's saved tensors: its fp32 copy and rsqrt
+    """Saved tensors outside the blocks: what every block reads (`block_arguments_bytes`) and the final norm's
+    saved tensors: its fp32 copy and rsqrt
     when gradients flow through it (full fine-tuning, or with checkpointing, whose recomputed block
     inputs require grad), plus the normalised copy and its output (the LM head's input) when the
     LM head trains. Traced: a LoRA run without checkpointing keeps nothing for the final norm."""
     cb = activation_dtype_bytes(setup)
     amp = setup.precision.startswith("amp-")
-    rope = rope_bytes(spec, setup)
+    arguments = block_arguments_bytes(spec, setup)
     tokens = setup.micro_batch * setup.seq_len
     h = spec.hidden_size
     final_norm = 0
@@ -649,4 +674,4 @@ def shared_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
         final_norm += tokens * (FP32 * h + cb * h) if amp else tokens * 2 * cb * h
     # Under amp the LM head matmul keeps autocast's low-precision copy of its (or the tied embedding's) weight.
     head_copy = spec.vocab_size * h * cb if amp else 0
-    return rope + final_norm + head_copy + saved_module_activation_bytes(spec, setup, cb)
+    return arguments + final_norm + head_copy + saved_module_activation_bytes(spec, setup, cb)

@@ -78,11 +78,13 @@ class DenseMlp:
     """One T × h tensor in the adapter dtype (the LoRA branch's output gradient)."""
     dequantized: int
     """down_proj's (or up_proj's) weight dequantized by bitsandbytes, 0 for other bases."""
-    dequantizing: int
-    """A 4-bit base's up_proj or down_proj forward: its dequantized weight, the double-quantized absmax it
-    dequantizes first (fp32, one per 64 weights) and its input's compute-dtype cast; 0 for other bases."""
-    base_output: int
-    """down_proj's base output as its 4-bit matmul makes it (T × h, compute dtype)."""
+    down_forward: int
+    """A 4-bit base's down_proj forward: its dequantized weight, the double-quantized absmax it dequantizes first
+    (fp32, one per 64 weights), its input's compute-dtype cast (an fp32 stream) and its output (T × h, compute
+    dtype); 0 for other bases."""
+    up_forward: int
+    """A 4-bit base's up_proj forward, beyond B: its dequantized weight and absmax, with an fp32 stream its
+    input's compute-dtype cast, and its compute-dtype output standing for its fp32 output among B."""
 
 
 def stream_gradient_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
@@ -128,7 +130,7 @@ def _dense_moments(
     spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int, up: Linear, down: Linear
 ) -> list[int]:
     """Bytes beyond B at each moment of a dense SwiGLU block's recompute and backward (module docstring)."""
-    sizes = _sizes(spec, setup, tokens, tp=tp, width=down.in_features)
+    sizes = _sizes(spec, setup, tokens, tp=tp, up=up, down=down)
     e, ea = sizes.e_compute, sizes.e_adapter
     lora = setup.lora
     amp = setup.precision.startswith("amp-")
@@ -165,8 +167,7 @@ def _dense_moments(
             forward_locals
             + branch_grad
             + base_grad
-            + sizes.dequantizing
-            + sizes.base_output
+            + sizes.down_forward
             - (0 if keeps_product else freed - e),
             base_grad + (e if amp else ea),  # lora_A's input gradient
             -freed + base_grad + ea + e,  # the cast's gradient beside dropout's (or lora_A's)
@@ -180,10 +181,12 @@ def _dense_moments(
         if is_targeted(up, lora, spec.model_type):
             element = activation_dtype_bytes(setup) if amp else dtype_bytes(adapter_dtype(setup))
             up_lora_out = tokens * up.out_features * element // tp
+            # a fused gate_up runs first: the activation's output (among B) does not exist yet
+            not_yet = e if up.out_features == 2 * down.in_features else 0
             moments += [
                 # recompute forward: up_proj's LoRA output and its scaled copy beside its base output (standing for
                 # the up output among B), before down_proj's saved tensors exist
-                -freed - weight_copy + 2 * up_lora_out + forward_locals + branch_grad + base_grad,
+                -freed - weight_copy + 2 * up_lora_out + forward_locals + branch_grad + base_grad - not_yet,
                 # backward, up_proj's LoRA branch: its gradient cast to the adapter dtype and scaled
                 -freed - weight_copy + (2 * ea if cast and not amp else e),
             ]
@@ -200,7 +203,7 @@ def _dense_moments(
     if setup.quant in BNB_DEQUANTIZING:
         # a frozen bitsandbytes down_proj's backward needs no saved tensor: its input gradient exists before the
         # recompute, which ends at up_proj's forward
-        recompute = forward_locals + e + sizes.dequantizing
+        recompute = forward_locals + e + sizes.up_forward
     else:
         # the recompute ends when down_proj saves its weight (under autocast, its copy), the product alive
         recompute = forward_locals + amp_grad + e
@@ -224,7 +227,8 @@ def _forward_locals(spec: ModelSpec, setup: TrainSetup, sizes: DenseMlp, up: Lin
     return residual + (0 if mlp_input_saved else sizes.th_stream)
 
 
-def _sizes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int, width: int) -> DenseMlp:
+def _sizes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int, up: Linear, down: Linear) -> DenseMlp:
+    width = down.in_features
     cb = activation_dtype_bytes(setup)
     ab = dtype_bytes(adapter_dtype(setup))
     h = spec.hidden_size
@@ -233,17 +237,22 @@ def _sizes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int, width: i
         element = cb if setup.quant == "int8" else dtype_bytes(compute_dtype(setup.precision))
         dequantized = h * width * element // tp
     dropout = setup.lora is not None and setup.lora.dropout > 0
-    dequantizing = 0
+    down_forward = up_forward = 0
     compute = dtype_bytes(compute_dtype(setup.precision))
     if setup.quant in BNB_4BIT:  # MatMul4Bit.forward: F.linear(A, dequantize_4bit(B).to(A.dtype).t())
-        cast_input = (
-            tokens * width * compute // tp if cb != compute else 0
-        )  # Linear4bit's x.to(compute_dtype)
-        absmax = h * width * FP32 // DOUBLE_QUANT_BLOCK // tp if setup.double_quant else 0
-        dequantizing = dequantized + absmax + cast_input
+        recast = cb != compute  # Linear4bit casts its input to the compute dtype, its output back
+        for lin in (up, down):
+            weight = lin.in_features * lin.out_features
+            absmax = weight * FP32 // DOUBLE_QUANT_BLOCK if setup.double_quant else 0
+            cast_input = tokens * lin.in_features * compute if recast else 0
+            common = (weight * compute + absmax + cast_input) // tp
+            if lin is down:
+                down_forward = common + tokens * lin.out_features * compute
+            else:
+                up_forward = common - (tokens * lin.out_features * (cb - compute) // tp if recast else 0)
     return DenseMlp(
-        dequantizing=dequantizing,
-        base_output=tokens * h * compute if dequantizing else 0,
+        down_forward=down_forward,
+        up_forward=up_forward,
         e_compute=tokens * width * cb // tp,
         e_adapter=tokens * width * ab // tp,
         mask=tokens * width // tp if dropout else 0,
