@@ -546,6 +546,10 @@ def activation_phases(
         arguments = block_arguments_bytes(spec, setup)  # all that outlives the loss outside the blocks
         coarse = backward_working_bytes(spec, setup, tokens) // tp
         working = recompute_extra_bytes(spec, setup, tokens, tp=tp, coarse=coarse)
+        if setup.runtime.fsdp != "none":
+            # FSDP's recompute moments (fsdp_memory) add a block's unsharded gradients and gathered parameters to
+            # the coarse working set and the final norm's saved tensors, as traced on FSDP2 (tests/test_trace_fsdp.py)
+            arguments, working = shared, coarse
         return ActivationPhases(
             at_loss=shared + count * block_input,
             in_backward=arguments + count * block_input + largest + working,

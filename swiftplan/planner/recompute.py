@@ -28,8 +28,9 @@ attention only) recomputes at its own backward, or after it on a bitsandbytes ba
 Traced with transformers 5.25, peft 0.21.2 and bitsandbytes 0.50.2 on fake tensors, which peak where real tensors do
 (tests/test_recompute_moments.py): within 0.05 % on two blocks of Llama-3.1-8B, Qwen2.5 and Qwen3 at 1k-8k tokens,
 adapters in fp32 or bf16, with and without dropout, nf4, int8, peft's k-bit upcast, autocast and full fine-tuning;
-Phi-3's fused gate_up within 4 % (its sliding-window attention mask beyond 2,047 tokens is not modelled). MoE blocks,
-Gemma 2's norm after down_proj and autocast over bitsandbytes keep the coarser `activations.backward_working_bytes`.
+Phi-3's fused gate_up and Mistral past its sliding window too. MoE blocks take their experts' recompute forward;
+Gemma 2's norm after down_proj, autocast over bitsandbytes and float8 training keep the coarser
+`activations.backward_working_bytes`.
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ def recompute_extra_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp
     amp_bnb = setup.precision.startswith("amp-") and setup.quant in BNB_DEQUANTIZING
     if spec.is_moe_layer(last):
         return stream_grad + max(coarse, _moe_recompute_bytes(spec, setup, tokens, tp=tp))
-    # sandwich norms (Gemma 2) put a norm after down_proj; autocast over bitsandbytes is not modelled
-    if amp_bnb or spec.norms_per_layer != 2 or mlp[-1].kind != "linear":
+    # sandwich norms (Gemma 2) put a norm after down_proj; autocast over bitsandbytes and float8's casts are not
+    # modelled moment by moment
+    if amp_bnb or setup.runtime.float8 or spec.norms_per_layer != 2 or mlp[-1].kind != "linear":
         return stream_grad + coarse
     up, down = mlp[-2], mlp[-1]  # up_proj, or the fused gate_up_proj
     # with an fp32 stream, B's fp32 copy of the input norm is the block input itself, kept anyway

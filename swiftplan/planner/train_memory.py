@@ -311,7 +311,11 @@ def train_memory(
     )
     transients = {
         "optimizer step": step_temp,
-        "end of backward": tied_sum_extra(spec, setup, head_grads),
+        "end of backward": (
+            tied_sum_extra(spec, setup, head_grads)
+            if spec.tie_word_embeddings and setup.objective.kind != "rm"
+            else 0
+        ),
         HEAD_STEP: head_step_transient(spec, setup, step_temp),
         CHUNK_SUM: chunk_summed_head(spec, setup, states.gradients),
         "reference forward": states.gathered
