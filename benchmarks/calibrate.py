@@ -46,7 +46,6 @@ from published_rows import Skip, express
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.allocator import AllocatorParams, context_bytes, distinct_lengths, rounding_bytes
-from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.setup import TrainSetup
 
 CALIBRATION = Path(__file__).resolve().parent.parent / "swiftplan" / "profiles" / "calibration.json"
@@ -65,7 +64,7 @@ def fit_points(csv_paths: tuple[Path, ...] = ALL_CSVS) -> dict[str, list[dict[st
             continue
         try:
             expressed = express(row)
-            spec = catalog_spec(expressed.model_id)
+            spec = expressed.spec
             mem = _estimate(spec, expressed).memory
         except (Skip, SwiftplanError):
             continue

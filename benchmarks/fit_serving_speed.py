@@ -50,7 +50,6 @@ from published_accuracy import ALL_CSVS, read_rows
 from published_rows import DECODE_METRICS, Skip, decode_figure, express
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.serve_memory import serve_memory
 from swiftplan.planner.setup import SERVE_RUNTIMES, ServeSetup
 from swiftplan.planner.speed import (
@@ -89,7 +88,7 @@ def decode_points(split: str, csv_paths: tuple[Path, ...] = ALL_CSVS) -> list[di
             continue
         setup = expressed.setup
         assert isinstance(setup, ServeSetup)
-        spec = catalog_spec(expressed.model_id)
+        spec = expressed.spec
         memory = serve_memory(spec, setup, device_memory_bytes=expressed.cluster.memory_bytes_per_device)
         points.append(
             {

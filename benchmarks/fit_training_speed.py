@@ -51,7 +51,6 @@ from published_rows import Skip, express
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.architecture import matmul_params_per_token
 from swiftplan.planner.comm_speed import TrainComm, exposed_comm_s, pipelined_exposed_s
-from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.setup import TrainSetup
 from swiftplan.planner.speed import TrainSpeed, train_comm_of
 from swiftplan.planner.train_efficiency import SECTION, MfuCurve, family
@@ -83,7 +82,7 @@ def fit_points(csv_paths: tuple[Path, ...] = ALL_CSVS) -> tuple[list[dict[str, A
             continue
         try:
             expressed = express(row)
-            spec = catalog_spec(expressed.model_id)
+            spec = expressed.spec
             estimate = _estimate(spec, expressed)
             speed = estimate.speed
         except (Skip, SwiftplanError) as why:

@@ -59,7 +59,6 @@ from published_rows import (
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.architecture import linear_modules, total_params
 from swiftplan.planner.estimate import Estimate, estimate_serving, estimate_training
-from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.serve_memory import VLLM_BLOCK_TOKENS, kv_cache_bytes_per_token, serve_memory
 from swiftplan.planner.setup import LoraSetup, ServeSetup, TrainSetup
@@ -117,7 +116,7 @@ def _states_bytes(memory: Any) -> int:
 
 def compare(row: dict[str, str], expressed: Expressed) -> dict[str, Any]:
     """Our figure(s) for the row's counter, in the row's unit, and the relative error(s)."""
-    spec = catalog_spec(expressed.model_id)
+    spec = expressed.spec
     metric = row["metric"]
     published = float(row["value"])
     estimate = _estimate(spec, expressed)
@@ -387,7 +386,7 @@ def _what_if_max_seq(row: dict[str, str]) -> tuple[int, int, int]:
     parameters added, and with two more fp32 vocab-wide logit copies on top (older transformers losses).
     An explanation of the miss, not a correction: the planner is not changed by it."""
     expressed = express(row)
-    spec = catalog_spec(expressed.model_id)
+    spec = expressed.spec
     upcast = 2 * (total_params(spec) - sum(lin.params for _, lin in linear_modules(spec)))
     results = []
     for extra_per_token, extra in ((0, 0), (0, upcast), (2 * spec.vocab_size * 4, upcast)):
@@ -411,7 +410,7 @@ def _what_if_lora(row: dict[str, str]) -> list[tuple[str, float, float]]:
     for 13B NF4 + checkpointing at 1024 tokens, the same with double quantization, and at 512 tokens.
     An explanation of the miss, not a correction: the planner and the row's assumption are not changed."""
     expressed = express(row)
-    spec = catalog_spec(expressed.model_id)
+    spec = expressed.spec
     assert isinstance(expressed.setup, TrainSetup)
     setup = expressed.setup
     cases = (

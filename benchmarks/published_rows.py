@@ -12,7 +12,8 @@ from typing import Any
 from swiftplan.planner.allocator import AllocatorSettings
 from swiftplan.planner.architecture import total_params
 from swiftplan.planner.hardware import Cluster, parse_cluster
-from swiftplan.planner.model_catalog import catalog_spec, find_catalog_id
+from swiftplan.planner.model_catalog import catalog_spec, find_catalog_id, spec_from_hf_config
+from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.runtime import TRAIN_KNOB_OPTIONS, get_runtime, runtime_profiles
 from swiftplan.planner.setup import (
     SERVE_RUNTIMES,
@@ -107,6 +108,10 @@ MODEL_NAMES: dict[str, tuple[str, str]] = {
         "distilled fine-tune of Qwen3-8B (its config.json: Qwen3ForCausalLM, 36 x 4096, vocab 151936)",
     ),
 }
+CONFIG_OVERRIDES: dict[str, dict[str, Any]] = {
+    "Mistral-7B-v0.2": {"sliding_window": None},  # its config.json: "sliding_window": null
+}
+"""Where a measured model's config.json differs from its stand-in's in a key the planner reads."""
 # Nominal sizes in rule-of-thumb rows: a catalog model of that class, its terms scaled to the nominal size.
 GENERIC_MODELS: dict[str, str] = {
     "7B (generic)": "meta-llama/Llama-2-7b-hf",
@@ -542,6 +547,16 @@ class Expressed:
     """Mappings and assumptions made to express the row."""
     allocator: AllocatorSettings = AllocatorSettings()
     """How the run drove the caching allocator (variable sequence lengths, expandable segments)."""
+    config_overrides: tuple[tuple[str, Any], ...] = ()
+    """config.json keys where the measured model differs from the catalog model standing in for it."""
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The catalog model's spec, with the measured model's differences (`config_overrides`)."""
+        if not self.config_overrides:
+            return catalog_spec(self.model_id)
+        config = dict(catalog_spec(self.model_id).hf_config) | dict(self.config_overrides)
+        return spec_from_hf_config(config, name=self.model_id)
 
 
 # --- parsing the free-text columns --------------------------------------------------------------------
@@ -731,6 +746,7 @@ def express(row: dict[str, str]) -> Expressed:
     if reason is not None:
         raise Skip(reason)
     model_id, scale, notes = _model(row)
+    overrides = tuple(CONFIG_OVERRIDES.get(row["model"].strip(), {}).items())
     own, why = ASSUMPTIONS.get(row["id"], ({}, ""))
     stated = next((v for prefix, v in SOURCE_SETTINGS.items() if row["id"].startswith(prefix)), {})
     assumed = {**stated, **own}
@@ -759,7 +775,8 @@ def express(row: dict[str, str]) -> Expressed:
             runtime=_serve_runtime(row),
             graph_max_context=graph_max_context,
         )
-        return Expressed(model_id=model_id, setup=setup, cluster=cluster, notes=tuple(dict.fromkeys(notes)))
+        return Expressed(model_id=model_id, setup=setup, cluster=cluster, notes=tuple(dict.fromkeys(notes)),
+                         config_overrides=overrides)  # fmt: skip
     if method not in ("full", "lora", "qlora"):
         raise Skip(f"method {row['method']!r} is not modelled")
     if method == "lora" and quant in ("nf4", "nf4-torchao"):
@@ -819,6 +836,7 @@ def express(row: dict[str, str]) -> Expressed:
         scale=scale,
         notes=tuple(dict.fromkeys(notes)),
         allocator=AllocatorSettings(variable_lengths=assumed.get("variable_lengths", False)),
+        config_overrides=overrides,
     )
 
 

@@ -30,7 +30,7 @@ Traced with transformers 5.25, peft 0.21.2 and bitsandbytes 0.50.2 on fake tenso
 adapters in fp32 or bf16, with and without dropout, nf4, int8, peft's k-bit upcast, autocast and full fine-tuning;
 Phi-3's fused gate_up and Mistral past its sliding window too. MoE blocks take their experts' recompute forward;
 Gemma 2's norm after down_proj, autocast over bitsandbytes and float8 training keep the coarser
-`activations.backward_working_bytes`.
+`activations.backward_working_bytes`, as FSDP does (its moments, planner/fsdp_memory.py, were traced with it).
 """
 
 from __future__ import annotations
