@@ -36,7 +36,7 @@ from swiftplan.planner.dtypes import (
     module_dtype,
 )
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.recompute import BNB_DEQUANTIZING, recompute_extra_bytes
+from swiftplan.planner.recompute import BNB_DEQUANTIZING, recompute_extra_bytes, stream_bytes
 from swiftplan.planner.runtime_features import (
     float8_cast_bytes,
     offloaded_saved,
@@ -492,7 +492,7 @@ def _largest_block_matrix(spec: ModelSpec) -> int:
 def block_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
     """What gradient checkpointing keeps per block: its input hidden states (T × h), fp32 under amp
     (the residual stream stays in the parameter dtype; DeepSpeed ZeRO casts the module to the half dtype)."""
-    return tokens * spec.hidden_size * max(dtype_bytes(module_dtype(setup)), activation_dtype_bytes(setup))
+    return tokens * spec.hidden_size * stream_bytes(setup)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

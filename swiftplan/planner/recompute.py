@@ -90,7 +90,7 @@ class DenseMlp:
 
 def stream_gradient_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
     """The gradient of a block's output, alive through its recompute and backward (T × h, the stream's dtype)."""
-    return tokens * spec.hidden_size * _stream_bytes(setup)
+    return tokens * spec.hidden_size * stream_bytes(setup)
 
 
 def recompute_extra_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int, coarse: int) -> int:
@@ -108,7 +108,7 @@ def recompute_extra_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp
         return stream_grad + coarse
     up, down = mlp[-2], mlp[-1]  # up_proj, or the fused gate_up_proj
     # with an fp32 stream, B's fp32 copy of the input norm is the block input itself, kept anyway
-    block_input_copy = stream_grad if _stream_bytes(setup) == FP32 else 0
+    block_input_copy = stream_grad if stream_bytes(setup) == FP32 else 0
     # an int8 base's recomputed Linears keep their inputs on their autograd context again
     # (activations.int8_kept_input_bytes); of those, only the attention input is not otherwise counted here
     int8_attention_input = (
@@ -125,7 +125,7 @@ def _moe_recompute_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp:
     moe = spec.moe
     assert moe is not None
     routed = tokens * moe.experts_per_token * spec.hidden_size * activation_dtype_bytes(setup) // tp
-    return 2 * tokens * spec.hidden_size * _stream_bytes(setup) + 3 * routed
+    return 2 * tokens * spec.hidden_size * stream_bytes(setup) + 3 * routed
 
 
 def _dense_moments(
@@ -216,7 +216,7 @@ def _forward_locals(spec: ModelSpec, setup: TrainSetup, sizes: DenseMlp, up: Lin
     """What the recompute forward's locals hold beyond B through the MLP: the residual (with an fp32 stream, the
     post-attention norm's saved input, among B) and the MLP input (among B when gate/up save it: full fine-tuning,
     or LoRA reading the stream itself, without cast or dropout)."""
-    residual = 0 if _stream_bytes(setup) == FP32 else sizes.th_stream
+    residual = 0 if stream_bytes(setup) == FP32 else sizes.th_stream
     lora = setup.lora
     mlp_input_saved = setup.method == "full" or (
         setup.trains_adapters
@@ -258,13 +258,13 @@ def _sizes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int, up: Line
         e_compute=tokens * width * cb // tp,
         e_adapter=tokens * width * ab // tp,
         mask=tokens * width // tp if dropout else 0,
-        th_stream=tokens * h * _stream_bytes(setup),
+        th_stream=tokens * h * stream_bytes(setup),
         th_compute=tokens * h * cb,
         th_adapter=tokens * h * ab,
         dequantized=dequantized,
     )
 
 
-def _stream_bytes(setup: TrainSetup) -> int:
+def stream_bytes(setup: TrainSetup) -> int:
     """The residual stream's element size: the module dtype (fp32 under amp or peft's k-bit upcast)."""
     return max(dtype_bytes(module_dtype(setup)), activation_dtype_bytes(setup))
