@@ -45,7 +45,6 @@ from published_rows import GB, Expressed, GiB, Skip, config_summary
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.estimate import Estimate, estimate_training
-from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.setup import TrainSetup
 
 HERE = Path(__file__).parent
@@ -79,7 +78,7 @@ def _unit(metric: str) -> tuple[int, str]:
 def estimate_row(expressed: Expressed) -> Estimate:
     """The planner's estimate of an expressed row."""
     assert isinstance(expressed.setup, TrainSetup)
-    spec = catalog_spec(expressed.model_id)
+    spec = expressed.spec
     return estimate_training(spec, expressed.setup, expressed.cluster, allocator=expressed.allocator)
 
 

@@ -14,7 +14,6 @@ from published_rows import Expressed, GiB
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.estimate import Estimate, estimate_training
-from swiftplan.planner.model_catalog import catalog_spec
 from swiftplan.planner.objective_memory import (
     generate_cache_bytes,
     reference_runs_beside_policy,
@@ -38,14 +37,14 @@ def _setup(expressed: Expressed) -> TrainSetup:
 
 
 def _estimate(expressed: Expressed) -> Estimate:
-    spec = catalog_spec(expressed.model_id)
+    spec = expressed.spec
     return estimate_training(spec, _setup(expressed), expressed.cluster, allocator=expressed.allocator)
 
 
 def _phase_peaks(expressed: Expressed) -> dict[str, int]:
     setup = _setup(expressed)
     memory = train_memory_with_vision(
-        catalog_spec(expressed.model_id),
+        expressed.spec,
         setup,
         world_size=expressed.cluster.world_size,
         device_memory_bytes=expressed.cluster.memory_bytes_per_device,
@@ -57,7 +56,7 @@ def swift_logps_what_if(expressed: Expressed) -> tuple[int, int]:
     """(planner peak allocated, the same with ms-swift 4.6's traced log-prob bytes in place of the
     planner's 12 B per scored token × vocab at the reference pass and at the start of backward)."""
     setup = _setup(expressed)
-    spec = catalog_spec(expressed.model_id)
+    spec = expressed.spec
     scored = setup.micro_batch * setup.objective.sequences_per_example * scored_tokens_per_sequence(setup)
     per_byte = scored * spec.vocab_size
     peaks = _phase_peaks(expressed)
@@ -79,7 +78,7 @@ def zero3_gather_what_if(expressed: Expressed) -> tuple[int, int]:
     model's parameters gathered: every persistent byte + the full compute-dtype weights of the policy
     (and of PPO's value model) less their shards + generate()'s KV cache)."""
     setup = _setup(expressed)
-    spec = catalog_spec(expressed.model_id)
+    spec = expressed.spec
     peaks = _phase_peaks(expressed)
     mem = _estimate(expressed).memory
     persistent = (

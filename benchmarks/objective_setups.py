@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from published_rows import Expressed, Skip, _quant, parse_int
+from published_rows import CONFIG_OVERRIDES, Expressed, Skip, _quant, parse_int
 
 from swiftplan.planner.allocator import AllocatorSettings
 from swiftplan.planner.hardware import Cluster, parse_cluster
@@ -435,6 +435,7 @@ def express_objective(row: dict[str, str]) -> Expressed:
         cluster=cluster,
         notes=tuple(dict.fromkeys(notes)),
         allocator=AllocatorSettings(expandable_segments=expandable, variable_lengths=True),
+        config_overrides=tuple(CONFIG_OVERRIDES.get(row["model"].strip(), {}).items()),
     )
 
 

@@ -110,6 +110,7 @@ MODEL_NAMES: dict[str, tuple[str, str]] = {
 }
 CONFIG_OVERRIDES: dict[str, dict[str, Any]] = {
     "Mistral-7B-v0.2": {"sliding_window": None},  # its config.json: "sliding_window": null
+    "Mistral-7B-Instruct-v0.2": {"sliding_window": None},
 }
 """Where a measured model's config.json differs from its stand-in's in a key the planner reads."""
 # Nominal sizes in rule-of-thumb rows: a catalog model of that class, its terms scaled to the nominal size.
@@ -555,8 +556,9 @@ class Expressed:
         """The catalog model's spec, with the measured model's differences (`config_overrides`)."""
         if not self.config_overrides:
             return catalog_spec(self.model_id)
-        config = dict(catalog_spec(self.model_id).hf_config) | dict(self.config_overrides)
-        return spec_from_hf_config(config, name=self.model_id)
+        stand_in = catalog_spec(self.model_id)
+        config = dict(stand_in.hf_config) | dict(self.config_overrides)
+        return spec_from_hf_config(config, name=self.model_id, source=stand_in.source)
 
 
 # --- parsing the free-text columns --------------------------------------------------------------------

@@ -113,3 +113,20 @@ def test_dropout_with_fp32_adapters_peaks_in_the_recompute_forward() -> None:
     no_dropout = recompute._dense_moments(spec, replace(setup, lora=LoraSetup(rank=16, dropout=0.0, targets=ALL)),
                                           2048, tp=1, up=mlp[-2], down=mlp[-1])  # fmt: skip
     assert max(no_dropout) < max(moments)
+
+
+def test_only_sdpa_past_the_window_keeps_a_mask_and_every_rank_keeps_it_whole() -> None:
+    from swiftplan.planner import activations as act
+
+    spec = catalog_spec("mistralai/Mistral-7B-v0.1")  # a 4096-token window on every block
+    sdpa = _setup("lora", targets=QV, seq=8192)
+    tokens = 2 * 8192
+    masked = act.layer_activation_bytes(spec, sdpa, 0, tokens, 8192)
+    assert masked.attention_mask == 2 * 8192 * 8192 * 2  # B × 1 × S × S in bf16
+    assert (
+        act.layer_activation_bytes(spec, replace(sdpa, attention="flash"), 0, tokens, 8192).attention_mask
+        == 0
+    )
+    assert act.layer_activation_bytes(spec, replace(sdpa, seq_len=2048), 0, 4096, 2048).attention_mask == 0
+    # tensor parallelism splits the heads' tensors, not the mask every head shares
+    assert act._split(masked, 2) - masked.attention_mask == act._split(replace(masked, attention_mask=0), 2)

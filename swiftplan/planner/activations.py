@@ -73,6 +73,8 @@ class LayerActivations:
     """Routing logits/weights and the per-expert token copies of MoE layers."""
     weight_copies: int = 0
     """amp only: autocast's cached bf16/fp16 copies of the block's weights, saved by each matmul."""
+    attention_mask: int = 0
+    """SDPA's additive mask past a sliding window (`_sdpa_mask_bytes`), whole on every tensor-parallel rank."""
 
     @property
     def total(self) -> int:
@@ -85,6 +87,7 @@ class LayerActivations:
             + self.mlp
             + self.moe
             + self.weight_copies
+            + self.attention_mask
         )
 
 
@@ -236,6 +239,7 @@ def _layer_activation_bytes(
         mlp=mlp,
         moe=moe,
         weight_copies=weight_copies,
+        attention_mask=_sdpa_mask_bytes(spec, setup, seq_len, cb),
     )
 
 
@@ -273,23 +277,35 @@ def _attention_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, seq_len: i
         output = q if setup.method == "full" else 0  # o_proj's input is a fresh copy, kept when o_proj trains
         return tokens * (cb * (repeated + output) + scores * per_score)
     output_copy = q if spec.rope_concat and setup.method == "full" else 0  # o_proj's contiguous input
-    k_saved, mask = kv, 0
-    if sliding_window_masked(spec, seq_len):
+    k_saved = kv
+    if sliding_window_masked(spec, setup, seq_len):
         # transformers hands SDPA an S × S mask: k and v then come repeated to every query head (use_gqa_in_sdpa
         # needs no mask; repeat_kv copies), and SDPA turns the bool mask into an additive one in the compute dtype
         # (aten convert_boolean_attn_mask), which the memory-efficient kernel keeps for backward, per block
         k_saved = q
         v_saved = v_saved if spec.fused_qkv else q
-        mask = setup.micro_batch * seq_len * seq_len * cb
-    return tokens * cb * (q + k_saved + v_saved + q + output_copy) + tokens * spec.num_heads * FP32 + mask
+    return tokens * cb * (q + k_saved + v_saved + q + output_copy) + tokens * spec.num_heads * FP32
 
 
-def sliding_window_masked(spec: ModelSpec, seq_len: int) -> bool:
-    """True when every block attends through a sliding window that `seq_len` reaches: transformers 5.25 then
-    materialises the mask instead of letting SDPA run causal (masking_utils.sdpa_mask skips it only while the
-    sequence is shorter than the window)."""
+def _sdpa_mask_bytes(spec: ModelSpec, setup: TrainSetup, seq_len: int, cb: int) -> int:
+    """Past a sliding window, the additive B × 1 × S × S mask SDPA makes from transformers' bool one (aten
+    convert_boolean_attn_mask) and its memory-efficient kernel keeps for backward, per block; the same on every
+    head, so tensor parallelism does not split it."""
+    return setup.micro_batch * seq_len * seq_len * cb if sliding_window_masked(spec, setup, seq_len) else 0
+
+
+def sliding_window_masked(spec: ModelSpec, setup: TrainSetup, seq_len: int) -> bool:
+    """True when every block attends through SDPA with a sliding window that `seq_len` reaches: transformers 5.25
+    then materialises the mask instead of letting SDPA run causal (masking_utils.sdpa_mask skips it only while the
+    sequence is shorter than the window); flash attention takes the window as an argument and builds none."""
     window = spec.sliding_window
-    return window is not None and seq_len >= window and spec.sliding_window_layers == spec.num_layers
+    return (
+        window is not None
+        and seq_len >= window
+        and spec.sliding_window_layers == spec.num_layers
+        and setup.attention == "sdpa"
+        and not spec.eager_attention_only
+    )
 
 
 def _mla_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, cb: int) -> int:
@@ -419,7 +435,7 @@ def backward_working_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> i
     (`dequantized_weight_bytes`; traced on Llama-2-7B NF4 at 256-4096 tokens: the peak within 0.2 %).
     The coarse working set of a block's backward: selective checkpointing and offloading use it, and a
     checkpointed block's recompute where `recompute.recompute_extra_bytes` does not model its moments (MoE,
-    Gemma 2's sandwich norms, autocast over bitsandbytes)."""
+    Gemma 2's sandwich norms, autocast over bitsandbytes, bases other than bitsandbytes', float8, FSDP)."""
     gradient = swiglu_tensor_bytes(spec, setup, tokens)
     working = max(
         3 * gradient,
@@ -507,14 +523,18 @@ class ActivationPhases:
     largest_block: int
     """Saved tensors of the largest single block (what checkpointing recomputes at once)."""
     shared: int = 0
-    """Saved tensors outside the blocks (RoPE tables, final norm)."""
-    shared_in_backward: int = 0
-    """What of `shared` is alive while blocks run their backward: with checkpointing only what every block reads
-    (`block_arguments_bytes`; the final norm's and the LM head's saved tensors are freed by then)."""
+    """Saved tensors outside the blocks (RoPE tables, masks every block reads, final norm)."""
+    shared_in_backward: int
+    """What of `shared` is counted while blocks run their backward: with plain checkpointing (every block, no
+    FSDP) only what every block reads (`block_arguments_bytes`; the final norm's and the LM head's saved tensors
+    are freed by then); all of `shared` without checkpointing, under FSDP and with selective checkpointing or
+    activation offloading, whose moments were traced that way."""
     block_input: int = 0
     """What checkpointing keeps per block (0 without checkpointing)."""
     backward_working: int = 0
-    """Gradient temporaries of one block's backward (the MLP's, the widest), on top of its saved tensors."""
+    """What a block's recompute and backward hold beyond its saved tensors at their largest moment: with plain
+    checkpointing `recompute.recompute_extra_bytes` (the block-output gradient and the forward's locals included),
+    otherwise the MLP's gradient temporaries (`backward_working_bytes`)."""
     below_first_recompute: int = 0
     """Selective checkpointing / offloading: kept below the first recomputed block beyond one block input."""
     offloaded: int = 0
@@ -599,6 +619,7 @@ def activations_bytes(spec: ModelSpec, setup: TrainSetup, *, layers: int | None 
 def _split(acts: LayerActivations, tp: int) -> int:
     return (
         acts.norms
+        + acts.attention_mask
         + (acts.linear_inputs + acts.lora + acts.attention + acts.mlp + acts.moe + acts.weight_copies) // tp
     )
 
@@ -652,7 +673,7 @@ def block_arguments_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
     amp = setup.precision.startswith("amp-")
     rope_width = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim
     rope = 2 * setup.seq_len * rope_width * (FP32 if amp else activation_dtype_bytes(setup))
-    mask = setup.seq_len * setup.seq_len * BOOL if sliding_window_masked(spec, setup.seq_len) else 0
+    mask = setup.seq_len * setup.seq_len * BOOL if sliding_window_masked(spec, setup, setup.seq_len) else 0
     if setup.attention == "eager" or spec.eager_attention_only:
         # eager attention adds a materialised causal mask (B × 1 × S × S) in the activations' dtype
         mask = setup.micro_batch * setup.seq_len * setup.seq_len * activation_dtype_bytes(setup)

@@ -29,8 +29,9 @@ Traced with transformers 5.25, peft 0.21.2 and bitsandbytes 0.50.2 on fake tenso
 (tests/test_recompute_moments.py): within 0.05 % on two blocks of Llama-3.1-8B, Qwen2.5 and Qwen3 at 1k-8k tokens,
 adapters in fp32 or bf16, with and without dropout, nf4, int8, peft's k-bit upcast, autocast and full fine-tuning;
 Phi-3's fused gate_up and Mistral past its sliding window too. MoE blocks take their experts' recompute forward;
-Gemma 2's norm after down_proj, autocast over bitsandbytes and float8 training keep the coarser
-`activations.backward_working_bytes`, as FSDP does (its moments, planner/fsdp_memory.py, were traced with it).
+Gemma 2's norm after down_proj, autocast over bitsandbytes, GPTQ/AWQ/fp8/torchao bases, float8 training and
+MoE full fine-tuning keep the coarser `activations.backward_working_bytes`, as FSDP does (its moments,
+planner/fsdp_memory.py, were traced with it).
 """
 
 from __future__ import annotations
@@ -101,10 +102,20 @@ def recompute_extra_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp
     mlp = [lin for lin in layer_linears(spec, last) if lin.block == "mlp"]
     amp_bnb = setup.precision.startswith("amp-") and setup.quant in BNB_DEQUANTIZING
     if spec.is_moe_layer(last):
-        return stream_grad + max(coarse, _moe_recompute_bytes(spec, setup, tokens, tp=tp))
-    # sandwich norms (Gemma 2) put a norm after down_proj; autocast over bitsandbytes and float8's casts are not
-    # modelled moment by moment
-    if amp_bnb or setup.runtime.float8 or spec.norms_per_layer != 2 or mlp[-1].kind != "linear":
+        # traced with frozen experts and with LoRA on them; a full fine-tune's saved tensors already hold the
+        # gathered input and the router's, so it keeps the coarse set
+        moe = 0 if setup.method == "full" else _moe_recompute_bytes(spec, setup, tokens, tp=tp)
+        return stream_grad + max(coarse, moe)
+    # sandwich norms (Gemma 2) put a norm after down_proj; autocast over bitsandbytes, other quantized bases'
+    # kernels and float8's casts are not modelled moment by moment
+    untraced_base = setup.quant not in ("none", *BNB_DEQUANTIZING)  # GPTQ, AWQ, fp8, torchao NF4
+    if (
+        amp_bnb
+        or untraced_base
+        or setup.runtime.float8
+        or spec.norms_per_layer != 2
+        or mlp[-1].kind != "linear"
+    ):
         return stream_grad + coarse
     up, down = mlp[-2], mlp[-1]  # up_proj, or the fused gate_up_proj
     # with an fp32 stream, B's fp32 copy of the input norm is the block input itself, kept anyway
@@ -246,8 +257,9 @@ def _sizes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int, up: Line
         for lin in (up, down):
             weight = lin.in_features * lin.out_features
             absmax = weight * FP32 // DOUBLE_QUANT_BLOCK if setup.double_quant else 0
-            cast_input = tokens * lin.in_features * compute if recast else 0
-            common = (weight * compute + absmax + cast_input) // tp
+            # tensor parallelism splits the weight and down_proj's input, not up_proj's (the whole T × h)
+            cast_input = tokens * lin.in_features * compute // (tp if lin is down else 1) if recast else 0
+            common = (weight * compute + absmax) // tp + cast_input
             if lin is down:
                 down_forward = common + tokens * lin.out_features * compute
             else:

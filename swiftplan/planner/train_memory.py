@@ -145,9 +145,10 @@ def _phase_peaks(
         # with every saved activation still alive, once the loss tensors are gone (traced: int8 after peft's
         # fp32 upcast holds a 180 MB fp32 copy of Llama-2-7B's MLP projection there), or makes the gradient of
         # a re-materialised expert stack that carries LoRA
+        tokens = policy_setup(setup).micro_batch * setup.seq_len  # both halves of a pair, PPO's two passes
         last_block = max(
-            act.dequantized_backward_bytes(spec, setup, setup.micro_batch * setup.seq_len),
-            act.expert_lora_gradient_bytes(spec, setup, setup.micro_batch * setup.seq_len),
+            act.dequantized_backward_bytes(spec, setup, tokens),
+            act.expert_lora_gradient_bytes(spec, setup, tokens),
         )
         peaks[LAST_BLOCK_BACKWARD] = (
             static + gathered + (grads_during_fwd or head_grads) + at_loss + last_block
@@ -166,7 +167,7 @@ def _phase_peaks(
     elif setup.method == "full" and setup.parallel.pp == 1 and not setup.runtime.optimizer_in_backward:
         # untied: the embedding's gradient is made last, from the stream's gradient at the first block's input,
         # beside every other gradient (traced)
-        stream_grad = stream_gradient_bytes(spec, setup, setup.micro_batch * setup.seq_len)
+        stream_grad = stream_gradient_bytes(spec, setup, policy_setup(setup).micro_batch * setup.seq_len)
         peaks["end of backward"] = static + grads + stream_grad
         acts["end of backward"] = stream_grad
     if setup.runtime.optimizer_in_backward and head_grads and not early_grads:

@@ -102,9 +102,12 @@ def breakdown_terms(
             formula=f"saved tensors of {layers} blocks for {sequences_formula(setup)} × {setup.seq_len} tokens"
             + (" with checkpointing" if setup.grad_ckpt else "")
             + (
-                ": every block's input, the last block's recomputed tensors and what its recompute and backward hold"
-                " at their largest moment (planner/recompute.py)"
-                if phase == "recomputation in backward" and setup.runtime.ckpt_every == 1
+                ": every block's input, a recomputed block's tensors and what its recompute and backward hold at"
+                " their largest moment (planner/recompute.py)"
+                if phase == "recomputation in backward"
+                and setup.runtime.ckpt_every == 1
+                and setup.runtime.fsdp == "none"
+                and not setup.runtime.activation_offload
                 else ""
             )
             + (
