@@ -668,12 +668,15 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
 
 def block_arguments_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
     """What every block reads, alive until the first block's backward: the RoPE cos and sin tables (seq × head_dim
-    each, batch dimension 1) and, past a sliding window, transformers' bool mask (seq × seq, batch dimension 1), or
+    each, batch dimension 1) and, past a sliding window with checkpointing, transformers' bool mask (seq × seq, batch
+    dimension 1), or
     eager attention's additive one (one per sequence)."""
     amp = setup.precision.startswith("amp-")
     rope_width = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim
     rope = 2 * setup.seq_len * rope_width * (FP32 if amp else activation_dtype_bytes(setup))
-    mask = setup.seq_len * setup.seq_len * BOOL if sliding_window_masked(spec, setup, setup.seq_len) else 0
+    # the bool mask outlives the forward as checkpointing's saved argument to every block
+    masked = setup.grad_ckpt and sliding_window_masked(spec, setup, setup.seq_len)
+    mask = setup.seq_len * setup.seq_len * BOOL if masked else 0
     if setup.attention == "eager" or spec.eager_attention_only:
         # eager attention adds a materialised causal mask (B × 1 × S × S) in the activations' dtype
         mask = setup.micro_batch * setup.seq_len * setup.seq_len * activation_dtype_bytes(setup)
