@@ -25,8 +25,9 @@ weight freed by then; up_proj's LoRA branch casting the up gradient to the adapt
 Full fine-tuning makes down_proj's weight gradient beside the product's gradient; a frozen down_proj (LoRA on
 attention only) recomputes at its own backward, or after it on a bitsandbytes base, whose backward saves nothing.
 
-Traced with transformers 5.25, peft 0.21.2 and bitsandbytes 0.50.2 on fake tensors, which peak where real tensors do
-(tests/test_recompute_moments.py): within 0.05 % on two blocks of Llama-3.1-8B, Qwen2.5 and Qwen3 at 1k-8k tokens,
+Traced with transformers 5.25, peft 0.21.2 and bitsandbytes 0.50.2 on fake tensors (which peak where real tensors
+do, tests/test_trace_real_tensors.py). tests/test_recompute_moments.py: within 0.05 % on two blocks of Llama-3.1-8B,
+Qwen2.5 and Qwen3 at 1k-8k tokens,
 adapters in fp32 or bf16, with and without dropout, nf4, int8, peft's k-bit upcast, autocast and full fine-tuning;
 Phi-3's fused gate_up and Mistral past its sliding window too. MoE blocks take their experts' recompute forward;
 Gemma 2's norm after down_proj, autocast over bitsandbytes, GPTQ/AWQ/fp8/torchao bases, float8 training and
