@@ -44,7 +44,7 @@ from swiftplan.planner.objective_memory import (
     rollout_memory,
 )
 from swiftplan.planner.optimizer_temporaries import optimizer_step_temporaries
-from swiftplan.planner.recompute import stream_gradient_bytes
+from swiftplan.planner.recompute import last_block_forward_bytes, stream_gradient_bytes
 from swiftplan.planner.runtime_features import annotate_terms
 from swiftplan.planner.runtime_terms import (
     saved_module_params,
@@ -54,7 +54,7 @@ from swiftplan.planner.setup import TrainSetup
 from swiftplan.planner.states import (
     state_dtypes,
 )
-from swiftplan.planner.train_terms import LAST_BLOCK_BACKWARD, breakdown_terms
+from swiftplan.planner.train_terms import LAST_BLOCK_BACKWARD, LAST_BLOCK_FORWARD, breakdown_terms
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -138,22 +138,28 @@ def _phase_peaks(
         grads_then, acts_then = max(late, early, key=sum)
         peaks["recomputation in backward"] = static + gathered + grads_then + acts_then
         acts["recomputation in backward"] = acts_then
-    elif setup.runtime.ckpt_every == 1 and (
-        act.dequantized_weight_bytes(spec, setup) or act.expert_lora_gradient_bytes(spec, setup, 1)
-    ):
-        # Without checkpointing, the last block's backward multiplies by a bitsandbytes base's dequantized weight
-        # with every saved activation still alive, once the loss tensors are gone (traced: int8 after peft's
-        # fp32 upcast holds a 180 MB fp32 copy of Llama-2-7B's MLP projection there), or makes the gradient of
-        # a re-materialised expert stack that carries LoRA
-        tokens = policy_setup(setup).micro_batch * setup.seq_len  # both halves of a pair, PPO's two passes
+    elif setup.runtime.ckpt_every == 1:
+        policy = policy_setup(setup)
+        tokens = policy.micro_batch * setup.seq_len  # both halves of a pair, PPO's two passes
+        # Without checkpointing, the last block's forward holds its Linears' transients (the product's adapter cast
+        # beside dropout's output, up_proj's LoRA output, a 4-bit base's dequantized weight) beside every block's
+        # saved tensors, before the loss exists (recompute.last_block_forward_bytes; traced)
+        forward = last_block_forward_bytes(spec, policy, tokens, tp=setup.parallel.tp)
+        if forward:
+            peaks[LAST_BLOCK_FORWARD] = static + gathered + grads_during_fwd + at_loss + forward
+            acts[LAST_BLOCK_FORWARD] = at_loss
+        # Its backward multiplies by a bitsandbytes base's dequantized weight with every saved activation still
+        # alive, once the loss tensors are gone (traced: int8 after peft's fp32 upcast holds a 180 MB fp32 copy of
+        # Llama-2-7B's MLP projection there), or makes the gradient of a re-materialised expert stack with LoRA
         last_block = max(
             act.dequantized_backward_bytes(spec, setup, tokens),
             act.expert_lora_gradient_bytes(spec, setup, tokens),
         )
-        peaks[LAST_BLOCK_BACKWARD] = (
-            static + gathered + (grads_during_fwd or head_grads) + at_loss + last_block
-        )
-        acts[LAST_BLOCK_BACKWARD] = at_loss
+        if last_block:
+            peaks[LAST_BLOCK_BACKWARD] = (
+                static + gathered + (grads_during_fwd or head_grads) + at_loss + last_block
+            )
+            acts[LAST_BLOCK_BACKWARD] = at_loss
     _objective_phases(
         spec, setup, states, phases, peaks, acts, grads_during_fwd=grads_during_fwd, at_loss=at_loss
     )

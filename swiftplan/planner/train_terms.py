@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 
 LAST_BLOCK_BACKWARD = "backward through the last block"
+LAST_BLOCK_FORWARD = "forward through the last block"
 """Without checkpointing, a bitsandbytes base's moment: the last block's backward with its dequantized weight."""
 
 
