@@ -90,6 +90,21 @@ class DenseMlp:
     input's compute-dtype cast, and its compute-dtype output standing for its fp32 output among B."""
 
 
+FINAL_NORM_BACKWARD = "final norm backward"
+"""The moment after the LM head's backward when the final RMSNorm differentiates, every saved tensor alive."""
+FINAL_NORM_TEMPORARIES = 5
+"""fp32 T × h tensors the final RMSNorm's autograd backward holds at once over a bf16/fp16 stream (traced with
+transformers 5.25's LlamaRMSNorm: the mul, div, pow, mul.Scalar and mul of (B, S, h) fp32 tensors)."""
+
+
+def final_norm_backward_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
+    """What the final RMSNorm's backward holds beyond the saved tensors over a half-precision stream (0 over an fp32
+    one, amp or peft's k-bit upcast, not traced), or when nothing below the LM head trains."""
+    if stream_bytes(setup) == FP32 or not (setup.trains_adapters or setup.method == "full"):
+        return 0
+    return FINAL_NORM_TEMPORARIES * setup.micro_batch * setup.seq_len * spec.hidden_size * FP32
+
+
 def stream_gradient_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> int:
     """The gradient of a block's output, alive through its recompute and backward (T × h, the stream's dtype)."""
     return tokens * spec.hidden_size * stream_bytes(setup)

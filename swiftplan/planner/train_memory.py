@@ -44,7 +44,12 @@ from swiftplan.planner.objective_memory import (
     rollout_memory,
 )
 from swiftplan.planner.optimizer_temporaries import optimizer_step_temporaries
-from swiftplan.planner.recompute import last_block_forward_bytes, stream_gradient_bytes
+from swiftplan.planner.recompute import (
+    FINAL_NORM_BACKWARD,
+    final_norm_backward_bytes,
+    last_block_forward_bytes,
+    stream_gradient_bytes,
+)
 from swiftplan.planner.runtime_features import annotate_terms
 from swiftplan.planner.runtime_terms import (
     saved_module_params,
@@ -120,6 +125,13 @@ def _phase_peaks(
         "optimizer step": static + grads + step_temp,
     }
     acts = {"loss and backward start": at_loss, "optimizer step": 0, "end of backward": 0}
+    norm_backward = final_norm_backward_bytes(spec, policy_setup(setup))
+    if norm_backward and setup.runtime.fsdp == "none" and setup.parallel.pp == 1:
+        # after the LM head's backward, its loss tensors freed, every saved activation still alive (traced)
+        peaks[FINAL_NORM_BACKWARD] = (
+            static + gathered + (grads_during_fwd or head_grads) + at_loss + norm_backward
+        )
+        acts[FINAL_NORM_BACKWARD] = at_loss + norm_backward
     last_block = 0
     if setup.grad_ckpt or setup.runtime.activation_offload:  # offloaded tensors come back one block at a time
         # Backward recomputes one block at a time, last block first. Recomputing the last one: all
