@@ -144,3 +144,19 @@ def test_only_sdpa_past_the_window_keeps_a_mask_and_every_rank_keeps_it_whole() 
     assert act.layer_activation_bytes(spec, replace(sdpa, seq_len=2048), 0, 4096, 2048).attention_mask == 0
     # tensor parallelism splits the heads' tensors, not the mask every head shares
     assert act._split(masked, 2) - masked.attention_mask == act._split(replace(masked, attention_mask=0), 2)
+
+
+def test_the_non_checkpointed_moments_show_their_extra_as_the_transient() -> None:
+    """The last block's forward and the final norm's backward hold their bytes beside every saved tensor: the
+    breakdown's transient row carries them, and the reserved figure's per-step bytes with it."""
+    from swiftplan.planner.train_memory import train_memory
+
+    spec = catalog_spec("mistralai/Mistral-7B-v0.1")
+    forward = _setup("lora", dropout=0.05, ckpt=False, seq=4096)
+    device = train_memory(spec, forward).device
+    assert device.peak_phase == "forward through the last block"
+    assert device.transient == recompute.last_block_forward_bytes(spec, forward, 2 * 4096, tp=1) > 0
+    norm = _setup("lora", adapter="model", targets=QV, ckpt=False, seq=4096)
+    device = train_memory(spec, norm).device
+    assert device.peak_phase == "final norm backward"
+    assert device.transient == recompute.final_norm_backward_bytes(spec, norm) == 5 * 2 * 4096 * 4096 * 4

@@ -90,8 +90,6 @@ class DenseMlp:
     input's compute-dtype cast, and its compute-dtype output standing for its fp32 output among B."""
 
 
-FINAL_NORM_BACKWARD = "final norm backward"
-"""The moment after the LM head's backward when the final RMSNorm differentiates, every saved tensor alive."""
 FINAL_NORM_TEMPORARIES = 5
 """fp32 T × h tensors the final RMSNorm's autograd backward holds at once over a bf16/fp16 stream (traced with
 transformers 5.25's LlamaRMSNorm: the mul, div, pow, mul.Scalar and mul of (B, S, h) fp32 tensors)."""
@@ -195,7 +193,8 @@ def _dense_moments(
     e, ea = sizes.e_compute, sizes.e_adapter
     lora = setup.lora
     amp = setup.precision.startswith("amp-")
-    forward_locals = _forward_locals(spec, setup, sizes, up, recompute=recompute)
+    int8_kept = setup.quant == "int8" and not recompute  # MatMul8bitLt keeps its inputs among B
+    forward_locals = _forward_locals(spec, setup, sizes, up, int8_kept=int8_kept)
     # under autocast the fp32 residual add hands the MLP a bf16 copy of the gradient, used up by down_proj's
     # backward, after which down_proj's bf16 weight copy (among B) is freed
     amp_grad = sizes.th_compute if amp and recompute else 0
@@ -216,7 +215,6 @@ def _dense_moments(
         transient_inputs = (ea + (ea if dropout else 0)) if amp else (ea if cast and dropout else 0)
         # a plain forward runs on past lora_A's input (the cast still held): lora_B's output and its scaled copy
         lora_output = 0 if recompute else 2 * (sizes.th_compute if amp else sizes.th_adapter)
-        int8_kept = setup.quant == "int8" and not recompute  # MatMul8bitLt keeps the product among B
         at_lora_input = (
             forward_locals
             + sizes.th_compute  # down_proj's base output
@@ -281,14 +279,13 @@ def _dense_moments(
 
 
 def _forward_locals(
-    spec: ModelSpec, setup: TrainSetup, sizes: DenseMlp, up: Linear, *, recompute: bool
+    spec: ModelSpec, setup: TrainSetup, sizes: DenseMlp, up: Linear, *, int8_kept: bool
 ) -> int:
     """What the forward's locals hold beyond B through the MLP: the residual (with an fp32 stream, the
     post-attention norm's saved input, among B) and the MLP input (among B when gate/up save it: full fine-tuning,
     LoRA reading the stream itself, without cast or dropout, or, not recomputed, an int8 base's MatMul8bitLt)."""
     residual = 0 if stream_bytes(setup) == FP32 else sizes.th_stream
     lora = setup.lora
-    int8_kept = setup.quant == "int8" and not recompute
     mlp_input_saved = (
         setup.method == "full"
         or int8_kept

@@ -45,7 +45,6 @@ from swiftplan.planner.objective_memory import (
 )
 from swiftplan.planner.optimizer_temporaries import optimizer_step_temporaries
 from swiftplan.planner.recompute import (
-    FINAL_NORM_BACKWARD,
     final_norm_backward_bytes,
     last_block_forward_bytes,
     stream_gradient_bytes,
@@ -59,7 +58,12 @@ from swiftplan.planner.setup import TrainSetup
 from swiftplan.planner.states import (
     state_dtypes,
 )
-from swiftplan.planner.train_terms import LAST_BLOCK_BACKWARD, LAST_BLOCK_FORWARD, breakdown_terms
+from swiftplan.planner.train_terms import (
+    FINAL_NORM_BACKWARD,
+    LAST_BLOCK_BACKWARD,
+    LAST_BLOCK_FORWARD,
+    breakdown_terms,
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -125,13 +129,15 @@ def _phase_peaks(
         "optimizer step": static + grads + step_temp,
     }
     acts = {"loss and backward start": at_loss, "optimizer step": 0, "end of backward": 0}
+    held: dict[str, int] = {}  # what each moment holds beyond the states and saved activations: its transient
     norm_backward = final_norm_backward_bytes(spec, policy_setup(setup))
     if norm_backward and setup.runtime.fsdp == "none" and setup.parallel.pp == 1:
         # after the LM head's backward, its loss tensors freed, every saved activation still alive (traced)
         peaks[FINAL_NORM_BACKWARD] = (
             static + gathered + (grads_during_fwd or head_grads) + at_loss + norm_backward
         )
-        acts[FINAL_NORM_BACKWARD] = at_loss + norm_backward
+        acts[FINAL_NORM_BACKWARD] = at_loss
+        held[FINAL_NORM_BACKWARD] = gathered + norm_backward
     last_block = 0
     if setup.grad_ckpt or setup.runtime.activation_offload:  # offloaded tensors come back one block at a time
         # Backward recomputes one block at a time, last block first. Recomputing the last one: all
@@ -160,6 +166,7 @@ def _phase_peaks(
         if forward:
             peaks[LAST_BLOCK_FORWARD] = static + gathered + grads_during_fwd + at_loss + forward
             acts[LAST_BLOCK_FORWARD] = at_loss
+            held[LAST_BLOCK_FORWARD] = gathered + forward
         # Its backward multiplies by a bitsandbytes base's dequantized weight with every saved activation still
         # alive, once the loss tensors are gone (traced: int8 after peft's fp32 upcast holds a 180 MB fp32 copy of
         # Llama-2-7B's MLP projection there), or makes the gradient of a re-materialised expert stack with LoRA
@@ -197,8 +204,8 @@ def _phase_peaks(
     if chunk_sum:  # before any other gradient but those kept across micro-batches (traced)
         peaks[CHUNK_SUM] = static + gathered + grads_during_fwd + at_loss + chunk_sum
         acts[CHUNK_SUM] = at_loss
-    held = _fsdp_phases(spec, setup, states, phases, stage_layers, peaks, acts, logits=logits, at_loss=at_loss,
-                        in_backward=in_backward, root_grads=head_grads + embedding_grads, block_grads=layer_grads)  # fmt: skip
+    held |= _fsdp_phases(spec, setup, states, phases, stage_layers, peaks, acts, logits=logits, at_loss=at_loss,
+                         in_backward=in_backward, root_grads=head_grads + embedding_grads, block_grads=layer_grads)  # fmt: skip
     if last_block:
         held[LAST_BLOCK_BACKWARD] = gathered + last_block
     return peaks, acts, at_loss, in_backward, held

@@ -31,8 +31,11 @@ if TYPE_CHECKING:
 
 
 LAST_BLOCK_BACKWARD = "backward through the last block"
-LAST_BLOCK_FORWARD = "forward through the last block"
 """Without checkpointing, a bitsandbytes base's moment: the last block's backward with its dequantized weight."""
+LAST_BLOCK_FORWARD = "forward through the last block"
+"""Without checkpointing, the last block's forward with its Linears' transients (recompute.last_block_forward_bytes)."""
+FINAL_NORM_BACKWARD = "final norm backward"
+"""The moment after the LM head's backward when the final RMSNorm differentiates, every saved tensor alive."""
 
 
 def breakdown_terms(
