@@ -828,6 +828,7 @@ def express(row: dict[str, str]) -> Expressed:
         grad_ckpt=assumed.get("grad_ckpt", grad_ckpt != "false"),
         attention=attention,
         kbit_upcast=kbit_upcast,
+        variable_lengths=assumed.get("variable_lengths", False),
         parallel=parallel,
         runtime=knobs,
     )

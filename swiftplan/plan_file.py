@@ -47,6 +47,7 @@ from swiftplan.planner.setup import (
     Offload,
     Optimizer,
     OptimizerImpl,
+    Padding,
     Parallelism,
     Precision,
     Quant,
@@ -60,7 +61,7 @@ from swiftplan.planner.vision import VisionInputs
 from swiftplan.planner.workload import ServeWorkload, TrainWorkload
 
 SCHEMA_VERSION: Final = 2
-_WITH_SETUP = ("runtime", "objective", "eager")
+_WITH_SETUP = ("runtime", "objective", "eager", "variable_lengths")
 """Workload fields stored once, with the training set-up."""
 READABLE_VERSIONS = (1, 2)
 _HINT = 'Plan files are written by `swiftplan fit ... -o plan.yaml`; the README section "Plan files" lists every field.'
@@ -116,6 +117,7 @@ class RuntimeFields(_Strict):
     float8: bool = False
     adapter_dtype: AdapterDtype = "fp32"
     keep_output: bool = False
+    padding: Padding = "fixed"  # absent from plan files written before padding masks were planned
 
 
 class RolloutFields(_Strict):
@@ -169,6 +171,7 @@ class TrainFields(_Strict):
     grad_ckpt: bool
     attention: AttentionImpl
     kbit_upcast: bool = False
+    variable_lengths: bool = False  # absent from plan files written before padding masks were planned
     parallel: ParallelFields
     runtime: RuntimeFields | None = None
     objective: ObjectiveFields | None = None
@@ -460,7 +463,8 @@ def _workload(
         raise _validation_error(path, error, "workload.") from error
     if task == "train":  # the runtime and the objective are stored once, with the set-up
         train = setup if isinstance(setup, TrainSetup) else TrainSetup()
-        return TrainWorkload(**fields.model_dump(), runtime=train.runtime, objective=train.objective)
+        return TrainWorkload(**fields.model_dump(), runtime=train.runtime, objective=train.objective,
+                             variable_lengths=train.variable_lengths)  # fmt: skip
     serve = setup if isinstance(setup, ServeSetup) else ServeSetup()
     return ServeWorkload(**fields.model_dump(), runtime=serve.runtime, eager=serve.eager)
 

@@ -38,6 +38,7 @@ from swiftplan.cli.options import (
     NumGenerationsOpt,
     OptimizerImplOpt,
     OptimizerInBackwardOpt,
+    PaddingOpt,
     PrefetchBucketOpt,
     PromptLenOpt,
     ReduceBucketOpt,
@@ -182,7 +183,7 @@ _PLAN_FILE_OPTIONS = ("task", "method", "precision", "quant", "rank", "targets",
                       "seq", "grad_accum", "grad_ckpt", "attention", "kbit_upcast", "zero", "offload", "gpus", "tp",
                       "pp", "context", "concurrency", "kv_dtype", "gpu_memory_utilization", "engine",
                       "expandable_segments", "variable_lengths", "runtime", "loss", "loss_chunks", "loss_chunk_tokens",
-                      "optimizer_impl", "modules_to_save", "optimizer_in_backward", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8", "adapter_dtype", "keep_output", "packing", "fsdp", "fsdp_sharding",
+                      "optimizer_impl", "modules_to_save", "optimizer_in_backward", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8", "adapter_dtype", "keep_output", "padding", "packing", "fsdp", "fsdp_sharding",
                       "fsdp_shard_group", "ds_buckets", "reduce_bucket_elements", "prefetch_bucket_elements", "max_live_parameters", "ds_auto_buckets", "ds_overlap_comm", "images_per_sample", "image_size", "image_tokens", "video_frames",
                       "train_vit", "train_aligner")  # fmt: skip
 
@@ -296,7 +297,8 @@ VariableLengthsOpt = Annotated[
     bool,
     _opt(
         "--variable-lengths",
-        help="Batches of many sequence lengths (dynamic padding, no packing): more allocator fragmentation.",
+        help="Samples of many lengths, not packed: more allocator fragmentation, and padded batches (--padding) "
+        "give SDPA a mask per block.",
     ),
 ]
 PackingOpt = Annotated[
@@ -358,6 +360,7 @@ def estimate_command(
     ds_overlap_comm: DsOverlapCommOpt = None,
     ckpt_every: CkptEveryOpt = None,
     ckpt_position: CkptPositionOpt = None,
+    padding: PaddingOpt = None,
     activation_offload: ActivationOffloadOpt = None,
     fsdp_cpu_offload: FsdpCpuOffloadOpt = None,
     float8: Float8Opt = None,
@@ -476,7 +479,7 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
         names = ("method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch", "seq",
                  "grad_accum", "grad_ckpt", "attention", "zero", "offload", "tp", "pp", "kbit_upcast")  # fmt: skip
         train = build_train_setup(cluster=cluster, runtime=choice.knobs(), objective=objective,
-                                  **{n: o[n] for n in names})  # fmt: skip
+                                  variable_lengths=o["variable_lengths"], **{n: o[n] for n in names})  # fmt: skip
         return _with_vision(train, o, serving=False), choice
     refuse_objective_for_serving(given_options(ctx))
     refuse_knobs_for_serving(knobs)

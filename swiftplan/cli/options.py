@@ -82,6 +82,7 @@ def build_train_setup(
     kbit_upcast: bool = False,
     runtime: RuntimeKnobs | None = None,
     objective: ObjectiveSetup | None = None,
+    variable_lengths: bool = False,
 ) -> TrainSetup:
     """A validated `TrainSetup`, refused early when the accelerator cannot run it."""
     from swiftplan.cli import _checks
@@ -112,6 +113,7 @@ def build_train_setup(
         grad_ckpt=grad_ckpt,
         attention=cast(AttentionImpl, _attention(attention)),
         kbit_upcast=kbit_upcast,
+        variable_lengths=variable_lengths,
         parallel=parallel,
         runtime=runtime or RuntimeKnobs(),
         objective=objective or ObjectiveSetup(),
@@ -300,6 +302,16 @@ KeepOutputOpt = Annotated[
     ),
 ]
 
+PaddingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--padding",
+        help="How unpacked samples of different lengths are batched: fixed (padded to seq or a multiple: swiftplan, "
+        "LLaMA-Factory, axolotl) | longest (to the longest in the micro-batch: TRL, ms-swift) | unmasked (no "
+        "padding mask: torchtune, Unsloth). With --variable-lengths, padded SDPA batches get a mask per block.",
+    ),
+]
+
 RUNTIME_TRAIN_FLAGS = ("grad_ckpt", "attention", "kbit_upcast", "precision", "optimizer")
 """Set-up options a training runtime profile may set: they come from it unless the user typed them."""
 
@@ -349,6 +361,7 @@ def knob_values(
     float8: bool | None = None,
     adapter_dtype: str | None = None,
     keep_output: bool | None = None,
+    padding: str | None = None,
 ) -> dict[str, Any]:
     """The knob flags the user typed (None = not typed), parsed: each bad value refused naming its flag."""
     from swiftplan.cli import _checks
@@ -359,6 +372,7 @@ def knob_values(
         FSDPS,
         LOSS_IMPLS,
         OPTIMIZER_IMPLS,
+        PADDINGS,
         SAVED_MODULES,
     )
 
@@ -399,6 +413,8 @@ def knob_values(
             typed[name] = value
     if adapter_dtype is not None:
         typed["adapter_dtype"] = parse_choice("--adapter-dtype", adapter_dtype, ADAPTER_DTYPES)
+    if padding is not None:
+        typed["padding"] = parse_choice("--padding", padding, PADDINGS)
     return typed | _feature_knobs(
         ckpt_every=ckpt_every, ckpt_position=ckpt_position, activation_offload=activation_offload,
         fsdp_cpu_offload=fsdp_cpu_offload, float8=float8, keep_output=keep_output,

@@ -35,6 +35,7 @@ from swiftplan.cli.options import (
     NumGenerationsOpt,
     OptimizerImplOpt,
     OptimizerInBackwardOpt,
+    PaddingOpt,
     PrefetchBucketOpt,
     PromptLenOpt,
     ReduceBucketOpt,
@@ -98,6 +99,11 @@ def verify_command(
     grad_ckpt: bool = typer.Option(False, "--grad-ckpt/--no-grad-ckpt", help="Gradient checkpointing."),
     attention: str = typer.Option("sdpa", "--attention", help="sdpa | flash (traced as sdpa) | eager"),
     kbit_upcast: UpcastOpt = False,
+    variable_lengths: bool = typer.Option(
+        False,
+        "--variable-lengths",
+        help="SFT: samples of many lengths, not packed: padded batches (--padding) trace SDPA's padding mask.",
+    ),
     context: int = typer.Option(4096, "--context", help="Serving: tokens per sequence."),
     concurrency: int = typer.Option(1, "--concurrency", help="Serving: sequences."),
     gpus: str = typer.Option(
@@ -122,6 +128,7 @@ def verify_command(
     ds_overlap_comm: DsOverlapCommOpt = None,
     ckpt_every: CkptEveryOpt = None,
     ckpt_position: CkptPositionOpt = None,
+    padding: PaddingOpt = None,
     activation_offload: ActivationOffloadOpt = None,
     fsdp_cpu_offload: FsdpCpuOffloadOpt = None,
     float8: Float8Opt = None,
@@ -136,7 +143,7 @@ def verify_command(
     """Estimate vs trace, term by term, with the relative error."""
     from swiftplan.executors.model_source import resolve_model
 
-    _check_options(task=task, quant=quant, method=method)
+    _check_options(task=task, quant=quant, method=method, variable_lengths=variable_lengths)
     choice = _runtime(ctx, dict(locals()))
     from swiftplan.extras import require
 
@@ -203,7 +210,7 @@ def _runtime(ctx: typer.Context, o: dict[str, Any]) -> Any:
     return choice
 
 
-def _check_options(*, task: str, quant: str, method: str) -> None:
+def _check_options(*, task: str, quant: str, method: str, variable_lengths: bool = False) -> None:
     """What verify can trace, refused before the model is resolved."""
     from swiftplan.cli._checks import one_of
     from swiftplan.errors import SwiftplanError
@@ -212,6 +219,12 @@ def _check_options(*, task: str, quant: str, method: str) -> None:
     one_of("--task", task, VERIFY_TASKS)
     one_of("--method", method, METHODS)
     one_of("--quant", quant, QUANTS)
+    if variable_lengths and task not in ("train", "sft"):
+        raise SwiftplanError(
+            f"verify traces padded batches (--variable-lengths) for SFT only, not --task {task}: TRL's "
+            "preference, reward and GRPO paths are traced with full rows.",
+            hint="Drop --variable-lengths, or use --task sft.",
+        )
     if quant not in VERIFY_QUANTS:
         raise SwiftplanError(
             f"verify cannot trace --quant {quant}: it supports {', '.join(VERIFY_QUANTS)} (unquantized and "
@@ -246,7 +259,7 @@ def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> Any:
     setup = build_train_setup(
         **{n: o[n] for n in names}, grad_accum=1, zero=0, offload="none", tp=1, pp=1, cluster=cluster,
         kbit_upcast=o.get("kbit_upcast", False), runtime=None if choice is None else choice.knobs(),
-        objective=objective,
+        objective=objective, variable_lengths=o.get("variable_lengths", False),
     )  # fmt: skip
     if objective.kind == "sft":
         return verify.verify_training(spec, setup, world_size=cluster.world_size)

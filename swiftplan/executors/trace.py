@@ -154,30 +154,42 @@ class TrainingRig:
     """Loss implementation."""
     loss_chunks: int = 8
     """Chunked loss: pieces of the logits."""
+    padded: bool = False
+    """The batch carries padding, and the model reads the attention mask that marks it (`_attention_mask`)."""
 
     def forward(self) -> torch.Tensor:
         """Forward with labels = input_ids; return the loss (the output, with its logits, is dropped
         as `Trainer.compute_loss` drops it)."""
         input_ids = torch.zeros((self.batch, self.seq), dtype=torch.long)
+        mask = self._attention_mask()
         if self.loss == "chunked":
             from swiftplan.executors.trace_loss import chunked_loss
 
-            return chunked_loss(
-                self.model, self.tracker, input_ids, chunks=self.loss_chunks, autocast=self._autocast()
-            )
+            return chunked_loss(self.model, self.tracker, input_ids, chunks=self.loss_chunks,
+                                autocast=self._autocast(), attention_mask=mask)  # fmt: skip
         if self.loss == "fused_head":
             from swiftplan.executors.trace_loss import fused_head_loss
 
-            return fused_head_loss(self.model, input_ids, autocast=self._autocast())
+            return fused_head_loss(self.model, input_ids, autocast=self._autocast(), attention_mask=mask)
         if self.autocast_dtype is None:
-            return self.model(input_ids=input_ids, labels=input_ids).loss
+            return self.model(input_ids=input_ids, attention_mask=mask, labels=input_ids).loss
         from accelerate.utils import convert_to_fp32
 
         with torch.autocast(TRACE_DEVICE, dtype=self.autocast_dtype):
-            output = self.model(input_ids=input_ids, labels=input_ids)
+            output = self.model(input_ids=input_ids, attention_mask=mask, labels=input_ids)
         with self.tracker.category("logits"):  # accelerate's convert_outputs_to_fp32 under native AMP
             output = convert_to_fp32(output)
         return output.loss
+
+    def _attention_mask(self) -> torch.Tensor | None:
+        """With `padded`, an attention mask whose last row ends in padding, as a collator makes it: transformers
+        cannot read a fake mask's values, so it builds the B x 1 x S x S mask a padded batch gets
+        (masking_utils._ignore_causal_mask_sdpa); None otherwise (every row full: SDPA runs causal, no mask)."""
+        if not self.padded:
+            return None
+        mask = torch.ones((self.batch, self.seq), dtype=torch.long)
+        mask[-1, -1] = 0
+        return mask
 
     def _autocast(self) -> Any:
         """A context manager factory for AMP (`torch.autocast` to the autocast dtype), or None."""
@@ -297,6 +309,7 @@ def training_rig(
     loss_chunks: int = 8,
     features: TraceFeatures | None = None,
     quant_base: QuantBase | None = None,
+    padded: bool = False,
 ) -> Iterator[TrainingRig]:
     """Build the training set-up of `trace_training`; fake and tracking modes are active inside."""
     _check_training_args(method, precision, batch, seq)
@@ -353,6 +366,7 @@ def training_rig(
             calls=calls,
             loss=loss,
             loss_chunks=loss_chunks,
+            padded=padded,
         )
 
 
@@ -378,6 +392,7 @@ def trace_training(
     seq_lengths: Sequence[int] = (),
     keep_events: bool = False,
     quant_base: QuantBase | None = None,
+    padded: bool = False,
 ) -> TraceResult:
     """Trace `steps` real training steps and measure the last one.
 
@@ -392,6 +407,7 @@ def trace_training(
     `loss_chunks` pieces of the logits as torchtune does (`trace_loss.chunked_loss`). `features` runs
     selective checkpointing and activation offloading (`trace_features`). `quant_base` loads the base in
     bitsandbytes NF4/FP4 or int8 (LoRA only) and, when it says so, runs peft's k-bit preparation (`trace_quant`).
+    `padded`: the batch's last row ends in padding, so the model gets an attention mask that says so.
     """
     if steps < 1:
         raise ValueError("steps >= 1 is required")
@@ -414,6 +430,7 @@ def trace_training(
         loss_chunks=loss_chunks,
         features=features,
         quant_base=quant_base,
+        padded=padded,
     ) as rig:
         if seq_lengths:
             rig.tracker.start_measuring()

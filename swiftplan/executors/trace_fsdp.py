@@ -279,6 +279,7 @@ def trace_fsdp_training(
     loss: LossName = "full",
     loss_chunks: int = 8,
     features: TraceFeatures | None = None,
+    padded: bool = False,
 ) -> FsdpTraceResult:
     """Trace `steps` training steps of rank 0 under FSDP2 (`layout`) and measure the last one.
 
@@ -307,7 +308,8 @@ def trace_fsdp_training(
         if features.activation_offload:
             offload_decoder(model, tracker, notes)
         rig = TrainingRig(model=model, tracker=tracker, optimizer=_make_optimizer(optimizer, trainable), batch=batch,
-                          seq=seq, autocast_dtype=None, notes=notes, calls=calls, loss=loss, loss_chunks=loss_chunks)  # fmt: skip
+                          seq=seq, autocast_dtype=None, notes=notes, calls=calls, loss=loss, loss_chunks=loss_chunks,
+                          padded=padded)  # fmt: skip
         for step in range(steps):
             if step == 1:  # FSDP made its unsharded parameters in the first step and keeps them
                 _hook_unsharded_gradients(model, tracker)

@@ -55,11 +55,17 @@ def install_fused_head(model: nn.Module, tracker: MemoryTracker) -> None:
     decoder.register_forward_hook(after_decoder)
 
 
-def fused_head_loss(model: nn.Module, input_ids: torch.Tensor, *, autocast: Any = None) -> torch.Tensor:
+def fused_head_loss(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    autocast: Any = None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """SFTTrainer's loss through the fused head (`install_fused_head` first) over all-zero token ids, labels =
     input_ids (shifted by the head), every position counted. The ids are marked with their values
     (`trace_values.known`), so the head's `hidden_states[mask]` takes its shape from the real label mask under
-    `KnownValues`; `autocast`, a context manager factory for AMP, or None."""
+    `KnownValues`; `autocast`, a context manager factory for AMP, or None; `attention_mask` goes to the model."""
     import contextlib
 
     from torch.utils._python_dispatch import _disable_current_modes
@@ -70,17 +76,25 @@ def fused_head_loss(model: nn.Module, input_ids: torch.Tensor, *, autocast: Any 
         real = torch.zeros(tuple(input_ids.shape), dtype=torch.long)
     known(input_ids, real)
     with autocast() if autocast is not None else contextlib.nullcontext():
-        outputs = model(input_ids=input_ids, labels=input_ids, fused_lm_head=True)
+        outputs = model(
+            input_ids=input_ids, attention_mask=attention_mask, labels=input_ids, fused_lm_head=True
+        )
     return -outputs.log_probs.sum() / outputs.label_mask.sum().clamp(min=1)
 
 
 def chunked_loss(
-    model: nn.Module, tracker: MemoryTracker, input_ids: torch.Tensor, *, chunks: int, autocast: Any = None
+    model: nn.Module,
+    tracker: MemoryTracker,
+    input_ids: torch.Tensor,
+    *,
+    chunks: int,
+    autocast: Any = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Forward with the loss computed over `chunks` pieces of the logits (see the module docstring).
 
     `autocast`: a context manager factory for AMP (the decoder and the LM head run under it; the pieces
-    are upcast by the loss itself), or None."""
+    are upcast by the loss itself), or None; `attention_mask` goes to the decoder."""
     import contextlib
 
     lm = causal_lm_of(model)
@@ -90,7 +104,7 @@ def chunked_loss(
         [input_ids[:, 1:], torch.full_like(input_ids[:, :1], IGNORE_INDEX)], dim=1
     )
     with autocast() if autocast is not None else contextlib.nullcontext():
-        hidden = decoder(input_ids=input_ids).last_hidden_state
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         pieces = [head(piece) for piece in hidden.chunk(chunks, dim=1)]  # hook_logits: "logits" from here
     counted = (labels != IGNORE_INDEX).sum()
     total = sum(

@@ -25,6 +25,7 @@ from swiftplan.executors.verify_knobs import refuse_untraceable
 from swiftplan.planner.breakdown import TENSOR_TERMS
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.padding import padding_masked
 from swiftplan.planner.serve_memory import ServeMemory, serve_memory
 from swiftplan.planner.setup import RuntimeKnobs, ServeSetup, TrainSetup
 from swiftplan.planner.train_memory import (
@@ -139,6 +140,7 @@ def trace_arguments(spec: ModelSpec, setup: TrainSetup, *, optimizer: str, steps
         "steps": steps,
         "loss": knobs.loss if knobs.loss in ("chunked", "fused_head") else "full",
         "loss_chunks": knobs.loss_chunks,
+        "padded": padding_masked(spec, setup),
         "features": TraceFeatures(
             ckpt_every=knobs.ckpt_every,
             ckpt_position=knobs.ckpt_position,

@@ -36,6 +36,7 @@ from swiftplan.planner.dtypes import (
     module_dtype,
 )
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.padding import padding_masked
 from swiftplan.planner.recompute import BNB_DEQUANTIZING, recompute_extra_bytes, stream_bytes
 from swiftplan.planner.runtime_features import (
     float8_cast_bytes,
@@ -278,7 +279,7 @@ def _attention_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, seq_len: i
         return tokens * (cb * (repeated + output) + scores * per_score)
     output_copy = q if spec.rope_concat and setup.method == "full" else 0  # o_proj's contiguous input
     k_saved = kv
-    if sliding_window_masked(spec, setup, seq_len):
+    if sdpa_masked(spec, setup, seq_len):
         # transformers hands SDPA an S × S mask: k and v then come repeated to every query head (use_gqa_in_sdpa
         # needs no mask; repeat_kv copies), and SDPA turns the bool mask into an additive one in the compute dtype
         # (aten convert_boolean_attn_mask), which the memory-efficient kernel keeps for backward, per block
@@ -288,10 +289,16 @@ def _attention_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, seq_len: i
 
 
 def _sdpa_mask_bytes(spec: ModelSpec, setup: TrainSetup, seq_len: int, cb: int) -> int:
-    """Past a sliding window, the additive B × 1 × S × S mask SDPA makes from transformers' bool one (aten
-    convert_boolean_attn_mask) and its memory-efficient kernel keeps for backward, per block; the same on every
-    head, so tensor parallelism does not split it."""
-    return setup.micro_batch * seq_len * seq_len * cb if sliding_window_masked(spec, setup, seq_len) else 0
+    """Past a sliding window or with padding, the additive B × 1 × S × S mask SDPA makes from transformers' bool
+    one (aten convert_boolean_attn_mask) and its memory-efficient kernel keeps for backward, per block; the same
+    on every head, so tensor parallelism does not split it."""
+    return setup.micro_batch * seq_len * seq_len * cb if sdpa_masked(spec, setup, seq_len) else 0
+
+
+def sdpa_masked(spec: ModelSpec, setup: TrainSetup, seq_len: int) -> bool:
+    """True when transformers hands every block's SDPA a mask: past a sliding window, or for a padded batch
+    (`padding.padding_masked`)."""
+    return sliding_window_masked(spec, setup, seq_len) or padding_masked(spec, setup)
 
 
 def sliding_window_masked(spec: ModelSpec, setup: TrainSetup, seq_len: int) -> bool:
@@ -668,19 +675,27 @@ def logits_bytes(spec: ModelSpec, setup: TrainSetup, *, tp: int = 1) -> int:
 
 def block_arguments_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
     """What every block reads, alive until the first block's backward: the RoPE cos and sin tables (seq × head_dim
-    each, batch dimension 1) and, past a sliding window with checkpointing, transformers' bool mask (seq × seq, batch
-    dimension 1), or
+    each, batch dimension 1) and, with checkpointing, transformers' bool mask past a sliding window (seq × seq, batch
+    dimension 1) or for a padded batch (one per sequence), or
     eager attention's additive one (one per sequence)."""
     amp = setup.precision.startswith("amp-")
     rope_width = spec.mla.qk_rope_head_dim if spec.mla is not None else spec.head_dim
     rope = 2 * setup.seq_len * rope_width * (FP32 if amp else activation_dtype_bytes(setup))
     # the bool mask outlives the forward as checkpointing's saved argument to every block
-    masked = setup.grad_ckpt and sliding_window_masked(spec, setup, setup.seq_len)
-    mask = setup.seq_len * setup.seq_len * BOOL if masked else 0
+    mask = bool_mask_bytes(spec, setup) if setup.grad_ckpt else 0
     if setup.attention == "eager" or spec.eager_attention_only:
         # eager attention adds a materialised causal mask (B × 1 × S × S) in the activations' dtype
         mask = setup.micro_batch * setup.seq_len * setup.seq_len * activation_dtype_bytes(setup)
     return rope + mask
+
+
+def bool_mask_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
+    """transformers' bool mask for SDPA (`sdpa_masked`): seq × seq past a sliding window, one per sequence when the
+    batch is padded (the padding differs by sequence). Without checkpointing it lives through the forward only."""
+    if not sdpa_masked(spec, setup, setup.seq_len):
+        return 0
+    rows = setup.micro_batch if padding_masked(spec, setup) else 1
+    return rows * setup.seq_len * setup.seq_len * BOOL
 
 
 def shared_bytes(spec: ModelSpec, setup: TrainSetup) -> int:

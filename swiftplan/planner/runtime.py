@@ -216,6 +216,7 @@ KNOB_FLAGS = {
     "float8": "--float8",
     "adapter_dtype": "--adapter-dtype",
     "keep_output": "--keep-output",
+    "padding": "--padding",
 }
 """The command-line flag of each RuntimeKnobs field (estimate, fit, size, verify)."""
 

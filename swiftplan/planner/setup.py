@@ -31,6 +31,7 @@ Fsdp = Literal["none", "fsdp1", "fsdp2"]
 FsdpSharding = Literal["full_shard", "shard_grad_op", "hybrid_shard"]
 CkptPosition = Literal["first", "last"]
 AdapterDtype = Literal["fp32", "model", "kbit-bf16"]
+Padding = Literal["fixed", "longest", "unmasked"]
 
 METHODS: tuple[Method, ...] = get_args(Method)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
@@ -50,6 +51,7 @@ FSDPS: tuple[Fsdp, ...] = get_args(Fsdp)
 FSDP_SHARDINGS: tuple[FsdpSharding, ...] = get_args(FsdpSharding)
 CKPT_POSITIONS: tuple[CkptPosition, ...] = get_args(CkptPosition)
 ADAPTER_DTYPES: tuple[AdapterDtype, ...] = get_args(AdapterDtype)
+PADDINGS: tuple[Padding, ...] = get_args(Padding)
 ALL_LINEAR = "all-linear"
 
 ChoiceT = TypeVar("ChoiceT", bound=str)
@@ -222,6 +224,12 @@ class RuntimeKnobs:
     each TRL 1.16 trainer does (`dtypes.adapter_dtype`); TRL leaves DoRA's magnitude (out_features per wrapped
     Linear) in fp32, which the planner counts with the bf16 adapters (a few KiB per block). Gradients and AdamW
     moments follow the adapters."""
+    padding: Padding = "fixed"
+    """How unpacked samples of different lengths are batched, and so whether attention sees a padding mask
+    (`planner/padding.py`): fixed pads each row to a fixed length or to a multiple (swiftplan's executor pads to
+    seq_len, LLaMA-Factory to a multiple of 8, axolotl of 64), so a sample is padded even alone in its micro-batch;
+    longest pads each micro-batch to its longest sample (TRL, ms-swift, transformers' collators), so one sequence
+    never is; unmasked gives the model no padding mask (torchtune's own attention, Unsloth's padding-free batches)."""
     keep_output: bool = False
     """The training loop holds the model output (its logits) until backward ends: a plain loop's
     `outputs = model(**batch); outputs.loss.backward()` (transformers' run_clm_no_trainer.py example), where
@@ -234,6 +242,7 @@ class RuntimeKnobs:
         _check_choice("FSDP version", self.fsdp, FSDPS)
         _check_choice("FSDP sharding", self.fsdp_sharding, FSDP_SHARDINGS)
         _check_choice("checkpointed block position", self.ckpt_position, CKPT_POSITIONS)
+        _check_choice("padding", self.padding, PADDINGS)
         for module in self.modules_to_save:
             _check_choice("module to save", module, SAVED_MODULES)
         if len(set(self.modules_to_save)) != len(self.modules_to_save):
@@ -294,6 +303,9 @@ class TrainSetup:
     """Activation (gradient) checkpointing: keep only block inputs, recompute in backward."""
     attention: AttentionImpl = "sdpa"
     """Attention kernel: sdpa/flash keep no attention matrix; eager keeps b×heads×s×s."""
+    variable_lengths: bool = False
+    """The samples differ in length and are not packed (estimate --variable-lengths, fit --data/--lengths without
+    --packing): with the runtime's padding (RuntimeKnobs.padding) some micro-batches carry padding."""
     kbit_upcast: bool = False
     """k-bit base prepared with peft's prepare_model_for_kbit_training (TRL and most QLoRA scripts):
     every non-quantized parameter (embeddings, LM head, norms, unquantized experts) is cast to fp32,

@@ -163,7 +163,8 @@ def _phase_peaks(
         # beside dropout's output, up_proj's LoRA output, a 4-bit base's dequantized weight) beside every block's
         # saved tensors, before the loss exists (recompute.last_block_forward_bytes; traced)
         forward = last_block_forward_bytes(spec, policy, tokens, tp=setup.parallel.tp)
-        if forward:
+        if forward:  # transformers' bool mask too, alive until the forward returns (traced)
+            forward += act.bool_mask_bytes(spec, policy)
             peaks[LAST_BLOCK_FORWARD] = static + gathered + grads_during_fwd + at_loss + forward
             acts[LAST_BLOCK_FORWARD] = at_loss
             held[LAST_BLOCK_FORWARD] = gathered + forward

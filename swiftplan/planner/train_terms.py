@@ -14,6 +14,7 @@ from swiftplan.planner.logprob_kernels import kernel_formula, kernel_source, pla
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective_memory import logits_setup, scored_sequences, scored_tokens_per_sequence
 from swiftplan.planner.objective_terms import objective_terms, sequences_formula, sequences_source
+from swiftplan.planner.padding import padding_masked
 from swiftplan.planner.runtime_terms import (
     auto_reduce_bucket,
     deepspeed_zero,
@@ -117,6 +118,12 @@ def breakdown_terms(
             + (
                 " (each bitsandbytes int8 Linear keeps its input on the autograd context, checkpointed or not)"
                 if setup.quant == "int8"
+                else ""
+            )
+            + (
+                f"; padded batches ({setup.runtime.padding} padding): SDPA gets a padding mask, so each block keeps"
+                " k and v repeated to every query head and a B × 1 × S × S additive mask (planner/padding.py)"
+                if padding_masked(spec, setup)
                 else ""
             ),
             source=sequences_source(setup)

@@ -25,6 +25,9 @@ class TrainWorkload:
     """Attention kernel."""
     lora_dropout: float = 0.05
     """LoRA dropout (changes activation memory)."""
+    variable_lengths: bool = False
+    """The samples differ in length and are not packed (fit --data/--lengths without --packing): padded batches
+    (RuntimeKnobs.padding) give SDPA a mask (planner/padding.py)."""
     runtime: RuntimeKnobs = field(default_factory=RuntimeKnobs)
     """The runtime's knobs every candidate is planned with (profiles/runtimes; not searched)."""
     objective: ObjectiveSetup = SFT

@@ -20,6 +20,7 @@ from swiftplan.planner.setup import (
     FSDPS,
     LOSS_IMPLS,
     OPTIMIZER_IMPLS,
+    PADDINGS,
     SAVED_MODULES,
     RuntimeKnobs,
     parse_choice,
@@ -41,6 +42,7 @@ KNOB_CHOICES: dict[str, tuple[str, ...]] = {
     "float8": YES_NO,
     "adapter_dtype": ADAPTER_DTYPES,
     "keep_output": YES_NO,
+    "padding": PADDINGS,
 }
 """Knobs chosen from a list (on/off knobs as no/yes)."""
 KNOB_MINIMUMS = {

@@ -175,7 +175,7 @@ def plan_for_setup(
         workload = workload or TrainWorkload(
             seq_len=setup.seq_len, global_batch=setup.micro_batch * setup.grad_accum * layout.dp,
             attention=setup.attention, lora_dropout=setup.lora.dropout if setup.lora else 0.05,
-            runtime=setup.runtime, objective=setup.objective,
+            variable_lengths=setup.variable_lengths, runtime=setup.runtime, objective=setup.objective,
         )  # fmt: skip
     hardware = replace(layout, gpus=gpus).sub_cluster(cluster) if task == "train" else cluster
     reasons, _ = _engine_check(setup, hardware, chosen, setup.tp if isinstance(setup, ServeSetup) else gpus)

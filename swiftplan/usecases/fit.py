@@ -421,7 +421,8 @@ def _workload(
                 "pass --packing to plan full sequences."
             )
     return TrainWorkload(seq_len=seq, global_batch=request.global_batch, dataset_tokens=tokens,
-                         epochs=request.epochs, attention=request.attention)  # fmt: skip
+                         epochs=request.epochs, attention=request.attention,
+                         variable_lengths=lengths is not None and not request.packing)  # fmt: skip
 
 
 def _check_targets(spec: ModelSpec, pins: Pins) -> None:

@@ -98,6 +98,7 @@ class Candidate:
             grad_accum=self.grad_accum(workload),
             grad_ckpt=self.grad_ckpt,
             attention=workload.attention,
+            variable_lengths=workload.variable_lengths,
             parallel=Parallelism(tp=self.layout.tp, pp=self.layout.pp, zero=self.zero, offload=self.offload),
             runtime=workload.runtime,
             objective=workload.objective,
