@@ -154,3 +154,13 @@ def test_fit_on_unpacked_lengths_plans_padded_batches_and_the_plan_file_keeps_it
                      "--packing", "-o", str(packed))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert not load_plan(packed).setup.variable_lengths
+
+
+def test_an_engine_refuses_a_padding_its_collator_does_not_do_once_samples_vary() -> None:
+    """LLaMA-Factory pads to a multiple of 8: a plan with padding to the longest sample is not what it runs, but
+    only when the samples vary in length (equal lengths pad nothing)."""
+    base = ("estimate", "meta-llama/Llama-3.1-8B", "--runtime", "llamafactory", "--padding", "longest", "--gpus",
+            "1xh100")  # fmt: skip
+    refused = run_cli(*base, "--variable-lengths").output
+    assert "llamafactory does not run padding 'longest'" in refused and "multiple of 8" in refused
+    assert "cannot run" not in run_cli(*base).output

@@ -27,7 +27,7 @@ DEFAULT_TRAIN_ENGINE = "swiftplan"
 
 _LIST_OPTIONS = ("backend", "objective", "method", "quant", "optimizer", "zero", "offload", "kv_dtype")
 _KNOB_OPTIONS = ("loss", "optimizer_impl", "fsdp", "modules_to_save", "optimizer_in_backward", "ckpt_every",
-                 "activation_offload", "fsdp_cpu_offload", "float8", "adapter_dtype", "keep_output")  # fmt: skip
+                 "activation_offload", "fsdp_cpu_offload", "float8", "adapter_dtype", "keep_output", "padding")  # fmt: skip
 """RuntimeKnobs an engine may restrict (list options; modules_to_save: the modules it can train in full)."""
 _MAX_OPTIONS = ("tp_max", "pp_max", "gpus_max")
 _OPTION_LABELS = {
@@ -53,6 +53,7 @@ _OPTION_LABELS = {
     "float8": "float8 training",
     "adapter_dtype": "LoRA adapter dtype",
     "keep_output": "keeping the model output through backward",
+    "padding": "padding",
 }
 
 
@@ -222,6 +223,7 @@ class Requirements:
     adapter_dtype: str | None = None
     """LoRA adapters' dtype (fp32, model or kbit-bf16); None when nothing trains adapters."""
     keep_output: bool | None = None
+    padding: str | None = None
     runtime: str | None = None
     """The runtime profile the plan was made for (named in the reasons for its knobs)."""
 
@@ -303,17 +305,26 @@ def train_requirements(setup: TrainSetup, *, backend: str, gpus: int) -> Require
         pp=setup.parallel.pp,
         gpus=gpus,
         **knob_requirements(
-            setup.runtime, grad_ckpt=setup.grad_ckpt, trains_adapters=setup.trains_adapters, quant=setup.quant
+            setup.runtime,
+            grad_ckpt=setup.grad_ckpt,
+            trains_adapters=setup.trains_adapters,
+            quant=setup.quant,
+            variable_lengths=setup.variable_lengths,
         ),
     )
 
 
 def knob_requirements(
-    knobs: RuntimeKnobs, *, grad_ckpt: bool = True, trains_adapters: bool = True, quant: str | None = None
+    knobs: RuntimeKnobs,
+    *,
+    grad_ckpt: bool = True,
+    trains_adapters: bool = True,
+    quant: str | None = None,
+    variable_lengths: bool = False,
 ) -> dict[str, Any]:
     """The `Requirements` fields of a runtime's knobs (checkpointing every k-th block only counts with
-    checkpointing on, the adapter dtype only when LoRA adapters train; kbit-bf16 on a known base that
-    bitsandbytes does not quantize is peft's fp32)."""
+    checkpointing on, the adapter dtype only when LoRA adapters train, the padding only when samples vary in
+    length; kbit-bf16 on a known base that bitsandbytes does not quantize is peft's fp32)."""
     adapters = knobs.adapter_dtype
     if adapters == "kbit-bf16" and quant is not None and quant not in BNB_QUANTS:
         adapters = "fp32"
@@ -329,6 +340,7 @@ def knob_requirements(
         "float8": knobs.float8,
         "adapter_dtype": adapters if trains_adapters else None,
         "keep_output": knobs.keep_output,
+        "padding": knobs.padding if variable_lengths else None,
         "runtime": knobs.name,
     }
 

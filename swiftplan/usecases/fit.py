@@ -263,7 +263,12 @@ def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str
         from swiftplan.planner.runtime import KNOB_FLAGS
 
         knobs = runtime.knobs()
-        needs = Requirements(backend=cluster.accelerator.backend, **knob_requirements(knobs))
+        varied = (
+            bool(request.data or request.lengths) and not request.packing
+        )  # padded batches (planner/padding.py)
+        needs = Requirements(
+            backend=cluster.accelerator.backend, **knob_requirements(knobs, variable_lengths=varied)
+        )
         if reasons := engine_reasons(engine, needs):
             own = runtime_engine(name, task)
             flags = ", ".join(dict.fromkeys(KNOB_FLAGS[option] for option, _ in refused_knobs(engine, needs)))
