@@ -52,6 +52,7 @@ class Case:
             )
             lora = f" r{s.lora.rank} {targets}" + (f" drop{s.lora.dropout}" if s.lora.dropout else "")
         ckpt = " ckpt" if s.grad_ckpt else ""
+        ckpt += f" padded ({s.runtime.padding})" if s.variable_lengths else ""
         objective = ""
         if s.objective.kind != "sft":
             o = s.objective
@@ -290,7 +291,8 @@ def training_cases() -> list[Case]:
 
 def trl_sft_cases() -> list[Case]:
     """SFT as TRL 1.16 runs it (the hf runtime): its fused LM head at the loss (no checkpointing, long sequences),
-    under autocast, with the LM head trained beside LoRA, and its bf16 cast of a bitsandbytes base's adapters."""
+    under autocast, with the LM head trained beside LoRA, its bf16 cast of a bitsandbytes base's adapters, and
+    padded batches (samples of many lengths, padded to the longest: SDPA gets a mask)."""
     hf = _trl_runtime()
 
     def t(**kw: object) -> TrainSetup:
@@ -303,6 +305,9 @@ def trl_sft_cases() -> list[Case]:
         Case("Qwen/Qwen2.5-1.5B", TrainSetup(runtime=saved_head, method="lora", lora=_lora(16), micro_batch=1, seq_len=8192, grad_ckpt=False)),  # type: ignore[arg-type]
         Case("meta-llama/Llama-3.1-8B", t(method="qlora", quant="nf4", lora=_lora(16, ALL), micro_batch=2, seq_len=2048, grad_ckpt=True)),
         Case("Qwen/Qwen3-30B-A3B", t(method="lora", lora=_lora(16), micro_batch=1, seq_len=2048, grad_ckpt=False)),
+        # padded batches (planner/padding.py): SDPA gets a mask, k and v come repeated to every query head
+        Case("meta-llama/Llama-3.1-8B", t(method="lora", lora=_lora(16), micro_batch=4, seq_len=2048, grad_ckpt=False, variable_lengths=True)),
+        Case("Qwen/Qwen2.5-7B-Instruct", t(method="qlora", quant="nf4", lora=_lora(16, ALL), micro_batch=2, seq_len=4096, grad_ckpt=True, variable_lengths=True)),
     ]  # fmt: skip
 
 

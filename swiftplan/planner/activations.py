@@ -586,10 +586,60 @@ def activation_phases(
             block_input=block_input,
             backward_working=working,
         )
-    total = shared + sum(blocks)
+    # the first block keeps less than the others and the final norm more than `shared` says (first_block_unsaved_bytes)
+    first, final_norm = first_block_unsaved_bytes(spec, setup, tokens, tp=tp), 0
+    if first:
+        final_norm = tokens * (FP32 * spec.hidden_size + FP32)
+        shared += final_norm
+    total = shared + sum(blocks) - first
     return ActivationPhases(
         at_loss=total, in_backward=total, largest_block=largest, shared=shared, shared_in_backward=shared
     )
+
+
+def first_block_unsaved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int = 1) -> int:
+    """Without checkpointing, what the first block does not save though every other block does, when its input
+    needs no gradient (adapters in the blocks, the embedding frozen): autograd records nothing before the first
+    trainable parameter, so its input RMSNorm keeps no fp32 copy or rsqrt, dropout on the Linears reading that
+    norm (q, k, v) keeps no mask (lora_A keeps dropout's output for its weight gradient), nor does Qwen3's q_norm or
+    k_norm behind a projection no adapter wraps. The final norm keeps its
+    fp32 copy and rsqrt instead (its input needs a gradient), which `activation_phases` adds. Traced on two blocks
+    of Qwen2.5-7B, Llama-3.1-8B and Mistral-7B (tests/test_recompute_moments.py); 0 with the residual stream in
+    fp32 (autocast, peft's k-bit upcast), pipeline stages and DeepSeek's latent attention, not traced."""
+    lora = setup.lora
+    plain = not setup.grad_ckpt and setup.runtime.ckpt_every == 1 and not setup.runtime.activation_offload
+    frozen_input = setup.trains_adapters and "embed_tokens" not in setup.runtime.modules_to_save
+    if (
+        not plain
+        or not frozen_input
+        or lora is None
+        or setup.parallel.pp > 1
+        or spec.mla is not None
+        or stream_bytes(setup) == FP32
+    ):
+        return 0
+    norm = tokens * (FP32 * spec.hidden_size + FP32)
+    reading_the_norm = [
+        lin
+        for lin in layer_linears(spec, _representative_layer(spec, 0))
+        if lin.kind == "linear" and lin.block == "attention" and not _reads_saved_tensor(lin)
+    ]
+    masks = 0
+    if lora.dropout > 0:
+        masks = sum(
+            tokens * lin.in_features * BOOL
+            for lin in reading_the_norm
+            if is_targeted(lin, lora, spec.model_type)
+        )
+    if spec.qk_norm:  # q_norm / k_norm of a projection no adapter wraps: its output needs no gradient either
+        frozen = {
+            lin.name.rsplit(".", 1)[-1]
+            for lin in reading_the_norm
+            if not is_targeted(lin, lora, spec.model_type)
+        }
+        heads = spec.num_heads * ("q_proj" in frozen) + spec.num_kv_heads * ("k_proj" in frozen)
+        norm += tokens * heads * (FP32 * spec.head_dim + FP32)
+    return norm + masks // tp
 
 
 def _feature_phases(
@@ -703,7 +753,8 @@ def shared_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
     saved tensors: its fp32 copy and rsqrt
     when gradients flow through it (full fine-tuning, or with checkpointing, whose recomputed block
     inputs require grad), plus the normalised copy and its output (the LM head's input) when the
-    LM head trains. Traced: a LoRA run without checkpointing keeps nothing for the final norm."""
+    LM head trains. A LoRA run without checkpointing keeps the fp32 copy and rsqrt too (its input needs a gradient):
+    `activation_phases` adds them with the first block's own correction (`first_block_unsaved_bytes`)."""
     cb = activation_dtype_bytes(setup)
     amp = setup.precision.startswith("amp-")
     arguments = block_arguments_bytes(spec, setup)

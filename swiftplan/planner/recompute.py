@@ -147,6 +147,24 @@ def last_block_forward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *,
     return max(0, *_dense_moments(spec, setup, tokens, tp=tp, up=up, down=down, recompute=False))
 
 
+def last_block_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int) -> int:
+    """Without checkpointing, the most a dense last block's backward holds beyond the saved tensors of every block
+    (its own included): the gradient of its output (T × h, the stream's dtype) and the MLP's backward moments
+    (`_dense_moments`' backward: down_proj's input gradients and their sum, the product's two gradients, up_proj's
+    LoRA branch). The loss-side saved tensors (the final norm's, the LM head's input) are freed by then, which the
+    caller takes off. 0 where the moments are not modelled: autocast and an int8 base keep their at-loss figure, an
+    fp32 stream (peft's k-bit upcast) is not traced. Traced on two blocks of Qwen2.5-7B, Llama-3.1-8B and Qwen3-8B
+    (tests/test_recompute_moments.py)."""
+    dense = _dense_layout(spec, setup)
+    amp = setup.precision.startswith("amp-")
+    trains = setup.trains_adapters or setup.method == "full"
+    if dense is None or amp or setup.quant == "int8" or stream_bytes(setup) == FP32 or not trains:
+        return 0
+    up, down = dense
+    _, backward = _dense_moment_lists(spec, setup, tokens, tp=tp, up=up, down=down, recompute=True)
+    return stream_gradient_bytes(spec, setup, tokens) + max(backward)
+
+
 def _dense_layout(spec: ModelSpec, setup: TrainSetup) -> tuple[Linear, Linear] | None:
     """(up_proj or the fused gate_up_proj, down_proj) of the last block when its moments are modelled, else None:
     MoE blocks have their own; sandwich norms (Gemma 2) put a norm after down_proj; autocast over bitsandbytes,
@@ -189,6 +207,21 @@ def _dense_moments(
 ) -> list[int]:
     """Bytes beyond B at each moment of a dense SwiGLU block's recompute and backward (module docstring); with
     `recompute` False, its plain forward's moments (no gradient exists yet, nothing after the last saved tensor)."""
+    forward, backward = _dense_moment_lists(spec, setup, tokens, tp=tp, up=up, down=down, recompute=recompute)
+    return forward + backward if recompute else forward
+
+
+def _dense_moment_lists(
+    spec: ModelSpec,
+    setup: TrainSetup,
+    tokens: int,
+    *,
+    tp: int,
+    up: Linear,
+    down: Linear,
+    recompute: bool,
+) -> tuple[list[int], list[int]]:
+    """`_dense_moments` as (forward moments, backward moments)."""
     sizes = _sizes(spec, setup, tokens, tp=tp, up=up, down=down)
     e, ea = sizes.e_compute, sizes.e_adapter
     lora = setup.lora
@@ -256,15 +289,14 @@ def _dense_moments(
             )
             # backward, up_proj's LoRA branch: its gradient cast to the adapter dtype and scaled
             moments.append(-freed - weight_copy + (2 * ea if cast and not amp else e))
-        return forward + moments if recompute else forward
+        return forward, moments
     if setup.method == "full":
         # down_proj keeps the product (in B) for its weight gradient, made beside the product's gradient and alive
         # from then on, before the rest of the block's gradients (as the FSDP moments, not summed with the others)
         weight_grad = down.in_features * down.out_features * dtype_bytes(state_dtypes(setup).gradients) // tp
         if not recompute:
-            return [forward_locals]
-        return [
-            forward_locals + amp_grad,
+            return [forward_locals], []
+        return [forward_locals + amp_grad], [
             amp_grad + e + weight_grad,
             -e - weight_copy + 3 * e + weight_grad,
         ]
@@ -275,7 +307,7 @@ def _dense_moments(
     else:
         # the recompute ends when down_proj saves its weight (under autocast, its copy), the product alive
         ends = forward_locals + amp_grad + e
-    return [ends, -weight_copy + 3 * e] if recompute else [ends]
+    return ([ends], [-weight_copy + 3 * e]) if recompute else ([ends], [])
 
 
 def _forward_locals(

@@ -46,6 +46,7 @@ from swiftplan.planner.objective_memory import (
 from swiftplan.planner.optimizer_temporaries import optimizer_step_temporaries
 from swiftplan.planner.recompute import (
     final_norm_backward_bytes,
+    last_block_backward_bytes,
     last_block_forward_bytes,
     stream_gradient_bytes,
 )
@@ -170,10 +171,18 @@ def _phase_peaks(
             held[LAST_BLOCK_FORWARD] = gathered + forward
         # Its backward multiplies by a bitsandbytes base's dequantized weight with every saved activation still
         # alive, once the loss tensors are gone (traced: int8 after peft's fp32 upcast holds a 180 MB fp32 copy of
-        # Llama-2-7B's MLP projection there), or makes the gradient of a re-materialised expert stack with LoRA
+        # Llama-2-7B's MLP projection there), or makes the gradient of a re-materialised expert stack with LoRA, or
+        # holds a dense MLP's gradients beside its output's, the loss side's saved tensors (the final norm's, the LM
+        # head's input) freed by then (recompute.last_block_backward_bytes; traced)
+        plain = (
+            setup.runtime.fsdp == "none" and setup.parallel.pp == 1
+        )  # FSDP's moments are its own (fsdp_memory)
+        dense = last_block_backward_bytes(spec, policy, tokens, tp=setup.parallel.tp) if plain else 0
+        loss_side = phases.shared - act.block_arguments_bytes(spec, policy)
         last_block = max(
             act.dequantized_backward_bytes(spec, setup, tokens),
             act.expert_lora_gradient_bytes(spec, setup, tokens),
+            dense - loss_side if dense else 0,
         )
         if last_block:
             peaks[LAST_BLOCK_BACKWARD] = (
