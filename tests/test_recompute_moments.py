@@ -61,6 +61,12 @@ CASES = {
                                                                        ckpt=False, seq=4096)),
     "q,v qlora backward, no checkpointing": ("Qwen/Qwen2.5-7B-Instruct", dict(method="qlora", quant="nf4",
                                              adapter="kbit-bf16", targets=QV, ckpt=False, seq=4096)),
+    # autocast without checkpointing: the last block's forward (dropout's fp32 output freed before lora_B's output),
+    # and the first block keeping no copy of q, k, v's frozen weights
+    "amp dropout, no checkpointing": ("meta-llama/Llama-3.1-8B", dict(method="lora", precision="amp-bf16",
+                                                                     adapter="fp32", dropout=0.05, ckpt=False, seq=4096)),
+    "amp q,v, no checkpointing": ("Qwen/Qwen2.5-7B-Instruct", dict(method="lora", precision="amp-bf16", adapter="fp32",
+                                                                  dropout=0.05, targets=QV, ckpt=False, seq=4096)),
     # the first block's k_norm keeps nothing when k_proj has no adapter
     "qk-norm q,v, no checkpointing": ("Qwen/Qwen3-8B", dict(method="lora", adapter="fp32", targets=QV, dropout=0.05,
                                                            ckpt=False)),
@@ -74,6 +80,8 @@ PHASES = {
     "q,v backward, no checkpointing": "backward through the last block",
     "q,v qlora backward, no checkpointing": "backward through the last block",
     "qk-norm q,v, no checkpointing": "loss and backward start",
+    "amp dropout, no checkpointing": "forward through the last block",
+    "amp q,v, no checkpointing": "loss and backward start",
 }
 TOLERANCE = {"moe expert lora, no checkpointing": 2e-3}
 """Without checkpointing the last MoE block's backward moment is 8 MiB (0.11 %) over, not yet explained."""

@@ -586,9 +586,10 @@ def activation_phases(
             block_input=block_input,
             backward_working=working,
         )
-    # the first block keeps less than the others and the final norm more than `shared` says (first_block_unsaved_bytes)
+    # the first block keeps less than the others and the final norm more than `shared` says (first_block_unsaved_bytes;
+    # under autocast `shared` counts the final norm already)
     first, final_norm = first_block_unsaved_bytes(spec, setup, tokens, tp=tp), 0
-    if first:
+    if first and not setup.precision.startswith("amp-"):
         final_norm = tokens * (FP32 * spec.hidden_size + FP32)
         shared += final_norm
     total = shared + sum(blocks) - first
@@ -602,20 +603,22 @@ def first_block_unsaved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
     needs no gradient (adapters in the blocks, the embedding frozen): autograd records nothing before the first
     trainable parameter, so its input RMSNorm keeps no fp32 copy or rsqrt, dropout on the Linears reading that
     norm (q, k, v) keeps no mask (lora_A keeps dropout's output for its weight gradient), nor does Qwen3's q_norm or
-    k_norm behind a projection no adapter wraps. The final norm keeps its
-    fp32 copy and rsqrt instead (its input needs a gradient), which `activation_phases` adds. Traced on two blocks
-    of Qwen2.5-7B, Llama-3.1-8B and Mistral-7B (tests/test_recompute_moments.py); 0 with the residual stream in
-    fp32 (autocast, peft's k-bit upcast), pipeline stages and DeepSeek's latent attention, not traced."""
+    k_norm behind a projection no adapter wraps; under autocast q, k and v keep no copy of their frozen weights
+    either. The final norm keeps its fp32 copy and rsqrt instead (its input needs a gradient), which
+    `activation_phases` adds (under autocast `shared` has it). Traced on two blocks of Qwen2.5-7B, Llama-3.1-8B,
+    Qwen3-8B, Mistral-7B and Phi-3, bf16 and autocast (tests/test_recompute_moments.py); 0 with peft's k-bit upcast
+    (an fp32 stream without autocast), pipeline stages and DeepSeek's latent attention, not traced."""
     lora = setup.lora
     plain = not setup.grad_ckpt and setup.runtime.ckpt_every == 1 and not setup.runtime.activation_offload
     frozen_input = setup.trains_adapters and "embed_tokens" not in setup.runtime.modules_to_save
+    amp = setup.precision.startswith("amp-")
     if (
         not plain
         or not frozen_input
         or lora is None
         or setup.parallel.pp > 1
         or spec.mla is not None
-        or stream_bytes(setup) == FP32
+        or (stream_bytes(setup) == FP32 and not amp)
     ):
         return 0
     norm = tokens * (FP32 * spec.hidden_size + FP32)
@@ -630,6 +633,12 @@ def first_block_unsaved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
             tokens * lin.in_features * BOOL
             for lin in reading_the_norm
             if is_targeted(lin, lora, spec.model_type)
+        )
+    if amp:  # nor do the Linears reading that norm keep autocast's copy of their frozen weight
+        norm += (
+            sum(lin.in_features * lin.out_features for lin in reading_the_norm)
+            * activation_dtype_bytes(setup)
+            // tp
         )
     if spec.qk_norm:  # q_norm / k_norm of a projection no adapter wraps: its output needs no gradient either
         frozen = {
