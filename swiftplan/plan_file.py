@@ -117,7 +117,7 @@ class RuntimeFields(_Strict):
     float8: bool = False
     adapter_dtype: AdapterDtype = "fp32"
     keep_output: bool = False
-    padding: Padding = "fixed"  # absent from plan files written before padding masks were planned
+    padding: Padding = "longest"  # absent from plan files written before padding masks were planned
 
 
 class RolloutFields(_Strict):

@@ -70,7 +70,7 @@ def test_a_skewed_data_set_the_average_plan_would_oom_on_and_the_dataset_aware_p
     path.write_text("\n".join(map(str, lengths)))
     mean = sum(lengths) // len(lengths)
     spec = resolve_model("Qwen/Qwen2.5-7B")
-    common = dict(model="Qwen/Qwen2.5-7B", gpus="rtx4090", global_batch=32, compare_engines=False, trials=40)
+    common = dict(model="Qwen/Qwen2.5-7B", gpus="rtx5090", global_batch=32, compare_engines=False, trials=40)
     average = plan_fit(FitRequest(**common, seq_len=mean, dataset_tokens=sum(lengths)))  # type: ignore[arg-type]
     assert average.plan is not None
     worst = memory_seq_len(length_stats(lengths, 8192, "test"), packing=False)

@@ -12,7 +12,7 @@ from bad_input_support import run_cli
 
 from swiftplan.planner import activations as act
 from swiftplan.planner.model_catalog import catalog_spec, spec_from_hf_config
-from swiftplan.planner.padding import has_padding, padding_masked
+from swiftplan.planner.padding import has_padding, padding_masked, varied_shapes
 from swiftplan.planner.runtime import apply_defaults, get_runtime, train_knobs
 from swiftplan.planner.setup import LoraSetup, TrainSetup
 from swiftplan.planner.train_memory import train_memory
@@ -21,10 +21,16 @@ QV = ("q_proj", "v_proj")
 
 
 def _setup(
-    runtime: str = "hf", *, batch: int = 2, seq: int = 1024, ckpt: bool = True, **kwargs: object
+    runtime: str = "hf",
+    *,
+    batch: int = 2,
+    seq: int = 1024,
+    ckpt: bool = True,
+    padding: str | None = None,
+    **kwargs: object,
 ) -> TrainSetup:
     profile = get_runtime(runtime, "train")
-    knobs = train_knobs(profile, apply_defaults(profile, {})[0])
+    knobs = train_knobs(profile, apply_defaults(profile, {} if padding is None else {"padding": padding})[0])
     fields = dict(runtime=knobs, method="lora", lora=LoraSetup(rank=16, dropout=0.0, targets=QV), micro_batch=batch,
                   seq_len=seq, grad_ckpt=ckpt, optimizer="sgd", variable_lengths=True) | kwargs  # fmt: skip
     return TrainSetup(**fields)  # type: ignore[arg-type]
@@ -37,17 +43,25 @@ def _two_blocks(model_id: str):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(
     ("runtime", "batch", "padded"),
-    [("swiftplan", 1, True), ("llamafactory", 1, True), ("axolotl", 1, True), ("hf", 1, False), ("hf", 2, True),
-     ("ms-swift", 2, True), ("torch", 2, True), ("torchtune", 2, False), ("unsloth", 2, False)],
+    [("swiftplan", 1, False), ("swiftplan", 2, True), ("llamafactory", 1, True), ("axolotl", 1, True),
+     ("hf", 1, False), ("hf", 2, True), ("ms-swift", 2, True), ("torch", 2, True), ("torchtune", 2, False),
+     ("unsloth", 2, False)],
 )  # fmt: skip
 def test_each_runtime_pads_the_micro_batches_its_collator_pads(
     runtime: str, batch: int, padded: bool
 ) -> None:
-    """Padding to seq_len or to a multiple pads a lone sample; padding to the longest never does; torchtune and
-    Unsloth give the model no padding mask. Equal-length samples are never padded."""
+    """Padding to a multiple (LLaMA-Factory, axolotl) pads a lone sample; padding to the longest (swiftplan's
+    executor, TRL, ms-swift) never does; torchtune and Unsloth give the model no padding mask. Equal-length samples
+    are never padded."""
     setup = _setup(runtime, batch=batch)
     assert has_padding(setup) is padded
     assert not has_padding(replace(setup, variable_lengths=False))
+
+
+def test_only_batches_padded_to_seq_len_keep_one_shape_for_the_allocator() -> None:
+    assert not varied_shapes(_setup(padding="max_length"))
+    assert varied_shapes(_setup("llamafactory")) and varied_shapes(_setup("torchtune"))
+    assert not varied_shapes(replace(_setup(), variable_lengths=False))
 
 
 def test_only_sdpa_pays_for_the_padding_mask() -> None:
@@ -72,7 +86,7 @@ def test_only_sdpa_pays_for_the_padding_mask() -> None:
 CASES = {
     "checkpointed, padded to the longest": ("meta-llama/Llama-3.1-8B", dict(runtime="hf", batch=2)),
     "no checkpointing": ("meta-llama/Llama-3.1-8B", dict(runtime="hf", batch=2, ckpt=False, seq=2048)),
-    "a lone sample padded to seq_len": ("meta-llama/Llama-3.1-8B", dict(runtime="swiftplan", batch=1, ckpt=False)),
+    "a lone sample padded to seq_len": ("meta-llama/Llama-3.1-8B", dict(padding="max_length", batch=1, ckpt=False)),
     "all-linear qlora, TRL's fused head": ("meta-llama/Llama-3.1-8B", dict(
         runtime="hf", method="qlora", quant="nf4", lora=LoraSetup(rank=16, dropout=0.0, targets=("all-linear",)))),
     # past the window SDPA has its mask already: padding makes the checkpointed bool mask one per sequence
@@ -134,7 +148,7 @@ def test_estimate_counts_the_mask_for_variable_lengths_under_the_runtimes_paddin
 def test_a_bad_padding_value_is_named() -> None:
     result = run_cli("estimate", "meta-llama/Llama-3.1-8B", "--padding", "left")
     assert result.exit_code != 0
-    assert "--padding" in result.output and "fixed" in result.output and "unmasked" in result.output
+    assert "--padding" in result.output and "max_length" in result.output and "unmasked" in result.output
     assert "Traceback" not in result.output
 
 

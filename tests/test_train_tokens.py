@@ -88,3 +88,22 @@ def test_chat_needs_a_chat_template(tokenizer):
         SwiftplanError, match="chat.jsonl line 1: chat data needs a tokenizer with a chat template"
     ):
         encode(record, plain)
+
+
+def test_a_micro_batch_is_cut_to_its_longest_real_row() -> None:
+    """Dynamic padding: right-padded seq_len blocks lose the columns no row uses; a lone sample keeps no padding."""
+    import torch
+
+    from swiftplan.executors.train.tokens import trim_to_longest
+
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
+    batch = {
+        "input_ids": torch.arange(12).reshape(2, 6),
+        "labels": torch.full((2, 6), -100),
+        "attention_mask": mask,
+    }
+    cut = trim_to_longest(batch)
+    assert {k: tuple(v.shape) for k, v in cut.items()} == {k: (2, 3) for k in batch}
+    assert cut["input_ids"].tolist() == [[0, 1, 2], [6, 7, 8]]
+    alone = trim_to_longest({k: v[1:] for k, v in batch.items()})
+    assert alone["attention_mask"].tolist() == [[1, 1]]

@@ -420,9 +420,8 @@ def _estimate(ctx: typer.Context, options: dict[str, Any]) -> Any:
 
     _check_packing(options)
     cluster = resolve_cluster(options["gpus"])
-    allocator = AllocatorSettings(
-        expandable_segments=options["expandable_segments"], variable_lengths=options["variable_lengths"]
-    )
+    # --variable-lengths goes with the set-up: the allocator's many shapes follow from it and the runtime's padding
+    allocator = AllocatorSettings(expandable_segments=options["expandable_segments"])
     setup, runtime = _setup(ctx, options, cluster)
     return usecase.estimate_setup(model, cluster, setup, options["engine"], allocator, runtime)
 

@@ -131,7 +131,8 @@ LengthsOpt = Annotated[
 PackingOpt = Annotated[
     bool,
     _opt(
-        "--packing", help="Samples are packed into full --seq blocks (else padded to the longest in batch)."
+        "--packing",
+        help="Samples are packed into full --seq blocks (else padded as the runtime's --padding says).",
     ),
 ]
 EpochsOpt = Annotated[float, typer.Option("--epochs", help="Passes over the data.")]

@@ -306,9 +306,9 @@ PaddingOpt = Annotated[
     str | None,
     typer.Option(
         "--padding",
-        help="How unpacked samples of different lengths are batched: fixed (padded to seq or a multiple: swiftplan, "
-        "LLaMA-Factory, axolotl) | longest (to the longest in the micro-batch: TRL, ms-swift) | unmasked (no "
-        "padding mask: torchtune, Unsloth). With --variable-lengths, padded SDPA batches get a mask per block.",
+        help="How unpacked samples of different lengths are batched: max_length (to --seq) | multiple (the longest "
+        "rounded up: LLaMA-Factory, axolotl) | longest (swiftplan, TRL, ms-swift) | unmasked (no padding mask: "
+        "torchtune, Unsloth). With --variable-lengths, padded SDPA batches get a mask per block.",
     ),
 ]
 

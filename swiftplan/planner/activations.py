@@ -610,7 +610,13 @@ def first_block_unsaved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
     (an fp32 stream without autocast), pipeline stages and DeepSeek's latent attention, not traced."""
     lora = setup.lora
     plain = not setup.grad_ckpt and setup.runtime.ckpt_every == 1 and not setup.runtime.activation_offload
-    frozen_input = setup.trains_adapters and "embed_tokens" not in setup.runtime.modules_to_save
+    frozen_input = (
+        setup.trains_adapters
+        and "embed_tokens" not in setup.runtime.modules_to_save
+        and not (
+            setup.vision is not None and setup.vision.trains_vision
+        )  # a trained tower's tokens need gradients
+    )
     amp = setup.precision.startswith("amp-")
     if (
         not plain

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 from swiftplan.errors import SwiftplanError
@@ -16,6 +16,7 @@ from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective import ObjectiveSetup, resolve_reference
 from swiftplan.planner.objective_speed import objective_speed, rollout_capacity
+from swiftplan.planner.padding import varied_shapes
 from swiftplan.planner.serve_memory import serve_memory
 from swiftplan.planner.setup import ServeSetup, Task, TrainSetup
 from swiftplan.planner.speed import ServeSpeed, TrainSpeed, serve_speed
@@ -215,6 +216,8 @@ def estimate_training(
         spec, setup, world_size=train_world, device_memory_bytes=cluster.memory_bytes_per_device
     )
     allocator = allocator or AllocatorSettings()
+    if varied_shapes(setup):  # samples of many lengths batched to many shapes (planner/padding.py)
+        allocator = replace(allocator, variable_lengths=True)
     comm = train_comm_term(setup, cluster, world_size=train_world)  # NCCL, outside the allocator
     device = with_reserved(
         spec,

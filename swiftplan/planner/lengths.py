@@ -1,8 +1,9 @@
 """A data set's per-sample token lengths, and what they mean for a plan: percentiles, the share truncated at
 the sequence length, the longest batch the plan's batching can build, and the real tokens in a step. Pure.
 
-Batching: without packing, each micro-batch is padded to its longest sample (the Hugging Face collators
-and `swiftplan train` do this), so the worst micro-batch is micro_batch × min(longest sample, seq) tokens;
+Batching: without packing, each micro-batch is padded to its longest sample (the Hugging Face collators and
+`swiftplan train`; LLaMA-Factory and axolotl round it up to a multiple: `RuntimeKnobs.padding`), so the worst
+micro-batch is micro_batch × min(longest sample, seq) tokens (seq when a runtime pads every row to it);
 with packing, samples are concatenated and cut at seq, so every micro-batch is full (micro_batch × seq).
 Memory is sized on that worst batch, speed on the tokens a step really holds.
 """
@@ -96,12 +97,18 @@ def real_tokens_per_step(stats: LengthStats, global_batch: int, packing: bool) -
     return global_batch * stats.mean_kept
 
 
-def describe(stats: LengthStats, packing: bool, global_batch: int) -> str:
-    """One line for fit's notes."""
-    batching = "packing (every batch full)" if packing else "padding to the longest in each batch"
+def describe(stats: LengthStats, packing: bool, global_batch: int, *, padded_to_seq: bool = False) -> str:
+    """One line for fit's notes (`padded_to_seq`: every row padded to seq, as `swiftplan train` pads)."""
+    batching = (
+        "packing (every batch full)"
+        if packing
+        else "padding every row to --seq"
+        if padded_to_seq
+        else "padding each batch to its longest sample"
+    )
     return (
         f"data lengths ({stats.method}): {stats.samples:,} samples, p50 {stats.p50:,}, p95 {stats.p95:,}, "
         f"max {stats.max_len:,} tokens; {stats.truncated_fraction:.1%} truncated at --seq {stats.seq_len:,}; "
-        f"{batching}: memory sized on a {memory_seq_len(stats, packing):,}-token sequence, "
+        f"{batching}: memory sized on a {memory_seq_len(stats, packing or padded_to_seq):,}-token sequence, "
         f"~{real_tokens_per_step(stats, global_batch, packing):,.0f} real tokens per step of {global_batch}."
     )

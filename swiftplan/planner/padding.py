@@ -9,9 +9,10 @@ backward; with checkpointing the bool mask is every block's saved argument. Eage
 B × 1 × S × S mask padded or not; flash attention unpads the batch instead (not modelled).
 
 Which batches are padded is the runtime's batching (`RuntimeKnobs.padding`) applied to data whose samples differ
-in length (`TrainSetup.variable_lengths`): fixed padding pads every row to seq_len or to a multiple, so a sample
-whose length falls short is padded even alone in its micro-batch; padding to the longest sample of each
-micro-batch never pads a micro-batch of one sequence; unmasked runtimes give the model no padding mask.
+in length (`TrainSetup.variable_lengths`): padding every row to seq_len (max_length) or to a multiple pads a
+sample that falls short even alone in its micro-batch; padding to the longest sample of each micro-batch never pads
+a micro-batch of one sequence; unmasked runtimes give the model no padding mask. Every batching but max_length also
+hands the caching allocator many tensor shapes (`varied_shapes`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ def has_padding(setup: TrainSetup) -> bool:
     if not setup.variable_lengths:
         return False
     padding = setup.runtime.padding
-    return padding == "fixed" or (padding == "longest" and setup.micro_batch > 1)
+    return padding in ("max_length", "multiple") or (padding == "longest" and setup.micro_batch > 1)
+
+
+def varied_shapes(setup: TrainSetup) -> bool:
+    """True when the samples vary in length and the batches with them (every batching but padding to seq_len):
+    the caching allocator then sees many tensor sizes (`AllocatorSettings.variable_lengths`)."""
+    return setup.variable_lengths and setup.runtime.padding != "max_length"
 
 
 def padding_masked(spec: ModelSpec, setup: TrainSetup) -> bool:

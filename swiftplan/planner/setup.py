@@ -31,7 +31,7 @@ Fsdp = Literal["none", "fsdp1", "fsdp2"]
 FsdpSharding = Literal["full_shard", "shard_grad_op", "hybrid_shard"]
 CkptPosition = Literal["first", "last"]
 AdapterDtype = Literal["fp32", "model", "kbit-bf16"]
-Padding = Literal["fixed", "longest", "unmasked"]
+Padding = Literal["max_length", "multiple", "longest", "unmasked"]
 
 METHODS: tuple[Method, ...] = get_args(Method)
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
@@ -224,12 +224,13 @@ class RuntimeKnobs:
     each TRL 1.16 trainer does (`dtypes.adapter_dtype`); TRL leaves DoRA's magnitude (out_features per wrapped
     Linear) in fp32, which the planner counts with the bf16 adapters (a few KiB per block). Gradients and AdamW
     moments follow the adapters."""
-    padding: Padding = "fixed"
-    """How unpacked samples of different lengths are batched, and so whether attention sees a padding mask
-    (`planner/padding.py`): fixed pads each row to a fixed length or to a multiple (swiftplan's executor pads to
-    seq_len, LLaMA-Factory to a multiple of 8, axolotl of 64), so a sample is padded even alone in its micro-batch;
-    longest pads each micro-batch to its longest sample (TRL, ms-swift, transformers' collators), so one sequence
-    never is; unmasked gives the model no padding mask (torchtune's own attention, Unsloth's padding-free batches)."""
+    padding: Padding = "longest"
+    """How unpacked samples of different lengths are batched (`planner/padding.py`), which decides whether attention
+    sees a padding mask and how many tensor shapes the allocator sees: max_length pads every row to seq_len (one
+    shape, a short sample padded even alone in its micro-batch: axolotl's pad_to_sequence_len); multiple pads each
+    micro-batch to its longest sample rounded up to a multiple (LLaMA-Factory 8, axolotl 64: a lone sample padded
+    too); longest pads each micro-batch to its longest sample (swiftplan's executor, TRL, ms-swift, transformers'
+    collators: one sequence never is); unmasked gives the model no padding mask (torchtune's own attention, Unsloth's padding-free batches)."""
     keep_output: bool = False
     """The training loop holds the model output (its logits) until backward ends: a plain loop's
     `outputs = model(**batch); outputs.loss.backward()` (transformers' run_clm_no_trainer.py example), where

@@ -278,7 +278,8 @@ def _refit(plan: Plan, missed: int) -> tuple[list[Remedy], list[str]]:
     base = fit.FitRequest(model=plan.model, gpus=plan.offered, task="train", engine=plan.engine,
                           seq_len=setup.seq_len, global_batch=workload.global_batch,
                           dataset_tokens=workload.dataset_tokens, epochs=workload.epochs,
-                          attention=workload.attention, compare_engines=False, trials=40)  # fmt: skip
+                          attention=workload.attention, variable_lengths=setup.variable_lengths,
+                          compare_engines=False, trials=40)  # fmt: skip
     note = (
         f"re-planned on {_size(usable)} per device: the plan's {_size(memory)} less the "
         f"{_size(missed)} the run needed beyond the plan's prediction."

@@ -83,7 +83,10 @@ class FitRequest:
     lengths: str | None = None
     """A file of per-sample token lengths, one per line (exclusive with `data`)."""
     packing: bool = False
-    """Samples are packed into full sequences (else each micro-batch is padded to its longest sample)."""
+    """Samples are packed into full sequences (else each micro-batch is padded by the runtime's `padding`)."""
+    variable_lengths: bool = False
+    """The samples vary in length without a data or lengths file to say how (doctor's re-plan of a plan that said
+    so): planned as padded batches (planner/padding.py)."""
     epochs: float = 1.0
     global_batch: int = 16
     seq_len: int = 2048
@@ -263,9 +266,8 @@ def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str
         from swiftplan.planner.runtime import KNOB_FLAGS
 
         knobs = runtime.knobs()
-        varied = (
-            bool(request.data or request.lengths) and not request.packing
-        )  # padded batches (planner/padding.py)
+        # samples of many lengths: padded batches (planner/padding.py)
+        varied = bool(request.data or request.lengths or request.variable_lengths) and not request.packing
         needs = Requirements(
             backend=cluster.accelerator.backend, **knob_requirements(knobs, variable_lengths=varied)
         )
@@ -384,7 +386,7 @@ def _length_stats(request: FitRequest, spec: ModelSpec, model: str) -> LengthSta
 
 def _workload(
     request: FitRequest, spec: ModelSpec, model: str, notes: list[str], host: tuple[int, str],
-    lengths: LengthStats | None = None,
+    lengths: LengthStats | None = None, *, padding: str = "max_length",
 ) -> Any:  # fmt: skip
     if request.task == "serve":
         if (
@@ -410,14 +412,20 @@ def _workload(
     else:
         from swiftplan.planner.lengths import describe, memory_seq_len
 
-        tokens, seq = lengths.total_tokens, memory_seq_len(lengths, request.packing)
+        # packed rows, or rows padded to --seq (swiftplan train), are all --seq long
+        tokens, seq = (
+            lengths.total_tokens,
+            memory_seq_len(lengths, request.packing or padding == "max_length"),
+        )
         source = f"{request.data or request.lengths}: {lengths.samples:,} samples, {lengths.method}"
     notes.append(
         f"workload: {tokens:,} tokens × {request.epochs:g} epoch(s) ({source}), global batch {request.global_batch} × "
         f"{seq} tokens; host RAM for offload {format_gib(host[0], 0)} per node ({host[1]})."
     )
     if lengths is not None:
-        notes.append(describe(lengths, request.packing, request.global_batch))
+        notes.append(
+            describe(lengths, request.packing, request.global_batch, padded_to_seq=padding == "max_length")
+        )
         if seq < request.seq_len:
             notes.append(
                 f"sized on the worst batch: no sample is longer than {seq:,} tokens"
@@ -427,7 +435,7 @@ def _workload(
             )
     return TrainWorkload(seq_len=seq, global_batch=request.global_batch, dataset_tokens=tokens,
                          epochs=request.epochs, attention=request.attention,
-                         variable_lengths=lengths is not None and not request.packing)  # fmt: skip
+                         variable_lengths=(lengths is not None or request.variable_lengths) and not request.packing)  # fmt: skip
 
 
 def _check_targets(spec: ModelSpec, pins: Pins) -> None:
@@ -476,7 +484,8 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     if problem := model_limits.length_problem(spec, length, flag):
         notes.append(f"warning: {problem}")
     lengths = _length_stats(request, spec, model)
-    workload = _workload(request, spec, model, notes, host, lengths)
+    padding = runtime.knobs().padding if runtime is not None and request.task == "train" else "max_length"
+    workload = _workload(request, spec, model, notes, host, lengths, padding=padding)
     if runtime is not None and isinstance(workload, TrainWorkload):
         workload = replace(workload, runtime=runtime.knobs(), objective=request.training)
         if runtime.knobs().fsdp != "none":  # FSDP shards instead of ZeRO

@@ -19,6 +19,7 @@ from typing import Any
 
 from swiftplan.executors.train import run_dir as rd
 from swiftplan.executors.train.report import memory_now
+from swiftplan.executors.train.tokens import trim_to_longest
 from swiftplan.planner.setup import TrainSetup
 
 
@@ -157,7 +158,7 @@ def _train_step(engine: Any, data: dict[str, Any], batches: list[list[int]], *, 
     share, real = 0.0, 0
     for i, indices in enumerate(batches):
         index = torch.tensor(indices)
-        batch = {key: value[index] for key, value in data.items()}
+        batch = trim_to_longest({key: value[index] for key, value in data.items()})
         real += int(batch["attention_mask"].sum())
         share += engine.micro_step(batch, last=i == len(batches) - 1, num_items=items)
     engine.step()

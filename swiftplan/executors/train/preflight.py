@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from swiftplan.executors.train.tokens import TokenBlocks
+from swiftplan.executors.train.tokens import TokenBlocks, trim_to_longest
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -104,11 +104,13 @@ def _run(prepared: Any, batch: LongestBatch, common: dict[str, Any]) -> Prefligh
     engine = TorchEngine(model, optimizer, scheduler, setup=setup, device=device, world=1,
                          max_grad_norm=args.max_grad_norm)  # fmt: skip
     index = list(batch.block_indices)
-    data = {
-        "input_ids": torch.tensor([blocks.input_ids[i] for i in index]),
-        "labels": torch.tensor([blocks.labels[i] for i in index]),
-        "attention_mask": torch.tensor([blocks.attention_mask[i] for i in index]),
-    }
+    data = trim_to_longest(
+        {
+            "input_ids": torch.tensor([blocks.input_ids[i] for i in index]),
+            "labels": torch.tensor([blocks.labels[i] for i in index]),
+            "attention_mask": torch.tensor([blocks.attention_mask[i] for i in index]),
+        }
+    )
     items = max(1, int((data["labels"][:, 1:] != -100).sum()))
     started = time.perf_counter()
     loss = engine.micro_step(data, last=True, num_items=items)

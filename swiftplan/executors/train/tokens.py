@@ -143,3 +143,12 @@ def build_blocks(dataset: Dataset, tokenizer: Any, *, seq_len: int, packing: boo
     return TokenBlocks(input_ids=input_ids, labels=all_labels, attention_mask=attention_mask,
                        real_tokens=real_tokens, trained_tokens=trained_tokens, truncated=truncated,
                        dropped=dropped)  # fmt: skip
+
+
+def trim_to_longest(batch: dict[str, Any]) -> dict[str, Any]:
+    """A micro-batch of right-padded `seq_len` blocks cut to its longest real row (dynamic padding, as the Hugging
+    Face collators pad): a lone sample carries no padding, and the rows of a larger batch keep their attention
+    mask (RuntimeKnobs.padding 'longest'). The labels of the cut positions were all -100, so the loss is
+    unchanged."""
+    longest = max(1, int(batch["attention_mask"].sum(dim=1).max()))
+    return {key: value[:, :longest] for key, value in batch.items()}
