@@ -178,3 +178,16 @@ def test_an_engine_refuses_a_padding_its_collator_does_not_do_once_samples_vary(
     refused = run_cli(*base, "--variable-lengths").output
     assert "llamafactory does not run padding 'longest'" in refused and "multiple of 8" in refused
     assert "cannot run" not in run_cli(*base).output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("estimate", "Qwen/Qwen2.5-0.5B", "--padding", "longest"), ("fit", "Qwen/Qwen2.5-0.5B", "--gpus", "rtx4090", "--padding", "longest"),
+     ("size", "Qwen/Qwen2.5-0.5B", "--padding", "longest")],
+)  # fmt: skip
+def test_padding_without_samples_of_many_lengths_is_refused_not_ignored(args: tuple[str, ...]) -> None:
+    result = run_cli(*args)
+    assert (
+        result.exit_code != 0 and "--padding longest" in result.output and "change nothing" in result.output
+    )
+    assert "Traceback" not in result.output

@@ -510,6 +510,15 @@ def _check_options(options: dict[str, Any]) -> None:
             task = "--task serve" if not serving else "training (--task sft)"
             raise SwiftplanError(f"{flag} only applies to {task}; it would be ignored here.",
                                  hint=f"Drop {flag}, or plan for {task}.")  # fmt: skip
+    if options["padding"] is not None and not serving and not (options["lengths"] or options["data"]):
+        from swiftplan.planner.setup import PADDINGS, parse_choice
+
+        parse_choice("--padding", options["padding"], PADDINGS)  # a bad value named first
+        raise SwiftplanError(
+            f"--padding {options['padding']} says how samples of many lengths are padded, but without --lengths or "
+            "--data fit plans full --seq rows: it would change nothing.",
+            hint="Give fit the data (--data or --lengths), or drop --padding.",
+        )
     _checks.output_file("-o/--output", options["output"])
 
 

@@ -75,7 +75,8 @@ class LayerActivations:
     weight_copies: int = 0
     """amp only: autocast's cached bf16/fp16 copies of the block's weights, saved by each matmul."""
     attention_mask: int = 0
-    """SDPA's additive mask past a sliding window (`_sdpa_mask_bytes`), whole on every tensor-parallel rank."""
+    """SDPA's additive mask past a sliding window or for a padded batch (`_sdpa_mask_bytes`), whole on every
+    tensor-parallel rank."""
 
     @property
     def total(self) -> int:

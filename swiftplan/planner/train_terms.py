@@ -12,7 +12,12 @@ from swiftplan.planner.calibration import constant_source
 from swiftplan.planner.dtypes import dtype_bytes
 from swiftplan.planner.logprob_kernels import kernel_formula, kernel_source, plain_loss
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.objective_memory import logits_setup, scored_sequences, scored_tokens_per_sequence
+from swiftplan.planner.objective_memory import (
+    logits_setup,
+    policy_setup,
+    scored_sequences,
+    scored_tokens_per_sequence,
+)
 from swiftplan.planner.objective_terms import objective_terms, sequences_formula, sequences_source
 from swiftplan.planner.padding import padding_masked
 from swiftplan.planner.runtime_terms import (
@@ -123,7 +128,7 @@ def breakdown_terms(
             + (
                 f"; padded batches ({setup.runtime.padding} padding): SDPA gets a padding mask, so each block keeps"
                 " k and v repeated to every query head and a B × 1 × S × S additive mask (planner/padding.py)"
-                if padding_masked(spec, setup)
+                if padding_masked(spec, policy_setup(setup))  # both halves of a pair are padded together
                 else ""
             ),
             source=sequences_source(setup)
