@@ -128,8 +128,8 @@ def recompute_extra_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp
     int8_attention_input = (
         tokens * spec.hidden_size * activation_dtype_bytes(setup) if setup.quant == "int8" else 0
     )
-    moments = _dense_moments(spec, setup, tokens, tp=tp, up=up, down=down)
-    return stream_grad - block_input_copy + int8_attention_input + max(moments)
+    forward, backward = _dense_moments(spec, setup, tokens, tp=tp, up=up, down=down)
+    return stream_grad - block_input_copy + int8_attention_input + max(forward + backward)
 
 
 def last_block_forward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int) -> int:
@@ -143,7 +143,8 @@ def last_block_forward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *,
     if dense is None or setup.quant == "int8":
         return 0
     up, down = dense
-    return max(0, *_dense_moments(spec, setup, tokens, tp=tp, up=up, down=down, recompute=False))
+    forward, _ = _dense_moments(spec, setup, tokens, tp=tp, up=up, down=down, recompute=False)
+    return max(0, *forward)
 
 
 def last_block_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int) -> int:
@@ -160,7 +161,7 @@ def last_block_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
     if dense is None or amp or setup.quant == "int8" or stream_bytes(setup) == FP32 or not trains:
         return 0
     up, down = dense
-    _, backward = _dense_moment_lists(spec, setup, tokens, tp=tp, up=up, down=down, recompute=True)
+    _, backward = _dense_moments(spec, setup, tokens, tp=tp, up=up, down=down)
     return stream_gradient_bytes(spec, setup, tokens) + max(backward)
 
 
@@ -203,24 +204,10 @@ def _dense_moments(
     up: Linear,
     down: Linear,
     recompute: bool = True,
-) -> list[int]:
-    """Bytes beyond B at each moment of a dense SwiGLU block's recompute and backward (module docstring); with
-    `recompute` False, its plain forward's moments (no gradient exists yet, nothing after the last saved tensor)."""
-    forward, backward = _dense_moment_lists(spec, setup, tokens, tp=tp, up=up, down=down, recompute=recompute)
-    return forward + backward if recompute else forward
-
-
-def _dense_moment_lists(
-    spec: ModelSpec,
-    setup: TrainSetup,
-    tokens: int,
-    *,
-    tp: int,
-    up: Linear,
-    down: Linear,
-    recompute: bool,
 ) -> tuple[list[int], list[int]]:
-    """`_dense_moments` as (forward moments, backward moments)."""
+    """Bytes beyond B at each moment of a dense SwiGLU block's recompute and backward (module docstring), as
+    (forward moments, backward moments); with `recompute` False, its plain forward's moments (no gradient exists
+    yet, nothing after the last saved tensor) and no backward ones."""
     sizes = _sizes(spec, setup, tokens, tp=tp, up=up, down=down)
     e, ea = sizes.e_compute, sizes.e_adapter
     lora = setup.lora
