@@ -55,12 +55,13 @@ class PreflightResult:
 
 
 def longest_batch(blocks: TokenBlocks, micro_batch: int) -> LongestBatch:
-    """The `micro_batch` blocks with the most real tokens (ties: the earliest)."""
+    """The `micro_batch` blocks with the most real tokens (ties: the earliest), shaped as the run cuts them: to their
+    longest real row (`tokens.trim_to_longest`)."""
     real = [sum(mask) for mask in blocks.attention_mask]
     if not real:
         raise ValueError("no blocks")
     chosen = sorted(range(len(real)), key=lambda i: (-real[i], i))[: max(1, micro_batch)]
-    width = len(blocks.input_ids[chosen[0]])
+    width = max(1, max(real[i] for i in chosen))
     return LongestBatch(block_indices=tuple(sorted(chosen)), shape=(len(chosen), width),
                         real_tokens=sum(real[i] for i in chosen), longest_sample_tokens=max(real[i] for i in chosen))  # fmt: skip
 

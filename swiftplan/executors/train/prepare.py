@@ -267,6 +267,9 @@ def prepare_run(request: RunRequest) -> PreparedRun:
             notes.append(
                 f"{blocks.dropped} example(s) had no answer token left within seq_len and were skipped."
             )
+        notes += _padding_notes(
+            plan, blocks, packing=bool(request.overrides.get("packing")), data=request.data
+        )
         run_dir = request.output_dir or rd.default_run_dir(plan.model)
         _require_directory(run_dir)
         if rd.latest_checkpoint(run_dir) is not None:
@@ -282,6 +285,27 @@ def prepare_run(request: RunRequest) -> PreparedRun:
                     lr=args.lr, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm)  # fmt: skip
     return PreparedRun(plan=plan, setup=setup, device=device, args=args, launch=launch, run_dir=run_dir,
                        blocks=blocks, tokenizer=tokenizer, notes=tuple(notes))  # fmt: skip
+
+
+def _padding_notes(plan: Plan, blocks: Any, *, packing: bool, data: Any) -> list[str]:
+    """A plan made for full rows, run on samples of many lengths: its padded micro-batches give SDPA a mask per
+    block (planner/padding.py) the plan does not count."""
+    from dataclasses import replace
+
+    from swiftplan.planner.padding import has_padding
+
+    setup = plan.setup
+    assert isinstance(setup, TrainSetup)
+    short = sum(sum(mask) < setup.seq_len for mask in blocks.attention_mask)
+    counted = setup.variable_lengths or packing or setup.attention != "sdpa"
+    if not short or counted or not has_padding(replace(setup, variable_lengths=True)):
+        return []
+    return [
+        f"{short} of {len(blocks.attention_mask)} samples are shorter than seq_len {setup.seq_len}: micro-batches of "
+        f"{setup.micro_batch} are padded to their longest, so SDPA gets a padding mask in every block (k and v "
+        f"repeated, a B × 1 × S × S mask), which this plan, made for full rows, does not count; "
+        f"`swiftplan fit {plan.model} --data {data}` plans for it."
+    ]
 
 
 def write_run(prepared: PreparedRun, plan_path: Path) -> None:
