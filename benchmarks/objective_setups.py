@@ -420,6 +420,7 @@ def express_objective(row: dict[str, str]) -> Expressed:
         grad_ckpt=row["grad_ckpt"] != "false",
         attention=attention,  # type: ignore[arg-type]
         kbit_upcast=kbit_upcast,
+        variable_lengths=True,  # the rows' data, unpacked: batches padded by the runtime's padding
         parallel=parallel,
         runtime=knobs,
         objective=objective,
