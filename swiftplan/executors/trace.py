@@ -323,6 +323,9 @@ def training_rig(
                          grad_ckpt=grad_ckpt, attn_implementation=attn_implementation, features=features, notes=notes,
                          quant_base=quant_base, compute_dtype=DTYPES[precision.removeprefix("amp-")])  # fmt: skip
     notes += _numerics_notes(precision, optimizer)
+    if padded:
+        notes.append("padded batch: the attention mask marks the last row's last token as padding, so transformers "
+                     "hands SDPA a B x 1 x S x S mask (planner/padding.py)")  # fmt: skip
     calls: Counter[str] = Counter()
     with fake_session(model, round_bytes, calls) as tracker, contextlib.ExitStack() as stack:
         model.train()
