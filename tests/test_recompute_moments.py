@@ -61,6 +61,9 @@ CASES = {
                                                                        ckpt=False, seq=4096)),
     "q,v qlora backward, no checkpointing": ("Qwen/Qwen2.5-7B-Instruct", dict(method="qlora", quant="nf4",
                                              adapter="kbit-bf16", targets=QV, ckpt=False, seq=4096)),
+    # a MoE block's forward with frozen experts: the routed copies' gather, weighting and return
+    "moe q,v forward, no checkpointing": ("Qwen/Qwen3-30B-A3B", dict(method="lora", adapter="fp32", targets=QV,
+                                                                    ckpt=False, seq=2048)),
     # autocast without checkpointing: the last block's forward (dropout's fp32 output freed before lora_B's output),
     # and the first block keeping no copy of q, k, v's frozen weights
     "amp dropout, no checkpointing": ("meta-llama/Llama-3.1-8B", dict(method="lora", precision="amp-bf16",
@@ -81,6 +84,7 @@ PHASES = {
     "q,v qlora backward, no checkpointing": "backward through the last block",
     "qk-norm q,v, no checkpointing": "loss and backward start",
     "amp dropout, no checkpointing": "forward through the last block",
+    "moe q,v forward, no checkpointing": "forward through the last block",
     "amp q,v, no checkpointing": "loss and backward start",
 }
 TOLERANCE = {"moe expert lora, no checkpointing": 2e-3}

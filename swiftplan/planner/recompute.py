@@ -136,8 +136,16 @@ def last_block_forward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *,
     """Without checkpointing, the most a dense last block's forward holds beyond the saved tensors of every block
     (its own included): the forward's locals and its Linears' transients (`_dense_moments` with no gradient: the
     product's adapter-dtype cast beside dropout's output and lora_B's output and its scaled copy; a 4-bit base's
-    dequantizing forward; up_proj's LoRA output); 0 where the moments are not modelled. Traced on two blocks of
-    Llama-3.1-8B, Qwen2.5-7B and Mistral-7B at 1k-4k tokens, bf16 and autocast: within 0.1 %."""
+    dequantizing forward; up_proj's LoRA output); a MoE block with frozen experts holds its routed copies' gather,
+    weighting and return (`_moe_recompute_bytes`); 0 where the moments are not modelled. Traced on two blocks of
+    Llama-3.1-8B, Qwen2.5-7B and Mistral-7B at 1k-4k tokens, bf16 and autocast, and Qwen3-30B-A3B: within 0.1 %."""
+    last = spec.num_layers - 1
+    if spec.is_moe_layer(last):
+        # frozen experts: the routed copies' gather, weighting and return beside the forward's locals, as in its
+        # recompute (a full fine-tune's or expert LoRA's forward is not traced moment by moment)
+        plain = setup.method != "full" and setup.quant != "int8" and not setup.precision.startswith("amp-")
+        frozen_experts = not _experts_carry_lora(spec, setup, last)
+        return _moe_recompute_bytes(spec, setup, tokens, tp=tp) if plain and frozen_experts else 0
     dense = _dense_layout(spec, setup)
     # an int8 base's forward is not traced moment by moment yet (its at-loss figure stands)
     if dense is None or setup.quant == "int8":
@@ -185,10 +193,22 @@ def _dense_layout(spec: ModelSpec, setup: TrainSetup) -> tuple[Linear, Linear] |
     return mlp[-2], mlp[-1]
 
 
+def _experts_carry_lora(spec: ModelSpec, setup: TrainSetup, layer: int) -> bool:
+    """Whether LoRA wraps block `layer`'s fused experts or router (peft's ParamWrapper)."""
+    lora = setup.lora
+    if not setup.trains_adapters or lora is None:
+        return False
+    return any(
+        lin.kind in ("experts", "router") and is_targeted(lin, lora, spec.model_type)
+        for lin in layer_linears(spec, layer)
+    )
+
+
 def _moe_recompute_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int) -> int:
     """A MoE block's recompute forward as its experts finish (transformers 5's grouped_mm experts): the residual and
     the MLP input, the gathered per-copy input and the routing-weighted expert output (T·k × h each), beside the
-    gradient backward has already spread to the T·k copies (the weighted sum's backward, cloned)."""
+    gradient backward has already spread to the T·k copies (the weighted sum's backward, cloned). A plain forward
+    holds as much: the weighted output's gather back to the tokens stands where the spread gradient was (traced)."""
     moe = spec.moe
     assert moe is not None
     routed = tokens * moe.experts_per_token * spec.hidden_size * activation_dtype_bytes(setup) // tp
