@@ -64,6 +64,10 @@ CASES = {
     # a MoE block's forward with frozen experts: the routed copies' gather, weighting and return
     "moe q,v forward, no checkpointing": ("Qwen/Qwen3-30B-A3B", dict(method="lora", adapter="fp32", targets=QV,
                                                                     ckpt=False, seq=2048)),
+    # a MoE block's backward with frozen experts: the routed product's and its factors' gradients, the experts' output
+    # freed
+    "moe q,v backward, no checkpointing": ("mistralai/Mixtral-8x7B-v0.1", dict(method="lora", adapter="model",
+                                                                              targets=QV, ckpt=False, seq=2048)),
     # autocast without checkpointing: the last block's forward (dropout's fp32 output freed before lora_B's output),
     # and the first block keeping no copy of q, k, v's frozen weights
     "amp dropout, no checkpointing": ("meta-llama/Llama-3.1-8B", dict(method="lora", precision="amp-bf16",
@@ -85,6 +89,7 @@ PHASES = {
     "qk-norm q,v, no checkpointing": "loss and backward start",
     "amp dropout, no checkpointing": "forward through the last block",
     "moe q,v forward, no checkpointing": "forward through the last block",
+    "moe q,v backward, no checkpointing": "backward through the last block",
     "amp q,v, no checkpointing": "loss and backward start",
 }
 TOLERANCE = {"moe expert lora, no checkpointing": 2e-3}

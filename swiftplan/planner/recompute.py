@@ -160,13 +160,30 @@ def last_block_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
     (its own included): the gradient of its output (T × h, the stream's dtype) and the MLP's backward moments
     (`_dense_moments`' backward: down_proj's input gradients and their sum, the product's two gradients, up_proj's
     LoRA branch). The loss-side saved tensors (the final norm's, the LM head's input) are freed by then, which the
-    caller takes off. 0 where the moments are not modelled: autocast and an int8 base keep their at-loss figure, an
-    fp32 stream (peft's k-bit upcast) is not traced. Traced on two blocks of Qwen2.5-7B, Llama-3.1-8B and Qwen3-8B
-    (tests/test_recompute_moments.py)."""
-    dense = _dense_layout(spec, setup)
+    caller takes off; a MoE block with frozen experts holds the routed product's gradients instead. 0 where the moments
+    are not modelled: autocast and an int8 base keep their at-loss figure, an fp32 stream (peft's k-bit upcast) is not
+    traced, nor are MoE full fine-tuning or LoRA on the experts. Traced on two blocks of Qwen2.5-7B, Llama-3.1-8B,
+    Qwen3-8B and Mixtral (tests/test_recompute_moments.py)."""
     amp = setup.precision.startswith("amp-")
     trains = setup.trains_adapters or setup.method == "full"
-    if dense is None or amp or setup.quant == "int8" or stream_bytes(setup) == FP32 or not trains:
+    if amp or setup.quant == "int8" or stream_bytes(setup) == FP32 or not trains:
+        return 0
+    last = spec.num_layers - 1
+    if spec.is_moe_layer(last):
+        # frozen experts (LoRA elsewhere): the routed product's gradient and its two factors' (T·k × I each), as a
+        # dense block's frozen down_proj makes them, the experts' output (T·k × h, saved for the routing weights'
+        # gradient) freed by then
+        moe = spec.moe
+        assert moe is not None
+        if setup.method == "full" or _experts_carry_lora(spec, setup, last):
+            return 0
+        cb = activation_dtype_bytes(setup)
+        copies = tokens * moe.experts_per_token
+        product = copies * moe.expert_intermediate_size * cb // tp
+        output = copies * spec.hidden_size * cb // tp
+        return stream_gradient_bytes(spec, setup, tokens) + 3 * product - output
+    dense = _dense_layout(spec, setup)
+    if dense is None:
         return 0
     up, down = dense
     _, backward = _dense_moments(spec, setup, tokens, tp=tp, up=up, down=down)
