@@ -68,6 +68,10 @@ CASES = {
     # freed
     "moe q,v backward, no checkpointing": ("mistralai/Mixtral-8x7B-v0.1", dict(method="lora", adapter="model",
                                                                               targets=QV, ckpt=False, seq=2048)),
+    # DeepSeek's fp32 routing weights: the weighted sum's backward in fp32
+    "fp32 routing backward, no checkpointing": ("deepseek-ai/DeepSeek-V2-Lite", dict(method="lora", adapter="model",
+                                                                                   targets=("q_proj",), ckpt=False,
+                                                                                   seq=2048)),
     # autocast without checkpointing: the last block's forward (dropout's fp32 output freed before lora_B's output),
     # and the first block keeping no copy of q, k, v's frozen weights
     "amp dropout, no checkpointing": ("meta-llama/Llama-3.1-8B", dict(method="lora", precision="amp-bf16",
@@ -90,10 +94,13 @@ PHASES = {
     "amp dropout, no checkpointing": "forward through the last block",
     "moe q,v forward, no checkpointing": "forward through the last block",
     "moe q,v backward, no checkpointing": "backward through the last block",
+    "fp32 routing backward, no checkpointing": "backward through the last block",
     "amp q,v, no checkpointing": "loss and backward start",
 }
-TOLERANCE = {"moe expert lora, no checkpointing": 2e-3}
-"""Without checkpointing the last MoE block's backward moment is 8 MiB (0.11 %) over, not yet explained."""
+TOLERANCE = {"moe expert lora, no checkpointing": 2e-3, "fp32 routing backward, no checkpointing": 3e-2}
+"""Without checkpointing the last MoE block's backward moment is 8 MiB (0.11 %) over, not yet explained; DeepSeek's
+fp32-routed one 90 MiB (2.5 %) over (it was 7.6 % under before the fp32 weighted sum was modelled), not explained yet:
+its latent attention keeps the first block's input-norm correction out."""
 
 
 def _setup(

@@ -58,6 +58,9 @@ DOUBLE_QUANT_BLOCK = 64
 """Weights per absmax of bitsandbytes' 4-bit blockwise quantization (quantize_4bit's blocksize 64)."""
 BNB_4BIT = ("nf4", "fp4")
 """Bases peft wraps in its Linear4bit, whose forward clones the base output (peft 0.21.2 tuners/lora/bnb.py:533)."""
+FP32_ROUTING = ("deepseek_v2", "deepseek_v3")
+"""MoE blocks whose routing weights stay fp32 (transformers 5.25 DeepseekV2/V3 routers softmax and keep fp32 top-k
+weights), so the weighted sum of the experts' outputs and its backward run in fp32."""
 BNB_DEQUANTIZING = ("nf4", "fp4", "int8")
 """Bases whose backward multiplies the input gradient by a dequantized weight (bitsandbytes 0.50.2
 autograd/_functions.py MatMul4Bit.backward, MatMul8bitLt.backward)."""
@@ -181,7 +184,13 @@ def last_block_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
         copies = tokens * moe.experts_per_token
         product = copies * moe.expert_intermediate_size * cb // tp
         output = copies * spec.hidden_size * cb // tp
-        return stream_gradient_bytes(spec, setup, tokens) + 3 * product - output
+        # the routing-weighted sum's backward first: the output gradient spread to the copies, its product with the
+        # weights and with the experts' output; DeepSeek's fp32 routing weights make all three fp32 (and a cast back)
+        fp32_routing = spec.model_type in FP32_ROUTING
+        spread = 3 * copies * spec.hidden_size * (FP32 if fp32_routing else cb) // tp + (
+            output if fp32_routing else 0
+        )
+        return stream_gradient_bytes(spec, setup, tokens) + max(3 * product - output, spread)
     dense = _dense_layout(spec, setup)
     if dense is None:
         return 0
