@@ -435,18 +435,12 @@ PACKED = (
 def _check_packing(options: dict[str, Any]) -> None:
     """--packing is training batching with one shape: refused with --variable-lengths and for serving; --padding
     only says something with --variable-lengths."""
-    from swiftplan.cli.options import is_serving
+    from swiftplan.cli.options import is_serving, refuse_idle_padding
     from swiftplan.errors import SwiftplanError
 
-    if options["padding"] is not None and not options["variable_lengths"] and not is_serving(options["task"]):
-        from swiftplan.planner.setup import PADDINGS, parse_choice
-
-        parse_choice("--padding", options["padding"], PADDINGS)  # a bad value named first
-        raise SwiftplanError(
-            f"--padding {options['padding']} says how samples of many lengths are padded, but without "
-            "--variable-lengths every row is a full --seq: it would change nothing.",
-            hint="Add --variable-lengths, or drop --padding.",
-        )
+    if not options["variable_lengths"] and not is_serving(options["task"]):
+        refuse_idle_padding(options["padding"], rows="without --variable-lengths every row is a full --seq",
+                            hint="Add --variable-lengths, or drop --padding.")  # fmt: skip
     if not options["packing"]:
         return
     if is_serving(options["task"]):

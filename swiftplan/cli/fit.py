@@ -56,6 +56,7 @@ from swiftplan.cli.options import (
     objective_pins,
     objective_request,
     refuse_estimate_only_quant,
+    refuse_idle_padding,
     refuse_objective_for_serving,
 )
 from swiftplan.errors import SwiftplanError
@@ -510,15 +511,9 @@ def _check_options(options: dict[str, Any]) -> None:
             task = "--task serve" if not serving else "training (--task sft)"
             raise SwiftplanError(f"{flag} only applies to {task}; it would be ignored here.",
                                  hint=f"Drop {flag}, or plan for {task}.")  # fmt: skip
-    if options["padding"] is not None and not serving and not (options["lengths"] or options["data"]):
-        from swiftplan.planner.setup import PADDINGS, parse_choice
-
-        parse_choice("--padding", options["padding"], PADDINGS)  # a bad value named first
-        raise SwiftplanError(
-            f"--padding {options['padding']} says how samples of many lengths are padded, but without --lengths or "
-            "--data fit plans full --seq rows: it would change nothing.",
-            hint="Give fit the data (--data or --lengths), or drop --padding.",
-        )
+    if not serving and not (options["lengths"] or options["data"]):
+        refuse_idle_padding(options["padding"], rows="without --lengths or --data fit plans full --seq rows",
+                            hint="Give fit the data (--data or --lengths), or drop --padding.")  # fmt: skip
     _checks.output_file("-o/--output", options["output"])
 
 

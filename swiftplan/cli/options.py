@@ -312,6 +312,21 @@ PaddingOpt = Annotated[
     ),
 ]
 
+
+def refuse_idle_padding(padding: str | None, *, rows: str, hint: str) -> None:
+    """--padding typed where every row is a full --seq (`rows` says why): its value checked first, then refused,
+    since it would change nothing."""
+    if padding is None:
+        return
+    from swiftplan.planner.setup import PADDINGS, parse_choice
+
+    parse_choice("--padding", padding, PADDINGS)
+    raise SwiftplanError(
+        f"--padding {padding} says how samples of many lengths are padded, but {rows}: it would change nothing.",
+        hint=hint,
+    )
+
+
 RUNTIME_TRAIN_FLAGS = ("grad_ckpt", "attention", "kbit_upcast", "precision", "optimizer")
 """Set-up options a training runtime profile may set: they come from it unless the user typed them."""
 

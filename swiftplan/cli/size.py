@@ -52,6 +52,7 @@ from swiftplan.cli.options import (
     is_serving,
     objective_request,
     refuse_estimate_only_quant,
+    refuse_idle_padding,
     refuse_objective_for_serving,
 )
 from swiftplan.errors import SwiftplanError
@@ -254,15 +255,8 @@ def _check_numbers(o: dict[str, Any]) -> None:
                        ("--prompt-tokens", "prompt_tokens"), ("--output-tokens", "output_tokens")):  # fmt: skip
         at_least(flag, o[name], 1)
     positive("--epochs", o["epochs"])
-    if o.get("padding") is not None:
-        from swiftplan.planner.setup import PADDINGS, parse_choice
-
-        parse_choice("--padding", o["padding"], PADDINGS)  # a bad value named first
-        raise SwiftplanError(
-            f"--padding {o['padding']} says how samples of many lengths are padded; size plans full --seq rows, so "
-            "it would change nothing.",
-            hint="Drop --padding; `swiftplan fit --lengths FILE --padding ...` plans on the data's lengths.",
-        )
+    refuse_idle_padding(o.get("padding"), rows="size plans full --seq rows",
+                        hint="Drop --padding; `swiftplan fit --lengths FILE --padding ...` plans on the data's lengths.")  # fmt: skip
     positive("--network-gbps", o["network_gbps"], unit=" Gb/s")
     positive("--request-rate", o["request_rate"], unit=" requests/s")
     positive("--ttft", o["ttft"], unit=" s")

@@ -589,10 +589,9 @@ def activation_phases(
         )
     # the first block keeps less than the others and the final norm more than `shared` says (first_block_unsaved_bytes;
     # under autocast `shared` counts the final norm already)
-    first, final_norm = first_block_unsaved_bytes(spec, setup, tokens, tp=tp), 0
+    first = first_block_unsaved_bytes(spec, setup, tokens, tp=tp)
     if first and not setup.precision.startswith("amp-"):
-        final_norm = tokens * (FP32 * spec.hidden_size + FP32)
-        shared += final_norm
+        shared += tokens * (FP32 * spec.hidden_size + FP32)  # the final norm's fp32 copy and rsqrt
     total = shared + sum(blocks) - first
     return ActivationPhases(
         at_loss=total, in_backward=total, largest_block=largest, shared=shared, shared_in_backward=shared

@@ -98,7 +98,7 @@ def real_tokens_per_step(stats: LengthStats, global_batch: int, packing: bool) -
 
 
 def describe(stats: LengthStats, packing: bool, global_batch: int, *, padded_to_seq: bool = False) -> str:
-    """One line for fit's notes (`padded_to_seq`: every row padded to seq, as `swiftplan train` pads)."""
+    """One line for fit's notes (`padded_to_seq`: every row padded to seq, RuntimeKnobs.padding max_length)."""
     batching = (
         "packing (every batch full)"
         if packing

@@ -118,6 +118,12 @@ class FitRequest:
     """Serving: decode without CUDA graphs (--enforce-eager): no graph pool, host-launch-bound steps."""
 
     @property
+    def samples_vary(self) -> bool:
+        """Training samples of many lengths, unpacked (--data, --lengths, or a plan that said so): batches padded by
+        the runtime's `padding` (planner/padding.py)."""
+        return bool(self.data or self.lengths or self.variable_lengths) and not self.packing
+
+    @property
     def goal(self) -> Objective:
         """The objective, with the task's default filled in."""
         return self.objective or ("throughput" if self.task == "serve" else "time")
@@ -266,10 +272,9 @@ def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str
         from swiftplan.planner.runtime import KNOB_FLAGS
 
         knobs = runtime.knobs()
-        # samples of many lengths: padded batches (planner/padding.py)
-        varied = bool(request.data or request.lengths or request.variable_lengths) and not request.packing
         needs = Requirements(
-            backend=cluster.accelerator.backend, **knob_requirements(knobs, variable_lengths=varied)
+            backend=cluster.accelerator.backend,
+            **knob_requirements(knobs, variable_lengths=request.samples_vary),
         )
         if reasons := engine_reasons(engine, needs):
             own = runtime_engine(name, task)
@@ -412,7 +417,7 @@ def _workload(
     else:
         from swiftplan.planner.lengths import describe, memory_seq_len
 
-        # packed rows, or rows padded to --seq (swiftplan train), are all --seq long
+        # packed rows, or rows padded to --seq (--padding max_length), are all --seq long
         tokens, seq = (
             lengths.total_tokens,
             memory_seq_len(lengths, request.packing or padding == "max_length"),
@@ -435,7 +440,7 @@ def _workload(
             )
     return TrainWorkload(seq_len=seq, global_batch=request.global_batch, dataset_tokens=tokens,
                          epochs=request.epochs, attention=request.attention,
-                         variable_lengths=(lengths is not None or request.variable_lengths) and not request.packing)  # fmt: skip
+                         variable_lengths=request.samples_vary)  # fmt: skip
 
 
 def _check_targets(spec: ModelSpec, pins: Pins) -> None:
