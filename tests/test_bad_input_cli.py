@@ -518,6 +518,27 @@ CASES = [
     ),
     ("dash-plan-path", ("dash", "--plan-path", "/nonexistent/p.yaml"), ["--plan-path", "does not exist"]),
     ("gpus-backend", ("gpus", "--backend", "tpu"), ["'tpu'", "cuda, rocm, npu, mps"]),
+    # padded batches (planner/padding.py): a bad --padding is named with the valid batchings; a --padding that would
+    # change nothing (every row a full --seq) is refused, not ignored
+    (
+        "est-padding",
+        (*EST, "--variable-lengths", "--padding", "left"),
+        ["--padding", "'left'", "max_length, multiple, longest, unmasked"],
+    ),
+    (
+        "fit-padding",
+        (*FIT, "--padding", "left"),
+        ["--padding", "'left'", "max_length, multiple, longest, unmasked"],
+    ),
+    ("size-padding", (*SIZE, "--padding", "left"), ["--padding", "'left'", "max_length"]),
+    ("est-padding-full-rows", (*EST, "--padding", "longest"), ["--padding longest", "--variable-lengths"]),
+    ("fit-padding-full-rows", (*FIT, "--padding", "multiple"), ["--padding multiple", "--lengths or --data"]),
+    ("size-padding-full-rows", (*SIZE, "--padding", "longest"), ["--padding longest", "full --seq rows"]),
+    (
+        "verify-variable-lengths-dpo",
+        (*VERIFY, "--task", "dpo", "--variable-lengths"),
+        ["--variable-lengths", "SFT only", "--task dpo"],
+    ),
     # runtime features (planner/runtime_features.py): each refusal names its flag and what is valid
     ("est-ckpt-every-0", (*EST, "--ckpt-every", "0"), ["--ckpt-every must be at least 1"]),
     (
