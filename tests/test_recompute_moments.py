@@ -177,7 +177,9 @@ def test_only_sdpa_past_the_window_keeps_a_mask_and_every_rank_keeps_it_whole() 
     )
     assert act.layer_activation_bytes(spec, replace(sdpa, seq_len=2048), 0, 4096, 2048).attention_mask == 0
     # tensor parallelism splits the heads' tensors, not the mask every head shares
-    assert act._split(masked, 2) - masked.attention_mask == act._split(replace(masked, attention_mask=0), 2)
+    assert act.per_rank_bytes(masked, 2) - masked.attention_mask == act.per_rank_bytes(
+        replace(masked, attention_mask=0), 2
+    )
 
 
 def test_the_non_checkpointed_moments_show_their_extra_as_the_transient() -> None:

@@ -561,7 +561,10 @@ def activation_phases(
     """
     tokens = setup.micro_batch * setup.seq_len
     count = spec.num_layers if layers is None else layers
-    blocks = [_split(layer_activation_bytes(spec, setup, i, tokens, setup.seq_len), tp) for i in range(count)]
+    blocks = [
+        per_rank_bytes(layer_activation_bytes(spec, setup, i, tokens, setup.seq_len), tp)
+        for i in range(count)
+    ]
     shared = shared_bytes(spec, setup)
     largest = max(blocks)
     if setup.runtime.ckpt_every > 1 or setup.runtime.activation_offload:
@@ -688,7 +691,9 @@ def activations_bytes(spec: ModelSpec, setup: TrainSetup, *, layers: int | None 
     return max(phases.at_loss, phases.in_backward)
 
 
-def _split(acts: LayerActivations, tp: int) -> int:
+def per_rank_bytes(acts: LayerActivations, tp: int) -> int:
+    """A block's saved bytes on one tensor-parallel rank: the per-head and per-width tensors split by `tp`, the norms'
+    copies and the attention mask whole."""
     return (
         acts.norms
         + acts.attention_mask

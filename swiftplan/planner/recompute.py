@@ -165,8 +165,8 @@ def last_block_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
     LoRA branch). The loss-side saved tensors (the final norm's, the LM head's input) are freed by then, which the
     caller takes off; a MoE block with frozen experts holds the routed product's gradients instead. 0 where the moments
     are not modelled: autocast and an int8 base keep their at-loss figure, an fp32 stream (peft's k-bit upcast) is not
-    traced, nor are MoE full fine-tuning or LoRA on the experts. Traced on two blocks of Qwen2.5-7B, Llama-3.1-8B,
-    Qwen3-8B and Mixtral (tests/test_recompute_moments.py)."""
+    traced, nor is LoRA on the experts (MoE full fine-tuning: planner/expert_backward.py). Traced on two blocks of
+    Qwen2.5-7B, Llama-3.1-8B, Qwen3-8B and Mixtral (tests/test_recompute_moments.py)."""
     amp = setup.precision.startswith("amp-")
     trains = setup.trains_adapters or setup.method == "full"
     if amp or setup.quant == "int8" or stream_bytes(setup) == FP32 or not trains:

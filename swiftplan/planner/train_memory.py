@@ -22,6 +22,10 @@ from swiftplan.planner.breakdown import MemoryBreakdown, Term
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.device_states import DeviceStates, device_states, gradient_shares, reward_head_params
 from swiftplan.planner.dtypes import dtype_bytes
+from swiftplan.planner.expert_backward import (
+    EXPERT_BACKWARD,
+    expert_backward,
+)
 from swiftplan.planner.fsdp1_wrap import fsdp1_offload_copy_term, fsdp1_setup_cache
 from swiftplan.planner.fsdp_memory import StepBytes, fsdp_moments
 from swiftplan.planner.head_gradients import (
@@ -205,6 +209,13 @@ def _phase_peaks(
         stream_grad = stream_gradient_bytes(spec, setup, policy_setup(setup).micro_batch * setup.seq_len)
         peaks["end of backward"] = static + grads + stream_grad
         acts["end of backward"] = stream_grad
+    expert = expert_backward(spec, setup, grads - states.bucket, tp=setup.parallel.tp)
+    if (
+        expert is not None
+    ):  # full fine-tuning without checkpointing: a MoE block's experts differentiate (traced)
+        peaks[EXPERT_BACKWARD] = static + gathered + states.bucket + expert.total
+        acts[EXPERT_BACKWARD] = expert.saved
+        held[EXPERT_BACKWARD] = gathered + expert.held
     if setup.runtime.optimizer_in_backward and head_grads and not early_grads:
         # untied: the head's gradient is made beside the logits' gradient and stepped at once (its step
         # temporaries after that gradient is freed), every saved activation still alive (traced)
