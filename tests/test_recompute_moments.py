@@ -78,6 +78,14 @@ CASES = {
                                                                      adapter="fp32", dropout=0.05, ckpt=False, seq=4096)),
     "amp q,v, no checkpointing": ("Qwen/Qwen2.5-7B-Instruct", dict(method="lora", precision="amp-bf16", adapter="fp32",
                                                                   dropout=0.05, targets=QV, ckpt=False, seq=4096)),
+    # an int8 base without checkpointing: the last block's forward as over a bf16 base (MatMul8bitLt keeps its inputs
+    # among the saved tensors), and the first block's q, k, v keeping no input (no gradient flows to it)
+    "int8 dropout, no checkpointing": ("meta-llama/Llama-3.1-8B", dict(method="lora", quant="int8", adapter="fp32",
+                                                                      dropout=0.05, ckpt=False, seq=2048)),
+    # and the last block's backward through a frozen int8 down_proj: the product's two gradients beside its input's
+    "int8 q,v backward, no checkpointing": ("Qwen/Qwen2.5-7B-Instruct", dict(method="lora", quant="int8",
+                                                                            adapter="fp32", dropout=0.05, targets=QV,
+                                                                            ckpt=False, seq=2048)),
     # the first block's k_norm keeps nothing when k_proj has no adapter
     "qk-norm q,v, no checkpointing": ("Qwen/Qwen3-8B", dict(method="lora", adapter="fp32", targets=QV, dropout=0.05,
                                                            ckpt=False)),
@@ -91,6 +99,8 @@ PHASES = {
     "q,v backward, no checkpointing": "backward through the last block",
     "q,v qlora backward, no checkpointing": "backward through the last block",
     "qk-norm q,v, no checkpointing": "loss and backward start",
+    "int8 dropout, no checkpointing": "forward through the last block",
+    "int8 q,v backward, no checkpointing": "backward through the last block",
     "amp dropout, no checkpointing": "forward through the last block",
     "moe q,v forward, no checkpointing": "forward through the last block",
     "moe q,v backward, no checkpointing": "backward through the last block",
@@ -218,3 +228,8 @@ def test_the_first_block_keeps_less_only_when_its_input_needs_no_gradient() -> N
     assert act.first_block_unsaved_bytes(spec, embedding, tokens) == 0
     assert act.first_block_unsaved_bytes(spec, _setup("full", ckpt=False), tokens) == 0
     assert act.first_block_unsaved_bytes(spec, _setup("lora", dropout=0.05), tokens) == 0
+    # over an int8 base, q, k and v's MatMul8bitLt keep no input either (bf16, T × h)
+    int8 = _setup("lora", quant="int8", dropout=0.05, ckpt=False)
+    assert act.first_block_unsaved_bytes(spec, int8, tokens) - act.first_block_unsaved_bytes(
+        spec, lora, tokens
+    ) == (tokens * 4096 * 2)

@@ -135,7 +135,15 @@ def int8_kept_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, ch
     tokens, with and without checkpointing and peft's fp32 preparation, the peak within 0.4 %."""
     if setup.quant != "int8":
         return 0
-    cb = activation_dtype_bytes(setup)
+    kept = _int8_kept_inputs(spec, setup, checkpointed=checkpointed)
+    return tokens * activation_dtype_bytes(setup) * sum(kept.values())
+
+
+def _int8_kept_inputs(
+    spec: ModelSpec, setup: TrainSetup, *, checkpointed: bool
+) -> dict[tuple[str, bool], int]:
+    """The widths of the inputs one block's int8 Linears keep beyond the block's other saved tensors, by (block part,
+    reads a tensor another op saves) (`int8_kept_input_bytes`)."""
     same_tensor = (  # a checkpointed block's LoRA keeps nothing, so nothing is shared then
         not checkpointed
         and setup.lora is not None
@@ -152,12 +160,12 @@ def int8_kept_input_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, ch
         kept[key] = linear.in_features
         if same_tensor and setup.lora is not None and is_targeted(linear, setup.lora, spec.model_type):
             lora_reads.add(key)
-    extra = sum(
-        width
+    return {
+        key: width
         for key, width in kept.items()
-        if key not in lora_reads and (checkpointed or key != ("attention", True))
-    )
-    return tokens * cb * extra
+        # o_proj's input is the SDPA output, which the SDPA op keeps anyway, unless it is a contiguous copy (Phi-3)
+        if key not in lora_reads and (checkpointed or key != ("attention", True) or spec.rope_concat)
+    }
 
 
 def layer_activation_bytes(
@@ -607,7 +615,8 @@ def first_block_unsaved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
     trainable parameter, so its input RMSNorm keeps no fp32 copy or rsqrt, dropout on the Linears reading that
     norm (q, k, v) keeps no mask (lora_A keeps dropout's output for its weight gradient), nor does Qwen3's q_norm or
     k_norm behind a projection no adapter wraps; under autocast q, k and v keep no copy of their frozen weights
-    either. The final norm keeps its fp32 copy and rsqrt instead (its input needs a gradient), which
+    either, nor does an int8 base keep q, k and v's input (bitsandbytes' MatMul8bitLt keeps it only for a gradient).
+    The final norm keeps its fp32 copy and rsqrt instead (its input needs a gradient), which
     `activation_phases` adds (under autocast `shared` has it). Traced on two blocks of Qwen2.5-7B, Llama-3.1-8B,
     Qwen3-8B, Mistral-7B and Phi-3, bf16 and autocast (tests/test_recompute_moments.py); 0 with peft's k-bit upcast
     (an fp32 stream without autocast), pipeline stages and DeepSeek's latent attention, not traced."""
@@ -657,6 +666,11 @@ def first_block_unsaved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
         }
         heads = spec.num_heads * ("q_proj" in frozen) + spec.num_kv_heads * ("k_proj" in frozen)
         norm += tokens * heads * (FP32 * spec.head_dim + FP32)
+    # bitsandbytes' MatMul8bitLt keeps its input only when it or the weight needs a gradient
+    # (autograd/_functions.py `if any(ctx.needs_input_grad[:2])`): not q, k and v's in the first block
+    if setup.quant == "int8":
+        attention_input = _int8_kept_inputs(spec, setup, checkpointed=False).get(("attention", False), 0)
+        norm += tokens * activation_dtype_bytes(setup) * attention_input // tp
     return norm + masks // tp
 
 
