@@ -72,6 +72,13 @@ CASES = {
     "fp32 routing backward, no checkpointing": ("deepseek-ai/DeepSeek-V2-Lite", dict(method="lora", adapter="model",
                                                                                    targets=("q_proj",), ckpt=False,
                                                                                    seq=2048)),
+    # experts with LoRA under fp32 routing weights: the weighted sum's backward beside the re-materialised stacks, the
+    # shared experts (added after the routed ones) differentiated first
+    "fp32 routing, expert lora, no checkpointing": ("deepseek-ai/DeepSeek-V2-Lite", dict(method="lora",
+                                                                                      adapter="model", ckpt=False,
+                                                                                      seq=2048)),
+    "shared experts, expert lora, no checkpointing": ("deepseek-ai/DeepSeek-V2-Lite", dict(method="lora",
+                                                                                        adapter="model", ckpt=False)),
     # autocast without checkpointing: the last block's forward (dropout's fp32 output freed before lora_B's output),
     # and the first block keeping no copy of q, k, v's frozen weights
     "amp dropout, no checkpointing": ("meta-llama/Llama-3.1-8B", dict(method="lora", precision="amp-bf16",
@@ -105,12 +112,10 @@ PHASES = {
     "moe q,v forward, no checkpointing": "forward through the last block",
     "moe q,v backward, no checkpointing": "backward through the last block",
     "fp32 routing backward, no checkpointing": "backward through the last block",
+    "fp32 routing, expert lora, no checkpointing": "backward through the last block",
+    "shared experts, expert lora, no checkpointing": "backward through the last block",
     "amp q,v, no checkpointing": "loss and backward start",
 }
-TOLERANCE = {"moe expert lora, no checkpointing": 2e-3, "fp32 routing backward, no checkpointing": 3e-2}
-"""Without checkpointing the last MoE block's backward moment is 8 MiB (0.11 %) over, not yet explained; DeepSeek's
-fp32-routed one 90 MiB (2.5 %) over (it was 7.6 % under before the fp32 weighted sum was modelled), not explained yet:
-its latent attention keeps the first block's input-norm correction out."""
 
 
 def _setup(
@@ -146,7 +151,7 @@ def test_the_recompute_peak_matches_the_trace(case: str) -> None:
     spec, setup = _two_blocks(model_id), _setup(**kwargs)  # type: ignore[arg-type]
     comparison = verify_training(spec, setup)
     peak = next(row for row in comparison.rows if row.name == "peak_allocated")
-    assert peak.estimate == pytest.approx(peak.traced, rel=TOLERANCE.get(case, 5e-4))
+    assert peak.estimate == pytest.approx(peak.traced, rel=5e-4)
     assert comparison.estimate_phase == PHASES.get(case, "recomputation in backward")
 
 

@@ -609,6 +609,10 @@ def activation_phases(
     )
 
 
+_LATENT_READERS = ("kv_b_proj", "q_b_proj")
+"""MLA's projections that read a latent's norm rather than the block's input norm."""
+
+
 def first_block_unsaved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int = 1) -> int:
     """Without checkpointing, what the first block does not save though every other block does, when its input
     needs no gradient (adapters in the blocks, the embedding frozen): autograd records nothing before the first
@@ -635,7 +639,6 @@ def first_block_unsaved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
         or not frozen_input
         or lora is None
         or setup.parallel.pp > 1
-        or spec.mla is not None
         or (stream_bytes(setup) == FP32 and not amp)
     ):
         return 0
@@ -643,8 +646,18 @@ def first_block_unsaved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
     reading_the_norm = [
         lin
         for lin in layer_linears(spec, _representative_layer(spec, 0))
-        if lin.kind == "linear" and lin.block == "attention" and not _reads_saved_tensor(lin)
+        if lin.kind == "linear"
+        and lin.block == "attention"
+        and not _reads_saved_tensor(lin)
+        and not lin.name.endswith(_LATENT_READERS)
     ]
+    if (
+        spec.mla is not None
+    ):  # a latent's RMSNorm behind a projection no adapter wraps keeps no fp32 copy or rsqrt
+        frozen = {lin.name for lin in reading_the_norm if not is_targeted(lin, lora, spec.model_type)}
+        norm += tokens * (FP32 * spec.mla.kv_lora_rank + FP32) * ("kv_a_proj_with_mqa" in frozen)
+        if spec.mla.q_lora_rank:
+            norm += tokens * (FP32 * spec.mla.q_lora_rank + FP32) * ("q_a_proj" in frozen)
     masks = 0
     if lora.dropout > 0:
         masks = sum(

@@ -26,16 +26,11 @@ from swiftplan.planner.activations import (
 from swiftplan.planner.architecture import embedding_params, layer_linears, layer_params, total_params
 from swiftplan.planner.dtypes import activation_dtype_bytes
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.recompute import stream_gradient_bytes
+from swiftplan.planner.recompute import SHARED_BEFORE_ROUTED, stream_gradient_bytes
 from swiftplan.planner.setup import TrainSetup
 
 EXPERT_BACKWARD = "a MoE block's expert backward"
 """Full fine-tuning without checkpointing: a MoE block's experts differentiate beside the gradients made so far."""
-
-SHARED_BEFORE_ROUTED = frozenset({"qwen2_moe"})
-"""MoE blocks that run their shared expert before the routed experts (transformers 5.25 modeling_qwen2_moe.py
-Qwen2MoeSparseMoeBlock.forward), so its backward comes after theirs; DeepSeek's blocks add the shared experts after
-(modeling_deepseek_v2.py DeepseekV2Moe.forward), and their backward comes first."""
 
 
 def moe_layers(spec: ModelSpec) -> list[int]:

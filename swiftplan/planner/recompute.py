@@ -61,6 +61,10 @@ BNB_4BIT = ("nf4", "fp4")
 FP32_ROUTING = ("deepseek_v2", "deepseek_v3")
 """MoE blocks whose routing weights stay fp32 (transformers 5.25 DeepseekV2/V3 routers softmax and keep fp32 top-k
 weights), so the weighted sum of the experts' outputs and its backward run in fp32."""
+SHARED_BEFORE_ROUTED = frozenset({"qwen2_moe"})
+"""MoE blocks that run their shared expert before the routed experts (transformers 5.25 modeling_qwen2_moe.py
+Qwen2MoeSparseMoeBlock.forward), so its backward comes after theirs; DeepSeek's blocks add the shared experts after
+(modeling_deepseek_v2.py DeepseekV2Moe.forward), and their backward comes first."""
 BNB_DEQUANTIZING = ("nf4", "fp4", "int8")
 """Bases whose backward multiplies the input gradient by a dequantized weight (bitsandbytes 0.50.2
 autograd/_functions.py MatMul4Bit.backward, MatMul8bitLt.backward)."""
@@ -175,11 +179,12 @@ def last_block_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
     if spec.is_moe_layer(last):
         # frozen experts (LoRA elsewhere): the routed product's gradient and its two factors' (T·k × I each), as a
         # dense block's frozen down_proj makes them, the experts' output (T·k × h, saved for the routing weights'
-        # gradient) freed by then
+        # gradient) freed by then; experts with LoRA have their own moments (expert_lora_gradient_bytes)
         moe = spec.moe
         assert moe is not None
-        if setup.method == "full" or _experts_carry_lora(spec, setup, last):
+        if setup.method == "full":
             return 0
+        frozen_experts = not _experts_carry_lora(spec, setup, last)
         cb = activation_dtype_bytes(setup)
         copies = tokens * moe.experts_per_token
         product = copies * moe.expert_intermediate_size * cb // tp
@@ -190,13 +195,29 @@ def last_block_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
         spread = 3 * copies * spec.hidden_size * (FP32 if fp32_routing else cb) // tp + (
             output if fp32_routing else 0
         )
-        return stream_gradient_bytes(spec, setup, tokens) + max(3 * product - output, spread)
+        routed = max(3 * product - output, spread) if frozen_experts else spread
+        return (
+            stream_gradient_bytes(spec, setup, tokens)
+            + shared_expert_backward_bytes(spec, setup, tokens, tp=tp)
+            + routed
+        )
     dense = _dense_layout(spec, setup)
     if dense is None:
         return 0
     up, down = dense
     _, backward = _dense_moments(spec, setup, tokens, tp=tp, up=up, down=down)
     return stream_gradient_bytes(spec, setup, tokens) + max(backward)
+
+
+def shared_expert_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int) -> int:
+    """What a frozen shared expert added after the routed ones (DeepSeek's) changes by the routed experts' backward:
+    differentiated first, its saved tensors (three T × I_s) are freed and its input gradient (T × h) waits for the
+    routed experts'. 0 without one, or one run before them (SHARED_BEFORE_ROUTED)."""
+    moe = spec.moe
+    if moe is None or not moe.shared_intermediate_size or spec.model_type in SHARED_BEFORE_ROUTED:
+        return 0
+    cb = activation_dtype_bytes(setup)
+    return tokens * cb * (spec.hidden_size - 3 * moe.shared_intermediate_size) // tp
 
 
 def _dense_layout(spec: ModelSpec, setup: TrainSetup) -> tuple[Linear, Linear] | None:

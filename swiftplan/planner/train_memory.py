@@ -52,6 +52,7 @@ from swiftplan.planner.recompute import (
     final_norm_backward_bytes,
     last_block_backward_bytes,
     last_block_forward_bytes,
+    shared_expert_backward_bytes,
     stream_gradient_bytes,
 )
 from swiftplan.planner.runtime_features import annotate_terms
@@ -183,9 +184,18 @@ def _phase_peaks(
         )  # FSDP's moments are its own (fsdp_memory)
         dense = last_block_backward_bytes(spec, policy, tokens, tp=setup.parallel.tp) if plain else 0
         loss_side = phases.shared - act.block_arguments_bytes(spec, policy)
+        expert_lora = act.expert_lora_gradient_bytes(spec, setup, tokens)
+        if (
+            expert_lora
+        ):  # beside the block output's gradient, the loss side and a shared expert's tensors freed (traced)
+            expert_lora += (
+                stream_gradient_bytes(spec, setup, tokens)
+                + shared_expert_backward_bytes(spec, policy, tokens, tp=setup.parallel.tp)
+                - loss_side
+            )
         last_block = max(
             act.dequantized_backward_bytes(spec, setup, tokens),
-            act.expert_lora_gradient_bytes(spec, setup, tokens),
+            expert_lora,
             dense - loss_side if dense else 0,
         )
         if last_block:
