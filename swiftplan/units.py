@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 KiB = 1024
 MiB = 1024**2
 GiB = 1024**3
@@ -52,9 +54,12 @@ def format_usd(value: float) -> str:
 
 
 def parse_token_count(text: str) -> int:
-    """'50M' / '1.5B' / '200k' / '12345' → integer token count."""
+    """'50M' / '1.5B' / '200k' / '12345' → integer token count; ValueError for anything else, including
+    'inf', 'nan' and numbers too large for a float ('1e400')."""
     raw = text.strip().lower().replace("_", "")
     scale = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
-    if raw and raw[-1] in scale:
-        return int(float(raw[:-1]) * scale[raw[-1]])
-    return int(float(raw))
+    number, factor = (raw[:-1], scale[raw[-1]]) if raw and raw[-1] in scale else (raw, 1)
+    value = float(number) * factor
+    if not math.isfinite(value):
+        raise ValueError(f"token count {text!r} is not a finite number")
+    return int(value)

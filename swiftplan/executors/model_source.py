@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,66 @@ def _hub_unreachable() -> str | None:
     return None
 
 
+_HUB_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")
+_HUB_ID = re.compile(r"(?!.*(--|\.\.))[\w\-.]{1,96}/(?![-.])[\w\-.]{1,96}(?<![-.])(?<!\.git)", re.ASCII)
+"""namespace/name as the hub accepts it (huggingface_hub.utils.validate_repo_id): letters, digits, '-',
+'_' and '.', up to 96 characters, no '--' or '..', not starting or ending with '-' or '.', no '.git'."""
+
+
+def _hub_url_id(name: str) -> str | None:
+    """The namespace/name of a pasted hub page address ('https://huggingface.co/Qwen/Qwen2.5-0.5B/tree/main'
+    → 'Qwen/Qwen2.5-0.5B'), or None when `name` is not one."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(name if "://" in name else f"https://{name}")
+    if (url.hostname or "").lower() not in _HUB_HOSTS or not name.lower().startswith(("http", *_HUB_HOSTS)):
+        return None
+    parts = [part for part in url.path.split("/") if part]
+    return "/".join(parts[:2]) if len(parts) >= 2 and parts[0] not in ("datasets", "spaces") else ""
+
+
+def _hub_accepts(model_id: str) -> bool:
+    """Whether huggingface_hub's own check passes `model_id` (True when huggingface_hub is not installed:
+    fetching then says that it is needed)."""
+    try:
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+    except ImportError:
+        return True
+    try:
+        validate_repo_id(model_id)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_hub_id(name: str) -> None:
+    """Refuse a model name that cannot be a hub id (a pasted page address, an @revision, a/b/c, spaces),
+    saying what to type instead, before anything asks the hub about it."""
+    url_id = _hub_url_id(name)
+    if url_id is not None:
+        instead = url_id or "namespace/name, e.g. Qwen/Qwen2.5-0.5B"
+        raise SwiftplanError(
+            f"{name!r} is a web address, not a model name: type the hub model id alone ({instead}).",
+            hint=_LOCAL_HINT,
+        )
+    if "@" in name:
+        model_id, _, revision = name.partition("@")
+        raise SwiftplanError(
+            f"{name!r} names a revision ({revision!r}), which swiftplan does not fetch: it reads a hub model's "
+            f"config.json from its main branch. Type {model_id} for that, or download the revision's "
+            "config.json and pass its path.",
+            hint=_LOCAL_HINT,
+        )
+    if not _HUB_ID.fullmatch(name) or not _hub_accepts(name):
+        raise SwiftplanError(
+            f"{name!r} is not a hub model id, a catalog name or a local path: a hub id is namespace/name, each "
+            "part up to 96 letters, digits, '-', '_' or '.' (no spaces, no further '/', no '--' or '..', "
+            "not starting or ending with '-' or '.'), e.g. Qwen/Qwen2.5-0.5B.",
+            hint=_LOCAL_HINT,
+        )
+
+
 def _fetch_hub_config(model_id: str) -> dict[str, Any]:
     """config.json from the Hugging Face hub: the local cache when offline or unreachable, else one
     download (needs huggingface_hub). An unreachable hub is found with one short connect, not retries."""
@@ -135,6 +196,7 @@ def resolve_model(name: str) -> ModelSpec:
             )
         return spec
     if "/" in name and not name.startswith((".", "/")):
+        check_hub_id(name)
         return spec_from_hf_config(
             _fetch_hub_config(name), name=name, source=f"huggingface.co/{name}/config.json"
         )

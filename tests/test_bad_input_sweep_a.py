@@ -1,0 +1,84 @@
+"""Findings of the bad-input sweep (part A): each is refused with one clear message, never a traceback,
+a hang or a silently wrong plan.
+
+Real command lines through the console entry point (`bad_input_support.run_cli`); `serve.yaml` and
+`train.yaml` are the tiny plans of `write_tiny_plans`. Nothing here reaches the network: every model
+name below is refused before the hub is asked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bad_input_support import assert_refused, run_cli, write_tiny_plans
+
+M = "Qwen/Qwen2.5-0.5B"
+FIT = ("fit", M, "--gpus", "a100")
+SIZE = ("size", M)
+
+CASES = [
+    # 1.1 a token count that is not a finite number (an OverflowError traceback before)
+    ("fit-tokens-inf", (*FIT, "--dataset-tokens", "inf"), ["--dataset-tokens 'inf'", "50M, 1.5B"]),
+    ("fit-tokens-1e400", (*FIT, "--dataset-tokens", "1e400"), ["--dataset-tokens '1e400'", "50M"]),
+    ("fit-tokens-infB", (*FIT, "--dataset-tokens", "infB"), ["'infB'", "50M"]),
+    ("size-tokens-1e999M", (*SIZE, "--dataset-tokens", "1e999M"), ["--dataset-tokens '1e999M'", "50M"]),
+    ("size-tokens-neg-inf", (*SIZE, "--dataset-tokens", "-infM"), ["'-infM'", "50M"]),
+    # 1.2 hub ids that are not well formed (an HFValidationError traceback before)
+    (
+        "est-hub-url",
+        ("estimate", f"https://huggingface.co/{M}", "--gpus", "a100"),
+        ["web address", f"type the hub model id alone ({M})"],
+    ),
+    (
+        "fit-hub-url-tree",
+        ("fit", f"huggingface.co/{M}/tree/main", "--gpus", "a100"),
+        ["web address", f"({M})"],
+    ),
+    ("est-hub-revision", ("estimate", f"{M}@main", "--gpus", "a100"), ["revision ('main')", f"Type {M}"]),
+    ("size-hub-three-parts", ("size", "a/b/c"), ["'a/b/c' is not a hub model id", "namespace/name"]),
+    ("est-hub-space", ("estimate", "Qwen/Qwen 2.5", "--gpus", "a100"), ["'Qwen/Qwen 2.5'", "no spaces"]),
+    ("est-hub-double-slash", ("estimate", "Qwen//x", "--gpus", "a100"), ["'Qwen//x'", "namespace/name"]),
+    ("verify-hub-leading-dash", ("verify", "org/-bad"), ["'org/-bad'", "not starting or ending with '-'"]),
+    (
+        "est-hub-too-long",
+        ("estimate", "o/" + "x" * 97, "--gpus", "a100"),
+        ["is not a hub model id", "up to 96"],
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding a tiny serving plan and a tiny training plan."""
+    return write_tiny_plans(tmp_path_factory.mktemp("sweep_a"))
+
+
+@pytest.mark.parametrize(("args", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_with_the_value_and_what_is_valid(workdir, args, fragments):
+    before = sorted(p.name for p in workdir.iterdir())
+    result = run_cli(*args, cwd=workdir, env={"COLUMNS": "200", "HF_HUB_OFFLINE": "1"})
+    assert_refused(result, *fragments)
+    assert sorted(p.name for p in workdir.iterdir()) == before
+
+
+def test_token_counts_still_parse():
+    from swiftplan.units import parse_token_count
+
+    assert [parse_token_count(t) for t in ("50M", "1.5B", "200k", "12_345", "2t")] == [
+        50_000_000,
+        1_500_000_000,
+        200_000,
+        12_345,
+        2 * 10**12,
+    ]
+    for bad in ("inf", "nan", "1e400", "1e308k", "-infM"):
+        with pytest.raises(ValueError, match="not a finite number"):
+            parse_token_count(bad)
+
+
+def test_well_formed_hub_ids_pass_the_check():
+    from swiftplan.executors.model_source import check_hub_id
+
+    for good in (M, "meta-llama/Llama-3.1-8B", "o/x_y.z", "mistralai/Mixtral-8x7B-v0.1"):
+        check_hub_id(good)
