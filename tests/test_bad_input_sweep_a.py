@@ -16,6 +16,7 @@ from bad_input_support import assert_refused, run_cli, write_tiny_plans
 M = "Qwen/Qwen2.5-0.5B"
 FIT = ("fit", M, "--gpus", "a100")
 SIZE = ("size", M)
+TRAIN = ("train", "train.yaml", "--data", "one.jsonl")
 
 CASES = [
     # 1.1 a token count that is not a finite number (an OverflowError traceback before)
@@ -50,8 +51,10 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory holding a tiny serving plan and a tiny training plan."""
-    return write_tiny_plans(tmp_path_factory.mktemp("sweep_a"))
+    """A directory holding a tiny serving plan, a tiny training plan and a one-record data file."""
+    where = write_tiny_plans(tmp_path_factory.mktemp("sweep_a"))
+    (where / "one.jsonl").write_text('{"text": "hello world"}\n')
+    return where
 
 
 @pytest.mark.parametrize(("args", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -82,3 +85,10 @@ def test_well_formed_hub_ids_pass_the_check():
 
     for good in (M, "meta-llama/Llama-3.1-8B", "o/x_y.z", "mistralai/Mixtral-8x7B-v0.1"):
         check_hub_id(good)
+
+
+def test_write_config_still_writes_into_a_new_directory(workdir, tmp_path):
+    target = tmp_path / "new" / "configs"
+    result = run_cli(*TRAIN, "--engine", "llamafactory", "--write-config", str(target), cwd=workdir)
+    assert result.exit_code == 0, result.output
+    assert (target / "run.sh").is_file() and (target / "dataset_info.json").is_file()

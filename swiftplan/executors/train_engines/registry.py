@@ -89,10 +89,55 @@ def _script(env: Mapping[str, str], argv: tuple[str, ...]) -> str:
     return f'#!/usr/bin/env bash\nset -euo pipefail\ncd "$(dirname "$0")"\n{exports}{shlex.join(argv)}\n'
 
 
-def write_files(render: TrainRender, directory: Path) -> list[Path]:
+def write_files(render: TrainRender, directory: Path, *, flag: str = "--write-config") -> list[Path]:
     """Write the rendering's config files into `directory` (created), a run.sh per node and, with a
-    rollout server, rollout.sh (to start first)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    rollout server, rollout.sh (to start first). A directory that cannot be made or written is refused,
+    naming `flag` (the option that gave it), before any file is written."""
+    _refuse_unwritable(directory, flag)
+    try:
+        return _write_all(render, directory)
+    except OSError as error:  # a race, or a name inside taken by a directory: still one clear line
+        raise SwiftplanError(
+            f"Cannot write {flag} {directory}: {error.strerror or error} ({error.filename}).",
+            hint=_WRITE_HINT,
+        ) from error
+
+
+_WRITE_HINT = "Give a directory this user can write (it is created if missing)."
+
+
+def _refuse_unwritable(directory: Path, flag: str) -> None:
+    """`directory` exists as a directory (made here if missing) and a file can be created in it."""
+    import tempfile
+
+    hint = _WRITE_HINT
+    if directory.exists() and not directory.is_dir():
+        raise SwiftplanError(f"{flag} {directory} is a file, not a directory.", hint=hint)
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SwiftplanError(
+            f"Cannot create {flag} {directory}: {existing} is a file, not a directory.", hint=hint
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SwiftplanError(
+            f"Cannot create {flag} {directory}: {error.strerror or error}.", hint=hint
+        ) from error
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise SwiftplanError(
+            f"Cannot write {flag} {directory}: no file can be created there ({error.strerror or error}).",
+            hint=hint,
+        ) from error
+
+
+def _write_all(render: TrainRender, directory: Path) -> list[Path]:
+    """The config files, then the scripts (executable), into an existing directory."""
     written = []
     for name, text in render.files.items():
         path = directory / name
@@ -117,7 +162,7 @@ def run_render(
 ) -> int:
     """Write the files into `directory` and run this node's command there, its log streamed; the exit code.
     A rollout server (node 0) is started first, its log in rollout.log, and stopped after the trainer."""
-    write_files(render, directory)
+    write_files(render, directory, flag="--output-dir")
     server = None
     if render.rollout is not None and node_rank == 0:
         with (directory / "rollout.log").open("w") as server_log:
