@@ -247,6 +247,8 @@ def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str
         engine = choose_engine(request.engine, task, cluster, launchable=request.runtime is None)
         if task == "serve" and request.runtime is not None:
             _check_serve_runtime(engine, request.runtime)
+        elif request.runtime is not None:
+            _check_train_runtime(engine, request.runtime)
     else:
         own = runtime_engine(request.runtime, task)
         if own is None:
@@ -305,6 +307,25 @@ def _check_serve_runtime(engine: Engine, runtime: str) -> None:
             f"{'runtime ' + engine.runtime if engine.runtime else 'no runtime profile'}, not {runtime}.",
             hint=f"Drop --runtime to plan for {engine.name}"
             + (f", or drop --engine to plan for {own.name}." if own else "."),
+        )
+
+
+def _check_train_runtime(engine: Engine, runtime: str) -> None:
+    """A training plan carries its runtime's terms (loss kernel, optimizer implementation, padding…): with
+    --engine, --runtime must be the one that engine runs (engines.json `runtime`; swiftplan's loop when it names
+    none), or the plan would count another framework's memory for a run the engine launches its own way."""
+    from swiftplan.planner.runtime import get_runtime
+
+    get_runtime(runtime, "train")  # an unknown name: one error listing the training runtimes
+    own = engine.runtime or DEFAULT_TRAIN_RUNTIME
+    if runtime != own:
+        other = runtime_engine(runtime, "train")
+        raise SwiftplanError(
+            f"--engine {engine.name} and --runtime {runtime} disagree: {engine.name} runs runtime {own}, not "
+            f"{runtime}, and a plan's memory and speed are counted under the defaults of the runtime that trains it.",
+            hint=f"Drop --runtime to plan for {engine.name} (override single settings with --loss, --optimizer-impl, "
+            "--padding, ...)"
+            + (f", or drop --engine to plan for {other.name}, which runs {runtime}." if other else "."),
         )
 
 
