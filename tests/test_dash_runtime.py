@@ -144,7 +144,7 @@ def test_knobs_left_at_the_runtimes_values_are_not_overrides_and_serving_refuses
     serve = parse_job({"model": MODEL, "task": "serve", **_profile_knobs("swiftplan")})
     assert serve.runtime_options == {}
     assert fit_request(serve, host_ram_bytes=0).runtime_options == {}
-    with pytest.raises(SwiftplanError, match="--fsdp describe how a training framework runs"):
+    with pytest.raises(SwiftplanError, match="--fsdp describes how a training framework runs"):
         parse_job({"model": MODEL, "task": "serve", "fsdp": "fsdp2"})  # as estimate --task serve --fsdp
     # a preference task moves swiftplan's loop to ms-swift; what was changed in the form goes with it
     dpo = parse_job({"model": MODEL, "task": "dpo", **_profile_knobs("swiftplan"), "loss": "chunked"})

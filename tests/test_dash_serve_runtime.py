@@ -147,7 +147,7 @@ def test_serving_refuses_only_the_knobs_that_differ_from_the_training_runtime_th
     hf = runtime_knob_text("hf")
     assert parse_job({"model": MODEL, "task": "serve", **hf, KNOBS_FOR: "hf"}).runtime_options == {}
     changed = {**hf, "float8": "yes" if hf["float8"] == "no" else "no"}
-    with pytest.raises(SwiftplanError, match=r"^--float8 describe how a training framework runs"):
+    with pytest.raises(SwiftplanError, match=r"^--float8 describes how a training framework runs"):
         parse_job({"model": MODEL, "task": "serve", **changed, KNOBS_FOR: "hf"})
     with pytest.raises(
         SwiftplanError, match=r"--loss-chunks must be at least 1"

@@ -278,7 +278,15 @@ PpOpt = Annotated[int, _opt("--pp", help="Pipeline-parallel degree.")]
 ContextOpt = Annotated[int, _opt("--context", help="Serving: tokens per sequence.")]
 ConcurrencyOpt = Annotated[int, _opt("--concurrency", help="Serving: concurrent sequences.")]
 KvOpt = Annotated[str, _opt("--kv-dtype", help="Serving: auto | fp8")]
-UtilOpt = Annotated[float, _opt("--gpu-memory-utilization", help="Serving: vLLM memory fraction.")]
+UtilOpt = Annotated[
+    float,
+    typer.Option(
+        "--gpu-memory-utilization",
+        help="Serving: the engine's memory fraction (default: the --runtime profile's, 0.92 for vllm; 0.9 where "
+        "the profile sets none, or without --runtime).",
+        show_default=False,
+    ),
+]
 EngineOpt = Annotated[
     str | None,
     _opt(
@@ -410,6 +418,7 @@ def _estimate(ctx: typer.Context, options: dict[str, Any]) -> Any:
 
     model = options["model"]
     if is_plan_path(model):  # a plan file from `swiftplan fit -o`: its own model, hardware, set-up and engine
+        _check_plan_path(model)
         if given := given_options(ctx, _PLAN_FILE_OPTIONS):
             flags = ", ".join("--" + n.replace("_", "-") for n in given)
             raise SwiftplanError(f"{model} is a plan file: it fixes the model, hardware and set-up, so {flags} cannot apply.",
@@ -424,6 +433,54 @@ def _estimate(ctx: typer.Context, options: dict[str, Any]) -> Any:
     allocator = AllocatorSettings(expandable_segments=options["expandable_segments"])
     setup, runtime = _setup(ctx, options, cluster)
     return usecase.estimate_setup(model, cluster, setup, options["engine"], allocator, runtime)
+
+
+def _check_plan_path(model: str) -> None:
+    """A MODEL ending in .yaml/.yml names a plan file: one that is missing or not a file is said so first."""
+    from pathlib import Path
+
+    from swiftplan.errors import SwiftplanError
+
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise SwiftplanError(f"Plan file {model} does not exist.",
+                             hint="Write one with `swiftplan fit MODEL --gpus GPUS -o plan.yaml`, or check the path.")  # fmt: skip
+    if not path.is_file():
+        raise SwiftplanError(f"Plan file {model} is not a file.", hint="Give the path of a plan .yaml file.")
+
+
+_SERVE_IDLE = ("method", "rank", "targets", "lora_dropout", "optimizer", "batch", "seq", "grad_accum", "grad_ckpt",
+               "kbit_upcast", "zero", "offload", "pp", "variable_lengths")  # fmt: skip
+"""estimate options that only describe training: --task serve refuses them when typed."""
+
+
+def _refuse_training_options(ctx: typer.Context, o: dict[str, Any]) -> None:
+    """Training options typed with --task serve: one message naming them, instead of a plan that ignores them."""
+    from swiftplan.errors import SwiftplanError
+
+    flags = ["--" + n.replace("_", "-") for n in given_options(ctx, _SERVE_IDLE)]
+    if "grad_ckpt" in given_options(ctx, ("grad_ckpt",)):
+        flags[flags.index("--grad-ckpt")] = "--grad-ckpt" if o["grad_ckpt"] else "--no-grad-ckpt"
+    if str(o["precision"]).startswith("amp-"):
+        flags.append(f"--precision {o['precision']}")
+    if flags:
+        verb = "describes" if len(flags) == 1 else "describe"
+        raise SwiftplanError(f"{', '.join(flags)} {verb} a training job; --task serve would ignore "
+                             f"{'it' if len(flags) == 1 else 'them'}.",
+                             hint="Drop those options for a serving estimate (--precision takes bf16, fp16 or fp32 there), "
+                             "or leave out --task serve to estimate training.")  # fmt: skip
+
+
+def _refuse_overridden_quant(ctx: typer.Context, o: dict[str, Any]) -> None:
+    """--method qlora with a typed --quant none: refused as fit refuses it, not silently planned as nf4."""
+    from swiftplan.errors import SwiftplanError
+
+    if o["method"] == "qlora" and o["quant"] == "none" and given_options(ctx, ("quant",)):
+        raise SwiftplanError(
+            "--method qlora trains LoRA on a 4-bit base, so it contradicts --quant none.",
+            hint="Leave --quant out (QLoRA defaults to nf4) or give nf4, fp4 or nf4-torchao; "
+            "for LoRA on an unquantized base use --method lora.",
+        )
 
 
 PACKED = (
@@ -472,6 +529,7 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
     knobs = knob_values(**{n: o[n] for n in KNOB_FLAGS if n in o})
     if not is_serving(o["task"]):
         refuse_eager_for_training(o["enforce_eager"])
+        _refuse_overridden_quant(ctx, o)
         choice = train_runtime(
             o["runtime"], knobs, {n: o[n] for n in given_options(ctx, RUNTIME_TRAIN_FLAGS)}
         )
@@ -486,6 +544,7 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
         return _with_vision(train, o, serving=False), choice
     refuse_objective_for_serving(given_options(ctx))
     refuse_knobs_for_serving(knobs)
+    _refuse_training_options(ctx, o)
     serving = serve_runtime(o["runtime"], {n: o[n] for n in given_options(ctx, SERVE_OPTIONS)})
     if serving is not None:
         o = o | serving.setup_options()

@@ -166,6 +166,14 @@ def build_serve_setup(
         **chunk,
     )
     _refuse_impossible(cluster, precision=dtype, quant=quant, optimizer="adamw", zero_stage=0)
+    world = cluster.world_size
+    if world % setup.tp:
+        divisors = ", ".join(str(d) for d in range(1, world + 1) if world % d == 0)
+        raise SwiftplanError(
+            f"--tp {setup.tp} does not divide the {world} serving device(s) of {cluster.describe()}; "
+            f"valid tensor-parallel degrees here: {divisors}.",
+            hint="Lower --tp, or give --gpus as many devices as the tensor-parallel degree (e.g. 2xa100 for --tp 2).",
+        )
     return setup
 
 
@@ -478,6 +486,17 @@ def _runtime_name(name: str, task: str) -> str:
     if name not in profiles or profiles[name].task != task:
         valid = ", ".join(n for n, p in profiles.items() if p.task == task)
         what = "training" if task == "train" else "serving"
+        if name in profiles:  # a known runtime of the other kind
+            other, switch = (
+                ("a serving", "plan serving with --task serve")
+                if task == "train"
+                else ("a training", "plan training by leaving out --task serve")
+            )
+            raise SwiftplanError(
+                f"--runtime {name} is {other} runtime, so it cannot run this {what} job; "
+                f"{what} runtimes are: {valid}.",
+                hint=f"Pick one of those, or {switch}.",
+            )
         raise SwiftplanError(f"Unknown --runtime {name!r} for {what}; valid values are: {valid}.")
     return name
 

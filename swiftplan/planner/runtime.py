@@ -226,8 +226,9 @@ def refuse_knobs_for_serving(knobs: dict[str, Any]) -> None:
     CLI's --task serve with knob flags, the dashboard's knob fields changed while the task is serve)."""
     if knobs:
         flags = ", ".join(KNOB_FLAGS[k] for k in knobs)
+        verb, pronoun = ("describes", "it does") if len(knobs) == 1 else ("describe", "they do")
         raise SwiftplanError(
-            f"{flags} describe how a training framework runs; they do not apply to --task serve."
+            f"{flags} {verb} how a training framework runs; {pronoun} not apply to --task serve."
         )
 
 
