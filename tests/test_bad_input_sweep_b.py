@@ -6,6 +6,7 @@ point (`run_cli`) or the fit use case, as a user would."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from bad_input_support import assert_refused, run_cli
@@ -39,3 +40,44 @@ def test_fit_refuses_a_runtime_the_engine_does_not_run(engine: str, runtime: str
 def test_fit_accepts_the_runtime_the_engine_runs() -> None:
     payload = _fit_json("--gpus", "h100", "--engine", "trl", "--runtime", "hf")
     assert payload["engine"] == "trl" and payload["runtime"]["name"] == "hf"
+
+
+# 2.2 and 3.6: time and cost count the tokens that train; empty samples and a data set below one batch
+
+
+def _lengths(tmp_path: Path, values: list[int]) -> str:
+    path = tmp_path / "lengths.txt"
+    path.write_text("".join(f"{n}\n" for n in values))
+    return str(path)
+
+
+def test_truncated_samples_count_their_kept_tokens_in_time_and_cost(tmp_path: Path) -> None:
+    """1000 samples of 4096 tokens at --seq 2048: 2,048,000 tokens train, not 4,096,000 (sweep 2.2)."""
+    path = _lengths(tmp_path, [4096] * 1000)
+    cut = _fit_json("--gpus", "a100", "--lengths", path)
+    assert cut["workload"]["dataset_tokens"] == 1000 * 2048
+    assert any(
+        "2,048,000 tokens" in n and "4,096,000 before truncation at --seq 2,048" in n for n in cut["notes"]
+    )
+    best = cut["best"]
+    assert best["time_s"] == pytest.approx(1000 * 2048 / best["tokens_per_s"])
+    packed = _fit_json("--gpus", "a100", "--lengths", path, "--packing")  # packing splits, nothing is cut
+    assert packed["workload"]["dataset_tokens"] == 1000 * 4096
+    assert any("split across packed rows" in n for n in packed["notes"])
+
+
+def test_empty_samples_are_skipped_with_a_note(tmp_path: Path) -> None:
+    payload = _fit_json("--gpus", "a100", "--lengths", _lengths(tmp_path, [100, 0, 300] * 10))
+    assert payload["lengths"]["samples"] == 20
+    assert any("10 empty sample(s) (0 tokens) skipped" in n for n in payload["notes"])
+    assert_refused(run_cli(*FIT, "--gpus", "a100", "--lengths", _lengths(tmp_path, [0, 0])),
+                   "only 0-token samples", "nothing to train on")  # fmt: skip
+
+
+def test_a_data_set_smaller_than_one_batch_is_said_and_timed_as_it_runs(tmp_path: Path) -> None:
+    payload = _fit_json("--gpus", "a100", "--lengths", _lengths(tmp_path, [100, 300]))
+    assert any("holds 2 sample(s), fewer than one global batch of 16" in n and "--global-batch 2" in n
+               for n in payload["notes"])  # fmt: skip
+    assert payload["workload"]["dataset_tokens"] == 400
+    enough = _fit_json("--gpus", "a100", "--lengths", _lengths(tmp_path, [100, 300] * 8))
+    assert not any("fewer than one global batch" in n for n in enough["notes"])

@@ -137,6 +137,8 @@ class SampleLengths:
     """Tokens in each record, in file order."""
     method: str
     """'tokenizer of <model>', 'approximation: characters / 4 (no local tokenizer)', or 'lengths file'."""
+    skipped: int = 0
+    """Empty samples left out (a lengths file's 0, a record with no text): a trainer drops them."""
 
 
 def sample_lengths(
@@ -149,22 +151,26 @@ def sample_lengths(
         path, "Pass --dataset-tokens N (e.g. 50M) or --lengths FILE (one token count per line) instead."
     )
     tokenizer = _local_tokenizer(model) if use_tokenizer else None
-    texts = list(_texts(path, max_positions))
-    if not texts or not any(texts):
-        raise SwiftplanError(f"Data file {path} holds no text ({len(texts):,} records).",
+    read = list(_texts(path, max_positions))
+    texts = [t for t in read if t]
+    if not texts:
+        raise SwiftplanError(f"Data file {path} holds no text ({len(read):,} records).",
                              hint="Point --data at a JSONL/JSON/CSV/Parquet file with text, alpaca, chat or ShareGPT records.")  # fmt: skip
+    skipped = len(read) - len(texts)
     if tokenizer is None:
         return SampleLengths(lengths=tuple(max(1, round(len(t) / CHARS_PER_TOKEN)) for t in texts),
-                             method=f"approximation: characters / {CHARS_PER_TOKEN:g} (no local tokenizer)")  # fmt: skip
+                             method=f"approximation: characters / {CHARS_PER_TOKEN:g} (no local tokenizer)",
+                             skipped=skipped)  # fmt: skip
     lengths: list[int] = []
     for start in range(0, len(texts), 1000):
         ids: list[list[int]] = tokenizer(texts[start : start + 1000], add_special_tokens=True)["input_ids"]
         lengths.extend(len(row) for row in ids)
-    return SampleLengths(lengths=tuple(lengths), method=f"tokenizer of {model}")
+    return SampleLengths(lengths=tuple(lengths), method=f"tokenizer of {model}", skipped=skipped)
 
 
 def read_lengths(path: str | Path) -> SampleLengths:
-    """A precomputed lengths file: one non-negative integer (tokens of one sample) per line; blank lines skipped."""
+    """A precomputed lengths file: one non-negative integer (tokens of one sample) per line; blank lines skipped,
+    and 0-token samples too (counted in `skipped`: an empty row trains nothing and a trainer drops it)."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -183,4 +189,8 @@ def read_lengths(path: str | Path) -> SampleLengths:
         lengths.append(int(text))
     if not lengths:
         raise SwiftplanError(f"Lengths file {path} holds no token counts.")
-    return SampleLengths(lengths=tuple(lengths), method=f"lengths file {path.name}")
+    kept = tuple(n for n in lengths if n > 0)
+    if not kept:
+        raise SwiftplanError(f"Lengths file {path} holds only 0-token samples ({len(lengths):,}): nothing to train on.",
+                             hint="A lengths file holds each sample's token count, one whole number per line.")  # fmt: skip
+    return SampleLengths(lengths=kept, method=f"lengths file {path.name}", skipped=len(lengths) - len(kept))

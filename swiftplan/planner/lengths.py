@@ -51,6 +51,22 @@ class LengthStats:
         if self.samples < 1 or self.seq_len < 1:
             raise ValueError("LengthStats needs at least one sample and a positive seq_len.")
 
+    @property
+    def kept_tokens(self) -> int:
+        """Tokens left in all samples after truncation to seq_len (what trains without packing)."""
+        return round(self.mean_kept * self.samples)
+
+
+def trained_tokens(stats: LengthStats, packing: bool) -> int:
+    """Tokens one epoch trains on: every token with packing (samples are concatenated and cut into seq-long
+    rows, nothing dropped: executors/train/tokens.py build_blocks), else each sample truncated to seq."""
+    return stats.total_tokens if packing else stats.kept_tokens
+
+
+def rows_per_epoch(stats: LengthStats, packing: bool) -> int:
+    """Sequences one epoch holds: the samples, or with packing the seq-long rows their tokens fill."""
+    return -(-stats.total_tokens // stats.seq_len) if packing else stats.samples
+
 
 def _percentile(ordered: Sequence[int], q: float) -> int:
     """Nearest-rank percentile of sorted values."""
@@ -106,9 +122,14 @@ def describe(stats: LengthStats, packing: bool, global_batch: int, *, padded_to_
         if padded_to_seq
         else "padding each batch to its longest sample"
     )
+    long = (
+        f"{stats.truncated_fraction:.1%} longer than --seq {stats.seq_len:,} (split across packed rows, not cut)"
+        if packing
+        else f"{stats.truncated_fraction:.1%} truncated at --seq {stats.seq_len:,}"
+    )
     return (
         f"data lengths ({stats.method}): {stats.samples:,} samples, p50 {stats.p50:,}, p95 {stats.p95:,}, "
-        f"max {stats.max_len:,} tokens; {stats.truncated_fraction:.1%} truncated at --seq {stats.seq_len:,}; "
+        f"max {stats.max_len:,} tokens; {long}; "
         f"{batching}: memory sized on a {memory_seq_len(stats, packing or padded_to_seq):,}-token sequence, "
         f"~{real_tokens_per_step(stats, global_batch, packing):,.0f} real tokens per step of {global_batch}."
     )

@@ -395,8 +395,9 @@ def _evaluator(spec: ModelSpec, cluster: Cluster, workload: Any, pins: Pins, eng
     return ServeEvaluator(spec, cluster, workload, serve_space, headroom=request.headroom)
 
 
-def _length_stats(request: FitRequest, spec: ModelSpec, model: str) -> LengthStats | None:
-    """Per-sample lengths from --data or --lengths, against --seq (training only)."""
+def _length_stats(request: FitRequest, spec: ModelSpec, model: str, notes: list[str]) -> LengthStats | None:
+    """Per-sample lengths from --data or --lengths, against --seq (training only); empty samples are left out,
+    with a note."""
     if request.task != "train" or (request.data is None and request.lengths is None):
         return None
     if request.dataset_tokens is not None:
@@ -407,6 +408,9 @@ def _length_stats(request: FitRequest, spec: ModelSpec, model: str) -> LengthSta
         request.data, request.lengths, model, max_positions=spec.max_position_embeddings
     )
     exact = not counted.method.startswith("approximation")
+    if counted.skipped:
+        notes.append(f"{request.data or request.lengths}: {counted.skipped:,} empty sample(s) (0 tokens) skipped; "
+                     f"planned on the other {len(counted.lengths):,}.")  # fmt: skip
     return length_stats(counted.lengths, request.seq_len, counted.method, exact=exact)
 
 
@@ -436,14 +440,16 @@ def _workload(
             request.dataset_tokens, request.data, model, max_positions=spec.max_position_embeddings
         )
     else:
-        from swiftplan.planner.lengths import describe, memory_seq_len
+        from swiftplan.planner.lengths import describe, memory_seq_len, trained_tokens
 
         # packed rows, or rows padded to --seq (--padding max_length), are all --seq long
         tokens, seq = (
-            lengths.total_tokens,
+            trained_tokens(lengths, request.packing),
             memory_seq_len(lengths, request.packing or padding == "max_length"),
         )
         source = f"{request.data or request.lengths}: {lengths.samples:,} samples, {lengths.method}"
+        if tokens < lengths.total_tokens:
+            source += f"; {lengths.total_tokens:,} before truncation at --seq {request.seq_len:,}"
     notes.append(
         f"workload: {tokens:,} tokens × {request.epochs:g} epoch(s) ({source}), global batch {request.global_batch} × "
         f"{seq} tokens; host RAM for offload {format_gib(host[0], 0)} per node ({host[1]})."
@@ -459,9 +465,27 @@ def _workload(
                 f"their longest sample, so memory is planned at --seq {seq:,} instead of {request.seq_len:,}; "
                 "pass --packing to plan full sequences."
             )
+        if note := _short_data_note(lengths, request):
+            notes.append(note)
     return TrainWorkload(seq_len=seq, global_batch=request.global_batch, dataset_tokens=tokens,
                          epochs=request.epochs, attention=request.attention,
                          variable_lengths=request.samples_vary)  # fmt: skip
+
+
+def _short_data_note(lengths: LengthStats, request: FitRequest) -> str | None:
+    """A data set smaller than one global batch: each epoch is one partial step (time and cost count the
+    tokens it holds, not a full batch)."""
+    from swiftplan.planner.lengths import rows_per_epoch
+
+    rows = rows_per_epoch(lengths, request.packing)
+    if rows >= request.global_batch:
+        return None
+    what = f"{rows:,} packed row(s)" if request.packing else f"{rows:,} sample(s)"
+    return (
+        f"the data holds {what}, fewer than one global batch of {request.global_batch}: each epoch is a single "
+        f"partial step of {rows:,} sequence(s), and time and cost count those; --global-batch {rows} would "
+        "plan the step as it runs."
+    )
 
 
 def _check_targets(spec: ModelSpec, pins: Pins) -> None:
@@ -509,7 +533,7 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     length, flag = (request.seq_len, "--seq") if request.task == "train" else (request.context, "--context")
     if problem := model_limits.length_problem(spec, length, flag):
         notes.append(f"warning: {problem}")
-    lengths = _length_stats(request, spec, model)
+    lengths = _length_stats(request, spec, model, notes)
     padding = runtime.knobs().padding if runtime is not None and request.task == "train" else "max_length"
     workload = _workload(request, spec, model, notes, host, lengths, padding=padding)
     if runtime is not None and isinstance(workload, TrainWorkload):
