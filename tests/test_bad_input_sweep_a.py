@@ -8,10 +8,12 @@ name below is refused before the hub is asked.
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import pytest
-from bad_input_support import assert_refused, run_cli, write_tiny_plans
+from bad_input_support import assert_refused, run_cli, run_cli_bounded, write_tiny_plans
 
 M = "Qwen/Qwen2.5-0.5B"
 FIT = ("fit", M, "--gpus", "a100")
@@ -92,3 +94,47 @@ def test_write_config_still_writes_into_a_new_directory(workdir, tmp_path):
     result = run_cli(*TRAIN, "--engine", "llamafactory", "--write-config", str(target), cwd=workdir)
     assert result.exit_code == 0, result.output
     assert (target / "run.sh").is_file() and (target / "dataset_info.json").is_file()
+
+
+# 1.4 doctor reads a bounded tail of the log, so no log is too large for it
+
+
+OOM_LINE = (
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 4.00 GiB. "
+    "GPU 0 has a total capacity of 79.10 GiB of which 1.00 GiB is free."
+)
+
+
+def test_doctor_reads_the_end_of_a_large_log_and_keeps_its_line_numbers(tmp_path):
+    from swiftplan.usecases.doctor import TAIL_BYTES
+
+    log = tmp_path / "train.log"
+    filler = "step 12345 loss 2.3 lr 1e-4 grad_norm 0.5 tokens/s 12345 elapsed 00:01:02\n"
+    lines = TAIL_BYTES // len(filler) * 3 // 2  # half as much again as doctor reads
+    log.write_text(filler * lines + OOM_LINE + "\n")
+    result = run_cli("doctor", str(log), env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert f"line {lines + 1}: torch.OutOfMemoryError" in result.output  # the log's numbering, not the tail's
+    assert "short by 3.00 GiB" in result.output
+    assert "read only the log's end" in " ".join(result.output.split())
+
+
+def test_doctor_on_an_endless_device_stops_with_a_note():
+    result = run_cli_bounded("doctor", "/dev/zero", "--json")  # OOM-killed after 24 GB before
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output[result.output.index("{") :])
+    assert not data["found"]
+    assert any("stopped reading /dev/zero after 4.00 GiB" in note for note in data["notes"])
+
+
+def test_doctor_stdin_is_read_in_bounded_memory(monkeypatch):
+    from swiftplan.usecases import doctor
+
+    monkeypatch.setattr(doctor, "TAIL_BYTES", 1024)
+    monkeypatch.setattr(doctor, "STREAM_LIMIT_BYTES", 64 * 1024)
+    endless = io.BytesIO(b"step 1 loss 2.3\n" * 10_000)  # 160 kB: more than the limit
+    request = doctor.read_request("-", stdin=endless)
+    assert not request.ended and len(request.text) <= 1024
+    assert request.text.startswith("step 1") and request.first_line == request.skipped_bytes // 16 + 1
+    outcome = doctor.diagnose(request)
+    assert any("stopped reading stdin" in note for note in outcome.notes)

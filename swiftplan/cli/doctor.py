@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -23,21 +21,10 @@ Examples:
 
 Recognises PyTorch CUDA / ROCm (HIP) / Ascend (NPU) / MPS out-of-memory messages (DeepSpeed,
 bitsandbytes and unsloth runs included), host-RAM kills (OOM killer, exit code -9 / 137), NCCL
-watchdog timeouts, vLLM and SGLang KV-cache start-up errors, and a full disk.
+watchdog timeouts, vLLM and SGLang KV-cache start-up errors, and a full disk. Of a long log,
+doctor reads the last 8 MiB (about 100,000 lines), where a failure and its traceback are, and
+says so; line numbers still count from the log's start.
 """
-
-
-def _read(log: str) -> tuple[str, str]:
-    from swiftplan.errors import SwiftplanError
-
-    if log == "-":
-        return sys.stdin.read(), "stdin"
-    path = Path(log)
-    try:
-        return path.read_text(encoding="utf-8", errors="replace"), str(path)
-    except OSError as error:
-        raise SwiftplanError(f"Cannot read log {path}: {error.strerror or error}.",
-                             hint="Pass a file, or - to read standard input.") from error  # fmt: skip
 
 
 def doctor_command(
@@ -46,10 +33,9 @@ def doctor_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """What ran out (device memory, host RAM, KV cache, NCCL, disk), by how much, when, and the smallest change."""
-    from swiftplan.usecases.doctor import DoctorRequest, diagnose
+    from swiftplan.usecases.doctor import diagnose, read_request
 
-    text, source = _read(log)
-    outcome = diagnose(DoctorRequest(text=text, source=source, plan_path=plan))
+    outcome = diagnose(read_request(log, plan_path=plan))
     if as_json:
         print_json(outcome_json(outcome))
         return
@@ -88,6 +74,8 @@ def _render(outcome: Any) -> None:
                 console.print(f"  {escape(line[:200])}", highlight=False)
         else:
             console.print("no line mentioned an error, a kill, a timeout or memory.")
+        for note in outcome.notes:
+            console.print(f"[dim]note:[/] {escape(note)}", highlight=False)
         return
     console.print(
         f"  line {finding.line_number}: {escape(finding.line[:240])}", highlight=False, soft_wrap=True
