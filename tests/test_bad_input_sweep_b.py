@@ -81,3 +81,32 @@ def test_a_data_set_smaller_than_one_batch_is_said_and_timed_as_it_runs(tmp_path
     assert payload["workload"]["dataset_tokens"] == 400
     enough = _fit_json("--gpus", "a100", "--lengths", _lengths(tmp_path, [100, 300] * 8))
     assert not any("fewer than one global batch" in n for n in enough["notes"])
+
+
+# 2.10: an RL sequence is prompt + completion; lengths and data files cannot size it, and a clash is no "nothing fits"
+
+
+def test_grpo_with_a_lengths_file_is_refused_with_the_options_that_say_it(tmp_path: Path) -> None:
+    path = _lengths(tmp_path, [100, 200, 300])
+    assert_refused(
+        run_cli(*FIT, "--gpus", "4xh100", "--task", "grpo", "--lengths", path),
+        "--task grpo generates its sequences",
+        f"--lengths {path} cannot size them",
+        "--prompt-len 300",
+        "--dataset-tokens 19488",  # 3 prompts × 8 generations × (300 + 512)
+    )
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"prompt": "What is 2+2?"}\n')
+    assert_refused(run_cli(*FIT, "--gpus", "4xh100", "--task", "grpo", "--data", str(data)),
+                   "--task grpo generates its sequences", "drop --data", "--prompt-len")  # fmt: skip
+
+
+def test_grpo_with_a_seq_that_is_not_prompt_plus_completion_is_refused_not_infeasible() -> None:
+    assert_refused(
+        run_cli(*FIT, "--gpus", "4xh100", "--task", "grpo", "--seq", "4096"),
+        "--prompt-len 512 + --completion-len 512 = 1024",
+        "--seq is 4096",
+        "drop --seq",
+    )
+    payload = _fit_json("--gpus", "4xh100", "--task", "grpo", "--prompt-len", "300")
+    assert payload["plan"] is not None and payload["workload"]["seq_len"] == 812

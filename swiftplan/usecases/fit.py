@@ -472,6 +472,37 @@ def _workload(
                          variable_lengths=request.samples_vary)  # fmt: skip
 
 
+def _check_rollout_lengths(request: FitRequest) -> None:
+    """An RL sequence is a prompt and the completion generated for it: --seq must be their sum, and neither a
+    data file nor a lengths file can size it (the completions do not exist yet). Refused before the search,
+    so an option clash never reads as "nothing fits"."""
+    rollout, kind = request.training.rollout, request.training.kind
+    if rollout is None:
+        return
+    if request.data or request.lengths:
+        flag, value = ("--data", request.data) if request.data else ("--lengths", request.lengths)
+        per_prompt = f"--num-generations {rollout.num_generations} × (prompt + completion) tokens"
+        hint = f"give your longest prompt as --prompt-len and the tokens an epoch trains as --dataset-tokens (prompts × {per_prompt})"
+        if request.lengths and not request.data:  # the prompts' lengths: the change itself
+            prompts = inputs.sample_lengths(None, request.lengths, request.model).lengths
+            longest = max(prompts)
+            trained = len(prompts) * rollout.num_generations * (longest + rollout.completion_len)
+            hint = (f"read as prompt lengths: --prompt-len {longest} (the longest) --dataset-tokens {trained} "
+                    f"({len(prompts):,} prompts × {per_prompt})")  # fmt: skip
+        raise SwiftplanError(
+            f"--task {kind} generates its sequences: each is a prompt (--prompt-len {rollout.prompt_len}) and a "
+            f"completion generated during training (--completion-len {rollout.completion_len}), so {flag} {value} "
+            "cannot size them.",
+            hint=f"Drop {flag}; {hint}.",
+        )
+    if request.seq_len != rollout.seq_len:
+        raise SwiftplanError(
+            f"--task {kind}: a sequence is its prompt and completion, --prompt-len {rollout.prompt_len} + "
+            f"--completion-len {rollout.completion_len} = {rollout.seq_len}, but --seq is {request.seq_len}.",
+            hint="Drop --seq and size the sequence with --prompt-len and --completion-len.",
+        )
+
+
 def _short_data_note(lengths: LengthStats, request: FitRequest) -> str | None:
     """A data set smaller than one global batch: each epoch is one partial step (time and cost count the
     tokens it holds, not a full batch)."""
@@ -524,6 +555,7 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     host = inputs.host_ram(request.host_ram_bytes, request.gpus)
     if request.task == "train":
         training_world_size(request.training, searched)  # a rollout server must leave GPUs to train on
+        _check_rollout_lengths(request)
         _check_targets(spec, request.pins)
         request = _check_against_model(request, spec)
         from swiftplan.planner.capabilities import check
