@@ -138,3 +138,9 @@ def test_doctor_stdin_is_read_in_bounded_memory(monkeypatch):
     assert request.text.startswith("step 1") and request.first_line == request.skipped_bytes // 16 + 1
     outcome = doctor.diagnose(request)
     assert any("stopped reading stdin" in note for note in outcome.notes)
+
+
+def test_size_still_takes_the_largest_max_nodes():
+    from swiftplan.usecases.size import MAX_NODES_LIMIT, SizeRequest
+
+    assert SizeRequest(model=M, max_nodes=MAX_NODES_LIMIT).max_nodes == 256

@@ -198,7 +198,7 @@ BudgetOpt = Annotated[
 ]
 DeadlineOpt = Annotated[str | None, _opt("--deadline", help="Training: finish within 48h, 2d, 90m.")]
 MaxGpusOpt = Annotated[int | None, _opt("--max-gpus", help="Most GPUs in all.")]
-MaxNodesOpt = Annotated[int, typer.Option("--max-nodes", help="Most nodes of 8 GPUs.")]
+MaxNodesOpt = Annotated[int, typer.Option("--max-nodes", help="Most nodes of 8 GPUs (1-256).")]
 NetworkOpt = Annotated[float, typer.Option("--network-gbps", help="Network between nodes, Gb/s per node.")]
 VendorOpt = Annotated[str | None, _opt("--vendor", help="Only these vendors: nvidia, amd, huawei, apple.")]
 AcceleratorsOpt = Annotated[

@@ -37,6 +37,12 @@ DATASET_TOKENS_ASSUMED = "assumed (pass --dataset-tokens)"
 """Where the token count came from when the request gives none (it only scales time and cost)."""
 
 
+MAX_NODES_LIMIT = 256
+"""Most --max-nodes size accepts: it sizes every node count from 2 up on every accelerator, so time grows
+with it (a 0.5B model on a 2-core machine: 4 nodes 1.3 s, 256 nodes 5.5 s, 1,000 nodes 17 s, 10,000 over
+a minute). A fine-tuning or serving job on more than 2,048 GPUs is planned directly with fit --gpus."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SizeRequest:
     """Everything `size` is asked, already parsed from its view's input."""
@@ -107,6 +113,13 @@ class SizeRequest:
             raise SwiftplanError(f"--headroom must be in [0, 0.9), got {self.headroom}.")
         if self.max_gpus is not None and self.max_gpus < 1:
             raise SwiftplanError(f"--max-gpus must be at least 1, got {self.max_gpus}.")
+        if self.max_nodes > MAX_NODES_LIMIT:
+            raise SwiftplanError(
+                f"--max-nodes {self.max_nodes} is more than size searches: it tries every node count from 2 "
+                f"up, on every accelerator, so it takes at most {MAX_NODES_LIMIT} nodes ({MAX_NODES_LIMIT * 8:,} "
+                "GPUs), which it answers in seconds.",
+                hint="To check one larger cluster, plan it directly: swiftplan fit MODEL --gpus 1000x8xh100.",
+            )
         if self.max_nodes < 1 or self.network_gbps <= 0 or self.host_ram_bytes < 0:
             raise SwiftplanError(
                 "--max-nodes and --network-gbps must be positive and --host-ram zero or more."
