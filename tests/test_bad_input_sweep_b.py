@@ -110,3 +110,43 @@ def test_grpo_with_a_seq_that_is_not_prompt_plus_completion_is_refused_not_infea
     )
     payload = _fit_json("--gpus", "4xh100", "--task", "grpo", "--prompt-len", "300")
     assert payload["plan"] is not None and payload["workload"]["seq_len"] == 812
+
+
+# 2.9: preference tasks read preference records, one length per pair (its longer sequence)
+
+
+def test_dpo_reads_preference_records_and_sizes_on_the_longer_of_each_pair(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    chosen, rejected = "x" * 400, "y" * 4000  # ~100 and ~1000 tokens at 4 characters a token
+    pairs.write_text(json.dumps({"prompt": "p" * 40, "chosen": chosen, "rejected": rejected}) + "\n")
+    conversational = {"prompt": [{"role": "user", "content": "p" * 40}],
+                      "chosen": [{"role": "assistant", "content": chosen}],
+                      "rejected": [{"role": "assistant", "content": rejected}]}  # fmt: skip
+    with pairs.open("a") as out:
+        out.write(json.dumps(conversational) + "\n")
+    payload = _fit_json("--gpus", "a100", "--task", "dpo", "--data", str(pairs), "--global-batch", "2")
+    assert payload["lengths"]["samples"] == 2
+    assert payload["lengths"]["max_len"] == 1010  # prompt + rejected, the longer: (40 + 4000) / 4
+    assert payload["workload"]["dataset_tokens"] == 2 * 2 * 1010  # chosen and rejected padded to the longer
+    assert any("the longer of each pair" in n for n in payload["notes"])
+
+
+def test_preference_tasks_refuse_records_without_preference_fields(tmp_path: Path) -> None:
+    text = tmp_path / "one.jsonl"
+    text.write_text('{"text": "hello world"}\n')
+    assert_refused(run_cli(*FIT, "--gpus", "a100", "--task", "dpo", "--data", str(text)),
+                   "one.jsonl line 1", "--task dpo reads preference records with prompt, chosen, rejected",
+                   "found keys: text", '"chosen": "..."')  # fmt: skip
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    assert_refused(run_cli(*FIT, "--gpus", "a100", "--task", "kto", "--data", str(pairs)),
+                   "--task kto reads preference records with prompt, completion, label")  # fmt: skip
+    assert (
+        _fit_json("--gpus", "a100", "--task", "kto", "--data", str(_kto(tmp_path)))["lengths"]["samples"] == 1
+    )
+
+
+def _kto(tmp_path: Path) -> Path:
+    path = tmp_path / "kto.jsonl"
+    path.write_text('{"prompt": "a question", "completion": "an answer", "label": true}\n')
+    return path

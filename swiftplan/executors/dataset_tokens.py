@@ -168,6 +168,82 @@ def sample_lengths(
     return SampleLengths(lengths=tuple(lengths), method=f"tokenizer of {model}", skipped=skipped)
 
 
+PREFERENCE_FIELDS = {"paired": ("chosen", "rejected"), "kto": ("completion", "label")}
+"""What a preference record holds beside its prompt (TRL's standard formats, huggingface/trl v1.16.0
+docs/source/dataset_formats.md): a chosen and a rejected response (dpo, orpo, simpo, cpo, rm), or one
+completion and its desirable/undesirable label (kto). executors/train_engines/objectives.py renders them."""
+_PREFERENCE_EXAMPLE = {
+    "paired": '{"prompt": "...", "chosen": "...", "rejected": "..."}',
+    "kto": '{"prompt": "...", "completion": "...", "label": true}',
+}
+
+
+def _message_text(where: str, key: str, value: Any) -> str:
+    """A preference field: a string, or a conversation (a list of {role, content} messages)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("content"), str) for m in value
+    ):
+        return "\n".join(m["content"] for m in value)
+    raise SwiftplanError(
+        f"{where}: '{key}' must be a string or a list of {{role, content}} messages, got {type(value).__name__}."
+    )
+
+
+def _preference_texts(where: str, row: Any, kind: str, form: str) -> tuple[str, ...]:
+    """The sequences one preference record trains: prompt + chosen and prompt + rejected, or prompt + completion."""
+    fields = PREFERENCE_FIELDS[form]
+    if not isinstance(row, dict) or any(key not in row for key in fields):
+        keys = ", ".join(sorted(map(str, row))) if isinstance(row, dict) else type(row).__name__
+        raise SwiftplanError(
+            f"{where}: --task {kind} reads preference records with {', '.join(('prompt', *fields))}, "
+            f"found keys: {keys or 'none'}.",
+            hint=f"Each record looks like {_PREFERENCE_EXAMPLE[form]} (TRL's standard preference format); "
+            "text, alpaca and chat records are for --task sft.",
+        )
+    prompt = _message_text(where, "prompt", row.get("prompt", ""))
+    responses = fields[:2] if form == "paired" else fields[:1]
+    return tuple(prompt + _message_text(where, key, row[key]) for key in responses)
+
+
+def preference_lengths(
+    path: str | Path, model: str, kind: str, *, use_tokenizer: bool = True, max_positions: int | None = None
+) -> SampleLengths:
+    """Tokens per preference record of `path` for `--task kind`: a pair's longer sequence (prompt + chosen or
+    prompt + rejected: both are padded to it in one forward), or prompt + completion for kto."""
+    from swiftplan.executors.train.data import _rows  # the raw records of every data format, bounded in size
+
+    path = Path(path)
+    check_data_path(
+        path, "Pass --dataset-tokens N (e.g. 50M) or --lengths FILE (one token count per line) instead."
+    )
+    form = "kto" if kind == "kto" else "paired"
+    records = [
+        _preference_texts(where, row, kind, form)
+        for where, row in _rows(path, max_record_bytes(max_positions))
+    ]
+    kept = [texts for texts in records if any(texts)]
+    if not kept:
+        raise SwiftplanError(f"Data file {path} holds no text ({len(records):,} records).",
+                             hint=f"Each record looks like {_PREFERENCE_EXAMPLE[form]}.")  # fmt: skip
+    flat = [text for texts in kept for text in texts]
+    tokenizer = _local_tokenizer(model) if use_tokenizer else None
+    if tokenizer is None:
+        counts = [max(1, round(len(t) / CHARS_PER_TOKEN)) for t in flat]
+        method = f"approximation: characters / {CHARS_PER_TOKEN:g} (no local tokenizer)"
+    else:
+        counts = []
+        for start in range(0, len(flat), 1000):
+            ids: list[list[int]] = tokenizer(flat[start : start + 1000], add_special_tokens=True)["input_ids"]
+            counts.extend(len(row) for row in ids)
+        method = f"tokenizer of {model}"
+    per_record = len(kept[0])
+    lengths = tuple(max(counts[i : i + per_record]) for i in range(0, len(counts), per_record))
+    what = "the longer of each pair" if form == "paired" else "prompt + completion"
+    return SampleLengths(lengths=lengths, method=f"{method}; {what}", skipped=len(records) - len(kept))
+
+
 def read_lengths(path: str | Path) -> SampleLengths:
     """A precomputed lengths file: one non-negative integer (tokens of one sample) per line; blank lines skipped,
     and 0-token samples too (counted in `skipped`: an empty row trains nothing and a trainer drops it)."""

@@ -405,8 +405,9 @@ def _length_stats(request: FitRequest, spec: ModelSpec, model: str, notes: list[
     from swiftplan.planner.lengths import length_stats
 
     counted = inputs.sample_lengths(
-        request.data, request.lengths, model, max_positions=spec.max_position_embeddings
-    )
+        request.data, request.lengths, model, max_positions=spec.max_position_embeddings,
+        task=request.training.kind,
+    )  # fmt: skip
     exact = not counted.method.startswith("approximation")
     if counted.skipped:
         notes.append(f"{request.data or request.lengths}: {counted.skipped:,} empty sample(s) (0 tokens) skipped; "
@@ -450,6 +451,11 @@ def _workload(
         source = f"{request.data or request.lengths}: {lengths.samples:,} samples, {lengths.method}"
         if tokens < lengths.total_tokens:
             source += f"; {lengths.total_tokens:,} before truncation at --seq {request.seq_len:,}"
+        if (
+            per_sample := request.training.sequences_per_example
+        ) > 1:  # chosen and rejected, each padded to the pair's longer
+            tokens *= per_sample
+            source += f"; × {per_sample} sequences per pair (chosen and rejected)"
     notes.append(
         f"workload: {tokens:,} tokens × {request.epochs:g} epoch(s) ({source}), global batch {request.global_batch} × "
         f"{seq} tokens; host RAM for offload {format_gib(host[0], 0)} per node ({host[1]})."

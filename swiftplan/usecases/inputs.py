@@ -80,15 +80,20 @@ def dataset_tokens(
 
 
 def sample_lengths(
-    data: str | None, lengths: str | None, model: str, max_positions: int | None = None
+    data: str | None, lengths: str | None, model: str, max_positions: int | None = None, *, task: str = "sft"
 ) -> Any:
     """Per-sample token lengths (`SampleLengths`) from --data (the model's tokenizer when local, else the
-    characters/4 approximation) or --lengths (one count per line); None when neither is given."""
+    characters/4 approximation; a preference `task` reads preference records, one length per pair) or
+    --lengths (one count per line); None when neither is given."""
     if data is not None and lengths is not None:
         raise SwiftplanError("Pass either --data or --lengths, not both.")
-    from swiftplan.executors.dataset_tokens import read_lengths
+    from swiftplan.executors.dataset_tokens import preference_lengths, read_lengths
     from swiftplan.executors.dataset_tokens import sample_lengths as count
 
     if lengths is not None:
         return read_lengths(lengths)
-    return count(data, model, max_positions=max_positions) if data is not None else None
+    if data is None:
+        return None
+    if task != "sft":
+        return preference_lengths(data, model, task, max_positions=max_positions)
+    return count(data, model, max_positions=max_positions)
