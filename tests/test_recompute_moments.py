@@ -72,6 +72,9 @@ CASES = {
     "fp32 routing backward, no checkpointing": ("deepseek-ai/DeepSeek-V2-Lite", dict(method="lora", adapter="model",
                                                                                    targets=("q_proj",), ckpt=False,
                                                                                    seq=2048)),
+    # a checkpointed MoE block's recompute under fp32 routing weights: the weighted sum's backward, three fp32 copies
+    "fp32 routing recompute": ("deepseek-ai/DeepSeek-V2-Lite", dict(method="lora", adapter="model", targets=("q_proj",),
+                                                                  seq=2048)),
     # experts with LoRA under fp32 routing weights: the weighted sum's backward beside the re-materialised stacks, the
     # shared experts (added after the routed ones) differentiated first
     "fp32 routing, expert lora, no checkpointing": ("deepseek-ai/DeepSeek-V2-Lite", dict(method="lora",

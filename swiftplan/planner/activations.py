@@ -613,6 +613,17 @@ _LATENT_READERS = ("kv_b_proj", "q_b_proj")
 """MLA's projections that read a latent's norm rather than the block's input norm."""
 
 
+def first_block_recompute(spec: ModelSpec, setup: TrainSetup, layer: int, *, tp: int = 1) -> tuple[int, int]:
+    """With plain checkpointing, (saved tensors, working set beyond them) of block `layer` while it is recomputed and
+    differentiated: the early end of backward for models whose first blocks differ from the rest (DeepSeek's dense
+    first blocks before its MoE ones), which `ActivationPhases.largest_block` and `backward_working` (the largest
+    block's, the last block's kind) would misstate."""
+    tokens = setup.micro_batch * setup.seq_len
+    saved = per_rank_bytes(layer_activation_bytes(spec, setup, layer, tokens, setup.seq_len), tp)
+    coarse = backward_working_bytes(spec, setup, tokens) // tp
+    return saved, recompute_extra_bytes(spec, setup, tokens, tp=tp, coarse=coarse, layer=layer)
+
+
 def first_block_unsaved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int = 1) -> int:
     """Without checkpointing, what the first block does not save though every other block does, when its input
     needs no gradient (adapters in the blocks, the embedding frozen): autograd records nothing before the first

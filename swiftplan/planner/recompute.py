@@ -115,16 +115,25 @@ def stream_gradient_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> in
     return tokens * spec.hidden_size * stream_bytes(setup)
 
 
-def recompute_extra_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int, coarse: int) -> int:
-    """Most bytes beyond the last block's saved tensors while it is recomputed and differentiated, the block-output
-    gradient included; `coarse` (backward_working_bytes, per device) where the moments are not modelled."""
+def recompute_extra_bytes(
+    spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int, coarse: int, layer: int | None = None
+) -> int:
+    """Most bytes beyond block `layer`'s saved tensors (the last block's by default) while it is recomputed and
+    differentiated, the block-output gradient included; `coarse` (backward_working_bytes, per device) where the
+    moments are not modelled."""
+    layer = spec.num_layers - 1 if layer is None else layer
     stream_grad = stream_gradient_bytes(spec, setup, tokens)
-    if spec.is_moe_layer(spec.num_layers - 1):
+    if spec.is_moe_layer(layer):
         # traced with frozen experts and with LoRA on them; a full fine-tune's saved tensors already hold the
         # gathered input and the router's, so it keeps the coarse set
-        moe = 0 if setup.method == "full" else _moe_recompute_bytes(spec, setup, tokens, tp=tp)
+        if setup.method == "full":
+            return stream_grad + coarse
+        moe = max(
+            _moe_recompute_bytes(spec, setup, tokens, tp=tp),
+            moe_backward_bytes(spec, setup, tokens, tp=tp, layer=layer, recomputed=True),
+        )
         return stream_grad + max(coarse, moe)
-    dense = _dense_layout(spec, setup)
+    dense = _dense_layout(spec, setup, layer)
     if dense is None:
         return stream_grad + coarse
     up, down = dense
@@ -167,39 +176,20 @@ def last_block_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
     (its own included): the gradient of its output (T × h, the stream's dtype) and the MLP's backward moments
     (`_dense_moments`' backward: down_proj's input gradients and their sum, the product's two gradients, up_proj's
     LoRA branch). The loss-side saved tensors (the final norm's, the LM head's input) are freed by then, which the
-    caller takes off; a MoE block with frozen experts holds the routed product's gradients instead. 0 where the moments
-    are not modelled: autocast keeps its at-loss figure, an fp32 stream (peft's k-bit upcast) is not traced, nor is
-    LoRA on the experts (MoE full fine-tuning: planner/expert_backward.py). Traced on two blocks of Qwen2.5-7B,
-    Llama-3.1-8B, Qwen3-8B and Mixtral, bf16 and int8 bases (tests/test_recompute_moments.py)."""
+    caller takes off; a MoE block holds its routing and experts' backward moments instead (`moe_backward_bytes`). 0
+    where the moments are not modelled: autocast keeps its at-loss figure, an fp32 stream (peft's k-bit upcast) is not
+    traced (MoE full fine-tuning: planner/expert_backward.py). Traced on two blocks of Qwen2.5-7B, Llama-3.1-8B,
+    Qwen3-8B, Mixtral and DeepSeek-V2-Lite, bf16 and int8 bases (tests/test_recompute_moments.py)."""
     amp = setup.precision.startswith("amp-")
     trains = setup.trains_adapters or setup.method == "full"
     if amp or stream_bytes(setup) == FP32 or not trains:
         return 0
     last = spec.num_layers - 1
     if spec.is_moe_layer(last):
-        # frozen experts (LoRA elsewhere): the routed product's gradient and its two factors' (T·k × I each), as a
-        # dense block's frozen down_proj makes them, the experts' output (T·k × h, saved for the routing weights'
-        # gradient) freed by then; experts with LoRA have their own moments (expert_lora_gradient_bytes)
-        moe = spec.moe
-        assert moe is not None
         if setup.method == "full":
             return 0
-        frozen_experts = not _experts_carry_lora(spec, setup, last)
-        cb = activation_dtype_bytes(setup)
-        copies = tokens * moe.experts_per_token
-        product = copies * moe.expert_intermediate_size * cb // tp
-        output = copies * spec.hidden_size * cb // tp
-        # the routing-weighted sum's backward first: the output gradient spread to the copies, its product with the
-        # weights and with the experts' output; DeepSeek's fp32 routing weights make all three fp32 (and a cast back)
-        fp32_routing = spec.model_type in FP32_ROUTING
-        spread = 3 * copies * spec.hidden_size * (FP32 if fp32_routing else cb) // tp + (
-            output if fp32_routing else 0
-        )
-        routed = max(3 * product - output, spread) if frozen_experts else spread
-        return (
-            stream_gradient_bytes(spec, setup, tokens)
-            + shared_expert_backward_bytes(spec, setup, tokens, tp=tp)
-            + routed
+        return stream_gradient_bytes(spec, setup, tokens) + moe_backward_bytes(
+            spec, setup, tokens, tp=tp, layer=last
         )
     dense = _dense_layout(spec, setup)
     if dense is None:
@@ -207,6 +197,31 @@ def last_block_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
     up, down = dense
     _, backward = _dense_moments(spec, setup, tokens, tp=tp, up=up, down=down)
     return stream_gradient_bytes(spec, setup, tokens) + max(backward)
+
+
+def moe_backward_bytes(
+    spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int, layer: int, recomputed: bool = False
+) -> int:
+    """The most MoE block `layer`'s backward holds beyond its saved tensors and its output's gradient, LoRA elsewhere
+    or on the experts: first the routing-weighted sum's backward (the output gradient spread to the T·k copies, its
+    products with the weights and with the experts' output; DeepSeek's fp32 routing weights make all three fp32, and
+    a cast back); then, with frozen experts, the routed product's gradient and its two factors' (T·k × I each), as a
+    dense block's frozen down_proj makes them, the experts' output (T·k × h, saved for the routing weights' gradient)
+    freed by then (experts with LoRA have their own moments: activations.expert_lora_gradient_bytes); a shared expert
+    added after the routed ones changes both (`shared_expert_backward_bytes`). Traced without checkpointing on two
+    blocks of Mixtral, Qwen3-30B-A3B and DeepSeek-V2-Lite; in a checkpointed block's recompute (`recomputed`) the fp32
+    spread peaks at its three fp32 copies, the cast back coming once one is freed (traced on DeepSeek-V2-Lite)."""
+    moe = spec.moe
+    assert moe is not None
+    cb = activation_dtype_bytes(setup)
+    copies = tokens * moe.experts_per_token
+    product = copies * moe.expert_intermediate_size * cb // tp
+    output = copies * spec.hidden_size * cb // tp
+    fp32_routing = spec.model_type in FP32_ROUTING
+    cast_back = output if fp32_routing and not recomputed else 0
+    spread = 3 * copies * spec.hidden_size * (FP32 if fp32_routing else cb) // tp + cast_back
+    routed = spread if _experts_carry_lora(spec, setup, layer) else max(3 * product - output, spread)
+    return shared_expert_backward_bytes(spec, setup, tokens, tp=tp) + routed
 
 
 def shared_expert_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int) -> int:
@@ -220,11 +235,13 @@ def shared_expert_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int
     return tokens * cb * (spec.hidden_size - 3 * moe.shared_intermediate_size) // tp
 
 
-def _dense_layout(spec: ModelSpec, setup: TrainSetup) -> tuple[Linear, Linear] | None:
-    """(up_proj or the fused gate_up_proj, down_proj) of the last block when its moments are modelled, else None:
-    MoE blocks have their own; sandwich norms (Gemma 2) put a norm after down_proj; autocast over bitsandbytes,
-    other quantized bases' kernels and float8's casts are not modelled moment by moment."""
-    last = spec.num_layers - 1
+def _dense_layout(
+    spec: ModelSpec, setup: TrainSetup, layer: int | None = None
+) -> tuple[Linear, Linear] | None:
+    """(up_proj or the fused gate_up_proj, down_proj) of block `layer` (the last by default) when its moments are
+    modelled, else None: MoE blocks have their own; sandwich norms (Gemma 2) put a norm after down_proj; autocast
+    over bitsandbytes, other quantized bases' kernels and float8's casts are not modelled moment by moment."""
+    last = spec.num_layers - 1 if layer is None else layer
     mlp = [lin for lin in layer_linears(spec, last) if lin.block == "mlp"]
     amp_bnb = setup.precision.startswith("amp-") and setup.quant in BNB_DEQUANTIZING
     untraced_base = setup.quant not in ("none", *BNB_DEQUANTIZING)  # GPTQ, AWQ, fp8, torchao NF4

@@ -151,13 +151,24 @@ def _phase_peaks(
         # left, every gradient but the first block's and the (untied) embedding's.
         kept = early_grads if setup.runtime.optimizer_in_backward else head_grads  # stepped: only a tied one
         late = ((grads_during_fwd or kept), in_backward)
+        first_saved, first_working, first_grads = phases.largest_block, phases.backward_working, early_grads
+        first = stage_layers[0]
+        if _first_block_differs(spec, setup, stage_layers):
+            # DeepSeek's dense first blocks: the first block's own tensors, working set and gradients (traced)
+            first_saved, first_working = act.first_block_recompute(
+                spec, policy_setup(setup), first, tp=setup.parallel.tp
+            )
+            _, first_layer_grads, _ = gradient_shares(
+                spec, setup, grads - states.bucket, range(first, first + 1)
+            )
+            first_grads = grads - first_layer_grads - embedding_grads
         early = (
-            grads_during_fwd or early_grads,
+            grads_during_fwd or first_grads,
             phases.shared_in_backward
             + phases.block_input
             + phases.below_first_recompute
-            + phases.largest_block
-            + phases.backward_working,
+            + first_saved
+            + first_working,
         )
         grads_then, acts_then = max(late, early, key=sum)
         peaks["recomputation in backward"] = static + gathered + grads_then + acts_then
@@ -240,6 +251,20 @@ def _phase_peaks(
     if last_block:
         held[LAST_BLOCK_BACKWARD] = gathered + last_block
     return peaks, acts, at_loss, in_backward, held
+
+
+def _first_block_differs(spec: ModelSpec, setup: TrainSetup, stage_layers: range) -> bool:
+    """Plain checkpointing of a model whose first block's MLP is dense and whose last is MoE (or the reverse), without
+    the optimizer in backward: the first block's recompute has its own figures."""
+    knobs = setup.runtime
+    return (
+        setup.grad_ckpt
+        and knobs.ckpt_every == 1
+        and not knobs.activation_offload
+        and knobs.fsdp == "none"
+        and not knobs.optimizer_in_backward
+        and spec.is_moe_layer(stage_layers[0]) != spec.is_moe_layer(stage_layers[-1])
+    )
 
 
 def _fsdp_sharded(setup: TrainSetup, grads: int) -> int:
