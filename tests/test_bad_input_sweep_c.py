@@ -34,6 +34,44 @@ REFUSED = [
     ("serve-tp-over-devices", (*SERVE, "--tp", "2"), ["--tp 2", "1 serving device", "valid tensor-parallel degrees here: 1"]),
     ("serve-one-knob-grammar", (*SERVE, "--loss", "chunked"), ["--loss describes how", "it does not apply"]),
     ("missing-plan-file", ("estimate", "nope.yaml", "--gpus", "a100"), ["nope.yaml does not exist"]),
+    # 2.3: a hybrid shard group must tile the data-parallel devices
+    *[(f"shard-group-{g}", ("estimate", M, "--gpus", "4xh100", "--method", "full", "--fsdp", "fsdp2",
+                            "--fsdp-sharding", "hybrid_shard", "--fsdp-shard-group", g),
+       [f"--fsdp-shard-group {g}", "4 data-parallel devices", "valid groups here: 1, 2, 4"]) for g in ("3", "8")],
+    # 3.3: knob flags that would change nothing (estimate, and fit/size where no runtime could use them)
+    ("loss-chunks-full", (*EST, "--loss", "full", "--loss-chunks", "4"), ["--loss-chunks", "loss is full", "--loss chunked"]),
+    ("loss-chunk-tokens-chunked", (*EST, "--loss", "chunked", "--loss-chunk-tokens", "256"),
+     ["--loss-chunk-tokens", "fused_linear"]),
+    ("sharding-without-fsdp", (*EST, "--method", "full", "--fsdp-sharding", "hybrid_shard"),
+     ["--fsdp-sharding", "without FSDP", "--fsdp fsdp1 or fsdp2"]),
+    ("shard-group-full-shard", ("estimate", M, "--gpus", "4xh100", "--method", "full", "--fsdp", "fsdp2",
+                                "--fsdp-shard-group", "2"), ["--fsdp-shard-group", "full_shard", "hybrid_shard"]),
+    ("reduce-bucket-zero0", (*EST, "--zero", "0", "--reduce-bucket-elements", "1000"),
+     ["--reduce-bucket-elements 1000", "--zero 0", "change nothing"]),
+    ("overlap-comm-zero0", (*EST, "--zero", "0", "--ds-overlap-comm"), ["--ds-overlap-comm", "--zero 0"]),
+    ("overlap-comm-zero3", ("estimate", M, "--gpus", "2xa100", "--method", "full", "--zero", "3",
+                            "--no-ds-overlap-comm"), ["--no-ds-overlap-comm", "--zero 3", "--zero 2"]),
+    ("max-live-zero2", (*EST, "--zero", "2", "--max-live-parameters", "1000"), ["--max-live-parameters 1000", "ZeRO-3"]),
+    ("reduce-bucket-auto-zero3", ("estimate", M, "--gpus", "2xa100", "--method", "full", "--zero", "3",
+                                  "--reduce-bucket-elements", "1000"), ["--reduce-bucket-elements", "--no-ds-auto-buckets"]),
+    ("buckets-under-fsdp", ("estimate", M, "--gpus", "2xa100", "--method", "full", "--fsdp", "fsdp2",
+                            "--max-live-parameters", "0"), ["--max-live-parameters 0", "FSDP"]),
+    ("ckpt-position-alone", (*EST, "--ckpt-position", "last"), ["--ckpt-position", "--ckpt-every 1"]),
+    ("ckpt-position-no-ckpt", (*EST, "--ckpt-every", "1", "--ckpt-position", "last", "--no-grad-ckpt"),
+     ["--ckpt-position"]),
+    ("adapter-dtype-full", (*EST, "--method", "full", "--adapter-dtype", "model"),
+     ["--adapter-dtype model", "--method full", "no adapters"]),
+    ("optimizer-impl-8bit", (*EST, "--optimizer", "adamw-8bit", "--optimizer-impl", "fused"),
+     ["--optimizer-impl fused", "--optimizer adamw-8bit"]),
+    ("modules-none-and-name", (*EST, "--modules-to-save", "none,lm_head"), ["--modules-to-save none,lm_head", "none alone"]),
+    ("loss-chunks-over-seq", (*EST, "--runtime", "torchtune", "--loss-chunks", "1000000"),
+     ["--loss-chunks 1000000", "2048 tokens", "1-2048"]),
+    ("fit-loss-chunks-full", ("fit", M, "--gpus", "a100", "--loss", "full", "--loss-chunks", "4"), ["--loss-chunks"]),
+    ("fit-sharding-without-fsdp", ("fit", M, "--gpus", "a100", "--fsdp-sharding", "shard_grad_op"), ["--fsdp-sharding"]),
+    ("fit-ckpt-position", ("fit", M, "--gpus", "a100", "--ckpt-position", "first"), ["--ckpt-position"]),
+    ("fit-runtime-loss-chunks", ("fit", M, "--gpus", "a100", "--runtime", "hf", "--loss-chunks", "4"),
+     ["--loss-chunks", "fused_head"]),
+    ("size-modules-none", ("size", M, "--modules-to-save", "lm_head,none"), ["--modules-to-save lm_head,none"]),
 ]  # fmt: skip
 
 
@@ -57,6 +95,33 @@ def test_the_utilization_help_names_the_runtime_default() -> None:
     assert "0.92 for vllm" in text and "[default: 0.9]" not in text
 
 
+@pytest.mark.parametrize(
+    "args",
+    [("--runtime", "torchtune", "--method", "full"),  # the profile's adapter_dtype model and loss_chunks 8
+     ("--runtime", "ms-swift", "--zero", "0"),  # its reduce_bucket_elements
+     ("--runtime", "axolotl", "--zero", "2"),  # its max_live_parameters
+     ("--runtime", "torchtune", "--loss-chunks", "4"),
+     ("--zero", "2", "--reduce-bucket-elements", "1000", "--ds-overlap-comm"),
+     ("--zero", "3", "--method", "full", "--max-live-parameters", "0", "--no-ds-auto-buckets",
+      "--prefetch-bucket-elements", "1000", "--reduce-bucket-elements", "1000"),
+     ("--method", "full", "--gpus", "4xh100", "--fsdp", "fsdp2", "--fsdp-sharding", "hybrid_shard",
+      "--fsdp-shard-group", "2"),
+     ("--ckpt-every", "2", "--ckpt-position", "last")],
+    ids=["torchtune-full", "ms-swift-zero0", "axolotl-zero2", "torchtune-chunks", "zero2-buckets", "zero3-buckets",
+         "hybrid-2-of-4", "selective"],
+)  # fmt: skip
+def test_a_profile_default_or_a_knob_that_acts_is_not_refused(args: tuple[str, ...]) -> None:
+    done = run_cli("estimate", M, "--gpus", "2xa100", *args, "--json")
+    assert done.exit_code == 0, done.output
+
+
 @pytest.fixture
 def plans(tmp_path: Path) -> Path:
     return write_tiny_plans(tmp_path)
+
+
+def test_verify_refuses_a_deepspeed_knob_it_traces_without() -> None:
+    tiny = str(Path(__file__).parent / "fixtures" / "train" / "tiny_llama")
+    assert_refused(
+        run_cli("verify", tiny, "--seq", "64", "--ds-overlap-comm"), "--ds-overlap-comm", "without DeepSpeed"
+    )

@@ -84,14 +84,17 @@ def test_size_next_command_carries_the_knob_flags_and_leaves_out_a_runtime_no_en
 
 SIZE_BAD = [
     (("--loss", "magic"), ["--loss", "'magic'", "full, chunked, fused_linear"]),
-    (("--runtime", "vllm"), ["--runtime", "'vllm'", "for training"]),
+    (("--runtime", "vllm"), ["--runtime vllm is a serving runtime", "training runtimes"]),
     (("--optimizer-impl", "turbo"), ["--optimizer-impl", "'turbo'"]),
     (("--loss-chunks", "0"), ["--loss-chunks must be at least 1"]),
     (
         ("--task", "serve", "--concurrency", "8", "--loss", "chunked"),
-        ["--loss", "do not apply to --task serve"],
+        ["--loss", "does not apply to --task serve"],
     ),
-    (("--task", "serve", "--concurrency", "8", "--runtime", "hf"), ["--runtime", "'hf'", "for serving"]),
+    (
+        ("--task", "serve", "--concurrency", "8", "--runtime", "hf"),
+        ["--runtime hf is a training runtime", "serving"],
+    ),
 ]
 
 

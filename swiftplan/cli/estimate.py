@@ -519,6 +519,7 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
         is_serving,
         knob_values,
         objective_seq,
+        refuse_idle_setup_knobs,
         refuse_knobs_for_serving,
         refuse_objective_for_serving,
         serve_runtime,
@@ -541,6 +542,7 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
                  "grad_accum", "grad_ckpt", "attention", "zero", "offload", "tp", "pp", "kbit_upcast")  # fmt: skip
         train = build_train_setup(cluster=cluster, runtime=choice.knobs(), objective=objective,
                                   variable_lengths=o["variable_lengths"], **{n: o[n] for n in names})  # fmt: skip
+        refuse_idle_setup_knobs(knobs, train)
         return _with_vision(train, o, serving=False), choice
     refuse_objective_for_serving(given_options(ctx))
     refuse_knobs_for_serving(knobs)

@@ -128,7 +128,104 @@ def build_train_setup(
     )
     if setup.runtime.float8:  # fp8 matmuls need fp8 tensor cores (capabilities.json)
         _refuse_impossible(cluster, precision="fp8")
+    _check_shard_group(setup, cluster)
     return setup
+
+
+def _check_shard_group(setup: TrainSetup, cluster: Cluster) -> None:
+    """FSDP hybrid_shard's group must tile the data-parallel ranks: a group that does not divide them, or
+    exceeds them, is no mesh torch can build."""
+    knobs, par = setup.runtime, setup.parallel
+    group = knobs.fsdp_shard_group
+    if knobs.fsdp == "none" or knobs.fsdp_sharding != "hybrid_shard" or not group:
+        return
+    world = cluster.world_size - setup.objective.server_gpus
+    if world <= 0 or world % (par.tp * par.pp):
+        return  # the planner refuses the layout itself, naming --tp and --pp
+    dp = world // (par.tp * par.pp)
+    if dp % group:
+        valid = ", ".join(str(d) for d in range(1, dp + 1) if dp % d == 0)
+        where = f"the {dp} data-parallel devices of {cluster.describe()}" + (
+            f" (tp {par.tp} × pp {par.pp} on {world})" if par.tp * par.pp > 1 else ""
+        )
+        raise SwiftplanError(
+            f"--fsdp-shard-group {group} must divide {where}; valid groups here: {valid} (0 = all of them).",
+            hint="A shard group is usually one node's GPUs.",
+        )
+
+
+_DS_RULES: dict[str, tuple[tuple[int, ...], bool, str]] = {
+    "ds_buckets": ((1, 2, 3), False, "DeepSpeed's reduce buckets and ZeRO-3 buffers"),
+    "reduce_bucket_elements": ((1, 2, 3), True, "DeepSpeed's reduce_bucket_size"),
+    "prefetch_bucket_elements": ((3,), True, "ZeRO-3's stage3_prefetch_bucket_size"),
+    "max_live_parameters": ((3,), True, "ZeRO-3's stage3_max_live_parameters"),
+    "ds_auto_buckets": ((3,), True, 'ZeRO-3\'s "auto" bucket sizes'),
+    "ds_overlap_comm": ((1, 2), True, "DeepSpeed's second reduce bucket (overlap_comm, ZeRO-1/2)"),
+}
+"""DeepSpeed knob flags: (ZeRO stages they act under, whether they need --ds-buckets, what they size)."""
+
+
+def refuse_idle_setup_knobs(typed: dict[str, Any], setup: TrainSetup, *, traced: bool = False) -> None:
+    """Knob flags the user typed (`typed`, from `knob_values`) that the built set-up leaves idle: each refused
+    naming the flag, so a flag never silently changes nothing. A runtime profile's own values are not typed
+    and so never refused. `traced`: verify's set-up, which runs without DeepSpeed and has no --zero."""
+    knobs, par = setup.runtime, setup.parallel
+
+    def refuse(message: str, hint: str) -> None:
+        raise SwiftplanError(f"{message}: it would change nothing.", hint=hint)
+
+    for name, (stages, needs_buckets, what) in _DS_RULES.items():
+        if name not in typed:
+            continue
+        flag = typed_flag(name, typed[name])
+        bare = flag.split()[0]
+        if traced:
+            refuse(f"{flag} sets {what}, and verify traces without DeepSpeed",
+                   f"Drop {bare}; `swiftplan estimate MODEL --zero 2 {flag}` plans it.")  # fmt: skip
+        if knobs.fsdp != "none":
+            refuse(f"{flag} sets {what}, and this job shards with FSDP ({knobs.fsdp}), not DeepSpeed",
+                   f"Drop {bare}, or use --zero instead of --fsdp.")  # fmt: skip
+        if par.zero not in stages:
+            valid = {(1, 2, 3): "ZeRO stages 1-3 have", (1, 2): "ZeRO stages 1 and 2 have"}.get(
+                stages, "ZeRO-3 has"
+            )
+            refuse(f"{flag} sets {what}, which {valid} and --zero {par.zero} does not",
+                   f"Use --zero {3 if stages == (3,) else 2}, or drop {bare}.")  # fmt: skip
+        if needs_buckets and not knobs.ds_buckets:
+            refuse(f"{flag} sets {what}, and --no-ds-buckets leaves the buckets out of the plan",
+                   f"Drop --no-ds-buckets or {bare}.")  # fmt: skip
+        if name == "prefetch_bucket_elements" and knobs.ds_auto_buckets:
+            refuse(f"{flag} sets {what}, and ZeRO-3's buckets here are \"auto\" (hidden², as the HF Trainer fills them)",
+                   f"Add --no-ds-auto-buckets to plan {bare}, or drop it.")  # fmt: skip
+        if name == "reduce_bucket_elements" and par.zero == 3 and knobs.ds_auto_buckets:
+            refuse(f"{flag} sets {what}, and ZeRO-3's buckets here are \"auto\" (hidden², as the HF Trainer fills them)",
+                   f"Add --no-ds-auto-buckets to plan {bare}, or drop it.")  # fmt: skip
+    if "ckpt_position" in typed and not setup.grad_ckpt:
+        refuse(f"--ckpt-position {typed['ckpt_position']} picks which blocks activation checkpointing wraps, "
+               "and --no-grad-ckpt turns it off", "Drop --ckpt-position, or checkpoint with --grad-ckpt.")  # fmt: skip
+    if "adapter_dtype" in typed and not setup.trains_adapters:
+        refuse(f"--adapter-dtype {typed['adapter_dtype']} sets the LoRA adapters' dtype, and --method "
+               f"{setup.method} trains no adapters", "Drop --adapter-dtype, or use --method lora or qlora.")  # fmt: skip
+    if "optimizer_impl" in typed and setup.optimizer != "adamw":
+        refuse(f"--optimizer-impl {typed['optimizer_impl']} picks torch AdamW's kernel, and --optimizer "
+               f"{setup.optimizer} is not torch's AdamW", "Drop --optimizer-impl, or use --optimizer adamw.")  # fmt: skip
+    if "loss_chunks" in typed and knobs.loss == "chunked" and knobs.loss_chunks > setup.seq_len:
+        raise SwiftplanError(
+            f"--loss-chunks {knobs.loss_chunks} splits each row's logits along its {setup.seq_len} tokens "
+            f"(--seq), so at most {setup.seq_len} chunks (one token each) are possible; valid values are "
+            f"1-{setup.seq_len}.",
+            hint="torchtune uses 8.",
+        )
+
+
+def typed_flag(name: str, value: Any) -> str:
+    """A typed knob as the user wrote it: '--ds-overlap-comm', '--no-ds-buckets', '--max-live-parameters 1000'."""
+    from swiftplan.planner.runtime import KNOB_FLAGS
+
+    flag = KNOB_FLAGS[name]
+    if isinstance(value, bool):
+        return flag if value else flag.replace("--", "--no-", 1)
+    return f"{flag} {value}"
 
 
 def build_serve_setup(
@@ -411,7 +508,13 @@ def knob_values(
     if optimizer_impl is not None:
         typed["optimizer_impl"] = parse_choice("--optimizer-impl", optimizer_impl, OPTIMIZER_IMPLS)
     if modules_to_save is not None:
-        names = tuple(m.strip() for m in modules_to_save.split(",") if m.strip() and m.strip() != "none")
+        listed = [m.strip() for m in modules_to_save.split(",") if m.strip()]
+        if "none" in listed and len(listed) > 1:
+            raise SwiftplanError(
+                f"--modules-to-save {modules_to_save} names modules and none at once.",
+                hint="Give the modules (embed_tokens, lm_head), or none alone for no modules.",
+            )
+        names = tuple(m for m in listed if m != "none")
         typed["modules_to_save"] = tuple(parse_choice("--modules-to-save", m, SAVED_MODULES) for m in names)
         if len(set(names)) != len(names):
             raise SwiftplanError(f"--modules-to-save names a module twice: {modules_to_save}.")
@@ -438,10 +541,65 @@ def knob_values(
         typed["adapter_dtype"] = parse_choice("--adapter-dtype", adapter_dtype, ADAPTER_DTYPES)
     if padding is not None:
         typed["padding"] = parse_choice("--padding", padding, PADDINGS)
-    return typed | _feature_knobs(
+    typed |= _feature_knobs(
         ckpt_every=ckpt_every, ckpt_position=ckpt_position, activation_offload=activation_offload,
         fsdp_cpu_offload=fsdp_cpu_offload, float8=float8, keep_output=keep_output,
     )  # fmt: skip
+    _refuse_idle_knobs(typed, _under_every_profile(typed))
+    return typed
+
+
+def _loss_knob(knobs: dict[str, Any], flag: str, loss: str) -> tuple[str, str] | None:
+    if knobs["loss"] == loss:
+        return None
+    return (
+        f"{flag} only sizes the {loss} loss, and this job's loss is {knobs['loss']}",
+        f"Add --loss {loss}, or drop {flag}.",
+    )
+
+
+_KNOB_RULES: dict[str, Any] = {
+    "loss_chunks": lambda k: _loss_knob(k, "--loss-chunks", "chunked"),
+    "loss_chunk_tokens": lambda k: _loss_knob(k, "--loss-chunk-tokens", "fused_linear"),
+    "fsdp_sharding": lambda k: None if k["fsdp"] != "none" else (
+        "--fsdp-sharding chooses how FSDP shards, and this job runs without FSDP",
+        "Add --fsdp fsdp1 or fsdp2, or drop --fsdp-sharding."),
+    "fsdp_shard_group": lambda k: None if k["fsdp"] != "none" and k["fsdp_sharding"] == "hybrid_shard" else (
+        "--fsdp-shard-group sizes the shard groups of FSDP's hybrid_shard, and this job "
+        + ("runs without FSDP" if k["fsdp"] == "none" else f"uses --fsdp-sharding {k['fsdp_sharding']}"),
+        "Add --fsdp fsdp2 --fsdp-sharding hybrid_shard, or drop --fsdp-shard-group."),
+    "ckpt_position": lambda k: None if k["ckpt_every"] > 1 else (
+        "--ckpt-position picks which block of every --ckpt-every K is checkpointed, and here every block is "
+        "(--ckpt-every 1)", "Add --ckpt-every 2 (or more), or drop --ckpt-position."),
+}  # fmt: skip
+"""Knob flags that only act when another knob has a given value: each → (why it is idle, what to do) or None."""
+
+
+def _knob_defaults() -> dict[str, Any]:
+    from swiftplan.planner.runtime import TRAIN_KNOB_OPTIONS
+
+    defaults = RuntimeKnobs()
+    return {name: getattr(defaults, name) for name in TRAIN_KNOB_OPTIONS}
+
+
+def _under_every_profile(typed: dict[str, Any]) -> list[dict[str, Any]]:
+    """The knobs `typed` gives under each training runtime profile (no profile is known yet: fit without
+    --runtime plans with its engine's)."""
+    from swiftplan.planner.runtime import apply_defaults, runtime_profiles
+
+    return [
+        _knob_defaults() | apply_defaults(p, typed)[0]
+        for p in runtime_profiles().values()
+        if p.task == "train"
+    ]
+
+
+def _refuse_idle_knobs(typed: dict[str, Any], candidates: list[dict[str, Any]]) -> None:
+    """A typed knob flag that changes nothing under every one of `candidates` (knob sets): refused, naming it."""
+    for name, rule in _KNOB_RULES.items():
+        if name in typed and candidates and all(rule(k) for k in candidates):
+            reason, hint = rule(candidates[0])
+            raise SwiftplanError(f"{reason}: it would change nothing.", hint=hint)
 
 
 def _feature_knobs(
@@ -466,9 +624,11 @@ def train_runtime(
     """The training runtime to plan for (default swiftplan): the typed knobs and set-up options over its defaults."""
     from swiftplan.planner.runtime import DEFAULT_TRAIN_RUNTIME, choose_runtime
 
-    return choose_runtime(
+    choice = choose_runtime(
         _runtime_name(name or DEFAULT_TRAIN_RUNTIME, "train"), "train", knobs | (setup_given or {})
     )
+    _refuse_idle_knobs(knobs, [_knob_defaults() | choice.options])
+    return choice
 
 
 def serve_runtime(name: str | None, setup_given: dict[str, Any]) -> RuntimeChoice | None:

@@ -261,6 +261,11 @@ def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> Any:
         kbit_upcast=o.get("kbit_upcast", False), runtime=None if choice is None else choice.knobs(),
         objective=objective, variable_lengths=o.get("variable_lengths", False),
     )  # fmt: skip
+    if choice is not None:
+        from swiftplan.cli.options import knob_values, refuse_idle_setup_knobs
+        from swiftplan.planner.runtime import KNOB_FLAGS
+
+        refuse_idle_setup_knobs(knob_values(**{n: o[n] for n in KNOB_FLAGS if n in o}), setup, traced=True)
     if objective.kind == "sft":
         return verify.verify_training(spec, setup, world_size=cluster.world_size)
     with needs("verify"):
