@@ -72,6 +72,11 @@ REFUSED = [
     ("fit-runtime-loss-chunks", ("fit", M, "--gpus", "a100", "--runtime", "hf", "--loss-chunks", "4"),
      ["--loss-chunks", "fused_head"]),
     ("size-modules-none", ("size", M, "--modules-to-save", "lm_head,none"), ["--modules-to-save lm_head,none"]),
+    # 2.4: --image-tokens 0 is not the default image, and below the processor's minimum is refused
+    ("image-tokens-0", ("estimate", "Qwen/Qwen2.5-VL-7B-Instruct", "--gpus", "a100", "--image-tokens", "0"),
+     ["--image-tokens 0", "no tokens", "1 or more"]),
+    ("image-tokens-1", ("estimate", "Qwen/Qwen2.5-VL-7B-Instruct", "--gpus", "a100", "--image-tokens", "1"),
+     ["--image-tokens 1", "below the 4 tokens", "56x56", "4 or more"]),
 ]  # fmt: skip
 
 
@@ -125,3 +130,8 @@ def test_verify_refuses_a_deepspeed_knob_it_traces_without() -> None:
     assert_refused(
         run_cli("verify", tiny, "--seq", "64", "--ds-overlap-comm"), "--ds-overlap-comm", "without DeepSpeed"
     )
+
+
+def test_the_smallest_image_a_processor_makes_is_accepted() -> None:
+    done = run_cli("estimate", "Qwen/Qwen2.5-VL-7B-Instruct", "--gpus", "a100", "--image-tokens", "4")
+    assert done.exit_code == 0 and "4 tokens given" in done.output, done.output

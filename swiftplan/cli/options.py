@@ -935,6 +935,13 @@ def build_vision_inputs(options: dict[str, Any], *, serving: bool) -> VisionInpu
             from swiftplan.cli import _checks
 
             _checks.at_least(flag, given[name], 0)
+    if given.get("image_tokens") == 0:
+        raise SwiftplanError(
+            "--image-tokens 0 would give each image no tokens, and a vision processor makes at least a few of "
+            "any image (Qwen2-VL 4, InternVL 256 per tile); valid values are 1 or more, within the model's minimum.",
+            hint="Leave --image-tokens out to count from --image-size, or plan video alone with --images-per-sample 0 "
+            "--video-frames N.",
+        )
     width, height = parse_image_size(given["image_size"]) if "image_size" in given else (0, 0)
     video = given.get("video_frames", 0)
     only_video = video and not ({"image_size", "image_tokens"} & given.keys())

@@ -134,8 +134,24 @@ def _qwen_grid(tower: VisionTower, width: int, height: int, *, video: bool) -> t
     )
 
 
+def _refuse_below(inputs: VisionInputs, least: int, why: str) -> None:
+    """--image-tokens below the fewest tokens the processor makes of any image: refused with that minimum."""
+    if 0 < inputs.image_tokens < least:
+        raise SwiftplanError(
+            f"--image-tokens {inputs.image_tokens} is below the {least} tokens this model's processor makes of "
+            f"the smallest image ({why}); valid values are {least} or more.",
+            hint="Give --image-tokens of at least that, or --image-size for the processor's own count.",
+        )
+
+
 def _qwen_tokens(tower: VisionTower, inputs: VisionInputs) -> VisualTokens:
     m2 = tower.merge * tower.merge
+    factor = tower.patch_size * tower.merge
+    h, w = qwen_smart_resize(
+        factor, factor, factor=factor, min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS
+    )
+    _refuse_below(inputs, (h // factor) * (w // factor),
+                  f"smart_resize brings it up to min_pixels: {w}x{h}, {factor}x{factor} pixels per token")  # fmt: skip
     if inputs.image_tokens:
         rows, cols, words = (
             tower.merge,
@@ -166,6 +182,7 @@ def _qwen_tokens(tower: VisionTower, inputs: VisionInputs) -> VisualTokens:
 def _internvl_tokens(tower: VisionTower, inputs: VisionInputs) -> VisualTokens:
     side = tower.image_size // tower.patch_size
     per_tile = side * side // (tower.merge * tower.merge)
+    _refuse_below(inputs, per_tile, f"one {tower.image_size}² tile")
     if inputs.image_tokens:
         tiles, words = -(-inputs.image_tokens // per_tile), f"{inputs.image_tokens} tokens given"
     elif inputs.image_width:
