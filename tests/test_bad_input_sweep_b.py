@@ -150,3 +150,32 @@ def _kto(tmp_path: Path) -> Path:
     path = tmp_path / "kto.jsonl"
     path.write_text('{"prompt": "a question", "completion": "an answer", "label": true}\n')
     return path
+
+
+# 2.1: a plan trains exactly --global-batch sequences a step (micro-batch × accumulation × dp)
+
+
+def _steps(payload: dict) -> tuple[int, int, int]:
+    setup, layout = payload["plan"]["train"], payload["best"]["candidate"]["layout"]
+    return setup["micro_batch"], setup["grad_accum"], layout["dp"]
+
+
+@pytest.mark.parametrize(("gpus", "batch", "idle"), [("4x8xh100", 16, "16 of the 32"), ("3xh100", 16, "1 of the 3"),
+                                                      ("8xh100", 12, "4 of the 8"), ("8xh100", 16, None)])  # fmt: skip
+def test_fit_never_trains_more_sequences_than_the_global_batch(
+    gpus: str, batch: int, idle: str | None
+) -> None:
+    payload = _fit_json("--gpus", gpus, "--global-batch", str(batch))
+    micro, accum, dp = _steps(payload)
+    assert micro * accum * dp == batch
+    said = [n for n in payload["notes"] if "idle" in n]
+    assert bool(said) == (idle is not None), said
+    if idle:
+        assert f"the plan trains on {idle} GPUs" in said[0] and "--global-batch" in said[0]
+
+
+def test_pins_that_cannot_split_the_global_batch_are_refused_with_the_smallest_batch() -> None:
+    assert_refused(run_cli(*FIT, "--gpus", "4xh100", "--dp", "4", "--global-batch", "6"),
+                   "--global-batch 6 does not split evenly", "dp 4", "--global-batch 8")  # fmt: skip
+    assert_refused(run_cli(*FIT, "--gpus", "4xh100", "--batch", "3"),
+                   "--global-batch 16", "--batch 3", "--global-batch 18")  # fmt: skip

@@ -387,7 +387,7 @@ def _evaluator(spec: ModelSpec, cluster: Cluster, workload: Any, pins: Pins, eng
     from swiftplan.planner.search.space import build_train_space
 
     if isinstance(workload, TrainWorkload):
-        train_space = build_train_space(spec, cluster, pins, engine)
+        train_space = build_train_space(spec, cluster, pins, engine, global_batch=workload.global_batch)
         return TrainEvaluator(
             spec, cluster, workload, train_space, headroom=request.headroom, host_ram_bytes=host_bytes
         )
@@ -824,9 +824,33 @@ def _search_one(
         diagnose = infeasible.diagnose_training if problem.task == "train" else infeasible.diagnose_serving
         diagnosis = diagnose(problem.evaluator, problem.pins, result.closest, problem.settings.objective)
     plan = plan_from(problem, result.best) if result.best is not None else None
+    if plan is not None and (note := _idle_gpus_note(problem, plan)):
+        problem = replace(problem, notes=(*problem.notes, note))
     alternative = _alternative(problem, result.best)
     return FitOutcome(problem=problem, result=result, diagnosis=diagnosis, plan=plan, alternative=alternative,
                       elapsed_s=time.perf_counter() - started)  # fmt: skip
+
+
+def _idle_gpus_note(problem: FitProblem, plan: Plan) -> str | None:
+    """When the plan leaves training GPUs idle because the global batch does not split over all of them
+    (micro-batch × accumulation × data-parallel ranks = global batch): say so, and the batch that would not."""
+    workload = problem.workload
+    if not isinstance(workload, TrainWorkload):
+        return None
+    layout, batch = plan.layout, workload.global_batch
+    world = problem.cluster.world_size - workload.objective.server_gpus
+    model_parallel = layout.tp * layout.pp
+    if layout.gpus >= world or world % model_parallel:
+        return None
+    ranks = world // model_parallel
+    if batch % ranks == 0:
+        return None
+    better = -(-batch // ranks) * ranks
+    return (
+        f"the plan trains on {layout.gpus} of the {world} GPUs; the other {world - layout.gpus} idle: a step's "
+        f"--global-batch {batch} sequences are micro-batch × accumulation × data-parallel ranks, and {ranks} ranks "
+        f"do not divide {batch}. --global-batch {better} would put all {world} to work."
+    )
 
 
 def plan_fit(request: FitRequest) -> FitOutcome:

@@ -189,11 +189,19 @@ class TrainEvaluator:
         self.estimates = 0
 
     def micro_batches(self, structure: Candidate) -> tuple[int, ...]:
-        """Sizes to consider: the pins, else powers of two up to the global batch per data-parallel rank."""
+        """Sizes to consider: those that divide each data-parallel rank's share of the global batch (so
+        micro-batch × accumulation × dp is the global batch), the pinned ones among them, up to
+        MAX_MICRO_BATCH; a layout whose ranks do not divide the batch (`batch_layouts` keeps none from fit)
+        takes the pins, else powers of two up to its share."""
+        batch, dp = self.workload.global_batch, structure.layout.dp
+        if batch % dp:
+            per_rank = math.ceil(batch / dp)
+            return self.space.micro_batches or _powers_of_two(min(MAX_MICRO_BATCH, per_rank))
+        share = batch // dp
+        sizes = tuple(b for b in range(1, min(MAX_MICRO_BATCH, share) + 1) if share % b == 0)
         if self.space.micro_batches is not None:
-            return self.space.micro_batches
-        per_rank = math.ceil(self.workload.global_batch / structure.layout.dp)
-        return _powers_of_two(min(MAX_MICRO_BATCH, per_rank))
+            return tuple(b for b in self.space.micro_batches if share % b == 0) or self.space.micro_batches
+        return sizes
 
     def evaluate(self, candidate: Candidate) -> Evaluation[Candidate]:
         """The evaluation of one fully specified candidate (micro-batch set)."""

@@ -83,7 +83,9 @@ class _Train:
     ) -> TrainEvaluator:
         base = self.base
         cluster = cluster or base.cluster
-        space = build_train_space(base.spec, cluster, pins or self.pins, base.space.engine)
+        space = build_train_space(
+            base.spec, cluster, pins or self.pins, base.space.engine, global_batch=base.workload.global_batch
+        )
         workload = base.workload if seq is None else replace(base.workload, seq_len=seq)
         host = base.host_ram_bytes if isinstance(host_ram_bytes, str) else host_ram_bytes
         return TrainEvaluator(

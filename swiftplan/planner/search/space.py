@@ -381,11 +381,46 @@ def _micro_batches(pins: Pins) -> tuple[int, ...] | None:
     return tuple(sorted(pins.micro_batch))
 
 
+def batch_layouts(
+    layouts: tuple[Layout, ...], global_batch: int, micro_batches: tuple[int, ...] | None
+) -> tuple[Layout, ...]:
+    """The layouts that train exactly `global_batch` sequences a step: micro-batch × accumulation × data-parallel
+    ranks = global batch, so the ranks divide it (and a pinned micro-batch divides each rank's share); a rank
+    more than the batch has sequences would train on sequences the step does not have."""
+    sizes = micro_batches or (1,)
+    kept = tuple(
+        layout
+        for layout in layouts
+        if global_batch % layout.dp == 0 and any((global_batch // layout.dp) % b == 0 for b in sizes)
+    )
+    if kept:
+        return kept
+    smallest = min(-(-global_batch // (layout.dp * b)) * layout.dp * b for layout in layouts for b in sizes)
+    degrees = "/".join(str(d) for d in sorted({layout.dp for layout in layouts}))
+    batch = f" with --batch {'/'.join(map(str, sizes))}" if micro_batches else ""
+    raise SwiftplanError(
+        f"--global-batch {global_batch} does not split evenly over the data-parallel degrees left (dp {degrees}){batch}: "
+        f"a step trains micro-batch × accumulation × dp = global batch sequences.",
+        hint=f"Use --global-batch {smallest} (the smallest that splits), or pin "
+        + (
+            f"a --dp and a --batch that divide {global_batch}."
+            if micro_batches
+            else f"a --dp that divides {global_batch}."
+        ),
+    )
+
+
 def build_train_space(
-    spec: ModelSpec, cluster: Cluster, pins: Pins, engine: Engine | None = None
+    spec: ModelSpec,
+    cluster: Cluster,
+    pins: Pins,
+    engine: Engine | None = None,
+    *,
+    global_batch: int | None = None,
 ) -> TrainSpace:
     """The training search space for `spec` on `cluster` under `pins`, limited to what the device and
-    `engine` can run (None: any engine); raises when a pin leaves nothing."""
+    `engine` can run (None: any engine) and, given the `global_batch`, to the layouts that split it evenly
+    (`batch_layouts`); raises when a pin leaves nothing."""
     quants = _train_quants(cluster, pins, engine)
     optimizers = allowed_values(
         "optimizer",
@@ -396,6 +431,7 @@ def build_train_space(
     shardings, max_offload = _shardings(cluster, pins, engine)
     methods, method_quants, precisions = _methods(cluster, pins, engine, quants, shardings)
     targets, micro_batches = _targets(spec, pins), _micro_batches(pins)
+    layouts = layouts_for(spec, cluster, pins, engine)
     return TrainSpace(
         methods=methods,
         quants=method_quants,
@@ -403,7 +439,7 @@ def build_train_space(
         optimizers=optimizers,
         grad_ckpt=pins.grad_ckpt or (True, False),
         shardings=shardings,
-        layouts=layouts_for(spec, cluster, pins, engine),
+        layouts=layouts if global_batch is None else batch_layouts(layouts, global_batch, micro_batches),
         ranks=pins.ranks or (DEFAULT_RANK,),
         targets=targets,
         micro_batches=micro_batches,
