@@ -19,6 +19,7 @@ M = "Qwen/Qwen2.5-0.5B"
 FIT = ("fit", M, "--gpus", "a100")
 SIZE = ("size", M)
 TRAIN = ("train", "train.yaml", "--data", "one.jsonl")
+SERVE = ("serve", "serve.yaml", "--dry-run")
 
 CASES = [
     # 1.1 a token count that is not a finite number (an OverflowError traceback before)
@@ -48,14 +49,107 @@ CASES = [
         ("estimate", "o/" + "x" * 97, "--gpus", "a100"),
         ["is not a hub model id", "up to 96"],
     ),
+    # 1.3 train --write-config where no directory can be made or written (a traceback before)
+    (
+        "write-config-at-file",
+        (*TRAIN, "--engine", "ms-swift", "--write-config", "one.jsonl"),
+        ["--write-config one.jsonl is a file, not a directory", "give a directory"],
+    ),
+    (
+        "write-config-under-file",
+        (*TRAIN, "--engine", "llamafactory", "--write-config", "/dev/null/x"),
+        ["--write-config /dev/null/x", "/dev/null is a file, not a directory"],
+    ),
+    (
+        "write-config-under-proc",
+        (*TRAIN, "--engine", "llamafactory", "--write-config", "/proc/x"),
+        ["Cannot create --write-config /proc/x", "a directory this user can write"],
+    ),
+    (
+        "write-config-proc-dry-run",
+        (*TRAIN, "--engine", "llamafactory", "--write-config", "/proc", "--dry-run"),
+        ["Cannot write --write-config /proc", "no file can be created there"],
+    ),
+    # 1.5 size --max-nodes with no upper bound (no answer within a minute before)
+    (
+        "size-max-nodes-10000",
+        (*SIZE, "--max-nodes", "10000"),
+        ["--max-nodes 10000", "at most 256 nodes", "fit"],
+    ),
+    (
+        "size-max-nodes-257",
+        (*SIZE, "--task", "serve", "--max-nodes", "257"),
+        ["--max-nodes 257", "at most 256"],
+    ),
+    # 2.11 an empty --api-key turned authentication off without a word
+    (
+        "serve-api-key-empty",
+        (*SERVE, "--engine", "builtin", "--api-key", ""),
+        ["--api-key '' is empty", "without authentication"],
+    ),
+    (
+        "serve-api-key-blank",
+        (*SERVE, "--engine", "vllm", "--api-key", " "),
+        ["--api-key ' ' is blank", "leave --api-key out"],
+    ),
+    # 2.6 overrides that bypass the plan (the tiny plan: a 2-layer Llama, 256 positions, context 128 × 1 sequence)
+    (
+        "serve-model-other",
+        (*SERVE, "--engine", "vllm", "--model", "Qwen/Qwen2.5-72B"),
+        [
+            "--model Qwen/Qwen2.5-72B is not the plan's model",
+            "model_type is qwen2",
+            "swiftplan fit Qwen/Qwen2.5-72B",
+        ],
+    ),
+    (
+        "serve-context-past-positions",
+        (*SERVE, "--context", "100000"),
+        ["--context 100000", "256 positions", "--context 256 or less"],
+    ),
+    (
+        "serve-concurrency-past-plan",
+        (*SERVE, "--engine", "vllm", "--concurrency", "100000000"),
+        ["--concurrency 100000000", "more than the plan sized", "1 × 128 = 128 tokens"],
+    ),
+    ("serve-context-past-plan", (*SERVE, "--context", "200"), ["--context 200", "more than the plan sized"]),
+    # 3.7 serve --dry-run accepted anything as a model
+    (
+        "serve-dir-without-config",
+        ("serve", "adir", "--dry-run"),
+        ["adir is a directory without a config.json"],
+    ),
+    (
+        "serve-json-not-config",
+        ("serve", "est.json", "--dry-run"),
+        ["est.json is not a model's config.json", "model_type"],
+    ),
+    ("serve-dev-null", ("serve", "/dev/null", "--dry-run"), ["/dev/null is not a model", "config.json"]),
+    ("serve-csv", ("serve", "one.csv", "--dry-run", "--engine", "vllm"), ["one.csv is not a model"]),
+    (
+        "serve-hub-offline",
+        ("serve", "no/such", "--dry-run"),
+        ["'no/such' is not in the catalog", "hub is off"],
+    ),
+    ("serve-url", ("serve", f"https://huggingface.co/{M}", "--dry-run"), ["web address", f"({M})"]),
+    ("serve-unknown", ("serve", "bogus", "--dry-run"), ["Unknown model 'bogus'"]),
+    (
+        "serve-model-dir-without-config",
+        (*SERVE, "--model", "adir"),
+        ["adir is a directory without a config.json"],
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory holding a tiny serving plan, a tiny training plan and a one-record data file."""
+    """A directory holding the tiny serving and training plans, a one-record data file, and things that
+    are not models: a CSV, an estimate's JSON, an empty directory."""
     where = write_tiny_plans(tmp_path_factory.mktemp("sweep_a"))
     (where / "one.jsonl").write_text('{"text": "hello world"}\n')
+    (where / "one.csv").write_text("a,b\n1,2\n")
+    (where / "est.json").write_text('{"model": "Qwen/Qwen2.5-0.5B", "fits": true}\n')
+    (where / "adir").mkdir()
     return where
 
 
@@ -144,3 +238,22 @@ def test_size_still_takes_the_largest_max_nodes():
     from swiftplan.usecases.size import MAX_NODES_LIMIT, SizeRequest
 
     assert SizeRequest(model=M, max_nodes=MAX_NODES_LIMIT).max_nodes == 256
+
+
+def test_serve_overrides_within_the_plan_still_render(workdir, tmp_path):
+    from bad_input_support import FIXTURES
+
+    checkpoint = tmp_path / "checkpoint"  # a fine-tune of the plan's model: its config, its architecture
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text((FIXTURES / "serve_tiny_config.json").read_text())
+    # the same tokens at once (64 × 2 = 128 × 1)
+    result = run_cli(*SERVE, "--engine", "vllm", "--context", "64", "--concurrency", "2",
+                     "--model", str(checkpoint), "--api-key", "k", cwd=workdir)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"vllm serve {checkpoint}" in result.output
+    assert "--max-model-len 64 --max-num-seqs 2" in result.output and "VLLM_API_KEY" in result.output
+    assert run_cli("serve", str(FIXTURES / "serve_tiny_config.json"), "--dry-run", cwd=workdir).exit_code == 0
+
+
+def test_the_table_ids_are_unique():
+    assert len({c[0] for c in CASES}) == len(CASES)

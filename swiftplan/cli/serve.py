@@ -170,7 +170,8 @@ def serve_command(
 
     _check_options(dict(locals()))
 
-    target = resolve_target(plan, weights=model, context=context, concurrency=concurrency, dtype=dtype)
+    target = resolve_target(plan, weights=model, context=context, concurrency=concurrency, dtype=dtype,
+                            load_weights=random_init is None)  # fmt: skip
     served_name = served_model_name or target.model
     loras = parse_loras(lora or [], served_name=served_name)
     chosen = _pick_engine(engine, target, random_init=random_init is not None, dry_run=dry_run)
@@ -203,6 +204,12 @@ def _check_options(o: dict[str, Any]) -> None:
     if not o["host"].strip():
         raise SwiftplanError(
             "--host is empty.", hint="Give an address: 127.0.0.1 (this machine) or 0.0.0.0 (the network)."
+        )
+    if o["api_key"] is not None and not o["api_key"].strip():
+        raise SwiftplanError(
+            f"--api-key {o['api_key']!r} is {'blank' if o['api_key'] else 'empty'}: the server would start without authentication, and nothing "
+            'would say so (an unset variable in --api-key "$KEY" gives this).',
+            hint="Give the key (or set SWIFTPLAN_API_KEY), or leave --api-key out to serve without one.",
         )
     _checks.at_least("--context", o["context"], 1, unit=" token")
     _checks.at_least("--concurrency", o["concurrency"], 1)

@@ -207,6 +207,26 @@ def resolve_model(name: str) -> ModelSpec:
     )
 
 
+def hub_off() -> bool:
+    """Whether the user turned the hub off (HF_HUB_OFFLINE or SWIFTPLAN_OFFLINE)."""
+    return _offline()
+
+
+def cached_hub_config(model_id: str) -> dict[str, Any] | None:
+    """A hub model's config.json from the local Hugging Face cache, without touching the network; None when
+    it is not there (or huggingface_hub is not installed, or the id is malformed)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.errors import HFValidationError
+    except ImportError:
+        return None
+    try:
+        cached = try_to_load_from_cache(model_id, "config.json")
+    except HFValidationError:
+        return None
+    return _read_config(Path(cached)) if isinstance(cached, str) else None
+
+
 def known_spec(model: str) -> ModelSpec | None:
     """The spec of a local config or a catalog model, without touching the network; None for a hub id
     that is not in the catalog."""

@@ -55,9 +55,12 @@ def weights_source(model: str) -> str:
 
 def resolve_target(
     plan_or_model: str, *, weights: str | None = None, context: int | None = None,
-    concurrency: int | None = None, dtype: str | None = None,
+    concurrency: int | None = None, dtype: str | None = None, load_weights: bool = True,
 ) -> ServeTarget:  # fmt: skip
-    """Read a plan file (a .yaml/.yml path) or take a model name, then apply the overrides."""
+    """Read a plan file (a .yaml/.yml path) or take a model name, then apply the overrides. Refused: weights
+    that cannot be loaded (unless `load_weights` is False: random weights), `weights` that are not the plan's
+    model, a context past the model's positions, and overrides holding more tokens than the plan sized."""
+    from swiftplan.executors.serve import checks
     from swiftplan.plan_file import is_plan_path, load_plan
 
     if dtype is not None and dtype not in ("bf16", "fp16", "fp32"):
@@ -86,10 +89,19 @@ def resolve_target(
         planned = {}
         setup = ServeSetup(concurrency=_DEFAULT_SLOTS)
         model, prediction, path = plan_or_model, Prediction(), None
+    planned_setup = setup
     try:
         setup = dataclasses.replace(setup, **overrides)
     except (TypeError, SwiftplanError) as error:
         raise SwiftplanError(f"Invalid serving option: {error}") from error
+    if load_weights:
+        checks.check_weights(weights or model)
+    if path is not None and weights is not None:
+        checks.check_same_model(model, weights)
+    if context is not None:
+        checks.check_context(weights or model, context)
+    if path is not None:
+        checks.check_within_plan(planned_setup, setup, model=model, context=context, concurrency=concurrency)
     return ServeTarget(model=model, weights=weights or weights_source(model), setup=setup, prediction=prediction,
                        plan_path=path, **planned)  # fmt: skip
 
