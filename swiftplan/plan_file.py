@@ -68,7 +68,8 @@ _HINT = 'Plan files are written by `swiftplan fit ... -o plan.yaml`; the README 
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    """Unknown keys refused; .inf and .nan refused in every number a plan is made from."""
 
 
 class LoraFields(_Strict):
@@ -241,6 +242,8 @@ class LayoutFields(_Strict):
 class PredictionFields(_Strict):
     """`Prediction`."""
 
+    model_config = ConfigDict(allow_inf_nan=True)  # what the planner answered, overflow included
+
     per_device_bytes: dict[str, int]
     peak_phase: str
     device_memory_bytes: int
@@ -286,12 +289,20 @@ class PlanFields(_Strict):
                 f"task {self.task!r} needs exactly the '{self.task}' section (and not the other)"
             )
         if self.layout.dp * self.layout.tp * self.layout.pp != self.layout.gpus:
-            raise ValueError(f"layout: tp × pp × dp must equal gpus ({self.layout.gpus})")
+            lay = self.layout
+            raise ValueError(
+                f"layout.tp {lay.tp} × layout.pp {lay.pp} × layout.dp {lay.dp} = {lay.tp * lay.pp * lay.dp} "
+                f"must equal layout.gpus {lay.gpus}"
+            )
         rollout = self.train.objective.rollout if self.train and self.train.objective else None
         server = rollout.gpus if rollout is not None and rollout.placement == "server" else 0
         if self.layout.gpus + server != self.hardware.nodes * self.hardware.gpus_per_node:
+            hw = self.hardware
             raise ValueError(
-                "layout.gpus (+ a rollout server's gpus) must equal hardware.nodes × hardware.gpus_per_node"
+                f"layout.gpus {self.layout.gpus}"
+                + (f" + the rollout server's {server} gpus" if server else "")
+                + f" must equal hardware.nodes {hw.nodes} × hardware.gpus_per_node {hw.gpus_per_node} = "
+                f"{hw.nodes * hw.gpus_per_node}"
             )
         return self
 
@@ -392,8 +403,10 @@ def _validation_error(path: Path, error: ValidationError, prefix: str = "") -> S
         problem = f"unknown field '{field}'"
     elif first["type"] == "missing":
         problem = f"missing field '{field}'"
-    else:
-        problem = f"field '{field}': {first['msg'].rstrip('.')}"
+    else:  # a model validator's own sentence, without pydantic's "Value error, " in front
+        problem = f"field '{field}': {first['msg'].removeprefix('Value error, ').rstrip('.')}"
+        if field == "(top level)":
+            problem = first["msg"].removeprefix("Value error, ").rstrip(".")
         if not isinstance(first["input"], (dict, list)):
             problem += f" (got {first['input']!r})"
     more = f" ({error.error_count() - 1} more problem(s))" if error.error_count() > 1 else ""
@@ -434,9 +447,20 @@ def _setup(
         vision = data.pop("vision")
         return ServeSetup(**data, vision=None if vision is None else VisionInputs(**vision))
     except SwiftplanError as error:
+        message = error.message
+        for (
+            flag,
+            field,
+        ) in _FIELD_OF_FLAG.items():  # the set-up names command-line flags; a plan file has fields
+            message = message.replace(f"({flag})", f"({task}.{field})")
         raise SwiftplanError(
-            f"Plan file {path}: the {task} set-up is not valid: {error.message}", hint=_HINT
+            f"Plan file {path}: the {task} set-up is not valid: {message}", hint=_HINT
         ) from error
+
+
+_FIELD_OF_FLAG = {"--tp": "parallel.tp", "--pp": "parallel.pp", "--batch": "micro_batch", "--seq": "seq_len",
+                  "--context": "context", "--concurrency": "concurrency"}  # fmt: skip
+"""The flags `TrainSetup`/`ServeSetup` name in parentheses, as the plan-file fields that hold them."""
 
 
 def _objective(data: dict[str, Any] | None) -> ObjectiveSetup:
@@ -492,9 +516,10 @@ def _from_v2(path: Path, data: dict[str, Any]) -> Plan:
     except ValidationError as error:
         raise _validation_error(path, error) from error
     hw = fields.hardware
+    accelerator = _accelerator(path, hw.accelerator)  # its own message, naming hardware.accelerator
     try:
         hardware = Cluster(
-            accelerator=_accelerator(path, hw.accelerator),
+            accelerator=accelerator,
             nodes=hw.nodes,
             gpus_per_node=hw.gpus_per_node,
             usable_memory_bytes=hw.usable_memory_bytes,

@@ -33,7 +33,7 @@ REFUSED = [
      ["--runtime hf is a training runtime", "lmdeploy, sglang, vllm"]),
     ("serve-tp-over-devices", (*SERVE, "--tp", "2"), ["--tp 2", "1 serving device", "valid tensor-parallel degrees here: 1"]),
     ("serve-one-knob-grammar", (*SERVE, "--loss", "chunked"), ["--loss describes how", "it does not apply"]),
-    ("missing-plan-file", ("estimate", "nope.yaml", "--gpus", "a100"), ["nope.yaml does not exist"]),
+    ("missing-plan-file", ("estimate", "nope.yaml", "--gpus", "a100"), ["plan file nope.yaml: it does not exist"]),
     # 2.3: a hybrid shard group must tile the data-parallel devices
     *[(f"shard-group-{g}", ("estimate", M, "--gpus", "4xh100", "--method", "full", "--fsdp", "fsdp2",
                             "--fsdp-sharding", "hybrid_shard", "--fsdp-shard-group", g),
@@ -123,6 +123,40 @@ def test_a_profile_default_or_a_knob_that_acts_is_not_refused(args: tuple[str, .
 @pytest.fixture
 def plans(tmp_path: Path) -> Path:
     return write_tiny_plans(tmp_path)
+
+
+def _edited(plans: Path, edit: object) -> str:
+    import yaml
+
+    data = yaml.safe_load((plans / "train.yaml").read_text())
+    edit(data)  # type: ignore[operator]
+    (plans / "edited.yaml").write_text(yaml.safe_dump(data))
+    return str(plans / "edited.yaml")
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragments", "absent"),
+    [(lambda d: d["hardware"]["accelerator"].update(memory_bytes=-5),
+      ["field 'hardware.accelerator'", "memory_bytes must be positive"], ["field 'hardware':"]),
+     (lambda d: d["layout"].update(tp=2), ["layout.tp 2 × layout.pp 1 × layout.dp 1 = 2 must equal layout.gpus 1"],
+      ["value error", "(top level)"]),
+     (lambda d: d["hardware"].update(nodes=2), ["layout.gpus 1 must equal hardware.nodes 2"], ["value error"])],
+    ids=["accelerator", "layout", "nodes"],
+)  # fmt: skip
+def test_plan_file_messages_name_the_field_once(
+    plans: Path, edit: object, fragments: list[str], absent: list[str]
+) -> None:
+    done = run_cli("estimate", _edited(plans, edit))
+    assert_refused(done, *fragments)
+    text = " ".join(done.output.split()).lower()
+    assert text.count("edited.yaml") == 1 and not any(a.lower() in text for a in absent), done.output
+
+
+def test_verify_gpus_auto_probes_instead_of_naming_internals() -> None:
+    tiny = str(Path(__file__).parent / "fixtures" / "train" / "tiny_llama")
+    done = run_cli("verify", tiny, "--seq", "64", "--gpus", "auto")
+    assert "parse_cluster" not in done.output and "cluster_from_probe" not in done.output, done.output
+    assert "Traceback" not in done.output
 
 
 def test_verify_refuses_a_deepspeed_knob_it_traces_without() -> None:

@@ -166,7 +166,7 @@ EDITS = [
     ("cross-field", lambda d: d["train"].update(method="qlora", quant="none", precision="fp32"),
      "QLoRA computes in bf16 or fp16"),
     ("task mismatch", lambda d: d.update(task="serve"), "needs exactly the 'serve' section"),
-    ("layout", lambda d: d["layout"].update(dp=3), "tp × pp × dp must equal gpus"),
+    ("layout", lambda d: d["layout"].update(dp=3), "must equal layout.gpus"),
     ("hardware", lambda d: d["hardware"]["accelerator"].update(colour="green"), "hardware.accelerator.colour"),
     ("memory", lambda d: d["hardware"]["accelerator"].update(memory_bytes=-1), "memory_bytes must be positive"),
     ("workload", lambda d: d["workload"].update(global_batch=0), "field 'workload.global_batch'"),

@@ -443,10 +443,12 @@ def _check_plan_path(model: str) -> None:
 
     path = Path(model).expanduser()
     if not path.exists():
-        raise SwiftplanError(f"Plan file {model} does not exist.",
+        raise SwiftplanError(f"Cannot read plan file {model}: it does not exist.",
                              hint="Write one with `swiftplan fit MODEL --gpus GPUS -o plan.yaml`, or check the path.")  # fmt: skip
     if not path.is_file():
-        raise SwiftplanError(f"Plan file {model} is not a file.", hint="Give the path of a plan .yaml file.")
+        raise SwiftplanError(
+            f"Cannot read plan file {model}: it is not a file.", hint="Give the path of a plan .yaml file."
+        )
 
 
 _SERVE_IDLE = ("method", "rank", "targets", "lora_dropout", "optimizer", "batch", "seq", "grad_accum", "grad_ckpt",

@@ -107,7 +107,9 @@ def verify_command(
     context: int = typer.Option(4096, "--context", help="Serving: tokens per sequence."),
     concurrency: int = typer.Option(1, "--concurrency", help="Serving: sequences."),
     gpus: str = typer.Option(
-        "h100", "--gpus", help="Devices, e.g. 4xH100: FSDP is traced as rank 0 of that many (--fsdp fsdp2)."
+        "h100",
+        "--gpus",
+        help="Devices, e.g. 4xH100, or auto (this machine's): FSDP is traced as rank 0 of that many (--fsdp fsdp2).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     runtime: RuntimeOpt = None,
@@ -199,14 +201,14 @@ def _runtime(ctx: typer.Context, o: dict[str, Any]) -> Any:
     from dataclasses import replace
 
     from swiftplan.executors.verify_knobs import refuse_untraceable
-    from swiftplan.planner.hardware import parse_cluster
+    from swiftplan.usecases.inputs import resolve_cluster
 
     traced = choice.knobs()
     if o["task"] not in ("train", "sft"):  # the objective's log-prob path is TRL's own code, traced as is
         traced = replace(traced, loss="full")
     if o["method"] == "full":  # no adapters: their dtype asks nothing of the trace
         traced = replace(traced, adapter_dtype="fp32")
-    refuse_untraceable(traced, world_size=parse_cluster(o["gpus"]).world_size, task=o["task"])
+    refuse_untraceable(traced, world_size=resolve_cluster(o["gpus"]).world_size, task=o["task"])
     return choice
 
 
@@ -238,9 +240,10 @@ def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> Any:
     the estimate, term by term."""
     from swiftplan.cli.options import build_serve_setup, build_train_setup
     from swiftplan.extras import needs
-    from swiftplan.planner.hardware import parse_cluster
+    from swiftplan.usecases.inputs import resolve_cluster
 
-    cluster = parse_cluster(o["gpus"])  # capabilities and FSDP's world size; the trace is device-independent
+    # capabilities and FSDP's world size (auto: this machine's); the trace is device-independent
+    cluster = resolve_cluster(o["gpus"])
     with needs("verify"):
         from swiftplan.executors import verify
     if o["task"] == "serve":
