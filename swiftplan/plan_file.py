@@ -447,11 +447,8 @@ def _setup(
         vision = data.pop("vision")
         return ServeSetup(**data, vision=None if vision is None else VisionInputs(**vision))
     except SwiftplanError as error:
-        message = error.message
-        for (
-            flag,
-            field,
-        ) in _FIELD_OF_FLAG.items():  # the set-up names command-line flags; a plan file has fields
+        message = error.message  # the set-up names command-line flags; a plan file has fields
+        for flag, field in _FIELD_OF_FLAG.items():
             message = message.replace(f"({flag})", f"({task}.{field})")
         raise SwiftplanError(
             f"Plan file {path}: the {task} set-up is not valid: {message}", hint=_HINT

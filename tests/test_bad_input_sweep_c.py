@@ -169,3 +169,12 @@ def test_verify_refuses_a_deepspeed_knob_it_traces_without() -> None:
 def test_the_smallest_image_a_processor_makes_is_accepted() -> None:
     done = run_cli("estimate", "Qwen/Qwen2.5-VL-7B-Instruct", "--gpus", "a100", "--image-tokens", "4")
     assert done.exit_code == 0 and "4 tokens given" in done.output, done.output
+
+
+def test_a_job_that_does_not_fit_points_to_the_fit_command_that_finds_the_smallest_change() -> None:
+    done = run_cli("estimate", "Qwen/Qwen2.5-72B", "--gpus", "rtx3060")
+    text = " ".join(done.output.split())
+    assert done.exit_code == 0 and "does not fit" in text, done.output
+    assert "`swiftplan fit Qwen/Qwen2.5-72B --gpus rtx3060` checks the smallest changes" in text
+    fits = " ".join(run_cli(*EST).output.split())
+    assert "to make it fit" not in fits

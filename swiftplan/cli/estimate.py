@@ -408,6 +408,24 @@ def estimate_command(
         console.print(outcome.runtime.describe(), highlight=False)
     render_engine(outcome)
     render_prediction_check(outcome)
+    if outcome.plan is None and not outcome.estimate.fits:
+        console.print(_fit_pointer(model, gpus, task, context, concurrency), highlight=False)
+
+
+def _fit_pointer(model: str, gpus: str, task: Any, context: int, concurrency: int) -> str:
+    """For a job that does not fit: the `swiftplan fit` command that checks the smallest changes that would."""
+    import shlex
+
+    from swiftplan.cli.options import is_serving
+
+    args = [model, "--gpus", gpus]
+    if is_serving(task):
+        args += ["--task", "serve", "--context", str(context), "--concurrency", str(concurrency)]
+        changes = "a shorter context, quantization, more or bigger GPUs"
+    else:
+        changes = "QLoRA, a shorter sequence, offload, more or bigger GPUs"
+    return (f"to make it fit: `swiftplan fit {shlex.join(args)}` checks the smallest changes that would "
+            f"({changes}), each with the estimator")  # fmt: skip
 
 
 def _estimate(ctx: typer.Context, options: dict[str, Any]) -> Any:
