@@ -179,3 +179,25 @@ def test_pins_that_cannot_split_the_global_batch_are_refused_with_the_smallest_b
                    "--global-batch 6 does not split evenly", "dp 4", "--global-batch 8")  # fmt: skip
     assert_refused(run_cli(*FIT, "--gpus", "4xh100", "--batch", "3"),
                    "--global-batch 16", "--batch 3", "--global-batch 18")  # fmt: skip
+
+
+# 2.7: GRPO's global batch in whole prompts, said; a step beyond the run refused; estimate names the batch that runs
+
+
+def test_fit_grpo_says_it_rounds_the_global_batch_and_refuses_a_step_beyond_the_run() -> None:
+    payload = _fit_json("--gpus", "a100", "--task", "grpo", "--num-generations", "3")
+    assert payload["workload"]["global_batch"] == 18
+    assert any("--global-batch 16 completions rounded up to 18" in n and "--num-generations 3" in n
+               for n in payload["notes"])  # fmt: skip
+    assert_refused(run_cli(*FIT, "--gpus", "a100", "--task", "grpo", "--num-generations", "100000"),
+                   "one step of 100,000 completions", "more than the whole run's 100,000,000",
+                   "lower --num-generations")  # fmt: skip
+
+
+def test_estimate_grpo_warns_when_the_step_is_not_whole_prompts() -> None:
+    result = run_cli("estimate", M, "--gpus", "a100", "--task", "grpo", "--num-generations", "3")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "= 1 completion(s), not whole prompts of --num-generations 3" in text and "--grad-accum 3" in text
+    whole = run_cli("estimate", M, "--gpus", "a100", "--task", "grpo", "--grad-accum", "8")
+    assert whole.exit_code == 0 and "not whole prompts" not in " ".join(whole.output.split())

@@ -308,9 +308,10 @@ def fit_request(**options: Any) -> Any:
 
     task: FitTask = "serve" if is_serving(options["task"]) else "train"
     host_ram = options["host_ram"]
-    training, global_batch, seq = (
+    training, _, seq = (
         objective_request(options) if task == "train" else (SFT, options["global_batch"], options["seq"])
     )
+    global_batch = options["global_batch"]  # GRPO's whole prompts: fit rounds it up, with a note
     return FitRequest(
         model=options["model"], gpus=options["gpus"], task=task, engine=options["engine"],
         objective=options["objective"].value if options["objective"] else None, pareto=options["pareto"],

@@ -113,10 +113,38 @@ def estimate_setup(
     else:
         estimate = estimate_training(spec, setup, cluster, allocator=allocator)
         gpus = cluster.world_size
+        warnings = warnings + generation_batch_warnings(setup, cluster)
     estimate = replace(estimate, notes=estimate.notes + warnings)
     reasons, others = _engine_check(setup, cluster, chosen, gpus)
     return EstimateOutcome(
         estimate=estimate, engine=chosen, engine_reasons=reasons, other_engines=others, runtime=runtime
+    )
+
+
+def generation_batch_warnings(setup: TrainSetup, cluster: Cluster) -> tuple[str, ...]:
+    """GRPO groups a step's completions by prompt: micro-batch × accumulation × data-parallel ranks must be a whole
+    number of groups of --num-generations (TRL GRPOConfig generation_batch_size, trl 1.16 grpo_config.py:480;
+    ms-swift _init_generation_batch_params), or the run is refused at start-up. The per-device memory and the step
+    are those of the batch given; the warning names the smallest --grad-accum that runs."""
+    import math
+
+    from swiftplan.planner.estimate import training_world_size
+
+    rollout = setup.objective.rollout
+    if setup.objective.kind != "grpo" or rollout is None:
+        return ()
+    ranks = max(1, training_world_size(setup.objective, cluster) // (setup.parallel.tp * setup.parallel.pp))
+    per_accum = setup.micro_batch * ranks
+    batch, groups = per_accum * setup.grad_accum, rollout.num_generations
+    if batch % groups == 0:
+        return ()
+    step = groups // math.gcd(per_accum, groups)
+    accum = -(-setup.grad_accum // step) * step
+    return (
+        f"a GRPO step generates --batch {setup.micro_batch} × --grad-accum {setup.grad_accum} × {ranks} "
+        f"data-parallel rank(s) = {batch} completion(s), not whole prompts of --num-generations {groups}: TRL and "
+        f"ms-swift refuse that; --grad-accum {accum} makes {per_accum * accum} ({per_accum * accum // groups} prompt(s)), "
+        "with the same memory per device.",
     )
 
 

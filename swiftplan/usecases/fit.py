@@ -509,6 +509,34 @@ def _check_rollout_lengths(request: FitRequest) -> None:
         )
 
 
+def _rollout_batch(request: FitRequest, notes: list[str]) -> FitRequest:
+    """GRPO's global batch in whole prompts: rounded up to a multiple of --num-generations (TRL requires the
+    generation batch to divide by it, trl 1.16 trainer/grpo_config.py:480), with a note naming both numbers; a
+    step larger than the whole run (a single prompt's completions outnumbering the data) is refused."""
+    from swiftplan.planner.objective import whole_prompts
+
+    rollout, kind = request.training.rollout, request.training.kind
+    if rollout is None:
+        return request
+    batch = request.global_batch
+    if kind == "grpo" and batch % rollout.num_generations:
+        batch = whole_prompts(batch, rollout.num_generations)
+        notes.append(f"--task grpo: --global-batch {request.global_batch} completions rounded up to {batch}, whole "
+                     f"prompts of --num-generations {rollout.num_generations} each (TRL requires the generation batch "
+                     f"to divide by it); pass --global-batch as a multiple of {rollout.num_generations} to choose it.")  # fmt: skip
+    step = batch * rollout.seq_len
+    run = (request.dataset_tokens or inputs.DEFAULT_DATASET_TOKENS) * request.epochs
+    if step > run:
+        raise SwiftplanError(
+            f"--task {kind}: one step of {batch:,} completions × {rollout.seq_len:,} tokens (--global-batch, "
+            f"--num-generations {rollout.num_generations}, prompt + completion) is {step:,} tokens, more than the whole "
+            f"run's {run:,.0f}.",
+            hint="Lower --num-generations (TRL's default is 8; DeepSeekMath's GRPO sampled 64 per question, "
+            "arXiv:2402.03300) or --global-batch, or raise --dataset-tokens to the tokens the run trains.",
+        )
+    return replace(request, global_batch=batch)
+
+
 def _short_data_note(lengths: LengthStats, request: FitRequest) -> str | None:
     """A data set smaller than one global batch: each epoch is one partial step (time and cost count the
     tokens it holds, not a full batch)."""
@@ -562,6 +590,7 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     if request.task == "train":
         training_world_size(request.training, searched)  # a rollout server must leave GPUs to train on
         _check_rollout_lengths(request)
+        request = _rollout_batch(request, notes)
         _check_targets(spec, request.pins)
         request = _check_against_model(request, spec)
         from swiftplan.planner.capabilities import check
