@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import pytest
+import yaml
 from bad_input_support import assert_refused, run_cli, run_cli_bounded, write_tiny_plans
 
 M = "Qwen/Qwen2.5-0.5B"
@@ -138,18 +140,35 @@ CASES = [
         (*SERVE, "--model", "adir"),
         ["adir is a directory without a config.json"],
     ),
+    # 2.12 numbers that are not finite, which --json printed as Infinity
+    ("size-budget-inf", (*SIZE, "--budget", "inf", "--json"), ["--budget", "finite", "'inf'"]),
+    ("size-budget-1e400", (*SIZE, "--budget", "1e400"), ["--budget", "finite", "'1e400'"]),
+    ("size-budget-infk", (*SIZE, "--budget", "infk", "--buy"), ["--budget", "'infk'"]),
+    (
+        "plan-epochs-inf",
+        ("estimate", "epochs_inf.yaml", "--json"),
+        ["epochs_inf.yaml", "workload.epochs", "finite"],
+    ),
+    ("plan-network-nan", ("estimate", "network_nan.yaml"), ["hardware.inter_node_bytes_per_s", "finite"]),
 ]
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding the tiny serving and training plans, a one-record data file, and things that
-    are not models: a CSV, an estimate's JSON, an empty directory."""
+    are not models (a CSV, an estimate's JSON, an empty directory), and the training plan with .inf
+    epochs and a .nan network."""
     where = write_tiny_plans(tmp_path_factory.mktemp("sweep_a"))
     (where / "one.jsonl").write_text('{"text": "hello world"}\n')
     (where / "one.csv").write_text("a,b\n1,2\n")
     (where / "est.json").write_text('{"model": "Qwen/Qwen2.5-0.5B", "fits": true}\n')
     (where / "adir").mkdir()
+    plan = yaml.safe_load((where / "train.yaml").read_text())
+    plan["workload"]["epochs"] = math.inf
+    (where / "epochs_inf.yaml").write_text(yaml.safe_dump(plan))
+    plan["workload"]["epochs"] = 1.0
+    plan["hardware"]["inter_node_bytes_per_s"] = math.nan
+    (where / "network_nan.yaml").write_text(yaml.safe_dump(plan))
     return where
 
 
@@ -257,3 +276,14 @@ def test_serve_overrides_within_the_plan_still_render(workdir, tmp_path):
 
 def test_the_table_ids_are_unique():
     assert len({c[0] for c in CASES}) == len(CASES)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def test_json_output_is_strict_when_a_time_overflows(workdir):
+    result = run_cli(*FIT, "--epochs", "1e308", "--json", cwd=workdir)  # finite input, infinite time and cost
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output, parse_constant=_refuse_constant)
+    assert data["best"]["time_s"] is None and data["best"]["tokens_per_s"] > 0

@@ -45,5 +45,9 @@ def _default(value: Any) -> Any:
 
 
 def print_json(payload: Any) -> None:
-    """Print one JSON object to stdout (for --json)."""
-    sys.stdout.write(json.dumps(payload, indent=2, default=_default) + "\n")
+    """Print one JSON object to stdout (for --json), strict JSON: a number that is not finite (a time
+    or cost that overflowed) is null, never the `Infinity` or `NaN` that jq and JavaScript refuse."""
+    text = json.dumps(payload, indent=2, default=_default)
+    if "Infinity" in text or "NaN" in text:  # cheap test; the round trip changes only the bare constants
+        text = json.dumps(json.loads(text, parse_constant=lambda _: None), indent=2, allow_nan=False)
+    sys.stdout.write(text + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from enum import Enum
@@ -122,8 +123,8 @@ def parse_usd(text: str) -> float:
     except ValueError:
         raise SwiftplanError(f"Bad --budget {text!r}: give an amount of US dollars.",
                              hint="Examples: 5000, $12,000, 20k, 1.2M.") from None  # fmt: skip
-    if not value > 0:
-        raise SwiftplanError(f"--budget must be a positive amount of US dollars, got {text!r}.",
+    if not 0 < value < math.inf:
+        raise SwiftplanError(f"--budget must be a positive, finite amount of US dollars, got {text!r}.",
                              hint="Examples: 5000, $12,000, 20k, 1.2M.")  # fmt: skip
     return value
 
