@@ -221,6 +221,8 @@ def training_cases() -> list[Case]:
         "mistralai/Mixtral-8x7B-v0.1": [
             t(method="lora", lora=_lora(16), micro_batch=1, seq_len=1024, grad_ckpt=True),
             t(method="lora", lora=_lora(8), micro_batch=2, seq_len=512, grad_ckpt=False),
+            # full fine-tuning: the first MoE block's expert backward beside nearly every gradient
+            t(method="full", optimizer="sgd", micro_batch=2, seq_len=4096, grad_ckpt=False),
         ],
         "deepseek-ai/DeepSeek-V2-Lite": [
             t(
@@ -230,6 +232,10 @@ def training_cases() -> list[Case]:
                 seq_len=1024,
                 grad_ckpt=True,
             ),
+            # full fine-tuning: the dense first block recomputed once every MoE block's gradients exist
+            t(method="full", optimizer="sgd", micro_batch=2, seq_len=2048, grad_ckpt=True),
+            # LoRA on q only: the fp32 routing backward and the frozen latent projection's norm in the first block
+            t(method="lora", lora=_lora(16, ("q_proj",)), micro_batch=2, seq_len=2048, grad_ckpt=False),
             t(
                 method="lora",
                 lora=_lora(16, ("q_proj", "kv_b_proj")),
@@ -270,6 +276,15 @@ def training_cases() -> list[Case]:
             t(method="qlora", quant="fp4", lora=_lora(64), micro_batch=4, seq_len=256, grad_ckpt=True),
             # bitsandbytes int8 (LLM.int8 without outliers): its Linears keep their inputs through checkpointing
             t(method="lora", quant="int8", lora=_lora(16), micro_batch=2, seq_len=1024, grad_ckpt=True),
+            # and without checkpointing: the last block's forward, the first block's q, k, v keeping no input
+            t(
+                method="lora",
+                quant="int8",
+                lora=_lora(16, ALL, 0.05),
+                micro_batch=2,
+                seq_len=2048,
+                grad_ckpt=False,
+            ),
         ],
         "meta-llama/Llama-2-7b-hf  ": [
             t(
