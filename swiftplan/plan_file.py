@@ -294,6 +294,16 @@ class PlanFields(_Strict):
                 f"layout.tp {lay.tp} × layout.pp {lay.pp} × layout.dp {lay.dp} = {lay.tp * lay.pp * lay.dp} "
                 f"must equal layout.gpus {lay.gpus}"
             )
+        batch = self.workload.get("global_batch")
+        if (
+            self.train is not None and isinstance(batch, int) and batch > 0
+        ):  # a bad value: the workload's own error
+            step = self.train.micro_batch * self.train.grad_accum * self.layout.dp
+            if step != batch:
+                raise ValueError(
+                    f"train.micro_batch {self.train.micro_batch} × train.grad_accum {self.train.grad_accum} × "
+                    f"layout.dp {self.layout.dp} = {step} sequences a step, but workload.global_batch is {batch}"
+                )
         rollout = self.train.objective.rollout if self.train and self.train.objective else None
         server = rollout.gpus if rollout is not None and rollout.placement == "server" else 0
         if self.layout.gpus + server != self.hardware.nodes * self.hardware.gpus_per_node:

@@ -55,11 +55,13 @@ def format_usd(value: float) -> str:
 
 def parse_token_count(text: str) -> int:
     """'50M' / '1.5B' / '200k' / '12345' → integer token count; ValueError for anything else, including
-    'inf', 'nan' and numbers too large for a float ('1e400')."""
+    'inf', 'nan', numbers too large for a float ('1e400') and a fraction of one token ('0.5')."""
     raw = text.strip().lower().replace("_", "")
     scale = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
     number, factor = (raw[:-1], scale[raw[-1]]) if raw and raw[-1] in scale else (raw, 1)
     value = float(number) * factor
     if not math.isfinite(value):
         raise ValueError(f"token count {text!r} is not a finite number")
+    if 0 < value < 1:
+        raise ValueError(f"token count {text!r} is less than one token")
     return int(value)

@@ -152,9 +152,9 @@ CASES = [
     (
         "size-budget-negative",
         (*SIZE, "--budget", "-5"),
-        ["--budget", "positive amount of US dollars", "'-5'"],
+        ["--budget", "positive, finite amount of US dollars", "'-5'"],
     ),
-    ("size-budget-zero", (*SIZE, "--budget", "0"), ["--budget", "positive amount"]),
+    ("size-budget-zero", (*SIZE, "--budget", "0"), ["--budget", "positive, finite amount"]),
     ("size-budget-word", (*SIZE, "--budget", "cheap"), ["--budget", "'cheap'", "20k"]),
     ("size-deadline", (*SIZE, "--deadline", "soon"), ["--deadline", "'soon'", "48h"]),
     ("size-deadline-negative", (*SIZE, "--deadline", "-3h"), ["--deadline", "'-3h'"]),
@@ -573,13 +573,22 @@ CASES = [
     ("fit-nf4-torchao", (*FIT, "--quant", "nf4-torchao"), ["--quant nf4-torchao", "estimate-only", "nf4-dq"]),
     ("size-nf4-torchao", (*SIZE, "--quant", "none,nf4-torchao"), ["--quant nf4-torchao", "estimate-only"]),
     ("verify-float8", (*VERIFY, "--method", "full", "--float8"), ["--float8", "torchao"]),
+    ("size-deadline-zero", (*SIZE, "--deadline", "0h"), ["--deadline '0h'", "positive duration"]),
+    ("fit-dataset-tokens-fraction", (*FIT, "--dataset-tokens", "0.5"), ["--dataset-tokens", "'0.5'", "50M"]),
+    (
+        "fit-padding-packing",
+        (*FIT, "--lengths", "lengths.txt", "--padding", "longest", "--packing"),
+        ["--padding longest", "--packing", "would change nothing"],
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     """A directory holding a tiny serving plan and a tiny training plan."""
-    return write_tiny_plans(tmp_path_factory.mktemp("bad_input"))
+    directory = write_tiny_plans(tmp_path_factory.mktemp("bad_input"))
+    (directory / "lengths.txt").write_text("100\n200\n300\n")
+    return directory
 
 
 @pytest.mark.parametrize(("args", "fragments"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -170,6 +170,8 @@ EDITS = [
     ("hardware", lambda d: d["hardware"]["accelerator"].update(colour="green"), "hardware.accelerator.colour"),
     ("memory", lambda d: d["hardware"]["accelerator"].update(memory_bytes=-1), "memory_bytes must be positive"),
     ("workload", lambda d: d["workload"].update(global_batch=0), "field 'workload.global_batch'"),
+    ("batch", lambda d: d["workload"].update(global_batch=d["workload"]["global_batch"] + 1),
+     "sequences a step, but workload.global_batch is"),
     ("objective kind", lambda d: d["train"].update(objective={"kind": "rlhf"}), "field 'train.objective.kind'"),
     ("objective key", lambda d: d["train"].update(objective={"kind": "dpo", "beta": 0.1}),
      "unknown field 'train.objective.beta'"),

@@ -242,7 +242,12 @@ def test_sharing_misfits_across_sizes_changes_no_answer():
                 inter_node_bytes_per_s=100e9 / 8,
             )
             engine = default_engine("train", cluster.accelerator.backend)  # size plans for the default engine
-            space = whole_cluster(build_train_space(spec, cluster, Pins(), engine), cluster)
+            batch = (
+                job.workload.global_batch
+            )  # a step trains exactly the global batch (micro × accumulation × dp)
+            space = whole_cluster(
+                build_train_space(spec, cluster, Pins(), engine, global_batch=batch), cluster
+            )
             alone = best_training_plan(
                 TrainEvaluator(spec, cluster, job.workload, space, host_ram_bytes=64 * GiB)
             )

@@ -515,6 +515,9 @@ def _check_options(options: dict[str, Any]) -> None:
     if not serving and not (options["lengths"] or options["data"]):
         refuse_idle_padding(options["padding"], rows="without --lengths or --data fit plans full --seq rows",
                             hint="Give fit the data (--data or --lengths), or drop --padding.")  # fmt: skip
+    if not serving and options["packing"]:
+        refuse_idle_padding(options["padding"], rows="--packing makes every row a full --seq of packed samples",
+                            hint="Drop --padding, or --packing to plan padded batches.")  # fmt: skip
     _checks.output_file("-o/--output", options["output"])
 
 

@@ -107,8 +107,12 @@ _DURATION = re.compile(
 def parse_duration(text: str) -> float:
     """'48h', '2d', '90m', '1.5 days', '36' (hours) → seconds."""
     match = _DURATION.match(text)
-    if not match or float(match.group(1)) <= 0:
+    if not match:
         raise SwiftplanError(f"Bad --deadline {text!r}.", hint="Examples: 48h, 2d, 90m, 36 (hours).")
+    if float(match.group(1)) <= 0:
+        raise SwiftplanError(
+            f"--deadline {text!r} must be a positive duration.", hint="Examples: 48h, 2d, 90m, 36 (hours)."
+        )
     unit = (match.group(2) or "h").lower()
     scale = 60 if unit.startswith("m") else 86400 if unit.startswith("d") else 3600
     return float(match.group(1)) * scale

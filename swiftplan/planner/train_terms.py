@@ -26,6 +26,7 @@ from swiftplan.planner.runtime_terms import (
     grads_on_host,
     reduce_bucket_buffers,
     reduce_bucket_elements,
+    shard_degree,
     sharding_stage,
 )
 from swiftplan.planner.setup import TrainSetup
@@ -54,6 +55,8 @@ def breakdown_terms(
     trainable_here = states.trainable_here
     stage = sharding_stage(setup)
     shard = "FSDP " + knobs.fsdp_sharding if knobs.fsdp != "none" else "ZeRO"
+    shards = shard_degree(setup, dp)  # hybrid sharding: the shard group, not every data-parallel rank
+    over = f"dp{dp}" if shards == dp else f"{shards} (hybrid shard group of dp{dp})"
     saved = (f" + trainable copies of {','.join(knobs.modules_to_save)} ({states.saved_modules:,} params, modules_to_save)"
              if states.saved_modules else "")  # fmt: skip
     bucket = (f" + DeepSpeed reduce bucket {reduce_bucket_buffers(knobs, stage=stage)} × "
@@ -65,7 +68,7 @@ def breakdown_terms(
             name="weights",
             value_bytes=states.weights,
             formula=f"{total_params(spec):,} params by dtype/quant ({setup.quant}), /tp{tp}, {layers} blocks/stage"
-            + (f", /dp{dp} ({shard}-3)" if stage == 3 else ""),
+            + (f", /{over} ({shard}-3)" if stage == 3 else ""),
         ),
         Term(
             name="adapters",
@@ -73,13 +76,13 @@ def breakdown_terms(
             formula=f"{lora_params:,} LoRA params × {dtype_bytes(dtypes.adapters)} B ({dtypes.adapters})"
             + (f", /tp{tp}" if tp > 1 else "")
             + saved
-            + (f" /dp{dp} ({shard}-3)" if stage == 3 else ""),
+            + (f" /{over} ({shard}-3)" if stage == 3 else ""),
         ),
         Term(
             name="gradients",
             value_bytes=states.gradients,
             formula=f"{trainable_here:,} trainable × {dtype_bytes(dtypes.gradients)} B ({dtypes.gradients})"
-            + (f" / dp{dp}" if stage >= 2 else "")
+            + (f" / {over}" if stage >= 2 else "")
             + (" (one at a time: optimizer in backward)" if knobs.optimizer_in_backward else "")
             + (" in host RAM with the offloaded optimizer (DeepSpeed)" if grads_on_host(setup) else "")
             + bucket,
@@ -91,7 +94,7 @@ def breakdown_terms(
             name="optimizer",
             value_bytes=states.optimizer,
             formula=f"{setup.optimizer} state for {trainable_here:,} params ({dtypes.optimizer} moments)"
-            + (f" / dp{dp}" if stage >= 1 else "")
+            + (f" / {over}" if stage >= 1 else "")
             + (" (offloaded to host)" if par.offload != "none" else ""),
         ),
         Term(

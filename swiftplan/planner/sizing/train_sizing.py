@@ -191,11 +191,19 @@ def _plan_cluster(
     if reasons := job.runtime_reasons(cluster):
         return base.rejected("unsupported", " ".join(reasons)), "skipped", 0
     try:
-        space = whole_cluster(build_train_space(spec, cluster, job.pins, job.engine_for(cluster)), cluster)
+        batch = (
+            job.workload.global_batch
+        )  # a step trains exactly this many sequences (micro × accumulation × dp)
+        space = whole_cluster(
+            build_train_space(spec, cluster, job.pins, job.engine_for(cluster), global_batch=batch), cluster
+        )
     except SwiftplanError as error:
         return base.rejected("unsupported", error.message), "skipped", 0
     if not space.layouts:
-        reason = f"no parallel layout uses all {cluster.world_size} GPUs ({spec.num_heads} heads, {spec.num_layers} layers, pins)"
+        reason = (
+            f"no parallel layout uses all {cluster.world_size} GPUs ({spec.num_heads} heads, {spec.num_layers} layers, "
+            f"pins, data-parallel ranks dividing the global batch of {batch})"
+        )
         return base.rejected("unsupported", reason), "skipped", 0
     if constraints.budget_usd is not None and money_mode(objective, constraints) == "buy":
         price = base.purchase_usd
