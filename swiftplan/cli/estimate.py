@@ -8,13 +8,26 @@ import typer
 from rich.table import Table
 
 from swiftplan.cli._output import console, print_json
-from swiftplan.cli.options import (
+from swiftplan.cli.objective_options import (
     TASK_HELP,
+    CompletionLenOpt,
+    JobTask,
+    KlOpt,
+    NumGenerationsOpt,
+    PromptLenOpt,
+    ReferenceOpt,
+    RolloutEngineOpt,
+    RolloutGpusOpt,
+    RolloutMemoryOpt,
+    RolloutOpt,
+    RolloutSleepOpt,
+    RolloutTpOpt,
+)
+from swiftplan.cli.options import (
     ActivationOffloadOpt,
     AdapterDtypeOpt,
     CkptEveryOpt,
     CkptPositionOpt,
-    CompletionLenOpt,
     DsAutoBucketsOpt,
     DsBucketsOpt,
     DsOverlapCommOpt,
@@ -24,38 +37,29 @@ from swiftplan.cli.options import (
     FsdpOpt,
     FsdpShardGroupOpt,
     FsdpShardingOpt,
-    ImageSizeOpt,
-    ImagesPerSampleOpt,
-    ImageTokensOpt,
-    JobTask,
     KeepOutputOpt,
-    KlOpt,
     LossChunksOpt,
     LossChunkTokensOpt,
     LossOpt,
     MaxLiveOpt,
     ModulesToSaveOpt,
-    NumGenerationsOpt,
     OptimizerImplOpt,
     OptimizerInBackwardOpt,
     PaddingOpt,
     PrefetchBucketOpt,
-    PromptLenOpt,
     ReduceBucketOpt,
-    ReferenceOpt,
-    RolloutEngineOpt,
-    RolloutGpusOpt,
-    RolloutMemoryOpt,
-    RolloutOpt,
-    RolloutSleepOpt,
-    RolloutTpOpt,
     RuntimeOpt,
-    TrainAlignerOpt,
-    TrainVitOpt,
-    VideoFramesOpt,
     build_serve_setup,
     build_train_setup,
     given_options,
+)
+from swiftplan.cli.vision_options import (
+    ImageSizeOpt,
+    ImagesPerSampleOpt,
+    ImageTokensOpt,
+    TrainAlignerOpt,
+    TrainVitOpt,
+    VideoFramesOpt,
 )
 from swiftplan.planner.estimate import Estimate
 from swiftplan.planner.speed import TrainSpeed
@@ -416,7 +420,7 @@ def _fit_pointer(model: str, gpus: str, task: Any, context: int, concurrency: in
     """For a job that does not fit: the `swiftplan fit` command that checks the smallest changes that would."""
     import shlex
 
-    from swiftplan.cli.options import is_serving
+    from swiftplan.cli.objective_options import is_serving
 
     args = [model, "--gpus", gpus]
     if is_serving(task):
@@ -512,7 +516,8 @@ PACKED = (
 def _check_packing(options: dict[str, Any]) -> None:
     """--packing is training batching with one shape: refused with --variable-lengths and for serving; --padding
     only says something with --variable-lengths."""
-    from swiftplan.cli.options import is_serving, refuse_idle_padding
+    from swiftplan.cli.objective_options import is_serving
+    from swiftplan.cli.options import refuse_idle_padding
     from swiftplan.errors import SwiftplanError
 
     if not options["variable_lengths"] and not is_serving(options["task"]):
@@ -533,15 +538,17 @@ def _check_packing(options: dict[str, Any]) -> None:
 
 def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, Any]:
     """The set-up the options describe, under the runtime profile (--runtime) they name."""
-    from swiftplan.cli.options import (
-        RUNTIME_TRAIN_FLAGS,
+    from swiftplan.cli.objective_options import (
         build_objective,
         is_serving,
-        knob_values,
         objective_seq,
+        refuse_objective_for_serving,
+    )
+    from swiftplan.cli.options import (
+        RUNTIME_TRAIN_FLAGS,
+        knob_values,
         refuse_idle_setup_knobs,
         refuse_knobs_for_serving,
-        refuse_objective_for_serving,
         serve_runtime,
         train_runtime,
     )
@@ -582,7 +589,7 @@ def _with_vision(setup: Any, options: dict[str, Any], *, serving: bool) -> Any:
     """`setup` carrying the images/video the vision options describe (unchanged when none was given)."""
     from dataclasses import replace
 
-    from swiftplan.cli.options import build_vision_inputs
+    from swiftplan.cli.vision_options import build_vision_inputs
 
     vision = build_vision_inputs(options, serving=serving)
     return setup if vision is None else replace(setup, vision=vision)

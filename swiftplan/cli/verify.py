@@ -11,12 +11,18 @@ from rich.table import Table
 
 from swiftplan.cli._output import console, print_json
 from swiftplan.cli.estimate import UpcastOpt
+from swiftplan.cli.objective_options import (
+    CompletionLenOpt,
+    KlOpt,
+    NumGenerationsOpt,
+    PromptLenOpt,
+    ReferenceOpt,
+)
 from swiftplan.cli.options import (
     ActivationOffloadOpt,
     AdapterDtypeOpt,
     CkptEveryOpt,
     CkptPositionOpt,
-    CompletionLenOpt,
     DsAutoBucketsOpt,
     DsBucketsOpt,
     DsOverlapCommOpt,
@@ -26,20 +32,16 @@ from swiftplan.cli.options import (
     FsdpShardGroupOpt,
     FsdpShardingOpt,
     KeepOutputOpt,
-    KlOpt,
     LossChunksOpt,
     LossChunkTokensOpt,
     LossOpt,
     MaxLiveOpt,
     ModulesToSaveOpt,
-    NumGenerationsOpt,
     OptimizerImplOpt,
     OptimizerInBackwardOpt,
     PaddingOpt,
     PrefetchBucketOpt,
-    PromptLenOpt,
     ReduceBucketOpt,
-    ReferenceOpt,
     RuntimeOpt,
 )
 
@@ -278,7 +280,7 @@ def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> Any:
 
 def _objective(o: dict[str, Any], choice: Any) -> Any:
     """The objective --task and its options describe (GRPO is traced from given completions)."""
-    from swiftplan.cli.options import build_objective
+    from swiftplan.cli.objective_options import build_objective
 
     o = o | {"rollout": "colocate", "rollout_engine": None, "rollout_gpus": 0, "rollout_memory": None,
              "rollout_sleep": False, "rollout_tp": 1}  # fmt: skip
