@@ -21,10 +21,7 @@ from swiftplan.errors import SwiftplanError
 from swiftplan.planner import model_limits
 from swiftplan.planner.engines import (
     Engine,
-    default_engine,
     engines_that_run,
-    get_engine,
-    runtime_engine,
     serve_requirements,
     train_requirements,
 )
@@ -36,9 +33,7 @@ from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective import SFT, ObjectiveSetup
 from swiftplan.planner.plan import Plan, predict
 from swiftplan.planner.runtime import (
-    DEFAULT_TRAIN_RUNTIME,
     RuntimeChoice,
-    choose_runtime,
     refuse_eager_for_training,
 )
 from swiftplan.planner.search.candidate import Candidate, ServeCandidate
@@ -52,6 +47,10 @@ from swiftplan.planner.setup import AttentionImpl, ServeSetup
 from swiftplan.planner.workload import ServeWorkload, TrainWorkload
 from swiftplan.units import format_gib
 from swiftplan.usecases import inputs
+from swiftplan.usecases.fit_engine import (
+    choose_runtime_engine,
+    engine_cluster,
+)
 
 FitTask = Literal["train", "serve"]
 ENGINE_WIN_MARGIN = 0.02
@@ -226,154 +225,6 @@ def _check_request(request: FitRequest) -> None:
             raise SwiftplanError(message)
     if request.task == "train":
         refuse_eager_for_training(request.eager)
-
-
-def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str]) -> tuple[Engine, RuntimeChoice | None]:  # fmt: skip
-    """The engine and the runtime profile to plan for. Planning for a runtime means the plan runs on it:
-    --runtime alone picks that framework's engine (engines.json `runtime`), which may be one swiftplan
-    cannot launch yet (said in a note); --engine alone plans with that engine's runtime; both must agree
-    on what the engine runs."""
-    task = request.task
-    if (
-        task == "train"
-        and request.training.kind != "sft"
-        and request.engine is None
-        and request.runtime is None
-    ):
-        request = replace(request, engine=objective_engine(request.training.kind, cluster).name)
-        notes.append(f"--task {request.training.kind}: planned for {request.engine}, the first engine swiftplan "
-                     "launches that runs it (pass --engine to choose another).")  # fmt: skip
-    if request.runtime is None or request.engine is not None:
-        engine = choose_engine(request.engine, task, cluster, launchable=request.runtime is None)
-        if task == "serve" and request.runtime is not None:
-            _check_serve_runtime(engine, request.runtime)
-        elif request.runtime is not None:
-            _check_train_runtime(engine, request.runtime)
-    else:
-        own = runtime_engine(request.runtime, task)
-        if own is None:
-            from swiftplan.planner.runtime import get_runtime
-
-            label = get_runtime(request.runtime, task).label
-            raise SwiftplanError(
-                f"No engine in swiftplan's table (profiles/engines.json) runs {label} (--runtime {request.runtime}) yet, "
-                "so fit cannot make a plan that runs on it.",
-                hint=f"`swiftplan estimate MODEL --runtime {request.runtime} ...` sizes one set-up under its defaults.",
-            )
-        engine = choose_engine(own.name, task, cluster, launchable=False)
-        if not engine.runnable:
-            notes.append(
-                f"planned for {engine.label}: swiftplan cannot launch it yet; run it with `{engine.command}`."
-            )
-    if task == "serve" and request.runtime is None:
-        return engine, None
-    name = request.runtime or engine.runtime or DEFAULT_TRAIN_RUNTIME
-    runtime = choose_runtime(name, task, dict(request.runtime_options))
-    if task == "train":
-        from swiftplan.planner.engines import Requirements, engine_reasons, knob_requirements, refused_knobs
-        from swiftplan.planner.runtime import KNOB_FLAGS
-
-        knobs = runtime.knobs()
-        needs = Requirements(
-            backend=cluster.accelerator.backend,
-            **knob_requirements(knobs, variable_lengths=request.samples_vary),
-        )
-        if reasons := engine_reasons(engine, needs):
-            own = runtime_engine(name, task)
-            flags = ", ".join(dict.fromkeys(KNOB_FLAGS[option] for option, _ in refused_knobs(engine, needs)))
-            raise SwiftplanError(
-                f"{engine.label} cannot run what runtime {name} sets: {' '.join(reasons)}",
-                hint=(
-                    f"Plan for {own.name} (--runtime {name} without --engine)"
-                    if own
-                    else "Pick another --runtime"
-                )
-                + f", or override those settings with their flags ({flags or '--loss, --optimizer-impl, --fsdp, ...'}).",
-            )
-    return engine, runtime
-
-
-def _check_serve_runtime(engine: Engine, runtime: str) -> None:
-    """A serving plan is timed for the engine that serves it: --runtime must be a serving runtime and, with
-    --engine, the one that engine runs."""
-    from swiftplan.planner.runtime import get_runtime
-
-    get_runtime(runtime, "serve")  # an unknown name: one error listing the serving runtimes
-    if engine.runtime != runtime:
-        own = runtime_engine(runtime, "serve")
-        raise SwiftplanError(
-            f"--engine {engine.name} and --runtime {runtime} disagree: a serving plan's decode speed is computed "
-            f"for the engine that serves it, and {engine.name} runs "
-            f"{'runtime ' + engine.runtime if engine.runtime else 'no runtime profile'}, not {runtime}.",
-            hint=f"Drop --runtime to plan for {engine.name}"
-            + (f", or drop --engine to plan for {own.name}." if own else "."),
-        )
-
-
-def _check_train_runtime(engine: Engine, runtime: str) -> None:
-    """A training plan carries its runtime's terms (loss kernel, optimizer implementation, padding…): with
-    --engine, --runtime must be the one that engine runs (engines.json `runtime`; swiftplan's loop when it names
-    none), or the plan would count another framework's memory for a run the engine launches its own way."""
-    from swiftplan.planner.runtime import get_runtime
-
-    get_runtime(runtime, "train")  # an unknown name: one error listing the training runtimes
-    own = engine.runtime or DEFAULT_TRAIN_RUNTIME
-    if runtime != own:
-        other = runtime_engine(runtime, "train")
-        raise SwiftplanError(
-            f"--engine {engine.name} and --runtime {runtime} disagree: {engine.name} runs runtime {own}, not "
-            f"{runtime}, and a plan's memory and speed are counted under the defaults of the runtime that trains it.",
-            hint=f"Drop --runtime to plan for {engine.name} (override single settings with --loss, --optimizer-impl, "
-            "--padding, ...)"
-            + (f", or drop --engine to plan for {other.name}, which runs {runtime}." if other else "."),
-        )
-
-
-def objective_engine(kind: str, cluster: Cluster) -> Engine:
-    """The first training engine swiftplan launches that runs objective `kind` on this cluster's devices."""
-    from swiftplan.planner.engines import Requirements, engine_reasons, list_engines
-
-    needs = Requirements(backend=cluster.accelerator.backend, objective=kind)
-    for engine in list_engines("train", runnable=True):
-        if not engine_reasons(engine, needs):
-            return engine
-    raise SwiftplanError(
-        f"No engine swiftplan launches runs --task {kind} on {cluster.accelerator.backend} devices."
-    )
-
-
-def choose_engine(name: str | None, task: FitTask, cluster: Cluster, *, launchable: bool = True) -> Engine:
-    """The engine to plan for: the one named (it must be one swiftplan can launch unless `launchable` is
-    off), else the default."""
-    if name is None:
-        return default_engine(task, cluster.accelerator.backend)
-    engine = get_engine(name, task)
-    if launchable and not engine.runnable:
-        from swiftplan.planner.engines import list_engines
-
-        valid = ", ".join(e.name for e in list_engines(task, runnable=True))
-        raise SwiftplanError(
-            f"swiftplan cannot launch {engine.label} yet, so it does not plan for it; --engine takes {valid}.",
-            hint="Plan for the default engine: fit names another engine when it would run a better plan.",
-        )
-    backends = engine.allowed("backend", cluster.accelerator.backend)
-    if backends is not None and cluster.accelerator.backend not in backends:
-        raise SwiftplanError(
-            f"{engine.label} does not run on {cluster.accelerator.display_name} ({cluster.accelerator.backend}).",
-            hint=f"It runs on {', '.join(backends)} devices.",
-        )
-    return engine
-
-
-def _engine_cluster(engine: Engine, cluster: Cluster, notes: list[str]) -> Cluster:
-    """The part of the cluster the engine can use (the built-in server: one device)."""
-    most = engine.bound("gpus_max", cluster.accelerator.backend)
-    if most is None or cluster.world_size <= most:
-        return cluster
-    notes.append(
-        f"{engine.name} uses {most} GPU(s) of {cluster.world_size}: {engine.why('gpus_max', cluster.accelerator.backend)}."
-    )
-    return replace(cluster, nodes=1, gpus_per_node=most)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -585,7 +436,7 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     offered_cluster = cluster or inputs.resolve_cluster(request.gpus)
     notes = [f"cluster note: {n}" for n in offered_cluster.notes]
     engine, runtime = choose_runtime_engine(request, offered_cluster, notes)
-    searched = _engine_cluster(engine, offered_cluster, notes)
+    searched = engine_cluster(engine, offered_cluster, notes)
     host = inputs.host_ram(request.host_ram_bytes, request.gpus)
     if request.task == "train":
         training_world_size(request.training, searched)  # a rollout server must leave GPUs to train on
@@ -753,7 +604,7 @@ def _serve_alternative(problem: FitProblem, best: Evaluation | None) -> EngineAl
         if engine.name == problem.engine.name or (backends is not None and backend not in backends):
             continue
         try:
-            cluster = _engine_cluster(engine, problem.offered_cluster, [])
+            cluster = engine_cluster(engine, problem.offered_cluster, [])
             workload = replace(problem.workload, runtime=engine_runtime(engine))
             evaluator = _evaluator(problem.spec, cluster, workload, problem.pins, engine, request, 0)
         except SwiftplanError:  # the engine does not run on these devices or with these pins
