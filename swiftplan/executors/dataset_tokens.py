@@ -212,7 +212,7 @@ def preference_lengths(
 ) -> SampleLengths:
     """Tokens per preference record of `path` for `--task kind`: a pair's longer sequence (prompt + chosen or
     prompt + rejected: both are padded to it in one forward), or prompt + completion for kto."""
-    from swiftplan.executors.train.data import _rows  # the raw records of every data format, bounded in size
+    from swiftplan.executors.train.data import raw_records  # every data format, bounded in size
 
     path = Path(path)
     check_data_path(
@@ -221,7 +221,7 @@ def preference_lengths(
     form = "kto" if kind == "kto" else "paired"
     records = [
         _preference_texts(where, row, kind, form)
-        for where, row in _rows(path, max_record_bytes(max_positions))
+        for where, row in raw_records(path, max_record_bytes(max_positions))
     ]
     kept = [texts for texts in records if any(texts)]
     if not kept:

@@ -192,7 +192,7 @@ def _csv_rows(path: Path, limit: int) -> Iterator[tuple[str, Any]]:
         csv.field_size_limit(previous)
 
 
-def _rows(path: Path, limit: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[tuple[str, Any]]:
+def raw_records(path: Path, limit: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[tuple[str, Any]]:
     """(location, raw record) pairs in file order; no record longer than `limit` bytes is read whole."""
     suffix = path.suffix.lower()
     name = path.name
@@ -335,7 +335,7 @@ def iter_records(path: Path, *, max_positions: int | None = None) -> Iterator[tu
     """Validated records in file order with the format detected from the first; the first problem
     stops it. A record longer than `max_record_bytes(max_positions)` is refused before it is read whole."""
     data_format: DataFormat | None = None
-    for where, row in _rows(path, max_record_bytes(max_positions)):
+    for where, row in raw_records(path, max_record_bytes(max_positions)):
         if data_format is None:
             if not isinstance(row, dict):
                 raise SwiftplanError(f"{where}: expected a JSON object, got {_kind(row)}.", hint=_FORMAT_HINT)
