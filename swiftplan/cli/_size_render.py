@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -18,6 +19,7 @@ from swiftplan.planner.sizing.rank import (
     Constraints,
     Option,
     Ranking,
+    budget_shortfall,
     explain,
 )
 from swiftplan.planner.sizing.result import SizingResult
@@ -291,9 +293,21 @@ def _sizes(options: list[Option]) -> str:
     return "/".join(str(c) for c in counts) + (" GPU" if counts == [1] else " GPUs")
 
 
+def _closest(kind: str, group: list[Option], ranking: Ranking) -> Option:
+    """The option of a group closest to running: the cheapest over budget, else the largest."""
+    if kind == "budget":
+        return min(group, key=lambda o: (_or_inf(o.money(ranking.mode)), o.gpus))
+    return max(group, key=lambda o: o.gpus)
+
+
+def _or_inf(value: float | None) -> float:
+    return math.inf if value is None else value
+
+
 def rejected_lines(ranking: Ranking) -> list[str]:
     """Hardware that cannot run the job: one line per accelerator (sizes with the same kind of reason
-    merged, the reason of the largest shown), and one line for all accelerators without the price needed."""
+    merged, the reason of the one closest to running shown: the largest, or over budget the cheapest), and
+    one line for all accelerators without the price needed."""
     no_price: dict[str, list[str]] = {}
     by_accelerator: dict[str, list[Option]] = {}
     for option in ranking.rejected:
@@ -307,12 +321,16 @@ def rejected_lines(ranking: Ranking) -> list[str]:
         for option in options:
             groups.setdefault(option.reason_kind, []).append(option)
         parts = []
-        for group in groups.values():
-            largest = max(group, key=lambda o: o.gpus)
-            if largest.task == "serve":
-                parts.append(largest.reason)
+        for kind, group in groups.items():
+            closest = _closest(kind, group, ranking)
+            if closest.task == "serve":
+                parts.append(closest.reason)
+            elif kind == "budget" and len(group) > 1:
+                gpus = f"{closest.gpus} GPU" + ("s" if closest.gpus > 1 else "")
+                least = ", the least over" if closest.money(ranking.mode) is not None else ""
+                parts.append(f"{_sizes(group)}: {closest.reason} with {gpus}{least}")
             else:
-                parts.append(f"{_sizes(group)}: {largest.reason}")
+                parts.append(f"{_sizes(group)}: {closest.reason}")
         lines.append(f"{accelerator}: " + "; ".join(parts))
     for reason, ids in no_price.items():
         lines.append(
@@ -366,6 +384,8 @@ def render(report: SizeReport, *, wide: bool = False) -> None:
             console.print(f"[bold]{head}:[/] {rest}", highlight=False)
     else:
         console.print("[bold red]No hardware in the catalog can run this job under the constraints.[/]")
+        if shortfall := budget_shortfall(ranking, report.constraints.budget_usd):
+            console.print(shortfall[0].upper() + shortfall[1:] + ".", highlight=False)
     lines = rejected_lines(ranking)
     if lines:
         console.print("\n[bold]Cannot run the job:[/]")

@@ -192,10 +192,8 @@ ObjectiveOpt = Annotated[
         help="cost | time | purchase | cost-per-token (default: cost; serve: cost-per-token; --buy: purchase).",
     ),
 ]
-BuyOpt = Annotated[
-    bool | None,
-    _opt("--buy/--rent", help="Only hardware with a purchase price (--buy) or a rental price (--rent)."),
-]
+BuyOpt = Annotated[bool, typer.Option("--buy", help="Only hardware with a purchase price.")]
+RentOpt = Annotated[bool, typer.Option("--rent", help="Only hardware with a rental price.")]
 BudgetOpt = Annotated[
     str | None,
     _opt(
@@ -305,18 +303,50 @@ def _token_count(text: str | None) -> int | None:
         raise SwiftplanError(f"Bad --dataset-tokens {text!r}.", hint="Examples: 50M, 1.5B, 200k.") from None
 
 
+_TRAIN_ONLY = ("method", "rank", "dataset_tokens", "epochs", "seq", "global_batch", "deadline", "host_ram",
+               "attention", "network_gbps")  # fmt: skip
+"""size options only training reads: --task serve refuses them when typed."""
+_SERVE_ONLY = ("context", "concurrency", "request_rate", "prompt_tokens", "output_tokens", "ttft", "decode_tps",
+               "gpu_memory_utilization")  # fmt: skip
+"""size options only serving reads: a training --task refuses them when typed."""
+
+
+def refuse_other_task_options(task: Any, typed: Any) -> None:
+    """Options typed for the other task (one message naming them all), instead of a sizing that ignores them."""
+    serving = is_serving(task)
+    idle = [n for n in (_TRAIN_ONLY if serving else _SERVE_ONLY) if n in typed]
+    if not idle:
+        return
+    flags = ", ".join("--" + n.replace("_", "-") for n in idle)
+    one = len(idle) == 1
+    if serving:
+        raise SwiftplanError(f"{flags} {'describes' if one else 'describe'} a training job; size --task serve would "
+                             f"ignore {'it' if one else 'them'}.",
+                             hint="Drop those options to size serving (it sizes --context tokens per sequence for "
+                             "--concurrency or --request-rate), or leave out --task serve to size training.")  # fmt: skip
+    name = str(getattr(task, "value", task))
+    raise SwiftplanError(f"{flags} {'describes' if one else 'describe'} a serving job; size --task {name} (training) "
+                         f"would ignore {'it' if one else 'them'}.",
+                         hint="Drop those options to size training, or add --task serve to size serving.")  # fmt: skip
+
+
 def size_request(**options: Any) -> Any:
     """The `SizeRequest` for size's options (as the command receives them)."""
     from swiftplan.usecases.size import SizeRequest
 
     o = options
-    buy, serving = o["buy"], is_serving(o["task"])
+    serving = is_serving(o["task"])
     if serving:
         refuse_objective_for_serving(o.get("typed", ()))
+    refuse_other_task_options(o["task"], o.get("typed", ()))
+    if o["buy"] and o.get("rent"):
+        raise SwiftplanError("--buy and --rent contradict each other: --buy sizes hardware to purchase (its list price), "
+                             "--rent hardware to rent (its hourly price).",
+                             hint="Pass one of them, or neither to size hardware with either price.")  # fmt: skip
     training, global_batch, seq = objective_request(o) if not serving else (SFT, o["global_batch"], o["seq"])
     return SizeRequest(
         model=o["model"], task="serve" if serving else "train", objective=o["objective"].value if o["objective"] else None,
-        mode=None if buy is None else ("buy" if buy else "rent"),
+        mode="buy" if o["buy"] else "rent" if o.get("rent") else None,
         budget_usd=parse_usd(o["budget"]) if o["budget"] is not None else None,
         deadline_s=parse_duration(o["deadline"]) if o["deadline"] is not None else None,
         max_gpus=o["max_gpus"], max_nodes=o["max_nodes"], network_gbps=o["network_gbps"],
@@ -384,7 +414,8 @@ def size_command(
     model: ModelArg,
     task: TaskOpt = Task.sft,
     objective: ObjectiveOpt = None,
-    buy: BuyOpt = None,
+    buy: BuyOpt = False,
+    rent: RentOpt = False,
     budget: BudgetOpt = None,
     deadline: DeadlineOpt = None,
     max_gpus: MaxGpusOpt = None,

@@ -246,6 +246,20 @@ def catalog(names: tuple[str, ...] | None) -> list[Accelerator]:
     return list({acc.id: acc for acc in (get_accelerator(name) for name in names)}.values())
 
 
+def _refuse_disjoint_filters(accelerators: list[Accelerator], limits: Constraints) -> None:
+    """--accelerators and --vendor that leave no accelerator at all: say the filters contradict each other
+    rather than report a job nothing can run."""
+    vendors = limits.vendors
+    if vendors is None or any(acc.vendor.lower() in vendors for acc in accelerators):
+        return
+    named = ", ".join(f"{acc.id} ({acc.vendor})" for acc in accelerators)
+    raise SwiftplanError(
+        f"--vendor {','.join(vendors)} and --accelerators {named} leave no accelerator to size: "
+        f"{'none of them is' if len(accelerators) > 1 else 'it is not'} made by {' or '.join(vendors)}.",
+        hint="Drop one of the two filters, or name accelerators of that vendor (swiftplan gpus lists them).",
+    )
+
+
 def _size_serving(
     request: SizeRequest, spec: ModelSpec, accelerators: list[Accelerator], limits: Constraints, prices: Mapping[str, Price],
     runtime: RuntimeChoice | None,
@@ -377,6 +391,7 @@ def plan_size(request: SizeRequest) -> SizeOutcome:
     """Size every cluster of the catalog (or the named accelerators) for the job and rank the options."""
     limits = constraints(request)
     accelerators = catalog(request.accelerators)
+    _refuse_disjoint_filters(accelerators, limits)
     prices = price_table(accelerators, request.price_overrides)
     spec = inputs.resolve_model(request.model)
     runtime = size_runtime(request)

@@ -285,6 +285,29 @@ def rank(options: Iterable[Option], objective: Objective, constraints: Constrain
     )
 
 
+def least_over_budget(ranking: Ranking) -> Option | None:
+    """Of the options rejected only for the budget, the one that costs least (None when none has a price
+    to compare): the smallest change that would let the job run is a budget of its price."""
+    over = [o for o in ranking.rejected if o.reason_kind == "budget" and o.money(ranking.mode) is not None]
+    return min(over, key=lambda o: (o.money(ranking.mode), o.gpus, o.accelerator_id), default=None)
+
+
+def budget_shortfall(ranking: Ranking, budget_usd: float | None) -> str | None:
+    """When nothing is within the budget: the cheapest option, what it costs and by how much it is over."""
+    least = least_over_budget(ranking)
+    if ranking.ranked or least is None or budget_usd is None:
+        return None
+    money = least.money(ranking.mode)
+    assert money is not None
+    per = "/h" if ranking.mode == "rent" and least.task == "serve" else ""
+    verb = "costs" if ranking.mode == "rent" else "sells for"
+    return (
+        f"the cheapest option, {least.hardware}, {verb} {format_usd(money)}{per}: "
+        f"{format_usd(money - budget_usd)}{per} over the --budget of {format_usd(budget_usd)}{per}; "
+        f"a --budget of {format_usd(money)}{per} or more would allow it"
+    )
+
+
 def _figures(option: Option, mode: Mode) -> str:
     parts = []
     if option.task == "train":

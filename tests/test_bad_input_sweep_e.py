@@ -1,0 +1,58 @@
+"""Bad input the sweep found accepted or badly worded (size's options for the other task, size's budget and
+filter messages, serving misses, vision and verify positions, inconsistent plan files).
+
+Real command lines through the console entry point (tests/bad_input_support.py). Each row: the arguments,
+then fragments the one-paragraph refusal must hold (the bad value or flag, and what would be valid).
+"""
+
+from __future__ import annotations
+
+import pytest
+from bad_input_support import assert_refused, run_cli
+
+M = "Qwen/Qwen2.5-0.5B"
+SIZE = ("size", M, "--max-nodes", "1")
+SIZE_SERVE = (*SIZE, "--task", "serve", "--concurrency", "4")
+
+REFUSED = [
+    # 3.2: size refuses the options of the other task, naming them in one message
+    ("size-train-serving-options", (*SIZE, "--ttft", "1", "--decode-tps", "5", "--concurrency", "4", "--request-rate", "5"),
+     ["--concurrency, --request-rate, --ttft, --decode-tps", "serving job", "--task sft", "--task serve"]),
+    ("size-train-context", (*SIZE, "--context", "8192"), ["--context describes a serving job", "would ignore it"]),
+    ("size-dpo-ttft", (*SIZE, "--task", "dpo", "--ttft", "1"), ["--ttft", "--task dpo"]),
+    ("size-serve-training-options", (*SIZE_SERVE, "--method", "lora", "--rank", "8", "--dataset-tokens", "5M",
+                                     "--epochs", "2", "--seq", "100", "--global-batch", "8", "--host-ram", "10"),
+     ["--method, --rank, --dataset-tokens, --epochs, --seq, --global-batch, --host-ram", "training job",
+      "size --task serve would ignore them", "--context"]),
+    ("size-serve-deadline", (*SIZE_SERVE, "--deadline", "2h"), ["--deadline describes a training job"]),
+    ("size-buy-rent", (*SIZE, "--buy", "--rent"), ["--buy and --rent contradict", "one of them"]),
+    # section 4: filters that leave no accelerator are said to contradict, not reported as an infeasible job
+    ("size-vendor-accelerators", (*SIZE, "--vendor", "apple", "--accelerators", "h100-sxm"),
+     ["--vendor apple and --accelerators h100-sxm (NVIDIA) leave no accelerator", "Drop one of the two filters"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "fragments"), [row[1:] for row in REFUSED], ids=[row[0] for row in REFUSED])
+def test_refused(args: tuple[str, ...], fragments: list[str]) -> None:
+    assert_refused(run_cli(*args), *fragments)
+
+
+def test_size_defaults_of_the_other_task_are_not_refused() -> None:
+    """Only typed options are refused: the serving defaults (--context 4096, memory fraction 0.9) stay quiet
+    for training, the training defaults (--seq 2048, --epochs 1) for serving."""
+    assert run_cli(*SIZE, "--accelerators", "h100-sxm", "--top", "1").exit_code == 0
+    assert run_cli(*SIZE_SERVE, "--accelerators", "h100-sxm", "--top", "1").exit_code == 0
+    assert run_cli(*SIZE, "--accelerators", "h100-sxm", "--rent", "--top", "1").exit_code == 0
+
+
+def test_size_over_budget_names_the_cheapest_option_and_its_shortfall() -> None:
+    """`--buy --budget 10`: the smallest cluster (1 GPU) is the smallest shortfall, not the largest."""
+    result = run_cli(*SIZE, "--buy", "--budget", "10", "--accelerators", "rtx3060")
+    assert result.exit_code == 1, result.output
+    text = " ".join(result.output.split())
+    assert (
+        "The cheapest option, 1 × NVIDIA GeForce RTX 3060 12GB, sells for $329: $319 over the --budget"
+        in text
+    )
+    assert "a --budget of $329 or more would allow it" in text
+    assert "over budget by $319 (purchase price $329) with 1 GPU, the least over" in text
