@@ -96,6 +96,10 @@ CASES = {
     "int8 q,v backward, no checkpointing": ("Qwen/Qwen2.5-7B-Instruct", dict(method="lora", quant="int8",
                                                                             adapter="fp32", dropout=0.05, targets=QV,
                                                                             ckpt=False, seq=2048)),
+    # a fused gate_up's LoRA forward beside peft's fp32 cast of its input (dropout's input), alive until it returns
+    "phi-3 fp32 dropout, no checkpointing": ("microsoft/Phi-3-mini-4k-instruct", dict(method="lora", adapter="fp32",
+                                                                                    dropout=0.05, ckpt=False,
+                                                                                    seq=2048)),
     # the first block's k_norm keeps nothing when k_proj has no adapter
     "qk-norm q,v, no checkpointing": ("Qwen/Qwen3-8B", dict(method="lora", adapter="fp32", targets=QV, dropout=0.05,
                                                            ckpt=False)),
@@ -110,6 +114,7 @@ PHASES = {
     "q,v qlora backward, no checkpointing": "backward through the last block",
     "qk-norm q,v, no checkpointing": "loss and backward start",
     "int8 dropout, no checkpointing": "forward through the last block",
+    "phi-3 fp32 dropout, no checkpointing": "forward through the last block",
     "int8 q,v backward, no checkpointing": "backward through the last block",
     "amp dropout, no checkpointing": "forward through the last block",
     "moe q,v forward, no checkpointing": "forward through the last block",

@@ -356,9 +356,18 @@ def _dense_moments(
             # a fused gate_up runs first: the activation's output (among B) does not exist yet
             not_yet = e if up.out_features == 2 * down.in_features else 0
             # forward: up_proj's LoRA output and its scaled copy beside its base output (standing for the up output
-            # among B), before down_proj's saved tensors exist
+            # among B), before down_proj's saved tensors exist; peft's cast of the input, dropout's input, is alive
+            # until the wrapper returns (traced on Phi-3's fused gate_up, where this moment is the block's largest)
+            up_input_cast = sizes.th_adapter if cast and dropout and not amp else 0
             forward.append(
-                -freed - weight_copy + 2 * up_lora_out + forward_locals + branch_grad + base_grad - not_yet
+                -freed
+                - weight_copy
+                + 2 * up_lora_out
+                + up_input_cast
+                + forward_locals
+                + branch_grad
+                + base_grad
+                - not_yet
             )
             # backward, up_proj's LoRA branch: its gradient cast to the adapter dtype and scaled
             moments.append(-freed - weight_copy + (2 * ea if cast and not amp else e))
