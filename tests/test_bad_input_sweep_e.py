@@ -56,3 +56,31 @@ def test_size_over_budget_names_the_cheapest_option_and_its_shortfall() -> None:
     )
     assert "a --budget of $329 or more would allow it" in text
     assert "over budget by $319 (purchase price $329) with 1 GPU, the least over" in text
+
+
+def _said(result_output: str) -> str:
+    return " ".join(result_output.split())
+
+
+def test_fit_serving_latency_miss_says_by_how_much_and_serving_changes() -> None:
+    """Section 4: `fit --task serve --ttft 0.000001` names the best time to first token against the target
+    and the serving changes it checked, not training's (QLoRA, shorter sequence, offload)."""
+    result = run_cli("fit", M, "--gpus", "4xa100", "--task", "serve", "--ttft", "0.000001")
+    assert result.exit_code == 1, result.output
+    text = _said(result.output)
+    assert "its time to first token is at best 0.0" in text and "against --ttft 1e-06 s" in text
+    assert "× the target" in text
+    assert "a shorter --context, a lower --concurrency, more GPUs, a bigger or faster GPU" in text
+    assert "QLoRA" not in text and "offload" not in text
+
+
+def test_fit_serving_decode_miss_suggests_a_lower_concurrency() -> None:
+    """A per-user decode target missed at --concurrency 64: the shortfall, then the largest concurrency that
+    meets it (and each suggestion gives the speed it reaches)."""
+    result = run_cli("fit", M, "--gpus", "a100", "--task", "serve", "--decode-tps", "150", "--concurrency", "64",
+                     "--context", "32768")  # fmt: skip
+    assert result.exit_code == 1, result.output
+    text = _said(result.output)
+    assert "it decodes at best 77 tokens/s per user, against --decode-tps 150 (49% short)" in text
+    assert "a lower --concurrency, 15:" in text
+    assert "tokens/s per user" in text.split("What would fit:")[1]

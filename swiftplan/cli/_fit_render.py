@@ -169,9 +169,7 @@ def _diagnosis(diagnosis: Diagnosis) -> None:
         for suggestion in diagnosis.suggestions:
             console.print(f"  • {suggestion.text}", highlight=False)
     else:
-        console.print(
-            "No single change checked (QLoRA, shorter sequence, offload, more or bigger GPUs) makes it fit."
-        )
+        console.print(diagnosis.no_fix, highlight=False)
 
 
 def render_fit(

@@ -173,9 +173,7 @@ def _diagnosis(outcome: FitOutcome) -> tuple[str, ...]:
     if diagnosis is None:
         return ("No valid plan: every candidate was rejected.",)
     lines = [diagnosis.summary]
-    lines += [f"• {s.text}" for s in diagnosis.suggestions] or [
-        "No single change checked (QLoRA, shorter sequence, offload, more or bigger GPUs) makes it fit."
-    ]
+    lines += [f"• {s.text}" for s in diagnosis.suggestions] or [diagnosis.no_fix]
     return tuple(lines)
 
 

@@ -21,6 +21,8 @@ from swiftplan.planner.search.pins import Pins
 from swiftplan.planner.search.serve_space import build_serve_space
 from swiftplan.planner.search.space import build_train_space
 from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.speed import ServeSpeed
+from swiftplan.planner.workload import ServeWorkload
 from swiftplan.units import GiB, format_gib
 
 MAX_SUGGESTED_GPUS = 64
@@ -51,6 +53,10 @@ class Diagnosis:
     """One sentence: what the closest plan needs against the budget."""
     suggestions: tuple[Suggestion, ...]
     """Changes that fit, smallest first."""
+    no_fix: str = (
+        "No single change checked (QLoRA, shorter sequence, offload, more or bigger GPUs) makes it fit."
+    )
+    """What to say when no suggestion fits: the changes that were checked, for this task."""
 
 
 def _scaled(cluster: Cluster, gpus: int) -> Cluster:
@@ -146,6 +152,55 @@ def _summary(closest: Evaluation) -> str:
     return text + "."
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.3g} s"
+
+
+def _times(ratio: float) -> str:
+    """'1.6×', '12×', '10,400×'."""
+    return f"{ratio:.2g}×" if ratio < 10 else f"{ratio:,.0f}×"
+
+
+def _latency_miss(workload: ServeWorkload, plans: list[Evaluation]) -> str:
+    """The best time to first token and per-user decode speed any plan within memory reaches, against the
+    targets it misses (empty when no plan has a speed or every target is met)."""
+    speeds = [
+        p.estimate.speed
+        for p in plans
+        if p.estimate is not None and p.memory_over_bytes <= 0 and isinstance(p.estimate.speed, ServeSpeed)
+    ]
+    if not speeds:
+        return ""
+    parts = []
+    ttft = min(speed.ttft_s for speed in speeds)
+    if workload.ttft_s is not None and ttft > workload.ttft_s:
+        parts.append(
+            f"its time to first token is at best {_seconds(ttft)}, against --ttft {workload.ttft_s:g} s "
+            f"({_times(ttft / workload.ttft_s)} the target)"
+        )
+    decode = max(speed.per_user_decode_tokens_per_s for speed in speeds)
+    if workload.decode_tps is not None and decode < workload.decode_tps:
+        parts.append(
+            f"it decodes at best {decode:,.3g} tokens/s per user, against --decode-tps {workload.decode_tps:g} "
+            f"({1 - decode / workload.decode_tps:.0%} short)"
+        )
+    return " and ".join(parts)
+
+
+def _serve_summary(closest: Evaluation, workload: ServeWorkload, plans: list[Evaluation]) -> str:
+    """The summary, with what the latency targets miss by when a plan fits memory but is too slow."""
+    text = _summary(closest)
+    miss = _latency_miss(workload, plans)
+    if not miss:
+        return text
+    if closest.latency_over > 0:
+        return (
+            text.removesuffix("; it misses the latency targets.")
+            + f"; it misses the latency targets: {miss}."
+        )
+    return text.removesuffix(".") + f". The plans within memory miss the latency targets: {miss}."
+
+
 def _largest_fitting(
     lo: int, hi: int, step: int, fits: Callable[[int], Evaluation | None]
 ) -> Evaluation | None:
@@ -168,6 +223,7 @@ def _more_gpus(
     cluster: Cluster,
     fits: Callable[[Cluster], Evaluation | None],
     best: Callable[[Cluster], Evaluation | None],
+    describe: Callable[[Evaluation], str] = _fit_text,
 ) -> Suggestion | None:
     """The smallest doubling of the GPU count that fits (lean check), shown with the best plan there."""
     gpus = cluster.world_size * 2
@@ -176,7 +232,7 @@ def _more_gpus(
         plan = fits(bigger)
         if plan is not None:
             plan = best(bigger) or plan
-            text = f"{gpus} × {cluster.accelerator.display_name} (--gpus {cluster_text(bigger)}): {_fit_text(plan)}."
+            text = f"{gpus} × {cluster.accelerator.display_name} (--gpus {cluster_text(bigger)}): {describe(plan)}."
             return Suggestion(change="more GPUs", text=text, evaluation=plan, gpus=cluster_text(bigger))
         gpus *= 2
     return None
@@ -329,22 +385,41 @@ def _offload_plan(checks: _Train, methods: tuple[str, ...]) -> Suggestion | None
     return Suggestion(change="offload", text=text + ".", evaluation=plan)
 
 
+SERVE_NO_FIX = (
+    "No single change checked (quantized weights, a shorter --context, a lower --concurrency, more GPUs, "
+    "a bigger or faster GPU) makes it fit."
+)
+"""A serving diagnosis without a suggestion: the serving changes it checked."""
+
+
 def diagnose_serving(
     evaluator: ServeEvaluator, pins: Pins, closest: Evaluation, objective: Objective = "throughput"
 ) -> Diagnosis:
-    """Explain a serving search where no plan is feasible."""
+    """Explain a serving search where no plan is feasible: by how much it misses memory or the latency
+    targets, and the serving changes that would fit (quantization, context, concurrency, GPUs)."""
     suggestions: list[Suggestion] = []
 
     def make(
-        cluster: Cluster | None = None, context: int | None = None, pins_: Pins | None = None
+        cluster: Cluster | None = None,
+        context: int | None = None,
+        pins_: Pins | None = None,
+        concurrency: int | None = None,
     ) -> ServeEvaluator:
         cluster = cluster or evaluator.cluster
         workload = evaluator.workload if context is None else replace(evaluator.workload, context=context)
+        if concurrency is not None:
+            workload = replace(workload, concurrency=concurrency)
         space = build_serve_space(evaluator.spec, cluster, pins_ or pins, evaluator.space.engine)
         return ServeEvaluator(evaluator.spec, cluster, workload, space, headroom=1 - evaluator.utilization)
 
     def fits(other: ServeEvaluator) -> Evaluation | None:
         return _first_fit(other.best_concurrency(s) for s in other.space.structures())
+
+    leans = [evaluator.best_concurrency(s) for s in evaluator.space.structures()]
+    slow = any(lean.latency_over > 0 and lean.memory_over_bytes <= 0 for lean in leans)
+
+    def text(plan: Evaluation) -> str:
+        return _serve_fit_text(plan, evaluator.workload) if slow else _fit_text(plan)
 
     if pins.quants is not None and "nf4" not in pins.quants:
         try:
@@ -353,26 +428,43 @@ def diagnose_serving(
             plan = None
         if plan is not None:
             suggestions.append(
-                Suggestion(
-                    change="quantization", text=f"quantized weights: {_fit_text(plan)}.", evaluation=plan
-                )
+                Suggestion(change="quantization", text=f"quantized weights: {text(plan)}.", evaluation=plan)
             )
     context = evaluator.workload.context
     if context > 512:
         plan = _largest_fitting(512, context - 1, 512, lambda n: fits(make(context=n)))
         if plan is not None:
-            text = f"a shorter context, --context {plan.estimate.setup.context}: {_fit_text(plan)}."  # type: ignore[union-attr]
-            suggestions.append(Suggestion(change="shorter context", text=text, evaluation=plan))
+            shorter = f"a shorter context, --context {plan.estimate.setup.context}: {text(plan)}."  # type: ignore[union-attr]
+            suggestions.append(Suggestion(change="shorter context", text=shorter, evaluation=plan))
+    concurrency = evaluator.workload.concurrency
+    if concurrency is not None and concurrency > 1:
+        most = [0]  # the largest concurrency seen to fit
+
+        def fits_at(n: int) -> Evaluation | None:
+            plan = fits(make(concurrency=n))
+            if plan is not None:
+                most[0] = max(most[0], n)
+            return plan
+
+        plan = _largest_fitting(1, concurrency - 1, 1, fits_at)
+        if plan is not None:
+            lower = f"a lower --concurrency, {most[0]}: {text(plan)}."
+            suggestions.append(Suggestion(change="lower concurrency", text=lower, evaluation=plan))
 
     def best(cluster: Cluster) -> Evaluation | None:
         from swiftplan.planner.search.optimize import SearchSettings, search_serving
 
         return search_serving(make(cluster=cluster), SearchSettings(objective=objective)).best
 
-    more = _more_gpus(evaluator.cluster, lambda c: fits(make(cluster=c)), best)
+    def fits_on(cluster: Cluster) -> Evaluation | None:
+        try:
+            return fits(make(cluster=cluster))
+        except SwiftplanError:
+            return None
+
+    more = _more_gpus(evaluator.cluster, fits_on, best, text)
     if more is not None:
         suggestions.append(more)
-    leans = [evaluator.best_concurrency(s) for s in evaluator.space.structures()]
 
     def recheck(candidate: Candidate | ServeCandidate, cluster: Cluster) -> Evaluation | None:
         if not isinstance(candidate, ServeCandidate):
@@ -384,7 +476,45 @@ def diagnose_serving(
         structure = candidate.replace(concurrency=0)
         return other.best_concurrency(structure) if structure in other.space.structures() else None
 
-    bigger = _bigger_gpu(evaluator.cluster, leans, recheck, 1 - evaluator.utilization)
-    if bigger is not None:
-        suggestions.append(bigger)
-    return Diagnosis(closest=closest, summary=_summary(closest), suggestions=tuple(suggestions))
+    other_gpu = _faster_gpu(evaluator.cluster, fits_on, evaluator.workload) if slow else None
+    if other_gpu is None:
+        other_gpu = _bigger_gpu(evaluator.cluster, leans, recheck, 1 - evaluator.utilization)
+    if other_gpu is not None:
+        suggestions.append(other_gpu)
+    summary = _serve_summary(closest, evaluator.workload, leans)
+    return Diagnosis(closest=closest, summary=summary, suggestions=tuple(suggestions), no_fix=SERVE_NO_FIX)
+
+
+def _serve_fit_text(plan: Evaluation, workload: ServeWorkload) -> str:
+    """A serving plan that fits, with the time to first token and decode speed the targets asked about."""
+    text = _fit_text(plan)
+    speed = plan.estimate.speed if plan.estimate is not None else None
+    if not isinstance(speed, ServeSpeed):
+        return text
+    if workload.ttft_s is not None:
+        text += f", time to first token {_seconds(speed.ttft_s)}"
+    if workload.decode_tps is not None:
+        text += f", {speed.per_user_decode_tokens_per_s:,.3g} tokens/s per user"
+    return text
+
+
+def _faster_gpu(
+    cluster: Cluster, fits_on: Callable[[Cluster], Evaluation | None], workload: ServeWorkload
+) -> Suggestion | None:
+    """The cheapest other catalog GPU (same backend and count; unpriced ones last) on which a plan meets
+    the latency targets, when the job misses them on this one."""
+    others = sorted(
+        (
+            a
+            for a in list_accelerators()
+            if a.backend == cluster.accelerator.backend and a.id != cluster.accelerator.id
+        ),
+        key=lambda a: (a.price_usd_per_hour is None, a.price_usd_per_hour or 0.0, a.id),
+    )
+    for acc in others:
+        other = replace(cluster, accelerator=acc, usable_memory_bytes=None)
+        plan = fits_on(other)
+        if plan is not None:
+            text = f"{cluster_text(other)}, {acc.display_name}: {_serve_fit_text(plan, workload)}."
+            return Suggestion(change="faster GPU", text=text, evaluation=plan, gpus=cluster_text(other))
+    return None
