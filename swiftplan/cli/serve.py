@@ -144,6 +144,7 @@ JsonOpt = Annotated[bool, _opt("--json", help="With --dry-run: print one JSON ob
 
 
 def serve_command(
+    ctx: typer.Context,
     plan: PlanArg,
     engine: EngineOpt = EngineChoice.auto,
     model: ModelOpt = None,
@@ -166,8 +167,10 @@ def serve_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Serve a plan with an OpenAI-compatible API."""
+    from swiftplan.cli.options import given_options
     from swiftplan.executors.serve.target import parse_loras, resolve_target
 
+    typed = set(given_options(ctx))
     _check_options(dict(locals()))
 
     target = resolve_target(plan, weights=model, context=context, concurrency=concurrency, dtype=dtype,
@@ -175,6 +178,7 @@ def serve_command(
     served_name = served_model_name or target.model
     loras = parse_loras(lora or [], served_name=served_name)
     chosen = _pick_engine(engine, target, random_init=random_init is not None, dry_run=dry_run)
+    _refuse_ignored(chosen, typed, dict(locals()), picked=engine is EngineChoice.auto)
     if chosen == "vllm":
         _serve_vllm(target, served_name=served_name, host=host, port=port, loras=loras, api_key=api_key,
                     health_timeout=health_timeout, dry_run=dry_run, as_json=as_json)  # fmt: skip
@@ -222,10 +226,46 @@ def _check_options(o: dict[str, Any]) -> None:
         raise SwiftplanError(
             f"--random-init {o['random_init']} is not a file.", hint="Give a model's config.json."
         )
+    if o["tokenizer"] is not None:
+        from swiftplan.executors.serve.checks import check_local_or_hub
+
+        check_local_or_hub(f"--tokenizer {o['tokenizer']}", o["tokenizer"], files=("tokenizer.json", "tokenizer_config.json"),
+                           what="a tokenizer", usage="--tokenizer DIR")  # fmt: skip
     if o["as_json"] and not o["dry_run"]:
         raise SwiftplanError("--json prints what --dry-run would run; it needs --dry-run.")
     if not o["dry_run"]:
         _checks.port_free("--port", o["host"], o["port"])
+
+
+_BUILTIN_ONLY = ("tokenizer", "device", "seed", "report_dir", "report_every")
+"""Options only the built-in server reads (vLLM, SGLang and LMDeploy are given none of them)."""
+
+
+def _refuse_ignored(chosen: str, typed: set[str], o: dict[str, Any], *, picked: bool) -> None:
+    """Options the chosen engine would drop, typed by the user, refused naming the engine that honours them."""
+    from swiftplan.errors import SwiftplanError
+
+    def shown(name: str) -> str:
+        value = o[name]
+        return f"--{name.replace('_', '-')} {f'{value:g}' if isinstance(value, float) else value}"
+
+    how = " (picked by --engine auto)" if picked else ""
+    if chosen == "builtin":
+        if "health_timeout" in typed:
+            raise SwiftplanError(f"{shown('health_timeout')} is how long swiftplan waits for vLLM's, SGLang's or "
+                                 f"LMDeploy's /health; the built-in server{how} starts in this process and would "
+                                 "ignore it.", hint="Leave --health-timeout out, or serve with --engine vllm.")  # fmt: skip
+        return
+    ignored = [name for name in _BUILTIN_ONLY if name in typed]
+    if not ignored:
+        return
+    one = len(ignored) == 1
+    raise SwiftplanError(
+        f"{', '.join(shown(name) for name in ignored)} {'is a' if one else 'are'} built-in server "
+        f"option{'' if one else 's'}: {chosen}{how} is not given {'it' if one else 'them'} and would serve "
+        f"without {'it' if one else 'them'}; only --engine builtin honours {'it' if one else 'them'}.",
+        hint=f"Leave {'it' if one else 'them'} out to serve with {chosen}, or add --engine builtin.",
+    )
 
 
 def _serve_builtin(options: BuiltinOptions, *, dry_run: bool, as_json: bool) -> None:
