@@ -53,6 +53,46 @@ def check_engine_options(engine: str, o: dict[str, Any]) -> None:
     if engine == "swiftplan" and external:
         raise SwiftplanError(f"{external[0]} is for external engines; this plan runs on swiftplan's own loop.",
                              hint="Add --engine ms-swift|megatron-swift|llamafactory|trl|axolotl.")  # fmt: skip
+    own = [flag for flag, given in (("--random-init", o["random_init"]), ("--tokenizer", o["tokenizer"] is not None),
+                                    ("--device", o["device"] != "auto"), ("--nproc-per-node", o["nproc_per_node"] is not None),
+                                    ("--nnodes", o["nnodes"] is not None), ("--resume", o["resume"]),
+                                    ("--preflight", o["preflight"]), ("--record", o["record"])) if given]  # fmt: skip
+    if engine != "swiftplan" and own:
+        _refuse_own_loop_flags(engine, own, o)
+
+
+_OWN_LOOP_ONLY = {
+    "--random-init": "the engine loads the plan's model weights; it has no random-initialisation option swiftplan passes",
+    "--tokenizer": "the engine loads the tokenizer that comes with the plan's model",
+    "--device": "the engine runs on the plan's accelerators",
+    "--nproc-per-node": "the engine launches the plan's layout itself",
+    "--nnodes": "the engine launches the plan's layout itself",
+    "--resume": "the engine has its own resume option",
+    "--preflight": "the longest-batch preflight runs swiftplan's own loop",
+    "--record": "the measurement recorded is swiftplan's own loop's run report",
+}
+"""Why each option of swiftplan's own loop changes nothing for an external engine."""
+
+
+def _refuse_own_loop_flags(engine: str, flags: list[str], o: dict[str, Any]) -> None:
+    """One message for the loop-only options typed beside an external engine, each with why it is ignored."""
+    shown = {"--device": f"--device {o['device']}", "--tokenizer": f"--tokenizer {o['tokenizer']}",
+             "--nproc-per-node": f"--nproc-per-node {o['nproc_per_node']}", "--nnodes": f"--nnodes {o['nnodes']}"}  # fmt: skip
+    listed = "; ".join(f"{shown.get(flag, flag)} ({_OWN_LOOP_ONLY[flag]})" for flag in flags)
+    one = len(flags) == 1
+    hint = f"Leave {'it' if one else 'them'} out to run on {engine}, or run swiftplan's own loop: --engine swiftplan."
+    if "--resume" in flags:
+        own = (
+            "KEY=VALUE (its own resume option)"
+            if engine == "megatron-swift"
+            else "resume_from_checkpoint=DIR"
+        )
+        hint += f" To resume with {engine}, pass --engine-option {own}."
+    raise SwiftplanError(
+        f"{'This option is' if one else 'These options are'} for swiftplan's own training loop, and "
+        f"--engine {engine} would ignore {'it' if one else 'them'}: {listed}.",
+        hint=hint,
+    )
 
 
 def train_external(engine: str, plan_path: Path, o: dict[str, Any]) -> None:

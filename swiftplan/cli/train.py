@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from swiftplan.cli._output import console, print_json
+from swiftplan.errors import SwiftplanError
 
 if TYPE_CHECKING:
     from swiftplan.executors.train.prepare import RunRequest
@@ -272,6 +273,11 @@ def train_command(
         train_external(engine, plan, dict(locals()))
         return
     check_own_loop_objective(plan)
+    if resume and output_dir is None:
+        raise SwiftplanError("--resume continues the run in --output-dir, and no --output-dir was given: the run would "
+                             "start afresh in a new runs/<model>-<time> directory and resume nothing.",
+                             hint="Add --output-dir RUN, the directory of the run to continue (it holds plan.yaml "
+                             "and checkpoints/).")  # fmt: skip
     if not dry_run:  # a dry run only renders the launch
         from swiftplan.extras import require
 
@@ -314,7 +320,6 @@ def _preflight(prepared: Any, *, run: bool, as_json: bool) -> None:
 def _check_options(o: dict[str, Any]) -> None:
     """Each option in range, one flag per message, before the plan, the data or torch is loaded."""
     from swiftplan.cli import _checks
-    from swiftplan.errors import SwiftplanError
 
     for flag, name in (("--max-steps", "max_steps"), ("--epochs", "epochs"), ("--nproc-per-node", "nproc_per_node"),
                        ("--nnodes", "nnodes"), ("--save-total-limit", "save_total_limit")):  # fmt: skip
@@ -337,6 +342,16 @@ def _check_options(o: dict[str, Any]) -> None:
             f"--node-rank {o['node_rank']} is outside 0..{o['nnodes'] - 1} (--nnodes {o['nnodes']})."
         )
     _checks.output_dir("--output-dir", o["output_dir"])
+    if o["warmup_steps"] is not None and o["max_steps"] is not None and o["warmup_steps"] >= o["max_steps"]:
+        raise SwiftplanError(f"--warmup-steps {o['warmup_steps']} is not fewer than --max-steps {o['max_steps']}: the "
+                             "learning rate would still be warming up when the run stops, never reaching --lr "
+                             "or its schedule.",
+                             hint=f"Give --warmup-steps below {o['max_steps']}, or more --max-steps.")  # fmt: skip
+    if o["tokenizer"] is not None:
+        from swiftplan.executors.serve.checks import check_local_or_hub
+
+        check_local_or_hub(f"--tokenizer {o['tokenizer']}", o["tokenizer"], files=("tokenizer.json", "tokenizer_config.json"),
+                           what="a tokenizer", usage="--tokenizer DIR")  # fmt: skip
     from swiftplan.cli._train_engine import TRAIN_ENGINE_NAMES
 
     _checks.one_of("--engine", o["engine"], TRAIN_ENGINE_NAMES)

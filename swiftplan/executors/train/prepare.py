@@ -126,6 +126,30 @@ def load_train_plan(path: Path) -> Plan:
     return plan
 
 
+def check_request(plan: Plan, request: RunRequest) -> None:
+    """A typed --device, --nproc-per-node or --nnodes that contradicts the plan is refused, naming the plan's:
+    the launch is the plan's layout on the plan's kind of device (the CPU, for a debugging run, aside)."""
+    backend = plan.hardware.accelerator.backend
+    planned = _TORCH_DEVICE[backend]
+    layout = f"{'1 node' if plan.nodes == 1 else f'{plan.nodes} nodes'} × {plan.gpus_per_node} {plan.hardware.accelerator.display_name}"
+    if request.device not in ("auto", "cpu", planned):
+        raise SwiftplanError(f"--device {request.device} does not match the plan, made for {layout}, a {backend} device "
+                             f"(torch '{planned}'): its memory and speed were worked out for that device.",
+                             hint=f"Use --device {planned} (or auto) where the plan's hardware is, --device cpu for a "
+                             f"debugging run, or re-plan for this device: swiftplan fit {plan.model} --gpus auto -o plan.yaml.")  # fmt: skip
+    nodes, per_node = request.nnodes or plan.nodes, request.nproc_per_node or plan.gpus_per_node
+    shape = f"{nodes}x{per_node}x" if nodes > 1 else f"{per_node}x" if per_node > 1 else ""
+    cluster = shape + plan.hardware.accelerator.id
+    for flag, given, want in (("--nproc-per-node", request.nproc_per_node, plan.gpus_per_node),
+                              ("--nnodes", request.nnodes, plan.nodes)):  # fmt: skip
+        if given is not None and given != want:
+            raise SwiftplanError(f"{flag} {given} does not match the plan, made for {layout}: swiftplan train "
+                                 f"launches the plan's layout ({flag} {want}), since its batch split and memory "
+                                 "were worked out for it.",
+                                 hint=f"Leave {flag} out (or give {want}), or re-plan for that shape: "
+                                 f"swiftplan fit {plan.model} --gpus {cluster} -o plan.yaml.")  # fmt: skip
+
+
 def _defaults(setup: TrainSetup, request: RunRequest) -> dict[str, Any]:
     """TrainArgs fields from the command line, over the method's default learning rate."""
     return ({"lr": 2e-5} if setup.method == "full" else {}) | request.overrides
@@ -164,6 +188,7 @@ class DryRun:
 def dry_run(request: RunRequest) -> DryRun:
     """Check the plan (and the data file, when given) and render the launch for the plan's hardware."""
     plan = load_train_plan(request.plan_path)
+    check_request(plan, request)
     notes = []
     if request.data is not None:
         from swiftplan.executors.train.data import read_dataset
@@ -230,6 +255,7 @@ def _require_directory(run_dir: Path) -> None:
 def prepare_run(request: RunRequest) -> PreparedRun:
     """Check the plan, the device, the data and the tokenizer; render the launch. Loads no model."""
     plan = load_train_plan(request.plan_path)
+    check_request(plan, request)
     setup = plan.setup
     assert isinstance(setup, TrainSetup)
     device = detect_device(request.device)
@@ -256,7 +282,9 @@ def prepare_run(request: RunRequest) -> PreparedRun:
             dataset, tokenizer, seq_len=setup.seq_len, packing=bool(request.overrides.get("packing"))
         )
         world = nnodes * per_node
-        if steps_per_epoch(len(blocks.input_ids), setup=setup, world=world) == 0:
+        per_epoch = steps_per_epoch(len(blocks.input_ids), setup=setup, world=world)
+        _check_warmup(request, per_epoch, data=dataset.path.name)
+        if per_epoch == 0:
             need = setup.micro_batch * setup.grad_accum * world
             raise SwiftplanError(f"{dataset.path.name} gives {len(blocks.input_ids)} training blocks; one optimizer step needs "
                                  f"{need} (micro-batch {setup.micro_batch} × grad-accum {setup.grad_accum} × {world} process(es)).",
@@ -285,6 +313,19 @@ def prepare_run(request: RunRequest) -> PreparedRun:
                     lr=args.lr, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm)  # fmt: skip
     return PreparedRun(plan=plan, setup=setup, device=device, args=args, launch=launch, run_dir=run_dir,
                        blocks=blocks, tokenizer=tokenizer, notes=tuple(notes))  # fmt: skip
+
+
+def _check_warmup(request: RunRequest, per_epoch: int, *, data: str) -> None:
+    """A typed --warmup-steps must leave steps after it: the run's steps are --max-steps, or the epochs over
+    the data (the CLI refuses --warmup-steps beside a smaller --max-steps before this)."""
+    warmup, given = request.overrides.get("warmup_steps"), request.overrides.get("max_steps")
+    epochs = request.overrides.get("epochs", 1)
+    if warmup is None or given is not None or per_epoch == 0 or warmup < per_epoch * epochs:
+        return
+    raise SwiftplanError(f"--warmup-steps {warmup} is not fewer than the run's {per_epoch * epochs} optimizer steps "
+                         f"({epochs} epoch(s) of {per_epoch} over {data}): the learning rate would still be warming "
+                         "up when the run stops, never reaching --lr or its schedule.",
+                         hint=f"Give --warmup-steps below {per_epoch * epochs}, or more --epochs or --max-steps.")  # fmt: skip
 
 
 def _padding_notes(plan: Plan, blocks: Any, *, packing: bool, data: Any) -> list[str]:
