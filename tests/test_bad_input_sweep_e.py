@@ -84,3 +84,28 @@ def test_fit_serving_decode_miss_suggests_a_lower_concurrency() -> None:
     assert "it decodes at best 77 tokens/s per user, against --decode-tps 150 (49% short)" in text
     assert "a lower --concurrency, 15:" in text
     assert "tokens/s per user" in text.split("What would fit:")[1]
+
+
+def test_vision_sequence_past_the_positions_is_warned_as_text_is() -> None:
+    """3.8: 1000 images make a 1,227,048-token language sequence against Qwen2.5-VL's 128,000 positions:
+    the same warning a text --seq gets, with the text and image shares (2 images stay quiet)."""
+    vl = ("estimate", "Qwen/Qwen2.5-VL-7B-Instruct", "--gpus", "a100")
+    result = run_cli(*vl, "--images-per-sample", "1000")
+    assert result.exit_code == 0, result.output
+    text = _said(result.output)
+    assert "warning: Sequence length 1,227,048 is longer than the 128,000 positions" in text
+    assert "2,048 text tokens and 1,225,000 image and video tokens" in text
+    assert "positions" not in _said(run_cli(*vl, "--images-per-sample", "2").output)
+
+
+def test_verify_warns_about_a_sequence_past_the_positions() -> None:
+    """3.8: verify traces a --seq past the model's positions (as estimate plans it) but says so."""
+    pytest.importorskip("transformers")
+    from bad_input_support import FIXTURES
+
+    tiny = str(FIXTURES / "train" / "tiny_llama")  # max_position_embeddings 256
+    result = run_cli("verify", tiny, "--seq", "300")
+    assert result.exit_code == 0, result.output
+    assert "warning: --seq 300 is longer than the 256 positions" in _said(result.output)
+    quiet = run_cli("verify", tiny, "--seq", "200", "--json")
+    assert '"warnings": []' in quiet.output

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from swiftplan.cli._output import console, print_json
@@ -158,11 +159,14 @@ def verify_command(
     # with --json, what the traced libraries print (DeepSpeed's logger writes to stdout) goes to stderr
     quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     with quiet:
-        result = _verify(spec, dict(locals()) | {"typed": set(given_options(ctx))}, choice)
+        result, warnings = _verify(spec, dict(locals()) | {"typed": set(given_options(ctx))}, choice)
     if as_json:
-        print_json(_result_json(spec, result) | {"runtime": None if choice is None else choice.to_json()})
+        runtime = None if choice is None else choice.to_json()
+        print_json(_result_json(spec, result) | {"runtime": runtime, "warnings": list(warnings)})
         return
     _render(spec, result)
+    for warning in warnings:
+        console.print(f"[yellow]warning: {escape(warning)}[/]", highlight=False)
     if choice is not None:
         console.print(choice.describe(), highlight=False)
 
@@ -237,9 +241,10 @@ def _check_options(*, task: str, quant: str, method: str, variable_lengths: bool
         )
 
 
-def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> Any:
+def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> tuple[Any, tuple[str, ...]]:
     """Trace the set-up the options describe, under the runtime `choice` (training), and compare it with
-    the estimate, term by term."""
+    the estimate, term by term; with the warnings about the set-up (a sequence past the model's positions,
+    traced all the same, as estimate plans it)."""
     from swiftplan.cli.options import build_serve_setup, build_train_setup
     from swiftplan.extras import needs
     from swiftplan.usecases.inputs import resolve_cluster
@@ -253,7 +258,7 @@ def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> Any:
             precision=o["precision"], quant="none", context=o["context"], concurrency=o["concurrency"],
             kv_dtype="auto", gpu_memory_utilization=0.9, tp=1, cluster=cluster,
         )  # fmt: skip
-        return verify.verify_serving(spec, serve)
+        return verify.verify_serving(spec, serve), _positions(spec, serve.context, "--context")
     names = ("method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch", "seq",
              "grad_ckpt", "attention")  # fmt: skip
     if choice is not None:
@@ -271,11 +276,20 @@ def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> Any:
         from swiftplan.planner.runtime import KNOB_FLAGS
 
         refuse_idle_setup_knobs(knob_values(**{n: o[n] for n in KNOB_FLAGS if n in o}), setup, traced=True)
+    warnings = _positions(spec, setup.seq_len, "--seq")
     if objective.kind == "sft":
-        return verify.verify_training(spec, setup, world_size=cluster.world_size)
+        return verify.verify_training(spec, setup, world_size=cluster.world_size), warnings
     with needs("verify"):
         from swiftplan.executors.verify_objective import verify_objective
-    return verify_objective(spec, setup)
+    return verify_objective(spec, setup), warnings
+
+
+def _positions(spec: Any, tokens: int, what: str) -> tuple[str, ...]:
+    """The warning estimate gives for a sequence longer than the model's positions (none when it is not)."""
+    from swiftplan.planner.model_limits import length_problem
+
+    problem = length_problem(spec, tokens, what)
+    return () if problem is None else (problem,)
 
 
 def _objective(o: dict[str, Any], choice: Any) -> Any:

@@ -8,6 +8,7 @@ from swiftplan.planner.adapters import targeted_linears
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.pins import attention_targets
 from swiftplan.planner.setup import ALL_LINEAR, LoraSetup, ServeSetup, TrainSetup
+from swiftplan.planner.vision_tokens import language_tokens
 
 
 def length_problem(spec: ModelSpec, tokens: int, what: str) -> str | None:
@@ -70,8 +71,12 @@ def check_setup(
     than its positions is returned as a warning (planning past them is the user's call: they may stretch
     RoPE at run time), or refused with `refuse_length` (before a run). `where` prefixes messages."""
     prefix = f"{where}: " if where else ""
-    length = setup.context if isinstance(setup, ServeSetup) else setup.seq_len
+    images = 0 if isinstance(setup, ServeSetup) else language_tokens(spec, setup.vision)
+    length = setup.context if isinstance(setup, ServeSetup) else setup.seq_len + images
     problem = length_problem(spec, length, "Context" if isinstance(setup, ServeSetup) else "Sequence length")
+    if problem and images:
+        problem += (f" It holds {length - images:,} text tokens and {images:,} image and video tokens: fewer or "
+                    "smaller images (--images-per-sample, --image-size, --video-frames) shorten it.")  # fmt: skip
     if problem and refuse_length:
         raise SwiftplanError(prefix + problem)
     if isinstance(setup, TrainSetup) and setup.trains_adapters and setup.lora is not None:

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.vision import (
     QWEN_MAX_PIXELS,
     QWEN_MIN_PIXELS,
@@ -25,6 +26,7 @@ from swiftplan.planner.vision import (
     QWEN_VIDEO_MIN_PIXELS,
     VisionInputs,
     VisionTower,
+    vision_tower,
 )
 
 TOKEN_SOURCES = {
@@ -224,3 +226,10 @@ def visual_tokens(tower: VisionTower, inputs: VisionInputs) -> VisualTokens:
     if tower.family == "internvl":
         return _internvl_tokens(tower, inputs)
     return _llava_tokens(tower, inputs)
+
+
+def language_tokens(spec: ModelSpec, inputs: VisionInputs | None) -> int:
+    """Image and video tokens one sample adds to the language model's sequence (0 without images, or for a
+    model without a vision tower): what the model's positions must hold beside the text."""
+    tower = vision_tower(spec) if inputs is not None else None
+    return 0 if tower is None or inputs is None else visual_tokens(tower, inputs).llm_tokens
