@@ -64,15 +64,16 @@ def head_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, backward: boo
     hidden = spec.hidden_size
     vocab = spec.vocab_size // tp
     cb = activation_dtype_bytes(setup)
-    tile = min(tokens, TOKEN_TILE) * min(vocab, VOCAB_TILE) * cb
+    # the tile buffer is chunk_size wide whatever the vocabulary (trl 1.16 kernels/chunked_logprob.py:347, 413)
+    tile = min(tokens, TOKEN_TILE) * VOCAB_TILE * cb
     saved = saved_bytes(spec, setup, tokens)
     # under autocast the fp32 hidden chunk and weight tiles are cast to the compute dtype as they are used: one
-    # weight tile at a time in forward (a temporary), two in backward (`w_chunk` is bound when the next is made)
+    # weight tile at a time in forward (a temporary), two in backward (`w_chunk` is bound when the next is made), one
+    # when the vocabulary fits a single tile (Phi-3's 32,064: traced)
     casts = 0
     if setup.precision.startswith("amp-"):
-        casts = min(tokens, TOKEN_TILE) * hidden * cb + min(vocab, VOCAB_TILE) * hidden * cb * (
-            2 if backward else 1
-        )
+        weight_tiles = 2 if backward and vocab > VOCAB_TILE else 1
+        casts = min(tokens, TOKEN_TILE) * hidden * cb + min(vocab, VOCAB_TILE) * hidden * cb * weight_tiles
     if not backward:
         return saved + tile + casts + FORWARD_STATISTICS * tokens * FP32
     head_grad = 0
@@ -95,7 +96,6 @@ def input_not_saved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int) -> in
 
 def formula(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int = 1) -> str:
     """The term's formula in words, for the breakdown."""
-    vocab = spec.vocab_size // tp
     head = " + fp32 LM-head gradient and its cast" if head_trains(setup) else ""
-    return (f"{tokens} scored tokens: their hidden states, one {min(tokens, TOKEN_TILE)} × {min(vocab, VOCAB_TILE)} "
+    return (f"{tokens} scored tokens: their hidden states, one {min(tokens, TOKEN_TILE)} × {VOCAB_TILE} "
             f"tile, fp32 hidden-state gradient{head} (fused LM head, no full logits)")  # fmt: skip
