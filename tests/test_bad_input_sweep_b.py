@@ -174,11 +174,21 @@ def test_fit_never_trains_more_sequences_than_the_global_batch(
         assert f"the plan trains on {idle} GPUs" in said[0] and "--global-batch" in said[0]
 
 
-def test_pins_that_cannot_split_the_global_batch_are_refused_with_the_smallest_batch() -> None:
+def test_pins_that_cannot_split_a_typed_global_batch_are_refused_with_the_smallest_batch() -> None:
     assert_refused(run_cli(*FIT, "--gpus", "4xh100", "--dp", "4", "--global-batch", "6"),
                    "--global-batch 6 does not split evenly", "dp 4", "--global-batch 8")  # fmt: skip
-    assert_refused(run_cli(*FIT, "--gpus", "4xh100", "--batch", "3"),
+    assert_refused(run_cli(*FIT, "--gpus", "4xh100", "--batch", "3", "--global-batch", "16"),
                    "--global-batch 16", "--batch 3", "--global-batch 18")  # fmt: skip
+
+
+def test_an_untyped_global_batch_is_rounded_up_to_split_over_every_gpu() -> None:
+    """The default 16 is no request: on 4 GPUs with micro-batches of 3 it becomes 24 (a multiple of 4 × 3), said in a
+    note, and the plan uses all four GPUs with micro × accumulation × dp = 24."""
+    payload = _fit_json("--gpus", "4xh100", "--batch", "3")
+    assert payload["workload"]["global_batch"] == 24
+    assert any("global batch 16 (the default) rounded up to 24" in n for n in payload["notes"])
+    train, layout = payload["plan"]["train"], payload["plan"]["layout"]
+    assert layout["gpus"] == 4 and train["micro_batch"] * train["grad_accum"] * layout["dp"] == 24
 
 
 # 2.7: GRPO's global batch in whole prompts, said; a step beyond the run refused; estimate names the batch that runs

@@ -328,7 +328,7 @@ def fit_request(**options: Any) -> Any:
         seed=options["seed"], trials=options["trials"], storage=options["storage"], study_name=options["study_name"],
         runtime=options["runtime"], runtime_options=_runtime_options(task, options),
         training=training, objective_pins=objective_pins(options.get("typed", ())),
-        eager=options["enforce_eager"],
+        eager=options["enforce_eager"], typed=frozenset(options.get("typed", ())),
     )  # fmt: skip
 
 

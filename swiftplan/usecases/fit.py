@@ -88,6 +88,8 @@ class FitRequest:
     so): planned as padded batches (planner/padding.py)."""
     epochs: float = 1.0
     global_batch: int = 16
+    """Sequences a step trains (completions for GRPO); unless `typed` holds it, a default fit rounds up to split over
+    every training GPU (`split_global_batch`)."""
     seq_len: int = 2048
     attention: AttentionImpl = "sdpa"
     context: int = 4096
@@ -115,6 +117,9 @@ class FitRequest:
     """Which of the objective's choices the user fixed (the others are searched)."""
     eager: bool = False
     """Serving: decode without CUDA graphs (--enforce-eager): no graph pool, host-launch-bound steps."""
+    typed: frozenset[str] = frozenset()
+    """The options the user typed (their parameter names): a typed --global-batch or --num-generations is kept as
+    given, a default may be rounded to what the cluster splits."""
 
     @property
     def samples_vary(self) -> bool:
@@ -377,7 +382,10 @@ def _rollout_batch(request: FitRequest, notes: list[str]) -> FitRequest:
                      f"to divide by it); pass --global-batch as a multiple of {rollout.num_generations} to choose it.")  # fmt: skip
     step = batch * rollout.seq_len
     run = (request.dataset_tokens or inputs.DEFAULT_DATASET_TOKENS) * request.epochs
-    if step > run:
+    if step > run and not {"global_batch", "num_generations"} & request.typed:
+        notes.append(f"--task {kind}: one step of {batch:,} completions × {rollout.seq_len:,} tokens is more than the "
+                     f"whole run's {run:,.0f} tokens: give --dataset-tokens the tokens the run trains.")  # fmt: skip
+    elif step > run:
         raise SwiftplanError(
             f"--task {kind}: one step of {batch:,} completions × {rollout.seq_len:,} tokens (--global-batch, "
             f"--num-generations {rollout.num_generations}, prompt + completion) is {step:,} tokens, more than the whole "
@@ -385,6 +393,26 @@ def _rollout_batch(request: FitRequest, notes: list[str]) -> FitRequest:
             hint="Lower --num-generations (TRL's default is 8; DeepSeekMath's GRPO sampled 64 per question, "
             "arXiv:2402.03300) or --global-batch, or raise --dataset-tokens to the tokens the run trains.",
         )
+    return replace(request, global_batch=batch)
+
+
+def _split_default_batch(request: FitRequest, ranks: int, notes: list[str]) -> FitRequest:
+    """A global batch the user did not type, rounded up so that every layout of the `ranks` training GPUs splits it
+    (micro-batch × accumulation × dp = global batch), with a note; a typed one is kept, and layouts it does not
+    split are not searched (`batch_layouts`)."""
+    if "global_batch" in request.typed:
+        return request
+    from swiftplan.planner.search.space import split_global_batch
+
+    rollout = request.training.rollout
+    generations = rollout.num_generations if rollout is not None and request.training.kind == "grpo" else 1
+    micro = min(request.pins.micro_batch) if request.pins.micro_batch else 1
+    batch = split_global_batch(request.global_batch, ranks, micro_batch=micro, generations=generations)
+    if batch == request.global_batch:
+        return request
+    notes.append(f"global batch {request.global_batch} (the default) rounded up to {batch} so that it splits over all "
+                 f"{ranks} training GPUs (micro-batch × accumulation × data-parallel ranks); pass --global-batch to "
+                 f"choose it.")  # fmt: skip
     return replace(request, global_batch=batch)
 
 
@@ -442,6 +470,7 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
         training_world_size(request.training, searched)  # a rollout server must leave GPUs to train on
         _check_rollout_lengths(request)
         request = _rollout_batch(request, notes)
+        request = _split_default_batch(request, training_world_size(request.training, searched), notes)
         _check_targets(spec, request.pins)
         request = _check_against_model(request, spec)
         from swiftplan.planner.capabilities import check

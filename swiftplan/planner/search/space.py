@@ -7,6 +7,7 @@ user allowed (a pin is a tuple of allowed values: one value pins, several forbid
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import product
@@ -379,6 +380,15 @@ def _micro_batches(pins: Pins) -> tuple[int, ...] | None:
     if any(b < 1 for b in pins.micro_batch):
         raise SwiftplanError(f"Micro-batch sizes must be positive, got {pins.micro_batch}.")
     return tuple(sorted(pins.micro_batch))
+
+
+def split_global_batch(batch: int, ranks: int, *, micro_batch: int = 1, generations: int = 1) -> int:
+    """The smallest global batch ≥ `batch` that every data-parallel degree of `ranks` training GPUs splits: a
+    multiple of ranks × `micro_batch` (each rank's share divides into micro-batches), and of a GRPO step's
+    `generations` (whole prompts). A step trains micro-batch × accumulation × dp sequences, and every dp a layout
+    of `ranks` GPUs can have divides `ranks`."""
+    step = math.lcm(ranks * micro_batch, generations)
+    return -(-batch // step) * step
 
 
 def batch_layouts(
