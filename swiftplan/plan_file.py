@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -76,7 +77,7 @@ class LoraFields(_Strict):
     """`LoraSetup`."""
 
     rank: int = Field(strict=True, gt=0)
-    alpha: int | None = None
+    alpha: int | None = Field(strict=True, default=None, gt=0)
     targets: list[str] = Field(min_length=1)
     dropout: float = Field(strict=True, ge=0, lt=1)
     dora: bool = False
@@ -304,6 +305,8 @@ class PlanFields(_Strict):
                     f"train.micro_batch {self.train.micro_batch} × train.grad_accum {self.train.grad_accum} × "
                     f"layout.dp {self.layout.dp} = {step} sequences a step, but workload.global_batch is {batch}"
                 )
+        self._check_against_workload()
+        self._check_offered()
         rollout = self.train.objective.rollout if self.train and self.train.objective else None
         server = rollout.gpus if rollout is not None and rollout.placement == "server" else 0
         if self.layout.gpus + server != self.hardware.nodes * self.hardware.gpus_per_node:
@@ -315,6 +318,50 @@ class PlanFields(_Strict):
                 f"{hw.nodes * hw.gpus_per_node}"
             )
         return self
+
+    def _check_against_workload(self) -> None:
+        """The set-up plans the workload's sequences: the fields both hold must agree (a hand edit of one
+        of them would plan one length and predict for another)."""
+        pairs: list[tuple[str, Any, str]] = []
+        if self.train is not None:
+            pairs += [("train.seq_len", self.train.seq_len, "seq_len"),
+                      ("train.attention", self.train.attention, "attention")]  # fmt: skip
+            if self.train.lora is not None:
+                pairs.append(("train.lora.dropout", self.train.lora.dropout, "lora_dropout"))
+        if self.serve is not None:
+            pairs.append(("serve.context", self.serve.context, "context"))
+        for name, value, key in pairs:
+            other = self.workload.get(key)
+            if type(other) is type(value) and other != value:  # a malformed value: the workload's own error
+                raise ValueError(
+                    f"{name} {value} and workload.{key} {other} must be the same: the set-up plans the "
+                    "workload's sequences (edit both, or re-create the plan with swiftplan fit)"
+                )
+
+    def _check_offered(self) -> None:
+        """hardware.offered (the --gpus text) names the accelerator whose figures hardware.accelerator holds."""
+        from swiftplan.planner.hardware import get_accelerator
+
+        acc_id = self.hardware.accelerator.get("id")
+        named = _OFFERED.match(self.hardware.offered)
+        name = named.group(1) if named else self.hardware.offered
+        if not isinstance(acc_id, str) or name == acc_id:
+            return  # a missing or malformed id is the accelerator's own error
+        try:
+            resolved = get_accelerator(name).id
+        except SwiftplanError:
+            resolved = None
+        if resolved != acc_id:
+            names = f"is {resolved}" if resolved is not None else "names no accelerator swiftplan knows"
+            raise ValueError(
+                f"hardware.offered {self.hardware.offered!r} {names}, but hardware.accelerator.id is "
+                f"{acc_id!r}: a plan's GPUs are the accelerator its figures describe (edit both, or re-create "
+                "the plan with swiftplan fit --gpus)"
+            )
+
+
+_OFFERED = re.compile(r"^\s*(?:\d+\s*[x×*]\s*){0,2}(.*?)\s*(?:@.*)?$", re.IGNORECASE)
+"""A --gpus text: node and GPU counts, the accelerator's name, an optional @network suffix."""
 
 
 # --- Plan → file ------------------------------------------------------------------------------------

@@ -194,8 +194,18 @@ def _drop(key: str) -> Callable[[dict[str, Any]], None]:
     return lambda data: data.pop(key)
 
 
+def _both_seq_lens(tokens: int) -> Any:
+    """train.seq_len and workload.seq_len edited together (they must agree)."""
+
+    def edit(data: dict[str, Any]) -> None:
+        data["train"]["seq_len"] = data["workload"]["seq_len"] = tokens
+
+    return edit
+
+
 def _many_gpus(data: dict[str, Any]) -> None:
     data["hardware"]["gpus_per_node"] = data["layout"]["gpus"] = data["layout"]["dp"] = 9999
+    data["workload"]["global_batch"] = 9999  # a step of one sequence per rank, as the layout splits it
 
 
 PLAN_ROWS = [
@@ -246,7 +256,7 @@ def test_hand_edited_plan_files_name_the_field(tmp_path: Path, plans: dict[str, 
 
 
 TRAIN_PLAN_ROWS = [
-    ("seq-past-positions", _set("train.seq_len", 10**9), ("Sequence length 1,000,000,000", "256 positions")),
+    ("seq-past-positions", _both_seq_lens(10**9), ("Sequence length 1,000,000,000", "256 positions")),
     ("rank-past-matrices", _set("train.lora.rank", 1000), ("LoRA rank 1,000", "at most 64")),
     ("micro-batch-word", _set("train.micro_batch", "two"), ("field 'train.micro_batch'", "'two'")),
 ]  # fmt: skip

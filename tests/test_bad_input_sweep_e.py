@@ -7,8 +7,12 @@ then fragments the one-paragraph refusal must hold (the bad value or flag, and w
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import pytest
-from bad_input_support import assert_refused, run_cli
+from bad_input_support import assert_refused, run_cli, write_tiny_plans
 
 M = "Qwen/Qwen2.5-0.5B"
 SIZE = ("size", M, "--max-nodes", "1")
@@ -109,3 +113,76 @@ def test_verify_warns_about_a_sequence_past_the_positions() -> None:
     assert "warning: --seq 300 is longer than the 256 positions" in _said(result.output)
     quiet = run_cli("verify", tiny, "--seq", "200", "--json")
     assert '"warnings": []' in quiet.output
+
+
+@pytest.fixture
+def plans(tmp_path: Path) -> Path:
+    return write_tiny_plans(tmp_path)
+
+
+def _edited(plans: Path, name: str, edit: Callable[[dict[str, Any]], object]) -> str:
+    import yaml
+
+    data = yaml.safe_load((plans / name).read_text())
+    edit(data)
+    (plans / "edited.yaml").write_text(yaml.safe_dump(data))
+    return str(plans / "edited.yaml")
+
+
+INCONSISTENT_PLANS = [
+    ("train-seq-len", "train.yaml", lambda d: d["train"].update(seq_len=128),
+     ["train.seq_len 128 and workload.seq_len 64 must be the same"]),
+    ("train-attention", "train.yaml", lambda d: d["workload"].update(attention="eager"),
+     ["train.attention sdpa and workload.attention eager"]),
+    ("serve-context", "serve.yaml", lambda d: d["serve"].update(context=64),
+     ["serve.context 64 and workload.context 128"]),
+    ("offered-other-accelerator", "train.yaml", lambda d: d["hardware"].update(offered="a100"),
+     ["hardware.offered 'a100' is a100-80gb-sxm, but hardware.accelerator.id is 'h100-sxm'"]),
+    ("accelerator-id-bogus", "train.yaml", lambda d: d["hardware"]["accelerator"].update(id="bogus"),
+     ["hardware.offered 'h100-sxm' is h100-sxm, but hardware.accelerator.id is 'bogus'"]),
+    ("offered-unknown", "serve.yaml", lambda d: d["hardware"].update(offered="2xnonsense"),
+     ["hardware.offered '2xnonsense' names no accelerator swiftplan knows"]),
+    ("lora-alpha-negative", "train.yaml", lambda d: d["train"]["lora"].update(alpha=-3),
+     ["field 'train.lora.alpha'", "greater than 0", "(got -3)"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "edit", "fragments"), [r[1:] for r in INCONSISTENT_PLANS], ids=[r[0] for r in INCONSISTENT_PLANS]
+)
+def test_inconsistent_plan_file_fields_are_refused(
+    plans: Path, name: str, edit: Callable[[dict[str, Any]], object], fragments: list[str]
+) -> None:
+    """3.9: fields that contradict each other are refused naming both, not estimated as 'matches'."""
+    assert_refused(run_cli("estimate", _edited(plans, name, edit)), *fragments)
+
+
+def test_consistent_hand_edits_still_load(plans: Path) -> None:
+    """An alias in hardware.offered, a --gpus count, and a positive alpha are the plan's own business."""
+    done = run_cli("estimate", _edited(plans, "train.yaml", lambda d: d["hardware"].update(offered="H100")))
+    assert done.exit_code == 0 and "matches the plan file's prediction" in done.output, done.output
+    done = run_cli("estimate", _edited(plans, "train.yaml", lambda d: d["train"]["lora"].update(alpha=32)))
+    assert done.exit_code == 0, done.output
+
+
+def test_an_edited_prediction_note_names_the_hand_edit(plans: Path) -> None:
+    """3.9: a plan whose prediction differs says a hand edit changes it, not only swiftplan's formulas."""
+    done = run_cli(
+        "estimate", _edited(plans, "train.yaml", lambda d: d["workload"].update(dataset_tokens=10**12))
+    )
+    assert done.exit_code == 0, done.output
+    text = _said(done.output)
+    assert "differs from the plan file's prediction in: time_to_train_s" in text
+    assert "a hand edit of the file changes the prediction" in text
+
+
+def test_every_plan_file_in_the_repository_still_loads() -> None:
+    """The new consistency checks keep the committed plan files loading."""
+    from swiftplan.plan_file import load_plan
+
+    root = Path(__file__).parent.parent
+    files = [p for where in ("tests", "benchmarks") for p in (root / where).rglob("*.y*ml")]
+    plans = [p for p in files if "schema_version" in p.read_text(encoding="utf-8")]
+    assert plans, "no plan files found"
+    for path in plans:
+        load_plan(path)

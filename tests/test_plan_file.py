@@ -84,6 +84,9 @@ def test_the_plan_carries_its_hardware_so_a_catalog_change_cannot_move_it(tmp_pa
     save_plan(plan, path)
     data = yaml.safe_load(path.read_text())
     data["hardware"]["accelerator"]["id"] = "a-card-no-catalog-has"
+    data["hardware"]["offered"] = (
+        "2xa-card-no-catalog-has"  # offered names the same card (checked, without the catalog)
+    )
     data["hardware"]["accelerator"]["memory_bytes"] = 20 * 2**30
     data["hardware"]["accelerator"]["driver_memory_bytes"] = 19 * 2**30
     path.write_text(yaml.safe_dump(data))

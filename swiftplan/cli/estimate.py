@@ -218,8 +218,10 @@ def render_prediction_check(outcome: Any) -> None:
             highlight=False,
         )
     else:
+        from swiftplan.usecases.estimate import WHY_DIFFERS
+
         console.print(f"[yellow]differs from the plan file's prediction in: {', '.join(outcome.changed)}[/] "
-                      "(the model config or swiftplan's formulas changed since it was written)", highlight=False)  # fmt: skip
+                      f"({WHY_DIFFERS})", highlight=False)  # fmt: skip
 
 
 def estimate_json(outcome: Any) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 For a plan file the set-up is estimated again on the plan's own hardware snapshot (no catalog) and the
 prediction compared with the one the file holds, field by field: they agree to the byte unless the
-model's config or swiftplan's formulas changed since the plan was written.
+file was edited by hand, or the model's config or swiftplan's formulas changed since it was written.
 """
 
 from __future__ import annotations
@@ -146,6 +146,13 @@ def generation_batch_warnings(setup: TrainSetup, cluster: Cluster) -> tuple[str,
         f"ms-swift refuse that; --grad-accum {accum} makes {per_accum * accum} ({per_accum * accum // groups} prompt(s)), "
         "with the same memory per device.",
     )
+
+
+WHY_DIFFERS = (
+    "a hand edit of the file changes the prediction, and so does a change to the model config or swiftplan's "
+    "formulas since it was written"
+)
+"""Why today's estimate of a plan file can differ from the prediction it holds (shown beside the fields)."""
 
 
 def estimate_plan_file(path: str | Path) -> EstimateOutcome:
