@@ -112,9 +112,8 @@ CASES = [
     (
         "serve-concurrency-past-plan",
         (*SERVE, "--engine", "vllm", "--concurrency", "100000000"),
-        ["--concurrency 100000000", "more than the plan sized", "1 × 128 = 128 tokens"],
+        ["--concurrency 100000000", "more than the plan sized", "4,632,716 × 128"],
     ),
-    ("serve-context-past-plan", (*SERVE, "--context", "200"), ["--context 200", "more than the plan sized"]),
     # 3.7 serve --dry-run accepted anything as a model
     (
         "serve-dir-without-config",
@@ -272,6 +271,14 @@ def test_serve_overrides_within_the_plan_still_render(workdir, tmp_path):
     assert f"vllm serve {checkpoint}" in result.output
     assert "--max-model-len 64 --max-num-seqs 2" in result.output and "VLLM_API_KEY" in result.output
     assert run_cli("serve", str(FIXTURES / "serve_tiny_config.json"), "--dry-run", cwd=workdir).exit_code == 0
+
+
+def test_serve_concurrency_up_to_what_the_plan_found_fits_is_accepted(workdir):
+    """The plan sized one sequence of 128 tokens but found millions fit its KV cache (max_concurrency): 64 at once
+    hold far less than that, so they render."""
+    result = run_cli(*SERVE, "--engine", "vllm", "--concurrency", "64", "--api-key", "k", cwd=workdir)
+    assert result.exit_code == 0, result.output
+    assert "--max-num-seqs 64" in result.output
 
 
 def test_the_table_ids_are_unique():

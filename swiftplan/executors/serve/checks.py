@@ -1,7 +1,8 @@
 """What `serve` checks before it starts (and before --dry-run prints): the weights can be loaded, they are
 the plan's model, and the overrides stay inside what the plan sized.
 
-Reads config.json files and the local Hugging Face cache; never the network.
+Reads config.json files and the local Hugging Face cache; the network only for the config.json of a --model that
+no local copy has (one small download, as `fit` makes).
 """
 
 from __future__ import annotations
@@ -128,6 +129,17 @@ def spec_at_hand(name: str) -> ModelSpec | None:
     return spec
 
 
+def _fetched_spec(name: str) -> ModelSpec | None:
+    """A hub model's spec from its config.json fetched from the hub (one small download, as `fit` does), when no
+    local copy has it; None when the hub is off, unreachable or has no such model."""
+    from swiftplan.executors.model_source import resolve_model
+
+    try:
+        return resolve_model(name)
+    except SwiftplanError:
+        return None
+
+
 def _same_name(a: str, b: str) -> bool:
     from swiftplan.planner.model_catalog import find_catalog_id
 
@@ -145,7 +157,7 @@ def check_same_model(planned: str, weights: str) -> None:
     instruct variant): the plan's memory and speed hold for nothing else."""
     if _same_name(planned, weights):
         return
-    plan_spec, given = spec_at_hand(planned), spec_at_hand(weights)
+    plan_spec, given = spec_at_hand(planned), spec_at_hand(weights) or _fetched_spec(weights)
     if plan_spec is not None and given is not None:
         differ = [(key, getattr(given, field), getattr(plan_spec, field)) for field, key in _SHAPE
                   if getattr(given, field) != getattr(plan_spec, field)]  # fmt: skip
@@ -154,7 +166,10 @@ def check_same_model(planned: str, weights: str) -> None:
         key, theirs, ours = differ[0]
         why = f"its {key} is {theirs}, the plan's model has {ours}"
     elif given is None:
-        why = "its config.json is not at hand to compare (not local, in the catalog or in the Hugging Face cache)"
+        why = (
+            "its config.json is not at hand to compare (not local, in the catalog or in the Hugging Face cache, "
+            "and the hub could not give it)"
+        )
     else:
         why = "the plan's model config is not at hand to compare"
     raise SwiftplanError(
@@ -177,18 +192,27 @@ def check_context(model: str, context: int) -> None:
 
 
 def check_within_plan(
-    planned: ServeSetup, setup: ServeSetup, *, model: str, context: int | None, concurrency: int | None
+    planned: ServeSetup,
+    setup: ServeSetup,
+    *,
+    model: str,
+    context: int | None,
+    concurrency: int | None,
+    fits: int | None = None,
 ) -> None:
     """Overrides of --context and --concurrency keep the tokens held at once (context × concurrency)
-    within the KV cache the plan sized; more was never checked against the device's memory."""
-    asked, sized = setup.context * setup.concurrency, planned.context * planned.concurrency
+    within the KV cache the plan sized: the sequences of its context that it found fit on every replica (`fits`,
+    the plan's max_concurrency × replicas), or those it was asked for; more was never checked against the
+    device's memory."""
+    slots = max(planned.concurrency, fits or 0)
+    asked, sized = setup.context * setup.concurrency, planned.context * slots
     if asked <= sized:
         return
     given = " and ".join(f"--{flag} {value}" for flag, value in (("context", context), ("concurrency", concurrency))
                          if value is not None)  # fmt: skip
     raise SwiftplanError(
         f"{given} asks for {setup.concurrency:,} sequences of {setup.context:,} tokens at once ({asked:,} tokens "
-        f"of KV cache), more than the plan sized and checked: {planned.concurrency:,} × {planned.context:,} = "
+        f"of KV cache), more than the plan sized and checked: {slots:,} × {planned.context:,} = "
         f"{sized:,} tokens.",
         hint=f"Stay within it, or re-plan: swiftplan fit {model} --task serve --context {setup.context} "
         f"--concurrency {setup.concurrency} --gpus GPUS -o plan.yaml.",

@@ -101,7 +101,9 @@ def resolve_target(
     if context is not None:
         checks.check_context(weights or model, context)
     if path is not None:
-        checks.check_within_plan(planned_setup, setup, model=model, context=context, concurrency=concurrency)
+        checks.check_within_plan(planned_setup, setup, model=model, context=context, concurrency=concurrency,
+                                 fits=plan.prediction.max_concurrency * plan.layout.dp
+                                 if plan.prediction.max_concurrency else None)  # fmt: skip
     return ServeTarget(model=model, weights=weights or weights_source(model), setup=setup, prediction=prediction,
                        plan_path=path, **planned)  # fmt: skip
 
