@@ -161,3 +161,17 @@ def test_with_a_plan_the_failure_maps_onto_its_terms_and_fit_checks_a_change(tmp
     assert checked, outcome.notes
     device_total = float(re.search(r"([\d.]+) GiB per device", checked[0].text).group(1))  # type: ignore[union-attr]
     assert device_total * GiB <= comparison.device_memory_bytes - comparison.missed_bytes
+
+
+def test_line_numbers_count_newlines_only_as_grep_does() -> None:
+    """A progress bar redraws itself with carriage returns inside one line: the OOM below it is on line 3, as
+    `grep -n` says, not on line 5."""
+    log = (
+        "loading\n"
+        "step 1/3\rstep 2/3\rstep 3/3\n"
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+        "79.10 GiB of which 1.00 GiB is free.\n"
+    )
+    reading = read_log(log)
+    assert reading.primary is not None and reading.primary.line_number == 3
+    assert reading.lines_scanned == 3

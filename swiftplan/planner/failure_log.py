@@ -259,8 +259,9 @@ _ORDER = {"device_memory": 0, "kv_cache": 1, "host_memory": 2, "disk": 3, "nccl"
 
 
 def read_log(text: str) -> LogReading:
-    """Every failure recognised in a log, root cause first."""
-    lines = text.splitlines()
+    """Every failure recognised in a log, root cause first. Lines are counted as `grep -n` counts them (newlines
+    only: a progress bar's carriage returns stay inside its line)."""
+    lines = text.removesuffix("\n").split("\n") if text else []
     lowered = text.lower()
     frameworks = tuple(name for name in _FRAMEWORKS if re.search(rf"\b{name}\b", lowered))
     found: dict[tuple[str, str], Finding] = {}
