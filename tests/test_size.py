@@ -242,14 +242,12 @@ def test_sharing_misfits_across_sizes_changes_no_answer():
                 inter_node_bytes_per_s=100e9 / 8,
             )
             engine = default_engine("train", cluster.accelerator.backend)  # size plans for the default engine
-            batch = (
-                job.workload.global_batch
-            )  # a step trains exactly the global batch (micro × accumulation × dp)
+            workload = job.cluster_workload(cluster)  # the default batch rounded to split over the cluster
             space = whole_cluster(
-                build_train_space(spec, cluster, Pins(), engine, global_batch=batch), cluster
+                build_train_space(spec, cluster, Pins(), engine, global_batch=workload.global_batch), cluster
             )
             alone = best_training_plan(
-                TrainEvaluator(spec, cluster, job.workload, space, host_ram_bytes=64 * GiB)
+                TrainEvaluator(spec, cluster, workload, space, host_ram_bytes=64 * GiB)
             )
             if alone.best is None:
                 assert not option.feasible
@@ -625,3 +623,22 @@ def test_option_validation():
         replace(option("x", 1, tokens_per_s=1.0, tokens=1.0), nodes=2)  # 2 nodes for 1 GPU
     cluster = Cluster(accelerator=get_accelerator("h100-sxm"), gpus_per_node=8, nodes=2)
     assert cluster.world_size == 16
+
+
+def test_a_default_global_batch_splits_over_every_cluster_and_a_typed_one_is_kept():
+    """The default 16 is rounded up per cluster (24 GPUs train 24 sequences a step); a typed 16 is kept, so 24 GPUs
+    cannot split it and are skipped with the reason."""
+    spec = spec_of("Qwen/Qwen2.5-0.5B")
+    workload = TrainWorkload(dataset_tokens=10_000_000)
+    for typed in (False, True):
+        job = TrainJob(workload=workload, global_batch_typed=typed)
+        result = size_training(
+            spec, accelerators("h100-sxm"), job, objective="time", constraints=Constraints()
+        )
+        option = next(o for o in result.options if o.gpus == 24)
+        if typed:
+            assert not option.feasible and "global batch of 16" in option.reason
+        else:
+            assert option.feasible
+            cluster = Cluster(accelerator=get_accelerator("h100-sxm"), gpus_per_node=8, nodes=3)
+            assert job.cluster_workload(cluster).global_batch == 24

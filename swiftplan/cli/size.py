@@ -354,7 +354,7 @@ def size_request(**options: Any) -> Any:
         price_overrides=read_price_file(o["prices"]) if o["prices"] else (),
         pins=_pins(o["method"], o["quant"], o["no_quant"], o["rank"], serving=serving),
         dataset_tokens=None if serving else _token_count(o["dataset_tokens"]), epochs=o["epochs"], seq_len=seq,
-        global_batch=global_batch, attention=o["attention"], context=o["context"], concurrency=o["concurrency"],
+        global_batch=global_batch, global_batch_typed="global_batch" in o.get("typed", ()), attention=o["attention"], context=o["context"], concurrency=o["concurrency"],
         request_rate=o["request_rate"], prompt_tokens=o["prompt_tokens"], output_tokens=o["output_tokens"],
         ttft_s=o["ttft"], decode_tps=o["decode_tps"], gpu_memory_utilization=o["gpu_memory_utilization"],
         headroom=o["headroom"], host_ram_bytes=int(o["host_ram"] * GiB),

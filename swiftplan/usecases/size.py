@@ -78,6 +78,8 @@ class SizeRequest:
     epochs: float = 1.0
     seq_len: int = 2048
     global_batch: int = 16
+    global_batch_typed: bool = False
+    """The user typed --global-batch: every cluster trains exactly it; else each rounds it to split over its GPUs."""
     attention: AttentionImpl = "sdpa"
     context: int = 4096
     """Serving: tokens per sequence (with a request rate: prompt + output tokens)."""
@@ -324,7 +326,7 @@ def _size_training(
     job = TrainJob(
         workload=workload, pins=pins, headroom=request.headroom, host_ram_bytes=request.host_ram_bytes,
         max_nodes=request.max_nodes, network_gbps=request.network_gbps,
-        engine=runtime_engine(knobs.name, "train"),
+        engine=runtime_engine(knobs.name, "train"), global_batch_typed=request.global_batch_typed,
     )  # fmt: skip
     result = size_training(spec, accelerators, job, objective=request.goal, constraints=limits, prices=prices)
     shown = {

@@ -10,7 +10,7 @@ per-layer figures are cached across clusters, so later clusters cost little more
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -22,7 +22,7 @@ from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import Candidate, TrainWorkload
 from swiftplan.planner.search.evaluate import Evaluation, TrainEvaluator
 from swiftplan.planner.search.pins import Pins
-from swiftplan.planner.search.space import build_train_space
+from swiftplan.planner.search.space import build_train_space, split_global_batch
 from swiftplan.planner.sizing.best_plan import MisfitMemo, best_training_plan, whole_cluster
 from swiftplan.planner.sizing.candidates import (
     DEFAULT_MAX_NODES,
@@ -59,6 +59,24 @@ class TrainJob:
     """Network between nodes, Gb/s per node."""
     engine: Engine | None = None
     """Engine the plans must run on (the runtime's, engines.json); None = the default for each backend."""
+    global_batch_typed: bool = False
+    """The user typed the global batch: every cluster trains exactly it (layouts it does not split are skipped);
+    otherwise each cluster rounds it up to split over all its training GPUs, as `fit` does."""
+
+    def cluster_workload(self, cluster: Cluster) -> TrainWorkload:
+        """The workload one cluster is sized for: a default global batch rounded up to a multiple of its training
+        GPUs (× a pinned micro-batch, whole GRPO prompts), so that every layout using them all splits it."""
+        if self.global_batch_typed:
+            return self.workload
+        objective = self.workload.objective
+        rollout = objective.rollout
+        generations = rollout.num_generations if rollout is not None and objective.kind == "grpo" else 1
+        micro = min(self.pins.micro_batch) if self.pins.micro_batch else 1
+        ranks = max(1, cluster.world_size - objective.server_gpus)
+        batch = split_global_batch(
+            self.workload.global_batch, ranks, micro_batch=micro, generations=generations
+        )
+        return replace(self.workload, global_batch=batch)
 
     def engine_for(self, cluster: Cluster) -> Engine:
         """The engine a cluster's plans are made for."""
@@ -190,10 +208,9 @@ def _plan_cluster(
     unsupported), and the estimates made."""
     if reasons := job.runtime_reasons(cluster):
         return base.rejected("unsupported", " ".join(reasons)), "skipped", 0
+    workload = job.cluster_workload(cluster)
+    batch = workload.global_batch  # a step trains exactly this many sequences (micro × accumulation × dp)
     try:
-        batch = (
-            job.workload.global_batch
-        )  # a step trains exactly this many sequences (micro × accumulation × dp)
         space = whole_cluster(
             build_train_space(spec, cluster, job.pins, job.engine_for(cluster), global_batch=batch), cluster
         )
@@ -219,7 +236,7 @@ def _plan_cluster(
         )
         return base.rejected("fit", reason), "pruned", 0
     evaluator = TrainEvaluator(
-        spec, cluster, job.workload, space, headroom=job.headroom, host_ram_bytes=job.host_ram_bytes
+        spec, cluster, workload, space, headroom=job.headroom, host_ram_bytes=job.host_ram_bytes
     )
     caps = _caps(base, constraints, objective)
     cap_s = min(caps.values(), default=None)
@@ -233,7 +250,7 @@ def _plan_cluster(
         if found.closest is None and found.weight_over_bytes is not None:
             reason = f"doesn't fit: the weights alone are {format_gib(found.weight_over_bytes, 1)} over per GPU in every layout"
         return base.rejected("fit", reason), "searched", evaluator.estimates
-    return _from_evaluation(base, found.best, job.workload), "searched", evaluator.estimates
+    return _from_evaluation(base, found.best, workload), "searched", evaluator.estimates
 
 
 def size_training(
