@@ -303,7 +303,9 @@ class PlanFields(_Strict):
             if step != batch:
                 raise ValueError(
                     f"train.micro_batch {self.train.micro_batch} × train.grad_accum {self.train.grad_accum} × "
-                    f"layout.dp {self.layout.dp} = {step} sequences a step, but workload.global_batch is {batch}"
+                    f"layout.dp {self.layout.dp} = {step} sequences a step, but workload.global_batch is {batch} "
+                    f"(fit before 2026-12-07 rounded a step up this way: set workload.global_batch to {step} to keep the "
+                    f"plan as it runs, or plan again with swiftplan fit)"
                 )
         self._check_against_workload()
         self._check_offered()
