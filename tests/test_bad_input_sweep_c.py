@@ -178,3 +178,15 @@ def test_a_job_that_does_not_fit_points_to_the_fit_command_that_finds_the_smalle
     assert "`swiftplan fit Qwen/Qwen2.5-72B --gpus rtx3060` checks the smallest changes" in text
     fits = " ".join(run_cli(*EST).output.split())
     assert "to make it fit" not in fits
+
+
+def test_the_fit_command_for_a_job_that_does_not_fit_keeps_the_job() -> None:
+    """Its task, sequence length and runtime come along (review: a DPO job at 4k tokens was pointed to an SFT fit at
+    2k); the set-up choices (method, quantization, batch) stay for fit to search."""
+    done = run_cli("estimate", "Qwen/Qwen2.5-72B", "--gpus", "rtx3060", "--task", "dpo", "--seq", "4096",
+                   "--runtime", "llamafactory", "--method", "lora")  # fmt: skip
+    text = " ".join(done.output.split())
+    assert done.exit_code == 0, done.output
+    assert (
+        "`swiftplan fit Qwen/Qwen2.5-72B --gpus rtx3060 --task dpo --seq 4096 --runtime llamafactory`" in text
+    )

@@ -54,6 +54,7 @@ from swiftplan.cli.options import (
     given_options,
 )
 from swiftplan.cli.vision_options import (
+    VISION_OPTIONS,
     ImageSizeOpt,
     ImagesPerSampleOpt,
     ImageTokensOpt,
@@ -415,23 +416,38 @@ def estimate_command(
     render_engine(outcome)
     render_prediction_check(outcome)
     if outcome.plan is None and not outcome.estimate.fits:
-        console.print(_fit_pointer(model, gpus, task, context, concurrency), highlight=False)
+        console.print(_fit_pointer(outcome, model, gpus, options=ctx.params), highlight=False)
 
 
-def _fit_pointer(model: str, gpus: str, task: Any, context: int, concurrency: int) -> str:
-    """For a job that does not fit: the `swiftplan fit` command that checks the smallest changes that would."""
+def _fit_pointer(outcome: Any, model: str, gpus: str, *, options: dict[str, Any]) -> str:
+    """For a job that does not fit: the `swiftplan fit` command that checks the smallest changes that would, for the
+    same job (its task and objective, sequence or context and load, runtime); the set-up choices
+    (method, quantization, batch, offload, layout) are left to fit to search."""
     import shlex
 
-    from swiftplan.cli.objective_options import is_serving
+    from swiftplan.planner.setup import ServeSetup
+    from swiftplan.usecases.describe import objective_args
 
+    setup = outcome.estimate.setup
     args = [model, "--gpus", gpus]
-    if is_serving(task):
-        args += ["--task", "serve", "--context", str(context), "--concurrency", str(concurrency)]
+    if isinstance(setup, ServeSetup):
+        args += ["--task", "serve", "--context", str(setup.context), "--concurrency", str(setup.concurrency)]
         changes = "a shorter context, quantization, more or bigger GPUs"
     else:
+        args += objective_args(setup.objective)
+        if setup.seq_len != 2048 and setup.objective.rollout is None:
+            args += ["--seq", str(setup.seq_len)]
         changes = "QLoRA, a shorter sequence, offload, more or bigger GPUs"
+    if outcome.runtime is not None and options.get("runtime"):
+        args += ["--runtime", options["runtime"]]
+    images = any(options.get(name) is not None for name in VISION_OPTIONS)
+    caveat = (
+        "; fit has no image options yet: it sizes the text alone, so leave headroom for the images"
+        if images
+        else ""
+    )
     return (f"to make it fit: `swiftplan fit {shlex.join(args)}` checks the smallest changes that would "
-            f"({changes}), each with the estimator")  # fmt: skip
+            f"({changes}), each with the estimator{caveat}")  # fmt: skip
 
 
 def _estimate(ctx: typer.Context, options: dict[str, Any]) -> Any:
