@@ -9,6 +9,7 @@ import typer
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.capabilities import check
 from swiftplan.planner.hardware import Cluster
+from swiftplan.planner.idle_knobs import refuse_idle_knobs
 from swiftplan.planner.objective import ObjectiveSetup
 from swiftplan.planner.setup import (
     ALL_LINEAR,
@@ -541,34 +542,8 @@ def knob_values(
         ckpt_every=ckpt_every, ckpt_position=ckpt_position, activation_offload=activation_offload,
         fsdp_cpu_offload=fsdp_cpu_offload, float8=float8, keep_output=keep_output,
     )  # fmt: skip
-    _refuse_idle_knobs(typed, _under_every_profile(typed))
+    refuse_idle_knobs(typed, _under_every_profile(typed))
     return typed
-
-
-def _loss_knob(knobs: dict[str, Any], flag: str, loss: str) -> tuple[str, str] | None:
-    if knobs["loss"] == loss:
-        return None
-    return (
-        f"{flag} only sizes the {loss} loss, and this job's loss is {knobs['loss']}",
-        f"Add --loss {loss}, or drop {flag}.",
-    )
-
-
-_KNOB_RULES: dict[str, Any] = {
-    "loss_chunks": lambda k: _loss_knob(k, "--loss-chunks", "chunked"),
-    "loss_chunk_tokens": lambda k: _loss_knob(k, "--loss-chunk-tokens", "fused_linear"),
-    "fsdp_sharding": lambda k: None if k["fsdp"] != "none" else (
-        "--fsdp-sharding chooses how FSDP shards, and this job runs without FSDP",
-        "Add --fsdp fsdp1 or fsdp2, or drop --fsdp-sharding."),
-    "fsdp_shard_group": lambda k: None if k["fsdp"] != "none" and k["fsdp_sharding"] == "hybrid_shard" else (
-        "--fsdp-shard-group sizes the shard groups of FSDP's hybrid_shard, and this job "
-        + ("runs without FSDP" if k["fsdp"] == "none" else f"uses --fsdp-sharding {k['fsdp_sharding']}"),
-        "Add --fsdp fsdp2 --fsdp-sharding hybrid_shard, or drop --fsdp-shard-group."),
-    "ckpt_position": lambda k: None if k["ckpt_every"] > 1 else (
-        "--ckpt-position picks which block of every --ckpt-every K is checkpointed, and here every block is "
-        "(--ckpt-every 1)", "Add --ckpt-every 2 (or more), or drop --ckpt-position."),
-}  # fmt: skip
-"""Knob flags that only act when another knob has a given value: each → (why it is idle, what to do) or None."""
 
 
 def _knob_defaults() -> dict[str, Any]:
@@ -588,14 +563,6 @@ def _under_every_profile(typed: dict[str, Any]) -> list[dict[str, Any]]:
         for p in runtime_profiles().values()
         if p.task == "train"
     ]
-
-
-def _refuse_idle_knobs(typed: dict[str, Any], candidates: list[dict[str, Any]]) -> None:
-    """A typed knob flag that changes nothing under every one of `candidates` (knob sets): refused, naming it."""
-    for name, rule in _KNOB_RULES.items():
-        if name in typed and candidates and all(rule(k) for k in candidates):
-            reason, hint = rule(candidates[0])
-            raise SwiftplanError(f"{reason}: it would change nothing.", hint=hint)
 
 
 def _feature_knobs(
@@ -623,7 +590,7 @@ def train_runtime(
     choice = choose_runtime(
         _runtime_name(name or DEFAULT_TRAIN_RUNTIME, "train"), "train", knobs | (setup_given or {})
     )
-    _refuse_idle_knobs(knobs, [_knob_defaults() | choice.options])
+    refuse_idle_knobs(knobs, [_knob_defaults() | choice.options])
     return choice
 
 

@@ -27,6 +27,7 @@ from swiftplan.planner.engines import (
 )
 from swiftplan.planner.estimate import training_world_size
 from swiftplan.planner.hardware import Cluster
+from swiftplan.planner.idle_knobs import knob_dict, refuse_idle_knobs
 from swiftplan.planner.layout import Layout, cluster_text
 from swiftplan.planner.lengths import LengthStats
 from swiftplan.planner.model_spec import ModelSpec
@@ -484,6 +485,8 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     padding = runtime.knobs().padding if runtime is not None and request.task == "train" else "max_length"
     workload = _workload(request, spec, model, notes, host, lengths, padding=padding)
     if runtime is not None and isinstance(workload, TrainWorkload):
+        # knob flags typed for a runtime whose own knobs leave them idle (--loss-chunks beside its full loss)
+        refuse_idle_knobs(request.runtime_options, [knob_dict(runtime.knobs())])
         workload = replace(workload, runtime=runtime.knobs(), objective=request.training)
         if runtime.knobs().fsdp != "none":  # FSDP shards instead of ZeRO
             if request.pins.zero not in (None, (0,)) or request.pins.max_offload not in (None, "none"):
