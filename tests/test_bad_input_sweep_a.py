@@ -294,3 +294,9 @@ def test_json_output_is_strict_when_a_time_overflows(workdir):
     assert result.exit_code == 0, result.output
     data = json.loads(result.output, parse_constant=_refuse_constant)
     assert data["best"]["time_s"] is None and data["best"]["tokens_per_s"] > 0
+
+
+def test_a_blank_api_key_from_the_environment_names_the_variable(workdir):
+    result = run_cli(*SERVE, "--engine", "vllm", cwd=workdir, env={"SWIFTPLAN_API_KEY": " "})
+    assert_refused(result, "SWIFTPLAN_API_KEY is blank", "without authentication")
+    assert "--api-key" not in result.output.split("hint:")[0]

@@ -210,6 +210,13 @@ def _check_options(o: dict[str, Any]) -> None:
             "--host is empty.", hint="Give an address: 127.0.0.1 (this machine) or 0.0.0.0 (the network)."
         )
     if o["api_key"] is not None and not o["api_key"].strip():
+        source = o["ctx"].get_parameter_source("api_key")
+        if source is not None and source.name == "ENVIRONMENT":
+            raise SwiftplanError(
+                f"SWIFTPLAN_API_KEY is {'blank' if o['api_key'] else 'empty'}: the server would start without "
+                "authentication, and nothing would say so.",
+                hint="Set SWIFTPLAN_API_KEY to the key, or unset it to serve without one.",
+            )
         raise SwiftplanError(
             f"--api-key {o['api_key']!r} is {'blank' if o['api_key'] else 'empty'}: the server would start without authentication, and nothing "
             'would say so (an unset variable in --api-key "$KEY" gives this).',
