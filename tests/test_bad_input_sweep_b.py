@@ -122,12 +122,18 @@ def test_dpo_reads_preference_records_and_sizes_on_the_longer_of_each_pair(tmp_p
     conversational = {"prompt": [{"role": "user", "content": "p" * 40}],
                       "chosen": [{"role": "assistant", "content": chosen}],
                       "rejected": [{"role": "assistant", "content": rejected}]}  # fmt: skip
+    parts = {  # OpenAI-style content parts, as chat records take them
+        "prompt": [{"role": "user", "content": [{"type": "text", "text": "p" * 40}]}],
+        "chosen": [{"role": "assistant", "content": [{"type": "text", "text": chosen}]}],
+        "rejected": [{"role": "assistant", "content": [{"type": "text", "text": rejected}]}],
+    }
     with pairs.open("a") as out:
         out.write(json.dumps(conversational) + "\n")
-    payload = _fit_json("--gpus", "a100", "--task", "dpo", "--data", str(pairs), "--global-batch", "2")
-    assert payload["lengths"]["samples"] == 2
+        out.write(json.dumps(parts) + "\n")
+    payload = _fit_json("--gpus", "a100", "--task", "dpo", "--data", str(pairs), "--global-batch", "3")
+    assert payload["lengths"]["samples"] == 3
     assert payload["lengths"]["max_len"] == 1010  # prompt + rejected, the longer: (40 + 4000) / 4
-    assert payload["workload"]["dataset_tokens"] == 2 * 2 * 1010  # chosen and rejected padded to the longer
+    assert payload["workload"]["dataset_tokens"] == 3 * 2 * 1010  # chosen and rejected padded to the longer
     assert any("the longer of each pair" in n for n in payload["notes"])
 
 

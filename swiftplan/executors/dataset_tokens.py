@@ -179,13 +179,14 @@ _PREFERENCE_EXAMPLE = {
 
 
 def _message_text(where: str, key: str, value: Any) -> str:
-    """A preference field: a string, or a conversation (a list of {role, content} messages)."""
+    """A preference field: a string, or a conversation (a list of {role, content} messages, each content a string
+    or OpenAI-style text parts, as chat records take)."""
+    from swiftplan.executors.train.data import message_content
+
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and all(
-        isinstance(m, dict) and isinstance(m.get("content"), str) for m in value
-    ):
-        return "\n".join(m["content"] for m in value)
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
+        return "\n".join(message_content(f"{where}: '{key}'", i, m["content"]) for i, m in enumerate(value))
     raise SwiftplanError(
         f"{where}: '{key}' must be a string or a list of {{role, content}} messages, got {type(value).__name__}."
     )

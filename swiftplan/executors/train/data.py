@@ -261,7 +261,7 @@ def _kind(value: Any) -> str:
     return "nothing" if value is None else type(value).__name__
 
 
-def _content(where: str, index: int, value: Any) -> str:
+def message_content(where: str, index: int, value: Any) -> str:
     """Message content: a string, or OpenAI-style parts of type 'text'."""
     if isinstance(value, str):
         return value
@@ -289,7 +289,7 @@ def _turns(where: str, turns: Any, *, key: str, role_key: str, text_key: str, ro
             raise SwiftplanError(
                 f"{where}: {key}[{index}] has {role_key} {role!r}; expected one of {', '.join(roles)}."
             )
-        out.append((roles[role], _content(where, index, turn[text_key])))
+        out.append((roles[role], message_content(where, index, turn[text_key])))
     if not any(role == "assistant" for role, _ in out):
         raise SwiftplanError(f"{where}: '{key}' has no assistant turn, so there is nothing to learn.")
     return tuple(out)
