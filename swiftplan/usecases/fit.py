@@ -757,7 +757,11 @@ def _idle_gpus_note(problem: FitProblem, plan: Plan) -> str | None:
     ranks = world // model_parallel
     if batch % ranks == 0:
         return None
-    better = -(-batch // ranks) * ranks
+    from swiftplan.planner.search.space import split_global_batch
+
+    pins, rollout = problem.pins, workload.objective.rollout
+    better = split_global_batch(batch, ranks, micro_batch=min(pins.micro_batch) if pins.micro_batch else 1,
+                                generations=rollout.num_generations if rollout and workload.objective.kind == "grpo" else 1)  # fmt: skip
     return (
         f"the plan trains on {layout.gpus} of the {world} GPUs; the other {world - layout.gpus} idle: a step's "
         f"--global-batch {batch} sequences are micro-batch × accumulation × data-parallel ranks, and {ranks} ranks "
