@@ -269,6 +269,9 @@ def test_serve_overrides_within_the_plan_still_render(workdir, tmp_path):
                      "--model", str(checkpoint), "--api-key", "k", cwd=workdir)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"vllm serve {checkpoint}" in result.output
+    # its config.json names the directory, a catalog alias the hub id: what vLLM loads
+    by_config = run_cli(*SERVE, "--engine", "vllm", "--model", str(checkpoint / "config.json"), cwd=workdir)
+    assert by_config.exit_code == 0 and f"vllm serve {checkpoint} " in by_config.output, by_config.output
     assert "--max-model-len 64 --max-num-seqs 2" in result.output and "VLLM_API_KEY" in result.output
     assert run_cli("serve", str(FIXTURES / "serve_tiny_config.json"), "--dry-run", cwd=workdir).exit_code == 0
 

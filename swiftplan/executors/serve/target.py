@@ -104,7 +104,7 @@ def resolve_target(
         checks.check_within_plan(planned_setup, setup, model=model, context=context, concurrency=concurrency,
                                  fits=plan.prediction.max_concurrency * plan.layout.dp
                                  if plan.prediction.max_concurrency else None)  # fmt: skip
-    return ServeTarget(model=model, weights=weights or weights_source(model), setup=setup, prediction=prediction,
+    return ServeTarget(model=model, weights=weights_source(weights or model), setup=setup, prediction=prediction,
                        plan_path=path, **planned)  # fmt: skip
 
 
