@@ -203,8 +203,10 @@ def test_an_untyped_global_batch_is_rounded_up_to_split_over_every_gpu() -> None
 def test_fit_grpo_says_it_rounds_the_global_batch_and_refuses_a_step_beyond_the_run() -> None:
     payload = _fit_json("--gpus", "a100", "--task", "grpo", "--num-generations", "3")
     assert payload["workload"]["global_batch"] == 18
-    assert any("--global-batch 16 completions rounded up to 18" in n and "--num-generations 3" in n
+    assert any("global batch 16 (the default) rounded up to 18" in n and "--num-generations 3" in n
                for n in payload["notes"])  # fmt: skip
+    typed = _fit_json("--gpus", "a100", "--task", "grpo", "--num-generations", "4", "--global-batch", "16")
+    assert typed["workload"]["global_batch"] == 16
     assert_refused(run_cli(*FIT, "--gpus", "a100", "--task", "grpo", "--num-generations", "100000"),
                    "one step of 100,000 completions", "more than the whole run's 100,000,000",
                    "lower --num-generations")  # fmt: skip

@@ -376,7 +376,8 @@ def _rollout_batch(request: FitRequest, notes: list[str]) -> FitRequest:
     if rollout is None:
         return request
     batch = request.global_batch
-    if kind == "grpo" and batch % rollout.num_generations:
+    if kind == "grpo" and batch % rollout.num_generations and "global_batch" in request.typed:
+        # (a default batch was rounded with the cluster's GPUs already, `_split_default_batch`)
         batch = whole_prompts(batch, rollout.num_generations)
         notes.append(f"--task grpo: --global-batch {request.global_batch} completions rounded up to {batch}, whole "
                      f"prompts of --num-generations {rollout.num_generations} each (TRL requires the generation batch "
@@ -411,9 +412,12 @@ def _split_default_batch(request: FitRequest, ranks: int, notes: list[str]) -> F
     batch = split_global_batch(request.global_batch, ranks, micro_batch=micro, generations=generations)
     if batch == request.global_batch:
         return request
+    prompts = (
+        f" in whole prompts of --num-generations {generations} (TRL requires it)" if generations > 1 else ""
+    )
     notes.append(f"global batch {request.global_batch} (the default) rounded up to {batch} so that it splits over all "
-                 f"{ranks} training GPUs (micro-batch × accumulation × data-parallel ranks); pass --global-batch to "
-                 f"choose it.")  # fmt: skip
+                 f"{ranks} training GPUs (micro-batch × accumulation × data-parallel ranks){prompts}; pass "
+                 f"--global-batch to choose it.")  # fmt: skip
     return replace(request, global_batch=batch)
 
 
@@ -470,8 +474,8 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     if request.task == "train":
         training_world_size(request.training, searched)  # a rollout server must leave GPUs to train on
         _check_rollout_lengths(request)
-        request = _rollout_batch(request, notes)
         request = _split_default_batch(request, training_world_size(request.training, searched), notes)
+        request = _rollout_batch(request, notes)
         _check_targets(spec, request.pins)
         request = _check_against_model(request, spec)
         from swiftplan.planner.capabilities import check
