@@ -100,6 +100,13 @@ CASES = {
     "phi-3 fp32 dropout, no checkpointing": ("microsoft/Phi-3-mini-4k-instruct", dict(method="lora", adapter="fp32",
                                                                                     dropout=0.05, ckpt=False,
                                                                                     seq=2048)),
+    # an int8 base under Phi-3's contiguous o_proj input: its recompute keeps that copy again; without checkpointing the
+    # fused gate_up's forward comes before the product down_proj's int8 layer keeps
+    "phi-3 int8 recompute": ("microsoft/Phi-3-mini-4k-instruct", dict(method="lora", quant="int8", adapter="fp32",
+                                                                    dropout=0.05, seq=2048)),
+    "phi-3 int8, no checkpointing": ("microsoft/Phi-3-mini-4k-instruct", dict(method="lora", quant="int8",
+                                                                            adapter="fp32", dropout=0.05, ckpt=False,
+                                                                            seq=4096)),
     # the first block's k_norm keeps nothing when k_proj has no adapter
     "qk-norm q,v, no checkpointing": ("Qwen/Qwen3-8B", dict(method="lora", adapter="fp32", targets=QV, dropout=0.05,
                                                            ckpt=False)),
@@ -115,6 +122,7 @@ PHASES = {
     "qk-norm q,v, no checkpointing": "loss and backward start",
     "int8 dropout, no checkpointing": "forward through the last block",
     "phi-3 fp32 dropout, no checkpointing": "forward through the last block",
+    "phi-3 int8, no checkpointing": "forward through the last block",
     "int8 q,v backward, no checkpointing": "backward through the last block",
     "amp dropout, no checkpointing": "forward through the last block",
     "moe q,v forward, no checkpointing": "forward through the last block",

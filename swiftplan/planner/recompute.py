@@ -140,9 +140,13 @@ def recompute_extra_bytes(
     # with an fp32 stream, B's fp32 copy of the input norm is the block input itself, kept anyway
     block_input_copy = stream_grad if stream_bytes(setup) == FP32 else 0
     # an int8 base's recomputed Linears keep their inputs on their autograd context again
-    # (activations.int8_kept_input_bytes); of those, only the attention input is not otherwise counted here
+    # (activations.int8_kept_input_bytes); of those, only the attention input is not otherwise counted here, and
+    # o_proj's when it reads a contiguous copy of the SDPA output rather than the output itself (Phi-3; traced)
+    int8_inputs = 1 + (1 if spec.rope_concat else 0)
     int8_attention_input = (
-        tokens * spec.hidden_size * activation_dtype_bytes(setup) if setup.quant == "int8" else 0
+        int8_inputs * tokens * spec.hidden_size * activation_dtype_bytes(setup)
+        if setup.quant == "int8"
+        else 0
     )
     forward, backward = _dense_moments(spec, setup, tokens, tp=tp, up=up, down=down)
     return stream_grad - block_input_copy + int8_attention_input + max(forward + backward)
@@ -355,6 +359,10 @@ def _dense_moments(
             up_lora_out = tokens * up.out_features * element // tp
             # a fused gate_up runs first: the activation's output (among B) does not exist yet
             not_yet = e if up.out_features == 2 * down.in_features else 0
+            if (
+                int8_kept and not keeps_product
+            ):  # nor does down_proj's int8 copy of the product (MatMul8bitLt's)
+                not_yet += e
             # forward: up_proj's LoRA output and its scaled copy beside its base output (standing for the up output
             # among B), before down_proj's saved tensors exist; peft's cast of the input, dropout's input, is alive
             # until the wrapper returns (traced on Phi-3's fused gate_up, where this moment is the block's largest)
