@@ -72,6 +72,9 @@ CASES = {
     "fp32 routing backward, no checkpointing": ("deepseek-ai/DeepSeek-V2-Lite", dict(method="lora", adapter="model",
                                                                                    targets=("q_proj",), ckpt=False,
                                                                                    seq=2048)),
+    # a checkpointed MoE block with frozen experts: its routing and experts' moments, not the coarse SwiGLU set
+    "moe frozen experts recompute": ("mistralai/Mixtral-8x7B-v0.1", dict(method="qlora", quant="nf4",
+                                                                       adapter="kbit-bf16", targets=QV)),
     # a checkpointed MoE block's recompute under fp32 routing weights: the weighted sum's backward, three fp32 copies
     "fp32 routing recompute": ("deepseek-ai/DeepSeek-V2-Lite", dict(method="lora", adapter="model", targets=("q_proj",),
                                                                   seq=2048)),

@@ -132,7 +132,11 @@ def recompute_extra_bytes(
             _moe_recompute_bytes(spec, setup, tokens, tp=tp),
             moe_backward_bytes(spec, setup, tokens, tp=tp, layer=layer, recomputed=True),
         )
-        return stream_grad + max(coarse, moe)
+        # frozen experts (bf16 or under a bitsandbytes base, whose layers leave the fused experts unquantized): those
+        # moments are the block's, the coarse 3 × T·k × I missing the experts' freed output (Mixtral q,v +0.5 % -> 0.00 %);
+        # experts with LoRA keep the coarse set, which holds their re-materialised stacks' gradients
+        frozen = not _experts_carry_lora(spec, setup, layer)
+        return stream_grad + (moe if frozen else max(coarse, moe))
     dense = _dense_layout(spec, setup, layer)
     if dense is None:
         return stream_grad + coarse
