@@ -575,7 +575,11 @@ CASES = [
     ("verify-float8", (*VERIFY, "--method", "full", "--float8"), ["--float8", "torchao"]),
     ("size-deadline-zero", (*SIZE, "--deadline", "0h"), ["--deadline '0h'", "positive duration"]),
     # fit: a knob flag the planned runtime leaves idle (swiftplan's loop runs the full loss)
-    ("fit-loss-chunks-idle", (*FIT, "--loss-chunks", "4"), ["--loss-chunks", "loss is full", "--loss chunked"]),
+    (
+        "fit-loss-chunks-idle",
+        (*FIT, "--loss-chunks", "4"),
+        ["--loss-chunks", "loss is full", "--loss chunked"],
+    ),
     ("fit-dataset-tokens-fraction", (*FIT, "--dataset-tokens", "0.5"), ["--dataset-tokens", "'0.5'", "50M"]),
     (
         "fit-padding-packing",
