@@ -213,9 +213,19 @@ def test_fit_grpo_says_it_rounds_the_global_batch_and_refuses_a_step_beyond_the_
 
 
 def test_estimate_grpo_warns_when_the_step_is_not_whole_prompts() -> None:
-    result = run_cli("estimate", M, "--gpus", "a100", "--task", "grpo", "--num-generations", "3")
+    """A typed --grad-accum that TRL would refuse is warned about with the one that runs; an untyped one is raised to
+    it, said in a note."""
+    result = run_cli(
+        "estimate", M, "--gpus", "a100", "--task", "grpo", "--num-generations", "3", "--grad-accum", "1"
+    )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "= 1 completion(s), not whole prompts of --num-generations 3" in text and "--grad-accum 3" in text
+    default = run_cli("estimate", M, "--gpus", "a100", "--task", "grpo", "--num-generations", "3")
+    said = " ".join(default.output.split())
+    assert (
+        "not whole prompts" not in said
+        and "--task grpo: --grad-accum 3 so that a step generates whole" in said
+    )
     whole = run_cli("estimate", M, "--gpus", "a100", "--task", "grpo", "--grad-accum", "8")
     assert whole.exit_code == 0 and "not whole prompts" not in " ".join(whole.output.split())

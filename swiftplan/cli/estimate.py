@@ -415,8 +415,26 @@ def estimate_command(
         console.print(outcome.runtime.describe(), highlight=False)
     render_engine(outcome)
     render_prediction_check(outcome)
+    if (note := _accum_note(outcome, typed="grad_accum" in given_options(ctx))) is not None:
+        console.print(note, highlight=False)
     if outcome.plan is None and not outcome.estimate.fits:
         console.print(_fit_pointer(outcome, model, gpus, options=ctx.params), highlight=False)
+
+
+def _accum_note(outcome: Any, *, typed: bool) -> str | None:
+    """GRPO without a typed --grad-accum: the accumulation raised so that a step is whole prompts, said."""
+    setup = outcome.estimate.setup
+    rollout = getattr(setup, "objective", None) and setup.objective.rollout
+    if (
+        typed
+        or outcome.plan is not None
+        or not rollout
+        or setup.objective.kind != "grpo"
+        or setup.grad_accum == 1
+    ):
+        return None
+    return (f"--task grpo: --grad-accum {setup.grad_accum} so that a step generates whole prompts of --num-generations "
+            f"{rollout.num_generations} (TRL refuses less); pass --grad-accum to choose it.")  # fmt: skip
 
 
 def _fit_pointer(outcome: Any, model: str, gpus: str, *, options: dict[str, Any]) -> str:
@@ -588,6 +606,14 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
         train = build_train_setup(cluster=cluster, runtime=choice.knobs(), objective=objective,
                                   variable_lengths=o["variable_lengths"], **{n: o[n] for n in names})  # fmt: skip
         refuse_idle_setup_knobs(knobs, train)
+        if (
+            "grad_accum" not in typed
+        ):  # GRPO: a default accumulation that TRL would refuse is raised to whole prompts
+            from dataclasses import replace
+
+            from swiftplan.usecases.estimate import whole_prompt_accum
+
+            train = replace(train, grad_accum=whole_prompt_accum(train, cluster))
         return _with_vision(train, o, serving=False), choice
     refuse_objective_for_serving(given_options(ctx))
     refuse_knobs_for_serving(knobs)

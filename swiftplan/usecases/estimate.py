@@ -121,25 +121,42 @@ def estimate_setup(
     )
 
 
-def generation_batch_warnings(setup: TrainSetup, cluster: Cluster) -> tuple[str, ...]:
-    """GRPO groups a step's completions by prompt: micro-batch × accumulation × data-parallel ranks must be a whole
-    number of groups of --num-generations (TRL GRPOConfig generation_batch_size, trl 1.16 grpo_config.py:480;
-    ms-swift _init_generation_batch_params), or the run is refused at start-up. The per-device memory and the step
-    are those of the batch given; the warning names the smallest --grad-accum that runs."""
-    import math
-
+def _completions_per_accum(setup: TrainSetup, cluster: Cluster) -> int:
+    """Completions one accumulation step generates over the data-parallel ranks: micro-batch × ranks."""
     from swiftplan.planner.estimate import training_world_size
+
+    ranks = max(1, training_world_size(setup.objective, cluster) // (setup.parallel.tp * setup.parallel.pp))
+    return setup.micro_batch * ranks
+
+
+def whole_prompt_accum(setup: TrainSetup, cluster: Cluster) -> int:
+    """The smallest --grad-accum, at least the set-up's, for which a GRPO step (micro-batch × accumulation ×
+    data-parallel ranks completions) is whole prompts of --num-generations (TRL GRPOConfig generation_batch_size, trl
+    1.16 grpo_config.py:480; ms-swift _init_generation_batch_params); the set-up's own for other objectives."""
+    import math
 
     rollout = setup.objective.rollout
     if setup.objective.kind != "grpo" or rollout is None:
+        return setup.grad_accum
+    step = rollout.num_generations // math.gcd(
+        _completions_per_accum(setup, cluster), rollout.num_generations
+    )
+    return -(-setup.grad_accum // step) * step
+
+
+def generation_batch_warnings(setup: TrainSetup, cluster: Cluster) -> tuple[str, ...]:
+    """GRPO groups a step's completions by prompt: micro-batch × accumulation × data-parallel ranks must be a whole
+    number of groups of --num-generations, or the run is refused at start-up (`whole_prompt_accum`). The per-device
+    memory and the step are those of the batch given; the warning names the smallest --grad-accum that runs."""
+    accum, rollout = whole_prompt_accum(setup, cluster), setup.objective.rollout
+    if accum == setup.grad_accum or rollout is None:
         return ()
-    ranks = max(1, training_world_size(setup.objective, cluster) // (setup.parallel.tp * setup.parallel.pp))
-    per_accum = setup.micro_batch * ranks
-    batch, groups = per_accum * setup.grad_accum, rollout.num_generations
-    if batch % groups == 0:
-        return ()
-    step = groups // math.gcd(per_accum, groups)
-    accum = -(-setup.grad_accum // step) * step
+    per_accum = _completions_per_accum(setup, cluster)
+    ranks, batch, groups = (
+        per_accum // setup.micro_batch,
+        per_accum * setup.grad_accum,
+        rollout.num_generations,
+    )
     return (
         f"a GRPO step generates --batch {setup.micro_batch} × --grad-accum {setup.grad_accum} × {ranks} "
         f"data-parallel rank(s) = {batch} completion(s), not whole prompts of --num-generations {groups}: TRL and "
