@@ -637,12 +637,9 @@ def first_block_unsaved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
     (an fp32 stream without autocast), pipeline stages and DeepSeek's latent attention, not traced."""
     lora = setup.lora
     plain = not setup.grad_ckpt and setup.runtime.ckpt_every == 1 and not setup.runtime.activation_offload
+    trained_tower = setup.vision is not None and setup.vision.trains_vision  # its tokens need gradients
     frozen_input = (
-        setup.trains_adapters
-        and "embed_tokens" not in setup.runtime.modules_to_save
-        and not (
-            setup.vision is not None and setup.vision.trains_vision
-        )  # a trained tower's tokens need gradients
+        setup.trains_adapters and "embed_tokens" not in setup.runtime.modules_to_save and not trained_tower
     )
     amp = setup.precision.startswith("amp-")
     if (
@@ -662,9 +659,8 @@ def first_block_unsaved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
         and not _reads_saved_tensor(lin)
         and not lin.name.endswith(_LATENT_READERS)
     ]
-    if (
-        spec.mla is not None
-    ):  # a latent's RMSNorm behind a projection no adapter wraps keeps no fp32 copy or rsqrt
+    if spec.mla is not None:
+        # a latent's RMSNorm behind a projection no adapter wraps keeps no fp32 copy or rsqrt
         frozen = {lin.name for lin in reading_the_norm if not is_targeted(lin, lora, spec.model_type)}
         norm += tokens * (FP32 * spec.mla.kv_lora_rank + FP32) * ("kv_a_proj_with_mqa" in frozen)
         if spec.mla.q_lora_rank:

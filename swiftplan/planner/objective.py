@@ -217,6 +217,12 @@ def runtime_kl(kind: str, runtime: str) -> bool:
     return kind == "grpo" and runtime in KL_BY_DEFAULT_RUNTIMES
 
 
+def step_generations(objective: ObjectiveSetup) -> int:
+    """Completions a GRPO step groups per prompt (--num-generations); 1 for every other objective."""
+    rollout = objective.rollout
+    return rollout.num_generations if rollout is not None and objective.kind == "grpo" else 1
+
+
 def whole_prompts(batch: int, generations: int) -> int:
     """`batch` completions rounded up to whole prompts of `generations` each (TRL requires the generation
     batch to divide by num_generations, trl 1.16 trainer/grpo_config.py:480)."""

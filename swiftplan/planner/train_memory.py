@@ -22,10 +22,7 @@ from swiftplan.planner.breakdown import MemoryBreakdown, Term
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.device_states import DeviceStates, device_states, gradient_shares, reward_head_params
 from swiftplan.planner.dtypes import dtype_bytes
-from swiftplan.planner.expert_backward import (
-    EXPERT_BACKWARD,
-    expert_backward,
-)
+from swiftplan.planner.expert_backward import EXPERT_BACKWARD, expert_backward
 from swiftplan.planner.fsdp1_wrap import fsdp1_offload_copy_term, fsdp1_setup_cache
 from swiftplan.planner.fsdp_memory import StepBytes, fsdp_moments
 from swiftplan.planner.head_gradients import (
@@ -152,9 +149,9 @@ def _phase_peaks(
         kept = early_grads if setup.runtime.optimizer_in_backward else head_grads  # stepped: only a tied one
         late = ((grads_during_fwd or kept), in_backward)
         first_saved, first_working, first_grads = phases.largest_block, phases.backward_working, early_grads
-        first = stage_layers[0]
         if _first_block_differs(spec, setup, stage_layers):
             # DeepSeek's dense first blocks: the first block's own tensors, working set and gradients (traced)
+            first = stage_layers[0]
             first_saved, first_working = act.first_block_recompute(
                 spec, policy_setup(setup), first, tp=setup.parallel.tp
             )
@@ -196,9 +193,8 @@ def _phase_peaks(
         dense = last_block_backward_bytes(spec, policy, tokens, tp=setup.parallel.tp) if plain else 0
         loss_side = phases.shared - act.block_arguments_bytes(spec, policy)
         expert_lora = act.expert_lora_gradient_bytes(spec, setup, tokens)
-        if (
-            expert_lora
-        ):  # beside the block output's gradient, the loss side and a shared expert's tensors freed (traced)
+        if expert_lora:
+            # beside the block output's gradient, the loss side and a shared expert's tensors freed (traced)
             expert_lora += (
                 stream_gradient_bytes(spec, setup, tokens)
                 + shared_expert_backward_bytes(spec, policy, tokens, tp=setup.parallel.tp)
@@ -231,9 +227,8 @@ def _phase_peaks(
         peaks["end of backward"] = static + grads + stream_grad
         acts["end of backward"] = stream_grad
     expert = expert_backward(spec, setup, grads - states.bucket, tp=setup.parallel.tp)
-    if (
-        expert is not None
-    ):  # full fine-tuning without checkpointing: a MoE block's experts differentiate (traced)
+    if expert is not None:
+        # full fine-tuning of a MoE model: a MoE block's experts differentiate beside nearly every gradient (traced)
         peaks[EXPERT_BACKWARD] = static + gathered + states.bucket + expert.total
         acts[EXPERT_BACKWARD] = expert.saved
         held[EXPERT_BACKWARD] = gathered + expert.held

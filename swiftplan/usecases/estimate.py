@@ -135,12 +135,10 @@ def whole_prompt_accum(setup: TrainSetup, cluster: Cluster) -> int:
     1.16 grpo_config.py:480; ms-swift _init_generation_batch_params); the set-up's own for other objectives."""
     import math
 
-    rollout = setup.objective.rollout
-    if setup.objective.kind != "grpo" or rollout is None:
-        return setup.grad_accum
-    step = rollout.num_generations // math.gcd(
-        _completions_per_accum(setup, cluster), rollout.num_generations
-    )
+    from swiftplan.planner.objective import step_generations
+
+    generations = step_generations(setup.objective)
+    step = generations // math.gcd(_completions_per_accum(setup, cluster), generations)
     return -(-setup.grad_accum // step) * step
 
 

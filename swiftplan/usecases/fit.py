@@ -404,12 +404,11 @@ def _split_default_batch(request: FitRequest, ranks: int, notes: list[str]) -> F
     split are not searched (`batch_layouts`)."""
     if "global_batch" in request.typed:
         return request
+    from swiftplan.planner.objective import step_generations
     from swiftplan.planner.search.space import split_global_batch
 
-    rollout = request.training.rollout
-    generations = rollout.num_generations if rollout is not None and request.training.kind == "grpo" else 1
-    micro = min(request.pins.micro_batch) if request.pins.micro_batch else 1
-    batch = split_global_batch(request.global_batch, ranks, micro_batch=micro, generations=generations)
+    batch = split_global_batch(request.global_batch, ranks, pins=request.pins, objective=request.training)
+    generations = step_generations(request.training)
     if batch == request.global_batch:
         return request
     prompts = (
@@ -763,9 +762,7 @@ def _idle_gpus_note(problem: FitProblem, plan: Plan) -> str | None:
         return None
     from swiftplan.planner.search.space import split_global_batch
 
-    pins, rollout = problem.pins, workload.objective.rollout
-    better = split_global_batch(batch, ranks, micro_batch=min(pins.micro_batch) if pins.micro_batch else 1,
-                                generations=rollout.num_generations if rollout and workload.objective.kind == "grpo" else 1)  # fmt: skip
+    better = split_global_batch(batch, ranks, pins=problem.pins, objective=workload.objective)
     return (
         f"the plan trains on {layout.gpus} of the {world} GPUs; the other {world - layout.gpus} idle: a step's "
         f"--global-batch {batch} sequences are micro-batch × accumulation × data-parallel ranks, and {ranks} ranks "

@@ -17,6 +17,7 @@ from swiftplan.planner.capabilities import check
 from swiftplan.planner.engines import Engine
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.objective import ObjectiveSetup, step_generations
 from swiftplan.planner.search.candidate import Candidate, Layout, TrainQuant
 from swiftplan.planner.search.pins import (
     Pins,
@@ -382,12 +383,13 @@ def _micro_batches(pins: Pins) -> tuple[int, ...] | None:
     return tuple(sorted(pins.micro_batch))
 
 
-def split_global_batch(batch: int, ranks: int, *, micro_batch: int = 1, generations: int = 1) -> int:
+def split_global_batch(batch: int, ranks: int, *, pins: Pins, objective: ObjectiveSetup) -> int:
     """The smallest global batch ≥ `batch` that every data-parallel degree of `ranks` training GPUs splits: a
-    multiple of ranks × `micro_batch` (each rank's share divides into micro-batches), and of a GRPO step's
-    `generations` (whole prompts). A step trains micro-batch × accumulation × dp sequences, and every dp a layout
-    of `ranks` GPUs can have divides `ranks`."""
-    step = math.lcm(ranks * micro_batch, generations)
+    multiple of ranks × the smallest pinned micro-batch (each rank's share divides into micro-batches), and of a
+    GRPO step's generations per prompt (whole prompts). A step trains micro-batch × accumulation × dp sequences, and
+    every dp a layout of `ranks` GPUs can have divides `ranks`."""
+    micro = min(pins.micro_batch) if pins.micro_batch else 1
+    step = math.lcm(ranks * micro, step_generations(objective))
     return -(-batch // step) * step
 
 

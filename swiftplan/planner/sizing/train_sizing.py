@@ -69,13 +69,8 @@ class TrainJob:
         if self.global_batch_typed:
             return self.workload
         objective = self.workload.objective
-        rollout = objective.rollout
-        generations = rollout.num_generations if rollout is not None and objective.kind == "grpo" else 1
-        micro = min(self.pins.micro_batch) if self.pins.micro_batch else 1
         ranks = max(1, cluster.world_size - objective.server_gpus)
-        batch = split_global_batch(
-            self.workload.global_batch, ranks, micro_batch=micro, generations=generations
-        )
+        batch = split_global_batch(self.workload.global_batch, ranks, pins=self.pins, objective=objective)
         return replace(self.workload, global_batch=batch)
 
     def engine_for(self, cluster: Cluster) -> Engine:
