@@ -9,7 +9,7 @@ import typer
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.capabilities import check
 from swiftplan.planner.hardware import Cluster
-from swiftplan.planner.idle_knobs import refuse_idle_knobs
+from swiftplan.planner.idle_knobs import knob_dict, refuse_idle_knobs
 from swiftplan.planner.objective import ObjectiveSetup
 from swiftplan.planner.setup import (
     ALL_LINEAR,
@@ -546,20 +546,13 @@ def knob_values(
     return typed
 
 
-def _knob_defaults() -> dict[str, Any]:
-    from swiftplan.planner.runtime import TRAIN_KNOB_OPTIONS
-
-    defaults = RuntimeKnobs()
-    return {name: getattr(defaults, name) for name in TRAIN_KNOB_OPTIONS}
-
-
 def _under_every_profile(typed: dict[str, Any]) -> list[dict[str, Any]]:
     """The knobs `typed` gives under each training runtime profile (no profile is known yet: fit without
     --runtime plans with its engine's)."""
     from swiftplan.planner.runtime import apply_defaults, runtime_profiles
 
     return [
-        _knob_defaults() | apply_defaults(p, typed)[0]
+        knob_dict(RuntimeKnobs()) | apply_defaults(p, typed)[0]
         for p in runtime_profiles().values()
         if p.task == "train"
     ]
@@ -590,7 +583,7 @@ def train_runtime(
     choice = choose_runtime(
         _runtime_name(name or DEFAULT_TRAIN_RUNTIME, "train"), "train", knobs | (setup_given or {})
     )
-    refuse_idle_knobs(knobs, [_knob_defaults() | choice.options])
+    refuse_idle_knobs(knobs, [knob_dict(choice.knobs())])
     return choice
 
 
