@@ -22,7 +22,8 @@ _LOCAL_HINT = (
 )
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
+    """A config.json's object; one clear error when it cannot be read, is not JSON or is not an object."""
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as error:
@@ -41,7 +42,7 @@ def spec_from_path(path: Path) -> ModelSpec:
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
         raise SwiftplanError(f"No config.json in {path}.", hint=_LOCAL_HINT)
-    return spec_from_hf_config(_read_config(file), name=str(path), source=str(file.resolve()))
+    return spec_from_hf_config(read_config(file), name=str(path), source=str(file.resolve()))
 
 
 HUB_CHECK_TIMEOUT_S = 3.0
@@ -165,7 +166,7 @@ def _fetch_hub_config(model_id: str) -> dict[str, Any]:
     why = "the hub is off (HF_HUB_OFFLINE / SWIFTPLAN_OFFLINE)" if _offline() else _hub_unreachable()
     if why is not None:
         if isinstance(cached, str):
-            return _read_config(Path(cached))
+            return read_config(Path(cached))
         raise SwiftplanError(
             f"Model {model_id!r} is not in the catalog, its config.json is not in the local Hugging Face cache, "
             f"and {why}.",
@@ -179,7 +180,7 @@ def _fetch_hub_config(model_id: str) -> dict[str, Any]:
             f"({type(error).__name__}: no such public model, or it needs `hf auth login`).",
             hint=_LOCAL_HINT,
         ) from error
-    return _read_config(Path(local))
+    return read_config(Path(local))
 
 
 def resolve_model(name: str) -> ModelSpec:
@@ -224,7 +225,7 @@ def cached_hub_config(model_id: str) -> dict[str, Any] | None:
         cached = try_to_load_from_cache(model_id, "config.json")
     except HFValidationError:
         return None
-    return _read_config(Path(cached)) if isinstance(cached, str) else None
+    return read_config(Path(cached)) if isinstance(cached, str) else None
 
 
 def known_spec(model: str) -> ModelSpec | None:

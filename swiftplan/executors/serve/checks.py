@@ -7,7 +7,6 @@ no local copy has (one small download, as `fit` makes).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from swiftplan.errors import SwiftplanError
@@ -39,12 +38,13 @@ def _config_of(name: str, path: Path) -> None:
     if not file.is_file() or file.suffix != ".json":
         raise SwiftplanError(f"{name} is not a model: it is neither a model directory nor a config.json.",
                              hint=_WHAT_LOADS)  # fmt: skip
+    from swiftplan.executors.model_source import read_config
+
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise SwiftplanError(f"{file} is not a model's config.json: it cannot be read as JSON ({error}).",
-                             hint=_WHAT_LOADS) from error  # fmt: skip
-    if not isinstance(config, dict) or "model_type" not in config:
+        config = read_config(file)
+    except SwiftplanError as error:
+        raise SwiftplanError(error.message, hint=_WHAT_LOADS) from error
+    if "model_type" not in config:
         raise SwiftplanError(
             f"{file} is not a model's config.json: it has no model_type key.", hint=_WHAT_LOADS
         )
