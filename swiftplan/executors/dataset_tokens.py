@@ -156,16 +156,21 @@ def sample_lengths(
     if not texts:
         raise SwiftplanError(f"Data file {path} holds no text ({len(read):,} records).",
                              hint="Point --data at a JSONL/JSON/CSV/Parquet file with text, alpaca, chat or ShareGPT records.")  # fmt: skip
-    skipped = len(read) - len(texts)
+    lengths, method = _token_counts(texts, tokenizer, model)
+    return SampleLengths(lengths=tuple(lengths), method=method, skipped=len(read) - len(texts))
+
+
+def _token_counts(texts: list[str], tokenizer: Any | None, model: str) -> tuple[list[int], str]:
+    """Tokens in each of `texts` with `tokenizer` (1,000 texts a call), or ~4 characters a token without one; and
+    how they were counted."""
     if tokenizer is None:
-        return SampleLengths(lengths=tuple(max(1, round(len(t) / CHARS_PER_TOKEN)) for t in texts),
-                             method=f"approximation: characters / {CHARS_PER_TOKEN:g} (no local tokenizer)",
-                             skipped=skipped)  # fmt: skip
-    lengths: list[int] = []
+        counts = [max(1, round(len(t) / CHARS_PER_TOKEN)) for t in texts]
+        return counts, f"approximation: characters / {CHARS_PER_TOKEN:g} (no local tokenizer)"
+    counts = []
     for start in range(0, len(texts), 1000):
         ids: list[list[int]] = tokenizer(texts[start : start + 1000], add_special_tokens=True)["input_ids"]
-        lengths.extend(len(row) for row in ids)
-    return SampleLengths(lengths=tuple(lengths), method=f"tokenizer of {model}", skipped=skipped)
+        counts.extend(len(row) for row in ids)
+    return counts, f"tokenizer of {model}"
 
 
 PREFERENCE_FIELDS = {"paired": ("chosen", "rejected"), "kto": ("completion", "label")}
@@ -229,16 +234,7 @@ def preference_lengths(
         raise SwiftplanError(f"Data file {path} holds no text ({len(records):,} records).",
                              hint=f"Each record looks like {_PREFERENCE_EXAMPLE[form]}.")  # fmt: skip
     flat = [text for texts in kept for text in texts]
-    tokenizer = _local_tokenizer(model) if use_tokenizer else None
-    if tokenizer is None:
-        counts = [max(1, round(len(t) / CHARS_PER_TOKEN)) for t in flat]
-        method = f"approximation: characters / {CHARS_PER_TOKEN:g} (no local tokenizer)"
-    else:
-        counts = []
-        for start in range(0, len(flat), 1000):
-            ids: list[list[int]] = tokenizer(flat[start : start + 1000], add_special_tokens=True)["input_ids"]
-            counts.extend(len(row) for row in ids)
-        method = f"tokenizer of {model}"
+    counts, method = _token_counts(flat, _local_tokenizer(model) if use_tokenizer else None, model)
     per_record = len(kept[0])
     lengths = tuple(max(counts[i : i + per_record]) for i in range(0, len(counts), per_record))
     what = "the longer of each pair" if form == "paired" else "prompt + completion"
