@@ -234,7 +234,7 @@ def _check_options(o: dict[str, Any]) -> None:
             f"--random-init {o['random_init']} is not a file.", hint="Give a model's config.json."
         )
     if o["tokenizer"] is not None:
-        from swiftplan.executors.serve.checks import check_local_or_hub
+        from swiftplan.executors.model_source import check_local_or_hub
 
         check_local_or_hub(f"--tokenizer {o['tokenizer']}", o["tokenizer"], files=("tokenizer.json", "tokenizer_config.json"),
                            what="a tokenizer", usage="--tokenizer DIR")  # fmt: skip

@@ -234,3 +234,32 @@ def known_spec(model: str) -> ModelSpec | None:
     if Path(model).expanduser().exists() or find_catalog_id(model) is not None:
         return resolve_model(model)
     return None
+
+
+def check_local_or_hub(typed: str, value: str, *, files: tuple[str, ...], what: str, usage: str) -> None:
+    """`value` (the path in the option `typed`, as the user wrote it) is a hub id, or a local directory holding
+    one of `files`, which `what` is read from; a missing or wrong local path is refused here, before a dry
+    run prints a command that would fail on it. `usage` is the option's form for the hint ('--lora NAME=DIR')."""
+    path = Path(value).expanduser()
+    needs = f"a directory holding {' or '.join(files)}"
+    if path.exists():
+        if not path.is_dir() or not any((path / name).is_file() for name in files):
+            kind = f"a directory without {' or '.join(files)}" if path.is_dir() else "a file, not a directory"
+            raise SwiftplanError(f"{typed}: {value} is {kind}, and {what} is read from {needs}.",
+                                 hint=f"Give {usage} with DIR {needs}, or a hub id (namespace/name).")  # fmt: skip
+        return
+    if not _is_hub_id(value):
+        raise SwiftplanError(f"{typed}: {value} does not exist, and is not a hub id; {what} is read from {needs}, "
+                             "or from a hub id (namespace/name).",
+                             hint=f"Check the path: {usage} with DIR {needs}.")  # fmt: skip
+
+
+def _is_hub_id(value: str) -> bool:
+    """namespace/name as the hub accepts it (not a relative, absolute or home path)."""
+    if value.startswith(("/", ".", "~")) or value.count("/") != 1:
+        return False
+    try:
+        check_hub_id(value)
+    except SwiftplanError:
+        return False
+    return True

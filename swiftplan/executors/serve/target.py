@@ -111,7 +111,7 @@ def resolve_target(
 def parse_loras(items: list[str], *, served_name: str) -> tuple[tuple[str, str], ...]:
     """`--lora NAME=PATH` options → ((name, path), ...), names unique and distinct from the base, each path a
     hub id or a local directory holding adapter_config.json."""
-    from swiftplan.executors.serve import checks
+    from swiftplan.executors.model_source import check_local_or_hub
 
     pairs: list[tuple[str, str]] = []
     for item in items:
@@ -122,7 +122,7 @@ def parse_loras(items: list[str], *, served_name: str) -> tuple[tuple[str, str],
             raise SwiftplanError(
                 f"--lora name {name!r} is used twice (the base model is served as {served_name!r})."
             )
-        checks.check_local_or_hub(f"--lora {item}", path.strip(), files=("adapter_config.json",),
-                                  what="a LoRA adapter (peft's save_pretrained output)", usage="--lora NAME=DIR")  # fmt: skip
+        check_local_or_hub(f"--lora {item}", path.strip(), files=("adapter_config.json",),
+                           what="a LoRA adapter (peft's save_pretrained output)", usage="--lora NAME=DIR")  # fmt: skip
         pairs.append((name.strip(), path.strip()))
     return tuple(pairs)
