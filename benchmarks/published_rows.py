@@ -258,11 +258,11 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
         "LLaMA-Factory defaults then (double quantization on, dropout 0.1); eager attention; seq 1024 a cap",
     ),
     "us-01": (
-        {"lora_dropout": 0.0, "grad_ckpt": True, "attention": "flash", "double_quant": False},
+        {"lora_dropout": 0.0, "grad_ckpt": True, "attention": "flash", "double_quant": False, "kbit_upcast": True},
         "HF + FA2 baseline: checkpointing on (no 28k context fits 80 GB without it), dropout 0, no double quant",
     ),
     "us-02": (
-        {"lora_dropout": 0.0, "grad_ckpt": True, "attention": "flash", "double_quant": False},
+        {"lora_dropout": 0.0, "grad_ckpt": True, "attention": "flash", "double_quant": False, "kbit_upcast": True},
         "HF + FA2 baseline: checkpointing on, dropout 0, no double quant",
     ),
     "iss-01": ({}, "seq 1024 is a cutoff (demo data mostly shorter): upper bound"),
@@ -508,11 +508,16 @@ RUNTIME_ERAS: dict[str, tuple[dict[str, Any], str]] = {
         "DeepSpeed ZeRO-3 offload: DeepSpeedCPUAdam on host",
     ),
     "us-": (
-        {"loss": "full", "optimizer_impl": "foreach", "adapter_dtype": "kbit-bf16"},
+        {"loss": "full", "optimizer_impl": "foreach", "adapter_dtype": "fp32"},
         "HF + FA2 baseline of 2024-12 (transformers 4.4x): full cross-entropy (4.46+ by then, so not full_legacy), "
-        "adamw_torch (foreach); TRL's SFTTrainer with bf16 on a 4-bit base casts the LoRA layers to bf16 "
-        "(peft_module_casting_to_bf16, huggingface/trl f100ca34c 2023-12-19 to 2af35fb0d 2025-12-04; it also casts "
-        "the norms to fp32, which is not modelled)",
+        "adamw_torch (foreach); the baseline's script is not published, Unsloth's benchmarks train through TRL's "
+        "SFTTrainer, which in 2024-12 (TRL 0.12/0.13) prepared a non-sharded 4-bit base with peft's "
+        "prepare_model_for_kbit_training (huggingface/trl v0.12.2 trl/trainer/sft_trainer.py:245-260: fp32 norms, "
+        "embeddings and LM head, so an fp32 residual stream) and left the LoRA layers in peft's fp32 (its bf16 cast "
+        "of them, f100ca34c 2023-12-19, was removed by 99f2c94b2 2024-05-15); its peft_module_casting_to_bf16 "
+        "(v0.12.2 trl/trainer/utils.py:842-849) then casts the embeddings and LM head back to bf16, which is not "
+        "modelled: they are counted in fp32, 2 x vocab x hidden x 2 B more than the run held (2.0 GiB for 8B, "
+        "3.9 GiB for 70B)",
     ),
     "hf4-": (
         {"loss": "full", "optimizer_impl": "for_loop", "adapter_dtype": "fp32"},
