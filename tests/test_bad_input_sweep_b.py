@@ -212,19 +212,22 @@ def test_fit_grpo_says_it_rounds_the_global_batch_and_refuses_a_step_beyond_the_
                    "lower --num-generations")  # fmt: skip
 
 
-def test_estimate_grpo_warns_when_the_step_is_not_whole_prompts() -> None:
-    """A typed --grad-accum that TRL would refuse is warned about with the one that runs; an untyped one is raised to
-    it, said in a note."""
-    result = run_cli(
-        "estimate", M, "--gpus", "a100", "--task", "grpo", "--num-generations", "3", "--grad-accum", "1"
-    )
-    assert result.exit_code == 0, result.output
-    text = " ".join(result.output.split())
-    assert "= 1 completion(s), not whole prompts of --num-generations 3" in text and "--grad-accum 3" in text
+def test_estimate_grpo_refuses_a_step_that_is_not_whole_prompts() -> None:
+    """A typed --grad-accum that TRL would refuse (GRPOConfig: generation_batch_size must be divisible by
+    num_generations) is refused, naming the --grad-accum and --batch that run; an untyped one is raised to it,
+    said in a note."""
+    assert_refused(run_cli("estimate", M, "--gpus", "a100", "--task", "grpo", "--num-generations", "3", "--grad-accum", "1"),
+                   "= 1 completion(s), not whole prompts of --num-generations 3", "must be divisible by num_generations",
+                   "--grad-accum 3", "--batch 3")  # fmt: skip
+    assert_refused(run_cli("estimate", M, "--gpus", "4xa100", "--task", "grpo", "--num-generations", "8",
+                           "--grad-accum", "3"),
+                   "--batch 1 × --grad-accum 3 × 4 data-parallel rank(s) = 12 completion(s)",
+                   "--grad-accum 4 (16 completions, 2 prompt(s)", "any multiple of 2", "--batch 2 with --grad-accum 3")  # fmt: skip
     default = run_cli("estimate", M, "--gpus", "a100", "--task", "grpo", "--num-generations", "3")
     said = " ".join(default.output.split())
     assert (
-        "not whole prompts" not in said
+        default.exit_code == 0
+        and "not whole prompts" not in said
         and "--task grpo: --grad-accum 3 so that a step generates whole" in said
     )
     whole = run_cli("estimate", M, "--gpus", "a100", "--task", "grpo", "--grad-accum", "8")

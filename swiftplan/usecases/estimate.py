@@ -102,6 +102,8 @@ def estimate_setup(
     """Estimate one set-up of `model` on `cluster` and check it against `engine` (default: the runtime's
     engine, else the task's); `allocator`: how the run drives PyTorch's caching allocator (reserved
     memory); `runtime`: the profile the set-up's defaults came from."""
+    if isinstance(setup, TrainSetup):
+        require_whole_prompts(setup, cluster)
     spec = inputs.resolve_model(model)
     warnings = model_limits.check_setup(spec, setup)
     task: Task = "serve" if isinstance(setup, ServeSetup) else "train"
@@ -113,7 +115,6 @@ def estimate_setup(
     else:
         estimate = estimate_training(spec, setup, cluster, allocator=allocator)
         gpus = cluster.world_size
-        warnings = warnings + generation_batch_warnings(setup, cluster)
     estimate = replace(estimate, notes=estimate.notes + warnings)
     reasons, others = _engine_check(setup, cluster, chosen, gpus)
     return EstimateOutcome(
@@ -131,8 +132,8 @@ def _completions_per_accum(setup: TrainSetup, cluster: Cluster) -> int:
 
 def whole_prompt_accum(setup: TrainSetup, cluster: Cluster) -> int:
     """The smallest --grad-accum, at least the set-up's, for which a GRPO step (micro-batch × accumulation ×
-    data-parallel ranks completions) is whole prompts of --num-generations (TRL GRPOConfig generation_batch_size, trl
-    1.16 grpo_config.py:480; ms-swift _init_generation_batch_params); the set-up's own for other objectives."""
+    data-parallel ranks completions) is whole prompts of --num-generations (what TRL and ms-swift require:
+    `require_whole_prompts`); the set-up's own for other objectives."""
     import math
 
     from swiftplan.planner.objective import step_generations
@@ -142,24 +143,34 @@ def whole_prompt_accum(setup: TrainSetup, cluster: Cluster) -> int:
     return -(-setup.grad_accum // step) * step
 
 
-def generation_batch_warnings(setup: TrainSetup, cluster: Cluster) -> tuple[str, ...]:
+def require_whole_prompts(setup: TrainSetup, cluster: Cluster) -> None:
     """GRPO groups a step's completions by prompt: micro-batch × accumulation × data-parallel ranks must be a whole
-    number of groups of --num-generations, or the run is refused at start-up (`whole_prompt_accum`). The per-device
-    memory and the step are those of the batch given; the warning names the smallest --grad-accum that runs."""
+    number of groups of --num-generations. TRL refuses anything else at start-up: `GRPOConfig.__post_init__` raises
+    "generation_batch_size (…) must be divisible by num_generations (…)", where generation_batch_size is
+    per_device_train_batch_size × processes × gradient_accumulation_steps by default (huggingface/trl
+    trl/trainer/grpo_config.py, line 1110 at commit f2cd57710ae3, line 1131 in trl 1.16.0), and ms-swift
+    (_init_generation_batch_params) likewise. So a typed batch that is not whole prompts is refused, naming the
+    smallest --grad-accum and --batch that are (an untyped --grad-accum is raised to `whole_prompt_accum`)."""
+    import math
+
     accum, rollout = whole_prompt_accum(setup, cluster), setup.objective.rollout
     if accum == setup.grad_accum or rollout is None:
-        return ()
+        return
     per_accum = _completions_per_accum(setup, cluster)
-    ranks, batch, groups = (
-        per_accum // setup.micro_batch,
-        per_accum * setup.grad_accum,
-        rollout.num_generations,
-    )
-    return (
-        f"a GRPO step generates --batch {setup.micro_batch} × --grad-accum {setup.grad_accum} × {ranks} "
-        f"data-parallel rank(s) = {batch} completion(s), not whole prompts of --num-generations {groups}: TRL and "
-        f"ms-swift refuse that; --grad-accum {accum} makes {per_accum * accum} ({per_accum * accum // groups} prompt(s)), "
-        "with the same memory per device.",
+    ranks, groups = per_accum // setup.micro_batch, rollout.num_generations
+    batch = per_accum * setup.grad_accum
+    accum_step = groups // math.gcd(per_accum, groups)
+    batch_step = groups // math.gcd(ranks * setup.grad_accum, groups)
+    micro = -(-setup.micro_batch // batch_step) * batch_step
+    raise SwiftplanError(
+        f"--task grpo: a step generates --batch {setup.micro_batch} × --grad-accum {setup.grad_accum} × {ranks} "
+        f"data-parallel rank(s) = {batch} completion(s), not whole prompts of --num-generations {groups}; TRL refuses "
+        f"that at start-up (GRPOConfig: generation_batch_size ({batch}) must be divisible by num_generations "
+        f"({groups})), and ms-swift does too.",
+        hint=f"Use --grad-accum {accum} ({per_accum * accum} completions, {per_accum * accum // groups} prompt(s) a "
+        f"step, the same memory per device; any multiple of {accum_step} makes whole prompts), or --batch {micro} "
+        f"with --grad-accum {setup.grad_accum} (more memory per device), or leave --grad-accum out to have it "
+        "chosen.",
     )
 
 
