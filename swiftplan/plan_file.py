@@ -62,8 +62,8 @@ from swiftplan.planner.vision import VisionInputs
 from swiftplan.planner.workload import ServeWorkload, TrainWorkload
 
 SCHEMA_VERSION: Final = 2
-_WITH_SETUP = ("runtime", "objective", "eager", "variable_lengths")
-"""Workload fields stored once, with the training set-up."""
+_WITH_SETUP = ("runtime", "objective", "eager", "variable_lengths", "vision")
+"""Workload fields stored once, with the set-up."""
 READABLE_VERSIONS = (1, 2)
 _HINT = 'Plan files are written by `swiftplan fit ... -o plan.yaml`; the README section "Plan files" lists every field.'
 
@@ -204,6 +204,7 @@ class TrainWorkloadFields(_Strict):
     seq_len: int = Field(strict=True, gt=0)
     global_batch: int = Field(strict=True, gt=0)
     dataset_tokens: int = Field(strict=True, gt=0)
+    dataset_image_tokens: int = Field(strict=True, default=0, ge=0)  # absent before fit took images
     epochs: float = Field(strict=True, gt=0)
     attention: str
     lora_dropout: float = Field(strict=True, ge=0, lt=1)
@@ -339,6 +340,12 @@ class PlanFields(_Strict):
                     f"{name} {value} and workload.{key} {other} must be the same: the set-up plans the "
                     "workload's sequences (edit both, or re-create the plan with swiftplan fit)"
                 )
+        images = self.workload.get("dataset_image_tokens")
+        if self.train is not None and self.train.vision is None and isinstance(images, int) and images > 0:
+            raise ValueError(
+                f"workload.dataset_image_tokens {images} counts images, but train.vision is absent (text only): add "
+                "the images to train.vision, or set workload.dataset_image_tokens to 0 (or re-create the plan with swiftplan fit)"
+            )
 
     def _check_offered(self) -> None:
         """hardware.offered (the --gpus text) names the accelerator whose figures hardware.accelerator holds."""
@@ -544,9 +551,9 @@ def _workload(
     if task == "train":  # the runtime and the objective are stored once, with the set-up
         train = setup if isinstance(setup, TrainSetup) else TrainSetup()
         return TrainWorkload(**fields.model_dump(), runtime=train.runtime, objective=train.objective,
-                             variable_lengths=train.variable_lengths)  # fmt: skip
+                             variable_lengths=train.variable_lengths, vision=train.vision)  # fmt: skip
     serve = setup if isinstance(setup, ServeSetup) else ServeSetup()
-    return ServeWorkload(**fields.model_dump(), runtime=serve.runtime, eager=serve.eager)
+    return ServeWorkload(**fields.model_dump(), runtime=serve.runtime, eager=serve.eager, vision=serve.vision)
 
 
 def _accelerator(path: Path, data: dict[str, Any]) -> Accelerator:

@@ -54,13 +54,13 @@ from swiftplan.cli.options import (
     given_options,
 )
 from swiftplan.cli.vision_options import (
-    VISION_OPTIONS,
     ImageSizeOpt,
     ImagesPerSampleOpt,
     ImageTokensOpt,
     TrainAlignerOpt,
     TrainVitOpt,
     VideoFramesOpt,
+    vision_args,
 )
 from swiftplan.planner.estimate import Estimate
 from swiftplan.planner.speed import TrainSpeed
@@ -458,14 +458,9 @@ def _fit_pointer(outcome: Any, model: str, gpus: str, *, options: dict[str, Any]
         changes = "QLoRA, a shorter sequence, offload, more or bigger GPUs"
     if outcome.runtime is not None and options.get("runtime"):
         args += ["--runtime", options["runtime"]]
-    images = any(options.get(name) is not None for name in VISION_OPTIONS)
-    caveat = (
-        "; fit has no image options yet: it sizes the text alone, so leave headroom for the images"
-        if images
-        else ""
-    )
+    args += vision_args(options)
     return (f"to make it fit: `swiftplan fit {shlex.join(args)}` checks the smallest changes that would "
-            f"({changes}), each with the estimator{caveat}")  # fmt: skip
+            f"({changes}), each with the estimator")  # fmt: skip
 
 
 def _estimate(ctx: typer.Context, options: dict[str, Any]) -> Any:

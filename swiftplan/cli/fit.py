@@ -61,6 +61,15 @@ from swiftplan.cli.options import (
     refuse_estimate_only_quant,
     refuse_idle_padding,
 )
+from swiftplan.cli.vision_options import (
+    ImageSizeOpt,
+    ImagesPerSampleOpt,
+    ImageTokensOpt,
+    TrainAlignerOpt,
+    TrainVitOpt,
+    VideoFramesOpt,
+    build_vision_inputs,
+)
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.objective import SFT
 
@@ -80,6 +89,8 @@ Examples:
   swiftplan fit Qwen/Qwen2.5-7B --task serve --context 8192 --decode-tps 20 --gpus L40S
 
   swiftplan fit Qwen/Qwen2.5-14B --gpus a100-80g --storage sqlite:///study.db   (run again to resume)
+
+  swiftplan fit Qwen/Qwen2.5-VL-7B-Instruct --gpus rtx4090 --images-per-sample 2 --image-size 1024x1024
 
 Plans are made for an engine that can run them (--engine; swiftplan's own loop for training, vLLM or
 the built-in server for serving; a serving plan's decode is timed with that engine's per-step cost);
@@ -124,7 +135,13 @@ ObjectiveOpt = Annotated[
 ParetoOpt = Annotated[
     bool, typer.Option("--pareto", help="Return the Pareto front: time vs cost vs memory headroom.")
 ]
-TokensOpt = Annotated[str | None, _opt("--dataset-tokens", help="Tokens in one epoch: 50M, 1.5B, ...")]
+TokensOpt = Annotated[
+    str | None,
+    _opt(
+        "--dataset-tokens",
+        help="Text tokens in one epoch: 50M, 1.5B, ... (image options add the images' tokens).",
+    ),
+]
 DataOpt = Annotated[
     str | None, _opt("--data", help="Training data (.jsonl/.json/text) to count tokens from.")
 ]
@@ -328,7 +345,8 @@ def fit_request(**options: Any) -> Any:
         seed=options["seed"], trials=options["trials"], storage=options["storage"], study_name=options["study_name"],
         runtime=options["runtime"], runtime_options=_runtime_options(task, options),
         training=training, objective_pins=objective_pins(options.get("typed", ())),
-        eager=options["enforce_eager"], typed=frozenset(options.get("typed", ())),
+        eager=options["enforce_eager"], vision=build_vision_inputs(options, serving=task == "serve"),
+        typed=frozenset(options.get("typed", ())),
     )  # fmt: skip
 
 
@@ -437,6 +455,12 @@ def fit_command(
     rollout_sleep: RolloutSleepOpt = False,
     rollout_tp: RolloutTpOpt = 1,
     kl: KlOpt = None,
+    images_per_sample: ImagesPerSampleOpt = None,
+    image_size: ImageSizeOpt = None,
+    image_tokens: ImageTokensOpt = None,
+    video_frames: VideoFramesOpt = None,
+    train_vit: TrainVitOpt = None,
+    train_aligner: TrainAlignerOpt = None,
 ) -> None:
     """Search the training (or serving) plans for the best one that fits, with Optuna."""
     started = time.perf_counter()
@@ -526,6 +550,12 @@ def _check_options(options: dict[str, Any]) -> None:
 def _measure_options(request: Any, **options: Any) -> dict[str, Any]:
     if request.task == "serve":
         raise SwiftplanError("--measure times training candidates; it does not apply to --task serve.")
+    if request.vision is not None:
+        raise SwiftplanError(
+            "--measure times the language model alone (a random init, without the vision tower or images), so it "
+            "cannot rank plans with image options.",
+            hint="Drop --measure to rank by the estimate (images counted), or the image options to time the text.",
+        )
     device, top, steps, layers = (
         options[k] for k in ("measure_device", "measure_top", "measure_steps", "measure_layers")
     )

@@ -102,3 +102,17 @@ def build_vision_inputs(options: dict[str, Any], *, serving: bool) -> VisionInpu
     return VisionInputs(images_per_sample=images, image_width=width, image_height=height,
                         image_tokens=given.get("image_tokens", 0), video_frames=video,
                         freeze_vit=not given.get("train_vit", False), freeze_aligner=not given.get("train_aligner", False))  # fmt: skip
+
+
+def vision_args(options: dict[str, Any]) -> list[str]:
+    """The vision options given in `options` as command-line arguments (to restate a job as another command)."""
+    args: list[str] = []
+    for name in VISION_OPTIONS:
+        value = options.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            args.append(f"--{'train' if value else 'freeze'}-{name.split('_')[1]}")
+        else:
+            args += ["--" + name.replace("_", "-"), str(value)]
+    return args

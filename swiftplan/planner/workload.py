@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from swiftplan.planner.objective import SFT, ObjectiveSetup
 from swiftplan.planner.setup import SERVE_RUNTIMES, AttentionImpl, RuntimeKnobs, ServeRuntime, parse_choice
+from swiftplan.planner.vision import VisionInputs
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -18,7 +19,10 @@ class TrainWorkload:
     """Sequences per optimizer step, all data-parallel ranks together (pairs for paired methods,
     completions for GRPO/PPO)."""
     dataset_tokens: int = 100_000_000
-    """Tokens in one epoch."""
+    """Text tokens in one epoch."""
+    dataset_image_tokens: int = 0
+    """Image and video tokens the language model reads in one epoch beside the text: every sequence's
+    images (`vision`), counted by the model's processor rule (0 without images)."""
     epochs: float = 1.0
     """Passes over the data."""
     attention: AttentionImpl = "sdpa"
@@ -32,11 +36,14 @@ class TrainWorkload:
     """The runtime's knobs every candidate is planned with (profiles/runtimes; not searched)."""
     objective: ObjectiveSetup = SFT
     """What is optimized (SFT, a preference method, RL with rollouts); every candidate shares it."""
+    vision: VisionInputs | None = None
+    """Vision-language models: each sequence's images/video and whether the tower and aligner train; None =
+    text only. Every candidate shares it."""
 
     @property
     def total_tokens(self) -> float:
-        """Tokens processed over the whole run."""
-        return self.dataset_tokens * self.epochs
+        """Tokens the language model processes over the whole run, image tokens included (as tokens/s counts them)."""
+        return (self.dataset_tokens + self.dataset_image_tokens) * self.epochs
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -58,6 +65,8 @@ class ServeWorkload:
     serves the plan runs it)."""
     eager: bool = False
     """Every candidate decodes without CUDA graphs (--enforce-eager; `ServeSetup.eager`)."""
+    vision: VisionInputs | None = None
+    """Vision-language models: each request's images/video (their tokens are part of `context`); None = text only."""
 
     def __post_init__(self) -> None:
         parse_choice("serving runtime", self.runtime, SERVE_RUNTIMES)

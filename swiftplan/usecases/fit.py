@@ -29,7 +29,7 @@ from swiftplan.planner.estimate import training_world_size
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.idle_knobs import knob_dict, refuse_idle_knobs
 from swiftplan.planner.layout import Layout, cluster_text
-from swiftplan.planner.lengths import LengthStats
+from swiftplan.planner.lengths import LengthStats, rows_per_epoch
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective import SFT, ObjectiveSetup
 from swiftplan.planner.plan import Plan, predict
@@ -45,6 +45,8 @@ from swiftplan.planner.search.optimize import SearchResult, SearchSettings
 from swiftplan.planner.search.pins import Pins
 from swiftplan.planner.search.serve_space import engine_runtime
 from swiftplan.planner.setup import AttentionImpl, ServeSetup
+from swiftplan.planner.vision import VisionInputs
+from swiftplan.planner.vision_tokens import language_tokens
 from swiftplan.planner.workload import ServeWorkload, TrainWorkload
 from swiftplan.units import format_gib
 from swiftplan.usecases import inputs
@@ -118,6 +120,9 @@ class FitRequest:
     """Which of the objective's choices the user fixed (the others are searched)."""
     eager: bool = False
     """Serving: decode without CUDA graphs (--enforce-eager): no graph pool, host-launch-bound steps."""
+    vision: VisionInputs | None = None
+    """Vision-language models: each sequence's images/video (and, training, whether the tower and aligner train);
+    every candidate is planned with them. None = text only."""
     typed: frozenset[str] = frozenset()
     """The options the user typed (their parameter names): a typed --global-batch or --num-generations is kept as
     given, a default may be rounded to what the cluster splits."""
@@ -289,9 +294,11 @@ def _workload(
             notes.append(
                 "weights searched in 16-bit or fp8; pass --quant none,fp8,int8,nf4 to allow bitsandbytes formats."
             )
+        if request.vision is not None:
+            notes.append(_vision_note(spec, request.vision, serving=True))
         return ServeWorkload(context=request.context, concurrency=request.concurrency, ttft_s=request.ttft_s,
                              decode_tps=request.decode_tps, gpu_memory_utilization=request.gpu_memory_utilization,
-                             eager=request.eager)  # fmt: skip
+                             eager=request.eager, vision=request.vision)  # fmt: skip
     seq = request.seq_len
     if lengths is None:
         tokens, source = inputs.dataset_tokens(
@@ -313,10 +320,18 @@ def _workload(
         ) > 1:  # chosen and rejected, each padded to the pair's longer
             tokens *= per_sample
             source += f"; × {per_sample} sequences per pair (chosen and rejected)"
+    sequences = -(-tokens // seq) if lengths is None else rows_per_epoch(lengths, request.packing)
+    per_sequence = language_tokens(spec, request.vision)
+    image_tokens = per_sequence * sequences
+    text = f"{tokens:,} tokens" if request.vision is None else (
+        f"{tokens:,} text tokens + {image_tokens:,} image tokens ({per_sequence:,} in each of {sequences:,} sequences)"
+    )  # fmt: skip
     notes.append(
-        f"workload: {tokens:,} tokens × {request.epochs:g} epoch(s) ({source}), global batch {request.global_batch} × "
-        f"{seq} tokens; host RAM for offload {format_gib(host[0], 0)} per node ({host[1]})."
+        f"workload: {text} × {request.epochs:g} epoch(s) ({source}), global batch "
+        f"{request.global_batch} × {seq} tokens; host RAM for offload {format_gib(host[0], 0)} per node ({host[1]})."
     )
+    if request.vision is not None:
+        notes.append(_vision_note(spec, request.vision, serving=False))
     if lengths is not None:
         notes.append(
             describe(lengths, request.packing, request.global_batch, padded_to_seq=padding == "max_length")
@@ -331,8 +346,43 @@ def _workload(
         if note := _short_data_note(lengths, request):
             notes.append(note)
     return TrainWorkload(seq_len=seq, global_batch=request.global_batch, dataset_tokens=tokens,
-                         epochs=request.epochs, attention=request.attention,
-                         variable_lengths=request.samples_vary)  # fmt: skip
+                         dataset_image_tokens=image_tokens, epochs=request.epochs, attention=request.attention,
+                         variable_lengths=request.samples_vary, vision=request.vision)  # fmt: skip
+
+
+def _vision_note(spec: ModelSpec, vision: VisionInputs, *, serving: bool) -> str:
+    """What the images add to every candidate: the tokens per sequence (by the processor's rule) and the tower."""
+    from swiftplan.planner.vision import require_vision_tower
+    from swiftplan.planner.vision_tokens import visual_tokens
+
+    tower = require_vision_tower(spec)
+    tokens = visual_tokens(tower, vision)
+    if serving:
+        return (f"images counted: each request's {tokens.llm_tokens:,} image/video tokens ({tokens.rule}) are part "
+                f"of its --context, and the {tower.family} vision tower and its encoder cache are in every plan's "
+                "memory and speed.")  # fmt: skip
+    trained = [part for part, frozen in (("vision tower", vision.freeze_vit), ("aligner", vision.freeze_aligner))
+               if not frozen]  # fmt: skip
+    return (f"images counted: every sequence holds --seq text tokens + {tokens.llm_tokens:,} image/video tokens "
+            f"({tokens.rule}); the {tower.family} vision tower and aligner "
+            f"({', '.join(trained) + ' trained' if trained else 'frozen'}) are in every plan's memory and speed.")  # fmt: skip
+
+
+def _check_vision(request: FitRequest, spec: ModelSpec) -> None:
+    """Image options need a vision-language model (planner/vision.py's one message for a text-only model) and,
+    for training, supervised fine-tuning: refused before the search, so they never read as "nothing fits"."""
+    if request.vision is None:
+        return
+    from swiftplan.planner.vision import require_vision_tower
+
+    require_vision_tower(spec)
+    kind = request.training.kind
+    if request.task == "train" and kind != "sft":
+        raise SwiftplanError(
+            f"--task {kind} with image options: images and video are planned for supervised fine-tuning; {kind}'s "
+            f"paired, reference and rollout passes over the images are not modelled yet.",
+            hint="Plan the SFT step with the image options, or the objective without them (text tokens only).",
+        )
 
 
 def _check_rollout_lengths(request: FitRequest) -> None:
@@ -423,8 +473,6 @@ def _split_default_batch(request: FitRequest, ranks: int, notes: list[str]) -> F
 def _short_data_note(lengths: LengthStats, request: FitRequest) -> str | None:
     """A data set smaller than one global batch: each epoch is one partial step (time and cost count the
     tokens it holds, not a full batch)."""
-    from swiftplan.planner.lengths import rows_per_epoch
-
     rows = rows_per_epoch(lengths, request.packing)
     if rows >= request.global_batch:
         return None
@@ -465,6 +513,7 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     _check_request(request)
     model = inputs.model_reference(request.model)
     spec = inputs.resolve_model(model)
+    _check_vision(request, spec)
     offered_cluster = cluster or inputs.resolve_cluster(request.gpus)
     notes = [f"cluster note: {n}" for n in offered_cluster.notes]
     engine, runtime = choose_runtime_engine(request, offered_cluster, notes)
@@ -482,6 +531,11 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
         if reasons := check(searched.accelerator, attention=request.attention):
             raise SwiftplanError(" ".join(reasons), hint="Use --attention sdpa.")
     length, flag = (request.seq_len, "--seq") if request.task == "train" else (request.context, "--context")
+    if request.task == "train" and request.vision is not None:  # the images join each sequence
+        length, flag = (
+            length + language_tokens(spec, request.vision),
+            "the sequence (--seq and the image tokens)",
+        )
     if problem := model_limits.length_problem(spec, length, flag):
         notes.append(f"warning: {problem}")
     lengths = _length_stats(request, spec, model, notes)

@@ -102,6 +102,7 @@ class Candidate:
             parallel=Parallelism(tp=self.layout.tp, pp=self.layout.pp, zero=self.zero, offload=self.offload),
             runtime=workload.runtime,
             objective=workload.objective,
+            vision=workload.vision,
         )
 
     def targets_label(self, attention: tuple[str, ...] = ()) -> str:
@@ -167,6 +168,7 @@ class ServeCandidate:
             gpu_memory_utilization=workload.gpu_memory_utilization,
             runtime=workload.runtime,
             eager=workload.eager,
+            vision=workload.vision,
         )
 
     def simplicity(self) -> tuple:
