@@ -304,17 +304,44 @@ def parse_pins(**raw: Any) -> Any:
     )  # fmt: skip
 
 
-def _token_count(text: str | None) -> int | None:
+MAX_DATASET_TOKENS = 10**15
+"""Most --dataset-tokens fit and size take: the largest published pre-training corpora are tens of trillions of
+tokens (Qwen3: 36T, arXiv:2505.09388 section 3.1), so 1,000T is far past any fine-tuning set."""
+MAX_EPOCHS = 10_000
+"""Most --epochs fit and size take (fine-tuning makes 1-10 passes; more data is more --dataset-tokens)."""
+
+
+def parse_dataset_tokens(text: str | None) -> int | None:
+    """--dataset-tokens as a count (None when not given), refused when not a count or above MAX_DATASET_TOKENS;
+    fit and size both read it here."""
     from swiftplan.units import parse_token_count
 
     if text is None:
         return None
     try:
-        return parse_token_count(text)
+        tokens = parse_token_count(text)
     except ValueError as error:
         raise SwiftplanError(
             f"Bad --dataset-tokens {text!r}.", hint="Examples: 50M, 1.5B, 200k, 123456."
         ) from error
+    if tokens > MAX_DATASET_TOKENS:
+        raise SwiftplanError(
+            f"--dataset-tokens {text} is {tokens:.3g} tokens, more than the {MAX_DATASET_TOKENS / 10**12:,.0f}T "
+            f"({MAX_DATASET_TOKENS:.0e}) swiftplan plans for: the largest published pre-training corpora are tens of "
+            "trillions of tokens (Qwen3's 36T), so this is far past any fine-tuning set.",
+            hint="Give the tokens one epoch of your data holds, e.g. 50M, 1.5B or 2T; passes over it go in --epochs.",
+        )
+    return tokens
+
+
+def check_epochs(epochs: float) -> None:
+    """--epochs at most MAX_EPOCHS (its lower bound and finiteness are checked beside the other numbers)."""
+    if epochs > MAX_EPOCHS:
+        raise SwiftplanError(
+            f"--epochs {epochs:g} is more passes over the data than swiftplan plans (at most {MAX_EPOCHS:,}): "
+            "fine-tuning makes a few passes, and a time and cost for this many would mean nothing.",
+            hint="Give the passes the run makes (1-3 is usual for fine-tuning); for more data, raise --dataset-tokens.",
+        )
 
 
 _PIN_NAMES = ("method", "rank", "targets", "quant", "no_quant", "precision", "optimizer", "grad_ckpt", "zero",
@@ -335,7 +362,7 @@ def fit_request(**options: Any) -> Any:
         model=options["model"], gpus=options["gpus"], task=task, engine=options["engine"],
         objective=options["objective"].value if options["objective"] else None, pareto=options["pareto"],
         pins=parse_pins(task=options["task"], **{name: options[name] for name in _PIN_NAMES}),
-        dataset_tokens=_token_count(options["dataset_tokens"]) if task == "train" else None,
+        dataset_tokens=parse_dataset_tokens(options["dataset_tokens"]) if task == "train" else None,
         data=options["data"] if task == "train" else None, epochs=options["epochs"],
         lengths=options["lengths"] if task == "train" else None, packing=options["packing"],
         global_batch=global_batch, seq_len=seq, attention=options["attention"],
@@ -528,6 +555,7 @@ def _check_options(options: dict[str, Any]) -> None:
         "--gpu-memory-utilization",
     ):
         _checks.finite(flag, options[flag[2:].replace("-", "_")])
+    check_epochs(options["epochs"])
     _checks.between("--seed", options["seed"], 0, 2**32 - 1)
     serving = is_serving(options["task"])
     if serving:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from swiftplan.cli.fit import check_epochs, parse_dataset_tokens
 from swiftplan.cli.objective_options import (
     TASK_HELP,
     CompletionLenOpt,
@@ -260,6 +261,7 @@ def _check_numbers(o: dict[str, Any]) -> None:
                        ("--prompt-tokens", "prompt_tokens"), ("--output-tokens", "output_tokens")):  # fmt: skip
         at_least(flag, o[name], 1)
     positive("--epochs", o["epochs"])
+    check_epochs(o["epochs"])
     refuse_idle_padding(o.get("padding"), rows="size plans full --seq rows",
                         hint="Drop --padding; `swiftplan fit --lengths FILE --padding ...` plans on the data's lengths.")  # fmt: skip
     positive("--network-gbps", o["network_gbps"], unit=" Gb/s")
@@ -289,18 +291,6 @@ def _check_outputs(*, top: int, as_json: bool, csv_path: str | None, plot: str |
         raise SwiftplanError("--json and --csv - both write to stdout; give --csv a file name.")
     if top < 1:
         raise SwiftplanError(f"--top must be at least 1, got {top}.")
-
-
-def _token_count(text: str | None) -> int | None:
-    """--dataset-tokens as a count (None when not given)."""
-    from swiftplan.units import parse_token_count
-
-    if text is None:
-        return None
-    try:
-        return parse_token_count(text)
-    except ValueError:
-        raise SwiftplanError(f"Bad --dataset-tokens {text!r}.", hint="Examples: 50M, 1.5B, 200k.") from None
 
 
 _TRAIN_ONLY = ("method", "rank", "dataset_tokens", "epochs", "seq", "global_batch", "deadline", "host_ram",
@@ -353,7 +343,7 @@ def size_request(**options: Any) -> Any:
         vendors=_list("--vendor", o["vendor"]), accelerators=_list("--accelerators", o["accelerators"]),
         price_overrides=read_price_file(o["prices"]) if o["prices"] else (),
         pins=_pins(o["method"], o["quant"], o["no_quant"], o["rank"], serving=serving),
-        dataset_tokens=None if serving else _token_count(o["dataset_tokens"]), epochs=o["epochs"], seq_len=seq,
+        dataset_tokens=None if serving else parse_dataset_tokens(o["dataset_tokens"]), epochs=o["epochs"], seq_len=seq,
         global_batch=global_batch, global_batch_typed="global_batch" in o.get("typed", ()), attention=o["attention"], context=o["context"], concurrency=o["concurrency"],
         request_rate=o["request_rate"], prompt_tokens=o["prompt_tokens"], output_tokens=o["output_tokens"],
         ttft_s=o["ttft"], decode_tps=o["decode_tps"], gpu_memory_utilization=o["gpu_memory_utilization"],
