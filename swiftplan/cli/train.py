@@ -116,11 +116,15 @@ def _print_dry_run(result: Any, *, as_json: bool) -> None:
     if as_json:
         print_json({"run_dir": str(result.run_dir), "nodes": plan.nodes, "gpus_per_node": plan.gpus_per_node,
                     "hardware": plan.hardware.describe(), "mode": result.launches[0].mode,
+                    "launch": {"device": result.device, "nnodes": result.nnodes, "nproc_per_node": result.nproc_per_node},
                     "launches": [{"node_rank": i, "argv": list(x.argv), "env": x.env} for i, x in enumerate(result.launches)],
                     "files": result.launches[0].files, "notes": list(result.notes)})  # fmt: skip
         return
     sys.stdout.write(f"# plan: {plan.model} on {plan.hardware.describe()} ({plan.nodes} node(s) × {plan.gpus_per_node} "
                      f"process(es); tp {plan.layout.tp}, pp {plan.layout.pp}, dp {plan.layout.dp})\n")  # fmt: skip
+    sys.stdout.write(
+        f"# launch: {result.device}, {result.nnodes} node(s) × {result.nproc_per_node} process(es)\n"
+    )
     sys.stdout.write(f"# run directory: {result.run_dir} (not created: --dry-run)\n")
     for node, launch in enumerate(result.launches):
         if len(result.launches) > 1:

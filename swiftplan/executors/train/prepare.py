@@ -1,8 +1,8 @@
 """The parent side of `swiftplan train`: check everything, prepare the run directory, launch, collect.
 
 `render_plan` renders the launch for the plan's own hardware (nodes × GPUs per node, the DeepSpeed
-JSON), whatever this machine has: that is what `--dry-run` prints, and it needs no device, tokenizer or
-network. `prepare_run` is the real run: the plan, this device's capabilities, the data file (every
+JSON), or on a typed --device as a real run launches it there (`_processes`), whatever this machine has:
+that is what `--dry-run` prints, and it probes no device and needs no tokenizer or network. `prepare_run` is the real run: the plan, this device's capabilities, the data file (every
 record) and the tokenizer are checked first, so a bad plan or a bad row stops the run before any model
 is loaded.
 """
@@ -92,10 +92,11 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _processes(request: RunRequest, plan: Plan, device: DeviceInfo) -> tuple[int, int]:
-    """(nodes, processes per node) for a real run: the plan's, one process on CPU/MPS, or as overridden."""
+def _processes(request: RunRequest, plan: Plan, torch_device: str) -> tuple[int, int]:
+    """(nodes, processes per node) of a launch on `torch_device`: the plan's, one process on CPU/MPS, or as
+    overridden (--nnodes, --nproc-per-node). A real run and a dry run both launch this."""
     nodes, per_node = plan.nodes, plan.gpus_per_node
-    if device.torch_device in ("cpu", "mps"):
+    if torch_device in ("cpu", "mps"):
         nodes, per_node = 1, 1
     return request.nnodes or nodes, request.nproc_per_node or per_node
 
@@ -126,12 +127,18 @@ def load_train_plan(path: Path) -> Plan:
     return plan
 
 
+def _layout(plan: Plan) -> str:
+    """The plan's launch shape in words, e.g. '1 node × 2 NVIDIA GeForce RTX 4090'."""
+    nodes = "1 node" if plan.nodes == 1 else f"{plan.nodes} nodes"
+    return f"{nodes} × {plan.gpus_per_node} {plan.hardware.accelerator.display_name}"
+
+
 def check_request(plan: Plan, request: RunRequest) -> None:
     """A typed --device, --nproc-per-node or --nnodes that contradicts the plan is refused, naming the plan's:
     the launch is the plan's layout on the plan's kind of device (the CPU, for a debugging run, aside)."""
     backend = plan.hardware.accelerator.backend
     planned = _TORCH_DEVICE[backend]
-    layout = f"{'1 node' if plan.nodes == 1 else f'{plan.nodes} nodes'} × {plan.gpus_per_node} {plan.hardware.accelerator.display_name}"
+    layout = _layout(plan)
     if request.device not in ("auto", "cpu", planned):
         raise SwiftplanError(f"--device {request.device} does not match the plan, made for {layout}, a {backend} device "
                              f"(torch '{planned}'): its memory and speed were worked out for that device.",
@@ -155,25 +162,65 @@ def _defaults(setup: TrainSetup, request: RunRequest) -> dict[str, Any]:
     return ({"lr": 2e-5} if setup.method == "full" else {}) | request.overrides
 
 
+def launch_device(plan: Plan, request: RunRequest) -> str:
+    """The torch device a launch uses, without probing: a typed --device, else the plan's backend's."""
+    return _TORCH_DEVICE[plan.hardware.accelerator.backend] if request.device == "auto" else request.device
+
+
 def render_plan(plan: Plan, request: RunRequest, *, run_dir: Path) -> list[Launch]:
-    """The launch of every node, for the plan's own hardware (overridden by --nnodes/--nproc-per-node)."""
+    """The launch of every node, as a real run would launch it: on the typed --device (the plan's own with
+    auto), with the processes `_processes` gives there (overridden by --nnodes/--nproc-per-node)."""
     assert isinstance(plan.setup, TrainSetup)
-    nnodes = request.nnodes or plan.nodes
-    per_node = request.nproc_per_node or plan.gpus_per_node
+    device = launch_device(plan, request)
+    nnodes, per_node = _processes(request, plan, device)
     args = rd.TrainArgs(data="", data_sha256="", model=plan.model, **_defaults(plan.setup, request))
     launches = []
     for node in range(nnodes):
-        options = LaunchOptions(device=_TORCH_DEVICE[plan.hardware.accelerator.backend], nproc_per_node=per_node,
-                                nnodes=nnodes, node_rank=node, master_addr=request.master_addr,
-                                master_port=request.master_port or DEFAULT_MASTER_PORT)  # fmt: skip
+        options = LaunchOptions(device=device, nproc_per_node=per_node, nnodes=nnodes, node_rank=node,
+                                master_addr=request.master_addr, master_port=request.master_port or DEFAULT_MASTER_PORT)  # fmt: skip
         launches.append(render(plan.setup, options, run_dir=str(run_dir), python="python", lr=args.lr,
                                weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm))  # fmt: skip
     return launches
 
 
+def _world_note(plan: Plan, processes: int) -> list[str]:
+    """A launch with another number of processes than the plan's GPUs: the prediction assumed the plan's."""
+    gpus = plan.layout.gpus
+    if processes == gpus:
+        return []
+    return [f"{processes} process(es) instead of the plan's {gpus} GPU(s): the prediction assumed {gpus}."]
+
+
+def _device_notes(plan: Plan, request: RunRequest) -> list[str]:
+    """What a dry run on a typed --device says: the processes it launches, when they are not the plan's GPUs,
+    and, on another device than the plan's, that the plan's prediction assumed the plan's hardware."""
+    device, planned = launch_device(plan, request), _TORCH_DEVICE[plan.hardware.accelerator.backend]
+    nnodes, per_node = _processes(request, plan, device)
+    notes = _world_note(plan, nnodes * per_node)
+    if device != planned:
+        notes.append(f"--device {device}: the launch runs on {device}, but the plan's prediction (memory, speed) "
+                     f"assumed its own hardware, {_layout(plan)} ({planned}): what the run measures "
+                     "is not comparable with it.")  # fmt: skip
+    return notes
+
+
+def _check_debug_device(plan: Plan, request: RunRequest) -> None:
+    """A dry run on the CPU instead of the plan's device refuses what the real run would refuse there (check_request
+    lets no other device than the plan's or the CPU through); the host CPU is read, not probed."""
+    if launch_device(plan, request) != "cpu" or _TORCH_DEVICE[plan.hardware.accelerator.backend] == "cpu":
+        return
+    from swiftplan.executors.train.device import cpu_accelerator
+
+    assert isinstance(plan.setup, TrainSetup)
+    _nodes, per_node = _processes(request, plan, "cpu")
+    device = DeviceInfo(torch_device="cpu", accelerator=cpu_accelerator(), count=1)
+    require_runnable(plan.setup, device, processes_per_node=per_node, random_init=request.random_init)
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class DryRun:
-    """What `--dry-run` shows: the plan's launch on its own hardware, nothing loaded or created."""
+    """What `--dry-run` shows: the plan's launch (on its own hardware, or the typed --device), nothing loaded or
+    created."""
 
     plan: Plan
     """The plan."""
@@ -181,6 +228,12 @@ class DryRun:
     """Where the run would write."""
     launches: tuple[Launch, ...]
     """One launch per node."""
+    device: str
+    """torch device the launch runs on (the plan's, or the typed --device)."""
+    nnodes: int
+    """Nodes launched."""
+    nproc_per_node: int
+    """Processes per node launched."""
     notes: tuple[str, ...]
     """What the user should know."""
 
@@ -197,10 +250,15 @@ def dry_run(request: RunRequest) -> DryRun:
     elif not request.resume:
         notes.append("no --data given: the real run needs --data FILE (JSONL, CSV or Parquet).")
     run_dir = request.output_dir or rd.default_run_dir(plan.model)
+    _check_debug_device(plan, request)
     launches = render_plan(plan, request, run_dir=run_dir)
+    notes += _device_notes(plan, request)
     if len(launches) > 1 and request.master_addr == "127.0.0.1":
         notes.append(f"{len(launches)} nodes: pass --master-addr with node 0's address (127.0.0.1 reaches only this machine).")  # fmt: skip
-    return DryRun(plan=plan, run_dir=run_dir, launches=tuple(launches), notes=tuple(notes))
+    device = launch_device(plan, request)
+    nnodes, per_node = _processes(request, plan, device)
+    return DryRun(plan=plan, run_dir=run_dir, launches=tuple(launches), device=device, nnodes=nnodes,
+                  nproc_per_node=per_node, notes=tuple(notes))  # fmt: skip
 
 
 def _resume_dir(request: RunRequest, plan: Any) -> tuple[Path, rd.TrainArgs]:
@@ -259,11 +317,9 @@ def prepare_run(request: RunRequest) -> PreparedRun:
     setup = plan.setup
     assert isinstance(setup, TrainSetup)
     device = detect_device(request.device)
-    nnodes, per_node = _processes(request, plan, device)
+    nnodes, per_node = _processes(request, plan, device.torch_device)
     require_runnable(setup, device, processes_per_node=per_node, random_init=request.random_init)
-    notes = []
-    if nnodes * per_node != plan.layout.gpus:
-        notes.append(f"{nnodes * per_node} process(es) instead of the plan's {plan.layout.gpus} GPU(s): the prediction assumed {plan.layout.gpus}.")  # fmt: skip
+    notes = _world_note(plan, nnodes * per_node)
     blocks = tokenizer = None
     if request.resume:
         run_dir, args = _resume_dir(request, plan)
