@@ -193,3 +193,27 @@ def test_the_request_carries_the_vision_into_every_candidate():
     assert outcome.problem.workload.vision == vision
     text_request = FitRequest(model=VL, gpus="rtx4090", trials=20, compare_engines=False)
     assert replace(outcome.problem.request, vision=None) == text_request
+
+
+def test_estimates_fit_pointer_restates_the_image_options_and_fit_plans_them():
+    import re
+    import shlex
+
+    result = run_cli(
+        "estimate", VL, "--method", "full", *IMAGES, "--freeze-vit", "--train-aligner", "--gpus", "rtx4090"
+    )
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "fit has no image options" not in flat
+    command = re.search(r"`swiftplan (fit [^`]+)`", flat)
+    assert command is not None, flat
+    args = shlex.split(command.group(1))
+    assert (
+        args[args.index("--images-per-sample") + 1] == "2"
+        and "--train-aligner" in args
+        and "--freeze-vit" in args
+    )
+    planned = _json(run_cli(*args, "--trials", "10", "--json"))
+    assert planned["plan"]["train"]["vision"] == {"images_per_sample": 2, "image_width": 1024, "image_height": 1024,
+                                                  "image_tokens": 0, "video_frames": 0, "freeze_vit": True,
+                                                  "freeze_aligner": False}  # fmt: skip
