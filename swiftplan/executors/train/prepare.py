@@ -12,11 +12,12 @@ from __future__ import annotations
 import shutil
 import socket
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.executors.train import resume
 from swiftplan.executors.train import run_dir as rd
 from swiftplan.executors.train.device import DeviceInfo, detect_device, require_runnable
 from swiftplan.executors.train.launch import Launch, LaunchOptions, render
@@ -261,69 +262,22 @@ def dry_run(request: RunRequest) -> DryRun:
                   nproc_per_node=per_node, notes=tuple(notes))  # fmt: skip
 
 
-def _resume_dir(request: RunRequest, plan: Any) -> tuple[Path, rd.TrainArgs]:
-    from swiftplan.plan_file import load_plan
-
-    if request.output_dir is None:
-        raise SwiftplanError("--resume needs --output-dir RUN, the run to continue.")
-    run_dir = request.output_dir
-    _require_directory(run_dir)
-    found = rd.find_resumable(run_dir)
-    if found.checkpoint is None:
-        skipped = f" ({'; '.join(found.skipped)})" if found.skipped else ""
-        raise SwiftplanError(f"{run_dir} has no complete checkpoint to resume from{skipped}.",
-                             hint="Start it again without --resume (a run saves at --save-steps and at the end).")  # fmt: skip
-    saved_plan = load_plan(run_dir / "plan.yaml")
-    if saved_plan.setup != plan.setup or saved_plan.model != plan.model:
-        raise SwiftplanError(f"{request.plan_path} differs from the plan {run_dir} was started with.",
-                             hint=f"Resume with {run_dir / 'plan.yaml'}, or start a new run.")  # fmt: skip
-    args = rd.read_args(run_dir)
-    if request.data is not None and request.data.resolve() != Path(args.data):
-        raise SwiftplanError(
-            f"{run_dir} trained on {args.data}, not {request.data}.", hint="Resume without --data."
-        )
-    if rd.file_sha256(args.data) != args.data_sha256:
-        raise SwiftplanError(f"{args.data} changed since {run_dir} started; resuming would mix two datasets.")
-    allowed = {"max_steps", "epochs", "save_steps", "save_total_limit"}
-    changed = sorted(k for k, v in request.overrides.items() if k not in allowed and getattr(args, k) != v)
-    if changed:
-        raise SwiftplanError(f"A resumed run keeps its settings; cannot change {', '.join(changed)}.",
-                             hint="Only --max-steps, --epochs, --save-steps and --save-total-limit may change on --resume.")  # fmt: skip
-    return run_dir, replace(args, **{k: v for k, v in request.overrides.items() if k in allowed})
-
-
-def _resume_notes(run_dir: Path) -> list[str]:
-    """Which checkpoint a resumed run continues from, and each newer one skipped (and why)."""
-    found = rd.find_resumable(run_dir)
-    if not found.skipped or found.checkpoint is None:
-        return []
-    return [f"{line}." for line in found.skipped] + [f"resuming from {found.checkpoint.name}."]
-
-
-def _require_directory(run_dir: Path) -> None:
-    """--output-dir must be a directory (or not exist yet): one line instead of a failure mid-run."""
-    for path in (run_dir, *run_dir.parents):
-        if path.exists():
-            if not path.is_dir():
-                raise SwiftplanError(f"--output-dir {run_dir}: {path} is a file, not a directory.",
-                                     hint="Choose another --output-dir, or move the file away.")  # fmt: skip
-            return
-
-
 def prepare_run(request: RunRequest) -> PreparedRun:
     """Check the plan, the device, the data and the tokenizer; render the launch. Loads no model."""
     plan = load_train_plan(request.plan_path)
     check_request(plan, request)
     setup = plan.setup
     assert isinstance(setup, TrainSetup)
-    device = detect_device(request.device)
+    resumed = resume.resume_dir(request, plan) if request.resume else None
+    device = resume.resumed_device(*resumed) if resumed is not None else detect_device(request.device)
     nnodes, per_node = _processes(request, plan, device.torch_device)
-    require_runnable(setup, device, processes_per_node=per_node, random_init=request.random_init)
+    random_init = resumed[1].random_init if resumed is not None else request.random_init
+    require_runnable(setup, device, processes_per_node=per_node, random_init=random_init)
     notes = _world_note(plan, nnodes * per_node)
     blocks = tokenizer = None
-    if request.resume:
-        run_dir, args = _resume_dir(request, plan)
-        notes += _resume_notes(run_dir)
+    if resumed is not None:
+        run_dir, args = resumed
+        notes += resume.resume_notes(run_dir)
     else:
         from swiftplan.executors.train.data import read_dataset
         from swiftplan.executors.train.loop import steps_per_epoch
@@ -355,7 +309,7 @@ def prepare_run(request: RunRequest) -> PreparedRun:
             plan, blocks, packing=bool(request.overrides.get("packing")), data=request.data
         )
         run_dir = request.output_dir or rd.default_run_dir(plan.model)
-        _require_directory(run_dir)
+        rd.require_directory(run_dir)
         if rd.latest_checkpoint(run_dir) is not None:
             raise SwiftplanError(f"{run_dir} already holds a run with checkpoints.",
                                  hint="Add --resume to continue it, or choose another --output-dir.")  # fmt: skip

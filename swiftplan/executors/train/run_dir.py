@@ -114,6 +114,16 @@ def default_run_dir(model: str, now: dt.datetime | None = None) -> Path:
     return Path("runs") / f"{slug or 'model'}-{stamp}"
 
 
+def require_directory(run_dir: Path) -> None:
+    """--output-dir must be a directory (or not exist yet): one line instead of a failure mid-run."""
+    for path in (run_dir, *run_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise SwiftplanError(f"--output-dir {run_dir}: {path} is a file, not a directory.",
+                                     hint="Choose another --output-dir, or move the file away.")  # fmt: skip
+            return
+
+
 def write_args(run_dir: Path, args: TrainArgs) -> None:
     """Save TrainArgs as JSON."""
     write_text_atomic(run_dir / "train_args.json", json.dumps(dataclasses.asdict(args), indent=2) + "\n")
