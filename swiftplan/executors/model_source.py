@@ -53,9 +53,17 @@ _TRUE = ("1", "on", "yes", "true")
 
 
 def _offline() -> bool:
-    return any(
-        os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "SWIFTPLAN_OFFLINE")
-    )
+    return hub_off_switch() is not None
+
+
+def hub_off_switch() -> str | None:
+    """The variable that turns the hub off ('HF_HUB_OFFLINE=1'), or None when it is on. huggingface_hub reads
+    TRANSFORMERS_OFFLINE when HF_HUB_OFFLINE is unset or empty (huggingface_hub.constants.HF_HUB_OFFLINE)."""
+    hub = next((n for n in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if os.environ.get(n)), "HF_HUB_OFFLINE")
+    for name in (hub, "SWIFTPLAN_OFFLINE"):
+        if (value := os.environ.get(name, "")).strip().lower() in _TRUE:
+            return f"{name}={value}"
+    return None
 
 
 def _hub_address() -> tuple[str, int]:
@@ -163,7 +171,8 @@ def _fetch_hub_config(model_id: str) -> dict[str, Any]:
             hint=_LOCAL_HINT,
         ) from error
     cached = try_to_load_from_cache(model_id, "config.json")
-    why = "the hub is off (HF_HUB_OFFLINE / SWIFTPLAN_OFFLINE)" if _offline() else _hub_unreachable()
+    switch = hub_off_switch()
+    why = f"the hub is off ({switch})" if switch is not None else _hub_unreachable()
     if why is not None:
         if isinstance(cached, str):
             return read_config(Path(cached))
@@ -239,7 +248,9 @@ def known_spec(model: str) -> ModelSpec | None:
 def check_local_or_hub(typed: str, value: str, *, files: tuple[str, ...], what: str, usage: str) -> None:
     """`value` (the path in the option `typed`, as the user wrote it) is a hub id, or a local directory holding
     one of `files`, which `what` is read from; a missing or wrong local path is refused here, before a dry
-    run prints a command that would fail on it. `usage` is the option's form for the hint ('--lora NAME=DIR')."""
+    run prints a command that would fail on it. With the hub off (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE,
+    SWIFTPLAN_OFFLINE) a hub id must be in the local Hugging Face cache, which is all the run could read; with it
+    on, the id is not looked up. `usage` is the option's form for the hint ('--lora NAME=DIR')."""
     path = Path(value).expanduser()
     needs = f"a directory holding {' or '.join(files)}"
     if path.exists():
@@ -252,6 +263,35 @@ def check_local_or_hub(typed: str, value: str, *, files: tuple[str, ...], what: 
         raise SwiftplanError(f"{typed}: {value} does not exist, and is not a hub id; {what} is read from {needs}, "
                              "or from a hub id (namespace/name).",
                              hint=f"Check the path: {usage} with DIR {needs}.")  # fmt: skip
+    switch = hub_off_switch()
+    if switch is None:
+        return  # the hub is on: the run downloads it (nothing is asked of the network here)
+    cache = hub_cache_dir()
+    if cache is None or _in_hub_cache(value, files):
+        return
+    raise SwiftplanError(f"{typed}: the hub is off ({switch}) and {value} is not in the local Hugging Face cache "
+                         f"({cache} holds no {' or '.join(files)} of it on its main branch), so {what} can be "
+                         "neither read nor downloaded.",
+                         hint=f"Download it while online (`hf download {value}`), or pass a local directory: "
+                         f"{usage} with DIR {needs}.")  # fmt: skip
+
+
+def hub_cache_dir() -> str | None:
+    """The Hugging Face cache directory huggingface_hub (and transformers through it) reads (HF_HUB_CACHE, else
+    HF_HOME/hub, else ~/.cache/huggingface/hub); None without huggingface_hub."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None
+    return str(constants.HF_HUB_CACHE)
+
+
+def _in_hub_cache(repo_id: str, files: tuple[str, ...]) -> bool:
+    """Whether the local cache holds one of `files` of the hub repo `repo_id` (its main branch), as
+    huggingface_hub finds it (`try_to_load_from_cache`: refs/main → snapshots/<commit>/<file>)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in files)
 
 
 def _is_hub_id(value: str) -> bool:

@@ -54,7 +54,12 @@ def check_weights(name: str) -> None:
     """The model `name` names can be loaded, as far as can be told without downloading it: a local model
     with a config.json, a catalog model, or a well-formed hub id (in the local cache when the hub is off).
     The real start fails on the same things, later and less clearly; --dry-run now fails on them too."""
-    from swiftplan.executors.model_source import cached_hub_config, check_hub_id, hub_off
+    from swiftplan.executors.model_source import (
+        cached_hub_config,
+        check_hub_id,
+        hub_cache_dir,
+        hub_off_switch,
+    )
     from swiftplan.planner.model_catalog import close_matches, find_catalog_id
 
     path = Path(name).expanduser()
@@ -65,12 +70,13 @@ def check_weights(name: str) -> None:
         return
     if "/" in name and not name.startswith((".", "/", "~")):
         check_hub_id(name)
-        if hub_off() and cached_hub_config(name) is None:
+        switch = hub_off_switch()
+        if switch is not None and cached_hub_config(name) is None:
             raise SwiftplanError(
-                f"Model {name!r} is not in the catalog or in the local Hugging Face cache, and the hub is off "
-                "(HF_HUB_OFFLINE / SWIFTPLAN_OFFLINE): nothing can tell whether it exists, and its weights "
-                "cannot be downloaded.",
-                hint="Download it first (hf download MODEL) or pass a local model directory.",
+                f"Model {name!r} is not in the catalog or in the local Hugging Face cache ({hub_cache_dir()}), and "
+                f"the hub is off ({switch}): nothing can tell whether it exists, and its weights cannot be "
+                "downloaded.",
+                hint=f"Download it while online (`hf download {name}`), or pass a local model directory.",
             )
         return
     if "/" in name or name.startswith((".", "~")):
