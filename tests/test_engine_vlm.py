@@ -97,9 +97,11 @@ def test_megatron_swift_gets_ms_swifts_vision_settings_and_trl_axolotl_refuse(co
     argv = render.commands[0]
     assert _value(argv, "--freeze_vit") == "true" and _value(argv, "--freeze_aligner") == "false"
     assert _value(argv, "--max_pixels") == "4704" and render.env["MAX_PIXELS"] == "4704"
-    for engine in ("trl", "axolotl"):
-        with pytest.raises(SwiftplanError, match=r"cannot express a vision-language plan"):
-            render_for(engine, _plan(config_dir, vision, engine=engine), OPTIONS)
+    for engine in ("trl", "axolotl"):  # the engine table says so (planner/engines.py IMAGE_TRAIN_ENGINES)
+        with pytest.raises(SwiftplanError, match=r"does not train a vision-language model on its images"):
+            render_for(engine, _plan(config_dir, vision), OPTIONS)
+        with pytest.raises(SwiftplanError, match=r"does not train a vision-language model on its images"):
+            _plan(config_dir, vision, engine=engine)
 
 
 def test_a_text_plan_renders_no_vision_settings(config_dir):

@@ -226,6 +226,36 @@ class Requirements:
     padding: str | None = None
     runtime: str | None = None
     """The runtime profile the plan was made for (named in the reasons for its knobs)."""
+    vision: bool = False
+    """Training: the plan trains a vision-language model on its images/video (`TrainSetup.vision`)."""
+
+
+IMAGE_TRAIN_ENGINES: Mapping[str, str] = MappingProxyType(
+    {
+        "ms-swift": "executors/train_engines/ms_swift.py render_ms_swift: --freeze_vit, --freeze_aligner, "
+        "--max_pixels and MAX_PIXELS/VIDEO_MAX_PIXELS (train_engines/vision.py ms_swift_args, ms_swift_env)",
+        "megatron-swift": "executors/train_engines/megatron_swift.py render_megatron_swift: ms-swift's vision "
+        "arguments and environment (train_engines/vision.py)",
+        "llamafactory": "executors/train_engines/llamafactory.py render_llamafactory: freeze_vision_tower, "
+        "freeze_multi_modal_projector, image_max_pixels, video_max_pixels/video_maxlen (train_engines/vision.py "
+        "llamafactory_keys)",
+    }
+)
+"""The training engines that train a vision-language model on its images as planned, each with where its renderer
+sets what trains and the pixel budget per image. No other does: TRL and axolotl are rendered text-only and refuse a
+vision plan (train_engines/vision.py refuse_vision), and swiftplan's own loop loads the language model with
+AutoModelForCausalLM and feeds it text alone (executors/train/model.py, data.py)."""
+
+
+def trains_images(engine: Engine) -> bool:
+    """Whether `engine` trains a vision-language model on its images (IMAGE_TRAIN_ENGINES)."""
+    return engine.task == "train" and engine.name in IMAGE_TRAIN_ENGINES
+
+
+def image_engines_text() -> str:
+    """The engines that train on images, for a message: 'ms-swift, megatron-swift and llamafactory'."""
+    names = list(IMAGE_TRAIN_ENGINES)
+    return ", ".join(names[:-1]) + f" and {names[-1]}"
 
 
 def engine_reasons(engine: Engine, needs: Requirements) -> list[str]:
@@ -243,6 +273,11 @@ def engine_reasons(engine: Engine, needs: Requirements) -> list[str]:
         reasons.append(
             f"{_OPTION_LABELS[option]} {value!r} is not available on {engine.name} with {backend} "
             f"({engine.why(option, backend)}; it allows {', '.join(map(str, allowed))})."
+        )
+    if needs.vision and not trains_images(engine):
+        reasons.append(
+            f"{engine.name} does not train a vision-language model on its images: only {image_engines_text()} are "
+            "given a plan's pixel budget per image and what trains (tower, aligner)."
         )
     reasons += _knob_reasons(engine, needs)
     for option, value in (("tp_max", needs.tp), ("pp_max", needs.pp), ("gpus_max", needs.gpus)):
@@ -304,6 +339,7 @@ def train_requirements(setup: TrainSetup, *, backend: str, gpus: int) -> Require
         tp=setup.parallel.tp,
         pp=setup.parallel.pp,
         gpus=gpus,
+        vision=setup.vision is not None,
         **knob_requirements(
             setup.runtime,
             grad_ckpt=setup.grad_ckpt,

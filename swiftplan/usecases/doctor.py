@@ -360,7 +360,7 @@ def _refit(plan: Plan, missed: int) -> tuple[list[Remedy], list[str]]:
                           seq_len=setup.seq_len, global_batch=workload.global_batch,
                           dataset_tokens=workload.dataset_tokens, epochs=workload.epochs,
                           attention=workload.attention, variable_lengths=setup.variable_lengths,
-                          compare_engines=False, trials=40)  # fmt: skip
+                          vision=workload.vision, compare_engines=False, trials=40)  # fmt: skip
     note = (
         f"re-planned on {_size(usable)} per device: the plan's {_size(memory)} less the "
         f"{_size(missed)} the run needed beyond the plan's prediction."

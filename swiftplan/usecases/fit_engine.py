@@ -1,5 +1,6 @@
 """Which engine and runtime a fit plans for: the one asked for (checked against the runtime asked for), the
-objective's default, or the one the runtime implies; and the cluster that engine can use."""
+objective's default, the first that trains on images for a job with images, or the one the runtime implies; and
+the cluster that engine can use."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str
         request = replace(request, engine=objective_engine(request.training.kind, cluster).name)
         notes.append(f"--task {request.training.kind}: planned for {request.engine}, the first engine swiftplan "
                      "launches that runs it (pass --engine to choose another).")  # fmt: skip
+    if task == "train" and request.vision is not None and request.engine is None and request.runtime is None:
+        request = replace(request, engine=image_engine(cluster).name)
+        notes.append(f"images: planned for {request.engine}, the first engine swiftplan launches that trains a "
+                     "vision-language model on its images (swiftplan's own loop trains text only; pass --engine "
+                     "to choose another).")  # fmt: skip
     if request.runtime is None or request.engine is not None:
         engine = choose_engine(request.engine, task, cluster, launchable=request.runtime is None)
         if task == "serve" and request.runtime is not None:
@@ -52,6 +58,8 @@ def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str
             notes.append(
                 f"planned for {engine.label}: swiftplan cannot launch it yet; run it with `{engine.command}`."
             )
+    if task == "train" and request.vision is not None:
+        require_image_engine(engine, runtime=request.runtime, engine_named=request.engine is not None)
     if task == "serve" and request.runtime is None:
         return engine, None
     name = request.runtime or engine.runtime or DEFAULT_TRAIN_RUNTIME
@@ -126,6 +134,50 @@ def objective_engine(kind: str, cluster: Cluster) -> Engine:
             return engine
     raise SwiftplanError(
         f"No engine swiftplan launches runs --task {kind} on {cluster.accelerator.backend} devices."
+    )
+
+
+def image_engine(cluster: Cluster) -> Engine:
+    """The first training engine swiftplan launches that trains a vision-language model on its images on this
+    cluster's devices."""
+    from swiftplan.planner.engines import Requirements, engine_reasons, image_engines_text, list_engines
+
+    needs = Requirements(backend=cluster.accelerator.backend, objective="sft", vision=True)
+    for engine in list_engines("train", runnable=True):
+        if not engine_reasons(engine, needs):
+            return engine
+    raise SwiftplanError(
+        f"No engine swiftplan launches trains a vision-language model on its images on "
+        f"{cluster.accelerator.backend} devices ({image_engines_text()} do, where they run).",
+        hint="Drop the image options to plan the text alone, or plan for a device those engines run on.",
+    )
+
+
+def require_image_engine(
+    engine: Engine, *, runtime: str | None, engine_named: bool, takes_engine: bool = True
+) -> None:
+    """A plan with images is made only for an engine that trains on them (planner/engines.py IMAGE_TRAIN_ENGINES):
+    one message naming the engine, what it lacks and the engines that can (as --engine, or as --runtime when the
+    command has no --engine, like size), before anything is searched."""
+    from swiftplan.planner.engines import IMAGE_TRAIN_ENGINES, get_engine, image_engines_text, trains_images
+
+    if trains_images(engine):
+        return
+    by_runtime = runtime is not None and not engine_named
+    ways = []
+    for name in IMAGE_TRAIN_ENGINES:
+        own = get_engine(name, "train").runtime
+        if (by_runtime or not takes_engine) and own:
+            ways.append(f"--runtime {own}")
+        elif takes_engine:
+            ways.append(f"--engine {name}" + (" without --runtime" if by_runtime else ""))
+    chosen = (
+        f"--runtime {runtime} plans for {engine.name}, which" if by_runtime else f"--engine {engine.name}"
+    )
+    raise SwiftplanError(
+        f"{chosen} does not train a vision-language model on its images, so no plan with the image options runs on "
+        f"it: only {image_engines_text()} are given a plan's pixel budget per image and what trains (tower, aligner).",
+        hint=f"Use one that does ({', '.join(ways)}), or drop the image options to plan the text alone.",
     )
 
 
