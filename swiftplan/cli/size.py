@@ -59,6 +59,15 @@ from swiftplan.cli.options import (
     refuse_estimate_only_quant,
     refuse_idle_padding,
 )
+from swiftplan.cli.vision_options import (
+    ImageSizeOpt,
+    ImagesPerSampleOpt,
+    ImageTokensOpt,
+    TrainAlignerOpt,
+    TrainVitOpt,
+    VideoFramesOpt,
+    build_vision_inputs,
+)
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.objective import SFT
 from swiftplan.units import GiB
@@ -80,6 +89,8 @@ Examples:
   swiftplan size Qwen/Qwen2.5-14B --prices my_prices.yaml --csv options.csv
 
   swiftplan size Qwen/Qwen2.5-7B --method full --runtime torch      (a plain loop: foreach AdamW, full loss)
+
+  swiftplan size Qwen/Qwen2.5-VL-7B-Instruct --images-per-sample 2 --image-size 1024x1024 --dataset-tokens 50M
 
 Objectives: cost (rental cost of the job; serving: per hour), time (wall clock; serving: per-token
 latency), purchase (list price of the GPUs), cost-per-token (rental $ per million tokens).
@@ -349,7 +360,7 @@ def size_request(**options: Any) -> Any:
         ttft_s=o["ttft"], decode_tps=o["decode_tps"], gpu_memory_utilization=o["gpu_memory_utilization"],
         headroom=o["headroom"], host_ram_bytes=int(o["host_ram"] * GiB),
         runtime=o["runtime"], runtime_options=_runtime_options(serving, o, o.get("memory_fraction_typed", False)),
-        training=training, eager=o["enforce_eager"],
+        training=training, eager=o["enforce_eager"], vision=build_vision_inputs(o, serving=serving),
     )  # fmt: skip
 
 
@@ -474,6 +485,12 @@ def size_command(
     rollout_sleep: RolloutSleepOpt = False,
     rollout_tp: RolloutTpOpt = 1,
     kl: KlOpt = None,
+    images_per_sample: ImagesPerSampleOpt = None,
+    image_size: ImageSizeOpt = None,
+    image_tokens: ImageTokensOpt = None,
+    video_frames: VideoFramesOpt = None,
+    train_vit: TrainVitOpt = None,
+    train_aligner: TrainAlignerOpt = None,
 ) -> None:
     """Which hardware to rent or buy for a fine-tuning or serving job, ranked, with what it costs."""
     started = time.perf_counter()

@@ -105,14 +105,8 @@ def build_vision_inputs(options: dict[str, Any], *, serving: bool) -> VisionInpu
 
 
 def vision_args(options: dict[str, Any]) -> list[str]:
-    """The vision options given in `options` as command-line arguments (to restate a job as another command)."""
-    args: list[str] = []
-    for name in VISION_OPTIONS:
-        value = options.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            args.append(f"--{'train' if value else 'freeze'}-{name.split('_')[1]}")
-        else:
-            args += ["--" + name.replace("_", "-"), str(value)]
-    return args
+    """The vision options given in `options` as command-line arguments (to restate a job as another command):
+    describe.vision_args, the one writer of these flags, which size's next fit command uses too."""
+    from swiftplan.usecases.describe import vision_args as restated
+
+    return restated(options)

@@ -188,7 +188,10 @@ def next_command(plan: Any, path: str) -> str:
 from typing import TYPE_CHECKING  # noqa: E402 (appended after the first imports, which stay as they were)
 
 if TYPE_CHECKING:  # the fit use case's request, named in the signatures below
+    from collections.abc import Mapping
+
     from swiftplan.planner.search.pins import Pins
+    from swiftplan.planner.vision import VisionInputs
     from swiftplan.usecases.fit import FitRequest
 
 _FIT_HEAD_FLAGS = {"gpus": "--gpus", "task": "--task", "engine": "--engine", "runtime": "--runtime",
@@ -209,6 +212,13 @@ _PIN_FLAGS = {
 }  # fmt: skip
 """`Pins` fields that `swiftplan fit` takes as one comma-separated option each (besides methods, ranks
 and quantizations, which come first)."""
+_VISION_FLAGS = {
+    "images_per_sample": "--images-per-sample", "image_size": "--image-size", "image_tokens": "--image-tokens",
+    "video_frames": "--video-frames", "train_vit": "--train-vit/--freeze-vit",
+    "train_aligner": "--train-aligner/--freeze-aligner",
+}  # fmt: skip
+"""The vision-language options (their parameter names, cli/vision_options.VISION_OPTIONS) and their flags: fit,
+estimate and size take them alike."""
 
 
 def _number_text(value: float) -> str:
@@ -290,8 +300,48 @@ def fit_command_line(request: FitRequest) -> str:
         args.append("--enforce-eager")
     if request.host_ram_bytes is not None:
         args += ["--host-ram", _gib_text(request.host_ram_bytes)]
-    args += _runtime_args(request.runtime_options) + objective_args(request.training)
+    args += _runtime_args(request.runtime_options) + vision_args(vision_options(request.vision))
+    args += objective_args(request.training)
     return "swiftplan fit " + shlex.join(args)
+
+
+def vision_args(options: Mapping[str, Any]) -> list[str]:
+    """The vision options given in `options` (parameter names to values; None = not given) as command-line
+    arguments, to restate a job as another command: estimate's fit pointer, size's next fit."""
+    args: list[str] = []
+    for name, flag in _VISION_FLAGS.items():
+        value = options.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            on, off = flag.split("/")
+            args.append(on if value else off)
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def vision_options(vision: VisionInputs | None) -> dict[str, Any]:
+    """The vision options' values that fit parses back into `vision` (cli/vision_options.build_vision_inputs),
+    leaving out what it fills in by itself (one image a sample, or none beside a video; the tower and aligner
+    frozen); empty for a text-only job."""
+    if vision is None:
+        return {}
+    options: dict[str, Any] = {}
+    if vision.image_width:
+        options["image_size"] = f"{vision.image_width}x{vision.image_height}"
+    if vision.image_tokens:
+        options["image_tokens"] = vision.image_tokens
+    if vision.video_frames:
+        options["video_frames"] = vision.video_frames
+    only_video = vision.video_frames and not (vision.image_width or vision.image_tokens)
+    if not options or vision.images_per_sample != (0 if only_video else 1):
+        options["images_per_sample"] = vision.images_per_sample
+    if not vision.freeze_vit:
+        options["train_vit"] = True
+    if not vision.freeze_aligner:
+        options["train_aligner"] = True
+    return options
 
 
 def objective_args(objective: Any) -> list[str]:

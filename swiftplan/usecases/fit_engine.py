@@ -181,6 +181,24 @@ def require_image_engine(
     )
 
 
+def require_image_runtime(runtime: str) -> None:
+    """--runtime with image options in a command that has no --engine (size): the engine that runs it must train on
+    images (`require_image_engine`), and a runtime no engine runs yet is refused with the runtimes that do."""
+    from swiftplan.planner.engines import IMAGE_TRAIN_ENGINES, get_engine, image_engines_text
+
+    engine = runtime_engine(runtime, "train")
+    if engine is not None:
+        require_image_engine(engine, runtime=runtime, engine_named=False, takes_engine=False)
+        return
+    own = (get_engine(name, "train").runtime for name in IMAGE_TRAIN_ENGINES)
+    raise SwiftplanError(
+        f"No engine in swiftplan's table (profiles/engines.json) runs --runtime {runtime} yet, so no plan with the "
+        f"image options runs under it: swiftplan trains on images with {image_engines_text()} only.",
+        hint=f"Use one of them ({', '.join(f'--runtime {name}' for name in own if name)}), or drop the image options "
+        "to plan the text alone.",
+    )
+
+
 def choose_engine(name: str | None, task: FitTask, cluster: Cluster, *, launchable: bool = True) -> Engine:
     """The engine to plan for: the one named (it must be one swiftplan can launch unless `launchable` is
     off), else the default."""

@@ -27,10 +27,14 @@ from swiftplan.planner.sizing.candidates import DEFAULT_MAX_NODES, DEFAULT_NETWO
 from swiftplan.planner.sizing.prices import Price, PriceOverride, price_table
 from swiftplan.planner.sizing.rank import Constraints, Mode, Objective, Option, Ranking, rank
 from swiftplan.planner.sizing.result import SizingResult
+from swiftplan.planner.vision import VisionInputs
+from swiftplan.planner.vision_tokens import language_tokens
 from swiftplan.planner.workload import TrainWorkload
 from swiftplan.units import GiB
 from swiftplan.usecases import inputs
 from swiftplan.usecases.fit import FitRequest
+from swiftplan.usecases.fit import _check_vision as check_fit_vision  # fit's one refusal of image options
+from swiftplan.usecases.fit import _vision_note as vision_note  # fit's one sentence on what the images add
 
 SizeTask = Literal["train", "serve"]
 DATASET_TOKENS_ASSUMED = "assumed (pass --dataset-tokens)"
@@ -108,6 +112,9 @@ class SizeRequest:
     """Training: the objective (SFT, a preference method, RL with rollouts), sized as given (fit searches
     its reference handling and rollout placement)."""
     """What the user set over the profile: RuntimeKnobs fields (training), gpu_memory_utilization (serving)."""
+    vision: VisionInputs | None = None
+    """Vision-language models: each sequence's (serving: request's) images/video and, training, whether the tower
+    and aligner train; every cluster is sized with them, as fit plans them. None = text only."""
 
     def __post_init__(self) -> None:
         self._check_money()
@@ -279,7 +286,7 @@ def _size_serving(
         prompt_tokens=request.prompt_tokens, output_tokens=request.output_tokens, ttft_s=request.ttft_s,
         decode_tps=request.decode_tps, gpu_memory_utilization=memory_fraction, max_nodes=request.max_nodes,
         runtime=None if runtime is None else parse_choice("serving runtime", runtime.profile.name, SERVE_RUNTIMES),
-        eager=request.eager,
+        eager=request.eager, vision=request.vision,
     )  # fmt: skip
     result = size_serving(
         spec, accelerators, load, objective=request.goal, constraints=limits, pins=request.pins,
@@ -289,8 +296,11 @@ def _size_serving(
         "context": load.context, "concurrency": load.concurrency, "request_rate": load.request_rate,
         "prompt_tokens": load.prompt_tokens, "output_tokens": load.output_tokens, "ttft_s": load.ttft_s,
         "decode_tps": load.decode_tps, "gpu_memory_utilization": load.gpu_memory_utilization, "eager": load.eager,
+        "vision": None if request.vision is None else asdict(request.vision),
     }  # fmt: skip
     notes = [] if runtime is None else [runtime.describe()]
+    if request.vision is not None:
+        notes.append(vision_note(spec, request.vision, serving=True))
     if load.runtime is not None:
         notes.append(f"sized for {load.runtime}: its limits and its per-step decode cost time every option.")
     if request.pins.quants is None:
@@ -316,9 +326,14 @@ def _size_training(
     assert runtime is not None
     knobs = runtime.knobs()
     tokens = request.dataset_tokens_or_default
+    sequences = -(
+        -tokens // request.seq_len
+    )  # the last, partial sequence carries its images too (as fit counts)
+    image_tokens = language_tokens(spec, request.vision) * sequences
     workload = TrainWorkload(
-        seq_len=request.seq_len, global_batch=request.global_batch, dataset_tokens=tokens, epochs=request.epochs,
-        attention=request.attention, runtime=knobs, objective=request.training,
+        seq_len=request.seq_len, global_batch=request.global_batch, dataset_tokens=tokens,
+        dataset_image_tokens=image_tokens, epochs=request.epochs, attention=request.attention, runtime=knobs,
+        objective=request.training, vision=request.vision,
     )  # fmt: skip
     pins = request.pins
     if knobs.fsdp != "none":  # FSDP shards instead of DeepSpeed ZeRO
@@ -334,13 +349,21 @@ def _size_training(
         "dataset_tokens_source": DATASET_TOKENS_ASSUMED if request.dataset_tokens is None else "--dataset-tokens",
         "epochs": request.epochs, "seq_len": request.seq_len, "global_batch": request.global_batch,
         "attention": request.attention, "host_ram_gib_per_node": request.host_ram_bytes / GiB,
-        "runtime": knobs.name, "objective": asdict(request.training),
+        "runtime": knobs.name, "objective": asdict(request.training), "dataset_image_tokens": image_tokens,
+        "vision": None if request.vision is None else asdict(request.vision),
     }  # fmt: skip
     notes = [runtime.describe()]
+    if request.vision is not None:
+        notes.append(vision_note(spec, request.vision, serving=False))
     if job.engine is None:
         notes.append(
             f"no engine in swiftplan's table (profiles/engines.json) runs {runtime.profile.label} yet: sized under its "
             "defaults with swiftplan's search space; the next command plans for swiftplan's loop."
+        )
+    elif request.vision is not None and request.runtime is None:
+        notes.append(
+            f"sized for {job.engine.label}, the first engine swiftplan launches that trains on images (its own loop "
+            "trains text only; pass --runtime to choose another); options it cannot run are left out."
         )
     elif job.engine.name != "swiftplan":
         notes.append(
@@ -378,14 +401,14 @@ def next_fit(request: SizeRequest, option: Option) -> FitRequest:
             concurrency=request.concurrency or fields["replicas"] * fields["sequences_per_replica"],
             ttft_s=request.ttft_s, decode_tps=request.decode_tps,
             gpu_memory_utilization=request.gpu_memory_utilization, headroom=request.headroom,
-            runtime=runtime, runtime_options=options, eager=request.eager,
+            runtime=runtime, runtime_options=options, eager=request.eager, vision=request.vision,
         )  # fmt: skip
     host_ram = request.host_ram_bytes
     return FitRequest(
         model=model, gpus=gpus, pins=request.pins, dataset_tokens=request.dataset_tokens, epochs=request.epochs,
         global_batch=request.global_batch, seq_len=request.seq_len, attention=request.attention,
         headroom=request.headroom, host_ram_bytes=None if host_ram == inputs.DEFAULT_HOST_RAM_BYTES else host_ram,
-        runtime=runtime, runtime_options=options, training=request.training,
+        runtime=runtime, runtime_options=options, training=request.training, vision=request.vision,
     )  # fmt: skip
 
 
@@ -397,6 +420,7 @@ def plan_size(request: SizeRequest) -> SizeOutcome:
     prices = price_table(accelerators, request.price_overrides)
     spec = inputs.resolve_model(request.model)
     runtime = size_runtime(request)
+    _check_vision(request, spec)
     size = _size_serving if request.task == "serve" else _size_training
     result, workload, notes = size(request, spec, accelerators, limits, prices, runtime)
     ranking = rank(result.options, request.goal, limits)
@@ -411,6 +435,25 @@ def plan_size(request: SizeRequest) -> SizeOutcome:
 OBJECTIVE_TRAIN_RUNTIME = "ms-swift"
 """Preference and RL jobs are sized under ms-swift's defaults unless --runtime says otherwise: swiftplan's own
 loop trains SFT only, and ms-swift (swift rlhf) runs every objective (profiles/engines.json)."""
+IMAGE_TRAIN_RUNTIME = "ms-swift"
+"""Jobs with images are sized under ms-swift's defaults unless --runtime says otherwise: swiftplan's own loop
+trains text only, and ms-swift is the first engine that trains on images (planner/engines.py
+IMAGE_TRAIN_ENGINES), the one fit plans them for."""
+
+
+def _check_vision(request: SizeRequest, spec: ModelSpec) -> None:
+    """Image options are refused as fit refuses them (a text-only model, an objective other than SFT) and, for
+    training, with a --runtime whose engine does not train on images: before any cluster is sized."""
+    if request.vision is None:
+        return
+    check_fit_vision(
+        FitRequest(model=request.model, task=request.task, training=request.training, vision=request.vision),
+        spec,
+    )
+    if request.task == "train" and request.runtime is not None:
+        from swiftplan.usecases.fit_engine import require_image_runtime
+
+        require_image_runtime(request.runtime)
 
 
 def size_runtime(request: SizeRequest) -> RuntimeChoice | None:
@@ -420,5 +463,7 @@ def size_runtime(request: SizeRequest) -> RuntimeChoice | None:
         if request.runtime is None:
             return None
         return choose_runtime(request.runtime, "serve", dict(request.runtime_options))
-    default = DEFAULT_TRAIN_RUNTIME if request.training.kind == "sft" else OBJECTIVE_TRAIN_RUNTIME
+    default = DEFAULT_TRAIN_RUNTIME if request.vision is None else IMAGE_TRAIN_RUNTIME
+    if request.training.kind != "sft":
+        default = OBJECTIVE_TRAIN_RUNTIME
     return choose_runtime(request.runtime or default, "train", dict(request.runtime_options))

@@ -41,6 +41,7 @@ from swiftplan.planner.sizing.prices import Price, catalog_price
 from swiftplan.planner.sizing.rank import Constraints, Objective, Option, ReasonKind, sort_key
 from swiftplan.planner.sizing.result import SizingResult, blank_option, skip_reason
 from swiftplan.planner.speed import ServeSpeed
+from swiftplan.planner.vision import VisionInputs
 from swiftplan.units import format_gib
 
 DEFAULT_QUANTS = DEFAULT_SERVE_QUANTS
@@ -76,6 +77,9 @@ class ServeLoad:
     default engine (vLLM, else the built-in server) with that engine's cost."""
     eager: bool = False
     """Decode without CUDA graphs (--enforce-eager; `ServeSetup.eager`)."""
+    vision: VisionInputs | None = None
+    """Vision-language models: each request's images/video (their tokens are part of `context`), in every
+    deployment's memory and speed as fit plans them (`ServeWorkload.vision`); None = text only."""
 
     def __post_init__(self) -> None:
         if self.runtime is not None:
@@ -290,6 +294,7 @@ def _size_accelerator(
         gpu_memory_utilization=load.gpu_memory_utilization,
         runtime=load.runtime or engine_runtime(engine),
         eager=load.eager,
+        vision=load.vision,
     )
     evaluator = ServeEvaluator(spec, cluster, workload, space, headroom=headroom)
     options: list[tuple[tuple, Option]] = []
