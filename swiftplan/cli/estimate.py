@@ -184,7 +184,7 @@ def render_objective(estimate: Estimate) -> None:
         )
 
 
-_PLAN_FILE_OPTIONS = ("task", "method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch",
+_PLAN_FILE_OPTIONS = ("task", "method", "precision", "quant", "rank", "targets", "lora_dropout", "dora", "optimizer", "batch",
                       "seq", "grad_accum", "grad_ckpt", "attention", "kbit_upcast", "zero", "offload", "gpus", "tp",
                       "pp", "context", "concurrency", "kv_dtype", "gpu_memory_utilization", "engine",
                       "expandable_segments", "variable_lengths", "runtime", "loss", "loss_chunks", "loss_chunk_tokens",
@@ -262,6 +262,13 @@ TargetsOpt = Annotated[str, _opt("--targets", help="Comma-separated module names
 DropoutOpt = Annotated[
     float, _opt("--lora-dropout", help="LoRA dropout (adds a mask and a copy per target).")
 ]
+DoraOpt = Annotated[
+    bool,
+    _opt(
+        "--dora",
+        help="DoRA (peft use_dora): a magnitude per target and the adapted weight rebuilt each forward.",
+    ),
+]
 OptimizerOpt = Annotated[
     str, _opt("--optimizer", help="adamw | adamw-8bit | paged-adamw-8bit | sgd | adafactor")
 ]
@@ -336,6 +343,7 @@ def estimate_command(
     rank: RankOpt = 16,
     targets: TargetsOpt = "q_proj,v_proj",
     lora_dropout: DropoutOpt = 0.05,
+    dora: DoraOpt = False,
     optimizer: OptimizerOpt = "adamw",
     batch: BatchOpt = 1,
     seq: SeqOpt = 2048,
@@ -504,7 +512,7 @@ def _check_plan_path(model: str) -> None:
         )
 
 
-_SERVE_IDLE = ("method", "rank", "targets", "lora_dropout", "optimizer", "batch", "seq", "grad_accum", "grad_ckpt",
+_SERVE_IDLE = ("method", "rank", "targets", "lora_dropout", "dora", "optimizer", "batch", "seq", "grad_accum", "grad_ckpt",
                "kbit_upcast", "zero", "offload", "pp", "variable_lengths")  # fmt: skip
 """estimate options that only describe training: --task serve refuses them when typed."""
 
@@ -597,7 +605,7 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
         objective = build_objective(o["task"], o, runtime=choice.knobs().name, given=typed)
         o["seq"] = objective_seq(objective, o["seq"], seq_given="seq" in typed)
         names = ("method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch", "seq",
-                 "grad_accum", "grad_ckpt", "attention", "zero", "offload", "tp", "pp", "kbit_upcast")  # fmt: skip
+                 "grad_accum", "grad_ckpt", "attention", "zero", "offload", "tp", "pp", "kbit_upcast", "dora")  # fmt: skip
         train = build_train_setup(cluster=cluster, runtime=choice.knobs(), objective=objective,
                                   variable_lengths=o["variable_lengths"], **{n: o[n] for n in names})  # fmt: skip
         refuse_idle_setup_knobs(knobs, train)

@@ -80,6 +80,7 @@ def build_train_setup(
     runtime: RuntimeKnobs | None = None,
     objective: ObjectiveSetup | None = None,
     variable_lengths: bool = False,
+    dora: bool = False,
 ) -> TrainSetup:
     """A validated `TrainSetup`, refused early when the accelerator cannot run it."""
     from swiftplan.cli import _checks
@@ -90,8 +91,11 @@ def build_train_setup(
     _checks.finite("--lora-dropout", lora_dropout)
     if not 0 <= lora_dropout < 1:
         raise SwiftplanError(f"--lora-dropout must be at least 0 and below 1, got {lora_dropout:g}.")
+    if dora and method not in ("lora", "qlora"):
+        raise SwiftplanError(f"--dora decomposes LoRA adapters, and --method {method} trains no adapters.",
+                             hint="Use --method lora or qlora with --dora, or leave --dora out.")  # fmt: skip
     lora = (
-        LoraSetup(rank=rank, targets=parse_targets(targets), dropout=lora_dropout)
+        LoraSetup(rank=rank, targets=parse_targets(targets), dropout=lora_dropout, dora=dora)
         if method in ("lora", "qlora")
         else None
     )

@@ -94,6 +94,9 @@ def verify_command(
         "q_proj,v_proj", "--targets", help="Comma-separated module names, or all-linear."
     ),
     lora_dropout: float = typer.Option(0.05, "--lora-dropout", help="LoRA dropout."),
+    dora: bool = typer.Option(
+        False, "--dora", help="DoRA (peft use_dora), traced with peft's own DoRA layers."
+    ),
     optimizer: str = typer.Option(
         "adamw", "--optimizer", help="adamw | adamw-8bit | paged-adamw-8bit | sgd | adafactor"
     ),
@@ -260,7 +263,7 @@ def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> tuple[Any, tupl
         )  # fmt: skip
         return verify.verify_serving(spec, serve), _positions(spec, serve.context, "--context")
     names = ("method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch", "seq",
-             "grad_ckpt", "attention")  # fmt: skip
+             "grad_ckpt", "attention", "dora")  # fmt: skip
     if choice is not None:
         o = o | choice.setup_options()
     objective = _objective(o, choice)

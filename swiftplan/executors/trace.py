@@ -299,6 +299,7 @@ def training_rig(
     lora_alpha: int | None = None,
     lora_dropout: float = 0.0,
     lora_targets: Sequence[str] | Literal["all-linear"] = ("q_proj", "v_proj"),
+    lora_dora: bool = False,
     optimizer: OptimizerName = "adamw",
     batch: int = 1,
     seq: int = 512,
@@ -318,7 +319,13 @@ def training_rig(
     notes: list[str] = []
     amp = precision.startswith("amp-")
     features = features or TraceFeatures()
-    lora = {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "targets": lora_targets}
+    lora = {
+        "rank": lora_rank,
+        "alpha": lora_alpha,
+        "dropout": lora_dropout,
+        "targets": lora_targets,
+        "dora": lora_dora,
+    }
     model = _build_model(hf_config, method=method, dtype=torch.float32 if amp else DTYPES[precision], lora=lora,
                          grad_ckpt=grad_ckpt, attn_implementation=attn_implementation, features=features, notes=notes,
                          quant_base=quant_base, compute_dtype=DTYPES[precision.removeprefix("amp-")])  # fmt: skip
@@ -382,6 +389,7 @@ def trace_training(
     lora_alpha: int | None = None,
     lora_dropout: float = 0.0,
     lora_targets: Sequence[str] | Literal["all-linear"] = ("q_proj", "v_proj"),
+    lora_dora: bool = False,
     optimizer: OptimizerName = "adamw",
     batch: int = 1,
     seq: int = 512,
@@ -423,6 +431,7 @@ def trace_training(
         lora_alpha=lora_alpha,
         lora_dropout=lora_dropout,
         lora_targets=lora_targets,
+        lora_dora=lora_dora,
         optimizer=optimizer,
         batch=batch,
         seq=seq,

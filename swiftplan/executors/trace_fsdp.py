@@ -269,6 +269,7 @@ def trace_fsdp_training(
     lora_alpha: int | None = None,
     lora_dropout: float = 0.0,
     lora_targets: Sequence[str] | Literal["all-linear"] = ("q_proj", "v_proj"),
+    lora_dora: bool = False,
     optimizer: OptimizerName = "adamw",
     batch: int = 1,
     seq: int = 512,
@@ -295,7 +296,13 @@ def trace_fsdp_training(
     started = time.perf_counter()
     features = features or TraceFeatures()
     notes: list[str] = []
-    lora = {"rank": lora_rank, "alpha": lora_alpha, "dropout": lora_dropout, "targets": lora_targets}
+    lora = {
+        "rank": lora_rank,
+        "alpha": lora_alpha,
+        "dropout": lora_dropout,
+        "targets": lora_targets,
+        "dora": lora_dora,
+    }
     model = _build_model(hf_config, method=method, dtype=DTYPES[precision], lora=lora, grad_ckpt=grad_ckpt,
                          attn_implementation=attn_implementation, features=features, notes=notes)  # fmt: skip
     notes += _numerics_notes(precision, optimizer)

@@ -7,8 +7,9 @@ the LoRA weights it creates are fake too. Nothing here allocates real memory pro
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -103,6 +104,7 @@ def apply_lora(
     task_type: str = "CAUSAL_LM",
     autocast_adapter_dtype: bool = True,
     modules_to_save: Sequence[str] = (),
+    dora: bool = False,
 ) -> nn.Module:
     """Wrap the meta `model` with peft LoRA as `get_peft_model` does (call outside any fake mode).
 
@@ -117,6 +119,8 @@ def apply_lora(
     `modules_to_save` (--modules-to-save): peft wraps each named module in a `ModulesToSaveWrapper` holding a
     trainable deep copy (LoraConfig(modules_to_save=...); with tied embeddings and peft's default
     ensure_weight_tying=False, embed_tokens and lm_head each get their own copy).
+    `dora`: LoraConfig(use_dora=True), peft's weight-decomposed LoRA (a magnitude vector per wrapped Linear and
+    the weight-norm computation in every forward, peft tuners/lora/dora.py `DoraLinearLayer`).
     """
     from peft import LoraConfig, get_peft_model
 
@@ -128,8 +132,10 @@ def apply_lora(
         target_modules=target_modules,
         task_type=task_type,
         modules_to_save=list(modules_to_save) or None,
+        use_dora=dora,
     )
-    with warnings.catch_warnings():
+    quantized = dora and any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in model.modules())
+    with warnings.catch_warnings(), _meta_dora_magnitudes() if quantized else contextlib.nullcontext():
         warnings.simplefilter("ignore")
         peft_model = get_peft_model(
             model,
@@ -137,6 +143,10 @@ def apply_lora(
             low_cpu_mem_usage=autocast_adapter_dtype,
             autocast_adapter_dtype=autocast_adapter_dtype,
         )
+    if quantized:
+        notes.append("DoRA over a bitsandbytes base: each magnitude made on meta in its dtype, not initialised from "
+                     "the weight's norm (peft deep-copies a 4-bit layer for that, which a meta layer cannot do); its "
+                     "forward is peft's own")  # fmt: skip
     lora_modules = [(n, m) for n, m in peft_model.named_modules() if hasattr(m, "lora_A")]
     wrapped = sorted({n.rsplit(".", 1)[-1] for n, _ in lora_modules if not n.endswith(".base_layer")})
     param_wrapped = sorted(
@@ -173,6 +183,32 @@ def apply_lora(
             f"{sum(p.numel() for p in copies.values()):,} trainable {dtypes} params in {len(copies)} copies"
         )
     return peft_model
+
+
+@contextlib.contextmanager
+def _meta_dora_magnitudes() -> Iterator[None]:
+    """peft's DoRA initialises each magnitude from the norm of the base weight (tuners/lora/dora.py
+    `DoraLinearLayer.update_layer`, deep-copying a bitsandbytes 4-bit layer to dequantize it), which a meta-device
+    bitsandbytes layer cannot run; inside this block the magnitude is made on meta with the shape (out_features) and
+    dtype peft gives it (the adapters' dtype promoted with the dequantized weight's), its values being irrelevant
+    to memory."""
+    from peft.tuners.lora.dora import DoraLinearLayer
+
+    original = DoraLinearLayer.update_layer
+
+    def update_layer(
+        self: Any, *, base_layer: Any, lora_A: torch.Tensor, lora_B: torch.Tensor, **_: Any
+    ) -> None:
+        dtype = torch.promote_types(lora_A.dtype, getattr(base_layer, "compute_dtype", None) or lora_A.dtype)
+        self.weight = nn.Parameter(
+            torch.empty(lora_B.shape[0], dtype=dtype, device="meta"), requires_grad=True
+        )
+
+    DoraLinearLayer.update_layer = update_layer  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        DoraLinearLayer.update_layer = original  # type: ignore[method-assign]
 
 
 def is_saved_module_param(name: str) -> bool:

@@ -254,8 +254,34 @@ def bnb_kernels(state_tensors: list[torch.Tensor]) -> Iterator[None]:
     if not state_tensors:
         yield
         return
-    with cuda_int8_matmul(), CudaDequantizingGemm():
+    with cuda_int8_matmul(), CudaDequantizingGemm(), _dora_dequantizes_fake_4bit():
         yield
+
+
+@contextlib.contextmanager
+def _dora_dequantizes_fake_4bit() -> Iterator[None]:
+    """peft's DoRA dequantizes a 4-bit base weight with `dequantize_module_weight`, which recognises bitsandbytes'
+    `Params4bit` by class name (peft 0.21.2 utils/integrations.py); the tracer's packed weights are plain fake
+    parameters carrying the QuantState (`_quantize_4bit`), so inside this block DoRA's dequantization of such a
+    weight runs bitsandbytes' own `dequantize_4bit` on it, as it would on the real `Params4bit`."""
+    from peft.tuners.lora import dora
+
+    original = dora.dequantize_module_weight
+
+    def dequantize_module_weight(module: nn.Module) -> Any:
+        weight: Any = module.weight
+        state = getattr(weight, "quant_state", None)
+        if state is None or not getattr(weight, "bnb_quantized", False):
+            return original(module)
+        from bitsandbytes.functional import dequantize_4bit
+
+        return dequantize_4bit(weight.data, state)
+
+    dora.dequantize_module_weight = dequantize_module_weight
+    try:
+        yield
+    finally:
+        dora.dequantize_module_weight = original
 
 
 class CudaDequantizingGemm(TorchDispatchMode):

@@ -132,6 +132,7 @@ def trace_arguments(spec: ModelSpec, setup: TrainSetup, *, optimizer: str, steps
         "lora_rank": lora.rank if lora else 16,
         "lora_dropout": lora.dropout if lora else 0.0,
         "lora_targets": "all-linear" if lora and lora.all_linear else (lora.targets if lora else ("q_proj",)),
+        "lora_dora": bool(lora and lora.dora),
         "optimizer": _traced_optimizer(setup.optimizer, optimizer, knobs),
         "batch": setup.micro_batch,
         "seq": setup.seq_len,

@@ -27,6 +27,8 @@ from functools import cache
 from swiftplan.planner import fused_head
 from swiftplan.planner.adapters import is_targeted, lora_params_for
 from swiftplan.planner.architecture import Linear, layer_linears
+from swiftplan.planner.dora import dora_first_block_unsaved_bytes, dora_saved_bytes
+from swiftplan.planner.dora_moments import dora_recompute_extra_bytes
 from swiftplan.planner.dtypes import (
     activation_dtype_bytes,
     adapter_dtype,
@@ -35,6 +37,7 @@ from swiftplan.planner.dtypes import (
     dtype_bytes,
     module_dtype,
 )
+from swiftplan.planner.lora_saves import linear_saves
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.padding import padding_masked
 from swiftplan.planner.recompute import BNB_DEQUANTIZING, recompute_extra_bytes, stream_bytes
@@ -77,6 +80,9 @@ class LayerActivations:
     attention_mask: int = 0
     """SDPA's additive mask past a sliding window or for a padded batch (`_sdpa_mask_bytes`), whole on every
     tensor-parallel rank."""
+    dora: int = 0
+    """DoRA: each wrapped Linear's base output and lora_B output, kept for the magnitude's gradient
+    (planner/dora.py)."""
 
     @property
     def total(self) -> int:
@@ -90,30 +96,8 @@ class LayerActivations:
             + self.moe
             + self.weight_copies
             + self.attention_mask
+            + self.dora
         )
-
-
-def _linear_saves(
-    linear: Linear, setup: TrainSetup, tokens: int, cb: int, model_type: str
-) -> tuple[int, int]:
-    """(bytes saved as a trainable Linear input, bytes saved by a LoRA wrapper) for one module.
-
-    Under autocast (amp) the residual stream is fp32, so each Linear reading it makes its own
-    low-precision copy of the input (q, k and v each: not shared), and lora_A's input and output
-    are in the autocast dtype rather than fp32. Otherwise they are in the adapter dtype
-    (`dtypes.adapter_dtype`: fp32, the model dtype with --adapter-dtype model, or bf16 on a bitsandbytes base
-    with kbit-bf16).
-    """
-    amp = setup.precision.startswith("amp-")
-    if setup.trains_adapters:
-        assert setup.lora is not None
-        if not is_targeted(linear, setup.lora, model_type):
-            return 0, 0
-        width = linear.in_features
-        mask = BOOL * width if setup.lora.dropout > 0 else 0
-        ab = cb if amp else dtype_bytes(adapter_dtype(setup))
-        return 0, tokens * (ab * width + mask + ab * setup.lora.rank)
-    return tokens * linear.in_features * cb, 0
 
 
 _OUTPUT_PROJECTIONS = frozenset({"o_proj", "wo", "dense", "c_proj", "down_proj", "w2", "dense_4h_to_h"})
@@ -204,7 +188,7 @@ def _layer_activation_bytes(
     for linear in layer_linears(spec, layer):
         if linear.kind != "linear":
             continue
-        saved, lora_saved = _linear_saves(linear, setup, tokens, cb, spec.model_type)
+        saved, lora_saved = linear_saves(linear, setup, tokens, cb, spec.model_type)
         ab = dtype_bytes(adapter_dtype(setup))
         if (
             lora_saved
@@ -250,6 +234,7 @@ def _layer_activation_bytes(
         moe=moe,
         weight_copies=weight_copies,
         attention_mask=_sdpa_mask_bytes(spec, setup, seq_len, cb),
+        dora=dora_saved_bytes(spec, setup, layer, tokens),
     )
 
 
@@ -585,6 +570,8 @@ def activation_phases(
         arguments = block_arguments_bytes(spec, setup)  # all that outlives the loss outside the blocks
         coarse = backward_working_bytes(spec, setup, tokens) // tp
         working = recompute_extra_bytes(spec, setup, tokens, tp=tp, coarse=coarse)
+        # a recomputed DoRA Linear rebuilds its adapted weight (planner/dora_moments.py)
+        working = max(working, dora_recompute_extra_bytes(spec, setup, tokens, tp=tp) or 0)
         if setup.runtime.fsdp != "none":
             # FSDP's recompute moments (fsdp_memory) add a block's unsharded gradients and gathered parameters to
             # the coarse working set and the final norm's saved tensors, as traced on FSDP2 (tests/test_trace_fsdp.py)
@@ -628,7 +615,8 @@ def first_block_unsaved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
     """Without checkpointing, what the first block does not save though every other block does, when its input
     needs no gradient (adapters in the blocks, the embedding frozen): autograd records nothing before the first
     trainable parameter, so its input RMSNorm keeps no fp32 copy or rsqrt, dropout on the Linears reading that
-    norm (q, k, v) keeps no mask (lora_A keeps dropout's output for its weight gradient), nor does Qwen3's q_norm or
+    norm (q, k, v) keeps no mask (lora_A keeps dropout's output for its weight gradient) and DoRA's base matmul there
+    no copy of the base weight, nor does Qwen3's q_norm or
     k_norm behind a projection no adapter wraps; under autocast q, k and v keep no copy of their frozen weights
     either, nor does an int8 base keep q, k and v's input (bitsandbytes' MatMul8bitLt keeps it only for a gradient).
     The final norm keeps its fp32 copy and rsqrt instead (its input needs a gradient), which
@@ -672,6 +660,8 @@ def first_block_unsaved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
             for lin in reading_the_norm
             if is_targeted(lin, lora, spec.model_type)
         )
+        # nor does DoRA's second base matmul keep its weight copy (F.linear keeps it for the input's gradient)
+        masks += dora_first_block_unsaved_bytes(spec, setup, reading_the_norm)
     if amp:  # nor do the Linears reading that norm keep autocast's copy of their frozen weight
         norm += (
             sum(lin.in_features * lin.out_features for lin in reading_the_norm)
@@ -731,7 +721,16 @@ def per_rank_bytes(acts: LayerActivations, tp: int) -> int:
     return (
         acts.norms
         + acts.attention_mask
-        + (acts.linear_inputs + acts.lora + acts.attention + acts.mlp + acts.moe + acts.weight_copies) // tp
+        + (
+            acts.linear_inputs
+            + acts.lora
+            + acts.attention
+            + acts.mlp
+            + acts.moe
+            + acts.weight_copies
+            + acts.dora
+        )
+        // tp
     )
 
 

@@ -402,6 +402,43 @@ def _dense_moments(
     return ([ends], [-weight_copy + 3 * e]) if recompute else ([ends], [])
 
 
+def dense_mlp_pair(spec: ModelSpec, setup: TrainSetup) -> tuple[Linear, Linear] | None:
+    """(up_proj or the fused gate_up_proj, down_proj) of the last block where its moments are modelled, else None."""
+    return _dense_layout(spec, setup)
+
+
+def mlp_forward_locals(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int) -> int | None:
+    """Without checkpointing, what a dense last block's MLP forward holds in locals beyond B: the residual and the MLP
+    input unless B holds them (`_forward_locals`). None where the block's moments are not modelled."""
+    dense = _dense_layout(spec, setup)
+    if dense is None:
+        return None
+    up, down = dense
+    sizes = _sizes(spec, setup, tokens, tp=tp, up=up, down=down)
+    return _forward_locals(spec, setup, sizes, up, int8_kept=setup.quant == "int8")
+
+
+def down_input_locals(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int) -> int | None:
+    """Without checkpointing, what a dense last block's forward holds beyond B once down_proj's LoRA wrapper has its
+    input in the adapters' dtype, before lora_A runs (`_dense_moments`' lora-input moment without down_proj's base
+    output and the LoRA output): the MLP's locals, the product when B does not hold it, the product's cast while
+    dropout reads it. None where the block's moments are not modelled or down_proj carries no LoRA."""
+    dense = _dense_layout(spec, setup)
+    lora = setup.lora
+    if dense is None or lora is None or not setup.trains_adapters or setup.precision.startswith("amp-"):
+        return None
+    up, down = dense
+    if not is_targeted(down, lora, spec.model_type):
+        return None
+    sizes = _sizes(spec, setup, tokens, tp=tp, up=up, down=down)
+    cast = not adapters_read_the_stream(setup)
+    dropout = lora.dropout > 0
+    int8_kept = setup.quant == "int8"
+    product = 0 if not (cast or dropout) or int8_kept else sizes.e_compute
+    cast_beside_dropout = sizes.e_adapter if cast and dropout else 0
+    return _forward_locals(spec, setup, sizes, up, int8_kept=int8_kept) + product + cast_beside_dropout
+
+
 def _forward_locals(
     spec: ModelSpec, setup: TrainSetup, sizes: DenseMlp, up: Linear, *, int8_kept: bool
 ) -> int:

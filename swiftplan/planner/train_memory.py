@@ -21,6 +21,7 @@ from swiftplan.planner.architecture import (
 from swiftplan.planner.breakdown import MemoryBreakdown, Term
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.device_states import DeviceStates, device_states, gradient_shares, reward_head_params
+from swiftplan.planner.dora_moments import DORA_FORWARD, dora_forward_moment_bytes
 from swiftplan.planner.dtypes import dtype_bytes
 from swiftplan.planner.expert_backward import EXPERT_BACKWARD, expert_backward
 from swiftplan.planner.fsdp1_wrap import fsdp1_offload_copy_term, fsdp1_setup_cache
@@ -192,6 +193,13 @@ def _phase_peaks(
         )  # FSDP's moments are its own (fsdp_memory)
         dense = last_block_backward_bytes(spec, policy, tokens, tp=setup.parallel.tp) if plain else 0
         loss_side = phases.shared - act.block_arguments_bytes(spec, policy)
+        dora = dora_forward_moment_bytes(spec, policy, tokens, tp=setup.parallel.tp) if plain else None
+        if (
+            dora is not None
+        ):  # the last block's DoRA Linear rebuilds its adapted weight (planner/dora.py; traced)
+            peaks[DORA_FORWARD] = static + gathered + grads_during_fwd + at_loss + dora
+            acts[DORA_FORWARD] = at_loss
+            held[DORA_FORWARD] = gathered + dora
         expert_lora = act.expert_lora_gradient_bytes(spec, setup, tokens)
         if expert_lora:
             # beside the block output's gradient, the loss side and a shared expert's tensors freed (traced)

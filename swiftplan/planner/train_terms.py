@@ -129,6 +129,13 @@ def breakdown_terms(
                 else ""
             )
             + (
+                "; DoRA keeps each wrapped Linear's base and lora_B outputs (with dropout, a copy of its weight in the"
+                " adapters' dtype) and rebuilds its adapted weight in every forward: an in × in identity and four"
+                " out × in matrices (planner/dora.py)"
+                if setup.lora is not None and setup.lora.dora and setup.trains_adapters
+                else ""
+            )
+            + (
                 f"; padded batches ({setup.runtime.padding} padding): SDPA gets a padding mask, so each block keeps"
                 " k and v repeated to every query head and a B × 1 × S × S additive mask (planner/padding.py)"
                 if padding_masked(spec, policy_setup(setup))  # both halves of a pair are padded together

@@ -1,0 +1,103 @@
+"""DoRA (weight-decomposed LoRA) on top of LoRA: what peft's `DoraLinearLayer` saves and allocates in training.
+
+Every forward of a DoRA-wrapped Linear (peft 0.21.2 tuners/lora/dora.py `DoraLinearLayer.forward`, called from
+variants.py `DoraLinearVariant.forward`) rebuilds the adapter's full weight and the column norm of the adapted
+weight before it multiplies anything:
+
+- `get_lora_weight`: `lora_B(lora_A(eye(in)))` — an in × in identity matrix in the adapters' dtype, its rank-wide
+  product and the out × in LoRA weight, all alive until the layer returns (the graph of the LoRA weight holds the
+  identity; it is detached before use, so nothing of it reaches backward);
+- `weight.to(x.dtype)`: the base weight in the dtype of the layer's input, which peft has cast to the adapters'
+  dtype: a copy unless the base is an unquantized weight already in that dtype (a bitsandbytes base is
+  dequantized first, `dequantize_module_weight`);
+- `get_weight_norm`: `scaling * lora_weight` and `weight + that`, two more out × in tensors, then the norm.
+
+So each DoRA Linear's forward peaks at in² + in·r + 4·out·in elements (3 without the weight copy) in the
+adapters' dtype, whatever the token count: for Llama-3.1-8B's down_proj (14,336 → 4,096, fp32 adapters) 1.64 GiB.
+The result `(m/‖W‖ − 1) · base_result + m/‖W‖ · lora_result · scaling` keeps both products for the magnitude's
+gradient: the base layer's output (T × out in the stream's dtype, no tensor any other op keeps) and lora_B's output
+(T × out in the adapters' dtype), per wrapped Linear, beside what LoRA saves. Traced on fake tensors with peft's
+own DoRA (executors/trace.py, `use_dora`).
+"""
+
+from __future__ import annotations
+
+from swiftplan.planner.adapters import is_targeted
+from swiftplan.planner.architecture import Linear, layer_linears
+from swiftplan.planner.dtypes import activation_dtype_bytes, adapter_dtype, dtype_bytes, module_dtype
+from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.setup import TrainSetup
+
+
+def dora_linears(spec: ModelSpec, setup: TrainSetup, layer: int) -> tuple[Linear, ...]:
+    """The nn.Linears of block `layer` that peft wraps with DoRA (none unless the set-up trains DoRA adapters)."""
+    lora = setup.lora
+    if lora is None or not lora.dora or not setup.trains_adapters:
+        return ()
+    return tuple(
+        linear
+        for linear in layer_linears(spec, layer)
+        if linear.kind == "linear" and is_targeted(linear, lora, spec.model_type)
+    )
+
+
+def dora_saved_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int) -> int:
+    """What block `layer`'s DoRA Linears keep for backward beyond LoRA's saved tensors (`dora_saved_bytes_of`)."""
+    return sum(dora_saved_bytes_of(linear, setup, tokens) for linear in dora_linears(spec, setup, layer))
+
+
+def dora_saved_bytes_of(linear: Linear, setup: TrainSetup, tokens: int) -> int:
+    """What one DoRA Linear keeps for backward beyond LoRA's saved tensors: lora_B's output (T × out, adapters' dtype)
+    and the base output (T × out): without dropout the base layer's own (stream dtype); with dropout DoRA multiplies
+    the dropped input by the base weight again (`F.linear(x, weight)`), which keeps that weight in the adapters' dtype
+    (`_weight_copy_bytes`) and makes the output in it."""
+    assert setup.lora is not None
+    ab = dtype_bytes(adapter_dtype(setup))
+    dropout = setup.lora.dropout > 0
+    base = ab if dropout else activation_dtype_bytes(setup)
+    return tokens * linear.out_features * (ab + base) + (_weight_copy_bytes(linear, setup) if dropout else 0)
+
+
+def _weight_copy_bytes(linear: Linear, setup: TrainSetup) -> int:
+    """The base weight in the adapters' dtype (`weight.to(x.dtype)`, x being cast to the adapters' dtype): a copy
+    unless the base is an unquantized weight in that dtype already (a bitsandbytes base is dequantized first)."""
+    ab = dtype_bytes(adapter_dtype(setup))
+    if setup.quant == "none" and dtype_bytes(module_dtype(setup)) == ab:
+        return 0
+    return linear.out_features * linear.in_features * ab
+
+
+def dora_first_block_unsaved_bytes(
+    spec: ModelSpec, setup: TrainSetup, reading_the_stream: list[Linear]
+) -> int:
+    """With dropout, what DoRA's second base matmul does not keep in a block whose input needs no gradient (the first,
+    behind a frozen embedding): the base weight's copy of each DoRA Linear in `reading_the_stream` (F.linear keeps
+    it only for its input's gradient)."""
+    lora = setup.lora
+    if lora is None or not lora.dora or lora.dropout == 0:
+        return 0
+    return sum(
+        _weight_copy_bytes(linear, setup)
+        for linear in reading_the_stream
+        if is_targeted(linear, lora, spec.model_type)
+    )
+
+
+def dora_forward_bytes(linear: Linear, setup: TrainSetup, tokens: int, *, recomputed: bool = False) -> int:
+    """The most one DoRA Linear's forward holds beyond its saved tensors (module docstring), at whichever of its two
+    moments is larger. Both hold the identity, its rank-wide product, the LoRA weight (alive until the layer returns:
+    its graph keeps the identity) and the base weight's copy in the adapters' dtype (unless dropout makes that a saved
+    tensor, `dora_saved_bytes`). Taking the norm adds the scaled LoRA weight and the sum (two out × in), before
+    lora_B's output (and with dropout DoRA's base output) exist; combining, `(m/‖W‖ − 1) · base + m/‖W‖ · lora ·
+    scaling` holds three T × out products beside them, two in a checkpointed block's recompute (which stops once
+    `m/‖W‖ · lora`, the last product saving a tensor, exists). Traced (tests/test_dora.py)."""
+    assert setup.lora is not None
+    ab = dtype_bytes(adapter_dtype(setup))
+    inputs, outputs = linear.in_features, linear.out_features
+    dropout = setup.lora.dropout > 0
+    copy = 0 if dropout else _weight_copy_bytes(linear, setup)
+    held = ab * (inputs * inputs + inputs * setup.lora.rank + outputs * inputs) + copy
+    not_yet = tokens * outputs * ab * (2 if dropout else 1)
+    norm = held + 2 * outputs * inputs * ab - not_yet
+    combine = held + (2 if recomputed else 3) * tokens * outputs * ab
+    return max(norm, combine)
