@@ -208,6 +208,7 @@ class TrainWorkloadFields(_Strict):
     epochs: float = Field(strict=True, gt=0)
     attention: str
     lora_dropout: float = Field(strict=True, ge=0, lt=1)
+    dora: bool = Field(strict=True, default=False)  # absent before fit took --dora
 
 
 class ServeWorkloadFields(_Strict):
@@ -331,6 +332,7 @@ class PlanFields(_Strict):
                       ("train.attention", self.train.attention, "attention")]  # fmt: skip
             if self.train.lora is not None:
                 pairs.append(("train.lora.dropout", self.train.lora.dropout, "lora_dropout"))
+                pairs.append(("train.lora.dora", self.train.lora.dora, "dora"))
         if self.serve is not None:
             pairs.append(("serve.context", self.serve.context, "context"))
         for name, value, key in pairs:

@@ -141,3 +141,80 @@ def test_estimate_takes_dora_and_refuses_it_without_adapters() -> None:
     assert refused.returncode != 0
     assert "--dora decomposes LoRA adapters" in refused.stdout + refused.stderr
     assert "Traceback" not in refused.stdout + refused.stderr
+
+
+def test_fit_plans_dora_and_the_plan_file_carries_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    plan = tmp_path / "plan.yaml"
+    fit = _cli("fit", LLAMA, "--gpus", "rtx4090", "--dora", "-o", str(plan))
+    assert fit.returncode == 0, fit.stderr
+    assert "DoRA r16" in fit.stdout
+    text = plan.read_text()
+    assert "dora: true" in text  # the set-up's adapters and the workload
+    check = _cli("estimate", str(plan))
+    assert check.returncode == 0, check.stderr
+    assert "matches the plan file's prediction" in check.stdout
+    without = _cli("fit", LLAMA, "--gpus", "rtx4090", "--json")
+    with_dora = _cli("fit", LLAMA, "--gpus", "rtx4090", "--dora", "--json")
+    assert (
+        json.loads(with_dora.stdout)["best"]["tokens_per_s"]
+        < json.loads(without.stdout)["best"]["tokens_per_s"]
+    )
+
+
+def test_a_plan_file_whose_workload_and_adapters_disagree_on_dora_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    plan = tmp_path / "plan.yaml"
+    assert _cli("fit", LLAMA, "--gpus", "rtx4090", "--dora", "-o", str(plan)).returncode == 0
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(plan.read_text().replace("  dora: true\n", "  dora: false\n", 1))
+    result = _cli("estimate", str(edited))
+    assert result.returncode != 0
+    assert "dora" in result.stdout + result.stderr and "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--method", "full"), "--dora decomposes LoRA adapters"),
+        (("--method", "full,lora"), "includes full fine-tuning"),
+    ],
+)
+def test_fit_refuses_dora_beside_full_fine_tuning(args: tuple[str, ...], says: str) -> None:
+    result = _cli("fit", LLAMA, "--gpus", "rtx4090", "--dora", *args)
+    assert result.returncode != 0
+    assert says in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_dora_on_fused_moe_experts_is_refused_and_attention_targets_are_not() -> None:
+    refused = _cli("estimate", "Qwen/Qwen3-30B-A3B", "--method", "lora", "--targets", "all-linear", "--dora",
+                   "--gpus", "8xh100")  # fmt: skip
+    assert refused.returncode != 0
+    assert "fused MoE parameters" in refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stdout + refused.stderr
+    allowed = _cli("estimate", "Qwen/Qwen3-30B-A3B", "--method", "lora", "--targets", "q_proj,v_proj", "--dora",
+                   "--gpus", "8xh100")  # fmt: skip
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_dora_costs_time_its_weight_rebuild_and_with_dropout_a_second_base_matmul() -> None:
+    from swiftplan.planner.hardware import parse_cluster
+    from swiftplan.planner.speed import train_flops_per_token, train_speed
+
+    spec = catalog_spec(LLAMA)
+    cluster = parse_cluster("h100")
+    lora, dora = (
+        _setup(adapter="fp32", dropout=0.0, seq=2048, dora=False),
+        _setup(adapter="fp32", dropout=0.0, seq=2048),
+    )
+    dropped = _setup(adapter="fp32", dropout=0.05, seq=2048)
+    # no matmul of its own per token without dropout (the magnitudes, counted with the adapters, add 0.03 %)
+    assert train_flops_per_token(spec, dora) == pytest.approx(train_flops_per_token(spec, lora), rel=1e-3)
+    # forward and the frozen input gradient each multiply by every wrapped weight once more
+    wrapped = sum(lin.params for i in range(spec.num_layers) for lin in dora_linears(spec, dropped, i))
+    assert train_flops_per_token(spec, dropped) == pytest.approx(
+        train_flops_per_token(spec, dora) + 2 * 2 * wrapped, rel=1e-6
+    )
+    plain = train_speed(spec, lora, cluster, trainable_params=1)
+    rebuilt = train_speed(spec, dora, cluster, trainable_params=1)
+    assert "dora" not in plain.breakdown_s and rebuilt.breakdown_s["dora"] > 0
+    assert rebuilt.step_time_s == pytest.approx(plain.step_time_s + rebuilt.breakdown_s["dora"], rel=1e-3)

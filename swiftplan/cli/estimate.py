@@ -28,6 +28,7 @@ from swiftplan.cli.options import (
     AdapterDtypeOpt,
     CkptEveryOpt,
     CkptPositionOpt,
+    DoraOpt,
     DsAutoBucketsOpt,
     DsBucketsOpt,
     DsOverlapCommOpt,
@@ -261,13 +262,6 @@ RankOpt = Annotated[int, _opt("--rank", help="LoRA rank.")]
 TargetsOpt = Annotated[str, _opt("--targets", help="Comma-separated module names, or all-linear.")]
 DropoutOpt = Annotated[
     float, _opt("--lora-dropout", help="LoRA dropout (adds a mask and a copy per target).")
-]
-DoraOpt = Annotated[
-    bool,
-    _opt(
-        "--dora",
-        help="DoRA (peft use_dora): a magnitude per target and the adapted weight rebuilt each forward.",
-    ),
 ]
 OptimizerOpt = Annotated[
     str, _opt("--optimizer", help="adamw | adamw-8bit | paged-adamw-8bit | sgd | adafactor")

@@ -36,6 +36,7 @@ from swiftplan.cli.options import (
     AdapterDtypeOpt,
     CkptEveryOpt,
     CkptPositionOpt,
+    DoraOpt,
     DsAutoBucketsOpt,
     DsBucketsOpt,
     DsOverlapCommOpt,
@@ -373,6 +374,7 @@ def fit_request(**options: Any) -> Any:
         runtime=options["runtime"], runtime_options=_runtime_options(task, options),
         training=training, objective_pins=objective_pins(options.get("typed", ())),
         eager=options["enforce_eager"], vision=build_vision_inputs(options, serving=task == "serve"),
+        dora=options["dora"],
         typed=frozenset(options.get("typed", ())),
     )  # fmt: skip
 
@@ -414,6 +416,7 @@ def fit_command(
     method: MethodOpt = None,
     rank: RankOpt = None,
     targets: TargetsOpt = None,
+    dora: DoraOpt = False,
     quant: QuantOpt = None,
     no_quant: NoQuantOpt = False,
     precision: PrecisionOpt = None,
@@ -531,7 +534,7 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
         raise typer.Exit(1)
 
 
-_TRAIN_ONLY = ("method", "rank", "targets", "precision", "optimizer", "grad_ckpt", "zero", "max_offload", "pp", "dp",
+_TRAIN_ONLY = ("method", "rank", "targets", "dora", "precision", "optimizer", "grad_ckpt", "zero", "max_offload", "pp", "dp",
                "batch", "dataset_tokens", "data", "lengths", "loss", "loss_chunks", "loss_chunk_tokens", "optimizer_impl",
                "modules_to_save", "optimizer_in_backward", "fsdp", "fsdp_sharding", "fsdp_shard_group",
                "ds_buckets", "reduce_bucket_elements", "prefetch_bucket_elements", "max_live_parameters", "ds_auto_buckets", "ds_overlap_comm", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8",
@@ -561,7 +564,7 @@ def _check_options(options: dict[str, Any]) -> None:
     if serving:
         refuse_objective_for_serving(options.get("typed", ()))
     for name in _SERVE_ONLY if not serving else _TRAIN_ONLY:
-        if options[name] is not None:
+        if options[name] not in (None, False):  # False: a switch left off (--dora)
             flag = "--" + name.replace("_", "-")
             task = "--task serve" if not serving else "training (--task sft)"
             raise SwiftplanError(f"{flag} only applies to {task}; it would be ignored here.",

@@ -275,6 +275,14 @@ def build_serve_setup(
     return setup
 
 
+DoraOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dora",
+        help="DoRA (peft use_dora): a magnitude per target and the adapted weight rebuilt each forward.",
+    ),
+]
+
 # --- runtime profile and its knobs (profiles/runtimes/*.yaml; RuntimeKnobs) ---------------------------
 
 RuntimeOpt = Annotated[

@@ -22,11 +22,12 @@ own DoRA (executors/trace.py, `use_dora`).
 
 from __future__ import annotations
 
+from swiftplan.errors import SwiftplanError
 from swiftplan.planner.adapters import is_targeted
 from swiftplan.planner.architecture import Linear, layer_linears
 from swiftplan.planner.dtypes import activation_dtype_bytes, adapter_dtype, dtype_bytes, module_dtype
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.setup import LoraSetup, TrainSetup
 
 
 def dora_linears(spec: ModelSpec, setup: TrainSetup, layer: int) -> tuple[Linear, ...]:
@@ -39,6 +40,24 @@ def dora_linears(spec: ModelSpec, setup: TrainSetup, layer: int) -> tuple[Linear
         for linear in layer_linears(spec, layer)
         if linear.kind == "linear" and is_targeted(linear, lora, spec.model_type)
     )
+
+
+def check_dora(spec: ModelSpec, lora: LoraSetup, flag: str = "--dora") -> None:
+    """DoRA wraps nn.Linears only: peft's ParamWrapper, which takes LoRA onto fused MoE experts and routers, raises
+    "lora.ParamWrapper does not work with use_dora=True" (peft 0.21.2 tuners/lora/layer.py:2371-2372), so a DoRA set-up
+    whose targets reach them is refused with what would run."""
+    if not lora.dora:
+        return
+    layers = range(spec.num_layers)
+    fused = sorted({lin.name for i in layers for lin in layer_linears(spec, i)
+                    if lin.kind != "linear" and is_targeted(lin, lora, spec.model_type)})  # fmt: skip
+    if fused:
+        raise SwiftplanError(
+            f"{flag}: peft cannot put DoRA on {spec.name}'s fused MoE parameters ({', '.join(fused)}), which "
+            f"{'all-linear' if lora.all_linear else 'these targets'} reach: its ParamWrapper raises 'does not work "
+            "with use_dora=True' (peft 0.21.2 tuners/lora/layer.py).",
+            hint="Target the attention projections (--targets attention) with --dora, or leave --dora out.",
+        )
 
 
 def dora_saved_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int) -> int:
@@ -101,3 +120,31 @@ def dora_forward_bytes(linear: Linear, setup: TrainSetup, tokens: int, *, recomp
     norm = held + 2 * outputs * inputs * ab - not_yet
     combine = held + (2 if recomputed else 3) * tokens * outputs * ab
     return max(norm, combine)
+
+
+def dora_base_params(spec: ModelSpec, setup: TrainSetup) -> int:
+    """Base weights of the DoRA-wrapped Linears per token path (all blocks): with dropout DoRA multiplies the dropped
+    input by each of them again (`F.linear(x, weight)`) and backward takes that product's input gradient, so a token
+    costs 2 × this many more FLOPs forward and again backward; 0 without dropout (DoRA reuses the base output)."""
+    if setup.lora is None or setup.lora.dropout == 0:
+        return 0
+    return sum(
+        linear.in_features * linear.out_features
+        for layer in range(spec.num_layers)
+        for linear in dora_linears(spec, setup, layer)
+    )
+
+
+def dora_rebuild_traffic_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
+    """Memory traffic of rebuilding every DoRA Linear's adapted weight once (each forward, and each recompute with
+    checkpointing), whatever the tokens: the identity written and read (in² each), and over out × in elements the LoRA
+    weight written, the base weight read and written in the adapters' dtype, the scale read and written, the sum's two
+    reads and one write and the norm's read (eight adapters-dtype passes and one read of the stored weight)."""
+    ab = dtype_bytes(adapter_dtype(setup))
+    stored = dtype_bytes(module_dtype(setup))
+    total = 0
+    for layer in range(spec.num_layers):
+        for linear in dora_linears(spec, setup, layer):
+            inputs, outputs = linear.in_features, linear.out_features
+            total += 2 * inputs * inputs * ab + outputs * inputs * (8 * ab + stored)
+    return total

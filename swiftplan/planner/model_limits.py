@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.adapters import targeted_linears
+from swiftplan.planner.dora import check_dora
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.pins import attention_targets
 from swiftplan.planner.setup import ALL_LINEAR, LoraSetup, ServeSetup, TrainSetup
@@ -83,6 +84,7 @@ def check_setup(
         targets = None if setup.lora.all_linear else (",".join(setup.lora.targets),)
         try:
             check_rank(spec, setup.lora.rank, targets)
+            check_dora(spec, setup.lora)
         except SwiftplanError as error:
             raise SwiftplanError(prefix + error.message, hint=error.hint) from error
     return () if problem is None else (f"warning: {prefix}{problem}",)

@@ -19,6 +19,7 @@ from swiftplan.planner.adapters import adapter_params
 from swiftplan.planner.architecture import linear_modules, matmul_params_per_token, total_params
 from swiftplan.planner.calibration import constant
 from swiftplan.planner.comm_speed import HALF_BYTES, TrainComm, exposed_comm_s, ring_all_reduce_s, train_comm
+from swiftplan.planner.dora import dora_base_params, dora_rebuild_traffic_bytes
 from swiftplan.planner.dtypes import adapter_dtype, compute_dtype, dtype_bytes
 from swiftplan.planner.hardware import FALLBACK_PCIE_BYTES_PER_S
 from swiftplan.planner.model_spec import ModelSpec
@@ -126,9 +127,10 @@ def _forward_backward_flops_per_token(spec: ModelSpec, setup: TrainSetup) -> tup
     if setup.trains_adapters:
         assert setup.lora is not None
         lora = FLOPS_PER_MAC * adapter_params(spec, setup.lora)
-        backward = BACKWARD_PER_FORWARD_FROZEN * base + BACKWARD_PER_FORWARD_TRAINED * attn
+        dora = FLOPS_PER_MAC * dora_base_params(spec, setup)  # DoRA's second base matmul under dropout
+        backward = BACKWARD_PER_FORWARD_FROZEN * (base + dora) + BACKWARD_PER_FORWARD_TRAINED * attn
         backward += BACKWARD_PER_FORWARD_TRAINED * lora
-        forward += lora
+        forward += lora + dora
     else:
         backward = BACKWARD_PER_FORWARD_TRAINED * base + BACKWARD_PER_FORWARD_TRAINED * attn
     return forward, backward
@@ -198,6 +200,16 @@ def _dequant_s(spec: ModelSpec, setup: TrainSetup, acc: Accelerator) -> float:
     )
 
 
+def _dora_s(spec: ModelSpec, setup: TrainSetup, acc: Accelerator) -> float:
+    """DoRA's weight rebuild per step: its traffic (`dora.dora_rebuild_traffic_bytes`) in every forward and every
+    recompute, at the device's bandwidth; elementwise kernels before each GEMM, they add."""
+    traffic = dora_rebuild_traffic_bytes(spec, setup)
+    if not traffic:
+        return 0.0
+    passes = 1 + (1 if setup.grad_ckpt else 0)
+    return setup.grad_accum * passes * traffic / (_bandwidth(acc) * setup.parallel.tp * setup.parallel.pp)
+
+
 def _tp_comm_s(spec: ModelSpec, setup: TrainSetup, cluster: Cluster) -> float:
     """Tensor-parallel all-reduce seconds per step counted as exposed: 4 per layer per micro-step over the
     intra-node link, times TP_EXPOSED_FRACTION."""
@@ -260,6 +272,7 @@ def _bubble_s(body_s: float, setup: TrainSetup) -> float:
 _BOUND_OF_PART = {
     "compute": "compute",
     "dequant": "memory",
+    "dora": "memory",
     "comm": "network",
     "offload": "pcie",
     "bubble": "compute",
@@ -284,8 +297,9 @@ def train_speed(
     mfu = training_mfu(acc, tokens_per_micro_batch=tokens, params=matmul_params_per_token(spec))
     compute_s = _compute_s(spec, setup, acc, mfu)
     dequant_s = _dequant_s(spec, setup, acc)
-    # bitsandbytes dequantises each weight in its own kernel before the GEMM: it adds, it does not overlap.
-    body = compute_s + dequant_s
+    dora_s = _dora_s(spec, setup, acc)
+    # bitsandbytes dequantises each weight in its own kernel before the GEMM, as DoRA rebuilds its weights: they add
+    body = compute_s + dequant_s + dora_s
     comm = train_comm_of(spec, setup, cluster, trainable_params=trainable_params, world_size=world_size)
     parts = {
         "compute": compute_s,
@@ -298,6 +312,8 @@ def train_speed(
         ),
         "bubble": _bubble_s(body, setup),
     }
+    if dora_s:
+        parts["dora"] = dora_s
     step_s = body + parts["bubble"] + parts["comm"] + parts["offload"]
     return TrainSpeed(
         tokens_per_s=_tokens_per_rank(setup) * dp / step_s,

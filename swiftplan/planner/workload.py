@@ -29,6 +29,8 @@ class TrainWorkload:
     """Attention kernel."""
     lora_dropout: float = 0.05
     """LoRA dropout (changes activation memory)."""
+    dora: bool = False
+    """Every candidate's adapters are DoRA (planner/dora.py)."""
     variable_lengths: bool = False
     """The samples differ in length and are not packed (fit --data/--lengths without --packing): padded batches
     (RuntimeKnobs.padding) give SDPA a mask (planner/padding.py)."""

@@ -11,6 +11,7 @@ from typing import Any
 from swiftplan.planner.search.candidate import Candidate, ServeCandidate
 from swiftplan.planner.search.evaluate import Evaluation
 from swiftplan.planner.search.optimize import FamilyOutcome, SearchResult
+from swiftplan.planner.setup import TrainSetup
 from swiftplan.units import GiB, format_duration, format_gib, format_usd
 
 _SIMPLER = (
@@ -57,7 +58,9 @@ def candidate_summary(evaluation: Evaluation) -> str:
         weights = c.dtype if c.quant == "none" else c.quant
         return f"{weights} weights · KV {c.kv_dtype} · TP{c.tp}×{replicas} · {c.concurrency} seqs"
     accum = evaluation.estimate.setup.grad_accum if evaluation.estimate else 1  # type: ignore[union-attr]
-    parts = [c.family + (f" r{c.rank}" if c.method != "full" else "")]
+    setup = evaluation.estimate.setup if evaluation.estimate else None
+    dora = " DoRA" if isinstance(setup, TrainSetup) and setup.lora is not None and setup.lora.dora else ""
+    parts = [c.family + dora + (f" r{c.rank}" if c.method != "full" else "")]
     if c.quant != "none":
         parts.append(quant_label(c))
     parts.append(f"{c.precision} {c.optimizer}")
@@ -298,6 +301,8 @@ def fit_command_line(request: FitRequest) -> str:
     args += _pin_args(request.pins) + _field_args(request, default, _FIT_FLAGS)
     if request.eager:
         args.append("--enforce-eager")
+    if request.dora:
+        args.append("--dora")
     if request.host_ram_bytes is not None:
         args += ["--host-ram", _gib_text(request.host_ram_bytes)]
     args += _runtime_args(request.runtime_options) + vision_args(vision_options(request.vision))

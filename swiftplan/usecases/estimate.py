@@ -236,6 +236,7 @@ def plan_for_setup(
         workload = workload or TrainWorkload(
             seq_len=setup.seq_len, global_batch=setup.micro_batch * setup.grad_accum * layout.dp,
             attention=setup.attention, lora_dropout=setup.lora.dropout if setup.lora else 0.05,
+            dora=setup.lora.dora if setup.lora else False,
             variable_lengths=setup.variable_lengths, runtime=setup.runtime, objective=setup.objective,
         )  # fmt: skip
     hardware = replace(layout, gpus=gpus).sub_cluster(cluster) if task == "train" else cluster

@@ -123,6 +123,8 @@ class FitRequest:
     vision: VisionInputs | None = None
     """Vision-language models: each sequence's images/video (and, training, whether the tower and aligner train);
     every candidate is planned with them. None = text only."""
+    dora: bool = False
+    """Training: every candidate's adapters are DoRA (--dora): LoRA and QLoRA only."""
     typed: frozenset[str] = frozenset()
     """The options the user typed (their parameter names): a typed --global-batch or --num-generations is kept as
     given, a default may be rounded to what the cluster splits."""
@@ -347,7 +349,7 @@ def _workload(
             notes.append(note)
     return TrainWorkload(seq_len=seq, global_batch=request.global_batch, dataset_tokens=tokens,
                          dataset_image_tokens=image_tokens, epochs=request.epochs, attention=request.attention,
-                         variable_lengths=request.samples_vary, vision=request.vision)  # fmt: skip
+                         variable_lengths=request.samples_vary, vision=request.vision, dora=request.dora)  # fmt: skip
 
 
 def _vision_note(spec: ModelSpec, vision: VisionInputs, *, serving: bool) -> str:
@@ -484,13 +486,31 @@ def _short_data_note(lengths: LengthStats, request: FitRequest) -> str | None:
     )
 
 
-def _check_targets(spec: ModelSpec, pins: Pins) -> None:
+def _check_targets(spec: ModelSpec, pins: Pins, *, dora: bool = False) -> None:
     from swiftplan.planner.adapters import validate_targets
+    from swiftplan.planner.dora import check_dora
     from swiftplan.planner.setup import LoraSetup
 
     for key in pins.targets or ():
         if key not in ("all-linear", "attention"):
             validate_targets(spec, LoraSetup(targets=tuple(key.split(","))))
+    for key in pins.targets or ("all-linear",):
+        if key != "attention":
+            check_dora(spec, LoraSetup(targets=tuple(key.split(",")), dora=dora))
+
+
+def _dora_methods(request: FitRequest) -> FitRequest:
+    """--dora trains DoRA adapters: the search keeps LoRA and QLoRA; a pinned full fine-tune is refused."""
+    if not request.dora:
+        return request
+    methods = request.pins.methods
+    if methods is not None and "full" in methods:
+        raise SwiftplanError(
+            f"--dora decomposes LoRA adapters, and --method {','.join(methods)} includes full fine-tuning, which "
+            "trains no adapters.",
+            hint="Pin --method lora or qlora (or leave --method out) with --dora.",
+        )
+    return replace(request, pins=replace(request.pins, methods=methods or ("lora", "qlora")))
 
 
 def _check_against_model(request: FitRequest, spec: ModelSpec) -> FitRequest:
@@ -524,7 +544,8 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
         _check_rollout_lengths(request)
         request = _split_default_batch(request, training_world_size(request.training, searched), notes)
         request = _rollout_batch(request, notes)
-        _check_targets(spec, request.pins)
+        _check_targets(spec, request.pins, dora=request.dora)
+        request = _dora_methods(request)
         request = _check_against_model(request, spec)
         from swiftplan.planner.capabilities import check
 

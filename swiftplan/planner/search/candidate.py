@@ -84,7 +84,10 @@ class Candidate:
         lora = None
         if self.method != "full":
             lora = LoraSetup(
-                rank=self.rank, targets=self.targets or (ALL_LINEAR,), dropout=workload.lora_dropout
+                rank=self.rank,
+                targets=self.targets or (ALL_LINEAR,),
+                dropout=workload.lora_dropout,
+                dora=workload.dora,
             )
         return TrainSetup(
             method=self.method,
