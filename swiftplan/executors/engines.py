@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.engines import engine_reasons, get_engine, serve_requirements, train_requirements
+from swiftplan.planner.engines import (
+    engine_reasons,
+    engines_that_run,
+    get_engine,
+    serve_requirements,
+    train_requirements,
+)
 from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import ServeSetup, TrainSetup
 
@@ -58,9 +64,13 @@ def require_runnable(engine_name: str, plan: Plan) -> None:
     else:
         needs = train_requirements(plan.setup, backend=backend, gpus=plan.layout.gpus)
     if reasons := engine_reasons(engine, needs):
+        others = [e.name for e in engines_that_run(needs, plan.task) if e.name != engine.name]
+        replan = f"swiftplan fit ... --engine {engine.name} never returns such a plan"
         raise SwiftplanError(
             f"{engine.label} cannot run this plan: {' '.join(reasons)}",
-            hint=f"Re-plan for it: swiftplan fit ... --engine {engine.name} never returns such a plan.",
+            hint=f"Engines that can run it: {', '.join(others)} (--engine NAME); or re-plan for {engine.name}: {replan}."
+            if others
+            else f"Re-plan for it: {replan}.",
         )
 
 

@@ -297,7 +297,7 @@ def _workload(
                 "weights searched in 16-bit or fp8; pass --quant none,fp8,int8,nf4 to allow bitsandbytes formats."
             )
         if request.vision is not None:
-            notes.append(_vision_note(spec, request.vision, serving=True))
+            notes.append(vision_note(spec, request.vision, serving=True))
         return ServeWorkload(context=request.context, concurrency=request.concurrency, ttft_s=request.ttft_s,
                              decode_tps=request.decode_tps, gpu_memory_utilization=request.gpu_memory_utilization,
                              eager=request.eager, vision=request.vision)  # fmt: skip
@@ -333,7 +333,7 @@ def _workload(
         f"{request.global_batch} × {seq} tokens; host RAM for offload {format_gib(host[0], 0)} per node ({host[1]})."
     )
     if request.vision is not None:
-        notes.append(_vision_note(spec, request.vision, serving=False))
+        notes.append(vision_note(spec, request.vision, serving=False))
     if lengths is not None:
         notes.append(
             describe(lengths, request.packing, request.global_batch, padded_to_seq=padding == "max_length")
@@ -352,7 +352,7 @@ def _workload(
                          variable_lengths=request.samples_vary, vision=request.vision, dora=request.dora)  # fmt: skip
 
 
-def _vision_note(spec: ModelSpec, vision: VisionInputs, *, serving: bool) -> str:
+def vision_note(spec: ModelSpec, vision: VisionInputs, *, serving: bool) -> str:
     """What the images add to every candidate: the tokens per sequence (by the processor's rule) and the tower."""
     from swiftplan.planner.vision import require_vision_tower
     from swiftplan.planner.vision_tokens import visual_tokens
@@ -370,7 +370,7 @@ def _vision_note(spec: ModelSpec, vision: VisionInputs, *, serving: bool) -> str
             f"({', '.join(trained) + ' trained' if trained else 'frozen'}) are in every plan's memory and speed.")  # fmt: skip
 
 
-def _check_vision(request: FitRequest, spec: ModelSpec) -> None:
+def check_vision(request: FitRequest, spec: ModelSpec) -> None:
     """Image options need a vision-language model (planner/vision.py's one message for a text-only model) and,
     for training, supervised fine-tuning: refused before the search, so they never read as "nothing fits"."""
     if request.vision is None:
@@ -533,7 +533,7 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     _check_request(request)
     model = inputs.model_reference(request.model)
     spec = inputs.resolve_model(model)
-    _check_vision(request, spec)
+    check_vision(request, spec)
     offered_cluster = cluster or inputs.resolve_cluster(request.gpus)
     notes = [f"cluster note: {n}" for n in offered_cluster.notes]
     engine, runtime = choose_runtime_engine(request, offered_cluster, notes)

@@ -32,9 +32,8 @@ from swiftplan.planner.vision_tokens import language_tokens
 from swiftplan.planner.workload import TrainWorkload
 from swiftplan.units import GiB
 from swiftplan.usecases import inputs
-from swiftplan.usecases.fit import FitRequest
-from swiftplan.usecases.fit import _check_vision as check_fit_vision  # fit's one refusal of image options
-from swiftplan.usecases.fit import _vision_note as vision_note  # fit's one sentence on what the images add
+from swiftplan.usecases.fit import FitRequest, vision_note
+from swiftplan.usecases.fit import check_vision as check_fit_vision
 
 SizeTask = Literal["train", "serve"]
 DATASET_TOKENS_ASSUMED = "assumed (pass --dataset-tokens)"
