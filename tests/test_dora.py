@@ -218,3 +218,15 @@ def test_dora_costs_time_its_weight_rebuild_and_with_dropout_a_second_base_matmu
     rebuilt = train_speed(spec, dora, cluster, trainable_params=1)
     assert "dora" not in plain.breakdown_s and rebuilt.breakdown_s["dora"] > 0
     assert rebuilt.step_time_s == pytest.approx(plain.step_time_s + rebuilt.breakdown_s["dora"], rel=1e-3)
+
+
+def test_size_sizes_dora_and_its_next_fit_keeps_it() -> None:
+    args = ("size", LLAMA, "--dataset-tokens", "10M", "--accelerators", "rtx4090,h100-sxm", "--json")
+    plain, dora = _cli(*args), _cli(*args, "--dora")
+    assert plain.returncode == 0 and dora.returncode == 0, dora.stderr
+    sized = json.loads(dora.stdout)
+    assert sized["workload"]["dora"] is True and "--dora" in sized["next"]
+    refused = _cli("size", LLAMA, "--dora", "--method", "full")
+    assert refused.returncode != 0 and "includes full fine-tuning" in refused.stdout + refused.stderr
+    moe = _cli("size", "Qwen/Qwen3-30B-A3B", "--dora")
+    assert moe.returncode != 0 and "fused MoE parameters" in moe.stdout + moe.stderr

@@ -34,6 +34,7 @@ from swiftplan.cli.options import (
     AdapterDtypeOpt,
     CkptEveryOpt,
     CkptPositionOpt,
+    DoraOpt,
     DsAutoBucketsOpt,
     DsBucketsOpt,
     DsOverlapCommOpt,
@@ -304,7 +305,7 @@ def _check_outputs(*, top: int, as_json: bool, csv_path: str | None, plot: str |
         raise SwiftplanError(f"--top must be at least 1, got {top}.")
 
 
-_TRAIN_ONLY = ("method", "rank", "dataset_tokens", "epochs", "seq", "global_batch", "deadline", "host_ram",
+_TRAIN_ONLY = ("method", "rank", "dora", "dataset_tokens", "epochs", "seq", "global_batch", "deadline", "host_ram",
                "attention", "network_gbps")  # fmt: skip
 """size options only training reads: --task serve refuses them when typed."""
 _SERVE_ONLY = ("context", "concurrency", "request_rate", "prompt_tokens", "output_tokens", "ttft", "decode_tps",
@@ -361,6 +362,7 @@ def size_request(**options: Any) -> Any:
         headroom=o["headroom"], host_ram_bytes=int(o["host_ram"] * GiB),
         runtime=o["runtime"], runtime_options=_runtime_options(serving, o, o.get("memory_fraction_typed", False)),
         training=training, eager=o["enforce_eager"], vision=build_vision_inputs(o, serving=serving),
+        dora=o["dora"],
     )  # fmt: skip
 
 
@@ -429,6 +431,7 @@ def size_command(
     quant: QuantOpt = None,
     no_quant: NoQuantOpt = False,
     rank: RankOpt = None,
+    dora: DoraOpt = False,
     dataset_tokens: TokensOpt = None,
     epochs: EpochsOpt = 1.0,
     seq: SeqOpt = 2048,

@@ -56,8 +56,21 @@ def check_dora(spec: ModelSpec, lora: LoraSetup, flag: str = "--dora") -> None:
             f"{flag}: peft cannot put DoRA on {spec.name}'s fused MoE parameters ({', '.join(fused)}), which "
             f"{'all-linear' if lora.all_linear else 'these targets'} reach: its ParamWrapper raises 'does not work "
             "with use_dora=True' (peft 0.21.2 tuners/lora/layer.py).",
-            hint="Target the attention projections (--targets attention) with --dora, or leave --dora out.",
+            hint="Adapt the attention projections only (--targets attention on fit, estimate and verify) with --dora, "
+            "or leave --dora out.",
         )
+
+
+def dora_methods(methods: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The methods a search with DoRA adapters keeps (fit and size --dora): LoRA and QLoRA, or the pinned ones; a pin
+    that includes full fine-tuning, which trains no adapters, is refused."""
+    if methods is not None and "full" in methods:
+        raise SwiftplanError(
+            f"--dora decomposes LoRA adapters, and --method {','.join(methods)} includes full fine-tuning, which "
+            "trains no adapters.",
+            hint="Pin --method lora or qlora (or leave --method out) with --dora.",
+        )
+    return methods or ("lora", "qlora")
 
 
 def dora_saved_bytes(spec: ModelSpec, setup: TrainSetup, layer: int, tokens: int) -> int:

@@ -500,17 +500,12 @@ def _check_targets(spec: ModelSpec, pins: Pins, *, dora: bool = False) -> None:
 
 
 def _dora_methods(request: FitRequest) -> FitRequest:
-    """--dora trains DoRA adapters: the search keeps LoRA and QLoRA; a pinned full fine-tune is refused."""
+    """--dora trains DoRA adapters: the search keeps LoRA and QLoRA (planner/dora.dora_methods)."""
     if not request.dora:
         return request
-    methods = request.pins.methods
-    if methods is not None and "full" in methods:
-        raise SwiftplanError(
-            f"--dora decomposes LoRA adapters, and --method {','.join(methods)} includes full fine-tuning, which "
-            "trains no adapters.",
-            hint="Pin --method lora or qlora (or leave --method out) with --dora.",
-        )
-    return replace(request, pins=replace(request.pins, methods=methods or ("lora", "qlora")))
+    from swiftplan.planner.dora import dora_methods
+
+    return replace(request, pins=replace(request.pins, methods=dora_methods(request.pins.methods)))
 
 
 def _check_against_model(request: FitRequest, spec: ModelSpec) -> FitRequest:

@@ -114,6 +114,8 @@ class SizeRequest:
     vision: VisionInputs | None = None
     """Vision-language models: each sequence's (serving: request's) images/video and, training, whether the tower
     and aligner train; every cluster is sized with them, as fit plans them. None = text only."""
+    dora: bool = False
+    """Training: the adapters are DoRA (--dora): LoRA and QLoRA only."""
 
     def __post_init__(self) -> None:
         self._check_money()
@@ -332,7 +334,7 @@ def _size_training(
     workload = TrainWorkload(
         seq_len=request.seq_len, global_batch=request.global_batch, dataset_tokens=tokens,
         dataset_image_tokens=image_tokens, epochs=request.epochs, attention=request.attention, runtime=knobs,
-        objective=request.training, vision=request.vision,
+        objective=request.training, vision=request.vision, dora=request.dora,
     )  # fmt: skip
     pins = request.pins
     if knobs.fsdp != "none":  # FSDP shards instead of DeepSpeed ZeRO
@@ -348,7 +350,7 @@ def _size_training(
         "dataset_tokens_source": DATASET_TOKENS_ASSUMED if request.dataset_tokens is None else "--dataset-tokens",
         "epochs": request.epochs, "seq_len": request.seq_len, "global_batch": request.global_batch,
         "attention": request.attention, "host_ram_gib_per_node": request.host_ram_bytes / GiB,
-        "runtime": knobs.name, "objective": asdict(request.training), "dataset_image_tokens": image_tokens,
+        "runtime": knobs.name, "objective": asdict(request.training), "dataset_image_tokens": image_tokens, "dora": request.dora,
         "vision": None if request.vision is None else asdict(request.vision),
     }  # fmt: skip
     notes = [runtime.describe()]
@@ -407,7 +409,7 @@ def next_fit(request: SizeRequest, option: Option) -> FitRequest:
         model=model, gpus=gpus, pins=request.pins, dataset_tokens=request.dataset_tokens, epochs=request.epochs,
         global_batch=request.global_batch, seq_len=request.seq_len, attention=request.attention,
         headroom=request.headroom, host_ram_bytes=None if host_ram == inputs.DEFAULT_HOST_RAM_BYTES else host_ram,
-        runtime=runtime, runtime_options=options, training=request.training, vision=request.vision,
+        runtime=runtime, runtime_options=options, training=request.training, vision=request.vision, dora=request.dora,
     )  # fmt: skip
 
 
@@ -420,6 +422,7 @@ def plan_size(request: SizeRequest) -> SizeOutcome:
     spec = inputs.resolve_model(request.model)
     runtime = size_runtime(request)
     _check_vision(request, spec)
+    request = _with_dora(request, spec)
     size = _size_serving if request.task == "serve" else _size_training
     result, workload, notes = size(request, spec, accelerators, limits, prices, runtime)
     ranking = rank(result.options, request.goal, limits)
@@ -438,6 +441,19 @@ IMAGE_TRAIN_RUNTIME = "ms-swift"
 """Jobs with images are sized under ms-swift's defaults unless --runtime says otherwise: swiftplan's own loop
 trains text only, and ms-swift is the first engine that trains on images (planner/engines.py
 IMAGE_TRAIN_ENGINES), the one fit plans them for."""
+
+
+def _with_dora(request: SizeRequest, spec: ModelSpec) -> SizeRequest:
+    """--dora sizes DoRA adapters: LoRA and QLoRA only, and none on fused MoE experts (planner/dora.py)."""
+    if not request.dora:
+        return request
+    from swiftplan.planner.dora import check_dora, dora_methods
+    from swiftplan.planner.setup import LoraSetup
+
+    check_dora(
+        spec, LoraSetup(targets=("all-linear",), dora=True)
+    )  # size adapts all-linear, as fit by default
+    return replace(request, pins=replace(request.pins, methods=dora_methods(request.pins.methods)))
 
 
 def _check_vision(request: SizeRequest, spec: ModelSpec) -> None:
