@@ -230,3 +230,51 @@ def test_size_sizes_dora_and_its_next_fit_keeps_it() -> None:
     assert refused.returncode != 0 and "includes full fine-tuning" in refused.stdout + refused.stderr
     moe = _cli("size", "Qwen/Qwen3-30B-A3B", "--dora")
     assert moe.returncode != 0 and "fused MoE parameters" in moe.stdout + moe.stderr
+
+
+def test_a_dora_plan_trains_on_cpu_with_peft_dora_layers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """swiftplan's own loop runs a DoRA plan as planned: peft's DoRA magnitudes are in the saved adapter, and the
+    loss falls (a tiny Llama from its config, random init, the shipped chat data)."""
+    pytest.importorskip("peft")
+    from safetensors import safe_open
+    from train_support import FIXTURES, cli, train_args, write_plan
+
+    plan = write_plan(
+        tmp_path / "plan.yaml", lora=LoraSetup(rank=8, targets=("all-linear",), dropout=0.0, dora=True)
+    )
+    assert "dora: true" in plan.read_text()
+    result = cli(*train_args(plan, FIXTURES / "chat.jsonl", tmp_path / "run"), "--max-steps", "8", "--lr", "5e-3",
+                 "--lr-scheduler", "constant", "--seed", "7", "--json")  # fmt: skip
+    assert result.exit_code == 0, (result.output, result.exception)
+    report = json.loads(result.output[result.output.index("{") :])
+    losses = report["loss"]["by_step"]
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
+    with safe_open(str(tmp_path / "run" / "final" / "adapter_model.safetensors"), "pt") as saved:
+        magnitudes = [key for key in saved.keys() if "lora_magnitude_vector" in key]  # noqa: SIM118
+    assert magnitudes  # peft's DoRA layers, not plain LoRA
+    config = json.loads((tmp_path / "run" / "final" / "adapter_config.json").read_text())
+    assert config["use_dora"] is True
+
+
+# What each engine's own configuration calls DoRA (the engines' argument names: ms-swift --use_dora, LLaMA-Factory
+# use_dora, TRL's ModelConfig use_dora, axolotl peft_use_dora).
+DORA_SPELLING = {
+    "ms-swift": "--use_dora true",
+    "llamafactory": "use_dora: true",
+    "trl": "use_dora: true",
+    "axolotl": "peft_use_dora: true",
+}
+
+
+@pytest.mark.parametrize("engine", list(DORA_SPELLING))
+def test_each_engine_renders_the_plans_dora(engine: str) -> None:
+    from swiftplan.executors.engines import engine_for
+    from swiftplan.usecases.fit import FitRequest, plan_fit
+
+    plan = plan_fit(
+        FitRequest(model="Qwen/Qwen2.5-7B", gpus="h100", engine=engine, dora=True, compare_engines=False)
+    ).plan
+    assert plan is not None and plan.setup.lora is not None and plan.setup.lora.dora  # type: ignore[union-attr]
+    rendered = engine_for(plan).render(plan)
+    text = " ".join(" ".join(c) for c in rendered.commands) + "\n".join(rendered.files.values())
+    assert DORA_SPELLING[engine] in text
