@@ -195,7 +195,7 @@ if TYPE_CHECKING:  # the fit use case's request, named in the signatures below
 
     from swiftplan.planner.search.pins import Pins
     from swiftplan.planner.vision import VisionInputs
-    from swiftplan.usecases.fit import FitRequest
+    from swiftplan.usecases.fit_request import FitRequest
 
 _FIT_HEAD_FLAGS = {"gpus": "--gpus", "task": "--task", "engine": "--engine", "runtime": "--runtime",
                    "objective": "--objective"}  # fmt: skip

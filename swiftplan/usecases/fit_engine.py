@@ -13,7 +13,7 @@ from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.runtime import DEFAULT_TRAIN_RUNTIME, RuntimeChoice, choose_runtime
 
 if TYPE_CHECKING:
-    from swiftplan.usecases.fit import FitRequest, FitTask
+    from swiftplan.usecases.fit_request import FitRequest, FitTask
 
 
 def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str]) -> tuple[Engine, RuntimeChoice | None]:  # fmt: skip

@@ -32,8 +32,9 @@ from swiftplan.planner.vision_tokens import language_tokens
 from swiftplan.planner.workload import TrainWorkload
 from swiftplan.units import GiB
 from swiftplan.usecases import inputs
-from swiftplan.usecases.fit import FitRequest, vision_note
-from swiftplan.usecases.fit import check_vision as check_fit_vision
+from swiftplan.usecases.fit_request import FitRequest
+from swiftplan.usecases.fit_vision import check_vision as check_fit_vision
+from swiftplan.usecases.fit_vision import vision_note
 
 SizeTask = Literal["train", "serve"]
 DATASET_TOKENS_ASSUMED = "assumed (pass --dataset-tokens)"
