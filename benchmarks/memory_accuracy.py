@@ -51,6 +51,7 @@ class Case:
                 else ",".join(t.removesuffix("_proj") for t in s.lora.targets)
             )
             lora = f" r{s.lora.rank} {targets}" + (f" drop{s.lora.dropout}" if s.lora.dropout else "")
+            lora += " DoRA" if s.lora.dora else ""
         ckpt = " ckpt" if s.grad_ckpt else ""
         ckpt += f" padded ({s.runtime.padding})" if s.variable_lengths else ""
         objective = ""
@@ -323,6 +324,9 @@ def trl_sft_cases() -> list[Case]:
         # padded batches (planner/padding.py): SDPA gets a mask, k and v come repeated to every query head
         Case("meta-llama/Llama-3.1-8B", t(method="lora", lora=_lora(16), micro_batch=4, seq_len=2048, grad_ckpt=False, variable_lengths=True)),
         Case("Qwen/Qwen2.5-7B-Instruct", t(method="qlora", quant="nf4", lora=_lora(16, ALL), micro_batch=2, seq_len=4096, grad_ckpt=True, variable_lengths=True)),
+        # DoRA (planner/dora.py): the adapted weight rebuilt in every forward, two outputs kept per wrapped Linear
+        Case("meta-llama/Llama-3.1-8B", t(method="lora", lora=replace(_lora(16, ALL, dropout=0.05), dora=True), micro_batch=1, seq_len=2048, grad_ckpt=False)),
+        Case("Qwen/Qwen2.5-7B-Instruct", t(method="qlora", quant="nf4", lora=replace(_lora(16, ALL), dora=True), micro_batch=2, seq_len=2048, grad_ckpt=True)),
     ]  # fmt: skip
 
 

@@ -564,7 +564,9 @@ def _check_options(options: dict[str, Any]) -> None:
     if serving:
         refuse_objective_for_serving(options.get("typed", ()))
     for name in _SERVE_ONLY if not serving else _TRAIN_ONLY:
-        if options[name] not in (None, False):  # False: a switch left off (--dora)
+        if options[name] is not None and not (
+            name == "dora" and not options[name]
+        ):  # --dora left off: untyped
             flag = "--" + name.replace("_", "-")
             task = "--task serve" if not serving else "training (--task sft)"
             raise SwiftplanError(f"{flag} only applies to {task}; it would be ignored here.",
