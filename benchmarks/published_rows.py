@@ -258,11 +258,23 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
         "LLaMA-Factory defaults then (double quantization on, dropout 0.1); eager attention; seq 1024 a cap",
     ),
     "us-01": (
-        {"lora_dropout": 0.0, "grad_ckpt": True, "attention": "flash", "double_quant": False, "kbit_upcast": True},
+        {
+            "lora_dropout": 0.0,
+            "grad_ckpt": True,
+            "attention": "flash",
+            "double_quant": False,
+            "kbit_upcast": True,
+        },
         "HF + FA2 baseline: checkpointing on (no 28k context fits 80 GB without it), dropout 0, no double quant",
     ),
     "us-02": (
-        {"lora_dropout": 0.0, "grad_ckpt": True, "attention": "flash", "double_quant": False, "kbit_upcast": True},
+        {
+            "lora_dropout": 0.0,
+            "grad_ckpt": True,
+            "attention": "flash",
+            "double_quant": False,
+            "kbit_upcast": True,
+        },
         "HF + FA2 baseline: checkpointing on, dropout 0, no double quant",
     ),
     "iss-01": ({}, "seq 1024 is a cutoff (demo data mostly shorter): upper bound"),
@@ -362,7 +374,12 @@ ASSUMPTIONS: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "ms-183": ({}, "self-cognition only, no max_length: 512 tokens taken as the longest sample"),
     "ms-184": ({"loss": "fused_linear"}, "--use_liger_kernel true: Liger fused linear cross-entropy"),
-    "ms-189": ({"dora": True}, "--use_dora true; self-cognition only: 512 tokens taken as the longest"),
+    "ms-189": (
+        {"dora": True},
+        "--use_dora true; self-cognition only: 512 tokens taken as the longest; DoRA modelled as peft 0.21 runs it "
+        "(planner/dora.py); the header dates from ms-swift 3.0 (b40f31df7, 2024-12-05, peft >=0.11,<0.14), whose "
+        "peft 0.13 DoRA always multiplies by a kept copy of the base weight again, which would count more, not less",
+    ),
     "ms-194": (
         {},
         "--tuner_backend unsloth: Unsloth's profile (fused loss); its checkpoint offload is not modelled; "
@@ -887,6 +904,7 @@ def config_summary(expressed: Expressed) -> str:
     if s.lora is not None and s.trains_adapters:
         t = "all-linear" if s.lora.all_linear else ",".join(x.removesuffix("_proj") for x in s.lora.targets)
         lora = f" r{s.lora.rank} {t}" + (f" drop{s.lora.dropout:g}" if s.lora.dropout else "")
+        lora += " DoRA" if s.lora.dora else ""
     quant = (
         f" {s.quant}" + ("+dq" if s.double_quant and s.quant in ("nf4", "fp4") else "")
         if s.quant != "none"
