@@ -1,6 +1,6 @@
 """Image options in `fit`: their refusal before the search (a text-only model, an objective other than SFT)
-and the note saying what the images add to every candidate. `size` shares both (usecases/size.py), so the two
-verbs refuse and describe images alike.
+and the note saying what the images add to every candidate. `size` shares both (size_request, size_runs), so
+the two verbs refuse and describe images alike.
 """
 
 from __future__ import annotations
