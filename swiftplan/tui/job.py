@@ -28,10 +28,15 @@ FORM_DEFAULTS: dict[str, str] = {
     "rank": "",
     "seq": "2048",
     "global_batch": "16",
+    "dora": "no",
     "dataset_tokens": "100M",
     "epochs": "1",
+    "data": "",
+    "lengths": "",
     "context": "4096",
     "concurrency": "auto",
+    "ttft": "",
+    "decode_tps": "",
     "eager": "no",
     "seed": "0",
     "trials": "auto",
@@ -40,6 +45,10 @@ FORM_DEFAULTS: dict[str, str] = {
     "host_ram": "auto",
 }
 """Every form field and its initial text."""
+SERVE_ONLY = ("ttft", "decode_tps")
+"""Fields only a serving search reads (fit's --ttft and --decode-tps): a training job ignores them."""
+TRAIN_ONLY = ("dora", "data", "lengths")
+"""Fields only a training search reads (fit's --dora, --data and --lengths): a serving job ignores them."""
 
 METHOD_CHOICES = ("any", "full", "lora", "qlora", "lora,qlora")
 QUANT_CHOICES = ("any", "none", "nf4", "int8")
@@ -116,6 +125,17 @@ class JobRequest:
     """Fraction of device memory kept free (fit's --headroom)."""
     host_ram_bytes: int | None = None
     """Host RAM per node for offload (fit's --host-ram); None: the probed figure, else 64 GiB."""
+    ttft_s: float | None = None
+    """Serving: largest acceptable time to first token, s (fit's --ttft); None: no target."""
+    decode_tps: float | None = None
+    """Serving: smallest acceptable decode tokens/s per user (fit's --decode-tps); None: no target."""
+    dora: bool = False
+    """Training: the adapters are DoRA (fit's --dora; LoRA and QLoRA only)."""
+    data: str | None = None
+    """Training: a data file to count tokens and per-sample lengths from (fit's --data); it replaces the
+    dataset tokens typed."""
+    lengths: str | None = None
+    """Training: a file of per-sample token lengths, one per line (fit's --lengths)."""
 
 
 def _positive_int(name: str, text: str) -> int:
@@ -142,6 +162,16 @@ def _finite(flag: str, text: str, example: str) -> float:
     if not math.isfinite(value):
         raise SwiftplanError(f"{flag} must be a finite number, got {value}.")
     return value
+
+
+def _optional_finite(flag: str, text: str, example: str) -> float | None:
+    """An optional typed number for `flag` (empty or 'none': not given); its range is the fit use case's check."""
+    return None if text.strip().lower() in ("", "none") else _finite(flag, text, example)
+
+
+def _path(text: str) -> str | None:
+    """A file path as typed (empty: not given); the fit use case reads it and names it when it cannot."""
+    return text.strip() or None
 
 
 def _host_ram_bytes(text: str) -> int | None:
@@ -277,7 +307,19 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
         eager=eager,
         headroom=_finite("--headroom", raw["headroom"], "0.05"),
         host_ram_bytes=_host_ram_bytes(raw["host_ram"]),
+        **_task_fields(raw, task),
     )
+
+
+def _task_fields(raw: Mapping[str, str], task: Literal["train", "serve"]) -> dict[str, Any]:
+    """The JobRequest fields of one task only (`SERVE_ONLY`, `TRAIN_ONLY`), from their text; the other task's
+    are left at their defaults, as the form disables them."""
+    if task == "serve":
+        return {
+            "ttft_s": _optional_finite("--ttft", raw["ttft"], "0.5 (s), or none"),
+            "decode_tps": _optional_finite("--decode-tps", raw["decode_tps"], "20 (tokens/s), or none"),
+        }
+    return {"dora": raw["dora"] == "yes", "data": _path(raw["data"]), "lengths": _path(raw["lengths"])}
 
 
 def model_choices() -> tuple[str, ...]:

@@ -37,7 +37,8 @@ class SearchCancelled(Exception):
 
 def fit_request(job: JobRequest, *, host_ram_bytes: int) -> FitRequest:
     """The fit request the form describes (the same options `swiftplan fit` takes; the runtime, and its
-    overridden knobs for training); `host_ram_bytes` (the probed or default figure) unless the form sets one."""
+    overridden knobs for training); `host_ram_bytes` (the probed or default figure) unless the form sets one.
+    A data or lengths file counts the dataset's tokens, as fit's --data/--lengths do without --dataset-tokens."""
     pins = (
         Pins(methods=job.methods, quants=job.quants, ranks=job.ranks)
         if job.task == "train"
@@ -48,13 +49,15 @@ def fit_request(job: JobRequest, *, host_ram_bytes: int) -> FitRequest:
     if training.rollout is not None:  # a rollout's sequence is prompt + completion, its batch whole prompts
         generations = training.rollout.num_generations
         seq, batch = training.rollout.seq_len, whole_prompts(batch, generations)
+    counted = job.data is not None or job.lengths is not None  # the file's tokens replace the typed count
     return FitRequest(
         model=job.model, gpus="auto", task=job.task, objective=job.objective, pareto=job.pareto, pins=pins,
-        dataset_tokens=job.dataset_tokens, epochs=job.epochs, global_batch=batch, seq_len=seq,
-        context=job.context, concurrency=job.concurrency, headroom=job.headroom,
-        host_ram_bytes=host_ram_bytes if job.host_ram_bytes is None else job.host_ram_bytes,
+        dataset_tokens=None if counted else job.dataset_tokens, data=job.data, lengths=job.lengths,
+        epochs=job.epochs, global_batch=batch, seq_len=seq,
+        context=job.context, concurrency=job.concurrency, ttft_s=job.ttft_s, decode_tps=job.decode_tps,
+        headroom=job.headroom, host_ram_bytes=host_ram_bytes if job.host_ram_bytes is None else job.host_ram_bytes,
         seed=job.seed, trials=job.trials, runtime=job.runtime or None, training=training,
-        runtime_options=dict(job.runtime_options) if job.task == "train" else {}, eager=job.eager,
+        runtime_options=dict(job.runtime_options) if job.task == "train" else {}, eager=job.eager, dora=job.dora,
     )  # fmt: skip
 
 

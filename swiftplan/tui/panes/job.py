@@ -6,7 +6,9 @@ in a collapsed group under the job; picking a training runtime fills them with t
 (looked up in `RUNTIME_KNOBS`, made once from the profiles), and the search plans with the ones the user
 changed over them, as fit's knob flags do. They are training's only: while the task is serve the group
 is closed and disabled and shows the runtime's own values (the user's edits come back with a training
-task), and a knob changed anyway gets the CLI's refusal of knob flags with --task serve."""
+task), and a knob changed anyway gets the CLI's refusal of knob flags with --task serve. The other fields
+one task alone reads (serving's latency targets; training's DoRA and data files) are disabled for the
+other task, keeping their text, and the search ignores them there."""
 
 from __future__ import annotations
 
@@ -24,7 +26,9 @@ from swiftplan.tui.job import (
     METHOD_CHOICES,
     OBJECTIVE_CHOICES,
     QUANT_CHOICES,
+    SERVE_ONLY,
     TASK_CHOICES,
+    TRAIN_ONLY,
     runtime_choices,
     task_runtimes,
 )
@@ -38,6 +42,7 @@ SELECTS = {
     "quant": QUANT_CHOICES,
     "pareto": ("no", "yes"),
     "eager": ("no", "yes"),
+    "dora": ("no", "yes"),
 }
 """Fields chosen from a list; the rest are typed."""
 RUNTIME_KNOBS = {name: runtime_knob_text(name) for name in SELECTS["runtime"]}
@@ -63,19 +68,25 @@ LAYOUT = (
     ("task", "Task", "objective", "Objective"),
     ("runtime", "Runtime", "eager", "Eager decode"),
     ("method", "Method", "quant", "Quantization"),
-    ("rank", "LoRA rank", "pareto", "Pareto front"),
+    ("rank", "LoRA rank", "dora", "DoRA"),
     ("seq", "Sequence len", "global_batch", "Global batch"),
     ("dataset_tokens", "Dataset tokens", "epochs", "Epochs"),
+    ("data", "Data file", "lengths", "Lengths file"),
     ("context", "Serve context", "concurrency", "Concurrency"),
+    ("ttft", "Serve TTFT s", "decode_tps", "Decode tok/s"),
     ("seed", "Seed", "trials", "Trials"),
     ("headroom", "Headroom", "host_ram", "Host RAM GiB"),
+    ("pareto", "Pareto front", "", ""),
 )
 """Rows of (field, label, field, label) under the model field; an empty field leaves its cells blank."""
 HELP = (
     "tab/shift+tab move between fields · enter or ctrl+r searches · esc leaves a field, then 1-5 switch tabs.\n"
-    "Method and quantization limit what the search may choose; LoRA rank auto searches 4-256; dataset tokens "
-    "(50M, 1.5B) only scale time and cost; context, concurrency and eager decode (no CUDA graphs: more KV "
-    "cache, slower small-model steps) are for serving; runtime is the training "
+    "Method and quantization limit what the search may choose; LoRA rank auto searches 4-256; DoRA trains DoRA "
+    "adapters (LoRA and QLoRA only); dataset tokens (50M, 1.5B) only scale time and cost, unless a data file "
+    "(.jsonl/.json/text) or a lengths file (one token count a line) is given: then its samples are counted and "
+    "memory is planned on their longest padded batch; context, concurrency, eager decode (no CUDA graphs: more KV "
+    "cache, slower small-model steps), TTFT (largest time to first token) and decode tokens/s per user (the "
+    "smallest) are for serving; fields the task does not read are greyed out; runtime is the training "
     "framework planned for (its loss, optimizer and engine; profiles/runtimes), or for serve the serving engine "
     "(its decode step cost); picking a training one fills the runtime knobs with its defaults, and each knob is "
     "the CLI flag of the same name (--loss, --fsdp, …)."
@@ -84,6 +95,10 @@ PLACEHOLDERS = {
     "rank": "16 · 8,16,32 · auto",
     "concurrency": "auto",
     "trials": "auto",
+    "ttft": "none · 0.5",
+    "decode_tps": "none · 20",
+    "data": "optional · train.jsonl",
+    "lengths": "optional · lengths.txt",
     "modules_to_save": "none · embed_tokens,lm_head",
 }
 
@@ -123,6 +138,7 @@ class JobPane(VerticalScroll):
             if key == "runtime"
             else SELECTS.get(key) or KNOB_CHOICES.get(key)
         )
+        idle = key in (TRAIN_ONLY if self._serving else SERVE_ONLY)  # a field the task does not read
         if choices is not None:
             return Select(
                 [(choice, choice) for choice in choices],
@@ -130,8 +146,11 @@ class JobPane(VerticalScroll):
                 allow_blank=False,
                 compact=True,
                 id=f"job-{key}",
+                disabled=idle,
             )
-        return Input(initial, placeholder=PLACEHOLDERS.get(key, ""), compact=True, id=f"job-{key}")
+        return Input(
+            initial, placeholder=PLACEHOLDERS.get(key, ""), compact=True, id=f"job-{key}", disabled=idle
+        )
 
     def _rows(self, layout: tuple[tuple[str, str, str, str], ...]) -> ComposeResult:
         for left, left_label, right, right_label in layout:
@@ -210,6 +229,8 @@ class JobPane(VerticalScroll):
         runtime.value = self._runtime_for[serving]
         for key, text in knobs.items():
             self._widget(key).value = text
+        for key in (*SERVE_ONLY, *TRAIN_ONLY):
+            self._widget(key).disabled = key in (TRAIN_ONLY if serving else SERVE_ONLY)
         group = self.query_one("#job-knobs", Collapsible)
         group.title = SERVE_KNOBS_TITLE if serving else KNOBS_TITLE
         group.disabled = serving

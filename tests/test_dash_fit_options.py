@@ -1,0 +1,193 @@
+"""The job form's fields for fit's task-specific options, driven by Textual's pilot: serving latency targets
+(--ttft, --decode-tps), DoRA (--dora) and the data's per-sample lengths (--data, --lengths). Each is typed into
+the form, the search runs, and the plan shown is the one `swiftplan fit` makes with the flag; a field the task
+does not read is disabled, and a bad value gets the CLI's (the fit use case's) message in the form's error area."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("textual")
+
+from dash_support import pick_option, settle  # noqa: E402
+from textual.widgets import Input, Static  # noqa: E402
+
+from swiftplan.tui.app import make_app  # noqa: E402
+from swiftplan.tui.job import SERVE_ONLY, TRAIN_ONLY, parse_job  # noqa: E402
+from swiftplan.tui.panes.job import JobPane  # noqa: E402
+from swiftplan.usecases.fit import FitRequest, plan_fit  # noqa: E402
+
+MODEL, GPUS = "Qwen/Qwen2.5-0.5B", "2xrtx4090"
+SIZE = (100, 60)
+
+
+@contextlib.asynccontextmanager
+async def _job_form() -> AsyncIterator[tuple[Any, Any]]:
+    """The dashboard on its job tab with MODEL typed in: (app, pilot)."""
+    app = make_app(gpus=GPUS, cursor_blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        app.query_one(JobPane).fill({"model": MODEL})
+        yield app, pilot
+
+
+async def _type(pilot: Any, key: str, text: str) -> None:
+    """Type `text` into the job field `key` as a user does (focus it, clear it, type)."""
+    field = pilot.app.query_one(f"#job-{key}", Input)
+    assert not field.disabled, f"{key} is disabled"
+    field.focus()
+    await pilot.press("end", "ctrl+u", *text)
+    assert field.value == text
+
+
+async def _search(pilot: Any) -> tuple[str, Any]:
+    """Search; (the form's error text, the outcome)."""
+    await pilot.press("ctrl+r")
+    await settle(pilot)
+    return str(pilot.app.query_one("#job-error", Static).render()).strip(), pilot.app.outcome
+
+
+def test_task_specific_fields_are_enabled_for_their_task_only() -> None:
+    async def drive() -> None:
+        async with _job_form() as (app, pilot):
+            assert all(app.query_one(f"#job-{key}").disabled for key in SERVE_ONLY)
+            assert not any(app.query_one(f"#job-{key}").disabled for key in TRAIN_ONLY)
+            await _type(pilot, "data", "train.jsonl")
+            await pick_option(pilot, "#job-task", "serve")
+            assert not any(app.query_one(f"#job-{key}").disabled for key in SERVE_ONLY)
+            assert all(app.query_one(f"#job-{key}").disabled for key in TRAIN_ONLY)
+            await _type(pilot, "ttft", "0.5")
+            serving = parse_job(app.query_one(JobPane).values())
+            assert (serving.ttft_s, serving.data) == (0.5, None)  # the data file is training's
+            await pick_option(pilot, "#job-task", "dpo")
+            assert app.query_one("#job-data", Input).value == "train.jsonl"  # kept while disabled
+            training = parse_job(app.query_one(JobPane).values())
+            assert (training.ttft_s, training.data) == (None, "train.jsonl")  # the target is serving's
+
+    asyncio.run(drive())
+
+
+def test_a_serving_plan_meets_the_latency_targets_typed_as_fit_does() -> None:
+    ttft_s, decode_tps = 0.04, 60.0
+
+    async def drive() -> Any:
+        async with _job_form() as (app, pilot):
+            await pick_option(pilot, "#job-task", "serve")
+            await _type(pilot, "ttft", f"{ttft_s:g}")
+            await _type(pilot, "decode_tps", f"{decode_tps:g}")
+            error, outcome = await _search(pilot)
+            assert error == "" and outcome is not None and outcome.choices
+            return outcome.choices[0].plan
+
+    plan = asyncio.run(drive())
+    assert plan.prediction.ttft_s <= ttft_s and plan.prediction.per_user_decode_tokens_per_s >= decode_tps
+    # `swiftplan fit MODEL --gpus 2xrtx4090 --task serve --runtime vllm --ttft 0.04 --decode-tps 60` (the form's
+    # serving runtime is vllm's profile)
+    serve = {"model": MODEL, "gpus": GPUS, "task": "serve", "runtime": "vllm"}
+    theirs = plan_fit(FitRequest(**serve, ttft_s=ttft_s, decode_tps=decode_tps))
+    assert theirs.plan is not None
+    assert plan.setup == theirs.plan.setup and plan.prediction == theirs.plan.prediction
+    untargeted = plan_fit(FitRequest(**serve)).plan
+    assert untargeted is not None and untargeted.prediction.ttft_s > ttft_s  # the targets chose the plan
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "message"),
+    [
+        ("ttft", "-1", "--ttft must be a positive number of seconds, got -1.0."),
+        ("ttft", "soon", "--ttft must be a number such as 0.5 (s), or none, got 'soon'."),
+        ("decode_tps", "0", "--decode-tps must be a positive number of tokens/s, got 0.0."),
+        ("decode_tps", "inf", "--decode-tps must be a finite number, got inf."),
+    ],
+)
+def test_a_bad_latency_target_gets_fits_message_in_the_form(key: str, text: str, message: str) -> None:
+    async def drive() -> None:
+        async with _job_form() as (app, pilot):
+            await pick_option(pilot, "#job-task", "serve")
+            await _type(pilot, key, text)
+            error, outcome = await _search(pilot)
+            assert error == message and outcome is None
+            assert app.query_one("TabbedContent").active == "job"
+
+    asyncio.run(drive())
+
+
+def test_the_dora_switch_plans_dora_adapters_as_fit_does() -> None:
+    async def drive() -> Any:
+        async with _job_form() as (app, pilot):
+            await pick_option(pilot, "#job-dora", "yes")
+            error, outcome = await _search(pilot)
+            assert error == "" and outcome is not None and outcome.choices
+            assert all("DoRA" in choice.summary for choice in outcome.choices)
+            assert any(
+                line.startswith("full: not searched") for line in outcome.family_lines
+            )  # LoRA, QLoRA only
+            return outcome.choices[0].plan
+
+    plan = asyncio.run(drive())
+    assert plan.setup.lora is not None and plan.setup.lora.dora and plan.workload.dora
+    theirs = plan_fit(FitRequest(model=MODEL, gpus=GPUS, dora=True)).plan  # `fit MODEL --gpus ... --dora`
+    assert theirs is not None and plan.setup == theirs.setup and plan.prediction == theirs.prediction
+
+
+def test_dora_with_full_fine_tuning_gets_fits_refusal_in_the_form() -> None:
+    async def drive() -> None:
+        async with _job_form() as (app, pilot):
+            await pick_option(pilot, "#job-method", "full")
+            await pick_option(pilot, "#job-dora", "yes")
+            error, outcome = await _search(pilot)
+            assert error.startswith("--dora decomposes LoRA adapters, and --method full") and outcome is None
+
+    asyncio.run(drive())
+
+
+def test_a_lengths_file_sizes_the_plan_on_its_samples_as_fit_does(tmp_path: Any) -> None:
+    lengths = tmp_path / "lengths.txt"
+    lengths.write_text("\n".join(str(100 + (i * 37) % 900) for i in range(500)) + "\n")
+
+    async def drive() -> Any:
+        async with _job_form() as (app, pilot):
+            await _type(pilot, "lengths", str(lengths))
+            error, outcome = await _search(pilot)
+            assert error == "" and outcome is not None and outcome.choices
+            assert any("lengths file lengths.txt" in note and "500 samples" in note for note in outcome.notes)
+            return outcome.choices[0].plan
+
+    plan = asyncio.run(drive())
+    # the file's tokens replace the form's dataset tokens (100M), as --lengths does without --dataset-tokens
+    assert plan.workload.variable_lengths and plan.workload.dataset_tokens < 1_000_000
+    theirs = plan_fit(FitRequest(model=MODEL, gpus=GPUS, lengths=str(lengths))).plan
+    assert theirs is not None and plan.setup == theirs.setup and plan.workload == theirs.workload
+
+
+def test_a_missing_data_file_or_two_files_get_fits_messages_in_the_form(tmp_path: Any) -> None:
+    missing = tmp_path / "nowhere.jsonl"
+
+    async def drive() -> None:
+        async with _job_form() as (app, pilot):
+            await _type(pilot, "data", str(missing))
+            error, _ = await _search(pilot)
+            assert str(missing) in error and "Traceback" not in error
+            await _type(pilot, "lengths", str(tmp_path / "lengths.txt"))
+            error, _ = await _search(pilot)
+            assert error == "Pass either --data or --lengths, not both."
+
+    asyncio.run(drive())
+
+
+def test_the_new_fields_left_alone_ask_for_nothing() -> None:
+    for task in ("train", "serve"):
+        job = parse_job({"model": MODEL, "task": task})
+        assert (job.ttft_s, job.decode_tps, job.dora, job.data, job.lengths) == (
+            None,
+            None,
+            False,
+            None,
+            None,
+        )
