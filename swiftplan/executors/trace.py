@@ -33,6 +33,7 @@ from swiftplan.executors.trace_model import (
     apply_lora,
     build_meta_causal_lm,
     load_config,
+    lora_options,
 )
 from swiftplan.executors.trace_quant import QuantBase, quantize_meta_model
 from swiftplan.executors.trace_session import (
@@ -319,13 +320,9 @@ def training_rig(
     notes: list[str] = []
     amp = precision.startswith("amp-")
     features = features or TraceFeatures()
-    lora = {
-        "rank": lora_rank,
-        "alpha": lora_alpha,
-        "dropout": lora_dropout,
-        "targets": lora_targets,
-        "dora": lora_dora,
-    }
+    lora = lora_options(
+        rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets, dora=lora_dora
+    )
     model = _build_model(hf_config, method=method, dtype=torch.float32 if amp else DTYPES[precision], lora=lora,
                          grad_ckpt=grad_ckpt, attn_implementation=attn_implementation, features=features, notes=notes,
                          quant_base=quant_base, compute_dtype=DTYPES[precision.removeprefix("amp-")])  # fmt: skip

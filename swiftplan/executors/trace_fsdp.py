@@ -53,7 +53,7 @@ from swiftplan.executors.trace import (
 from swiftplan.executors.trace_features import TraceFeatures, decoder_layers, offload_decoder
 from swiftplan.executors.trace_fsdp_tracker import GATHERED, FsdpTracker
 from swiftplan.executors.trace_memory import CUDA_BLOCK_BYTES
-from swiftplan.executors.trace_model import DTYPES, to_fake
+from swiftplan.executors.trace_model import DTYPES, lora_options, to_fake
 from swiftplan.executors.trace_patches import cuda_like_kernels, fake_safe_optimizers, unpacked_inputs
 from swiftplan.executors.trace_session import TRACE_DEVICE, hook_logits, register_model, torch_linear
 
@@ -296,13 +296,9 @@ def trace_fsdp_training(
     started = time.perf_counter()
     features = features or TraceFeatures()
     notes: list[str] = []
-    lora = {
-        "rank": lora_rank,
-        "alpha": lora_alpha,
-        "dropout": lora_dropout,
-        "targets": lora_targets,
-        "dora": lora_dora,
-    }
+    lora = lora_options(
+        rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout, targets=lora_targets, dora=lora_dora
+    )
     model = _build_model(hf_config, method=method, dtype=DTYPES[precision], lora=lora, grad_ckpt=grad_ckpt,
                          attn_implementation=attn_implementation, features=features, notes=notes)  # fmt: skip
     notes += _numerics_notes(precision, optimizer)

@@ -93,6 +93,13 @@ def to_fake(model: nn.Module, mode: FakeTensorMode, device: torch.device) -> Non
             module._buffers[name] = buffers[id(b)]
 
 
+def lora_options(
+    *, rank: int, alpha: int | None, dropout: float, targets: Sequence[str] | str, dora: bool
+) -> dict[str, Any]:
+    """`apply_lora`'s adapter arguments as the tracers pass them along (the training rig, the FSDP tracer)."""
+    return {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": targets, "dora": dora}
+
+
 def apply_lora(
     model: nn.Module,
     *,
