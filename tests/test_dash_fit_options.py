@@ -1,5 +1,6 @@
 """The job form's fields for fit's task-specific options, driven by Textual's pilot: serving latency targets
-(--ttft, --decode-tps), DoRA (--dora) and the data's per-sample lengths (--data, --lengths). Each is typed into
+(--ttft, --decode-tps), DoRA (--dora), the data's per-sample lengths (--data, --lengths) and a vision-language
+model's images (--images-per-sample, --image-size). Each is typed into
 the form, the search runs, and the plan shown is the one `swiftplan fit` makes with the flag; a field the task
 does not read is disabled, and a bad value gets the CLI's (the fit use case's) message in the form's error area."""
 
@@ -17,10 +18,12 @@ pytest.importorskip("textual")
 from dash_support import pick_option, settle  # noqa: E402
 from textual.widgets import Input, Static  # noqa: E402
 
+from swiftplan.errors import SwiftplanError  # noqa: E402
 from swiftplan.tui.app import make_app  # noqa: E402
 from swiftplan.tui.job import SERVE_ONLY, TRAIN_ONLY, parse_job  # noqa: E402
 from swiftplan.tui.panes.job import JobPane  # noqa: E402
 from swiftplan.usecases.fit import FitRequest, plan_fit  # noqa: E402
+from tests.bad_input_support import run_cli  # noqa: E402
 
 MODEL, GPUS = "Qwen/Qwen2.5-0.5B", "2xrtx4090"
 SIZE = (100, 60)
@@ -191,3 +194,63 @@ def test_the_new_fields_left_alone_ask_for_nothing() -> None:
             None,
             None,
         )
+
+
+VL_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+
+
+def test_images_per_sample_and_size_plan_the_images_as_fit_does() -> None:
+    async def drive() -> Any:
+        async with _job_form() as (app, pilot):
+            app.query_one(JobPane).fill({"model": VL_MODEL})
+            await pick_option(pilot, "#job-runtime", "ms-swift")  # swiftplan's loop trains no images
+            await _type(pilot, "images", "2")
+            await _type(pilot, "image_size", "1024x768")
+            error, outcome = await _search(pilot)
+            assert error == "" and outcome is not None and outcome.choices
+            assert any(note.startswith("images counted:") for note in outcome.notes)
+            return outcome.choices[0].plan
+
+    plan = asyncio.run(drive())
+    vision = plan.workload.vision
+    assert vision is not None and (vision.images_per_sample, vision.image_width, vision.image_height) == (
+        2,
+        1024,
+        768,
+    )
+    # `swiftplan fit VL_MODEL --gpus 2xrtx4090 --runtime ms-swift --images-per-sample 2 --image-size 1024x768`
+    theirs = plan_fit(FitRequest(model=VL_MODEL, gpus=GPUS, runtime="ms-swift", vision=vision)).plan
+    assert theirs is not None and plan.setup == theirs.setup and plan.prediction == theirs.prediction
+
+
+def test_images_on_a_text_model_get_the_clis_paragraph_in_the_form() -> None:
+    cli = run_cli("fit", MODEL, "--gpus", GPUS, "--images-per-sample", "2")
+    assert cli.exit_code == 2
+
+    async def drive() -> str:
+        async with _job_form() as (app, pilot):
+            await _type(pilot, "images", "2")
+            error, outcome = await _search(pilot)
+            assert outcome is None and app.query_one("TabbedContent").active == "job"
+            return error
+
+    error = asyncio.run(drive())
+    message, hint = error.split("\n")
+    assert message.startswith(f"{MODEL} is a text-only model") and "Traceback" not in error
+    flat = " ".join(cli.output.split())
+    assert " ".join(message.split()) in flat and " ".join(hint.split()) in flat  # the same words, wrapped
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"image_size": "big"}, "--image-size 'big' is not WIDTHxHEIGHT in pixels; write it like 1024x768."),
+        ({"image_size": "0x768"}, "--image-size '0x768' has a side of 0 pixels"),
+        ({"images": "-1"}, "--images-per-sample must be at least 0, got -1."),
+        ({"images": "two"}, "--images-per-sample must be a whole number, got 'two'."),
+    ],
+)
+def test_a_bad_image_field_gets_fits_message(fields: dict[str, str], message: str) -> None:
+    with pytest.raises(SwiftplanError) as caught:
+        parse_job({"model": VL_MODEL, **fields})
+    assert caught.value.message.startswith(message)

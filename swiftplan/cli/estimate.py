@@ -630,7 +630,7 @@ def _with_vision(setup: Any, options: dict[str, Any], *, serving: bool) -> Any:
     """`setup` carrying the images/video the vision options describe (unchanged when none was given)."""
     from dataclasses import replace
 
-    from swiftplan.cli.vision_options import build_vision_inputs
+    from swiftplan.usecases.vision_inputs import build_vision_inputs
 
     vision = build_vision_inputs(options, serving=serving)
     return setup if vision is None else replace(setup, vision=vision)

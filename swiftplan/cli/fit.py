@@ -69,10 +69,10 @@ from swiftplan.cli.vision_options import (
     TrainAlignerOpt,
     TrainVitOpt,
     VideoFramesOpt,
-    build_vision_inputs,
 )
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.objective import SFT
+from swiftplan.usecases.vision_inputs import build_vision_inputs
 
 EPILOG = """
 Examples:

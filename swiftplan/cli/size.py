@@ -67,12 +67,12 @@ from swiftplan.cli.vision_options import (
     TrainAlignerOpt,
     TrainVitOpt,
     VideoFramesOpt,
-    build_vision_inputs,
 )
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.objective import SFT
 from swiftplan.units import GiB
 from swiftplan.usecases.inputs import DEFAULT_HOST_RAM_BYTES
+from swiftplan.usecases.vision_inputs import build_vision_inputs
 
 EPILOG = """
 Examples:

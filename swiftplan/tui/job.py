@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.vision import VisionInputs
 from swiftplan.units import parse_token_count
 
 DEFAULT_HOST_RAM_BYTES = 64 * 2**30
@@ -37,6 +38,8 @@ FORM_DEFAULTS: dict[str, str] = {
     "concurrency": "auto",
     "ttft": "",
     "decode_tps": "",
+    "images": "",
+    "image_size": "",
     "eager": "no",
     "seed": "0",
     "trials": "auto",
@@ -136,6 +139,9 @@ class JobRequest:
     dataset tokens typed."""
     lengths: str | None = None
     """Training: a file of per-sample token lengths, one per line (fit's --lengths)."""
+    vision: VisionInputs | None = None
+    """Vision-language models: each sample's (serving: request's) images (fit's --images-per-sample and
+    --image-size, parsed by the same use case); None: text only."""
 
 
 def _positive_int(name: str, text: str) -> int:
@@ -307,8 +313,24 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
         eager=eager,
         headroom=_finite("--headroom", raw["headroom"], "0.05"),
         host_ram_bytes=_host_ram_bytes(raw["host_ram"]),
+        vision=_vision(raw, serving=task == "serve"),
         **_task_fields(raw, task),
     )
+
+
+def _vision(raw: Mapping[str, str], *, serving: bool) -> VisionInputs | None:
+    """The image fields as fit's --images-per-sample and --image-size (empty: not given), read by the parser
+    every view shares."""
+    from swiftplan.usecases.vision_inputs import build_vision_inputs
+
+    images, size = raw["images"].strip(), raw["image_size"].strip()
+    count: int | None = None
+    if images:
+        try:
+            count = int(images)
+        except ValueError:
+            raise SwiftplanError(f"--images-per-sample must be a whole number, got {images!r}.") from None
+    return build_vision_inputs({"images_per_sample": count, "image_size": size or None}, serving=serving)
 
 
 def _task_fields(raw: Mapping[str, str], task: Literal["train", "serve"]) -> dict[str, Any]:

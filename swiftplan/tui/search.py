@@ -58,6 +58,7 @@ def fit_request(job: JobRequest, *, host_ram_bytes: int) -> FitRequest:
         headroom=job.headroom, host_ram_bytes=host_ram_bytes if job.host_ram_bytes is None else job.host_ram_bytes,
         seed=job.seed, trials=job.trials, runtime=job.runtime or None, training=training,
         runtime_options=dict(job.runtime_options) if job.task == "train" else {}, eager=job.eager, dora=job.dora,
+        vision=job.vision,
     )  # fmt: skip
 
 

@@ -220,7 +220,7 @@ _VISION_FLAGS = {
     "video_frames": "--video-frames", "train_vit": "--train-vit/--freeze-vit",
     "train_aligner": "--train-aligner/--freeze-aligner",
 }  # fmt: skip
-"""The vision-language options (their parameter names, cli/vision_options.VISION_OPTIONS) and their flags: fit,
+"""The vision-language options (their parameter names, usecases/vision_inputs.VISION_OPTIONS) and their flags: fit,
 estimate and size take them alike."""
 
 
@@ -327,7 +327,7 @@ def vision_args(options: Mapping[str, Any]) -> list[str]:
 
 
 def vision_options(vision: VisionInputs | None) -> dict[str, Any]:
-    """The vision options' values that fit parses back into `vision` (cli/vision_options.build_vision_inputs),
+    """The vision options' values that fit parses back into `vision` (usecases/vision_inputs.build_vision_inputs),
     leaving out what it fills in by itself (one image a sample, or none beside a video; the tower and aligner
     frozen); empty for a text-only job."""
     if vision is None:

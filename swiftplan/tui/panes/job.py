@@ -72,6 +72,7 @@ LAYOUT = (
     ("seq", "Sequence len", "global_batch", "Global batch"),
     ("dataset_tokens", "Dataset tokens", "epochs", "Epochs"),
     ("data", "Data file", "lengths", "Lengths file"),
+    ("images", "Images/sample", "image_size", "Image size"),
     ("context", "Serve context", "concurrency", "Concurrency"),
     ("ttft", "Serve TTFT s", "decode_tps", "Decode tok/s"),
     ("seed", "Seed", "trials", "Trials"),
@@ -84,8 +85,9 @@ HELP = (
     "Method and quantization limit what the search may choose; LoRA rank auto searches 4-256; DoRA trains DoRA "
     "adapters (LoRA and QLoRA only); dataset tokens (50M, 1.5B) only scale time and cost, unless a data file "
     "(.jsonl/.json/text) or a lengths file (one token count a line) is given: then its samples are counted and "
-    "memory is planned on their longest padded batch; context, concurrency, eager decode (no CUDA graphs: more KV "
-    "cache, slower small-model steps), TTFT (largest time to first token) and decode tokens/s per user (the "
+    "memory is planned on their longest padded batch; images per sample and image size (WIDTHxHEIGHT) are for "
+    "vision-language models (fit's --images-per-sample and --image-size); context, concurrency, eager decode (no "
+    "CUDA graphs: more KV cache, slower small-model steps), TTFT (largest time to first token) and decode tokens/s per user (the "
     "smallest) are for serving; fields the task does not read are greyed out; runtime is the training "
     "framework planned for (its loss, optimizer and engine; profiles/runtimes), or for serve the serving engine "
     "(its decode step cost); picking a training one fills the runtime knobs with its defaults, and each knob is "
@@ -99,6 +101,8 @@ PLACEHOLDERS = {
     "decode_tps": "none · 20",
     "data": "optional · train.jsonl",
     "lengths": "optional · lengths.txt",
+    "images": "none · 1 · 2",
+    "image_size": "processor max · 1024x768",
     "modules_to_save": "none · embed_tokens,lm_head",
 }
 
