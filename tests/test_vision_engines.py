@@ -110,7 +110,9 @@ def _estimate_engine(*args: str) -> dict:
     return json.loads(result.output[result.output.index("{") :])["engine"]
 
 
-@pytest.mark.parametrize(("args", "name"), [((), "swiftplan"), (("--runtime", "hf"), "trl")])
+@pytest.mark.parametrize(
+    ("args", "name"), [(("--engine", "swiftplan"), "swiftplan"), (("--runtime", "hf"), "trl")]
+)
 def test_estimate_shares_the_check(args, name):
     engine = _estimate_engine(*args)
     assert engine["name"] == name and engine["runs"] is False
@@ -119,6 +121,14 @@ def test_estimate_shares_the_check(args, name):
     if name == "swiftplan":  # the loop's own runtime settings run on all three, and ms-swift runs the images
         assert engine["engines_that_could"] == ["ms-swift", "megatron-swift", "llamafactory"]
         assert _estimate_engine("--engine", "ms-swift")["runs"] is True
+
+
+def test_estimate_with_images_and_no_engine_is_fits_engine_and_runtime():
+    """Neither --engine nor --runtime: estimate counts the images under the engine fit plans them for (ms-swift)."""
+    engine = _estimate_engine()
+    assert engine["name"] == "ms-swift" and engine["runs"] is True
+    result = run_cli("estimate", VL, "--gpus", "rtx4090", *IMAGES, "--json")
+    assert json.loads(result.output[result.output.index("{") :])["runtime"]["name"] == "ms-swift"
 
 
 def test_doctors_re_plan_of_a_vision_plan_keeps_its_images(image_plan, tmp_path, monkeypatch):

@@ -486,8 +486,25 @@ def _estimate(ctx: typer.Context, options: dict[str, Any]) -> Any:
     cluster = resolve_cluster(options["gpus"])
     # --variable-lengths goes with the set-up: the allocator's many shapes follow from it and the runtime's padding
     allocator = AllocatorSettings(expandable_segments=options["expandable_segments"])
+    options = _image_runtime(options, cluster)
     setup, runtime = _setup(ctx, options, cluster)
     return usecase.estimate_setup(model, cluster, setup, options["engine"], allocator, runtime)
+
+
+def _image_runtime(options: dict[str, Any], cluster: Any) -> dict[str, Any]:
+    """Training with images and neither --runtime nor --engine typed: estimated for the engine fit plans images for
+    (usecases.fit_engine.image_engine: the first that trains a vision-language model on its images) under its
+    runtime, so that estimate and fit count the same job alike; the runtime and engine lines say which."""
+    from swiftplan.cli.objective_options import is_serving
+    from swiftplan.usecases.vision_inputs import VISION_OPTIONS
+
+    images = any(options.get(name) is not None for name in VISION_OPTIONS)
+    if not images or is_serving(options["task"]) or options["runtime"] or options["engine"]:
+        return options
+    from swiftplan.usecases.fit_engine import image_engine
+
+    engine = image_engine(cluster)
+    return options | {"runtime": engine.runtime, "engine": engine.name}
 
 
 def _check_plan_path(model: str) -> None:
