@@ -7,6 +7,10 @@ plan's hardware with the budget cut by what the estimator missed, first keeping 
 weights format (so the answer is a micro-batch, checkpointing, ZeRO or offload change), then free; when
 nothing fits there either, fit's infeasibility diagnosis gives the changes (QLoRA, shorter sequence,
 offload, more GPUs, a bigger GPU), each checked by the estimator.
+
+This module reads the log's tail (`read_request`) and holds the request, the outcome and `diagnose`; the
+headline and the log's own remedies live in doctor_advice, the comparison with the plan and the re-plan in
+doctor_replan. It re-exports their public names.
 """
 
 from __future__ import annotations
@@ -15,32 +19,28 @@ import os
 import stat
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.failure_log import KIND_TEXT, PHASE_TEXT, Finding, LogReading, read_log
-from swiftplan.planner.plan import Plan
-from swiftplan.planner.setup import ServeSetup, TrainSetup
-from swiftplan.planner.workload import TrainWorkload
-from swiftplan.units import GiB, MiB, format_gib
+from swiftplan.planner.failure_log import LogReading, read_log
+from swiftplan.planner.setup import ServeSetup
+from swiftplan.units import GiB, MiB
+from swiftplan.usecases.doctor_advice import Remedy, RemedySource, _log_remedies, _size, headline
+from swiftplan.usecases.doctor_replan import PHASE_TERMS, PlanComparison, _compare, _refit
 
-RemedySource = Literal["fit", "log"]
-
-PHASE_TERMS: dict[str, tuple[str, ...]] = {
-    "load": ("weights",),
-    "start_up": ("weights", "optimizer", "master_weights"),
-    "forward": ("activations", "logits"),
-    "backward": ("activations", "logits", "gradients"),
-    "optimizer_step": ("optimizer", "master_weights", "gradients", "transient"),
-    "kv_cache_allocation": ("weights", "kv_cache"),
-}
-"""The plan's memory terms that grow in each phase (what a failure there points at)."""
-
-_ALLOC_ENV = {
-    "cuda": "PYTORCH_CUDA_ALLOC_CONF",
-    "rocm": "PYTORCH_HIP_ALLOC_CONF",
-    "npu": "PYTORCH_NPU_ALLOC_CONF",
-}
+__all__ = [
+    "PHASE_TERMS",
+    "STREAM_LIMIT_BYTES",
+    "TAIL_BYTES",
+    "DoctorOutcome",
+    "DoctorRequest",
+    "PlanComparison",
+    "Remedy",
+    "RemedySource",
+    "diagnose",
+    "headline",
+    "read_request",
+]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -134,36 +134,6 @@ def _reading_notes(request: DoctorRequest, lines: int) -> list[str]:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class Remedy:
-    """One change, and whether the estimator checked it."""
-
-    change: str
-    """Short name: 'micro-batch', 'expandable_segments', '--max-model-len', …"""
-    text: str
-    """One sentence for the user."""
-    source: RemedySource
-    """'fit': a plan the estimator checked against the measured shortfall; 'log': read from the message."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class PlanComparison:
-    """The failure set against the plan's prediction."""
-
-    planned_peak_bytes: int
-    """The plan's peak allocated bytes per device."""
-    planned_device_bytes: int
-    """The plan's device total (what nvidia-smi would show)."""
-    device_memory_bytes: int
-    """Memory one device offers the plan."""
-    needed_bytes: int | None
-    """What the run wanted at the failure: allocated + requested (None when the message does not say)."""
-    missed_bytes: int | None
-    """How much more the run needed than the plan predicted for the device (drives the re-fit)."""
-    terms: tuple[tuple[str, int], ...]
-    """The plan's bytes for the terms that grow in the failing phase."""
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
 class DoctorOutcome:
     """doctor's answer."""
 
@@ -175,215 +145,6 @@ class DoctorOutcome:
     comparison: PlanComparison | None
     remedies: tuple[Remedy, ...]
     notes: tuple[str, ...]
-
-
-def _amount(finding: Finding) -> str:
-    f = finding
-    if f.kind == "device_memory":
-        where = f" on {f.device}" if f.device else ""
-        parts = []
-        if f.requested_bytes is not None:
-            parts.append(f"asked for {_size(f.requested_bytes)}")
-        if f.free_bytes is not None:
-            parts.append(f"{_size(f.free_bytes)} free")
-        if f.total_bytes is not None:
-            parts.append(f"of {_size(f.total_bytes)}{' allowed' if f.backend == 'mps' else ''}")
-        detail = (" (" + ", ".join(parts) + f"{where})") if parts else where
-        if f.shortfall_bytes:
-            return f"short by {_size(f.shortfall_bytes)}{detail}"
-        return f"the allocation failed with enough memory free{detail}"
-    if f.kind == "kv_cache" and f.tokens_needed is not None:
-        more = f", about {_size(f.shortfall_bytes)} more KV cache" if f.shortfall_bytes else ""
-        return f"{f.tokens_needed:,} tokens asked, {f.tokens_available:,} fit{more}"
-    if f.kind == "kv_cache":
-        return "nothing left for it after the weights and the profiling run"
-    if f.kind == "host_memory":
-        rss = f" (the killed process held {_size(f.process_rss_bytes)})" if f.process_rss_bytes else ""
-        return f"the kernel killed the process{rss}"
-    if f.kind == "nccl":
-        op = f" {f.operation}" if f.operation else ""
-        article = "an" if op.strip()[:1].upper() in "AEIOU_" and op else "a"
-        return (
-            f"{article}{op} waited past its {f.timeout_s:g} s timeout"
-            if f.timeout_s
-            else f"{article}{op} timed out"
-        )
-    return "the disk filled up"
-
-
-def _size(num_bytes: int) -> str:
-    return format_gib(num_bytes, 2) if num_bytes >= 100 * MiB else f"{num_bytes / MiB:.0f} MiB"
-
-
-def headline(finding: Finding) -> str:
-    """'device memory ran out during the optimizer step: short by 0.99 GiB (…)'."""
-    if finding.kind == "nccl":
-        return f"an NCCL collective timed out ({PHASE_TEXT[finding.phase]}): {_amount(finding)}."
-    return f"{KIND_TEXT[finding.kind]} ran out during {PHASE_TEXT[finding.phase]}: {_amount(finding)}."
-
-
-def _fragmentation(finding: Finding) -> Remedy | None:
-    """expandable_segments when the allocator held a lot it could not hand out."""
-    unallocated = finding.reserved_unallocated_bytes
-    if finding.backend not in _ALLOC_ENV or not unallocated:
-        return None
-    large = unallocated >= 512 * MiB and (
-        unallocated >= (finding.shortfall_bytes or 0) or unallocated >= 0.05 * (finding.total_bytes or 0)
-    )
-    if not large:
-        return None
-    env = _ALLOC_ENV[finding.backend]
-    return Remedy(change="expandable_segments", source="log",
-                  text=f"{env}=expandable_segments:True: the allocator held {_size(unallocated)} reserved but "
-                       f"unallocated (fragmentation), "
-                       f"{'more than' if unallocated >= (finding.shortfall_bytes or 0) else 'part of'} the shortfall.")  # fmt: skip
-
-
-def _log_remedies(finding: Finding) -> list[Remedy]:
-    """Changes the message itself points at (not checked by the estimator)."""
-    f, out = finding, []
-    if f.kind == "device_memory":
-        if (frag := _fragmentation(f)) is not None:
-            out.append(frag)
-        if f.requested_bytes and f.total_bytes and f.requested_bytes > f.total_bytes:
-            out.append(Remedy(change="one tensor larger than the device", source="log",
-                              text=f"one allocation ({_size(f.requested_bytes)}) is larger than the device reports "
-                                   f"({_size(f.total_bytes)}): on unified-memory parts raise the GPU carve-out; "
-                                   "otherwise shard that tensor (tensor parallel) or shorten the sequence."))  # fmt: skip
-        elif f.shortfall_bytes == 0 and f.free_bytes:
-            out.append(Remedy(change="fragmentation or a cap", source="log",
-                              text=f"{_size(f.free_bytes)} was free yet the allocation failed: fragmentation, a "
-                                   "per-process memory fraction, or another process grabbing memory at the same time."))  # fmt: skip
-        if f.backend == "mps":
-            out.append(Remedy(change="MPS watermark", source="log",
-                              text="the MPS allocator stops at its high watermark (max allowed): lower micro-batch or "
-                                   "sequence; PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 lifts the cap at the risk of swapping."))  # fmt: skip
-        by_phase = {
-            "forward": "activations and logits grow with micro-batch × sequence: lower --micro-batch or --seq, or "
-            "turn on gradient checkpointing.",
-            "backward": "the backward pass holds activations and gradients: gradient checkpointing, a smaller "
-            "micro-batch, or a shorter sequence.",
-            "optimizer_step": "the optimizer step allocates moments and temporaries: an 8-bit or paged optimizer, "
-            "ZeRO-2/3 sharding across GPUs, or optimizer offload to host RAM.",
-            "load": "the weights do not fit as loaded: quantize (QLoRA / nf4), shard them (ZeRO-3, tensor "
-            "parallel) over more devices, or a device with more memory.",
-        }
-        generic = (
-            "lower the micro-batch or the sequence length, turn on gradient checkpointing, or quantize the "
-            "weights; pass --plan to get a change the estimator checked against this shortfall."
-        )
-        out.append(Remedy(change=f"{f.phase} memory", source="log", text=by_phase.get(f.phase, generic)))
-    elif f.kind == "kv_cache":
-        if "vllm" in f.frameworks and f.tokens_available:
-            fit_len = f.tokens_available // 256 * 256 or f.tokens_available
-            out.append(Remedy(change="--max-model-len", source="log",
-                              text=f"--max-model-len {fit_len} fits the cache as sized; or raise "
-                                   "--gpu-memory-utilization so it holds the full length."))  # fmt: skip
-        elif "sglang" in f.frameworks or "mem-fraction-static" in f.line:
-            out.append(Remedy(change="--mem-fraction-static", source="log",
-                              text="SGLang sizes its KV pool from --mem-fraction-static after the weights: raise it "
-                                   "(a large model left no pool); if activations then run out, lower --chunked-prefill-size."))  # fmt: skip
-        else:
-            out.append(Remedy(change="--gpu-memory-utilization", source="log",
-                              text="the weights and the profiling run left no memory for cache blocks: raise "
-                                   "--gpu-memory-utilization, lower --max-model-len / --max-num-seqs, quantize the "
-                                   "weights (fp8, AWQ) or add tensor parallelism."))  # fmt: skip
-    elif f.kind == "host_memory":
-        load = f.phase == "load"
-        out.append(Remedy(change="host RAM", source="log",
-                          text=("loading materialised the checkpoint in RAM on every rank: load with "
-                                "low_cpu_mem_usage / device_map, or fewer processes per node while loading. " if load
-                                else "")
-                               + "Offloaded optimizer state and dataloader workers live in host RAM too: plan with "
-                                 "the real RAM (swiftplan fit --host-ram GiB) and fewer --dataloader workers."))  # fmt: skip
-    elif f.kind == "nccl":
-        wait = f" for {f.timeout_s:g} s" if f.timeout_s else ""
-        out.append(Remedy(change="find the stalled rank", source="log",
-                          text=f"the other ranks waited{wait} on one that stopped: read its log first (an OOM, a long "
-                               "checkpoint save or uneven data usually); raise the timeout (ddp_timeout, "
-                               "init_process_group(timeout=…)) only for a known slow step; NCCL_DEBUG=INFO shows where."))  # fmt: skip
-    elif f.kind == "disk":
-        out.append(Remedy(change="checkpoint space", source="log",
-                          text="keep fewer checkpoints (save_total_limit), save adapters only, or write output_dir to "
-                               "a larger disk; a full checkpoint with optimizer state is several times the weights."))  # fmt: skip
-    return out
-
-
-def _compare(plan: Plan, finding: Finding) -> PlanComparison:
-    per = plan.prediction.per_device_bytes
-    peak, device_total = plan.prediction.peak_allocated_bytes, plan.prediction.device_total_bytes
-    memory = plan.prediction.device_memory_bytes
-    needed = (finding.allocated_bytes + finding.requested_bytes
-              if finding.allocated_bytes is not None and finding.requested_bytes is not None else None)  # fmt: skip
-    missed = None
-    if finding.kind == "device_memory" and finding.shortfall_bytes is not None:
-        capacity = finding.total_bytes if finding.total_bytes is not None else memory
-        missed = capacity + finding.shortfall_bytes - device_total
-    elif finding.kind == "kv_cache" and finding.shortfall_bytes is not None:
-        missed = finding.shortfall_bytes
-    names = PHASE_TERMS.get(finding.phase) or (max(("weights", "activations", "logits", "optimizer", "kv_cache"),
-                                                   key=lambda n: per.get(n, 0)),)  # fmt: skip
-    terms = tuple((name, per[name]) for name in names if per.get(name))
-    return PlanComparison(planned_peak_bytes=peak, planned_device_bytes=device_total, device_memory_bytes=memory,
-                          needed_bytes=needed, missed_bytes=missed, terms=terms)  # fmt: skip
-
-
-def _setup_diff(old: TrainSetup, new: TrainSetup, old_gpus: int, new_gpus: int) -> str:
-    pairs = (
-        ("method", old.method, new.method), ("weights", old.quant, new.quant),
-        ("micro-batch", old.micro_batch, new.micro_batch), ("checkpointing", old.grad_ckpt, new.grad_ckpt),
-        ("ZeRO", old.parallel.zero, new.parallel.zero), ("offload", old.parallel.offload, new.parallel.offload),
-        ("optimizer", old.optimizer, new.optimizer), ("GPUs", old_gpus, new_gpus),
-        ("tp", old.parallel.tp, new.parallel.tp), ("pp", old.parallel.pp, new.parallel.pp),
-    )  # fmt: skip
-    changed = [f"{name} {a} → {b}" for name, a, b in pairs if a != b]
-    return ", ".join(changed) or "the same set-up on the re-measured budget"
-
-
-def _refit(plan: Plan, missed: int) -> tuple[list[Remedy], list[str]]:
-    """fit again on the plan's hardware with the budget cut by what the estimator missed."""
-    from swiftplan.planner.search.pins import Pins
-    from swiftplan.usecases import fit
-
-    setup = plan.setup
-    if not isinstance(setup, TrainSetup) or not isinstance(plan.workload, TrainWorkload):
-        return [], ["re-planning from a log covers training plans; a serving plan gets the log's advice."]
-    memory = plan.prediction.device_memory_bytes
-    usable = memory - missed
-    if usable <= GiB:
-        return [], [
-            f"the run needed {_size(missed)} more than the plan predicted; too much to re-plan on this GPU."
-        ]
-    cluster = replace(plan.hardware, usable_memory_bytes=usable)
-    workload = plan.workload
-    base = fit.FitRequest(model=plan.model, gpus=plan.offered, task="train", engine=plan.engine,
-                          seq_len=setup.seq_len, global_batch=workload.global_batch,
-                          dataset_tokens=workload.dataset_tokens, epochs=workload.epochs,
-                          attention=workload.attention, variable_lengths=setup.variable_lengths,
-                          vision=workload.vision, compare_engines=False, trials=40)  # fmt: skip
-    note = (
-        f"re-planned on {_size(usable)} per device: the plan's {_size(memory)} less the "
-        f"{_size(missed)} the run needed beyond the plan's prediction."
-    )
-    kept = replace(base, pins=Pins(methods=(setup.method,), quants=(setup.quant,)))
-    for request, label in ((kept, "same method"), (base, "any method")):
-        try:
-            outcome = fit.search_fit(fit.prepare_fit(request, cluster=cluster))
-        except SwiftplanError as error:
-            return [], [note, f"re-planning failed: {error.message}"]
-        if outcome.plan is not None:
-            new = outcome.plan
-            assert isinstance(new.setup, TrainSetup)
-            diff = _setup_diff(setup, new.setup, plan.layout.gpus, new.layout.gpus)
-            text = (f"{diff} ({label}): {format_gib(new.prediction.device_total_bytes, 1)} per device by the "
-                    f"estimator, with {_size(missed)} added for what this run showed it misses.")  # fmt: skip
-            return [Remedy(change="re-plan", text=text, source="fit")], [note]
-        if request is base and outcome.diagnosis is not None:
-            remedies = [
-                Remedy(change=s.change, text=s.text, source="fit") for s in outcome.diagnosis.suggestions
-            ]
-            return remedies, [note, outcome.diagnosis.summary]
-    return [], [note]
 
 
 def _count(number: int, noun: str) -> str:
