@@ -278,7 +278,7 @@ def parse_pins(**raw: Any) -> Any:
     """`Pins` from fit's pin options as typed (comma lists, 'auto' for rank and targets)."""
     from swiftplan.planner.search.pins import Pins
     from swiftplan.planner.search.serve_space import SERVE_QUANTS
-    from swiftplan.planner.search.space import ATTENTION, RANKS, TRAIN_QUANTS
+    from swiftplan.planner.search.space_choices import ATTENTION, RANKS, TRAIN_QUANTS
     from swiftplan.planner.setup import ALL_LINEAR, KV_DTYPES, METHODS, OPTIMIZERS, PRECISIONS
 
     rank = raw.get("rank")

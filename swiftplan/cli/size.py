@@ -178,7 +178,7 @@ def read_price_file(path: str) -> tuple[Any, ...]:
 def _pins(method: str | None, quant: str | None, no_quant: bool, rank: int | None, *, serving: bool) -> Any:
     from swiftplan.planner.search.pins import Pins
     from swiftplan.planner.search.serve_space import SERVE_QUANTS
-    from swiftplan.planner.search.space import TRAIN_QUANTS
+    from swiftplan.planner.search.space_choices import TRAIN_QUANTS
     from swiftplan.planner.setup import METHODS
 
     if rank is not None and rank < 1:

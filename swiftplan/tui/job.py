@@ -194,7 +194,7 @@ def _choices(text: str) -> tuple[str, ...] | None:
 
 def _ranks(text: str) -> tuple[int, ...] | None:
     if text.strip().lower() == "auto":
-        from swiftplan.planner.search.space import RANKS
+        from swiftplan.planner.search.space_choices import RANKS
 
         return RANKS
     items = _choices(text)

@@ -273,7 +273,7 @@ def _field_args(request: FitRequest, default: FitRequest, flags: dict[str, str])
 
 def _pin_args(pins: Pins) -> list[str]:
     """Fit options for the pins that differ from none."""
-    from swiftplan.planner.search.space import RANKS
+    from swiftplan.planner.search.space_choices import RANKS
 
     args: list[str] = [] if pins.methods is None else ["--method", ",".join(pins.methods)]
     if pins.ranks is not None:

@@ -183,7 +183,7 @@ def _dora_methods(request: FitRequest) -> FitRequest:
 
 def _check_against_model(request: FitRequest, spec: ModelSpec) -> FitRequest:
     """--rank within the model's matrices; --rank auto keeps the ranks its smallest targeted matrix allows."""
-    from swiftplan.planner.search.space import RANKS
+    from swiftplan.planner.search.space_choices import RANKS
 
     ranks = request.pins.ranks
     if ranks is None:

@@ -235,7 +235,7 @@ def _idle_gpus_note(problem: FitProblem, plan: Plan) -> str | None:
     ranks = world // model_parallel
     if batch % ranks == 0:
         return None
-    from swiftplan.planner.search.space import split_global_batch
+    from swiftplan.planner.search.space_batch import split_global_batch
 
     better = split_global_batch(batch, ranks, pins=problem.pins, objective=workload.objective)
     return (

@@ -152,7 +152,7 @@ def _split_default_batch(request: FitRequest, ranks: int, notes: list[str]) -> F
     if "global_batch" in request.typed:
         return request
     from swiftplan.planner.objective import step_generations
-    from swiftplan.planner.search.space import split_global_batch
+    from swiftplan.planner.search.space_batch import split_global_batch
 
     batch = split_global_batch(request.global_batch, ranks, pins=request.pins, objective=request.training)
     generations = step_generations(request.training)

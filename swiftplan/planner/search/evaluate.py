@@ -32,7 +32,7 @@ from swiftplan.planner.objective_speed import objective_speed
 from swiftplan.planner.plan import host_bytes_per_node, serving_economics, training_economics
 from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate, ServeWorkload, TrainWorkload
 from swiftplan.planner.search.serve_space import ServeSpace
-from swiftplan.planner.search.space import MAX_MICRO_BATCH, TrainSpace, memory_weight, needs_at_least
+from swiftplan.planner.search.space_choices import MAX_MICRO_BATCH, TrainSpace, memory_weight, needs_at_least
 from swiftplan.planner.speed import ServeSpeed
 from swiftplan.units import GiB
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate
 from swiftplan.planner.search.serve_space import ServeSpace
-from swiftplan.planner.search.space import SHARDING_CLASSES, TrainSpace, sharding_class
+from swiftplan.planner.search.space_choices import SHARDING_CLASSES, TrainSpace, sharding_class
 
 
 def _cat(trial: Any, name: str, choices: Sequence[Any]) -> Any:

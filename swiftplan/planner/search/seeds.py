@@ -11,7 +11,7 @@ from typing import Any
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate, TrainQuant
 from swiftplan.planner.search.serve_space import ServeSpace
-from swiftplan.planner.search.space import TrainSpace
+from swiftplan.planner.search.space_choices import TrainSpace
 from swiftplan.planner.setup import Method, Offload, Optimizer, ZeroStage
 
 

@@ -28,7 +28,7 @@ from swiftplan.planner.dtypes import compute_dtype
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.search.candidate import Candidate
 from swiftplan.planner.search.evaluate import Evaluation, TrainEvaluator
-from swiftplan.planner.search.space import TrainSpace, sharding_class
+from swiftplan.planner.search.space_choices import TrainSpace, sharding_class
 from swiftplan.planner.sizing.candidates import device_weight_floor_bytes
 from swiftplan.planner.speed import efficiency_prior, train_flops_per_token
 

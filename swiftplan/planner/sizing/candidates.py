@@ -25,7 +25,7 @@ from functools import cache
 from swiftplan.planner.hardware import Accelerator, Cluster
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import Candidate
-from swiftplan.planner.search.space import TrainSpace
+from swiftplan.planner.search.space_choices import TrainSpace
 from swiftplan.planner.weights import layer_weight_bytes, outer_weight_bytes
 
 GPUS_PER_NODE = (1, 2, 4, 8)

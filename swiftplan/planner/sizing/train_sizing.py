@@ -22,7 +22,8 @@ from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.candidate import Candidate, TrainWorkload
 from swiftplan.planner.search.evaluate import Evaluation, TrainEvaluator
 from swiftplan.planner.search.pins import Pins
-from swiftplan.planner.search.space import build_train_space, split_global_batch
+from swiftplan.planner.search.space import build_train_space
+from swiftplan.planner.search.space_batch import split_global_batch
 from swiftplan.planner.sizing.best_plan import MisfitMemo, best_training_plan, whole_cluster
 from swiftplan.planner.sizing.candidates import (
     DEFAULT_MAX_NODES,
