@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +80,17 @@ async def pick_option(pilot: Any, selector: str, choice: str) -> None:
     await pilot.press(*(["down"] * moves if moves > 0 else ["up"] * -moves), "enter")
     await pilot.pause()
     assert select.value == choice
+
+
+@contextlib.asynccontextmanager
+async def job_form(*, model: str, gpus: str, size: tuple[int, int]) -> AsyncIterator[tuple[Any, Any]]:
+    """The dashboard on its job tab with `model` typed in, planning for `gpus`: (app, pilot)."""
+    from swiftplan.tui.app import make_app
+    from swiftplan.tui.panes.job import JobPane
+
+    app = make_app(gpus=gpus, cursor_blink=False)
+    async with app.run_test(size=size) as pilot:
+        await settle(pilot)
+        await pilot.press("2")
+        app.query_one(JobPane).fill({"model": model})
+        yield app, pilot

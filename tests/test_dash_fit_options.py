@@ -7,19 +7,16 @@ does not read is disabled, and a bad value gets the CLI's (the fit use case's) m
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 pytest.importorskip("textual")
 
-from dash_support import pick_option, settle  # noqa: E402
+from dash_support import job_form, pick_option, settle  # noqa: E402
 from textual.widgets import Input, Static  # noqa: E402
 
 from swiftplan.errors import SwiftplanError  # noqa: E402
-from swiftplan.tui.app import make_app  # noqa: E402
 from swiftplan.tui.job import SERVE_ONLY, TRAIN_ONLY, parse_job  # noqa: E402
 from swiftplan.tui.panes.job import JobPane  # noqa: E402
 from swiftplan.usecases.fit import FitRequest, plan_fit  # noqa: E402
@@ -29,15 +26,9 @@ MODEL, GPUS = "Qwen/Qwen2.5-0.5B", "2xrtx4090"
 SIZE = (100, 60)
 
 
-@contextlib.asynccontextmanager
-async def _job_form() -> AsyncIterator[tuple[Any, Any]]:
+def _job_form() -> Any:
     """The dashboard on its job tab with MODEL typed in: (app, pilot)."""
-    app = make_app(gpus=GPUS, cursor_blink=False)
-    async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        await pilot.press("2")
-        app.query_one(JobPane).fill({"model": MODEL})
-        yield app, pilot
+    return job_form(model=MODEL, gpus=GPUS, size=SIZE)
 
 
 async def _type(pilot: Any, key: str, text: str) -> None:

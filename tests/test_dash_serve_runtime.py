@@ -6,20 +6,17 @@ knob changed while the task is serve gets the CLI's refusal of knob flags with -
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 pytest.importorskip("textual")
 
-from dash_support import pick_option, settle  # noqa: E402
+from dash_support import job_form, pick_option, settle  # noqa: E402
 from textual.widgets import Collapsible, Select, Static  # noqa: E402
 
 from swiftplan.errors import SwiftplanError  # noqa: E402
 from swiftplan.plan_file import plan_dict  # noqa: E402
-from swiftplan.tui.app import make_app  # noqa: E402
 from swiftplan.tui.job import KNOBS_FOR, parse_job, runtime_choices, serve_runtime_choices  # noqa: E402
 from swiftplan.tui.knobs import KNOB_FIELDS, runtime_knob_text  # noqa: E402
 from swiftplan.tui.panes.job import JobPane  # noqa: E402
@@ -31,15 +28,9 @@ SIZE = (100, 60)
 """Tall enough to show the whole form with the knob group open."""
 
 
-@contextlib.asynccontextmanager
-async def _job_form() -> AsyncIterator[tuple[Any, Any]]:
+def _job_form() -> Any:
     """The dashboard on its job tab with MODEL typed in: (app, pilot)."""
-    app = make_app(gpus=GPUS, cursor_blink=False)
-    async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        await pilot.press("2")
-        app.query_one(JobPane).fill({"model": MODEL})
-        yield app, pilot
+    return job_form(model=MODEL, gpus=GPUS, size=SIZE)
 
 
 def _options(app: Any) -> list[str]:
