@@ -82,6 +82,26 @@ async def pick_option(pilot: Any, selector: str, choice: str) -> None:
     assert select.value == choice
 
 
+async def type_field(pilot: Any, key: str, text: str) -> None:
+    """Type `text` into the job field `key` as a user does (focus it, clear it, type)."""
+    from textual.widgets import Input
+
+    field = pilot.app.query_one(f"#job-{key}", Input)
+    assert not field.disabled, f"{key} is disabled"
+    field.focus()
+    await pilot.press("end", "ctrl+u", *text)
+    assert field.value == text
+
+
+async def form_search(pilot: Any) -> tuple[str, Any]:
+    """Search from the job form; (the form's error text, the outcome)."""
+    from textual.widgets import Static
+
+    await pilot.press("ctrl+r")
+    await settle(pilot)
+    return str(pilot.app.query_one("#job-error", Static).render()).strip(), pilot.app.outcome
+
+
 @contextlib.asynccontextmanager
 async def job_form(*, model: str, gpus: str, size: tuple[int, int]) -> AsyncIterator[tuple[Any, Any]]:
     """The dashboard on its job tab with `model` typed in, planning for `gpus`: (app, pilot)."""

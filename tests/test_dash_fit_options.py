@@ -13,8 +13,10 @@ import pytest
 
 pytest.importorskip("textual")
 
-from dash_support import job_form, pick_option, settle  # noqa: E402
-from textual.widgets import Input, Static  # noqa: E402
+from dash_support import form_search as _search  # noqa: E402
+from dash_support import job_form, pick_option  # noqa: E402
+from dash_support import type_field as _type  # noqa: E402
+from textual.widgets import Input  # noqa: E402
 
 from swiftplan.errors import SwiftplanError  # noqa: E402
 from swiftplan.tui.job import SERVE_ONLY, TRAIN_ONLY, parse_job  # noqa: E402
@@ -29,22 +31,6 @@ SIZE = (100, 60)
 def _job_form() -> Any:
     """The dashboard on its job tab with MODEL typed in: (app, pilot)."""
     return job_form(model=MODEL, gpus=GPUS, size=SIZE)
-
-
-async def _type(pilot: Any, key: str, text: str) -> None:
-    """Type `text` into the job field `key` as a user does (focus it, clear it, type)."""
-    field = pilot.app.query_one(f"#job-{key}", Input)
-    assert not field.disabled, f"{key} is disabled"
-    field.focus()
-    await pilot.press("end", "ctrl+u", *text)
-    assert field.value == text
-
-
-async def _search(pilot: Any) -> tuple[str, Any]:
-    """Search; (the form's error text, the outcome)."""
-    await pilot.press("ctrl+r")
-    await settle(pilot)
-    return str(pilot.app.query_one("#job-error", Static).render()).strip(), pilot.app.outcome
 
 
 def test_task_specific_fields_are_enabled_for_their_task_only() -> None:
@@ -178,12 +164,13 @@ def test_a_missing_data_file_or_two_files_get_fits_messages_in_the_form(tmp_path
 def test_the_new_fields_left_alone_ask_for_nothing() -> None:
     for task in ("train", "serve"):
         job = parse_job({"model": MODEL, "task": task})
-        assert (job.ttft_s, job.decode_tps, job.dora, job.data, job.lengths) == (
+        assert (job.ttft_s, job.decode_tps, job.dora, job.data, job.lengths, job.packing) == (
             None,
             None,
             False,
             None,
             None,
+            False,
         )
 
 

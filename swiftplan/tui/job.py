@@ -34,6 +34,7 @@ FORM_DEFAULTS: dict[str, str] = {
     "epochs": "1",
     "data": "",
     "lengths": "",
+    "packing": "no",
     "context": "4096",
     "concurrency": "auto",
     "ttft": "",
@@ -50,8 +51,9 @@ FORM_DEFAULTS: dict[str, str] = {
 """Every form field and its initial text."""
 SERVE_ONLY = ("ttft", "decode_tps")
 """Fields only a serving search reads (fit's --ttft and --decode-tps): a training job ignores them."""
-TRAIN_ONLY = ("dora", "data", "lengths")
-"""Fields only a training search reads (fit's --dora, --data and --lengths): a serving job ignores them."""
+TRAIN_ONLY = ("dora", "data", "lengths", "packing")
+"""Fields only a training search reads (fit's --dora, --data, --lengths and --packing): a serving job ignores
+them."""
 
 METHOD_CHOICES = ("any", "full", "lora", "qlora", "lora,qlora")
 QUANT_CHOICES = ("any", "none", "nf4", "int8")
@@ -139,6 +141,9 @@ class JobRequest:
     dataset tokens typed."""
     lengths: str | None = None
     """Training: a file of per-sample token lengths, one per line (fit's --lengths)."""
+    packing: bool = False
+    """Training: samples are packed into full sequences (fit's --packing); it changes the plan only with a data or
+    lengths file, whose samples are otherwise planned as padded batches."""
     vision: VisionInputs | None = None
     """Vision-language models: each sample's (serving: request's) images (fit's --images-per-sample and
     --image-size, parsed by the same use case); None: text only."""
@@ -341,7 +346,12 @@ def _task_fields(raw: Mapping[str, str], task: Literal["train", "serve"]) -> dic
             "ttft_s": _optional_finite("--ttft", raw["ttft"], "0.5 (s), or none"),
             "decode_tps": _optional_finite("--decode-tps", raw["decode_tps"], "20 (tokens/s), or none"),
         }
-    return {"dora": raw["dora"] == "yes", "data": _path(raw["data"]), "lengths": _path(raw["lengths"])}
+    return {
+        "dora": raw["dora"] == "yes",
+        "data": _path(raw["data"]),
+        "lengths": _path(raw["lengths"]),
+        "packing": raw["packing"] == "yes",
+    }
 
 
 def model_choices() -> tuple[str, ...]:

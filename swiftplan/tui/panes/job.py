@@ -7,7 +7,7 @@ in a collapsed group under the job; picking a training runtime fills them with t
 changed over them, as fit's knob flags do. They are training's only: while the task is serve the group
 is closed and disabled and shows the runtime's own values (the user's edits come back with a training
 task), and a knob changed anyway gets the CLI's refusal of knob flags with --task serve. The other fields
-one task alone reads (serving's latency targets; training's DoRA and data files) are disabled for the
+one task alone reads (serving's latency targets; training's DoRA, data files and packing) are disabled for the
 other task, keeping their text, and the search ignores them there."""
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ SELECTS = {
     "pareto": ("no", "yes"),
     "eager": ("no", "yes"),
     "dora": ("no", "yes"),
+    "packing": ("no", "yes"),
 }
 """Fields chosen from a list; the rest are typed."""
 RUNTIME_KNOBS = {name: runtime_knob_text(name) for name in SELECTS["runtime"]}
@@ -72,6 +73,7 @@ LAYOUT = (
     ("seq", "Sequence len", "global_batch", "Global batch"),
     ("dataset_tokens", "Dataset tokens", "epochs", "Epochs"),
     ("data", "Data file", "lengths", "Lengths file"),
+    ("packing", "Packing", "", ""),
     ("images", "Images/sample", "image_size", "Image size"),
     ("context", "Serve context", "concurrency", "Concurrency"),
     ("ttft", "Serve TTFT s", "decode_tps", "Decode tok/s"),
@@ -85,7 +87,8 @@ HELP = (
     "Method and quantization limit what the search may choose; LoRA rank auto searches 4-256; DoRA trains DoRA "
     "adapters (LoRA and QLoRA only); dataset tokens (50M, 1.5B) only scale time and cost, unless a data file "
     "(.jsonl/.json/text) or a lengths file (one token count a line) is given: then its samples are counted and "
-    "memory is planned on their longest padded batch; images per sample and image size (WIDTHxHEIGHT) are for "
+    "memory is planned on their longest padded batch, or with packing on full sequence-length rows of packed "
+    "samples (without a file every row is full already, so packing changes nothing); images per sample and image size (WIDTHxHEIGHT) are for "
     "vision-language models (fit's --images-per-sample and --image-size); context, concurrency, eager decode (no "
     "CUDA graphs: more KV cache, slower small-model steps), TTFT (largest time to first token) and decode tokens/s per user (the "
     "smallest) are for serving; fields the task does not read are greyed out; runtime is the training "
