@@ -1,4 +1,5 @@
-"""The job form's fields for the rest of fit's planning options, driven by Textual's pilot: packing (--packing).
+"""The job form's fields for the rest of fit's planning options, driven by Textual's pilot: packing (--packing), a vision-language
+model's image tokens and video frames (--image-tokens, --video-frames).
 Each is typed or picked in the form, the search runs, and the plan shown is the one `swiftplan fit` makes with the
 flag; a field the task does not read is disabled, and a bad value gets the CLI's (the fit use case's) message in
 the form's error area. (test_dash_fit_options.py has the serving targets, DoRA, the data files and the images.)"""
@@ -14,11 +15,15 @@ pytest.importorskip("textual")
 
 from dash_support import form_search, job_form, pick_option, type_field  # noqa: E402
 
+from swiftplan.errors import SwiftplanError  # noqa: E402
 from swiftplan.tui.job import parse_job  # noqa: E402
 from swiftplan.tui.panes.job import JobPane  # noqa: E402
 from swiftplan.usecases.fit import FitRequest, plan_fit  # noqa: E402
+from swiftplan.usecases.vision_inputs import build_vision_inputs  # noqa: E402
+from tests.bad_input_support import run_cli  # noqa: E402
 
 MODEL, GPUS = "Qwen/Qwen2.5-0.5B", "2xrtx4090"
+VL_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 SIZE = (100, 60)
 
 
@@ -78,3 +83,74 @@ def test_packing_is_trainings_only() -> None:
             assert parse_job(app.query_one(JobPane).values()).packing
 
     asyncio.run(drive())
+
+
+def test_image_tokens_and_video_frames_plan_them_as_fit_does() -> None:
+    async def drive() -> Any:
+        async with _job_form() as (app, pilot):
+            app.query_one(JobPane).fill({"model": VL_MODEL})
+            await pick_option(pilot, "#job-runtime", "ms-swift")  # swiftplan's loop trains no images
+            await type_field(pilot, "image_tokens", "256")
+            await type_field(pilot, "video_frames", "8")
+            error, outcome = await form_search(pilot)
+            assert error == "" and outcome is not None and outcome.choices
+            assert any(note.startswith("images counted:") for note in outcome.notes)
+            return outcome.choices[0].plan
+
+    plan = asyncio.run(drive())
+    vision = plan.workload.vision
+    assert vision is not None and (vision.images_per_sample, vision.image_tokens, vision.video_frames) == (
+        1,
+        256,
+        8,
+    )
+    # `swiftplan fit VL_MODEL --gpus 2xrtx4090 --runtime ms-swift --image-tokens 256 --video-frames 8`
+    theirs_vision = build_vision_inputs({"image_tokens": 256, "video_frames": 8}, serving=False)
+    theirs = plan_fit(FitRequest(model=VL_MODEL, gpus=GPUS, runtime="ms-swift", vision=theirs_vision)).plan
+    assert theirs is not None and vision == theirs_vision
+    assert plan.setup == theirs.setup and plan.prediction == theirs.prediction
+    text = plan_fit(FitRequest(model=VL_MODEL, gpus=GPUS, runtime="ms-swift")).plan
+    assert text is not None and text.workload.dataset_image_tokens < plan.workload.dataset_image_tokens
+
+
+def test_zero_image_tokens_gets_the_clis_paragraph_in_the_form() -> None:
+    cli = run_cli("fit", VL_MODEL, "--gpus", GPUS, "--runtime", "ms-swift", "--image-tokens", "0")
+    assert cli.exit_code == 2
+
+    async def drive() -> str:
+        async with _job_form() as (app, pilot):
+            app.query_one(JobPane).fill({"model": VL_MODEL})
+            await type_field(pilot, "image_tokens", "0")
+            error, outcome = await form_search(pilot)
+            assert outcome is None and app.query_one("TabbedContent").active == "job"
+            return error
+
+    error = asyncio.run(drive())
+    message, hint = error.split("\n")
+    assert message.startswith("--image-tokens 0 would give each image no tokens")
+    flat = " ".join(cli.output.split())
+    assert " ".join(message.split()) in flat and " ".join(hint.split()) in flat  # the same words, wrapped
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"image_tokens": "-5"}, "--image-tokens must be at least 0, got -5."),
+        ({"image_tokens": "many"}, "--image-tokens must be a whole number, got 'many'."),
+        ({"video_frames": "-1"}, "--video-frames must be at least 0, got -1."),
+        ({"video_frames": "8.5"}, "--video-frames must be a whole number, got '8.5'."),
+    ],
+)
+def test_a_bad_image_tokens_or_video_frames_field_gets_fits_message(
+    fields: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SwiftplanError) as caught:
+        parse_job({"model": VL_MODEL, **fields})
+    assert caught.value.message == message
+
+
+def test_video_frames_alone_plan_video_without_images_as_fit_does() -> None:
+    job = parse_job({"model": VL_MODEL, "video_frames": "16"})
+    # `fit --video-frames 16` alone: no images, one 16-frame video per sample
+    assert job.vision == build_vision_inputs({"video_frames": 16}, serving=False)
+    assert job.vision is not None and (job.vision.images_per_sample, job.vision.video_frames) == (0, 16)

@@ -41,6 +41,8 @@ FORM_DEFAULTS: dict[str, str] = {
     "decode_tps": "",
     "images": "",
     "image_size": "",
+    "image_tokens": "",
+    "video_frames": "",
     "eager": "no",
     "seed": "0",
     "trials": "auto",
@@ -145,8 +147,8 @@ class JobRequest:
     """Training: samples are packed into full sequences (fit's --packing); it changes the plan only with a data or
     lengths file, whose samples are otherwise planned as padded batches."""
     vision: VisionInputs | None = None
-    """Vision-language models: each sample's (serving: request's) images (fit's --images-per-sample and
-    --image-size, parsed by the same use case); None: text only."""
+    """Vision-language models: each sample's (serving: request's) images and video (fit's --images-per-sample,
+    --image-size, --image-tokens and --video-frames, parsed by the same use case); None: text only."""
 
 
 def _positive_int(name: str, text: str) -> int:
@@ -323,19 +325,29 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
     )
 
 
+def _count(flag: str, text: str) -> int | None:
+    """A typed count for a vision flag (empty: not given); its range is the shared parser's check."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise SwiftplanError(f"{flag} must be a whole number, got {text!r}.") from None
+
+
 def _vision(raw: Mapping[str, str], *, serving: bool) -> VisionInputs | None:
-    """The image fields as fit's --images-per-sample and --image-size (empty: not given), read by the parser
-    every view shares."""
+    """The image and video fields as fit's --images-per-sample, --image-size, --image-tokens and --video-frames
+    (empty: not given), read by the parser every view shares."""
     from swiftplan.usecases.vision_inputs import build_vision_inputs
 
-    images, size = raw["images"].strip(), raw["image_size"].strip()
-    count: int | None = None
-    if images:
-        try:
-            count = int(images)
-        except ValueError:
-            raise SwiftplanError(f"--images-per-sample must be a whole number, got {images!r}.") from None
-    return build_vision_inputs({"images_per_sample": count, "image_size": size or None}, serving=serving)
+    options = {
+        "images_per_sample": _count("--images-per-sample", raw["images"]),
+        "image_size": raw["image_size"].strip() or None,
+        "image_tokens": _count("--image-tokens", raw["image_tokens"]),
+        "video_frames": _count("--video-frames", raw["video_frames"]),
+    }
+    return build_vision_inputs(options, serving=serving)
 
 
 def _task_fields(raw: Mapping[str, str], task: Literal["train", "serve"]) -> dict[str, Any]:

@@ -75,6 +75,7 @@ LAYOUT = (
     ("data", "Data file", "lengths", "Lengths file"),
     ("packing", "Packing", "", ""),
     ("images", "Images/sample", "image_size", "Image size"),
+    ("image_tokens", "Image tokens", "video_frames", "Video frames"),
     ("context", "Serve context", "concurrency", "Concurrency"),
     ("ttft", "Serve TTFT s", "decode_tps", "Decode tok/s"),
     ("seed", "Seed", "trials", "Trials"),
@@ -88,8 +89,9 @@ HELP = (
     "adapters (LoRA and QLoRA only); dataset tokens (50M, 1.5B) only scale time and cost, unless a data file "
     "(.jsonl/.json/text) or a lengths file (one token count a line) is given: then its samples are counted and "
     "memory is planned on their longest padded batch, or with packing on full sequence-length rows of packed "
-    "samples (without a file every row is full already, so packing changes nothing); images per sample and image size (WIDTHxHEIGHT) are for "
-    "vision-language models (fit's --images-per-sample and --image-size); context, concurrency, eager decode (no "
+    "samples (without a file every row is full already, so packing changes nothing); images per sample, image size (WIDTHxHEIGHT), "
+    "image tokens (language-model tokens per image, instead of the size) and video frames (one video per sample) "
+    "are for vision-language models (fit's --images-per-sample, --image-size, --image-tokens, --video-frames); context, concurrency, eager decode (no "
     "CUDA graphs: more KV cache, slower small-model steps), TTFT (largest time to first token) and decode tokens/s per user (the "
     "smallest) are for serving; fields the task does not read are greyed out; runtime is the training "
     "framework planned for (its loss, optimizer and engine; profiles/runtimes), or for serve the serving engine "
@@ -106,6 +108,8 @@ PLACEHOLDERS = {
     "lengths": "optional · lengths.txt",
     "images": "none · 1 · 2",
     "image_size": "processor max · 1024x768",
+    "image_tokens": "from size · 256",
+    "video_frames": "none · 16",
     "modules_to_save": "none · embed_tokens,lm_head",
 }
 
