@@ -1,5 +1,6 @@
 """The job form's fields for the rest of fit's planning options, driven by Textual's pilot: packing (--packing), a vision-language
-model's image tokens and video frames (--image-tokens, --video-frames).
+model's image tokens and video frames (--image-tokens, --video-frames) and, training it, whether its
+vision tower and aligner train (--train-vit, --train-aligner).
 Each is typed or picked in the form, the search runs, and the plan shown is the one `swiftplan fit` makes with the
 flag; a field the task does not read is disabled, and a bad value gets the CLI's (the fit use case's) message in
 the form's error area. (test_dash_fit_options.py has the serving targets, DoRA, the data files and the images.)"""
@@ -154,3 +155,58 @@ def test_video_frames_alone_plan_video_without_images_as_fit_does() -> None:
     # `fit --video-frames 16` alone: no images, one 16-frame video per sample
     assert job.vision == build_vision_inputs({"video_frames": 16}, serving=False)
     assert job.vision is not None and (job.vision.images_per_sample, job.vision.video_frames) == (0, 16)
+
+
+def test_training_the_vision_tower_and_aligner_plans_them_as_fit_does() -> None:
+    async def drive() -> Any:
+        async with _job_form() as (app, pilot):
+            app.query_one(JobPane).fill({"model": VL_MODEL})
+            await pick_option(pilot, "#job-runtime", "ms-swift")
+            await pick_option(pilot, "#job-train_vit", "yes")
+            await pick_option(pilot, "#job-train_aligner", "yes")
+            error, outcome = await form_search(pilot)
+            assert error == "" and outcome is not None and outcome.choices
+            return outcome.choices[0].plan
+
+    plan = asyncio.run(drive())
+    vision = plan.workload.vision
+    assert vision is not None and not vision.freeze_vit and not vision.freeze_aligner
+    # `swiftplan fit VL_MODEL --gpus 2xrtx4090 --runtime ms-swift --train-vit --train-aligner` (one image a sample)
+    theirs_vision = build_vision_inputs({"train_vit": True, "train_aligner": True}, serving=False)
+    theirs = plan_fit(FitRequest(model=VL_MODEL, gpus=GPUS, runtime="ms-swift", vision=theirs_vision)).plan
+    assert theirs is not None and vision == theirs_vision
+    assert plan.setup == theirs.setup and plan.prediction == theirs.prediction
+    frozen_vision = build_vision_inputs({"images_per_sample": 1}, serving=False)
+    frozen = plan_fit(FitRequest(model=VL_MODEL, gpus=GPUS, runtime="ms-swift", vision=frozen_vision)).plan
+    assert frozen is not None and frozen.prediction != plan.prediction  # the switches changed the plan
+
+
+def test_the_vision_tower_switches_are_trainings_only() -> None:
+    # the shared parser refuses --train-vit/--train-aligner with --task serve; the form disables them there instead
+    with pytest.raises(SwiftplanError, match="not apply to --task serve"):
+        build_vision_inputs({"train_vit": True}, serving=True)
+
+    async def drive() -> None:
+        async with _job_form() as (app, pilot):
+            app.query_one(JobPane).fill({"model": VL_MODEL})
+            await pick_option(pilot, "#job-train_vit", "yes")
+            await pick_option(pilot, "#job-task", "serve")
+            assert app.query_one("#job-train_vit").disabled and app.query_one("#job-train_aligner").disabled
+            assert parse_job(app.query_one(JobPane).values()).vision is None  # kept, but serving ignores it
+            await pick_option(pilot, "#job-task", "train")
+            vision = parse_job(app.query_one(JobPane).values()).vision
+            assert vision is not None and not vision.freeze_vit and vision.freeze_aligner
+
+    asyncio.run(drive())
+
+
+def test_training_the_vision_tower_of_a_text_model_gets_fits_message_in_the_form() -> None:
+    async def drive() -> None:
+        async with _job_form() as (app, pilot):
+            await pick_option(pilot, "#job-train_vit", "yes")
+            error, outcome = await form_search(pilot)
+            assert (
+                error.startswith(f"{MODEL} is a text-only model") and outcome is None
+            )  # as `fit --train-vit`
+
+    asyncio.run(drive())

@@ -43,6 +43,8 @@ FORM_DEFAULTS: dict[str, str] = {
     "image_size": "",
     "image_tokens": "",
     "video_frames": "",
+    "train_vit": "no",
+    "train_aligner": "no",
     "eager": "no",
     "seed": "0",
     "trials": "auto",
@@ -53,9 +55,9 @@ FORM_DEFAULTS: dict[str, str] = {
 """Every form field and its initial text."""
 SERVE_ONLY = ("ttft", "decode_tps")
 """Fields only a serving search reads (fit's --ttft and --decode-tps): a training job ignores them."""
-TRAIN_ONLY = ("dora", "data", "lengths", "packing")
-"""Fields only a training search reads (fit's --dora, --data, --lengths and --packing): a serving job ignores
-them."""
+TRAIN_ONLY = ("dora", "data", "lengths", "packing", "train_vit", "train_aligner")
+"""Fields only a training search reads (fit's --dora, --data, --lengths, --packing, --train-vit and
+--train-aligner): a serving job ignores them."""
 
 METHOD_CHOICES = ("any", "full", "lora", "qlora", "lora,qlora")
 QUANT_CHOICES = ("any", "none", "nf4", "int8")
@@ -148,7 +150,8 @@ class JobRequest:
     lengths file, whose samples are otherwise planned as padded batches."""
     vision: VisionInputs | None = None
     """Vision-language models: each sample's (serving: request's) images and video (fit's --images-per-sample,
-    --image-size, --image-tokens and --video-frames, parsed by the same use case); None: text only."""
+    --image-size, --image-tokens and --video-frames; training: --train-vit and --train-aligner too), parsed by the
+    same use case; None: text only."""
 
 
 def _positive_int(name: str, text: str) -> int:
@@ -338,7 +341,9 @@ def _count(flag: str, text: str) -> int | None:
 
 def _vision(raw: Mapping[str, str], *, serving: bool) -> VisionInputs | None:
     """The image and video fields as fit's --images-per-sample, --image-size, --image-tokens and --video-frames
-    (empty: not given), read by the parser every view shares."""
+    (empty: not given), and for training the vision tower and aligner switches as --train-vit and --train-aligner
+    ('no': not given, frozen as ms-swift's default; serving disables them, since the parser refuses them there),
+    read by the parser every view shares."""
     from swiftplan.usecases.vision_inputs import build_vision_inputs
 
     options = {
@@ -347,6 +352,8 @@ def _vision(raw: Mapping[str, str], *, serving: bool) -> VisionInputs | None:
         "image_tokens": _count("--image-tokens", raw["image_tokens"]),
         "video_frames": _count("--video-frames", raw["video_frames"]),
     }
+    if not serving:
+        options |= {name: True for name in ("train_vit", "train_aligner") if raw[name] == "yes"}
     return build_vision_inputs(options, serving=serving)
 
 

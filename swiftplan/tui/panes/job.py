@@ -7,7 +7,8 @@ in a collapsed group under the job; picking a training runtime fills them with t
 changed over them, as fit's knob flags do. They are training's only: while the task is serve the group
 is closed and disabled and shows the runtime's own values (the user's edits come back with a training
 task), and a knob changed anyway gets the CLI's refusal of knob flags with --task serve. The other fields
-one task alone reads (serving's latency targets; training's DoRA, data files and packing) are disabled for the
+one task alone reads (serving's latency targets; training's DoRA, data files, packing and
+vision tower and aligner switches) are disabled for the
 other task, keeping their text, and the search ignores them there."""
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ SELECTS = {
     "eager": ("no", "yes"),
     "dora": ("no", "yes"),
     "packing": ("no", "yes"),
+    "train_vit": ("no", "yes"),
+    "train_aligner": ("no", "yes"),
 }
 """Fields chosen from a list; the rest are typed."""
 RUNTIME_KNOBS = {name: runtime_knob_text(name) for name in SELECTS["runtime"]}
@@ -76,6 +79,7 @@ LAYOUT = (
     ("packing", "Packing", "", ""),
     ("images", "Images/sample", "image_size", "Image size"),
     ("image_tokens", "Image tokens", "video_frames", "Video frames"),
+    ("train_vit", "Train ViT", "train_aligner", "Train aligner"),
     ("context", "Serve context", "concurrency", "Concurrency"),
     ("ttft", "Serve TTFT s", "decode_tps", "Decode tok/s"),
     ("seed", "Seed", "trials", "Trials"),
@@ -91,7 +95,8 @@ HELP = (
     "memory is planned on their longest padded batch, or with packing on full sequence-length rows of packed "
     "samples (without a file every row is full already, so packing changes nothing); images per sample, image size (WIDTHxHEIGHT), "
     "image tokens (language-model tokens per image, instead of the size) and video frames (one video per sample) "
-    "are for vision-language models (fit's --images-per-sample, --image-size, --image-tokens, --video-frames); context, concurrency, eager decode (no "
+    "are for vision-language models (fit's --images-per-sample, --image-size, --image-tokens, --video-frames), and "
+    "in training, train ViT and train aligner also train the vision tower and the aligner (ms-swift freezes both); context, concurrency, eager decode (no "
     "CUDA graphs: more KV cache, slower small-model steps), TTFT (largest time to first token) and decode tokens/s per user (the "
     "smallest) are for serving; fields the task does not read are greyed out; runtime is the training "
     "framework planned for (its loss, optimizer and engine; profiles/runtimes), or for serve the serving engine "
