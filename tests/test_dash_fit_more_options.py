@@ -1,6 +1,7 @@
 """The job form's fields for the rest of fit's planning options, driven by Textual's pilot: packing (--packing), a vision-language
 model's image tokens and video frames (--image-tokens, --video-frames) and, training it, whether its
-vision tower and aligner train (--train-vit, --train-aligner).
+vision tower and aligner train (--train-vit, --train-aligner), and the Optuna storage the study is kept in
+(--storage, --study-name).
 Each is typed or picked in the form, the search runs, and the plan shown is the one `swiftplan fit` makes with the
 flag; a field the task does not read is disabled, and a bad value gets the CLI's (the fit use case's) message in
 the form's error area. (test_dash_fit_options.py has the serving targets, DoRA, the data files and the images.)"""
@@ -210,3 +211,25 @@ def test_training_the_vision_tower_of_a_text_model_gets_fits_message_in_the_form
             )  # as `fit --train-vit`
 
     asyncio.run(drive())
+
+
+def test_a_storage_url_keeps_the_study_under_its_name_as_fit_does(tmp_path: Any) -> None:
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+
+    async def drive() -> Any:
+        async with _job_form() as (app, pilot):
+            await type_field(pilot, "storage", url)
+            await type_field(pilot, "study_name", "dash-study")
+            error, outcome = await form_search(pilot)
+            assert error == "" and outcome is not None and outcome.choices
+            return outcome.choices[0].plan
+
+    plan = asyncio.run(drive())
+    stored = {summary.study_name: summary.n_trials for summary in optuna.get_all_study_summaries(url)}
+    assert list(stored) == ["dash-study"] and stored["dash-study"] > 0  # the form's search ran in the storage
+    # `swiftplan fit MODEL --gpus 2xrtx4090 --storage URL --study-name dash-study` resumes it to the same plan
+    theirs = plan_fit(FitRequest(model=MODEL, gpus=GPUS, storage=url, study_name="dash-study")).plan
+    assert theirs is not None and plan.setup == theirs.setup and plan.prediction == theirs.prediction
+    assert parse_job({"model": MODEL}).storage is None  # left empty: the study stays in memory

@@ -48,6 +48,8 @@ FORM_DEFAULTS: dict[str, str] = {
     "eager": "no",
     "seed": "0",
     "trials": "auto",
+    "storage": "",
+    "study_name": "",
     "pareto": "no",
     "headroom": "0.05",
     "host_ram": "auto",
@@ -145,6 +147,10 @@ class JobRequest:
     dataset tokens typed."""
     lengths: str | None = None
     """Training: a file of per-sample token lengths, one per line (fit's --lengths)."""
+    storage: str | None = None
+    """Optuna storage URL the study is kept in and resumed from (fit's --storage); None: in memory."""
+    study_name: str | None = None
+    """The study's name in the storage (fit's --study-name); None: derived from the problem."""
     packing: bool = False
     """Training: samples are packed into full sequences (fit's --packing); it changes the plan only with a data or
     lengths file, whose samples are otherwise planned as padded batches."""
@@ -323,6 +329,8 @@ def parse_job(fields: Mapping[str, str]) -> JobRequest:
         eager=eager,
         headroom=_finite("--headroom", raw["headroom"], "0.05"),
         host_ram_bytes=_host_ram_bytes(raw["host_ram"]),
+        storage=_path(raw["storage"]),
+        study_name=_path(raw["study_name"]),
         vision=_vision(raw, serving=task == "serve"),
         **_task_fields(raw, task),
     )

@@ -57,7 +57,8 @@ def fit_request(job: JobRequest, *, host_ram_bytes: int) -> FitRequest:
         epochs=job.epochs, global_batch=batch, seq_len=seq,
         context=job.context, concurrency=job.concurrency, ttft_s=job.ttft_s, decode_tps=job.decode_tps,
         headroom=job.headroom, host_ram_bytes=host_ram_bytes if job.host_ram_bytes is None else job.host_ram_bytes,
-        seed=job.seed, trials=job.trials, runtime=job.runtime or None, training=training,
+        seed=job.seed, trials=job.trials, storage=job.storage, study_name=job.study_name,
+        runtime=job.runtime or None, training=training,
         runtime_options=dict(job.runtime_options) if job.task == "train" else {}, eager=job.eager, dora=job.dora,
         vision=job.vision,
     )  # fmt: skip

@@ -83,6 +83,7 @@ LAYOUT = (
     ("context", "Serve context", "concurrency", "Concurrency"),
     ("ttft", "Serve TTFT s", "decode_tps", "Decode tok/s"),
     ("seed", "Seed", "trials", "Trials"),
+    ("storage", "Storage URL", "study_name", "Study name"),
     ("headroom", "Headroom", "host_ram", "Host RAM GiB"),
     ("pareto", "Pareto front", "", ""),
 )
@@ -101,7 +102,8 @@ HELP = (
     "smallest) are for serving; fields the task does not read are greyed out; runtime is the training "
     "framework planned for (its loss, optimizer and engine; profiles/runtimes), or for serve the serving engine "
     "(its decode step cost); picking a training one fills the runtime knobs with its defaults, and each knob is "
-    "the CLI flag of the same name (--loss, --fsdp, …)."
+    "the CLI flag of the same name (--loss, --fsdp, …); a storage URL (fit's --storage, e.g. sqlite:///study.db) "
+    "keeps the study, resumed by the next search with the same study name (default: derived from the problem)."
 )
 PLACEHOLDERS = {
     "rank": "16 · 8,16,32 · auto",
@@ -115,6 +117,8 @@ PLACEHOLDERS = {
     "image_size": "processor max · 1024x768",
     "image_tokens": "from size · 256",
     "video_frames": "none · 16",
+    "storage": "none · sqlite:///study.db",
+    "study_name": "from the problem",
     "modules_to_save": "none · embed_tokens,lm_head",
 }
 
