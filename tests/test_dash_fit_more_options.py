@@ -233,3 +233,18 @@ def test_a_storage_url_keeps_the_study_under_its_name_as_fit_does(tmp_path: Any)
     theirs = plan_fit(FitRequest(model=MODEL, gpus=GPUS, storage=url, study_name="dash-study")).plan
     assert theirs is not None and plan.setup == theirs.setup and plan.prediction == theirs.prediction
     assert parse_job({"model": MODEL}).storage is None  # left empty: the study stays in memory
+
+
+@pytest.mark.parametrize(
+    ("url", "says"), [("nowhere", "is not a database URL"), ("nosuch://x", "Cannot open --storage")]
+)
+def test_a_bad_storage_url_gets_fits_message_in_the_form(url: str, says: str) -> None:
+    async def drive() -> None:
+        async with _job_form() as (app, pilot):
+            await type_field(pilot, "storage", url)
+            error, outcome = await form_search(pilot)
+            assert (
+                says in error and "internal error" not in error and outcome is None
+            )  # as `fit --storage URL`
+
+    asyncio.run(drive())

@@ -278,3 +278,11 @@ def test_each_engine_renders_the_plans_dora(engine: str) -> None:
     rendered = engine_for(plan).render(plan)
     text = " ".join(" ".join(c) for c in rendered.commands) + "\n".join(rendered.files.values())
     assert DORA_SPELLING[engine] in text
+
+
+def test_fit_refuses_the_training_switches_for_serving() -> None:
+    for switch in ("--dora", "--packing"):
+        result = _cli("fit", LLAMA, "--gpus", "h100", "--task", "serve", switch)
+        assert (
+            result.returncode == 2 and f"{switch} only applies to training" in result.stdout + result.stderr
+        )

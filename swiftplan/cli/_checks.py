@@ -182,22 +182,3 @@ def port_free(flag: str, host: str, number: int) -> None:
                                      hint="Stop what listens there, or pick another port.") from None  # fmt: skip
             raise SwiftplanError(f"Cannot bind {host}:{number}: {error.strerror or error}.",
                                  hint="Ports below 1024 need privileges; --host must be an address of this machine.") from None  # fmt: skip
-
-
-def storage_url(url: str | None) -> None:
-    """An Optuna storage URL that Optuna can open (the storage is created here when it is new)."""
-    if url is None:
-        return
-    examples = "Examples: sqlite:///study.db, postgresql://user:pass@host/db, mysql://user:pass@host/db."
-    if "://" not in url:
-        raise SwiftplanError(f"--storage {url!r} is not a database URL.", hint=examples)
-    import optuna
-
-    try:
-        optuna.storages.RDBStorage(url)
-    except ImportError as error:
-        raise SwiftplanError(f"--storage {url}: its database driver is not installed ({error.name or error}).",
-                             hint=examples) from None  # fmt: skip
-    except Exception as error:  # noqa: BLE001 - sqlalchemy and optuna raise many kinds; each is a bad URL
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise SwiftplanError(f"Cannot open --storage {url}: {reason}", hint=examples) from None

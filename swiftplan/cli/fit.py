@@ -507,9 +507,9 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
     options["typed"] = set(given_options(ctx))
     _check_options(options)
     request = fit_request(**options)
-    from swiftplan.cli._checks import storage_url
+    from swiftplan.usecases.storage import check_storage_url
 
-    storage_url(request.storage)  # last: opening a new storage creates it
+    check_storage_url(request.storage)  # last: opening a new storage creates it
     measure_options = _measure_options(request, **options) if options["measure"] else None
     outcome = plan_fit(request)
     output, as_json = options["output"], options["as_json"]
@@ -534,12 +534,14 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
         raise typer.Exit(1)
 
 
-_TRAIN_ONLY = ("method", "rank", "targets", "dora", "precision", "optimizer", "grad_ckpt", "zero", "max_offload", "pp", "dp",
+_TRAIN_ONLY = ("method", "rank", "targets", "dora", "packing", "precision", "optimizer", "grad_ckpt", "zero", "max_offload", "pp", "dp",
                "batch", "dataset_tokens", "data", "lengths", "loss", "loss_chunks", "loss_chunk_tokens", "optimizer_impl",
                "modules_to_save", "optimizer_in_backward", "fsdp", "fsdp_sharding", "fsdp_shard_group",
                "ds_buckets", "reduce_bucket_elements", "prefetch_bucket_elements", "max_live_parameters", "ds_auto_buckets", "ds_overlap_comm", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8",
                "adapter_dtype", "keep_output")  # fmt: skip
 """fit options the serving search does not read."""
+_SWITCHES = ("dora", "packing")
+"""Flags without an off form: False is the flag left off, not typed."""
 _SERVE_ONLY = ("concurrency", "ttft", "decode_tps", "kv_dtype")
 """fit options the training search does not read."""
 
@@ -564,9 +566,7 @@ def _check_options(options: dict[str, Any]) -> None:
     if serving:
         refuse_objective_for_serving(options.get("typed", ()))
     for name in _SERVE_ONLY if not serving else _TRAIN_ONLY:
-        if options[name] is not None and not (
-            name == "dora" and not options[name]
-        ):  # --dora left off: untyped
+        if options[name] is not None and not (name in _SWITCHES and not options[name]):  # a switch left off
             flag = "--" + name.replace("_", "-")
             task = "--task serve" if not serving else "training (--task sft)"
             raise SwiftplanError(f"{flag} only applies to {task}; it would be ignored here.",

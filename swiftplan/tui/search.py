@@ -26,6 +26,7 @@ from swiftplan.tui.job import JobRequest
 from swiftplan.units import format_duration, format_gib
 from swiftplan.usecases.describe import candidate_summary
 from swiftplan.usecases.fit import FitOutcome, FitProblem, FitRequest, prepare_fit, search_fit
+from swiftplan.usecases.storage import check_storage_url
 
 PointKind = Literal["infeasible", "feasible", "front", "best"]
 Problem = FitProblem
@@ -78,7 +79,10 @@ def training_objective(job: JobRequest) -> ObjectiveSetup:
 
 def prepare(job: JobRequest, cluster: Cluster, *, host_ram_bytes: int) -> FitProblem:
     """Resolve the model and build the search, exactly as `swiftplan fit` does, on the chosen hardware."""
-    return prepare_fit(fit_request(job, host_ram_bytes=host_ram_bytes), cluster=cluster)
+    request = fit_request(job, host_ram_bytes=host_ram_bytes)
+    problem = prepare_fit(request, cluster=cluster)
+    check_storage_url(request.storage)  # last, as fit: opening a new storage creates it
+    return problem
 
 
 def run_search(problem: FitProblem, on_candidate: Callable[[Evaluation], None]) -> FitOutcome:
