@@ -21,7 +21,8 @@ from textual.worker import get_current_worker
 from swiftplan.tui import messages as msg
 from swiftplan.tui import workers
 from swiftplan.tui.hardware import HardwareView, catalog_options
-from swiftplan.tui.job import DEFAULT_HOST_RAM_BYTES, model_choices
+from swiftplan.tui.job import DEFAULT_HOST_RAM_BYTES
+from swiftplan.tui.model_field import model_choices
 from swiftplan.tui.panes.doctor import DoctorPane
 from swiftplan.tui.panes.hardware import HardwarePane
 from swiftplan.tui.panes.job import JobPane

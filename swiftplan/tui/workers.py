@@ -53,7 +53,7 @@ def pick_cluster(post: Post, text: str) -> None:
 
 def describe_model(post: Post, name: str) -> None:
     """Report one line about the model field (catalog or local file; never the network)."""
-    from swiftplan.tui.job import describe_model as describe
+    from swiftplan.tui.model_field import describe_model as describe
 
     try:
         text = describe(name)
