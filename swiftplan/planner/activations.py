@@ -37,7 +37,7 @@ from swiftplan.planner.dtypes import (
     dtype_bytes,
     module_dtype,
 )
-from swiftplan.planner.lora_saves import linear_saves
+from swiftplan.planner.lora_saves import BOOL, linear_saves
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.padding import padding_masked
 from swiftplan.planner.recompute import BNB_DEQUANTIZING, recompute_extra_bytes, stream_bytes
@@ -55,7 +55,6 @@ from swiftplan.planner.runtime_terms import (
 from swiftplan.planner.setup import TrainSetup
 
 FP32 = 4
-BOOL = 1
 INT64 = 8
 
 
@@ -661,7 +660,7 @@ def first_block_unsaved_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
             if is_targeted(lin, lora, spec.model_type)
         )
         # nor does DoRA's second base matmul keep its weight copy (F.linear keeps it for the input's gradient)
-        masks += dora_first_block_unsaved_bytes(spec, setup, reading_the_norm)
+        masks += dora_first_block_unsaved_bytes(spec, setup, _representative_layer(spec, 0), reading_the_norm)
     if amp:  # nor do the Linears reading that norm keep autocast's copy of their frozen weight
         norm += (
             sum(lin.in_features * lin.out_features for lin in reading_the_norm)

@@ -22,6 +22,8 @@ own DoRA (executors/trace.py, `use_dora`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.adapters import is_targeted
 from swiftplan.planner.architecture import Linear, layer_linears
@@ -30,16 +32,29 @@ from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import LoraSetup, TrainSetup
 
 
+def _trains_dora(setup: TrainSetup) -> bool:
+    """The set-up trains DoRA adapters."""
+    return setup.lora is not None and setup.lora.dora and setup.trains_adapters
+
+
 def dora_linears(spec: ModelSpec, setup: TrainSetup, layer: int) -> tuple[Linear, ...]:
     """The nn.Linears of block `layer` that peft wraps with DoRA (none unless the set-up trains DoRA adapters)."""
-    lora = setup.lora
-    if lora is None or not lora.dora or not setup.trains_adapters:
+    if not _trains_dora(setup):
         return ()
+    assert setup.lora is not None
     return tuple(
         linear
         for linear in layer_linears(spec, layer)
-        if linear.kind == "linear" and is_targeted(linear, lora, spec.model_type)
+        if linear.kind == "linear" and is_targeted(linear, setup.lora, spec.model_type)
     )
+
+
+def _every_dora_linear(spec: ModelSpec, setup: TrainSetup) -> Iterator[Linear]:
+    """Every block's DoRA Linears (nothing, without walking the blocks, when the set-up trains no DoRA)."""
+    if not _trains_dora(setup):
+        return
+    for layer in range(spec.num_layers):
+        yield from dora_linears(spec, setup, layer)
 
 
 def check_dora(spec: ModelSpec, lora: LoraSetup, flag: str = "--dora") -> None:
@@ -100,19 +115,15 @@ def _weight_copy_bytes(linear: Linear, setup: TrainSetup) -> int:
 
 
 def dora_first_block_unsaved_bytes(
-    spec: ModelSpec, setup: TrainSetup, reading_the_stream: list[Linear]
+    spec: ModelSpec, setup: TrainSetup, layer: int, reading_the_stream: list[Linear]
 ) -> int:
     """With dropout, what DoRA's second base matmul does not keep in a block whose input needs no gradient (the first,
-    behind a frozen embedding): the base weight's copy of each DoRA Linear in `reading_the_stream` (F.linear keeps
-    it only for its input's gradient)."""
-    lora = setup.lora
-    if lora is None or not lora.dora or lora.dropout == 0:
+    behind a frozen embedding, block `layer`): the base weight's copy of each of its DoRA Linears in
+    `reading_the_stream` (F.linear keeps it only for its input's gradient)."""
+    if setup.lora is None or setup.lora.dropout == 0:
         return 0
-    return sum(
-        _weight_copy_bytes(linear, setup)
-        for linear in reading_the_stream
-        if is_targeted(linear, lora, spec.model_type)
-    )
+    wrapped = dora_linears(spec, setup, layer)
+    return sum(_weight_copy_bytes(linear, setup) for linear in reading_the_stream if linear in wrapped)
 
 
 def dora_forward_bytes(linear: Linear, setup: TrainSetup, tokens: int, *, recomputed: bool = False) -> int:
@@ -141,11 +152,7 @@ def dora_base_params(spec: ModelSpec, setup: TrainSetup) -> int:
     costs 2 × this many more FLOPs forward and again backward; 0 without dropout (DoRA reuses the base output)."""
     if setup.lora is None or setup.lora.dropout == 0:
         return 0
-    return sum(
-        linear.in_features * linear.out_features
-        for layer in range(spec.num_layers)
-        for linear in dora_linears(spec, setup, layer)
-    )
+    return sum(linear.in_features * linear.out_features for linear in _every_dora_linear(spec, setup))
 
 
 def dora_rebuild_traffic_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
@@ -155,9 +162,7 @@ def dora_rebuild_traffic_bytes(spec: ModelSpec, setup: TrainSetup) -> int:
     reads and one write and the norm's read (eight adapters-dtype passes and one read of the stored weight)."""
     ab = dtype_bytes(adapter_dtype(setup))
     stored = dtype_bytes(module_dtype(setup))
-    total = 0
-    for layer in range(spec.num_layers):
-        for linear in dora_linears(spec, setup, layer):
-            inputs, outputs = linear.in_features, linear.out_features
-            total += 2 * inputs * inputs * ab + outputs * inputs * (8 * ab + stored)
-    return total
+    return sum(
+        2 * linear.in_features**2 * ab + linear.out_features * linear.in_features * (8 * ab + stored)
+        for linear in _every_dora_linear(spec, setup)
+    )

@@ -18,7 +18,7 @@ from swiftplan.planner.dora import dora_forward_bytes, dora_linears, dora_saved_
 from swiftplan.planner.dtypes import activation_dtype_bytes, adapter_dtype, dtype_bytes
 from swiftplan.planner.lora_saves import linear_saves
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.recompute import dense_mlp_pair, down_input_locals, mlp_forward_locals, stream_bytes
+from swiftplan.planner.recompute import dense_layout, down_input_locals, mlp_forward_locals, stream_bytes
 from swiftplan.planner.setup import TrainSetup
 
 DORA_FORWARD = "a DoRA Linear's forward"
@@ -29,21 +29,20 @@ def dora_forward_moment_bytes(
     spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int = 1, recomputed: bool = False
 ) -> int | None:
     """Without checkpointing, the most the last block's forward holds beyond every block's saved tensors (its own
-    included) at one of its DoRA Linears (module docstring); None without DoRA."""
-    last = spec.num_layers - 1
-    linears = dora_linears(spec, setup, last)
+    included) at one of its DoRA Linears (module docstring); None without DoRA. Counted whole, then per
+    tensor-parallel rank."""
+    linears = dora_linears(spec, setup, spec.num_layers - 1)
     if not linears:
         return None
-    assert setup.lora is not None
-    locals_ = down_input_locals(spec, setup, tokens, tp=tp) or 0
-    pair = dense_mlp_pair(spec, setup)
-    up, down = pair if pair is not None else (None, None)
+    locals_ = down_input_locals(spec, setup, tokens, tp=1) or 0
+    pair = dense_layout(spec, setup)
+    after_up = 0 if pair is None else _made_after_up(spec, setup, *pair, tokens, down_locals=locals_)
     moments = []
     for linear in linears:
-        alive = _own_output(linear, setup, tokens) + locals_ * tp
-        if up is not None and down is not None and linear.block == "mlp" and linear != down:
+        alive = _own_output(linear, setup, tokens) + locals_
+        if pair is not None and linear.block == "mlp" and linear != pair[1]:
             # gate_proj (before up_proj) holds less than up_proj's moment; that moment bounds it
-            alive -= _made_after_up(spec, setup, up, down, tokens)
+            alive -= after_up
         moments.append(alive + dora_forward_bytes(linear, setup, tokens, recomputed=recomputed))
     return max(moments) // tp
 
@@ -54,15 +53,21 @@ def _own_output(linear: Linear, setup: TrainSetup, tokens: int) -> int:
     return tokens * linear.out_features * activation_dtype_bytes(setup) if setup.lora.dropout > 0 else 0
 
 
-def _made_after_up(spec: ModelSpec, setup: TrainSetup, up: Linear, down: Linear, tokens: int) -> int:
+def _made_after_up(
+    spec: ModelSpec, setup: TrainSetup, up: Linear, down: Linear, tokens: int, *, down_locals: int
+) -> int:
     """What down_proj's moment counts that up_proj's does not have yet: up_proj's output (the product keeps it),
-    down_proj's LoRA and DoRA saved tensors, and of the locals down_proj's input product and its cast."""
+    down_proj's LoRA and DoRA saved tensors, and of `down_locals` (down_proj's, `recompute.down_input_locals`) its
+    input product and that product's cast, beyond the MLP's own locals."""
     cb = activation_dtype_bytes(setup)
     _, down_lora = linear_saves(down, setup, tokens, cb, spec.model_type)
-    down_locals = (down_input_locals(spec, setup, tokens, tp=1) or 0) - (
-        mlp_forward_locals(spec, setup, tokens, tp=1) or 0
+    product_and_cast = down_locals - (mlp_forward_locals(spec, setup, tokens, tp=1) or 0)
+    return (
+        tokens * up.out_features * cb
+        + down_lora
+        + dora_saved_bytes_of(down, setup, tokens)
+        + product_and_cast
     )
-    return tokens * up.out_features * cb + down_lora + dora_saved_bytes_of(down, setup, tokens) + down_locals
 
 
 def dora_recompute_extra_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int = 1) -> int | None:

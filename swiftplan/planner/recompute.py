@@ -137,7 +137,7 @@ def recompute_extra_bytes(
         # experts with LoRA keep the coarse set, which holds their re-materialised stacks' gradients
         frozen = not _experts_carry_lora(spec, setup, layer)
         return stream_grad + (moe if frozen else max(coarse, moe))
-    dense = _dense_layout(spec, setup, layer)
+    dense = dense_layout(spec, setup, layer)
     if dense is None:
         return stream_grad + coarse
     up, down = dense
@@ -171,7 +171,7 @@ def last_block_forward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *,
         plain = setup.method != "full" and setup.quant != "int8" and not setup.precision.startswith("amp-")
         frozen_experts = not _experts_carry_lora(spec, setup, last)
         return _moe_recompute_bytes(spec, setup, tokens, tp=tp) if plain and frozen_experts else 0
-    dense = _dense_layout(spec, setup)
+    dense = dense_layout(spec, setup)
     if dense is None:
         return 0
     up, down = dense
@@ -199,7 +199,7 @@ def last_block_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int, *
         return stream_gradient_bytes(spec, setup, tokens) + moe_backward_bytes(
             spec, setup, tokens, tp=tp, layer=last
         )
-    dense = _dense_layout(spec, setup)
+    dense = dense_layout(spec, setup)
     if dense is None:
         return 0
     up, down = dense
@@ -243,7 +243,7 @@ def shared_expert_backward_bytes(spec: ModelSpec, setup: TrainSetup, tokens: int
     return tokens * cb * (spec.hidden_size - 3 * moe.shared_intermediate_size) // tp
 
 
-def _dense_layout(
+def dense_layout(
     spec: ModelSpec, setup: TrainSetup, layer: int | None = None
 ) -> tuple[Linear, Linear] | None:
     """(up_proj or the fused gate_up_proj, down_proj) of block `layer` (the last by default) when its moments are
@@ -402,15 +402,10 @@ def _dense_moments(
     return ([ends], [-weight_copy + 3 * e]) if recompute else ([ends], [])
 
 
-def dense_mlp_pair(spec: ModelSpec, setup: TrainSetup) -> tuple[Linear, Linear] | None:
-    """(up_proj or the fused gate_up_proj, down_proj) of the last block where its moments are modelled, else None."""
-    return _dense_layout(spec, setup)
-
-
 def mlp_forward_locals(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: int) -> int | None:
     """Without checkpointing, what a dense last block's MLP forward holds in locals beyond B: the residual and the MLP
     input unless B holds them (`_forward_locals`). None where the block's moments are not modelled."""
-    dense = _dense_layout(spec, setup)
+    dense = dense_layout(spec, setup)
     if dense is None:
         return None
     up, down = dense
@@ -423,7 +418,7 @@ def down_input_locals(spec: ModelSpec, setup: TrainSetup, tokens: int, *, tp: in
     input in the adapters' dtype, before lora_A runs (`_dense_moments`' lora-input moment without down_proj's base
     output and the LoRA output): the MLP's locals, the product when B does not hold it, the product's cast while
     dropout reads it. None where the block's moments are not modelled or down_proj carries no LoRA."""
-    dense = _dense_layout(spec, setup)
+    dense = dense_layout(spec, setup)
     lora = setup.lora
     if dense is None or lora is None or not setup.trains_adapters or setup.precision.startswith("amp-"):
         return None
