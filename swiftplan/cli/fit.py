@@ -540,8 +540,6 @@ _TRAIN_ONLY = ("method", "rank", "targets", "dora", "packing", "precision", "opt
                "ds_buckets", "reduce_bucket_elements", "prefetch_bucket_elements", "max_live_parameters", "ds_auto_buckets", "ds_overlap_comm", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8",
                "adapter_dtype", "keep_output")  # fmt: skip
 """fit options the serving search does not read."""
-_SWITCHES = ("dora", "packing")
-"""Flags without an off form: False is the flag left off, not typed."""
 _SERVE_ONLY = ("concurrency", "ttft", "decode_tps", "kv_dtype")
 """fit options the training search does not read."""
 
@@ -563,10 +561,11 @@ def _check_options(options: dict[str, Any]) -> None:
     check_epochs(options["epochs"])
     _checks.between("--seed", options["seed"], 0, 2**32 - 1)
     serving = is_serving(options["task"])
+    typed = options.get("typed", ())
     if serving:
-        refuse_objective_for_serving(options.get("typed", ()))
+        refuse_objective_for_serving(typed)
     for name in _SERVE_ONLY if not serving else _TRAIN_ONLY:
-        if options[name] is not None and not (name in _SWITCHES and not options[name]):  # a switch left off
+        if name in typed:
             flag = "--" + name.replace("_", "-")
             task = "--task serve" if not serving else "training (--task sft)"
             raise SwiftplanError(f"{flag} only applies to {task}; it would be ignored here.",
