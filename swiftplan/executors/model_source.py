@@ -52,10 +52,6 @@ _TRUE = ("1", "on", "yes", "true")
 """Values huggingface_hub reads as true in HF_HUB_OFFLINE (huggingface_hub.constants._is_true)."""
 
 
-def _offline() -> bool:
-    return hub_off_switch() is not None
-
-
 def hub_off_switch() -> str | None:
     """The variable that turns the hub off ('HF_HUB_OFFLINE=1'), or None when it is on. huggingface_hub reads
     TRANSFORMERS_OFFLINE when HF_HUB_OFFLINE is unset or empty (huggingface_hub.constants.HF_HUB_OFFLINE)."""
@@ -215,11 +211,6 @@ def resolve_model(name: str) -> ModelSpec:
     raise SwiftplanError(
         f"Unknown model {name!r}: not in the catalog and not a local path.{did_you_mean}", hint=_LOCAL_HINT
     )
-
-
-def hub_off() -> bool:
-    """Whether the user turned the hub off (HF_HUB_OFFLINE or SWIFTPLAN_OFFLINE)."""
-    return _offline()
 
 
 def cached_hub_config(model_id: str) -> dict[str, Any] | None:
