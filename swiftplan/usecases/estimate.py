@@ -134,13 +134,17 @@ def whole_prompt_accum(setup: TrainSetup, cluster: Cluster) -> int:
     """The smallest --grad-accum, at least the set-up's, for which a GRPO step (micro-batch × accumulation ×
     data-parallel ranks completions) is whole prompts of --num-generations (what TRL and ms-swift require:
     `require_whole_prompts`); the set-up's own for other objectives."""
-    import math
-
     from swiftplan.planner.objective import step_generations
 
-    generations = step_generations(setup.objective)
-    step = generations // math.gcd(_completions_per_accum(setup, cluster), generations)
+    step = _whole_prompt_multiple(_completions_per_accum(setup, cluster), step_generations(setup.objective))
     return -(-setup.grad_accum // step) * step
+
+
+def _whole_prompt_multiple(completions: int, generations: int) -> int:
+    """The smallest count n for which n × `completions` is whole prompts of `generations` completions each."""
+    import math
+
+    return generations // math.gcd(completions, generations)
 
 
 def require_whole_prompts(setup: TrainSetup, cluster: Cluster) -> None:
@@ -151,16 +155,14 @@ def require_whole_prompts(setup: TrainSetup, cluster: Cluster) -> None:
     trl/trainer/grpo_config.py, line 1110 at commit f2cd57710ae3, line 1131 in trl 1.16.0), and ms-swift
     (_init_generation_batch_params) likewise. So a typed batch that is not whole prompts is refused, naming the
     smallest --grad-accum and --batch that are (an untyped --grad-accum is raised to `whole_prompt_accum`)."""
-    import math
-
     accum, rollout = whole_prompt_accum(setup, cluster), setup.objective.rollout
     if accum == setup.grad_accum or rollout is None:
         return
     per_accum = _completions_per_accum(setup, cluster)
     ranks, groups = per_accum // setup.micro_batch, rollout.num_generations
     batch = per_accum * setup.grad_accum
-    accum_step = groups // math.gcd(per_accum, groups)
-    batch_step = groups // math.gcd(ranks * setup.grad_accum, groups)
+    accum_step = _whole_prompt_multiple(per_accum, groups)
+    batch_step = _whole_prompt_multiple(ranks * setup.grad_accum, groups)
     micro = -(-setup.micro_batch // batch_step) * batch_step
     raise SwiftplanError(
         f"--task grpo: a step generates --batch {setup.micro_batch} × --grad-accum {setup.grad_accum} × {ranks} "
