@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
+from swiftplan.executors.trace_patches import patched
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 _IGNORED_CONFIG_KEYS = ("torch_dtype", "dtype", "transformers_version", "auto_map", "_name_or_path")
@@ -201,8 +203,6 @@ def _meta_dora_magnitudes() -> Iterator[None]:
     to memory."""
     from peft.tuners.lora.dora import DoraLinearLayer
 
-    original = DoraLinearLayer.update_layer
-
     def update_layer(
         self: Any, *, base_layer: Any, lora_A: torch.Tensor, lora_B: torch.Tensor, **_: Any
     ) -> None:
@@ -211,11 +211,8 @@ def _meta_dora_magnitudes() -> Iterator[None]:
             torch.empty(lora_B.shape[0], dtype=dtype, device="meta"), requires_grad=True
         )
 
-    DoraLinearLayer.update_layer = update_layer  # type: ignore[method-assign]
-    try:
+    with patched([(DoraLinearLayer, "update_layer", update_layer)]):
         yield
-    finally:
-        DoraLinearLayer.update_layer = original  # type: ignore[method-assign]
 
 
 def is_saved_module_param(name: str) -> bool:

@@ -26,7 +26,7 @@ def unpacked_inputs() -> Iterator[None]:
     """
     from transformers import masking_utils
 
-    with _patched([(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)]):
+    with patched([(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)]):
         yield
 
 
@@ -63,7 +63,7 @@ def fake_safe_optimizers() -> Iterator[None]:
         patches.append((Adafactor, "_get_lr", staticmethod(get_lr)))
     except ImportError:  # pragma: no cover - transformers is a hard requirement of the tracer
         pass
-    with _patched(patches):
+    with patched(patches):
         yield
 
 
@@ -84,7 +84,7 @@ def cuda_like_kernels(calls: Counter[str]) -> Iterator[None]:
     MoE: `torch._grouped_mm` is bf16-only on CUDA (its meta kernel checks that), so for other dtypes
     transformers' own fallback op is used, as it is for dtypes the kernel cannot take.
     """
-    with _patched([_sdpa_patch(calls), _dropout_patch(calls), *_grouped_mm_patch()]):
+    with patched([_sdpa_patch(calls), _dropout_patch(calls), *_grouped_mm_patch()]):
         yield
 
 
@@ -195,7 +195,8 @@ def _grouped_mm_patch() -> list[tuple[Any, str, Any]]:
 
 
 @contextlib.contextmanager
-def _patched(patches: list[tuple[Any, str, Any]]) -> Iterator[None]:
+def patched(patches: list[tuple[Any, str, Any]]) -> Iterator[None]:
+    """Each (object, attribute, value) set for the block and put back after it."""
     # vars(), not getattr(): a staticmethod must be put back as the staticmethod object
     saved = [(obj, name, vars(obj)[name]) for obj, name, _ in patches]
     try:

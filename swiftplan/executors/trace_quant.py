@@ -29,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 if TYPE_CHECKING:
     from swiftplan.planner.setup import TrainSetup
 
+from swiftplan.executors.trace_patches import patched
 from swiftplan.planner.dtypes import kbit_cast
 
 QuantType = Literal["nf4", "fp4", "int8"]
@@ -277,11 +278,8 @@ def _dora_dequantizes_fake_4bit() -> Iterator[None]:
 
         return dequantize_4bit(weight.data, state)
 
-    dora.dequantize_module_weight = dequantize_module_weight
-    try:
+    with patched([(dora, "dequantize_module_weight", dequantize_module_weight)]):
         yield
-    finally:
-        dora.dequantize_module_weight = original
 
 
 class CudaDequantizingGemm(TorchDispatchMode):
