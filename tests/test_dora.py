@@ -286,3 +286,16 @@ def test_fit_refuses_the_training_switches_for_serving() -> None:
         assert (
             result.returncode == 2 and f"{switch} only applies to training" in result.stdout + result.stderr
         )
+
+
+def test_the_rebuild_traffic_counts_each_wrapped_linear_once_per_pass() -> None:
+    """Per DoRA Linear: the identity written and read (2 in² fp32), eight fp32 passes over out × in and one read of
+    the bf16 stored weight; nothing without DoRA."""
+    from swiftplan.planner.dora import dora_rebuild_traffic_bytes
+
+    spec = catalog_spec(LLAMA)
+    dora = _setup(adapter="fp32", dropout=0.0, seq=1024)
+    per_block = sum(2 * lin.in_features**2 * 4 + lin.out_features * lin.in_features * (8 * 4 + 2)
+                    for lin in dora_linears(spec, dora, 0))  # fmt: skip
+    assert dora_rebuild_traffic_bytes(spec, dora) == spec.num_layers * per_block
+    assert dora_rebuild_traffic_bytes(spec, _setup(adapter="fp32", dropout=0.0, seq=1024, dora=False)) == 0
