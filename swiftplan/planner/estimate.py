@@ -175,6 +175,31 @@ def training_world_size(objective: ObjectiveSetup, cluster: Cluster) -> int:
     return cluster.world_size - server
 
 
+def check_rollout_tp(spec: ModelSpec, objective: ObjectiveSetup, *, train_world: int = 0) -> None:
+    """A vLLM rollout engine's --rollout-tp must divide the model's attention heads (vLLM refuses others)
+    and, colocated, the training processes it groups (trl 1.16 generation/vllm_generation.py:314: "must
+    divide world size"); `train_world` 0 skips the second check (size: the cluster is not chosen yet)."""
+    rollout = objective.rollout
+    if rollout is None or rollout.engine != "vllm":
+        return
+    tp = rollout.tp
+    if spec.num_heads % tp:
+        valid = [d for d in range(1, spec.num_heads + 1) if spec.num_heads % d == 0]
+        raise SwiftplanError(
+            f"--rollout-tp {tp} does not divide {spec.name}'s {spec.num_heads} attention heads, so vLLM cannot "
+            "shard the rollout engine that way.",
+            hint=f"Valid rollout tensor-parallel degrees: {', '.join(map(str, valid))}.",
+        )
+    if rollout.placement == "colocate" and train_world and train_world % tp:
+        valid = [d for d in range(1, train_world + 1) if train_world % d == 0 and spec.num_heads % d == 0]
+        raise SwiftplanError(
+            f"--rollout-tp {tp} does not divide the {train_world} training process(es) a colocated vLLM engine "
+            "shares (TRL groups them by the rollout's tensor-parallel degree and refuses the rest).",
+            hint=f"Use a --rollout-tp of {', '.join(map(str, valid))} here, more GPUs, or --rollout server "
+            "with its own --rollout-gpus.",
+        )
+
+
 def _check_parallelism(spec: ModelSpec, cluster: Cluster, tp: int, pp: int, *, world_size: int = 0) -> None:
     world = world_size or cluster.world_size
     if spec.num_heads % tp:
@@ -210,6 +235,7 @@ def estimate_training(
     """Memory and speed of one training configuration; reserved memory under `allocator`'s settings."""
     train_world = training_world_size(setup.objective, cluster)
     _check_parallelism(spec, cluster, setup.parallel.tp, setup.parallel.pp, world_size=train_world)
+    check_rollout_tp(spec, setup.objective, train_world=train_world)
     if setup.lora is not None and setup.trains_adapters:
         validate_targets(spec, setup.lora)
     memory = train_memory_with_vision(

@@ -104,6 +104,12 @@ class RolloutSetup:
             raise SwiftplanError(
                 f"--rollout-gpus {self.gpus} applies to --rollout server; a colocated engine shares the training GPUs."
             )
+        if self.engine == "hf" and self.tp != 1:
+            raise SwiftplanError(
+                f"--rollout-tp {self.tp} shards a vLLM rollout engine; the hf engine (--rollout-engine hf, ppo's "
+                "default) generates with the trainer's own model at the training --tp and would ignore it.",
+                hint="Drop --rollout-tp, or use --rollout-engine vllm.",
+            )
         if self.engine == "hf" and (self.sleep or self.placement != "colocate"):
             raise SwiftplanError("generate() runs inside the trainer: no rollout server and no sleep mode.")
 

@@ -12,7 +12,7 @@ from typing import Any
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner import model_limits
 from swiftplan.planner.engines import Engine
-from swiftplan.planner.estimate import training_world_size
+from swiftplan.planner.estimate import check_rollout_tp, training_world_size
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.idle_knobs import knob_dict, refuse_idle_knobs
 from swiftplan.planner.layout import cluster_text
@@ -112,7 +112,8 @@ def prepare_fit(request: FitRequest, *, cluster: Cluster | None = None) -> FitPr
     searched = engine_cluster(engine, offered_cluster, notes)
     host = inputs.host_ram(request.host_ram_bytes, request.gpus)
     if request.task == "train":
-        training_world_size(request.training, searched)  # a rollout server must leave GPUs to train on
+        # a rollout server must leave GPUs to train on; a colocated rollout's tp must divide them
+        check_rollout_tp(spec, request.training, train_world=training_world_size(request.training, searched))
         _check_rollout_lengths(request)
         request = _split_default_batch(request, training_world_size(request.training, searched), notes)
         request = _rollout_batch(request, notes)

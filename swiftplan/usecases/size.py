@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.estimate import check_rollout_tp
 from swiftplan.planner.hardware import Accelerator, get_accelerator, list_accelerators
 from swiftplan.planner.runtime import (
     DEFAULT_TRAIN_RUNTIME,
@@ -150,6 +151,8 @@ def plan_size(request: SizeRequest) -> SizeOutcome:
     spec = inputs.resolve_model(request.model)
     runtime = size_runtime(request)
     _check_vision(request, spec)
+    if request.task != "serve":
+        check_rollout_tp(spec, request.training)  # the model's heads; each cluster's GPUs when it is sized
     request = _with_dora(request, spec)
     size = _size_serving if request.task == "serve" else _size_training
     result, workload, notes = size(request, spec, accelerators, limits, prices, runtime)

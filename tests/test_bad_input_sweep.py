@@ -1,0 +1,62 @@
+"""Bad input a later sweep found accepted: rollout settings vLLM or TRL would refuse (a --rollout-tp that does
+not divide the heads or the colocated training processes, one the hf engine would ignore).
+
+Real command lines through the console entry point (tests/bad_input_support.py). Each row: the arguments,
+then fragments the one-paragraph refusal must hold (the bad value or flag, and what would be valid).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from bad_input_support import assert_refused, run_cli
+
+M = "Qwen/Qwen2.5-0.5B"  # 14 attention heads
+M7 = "Qwen/Qwen2.5-7B"  # 28 attention heads
+GRPO = ("estimate", M, "--gpus", "h100", "--task", "grpo")
+
+REFUSED = [
+    # vLLM shards a rollout engine by the attention heads: 4 does not divide Qwen2.5-0.5B's 14
+    ("rollout-tp-heads", ("estimate", M, "--gpus", "4xh100", "--task", "grpo", "--rollout-tp", "4"),
+     ["--rollout-tp 4", "14 attention heads", "1, 2, 7, 14"]),
+    ("rollout-tp-huge", (*GRPO, "--rollout-tp", "99999999999999999999"),
+     ["--rollout-tp 99999999999999999999", "14 attention heads", "1, 2, 7, 14"]),
+    ("rollout-server-tp-heads", ("estimate", M, "--gpus", "4xh100", "--task", "grpo", "--rollout", "server",
+                                 "--rollout-gpus", "3", "--rollout-tp", "3"),
+     ["--rollout-tp 3", "14 attention heads", "1, 2, 7, 14"]),
+    # TRL groups the colocated training processes by the rollout's tp and refuses a tp that does not divide them
+    ("rollout-tp-colocated-world", ("estimate", M7, "--gpus", "2xh100", "--task", "grpo", "--rollout-tp", "4"),
+     ["--rollout-tp 4", "2 training process(es)", "a --rollout-tp of 1, 2 here", "--rollout server"]),
+    ("fit-rollout-tp-colocated-world", ("fit", M7, "--gpus", "h100", "--task", "grpo", "--rollout-tp", "4"),
+     ["--rollout-tp 4", "1 training process(es)", "a --rollout-tp of 1 here"]),
+    ("size-rollout-tp-heads", ("size", M, "--task", "grpo", "--rollout-tp", "4", "--max-nodes", "1"),
+     ["--rollout-tp 4", "14 attention heads", "1, 2, 7, 14"]),
+    # generate() runs on the trainer's own model: a rollout tp would change the prediction and nothing else
+    ("rollout-tp-hf-engine", (*GRPO, "--rollout-engine", "hf", "--rollout-tp", "2"),
+     ["--rollout-tp 2", "hf engine", "would ignore it", "--rollout-engine vllm"]),
+    ("rollout-tp-ppo-default-hf", ("estimate", M, "--gpus", "h100", "--task", "ppo", "--rollout-tp", "2"),
+     ["--rollout-tp 2", "ppo's default", "Drop --rollout-tp"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "fragments"), [row[1:] for row in REFUSED], ids=[row[0] for row in REFUSED])
+def test_refused(args: tuple[str, ...], fragments: list[str]) -> None:
+    assert_refused(run_cli(*args), *fragments)
+
+
+def test_rollout_tp_that_divides_heads_and_processes_still_plans() -> None:
+    """28 heads and 4 colocated processes: --rollout-tp 4 is what TRL and vLLM run."""
+    result = run_cli("estimate", M7, "--gpus", "4xh100", "--task", "grpo", "--rollout-tp", "4")
+    assert result.exit_code == 0, result.output
+
+
+def test_size_leaves_out_clusters_the_rollout_tp_does_not_divide() -> None:
+    """size plans each cluster: 1 × H100 cannot host a colocated --rollout-tp 4 and is listed with why."""
+    result = run_cli("size", M7, "--task", "grpo", "--rollout-tp", "4", "--max-nodes", "1",
+                     "--accelerators", "h100-sxm", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.output)
+    assert all(o["gpus"] % 4 == 0 for o in outcome["options"])
+    one = next(r for r in outcome["rejected"] if r["gpus"] == 1)
+    assert "--rollout-tp 4 does not divide the 1 training process(es)" in one["reason"]
