@@ -1,5 +1,6 @@
 """Bad input a later sweep found accepted: rollout settings vLLM or TRL would refuse (a --rollout-tp that does
-not divide the heads or the colocated training processes, one the hf engine would ignore).
+not divide the heads or the colocated training processes, one the hf engine would ignore), and a zero
+--prompt-len a rollout quietly replaced with 512.
 
 Real command lines through the console entry point (tests/bad_input_support.py). Each row: the arguments,
 then fragments the one-paragraph refusal must hold (the bad value or flag, and what would be valid).
@@ -37,6 +38,8 @@ REFUSED = [
      ["--rollout-tp 2", "hf engine", "would ignore it", "--rollout-engine vllm"]),
     ("rollout-tp-ppo-default-hf", ("estimate", M, "--gpus", "h100", "--task", "ppo", "--rollout-tp", "2"),
      ["--rollout-tp 2", "ppo's default", "Drop --rollout-tp"]),
+    # a rollout generates from a prompt: 0 was quietly read as the default 512
+    ("rollout-prompt-len-0", (*GRPO, "--prompt-len", "0"), ["--prompt-len", "positive integer", "got 0"]),
 ]  # fmt: skip
 
 

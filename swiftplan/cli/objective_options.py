@@ -138,7 +138,8 @@ def build_objective(
     if kind in WITH_ROLLOUTS:
         engine = o["rollout_engine"] or ("hf" if kind == "ppo" else "vllm")
         memory = o["rollout_memory"] if o["rollout_memory"] is not None else runtime_rollout_memory(runtime)
-        rollout = RolloutSetup(num_generations=o["num_generations"], prompt_len=o["prompt_len"] or 512,
+        prompt_len = 512 if o["prompt_len"] is None else o["prompt_len"]  # 0 typed is refused, not defaulted
+        rollout = RolloutSetup(num_generations=o["num_generations"], prompt_len=prompt_len,
                                completion_len=o["completion_len"],
                                engine=parse_choice("rollout engine", engine, ROLLOUT_ENGINES),
                                placement=parse_choice("rollout placement", o["rollout"], ROLLOUT_PLACEMENTS),
