@@ -185,11 +185,14 @@ def runtime_engine(runtime: str, task: EngineTask) -> Engine | None:
     return next((e for e in list_engines(task) if e.runtime == runtime), None)
 
 
-def default_engine(task: EngineTask, backend: Backend) -> Engine:
+def default_engine(task: EngineTask, backend: Backend, *, images: bool = False) -> Engine:
     """The engine `fit` plans for when none is named: our loop for training; for serving vLLM where
-    it runs on this backend, else the built-in server."""
+    it runs on this backend, else the built-in server, or with `images` the first engine of
+    IMAGE_SERVE_ENGINES that runs there (one message when none does)."""
     if task == "train":
         return get_engine(DEFAULT_TRAIN_ENGINE)
+    if images:
+        return image_serve_engine(backend)
     vllm = get_engine("vllm")
     backends = vllm.allowed("backend", backend)
     return vllm if backends is None or backend in backends else get_engine("builtin")
@@ -227,7 +230,8 @@ class Requirements:
     runtime: str | None = None
     """The runtime profile the plan was made for (named in the reasons for its knobs)."""
     vision: bool = False
-    """Training: the plan trains a vision-language model on its images/video (`TrainSetup.vision`)."""
+    """The plan trains a vision-language model on its images/video (`TrainSetup.vision`), or serves one requests
+    with images/video (`ServeSetup.vision`)."""
 
 
 IMAGE_TRAIN_ENGINES: Mapping[str, str] = MappingProxyType(
@@ -258,6 +262,45 @@ def image_engines_text() -> str:
     return ", ".join(names[:-1]) + f" and {names[-1]}"
 
 
+IMAGE_SERVE_ENGINES: Mapping[str, str] = MappingProxyType(
+    {
+        "vllm": "executors/serve/vllm_cmd.py render_vllm: --limit-mm-per-prompt with the plan's images (and video) per "
+        "request, --mm-processor-kwargs with its pixel bound per image or tile count (executors/serve/images.py)",
+        "sglang": "executors/serve/sglang_cmd.py render_sglang: --limit-mm-data-per-request and --mm-process-config "
+        "with the plan's pixel bound (executors/serve/images.py; an InternVL plan of fewer tiles than the model's most "
+        "is refused there)",
+    }
+)
+"""The serving engines given a vision-language plan's images per request and its bound per image, each with where
+its renderer sets them. No other serves images as planned: LMDeploy takes the pixel bound and tile count only per
+request (executors/serve/images.py), and the built-in server loads the language model with AutoModelForCausalLM and
+takes text alone (executors/serve/loading.py, app.py)."""
+
+
+def serves_images(engine: Engine) -> bool:
+    """Whether `engine` serves a vision-language plan's images as planned (IMAGE_SERVE_ENGINES)."""
+    return engine.task == "serve" and engine.name in IMAGE_SERVE_ENGINES
+
+
+def image_serve_engines_text() -> str:
+    """The engines that serve images, for a message: 'vllm and sglang'."""
+    names = list(IMAGE_SERVE_ENGINES)
+    return ", ".join(names[:-1]) + f" and {names[-1]}"
+
+
+def image_serve_engine(backend: str) -> Engine:
+    """The first serving engine swiftplan launches that serves a vision-language plan's images on `backend`."""
+    needs = Requirements(backend=backend, vision=True)
+    for engine in list_engines("serve", runnable=True):
+        if serves_images(engine) and not engine_reasons(engine, needs):
+            return engine
+    raise SwiftplanError(
+        f"No engine swiftplan launches serves a vision-language model's images on {backend} devices "
+        f"({image_serve_engines_text()} do, where they run; the built-in server serves text only).",
+        hint="Drop the image options to plan the text alone, or plan for a device those engines run on.",
+    )
+
+
 def engine_reasons(engine: Engine, needs: Requirements) -> list[str]:
     """Every setting of the plan this engine cannot run, one sentence each naming it; empty when it can."""
     backend = needs.backend
@@ -274,10 +317,15 @@ def engine_reasons(engine: Engine, needs: Requirements) -> list[str]:
             f"{_OPTION_LABELS[option]} {value!r} is not available on {engine.name} with {backend} "
             f"({engine.why(option, backend)}; it allows {', '.join(map(str, allowed))})."
         )
-    if needs.vision and not trains_images(engine):
+    if needs.vision and engine.task == "train" and not trains_images(engine):
         reasons.append(
             f"{engine.name} does not train a vision-language model on its images: only {image_engines_text()} are "
             "given a plan's pixel budget per image and what trains (tower, aligner)."
+        )
+    if needs.vision and engine.task == "serve" and not serves_images(engine):
+        reasons.append(
+            f"{engine.name} does not serve a vision-language model's images as planned: only "
+            f"{image_serve_engines_text()} are given a plan's images per request and its pixel bound per image."
         )
     reasons += _knob_reasons(engine, needs)
     for option, value in (("tp_max", needs.tp), ("pp_max", needs.pp), ("gpus_max", needs.gpus)):
@@ -383,7 +431,8 @@ def knob_requirements(
 
 def serve_requirements(setup: ServeSetup, *, backend: str, gpus: int) -> Requirements:
     """What a serving set-up on `gpus` devices of `backend` asks of an engine."""
-    return Requirements(backend=backend, quant=setup.quant, kv_dtype=setup.kv_dtype, tp=setup.tp, gpus=gpus)
+    return Requirements(backend=backend, quant=setup.quant, kv_dtype=setup.kv_dtype, tp=setup.tp, gpus=gpus,
+                        vision=setup.vision is not None)  # fmt: skip
 
 
 def require_engine(engine: Engine, needs: Requirements, *, plan: str = "PLAN") -> None:

@@ -36,6 +36,10 @@ def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str
         notes.append(f"images: planned for {request.engine}, the first engine swiftplan launches that trains a "
                      "vision-language model on its images (swiftplan's own loop trains text only; pass --engine "
                      "to choose another).")  # fmt: skip
+    if task == "serve" and request.vision is not None:
+        from swiftplan.usecases.fit_vision import serve_image_engine
+
+        request = serve_image_engine(request, cluster, notes)
     if request.runtime is None or request.engine is not None:
         engine = choose_engine(request.engine, task, cluster, launchable=request.runtime is None)
         if task == "serve" and request.runtime is not None:
@@ -60,6 +64,10 @@ def choose_runtime_engine(request: FitRequest, cluster: Cluster, notes: list[str
             )
     if task == "train" and request.vision is not None:
         require_image_engine(engine, runtime=request.runtime, engine_named=request.engine is not None)
+    if task == "serve" and request.vision is not None:
+        from swiftplan.usecases.fit_vision import require_serve_image_engine
+
+        require_serve_image_engine(engine, runtime=request.runtime, engine_named=request.engine is not None)
     if task == "serve" and request.runtime is None:
         return engine, None
     name = request.runtime or engine.runtime or DEFAULT_TRAIN_RUNTIME

@@ -37,6 +37,13 @@ def render_lmdeploy(
     if setup.dtype not in _DTYPES:
         raise SwiftplanError(f"LMDeploy computes in float16 or bfloat16, not {setup.dtype}.",
                              hint="Re-plan with --dtype bf16 or fp16.")  # fmt: skip
+    if setup.vision is not None:
+        raise SwiftplanError(
+            "LMDeploy cannot serve this plan's images as planned: its server takes no limit on images per request "
+            "and no pixel bound per image (only --vision-max-batch-size; max_pixels and max_dynamic_patch are "
+            "per-request parameters), so a larger image would bring more image tokens than the plan holds.",
+            hint="Serve it with vLLM or SGLang (swiftplan serve PLAN --engine vllm|sglang; executors/serve/images.py).",
+        )
     if setup.quant in ("nf4", "fp4"):
         raise SwiftplanError(f"LMDeploy has no bitsandbytes {setup.quant} weights.",
                              hint="Serve an AWQ/GPTQ checkpoint (lmdeploy lite auto_awq) or use vLLM/SGLang.")  # fmt: skip

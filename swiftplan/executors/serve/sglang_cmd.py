@@ -8,7 +8,8 @@ name=path, --max-loras-per-batch, --max-lora-rank, --api-key; eager decode as
 --cuda-graph-backend-{decode,prefill} disabled (sglang 0.5.23 srt/arg_groups/fields/exec_.py; the older
 --disable-cuda-graph is a deprecated alias of both). tests/test_engine_render_serve.py
 feeds the rendered argv to that parser where SGLang installs (pytest -m engines).
-The memory fraction is converted to SGLang's meaning (`memory_fraction.py`).
+The memory fraction is converted to SGLang's meaning (`memory_fraction.py`). A vision-language plan adds
+--limit-mm-data-per-request and --mm-process-config (`images.py`, sglang srt/arg_groups/fields/mm.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from swiftplan.errors import SwiftplanError
 from swiftplan.executors.serve.argv import health_url
 from swiftplan.executors.serve.memory_fraction import ServeMemory, sglang_mem_fraction_static
 from swiftplan.executors.serve.vllm_cmd import LaunchSpec
+from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import ServeSetup
 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -35,10 +37,13 @@ SECRET_FLAGS = ("--api-key",)
 def render_sglang(
     setup: ServeSetup, *, model: str, served_name: str, host: str = "127.0.0.1", port: int = 30000,
     loras: Sequence[tuple[str, str]] = (), api_key: str | None = None, memory: ServeMemory | None = None,
-    python: str = "python", backend: str = "cuda",
+    python: str = "python", backend: str = "cuda", spec: ModelSpec | None = None,
 ) -> LaunchSpec:  # fmt: skip
     """The SGLang server command for `setup` (pure). `memory` (the plan's breakdown) converts the plan's
-    memory fraction into --mem-fraction-static; without it SGLang's own default stands, with a note."""
+    memory fraction into --mem-fraction-static; without it SGLang's own default stands, with a note. A plan with
+    images needs the model's spec for its image limits: `spec`, or the config at hand for `model`."""
+    from swiftplan.executors.serve.images import served_images, sglang_image_args, spec_for_images
+
     notes: list[str] = []
     argv = [
         python, "-m", "sglang.launch_server",
@@ -79,6 +84,9 @@ def render_sglang(
                  "--max-lora-rank", str(setup.max_lora_rank)]  # fmt: skip
         if loras:
             argv += ["--lora-paths", *(f"{name}={path}" for name, path in loras)]
+    vision_spec = spec_for_images(setup, model, spec)
+    if vision_spec is not None and (images := served_images(setup, vision_spec)) is not None:
+        argv += sglang_image_args(images)
     if api_key:
         argv += ["--api-key", api_key]
         notes.append("SGLang takes the API key only as --api-key: it is visible in the process list.")

@@ -5,7 +5,8 @@ Flag names follow vLLM's engine arguments (docs.vllm.ai, "Engine Arguments" / `v
 --gpu-memory-utilization, --dtype, --quantization, --kv-cache-dtype, --enable-lora, --lora-modules
 name=path, --max-loras, --max-lora-rank, --enforce-eager, --served-model-name, --host, --port. The API key travels
 in the VLLM_API_KEY environment variable (read by vLLM's OpenAI server), never on the command line
-where `ps` would show it.
+where `ps` would show it. A vision-language plan adds --limit-mm-per-prompt and --mm-processor-kwargs
+(`images.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import ServeSetup
 
 _VLLM_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -64,9 +66,12 @@ def _lora_rank(rank: int) -> int:
 
 def render_vllm(
     setup: ServeSetup, *, model: str, served_name: str, host: str = "127.0.0.1", port: int = 8000,
-    loras: Sequence[tuple[str, str]] = (), api_key: str | None = None,
+    loras: Sequence[tuple[str, str]] = (), api_key: str | None = None, spec: ModelSpec | None = None,
 ) -> LaunchSpec:  # fmt: skip
-    """The `vllm serve` command for `setup` (pure: same inputs, same argv)."""
+    """The `vllm serve` command for `setup` (pure: same inputs, same argv). A plan with images needs the model's
+    spec for its image limits: `spec`, or the config at hand for `model` (images.spec_for_images)."""
+    from swiftplan.executors.serve.images import served_images, spec_for_images, vllm_image_args
+
     notes: list[str] = []
     argv = [
         "vllm", "serve", model,
@@ -106,6 +111,9 @@ def render_vllm(
         ]
         if loras:
             argv += ["--lora-modules", *(f"{name}={path}" for name, path in loras)]
+    vision_spec = spec_for_images(setup, model, spec)
+    if vision_spec is not None and (images := served_images(setup, vision_spec)) is not None:
+        argv += vllm_image_args(images)
     env = {API_KEY_ENV: api_key} if api_key else {}
     probe_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     probe_host = f"[{probe_host}]" if ":" in probe_host else probe_host
