@@ -67,6 +67,10 @@ PLANS = {
     "8b_full_fsdp2_ckpt_every2_float8_2xh100": ("meta-llama/Llama-3.1-8B", "2xh100-sxm", TrainSetup(
         method="full", micro_batch=1, grad_accum=8, seq_len=4096,
         runtime=RuntimeKnobs(fsdp="fsdp2", ckpt_every=2, float8=True))),
+    # QLoRA under DeepSpeed ZeRO-3, which partitions the 4-bit base stored in bf16 (peft's deepspeed.md recipe).
+    "70b_qlora_zero3_2xa100": ("meta-llama/Llama-3.1-70B", "2xa100-80gb-sxm", TrainSetup(
+        method="qlora", lora=LoraSetup(rank=8, targets=("all-linear",)), micro_batch=2, grad_accum=2,
+        parallel=Parallelism(zero=3))),
 }  # fmt: skip
 OPTIONS = RunOptions(data="/data/train.jsonl", output_dir="/runs/out", max_steps=100, save_steps=50,
                      save_total_limit=2, packing=True, master_addr="10.0.0.1")  # fmt: skip
@@ -217,6 +221,13 @@ FEATURES_CARRIED = {
     "8b_full_fsdp2_ckpt_every2_float8_2xh100": {
         "axolotl": {"fp8": True, "fp8_enable_fsdp_float8_all_gather": True,
                     "gradient_checkpointing_kwargs": {"every_n_layers": 2}},
+    },
+    # LLaMA-Factory and axolotl store a 4-bit base in the compute dtype themselves (quantization.py, model.py)
+    "70b_qlora_zero3_2xa100": {
+        "trl": {"deepspeed": "ds_config.json", "load_in_4bit": True, "bnb_4bit_quant_storage": "bfloat16"},
+        "ms-swift": {"deepspeed": "ds_config.json", "quant_bits": "4", "bnb_4bit_quant_storage": "bfloat16"},
+        "llamafactory": {"deepspeed": "ds_config.json", "quantization_bit": 4},
+        "axolotl": {"deepspeed": "ds_config.json", "load_in_4bit": True, "adapter": "qlora"},
     },
 }  # fmt: skip
 
@@ -460,6 +471,8 @@ def test_ms_swift_parser_accepts_every_rendered_command():
     hybrid = parsed["8b_qlora_fsdp1_hybrid_2x8xh100"]
     assert hybrid["fsdp"]["version"] == 1 and hybrid["fsdp"]["reshard"] == "hybrid_shard"
     assert hybrid["quant_storage"] == "bfloat16"
+    zero3 = parsed["70b_qlora_zero3_2xa100"]
+    assert zero3["quant_storage"] == "bfloat16" and zero3["deepspeed"] and zero3["quant_bits"] == 4
 
 
 @pytest.mark.integration
@@ -484,6 +497,10 @@ def test_yaml_engines_parse_every_rendered_config(engine, script):
     assert parsed["8b_qlora_fsdp1_hybrid_2x8xh100"]["fsdp_version"] == 1
     if engine == "trl":
         assert parsed["8b_qlora_fsdp1_hybrid_2x8xh100"]["quant_storage"] == "bfloat16"
+        assert parsed["70b_qlora_zero3_2xa100"]["quant_storage"] == "bfloat16"
+    else:
+        assert parsed["70b_qlora_zero3_2xa100"]["quantization_bit"] == 4
+        assert parsed["70b_qlora_zero3_2xa100"]["deepspeed"]
 
 
 @pytest.mark.integration

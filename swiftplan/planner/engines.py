@@ -25,7 +25,17 @@ EngineTask = Literal["train", "serve"]
 DEFAULT_TRAIN_ENGINE = "swiftplan"
 """The engine `fit` plans training for unless told otherwise: the project's own loop."""
 
-_LIST_OPTIONS = ("backend", "objective", "method", "quant", "optimizer", "zero", "offload", "kv_dtype")
+_LIST_OPTIONS = (
+    "backend",
+    "objective",
+    "method",
+    "quant",
+    "optimizer",
+    "zero",
+    "offload",
+    "kv_dtype",
+    "zero3_quant",
+)
 _KNOB_OPTIONS = ("loss", "optimizer_impl", "fsdp", "modules_to_save", "optimizer_in_backward", "ckpt_every",
                  "activation_offload", "fsdp_cpu_offload", "float8", "adapter_dtype", "keep_output", "padding")  # fmt: skip
 """RuntimeKnobs an engine may restrict (list options; modules_to_save: the modules it can train in full)."""
@@ -38,6 +48,7 @@ _OPTION_LABELS = {
     "optimizer": "optimizer",
     "zero": "ZeRO stage",
     "offload": "offload",
+    "zero3_quant": "ZeRO-3 partitioning of a base quantized as",
     "kv_dtype": "KV-cache dtype",
     "tp_max": "tensor parallelism",
     "pp_max": "pipeline parallelism",
@@ -211,6 +222,8 @@ class Requirements:
     zero: int | None = None
     offload: str | None = None
     kv_dtype: str | None = None
+    zero3_quant: str | None = None
+    """Training under DeepSpeed ZeRO-3: the base's quantization, which ZeRO-3 partitions too (None otherwise)."""
     tp: int = 1
     pp: int = 1
     gpus: int = 1
@@ -308,7 +321,7 @@ def engine_reasons(engine: Engine, needs: Requirements) -> list[str]:
     backends = engine.allowed("backend", backend)
     if backends is not None and backend not in backends:
         return [f"{engine.label} does not run on {backend} devices (it runs on {', '.join(backends)})."]
-    for option in ("objective", "method", "quant", "optimizer", "zero", "offload", "kv_dtype"):
+    for option in ("objective", "method", "quant", "optimizer", "zero", "offload", "kv_dtype", "zero3_quant"):
         value = getattr(needs, option)
         allowed = engine.allowed(option, backend)
         if value is None or allowed is None or value in allowed:
@@ -384,6 +397,7 @@ def train_requirements(setup: TrainSetup, *, backend: str, gpus: int) -> Require
         optimizer=setup.optimizer,
         zero=setup.parallel.zero,
         offload=setup.parallel.offload,
+        zero3_quant=setup.quant if setup.parallel.zero == 3 and setup.runtime.fsdp == "none" else None,
         tp=setup.parallel.tp,
         pp=setup.parallel.pp,
         gpus=gpus,

@@ -59,6 +59,13 @@ ChoiceT = TypeVar("ChoiceT", bound=str)
 # Quantizations a QLoRA base can use (bitsandbytes 4-bit, torchao NF4) and those LoRA can sit on.
 _QLORA_QUANTS = ("nf4", "fp4", "nf4-torchao")
 _LORA_BASE_QUANTS = ("none", "int8", "gptq", "awq", "fp8")
+ZERO3_QUANTS = ("none", "nf4", "fp4")
+"""Bases DeepSpeed ZeRO-3 partitions: unquantized, or bitsandbytes 4-bit, whose packed data is a plain tensor
+in `bnb_4bit_quant_storage` (the compute dtype) that ZeRO-3 flattens like any other, its constants kept whole
+in each module's quant_state (huggingface/peft @ 6008f272a docs/source/accelerate/deepspeed.md, 'Use PEFT
+QLoRA and DeepSpeed with ZeRO3'; transformers' bitsandbytes integration). LLM.int8's Int8Params carry their
+row scales (SCB) on the parameter object, and GPTQ/AWQ/fp8 bases are int/fp8 buffers, none of which ZeRO-3's
+partitioning keeps together."""
 
 
 def _check_choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
@@ -371,10 +378,18 @@ class TrainSetup:
             raise SwiftplanError(
                 f"--prompt-len {self.objective.prompt_len} leaves no response tokens in --seq {self.seq_len}."
             )
-        if self.parallel.zero == 3 and self.quant != "none":
+        if self.parallel.zero == 3 and self.quant not in ZERO3_QUANTS:
             raise SwiftplanError(
-                f"ZeRO-3 sharding of a quantized base (--quant {self.quant}) is not modelled.",
-                hint="Use ZeRO 0–2 with QLoRA, FSDP (--fsdp fsdp2) to shard a 4-bit base, or --quant none with ZeRO-3.",
+                f"DeepSpeed ZeRO-3 partitions 16/32-bit weights, or a bitsandbytes 4-bit base stored in the compute "
+                f"dtype (bnb_4bit_quant_storage); a --quant {self.quant} base cannot be partitioned.",
+                hint="Use --quant nf4 or fp4 with ZeRO-3, ZeRO 0–2 with this base, or --quant none.",
+            )
+        if self.parallel.zero == 3 and self.quant != "none" and self.parallel.offload == "optimizer+params":
+            raise SwiftplanError(
+                f"ZeRO-3 offloading the parameters of a --quant {self.quant} base to the host is not modelled: "
+                "no recipe documents it (peft's ZeRO-3 QLoRA guide offloads nothing), and DeepSpeed would move "
+                "the packed 4-bit partitions while bitsandbytes keeps their constants on the device.",
+                hint="Use --offload optimizer (or none) with ZeRO-3 over a 4-bit base, or --quant none.",
             )
 
     def _check_runtime(self) -> None:

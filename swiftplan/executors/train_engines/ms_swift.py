@@ -114,6 +114,8 @@ def render_ms_swift(plan: Plan, options: RunOptions = DEFAULT_OPTIONS) -> TrainR
     if (ds := hf_deepspeed_config(setup)) is not None:
         files["ds_config.json"] = json_text(ds)
         argv += ["--deepspeed", "ds_config.json"]
+        if setup.parallel.zero == 3 and setup.quant in ("nf4", "fp4"):  # ZeRO-3 partitions them so too
+            argv += ["--bnb_4bit_quant_storage", TORCH_DTYPES[setup.precision]]
     for key, value in options.extra:
         argv += [f"--{key}", value]
     devices = rlhf.devices if rlhf else TrainerDevices(processes=plan.gpus_per_node)

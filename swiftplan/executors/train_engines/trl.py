@@ -8,7 +8,7 @@ lora_target_modules, use_dora, load_in_4bit / load_in_8bit, bnb_4bit_quant_type,
 max_length, packing, per_device_train_batch_size, gradient_accumulation_steps, gradient_checkpointing,
 optim, bf16/fp16, deepspeed, and the TrainingArguments schedule and save cadence. Runtime knobs:
 fsdp / fsdp_config (common.hf_fsdp) with bnb_4bit_quant_storage in the compute dtype for a 4-bit base
-(model_config.py), gradient_checkpointing_kwargs every_n_layers (transformers 5.25.0 trainer.py, the name
+(model_config.py; under DeepSpeed ZeRO-3 too, which partitions the packed weights so), gradient_checkpointing_kwargs every_n_layers (transformers 5.25.0 trainer.py, the name
 TRL's sft_trainer.py reads), activation_offloading (sft_config.py, dpo_config.py, kto_config.py,
 reward_config.py: torchtune's OffloadActivations in trl/models/activation_offloading.py; GRPOConfig has
 none). TRL has no float8 training option: refused. The SFT loss is always
@@ -130,6 +130,8 @@ def _config(plan: Plan, setup: TrainSetup, options: RunOptions, runtime: Runtime
         config.update(
             load_in_4bit=True, bnb_4bit_quant_type=setup.quant, use_bnb_nested_quant=setup.double_quant
         )
+        if setup.parallel.zero == 3:  # ZeRO-3 partitions the packed 4-bit weights only in the compute dtype
+            config["bnb_4bit_quant_storage"] = TORCH_DTYPES[setup.precision]
     elif setup.quant == "int8":
         config["load_in_8bit"] = True
     return config

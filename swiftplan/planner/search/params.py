@@ -2,7 +2,7 @@
 
 Conditional choices get their own parameter names (`quant.lora`, `precision.qlora`), so a value
 is only ever sampled where it means something; a dimension with a single allowed value is not a
-parameter at all. Invalid combinations the sampler may still produce (ZeRO-3 on a quantized base,
+parameter at all. Invalid combinations the sampler may still produce (ZeRO-3 on a base it cannot partition,
 ZeRO without offload on one data-parallel rank) are repaired to the nearest valid candidate.
 """
 
@@ -45,8 +45,8 @@ class TrainParams:
         return [s.replace(micro_batch=b) for s in self._structures for b in self.micro_batches(s)]
 
     def _sharding_param(self, quant: str) -> tuple[str, tuple[str, ...]]:
-        """ZeRO-3 cannot shard a quantized base, so quantized structures sample from their own list."""
-        if quant == "none":
+        """Bases ZeRO-3 cannot partition (int8; a 4-bit one where the engine does not) sample from their own list."""
+        if self.space.zero3_partitions(quant):
             return "sharding", self.classes
         return "sharding.quantized", tuple(c for c in self.classes if not c.startswith("zero3")) or ("none",)
 

@@ -45,6 +45,7 @@ from swiftplan.planner.setup import (
     METHODS,
     OFFLOADS,
     PRECISIONS,
+    ZERO3_QUANTS,
     Method,
     Offload,
     Precision,
@@ -222,4 +223,11 @@ def build_train_space(
         micro_batches=micro_batches,
         max_offload=max_offload,
         engine=engine,
+        zero3_quants=_zero3_quants(cluster, engine),
     )
+
+
+def _zero3_quants(cluster: Cluster, engine: Engine | None) -> tuple[str, ...]:
+    """Bases ZeRO-3 may partition on this engine (setup.ZERO3_QUANTS, narrowed by its `zero3_quant`)."""
+    allowed = None if engine is None else engine.allowed("zero3_quant", cluster.accelerator.backend)
+    return ZERO3_QUANTS if allowed is None else tuple(q for q in ZERO3_QUANTS if q in allowed)

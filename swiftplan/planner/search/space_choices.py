@@ -13,6 +13,7 @@ from itertools import product
 from swiftplan.planner.engines import Engine
 from swiftplan.planner.search.candidate import Candidate, Layout, TrainQuant
 from swiftplan.planner.setup import (
+    ZERO3_QUANTS,
     Method,
     Offload,
     Optimizer,
@@ -130,6 +131,8 @@ class TrainSpace:
     """Most that may be offloaded."""
     engine: Engine | None = None
     """The engine the plans are for (its limits are already applied); None = any engine."""
+    zero3_quants: tuple[str, ...] = ZERO3_QUANTS
+    """Bases ZeRO-3 may partition (setup.ZERO3_QUANTS, narrowed by the engine's `zero3_quant`)."""
 
     def quant_kinds(self, method: str) -> tuple[TrainQuant, ...]:
         """Quantizations the study tells apart (both NF4 variants are one kind, represented by the first)."""
@@ -141,10 +144,16 @@ class TrainSpace:
         return tuple(kinds)
 
     def valid_shardings(self, quant: str, dp: int) -> tuple[Sharding, ...]:
-        """ZeRO-3 cannot shard a quantized base; on one data-parallel rank ZeRO only matters with offload."""
-        valid = [s for s in self.shardings if not (s[0] == 3 and quant != "none")]
+        """ZeRO-3 partitions only the bases in `zero3_quants`, and offloads only unquantized parameters (setup's
+        check); on one data-parallel rank ZeRO only matters with offload."""
+        valid = [s for s in self.shardings if not (s[0] == 3 and not self.zero3_partitions(quant))
+                 and not (s == (3, "optimizer+params") and quant != "none")]  # fmt: skip
         lean = [s for s in valid if not (dp == 1 and s[0] > 0 and s[1] == "none")]
         return tuple(lean or valid)
+
+    def zero3_partitions(self, quant: str) -> bool:
+        """Whether ZeRO-3 may partition a base of this quantization kind (NF4 with double quant is NF4)."""
+        return ("nf4" if quant == "nf4-dq" else quant) in self.zero3_quants
 
     def sharding_classes(self) -> tuple[str, ...]:
         """Classes with at least one allowed member."""
