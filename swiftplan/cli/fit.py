@@ -562,6 +562,7 @@ def _check_options(options: dict[str, Any]) -> None:
     _checks.between("--seed", options["seed"], 0, 2**32 - 1)
     serving = is_serving(options["task"])
     typed = options.get("typed", ())
+    _refuse_idle_measure_options(options, typed)
     if serving:
         refuse_objective_for_serving(typed)
     for name in _SERVE_ONLY if not serving else _TRAIN_ONLY:
@@ -577,6 +578,21 @@ def _check_options(options: dict[str, Any]) -> None:
         refuse_idle_padding(options["padding"], rows="--packing makes every row a full --seq of packed samples",
                             hint="Drop --padding, or --packing to plan padded batches.")  # fmt: skip
     _checks.output_file("-o/--output", options["output"])
+
+
+_MEASURE_ONLY = ("measure_top", "measure_steps", "measure_layers", "measure_device")
+"""fit options only --measure reads."""
+
+
+def _refuse_idle_measure_options(options: dict[str, Any], typed: Any) -> None:
+    """--measure-* without --measure would change nothing."""
+    if not options["measure"] and (idle := [n for n in _MEASURE_ONLY if n in typed]):
+        flags = ", ".join("--" + n.replace("_", "-") for n in idle)
+        raise SwiftplanError(
+            f"{flags} {'sets' if len(idle) == 1 else 'set'} how --measure runs the top candidates; without "
+            f"--measure fit runs none, so {'it' if len(idle) == 1 else 'they'} would change nothing.",
+            hint=f"Add --measure to time the candidates, or drop {flags}.",
+        )
 
 
 def _measure_options(request: Any, **options: Any) -> dict[str, Any]:
@@ -597,6 +613,9 @@ def _measure_options(request: Any, **options: Any) -> dict[str, Any]:
 
     for flag, value in (("--measure-top", top), ("--measure-steps", steps), ("--measure-layers", layers)):
         at_least(flag, value, 1)
+    from swiftplan.usecases.measure import check_layers
+
+    check_layers(request.model, layers)
     if device == "cuda":
         from swiftplan.extras import needs
 

@@ -6,6 +6,23 @@ from collections.abc import Callable
 from typing import Any
 
 
+def check_layers(model: str, layers: int | None) -> None:
+    """--measure-layers cuts the model to fewer decoder layers: more than it has would build a bigger model
+    than the one planned (99,999 layers of a 0.5B model exhausted a machine's memory)."""
+    if layers is None:
+        return
+    from swiftplan.errors import SwiftplanError
+    from swiftplan.usecases import inputs
+
+    spec = inputs.resolve_model(model)
+    if layers > spec.num_layers:
+        raise SwiftplanError(
+            f"--measure-layers {layers:,} is more than the {spec.num_layers} layers of {spec.name}: it builds "
+            "the measured model with fewer layers, never more.",
+            hint=f"Use --measure-layers 1-{spec.num_layers}, or drop it to measure the full depth.",
+        )
+
+
 def measure_top(
     outcome: Any, *, top_k: int, steps: int, layers: int | None, device: str, seed: int,
     progress: Callable[[str], None] | None = None,
