@@ -40,11 +40,13 @@ REFUSED = [
      ["--rollout-tp 2", "ppo's default", "Drop --rollout-tp"]),
     # a rollout generates from a prompt: 0 was quietly read as the default 512
     ("rollout-prompt-len-0", (*GRPO, "--prompt-len", "0"), ["--prompt-len", "positive integer", "got 0"]),
-    # fit's --measure-* options without --measure: nothing reads them
+    # fit's --measure-* options without --measure, --study-name without --storage: nothing reads them
     ("fit-measure-top-alone", ("fit", M, "--gpus", "h100", "--measure-top", "0"),
      ["--measure-top sets how --measure runs", "would change nothing", "Add --measure", "drop --measure-top"]),
     ("fit-measure-options-alone", ("fit", M, "--gpus", "h100", "--measure-steps", "2", "--measure-device", "cpu"),
      ["--measure-steps, --measure-device set how --measure runs", "they would change nothing"]),
+    ("fit-study-name-alone", ("fit", M, "--gpus", "h100", "--study-name", "mine"),
+     ["--study-name 'mine'", "without --storage", "would change nothing", "--storage sqlite:///study.db"]),
     # --measure-layers builds fewer layers than the model's, never more (99,999 exhausted the machine's memory)
     ("fit-measure-layers-past-model", ("fit", M, "--gpus", "h100", "--measure", "--measure-device", "cpu",
                                        "--measure-layers", "99999"),

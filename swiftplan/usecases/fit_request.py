@@ -124,6 +124,12 @@ def _check_request(request: FitRequest) -> None:
     for ok, message in checks:
         if not ok:
             raise SwiftplanError(message)
+    if request.study_name is not None and not request.storage:
+        raise SwiftplanError(
+            f"--study-name {request.study_name!r} names the study kept in --storage; without --storage the "
+            "study lives in memory and ends with the search, so the name would change nothing.",
+            hint="Add --storage sqlite:///study.db to keep (and resume) the study, or drop --study-name.",
+        )
     if request.task == "train":
         refuse_eager_for_training(request.eager)
 
