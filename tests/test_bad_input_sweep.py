@@ -9,6 +9,7 @@ then fragments the one-paragraph refusal must hold (the bad value or flag, and w
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from bad_input_support import assert_refused, run_cli
@@ -51,6 +52,11 @@ REFUSED = [
     ("fit-measure-layers-past-model", ("fit", M, "--gpus", "h100", "--measure", "--measure-device", "cpu",
                                        "--measure-layers", "99999"),
      ["--measure-layers 99,999", "24 layers of Qwen/Qwen2.5-0.5B", "--measure-layers 1-24"]),
+    # --plot with a suffix matplotlib has no writer for: a traceback after the whole sizing ran
+    ("size-plot-format", ("size", M, "--max-nodes", "1", "--accelerators", "h100-sxm", "--plot", "costs.txt"),
+     ["--plot costs.txt", "cannot draw a '.txt' file", "Name a .png file", ".svg"]),
+    ("size-plot-number", ("size", M, "--max-nodes", "1", "--accelerators", "h100-sxm", "--plot", "2.5"),
+     ["--plot 2.5", "'.5' file"]),
 ]  # fmt: skip
 
 
@@ -74,3 +80,14 @@ def test_size_leaves_out_clusters_the_rollout_tp_does_not_divide() -> None:
     assert all(o["gpus"] % 4 == 0 for o in outcome["options"])
     one = next(r for r in outcome["rejected"] if r["gpus"] == 1)
     assert "--rollout-tp 4 does not divide the 1 training process(es)" in one["reason"]
+
+
+def test_size_plot_without_a_suffix_says_the_file_it_wrote(tmp_path: Path) -> None:
+    """matplotlib adds .png to a name without a suffix: the command names that file, not the one typed."""
+    pytest.importorskip("matplotlib")
+    result = run_cli(
+        "size", M, "--max-nodes", "1", "--accelerators", "h100-sxm", "--plot", "costs", cwd=tmp_path
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote costs.png" in result.output
+    assert (tmp_path / "costs.png").is_file()

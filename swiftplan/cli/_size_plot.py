@@ -18,6 +18,26 @@ def require_matplotlib() -> None:
         ) from None
 
 
+def plot_path(path: str) -> str:
+    """--plot's file as it will be written: a name without a suffix gets .png (savefig's default format);
+    a suffix matplotlib has no writer for is refused before any planning."""
+    require_matplotlib()
+    from pathlib import PurePath
+
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = PurePath(path).suffix.lower().lstrip(".")
+    if not suffix:
+        return path + ".png"
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if suffix not in formats:
+        raise SwiftplanError(
+            f"--plot {path}: matplotlib cannot draw a '.{suffix}' file.",
+            hint=f"Name a .png file (or one of: {', '.join('.' + f for f in formats if f != 'png')}).",
+        )
+    return path
+
+
 def draw(report: Any, path: str) -> None:
     """Scatter of money (rental cost, or purchase price with --buy) against time, one colour per
     accelerator, with the recommended, cheapest and fastest options labelled."""

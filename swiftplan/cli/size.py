@@ -296,9 +296,9 @@ def _check_outputs(*, top: int, as_json: bool, csv_path: str | None, plot: str |
     output_file("--csv", csv_path)
     output_file("--plot", plot)
     if plot is not None:
-        from swiftplan.cli._size_plot import require_matplotlib
+        from swiftplan.cli._size_plot import plot_path
 
-        require_matplotlib()
+        plot_path(plot)  # matplotlib installed, and a format it writes
     if as_json and csv_path == "-":
         raise SwiftplanError("--json and --csv - both write to stdout; give --csv a file name.")
     if top < 1:
@@ -398,8 +398,9 @@ def _show(
     report = SizeReport.of(outcome, elapsed_s=elapsed_s, top=top)
     emit(report, as_json=as_json, csv_path=csv_path, wide=wide)
     if plot is not None:
-        from swiftplan.cli._size_plot import draw
+        from swiftplan.cli._size_plot import draw, plot_path
 
+        plot = plot_path(plot)
         draw(report, plot)
         if not as_json and csv_path != "-":
             from swiftplan.cli._output import console
