@@ -91,3 +91,16 @@ def test_size_plot_without_a_suffix_says_the_file_it_wrote(tmp_path: Path) -> No
     assert result.exit_code == 0, result.output
     assert "wrote costs.png" in result.output
     assert (tmp_path / "costs.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("nodes", "said"),
+    [("1", "1, 2, 4, 8 GPUs in one node;"), ("2", "in one node or 2 nodes of 8 over 100 Gb/s"),
+     ("3", "in one node or 2-3 nodes of 8 over 100 Gb/s")],
+)  # fmt: skip
+def test_size_names_the_clusters_it_considered(nodes: str, said: str) -> None:
+    """--max-nodes 1 said "or 2-1 nodes of 8": the note names only the node counts sized."""
+    result = run_cli("size", M, "--max-nodes", nodes, "--accelerators", "h100-sxm", "--json")
+    assert result.exit_code == 0, result.output
+    notes = " ".join(json.loads(result.output)["notes"])
+    assert said in notes and "2-1 nodes" not in notes

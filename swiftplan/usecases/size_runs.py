@@ -126,8 +126,10 @@ def _size_training(
         notes.append(
             f"sized for {job.engine.label} (--runtime {knobs.name}); options it cannot run are left out."
         )
+    nodes = {1: "", 2: " or 2 nodes of 8"}.get(request.max_nodes, f" or 2-{request.max_nodes} nodes of 8")
+    network = f" over {request.network_gbps:g} Gb/s" if nodes else ""
     notes.append(
-        f"clusters: 1, 2, 4, 8 GPUs in one node or 2-{request.max_nodes} nodes of 8 over {request.network_gbps:g} Gb/s; "
+        f"clusters: 1, 2, 4, 8 GPUs in one node{nodes}{network}; "
         "GPUs without NVLink on every board (GeForce, RTX A6000, PCIe parts) talk over PCIe."
     )
     return result, shown, notes
