@@ -467,6 +467,14 @@ NODE_SIZES: dict[str, tuple[int, str]] = {
         4,
         "KempnerForge header 'Hardware: 8 nodes, 4x NVIDIA H200 (141 GB) per node': 32 GPUs as 8 nodes of 4",
     ),
+    **{
+        f"spd-{i}": (
+            2,
+            "Qwen README 'we experiment using two servers, each containing two A100-SXM4-80G GPUs' (row '7B | LoRA "
+            "(multinode) | 2 | 2': nodes, GPUs per node): 4 GPUs as 2 nodes of 2",
+        )
+        for i in range(29, 35)
+    },
 }
 """GPUs per node where a source states a layout other than the planner's nodes of 8."""
 # What a whole source states (not assumed), by id prefix; a row's own ASSUMPTIONS win.
