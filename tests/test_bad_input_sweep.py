@@ -57,6 +57,11 @@ REFUSED = [
      ["--plot costs.txt", "cannot draw a '.txt' file", "Name a .png file", ".svg"]),
     ("size-plot-number", ("size", M, "--max-nodes", "1", "--accelerators", "h100-sxm", "--plot", "2.5"),
      ["--plot 2.5", "'.5' file"]),
+    # verify checks the LoRA targets and rank as estimate does (peft's NoMatchingPeftModuleError traceback)
+    ("verify-targets-unknown", ("verify", M, "--seq", "64", "--targets", "foo"),
+     ["LoRA target(s) foo", "match no module", "q_proj", "all-linear"]),
+    ("verify-rank-past-matrices", ("verify", M, "--seq", "64", "--rank", "99999"),
+     ["LoRA rank 99,999", "q_proj (896 × 896)", "at most 896"]),
 ]  # fmt: skip
 
 

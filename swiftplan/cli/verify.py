@@ -279,6 +279,13 @@ def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> tuple[Any, tupl
         from swiftplan.planner.runtime import KNOB_FLAGS
 
         refuse_idle_setup_knobs(knob_values(**{n: o[n] for n in KNOB_FLAGS if n in o}), setup, traced=True)
+    # targets and rank checked as estimate checks them (peft's own traceback otherwise)
+    if setup.lora is not None and setup.trains_adapters:
+        from swiftplan.planner.adapters import validate_targets
+        from swiftplan.planner.model_limits import check_setup
+
+        validate_targets(spec, setup.lora)
+        check_setup(spec, setup)  # a rank past every matrix it adapts
     warnings = _positions(spec, setup.seq_len, "--seq")
     if objective.kind == "sft":
         return verify.verify_training(spec, setup, world_size=cluster.world_size), warnings
