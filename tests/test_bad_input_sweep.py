@@ -62,6 +62,14 @@ REFUSED = [
      ["LoRA target(s) foo", "match no module", "q_proj", "all-linear"]),
     ("verify-rank-past-matrices", ("verify", M, "--seq", "64", "--rank", "99999"),
      ["LoRA rank 99,999", "q_proj (896 × 896)", "at most 896"]),
+    # verify: a batch whose logits no tensor can hold (torch's "Overflow when unpacking long long" traceback)
+    ("verify-batch-huge", ("verify", M, "--seq", "64", "--batch", "99999999999999999999"),
+     ["--batch 99,999,999,999,999,999,999", "151,936-wide logits", "more than one tensor can hold",
+      "--batch 237,131,404,137 or less"]),
+    ("verify-dpo-batch-huge", ("verify", M, "--seq", "64", "--task", "dpo", "--batch", "99999999999999999999"),
+     ["× 2 (chosen and rejected)", "--batch 118,565,702,068 or less"]),
+    ("verify-serve-concurrency-huge", ("verify", M, "--task", "serve", "--concurrency", "99999999999999999999"),
+     ["--concurrency 99,999,999,999,999,999,999", "4,096 tokens", "--concurrency 3,705,178,189 or less"]),
 ]  # fmt: skip
 
 

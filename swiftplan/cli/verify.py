@@ -261,6 +261,7 @@ def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> tuple[Any, tupl
             precision=o["precision"], quant="none", context=o["context"], concurrency=o["concurrency"],
             kv_dtype="auto", gpu_memory_utilization=0.9, tp=1, cluster=cluster,
         )  # fmt: skip
+        _check_tensor_size(spec, serve.concurrency, serve.context, "--concurrency")
         return verify.verify_serving(spec, serve), _positions(spec, serve.context, "--context")
     names = ("method", "precision", "quant", "rank", "targets", "lora_dropout", "optimizer", "batch", "seq",
              "grad_ckpt", "attention", "dora")  # fmt: skip
@@ -286,12 +287,40 @@ def _verify(spec: Any, o: dict[str, Any], choice: Any = None) -> tuple[Any, tupl
 
         validate_targets(spec, setup.lora)
         check_setup(spec, setup)  # a rank past every matrix it adapts
+    pairs = objective.sequences_per_example
+    what = f" × {pairs} (chosen and rejected)" if pairs > 1 else ""
+    _check_tensor_size(spec, setup.micro_batch, setup.seq_len, "--batch", per=pairs, what=what)
     warnings = _positions(spec, setup.seq_len, "--seq")
     if objective.kind == "sft":
         return verify.verify_training(spec, setup, world_size=cluster.world_size), warnings
     with needs("verify"):
         from swiftplan.executors.verify_objective import verify_objective
     return verify_objective(spec, setup), warnings
+
+
+TRACE_ELEMENTS_LIMIT = 2**61
+"""Most elements one traced tensor may have: torch sizes a tensor's storage in bytes as a signed 64-bit
+integer, so 2^63 bytes of 4-byte (fp32 logits) elements; past it even a fake tensor fails to build."""
+
+
+def _check_tensor_size(
+    spec: Any, count: int, tokens: int, flag: str, *, per: int = 1, what: str = ""
+) -> None:
+    """Refuse `flag` `count` (× `per` sequences each, `what` says why) whose logits — sequences × tokens ×
+    vocabulary, the widest activation — no tensor can hold, naming the largest value that traces."""
+    from swiftplan.errors import SwiftplanError
+
+    width = max(spec.vocab_size, spec.intermediate_size, spec.hidden_size)
+    elements = count * per * tokens * width
+    if elements <= TRACE_ELEMENTS_LIMIT:
+        return
+    most = TRACE_ELEMENTS_LIMIT // (per * tokens * width)
+    raise SwiftplanError(
+        f"{flag} {count:,}{what} sequences of {tokens:,} tokens × {spec.name}'s {width:,}-wide logits is "
+        f"{elements:.3g} elements, more than one tensor can hold (2^61 four-byte elements), so the trace "
+        "cannot build it.",
+        hint=f"Use {flag} {most:,} or less." if most else "Shorten the sequence.",
+    )
 
 
 def _positions(spec: Any, tokens: int, what: str) -> tuple[str, ...]:
