@@ -70,6 +70,26 @@ REFUSED = [
      ["× 2 (chosen and rejected)", "--batch 118,565,702,068 or less"]),
     ("verify-serve-concurrency-huge", ("verify", M, "--task", "serve", "--concurrency", "99999999999999999999"),
      ["--concurrency 99,999,999,999,999,999,999", "4,096 tokens", "--concurrency 3,705,178,189 or less"]),
+    # LoRA options with --method full (it trains no adapters): planned without them, silently
+    ("estimate-full-rank", ("estimate", M, "--gpus", "h100", "--method", "full", "--rank", "8"),
+     ["--rank shapes LoRA adapters", "--method full trains none", "Drop --rank", "--method lora or qlora"]),
+    ("estimate-full-targets-dropout", ("estimate", M, "--gpus", "h100", "--method", "full", "--targets",
+                                       "all-linear", "--lora-dropout", "0.1"),
+     ["--targets, --lora-dropout shape LoRA adapters", "they would change nothing"]),
+    ("fit-full-rank", ("fit", M, "--gpus", "h100", "--method", "full", "--rank", "8"),
+     ["--rank shapes LoRA adapters", "--method full trains none"]),
+    ("size-full-rank", ("size", M, "--max-nodes", "1", "--method", "full", "--rank", "8"),
+     ["--rank shapes LoRA adapters", "--method full trains none"]),
+    ("verify-full-rank", ("verify", M, "--method", "full", "--rank", "8"), ["--rank shapes LoRA adapters"]),
+    # verify: the other task's options were traced without, and --quant none with qlora was traced as nf4
+    ("verify-serve-training-options", ("verify", M, "--task", "serve", "--rank", "8", "--batch", "2"),
+     ["--rank, --batch describe training", "verify --task serve would ignore them"]),
+    ("verify-train-context", ("verify", M, "--context", "100"),
+     ["--context describes serving (--task serve)", "verify --task train would ignore it"]),
+    ("verify-serve-prompt-len", ("verify", M, "--task", "serve", "--prompt-len", "5"),
+     ["--prompt-len", "--task serve"]),
+    ("verify-qlora-quant-none", ("verify", M, "--method", "qlora", "--quant", "none"),
+     ["--method qlora", "contradicts --quant none", "nf4 or fp4", "--method lora"]),
 ]  # fmt: skip
 
 
@@ -117,3 +137,8 @@ def test_size_names_the_clusters_it_considered(nodes: str, said: str) -> None:
     assert result.exit_code == 0, result.output
     notes = " ".join(json.loads(result.output)["notes"])
     assert said in notes and "2-1 nodes" not in notes
+
+
+def test_lora_options_stay_quiet_when_a_method_trains_adapters() -> None:
+    """fit --method full,lora searches LoRA too: --rank shapes those plans and is kept."""
+    assert run_cli("fit", M, "--gpus", "h100", "--method", "full,lora", "--rank", "8").exit_code == 0

@@ -608,6 +608,9 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
     if not is_serving(o["task"]):
         refuse_eager_for_training(o["enforce_eager"])
         _refuse_overridden_quant(ctx, o)
+        from swiftplan.planner.idle_knobs import refuse_idle_lora_options
+
+        refuse_idle_lora_options(o["method"], given_options(ctx))
         choice = train_runtime(
             o["runtime"], knobs, {n: o[n] for n in given_options(ctx, RUNTIME_TRAIN_FLAGS)}
         )

@@ -69,6 +69,7 @@ from swiftplan.cli.vision_options import (
     VideoFramesOpt,
 )
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.idle_knobs import refuse_idle_lora_options
 from swiftplan.planner.objective import SFT
 from swiftplan.units import GiB
 from swiftplan.usecases.inputs import DEFAULT_HOST_RAM_BYTES
@@ -341,6 +342,7 @@ def size_request(**options: Any) -> Any:
     if serving:
         refuse_objective_for_serving(o.get("typed", ()))
     refuse_other_task_options(o["task"], o.get("typed", ()))
+    refuse_idle_lora_options(o["method"], o.get("typed", ()))
     if o["buy"] and o.get("rent"):
         raise SwiftplanError("--buy and --rent contradict each other: --buy sizes hardware to purchase (its list price), "
                              "--rent hardware to rent (its hourly price).",

@@ -152,6 +152,7 @@ def verify_command(
     from swiftplan.executors.model_source import resolve_model
 
     _check_options(task=task, quant=quant, method=method, variable_lengths=variable_lengths)
+    _refuse_idle_options(ctx, task=task, method=method, quant=quant)
     choice = _runtime(ctx, dict(locals()))
     from swiftplan.extras import require
 
@@ -219,6 +220,45 @@ def _runtime(ctx: typer.Context, o: dict[str, Any]) -> Any:
         traced = replace(traced, adapter_dtype="fp32")
     refuse_untraceable(traced, world_size=resolve_cluster(o["gpus"]).world_size, task=o["task"])
     return choice
+
+
+_TRAIN_ONLY = ("method", "quant", "rank", "targets", "lora_dropout", "dora", "optimizer", "batch", "seq",
+               "grad_ckpt", "kbit_upcast", "variable_lengths")  # fmt: skip
+"""verify options the serving trace (an unquantized model's prefill and decode) does not read."""
+_SERVE_ONLY = ("context", "concurrency")
+"""verify options the training traces do not read."""
+
+
+def _refuse_idle_options(ctx: typer.Context, *, task: str, method: str, quant: str) -> None:
+    """Options typed for the other task, LoRA options with --method full, and --quant none with --method qlora
+    (traced as nf4): refused naming them, as estimate refuses them, instead of a trace that ignores them."""
+    from swiftplan.cli.objective_options import refuse_objective_for_serving
+    from swiftplan.cli.options import given_options
+    from swiftplan.errors import SwiftplanError
+    from swiftplan.planner.idle_knobs import refuse_idle_lora_options
+
+    typed = given_options(ctx)
+    serving = task == "serve"
+    if serving:
+        refuse_objective_for_serving(typed)
+    if idle := [n for n in (_TRAIN_ONLY if serving else _SERVE_ONLY) if n in typed]:
+        flags = ", ".join("--" + n.replace("_", "-") for n in idle)
+        one = len(idle) == 1
+        other = "training" if serving else "serving (--task serve)"
+        raise SwiftplanError(
+            f"{flags} {'describes' if one else 'describe'} {other}; verify --task {task} would ignore "
+            f"{'it' if one else 'them'}.",
+            hint="Drop those options, or verify the task they describe.",
+        )
+    if serving:
+        return
+    refuse_idle_lora_options(method, typed)
+    if method == "qlora" and quant == "none" and "quant" in typed:
+        raise SwiftplanError(
+            "--method qlora trains LoRA on a 4-bit base, so it contradicts --quant none.",
+            hint="Leave --quant out (QLoRA defaults to nf4) or give nf4 or fp4; for LoRA on an unquantized base "
+            "use --method lora.",
+        )
 
 
 def _check_options(*, task: str, quant: str, method: str, variable_lengths: bool = False) -> None:

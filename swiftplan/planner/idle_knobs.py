@@ -4,7 +4,7 @@ silently dropped. A runtime profile's own values are never typed, so never refus
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from swiftplan.errors import SwiftplanError
@@ -49,3 +49,25 @@ def refuse_idle_knobs(typed: Mapping[str, Any], candidates: Sequence[Mapping[str
         if name in typed and candidates and all(rule(k) for k in candidates):
             reason, hint = rule(candidates[0])
             raise SwiftplanError(f"{reason}: it would change nothing.", hint=hint)
+
+
+LORA_SHAPE_OPTIONS = ("rank", "targets", "lora_dropout")
+"""Options that shape LoRA adapters: idle when every planned method trains none (full fine-tuning)."""
+
+
+def refuse_idle_lora_options(method: str | Sequence[str] | None, typed: Collection[str]) -> None:
+    """--rank, --targets or --lora-dropout typed (`typed`: the option names) while --method allows only full
+    fine-tuning, which trains no adapters: refused naming them, instead of planned without them. `method` is
+    one method, fit's and size's comma list, or their parsed tuple; None (not pinned) allows adapters."""
+    idle = [n for n in LORA_SHAPE_OPTIONS if n in typed]
+    listed = method.split(",") if isinstance(method, str) else (method or ())
+    methods = {m.strip() for m in listed if m.strip()}
+    if not idle or not methods or methods & {"lora", "qlora"}:
+        return
+    flags = ", ".join("--" + n.replace("_", "-") for n in idle)
+    one = len(idle) == 1
+    raise SwiftplanError(
+        f"{flags} {'shapes' if one else 'shape'} LoRA adapters, and --method {','.join(sorted(methods))} trains "
+        f"none: {'it' if one else 'they'} would change nothing.",
+        hint=f"Drop {flags}, or use --method lora or qlora.",
+    )

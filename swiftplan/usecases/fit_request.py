@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner import model_limits
+from swiftplan.planner.idle_knobs import refuse_idle_lora_options
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective import SFT, ObjectiveSetup
 from swiftplan.planner.runtime import refuse_eager_for_training
@@ -132,6 +133,7 @@ def _check_request(request: FitRequest) -> None:
         )
     if request.task == "train":
         refuse_eager_for_training(request.eager)
+        refuse_idle_lora_options(request.pins.methods, request.typed)
 
 
 def _check_rollout_lengths(request: FitRequest) -> None:
