@@ -87,7 +87,10 @@ REFUSED = [
     ("verify-train-context", ("verify", M, "--context", "100"),
      ["--context describes serving (--task serve)", "verify --task train would ignore it"]),
     ("verify-serve-prompt-len", ("verify", M, "--task", "serve", "--prompt-len", "5"),
-     ["--prompt-len", "--task serve"]),
+     ["--prompt-len describes a training objective; it does not apply to --task serve"]),
+    ("estimate-serve-objective-options", ("estimate", M, "--task", "serve", "--prompt-len", "5", "--reference",
+                                          "model"),
+     ["--prompt-len, --reference describe training objectives; they do not apply to --task serve"]),
     ("verify-qlora-quant-none", ("verify", M, "--method", "qlora", "--quant", "none"),
      ["--method qlora", "contradicts --quant none", "nf4 or fp4", "--method lora"]),
 ]  # fmt: skip

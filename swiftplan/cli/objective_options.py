@@ -162,7 +162,9 @@ def refuse_objective_for_serving(typed: Collection[str]) -> None:
     """Objective options given with --task serve: one clear error."""
     if given := [n for n in OBJECTIVE_OPTIONS if n in typed]:
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
-        raise SwiftplanError(f"{flags} describe training objectives; they do not apply to --task serve.")
+        one = len(given) == 1
+        raise SwiftplanError(f"{flags} {'describes a training objective' if one else 'describe training objectives'}; "
+                             f"{'it does' if one else 'they do'} not apply to --task serve.")  # fmt: skip
 
 
 def objective_request(options: dict[str, Any]) -> tuple[ObjectiveSetup, int, int]:
