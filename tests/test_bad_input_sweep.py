@@ -90,7 +90,7 @@ REFUSED = [
      ["--prompt-len describes a training objective; it does not apply to --task serve"]),
     ("estimate-serve-objective-options", ("estimate", M, "--task", "serve", "--prompt-len", "5", "--reference",
                                           "model"),
-     ["--prompt-len, --reference describe training objectives; they do not apply to --task serve"]),
+     ["--reference, --prompt-len describe training objectives; they do not apply to --task serve"]),
     ("verify-qlora-quant-none", ("verify", M, "--method", "qlora", "--quant", "none"),
      ["--method qlora", "contradicts --quant none", "nf4 or fp4", "--method lora"]),
 ]  # fmt: skip

@@ -65,7 +65,7 @@ def test_fit_dpo_searches_the_reference() -> None:
     ("args", "message"),
     [
         (("--task", "grpo", "--global-batch", "12"), "not a whole number of prompts"),
-        (("--task", "serve", "--num-generations", "4"), "do not apply to --task serve"),
+        (("--task", "serve", "--num-generations", "4"), "does not apply to --task serve"),
         (("--task", "dpo", "--completion-len", "64"), "apply to --task grpo and ppo"),
         (("--task", "sft", "--reference", "model"), "--task sft has none"),
         (("--task", "grpo", "--rollout", "server", "--rollout-gpus", "8"), "leaves none"),
