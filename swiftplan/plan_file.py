@@ -567,6 +567,10 @@ def _accelerator(path: Path, data: dict[str, Any]) -> Accelerator:
     values: dict[str, Any] = {
         key: tuple(value) if isinstance(value, list) else value for key, value in data.items()
     }
+    from swiftplan.plan_file_values import value_problem
+
+    if problem := value_problem(Accelerator, values):
+        raise SwiftplanError(f"Plan file {path}: field 'hardware.accelerator.{problem[1:]}.", hint=_HINT)
     try:
         return Accelerator(**values)
     except (TypeError, ValueError) as error:

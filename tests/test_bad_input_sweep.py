@@ -145,3 +145,28 @@ def test_size_names_the_clusters_it_considered(nodes: str, said: str) -> None:
 def test_lora_options_stay_quiet_when_a_method_trains_adapters() -> None:
     """fit --method full,lora searches LoRA too: --rank shapes those plans and is kept."""
     assert run_cli("fit", M, "--gpus", "h100", "--method", "full,lora", "--rank", "8").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragments"),
+    [("name", 0, ["'hardware.accelerator.name' must be text, got 0"]),
+     ("vendor", True, ["'hardware.accelerator.vendor' must be text, got True"]),
+     ("source", None, ["'hardware.accelerator.source' must be text, got None"]),
+     ("bf16_flops", float("inf"), ["'hardware.accelerator.bf16_flops' must be a finite number or null, got inf"]),
+     ("price_usd_per_hour", "cheap", ["'hardware.accelerator.price_usd_per_hour' must be a finite number or null",
+                                      "got 'cheap'"]),
+     ("backend", "tpu", ["'hardware.accelerator.backend' must be one of cuda"])],
+)  # fmt: skip
+def test_plan_file_accelerator_values_of_the_wrong_type(
+    tmp_path: Path, field: str, value: object, fragments: list[str]
+) -> None:
+    """A hand-edited hardware snapshot: a number for the name, text for the price or an infinite FLOP/s rate
+    ended in AttributeError, TypeError or ZeroDivisionError tracebacks."""
+    import yaml
+    from bad_input_support import write_tiny_plans
+
+    write_tiny_plans(tmp_path)
+    plan = yaml.safe_load((tmp_path / "train.yaml").read_text())
+    plan["hardware"]["accelerator"][field] = value
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(plan))
+    assert_refused(run_cli("estimate", str(tmp_path / "edited.yaml")), "Plan file", *fragments)
