@@ -155,7 +155,11 @@ def test_lora_options_stay_quiet_when_a_method_trains_adapters() -> None:
      ("bf16_flops", float("inf"), ["'hardware.accelerator.bf16_flops' must be a finite number or null, got inf"]),
      ("price_usd_per_hour", "cheap", ["'hardware.accelerator.price_usd_per_hour' must be a finite number or null",
                                       "got 'cheap'"]),
-     ("backend", "tpu", ["'hardware.accelerator.backend' must be one of cuda"])],
+     ("backend", "tpu", ["'hardware.accelerator.backend' must be one of cuda"]),
+     # the right type, out of range: a negative bandwidth planned a speed from it
+     ("memory_bandwidth_bytes_per_s", -1, ["memory_bandwidth_bytes_per_s must be positive or None, got -1"]),
+     ("pcie_bytes_per_s", 0, ["pcie_bytes_per_s must be positive or None, got 0"]),
+     ("price_usd_per_hour", -2.5, ["price_usd_per_hour must be zero or more, or None, got -2.5"])],
 )  # fmt: skip
 def test_plan_file_accelerator_values_of_the_wrong_type(
     tmp_path: Path, field: str, value: object, fragments: list[str]

@@ -135,6 +135,13 @@ class Accelerator:
         for key, value in self.peak_flops.items():
             if value is not None and value <= 0:
                 raise ValueError(f"{self.id}: {key} FLOP/s must be positive or None, got {value}")
+        for key in ("memory_bandwidth_bytes_per_s", "pcie_bytes_per_s", "nvlink_bytes_per_s",
+                    "nvlink_bridge_bytes_per_s", "pcie_gen", "pcie_lanes", "tdp_w"):  # fmt: skip
+            if (value := getattr(self, key)) is not None and value <= 0:
+                raise ValueError(f"{self.id}: {key} must be positive or None, got {value}")
+        for key in ("price_usd_per_hour", "launch_price_usd"):  # 0: hardware already owned
+            if (value := getattr(self, key)) is not None and value < 0:
+                raise ValueError(f"{self.id}: {key} must be zero or more, or None, got {value}")
 
     @property
     def display_name(self) -> str:
