@@ -596,34 +596,13 @@ def _refuse_idle_measure_options(options: dict[str, Any], typed: Any) -> None:
 
 
 def _measure_options(request: Any, **options: Any) -> dict[str, Any]:
-    if request.task == "serve":
-        raise SwiftplanError("--measure times training candidates; it does not apply to --task serve.")
-    if request.vision is not None:
-        raise SwiftplanError(
-            "--measure times the language model alone (a random init, without the vision tower or images), so it "
-            "cannot rank plans with image options.",
-            hint="Drop --measure to rank by the estimate (images counted), or the image options to time the text.",
-        )
-    device, top, steps, layers = (
-        options[k] for k in ("measure_device", "measure_top", "measure_steps", "measure_layers")
-    )
-    if device not in ("cuda", "cpu"):
-        raise SwiftplanError(f"--measure-device takes cuda or cpu, got {device!r}.")
-    from swiftplan.cli._checks import at_least
+    """The --measure-* flags checked by the measure use case (the refusals the dashboard gives too)."""
+    from dataclasses import asdict
 
-    for flag, value in (("--measure-top", top), ("--measure-steps", steps), ("--measure-layers", layers)):
-        at_least(flag, value, 1)
-    from swiftplan.usecases.measure import check_layers
+    from swiftplan.usecases.measure import check_measure
 
-    check_layers(request.model, layers)
-    if device == "cuda":
-        from swiftplan.extras import needs
-
-        with needs("measure"):
-            from swiftplan.executors.measure import require_cuda
-
-            require_cuda()
-    return {"top_k": top, "steps": steps, "layers": layers, "device": device, "seed": request.seed}
+    top, steps, layers, device = (options[f"measure_{k}"] for k in ("top", "steps", "layers", "device"))
+    return asdict(check_measure(request, top_k=top, steps=steps, layers=layers, device=device))
 
 
 def register(app: typer.Typer) -> None:
