@@ -22,6 +22,7 @@ from swiftplan.tui import messages as msg
 from swiftplan.tui import workers
 from swiftplan.tui.hardware import HardwareView, catalog_options
 from swiftplan.tui.job import DEFAULT_HOST_RAM_BYTES
+from swiftplan.tui.measure import MeasureView, plan_line
 from swiftplan.tui.model_field import model_choices
 from swiftplan.tui.panes.doctor import DoctorPane
 from swiftplan.tui.panes.hardware import HardwarePane
@@ -78,6 +79,8 @@ class DashApp(App[None]):
         self.hardware: HardwareView | None = None
         self.outcome: SearchOutcome | None = None
         self.selected: PlanChoice | None = None
+        self.measured: MeasureView | None = None
+        self.measuring = False
         self.saved_path: str | None = None
         self.search_id = 0
         self._follow: Timer | None = None
@@ -223,6 +226,7 @@ class DashApp(App[None]):
             self.action_show_tab("hardware")
             return
         self.search_id += 1
+        self.measured, self.measuring = None, False
         self.query_one(JobPane).show_error(None)
         self.query_one(SearchPane).show_started(self.hardware.cluster.describe())
         self.run_worker(
@@ -245,7 +249,11 @@ class DashApp(App[None]):
         """Stop the running search (its candidates so far stay on screen)."""
         if any(w.group == "search" and w.is_running for w in self.workers):
             self.workers.cancel_group(self, "search")
-            self.query_one(SearchPane).show_status("Cancelled. r restarts.", "yellow")
+            if self.measuring:  # the search is done: only the measurement stops
+                self.query_one(SearchPane).show_measuring("Cancelling: the measurement stops once the candidate "
+                                                          "running finishes its steps.")  # fmt: skip
+            else:
+                self.query_one(SearchPane).show_status("Cancelled. r restarts.", "yellow")
 
     def on_search_progress(self, message: msg.SearchProgress) -> None:
         if message.snapshot.search_id == self.search_id:
@@ -285,6 +293,28 @@ class DashApp(App[None]):
                 f"Cancelled after {message.evaluated} candidates. r restarts.", "yellow"
             )
 
+    def on_measure_progress(self, message: msg.MeasureProgress) -> None:
+        if message.search_id == self.search_id:
+            self.measuring = True
+            self.query_one(SearchPane).show_measuring(message.text)
+
+    def on_measure_finished(self, message: msg.MeasureFinished) -> None:
+        if message.view.search_id == self.search_id:
+            self.measured, self.measuring = message.view, False
+            self.query_one(SearchPane).show_measured(message.view)
+            self.query_one(PlanPane).show_measured(
+                plan_line(self.measured, self.selected.summary if self.selected else "")
+            )
+
+    def on_measure_failed(self, message: msg.MeasureFailed) -> None:
+        if message.search_id == self.search_id:
+            self.measuring = False
+            self.query_one(SearchPane).show_measure_stopped(
+                message.message, message.hint, cancelled=message.cancelled
+            )
+            if not message.cancelled:
+                self.notify(message.message, title="Measurement failed", severity="error")
+
     # --- plan ---------------------------------------------------------------------------------
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
@@ -297,6 +327,9 @@ class DashApp(App[None]):
         self.saved_path = None
         command = run_command(self.selected.plan, self.plan_path) if self.selected else ""
         self.query_one(PlanPane).show_choice(self.selected, command)
+        self.query_one(PlanPane).show_measured(
+            plan_line(self.measured, self.selected.summary if self.selected else "")
+        )
 
     def action_save_plan(self) -> None:
         """Ask where to save the selected plan, then write it."""

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.vision import VisionInputs
+from swiftplan.tui.measure import MEASURE_DEFAULTS
 from swiftplan.units import parse_token_count
 
 DEFAULT_HOST_RAM_BYTES = 64 * 2**30
@@ -53,13 +54,14 @@ FORM_DEFAULTS: dict[str, str] = {
     "pareto": "no",
     "headroom": "0.05",
     "host_ram": "auto",
+    **MEASURE_DEFAULTS,
 }
-"""Every form field and its initial text."""
+"""Every form field and its initial text (the measure fields are read by `swiftplan.tui.measure`)."""
 SERVE_ONLY = ("ttft", "decode_tps")
 """Fields only a serving search reads (fit's --ttft and --decode-tps): a training job ignores them."""
-TRAIN_ONLY = ("dora", "data", "lengths", "packing", "train_vit", "train_aligner")
-"""Fields only a training search reads (fit's --dora, --data, --lengths, --packing, --train-vit and
---train-aligner): a serving job ignores them."""
+TRAIN_ONLY = ("dora", "data", "lengths", "packing", "train_vit", "train_aligner", "measure")
+"""Fields only a training search reads (fit's --dora, --data, --lengths, --packing, --train-vit,
+--train-aligner and --measure): a serving job ignores them."""
 
 METHOD_CHOICES = ("any", "full", "lora", "qlora", "lora,qlora")
 QUANT_CHOICES = ("any", "none", "nf4", "int8")

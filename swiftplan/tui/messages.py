@@ -11,6 +11,7 @@ from typing import Any
 from textual.message import Message
 
 from swiftplan.tui.hardware import HardwareView
+from swiftplan.tui.measure import MeasureView
 from swiftplan.tui.plans import SearchOutcome
 from swiftplan.tui.runs import RunView
 from swiftplan.tui.search import SearchSnapshot
@@ -70,6 +71,32 @@ class SearchStopped(Message):
     def __init__(self, search_id: int, evaluated: int) -> None:
         super().__init__()
         self.search_id, self.evaluated = search_id, evaluated
+
+
+class MeasureProgress(Message):
+    """The measurement after a search began, or moved to its next candidate."""
+
+    def __init__(self, search_id: int, text: str) -> None:
+        super().__init__()
+        self.search_id, self.text = search_id, text
+
+
+class MeasureFinished(Message):
+    """The top candidates were measured."""
+
+    def __init__(self, view: MeasureView) -> None:
+        super().__init__()
+        self.view = view
+
+
+class MeasureFailed(Message):
+    """The measurement stopped: cancelled, or torch failed (the search's plans stand)."""
+
+    def __init__(
+        self, search_id: int, message: str, hint: str | None = None, *, cancelled: bool = False
+    ) -> None:
+        super().__init__()
+        self.search_id, self.message, self.hint, self.cancelled = search_id, message, hint, cancelled
 
 
 class PlanSaved(Message):

@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.tui import messages as msg
+
+if TYPE_CHECKING:
+    from swiftplan.usecases.measure import MeasureOptions
 
 Post = Callable[[Any], object]
 
@@ -85,13 +88,18 @@ def search(
     cancelled: Callable[[], bool],
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Check the form, run the study with live reports, then report the plans on offer."""
+    """Check the form, run the study with live reports, then report the plans on offer; with the measure switch
+    on, run the top candidates for a few real steps after it (`measure`)."""
     from swiftplan.tui.job import parse_job
+    from swiftplan.tui.measure import parse_measure
     from swiftplan.tui.plans import outcome
-    from swiftplan.tui.search import SearchCancelled, prepare, run_search, snapshot
+    from swiftplan.tui.search import SearchCancelled, fit_request, prepare, run_search, snapshot
 
     try:
-        problem = prepare(parse_job(fields), cluster, host_ram_bytes=host_ram_bytes)
+        job = parse_job(fields)
+        # fit --measure's refusals come first, as fit checks them before it resolves the job
+        measuring = parse_measure(fields, fit_request(job, host_ram_bytes=host_ram_bytes))
+        problem = prepare(job, cluster, host_ram_bytes=host_ram_bytes)
     except SwiftplanError as error:
         post(msg.SearchFailed(search_id, error.message, error.hint))
         return
@@ -118,10 +126,52 @@ def search(
         post(msg.SearchFinished(outcome(search_id, fit, final)))
     except SearchCancelled:
         post(msg.SearchStopped(search_id, len(evaluations)))
+        return
     except SwiftplanError as error:
         post(msg.SearchFailed(search_id, error.message, error.hint))
+        return
     except Exception as error:
         post(msg.SearchFailed(search_id, _internal(error)))
+        return
+    if measuring is not None and fit.plan is not None:
+        measure(post, search_id=search_id, fit=fit, options=measuring, cancelled=cancelled)
+
+
+class MeasureCancelled(Exception):
+    """Raised from the measurement's progress callback to stop it before its next candidate."""
+
+
+def measure(
+    post: Post, *, search_id: int, fit: Any, options: MeasureOptions, cancelled: Callable[[], bool]
+) -> None:
+    """Run the finished search's top candidates for a few real steps (the measure use case) and report them;
+    a cancel stops it before the next candidate (the one running finishes its steps)."""
+    from swiftplan.tui.measure import CPU_NOTE, measure_view
+    from swiftplan.usecases.measure import measure_top
+
+    where = f"{options.device}" + (f", {options.layers} layer(s)" if options.layers else "")
+    started = f"Measuring the top {options.top_k} on {where}: {options.steps} step(s) each after a warm-up"
+    post(msg.MeasureProgress(search_id, started + (f". {CPU_NOTE}" if options.device == "cpu" else "")))
+    done = 0
+
+    def progress(text: str) -> None:
+        nonlocal done
+        if cancelled():
+            raise MeasureCancelled
+        done += 1
+        post(msg.MeasureProgress(search_id, f"{text} (x stops after this candidate)"))
+
+    try:
+        evaluations, measured = measure_top(fit, top_k=options.top_k, steps=options.steps, layers=options.layers,
+                                            device=options.device, seed=options.seed, progress=progress)  # fmt: skip
+        post(msg.MeasureFinished(measure_view(search_id, options, evaluations, measured)))
+    except MeasureCancelled:
+        post(msg.MeasureFailed(search_id, f"Measurement cancelled after {done} candidate(s) ran (their timings are "
+                               "dropped); the search's plans stand.", cancelled=True))  # fmt: skip
+    except SwiftplanError as error:
+        post(msg.MeasureFailed(search_id, error.message, error.hint))
+    except Exception as error:  # torch failing in a way the executor did not foresee
+        post(msg.MeasureFailed(search_id, f"The measurement failed: {_internal(error)}"))
 
 
 def save_plan(post: Post, plan: Any, path: str) -> None:

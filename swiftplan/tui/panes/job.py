@@ -8,8 +8,9 @@ changed over them, as fit's knob flags do. They are training's only: while the t
 is closed and disabled and shows the runtime's own values (the user's edits come back with a training
 task), and a knob changed anyway gets the CLI's refusal of knob flags with --task serve. The other fields
 one task alone reads (serving's latency targets; training's DoRA, data files, packing and
-vision tower and aligner switches) are disabled for the
-other task, keeping their text, and the search ignores them there."""
+vision tower and aligner switches, and the measure switch) are disabled for the
+other task, keeping their text, and the search ignores them there. The measure fields (top-k, steps,
+layers, device) are disabled while the measure switch is off."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Grid, VerticalScroll
+from textual.css.query import NoMatches
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Collapsible, Input, Label, Select, Static
 
@@ -34,6 +36,8 @@ from swiftplan.tui.job import (
     task_runtimes,
 )
 from swiftplan.tui.knobs import KNOB_CHOICES, KNOB_FIELDS, runtime_knob_text
+from swiftplan.tui.measure import MEASURE_OPTIONS
+from swiftplan.usecases.measure import MEASURE_DEVICES
 
 SELECTS = {
     "task": TASK_CHOICES,
@@ -47,6 +51,8 @@ SELECTS = {
     "packing": ("no", "yes"),
     "train_vit": ("no", "yes"),
     "train_aligner": ("no", "yes"),
+    "measure": ("no", "yes"),
+    "measure_device": MEASURE_DEVICES,
 }
 """Fields chosen from a list; the rest are typed."""
 RUNTIME_KNOBS = {name: runtime_knob_text(name) for name in SELECTS["runtime"]}
@@ -86,6 +92,9 @@ LAYOUT = (
     ("storage", "Storage URL", "study_name", "Study name"),
     ("headroom", "Headroom", "host_ram", "Host RAM GiB"),
     ("pareto", "Pareto front", "", ""),
+    ("measure", "Measure", "measure_top", "Measure top-k"),
+    ("measure_steps", "Measure steps", "measure_layers", "Measure layers"),
+    ("measure_device", "Measure device", "", ""),
 )
 """Rows of (field, label, field, label) under the model field; an empty field leaves its cells blank."""
 HELP = (
@@ -103,7 +112,12 @@ HELP = (
     "framework planned for (its loss, optimizer and engine; profiles/runtimes), or for serve the serving engine "
     "(its decode step cost); picking a training one fills the runtime knobs with its defaults, and each knob is "
     "the CLI flag of the same name (--loss, --fsdp, …); a storage URL (fit's --storage, e.g. sqlite:///study.db) "
-    "keeps the study, resumed by the next search with the same study name (default: derived from the problem)."
+    "keeps the study, resumed by the next search with the same study name (default: derived from the problem). "
+    "Measure (fit's --measure) runs the top-k candidates after the search for a few real optimizer steps each "
+    "(after one warm-up) on this machine's GPU, from a random-init model built from the config (measure layers builds "
+    "fewer layers), and shows their measured tokens/s beside the predicted ones (x stops it); device cpu is a "
+    "smoke run: CPU timings do not rank GPU plans. It cannot run QLoRA/int8 candidates, ZeRO or tp/pp layouts "
+    "(skipped, with the reason) nor a job with images."
 )
 PLACEHOLDERS = {
     "rank": "16 · 8,16,32 · auto",
@@ -120,6 +134,7 @@ PLACEHOLDERS = {
     "storage": "none · sqlite:///study.db",
     "study_name": "from the problem",
     "modules_to_save": "none · embed_tokens,lm_head",
+    "measure_layers": "all · 2",
 }
 
 
@@ -158,7 +173,7 @@ class JobPane(VerticalScroll):
             if key == "runtime"
             else SELECTS.get(key) or KNOB_CHOICES.get(key)
         )
-        idle = key in (TRAIN_ONLY if self._serving else SERVE_ONLY)  # a field the task does not read
+        idle = self._idle(key)
         if choices is not None:
             return Select(
                 [(choice, choice) for choice in choices],
@@ -171,6 +186,23 @@ class JobPane(VerticalScroll):
         return Input(
             initial, placeholder=PLACEHOLDERS.get(key, ""), compact=True, id=f"job-{key}", disabled=idle
         )
+
+    def _idle(self, key: str) -> bool:
+        """A field the task does not read, or a measure field while the switch is off."""
+        if key in (TRAIN_ONLY if self._serving else SERVE_ONLY):
+            return True
+        return key in MEASURE_OPTIONS and (self._serving or not self._measuring())
+
+    def _measuring(self) -> bool:
+        try:
+            return self._widget("measure").value == "yes"
+        except NoMatches:  # composing: the switch is not mounted yet
+            return FORM_DEFAULTS["measure"] == "yes"
+
+    def _follow_measure(self) -> None:
+        """The measure fields enabled while the switch is on (and the task trains)."""
+        for key in MEASURE_OPTIONS:
+            self._widget(key).disabled = self._idle(key)
 
     def _rows(self, layout: tuple[tuple[str, str, str, str], ...]) -> ComposeResult:
         for left, left_label, right, right_label in layout:
@@ -251,6 +283,7 @@ class JobPane(VerticalScroll):
             self._widget(key).value = text
         for key in (*SERVE_ONLY, *TRAIN_ONLY):
             self._widget(key).disabled = key in (TRAIN_ONLY if serving else SERVE_ONLY)
+        self._follow_measure()
         group = self.query_one("#job-knobs", Collapsible)
         group.title = SERVE_KNOBS_TITLE if serving else KNOBS_TITLE
         group.disabled = serving
@@ -273,6 +306,8 @@ class JobPane(VerticalScroll):
             self._follow_task()
         elif event.select.id == "job-runtime":
             self._follow_runtime()
+        elif event.select.id == "job-measure":
+            self._follow_measure()
 
     def show_model_hint(self, name: str, text: str) -> None:
         """The line under the model field, if it still describes what is typed."""

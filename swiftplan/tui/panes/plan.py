@@ -1,6 +1,6 @@
 """Tab 4: the plans a search found; the runtime and knobs they were planned with; the selected one's
-memory against the budget, speed and bound, why other families lost, and the command that runs it once
-saved."""
+memory against the budget, speed and bound (and what a measurement after the search found for it), why other
+families lost, and the command that runs it once saved."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class PlanPane(Vertical):
     PlanPane #plan-detail { height: 1fr; }
     PlanPane #plan-summary { text-style: bold; margin: 1 0 0 0; }
     PlanPane #plan-speed { margin: 1 0 0 0; }
+    PlanPane #plan-measured { color: $warning; display: none; }
     PlanPane #plan-why { margin: 1 0 0 0; }
     PlanPane #plan-command { margin: 1 0 0 0; }
     """
@@ -43,6 +44,7 @@ class PlanPane(Vertical):
             yield Static("", id="plan-runtime")
             yield MemoryBars(id="plan-bars")
             yield Static("", id="plan-speed")
+            yield Static("", id="plan-measured")
             yield Static("", id="plan-why")
             yield Static("", id="plan-command")
 
@@ -77,6 +79,12 @@ class PlanPane(Vertical):
         self.query_one(MemoryBars).show(choice.memory if choice else None)
         self.query_one("#plan-speed", Static).update("\n".join(choice.speed_lines) if choice else "")
         self.show_command(command)
+
+    def show_measured(self, line: str) -> None:
+        """The highlighted plan's measured tokens/s beside the predicted ones, OOM, or why it was not run."""
+        measured = self.query_one("#plan-measured", Static)
+        measured.update(line)
+        measured.display = bool(line)
 
     def show_command(self, command: str, saved: str | None = None) -> None:
         """The command line (and where the plan was saved)."""
