@@ -38,6 +38,7 @@ from swiftplan.planner.runtime_terms import (
     shard_degree,
     sharding_stage,
     zero3_live_parameter_bytes,
+    zero3_recompute_held_elements,
     zero_sharded,
 )
 from swiftplan.planner.setup import LoraSetup, TrainSetup
@@ -168,7 +169,8 @@ def device_states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: i
     if stage == 3:
         weights, adapters = weights // shards, adapters // shards
         if knobs.ds_buckets and knobs.fsdp == "none":
-            gathered = zero3_live_parameter_bytes(spec, knobs, weight_bytes=wb, tp=par.tp)
+            held = zero3_recompute_held_elements(spec, setup, stage_layers)
+            gathered = zero3_live_parameter_bytes(spec, knobs, weight_bytes=wb, tp=par.tp, held_elements=held)
         elif knobs.fsdp != "none":  # two blocks and the root unit, as FSDP gathers them (runtime_features)
             gathered = fsdp_gathered_bytes(spec, setup, stage_layers, wb)
         else:  # the block computed and the one prefetched
