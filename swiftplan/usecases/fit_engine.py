@@ -4,11 +4,12 @@ the cluster that engine can use."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.engines import Engine, default_engine, get_engine, runtime_engine
+from swiftplan.planner.engines import Engine, EngineTask, default_engine, get_engine, runtime_engine
 from swiftplan.planner.hardware import Cluster
 from swiftplan.planner.runtime import DEFAULT_TRAIN_RUNTIME, RuntimeChoice, choose_runtime
 
@@ -161,27 +162,44 @@ def image_engine(cluster: Cluster) -> Engine:
     )
 
 
+def image_engine_choices(
+    engine: Engine,
+    names: Iterable[str],
+    task: EngineTask,
+    *,
+    runtime: str | None,
+    engine_named: bool,
+    takes_engine: bool = True,
+) -> tuple[str, list[str]]:
+    """For a refusal of images on `engine`: how the user chose it ('--engine X', or '--runtime R plans for X,
+    which'), and the options that choose each engine of `names` instead (its --runtime when the runtime chose, or
+    when the command has no --engine)."""
+    by_runtime = runtime is not None and not engine_named
+    ways = []
+    for name in names:
+        own = get_engine(name, task).runtime
+        if (by_runtime or not takes_engine) and own:
+            ways.append(f"--runtime {own}")
+        elif takes_engine:
+            ways.append(f"--engine {name}" + (" without --runtime" if by_runtime and task == "train" else ""))
+    chosen = (
+        f"--runtime {runtime} plans for {engine.name}, which" if by_runtime else f"--engine {engine.name}"
+    )
+    return chosen, ways
+
+
 def require_image_engine(
     engine: Engine, *, runtime: str | None, engine_named: bool, takes_engine: bool = True
 ) -> None:
     """A plan with images is made only for an engine that trains on them (planner/engines.py IMAGE_TRAIN_ENGINES):
     one message naming the engine, what it lacks and the engines that can (as --engine, or as --runtime when the
     command has no --engine, like size), before anything is searched."""
-    from swiftplan.planner.engines import IMAGE_TRAIN_ENGINES, get_engine, image_engines_text, trains_images
+    from swiftplan.planner.engines import IMAGE_TRAIN_ENGINES, image_engines_text, trains_images
 
     if trains_images(engine):
         return
-    by_runtime = runtime is not None and not engine_named
-    ways = []
-    for name in IMAGE_TRAIN_ENGINES:
-        own = get_engine(name, "train").runtime
-        if (by_runtime or not takes_engine) and own:
-            ways.append(f"--runtime {own}")
-        elif takes_engine:
-            ways.append(f"--engine {name}" + (" without --runtime" if by_runtime else ""))
-    chosen = (
-        f"--runtime {runtime} plans for {engine.name}, which" if by_runtime else f"--engine {engine.name}"
-    )
+    chosen, ways = image_engine_choices(engine, IMAGE_TRAIN_ENGINES, "train", runtime=runtime,
+                                        engine_named=engine_named, takes_engine=takes_engine)  # fmt: skip
     raise SwiftplanError(
         f"{chosen} does not train a vision-language model on its images, so no plan with the image options runs on "
         f"it: only {image_engines_text()} are given a plan's pixel budget per image and what trains (tower, aligner).",

@@ -76,23 +76,13 @@ def serve_image_engine(request: FitRequest, cluster: Cluster, notes: list[str]) 
 def require_serve_image_engine(engine: Engine, *, runtime: str | None, engine_named: bool) -> None:
     """A serving plan with images is made only for an engine that serves them as planned (IMAGE_SERVE_ENGINES): one
     message naming the engine, what it lacks and the engines that can, before anything is searched."""
-    from swiftplan.planner.engines import (
-        IMAGE_SERVE_ENGINES,
-        get_engine,
-        image_serve_engines_text,
-        serves_images,
-    )
+    from swiftplan.planner.engines import IMAGE_SERVE_ENGINES, image_serve_engines_text, serves_images
+    from swiftplan.usecases.fit_engine import image_engine_choices
 
     if serves_images(engine):
         return
-    by_runtime = runtime is not None and not engine_named
-    ways = []
-    for name in IMAGE_SERVE_ENGINES:
-        own = get_engine(name, "serve").runtime
-        ways.append(f"--runtime {own}" if by_runtime and own else f"--engine {name}")
-    chosen = (
-        f"--runtime {runtime} plans for {engine.name}, which" if by_runtime else f"--engine {engine.name}"
-    )
+    chosen, ways = image_engine_choices(engine, IMAGE_SERVE_ENGINES, "serve", runtime=runtime,
+                                        engine_named=engine_named)  # fmt: skip
     raise SwiftplanError(
         f"{chosen} does not serve a vision-language model's images as planned, so no serving plan with the image "
         f"options runs on it: only {image_serve_engines_text()} are given the plan's images per request and its pixel "
