@@ -55,13 +55,19 @@ def format_usd(value: float) -> str:
 
 def parse_token_count(text: str) -> int:
     """'50M' / '1.5B' / '200k' / '12345' → integer token count; ValueError for anything else, including
-    'inf', 'nan', numbers too large for a float ('1e400') and a fraction of one token ('0.5')."""
+    'inf', 'nan', numbers too large for a float ('1e400') and a fraction of a token ('0.5', '2.5')."""
     raw = text.strip().lower().replace("_", "")
     scale = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
     number, factor = (raw[:-1], scale[raw[-1]]) if raw and raw[-1] in scale else (raw, 1)
-    value = float(number) * factor
+    try:
+        value = float(number) * factor
+    except ValueError:
+        raise ValueError(f"token count {text!r} is not a number (with an optional k, M, B or T)") from None
     if not math.isfinite(value):
         raise ValueError(f"token count {text!r} is not a finite number")
     if 0 < value < 1:
         raise ValueError(f"token count {text!r} is less than one token")
-    return int(value)
+    whole = round(value)
+    if abs(value - whole) > 1e-9 * max(1.0, value):  # '1.1B' is 1100000000.0000002 in floating point
+        raise ValueError(f"token count {text!r} is not a whole number of tokens")
+    return whole

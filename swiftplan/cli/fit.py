@@ -323,7 +323,7 @@ def parse_dataset_tokens(text: str | None) -> int | None:
         tokens = parse_token_count(text)
     except ValueError as error:
         raise SwiftplanError(
-            f"Bad --dataset-tokens {text!r}.", hint="Examples: 50M, 1.5B, 200k, 123456."
+            f"Bad --dataset-tokens {text!r}: {error}.", hint="Examples: 50M, 1.5B, 200k, 123456."
         ) from error
     if tokens > MAX_DATASET_TOKENS:
         raise SwiftplanError(

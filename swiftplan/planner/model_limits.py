@@ -65,6 +65,16 @@ def check_rank(spec: ModelSpec, rank: int, targets: tuple[str, ...] | None, what
         )
 
 
+def check_ckpt_every(spec: ModelSpec, every: int, prefix: str = "") -> None:
+    """Refuse checkpointing every k-th block for a k past the model's blocks (no block would be checkpointed)."""
+    if every > spec.num_layers:
+        raise SwiftplanError(
+            f"{prefix}--ckpt-every {every} is more than the model's {spec.num_layers} blocks, so no block would be "
+            "checkpointed as asked.",
+            hint=f"Use --ckpt-every between 1 and {spec.num_layers}, or --no-grad-ckpt to checkpoint none.",
+        )
+
+
 def check_setup(
     spec: ModelSpec, setup: TrainSetup | ServeSetup, where: str = "", *, refuse_length: bool = False
 ) -> tuple[str, ...]:
@@ -80,6 +90,8 @@ def check_setup(
                     "smaller images (--images-per-sample, --image-size, --video-frames) shorten it.")  # fmt: skip
     if problem and refuse_length:
         raise SwiftplanError(prefix + problem)
+    if isinstance(setup, TrainSetup):
+        check_ckpt_every(spec, setup.runtime.ckpt_every, prefix)
     if isinstance(setup, TrainSetup) and setup.trains_adapters and setup.lora is not None:
         targets = None if setup.lora.all_linear else (",".join(setup.lora.targets),)
         try:

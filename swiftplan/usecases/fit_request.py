@@ -190,9 +190,12 @@ def _dora_methods(request: FitRequest) -> FitRequest:
 
 
 def _check_against_model(request: FitRequest, spec: ModelSpec) -> FitRequest:
-    """--rank within the model's matrices; --rank auto keeps the ranks its smallest targeted matrix allows."""
+    """--rank within the model's matrices (--rank auto keeps the ranks its smallest targeted matrix allows), and
+    --ckpt-every within its blocks."""
     from swiftplan.planner.search.space_choices import RANKS
 
+    if "ckpt_every" in request.runtime_options:
+        model_limits.check_ckpt_every(spec, request.runtime_options["ckpt_every"])
     ranks = request.pins.ranks
     if ranks is None:
         return request

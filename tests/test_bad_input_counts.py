@@ -1,0 +1,36 @@
+"""Counts that must be whole and within the model: a fractional token count and a checkpointing stride past the
+model's blocks are refused by name, where they used to be truncated or silently checkpoint nothing."""
+
+from __future__ import annotations
+
+import pytest
+from bad_input_support import assert_refused, run_cli
+
+from swiftplan.units import parse_token_count
+
+
+@pytest.mark.parametrize("text, tokens", [("1.1B", 1_100_000_000), ("0.29B", 290_000_000), ("50M", 50_000_000),
+                                          ("1e3", 1000), ("123_456", 123_456)])  # fmt: skip
+def test_token_counts_read_exactly_despite_floating_point(text, tokens):
+    assert parse_token_count(text) == tokens
+
+
+@pytest.mark.parametrize("text, why", [("2.5", "not a whole number"), ("1.0000005k", "not a whole number"),
+                                       ("abc", "not a number"), ("0.5", "less than one token")])  # fmt: skip
+def test_a_token_count_that_is_not_whole_is_refused(text, why):
+    with pytest.raises(ValueError, match=why):
+        parse_token_count(text)
+
+
+def test_fit_names_why_its_dataset_token_count_is_bad():
+    result = run_cli("fit", "Qwen/Qwen2.5-0.5B", "--gpus", "h100", "--dataset-tokens", "2.5")
+    assert_refused(result, "--dataset-tokens '2.5'", "not a whole number of tokens", "50M")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("estimate", "Qwen/Qwen2.5-0.5B"), ("fit", "Qwen/Qwen2.5-0.5B", "--gpus", "h100", "--engine", "trl")],
+)
+def test_checkpointing_every_kth_block_past_the_model_is_refused(command):
+    result = run_cli(*command, "--ckpt-every", "99")
+    assert_refused(result, "--ckpt-every 99", "24 blocks", "between 1 and 24")
