@@ -34,3 +34,13 @@ def test_fit_names_why_its_dataset_token_count_is_bad():
 def test_checkpointing_every_kth_block_past_the_model_is_refused(command):
     result = run_cli(*command, "--ckpt-every", "99")
     assert_refused(result, "--ckpt-every 99", "24 blocks", "between 1 and 24")
+
+
+def test_a_dataset_smaller_than_one_global_batch_is_planned_as_one_partial_step_and_said_so():
+    result = run_cli("fit", "Qwen/Qwen2.5-0.5B", "--gpus", "h100", "--dataset-tokens", "1000")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "1,000 tokens fill 1 sequence(s) of 2,048, fewer than one global batch of 16" in text
+    assert "--global-batch 1 would plan the step as it runs" in text
+    plenty = run_cli("fit", "Qwen/Qwen2.5-0.5B", "--gpus", "h100", "--dataset-tokens", "10M")
+    assert "fewer than one global batch" not in " ".join(plenty.output.split())

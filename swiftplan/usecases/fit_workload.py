@@ -108,6 +108,12 @@ def _workload(
             )
         if note := _short_data_note(lengths, request):
             notes.append(note)
+    elif sequences < request.global_batch and request.training.rollout is None:
+        notes.append(
+            f"{tokens:,} tokens fill {sequences:,} sequence(s) of {seq:,}, fewer than one global batch of "
+            f"{request.global_batch}: each epoch is a single partial step of {sequences:,} sequence(s), and time and cost "
+            f"count those tokens; --global-batch {sequences} would plan the step as it runs."
+        )
     return TrainWorkload(seq_len=seq, global_batch=request.global_batch, dataset_tokens=tokens,
                          dataset_image_tokens=image_tokens, epochs=request.epochs, attention=request.attention,
                          variable_lengths=request.samples_vary, vision=request.vision, dora=request.dora)  # fmt: skip
