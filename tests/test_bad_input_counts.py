@@ -44,3 +44,11 @@ def test_a_dataset_smaller_than_one_global_batch_is_planned_as_one_partial_step_
     assert "--global-batch 1 would plan the step as it runs" in text
     plenty = run_cli("fit", "Qwen/Qwen2.5-0.5B", "--gpus", "h100", "--dataset-tokens", "10M")
     assert "fewer than one global batch" not in " ".join(plenty.output.split())
+
+
+def test_a_rollout_engine_that_cannot_start_is_named_in_the_verdict_not_only_the_free_memory():
+    result = run_cli("estimate", "Qwen/Qwen2.5-7B", "--gpus", "rtx4090", "--method", "qlora", "--task", "grpo",
+                     "--rollout-memory", "0.05")  # fmt: skip
+    text = " ".join(result.output.split())
+    assert "does not fit: the step fits, but the rollout engine cannot start in its share" in text
+    assert "The rollout engine cannot start: 0.05 of 24 GiB" in text

@@ -131,8 +131,13 @@ def render_estimate(estimate: Estimate) -> None:
         if term.source and term.name.startswith(("vision_", "encoder_")):
             console.print(f"[dim]{term.name}: {term.source}[/]", highlight=False)
     verdict = "[green]fits[/]" if estimate.fits else "[red]does not fit[/]"
+    why = (
+        " the step fits, but the rollout engine cannot start in its share (see the note below);"
+        if estimate.rollout_sequences == 0 and estimate.headroom_bytes >= 0
+        else ""
+    )
     console.print(
-        f"{verdict}: {format_gib(mem.device_total)} of {format_gib(estimate.device_memory_bytes)} "
+        f"{verdict}:{why} {format_gib(mem.device_total)} of {format_gib(estimate.device_memory_bytes)} "
         f"({format_gib(abs(estimate.headroom_bytes))} {'free' if estimate.headroom_bytes >= 0 else 'over'}); "
         f"largest term: {mem.dominant()}."
     )
