@@ -470,7 +470,7 @@ def findings(report: dict[str, Any], csv_path: Path) -> list[str]:
         f"{err('qwen-04', 'device_total')}, hf4-03 predicted to fit a T4 where the blog ran out of memory (it does not say "
         "which memory, and the LoRA shape is unstated), and the "
         "Unsloth context limits (us-01, us-02) over-predicted. peft's `prepare_model_for_kbit_training`, which TRL's "
-        "SFTTrainer called up to 0.26 and most QLoRA scripts call on a bitsandbytes base, casts every non-quantized parameter "
+        "SFTTrainer called up to 0.25 (DPO to 0.26) and most QLoRA scripts call on a bitsandbytes base, casts every non-quantized parameter "
         "(embeddings, LM head, norms) to fp32 and so makes the activations fp32; `--kbit-upcast` models it and is "
         "applied here to the bitsandbytes rows from such recipes (lf-03, hf4-*), not to Unsloth's or torchtune's "
         "own preparation (0.5 GB more weights for Llama-2-7B, 2.1 GB for Llama-3-8B, 4.2 GB for 70B). peft skips the upcast for GPTQ; "
