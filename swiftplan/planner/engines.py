@@ -17,9 +17,47 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.dtypes import BNB_QUANTS
+from swiftplan.planner.engine_requirements import (
+    Requirements,
+    knob_requirements,
+    serve_requirements,
+    train_requirements,
+)
 from swiftplan.planner.hardware import Backend
-from swiftplan.planner.setup import RuntimeKnobs, ServeSetup, TrainSetup
+from swiftplan.planner.image_engines import (
+    IMAGE_SERVE_ENGINES,
+    IMAGE_TRAIN_ENGINES,
+    image_engines_text,
+    image_serve_engines_text,
+    serves_images,
+    trains_images,
+)
+
+__all__ = [  # Requirements and the image-engine tables moved out (engine_requirements, image_engines); importable here
+    "DEFAULT_TRAIN_ENGINE",
+    "IMAGE_SERVE_ENGINES",
+    "IMAGE_TRAIN_ENGINES",
+    "Engine",
+    "EngineLimit",
+    "EngineTask",
+    "Requirements",
+    "default_engine",
+    "engine_reasons",
+    "engines_that_run",
+    "get_engine",
+    "image_engines_text",
+    "image_serve_engine",
+    "image_serve_engines_text",
+    "knob_requirements",
+    "list_engines",
+    "refused_knobs",
+    "require_engine",
+    "runtime_engine",
+    "serve_requirements",
+    "serves_images",
+    "train_requirements",
+    "trains_images",
+]
 
 EngineTask = Literal["train", "serve"]
 DEFAULT_TRAIN_ENGINE = "swiftplan"
@@ -209,98 +247,6 @@ def default_engine(task: EngineTask, backend: Backend, *, images: bool = False) 
     return vllm if backends is None or backend in backends else get_engine("builtin")
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Requirements:
-    """What a plan asks of an engine, option by option (None = not applicable)."""
-
-    backend: str
-    """Device backend."""
-    method: str | None = None
-    objective: str | None = None
-    quant: str | None = None
-    optimizer: str | None = None
-    zero: int | None = None
-    offload: str | None = None
-    kv_dtype: str | None = None
-    zero3_quant: str | None = None
-    """Training under DeepSpeed ZeRO-3: the base's quantization, which ZeRO-3 partitions too (None otherwise)."""
-    tp: int = 1
-    pp: int = 1
-    gpus: int = 1
-    loss: str | None = None
-    optimizer_impl: str | None = None
-    fsdp: str | None = None
-    modules_to_save: tuple[str, ...] = ()
-    optimizer_in_backward: bool | None = None
-    ckpt_every: int | None = None
-    activation_offload: bool | None = None
-    fsdp_cpu_offload: bool | None = None
-    float8: bool | None = None
-    adapter_dtype: str | None = None
-    """LoRA adapters' dtype (fp32, model or kbit-bf16); None when nothing trains adapters."""
-    keep_output: bool | None = None
-    padding: str | None = None
-    runtime: str | None = None
-    """The runtime profile the plan was made for (named in the reasons for its knobs)."""
-    vision: bool = False
-    """The plan trains a vision-language model on its images/video (`TrainSetup.vision`), or serves one requests
-    with images/video (`ServeSetup.vision`)."""
-
-
-IMAGE_TRAIN_ENGINES: Mapping[str, str] = MappingProxyType(
-    {
-        "ms-swift": "executors/train_engines/ms_swift.py render_ms_swift: --freeze_vit, --freeze_aligner, "
-        "--max_pixels and MAX_PIXELS/VIDEO_MAX_PIXELS (train_engines/vision.py ms_swift_args, ms_swift_env)",
-        "megatron-swift": "executors/train_engines/megatron_swift.py render_megatron_swift: ms-swift's vision "
-        "arguments and environment (train_engines/vision.py)",
-        "llamafactory": "executors/train_engines/llamafactory.py render_llamafactory: freeze_vision_tower, "
-        "freeze_multi_modal_projector, image_max_pixels, video_max_pixels/video_maxlen (train_engines/vision.py "
-        "llamafactory_keys)",
-    }
-)
-"""The training engines that train a vision-language model on its images as planned, each with where its renderer
-sets what trains and the pixel budget per image. No other does: TRL and axolotl are rendered text-only and refuse a
-vision plan (train_engines/vision.py refuse_vision), and swiftplan's own loop loads the language model with
-AutoModelForCausalLM and feeds it text alone (executors/train/model.py, data.py)."""
-
-
-def trains_images(engine: Engine) -> bool:
-    """Whether `engine` trains a vision-language model on its images (IMAGE_TRAIN_ENGINES)."""
-    return engine.task == "train" and engine.name in IMAGE_TRAIN_ENGINES
-
-
-def image_engines_text() -> str:
-    """The engines that train on images, for a message: 'ms-swift, megatron-swift and llamafactory'."""
-    names = list(IMAGE_TRAIN_ENGINES)
-    return ", ".join(names[:-1]) + f" and {names[-1]}"
-
-
-IMAGE_SERVE_ENGINES: Mapping[str, str] = MappingProxyType(
-    {
-        "vllm": "executors/serve/vllm_cmd.py render_vllm: --limit-mm-per-prompt with the plan's images (and video) per "
-        "request, --mm-processor-kwargs with its pixel bound per image or tile count (executors/serve/images.py)",
-        "sglang": "executors/serve/sglang_cmd.py render_sglang: --limit-mm-data-per-request and --mm-process-config "
-        "with the plan's pixel bound (executors/serve/images.py; an InternVL plan of fewer tiles than the model's most "
-        "is refused there)",
-    }
-)
-"""The serving engines given a vision-language plan's images per request and its bound per image, each with where
-its renderer sets them. No other serves images as planned: LMDeploy takes the pixel bound and tile count only per
-request (executors/serve/images.py), and the built-in server loads the language model with AutoModelForCausalLM and
-takes text alone (executors/serve/loading.py, app.py)."""
-
-
-def serves_images(engine: Engine) -> bool:
-    """Whether `engine` serves a vision-language plan's images as planned (IMAGE_SERVE_ENGINES)."""
-    return engine.task == "serve" and engine.name in IMAGE_SERVE_ENGINES
-
-
-def image_serve_engines_text() -> str:
-    """The engines that serve images, for a message: 'vllm and sglang'."""
-    names = list(IMAGE_SERVE_ENGINES)
-    return ", ".join(names[:-1]) + f" and {names[-1]}"
-
-
 def image_serve_engine(backend: str) -> Engine:
     """The first serving engine swiftplan launches that serves a vision-language plan's images on `backend`."""
     needs = Requirements(backend=backend, vision=True)
@@ -385,68 +331,6 @@ def _knob_reasons(engine: Engine, needs: Requirements) -> list[str]:
 def engines_that_run(needs: Requirements, task: EngineTask) -> tuple[Engine, ...]:
     """Every engine of `task` in the table (runnable or not) that could run a plan with these needs."""
     return tuple(e for e in list_engines(task) if not engine_reasons(e, needs))
-
-
-def train_requirements(setup: TrainSetup, *, backend: str, gpus: int) -> Requirements:
-    """What a training set-up on `gpus` devices of `backend` asks of an engine."""
-    return Requirements(
-        backend=backend,
-        objective=setup.objective.kind,
-        method=setup.method,
-        quant=setup.quant,
-        optimizer=setup.optimizer,
-        zero=setup.parallel.zero,
-        offload=setup.parallel.offload,
-        zero3_quant=setup.quant if setup.parallel.zero == 3 and setup.runtime.fsdp == "none" else None,
-        tp=setup.parallel.tp,
-        pp=setup.parallel.pp,
-        gpus=gpus,
-        vision=setup.vision is not None,
-        **knob_requirements(
-            setup.runtime,
-            grad_ckpt=setup.grad_ckpt,
-            trains_adapters=setup.trains_adapters,
-            quant=setup.quant,
-            variable_lengths=setup.variable_lengths,
-        ),
-    )
-
-
-def knob_requirements(
-    knobs: RuntimeKnobs,
-    *,
-    grad_ckpt: bool = True,
-    trains_adapters: bool = True,
-    quant: str | None = None,
-    variable_lengths: bool = False,
-) -> dict[str, Any]:
-    """The `Requirements` fields of a runtime's knobs (checkpointing every k-th block only counts with
-    checkpointing on, the adapter dtype only when LoRA adapters train, the padding only when samples vary in
-    length; kbit-bf16 on a known base that bitsandbytes does not quantize is peft's fp32)."""
-    adapters = knobs.adapter_dtype
-    if adapters == "kbit-bf16" and quant is not None and quant not in BNB_QUANTS:
-        adapters = "fp32"
-    return {
-        "loss": knobs.loss,
-        "optimizer_impl": knobs.optimizer_impl,
-        "fsdp": knobs.fsdp,
-        "modules_to_save": knobs.modules_to_save,
-        "optimizer_in_backward": knobs.optimizer_in_backward,
-        "ckpt_every": knobs.ckpt_every if grad_ckpt else 1,
-        "activation_offload": knobs.activation_offload,
-        "fsdp_cpu_offload": knobs.fsdp_cpu_offload,
-        "float8": knobs.float8,
-        "adapter_dtype": adapters if trains_adapters else None,
-        "keep_output": knobs.keep_output,
-        "padding": knobs.padding if variable_lengths else None,
-        "runtime": knobs.name,
-    }
-
-
-def serve_requirements(setup: ServeSetup, *, backend: str, gpus: int) -> Requirements:
-    """What a serving set-up on `gpus` devices of `backend` asks of an engine."""
-    return Requirements(backend=backend, quant=setup.quant, kv_dtype=setup.kv_dtype, tp=setup.tp, gpus=gpus,
-                        vision=setup.vision is not None)  # fmt: skip
 
 
 def require_engine(engine: Engine, needs: Requirements, *, plan: str = "PLAN") -> None:
