@@ -56,5 +56,6 @@ def value_problem(cls: type, values: dict[str, Any]) -> str | None:
     for name, value in values.items():
         kind = hints.get(name)
         if kind is not None and not _matches(value, kind):
-            return f"'{name}' must be {_described(kind)}, got {value!r}"
+            shown = list(value) if isinstance(value, tuple) else value  # a YAML list, read in as a tuple
+            return f"'{name}' must be {_described(kind)}, got {shown!r}"
     return None

@@ -152,6 +152,7 @@ def test_lora_options_stay_quiet_when_a_method_trains_adapters() -> None:
     [("name", 0, ["'hardware.accelerator.name' must be text, got 0"]),
      ("vendor", True, ["'hardware.accelerator.vendor' must be text, got True"]),
      ("source", None, ["'hardware.accelerator.source' must be text, got None"]),
+     ("name", [], ["'hardware.accelerator.name' must be text, got []"]),  # the YAML list, not its tuple
      ("bf16_flops", float("inf"), ["'hardware.accelerator.bf16_flops' must be a finite number or null, got inf"]),
      ("price_usd_per_hour", "cheap", ["'hardware.accelerator.price_usd_per_hour' must be a finite number or null",
                                       "got 'cheap'"]),
