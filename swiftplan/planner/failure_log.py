@@ -110,9 +110,25 @@ class LogReading:
         return self.findings[0] if self.findings else None
 
 
-def to_bytes(number: str, unit: str) -> int:
-    """'3.39', 'GiB' → bytes."""
-    return int(float(number) * _UNITS[unit.lower()])
+_MAX_BYTES = 2**60
+"""Above this (1 EiB) a size in a log is garbled, not a measurement: no device or host holds that much."""
+_MAX_COUNT = 10**15
+"""Above this a token count or a timeout in milliseconds is garbled (vLLM's cache holds millions of tokens)."""
+
+
+def to_bytes(number: str, unit: str) -> int | None:
+    """'3.39', 'GiB' → bytes; None for what is not a number ('.', '1.2.3', a cut-off line) or is past
+    _MAX_BYTES, so a garbled message reads as one that does not say, not as a crash or an absurd size."""
+    try:
+        value = float(number) * _UNITS[unit.lower()]
+    except (ValueError, OverflowError):
+        return None
+    return int(value) if 0 <= value <= _MAX_BYTES else None
+
+
+def _count(digits: str) -> int | None:
+    """A whole number from a log, None past _MAX_COUNT (and before int() meets a 5,000-digit string)."""
+    return int(digits) if len(digits) <= 16 and int(digits) <= _MAX_COUNT else None
 
 
 def _size(pattern: str, text: str) -> int | None:
@@ -184,7 +200,11 @@ def _device_oom(line: str, phase: Phase, number: int, frameworks: tuple[str, ...
         allocated = _size(r"SIZE already allocated", line)
         free = _size(r"SIZE free", line)
         reserved = _size(r"SIZE reserved in total", line)
-        unallocated = reserved - allocated if reserved is not None and allocated is not None else None
+        unallocated = (
+            reserved - allocated
+            if reserved is not None and allocated is not None and reserved >= allocated
+            else None
+        )
     else:
         total = _size(r"total capac\w* of SIZE", line)
         free = _size(r"of which SIZE is free", line)
@@ -212,8 +232,10 @@ def _kv_cache(line: str, lines: list[str], number: int, frameworks: tuple[str, .
     lengths = re.search(r"max seq len \((\d+)\) is larger than the maximum number of tokens that can be "
                         r"stored in KV cache \((\d+)\)", line)  # fmt: skip
     if lengths:
-        needed, available = int(lengths.group(1)), int(lengths.group(2))
-        if kv_bytes is not None and available > 0:
+        needed, available = _count(lengths.group(1)), _count(lengths.group(2))
+        if needed is None or available is None:  # a garbled count: neither is worth quoting
+            needed = available = None
+        if kv_bytes is not None and needed is not None and available is not None and needed > available > 0:
             shortfall = int(kv_bytes * (needed - available) / available)
     return Finding(kind="kv_cache", phase="kv_cache_allocation", line=line.strip(), line_number=number,
                    frameworks=frameworks, tokens_needed=needed, tokens_available=available,
@@ -223,9 +245,10 @@ def _kv_cache(line: str, lines: list[str], number: int, frameworks: tuple[str, .
 def _nccl(line: str, number: int, frameworks: tuple[str, ...]) -> Finding:
     op = re.search(r"OpType=(\w+)", line)
     timeout = re.search(r"Timeout\(ms\)=(\d+)", line)
+    timeout_ms = _count(timeout.group(1)) if timeout else None
     return Finding(kind="nccl", phase="collective", line=line.strip(), line_number=number, frameworks=frameworks,
                    operation=op.group(1) if op else None,
-                   timeout_s=int(timeout.group(1)) / 1000 if timeout else None)  # fmt: skip
+                   timeout_s=timeout_ms / 1000 if timeout_ms is not None else None)  # fmt: skip
 
 
 def _host(line: str, lines: list[str], number: int, frameworks: tuple[str, ...]) -> Finding:
@@ -233,7 +256,7 @@ def _host(line: str, lines: list[str], number: int, frameworks: tuple[str, ...])
     phase = _phase(_window(lines, number - 1, before=40, after=0))
     return Finding(kind="host_memory", phase=phase if phase in ("load", "start_up", "checkpoint_save") else "unknown",
                    line=line.strip(), line_number=number, frameworks=frameworks,
-                   process_rss_bytes=int(rss.group(1)) * 1024 if rss else None)  # fmt: skip
+                   process_rss_bytes=to_bytes(rss.group(1), "KiB") if rss else None)  # fmt: skip
 
 
 _DEVICE_OOM = re.compile(r"(CUDA|HIP|NPU) out of memory\. Tried to allocate|MPS backend out of memory")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from swiftplan.planner.failure_log import KIND_TEXT, PHASE_TEXT, Finding
-from swiftplan.units import MiB, format_gib
+from swiftplan.units import KiB, MiB, format_gib
 
 RemedySource = Literal["fit", "log"]
 
@@ -46,18 +46,22 @@ def _amount(finding: Finding) -> str:
         detail = (" (" + ", ".join(parts) + f"{where})") if parts else where
         if f.shortfall_bytes:
             return f"short by {_size(f.shortfall_bytes)}{detail}"
+        if f.shortfall_bytes is None:  # a cut-off or garbled message: it does not say what was free
+            return f"the message does not say how much was free{detail}"
         return f"the allocation failed with enough memory free{detail}"
     if f.kind == "kv_cache" and f.tokens_needed is not None:
         more = f", about {_size(f.shortfall_bytes)} more KV cache" if f.shortfall_bytes else ""
         return f"{f.tokens_needed:,} tokens asked, {f.tokens_available:,} fit{more}"
+    if f.kind == "kv_cache" and "max seq len" in f.line:  # the counts were garbled
+        return "the model length asked for is more than the cache holds"
     if f.kind == "kv_cache":
         return "nothing left for it after the weights and the profiling run"
     if f.kind == "host_memory":
         rss = f" (the killed process held {_size(f.process_rss_bytes)})" if f.process_rss_bytes else ""
         return f"the kernel killed the process{rss}"
     if f.kind == "nccl":
-        op = f" {f.operation}" if f.operation else ""
-        article = "an" if op.strip()[:1].upper() in "AEIOU_" and op else "a"
+        op = f" {f.operation}" if f.operation else " collective"
+        article = "an" if f.operation and f.operation[:1].upper() in "AEIOU_" else "a"
         return (
             f"{article}{op} waited past its {f.timeout_s:g} s timeout"
             if f.timeout_s
@@ -67,7 +71,11 @@ def _amount(finding: Finding) -> str:
 
 
 def _size(num_bytes: int) -> str:
-    return format_gib(num_bytes, 2) if num_bytes >= 100 * MiB else f"{num_bytes / MiB:.0f} MiB"
+    if num_bytes >= 100 * MiB:
+        return format_gib(num_bytes, 2)
+    return (
+        f"{num_bytes / MiB:.0f} MiB" if num_bytes >= MiB or num_bytes == 0 else f"{num_bytes / KiB:.0f} KiB"
+    )
 
 
 def headline(finding: Finding) -> str:

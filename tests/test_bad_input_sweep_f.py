@@ -1,0 +1,95 @@
+"""Bad input the sweep found in doctor's logs and plans, hand-edited plan files, --lengths/--data files and
+model configs: each is refused with one clear message naming the bad value and what is valid, or read for
+what it says, never a traceback, a hang or a silently wrong answer.
+
+Real command lines through the console entry point (tests/bad_input_support.py); `serve.yaml` and
+`train.yaml` are the tiny plans of `write_tiny_plans` (one H100 SXM).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from bad_input_support import FIXTURES, run_cli, write_tiny_plans
+
+DOCTOR = FIXTURES / "doctor"
+OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate "
+
+
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_plans(tmp_path_factory.mktemp("plans"))
+
+
+def _log(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "run.log"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _said(output: str) -> str:
+    return " ".join(output.split())
+
+
+# doctor: numbers a log garbled are read as not given (ValueError and OverflowError tracebacks before)
+GARBLED = [
+    ("dot", f"{OOM}. MiB. GPU 0 has a total capacity of 80 GiB of which 1 MiB is free."),
+    ("dots", f"{OOM}1.2.3 MiB. GPU 0 has a total capacity of . GiB of which .. MiB is free."),
+    ("huge-size", f"{OOM}{'9' * 400}.0 GiB. GPU 0 has a total capacity of 80 GiB of which 1 MiB is free."),
+    ("mps-dots", "RuntimeError: MPS backend out of memory (MPS allocated: 1.2.0 GB, other allocations: 2 GB, "
+                 "max allowed: 18.13 GB). Tried to allocate 256 MB on private pool."),
+    ("kv-size-dots", "INFO kv_cache_size=1.1.1 GiB\nValueError: The model's max seq len (32768) is larger than the "
+                     "maximum number of tokens that can be stored in KV cache (100). vllm"),
+    ("kv-5000-digits", f"ValueError: The model's max seq len ({'9' * 5000}) is larger than the maximum number of "
+                       "tokens that can be stored in KV cache (100). vllm"),
+    ("host-rss", f"Out of memory: Killed process 1234 (python) total-vm:1kB, anon-rss:{'9' * 400}kB"),
+    ("nccl-timeout", "[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=1, OpType=ALLREDUCE, "
+                     f"Timeout(ms)={'9' * 400}) ran for 600034 milliseconds before timing out."),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", [row[1] for row in GARBLED], ids=[row[0] for row in GARBLED])
+def test_doctor_reads_a_garbled_number_as_not_given(tmp_path: Path, text: str) -> None:
+    result = run_cli("doctor", _log(tmp_path, text), "--json")
+    assert "Traceback" not in result.output and result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["found"] is True
+    for name in ("requested_bytes", "total_bytes", "process_rss_bytes", "tokens_needed", "timeout_s"):
+        value = answer["finding"][name]
+        assert value is None or value < 2**60, (name, value)
+
+
+def test_doctor_does_not_claim_memory_was_free_when_a_cut_off_message_does_not_say(tmp_path: Path) -> None:
+    """A message cut before 'of which X is free' said 'the allocation failed with enough memory free'."""
+    result = run_cli("doctor", _log(tmp_path, f"{OOM}130.00 MiB. GPU 0 has a total capa"))
+    assert result.exit_code == 0, result.output
+    assert "the message does not say how much was free (asked for 0.13 GiB on GPU 0)" in _said(result.output)
+    assert "enough memory free" not in result.output
+
+
+def test_doctor_sizes_below_a_mebibyte_are_not_zero(tmp_path: Path) -> None:
+    """'Tried to allocate 130 KB' with 10 KB free read 'short by 0 MiB (asked for 0 MiB, 0 MiB free'."""
+    text = f"{OOM}130 KB. GPU 0 has a total capacity of 80 GB of which 10 KB is free."
+    result = run_cli("doctor", _log(tmp_path, text))
+    assert "short by 120 KiB (asked for 130 KiB, 10 KiB free" in _said(result.output), result.output
+
+
+def test_doctor_names_a_collective_the_log_does_not_name(tmp_path: Path) -> None:
+    """No OpType in the watchdog line: 'a timed out' is now 'a collective timed out'."""
+    text = ("[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=1, OpType=, Timeout(ms)=0) "
+            "ran for 600034 milliseconds before timing out.")  # fmt: skip
+    result = run_cli("doctor", _log(tmp_path, text))
+    assert ": a collective timed out." in _said(result.output), result.output
+
+
+def test_doctor_kv_counts_that_contradict_give_no_negative_shortfall(tmp_path: Path) -> None:
+    """max seq len below what the cache holds: 'about -9216 MiB more KV cache' before."""
+    text = ("INFO KV cache memory: 10 GiB\nValueError: The model's max seq len (10) is larger than the maximum "
+            "number of tokens that can be stored in KV cache (100). vllm")  # fmt: skip
+    result = run_cli("doctor", _log(tmp_path, text), "--json")
+    answer = json.loads(result.output)
+    assert answer["finding"]["shortfall_bytes"] is None and "more KV cache" not in answer["headline"], answer[
+        "headline"
+    ]
