@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from bad_input_support import FIXTURES, run_cli, write_tiny_plans
+from bad_input_support import FIXTURES, assert_refused, run_cli, write_tiny_plans
 
 DOCTOR = FIXTURES / "doctor"
 OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate "
@@ -93,3 +93,43 @@ def test_doctor_kv_counts_that_contradict_give_no_negative_shortfall(tmp_path: P
     assert answer["finding"]["shortfall_bytes"] is None and "more KV cache" not in answer["headline"], answer[
         "headline"
     ]
+
+
+# doctor --plan: a plan the logged run cannot have followed (its numbers gave a wrong shortfall and re-plan)
+def test_doctor_refuses_a_plan_for_a_device_of_another_size(plans: Path, tmp_path: Path) -> None:
+    """A 24 GiB card's log against an H100 plan read 'beyond the plan's prediction: 23.92 GiB' and
+    re-planned the H100 on 55 GiB."""
+    text = f"{OOM}2.00 GiB. GPU 0 has a total capacity of 23.65 GiB of which 1.19 GiB is free."
+    result = run_cli("doctor", _log(tmp_path, text), "--plan", str(plans / "train.yaml"))
+    assert_refused(result, "GPU 0 has a total capacity of 23.65 GiB (line 1)", "H100 SXM5 80GB",
+                   "reports 67.24 GiB to 84.00 GiB", "leave out --plan")  # fmt: skip
+
+
+def test_doctor_refuses_a_bigger_cards_log_too(plans: Path) -> None:
+    """The TRL log is from a 95 GiB card: against an 80 GiB plan the run 'needed 94.49 GiB more'."""
+    result = run_cli("doctor", str(DOCTOR / "cuda_oom_adamw_step.log"), "--plan", str(plans / "train.yaml"))
+    assert_refused(result, "total capacity of 94.99 GiB (line 10)", "H100 SXM5 80GB")
+
+
+def test_doctor_refuses_a_serving_plan_for_a_training_step(plans: Path) -> None:
+    result = run_cli("doctor", str(DOCTOR / "cuda_oom_adamw_step.log"), "--plan", str(plans / "serve.yaml"))
+    assert_refused(result, "(line 10) is in the optimizer step, a training step", "is a serving plan",
+                   "a training plan (`swiftplan fit MODEL -o plan.yaml`) would")  # fmt: skip
+
+
+def test_doctor_refuses_a_training_plan_for_a_kv_cache_failure(plans: Path) -> None:
+    result = run_cli("doctor", str(DOCTOR / "vllm_max_model_len.log"), "--plan", str(plans / "train.yaml"))
+    assert_refused(result, "a serving engine's KV cache", "is a training plan (sft, no rollout engine)",
+                   "--task serve", "GRPO/PPO plan")  # fmt: skip
+
+
+def test_doctor_refuses_a_plan_for_another_device_family(plans: Path) -> None:
+    result = run_cli("doctor", str(DOCTOR / "rocm_hip_oom_forward.log"), "--plan", str(plans / "train.yaml"))
+    assert_refused(result, "from a ROCm (HIP) device", "H100 SXM5 80GB, a CUDA device")
+
+
+def test_doctor_keeps_a_plan_for_the_logged_device(plans: Path, tmp_path: Path) -> None:
+    """An H100's own log (79.11 GiB) is compared with the H100 plan, as before."""
+    text = f"{OOM}2.00 GiB. GPU 0 has a total capacity of 79.11 GiB of which 1.19 GiB is free."
+    result = run_cli("doctor", _log(tmp_path, text), "--plan", str(plans / "train.yaml"))
+    assert result.exit_code == 0 and "beyond the plan's prediction" in result.output, result.output

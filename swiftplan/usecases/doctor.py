@@ -26,7 +26,7 @@ from swiftplan.planner.failure_log import LogReading, read_log
 from swiftplan.planner.setup import ServeSetup
 from swiftplan.units import GiB, MiB
 from swiftplan.usecases.doctor_advice import Remedy, RemedySource, _log_remedies, _size, headline
-from swiftplan.usecases.doctor_replan import PHASE_TERMS, PlanComparison, _compare, _refit
+from swiftplan.usecases.doctor_replan import PHASE_TERMS, PlanComparison, _compare, _refit, check_plan_matches
 
 __all__ = [
     "PHASE_TERMS",
@@ -179,6 +179,7 @@ def diagnose(request: DoctorRequest) -> DoctorOutcome:
     remedies, notes = [], reading_notes
     comparison = None
     if plan is not None:
+        check_plan_matches(plan, finding, request.plan_path or "")
         comparison = _compare(plan, finding)
         if isinstance(plan.setup, ServeSetup) and finding.kind == "device_memory":
             notes.append(

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.failure_log import Finding
+from swiftplan.planner.failure_log import PHASE_TEXT, Finding
 from swiftplan.planner.plan import Plan
-from swiftplan.planner.setup import TrainSetup
+from swiftplan.planner.setup import ServeSetup, TrainSetup
 from swiftplan.planner.workload import TrainWorkload
 from swiftplan.units import GiB, format_gib
 from swiftplan.usecases.doctor_advice import Remedy, _size
@@ -62,6 +62,65 @@ def _compare(plan: Plan, finding: Finding) -> PlanComparison:
     terms = tuple((name, per[name]) for name in names if per.get(name))
     return PlanComparison(planned_peak_bytes=peak, planned_device_bytes=device_total, device_memory_bytes=memory,
                           needed_bytes=needed, missed_bytes=missed, terms=terms)  # fmt: skip
+
+
+_BACKEND_TEXT = {
+    "cuda": "CUDA",
+    "rocm": "ROCm (HIP)",
+    "npu": "Ascend (NPU)",
+    "mps": "Apple (MPS)",
+    "cpu": "CPU",
+}
+_CAPACITY_RANGE = (0.85, 1.05)
+"""A device's reported total capacity against the plan's device: drivers and ECC report 0.91-0.99 of the
+physical memory (T4 with ECC 14.56 of 16 GiB, H100 79.11 of 80 GiB); well outside is another card."""
+
+
+def check_plan_matches(plan: Plan, finding: Finding, plan_path: str) -> None:
+    """Refuse a plan the logged run cannot have followed (the other task, another device family, a device of
+    another size): set against it, the log's numbers would give a wrong shortfall and a wrong re-plan."""
+    setup, accelerator = plan.setup, plan.hardware.accelerator
+    where = f"line {finding.line_number}"
+    hint = "Pass the plan file the run followed, or leave out --plan to read the log alone."
+    if (
+        isinstance(setup, TrainSetup)
+        and finding.kind == "kv_cache"
+        and setup.objective.kind not in ("grpo", "ppo")
+    ):
+        raise SwiftplanError(
+            f"The log's failure ({where}) is a serving engine's KV cache at start-up (vLLM or SGLang), but the "
+            f"plan file {plan_path} is a training plan ({setup.objective.kind}, no rollout engine): the run did "
+            "not follow it; a serving plan (`swiftplan fit MODEL --task serve -o plan.yaml`) or a GRPO/PPO plan "
+            "would.", hint=hint)  # fmt: skip
+    if isinstance(setup, ServeSetup) and finding.phase in ("backward", "optimizer_step"):
+        raise SwiftplanError(
+            f"The log's failure ({where}) is in {PHASE_TEXT[finding.phase]}, a training step, but the plan "
+            f"file {plan_path} is a serving plan: the run did not follow it; a training plan (`swiftplan fit "
+            "MODEL -o plan.yaml`) would.", hint=hint)  # fmt: skip
+    backend = finding.backend
+    if (
+        backend is not None
+        and backend != accelerator.backend
+        and (
+            backend != "cuda"
+            or accelerator.backend in ("npu", "mps")  # ROCm builds of PyTorch may say "CUDA"
+        )
+    ):
+        raise SwiftplanError(
+            f"The log's out-of-memory message ({where}) comes from a {_BACKEND_TEXT[backend]} device, but the "
+            f"plan file {plan_path} is for {accelerator.name}, a {_BACKEND_TEXT[accelerator.backend]} device: "
+            "the run did not follow it.", hint=hint)  # fmt: skip
+    total = finding.total_bytes
+    if total and backend != "mps" and not accelerator.unified_memory:
+        low = _CAPACITY_RANGE[0] * min(accelerator.memory_bytes, plan.prediction.device_memory_bytes)
+        if not low <= total <= _CAPACITY_RANGE[1] * accelerator.memory_bytes:
+            device = finding.device or "device"
+            raise SwiftplanError(
+                f"The log's {device} has a total capacity of {_size(total)} ({where}), but the plan file "
+                f"{plan_path} is for {accelerator.name} ({_size(accelerator.memory_bytes)}; a run on it reports "
+                f"{_size(int(low))} to {_size(int(_CAPACITY_RANGE[1] * accelerator.memory_bytes))}): the run was "
+                "on another device, so the plan's prediction says nothing about this failure.",
+                hint=f"{hint} `swiftplan fit MODEL --gpus GPU` plans for the device in the log.")  # fmt: skip
 
 
 def _setup_diff(old: TrainSetup, new: TrainSetup, old_gpus: int, new_gpus: int) -> str:
