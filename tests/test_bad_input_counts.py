@@ -52,3 +52,11 @@ def test_a_rollout_engine_that_cannot_start_is_named_in_the_verdict_not_only_the
     text = " ".join(result.output.split())
     assert "does not fit: the step fits, but the rollout engine cannot start in its share" in text
     assert "The rollout engine cannot start: 0.05 of 24 GiB" in text
+
+
+def test_a_rollout_engine_that_cannot_start_names_the_sequences_it_profiles():
+    result = run_cli("estimate", "Qwen/Qwen2.5-0.5B", "--gpus", "h100", "--task", "grpo",
+                     "--num-generations", "99999999999999999999")  # fmt: skip
+    text = " ".join(result.output.split())
+    assert "the profiling workspace of the 99,999,999,999,999,999,999 sequences it runs at once" in text
+    assert "lower --num-generations or --global-batch" in text

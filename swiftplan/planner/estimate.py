@@ -298,7 +298,9 @@ def _rollout_sequences(
         flag = "--rollout-memory" if rollout.placement == "colocate" else "--rollout-tp"
         notes.append(
             f"The rollout engine cannot start: {share:g} of {cluster.memory_bytes_per_device / 2**30:.0f} GiB does "
-            f"not hold its weights, profiling workspace and one {rollout.seq_len}-token sequence; raise {flag}."
+            f"not hold its weights, the profiling workspace of the {wanted:,} sequences it runs at once (its "
+            f"--max-num-seqs: the step's completions per engine, whose logits vLLM's sampler profiles) and one "
+            f"{rollout.seq_len}-token sequence; raise {flag}, or lower --num-generations or --global-batch."
         )
     elif capacity < wanted:
         notes.append(
