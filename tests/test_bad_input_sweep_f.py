@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from bad_input_support import FIXTURES, assert_refused, run_cli, write_tiny_plans
 
 DOCTOR = FIXTURES / "doctor"
@@ -133,3 +135,54 @@ def test_doctor_keeps_a_plan_for_the_logged_device(plans: Path, tmp_path: Path) 
     text = f"{OOM}2.00 GiB. GPU 0 has a total capacity of 79.11 GiB of which 1.19 GiB is free."
     result = run_cli("doctor", _log(tmp_path, text), "--plan", str(plans / "train.yaml"))
     assert result.exit_code == 0 and "beyond the plan's prediction" in result.output, result.output
+
+
+# hand-edited plan files: launch values the plan did not size are refused before the command is printed
+def _edited(plans: Path, tmp_path: Path, name: str, edit: Any) -> str:
+    data = yaml.safe_load((plans / name).read_text(encoding="utf-8"))
+    edit(data)
+    path = tmp_path / f"edited-{name}"
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
+def _three_gpus(data: dict[str, Any]) -> None:
+    data["serve"]["tp"] = data["layout"]["tp"] = data["layout"]["gpus"] = data["hardware"][
+        "gpus_per_node"
+    ] = 3
+    data["hardware"]["offered"] = "3xh100-sxm"
+
+
+EDITED_SERVE = [
+    # rendered --tensor-parallel-size 3 for a plan sized on one GPU
+    ("serve-tp-not-layout", lambda d: d["serve"].update(tp=3),
+     ["serve.tp 3 and layout.tp 1 must be the same", "Edit both"]),
+    # rendered --tensor-parallel-size 3 for a model of 4 heads (vLLM refuses to start)
+    ("serve-tp-not-heads", _three_gpus,
+     ["serve.tp 3 does not split", "4 attention heads and 2 key/value heads", "valid tensor-parallel degrees: 1, 2, 4"]),
+    # rendered --max-num-seqs 1000000000000000
+    ("serve-concurrency-not-workload", lambda d: d["serve"].update(concurrency=10**15),
+     ["serve.concurrency 1000000000000000 and workload.concurrency 1 must be the same"]),
+    ("serve-concurrency-past-prediction",
+     lambda d: (d["serve"].update(concurrency=10**9), d["workload"].update(concurrency=10**9)),
+     ["serve.concurrency 1,000,000,000 is more than the 4,632,716 sequences", "prediction.max_concurrency"]),
+    ("serve-gmu-not-workload", lambda d: d["serve"].update(gpu_memory_utilization=0.5),
+     ["serve.gpu_memory_utilization 0.5 and workload.gpu_memory_utilization 0.9 must be the same"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragments"), [row[1:] for row in EDITED_SERVE], ids=[row[0] for row in EDITED_SERVE]
+)
+def test_serve_refuses_a_hand_edited_plan(
+    plans: Path, tmp_path: Path, edit: Any, fragments: list[str]
+) -> None:
+    path = _edited(plans, tmp_path, "serve.yaml", edit)
+    assert_refused(run_cli("serve", path, "--dry-run"), f"Plan file {path}", *fragments)
+
+
+def test_train_refuses_lora_targets_the_model_does_not_have(plans: Path, tmp_path: Path) -> None:
+    """train.lora.targets [nope_proj] printed a launch; peft raises on it when the run starts."""
+    path = _edited(plans, tmp_path, "train.yaml", lambda d: d["train"]["lora"].update(targets=["nope_proj"]))
+    assert_refused(run_cli("train", path, "--dry-run"), f"Plan file {path}: train.lora.targets",
+                   "nope_proj match no module", "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj")  # fmt: skip

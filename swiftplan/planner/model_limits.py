@@ -4,7 +4,7 @@ than the matrices it adapts. Pure; the use cases and the train executor call it 
 from __future__ import annotations
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.adapters import targeted_linears
+from swiftplan.planner.adapters import targeted_linears, validate_targets
 from swiftplan.planner.dora import check_dora
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.search.pins import attention_targets
@@ -100,3 +100,26 @@ def check_setup(
         except SwiftplanError as error:
             raise SwiftplanError(prefix + error.message, hint=error.hint) from error
     return () if problem is None else (f"warning: {prefix}{problem}",)
+
+
+def check_plan_shape(spec: ModelSpec, setup: TrainSetup | ServeSetup, where: str) -> None:
+    """What estimate refuses for typed options, refused in a (hand-edited) plan file before a run or a dry run
+    prints its launch: a tensor-parallel degree that does not split the model's heads (vLLM and Megatron refuse
+    it) and LoRA targets that name no module of the model (peft raises on them). `where` names the file."""
+    tp, name = (
+        (setup.tp, "serve.tp") if isinstance(setup, ServeSetup) else (setup.parallel.tp, "train.parallel.tp")
+    )
+    heads, kv_heads = spec.num_heads, spec.num_kv_heads
+    if heads % tp or (kv_heads % tp and tp % kv_heads):
+        valid = [d for d in range(1, heads + 1) if heads % d == 0 and not (kv_heads % d and d % kv_heads)]
+        raise SwiftplanError(
+            f"{where}: {name} {tp} does not split {spec.name}'s {heads} attention heads and {kv_heads} key/value "
+            f"heads evenly over {tp} GPUs; valid tensor-parallel degrees: {', '.join(map(str, valid))}.",
+            hint="Re-create the plan with swiftplan fit (it picks a valid --tp), or edit the plan's tp and layout "
+            "together.",
+        )
+    if isinstance(setup, TrainSetup) and setup.trains_adapters and setup.lora is not None:
+        try:
+            validate_targets(spec, setup.lora)
+        except SwiftplanError as error:
+            raise SwiftplanError(f"{where}: train.lora.targets: {error.message}", hint=error.hint) from error

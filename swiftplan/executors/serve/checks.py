@@ -11,6 +11,7 @@ from pathlib import Path
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.model_spec import ModelSpec
+from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import ServeSetup
 
 _WHAT_LOADS = (
@@ -192,3 +193,41 @@ def check_within_plan(
         hint=f"Stay within it, or re-plan: swiftplan fit {model} --task serve --context {setup.context} "
         f"--concurrency {setup.concurrency} --gpus GPUS -o plan.yaml.",
     )
+
+
+def check_plan_file(plan: Plan, path: str) -> None:
+    """A hand-edited serving plan whose launch values disagree with what the plan sized is refused before the
+    engine's command is rendered: serve.tp against layout.tp (the GPUs a replica takes) and the model's
+    heads, serve.concurrency and serve.gpu_memory_utilization against the workload the prediction is for,
+    and a concurrency past the most the prediction found fits; the context against the model's positions."""
+    setup, workload = plan.setup, plan.workload
+    assert isinstance(setup, ServeSetup)
+    hint = "Edit both (or re-create the plan with swiftplan fit --task serve ... -o plan.yaml)."
+    if setup.tp != plan.layout.tp:
+        raise SwiftplanError(
+            f"Plan file {path}: serve.tp {setup.tp} and layout.tp {plan.layout.tp} must be the same: the engine "
+            f"would shard the model over {setup.tp} GPUs, but the plan sized each replica on {plan.layout.tp}.",
+            hint=hint,
+        )
+    for name in ("concurrency", "gpu_memory_utilization"):
+        value, planned = getattr(setup, name), getattr(workload, name, None)
+        if planned is not None and value != planned:
+            raise SwiftplanError(
+                f"Plan file {path}: serve.{name} {value} and workload.{name} {planned} must be the same: the "
+                "prediction is for the workload's.",
+                hint=hint,
+            )
+    most = plan.prediction.max_concurrency
+    if plan.prediction.fits and most and setup.concurrency > most:
+        raise SwiftplanError(
+            f"Plan file {path}: serve.concurrency {setup.concurrency:,} is more than the {most:,} sequences of "
+            f"{setup.context:,} tokens the plan found fit in one replica's KV cache (prediction.max_concurrency).",
+            hint=f"Give serve.concurrency {most:,} or less, or re-plan: swiftplan fit {plan.model} --task serve "
+            f"--concurrency {setup.concurrency} --gpus GPUS -o plan.yaml.",
+        )
+    from swiftplan.executors.model_source import known_spec
+    from swiftplan.planner.model_limits import check_plan_shape, check_setup
+
+    if (spec := known_spec(plan.model)) is not None:
+        check_setup(spec, setup, f"Plan file {path}", refuse_length=True)
+        check_plan_shape(spec, setup, f"Plan file {path}")

@@ -76,6 +76,7 @@ def resolve_target(
         if not isinstance(setup, ServeSetup):
             raise SwiftplanError(f"{plan_or_model} is a training plan; `swiftplan serve` needs a serving plan.",
                                  hint="Create one with `swiftplan fit MODEL --task serve ... -o plan.yaml`.")  # fmt: skip
+        checks.check_plan_file(plan, plan_or_model)
         model, prediction, path = plan.model, Prediction.from_plan(plan), plan_or_model
         planned: dict[str, Any] = {
             "engine": plan.engine,

@@ -111,7 +111,7 @@ def load_train_plan(path: Path) -> Plan:
         raise SwiftplanError(f"Plan file {path} is a serving plan (task: serve); `swiftplan train` needs a training plan.",
                              hint="Make one with `swiftplan fit MODEL --task train ... -o plan.yaml`.")  # fmt: skip
     from swiftplan.executors.model_source import known_spec
-    from swiftplan.planner.model_limits import check_setup
+    from swiftplan.planner.model_limits import check_plan_shape, check_setup
 
     if (spec := known_spec(plan.model)) is not None:
         check_setup(spec, plan.setup, f"Plan file {path}", refuse_length=True)
@@ -125,6 +125,8 @@ def load_train_plan(path: Path) -> Plan:
         require_runnable(engine.name, plan)
     except SwiftplanError as error:
         raise SwiftplanError(f"Plan file {path}: {error.message}", hint=error.hint) from error
+    if spec is not None:  # after require_runnable: a tp the loop cannot run at all is said first
+        check_plan_shape(spec, plan.setup, f"Plan file {path}")
     return plan
 
 
