@@ -186,3 +186,24 @@ def test_train_refuses_lora_targets_the_model_does_not_have(plans: Path, tmp_pat
     path = _edited(plans, tmp_path, "train.yaml", lambda d: d["train"]["lora"].update(targets=["nope_proj"]))
     assert_refused(run_cli("train", path, "--dry-run"), f"Plan file {path}: train.lora.targets",
                    "nope_proj match no module", "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj")  # fmt: skip
+
+
+SERVE_OPTIONS = [
+    ("host-garbage", ("--host", "not a host!!"), ["--host 'not a host!!' is neither an IP address nor a host name"]),
+    ("host-bad-ipv4", ("--host", "999.1.1.1"), ["--host '999.1.1.1' is not an IPv4 address", "127.0.0.1"]),
+    ("host-empty", ("--host", " "), ["--host is empty", "127.0.0.1", "0.0.0.0"]),
+    ("served-name-empty", ("--served-model-name", ""), ["--served-model-name '' is empty", "leave --served-model-name out"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "args,fragments", [row[1:] for row in SERVE_OPTIONS], ids=[row[0] for row in SERVE_OPTIONS]
+)
+def test_serve_options_refused_in_a_dry_run(plans: Path, args: tuple[str, ...], fragments: list[str]) -> None:
+    assert_refused(run_cli("serve", str(plans / "serve.yaml"), "--dry-run", *args), *fragments)
+
+
+@pytest.mark.parametrize("host", ["::1", "localhost", "my-box.local", "0.0.0.0", "10.1.2.3"])
+def test_serve_host_names_and_addresses_still_pass(plans: Path, host: str) -> None:
+    result = run_cli("serve", str(plans / "serve.yaml"), "--dry-run", "--host", host)
+    assert result.exit_code == 0 and f"--host {host}" in result.output, result.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+import re
 import socket
 import tempfile
 from collections.abc import Iterable
@@ -162,6 +163,35 @@ def output_dir(flag: str, path: str | os.PathLike[str] | None) -> None:
 def port(flag: str, value: int | None) -> None:
     """A TCP port number."""
     between(flag, value, 1, 65535)
+
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def host(flag: str, value: str) -> None:
+    """An address to bind, by its form alone (no lookup, so --dry-run needs no network): an IPv4 or IPv6
+    literal, or a host name of letters, digits, hyphens and dots (RFC 1123; all-digit names are IPv4)."""
+    import ipaddress
+
+    hint = "Give an address of this machine: 127.0.0.1 (this machine only), 0.0.0.0 (the network), ::1, or a host name."
+    if not value.strip():
+        raise SwiftplanError(f"{flag} is empty.", hint=hint)
+    try:
+        ipaddress.ip_address(value)
+        return
+    except ValueError:
+        pass
+    labels = value.removesuffix(".").split(".")
+    if all(label.isdigit() for label in labels):
+        raise SwiftplanError(
+            f"{flag} {value!r} is not an IPv4 address (four numbers 0-255, e.g. 127.0.0.1).", hint=hint
+        )
+    if len(value) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise SwiftplanError(
+            f"{flag} {value!r} is neither an IP address nor a host name (letters, digits and hyphens, in "
+            "dot-separated parts of at most 63 characters).",
+            hint=hint,
+        )
 
 
 def port_free(flag: str, host: str, number: int) -> None:

@@ -205,9 +205,12 @@ def _check_options(o: dict[str, Any]) -> None:
     from swiftplan.errors import SwiftplanError
 
     _checks.port("--port", o["port"])
-    if not o["host"].strip():
+    _checks.host("--host", o["host"])
+    if o["served_model_name"] is not None and not o["served_model_name"].strip():
         raise SwiftplanError(
-            "--host is empty.", hint="Give an address: 127.0.0.1 (this machine) or 0.0.0.0 (the network)."
+            f"--served-model-name {o['served_model_name']!r} is {'blank' if o['served_model_name'] else 'empty'}: "
+            "clients would have no model name to ask for.",
+            hint="Give the name clients use, or leave --served-model-name out to serve under the plan's model name.",
         )
     if o["api_key"] is not None and not o["api_key"].strip():
         source = o["ctx"].get_parameter_source("api_key")
