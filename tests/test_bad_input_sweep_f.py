@@ -207,3 +207,40 @@ def test_serve_options_refused_in_a_dry_run(plans: Path, args: tuple[str, ...], 
 def test_serve_host_names_and_addresses_still_pass(plans: Path, host: str) -> None:
     result = run_cli("serve", str(plans / "serve.yaml"), "--dry-run", "--host", host)
     assert result.exit_code == 0 and f"--host {host}" in result.output, result.output
+
+
+# --lengths files
+TINY = str(FIXTURES / "train" / "tiny_llama")
+
+
+@pytest.mark.parametrize(
+    ("content", "fragments"),
+    [
+        # int() refused past 4,300 digits: a ValueError traceback before
+        (
+            "9" * 5000 + "\n",
+            ["line 1", "(5,000 digits) is more tokens than one sample holds", "0 to 1,000,000,000,000"],
+        ),
+        ("100\n" + "1" * 20 + "\n", ["line 2", "(20 digits)", "a whole number from 0"]),
+        # str.isdigit() passes a superscript two, which int() refuses: a traceback before
+        ("100\n\u00b2\n", ["line 2", "'²' is not a token count", "one whole number of tokens per line"]),
+        ("100\n-5\n", ["line 2", "'-5' is not a token count", "one whole number of tokens per line"]),
+    ],
+    ids=["5000-digits", "20-digits", "superscript", "negative"],
+)
+def test_fit_refuses_a_lengths_file_line_that_is_no_token_count(
+    tmp_path: Path, content: str, fragments: list[str]
+) -> None:
+    path = tmp_path / "lengths.txt"
+    path.write_text(content, encoding="utf-8")
+    assert_refused(
+        run_cli("fit", TINY, "--gpus", "h100", "--lengths", str(path), "--trials", "2"), str(path), *fragments
+    )
+
+
+def test_fit_reads_a_lengths_file_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """A spreadsheet's export starts with U+FEFF: "'\\ufeff100' is not a token count" before."""
+    path = tmp_path / "lengths.txt"
+    path.write_bytes(b"\xef\xbb\xbf100\n200\n")
+    result = run_cli("fit", TINY, "--gpus", "h100", "--lengths", str(path), "--trials", "2", "--json")
+    assert result.exit_code == 0, result.output

@@ -241,12 +241,16 @@ def preference_lengths(
     return SampleLengths(lengths=lengths, method=f"{method}; {what}", skipped=len(records) - len(kept))
 
 
+_MAX_SAMPLE_TOKENS = 10**12
+"""Above this a lengths file's count is garbled, not a sample (the longest contexts are millions of tokens)."""
+
+
 def read_lengths(path: str | Path) -> SampleLengths:
     """A precomputed lengths file: one non-negative integer (tokens of one sample) per line; blank lines skipped,
     and 0-token samples too (counted in `skipped`: an empty row trains nothing and a trainer drops it)."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a spreadsheet's byte-order mark
     except (OSError, UnicodeDecodeError) as error:
         raise SwiftplanError(
             f"Cannot read lengths file {path}: {getattr(error, 'strerror', None) or error}."
@@ -256,8 +260,13 @@ def read_lengths(path: str | Path) -> SampleLengths:
         text = line.strip()
         if not text:
             continue
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # isdigit alone passes '²', which int() refuses
             raise SwiftplanError(f"{path}, line {number}: {text[:40]!r} is not a token count.",
+                                 hint="A lengths file holds one whole number of tokens per line.")  # fmt: skip
+        if len(text) > len(str(_MAX_SAMPLE_TOKENS)) or int(text) > _MAX_SAMPLE_TOKENS:
+            raise SwiftplanError(f"{path}, line {number}: {text[:40]!r}{'...' if len(text) > 40 else ''} "
+                                 f"({len(text):,} digits) is more tokens than one sample holds; a token count is "
+                                 f"a whole number from 0 to {_MAX_SAMPLE_TOKENS:,}.",
                                  hint="A lengths file holds one whole number of tokens per line.")  # fmt: skip
         lengths.append(int(text))
     if not lengths:
