@@ -244,3 +244,43 @@ def test_fit_reads_a_lengths_file_with_a_byte_order_mark(tmp_path: Path) -> None
     path.write_bytes(b"\xef\xbb\xbf100\n200\n")
     result = run_cli("fit", TINY, "--gpus", "h100", "--lengths", str(path), "--trials", "2", "--json")
     assert result.exit_code == 0, result.output
+
+
+# malformed config.json given as MODEL
+def _config(tmp_path: Path, **changes: Any) -> str:
+    config = json.loads((FIXTURES / "train" / "tiny_llama" / "config.json").read_text(encoding="utf-8"))
+    config.update(changes)
+    path = tmp_path / "model"
+    path.mkdir(exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return str(path)
+
+
+CONFIGS = [
+    # planned as 2 × 10^33 parameters
+    ("hidden-huge", {"hidden_size": 10**30}, ["hidden_size=1,000,000,000,000,000,000,000,000,000,000",
+                                              "widths of at most 16,777,216"]),
+    # the string "no" counted a tied LM head (truthy); verify ended in transformers' validation traceback
+    ("tie-string", {"tie_word_embeddings": "no"}, ["tie_word_embeddings='no'", "must be true or false"]),
+    ("bias-number", {"attention_bias": 1}, ["attention_bias=1", "must be true or false"]),
+    # estimate ignored it; verify ended in transformers' validation traceback
+    ("rope-string", {"rope_scaling": "yes"}, ["rope_scaling='yes'", '{"rope_type": "linear", "factor": 4.0}, or null']),
+    # accepted everywhere
+    ("rope-negative", {"rope_scaling": {"type": "linear", "factor": -2}}, ["rope_scaling.factor=-2",
+                                                                           "must be a positive number"]),
+    # estimate accepted; verify ended in 'k not in range for dimension'
+    ("topk-past-experts", {"model_type": "mixtral", "num_local_experts": 2, "num_experts_per_tok": 4},
+     ["num_experts_per_tok=4, more than its 2 experts (num_local_experts)"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragments"), [row[1:] for row in CONFIGS], ids=[row[0] for row in CONFIGS]
+)
+@pytest.mark.parametrize("verb", ["estimate", "verify"])
+def test_a_malformed_config_is_refused_naming_its_key(
+    tmp_path: Path, verb: str, changes: dict[str, Any], fragments: list[str]
+) -> None:
+    model = _config(tmp_path, **changes)
+    args = ("--gpus", "h100", "--seq", "64") if verb == "estimate" else ("--seq", "32", "--batch", "1")
+    assert_refused(run_cli(verb, model, *args), *fragments)

@@ -223,6 +223,19 @@ def _check_whole(name: str, key: str, value: Any, *, minimum: int = 1) -> int:
     return int(value)
 
 
+def _flag(config: Mapping[str, Any], name: str, key: str, default: bool) -> bool:
+    """A true/false key; a string or a number there ("no", 0) is refused, not read by its truthiness
+    (tie_word_embeddings "no" counted a tied head; transformers refuses the config)."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise SwiftplanError(
+            f"The config for {name!r} has {key}={value!r}; it must be true or false.", hint=_CONFIG_HINT
+        )
+    return value
+
+
 def _first(config: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
     for key in keys:
         if config.get(key) is not None:
@@ -269,6 +282,12 @@ def _moe_shape(config: Mapping[str, Any], name: str, model_type: str, num_layers
         return None
     num_experts = _whole(config, name, *expert_keys)
     top_k = _whole(config, name, "num_experts_per_tok", "moe_topk", default=2)
+    if top_k > num_experts:
+        raise SwiftplanError(
+            f"The config for {name!r} has {_key(config, 'num_experts_per_tok', 'moe_topk')}={top_k}, more than its "
+            f"{num_experts} experts ({_key(config, *expert_keys)}): a token is routed to at most {num_experts}.",
+            hint=_CONFIG_HINT,
+        )
     expert_width = _require(config, name, "moe_intermediate_size", "intermediate_size")
     shared = 0
     if model_type == "qwen2_moe":
@@ -343,7 +362,7 @@ def _vocab_and_tie(config: Mapping[str, Any], name: str, model_type: str) -> tup
     vocab = _require(config, name, "vocab_size", "padded_vocab_size")
     if model_type == "chatglm":
         vocab = _whole(config, name, "padded_vocab_size", "vocab_size")
-    tie = bool(config.get("tie_word_embeddings", model_type in ("gemma2",)))
+    tie = _flag(config, name, "tie_word_embeddings", model_type in ("gemma2",))
     if model_type == "chatglm":
         tie = False  # ChatGLM keeps a separate output_layer
     return vocab, tie
@@ -353,14 +372,14 @@ def _sliding_window(
     config: Mapping[str, Any], name: str, model_type: str, layers: int
 ) -> tuple[int | None, int]:
     """(sliding-window width or None, layers that use it: every other one on Gemma 2, else all)."""
-    if config.get("sliding_window") is None or not config.get("use_sliding_window", True):
+    if config.get("sliding_window") is None or not _flag(config, name, "use_sliding_window", True):
         return None, 0
     return _whole(config, name, "sliding_window"), layers // 2 if model_type == "gemma2" else layers
 
 
-def _biases(config: Mapping[str, Any], model_type: str) -> dict[str, bool]:
+def _biases(config: Mapping[str, Any], name: str, model_type: str) -> dict[str, bool]:
     """Which projections carry a bias: q/k/v, the attention output, the MLP."""
-    attention_bias = bool(config.get("attention_bias", False))
+    attention_bias = _flag(config, name, "attention_bias", False)
     internlm_bias = bool(config.get("bias") and model_type == "internlm2")
     return {
         "qkv_bias": model_type in ("qwen2", "qwen2_moe", "qwen")
@@ -368,7 +387,7 @@ def _biases(config: Mapping[str, Any], model_type: str) -> dict[str, bool]:
         or bool(config.get("add_qkv_bias"))
         or internlm_bias,
         "o_bias": (attention_bias and model_type != "glm") or internlm_bias,
-        "mlp_bias": bool(config.get("mlp_bias", False)),
+        "mlp_bias": _flag(config, name, "mlp_bias", False),
     }
 
 
@@ -415,8 +434,20 @@ def _max_positions(config: Mapping[str, Any], name: str) -> int:
     keys = ("max_position_embeddings", "seq_length", "max_sequence_length")
     positions = _whole(config, name, *keys, default=4096)
     scaling = config.get("rope_scaling")
+    if scaling is not None and not isinstance(scaling, Mapping):
+        raise SwiftplanError(
+            f"The config for {name!r} has rope_scaling={scaling!r}; it must be an object such as "
+            '{"rope_type": "linear", "factor": 4.0}, or null.',
+            hint=_CONFIG_HINT,
+        )
     if isinstance(scaling, Mapping):
         factor = scaling.get("factor")
+        if factor is not None and not is_positive_number(factor):
+            raise SwiftplanError(
+                f"The config for {name!r} has rope_scaling.factor={factor!r}; it must be a positive number (the "
+                "context stretch, e.g. 4.0).",
+                hint=_CONFIG_HINT,
+            )
         original = scaling.get("original_max_position_embeddings", positions)
         if (
             isinstance(factor, (int, float))
@@ -452,15 +483,35 @@ def _dtype(config: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+MAX_WIDTH = 2**24
+"""Widest a config's hidden size, heads, head width, MLP width or vocabulary may be: over 100 times the
+largest published (hidden 25,600 in OPT-175B/GPT-3, vocabularies of 256,000 in Gemma); past it the config is
+garbled (hidden_size 10^30 was planned as 2 × 10^33 parameters)."""
+
+
+def _width(name: str, key: str, value: int) -> int:
+    if value > MAX_WIDTH:
+        raise SwiftplanError(
+            f"The config for {name!r} has {key}={value:,}; swiftplan plans widths of at most {MAX_WIDTH:,} "
+            "(the largest published models have a hidden size of 25,600 and vocabularies of about 256,000).",
+            hint=_CONFIG_HINT,
+        )
+    return value
+
+
 def spec_from_hf_config(config: Mapping[str, Any], *, name: str, source: str = "") -> ModelSpec:
     """Build a `ModelSpec` from a config.json dict; raises SwiftplanError for what it cannot size."""
     config = _text_config(config)
     model_type = _model_type(config, name)
-    hidden = _require(config, name, "hidden_size", "n_embd")
-    heads = _require(config, name, "num_attention_heads", "n_head")
+    hidden = _width(
+        name, _key(config, "hidden_size", "n_embd"), _require(config, name, "hidden_size", "n_embd")
+    )
+    heads = _width(name, _key(config, "num_attention_heads", "n_head"),
+                   _require(config, name, "num_attention_heads", "n_head"))  # fmt: skip
     layers = _layers(config, name)
     vocab, tie = _vocab_and_tie(config, name, model_type)
     window, window_layers = _sliding_window(config, name, model_type, layers)
+    intermediate = _intermediate_size(config, name, model_type, hidden)
     return ModelSpec(
         name=name,
         model_type=model_type,
@@ -468,14 +519,14 @@ def spec_from_hf_config(config: Mapping[str, Any], *, name: str, source: str = "
         num_layers=layers,
         num_heads=heads,
         num_kv_heads=_kv_heads(config, name, model_type, heads),
-        head_dim=_head_dim(config, name, hidden, heads),
-        intermediate_size=_intermediate_size(config, name, model_type, hidden),
-        vocab_size=vocab,
+        head_dim=_width(name, "head_dim", _head_dim(config, name, hidden, heads)),
+        intermediate_size=_width(name, _key(config, "intermediate_size", "ffn_hidden_size"), intermediate),
+        vocab_size=_width(name, _key(config, "vocab_size", "padded_vocab_size"), vocab),
         tie_word_embeddings=tie,
         max_position_embeddings=_max_positions(config, name),
         sliding_window=window,
         sliding_window_layers=window_layers,
-        **_biases(config, model_type),
+        **_biases(config, name, model_type),
         **_layout_flags(model_type),
         final_logit_softcapping=_optional_number(config, name, "final_logit_softcapping"),
         attn_logit_softcapping=_optional_number(config, name, "attn_logit_softcapping"),
