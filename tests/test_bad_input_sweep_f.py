@@ -284,3 +284,19 @@ def test_a_malformed_config_is_refused_naming_its_key(
     model = _config(tmp_path, **changes)
     args = ("--gpus", "h100", "--seq", "64") if verb == "estimate" else ("--seq", "32", "--batch", "1")
     assert_refused(run_cli(verb, model, *args), *fragments)
+
+
+def test_verify_refuses_a_config_transformers_cannot_build_without_its_traceback(tmp_path: Path) -> None:
+    """A VLM whose text_config names a text model_type: transformers fails inside from_config
+    ("'dict' object has no attribute 'to_dict'"), which was verify's traceback."""
+    text = {k: v for k, v in json.loads(_config_text()).items() if k not in ("architectures", "model_type")}
+    config = {"model_type": "qwen2_vl", "text_config": {**text, "model_type": "qwen2"}, "vision_config": "x"}
+    path = tmp_path / "vlm"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    assert_refused(run_cli("verify", str(path), "--seq", "32", "--batch", "1"),
+                   "transformers cannot build a", "from this config.json", "SWIFTPLAN_DEBUG=1")  # fmt: skip
+
+
+def _config_text() -> str:
+    return (FIXTURES / "train" / "tiny_llama" / "config.json").read_text(encoding="utf-8")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
+from swiftplan.errors import SwiftplanError
 from swiftplan.executors.trace_patches import patched
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -37,7 +38,21 @@ def load_config(hf_config: dict[str, Any], *, notes: list[str]) -> Any:
         notes.append(
             "quantization_config ignored: NF4/int8/FP8 weights are not traceable; traced unquantized"
         )
-    return AutoConfig.for_model(model_type, **raw)
+    try:
+        return AutoConfig.for_model(model_type, **raw)
+    except Exception as error:  # transformers' own check of a key swiftplan's planner does not read
+        raise _unbuildable(model_type, error) from error
+
+
+def _unbuildable(model_type: str, error: Exception) -> SwiftplanError:
+    """transformers refused the config.json (a malformed key, a vision_config of the wrong shape): one message
+    naming it, not transformers' traceback."""
+    detail = " ".join(str(error).split())[:400]
+    return SwiftplanError(
+        f"transformers cannot build a {model_type!r} model from this config.json: {type(error).__name__}: {detail}",
+        hint="Pass the model's own config.json (the one next to its weights); the key transformers names is "
+        "missing or of the wrong type. SWIFTPLAN_DEBUG=1 shows transformers' traceback.",
+    )
 
 
 def build_meta_causal_lm(
@@ -56,9 +71,9 @@ def build_meta_causal_lm(
             return AutoModelForCausalLM.from_config(
                 config, dtype=dtype, attn_implementation=attn_implementation
             )
-        except ValueError as e:
+        except Exception as e:
             if attn_implementation == "eager" or "attention implementation" not in str(e):
-                raise
+                raise _unbuildable(str(getattr(config, "model_type", "?")), e) from e
             notes.append(
                 f"attention: {type(config).__name__.removesuffix('Config')} does not support "
                 f"{attn_implementation!r} in this transformers; traced with 'eager' (the B x heads x S x S "
