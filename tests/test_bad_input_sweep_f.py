@@ -300,3 +300,19 @@ def test_verify_refuses_a_config_transformers_cannot_build_without_its_traceback
 
 def _config_text() -> str:
     return (FIXTURES / "train" / "tiny_llama" / "config.json").read_text(encoding="utf-8")
+
+
+def test_images_for_a_vision_config_of_no_known_layout_say_so(tmp_path: Path) -> None:
+    """Said 'a text-only model (its config has no vision_config)' of a config that has one."""
+    text = {k: v for k, v in json.loads(_config_text()).items() if k not in ("architectures", "model_type")}
+    config = {
+        "model_type": "qwen2_vl",
+        "text_config": {**text, "model_type": "qwen2"},
+        "vision_config": {"depth": 2},
+    }
+    path = tmp_path / "vlm"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    result = run_cli("estimate", str(path), "--gpus", "h100", "--seq", "512", "--images-per-sample", "1")
+    assert_refused(result, "has a vision_config, but of no vision layout swiftplan sizes (model_type none / qwen2)",
+                   "Qwen2-VL, Qwen2.5-VL, InternVL and LLaVA")  # fmt: skip

@@ -402,6 +402,17 @@ def vision_tower(spec: ModelSpec) -> VisionTower | None:
 def require_vision_tower(spec: ModelSpec) -> VisionTower:
     """`vision_tower(spec)`, or one SwiftplanError naming the text-only model."""
     tower = vision_tower(spec)
+    vision = spec.hf_config.get("vision_config")
+    if tower is None and isinstance(vision, Mapping):  # a vision_config of a layout swiftplan does not know
+        kinds = sorted(
+            {str(spec.hf_config.get("model_type") or "none"), str(vision.get("model_type") or "none")}
+        )
+        raise SwiftplanError(
+            f"{spec.name} has a vision_config, but of no vision layout swiftplan sizes (model_type "
+            f"{' / '.join(kinds)}); images are planned for Qwen2-VL, Qwen2.5-VL, InternVL and LLaVA (CLIP or "
+            "SigLIP towers), whose model_type (or vision_config.model_type) names them.",
+            hint="Pass the model's own config.json, or drop the image and video options to plan the language model.",
+        )
     if tower is None:
         raise SwiftplanError(
             f"{spec.name} is a text-only model (its config has no vision_config), so image and video options do not apply.",
