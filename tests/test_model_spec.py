@@ -114,7 +114,9 @@ TINY_CONFIGS = {
     "qwen2_moe": dict(
         num_key_value_heads=2, num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=48
     ),
-    "qwen3_moe": dict(num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, head_dim=16),
+    "qwen3_moe": dict(
+        num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, head_dim=16
+    ),
     "deepseek_v2": dict(
         num_key_value_heads=4,
         n_routed_experts=4,
