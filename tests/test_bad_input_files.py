@@ -330,7 +330,7 @@ DATA_ROWS = [
     ("json-invalid", "d.json", b'[{"text": "a"},\n {"text": ]', ("d.json is not valid JSON (line 2",)),
     ("json-array-of-numbers", "d.json", b"[1, 2, 3]", ("d.json record 1: expected a JSON object, got int",)),
     ("json-empty-array", "d.json", b"[]", ("holds no text", "0 records")),
-    ("unsupported-suffix", "d.xlsx", b"PK\x03\x04", ("Unsupported data file type '.xlsx'", ".jsonl")),
+    ("unsupported-suffix", "d.xlsx", b"PK\x03\x04", ("Unsupported data file type '.xlsx'", ".jsonl", "plain text (.txt, .md, .text)")),
     ("txt-empty", "d.txt", b"", ("holds no text",)),
     ("txt-not-utf8", "d.txt", b"ok\n\xff\n", ("d.txt line 2 is not UTF-8",)),
     ("txt-line-too-long", "d.txt", b"z" * (2 * 2**20), ("d.txt line 1", "records are limited to 1,048,576 bytes")),

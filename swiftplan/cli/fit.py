@@ -144,7 +144,11 @@ TokensOpt = Annotated[
     ),
 ]
 DataOpt = Annotated[
-    str | None, _opt("--data", help="Training data (.jsonl/.json/text) to count tokens from.")
+    str | None,
+    _opt(
+        "--data",
+        help="Training data to count tokens from: .jsonl, .json, .csv, .parquet, or plain text (.txt, .md, .text).",
+    ),
 ]
 LengthsOpt = Annotated[
     str | None, _opt("--lengths", help="File of per-sample token lengths, one per line (instead of --data).")

@@ -15,6 +15,7 @@ from typing import Any
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.executors.train.data import (
+    SUFFIXES,
     Record,
     check_data_path,
     iter_records,
@@ -49,6 +50,11 @@ def _record_text(record: Record) -> str:
 def _texts(path: Path, max_positions: int | None) -> Iterator[str]:
     """The text of each record: the training formats swiftplan train reads (JSONL, JSON, CSV, Parquet),
     or each line of a plain-text file; no line or record longer than the model can read is loaded."""
+    if path.suffix.lower() not in SUFFIXES + _TEXT_SUFFIXES:
+        raise SwiftplanError(
+            f"Unsupported data file type {path.suffix or '(no suffix)'!r} for {path.name}.",
+            hint=f"Use a training file ({', '.join(SUFFIXES)}) or plain text ({', '.join(_TEXT_SUFFIXES)}).",
+        )
     if path.suffix.lower() not in _TEXT_SUFFIXES:
         for _, record in iter_records(path, max_positions=max_positions):
             yield _record_text(record)
