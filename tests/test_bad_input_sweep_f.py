@@ -162,7 +162,7 @@ EDITED_SERVE = [
      ["serve.tp 3 does not split", "4 attention heads and 2 key/value heads", "valid tensor-parallel degrees: 1, 2, 4"]),
     # rendered --max-num-seqs 1000000000000000
     ("serve-concurrency-not-workload", lambda d: d["serve"].update(concurrency=10**15),
-     ["serve.concurrency 1000000000000000 and workload.concurrency 1 must be the same"]),
+     ["serve.concurrency 1000000000000000 is not workload.concurrency 1 split over the plan's 1 replica(s) (1 each)"]),
     ("serve-concurrency-past-prediction",
      lambda d: (d["serve"].update(concurrency=10**9), d["workload"].update(concurrency=10**9)),
      ["serve.concurrency 1,000,000,000 is more than the 4,632,716 sequences", "prediction.max_concurrency"]),
@@ -179,6 +179,27 @@ def test_serve_refuses_a_hand_edited_plan(
 ) -> None:
     path = _edited(plans, tmp_path, "serve.yaml", edit)
     assert_refused(run_cli("serve", path, "--dry-run"), f"Plan file {path}", *fragments)
+
+
+def test_serve_launches_a_plan_of_several_replicas_each_with_its_share(tmp_path: Path) -> None:
+    """fit splits --concurrency over the replicas (serve.concurrency per replica, workload.concurrency in all):
+    serve launches the plan as written, and refuses a per-replica figure that is not the split."""
+    plan = tmp_path / "two.yaml"
+    made = run_cli("fit", "Qwen/Qwen2.5-0.5B", "--gpus", "2xrtx4090", "--task", "serve", "--concurrency", "64",
+                   "-o", str(plan))  # fmt: skip
+    assert made.exit_code == 0, made.output
+    data = yaml.safe_load(plan.read_text())
+    assert (data["workload"]["concurrency"], data["serve"]["concurrency"], data["layout"]["gpus"]) == (
+        64,
+        32,
+        2,
+    )
+    launched = run_cli("serve", str(plan), "--dry-run")
+    assert launched.exit_code == 0 and "--max-num-seqs 32" in launched.output, launched.output
+    data["serve"]["concurrency"] = 40
+    plan.write_text(yaml.safe_dump(data))
+    assert_refused(run_cli("serve", str(plan), "--dry-run"),
+                   "serve.concurrency 40 is not workload.concurrency 64 split over the plan's 2 replica(s) (32 each)")  # fmt: skip
 
 
 def test_train_refuses_lora_targets_the_model_does_not_have(plans: Path, tmp_path: Path) -> None:

@@ -209,14 +209,22 @@ def check_plan_file(plan: Plan, path: str) -> None:
             f"would shard the model over {setup.tp} GPUs, but the plan sized each replica on {plan.layout.tp}.",
             hint=hint,
         )
-    for name in ("concurrency", "gpu_memory_utilization"):
-        value, planned = getattr(setup, name), getattr(workload, name, None)
-        if planned is not None and value != planned:
-            raise SwiftplanError(
-                f"Plan file {path}: serve.{name} {value} and workload.{name} {planned} must be the same: the "
-                "prediction is for the workload's.",
-                hint=hint,
-            )
+    replicas = max(1, plan.layout.gpus // setup.tp)
+    planned_concurrency = getattr(workload, "concurrency", None)
+    if planned_concurrency is not None and setup.concurrency != -(-planned_concurrency // replicas):
+        raise SwiftplanError(
+            f"Plan file {path}: serve.concurrency {setup.concurrency} is not workload.concurrency "
+            f"{planned_concurrency} split over the plan's {replicas} replica(s) "
+            f"({-(-planned_concurrency // replicas)} each): the prediction is for the workload's.",
+            hint=hint,
+        )
+    planned_share = getattr(workload, "gpu_memory_utilization", None)
+    if planned_share is not None and setup.gpu_memory_utilization != planned_share:
+        raise SwiftplanError(
+            f"Plan file {path}: serve.gpu_memory_utilization {setup.gpu_memory_utilization} and "
+            f"workload.gpu_memory_utilization {planned_share} must be the same: the prediction is for the workload's.",
+            hint=hint,
+        )
     most = plan.prediction.max_concurrency
     if plan.prediction.fits and most and setup.concurrency > most:
         raise SwiftplanError(
