@@ -263,8 +263,8 @@ def zero3_recompute_held_elements(spec: ModelSpec, setup: TrainSetup, layers: ra
         elements = 0
         for linear in layer_linears(spec, layer):
             weights = linear.count * linear.in_features * linear.out_features
-            packed = is_quantized(linear, setup.quant) and setup.quant in ("nf4", "fp4")
-            elements += weights // PACKED_4BIT_PER_ELEMENT if packed else weights
+            # a quantized linear here is 4-bit: ZeRO-3 shards no other base (setup.zero3_shards)
+            elements += weights // PACKED_4BIT_PER_ELEMENT if is_quantized(linear, setup.quant) else weights
         return elements
 
     return max((stored(layer) for layer in layers), default=0)

@@ -68,6 +68,12 @@ row scales (SCB) on the parameter object, and GPTQ/AWQ/fp8 bases are int/fp8 buf
 partitioning keeps together."""
 
 
+def zero3_shards(quant: str, offload: str) -> bool:
+    """Whether DeepSpeed ZeRO-3 shards a base of `quant` with `offload`: a base in ZERO3_QUANTS, and parameters
+    offloaded to the host only when unquantized (no recipe offloads packed 4-bit partitions)."""
+    return quant in ZERO3_QUANTS and (quant == "none" or offload != "optimizer+params")
+
+
 def _check_choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
     parse_choice(kind, value, valid)
 
@@ -378,19 +384,23 @@ class TrainSetup:
             raise SwiftplanError(
                 f"--prompt-len {self.objective.prompt_len} leaves no response tokens in --seq {self.seq_len}."
             )
-        if self.parallel.zero == 3 and self.quant not in ZERO3_QUANTS:
+        if self.parallel.zero == 3 and not zero3_shards(self.quant, self.parallel.offload):
+            self._refuse_zero3()
+
+    def _refuse_zero3(self) -> None:
+        """Why ZeRO-3 cannot shard this base (`zero3_shards` is false): its quantization, or parameter offload."""
+        if self.quant not in ZERO3_QUANTS:
             raise SwiftplanError(
                 f"DeepSpeed ZeRO-3 partitions 16/32-bit weights, or a bitsandbytes 4-bit base stored in the compute "
                 f"dtype (bnb_4bit_quant_storage); a --quant {self.quant} base cannot be partitioned.",
                 hint="Use --quant nf4 or fp4 with ZeRO-3, ZeRO 0–2 with this base, or --quant none.",
             )
-        if self.parallel.zero == 3 and self.quant != "none" and self.parallel.offload == "optimizer+params":
-            raise SwiftplanError(
-                f"ZeRO-3 offloading the parameters of a --quant {self.quant} base to the host is not modelled: "
-                "no recipe documents it (peft's ZeRO-3 QLoRA guide offloads nothing), and DeepSpeed would move "
-                "the packed 4-bit partitions while bitsandbytes keeps their constants on the device.",
-                hint="Use --offload optimizer (or none) with ZeRO-3 over a 4-bit base, or --quant none.",
-            )
+        raise SwiftplanError(
+            f"ZeRO-3 offloading the parameters of a --quant {self.quant} base to the host is not modelled: "
+            "no recipe documents it (peft's ZeRO-3 QLoRA guide offloads nothing), and DeepSpeed would move "
+            "the packed 4-bit partitions while bitsandbytes keeps their constants on the device.",
+            hint="Use --offload optimizer (or none) with ZeRO-3 over a 4-bit base, or --quant none.",
+        )
 
     def _check_runtime(self) -> None:
         knobs = self.runtime

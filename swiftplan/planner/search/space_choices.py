@@ -19,6 +19,7 @@ from swiftplan.planner.setup import (
     Optimizer,
     Precision,
     ZeroStage,
+    zero3_shards,
 )
 
 TRAIN_QUANTS: tuple[TrainQuant, ...] = ("none", "int8", "nf4", "nf4-dq")
@@ -146,8 +147,9 @@ class TrainSpace:
     def valid_shardings(self, quant: str, dp: int) -> tuple[Sharding, ...]:
         """ZeRO-3 partitions only the bases in `zero3_quants`, and offloads only unquantized parameters (setup's
         check); on one data-parallel rank ZeRO only matters with offload."""
-        valid = [s for s in self.shardings if not (s[0] == 3 and not self.zero3_partitions(quant))
-                 and not (s == (3, "optimizer+params") and quant != "none")]  # fmt: skip
+        base = "nf4" if quant == "nf4-dq" else quant
+        valid = [s for s in self.shardings
+                 if s[0] != 3 or (self.zero3_partitions(quant) and zero3_shards(base, s[1]))]  # fmt: skip
         lean = [s for s in valid if not (dp == 1 and s[0] > 0 and s[1] == "none")]
         return tuple(lean or valid)
 
