@@ -106,13 +106,16 @@ def _workload(
                 f"their longest sample, so memory is planned at --seq {seq:,} instead of {request.seq_len:,}; "
                 "pass --packing to plan full sequences."
             )
-        if note := _short_data_note(lengths, request):
-            notes.append(note)
-    elif sequences < request.global_batch and request.training.rollout is None:
+    if sequences < request.global_batch and (lengths is not None or request.training.rollout is None):
+        # (a rollout's step against the run is _rollout_batch's to judge)
+        if lengths is None:
+            holds = f"{tokens:,} tokens fill {sequences:,} sequence(s) of {seq:,}"
+        else:
+            holds = f"the data holds {sequences:,} {'packed row(s)' if request.packing else 'sample(s)'}"
         notes.append(
-            f"{tokens:,} tokens fill {sequences:,} sequence(s) of {seq:,}, fewer than one global batch of "
-            f"{request.global_batch}: each epoch is a single partial step of {sequences:,} sequence(s), and time and cost "
-            f"count those tokens; --global-batch {sequences} would plan the step as it runs."
+            f"{holds}, fewer than one global batch of {request.global_batch}: each epoch is a single partial step of "
+            f"{sequences:,} sequence(s), and time and cost count those; --global-batch {sequences} would plan the "
+            "step as it runs."
         )
     return TrainWorkload(seq_len=seq, global_batch=request.global_batch, dataset_tokens=tokens,
                          dataset_image_tokens=image_tokens, epochs=request.epochs, attention=request.attention,
@@ -171,17 +174,3 @@ def _split_default_batch(request: FitRequest, ranks: int, notes: list[str]) -> F
                  f"{ranks} training GPUs (micro-batch × accumulation × data-parallel ranks){prompts}; pass "
                  f"--global-batch to choose it.")  # fmt: skip
     return replace(request, global_batch=batch)
-
-
-def _short_data_note(lengths: LengthStats, request: FitRequest) -> str | None:
-    """A data set smaller than one global batch: each epoch is one partial step (time and cost count the
-    tokens it holds, not a full batch)."""
-    rows = rows_per_epoch(lengths, request.packing)
-    if rows >= request.global_batch:
-        return None
-    what = f"{rows:,} packed row(s)" if request.packing else f"{rows:,} sample(s)"
-    return (
-        f"the data holds {what}, fewer than one global batch of {request.global_batch}: each epoch is a single "
-        f"partial step of {rows:,} sequence(s), and time and cost count those; --global-batch {rows} would "
-        "plan the step as it runs."
-    )
