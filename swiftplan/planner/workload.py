@@ -72,3 +72,9 @@ class ServeWorkload:
 
     def __post_init__(self) -> None:
         parse_choice("serving runtime", self.runtime, SERVE_RUNTIMES)
+
+
+def replica_concurrency(concurrency: int, replicas: int) -> int:
+    """Sequences each of `replicas` replicas holds when they share `concurrency` over all of them: the load split
+    evenly, rounded up (what `fit` writes as serve.concurrency, and what the plan predicts per replica)."""
+    return -(-concurrency // max(1, replicas))

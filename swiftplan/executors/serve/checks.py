@@ -13,6 +13,7 @@ from swiftplan.errors import SwiftplanError
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import ServeSetup
+from swiftplan.planner.workload import replica_concurrency
 
 _WHAT_LOADS = (
     "serve loads a model directory (config.json and the weights), a model's config.json, a hub id such as "
@@ -211,11 +212,12 @@ def check_plan_file(plan: Plan, path: str) -> None:
         )
     replicas = max(1, plan.layout.gpus // setup.tp)
     planned_concurrency = getattr(workload, "concurrency", None)
-    if planned_concurrency is not None and setup.concurrency != -(-planned_concurrency // replicas):
+    each = None if planned_concurrency is None else replica_concurrency(planned_concurrency, replicas)
+    if each is not None and setup.concurrency != each:
         raise SwiftplanError(
             f"Plan file {path}: serve.concurrency {setup.concurrency} is not workload.concurrency "
-            f"{planned_concurrency} split over the plan's {replicas} replica(s) "
-            f"({-(-planned_concurrency // replicas)} each): the prediction is for the workload's.",
+            f"{planned_concurrency} split over the plan's {replicas} replica(s) ({each} each): the prediction is "
+            "for the workload's.",
             hint=hint,
         )
     planned_share = getattr(workload, "gpu_memory_utilization", None)

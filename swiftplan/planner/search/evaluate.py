@@ -34,6 +34,7 @@ from swiftplan.planner.search.candidate import Candidate, Layout, ServeCandidate
 from swiftplan.planner.search.serve_space import ServeSpace
 from swiftplan.planner.search.space_choices import MAX_MICRO_BATCH, TrainSpace, memory_weight, needs_at_least
 from swiftplan.planner.speed import ServeSpeed
+from swiftplan.planner.workload import replica_concurrency
 from swiftplan.units import GiB
 
 Objective = Literal["time", "cost", "throughput"]
@@ -416,7 +417,7 @@ class ServeEvaluator:
         replicas = self.cluster.world_size // structure.tp
         if self.workload.concurrency is not None:
             return self.evaluate(
-                structure.replace(concurrency=math.ceil(self.workload.concurrency / replicas))
+                structure.replace(concurrency=replica_concurrency(self.workload.concurrency, replicas))
             )
         first = self.evaluate(structure.replace(concurrency=1))
         if not first.feasible or first.estimate is None or objective == "time":  # feasible has an estimate

@@ -42,6 +42,7 @@ from swiftplan.planner.sizing.rank import Constraints, Objective, Option, Reason
 from swiftplan.planner.sizing.result import SizingResult, blank_option, skip_reason
 from swiftplan.planner.speed import ServeSpeed
 from swiftplan.planner.vision import VisionInputs
+from swiftplan.planner.workload import replica_concurrency
 from swiftplan.units import format_gib
 
 DEFAULT_QUANTS = DEFAULT_SERVE_QUANTS
@@ -174,7 +175,7 @@ def _deploy(
         replicas = math.ceil(load.concurrency / limit)
         if replicas > max_replicas:
             return best
-        evaluation = at(math.ceil(load.concurrency / replicas))
+        evaluation = at(replica_concurrency(load.concurrency, replicas))
         tokens = load.concurrency * _speed(evaluation).per_user_decode_tokens_per_s
         return Deployment(
             candidate=evaluation.candidate,
