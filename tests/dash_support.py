@@ -102,6 +102,28 @@ async def form_search(pilot: Any) -> tuple[str, Any]:
     return str(pilot.app.query_one("#job-error", Static).render()).strip(), pilot.app.outcome
 
 
+async def image_job_outcome(
+    pilot: Any,
+    *,
+    model: str,
+    picked: tuple[tuple[str, str], ...] = (),
+    typed: tuple[tuple[str, str], ...] = (),
+) -> Any:
+    """A vision-language job searched from the form for ms-swift (swiftplan's loop trains no images): `model`
+    filled, each (selector, choice) of `picked` chosen and each (field, text) of `typed` typed as a user does; the
+    outcome of a search that found plans."""
+    from swiftplan.tui.panes.job import JobPane
+
+    pilot.app.query_one(JobPane).fill({"model": model})
+    for selector, choice in (("#job-runtime", "ms-swift"), *picked):
+        await pick_option(pilot, selector, choice)
+    for key, text in typed:
+        await type_field(pilot, key, text)
+    error, outcome = await form_search(pilot)
+    assert error == "" and outcome is not None and outcome.choices
+    return outcome
+
+
 @contextlib.asynccontextmanager
 async def job_form(*, model: str, gpus: str, size: tuple[int, int]) -> AsyncIterator[tuple[Any, Any]]:
     """The dashboard on its job tab with `model` typed in, planning for `gpus`: (app, pilot)."""

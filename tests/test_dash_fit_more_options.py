@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("textual")
 
-from dash_support import form_search, job_form, pick_option, type_field  # noqa: E402
+from dash_support import form_search, image_job_outcome, job_form, pick_option, type_field  # noqa: E402
 
 from swiftplan.errors import SwiftplanError  # noqa: E402
 from swiftplan.tui.job import parse_job  # noqa: E402
@@ -89,13 +89,9 @@ def test_packing_is_trainings_only() -> None:
 
 def test_image_tokens_and_video_frames_plan_them_as_fit_does() -> None:
     async def drive() -> Any:
-        async with _job_form() as (app, pilot):
-            app.query_one(JobPane).fill({"model": VL_MODEL})
-            await pick_option(pilot, "#job-runtime", "ms-swift")  # swiftplan's loop trains no images
-            await type_field(pilot, "image_tokens", "256")
-            await type_field(pilot, "video_frames", "8")
-            error, outcome = await form_search(pilot)
-            assert error == "" and outcome is not None and outcome.choices
+        async with _job_form() as (_, pilot):
+            typed = (("image_tokens", "256"), ("video_frames", "8"))
+            outcome = await image_job_outcome(pilot, model=VL_MODEL, typed=typed)
             assert any(note.startswith("images counted:") for note in outcome.notes)
             return outcome.choices[0].plan
 
@@ -160,13 +156,9 @@ def test_video_frames_alone_plan_video_without_images_as_fit_does() -> None:
 
 def test_training_the_vision_tower_and_aligner_plans_them_as_fit_does() -> None:
     async def drive() -> Any:
-        async with _job_form() as (app, pilot):
-            app.query_one(JobPane).fill({"model": VL_MODEL})
-            await pick_option(pilot, "#job-runtime", "ms-swift")
-            await pick_option(pilot, "#job-train_vit", "yes")
-            await pick_option(pilot, "#job-train_aligner", "yes")
-            error, outcome = await form_search(pilot)
-            assert error == "" and outcome is not None and outcome.choices
+        async with _job_form() as (_, pilot):
+            picked = (("#job-train_vit", "yes"), ("#job-train_aligner", "yes"))
+            outcome = await image_job_outcome(pilot, model=VL_MODEL, picked=picked)
             return outcome.choices[0].plan
 
     plan = asyncio.run(drive())

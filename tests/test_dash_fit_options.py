@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("textual")
 
 from dash_support import form_search as _search  # noqa: E402
-from dash_support import job_form, pick_option  # noqa: E402
+from dash_support import image_job_outcome, job_form, pick_option  # noqa: E402
 from dash_support import type_field as _type  # noqa: E402
 from textual.widgets import Input  # noqa: E402
 
@@ -179,13 +179,9 @@ VL_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 
 def test_images_per_sample_and_size_plan_the_images_as_fit_does() -> None:
     async def drive() -> Any:
-        async with _job_form() as (app, pilot):
-            app.query_one(JobPane).fill({"model": VL_MODEL})
-            await pick_option(pilot, "#job-runtime", "ms-swift")  # swiftplan's loop trains no images
-            await _type(pilot, "images", "2")
-            await _type(pilot, "image_size", "1024x768")
-            error, outcome = await _search(pilot)
-            assert error == "" and outcome is not None and outcome.choices
+        async with _job_form() as (_, pilot):
+            typed = (("images", "2"), ("image_size", "1024x768"))
+            outcome = await image_job_outcome(pilot, model=VL_MODEL, typed=typed)
             assert any(note.startswith("images counted:") for note in outcome.notes)
             return outcome.choices[0].plan
 
