@@ -59,7 +59,7 @@ from swiftplan.planner.setup import (
     TrainSetup,
 )
 from swiftplan.planner.vision import VisionInputs
-from swiftplan.planner.workload import ServeWorkload, TrainWorkload
+from swiftplan.planner.workload import ServeWorkload, TrainWorkload, replica_concurrency
 
 SCHEMA_VERSION: Final = 2
 _WITH_SETUP = ("runtime", "objective", "eager", "variable_lengths", "vision")
@@ -310,6 +310,7 @@ class PlanFields(_Strict):
                     f"plan as it runs, or plan again with swiftplan fit)"
                 )
         self._check_against_workload()
+        self._check_launch_values()
         self._check_offered()
         rollout = self.train.objective.rollout if self.train and self.train.objective else None
         server = rollout.gpus if rollout is not None and rollout.placement == "server" else 0
@@ -347,6 +348,60 @@ class PlanFields(_Strict):
             raise ValueError(
                 f"workload.dataset_image_tokens {images} counts images, but train.vision is absent (text only): add "
                 "the images to train.vision, or set workload.dataset_image_tokens to 0 (or re-create the plan with swiftplan fit)"
+            )
+
+    def _check_launch_values(self) -> None:
+        """The values an engine is launched with agree with what the plan sized: the set-up's tensor (and
+        pipeline) degree with the layout's, and a serving set-up's per-replica concurrency and memory share
+        with the workload's and with the most sequences the prediction found fit. A hand edit of one of them
+        would launch a layout or a load that was never checked against the device."""
+        lay = self.layout
+        if self.train is not None:
+            for name, value, sized in (
+                ("tp", self.train.parallel.tp, lay.tp),
+                ("pp", self.train.parallel.pp, lay.pp),
+            ):
+                if value != sized:
+                    raise ValueError(
+                        f"train.parallel.{name} {value} and layout.{name} {sized} must be the same: the engine "
+                        f"would launch {name} {value}, but the plan sized each GPU's share for {name} {sized} "
+                        "(edit both, or re-create the plan with swiftplan fit)"
+                    )
+            return
+        serve = self.serve
+        if serve is None:
+            return
+        if serve.tp != lay.tp:
+            raise ValueError(
+                f"serve.tp {serve.tp} and layout.tp {lay.tp} must be the same: the engine would shard the model "
+                f"over {serve.tp} GPUs, but the plan sized each replica on {lay.tp} (edit both, or re-create the "
+                "plan with swiftplan fit --task serve)"
+            )
+        replicas = max(1, lay.gpus // serve.tp)
+        planned = self.workload.get("concurrency")
+        if (
+            type(planned) is int
+            and planned > 0
+            and serve.concurrency != replica_concurrency(planned, replicas)
+        ):
+            raise ValueError(
+                f"serve.concurrency {serve.concurrency} is not workload.concurrency {planned} split over the plan's "
+                f"{replicas} replica(s) ({replica_concurrency(planned, replicas)} each): the prediction is for the "
+                "workload's (edit both, or re-create the plan with swiftplan fit --task serve)"
+            )
+        share = self.workload.get("gpu_memory_utilization")
+        if type(share) is float and serve.gpu_memory_utilization != share:
+            raise ValueError(
+                f"serve.gpu_memory_utilization {serve.gpu_memory_utilization} and workload.gpu_memory_utilization "
+                f"{share} must be the same: the prediction is for the workload's (edit both, or re-create the plan "
+                "with swiftplan fit --task serve)"
+            )
+        most = self.prediction.max_concurrency
+        if self.prediction.fits and most and serve.concurrency > most:
+            raise ValueError(
+                f"serve.concurrency {serve.concurrency:,} is more than the {most:,} sequences of {serve.context:,} "
+                "tokens the plan found fit in one replica's KV cache (prediction.max_concurrency): give "
+                f"{most:,} or less, or re-plan with swiftplan fit --task serve --concurrency {serve.concurrency}"
             )
 
     def _check_offered(self) -> None:

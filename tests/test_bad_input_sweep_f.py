@@ -181,6 +181,55 @@ def test_serve_refuses_a_hand_edited_plan(
     assert_refused(run_cli("serve", path, "--dry-run"), f"Plan file {path}", *fragments)
 
 
+@pytest.mark.parametrize(
+    ("edit", "fragments"), [row[1:] for row in EDITED_SERVE], ids=[row[0] for row in EDITED_SERVE]
+)
+def test_estimate_and_doctor_refuse_the_same_hand_edits_naming_the_plan_field(
+    plans: Path, tmp_path: Path, edit: Any, fragments: list[str]
+) -> None:
+    """Loading the file is the one gate: `estimate plan.yaml` named `--tp 3`, a flag nobody typed, or estimated
+    the edited tp over a layout sized for another; doctor compared a log with a plan no engine could launch."""
+    path = _edited(plans, tmp_path, "serve.yaml", edit)
+    assert_refused(run_cli("estimate", path), f"Plan file {path}", *fragments)
+    log = _log(tmp_path, f"{OOM}2.00 GiB. GPU 0 has a total capacity of 79.11 GiB of which 1.19 GiB is free.")
+    assert_refused(run_cli("doctor", log, "--plan", path), f"Plan file {path}", *fragments)
+
+
+def _train_three_gpus(data: dict[str, Any]) -> None:
+    data["train"]["parallel"]["tp"] = data["layout"]["tp"] = data["layout"]["gpus"] = 3
+    data["layout"]["dp"] = 1
+    data["hardware"]["gpus_per_node"] = 3
+    data["hardware"]["offered"] = "3xh100-sxm"
+    data["workload"]["global_batch"] = data["train"]["micro_batch"] * data["train"]["grad_accum"]
+    data["engine"] = "megatron-swift"  # an engine that runs tensor parallelism
+
+
+EDITED_TRAIN = [
+    # estimated the weights /tp2 over a layout of one GPU
+    ("train-tp-not-layout", lambda d: d["train"]["parallel"].update(tp=2),
+     ["train.parallel.tp 2 and layout.tp 1 must be the same", "edit both"]),
+    ("train-pp-not-layout", lambda d: d["train"]["parallel"].update(pp=2),
+     ["train.parallel.pp 2 and layout.pp 1 must be the same"]),
+    # estimate said "--tp 3 does not divide"
+    ("train-tp-not-heads", _train_three_gpus,
+     ["train.parallel.tp 3 does not split", "4 attention heads and 2 key/value heads"]),
+    # estimate named no file or field
+    ("train-targets", lambda d: d["train"]["lora"].update(targets=["nope_proj"]),
+     ["train.lora.targets", "nope_proj match no module"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragments"), [row[1:] for row in EDITED_TRAIN], ids=[row[0] for row in EDITED_TRAIN]
+)
+def test_every_command_refuses_a_hand_edited_training_layout(
+    plans: Path, tmp_path: Path, edit: Any, fragments: list[str]
+) -> None:
+    path = _edited(plans, tmp_path, "train.yaml", edit)
+    for command in (("estimate", path), ("train", path, "--dry-run")):
+        assert_refused(run_cli(*command), f"Plan file {path}", *fragments)
+
+
 def test_serve_launches_a_plan_of_several_replicas_each_with_its_share(tmp_path: Path) -> None:
     """fit splits --concurrency over the replicas (serve.concurrency per replica, workload.concurrency in all):
     serve launches the plan as written, and refuses a per-replica figure that is not the split."""

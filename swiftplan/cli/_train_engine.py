@@ -97,11 +97,13 @@ def _refuse_own_loop_flags(engine: str, flags: list[str], o: dict[str, Any]) -> 
 
 def train_external(engine: str, plan_path: Path, o: dict[str, Any]) -> None:
     """Render the plan for `engine` with the run options in `o` (train_command's locals) and act on it."""
+    from swiftplan.executors.model_source import check_plan_model
     from swiftplan.executors.train_engines.common import RunOptions
     from swiftplan.executors.train_engines.registry import format_render, render_for, write_files
     from swiftplan.plan_file import load_plan
 
     plan = load_plan(plan_path)
+    check_plan_model(plan, plan_path)
     output_dir = o["output_dir"] or Path("runs") / f"{engine}-{Path(plan.model).name}"
     given = {
         "data": None if o["data"] is None else str(Path(o["data"]).resolve()),

@@ -15,6 +15,7 @@ from typing import Any
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.model_catalog import catalog_spec, close_matches, find_catalog_id
 from swiftplan.planner.model_spec import ModelSpec, spec_from_hf_config
+from swiftplan.planner.plan import Plan
 
 _LOCAL_HINT = (
     "Pass a local config.json instead: a path to the file or to the model directory holding it "
@@ -234,6 +235,17 @@ def known_spec(model: str) -> ModelSpec | None:
     if Path(model).expanduser().exists() or find_catalog_id(model) is not None:
         return resolve_model(model)
     return None
+
+
+def check_plan_model(plan: Plan, path: str | Path) -> None:
+    """A (hand-edited) plan file against its model, when the model is at hand, before a run or a dry run
+    prints its launch: a sequence past the model's positions, a rank too large for its matrices, a tensor
+    degree that does not split its heads, LoRA targets it lacks; each refused naming the file and field."""
+    from swiftplan.planner.model_limits import check_plan_shape, check_setup
+
+    if (spec := known_spec(plan.model)) is not None:
+        check_setup(spec, plan.setup, f"Plan file {path}", refuse_length=True)
+        check_plan_shape(spec, plan.setup, f"Plan file {path}")
 
 
 def check_local_or_hub(typed: str, value: str, *, files: tuple[str, ...], what: str, usage: str) -> None:

@@ -169,9 +169,13 @@ def diagnose(request: DoctorRequest) -> DoctorOutcome:
     finding = reading.primary
     plan = None
     if request.plan_path is not None:
+        from swiftplan.executors.model_source import known_spec
         from swiftplan.plan_file import load_plan
+        from swiftplan.planner.model_limits import check_plan_shape
 
         plan = load_plan(request.plan_path)
+        if (spec := known_spec(plan.model)) is not None:  # a layout the model refuses: no run followed it
+            check_plan_shape(spec, plan.setup, f"Plan file {request.plan_path}")
     if finding is None:
         return DoctorOutcome(source=request.source, reading=reading, plan_path=request.plan_path, comparison=None,
                              headline=f"no known failure found in {_lines_read(request, reading)}.",

@@ -193,6 +193,7 @@ def estimate_plan_file(path: str | Path) -> EstimateOutcome:
     except SwiftplanError as error:
         raise SwiftplanError(f"Plan file {path}: field 'model': {error.message}", hint=error.hint) from error
     warnings = model_limits.check_setup(spec, plan.setup, f"Plan file {path}")
+    model_limits.check_plan_shape(spec, plan.setup, f"Plan file {path}")
     if isinstance(plan.setup, ServeSetup):
         estimate = estimate_serving(spec, plan.setup, plan.hardware)
     else:

@@ -13,7 +13,6 @@ from swiftplan.errors import SwiftplanError
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import ServeSetup
-from swiftplan.planner.workload import replica_concurrency
 
 _WHAT_LOADS = (
     "serve loads a model directory (config.json and the weights), a model's config.json, a hub id such as "
@@ -197,47 +196,9 @@ def check_within_plan(
 
 
 def check_plan_file(plan: Plan, path: str) -> None:
-    """A hand-edited serving plan whose launch values disagree with what the plan sized is refused before the
-    engine's command is rendered: serve.tp against layout.tp (the GPUs a replica takes) and the model's
-    heads, serve.concurrency and serve.gpu_memory_utilization against the workload the prediction is for,
-    and a concurrency past the most the prediction found fits; the context against the model's positions."""
-    setup, workload = plan.setup, plan.workload
-    assert isinstance(setup, ServeSetup)
-    hint = "Edit both (or re-create the plan with swiftplan fit --task serve ... -o plan.yaml)."
-    if setup.tp != plan.layout.tp:
-        raise SwiftplanError(
-            f"Plan file {path}: serve.tp {setup.tp} and layout.tp {plan.layout.tp} must be the same: the engine "
-            f"would shard the model over {setup.tp} GPUs, but the plan sized each replica on {plan.layout.tp}.",
-            hint=hint,
-        )
-    replicas = max(1, plan.layout.gpus // setup.tp)
-    planned_concurrency = getattr(workload, "concurrency", None)
-    each = None if planned_concurrency is None else replica_concurrency(planned_concurrency, replicas)
-    if each is not None and setup.concurrency != each:
-        raise SwiftplanError(
-            f"Plan file {path}: serve.concurrency {setup.concurrency} is not workload.concurrency "
-            f"{planned_concurrency} split over the plan's {replicas} replica(s) ({each} each): the prediction is "
-            "for the workload's.",
-            hint=hint,
-        )
-    planned_share = getattr(workload, "gpu_memory_utilization", None)
-    if planned_share is not None and setup.gpu_memory_utilization != planned_share:
-        raise SwiftplanError(
-            f"Plan file {path}: serve.gpu_memory_utilization {setup.gpu_memory_utilization} and "
-            f"workload.gpu_memory_utilization {planned_share} must be the same: the prediction is for the workload's.",
-            hint=hint,
-        )
-    most = plan.prediction.max_concurrency
-    if plan.prediction.fits and most and setup.concurrency > most:
-        raise SwiftplanError(
-            f"Plan file {path}: serve.concurrency {setup.concurrency:,} is more than the {most:,} sequences of "
-            f"{setup.context:,} tokens the plan found fit in one replica's KV cache (prediction.max_concurrency).",
-            hint=f"Give serve.concurrency {most:,} or less, or re-plan: swiftplan fit {plan.model} --task serve "
-            f"--concurrency {setup.concurrency} --gpus GPUS -o plan.yaml.",
-        )
-    from swiftplan.executors.model_source import known_spec
-    from swiftplan.planner.model_limits import check_plan_shape, check_setup
+    """A hand-edited serving plan whose values the model cannot take is refused before the engine's command is
+    rendered: serve.tp against the model's heads, the context against its positions. (Loading the file has
+    already checked the launch values against the layout, the workload and the prediction.)"""
+    from swiftplan.executors.model_source import check_plan_model
 
-    if (spec := known_spec(plan.model)) is not None:
-        check_setup(spec, setup, f"Plan file {path}", refuse_length=True)
-        check_plan_shape(spec, setup, f"Plan file {path}")
+    check_plan_model(plan, path)

@@ -110,11 +110,6 @@ def load_train_plan(path: Path) -> Plan:
     if not isinstance(plan.setup, TrainSetup):
         raise SwiftplanError(f"Plan file {path} is a serving plan (task: serve); `swiftplan train` needs a training plan.",
                              hint="Make one with `swiftplan fit MODEL --task train ... -o plan.yaml`.")  # fmt: skip
-    from swiftplan.executors.model_source import known_spec
-    from swiftplan.planner.model_limits import check_plan_shape, check_setup
-
-    if (spec := known_spec(plan.model)) is not None:
-        check_setup(spec, plan.setup, f"Plan file {path}", refuse_length=True)
     engine = get_engine(plan.engine, "train")
     if engine.name != "swiftplan":
         raise SwiftplanError(f"Plan file {path} is planned for {engine.label}, which `swiftplan train` does not launch yet.",
@@ -125,8 +120,9 @@ def load_train_plan(path: Path) -> Plan:
         require_runnable(engine.name, plan)
     except SwiftplanError as error:
         raise SwiftplanError(f"Plan file {path}: {error.message}", hint=error.hint) from error
-    if spec is not None:  # after require_runnable: a tp the loop cannot run at all is said first
-        check_plan_shape(spec, plan.setup, f"Plan file {path}")
+    from swiftplan.executors.model_source import check_plan_model
+
+    check_plan_model(plan, path)  # after require_runnable: a tp the loop cannot run at all is said first
     return plan
 
 
