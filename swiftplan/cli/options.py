@@ -263,7 +263,7 @@ def build_serve_setup(
         eager=eager,
         **chunk,
     )
-    _refuse_impossible(cluster, precision=dtype, quant=quant, optimizer="adamw", zero_stage=0)
+    _refuse_impossible(cluster, precision=dtype, quant=quant, serve_runtime=setup.runtime)
     world = cluster.world_size
     if world % setup.tp:
         divisors = ", ".join(str(d) for d in range(1, world + 1) if world % d == 0)

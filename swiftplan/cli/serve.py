@@ -60,7 +60,8 @@ def _require(engine: str, target: Any) -> None:
     setting, the engine that can in the hint (profiles/engines.json)."""
     from swiftplan.planner.engines import get_engine, require_engine, serve_requirements
 
-    needs = serve_requirements(target.setup, backend=target.backend or "cuda", gpus=target.gpus)
+    needs = serve_requirements(target.setup, backend=target.backend or "cuda", gpus=target.gpus,
+                               accelerator=target.accelerator)  # fmt: skip
     require_engine(get_engine(engine, "serve"), needs, plan=target.plan_path or "PLAN")
 
 

@@ -60,7 +60,8 @@ def require_runnable(engine_name: str, plan: Plan) -> None:
     engine = get_engine(engine_name, plan.task)
     backend = plan.hardware.accelerator.backend
     if isinstance(plan.setup, ServeSetup):
-        needs = serve_requirements(plan.setup, backend=backend, gpus=plan.layout.tp)
+        needs = serve_requirements(plan.setup, backend=backend, gpus=plan.layout.tp,
+                                   accelerator=plan.hardware.accelerator)  # fmt: skip
     else:
         needs = train_requirements(plan.setup, backend=backend, gpus=plan.layout.gpus)
     if reasons := engine_reasons(engine, needs):

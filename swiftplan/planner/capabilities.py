@@ -27,7 +27,15 @@ from swiftplan.planner.hardware import Accelerator, Backend
 
 SupportStatus = Literal["yes", "experimental", "no", "unknown"]
 Feature = Literal[
-    "bf16", "fp8", "flash_attention_2", "bnb_4bit", "bnb_int8", "bnb_8bit_optimizers", "deepspeed", "vllm"
+    "bf16",
+    "fp8",
+    "fp8_weight_only",
+    "flash_attention_2",
+    "bnb_4bit",
+    "bnb_int8",
+    "bnb_8bit_optimizers",
+    "deepspeed",
+    "vllm",
 ]
 FEATURES: tuple[Feature, ...] = get_args(Feature)
 
@@ -72,6 +80,8 @@ class Capabilities:
     """bf16 compute."""
     fp8: bool
     """FP8 tensor math."""
+    fp8_weight_only: bool
+    """fp8 weights served by vLLM, with 16-bit math where the device has no FP8 math (W8A16)."""
     flash_attention_2: bool
     """attn_implementation='flash_attention_2'."""
     bnb_4bit: bool
@@ -174,6 +184,7 @@ def _required_features(
     zero_stage: int | None,
     attention: str | None,
     serving_engine: str | None,
+    serve_runtime: str | None = None,
 ) -> list[tuple[Feature, str]]:
     """(feature, which option asked for it) for the options given."""
     needs: list[tuple[Feature, str]] = []
@@ -188,8 +199,8 @@ def _required_features(
             needs.append(("bnb_4bit", f"quantization {quant}"))
         elif key in _QUANT_8BIT:
             needs.append(("bnb_int8", f"quantization {quant}"))
-        elif key == "fp8":
-            needs.append(("fp8", f"quantization {quant}"))
+        elif key == "fp8":  # vLLM serves fp8 weights without FP8 math, through its FP8 Marlin kernel
+            needs.append(("fp8_weight_only" if serve_runtime == "vllm" else "fp8", f"quantization {quant}"))
     if optimizer:
         key = optimizer.lower()
         if "8bit" in key or key.startswith("paged"):
@@ -223,20 +234,22 @@ def check(
     zero_stage: int | None = None,
     attention: str | None = None,
     serving_engine: str | None = None,
+    serve_runtime: str | None = None,
 ) -> list[str]:
     """Reasons the requested options cannot run on `accelerator`; empty when they can.
 
     precision: 'bf16', 'amp-bf16', 'fp16', 'fp32', 'fp8'; quant: 'none', 'nf4', 'fp4', 'int8', 'fp8'
     ('gptq'/'awq' need nothing checked here); optimizer: e.g. 'adamw', 'adamw-8bit', 'paged-adamw-8bit';
     zero_stage: 0-3 (DeepSpeed for 1-3); attention: 'flash' or 'flash_attention_2' (others need nothing);
-    serving_engine: 'vllm'. Each reason is one sentence ending in a full stop.
+    serving_engine: 'vllm'; serve_runtime: the serving runtime that loads the quantized weights ('vllm' runs fp8
+    weights with 16-bit math where the device has no FP8 math). Each reason is one sentence ending in a full stop.
     """
     reasons: list[str] = []
     if zero_stage is not None and zero_stage not in (0, 1, 2, 3):
         reasons.append(f"ZeRO stage must be 0, 1, 2 or 3, got {zero_stage}.")
         zero_stage = None
     options = dict(precision=precision, quant=quant, optimizer=optimizer, zero_stage=zero_stage,
-                   attention=attention, serving_engine=serving_engine)  # fmt: skip
+                   attention=attention, serving_engine=serving_engine, serve_runtime=serve_runtime)  # fmt: skip
     for asked_by, _feature, verdict in _verdicts(accelerator, options):
         if verdict.status == "no":
             reasons.append(f"{asked_by} is not possible on {_device_label(accelerator)}: {verdict.detail}.")
@@ -252,11 +265,12 @@ def advisories(
     zero_stage: int | None = None,
     attention: str | None = None,
     serving_engine: str | None = None,
+    serve_runtime: str | None = None,
 ) -> list[str]:
     """Warnings for requested options that are allowed but 'experimental' or 'unknown' on this device."""
     options = dict(precision=precision, quant=quant, optimizer=optimizer,
                    zero_stage=zero_stage if zero_stage in (1, 2, 3) else None,
-                   attention=attention, serving_engine=serving_engine)  # fmt: skip
+                   attention=attention, serving_engine=serving_engine, serve_runtime=serve_runtime)  # fmt: skip
     notes: list[str] = []
     for asked_by, feature, verdict in _verdicts(accelerator, options):
         label = feature_label(feature)

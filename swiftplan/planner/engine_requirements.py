@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swiftplan.planner.dtypes import BNB_QUANTS
+from swiftplan.planner.hardware import Accelerator
 from swiftplan.planner.setup import RuntimeKnobs, ServeSetup, TrainSetup
 
 
@@ -46,6 +47,9 @@ class Requirements:
     vision: bool = False
     """The plan trains a vision-language model on its images/video (`TrainSetup.vision`), or serves one requests
     with images/video (`ServeSetup.vision`)."""
+    accelerator: Accelerator | None = None
+    """Serving: the plan's device, whose math decides which engines' kernels run its weights (vLLM serves fp8
+    weights with 16-bit math where the device has no FP8 math; capabilities.json). None: not checked."""
 
 
 def train_requirements(setup: TrainSetup, *, backend: str, gpus: int) -> Requirements:
@@ -104,7 +108,9 @@ def knob_requirements(
     }
 
 
-def serve_requirements(setup: ServeSetup, *, backend: str, gpus: int) -> Requirements:
-    """What a serving set-up on `gpus` devices of `backend` asks of an engine."""
+def serve_requirements(
+    setup: ServeSetup, *, backend: str, gpus: int, accelerator: Accelerator | None = None
+) -> Requirements:
+    """What a serving set-up on `gpus` devices of `backend` (of `accelerator`, when known) asks of an engine."""
     return Requirements(backend=backend, quant=setup.quant, kv_dtype=setup.kv_dtype, tp=setup.tp, gpus=gpus,
-                        vision=setup.vision is not None)  # fmt: skip
+                        vision=setup.vision is not None, accelerator=accelerator)  # fmt: skip

@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.planner.capabilities import check
 from swiftplan.planner.engine_requirements import (
     Requirements,
     knob_requirements,
@@ -286,6 +287,8 @@ def engine_reasons(engine: Engine, needs: Requirements) -> list[str]:
             f"{engine.name} does not serve a vision-language model's images as planned: only "
             f"{image_serve_engines_text()} are given a plan's images per request and its pixel bound per image."
         )
+    if engine.task == "serve" and needs.accelerator is not None and needs.quant is not None:
+        reasons += check(needs.accelerator, quant=needs.quant, serve_runtime=engine.runtime)
     reasons += _knob_reasons(engine, needs)
     for option, value in (("tp_max", needs.tp), ("pp_max", needs.pp), ("gpus_max", needs.gpus)):
         bound = engine.bound(option, backend)

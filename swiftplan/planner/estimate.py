@@ -17,7 +17,7 @@ from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.objective import ObjectiveSetup, resolve_reference
 from swiftplan.planner.objective_speed import objective_speed, rollout_capacity
 from swiftplan.planner.padding import varied_shapes
-from swiftplan.planner.serve_memory import serve_memory
+from swiftplan.planner.serve_memory import serve_memory, serve_quant
 from swiftplan.planner.setup import ServeSetup, Task, TrainSetup
 from swiftplan.planner.speed import ServeSpeed, TrainSpeed, serve_speed
 from swiftplan.planner.vision_memory import train_memory_with_vision, vision_notes
@@ -310,6 +310,18 @@ def _rollout_sequences(
     return capacity
 
 
+def _weight_only_fp8_notes(spec: ModelSpec, setup: ServeSetup, cluster: Cluster) -> list[str]:
+    """fp8 weights on a device without FP8 math: how vLLM runs them (capabilities.json fp8_weight_only)."""
+    acc = cluster.accelerator
+    if serve_quant(spec, setup)[0] != "fp8" or acc.fp8_supported or acc.backend != "cuda":
+        return []
+    return [
+        f"fp8 weights on {acc.display_name}, which has no FP8 math: vLLM keeps them in fp8 (1 byte a weight, "
+        "read once a decode step) and multiplies in 16 bits through its FP8 Marlin kernel (W8A16), so prefill "
+        "runs at the 16-bit rate; SGLang and LMDeploy are not planned for it."
+    ]
+
+
 def estimate_serving(
     spec: ModelSpec, setup: ServeSetup, cluster: Cluster, *, allocator: AllocatorSettings | None = None
 ) -> Estimate:
@@ -321,7 +333,7 @@ def estimate_serving(
         spec, setup, device_memory_bytes=device_bytes, comm_bytes=serve_comm_bytes(setup, cluster)
     )
     comm = serve_comm_term(setup, cluster)  # NCCL and vLLM custom all-reduce, outside the allocator
-    notes = list(cluster.notes) + vision_notes(spec, setup)
+    notes = list(cluster.notes) + vision_notes(spec, setup) + _weight_only_fp8_notes(spec, setup, cluster)
     speed = _speed_or_note(
         lambda: serve_speed(
             spec,

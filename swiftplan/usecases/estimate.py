@@ -64,7 +64,7 @@ class EstimateOutcome:
 def _engine_check(setup: TrainSetup | ServeSetup, cluster: Cluster, engine: Engine, gpus: int) -> tuple[tuple[str, ...], tuple[Engine, ...]]:  # fmt: skip
     backend = cluster.accelerator.backend
     if isinstance(setup, ServeSetup):
-        needs = serve_requirements(setup, backend=backend, gpus=gpus)
+        needs = serve_requirements(setup, backend=backend, gpus=gpus, accelerator=cluster.accelerator)
     else:
         needs = train_requirements(setup, backend=backend, gpus=gpus)
     reasons = tuple(engine_reasons(engine, needs))

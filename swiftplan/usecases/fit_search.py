@@ -68,7 +68,8 @@ def requirements_of(evaluation: Evaluation, cluster: Cluster) -> Any:
     assert estimate is not None
     backend = cluster.accelerator.backend
     if isinstance(estimate.setup, ServeSetup):
-        return serve_requirements(estimate.setup, backend=backend, gpus=evaluation.gpus)
+        return serve_requirements(estimate.setup, backend=backend, gpus=evaluation.gpus,
+                                  accelerator=cluster.accelerator)  # fmt: skip
     return train_requirements(estimate.setup, backend=backend, gpus=evaluation.gpus)
 
 

@@ -71,7 +71,8 @@ def require_builtin_can_serve(target: ServeTarget) -> None:
     naming the engine that can (from profiles/engines.json)."""
     from swiftplan.planner.engines import get_engine, require_engine, serve_requirements
 
-    needs = serve_requirements(target.setup, backend=target.backend or "cuda", gpus=target.gpus)
+    needs = serve_requirements(target.setup, backend=target.backend or "cuda", gpus=target.gpus,
+                               accelerator=target.accelerator)  # fmt: skip
     require_engine(get_engine("builtin", "serve"), needs, plan=target.plan_path or "PLAN")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from swiftplan.errors import SwiftplanError
 from swiftplan.executors.serve.memory_fraction import ServeMemory
 from swiftplan.executors.serve.report import Prediction
+from swiftplan.planner.hardware import Accelerator
 from swiftplan.planner.model_catalog import find_catalog_id
 from swiftplan.planner.setup import ServeSetup
 
@@ -39,6 +40,8 @@ class ServeTarget:
     """The device backend the plan was made for (None without a plan)."""
     gpus: int = 1
     """GPUs one replica of the plan uses (its tensor-parallel degree)."""
+    accelerator: Accelerator | None = None
+    """The device the plan was made for (None without a plan): which engines' kernels run its weights there."""
     memory: ServeMemory | None = None
     """One device's memory as the plan sized it (engines whose memory knob is not vLLM's convert with it)."""
 
@@ -81,6 +84,7 @@ def resolve_target(
         planned: dict[str, Any] = {
             "engine": plan.engine,
             "backend": plan.hardware.accelerator.backend,
+            "accelerator": plan.hardware.accelerator,
             "gpus": plan.layout.tp,
             "memory": ServeMemory.from_breakdown(
                 plan.prediction.per_device_bytes, plan.prediction.device_memory_bytes

@@ -130,8 +130,16 @@ def allowed_values(kind: str, defaults: tuple, pinned: tuple | None, impossible:
 _ENGINE_OPTION = {"quant": "quant", "optimizer": "optimizer", "zero_stage": "zero", "method": "method"}
 
 
-def impossible_values(cluster: Cluster, option: str, values: tuple, engine: Engine | None = None) -> dict:
-    """Value → reason for each value the device (capabilities.json) or the engine (engines.json) cannot run."""
+def impossible_values(
+    cluster: Cluster,
+    option: str,
+    values: tuple,
+    engine: Engine | None = None,
+    *,
+    serve_runtime: str | None = None,
+) -> dict:
+    """Value → reason for each value the device (capabilities.json) or the engine (engines.json) cannot run;
+    `serve_runtime`: the serving runtime that loads quantized weights (`capabilities.check`)."""
     out = {}
     backend = cluster.accelerator.backend
     allowed = None if engine is None else engine.allowed(_ENGINE_OPTION.get(option, option), backend)
@@ -145,7 +153,7 @@ def impossible_values(cluster: Cluster, option: str, values: tuple, engine: Engi
         if option == "method":
             continue
         asked: dict[str, Any] = {option: key}
-        reasons = check(cluster.accelerator, **asked)
+        reasons = check(cluster.accelerator, **asked, serve_runtime=serve_runtime)
         if reasons:
             out[value] = reasons[0]
     return out

@@ -63,7 +63,7 @@ def build_serve_space(
 ) -> ServeSpace:
     """The serving search space for `spec` on `cluster` under `pins`, limited to what the device and
     `engine` can run (None: any engine)."""
-    bad = impossible_values(cluster, "quant", SERVE_QUANTS, engine)
+    bad = impossible_values(cluster, "quant", SERVE_QUANTS, engine, serve_runtime=engine_runtime(engine))
     quants = allowed_values("weight quantization", DEFAULT_SERVE_QUANTS, pins.quants, bad)
     kv_bad = {"fp8": r[0]} if (r := check(cluster.accelerator, precision="fp8")) else {}
     engine_kv = None if engine is None else engine.allowed("kv_dtype", cluster.accelerator.backend)
