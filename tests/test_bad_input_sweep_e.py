@@ -85,8 +85,9 @@ def test_fit_serving_decode_miss_suggests_a_lower_concurrency() -> None:
                      "--context", "32768")  # fmt: skip
     assert result.exit_code == 1, result.output
     text = _said(result.output)
-    assert "it decodes at best 77 tokens/s per user, against --decode-tps 150 (49% short)" in text
-    assert "a lower --concurrency, 15:" in text
+    # fp8 weights (vLLM's W8A16 on the A100) read half the bytes a step of the bf16 weights
+    assert "it decodes at best 78.4 tokens/s per user, against --decode-tps 150 (48% short)" in text
+    assert "a lower --concurrency, 17:" in text
     assert "tokens/s per user" in text.split("What would fit:")[1]
 
 

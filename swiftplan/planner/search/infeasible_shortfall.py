@@ -15,7 +15,9 @@ from swiftplan.units import format_gib
 def _describe(evaluation: Evaluation) -> str:
     c = evaluation.candidate
     if isinstance(c, ServeCandidate):
-        return f"{c.quant} weights, KV {c.kv_dtype}, tp {c.tp}, {c.concurrency} sequence(s) per replica"
+        # "bf16 weights", as the plan tables say, not "none weights"
+        weights = c.dtype if c.quant == "none" else c.quant
+        return f"{weights} weights, KV {c.kv_dtype}, tp {c.tp}, {c.concurrency} sequence(s) per replica"
     layout = c.layout
     parts = [c.family if c.quant in ("none", "nf4", "nf4-dq") else f"{c.family} on {c.quant}"]
     if c.zero:
