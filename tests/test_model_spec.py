@@ -8,7 +8,7 @@ from importlib import resources
 import pytest
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.adapters import adapter_params
+from swiftplan.planner.adapters import adapter_params, all_linear_peft_note
 from swiftplan.planner.architecture import active_params_per_token, layer_buffer_elements, total_params
 from swiftplan.planner.model_catalog import catalog, catalog_spec, find_catalog_id
 from swiftplan.planner.model_spec import spec_from_hf_config
@@ -185,3 +185,17 @@ def test_lora_params_equal_peft(case, targets):
     wrapped = peft.get_peft_model(model, peft.LoraConfig(r=8, target_modules=peft_targets))
     trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
     assert adapter_params(spec_from_hf_config(config.to_dict(), name=case), lora) == trainable
+
+
+@pytest.mark.parametrize(
+    ("case", "noted"), [("qwen2_moe", "the routed experts' fused weights"), ("deepseek_v3", "the dense MLPs"),
+                        ("deepseek_v2", "the dense MLPs"), ("qwen3_moe", None), ("mixtral", None)],
+)  # fmt: skip
+def test_all_linear_says_where_peft_0_22_adapts_more(case, noted):
+    """peft 0.22 wraps more of these MoE models under all-linear than the 0.21 rules (pinned by
+    test_lora_params_equal_peft); the plan says so where they differ, and only there."""
+    config, _ = _meta_model(case, TINY_CONFIGS[case])
+    spec = spec_from_hf_config(config.to_dict(), name=case)
+    note = all_linear_peft_note(spec, LoraSetup(rank=8, targets=("all-linear",)))
+    assert (note is None) if noted is None else (noted in note and "peft 0.22" in note)
+    assert all_linear_peft_note(spec, LoraSetup(rank=8, targets=("q_proj",))) is None

@@ -17,6 +17,26 @@ from swiftplan.planner.setup import LoraSetup
 _ALL_LINEAR_WRAPS_EXPERTS = frozenset({"mixtral", "qwen3_moe", "deepseek_v2", "deepseek_v3"})
 _ALL_LINEAR_SKIPS_DENSE_MLP = frozenset({"deepseek_v2", "deepseek_v3"})
 
+
+def all_linear_peft_note(spec: ModelSpec, lora: LoraSetup) -> str | None:
+    """Where peft 0.22 adapts more of a MoE model under all-linear than the 0.21 rules above (observed with
+    get_peft_model on the same tiny configs): it wraps Qwen2-MoE's fused experts and router too, and no longer
+    leaves DeepSeek's dense MLPs and shared experts alone. None where both versions agree."""
+    if spec.moe is None or not lora.all_linear:
+        return None
+    if spec.model_type in _ALL_LINEAR_WRAPS_EXPERTS and spec.model_type not in _ALL_LINEAR_SKIPS_DENSE_MLP:
+        return None
+    more = (
+        "the dense MLPs and shared experts"
+        if spec.model_type in _ALL_LINEAR_SKIPS_DENSE_MLP
+        else "the routed experts' fused weights and the router"
+    )
+    return (
+        f"all-linear on {spec.model_type} is planned as peft 0.21 adapts it; peft 0.22 also adapts {more}, "
+        "which is not modelled: under peft 0.22 name the targets to plan what runs."
+    )
+
+
 ADAPTER_DTYPE_BYTES = 4
 """peft >= 0.12 upcasts adapter weights to fp32 when the base is bf16/fp16
 (`get_peft_model(..., autocast_adapter_dtype=True)` is the default), so A, B and the DoRA

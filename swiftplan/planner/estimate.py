@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
 from swiftplan.errors import SwiftplanError
-from swiftplan.planner.adapters import validate_targets
+from swiftplan.planner.adapters import all_linear_peft_note, validate_targets
 from swiftplan.planner.allocator import AllocatorSettings, with_reserved
 from swiftplan.planner.architecture import total_params
 from swiftplan.planner.breakdown import MemoryBreakdown
@@ -256,7 +256,7 @@ def estimate_training(
         setup_cache=memory.setup_cache,
         moments=memory.moments,
     )
-    notes = list(cluster.notes) + vision_notes(spec, setup)
+    notes = list(cluster.notes) + vision_notes(spec, setup) + _moe_all_linear_notes(spec, setup)
     rollout_sequences = _rollout_sequences(spec, setup, cluster, train_world, notes)
     speed = _speed_or_note(
         lambda: with_vision_speed(
@@ -308,6 +308,13 @@ def _rollout_sequences(
             "the rest wait (slower rollouts, counted in the step time)."
         )
     return capacity
+
+
+def _moe_all_linear_notes(spec: ModelSpec, setup: TrainSetup) -> list[str]:
+    """all-linear on a MoE model where peft 0.22 adapts more than the 0.21 rules the plan follows."""
+    lora = setup.lora
+    note = None if lora is None or not setup.trains_adapters else all_linear_peft_note(spec, lora)
+    return [] if note is None else [note]
 
 
 def _weight_only_fp8_notes(spec: ModelSpec, setup: ServeSetup, cluster: Cluster) -> list[str]:
