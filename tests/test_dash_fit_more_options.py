@@ -74,6 +74,26 @@ def test_packing_without_a_data_file_plans_as_fit_does_full_rows_already() -> No
     assert theirs is not None and plan.setup == theirs.setup and plan.workload == theirs.workload
 
 
+def test_varying_lengths_plans_padded_batches_as_fit_does() -> None:
+    """The form's "Varying lengths" is fit's --variable-lengths: batches padded by the runtime's padding and the
+    allocator's slack for the lengths seen, so the plan differs from the fixed-length one."""
+
+    async def drive() -> Any:
+        async with _job_form() as (app, pilot):
+            await pick_option(pilot, "#job-variable_lengths", "yes")
+            error, outcome = await form_search(pilot)
+            assert error == "" and outcome is not None and outcome.choices
+            return outcome.choices[0].plan
+
+    plan = asyncio.run(drive())
+    assert plan.workload.variable_lengths
+    # `swiftplan fit MODEL --gpus 2xrtx4090 --variable-lengths`
+    theirs = plan_fit(FitRequest(model=MODEL, gpus=GPUS, variable_lengths=True)).plan
+    assert theirs is not None and plan.setup == theirs.setup and plan.workload == theirs.workload
+    fixed = plan_fit(FitRequest(model=MODEL, gpus=GPUS)).plan
+    assert fixed is not None and fixed.workload != plan.workload  # the switch changed the plan
+
+
 def test_packing_is_trainings_only() -> None:
     async def drive() -> None:
         async with _job_form() as (app, pilot):

@@ -36,6 +36,7 @@ FORM_DEFAULTS: dict[str, str] = {
     "data": "",
     "lengths": "",
     "packing": "no",
+    "variable_lengths": "no",
     "context": "4096",
     "concurrency": "auto",
     "ttft": "",
@@ -59,8 +60,17 @@ FORM_DEFAULTS: dict[str, str] = {
 """Every form field and its initial text (the measure fields are read by `swiftplan.tui.measure`)."""
 SERVE_ONLY = ("ttft", "decode_tps")
 """Fields only a serving search reads (fit's --ttft and --decode-tps): a training job ignores them."""
-TRAIN_ONLY = ("dora", "data", "lengths", "packing", "train_vit", "train_aligner", "measure")
-"""Fields only a training search reads (fit's --dora, --data, --lengths, --packing, --train-vit,
+TRAIN_ONLY = (
+    "dora",
+    "data",
+    "lengths",
+    "packing",
+    "variable_lengths",
+    "train_vit",
+    "train_aligner",
+    "measure",
+)
+"""Fields only a training search reads (fit's --dora, --data, --lengths, --packing, --variable-lengths, --train-vit,
 --train-aligner and --measure): a serving job ignores them."""
 
 METHOD_CHOICES = ("any", "full", "lora", "qlora", "lora,qlora")
@@ -156,6 +166,9 @@ class JobRequest:
     packing: bool = False
     """Training: samples are packed into full sequences (fit's --packing); it changes the plan only with a data or
     lengths file, whose samples are otherwise planned as padded batches."""
+    variable_lengths: bool = False
+    """Training: the samples vary in length with no data or lengths file to say how (fit's --variable-lengths):
+    batches are padded by the runtime's padding, and the allocator's slack grows with the lengths it sees."""
     vision: VisionInputs | None = None
     """Vision-language models: each sample's (serving: request's) images and video (fit's --images-per-sample,
     --image-size, --image-tokens and --video-frames; training: --train-vit and --train-aligner too), parsed by the
@@ -380,4 +393,5 @@ def _task_fields(raw: Mapping[str, str], task: Literal["train", "serve"]) -> dic
         "data": _path(raw["data"]),
         "lengths": _path(raw["lengths"]),
         "packing": raw["packing"] == "yes",
+        "variable_lengths": raw["variable_lengths"] == "yes",
     }

@@ -54,7 +54,7 @@ def fit_request(job: JobRequest, *, host_ram_bytes: int) -> FitRequest:
     return FitRequest(
         model=job.model, gpus="auto", task=job.task, objective=job.objective, pareto=job.pareto, pins=pins,
         dataset_tokens=None if counted else job.dataset_tokens, data=job.data, lengths=job.lengths,
-        packing=job.packing,
+        packing=job.packing, variable_lengths=job.variable_lengths,
         epochs=job.epochs, global_batch=batch, seq_len=seq,
         context=job.context, concurrency=job.concurrency, ttft_s=job.ttft_s, decode_tps=job.decode_tps,
         headroom=job.headroom, host_ram_bytes=host_ram_bytes if job.host_ram_bytes is None else job.host_ram_bytes,

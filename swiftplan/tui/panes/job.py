@@ -49,6 +49,7 @@ SELECTS = {
     "eager": ("no", "yes"),
     "dora": ("no", "yes"),
     "packing": ("no", "yes"),
+    "variable_lengths": ("no", "yes"),
     "train_vit": ("no", "yes"),
     "train_aligner": ("no", "yes"),
     "measure": ("no", "yes"),
@@ -82,7 +83,7 @@ LAYOUT = (
     ("seq", "Sequence len", "global_batch", "Global batch"),
     ("dataset_tokens", "Dataset tokens", "epochs", "Epochs"),
     ("data", "Data file", "lengths", "Lengths file"),
-    ("packing", "Packing", "", ""),
+    ("packing", "Packing", "variable_lengths", "Varying lengths"),
     ("images", "Images/sample", "image_size", "Image size"),
     ("image_tokens", "Image tokens", "video_frames", "Video frames"),
     ("train_vit", "Train ViT", "train_aligner", "Train aligner"),
@@ -103,7 +104,9 @@ HELP = (
     "adapters (LoRA and QLoRA only); dataset tokens (50M, 1.5B) only scale time and cost, unless a data file "
     "(.jsonl/.json/text) or a lengths file (one token count a line) is given: then its samples are counted and "
     "memory is planned on their longest padded batch, or with packing on full sequence-length rows of packed "
-    "samples (without a file every row is full already, so packing changes nothing); images per sample, image size (WIDTHxHEIGHT), "
+    "samples (without a file every row is full already, so packing changes nothing); varying lengths (fit's "
+    "--variable-lengths) says the samples vary with no file to say how: batches padded by the runtime's padding, "
+    "and more allocator slack for the lengths seen; images per sample, image size (WIDTHxHEIGHT), "
     "image tokens (language-model tokens per image, instead of the size) and video frames (one video per sample) "
     "are for vision-language models (fit's --images-per-sample, --image-size, --image-tokens, --video-frames), and "
     "in training, train ViT and train aligner also train the vision tower and the aligner (ms-swift freezes both); context, concurrency, eager decode (no "
