@@ -38,7 +38,6 @@ from swiftplan.planner.runtime_terms import (
     shard_degree,
     sharding_stage,
     zero3_live_parameter_bytes,
-    zero3_recompute_held_elements,
     zero_sharded,
 )
 from swiftplan.planner.setup import LoraSetup, TrainSetup
@@ -49,6 +48,7 @@ from swiftplan.planner.states import (
     state_dtypes,
 )
 from swiftplan.planner.weights import bnb_quant_state_bytes, layer_weight_bytes, outer_weight_bytes
+from swiftplan.planner.zero3_trace import zero3_gathered
 
 
 def reward_head_params(spec: ModelSpec, setup: TrainSetup) -> int:
@@ -169,7 +169,8 @@ def device_states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: i
     if stage == 3:
         weights, adapters = weights // shards, adapters // shards
         if knobs.ds_buckets and knobs.fsdp == "none":
-            held = zero3_recompute_held_elements(spec, setup, stage_layers)
+            # the most the step holds gathered: a module, a recompute's block, what the reuse window keeps
+            held = zero3_gathered(spec, setup).base
             gathered = zero3_live_parameter_bytes(spec, knobs, weight_bytes=wb, tp=par.tp, held_elements=held)
         elif knobs.fsdp != "none":  # two blocks and the root unit, as FSDP gathers them (runtime_features)
             gathered = fsdp_gathered_bytes(spec, setup, stage_layers, wb)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import math
 
-from swiftplan.planner.architecture import largest_param_elements, layer_linears
+from swiftplan.planner.architecture import largest_param_elements
 from swiftplan.planner.model_spec import ModelSpec
 from swiftplan.planner.setup import RuntimeKnobs, TrainSetup
-from swiftplan.planner.weights import is_quantized
 
 FP32 = 4
 
@@ -225,7 +224,8 @@ def zero3_live_parameter_bytes(
     spec: ModelSpec, knobs: RuntimeKnobs, *, weight_bytes: int, tp: int, held_elements: int = 0
 ) -> int:
     """ZeRO-3 gathers parameters module by module: the module being computed (at most the largest
-    parameter tensor) or the `held_elements` a recompute keeps (`zero3_recompute_held_elements`), plus up to
+    parameter tensor) or the `held_elements` the step holds at most (`zero3_trace.zero3_gathered`: a recompute's
+    block, what the stage3_max_reuse_distance window keeps between two uses), plus up to
     `stage3_prefetch_bucket_size` elements fetched ahead while fewer than `stage3_max_live_parameters` are
     gathered (max live 0: nothing ahead). Source: deepspeedai/DeepSpeed @ edaa722
     deepspeed/runtime/zero/config.py (prefetch 5e7, max live 1e9), partitioned_param_coordinator.py
@@ -234,40 +234,6 @@ def zero3_live_parameter_bytes(
     gathered = max(largest_param_elements(spec), held_elements)
     ahead = max(0, min(prefetch_bucket_elements(spec, knobs), knobs.max_live_parameters - gathered))
     return (gathered + ahead) * weight_bytes // tp
-
-
-ZERO3_RECOMPUTE_SOURCE = (
-    "deepspeedai/DeepSpeed @ edaa722 deepspeed/runtime/zero/partitioned_param_coordinator.py release_sub_module "
-    "(parameters a checkpointed recompute fetches are attributed to the recompute's owner, "
-    "ds_recompute_parameters, and freed at its backward); measured with DeepSpeed 0.19.8 on its CPU accelerator: "
-    "tests/test_zero3_gather.py"
-)
-
-
-def zero3_recompute_held_elements(spec: ModelSpec, setup: TrainSetup, layers: range) -> int:
-    """Elements DeepSpeed ZeRO-3 keeps gathered at the end of a checkpointed block's recompute when the base is
-    frozen (LoRA/QLoRA): the block's whole base, every projection fetched in the recompute held until the
-    block's backward, where a full fine-tune's are freed one by one (`ZERO3_RECOMPUTE_SOURCE`). A 4-bit base
-    counts its packed elements (four weights per element of its 16-bit quant storage); vectors stay whole on
-    every rank below stage3_param_persistence_threshold and are not counted. 0 without checkpointing, without
-    a frozen base, or outside DeepSpeed's ZeRO-3."""
-    if not (
-        setup.grad_ckpt
-        and setup.trains_adapters
-        and setup.parallel.zero == 3
-        and setup.runtime.fsdp == "none"
-    ):
-        return 0
-
-    def stored(layer: int) -> int:
-        elements = 0
-        for linear in layer_linears(spec, layer):
-            weights = linear.count * linear.in_features * linear.out_features
-            # a quantized linear here is 4-bit: ZeRO-3 shards no other base (setup.zero3_shards)
-            elements += weights // PACKED_4BIT_PER_ELEMENT if is_quantized(linear, setup.quant) else weights
-        return elements
-
-    return max((stored(layer) for layer in layers), default=0)
 
 
 PACKED_4BIT_PER_ELEMENT = 4

@@ -205,6 +205,10 @@ class RuntimeKnobs:
     max_live_parameters: int = 1_000_000_000
     """DeepSpeed stage3_max_live_parameters (elements; default 1e9; 0 = no prefetching, as axolotl's ZeRO-3
     configs set)."""
+    max_reuse_distance: int = 1_000_000_000
+    """DeepSpeed stage3_max_reuse_distance (elements; default 1e9, deepspeed/runtime/zero/config.py at 0.19.8): a
+    ZeRO-3 parameter the trace uses again within this many elements stays gathered (`planner/zero3_trace.py`);
+    0 = released after each use, as axolotl's ZeRO-3 configs set."""
     ds_auto_buckets: bool = True
     """ZeRO-3's reduce_bucket_size and stage3_prefetch_bucket_size are "auto" in the DeepSpeed JSON, which the
     HF Trainer fills with hidden² and 0.9·hidden² (the ZeRO-3 configs LLaMA-Factory, ms-swift and axolotl
@@ -277,7 +281,8 @@ class RuntimeKnobs:
             )
         for kind, value in (("reduce bucket", self.reduce_bucket_elements),
                             ("prefetch bucket", self.prefetch_bucket_elements),
-                            ("max live parameters", self.max_live_parameters)):  # fmt: skip
+                            ("max live parameters", self.max_live_parameters),
+                            ("max reuse distance", self.max_reuse_distance)):  # fmt: skip
             if not isinstance(value, int) or value < 0:
                 raise SwiftplanError(
                     f"DeepSpeed {kind} must be a non-negative number of elements, got {value!r}."
