@@ -110,6 +110,7 @@ class RuntimeFields(_Strict):
     reduce_bucket_elements: int = Field(strict=True, default=500_000_000, ge=0)
     prefetch_bucket_elements: int = Field(strict=True, default=50_000_000, ge=0)
     max_live_parameters: int = Field(strict=True, default=1_000_000_000, ge=0)
+    max_reuse_distance: int = Field(strict=True, default=1_000_000_000, ge=0)
     ds_auto_buckets: bool = False
     ds_overlap_comm: bool = True
     ckpt_every: int = Field(strict=True, default=1, ge=1)
