@@ -159,3 +159,25 @@ def test_the_default_distance_keeps_published_models_last_blocks():
     assert zero3_gathered(llama70, qlora, reuse=0).base == lm_head_params(
         llama70
     )  # the LM head outweighs a 4-bit block
+
+
+def test_the_plan_counts_the_distance_its_runtime_sets():
+    """The set-up's max_reuse_distance is the window the states count: axolotl's 0 gathers Llama-2-7B's LM head at
+    most, DeepSpeed's default also its last block (bf16: 2 bytes an element)."""
+    from swiftplan.planner.device_states import device_states
+    from swiftplan.planner.setup import RuntimeKnobs
+
+    spec = catalog_spec("meta-llama/Llama-2-7b-hf")
+    setup = replace(_setup("full", False), precision="bf16")
+    none_ahead = RuntimeKnobs(max_live_parameters=0, ds_auto_buckets=False)  # no prefetch beside the window
+    setups = {
+        reuse: replace(setup, runtime=replace(none_ahead, max_reuse_distance=reuse)) for reuse in (0, 10**9)
+    }
+    gathered = {
+        reuse: device_states(spec, s, range(spec.num_layers), dp=2).gathered for reuse, s in setups.items()
+    }
+    assert gathered[0] == 2 * lm_head_params(spec)
+    kept = zero3_gathered(spec, setups[10**9]).base
+    assert (
+        gathered[10**9] == 2 * kept > 2 * (lm_head_params(spec) + _block(spec))
+    )  # and part of the block before

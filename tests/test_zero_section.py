@@ -58,3 +58,18 @@ def test_auto_zero3_sizes_are_left_to_the_trainer_and_filled_as_it_fills_them():
     zero2 = replace(setup, parallel=Parallelism(zero=2))
     assert deepspeed_config(zero2, world_size=2, lr=1e-4, weight_decay=0.0, max_grad_norm=1.0)[
         "zero_optimization"]["reduce_bucket_size"] == 500_000_000  # fmt: skip
+
+
+def test_the_planned_reuse_distance_is_the_one_deepspeed_reads():
+    """stage3_max_reuse_distance is rendered as planned (axolotl's 0; DeepSpeed's 1e9, which LLaMA-Factory's and
+    ms-swift's ZeRO-3 configs also set), by the launch and the engines alike, and DeepSpeed's own config model
+    reads back the distance the planner's window used (`planner/zero3_trace.py`)."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    for reuse in (0, 1_000_000_000):
+        setup = TrainSetup(parallel=Parallelism(zero=3), runtime=RuntimeKnobs(max_reuse_distance=reuse))
+        ours = deepspeed_config(setup, world_size=2, lr=1e-4, weight_decay=0.0, max_grad_norm=1.0)
+        theirs = hf_deepspeed_config(setup)
+        assert theirs is not None and ours["zero_optimization"] == theirs["zero_optimization"]
+        filled = fill_auto_sizes(ours, 96)["zero_optimization"]
+        assert DeepSpeedZeroConfig(**filled).max_reuse_distance == reuse

@@ -43,6 +43,7 @@ from swiftplan.cli.options import (
     LossChunkTokensOpt,
     LossOpt,
     MaxLiveOpt,
+    MaxReuseOpt,
     ModulesToSaveOpt,
     OptimizerImplOpt,
     OptimizerInBackwardOpt,
@@ -195,7 +196,7 @@ _PLAN_FILE_OPTIONS = ("task", "method", "precision", "quant", "rank", "targets",
                       "pp", "context", "concurrency", "kv_dtype", "gpu_memory_utilization", "engine",
                       "expandable_segments", "variable_lengths", "runtime", "loss", "loss_chunks", "loss_chunk_tokens",
                       "optimizer_impl", "modules_to_save", "optimizer_in_backward", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8", "adapter_dtype", "keep_output", "padding", "packing", "fsdp", "fsdp_sharding",
-                      "fsdp_shard_group", "ds_buckets", "reduce_bucket_elements", "prefetch_bucket_elements", "max_live_parameters", "ds_auto_buckets", "ds_overlap_comm", "images_per_sample", "image_size", "image_tokens", "video_frames",
+                      "fsdp_shard_group", "ds_buckets", "reduce_bucket_elements", "prefetch_bucket_elements", "max_live_parameters", "max_reuse_distance", "ds_auto_buckets", "ds_overlap_comm", "images_per_sample", "image_size", "image_tokens", "video_frames",
                       "train_vit", "train_aligner")  # fmt: skip
 
 
@@ -378,6 +379,7 @@ def estimate_command(
     reduce_bucket_elements: ReduceBucketOpt = None,
     prefetch_bucket_elements: PrefetchBucketOpt = None,
     max_live_parameters: MaxLiveOpt = None,
+    max_reuse_distance: MaxReuseOpt = None,
     ds_auto_buckets: DsAutoBucketsOpt = None,
     ds_overlap_comm: DsOverlapCommOpt = None,
     ckpt_every: CkptEveryOpt = None,

@@ -51,6 +51,7 @@ from swiftplan.cli.options import (
     LossChunkTokensOpt,
     LossOpt,
     MaxLiveOpt,
+    MaxReuseOpt,
     ModulesToSaveOpt,
     OptimizerImplOpt,
     OptimizerInBackwardOpt,
@@ -468,6 +469,7 @@ def fit_command(
     reduce_bucket_elements: ReduceBucketOpt = None,
     prefetch_bucket_elements: PrefetchBucketOpt = None,
     max_live_parameters: MaxLiveOpt = None,
+    max_reuse_distance: MaxReuseOpt = None,
     ds_auto_buckets: DsAutoBucketsOpt = None,
     ds_overlap_comm: DsOverlapCommOpt = None,
     ckpt_every: CkptEveryOpt = None,
@@ -541,7 +543,7 @@ def _fit(options: dict[str, Any], *, started: float) -> None:
 _TRAIN_ONLY = ("method", "rank", "targets", "dora", "packing", "precision", "optimizer", "grad_ckpt", "zero", "max_offload", "pp", "dp",
                "batch", "dataset_tokens", "data", "lengths", "loss", "loss_chunks", "loss_chunk_tokens", "optimizer_impl",
                "modules_to_save", "optimizer_in_backward", "fsdp", "fsdp_sharding", "fsdp_shard_group",
-               "ds_buckets", "reduce_bucket_elements", "prefetch_bucket_elements", "max_live_parameters", "ds_auto_buckets", "ds_overlap_comm", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8",
+               "ds_buckets", "reduce_bucket_elements", "prefetch_bucket_elements", "max_live_parameters", "max_reuse_distance", "ds_auto_buckets", "ds_overlap_comm", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8",
                "adapter_dtype", "keep_output")  # fmt: skip
 """fit options the serving search does not read."""
 _SERVE_ONLY = ("concurrency", "ttft", "decode_tps", "kv_dtype")

@@ -160,6 +160,7 @@ _DS_RULES: dict[str, tuple[tuple[int, ...], bool, str]] = {
     "reduce_bucket_elements": ((1, 2, 3), True, "DeepSpeed's reduce_bucket_size"),
     "prefetch_bucket_elements": ((3,), True, "ZeRO-3's stage3_prefetch_bucket_size"),
     "max_live_parameters": ((3,), True, "ZeRO-3's stage3_max_live_parameters"),
+    "max_reuse_distance": ((3,), True, "ZeRO-3's stage3_max_reuse_distance"),
     "ds_auto_buckets": ((3,), True, 'ZeRO-3\'s "auto" bucket sizes'),
     "ds_overlap_comm": ((1, 2), True, "DeepSpeed's second reduce bucket (overlap_comm, ZeRO-1/2)"),
 }
@@ -352,6 +353,13 @@ MaxLiveOpt = Annotated[
         "--max-live-parameters", help="DeepSpeed stage3_max_live_parameters (default 1e9; 0 = no prefetch)."
     ),
 ]
+MaxReuseOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-reuse-distance",
+        help="DeepSpeed stage3_max_reuse_distance in elements (default 1e9; 0 = release after each use).",
+    ),
+]
 DsAutoBucketsOpt = Annotated[
     bool | None,
     typer.Option(
@@ -481,6 +489,7 @@ def knob_values(
     reduce_bucket_elements: int | None = None,
     prefetch_bucket_elements: int | None = None,
     max_live_parameters: int | None = None,
+    max_reuse_distance: int | None = None,
     ds_auto_buckets: bool | None = None,
     ds_overlap_comm: bool | None = None,
     ckpt_every: int | None = None,
@@ -542,7 +551,8 @@ def knob_values(
             typed[name] = flag
     for name, value, least in (("reduce_bucket_elements", reduce_bucket_elements, 1),
                                ("prefetch_bucket_elements", prefetch_bucket_elements, 0),
-                               ("max_live_parameters", max_live_parameters, 0)):  # fmt: skip
+                               ("max_live_parameters", max_live_parameters, 0),
+                               ("max_reuse_distance", max_reuse_distance, 0)):  # fmt: skip
         if value is not None:
             _checks.at_least(KNOB_FLAGS[name], value, least)
             typed[name] = value

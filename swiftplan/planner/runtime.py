@@ -207,6 +207,7 @@ KNOB_FLAGS = {
     "reduce_bucket_elements": "--reduce-bucket-elements",
     "prefetch_bucket_elements": "--prefetch-bucket-elements",
     "max_live_parameters": "--max-live-parameters",
+    "max_reuse_distance": "--max-reuse-distance",
     "ds_auto_buckets": "--ds-auto-buckets",
     "ds_overlap_comm": "--ds-overlap-comm",
     "ckpt_every": "--ckpt-every",

@@ -53,6 +53,7 @@ KNOB_MINIMUMS = {
     "reduce_bucket_elements": 1,
     "prefetch_bucket_elements": 0,
     "max_live_parameters": 0,
+    "max_reuse_distance": 0,
 }
 """Whole-number knobs and their least value (as the CLI checks them)."""
 KNOB_FIELDS = (*KNOB_CHOICES, *KNOB_MINIMUMS, "modules_to_save")

@@ -94,6 +94,7 @@ def zero_optimization(setup: TrainSetup) -> dict[str, Any]:
         if par.zero == 3:
             zero["stage3_prefetch_bucket_size"] = knobs.prefetch_bucket_elements
             zero["stage3_max_live_parameters"] = knobs.max_live_parameters
+            zero["stage3_max_reuse_distance"] = knobs.max_reuse_distance
             if knobs.ds_auto_buckets:  # filled from the model's hidden size (fill_auto_sizes, the HF Trainer)
                 zero |= dict.fromkeys(HF_AUTO_ZERO3_KEYS, "auto")
     return zero

@@ -130,7 +130,7 @@ def _deepspeed_sizes(knobs: RuntimeKnobs) -> tuple[object, ...]:
     """The DeepSpeed buffer choices a plan can set; Megatron has none of them (it allocates its own grad
     buffers), so only their defaults pass."""
     return (knobs.ds_buckets, knobs.ds_auto_buckets, knobs.ds_overlap_comm, knobs.reduce_bucket_elements,
-            knobs.prefetch_bucket_elements, knobs.max_live_parameters)  # fmt: skip
+            knobs.prefetch_bucket_elements, knobs.max_live_parameters, knobs.max_reuse_distance)  # fmt: skip
 
 
 def _schedule_and_model_args(setup: TrainSetup, options: RunOptions) -> list[str]:

@@ -70,7 +70,7 @@ KNOB_LAYOUT = (
     ("keep_output", "Keep output", "ds_overlap_comm", "DS overlap"),
     ("ds_auto_buckets", "DS auto sizes", "reduce_bucket_elements", "DS reduce bucket"),
     ("prefetch_bucket_elements", "DS prefetch", "max_live_parameters", "DS live params"),
-    ("padding", "Padding", "", ""),
+    ("padding", "Padding", "max_reuse_distance", "DS reuse dist"),
 )
 """The knob group's rows, as LAYOUT (every field of `KNOB_FIELDS` once)."""
 KNOBS_TITLE = "Runtime knobs (training): the runtime's defaults; edit to override"
