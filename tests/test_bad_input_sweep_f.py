@@ -174,25 +174,16 @@ EDITED_SERVE = [
 @pytest.mark.parametrize(
     ("edit", "fragments"), [row[1:] for row in EDITED_SERVE], ids=[row[0] for row in EDITED_SERVE]
 )
-def test_serve_refuses_a_hand_edited_plan(
+def test_every_command_refuses_a_hand_edited_serving_plan(
     plans: Path, tmp_path: Path, edit: Any, fragments: list[str]
 ) -> None:
+    """Loading the file is the one gate: serve printed a launch the plan never sized; `estimate plan.yaml` named
+    `--tp 3`, a flag nobody typed, or estimated the edited tp over a layout sized for another; doctor compared a
+    log with a plan no engine could launch."""
     path = _edited(plans, tmp_path, "serve.yaml", edit)
-    assert_refused(run_cli("serve", path, "--dry-run"), f"Plan file {path}", *fragments)
-
-
-@pytest.mark.parametrize(
-    ("edit", "fragments"), [row[1:] for row in EDITED_SERVE], ids=[row[0] for row in EDITED_SERVE]
-)
-def test_estimate_and_doctor_refuse_the_same_hand_edits_naming_the_plan_field(
-    plans: Path, tmp_path: Path, edit: Any, fragments: list[str]
-) -> None:
-    """Loading the file is the one gate: `estimate plan.yaml` named `--tp 3`, a flag nobody typed, or estimated
-    the edited tp over a layout sized for another; doctor compared a log with a plan no engine could launch."""
-    path = _edited(plans, tmp_path, "serve.yaml", edit)
-    assert_refused(run_cli("estimate", path), f"Plan file {path}", *fragments)
     log = _log(tmp_path, f"{OOM}2.00 GiB. GPU 0 has a total capacity of 79.11 GiB of which 1.19 GiB is free.")
-    assert_refused(run_cli("doctor", log, "--plan", path), f"Plan file {path}", *fragments)
+    for command in (("serve", path, "--dry-run"), ("estimate", path), ("doctor", log, "--plan", path)):
+        assert_refused(run_cli(*command), f"Plan file {path}", *fragments)
 
 
 def _train_three_gpus(data: dict[str, Any]) -> None:
