@@ -45,7 +45,7 @@ def _setup(grad_ckpt: bool) -> TrainSetup:
 def test_a_checkpointed_lora_block_is_gathered_whole_through_its_recompute(reentrant, tmp_path, monkeypatch):
     path, config = tiny_config(tmp_path, vocab=VOCAB, intermediate=512)
     spec, setup = spec_from_hf_config(config, name="tiny"), _setup(grad_ckpt=True)
-    held = zero3_gathered(spec, setup, reuse=0, persistence=PERSISTENCE).base
+    held = zero3_gathered(spec, setup, reuse=0, persistence=PERSISTENCE, prefetch=0).base
     assert held == sum(lin.in_features * lin.out_features for lin in layer_linears(spec, 0))
     assert held > largest_param_elements(spec)  # the block outweighs the LM head here
     measured = deepspeed_gathered(path, setup, monkeypatch, vocab=VOCAB, reentrant=reentrant)
@@ -60,7 +60,7 @@ def test_without_checkpointing_each_projection_is_freed_after_use(tmp_path, monk
     path, config = tiny_config(tmp_path, vocab=VOCAB, intermediate=512)
     spec, setup = spec_from_hf_config(config, name="tiny"), _setup(grad_ckpt=False)
     largest = largest_param_elements(spec)
-    assert zero3_gathered(spec, setup, reuse=0, persistence=PERSISTENCE).base == largest
+    assert zero3_gathered(spec, setup, reuse=0, persistence=PERSISTENCE, prefetch=0).base == largest
     measured = deepspeed_gathered(path, setup, monkeypatch, vocab=VOCAB)
     assert measured.base == largest
     assert measured.total <= largest + RANK * (512 + 64)  # one tensor and an adapter pair
@@ -75,10 +75,10 @@ def test_the_held_block_counts_a_4bit_base_packed_and_only_under_deepspeed_zero3
     spec = catalog_spec("meta-llama/Llama-2-70b-hf")
     lora = replace(_setup(grad_ckpt=True), precision="bf16")
     full = sum(lin.count * lin.in_features * lin.out_features for lin in layer_linears(spec, 0))
-    assert zero3_gathered(spec, lora, reuse=0).base == full
+    assert zero3_gathered(spec, lora, reuse=0, prefetch=0).base == full
     qlora = replace(lora, method="qlora", quant="nf4")
-    assert zero3_gathered(spec, qlora, reuse=0).base == lm_head_params(spec) > full // 4
-    assert zero3_gathered(spec, qlora).base == lm_head_params(spec) + full // 4
+    assert zero3_gathered(spec, qlora, reuse=0, prefetch=0).base == lm_head_params(spec) > full // 4
+    assert zero3_gathered(spec, qlora, prefetch=0).base == lm_head_params(spec) + full // 4
     layers = range(spec.num_layers)
     assert device_states(spec, replace(lora, parallel=Parallelism(zero=2)), layers, dp=2).gathered == 0
     fsdp = replace(lora, parallel=Parallelism(), runtime=RuntimeKnobs(fsdp="fsdp2"))

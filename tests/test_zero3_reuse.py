@@ -95,7 +95,7 @@ def test_the_planner_holds_what_deepspeed_holds_at_most(model, name, reuse, tmp_
     vocab, intermediate, layers = MODELS[model]
     path, config = tiny_config(tmp_path, vocab=vocab, intermediate=intermediate, layers=layers)
     spec, setup = spec_from_hf_config(config, name="tiny"), _setup(*SETUPS[name])
-    planned = zero3_gathered(spec, setup, reuse=reuse, persistence=PERSISTENCE)
+    planned = zero3_gathered(spec, setup, reuse=reuse, persistence=PERSISTENCE, prefetch=0)
     measured = deepspeed_gathered(path, setup, monkeypatch, vocab=vocab, reuse=reuse)
     assert (planned.base, planned.total, planned.moment) == (measured.base, measured.total, measured.moment)
 
@@ -108,7 +108,7 @@ def test_reentrant_checkpointing_holds_the_same_base(tmp_path, monkeypatch):
     gathered is the same (the planner models non-reentrant checkpointing)."""
     path, config = tiny_config(tmp_path, vocab=512, intermediate=512)
     spec, setup = spec_from_hf_config(config, name="tiny"), _setup("lora", True)
-    planned = zero3_gathered(spec, setup, reuse=200_000, persistence=PERSISTENCE)
+    planned = zero3_gathered(spec, setup, reuse=200_000, persistence=PERSISTENCE, prefetch=0)
     measured = deepspeed_gathered(path, setup, monkeypatch, vocab=512, reuse=200_000, reentrant=True)
     assert (planned.base, planned.moment) == (measured.base, measured.moment)
 
@@ -129,8 +129,8 @@ def test_the_window_keeps_the_last_block_beside_the_lm_head():
     the LM head at the loss."""
     spec, setup = _tiny(512, 512), _setup("lora", True)
     block, head = _block(spec), lm_head_params(spec)
-    assert zero3_gathered(spec, setup, reuse=0, persistence=PERSISTENCE).base == block
-    kept = zero3_gathered(spec, setup, reuse=200_000, persistence=PERSISTENCE)
+    assert zero3_gathered(spec, setup, reuse=0, persistence=PERSISTENCE, prefetch=0).base == block
+    kept = zero3_gathered(spec, setup, reuse=200_000, persistence=PERSISTENCE, prefetch=0)
     assert (kept.base, kept.moment) == (head + block, "forward lm_head")
 
 
@@ -139,9 +139,9 @@ def test_a_large_vocabulary_keeps_nothing_beyond_the_lm_head_under_two_lm_heads(
     head = lm_head_params(spec)
     for reuse in (0, 2 * head):
         assert (
-            zero3_gathered(spec, setup, reuse=reuse, persistence=PERSISTENCE).base == head
+            zero3_gathered(spec, setup, reuse=reuse, persistence=PERSISTENCE, prefetch=0).base == head
         )  # the embedding's size
-    assert zero3_gathered(spec, setup, reuse=2 * head + 200, persistence=PERSISTENCE).base > head
+    assert zero3_gathered(spec, setup, reuse=2 * head + 200, persistence=PERSISTENCE, prefetch=0).base > head
 
 
 def test_the_default_distance_keeps_published_models_last_blocks():
@@ -150,13 +150,13 @@ def test_the_default_distance_keeps_published_models_last_blocks():
     quarter of its elements, so the last one stays beside the LM head (peft's 70B QLoRA, pm-29)."""
     setup = replace(_setup("lora", True), precision="bf16")
     llama7 = catalog_spec("meta-llama/Llama-2-7b-hf")
-    assert zero3_gathered(llama7, setup).base == lm_head_params(llama7) + _block(llama7)
+    assert zero3_gathered(llama7, setup, prefetch=0).base == lm_head_params(llama7) + _block(llama7)
     llama8 = catalog_spec("meta-llama/Llama-3.1-8B")
-    assert zero3_gathered(llama8, setup).base == lm_head_params(llama8)
+    assert zero3_gathered(llama8, setup, prefetch=0).base == lm_head_params(llama8)
     llama70 = catalog_spec("meta-llama/Llama-2-70b-hf")
     qlora = replace(setup, method="qlora", quant="nf4")
-    assert zero3_gathered(llama70, qlora).base == lm_head_params(llama70) + _block(llama70) // 4
-    assert zero3_gathered(llama70, qlora, reuse=0).base == lm_head_params(
+    assert zero3_gathered(llama70, qlora, prefetch=0).base == lm_head_params(llama70) + _block(llama70) // 4
+    assert zero3_gathered(llama70, qlora, reuse=0, prefetch=0).base == lm_head_params(
         llama70
     )  # the LM head outweighs a 4-bit block
 

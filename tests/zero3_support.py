@@ -1,6 +1,7 @@
 """Running DeepSpeed ZeRO-3 itself (0.19.8, its CPU accelerator with gloo, one process) on a tiny Llama and recording
 what it holds gathered after every fetch of the third step (the first records DeepSpeed's trace): the parameters
-`ZeroParamStatus.AVAILABLE`, those below the persistence threshold left out, as they are never partitioned."""
+`ZeroParamStatus.AVAILABLE` or `INFLIGHT` (prefetched: their gathered buffer is allocated when the all-gather is
+launched), those below the persistence threshold left out, as they are never partitioned."""
 
 from __future__ import annotations
 
@@ -53,9 +54,10 @@ def _module_name(name: str) -> str:
 
 
 def deepspeed_gathered(path: str, setup: TrainSetup, monkeypatch, *, vocab: int, reuse: int = 0,  # type: ignore[no-untyped-def]
-                       reentrant: bool = False) -> Gathered:  # fmt: skip
-    """Train three steps of `setup` under ZeRO-3 with no prefetch and `reuse` as stage3_max_reuse_distance; what
-    the third step held gathered at most (`reentrant`: checkpointing as the HF Trainer did before transformers 5)."""
+                       reentrant: bool = False, prefetch: int = 0, max_live: int = 1_000_000_000) -> Gathered:  # fmt: skip
+    """Train three steps of `setup` under ZeRO-3 with `reuse` as stage3_max_reuse_distance, `prefetch` as
+    stage3_prefetch_bucket_size (0: none) and `max_live` as stage3_max_live_parameters; what the third step held
+    gathered or in flight at most (`reentrant`: checkpointing as the HF Trainer did before transformers 5)."""
     torch = pytest.importorskip("torch")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -67,6 +69,8 @@ def deepspeed_gathered(path: str, setup: TrainSetup, monkeypatch, *, vocab: int,
     import deepspeed.comm.torch  # noqa: F401
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
+    gathered = (ZeroParamStatus.AVAILABLE, ZeroParamStatus.INFLIGHT)
+
     monkeypatch.setattr(sys.modules["deepspeed.comm.torch"], "build_shm_op", lambda: None)
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="gloo")
@@ -77,7 +81,7 @@ def deepspeed_gathered(path: str, setup: TrainSetup, monkeypatch, *, vocab: int,
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
         model.enable_input_require_grads()
     zero = {"stage": 3, "stage3_param_persistence_threshold": PERSISTENCE, "stage3_max_reuse_distance": reuse,
-            "stage3_prefetch_bucket_size": 0, "stage3_max_live_parameters": 1_000_000_000}  # fmt: skip
+            "stage3_prefetch_bucket_size": prefetch, "stage3_max_live_parameters": max_live}  # fmt: skip
     config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 1,
               "zero_optimization": zero, "zero_force_ds_cpu_optimizer": False}  # fmt: skip
     optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-3)
@@ -93,7 +97,7 @@ def deepspeed_gathered(path: str, setup: TrainSetup, monkeypatch, *, vocab: int,
         out = fetch(module, forward)
         if seen["on"]:
             seen["backward"] = seen["backward"] or not forward
-            held = [(name, p.ds_numel) for name, p in params if p.ds_status == ZeroParamStatus.AVAILABLE]
+            held = [(name, p.ds_numel) for name, p in params if p.ds_status in gathered]
             base = sum(numel for name, numel in held if ".lora_" not in name)
             seen["total"] = max(seen["total"], sum(numel for _, numel in held))
             if base > seen["base"]:

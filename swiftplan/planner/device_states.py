@@ -109,7 +109,7 @@ class DeviceStates:
     optimizer: int
     master: int
     gathered: int
-    """ZeRO-3: the block being computed and the one prefetched, gathered in full."""
+    """ZeRO-3: the most gathered or in flight at once (DeepSpeed: `zero3_trace`, prefetching included)."""
     host: int
     """Offloaded to host RAM, all data-parallel ranks together."""
     trainable_here: int
@@ -169,7 +169,8 @@ def device_states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: i
     if stage == 3:
         weights, adapters = weights // shards, adapters // shards
         if knobs.ds_buckets and knobs.fsdp == "none":
-            # the most the step holds gathered: a module, a recompute's block, what the reuse window keeps
+            # the most the step holds gathered or in flight: a module, a recompute's block, what the reuse
+            # window keeps, what the prefetcher runs ahead
             held = zero3_gathered(spec, setup).base
             gathered = zero3_live_parameter_bytes(spec, knobs, weight_bytes=wb, tp=par.tp, held_elements=held)
         elif knobs.fsdp != "none":  # two blocks and the root unit, as FSDP gathers them (runtime_features)

@@ -223,15 +223,18 @@ def reduce_bucket_bytes(spec: ModelSpec, knobs: RuntimeKnobs, *, stage: int, gra
 def zero3_live_parameter_bytes(
     spec: ModelSpec, knobs: RuntimeKnobs, *, weight_bytes: int, tp: int, held_elements: int = 0
 ) -> int:
-    """ZeRO-3 gathers parameters module by module: the module being computed (at most the largest
-    parameter tensor) or the `held_elements` the step holds at most (`zero3_trace.zero3_gathered`: a recompute's
-    block, what the stage3_max_reuse_distance window keeps between two uses), plus up to
-    `stage3_prefetch_bucket_size` elements fetched ahead while fewer than `stage3_max_live_parameters` are
-    gathered (max live 0: nothing ahead). Source: deepspeedai/DeepSpeed @ edaa722
-    deepspeed/runtime/zero/config.py (prefetch 5e7, max live 1e9), partitioned_param_coordinator.py
-    (fetch_sub_module: the sub-module's parameters, then a prefetch of at most min(max live − available,
-    prefetch bucket))."""
-    gathered = max(largest_param_elements(spec), held_elements)
+    """ZeRO-3 gathers parameters module by module. With `held_elements`, the most the step holds gathered or in
+    flight (`zero3_trace.zero3_gathered`: the module computed, a recompute's block, what the
+    stage3_max_reuse_distance window keeps, and what the prefetcher fetches ahead, up to
+    `stage3_max_live_parameters`), that is all: nothing is added beside it. Without it, the largest parameter
+    tensor plus one `stage3_prefetch_bucket_size` fetched ahead while fewer than `stage3_max_live_parameters` are
+    gathered (max live 0: nothing ahead), a lower bound: DeepSpeed prefetches again at every module's fetch.
+    Source: deepspeedai/DeepSpeed 0.19.8 deepspeed/runtime/zero/config.py (prefetch 5e7, max live 1e9),
+    partitioned_param_coordinator.py (fetch_sub_module: the sub-module's parameters, then a prefetch of at most
+    min(max live − available, prefetch bucket))."""
+    if held_elements:
+        return max(largest_param_elements(spec), held_elements) * weight_bytes // tp
+    gathered = largest_param_elements(spec)
     ahead = max(0, min(prefetch_bucket_elements(spec, knobs), knobs.max_live_parameters - gathered))
     return (gathered + ahead) * weight_bytes // tp
 
