@@ -120,6 +120,7 @@ class RuntimeFields(_Strict):
     float8: bool = False
     adapter_dtype: AdapterDtype = "fp32"
     keep_output: bool = False
+    expandable_segments: bool = False  # absent before it was a knob: the default allocator
     padding: Padding = "longest"  # absent from plan files written before padding masks were planned
 
 

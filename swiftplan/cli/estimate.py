@@ -33,6 +33,7 @@ from swiftplan.cli.options import (
     DsBucketsOpt,
     DsOverlapCommOpt,
     EnforceEagerOpt,
+    ExpandableOpt,
     Float8Opt,
     FsdpCpuOffloadOpt,
     FsdpOpt,
@@ -308,13 +309,6 @@ EngineOpt = Annotated[
         help="Check against this engine (default: swiftplan for training, vLLM or builtin for serving).",
     ),
 ]
-ExpandableOpt = Annotated[
-    bool,
-    _opt(
-        "--expandable-segments",
-        help="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: less allocator fragmentation in peak reserved.",
-    ),
-]
 VariableLengthsOpt = Annotated[
     bool,
     _opt(
@@ -362,7 +356,7 @@ def estimate_command(
     gpu_memory_utilization: UtilOpt = 0.9,
     enforce_eager: EnforceEagerOpt = False,
     engine: EngineOpt = None,
-    expandable_segments: ExpandableOpt = False,
+    expandable_segments: ExpandableOpt = None,
     variable_lengths: VariableLengthsOpt = False,
     packing: PackingOpt = False,
     runtime: RuntimeOpt = None,
@@ -492,7 +486,7 @@ def _estimate(ctx: typer.Context, options: dict[str, Any]) -> Any:
     _check_packing(options)
     cluster = resolve_cluster(options["gpus"])
     # --variable-lengths goes with the set-up: the allocator's many shapes follow from it and the runtime's padding
-    allocator = AllocatorSettings(expandable_segments=options["expandable_segments"])
+    allocator = AllocatorSettings(expandable_segments=bool(options["expandable_segments"]))
     options = _image_runtime(options, cluster)
     setup, runtime = _setup(ctx, options, cluster)
     return usecase.estimate_setup(model, cluster, setup, options["engine"], allocator, runtime)
@@ -640,7 +634,9 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
             train = replace(train, grad_accum=whole_prompt_accum(train, cluster))
         return _with_vision(train, o, serving=False), choice
     refuse_objective_for_serving(given_options(ctx))
-    refuse_knobs_for_serving(knobs)
+    refuse_knobs_for_serving(
+        {k: v for k, v in knobs.items() if k != "expandable_segments"}
+    )  # the allocator's
     _refuse_training_options(ctx, o)
     serving = serve_runtime(o["runtime"], {n: o[n] for n in given_options(ctx, SERVE_OPTIONS)})
     if serving is not None:

@@ -41,6 +41,7 @@ from swiftplan.cli.options import (
     DsBucketsOpt,
     DsOverlapCommOpt,
     EnforceEagerOpt,
+    ExpandableOpt,
     Float8Opt,
     FsdpCpuOffloadOpt,
     FsdpOpt,
@@ -472,6 +473,7 @@ def fit_command(
     max_reuse_distance: MaxReuseOpt = None,
     ds_auto_buckets: DsAutoBucketsOpt = None,
     ds_overlap_comm: DsOverlapCommOpt = None,
+    expandable_segments: ExpandableOpt = None,
     ckpt_every: CkptEveryOpt = None,
     ckpt_position: CkptPositionOpt = None,
     padding: PaddingOpt = None,
@@ -544,7 +546,7 @@ _TRAIN_ONLY = ("method", "rank", "targets", "dora", "packing", "precision", "opt
                "batch", "dataset_tokens", "data", "lengths", "loss", "loss_chunks", "loss_chunk_tokens", "optimizer_impl",
                "modules_to_save", "optimizer_in_backward", "fsdp", "fsdp_sharding", "fsdp_shard_group",
                "ds_buckets", "reduce_bucket_elements", "prefetch_bucket_elements", "max_live_parameters", "max_reuse_distance", "ds_auto_buckets", "ds_overlap_comm", "ckpt_every", "ckpt_position", "activation_offload", "fsdp_cpu_offload", "float8",
-               "adapter_dtype", "keep_output")  # fmt: skip
+               "adapter_dtype", "keep_output", "expandable_segments")  # fmt: skip
 """fit options the serving search does not read."""
 _SERVE_ONLY = ("concurrency", "ttft", "decode_tps", "kv_dtype")
 """fit options the training search does not read."""

@@ -367,6 +367,14 @@ DsAutoBucketsOpt = Annotated[
         help='ZeRO-3 reduce/prefetch buckets "auto" (HF Trainer: hidden², 0.9·hidden²).',
     ),
 ]
+ExpandableOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--expandable-segments/--no-expandable-segments",
+        help="The allocator runs with expandable_segments:True (PYTORCH_ALLOC_CONF): less fragmentation in peak "
+        "reserved; a training plan's launch sets it.",
+    ),
+]
 DsOverlapCommOpt = Annotated[
     bool | None,
     typer.Option(
@@ -500,6 +508,7 @@ def knob_values(
     adapter_dtype: str | None = None,
     keep_output: bool | None = None,
     padding: str | None = None,
+    expandable_segments: bool | None = None,
 ) -> dict[str, Any]:
     """The knob flags the user typed (None = not typed), parsed: each bad value refused naming its flag."""
     from swiftplan.cli import _checks
@@ -546,7 +555,7 @@ def knob_values(
         _checks.at_least("--fsdp-shard-group", fsdp_shard_group, 0)
         typed["fsdp_shard_group"] = fsdp_shard_group
     for name, flag in (("ds_buckets", ds_buckets), ("ds_auto_buckets", ds_auto_buckets),
-                       ("ds_overlap_comm", ds_overlap_comm)):  # fmt: skip
+                       ("ds_overlap_comm", ds_overlap_comm), ("expandable_segments", expandable_segments)):  # fmt: skip
         if flag is not None:
             typed[name] = flag
     for name, value, least in (("reduce_bucket_elements", reduce_bucket_elements, 1),

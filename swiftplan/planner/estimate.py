@@ -242,6 +242,8 @@ def estimate_training(
         spec, setup, world_size=train_world, device_memory_bytes=cluster.memory_bytes_per_device
     )
     allocator = allocator or AllocatorSettings()
+    if setup.runtime.expandable_segments:  # the run's allocator, as its launch sets it
+        allocator = replace(allocator, expandable_segments=True)
     if varied_shapes(setup):  # samples of many lengths batched to many shapes (planner/padding.py)
         allocator = replace(allocator, variable_lengths=True)
     comm = train_comm_term(setup, cluster, world_size=train_world)  # NCCL, outside the allocator

@@ -217,6 +217,7 @@ KNOB_FLAGS = {
     "float8": "--float8",
     "adapter_dtype": "--adapter-dtype",
     "keep_output": "--keep-output",
+    "expandable_segments": "--expandable-segments",
     "padding": "--padding",
 }
 """The command-line flag of each RuntimeKnobs field (estimate, fit, size, verify)."""

@@ -252,6 +252,10 @@ class RuntimeKnobs:
     """The training loop holds the model output (its logits) until backward ends: a plain loop's
     `outputs = model(**batch); outputs.loss.backward()` (transformers' run_clm_no_trainer.py example), where
     the HF Trainer's compute_loss drops it. Adds the logits tensor to the loss peak (full losses only)."""
+    expandable_segments: bool = False
+    """The caching allocator runs with expandable_segments:True (PYTORCH_ALLOC_CONF, PYTORCH_CUDA_ALLOC_CONF before
+    torch 2.10): one growing segment per pool, so peak reserved carries less fragmentation (`planner/allocator.py`).
+    The launch sets the variable."""
 
     def __post_init__(self) -> None:
         _check_choice("loss implementation", self.loss, LOSS_IMPLS)

@@ -42,6 +42,7 @@ KNOB_CHOICES: dict[str, tuple[str, ...]] = {
     "float8": YES_NO,
     "adapter_dtype": ADAPTER_DTYPES,
     "keep_output": YES_NO,
+    "expandable_segments": YES_NO,
     "padding": PADDINGS,
 }
 """Knobs chosen from a list (on/off knobs as no/yes)."""

@@ -131,11 +131,25 @@ def deepspeed_config(setup: TrainSetup, *, world_size: int, lr: float, weight_de
     return config
 
 
+ALLOCATOR_ENV = {
+    "PYTORCH_ALLOC_CONF": "expandable_segments:True",
+    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+}
+"""The caching allocator with expandable segments, as a plan planned with them (RuntimeKnobs.expandable_segments)
+launches: torch 2.10+ reads PYTORCH_ALLOC_CONF, earlier releases PYTORCH_CUDA_ALLOC_CONF (unslothai/unsloth-zoo and
+axolotl set the one their torch reads; an engine's own torch is not known here, so both are set)."""
+
+
+def allocator_env(setup: TrainSetup) -> dict[str, str]:
+    """The allocator variables a training plan's launch sets: expandable segments when planned with them."""
+    return dict(ALLOCATOR_ENV) if setup.runtime.expandable_segments else {}
+
+
 def render(setup: TrainSetup, options: LaunchOptions, *, run_dir: str, python: str = "python", lr: float = 2e-4,
            weight_decay: float = 0.0, max_grad_norm: float = 1.0) -> Launch:  # fmt: skip
     """The launch for a plan: pure, so the same inputs always give the same command and files."""
     worker = ("-m", WORKER_MODULE, run_dir)
-    env = {"TOKENIZERS_PARALLELISM": "false"}
+    env = {"TOKENIZERS_PARALLELISM": "false", **allocator_env(setup)}
     files: dict[str, str] = {}
     if setup.parallel.zero:
         config = deepspeed_config(setup, world_size=options.world_size, lr=lr, weight_decay=weight_decay,

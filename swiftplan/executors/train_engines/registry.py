@@ -7,10 +7,12 @@ import os
 import shlex
 import subprocess
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from swiftplan.errors import SwiftplanError
+from swiftplan.executors.train.launch import allocator_env
 from swiftplan.executors.train_engines.axolotl import render_axolotl
 from swiftplan.executors.train_engines.common import RunOptions, TrainRender
 from swiftplan.executors.train_engines.llamafactory import render_llamafactory
@@ -18,6 +20,7 @@ from swiftplan.executors.train_engines.megatron_swift import render_megatron_swi
 from swiftplan.executors.train_engines.ms_swift import render_ms_swift
 from swiftplan.executors.train_engines.trl import render_trl
 from swiftplan.planner.plan import Plan
+from swiftplan.planner.setup import TrainSetup
 
 Renderer = Callable[[Plan, RunOptions], TrainRender]
 RENDERERS: Mapping[str, Renderer] = {
@@ -38,13 +41,16 @@ def render_for(engine: str, plan: Plan, options: RunOptions) -> TrainRender:
     if engine not in RENDERERS:
         raise SwiftplanError(f"Unknown training engine {engine!r}; swiftplan renders {', '.join(RENDERERS)}.")
     try:
-        return RENDERERS[engine](plan, options)
+        render = RENDERERS[engine](plan, options)
     except SwiftplanError as error:
         others = engines_rendering(plan, options, exclude=engine)
         if not others:
             raise
         hint = f"{', '.join(others)} can run this plan as planned: swiftplan train PLAN --engine {others[0]}."
         raise SwiftplanError(error.message, hint=hint) from error
+    assert isinstance(plan.setup, TrainSetup)
+    allocator = allocator_env(plan.setup)  # the allocator the plan was planned with, whichever engine runs it
+    return replace(render, env={**render.env, **allocator}) if allocator else render
 
 
 def engines_rendering(plan: Plan, options: RunOptions, *, exclude: str = "") -> list[str]:

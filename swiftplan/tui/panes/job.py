@@ -71,6 +71,7 @@ KNOB_LAYOUT = (
     ("ds_auto_buckets", "DS auto sizes", "reduce_bucket_elements", "DS reduce bucket"),
     ("prefetch_bucket_elements", "DS prefetch", "max_live_parameters", "DS live params"),
     ("padding", "Padding", "max_reuse_distance", "DS reuse dist"),
+    ("expandable_segments", "Expandable segs", "", ""),
 )
 """The knob group's rows, as LAYOUT (every field of `KNOB_FIELDS` once)."""
 KNOBS_TITLE = "Runtime knobs (training): the runtime's defaults; edit to override"
