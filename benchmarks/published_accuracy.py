@@ -500,10 +500,11 @@ def findings(report: dict[str, Any], csv_path: Path) -> list[str]:
         )
     lines += [
         f"- **ZeRO-3 with CPU offload (iss-01) is under-predicted ({err('iss-01', 'device_total')}).** The planner "
-        "counts what ZeRO-3 holds gathered at most (`planner/zero3_trace.py`): Llama-3's 525M-element LM head, over "
-        "half of `stage3_max_reuse_distance` (1e9), so the reuse window keeps nothing beside it, and the prefetch "
-        "bucket; NCCL and the caching allocator add more. The reading is a user's '13G' from nvidia-smi for a run "
-        "whose sequences were mostly shorter than the cap.",
+        "counts what ZeRO-3 holds gathered or in flight at most (`planner/zero3_trace.py`): Llama-3's 525M-element "
+        "LM head, over half of `stage3_max_reuse_distance` (1e9), so the reuse window keeps nothing beside it, and "
+        "what the prefetcher runs ahead, 0.9 × hidden² at every module's fetch until `stage3_max_live_parameters` "
+        "(1e9) are gathered; NCCL and the caching allocator add more. The reading is a user's '13G' from nvidia-smi "
+        "for a run whose sequences were mostly shorter than the cap.",
         f"- **torchtune's 70B LoRA under FSDP (tt2-04) is over-predicted ({err('tt2-04', 'allocated')}).** Its "
         "sequence length is a truncation cap on unpacked alpaca samples (a few hundred tokens), and the row's note "
         "itself says 2048 where the column says 4096; activation memory at 4 × 4096 tokens dominates our figure.",
