@@ -84,3 +84,39 @@ def test_the_planner_prefetches_what_deepspeed_prefetches(
     measured = deepspeed_gathered(path, setup, monkeypatch, vocab=vocab, reuse=reuse, prefetch=bucket,
                                   max_live=live)  # fmt: skip
     assert (planned.base, planned.total, planned.moment) == (measured.base, measured.total, measured.moment)
+
+
+def test_max_live_zero_prefetches_nothing_and_the_default_runs_ahead_to_it():
+    """Real shapes, no DeepSpeed: axolotl's max live 0 holds what prefetching off holds; DeepSpeed's defaults
+    (bucket 5e7, max live 1e9) hold at least the limit, and at most the limit, the largest module and one
+    overshooting parameter (each prefetch launches whole parameters until the bucket is reached)."""
+    from dataclasses import replace
+
+    from swiftplan.planner.architecture import largest_param_elements
+    from swiftplan.planner.model_catalog import catalog_spec
+    from swiftplan.planner.setup import RuntimeKnobs
+
+    spec = catalog_spec("meta-llama/Llama-2-7b-hf")
+    setup = replace(_setup("lora", True), precision="bf16", lora=LoraSetup(rank=16, targets=("all-linear",)))
+    setup = replace(setup, runtime=RuntimeKnobs(ds_auto_buckets=False))
+    off = zero3_gathered(spec, setup, prefetch=0)
+    assert zero3_gathered(spec, setup, max_live=0) == off
+    ahead = zero3_gathered(spec, setup)
+    largest = largest_param_elements(spec)
+    assert 1_000_000_000 <= ahead.base <= 1_000_000_000 + 50_000_000 + 2 * largest
+    assert ahead.base > off.base + 50_000_000  # more than the one bucket counted before
+
+
+def test_the_plan_counts_the_prefetch_once():
+    """device_states takes the trace's most (prefetching included) as the gathered bytes, with no bucket beside
+    it: bf16, 2 bytes an element, over two ranks."""
+    from dataclasses import replace
+
+    from swiftplan.planner.device_states import device_states
+    from swiftplan.planner.model_catalog import catalog_spec
+    from swiftplan.planner.setup import RuntimeKnobs
+
+    spec = catalog_spec("meta-llama/Llama-2-7b-hf")
+    setup = replace(_setup("full", True), precision="bf16", runtime=RuntimeKnobs(ds_auto_buckets=False))
+    gathered = device_states(spec, setup, range(spec.num_layers), dp=2).gathered
+    assert gathered == 2 * zero3_gathered(spec, setup).base
