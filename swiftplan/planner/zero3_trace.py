@@ -25,7 +25,7 @@ with DeepSpeed's defaults (bucket 5e7, max live 1e9) about a billion elements ru
 
 `zero3_gathered` lays out one step's hooks as DeepSpeed sees them for a transformers decoder (the root modules,
 embedding, rotary embedding, blocks of norms, attention and MLP containers, activation and Linears, final norm, LM
-head; a LoRA Linear as peft 0.22 wraps it, its dropout module included; a checkpointed block recomputed
+head; a LoRA Linear as peft (0.21) wraps it, its dropout module included; a checkpointed block recomputed
 non-reentrantly when its last Linear's backward needs its input, up to that Linear), replays the prefetch queue at
 every fetch and the release rule at every release, and counts what is gathered or in flight (an all-gather's output
 is allocated when it is launched). Source: `ZERO3_TRACE_SOURCE`.
