@@ -253,7 +253,8 @@ def test_cli_fit_json_and_infeasible_exit_status():
     assert result.returncode == 1, result.stderr
     data = json.loads(result.stdout)
     assert data["feasible"] is False and data["best"] is None
-    assert any(s["change"] == "more GPUs" for s in data["diagnosis"]["suggestions"])
+    # more 24 GB cards no longer fit a 72B under ZeRO-3 once its prefetching is counted: offload or a bigger GPU
+    assert {s["change"] for s in data["diagnosis"]["suggestions"]} & {"more GPUs", "bigger GPU", "offload"}
 
 
 @pytest.mark.parametrize(
