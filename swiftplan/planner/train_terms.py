@@ -24,6 +24,7 @@ from swiftplan.planner.runtime_terms import (
     auto_reduce_bucket,
     deepspeed_zero,
     grads_on_host,
+    prefetch_bucket_elements,
     reduce_bucket_buffers,
     reduce_bucket_elements,
     shard_degree,
@@ -31,6 +32,7 @@ from swiftplan.planner.runtime_terms import (
 )
 from swiftplan.planner.setup import TrainSetup
 from swiftplan.planner.states import StateDtypes
+from swiftplan.planner.zero3_trace import ZERO3_TRACE_SOURCE, zero3_gathered
 from swiftplan.units import format_gib
 
 if TYPE_CHECKING:
@@ -166,8 +168,9 @@ def breakdown_terms(
                 else ": generate()'s KV cache and sampling logits (and a ZeRO-3-gathered model)"
                 if phase == "generation"
                 else _step_formula(setup)
-            ),
-            source=_step_source(setup),
+            )
+            + _gathered_formula(spec, setup, states),
+            source="; ".join(filter(None, (_step_source(setup), _gathered_source(setup, states)))),
         ),
         Term(
             name="runtime_overhead",
@@ -200,6 +203,36 @@ def _step_formula(setup: TrainSetup) -> str:
             f" + {impl} of that partition" if impl else ""
         )
     return f"; {impl}" if impl else ""
+
+
+def _deepspeed_gathers(setup: TrainSetup, states: DeviceStates) -> bool:
+    """Whether the gathered parameters are DeepSpeed ZeRO-3's replayed step (`zero3_trace`)."""
+    knobs = setup.runtime
+    return bool(states.gathered) and sharding_stage(setup) == 3 and knobs.fsdp == "none" and knobs.ds_buckets
+
+
+def _gathered_formula(spec: ModelSpec, setup: TrainSetup, states: DeviceStates) -> str:
+    """What the sharded parameters gathered at once add to the transient: under DeepSpeed ZeRO-3 the most its
+    step holds gathered or in flight, and why (the module computed, a recompute's block, the reuse window, the
+    prefetcher's run ahead); under FSDP its units."""
+    if not states.gathered:
+        return ""
+    if not _deepspeed_gathers(setup, states):
+        return f"; + {format_gib(states.gathered)} of sharded parameters gathered (the units computed)"
+    knobs = setup.runtime
+    held = zero3_gathered(spec, setup)
+    ahead = (f"the prefetcher runs up to {prefetch_bucket_elements(spec, knobs):,}-element buckets ahead while under "
+             f"{knobs.max_live_parameters:,} live parameters" if knobs.max_live_parameters else "no prefetching")  # fmt: skip
+    return (
+        f"; + ZeRO-3 parameters gathered or in flight at most: {held.base:,} elements ({format_gib(states.gathered)}),"
+        f" reached at {held.moment}: the module computed, a checkpointed block's recompute, what the "
+        f"{knobs.max_reuse_distance:,}-element reuse window keeps between two uses, and {ahead}"
+    )
+
+
+def _gathered_source(setup: TrainSetup, states: DeviceStates) -> str:
+    """The replay's source when the gathered parameters are DeepSpeed ZeRO-3's."""
+    return ZERO3_TRACE_SOURCE + " (planner/zero3_trace.py)" if _deepspeed_gathers(setup, states) else ""
 
 
 def _step_source(setup: TrainSetup) -> str:
