@@ -38,6 +38,7 @@ from swiftplan.planner.runtime_terms import (
     shard_degree,
     sharding_stage,
     zero3_live_parameter_bytes,
+    zero3_replayed,
     zero_sharded,
 )
 from swiftplan.planner.setup import LoraSetup, TrainSetup
@@ -168,7 +169,7 @@ def device_states(spec: ModelSpec, setup: TrainSetup, stage_layers: range, dp: i
     weights -= constants
     if stage == 3:
         weights, adapters = weights // shards, adapters // shards
-        if knobs.ds_buckets and knobs.fsdp == "none":
+        if zero3_replayed(setup):
             # the most the step holds gathered or in flight: a module, a recompute's block, what the reuse
             # window keeps, what the prefetcher runs ahead
             held = zero3_gathered(spec, setup).base

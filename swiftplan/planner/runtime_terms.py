@@ -286,6 +286,12 @@ def deepspeed_zero(setup: TrainSetup) -> bool:
     return setup.parallel.zero >= 1 and setup.runtime.fsdp == "none"
 
 
+def zero3_replayed(setup: TrainSetup) -> bool:
+    """DeepSpeed ZeRO-3 with its live and prefetch parameters counted (`ds_buckets`): the gathered parameters are
+    the step `zero3_trace` replays, not a block-sized allowance."""
+    return sharding_stage(setup) == 3 and deepspeed_zero(setup) and setup.runtime.ds_buckets
+
+
 def sharding_stage(setup: TrainSetup) -> int:
     """The ZeRO stage the set-up's sharding amounts to: DeepSpeed's, or FSDP's equivalent."""
     return setup.parallel.zero or setup.runtime.fsdp_stage

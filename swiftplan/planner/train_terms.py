@@ -29,6 +29,7 @@ from swiftplan.planner.runtime_terms import (
     reduce_bucket_elements,
     shard_degree,
     sharding_stage,
+    zero3_replayed,
 )
 from swiftplan.planner.setup import TrainSetup
 from swiftplan.planner.states import StateDtypes
@@ -207,8 +208,7 @@ def _step_formula(setup: TrainSetup) -> str:
 
 def _deepspeed_gathers(setup: TrainSetup, states: DeviceStates) -> bool:
     """Whether the gathered parameters are DeepSpeed ZeRO-3's replayed step (`zero3_trace`)."""
-    knobs = setup.runtime
-    return bool(states.gathered) and sharding_stage(setup) == 3 and knobs.fsdp == "none" and knobs.ds_buckets
+    return bool(states.gathered) and zero3_replayed(setup)
 
 
 def _gathered_formula(spec: ModelSpec, setup: TrainSetup, states: DeviceStates) -> str:
