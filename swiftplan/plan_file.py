@@ -381,15 +381,12 @@ class PlanFields(_Strict):
             )
         replicas = max(1, lay.gpus // serve.tp)
         planned = self.workload.get("concurrency")
-        if (
-            type(planned) is int
-            and planned > 0
-            and serve.concurrency != replica_concurrency(planned, replicas)
-        ):
+        each = replica_concurrency(planned, replicas) if type(planned) is int and planned > 0 else None
+        if each is not None and serve.concurrency != each:
             raise ValueError(
                 f"serve.concurrency {serve.concurrency} is not workload.concurrency {planned} split over the plan's "
-                f"{replicas} replica(s) ({replica_concurrency(planned, replicas)} each): the prediction is for the "
-                "workload's (edit both, or re-create the plan with swiftplan fit --task serve)"
+                f"{replicas} replica(s) ({each} each): the prediction is for the workload's (edit both, or "
+                "re-create the plan with swiftplan fit --task serve)"
             )
         share = self.workload.get("gpu_memory_utilization")
         if type(share) is float and serve.gpu_memory_utilization != share:

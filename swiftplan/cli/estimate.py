@@ -634,9 +634,8 @@ def _setup(ctx: typer.Context, o: dict[str, Any], cluster: Any) -> tuple[Any, An
             train = replace(train, grad_accum=whole_prompt_accum(train, cluster))
         return _with_vision(train, o, serving=False), choice
     refuse_objective_for_serving(given_options(ctx))
-    refuse_knobs_for_serving(
-        {k: v for k, v in knobs.items() if k != "expandable_segments"}
-    )  # the allocator's
+    # expandable segments also shape a serving estimate's allocator (AllocatorSettings), so only they stay
+    refuse_knobs_for_serving({k: v for k, v in knobs.items() if k != "expandable_segments"})
     _refuse_training_options(ctx, o)
     serving = serve_runtime(o["runtime"], {n: o[n] for n in given_options(ctx, SERVE_OPTIONS)})
     if serving is not None:

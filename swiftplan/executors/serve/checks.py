@@ -11,7 +11,6 @@ from pathlib import Path
 
 from swiftplan.errors import SwiftplanError
 from swiftplan.planner.model_spec import ModelSpec
-from swiftplan.planner.plan import Plan
 from swiftplan.planner.setup import ServeSetup
 
 _WHAT_LOADS = (
@@ -193,12 +192,3 @@ def check_within_plan(
         hint=f"Stay within it, or re-plan: swiftplan fit {model} --task serve --context {setup.context} "
         f"--concurrency {setup.concurrency} --gpus GPUS -o plan.yaml.",
     )
-
-
-def check_plan_file(plan: Plan, path: str) -> None:
-    """A hand-edited serving plan whose values the model cannot take is refused before the engine's command is
-    rendered: serve.tp against the model's heads, the context against its positions. (Loading the file has
-    already checked the launch values against the layout, the workload and the prediction.)"""
-    from swiftplan.executors.model_source import check_plan_model
-
-    check_plan_model(plan, path)

@@ -63,6 +63,7 @@ def resolve_target(
     """Read a plan file (a .yaml/.yml path) or take a model name, then apply the overrides. Refused: weights
     that cannot be loaded (unless `load_weights` is False: random weights), `weights` that are not the plan's
     model, a context past the model's positions, and overrides holding more tokens than the plan sized."""
+    from swiftplan.executors.model_source import check_plan_model
     from swiftplan.executors.serve import checks
     from swiftplan.plan_file import is_plan_path, load_plan
 
@@ -79,7 +80,8 @@ def resolve_target(
         if not isinstance(setup, ServeSetup):
             raise SwiftplanError(f"{plan_or_model} is a training plan; `swiftplan serve` needs a serving plan.",
                                  hint="Create one with `swiftplan fit MODEL --task serve ... -o plan.yaml`.")  # fmt: skip
-        checks.check_plan_file(plan, plan_or_model)
+        # its launch values were checked on load; here they are checked against the model
+        check_plan_model(plan, plan_or_model)
         model, prediction, path = plan.model, Prediction.from_plan(plan), plan_or_model
         planned: dict[str, Any] = {
             "engine": plan.engine,
