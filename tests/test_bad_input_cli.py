@@ -323,6 +323,16 @@ CASES = [
         ("size", "Qwen/Qwen2.5-0.5B", "--max-live-parameters", "-1"),
         ["--max-live-parameters", "at least 0"],
     ),
+    (
+        "fit-max-reuse-negative",
+        ("fit", "Qwen/Qwen2.5-0.5B", "--gpus", "rtx4090", "--max-reuse-distance", "-1"),
+        ["--max-reuse-distance", "at least 0"],
+    ),
+    (
+        "fit-expandable-serving",
+        ("fit", "Qwen/Qwen2.5-0.5B", "--gpus", "rtx4090", "--task", "serve", "--expandable-segments"),
+        ["--expandable-segments", "only applies to training"],
+    ),
     ("estimate-loss-legacy-typo", (*EST, "--loss", "full_old"), ["--loss 'full_old'", "full_legacy"]),
     (
         "estimate-serve-runtime",

@@ -52,6 +52,7 @@ REFUSED = [
     ("overlap-comm-zero3", ("estimate", M, "--gpus", "2xa100", "--method", "full", "--zero", "3",
                             "--no-ds-overlap-comm"), ["--no-ds-overlap-comm", "--zero 3", "--zero 2"]),
     ("max-live-zero2", (*EST, "--zero", "2", "--max-live-parameters", "1000"), ["--max-live-parameters 1000", "ZeRO-3"]),
+    ("max-reuse-zero2", (*EST, "--zero", "2", "--max-reuse-distance", "0"), ["--max-reuse-distance 0", "ZeRO-3"]),
     ("reduce-bucket-auto-zero3", ("estimate", M, "--gpus", "2xa100", "--method", "full", "--zero", "3",
                                   "--reduce-bucket-elements", "1000"), ["--reduce-bucket-elements", "--no-ds-auto-buckets"]),
     ("buckets-under-fsdp", ("estimate", M, "--gpus", "2xa100", "--method", "full", "--fsdp", "fsdp2",
